@@ -1,0 +1,55 @@
+"""`http_baseline`: a bare ASGI endpoint doing the same database work as `db_baseline`.
+
+Served by uvicorn exactly as `simcharge serve` serves simcharge; nothing else in the way."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import asyncpg
+
+DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/simcharge_bench")
+POOL_SIZE = int(os.environ.get("BENCH_POOL", "16"))
+_pool: Any = None
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global _pool
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await _pool.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    data = json.loads(body or b"{}")
+    account, amount = int(data["account"]), int(data["amount"])
+    async with _pool.acquire() as conn, conn.transaction():
+        balance = await conn.fetchval(
+            "UPDATE bench_accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance",
+            amount,
+            account,
+        )
+        await conn.execute(
+            "INSERT INTO bench_log (account_id, amount) VALUES ($1, $2)", account, amount
+        )
+    payload = json.dumps({"balance": balance}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,237 @@
+"""The bench database, the baselines and every entry. Later work adds entries to `ENTRIES`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+from bench.driver import Operation
+from simcharge import migrate
+from simcharge.db import Database, create_engine
+from simcharge.kit.ids import uuid7
+from simcharge.ledger.service import NewTransfer, create_transfers
+
+BENCH_DB = "simcharge_bench"
+ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    baseline: str
+    """`db_baseline` or `http_baseline`."""
+    build: Callable[[BenchContext], Awaitable[Operation]]
+
+
+@dataclass
+class BenchContext:
+    admin_url: str
+    concurrency: int
+    ledger_accounts: list[uuid.UUID] = field(default_factory=list)
+    _pool: Any = None
+    _db: Database | None = None
+    _servers: list[asyncio.subprocess.Process] = field(default_factory=list)
+    _clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def dsn(self, database: str = BENCH_DB) -> str:
+        return (
+            make_url(self.admin_url)
+            .set(drivername="postgresql", database=database)
+            .render_as_string(hide_password=False)
+        )
+
+    def sqlalchemy_url(self) -> str:
+        return (
+            make_url(self.admin_url)
+            .set(drivername="postgresql+asyncpg", database=BENCH_DB)
+            .render_as_string(hide_password=False)
+        )
+
+    async def prepare(self) -> None:
+        admin = await asyncpg.connect(self.dsn("postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        finally:
+            await admin.close()
+        engine = create_engine(self.sqlalchemy_url(), null_pool=True)
+        await migrate.upgrade(engine)
+        await engine.dispose()
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            await conn.execute(
+                "CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL DEFAULT 0);"
+                "CREATE TABLE bench_log (id bigserial PRIMARY KEY, account_id bigint NOT NULL, "
+                "amount bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());"
+            )
+            await conn.copy_records_to_table(
+                "bench_accounts", records=[(i, 0) for i in range(ROWS)], columns=["id", "balance"]
+            )
+            now = datetime.now(UTC)
+            self.ledger_accounts = [uuid7() for _ in range(ROWS)]
+            await conn.copy_records_to_table(
+                "ledger_accounts",
+                records=[
+                    (a, "USD", "bench", False, False, 0, 0, 0, 0, now) for a in self.ledger_accounts
+                ],
+                columns=[
+                    "id",
+                    "unit",
+                    "code",
+                    "debits_must_not_exceed_credits",
+                    "credits_must_not_exceed_debits",
+                    "debits_pending",
+                    "debits_posted",
+                    "credits_pending",
+                    "credits_posted",
+                    "created_at",
+                ],
+            )
+            await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self.dsn(), min_size=self.concurrency, max_size=self.concurrency
+        )
+
+    def database(self) -> Database:
+        if self._db is None:
+            self._db = Database.from_url(self.sqlalchemy_url(), pool_size=self.concurrency)
+        return self._db
+
+    async def serve(
+        self, target: str, env: dict[str, str] | None = None, *, factory: bool = False
+    ) -> str:
+        """Start uvicorn as `simcharge serve` does (one process, uvloop/httptools, no access log)."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *(["--factory"] if factory else []),
+        ]
+        proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, **(env or {})})
+        self._servers.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as probe:
+            for _ in range(200):
+                with contextlib.suppress(httpx.HTTPError):
+                    await probe.get(base + "/")
+                    return base
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{target} did not start")
+
+    def client(self, base: str) -> httpx.AsyncClient:
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        c = httpx.AsyncClient(base_url=base, limits=limits, timeout=30)
+        self._clients.append(c)
+        return c
+
+    async def operation(self, name: str) -> Operation:
+        entry = next((e for e in (*BASELINES, *ENTRIES) if e.name == name), None)
+        if entry is None:
+            raise KeyError(name)
+        return await entry.build(self)
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.aclose()
+        for proc in self._servers:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout=10)
+        if self._pool is not None:
+            await self._pool.close()
+        if self._db is not None:
+            await self._db.dispose()
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+
+async def _db_baseline(ctx: BenchContext) -> Operation:
+    pool = ctx._pool
+
+    async def op(rng: random.Random) -> None:
+        account, amount = rng.randrange(ROWS), rng.randint(1, 1000)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.fetchval(
+                "UPDATE bench_accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance",
+                amount,
+                account,
+            )
+            await conn.execute(
+                "INSERT INTO bench_log (account_id, amount) VALUES ($1, $2)", account, amount
+            )
+
+    return op
+
+
+async def _http_baseline(ctx: BenchContext) -> Operation:
+    base = await ctx.serve(
+        "bench.bare_app:app", {"BENCH_DSN": ctx.dsn(), "BENCH_POOL": str(ctx.concurrency)}
+    )
+    client = ctx.client(base)
+
+    async def op(rng: random.Random) -> None:
+        r = await client.post(
+            "/", json={"account": rng.randrange(ROWS), "amount": rng.randint(1, 1000)}
+        )
+        r.raise_for_status()
+
+    return op
+
+
+BASELINES = (
+    Entry("db_baseline", "", _db_baseline),
+    Entry("http_baseline", "", _http_baseline),
+)
+
+
+# --- entries -----------------------------------------------------------------------------------
+
+
+async def _ledger_transfer(ctx: BenchContext) -> Operation:
+    """One two-account transfer through the ledger service, in its own transaction."""
+    db = ctx.database()
+    accounts = ctx.ledger_accounts
+
+    async def op(rng: random.Random) -> None:
+        debit, credit = rng.sample(accounts, 2)
+        transfer = NewTransfer(uuid7(), rng.randint(1, 1000), "USD", debit, credit, code="bench")
+        outcomes = await db.run(lambda s: create_transfers(s, [transfer]))
+        if not outcomes[0].ok:
+            raise RuntimeError(outcomes[0].result)
+
+    return op
+
+
+ENTRIES: list[Entry] = [
+    Entry("ledger_transfer", "db_baseline", _ledger_transfer),
+]

@@ -1,0 +1,42 @@
+"""A customer's login identity; it owns lines."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from simcharge.db import Base
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+
+
+class AccountStatus(StrEnum):
+    active = "active"
+    """Can log in."""
+    locked = "locked"
+    """Locked by the customer ("lock my account") or by security rules; unlocked by a code."""
+    disabled = "disabled"
+    """Closed by staff."""
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    """Stored case-folded and NFKC-normalised; logins compare against it."""
+    display_name: Mapped[str | None] = mapped_column(String(128))
+    email: Mapped[str | None] = mapped_column(String(254), unique=True)
+    email_verified_at: Mapped[datetime | None] = mapped_column()
+    phone: Mapped[str | None] = mapped_column(String(16), unique=True)
+    """E.164."""
+    phone_verified_at: Mapped[datetime | None] = mapped_column()
+    password_hash: Mapped[str] = mapped_column(String(255))
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    status: Mapped[str] = mapped_column(String(16), default=AccountStatus.active.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,1 @@
+"""What every HTTP endpoint shares: problem documents, dependencies, middleware."""

@@ -1,0 +1,71 @@
+"""FastAPI dependencies shared by every router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from simcharge.auth.apikeys import verify_api_key
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.errors import Forbidden, NotAuthenticated
+from simcharge.kit.i18n import negotiate_language, normalize_language
+
+API_PREFIX = "/api/v1"
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_language(request: Request) -> str:
+    """`?lang=` if given and supported, else the best match for `Accept-Language`."""
+    chosen = normalize_language(request.query_params.get("lang"))
+    language = chosen or negotiate_language(request.headers.get("accept-language"))
+    request.state.language = language
+    return language
+
+
+DB = Annotated[Database, Depends(get_db)]
+AppSettings = Annotated[Settings, Depends(get_app_settings)]
+Language = Annotated[str, Depends(get_language)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `sck_…`")
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """A caller authenticated by an API key."""
+
+    key_prefix: str
+    name: str
+    scopes: frozenset[str]
+
+
+def require_scope(scope: str) -> Any:
+    async def dependency(
+        db: DB,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Integration:
+        challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
+        if credentials is None:
+            raise NotAuthenticated(
+                "An API key is required (Authorization: Bearer sck_…).", headers=challenge
+            )
+        key = await db.run(lambda s: verify_api_key(s, credentials.credentials))
+        if key is None:
+            raise NotAuthenticated("The API key is not valid.", headers=challenge)
+        if scope not in key.scopes:
+            raise Forbidden("This API key lacks the scope {scope}.", scope=scope)
+        return Integration(key.prefix, key.name, frozenset(key.scopes))
+
+    return Depends(dependency)

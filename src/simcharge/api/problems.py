@@ -1,0 +1,111 @@
+"""Rendering every error as RFC 9457 `application/problem+json`.
+
+Expected failures are `SimchargeError`s; FastAPI's validation errors become `validation-error`
+with one entry per offending field; unknown routes and methods keep their status; anything
+else is a logged `internal-error` that shows no trace of the code (answered by
+`RequestContextMiddleware`, so that it keeps the request id and security headers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from simcharge.errors import (
+    BadRequest,
+    FieldError,
+    HTTPProblem,
+    MethodNotAllowed,
+    NotFound,
+    SimchargeError,
+    ValidationFailed,
+)
+from simcharge.kit.i18n import negotiate_language
+from simcharge.kit.translations import gettext
+
+log = structlog.get_logger("simcharge.http")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_body(exc: SimchargeError, language: str, instance: str | None) -> dict[str, Any]:
+    def tr(template: str, params: dict[str, Any]) -> str:
+        text = gettext(language, template)
+        return text.format(**params) if params else text
+
+    body: dict[str, Any] = {
+        "type": exc.type_uri,
+        "title": gettext(language, exc.title),
+        "status": exc.status,
+        "detail": tr(exc.detail_template, exc.params),
+    }
+    if instance:
+        body["instance"] = instance
+    if exc.field:
+        body["field"] = exc.field
+    if exc.errors:
+        body["errors"] = [{"field": e.field, "detail": tr(e.detail, e.params)} for e in exc.errors]
+        body.setdefault("field", exc.errors[0].field)
+    body.update(exc.extra())
+    return body
+
+
+def problem_response(request: Request, exc: SimchargeError) -> JSONResponse:
+    language = getattr(request.state, "language", None) or negotiate_language(
+        request.headers.get("accept-language")
+    )
+    body = problem_body(exc, language, request.url.path)
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_JSON, headers=exc.headers)
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+_MESSAGES = {
+    "missing": "This field is required.",
+    "extra_forbidden": "This field is not allowed.",
+    "json_invalid": "The body is not valid JSON.",
+}
+
+
+def validation_problem(exc: RequestValidationError) -> SimchargeError:
+    errors: list[FieldError] = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            return BadRequest("The body is not valid JSON.", field="body")
+        message = _MESSAGES.get(str(e.get("type")), str(e.get("msg", "Invalid value.")))
+        errors.append(FieldError(_field_of(tuple(e.get("loc", ()))), message))
+    return ValidationFailed(errors=errors)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SimchargeError)
+    async def _expected(request: Request, exc: SimchargeError) -> JSONResponse:
+        return problem_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(request, validation_problem(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        mapped: SimchargeError
+        if exc.status_code == 404:
+            mapped = NotFound()
+        elif exc.status_code == 405:
+            mapped = MethodNotAllowed(headers=dict(exc.headers or {}))
+        else:
+            mapped = HTTPProblem(exc.status_code, str(exc.detail))
+        return problem_response(request, mapped)

@@ -1,0 +1,71 @@
+"""Health, readiness, metrics, offline API docs and the problem-type pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from simcharge.api.deps import DB
+from simcharge.errors import NotFound, registered_problem_types
+
+router = APIRouter(include_in_schema=False)
+
+_SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+# Swagger UI's page needs its own inline start-up script; only /docs gets this policy.
+_DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
+)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(db: DB) -> JSONResponse:
+    """The process can serve: its database answers."""
+    try:
+        await db.ping()
+    except Exception:  # noqa: BLE001 - whatever fails, the answer is "not ready"
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/docs")
+async def docs(request: Request) -> HTMLResponse:
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{request.app.title} API",
+        swagger_js_url="/static/api-docs/swagger-ui-bundle.js",
+        swagger_css_url="/static/api-docs/swagger-ui.css",
+        swagger_favicon_url="/static/api-docs/favicon.png",
+    )
+    page.headers["content-security-policy"] = _DOCS_CSP
+    return page
+
+
+@router.get("/problems/{slug}")
+async def problem_type(slug: str) -> JSONResponse:
+    """What a problem `type` means (RFC 9457 asks that the type URI documents itself)."""
+    cls = registered_problem_types().get(slug)
+    if cls is None:
+        raise NotFound("There is no problem type {slug}.", field="slug", slug=slug)
+    return JSONResponse({"type": f"/problems/{slug}", "title": cls.title, "status": cls.status})
+
+
+def mount_docs_assets(app: FastAPI) -> None:
+    app.mount("/static/api-docs", StaticFiles(directory=_SWAGGER_ASSETS), name="api-docs")

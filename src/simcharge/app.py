@@ -1,0 +1,75 @@
+"""The application factory: settings, database, routers, error handling, in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+
+from simcharge import __version__
+from simcharge.api.middleware import RequestContextMiddleware
+from simcharge.api.problems import install_problem_handlers
+from simcharge.api.system import mount_docs_assets
+from simcharge.api.system import router as system_router
+from simcharge.catalog.endpoints import router as catalog_router
+from simcharge.config import Environment, Settings, get_settings
+from simcharge.db import Database
+from simcharge.kit.logging import configure_logging
+from simcharge.lines.endpoints import router as lines_router
+
+ROUTERS: tuple[APIRouter, ...] = (system_router, catalog_router, lines_router)
+
+
+def add_routes(app: FastAPI, *routers: APIRouter) -> None:
+    """Add each router's routes to the app as they are (each router carries its own prefix):
+    the app's route table then holds full path templates, which metrics label requests with."""
+    for router in routers:
+        app.router.routes.extend(router.routes)
+
+
+def create_app(
+    settings: Settings | None = None, *, db: Database | None = None, run_worker: bool | None = None
+) -> FastAPI:
+    """Build the app. Tests pass their own `db`; `run_worker` defaults to the setting."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    owns_db = db is None
+    database = db or Database.from_url(
+        settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo
+    )
+    worker_wanted = settings.worker_in_process if run_worker is None else run_worker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        if worker_wanted:
+            from simcharge.worker.runner import Worker
+
+            task = asyncio.create_task(Worker(database, settings).run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            if owns_db:
+                await database.dispose()
+
+    app = FastAPI(
+        title=settings.operator_name,
+        version=__version__,
+        description="simcharge: prepaid eSIM top-ups, balances and charging.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = database
+    install_problem_handlers(app)
+    add_routes(app, *ROUTERS)
+    mount_docs_assets(app)
+    app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
+    return app

@@ -1,0 +1,82 @@
+"""API keys: `sck_<prefix>_<secret>`, shown once, stored as a SHA-256 hash, checked in constant time.
+
+A key is high-entropy (256 bits), so a fast hash is enough: there is nothing to brute-force."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.models import ApiKey
+from simcharge.errors import ValidationFailed
+from simcharge.kit.clock import utcnow
+
+SCOPES: dict[str, str] = {
+    "lines:read": "Read lines and their balances.",
+    "catalog:read": "Read the catalog.",
+    "ledger:read": "Read ledger accounts and transfers.",
+}
+TOUCH_EVERY = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: ApiKey
+    token: str
+    """The whole key; show it once."""
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_api_key(session: AsyncSession, name: str, scopes: Sequence[str]) -> IssuedKey:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValidationFailed(
+            "Unknown scope(s): {scopes}.", field="scopes", scopes=", ".join(unknown)
+        )
+    if not name.strip():
+        raise ValidationFailed("A key needs a name.", field="name")
+    prefix = secrets.token_hex(6)
+    token = f"sck_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        name=name.strip(), prefix=prefix, secret_hash=_hash(token), scopes=sorted(set(scopes))
+    )
+    session.add(key)
+    await session.flush()
+    return IssuedKey(key, token)
+
+
+async def verify_api_key(session: AsyncSession, token: str) -> ApiKey | None:
+    """The live key that `token` is, or None. Never says which part was wrong."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "sck":
+        return None
+    key = (
+        await session.execute(select(ApiKey).where(ApiKey.prefix == parts[1]))
+    ).scalar_one_or_none()
+    if key is None or key.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(key.secret_hash, _hash(token)):
+        return None
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY:
+        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    return key
+
+
+async def revoke_api_key(session: AsyncSession, prefix: str) -> bool:
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))

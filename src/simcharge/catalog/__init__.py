@@ -1,0 +1,1 @@
+"""The catalog: zones, payment methods and plans, loaded from a TOML file."""

@@ -1,0 +1,312 @@
+"""The catalog file's format (TOML), validated; and the catalog as the API shows it."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from babel import Locale
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from simcharge.kit.i18n import LANGUAGES
+from simcharge.kit.money import LossyConversionError, Unit, is_currency, to_minor
+from simcharge.kit.schemas import Money, Schema
+
+PROVIDERS = ("stripe", "paypal", "alipay", "wechatpay", "sandbox")
+Code = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+MIB = 1024 * 1024
+_COUNTRIES = frozenset(
+    code for code in map(str, Locale("en").territories) if len(code) == 2 and code.isalpha()
+)
+
+
+def _check_texts(value: dict[str, str], *, required: bool) -> dict[str, str]:
+    unknown = sorted(set(value) - set(LANGUAGES))
+    if unknown:
+        raise ValueError(f"unknown language(s) {', '.join(unknown)}; use {', '.join(LANGUAGES)}")
+    if required or value:
+        missing = [lang for lang in LANGUAGES if not (value.get(lang) or "").strip()]
+        if missing:
+            raise ValueError(f"missing text for {', '.join(missing)}")
+    return value
+
+
+def _exact(amount: Decimal, currency: str, where: str) -> None:
+    try:
+        to_minor(amount, currency)
+    except LossyConversionError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def _check_currency(code: str) -> str:
+    if not is_currency(code):
+        raise ValueError(f"{code} is not an ISO 4217 currency")
+    return code
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZoneFile(_Strict):
+    code: Code
+    names: dict[str, str]
+    countries: list[str] = []
+    default: bool = False
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_texts(v, required=True)
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in _COUNTRIES]
+        if bad:
+            raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(bad)}")
+        return v
+
+
+class Limits(_Strict):
+    min: Decimal | None = None
+    max: Decimal | None = None
+
+
+class PaymentMethodFile(_Strict):
+    code: Code
+    provider: Literal["stripe", "paypal", "alipay", "wechatpay", "sandbox"]
+    currencies: list[str] = Field(min_length=1)
+    names: dict[str, str]
+    descriptions: dict[str, str] = {}
+    fee_percent: Decimal = Field(default=Decimal(0), ge=0, le=100)
+    fee_fixed: dict[str, Decimal] = {}
+    limits: dict[str, Limits] = {}
+    enabled: bool = True
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_texts(v, required=True)
+
+    @field_validator("descriptions")
+    @classmethod
+    def _descriptions(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_texts(v, required=False)
+
+    @field_validator("currencies")
+    @classmethod
+    def _currencies(cls, v: list[str]) -> list[str]:
+        return [_check_currency(c) for c in v]
+
+    @field_validator("fee_percent")
+    @classmethod
+    def _two_decimals(cls, v: Decimal) -> Decimal:
+        if v != v.quantize(Decimal("0.01")):
+            raise ValueError("at most two decimals (basis points)")
+        return v
+
+    @model_validator(mode="after")
+    def _amounts(self) -> PaymentMethodFile:
+        for cur, amount in self.fee_fixed.items():
+            if cur not in self.currencies:
+                raise ValueError(f"fee_fixed.{cur}: the method does not take {cur}")
+            _exact(amount, cur, f"fee_fixed.{cur}")
+        for cur, lim in self.limits.items():
+            if cur not in self.currencies:
+                raise ValueError(f"limits.{cur}: the method does not take {cur}")
+            for label, bound in (("min", lim.min), ("max", lim.max)):
+                if bound is not None:
+                    _exact(bound, cur, f"limits.{cur}.{label}")
+            if lim.min is not None and lim.max is not None and lim.min > lim.max:
+                raise ValueError(f"limits.{cur}: min is above max")
+        return self
+
+    @property
+    def fee_percent_bp(self) -> int:
+        return int(self.fee_percent * 100)
+
+
+class BucketFile(_Strict):
+    """Exactly one of `minutes`, `megabytes`, `gigabytes`, `sms`."""
+
+    minutes: int | None = Field(default=None, gt=0)
+    megabytes: int | None = Field(default=None, gt=0)
+    gigabytes: int | None = Field(default=None, gt=0)
+    sms: int | None = Field(default=None, gt=0)
+    validity_days: int | None = Field(default=None, gt=0, le=3650)
+    zones: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> BucketFile:
+        given = [n for n in ("minutes", "megabytes", "gigabytes", "sms") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of minutes, megabytes, gigabytes, sms")
+        return self
+
+    def as_grant(self) -> dict[str, Any]:
+        if self.minutes:
+            unit, amount = Unit.VOICE_S, self.minutes * 60
+        elif self.megabytes:
+            unit, amount = Unit.DATA_B, self.megabytes * MIB
+        elif self.gigabytes:
+            unit, amount = Unit.DATA_B, self.gigabytes * 1024 * MIB
+        else:
+            unit, amount = Unit.SMS, int(self.sms or 0)
+        return {
+            "unit": unit.value,
+            "amount": amount,
+            "validity_days": self.validity_days,
+            "zones": list(self.zones),
+        }
+
+
+class PlanFile(_Strict):
+    code: Code
+    names: dict[str, str]
+    descriptions: dict[str, str] = {}
+    prices: dict[str, Decimal] = Field(min_length=1)
+    wallet_credit: dict[str, Decimal] = {}
+    buckets: list[BucketFile] = []
+    validity_days: int = Field(default=0, ge=0, le=3650)
+    methods: list[str] = []
+    active: bool = True
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_texts(v, required=True)
+
+    @field_validator("descriptions")
+    @classmethod
+    def _descriptions(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_texts(v, required=False)
+
+    @model_validator(mode="after")
+    def _amounts(self) -> PlanFile:
+        for name, amounts in (("prices", self.prices), ("wallet_credit", self.wallet_credit)):
+            for cur, amount in amounts.items():
+                if not is_currency(cur):
+                    raise ValueError(f"{name}.{cur}: {cur} is not an ISO 4217 currency")
+                if amount < 0 or (name == "prices" and amount == 0):
+                    least = "above" if name == "prices" else "at least"
+                    raise ValueError(f"{name}.{cur}: must be {least} zero")
+                _exact(amount, cur, f"{name}.{cur}")
+        if not self.buckets and not self.wallet_credit and not self.validity_days:
+            raise ValueError("a plan must grant something: wallet_credit, buckets or validity_days")
+        return self
+
+
+class CatalogFile(_Strict):
+    zones: list[ZoneFile] = []
+    payment_methods: list[PaymentMethodFile] = Field(min_length=1)
+    plans: list[PlanFile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> CatalogFile:
+        problems: list[str] = []
+        entries: dict[str, list[str]] = {
+            "zones": [z.code for z in self.zones],
+            "payment_methods": [m.code for m in self.payment_methods],
+            "plans": [p.code for p in self.plans],
+        }
+        for kind, codes in entries.items():
+            for i, code in enumerate(codes):
+                if code in codes[:i]:
+                    problems.append(f"{kind}[{i}] ({code}): code: used twice")
+        owner: dict[str, str] = {}
+        for i, zone in enumerate(self.zones):
+            for country in zone.countries:
+                if country in owner:
+                    problems.append(
+                        f"zones[{i}] ({zone.code}): countries: {country} is already in {owner[country]}"
+                    )
+                owner[country] = zone.code
+        if sum(z.default for z in self.zones) > 1:
+            problems.append("zones: default: only one zone may be the default")
+        zone_codes = {z.code for z in self.zones}
+        methods = {m.code: m for m in self.payment_methods}
+        for i, p in enumerate(self.plans):
+            where = f"plans[{i}] ({p.code})"
+            for m in p.methods:
+                if m not in methods:
+                    problems.append(f"{where}: methods: no payment method {m!r}")
+                elif not set(methods[m].currencies) & set(p.prices):
+                    problems.append(
+                        f"{where}: methods: {m} takes {', '.join(methods[m].currencies)}, "
+                        f"but the plan has no price in it"
+                    )
+            for j, b in enumerate(p.buckets):
+                for code in b.zones:
+                    if code not in zone_codes:
+                        problems.append(f"{where}: buckets[{j}].zones: no zone {code!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# API views
+
+
+class PlanPriceView(Schema):
+    currency: str
+    amount: Money
+
+
+class GrantView(Schema):
+    unit: str
+    amount: int
+    validity_days: int | None
+    zones: list[str]
+
+
+class PlanView(Schema):
+    id: uuid.UUID
+    code: str
+    version: int
+    name: str
+    description: str
+    names: dict[str, str]
+    prices: list[Money]
+    wallet_credit: list[Money]
+    grants: list[GrantView]
+    validity_days: int
+    methods: list[str] = Field(description="Payment methods that may sell it")
+
+
+class FeeView(Schema):
+    percent: str = Field(examples=["3.49"])
+    fixed: list[Money]
+
+
+class LimitView(Schema):
+    currency: str
+    min: Money | None
+    max: Money | None
+
+
+class PaymentMethodView(Schema):
+    code: str
+    provider: str
+    name: str
+    description: str
+    names: dict[str, str]
+    currencies: list[str]
+    fee: FeeView
+    limits: list[LimitView]
+
+
+class ZoneView(Schema):
+    code: str
+    name: str
+    countries: list[str]
+    is_default: bool

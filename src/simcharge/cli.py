@@ -1,0 +1,306 @@
+"""The `simcharge` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import uvloop
+
+from simcharge.config import Settings, get_settings
+from simcharge.db import Database
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="simcharge: a platform for a prepaid eSIM operator.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+catalog_app = typer.Typer(
+    help="The catalog of plans, payment methods and zones.", no_args_is_help=True
+)
+lines_app = typer.Typer(help="The operator's lines (SIM inventory).", no_args_is_help=True)
+apikey_app = typer.Typer(
+    help="API keys for the operator's tools and integrations.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(lines_app, name="lines")
+app.add_typer(apikey_app, name="apikey")
+
+
+def _database(settings: Settings) -> Database:
+    return Database.from_url(settings.database_url, pool_size=settings.db_pool_size)
+
+
+def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `fn` with a database for this command, then close it (on uvloop, as the server)."""
+    settings = get_settings()
+
+    async def main() -> T:
+        db = _database(settings)
+        try:
+            return await fn(db)
+        finally:
+            await db.dispose()
+
+    return uvloop.run(main())
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT", help="Port (default: $PORT or 8000).")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Web processes.")] = 1,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="Trust X-Forwarded-* from the proxy.")
+    ] = False,
+) -> None:
+    """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false)."""
+    import uvicorn
+
+    uvicorn.run(
+        "simcharge.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=proxy_headers,
+        access_log=False,
+        log_level="warning",
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 4,
+    drain: Annotated[bool, typer.Option(help="Run what is due now, then exit.")] = False,
+) -> None:
+    """Run outbox jobs (e-mails, provider calls, sweeps) until stopped with SIGTERM or Ctrl-C."""
+    from simcharge.kit.logging import configure_logging
+    from simcharge.worker.runner import Worker
+
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+
+    async def work(db: Database) -> None:
+        w = Worker(db, settings, concurrency=concurrency)
+        if drain:
+            await w.schedule_periodic()
+            n = await w.drain()
+            typer.echo(f"ran {n} job(s)")
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await w.run(stop)
+
+    _run(work)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from simcharge import migrate
+
+    async def up(db: Database) -> str | None:
+        await migrate.upgrade(db.engine, revision)
+        return await migrate.current_revision(db.engine)
+
+    typer.echo(f"database at revision {_run(up)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's revision and the newest one available."""
+    from simcharge import migrate
+
+    current = _run(lambda db: migrate.current_revision(db.engine))
+    head = migrate.head_revision()
+    typer.echo(f"current: {current}\nhead:    {head}")
+    if current != head:
+        raise typer.Exit(1)
+
+
+@catalog_app.command("load")
+def catalog_load(
+    file: Annotated[
+        Path, typer.Argument(help="A catalog TOML file (see src/simcharge/catalog/demo.toml).")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option(help="Validate and show the changes, store nothing.")
+    ] = False,
+) -> None:
+    """Make the catalog match FILE. Plans and methods not in FILE are retired, not deleted."""
+    from simcharge.catalog.service import (
+        CatalogInvalid,
+        LoadReport,
+        load_catalog,
+        read_catalog_file,
+    )
+
+    try:
+        catalog = read_catalog_file(file)
+    except CatalogInvalid as exc:
+        _fail(str(exc), 2)
+        return
+
+    async def load(db: Database) -> LoadReport:
+        async with db.transaction() as session:
+            report = await load_catalog(session, catalog)
+            if dry_run:
+                await session.rollback()
+            return report
+
+    report = _run(load)
+    for label, items in (
+        ("created", report.created),
+        ("updated", report.updated),
+        ("retired", report.retired),
+    ):
+        for item in items:
+            typer.echo(f"{label:8} {item}")
+    typer.echo(
+        f"{len(report.unchanged)} unchanged" + (" (dry run: nothing stored)" if dry_run else "")
+    )
+
+
+@catalog_app.command("check")
+def catalog_check(file: Annotated[Path, typer.Argument(help="A catalog TOML file.")]) -> None:
+    """Validate FILE without touching the database."""
+    from simcharge.catalog.service import CatalogInvalid, read_catalog_file
+
+    try:
+        c = read_catalog_file(file)
+    except CatalogInvalid as exc:
+        _fail(str(exc), 2)
+        return
+    typer.echo(
+        f"{file}: ok ({len(c.plans)} plans, {len(c.payment_methods)} methods, {len(c.zones)} zones)"
+    )
+
+
+@lines_app.command("import")
+def lines_import(
+    file: Annotated[
+        Path,
+        typer.Argument(help="CSV with columns msisdn, iccid, activation_code[, imsi][, currency]."),
+    ],
+    currency: Annotated[
+        str | None, typer.Option(help="Wallet currency when the CSV has none.")
+    ] = None,
+) -> None:
+    """Add SIMs to the inventory. Rows already imported are left alone; any error imports nothing."""
+    from simcharge.errors import FieldError
+    from simcharge.lines.service import ImportReport, import_lines, parse_inventory_csv
+
+    settings = get_settings()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{file}: cannot read the file: {exc.strerror}", 2)
+        return
+    parsed, errors = parse_inventory_csv(
+        text, default_currency=(currency or settings.default_currency).upper()
+    )
+
+    def show(errs: list[FieldError]) -> None:
+        for e in errs:
+            typer.secho(
+                f"{file}: {e.field}: {e.detail.format(**e.params)}", fg=typer.colors.RED, err=True
+            )
+
+    if errors:
+        show(errors)
+        _fail(f"{len(errors)} error(s); nothing imported", 2)
+
+    async def load(db: Database) -> ImportReport:
+        async with db.transaction() as session:
+            report = await import_lines(session, parsed)
+            if report.errors:
+                await session.rollback()
+            return report
+
+    report = _run(load)
+    if report.errors:
+        show(report.errors)
+        _fail(f"{len(report.errors)} error(s); nothing imported", 2)
+    typer.echo(f"{len(report.created)} line(s) imported, {len(report.unchanged)} already present")
+
+
+@app.command()
+def demo() -> None:
+    """Load the demo catalog, customers, lines and balances (again: no change), and print the logins."""
+    from simcharge.demo import DEMO_PASSWORD, DemoCustomer, load_demo
+
+    async def load(db: Database) -> list[DemoCustomer]:
+        async with db.transaction() as session:
+            return await load_demo(session)
+
+    customers = _run(load)
+    settings = get_settings()
+    typer.echo(f"\nDemo logins at {settings.base_url} (password for all: {DEMO_PASSWORD})")
+    for c in customers:
+        typer.echo(f"  {c.username:8} {c.language:8} lines: {', '.join(c.msisdns)}")
+    typer.echo("")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    scope: Annotated[list[str], typer.Option(help="A scope; repeat for more.")],
+) -> None:
+    """Create an API key and print it (once: only its hash is kept)."""
+    from simcharge.auth.apikeys import create_api_key
+    from simcharge.errors import SimchargeError
+
+    async def create(db: Database) -> str:
+        async with db.transaction() as session:
+            return (await create_api_key(session, name, scope)).token
+
+    try:
+        token = _run(create)
+    except SimchargeError as exc:
+        _fail(exc.detail, 2)
+        return
+    typer.echo(token)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (sck_<prefix>_…).")],
+) -> None:
+    """Revoke an API key at once."""
+    from simcharge.auth.apikeys import revoke_api_key
+
+    async def revoke(db: Database) -> bool:
+        async with db.transaction() as session:
+            return await revoke_api_key(session, prefix)
+
+    if not _run(revoke):
+        _fail(f"no live key with prefix {prefix}", 1)
+    typer.echo("revoked")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,70 @@
+"""One typed settings object for the whole process (prefix ``SIMCHARGE_``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
+MIN_SECRET_KEY_LENGTH = 32
+VAR_DIR = Path("var")
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    """Every setting simcharge reads; documented one by one in `.env.example` and the README."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIMCHARGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Environment = Environment.development
+    database_url: str = f"sqlite+aiosqlite:///{VAR_DIR}/simcharge.db"
+    secret_key: str = DEFAULT_SECRET_KEY
+    base_url: str = "http://127.0.0.1:8000"
+    redis_url: str | None = None
+
+    operator_name: str = "simcharge"
+    default_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    default_language: str = "en"
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_echo: bool = False
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    worker_in_process: bool = True
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> Settings:
+        if self.env is Environment.production:
+            if (
+                self.secret_key == DEFAULT_SECRET_KEY
+                or len(self.secret_key) < MIN_SECRET_KEY_LENGTH
+            ):
+                raise ValueError(
+                    "SIMCHARGE_SECRET_KEY must be set to a random value of at least "
+                    f"{MIN_SECRET_KEY_LENGTH} characters in production"
+                )
+            if not self.base_url.startswith("https://"):
+                raise ValueError("SIMCHARGE_BASE_URL must be https:// in production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,315 @@
+"""Engines, sessions and the declarative base.
+
+The edge owns the transaction: `Database.transaction()` opens a session inside one database
+transaction and commits when the block ends (rolls back on error); `Database.run(fn)` does the
+same around a function and retries it when the database reports a deadlock, a serialization
+failure or (SQLite) a busy database. Services receive the session, flush, and never commit.
+
+SQLite runs in WAL mode with foreign keys on. Its write transactions start with
+`BEGIN IMMEDIATE`, so two writers queue at the start instead of failing half-way; read-only
+work uses a second engine whose transactions start with a plain deferred `BEGIN`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    MetaData,
+    Table,
+    TypeDecorator,
+    Uuid,
+    event,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.pool import NullPool
+
+from simcharge.metrics import DB_RETRIES
+
+T = TypeVar("T")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads it as a plain class attribute
+        datetime: UTCDateTime(),
+        uuid.UUID: Uuid(),
+        int: BigInteger(),
+        dict[str, Any]: JSONType,
+        list[Any]: JSONType,
+        dict[str, str]: JSONType,
+        list[str]: JSONType,
+    }
+
+
+def _sqlite_url_ensure_dir(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, below, decide how a transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin_sql)
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    echo: bool = False,
+    immediate: bool = True,
+    null_pool: bool = False,
+) -> AsyncEngine:
+    kwargs: dict[str, Any] = {"echo": echo}
+    if null_pool:
+        kwargs["poolclass"] = NullPool
+    if url.startswith("sqlite"):
+        _sqlite_url_ensure_dir(url)
+        kwargs["connect_args"] = {"timeout": 15}
+        engine = create_async_engine(url, **kwargs)
+        _install_sqlite_hooks(engine, immediate=immediate)
+        return engine
+    if not null_pool:
+        # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
+        # SQLAlchemy, and `Database.run` retries the transaction on a fresh one.
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    return create_async_engine(url, **kwargs)
+
+
+_IDLE_SESSIONS = 64
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    finally:
+        session.close()
+
+
+def dialect_name(session: AsyncSession) -> str:
+    bind = session.bind
+    return bind.dialect.name if bind is not None else session.get_bind().dialect.name
+
+
+def upsert_insert(session: AsyncSession, table: Table) -> Any:
+    """`INSERT` that understands `ON CONFLICT` on this session's database."""
+    return (pg_insert if dialect_name(session) == "postgresql" else sqlite_insert)(table)
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    return cast(Table, model.__table__)
+
+
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+class RetryableError(Exception):
+    """Raised by a service when the transaction lost a race and should simply run again."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A deadlock, a serialization failure, a busy SQLite database, a lost race, or a
+    connection that died (the pool replaces it)."""
+    if isinstance(exc, RetryableError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _RETRYABLE_SQLSTATES:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "deadlock detected" in text
+
+
+class Database:
+    """What a process needs to reach its database: engines, session factories, transactions."""
+
+    def __init__(
+        self,
+        writer: AsyncEngine,
+        reader: AsyncEngine | None = None,
+        *,
+        bind: AsyncConnection | None = None,
+    ) -> None:
+        self.engine = writer
+        self._reader_engine = reader
+        if bind is not None:
+            # Tests: every session joins one outer transaction and "commits" to a savepoint.
+            factory = async_sessionmaker(
+                bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
+            )
+            self._writer = self._reader = factory
+        else:
+            self._writer = async_sessionmaker(writer, expire_on_commit=False)
+            self._reader = async_sessionmaker(reader or writer, expire_on_commit=False)
+        self._bound = bind is not None
+        # Closed sessions are clean (no objects, no transaction) and cost ~80 µs to build:
+        # keep a few to reuse. asyncio runs one task at a time, so the list needs no lock.
+        self._idle: list[AsyncSession] = []
+        # Sessions that share one test connection must take turns.
+        self._turn: asyncio.Lock | None = asyncio.Lock() if self._bound else None
+        self.dialect = writer.dialect.name
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, pool_size: int = 10, echo: bool = False, null_pool: bool = False
+    ) -> Database:
+        writer = create_engine(url, pool_size=pool_size, echo=echo, null_pool=null_pool)
+        reader = (
+            create_engine(url, pool_size=pool_size, echo=echo, immediate=False, null_pool=null_pool)
+            if url.startswith("sqlite")
+            else None
+        )
+        return cls(writer, reader)
+
+    @classmethod
+    def bound_to(cls, connection: AsyncConnection) -> Database:
+        return cls(connection.engine, bind=connection)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in one write transaction, committed when the block exits normally and
+        rolled back when it raises."""
+        async with self._taking_turns():
+            session = self._take_session()
+            try:
+                yield session
+            except BaseException:
+                await session.close()
+                raise
+            await self._commit(session)
+
+    def _take_session(self) -> AsyncSession:
+        return self._idle.pop() if self._idle else self._writer()
+
+    async def _commit(self, session: AsyncSession) -> None:
+        # Commit and close in one trip into SQLAlchemy's greenlet, not two, then keep the
+        # clean session for the next transaction: on a busy two-core machine each trip and
+        # each new session cost several percent of a short transaction (README "Performance").
+        await session.run_sync(_commit_and_close)
+        if len(self._idle) < _IDLE_SESSIONS and not self._bound:
+            session.info.clear()
+            self._idle.append(session)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading. It is closed, never committed: whatever it might have changed
+        is rolled back when its connection returns to the pool; what it loaded stays readable."""
+        async with self._taking_turns(), self._reader() as session:
+            yield session
+
+    @asynccontextmanager
+    async def _taking_turns(self) -> AsyncIterator[None]:
+        if self._turn is None:
+            yield
+        else:
+            async with self._turn:
+                yield
+
+    async def run(self, fn: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 8) -> T:
+        """Run `fn` in one transaction and commit; retry deadlocks and serialization failures."""
+        for attempt in range(1, attempts + 1):
+            try:
+                if self._turn is not None:
+                    async with self.transaction() as session:
+                        return await fn(session)
+                # The same as above without two generator-based context managers: this is
+                # every write's path.
+                session = self._take_session()
+                try:
+                    result = await fn(session)
+                except BaseException:
+                    await session.close()
+                    raise
+                await self._commit(session)
+                return result
+            except (DBAPIError, RetryableError) as exc:
+                if self._bound or attempt == attempts or not is_retryable(exc):
+                    raise
+                DB_RETRIES.labels(type(exc).__name__).inc()
+                await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * random.random())  # noqa: S311
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> None:
+        async with self.read() as session:
+            await session.execute(select(literal_column("1")))
+
+    async def dispose(self) -> None:
+        if not self._bound:
+            await self.engine.dispose()
+            if self._reader_engine is not None:
+                await self._reader_engine.dispose()

@@ -1,0 +1,148 @@
+"""One error base for the whole package.
+
+Every expected failure is a `SimchargeError`: it carries an HTTP status, a stable `type` slug
+(rendered as the RFC 9457 `type` URI `/problems/<slug>`), a translatable title and detail, and
+the offending field(s). The API renders it as `application/problem+json`; the portal as a page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "/problems/"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One offending input: a dotted path (`amount`, `items.2.msisdn`) and what is wrong with it."""
+
+    field: str
+    detail: str
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class SimchargeError(Exception):
+    """Base of every expected failure; subclasses set `status`, `slug` and `title`."""
+
+    status: int = 400
+    """The HTTP status; a class constant, which an instance may override (`HTTPProblem`)."""
+    slug: ClassVar[str] = "bad-request"
+    title: ClassVar[str] = "The request cannot be processed."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        field: str | None = None,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        **params: Any,
+    ) -> None:
+        self.detail_template = detail or self.title
+        self.params = params
+        self.field = field
+        self.errors = errors or []
+        self.headers = headers or {}
+        super().__init__(self.detail)
+
+    @property
+    def detail(self) -> str:
+        return self.detail_template.format(**self.params) if self.params else self.detail_template
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def extra(self) -> dict[str, Any]:
+        """Additional members of the problem document, for subclasses that carry more."""
+        return {}
+
+
+class HTTPProblem(SimchargeError):
+    """An HTTP-level refusal raised by the framework (a body too large, a bad header…)."""
+
+    slug = "http-error"
+    title = "The request cannot be processed."
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class BadRequest(SimchargeError):
+    status = 400
+    slug = "bad-request"
+    title = "The request is malformed."
+
+
+class ValidationFailed(SimchargeError):
+    status = 422
+    slug = "validation-error"
+    title = "Some input is not valid."
+
+
+class NotAuthenticated(SimchargeError):
+    status = 401
+    slug = "not-authenticated"
+    title = "You need to sign in first."
+
+
+class Forbidden(SimchargeError):
+    status = 403
+    slug = "forbidden"
+    title = "You are not allowed to do this."
+
+
+class NotFound(SimchargeError):
+    status = 404
+    slug = "not-found"
+    title = "Nothing was found here."
+
+
+class MethodNotAllowed(SimchargeError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "This method is not allowed here."
+
+
+class Conflict(SimchargeError):
+    status = 409
+    slug = "conflict"
+    title = "The request conflicts with the current state."
+
+
+class IdempotencyKeyReused(SimchargeError):
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "This idempotency key was already used with a different request."
+
+
+class RateLimited(SimchargeError):
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests; please wait and try again."
+
+
+class ServiceUnavailable(SimchargeError):
+    status = 503
+    slug = "service-unavailable"
+    title = "The service is temporarily unavailable."
+
+
+class InternalError(SimchargeError):
+    status = 500
+    slug = "internal-error"
+    title = "Something went wrong on our side; it has been logged."
+
+
+def registered_problem_types() -> dict[str, type[SimchargeError]]:
+    """Every problem type by slug, for the `/problems/<slug>` documentation pages."""
+    found: dict[str, type[SimchargeError]] = {}
+    stack: list[type[SimchargeError]] = [SimchargeError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.slug, cls)
+        stack.extend(cls.__subclasses__())
+    return dict(sorted(found.items()))

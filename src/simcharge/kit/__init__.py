@@ -1,0 +1,1 @@
+"""Small, domain-free helpers: ids, clock, money, i18n."""

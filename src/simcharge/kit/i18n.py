@@ -1,0 +1,74 @@
+"""Languages simcharge speaks, and choosing one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LANGUAGES: tuple[str, ...] = ("en", "zh-Hans", "zh-Hant", "fil", "es")
+"""Every text a customer reads exists in each of these (BCP 47 tags)."""
+
+DEFAULT_LANGUAGE = "en"
+
+# Babel locale identifiers for formatting money, dates and numbers.
+BABEL_LOCALES: dict[str, str] = {
+    "en": "en",
+    "zh-Hans": "zh_Hans_CN",
+    "zh-Hant": "zh_Hant_TW",
+    "fil": "fil_PH",
+    "es": "es",
+}
+
+_ALIASES: dict[str, str] = {
+    "zh": "zh-Hans",
+    "zh-cn": "zh-Hans",
+    "zh-sg": "zh-Hans",
+    "zh-hans": "zh-Hans",
+    "zh-tw": "zh-Hant",
+    "zh-hk": "zh-Hant",
+    "zh-mo": "zh-Hant",
+    "zh-hant": "zh-Hant",
+    "tl": "fil",
+    "fil": "fil",
+    "es": "es",
+    "en": "en",
+}
+
+
+def normalize_language(tag: str | None) -> str | None:
+    """A supported language for a BCP 47 tag (`zh-TW` → `zh-Hant`, `es-MX` → `es`), or None."""
+    if not tag:
+        return None
+    lowered = tag.strip().replace("_", "-").lower()
+    if lowered in _ALIASES:
+        return _ALIASES[lowered]
+    parts = lowered.split("-")
+    if len(parts) >= 2 and parts[0] == "zh":
+        return _ALIASES.get(f"zh-{parts[1]}", "zh-Hans")
+    return _ALIASES.get(parts[0])
+
+
+def negotiate_language(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
+    """The best supported language for an `Accept-Language` header."""
+    if not accept_language:
+        return default
+    weighted: list[tuple[float, int, str]] = []
+    for i, part in enumerate(accept_language.split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        if quality > 0:
+            weighted.append((-quality, i, tag))
+    for _, _, tag in sorted(weighted):
+        found = normalize_language(tag)
+        if found:
+            return found
+    return default
+
+
+def pick_text(texts: Mapping[str, str], language: str) -> str:
+    """The text in `language`, else English, else any."""
+    return texts.get(language) or texts.get(DEFAULT_LANGUAGE) or next(iter(texts.values()), "")

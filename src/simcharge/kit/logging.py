@@ -1,0 +1,43 @@
+"""structlog configuration: JSON lines in production, readable lines in development.
+
+Values under keys that look secret are masked before anything is written."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+SECRET_KEYS = ("password", "secret", "token", "authorization", "cookie", "code", "key", "otp")
+
+
+def _mask_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for k in list(event):
+        lowered = k.lower()
+        if k != "event" and any(s in lowered for s in SECRET_KEYS) and not lowered.endswith("_id"):
+            event[k] = "***"
+    return event
+
+
+def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _mask_secrets,
+        structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

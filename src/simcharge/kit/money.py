@@ -1,0 +1,83 @@
+"""Money and units as integers: minor units of an ISO 4217 currency, or seconds, bytes, messages.
+
+`Decimal` appears only at the edges (display, provider APIs); a conversion that would lose a
+fraction raises instead of rounding.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from functools import lru_cache
+
+from babel.core import Locale
+from babel.numbers import format_currency, get_currency_precision, list_currencies
+
+
+class Unit(StrEnum):
+    """The non-monetary units a ledger account can hold."""
+
+    VOICE_S = "VOICE_S"
+    """Seconds of voice calls."""
+    DATA_B = "DATA_B"
+    """Bytes of mobile data."""
+    SMS = "SMS"
+    """Text messages."""
+
+
+class LossyConversionError(ValueError):
+    """An amount has more decimal places than its currency's minor unit."""
+
+
+@lru_cache(maxsize=1)
+def _currencies() -> frozenset[str]:
+    return frozenset(list_currencies())
+
+
+def is_currency(code: str) -> bool:
+    return code in _currencies()
+
+
+def is_unit(code: str) -> bool:
+    """A code a ledger account may hold: an ISO 4217 currency or one of `Unit`."""
+    return code in Unit.__members__ or is_currency(code)
+
+
+@lru_cache(maxsize=256)
+def minor_exponent(currency: str) -> int:
+    if not is_currency(currency):
+        raise ValueError(f"unknown currency {currency!r}")
+    return int(get_currency_precision(currency))
+
+
+def to_minor(amount: Decimal | str | int, currency: str) -> int:
+    """`Decimal("10.50"), "USD"` → 1050. Raises if the amount has finer precision than allowed."""
+    try:
+        value = Decimal(amount)
+    except (InvalidOperation, TypeError) as exc:
+        raise LossyConversionError(f"{amount!r} is not a number") from exc
+    if not value.is_finite():
+        raise LossyConversionError(f"{amount!r} is not a finite amount")
+    scaled = value.scaleb(minor_exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise LossyConversionError(
+            f"{amount} has more decimals than {currency} allows ({minor_exponent(currency)})"
+        )
+    return int(scaled)
+
+
+def from_minor(minor: int, currency: str) -> Decimal:
+    """1050, "USD" → Decimal("10.50")."""
+    exp = minor_exponent(currency)
+    return Decimal(minor).scaleb(-exp).quantize(Decimal(1).scaleb(-exp))
+
+
+def format_money(minor: int, currency: str, locale: str | Locale = "en") -> str:
+    return str(format_currency(from_minor(minor, currency), currency, locale=locale))
+
+
+def percent_of(minor: int, basis_points: int) -> int:
+    """`basis_points`/10 000 of `minor`, rounded half up to the minor unit (fees are never float)."""
+    numerator = minor * basis_points
+    quotient, remainder = divmod(numerator, 10_000)
+    return quotient + (1 if remainder * 2 >= 10_000 else 0)

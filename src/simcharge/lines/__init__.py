@@ -1,0 +1,1 @@
+"""Lines (virtual SIMs), their wallets and unit buckets."""

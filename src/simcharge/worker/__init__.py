@@ -1,0 +1,1 @@
+"""Work outside the request: the outbox table and `simcharge worker`."""

@@ -1,0 +1,161 @@
+"""The worker loop: schedule periodic jobs, claim due ones, run them with bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import traceback
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.metrics import JOBS
+from simcharge.worker import service
+from simcharge.worker.registry import JobContext, PermanentJobError, Registry, registry
+
+log = structlog.get_logger("simcharge.worker")
+
+
+def load_jobs() -> Registry:
+    """Import every module that registers jobs, and return the filled registry."""
+    import simcharge.worker.jobs  # noqa: F401
+
+    return registry
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        concurrency: int = 1,
+        registry: Registry | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.concurrency = max(1, concurrency)
+        self.registry = registry or load_jobs()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid7().hex[-6:]}"
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def schedule_periodic(self) -> int:
+        """Make sure the current slot of every periodic job exists (once, whoever asks)."""
+        now = utcnow()
+        written = 0
+
+        async def write(session: AsyncSession) -> int:
+            n = 0
+            for p in self.registry.periodic.values():
+                seconds = max(1, int(p.every.total_seconds()))
+                slot = int(now.timestamp()) // seconds
+                n += await service.enqueue(
+                    session, p.kind, {}, dedupe_key=f"every:{p.kind}:{slot}", max_attempts=3
+                )
+            return n
+
+        if self.registry.periodic:
+            written = await self.db.run(write)
+        return written
+
+    async def _claim(self, limit: int) -> list[service.ClaimedJob]:
+        if limit <= 0:
+            return []
+        return await self.db.run(lambda s: service.claim(s, self.worker_id, limit))
+
+    async def run_once(self) -> int:
+        """Claim and run what is due now, waiting for it to finish. Returns jobs run."""
+        await self.schedule_periodic()
+        claimed = await self._claim(self.concurrency)
+        await asyncio.gather(*(self._run_job(j) for j in claimed))
+        return len(claimed)
+
+    async def drain(self, *, max_rounds: int = 100) -> int:
+        """Run due jobs until none is left (tests, the chaos check, `worker --drain`)."""
+        total = 0
+        for _ in range(max_rounds):
+            claimed = await self._claim(self.concurrency)
+            if not claimed:
+                break
+            await asyncio.gather(*(self._run_job(j) for j in claimed))
+            total += len(claimed)
+        return total
+
+    async def _record_failure(self, job: service.ClaimedJob, error: str, *, retry: bool) -> str:
+        status = await self.db.run(
+            lambda s: service.fail(s, job, self.worker_id, error, retry=retry)
+        )
+        JOBS.labels(job.kind, status.value).inc()
+        return status.value
+
+    async def _run_job(self, job: service.ClaimedJob) -> None:
+        handler = self.registry.handlers.get(job.kind)
+        bound = log.bind(job_id=str(job.id), kind=job.kind, attempt=job.attempts)
+        if handler is None:
+            await self._record_failure(job, "unknown job kind", retry=False)
+            bound.error("job.unknown_kind")
+            return
+        try:
+            await handler(JobContext(self.db, self.settings, job), job.payload)
+        except asyncio.CancelledError:
+            raise
+        except PermanentJobError as exc:
+            error = str(exc)
+            await self._record_failure(job, error, retry=False)
+            bound.error("job.failed_permanently", error=error)
+        except Exception as exc:  # noqa: BLE001 - a job's failure must not stop the worker
+            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            now = await self._record_failure(job, error, retry=True)
+            bound.warning("job.failed", error=error, now=now)
+        else:
+            await self.db.run(lambda s: service.finish(s, job.id, self.worker_id))
+            JOBS.labels(job.kind, "done").inc()
+            bound.debug("job.done")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; then let the jobs in hand finish (a job still running after
+        the grace period comes back to the queue when its lease runs out)."""
+        log.info("worker.started", worker_id=self.worker_id, concurrency=self.concurrency)
+        poll = self.settings.worker_poll_seconds
+        loop = asyncio.get_running_loop()
+        next_schedule = 0.0
+        while not stop.is_set():
+            try:
+                if loop.time() >= next_schedule:
+                    await self.schedule_periodic()
+                    next_schedule = loop.time() + poll
+                claimed = await self._claim(self.concurrency - len(self._running))
+                for job in claimed:
+                    task = asyncio.create_task(self._run_job(job))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                if not claimed:
+                    await self._idle(stop, poll)
+            except asyncio.CancelledError:
+                break
+            except Exception:
+                log.exception("worker.loop_error")
+                await asyncio.sleep(min(5.0, poll * 2))
+        if self._running:
+            await asyncio.wait(self._running, timeout=30)
+        log.info("worker.stopped", worker_id=self.worker_id)
+
+    async def _idle(self, stop: asyncio.Event, poll: float) -> None:
+        """Wait for the next poll, a stop, or a free slot, whichever comes first."""
+        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+        if self._running:
+            waiters.append(asyncio.create_task(_first_done(self._running)))
+        _, pending = await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+
+
+async def _first_done(tasks: set[asyncio.Task[None]]) -> None:
+    await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,180 @@
+"""Enqueueing, claiming and finishing outbox jobs.
+
+A job is claimed in a short transaction of its own (status `running`, a lease until
+`locked_until`), run, then marked done or rescheduled in another. A worker that dies leaves
+its jobs to come back when their lease runs out, so every handler must be safe to run twice.
+On PostgreSQL several workers claim with `FOR UPDATE SKIP LOCKED`; on SQLite the write lock
+taken by `BEGIN IMMEDIATE` serialises the claims.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.db import table_of, upsert_insert
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.worker.models import JobStatus, OutboxJob
+
+jobs = table_of(OutboxJob)
+
+LEASE = timedelta(minutes=5)
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+async def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 10,
+) -> bool:
+    """Write a job in the caller's transaction. With a `dedupe_key` already used: no new job.
+
+    Returns whether a job was written."""
+    now = utcnow()
+    values = {
+        "id": uuid7(),
+        "kind": kind,
+        "payload": payload or {},
+        "status": JobStatus.pending.value,
+        "run_at": run_at or now,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "dedupe_key": dedupe_key,
+        "created_at": now,
+    }
+    if dedupe_key is None:
+        await session.execute(jobs.insert().values(values))
+        return True
+    stmt = (
+        upsert_insert(session, jobs)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    result = await session.execute(stmt.returning(jobs.c.id))
+    return result.first() is not None
+
+
+async def claim(session: AsyncSession, worker_id: str, limit: int) -> list[ClaimedJob]:
+    """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id`."""
+    now = utcnow()
+    due = or_(
+        and_(jobs.c.status == JobStatus.pending.value, jobs.c.run_at <= now),
+        and_(jobs.c.status == JobStatus.running.value, jobs.c.locked_until < now),
+    )
+    stmt = (
+        select(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempts, jobs.c.max_attempts)
+        .where(due)
+        .order_by(jobs.c.run_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = list(await session.execute(stmt))
+    if not rows:
+        return []
+    await session.execute(
+        update(jobs)
+        .where(jobs.c.id.in_([r.id for r in rows]))
+        .values(
+            status=JobStatus.running.value,
+            locked_by=worker_id,
+            locked_until=now + LEASE,
+            attempts=jobs.c.attempts + 1,
+        )
+    )
+    return [ClaimedJob(r.id, r.kind, r.payload, r.attempts + 1, r.max_attempts) for r in rows]
+
+
+async def finish(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> None:
+    await session.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == job_id,
+            jobs.c.locked_by == worker_id,
+            jobs.c.status == JobStatus.running.value,
+        )
+        .values(status=JobStatus.done.value, finished_at=utcnow(), locked_until=None)
+    )
+
+
+def backoff(attempts: int) -> timedelta:
+    """2, 4, 8 … seconds, at most an hour, with ±25 % jitter so retries do not stampede."""
+    base = min(3600.0, 2.0**attempts)
+    return timedelta(seconds=base * random.uniform(0.75, 1.25))  # noqa: S311
+
+
+async def fail(
+    session: AsyncSession, job: ClaimedJob, worker_id: str, error: str, *, retry: bool = True
+) -> JobStatus:
+    """Reschedule the job with backoff, or bury it once it has used its attempts."""
+    now = utcnow()
+    dead = not retry or job.attempts >= job.max_attempts
+    status = JobStatus.dead if dead else JobStatus.pending
+    await session.execute(
+        update(jobs)
+        .where(jobs.c.id == job.id, jobs.c.locked_by == worker_id)
+        .values(
+            status=status.value,
+            last_error=error[:MAX_ERROR_LENGTH],
+            run_at=now if dead else now + backoff(job.attempts),
+            locked_until=None,
+            finished_at=now if dead else None,
+        )
+    )
+    return status
+
+
+async def release(session: AsyncSession, job_ids: Sequence[uuid.UUID], worker_id: str) -> None:
+    """Give jobs back at shutdown without counting the attempt."""
+    if job_ids:
+        await session.execute(
+            update(jobs)
+            .where(
+                jobs.c.id.in_(list(job_ids)),
+                jobs.c.locked_by == worker_id,
+                jobs.c.status == JobStatus.running.value,
+            )
+            .values(status=JobStatus.pending.value, locked_until=None, attempts=jobs.c.attempts - 1)
+        )
+
+
+async def prune_finished(session: AsyncSession, *, older_than: timedelta) -> int:
+    cutoff = utcnow() - older_than
+    result = await session.execute(
+        delete(jobs).where(jobs.c.status == JobStatus.done.value, jobs.c.finished_at < cutoff)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+    return {status: int(n) for status, n in rows}
+
+
+async def requeue_dead(session: AsyncSession, job_id: uuid.UUID) -> bool:
+    result = await session.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.dead.value)
+        .values(status=JobStatus.pending.value, run_at=utcnow(), attempts=0, finished_at=None)
+    )
+    return bool(getattr(result, "rowcount", 0))

@@ -1,0 +1,202 @@
+"""Test fixtures: the real databases, the app, factories.
+
+Every test that asks for `db`, `session` or `client` runs once on SQLite and, when
+`SIMCHARGE_TEST_POSTGRES_URL` is set (a server where tests may create and drop databases),
+once more on PostgreSQL. Each xdist worker migrates its own template database once; tests run
+inside an outer transaction that is rolled back afterwards (`db`, `session`), or on a fresh copy
+of the template when they need several real connections (`fresh_db`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from hypothesis import settings as hypothesis_settings
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from simcharge import migrate
+from simcharge.app import create_app
+from simcharge.config import Environment, Settings
+from simcharge.db import Database, create_engine
+from simcharge.kit.clock import clock
+
+hypothesis_settings.register_profile("default", max_examples=40)
+hypothesis_settings.register_profile("thorough", max_examples=600)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+PG_URL = os.environ.get("SIMCHARGE_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def _pg_url(database: str) -> str:
+    assert PG_URL
+    url = make_url(PG_URL).set(drivername="postgresql+asyncpg", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+def _pg_admin_dsn() -> str:
+    assert PG_URL
+    url = make_url(PG_URL).set(drivername="postgresql", database="postgres")
+    return url.render_as_string(hide_password=False)
+
+
+async def _pg_create(name: str, template: str | None = None) -> None:
+    conn = await asyncpg.connect(_pg_admin_dsn())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+    finally:
+        await conn.close()
+
+
+async def _pg_drop(name: str) -> None:
+    conn = await asyncpg.connect(_pg_admin_dsn())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class Backend:
+    """One database server kind, with a migrated template to copy from."""
+
+    def __init__(self, kind: str, worker: str, tmp: Path) -> None:
+        self.kind = kind
+        self.worker = worker
+        self.tmp = tmp
+        self.template_url = ""
+        self._sqlite_template: Path | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.kind == "postgresql"
+
+    async def prepare(self) -> None:
+        if self.is_postgres:
+            name = f"simcharge_tpl_{self.worker}"
+            await _pg_create(name)
+            self.template_url = _pg_url(name)
+        else:
+            self._sqlite_template = self.tmp / "template.db"
+            self.template_url = f"sqlite+aiosqlite:///{self._sqlite_template}"
+        engine = create_engine(self.template_url, null_pool=True)
+        await migrate.upgrade(engine)
+        await engine.dispose()
+
+    async def copy(self, label: str) -> str:
+        """A new database with the migrated schema; returns its URL."""
+        if self.is_postgres:
+            name = f"simcharge_{label}_{self.worker}"
+            await _pg_create(name, template=f"simcharge_tpl_{self.worker}")
+            return _pg_url(name)
+        assert self._sqlite_template is not None
+        target = self.tmp / f"{label}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self._sqlite_template, target)
+        return f"sqlite+aiosqlite:///{target}"
+
+    async def discard(self, url: str) -> None:
+        if self.is_postgres:
+            await _pg_drop(make_url(url).database or "")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{make_url(url).database}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def worker_name(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def backend(
+    request: pytest.FixtureRequest, worker_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Backend]:
+    b = Backend(request.param, worker_name, tmp_path_factory.mktemp(request.param))
+    await b.prepare()
+    yield b
+    if b.is_postgres:
+        await _pg_drop(f"simcharge_tpl_{worker_name}")
+
+
+@pytest.fixture(scope="session")
+async def engine(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    url = await backend.copy("shared")
+    eng = create_engine(url, pool_size=2)
+    yield eng
+    await eng.dispose()
+    await backend.discard(url)
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        try:
+            yield conn
+        finally:
+            await outer.rollback()
+
+
+@pytest.fixture
+async def db(connection: AsyncConnection) -> Database:
+    """A `Database` whose every transaction is a savepoint in the test's outer transaction."""
+    return Database.bound_to(connection)
+
+
+@pytest.fixture
+async def session(db: Database) -> AsyncIterator[AsyncSession]:
+    async with db.transaction() as s:
+        yield s
+
+
+@pytest.fixture
+async def fresh_db(backend: Backend, request: pytest.FixtureRequest) -> AsyncIterator[Database]:
+    """A database of its own, with real connections and real commits; dropped afterwards."""
+    url = await backend.copy("t" + uuid.uuid4().hex[:10])
+    database = Database.from_url(url, pool_size=40)
+    yield database
+    await database.dispose()
+    await backend.discard(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        env=Environment.test,
+        secret_key=TEST_SECRET,  # type: ignore[call-arg]
+        database_url="sqlite+aiosqlite:///unused.db",
+        worker_in_process=False,
+        base_url="http://testserver",
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings, db: Database) -> Any:
+    return create_app(settings, db=db, run_worker=False)
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _real_clock() -> Iterator[None]:
+    yield
+    clock.unfreeze()

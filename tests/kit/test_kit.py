@@ -1,0 +1,85 @@
+"""Money, ids, languages, phone numbers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from simcharge.kit.i18n import negotiate_language, normalize_language
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.money import (
+    LossyConversionError,
+    format_money,
+    from_minor,
+    is_unit,
+    percent_of,
+    to_minor,
+)
+from simcharge.kit.phone import InvalidPhoneNumber, normalize_e164
+
+
+def test_minor_units_per_currency() -> None:
+    assert to_minor("10.50", "USD") == 1050
+    assert to_minor(Decimal("68"), "CNY") == 6800
+    assert to_minor("500", "JPY") == 500
+    assert to_minor("1.234", "KWD") == 1234
+    assert from_minor(1050, "USD") == Decimal("10.50")
+    assert str(from_minor(5, "USD")) == "0.05"
+
+
+@pytest.mark.parametrize("bad", ["10.001", "0.5", "nan", "abc", "Infinity"])
+def test_lossy_or_invalid_amounts_raise(bad: str) -> None:
+    with pytest.raises(LossyConversionError):
+        to_minor(bad, "JPY" if bad == "0.5" else "USD")
+
+
+def test_units_and_formatting() -> None:
+    assert is_unit("USD") and is_unit("VOICE_S") and is_unit("DATA_B") and not is_unit("MINUTES")
+    assert format_money(123456, "USD", "en") == "$1,234.56"
+    assert format_money(6800, "CNY", "zh_Hans_CN") == "¥68.00"
+    assert format_money(1050, "USD", "es") == "10,50\xa0US$"
+
+
+def test_percent_rounds_half_up_to_the_minor_unit() -> None:
+    assert percent_of(1000, 349) == 35  # 34.9
+    assert percent_of(100, 50) == 1  # 0.5 → 1
+    assert percent_of(100, 49) == 0  # 0.49 → 0
+    assert percent_of(0, 349) == 0
+
+
+def test_ids() -> None:
+    a, b = uuid7(), uuid7()
+    assert a.version == 7 and a != b and a.int >> 80 <= b.int >> 80
+    assert derived_id("order", 1) == derived_id("order", 1) != derived_id("order", 2)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "en"),
+        ("zh-TW,zh;q=0.9", "zh-Hant"),
+        ("zh-CN", "zh-Hans"),
+        ("zh-Hant-HK", "zh-Hant"),
+        ("fr-FR,es;q=0.5", "es"),
+        ("tl-PH", "fil"),
+        ("de, en;q=0", "en"),
+        ("es;q=0.2, fil;q=0.8", "fil"),
+        ("garbage;;q=x", "en"),
+    ],
+)
+def test_language_negotiation(header: str | None, expected: str) -> None:
+    assert negotiate_language(header) == expected
+
+
+def test_language_normalisation() -> None:
+    assert normalize_language("es-MX") == "es"
+    assert normalize_language("xx") is None
+
+
+def test_phone_numbers() -> None:
+    assert normalize_e164("+1 (415) 555-0100") == "+14155550100"
+    assert normalize_e164("0917 123 4567", region="PH") == "+639171234567"
+    for bad in ("", "12", "+999 123", "hello"):
+        with pytest.raises(InvalidPhoneNumber):
+            normalize_e164(bad)

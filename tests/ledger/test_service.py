@@ -1,0 +1,452 @@
+"""The ledger service, behaviour by behaviour, on the real databases."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.db import Database
+from simcharge.kit.clock import clock
+from simcharge.kit.ids import uuid7
+from simcharge.ledger.models import LedgerTransfer, PendingStatus, TransferKind
+from simcharge.ledger.repository import LedgerRepository
+from simcharge.ledger.service import (
+    NewTransfer,
+    TransferRejected,
+    TransferResult,
+    create_transfers,
+    expire_pending_transfers,
+    post_transfers,
+)
+from tests.factories import create_ledger_account, ledger_account, transfer_count
+
+R = TransferResult
+
+
+async def funded(
+    session: AsyncSession, amount: int = 1000, unit: str = "USD"
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """An unbounded source and a wallet (debits must not exceed credits) holding `amount`."""
+    source = await create_ledger_account(session, unit)
+    wallet = await create_ledger_account(session, unit, bounded="debits")
+    await post_transfers(session, [NewTransfer(uuid7(), amount, unit, source, wallet)])
+    return source, wallet
+
+
+def t(
+    debit: uuid.UUID, credit: uuid.UUID, amount: int, unit: str = "USD", **kw: object
+) -> NewTransfer:
+    return NewTransfer(
+        id=kw.pop("id", None) or uuid7(),
+        amount=amount,
+        unit=unit,  # type: ignore[arg-type]
+        debit_account_id=debit,
+        credit_account_id=credit,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+async def test_posted_transfer_moves_the_amount(session: AsyncSession) -> None:
+    source, wallet = await funded(session, 1000)
+    sink = await create_ledger_account(session)
+    [outcome] = await create_transfers(session, [t(wallet, sink, 300)])
+    assert outcome.result is R.ok
+    w = await ledger_account(session, wallet)
+    s = await ledger_account(session, sink)
+    assert (w.credits_posted, w.debits_posted, w.balance) == (1000, 300, 700)
+    assert s.credits_posted == 300
+    src = await ledger_account(session, source)
+    assert src.debits_posted == 1000
+
+
+async def test_same_id_same_fields_is_exists_and_changes_nothing(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 1000)
+    sink = await create_ledger_account(session)
+    transfer = t(wallet, sink, 100)
+    assert [o.result for o in await create_transfers(session, [transfer])] == [R.ok]
+    before = await transfer_count(session)
+    assert [o.result for o in await create_transfers(session, [transfer])] == [R.exists]
+    assert await transfer_count(session) == before
+    assert (await ledger_account(session, wallet)).balance == 900
+
+
+async def test_replay_is_exists_even_when_the_balance_has_since_run_out(
+    session: AsyncSession,
+) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    transfer = t(wallet, sink, 100)
+    await create_transfers(session, [transfer])
+    assert [o.result for o in await create_transfers(session, [transfer])] == [R.exists]
+
+
+@pytest.mark.parametrize("change", ["amount", "credit", "code", "reference"])
+async def test_same_id_other_fields_is_an_error(session: AsyncSession, change: str) -> None:
+    _, wallet = await funded(session, 1000)
+    sink = await create_ledger_account(session)
+    other = await create_ledger_account(session)
+    tid = uuid7()
+    await create_transfers(session, [t(wallet, sink, 100, id=tid, code="a", reference="r")])
+    variants = {
+        "amount": t(wallet, sink, 101, id=tid, code="a", reference="r"),
+        "credit": t(wallet, other, 100, id=tid, code="a", reference="r"),
+        "code": t(wallet, sink, 100, id=tid, code="b", reference="r"),
+        "reference": t(wallet, sink, 100, id=tid, code="a", reference="s"),
+    }
+    [outcome] = await create_transfers(session, [variants[change]])
+    assert outcome.result is R.exists_with_different_fields
+    assert (await ledger_account(session, wallet)).balance == 900
+    with pytest.raises(TransferRejected) as info:
+        await post_transfers(session, [variants[change]])
+    assert info.value.reason is R.exists_with_different_fields
+    assert info.value.status == 409
+
+
+async def test_bounded_account_cannot_go_below_zero(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    before = await transfer_count(session)
+    [outcome] = await create_transfers(session, [t(wallet, sink, 101)])
+    assert outcome.result is R.exceeds_credits
+    assert await transfer_count(session) == before
+    assert (await ledger_account(session, wallet)).balance == 100
+
+
+async def test_credits_must_not_exceed_debits(session: AsyncSession) -> None:
+    limit_holder = await create_ledger_account(session, bounded="credits")
+    other = await create_ledger_account(session)
+    # An account that may only be credited up to what it has been debited (a "refund pool").
+    assert (await create_transfers(session, [t(other, limit_holder, 1)]))[
+        0
+    ].result is R.exceeds_debits
+    await post_transfers(session, [t(limit_holder, other, 50)])
+    assert (await create_transfers(session, [t(other, limit_holder, 50)]))[0].result is R.ok
+    assert (await create_transfers(session, [t(other, limit_holder, 1)]))[
+        0
+    ].result is R.exceeds_debits
+
+
+async def test_independent_transfers_in_one_batch_fail_alone(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    outcomes = await create_transfers(
+        session, [t(wallet, sink, 60), t(wallet, sink, 60), t(wallet, sink, 40)]
+    )
+    assert [o.result for o in outcomes] == [R.ok, R.exceeds_credits, R.ok]
+    assert (await ledger_account(session, wallet)).balance == 0
+
+
+async def test_linked_chain_is_all_or_nothing(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    a = await create_ledger_account(session)
+    b = await create_ledger_account(session)
+    before = await transfer_count(session)
+    outcomes = await create_transfers(
+        session,
+        [
+            t(wallet, a, 60, linked=True),
+            t(wallet, b, 60),  # fails: only 40 left
+            t(wallet, b, 10),  # a chain of its own: succeeds
+        ],
+    )
+    assert [o.result for o in outcomes] == [R.linked_event_failed, R.exceeds_credits, R.ok]
+    assert await transfer_count(session) == before + 1
+    assert (await ledger_account(session, a)).credits_posted == 0
+    assert (await ledger_account(session, wallet)).balance == 90
+
+
+async def test_open_chain_fails_whole(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    a = await create_ledger_account(session)
+    outcomes = await create_transfers(
+        session, [t(wallet, a, 10, linked=True), t(wallet, a, 10, linked=True)]
+    )
+    assert [o.result for o in outcomes] == [R.linked_event_failed, R.linked_event_chain_open]
+    assert (await ledger_account(session, wallet)).balance == 100
+
+
+async def test_post_transfers_raises_and_leaves_no_trace(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    a = await create_ledger_account(session)
+    before = await transfer_count(session)
+    with pytest.raises(TransferRejected) as info:
+        await post_transfers(session, [t(wallet, a, 50), t(wallet, a, 51)])
+    assert info.value.reason is R.exceeds_credits
+    assert info.value.extra()["results"][0]["result"] == "linked_event_failed"
+    assert await transfer_count(session) == before
+    assert (await ledger_account(session, wallet)).balance == 100
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda a, b: NewTransfer(uuid.UUID(int=0), 1, "USD", a, b), R.id_must_not_be_zero),
+        (lambda a, b: NewTransfer(uuid7(), 0, "USD", a, b), R.amount_must_not_be_zero),
+        (lambda a, b: NewTransfer(uuid7(), -5, "USD", a, b), R.amount_must_not_be_negative),
+        (lambda a, b: NewTransfer(uuid7(), 2**63, "USD", a, b), R.amount_too_large),
+        (lambda a, b: NewTransfer(uuid7(), 1, "USD", None, b), R.debit_account_id_required),
+        (lambda a, b: NewTransfer(uuid7(), 1, "USD", a, None), R.credit_account_id_required),
+        (lambda a, b: NewTransfer(uuid7(), 1, None, a, b), R.unit_required),
+        (lambda a, b: NewTransfer(uuid7(), 1, "USD", a, a), R.accounts_must_be_different),
+        (
+            lambda a, b: NewTransfer(uuid7(), 1, "USD", a, b, timeout_s=5),
+            R.timeout_reserved_for_pending_transfer,
+        ),
+        (
+            lambda a, b: NewTransfer(
+                uuid7(), 1, "USD", a, b, kind=TransferKind.pending, timeout_s=-1
+            ),
+            R.timeout_must_not_be_negative,
+        ),
+        (
+            lambda a, b: NewTransfer(uuid7(), 1, "USD", a, b, pending_id=uuid7()),
+            R.pending_id_must_be_zero,
+        ),
+        (
+            lambda a, b: NewTransfer(uuid7(), 1, kind=TransferKind.post_pending),
+            R.pending_id_required,
+        ),
+        (lambda a, b: NewTransfer(uuid7(), 1, "USD", a, uuid7()), R.credit_account_not_found),
+        (lambda a, b: NewTransfer(uuid7(), 1, "USD", uuid7(), b), R.debit_account_not_found),
+        (
+            lambda a, b: NewTransfer(uuid7(), 1, "CNY", a, b),
+            R.transfer_must_have_the_same_unit_as_accounts,
+        ),
+        (
+            lambda a, b: NewTransfer(uuid7(), kind=TransferKind.void_pending, pending_id=uuid7()),
+            R.pending_transfer_not_found,
+        ),
+        (
+            lambda a, b: NewTransfer(uuid7(), kind=TransferKind.expire_pending, pending_id=uuid7()),
+            R.kind_not_allowed,
+        ),
+    ],
+)
+async def test_invalid_transfers_are_refused_with_their_reason(
+    session: AsyncSession, make: object, expected: TransferResult
+) -> None:
+    a = await create_ledger_account(session)
+    b = await create_ledger_account(session)
+    before = await transfer_count(session)
+    [outcome] = await create_transfers(session, [make(a, b)])  # type: ignore[operator]
+    assert outcome.result is expected
+    assert await transfer_count(session) == before
+
+
+async def test_accounts_of_different_units_cannot_trade(session: AsyncSession) -> None:
+    usd = await create_ledger_account(session, "USD")
+    secs = await create_ledger_account(session, "VOICE_S")
+    [outcome] = await create_transfers(session, [t(usd, secs, 1, "USD")])
+    assert outcome.result is R.accounts_must_have_the_same_unit
+
+
+async def test_overflow_is_refused(session: AsyncSession) -> None:
+    a = await create_ledger_account(session)
+    b = await create_ledger_account(session)
+    await post_transfers(session, [t(a, b, 2**63 - 10)])
+    [outcome] = await create_transfers(session, [t(a, b, 11)])
+    assert outcome.result is R.overflow
+
+
+# --- pending transfers ------------------------------------------------------------------------
+
+
+async def reserve(
+    session: AsyncSession, wallet: uuid.UUID, sink: uuid.UUID, amount: int, timeout_s: int = 0
+) -> uuid.UUID:
+    pid = uuid7()
+    await post_transfers(
+        session, [t(wallet, sink, amount, kind=TransferKind.pending, timeout_s=timeout_s, id=pid)]
+    )
+    return pid
+
+
+async def test_pending_reserves_then_post_in_part_releases_the_rest(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60)
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.balance) == (60, 40)
+    # The reservation counts against the bound: only 40 can still be spent.
+    assert (await create_transfers(session, [t(wallet, sink, 41)]))[0].result is R.exceeds_credits
+    [o] = await create_transfers(
+        session, [NewTransfer(uuid7(), 25, kind=TransferKind.post_pending, pending_id=pid)]
+    )
+    assert o.result is R.ok
+    w = await ledger_account(session, wallet)
+    s = await ledger_account(session, sink)
+    assert (w.debits_pending, w.debits_posted, w.balance) == (0, 25, 75)
+    assert (s.credits_pending, s.credits_posted) == (0, 25)
+    status = (
+        await session.execute(select(LedgerTransfer.pending_status).where(LedgerTransfer.id == pid))
+    ).scalar_one()
+    assert status == PendingStatus.posted
+
+
+async def test_post_without_amount_posts_everything(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60)
+    await post_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.post_pending, pending_id=pid)]
+    )
+    assert (await ledger_account(session, wallet)).balance == 40
+
+
+async def test_void_releases_everything(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60)
+    await post_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.void_pending, pending_id=pid)]
+    )
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.debits_posted, w.balance) == (0, 0, 100)
+
+
+async def test_a_pending_transfer_is_resolved_once(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60)
+    await post_transfers(
+        session, [NewTransfer(uuid7(), 10, kind=TransferKind.post_pending, pending_id=pid)]
+    )
+    results = await create_transfers(
+        session,
+        [
+            NewTransfer(uuid7(), 10, kind=TransferKind.post_pending, pending_id=pid),
+            NewTransfer(uuid7(), kind=TransferKind.void_pending, pending_id=pid),
+        ],
+    )
+    assert [o.result for o in results] == [R.pending_transfer_already_posted] * 2
+    pid2 = await reserve(session, wallet, sink, 5)
+    await post_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.void_pending, pending_id=pid2)]
+    )
+    [o] = await create_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.post_pending, pending_id=pid2)]
+    )
+    assert o.result is R.pending_transfer_already_voided
+
+
+async def test_post_checks_amount_and_fields_against_the_pending(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    other = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60)
+    results = await create_transfers(
+        session,
+        [
+            NewTransfer(uuid7(), 61, kind=TransferKind.post_pending, pending_id=pid),
+            NewTransfer(
+                uuid7(), 10, kind=TransferKind.post_pending, pending_id=pid, credit_account_id=other
+            ),
+            NewTransfer(uuid7(), 10, "CNY", kind=TransferKind.post_pending, pending_id=pid),
+            NewTransfer(uuid7(), 10, kind=TransferKind.void_pending, pending_id=pid),
+        ],
+    )
+    assert [o.result for o in results] == [
+        R.exceeds_pending_transfer_amount,
+        R.pending_transfer_has_different_fields,
+        R.pending_transfer_has_different_fields,
+        R.pending_transfer_has_different_fields,
+    ]
+    posted = await create_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.post_pending, pending_id=uuid7())]
+    )
+    assert posted[0].result is R.pending_transfer_not_found
+    # Posting a transfer that is not pending:
+    plain = t(wallet, sink, 1)
+    await post_transfers(session, [plain])
+    [o] = await create_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.post_pending, pending_id=plain.id)]
+    )
+    assert o.result is R.pending_transfer_not_pending
+
+
+async def test_pending_and_post_in_one_batch(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = uuid7()
+    outcomes = await create_transfers(
+        session,
+        [
+            t(wallet, sink, 50, kind=TransferKind.pending, id=pid),
+            NewTransfer(uuid7(), 20, kind=TransferKind.post_pending, pending_id=pid),
+        ],
+    )
+    assert [o.result for o in outcomes] == [R.ok, R.ok]
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.debits_posted) == (0, 20)
+    status = (
+        await session.execute(select(LedgerTransfer.pending_status).where(LedgerTransfer.id == pid))
+    ).scalar_one()
+    assert status == PendingStatus.posted
+
+
+async def test_timed_out_reservation_cannot_be_posted_and_is_released_by_the_sweep(
+    session: AsyncSession,
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    clock.freeze(start)
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60, timeout_s=30)
+    assert await expire_pending_transfers(session, now=start + timedelta(seconds=29)) == 0
+    clock.freeze(start + timedelta(seconds=31))
+    [o] = await create_transfers(
+        session, [NewTransfer(uuid7(), 10, kind=TransferKind.post_pending, pending_id=pid)]
+    )
+    assert o.result is R.pending_transfer_expired
+    assert (await ledger_account(session, wallet)).debits_pending == 60
+    assert await expire_pending_transfers(session) == 1
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.balance) == (0, 100)
+    assert await expire_pending_transfers(session) == 0
+    row = (
+        await session.execute(select(LedgerTransfer).where(LedgerTransfer.pending_id == pid))
+    ).scalar_one()
+    assert (row.kind, row.amount) == ("expire_pending", 60)
+    [o] = await create_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.void_pending, pending_id=pid)]
+    )
+    assert o.result is R.pending_transfer_expired
+
+
+async def test_replayed_pending_transfer_compares_its_timeout(session: AsyncSession) -> None:
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = uuid7()
+    first = t(wallet, sink, 10, kind=TransferKind.pending, timeout_s=60, id=pid)
+    await post_transfers(session, [first])
+    assert (await create_transfers(session, [first]))[0].result is R.exists
+    other = t(wallet, sink, 10, kind=TransferKind.pending, timeout_s=61, id=pid)
+    assert (await create_transfers(session, [other]))[0].result is R.exists_with_different_fields
+
+
+async def test_postgres_fast_path_runs_inside_the_callers_transaction(fresh_db: Database) -> None:
+    """The one-statement path talks to asyncpg directly: it must still be in the session's
+    transaction (rolled back with it), and it must really be taken."""
+    db = fresh_db
+    if db.dialect != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    from simcharge.ledger.repository import driver_in_transaction
+
+    async def setup(s: AsyncSession) -> tuple[uuid.UUID, uuid.UUID]:
+        return await funded(s, 100)
+
+    _, wallet = await db.run(setup)
+    sink = await db.run(create_ledger_account)
+    transfer = t(wallet, sink, 40)
+    async with db.transaction() as s:
+        assert await driver_in_transaction(s) is not None
+        assert [o.result for o in await create_transfers(s, [transfer])] == [R.ok]
+        assert (await ledger_account(s, wallet)).balance == 60
+        await s.rollback()
+    async with db.read() as s:
+        assert (await ledger_account(s, wallet)).balance == 100
+        assert await LedgerRepository(s).get_transfers([transfer.id]) == {}

@@ -1,0 +1,131 @@
+"""The `simcharge` command, against a database of its own on each backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simcharge.cli import app
+from simcharge.config import get_settings
+from simcharge.demo import CUSTOMERS, DEMO_PASSWORD
+from tests.conftest import Backend
+from tests.factories import iccid_for
+
+runner = CliRunner()
+
+
+@pytest.fixture
+async def cli_url(backend: Backend) -> AsyncIterator[str]:
+    url = await backend.copy("cli")
+    yield url
+    await backend.discard(url)
+
+
+@pytest.fixture
+def cli_env(cli_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", cli_url)
+    monkeypatch.setenv("SIMCHARGE_ENV", "test")
+    get_settings.cache_clear()
+    yield cli_url
+    get_settings.cache_clear()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_every_command_has_help() -> None:
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["worker", "--help"],
+        ["db", "upgrade", "--help"],
+        ["catalog", "load", "--help"],
+        ["lines", "import", "--help"],
+        ["demo", "--help"],
+        ["apikey", "create", "--help"],
+    ):
+        code, out = invoke(*args)
+        assert code == 0 and "Usage" in out, args
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("simcharge")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "catalog" in out and "lines" in out and "worker" in out
+
+
+def test_upgrade_demo_twice_and_current(cli_env: str) -> None:
+    code, out = invoke("db", "upgrade")
+    assert code == 0 and "database at revision" in out
+    code, out = invoke("db", "current")
+    assert code == 0
+    code, first = invoke("demo")
+    assert code == 0 and DEMO_PASSWORD in first
+    for c in CUSTOMERS:
+        assert c.username in first and c.msisdns[0] in first
+    code, second = invoke("demo")
+    assert code == 0 and second == first
+
+
+def test_catalog_load_check_and_errors(cli_env: str, tmp_path: Path) -> None:
+    demo = Path(__file__).parents[1] / "src/simcharge/catalog/demo.toml"
+    code, out = invoke("catalog", "check", str(demo))
+    assert code == 0 and "4 plans" in out
+    code, out = invoke("catalog", "load", str(demo), "--dry-run")
+    assert code == 0 and "created  plan starter-10" in out and "dry run" in out
+    code, out = invoke("catalog", "load", str(demo))
+    assert code == 0 and "created  plan starter-10" in out
+    code, out = invoke("catalog", "load", str(demo))
+    assert code == 0 and "created" not in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        demo.read_text(encoding="utf-8").replace('USD = "10.00"', 'USD = "10.005"'),
+        encoding="utf-8",
+    )
+    code, out = invoke("catalog", "load", str(bad))
+    assert code == 2
+    assert (
+        f"{bad}: plans[0] (starter-10): prices.USD: 10.005 has more decimals than USD allows" in out
+    )
+    code, out = invoke("catalog", "load", str(tmp_path / "missing.toml"))
+    assert code == 2 and "cannot read the file" in out
+
+
+def test_lines_import(cli_env: str, tmp_path: Path) -> None:
+    csv = tmp_path / "sims.csv"
+    csv.write_text(
+        "msisdn,iccid,activation_code,imsi\n"
+        f"+14155557101,{iccid_for('+14155557101')},LPA:1$smdp.example.com$A1,310150000007101\n"
+        f"+14155557102,{iccid_for('+14155557102')},,\n",
+        encoding="utf-8",
+    )
+    code, out = invoke("lines", "import", str(csv))
+    assert code == 0 and "2 line(s) imported, 0 already present" in out
+    code, out = invoke("lines", "import", str(csv))
+    assert code == 0 and "0 line(s) imported, 2 already present" in out
+    broken = tmp_path / "broken.csv"
+    broken.write_text("msisdn,iccid\n+14155557103,123\n", encoding="utf-8")
+    code, out = invoke("lines", "import", str(broken))
+    assert code == 2 and f"{broken}: line 2: iccid" in out and "nothing imported" in out
+    clash = tmp_path / "clash.csv"
+    clash.write_text(f"msisdn,iccid\n+14155557104,{iccid_for('+14155557101')}\n", encoding="utf-8")
+    code, out = invoke("lines", "import", str(clash))
+    assert code == 2 and "belongs to line +14155557101" in out
+
+
+def test_apikey_create_and_revoke(cli_env: str) -> None:
+    code, out = invoke("apikey", "create", "--name", "crm", "--scope", "lines:read")
+    assert code == 0 and out.startswith("sck_")
+    prefix = out.strip().split("_", 2)[1]
+    code, out = invoke("apikey", "create", "--name", "crm", "--scope", "everything")
+    assert code == 2 and "Unknown scope(s): everything" in out
+    assert invoke("apikey", "revoke", prefix)[0] == 0
+    code, out = invoke("apikey", "revoke", prefix)
+    assert code == 1 and "no live key" in out
