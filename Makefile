@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 export SIMCHARGE_DATABASE_URL ?= sqlite+aiosqlite:///var/simcharge.db
+export SIMCHARGE_BASE_URL ?= http://127.0.0.1:$(PORT)
 PYTEST_WORKERS ?= auto
 
 .PHONY: run test lint bench install demo migrate clean format

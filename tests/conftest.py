@@ -68,12 +68,44 @@ async def _pg_drop(name: str) -> None:
         await conn.close()
 
 
+# Databases this process creates are named after its pid, so that several test runs (other
+# checkouts, other xdist workers) can share one server; leftovers of dead runs are dropped.
+RUN_TAG = f"p{os.getpid()}"
+
+
+async def _drop_leftovers() -> None:
+    conn = await asyncpg.connect(_pg_admin_dsn())
+    try:
+        names = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'simcharge\\_%\\_p%'"
+            )
+        ]
+        for name in names:
+            pid = name.rsplit("_p", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Backend:
     """One database server kind, with a migrated template to copy from."""
 
     def __init__(self, kind: str, worker: str, tmp: Path) -> None:
         self.kind = kind
-        self.worker = worker
+        self.worker = RUN_TAG
         self.tmp = tmp
         self.template_url = ""
         self._sqlite_template: Path | None = None
@@ -84,6 +116,7 @@ class Backend:
 
     async def prepare(self) -> None:
         if self.is_postgres:
+            await _drop_leftovers()
             name = f"simcharge_tpl_{self.worker}"
             await _pg_create(name)
             self.template_url = _pg_url(name)
@@ -128,7 +161,7 @@ async def backend(
     await b.prepare()
     yield b
     if b.is_postgres:
-        await _pg_drop(f"simcharge_tpl_{worker_name}")
+        await _pg_drop(f"simcharge_tpl_{b.worker}")
 
 
 @pytest.fixture(scope="session")

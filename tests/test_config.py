@@ -66,8 +66,12 @@ def test_every_setting_is_documented_with_its_default() -> None:
         env = f"SIMCHARGE_{name.upper()}"
         assert env in readme, f"{env} is not in the README"
         value = getattr(defaults, name)
-        shown = "" if value is None else str(value.value if hasattr(value, "value") else value).lower()
-        documented = [line for line in example.splitlines() if line.lstrip("# ").startswith(f"{env}=")]
+        shown = (
+            "" if value is None else str(value.value if hasattr(value, "value") else value).lower()
+        )
+        documented = [
+            line for line in example.splitlines() if line.lstrip("# ").startswith(f"{env}=")
+        ]
         assert documented, f"{env} is not in .env.example"
         if value is not None:
             assert documented[0].lstrip("# ").split("=", 1)[1].lower() == shown, env
