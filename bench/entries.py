@@ -24,7 +24,7 @@ from simcharge.db import Database, create_engine
 from simcharge.kit.ids import uuid7
 from simcharge.ledger.service import NewTransfer, create_transfers
 
-BENCH_DB = "simcharge_bench"
+BENCH_DB = os.environ.get("SIMCHARGE_BENCH_DATABASE", "simcharge_bench")
 ROWS = 100_000
 
 
