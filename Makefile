@@ -8,7 +8,9 @@ export SIMCHARGE_DATABASE_URL ?= sqlite+aiosqlite:///var/simcharge.db
 export SIMCHARGE_BASE_URL ?= http://127.0.0.1:$(PORT)
 PYTEST_WORKERS ?= auto
 
-.PHONY: run test lint bench install demo migrate clean format
+.PHONY: run test lint bench install demo migrate clean format messages
+LOCALES := src/simcharge/locales
+LANGS := zh_Hans zh_Hant fil es
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Re-extract translatable strings and merge them into every catalog (then translate the new ones).
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -k translate:2 -k translate_plural:2,3 --no-wrap \
+	  --sort-by-file --omit-header -o $(LOCALES)/messages.pot src/simcharge
+	for l in $(LANGS); do \
+	  if [ -f $(LOCALES)/$$l/LC_MESSAGES/messages.po ]; then \
+	    $(BIN)/pybabel update --no-wrap -N -i $(LOCALES)/messages.pot -d $(LOCALES) -l $$l; \
+	  else $(BIN)/pybabel init --no-wrap -i $(LOCALES)/messages.pot -d $(LOCALES) -l $$l; fi; \
+	done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

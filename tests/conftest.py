@@ -10,15 +10,21 @@ of the template when they need several real connections (`fresh_db`).
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -28,6 +34,8 @@ from simcharge.app import create_app
 from simcharge.config import Environment, Settings
 from simcharge.db import Database, create_engine
 from simcharge.kit.clock import clock
+from simcharge.notifications.transports import dev_mailbox
+from simcharge.worker.runner import Worker
 
 hypothesis_settings.register_profile("default", max_examples=40)
 hypothesis_settings.register_profile("thorough", max_examples=600)
@@ -205,15 +213,65 @@ async def fresh_db(backend: Backend, request: pytest.FixtureRequest) -> AsyncIte
     await backend.discard(url)
 
 
+class SmtpInbox:
+    """A real SMTP server (aiosmtpd) on a free port; keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = BytesParser(policy=policy.default).parsebytes(envelope.content)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if address in str(m["To"])]
+
+    def last_code(self, address: str) -> str:
+        """The code in the newest e-mail to `address` that carries one."""
+        mails = self.to(address)
+        assert mails, f"no e-mail to {address}"
+        for mail in reversed(mails):
+            body = mail.get_body(preferencelist=("plain",))
+            found = re.findall(r"\b(\d{6})\b", body.get_content() if body else "")
+            if found:
+                return str(found[-1])
+        raise AssertionError(f"no e-mail with a code to {address}")
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[tuple[SmtpInbox, int]]:
+    inbox = SmtpInbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
+def inbox(smtp_server: tuple[SmtpInbox, int]) -> SmtpInbox:
+    smtp_server[0].messages.clear()
+    return smtp_server[0]
+
+
+@pytest.fixture
+def settings(smtp_server: tuple[SmtpInbox, int]) -> Settings:
+    return Settings(  # type: ignore[call-arg]
         _env_file=None,
         env=Environment.test,
-        secret_key=TEST_SECRET,  # type: ignore[call-arg]
+        secret_key=TEST_SECRET,
         database_url="sqlite+aiosqlite:///unused.db",
         worker_in_process=False,
         base_url="http://testserver",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_server[1],
+        smtp_tls="none",
+        smtp_from="simcharge <no-reply@simcharge.test>",
+        auth_min_response_ms=20,
     )
 
 
@@ -233,3 +291,33 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 def _real_clock() -> Iterator[None]:
     yield
     clock.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+def _empty_dev_mailbox() -> Iterator[None]:
+    dev_mailbox.clear()
+    yield
+    dev_mailbox.clear()
+
+
+def last_sms_code(to: str) -> str:
+    """The code in the newest SMS sent to `to` (the development outbox keeps them in tests)."""
+    texts = [m.text for m in dev_mailbox if m.channel == "sms" and m.to == to]
+    assert texts, f"no SMS to {to}"
+    found = re.findall(r"\b(\d{6})\b", texts[-1])
+    assert found, "no code in the SMS"
+    return found[-1]
+
+
+@pytest.fixture
+def deliver(db: Database, settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Run the outbox worker until nothing is due (what `simcharge worker` does)."""
+
+    async def run() -> int:
+        worker = Worker(db, settings, concurrency=4)
+        try:
+            return await worker.drain()
+        finally:
+            await worker.close()
+
+    return run

@@ -9,17 +9,27 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI
 
 from simcharge import __version__
+from simcharge.accounts.endpoints import router as me_router
 from simcharge.api.middleware import RequestContextMiddleware
 from simcharge.api.problems import install_problem_handlers
 from simcharge.api.system import mount_docs_assets
 from simcharge.api.system import router as system_router
+from simcharge.auth.endpoints import router as auth_router
+from simcharge.auth.throttle import RateLimits
 from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.config import Environment, Settings, get_settings
 from simcharge.db import Database
 from simcharge.kit.logging import configure_logging
 from simcharge.lines.endpoints import router as lines_router
+from simcharge.notifications.endpoints import dev_router
 
-ROUTERS: tuple[APIRouter, ...] = (system_router, catalog_router, lines_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    system_router,
+    auth_router,
+    me_router,
+    catalog_router,
+    lines_router,
+)
 
 
 def add_routes(app: FastAPI, *routers: APIRouter) -> None:
@@ -68,8 +78,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.db = database
+    app.state.rate_limits = RateLimits(settings.redis_url)
     install_problem_handlers(app)
     add_routes(app, *ROUTERS)
+    if settings.env is not Environment.production:
+        add_routes(app, dev_router)
     mount_docs_assets(app)
     app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
@@ -45,6 +46,22 @@ class Settings(BaseSettings):
     worker_in_process: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 
+    # --- identity: sessions, codes, delivery of e-mail and SMS ---------------------------------
+    session_idle_minutes: int = Field(default=30, ge=1)
+    auth_min_response_ms: int = Field(default=400, ge=0)
+    session_absolute_hours: int = Field(default=12, ge=1)
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "simcharge <no-reply@localhost>"
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    sms_provider: Literal["outbox", "twilio"] = "outbox"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
         if self.env is Environment.production:
@@ -58,11 +75,24 @@ class Settings(BaseSettings):
                 )
             if not self.base_url.startswith("https://"):
                 raise ValueError("SIMCHARGE_BASE_URL must be https:// in production")
+
+        if self.sms_provider == "twilio" and not (
+            self.twilio_account_sid and self.twilio_auth_token and self.twilio_from
+        ):
+            raise ValueError(
+                "SIMCHARGE_SMS_PROVIDER=twilio needs SIMCHARGE_TWILIO_ACCOUNT_SID, "
+                "SIMCHARGE_TWILIO_AUTH_TOKEN and SIMCHARGE_TWILIO_FROM"
+            )
         return self
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies are `Secure` (and `__Host-` prefixed) whenever the site is served over https."""
+        return self.base_url.startswith("https://")
 
 
 @lru_cache(maxsize=1)

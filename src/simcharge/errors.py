@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from simcharge.kit.translations import N_
+
 PROBLEM_BASE = "/problems/"
 
 
@@ -29,7 +31,7 @@ class SimchargeError(Exception):
     status: int = 400
     """The HTTP status; a class constant, which an instance may override (`HTTPProblem`)."""
     slug: ClassVar[str] = "bad-request"
-    title: ClassVar[str] = "The request cannot be processed."
+    title: ClassVar[str] = N_("The request cannot be processed.")
 
     def __init__(
         self,
@@ -64,7 +66,7 @@ class HTTPProblem(SimchargeError):
     """An HTTP-level refusal raised by the framework (a body too large, a bad header…)."""
 
     slug = "http-error"
-    title = "The request cannot be processed."
+    title = N_("The request cannot be processed.")
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -74,67 +76,87 @@ class HTTPProblem(SimchargeError):
 class BadRequest(SimchargeError):
     status = 400
     slug = "bad-request"
-    title = "The request is malformed."
+    title = N_("The request is malformed.")
 
 
 class ValidationFailed(SimchargeError):
     status = 422
     slug = "validation-error"
-    title = "Some input is not valid."
+    title = N_("Some input is not valid.")
 
 
 class NotAuthenticated(SimchargeError):
     status = 401
     slug = "not-authenticated"
-    title = "You need to sign in first."
+    title = N_("You need to sign in first.")
 
 
 class Forbidden(SimchargeError):
     status = 403
     slug = "forbidden"
-    title = "You are not allowed to do this."
+    title = N_("You are not allowed to do this.")
 
 
 class NotFound(SimchargeError):
     status = 404
     slug = "not-found"
-    title = "Nothing was found here."
+    title = N_("Nothing was found here.")
 
 
 class MethodNotAllowed(SimchargeError):
     status = 405
     slug = "method-not-allowed"
-    title = "This method is not allowed here."
+    title = N_("This method is not allowed here.")
 
 
 class Conflict(SimchargeError):
     status = 409
     slug = "conflict"
-    title = "The request conflicts with the current state."
+    title = N_("The request conflicts with the current state.")
 
 
 class IdempotencyKeyReused(SimchargeError):
     status = 422
     slug = "idempotency-key-reused"
-    title = "This idempotency key was already used with a different request."
+    title = N_("This idempotency key was already used with a different request.")
 
 
 class RateLimited(SimchargeError):
     status = 429
     slug = "rate-limited"
-    title = "Too many requests; please wait and try again."
+    title = N_("Too many requests; please wait and try again.")
 
 
 class ServiceUnavailable(SimchargeError):
     status = 503
     slug = "service-unavailable"
-    title = "The service is temporarily unavailable."
+    title = N_("The service is temporarily unavailable.")
 
 
 class InternalError(SimchargeError):
     status = 500
     slug = "internal-error"
-    title = "Something went wrong on our side; it has been logged."
+    title = N_("Something went wrong on our side; it has been logged.")
+
+
+class TooManyAttempts(RateLimited):
+    slug = "too-many-attempts"
+    title = N_("Too many attempts; please wait and try again.")
+
+    def __init__(self, retry_after: int, detail: str | None = None, **params: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))}, **params)
+        self.retry_after = max(1, retry_after)
+
+    def extra(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refusal whose bookkeeping (a failed attempt counted, an audit entry) must be committed
+    before it is raised: services return it, the edge commits, then raises `error`."""
+
+    error: SimchargeError
 
 
 def registered_problem_types() -> dict[str, type[SimchargeError]]:

@@ -1,25 +1,42 @@
 """Every table, imported in one place so Alembic and the tests see the whole schema."""
 
 from simcharge.accounts.models import Account
-from simcharge.auth.models import ApiKey
+from simcharge.auth.models import (
+    ApiKey,
+    AuthSession,
+    KnownDevice,
+    LoginThrottle,
+    RecoveryCode,
+    SecurityEvent,
+    VerificationCode,
+)
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
 from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Bucket, Line
+from simcharge.notifications.models import MessageLog, Notice
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
     "Account",
     "ApiKey",
+    "AuthSession",
     "Base",
     "Bucket",
+    "KnownDevice",
     "LedgerAccount",
     "LedgerTransfer",
     "Line",
+    "LoginThrottle",
+    "MessageLog",
+    "Notice",
     "OutboxJob",
     "PaymentMethod",
     "Plan",
     "PlanPrice",
+    "RecoveryCode",
+    "SecurityEvent",
+    "VerificationCode",
     "Zone",
 ]
 

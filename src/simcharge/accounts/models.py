@@ -35,8 +35,21 @@ class Account(Base):
     phone: Mapped[str | None] = mapped_column(String(16), unique=True)
     """E.164."""
     phone_verified_at: Mapped[datetime | None] = mapped_column()
+    email_pending: Mapped[str | None] = mapped_column(String(254))
+    """A new e-mail address waiting for its code; the old one stays until then."""
+    phone_pending: Mapped[str | None] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(255))
+    password_changed_at: Mapped[datetime | None] = mapped_column()
     language: Mapped[str] = mapped_column(String(8), default="en")
     status: Mapped[str] = mapped_column(String(16), default=AccountStatus.active.value)
+    locked_at: Mapped[datetime | None] = mapped_column()
+    lock_reason: Mapped[str | None] = mapped_column(String(16))
+    """`customer` ("lock my account"), `security` (automatic) or `staff`."""
+    totp_secret_sealed: Mapped[str | None] = mapped_column(String(255))
+    """The TOTP secret, sealed with a key derived from the secret key."""
+    totp_enabled_at: Mapped[datetime | None] = mapped_column()
+    """None while enrolment is not confirmed."""
+    totp_last_step: Mapped[int | None] = mapped_column()
+    """The last time step accepted: a TOTP code works once."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

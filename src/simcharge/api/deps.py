@@ -13,6 +13,7 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Forbidden, NotAuthenticated
 from simcharge.kit.i18n import negotiate_language, normalize_language
+from simcharge.kit.translations import N_
 
 API_PREFIX = "/api/v1"
 
@@ -59,13 +60,13 @@ def require_scope(scope: str) -> Any:
         challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
         if credentials is None:
             raise NotAuthenticated(
-                "An API key is required (Authorization: Bearer sck_…).", headers=challenge
+                N_("An API key is required (Authorization: Bearer sck_…)."), headers=challenge
             )
         key = await db.run(lambda s: verify_api_key(s, credentials.credentials))
         if key is None:
-            raise NotAuthenticated("The API key is not valid.", headers=challenge)
+            raise NotAuthenticated(N_("The API key is not valid."), headers=challenge)
         if scope not in key.scopes:
-            raise Forbidden("This API key lacks the scope {scope}.", scope=scope)
+            raise Forbidden(N_("This API key lacks the scope {scope}."), scope=scope)
         return Integration(key.prefix, key.name, frozenset(key.scopes))
 
     return Depends(dependency)

@@ -26,7 +26,7 @@ from simcharge.errors import (
     ValidationFailed,
 )
 from simcharge.kit.i18n import negotiate_language
-from simcharge.kit.translations import gettext
+from simcharge.kit.translations import N_, translate
 
 log = structlog.get_logger("simcharge.http")
 
@@ -35,12 +35,12 @@ PROBLEM_JSON = "application/problem+json"
 
 def problem_body(exc: SimchargeError, language: str, instance: str | None) -> dict[str, Any]:
     def tr(template: str, params: dict[str, Any]) -> str:
-        text = gettext(language, template)
+        text = translate(language, template)
         return text.format(**params) if params else text
 
     body: dict[str, Any] = {
         "type": exc.type_uri,
-        "title": gettext(language, exc.title),
+        "title": translate(language, exc.title),
         "status": exc.status,
         "detail": tr(exc.detail_template, exc.params),
     }
@@ -74,9 +74,9 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 
 
 _MESSAGES = {
-    "missing": "This field is required.",
-    "extra_forbidden": "This field is not allowed.",
-    "json_invalid": "The body is not valid JSON.",
+    "missing": N_("This field is required."),
+    "extra_forbidden": N_("This field is not allowed."),
+    "json_invalid": N_("The body is not valid JSON."),
 }
 
 
@@ -84,7 +84,7 @@ def validation_problem(exc: RequestValidationError) -> SimchargeError:
     errors: list[FieldError] = []
     for e in exc.errors():
         if e.get("type") == "json_invalid":
-            return BadRequest("The body is not valid JSON.", field="body")
+            return BadRequest(N_("The body is not valid JSON."), field="body")
         message = _MESSAGES.get(str(e.get("type")), str(e.get("msg", "Invalid value.")))
         errors.append(FieldError(_field_of(tuple(e.get("loc", ()))), message))
     return ValidationFailed(errors=errors)

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from simcharge.api.deps import DB
 from simcharge.errors import NotFound, registered_problem_types
+from simcharge.kit.translations import N_
 
 router = APIRouter(include_in_schema=False)
 
@@ -63,7 +64,7 @@ async def problem_type(slug: str) -> JSONResponse:
     """What a problem `type` means (RFC 9457 asks that the type URI documents itself)."""
     cls = registered_problem_types().get(slug)
     if cls is None:
-        raise NotFound("There is no problem type {slug}.", field="slug", slug=slug)
+        raise NotFound(N_("There is no problem type {slug}."), field="slug", slug=slug)
     return JSONResponse({"type": f"/problems/{slug}", "title": cls.title, "status": cls.status})
 
 

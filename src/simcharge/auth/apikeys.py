@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.auth.models import ApiKey
 from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import utcnow
+from simcharge.kit.translations import N_
 
 SCOPES: dict[str, str] = {
     "lines:read": "Read lines and their balances.",
@@ -41,10 +42,10 @@ async def create_api_key(session: AsyncSession, name: str, scopes: Sequence[str]
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ValidationFailed(
-            "Unknown scope(s): {scopes}.", field="scopes", scopes=", ".join(unknown)
+            N_("Unknown scope(s): {scopes}."), field="scopes", scopes=", ".join(unknown)
         )
     if not name.strip():
-        raise ValidationFailed("A key needs a name.", field="name")
+        raise ValidationFailed(N_("A key needs a name."), field="name")
     prefix = secrets.token_hex(6)
     token = f"sck_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(

@@ -1,11 +1,13 @@
-"""API keys for the operator's own tools and integrations (stored only as a hash)."""
+"""Who may act: API keys, customer sessions, one-time codes, and the record of every decision."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from simcharge.db import Base
@@ -14,6 +16,8 @@ from simcharge.kit.ids import uuid7
 
 
 class ApiKey(Base):
+    """API keys for the operator's own tools and integrations (stored only as a hash)."""
+
     __tablename__ = "api_keys"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
@@ -26,3 +30,124 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuthSession(Base):
+    """A signed-in browser or API client. The token is random (256 bits); only its hash is kept."""
+
+    __tablename__ = "auth_sessions"
+    __table_args__ = (Index("ix_auth_sessions_account_id", "account_id", "revoked_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    """The absolute timeout; the idle timeout counts from `last_seen_at`."""
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    device_hash: Mapped[str | None] = mapped_column(String(64))
+    mfa: Mapped[bool] = mapped_column(default=False)
+    """Signed in with a second factor."""
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class CodePurpose(StrEnum):
+    verify_email = "verify_email"
+    verify_phone = "verify_phone"
+    password_reset = "password_reset"
+    unlock = "unlock"
+    attach_line = "attach_line"
+
+
+class VerificationCode(Base):
+    """A six-digit code sent to an e-mail address or phone, stored only as a keyed hash."""
+
+    __tablename__ = "verification_codes"
+    __table_args__ = (
+        Index(
+            "ix_verification_codes_live",
+            "account_id",
+            "purpose",
+            "target",
+            postgresql_where=text("consumed_at IS NULL AND voided_at IS NULL"),
+            sqlite_where=text("consumed_at IS NULL AND voided_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    purpose: Mapped[str] = mapped_column(String(24))
+    channel: Mapped[str] = mapped_column(String(8))
+    """`email` or `sms`."""
+    target: Mapped[str] = mapped_column(String(254))
+    """The address or E.164 number the code was sent to; the code is bound to it."""
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    attempts: Mapped[int] = mapped_column(default=0)
+    consumed_at: Mapped[datetime | None] = mapped_column()
+    voided_at: Mapped[datetime | None] = mapped_column()
+
+
+class SecurityEvent(Base):
+    """An authentication decision or a change to an account's security, shown to the customer
+    and kept for audit. Never holds a password, code or token."""
+
+    __tablename__ = "security_events"
+    __table_args__ = (Index("ix_security_events_account_id", "account_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    """None when the attempt named no known account."""
+    kind: Mapped[str] = mapped_column(String(40))
+    success: Mapped[bool] = mapped_column(default=True)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RecoveryCode(Base):
+    """A single-use recovery code for an account with TOTP (keyed hash only)."""
+
+    __tablename__ = "recovery_codes"
+    __table_args__ = (UniqueConstraint("account_id", "code_hash"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None] = mapped_column()
+
+
+class LoginThrottle(Base):
+    """Consecutive failed logins per login name (known or not, so both answer alike)."""
+
+    __tablename__ = "login_throttles"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """Keyed hash of the normalised login: unknown names are not stored in the clear."""
+    failures: Mapped[int] = mapped_column(default=0)
+    """Consecutive failures; a success resets them."""
+    locked_until: Mapped[datetime | None] = mapped_column()
+    window_start: Mapped[datetime | None] = mapped_column()
+    window_failures: Mapped[int] = mapped_column(default=0)
+    """Failures since `window_start` (an hour at most): capped at 100."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KnownDevice(Base):
+    """A browser or client an account has signed in from (for "new device" alerts)."""
+
+    __tablename__ = "known_devices"
+    __table_args__ = (UniqueConstraint("account_id", "device_hash"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    device_hash: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

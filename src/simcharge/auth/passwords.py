@@ -1,12 +1,24 @@
-"""Password hashing with argon2id (argon2-cffi's RFC 9106 profile), NFKC-normalised input."""
+"""Passwords: NIST SP 800-63B rules, argon2id hashes (argon2-cffi's RFC 9106 profile).
+
+8 to 128 characters after NFKC normalisation, any characters, no composition rules; refused if
+it is a common or breached password (a list of 30,000 shipped with simcharge) or the account's
+own username or e-mail address."""
 
 from __future__ import annotations
 
 import unicodedata
 from functools import lru_cache
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from simcharge.errors import ValidationFailed
+from simcharge.kit.translations import N_
+
+MIN_LENGTH = 8
+MAX_LENGTH = 128
+COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
 
 
 @lru_cache(maxsize=1)
@@ -14,16 +26,60 @@ def hasher() -> PasswordHasher:
     return PasswordHasher()
 
 
+@lru_cache(maxsize=1)
+def common_passwords() -> frozenset[str]:
+    lines = COMMON_PASSWORDS.read_text(encoding="utf-8").splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return hasher().hash("not a password anyone has")
+
+
 def normalize_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
+
+
+def check_password_policy(
+    password: str, *, username: str | None = None, email: str | None = None, field: str = "password"
+) -> None:
+    """Raise `ValidationFailed` (naming `field`) if the password may not be used."""
+    text = normalize_password(password)
+    if len(text) < MIN_LENGTH:
+        raise ValidationFailed(
+            N_("The password needs at least {min} characters."), field=field, min=MIN_LENGTH
+        )
+    if len(text) > MAX_LENGTH:
+        raise ValidationFailed(
+            N_("The password may have at most {max} characters."), field=field, max=MAX_LENGTH
+        )
+    lowered = text.casefold()
+    if lowered in common_passwords():
+        raise ValidationFailed(
+            N_("This password is too common or has appeared in a data breach; choose another."),
+            field=field,
+        )
+    own = {v.casefold() for v in (username, email) if v}
+    if email:
+        own.add(email.split("@", 1)[0].casefold())
+    if lowered in own:
+        raise ValidationFailed(
+            N_("The password may not be your username or e-mail address."), field=field
+        )
 
 
 def hash_password(password: str) -> str:
     return hasher().hash(normalize_password(password))
 
 
-def verify_password(password_hash: str, password: str) -> bool:
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Check a password; with no hash (an unknown account) do the same work and say no, so
+    that both cases take the same time."""
     try:
+        if password_hash is None:
+            hasher().verify(_dummy_hash(), normalize_password(password) + "\0")
+            return False
         return hasher().verify(password_hash, normalize_password(password))
     except (VerificationError, InvalidHashError):
         return False

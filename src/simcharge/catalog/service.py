@@ -30,6 +30,7 @@ from simcharge.kit.i18n import pick_text
 from simcharge.kit.ids import uuid7
 from simcharge.kit.money import percent_of, to_minor
 from simcharge.kit.schemas import Money
+from simcharge.kit.translations import N_
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewAccount, ensure_accounts
 
@@ -39,7 +40,7 @@ DEMO_CATALOG = Path(__file__).parent / "demo.toml"
 class CatalogInvalid(SimchargeError):
     status = 422
     slug = "catalog-invalid"
-    title = "The catalog file is not valid."
+    title = N_("The catalog file is not valid.")
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -336,5 +337,5 @@ async def get_plan(session: AsyncSession, code: str) -> tuple[Plan, dict[str, in
     repo = CatalogRepository(session)
     plan = await repo.plan_by_code(code)
     if plan is None or not plan.active:
-        raise NotFound("There is no plan {code}.", field="plan", code=code)
+        raise NotFound(N_("There is no plan {code}."), field="plan", code=code)
     return plan, await repo.prices_of(plan.id)

@@ -26,6 +26,7 @@ from simcharge.db import RetryableError, dialect_name
 from simcharge.errors import Conflict
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.translations import N_
 from simcharge.ledger.models import PendingStatus, TransferKind
 from simcharge.ledger.repository import LedgerRepository
 
@@ -105,7 +106,7 @@ class TransferOutcome:
 
 class TransferRejected(Conflict):
     slug = "transfer-rejected"
-    title = "The ledger refused the transfer."
+    title = N_("The ledger refused the transfer.")
 
     def __init__(self, outcomes: Sequence[TransferOutcome]) -> None:
         self.outcomes = list(outcomes)
@@ -117,7 +118,7 @@ class TransferRejected(Conflict):
         )
         self.reason = cause.result
         super().__init__(
-            "Transfer {transfer_id} was refused: {reason}.",
+            N_("Transfer {transfer_id} was refused: {reason}."),
             transfer_id=str(cause.id),
             reason=cause.result.value,
         )

@@ -16,6 +16,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.money import is_currency
 from simcharge.kit.phone import InvalidPhoneNumber, normalize_e164
+from simcharge.kit.translations import N_
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewAccount, NewTransfer, ensure_accounts, post_transfers
 from simcharge.lines.identifiers import valid_activation_code, valid_iccid, valid_imsi
@@ -201,7 +202,7 @@ async def import_lines(session: AsyncSession, new_lines: Sequence[NewLine]) -> I
 async def get_line(session: AsyncSession, line_id: uuid.UUID, *, lock: bool = False) -> Line:
     line = await LineRepository(session).get(line_id, lock=lock)
     if line is None:
-        raise NotFound("No line with id {line_id}.", field="line_id", line_id=str(line_id))
+        raise NotFound(N_("No line with id {line_id}."), field="line_id", line_id=str(line_id))
     return line
 
 
@@ -210,11 +211,11 @@ async def find_line_by_msisdn(session: AsyncSession, raw: str) -> Line:
         msisdn = normalize_e164(raw)
     except InvalidPhoneNumber as exc:
         raise ValidationFailed(
-            "{value} is not a valid phone number.", field="msisdn", value=raw
+            N_("{value} is not a valid phone number."), field="msisdn", value=raw
         ) from exc
     line = await LineRepository(session).by_msisdn(msisdn)
     if line is None:
-        raise NotFound("{msisdn} is not one of our lines.", field="msisdn", msisdn=msisdn)
+        raise NotFound(N_("{msisdn} is not one of our lines."), field="msisdn", msisdn=msisdn)
     return line
 
 

@@ -4,6 +4,7 @@ or opens its own from `sqlalchemy.url` (plain `alembic` commands during developm
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, Literal
 
 from alembic import context
@@ -42,7 +43,8 @@ def run_on(connection: Connection) -> None:
 
 
 async def run_own_connection() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "", null_pool=True)
+    url = os.environ.get("SIMCHARGE_DATABASE_URL") or config.get_main_option("sqlalchemy.url") or ""
+    engine = create_engine(url, null_pool=True)
     async with engine.connect() as conn:
         await conn.run_sync(run_on)
         await conn.commit()

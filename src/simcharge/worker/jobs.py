@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import simcharge.notifications.jobs  # noqa: F401 - registers the delivery jobs
 from simcharge.ledger.service import expire_pending_transfers
 from simcharge.worker import service
 from simcharge.worker.registry import JobContext, every

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 if TYPE_CHECKING:
     from simcharge.config import Settings
     from simcharge.db import Database
@@ -18,6 +20,8 @@ class JobContext:
     db: Database
     settings: Settings
     job: ClaimedJob
+    http: httpx.AsyncClient
+    """The worker's HTTP client (providers, SMS): tests answer it with respx."""
 
 
 Handler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]
@@ -37,12 +41,18 @@ class Registry:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
         self.periodic: dict[str, Periodic] = {}
+        self.scrubbed: set[str] = set()
 
-    def job(self, kind: str) -> Callable[[Handler], Handler]:
+    def job(self, kind: str, *, scrub_payload: bool = False) -> Callable[[Handler], Handler]:
+        """Register a handler. `scrub_payload`: the payload carries something sealed (a code)
+        that must not outlive the job — it is emptied once the job is done or buried."""
+
         def register(fn: Handler) -> Handler:
             if kind in self.handlers:
                 raise ValueError(f"job kind {kind!r} registered twice")
             self.handlers[kind] = fn
+            if scrub_payload:
+                self.scrubbed.add(kind)
             return fn
 
         return register

@@ -8,6 +8,7 @@ import socket
 import traceback
 from typing import Any
 
+import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,6 +46,7 @@ class Worker:
         self.registry = registry or load_jobs()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid7().hex[-6:]}"
         self._running: set[asyncio.Task[None]] = set()
+        self._http: httpx.AsyncClient | None = None
 
     async def schedule_periodic(self) -> int:
         """Make sure the current slot of every periodic job exists (once, whoever asks)."""
@@ -88,9 +90,21 @@ class Worker:
             total += len(claimed)
         return total
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=20)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
     async def _record_failure(self, job: service.ClaimedJob, error: str, *, retry: bool) -> str:
+        scrub = job.kind in self.registry.scrubbed
         status = await self.db.run(
-            lambda s: service.fail(s, job, self.worker_id, error, retry=retry)
+            lambda s: service.fail(s, job, self.worker_id, error, retry=retry, scrub=scrub)
         )
         JOBS.labels(job.kind, status.value).inc()
         return status.value
@@ -103,7 +117,7 @@ class Worker:
             bound.error("job.unknown_kind")
             return
         try:
-            await handler(JobContext(self.db, self.settings, job), job.payload)
+            await handler(JobContext(self.db, self.settings, job, self.http), job.payload)
         except asyncio.CancelledError:
             raise
         except PermanentJobError as exc:
@@ -115,7 +129,8 @@ class Worker:
             now = await self._record_failure(job, error, retry=True)
             bound.warning("job.failed", error=error, now=now)
         else:
-            await self.db.run(lambda s: service.finish(s, job.id, self.worker_id))
+            scrub = job.kind in self.registry.scrubbed
+            await self.db.run(lambda s: service.finish(s, job.id, self.worker_id, scrub=scrub))
             JOBS.labels(job.kind, "done").inc()
             bound.debug("job.done")
 
@@ -145,6 +160,7 @@ class Worker:
                 await asyncio.sleep(min(5.0, poll * 2))
         if self._running:
             await asyncio.wait(self._running, timeout=30)
+        await self.close()
         log.info("worker.stopped", worker_id=self.worker_id)
 
     async def _idle(self, stop: asyncio.Event, poll: float) -> None:

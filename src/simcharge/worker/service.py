@@ -105,7 +105,16 @@ async def claim(session: AsyncSession, worker_id: str, limit: int) -> list[Claim
     return [ClaimedJob(r.id, r.kind, r.payload, r.attempts + 1, r.max_attempts) for r in rows]
 
 
-async def finish(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> None:
+async def finish(
+    session: AsyncSession, job_id: uuid.UUID, worker_id: str, *, scrub: bool = False
+) -> None:
+    values: dict[str, Any] = {
+        "status": JobStatus.done.value,
+        "finished_at": utcnow(),
+        "locked_until": None,
+    }
+    if scrub:
+        values["payload"] = {}
     await session.execute(
         update(jobs)
         .where(
@@ -113,7 +122,7 @@ async def finish(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> No
             jobs.c.locked_by == worker_id,
             jobs.c.status == JobStatus.running.value,
         )
-        .values(status=JobStatus.done.value, finished_at=utcnow(), locked_until=None)
+        .values(values)
     )
 
 
@@ -124,22 +133,30 @@ def backoff(attempts: int) -> timedelta:
 
 
 async def fail(
-    session: AsyncSession, job: ClaimedJob, worker_id: str, error: str, *, retry: bool = True
+    session: AsyncSession,
+    job: ClaimedJob,
+    worker_id: str,
+    error: str,
+    *,
+    retry: bool = True,
+    scrub: bool = False,
 ) -> JobStatus:
-    """Reschedule the job with backoff, or bury it once it has used its attempts."""
+    """Reschedule the job with backoff, or bury it once it has used its attempts (emptying a
+    scrubbed payload then)."""
     now = utcnow()
     dead = not retry or job.attempts >= job.max_attempts
     status = JobStatus.dead if dead else JobStatus.pending
+    values: dict[str, Any] = {
+        "status": status.value,
+        "last_error": error[:MAX_ERROR_LENGTH],
+        "run_at": now if dead else now + backoff(job.attempts),
+        "locked_until": None,
+        "finished_at": now if dead else None,
+    }
+    if dead and scrub:
+        values["payload"] = {}
     await session.execute(
-        update(jobs)
-        .where(jobs.c.id == job.id, jobs.c.locked_by == worker_id)
-        .values(
-            status=status.value,
-            last_error=error[:MAX_ERROR_LENGTH],
-            run_at=now if dead else now + backoff(job.attempts),
-            locked_until=None,
-            finished_at=now if dead else None,
-        )
+        update(jobs).where(jobs.c.id == job.id, jobs.c.locked_by == worker_id).values(values)
     )
     return status
 

@@ -1,0 +1,435 @@
+"""`/api/v1/me`: the signed-in customer's profile, security, lines and notices."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts import service as accounts
+from simcharge.accounts.models import Account
+from simcharge.accounts.schemas import (
+    LineAttachIn,
+    LineVerifyIn,
+    NoticeOut,
+    NoticesOut,
+    OwnLine,
+    ProfileIn,
+    ReadIn,
+)
+from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
+from simcharge.auth import service as auth
+from simcharge.auth.deps import (
+    Client,
+    CurrentCustomer,
+    Customer,
+    Limits,
+    clear_session_cookie,
+    set_session_cookie,
+)
+from simcharge.auth.endpoints import account_out, raise_refused
+from simcharge.auth.events import EventKind, events_of, record_event
+from simcharge.auth.models import AuthSession
+from simcharge.auth.schemas import (
+    AccountOut,
+    CodeIn,
+    Done,
+    PasswordChangeIn,
+    PasswordIn,
+    RecoveryCodesOut,
+    SecurityEventOut,
+    SessionOut,
+    TokenOut,
+    TotpConfirmOut,
+    TotpDisableIn,
+    TotpStartOut,
+)
+from simcharge.auth.sessions import csrf_token, live_sessions, revoke, session_of_account
+from simcharge.auth.totp import Enrolment
+from simcharge.errors import NotFound, Refused
+from simcharge.kit.clock import utcnow
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
+from simcharge.lines.service import line_balances
+from simcharge.notifications.service import mark_read, notices_of, unread_count
+from simcharge.notifications.templates import render
+
+router = APIRouter(prefix=f"{API_PREFIX}/me", tags=["me"])
+
+
+async def _locked_account(s: AsyncSession, customer: Customer) -> Account:
+    account = await s.get(Account, customer.account.id, with_for_update=True)
+    assert account is not None
+    return account
+
+
+async def _auth_session(s: AsyncSession, customer: Customer) -> AuthSession:
+    row = await s.get(AuthSession, customer.session.id, with_for_update=True)
+    assert row is not None
+    return row
+
+
+def _new_token(
+    customer: Customer, response: Response, settings: AppSettings, token: str
+) -> TokenOut:
+    """A rotated session token goes where the old one lived: the cookie, or the answer."""
+    if customer.via_cookie:
+        set_session_cookie(response, settings, token)
+        return TokenOut(token=None, csrf_token=csrf_token(settings.secret_key, customer.session.id))
+    return TokenOut(token=token)
+
+
+@router.get("", response_model=AccountOut, summary="My profile")
+async def me(customer: CurrentCustomer) -> AccountOut:
+    return account_out(customer.account)
+
+
+@router.patch("", response_model=AccountOut, summary="Change my profile, language or contacts")
+async def update_me(
+    body: ProfileIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> AccountOut:
+    if body.email is not None or body.phone is not None:
+        await limits.hit("codes", client.ip)
+
+    async def run(s: AsyncSession) -> Account:
+        account = await _locked_account(s, customer)
+        return await accounts.update_profile(
+            s,
+            settings,
+            account,
+            display_name=body.display_name,
+            language=body.language,
+            email=body.email,
+            phone=body.phone,
+            client=client,
+            now=utcnow(),
+        )
+
+    return account_out(await db.run(run))
+
+
+@router.get("/sessions", response_model=list[SessionOut], summary="My active sessions")
+async def sessions(customer: CurrentCustomer, db: DB, settings: AppSettings) -> list[SessionOut]:
+    async with db.read() as s:
+        rows = await live_sessions(
+            s, customer.account.id, policy=auth.policy(settings), now=utcnow()
+        )
+    return [
+        SessionOut(
+            id=r.id,
+            created_at=r.created_at,
+            last_seen_at=r.last_seen_at,
+            expires_at=r.expires_at,
+            ip=r.ip,
+            user_agent=r.user_agent,
+            two_step=r.mfa,
+            current=r.id == customer.session.id,
+        )
+        for r in rows
+    ]
+
+
+@router.delete("/sessions/{session_id}", response_model=Done, summary="End one of my sessions")
+async def end_session(
+    session_id: uuid.UUID, customer: CurrentCustomer, db: DB, client: Client
+) -> Done:
+    async def run(s: AsyncSession) -> None:
+        row = await session_of_account(s, customer.account.id, session_id)
+        if row is None:
+            raise NotFound(
+                N_("No session with id {session_id}."),
+                field="session_id",
+                session_id=str(session_id),
+            )
+        await revoke(s, row, "ended_by_customer", utcnow())
+        await record_event(
+            s,
+            EventKind.session_revoked,
+            account_id=customer.account.id,
+            client=client,
+            details={"session_id": str(session_id)},
+        )
+
+    await db.run(run)
+    return Done()
+
+
+@router.get(
+    "/security-events",
+    response_model=list[SecurityEventOut],
+    summary="Sign-ins, changes and alerts of my account, newest first",
+)
+async def security_events(
+    customer: CurrentCustomer,
+    db: DB,
+    limit: int = Query(default=50, ge=1, le=200),
+    before: datetime | None = Query(default=None),
+) -> list[SecurityEventOut]:
+    async with db.read() as s:
+        rows = await events_of(s, customer.account.id, limit=limit, before=before)
+    return [SecurityEventOut.model_validate(r) for r in rows]
+
+
+@router.post(
+    "/password",
+    response_model=TokenOut,
+    summary="Change my password (other sessions end; this one gets a new token)",
+)
+async def change_password(
+    body: PasswordChangeIn,
+    customer: CurrentCustomer,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+) -> TokenOut:
+    async def run(s: AsyncSession) -> str | Refused:
+        return await auth.change_password(
+            s,
+            settings,
+            await _auth_session(s, customer),
+            await _locked_account(s, customer),
+            current=body.current_password,
+            new=body.new_password,
+            client=client,
+            now=utcnow(),
+        )
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, str)
+    return _new_token(customer, response, settings, result)
+
+
+@router.post(
+    "/totp",
+    response_model=TotpStartOut,
+    summary="Start two-step verification: a secret for an authenticator app",
+)
+async def start_totp(
+    body: PasswordIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+) -> TotpStartOut:
+    async def run(s: AsyncSession) -> Enrolment | Refused:
+        return await auth.start_totp(
+            s,
+            settings,
+            await _locked_account(s, customer),
+            password=body.password,
+            client=client,
+            now=utcnow(),
+        )
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, Enrolment)
+    return TotpStartOut(secret=result.secret, otpauth_uri=result.uri, qr_svg=result.qr_svg)
+
+
+@router.post(
+    "/totp/confirm",
+    response_model=TotpConfirmOut,
+    summary="Turn two-step verification on with a first code; get recovery codes",
+)
+async def confirm_totp(
+    body: CodeIn,
+    customer: CurrentCustomer,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+) -> TotpConfirmOut:
+    async def run(s: AsyncSession) -> auth.TotpEnabled | Refused:
+        return await auth.confirm_totp(
+            s,
+            settings,
+            await _auth_session(s, customer),
+            await _locked_account(s, customer),
+            code=body.code,
+            client=client,
+            now=utcnow(),
+        )
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, auth.TotpEnabled)
+    token = _new_token(customer, response, settings, result.token)
+    return TotpConfirmOut(
+        recovery_codes=result.recovery_codes, token=token.token, csrf_token=token.csrf_token
+    )
+
+
+@router.post("/totp/disable", response_model=Done, summary="Turn two-step verification off")
+async def disable_totp(
+    body: TotpDisableIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+) -> Done:
+    async def run(s: AsyncSession) -> Refused | None:
+        return await auth.disable_totp(
+            s,
+            settings,
+            await _locked_account(s, customer),
+            password=body.password,
+            code=body.code,
+            client=client,
+            now=utcnow(),
+        )
+
+    raise_refused(await db.run(run))
+    return Done()
+
+
+@router.post(
+    "/totp/recovery-codes", response_model=RecoveryCodesOut, summary="Replace my recovery codes"
+)
+async def recovery_codes(
+    body: PasswordIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+) -> RecoveryCodesOut:
+    async def run(s: AsyncSession) -> list[str] | Refused:
+        return await auth.regenerate_recovery_codes(
+            s,
+            settings,
+            await _locked_account(s, customer),
+            password=body.password,
+            client=client,
+            now=utcnow(),
+        )
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, list)
+    return RecoveryCodesOut(recovery_codes=result)
+
+
+@router.post("/lock", response_model=Done, summary="Lock my account now: every session ends")
+async def lock(
+    customer: CurrentCustomer, response: Response, db: DB, settings: AppSettings, client: Client
+) -> Done:
+    async def run(s: AsyncSession) -> int:
+        return await auth.lock_account(
+            s, await _locked_account(s, customer), reason="customer", client=client, now=utcnow()
+        )
+
+    await db.run(run)
+    clear_session_cookie(response, settings)
+    return Done()
+
+
+async def _own_line_view(s: AsyncSession, line: Line) -> OwnLine:
+    return OwnLine(
+        id=line.id,
+        msisdn=line.msisdn,
+        iccid=line.iccid,
+        label=line.label,
+        activation_code=line.activation_code,
+        balances=await line_balances(s, line),
+    )
+
+
+@router.get("/lines", response_model=list[OwnLine], summary="My lines and what they hold")
+async def my_lines(customer: CurrentCustomer, db: DB) -> list[OwnLine]:
+    async with db.read() as s:
+        return [
+            await _own_line_view(s, line)
+            for line in await accounts.own_lines(s, customer.account.id)
+        ]
+
+
+@router.get("/lines/{line_id}", response_model=OwnLine, summary="One of my lines")
+async def my_line(line_id: uuid.UUID, customer: CurrentCustomer, db: DB) -> OwnLine:
+    async with db.read() as s:
+        return await _own_line_view(s, await accounts.own_line(s, customer.account.id, line_id))
+
+
+@router.post(
+    "/lines",
+    response_model=Done,
+    status_code=202,
+    summary="Add one of the operator's lines: a code goes to it by SMS",
+)
+async def add_line(
+    body: LineAttachIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> Done:
+    await limits.hit("codes", client.ip)
+    await db.run(
+        lambda s: accounts.request_line_attach(
+            s, settings, customer.account, body.msisdn, client=client, now=utcnow()
+        )
+    )
+    return Done()
+
+
+@router.post("/lines/verify", response_model=OwnLine, summary="Add the line with its SMS code")
+async def verify_line(
+    body: LineVerifyIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> OwnLine:
+    await limits.hit("verify", client.ip)
+
+    async def run(s: AsyncSession) -> OwnLine | Refused:
+        result = await accounts.confirm_line_attach(
+            s, settings, customer.account, body.msisdn, body.code, client=client, now=utcnow()
+        )
+        if isinstance(result, Refused):
+            return result
+        return await _own_line_view(s, result)
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, OwnLine)
+    return result
+
+
+@router.get("/notices", response_model=NoticesOut, summary="My notices, newest first")
+async def notices(
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    language: Language,
+    limit: int = Query(default=50, ge=1, le=200),
+    unread_only: bool = False,
+) -> NoticesOut:
+    async with db.read() as s:
+        rows = await notices_of(s, customer.account.id, limit=limit, unread_only=unread_only)
+        unread = await unread_count(s, customer.account.id)
+    lang = customer.account.language or language
+    out = []
+    for n in rows:
+        text = render(
+            n.template,
+            lang,
+            {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
+        )
+        out.append(
+            NoticeOut(
+                id=n.id,
+                template=n.template,
+                title=text.subject,
+                body=text.text,
+                params=n.params,
+                line_id=n.line_id,
+                created_at=n.created_at,
+                read_at=n.read_at,
+            )
+        )
+    return NoticesOut(unread=unread, notices=out)
+
+
+@router.post("/notices/read", response_model=Done, summary="Mark notices read")
+async def read_notices(body: ReadIn, customer: CurrentCustomer, db: DB) -> Done:
+    await db.run(lambda s: mark_read(s, customer.account.id, body.ids, utcnow()))
+    return Done()

@@ -1,0 +1,66 @@
+"""What `/api/v1/me` takes and gives about the profile and lines."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simcharge.kit.schemas import Schema
+from simcharge.lines.schemas import LineBalances
+
+
+class ProfileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(default=None, max_length=128)
+    language: str | None = None
+    email: str | None = Field(
+        default=None, max_length=254, description="A new address: pending until its code is entered"
+    )
+    phone: str | None = Field(
+        default=None, max_length=32, description="A new number: pending until its code is entered"
+    )
+
+
+class LineAttachIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    msisdn: str = Field(max_length=32, examples=["+14155550101"])
+
+
+class LineVerifyIn(LineAttachIn):
+    code: str = Field(max_length=16)
+
+
+class OwnLine(Schema):
+    id: uuid.UUID
+    msisdn: str
+    iccid: str
+    label: str | None
+    activation_code: str | None = Field(description="The eSIM activation code (LPA), for its owner")
+    balances: LineBalances
+
+
+class NoticeOut(Schema):
+    id: uuid.UUID
+    template: str
+    title: str
+    body: str
+    params: dict[str, Any]
+    line_id: uuid.UUID | None
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NoticesOut(Schema):
+    unread: int
+    notices: list[NoticeOut]
+
+
+class ReadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[uuid.UUID] | None = Field(default=None, description="None: all")

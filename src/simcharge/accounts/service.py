@@ -1,0 +1,196 @@
+"""A customer's profile and lines."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account
+from simcharge.auth import codes
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.events import EventKind, record_event
+from simcharge.auth.models import CodePurpose
+from simcharge.auth.service import Channel, normalize_phone, request_contact_change
+from simcharge.config import Settings
+from simcharge.errors import Conflict, NotFound, Refused, ValidationFailed
+from simcharge.kit.i18n import LANGUAGES
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line, LineState
+from simcharge.lines.repository import LineRepository
+from simcharge.notifications.service import notify, send_code
+
+
+class LineAttachedElsewhere(Conflict):
+    slug = "line-attached-elsewhere"
+    title = N_("This line belongs to another account. Contact customer service to move it.")
+
+
+async def update_profile(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    *,
+    display_name: str | None = None,
+    language: str | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+    client: ClientInfo,
+    now: datetime,
+) -> Account:
+    """Change what was given. A new e-mail address or phone number is only pending until its
+    code is entered; the current one stays in use meanwhile."""
+    if language is not None and language not in LANGUAGES:
+        raise ValidationFailed(
+            N_("Choose one of: {languages}."), field="language", languages=", ".join(LANGUAGES)
+        )
+    if display_name is not None:
+        account.display_name = display_name.strip() or None
+    if language is not None:
+        account.language = language
+    changes: list[tuple[Channel, str]] = []
+    if email is not None:
+        changes.append(("email", email))
+    if phone is not None:
+        changes.append(("sms", phone))
+    for channel, value in changes:
+        await request_contact_change(
+            session, settings, account, channel, value, client=client, now=now
+        )
+    account.updated_at = now
+    await session.flush()
+    return account
+
+
+async def own_lines(session: AsyncSession, account_id: uuid.UUID) -> Sequence[Line]:
+    return await LineRepository(session).of_account(account_id)
+
+
+async def own_line(session: AsyncSession, account_id: uuid.UUID, line_id: uuid.UUID) -> Line:
+    """A line of this account; anyone else's line is "not found", never "forbidden"."""
+    line = await LineRepository(session).get(line_id)
+    if line is None or line.account_id != account_id:
+        raise NotFound(N_("No line with id {line_id}."), field="line_id", line_id=str(line_id))
+    return line
+
+
+async def request_line_attach(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    raw_msisdn: str,
+    *,
+    client: ClientInfo,
+    now: datetime,
+) -> None:
+    """Send a code by SMS to one of the operator's lines, to prove the customer holds it."""
+    msisdn = normalize_phone(raw_msisdn, field="msisdn")
+    line = await LineRepository(session).by_msisdn(msisdn)
+    if line is None or line.state == LineState.terminated:
+        raise NotFound(N_("{msisdn} is not one of our lines."), field="msisdn", msisdn=msisdn)
+    if line.account_id == account.id:
+        raise Conflict(N_("This line is already in your account."), field="msisdn")
+    issued = await codes.issue_code(
+        session,
+        settings.secret_key,
+        account_id=account.id,
+        purpose=CodePurpose.attach_line,
+        channel="sms",
+        target=msisdn,
+        now=now,
+    )
+    await send_code(
+        session,
+        settings.secret_key,
+        account_id=account.id,
+        purpose=CodePurpose.attach_line,
+        channel="sms",
+        target=msisdn,
+        code=issued.code,
+        language=account.language,
+    )
+    await record_event(
+        session,
+        EventKind.line_attach_requested,
+        account_id=account.id,
+        client=client,
+        details={"msisdn": msisdn},
+        now=now,
+    )
+
+
+async def confirm_line_attach(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    raw_msisdn: str,
+    code: str,
+    *,
+    client: ClientInfo,
+    now: datetime,
+) -> Line | Refused:
+    msisdn = normalize_phone(raw_msisdn, field="msisdn")
+    row = await codes.consume_code(
+        session,
+        settings.secret_key,
+        account_id=account.id,
+        purpose=CodePurpose.attach_line,
+        code=code,
+        target=msisdn,
+        now=now,
+    )
+    if row is None:
+        await record_event(
+            session,
+            EventKind.code_rejected,
+            account_id=account.id,
+            client=client,
+            success=False,
+            details={"purpose": "attach_line"},
+            now=now,
+        )
+        return Refused(codes.InvalidCode())
+    line = await LineRepository(session).by_msisdn(msisdn)
+    if line is None or line.state == LineState.terminated:
+        return Refused(codes.InvalidCode())
+    if line.account_id is not None and line.account_id != account.id:
+        return Refused(LineAttachedElsewhere(field="msisdn"))
+    await _attach(session, account, line, client=client, now=now)
+    return line
+
+
+async def attach_own_number(
+    session: AsyncSession, account: Account, *, client: ClientInfo | None, now: datetime
+) -> Line | None:
+    """A verified phone number that is one of the operator's free lines joins the account."""
+    if not account.phone or account.phone_verified_at is None:
+        return None
+    line = await LineRepository(session).by_msisdn(account.phone)
+    if line is None or line.account_id is not None or line.state == LineState.terminated:
+        return None
+    await _attach(session, account, line, client=client, now=now)
+    return line
+
+
+async def _attach(
+    session: AsyncSession, account: Account, line: Line, *, client: ClientInfo | None, now: datetime
+) -> None:
+    line.account_id = account.id
+    await session.flush()
+    await record_event(
+        session,
+        EventKind.line_attached,
+        account_id=account.id,
+        client=client,
+        details={"msisdn": line.msisdn, "line_id": str(line.id)},
+        now=now,
+    )
+    await notify(
+        session,
+        account_id=account.id,
+        template="line.attached",
+        params={"msisdn": line.msisdn},
+        line_id=line.id,
+    )

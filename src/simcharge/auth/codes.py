@@ -1,0 +1,145 @@
+"""One-time codes: six digits from a CSPRNG, stored as a keyed hash bound to the account, the
+purpose and the target; single use; valid 10 minutes; at most 5 wrong tries; one send a
+minute; a newer code voids the older ones."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.models import CodePurpose, VerificationCode
+from simcharge.errors import TooManyAttempts, ValidationFailed
+from simcharge.kit.crypto import constant_time_equals, keyed_hash
+from simcharge.kit.translations import N_
+
+CODE_TTL = timedelta(minutes=10)
+MAX_ATTEMPTS = 5
+RESEND_AFTER = timedelta(seconds=60)
+
+
+class InvalidCode(ValidationFailed):
+    slug = "invalid-code"
+    title = N_("The code is wrong or has expired.")
+
+    def __init__(self) -> None:
+        super().__init__(self.title, field="code")
+
+
+class ResendTooSoon(TooManyAttempts):
+    slug = "code-resend-too-soon"
+    title = N_("A code was sent a moment ago; please wait before asking for another.")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCode:
+    code: str
+    row: VerificationCode
+
+
+def _hash(secret: str, account_id: uuid.UUID, purpose: str, target: str, code: str) -> str:
+    return keyed_hash(secret, "verification-code", f"{account_id}|{purpose}|{target}|{code}")
+
+
+def _live(account_id: uuid.UUID, purpose: CodePurpose) -> list[ColumnElement[bool]]:
+    return [
+        VerificationCode.account_id == account_id,
+        VerificationCode.purpose == purpose.value,
+        VerificationCode.consumed_at.is_(None),
+        VerificationCode.voided_at.is_(None),
+    ]
+
+
+async def issue_code(
+    session: AsyncSession,
+    secret: str,
+    *,
+    account_id: uuid.UUID,
+    purpose: CodePurpose,
+    channel: str,
+    target: str,
+    now: datetime,
+) -> IssuedCode:
+    """A new code for (account, purpose, target); raises `ResendTooSoon` within a minute of the
+    last one. Every older live code of the same purpose is voided."""
+    latest = (
+        await session.execute(
+            select(VerificationCode)
+            .where(*_live(account_id, purpose))
+            .order_by(VerificationCode.created_at.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if latest is not None and latest.target == target and now - latest.created_at < RESEND_AFTER:
+        wait = RESEND_AFTER - (now - latest.created_at)
+        raise ResendTooSoon(int(wait.total_seconds()) + 1)
+    await session.execute(
+        update(VerificationCode).where(*_live(account_id, purpose)).values(voided_at=now)
+    )
+    code = f"{secrets.randbelow(1_000_000):06d}"
+    row = VerificationCode(
+        account_id=account_id,
+        purpose=purpose.value,
+        channel=channel,
+        target=target,
+        code_hash=_hash(secret, account_id, purpose.value, target, code),
+        created_at=now,
+        expires_at=now + CODE_TTL,
+    )
+    session.add(row)
+    await session.flush()
+    return IssuedCode(code, row)
+
+
+async def live_code(
+    session: AsyncSession, account_id: uuid.UUID, purpose: CodePurpose
+) -> VerificationCode | None:
+    return (
+        await session.execute(
+            select(VerificationCode)
+            .where(*_live(account_id, purpose))
+            .order_by(VerificationCode.created_at.desc())
+            .limit(1)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+
+
+async def consume_code(
+    session: AsyncSession,
+    secret: str,
+    *,
+    account_id: uuid.UUID,
+    purpose: CodePurpose,
+    code: str,
+    now: datetime,
+    target: str | None = None,
+) -> VerificationCode | None:
+    """Use the live code of this purpose (and target, when given). Returns the code's row, or
+    None — after counting the attempt, which the caller must commit before refusing."""
+    row = await live_code(session, account_id, purpose)
+    if row is None or (target is not None and row.target != target):
+        return None
+    if row.expires_at <= now or row.attempts >= MAX_ATTEMPTS:
+        row.voided_at = now
+        await session.flush()
+        return None
+    candidate = code.strip()
+    expected = _hash(secret, account_id, purpose.value, row.target, candidate)
+    if not (
+        candidate.isdigit()
+        and len(candidate) == 6
+        and constant_time_equals(expected, row.code_hash)
+    ):
+        row.attempts += 1
+        if row.attempts >= MAX_ATTEMPTS:
+            row.voided_at = now
+        await session.flush()
+        return None
+    row.consumed_at = now
+    await session.flush()
+    return row

@@ -1,0 +1,180 @@
+"""Who is calling: the client, and the signed-in customer (bearer token or session cookie)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account, AccountStatus
+from simcharge.api.deps import DB, AppSettings
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.models import AuthSession
+from simcharge.auth.service import policy
+from simcharge.auth.sessions import csrf_valid, session_for_token
+from simcharge.auth.throttle import RateLimits
+from simcharge.config import Settings
+from simcharge.errors import Forbidden, NotAuthenticated
+from simcharge.kit.clock import utcnow
+from simcharge.kit.translations import N_
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DEVICE_COOKIE_AGE = timedelta(days=730)
+
+
+class CsrfFailed(Forbidden):
+    slug = "csrf-failed"
+    title = N_(
+        "The form has expired or did not come from this site; reload the page and try again."
+    )
+
+
+class SessionEnded(NotAuthenticated):
+    slug = "session-ended"
+    title = N_("Your session has ended; please sign in again.")
+
+
+def session_cookie(settings: Settings) -> str:
+    """`__Host-` prefixed (Secure, no Domain, Path=/) whenever the site is served over https."""
+    return "__Host-sc_session" if settings.secure_cookies else "sc_session"
+
+
+def device_cookie(settings: Settings) -> str:
+    return "__Host-sc_device" if settings.secure_cookies else "sc_device"
+
+
+def set_session_cookie(response: Response, settings: Settings, token: str) -> None:
+    response.set_cookie(
+        session_cookie(settings),
+        token,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="lax",
+        path="/",
+        max_age=settings.session_absolute_hours * 3600,
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        session_cookie(settings),
+        path="/",
+        secure=settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+    )
+
+
+def ensure_device_cookie(
+    request: Request, response: Response, settings: Settings, device_id: str | None
+) -> None:
+    if device_id and not request.cookies.get(device_cookie(settings)):
+        response.set_cookie(
+            device_cookie(settings),
+            device_id,
+            httponly=True,
+            secure=settings.secure_cookies,
+            samesite="lax",
+            path="/",
+            max_age=int(DEVICE_COOKIE_AGE.total_seconds()),
+        )
+
+
+def client_info(request: Request, settings: AppSettings) -> ClientInfo:
+    device = request.cookies.get(device_cookie(settings)) or request.headers.get("x-device-id")
+    return ClientInfo(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        device_id=device[:128] if device else None,
+    )
+
+
+def rate_limits(request: Request) -> RateLimits:
+    limits: RateLimits = request.app.state.rate_limits
+    return limits
+
+
+Client = Annotated[ClientInfo, Depends(client_info)]
+Limits = Annotated[RateLimits, Depends(rate_limits)]
+
+_bearer = HTTPBearer(auto_error=False, description="A session token from POST /api/v1/auth/login")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A signed-in customer: their account and the session they are using."""
+
+    account: Account
+    session: AuthSession
+    via_cookie: bool
+
+
+async def _resolve(
+    request: Request, db: DB, settings: Settings, token: str, via_cookie: bool
+) -> Customer:
+    challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
+
+    async def resolve(session: AsyncSession) -> tuple[Account, AuthSession] | None:
+        auth = await session_for_token(
+            session, settings.secret_key, token, policy=policy(settings), now=utcnow()
+        )
+        if auth is None:
+            return None
+        account = await session.get(Account, auth.account_id)
+        if account is None or account.status != AccountStatus.active:
+            return None
+        return account, auth
+
+    found = await db.run(resolve)
+    if found is None:
+        raise SessionEnded(headers=challenge)
+    account, auth = found
+    if via_cookie and request.method not in SAFE_METHODS:
+        presented = request.headers.get("x-csrf-token")
+        if not csrf_valid(settings.secret_key, auth.id, presented):
+            raise CsrfFailed()
+    request.state.language = account.language
+    return Customer(account, auth, via_cookie)
+
+
+def _token(
+    request: Request, settings: Settings, credentials: HTTPAuthorizationCredentials | None
+) -> tuple[str | None, bool]:
+    if credentials is not None:
+        return credentials.credentials, False
+    return request.cookies.get(session_cookie(settings)), True
+
+
+async def current_customer(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Customer:
+    token, via_cookie = _token(request, settings, credentials)
+    if not token or token.startswith("sck_"):
+        raise NotAuthenticated(
+            N_("Please sign in."), headers={"WWW-Authenticate": 'Bearer realm="simcharge"'}
+        )
+    return await _resolve(request, db, settings, token, via_cookie)
+
+
+async def optional_customer(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Customer | None:
+    """The signed-in customer if the request carries a session; None if it carries none."""
+    token, via_cookie = _token(request, settings, credentials)
+    if not token or token.startswith("sck_"):
+        return None
+    return await _resolve(request, db, settings, token, via_cookie)
+
+
+CurrentCustomer = Annotated[Customer, Depends(current_customer)]
+OptionalCustomer = Annotated[Customer | None, Depends(optional_customer)]

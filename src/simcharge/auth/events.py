@@ -1,0 +1,83 @@
+"""The security log: every authentication decision and every change to an account's security."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.models import SecurityEvent
+from simcharge.kit.clock import utcnow
+
+FORBIDDEN_DETAILS = ("password", "code", "token", "secret")
+
+
+class EventKind(StrEnum):
+    registered = "registered"
+    registration_attempt_on_taken_contact = "registration_attempt_on_taken_contact"
+    contact_verified = "contact_verified"
+    contact_change_requested = "contact_change_requested"
+    contact_changed = "contact_changed"
+    login = "login"
+    login_locked_out = "login_locked_out"
+    mfa_required = "mfa_required"
+    new_device = "new_device"
+    logout = "logout"
+    logout_all = "logout_all"
+    session_revoked = "session_revoked"
+    session_expired = "session_expired"
+    password_changed = "password_changed"
+    password_reset_requested = "password_reset_requested"
+    password_reset = "password_reset"
+    totp_enrolment_started = "totp_enrolment_started"
+    totp_enabled = "totp_enabled"
+    totp_disabled = "totp_disabled"
+    recovery_codes_regenerated = "recovery_codes_regenerated"
+    recovery_code_used = "recovery_code_used"
+    account_locked = "account_locked"
+    unlock_requested = "unlock_requested"
+    account_unlocked = "account_unlocked"
+    line_attach_requested = "line_attach_requested"
+    line_attached = "line_attached"
+    code_rejected = "code_rejected"
+
+
+async def record_event(
+    session: AsyncSession,
+    kind: EventKind,
+    *,
+    account_id: uuid.UUID | None,
+    client: ClientInfo | None = None,
+    success: bool = True,
+    details: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    safe = {k: v for k, v in (details or {}).items() if not any(f in k for f in FORBIDDEN_DETAILS)}
+    session.add(
+        SecurityEvent(
+            account_id=account_id,
+            kind=kind.value,
+            success=success,
+            ip=client.ip if client else None,
+            user_agent=client.short_user_agent if client else None,
+            details=safe,
+            created_at=now or utcnow(),
+        )
+    )
+    await session.flush()
+
+
+async def events_of(
+    session: AsyncSession, account_id: uuid.UUID, *, limit: int, before: datetime | None = None
+) -> Sequence[SecurityEvent]:
+    stmt = select(SecurityEvent).where(SecurityEvent.account_id == account_id)
+    if before is not None:
+        stmt = stmt.where(SecurityEvent.created_at < before)
+    stmt = stmt.order_by(SecurityEvent.created_at.desc(), SecurityEvent.id.desc()).limit(limit)
+    return (await session.execute(stmt)).scalars().all()

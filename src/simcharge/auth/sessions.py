@@ -1,0 +1,173 @@
+"""Customer sessions: 256-bit random tokens, stored as a keyed hash, with idle and absolute
+timeouts. A browser holds the token in an HttpOnly cookie (and proves each write with a CSRF
+token derived from the session); an API client sends it as a bearer token."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.models import AuthSession
+from simcharge.kit.crypto import constant_time_equals, keyed_hash
+
+TOUCH_EVERY = timedelta(seconds=60)
+"""`last_seen_at` is written at most once a minute (the idle timeout is in minutes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    idle: timedelta
+    absolute: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    session: AuthSession
+    token: str
+    """Shown once: to the browser as a cookie, to an API client in the response."""
+
+
+def token_hash(secret: str, token: str) -> str:
+    return keyed_hash(secret, "session-token", token)
+
+
+def csrf_token(secret: str, session_id: uuid.UUID) -> str:
+    return keyed_hash(secret, "csrf", str(session_id))
+
+
+def csrf_valid(secret: str, session_id: uuid.UUID, presented: str | None) -> bool:
+    return bool(presented) and constant_time_equals(csrf_token(secret, session_id), presented or "")
+
+
+async def open_session(
+    session: AsyncSession,
+    secret: str,
+    *,
+    account_id: uuid.UUID,
+    client: ClientInfo,
+    policy: SessionPolicy,
+    now: datetime,
+    mfa: bool = False,
+) -> IssuedSession:
+    token = secrets.token_urlsafe(32)
+    row = AuthSession(
+        account_id=account_id,
+        token_hash=token_hash(secret, token),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + policy.absolute,
+        ip=client.ip,
+        user_agent=client.short_user_agent,
+        device_hash=client.device_hash(secret),
+        mfa=mfa,
+    )
+    session.add(row)
+    await session.flush()
+    return IssuedSession(row, token)
+
+
+def expired(row: AuthSession, policy: SessionPolicy, now: datetime) -> str | None:
+    """Why a session is over, or None while it lives."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at <= now:
+        return "absolute_timeout"
+    if row.last_seen_at + policy.idle <= now:
+        return "idle_timeout"
+    return None
+
+
+async def session_for_token(
+    session: AsyncSession,
+    secret: str,
+    token: str,
+    *,
+    policy: SessionPolicy,
+    now: datetime,
+) -> AuthSession | None:
+    """The live session a token belongs to (its last use noted), or None."""
+    row = (
+        await session.execute(
+            select(AuthSession).where(AuthSession.token_hash == token_hash(secret, token))
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    why = expired(row, policy, now)
+    if why is not None:
+        if row.revoked_at is None:
+            row.revoked_at, row.revoked_reason = now, why
+            await session.flush()
+        return None
+    if now - row.last_seen_at >= TOUCH_EVERY:
+        row.last_seen_at = now
+        await session.flush()
+    return row
+
+
+async def rotate(session: AsyncSession, secret: str, row: AuthSession) -> str:
+    """Give a session a new token (after a privilege change); the old token stops working."""
+    token = secrets.token_urlsafe(32)
+    row.token_hash = token_hash(secret, token)
+    await session.flush()
+    return token
+
+
+async def revoke(session: AsyncSession, row: AuthSession, reason: str, now: datetime) -> None:
+    if row.revoked_at is None:
+        row.revoked_at, row.revoked_reason = now, reason
+        await session.flush()
+
+
+async def revoke_all(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    reason: str,
+    now: datetime,
+    keep: uuid.UUID | None = None,
+) -> int:
+    stmt = update(AuthSession).where(
+        AuthSession.account_id == account_id, AuthSession.revoked_at.is_(None)
+    )
+    if keep is not None:
+        stmt = stmt.where(AuthSession.id != keep)
+    result = await session.execute(stmt.values(revoked_at=now, revoked_reason=reason))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def live_sessions(
+    session: AsyncSession, account_id: uuid.UUID, *, policy: SessionPolicy, now: datetime
+) -> Sequence[AuthSession]:
+    rows = (
+        (
+            await session.execute(
+                select(AuthSession)
+                .where(AuthSession.account_id == account_id, AuthSession.revoked_at.is_(None))
+                .order_by(AuthSession.last_seen_at.desc())
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return [r for r in rows if expired(r, policy, now) is None]
+
+
+async def session_of_account(
+    session: AsyncSession, account_id: uuid.UUID, session_id: uuid.UUID
+) -> AuthSession | None:
+    """A session by id, only if it belongs to `account_id` (anyone else's is "not found")."""
+    return (
+        await session.execute(
+            select(AuthSession).where(
+                AuthSession.id == session_id, AuthSession.account_id == account_id
+            )
+        )
+    ).scalar_one_or_none()

@@ -1,0 +1,1 @@
+"""Telling customers things: e-mail, SMS and notices in the portal, in their language."""

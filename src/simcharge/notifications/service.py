@@ -1,0 +1,145 @@
+"""Telling a customer something, after commit, through the outbox.
+
+`notify` writes a `notifications.deliver` job in the caller's transaction; when it runs, it
+adds the in-portal notice and one job per channel (e-mail to the verified address, SMS to the
+verified phone), each retried on its own. `send_code` sends a one-time code to a given address
+or number: the code travels sealed (AES-GCM) in the job's payload, which is emptied once the
+job is done or buried — a code is never stored in the clear.
+
+The payload of `notifications.deliver` is a contract other modules rely on:
+`{"account_id", "template", "params", "channels": ["email", "sms", "portal"], "line_id"?,
+"targets"?: {"email": addr, "sms": number}}` (`targets` overrides the account's contacts,
+e.g. to warn an old address that it was replaced)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.models import CodePurpose
+from simcharge.kit.clock import utcnow
+from simcharge.kit.crypto import seal
+from simcharge.notifications.models import MessageLog, Notice
+from simcharge.worker.service import enqueue
+
+CHANNELS = ("email", "sms", "portal")
+DELIVER = "notifications.deliver"
+SEND_CODE = "notifications.code"
+
+
+async def notify(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    template: str,
+    params: dict[str, Any] | None = None,
+    channels: Sequence[str] = CHANNELS,
+    line_id: uuid.UUID | None = None,
+    targets: dict[str, str] | None = None,
+    dedupe_key: str | None = None,
+) -> None:
+    unknown = set(channels) - set(CHANNELS)
+    if unknown:
+        raise ValueError(f"unknown channels {sorted(unknown)}")
+    payload: dict[str, Any] = {
+        "account_id": str(account_id),
+        "template": template,
+        "params": params or {},
+        "channels": list(channels),
+        "line_id": str(line_id) if line_id else None,
+    }
+    if targets:
+        payload["targets"] = targets
+    await enqueue(session, DELIVER, payload, dedupe_key=dedupe_key)
+
+
+async def send_code(
+    session: AsyncSession,
+    secret: str,
+    *,
+    account_id: uuid.UUID,
+    purpose: CodePurpose,
+    channel: str,
+    target: str,
+    code: str,
+    language: str,
+) -> None:
+    await enqueue(
+        session,
+        SEND_CODE,
+        {
+            "account_id": str(account_id),
+            "purpose": purpose.value,
+            "channel": channel,
+            "target": target,
+            "language": language,
+            "sealed": seal(secret, "outbox-code", code.encode()),
+        },
+        max_attempts=4,
+    )
+
+
+async def log_message(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID | None,
+    channel: str,
+    template: str,
+    target: str,
+    subject: str | None,
+    status: str,
+    provider_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    session.add(
+        MessageLog(
+            account_id=account_id,
+            channel=channel,
+            template=template,
+            target=target,
+            subject=subject,
+            status=status,
+            provider_id=provider_id,
+            error=error,
+            created_at=utcnow(),
+        )
+    )
+    await session.flush()
+
+
+async def notices_of(
+    session: AsyncSession, account_id: uuid.UUID, *, limit: int = 50, unread_only: bool = False
+) -> Sequence[Notice]:
+    stmt = select(Notice).where(Notice.account_id == account_id)
+    if unread_only:
+        stmt = stmt.where(Notice.read_at.is_(None))
+    stmt = stmt.order_by(Notice.created_at.desc(), Notice.id.desc()).limit(limit)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def unread_count(session: AsyncSession, account_id: uuid.UUID) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(Notice)
+        .where(Notice.account_id == account_id, Notice.read_at.is_(None))
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def mark_read(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    notice_ids: Sequence[uuid.UUID] | None,
+    now: datetime,
+) -> int:
+    """Mark the account's notices read (all of them when `notice_ids` is None)."""
+    stmt = update(Notice).where(Notice.account_id == account_id, Notice.read_at.is_(None))
+    if notice_ids is not None:
+        stmt = stmt.where(Notice.id.in_(list(notice_ids)))
+    result = await session.execute(stmt.values(read_at=now))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,116 @@
+"""Rendering a message in a language: Jinja2 templates whose texts are gettext messages.
+
+A template `notifications/templates/<name>.jinja` defines blocks `subject`, `text`, `sms` and
+`html_body` (any may be empty). Params are formatted for the reader's locale with the filters
+`date`, `datetime`, `money` and `units`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_decimal
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES
+from simcharge.kit.money import format_money
+from simcharge.kit.translations import translations
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+    sms: str
+
+
+def _parse_when(value: Any) -> datetime | date:
+    if isinstance(value, datetime | date):
+        return value
+    text = str(value)
+    return datetime.fromisoformat(text) if "T" in text else date.fromisoformat(text)
+
+
+@lru_cache(maxsize=16)
+def environment(language: str, *, html: bool = False) -> Environment:
+    """Text (subject, body, SMS) renders as is; HTML renders with every value escaped."""
+    locale = BABEL_LOCALES.get(language, "en")
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=html,  # noqa: S701 - text and SMS are plain text; HTML is escaped (html=True)
+        extensions=["jinja2.ext.i18n"],
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+
+    def as_date(value: Any) -> str:
+        when = _parse_when(value)
+        return str(
+            format_date(when if isinstance(when, date) else when.date(), "long", locale=locale)
+        )
+
+    def as_datetime(value: Any) -> str:
+        when = _parse_when(value)
+        return str(format_datetime(when, "medium", locale=locale, tzinfo=UTC))
+
+    def as_money(minor: Any, currency: str) -> str:
+        return format_money(int(minor), currency, locale)
+
+    def as_units(amount: Any, unit: str) -> str:
+        value = int(amount)
+        if unit == "VOICE_S":
+            return str(format_decimal(round(value / 60), locale=locale)) + " min"
+        if unit == "DATA_B":
+            mb = value / 1024 / 1024
+            if mb >= 1024:
+                return str(format_decimal(round(mb / 1024, 2), locale=locale)) + " GB"
+            return str(format_decimal(round(mb, 1), locale=locale)) + " MB"
+        return str(format_decimal(value, locale=locale)) + " SMS"
+
+    env.filters.update(date=as_date, datetime=as_datetime, money=as_money, units=as_units)
+    return env
+
+
+def _block(env: Environment, name: str, block: str, params: dict[str, Any]) -> str:
+    template = env.get_template(f"{name}.jinja")
+    render = template.blocks.get(block)
+    if render is None:
+        return ""
+    return "".join(render(template.new_context(params))).strip()
+
+
+def render(name: str, language: str, params: dict[str, Any]) -> Rendered:
+    language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+    env = environment(language)
+    html_env = environment(language, html=True)
+    body = _block(html_env, name, "html_body", params)
+    html = (
+        html_env.get_template("_layout.html").render(
+            # `body` is the output of an autoescaping render: every value in it is escaped already.
+            lang=language,
+            body=Markup(body),  # noqa: S704
+            operator=params.get("operator", "simcharge"),
+        )
+        if body
+        else ""
+    )
+    return Rendered(
+        subject=_block(env, name, "subject", params),
+        text=_block(env, name, "text", params),
+        html=html,
+        sms=_block(env, name, "sms", params),
+    )
+
+
+def template_names() -> list[str]:
+    return sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja") if not p.stem.startswith("_"))

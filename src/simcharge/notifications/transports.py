@@ -1,0 +1,126 @@
+"""Handing messages over: e-mail by SMTP, SMS by a Twilio-compatible API, and in development
+an in-memory mailbox that `/dev/mailbox` shows (so `make run` needs no mail server)."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import aiosmtplib
+import httpx
+
+from simcharge.config import Environment, Settings
+from simcharge.kit.clock import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    channel: str
+    to: str
+    subject: str | None
+    text: str
+    html: str | None = None
+    at: datetime = field(default_factory=utcnow)
+
+
+class DeliveryFailed(Exception):
+    """The transport refused or failed; `transient` says whether trying again may help."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# Development and test only: what would have been sent, newest last.
+dev_mailbox: collections.deque[Outgoing] = collections.deque(maxlen=500)
+
+
+def keeps_dev_mailbox(settings: Settings) -> bool:
+    return settings.env is not Environment.production
+
+
+async def send_email(settings: Settings, to: str, subject: str, text: str, html: str | None) -> str:
+    """Send one e-mail; returns its Message-ID."""
+    message = EmailMessage()
+    message["From"] = settings.smtp_from
+    message["To"] = to
+    message["Subject"] = subject
+    message_id = make_msgid(domain=settings.smtp_from.rsplit("@", 1)[-1].strip("> ") or None)
+    message["Message-ID"] = message_id
+    message.set_content(text)
+    if html:
+        message.add_alternative(html, subtype="html")
+    if keeps_dev_mailbox(settings):
+        dev_mailbox.append(Outgoing("email", to, subject, text, html))
+    if not settings.smtp_host:
+        if settings.env is Environment.production:
+            raise DeliveryFailed("SIMCHARGE_SMTP_HOST is not set", transient=False)
+        return message_id
+    try:
+        await aiosmtplib.send(
+            message,
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            use_tls=settings.smtp_tls == "tls",
+            start_tls=settings.smtp_tls == "starttls",
+            timeout=15,
+        )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        raise DeliveryFailed(f"recipient refused: {exc}", transient=False) from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise DeliveryFailed(f"SMTP: {type(exc).__name__}: {exc}") from exc
+    return message_id
+
+
+async def send_sms(settings: Settings, client: httpx.AsyncClient, to: str, text: str) -> str | None:
+    """Send one SMS; returns the provider's message id."""
+    if keeps_dev_mailbox(settings):
+        dev_mailbox.append(Outgoing("sms", to, None, text))
+    if settings.sms_provider == "outbox":
+        if settings.env is Environment.production:
+            raise DeliveryFailed(
+                "no SMS provider configured (SIMCHARGE_SMS_PROVIDER)", transient=False
+            )
+        return None
+    sid, token, sender = (
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        settings.twilio_from,
+    )
+    if not (sid and token and sender):
+        raise DeliveryFailed("the Twilio settings are incomplete", transient=False)
+    url = f"{settings.twilio_api_base.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
+    try:
+        response = await client.post(
+            url,
+            data={"To": to, "From": sender, "Body": text},
+            auth=(sid, token.get_secret_value()),
+            timeout=15,
+        )
+    except httpx.HTTPError as exc:
+        raise DeliveryFailed(f"SMS provider unreachable: {type(exc).__name__}") from exc
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            reason = f"{body.get('code')}: {body.get('message')}"
+        except ValueError:
+            reason = response.text[:200]
+        transient = response.status_code == 429 or response.status_code >= 500
+        raise DeliveryFailed(
+            f"SMS provider answered {response.status_code} ({reason})", transient=transient
+        )
+    sid = response.json().get("sid")
+    return str(sid) if sid else None
+
+
+def mask(channel: str, target: str) -> str:
+    """What logs may keep of an address or a number."""
+    if channel == "email" and "@" in target:
+        local, _, domain = target.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return f"{target[:5]}***{target[-4:]}" if len(target) > 9 else "***"

@@ -1,0 +1,209 @@
+"""The customer's own account: profile, contacts, lines, notices."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.db import Database
+from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
+from tests.auth.helpers import (
+    PASSWORD,
+    Deliver,
+    login,
+    new_identity,
+    problem,
+    register,
+    signup,
+    verify,
+)
+from tests.auth.helpers import Customer as C
+from tests.conftest import SmtpInbox, last_sms_code
+from tests.factories import create_line
+
+
+async def test_profile_and_language(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+    me = (await client.get("/api/v1/me", headers=customer.auth)).json()
+    assert me["username"] == customer.username and me["email_verified"] and me["phone_verified"]
+    assert "password_hash" not in me and "totp_secret_sealed" not in me
+    r = await client.patch(
+        "/api/v1/me", headers=customer.auth, json={"language": "zh-Hant", "display_name": "林"}
+    )
+    assert r.json()["language"] == "zh-Hant" and r.json()["display_name"] == "林"
+    r = await client.patch("/api/v1/me", headers=customer.auth, json={"language": "klingon"})
+    assert r.status_code == 422 and problem(r)["field"] == "language"
+    # Errors now speak the customer's language.
+    r = await client.get(
+        "/api/v1/me/lines/00000000-0000-7000-8000-000000000000", headers=customer.auth
+    )
+    assert r.status_code == 404 and problem(r)["title"] == "此處沒有內容。"
+
+
+async def test_changing_the_email_address(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+    old = str(customer.email)
+    new = f"new-{old}"
+    r = await client.patch("/api/v1/me", headers=customer.auth, json={"email": new})
+    assert r.json()["email"] == old and r.json()["email_pending"] == new
+    await deliver()
+    assert [m["Subject"] for m in inbox.to(old)][
+        -1
+    ] == "A change of your contact details was requested"
+    code = inbox.last_code(new)
+    r = await client.post(
+        "/api/v1/auth/verify", headers=customer.auth, json={"channel": "email", "code": code}
+    )
+    assert r.status_code == 200 and r.json()["email"] == new and r.json()["email_pending"] is None
+    await deliver()
+    assert inbox.to(old)[-1]["Subject"] == "Your contact details were changed"
+    assert (await login(client, new)).status_code == 200
+    assert (await login(client, old)).status_code == 401
+    r = await client.patch("/api/v1/me", headers=customer.auth, json={"email": "broken"})
+    assert r.status_code == 422 and problem(r)["field"] == "email"
+
+
+async def test_a_contact_taken_meanwhile_is_refused_at_verification(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    first = await signup(client, inbox, deliver)
+    second = await signup(client, inbox, deliver)
+    await client.patch("/api/v1/me", headers=second.auth, json={"email": first.email})
+    await deliver()
+    r = await client.post(
+        "/api/v1/auth/verify",
+        headers=second.auth,
+        json={"channel": "email", "code": inbox.last_code(str(first.email))},
+    )
+    assert r.status_code == 409 and problem(r)["type"] == "/problems/contact-taken"
+
+
+async def test_adding_a_line_with_an_sms_code(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+
+    async def stock(s: AsyncSession) -> str:
+        line = await create_line(
+            s, msisdn="+14155553001", activation_code="LPA:1$smdp.example.com$AB-1"
+        )
+        await credit_wallet(s, line, 900, source="t")
+        await grant_units(s, line, [UnitGrant("VOICE_S", 3000, 30)], source="t")
+        return line.msisdn
+
+    msisdn = await db.run(stock)
+    r = await client.post(
+        "/api/v1/me/lines", headers=customer.auth, json={"msisdn": "+1 415-555-3001"}
+    )
+    assert r.status_code == 202
+    await deliver()
+    code = last_sms_code(msisdn)
+    wrong = await client.post(
+        "/api/v1/me/lines/verify",
+        headers=customer.auth,
+        json={"msisdn": msisdn, "code": "000000" if code != "000000" else "111111"},
+    )
+    assert wrong.status_code == 422
+    r = await client.post(
+        "/api/v1/me/lines/verify", headers=customer.auth, json={"msisdn": msisdn, "code": code}
+    )
+    assert r.status_code == 200
+    line = r.json()
+    assert line["balances"]["wallet"]["available"] == 900
+    assert line["activation_code"] == "LPA:1$smdp.example.com$AB-1"
+    assert [
+        x["msisdn"] for x in (await client.get("/api/v1/me/lines", headers=customer.auth)).json()
+    ] == [msisdn]
+    assert (
+        await client.get(f"/api/v1/me/lines/{line['id']}", headers=customer.auth)
+    ).status_code == 200
+    r = await client.post("/api/v1/me/lines", headers=customer.auth, json={"msisdn": msisdn})
+    assert r.status_code == 409
+
+
+async def test_lines_are_private(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    owner = await signup(client, inbox, deliver)
+    stranger = await signup(client, inbox, deliver)
+
+    async def stock(s: AsyncSession) -> str:
+        from simcharge.accounts.repository import AccountRepository
+
+        account = await AccountRepository(s).by_username(owner.username)
+        assert account is not None
+        return str((await create_line(s, msisdn="+14155553002", account_id=account.id)).id)
+
+    line_id = await db.run(stock)
+    assert (await client.get(f"/api/v1/me/lines/{line_id}", headers=owner.auth)).status_code == 200
+    r = await client.get(f"/api/v1/me/lines/{line_id}", headers=stranger.auth)
+    assert r.status_code == 404 and problem(r)["field"] == "line_id"
+    assert (await client.get("/api/v1/me/lines", headers=stranger.auth)).json() == []
+    # Holding the SIM (the SMS code) is not enough to take another customer's line.
+    await client.post("/api/v1/me/lines", headers=stranger.auth, json={"msisdn": "+14155553002"})
+    await deliver()
+    r = await client.post(
+        "/api/v1/me/lines/verify",
+        headers=stranger.auth,
+        json={"msisdn": "+14155553002", "code": last_sms_code("+14155553002")},
+    )
+    assert r.status_code == 409 and problem(r)["type"] == "/problems/line-attached-elsewhere"
+    assert (await client.get(f"/api/v1/me/lines/{line_id}", headers=owner.auth)).status_code == 200
+
+
+async def test_unknown_numbers_and_bad_input(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+    r = await client.post(
+        "/api/v1/me/lines", headers=customer.auth, json={"msisdn": "+14155553999"}
+    )
+    assert r.status_code == 404 and problem(r)["field"] == "msisdn"
+    r = await client.post("/api/v1/me/lines", headers=customer.auth, json={"msisdn": "hello"})
+    assert r.status_code == 422 and problem(r)["field"] == "msisdn"
+    r = await client.get("/api/v1/me/lines/not-a-uuid", headers=customer.auth)
+    assert r.status_code == 422 and problem(r)["field"] == "line_id"
+
+
+async def test_a_verified_phone_that_is_our_line_joins_the_account(
+    client: httpx.AsyncClient, db: Database, deliver: Deliver
+) -> None:
+    await db.run(lambda s: create_line(s, msisdn="+14155553003"))
+    username, _, _ = new_identity(with_phone=False)
+    await register(client, username=username, email=None, phone="+14155553003")
+    await deliver()
+    customer = C(username, PASSWORD, None, "+14155553003")
+    assert (await verify(client, customer, "sms", last_sms_code("+14155553003"))).status_code == 200
+    token = (await login(client, username)).json()["token"]
+    lines = (
+        await client.get("/api/v1/me/lines", headers={"Authorization": f"Bearer {token}"})
+    ).json()
+    assert [x["msisdn"] for x in lines] == ["+14155553003"]
+
+
+async def test_notices_in_the_portal(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver, language="es")
+    await login(client, customer.username, headers={"User-Agent": "Otro/1"})
+    await deliver()
+    body = (await client.get("/api/v1/me/notices", headers=customer.auth)).json()
+    titles = [n["title"] for n in body["notices"]]
+    assert (
+        "Nuevo inicio de sesión en tu cuenta" in titles
+        and "Te damos la bienvenida a simcharge" in titles
+    )
+    assert body["unread"] == len(body["notices"])
+    first = body["notices"][0]["id"]
+    await client.post("/api/v1/me/notices/read", headers=customer.auth, json={"ids": [first]})
+    assert (await client.get("/api/v1/me/notices", headers=customer.auth)).json()["unread"] == body[
+        "unread"
+    ] - 1
+    await client.post("/api/v1/me/notices/read", headers=customer.auth, json={})
+    assert (await client.get("/api/v1/me/notices?unread_only=true", headers=customer.auth)).json()[
+        "notices"
+    ] == []

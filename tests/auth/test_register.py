@@ -1,0 +1,239 @@
+"""Registration and contact verification, end to end: real SMTP, the SMS outbox, the worker."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from simcharge.accounts.models import Account
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.worker.models import OutboxJob
+from tests.auth.helpers import (
+    PASSWORD,
+    Customer,
+    Deliver,
+    comparable,
+    login,
+    new_identity,
+    problem,
+    register,
+    signup,
+    verify,
+)
+from tests.conftest import SmtpInbox, last_sms_code
+
+
+async def accounts(db: Database) -> int:
+    async with db.read() as s:
+        return int((await s.execute(select(func.count()).select_from(Account))).scalar_one())
+
+
+async def test_register_then_verify_email_and_phone(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    username, email, phone = new_identity()
+    r = await register(client, username=username, email=email, phone=phone, language="zh-Hans")
+    assert r.status_code == 202 and r.json()["channels"] == ["email", "sms"]
+    assert await deliver() >= 2
+    mail = inbox.to(str(email))[-1]
+    assert mail["Subject"] == "验证您的电子邮件地址"
+    assert mail.get_body(preferencelist=("html",)) is not None
+    customer = Customer(username, PASSWORD, email, phone)
+    r = await verify(client, customer, "email", inbox.last_code(str(email)))
+    assert r.status_code == 200 and r.json()["email_verified"] and r.json()["email"] == email
+    r = await verify(client, customer, "sms", last_sms_code(str(phone)))
+    assert r.status_code == 200 and r.json()["phone_verified"] and r.json()["phone"] == phone
+    # Verified contacts now sign in too.
+    assert (await login(client, str(email))).status_code == 200
+    assert (await login(client, str(phone))).status_code == 200
+
+
+async def test_unverified_contacts_do_not_sign_in(
+    client: httpx.AsyncClient, deliver: Deliver
+) -> None:
+    username, email, phone = new_identity()
+    await register(client, username=username, email=email, phone=phone)
+    unknown = await login(client, "nobody-at-all@example.com")
+    pending = await login(client, str(email))
+    assert comparable(pending) == comparable(unknown)
+    assert (await login(client, username)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"username": "x", "password": PASSWORD, "email": "a@example.com"}, ["username"]),
+        ({"username": "good.name", "password": PASSWORD, "email": "not-an-address"}, ["email"]),
+        ({"username": "good.name", "password": PASSWORD, "phone": "12345"}, ["phone"]),
+        ({"username": "good.name", "password": PASSWORD}, ["email"]),
+        (
+            {
+                "username": "good.name",
+                "password": PASSWORD,
+                "email": "a@example.com",
+                "language": "fr",
+            },
+            ["language"],
+        ),
+        ({"username": "good.name", "password": "short", "email": "a@example.com"}, ["password"]),
+        (
+            {"username": "good.name", "password": "password123", "email": "a@example.com"},
+            ["password"],
+        ),
+        (
+            {"username": "good.name", "password": "Good.Name", "email": "a@example.com"},
+            ["password"],
+        ),
+        ({"username": "good.name", "password": "x" * 129, "email": "a@example.com"}, ["password"]),
+        ({"username": "!", "password": "short", "phone": "1"}, ["username", "phone", "password"]),
+    ],
+)
+async def test_bad_registrations_name_every_field_and_create_nothing(
+    client: httpx.AsyncClient, db: Database, body: dict[str, str], fields: list[str]
+) -> None:
+    before = await accounts(db)
+    r = await client.post("/api/v1/auth/register", json=body)
+    assert r.status_code == 422
+    assert [e["field"] for e in problem(r)["errors"]] == fields
+    assert await accounts(db) == before
+
+
+async def test_malformed_register_bodies(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/api/v1/auth/register", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and problem(r)["type"] == "/problems/bad-request"
+    r = await client.post(
+        "/api/v1/auth/register", json={"username": "abc", "password": PASSWORD, "admin": True}
+    )
+    assert r.status_code == 422 and problem(r)["errors"][0]["field"] == "admin"
+
+
+async def test_unicode_passwords_are_normalised(
+    client: httpx.AsyncClient, deliver: Deliver
+) -> None:
+    username, email, _ = new_identity(with_phone=False)
+    # "ﬁ" (U+FB01) normalises (NFKC) to "fi": either spelling signs in.
+    r = await register(
+        client, username=username, email=email, phone=None, password="ﬁne-wine-1776-vintage"
+    )
+    assert r.status_code == 202
+    assert (await login(client, username, "fine-wine-1776-vintage")).status_code == 200
+
+
+async def test_a_taken_username_is_said(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+    r = await register(
+        client, username=customer.username.upper(), email="other@example.com", phone=None
+    )
+    assert r.status_code == 409 and problem(r)["type"] == "/problems/username-taken"
+
+
+async def test_a_taken_contact_is_not_revealed(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    holder = await signup(client, inbox, deliver)
+    inbox.messages.clear()
+    before = await accounts(db)
+    fresh_name, fresh_email, _ = new_identity(with_phone=False)
+    fresh = await register(client, username=fresh_name, email=fresh_email, phone=None)
+    taken = await register(client, username=f"{fresh_name}x", email=holder.email, phone=None)
+    assert taken.status_code == fresh.status_code == 202
+    assert taken.json() == fresh.json()
+    assert await accounts(db) == before + 1
+    await deliver()
+    # The holder is told; the newcomer gets no code for an address that is not theirs.
+    subjects = [m["Subject"] for m in inbox.to(str(holder.email))]
+    assert subjects == ["Someone tried to register with your address"]
+
+
+async def test_register_answers_take_the_same_minimum_time(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    from simcharge.app import create_app
+
+    slow = settings.model_copy(update={"auth_min_response_ms": 400})
+    app = create_app(slow, db=db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        holder_name, holder_email, _ = new_identity(with_phone=False)
+        await register(c, username=holder_name, email=holder_email, phone=None)
+        durations = []
+        for email in (holder_email, "someone-new@example.com"):
+            name, _, _ = new_identity(with_phone=False)
+            started = time.monotonic()
+            r = await register(c, username=name, email=email, phone=None)
+            durations.append(time.monotonic() - started)
+            assert r.status_code == 202
+    assert all(d >= 0.4 for d in durations)
+
+
+async def test_registration_is_rate_limited_per_address(client: httpx.AsyncClient) -> None:
+    statuses = []
+    for _ in range(11):
+        name, email, _ = new_identity(with_phone=False)
+        statuses.append(
+            (await register(client, username=name, email=email, phone=None)).status_code
+        )
+    assert statuses[:10] == [202] * 10
+    assert statuses[10] == 429
+
+
+async def test_verification_needs_the_right_code_and_the_account(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    username, email, _ = new_identity(with_phone=False)
+    await register(client, username=username, email=email, phone=None)
+    await deliver()
+    customer = Customer(username, PASSWORD, email, None)
+    code = inbox.last_code(str(email))
+    wrong = "000000" if code != "000000" else "111111"
+    r = await verify(client, customer, "email", wrong)
+    assert r.status_code == 422 and problem(r)["type"] == "/problems/invalid-code"
+    r = await verify(client, Customer(username, "not-the-password", email, None), "email", code)
+    assert r.status_code == 401 and problem(r)["type"] == "/problems/invalid-credentials"
+    r = await client.post("/api/v1/auth/verify", json={"channel": "email", "code": code})
+    assert r.status_code == 401
+    r = await verify(client, customer, "sms", code)
+    assert r.status_code == 422
+    assert (await verify(client, customer, "email", code)).status_code == 200
+    # Used once, never again.
+    assert (await verify(client, customer, "email", code)).status_code == 422
+
+
+async def test_codes_never_rest_in_the_clear(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    username, email, _ = new_identity(with_phone=False)
+    await register(client, username=username, email=email, phone=None)
+    async with db.read() as s:
+        jobs = (
+            (await s.execute(select(OutboxJob).where(OutboxJob.kind == "notifications.code")))
+            .scalars()
+            .all()
+        )
+        assert jobs and "sealed" in jobs[-1].payload
+    await deliver()
+    code = inbox.last_code(str(email))
+    async with db.read() as s:
+        job = (await s.execute(select(OutboxJob).where(OutboxJob.id == jobs[-1].id))).scalar_one()
+        assert job.payload == {}
+        dumped = " ".join(
+            str(row)
+            for row in (await s.execute(select(OutboxJob.payload, OutboxJob.last_error))).all()
+        )
+        assert code not in dumped
+        from simcharge.auth.models import VerificationCode
+        from simcharge.notifications.models import MessageLog
+
+        stored = (await s.execute(select(VerificationCode.code_hash))).scalars().all()
+        assert stored and all(code not in h for h in stored)
+        logged = (
+            await s.execute(select(MessageLog.subject, MessageLog.target, MessageLog.error))
+        ).all()
+        assert logged and all(code not in str(row) for row in logged)

@@ -1,0 +1,270 @@
+"""Delivering notifications: SMTP, a Twilio-compatible SMS API (respx), the outbox, the portal."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import uuid
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.app import create_app
+from simcharge.auth.models import CodePurpose
+from simcharge.config import Environment, Settings
+from simcharge.db import Database
+from simcharge.kit.clock import utcnow
+from simcharge.notifications.models import MessageLog, Notice
+from simcharge.notifications.service import notify, send_code
+from simcharge.worker.models import JobStatus, OutboxJob
+from simcharge.worker.runner import Worker
+from tests.conftest import SmtpInbox
+from tests.factories import create_account
+
+TWILIO = "https://twilio.test"
+SID = "AC" + "0" * 32
+MESSAGES_URL = f"{TWILIO}/2010-04-01/Accounts/{SID}/Messages.json"
+
+
+def twilio(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "sms_provider": "twilio",
+            "twilio_account_sid": SID,
+            "twilio_api_base": TWILIO,
+            "twilio_auth_token": SecretStr("tw-secret"),
+            "twilio_from": "+15005550006",
+        }
+    )
+
+
+async def account_with_contacts(db: Database, language: str = "en") -> uuid.UUID:
+    async def make(s: AsyncSession) -> uuid.UUID:
+        a = await create_account(
+            s,
+            email=f"{uuid.uuid4().hex[:8]}@example.com",
+            email_verified_at=utcnow(),
+            phone="+14155552001",
+            phone_verified_at=utcnow(),
+            language=language,
+        )
+        return a.id
+
+    return await db.run(make)
+
+
+async def run_worker(db: Database, settings: Settings) -> int:
+    worker = Worker(db, settings, concurrency=4)
+    try:
+        return await worker.drain()
+    finally:
+        await worker.close()
+
+
+async def jobs_of(db: Database, kind: str) -> list[OutboxJob]:
+    async with db.read() as s:
+        return list((await s.execute(select(OutboxJob).where(OutboxJob.kind == kind))).scalars())
+
+
+async def test_sms_through_twilio(db: Database, settings: Settings) -> None:
+    cfg = twilio(settings)
+    account_id = await account_with_contacts(db)
+    await db.run(
+        lambda s: send_code(
+            s,
+            cfg.secret_key,
+            account_id=account_id,
+            purpose=CodePurpose.verify_phone,
+            channel="sms",
+            target="+14155552001",
+            code="482913",
+            language="en",
+        )
+    )
+    with respx.mock(assert_all_called=True) as mock:
+        route = mock.post(MESSAGES_URL).respond(
+            201,
+            json={
+                "sid": "SM" + "a" * 32,
+                "status": "queued",
+                "to": "+14155552001",
+                "from": "+15005550006",
+            },
+        )
+        await run_worker(db, cfg)
+    request = route.calls.last.request
+    form = parse_qs(request.content.decode())
+    assert form["To"] == ["+14155552001"] and form["From"] == ["+15005550006"]
+    assert "482913" in form["Body"][0]
+    assert (
+        request.headers["authorization"]
+        == "Basic " + base64.b64encode(f"{SID}:tw-secret".encode()).decode()
+    )
+    async with db.read() as s:
+        log = (await s.execute(select(MessageLog).where(MessageLog.channel == "sms"))).scalar_one()
+    assert (log.status, log.provider_id, log.target) == ("sent", "SM" + "a" * 32, "+1415***2001")
+    assert "482913" not in str(log.subject) + str(log.error)
+
+
+async def test_twilio_refusal_is_permanent_and_an_outage_is_retried(
+    db: Database, settings: Settings
+) -> None:
+    cfg = twilio(settings)
+    account_id = await account_with_contacts(db)
+    await db.run(
+        lambda s: notify(
+            s, account_id=account_id, template="security.password_changed", channels=["sms"]
+        )
+    )
+    with respx.mock() as mock:
+        mock.post(MESSAGES_URL).respond(
+            400, json={"code": 21211, "message": "The 'To' number is not valid.", "status": 400}
+        )
+        await run_worker(db, cfg)
+    [job] = await jobs_of(db, "notifications.sms")
+    assert job.status == JobStatus.dead and "21211" in (job.last_error or "")
+    async with db.read() as s:
+        log = (await s.execute(select(MessageLog))).scalar_one()
+    assert log.status == "failed"
+
+    await db.run(
+        lambda s: notify(
+            s, account_id=account_id, template="security.totp_enabled", channels=["sms"]
+        )
+    )
+    with respx.mock() as mock:
+        mock.post(MESSAGES_URL).respond(503, text="upstream down")
+        await run_worker(db, cfg)
+    retried = [j for j in await jobs_of(db, "notifications.sms") if j.status == JobStatus.pending]
+    assert len(retried) == 1 and retried[0].attempts == 1 and "503" in (retried[0].last_error or "")
+
+
+async def test_an_unreachable_smtp_server_is_retried(db: Database, settings: Settings) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    cfg = settings.model_copy(update={"smtp_port": closed_port})
+    account_id = await account_with_contacts(db)
+    await db.run(
+        lambda s: notify(
+            s, account_id=account_id, template="security.password_changed", channels=["email"]
+        )
+    )
+    await run_worker(db, cfg)
+    [job] = await jobs_of(db, "notifications.email")
+    assert (
+        job.status == JobStatus.pending and job.attempts == 1 and "SMTP" in (job.last_error or "")
+    )
+
+
+async def test_the_lifecycle_contract_reaches_the_customer_in_their_language(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    """Other modules enqueue `notifications.deliver` with this payload (see notifications.service)."""
+    account_id = await account_with_contacts(db, language="zh-Hans")
+    from simcharge.worker.service import enqueue
+
+    await db.run(
+        lambda s: enqueue(
+            s,
+            "notifications.deliver",
+            {
+                "account_id": str(account_id),
+                "template": "line.validity_ending",
+                "params": {"msisdn": "+14155550101", "validity_end": "2026-12-01", "days_left": 7},
+                "channels": ["email", "sms", "portal"],
+                "line_id": None,
+            },
+        )
+    )
+    await run_worker(db, settings)
+    [mail] = inbox.messages
+    assert mail["Subject"] == "您的号码 +14155550101 即将到期"
+    assert "2026年12月1日" in mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    async with db.read() as s:
+        notice = (
+            await s.execute(select(Notice).where(Notice.account_id == account_id))
+        ).scalar_one()
+    assert notice.template == "line.validity_ending"
+
+
+async def test_only_verified_contacts_are_messaged(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    async def make(s: AsyncSession) -> uuid.UUID:
+        return (await create_account(s, email="unverified@example.com")).id
+
+    account_id = await db.run(make)
+    await db.run(lambda s: notify(s, account_id=account_id, template="security.password_changed"))
+    await run_worker(db, settings)
+    assert inbox.messages == []
+    assert [j.kind for j in await jobs_of(db, "notifications.email")] == []
+
+
+async def test_bad_payloads_are_buried_not_retried(db: Database, settings: Settings) -> None:
+    from simcharge.worker.service import enqueue
+
+    await db.run(lambda s: enqueue(s, "notifications.deliver", {"template": "x"}))
+    await db.run(
+        lambda s: enqueue(
+            s,
+            "notifications.code",
+            {
+                "account_id": str(uuid.uuid4()),
+                "sealed": "junk",
+                "channel": "email",
+                "target": "a@b.c",
+                "purpose": "unlock",
+            },
+        )
+    )
+    await run_worker(db, settings)
+    for kind in ("notifications.deliver", "notifications.code"):
+        [job] = await jobs_of(db, kind)
+        assert job.status == JobStatus.dead
+    [code_job] = await jobs_of(db, "notifications.code")
+    assert code_job.payload == {}  # a buried code job keeps nothing sealed either
+
+
+async def test_notify_refuses_unknown_channels(session: AsyncSession) -> None:
+    with pytest.raises(ValueError, match="unknown channels"):
+        await notify(session, account_id=uuid.uuid4(), template="x", channels=["pigeon"])
+
+
+async def test_the_dev_mailbox_exists_outside_production_only(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    account_id = await account_with_contacts(db)
+    await db.run(
+        lambda s: notify(
+            s, account_id=account_id, template="security.totp_disabled", channels=["email", "sms"]
+        )
+    )
+    await run_worker(db, settings)
+    dev = create_app(
+        settings.model_copy(update={"env": Environment.development}), db=db, run_worker=False
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dev), base_url="http://t") as c:
+        page = await c.get("/dev/mailbox")
+        assert page.status_code == 200 and "Two-step verification is off" in page.text
+        assert len((await c.get("/dev/mailbox.json")).json()) == 2
+    prod = create_app(
+        settings.model_copy(
+            update={
+                "env": Environment.production,
+                "base_url": "https://x.example",
+                "secret_key": "p" * 40,
+            }
+        ),
+        db=db,
+        run_worker=False,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=prod), base_url="https://x.example"
+    ) as c:
+        assert (await c.get("/dev/mailbox")).status_code == 404

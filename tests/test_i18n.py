@@ -1,0 +1,118 @@
+"""Every text a customer reads exists in every language, and the catalogs are current."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+
+from simcharge.errors import registered_problem_types
+from simcharge.kit.i18n import LANGUAGES
+from simcharge.kit.translations import CATALOG_DIRS, LOCALES_DIR, translate
+from simcharge.notifications.templates import render, template_names
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "simcharge"
+KEYWORDS = {
+    "N_": None,
+    "translate": (2,),
+    "translate_plural": (2, 3),
+    "_": None,
+    "gettext": None,
+    "ngettext": (1, 2),
+}
+PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)s|%%")
+
+
+def _pot_ids() -> set[str]:
+    with (LOCALES_DIR / "messages.pot").open("rb") as fh:
+        return {m.id for m in read_po(fh) if m.id}
+
+
+def test_the_template_catalog_is_up_to_date() -> None:
+    method_map = [
+        ("**.py", "python"),
+        ("**/templates/**.jinja", "jinja2"),
+        ("**/templates/**.html", "jinja2"),
+    ]
+    options = {
+        "**/templates/**.jinja": {"extensions": "jinja2.ext.i18n"},
+        "**/templates/**.html": {"extensions": "jinja2.ext.i18n"},
+    }
+    found = {
+        message if isinstance(message, str) else message[0]
+        for _, _, message, _, _ in extract_from_dir(str(PACKAGE), method_map, options, KEYWORDS)
+    }
+    pot = _pot_ids()
+    assert found - pot == set(), "run `make messages`: strings missing from messages.pot"
+    assert pot - found == set(), "run `make messages`: messages.pot has strings no longer used"
+
+
+@pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "en"])
+def test_every_catalog_translates_everything(language: str) -> None:
+    path = LOCALES_DIR / CATALOG_DIRS[language] / "LC_MESSAGES" / "messages.po"
+    with path.open("rb") as fh:
+        catalog = read_po(fh)
+    entries = {m.id: m for m in catalog if m.id}
+    assert set(entries) == _pot_ids()
+    for msgid, m in entries.items():
+        assert isinstance(m.string, str) and m.string.strip(), f"{language}: untranslated {msgid!r}"
+        assert "fuzzy" not in m.flags, f"{language}: fuzzy {msgid!r}"
+        assert sorted(PLACEHOLDER.findall(m.string)) == sorted(PLACEHOLDER.findall(msgid)), (
+            f"{language}: placeholders differ in {msgid!r}"
+        )
+        assert m.string != msgid or len(msgid) < 12, (
+            f"{language}: copied, not translated: {msgid!r}"
+        )
+
+
+def test_every_problem_title_is_translatable() -> None:
+    pot = _pot_ids()
+    for slug, cls in registered_problem_types().items():
+        assert cls.title in pot, f"{slug}: mark its title with N_()"
+
+
+def test_translations_are_used() -> None:
+    assert translate("zh-Hans", "Nothing was found here.") == "此处没有内容。"
+    assert translate("es", "Please sign in.") == "Inicia sesión."
+    assert translate("en", "Please sign in.") == "Please sign in."
+
+
+SAMPLE = {
+    "operator": "simcharge",
+    "base_url": "https://top.example",
+    "code": "123456",
+    "minutes": 10,
+    "username": "maria",
+    "msisdn": "+14155550101",
+    "balance": 125,
+    "currency": "USD",
+    "remaining": 104857600,
+    "unit": "DATA_B",
+    "expires_at": "2026-12-01",
+    "days_left": 7,
+    "validity_end": "2026-12-01",
+    "grace_ends": "2026-12-15",
+    "freeze_on": "2027-01-01",
+    "terminate_on": "2027-03-01",
+    "kind": "email",
+    "new": "m***@example.com",
+    "device": "Firefox",
+    "ip": "203.0.113.9",
+    "time": "2026-11-25T10:00:00+00:00",
+    "count": 5,
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("name", template_names())
+def test_every_template_renders_in_every_language(name: str, language: str) -> None:
+    message = render(name, language, SAMPLE)
+    assert message.subject and (message.text or message.sms)
+    if language != "en":
+        english = render(name, "en", SAMPLE)
+        assert message.subject != english.subject
+    assert "%(" not in message.text + message.sms + message.subject
