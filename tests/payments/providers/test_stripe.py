@@ -222,7 +222,7 @@ def stripe_error(kind: str, code: str, message: str) -> dict[str, Any]:
         (500, stripe_error("api_error", "", "Something went wrong"), "api_error", True),
         (409, stripe_error("idempotency_error", "", "Concurrent request"), "idempotency_error", True),
     ],
-)  # fmt: skip
+)
 async def test_http_errors_become_provider_errors(
     provider: StripeProvider,
     mock: respx.MockRouter,
@@ -321,7 +321,7 @@ async def test_query_reads_the_session_with_its_payment(
         (paid_session(charge={"amount_refunded": 500}), PaymentState.partially_refunded),
         (paid_session(charge={"amount_refunded": 1999, "refunded": True}), PaymentState.refunded),
     ],
-)  # fmt: skip
+)
 async def test_query_maps_every_session_state(
     provider: StripeProvider, mock: respx.MockRouter, body: dict[str, Any], state: PaymentState
 ) -> None:
@@ -504,7 +504,7 @@ def test_our_verification_agrees_with_the_sdk() -> None:
          session(status="complete", payment_status="unpaid"), PaymentState.failed),
         ("checkout.session.expired", session(status="expired"), PaymentState.expired),
     ],
-)  # fmt: skip
+)
 async def test_session_events_map_to_states(
     provider: StripeProvider, event_type: str, obj: dict[str, Any], state: PaymentState
 ) -> None:
@@ -518,7 +518,7 @@ async def test_a_refunded_charge_reports_the_payment_intent(provider: StripeProv
         "id": "ch_1", "object": "charge", "amount": 1999, "amount_captured": 1999,
         "amount_refunded": 500, "refunded": False, "paid": True, "currency": "usd",
         "payment_intent": "pi_3Qx", "metadata": {}, "status": "succeeded",
-    }  # fmt: skip
+    }
     body = event("charge.refunded", charge)
     notification = await provider.parse_notification({"Stripe-Signature": sign(body)}, body, now=NOW)
     assert notification.status is not None
