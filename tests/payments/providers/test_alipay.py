@@ -106,10 +106,11 @@ def sent_params(request: httpx.Request) -> dict[str, str]:
 def gateway_response(
     method: str, obj: dict[str, Any], key: rsa.RSAPrivateKey | None, *, sign_first: bool = False
 ) -> bytes:
-    """A gateway answer signed over the exact text of `<method>_response`, oddly spaced and
-    with `\\u` escapes, so that only the raw text verifies, never a re-serialisation."""
+    """A gateway answer signed over the exact text of `<method>_response`: compact, with raw
+    UTF-8 and an escaped slash, so that only the raw text verifies, never a re-serialisation."""
     name = method.replace(".", "_") + "_response"
-    inner = json.dumps(obj, ensure_ascii=True, separators=(", ", ": "))
+    inner = json.dumps({**obj, "note": "a/b 交易"}, ensure_ascii=False, separators=(",", ":"))
+    inner = inner.replace("a/b", "a\\/b")
     if key is None:
         return f'{{"{name}":{inner}}}'.encode()
     sign = rsa2(key, inner.encode())
