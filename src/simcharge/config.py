@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
@@ -45,6 +45,31 @@ class Settings(BaseSettings):
     worker_in_process: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 
+    # --- Payment provider credentials ----------------------------------------------------------
+    # All optional: a provider whose required credentials are not all set is not offered
+    # (`simcharge.payments.providers.configured_providers`). Secrets are `SecretStr`, so they
+    # never show in a repr or a log line. A base URL left unset means the provider's live one.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    paypal_client_id: str | None = None
+    paypal_client_secret: SecretStr | None = None
+    paypal_webhook_id: str | None = None
+    paypal_api_base: str | None = None
+    alipay_app_id: str | None = None
+    alipay_private_key: SecretStr | None = None
+    alipay_private_key_file: Path | None = None
+    alipay_public_key: str | None = None
+    alipay_gateway: str | None = None
+    wechatpay_mchid: str | None = None
+    wechatpay_appid: str | None = None
+    wechatpay_serial_no: str | None = None
+    wechatpay_private_key: SecretStr | None = None
+    wechatpay_private_key_file: Path | None = None
+    wechatpay_apiv3_key: SecretStr | None = None
+    wechatpay_platform_keys: dict[str, str] | None = None
+    wechatpay_api_base: str | None = None
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
         if self.env is Environment.production:
@@ -58,6 +83,15 @@ class Settings(BaseSettings):
                 )
             if not self.base_url.startswith("https://"):
                 raise ValueError("SIMCHARGE_BASE_URL must be https:// in production")
+        return self
+
+    @model_validator(mode="after")
+    def _one_private_key_source(self) -> Settings:
+        for name in ("alipay_private_key", "wechatpay_private_key"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                raise ValueError(
+                    f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
+                )
         return self
 
     @property

@@ -43,6 +43,7 @@ from simcharge.payments.providers.signing import (
 )
 
 NAME = "stripe"
+LIVE_API = stripe.DEFAULT_API_BASE
 
 # Stripe's amounts are in *its* smallest unit, which is not always ISO 4217's
 # (docs.stripe.com/currencies): these have none, these three (last digit 0), and ISK keeps two
@@ -94,7 +95,7 @@ def from_stripe_amount(amount: int, currency: str) -> int:
 class StripeConfig:
     secret_key: SecretStr
     webhook_secret: SecretStr
-    api_base: str = stripe.DEFAULT_API_BASE
+    api_base: str = LIVE_API
     webhook_tolerance: int = 300
     """Seconds a webhook's timestamp may differ from now, either way."""
     timeout: float = 30.0
