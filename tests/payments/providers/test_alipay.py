@@ -181,6 +181,12 @@ async def test_wap_pay_uses_the_mobile_product_and_a_quit_url(
     assert_signed_by(params, merchant_key)
 
 
+async def test_a_reference_with_a_dash_is_refused(provider: AlipayProvider) -> None:
+    with pytest.raises(ProviderError) as caught:
+        await provider.create_checkout(checkout_request(reference="ord-123456"))
+    assert (caught.value.code, caught.value.transient) == ("invalid_reference", False)
+
+
 async def test_only_yuan_and_only_web_flows_are_offered(provider: AlipayProvider) -> None:
     with pytest.raises(ProviderError) as caught:
         await provider.create_checkout(checkout_request(currency="USD"))

@@ -8,6 +8,7 @@ verified over its raw text. Notifications are form posts verified over their sor
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,8 @@ CURRENCY = "CNY"
 SUCCESS = "10000"
 PRODUCT_CODES = {PaymentFlow.redirect: "FAST_INSTANT_TRADE_PAY", PaymentFlow.wap: "QUICK_WAP_WAY"}
 PAY_METHODS = {PaymentFlow.redirect: "alipay.trade.page.pay", PaymentFlow.wap: "alipay.trade.wap.pay"}
+OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+"""Alipay's `out_trade_no`: unlike our references, no '-'."""
 NOTIFY_CHARSETS = frozenset({"utf-8", "gbk", "gb2312"})
 # Sub-codes that say "ask again later"; every other business error stays as it is.
 TRANSIENT_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "isp.unknow-error"})
@@ -155,6 +158,11 @@ class AlipayProvider:
     async def create_checkout(self, request: CheckoutRequest) -> Checkout:
         if request.flow not in self.flows:
             raise ProviderError(NAME, "unsupported_flow", f"no {request.flow} flow", transient=False)
+        if not OUT_TRADE_NO.match(request.reference):
+            raise ProviderError(
+                NAME, "invalid_reference", "Alipay takes letters, digits and '_' only",
+                transient=False,
+            )
         try:
             amount = yuan(request.amount, request.currency)
         except LossyConversionError as exc:
@@ -261,6 +269,11 @@ class AlipayProvider:
         raise self._error(found)
 
     async def refund(self, request: RefundRequest) -> RefundResult:
+        if not OUT_TRADE_NO.match(request.reference):
+            raise ProviderError(
+                NAME, "invalid_reference", "Alipay takes letters, digits and '_' only",
+                transient=False,
+            )
         try:
             amount = yuan(request.amount, request.currency)
         except LossyConversionError as exc:

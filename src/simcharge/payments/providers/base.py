@@ -229,20 +229,42 @@ class NotificationRejected(Exception):
 
 @runtime_checkable
 class PaymentProvider(Protocol):
-    """A payment provider adapter. Implementations hold no state but caches and a token."""
+    """A payment provider adapter. Implementations hold no state but caches and a token.
+
+    Every method raises `ProviderError` when the provider cannot give a usable answer.
+    """
 
     name: str
 
-    async def create_checkout(self, request: CheckoutRequest) -> Checkout: ...
+    async def create_checkout(self, request: CheckoutRequest) -> Checkout:
+        """Open a payment attempt; repeating it with the same idempotency key is harmless."""
+        ...
 
-    async def query(self, reference: str, provider_ref: str | None) -> PaymentStatus: ...
+    async def query(self, reference: str, provider_ref: str | None) -> PaymentStatus:
+        """What the provider says now. An attempt it does not know (yet) is `pending`."""
+        ...
 
-    async def close(self, reference: str, provider_ref: str | None) -> None: ...
+    async def close(self, reference: str, provider_ref: str | None) -> None:
+        """Expire or cancel the attempt at the provider; already closed or unknown is fine.
 
-    async def refund(self, request: RefundRequest) -> RefundResult: ...
+        Raises `ProviderError(code="already_paid", transient=False)` when it was paid.
+        """
+        ...
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        """Refund part or all of a payment; `refund_id` makes a repetition harmless."""
+        ...
 
     async def parse_notification(
         self, headers: Mapping[str, str], body: bytes, *, now: datetime
-    ) -> Notification: ...
+    ) -> Notification:
+        """Verify, then decode, a notification's raw body; raise `NotificationRejected`.
 
-    def reply(self, accepted: bool) -> WebhookReply: ...
+        A transient `ProviderError` means it could not be verified now (PayPal's certificate
+        could not be fetched): answer with a 5xx so that the provider delivers it again.
+        """
+        ...
+
+    def reply(self, accepted: bool) -> WebhookReply:
+        """What to answer the provider once the notification is stored (or rejected)."""
+        ...
