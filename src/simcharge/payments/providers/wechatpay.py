@@ -60,6 +60,8 @@ from simcharge.payments.providers.signing import (
 NAME = "wechatpay"
 LIVE_API = "https://api.mch.weixin.qq.com"
 CURRENCY = "CNY"
+"""The only currency of a domestic merchant; its minor unit, the fen, is WeChat Pay's unit, so
+amounts cross as they are (integers, never converted through a decimal)."""
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
 CODE_URL_LIFETIME = timedelta(hours=2)
 
