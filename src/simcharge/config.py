@@ -62,6 +62,31 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
 
+    # --- Payment provider credentials ----------------------------------------------------------
+    # All optional: a provider whose required credentials are not all set is not offered
+    # (`simcharge.payments.providers.configured_providers`). Secrets are `SecretStr`, so they
+    # never show in a repr or a log line. A base URL left unset means the provider's live one.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    paypal_client_id: str | None = None
+    paypal_client_secret: SecretStr | None = None
+    paypal_webhook_id: str | None = None
+    paypal_api_base: str | None = None
+    alipay_app_id: str | None = None
+    alipay_private_key: SecretStr | None = None
+    alipay_private_key_file: Path | None = None
+    alipay_public_key: str | None = None
+    alipay_gateway: str | None = None
+    wechatpay_mchid: str | None = None
+    wechatpay_appid: str | None = None
+    wechatpay_serial_no: str | None = None
+    wechatpay_private_key: SecretStr | None = None
+    wechatpay_private_key_file: Path | None = None
+    wechatpay_apiv3_key: SecretStr | None = None
+    wechatpay_platform_keys: dict[str, str] | None = None
+    wechatpay_api_base: str | None = None
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
         if self.env is Environment.production:
@@ -83,6 +108,15 @@ class Settings(BaseSettings):
                 "SIMCHARGE_SMS_PROVIDER=twilio needs SIMCHARGE_TWILIO_ACCOUNT_SID, "
                 "SIMCHARGE_TWILIO_AUTH_TOKEN and SIMCHARGE_TWILIO_FROM"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_private_key_source(self) -> Settings:
+        for name in ("alipay_private_key", "wechatpay_private_key"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                raise ValueError(
+                    f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
+                )
         return self
 
     @property
