@@ -33,6 +33,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if scope["method"] != "POST":  # the readiness probe
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
     data = json.loads(body or b"{}")
     account, amount = int(data["account"]), int(data["amount"])
     async with _pool.acquire() as conn, conn.transaction():

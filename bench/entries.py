@@ -232,6 +232,13 @@ async def _ledger_transfer(ctx: BenchContext) -> Operation:
     return op
 
 
+async def _topup_fulfil_webhook(ctx: BenchContext) -> Operation:
+    from bench.orders import topup_fulfil_webhook
+
+    return await topup_fulfil_webhook(ctx)
+
+
 ENTRIES: list[Entry] = [
     Entry("ledger_transfer", "db_baseline", _ledger_transfer),
+    Entry("topup_fulfil_webhook", "http_baseline", _topup_fulfil_webhook),
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from simcharge.config import DEFAULT_SECRET_KEY, Environment, Settings
 
@@ -66,6 +66,8 @@ def test_every_setting_is_documented_with_its_default() -> None:
         env = f"SIMCHARGE_{name.upper()}"
         assert env in readme, f"{env} is not in the README"
         value = getattr(defaults, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         shown = (
             "" if value is None else str(value.value if hasattr(value, "value") else value).lower()
         )

@@ -104,6 +104,11 @@ SAMPLE = {
     "ip": "203.0.113.9",
     "time": "2026-11-25T10:00:00+00:00",
     "count": 5,
+    "plan": {"en": "Traveller", "zh-Hans": "旅行套餐", "zh-Hant": "旅行方案", "fil": "Manlalakbay",
+             "es": "Viajero"},
+    "total": 2119,
+    "amount": 1000,
+    "receipt": "R2026-000042",
 }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import APIRouter, FastAPI
 
 from simcharge import __version__
@@ -22,6 +23,11 @@ from simcharge.db import Database
 from simcharge.kit.logging import configure_logging
 from simcharge.lines.endpoints import router as lines_router
 from simcharge.notifications.endpoints import dev_router
+from simcharge.orders.admin import router as orders_admin_router
+from simcharge.orders.endpoints import router as orders_router
+from simcharge.payments.endpoints import router as webhooks_router
+from simcharge.payments.endpoints import sandbox_router
+from simcharge.payments.registry import Providers
 
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
@@ -29,6 +35,9 @@ ROUTERS: tuple[APIRouter, ...] = (
     me_router,
     catalog_router,
     lines_router,
+    orders_router,
+    orders_admin_router,
+    webhooks_router,
 )
 
 
@@ -50,6 +59,8 @@ def create_app(
         settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo
     )
     worker_wanted = settings.worker_in_process if run_worker is None else run_worker
+    # One HTTP client for every provider call of this process (connection reuse; respx in tests).
+    http = httpx.AsyncClient(timeout=httpx.Timeout(20, connect=5))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,13 +69,14 @@ def create_app(
         if worker_wanted:
             from simcharge.worker.runner import Worker
 
-            task = asyncio.create_task(Worker(database, settings).run(stop))
+            task = asyncio.create_task(Worker(database, settings, http=http).run(stop))
         try:
             yield
         finally:
             stop.set()
             if task is not None:
                 await task
+            await http.aclose()
             if owns_db:
                 await database.dispose()
 
@@ -79,10 +91,14 @@ def create_app(
     app.state.settings = settings
     app.state.db = database
     app.state.rate_limits = RateLimits(settings.redis_url)
+    app.state.http = http
+    app.state.providers = Providers(settings, http, database)
     install_problem_handlers(app)
     add_routes(app, *ROUTERS)
     if settings.env is not Environment.production:
         add_routes(app, dev_router)
+    if settings.sandbox_on:
+        add_routes(app, sandbox_router)
     mount_docs_assets(app)
     app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
     return app

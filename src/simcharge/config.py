@@ -62,6 +62,28 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
 
+    # --- Orders and the sandbox payment provider ---------------------------------------------
+    order_ttl_minutes: int = Field(default=30, ge=5, le=1440)
+    quote_ttl_minutes: int = Field(default=15, ge=1, le=1440)
+    sandbox_enabled: bool | None = None
+    """The built-in sandbox provider; default: on except in production."""
+    sandbox_stands_in: bool | None = None
+    """The sandbox serves methods whose real provider has no credentials (demos); default: on
+    except in production."""
+    sandbox_secret: SecretStr = SecretStr("sandbox-webhook-secret")
+    sandbox_webhook_copies: int = Field(default=1, ge=1, le=10)
+    sandbox_webhook_max_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
+
+    @property
+    def sandbox_on(self) -> bool:
+        return self.sandbox_enabled if self.sandbox_enabled is not None else (
+            self.env is not Environment.production)
+
+    @property
+    def sandbox_substitutes(self) -> bool:
+        return self.sandbox_on and (self.sandbox_stands_in if self.sandbox_stands_in is not None
+                                    else self.env is not Environment.production)
+
     # --- Payment provider credentials ----------------------------------------------------------
     # All optional: a provider whose required credentials are not all set is not offered
     # (`simcharge.payments.providers.configured_providers`). Secrets are `SecretStr`, so they
@@ -72,6 +94,7 @@ class Settings(BaseSettings):
     paypal_client_id: str | None = None
     paypal_client_secret: SecretStr | None = None
     paypal_webhook_id: str | None = None
+    paypal_merchant_id: str | None = None
     paypal_api_base: str | None = None
     alipay_app_id: str | None = None
     alipay_private_key: SecretStr | None = None

@@ -22,3 +22,16 @@ DB_RETRIES = Counter(
     "Transactions run again after a deadlock, serialization failure, busy database or lost race",
     ["error"],
 )
+ORDERS = Counter(
+    "simcharge_orders_total", "Orders by payment method and what happened", ["method", "event"]
+)
+WEBHOOKS = Counter(
+    "simcharge_webhooks_total", "Provider notifications by provider and outcome",
+    ["provider", "outcome"],
+)
+FULFILMENT_DELAY = Histogram(
+    "simcharge_order_fulfilment_delay_seconds",
+    "From order creation to the line being credited",
+    ["provider"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600),
+)

@@ -15,6 +15,16 @@ from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Bucket, Line
 from simcharge.notifications.models import MessageLog, Notice
+from simcharge.orders.models import (
+    IdempotencyKey,
+    Order,
+    Payment,
+    ProviderEvent,
+    ReceiptCounter,
+    ReceiptDocument,
+    Refund,
+    SandboxPayment,
+)
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
@@ -23,6 +33,7 @@ __all__ = [
     "AuthSession",
     "Base",
     "Bucket",
+    "IdempotencyKey",
     "KnownDevice",
     "LedgerAccount",
     "LedgerTransfer",
@@ -30,11 +41,18 @@ __all__ = [
     "LoginThrottle",
     "MessageLog",
     "Notice",
+    "Order",
     "OutboxJob",
+    "Payment",
     "PaymentMethod",
     "Plan",
     "PlanPrice",
+    "ProviderEvent",
+    "ReceiptCounter",
+    "ReceiptDocument",
     "RecoveryCode",
+    "Refund",
+    "SandboxPayment",
     "SecurityEvent",
     "VerificationCode",
     "Zone",

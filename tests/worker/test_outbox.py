@@ -128,7 +128,7 @@ async def test_the_real_registry_expires_reservations(db: Database, settings: Se
     from tests.factories import create_ledger_account
 
     registry = load_jobs()
-    assert {"ledger.expire_pending", "outbox.prune"} <= set(registry.periodic)
+    assert {"ledger.expire_pending", "outbox.prune", "payments.reconcile"} <= set(registry.periodic)
 
     async def reserve(s: AsyncSession) -> uuid7:  # type: ignore[valid-type]
         a = await create_ledger_account(s)
@@ -140,7 +140,7 @@ async def test_the_real_registry_expires_reservations(db: Database, settings: Se
 
     account = await db.run(reserve)
     clock.freeze(utcnow() + timedelta(seconds=5))
-    await Worker(db, settings, registry=registry).run_once()
+    await Worker(db, settings, registry=registry, concurrency=8).run_once()
     from tests.factories import ledger_account
 
     async with db.read() as s:

@@ -23,6 +23,8 @@ SCOPES: dict[str, str] = {
     "lines:read": "Read lines and their balances.",
     "catalog:read": "Read the catalog.",
     "ledger:read": "Read ledger accounts and transfers.",
+    "orders:read": "Read any order, with its payment history and refunds.",
+    "refunds:write": "Refund orders (finance).",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -306,19 +306,33 @@ def method_view(m: PaymentMethod, language: str) -> PaymentMethodView:
     )
 
 
-async def list_plans(session: AsyncSession, language: str) -> list[PlanView]:
+async def offered_methods(
+    session: AsyncSession, served: Callable[[PaymentMethod], bool] | None = None
+) -> list[PaymentMethod]:
+    """Enabled methods that someone can take payments for (`served`: a provider is configured)."""
+    methods = await CatalogRepository(session).methods(enabled_only=True)
+    return [m for m in methods if served is None or served(m)]
+
+
+async def list_plans(
+    session: AsyncSession, language: str, served: Callable[[PaymentMethod], bool] | None = None
+) -> list[PlanView]:
+    """Plans on sale; each lists the offered methods that may sell it."""
     repo = CatalogRepository(session)
     prices = await repo.prices_by_plan()
-    return [
-        plan_view(p, prices.get(p.id, {}), language) for p in await repo.plans(active_only=True)
-    ]
+    offered = [m.code for m in await offered_methods(session, served)]
+    views = []
+    for p in await repo.plans(active_only=True):
+        view = plan_view(p, prices.get(p.id, {}), language)
+        view.methods = [c for c in offered if not p.methods or c in p.methods]
+        views.append(view)
+    return views
 
 
-async def list_methods(session: AsyncSession, language: str) -> list[PaymentMethodView]:
-    return [
-        method_view(m, language)
-        for m in await CatalogRepository(session).methods(enabled_only=True)
-    ]
+async def list_methods(
+    session: AsyncSession, language: str, served: Callable[[PaymentMethod], bool] | None = None
+) -> list[PaymentMethodView]:
+    return [method_view(m, language) for m in await offered_methods(session, served)]
 
 
 async def list_zones(session: AsyncSession, language: str) -> list[ZoneView]:

@@ -13,6 +13,13 @@ lookup; `ensure_accounts` creates them the first time they are needed.
 | `expiry:<unit>` | any | what expired unused |
 | `issuance:<unit>` | units | minutes, bytes and messages issued to buckets |
 | `consumption:<unit>` | units | units used on the network |
+
+Hot accounts are sharded. Every top-up credits the same revenue account and debits the same
+issuance accounts; a row that every transaction updates makes them wait for each other's
+commits. So each operator account exists in `SHARDS` copies — `revenue:sales:USD` (shard 0,
+the one created by `catalog load`) and `revenue:sales:USD#1` … `#15` — and a transaction
+picks one by what it is about (`shard_of(order.id)`). The account's balance is the sum of its
+shards (`keys`); each shard on its own means nothing.
 """
 
 from __future__ import annotations
@@ -21,37 +28,59 @@ import uuid
 
 from simcharge.ledger.service import NewAccount, system_account, system_account_id
 
-
-def clearing(provider: str, currency: str) -> NewAccount:
-    return system_account(f"clearing:{provider}:{currency}", currency, "clearing")
+SHARDS = 16
 
 
-def sales(currency: str) -> NewAccount:
-    return system_account(f"revenue:sales:{currency}", currency, "revenue")
+def shard_of(subject: uuid.UUID) -> int:
+    """The shard a transaction about `subject` (an order, a line) uses: spread evenly."""
+    return subject.int % SHARDS
 
 
-def fees(currency: str) -> NewAccount:
-    return system_account(f"revenue:fees:{currency}", currency, "revenue")
+def sharded(key: str, shard: int) -> str:
+    if not 0 <= shard < SHARDS:
+        raise ValueError(f"shard {shard} out of range")
+    return f"{key}#{shard}" if shard else key
 
 
-def usage_revenue(currency: str) -> NewAccount:
-    return system_account(f"revenue:usage:{currency}", currency, "revenue")
+def keys(key: str) -> list[str]:
+    """Every shard's key of an operator account: sum their balances for the account's."""
+    return [sharded(key, i) for i in range(SHARDS)]
 
 
-def funding(currency: str) -> NewAccount:
-    return system_account(f"funding:{currency}", currency, "funding")
+def _account(key: str, unit: str, code: str, shard: int) -> NewAccount:
+    return system_account(sharded(key, shard), unit, code)
 
 
-def expiry(unit: str) -> NewAccount:
-    return system_account(f"expiry:{unit}", unit, "expiry")
+def clearing(provider: str, currency: str, shard: int = 0) -> NewAccount:
+    return _account(f"clearing:{provider}:{currency}", currency, "clearing", shard)
 
 
-def issuance(unit: str) -> NewAccount:
-    return system_account(f"issuance:{unit}", unit, "issuance")
+def sales(currency: str, shard: int = 0) -> NewAccount:
+    return _account(f"revenue:sales:{currency}", currency, "revenue", shard)
 
 
-def consumption(unit: str) -> NewAccount:
-    return system_account(f"consumption:{unit}", unit, "consumption")
+def fees(currency: str, shard: int = 0) -> NewAccount:
+    return _account(f"revenue:fees:{currency}", currency, "revenue", shard)
+
+
+def usage_revenue(currency: str, shard: int = 0) -> NewAccount:
+    return _account(f"revenue:usage:{currency}", currency, "revenue", shard)
+
+
+def funding(currency: str, shard: int = 0) -> NewAccount:
+    return _account(f"funding:{currency}", currency, "funding", shard)
+
+
+def expiry(unit: str, shard: int = 0) -> NewAccount:
+    return _account(f"expiry:{unit}", unit, "expiry", shard)
+
+
+def issuance(unit: str, shard: int = 0) -> NewAccount:
+    return _account(f"issuance:{unit}", unit, "issuance", shard)
+
+
+def consumption(unit: str, shard: int = 0) -> NewAccount:
+    return _account(f"consumption:{unit}", unit, "consumption", shard)
 
 
 def key_id(key: str) -> uuid.UUID:

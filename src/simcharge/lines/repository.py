@@ -75,6 +75,13 @@ class LineRepository:
         )
         return wallet, list(await self.session.execute(stmt))
 
+    async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
+        await self.session.execute(
+            upsert_insert(self.session, buckets)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+
     async def insert_bucket_if_absent(self, values: dict[str, Any]) -> None:
         await self.session.execute(
             upsert_insert(self.session, buckets)

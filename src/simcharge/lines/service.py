@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -223,27 +224,29 @@ def bucket_id(source: str, index: int) -> uuid.UUID:
     return derived_id("bucket", source, index)
 
 
-async def grant_units(
+async def open_buckets(
     session: AsyncSession,
     line: Line,
     grants: Sequence[UnitGrant],
     *,
     source: str,
-    now: datetime | None = None,
-) -> list[uuid.UUID]:
-    """Put units on a line as new buckets, issued from the operator's issuance accounts.
-
-    Bucket and transfer ids derive from `source`, so granting the same source twice is a no-op."""
-    now = now or utcnow()
-    repo = LineRepository(session)
-    accounts: list[NewAccount] = []
+    now: datetime,
+    also: Sequence[NewAccount] = (),
+    shard: int = 0,
+) -> list[NewTransfer]:
+    """Open the buckets of `grants` on a line (accounts and rows) and return the transfers that
+    fill them from the issuance accounts — for the caller to post, with others, last in its
+    transaction (issuance accounts are hot rows). Ids derive from `source`: idempotent.
+    `also`: other accounts to make sure of, in the same statement; `shard`: of the issuance
+    accounts (`ledger.chart`)."""
+    accounts: list[NewAccount] = list(also)
     transfers: list[NewTransfer] = []
-    ids: list[uuid.UUID] = []
+    rows: list[dict[str, Any]] = []
     for i, g in enumerate(grants):
         bid = bucket_id(source, i)
-        ids.append(bid)
+        issuance = chart.issuance(g.unit, shard)
         accounts += [
-            chart.issuance(g.unit),
+            issuance,
             NewAccount(
                 unit=g.unit,
                 code="bucket",
@@ -257,15 +260,13 @@ async def grant_units(
                 id=derived_id("grant", source, i),
                 amount=g.amount,
                 unit=g.unit,
-                debit_account_id=chart.issuance(g.unit).id,
+                debit_account_id=issuance.id,
                 credit_account_id=bid,
                 code="grant",
                 reference=source,
             )
         )
-    await ensure_accounts(session, accounts)
-    for bid, g in zip(ids, grants, strict=True):
-        await repo.insert_bucket_if_absent(
+        rows.append(
             {
                 "id": bid,
                 "line_id": line.id,
@@ -277,9 +278,50 @@ async def grant_units(
                 "created_at": now,
             }
         )
+    if accounts:
+        await ensure_accounts(session, accounts)
+    if rows:
+        await LineRepository(session).insert_buckets_if_absent(rows)
+    return transfers
+
+
+async def grant_units(
+    session: AsyncSession,
+    line: Line,
+    grants: Sequence[UnitGrant],
+    *,
+    source: str,
+    now: datetime | None = None,
+) -> list[uuid.UUID]:
+    """Put units on a line as new buckets, issued from the operator's issuance accounts.
+
+    Bucket and transfer ids derive from `source`, so granting the same source twice is a no-op."""
+    transfers = await open_buckets(session, line, grants, source=source, now=now or utcnow())
     if transfers:
         await post_transfers(session, transfers, now=now)
-    return ids
+    return [bucket_id(source, i) for i in range(len(grants))]
+
+
+def wallet_credit(
+    line: Line,
+    amount: int,
+    *,
+    source: str,
+    code: str = "grant",
+    from_account: NewAccount | None = None,
+) -> tuple[NewAccount, NewTransfer]:
+    """The transfer that puts `amount` in a line's wallet (from `funding:<CUR>` unless said
+    otherwise), and the account it comes from; idempotent per `source`."""
+    origin = from_account or chart.funding(line.currency)
+    return origin, NewTransfer(
+        id=derived_id("wallet", source),
+        amount=amount,
+        unit=line.currency,
+        debit_account_id=origin.id,
+        credit_account_id=line.wallet_account_id,
+        code=code,
+        reference=source,
+    )
 
 
 async def credit_wallet(
@@ -293,22 +335,11 @@ async def credit_wallet(
 ) -> None:
     """Put money in a line's wallet (from `funding:<CUR>` unless said otherwise); idempotent
     per `source`."""
-    origin = from_account or chart.funding(line.currency)
-    await ensure_accounts(session, [origin])
-    await post_transfers(
-        session,
-        [
-            NewTransfer(
-                id=derived_id("wallet", source),
-                amount=amount,
-                unit=line.currency,
-                debit_account_id=origin.id,
-                credit_account_id=line.wallet_account_id,
-                code=code,
-                reference=source,
-            )
-        ],
+    origin, transfer = wallet_credit(
+        line, amount, source=source, code=code, from_account=from_account
     )
+    await ensure_accounts(session, [origin])
+    await post_transfers(session, [transfer])
 
 
 async def line_balances(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from simcharge.accounts.models import Account
@@ -10,7 +11,13 @@ from simcharge.kit.crypto import SealBroken, unseal
 from simcharge.notifications.models import Notice
 from simcharge.notifications.service import DELIVER, SEND_CODE, log_message
 from simcharge.notifications.templates import render
-from simcharge.notifications.transports import DeliveryFailed, mask, send_email, send_sms
+from simcharge.notifications.transports import (
+    Attachment,
+    DeliveryFailed,
+    mask,
+    send_email,
+    send_sms,
+)
 from simcharge.worker.registry import JobContext, PermanentJobError, job
 from simcharge.worker.service import enqueue
 
@@ -69,7 +76,7 @@ async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
     await ctx.db.run(fan_out)
 
 
-async def _send(
+async def send_message(
     ctx: JobContext,
     channel: str,
     account_id: uuid.UUID | None,
@@ -77,6 +84,7 @@ async def _send(
     to: str,
     language: str,
     params: dict[str, Any],
+    attachments: Sequence[Attachment] = (),
 ) -> None:
     params = {"operator": ctx.settings.operator_name, "base_url": ctx.settings.base_url, **params}
     try:
@@ -88,7 +96,7 @@ async def _send(
     try:
         if channel == "email":
             provider_id: str | None = await send_email(
-                ctx.settings, to, message.subject, message.text, message.html or None
+                ctx.settings, to, message.subject, message.text, message.html or None, attachments
             )
         else:
             provider_id = await send_sms(ctx.settings, ctx.http, to, message.sms or message.text)
@@ -126,7 +134,7 @@ async def _send(
 
 @job(SEND_EMAIL)
 async def send_email_job(ctx: JobContext, payload: dict[str, Any]) -> None:
-    await _send(
+    await send_message(
         ctx,
         "email",
         _account_id(payload),
@@ -139,7 +147,7 @@ async def send_email_job(ctx: JobContext, payload: dict[str, Any]) -> None:
 
 @job(SEND_SMS)
 async def send_sms_job(ctx: JobContext, payload: dict[str, Any]) -> None:
-    await _send(
+    await send_message(
         ctx,
         "sms",
         _account_id(payload),
@@ -156,7 +164,7 @@ async def send_code_job(ctx: JobContext, payload: dict[str, Any]) -> None:
         code = unseal(ctx.settings.secret_key, "outbox-code", str(payload["sealed"])).decode()
     except (KeyError, SealBroken) as exc:
         raise PermanentJobError("the code cannot be unsealed") from exc
-    await _send(
+    await send_message(
         ctx,
         str(payload["channel"]),
         _account_id(payload),

@@ -17,7 +17,7 @@ from babel.numbers import format_decimal
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES
+from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
 
@@ -77,7 +77,13 @@ def environment(language: str, *, html: bool = False) -> Environment:
             return str(format_decimal(round(mb, 1), locale=locale)) + " MB"
         return str(format_decimal(value, locale=locale)) + " SMS"
 
-    env.filters.update(date=as_date, datetime=as_datetime, money=as_money, units=as_units)
+    def as_text(value: Any) -> str:
+        """A text given in several languages (`{"en": …, "es": …}`) in this one."""
+        return pick_text(value, language) if isinstance(value, dict) else str(value)
+
+    env.filters.update(
+        date=as_date, datetime=as_datetime, money=as_money, units=as_units, text=as_text
+    )
     return env
 
 

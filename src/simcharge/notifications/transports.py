@@ -4,6 +4,7 @@ an in-memory mailbox that `/dev/mailbox` shows (so `make run` needs no mail serv
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -24,6 +25,15 @@ class Outgoing:
     text: str
     html: str | None = None
     at: datetime = field(default_factory=utcnow)
+    attachments: tuple[str, ...] = ()
+    """File names only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
 
 
 class DeliveryFailed(Exception):
@@ -42,7 +52,14 @@ def keeps_dev_mailbox(settings: Settings) -> bool:
     return settings.env is not Environment.production
 
 
-async def send_email(settings: Settings, to: str, subject: str, text: str, html: str | None) -> str:
+async def send_email(
+    settings: Settings,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None,
+    attachments: Sequence[Attachment] = (),
+) -> str:
     """Send one e-mail; returns its Message-ID."""
     message = EmailMessage()
     message["From"] = settings.smtp_from
@@ -53,8 +70,12 @@ async def send_email(settings: Settings, to: str, subject: str, text: str, html:
     message.set_content(text)
     if html:
         message.add_alternative(html, subtype="html")
+    for a in attachments:
+        main, _, sub = a.content_type.partition("/")
+        message.add_attachment(a.data, maintype=main, subtype=sub, filename=a.filename)
     if keeps_dev_mailbox(settings):
-        dev_mailbox.append(Outgoing("email", to, subject, text, html))
+        names = tuple(a.filename for a in attachments)
+        dev_mailbox.append(Outgoing("email", to, subject, text, html, attachments=names))
     if not settings.smtp_host:
         if settings.env is Environment.production:
             raise DeliveryFailed("SIMCHARGE_SMTP_HOST is not set", transient=False)

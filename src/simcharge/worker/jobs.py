@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import simcharge.notifications.jobs  # noqa: F401 - registers the delivery jobs
+import simcharge.notifications.jobs
+import simcharge.payments.jobs  # noqa: F401 - reconciliation, refunds, receipts, sandbox webhooks
 from simcharge.ledger.service import expire_pending_transfers
 from simcharge.worker import service
 from simcharge.worker.registry import JobContext, every

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ class JobContext:
     job: ClaimedJob
     http: httpx.AsyncClient
     """The worker's HTTP client (providers, SMS): tests answer it with respx."""
+    shared: dict[str, Any] = field(default_factory=dict)
+    """What the worker's jobs share for its lifetime (the payment providers and their tokens)."""
 
 
 Handler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]

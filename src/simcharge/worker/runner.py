@@ -39,6 +39,7 @@ class Worker:
         concurrency: int = 1,
         registry: Registry | None = None,
         worker_id: str | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -46,7 +47,9 @@ class Worker:
         self.registry = registry or load_jobs()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid7().hex[-6:]}"
         self._running: set[asyncio.Task[None]] = set()
-        self._http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = http
+        self._owns_http = http is None
+        self.shared: dict[str, Any] = {}
 
     async def schedule_periodic(self) -> int:
         """Make sure the current slot of every periodic job exists (once, whoever asks)."""
@@ -97,9 +100,9 @@ class Worker:
         return self._http
 
     async def close(self) -> None:
-        if self._http is not None:
+        if self._http is not None and self._owns_http:
             await self._http.aclose()
-            self._http = None
+        self._http = None
 
     async def _record_failure(self, job: service.ClaimedJob, error: str, *, retry: bool) -> str:
         scrub = job.kind in self.registry.scrubbed
@@ -117,7 +120,7 @@ class Worker:
             bound.error("job.unknown_kind")
             return
         try:
-            await handler(JobContext(self.db, self.settings, job, self.http), job.payload)
+            await handler(JobContext(self.db, self.settings, job, self.http, self.shared), job.payload)
         except asyncio.CancelledError:
             raise
         except PermanentJobError as exc:

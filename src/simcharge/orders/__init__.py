@@ -1,0 +1,1 @@
+"""Top-up orders: quotes, orders, fulfilment (credited exactly once), refunds, receipts."""

@@ -1,0 +1,124 @@
+"""`/api/v1/admin/orders`: the staff's view of orders, and refunds (API keys with scopes;
+the back office adds its screens on top)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Header, Query
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import API_PREFIX, DB, Integration, Language, require_scope
+from simcharge.kit.clock import utcnow
+from simcharge.kit.schemas import Money
+from simcharge.orders import service
+from simcharge.orders.endpoints import detail, refunds_out
+from simcharge.orders.models import Order, Refund
+from simcharge.orders.refunds import request_refund
+from simcharge.orders.schemas import RefundIn, RefundOut, StaffOrderOut
+from simcharge.orders.service import OrderNotFound
+
+router = APIRouter(prefix=f"{API_PREFIX}/admin/orders", tags=["admin"])
+log = structlog.get_logger("simcharge.audit")
+
+ReadOrders = Annotated[Integration, require_scope("orders:read")]
+WriteRefunds = Annotated[Integration, require_scope("refunds:write")]
+
+
+async def staff_view(s: AsyncSession, order: Order, language: str) -> StaffOrderOut:
+    base = await detail(s, order, language)
+    paid = (
+        Money.of(order.paid_amount, order.paid_currency or order.currency)
+        if order.paid_amount is not None
+        else None
+    )
+    return StaffOrderOut(
+        **base.model_dump(),
+        account_id=order.account_id,
+        attention=order.attention,
+        attention_note=order.attention_note,
+        paid=paid,
+    )
+
+
+@router.get("", response_model=list[StaffOrderOut], summary="Orders, newest first")
+async def list_orders(
+    _key: ReadOrders,
+    db: DB,
+    language: Language,
+    attention: Annotated[bool, Query(description="Only orders finance must look at")] = False,
+    state: Annotated[str | None, Query(max_length=20)] = None,
+    msisdn: Annotated[str | None, Query(max_length=16)] = None,
+    before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[StaffOrderOut]:
+    stmt = select(Order)
+    if attention:
+        stmt = stmt.where(Order.attention.is_not(None))
+    if state:
+        stmt = stmt.where(Order.state == state)
+    if msisdn:
+        stmt = stmt.where(Order.msisdn == msisdn)
+    if before:
+        stmt = stmt.where(Order.created_at < before)
+    stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
+    async with db.read() as s:
+        return [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]
+
+
+@router.get("/{order_id}", response_model=StaffOrderOut, summary="One order, all it went through")
+async def get_order(
+    order_id: uuid.UUID, _key: ReadOrders, db: DB, language: Language
+) -> StaffOrderOut:
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+        if order is None:
+            raise OrderNotFound(field="order_id")
+        return await staff_view(s, order, language)
+
+
+@router.post(
+    "/{order_id}/refunds",
+    response_model=RefundOut,
+    status_code=202,
+    summary="Refund an order, wholly or in part",
+)
+async def refund_order(
+    order_id: uuid.UUID,
+    body: RefundIn,
+    key: WriteRefunds,
+    db: DB,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
+) -> RefundOut:
+    """Accepted: the provider is asked by the worker; until it confirms, what the refund takes
+    back is held (pending). The policy is in the README ("Refunds")."""
+    if not idempotency_key:
+        raise service.IdempotencyKeyMissing(field="Idempotency-Key")
+    requested_by = f"apikey:{key.key_prefix}"
+    refund = await db.run(
+        lambda s: request_refund(
+            s,
+            order_id,
+            amount=body.amount,
+            reason=body.reason,
+            requested_by=requested_by,
+            now=utcnow(),
+            idempotency_key=idempotency_key,
+        )
+    )
+    log.info(
+        "refund.requested",
+        order=str(order_id),
+        refund=refund.reference,
+        amount=refund.amount,
+        currency=refund.currency,
+        by=requested_by,
+    )
+    async with db.read() as s:
+        row = await s.get(Refund, refund.id)
+        assert row is not None
+        return refunds_out([row])[0]

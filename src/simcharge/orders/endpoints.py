@@ -1,0 +1,399 @@
+"""`/api/v1/quotes`, `/api/v1/orders`: what a top-up costs, buying it, following it, its receipt."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+import segno
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
+from simcharge.auth.deps import Client, CurrentCustomer, OptionalCustomer
+from simcharge.errors import NotFound
+from simcharge.kit.clock import utcnow
+from simcharge.kit.i18n import pick_text
+from simcharge.kit.schemas import Money
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
+from simcharge.orders import receipts, service
+from simcharge.orders.fulfilment import issue_receipt_number
+from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
+from simcharge.orders.schemas import (
+    EventOut,
+    NextAction,
+    OrderDetailOut,
+    OrderIn,
+    OrderOut,
+    OrdersOut,
+    PaymentOut,
+    PlanRef,
+    QuoteIn,
+    QuoteOut,
+    ReceiptOut,
+    RefundOut,
+)
+from simcharge.payments import service as payments
+from simcharge.payments.registry import Providers
+
+router = APIRouter(prefix=API_PREFIX, tags=["orders"])
+
+
+def get_providers(request: Request) -> Providers:
+    providers: Providers = request.app.state.providers
+    return providers
+
+
+ProvidersDep = Annotated[Providers, Depends(get_providers)]
+
+
+class ReceiptNotReady(NotFound):
+    slug = "receipt-not-ready"
+    title = N_("This order has no receipt: it has not been paid.")
+
+
+def plan_ref(order: Order, language: str) -> PlanRef:
+    names = order.plan_snapshot.get("names", {})
+    return PlanRef(
+        code=order.plan_code,
+        version=order.plan_version,
+        name=pick_text(names, language) or order.plan_code,
+    )
+
+
+def next_action(order: Order, payment: Payment) -> NextAction:
+    if order.state != "pending":
+        return NextAction(type="none")
+    if payment.flow == "qr" and payment.qr_payload:
+        svg = segno.make(payment.qr_payload, error="m").svg_inline(scale=5, border=2)
+        return NextAction(
+            type="qr", qr_payload=payment.qr_payload, qr_svg=svg, url=payment.redirect_url
+        )
+    if payment.redirect_url:
+        return NextAction(type="redirect", url=payment.redirect_url)
+    return NextAction(type="none")
+
+
+def order_fields(order: Order, payment: Payment, language: str, *, gift: bool) -> dict[str, Any]:
+    c = order.currency
+    return {
+        "id": order.id,
+        "reference": order.reference,
+        "state": order.state,
+        "msisdn": order.msisdn,
+        "gift": gift,
+        "plan": plan_ref(order, language),
+        "method": order.method_code,
+        "price": Money.of(order.price, c),
+        "fee": Money.of(order.fee, c),
+        "total": Money.of(order.total, c),
+        "refunded": Money.of(order.refunded_amount, c),
+        "created_at": order.created_at,
+        "expires_at": order.expires_at,
+        "paid_at": order.paid_at,
+        "fulfilled_at": order.fulfilled_at,
+        "closed_at": order.closed_at,
+        "receipt_number": order.receipt_number,
+        "next_action": next_action(order, payment),
+        "payment": PaymentOut(
+            provider=payment.provider, flow=payment.flow, state=payment.state, checks=payment.checks
+        ),
+    }
+
+
+def events_out(events: Sequence[ProviderEvent]) -> list[EventOut]:
+    return [
+        EventOut(type=e.event_type, received_at=e.received_at, outcome=e.outcome) for e in events
+    ]
+
+
+def refunds_out(rows: Sequence[Refund]) -> list[RefundOut]:
+    return [
+        RefundOut(
+            reference=r.reference,
+            amount=Money.of(r.amount, r.currency),
+            state=r.state,
+            reason=r.reason,
+            created_at=r.created_at,
+            completed_at=r.completed_at,
+        )
+        for r in rows
+    ]
+
+
+async def refunds_of(s: AsyncSession, order_id: uuid.UUID) -> Sequence[Refund]:
+    return (
+        (
+            await s.execute(
+                select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at)
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def line_owners(
+    s: AsyncSession, orders: Sequence[Order]
+) -> dict[uuid.UUID, uuid.UUID | None]:
+    ids = {o.line_id for o in orders}
+    rows = await s.execute(select(Line.id, Line.account_id).where(Line.id.in_(ids)))
+    return {line_id: owner for line_id, owner in rows.all()}
+
+
+async def detail(s: AsyncSession, order: Order, language: str) -> OrderDetailOut:
+    """An order with its payment history. `gift`: the line is not the payer's (now)."""
+    payment = await service.payment_of(s, order.id)
+    owner = (await line_owners(s, [order])).get(order.line_id)
+    return OrderDetailOut(
+        **order_fields(order, payment, language, gift=owner != order.account_id),
+        events=events_out(await service.events_of(s, order.id)),
+        refunds=refunds_out(await refunds_of(s, order.id)),
+    )
+
+
+@router.post("/quotes", response_model=QuoteOut, summary="What a top-up would cost")
+async def create_quote(
+    body: QuoteIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    providers: ProvidersDep,
+    language: Language,
+) -> QuoteOut:
+    async with db.read() as s:
+        line = await service.resolve_line(
+            s, customer.account.id, line_id=body.line_id, msisdn=body.msisdn
+        )
+        q = await service.quote(
+            s,
+            settings,
+            providers,
+            plan_code=body.plan,
+            method_code=body.method,
+            line=line,
+            now=utcnow(),
+        )
+        service.check_flow(providers, q, body.flow)
+    return QuoteOut(
+        plan=PlanRef(
+            code=q.plan.code, version=q.plan.version, name=pick_text(q.plan.names, language)
+        ),
+        method=q.method.code,
+        msisdn=line.msisdn,
+        gift=line.account_id != customer.account.id,
+        price=Money.of(q.price, q.currency),
+        fee=Money.of(q.fee, q.currency),
+        total=Money.of(q.total, q.currency),
+        expires_at=q.expires_at,
+    )
+
+
+@router.post(
+    "/orders",
+    response_model=OrderOut,
+    status_code=201,
+    summary="Order a top-up (send an Idempotency-Key)",
+)
+async def create_order(
+    body: OrderIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    providers: ProvidersDep,
+    language: Language,
+    client: Client,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> OrderOut:
+    """Creates the order and opens the provider's checkout. The same `Idempotency-Key` with the
+    same request gives the same order again (`Idempotent-Replayed: true`); with another request
+    it is refused."""
+    account_id = customer.account.id
+    placed = await db.run(
+        lambda s: service.place_order(
+            s,
+            settings,
+            providers,
+            account_id=account_id,
+            idempotency_key=idempotency_key,
+            plan_code=body.plan,
+            method_code=body.method,
+            line_id=body.line_id,
+            msisdn=body.msisdn,
+            flow=body.flow,
+            language=language,
+            now=utcnow(),
+        )
+    )
+    if placed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    await payments.open_checkout(db, settings, providers, placed.order.id, client_ip=client.ip)
+    async with db.read() as s:
+        order = await service.own_order(s, account_id, placed.order.id)
+        return await detail(s, order, language)
+
+
+@router.get("/orders", response_model=OrdersOut, summary="My orders, newest first")
+async def list_orders(
+    customer: CurrentCustomer,
+    db: DB,
+    language: Language,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    before: Annotated[datetime | None, Query(description="Orders created before this")] = None,
+    line_id: uuid.UUID | None = None,
+    state: Annotated[str | None, Query(max_length=20)] = None,
+) -> OrdersOut:
+    async with db.read() as s:
+        rows = await service.orders_of(
+            s, customer.account.id, limit=limit, before=before, line_id=line_id, state=state
+        )
+        payments_by_order = {
+            p.order_id: p
+            for p in (
+                await s.execute(select(Payment).where(Payment.order_id.in_([o.id for o in rows])))
+            ).scalars()
+        }
+        owners = await line_owners(s, rows)
+        items = [
+            OrderOut(
+                **order_fields(
+                    o, payments_by_order[o.id], language, gift=owners.get(o.line_id) != o.account_id
+                )
+            )
+            for o in rows
+        ]
+    return OrdersOut(items=items, next_before=rows[-1].created_at if len(rows) == limit else None)
+
+
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderDetailOut,
+    summary="One of my orders, with its payment history",
+)
+async def get_order(
+    order_id: uuid.UUID, customer: CurrentCustomer, db: DB, language: Language
+) -> OrderDetailOut:
+    async with db.read() as s:
+        order = await service.own_order(s, customer.account.id, order_id)
+        return await detail(s, order, language)
+
+
+@router.post(
+    "/orders/{order_id}/cancel",
+    response_model=OrderDetailOut,
+    summary="Cancel an order waiting for payment",
+)
+async def cancel_order(
+    order_id: uuid.UUID,
+    customer: CurrentCustomer,
+    db: DB,
+    providers: ProvidersDep,
+    language: Language,
+) -> OrderDetailOut:
+    async with db.read() as s:
+        await service.own_order(s, customer.account.id, order_id)
+    await payments.cancel_order(db, providers, order_id)
+    async with db.read() as s:
+        return await detail(s, await service.own_order(s, customer.account.id, order_id), language)
+
+
+@router.post(
+    "/orders/{order_id}/check",
+    response_model=OrderDetailOut,
+    summary="Ask the payment provider now",
+)
+async def check_order(
+    order_id: uuid.UUID,
+    customer: CurrentCustomer,
+    db: DB,
+    providers: ProvidersDep,
+    language: Language,
+) -> OrderDetailOut:
+    async with db.read() as s:
+        order = await service.own_order(s, customer.account.id, order_id)
+    if order.state == "pending":
+        await payments.check_order(db, providers, order_id, source="customer_check", capture=True)
+    async with db.read() as s:
+        return await detail(s, await service.own_order(s, customer.account.id, order_id), language)
+
+
+@router.get(
+    "/orders/{order_id}/return",
+    summary="Where the payment provider sends the payer back",
+    response_class=RedirectResponse,
+    status_code=303,
+)
+async def return_from_provider(
+    order_id: uuid.UUID,
+    db: DB,
+    providers: ProvidersDep,
+    settings: AppSettings,
+    customer: OptionalCustomer,
+) -> Response:
+    """The query string is never trusted: the provider is asked where the payment stands (and a
+    PayPal order the payer approved is captured). Then the payer goes to the order's page."""
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+    if order is not None and order.state == "pending":
+        # Unreachable: the page says "waiting"; the webhook or reconciliation will settle it.
+        with contextlib.suppress(payments.PaymentProviderUnavailable):
+            await payments.check_order(db, providers, order_id, source="return", capture=True)
+    return RedirectResponse(f"/account/orders/{order_id}", status_code=303)
+
+
+@router.get(
+    "/orders/{order_id}/receipt",
+    summary="The receipt: PDF, or JSON with Accept",
+    responses={200: {"content": {"application/pdf": {}, "application/json": {}}}},
+)
+async def get_receipt(
+    order_id: uuid.UUID,
+    request: Request,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    language: Language,
+) -> Response:
+    async with db.read() as s:
+        order = await service.own_order(s, customer.account.id, order_id)
+    if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:
+        raise ReceiptNotReady(field="order_id")
+    async with db.read() as s:
+        order = await service.own_order(s, customer.account.id, order_id)
+        if "application/json" in request.headers.get("accept", ""):
+            facts = await receipts.facts(s, order, language, settings.operator_name)
+            body = ReceiptOut(
+                number=facts.number,
+                issued_at=facts.issued_at,
+                order_reference=facts.order_reference,
+                operator=facts.operator,
+                payer=facts.payer,
+                msisdn=facts.msisdn,
+                plan=facts.plan,
+                includes=facts.grants,
+                method=facts.method,
+                price=Money.of(order.price, order.currency),
+                fee=Money.of(order.fee, order.currency),
+                total=Money.of(order.total, order.currency),
+                refunded=Money.of(order.refunded_amount, order.currency),
+                status=facts.status,
+                pdf_url=f"{API_PREFIX}/orders/{order.id}/receipt",
+            )
+            return Response(body.model_dump_json(), media_type="application/json")
+    pdf = await receipts.receipt_for(db, order.id, language, settings.operator_name)
+    assert pdf is not None
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            "content-disposition": f'inline; filename="{receipts.filename(order)}"',
+            "cache-control": "private, no-store",
+        },
+    )

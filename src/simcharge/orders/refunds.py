@@ -1,0 +1,293 @@
+"""Refunds, full or partial, through the provider — and what the ledger takes back.
+
+The ledger policy. A refund of `r` out of an order's total `T`:
+- gives back money: revenue → the provider's clearing account, `r` split between the sale and
+  the fee in the order's proportion (the fee share rounded half up);
+- takes back, from what the order granted and is still unused, the share `r / T` (rounded up) of
+  each bucket and of the wallet credit, capped at what is left — for a refund of everything
+  still refundable, all that is left of them. Units and credit already used stay used (the
+  customer had them); the line's validity extension stays.
+
+The refund is asked of the provider by the worker, after commit. Until the provider confirms,
+everything above is held as pending ledger transfers: the units and credit cannot be spent, and
+nothing is final. Confirmed: posted. Refused: voided (the customer keeps everything) and the
+order is flagged `refund_failed` for finance.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.errors import Conflict, IdempotencyKeyReused, ValidationFailed
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.money import from_minor
+from simcharge.kit.translations import N_
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerAccount, TransferKind
+from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
+from simcharge.lines.models import Line
+from simcharge.lines.service import bucket_id
+from simcharge.notifications.service import notify
+from simcharge.orders.fulfilment import forget_receipts, issue_receipt_number
+from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
+from simcharge.orders.service import OrderNotFound
+from simcharge.payments.providers import RefundResult
+from simcharge.payments.providers import RefundState as ProviderRefundState
+from simcharge.worker.service import enqueue
+
+REFUND_JOB = "payments.refund"
+REFUNDABLE = (OrderState.fulfilled, OrderState.partially_refunded, OrderState.paid)
+
+
+class NotRefundable(Conflict):
+    slug = "order-not-refundable"
+    title = N_("This order cannot be refunded.")
+
+
+class RefundTooLarge(ValidationFailed):
+    slug = "refund-too-large"
+    title = N_("The refund is larger than what is left to refund.")
+
+
+async def refundable(session: AsyncSession, order: Order) -> int:
+    """What can still be refunded: paid, minus refunds done or on their way."""
+    held = (
+        await session.execute(
+            select(func.coalesce(func.sum(Refund.amount), 0)).where(
+                Refund.order_id == order.id, Refund.state == RefundState.pending.value
+            )
+        )
+    ).scalar_one()
+    paid = order.paid_amount if order.paid_amount is not None else order.total
+    return max(0, paid - order.refunded_amount - int(held))
+
+
+async def request_refund(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    *,
+    amount: int | None,
+    reason: str | None,
+    requested_by: str,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> Refund:
+    """Hold back what the refund takes (pending transfers) and ask the worker to refund at the
+    provider. With an `idempotency_key` already used by `requested_by`: the refund it made."""
+    order = await session.get(Order, order_id, with_for_update=True)
+    if order is None:
+        raise OrderNotFound(field="order_id")
+    request_key = f"{requested_by}:{idempotency_key}" if idempotency_key else None
+    if request_key is not None:
+        earlier = (
+            await session.execute(select(Refund).where(Refund.request_key == request_key))
+        ).scalar_one_or_none()
+        if earlier is not None:
+            if earlier.order_id != order_id or (amount is not None and earlier.amount != amount):
+                raise IdempotencyKeyReused(field="Idempotency-Key")
+            return earlier
+    if OrderState(order.state) not in REFUNDABLE or order.paid_at is None:
+        raise NotRefundable(field="order_id")
+    left = await refundable(session, order)
+    amount = left if amount is None else amount
+    if amount <= 0 or amount > left:
+        raise RefundTooLarge(
+            N_("At most {left} can still be refunded."),
+            field="amount",
+            left=f"{from_minor(left, order.currency)} {order.currency}",
+        )
+    refund = Refund(
+        id=uuid7(),
+        order_id=order.id,
+        reference="RF" + uuid7().hex[:24].upper(),
+        amount=amount,
+        currency=order.currency,
+        reason=reason,
+        state=RefundState.pending.value,
+        requested_by=requested_by,
+        request_key=request_key,
+        created_at=now,
+    )
+    credited = order.fulfilled_at is not None
+    transfers = await _plan(session, order, refund, full=amount == left) if credited else []
+    if transfers:
+        await post_transfers(session, transfers, now=now)
+    refund.plan = {
+        "transfers": [str(t.id) for t in transfers],
+        "fee": sum(t.amount or 0 for t in transfers if t.code == "refund_fee"),
+    }
+    session.add(refund)
+    await session.flush()
+    await enqueue(
+        session,
+        REFUND_JOB,
+        {"refund_id": str(refund.id)},
+        max_attempts=20,
+        dedupe_key=f"{REFUND_JOB}:{refund.id}",
+    )
+    return refund
+
+
+async def _plan(
+    session: AsyncSession, order: Order, refund: Refund, *, full: bool
+) -> list[NewTransfer]:
+    """The pending transfers of a refund (see the module's policy)."""
+    r, total = refund.amount, order.total
+    previous_fee = sum(
+        int((x.plan or {}).get("fee", 0))
+        for x in (
+            await session.execute(
+                select(Refund).where(
+                    Refund.order_id == order.id, Refund.state != RefundState.failed.value
+                )
+            )
+        ).scalars()
+    )
+    share, rest = divmod(order.fee * r, total)  # the fee's share of r, rounded half up
+    fee_back = max(0, min(order.fee - previous_fee, share + (1 if rest * 2 >= total else 0)))
+    sales_back = r - fee_back
+    shard = chart.shard_of(order.id)  # the accounts the order credited
+    clearing = chart.clearing(order.provider, order.currency, shard)
+    sales, fees = chart.sales(order.currency, shard), chart.fees(order.currency, shard)
+    await ensure_accounts(session, [clearing, sales, fees])
+
+    def pending(
+        key: str, amount: int, unit: str, debit: uuid.UUID, credit: uuid.UUID, code: str
+    ) -> NewTransfer:
+        return NewTransfer(
+            id=derived_id("refund", refund.id, key),
+            amount=amount,
+            unit=unit,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            kind=TransferKind.pending,
+            code=code,
+            reference=f"refund:{refund.id}",
+        )
+
+    transfers = []
+    if sales_back:
+        transfers.append(
+            pending("sale", sales_back, order.currency, sales.id, clearing.id, "refund")
+        )
+    if fee_back:
+        transfers.append(
+            pending("fee", fee_back, order.currency, fees.id, clearing.id, "refund_fee")
+        )
+    line = await session.get(Line, order.line_id, with_for_update=True)
+    assert line is not None
+    source = f"order:{order.id}"
+    snapshot = order.plan_snapshot
+    for i, grant in enumerate(snapshot.get("buckets", [])):
+        account = await session.get(LedgerAccount, bucket_id(source, i))
+        if account is None:
+            continue
+        left = account.credits_posted - account.debits_posted - account.debits_pending
+        share = left if full else min(left, math.ceil(int(grant["amount"]) * r / total))
+        if share > 0:
+            issuance = chart.issuance(grant["unit"], shard)
+            transfers.append(
+                pending(f"bucket:{i}", share, grant["unit"], account.id, issuance.id, "clawback")
+            )
+    wallet_credit = int(snapshot.get("wallet_credit", {}).get(line.currency, 0))
+    if wallet_credit:
+        wallet = await session.get(LedgerAccount, line.wallet_account_id)
+        assert wallet is not None
+        available = wallet.credits_posted - wallet.debits_posted - wallet.debits_pending
+        share = min(available, wallet_credit if full else math.ceil(wallet_credit * r / total))
+        if share > 0:
+            funding = chart.funding(line.currency, shard)
+            await ensure_accounts(session, [funding])
+            transfers.append(
+                pending("wallet", share, line.currency, wallet.id, funding.id, "clawback")
+            )
+    return transfers
+
+
+async def complete_refund(
+    session: AsyncSession, order_id: uuid.UUID, result: RefundResult, now: datetime
+) -> str:
+    """Apply the provider's answer about a refund (once); returns what happened."""
+    refund = (
+        await session.execute(
+            select(Refund)
+            .where(Refund.order_id == order_id, Refund.reference == result.refund_id)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if refund is None:
+        return "unknown_refund"
+    if refund.state != RefundState.pending.value:
+        return "already"
+    if result.state is ProviderRefundState.pending:
+        return "pending"
+    order = await session.get(Order, order_id, with_for_update=True)
+    assert order is not None
+    ids = [uuid.UUID(t) for t in (refund.plan or {}).get("transfers", [])]
+    succeeded = result.state is ProviderRefundState.succeeded
+    kind = TransferKind.post_pending if succeeded else TransferKind.void_pending
+    if ids:
+        await post_transfers(
+            session,
+            [
+                NewTransfer(
+                    id=derived_id("refund-end", refund.id, pid),
+                    kind=kind,
+                    pending_id=pid,
+                    code="refund" if succeeded else "refund_voided",
+                    reference=f"refund:{refund.id}",
+                )
+                for pid in ids
+            ],
+            now=now,
+        )
+    refund.completed_at = now
+    refund.provider_refund_id = result.provider_refund_id
+    if not succeeded:
+        refund.state, refund.error = RefundState.failed.value, f"{result.raw or 'refused'}"[:500]
+        order.attention, order.attention_note = (
+            Attention.refund_failed.value,
+            f"refund {refund.reference} refused",
+        )
+        return "refund_failed"
+    refund.state = RefundState.succeeded.value
+    order.refunded_amount += refund.amount
+    paid = order.paid_amount if order.paid_amount is not None else order.total
+    if order.fulfilled_at is not None:
+        order.state = (
+            OrderState.refunded if order.refunded_amount >= paid else OrderState.partially_refunded
+        ).value
+    await forget_receipts(session, order.id)
+    await issue_receipt_number(session, order.id)
+    await notify(
+        session,
+        account_id=order.account_id,
+        template="order.refunded",
+        params={
+            "amount": refund.amount,
+            "currency": refund.currency,
+            "msisdn": order.msisdn,
+            "receipt": order.receipt_number,
+        },
+        line_id=order.line_id,
+    )
+    return "refunded"
+
+
+def refund_summary(refund: Refund) -> dict[str, Any]:
+    return {
+        "id": str(refund.id),
+        "reference": refund.reference,
+        "amount": refund.amount,
+        "currency": refund.currency,
+        "state": refund.state,
+        "reason": refund.reason,
+        "created_at": refund.created_at.isoformat(),
+        "completed_at": refund.completed_at.isoformat() if refund.completed_at else None,
+    }

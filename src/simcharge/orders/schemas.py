@@ -1,0 +1,147 @@
+"""What the orders API takes and gives."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from simcharge.kit.schemas import Money, Schema
+from simcharge.payments.providers import PaymentFlow
+
+
+class QuoteIn(Schema):
+    plan: str = Field(
+        min_length=1, max_length=64, description="The plan's code", examples=["traveller-20"]
+    )
+    method: str = Field(
+        min_length=1, max_length=32, description="The payment method's code", examples=["card"]
+    )
+    line_id: uuid.UUID | None = Field(default=None, description="One of my lines")
+    msisdn: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Or any of the operator's numbers (a gift)",
+        examples=["+14155550101"],
+    )
+    flow: PaymentFlow | None = Field(
+        default=None,
+        description="redirect (a browser page), wap (a mobile page) or qr (a code "
+        "to scan: WeChat Pay Native); default: what the method does best",
+    )
+
+
+class OrderIn(QuoteIn):
+    pass
+
+
+class PlanRef(Schema):
+    code: str
+    version: int
+    name: str
+
+
+class QuoteOut(Schema):
+    plan: PlanRef
+    method: str
+    msisdn: str
+    gift: bool = Field(description="The line is not one of mine")
+    price: Money
+    fee: Money
+    total: Money
+    expires_at: datetime
+
+
+class NextAction(Schema):
+    type: Literal["redirect", "qr", "none"]
+    url: str | None = None
+    qr_payload: str | None = Field(default=None, description="What the QR code encodes")
+    qr_svg: str | None = Field(default=None, description="The QR code as an SVG image")
+
+
+class PaymentOut(Schema):
+    provider: str
+    flow: str
+    state: str
+    checks: int
+
+
+class EventOut(Schema):
+    type: str
+    received_at: datetime
+    outcome: str | None
+
+
+class RefundOut(Schema):
+    reference: str
+    amount: Money
+    state: str
+    reason: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class OrderOut(Schema):
+    id: uuid.UUID
+    reference: str
+    state: str
+    msisdn: str
+    gift: bool
+    plan: PlanRef
+    method: str
+    price: Money
+    fee: Money
+    total: Money
+    refunded: Money
+    created_at: datetime
+    expires_at: datetime
+    paid_at: datetime | None
+    fulfilled_at: datetime | None
+    closed_at: datetime | None
+    receipt_number: str | None
+    next_action: NextAction
+    payment: PaymentOut
+
+
+class OrderDetailOut(OrderOut):
+    events: list[EventOut]
+    refunds: list[RefundOut]
+
+
+class OrdersOut(Schema):
+    items: list[OrderOut]
+    next_before: datetime | None = Field(description="Pass as `before` for the next page")
+
+
+class ReceiptOut(Schema):
+    number: str
+    issued_at: datetime
+    order_reference: str
+    operator: str
+    payer: str
+    msisdn: str
+    plan: str
+    includes: list[str]
+    method: str
+    price: Money
+    fee: Money
+    total: Money
+    refunded: Money
+    status: str
+    pdf_url: str
+
+
+class RefundIn(Schema):
+    amount: int | None = Field(
+        default=None, gt=0, description="Minor units; omitted: everything still refundable"
+    )
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class StaffOrderOut(OrderDetailOut):
+    account_id: uuid.UUID
+    attention: str | None
+    attention_note: str | None
+    paid: Money | None

@@ -1,0 +1,363 @@
+"""Quotes and orders: what a top-up costs, and the order that buys it.
+
+An order is created once per `Idempotency-Key` (per account): the same key with the same
+request finds the same order (and the same answer); with another request it is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.service import own_line
+from simcharge.catalog.models import PaymentMethod, Plan
+from simcharge.catalog.repository import CatalogRepository
+from simcharge.catalog.service import fee_for
+from simcharge.config import Settings
+from simcharge.db import table_of, upsert_insert
+from simcharge.errors import (
+    BadRequest,
+    Conflict,
+    IdempotencyKeyReused,
+    NotFound,
+    ValidationFailed,
+)
+from simcharge.kit.ids import uuid7
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line, LineState
+from simcharge.lines.service import find_line_by_msisdn
+from simcharge.orders.models import (
+    IdempotencyKey,
+    Order,
+    OrderState,
+    Payment,
+    PaymentStatusValue,
+    ProviderEvent,
+)
+from simcharge.payments.providers import PaymentFlow
+from simcharge.payments.registry import Providers
+
+
+class PlanUnavailable(NotFound):
+    slug = "plan-unavailable"
+    title = N_("This package is not on sale.")
+
+
+class MethodUnavailable(ValidationFailed):
+    slug = "payment-method-unavailable"
+    title = N_("This payment method cannot be used for this package.")
+
+
+class AmountOutOfLimits(ValidationFailed):
+    slug = "amount-out-of-limits"
+    title = N_("The amount is outside what this payment method accepts.")
+
+
+class LineNotTopUpable(Conflict):
+    slug = "line-not-top-upable"
+    title = N_("This line can no longer be topped up.")
+
+
+class OrderNotFound(NotFound):
+    slug = "order-not-found"
+    title = N_("There is no such order.")
+
+
+class IdempotencyKeyMissing(BadRequest):
+    slug = "idempotency-key-missing"
+    title = N_("An Idempotency-Key header is required, so that a retry never orders twice.")
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    plan: Plan
+    method: PaymentMethod
+    provider: str
+    line: Line
+    currency: str
+    price: int
+    fee: int
+    total: int
+    expires_at: datetime
+
+
+def new_reference() -> str:
+    """`SC` + 26 base32 characters of a fresh UUIDv7: letters and digits only (Alipay refuses
+    '-'), 28 characters (WeChat Pay allows 32), time-ordered."""
+    return "SC" + base64.b32encode(uuid7().bytes).decode().rstrip("=")
+
+
+def plan_snapshot(plan: Plan, prices: dict[str, int]) -> dict[str, Any]:
+    return {
+        "code": plan.code,
+        "version": plan.version,
+        "names": plan.names,
+        "descriptions": plan.descriptions,
+        "prices": prices,
+        "wallet_credit": plan.wallet_credit,
+        "buckets": plan.buckets,
+        "validity_days": plan.validity_days,
+    }
+
+
+async def resolve_line(
+    session: AsyncSession, account_id: uuid.UUID, *, line_id: uuid.UUID | None, msisdn: str | None
+) -> Line:
+    """The line to top up: one of the payer's own by id, or any of the operator's numbers by
+    number (a gift). A line id of someone else's line is "not found": an id must not reveal
+    whose number it is."""
+    if line_id is not None:
+        return await own_line(session, account_id, line_id)
+    if msisdn:
+        return await find_line_by_msisdn(session, msisdn)
+    raise ValidationFailed(N_("Say which line: its id or its number."), field="msisdn")
+
+
+async def quote(
+    session: AsyncSession,
+    settings: Settings,
+    providers: Providers,
+    *,
+    plan_code: str,
+    method_code: str,
+    line: Line,
+    now: datetime,
+) -> Quote:
+    repo = CatalogRepository(session)
+    plan = await repo.plan_by_code(plan_code)
+    if plan is None or not plan.active:
+        raise PlanUnavailable(field="plan")
+    method = await repo.method_by_code(method_code)
+    if method is None or not method.enabled or (plan.methods and method.code not in plan.methods):
+        raise MethodUnavailable(field="method")
+    provider = providers.serving(method)
+    if provider is None:
+        raise MethodUnavailable(field="method")
+    if line.state == LineState.terminated:
+        raise LineNotTopUpable(field="msisdn")
+    prices = await repo.prices_of(plan.id)
+    currency = next((c for c in method.currencies if c in prices), None)
+    if currency is None:
+        raise MethodUnavailable(
+            N_("This package has no price in a currency this payment method takes."), field="method"
+        )
+    grants_wallet = bool(plan.wallet_credit)
+    if grants_wallet and line.currency not in plan.wallet_credit:
+        raise PlanUnavailable(
+            N_("This package cannot credit a wallet in {currency}."),
+            field="plan",
+            currency=line.currency,
+        )
+    price = prices[currency]
+    fee = fee_for(method, price, currency)
+    total = price + fee
+    low, high = method.min_amount.get(currency), method.max_amount.get(currency)
+    if (low is not None and total < int(low)) or (high is not None and total > int(high)):
+        raise AmountOutOfLimits(field="plan")
+    return Quote(
+        plan,
+        method,
+        provider.name,
+        line,
+        currency,
+        price,
+        fee,
+        total,
+        now + timedelta(minutes=settings.quote_ttl_minutes),
+    )
+
+
+def check_flow(providers: Providers, q: Quote, flow: PaymentFlow | None) -> PaymentFlow:
+    """The flow asked for, or the method's best; refused if its provider cannot do it."""
+    chosen = flow or (PaymentFlow.qr if q.method.provider == "wechatpay" else PaymentFlow.redirect)
+    provider = providers.named(q.provider)
+    flows = getattr(provider, "flows", frozenset(PaymentFlow))
+    if chosen not in flows:
+        raise MethodUnavailable(N_("This payment method cannot be paid that way."), field="flow")
+    return chosen
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    order: Order
+    payment: Payment
+    key: IdempotencyKey
+    replayed: bool
+    """True when the key was seen before (the order is the one it made then)."""
+
+
+async def place_order(
+    session: AsyncSession,
+    settings: Settings,
+    providers: Providers,
+    *,
+    account_id: uuid.UUID,
+    idempotency_key: str | None,
+    plan_code: str,
+    method_code: str,
+    line_id: uuid.UUID | None,
+    msisdn: str | None,
+    flow: PaymentFlow | None,
+    language: str,
+    now: datetime,
+) -> PlacedOrder:
+    """Create the order and its payment attempt (the checkout is opened after commit)."""
+    if not idempotency_key or len(idempotency_key) > 128:
+        raise IdempotencyKeyMissing(field="Idempotency-Key")
+    digest = request_hash(
+        {
+            "plan": plan_code,
+            "method": method_code,
+            "line_id": line_id,
+            "msisdn": msisdn,
+            "flow": flow.value if flow else None,
+        }
+    )
+    keys = table_of(IdempotencyKey)
+    inserted = (
+        await session.execute(
+            upsert_insert(session, keys)
+            .values(
+                id=uuid7(),
+                account_id=account_id,
+                key=idempotency_key,
+                request_hash=digest,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["account_id", "key"])
+            .returning(keys.c.id)
+        )
+    ).scalar_one_or_none()
+    key = (
+        await session.execute(
+            select(IdempotencyKey)
+            .where(IdempotencyKey.account_id == account_id, IdempotencyKey.key == idempotency_key)
+            .with_for_update()
+        )
+    ).scalar_one()
+    if inserted is None:
+        if key.request_hash != digest:
+            raise IdempotencyKeyReused(field="Idempotency-Key")
+        if key.order_id is not None:
+            order = await session.get(Order, key.order_id)
+            payment = (
+                await session.execute(select(Payment).where(Payment.order_id == key.order_id))
+            ).scalar_one()
+            assert order is not None
+            return PlacedOrder(order, payment, key, replayed=True)
+    line = await resolve_line(session, account_id, line_id=line_id, msisdn=msisdn)
+    q = await quote(
+        session,
+        settings,
+        providers,
+        plan_code=plan_code,
+        method_code=method_code,
+        line=line,
+        now=now,
+    )
+    prices = await CatalogRepository(session).prices_of(q.plan.id)
+    order = Order(
+        id=uuid7(),
+        reference=new_reference(),
+        account_id=account_id,
+        line_id=line.id,
+        msisdn=line.msisdn,
+        plan_id=q.plan.id,
+        plan_code=q.plan.code,
+        plan_version=q.plan.version,
+        plan_snapshot=plan_snapshot(q.plan, prices),
+        method_code=q.method.code,
+        provider=q.provider,
+        currency=q.currency,
+        price=q.price,
+        fee=q.fee,
+        total=q.total,
+        state=OrderState.pending.value,
+        language=language,
+        created_at=now,
+        expires_at=now + timedelta(minutes=settings.order_ttl_minutes),
+    )
+    chosen = check_flow(providers, q, flow)
+    payment = Payment(
+        id=uuid7(),
+        order_id=order.id,
+        provider=q.provider,
+        flow=chosen.value,
+        state=PaymentStatusValue.pending.value,
+        created_at=now,
+        updated_at=now,
+        next_check_at=now + timedelta(minutes=1),
+    )
+    session.add_all([order, payment])
+    await session.flush()
+    key.order_id = order.id
+    await session.flush()
+    return PlacedOrder(order, payment, key, replayed=False)
+
+
+async def own_order(
+    session: AsyncSession, account_id: uuid.UUID, order_id: uuid.UUID, *, lock: bool = False
+) -> Order:
+    """An order of this payer; anyone else's is "not found"."""
+    order = await session.get(Order, order_id, with_for_update=lock)
+    if order is None or order.account_id != account_id:
+        raise OrderNotFound(field="order_id")
+    return order
+
+
+async def orders_of(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    before: datetime | None = None,
+    line_id: uuid.UUID | None = None,
+    state: str | None = None,
+) -> Sequence[Order]:
+    stmt = select(Order).where(Order.account_id == account_id)
+    if before is not None:
+        stmt = stmt.where(Order.created_at < before)
+    if line_id is not None:
+        stmt = stmt.where(Order.line_id == line_id)
+    if state is not None:
+        stmt = stmt.where(Order.state == state)
+    stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def payment_of(session: AsyncSession, order_id: uuid.UUID, *, lock: bool = False) -> Payment:
+    stmt = select(Payment).where(Payment.order_id == order_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def events_of(session: AsyncSession, order_id: uuid.UUID) -> Sequence[ProviderEvent]:
+    stmt = (
+        select(ProviderEvent)
+        .where(ProviderEvent.order_id == order_id)
+        .order_by(ProviderEvent.received_at, ProviderEvent.id)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def order_by_reference(
+    session: AsyncSession, reference: str, *, lock: bool = False
+) -> Order | None:
+    stmt = select(Order).where(Order.reference == reference)
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()

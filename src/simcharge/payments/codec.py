@@ -1,0 +1,61 @@
+"""Payment statuses and refund results as JSON (kept with the events that reported them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from simcharge.payments.providers import (
+    PaymentState,
+    PaymentStatus,
+    RefundResult,
+    RefundState,
+)
+
+
+def status_to_json(s: PaymentStatus) -> dict[str, Any]:
+    return {
+        "state": s.state.value,
+        "reference": s.reference,
+        "provider_ref": s.provider_ref,
+        "payment_id": s.payment_id,
+        "amount": s.amount,
+        "currency": s.currency,
+        "merchant": s.merchant,
+        "paid_at": s.paid_at.isoformat() if s.paid_at else None,
+    }
+
+
+def status_from_json(d: dict[str, Any]) -> PaymentStatus:
+    return PaymentStatus(
+        state=PaymentState(d["state"]),
+        reference=d.get("reference"),
+        provider_ref=d.get("provider_ref"),
+        payment_id=d.get("payment_id"),
+        amount=d.get("amount"),
+        currency=d.get("currency"),
+        merchant=d.get("merchant"),
+        paid_at=datetime.fromisoformat(d["paid_at"]) if d.get("paid_at") else None,
+        raw={},
+    )
+
+
+def refund_to_json(r: RefundResult) -> dict[str, Any]:
+    return {
+        "refund_id": r.refund_id,
+        "provider_refund_id": r.provider_refund_id,
+        "state": r.state.value,
+        "amount": r.amount,
+        "currency": r.currency,
+    }
+
+
+def refund_from_json(d: dict[str, Any]) -> RefundResult:
+    return RefundResult(
+        refund_id=d["refund_id"],
+        provider_refund_id=d.get("provider_refund_id"),
+        state=RefundState(d["state"]),
+        amount=int(d["amount"]),
+        currency=d["currency"],
+        raw={},
+    )

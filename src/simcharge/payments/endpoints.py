@@ -1,0 +1,94 @@
+"""Provider notifications (`POST /api/v1/webhooks/{provider}`) and the sandbox's hosted page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from simcharge.api.deps import API_PREFIX, DB, AppSettings
+from simcharge.errors import NotFound
+from simcharge.kit.clock import utcnow
+from simcharge.kit.i18n import BABEL_LOCALES
+from simcharge.kit.money import format_money
+from simcharge.kit.translations import N_, translate
+from simcharge.orders.endpoints import ProvidersDep
+from simcharge.payments import sandbox
+from simcharge.payments.service import UnknownProvider, receive_notification
+
+router = APIRouter(prefix=API_PREFIX, tags=["webhooks"])
+sandbox_router = APIRouter(tags=["sandbox"], include_in_schema=False)
+
+_pages = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+
+class UnknownWebhook(NotFound):
+    slug = "unknown-provider"
+    title = N_("There is no such payment provider here.")
+
+
+@router.post(
+    "/webhooks/{provider}",
+    summary="A payment provider's notification",
+    responses={200: {"description": "What the provider expects (`success`, JSON…)"}},
+)
+async def webhook(provider: str, request: Request, db: DB, providers: ProvidersDep) -> Response:
+    """Verified (signature, time window, merchant), stored once per (provider, event id), then
+    applied. A rejected notification changes nothing and gets the provider's failure answer."""
+    body = await request.body()
+    try:
+        received = await receive_notification(db, providers, provider, request.headers, body)
+    except UnknownProvider as exc:
+        raise UnknownWebhook(field="provider") from exc
+    reply = received.reply
+    return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
+
+
+class SandboxPaymentNotFound(NotFound):
+    slug = "sandbox-payment-not-found"
+    title = N_("There is no such test payment.")
+
+
+@sandbox_router.get("/sandbox/pay/{sandbox_id}", response_class=HTMLResponse)
+async def sandbox_page(sandbox_id: str, db: DB, settings: AppSettings) -> HTMLResponse:
+    row = await sandbox.find(db, sandbox_id)
+    if row is None:
+        raise SandboxPaymentNotFound(field="sandbox_id")
+    language = row.language
+    open_ = row.state == "open" and row.expires_at > utcnow()
+    html = _pages.get_template("sandbox.html").render(
+        lang=language,
+        _=lambda m: translate(language, m),
+        row=row,
+        open=open_,
+        amount=format_money(row.amount, row.currency, BABEL_LOCALES.get(language, "en")),
+        token=sandbox.page_token(settings, row.id),
+    )
+    return HTMLResponse(html, headers={"cache-control": "no-store"})
+
+
+@sandbox_router.post("/sandbox/pay/{sandbox_id}")
+async def sandbox_act(
+    sandbox_id: str,
+    db: DB,
+    settings: AppSettings,
+    action: Annotated[str, Form(max_length=10)],
+    token: Annotated[str, Form(max_length=128)],
+) -> Response:
+    """The payer's choice; then back to the shop (the return URL, or the cancel URL)."""
+    row = await sandbox.find(db, sandbox_id)
+    if row is None or not sandbox.token_ok(settings, sandbox_id, token):
+        raise SandboxPaymentNotFound(field="sandbox_id")
+    try:
+        row = await sandbox.act(db, settings, sandbox_id, action)
+    except sandbox.SandboxActionRefused:
+        return RedirectResponse(f"/sandbox/pay/{sandbox_id}", status_code=303)
+    return RedirectResponse(
+        row.cancel_url if action == "cancel" else row.return_url, status_code=303
+    )

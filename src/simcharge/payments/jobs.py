@@ -1,0 +1,179 @@
+"""The worker's payment jobs: reconciliation, refunds, receipts, and the sandbox's webhooks."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account
+from simcharge.kit.clock import utcnow
+from simcharge.notifications.jobs import send_message
+from simcharge.notifications.transports import Attachment
+from simcharge.orders.fulfilment import RECEIPT_JOB, issue_receipt_number
+from simcharge.orders.models import Order, Refund, RefundState
+from simcharge.orders.receipts import filename, receipt_for
+from simcharge.orders.refunds import REFUND_JOB, complete_refund
+from simcharge.orders.service import payment_of
+from simcharge.payments.providers import (
+    ProviderError,
+    RefundRequest,
+    RefundResult,
+)
+from simcharge.payments.providers import RefundState as ProviderRefundState
+from simcharge.payments.registry import Providers
+from simcharge.payments.sandbox import DELIVER_WEBHOOK, sign
+from simcharge.payments.service import reconcile, urls
+from simcharge.worker.registry import JobContext, PermanentJobError, every, job
+from simcharge.worker.service import enqueue
+
+log = structlog.get_logger("simcharge.payments")
+
+REFUND_FOLLOW_UPS = 24
+"""How many times a refund the provider still reports as pending is asked about again."""
+
+
+def providers_of(ctx: JobContext) -> Providers:
+    """The worker's providers, made once and shared by its jobs (PayPal's token is cached)."""
+    found = ctx.shared.get("providers")
+    if found is None:
+        found = ctx.shared["providers"] = Providers(ctx.settings, ctx.http, ctx.db)
+    assert isinstance(found, Providers)
+    return found
+
+
+def _uuid(payload: dict[str, Any], key: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(payload[key]))
+    except (KeyError, ValueError) as exc:
+        raise PermanentJobError(f"payload without a valid {key}") from exc
+
+
+@every("payments.reconcile", timedelta(seconds=30))
+async def reconcile_payments(ctx: JobContext, _payload: dict[str, Any]) -> None:
+    """Ask again about pending payments that are due, expire overdue orders, apply stored
+    events whose processing failed."""
+    providers = providers_of(ctx)
+    while await reconcile(ctx.db, providers) >= 100:
+        pass
+
+
+@job(REFUND_JOB)
+async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Ask the provider to refund; apply its answer. A refund it reports as pending is asked
+    about again later (the same refund id: providers treat it as the same refund)."""
+    refund_id = _uuid(payload, "refund_id")
+    async with ctx.db.read() as s:
+        row = await s.get(Refund, refund_id)
+        if row is None:
+            raise PermanentJobError(f"no refund {refund_id}")
+        if row.state != RefundState.pending.value:
+            return
+        order = await s.get(Order, row.order_id)
+        assert order is not None
+        payment = await payment_of(s, order.id)
+    provider = providers_of(ctx).named(order.provider)
+    if provider is None:
+        raise PermanentJobError(f"provider {order.provider} is not configured")
+    request = RefundRequest(
+        reference=order.reference,
+        payment_id=payment.payment_id or payment.provider_ref or "",
+        refund_id=row.reference,
+        amount=row.amount,
+        total=order.paid_amount if order.paid_amount is not None else order.total,
+        currency=row.currency,
+        reason=row.reason,
+        notify_url=urls(ctx.settings, order)[2],
+    )
+    try:
+        result = await provider.refund(request)
+    except ProviderError as exc:
+        if exc.transient:
+            raise
+        log.warning("payments.refund_refused", refund=row.reference, code=exc.code)
+        result = RefundResult(
+            refund_id=row.reference,
+            provider_refund_id=None,
+            state=ProviderRefundState.failed,
+            amount=row.amount,
+            currency=row.currency,
+            raw={"code": exc.code, "message": exc.message},
+        )
+    outcome = await ctx.db.run(lambda s: complete_refund(s, order.id, result, utcnow()))
+    if outcome == "pending":
+        follow_up = int(payload.get("follow_up", 0)) + 1
+        if follow_up > REFUND_FOLLOW_UPS:
+            log.error("payments.refund_still_pending", refund=row.reference)
+            return
+
+        async def again(s: AsyncSession) -> None:
+            await enqueue(
+                s,
+                REFUND_JOB,
+                {"refund_id": str(refund_id), "follow_up": follow_up},
+                run_at=utcnow() + timedelta(minutes=min(60, 2**follow_up)),
+                dedupe_key=f"{REFUND_JOB}:{refund_id}:{follow_up}",
+                max_attempts=20,
+            )
+
+        await ctx.db.run(again)
+
+
+@job(RECEIPT_JOB)
+async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Number the receipt, render it in the payer's language, keep it, and e-mail it to them
+    (when their address is verified)."""
+    order_id = _uuid(payload, "order_id")
+    if await ctx.db.run(lambda s: issue_receipt_number(s, order_id)) is None:
+        raise PermanentJobError(f"order {order_id} was not credited: no receipt")
+    async with ctx.db.read() as s:
+        order = await s.get(Order, order_id)
+        assert order is not None
+        account = await s.get(Account, order.account_id)
+        assert account is not None
+    language = account.language
+    pdf = await receipt_for(ctx.db, order.id, language, ctx.settings.operator_name)
+    assert pdf is not None
+    if not (account.email and account.email_verified_at):
+        return
+    params = {
+        "msisdn": order.msisdn,
+        "plan": order.plan_snapshot.get("names", {}),
+        "total": order.total,
+        "currency": order.currency,
+        "receipt": order.receipt_number,
+    }
+    await send_message(
+        ctx,
+        "email",
+        account.id,
+        "order.receipt",
+        account.email,
+        language,
+        params,
+        attachments=[Attachment(filename(order), "application/pdf", pdf)],
+    )
+
+
+@job(DELIVER_WEBHOOK)
+async def deliver_sandbox_webhook(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Send one of the sandbox's webhooks, signed at the moment it is sent (as a provider
+    does); anything but a 2xx answer is tried again later."""
+    try:
+        url, event = str(payload["url"]), payload["event"]
+    except KeyError as exc:
+        raise PermanentJobError("payload without url and event") from exc
+    body = json.dumps(event, separators=(",", ":")).encode()
+    secret = ctx.settings.sandbox_secret.get_secret_value()
+    response = await ctx.http.post(
+        url,
+        content=body,
+        timeout=10,
+        headers={"content-type": "application/json", "sandbox-signature": sign(secret, body)},
+    )
+    if not response.is_success:
+        raise RuntimeError(f"webhook answered {response.status_code}")

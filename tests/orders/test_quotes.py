@@ -1,0 +1,230 @@
+"""Quotes and placing orders: prices, fees, limits, lines, gifts, idempotency — and every refusal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from sqlalchemy import func, select, update
+
+from simcharge.catalog.models import PaymentMethod
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.lines.models import LineState
+from simcharge.orders.models import IdempotencyKey, Order, Payment
+from tests.auth.helpers import problem
+from tests.orders.helpers import idem, new_payer
+
+
+async def _quote(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> httpx.Response:
+    return await client.post("/api/v1/quotes", json=body, headers=headers)
+
+
+async def _count(db: Database, model: Any) -> int:
+    async with db.read() as s:
+        return int((await s.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_a_quote_shows_price_fee_and_total(client: httpx.AsyncClient, db: Database,
+                                                 settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    r = await _quote(client, payer.auth, plan="traveller-20", method="paypal",
+                     line_id=str(payer.line.id))
+    assert r.status_code == 200, r.text
+    q = r.json()
+    # 3.49 % of 20.00 = 0.698 → 0.70, plus 0.49 fixed.
+    assert q["price"] == {"currency": "USD", "minor": 2000, "value": "20.00"}
+    assert q["fee"]["minor"] == 119
+    assert q["total"]["minor"] == 2119
+    assert q["msisdn"] == payer.line.msisdn and q["gift"] is False
+    assert q["plan"]["code"] == "traveller-20"
+
+    r = await _quote(client, payer.auth, plan="traveller-20", method="alipay",
+                     line_id=str(payer.line.id))
+    assert r.json()["total"] == {"currency": "CNY", "minor": 13500, "value": "135.00"}
+
+
+async def test_a_quote_in_the_customers_language(client: httpx.AsyncClient, db: Database,
+                                                 settings: Settings) -> None:
+    payer = await new_payer(db, settings, language="zh-Hans")
+    r = await _quote(client, {**payer.auth, "Accept-Language": "zh-CN"}, plan="starter-10",
+                     method="card", line_id=str(payer.line.id))
+    assert r.json()["plan"]["name"] == "入门套餐"
+
+
+async def test_anyone_may_top_up_any_line_by_number(client: httpx.AsyncClient, db: Database,
+                                                    settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    friend = await new_payer(db, settings)
+    r = await _quote(client, payer.auth, plan="starter-10", method="card",
+                     msisdn=friend.line.msisdn)
+    assert r.status_code == 200
+    assert r.json()["gift"] is True
+
+
+async def test_quote_refusals(client: httpx.AsyncClient, db: Database, settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    other = await new_payer(db, settings)
+    line = str(payer.line.id)
+    cases = [
+        ({"plan": "no-such-plan", "method": "card", "line_id": line}, 404, "plan-unavailable", "plan"),
+        ({"plan": "starter-10", "method": "bitcoin", "line_id": line}, 422,
+         "payment-method-unavailable", "method"),
+        ({"plan": "starter-10", "method": "card", "line_id": str(other.line.id)}, 404, "not-found",
+         "line_id"),
+        ({"plan": "starter-10", "method": "card", "msisdn": "not a number"}, 422,
+         "validation-error", "msisdn"),
+        ({"plan": "starter-10", "method": "card", "msisdn": "+14155550000"}, 404, "not-found",
+         "msisdn"),
+        ({"plan": "starter-10", "method": "card"}, 422, "validation-error", "msisdn"),
+        ({"plan": "", "method": "card", "line_id": line}, 422, "validation-error", "plan"),
+    ]
+    for body, status, slug, field in cases:
+        r = await _quote(client, payer.auth, **body)
+        assert r.status_code == status, (body, r.text)
+        p = problem(r)
+        assert p["type"].endswith(f"/{slug}"), (body, p)
+        assert field in {e["field"] for e in p.get("errors", [])} | {p.get("field")}, (body, p)
+
+
+async def test_limits_and_disabled_methods_are_refused(client: httpx.AsyncClient, db: Database,
+                                                       settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    await db.run(lambda s: s.execute(update(PaymentMethod).where(PaymentMethod.code == "card")
+                                     .values(max_amount={"USD": 1500})))
+    r = await _quote(client, payer.auth, plan="traveller-20", method="card",
+                     line_id=str(payer.line.id))
+    assert r.status_code == 422 and problem(r)["type"].endswith("/amount-out-of-limits")
+    await db.run(lambda s: s.execute(update(PaymentMethod).where(PaymentMethod.code == "card")
+                                     .values(enabled=False)))
+    r = await _quote(client, payer.auth, plan="starter-10", method="card",
+                     line_id=str(payer.line.id))
+    assert r.status_code == 422 and problem(r)["type"].endswith("/payment-method-unavailable")
+
+
+async def test_a_terminated_line_cannot_be_topped_up(client: httpx.AsyncClient, db: Database,
+                                                     settings: Settings) -> None:
+    payer = await new_payer(db, settings, line_state=LineState.terminated)
+    r = await _quote(client, payer.auth, plan="starter-10", method="card",
+                     line_id=str(payer.line.id))
+    assert r.status_code == 409 and problem(r)["type"].endswith("/line-not-top-upable")
+
+
+async def test_a_flow_the_provider_cannot_do_is_refused(db: Database, settings: Settings) -> None:
+    from simcharge.app import create_app
+
+    configured = settings.model_copy(update={
+        "stripe_secret_key": SecretStr("sk_test_x"), "stripe_webhook_secret": SecretStr("whsec_x")})
+    app = create_app(configured, db=db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        payer = await new_payer(db, configured)
+        r = await _quote(client, payer.auth, plan="starter-10", method="card",
+                         line_id=str(payer.line.id), flow="qr")
+        assert r.status_code == 422
+        assert problem(r)["field"] == "flow"
+
+
+async def test_quotes_and_orders_need_a_signed_in_customer(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/quotes", json={"plan": "starter-10", "method": "card",
+                                                  "msisdn": "+14155550101"})
+    assert r.status_code == 401
+    r = await client.post("/api/v1/orders", json={"plan": "starter-10", "method": "card",
+                                                  "msisdn": "+14155550101"}, headers=idem())
+    assert r.status_code == 401
+    assert (await client.get("/api/v1/orders")).status_code == 401
+
+
+async def test_an_order_opens_the_sandbox_checkout(client: httpx.AsyncClient, db: Database,
+                                                   settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    r = await client.post("/api/v1/orders", headers={**payer.auth, **idem()}, json={
+        "plan": "traveller-20", "method": "sandbox", "line_id": str(payer.line.id)})
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert order["state"] == "pending"
+    assert order["total"]["minor"] == 2000
+    assert order["reference"].startswith("SC") and "-" not in order["reference"]
+    assert order["next_action"]["type"] == "redirect"
+    assert order["next_action"]["url"].startswith("http://testserver/sandbox/pay/sbx_")
+    page = await client.get(order["next_action"]["url"])
+    assert page.status_code == 200
+    assert "$20.00" in page.text and order["reference"] in page.text
+
+
+async def test_wechat_pay_gives_a_qr_code(client: httpx.AsyncClient, db: Database,
+                                          settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    r = await client.post("/api/v1/orders", headers={**payer.auth, **idem()}, json={
+        "plan": "starter-10", "method": "wechatpay", "line_id": str(payer.line.id)})
+    assert r.status_code == 201, r.text
+    action = r.json()["next_action"]
+    assert action["type"] == "qr"
+    assert action["qr_payload"]
+    assert action["qr_svg"].startswith("<svg")
+    assert r.json()["total"]["currency"] == "CNY"
+
+
+async def test_the_same_idempotency_key_gives_the_same_order(client: httpx.AsyncClient,
+                                                             db: Database, settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    body = {"plan": "starter-10", "method": "sandbox", "line_id": str(payer.line.id)}
+    key = idem()
+    first = await client.post("/api/v1/orders", json=body, headers={**payer.auth, **key})
+    again = await client.post("/api/v1/orders", json=body, headers={**payer.auth, **key})
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await _count(db, Order) == 1
+
+    other = await client.post("/api/v1/orders", json={**body, "plan": "traveller-20"},
+                              headers={**payer.auth, **key})
+    assert other.status_code == 422
+    assert problem(other)["type"].endswith("/idempotency-key-reused")
+    assert await _count(db, Order) == 1
+
+    # Keys are per account: someone else's identical key is their own.
+    stranger = await new_payer(db, settings)
+    theirs = await client.post("/api/v1/orders", headers={**stranger.auth, **key},
+                               json={**body, "line_id": str(stranger.line.id)})
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+
+
+async def test_orders_need_an_idempotency_key_and_bad_ones_change_nothing(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    body = {"plan": "starter-10", "method": "sandbox", "line_id": str(payer.line.id)}
+    r = await client.post("/api/v1/orders", json=body, headers=payer.auth)
+    assert r.status_code == 400 and problem(r)["field"] == "Idempotency-Key"
+    r = await client.post("/api/v1/orders", json={**body, "plan": "nope"},
+                          headers={**payer.auth, **idem()})
+    assert r.status_code == 404
+    assert await _count(db, Order) == 0
+    assert await _count(db, Payment) == 0
+    assert await _count(db, IdempotencyKey) == 0
+
+
+async def test_methods_without_a_provider_are_not_offered(db: Database, settings: Settings) -> None:
+    from simcharge.app import create_app
+
+    production_like = settings.model_copy(update={"sandbox_stands_in": False})
+    app = create_app(production_like, db=db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        methods = [m["code"] for m in (await client.get("/api/v1/payment-methods")).json()]
+        assert methods == ["sandbox"]
+        plans = (await client.get("/api/v1/plans")).json()
+        assert all(p["methods"] == ["sandbox"] for p in plans)
+        payer = await new_payer(db, production_like)
+        r = await _quote(client, payer.auth, plan="starter-10", method="card",
+                         line_id=str(payer.line.id))
+        assert r.status_code == 422 and problem(r)["field"] == "method"
+
+    everything = create_app(settings, db=db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=everything),
+                                 base_url="http://testserver") as client:
+        methods = [m["code"] for m in (await client.get("/api/v1/payment-methods")).json()]
+        assert set(methods) == {"card", "paypal", "alipay", "wechatpay", "sandbox"}

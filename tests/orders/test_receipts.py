@@ -1,0 +1,112 @@
+"""Receipts: numbered without gaps, a PDF in the payer's language with its glyphs, JSON too."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import httpx
+from pypdf import PdfReader
+
+from simcharge.config import Settings
+from simcharge.db import Database
+from tests.auth.helpers import problem
+from tests.orders.helpers import new_payer, pay_at_sandbox, place
+
+
+async def _paid(client: httpx.AsyncClient, settings: Settings, payer: Any, **kw: Any) -> dict[str, Any]:
+    """A credited order whose receipt has been issued (asking for it issues it)."""
+    order = await place(client, payer, **kw)
+    await pay_at_sandbox(client, settings, order)
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.json()["state"] == "fulfilled"
+    receipt = await client.get(f"/api/v1/orders/{order['id']}/receipt",
+                               headers={**payer.auth, "Accept": "application/json"})
+    assert receipt.status_code == 200
+    r = await client.get(f"/api/v1/orders/{order['id']}", headers=payer.auth)
+    assert r.json()["receipt_number"] == receipt.json()["number"]
+    return r.json()
+
+
+def _text(pdf: bytes) -> str:
+    """The text a reader copies out of the PDF (through the font's ToUnicode map).
+
+    fpdf2 writes a CID-keyed CFF font with its own encoding CMap of two-byte codes; pypdf
+    reads those codes a byte at a time, so every character comes out after a NUL (poppler's
+    `pdftotext` reads them right). The NULs are dropped; the characters are pypdf's."""
+    pages = PdfReader(io.BytesIO(pdf)).pages
+    return "\n".join(page.extract_text() for page in pages).replace("\x00", "")
+
+
+def _embedded_fonts(pdf: bytes) -> list[str]:
+    reader = PdfReader(io.BytesIO(pdf))
+    fonts = reader.pages[0]["/Resources"]["/Font"]
+    names = []
+    for ref in fonts.values():
+        font = ref.get_object()
+        for descendant in font.get("/DescendantFonts", []):
+            descriptor = descendant.get_object()["/FontDescriptor"].get_object()
+            if any(k in descriptor for k in ("/FontFile", "/FontFile2", "/FontFile3")):
+                names.append(str(descriptor["/FontName"]))
+    return names
+
+
+async def test_receipt_numbers_follow_each_other(client: httpx.AsyncClient, db: Database,
+                                                 settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    orders = [await _paid(client, settings, payer) for _ in range(3)]
+    numbers = [o["receipt_number"] for o in orders]
+    year = numbers[0][1:5]
+    assert all(n.startswith(f"R{year}-") for n in numbers)
+    seq = [int(n.rsplit("-", 1)[1]) for n in numbers]
+    assert seq == [seq[0], seq[0] + 1, seq[0] + 2]
+    # Asking again changes nothing: a receipt is numbered once.
+    again = await client.get(f"/api/v1/orders/{orders[0]['id']}/receipt",
+                             headers={**payer.auth, "Accept": "application/json"})
+    assert again.json()["number"] == numbers[0]
+
+
+async def test_a_chinese_receipt_has_its_glyphs(client: httpx.AsyncClient, db: Database,
+                                                settings: Settings) -> None:
+    payer = await new_payer(db, settings, language="zh-Hans")
+    order = await _paid(client, settings, payer, plan="starter-10")
+    r = await client.get(f"/api/v1/orders/{order['id']}/receipt",
+                         headers={**payer.auth, "Accept-Language": "zh-CN"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/pdf"
+    assert r.headers["content-disposition"] == (
+        f'inline; filename="receipt-{order["receipt_number"]}.pdf"')
+    text = _text(r.content)
+    assert order["receipt_number"] in text
+    assert "入门套餐" in text
+    assert payer.line.msisdn in text
+    assert "收据" in text
+    assert any("NotoSansCJK" in name for name in _embedded_fonts(r.content))
+    assert len(r.content) < 200_000  # a subset of the font, not all of it
+
+    english = await client.get(f"/api/v1/orders/{order['id']}/receipt?lang=en", headers=payer.auth)
+    assert "Starter" in _text(english.content) and "Receipt" in _text(english.content)
+
+
+async def test_the_receipt_as_json(client: httpx.AsyncClient, db: Database,
+                                   settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    order = await _paid(client, settings, payer, plan="traveller-20", method="paypal")
+    r = await client.get(f"/api/v1/orders/{order['id']}/receipt",
+                         headers={**payer.auth, "Accept": "application/json"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["number"] == order["receipt_number"]
+    assert body["total"]["minor"] == 2119 and body["fee"]["minor"] == 119
+    assert body["plan"] == "Traveller"
+    assert body["status"] == "Paid"
+    assert body["pdf_url"].endswith(f"/orders/{order['id']}/receipt")
+
+
+async def test_no_receipt_before_payment(client: httpx.AsyncClient, db: Database,
+                                         settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
+    assert r.status_code == 404
+    assert problem(r)["type"].endswith("/receipt-not-ready")

@@ -1,0 +1,213 @@
+"""Refunds through the provider, the ledger's policy, and the staff API that asks for them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select, update
+
+from simcharge.auth.apikeys import create_api_key
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.kit.ids import uuid7
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerAccount
+from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
+from simcharge.lines.models import Line
+from simcharge.lines.service import bucket_id, line_balances
+from simcharge.notifications.models import Notice
+from simcharge.orders.models import Refund, SandboxPayment
+from tests.auth.helpers import problem
+from tests.orders.helpers import (
+    Payer,
+    assert_ledger_balanced,
+    idem,
+    new_payer,
+    order_row,
+    pay_at_sandbox,
+    place,
+    run_worker,
+)
+
+
+async def _staff(db: Database, *scopes: str) -> dict[str, str]:
+    issued = await db.run(lambda s: create_api_key(s, "finance", list(scopes)))
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+async def _paid_order(client: httpx.AsyncClient, db: Database, settings: Settings, payer: Payer,
+                      **kw: Any) -> dict[str, Any]:
+    order = await place(client, payer, **kw)
+    await pay_at_sandbox(client, settings, order)
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.json()["state"] == "fulfilled"
+    return r.json()
+
+
+async def _units(db: Database, line_id: uuid.UUID) -> dict[str, tuple[int, int]]:
+    async with db.read() as s:
+        line = await s.get(Line, line_id)
+        assert line is not None
+        b = await line_balances(s, line)
+    return {u.unit: (u.remaining, u.reserved) for u in b.units} | {
+        "wallet": (b.wallet.available, b.wallet.reserved)}
+
+
+async def _use(db: Database, order_id: str, index: int, amount: int, unit: str) -> None:
+    """Consume from one of the order's buckets, as charging does."""
+    async def run(s: Any) -> None:
+        consumption = chart.consumption(unit)
+        await ensure_accounts(s, [consumption])
+        await post_transfers(s, [NewTransfer(uuid7(), amount, unit,
+                                             bucket_id(f"order:{order_id}", index), consumption.id,
+                                             code="usage")])
+    await db.run(run)
+
+
+async def test_a_full_refund_gives_back_the_money_and_takes_back_what_is_unused(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    staff = await _staff(db, "refunds:write", "orders:read")
+    payer = await new_payer(db, settings)
+    order = await _paid_order(client, db, settings, payer, plan="explorer-50")
+    await _use(db, order["id"], 2, 30, "SMS")  # 30 of the 100 SMS are used
+
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds", headers={**staff, **idem()},
+                          json={"reason": "customer asked"})
+    assert r.status_code == 202, r.text
+    assert r.json()["state"] == "pending"
+    assert r.json()["amount"]["minor"] == 5000
+    # Held until the provider confirms: nothing of it can be spent meanwhile.
+    held = await _units(db, payer.line.id)
+    assert held["SMS"] == (0, 70)
+    assert held["wallet"] == (0, 500)
+
+    await run_worker(app, db, settings)
+    row = await order_row(db, order["id"])
+    assert row.state == "refunded" and row.refunded_amount == 5000
+    after = await _units(db, payer.line.id)
+    assert "SMS" not in after and after["wallet"] == (0, 0)
+    async with db.read() as s:
+        sandbox_row = (await s.execute(select(SandboxPayment).where(
+            SandboxPayment.reference == row.reference))).scalar_one()
+        used = await s.get(LedgerAccount, bucket_id(f"order:{order['id']}", 2))
+        notices = (await s.execute(select(Notice.template).where(
+            Notice.account_id == payer.account_id))).scalars().all()
+    assert sandbox_row.refunded == 5000
+    assert used is not None and used.debits_posted == 100  # 30 used, 70 taken back
+    assert "order.refunded" in notices
+    await assert_ledger_balanced(db)
+
+    detail = (await client.get(f"/api/v1/admin/orders/{order['id']}", headers=staff)).json()
+    assert [x["state"] for x in detail["refunds"]] == ["succeeded"]
+    assert "refund.succeeded" in [e["type"] for e in detail["events"]]
+    mine = (await client.get(f"/api/v1/orders/{order['id']}", headers=payer.auth)).json()
+    assert mine["refunded"]["minor"] == 5000 and mine["state"] == "refunded"
+
+
+async def test_partial_refunds_split_sale_and_fee_and_take_a_share(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    staff = await _staff(db, "refunds:write")
+    payer = await new_payer(db, settings)
+    order = await _paid_order(client, db, settings, payer, plan="traveller-20", method="paypal")
+    assert (order["total"]["minor"], order["fee"]["minor"]) == (2119, 119)
+    async def fee_revenue() -> int:
+        """The fee revenue account's balance: the sum of its shards."""
+        async with db.read() as s:
+            rows = (await s.execute(select(LedgerAccount).where(
+                LedgerAccount.key.in_(chart.keys("revenue:fees:USD"))))).scalars().all()
+            return sum(a.credits_posted - a.debits_posted for a in rows)
+
+    before = await fee_revenue()
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**staff, **idem()}, json={"amount": 1000})
+    assert r.status_code == 202
+    await run_worker(app, db, settings)
+    row = await order_row(db, order["id"])
+    assert (row.state, row.refunded_amount) == ("partially_refunded", 1000)
+    assert before - await fee_revenue() == 56  # 119 × 1000 / 2119 = 56.2
+    sms = (await _units(db, payer.line.id))["SMS"]
+    assert sms == (50 - 24, 0)  # ⌈50 × 1000 / 2119⌉ = 24 taken back
+
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**staff, **idem()}, json={})
+    assert r.json()["amount"]["minor"] == 1119
+    await run_worker(app, db, settings)
+    row = await order_row(db, order["id"])
+    assert (row.state, row.refunded_amount) == ("refunded", 2119)
+    assert before - await fee_revenue() == 119
+    assert "SMS" not in await _units(db, payer.line.id)
+    await assert_ledger_balanced(db)
+
+
+async def test_refund_refusals_change_nothing(client: httpx.AsyncClient, db: Database,
+                                              settings: Settings) -> None:
+    staff = await _staff(db, "refunds:write")
+    reader = await _staff(db, "orders:read")
+    payer = await new_payer(db, settings)
+    order = await _paid_order(client, db, settings, payer, plan="starter-10")
+    pending = await place(client, payer)
+    url = f"/api/v1/admin/orders/{order['id']}/refunds"
+    cases = [
+        (url, {}, {"amount": 100}, 401, "not-authenticated"),
+        (url, {**reader, **idem()}, {"amount": 100}, 403, "forbidden"),
+        (url, staff, {"amount": 100}, 400, "idempotency-key-missing"),
+        (url, {**staff, **idem()}, {"amount": 1001}, 422, "refund-too-large"),
+        (url, {**staff, **idem()}, {"amount": 0}, 422, "validation-error"),
+        (f"/api/v1/admin/orders/{pending['id']}/refunds", {**staff, **idem()}, {}, 409,
+         "order-not-refundable"),
+        (f"/api/v1/admin/orders/{uuid.uuid4()}/refunds", {**staff, **idem()}, {}, 404,
+         "order-not-found"),
+    ]
+    for path, headers, body, status, slug in cases:
+        r = await client.post(path, headers=headers, json=body)
+        assert r.status_code == status, (slug, r.text)
+        assert problem(r)["type"].endswith(f"/{slug}"), (slug, r.text)
+    async with db.read() as s:
+        assert (await s.execute(select(func.count()).select_from(Refund))).scalar_one() == 0
+    assert (await _units(db, payer.line.id))["SMS"] == (20, 0)
+    # Customers cannot reach the staff API.
+    r = await client.get(f"/api/v1/admin/orders/{order['id']}", headers=payer.auth)
+    assert r.status_code == 401
+
+
+async def test_asking_twice_refunds_once(app: Any, client: httpx.AsyncClient, db: Database,
+                                         settings: Settings) -> None:
+    staff = await _staff(db, "refunds:write")
+    payer = await new_payer(db, settings)
+    order = await _paid_order(client, db, settings, payer, plan="starter-10")
+    key = idem()
+    url = f"/api/v1/admin/orders/{order['id']}/refunds"
+    first = await client.post(url, headers={**staff, **key}, json={"amount": 500})
+    again = await client.post(url, headers={**staff, **key}, json={"amount": 500})
+    assert first.json()["reference"] == again.json()["reference"]
+    other = await client.post(url, headers={**staff, **key}, json={"amount": 300})
+    assert other.status_code == 422
+    await run_worker(app, db, settings)
+    assert (await order_row(db, order["id"])).refunded_amount == 500
+
+
+async def test_a_refund_the_provider_refuses_gives_everything_back(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    staff = await _staff(db, "refunds:write", "orders:read")
+    payer = await new_payer(db, settings)
+    order = await _paid_order(client, db, settings, payer, plan="starter-10")
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**staff, **idem()}, json={})
+    assert r.status_code == 202
+    # Meanwhile the money went back another way (the provider's dashboard): it refuses.
+    await db.run(lambda s: s.execute(update(SandboxPayment).where(
+        SandboxPayment.reference == order["reference"]).values(refunded=1000)))
+    await run_worker(app, db, settings)
+    row = await order_row(db, order["id"])
+    assert row.state == "fulfilled" and row.refunded_amount == 0
+    assert row.attention == "refund_failed"
+    assert (await _units(db, payer.line.id))["SMS"] == (20, 0)
+    flagged = (await client.get("/api/v1/admin/orders?attention=true", headers=staff)).json()
+    assert [o["id"] for o in flagged] == [order["id"]]
+    assert flagged[0]["refunds"][0]["state"] == "failed"
+    await assert_ledger_balanced(db)
