@@ -27,7 +27,7 @@ from simcharge.payments.providers import (
 from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.payments.registry import Providers
 from simcharge.payments.sandbox import DELIVER_WEBHOOK, sign
-from simcharge.payments.service import reconcile, urls
+from simcharge.payments.service import CAPTURE_JOB, check_order, reconcile, urls
 from simcharge.worker.registry import JobContext, PermanentJobError, every, job
 from simcharge.worker.service import enqueue
 
@@ -60,6 +60,18 @@ async def reconcile_payments(ctx: JobContext, _payload: dict[str, Any]) -> None:
     providers = providers_of(ctx)
     while await reconcile(ctx.db, providers) >= 100:
         pass
+
+
+@job(CAPTURE_JOB)
+async def capture(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """The payer approved (PayPal): take the money and credit the order."""
+    order_id = _uuid(payload, "order_id")
+    async with ctx.db.read() as s:
+        order = await s.get(Order, order_id)
+    if order is None:
+        raise PermanentJobError(f"no order {order_id}")
+    if order.state == "pending":
+        await check_order(ctx.db, providers_of(ctx), order_id, source="approval", capture=True)
 
 
 @job(REFUND_JOB)

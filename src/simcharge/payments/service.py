@@ -61,10 +61,12 @@ from simcharge.payments.providers import (
     WebhookReply,
 )
 from simcharge.payments.registry import Providers
+from simcharge.worker.service import enqueue
 
 log = structlog.get_logger("simcharge.payments")
 
 MAX_CHECK_INTERVAL = timedelta(minutes=30)
+CAPTURE_JOB = "payments.capture"
 
 
 class PaymentProviderUnavailable(ServiceUnavailable):
@@ -227,6 +229,11 @@ async def receive_notification(
         if order is None or notification.status is None:
             return await _apply_event(s, event_id)
         source = f"webhook:{notification.event_id}"
+        if notification.status.capturable:
+            # Approved, not yet paid (PayPal): capture now, not when the payer comes back.
+            await enqueue(
+                s, CAPTURE_JOB, {"order_id": str(order.id)}, dedupe_key=f"{CAPTURE_JOB}:{order.id}"
+            )
         outcome = await apply_status(
             s,
             order.id,

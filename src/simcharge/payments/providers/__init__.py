@@ -58,7 +58,9 @@ def _private_key(inline: SecretStr | None, path: Path | None) -> SecretStr | Non
     return None
 
 
-def configured_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, PaymentProvider]:
+def configured_providers(
+    settings: Settings, client: httpx.AsyncClient
+) -> dict[str, PaymentProvider]:
     """An adapter for each provider whose required credentials are all set, by provider name.
 
     A method whose credentials are missing is not offered. A credential that is set but does
@@ -71,7 +73,9 @@ def configured_providers(settings: Settings, client: httpx.AsyncClient) -> dict[
         from simcharge.payments.providers import stripe
 
         stripe_config = stripe.StripeConfig(
-            s.stripe_secret_key, s.stripe_webhook_secret, api_base=s.stripe_api_base or stripe.LIVE_API
+            s.stripe_secret_key,
+            s.stripe_webhook_secret,
+            api_base=s.stripe_api_base or stripe.LIVE_API,
         )
         found["stripe"] = stripe.StripeProvider(stripe_config, client)
     if s.paypal_client_id and s.paypal_client_secret and s.paypal_webhook_id:
@@ -91,7 +95,10 @@ def configured_providers(settings: Settings, client: httpx.AsyncClient) -> dict[
         from simcharge.payments.providers.alipay import LIVE_GATEWAY, AlipayConfig, AlipayProvider
 
         config = AlipayConfig(
-            s.alipay_app_id, alipay_key, s.alipay_public_key, gateway=s.alipay_gateway or LIVE_GATEWAY
+            s.alipay_app_id,
+            alipay_key,
+            s.alipay_public_key,
+            gateway=s.alipay_gateway or LIVE_GATEWAY,
         )
         try:
             found["alipay"] = AlipayProvider(config, client)

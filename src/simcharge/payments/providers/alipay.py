@@ -58,7 +58,10 @@ SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
 CURRENCY = "CNY"
 SUCCESS = "10000"
 PRODUCT_CODES = {PaymentFlow.redirect: "FAST_INSTANT_TRADE_PAY", PaymentFlow.wap: "QUICK_WAP_WAY"}
-PAY_METHODS = {PaymentFlow.redirect: "alipay.trade.page.pay", PaymentFlow.wap: "alipay.trade.wap.pay"}
+PAY_METHODS = {
+    PaymentFlow.redirect: "alipay.trade.page.pay",
+    PaymentFlow.wap: "alipay.trade.wap.pay",
+}
 OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 """Alipay's `out_trade_no`: unlike our references, no '-'."""
 NOTIFY_CHARSETS = frozenset({"utf-8", "gbk", "gb2312"})
@@ -93,7 +96,9 @@ def _fen(value: str | None) -> int | None:
         return None
 
 
-def trade_state(trade_status: str | None, *, refunded: int, total: int | None, paid: bool) -> PaymentState:
+def trade_state(
+    trade_status: str | None, *, refunded: int, total: int | None, paid: bool
+) -> PaymentState:
     """A `trade_status`: TRADE_CLOSED is a timeout, a close, or a full refund of a paid trade."""
     if trade_status in ("TRADE_SUCCESS", "TRADE_FINISHED"):
         if refunded and total is not None and refunded >= total:
@@ -152,15 +157,21 @@ class AlipayProvider:
             # serialised once: the signed text and the sent text must be the same bytes
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
         }
-        params["sign"] = rsa_sha256_sign(self._private_key, alipay_request_sign_content(params)).decode()
+        params["sign"] = rsa_sha256_sign(
+            self._private_key, alipay_request_sign_content(params)
+        ).decode()
         return params
 
     async def create_checkout(self, request: CheckoutRequest) -> Checkout:
         if request.flow not in self.flows:
-            raise ProviderError(NAME, "unsupported_flow", f"no {request.flow} flow", transient=False)
+            raise ProviderError(
+                NAME, "unsupported_flow", f"no {request.flow} flow", transient=False
+            )
         if not OUT_TRADE_NO.match(request.reference):
             raise ProviderError(
-                NAME, "invalid_reference", "Alipay takes letters, digits and '_' only",
+                NAME,
+                "invalid_reference",
+                "Alipay takes letters, digits and '_' only",
                 transient=False,
             )
         try:
@@ -201,8 +212,11 @@ class AlipayProvider:
         )
         if response.status_code != 200:
             raise ProviderError(
-                NAME, f"http_{response.status_code}", f"the gateway answered {response.status_code}",
-                transient=transient_status(response.status_code), status=response.status_code,
+                NAME,
+                f"http_{response.status_code}",
+                f"the gateway answered {response.status_code}",
+                transient=transient_status(response.status_code),
+                status=response.status_code,
             )
         try:
             found, raw, sign = parse_response(response.content.decode("utf-8"), method)
@@ -211,14 +225,20 @@ class AlipayProvider:
         if sign is not None:
             if not rsa_sha256_verify(self._alipay_key, raw.encode("utf-8"), sign):
                 raise ProviderError(
-                    NAME, "bad_response_signature", f"{method}: the signature does not verify",
-                    transient=False, status=200,
+                    NAME,
+                    "bad_response_signature",
+                    f"{method}: the signature does not verify",
+                    transient=False,
+                    status=200,
                 )
         elif found.get("code") == SUCCESS:
             # An error may come unsigned; a success never counts without Alipay's signature.
             raise ProviderError(
-                NAME, "unsigned_response", f"{method}: success without a signature",
-                transient=False, status=200,
+                NAME,
+                "unsigned_response",
+                f"{method}: success without a signature",
+                transient=False,
+                status=200,
             )
         return found
 
@@ -236,7 +256,15 @@ class AlipayProvider:
             if found.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
                 # page.pay creates the trade only once the payer opens Alipay's page
                 return PaymentStatus(
-                    PaymentState.pending, reference, None, None, None, None, None, None, found,
+                    PaymentState.pending,
+                    reference,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    found,
                     provider_state="ACQ.TRADE_NOT_EXIST",
                 )
             raise self._error(found)
@@ -265,13 +293,17 @@ class AlipayProvider:
             if status.state is PaymentState.cancelled:
                 return
             if status.state is not PaymentState.pending:
-                raise ProviderError(NAME, "already_paid", f"trade {reference} is paid", transient=False)
+                raise ProviderError(
+                    NAME, "already_paid", f"trade {reference} is paid", transient=False
+                )
         raise self._error(found)
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         if not OUT_TRADE_NO.match(request.reference):
             raise ProviderError(
-                NAME, "invalid_reference", "Alipay takes letters, digits and '_' only",
+                NAME,
+                "invalid_reference",
+                "Alipay takes letters, digits and '_' only",
                 transient=False,
             )
         try:
@@ -298,7 +330,10 @@ class AlipayProvider:
                 {"out_trade_no": request.reference, "out_request_no": request.refund_id},
             )
             raw["refund_query"] = confirmed
-            if confirmed.get("code") != SUCCESS or confirmed.get("refund_status") != "REFUND_SUCCESS":
+            if (
+                confirmed.get("code") != SUCCESS
+                or confirmed.get("refund_status") != "REFUND_SUCCESS"
+            ):
                 state = RefundState.pending
         return RefundResult(
             refund_id=request.refund_id,

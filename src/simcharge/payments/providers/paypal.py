@@ -141,13 +141,17 @@ def order_status(order: Mapping[str, Any]) -> PaymentStatus:
     amount, currency = _money(dict_at(capture, "amount") or dict_at(unit, "amount"))
     return PaymentStatus(
         state=state,
-        reference=str_at(unit, "custom_id") or str_at(capture, "custom_id") or str_at(unit, "reference_id"),
+        reference=str_at(unit, "custom_id")
+        or str_at(capture, "custom_id")
+        or str_at(unit, "reference_id"),
         provider_ref=str_at(order, "id"),
         payment_id=str_at(capture, "id"),
         amount=amount,
         currency=currency,
         merchant=str_at(unit, "payee", "merchant_id"),
-        paid_at=parse_rfc3339(str_at(capture, "create_time")) if state is PaymentState.succeeded else None,
+        paid_at=parse_rfc3339(str_at(capture, "create_time"))
+        if state is PaymentState.succeeded
+        else None,
         raw=scrub(dict(order)),
         capturable=order_state == "APPROVED" and not capture_state,
         provider_state=f"{order_state}/{capture_state}" if capture_state else order_state,
@@ -168,7 +172,9 @@ def capture_status(capture: Mapping[str, Any], event_type: str) -> PaymentStatus
         amount=amount,
         currency=currency,
         merchant=str_at(capture, "payee", "merchant_id"),
-        paid_at=parse_rfc3339(str_at(capture, "create_time")) if state is PaymentState.succeeded else None,
+        paid_at=parse_rfc3339(str_at(capture, "create_time"))
+        if state is PaymentState.succeeded
+        else None,
         raw=scrub(dict(capture)),
         provider_state=str_at(capture, "status"),
     )
@@ -177,7 +183,11 @@ def capture_status(capture: Mapping[str, Any], event_type: str) -> PaymentStatus
 def _link(resource: Mapping[str, Any], rel: str) -> str | None:
     links = resource.get("links")
     for link in links if isinstance(links, list) else []:
-        if isinstance(link, Mapping) and link.get("rel") == rel and isinstance(link.get("href"), str):
+        if (
+            isinstance(link, Mapping)
+            and link.get("rel") == rel
+            and isinstance(link.get("href"), str)
+        ):
             return str(link["href"])
     return None
 
@@ -209,7 +219,11 @@ def _error(response: httpx.Response) -> ProviderError:
     if debug_id:
         message = f"{message} (debug_id {debug_id})"
     return ProviderError(
-        NAME, code, message, transient=transient_status(response.status_code), status=response.status_code
+        NAME,
+        code,
+        message,
+        transient=transient_status(response.status_code),
+        status=response.status_code,
     )
 
 
@@ -301,7 +315,10 @@ class PayPalProvider:
             found = json_object(response.content)
             if found is None:
                 raise ProviderError(
-                    NAME, "bad_response", "the answer is not a JSON object", transient=True,
+                    NAME,
+                    "bad_response",
+                    "the answer is not a JSON object",
+                    transient=True,
                     status=response.status_code,
                 )
             return found
@@ -350,7 +367,9 @@ class PayPalProvider:
         order_id = str_at(order, "id")
         approve = _link(order, "payer-action") or _link(order, "approve")
         if order_id is None or approve is None:
-            raise ProviderError(NAME, "bad_response", "no order id or approval link", transient=True)
+            raise ProviderError(
+                NAME, "bad_response", "no order id or approval link", transient=True
+            )
         return Checkout(
             provider_ref=order_id,
             redirect_url=approve,
@@ -404,7 +423,9 @@ class PayPalProvider:
             PaymentState.refunded,
             PaymentState.partially_refunded,
         ):
-            raise ProviderError(NAME, "already_paid", f"order {provider_ref} is captured", transient=False)
+            raise ProviderError(
+                NAME, "already_paid", f"order {provider_ref} is captured", transient=False
+            )
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         try:
@@ -426,8 +447,14 @@ class PayPalProvider:
         result = refund_result(refund, refund_id=request.refund_id)
         if result.amount == 0:  # a minimal representation carries no amount
             result = RefundResult(
-                result.refund_id, result.provider_refund_id, result.state, request.amount,
-                request.currency, result.raw, request.reference, request.payment_id,
+                result.refund_id,
+                result.provider_refund_id,
+                result.state,
+                request.amount,
+                request.currency,
+                result.raw,
+                request.reference,
+                request.payment_id,
             )
         return result
 
@@ -438,7 +465,13 @@ class PayPalProvider:
     ) -> Notification:
         """Verify a webhook delivery. May raise a transient `ProviderError` when PayPal's
         certificate cannot be fetched (answer non-2xx: PayPal delivers again)."""
-        names = ("transmission-id", "transmission-time", "transmission-sig", "cert-url", "auth-algo")
+        names = (
+            "transmission-id",
+            "transmission-time",
+            "transmission-sig",
+            "cert-url",
+            "auth-algo",
+        )
         values = [header(headers, f"PAYPAL-{name.upper()}") for name in names]
         transmission_id, transmission_time, signature, cert_url, algorithm = values
         if not (transmission_id and transmission_time and signature and cert_url and algorithm):
@@ -453,13 +486,17 @@ class PayPalProvider:
         if not cert_url_allowed(cert_url, self.config.cert_hosts):
             raise NotificationRejected("bad-certificate", "the certificate URL is not PayPal's")
         pem = await self._certs.get(cert_url)
-        trust = self.config.trust_store if self.config.trust_store is not None else system_trust_store()
+        trust = (
+            self.config.trust_store if self.config.trust_store is not None else system_trust_store()
+        )
         try:
             key = verify_certificate_chain(pem, trust, now)
         except CertificateRejected as exc:
             self._certs.forget(cert_url)
             raise NotificationRejected("bad-certificate", str(exc)) from exc
-        message = paypal_signed_message(transmission_id, transmission_time, self.config.webhook_id, body)
+        message = paypal_signed_message(
+            transmission_id, transmission_time, self.config.webhook_id, body
+        )
         if not rsa_sha256_verify(key, message, signature):
             raise NotificationRejected("bad-signature", "the signature does not verify")
         event = notification_json(body)
@@ -474,8 +511,16 @@ class PayPalProvider:
         elif event_type == "CHECKOUT.PAYMENT-APPROVAL.REVERSED":
             order_id = str_at(resource, "order_id") or str_at(resource, "id")
             status = PaymentStatus(
-                PaymentState.cancelled, None, order_id, None, None, None, None, None,
-                scrub(resource), provider_state="APPROVAL_REVERSED",
+                PaymentState.cancelled,
+                None,
+                order_id,
+                None,
+                None,
+                None,
+                None,
+                None,
+                scrub(resource),
+                provider_state="APPROVAL_REVERSED",
             )
         elif event_type == "PAYMENT.CAPTURE.REFUNDED":
             refund = refund_result(resource)

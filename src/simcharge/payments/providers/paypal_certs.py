@@ -36,7 +36,9 @@ DEFAULT_CERT_HOSTS = frozenset(
     {"api.paypal.com", "api.sandbox.paypal.com", "api-m.paypal.com", "api-m.sandbox.paypal.com"}
 )
 CERT_PATH_PREFIX = "/v1/notifications/certs/"
-SUBJECT_PATTERN = re.compile(r"^messageverificationcerts(\.[a-z0-9-]+)*\.paypal\.com$", re.IGNORECASE)
+SUBJECT_PATTERN = re.compile(
+    r"^messageverificationcerts(\.[a-z0-9-]+)*\.paypal\.com$", re.IGNORECASE
+)
 
 CertificateFetcher = Callable[[str], Awaitable[bytes]]
 """Fetches the PEM at an (already allowed) certificate URL."""
@@ -68,7 +70,8 @@ def cert_url_allowed(url: str, hosts: frozenset[str]) -> bool:
 
 def _subject_names(cert: x509.Certificate) -> list[str]:
     names = [
-        str(attribute.value) for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        str(attribute.value)
+        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     ]
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -93,7 +96,9 @@ def verify_certificate_chain(
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         raise CertificateRejected("the certificate is not valid now")
     if not any(SUBJECT_PATTERN.match(name) for name in _subject_names(leaf)):
-        raise CertificateRejected("the certificate is not PayPal's message verification certificate")
+        raise CertificateRejected(
+            "the certificate is not PayPal's message verification certificate"
+        )
     if not trust:
         raise CertificateRejected("no trusted certificate authority")
     # PayPal's leaf is not a TLS server certificate: the web-PKI rules apply to the CAs only.

@@ -112,7 +112,9 @@ def parse_stripe_signature_header(header: str) -> tuple[int, list[str]]:
     return timestamp, signatures
 
 
-def stripe_signature_valid(secret: str, timestamp: int, payload: bytes, candidates: list[str]) -> bool:
+def stripe_signature_valid(
+    secret: str, timestamp: int, payload: bytes, candidates: list[str]
+) -> bool:
     """Whether any candidate `v1` matches (several during a secret roll), in constant time."""
     expected = stripe_signature(secret, timestamp, payload)
     found = False
@@ -223,7 +225,9 @@ def wechatpay_authorization(
     )
 
 
-def aes_256_gcm_decrypt(key: bytes, nonce: bytes, associated_data: bytes, ciphertext_b64: str) -> bytes:
+def aes_256_gcm_decrypt(
+    key: bytes, nonce: bytes, associated_data: bytes, ciphertext_b64: str
+) -> bytes:
     """Decrypt a WeChat Pay `resource`: base64 ciphertext whose last 16 bytes are the GCM tag.
 
     Raises ValueError when the key is not 32 bytes or the ciphertext does not authenticate.

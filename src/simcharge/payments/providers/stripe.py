@@ -200,7 +200,9 @@ def session_status(
     charge = intent.get("latest_charge") if isinstance(intent, Mapping) else None
     charge = charge if isinstance(charge, Mapping) else {}
     status, payment_status = str_at(session, "status"), str_at(session, "payment_status")
-    refunded = charge.get("amount_refunded") if isinstance(charge.get("amount_refunded"), int) else 0
+    refunded = (
+        charge.get("amount_refunded") if isinstance(charge.get("amount_refunded"), int) else 0
+    )
     paid = status == "complete" and payment_status in ("paid", "no_payment_required")
     if event_type == "checkout.session.async_payment_failed":
         state = PaymentState.failed
@@ -219,7 +221,8 @@ def session_status(
         paid_at = _timestamp(charge.get("created")) or event_time
     return PaymentStatus(
         state=state,
-        reference=str_at(session, "client_reference_id") or str_at(session, "metadata", "reference"),
+        reference=str_at(session, "client_reference_id")
+        or str_at(session, "metadata", "reference"),
         provider_ref=str_at(session, "id"),
         payment_id=_id_of(intent),
         amount=_amount(session.get("amount_total"), currency),
@@ -317,12 +320,17 @@ class StripeProvider:
     async def create_checkout(self, request: CheckoutRequest) -> Checkout:
         if request.flow not in self.flows:
             raise ProviderError(
-                NAME, "unsupported_flow", f"Stripe Checkout has no {request.flow} flow", transient=False
+                NAME,
+                "unsupported_flow",
+                f"Stripe Checkout has no {request.flow} flow",
+                transient=False,
             )
         try:
             unit_amount = to_stripe_amount(request.amount, request.currency)
         except LossyConversionError as exc:
-            raise ProviderError(NAME, "amount_not_representable", str(exc), transient=False) from exc
+            raise ProviderError(
+                NAME, "amount_not_representable", str(exc), transient=False
+            ) from exc
         metadata = {"reference": request.reference}
         params: SessionCreateParams = {
             "mode": "payment",
@@ -404,7 +412,9 @@ class StripeProvider:
         try:
             amount = to_stripe_amount(request.amount, request.currency)
         except LossyConversionError as exc:
-            raise ProviderError(NAME, "amount_not_representable", str(exc), transient=False) from exc
+            raise ProviderError(
+                NAME, "amount_not_representable", str(exc), transient=False
+            ) from exc
         metadata = {"reference": request.reference, "refund_id": request.refund_id}
         params: RefundCreateParams = {
             "payment_intent": request.payment_id,

@@ -181,7 +181,9 @@ class WeChatPayProvider:
             raise NotificationRejected("malformed", "Wechatpay-Timestamp is not a number")
         if abs(now.timestamp() - int(timestamp)) > self.config.tolerance:
             raise NotificationRejected("stale", f"signed at {timestamp}")
-        if not rsa_sha256_verify(key, wechatpay_response_message(timestamp, nonce, body), signature):
+        if not rsa_sha256_verify(
+            key, wechatpay_response_message(timestamp, nonce, body), signature
+        ):
             raise NotificationRejected("bad-signature", "the signature does not verify")
 
     async def _call(
@@ -236,21 +238,28 @@ class WeChatPayProvider:
             self._check_signature(response.headers, response.content, utcnow())
         except NotificationRejected as exc:
             raise ProviderError(
-                NAME, _RESPONSE_ERRORS[exc.reason], f"{method} {path}: {exc.detail}",
-                transient=False, status=status,
+                NAME,
+                _RESPONSE_ERRORS[exc.reason],
+                f"{method} {path}: {exc.detail}",
+                transient=False,
+                status=status,
             ) from exc
         if status == 204 or not response.content:
             return {}
         found = json_object(response.content)
         if found is None:
-            raise ProviderError(NAME, "bad_response", "not a JSON object", transient=True, status=status)
+            raise ProviderError(
+                NAME, "bad_response", "not a JSON object", transient=True, status=status
+            )
         return found
 
     # --- payments ------------------------------------------------------------------------------
 
     async def create_checkout(self, request: CheckoutRequest) -> Checkout:
         if request.flow not in self.flows:
-            raise ProviderError(NAME, "unsupported_flow", f"no {request.flow} flow", transient=False)
+            raise ProviderError(
+                NAME, "unsupported_flow", f"no {request.flow} flow", transient=False
+            )
         if request.currency != CURRENCY:
             raise ProviderError(
                 NAME, "unsupported_currency", f"WeChat Pay takes {CURRENCY} only", transient=False
@@ -307,7 +316,15 @@ class WeChatPayProvider:
         except ProviderError as exc:
             if exc.code == "ORDER_NOT_EXIST":
                 return PaymentStatus(
-                    PaymentState.pending, reference, None, None, None, None, None, None, {},
+                    PaymentState.pending,
+                    reference,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    {},
                     provider_state="ORDER_NOT_EXIST",
                 )
             raise
