@@ -39,13 +39,12 @@ from simcharge.orders.models import (
     Attention,
     Order,
     OrderState,
-    Payment,
     PaymentStatusValue,
     ProviderEvent,
     ReceiptCounter,
     ReceiptDocument,
 )
-from simcharge.orders.service import payment_of
+from simcharge.orders.service import LockedOrder, lock_order
 from simcharge.payments.providers import PaymentState, PaymentStatus
 from simcharge.worker.service import enqueue
 
@@ -80,20 +79,19 @@ async def apply_status(
     *,
     source: str,
     now: datetime,
-    locked: Order | None = None,
+    locked: LockedOrder | None = None,
     event_id: uuid.UUID | None = None,
 ) -> Outcome:
-    """Apply what the provider says. `locked`: the order, already locked by the caller.
-    `event_id`: the stored notification that says it, marked processed here."""
-    order = locked or await session.get(Order, order_id, with_for_update=True)
-    if order is None:
+    """Apply what the provider says. `locked`: the order, payment and line, already locked by
+    the caller (`lock_order`). `event_id`: the stored notification that says it, marked
+    processed here."""
+    locked = locked or await lock_order(session, order_id=order_id)
+    if locked is None:
         outcome = Outcome.unchanged
     else:
-        payment = await payment_of(session, order.id, lock=True)
+        order, payment = locked.order, locked.payment
         if status.state in PAID_STATES:
-            return await _paid(
-                session, order, payment, status, source=source, now=now, event_id=event_id
-            )
+            return await _paid(session, locked, status, source=source, now=now, event_id=event_id)
         outcome = Outcome.unchanged
         if status.state in _CLOSING and order.state == OrderState.pending:
             order_state, payment_state = _CLOSING[status.state]
@@ -119,20 +117,20 @@ async def mark_processed(
 
 async def _paid(
     session: AsyncSession,
-    order: Order,
-    payment: Payment,
+    locked: LockedOrder,
     status: PaymentStatus,
     *,
     source: str,
     now: datetime,
     event_id: uuid.UUID | None,
 ) -> Outcome:
+    order, payment = locked.order, locked.payment
     if payment.state == PaymentStatusValue.succeeded:
         await mark_processed(session, event_id, Outcome.already.value, now)
         return Outcome.already
     late = OrderState(order.state) in CLOSED_UNPAID
     mismatch = status.amount != order.total or (status.currency or "").upper() != order.currency
-    line = None if mismatch else await session.get(Line, order.line_id, with_for_update=True)
+    line = None if mismatch else locked.line
     payment.state, payment.updated_at, payment.next_check_at = (
         PaymentStatusValue.succeeded.value,
         now,

@@ -42,7 +42,7 @@ from simcharge.orders.models import (
     Refund,
 )
 from simcharge.orders.refunds import complete_refund
-from simcharge.orders.service import order_by_reference, payment_of
+from simcharge.orders.service import LockedOrder, lock_order, order_by_reference, payment_of
 from simcharge.payments.codec import (
     refund_from_json,
     refund_to_json,
@@ -222,28 +222,27 @@ async def receive_notification(
         return Received(provider.reply(False), duplicate=False, outcome="rejected:foreign")
 
     async def store_and_apply(s: AsyncSession) -> str | None:
-        order = await _locked_order(s, provider_name, notification)
-        event_id = await _store(s, provider_name, notification, now, order.id if order else None)
-        if event_id is None:
-            return None
-        if order is None or notification.status is None:
-            return await _apply_event(s, event_id)
-        source = f"webhook:{notification.event_id}"
+        """Lock the order, apply the news, store the event (already processed). A copy of an
+        event waits for the order's lock, finds the news applied ("already"), and its insert
+        finds the event stored: it is a duplicate."""
+        locked = await _locked_order(s, provider_name, notification)
+        if locked is None or notification.status is None:
+            event_id = await _store(s, provider_name, notification, now)
+            return None if event_id is None else await _apply_event(s, event_id)
+        order_id = locked.order.id
         if notification.status.capturable:
             # Approved, not yet paid (PayPal): capture now, not when the payer comes back.
             await enqueue(
-                s, CAPTURE_JOB, {"order_id": str(order.id)}, dedupe_key=f"{CAPTURE_JOB}:{order.id}"
+                s, CAPTURE_JOB, {"order_id": str(order_id)}, dedupe_key=f"{CAPTURE_JOB}:{order_id}"
             )
+        source = f"webhook:{notification.event_id}"
         outcome = await apply_status(
-            s,
-            order.id,
-            notification.status,
-            source=source,
-            now=now,
-            locked=order,
-            event_id=event_id,
+            s, order_id, notification.status, source=source, now=now, locked=locked
         )
-        return outcome.value
+        stored = await _store(
+            s, provider_name, notification, now, order_id, processed=outcome.value
+        )
+        return None if stored is None else outcome.value
 
     try:
         # Usually one transaction: the event is stored and applied together.
@@ -261,14 +260,14 @@ async def receive_notification(
     return Received(provider.reply(True), duplicate=False, outcome=outcome)
 
 
-async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> Order | None:
-    """The order a notification is about, locked."""
+async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> LockedOrder | None:
+    """The order a notification is about, locked with its payment and line."""
     if n.status is not None and n.status.reference:
-        order = await order_by_reference(s, n.status.reference, lock=True)
-        if order is not None:
-            return order
+        locked = await lock_order(s, reference=n.status.reference)
+        if locked is not None:
+            return locked
     order_id = await _order_id_of(s, provider, n)
-    return await s.get(Order, order_id, with_for_update=True) if order_id else None
+    return await lock_order(s, order_id=order_id) if order_id else None
 
 
 async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.UUID | None:
@@ -309,7 +308,11 @@ async def _store(
     n: Notification,
     now: datetime,
     order_id: uuid.UUID | None = None,
+    *,
+    processed: str | None = None,
 ) -> uuid.UUID | None:
+    """Store a notification once per (provider, event id); None if it was stored before.
+    `processed`: the outcome, when it was applied in this transaction."""
     order_id = order_id or await _order_id_of(s, provider, n)
     events = table_of(ProviderEvent)
     return (
@@ -325,6 +328,8 @@ async def _store(
                 status=status_to_json(n.status) if n.status else None,
                 refund=refund_to_json(n.refund) if n.refund else None,
                 received_at=now,
+                processed_at=now if processed else None,
+                outcome=processed,
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
             .returning(events.c.id)
