@@ -25,7 +25,7 @@ from simcharge.auth.models import CodePurpose
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import seal
 from simcharge.notifications.models import MessageLog, Notice
-from simcharge.worker.service import enqueue
+from simcharge.worker.service import NewJob, enqueue
 
 CHANNELS = ("email", "sms", "portal")
 DELIVER = "notifications.deliver"
@@ -43,6 +43,29 @@ async def notify(
     targets: dict[str, str] | None = None,
     dedupe_key: str | None = None,
 ) -> None:
+    job = notice(
+        account_id=account_id,
+        template=template,
+        params=params,
+        channels=channels,
+        line_id=line_id,
+        targets=targets,
+        dedupe_key=dedupe_key,
+    )
+    await enqueue(session, job.kind, job.payload, dedupe_key=job.dedupe_key)
+
+
+def notice(
+    *,
+    account_id: uuid.UUID,
+    template: str,
+    params: dict[str, Any] | None = None,
+    channels: Sequence[str] = CHANNELS,
+    line_id: uuid.UUID | None = None,
+    targets: dict[str, str] | None = None,
+    dedupe_key: str | None = None,
+) -> NewJob:
+    """The delivery job of a notification, for `enqueue_many` with others."""
     unknown = set(channels) - set(CHANNELS)
     if unknown:
         raise ValueError(f"unknown channels {sorted(unknown)}")
@@ -55,7 +78,7 @@ async def notify(
     }
     if targets:
         payload["targets"] = targets
-    await enqueue(session, DELIVER, payload, dedupe_key=dedupe_key)
+    return NewJob(DELIVER, payload, dedupe_key=dedupe_key)
 
 
 async def send_code(

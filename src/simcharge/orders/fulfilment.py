@@ -33,7 +33,7 @@ from simcharge.ledger.service import NewTransfer, post_transfers
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import UnitGrant, open_buckets, wallet_credit
 from simcharge.metrics import FULFILMENT_DELAY
-from simcharge.notifications.service import notify
+from simcharge.notifications.service import notice
 from simcharge.orders.models import (
     CLOSED_UNPAID,
     Attention,
@@ -46,7 +46,7 @@ from simcharge.orders.models import (
 )
 from simcharge.orders.service import LockedOrder, lock_order
 from simcharge.payments.providers import PaymentState, PaymentStatus
-from simcharge.worker.service import enqueue
+from simcharge.worker.service import NewJob, enqueue_many
 
 RECEIPT_JOB = "orders.receipt"
 
@@ -157,31 +157,32 @@ async def _paid(
     transfers = await _open_credit(session, order, line, now)
     if late:
         _flag(order, Attention.late_success, f"paid after the order was closed ({source})")
-    await enqueue(
-        session, RECEIPT_JOB, {"order_id": str(order.id)}, dedupe_key=f"{RECEIPT_JOB}:{order.id}"
-    )
-    await notify(
-        session,
-        account_id=order.account_id,
-        template="order.fulfilled",
-        params={
-            "msisdn": order.msisdn,
-            "plan": order.plan_snapshot.get("names", {}),
-            "total": order.total,
-            "currency": order.currency,
-            "order_id": str(order.id),
-        },
-        channels=["portal", "sms"],
-        line_id=order.line_id,
-    )
+    jobs = [
+        NewJob(RECEIPT_JOB, {"order_id": str(order.id)}, dedupe_key=f"{RECEIPT_JOB}:{order.id}"),
+        notice(
+            account_id=order.account_id,
+            template="order.fulfilled",
+            params={
+                "msisdn": order.msisdn,
+                "plan": order.plan_snapshot.get("names", {}),
+                "total": order.total,
+                "currency": order.currency,
+                "order_id": str(order.id),
+            },
+            channels=["portal", "sms"],
+            line_id=order.line_id,
+        ),
+    ]
     if line.account_id is not None and line.account_id != order.account_id:
-        await notify(
-            session,
-            account_id=line.account_id,
-            template="line.gift_received",
-            params={"msisdn": line.msisdn},
-            line_id=line.id,
+        jobs.append(
+            notice(
+                account_id=line.account_id,
+                template="line.gift_received",
+                params={"msisdn": line.msisdn},
+                line_id=line.id,
+            )
         )
+    await enqueue_many(session, jobs)
     await mark_processed(session, event_id, Outcome.fulfilled.value, now)
     await session.flush()
     await post_transfers(session, transfers, now=now)

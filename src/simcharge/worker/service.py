@@ -75,6 +75,41 @@ async def enqueue(
     return result.first() is not None
 
 
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    kind: str
+    payload: dict[str, Any]
+    dedupe_key: str | None = None
+    run_at: datetime | None = None
+    max_attempts: int = 10
+
+
+async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
+    """Write several jobs in one statement (those whose `dedupe_key` is used: not again)."""
+    if not new:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid7(),
+            "kind": j.kind,
+            "payload": j.payload,
+            "status": JobStatus.pending.value,
+            "run_at": j.run_at or now,
+            "attempts": 0,
+            "max_attempts": j.max_attempts,
+            "dedupe_key": j.dedupe_key,
+            "created_at": now,
+        }
+        for j in new
+    ]
+    await session.execute(
+        upsert_insert(session, jobs)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
 async def claim(session: AsyncSession, worker_id: str, limit: int) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id`."""
     now = utcnow()
