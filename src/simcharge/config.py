@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     worker_in_process: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_lease_seconds: int = Field(default=300, ge=5)
+    """How long a claimed job is a worker's: if the worker dies, the job runs again after this."""
 
     # --- identity: sessions, codes, delivery of e-mail and SMS ---------------------------------
     session_idle_minutes: int = Field(default=30, ge=1)

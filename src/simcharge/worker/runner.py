@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import traceback
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -46,6 +47,7 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.registry = registry or load_jobs()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid7().hex[-6:]}"
+        self.lease = timedelta(seconds=settings.worker_lease_seconds)
         self._running: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = http
         self._owns_http = http is None
@@ -73,7 +75,7 @@ class Worker:
     async def _claim(self, limit: int) -> list[service.ClaimedJob]:
         if limit <= 0:
             return []
-        return await self.db.run(lambda s: service.claim(s, self.worker_id, limit))
+        return await self.db.run(lambda s: service.claim(s, self.worker_id, limit, self.lease))
 
     async def run_once(self) -> int:
         """Claim and run what is due now, waiting for it to finish. Returns jobs run."""
