@@ -28,6 +28,7 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.worker.admin import router as jobs_admin_router
 
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
@@ -37,6 +38,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     lines_router,
     orders_router,
     orders_admin_router,
+    jobs_admin_router,
     webhooks_router,
 )
 

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     worker_in_process: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    """On shutdown, how long jobs in hand may finish; those still running are then given back."""
 
     # --- identity: sessions, codes, delivery of e-mail and SMS ---------------------------------
     session_idle_minutes: int = Field(default=30, ge=1)
