@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     """Every setting simcharge reads; documented one by one in `.env.example` and the README."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SIMCHARGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="SIMCHARGE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,  # `SIMCHARGE_X=` in an env file means "not set"
     )
 
     env: Environment = Environment.development
