@@ -70,6 +70,9 @@ def serve(
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-* from the proxy.")
     ] = False,
+    graceful_seconds: Annotated[
+        int, typer.Option(min=1, help="On SIGTERM, how long open requests may finish.")
+    ] = 30,
 ) -> None:
     """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false)."""
     import uvicorn
@@ -81,6 +84,7 @@ def serve(
         port=port,
         workers=workers,
         proxy_headers=proxy_headers,
+        timeout_graceful_shutdown=graceful_seconds,
         access_log=False,
         log_level="warning",
     )
