@@ -25,6 +25,8 @@ SCOPES: dict[str, str] = {
     "ledger:read": "Read ledger accounts and transfers.",
     "orders:read": "Read any order, with its payment history and refunds.",
     "refunds:write": "Refund orders (finance).",
+    "charging": "Nchf_ConvergedCharging: real-time charging by the network (CHF).",
+    "usage:write": "Submit batches of usage records to be rated and charged.",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 
