@@ -180,19 +180,25 @@ def _mcc_of_location(location: Any) -> str | None:
     return None
 
 
+UNKNOWN_COUNTRY = "ZZ"
+"""A location whose MCC we do not know: rated in the default zone."""
+
+
 def location_country(req: ChargingDataRequest) -> str | None:
-    """Where the subscriber is: the user location's PLMN, else the consumer NF's PLMN."""
+    """Where the subscriber is: the user location's PLMN, else the consumer NF's PLMN; None
+    when the request says neither (the line's home country is used then)."""
     extra = req.model_extra or {}
+    mcc: str | None = None
     for holder in ("pDUSessionChargingInformation", "sMSChargingInformation"):
         info = extra.get(holder)
         if isinstance(info, dict):
-            mcc = _mcc_of_location(info.get("userLocationinfo"))
-            if mcc:
-                return country_of_mcc(mcc)
+            mcc = mcc or _mcc_of_location(info.get("userLocationinfo"))
     plmn = req.nfConsumerIdentification.nFPLMNID
-    if isinstance(plmn, dict) and isinstance(plmn.get("mcc"), str):
-        return country_of_mcc(plmn["mcc"])
-    return None
+    if mcc is None and isinstance(plmn, dict) and isinstance(plmn.get("mcc"), str):
+        mcc = plmn["mcc"]
+    if mcc is None:
+        return None
+    return country_of_mcc(mcc) or UNKNOWN_COUNTRY
 
 
 # --- answering --------------------------------------------------------------------------------
