@@ -18,6 +18,8 @@ from simcharge.api.system import router as system_router
 from simcharge.auth.endpoints import router as auth_router
 from simcharge.auth.throttle import RateLimits
 from simcharge.catalog.endpoints import router as catalog_router
+from simcharge.charging.endpoints import router as nchf_router
+from simcharge.charging.endpoints import usage_router
 from simcharge.config import Environment, Settings, get_settings
 from simcharge.db import Database
 from simcharge.kit.logging import configure_logging
@@ -40,6 +42,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     orders_admin_router,
     jobs_admin_router,
     webhooks_router,
+    nchf_router,
+    usage_router,
 )
 
 

@@ -92,6 +92,23 @@ class Settings(BaseSettings):
         return self.sandbox_on and (self.sandbox_stands_in if self.sandbox_stands_in is not None
                                     else self.env is not Environment.production)
 
+    # --- Charging ------------------------------------------------------------------------------
+    charging_rating_groups: str = Field(
+        default="100=voice,200=data,300=sms",
+        pattern=r"^\s*\d+\s*=\s*(voice|data|sms)\s*(,\s*\d+\s*=\s*(voice|data|sms)\s*)*$",
+    )
+    """Nchf rating groups and the service each one is rated as: `100=voice,200=data,…`."""
+    charging_validity_seconds: int = Field(default=3600, ge=10, le=86400)
+    charging_session_grace_seconds: int = Field(default=300, ge=0, le=86400)
+    charging_quota_voice_seconds: int = Field(default=300, ge=1)
+    charging_quota_data_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    charging_max_quota_voice_seconds: int = Field(default=3600, ge=1)
+    charging_max_quota_data_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    charging_low_balance: int = Field(default=200, ge=0)
+    charging_rating_cache_seconds: float = Field(default=10.0, ge=0)
+    charging_api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    usage_chunk_size: int = Field(default=20000, ge=1, le=200000)
+
     # --- Payment provider credentials ----------------------------------------------------------
     # All optional: a provider whose required credentials are not all set is not offered
     # (`simcharge.payments.providers.configured_providers`). Secrets are `SecretStr`, so they
@@ -149,6 +166,11 @@ class Settings(BaseSettings):
                     f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
                 )
         return self
+
+    @property
+    def rating_groups(self) -> dict[int, str]:
+        pairs = (p.split("=") for p in self.charging_rating_groups.split(","))
+        return {int(k): v.strip() for k, v in pairs}
 
     @property
     def is_sqlite(self) -> bool:

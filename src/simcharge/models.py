@@ -11,6 +11,7 @@ from simcharge.auth.models import (
     VerificationCode,
 )
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
+from simcharge.charging.models import ChargingSession, Tariff, UsageRecord
 from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Bucket, Line
@@ -33,6 +34,7 @@ __all__ = [
     "AuthSession",
     "Base",
     "Bucket",
+    "ChargingSession",
     "IdempotencyKey",
     "KnownDevice",
     "LedgerAccount",
@@ -54,6 +56,8 @@ __all__ = [
     "Refund",
     "SandboxPayment",
     "SecurityEvent",
+    "Tariff",
+    "UsageRecord",
     "VerificationCode",
     "Zone",
 ]

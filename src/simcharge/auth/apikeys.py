@@ -27,6 +27,8 @@ SCOPES: dict[str, str] = {
     "refunds:write": "Refund orders (finance).",
     "jobs:read": "Read the outbox: waiting and dead jobs (operations).",
     "jobs:write": "Retry dead outbox jobs (operations).",
+    "charging": "Nchf_ConvergedCharging: real-time charging by the network (CHF).",
+    "usage:write": "Submit batches of usage records to be rated and charged.",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 
