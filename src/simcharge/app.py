@@ -28,6 +28,8 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.tmf654.endpoints import router as tmf654_router
+from simcharge.tmf654.transfers import router as line_transfers_router
 
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
@@ -38,6 +40,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     orders_router,
     orders_admin_router,
     webhooks_router,
+    tmf654_router,
+    line_transfers_router,
 )
 
 

@@ -13,6 +13,7 @@ from simcharge.auth.models import (
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
 from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.lifecycle.models import LifecycleMark, LineEvent
 from simcharge.lines.models import Bucket, Line
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.orders.models import (
@@ -25,19 +26,23 @@ from simcharge.orders.models import (
     Refund,
     SandboxPayment,
 )
+from simcharge.tmf654.models import BalanceAction
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
     "Account",
     "ApiKey",
     "AuthSession",
+    "BalanceAction",
     "Base",
     "Bucket",
     "IdempotencyKey",
     "KnownDevice",
     "LedgerAccount",
     "LedgerTransfer",
+    "LifecycleMark",
     "Line",
+    "LineEvent",
     "LoginThrottle",
     "MessageLog",
     "Notice",

@@ -25,6 +25,9 @@ SCOPES: dict[str, str] = {
     "ledger:read": "Read ledger accounts and transfers.",
     "orders:read": "Read any order, with its payment history and refunds.",
     "refunds:write": "Refund orders (finance).",
+    "balance:read": "Read buckets, balances and balance actions (TMF654).",
+    "balance:write": "Top up, reserve and transfer balances (TMF654).",
+    "balance:adjust": "Adjust balances up or down (TMF654 adjustBalance; staff).",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 
