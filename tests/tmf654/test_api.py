@@ -390,3 +390,35 @@ async def test_settled_actions_cannot_be_patched(client: httpx.AsyncClient, db: 
     r = await client.delete(f"{BASE}/topupBalance/x", headers=key)
     assert r.status_code == 405
     assert_response(r, "/topupBalance/{id}", "delete")
+
+
+async def test_a_reservation_left_open_times_out(client: httpx.AsyncClient, db: Database) -> None:
+    from datetime import timedelta
+
+    from simcharge.kit.clock import clock, utcnow
+    from simcharge.ledger.service import expire_pending_transfers
+
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    end = (utcnow() + timedelta(minutes=5)).isoformat()
+    body = {"amount": {"amount": 60, "units": "seconds"}, "usageType": "voice",
+            "bucket": {"id": str(h.voice_bucket)}, "partyAccount": {"id": str(h.account_id)},
+            "validFor": {"endDateTime": end}}
+    r = await post(client, "/reserveBalance", body, key, "ReserveBalance_Create")
+    assert r.status_code == 201
+    assert await totals(db, h.voice_bucket) == (3540, 60)
+    clock.freeze(utcnow() + timedelta(minutes=6))
+    assert await db.run(expire_pending_transfers) >= 1
+    assert await totals(db, h.voice_bucket) == (3600, 0)
+    got = await client.get(f"{BASE}/reserveBalance/{r.json()['id']}", headers=key)
+    assert got.json()["status"] == "cancelled"
+    late = await client.patch(f"{BASE}/reserveBalance/{r.json()['id']}", headers=key,
+                              json={"status": "completed", "reason": "too late"})
+    assert late.status_code == 409
+    unknown = await client.patch(f"{BASE}/reserveBalance/{h.voice_bucket}", headers=key,
+                                 json={"status": "completed", "reason": "x"})
+    assert unknown.status_code == 404
+    assert_response(unknown, "/reserveBalance/{id}", "patch")
+    too_long = {**body, "validFor": {"endDateTime": "2099-01-01T00:00:00Z"}}
+    r = await post(client, "/reserveBalance", too_long, key)
+    assert r.status_code == 400 and r.json()["field"] == "validFor.endDateTime"
