@@ -30,6 +30,8 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.tmf654.endpoints import router as tmf654_router
+from simcharge.tmf654.transfers import router as line_transfers_router
 from simcharge.worker.admin import router as jobs_admin_router
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -44,6 +46,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     webhooks_router,
     nchf_router,
     usage_router,
+    tmf654_router,
+    line_transfers_router,
 )
 
 

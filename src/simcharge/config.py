@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -82,6 +83,37 @@ class Settings(BaseSettings):
     sandbox_webhook_copies: int = Field(default=1, ge=1, le=10)
     sandbox_webhook_max_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
 
+    # --- Line lifecycle --------------------------------------------------------------------
+    lifecycle_grace_days: int = Field(default=30, ge=0, le=3650)
+    """A line whose validity ended stays in grace this long (top-ups reactivate it)."""
+    lifecycle_inactivity_days: int = Field(default=180, ge=1, le=3650)
+    """No chargeable activity and no top-up for this long: the line is frozen."""
+    lifecycle_termination_days: int = Field(default=365, ge=1, le=3650)
+    """A line frozen this long is terminated."""
+    lifecycle_warning_days: list[int] = Field(default_factory=lambda: [7, 1])
+    """Customers are warned this many days before each change."""
+    lifecycle_frozen_reactivation: Literal["topup", "owner_topup", "support"] = "topup"
+    """Who may bring a frozen line back: any paid top-up, a paid top-up by the line's owner,
+    or only customer service (`lifecycle.service.unfreeze`)."""
+    lifecycle_batch_size: int = Field(default=1000, ge=10, le=100_000)
+    """Lines (or buckets) changed per transaction by the lifecycle sweep."""
+
+    # --- Balance transfers between lines (TMF654 transferBalance, the portal) ---------------
+    balance_transfer_fee_percent: Decimal = Field(default=Decimal("0"), ge=0, le=50)
+    """Fee on a money transfer, in percent of the amount (rounded half up), paid by the giver."""
+    balance_transfer_fee_fixed: int = Field(default=0, ge=0)
+    """Fixed fee per transfer in minor units of the giver's currency (units transfers too)."""
+    balance_transfer_min_amount: int = Field(default=100, ge=1)
+    """Smallest money transfer, minor units."""
+    balance_transfer_max_amount: int = Field(default=5000, ge=1)
+    """Largest money transfer, minor units."""
+    balance_transfer_max_data_mb: int = Field(default=10240, ge=1)
+    """Largest data transfer, MB."""
+    balance_transfer_max_voice_minutes: int = Field(default=500, ge=1)
+    """Largest voice transfer, minutes."""
+    balance_transfer_daily_count: int = Field(default=5, ge=1)
+    """Transfers a line may give per 24 hours."""
+
     @property
     def sandbox_on(self) -> bool:
         return self.sandbox_enabled if self.sandbox_enabled is not None else (
@@ -156,6 +188,12 @@ class Settings(BaseSettings):
                 "SIMCHARGE_SMS_PROVIDER=twilio needs SIMCHARGE_TWILIO_ACCOUNT_SID, "
                 "SIMCHARGE_TWILIO_AUTH_TOKEN and SIMCHARGE_TWILIO_FROM"
             )
+        if not self.lifecycle_warning_days or any(
+            d < 1 or d > 365 for d in self.lifecycle_warning_days
+        ):
+            raise ValueError("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
+        if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
+            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
         return self
 
     @model_validator(mode="after")

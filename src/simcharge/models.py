@@ -14,6 +14,7 @@ from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
 from simcharge.charging.models import ChargingSession, Tariff, UsageRecord
 from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.lifecycle.models import LifecycleMark, LineEvent
 from simcharge.lines.models import Bucket, Line
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.orders.models import (
@@ -26,12 +27,14 @@ from simcharge.orders.models import (
     Refund,
     SandboxPayment,
 )
+from simcharge.tmf654.models import BalanceAction
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
     "Account",
     "ApiKey",
     "AuthSession",
+    "BalanceAction",
     "Base",
     "Bucket",
     "ChargingSession",
@@ -39,7 +42,9 @@ __all__ = [
     "KnownDevice",
     "LedgerAccount",
     "LedgerTransfer",
+    "LifecycleMark",
     "Line",
+    "LineEvent",
     "LoginThrottle",
     "MessageLog",
     "Notice",

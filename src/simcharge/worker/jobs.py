@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import simcharge.charging.jobs
+import simcharge.lifecycle.jobs
 import simcharge.notifications.jobs
 import simcharge.payments.jobs  # noqa: F401 - reconciliation, refunds, receipts, sandbox webhooks
 from simcharge.ledger.service import expire_pending_transfers
