@@ -17,6 +17,10 @@ from simcharge.api.system import mount_docs_assets
 from simcharge.api.system import router as system_router
 from simcharge.auth.endpoints import router as auth_router
 from simcharge.auth.throttle import RateLimits
+from simcharge.backoffice.endpoints import router as backoffice_api_router
+from simcharge.backoffice.screens import install_backoffice
+from simcharge.backoffice.screens import router as backoffice_router
+from simcharge.backoffice.screens_auth import router as backoffice_auth_router
 from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.config import Environment, Settings, get_settings
 from simcharge.db import Database
@@ -38,6 +42,9 @@ ROUTERS: tuple[APIRouter, ...] = (
     orders_router,
     orders_admin_router,
     webhooks_router,
+    backoffice_api_router,
+    backoffice_auth_router,
+    backoffice_router,
 )
 
 
@@ -94,6 +101,7 @@ def create_app(
     app.state.http = http
     app.state.providers = Providers(settings, http, database)
     install_problem_handlers(app)
+    install_backoffice(app)
     add_routes(app, *ROUTERS)
     if settings.env is not Environment.production:
         add_routes(app, dev_router)

@@ -10,6 +10,7 @@ from simcharge.auth.models import (
     SecurityEvent,
     VerificationCode,
 )
+from simcharge.backoffice.models import Adjustment, AuditEntry, StaffSession, StaffUser
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
 from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
@@ -25,11 +26,14 @@ from simcharge.orders.models import (
     Refund,
     SandboxPayment,
 )
+from simcharge.tickets.models import Ticket, TicketMessage
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
     "Account",
+    "Adjustment",
     "ApiKey",
+    "AuditEntry",
     "AuthSession",
     "Base",
     "Bucket",
@@ -54,6 +58,10 @@ __all__ = [
     "Refund",
     "SandboxPayment",
     "SecurityEvent",
+    "StaffSession",
+    "StaffUser",
+    "Ticket",
+    "TicketMessage",
     "VerificationCode",
     "Zone",
 ]
