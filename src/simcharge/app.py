@@ -21,6 +21,7 @@ from simcharge.backoffice.endpoints import router as backoffice_api_router
 from simcharge.backoffice.screens import install_backoffice
 from simcharge.backoffice.screens import router as backoffice_router
 from simcharge.backoffice.screens_auth import router as backoffice_auth_router
+from simcharge.backoffice.screens_tickets import router as backoffice_tickets_router
 from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.config import Environment, Settings, get_settings
 from simcharge.db import Database
@@ -32,6 +33,7 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.tickets.endpoints import router as tickets_router
 
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
@@ -45,6 +47,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     backoffice_api_router,
     backoffice_auth_router,
     backoffice_router,
+    backoffice_tickets_router,
+    tickets_router,
 )
 
 

@@ -37,3 +37,10 @@ class AuditEntryOut(BaseModel):
     details: dict[str, Any]
     ip: str | None
     user_agent: str | None
+
+
+class CheckOut(BaseModel):
+    outcome: str
+    """`fulfilled` (paid: credited now), `already`, `flagged`, `closed` or `unchanged`."""
+    state: str
+    attention: str | None

@@ -49,6 +49,8 @@ class Ticket(Base):
     order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("orders.id"))
     line_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("lines.id"))
     assignee_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("staff_users.id"))
+    request_key: Mapped[str | None] = mapped_column(String(180), unique=True)
+    """`<account>:<Idempotency-Key>` of the request that opened it: a retry opens nothing new."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -65,4 +67,5 @@ class TicketMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     internal: Mapped[bool] = mapped_column(default=False)
     """A note between staff: never shown to the customer."""
+    request_key: Mapped[str | None] = mapped_column(String(180), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -127,6 +127,7 @@ def upgrade() -> None:
         sa.Column("order_id", sa.Uuid(), nullable=True),
         sa.Column("line_id", sa.Uuid(), nullable=True),
         sa.Column("assignee_id", sa.Uuid(), nullable=True),
+        sa.Column("request_key", sa.String(length=180), nullable=True),
         sa.Column("created_at", simcharge.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", simcharge.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -141,6 +142,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tickets")),
         sa.UniqueConstraint("number", name=op.f("uq_tickets_number")),
+        sa.UniqueConstraint("request_key", name=op.f("uq_tickets_request_key")),
     )
     with op.batch_alter_table("tickets", schema=None) as batch_op:
         batch_op.create_index("ix_tickets_account_id", ["account_id", "updated_at"], unique=False)
@@ -154,6 +156,7 @@ def upgrade() -> None:
         sa.Column("staff_id", sa.Uuid(), nullable=True),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("internal", sa.Boolean(), nullable=False),
+        sa.Column("request_key", sa.String(length=180), nullable=True),
         sa.Column("created_at", simcharge.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["staff_id"], ["staff_users.id"], name=op.f("fk_ticket_messages_staff_id_staff_users")
@@ -162,6 +165,7 @@ def upgrade() -> None:
             ["ticket_id"], ["tickets.id"], name=op.f("fk_ticket_messages_ticket_id_tickets")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ticket_messages")),
+        sa.UniqueConstraint("request_key", name=op.f("uq_ticket_messages_request_key")),
     )
     with op.batch_alter_table("ticket_messages", schema=None) as batch_op:
         batch_op.create_index(
