@@ -21,6 +21,7 @@ from simcharge.backoffice.endpoints import router as backoffice_api_router
 from simcharge.backoffice.screens import install_backoffice
 from simcharge.backoffice.screens import router as backoffice_router
 from simcharge.backoffice.screens_auth import router as backoffice_auth_router
+from simcharge.backoffice.screens_customers import router as backoffice_customers_router
 from simcharge.backoffice.screens_tickets import router as backoffice_tickets_router
 from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.config import Environment, Settings, get_settings
@@ -48,6 +49,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     backoffice_auth_router,
     backoffice_router,
     backoffice_tickets_router,
+    backoffice_customers_router,
     tickets_router,
 )
 

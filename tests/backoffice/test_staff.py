@@ -188,7 +188,7 @@ async def test_only_admins_read_the_audit_log_and_refusals_are_audited(
 ) -> None:
     staff = await new_staff(db, settings, role)
     r = await client.get("/api/v1/admin/audit", headers=staff.auth)
-    assert r.status_code == 403 and r.json()["type"] == "/problems/permission-denied"
+    assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
     await web_sign_in(client, staff)
     assert (await client.get("/backoffice/audit")).status_code == 403
     denied = await _audit(db, "access.denied")

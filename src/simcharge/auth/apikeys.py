@@ -25,6 +25,12 @@ SCOPES: dict[str, str] = {
     "ledger:read": "Read ledger accounts and transfers.",
     "orders:read": "Read any order, with its payment history and refunds.",
     "refunds:write": "Refund orders (finance).",
+    "customers:read": "Search customers and read a customer's full view (back office).",
+    "tickets:write": "Read and answer tickets (back office).",
+    "accounts:write": "Unlock accounts, unfreeze lines, check payments, resend receipts.",
+    "adjustments:write": "Ask for wallet and bucket adjustments (never approve them).",
+    "reports:read": "Read reports.",
+    "catalog:write": "Edit the catalog.",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 

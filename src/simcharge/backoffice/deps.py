@@ -40,11 +40,6 @@ class StaffCsrfFailed(Forbidden):
     title = N_("The form has expired; reload the page and try again.")
 
 
-class PermissionDenied(Forbidden):
-    slug = "permission-denied"
-    title = N_("Your role does not allow this.")
-
-
 def staff_cookie(settings: Settings) -> str:
     return "__Host-sc_staff" if settings.secure_cookies else "sc_staff"
 
@@ -131,7 +126,7 @@ async def _refuse(db: Database, actor: Actor, permission: Permission, path: str)
             details={"permission": permission.value, "path": path},
         )
     )
-    raise PermissionDenied(
+    raise Forbidden(
         N_("Your role does not allow this ({permission})."),
         permission=permission.value,
     )

@@ -10,12 +10,26 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
-from simcharge.backoffice import audit
+from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.customers import customer_view, search_customers
 from simcharge.backoffice.deps import api_actor, require
-from simcharge.backoffice.orders import check_with_provider
+from simcharge.backoffice.orders import OrderPanel, check_with_provider, order_panel
 from simcharge.backoffice.roles import Permission, permissions_of
-from simcharge.backoffice.schemas import AuditEntryOut, CheckOut, StaffLoginIn, StaffTokenOut
+from simcharge.backoffice.schemas import (
+    AdjustmentIn,
+    AdjustmentOut,
+    AuditEntryOut,
+    CheckOut,
+    CustomerOut,
+    CustomerViewOut,
+    DecisionIn,
+    NoteIn,
+    StaffLoginIn,
+    StaffTokenOut,
+    StateOut,
+)
+from simcharge.backoffice.screens_customers import attention_orders
 from simcharge.backoffice.screens_tickets import staff_names
 from simcharge.backoffice.staff import StaffLoginFailed, end_session, sign_in
 from simcharge.kit.clock import utcnow
@@ -272,3 +286,241 @@ async def check_order_now(
         order = await s.get(Order, order_id)
         assert order is not None
         return CheckOut(outcome=outcome.value, state=order.state, attention=order.attention)
+
+
+# --- customers ----------------------------------------------------------------------------
+
+CustomerReader = Annotated[Actor, require(Permission.customers_read)]
+Adjuster = Annotated[Actor, require(Permission.adjustments_request)]
+Approver = Annotated[Actor, require(Permission.adjustments_approve)]
+Unlocker = Annotated[Actor, require(Permission.accounts_unlock)]
+Unfreezer = Annotated[Actor, require(Permission.lines_unfreeze)]
+Resender = Annotated[Actor, require(Permission.receipts_resend)]
+AttentionReader = Annotated[Actor, require(Permission.attention_read)]
+Resolver = Annotated[Actor, require(Permission.attention_resolve)]
+
+
+def _row(obj: Any, *fields: str) -> dict[str, Any]:
+    out = {}
+    for f in fields:
+        value = getattr(obj, f)
+        out[f] = str(value) if isinstance(value, uuid.UUID) else value
+    return out
+
+
+def _panel(p: OrderPanel) -> dict[str, Any]:
+    o = p.order
+    return {
+        **_row(
+            o,
+            "id",
+            "reference",
+            "state",
+            "msisdn",
+            "plan_code",
+            "method_code",
+            "provider",
+            "currency",
+            "price",
+            "fee",
+            "total",
+            "paid_amount",
+            "refunded_amount",
+            "receipt_number",
+            "attention",
+            "attention_note",
+            "created_at",
+            "paid_at",
+        ),
+        "payment": _row(p.payment, "state", "provider_ref", "payment_id", "checks", "last_error")
+        if p.payment
+        else None,
+        "events": [
+            _row(e, "event_id", "event_type", "received_at", "outcome", "status") for e in p.events
+        ],
+        "refunds": [
+            _row(r, "reference", "amount", "currency", "state", "requested_by", "reason")
+            for r in p.refunds
+        ],
+    }
+
+
+@router.get("/customers", response_model=list[CustomerOut], summary="Find customers")
+async def find_customers(
+    actor: CustomerReader,
+    db: DB,
+    q: Annotated[
+        str,
+        Query(
+            min_length=2,
+            max_length=200,
+            description="Name, e-mail, phone, "
+            "MSISDN, ICCID, order id or reference, receipt number, ticket "
+            "number, provider reference",
+        ),
+    ],
+) -> list[CustomerOut]:
+    async with db.read() as s:
+        found = await search_customers(s, q)
+    await db.run(
+        lambda s: audit.record(s, actor, "customer.search", details={"q": q, "found": len(found)})
+    )
+    return [CustomerOut.model_validate(a) for a in found]
+
+
+@router.get(
+    "/customers/{account_id}", response_model=CustomerViewOut, summary="A customer's full view"
+)
+async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> CustomerViewOut:
+    async with db.read() as s:
+        v = await customer_view(s, account_id)
+    await db.run(
+        lambda s: audit.record(
+            s, actor, "customer.view", target_type="account", target_id=account_id
+        )
+    )
+    return CustomerViewOut(
+        account=CustomerOut.model_validate(v.account),
+        lines=[
+            {
+                **_row(f.line, "id", "msisdn", "iccid", "state", "currency", "validity_end"),
+                "balances": f.balances.model_dump(mode="json"),
+                "transfers": [
+                    _row(
+                        t,
+                        "id",
+                        "code",
+                        "amount",
+                        "unit",
+                        "kind",
+                        "debit_account_id",
+                        "credit_account_id",
+                        "reference",
+                        "created_at",
+                    )
+                    for t in f.transfers
+                ],
+            }
+            for f in v.lines
+        ],
+        orders=[_panel(p) for p in v.orders],
+        sessions=[
+            _row(
+                x,
+                "id",
+                "created_at",
+                "last_seen_at",
+                "ip",
+                "user_agent",
+                "revoked_at",
+                "revoked_reason",
+            )
+            for x in v.sessions
+        ],
+        security_events=[
+            _row(e, "kind", "success", "ip", "user_agent", "created_at") for e in v.security_events
+        ],
+        notices=[_row(n, "template", "created_at", "read_at") for n in v.notices],
+        messages=[
+            _row(m, "channel", "template", "target", "subject", "status", "created_at")
+            for m in v.messages
+        ],
+        tickets=[
+            _row(t, "id", "number", "subject", "status", "priority", "updated_at")
+            for t in v.tickets
+        ],
+        adjustments=[
+            AdjustmentOut.model_validate(a).model_dump(mode="json") for a in v.adjustments
+        ],
+    )
+
+
+@router.post(
+    "/customers/{account_id}/unlock", response_model=StateOut, summary="Unlock a locked account"
+)
+async def unlock_customer(account_id: uuid.UUID, actor: Unlocker, db: DB) -> StateOut:
+    account = await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
+    return StateOut(id=account.id, state=account.status)
+
+
+@router.post("/lines/{line_id}/unfreeze", response_model=StateOut, summary="Unfreeze a line")
+async def unfreeze_line(line_id: uuid.UUID, actor: Unfreezer, db: DB) -> StateOut:
+    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow()))
+    return StateOut(id=line.id, state=line.state)
+
+
+@router.post(
+    "/lines/{line_id}/adjustments",
+    response_model=AdjustmentOut,
+    status_code=201,
+    summary="Adjust a wallet or bucket (four-eyes above the threshold)",
+)
+async def adjust_line(
+    line_id: uuid.UUID, body: AdjustmentIn, actor: Adjuster, db: DB, settings: AppSettings
+) -> AdjustmentOut:
+    adj = await db.run(
+        lambda s: money.request_adjustment(
+            s,
+            settings,
+            actor,
+            line_id,
+            target=body.target,
+            amount=body.amount,
+            reason=body.reason,
+            ticket_id=body.ticket_id,
+            now=utcnow(),
+        )
+    )
+    return AdjustmentOut.model_validate(adj)
+
+
+@router.get(
+    "/adjustments", response_model=list[AdjustmentOut], summary="Adjustments awaiting approval"
+)
+async def waiting_adjustments(actor: Adjuster, db: DB) -> list[AdjustmentOut]:
+    async with db.read() as s:
+        return [AdjustmentOut.model_validate(a) for a in await money.pending_adjustments(s)]
+
+
+@router.post(
+    "/adjustments/{adjustment_id}/decision",
+    response_model=AdjustmentOut,
+    summary="Approve or reject someone else's adjustment (staff only)",
+)
+async def decide_adjustment(
+    adjustment_id: uuid.UUID, body: DecisionIn, actor: Approver, db: DB
+) -> AdjustmentOut:
+    adj = await db.run(
+        lambda s: money.decide_adjustment(
+            s, actor, adjustment_id, approve=body.approve, now=utcnow()
+        )
+    )
+    return AdjustmentOut.model_validate(adj)
+
+
+@router.post(
+    "/orders/{order_id}/resend-receipt", status_code=202, summary="E-mail the receipt again"
+)
+async def resend_receipt(order_id: uuid.UUID, actor: Resender, db: DB) -> None:
+    await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
+
+
+@router.get(
+    "/attention",
+    response_model=list[dict[str, Any]],
+    summary="Payments needing attention: flagged, or pending too long",
+)
+async def attention(actor: AttentionReader, db: DB, settings: AppSettings) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        ids = await attention_orders(s, settings.order_pending_alert_minutes)
+        return [_panel(await order_panel(s, i)) for i in ids]
+
+
+@router.post(
+    "/orders/{order_id}/resolve",
+    response_model=StateOut,
+    summary="Clear an order's attention flag, saying how it was settled",
+)
+async def resolve(order_id: uuid.UUID, body: NoteIn, actor: Resolver, db: DB) -> StateOut:
+    order = await db.run(lambda s: money.resolve_attention(s, actor, order_id, body.note, utcnow()))
+    return StateOut(id=order.id, state=order.state)

@@ -44,3 +44,74 @@ class CheckOut(BaseModel):
     """`fulfilled` (paid: credited now), `already`, `flagged`, `closed` or `unchanged`."""
     state: str
     attention: str | None
+
+
+class CustomerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    username: str
+    display_name: str | None
+    email: str | None
+    phone: str | None
+    status: str
+    language: str
+    created_at: datetime
+
+
+class CustomerViewOut(BaseModel):
+    """Everything about a customer (the back office's customer page)."""
+
+    account: CustomerOut
+    lines: list[dict[str, Any]]
+    orders: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    security_events: list[dict[str, Any]]
+    notices: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    tickets: list[dict[str, Any]]
+    adjustments: list[dict[str, Any]]
+
+
+class AdjustmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(
+        default="wallet", max_length=64, description='"wallet" or the id of one of its buckets'
+    )
+    amount: int = Field(
+        description="Signed, in ledger units: minor units of the wallet's currency, seconds, "
+        "bytes or messages; negative takes back"
+    )
+    reason: str = Field(max_length=500)
+    ticket_id: uuid.UUID | None = None
+
+
+class AdjustmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    line_id: uuid.UUID
+    ledger_account_id: uuid.UUID
+    unit: str
+    amount: int
+    reason: str
+    state: str
+    """`awaiting_approval` (above the threshold), `applied` or `rejected`."""
+    requested_by: str
+    decided_by: str | None
+    transfer_id: uuid.UUID | None
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approve: bool
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(max_length=500, description="How it was settled")
+
+
+class StateOut(BaseModel):
+    id: uuid.UUID
+    state: str

@@ -19,6 +19,7 @@ from simcharge.backoffice.orders import check_with_provider, order_panel
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import back, render
 from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
 from simcharge.tickets import service
 from simcharge.tickets.models import TicketPriority, TicketStatus
 
@@ -96,6 +97,7 @@ async def ticket_page(request: Request, ticket_id: uuid.UUID, db: DB, actor: Age
         staff=staff,
         statuses=list(TicketStatus),
         priorities=list(TicketPriority),
+        idem=uuid7().hex,
     )
 
 

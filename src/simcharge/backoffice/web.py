@@ -17,7 +17,7 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.staff import csrf_token
 from simcharge.config import Settings
 from simcharge.kit.i18n import BABEL_LOCALES, negotiate_language, normalize_language, pick_text
-from simcharge.kit.money import format_money
+from simcharge.kit.money import format_money, is_currency
 from simcharge.kit.translations import translations
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -64,7 +64,7 @@ def environment(language: str) -> Environment:
         return str(format_datetime(value, "short", locale=locale, tzinfo=UTC))
 
     def signed_units(amount: Any, unit: str) -> str:
-        if len(unit) == 3:
+        if is_currency(unit):
             return format_money(int(amount), unit, locale)
         return _units(amount, unit)
 
