@@ -20,6 +20,7 @@ from simcharge.auth.throttle import RateLimits
 from simcharge.backoffice.endpoints import router as backoffice_api_router
 from simcharge.backoffice.screens import install_backoffice
 from simcharge.backoffice.screens import router as backoffice_router
+from simcharge.backoffice.screens_admin import router as backoffice_admin_router
 from simcharge.backoffice.screens_auth import router as backoffice_auth_router
 from simcharge.backoffice.screens_customers import router as backoffice_customers_router
 from simcharge.backoffice.screens_tickets import router as backoffice_tickets_router
@@ -50,6 +51,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     backoffice_router,
     backoffice_tickets_router,
     backoffice_customers_router,
+    backoffice_admin_router,
     tickets_router,
 )
 

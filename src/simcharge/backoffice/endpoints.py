@@ -3,15 +3,17 @@ token (`POST /admin/session`, password + authenticator code) or an API key with 
 
 from __future__ import annotations
 
+import json
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.catalog import export_catalog, save_entry
 from simcharge.backoffice.customers import customer_view, search_customers
 from simcharge.backoffice.deps import api_actor, require
 from simcharge.backoffice.orders import OrderPanel, check_with_provider, order_panel
@@ -524,3 +526,37 @@ async def attention(actor: AttentionReader, db: DB, settings: AppSettings) -> li
 async def resolve(order_id: uuid.UUID, body: NoteIn, actor: Resolver, db: DB) -> StateOut:
     order = await db.run(lambda s: money.resolve_attention(s, actor, order_id, body.note, utcnow()))
     return StateOut(id=order.id, state=order.state)
+
+
+# --- catalog ------------------------------------------------------------------------------
+
+CatalogEditor = Annotated[Actor, require(Permission.catalog_edit)]
+
+
+@router.get(
+    "/catalog",
+    response_model=dict[str, Any],
+    summary="The whole catalog in the catalog file's form (retired entries included)",
+)
+async def get_catalog(actor: CatalogEditor, db: DB) -> dict[str, Any]:
+    async with db.read() as s:
+        return await export_catalog(s)
+
+
+@router.put(
+    "/catalog/{kind}/{code}",
+    response_model=dict[str, Any],
+    summary="Replace or add one plan (`plans`) or payment method (`payment_methods`)",
+)
+async def put_catalog_entry(
+    kind: Literal["plans", "payment_methods"],
+    code: Annotated[str, Path(max_length=64)],
+    body: dict[str, Any],
+    actor: CatalogEditor,
+    db: DB,
+) -> dict[str, Any]:
+    """Validated with the whole catalog; a changed entry gets a new version. Nothing is stored
+    if anything is invalid (`catalog-invalid`, every problem listed)."""
+    text = json.dumps(body)
+    _, entry = await db.run(lambda s: save_entry(s, actor, kind, code, text))
+    return entry
