@@ -23,6 +23,7 @@ from simcharge.backoffice.screens import router as backoffice_router
 from simcharge.backoffice.screens_admin import router as backoffice_admin_router
 from simcharge.backoffice.screens_auth import router as backoffice_auth_router
 from simcharge.backoffice.screens_customers import router as backoffice_customers_router
+from simcharge.backoffice.screens_reports import router as backoffice_reports_router
 from simcharge.backoffice.screens_tickets import router as backoffice_tickets_router
 from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.config import Environment, Settings, get_settings
@@ -52,6 +53,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     backoffice_tickets_router,
     backoffice_customers_router,
     backoffice_admin_router,
+    backoffice_reports_router,
     tickets_router,
 )
 

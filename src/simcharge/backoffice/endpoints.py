@@ -3,15 +3,16 @@ token (`POST /admin/session`, password + authenticator code) or an API key with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
-from simcharge.backoffice import audit, money
+from simcharge.backoffice import audit, money, reports
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.catalog import export_catalog, save_entry
 from simcharge.backoffice.customers import customer_view, search_customers
@@ -560,3 +561,39 @@ async def put_catalog_entry(
     text = json.dumps(body)
     _, entry = await db.run(lambda s: save_entry(s, actor, kind, code, text))
     return entry
+
+
+# --- reports ------------------------------------------------------------------------------
+
+ReportReader = Annotated[Actor, require(Permission.reports_read)]
+
+
+@router.get(
+    "/reports/{name}",
+    summary="A report as JSON rows, or CSV with `?format=csv`",
+    responses={200: {"content": {"text/csv": {}}}},
+    response_model=None,
+)
+async def get_report(
+    name: Literal["topups", "conversion", "failures", "lines"],
+    actor: ReportReader,
+    db: DB,
+    start: Annotated[
+        str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
+    ] = None,
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    """`topups`: per day, method and currency — top-ups, money taken, fees, refunded, net.
+    `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
+    (failed, cancelled, expired). `lines`: lines per lifecycle state now."""
+    p = reports.period(start, end, utcnow().date())
+    async with db.read() as s:
+        rows = await reports.report_rows(s, name, p)
+    if format == "csv":
+        return Response(
+            reports.to_csv(rows, reports.COLUMNS[name]), media_type="text/csv; charset=utf-8"
+        )
+    return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in rows]
