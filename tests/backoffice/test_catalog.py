@@ -19,8 +19,12 @@ from tests.orders.helpers import new_payer, order_row, place
 async def _plan(db: Database, code: str) -> tuple[int, dict[str, int]]:
     async with db.read() as s:
         plan = (await s.execute(select(Plan).where(Plan.code == code))).scalar_one()
-        prices = {p.currency: p.amount for p in (await s.execute(
-            select(PlanPrice).where(PlanPrice.plan_id == plan.id))).scalars()}
+        prices = {
+            p.currency: p.amount
+            for p in (
+                await s.execute(select(PlanPrice).where(PlanPrice.plan_id == plan.id))
+            ).scalars()
+        }
     return plan.version, prices
 
 
@@ -43,8 +47,9 @@ async def test_an_admin_edits_a_plan_and_orders_keep_what_was_sold(
     page = await client.get("/backoffice/catalog/plans/starter-10")
     assert page.status_code == 200 and "10.00" in page.text
     changed = {**entry, "prices": {**entry["prices"], "USD": "12.00"}}
-    r = await client.post("/backoffice/catalog/plans/starter-10",
-                          data={"csrf": csrf, "text": json.dumps(changed)})
+    r = await client.post(
+        "/backoffice/catalog/plans/starter-10", data={"csrf": csrf, "text": json.dumps(changed)}
+    )
     assert r.status_code == 303, r.text
     new_version, new_prices = await _plan(db, "starter-10")
     assert new_version == version + 1 and new_prices["USD"] == 1200
@@ -52,8 +57,9 @@ async def test_an_admin_edits_a_plan_and_orders_keep_what_was_sold(
     row = await order_row(db, order["id"])
     assert row.plan_version == version and row.price == prices["USD"]
     async with db.read() as s:
-        entry_audit = (await s.execute(select(AuditEntry).where(
-            AuditEntry.action == "catalog.edit"))).scalar_one()
+        entry_audit = (
+            await s.execute(select(AuditEntry).where(AuditEntry.action == "catalog.edit"))
+        ).scalar_one()
     assert entry_audit.before and entry_audit.before["prices"]["USD"] == "10.00"
     assert entry_audit.after and entry_audit.after["prices"]["USD"] == "12.00"
     page = await client.get("/backoffice/catalog")
@@ -64,8 +70,11 @@ async def test_invalid_entries_are_refused_with_every_problem_and_change_nothing
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     admin = await new_staff(db, settings, "admin")
-    entry = next(p for p in (await client.get("/api/v1/admin/catalog", headers=admin.auth)
-                             ).json()["plans"] if p["code"] == "starter-10")
+    entry = next(
+        p
+        for p in (await client.get("/api/v1/admin/catalog", headers=admin.auth)).json()["plans"]
+        if p["code"] == "starter-10"
+    )
     version, _ = await _plan(db, "starter-10")
     bad: list[dict[str, Any]] = [
         {**entry, "prices": {"USD": "10.001"}},
@@ -74,14 +83,16 @@ async def test_invalid_entries_are_refused_with_every_problem_and_change_nothing
         {**entry, "code": "renamed"},
     ]
     for body in bad:
-        r = await client.put("/api/v1/admin/catalog/plans/starter-10", headers=admin.auth,
-                             json=body)
+        r = await client.put(
+            "/api/v1/admin/catalog/plans/starter-10", headers=admin.auth, json=body
+        )
         assert r.status_code == 422, r.text
         assert r.json()["type"] == "/problems/catalog-invalid" and r.json()["problems"]
     assert (await _plan(db, "starter-10"))[0] == version
     csrf = await web_sign_in(client, admin)
-    r = await client.post("/backoffice/catalog/plans/starter-10",
-                          data={"csrf": csrf, "text": "{not json"})
+    r = await client.post(
+        "/backoffice/catalog/plans/starter-10", data={"csrf": csrf, "text": "{not json"}
+    )
     assert r.status_code == 422 and "Nothing was saved" in r.text
     # a new plan
     new = {**entry, "code": "weekender-5", "prices": {"USD": "5.00"}, "methods": []}
@@ -97,12 +108,10 @@ async def test_only_admins_edit_the_catalog(
         staff = await new_staff(db, settings, role)
         r = await client.get("/api/v1/admin/catalog", headers=staff.auth)
         assert r.status_code == 403
-        r = await client.put("/api/v1/admin/catalog/plans/starter-10", headers=staff.auth,
-                             json={})
+        r = await client.put("/api/v1/admin/catalog/plans/starter-10", headers=staff.auth, json={})
         assert r.status_code == 403
         client.cookies.clear()
         await web_sign_in(client, staff)
         assert (await client.get("/backoffice/catalog")).status_code == 403
         page = await client.get("/backoffice")
         assert "/backoffice/catalog" not in page.text
-

@@ -29,8 +29,9 @@ async def test_reports_count_what_happened(
     await place(client, payer, plan="starter-10")  # still pending
     finance = await new_staff(db, settings, "finance")
     today = utcnow().date().isoformat()
-    r = await client.get("/api/v1/admin/reports/topups", headers=finance.auth,
-                         params={"from": today, "to": today})
+    r = await client.get(
+        "/api/v1/admin/reports/topups", headers=finance.auth, params={"from": today, "to": today}
+    )
     assert r.status_code == 200, r.text
     [row] = r.json()
     assert (row["method"], row["currency"], row["topups"]) == ("sandbox", "USD", 1)
@@ -39,8 +40,9 @@ async def test_reports_count_what_happened(
     assert (last["created"], last["paid"]) == (3, 1)
     r = await client.get("/api/v1/admin/reports/failures", headers=finance.auth)
     assert [(x["state"], x["orders"]) for x in r.json()] == [("failed", 1)]
-    r = await client.get("/api/v1/admin/reports/lines", headers=finance.auth,
-                         params={"format": "csv"})
+    r = await client.get(
+        "/api/v1/admin/reports/lines", headers=finance.auth, params={"format": "csv"}
+    )
     assert r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert {"state": "active", "lines": "1"} in rows or any(x["state"] == "active" for x in rows)
@@ -52,8 +54,11 @@ async def test_reports_count_what_happened(
     r = await client.get("/backoffice/reports/topups.csv")
     assert r.status_code == 200 and r.text.startswith("day,method,currency,topups")
     # bad periods
-    for params in ({"from": "yesterday"}, {"from": today, "to": "2000-01-01"},
-                   {"from": (utcnow().date() - timedelta(days=400)).isoformat()}):
+    for params in (
+        {"from": "yesterday"},
+        {"from": today, "to": "2000-01-01"},
+        {"from": (utcnow().date() - timedelta(days=400)).isoformat()},
+    ):
         r = await client.get("/api/v1/admin/reports/topups", headers=finance.auth, params=params)
         assert r.status_code == 422, params
     r = await client.get("/api/v1/admin/reports/everything", headers=finance.auth)

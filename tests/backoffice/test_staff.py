@@ -251,3 +251,19 @@ async def test_create_staff_validates(db: Database) -> None:
         with pytest.raises(ValidationFailed):
             async with db.transaction() as s:
                 await create_staff(s, **args)
+
+
+async def test_the_admin_api_is_in_the_openapi_document(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in (
+        "/api/v1/admin/session",
+        "/api/v1/admin/customers",
+        "/api/v1/admin/tickets",
+        "/api/v1/admin/lines/{line_id}/adjustments",
+        "/api/v1/admin/attention",
+        "/api/v1/admin/catalog/{kind}/{code}",
+        "/api/v1/admin/reports/{name}",
+        "/api/v1/me/tickets",
+    ):
+        assert path in spec["paths"], path
+    assert not any(p.startswith("/backoffice") for p in spec["paths"])

@@ -44,7 +44,7 @@ def _like(value: str) -> str:
 async def search_customers(s: AsyncSession, query: str) -> Sequence[Account]:
     """Accounts matching `query` as a name, username, e-mail, phone, MSISDN, ICCID, order id or
     reference, receipt number, ticket number, or a provider's payment or refund reference."""
-    q = query.strip()
+    q = query.replace("\x00", "").strip()
     if len(q) < 2:
         return []
     ids: set[uuid.UUID] = set()

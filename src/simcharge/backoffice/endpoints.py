@@ -571,7 +571,15 @@ ReportReader = Annotated[Actor, require(Permission.reports_read)]
 @router.get(
     "/reports/{name}",
     summary="A report as JSON rows, or CSV with `?format=csv`",
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={
+        200: {
+            "description": "The rows (JSON), or CSV with `?format=csv`",
+            "content": {
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
     response_model=None,
 )
 async def get_report(

@@ -76,7 +76,7 @@ class NothingToResolve(Conflict):
 
 
 def _reason(value: str) -> str:
-    text = value.strip()
+    text = value.strip().replace("\x00", "")
     if not text:
         raise ValidationFailed(N_("Give a reason."), field="reason")
     if len(text) > REASON_MAX:

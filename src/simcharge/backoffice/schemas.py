@@ -78,8 +78,10 @@ class AdjustmentIn(BaseModel):
         default="wallet", max_length=64, description='"wallet" or the id of one of its buckets'
     )
     amount: int = Field(
+        ge=-(10**12),
+        le=10**12,
         description="Signed, in ledger units: minor units of the wallet's currency, seconds, "
-        "bytes or messages; negative takes back"
+        "bytes or messages; negative takes back",
     )
     reason: str = Field(max_length=500)
     ticket_id: uuid.UUID | None = None

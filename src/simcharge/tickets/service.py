@@ -50,6 +50,10 @@ class StaffNotFound(NotFound):
 
 def _text(value: str, field: str, limit: int) -> str:
     text = value.strip()
+    if "\x00" in text:
+        raise ValidationFailed(
+            N_("This text contains a character that is not allowed."), field=field
+        )
     if not text:
         raise ValidationFailed(N_("This field is required."), field=field)
     if len(text) > limit:
