@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 
 from simcharge.api.deps import DB
-from simcharge.api.problems import problem_response
+from simcharge.api.problems import problem_response, validation_problem
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import LoginRequired, WebActor, require_web
@@ -91,6 +92,10 @@ def install_backoffice(app: FastAPI) -> None:
     async def _login(request: Request, exc: LoginRequired) -> Response:
         return RedirectResponse(exc.to, status_code=303, headers=HEADERS)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return await _expected(request, validation_problem(exc))
+
     @app.exception_handler(SimchargeError)
     async def _expected(request: Request, exc: SimchargeError) -> Response:
         if not request.url.path.startswith("/backoffice"):
@@ -99,6 +104,16 @@ def install_backoffice(app: FastAPI) -> None:
         detail = translate(language, exc.detail_template)
         if exc.params:
             detail = detail.format(**exc.params)
+        if exc.errors:
+            detail = "; ".join(
+                f"{e.field}: "
+                + (
+                    translate(language, e.detail).format(**e.params)
+                    if e.params
+                    else translate(language, e.detail)
+                )
+                for e in exc.errors
+            )
         actor = getattr(request.state, "actor", None)
         return render(
             request,

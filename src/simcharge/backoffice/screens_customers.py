@@ -172,7 +172,7 @@ async def refund(
     actor: Refunder,
     amount: Annotated[str, Form(max_length=32)] = "",
     reason: Annotated[str, Form(max_length=500)] = "",
-    idem: Annotated[str, Form(max_length=64)] = "",
+    idem: Annotated[str, Form(max_length=128)] = "",
     then: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     async def run(s: AsyncSession) -> None:
