@@ -267,3 +267,43 @@ async def test_the_admin_api_is_in_the_openapi_document(client: httpx.AsyncClien
     ):
         assert path in spec["paths"], path
     assert not any(p.startswith("/backoffice") for p in spec["paths"])
+
+
+async def test_admins_manage_staff(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    admin = await new_staff(db, settings, "admin")
+    agent = await new_staff(db, settings, "agent")
+    url = f"/api/v1/admin/staff/{agent.id}"
+    r = await client.get("/api/v1/admin/staff", headers=agent.auth)
+    assert r.status_code == 403
+    r = await client.patch(url, headers=admin.auth, json={"role": "boss"})
+    assert r.status_code == 422
+    r = await client.patch(f"/api/v1/admin/staff/{admin.id}", headers=admin.auth,
+                           json={"active": False})
+    assert r.status_code == 409 and r.json()["type"] == "/problems/staff-cannot-change-self"
+    # a role change ends the member's sessions
+    r = await client.patch(url, headers=admin.auth, json={"role": "finance"})
+    assert r.status_code == 200 and r.json()["role"] == "finance"
+    assert (await client.get("/api/v1/admin/attention", headers=agent.auth)).status_code == 401
+    # a lost phone: enrol again at the next sign-in
+    r = await client.patch(url, headers=admin.auth, json={"reset_totp": True})
+    assert r.json()["totp_enrolled"] is False
+    agent.secret = None
+    await web_sign_in(client, agent)  # shows a new secret, enrols it
+    client.cookies.clear()
+    r = await client.patch(url, headers=admin.auth, json={"active": False})
+    assert r.json()["active"] is False
+    login = await client.get("/backoffice/login")
+    r = await client.post(
+        "/backoffice/login",
+        data={"username": agent.username, "password": STAFF_PASSWORD, "csrf": csrf_of(login.text)},
+    )
+    assert r.status_code == 401
+    actions = [e.action for e in await _audit(db, "staff.change")]
+    assert len(actions) == 3
+    csrf = await web_sign_in(client, admin)
+    page = await client.get("/backoffice/staff")
+    assert agent.username in page.text
+    r = await client.post(f"/backoffice/staff/{agent.id}", data={"csrf": csrf, "access": "on"})
+    assert r.status_code == 303

@@ -9,6 +9,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
@@ -17,6 +18,7 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.catalog import export_catalog, save_entry
 from simcharge.backoffice.customers import customer_view, search_customers
 from simcharge.backoffice.deps import api_actor, require
+from simcharge.backoffice.models import StaffUser
 from simcharge.backoffice.orders import OrderPanel, check_with_provider, order_panel
 from simcharge.backoffice.roles import Permission, permissions_of
 from simcharge.backoffice.schemas import (
@@ -28,13 +30,21 @@ from simcharge.backoffice.schemas import (
     CustomerViewOut,
     DecisionIn,
     NoteIn,
+    StaffChangeIn,
     StaffLoginIn,
+    StaffOut,
     StaffTokenOut,
     StateOut,
 )
 from simcharge.backoffice.screens_customers import attention_orders
 from simcharge.backoffice.screens_tickets import staff_names
-from simcharge.backoffice.staff import StaffLoginFailed, end_session, sign_in
+from simcharge.backoffice.staff import (
+    StaffLoginFailed,
+    change_staff,
+    end_session,
+    sign_in,
+    staff_facts,
+)
 from simcharge.kit.clock import utcnow
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
@@ -605,3 +615,59 @@ async def get_report(
             reports.to_csv(rows, reports.COLUMNS[name]), media_type="text/csv; charset=utf-8"
         )
     return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in rows]
+
+
+# --- staff --------------------------------------------------------------------------------
+
+StaffAdmin = Annotated[Actor, require(Permission.staff_manage)]
+
+
+def _staff_out(st: StaffUser) -> StaffOut:
+    return StaffOut(
+        id=st.id,
+        username=st.username,
+        display_name=st.display_name,
+        role=st.role,
+        active=st.active,
+        totp_enrolled=st.totp_enabled_at is not None,
+        last_login_at=st.last_login_at,
+    )
+
+
+@router.get("/staff", response_model=list[StaffOut], summary="Staff members")
+async def list_staff(actor: StaffAdmin, db: DB) -> list[StaffOut]:
+    async with db.read() as s:
+        rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars()
+        return [_staff_out(st) for st in rows]
+
+
+@router.patch(
+    "/staff/{staff_id}",
+    response_model=StaffOut,
+    summary="Change a staff member's role or access, or reset their authenticator",
+)
+async def change_staff_member(
+    staff_id: uuid.UUID, body: StaffChangeIn, actor: StaffAdmin, db: DB
+) -> StaffOut:
+    async def run(s: AsyncSession) -> StaffOut:
+        staff, before = await change_staff(
+            s,
+            staff_id,
+            by=actor.staff_id,
+            role=body.role,
+            active=body.active,
+            reset_totp=body.reset_totp,
+            now=utcnow(),
+        )
+        await audit.record(
+            s,
+            actor,
+            "staff.change",
+            target_type="staff",
+            target_id=staff.id,
+            before=before,
+            after=staff_facts(staff),
+        )
+        return _staff_out(staff)
+
+    return await db.run(run)

@@ -117,3 +117,20 @@ class NoteIn(BaseModel):
 class StateOut(BaseModel):
     id: uuid.UUID
     state: str
+
+
+class StaffOut(BaseModel):
+    id: uuid.UUID
+    username: str
+    display_name: str
+    role: str
+    active: bool
+    totp_enrolled: bool
+    last_login_at: datetime | None
+
+
+class StaffChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str | None = Field(default=None, max_length=16, description="agent, finance or admin")
+    active: bool | None = Field(default=None, description="false: no access, sessions end")
+    reset_totp: bool = Field(default=False, description="Enrol a new authenticator at next sign-in")

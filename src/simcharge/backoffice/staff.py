@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.auth.passwords import check_password_policy, hash_password, verify_password
 from simcharge.backoffice.models import Role, StaffSession, StaffUser
 from simcharge.config import Settings
-from simcharge.errors import Conflict, NotAuthenticated, ValidationFailed
+from simcharge.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
 from simcharge.kit.crypto import keyed_hash, seal, unseal
 from simcharge.kit.i18n import normalize_language
 from simcharge.kit.translations import N_
@@ -280,3 +280,64 @@ async def end_session(session: AsyncSession, session_id: uuid.UUID, now: datetim
         .where(StaffSession.id == session_id, StaffSession.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+
+
+# --- administration -----------------------------------------------------------------------
+
+
+class StaffNotFound(NotFound):
+    slug = "staff-member-not-found"
+    title = N_("There is no such staff member.")
+
+
+class CannotChangeSelf(Conflict):
+    slug = "staff-cannot-change-self"
+    title = N_("You cannot change your own role, access or authenticator here.")
+
+
+def staff_facts(staff: StaffUser) -> dict[str, object]:
+    return {
+        "role": staff.role,
+        "active": staff.active,
+        "totp": staff.totp_enabled_at is not None,
+        "locked_until": staff.locked_until.isoformat() if staff.locked_until else None,
+    }
+
+
+async def change_staff(
+    session: AsyncSession,
+    staff_id: uuid.UUID,
+    *,
+    by: uuid.UUID | None,
+    role: str | None = None,
+    active: bool | None = None,
+    reset_totp: bool = False,
+    now: datetime,
+) -> tuple[StaffUser, dict[str, object]]:
+    """Change a staff member's role, switch their access off or on (every session ends), or make
+    them enrol a new authenticator (a lost phone). Returns them and the facts before."""
+    staff = await session.get(StaffUser, staff_id, with_for_update=True)
+    if staff is None:
+        raise StaffNotFound(field="staff_id")
+    if by == staff.id:
+        raise CannotChangeSelf(field="staff_id")
+    before = staff_facts(staff)
+    if role is not None:
+        try:
+            staff.role = Role(role).value
+        except ValueError:
+            raise ValidationFailed(N_("Unknown role."), field="role") from None
+    if active is not None:
+        staff.active = active
+        if active:
+            staff.failed_logins, staff.locked_until = 0, None
+    if reset_totp:
+        staff.totp_secret_sealed = staff.totp_enabled_at = staff.totp_last_step = None
+    if role is not None or active is False or reset_totp:
+        await session.execute(
+            update(StaffSession)
+            .where(StaffSession.staff_id == staff.id, StaffSession.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    await session.flush()
+    return staff, before
