@@ -30,7 +30,7 @@ import httpx
 import uvloop
 from sqlalchemy.engine import make_url
 
-from chaos.checks import due_jobs, paid_but_pending, verify
+from chaos.checks import due_jobs, open_reservations, paid_but_pending, verify
 from chaos.cluster import BIN, ROOT, Cluster, postgres_restart_command
 from chaos.customers import Crowd, Customer
 from simcharge.accounts.models import Account
@@ -64,9 +64,11 @@ async def recreate(admin_url: str) -> None:
         await conn.close()
 
 
-async def seed(db: Database, settings: Settings, n: int) -> tuple[list[Customer], str]:
+async def seed(
+    db: Database, settings: Settings, n: int
+) -> tuple[list[Customer], str, str]:
     """The demo catalog, `n` customers each with an active line and a signed-in session, and a
-    finance API key."""
+    finance API key and the network's (charging, usage)."""
     customers = []
     async with db.transaction() as s:
         await load_catalog(s, read_catalog_file(DEMO_CATALOG))
@@ -95,7 +97,8 @@ async def seed(db: Database, settings: Settings, n: int) -> tuple[list[Customer]
             )
             customers.append(Customer(account.id, issued.token, line.id, msisdn))
         key = await create_api_key(s, "chaos finance", ["orders:read", "refunds:write"])
-    return customers, key.token
+        network = await create_api_key(s, "chaos network", ["charging", "usage:write"])
+    return customers, key.token, network.token
 
 
 async def storm(cluster: Cluster, rng: random.Random, until: float, every: tuple[float, float],
@@ -119,6 +122,9 @@ async def storm(cluster: Cluster, rng: random.Random, until: float, every: tuple
             restart = None
             continue
         victim = rng.choice(cluster.procs)
+        if victim.port is not None and not await cluster.others_serving(victim):
+            # Keep one web process answering (as behind a load balancer): kill a worker.
+            victim = rng.choice([p for p in cluster.procs if p.port is None])
         events.append(f"kill -9 {victim.name}")
         await cluster.restart(victim)
 
@@ -143,6 +149,9 @@ async def run(args: argparse.Namespace) -> int:
         "SIMCHARGE_DB_POOL_SIZE": "8",
         # A killed worker's jobs come back after this (every handler is safe to run twice).
         "SIMCHARGE_WORKER_LEASE_SECONDS": "10",
+        # Quotas valid 20 s: a session the network drops is timed out soon after.
+        "SIMCHARGE_CHARGING_VALIDITY_SECONDS": "20",
+        "SIMCHARGE_CHARGING_SESSION_GRACE_SECONDS": "5",
     }
     log(f"database {DATABASE}: migrating")
     subprocess.run([str(BIN / "simcharge"), "db", "upgrade"], env={**os.environ, **env},
@@ -152,10 +161,10 @@ async def run(args: argparse.Namespace) -> int:
     cluster = Cluster(env, ROOT / "var" / "chaos", web_ports, args.workers)
     db = Database.from_url(db_url, pool_size=4)
     try:
-        customers, staff_key = await seed(db, settings, args.customers)
+        customers, staff_key, network_key = await seed(db, settings, args.customers)
         log(f"{args.customers} customers; starting 2 web processes and {args.workers} workers")
         await cluster.start_all()
-        crowd = Crowd([p.url for p in cluster.web], customers, staff_key, rng)
+        crowd = Crowd([p.url for p in cluster.web], customers, staff_key, rng, network_key)
         start = time.monotonic()
         until = start + args.duration
         events: list[str] = []
@@ -180,7 +189,8 @@ async def run(args: argparse.Namespace) -> int:
             while time.monotonic() < drain_until:
                 stuck = await paid_but_pending(db)
                 due = await due_jobs(db)
-                if not stuck and not due:
+                held = await open_reservations(db)
+                if not stuck and not due and not held:
                     break
                 for order_id in stuck:
                     owner = crowd.owner.get(order_id)
@@ -228,7 +238,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8701)
     parser.add_argument("--kill-min", type=float, default=2.0)
     parser.add_argument("--kill-max", type=float, default=5.0)
-    parser.add_argument("--drain", type=float, default=90, help="seconds allowed to drain")
+    parser.add_argument("--drain", type=float, default=120, help="seconds allowed to drain")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-postgres-restart", action="store_true")
     sys.exit(uvloop.run(run(parser.parse_args())))

@@ -10,6 +10,8 @@ from simcharge.db import Database
 from simcharge.ledger.audit import verify_ledger
 
 CREDITED = ("fulfilled", "refunded", "partially_refunded")
+MIN_PAID = 5
+"""A run in which fewer orders were paid proves nothing: it fails."""
 
 # Per order: what the sandbox (the provider) says, what the order says, and how many times the
 # sale was booked (the transfer from the provider's clearing account, one per credited order).
@@ -66,6 +68,18 @@ async def due_jobs(db: Database) -> int:
         return int(n.scalar_one())
 
 
+async def open_reservations(db: Database) -> int:
+    """Reservations still held, and charging sessions still open (the sweep times them out)."""
+    async with db.read() as s:
+        n = await s.execute(
+            text(
+                "SELECT (SELECT COUNT(*) FROM ledger_transfers WHERE pending_status = 'pending')"
+                " + (SELECT COUNT(*) FROM charging_sessions WHERE state = 'open')"
+            )
+        )
+        return int(n.scalar_one())
+
+
 async def verify(db: Database) -> Verdict:
     v = Verdict()
     async with db.read() as s:
@@ -77,7 +91,17 @@ async def verify(db: Database) -> Verdict:
                 text("SELECT COUNT(*) FROM provider_events")
             )
         ).one()
-        refunds = dict((await s.execute(text("SELECT state, COUNT(*) FROM refunds GROUP BY state"))).all())
+        refunds = dict(
+            (await s.execute(text("SELECT state, COUNT(*) FROM refunds GROUP BY state"))).all()
+        )
+        sessions = dict(
+            (
+                await s.execute(
+                    text("SELECT state, COUNT(*) FROM charging_sessions GROUP BY state")
+                )
+            ).all()
+        )
+        usage = (await s.execute(text("SELECT COUNT(*) FROM usage_records"))).scalar_one()
 
     v.facts["ledger"] = f"{ledger.accounts} accounts, {ledger.transfers} transfers"
     for unit, (posted, pending) in sorted(ledger.units.items()):
@@ -102,11 +126,15 @@ async def verify(db: Database) -> Verdict:
             v.check(state not in CREDITED, f"order {order_id}: {provider_state} but {state}")
             v.check(sales == 0, f"order {order_id}: not paid but booked {sales} time(s)")
     v.facts["orders"] = dict(sorted(by_state.items()))
+    v.check(paid >= MIN_PAID, f"only {paid} order(s) paid: too little happened to prove anything")
     v.facts["paid at the sandbox"] = paid
     v.facts["provider events stored"] = events[0]
     v.facts["refunds"] = refunds
     v.check(refunds.get("pending", 0) == 0, f"{refunds.get('pending')} refund(s) still pending")
 
+    v.facts["charging sessions"] = sessions
+    v.facts["usage records"] = usage
+    v.check(sessions.get("open", 0) == 0, f"{sessions.get('open')} charging session(s) still open")
     v.facts["jobs"] = {k: n for k, (n, _) in sorted(jobs.items())}
     due = sum(d for k, (_, d) in jobs.items() if k in ("pending", "running"))
     v.check(due == 0, f"{due} job(s) due but not run: the outbox did not drain")

@@ -71,7 +71,7 @@ class Cluster:
             await self.start(p)
         await self.wait_ready()
 
-    async def wait_ready(self, timeout: float = 60) -> None:
+    async def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as http:
             for p in self.web:
@@ -84,6 +84,19 @@ class Cluster:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{p.name} did not start; see {p.log}")
                     await asyncio.sleep(0.2)
+
+    async def others_serving(self, proc: Proc) -> bool:
+        """Whether every web process but `proc` answers its health check now."""
+        async with httpx.AsyncClient(timeout=1) as http:
+            for p in self.web:
+                if p is proc:
+                    continue
+                try:
+                    if (await http.get(f"{p.url}/healthz")).status_code != 200:
+                        return False
+                except httpx.HTTPError:
+                    return False
+        return True
 
     async def kill(self, proc: Proc) -> None:
         """SIGKILL: no shutdown handler runs, in-flight requests and claimed jobs are cut."""

@@ -34,12 +34,29 @@ class Customer:
     orders: list[str] = field(default_factory=list)
 
 
+NCHF = "/nchf-convergedcharging/v3/chargingdata"
+DATA_GROUP = 200
+MIB = 1024 * 1024
+
+
+def _nchf(msisdn: str, seq: int, units: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "nfConsumerIdentification": {"nodeFunctionality": "SMF", "nFName": str(uuid.uuid4())},
+        "invocationTimeStamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "invocationSequenceNumber": seq,
+        "subscriberIdentifier": "msisdn-" + msisdn.lstrip("+"),
+        "multipleUnitUsage": units,
+    }
+
+
 @dataclass
 class Crowd:
     urls: list[str]
     customers: list[Customer]
     staff_key: str
     rng: random.Random
+    network_key: str = ""
+    """An API key with the scopes `charging` and `usage:write` (the operator's network)."""
     stats: Counter[str] = field(default_factory=Counter)
     owner: dict[str, Customer] = field(default_factory=dict)
     """Order id → the customer who placed it."""
@@ -70,8 +87,13 @@ class Crowd:
         async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
             while time.monotonic() < until:
                 try:
-                    if customer.orders and self.rng.random() < 0.12:
+                    dice = self.rng.random()
+                    if customer.orders and dice < 0.10:
                         await self.refund(http, self.rng.choice(customer.orders))
+                    elif self.network_key and dice < 0.30:
+                        await self.data_session(http, customer)
+                    elif self.network_key and dice < 0.38:
+                        await self.usage_batch(http, customer)
                     else:
                         await self.top_up(http, customer)
                 except GaveUp:
@@ -138,3 +160,58 @@ class Crowd:
             http, "POST", f"/api/v1/admin/orders/{order_id}/refunds", json=body, headers=headers
         )
         self.stats[f"refund {r.status_code}"] += 1
+
+    async def data_session(self, http: httpx.AsyncClient, customer: Customer) -> None:
+        """The network charges a data session in real time: a quota, one or two updates
+        reporting use and asking for more, a release; sometimes the session is dropped (the
+        worker times it out). A retry repeats the same body: a retransmission."""
+        auth = {"Authorization": f"Bearer {self.network_key}"}
+        ask = {"ratingGroup": DATA_GROUP, "requestedUnit": {"totalVolume": MIB}}
+        r = await self.request(
+            http, "POST", NCHF, json=_nchf(customer.msisdn, 1, [ask]), headers=auth
+        )
+        self.stats[f"nchf create {r.status_code}"] += 1
+        if r.status_code != 201:
+            return
+        ref = httpx.URL(r.headers["location"]).path.rsplit("/", 1)[-1]
+        if self.rng.random() < 0.1:
+            self.stats["nchf abandoned"] += 1
+            return
+        seq = 1
+        for _ in range(self.rng.randint(0, 2)):
+            seq += 1
+            used = {"localSequenceNumber": 1, "totalVolume": self.rng.randint(0, MIB)}
+            units = [{**ask, "usedUnitContainer": [used]}]
+            r = await self.request(
+                http, "POST", f"{NCHF}/{ref}/update",
+                json=_nchf(customer.msisdn, seq, units), headers=auth,
+            )
+            self.stats[f"nchf update {r.status_code}"] += 1
+            if r.status_code != 200:
+                return
+        used = {"localSequenceNumber": 1, "totalVolume": self.rng.randint(0, MIB)}
+        units = [{"ratingGroup": DATA_GROUP, "usedUnitContainer": [used]}]
+        r = await self.request(
+            http, "POST", f"{NCHF}/{ref}/release",
+            json=_nchf(customer.msisdn, seq + 1, units), headers=auth,
+        )
+        self.stats[f"nchf release {r.status_code}"] += 1
+
+    async def usage_batch(self, http: httpx.AsyncClient, customer: Customer) -> None:
+        """A batch of offline usage records (voice, data, SMS) for this line."""
+        services = {"voice": (1, 600), "data": (1, 5 * MIB), "sms": (1, 3)}
+        records = []
+        for _ in range(self.rng.randint(1, 20)):
+            service = self.rng.choice(list(services))
+            records.append({
+                "id": f"chaos-{uuid.uuid4().hex}",
+                "subscriber": customer.msisdn,
+                "service": service,
+                "quantity": self.rng.randint(*services[service]),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+        r = await self.request(
+            http, "POST", "/api/v1/usage", json={"records": records},
+            headers={"Authorization": f"Bearer {self.network_key}"},
+        )
+        self.stats[f"usage batch {r.status_code}"] += 1

@@ -109,6 +109,8 @@ SAMPLE = {
     "total": 2119,
     "amount": 1000,
     "receipt": "R2026-000042",
+    "ticket": "T-4K7Q2M9X",
+    "subject": "I paid but got nothing",
 }
 
 

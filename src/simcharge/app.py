@@ -17,6 +17,14 @@ from simcharge.api.system import mount_docs_assets
 from simcharge.api.system import router as system_router
 from simcharge.auth.endpoints import router as auth_router
 from simcharge.auth.throttle import RateLimits
+from simcharge.backoffice.endpoints import router as backoffice_api_router
+from simcharge.backoffice.screens import install_backoffice
+from simcharge.backoffice.screens import router as backoffice_router
+from simcharge.backoffice.screens_admin import router as backoffice_admin_router
+from simcharge.backoffice.screens_auth import router as backoffice_auth_router
+from simcharge.backoffice.screens_customers import router as backoffice_customers_router
+from simcharge.backoffice.screens_reports import router as backoffice_reports_router
+from simcharge.backoffice.screens_tickets import router as backoffice_tickets_router
 from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.charging.endpoints import router as nchf_router
 from simcharge.charging.endpoints import usage_router
@@ -30,6 +38,7 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.tickets.endpoints import router as tickets_router
 from simcharge.tmf654.endpoints import router as tmf654_router
 from simcharge.tmf654.transfers import router as line_transfers_router
 from simcharge.worker.admin import router as jobs_admin_router
@@ -48,6 +57,14 @@ ROUTERS: tuple[APIRouter, ...] = (
     usage_router,
     tmf654_router,
     line_transfers_router,
+    backoffice_api_router,
+    backoffice_auth_router,
+    backoffice_router,
+    backoffice_tickets_router,
+    backoffice_customers_router,
+    backoffice_admin_router,
+    backoffice_reports_router,
+    tickets_router,
 )
 
 
@@ -105,6 +122,7 @@ def create_app(
     app.state.providers = Providers(settings, http, database)
     install_problem_handlers(app)
     document_problems(app)
+    install_backoffice(app)
     add_routes(app, *ROUTERS)
     if settings.env is not Environment.production:
         add_routes(app, dev_router)

@@ -39,6 +39,8 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(ledger_app, name="ledger")
 usage_app = typer.Typer(help="Usage records (offline charging).", no_args_is_help=True)
 app.add_typer(usage_app, name="usage")
+staff_app = typer.Typer(help="Back-office staff users.", no_args_is_help=True)
+app.add_typer(staff_app, name="staff")
 
 
 def _database(settings: Settings) -> Database:
@@ -329,6 +331,51 @@ def apikey_revoke(
     if not _run(revoke):
         _fail(f"no live key with prefix {prefix}", 1)
     typer.echo("revoked")
+
+
+@staff_app.command("create")
+def staff_create(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    role: Annotated[str, typer.Option(help="agent, finance or admin.")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
+    language: Annotated[
+        str, typer.Option(help="Language of the back office (en, zh-Hans…).")
+    ] = "en",
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="SIMCHARGE_STAFF_PASSWORD",
+            help="Prompted for unless SIMCHARGE_STAFF_PASSWORD is set.",
+        ),
+    ] = "",
+) -> None:
+    """Create a staff user. The authenticator app is enrolled at the first sign-in at /backoffice."""
+    from simcharge.backoffice.staff import create_staff
+    from simcharge.errors import SimchargeError
+
+    async def create(db: Database) -> str:
+        async with db.transaction() as session:
+            staff = await create_staff(
+                session,
+                username=username,
+                display_name=name or username,
+                role=role,
+                password=password,
+                email=email,
+                language=language,
+            )
+            return staff.username
+
+    try:
+        created = _run(create)
+    except SimchargeError as exc:
+        _fail(f"{exc.field}: {exc.detail}" if exc.field else exc.detail, 2)
+        return
+    typer.echo(f"created {role} {created}; sign in at /backoffice to enrol the authenticator app")
 
 
 def main() -> None:

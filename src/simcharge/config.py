@@ -141,6 +141,20 @@ class Settings(BaseSettings):
     charging_api_key_cache_seconds: float = Field(default=30.0, ge=0)
     usage_chunk_size: int = Field(default=20000, ge=1, le=200000)
 
+    # --- Back office ---------------------------------------------------------------------------
+    staff_session_idle_minutes: int = Field(default=30, ge=1)
+    staff_session_absolute_hours: int = Field(default=10, ge=1)
+    adjustment_approval_above: int = Field(default=2000, ge=0)
+    """A wallet adjustment of more than this many minor units needs a second staff member."""
+    adjustment_approval_units: str = Field(
+        default="VOICE_S:3600,DATA_B:1073741824,SMS:100",
+        pattern=r"^(VOICE_S|DATA_B|SMS):\d+(,(VOICE_S|DATA_B|SMS):\d+)*$",
+    )
+    """Per unit (`UNIT:amount,…`): a bucket adjustment of more than this needs a second staff
+    member; a unit not listed always does."""
+    order_pending_alert_minutes: int = Field(default=60, ge=1)
+    """An order still pending after this long is listed among payments needing attention."""
+
     # --- Payment provider credentials ----------------------------------------------------------
     # All optional: a provider whose required credentials are not all set is not offered
     # (`simcharge.payments.providers.configured_providers`). Secrets are `SecretStr`, so they
@@ -209,6 +223,11 @@ class Settings(BaseSettings):
     def rating_groups(self) -> dict[int, str]:
         pairs = (p.split("=") for p in self.charging_rating_groups.split(","))
         return {int(k): v.strip() for k, v in pairs}
+
+    @property
+    def approval_units(self) -> dict[str, int]:
+        pairs = (part.split(":", 1) for part in self.adjustment_approval_units.split(","))
+        return {unit: int(amount) for unit, amount in pairs}
 
     @property
     def is_sqlite(self) -> bool:

@@ -10,6 +10,7 @@ from simcharge.auth.models import (
     SecurityEvent,
     VerificationCode,
 )
+from simcharge.backoffice.models import Adjustment, AuditEntry, StaffSession, StaffUser
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
 from simcharge.charging.models import ChargingSession, Tariff, UsageRecord
 from simcharge.db import Base
@@ -27,12 +28,15 @@ from simcharge.orders.models import (
     Refund,
     SandboxPayment,
 )
+from simcharge.tickets.models import Ticket, TicketMessage
 from simcharge.tmf654.models import BalanceAction
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
     "Account",
+    "Adjustment",
     "ApiKey",
+    "AuditEntry",
     "AuthSession",
     "BalanceAction",
     "Base",
@@ -61,7 +65,11 @@ __all__ = [
     "Refund",
     "SandboxPayment",
     "SecurityEvent",
+    "StaffSession",
+    "StaffUser",
     "Tariff",
+    "Ticket",
+    "TicketMessage",
     "UsageRecord",
     "VerificationCode",
     "Zone",

@@ -32,6 +32,12 @@ SCOPES: dict[str, str] = {
     "balance:read": "Read buckets, balances and balance actions (TMF654).",
     "balance:write": "Top up, reserve and transfer balances (TMF654).",
     "balance:adjust": "Adjust balances up or down (TMF654 adjustBalance; staff).",
+    "customers:read": "Search customers and read a customer's full view (back office).",
+    "tickets:write": "Read and answer tickets (back office).",
+    "accounts:write": "Unlock accounts, unfreeze lines, check payments, resend receipts.",
+    "adjustments:write": "Ask for wallet and bucket adjustments (never approve them).",
+    "reports:read": "Read reports.",
+    "catalog:write": "Edit the catalog.",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 

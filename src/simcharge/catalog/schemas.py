@@ -207,7 +207,7 @@ class PlanFile(_Strict):
 
 
 KIB = 1024
-_PER = {
+PER_UNITS = {
     "voice": {"second": 1, "minute": 60},
     "data": {"KB": KIB, "MB": MIB, "GB": 1024 * MIB},
     "sms": {"message": 1},
@@ -251,7 +251,7 @@ class TariffFile(_Strict):
 
     @model_validator(mode="after")
     def _units(self) -> TariffFile:
-        per = _PER[self.service]
+        per = PER_UNITS[self.service]
         if self.per not in per:
             raise ValueError(f"per: {self.per!r} is not one of {', '.join(per)}")
         _exact(self.price, self.currency, "price")
@@ -280,7 +280,7 @@ class TariffFile(_Strict):
             "zone": self.zone,
             "currency": self.currency,
             "price": to_minor(self.price, self.currency),
-            "per_units": _PER[self.service][self.per],
+            "per_units": PER_UNITS[self.service][self.per],
             "first_increment": first,
             "next_increment": nxt,
             "minimum": to_minor(self.minimum, self.currency),

@@ -51,6 +51,9 @@ class CatalogInvalid(SimchargeError):
     def __str__(self) -> str:
         return "\n".join(f"{self.source}: {p}" for p in self.problems)
 
+    def extra(self) -> dict[str, Any]:
+        return {"problems": self.problems}
+
 
 def _describe(data: dict[str, Any], loc: Sequence[int | str]) -> str:
     if len(loc) >= 2 and isinstance(loc[1], int):
@@ -81,6 +84,11 @@ def parse_catalog(text: str, *, source: str) -> CatalogFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CatalogInvalid(source, [f"not valid TOML: {exc}"]) from exc
+    return validate_catalog(data, source=source)
+
+
+def validate_catalog(data: dict[str, Any], *, source: str) -> CatalogFile:
+    """Validate a catalog already read (a file, or the back office's edit of one entry)."""
     try:
         return CatalogFile.model_validate(data)
     except ValidationError as exc:

@@ -1,5 +1,5 @@
-"""`/api/v1/admin/orders`: the staff's view of orders, and refunds (API keys with scopes;
-the back office adds its screens on top)."""
+"""`/api/v1/admin/orders`: the staff's view of orders, and refunds (a staff bearer token or an
+API key with scopes; the back office adds its screens on top). Refunds are audited."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from fastapi import APIRouter, Header, Query
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.api.deps import API_PREFIX, DB, Integration, Language, require_scope
+from simcharge.api.deps import API_PREFIX, DB, Language
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.deps import require
+from simcharge.backoffice.orders import order_facts
+from simcharge.backoffice.roles import Permission
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Money
 from simcharge.orders import service
@@ -25,8 +30,8 @@ from simcharge.orders.service import OrderNotFound
 router = APIRouter(prefix=f"{API_PREFIX}/admin/orders", tags=["admin"])
 log = structlog.get_logger("simcharge.audit")
 
-ReadOrders = Annotated[Integration, require_scope("orders:read")]
-WriteRefunds = Annotated[Integration, require_scope("refunds:write")]
+ReadOrders = Annotated[Actor, require(Permission.customers_read)]
+WriteRefunds = Annotated[Actor, require(Permission.refunds_create)]
 
 
 async def staff_view(s: AsyncSession, order: Order, language: str) -> StaffOrderOut:
@@ -98,9 +103,12 @@ async def refund_order(
     back is held (pending). The policy is in the README ("Refunds")."""
     if not idempotency_key:
         raise service.IdempotencyKeyMissing(field="Idempotency-Key")
-    requested_by = f"apikey:{key.key_prefix}"
-    refund = await db.run(
-        lambda s: request_refund(
+    requested_by = key.name
+
+    async def run(s: AsyncSession) -> Refund:
+        order = await s.get(Order, order_id)
+        before = order_facts(order) if order is not None else None
+        refund = await request_refund(
             s,
             order_id,
             amount=body.amount,
@@ -109,7 +117,16 @@ async def refund_order(
             now=utcnow(),
             idempotency_key=idempotency_key,
         )
-    )
+        assert order is not None
+        await audit.record(
+            s, key, "order.refund", target_type="order", target_id=order_id, before=before,
+            after={**order_facts(order), "refund": refund.reference},
+            details={"amount": refund.amount, "currency": refund.currency,
+                     "reason": body.reason},
+        )
+        return refund
+
+    refund = await db.run(run)
     log.info(
         "refund.requested",
         order=str(order_id),

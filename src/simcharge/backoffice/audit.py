@@ -1,0 +1,102 @@
+"""The audit log: who did what to what, with before/after and from where. Append-only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.backoffice.models import AuditEntry, StaffUser
+from simcharge.backoffice.roles import Permission
+from simcharge.kit.clock import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is acting in the back office: a signed-in staff member or an API key."""
+
+    name: str
+    """`staff:<username>` or `apikey:<prefix>`."""
+    permissions: frozenset[Permission]
+    staff: StaffUser | None = None
+    session_id: uuid.UUID | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def staff_id(self) -> uuid.UUID | None:
+        return self.staff.id if self.staff is not None else None
+
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+async def record(
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    *,
+    target_type: str | None = None,
+    target_id: uuid.UUID | str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AuditEntry:
+    """Write one audit entry in the caller's transaction (so it exists iff the action does)."""
+    entry = AuditEntry(
+        at=now or utcnow(),
+        staff_id=actor.staff_id,
+        actor=actor.name,
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id) if target_id is not None else None,
+        before=_plain(before) if before is not None else None,
+        after=_plain(after) if after is not None else None,
+        details=_plain(details or {}),
+        ip=actor.ip,
+        user_agent=(actor.user_agent or "")[:255] or None,
+    )
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+async def entries(
+    session: AsyncSession,
+    *,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    limit: int = 100,
+) -> Sequence[AuditEntry]:
+    stmt = select(AuditEntry)
+    if target_type:
+        stmt = stmt.where(AuditEntry.target_type == target_type)
+    if target_id:
+        stmt = stmt.where(AuditEntry.target_id == target_id)
+    if actor:
+        stmt = stmt.where(AuditEntry.actor == actor)
+    if action:
+        stmt = stmt.where(AuditEntry.action == action)
+    stmt = stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit)
+    return (await session.execute(stmt)).scalars().all()

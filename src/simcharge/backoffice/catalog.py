@@ -1,0 +1,184 @@
+"""Editing the catalog from the back office: one plan or payment method at a time, in the
+catalog file's own form (README, "The catalog file"), validated with the whole catalog exactly
+as `simcharge catalog load` validates a file, and stored by the same loader — so a changed entry
+gets a new `version`, and an order keeps the plan as it was sold (its snapshot)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.catalog.models import PaymentMethod, Plan
+from simcharge.catalog.repository import CatalogRepository
+from simcharge.catalog.schemas import MIB, PER_UNITS
+from simcharge.catalog.service import CatalogInvalid, LoadReport, load_catalog, validate_catalog
+from simcharge.charging.models import Tariff
+from simcharge.errors import NotFound
+from simcharge.kit.money import from_minor
+from simcharge.kit.translations import N_
+
+KINDS = {"plans": "plan", "payment_methods": "method"}
+
+
+class CatalogEntryNotFound(NotFound):
+    slug = "catalog-entry-not-found"
+    title = N_("There is no such plan or payment method.")
+
+
+def _money(amounts: dict[str, Any]) -> dict[str, str]:
+    return {c: str(from_minor(int(a), c)) for c, a in amounts.items()}
+
+
+def _bucket(grant: dict[str, Any]) -> dict[str, Any]:
+    unit, amount = grant["unit"], int(grant["amount"])
+    out: dict[str, Any]
+    if unit == "VOICE_S":
+        out = {"minutes": amount // 60}
+    elif unit == "DATA_B" and amount % (1024 * MIB) == 0:
+        out = {"gigabytes": amount // (1024 * MIB)}
+    elif unit == "DATA_B":
+        out = {"megabytes": amount // MIB}
+    else:
+        out = {"sms": amount}
+    if grant.get("validity_days"):
+        out["validity_days"] = grant["validity_days"]
+    if grant.get("zones"):
+        out["zones"] = list(grant["zones"])
+    return out
+
+
+def _plan(plan: Plan, prices: dict[str, int]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "code": plan.code,
+        "names": dict(plan.names),
+        "descriptions": dict(plan.descriptions),
+        "prices": _money(prices),
+        "validity_days": plan.validity_days,
+        "buckets": [_bucket(b) for b in plan.buckets],
+        "methods": list(plan.methods),
+        "active": plan.active,
+    }
+    if plan.wallet_credit:
+        entry["wallet_credit"] = _money(plan.wallet_credit)
+    return entry
+
+
+def _method(m: PaymentMethod) -> dict[str, Any]:
+    limits: dict[str, dict[str, str]] = {}
+    for cur, amount in m.min_amount.items():
+        limits.setdefault(cur, {})["min"] = str(from_minor(int(amount), cur))
+    for cur, amount in m.max_amount.items():
+        limits.setdefault(cur, {})["max"] = str(from_minor(int(amount), cur))
+    return {
+        "code": m.code,
+        "provider": m.provider,
+        "currencies": list(m.currencies),
+        "names": dict(m.names),
+        "descriptions": dict(m.descriptions),
+        "fee_percent": str(Decimal(m.fee_percent_bp) / 100),
+        "fee_fixed": _money(m.fee_fixed),
+        "limits": limits,
+        "enabled": m.enabled,
+    }
+
+
+def _tariff(t: Tariff) -> dict[str, Any]:
+    """A tariff as the file writes it (increments in seconds or bytes)."""
+    per = next(name for name, n in PER_UNITS[t.service].items() if n == t.per_units)
+    entry: dict[str, Any] = {
+        "service": t.service,
+        "zone": t.zone,
+        "currency": t.currency,
+        "price": str(from_minor(t.price, t.currency)),
+        "per": per,
+        "minimum": str(from_minor(t.minimum, t.currency)),
+    }
+    if t.service != "sms":
+        suffix = "s" if t.service == "voice" else "B"
+        entry["rounding"] = f"{t.first_increment}{suffix}/{t.next_increment}{suffix}"
+    return entry
+
+
+async def export_catalog(s: AsyncSession) -> dict[str, Any]:
+    """The catalog as it stands, in the file's form (retired entries included, marked so)."""
+    repo = CatalogRepository(s)
+    prices = await repo.prices_by_plan()
+    return {
+        "zones": [
+            {
+                "code": z.code,
+                "names": dict(z.names),
+                "countries": list(z.countries),
+                "default": z.is_default,
+            }
+            for z in await repo.zones()
+        ],
+        "payment_methods": [_method(m) for m in await repo.methods(enabled_only=False)],
+        "plans": [_plan(p, prices.get(p.id, {})) for p in await repo.plans(active_only=False)],
+        # Not edited here (yet), but part of the catalog: loading without them would drop them.
+        "tariffs": [
+            _tariff(t)
+            for t in (
+                await s.execute(
+                    select(Tariff).order_by(Tariff.service, Tariff.zone, Tariff.currency)
+                )
+            ).scalars()
+        ],
+    }
+
+
+def find_entry(catalog: dict[str, Any], kind: str, code: str) -> dict[str, Any] | None:
+    if kind not in KINDS:
+        raise CatalogEntryNotFound(field="kind")
+    return next((e for e in catalog[kind] if e.get("code") == code), None)
+
+
+async def save_entry(
+    s: AsyncSession, actor: Actor, kind: str, code: str, text: str
+) -> tuple[LoadReport, dict[str, Any]]:
+    """Replace (or add, for a new code) one entry with `text` (JSON in the file's form) and load
+    the catalog; nothing is stored if anything in it is invalid."""
+    catalog = await export_catalog(s)
+    before = find_entry(catalog, kind, code)
+    source = f"{KINDS[kind]} {code}"
+    try:
+        entry = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogInvalid(source, [f"not valid JSON: {exc}"]) from exc
+    if not isinstance(entry, dict):
+        raise CatalogInvalid(source, ["an entry is a JSON object"])
+    entry.setdefault("code", code)
+    if entry["code"] != code:
+        raise CatalogInvalid(source, ["code: the code of an entry cannot change"])
+    if before is None:
+        catalog[kind].append(entry)
+    else:
+        catalog[kind][catalog[kind].index(before)] = entry
+    report = await load_catalog(s, validate_catalog(catalog, source=source))
+    after = find_entry(await export_catalog(s), kind, code)
+    if report.created or report.updated or report.retired:
+        await audit.record(
+            s,
+            actor,
+            "catalog.edit",
+            target_type=KINDS[kind],
+            target_id=code,
+            before=before,
+            after=after,
+            details={
+                "created": report.created,
+                "updated": report.updated,
+                "retired": report.retired,
+            },
+        )
+    return report, after or {}
+
+
+def as_text(entry: dict[str, Any] | None) -> str:
+    return json.dumps(entry or {}, ensure_ascii=False, indent=2)

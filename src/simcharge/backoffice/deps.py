@@ -1,0 +1,161 @@
+"""Who is acting in the back office: a staff session (browser cookie or bearer token) or an API
+key; and what they may do. Every refusal of a permission is itself written to the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from simcharge.api.deps import DB, AppSettings
+from simcharge.auth.apikeys import verify_api_key
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.roles import Permission, permissions_of, permissions_of_scopes
+from simcharge.backoffice.staff import StaffSessionEnded, csrf_token, session_for_token
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.errors import Forbidden, NotAuthenticated
+from simcharge.kit.clock import utcnow
+from simcharge.kit.crypto import constant_time_equals
+from simcharge.kit.translations import N_
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A staff token (POST /api/v1/admin/session) or an API key `sck_…`",
+)
+
+
+class LoginRequired(Exception):
+    """A back-office page was asked for without a (fully) signed-in staff session."""
+
+    def __init__(self, to: str) -> None:
+        super().__init__(to)
+        self.to = to
+
+
+class StaffCsrfFailed(Forbidden):
+    slug = "staff-csrf-failed"
+    title = N_("The form has expired; reload the page and try again.")
+
+
+def staff_cookie(settings: Settings) -> str:
+    return "__Host-sc_staff" if settings.secure_cookies else "sc_staff"
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    return (request.client.host if request.client else None), request.headers.get("user-agent")
+
+
+async def _staff_actor(
+    request: Request, db: Database, settings: Settings, token: str, *, need_mfa: bool
+) -> Actor | None:
+    found = await db.run(lambda s: session_for_token(s, settings, token, utcnow()))
+    if found is None:
+        return None
+    row, staff = found
+    if need_mfa and not row.mfa:
+        return None
+    ip, ua = _client(request)
+    request.state.language = staff.language
+    return Actor(
+        name=f"staff:{staff.username}",
+        permissions=permissions_of(staff.role) if row.mfa else frozenset(),
+        staff=staff,
+        session_id=row.id,
+        ip=ip,
+        user_agent=ua,
+    )
+
+
+async def api_actor(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Actor:
+    challenge = {"WWW-Authenticate": 'Bearer realm="simcharge-admin"'}
+    if credentials is None:
+        raise NotAuthenticated(N_("A staff token or an API key is required."), headers=challenge)
+    token = credentials.credentials
+    if token.startswith("sck_"):
+        key = await db.run(lambda s: verify_api_key(s, token))
+        if key is None:
+            raise NotAuthenticated(N_("The API key is not valid."), headers=challenge)
+        ip, ua = _client(request)
+        return Actor(
+            name=f"apikey:{key.prefix}",
+            permissions=permissions_of_scopes(key.scopes),
+            ip=ip,
+            user_agent=ua,
+            scopes=frozenset(key.scopes),
+        )
+    actor = await _staff_actor(request, db, settings, token, need_mfa=True)
+    if actor is None:
+        raise StaffSessionEnded(headers=challenge)
+    return actor
+
+
+async def web_actor(request: Request, db: DB, settings: AppSettings) -> Actor:
+    """The signed-in staff member of a back-office page; a write must carry the form's CSRF
+    token (bound to the session)."""
+    token = request.cookies.get(staff_cookie(settings))
+    actor = await _staff_actor(request, db, settings, token, need_mfa=False) if token else None
+    if actor is None:
+        raise LoginRequired("/backoffice/login")
+    if not actor.permissions:
+        raise LoginRequired("/backoffice/login/code")
+    request.state.actor = actor
+    if request.method not in ("GET", "HEAD"):
+        form = await request.form()
+        presented = str(form.get("csrf") or request.headers.get("x-csrf-token") or "")
+        assert actor.session_id is not None
+        expected = csrf_token(settings.secret_key, actor.session_id)
+        if not presented or not constant_time_equals(expected, presented):
+            raise StaffCsrfFailed()
+    return actor
+
+
+async def _refuse(db: Database, actor: Actor, permission: Permission, path: str) -> None:
+    await db.run(
+        lambda s: audit.record(
+            s,
+            actor,
+            "access.denied",
+            details={"permission": permission.value, "path": path},
+        )
+    )
+    raise Forbidden(
+        N_("Your role does not allow this ({permission})."),
+        permission=permission.value,
+    )
+
+
+def require(permission: Permission) -> Any:
+    """An API dependency: the actor, if they hold `permission`."""
+
+    async def dependency(
+        request: Request, db: DB, actor: Annotated[Actor, Depends(api_actor)]
+    ) -> Actor:
+        if not actor.can(permission):
+            await _refuse(db, actor, permission, request.url.path)
+        return actor
+
+    return Depends(dependency)
+
+
+def require_web(permission: Permission) -> Any:
+    """A page dependency: the signed-in staff member, if they hold `permission`."""
+
+    async def dependency(
+        request: Request, db: DB, actor: Annotated[Actor, Depends(web_actor)]
+    ) -> Actor:
+        if not actor.can(permission):
+            await _refuse(db, actor, permission, request.url.path)
+        return actor
+
+    return Depends(dependency)
+
+
+WebActor = Annotated[Actor, Depends(web_actor)]

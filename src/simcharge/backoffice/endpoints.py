@@ -1,0 +1,673 @@
+"""`/api/v1/admin/…`: the back office's actions for the operator's own tools — a staff bearer
+token (`POST /admin/session`, password + authenticator code) or an API key with scopes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import API_PREFIX, DB, AppSettings
+from simcharge.backoffice import audit, money, reports
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.catalog import export_catalog, save_entry
+from simcharge.backoffice.customers import customer_view, search_customers
+from simcharge.backoffice.deps import api_actor, require
+from simcharge.backoffice.models import StaffUser
+from simcharge.backoffice.orders import OrderPanel, check_with_provider, order_panel
+from simcharge.backoffice.roles import Permission, permissions_of
+from simcharge.backoffice.schemas import (
+    AdjustmentIn,
+    AdjustmentOut,
+    AuditEntryOut,
+    CheckOut,
+    CustomerOut,
+    CustomerViewOut,
+    DecisionIn,
+    NoteIn,
+    StaffChangeIn,
+    StaffLoginIn,
+    StaffOut,
+    StaffTokenOut,
+    StateOut,
+)
+from simcharge.backoffice.screens_customers import attention_orders
+from simcharge.backoffice.screens_tickets import staff_names
+from simcharge.backoffice.staff import (
+    StaffLoginFailed,
+    change_staff,
+    end_session,
+    sign_in,
+    staff_facts,
+)
+from simcharge.kit.clock import utcnow
+from simcharge.orders.models import Order
+from simcharge.tickets import service as tickets
+from simcharge.tickets.endpoints import ticket_out
+from simcharge.tickets.models import Ticket
+from simcharge.tickets.schemas import (
+    StaffMessageOut,
+    StaffReplyIn,
+    StaffTicketDetailOut,
+    StaffTicketOut,
+    TicketUpdateIn,
+)
+
+router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"])
+AuditReader = Annotated[Actor, require(Permission.audit_read)]
+
+
+@router.post("/session", response_model=StaffTokenOut, summary="Staff sign-in (token)")
+async def staff_session(
+    body: StaffLoginIn, request: Request, db: DB, settings: AppSettings
+) -> StaffTokenOut:
+    """Password and authenticator code at once (a staff member enrols at `/backoffice` first)."""
+    ip = request.client.host if request.client else None
+    ua = request.headers.get("user-agent")
+    now = utcnow()
+
+    async def attempt(s: AsyncSession) -> StaffTokenOut | None:
+        found = await sign_in(
+            s,
+            settings,
+            username=body.username,
+            password=body.password,
+            code=body.code,
+            ip=ip,
+            user_agent=ua,
+            now=now,
+        )
+        if found is None:
+            await audit.record(
+                s,
+                Actor(
+                    name=f"staff:{body.username.strip().casefold()[:60]}",
+                    permissions=frozenset(),
+                    ip=ip,
+                    user_agent=ua,
+                ),
+                "staff.login_failed",
+                details={"via": "api"},
+            )
+            return None
+        staff, issued = found
+        actor = Actor(
+            name=f"staff:{staff.username}",
+            permissions=frozenset(),
+            staff=staff,
+            ip=ip,
+            user_agent=ua,
+        )
+        await audit.record(
+            s, actor, "staff.login", target_type="staff", target_id=staff.id, details={"via": "api"}
+        )
+        return StaffTokenOut(
+            token=issued.token,
+            expires_at=issued.row.expires_at,
+            username=staff.username,
+            role=staff.role,
+            permissions=sorted(p.value for p in permissions_of(staff.role)),
+        )
+
+    out = await db.run(attempt)
+    if out is None:
+        raise StaffLoginFailed()
+    return out
+
+
+@router.delete("/session", status_code=204, summary="End this staff token")
+async def end_staff_session(db: DB, actor: Annotated[Actor, Depends(api_actor)]) -> None:
+    if actor.session_id is None:
+        return
+    sid = actor.session_id
+
+    async def end(s: AsyncSession) -> None:
+        await end_session(s, sid, utcnow())
+        await audit.record(
+            s,
+            actor,
+            "staff.logout",
+            target_type="staff",
+            target_id=actor.staff_id,
+            details={"via": "api"},
+        )
+
+    await db.run(end)
+
+
+@router.get("/audit", response_model=list[AuditEntryOut], summary="The audit log, newest first")
+async def audit_log(
+    actor: AuditReader,
+    db: DB,
+    target_type: Annotated[str | None, Query(max_length=32)] = None,
+    target_id: Annotated[str | None, Query(max_length=64)] = None,
+    who: Annotated[str | None, Query(max_length=80, description="`staff:<name>`…")] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[AuditEntryOut]:
+    async with db.read() as s:
+        rows = await audit.entries(
+            s,
+            target_type=target_type,
+            target_id=target_id,
+            actor=who,
+            action=action,
+            limit=limit,
+        )
+    return [AuditEntryOut.model_validate(r) for r in rows]
+
+
+# --- tickets ------------------------------------------------------------------------------
+
+TicketWorker = Annotated[Actor, require(Permission.tickets_work)]
+OrderChecker = Annotated[Actor, require(Permission.orders_check)]
+
+
+async def _staff_ticket(s: AsyncSession, ticket: Ticket, *, with_messages: bool) -> Any:
+    names = await staff_names(s)
+    base = StaffTicketOut(
+        **ticket_out(ticket).model_dump(),
+        account_id=ticket.account_id,
+        priority=ticket.priority,
+        assignee=names.get(ticket.assignee_id) if ticket.assignee_id else None,
+    )
+    if not with_messages:
+        return base
+    messages = await tickets.messages_of(s, ticket.id, internal=True)
+    return StaffTicketDetailOut(
+        **base.model_dump(),
+        messages=[
+            StaffMessageOut(
+                id=m.id,
+                author=m.author,
+                body=m.body,
+                created_at=m.created_at,
+                internal=m.internal,
+                staff=names.get(m.staff_id) if m.staff_id else None,
+            )
+            for m in messages
+        ],
+    )
+
+
+@router.get("/tickets", response_model=list[StaffTicketOut], summary="Tickets, latest first")
+async def list_tickets(
+    actor: TicketWorker,
+    db: DB,
+    status: Annotated[str | None, Query(max_length=24)] = None,
+    priority: Annotated[str | None, Query(max_length=8)] = None,
+    assignee: Annotated[str | None, Query(max_length=64, description="A staff username")] = None,
+    account_id: uuid.UUID | None = None,
+    order_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[StaffTicketOut]:
+    async with db.read() as s:
+        assignee_id = None
+        if assignee:
+            names = {v: k for k, v in (await staff_names(s)).items()}
+            assignee_id = names.get(assignee.casefold(), uuid.UUID(int=0))
+        rows = await tickets.find_tickets(
+            s,
+            tickets.TicketFilter(
+                status=status,
+                priority=priority,
+                assignee_id=assignee_id,
+                account_id=account_id,
+                order_id=order_id,
+            ),
+            limit=limit,
+        )
+        return [await _staff_ticket(s, t, with_messages=False) for t in rows]
+
+
+@router.get("/tickets/{ticket_id}", response_model=StaffTicketDetailOut, summary="One ticket")
+async def get_ticket(ticket_id: uuid.UUID, actor: TicketWorker, db: DB) -> StaffTicketDetailOut:
+    async with db.read() as s:
+        out: StaffTicketDetailOut = await _staff_ticket(
+            s, await tickets.get_ticket(s, ticket_id), with_messages=True
+        )
+        return out
+
+
+@router.post(
+    "/tickets/{ticket_id}/messages",
+    response_model=StaffTicketDetailOut,
+    status_code=201,
+    summary="Reply (the customer is told) or add an internal note",
+)
+async def reply_ticket(
+    ticket_id: uuid.UUID, body: StaffReplyIn, actor: TicketWorker, db: DB
+) -> StaffTicketDetailOut:
+    async def run(s: AsyncSession) -> StaffTicketDetailOut:
+        await tickets.staff_reply(
+            s,
+            actor,
+            ticket_id,
+            body.body,
+            internal=body.internal,
+            status=body.status,
+            now=utcnow(),
+        )
+        out: StaffTicketDetailOut = await _staff_ticket(
+            s, await tickets.get_ticket(s, ticket_id), with_messages=True
+        )
+        return out
+
+    return await db.run(run)
+
+
+@router.patch(
+    "/tickets/{ticket_id}", response_model=StaffTicketOut, summary="Status, priority, assignee"
+)
+async def update_ticket(
+    ticket_id: uuid.UUID, body: TicketUpdateIn, actor: TicketWorker, db: DB
+) -> StaffTicketOut:
+    async def run(s: AsyncSession) -> StaffTicketOut:
+        ticket = await tickets.update_ticket(
+            s,
+            actor,
+            ticket_id,
+            status=body.status,
+            priority=body.priority,
+            assignee=body.assignee,
+            now=utcnow(),
+        )
+        out: StaffTicketOut = await _staff_ticket(s, ticket, with_messages=False)
+        return out
+
+    return await db.run(run)
+
+
+# --- orders -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/orders/{order_id}/check",
+    response_model=CheckOut,
+    summary="Ask the provider where the payment stands (credits it if paid)",
+)
+async def check_order_now(
+    order_id: uuid.UUID, request: Request, actor: OrderChecker, db: DB
+) -> CheckOut:
+    outcome = await check_with_provider(db, request.app.state.providers, actor, order_id)
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+        assert order is not None
+        return CheckOut(outcome=outcome.value, state=order.state, attention=order.attention)
+
+
+# --- customers ----------------------------------------------------------------------------
+
+CustomerReader = Annotated[Actor, require(Permission.customers_read)]
+Adjuster = Annotated[Actor, require(Permission.adjustments_request)]
+Approver = Annotated[Actor, require(Permission.adjustments_approve)]
+Unlocker = Annotated[Actor, require(Permission.accounts_unlock)]
+Unfreezer = Annotated[Actor, require(Permission.lines_unfreeze)]
+Resender = Annotated[Actor, require(Permission.receipts_resend)]
+AttentionReader = Annotated[Actor, require(Permission.attention_read)]
+Resolver = Annotated[Actor, require(Permission.attention_resolve)]
+
+
+def _row(obj: Any, *fields: str) -> dict[str, Any]:
+    out = {}
+    for f in fields:
+        value = getattr(obj, f)
+        out[f] = str(value) if isinstance(value, uuid.UUID) else value
+    return out
+
+
+def _panel(p: OrderPanel) -> dict[str, Any]:
+    o = p.order
+    return {
+        **_row(
+            o,
+            "id",
+            "reference",
+            "state",
+            "msisdn",
+            "plan_code",
+            "method_code",
+            "provider",
+            "currency",
+            "price",
+            "fee",
+            "total",
+            "paid_amount",
+            "refunded_amount",
+            "receipt_number",
+            "attention",
+            "attention_note",
+            "created_at",
+            "paid_at",
+        ),
+        "payment": _row(p.payment, "state", "provider_ref", "payment_id", "checks", "last_error")
+        if p.payment
+        else None,
+        "events": [
+            _row(e, "event_id", "event_type", "received_at", "outcome", "status") for e in p.events
+        ],
+        "refunds": [
+            _row(r, "reference", "amount", "currency", "state", "requested_by", "reason")
+            for r in p.refunds
+        ],
+    }
+
+
+@router.get("/customers", response_model=list[CustomerOut], summary="Find customers")
+async def find_customers(
+    actor: CustomerReader,
+    db: DB,
+    q: Annotated[
+        str,
+        Query(
+            min_length=2,
+            max_length=200,
+            description="Name, e-mail, phone, "
+            "MSISDN, ICCID, order id or reference, receipt number, ticket "
+            "number, provider reference",
+        ),
+    ],
+) -> list[CustomerOut]:
+    async with db.read() as s:
+        found = await search_customers(s, q)
+    await db.run(
+        lambda s: audit.record(s, actor, "customer.search", details={"q": q, "found": len(found)})
+    )
+    return [CustomerOut.model_validate(a) for a in found]
+
+
+@router.get(
+    "/customers/{account_id}", response_model=CustomerViewOut, summary="A customer's full view"
+)
+async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> CustomerViewOut:
+    async with db.read() as s:
+        v = await customer_view(s, account_id)
+    await db.run(
+        lambda s: audit.record(
+            s, actor, "customer.view", target_type="account", target_id=account_id
+        )
+    )
+    return CustomerViewOut(
+        account=CustomerOut.model_validate(v.account),
+        lines=[
+            {
+                **_row(f.line, "id", "msisdn", "iccid", "state", "currency", "validity_end"),
+                "balances": f.balances.model_dump(mode="json"),
+                "transfers": [
+                    _row(
+                        t,
+                        "id",
+                        "code",
+                        "amount",
+                        "unit",
+                        "kind",
+                        "debit_account_id",
+                        "credit_account_id",
+                        "reference",
+                        "created_at",
+                    )
+                    for t in f.transfers
+                ],
+            }
+            for f in v.lines
+        ],
+        orders=[_panel(p) for p in v.orders],
+        sessions=[
+            _row(
+                x,
+                "id",
+                "created_at",
+                "last_seen_at",
+                "ip",
+                "user_agent",
+                "revoked_at",
+                "revoked_reason",
+            )
+            for x in v.sessions
+        ],
+        security_events=[
+            _row(e, "kind", "success", "ip", "user_agent", "created_at") for e in v.security_events
+        ],
+        notices=[_row(n, "template", "created_at", "read_at") for n in v.notices],
+        messages=[
+            _row(m, "channel", "template", "target", "subject", "status", "created_at")
+            for m in v.messages
+        ],
+        tickets=[
+            _row(t, "id", "number", "subject", "status", "priority", "updated_at")
+            for t in v.tickets
+        ],
+        adjustments=[
+            AdjustmentOut.model_validate(a).model_dump(mode="json") for a in v.adjustments
+        ],
+    )
+
+
+@router.post(
+    "/customers/{account_id}/unlock", response_model=StateOut, summary="Unlock a locked account"
+)
+async def unlock_customer(account_id: uuid.UUID, actor: Unlocker, db: DB) -> StateOut:
+    account = await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
+    return StateOut(id=account.id, state=account.status)
+
+
+@router.post("/lines/{line_id}/unfreeze", response_model=StateOut, summary="Unfreeze a line")
+async def unfreeze_line(line_id: uuid.UUID, actor: Unfreezer, db: DB) -> StateOut:
+    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow()))
+    return StateOut(id=line.id, state=line.state)
+
+
+@router.post(
+    "/lines/{line_id}/adjustments",
+    response_model=AdjustmentOut,
+    status_code=201,
+    summary="Adjust a wallet or bucket (four-eyes above the threshold)",
+)
+async def adjust_line(
+    line_id: uuid.UUID, body: AdjustmentIn, actor: Adjuster, db: DB, settings: AppSettings
+) -> AdjustmentOut:
+    adj = await db.run(
+        lambda s: money.request_adjustment(
+            s,
+            settings,
+            actor,
+            line_id,
+            target=body.target,
+            amount=body.amount,
+            reason=body.reason,
+            ticket_id=body.ticket_id,
+            now=utcnow(),
+        )
+    )
+    return AdjustmentOut.model_validate(adj)
+
+
+@router.get(
+    "/adjustments", response_model=list[AdjustmentOut], summary="Adjustments awaiting approval"
+)
+async def waiting_adjustments(actor: Adjuster, db: DB) -> list[AdjustmentOut]:
+    async with db.read() as s:
+        return [AdjustmentOut.model_validate(a) for a in await money.pending_adjustments(s)]
+
+
+@router.post(
+    "/adjustments/{adjustment_id}/decision",
+    response_model=AdjustmentOut,
+    summary="Approve or reject someone else's adjustment (staff only)",
+)
+async def decide_adjustment(
+    adjustment_id: uuid.UUID, body: DecisionIn, actor: Approver, db: DB
+) -> AdjustmentOut:
+    adj = await db.run(
+        lambda s: money.decide_adjustment(
+            s, actor, adjustment_id, approve=body.approve, now=utcnow()
+        )
+    )
+    return AdjustmentOut.model_validate(adj)
+
+
+@router.post(
+    "/orders/{order_id}/resend-receipt", status_code=202, summary="E-mail the receipt again"
+)
+async def resend_receipt(order_id: uuid.UUID, actor: Resender, db: DB) -> None:
+    await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
+
+
+@router.get(
+    "/attention",
+    response_model=list[dict[str, Any]],
+    summary="Payments needing attention: flagged, or pending too long",
+)
+async def attention(actor: AttentionReader, db: DB, settings: AppSettings) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        ids = await attention_orders(s, settings.order_pending_alert_minutes)
+        return [_panel(await order_panel(s, i)) for i in ids]
+
+
+@router.post(
+    "/orders/{order_id}/resolve",
+    response_model=StateOut,
+    summary="Clear an order's attention flag, saying how it was settled",
+)
+async def resolve(order_id: uuid.UUID, body: NoteIn, actor: Resolver, db: DB) -> StateOut:
+    order = await db.run(lambda s: money.resolve_attention(s, actor, order_id, body.note, utcnow()))
+    return StateOut(id=order.id, state=order.state)
+
+
+# --- catalog ------------------------------------------------------------------------------
+
+CatalogEditor = Annotated[Actor, require(Permission.catalog_edit)]
+
+
+@router.get(
+    "/catalog",
+    response_model=dict[str, Any],
+    summary="The whole catalog in the catalog file's form (retired entries included)",
+)
+async def get_catalog(actor: CatalogEditor, db: DB) -> dict[str, Any]:
+    async with db.read() as s:
+        return await export_catalog(s)
+
+
+@router.put(
+    "/catalog/{kind}/{code}",
+    response_model=dict[str, Any],
+    summary="Replace or add one plan (`plans`) or payment method (`payment_methods`)",
+)
+async def put_catalog_entry(
+    kind: Literal["plans", "payment_methods"],
+    code: Annotated[str, Path(max_length=64)],
+    body: dict[str, Any],
+    actor: CatalogEditor,
+    db: DB,
+) -> dict[str, Any]:
+    """Validated with the whole catalog; a changed entry gets a new version. Nothing is stored
+    if anything is invalid (`catalog-invalid`, every problem listed)."""
+    text = json.dumps(body)
+    _, entry = await db.run(lambda s: save_entry(s, actor, kind, code, text))
+    return entry
+
+
+# --- reports ------------------------------------------------------------------------------
+
+ReportReader = Annotated[Actor, require(Permission.reports_read)]
+
+
+@router.get(
+    "/reports/{name}",
+    summary="A report as JSON rows, or CSV with `?format=csv`",
+    responses={
+        200: {
+            "description": "The rows (JSON), or CSV with `?format=csv`",
+            "content": {
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
+    response_model=None,
+)
+async def get_report(
+    name: Literal["topups", "conversion", "failures", "lines"],
+    actor: ReportReader,
+    db: DB,
+    start: Annotated[
+        str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
+    ] = None,
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    """`topups`: per day, method and currency — top-ups, money taken, fees, refunded, net.
+    `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
+    (failed, cancelled, expired). `lines`: lines per lifecycle state now."""
+    p = reports.period(start, end, utcnow().date())
+    async with db.read() as s:
+        rows = await reports.report_rows(s, name, p)
+    if format == "csv":
+        return Response(
+            reports.to_csv(rows, reports.COLUMNS[name]), media_type="text/csv; charset=utf-8"
+        )
+    return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in rows]
+
+
+# --- staff --------------------------------------------------------------------------------
+
+StaffAdmin = Annotated[Actor, require(Permission.staff_manage)]
+
+
+def _staff_out(st: StaffUser) -> StaffOut:
+    return StaffOut(
+        id=st.id,
+        username=st.username,
+        display_name=st.display_name,
+        role=st.role,
+        active=st.active,
+        totp_enrolled=st.totp_enabled_at is not None,
+        last_login_at=st.last_login_at,
+    )
+
+
+@router.get("/staff", response_model=list[StaffOut], summary="Staff members")
+async def list_staff(actor: StaffAdmin, db: DB) -> list[StaffOut]:
+    async with db.read() as s:
+        rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars()
+        return [_staff_out(st) for st in rows]
+
+
+@router.patch(
+    "/staff/{staff_id}",
+    response_model=StaffOut,
+    summary="Change a staff member's role or access, or reset their authenticator",
+)
+async def change_staff_member(
+    staff_id: uuid.UUID, body: StaffChangeIn, actor: StaffAdmin, db: DB
+) -> StaffOut:
+    async def run(s: AsyncSession) -> StaffOut:
+        staff, before = await change_staff(
+            s,
+            staff_id,
+            by=actor.staff_id,
+            role=body.role,
+            active=body.active,
+            reset_totp=body.reset_totp,
+            now=utcnow(),
+        )
+        await audit.record(
+            s,
+            actor,
+            "staff.change",
+            target_type="staff",
+            target_id=staff.id,
+            before=before,
+            after=staff_facts(staff),
+        )
+        return _staff_out(staff)
+
+    return await db.run(run)

@@ -1,0 +1,398 @@
+"""Staff actions that touch money, units or access: refunds, manual adjustments (four-eyes above
+a threshold), unlocking an account, unfreezing a line, resending a receipt, and settling a
+payment that needed attention. Each one writes its audit entry in the same transaction; each
+change of a balance is a ledger transfer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account, AccountStatus
+from simcharge.auth.service import unlock_account
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.customers import CustomerNotFound
+from simcharge.backoffice.models import Adjustment, AdjustmentState
+from simcharge.backoffice.orders import order_facts
+from simcharge.config import Settings
+from simcharge.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.translations import N_
+from simcharge.ledger import chart
+from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
+from simcharge.lifecycle import service as lifecycle
+from simcharge.lines.models import Bucket, Line, LineState
+from simcharge.orders.fulfilment import RECEIPT_JOB
+from simcharge.orders.models import Order, OrderState, Refund
+from simcharge.orders.refunds import request_refund
+from simcharge.orders.service import OrderNotFound
+from simcharge.worker.service import enqueue
+
+REASON_MAX = 500
+
+
+class LineNotFound(NotFound):
+    slug = "line-not-found"
+    title = N_("There is no such line.")
+
+
+class AdjustmentNotFound(NotFound):
+    slug = "adjustment-not-found"
+    title = N_("There is no such adjustment.")
+
+
+class AdjustmentDecided(Conflict):
+    slug = "adjustment-decided"
+    title = N_("This adjustment was already approved or rejected.")
+
+
+class FourEyes(Forbidden):
+    slug = "four-eyes"
+    title = N_("An adjustment must be approved by someone other than who asked for it.")
+
+
+class NotLocked(Conflict):
+    slug = "account-not-locked"
+    title = N_("This account is not locked.")
+
+
+class NotFrozen(Conflict):
+    slug = "line-not-frozen"
+    title = N_("This line is not frozen.")
+
+
+class NoReceipt(Conflict):
+    slug = "no-receipt"
+    title = N_("This order has no receipt (it was not credited).")
+
+
+class NothingToResolve(Conflict):
+    slug = "nothing-to-resolve"
+    title = N_("This order needs no attention.")
+
+
+def _reason(value: str) -> str:
+    text = value.strip().replace("\x00", "")
+    if not text:
+        raise ValidationFailed(N_("Give a reason."), field="reason")
+    if len(text) > REASON_MAX:
+        raise ValidationFailed(N_("At most {max} characters."), field="reason", max=REASON_MAX)
+    return text
+
+
+# --- refunds ------------------------------------------------------------------------------
+
+
+async def refund(
+    s: AsyncSession,
+    actor: Actor,
+    order_id: uuid.UUID,
+    *,
+    amount: int | None,
+    reason: str,
+    idempotency_key: str,
+    now: datetime,
+) -> Refund:
+    """Ask for a refund (`orders.refunds`: held in the ledger now, done by the worker through
+    the provider); audited."""
+    reason = _reason(reason)
+    order = await s.get(Order, order_id)
+    if order is None:
+        raise OrderNotFound(field="order_id")
+    before = order_facts(order)
+    row = await request_refund(
+        s,
+        order_id,
+        amount=amount,
+        reason=reason,
+        requested_by=actor.name,
+        now=now,
+        idempotency_key=idempotency_key,
+    )
+    await audit.record(
+        s,
+        actor,
+        "order.refund",
+        target_type="order",
+        target_id=order_id,
+        before=before,
+        after={**order_facts(order), "refund": row.reference, "refund_state": row.state},
+        details={"amount": row.amount, "currency": row.currency, "reason": reason},
+        now=now,
+    )
+    return row
+
+
+# --- adjustments --------------------------------------------------------------------------
+
+
+def _needs_approval(settings: Settings, unit: str, amount: int, wallet: bool) -> bool:
+    if wallet:
+        return abs(amount) > settings.adjustment_approval_above
+    limit = settings.approval_units.get(unit)
+    return limit is None or abs(amount) > limit
+
+
+async def _apply(s: AsyncSession, adj: Adjustment, line: Line, now: datetime) -> None:
+    """One ledger transfer between the line's wallet or bucket and the operator's funding or
+    issuance account; its id derives from the adjustment (applying twice moves nothing more)."""
+    wallet = adj.ledger_account_id == line.wallet_account_id
+    operator = chart.funding(adj.unit) if wallet else chart.issuance(adj.unit)
+    await ensure_accounts(s, [operator])
+    credit = adj.amount > 0
+    transfer = NewTransfer(
+        id=derived_id("adjustment", adj.id),
+        amount=abs(adj.amount),
+        unit=adj.unit,
+        debit_account_id=operator.id if credit else adj.ledger_account_id,
+        credit_account_id=adj.ledger_account_id if credit else operator.id,
+        code="adjustment",
+        reference=f"adjustment:{adj.id}",
+    )
+    await post_transfers(s, [transfer], now=now)
+    adj.transfer_id = transfer.id
+
+
+def adjustment_facts(adj: Adjustment) -> dict[str, Any]:
+    return {
+        "state": adj.state,
+        "amount": adj.amount,
+        "unit": adj.unit,
+        "account": str(adj.ledger_account_id),
+        "transfer": str(adj.transfer_id) if adj.transfer_id else None,
+    }
+
+
+async def request_adjustment(
+    s: AsyncSession,
+    settings: Settings,
+    actor: Actor,
+    line_id: uuid.UUID,
+    *,
+    target: str,
+    amount: int,
+    reason: str,
+    ticket_id: uuid.UUID | None = None,
+    now: datetime,
+) -> Adjustment:
+    """Adjust a line's wallet (`target` = "wallet", minor units) or one of its buckets (`target`
+    = the bucket id, in the bucket's unit). Above the threshold it waits for a second person;
+    otherwise it is posted now. A debit beyond what is there is refused by the ledger."""
+    reason = _reason(reason)
+    if amount == 0:
+        raise ValidationFailed(N_("The amount may not be zero."), field="amount")
+    line = await s.get(Line, line_id, with_for_update=True)
+    if line is None:
+        raise LineNotFound(field="line_id")
+    if target == "wallet":
+        account_id, unit = line.wallet_account_id, line.currency
+    else:
+        try:
+            bucket = await s.get(Bucket, uuid.UUID(target))
+        except ValueError:
+            bucket = None
+        if bucket is None or bucket.line_id != line.id:
+            raise ValidationFailed(
+                N_("Choose the wallet or one of the line's buckets."), field="target"
+            )
+        account_id, unit = bucket.id, bucket.unit
+    waits = _needs_approval(settings, unit, amount, target == "wallet")
+    adj = Adjustment(
+        id=uuid7(),
+        line_id=line.id,
+        ledger_account_id=account_id,
+        unit=unit,
+        amount=amount,
+        reason=reason,
+        state=(AdjustmentState.awaiting_approval if waits else AdjustmentState.applied).value,
+        requested_by=actor.name,
+        requested_by_staff_id=actor.staff_id,
+        ticket_id=ticket_id,
+        created_at=now,
+        decided_at=None if waits else now,
+    )
+    if not waits:
+        await _apply(s, adj, line, now)
+    s.add(adj)
+    await s.flush()
+    await audit.record(
+        s,
+        actor,
+        "adjustment.request" if waits else "adjustment.apply",
+        target_type="line",
+        target_id=line.id,
+        after=adjustment_facts(adj),
+        details={"adjustment": str(adj.id), "reason": reason, "msisdn": line.msisdn},
+        now=now,
+    )
+    return adj
+
+
+async def decide_adjustment(
+    s: AsyncSession, actor: Actor, adjustment_id: uuid.UUID, *, approve: bool, now: datetime
+) -> Adjustment:
+    """Approve (posted now) or reject an adjustment waiting for a second person."""
+    adj = await s.get(Adjustment, adjustment_id, with_for_update=True)
+    if adj is None:
+        raise AdjustmentNotFound(field="adjustment_id")
+    if adj.requested_by == actor.name or (
+        actor.staff_id is not None and adj.requested_by_staff_id == actor.staff_id
+    ):
+        raise FourEyes(field="adjustment_id")
+    before = adjustment_facts(adj)
+    state = (AdjustmentState.applied if approve else AdjustmentState.rejected).value
+    claimed = await s.execute(
+        update(Adjustment)
+        .where(
+            Adjustment.id == adj.id,
+            Adjustment.state == AdjustmentState.awaiting_approval.value,
+        )
+        .values(state=state, decided_by=actor.name, decided_at=now)
+    )
+    if not getattr(claimed, "rowcount", 0):
+        raise AdjustmentDecided(field="adjustment_id")
+    await s.refresh(adj)
+    if approve:
+        line = await s.get(Line, adj.line_id, with_for_update=True)
+        assert line is not None
+        await _apply(s, adj, line, now)
+        await s.flush()
+    await audit.record(
+        s,
+        actor,
+        "adjustment.approve" if approve else "adjustment.reject",
+        target_type="line",
+        target_id=adj.line_id,
+        before=before,
+        after=adjustment_facts(adj),
+        details={"adjustment": str(adj.id), "requested_by": adj.requested_by},
+        now=now,
+    )
+    return adj
+
+
+async def pending_adjustments(s: AsyncSession) -> list[Adjustment]:
+    return list(
+        (
+            await s.execute(
+                select(Adjustment)
+                .where(Adjustment.state == AdjustmentState.awaiting_approval.value)
+                .order_by(Adjustment.created_at)
+            )
+        ).scalars()
+    )
+
+
+# --- access and lines ---------------------------------------------------------------------
+
+
+async def unlock(s: AsyncSession, actor: Actor, account_id: uuid.UUID, now: datetime) -> Account:
+    account = await s.get(Account, account_id, with_for_update=True)
+    if account is None:
+        raise CustomerNotFound(field="account_id")
+    if account.status != AccountStatus.locked:
+        raise NotLocked(field="account_id")
+    before = {"status": account.status, "lock_reason": account.lock_reason}
+    await unlock_account(s, account, client=None, now=now, by="staff")
+    await audit.record(
+        s,
+        actor,
+        "account.unlock",
+        target_type="account",
+        target_id=account.id,
+        before=before,
+        after={"status": account.status},
+        now=now,
+    )
+    return account
+
+
+async def unfreeze_line(s: AsyncSession, actor: Actor, line_id: uuid.UUID, now: datetime) -> Line:
+    """A frozen line back in service, by the lifecycle's rules (active while its validity runs,
+    else in grace with a full grace period to top up); audited here as well."""
+    line = await s.get(Line, line_id, with_for_update=True)
+    if line is None:
+        raise LineNotFound(field="line_id")
+    if line.state != LineState.frozen:
+        raise NotFrozen(field="line_id")
+    before = {"state": line.state}
+    await lifecycle.unfreeze(
+        s, line, by=actor.name.split(":", 1)[-1], reason="unfrozen by customer service", now=now
+    )
+    await audit.record(
+        s,
+        actor,
+        "line.unfreeze",
+        target_type="line",
+        target_id=line.id,
+        before=before,
+        after={"state": line.state},
+        details={"msisdn": line.msisdn},
+        now=now,
+    )
+    return line
+
+
+async def resend_receipt(s: AsyncSession, actor: Actor, order_id: uuid.UUID, now: datetime) -> None:
+    """The receipt job again (it renders if needed and e-mails the verified address)."""
+    order = await s.get(Order, order_id)
+    if order is None:
+        raise OrderNotFound(field="order_id")
+    if order.fulfilled_at is None:
+        raise NoReceipt(field="order_id")
+    await enqueue(
+        s,
+        RECEIPT_JOB,
+        {"order_id": str(order.id)},
+        dedupe_key=f"{RECEIPT_JOB}:{order.id}:resend:{uuid7()}",
+    )
+    await audit.record(
+        s,
+        actor,
+        "order.resend_receipt",
+        target_type="order",
+        target_id=order.id,
+        details={"receipt": order.receipt_number},
+        now=now,
+    )
+
+
+async def resolve_attention(
+    s: AsyncSession, actor: Actor, order_id: uuid.UUID, note: str, now: datetime
+) -> Order:
+    """Finance settled what the order was flagged for (credited by an adjustment, refunded,
+    confirmed with the provider…): the flag is cleared, the note kept."""
+    note = _reason(note)
+    order = await s.get(Order, order_id, with_for_update=True)
+    if order is None:
+        raise OrderNotFound(field="order_id")
+    if order.attention is None:
+        raise NothingToResolve(field="order_id")
+    before = {"attention": order.attention, "attention_note": order.attention_note}
+    order.attention = None
+    order.attention_note = (
+        f"{before['attention_note'] or before['attention']} — resolved by {actor.name}: {note}"[
+            :2000
+        ]
+    )
+    await s.flush()
+    await audit.record(
+        s,
+        actor,
+        "order.resolve_attention",
+        target_type="order",
+        target_id=order.id,
+        before=before,
+        after={"attention": None, "attention_note": order.attention_note},
+        details={"note": note, "state": order.state},
+        now=now,
+    )
+    return order
+
+
+STUCK_STATES = (OrderState.pending.value,)

@@ -1,0 +1,241 @@
+"""Reports for finance: top-ups and revenue per day, method and currency; conversion (orders
+created → paid); failed payments; lines by lifecycle state — as rows, CSV and SVG charts.
+
+Rows are grouped in Python from one indexed range query each (a day is a UTC day), which is the
+same on SQLite and PostgreSQL; a period is at most `MAX_DAYS` long."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from markupsafe import Markup, escape
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.errors import ValidationFailed
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
+from simcharge.orders.models import CLOSED_UNPAID, Order
+
+MAX_DAYS = 366
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: date
+    end: date
+    """Inclusive."""
+
+    @property
+    def since(self) -> datetime:
+        return datetime.combine(self.start, time(), tzinfo=UTC)
+
+    @property
+    def until(self) -> datetime:
+        return datetime.combine(self.end + timedelta(days=1), time(), tzinfo=UTC)
+
+    def days(self) -> list[date]:
+        return [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+
+
+def period(start: str | None, end: str | None, today: date) -> Period:
+    try:
+        last = date.fromisoformat(end) if end else today
+    except ValueError:
+        raise ValidationFailed(N_("Use a date like 2026-11-25."), field="to") from None
+    try:
+        first = date.fromisoformat(start) if start else last - timedelta(days=29)
+    except ValueError:
+        raise ValidationFailed(N_("Use a date like 2026-11-25."), field="from") from None
+    if first > last:
+        raise ValidationFailed(N_("The period ends before it starts."), field="from")
+    if (last - first).days >= MAX_DAYS:
+        raise ValidationFailed(
+            N_("A report covers at most {days} days."), field="from", days=MAX_DAYS
+        )
+    return Period(first, last)
+
+
+@dataclass(frozen=True, slots=True)
+class TopupRow:
+    day: date
+    method: str
+    currency: str
+    topups: int
+    amount: int
+    """Money taken, minor units (what the provider confirmed)."""
+    fees: int
+    refunded: int
+    net: int
+    """`amount` − `refunded`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionRow:
+    day: date
+    created: int
+    paid: int
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    day: date
+    method: str
+    state: str
+    orders: int
+
+
+async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
+    rows = await s.execute(
+        select(
+            Order.paid_at,
+            Order.method_code,
+            Order.paid_currency,
+            Order.currency,
+            Order.paid_amount,
+            Order.total,
+            Order.fee,
+            Order.refunded_amount,
+        ).where(Order.paid_at >= p.since, Order.paid_at < p.until)
+    )
+    acc: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for paid_at, method, paid_currency, currency, paid, total, fee, refunded in rows:
+        assert paid_at is not None
+        key = (paid_at.astimezone(UTC).date(), method, paid_currency or currency)
+        a = acc[key]
+        a[0] += 1
+        a[1] += paid if paid is not None else total
+        a[2] += fee
+        a[3] += refunded
+    return [
+        TopupRow(d, m, c, n, amount, fees, refunded, amount - refunded)
+        for (d, m, c), (n, amount, fees, refunded) in sorted(acc.items())
+    ]
+
+
+async def conversion(s: AsyncSession, p: Period) -> list[ConversionRow]:
+    rows = await s.execute(
+        select(Order.created_at, Order.paid_at).where(
+            Order.created_at >= p.since, Order.created_at < p.until
+        )
+    )
+    created: Counter[date] = Counter()
+    paid: Counter[date] = Counter()
+    for created_at, paid_at in rows:
+        day = created_at.astimezone(UTC).date()
+        created[day] += 1
+        if paid_at is not None:
+            paid[day] += 1
+    return [
+        ConversionRow(d, created[d], paid[d], round(paid[d] / created[d], 4) if created[d] else 0.0)
+        for d in p.days()
+    ]
+
+
+async def failures(s: AsyncSession, p: Period) -> list[FailureRow]:
+    rows = await s.execute(
+        select(Order.created_at, Order.method_code, Order.state).where(
+            Order.created_at >= p.since,
+            Order.created_at < p.until,
+            Order.state.in_([st.value for st in CLOSED_UNPAID]),
+        )
+    )
+    count: Counter[tuple[date, str, str]] = Counter(
+        (created_at.astimezone(UTC).date(), method, state) for created_at, method, state in rows
+    )
+    return [FailureRow(d, m, st, n) for (d, m, st), n in sorted(count.items())]
+
+
+async def lines_by_state(s: AsyncSession) -> dict[str, int]:
+    rows = await s.execute(select(Line.state, func.count()).group_by(Line.state))
+    return {state: int(n) for state, n in sorted(rows.all())}
+
+
+def to_csv(rows: Sequence[Any], columns: Sequence[str] | None = None) -> str:
+    out = io.StringIO()
+    if columns is None:
+        if not rows:
+            columns = []
+        elif isinstance(rows[0], dict):
+            columns = list(rows[0])
+        else:
+            columns = [f.name for f in fields(rows[0])]
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                k: v.isoformat() if isinstance(v, date) else v
+                for k, v in (asdict(row) if hasattr(row, "__dataclass_fields__") else row).items()
+            }
+        )
+    return out.getvalue()
+
+
+def bar_chart(
+    points: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    value_label: Callable[[float], str] = lambda v: f"{v:g}",
+    width: int = 720,
+    height: int = 220,
+) -> Markup:
+    """A bar chart as inline SVG (presentation attributes only: no style, no script)."""
+    pad_left, pad_bottom, pad_top = 8, 28, 24
+    inner_w, inner_h = width - 2 * pad_left, height - pad_bottom - pad_top
+    top = max((v for _, v in points), default=0) or 1
+    n = max(len(points), 1)
+    slot = inner_w / n
+    bar = max(1.0, slot * 0.7)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+        f'viewBox="0 0 {width} {height}" width="100%" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{pad_left}" y="16" font-size="13" fill="#1b2733">{escape(title)} — '
+        f"{escape(value_label(top))} max</text>",
+        f'<line x1="{pad_left}" y1="{pad_top + inner_h}" x2="{width - pad_left}" '
+        f'y2="{pad_top + inner_h}" stroke="#d8dee4"/>',
+    ]
+    every = max(1, n // 10)
+    for i, (label, value) in enumerate(points):
+        h = inner_h * (value / top)
+        x = pad_left + i * slot + (slot - bar) / 2
+        y = pad_top + inner_h - h
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="#0b6e4f">'
+            f"<title>{escape(label)}: {escape(value_label(value))}</title></rect>"
+        )
+        if i % every == 0:
+            parts.append(
+                f'<text x="{x + bar / 2:.1f}" y="{height - 10}" font-size="10" '
+                f'text-anchor="middle" fill="#5b6b7a">{escape(label)}</text>'
+            )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every text in it is escaped above
+
+
+COLUMNS: dict[str, list[str]] = {
+    "topups": [f.name for f in fields(TopupRow)],
+    "conversion": [f.name for f in fields(ConversionRow)],
+    "failures": [f.name for f in fields(FailureRow)],
+    "lines": ["state", "lines"],
+}
+
+
+async def report_rows(s: AsyncSession, name: str, p: Period) -> list[Any]:
+    if name == "topups":
+        return await topups(s, p)
+    if name == "conversion":
+        return await conversion(s, p)
+    if name == "failures":
+        return await failures(s, p)
+    if name == "lines":
+        return [{"state": k, "lines": v} for k, v in (await lines_by_state(s)).items()]
+    raise ValidationFailed(N_("Unknown report."), field="name")

@@ -1,0 +1,136 @@
+"""What the admin API takes and shows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StaffLoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=256)
+    code: str = Field(max_length=12, description="The current code of the authenticator app")
+
+
+class StaffTokenOut(BaseModel):
+    token: str
+    expires_at: datetime
+    username: str
+    role: str
+    permissions: list[str]
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    at: datetime
+    actor: str
+    action: str
+    target_type: str | None
+    target_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    details: dict[str, Any]
+    ip: str | None
+    user_agent: str | None
+
+
+class CheckOut(BaseModel):
+    outcome: str
+    """`fulfilled` (paid: credited now), `already`, `flagged`, `closed` or `unchanged`."""
+    state: str
+    attention: str | None
+
+
+class CustomerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    username: str
+    display_name: str | None
+    email: str | None
+    phone: str | None
+    status: str
+    language: str
+    created_at: datetime
+
+
+class CustomerViewOut(BaseModel):
+    """Everything about a customer (the back office's customer page)."""
+
+    account: CustomerOut
+    lines: list[dict[str, Any]]
+    orders: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    security_events: list[dict[str, Any]]
+    notices: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    tickets: list[dict[str, Any]]
+    adjustments: list[dict[str, Any]]
+
+
+class AdjustmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(
+        default="wallet", max_length=64, description='"wallet" or the id of one of its buckets'
+    )
+    amount: int = Field(
+        ge=-(10**12),
+        le=10**12,
+        description="Signed, in ledger units: minor units of the wallet's currency, seconds, "
+        "bytes or messages; negative takes back",
+    )
+    reason: str = Field(max_length=500)
+    ticket_id: uuid.UUID | None = None
+
+
+class AdjustmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    line_id: uuid.UUID
+    ledger_account_id: uuid.UUID
+    unit: str
+    amount: int
+    reason: str
+    state: str
+    """`awaiting_approval` (above the threshold), `applied` or `rejected`."""
+    requested_by: str
+    decided_by: str | None
+    transfer_id: uuid.UUID | None
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approve: bool
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(max_length=500, description="How it was settled")
+
+
+class StateOut(BaseModel):
+    id: uuid.UUID
+    state: str
+
+
+class StaffOut(BaseModel):
+    id: uuid.UUID
+    username: str
+    display_name: str
+    role: str
+    active: bool
+    totp_enrolled: bool
+    last_login_at: datetime | None
+
+
+class StaffChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str | None = Field(default=None, max_length=16, description="agent, finance or admin")
+    active: bool | None = Field(default=None, description="false: no access, sessions end")
+    reset_totp: bool = Field(default=False, description="Enrol a new authenticator at next sign-in")

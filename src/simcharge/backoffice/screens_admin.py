@@ -1,0 +1,126 @@
+"""Catalog pages (admin): the plans and methods with their versions; one entry edited at a time."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import DB
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.catalog import KINDS, as_text, export_catalog, find_entry, save_entry
+from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.models import Role, StaffUser
+from simcharge.backoffice.roles import Permission
+from simcharge.backoffice.staff import change_staff, staff_facts
+from simcharge.backoffice.web import back, render
+from simcharge.catalog.models import PaymentMethod, Plan
+from simcharge.catalog.service import CatalogInvalid
+from simcharge.kit.clock import utcnow
+
+router = APIRouter(prefix="/backoffice", include_in_schema=False)
+Editor = Annotated[Actor, require_web(Permission.catalog_edit)]
+
+
+@router.get("/catalog", response_class=HTMLResponse)
+async def catalog(request: Request, db: DB, actor: Editor) -> HTMLResponse:
+    async with db.read() as s:
+        plans = (await s.execute(select(Plan).order_by(Plan.sort_order, Plan.code))).scalars().all()
+        methods = (
+            (await s.execute(select(PaymentMethod).order_by(PaymentMethod.sort_order)))
+            .scalars()
+            .all()
+        )
+    return render(request, "catalog.html", actor, plans=plans, methods=methods)
+
+
+@router.get("/catalog/{kind}/{code}", response_class=HTMLResponse)
+async def entry_page(request: Request, kind: str, code: str, db: DB, actor: Editor) -> HTMLResponse:
+    async with db.read() as s:
+        entry = find_entry(await export_catalog(s), kind, code)
+    return render(
+        request,
+        "catalog_entry.html",
+        actor,
+        kind=kind,
+        label=KINDS[kind],
+        code=code,
+        text=as_text(entry) if entry else as_text({"code": code}),
+        new=entry is None,
+        problems=[],
+    )
+
+
+@router.post("/catalog/{kind}/{code}", response_model=None)
+async def entry_save(
+    request: Request,
+    kind: str,
+    code: str,
+    db: DB,
+    actor: Editor,
+    text: Annotated[str, Form(max_length=100_000)] = "",
+) -> Response:
+    try:
+        await db.run(lambda s: save_entry(s, actor, kind, code, text))
+    except CatalogInvalid as exc:
+        return render(
+            request,
+            "catalog_entry.html",
+            actor,
+            status=422,
+            kind=kind,
+            label=KINDS[kind],
+            code=code,
+            text=text,
+            new=False,
+            problems=exc.problems,
+        )
+    return back(f"/backoffice/catalog/{kind}/{code}", "saved")
+
+
+StaffAdmin = Annotated[Actor, require_web(Permission.staff_manage)]
+
+
+@router.get("/staff", response_class=HTMLResponse)
+async def staff_list(request: Request, db: DB, actor: StaffAdmin) -> HTMLResponse:
+    async with db.read() as s:
+        rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars().all()
+    return render(request, "staff.html", actor, staff=rows, roles=list(Role))
+
+
+@router.post("/staff/{staff_id}", response_model=None)
+async def staff_change(
+    staff_id: uuid.UUID,
+    db: DB,
+    actor: StaffAdmin,
+    role: Annotated[str, Form(max_length=16)] = "",
+    access: Annotated[str, Form(max_length=8)] = "",
+    reset_totp: Annotated[bool, Form()] = False,
+) -> Response:
+    async def run(s: AsyncSession) -> None:
+        staff, before = await change_staff(
+            s,
+            staff_id,
+            by=actor.staff_id,
+            role=role or None,
+            active={"on": True, "off": False}.get(access),
+            reset_totp=reset_totp,
+            now=utcnow(),
+        )
+        await audit.record(
+            s,
+            actor,
+            "staff.change",
+            target_type="staff",
+            target_id=staff.id,
+            before=before,
+            after=staff_facts(staff),
+        )
+
+    await db.run(run)
+    return back("/backoffice/staff", "saved")

@@ -1,0 +1,223 @@
+"""Back-office sign-in: password, then an authenticator code (enrolled at the first sign-in)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import DB, AppSettings
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.deps import WebActor, staff_cookie
+from simcharge.backoffice.models import StaffSession, StaffUser
+from simcharge.backoffice.staff import (
+    check_password,
+    complete_second_step,
+    csrf_token,
+    end_session,
+    enrolment_of,
+    open_staff_session,
+    session_for_token,
+    start_enrolment,
+)
+from simcharge.backoffice.web import HEADERS, back, render
+from simcharge.config import Settings
+from simcharge.kit.clock import utcnow
+from simcharge.kit.crypto import constant_time_equals
+
+router = APIRouter(prefix="/backoffice", include_in_schema=False)
+PRE_COOKIE = "sc_staff_login"
+
+
+def _set_cookie(response: Response, settings: Settings, token: str) -> None:
+    response.set_cookie(
+        staff_cookie(settings),
+        token,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="strict",
+        path="/",
+        max_age=settings.staff_session_absolute_hours * 3600,
+    )
+
+
+def _anonymous(request: Request, name: str) -> Actor:
+    return Actor(
+        name=f"staff:{name[:60]}" if name else "anonymous",
+        permissions=frozenset(),
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, settings: AppSettings) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", None, csrf=token, error=None)
+    response.set_cookie(
+        PRE_COOKIE,
+        token,
+        httponly=True,
+        secure=settings.secure_cookies,
+        samesite="strict",
+        path="/backoffice",
+        max_age=3600,
+    )
+    return response
+
+
+@router.post("/login", response_model=None)
+async def login(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    username: Annotated[str, Form(max_length=64)] = "",
+    password: Annotated[str, Form(max_length=256)] = "",
+    csrf: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    expected = request.cookies.get(PRE_COOKIE) or ""
+    if not expected or not constant_time_equals(expected, csrf):
+        return render(request, "login.html", None, status=403, csrf=expected, error="csrf")
+    ip = request.client.host if request.client else None
+    ua = request.headers.get("user-agent")
+    now = utcnow()
+
+    async def attempt(s: AsyncSession) -> str | None:
+        staff = await check_password(s, username, password, now)
+        if staff is None:
+            await audit.record(
+                s,
+                _anonymous(request, username.strip().casefold()),
+                "staff.login_failed",
+                details={"step": "password"},
+            )
+            return None
+        issued = await open_staff_session(
+            s, settings, staff, ip=ip, user_agent=ua, now=now, mfa=False
+        )
+        return issued.token
+
+    token = await db.run(attempt)
+    if token is None:
+        return render(request, "login.html", None, status=401, csrf=expected, error="login")
+    response = back("/backoffice/login/code")
+    _set_cookie(response, settings, token)
+    response.delete_cookie(PRE_COOKIE, path="/backoffice")
+    return response
+
+
+async def _half_signed_in(
+    request: Request, db: DB, settings: Settings
+) -> tuple[StaffSession, StaffUser] | None:
+    token = request.cookies.get(staff_cookie(settings))
+    if not token:
+        return None
+    found = await db.run(lambda s: session_for_token(s, settings, token, utcnow()))
+    return found
+
+
+@router.get("/login/code", response_model=None)
+async def code_page(request: Request, db: DB, settings: AppSettings) -> Response:
+    found = await _half_signed_in(request, db, settings)
+    if found is None:
+        return back("/backoffice/login")
+    row, staff = found
+    if row.mfa:
+        return back("/backoffice")
+    enrol = None
+    if staff.totp_enabled_at is None:
+
+        async def enrolment(s: AsyncSession) -> tuple[str, str, str]:
+            fresh = await s.get(StaffUser, staff.id, with_for_update=True)
+            assert fresh is not None
+            known = enrolment_of(settings, fresh)
+            return known if known is not None else start_enrolment(settings, fresh)
+
+        enrol = await db.run(enrolment)
+    return render(
+        request,
+        "code.html",
+        None,
+        csrf=csrf_token(settings.secret_key, row.id),
+        enrol=enrol,
+        error=request.query_params.get("error"),
+        staff_name=staff.display_name,
+    )
+
+
+@router.post("/login/code", response_model=None)
+async def code_submit(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    code: Annotated[str, Form(max_length=12)] = "",
+    csrf: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    found = await _half_signed_in(request, db, settings)
+    if found is None:
+        return back("/backoffice/login")
+    row, staff = found
+    if not constant_time_equals(csrf_token(settings.secret_key, row.id), csrf):
+        return back("/backoffice/login/code?error=csrf")
+    now = utcnow()
+    ip = request.client.host if request.client else None
+    ua = request.headers.get("user-agent")
+
+    async def second(s: AsyncSession) -> str | None:
+        fresh_row = await s.get(StaffSession, row.id, with_for_update=True)
+        fresh = await s.get(StaffUser, staff.id, with_for_update=True)
+        assert fresh_row is not None
+        assert fresh is not None
+        enrolling = fresh.totp_enabled_at is None
+        token = await complete_second_step(s, settings, fresh_row, fresh, code, now)
+        actor = Actor(
+            name=f"staff:{fresh.username}",
+            permissions=frozenset(),
+            staff=fresh,
+            session_id=fresh_row.id,
+            ip=ip,
+            user_agent=ua,
+        )
+        if token is None:
+            await audit.record(s, actor, "staff.login_failed", details={"step": "code"})
+        else:
+            await audit.record(
+                s,
+                actor,
+                "staff.totp_enrolled" if enrolling else "staff.login",
+                target_type="staff",
+                target_id=fresh.id,
+            )
+        return token
+
+    token = await db.run(second)
+    if token is None:
+        return RedirectResponse("/backoffice/login/code?error=code", 303, headers=HEADERS)
+    response = back("/backoffice")
+    _set_cookie(response, settings, token)
+    return response
+
+
+@router.post("/logout", response_model=None)
+async def logout(db: DB, settings: AppSettings, actor: WebActor) -> Response:
+    assert actor.session_id is not None
+    sid = actor.session_id
+
+    async def end(s: AsyncSession) -> None:
+        await end_session(s, sid, utcnow())
+        await audit.record(s, actor, "staff.logout", target_type="staff", target_id=actor.staff_id)
+
+    await db.run(end)
+    response = back("/backoffice/login")
+    response.delete_cookie(
+        staff_cookie(settings),
+        path="/",
+        secure=settings.secure_cookies,
+        httponly=True,
+        samesite="strict",
+    )
+    return response

@@ -1,0 +1,245 @@
+"""Customer pages and the money and access actions taken from them; payments needing attention;
+adjustments waiting for approval."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import DB, AppSettings
+from simcharge.backoffice import audit, money
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.customers import customer_view, search_customers
+from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.models import Adjustment
+from simcharge.backoffice.orders import order_panel
+from simcharge.backoffice.roles import Permission
+from simcharge.backoffice.web import back, render
+from simcharge.errors import ValidationFailed
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.kit.money import LossyConversionError, is_currency, to_minor
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Bucket, Line
+from simcharge.orders.models import Order, OrderState
+
+router = APIRouter(prefix="/backoffice", include_in_schema=False)
+Reader = Annotated[Actor, require_web(Permission.customers_read)]
+Unlocker = Annotated[Actor, require_web(Permission.accounts_unlock)]
+Unfreezer = Annotated[Actor, require_web(Permission.lines_unfreeze)]
+Adjuster = Annotated[Actor, require_web(Permission.adjustments_request)]
+Approver = Annotated[Actor, require_web(Permission.adjustments_approve)]
+Refunder = Annotated[Actor, require_web(Permission.refunds_create)]
+Resender = Annotated[Actor, require_web(Permission.receipts_resend)]
+AttentionReader = Annotated[Actor, require_web(Permission.attention_read)]
+Resolver = Annotated[Actor, require_web(Permission.attention_resolve)]
+UNIT_SCALE = {"VOICE_S": 60, "DATA_B": 1_048_576, "SMS": 1}
+"""Staff type minutes, megabytes and messages; the ledger counts seconds, bytes, messages."""
+
+
+def _then(then: str, fallback: str) -> str:
+    return then if then.startswith("/backoffice/") and "//" not in then else fallback
+
+
+def parse_amount(raw: str, unit: str, field: str = "amount") -> int:
+    """A signed amount typed by staff in the unit's everyday measure, in the ledger's units."""
+    text = raw.strip().replace(",", "")
+    try:
+        if is_currency(unit):
+            return to_minor(text, unit)
+        return int(text) * UNIT_SCALE[unit]
+    except (LossyConversionError, ValueError, KeyError):
+        raise ValidationFailed(N_("This is not a valid amount."), field=field) from None
+
+
+@router.get("/customers", response_class=HTMLResponse)
+async def customers(request: Request, db: DB, actor: Reader, q: str = "") -> HTMLResponse:
+    q = q[:200]
+    async with db.read() as s:
+        found = await search_customers(s, q) if q else []
+    if q:
+        await db.run(
+            lambda s: audit.record(
+                s, actor, "customer.search", details={"q": q, "found": len(found)}
+            )
+        )
+    return render(request, "customers.html", actor, q=q, found=found)
+
+
+@router.get("/customers/{account_id}", response_class=HTMLResponse)
+async def customer(request: Request, account_id: uuid.UUID, db: DB, actor: Reader) -> HTMLResponse:
+    async with db.read() as s:
+        view = await customer_view(s, account_id)
+    await db.run(
+        lambda s: audit.record(
+            s, actor, "customer.view", target_type="account", target_id=account_id
+        )
+    )
+    return render(request, "customer.html", actor, view=view, idem=uuid7().hex)
+
+
+@router.post("/customers/{account_id}/unlock", response_model=None)
+async def unlock(account_id: uuid.UUID, db: DB, actor: Unlocker) -> Response:
+    await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
+    return back(f"/backoffice/customers/{account_id}", "unlocked")
+
+
+@router.post("/lines/{line_id}/unfreeze", response_model=None)
+async def unfreeze(line_id: uuid.UUID, db: DB, actor: Unfreezer) -> Response:
+    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow()))
+    return back(f"/backoffice/customers/{line.account_id}", "unfrozen")
+
+
+@router.post("/lines/{line_id}/adjust", response_model=None)
+async def adjust(
+    line_id: uuid.UUID,
+    db: DB,
+    settings: AppSettings,
+    actor: Adjuster,
+    target: Annotated[str, Form(max_length=64)] = "wallet",
+    amount: Annotated[str, Form(max_length=32)] = "",
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    async def run(s: AsyncSession) -> tuple[uuid.UUID | None, str]:
+        line = await s.get(Line, line_id)
+        if line is None:
+            raise money.LineNotFound(field="line_id")
+        unit = line.currency
+        if target != "wallet":
+            try:
+                bucket = await s.get(Bucket, uuid.UUID(target))
+            except ValueError:
+                bucket = None
+            unit = bucket.unit if bucket is not None else "SMS"
+        adj = await money.request_adjustment(
+            s,
+            settings,
+            actor,
+            line_id,
+            target=target,
+            amount=parse_amount(amount, unit),
+            reason=reason,
+            now=utcnow(),
+        )
+        return line.account_id, adj.state
+
+    account_id, state = await db.run(run)
+    return back(f"/backoffice/customers/{account_id}", state)
+
+
+@router.get("/adjustments", response_class=HTMLResponse)
+async def adjustments(request: Request, db: DB, actor: Adjuster) -> HTMLResponse:
+    async with db.read() as s:
+        waiting = await money.pending_adjustments(s)
+        recent = list(
+            (
+                await s.execute(select(Adjustment).order_by(Adjustment.created_at.desc()).limit(50))
+            ).scalars()
+        )
+        lines = {
+            ln.id: ln
+            for ln in (
+                await s.execute(
+                    select(Line).where(Line.id.in_({a.line_id for a in waiting + recent}))
+                )
+            ).scalars()
+        }
+    return render(request, "adjustments.html", actor, waiting=waiting, recent=recent, lines=lines)
+
+
+@router.post("/adjustments/{adjustment_id}/{decision}", response_model=None)
+async def decide(adjustment_id: uuid.UUID, decision: str, db: DB, actor: Approver) -> Response:
+    if decision not in ("approve", "reject"):
+        raise ValidationFailed(N_("Unknown decision."), field="decision")
+    await db.run(
+        lambda s: money.decide_adjustment(
+            s, actor, adjustment_id, approve=decision == "approve", now=utcnow()
+        )
+    )
+    return back("/backoffice/adjustments", decision)
+
+
+@router.post("/orders/{order_id}/refund", response_model=None)
+async def refund(
+    order_id: uuid.UUID,
+    db: DB,
+    actor: Refunder,
+    amount: Annotated[str, Form(max_length=32)] = "",
+    reason: Annotated[str, Form(max_length=500)] = "",
+    idem: Annotated[str, Form(max_length=128)] = "",
+    then: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    async def run(s: AsyncSession) -> None:
+        order = await s.get(Order, order_id)
+        minor = parse_amount(amount, order.currency) if order and amount.strip() else None
+        await money.refund(
+            s,
+            actor,
+            order_id,
+            amount=minor,
+            reason=reason,
+            idempotency_key=idem or uuid7().hex,
+            now=utcnow(),
+        )
+
+    await db.run(run)
+    return back(_then(then, "/backoffice"), "refund")
+
+
+@router.post("/orders/{order_id}/resend-receipt", response_model=None)
+async def resend(
+    order_id: uuid.UUID,
+    db: DB,
+    actor: Resender,
+    then: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
+    return back(_then(then, "/backoffice"), "resent")
+
+
+@router.get("/attention", response_class=HTMLResponse)
+async def attention(
+    request: Request, db: DB, settings: AppSettings, actor: AttentionReader
+) -> HTMLResponse:
+    async with db.read() as s:
+        ids = await attention_orders(s, settings.order_pending_alert_minutes)
+        panels = [await order_panel(s, i) for i in ids]
+    return render(request, "attention.html", actor, panels=panels, idem=uuid7().hex)
+
+
+async def attention_orders(s: AsyncSession, pending_minutes: int) -> list[uuid.UUID]:
+    """Flagged orders, and orders pending longer than expected, oldest first."""
+    cutoff = utcnow() - timedelta(minutes=pending_minutes)
+    flagged = (
+        await s.execute(
+            select(Order.id).where(Order.attention.is_not(None)).order_by(Order.created_at)
+        )
+    ).scalars()
+    stuck = (
+        await s.execute(
+            select(Order.id)
+            .where(Order.state == OrderState.pending.value, Order.created_at < cutoff)
+            .order_by(Order.created_at)
+            .limit(200)
+        )
+    ).scalars()
+    seen: dict[uuid.UUID, None] = dict.fromkeys([*flagged, *stuck])
+    return list(seen)
+
+
+@router.post("/orders/{order_id}/resolve", response_model=None)
+async def resolve(
+    order_id: uuid.UUID,
+    db: DB,
+    actor: Resolver,
+    note: Annotated[str, Form(max_length=500)] = "",
+    then: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    await db.run(lambda s: money.resolve_attention(s, actor, order_id, note, utcnow()))
+    return back(_then(then, "/backoffice/attention"), "resolved")

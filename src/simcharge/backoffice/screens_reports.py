@@ -1,0 +1,120 @@
+"""Report pages (finance, admin): tables, SVG charts and CSV downloads."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from simcharge.api.deps import DB
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.reports import (
+    COLUMNS,
+    bar_chart,
+    conversion,
+    failures,
+    lines_by_state,
+    period,
+    report_rows,
+    to_csv,
+    topups,
+)
+from simcharge.backoffice.roles import Permission
+from simcharge.backoffice.web import HEADERS, language_of, render
+from simcharge.kit.clock import utcnow
+from simcharge.kit.money import from_minor
+from simcharge.kit.translations import N_, translate
+
+router = APIRouter(prefix="/backoffice", include_in_schema=False)
+Finance = Annotated[Actor, require_web(Permission.reports_read)]
+From = Annotated[str | None, Query(alias="from", max_length=10)]
+To = Annotated[str | None, Query(alias="to", max_length=10)]
+
+
+def _in(currency: str) -> Callable[[float], str]:
+    return lambda v: f"{v:,.2f} {currency}"
+
+
+@router.get("/reports", response_class=HTMLResponse)
+async def reports(
+    request: Request, db: DB, actor: Finance, start: From = None, end: To = None
+) -> HTMLResponse:
+    p = period(start, end, utcnow().date())
+    language = language_of(request, actor)
+
+    def tr(message: str) -> str:
+        return translate(language, message)
+
+    async with db.read() as s:
+        top = await topups(s, p)
+        conv = await conversion(s, p)
+        fail = await failures(s, p)
+        lines = await lines_by_state(s)
+    per_currency: dict[str, dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys((d.isoformat() for d in p.days()), 0.0)
+    )
+    for row in top:
+        per_currency[row.currency][row.day.isoformat()] += float(from_minor(row.net, row.currency))
+    charts = [
+        bar_chart(
+            list(points.items()),
+            title=tr(N_("Net top-ups per day ({currency})")).format(currency=currency),
+            value_label=_in(currency),
+        )
+        for currency, points in sorted(per_currency.items())
+    ]
+    charts.append(
+        bar_chart(
+            [(r.day.isoformat(), r.rate * 100) for r in conv],
+            title=tr(N_("Conversion (orders created → paid), %")),
+            value_label=lambda v: f"{v:.0f} %",
+        )
+    )
+    failed_per_day: dict[str, float] = dict.fromkeys((d.isoformat() for d in p.days()), 0.0)
+    for f in fail:
+        failed_per_day[f.day.isoformat()] += f.orders
+    charts.append(bar_chart(list(failed_per_day.items()), title=tr(N_("Failed payments per day"))))
+    charts.append(
+        bar_chart([(k, float(v)) for k, v in lines.items()], title=tr(N_("Lines by state")))
+    )
+    return render(
+        request,
+        "reports.html",
+        actor,
+        period=p,
+        topups=top,
+        conversion=conv,
+        failures=fail,
+        lines=lines,
+        charts=charts,
+    )
+
+
+@router.get("/reports/{name}.csv", response_model=None)
+async def report_csv(
+    name: str, db: DB, actor: Finance, start: From = None, end: To = None
+) -> Response:
+    p = period(start, end, utcnow().date())
+    async with db.read() as s:
+        rows = await report_rows(s, name, p)
+    await db.run(
+        lambda s: audit.record(
+            s,
+            actor,
+            "report.export",
+            details={"report": name, "from": p.start.isoformat(), "to": p.end.isoformat()},
+        )
+    )
+    return Response(
+        to_csv(rows, COLUMNS[name]),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            **HEADERS,
+            "content-disposition": f'attachment; filename="{name}-{p.start}-{p.end}.csv"',
+        },
+    )

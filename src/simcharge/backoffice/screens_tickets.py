@@ -1,0 +1,153 @@
+"""Ticket pages: the queue, a ticket with its thread, the order it is about, and the actions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account
+from simcharge.api.deps import DB
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.models import StaffUser
+from simcharge.backoffice.orders import check_with_provider, order_panel
+from simcharge.backoffice.roles import Permission
+from simcharge.backoffice.web import back, render
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.tickets import service
+from simcharge.tickets.models import TicketPriority, TicketStatus
+
+router = APIRouter(prefix="/backoffice", include_in_schema=False)
+Agent = Annotated[Actor, require_web(Permission.tickets_work)]
+Checker = Annotated[Actor, require_web(Permission.orders_check)]
+
+
+async def staff_names(s: AsyncSession) -> dict[uuid.UUID, str]:
+    rows = (await s.execute(select(StaffUser.id, StaffUser.username))).all()
+    return {r[0]: r[1] for r in rows}
+
+
+@router.get("/tickets", response_class=HTMLResponse)
+async def ticket_queue(
+    request: Request,
+    db: DB,
+    actor: Agent,
+    status: str | None = None,
+    priority: str | None = None,
+    mine: bool = False,
+    unassigned: bool = False,
+) -> HTMLResponse:
+    f = service.TicketFilter(
+        status=status or None,
+        priority=priority or None,
+        assignee_id=actor.staff_id if mine else None,
+        unassigned=unassigned,
+    )
+    async with db.read() as s:
+        tickets = await service.find_tickets(s, f)
+        names = await staff_names(s)
+        owners = {
+            a.id: a.username
+            for a in (
+                await s.execute(
+                    select(Account).where(Account.id.in_({t.account_id for t in tickets}))
+                )
+            ).scalars()
+        }
+    return render(
+        request,
+        "tickets.html",
+        actor,
+        tickets=tickets,
+        names=names,
+        owners=owners,
+        statuses=list(TicketStatus),
+        priorities=list(TicketPriority),
+        status_filter=status or "",
+        priority=priority or "",
+    )
+
+
+@router.get("/tickets/{ticket_id}", response_class=HTMLResponse)
+async def ticket_page(request: Request, ticket_id: uuid.UUID, db: DB, actor: Agent) -> HTMLResponse:
+    async with db.read() as s:
+        ticket = await service.get_ticket(s, ticket_id)
+        messages = await service.messages_of(s, ticket.id, internal=True)
+        account = await s.get(Account, ticket.account_id)
+        panel = await order_panel(s, ticket.order_id) if ticket.order_id else None
+        names = await staff_names(s)
+        staff = (
+            (await s.execute(select(StaffUser).where(StaffUser.active.is_(True)))).scalars().all()
+        )
+    return render(
+        request,
+        "ticket.html",
+        actor,
+        ticket=ticket,
+        messages=messages,
+        account=account,
+        panel=panel,
+        names=names,
+        staff=staff,
+        statuses=list(TicketStatus),
+        priorities=list(TicketPriority),
+        idem=uuid7().hex,
+    )
+
+
+@router.post("/tickets/{ticket_id}/reply", response_model=None)
+async def ticket_reply(
+    ticket_id: uuid.UUID,
+    db: DB,
+    actor: Agent,
+    body: Annotated[str, Form(max_length=10_000)] = "",
+    internal: Annotated[bool, Form()] = False,
+    status: Annotated[str, Form(max_length=24)] = "",
+) -> Response:
+    await db.run(
+        lambda s: service.staff_reply(
+            s, actor, ticket_id, body, internal=internal, status=status or None, now=utcnow()
+        )
+    )
+    return back(f"/backoffice/tickets/{ticket_id}", "sent")
+
+
+@router.post("/tickets/{ticket_id}/update", response_model=None)
+async def ticket_update(
+    ticket_id: uuid.UUID,
+    db: DB,
+    actor: Agent,
+    status: Annotated[str, Form(max_length=24)] = "",
+    priority: Annotated[str, Form(max_length=8)] = "",
+    assignee: Annotated[str | None, Form(max_length=64)] = None,
+) -> Response:
+    await db.run(
+        lambda s: service.update_ticket(
+            s,
+            actor,
+            ticket_id,
+            status=status or None,
+            priority=priority or None,
+            assignee=assignee,
+            now=utcnow(),
+        )
+    )
+    return back(f"/backoffice/tickets/{ticket_id}", "saved")
+
+
+@router.post("/orders/{order_id}/check", response_model=None)
+async def order_check(
+    request: Request,
+    order_id: uuid.UUID,
+    db: DB,
+    actor: Checker,
+    then: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    await check_with_provider(db, request.app.state.providers, actor, order_id)
+    return back(then if then.startswith("/backoffice/") else "/backoffice", "checked")

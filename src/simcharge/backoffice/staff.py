@@ -1,0 +1,343 @@
+"""Staff users: creation, sign-in with password and a mandatory TOTP code, sessions.
+
+A sign-in is two steps. The password opens a session with `mfa = False`, which opens nothing
+but the second step: enrolment of an authenticator app at the first sign-in (the secret is shown
+once, confirmed by a code), a code afterwards. Then the session gets a new token and `mfa`."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pyotp
+import segno
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.passwords import check_password_policy, hash_password, verify_password
+from simcharge.backoffice.models import Role, StaffSession, StaffUser
+from simcharge.config import Settings
+from simcharge.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
+from simcharge.kit.crypto import keyed_hash, seal, unseal
+from simcharge.kit.i18n import normalize_language
+from simcharge.kit.translations import N_
+
+MAX_FAILURES = 5
+LOCK_FOR = timedelta(minutes=15)
+TOUCH_EVERY = timedelta(seconds=60)
+STEP = 30
+
+
+class StaffLoginFailed(NotAuthenticated):
+    slug = "staff-login-failed"
+    title = N_("The username, password or code is not correct.")
+
+
+class StaffSessionEnded(NotAuthenticated):
+    slug = "staff-session-ended"
+    title = N_("Your staff session has ended; please sign in again.")
+
+
+class StaffExists(Conflict):
+    slug = "staff-exists"
+    title = N_("A staff member with this username already exists.")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedStaffSession:
+    row: StaffSession
+    token: str
+
+
+def policy_of(settings: Settings) -> tuple[timedelta, timedelta]:
+    return (
+        timedelta(minutes=settings.staff_session_idle_minutes),
+        timedelta(hours=settings.staff_session_absolute_hours),
+    )
+
+
+def _token_hash(secret: str, token: str) -> str:
+    return keyed_hash(secret, "staff-session", token)
+
+
+def csrf_token(secret: str, session_id: uuid.UUID) -> str:
+    return keyed_hash(secret, "staff-csrf", str(session_id))
+
+
+async def create_staff(
+    session: AsyncSession,
+    *,
+    username: str,
+    display_name: str,
+    role: str,
+    password: str,
+    email: str | None = None,
+    language: str = "en",
+) -> StaffUser:
+    name = username.strip().casefold()
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+        raise ValidationFailed(
+            N_("Use letters, digits, '.', '_' or '-' (at most 64)."), field="username"
+        )
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise ValidationFailed(N_("Unknown role."), field="role") from None
+    check_password_policy(password, username=name, email=email)
+    exists = await session.execute(select(StaffUser.id).where(StaffUser.username == name))
+    if exists.first() is not None:
+        raise StaffExists(field="username")
+    staff = StaffUser(
+        username=name,
+        display_name=display_name.strip() or name,
+        email=email,
+        role=chosen.value,
+        language=normalize_language(language) or "en",
+        password_hash=hash_password(password),
+    )
+    session.add(staff)
+    await session.flush()
+    return staff
+
+
+async def open_staff_session(
+    session: AsyncSession,
+    settings: Settings,
+    staff: StaffUser,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    now: datetime,
+    mfa: bool,
+) -> IssuedStaffSession:
+    token = secrets.token_urlsafe(32)
+    _, absolute = policy_of(settings)
+    row = StaffSession(
+        staff_id=staff.id,
+        token_hash=_token_hash(settings.secret_key, token),
+        mfa=mfa,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + absolute,
+        ip=ip,
+        user_agent=(user_agent or "")[:255] or None,
+    )
+    session.add(row)
+    await session.flush()
+    return IssuedStaffSession(row, token)
+
+
+async def check_password(
+    session: AsyncSession, username: str, password: str, now: datetime
+) -> StaffUser | None:
+    """The staff member if the password is right (and the account active and not locked)."""
+    staff = (
+        await session.execute(
+            select(StaffUser).where(StaffUser.username == username.strip().casefold())
+        )
+    ).scalar_one_or_none()
+    ok = verify_password(staff.password_hash if staff else None, password)
+    if staff is None:
+        return None
+    if not staff.active or (staff.locked_until is not None and staff.locked_until > now):
+        return None
+    if not ok:
+        staff.failed_logins += 1
+        if staff.failed_logins >= MAX_FAILURES:
+            staff.locked_until, staff.failed_logins = now + LOCK_FOR, 0
+        await session.flush()
+        return None
+    return staff
+
+
+def _secret(settings: Settings, staff: StaffUser) -> str | None:
+    if not staff.totp_secret_sealed:
+        return None
+    return unseal(settings.secret_key, "staff-totp", staff.totp_secret_sealed).decode()
+
+
+def start_enrolment(settings: Settings, staff: StaffUser) -> tuple[str, str, str]:
+    """A new secret for a staff member not yet enrolled: (secret, otpauth URI, QR data URI).
+    Kept sealed on the row until a code confirms it."""
+    secret = pyotp.random_base32(32)
+    uri = pyotp.TOTP(secret).provisioning_uri(
+        name=staff.username, issuer_name=f"{settings.operator_name} back office"
+    )
+    staff.totp_secret_sealed = seal(settings.secret_key, "staff-totp", secret.encode())
+    return secret, uri, segno.make(uri, error="m").svg_data_uri(scale=4)
+
+
+def enrolment_of(settings: Settings, staff: StaffUser) -> tuple[str, str, str] | None:
+    secret = _secret(settings, staff)
+    if secret is None:
+        return None
+    uri = pyotp.TOTP(secret).provisioning_uri(
+        name=staff.username, issuer_name=f"{settings.operator_name} back office"
+    )
+    return secret, uri, segno.make(uri, error="m").svg_data_uri(scale=4)
+
+
+def accept_code(settings: Settings, staff: StaffUser, code: str, now: datetime) -> bool:
+    """A current code not used before (each 30 s step once; one step of drift either way)."""
+    secret = _secret(settings, staff)
+    candidate = code.strip().replace(" ", "")
+    if secret is None or not (candidate.isdigit() and len(candidate) == 6):
+        return False
+    totp = pyotp.TOTP(secret)
+    current = int(now.timestamp()) // STEP
+    for step in (current - 1, current, current + 1):
+        if step <= (staff.totp_last_step if staff.totp_last_step is not None else -1):
+            continue
+        if secrets.compare_digest(totp.at(step * STEP), candidate):
+            staff.totp_last_step = step
+            return True
+    return False
+
+
+async def complete_second_step(
+    session: AsyncSession,
+    settings: Settings,
+    row: StaffSession,
+    staff: StaffUser,
+    code: str,
+    now: datetime,
+) -> str | None:
+    """Check the code; on success the session is fully signed in under a new token (returned)."""
+    if not accept_code(settings, staff, code, now):
+        staff.failed_logins += 1
+        if staff.failed_logins >= MAX_FAILURES:
+            staff.locked_until, staff.failed_logins = now + LOCK_FOR, 0
+            row.revoked_at = now
+        await session.flush()
+        return None
+    if staff.totp_enabled_at is None:
+        staff.totp_enabled_at = now
+    staff.failed_logins = 0
+    staff.last_login_at = now
+    token = secrets.token_urlsafe(32)
+    row.token_hash = _token_hash(settings.secret_key, token)
+    row.mfa = True
+    row.last_seen_at = now
+    await session.flush()
+    return token
+
+
+async def sign_in(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    username: str,
+    password: str,
+    code: str,
+    ip: str | None,
+    user_agent: str | None,
+    now: datetime,
+) -> tuple[StaffUser, IssuedStaffSession] | None:
+    """Both steps at once (the API): only for staff already enrolled."""
+    staff = await check_password(session, username, password, now)
+    if staff is None or staff.totp_enabled_at is None:
+        return None
+    issued = await open_staff_session(
+        session, settings, staff, ip=ip, user_agent=user_agent, now=now, mfa=False
+    )
+    token = await complete_second_step(session, settings, issued.row, staff, code, now)
+    if token is None:
+        return None
+    return staff, IssuedStaffSession(issued.row, token)
+
+
+async def session_for_token(
+    session: AsyncSession, settings: Settings, token: str, now: datetime
+) -> tuple[StaffSession, StaffUser] | None:
+    row = (
+        await session.execute(
+            select(StaffSession).where(
+                StaffSession.token_hash == _token_hash(settings.secret_key, token)
+            )
+        )
+    ).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    idle, _ = policy_of(settings)
+    if row.expires_at <= now or row.last_seen_at + idle <= now:
+        row.revoked_at = now
+        await session.flush()
+        return None
+    staff = await session.get(StaffUser, row.staff_id)
+    if staff is None or not staff.active:
+        return None
+    if now - row.last_seen_at >= TOUCH_EVERY:
+        row.last_seen_at = now
+        await session.flush()
+    return row, staff
+
+
+async def end_session(session: AsyncSession, session_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(
+        update(StaffSession)
+        .where(StaffSession.id == session_id, StaffSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+# --- administration -----------------------------------------------------------------------
+
+
+class StaffNotFound(NotFound):
+    slug = "staff-member-not-found"
+    title = N_("There is no such staff member.")
+
+
+class CannotChangeSelf(Conflict):
+    slug = "staff-cannot-change-self"
+    title = N_("You cannot change your own role, access or authenticator here.")
+
+
+def staff_facts(staff: StaffUser) -> dict[str, object]:
+    return {
+        "role": staff.role,
+        "active": staff.active,
+        "totp": staff.totp_enabled_at is not None,
+        "locked_until": staff.locked_until.isoformat() if staff.locked_until else None,
+    }
+
+
+async def change_staff(
+    session: AsyncSession,
+    staff_id: uuid.UUID,
+    *,
+    by: uuid.UUID | None,
+    role: str | None = None,
+    active: bool | None = None,
+    reset_totp: bool = False,
+    now: datetime,
+) -> tuple[StaffUser, dict[str, object]]:
+    """Change a staff member's role, switch their access off or on (every session ends), or make
+    them enrol a new authenticator (a lost phone). Returns them and the facts before."""
+    staff = await session.get(StaffUser, staff_id, with_for_update=True)
+    if staff is None:
+        raise StaffNotFound(field="staff_id")
+    if by == staff.id:
+        raise CannotChangeSelf(field="staff_id")
+    before = staff_facts(staff)
+    if role is not None:
+        try:
+            staff.role = Role(role).value
+        except ValueError:
+            raise ValidationFailed(N_("Unknown role."), field="role") from None
+    if active is not None:
+        staff.active = active
+        if active:
+            staff.failed_logins, staff.locked_until = 0, None
+    if reset_totp:
+        staff.totp_secret_sealed = staff.totp_enabled_at = staff.totp_last_step = None
+    if role is not None or active is False or reset_totp:
+        await session.execute(
+            update(StaffSession)
+            .where(StaffSession.staff_id == staff.id, StaffSession.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    await session.flush()
+    return staff, before

@@ -1,0 +1,124 @@
+"""Rendering back-office pages: Jinja2 templates whose texts are gettext messages, a strict
+Content-Security-Policy (no inline script or style), no caching of what staff see."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from babel.dates import format_datetime
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.staff import csrf_token
+from simcharge.config import Settings
+from simcharge.kit.i18n import BABEL_LOCALES, negotiate_language, normalize_language, pick_text
+from simcharge.kit.money import format_money, is_currency
+from simcharge.kit.translations import translations
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+STAFF_LANGUAGES = ("en", "zh-Hans", "zh-Hant", "fil", "es")
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {"content-security-policy": CSP, "cache-control": "no-store"}
+
+
+def _units(amount: Any, unit: str) -> str:
+    value = int(amount)
+    if unit == "VOICE_S":
+        return f"{value // 60} min {value % 60} s" if value % 60 else f"{value // 60} min"
+    if unit == "DATA_B":
+        mb = value / 1048576
+        return f"{mb / 1024:.2f} GB" if abs(mb) >= 1024 else f"{mb:.1f} MB"
+    if unit == "SMS":
+        return f"{value} SMS"
+    return str(value)
+
+
+@lru_cache(maxsize=8)
+def environment(language: str) -> Environment:
+    locale = BABEL_LOCALES.get(language, "en")
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        extensions=["jinja2.ext.i18n"],
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+
+    def money(minor: Any, currency: str) -> str:
+        return format_money(int(minor), currency, locale)
+
+    def when(value: datetime | None) -> str:
+        if value is None:
+            return "—"
+        return str(format_datetime(value, "short", locale=locale, tzinfo=UTC))
+
+    def signed_units(amount: Any, unit: str) -> str:
+        if is_currency(unit):
+            return format_money(int(amount), unit, locale)
+        return _units(amount, unit)
+
+    env.filters.update(
+        money=money,
+        when=when,
+        units=signed_units,
+        text=lambda v: pick_text(v, language) if isinstance(v, dict) else str(v),
+    )
+    return env
+
+
+def language_of(request: Request, actor: Actor | None) -> str:
+    chosen = normalize_language(request.query_params.get("lang"))
+    if chosen:
+        return chosen
+    if actor is not None and actor.staff is not None:
+        return actor.staff.language
+    return negotiate_language(request.headers.get("accept-language"))
+
+
+def render(
+    request: Request,
+    name: str,
+    actor: Actor | None,
+    *,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    settings: Settings = request.app.state.settings
+    language = language_of(request, actor)
+    csrf = (
+        csrf_token(settings.secret_key, actor.session_id)
+        if actor is not None and actor.session_id is not None
+        else context.pop("csrf", "")
+    )
+    html = (
+        environment(language)
+        .get_template(name)
+        .render(
+            lang=language,
+            actor=actor,
+            csrf=csrf,
+            operator=settings.operator_name,
+            path=request.url.path,
+            notice=request.query_params.get("done"),
+            **context,
+        )
+    )
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+def back(to: str, done: str | None = None) -> RedirectResponse:
+    """After a form: see the result (Post/Redirect/Get)."""
+    if done:
+        to += ("&" if "?" in to else "?") + "done=" + done
+    return RedirectResponse(to, status_code=303, headers=HEADERS)

@@ -1,0 +1,447 @@
+"""Finding customers, their full view, and the money and access actions — each role refused
+what it may not do, every money action in the ledger and the audit log."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from simcharge.accounts.models import Account
+from simcharge.auth.apikeys import create_api_key
+from simcharge.auth.service import lock_account
+from simcharge.backoffice.models import Adjustment, AuditEntry
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.kit.clock import utcnow
+from simcharge.ledger.models import LedgerAccount
+from simcharge.lines.models import Bucket, Line, LineState
+from simcharge.orders.fulfilment import issue_receipt_number
+from simcharge.orders.models import Order, Payment
+from simcharge.worker.models import OutboxJob
+from tests.backoffice.helpers import new_staff, web_sign_in
+from tests.orders.helpers import (
+    Payer,
+    assert_ledger_balanced,
+    new_payer,
+    order_row,
+    pay_at_sandbox,
+    place,
+    sandbox_object,
+    signed_event,
+)
+
+
+async def _paid(
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    payer: Payer,
+    plan: str = "traveller-20",
+) -> dict[str, Any]:
+    order = await place(client, payer, plan=plan)
+    await pay_at_sandbox(client, settings, order)
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.json()["state"] == "fulfilled"
+    await db.run(lambda s: issue_receipt_number(s, uuid.UUID(order["id"])))
+    return dict(r.json())
+
+
+async def _wallet(db: Database, line_id: uuid.UUID) -> int:
+    async with db.read() as s:
+        line = await s.get(Line, line_id)
+        assert line is not None
+        acc = await s.get(LedgerAccount, line.wallet_account_id)
+        assert acc is not None
+        return acc.credits_posted - acc.debits_posted
+
+
+async def _actions(db: Database, target: str | uuid.UUID) -> list[str]:
+    async with db.read() as s:
+        return list(
+            (
+                await s.execute(
+                    select(AuditEntry.action)
+                    .where(AuditEntry.target_id == str(target))
+                    .order_by(AuditEntry.at, AuditEntry.id)
+                )
+            ).scalars()
+        )
+
+
+async def test_search_finds_a_customer_by_everything_they_are_known_by(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    await new_payer(db, settings)  # someone else, never found
+    order = await _paid(client, db, settings, payer)
+    row = await order_row(db, order["id"])
+    async with db.read() as s:
+        payment = (await s.execute(select(Payment).where(Payment.order_id == row.id))).scalar_one()
+        account = await s.get(Account, payer.account_id)
+        assert account is not None
+    ticket = (
+        await client.post(
+            "/api/v1/me/tickets", headers=payer.auth, json={"subject": "help", "body": "please"}
+        )
+    ).json()
+    agent = await new_staff(db, settings, "agent")
+    queries = [
+        account.username,
+        account.username.upper()[:8],
+        payer.email,
+        payer.line.msisdn,
+        payer.line.msisdn[-7:],
+        payer.line.iccid,
+        str(row.id),
+        row.reference,
+        row.receipt_number,
+        payment.provider_ref,
+        ticket["number"],
+        str(payer.account_id),
+    ]
+    for q in queries:
+        assert q
+        r = await client.get("/api/v1/admin/customers", params={"q": q}, headers=agent.auth)
+        assert r.status_code == 200, r.text
+        assert [c["id"] for c in r.json()] == [str(payer.account_id)], q
+    for q in ("zz-nobody-zz", "R2099-999999", "%", "__"):
+        r = await client.get("/api/v1/admin/customers", params={"q": q}, headers=agent.auth)
+        assert r.status_code in (200, 422) and (r.status_code == 422 or r.json() == []), q
+    async with db.read() as s:
+        searches = (
+            (await s.execute(select(AuditEntry).where(AuditEntry.action == "customer.search")))
+            .scalars()
+            .all()
+        )
+    assert len(searches) >= len(queries)
+    # the same on the page
+    await web_sign_in(client, agent)
+    page = await client.get("/backoffice/customers", params={"q": payer.line.msisdn})
+    assert account.username in page.text
+
+
+async def test_the_full_view_shows_everything(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await _paid(client, db, settings, payer)
+    finance = await new_staff(db, settings, "finance")
+    r = await client.get(f"/api/v1/admin/customers/{payer.account_id}", headers=finance.auth)
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["lines"][0]["msisdn"] == payer.line.msisdn
+    assert view["lines"][0]["balances"]["units"]
+    assert any(t["code"] == "grant" for t in view["lines"][0]["transfers"])
+    assert view["orders"][0]["reference"] == order["reference"]
+    assert view["orders"][0]["payment"]["state"] == "succeeded"
+    assert view["sessions"]
+    await web_sign_in(client, finance)
+    page = await client.get(f"/backoffice/customers/{payer.account_id}")
+    assert page.status_code == 200
+    for text in (payer.line.msisdn, order["reference"], "Refund amount", "Ledger transfers"):
+        assert text in page.text
+    assert "Unfreeze line" not in page.text
+    assert await _actions(db, payer.account_id) == ["customer.view", "customer.view"]
+    r = await client.get(f"/api/v1/admin/customers/{uuid.uuid4()}", headers=finance.auth)
+    assert r.status_code == 404
+
+
+async def test_adjustments_small_at_once_large_need_a_second_person(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    await _paid(client, db, settings, payer)
+    agent = await new_staff(db, settings, "agent")
+    finance = await new_staff(db, settings, "finance")
+    other_finance = await new_staff(db, settings, "finance")
+    start = await _wallet(db, payer.line.id)
+    url = f"/api/v1/admin/lines/{payer.line.id}/adjustments"
+    # small: posted now
+    r = await client.post(url, headers=agent.auth, json={"amount": 500, "reason": "goodwill"})
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "applied" and r.json()["transfer_id"]
+    assert await _wallet(db, payer.line.id) == start + 500
+    # large: waits, moves nothing
+    r = await client.post(url, headers=agent.auth, json={"amount": 2500, "reason": "paid twice"})
+    big = r.json()
+    assert big["state"] == "awaiting_approval" and big["transfer_id"] is None
+    assert await _wallet(db, payer.line.id) == start + 500
+    decision = f"/api/v1/admin/adjustments/{big['id']}/decision"
+    # the agent may not approve; nor may the one who asked (four-eyes)
+    r = await client.post(decision, headers=agent.auth, json={"approve": True})
+    assert r.status_code == 403
+    r = await client.post(url, headers=finance.auth, json={"amount": -1_000_000, "reason": "oops"})
+    own = r.json()
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{own['id']}/decision",
+        headers=finance.auth,
+        json={"approve": True},
+    )
+    assert r.status_code == 403 and r.json()["type"] == "/problems/four-eyes"
+    # someone else approves: posted
+    r = await client.post(decision, headers=finance.auth, json={"approve": True})
+    assert r.status_code == 200 and r.json()["state"] == "applied", r.text
+    assert await _wallet(db, payer.line.id) == start + 3000
+    r = await client.post(decision, headers=other_finance.auth, json={"approve": False})
+    assert r.status_code == 409 and r.json()["type"] == "/problems/adjustment-decided"
+    # a debit beyond the wallet is refused by the ledger on approval, and nothing changes
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{own['id']}/decision",
+        headers=other_finance.auth,
+        json={"approve": True},
+    )
+    assert r.status_code == 409 and r.json()["type"] == "/problems/transfer-rejected"
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{own['id']}/decision",
+        headers=other_finance.auth,
+        json={"approve": False},
+    )
+    assert r.json()["state"] == "rejected"
+    # a bucket: units in the ledger's measure
+    async with db.read() as s:
+        bucket = (
+            (
+                await s.execute(
+                    select(Bucket).where(Bucket.line_id == payer.line.id, Bucket.unit == "SMS")
+                )
+            )
+            .scalars()
+            .first()
+        )
+        assert bucket is not None
+    r = await client.post(
+        url, headers=agent.auth, json={"target": str(bucket.id), "amount": 5, "reason": "sorry"}
+    )
+    assert r.json()["state"] == "applied" and r.json()["unit"] == "SMS"
+    # bad input changes nothing
+    for body in (
+        {"amount": 0, "reason": "x"},
+        {"amount": 10, "reason": " "},
+        {"target": str(uuid.uuid4()), "amount": 10, "reason": "x"},
+        {"target": "nonsense", "amount": 10, "reason": "x"},
+    ):
+        r = await client.post(url, headers=agent.auth, json=body)
+        assert r.status_code == 422, (body, r.text)
+    r = await client.post(
+        f"/api/v1/admin/lines/{uuid.uuid4()}/adjustments",
+        headers=agent.auth,
+        json={"amount": 10, "reason": "x"},
+    )
+    assert r.status_code == 404
+    async with db.read() as s:
+        assert len((await s.execute(select(Adjustment))).scalars().all()) == 4
+    await assert_ledger_balanced(db)
+    assert await _actions(db, payer.line.id) == [
+        "adjustment.apply",
+        "adjustment.request",
+        "adjustment.request",
+        "adjustment.approve",
+        "adjustment.reject",
+        "adjustment.apply",
+    ]
+    # an API key may ask for an adjustment but never approve one
+    key = await db.run(lambda s: create_api_key(s, "crm", ["adjustments:write"]))
+    auth = {"Authorization": f"Bearer {key.token}"}
+    r = await client.post(url, headers=auth, json={"amount": 9000, "reason": "tool"})
+    assert r.status_code == 201
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{r.json()['id']}/decision", headers=auth, json={"approve": True}
+    )
+    assert r.status_code == 403
+
+
+async def test_adjustment_and_approval_on_the_pages(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    agent = await new_staff(db, settings, "agent")
+    finance = await new_staff(db, settings, "finance")
+    csrf = await web_sign_in(client, agent)
+    start = await _wallet(db, payer.line.id)
+    r = await client.post(
+        f"/backoffice/lines/{payer.line.id}/adjust",
+        data={"csrf": csrf, "target": "wallet", "amount": "25.00", "reason": "charged twice"},
+    )
+    assert r.status_code == 303 and "awaiting_approval" in r.headers["location"]
+    r = await client.post(
+        f"/backoffice/lines/{payer.line.id}/adjust",
+        data={"csrf": csrf, "target": "wallet", "amount": "2.001", "reason": "x"},
+    )
+    assert r.status_code == 422 and "not a valid amount" in r.text
+    client.cookies.clear()
+    csrf = await web_sign_in(client, finance)
+    page = await client.get("/backoffice/adjustments")
+    assert "charged twice" in page.text and "Approve" in page.text
+    async with db.read() as s:
+        adj = (await s.execute(select(Adjustment))).scalar_one()
+    r = await client.post(f"/backoffice/adjustments/{adj.id}/approve", data={"csrf": csrf})
+    assert r.status_code == 303
+    assert await _wallet(db, payer.line.id) == start + 2500
+
+
+async def test_unlock_unfreeze_and_resend_receipt(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await _paid(client, db, settings, payer)
+    pending = await place(client, payer)
+
+    async def lock(s: Any) -> None:
+        account = await s.get(Account, payer.account_id)
+        await lock_account(s, account, reason="customer", client=None, now=utcnow())
+        await s.execute(update(Line).where(Line.id == payer.line.id).values(state="frozen"))
+
+    await db.run(lock)
+    agent = await new_staff(db, settings, "agent")
+    finance = await new_staff(db, settings, "finance")
+    r = await client.post(
+        f"/api/v1/admin/customers/{payer.account_id}/unlock", headers=finance.auth
+    )
+    assert r.status_code == 403
+    r = await client.post(f"/api/v1/admin/lines/{payer.line.id}/unfreeze", headers=finance.auth)
+    assert r.status_code == 403
+    csrf = await web_sign_in(client, agent)
+    page = await client.get(f"/backoffice/customers/{payer.account_id}")
+    assert "Unlock account" in page.text and "Unfreeze line" in page.text
+    r = await client.post(f"/backoffice/customers/{payer.account_id}/unlock", data={"csrf": csrf})
+    assert r.status_code == 303
+    r = await client.post(f"/api/v1/admin/customers/{payer.account_id}/unlock", headers=agent.auth)
+    assert r.status_code == 409 and r.json()["type"] == "/problems/account-not-locked"
+    r = await client.post(f"/api/v1/admin/lines/{payer.line.id}/unfreeze", headers=agent.auth)
+    assert r.status_code == 200 and r.json()["state"] == "active"
+    r = await client.post(f"/api/v1/admin/lines/{payer.line.id}/unfreeze", headers=agent.auth)
+    assert r.status_code == 409 and r.json()["type"] == "/problems/line-not-frozen"
+    async with db.read() as s:
+        assert (await s.get(Account, payer.account_id)).status == "active"  # type: ignore[union-attr]
+        line = await s.get(Line, payer.line.id)
+        assert line is not None and line.state == LineState.active
+    assert await _actions(db, payer.account_id) == ["customer.view", "account.unlock"]
+    assert await _actions(db, payer.line.id) == ["line.unfreeze"]
+    # resend the receipt: a receipt job; none for an order never credited
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/resend-receipt", headers=agent.auth)
+    assert r.status_code == 202
+    r = await client.post(
+        f"/api/v1/admin/orders/{pending['id']}/resend-receipt", headers=agent.auth
+    )
+    assert r.status_code == 409 and r.json()["type"] == "/problems/no-receipt"
+    async with db.read() as s:
+        jobs = (
+            (await s.execute(select(OutboxJob).where(OutboxJob.kind == "orders.receipt")))
+            .scalars()
+            .all()
+        )
+    assert len([j for j in jobs if j.payload["order_id"] == order["id"]]) == 2
+
+
+async def test_payments_needing_attention_and_their_resolution(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    mismatch = await place(client, payer)
+    ref = (await order_row(db, mismatch["id"])).reference
+    body, headers = signed_event(
+        settings, "payment.succeeded", await sandbox_object(db, ref, amount=1999)
+    )
+    r = await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
+    assert r.status_code == 200
+    stuck = await place(client, payer)
+    await db.run(
+        lambda s: s.execute(
+            update(Order)
+            .where(Order.id == uuid.UUID(stuck["id"]))
+            .values(created_at=utcnow() - timedelta(hours=3))
+        )
+    )
+    agent = await new_staff(db, settings, "agent")
+    finance = await new_staff(db, settings, "finance")
+    r = await client.get("/api/v1/admin/attention", headers=agent.auth)
+    listed = {o["id"]: o["attention"] for o in r.json()}
+    assert listed == {mismatch["id"]: "amount_mismatch", stuck["id"]: None}
+    url = f"/api/v1/admin/orders/{mismatch['id']}/resolve"
+    r = await client.post(url, headers=agent.auth, json={"note": "refunded"})
+    assert r.status_code == 403
+    r = await client.post(url, headers=finance.auth, json={"note": " "})
+    assert r.status_code == 422
+    # finance refunds what was taken, then marks it resolved
+    r = await client.post(
+        f"/api/v1/admin/orders/{mismatch['id']}/refunds",
+        headers={**finance.auth, "Idempotency-Key": "k1"},
+        json={},
+    )
+    assert r.status_code == 202, r.text
+    r = await client.post(url, headers=finance.auth, json={"note": "refunded the 19.99 taken"})
+    assert r.status_code == 200
+    r = await client.post(url, headers=finance.auth, json={"note": "again"})
+    assert r.status_code == 409
+    r = await client.get("/api/v1/admin/attention", headers=agent.auth)
+    assert [o["id"] for o in r.json()] == [stuck["id"]]
+    assert await _actions(db, mismatch["id"]) == ["order.refund", "order.resolve_attention"]
+    await web_sign_in(client, finance)
+    page = await client.get("/backoffice/attention")
+    assert stuck["reference"] in page.text and "Check with provider" in page.text
+
+
+DENIED: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "agent": [
+        ("POST", "/api/v1/admin/orders/{order}/refunds", {}),
+        ("POST", "/api/v1/admin/adjustments/{adj}/decision", {"approve": True}),
+        ("POST", "/api/v1/admin/orders/{order}/resolve", {"note": "x"}),
+        ("GET", "/api/v1/admin/audit", {}),
+    ],
+    "finance": [
+        ("POST", "/api/v1/admin/customers/{account}/unlock", {}),
+        ("POST", "/api/v1/admin/lines/{line}/unfreeze", {}),
+        ("GET", "/api/v1/admin/audit", {}),
+    ],
+}
+
+
+@pytest.mark.parametrize("role", ["agent", "finance"])
+async def test_each_role_is_refused_what_it_may_not_do(
+    client: httpx.AsyncClient, db: Database, settings: Settings, role: str
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await _paid(client, db, settings, payer)
+    asker = await new_staff(db, settings, "admin")
+    adj = (
+        await client.post(
+            f"/api/v1/admin/lines/{payer.line.id}/adjustments",
+            headers=asker.auth,
+            json={"amount": 9999, "reason": "x"},
+        )
+    ).json()
+    staff = await new_staff(db, settings, role)
+    ids = {
+        "order": order["id"],
+        "adj": adj["id"],
+        "account": payer.account_id,
+        "line": payer.line.id,
+    }
+    for method, path, body in DENIED[role]:
+        r = await client.request(
+            method,
+            path.format(**ids),
+            headers={**staff.auth, "Idempotency-Key": "k"},
+            json=body or None,
+        )
+        assert r.status_code == 403, (method, path, r.text)
+    async with db.read() as s:
+        denied = (
+            (await s.execute(select(AuditEntry).where(AuditEntry.action == "access.denied")))
+            .scalars()
+            .all()
+        )
+    assert len(denied) == len(DENIED[role])
+    # an admin may do all of it
+    admin = await new_staff(db, settings, "admin")
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{adj['id']}/decision",
+        headers=admin.auth,
+        json={"approve": True},
+    )
+    assert r.status_code == 200

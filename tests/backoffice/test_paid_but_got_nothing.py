@@ -1,0 +1,171 @@
+""" "I paid but got nothing", end to end: the customer writes in; an agent finds them, sees the
+payment, asks the provider again and the line is credited — or, when the provider took another
+amount, finance refunds it; the customer gets the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from simcharge.backoffice.models import AuditEntry
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.lines.models import Line
+from simcharge.lines.service import line_balances
+from simcharge.orders.models import OrderState
+from tests.backoffice.helpers import csrf_of, new_staff, web_sign_in
+from tests.conftest import SmtpInbox
+from tests.orders.helpers import (
+    Payer,
+    assert_ledger_balanced,
+    new_payer,
+    order_row,
+    pay_at_sandbox,
+    place,
+    run_worker,
+    sandbox_object,
+    signed_event,
+)
+
+
+async def _sms_left(db: Database, payer: Payer) -> int:
+    async with db.read() as s:
+        line = await s.get(Line, payer.line.id)
+        assert line is not None
+        balances = await line_balances(s, line)
+    return sum(u.remaining for u in balances.units if u.unit == "SMS")
+
+
+async def _write_in(client: httpx.AsyncClient, payer: Payer, order: dict[str, Any]) -> str:
+    r = await client.post(
+        "/api/v1/me/tickets",
+        headers=payer.auth,
+        json={
+            "subject": "I paid but got nothing",
+            "body": "The money left my card an hour ago and my balance did not change.",
+            "order_id": order["id"],
+        },
+    )
+    assert r.status_code == 201
+    return str(r.json()["id"])
+
+
+async def test_an_agent_checks_with_the_provider_and_the_line_is_credited(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="traveller-20")
+    await pay_at_sandbox(client, settings, order)  # paid; the webhook has not come
+    assert await _sms_left(db, payer) == 0
+    ticket_id = await _write_in(client, payer, order)
+
+    agent = await new_staff(db, settings, "agent")
+    await web_sign_in(client, agent)
+    # find the customer by their number, see the order still pending
+    found = await client.get("/backoffice/customers", params={"q": payer.line.msisdn})
+    assert f"/backoffice/customers/{payer.account_id}" in found.text
+    page = await client.get(f"/backoffice/customers/{payer.account_id}")
+    assert order["reference"] in page.text and "pending" in page.text
+    # the ticket shows the order and its payment; ask the provider
+    page = await client.get(f"/backoffice/tickets/{ticket_id}")
+    assert "Check with provider" in page.text
+    r = await client.post(
+        f"/backoffice/orders/{order['id']}/check",
+        data={"csrf": csrf_of(page.text), "then": f"/backoffice/tickets/{ticket_id}"},
+    )
+    assert r.headers["location"].startswith(f"/backoffice/tickets/{ticket_id}")
+    assert (await order_row(db, order["id"])).state == OrderState.fulfilled
+    assert await _sms_left(db, payer) > 0
+    # answer and resolve
+    page = await client.get(f"/backoffice/tickets/{ticket_id}")
+    assert "fulfilled" in page.text
+    await client.post(
+        f"/backoffice/tickets/{ticket_id}/reply",
+        data={
+            "csrf": csrf_of(page.text),
+            "status": "resolved",
+            "body": "Your payment was confirmed and your line is credited.",
+        },
+    )
+    mine = (await client.get(f"/api/v1/me/tickets/{ticket_id}", headers=payer.auth)).json()
+    assert mine["status"] == "resolved"
+    assert mine["messages"][-1]["body"].startswith("Your payment was confirmed")
+    await run_worker(app, db, settings)
+    assert any("resolved" in str(m["Subject"]) for m in inbox.to(payer.email))
+    await assert_ledger_balanced(db)
+    async with db.read() as s:
+        actions = set((await s.execute(select(AuditEntry.action))).scalars())
+    assert {"customer.search", "customer.view", "order.check", "ticket.reply"} <= actions
+
+
+async def test_a_wrong_amount_is_refunded_by_finance(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="traveller-20")
+    row = await order_row(db, order["id"])
+    await pay_at_sandbox(client, settings, order)
+    # the provider took 19.99 instead of the order's total: nothing credited, flagged
+    body, headers = signed_event(
+        settings, "payment.succeeded", await sandbox_object(db, row.reference, amount=1999)
+    )
+    assert (
+        await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
+    ).status_code == 200
+    ticket_id = await _write_in(client, payer, order)
+
+    agent = await new_staff(db, settings, "agent")
+    await web_sign_in(client, agent)
+    page = await client.get(f"/backoffice/tickets/{ticket_id}")
+    assert "amount_mismatch" in page.text and "Refund amount" not in page.text
+    page = await client.get(f"/backoffice/tickets/{ticket_id}")
+    await client.post(
+        f"/backoffice/tickets/{ticket_id}/reply",
+        data={
+            "csrf": csrf_of(page.text),
+            "internal": "true",
+            "body": "Provider took 19.99, order was for another amount. Finance please refund.",
+        },
+    )
+
+    client.cookies.clear()
+    finance = await new_staff(db, settings, "finance")
+    await web_sign_in(client, finance)
+    page = await client.get("/backoffice/attention")
+    assert row.reference in page.text
+    page = await client.get(f"/backoffice/tickets/{ticket_id}")
+    form = {
+        "csrf": csrf_of(page.text),
+        "amount": "",
+        "reason": "amount mismatch",
+        "idem": f"ticket-{ticket_id}",
+        "then": f"/backoffice/tickets/{ticket_id}",
+    }
+    r = await client.post(f"/backoffice/orders/{order['id']}/refund", data=form)
+    assert r.status_code == 303, r.text
+    again = await client.post(f"/backoffice/orders/{order['id']}/refund", data=form)
+    assert again.status_code == 303  # the same form twice refunds once
+    await run_worker(app, db, settings)  # the provider is asked and confirms
+    refunded = await order_row(db, order["id"])
+    assert refunded.refunded_amount == 1999
+    r = await client.post(
+        f"/backoffice/orders/{order['id']}/resolve",
+        data={"csrf": csrf_of(page.text), "note": "refunded 19.99 in full"},
+    )
+    assert r.status_code == 303
+    assert (await order_row(db, order["id"])).attention is None
+    page = await client.get(f"/backoffice/tickets/{ticket_id}")
+    await client.post(
+        f"/backoffice/tickets/{ticket_id}/reply",
+        data={
+            "csrf": csrf_of(page.text),
+            "status": "resolved",
+            "body": "We refunded the 19.99 that was taken; please try again.",
+        },
+    )
+    mine = (await client.get(f"/api/v1/me/tickets/{ticket_id}", headers=payer.auth)).json()
+    assert [m["author"] for m in mine["messages"]] == ["customer", "staff"]
+    assert "Finance please" not in str(mine)
+    await assert_ledger_balanced(db)
