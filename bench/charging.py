@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 SESSIONS = 64
 CDR_RECORDS = int(os.environ.get("BENCH_CDR_RECORDS", "1000000"))
-CDR_LINES = 2000
+CDR_LINES = 1000
 SECRET = "bench-secret-key-bench-secret-key-bench-secret-key"  # noqa: S105 - the bench's own
 
 

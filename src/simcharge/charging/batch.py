@@ -21,10 +21,12 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import IO, Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Uuid, any_, bindparam, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,7 +37,7 @@ from simcharge.charging.rating import RatingTable, load_rating_table
 from simcharge.config import Settings
 from simcharge.db import Database, RetryableError, dialect_name, table_of
 from simcharge.kit.clock import utcnow
-from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.ids import SIMCHARGE_NAMESPACE, uuid7
 from simcharge.kit.phone import country_of
 from simcharge.ledger import chart
 from simcharge.ledger.repository import driver_in_transaction
@@ -154,7 +156,9 @@ def parse_record(line: int, row: dict[str, Any], errors: _Errors) -> Parsed | No
         int(quantity_text),
         started_at.astimezone(UTC),
         country,
-        derived_id("usage", "batch", ext),
+        uuid.uuid5(
+            SIMCHARGE_NAMESPACE, "usage:batch:" + ext
+        ),  # = derived_id("usage", "batch", ext)
     )
 
 
@@ -203,6 +207,18 @@ def read_usage_file(stream: IO[str], name: str) -> Iterator[tuple[int, dict[str,
 # --- rating a chunk ---------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=100_000)
+def _home_country(msisdn: str) -> str | None:
+    return country_of(msisdn)
+
+
+@lru_cache(maxsize=1024)
+def _counterparty(kind: str, unit: str, shard: int) -> uuid.UUID:
+    if kind == "usage":
+        return chart.usage_revenue(unit, shard).id
+    return chart.consumption(unit, shard).id
+
+
 @dataclass
 class _Line:
     id: uuid.UUID
@@ -210,12 +226,18 @@ class _Line:
     currency: str
     account_id: uuid.UUID | None
     last_activity_at: datetime | None
-    home: str | None = None
     latest: datetime | None = None
 
 
 async def _existing_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     found: set[uuid.UUID] = set()
+    if dialect_name(session) == "postgresql":
+        # One array parameter: no statement with thousands of parameters to compile.
+        stmt = select(usage_table.c.id).where(
+            usage_table.c.id == any_(bindparam("ids", type_=ARRAY(Uuid())))
+        )
+        found.update((await session.execute(stmt, {"ids": list(ids)})).scalars())
+        return found
     for i in range(0, len(ids), _SLICE):
         part = ids[i : i + _SLICE]
         rows = await session.execute(select(usage_table.c.id).where(usage_table.c.id.in_(part)))
@@ -294,9 +316,7 @@ async def rate_chunk(
             continue
         country = p.country
         if country is None:
-            if line.home is None:
-                line.home = country_of(line.msisdn) or ""
-            country = line.home or None
+            country = _home_country(line.msisdn)
         zone = table.zone_of(country)
         rate = table.rate(p.service, zone, line.currency) if zone else None
         if rate is None:
@@ -310,26 +330,26 @@ async def rate_chunk(
         rated = rate.rated(p.quantity)
         taking = take(pots[line.id], rate, unit, rated, p.started_at)
         shard = chart.shard_of(line.id)
-        taken: list[list[Any]] = []
+        taken: list[str] = []
         for pot, n in taking.from_buckets:
             prev = debits.get(pot.account_id)
             debits[pot.account_id] = (
                 pot,
                 (prev[1] if prev else 0) + n,
-                chart.consumption(unit, shard).id,
+                _counterparty("consumption", unit, shard),
             )
             pot.posted_balance -= n
-            taken.append([str(pot.account_id), n])
+            taken.append(f'["{pot.account_id}",{n}]')
         if taking.wallet_money:
             wallet = pots[line.id].wallet
             prev = debits.get(wallet.account_id)
             debits[wallet.account_id] = (
                 wallet,
                 (prev[1] if prev else 0) + taking.wallet_money,
-                chart.usage_revenue(line.currency, shard).id,
+                _counterparty("usage", line.currency, shard),
             )
             wallet.posted_balance -= taking.wallet_money
-            taken.append([str(wallet.account_id), taking.wallet_money])
+            taken.append(f'["{wallet.account_id}",{taking.wallet_money}]')
         if taking.short:
             unbilled_records += 1
         rows.append(
@@ -348,7 +368,7 @@ async def rate_chunk(
                 taking.wallet_money,
                 line.currency,
                 taking.short,
-                json.dumps(taken),
+                "[" + ",".join(taken) + "]",
                 None,
                 p.started_at,
                 now,
