@@ -243,3 +243,14 @@ async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
     assert (found["v2"].from_buckets, found["v2"].charge, found["v2"].zone) == (0, 5, "home")
     assert (found["v3"].from_buckets, found["v3"].zone) == (1, "asia")
     await assert_ledger_balanced(db)
+
+
+def test_record_ids_are_derived_ids() -> None:
+    from simcharge.charging.batch import record_id_of
+    from simcharge.kit.ids import derived_id
+
+    for external in ("a", "cdr-00000001", "é" * 60):
+        made = record_id_of(external)
+        expected = derived_id("usage", "batch", external)
+        assert made == expected and hash(made) == hash(expected) and str(made) == str(expected)
+        assert made.version == 5
