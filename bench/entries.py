@@ -146,7 +146,7 @@ class BenchContext:
         self._servers.append(proc)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient() as probe:
-            for _ in range(200):
+            for _ in range(1200):  # a minute: a loaded machine imports slowly
                 with contextlib.suppress(httpx.HTTPError):
                     await probe.get(base + "/")
                     return base

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     charging_low_balance: int = Field(default=200, ge=0)
     charging_rating_cache_seconds: float = Field(default=10.0, ge=0)
     charging_api_key_cache_seconds: float = Field(default=30.0, ge=0)
-    usage_chunk_size: int = Field(default=20000, ge=1, le=200000)
+    usage_chunk_size: int = Field(default=50000, ge=1, le=200000)
 
     # --- Back office ---------------------------------------------------------------------------
     staff_session_idle_minutes: int = Field(default=30, ge=1)

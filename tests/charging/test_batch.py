@@ -187,3 +187,70 @@ def test_the_command(cli_db: str, tmp_path: Path) -> None:
     assert "0 record(s) charged, 1 already charged" in result.output
     result = runner.invoke(cli_app, ["usage", "import", str(tmp_path / "missing.csv")])
     assert result.exit_code == 1
+
+
+async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
+    db: Database, settings: Settings
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    t = await make_line(
+        db,
+        money=1000,
+        grants=[UnitGrant("SMS", 5, 30), UnitGrant("SMS", 5, 60, ("asia",))],
+    )
+    soon = datetime.now(UTC) + timedelta(days=1)
+    late = datetime.now(UTC) + timedelta(days=45)
+    rows = [
+        (
+            2,
+            {
+                "id": "v1",
+                "subscriber": t.supi,
+                "service": "sms",
+                "quantity": "1",
+                "started_at": soon.isoformat(),
+            },
+        ),
+        (
+            3,
+            {
+                "id": "v2",
+                "subscriber": t.supi,
+                "service": "sms",
+                "quantity": "1",
+                "started_at": late.isoformat(),
+            },
+        ),
+        (
+            4,
+            {
+                "id": "v3",
+                "subscriber": t.supi,
+                "service": "sms",
+                "quantity": "1",
+                "started_at": late.isoformat(),
+                "country": "PH",
+            },
+        ),
+    ]
+    report = await import_usage_records(db, settings, iter(rows))
+    assert report.accepted == 3
+    async with db.read() as s:
+        found = {r.external_id: r for r in (await s.execute(select(UsageRecord))).scalars()}
+    assert (found["v1"].from_buckets, found["v1"].charge) == (1, 0)
+    # 45 days on, the 30-day bucket has expired and the Asia bucket is out of scope at home.
+    assert (found["v2"].from_buckets, found["v2"].charge, found["v2"].zone) == (0, 5, "home")
+    assert (found["v3"].from_buckets, found["v3"].zone) == (1, "asia")
+    await assert_ledger_balanced(db)
+
+
+def test_record_ids_are_derived_ids() -> None:
+    from simcharge.charging.batch import record_id_of
+    from simcharge.kit.ids import derived_id
+
+    for external in ("a", "cdr-00000001", "é" * 60):
+        made = record_id_of(external)
+        expected = derived_id("usage", "batch", external)
+        assert made == expected and hash(made) == hash(expected) and str(made) == str(expected)
+        assert made.version == 5

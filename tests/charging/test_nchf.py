@@ -378,3 +378,21 @@ async def test_low_balance_alert(client: httpx.AsyncClient, db: Database) -> Non
         )
     assert [j.payload["template"] for j in jobs] == ["balance.low"]
     assert jobs[0].payload["params"]["balance"] == 250 - 60
+
+
+async def test_the_worker_times_sessions_out(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    import simcharge.worker.jobs  # noqa: F401 - registers every job
+    from simcharge.worker.registry import JobContext, registry
+
+    assert "charging.expire_sessions" in registry.periodic
+    t = await make_line(db, grants=[UnitGrant("DATA_B", 100 * MIB, 30)])
+    api = await nchf(client, db)
+    await api.create(body(t.supi, 0, [rg(DATA, requested={"totalVolume": MIB})]))
+    async with db.transaction() as s:
+        for cs in (await s.execute(select(ChargingSession))).scalars():
+            cs.deadline = utcnow() - timedelta(seconds=1)
+    handler = registry.handlers["charging.expire_sessions"]
+    await handler(JobContext(db, settings, None, client), {})  # type: ignore[arg-type]
+    assert await open_reservations(db) == 0

@@ -43,6 +43,8 @@ class Pot:
     zones: tuple[str, ...] = ()
     expires_at: datetime | None = None
     order: tuple[Any, ...] = ()
+    batch_debit: int = 0
+    """What a batch chunk took from it so far (one transfer per pot and chunk)."""
 
     def in_scope(self, unit: str, zone: str, at: datetime) -> bool:
         return (
@@ -143,10 +145,7 @@ class Taking:
     wallet_money: int = 0
     short: int = 0
     """Native units that nothing could pay for."""
-
-    @property
-    def bucket_units(self) -> int:
-        return sum(n for _, n in self.from_buckets)
+    bucket_units: int = 0
 
 
 def take(
@@ -163,12 +162,22 @@ def take(
     and lower their `available`; the rest is `short`."""
     taking = Taking()
     left = units
-    for pot in pots.usable(unit, rate.zone, at):
+    zone = rate.zone
+    # `LinePots.usable`, inlined: this loop runs for every usage record of a batch.
+    for pot in pots.buckets:
         if left <= 0:
             break
-        n = min(left, pot.available)
+        if (
+            pot.unit != unit
+            or pot.available <= 0
+            or (pot.zones and zone not in pot.zones)
+            or (pot.expires_at is not None and pot.expires_at <= at)
+        ):
+            continue
+        n = left if left < pot.available else pot.available
         pot.available -= n
         taking.from_buckets.append((pot, n))
+        taking.bucket_units += n
         left -= n
     if left > 0:
         wallet = pots.wallet
