@@ -385,6 +385,7 @@ class _Warning:
     offset: timedelta
     template: str
     date_param: str
+    dedupe: str | None = None
 
 
 def _warning_passes(policy: Policy) -> list[_Warning]:
@@ -396,6 +397,12 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
         _Warning(
             "inactive", LineState.active, "last_activity_at", policy.inactivity,
             "line.freeze_warning", "freeze_on",
+        ),
+        # A line may enter grace between its inactivity warnings: the same warning, looked for
+        # among lines in grace by a pass of its own (the dedupe key is shared).
+        _Warning(
+            "inactive_grace", LineState.grace, "last_activity_at", policy.inactivity,
+            "line.freeze_warning", "freeze_on", dedupe="inactive",
         ),
         _Warning(
             "grace", LineState.grace, "state_changed_at", policy.grace,
@@ -454,7 +461,9 @@ async def _warn(
                     w.date_param: change_at.isoformat(),
                 },
                 line_id=r.id,
-                dedupe_key=f"lifecycle:warn:{w.name}:{days}:{r.id}:{r.anchor.isoformat()}",
+                dedupe_key=(
+                    f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}"
+                ),
             )
         )
     await enqueue_many(session, jobs)
