@@ -422,3 +422,30 @@ async def test_a_reservation_left_open_times_out(client: httpx.AsyncClient, db: 
     too_long = {**body, "validFor": {"endDateTime": "2099-01-01T00:00:00Z"}}
     r = await post(client, "/reserveBalance", too_long, key)
     assert r.status_code == 400 and r.json()["field"] == "validFor.endDateTime"
+
+
+async def test_the_history_of_a_line_holds_every_action(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    giver, receiver = await new_holder(db), await new_holder(db)
+    key = await api_key(db, *ALL)
+    await post(client, "/topupBalance", {
+        "amount": {"amount": 1, "units": "USD"}, "usageType": "monetary",
+        "bucket": {"id": str(giver.line.wallet_account_id)},
+        "partyAccount": {"id": str(giver.account_id)}}, key)
+    await post(client, "/transferBalance", transfer_body(
+        giver, receiver, "monetary", {"amount": 5, "units": "USD"},
+        str(giver.line.wallet_account_id)), key)
+    r = await client.get(f"{BASE}/balanceActionHistory",
+                         params={"logicalResource.id": giver.line.msisdn}, headers=key)
+    assert_response(r, "/balanceActionHistory")
+    kinds = [(h["@baseType"], h["receiverLogicalResource"]["id"]) for h in r.json()]
+    assert kinds == [("TransferBalance", receiver.line.msisdn),
+                     ("TopupBalance", giver.line.msisdn)]
+    one = await client.get(f"{BASE}/balanceActionHistory/{r.json()[0]['id']}", headers=key)
+    assert_response(one, "/balanceActionHistory/{id}")
+    filtered = await client.get(f"{BASE}/balanceActionHistory", headers=key, params={
+        "logicalResource.id": giver.line.msisdn, "@baseType": "TopupBalance"})
+    assert len(filtered.json()) == 1
+    missing = await client.get(f"{BASE}/balanceActionHistory/nope", headers=key)
+    assert missing.status_code == 404
