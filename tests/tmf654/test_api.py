@@ -119,11 +119,13 @@ async def test_a_top_up_credits_once_per_idempotency_key(
             "bucket": {"id": str(h.line.wallet_account_id)},
             "partyAccount": {"id": str(h.account_id)},
             "logicalResource": [{"id": h.line.msisdn}],
-            "channel": {"id": "pos", "name": "retail"}, "reason": "voucher"}
+            "channel": {"id": "pos", "name": "retail"}, "reason": "voucher",
+            "voucher": "V-123", "isAutoTopup": False}
     r = await post(client, "/topupBalance", body, key, "TopupBalance_Create")
     assert r.status_code == 201
     out = r.json()
     assert out["status"] == "completed" and out["channel"]["name"] == "retail"
+    assert (out["voucher"], out["isAutoTopup"]) == ("V-123", False)
     assert r.headers["Location"].endswith(f"/topupBalance/{out['id']}")
     assert await totals(db, h.line.wallet_account_id) == (3250, 0)
     again = await post(client, "/topupBalance", body, key)
