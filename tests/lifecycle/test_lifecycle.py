@@ -474,3 +474,13 @@ async def test_a_paid_order_reactivates_a_frozen_line_and_says_so(
     [event] = await events_of(db, line)
     assert (event.from_state, event.reason, event.actor) == (
         "frozen", "topup", f"order:{order['id']}")
+
+
+async def test_when_only_support_unfreezes_the_notice_says_so(
+    db: Database, settings: Settings
+) -> None:
+    line = await new_line(db, state=LineState.grace, validity_end=T - 40 * DAY,
+                          state_changed_at=T - 31 * DAY)
+    await sweep(db, policy(settings, lifecycle_frozen_reactivation="support"), now=T)
+    [job] = await jobs_for(db, line)
+    assert job["template"] == "line.frozen_support"

@@ -272,12 +272,15 @@ async def _apply_rule(
         if r.account_id is None:
             continue
         params: dict[str, Any] = {"msisdn": r.msisdn}
+        template = rule.template
+        if rule.to_state is LineState.frozen and policy.frozen_reactivation == "support":
+            template = "line.frozen_support"  # a top-up will not bring it back: say so
         if rule.to_state is LineState.grace:
             params["grace_ends"] = (now + policy.grace).isoformat()
         jobs.append(
             notice(
                 account_id=r.account_id,
-                template=rule.template,
+                template=template,
                 params=params,
                 line_id=r.id,
                 dedupe_key=f"lifecycle:{rule.to_state.value}:{r.id}:{now.isoformat()}",
