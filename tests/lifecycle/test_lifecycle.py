@@ -403,3 +403,84 @@ async def test_concurrent_sweeps_change_each_line_once(
         assert (await reload(fresh_db, line)).state == "grace"
         assert len(await events_of(fresh_db, line)) == 1
         assert len(await jobs_for(fresh_db, line)) == 1
+
+
+async def test_a_line_idle_in_grace_is_warned_before_it_freezes(
+    db: Database, settings: Settings
+) -> None:
+    p = policy(settings)
+    await sweep(db, p, now=T - DAY)
+    line = await new_line(db, state=LineState.grace, validity_end=T - DAY,
+                          state_changed_at=T - DAY,
+                          last_activity_at=T - 173 * DAY - timedelta(hours=12))
+    await sweep(db, p, now=T)
+    [warning] = await jobs_for(db, line)
+    assert (warning["template"], warning["params"]["days_left"]) == ("line.freeze_warning", 7)
+
+
+async def test_units_reserved_at_the_end_expire_once_released(
+    db: Database, settings: Settings
+) -> None:
+    from simcharge.kit.ids import uuid7
+    from simcharge.ledger.models import TransferKind
+    from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
+
+    line = await new_line(db, validity_end=T + 60 * DAY)
+    sink = chart.consumption("DATA_B")
+
+    async def fill(s: AsyncSession) -> tuple[uuid.UUID, uuid.UUID]:
+        found = await s.get(Line, line.id)
+        assert found is not None
+        [bucket] = await grant_units(s, found, [UnitGrant("DATA_B", 1000, 1)],
+                                     source=f"test:{line.id}", now=T - 2 * DAY)
+        await ensure_accounts(s, [sink])
+        pending = uuid7()
+        await post_transfers(s, [NewTransfer(
+            id=pending, amount=300, unit="DATA_B", debit_account_id=bucket,
+            credit_account_id=sink.id, kind=TransferKind.pending)], now=T - 2 * DAY)
+        return bucket, pending
+
+    bucket, pending = await db.run(fill)
+
+    async def left() -> tuple[int, int]:
+        async with db.read() as s:
+            a = await s.get(LedgerAccount, bucket, populate_existing=True)
+            assert a is not None
+            return a.credits_posted - a.debits_posted - a.debits_pending, a.debits_pending
+
+    await sweep(db, policy(settings), now=T)
+    assert await left() == (0, 300)
+    await db.run(lambda s: post_transfers(s, [NewTransfer(
+        id=uuid7(), pending_id=pending, kind=TransferKind.void_pending)], now=T))
+    assert await left() == (300, 0)
+    await sweep(db, policy(settings), now=T + timedelta(minutes=10))
+    assert await left() == (0, 0)
+    await assert_ledger_balanced(db)
+
+
+async def test_a_paid_order_reactivates_a_frozen_line_and_says_so(
+    client: Any, db: Database, settings: Settings
+) -> None:
+    from tests.factories import load_demo_catalog
+    from tests.orders.helpers import new_payer, pay_at_sandbox, place
+
+    await db.run(load_demo_catalog)
+    payer = await new_payer(db, settings, line_state=LineState.frozen)
+    order = await place(client, payer, plan="starter-10")
+    await pay_at_sandbox(client, settings, order)
+    await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    line = await reload(db, payer.line)
+    assert line.state == "active" and line.last_activity_at is not None
+    [event] = await events_of(db, line)
+    assert (event.from_state, event.reason, event.actor) == (
+        "frozen", "topup", f"order:{order['id']}")
+
+
+async def test_when_only_support_unfreezes_the_notice_says_so(
+    db: Database, settings: Settings
+) -> None:
+    line = await new_line(db, state=LineState.grace, validity_end=T - 40 * DAY,
+                          state_changed_at=T - 31 * DAY)
+    await sweep(db, policy(settings, lifecycle_frozen_reactivation="support"), now=T)
+    [job] = await jobs_for(db, line)
+    assert job["template"] == "line.frozen_support"

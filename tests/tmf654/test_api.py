@@ -119,11 +119,13 @@ async def test_a_top_up_credits_once_per_idempotency_key(
             "bucket": {"id": str(h.line.wallet_account_id)},
             "partyAccount": {"id": str(h.account_id)},
             "logicalResource": [{"id": h.line.msisdn}],
-            "channel": {"id": "pos", "name": "retail"}, "reason": "voucher"}
+            "channel": {"id": "pos", "name": "retail"}, "reason": "voucher",
+            "voucher": "V-123", "isAutoTopup": False}
     r = await post(client, "/topupBalance", body, key, "TopupBalance_Create")
     assert r.status_code == 201
     out = r.json()
     assert out["status"] == "completed" and out["channel"]["name"] == "retail"
+    assert (out["voucher"], out["isAutoTopup"]) == ("V-123", False)
     assert r.headers["Location"].endswith(f"/topupBalance/{out['id']}")
     assert await totals(db, h.line.wallet_account_id) == (3250, 0)
     again = await post(client, "/topupBalance", body, key)
@@ -422,3 +424,30 @@ async def test_a_reservation_left_open_times_out(client: httpx.AsyncClient, db: 
     too_long = {**body, "validFor": {"endDateTime": "2099-01-01T00:00:00Z"}}
     r = await post(client, "/reserveBalance", too_long, key)
     assert r.status_code == 400 and r.json()["field"] == "validFor.endDateTime"
+
+
+async def test_the_history_of_a_line_holds_every_action(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    giver, receiver = await new_holder(db), await new_holder(db)
+    key = await api_key(db, *ALL)
+    await post(client, "/topupBalance", {
+        "amount": {"amount": 1, "units": "USD"}, "usageType": "monetary",
+        "bucket": {"id": str(giver.line.wallet_account_id)},
+        "partyAccount": {"id": str(giver.account_id)}}, key)
+    await post(client, "/transferBalance", transfer_body(
+        giver, receiver, "monetary", {"amount": 5, "units": "USD"},
+        str(giver.line.wallet_account_id)), key)
+    r = await client.get(f"{BASE}/balanceActionHistory",
+                         params={"logicalResource.id": giver.line.msisdn}, headers=key)
+    assert_response(r, "/balanceActionHistory")
+    kinds = [(h["@baseType"], h["receiverLogicalResource"]["id"]) for h in r.json()]
+    assert kinds == [("TransferBalance", receiver.line.msisdn),
+                     ("TopupBalance", giver.line.msisdn)]
+    one = await client.get(f"{BASE}/balanceActionHistory/{r.json()[0]['id']}", headers=key)
+    assert_response(one, "/balanceActionHistory/{id}")
+    filtered = await client.get(f"{BASE}/balanceActionHistory", headers=key, params={
+        "logicalResource.id": giver.line.msisdn, "@baseType": "TopupBalance"})
+    assert len(filtered.json()) == 1
+    missing = await client.get(f"{BASE}/balanceActionHistory/nope", headers=key)
+    assert missing.status_code == 404

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import SimchargeError
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Line
@@ -157,3 +159,31 @@ async def test_transfers_and_reservations_conserve_totals(
             assert int(pending or 0) == 0
     finally:
         await savepoint.rollback()
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_transfers_keep_the_daily_limit(fresh_db: Database) -> None:
+    import asyncio
+
+    from tests.tmf654.helpers import new_holder
+
+    config = Settings(_env_file=None, balance_transfer_daily_count=3)  # type: ignore[call-arg]
+    giver, receiver = await new_holder(fresh_db), await new_holder(fresh_db)
+
+    async def give(s: AsyncSession) -> None:
+        line = await s.get(Line, giver.line.id)
+        other = await s.get(Line, receiver.line.id)
+        assert line is not None and other is not None
+        await service.transfer(
+            s, config, source=Holder(line, line.wallet_account_id, "USD", None),
+            receiver=other, amount=100, actor="race", key=None, request={}, reason=None)
+
+    async def attempt() -> bool:
+        try:
+            await fresh_db.run(give)
+        except SimchargeError:
+            return False
+        return True
+
+    results = await asyncio.gather(*(attempt() for _ in range(8)))
+    assert sum(results) == 3

@@ -272,12 +272,15 @@ async def _apply_rule(
         if r.account_id is None:
             continue
         params: dict[str, Any] = {"msisdn": r.msisdn}
+        template = rule.template
+        if rule.to_state is LineState.frozen and policy.frozen_reactivation == "support":
+            template = "line.frozen_support"  # a top-up will not bring it back: say so
         if rule.to_state is LineState.grace:
             params["grace_ends"] = (now + policy.grace).isoformat()
         jobs.append(
             notice(
                 account_id=r.account_id,
-                template=rule.template,
+                template=template,
                 params=params,
                 line_id=r.id,
                 dedupe_key=f"lifecycle:{rule.to_state.value}:{r.id}:{now.isoformat()}",
@@ -385,6 +388,7 @@ class _Warning:
     offset: timedelta
     template: str
     date_param: str
+    dedupe: str | None = None
 
 
 def _warning_passes(policy: Policy) -> list[_Warning]:
@@ -396,6 +400,12 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
         _Warning(
             "inactive", LineState.active, "last_activity_at", policy.inactivity,
             "line.freeze_warning", "freeze_on",
+        ),
+        # A line may enter grace between its inactivity warnings: the same warning, looked for
+        # among lines in grace by a pass of its own (the dedupe key is shared).
+        _Warning(
+            "inactive_grace", LineState.grace, "last_activity_at", policy.inactivity,
+            "line.freeze_warning", "freeze_on", dedupe="inactive",
         ),
         _Warning(
             "grace", LineState.grace, "state_changed_at", policy.grace,
@@ -454,7 +464,9 @@ async def _warn(
                     w.date_param: change_at.isoformat(),
                 },
                 line_id=r.id,
-                dedupe_key=f"lifecycle:warn:{w.name}:{days}:{r.id}:{r.anchor.isoformat()}",
+                dedupe_key=(
+                    f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}"
+                ),
             )
         )
     await enqueue_many(session, jobs)

@@ -608,6 +608,55 @@ async def get_transfer(
     return await _get_action(ActionKind.transfer, action_id, db, request, fields)
 
 
+# --- balanceActionHistory --------------------------------------------------------------------
+
+
+def _as_history(item: dict[str, Any], msisdn: str) -> dict[str, Any]:
+    """Any action, as a history entry: the spec wants a receiver, which is the line itself
+    unless it was a transfer."""
+    kind = item["@type"]
+    out = {**item, "@type": "BalanceActionHistory", "@baseType": kind,
+           "href": item["href"].replace(kind[0].lower() + kind[1:], "balanceActionHistory")}
+    out.setdefault("receiverLogicalResource", msisdn_ref(msisdn)[0])
+    return out
+
+
+@router.get("/balanceActionHistory", summary="Every top-up, adjustment, reservation and transfer "
+            "of a line, newest first")
+async def list_history(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        lines = {line.id: line for line in await _lines_selected(s, request)}
+        stmt = (
+            select(BalanceAction)
+            .where(BalanceAction.line_id.in_(list(lines)))
+            .order_by(BalanceAction.requested_at.desc(), BalanceAction.id.desc())
+            .limit(5000)
+        )
+        items = [
+            _as_history(await _render(s, request, a), lines[a.line_id].msisdn)
+            for a in (await s.execute(stmt)).scalars()
+        ]
+    return _paged(request, response, items)
+
+
+@router.get("/balanceActionHistory/{action_id}", summary="One action, whatever its kind")
+async def get_history(
+    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    async with db.read() as s:
+        try:
+            action = await s.get(BalanceAction, uuid.UUID(action_id))
+        except ValueError:
+            action = None
+        if action is None:
+            raise BalanceActionNotFound(field="id")
+        line = await s.get(Line, action.line_id)
+        assert line is not None
+        return select_fields(_as_history(await _render(s, request, action), line.msisdn), fields)
+
+
 def _settled(resource: str) -> Callable[..., Awaitable[Response]]:
     async def refuse(action_id: str, _key: Write) -> Response:
         raise MethodNotAllowed(

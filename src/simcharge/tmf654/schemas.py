@@ -120,6 +120,7 @@ def bucket_ref(base: str, account_id: Any) -> dict[str, Any]:
 
 ECHOED = ("description", "channel", "requestor", "product", "validFor", "adjustType",
           "relatedParty")
+ECHOED_TOPUP = ("isAutoTopup", "recurringPeriod", "numberOfPeriods", "voucher", "paymentMethod")
 
 
 def action_out(
@@ -154,7 +155,7 @@ def action_out(
         out["reason"] = action.reason
     if (p := party(line)) is not None and action.kind != "adjust":
         out["partyAccount"] = p
-    for key in ECHOED:
+    for key in ECHOED + (ECHOED_TOPUP if action.kind == "topup" else ()):
         if key in action.request and (key != "adjustType" or action.kind == "adjust"):
             out[key] = action.request[key]
     if action.kind == "transfer":

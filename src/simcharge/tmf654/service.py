@@ -461,6 +461,8 @@ async def transfer(
     wallet to `revenue:fees`. One linked batch: all of it or nothing."""
     _check_amount(amount)
     giver = source.line
+    # One transfer at a time per giver: the daily count and the balance are decided together.
+    await session.refresh(giver, with_for_update=True)
     if giver.id == receiver.id:
         raise ValidationFailed(N_("A line cannot give to itself."), field="receiverLogicalResource")
     if LineState(giver.state) is not LineState.active:
