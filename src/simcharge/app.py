@@ -28,6 +28,7 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.portal import install as install_portal
 
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
@@ -99,6 +100,7 @@ def create_app(
         add_routes(app, dev_router)
     if settings.sandbox_on:
         add_routes(app, sandbox_router)
+    install_portal(app)
     mount_docs_assets(app)
     app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
     return app

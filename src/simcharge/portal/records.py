@@ -1,0 +1,135 @@
+"""Consumption records: every posted movement on a customer's lines (wallet and buckets), read
+from the ledger, with what caused it (an order, usage, a refund, an adjustment)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.kit.translations import N_
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
+from simcharge.lines.models import Line
+
+KINDS: dict[str, str] = {
+    "topup": N_("Top-up"),
+    "package": N_("Package"),
+    "usage": N_("Usage"),
+    "refund": N_("Refund"),
+    "adjustment": N_("Adjustment"),
+    "expiry": N_("Expired"),
+}
+"""Kinds a record can have, with the label a customer reads."""
+
+_POSTED = (TransferKind.posted.value, TransferKind.post_pending.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: uuid.UUID
+    at: datetime
+    line_id: uuid.UUID
+    msisdn: str
+    kind: str
+    unit: str
+    amount: int
+    """Signed: positive when the line received it, negative when it was taken from the line."""
+    order_id: uuid.UUID | None
+    reference: str | None
+
+
+def kind_of(code: str, credited: bool) -> str:
+    if code == "topup":
+        return "topup"
+    if code == "grant":
+        return "package"
+    if code.startswith("refund"):
+        return "refund"
+    if code == "adjustment":
+        return "adjustment"
+    if "expir" in code:
+        return "expiry"
+    return "topup" if credited else "usage"
+
+
+def _order_id(reference: str | None) -> uuid.UUID | None:
+    if reference and reference.startswith("order:"):
+        try:
+            return uuid.UUID(reference.removeprefix("order:"))
+        except ValueError:
+            return None
+    return None
+
+
+async def records_of(
+    session: AsyncSession,
+    lines: Sequence[Line],
+    *,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 200,
+) -> list[Record]:
+    """Newest first. `lines` are the customer's own (the caller scopes them)."""
+    if not lines:
+        return []
+    by_line = {line.id: line for line in lines}
+    accounts = {
+        a_id: line_id
+        for a_id, line_id in (
+            await session.execute(
+                select(LedgerAccount.id, LedgerAccount.line_id).where(
+                    LedgerAccount.line_id.in_(list(by_line))
+                )
+            )
+        ).all()
+        if line_id is not None
+    }
+    if not accounts:
+        return []
+    ids = list(accounts)
+    t = LedgerTransfer.__table__
+    sides = []
+    for column in (t.c.credit_account_id, t.c.debit_account_id):
+        stmt = select(t).where(column.in_(ids), t.c.kind.in_(_POSTED))
+        if since is not None:
+            stmt = stmt.where(t.c.created_at >= since)
+        if until is not None:
+            stmt = stmt.where(t.c.created_at < until)
+        # Enough of each side for the page whatever the filter by kind leaves.
+        side = stmt.order_by(t.c.created_at.desc()).limit(limit * 4 if kind else limit)
+        # Wrapped: SQLite takes no ORDER BY/LIMIT on a compound's member itself.
+        sides.append(select(side.subquery()))
+    both = union_all(*sides).subquery()
+    rows = (
+        await session.execute(select(both).order_by(both.c.created_at.desc(), both.c.id.desc()))
+    ).all()
+    out: list[Record] = []
+    seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    for row in rows:
+        for account_id, credited in ((row.credit_account_id, True), (row.debit_account_id, False)):
+            line_id = accounts.get(account_id)
+            if line_id is None or (row.id, account_id) in seen:
+                continue
+            seen.add((row.id, account_id))
+            record_kind = kind_of(row.code, credited)
+            if kind and record_kind != kind:
+                continue
+            out.append(
+                Record(
+                    id=row.id,
+                    at=row.created_at,
+                    line_id=line_id,
+                    msisdn=by_line[line_id].msisdn,
+                    kind=record_kind,
+                    unit=row.unit,
+                    amount=row.amount if credited else -row.amount,
+                    order_id=_order_id(row.reference),
+                    reference=row.reference,
+                )
+            )
+    return out[:limit]
