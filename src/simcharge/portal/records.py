@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, union_all
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.kit.translations import N_
@@ -26,6 +26,14 @@ KINDS: dict[str, str] = {
 """Kinds a record can have, with the label a customer reads."""
 
 _POSTED = (TransferKind.posted.value, TransferKind.post_pending.value)
+# Kinds that a transfer's code alone decides (narrowed in the query; the rest after it).
+_CODES: dict[str, tuple[str, ...]] = {
+    "topup": ("topup",),
+    "package": ("grant",),
+    "refund": ("refund", "refund_voided"),
+    "adjustment": ("adjustment",),
+}
+_KNOWN = tuple(code for codes in _CODES.values() for code in codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,21 +100,25 @@ async def records_of(
     if not accounts:
         return []
     ids = list(accounts)
-    t = LedgerTransfer.__table__
-    sides = []
-    for column in (t.c.credit_account_id, t.c.debit_account_id):
-        stmt = select(t).where(column.in_(ids), t.c.kind.in_(_POSTED))
-        if since is not None:
-            stmt = stmt.where(t.c.created_at >= since)
-        if until is not None:
-            stmt = stmt.where(t.c.created_at < until)
-        # Enough of each side for the page whatever the filter by kind leaves.
-        side = stmt.order_by(t.c.created_at.desc()).limit(limit * 4 if kind else limit)
-        # Wrapped: SQLite takes no ORDER BY/LIMIT on a compound's member itself.
-        sides.append(select(side.subquery()))
-    both = union_all(*sides).subquery()
+    t = LedgerTransfer
+    stmt = select(
+        t.id, t.created_at, t.credit_account_id, t.debit_account_id, t.amount, t.unit, t.code,
+        t.reference,
+    ).where(
+        or_(t.credit_account_id.in_(ids), t.debit_account_id.in_(ids)),
+        t.kind.in_(_POSTED),
+    )
+    if since is not None:
+        stmt = stmt.where(t.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(t.created_at < until)
+    if kind in _CODES:
+        stmt = stmt.where(t.code.in_(_CODES[kind]))
+    elif kind is not None:
+        stmt = stmt.where(t.code.not_in(_KNOWN))
+    # A transfer between two of the customer's own accounts counts on both sides.
     rows = (
-        await session.execute(select(both).order_by(both.c.created_at.desc(), both.c.id.desc()))
+        await session.execute(stmt.order_by(t.created_at.desc(), t.id.desc()).limit(limit * 2))
     ).all()
     out: list[Record] = []
     seen: set[tuple[uuid.UUID, uuid.UUID]] = set()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from babel import Locale
 from babel.dates import format_date, format_datetime, format_timedelta
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
@@ -132,17 +133,18 @@ async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | 
         return None
     rules, now = policy(settings), utcnow()
     async with db.read() as s:
-        row = (
+        # The session and its account in one round trip (every page asks).
+        found = (
             await s.execute(
-                select(AuthSession).where(
-                    AuthSession.token_hash == token_hash(settings.secret_key, token)
-                )
+                select(AuthSession, Account)
+                .join(Account, Account.id == AuthSession.account_id)
+                .where(AuthSession.token_hash == token_hash(settings.secret_key, token))
             )
-        ).scalar_one_or_none()
-        if row is None or row.revoked_at is not None:
+        ).one_or_none()
+        if found is None or found[0].revoked_at is not None:
             return None
+        row, account = found
         fresh = expired(row, rules, now) is None and now - row.last_seen_at < TOUCH_EVERY
-        account = await s.get(Account, row.account_id) if fresh else None
     if not fresh:
 
         async def touch(s: AsyncSession) -> tuple[Account, AuthSession] | None:
@@ -154,7 +156,7 @@ async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | 
         if pair is None:
             return None
         account, row = pair
-    if account is None or account.status != AccountStatus.active:
+    if account.status != AccountStatus.active:
         return None
     return Customer(account, row, via_cookie=True)
 
@@ -203,9 +205,14 @@ def _locale(language: str) -> str:
     return BABEL_LOCALES.get(language, "en")
 
 
+@lru_cache(maxsize=16)
+def _parsed(language: str) -> Locale:
+    return Locale.parse(_locale(language))
+
+
 def units_text(language: str, amount: int, unit: str) -> str:
     """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
-    loc = _locale(language)
+    loc = _parsed(language)
     if unit == "VOICE_S":
         n = format_decimal(amount // 60, locale=loc)
         return translate(language, N_("{n} min")).format(n=n)
@@ -231,7 +238,8 @@ def environment(language: str) -> Environment:
         lstrip_blocks=True,
     )
     env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
-    loc = _locale(language)
+    # A parsed Locale: Babel would parse the identifier again on every call.
+    loc = Locale.parse(_locale(language))
 
     def as_date(value: datetime | date | None) -> str:
         if value is None:
@@ -283,7 +291,7 @@ def environment(language: str) -> Environment:
 
 def fee_text(method: PaymentMethodView, language: str) -> str:
     """"3.49 % + US$0.30", "2 %", "" (no fee), in the reader's number format."""
-    loc = _locale(language)
+    loc = _parsed(language)
     parts = []
     if Decimal(method.fee.percent):
         parts.append(str(format_percent(Decimal(method.fee.percent) / 100, "#,##0.##%", locale=loc)))

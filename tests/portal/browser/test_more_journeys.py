@@ -120,3 +120,31 @@ async def test_locking_my_account(live: Live, context: Any) -> None:
     await sign_in(live, page, name)
     assert "/login" in page.url
     assert await page.locator("[role=alert]").count() == 1
+
+
+async def test_wechat_pay_shows_a_qr_code_and_the_page_follows_the_payment(
+    live: Live, context: Any
+) -> None:
+    from simcharge.orders.service import payment_of
+
+    name, _, line = await customer(live)
+    page = await context.new_page()
+    problems = watch(page)
+    await sign_in(live, page, name)
+    await page.goto(live.base + f"/account/topup?line={line.id}&plan=traveller-20")
+    await page.check("input[name=method][value='wechatpay']")
+    await submit(page, "form[action='/account/topup/review']")
+    assert "¥" in await page.inner_text("[data-testid=total]")
+    await submit(page, "form[action='/account/topup']")
+    assert "/account/orders/" in page.url
+    assert await page.locator(".qr svg").count() == 1
+    await check(page, "order-qr", problems)
+    order_id = uuid.UUID(page.url.rsplit("/", 1)[-1])
+    async with live.db.read() as s:
+        payment = await payment_of(s, order_id)
+    assert payment.qr_payload
+    # The payer's phone opens what the QR code says and pays there; this page is not touched.
+    phone = await context.new_page()
+    await phone.goto(payment.qr_payload)
+    await phone.click("button.pay")
+    await page.locator("[data-testid=outcome].good").wait_for(timeout=20000)
