@@ -257,3 +257,16 @@ async def test_locking_needs_the_box_ticked(
     r = await post_form(client, "/account/security", "/account/security/lock", {})
     assert r.status_code == 422
     assert (await client.get("/account")).status_code == 200
+
+
+async def test_a_signed_in_customer_asks_for_a_new_code(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    # Their e-mail address is verified already: nothing to send.
+    r = await post_form(client, "/verify", "/verify/resend", {"channel": "email"})
+    assert r.status_code == 422 and 'class="alert bad"' in r.text
+    client.cookies.clear()
+    r = await post_form(client, "/verify", "/verify/resend", {"channel": "email"})
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/verify"

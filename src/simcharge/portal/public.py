@@ -178,6 +178,34 @@ async def verify(
     return redirect("/account?verified=1" if customer else "/login?verified=1", page, settings)
 
 
+@router.post("/verify/resend")
+async def resend_code(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    """A new code to a contact not yet verified (signed in only: the account is known)."""
+    form = await form_of(request, page)
+    customer = page.customer
+    if customer is None:
+        return redirect("/login?next=/verify")
+    channel = _channel(form.get("channel"))
+
+    async def run(s: AsyncSession) -> None:
+        account = await s.get(Account, customer.account.id, with_for_update=True)
+        assert account is not None
+        await service.resend_verification(s, settings, account, channel, utcnow())
+
+    try:
+        await limits.hit("codes", client.ip)
+        await db.run(run)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return render(
+            request, page, "verify.html", status=exc.status, values={"channel": channel},
+            errors=errors, error=summary, sent=False,
+        )
+    return redirect("/verify?sent=1")
+
+
 # --- sign in and out ------------------------------------------------------------------------------
 
 

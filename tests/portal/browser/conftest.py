@@ -98,11 +98,16 @@ class Live:
 
 
 @pytest.fixture
-async def live(
-    backend: Backend, fresh_db: Database, smtp_server: tuple[SmtpInbox, int], _browser_ready: None
-) -> AsyncIterator[Live]:
+def _sqlite_only(backend: Backend) -> None:
     if backend.is_postgres:
         pytest.skip("browser journeys run on SQLite (the services run on both elsewhere)")
+
+
+@pytest.fixture
+async def live(
+    _browser_ready: None, _sqlite_only: None, fresh_db: Database,
+    smtp_server: tuple[SmtpInbox, int],
+) -> AsyncIterator[Live]:
     inbox, smtp_port = smtp_server
     inbox.messages.clear()
     port = _free_port()

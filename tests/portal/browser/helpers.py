@@ -47,9 +47,14 @@ async def check(page: Any, name: str, problems: list[str] | None = None) -> None
     await shoot(page, name)
 
 
+# The pages shown in the README (the others are checked, not photographed).
+SHOWN = frozenset({"home", "account", "topup", "review", "order", "order-qr", "records",
+                   "security", "order-failed", "zh-home", "zh-account", "zh-order"})
+
+
 async def shoot(page: Any, name: str) -> None:
     folder = os.environ.get("SIMCHARGE_SCREENSHOTS")
-    if not folder:
+    if not folder or name not in SHOWN:
         return
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
