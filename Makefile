@@ -8,7 +8,7 @@ export SIMCHARGE_DATABASE_URL ?= sqlite+aiosqlite:///var/simcharge.db
 export SIMCHARGE_BASE_URL ?= http://127.0.0.1:$(PORT)
 PYTEST_WORKERS ?= auto
 
-.PHONY: run test lint bench install demo migrate clean format messages
+.PHONY: run test lint bench chaos install demo migrate clean format messages
 LOCALES := src/simcharge/locales
 LANGS := zh_Hans zh_Hant fil es
 
@@ -38,14 +38,19 @@ test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench chaos
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff check --fix src tests bench chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Two web processes and two workers on PostgreSQL under SIGKILLs and a PostgreSQL restart; then
+# every promise is checked (see chaos/__main__.py). Needs a local PostgreSQL cluster.
+chaos: $(STAMP)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 # Re-extract translatable strings and merge them into every catalog (then translate the new ones).
 messages: $(STAMP)

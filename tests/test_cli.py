@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
+from simcharge import cli
 from simcharge.cli import app
 from simcharge.config import get_settings
+from simcharge.db import Database
 from simcharge.demo import CUSTOMERS, DEMO_PASSWORD
 from tests.conftest import Backend
 from tests.factories import iccid_for
@@ -49,6 +52,7 @@ def test_every_command_has_help() -> None:
         ["catalog", "load", "--help"],
         ["lines", "import", "--help"],
         ["demo", "--help"],
+        ["ledger", "verify", "--help"],
         ["apikey", "create", "--help"],
     ):
         code, out = invoke(*args)
@@ -72,6 +76,28 @@ def test_upgrade_demo_twice_and_current(cli_env: str) -> None:
         assert c.username in first and c.msisdns[0] in first
     code, second = invoke("demo")
     assert code == 0 and second == first
+
+
+def test_ledger_verify_passes_on_the_demo_and_fails_on_tampered_books(cli_env: str) -> None:
+    assert invoke("db", "upgrade")[0] == 0
+    assert invoke("demo")[0] == 0
+    code, out = invoke("ledger", "verify")
+    assert code == 0, out
+    assert "the ledger balances" in out and "USD      posted +0  pending +0" in out
+
+    async def tamper(db: Database) -> None:
+        async with db.transaction() as s:
+            await s.execute(
+                text(
+                    "UPDATE ledger_accounts SET credits_posted = credits_posted + 1"
+                    " WHERE code = 'wallet'"
+                )
+            )
+
+    cli._run(tamper)
+    code, out = invoke("ledger", "verify")
+    assert code == 1
+    assert "VIOLATION unit USD does not sum to zero" in out and "violation(s)" in out
 
 
 def test_catalog_load_check_and_errors(cli_env: str, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from simcharge import __version__
 from simcharge.accounts.endpoints import router as me_router
 from simcharge.api.middleware import RequestContextMiddleware
-from simcharge.api.problems import install_problem_handlers
+from simcharge.api.problems import document_problems, install_problem_handlers
 from simcharge.api.system import mount_docs_assets
 from simcharge.api.system import router as system_router
 from simcharge.auth.endpoints import router as auth_router
@@ -29,6 +29,7 @@ from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
 from simcharge.portal import install as install_portal
+from simcharge.worker.admin import router as jobs_admin_router
 
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
@@ -38,6 +39,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     lines_router,
     orders_router,
     orders_admin_router,
+    jobs_admin_router,
     webhooks_router,
 )
 
@@ -95,6 +97,7 @@ def create_app(
     app.state.http = http
     app.state.providers = Providers(settings, http, database)
     install_problem_handlers(app)
+    document_problems(app)
     add_routes(app, *ROUTERS)
     if settings.env is not Environment.production:
         add_routes(app, dev_router)

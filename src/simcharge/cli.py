@@ -34,7 +34,9 @@ apikey_app = typer.Typer(
 app.add_typer(db_app, name="db")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(lines_app, name="lines")
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(ledger_app, name="ledger")
 
 
 def _database(settings: Settings) -> Database:
@@ -68,6 +70,9 @@ def serve(
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-* from the proxy.")
     ] = False,
+    graceful_seconds: Annotated[
+        int, typer.Option(min=1, help="On SIGTERM, how long open requests may finish.")
+    ] = 30,
 ) -> None:
     """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false)."""
     import uvicorn
@@ -79,6 +84,7 @@ def serve(
         port=port,
         workers=workers,
         proxy_headers=proxy_headers,
+        timeout_graceful_shutdown=graceful_seconds,
         access_log=False,
         log_level="warning",
     )
@@ -259,6 +265,31 @@ def demo() -> None:
     for c in customers:
         typer.echo(f"  {c.username:8} {c.language:8} lines: {', '.join(c.msisdns)}")
     typer.echo("")
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Check the books: every balance equals its transfers, each unit sums to zero, no bound
+    crossed, no reservation past its timeout. Exits 1 on any violation (read-only)."""
+    from simcharge.ledger.audit import LedgerReport, verify_ledger
+
+    async def check(db: Database) -> LedgerReport:
+        async with db.read() as session:
+            return await verify_ledger(session)
+
+    report = _run(check)
+    typer.echo(f"{report.accounts} accounts, {report.transfers} transfers")
+    for unit, (posted, pending) in sorted(report.units.items()):
+        typer.echo(f"  {unit:8} posted {posted:+d}  pending {pending:+d}")
+    typer.echo(
+        f"open reservations: {report.open_reservations} "
+        f"(past their timeout: {report.overdue_reservations})"
+    )
+    if not report.ok:
+        for v in report.violations:
+            typer.secho(f"  VIOLATION {v}", fg=typer.colors.RED, err=True)
+        _fail(f"{len(report.violations)} violation(s)", 1)
+    typer.echo("the ledger balances")
 
 
 @apikey_app.command("create")

@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     """Every setting simcharge reads; documented one by one in `.env.example` and the README."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SIMCHARGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="SIMCHARGE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,  # `SIMCHARGE_X=` in an env file means "not set"
     )
 
     env: Environment = Environment.development
@@ -51,6 +55,10 @@ class Settings(BaseSettings):
 
     worker_in_process: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_lease_seconds: int = Field(default=300, ge=5)
+    """How long a claimed job is a worker's: if the worker dies, the job runs again after this."""
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    """On shutdown, how long jobs in hand may finish; those still running are then given back."""
 
     # --- identity: sessions, codes, delivery of e-mail and SMS ---------------------------------
     session_idle_minutes: int = Field(default=30, ge=1)

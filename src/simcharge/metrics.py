@@ -1,8 +1,35 @@
-"""Prometheus metrics: HTTP, and the business (later issues add theirs here)."""
+"""Prometheus metrics: HTTP, and the business.
+
+Counters and histograms are counted where things happen, per process. The levels that live in
+the database (orders by state and method, the outbox) are gauges read from it when `/metrics`
+is scraped (`refresh_levels`, at most once every `LEVELS_MAX_AGE` seconds per process), so they
+are the same whichever process answers. With several web processes (`serve --workers N`), set
+`PROMETHEUS_MULTIPROC_DIR` to an empty directory shared by them: `/metrics` then adds up every
+process's counters (prometheus_client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+import time
+from datetime import UTC
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+from sqlalchemy import func, select
+
+from simcharge.kit.clock import utcnow
+
+if TYPE_CHECKING:
+    from simcharge.db import Database
 
 HTTP_REQUESTS = Counter(
     "simcharge_http_requests_total", "HTTP requests handled", ["method", "route", "status"]
@@ -29,9 +56,96 @@ WEBHOOKS = Counter(
     "simcharge_webhooks_total", "Provider notifications by provider and outcome",
     ["provider", "outcome"],
 )
+WEBHOOK_FAILURES = Counter(
+    "simcharge_webhook_failures_total",
+    "Provider notifications refused (bad signature, stale, foreign…) or whose processing failed",
+    ["provider", "reason"],
+)
 FULFILMENT_DELAY = Histogram(
     "simcharge_order_fulfilment_delay_seconds",
     "From order creation to the line being credited",
     ["provider"],
     buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600),
 )
+CHARGING_REQUESTS = Counter(
+    "simcharge_charging_requests_total",
+    "Charging requests (reserve, commit, release, one-shot, batch) by result",
+    ["operation", "result"],
+)
+ORDER_LEVELS = Gauge(
+    "simcharge_orders_by_state",
+    "Orders by state and payment method (read from the database at scrape time)",
+    ["state", "method"],
+    multiprocess_mode="mostrecent",
+)
+JOB_LEVELS = Gauge(
+    "simcharge_outbox_jobs",
+    "Outbox jobs by status (read from the database at scrape time)",
+    ["status"],
+    multiprocess_mode="mostrecent",
+)
+JOBS_DUE = Gauge(
+    "simcharge_outbox_jobs_due",
+    "Pending outbox jobs whose time has come: waiting for a worker",
+    multiprocess_mode="mostrecent",
+)
+OLDEST_DUE = Gauge(
+    "simcharge_outbox_oldest_due_seconds",
+    "How long the oldest due job has waited (0: none waiting)",
+    multiprocess_mode="mostrecent",
+)
+
+LEVELS_MAX_AGE = 5.0
+_levels_read_at = float("-inf")
+
+
+async def refresh_levels(db: Database, *, max_age: float | None = None) -> None:
+    """Read the gauges' values from the database, unless they were read less than `max_age`
+    (default `LEVELS_MAX_AGE`) seconds ago in this process."""
+    global _levels_read_at
+    if time.monotonic() - _levels_read_at < (LEVELS_MAX_AGE if max_age is None else max_age):
+        return
+    from simcharge.orders.models import Order
+    from simcharge.worker.models import JobStatus, OutboxJob
+
+    now = utcnow()
+    async with db.read() as s:
+        orders = (
+            await s.execute(
+                select(Order.state, Order.method_code, func.count()).group_by(
+                    Order.state, Order.method_code
+                )
+            )
+        ).all()
+        jobs = {
+            status: int(n)
+            for status, n in await s.execute(
+                select(OutboxJob.status, func.count()).group_by(OutboxJob.status)
+            )
+        }
+        due, oldest = (
+            await s.execute(
+                select(func.count(), func.min(OutboxJob.run_at)).where(
+                    OutboxJob.status == JobStatus.pending.value, OutboxJob.run_at <= now
+                )
+            )
+        ).one()
+    ORDER_LEVELS.clear()
+    for state, method, n in orders:
+        ORDER_LEVELS.labels(state, method).set(n)
+    for status in JobStatus:
+        JOB_LEVELS.labels(status.value).set(jobs.get(status.value, 0))
+    JOBS_DUE.set(due)
+    if oldest is not None and oldest.tzinfo is None:  # SQLite gives naive UTC
+        oldest = oldest.replace(tzinfo=UTC)
+    OLDEST_DUE.set(max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+    _levels_read_at = time.monotonic()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text: this process's, or every process's in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

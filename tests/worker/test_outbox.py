@@ -105,6 +105,18 @@ async def test_a_dead_workers_lease_runs_out_and_the_job_comes_back(db: Database
     assert (await job_row(db, "lease")).status == JobStatus.done
 
 
+async def test_the_lease_is_the_configured_one(db: Database, settings: Settings) -> None:
+    worker = Worker(db, settings.model_copy(update={"worker_lease_seconds": 15}))
+    await db.run(lambda s: service.enqueue(s, "short-lease", {}))
+    before = utcnow()
+    [claimed] = await worker._claim(10)
+    row = await job_row(db, "short-lease")
+    assert row.locked_until is not None
+    assert timedelta(seconds=14) < row.locked_until - before < timedelta(seconds=16)
+    assert claimed.id == row.id
+    await worker.close()
+
+
 async def test_periodic_jobs_are_scheduled_once_per_slot(db: Database, settings: Settings) -> None:
     registry = Registry()
     runs: list[int] = []

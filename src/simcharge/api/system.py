@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import fastapi_offline
+import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from simcharge.api.deps import DB
 from simcharge.errors import NotFound, registered_problem_types
 from simcharge.kit.translations import N_
+from simcharge.metrics import exposition, refresh_levels
 
 router = APIRouter(include_in_schema=False)
+log = structlog.get_logger("simcharge.http")
 
 _SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 # Swagger UI's page needs its own inline start-up script; only /docs gets this policy.
@@ -42,8 +44,14 @@ async def readyz(db: DB) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(db: DB) -> Response:
+    """Prometheus metrics; the levels kept in the database are read now (at most every 5 s)."""
+    try:
+        await refresh_levels(db)
+    except Exception:  # the process's own metrics are still worth serving
+        log.warning("metrics.levels_unavailable", exc_info=True)
+    body, media_type = exposition()
+    return Response(body, media_type=media_type)
 
 
 @router.get("/docs")

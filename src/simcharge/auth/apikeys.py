@@ -25,6 +25,8 @@ SCOPES: dict[str, str] = {
     "ledger:read": "Read ledger accounts and transfers.",
     "orders:read": "Read any order, with its payment history and refunds.",
     "refunds:write": "Refund orders (finance).",
+    "jobs:read": "Read the outbox: waiting and dead jobs (operations).",
+    "jobs:write": "Retry dead outbox jobs (operations).",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 

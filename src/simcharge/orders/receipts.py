@@ -117,6 +117,14 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
     )
 
 
+class _Pdf(FPDF):
+    """CLDR formats times and some amounts with a narrow no-break space (U+202F), which the
+    font lacks: print the ordinary no-break space instead."""
+
+    def normalize_text(self, text: str) -> str:
+        return str(super().normalize_text(text.replace("\u202f", "\u00a0")))
+
+
 def render_pdf(f: ReceiptFacts) -> bytes:
     """A one-page A4 receipt."""
 
@@ -125,7 +133,7 @@ def render_pdf(f: ReceiptFacts) -> bytes:
 
     label = t(N_("Receipt"))
     title = f"{label} {f.number}"
-    pdf = FPDF(format="A4")
+    pdf = _Pdf(format="A4")
     pdf.set_title(title)
     pdf.set_author(f.operator)
     pdf.add_page()

@@ -31,7 +31,7 @@ from simcharge.errors import Conflict, ServiceUnavailable
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
-from simcharge.metrics import ORDERS, WEBHOOKS
+from simcharge.metrics import ORDERS, WEBHOOK_FAILURES, WEBHOOKS
 from simcharge.orders.fulfilment import PAID_STATES, Outcome, apply_status
 from simcharge.orders.models import (
     Order,
@@ -208,6 +208,7 @@ async def receive_notification(
         notification = await provider.parse_notification(headers, body, now=now)
     except NotificationRejected as exc:
         WEBHOOKS.labels(provider_name, f"rejected:{exc.reason}").inc()
+        WEBHOOK_FAILURES.labels(provider_name, exc.reason).inc()
         log.warning(
             "payments.webhook_rejected",
             provider=provider_name,
@@ -218,6 +219,7 @@ async def receive_notification(
     expected = providers.merchant_of(provider_name)
     if expected and notification.status and notification.status.merchant not in (None, expected):
         WEBHOOKS.labels(provider_name, "rejected:foreign").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "foreign").inc()
         log.warning("payments.webhook_foreign_merchant", provider=provider_name)
         return Received(provider.reply(False), duplicate=False, outcome="rejected:foreign")
 
@@ -251,6 +253,7 @@ async def receive_notification(
         # Applying failed: keep the event, unprocessed; the reconciliation job applies it again.
         log.exception("payments.webhook_processing_failed", provider=provider_name)
         WEBHOOKS.labels(provider_name, "processing_failed").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "processing_failed").inc()
         stored = await db.run(lambda s: _store(s, provider_name, notification, now))
         return Received(provider.reply(True), duplicate=stored is None, outcome="stored")
     if outcome is None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import traceback
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -46,7 +47,9 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.registry = registry or load_jobs()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid7().hex[-6:]}"
+        self.lease = timedelta(seconds=settings.worker_lease_seconds)
         self._running: set[asyncio.Task[None]] = set()
+        self._in_hand: dict[asyncio.Task[None], service.ClaimedJob] = {}
         self._http: httpx.AsyncClient | None = http
         self._owns_http = http is None
         self.shared: dict[str, Any] = {}
@@ -73,7 +76,7 @@ class Worker:
     async def _claim(self, limit: int) -> list[service.ClaimedJob]:
         if limit <= 0:
             return []
-        return await self.db.run(lambda s: service.claim(s, self.worker_id, limit))
+        return await self.db.run(lambda s: service.claim(s, self.worker_id, limit, self.lease))
 
     async def run_once(self) -> int:
         """Claim and run what is due now, waiting for it to finish. Returns jobs run."""
@@ -137,9 +140,14 @@ class Worker:
             JOBS.labels(job.kind, "done").inc()
             bound.debug("job.done")
 
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._in_hand.pop(task, None)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set; then let the jobs in hand finish (a job still running after
-        the grace period comes back to the queue when its lease runs out)."""
+        """Work until `stop` is set; then claim nothing more and let the jobs in hand finish
+        within `worker_shutdown_grace_seconds`. Those still running then are cancelled and given
+        back to the queue at once (their attempt not counted), for another worker to take."""
         log.info("worker.started", worker_id=self.worker_id, concurrency=self.concurrency)
         poll = self.settings.worker_poll_seconds
         loop = asyncio.get_running_loop()
@@ -153,7 +161,8 @@ class Worker:
                 for job in claimed:
                     task = asyncio.create_task(self._run_job(job))
                     self._running.add(task)
-                    task.add_done_callback(self._running.discard)
+                    self._in_hand[task] = job
+                    task.add_done_callback(self._forget)
                 if not claimed:
                     await self._idle(stop, poll)
             except asyncio.CancelledError:
@@ -161,10 +170,24 @@ class Worker:
             except Exception:
                 log.exception("worker.loop_error")
                 await asyncio.sleep(min(5.0, poll * 2))
-        if self._running:
-            await asyncio.wait(self._running, timeout=30)
+        await self._wind_down(self.settings.worker_shutdown_grace_seconds)
         await self.close()
         log.info("worker.stopped", worker_id=self.worker_id)
+
+    async def _wind_down(self, grace: float) -> None:
+        if not self._running:
+            return
+        if grace > 0:
+            await asyncio.wait(set(self._running), timeout=grace)
+        late = [t for t in self._running if not t.done()]
+        if not late:
+            return
+        returned = [self._in_hand[t].id for t in late if t in self._in_hand]
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        await self.db.run(lambda s: service.release(s, returned, self.worker_id))
+        log.warning("worker.jobs_returned", worker_id=self.worker_id, count=len(returned))
 
     async def _idle(self, stop: asyncio.Event, poll: float) -> None:
         """Wait for the next poll, a stop, or a free slot, whichever comes first."""

@@ -110,7 +110,9 @@ async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
     )
 
 
-async def claim(session: AsyncSession, worker_id: str, limit: int) -> list[ClaimedJob]:
+async def claim(
+    session: AsyncSession, worker_id: str, limit: int, lease: timedelta = LEASE
+) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id`."""
     now = utcnow()
     due = or_(
@@ -133,7 +135,7 @@ async def claim(session: AsyncSession, worker_id: str, limit: int) -> list[Claim
         .values(
             status=JobStatus.running.value,
             locked_by=worker_id,
-            locked_until=now + LEASE,
+            locked_until=now + lease,
             attempts=jobs.c.attempts + 1,
         )
     )

@@ -1,0 +1,238 @@
+"""`make chaos`: simcharge under faults, then a check of every promise.
+
+Two web processes and two workers run on one PostgreSQL database. Simulated customers top up
+through the sandbox for `--duration` seconds (its webhooks sent several times, delayed and so
+reordered), give top-ups to each other, cancel, decline, re-check; finance refunds. Meanwhile
+a random web or worker process is killed with SIGKILL every few seconds and restarted, and
+PostgreSQL is restarted once in immediate mode (as after a crash). Then the load stops, what is
+due is left to drain, and the books are checked: per unit the ledger sums to zero, every stored
+balance equals its transfers, no bounded balance crossed, every payment the sandbox reports
+paid is credited exactly once (and nothing else is), no job lost, no reservation left open.
+Exit status 1 on any violation.
+
+    python -m chaos [--duration 60] [--customers 24] [--no-postgres-restart]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import asyncpg
+import httpx
+import uvloop
+from sqlalchemy.engine import make_url
+
+from chaos.checks import due_jobs, paid_but_pending, verify
+from chaos.cluster import BIN, ROOT, Cluster, postgres_restart_command
+from chaos.customers import Crowd, Customer
+from simcharge.accounts.models import Account
+from simcharge.auth.apikeys import create_api_key
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.passwords import hash_password
+from simcharge.auth.service import policy
+from simcharge.auth.sessions import open_session
+from simcharge.catalog.service import DEMO_CATALOG, load_catalog, read_catalog_file
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.demo import demo_iccid, demo_imsi
+from simcharge.kit.clock import utcnow
+from simcharge.lines.models import LineState
+from simcharge.lines.service import NewLine, open_line
+
+DATABASE = "simcharge_chaos"
+SECRET = "chaos-secret-key-" + "x" * 40
+
+
+def log(message: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+async def recreate(admin_url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+
+
+async def seed(db: Database, settings: Settings, n: int) -> tuple[list[Customer], str]:
+    """The demo catalog, `n` customers each with an active line and a signed-in session, and a
+    finance API key."""
+    customers = []
+    async with db.transaction() as s:
+        await load_catalog(s, read_catalog_file(DEMO_CATALOG))
+        now = utcnow()
+        password = hash_password("chaos-password-2026")
+        for i in range(n):
+            account = Account(
+                username=f"chaos{i}", display_name=f"Chaos {i}", language="en",
+                email=f"chaos{i}@example.com", email_verified_at=now, password_hash=password,
+            )
+            s.add(account)
+            await s.flush()
+            msisdn = f"+1415556{i:04d}"
+            line = await open_line(
+                s,
+                NewLine(msisdn=msisdn, iccid=demo_iccid(msisdn), currency="USD",
+                        imsi=demo_imsi(msisdn)),
+                account_id=account.id,
+                state=LineState.active,
+            )
+            line.validity_end = now + timedelta(days=30)
+            issued = await open_session(
+                s, settings.secret_key, account_id=account.id,
+                client=ClientInfo(ip="127.0.0.1", user_agent="chaos"),
+                policy=policy(settings), now=now,
+            )
+            customers.append(Customer(account.id, issued.token, line.id, msisdn))
+        key = await create_api_key(s, "chaos finance", ["orders:read", "refunds:write"])
+    return customers, key.token
+
+
+async def storm(cluster: Cluster, rng: random.Random, until: float, every: tuple[float, float],
+                pg_restart_at: float | None, pg_port: int, events: list[str]) -> None:
+    restart = postgres_restart_command(pg_port) if pg_restart_at is not None else None
+    if pg_restart_at is not None and restart is None:
+        log("no local PostgreSQL cluster to restart: skipping that fault")
+    while time.monotonic() < until:
+        await asyncio.sleep(rng.uniform(*every))
+        if time.monotonic() >= until:
+            break
+        if restart is not None and pg_restart_at is not None and time.monotonic() >= pg_restart_at:
+            log("restarting PostgreSQL (immediate)")
+            # Output to a file, not a pipe: the restarted server inherits it and keeps it open.
+            with (cluster.logs / "postgres-restart.log").open("ab") as out:
+                proc = await asyncio.create_subprocess_exec(*restart, stdout=out, stderr=out)
+                code = await proc.wait()
+            events.append(f"postgres restart (exit {code})")
+            if code != 0:
+                raise RuntimeError(f"PostgreSQL restart failed: see {cluster.logs}")
+            restart = None
+            continue
+        victim = rng.choice(cluster.procs)
+        events.append(f"kill -9 {victim.name}")
+        await cluster.restart(victim)
+
+
+async def run(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    admin = args.postgres_url
+    url = make_url(admin).set(drivername="postgresql+asyncpg", database=DATABASE)
+    db_url = url.render_as_string(hide_password=False)
+    await recreate(admin)
+    web_ports = [args.port, args.port + 1]
+    env = {
+        "SIMCHARGE_ENV": "development",
+        "SIMCHARGE_DATABASE_URL": db_url,
+        "SIMCHARGE_SECRET_KEY": SECRET,
+        "SIMCHARGE_BASE_URL": f"http://127.0.0.1:{web_ports[0]}",
+        "SIMCHARGE_WORKER_IN_PROCESS": "false",
+        "SIMCHARGE_SANDBOX_ENABLED": "true",
+        "SIMCHARGE_SANDBOX_WEBHOOK_COPIES": "3",
+        "SIMCHARGE_SANDBOX_WEBHOOK_MAX_DELAY_SECONDS": "2",
+        "SIMCHARGE_LOG_LEVEL": "WARNING",
+        "SIMCHARGE_DB_POOL_SIZE": "8",
+        # A killed worker's jobs come back after this (every handler is safe to run twice).
+        "SIMCHARGE_WORKER_LEASE_SECONDS": "10",
+    }
+    log(f"database {DATABASE}: migrating")
+    subprocess.run([str(BIN / "simcharge"), "db", "upgrade"], env={**os.environ, **env},
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    settings = Settings(_env_file=None, **{k.removeprefix("SIMCHARGE_").lower(): v  # type: ignore[arg-type]
+                                           for k, v in env.items()})
+    cluster = Cluster(env, ROOT / "var" / "chaos", web_ports, args.workers)
+    db = Database.from_url(db_url, pool_size=4)
+    try:
+        customers, staff_key = await seed(db, settings, args.customers)
+        log(f"{args.customers} customers; starting 2 web processes and {args.workers} workers")
+        await cluster.start_all()
+        crowd = Crowd([p.url for p in cluster.web], customers, staff_key, rng)
+        start = time.monotonic()
+        until = start + args.duration
+        events: list[str] = []
+        pg_at = None if args.no_postgres_restart else start + args.duration * 0.5
+        log(f"load and faults for {args.duration:.0f} s")
+        await asyncio.gather(
+            storm(cluster, rng, until, (args.kill_min, args.kill_max), pg_at, url.port or 5432,
+                  events),
+            *(crowd.live(c, until) for c in customers),
+        )
+        log(f"load over: {dict(crowd.stats)}")
+        for p in cluster.procs:
+            if p.process is None or p.process.returncode is not None:
+                await cluster.start(p)
+        await cluster.wait_ready()
+        # This process's own connections did not survive the PostgreSQL restart: new ones.
+        await db.dispose()
+        db = Database.from_url(db_url, pool_size=4)
+        log("draining: letting the workers finish what is due; customers re-check paid orders")
+        drain_until = time.monotonic() + args.drain
+        async with httpx.AsyncClient(timeout=10) as http:
+            while time.monotonic() < drain_until:
+                stuck = await paid_but_pending(db)
+                due = await due_jobs(db)
+                if not stuck and not due:
+                    break
+                for order_id in stuck:
+                    owner = crowd.owner.get(order_id)
+                    if owner is not None:
+                        await crowd.request(
+                            http, "POST", f"/api/v1/orders/{order_id}/check",
+                            headers={"Authorization": f"Bearer {owner.token}"},
+                        )
+                await asyncio.sleep(1)
+        await cluster.stop_all()
+        verdict = await verify(db)
+    finally:
+        await cluster.stop_all()
+        await db.dispose()
+
+    kills = {p.name: p.kills for p in cluster.procs}
+    report = {
+        "duration_s": args.duration,
+        "customers": args.customers,
+        "kills": kills,
+        "faults": events,
+        "client": dict(sorted(crowd.stats.items())),
+        **{k: v for k, v in verdict.facts.items()},
+        "violations": verdict.violations,
+    }
+    print(json.dumps(report, indent=2, default=str))
+    if verdict.violations:
+        log(f"{len(verdict.violations)} VIOLATION(S)")
+        return 1
+    log("every promise held")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m chaos", description=__doc__.split("\n\n")[1],  # type: ignore[union-attr]
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--postgres-url", default=os.environ.get(
+        "SIMCHARGE_CHAOS_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a server where the run may create and drop its database")
+    parser.add_argument("--duration", type=float, default=60, help="seconds of load and faults")
+    parser.add_argument("--customers", type=int, default=24)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8701)
+    parser.add_argument("--kill-min", type=float, default=2.0)
+    parser.add_argument("--kill-max", type=float, default=5.0)
+    parser.add_argument("--drain", type=float, default=90, help="seconds allowed to drain")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-postgres-restart", action="store_true")
+    sys.exit(uvloop.run(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The processes under test: web servers and workers of simcharge on one PostgreSQL database,
+started, killed with SIGKILL and restarted; and PostgreSQL itself, restarted at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log: Path
+    port: int | None = None
+    process: asyncio.subprocess.Process | None = None
+    kills: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    logs: Path
+    web_ports: list[int]
+    workers: int
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        simcharge = str(BIN / "simcharge")
+        for i, port in enumerate(self.web_ports):
+            self.procs.append(
+                Proc(f"web{i + 1}", [simcharge, "serve", "--port", str(port)],
+                     self.logs / f"web{i + 1}.log", port=port)
+            )
+        for i in range(self.workers):
+            self.procs.append(
+                Proc(f"worker{i + 1}", [simcharge, "worker", "--concurrency", "4"],
+                     self.logs / f"worker{i + 1}.log")
+            )
+
+    @property
+    def web(self) -> list[Proc]:
+        return [p for p in self.procs if p.port is not None]
+
+    async def start(self, proc: Proc) -> None:
+        log = proc.log.open("ab")
+        proc.process = await asyncio.create_subprocess_exec(
+            *proc.argv, env={**os.environ, **self.env}, stdout=log, stderr=log, cwd=ROOT
+        )
+        log.close()
+
+    async def start_all(self) -> None:
+        for p in self.procs:
+            await self.start(p)
+        await self.wait_ready()
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as http:
+            for p in self.web:
+                while True:
+                    try:
+                        if (await http.get(f"{p.url}/healthz")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{p.name} did not start; see {p.log}")
+                    await asyncio.sleep(0.2)
+
+    async def kill(self, proc: Proc) -> None:
+        """SIGKILL: no shutdown handler runs, in-flight requests and claimed jobs are cut."""
+        if proc.process is not None and proc.process.returncode is None:
+            proc.process.send_signal(signal.SIGKILL)
+            await proc.process.wait()
+            proc.kills += 1
+
+    async def restart(self, proc: Proc) -> None:
+        await self.kill(proc)
+        await self.start(proc)
+
+    async def stop_all(self) -> None:
+        """SIGTERM, as an operator stops them; SIGKILL after 20 s."""
+        for p in self.procs:
+            if p.process is not None and p.process.returncode is None:
+                p.process.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            if p.process is None:
+                continue
+            try:
+                await asyncio.wait_for(p.process.wait(), 20)
+            except TimeoutError:
+                p.process.kill()
+                await p.process.wait()
+
+
+def postgres_restart_command(port: int) -> list[str] | None:
+    """`pg_ctlcluster … restart -m immediate` for the local Debian cluster listening on `port`
+    (immediate: as after a crash), or None where there is no such cluster to restart."""
+    if shutil.which("pg_lsclusters") is None:
+        return None
+    listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
+    for row in listing.stdout.splitlines():
+        version, name, cluster_port, *_ = row.split()
+        if cluster_port == str(port):
+            return ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart",
+                    "-m", "immediate"]
+    return None

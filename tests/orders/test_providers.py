@@ -1,0 +1,1213 @@
+"""Orders end to end with each real provider: Stripe, PayPal, Alipay, WeChat Pay.
+
+The app runs with test-time credentials (RSA keys, webhook secrets, a PayPal certificate chain
+made here); respx answers at the providers' HTTP boundary with the shapes they document, and
+every notification is really signed (and, for WeChat Pay, encrypted) here, independently of the
+code under test. What each test proves is written in its name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import respx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from simcharge.auth.apikeys import create_api_key
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.metrics import WEBHOOKS
+from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
+from simcharge.payments.providers.paypal import PayPalProvider
+from simcharge.worker.runner import Worker
+from tests.orders.helpers import (
+    Payer,
+    assert_ledger_balanced,
+    idem,
+    new_payer,
+    order_row,
+    place,
+    transfers_of,
+)
+from tests.payments.providers.certs import intermediate_ca, leaf, pem, root_ca
+
+STRIPE_API = "https://api.stripe.com"
+PAYPAL_API = "https://api-m.paypal.com"
+ALIPAY_GATEWAY = "https://openapi.alipay.com/gateway.do"
+WECHAT_API = "https://api.mch.weixin.qq.com"
+
+PAYPAL_MERCHANT = "7MZV6QG4EXAMP"
+PAYPAL_WEBHOOK_ID = "1JE4291016473214C"
+PAYPAL_CERT_URL = "https://api.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-7a8ba0d6"
+ALIPAY_APP_ID = "2021004100000001"
+WECHAT_MCHID = "1900000109"
+WECHAT_APPID = "wx8888888888888888"
+WECHAT_MERCHANT_SERIAL = "444F4864EA9B34415A8B2BF8D8A4D9A3E1F2C3D4"
+WECHAT_PUB_KEY_ID = "PUB_KEY_ID_0119000001092025110600000000000001"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _private_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _rsa_sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
+    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+def _rsa_verify(key: rsa.RSAPrivateKey, message: bytes, signature: str) -> None:
+    key.public_key().verify(
+        base64.b64decode(signature), message, padding.PKCS1v15(), hashes.SHA256()
+    )
+
+
+@dataclasses.dataclass
+class Keys:
+    """Everything secret, made at test time: ours and the providers'."""
+
+    stripe_webhook_secret: str
+    alipay_app: rsa.RSAPrivateKey
+    alipay_platform: rsa.RSAPrivateKey
+    wechat_merchant: rsa.RSAPrivateKey
+    wechat_platform: rsa.RSAPrivateKey
+    wechat_apiv3: str
+    paypal_signing: rsa.RSAPrivateKey
+    paypal_chain: bytes
+    paypal_root: Any
+    stranger: rsa.RSAPrivateKey
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    root = root_ca("Test Global Root")
+    middle = intermediate_ca(root, "Test EV RSA CA")
+    signing = _rsa()
+    # The test CA's validity is centred on a fixed day; the leaf must be valid today.
+    now = datetime.now(UTC)
+    cert = leaf(
+        middle, signing, not_before=now - timedelta(days=30), not_after=now + timedelta(days=300)
+    )
+    return Keys(
+        stripe_webhook_secret="whsec_" + secrets.token_hex(16),
+        alipay_app=_rsa(),
+        alipay_platform=_rsa(),
+        wechat_merchant=_rsa(),
+        wechat_platform=_rsa(),
+        wechat_apiv3=secrets.token_hex(16),
+        paypal_signing=signing,
+        paypal_chain=pem(cert, middle.cert),
+        paypal_root=root.cert,
+        stranger=_rsa(),
+    )
+
+
+@pytest.fixture
+def settings(settings: Settings, keys: Keys) -> Settings:
+    """Every real provider configured; the sandbox does not stand in for any of them."""
+    return settings.model_copy(
+        update={
+            "sandbox_stands_in": False,
+            "stripe_secret_key": SecretStr("sk_test_" + secrets.token_hex(12)),
+            "stripe_webhook_secret": SecretStr(keys.stripe_webhook_secret),
+            "paypal_client_id": "AaZ-test-client",
+            "paypal_client_secret": SecretStr("EE-test-secret-" + secrets.token_hex(8)),
+            "paypal_webhook_id": PAYPAL_WEBHOOK_ID,
+            "paypal_merchant_id": PAYPAL_MERCHANT,
+            "alipay_app_id": ALIPAY_APP_ID,
+            "alipay_private_key": SecretStr(_private_pem(keys.alipay_app)),
+            "alipay_public_key": _public_pem(keys.alipay_platform),
+            "wechatpay_mchid": WECHAT_MCHID,
+            "wechatpay_appid": WECHAT_APPID,
+            "wechatpay_serial_no": WECHAT_MERCHANT_SERIAL,
+            "wechatpay_private_key": SecretStr(_private_pem(keys.wechat_merchant)),
+            "wechatpay_apiv3_key": SecretStr(keys.wechat_apiv3),
+            "wechatpay_platform_keys": {WECHAT_PUB_KEY_ID: _public_pem(keys.wechat_platform)},
+        }
+    )
+
+
+@pytest.fixture
+def shop(app: Any, keys: Keys) -> Any:
+    """The app, with PayPal's signing certificates trusted from the test CA (in production:
+    the certifi bundle). The certificate itself is still fetched over HTTP (respx)."""
+    providers = app.state.providers
+    paypal = providers.by_name["paypal"]
+    config = dataclasses.replace(paypal.config, trust_store=(keys.paypal_root,))
+    providers.by_name["paypal"] = PayPalProvider(config, app.state.http)
+    return app
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+def _form(request: httpx.Request) -> dict[str, str]:
+    return dict(parse_qsl(request.content.decode(), keep_blank_values=True))
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# --- the providers, as they answer and notify ---------------------------------------------------
+
+
+class Stripe:
+    name, method, currency = "stripe", "card", "USD"
+    merchant_checked = False
+
+    def __init__(self, keys: Keys, router: respx.MockRouter) -> None:
+        self.keys, self.router = keys, router
+
+    @staticmethod
+    def session_id(order: Order) -> str:
+        return f"cs_test_a1{order.reference}"
+
+    def session(
+        self,
+        order: Order,
+        *,
+        status: str = "open",
+        payment_status: str = "unpaid",
+        intent: Any = None,
+    ) -> dict[str, Any]:
+        sid = self.session_id(order)
+        return {
+            "id": sid,
+            "object": "checkout.session",
+            "amount_subtotal": order.total,
+            "amount_total": order.total,
+            "cancel_url": "http://testserver/cancel",
+            "client_reference_id": order.reference,
+            "created": _now(),
+            "currency": order.currency.lower(),
+            "customer": None,
+            "expires_at": _now() + 3600,
+            "livemode": False,
+            "metadata": {"reference": order.reference},
+            "mode": "payment",
+            "payment_intent": intent,
+            "payment_status": payment_status,
+            "status": status,
+            "success_url": "http://testserver/return?session_id={CHECKOUT_SESSION_ID}",
+            "url": f"https://checkout.stripe.com/c/pay/{sid}#fidkdWxOYHwnPyd1blpxYHZxWjA0",
+        }
+
+    def expect_checkout(self) -> respx.Route:
+        def create(request: httpx.Request) -> httpx.Response:
+            sent = parse_qs(request.content.decode())
+            reference = sent["client_reference_id"][0]
+            order = Order(
+                reference=reference,
+                total=int(sent["line_items[0][price_data][unit_amount]"][0]),
+                currency=sent["line_items[0][price_data][currency]"][0].upper(),
+            )
+            return httpx.Response(200, json=self.session(order))
+
+        return self.router.post(f"{STRIPE_API}/v1/checkout/sessions").mock(side_effect=create)
+
+    def check_checkout(self, route: respx.Route, order: Order, body: dict[str, Any]) -> None:
+        request = route.calls.last.request
+        assert request.headers["Idempotency-Key"] == order.reference
+        sent = parse_qs(request.content.decode())
+        assert sent["mode"] == ["payment"]
+        assert sent["line_items[0][price_data][unit_amount]"] == [str(order.total)]
+        assert sent["metadata[reference]"] == [order.reference]
+        assert sent["success_url"][0].endswith(
+            f"/api/v1/orders/{order.id}/return?session_id={{CHECKOUT_SESSION_ID}}"
+        )
+        assert body["next_action"]["url"].startswith("https://checkout.stripe.com/c/pay/")
+
+    def paid_intent(self, order: Order, *, refunded: int = 0) -> dict[str, Any]:
+        return {
+            "id": f"pi_3{order.reference}",
+            "object": "payment_intent",
+            "amount": order.total,
+            "currency": order.currency.lower(),
+            "status": "succeeded",
+            "metadata": {"reference": order.reference},
+            "latest_charge": {
+                "id": f"ch_3{order.reference}",
+                "object": "charge",
+                "amount": order.total,
+                "amount_captured": order.total,
+                "amount_refunded": refunded,
+                "currency": order.currency.lower(),
+                "paid": True,
+                "refunded": False,
+                "status": "succeeded",
+                "created": _now() - 5,
+            },
+        }
+
+    def paid_webhook(self, order: Order, **change: Any) -> tuple[bytes, dict[str, str]]:
+        session = self.session(
+            order, status="complete", payment_status="paid", intent=f"pi_3{order.reference}"
+        )
+        return self._event("checkout.session.completed", {**session, **change})
+
+    def _event(
+        self, kind: str, obj: dict[str, Any], *, secret: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        event = {
+            "id": f"evt_1{uuid.uuid4().hex[:22]}",
+            "object": "event",
+            "api_version": "2025-10-29.clover",
+            "created": _now(),
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": kind,
+            "data": {"object": obj},
+        }
+        body = json.dumps(event).encode()
+        return body, self.headers(body, secret=secret)
+
+    def headers(self, body: bytes, *, secret: str | None = None) -> dict[str, str]:
+        t = _now()
+        key = (secret or self.keys.stripe_webhook_secret).encode()
+        v1 = hmac.new(key, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+        return {"content-type": "application/json", "stripe-signature": f"t={t},v1={v1}"}
+
+    def forged_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        session = self.session(
+            order, status="complete", payment_status="paid", intent=f"pi_3{order.reference}"
+        )
+        return self._event(
+            "checkout.session.completed", session, secret="whsec_" + secrets.token_hex(16)
+        )
+
+    def foreign_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        raise NotImplementedError  # Stripe signs per account: there is no merchant to compare
+
+    def expect_paid_on_query(self, order: Order) -> list[respx.Route]:
+        session = self.session(
+            order, status="complete", payment_status="paid", intent=self.paid_intent(order)
+        )
+        return [
+            self.router.get(f"{STRIPE_API}/v1/checkout/sessions/{self.session_id(order)}").respond(
+                200, json=session
+            )
+        ]
+
+    def expect_close(self, order: Order) -> list[respx.Route]:
+        sid = self.session_id(order)
+        query = self.router.get(f"{STRIPE_API}/v1/checkout/sessions/{sid}").respond(
+            200, json=self.session(order)
+        )
+        expire = self.router.post(f"{STRIPE_API}/v1/checkout/sessions/{sid}/expire").respond(
+            200, json=self.session(order, status="expired")
+        )
+        return [query, expire]
+
+    def expect_refund(self, order: Order) -> respx.Route:
+        def refund(request: httpx.Request) -> httpx.Response:
+            sent = _form(request)
+            assert sent["payment_intent"] == f"pi_3{order.reference}"
+            assert request.headers["Idempotency-Key"] == sent["metadata[refund_id]"]
+            return httpx.Response(
+                200,
+                json={
+                    "id": "re_3" + uuid.uuid4().hex[:20],
+                    "object": "refund",
+                    "amount": int(sent["amount"]),
+                    "balance_transaction": "txn_1",
+                    "charge": f"ch_3{order.reference}",
+                    "created": _now(),
+                    "currency": order.currency.lower(),
+                    "destination_details": {"type": "card"},
+                    "metadata": {
+                        "reference": sent["metadata[reference]"],
+                        "refund_id": sent["metadata[refund_id]"],
+                    },
+                    "payment_intent": sent["payment_intent"],
+                    "reason": None,
+                    "status": "succeeded",
+                },
+            )
+
+        return self.router.post(f"{STRIPE_API}/v1/refunds").mock(side_effect=refund)
+
+    async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
+        """Stripe answered `succeeded` at once: nothing more comes."""
+
+
+class PayPal:
+    name, method, currency = "paypal", "paypal", "USD"
+    merchant_checked = True
+
+    def __init__(self, keys: Keys, router: respx.MockRouter) -> None:
+        self.keys, self.router = keys, router
+        router.post(f"{PAYPAL_API}/v1/oauth2/token").respond(
+            200,
+            json={
+                "scope": "https://uri.paypal.com/services/payments/payment",
+                "nonce": "2026-11-25T",
+                "access_token": "A21AAL-test-token",
+                "token_type": "Bearer",
+                "app_id": "APP-80W284485P519543T",
+                "expires_in": 32400,
+            },
+        )
+        router.get(PAYPAL_CERT_URL).respond(
+            200, content=keys.paypal_chain, headers={"content-type": "text/plain"}
+        )
+
+    @staticmethod
+    def order_id(order: Order) -> str:
+        return "5O" + hashlib.sha256(order.reference.encode()).hexdigest()[:15].upper()
+
+    @staticmethod
+    def capture_id(order: Order) -> str:
+        return "3C" + hashlib.sha256(order.reference.encode()).hexdigest()[-15:].upper()
+
+    @staticmethod
+    def _money(order: Order) -> dict[str, str]:
+        return {"currency_code": order.currency, "value": f"{order.total / 100:.2f}"}
+
+    def capture(self, order: Order, *, merchant: str = PAYPAL_MERCHANT) -> dict[str, Any]:
+        return {
+            "id": self.capture_id(order),
+            "status": "COMPLETED",
+            "amount": self._money(order),
+            "final_capture": True,
+            "custom_id": order.reference,
+            "invoice_id": order.reference,
+            "seller_protection": {"status": "ELIGIBLE"},
+            "seller_receivable_breakdown": {"gross_amount": self._money(order)},
+            "payee": {"email_address": "shop@example.com", "merchant_id": merchant},
+            "supplementary_data": {"related_ids": {"order_id": self.order_id(order)}},
+            "create_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "update_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "links": [
+                {
+                    "href": f"{PAYPAL_API}/v2/payments/captures/{self.capture_id(order)}",
+                    "rel": "self",
+                    "method": "GET",
+                }
+            ],
+        }
+
+    def order(self, order: Order, status: str, *, captured: bool = False) -> dict[str, Any]:
+        unit: dict[str, Any] = {
+            "reference_id": order.reference,
+            "custom_id": order.reference,
+            "invoice_id": order.reference,
+            "amount": self._money(order),
+            "payee": {"email_address": "shop@example.com", "merchant_id": PAYPAL_MERCHANT},
+        }
+        if captured:
+            unit["payments"] = {"captures": [self.capture(order)]}
+        oid = self.order_id(order)
+        body: dict[str, Any] = {
+            "id": oid,
+            "intent": "CAPTURE",
+            "status": status,
+            "purchase_units": [unit],
+            "links": [
+                {"href": f"{PAYPAL_API}/v2/checkout/orders/{oid}", "rel": "self", "method": "GET"},
+                {
+                    "href": f"https://www.paypal.com/checkoutnow?token={oid}",
+                    "rel": "payer-action",
+                    "method": "GET",
+                },
+            ],
+        }
+        if status != "PAYER_ACTION_REQUIRED":
+            body["payer"] = {
+                "payer_id": "QYR5Z8XDVJNXQ",
+                "email_address": "buyer@example.com",
+                "name": {"given_name": "Ana", "surname": "Cruz"},
+            }
+        return body
+
+    def expect_checkout(self) -> respx.Route:
+        def create(request: httpx.Request) -> httpx.Response:
+            unit = json.loads(request.content)["purchase_units"][0]
+            order = Order(
+                reference=unit["custom_id"],
+                currency=unit["amount"]["currency_code"],
+                total=round(float(unit["amount"]["value"]) * 100),
+            )
+            body = self.order(order, "PAYER_ACTION_REQUIRED")
+            body["payment_source"] = {"paypal": {}}
+            del body["purchase_units"]
+            return httpx.Response(200, json=body)
+
+        return self.router.post(f"{PAYPAL_API}/v2/checkout/orders").mock(side_effect=create)
+
+    def check_checkout(self, route: respx.Route, order: Order, body: dict[str, Any]) -> None:
+        request = route.calls.last.request
+        assert request.headers["Authorization"] == "Bearer A21AAL-test-token"
+        assert request.headers["PayPal-Request-Id"] == order.reference
+        sent = json.loads(request.content)
+        assert sent["intent"] == "CAPTURE"
+        assert sent["purchase_units"][0]["amount"] == self._money(order)
+        context = sent["payment_source"]["paypal"]["experience_context"]
+        assert context["return_url"].endswith(f"/api/v1/orders/{order.id}/return")
+        assert body["next_action"]["url"] == (
+            f"https://www.paypal.com/checkoutnow?token={self.order_id(order)}"
+        )
+
+    def _webhook(
+        self, kind: str, resource: dict[str, Any], *, key: rsa.RSAPrivateKey | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        event = {
+            "id": "WH-" + uuid.uuid4().hex[:17].upper() + "-" + uuid.uuid4().hex[:17].upper(),
+            "event_version": "1.0",
+            "create_time": datetime.now(UTC).isoformat(),
+            "resource_type": "capture",
+            "resource_version": "2.0",
+            "event_type": kind,
+            "summary": "Payment completed",
+            "resource": resource,
+            "links": [],
+        }
+        body = json.dumps(event).encode()
+        transmission_id = str(uuid.uuid4())
+        at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        crc = binascii.crc32(body) & 0xFFFFFFFF
+        message = f"{transmission_id}|{at}|{PAYPAL_WEBHOOK_ID}|{crc}".encode()
+        return body, {
+            "content-type": "application/json",
+            "paypal-transmission-id": transmission_id,
+            "paypal-transmission-time": at,
+            "paypal-transmission-sig": _rsa_sign(key or self.keys.paypal_signing, message),
+            "paypal-cert-url": PAYPAL_CERT_URL,
+            "paypal-auth-algo": "SHA256withRSA",
+        }
+
+    def paid_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._webhook("PAYMENT.CAPTURE.COMPLETED", self.capture(order))
+
+    def forged_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._webhook(
+            "PAYMENT.CAPTURE.COMPLETED", self.capture(order), key=self.keys.stranger
+        )
+
+    def foreign_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._webhook(
+            "PAYMENT.CAPTURE.COMPLETED", self.capture(order, merchant="FOREIGNMERCH1")
+        )
+
+    def approved_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        resource = self.order(order, "APPROVED")
+        return self._webhook("CHECKOUT.ORDER.APPROVED", resource)
+
+    def expect_paid_on_query(self, order: Order) -> list[respx.Route]:
+        """Approved by the payer: paid once we capture."""
+        oid = self.order_id(order)
+        query = self.router.get(f"{PAYPAL_API}/v2/checkout/orders/{oid}").respond(
+            200, json=self.order(order, "APPROVED")
+        )
+        capture = self.router.post(f"{PAYPAL_API}/v2/checkout/orders/{oid}/capture").respond(
+            201, json=self.order(order, "COMPLETED", captured=True)
+        )
+        return [query, capture]
+
+    def expect_close(self, order: Order) -> list[respx.Route]:
+        """PayPal cannot void a CAPTURE order: closing it means asking, then never capturing."""
+        oid = self.order_id(order)
+        return [
+            self.router.get(f"{PAYPAL_API}/v2/checkout/orders/{oid}").respond(
+                200, json=self.order(order, "PAYER_ACTION_REQUIRED")
+            )
+        ]
+
+    def expect_refund(self, order: Order) -> respx.Route:
+        cid = self.capture_id(order)
+
+        def refund(request: httpx.Request) -> httpx.Response:
+            sent = json.loads(request.content)
+            assert request.headers["PayPal-Request-Id"] == sent["custom_id"]
+            rid = "1JU" + uuid.uuid4().hex[:14].upper()
+            return httpx.Response(
+                201,
+                json={
+                    "id": rid,
+                    "status": "COMPLETED",
+                    "amount": sent["amount"],
+                    "custom_id": sent["custom_id"],
+                    "seller_payable_breakdown": {"gross_amount": sent["amount"]},
+                    "create_time": datetime.now(UTC).isoformat(),
+                    "links": [
+                        {
+                            "href": f"{PAYPAL_API}/v2/payments/refunds/{rid}",
+                            "rel": "self",
+                            "method": "GET",
+                        },
+                        {
+                            "href": f"{PAYPAL_API}/v2/payments/captures/{cid}",
+                            "rel": "up",
+                            "method": "GET",
+                        },
+                    ],
+                },
+            )
+
+        return self.router.post(f"{PAYPAL_API}/v2/payments/captures/{cid}/refund").mock(
+            side_effect=refund
+        )
+
+    async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
+        """PayPal answered COMPLETED at once."""
+
+
+class Alipay:
+    name, method, currency = "alipay", "alipay", "CNY"
+    merchant_checked = True
+
+    def __init__(self, keys: Keys, router: respx.MockRouter) -> None:
+        self.keys, self.router = keys, router
+        self.answers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.gateway = router.post(ALIPAY_GATEWAY).mock(side_effect=self._answer)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        sent = _form(request)
+        assert request.headers["content-type"] == "application/x-www-form-urlencoded;charset=utf-8"
+        sign = sent.pop("sign")
+        content = "&".join(f"{k}={v}" for k, v in sorted(sent.items()) if v).encode()
+        _rsa_verify(self.keys.alipay_app, content, sign)  # Alipay checks the app's signature
+        assert sent["app_id"] == ALIPAY_APP_ID and sent["sign_type"] == "RSA2"
+        method, biz = sent["method"], json.loads(sent["biz_content"])
+        self.calls.append((method, biz))
+        found = self.answers[method](biz)
+        inner = json.dumps(found, ensure_ascii=False, separators=(",", ":"))
+        name = method.replace(".", "_") + "_response"
+        signature = _rsa_sign(self.keys.alipay_platform, inner.encode())
+        return httpx.Response(
+            200,
+            content=f'{{"{name}":{inner},"sign":"{signature}"}}'.encode(),
+            headers={"content-type": "text/html;charset=utf-8"},
+        )
+
+    @staticmethod
+    def trade_no(order: Order) -> str:
+        return (
+            "2026112522001"
+            + str(int(hashlib.sha256(order.reference.encode()).hexdigest(), 16))[:15]
+        )
+
+    def expect_checkout(self) -> respx.Route:
+        return self.gateway  # page.pay is the payer's browser, not a server call
+
+    def check_checkout(self, route: respx.Route, order: Order, body: dict[str, Any]) -> None:
+        assert not self.calls
+        url = urlparse(body["next_action"]["url"])
+        assert f"{url.scheme}://{url.netloc}{url.path}" == ALIPAY_GATEWAY
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        sign = params.pop("sign")
+        content = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if v).encode()
+        _rsa_verify(self.keys.alipay_app, content, sign)
+        assert params["method"] == "alipay.trade.page.pay"
+        assert params["notify_url"] == "http://testserver/api/v1/webhooks/alipay"
+        biz = json.loads(params["biz_content"])
+        assert biz["out_trade_no"] == order.reference
+        assert biz["total_amount"] == f"{order.total / 100:.2f}"
+        assert biz["product_code"] == "FAST_INSTANT_TRADE_PAY"
+
+    def _trade(self, order: Order, status: str) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": self.trade_no(order),
+            "out_trade_no": order.reference,
+            "buyer_logon_id": "159****5620",
+            "trade_status": status,
+            "total_amount": f"{order.total / 100:.2f}",
+            "buyer_user_type": "PRIVATE",
+        }
+        if status == "TRADE_SUCCESS":
+            found |= {
+                "buyer_pay_amount": found["total_amount"],
+                "receipt_amount": found["total_amount"],
+                "send_pay_date": datetime.now(UTC)
+                .astimezone(SHANGHAI)
+                .strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        return found
+
+    def _notify(
+        self, order: Order, *, key: rsa.RSAPrivateKey | None = None, **change: str
+    ) -> tuple[bytes, dict[str, str]]:
+        now = datetime.now(UTC) + timedelta(hours=8)
+        params = {
+            "gmt_create": now.strftime("%Y-%m-%d %H:%M:%S"),
+            "charset": "utf-8",
+            "seller_email": "shop@example.com",
+            "subject": "eSIM top-up",
+            "sign_type": "RSA2",
+            "buyer_id": "2088102177846880",
+            "invoice_amount": f"{order.total / 100:.2f}",
+            "notify_id": "2026112500222" + uuid.uuid4().hex[:20],
+            "fund_bill_list": json.dumps(
+                [{"amount": f"{order.total / 100:.2f}", "fundChannel": "ALIPAYACCOUNT"}]
+            ),
+            "notify_type": "trade_status_sync",
+            "trade_status": "TRADE_SUCCESS",
+            "receipt_amount": f"{order.total / 100:.2f}",
+            "app_id": ALIPAY_APP_ID,
+            "buyer_pay_amount": f"{order.total / 100:.2f}",
+            "seller_id": "2088621959000001",
+            "gmt_payment": now.strftime("%Y-%m-%d %H:%M:%S"),
+            "notify_time": now.strftime("%Y-%m-%d %H:%M:%S"),
+            "version": "1.0",
+            "out_trade_no": order.reference,
+            "total_amount": f"{order.total / 100:.2f}",
+            "trade_no": self.trade_no(order),
+            "auth_app_id": ALIPAY_APP_ID,
+            "buyer_logon_id": "159****5620",
+            "point_amount": "0.00",
+        }
+        params.update(change)
+        content = "&".join(
+            f"{k}={v}" for k, v in sorted(params.items()) if k not in ("sign", "sign_type")
+        ).encode()
+        params["sign"] = _rsa_sign(key or self.keys.alipay_platform, content)
+        return urlencode(params).encode(), {
+            "content-type": "application/x-www-form-urlencoded; charset=utf-8"
+        }
+
+    def paid_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._notify(order)
+
+    def forged_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._notify(order, key=self.keys.stranger)
+
+    def foreign_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        # Alipay signs every merchant's notifications with the same key: only app_id tells.
+        return self._notify(order, app_id="2021009999999999", auth_app_id="2021009999999999")
+
+    def expect_paid_on_query(self, order: Order) -> list[respx.Route]:
+        self.answers["alipay.trade.query"] = lambda biz: self._trade(order, "TRADE_SUCCESS")
+        return [self.gateway]
+
+    def expect_close(self, order: Order) -> list[respx.Route]:
+        self.answers["alipay.trade.query"] = lambda biz: self._trade(order, "WAIT_BUYER_PAY")
+        self.answers["alipay.trade.close"] = lambda biz: {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": self.trade_no(order),
+            "out_trade_no": biz["out_trade_no"],
+        }
+        return [self.gateway]
+
+    def closed_at_provider(self, order: Order) -> bool:
+        return ("alipay.trade.close", {"out_trade_no": order.reference}) in self.calls
+
+    def expect_refund(self, order: Order) -> respx.Route:
+        def refund(biz: dict[str, Any]) -> dict[str, Any]:
+            assert biz["trade_no"] == self.trade_no(order)
+            assert biz["out_request_no"].startswith("RF")
+            return {
+                "code": "10000",
+                "msg": "Success",
+                "trade_no": self.trade_no(order),
+                "out_trade_no": biz["out_trade_no"],
+                "buyer_logon_id": "159****5620",
+                "fund_change": "Y",
+                "refund_fee": biz["refund_amount"],
+                "gmt_refund_pay": "2026-11-25 12:00:00",
+                "buyer_user_id": "2088102177846880",
+            }
+
+        self.answers["alipay.trade.refund"] = refund
+        return self.gateway
+
+    async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
+        """`fund_change: Y`: the money moved."""
+
+
+class WeChatPay:
+    name, method, currency = "wechatpay", "wechatpay", "CNY"
+    merchant_checked = True
+
+    def __init__(self, keys: Keys, router: respx.MockRouter) -> None:
+        self.keys, self.router = keys, router
+
+    def signed(self, status: int, payload: dict[str, Any] | None) -> httpx.Response:
+        body = json.dumps(payload, ensure_ascii=False).encode() if payload is not None else b""
+        return httpx.Response(status, content=body, headers=self.headers(body))
+
+    def headers(self, body: bytes, *, key: rsa.RSAPrivateKey | None = None) -> dict[str, str]:
+        timestamp, nonce = str(_now()), secrets.token_hex(16)
+        message = f"{timestamp}\n{nonce}\n".encode() + body + b"\n"
+        return {
+            "content-type": "application/json",
+            "Wechatpay-Timestamp": timestamp,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Signature": _rsa_sign(key or self.keys.wechat_platform, message),
+            "Wechatpay-Serial": WECHAT_PUB_KEY_ID,
+            "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+            "Request-ID": "08F78BB5AF0610D302100018901AA20D",
+        }
+
+    def check_request(self, request: httpx.Request) -> None:
+        """As WeChat Pay checks our Authorization header."""
+        scheme, _, rest = request.headers["Authorization"].partition(" ")
+        assert scheme == "WECHATPAY2-SHA256-RSA2048"
+        fields = dict(part.split("=", 1) for part in rest.split(","))
+        fields = {k: v.strip('"') for k, v in fields.items()}
+        assert fields["mchid"] == WECHAT_MCHID
+        assert fields["serial_no"] == WECHAT_MERCHANT_SERIAL
+        message = (
+            (
+                f"{request.method}\n{request.url.raw_path.decode()}\n{fields['timestamp']}\n"
+                f"{fields['nonce_str']}\n"
+            ).encode()
+            + request.content
+            + b"\n"
+        )
+        _rsa_verify(self.keys.wechat_merchant, message, fields["signature"])
+
+    @staticmethod
+    def transaction_id(order: Order) -> str:
+        return "4200002" + str(int(hashlib.sha256(order.reference.encode()).hexdigest(), 16))[:21]
+
+    def transaction(self, order: Order, state: str, *, mchid: str = WECHAT_MCHID) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "appid": WECHAT_APPID,
+            "mchid": mchid,
+            "out_trade_no": order.reference,
+            "trade_type": "NATIVE",
+            "trade_state": state,
+            "attach": "",
+            "trade_state_desc": {"SUCCESS": "支付成功", "NOTPAY": "未支付"}.get(state, state),
+            "amount": {"total": order.total, "currency": "CNY"},
+        }
+        if state == "SUCCESS":
+            found |= {
+                "transaction_id": self.transaction_id(order),
+                "bank_type": "OTHERS",
+                "success_time": datetime.now(UTC)
+                .astimezone(SHANGHAI)
+                .isoformat(timespec="seconds"),
+                "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+                "amount": {
+                    "total": order.total,
+                    "payer_total": order.total,
+                    "currency": "CNY",
+                    "payer_currency": "CNY",
+                },
+            }
+        return found
+
+    def expect_checkout(self) -> respx.Route:
+        def create(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            return self.signed(200, {"code_url": "weixin://wxpay/bizpayurl?pr=p4lpSuKzz"})
+
+        return self.router.post(f"{WECHAT_API}/v3/pay/transactions/native").mock(side_effect=create)
+
+    def check_checkout(self, route: respx.Route, order: Order, body: dict[str, Any]) -> None:
+        sent = json.loads(route.calls.last.request.content)
+        assert sent["mchid"] == WECHAT_MCHID and sent["appid"] == WECHAT_APPID
+        assert sent["out_trade_no"] == order.reference
+        assert sent["amount"] == {"total": order.total, "currency": "CNY"}
+        assert sent["notify_url"] == "http://testserver/api/v1/webhooks/wechatpay"
+        assert body["next_action"]["type"] == "qr"
+        assert body["next_action"]["qr_payload"] == "weixin://wxpay/bizpayurl?pr=p4lpSuKzz"
+        assert body["next_action"]["qr_svg"].startswith("<svg")
+
+    def _callback(
+        self,
+        kind: str,
+        original_type: str,
+        resource: dict[str, Any],
+        *,
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        nonce = secrets.token_hex(6)
+        plaintext = json.dumps(resource, ensure_ascii=False).encode()
+        sealed = AESGCM(self.keys.wechat_apiv3.encode()).encrypt(
+            nonce.encode(), plaintext, original_type.encode()
+        )
+        envelope = {
+            "id": str(uuid.uuid4()),
+            "create_time": datetime.now(UTC).isoformat(),
+            "resource_type": "encrypt-resource",
+            "event_type": kind,
+            "summary": "支付成功" if kind.startswith("TRANSACTION") else "退款成功",
+            "resource": {
+                "original_type": original_type,
+                "algorithm": "AEAD_AES_256_GCM",
+                "ciphertext": base64.b64encode(sealed).decode(),
+                "associated_data": original_type,
+                "nonce": nonce,
+            },
+        }
+        body = json.dumps(envelope, ensure_ascii=False).encode()
+        return body, self.headers(body, key=key)
+
+    def paid_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._callback(
+            "TRANSACTION.SUCCESS", "transaction", self.transaction(order, "SUCCESS")
+        )
+
+    def forged_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._callback(
+            "TRANSACTION.SUCCESS",
+            "transaction",
+            self.transaction(order, "SUCCESS"),
+            key=self.keys.stranger,
+        )
+
+    def foreign_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        return self._callback(
+            "TRANSACTION.SUCCESS",
+            "transaction",
+            self.transaction(order, "SUCCESS", mchid="1900009999"),
+        )
+
+    def _query_route(self, order: Order, state: str) -> respx.Route:
+        def query(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            assert request.url.params["mchid"] == WECHAT_MCHID
+            return self.signed(200, self.transaction(order, state))
+
+        return self.router.get(
+            f"{WECHAT_API}/v3/pay/transactions/out-trade-no/{order.reference}"
+        ).mock(side_effect=query)
+
+    def expect_paid_on_query(self, order: Order) -> list[respx.Route]:
+        return [self._query_route(order, "SUCCESS")]
+
+    def expect_close(self, order: Order) -> list[respx.Route]:
+        def close(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            assert json.loads(request.content) == {"mchid": WECHAT_MCHID}
+            return self.signed(204, None)
+
+        return [
+            self._query_route(order, "NOTPAY"),
+            self.router.post(
+                f"{WECHAT_API}/v3/pay/transactions/out-trade-no/{order.reference}/close"
+            ).mock(side_effect=close),
+        ]
+
+    def expect_refund(self, order: Order) -> respx.Route:
+        def refund(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            sent = json.loads(request.content)
+            assert sent["transaction_id"] == self.transaction_id(order)
+            assert sent["notify_url"] == "http://testserver/api/v1/webhooks/wechatpay"
+            return self.signed(
+                200,
+                self._refund(order, sent["out_refund_no"], sent["amount"]["refund"], "PROCESSING"),
+            )
+
+        return self.router.post(f"{WECHAT_API}/v3/refund/domestic/refunds").mock(side_effect=refund)
+
+    def _refund(self, order: Order, out_refund_no: str, amount: int, status: str) -> dict[str, Any]:
+        return {
+            "refund_id": "50000000382019052709732678859",
+            "out_refund_no": out_refund_no,
+            "transaction_id": self.transaction_id(order),
+            "out_trade_no": order.reference,
+            "channel": "ORIGINAL",
+            "user_received_account": "招商银行信用卡0403",
+            "create_time": datetime.now(UTC).isoformat(),
+            "status": status,
+            "amount": {
+                "total": order.total,
+                "refund": amount,
+                "payer_total": order.total,
+                "payer_refund": amount,
+                "settlement_refund": amount,
+                "settlement_total": order.total,
+                "discount_refund": 0,
+                "currency": "CNY",
+            },
+        }
+
+    async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
+        """WeChat Pay answers PROCESSING, then notifies `REFUND.SUCCESS` (signed, encrypted)."""
+        resource = self._refund(order, refund.reference, refund.amount, "SUCCESS")
+        resource["refund_status"] = resource.pop("status")
+        resource["mchid"] = WECHAT_MCHID
+        body, headers = self._callback("REFUND.SUCCESS", "refund", resource)
+        r = await client.post("/api/v1/webhooks/wechatpay", content=body, headers=headers)
+        assert r.status_code == 204, r.text
+
+
+PROVIDERS = [Stripe, PayPal, Alipay, WeChatPay]
+Harness = Stripe | PayPal | Alipay | WeChatPay
+
+
+@pytest.fixture(params=PROVIDERS, ids=lambda p: p.name)
+def provider(request: pytest.FixtureRequest, keys: Keys, mock: respx.MockRouter) -> Harness:
+    harness: Harness = request.param(keys, mock)
+    return harness
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def _placed(
+    client: httpx.AsyncClient, db: Database, settings: Settings, p: Harness
+) -> tuple[Payer, dict[str, Any], Order]:
+    payer = await new_payer(db, settings)
+    route = p.expect_checkout()
+    body = await place(client, payer, method=p.method)
+    order = await order_row(db, body["id"])
+    assert order.currency == p.currency
+    p.check_checkout(route, order, body)
+    return payer, body, order
+
+
+async def _deliver(
+    client: httpx.AsyncClient, p: Harness, signed: tuple[bytes, dict[str, str]]
+) -> httpx.Response:
+    body, headers = signed
+    return await client.post(f"/api/v1/webhooks/{p.name}", content=body, headers=headers)
+
+
+async def _events(db: Database, order: Order) -> int:
+    async with db.read() as s:
+        return int(
+            (
+                await s.execute(
+                    select(func.count())
+                    .select_from(ProviderEvent)
+                    .where(ProviderEvent.order_id == order.id)
+                )
+            ).scalar_one()
+        )
+
+
+async def _payment(db: Database, order: Order) -> Payment:
+    async with db.read() as s:
+        return (await s.execute(select(Payment).where(Payment.order_id == order.id))).scalar_one()
+
+
+async def _unchanged(db: Database, order: Order) -> None:
+    row = await order_row(db, order.id)
+    assert row.state == "pending" and row.paid_at is None and row.attention is None
+    assert (await _payment(db, order)).state == "pending"
+    assert not await transfers_of(db, f"order:{order.id}")
+
+
+def _ok(p: Harness, r: httpx.Response) -> None:
+    assert r.status_code == (204 if p.name == "wechatpay" else 200), r.text
+    if p.name == "alipay":
+        assert r.text == "success"
+
+
+def _refused(p: Harness, r: httpx.Response) -> None:
+    assert r.status_code == 400, r.text
+    if p.name == "alipay":
+        assert r.text == "failure"
+
+
+async def _worker(app: Any, db: Database, settings: Settings) -> int:
+    """The outbox worker, using the app's providers; its HTTP goes to respx."""
+    worker = Worker(db, settings, concurrency=2)
+    worker.shared["providers"] = app.state.providers
+    try:
+        return await worker.drain()
+    finally:
+        await worker.close()
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+
+async def test_checkout_opens_the_payment_at_the_provider(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    _, body, order = await _placed(client, db, settings, provider)
+    assert body["state"] == "pending"
+    assert body["payment"]["provider"] == provider.name
+    payment = await _payment(db, order)
+    assert payment.redirect_url or payment.qr_payload
+
+
+async def test_a_signed_notification_credits_the_line_exactly_once(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    payer, _, order = await _placed(client, db, settings, provider)
+    signed = provider.paid_webhook(order)
+
+    first = await _deliver(client, provider, signed)
+    _ok(provider, first)
+    row = await order_row(db, order.id)
+    assert row.state == "fulfilled" and row.attention is None
+    assert row.paid_amount == order.total and row.paid_currency == order.currency
+    transfers = await transfers_of(db, f"order:{order.id}")
+    assert transfers
+
+    again = await _deliver(client, provider, signed)  # the provider delivers it again
+    _ok(provider, again)
+    assert len(await transfers_of(db, f"order:{order.id}")) == len(transfers)
+    assert await _events(db, order) == 1
+    r = await client.get(f"/api/v1/orders/{order.id}", headers=payer.auth)
+    assert r.json()["state"] == "fulfilled"
+    assert [e["outcome"] for e in r.json()["events"]] == ["fulfilled"]
+    await assert_ledger_balanced(db)
+
+
+async def test_the_payers_return_asks_the_provider_and_credits(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """The return URL's query string is not trusted: the provider is asked (PayPal: the
+    approved order is captured)."""
+    payer, _, order = await _placed(client, db, settings, provider)
+    routes = provider.expect_paid_on_query(order)
+    r = await client.get(f"/api/v1/orders/{order.id}/return?paid=forged", headers=payer.auth)
+    assert r.status_code == 303
+    assert all(route.called for route in routes)
+    assert (await order_row(db, order.id)).state == "fulfilled"
+    # The webhook that follows changes nothing.
+    credited = len(await transfers_of(db, f"order:{order.id}"))
+    _ok(provider, await _deliver(client, provider, provider.paid_webhook(order)))
+    assert len(await transfers_of(db, f"order:{order.id}")) == credited
+    await assert_ledger_balanced(db)
+
+
+async def test_paypal_approval_webhook_captures_in_the_worker(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    paypal = PayPal(keys, mock)
+    _, _, order = await _placed(client, db, settings, paypal)
+    _ok(paypal, await _deliver(client, paypal, paypal.approved_webhook(order)))
+    assert (await order_row(db, order.id)).state == "pending"  # approved is not paid
+    _query, capture = paypal.expect_paid_on_query(order)
+    await _worker(shop, db, settings)
+    assert capture.call_count == 1
+    request = capture.calls.last.request
+    assert request.headers["PayPal-Request-Id"] == f"{order.reference}-capture"
+    assert (await order_row(db, order.id)).state == "fulfilled"
+    # PayPal then announces the capture: already credited.
+    _ok(paypal, await _deliver(client, paypal, paypal.paid_webhook(order)))
+    assert (await _payment(db, order)).payment_id == paypal.capture_id(order)
+    await assert_ledger_balanced(db)
+
+
+async def test_a_notification_for_another_merchant_is_flagged_and_not_credited(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    if not provider.merchant_checked:
+        pytest.skip("Stripe signs with the account's own secret: no merchant id to compare")
+    _, _, order = await _placed(client, db, settings, provider)
+    flagged = WEBHOOKS.labels(provider.name, "rejected:foreign")
+    before = flagged._value.get()
+    r = await _deliver(client, provider, provider.foreign_webhook(order))
+    _refused(provider, r)
+    assert flagged._value.get() == before + 1
+    await _unchanged(db, order)
+    assert await _events(db, order) == 0
+    # Ours still counts afterwards.
+    _ok(provider, await _deliver(client, provider, provider.paid_webhook(order)))
+    assert (await order_row(db, order.id)).state == "fulfilled"
+
+
+async def test_a_bad_signature_is_refused_and_changes_nothing(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    _, _, order = await _placed(client, db, settings, provider)
+    r = await _deliver(client, provider, provider.forged_webhook(order))
+    _refused(provider, r)
+    await _unchanged(db, order)
+    assert await _events(db, order) == 0
+    # A genuine notification whose body was altered after signing: refused too.
+    body, headers = provider.paid_webhook(order)
+    tampered = (
+        body.replace(b"TRADE_SUCCESS", b"TRADE_FINISHED")
+        if provider.name == "alipay"
+        else body[:-1] + b" }"
+        if body.endswith(b"}")
+        else body + b" "
+    )
+    _refused(provider, await _deliver(client, provider, (tampered, headers)))
+    await _unchanged(db, order)
+
+
+async def test_cancel_closes_at_the_provider_first(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    payer, _, order = await _placed(client, db, settings, provider)
+    routes = provider.expect_close(order)
+    r = await client.post(f"/api/v1/orders/{order.id}/cancel", headers=payer.auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "cancelled"
+    assert all(route.called for route in routes)
+    if isinstance(provider, Alipay):
+        assert provider.closed_at_provider(order)
+    if isinstance(provider, Stripe):
+        assert routes[1].call_count == 1  # the session was expired
+    assert not await transfers_of(db, f"order:{order.id}")
+
+
+async def test_a_refund_is_made_at_the_provider_and_settles_the_ledger(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    payer, _, order = await _placed(client, db, settings, provider)
+    _ok(provider, await _deliver(client, provider, provider.paid_webhook(order)))
+    issued = await db.run(lambda s: create_api_key(s, "finance", ["refunds:write", "orders:read"]))
+    staff = {"Authorization": f"Bearer {issued.token}"}
+    part = order.total // 4
+    r = await client.post(
+        f"/api/v1/admin/orders/{order.id}/refunds",
+        headers={**staff, **idem()},
+        json={"amount": part, "reason": "unused"},
+    )
+    assert r.status_code == 202, r.text
+    route = provider.expect_refund(order)
+    await _worker(shop, db, settings)
+    assert route.called
+    async with db.read() as s:
+        refund = (await s.execute(select(Refund).where(Refund.order_id == order.id))).scalar_one()
+    await provider.confirm_refund(client, order, refund)
+    async with db.read() as s:
+        refund = (await s.execute(select(Refund).where(Refund.order_id == order.id))).scalar_one()
+    assert refund.state == "succeeded", refund.error
+    row = await order_row(db, order.id)
+    assert row.state == "partially_refunded" and row.refunded_amount == part
+    assert row.attention is None
+    posted = await transfers_of(db, f"refund:{refund.id}")
+    assert posted and all(t.kind in ("pending", "post_pending") for t in posted)
+    assert {t.kind for t in posted} == {"pending", "post_pending"}
+    await assert_ledger_balanced(db)
+    r = await client.get(f"/api/v1/orders/{order.id}", headers=payer.auth)
+    assert r.json()["refunds"][0]["state"] == "succeeded"
