@@ -15,6 +15,8 @@ import segno
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from markupsafe import Markup
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
@@ -27,6 +29,7 @@ from simcharge.kit.translations import N_, translate
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import line_balances
+from simcharge.notifications.models import Notice
 from simcharge.notifications.service import notices_of
 from simcharge.notifications.templates import render as render_notice
 from simcharge.orders import service as orders
@@ -86,9 +89,48 @@ class LineCard:
     days_left: int | None
     warn: str | None
     """Why and how to keep the line active, when it matters."""
+    freeze_on: date | None = None
+    """When the line would be frozen, as the lifecycle's last warning about it said."""
+    freeze_days: int | None = None
 
 
-def line_card(line: Line, balances: LineBalances, now: datetime) -> LineCard:
+FREEZE_NOTICES = ("line.freeze_warning", "line.entered_grace")
+
+
+async def freeze_dates(
+    s: AsyncSession, account_id: uuid.UUID, lines: list[Line], now: datetime
+) -> dict[uuid.UUID, date]:
+    """The freeze (or end of grace) date of each line that has one ahead, read from the latest
+    warning the lifecycle sent about it: the portal shows the date the customer was told."""
+    if not lines:
+        return {}
+    rows = (
+        await s.execute(
+            select(Notice.line_id, Notice.params)
+            .where(
+                Notice.account_id == account_id,
+                Notice.line_id.in_([line.id for line in lines]),
+                Notice.template.in_(FREEZE_NOTICES),
+            )
+            .order_by(Notice.created_at.desc())
+            .limit(20)
+        )
+    ).all()
+    found: dict[uuid.UUID, date] = {}
+    for line_id, params in rows:
+        raw = params.get("freeze_on") or params.get("grace_ends")
+        if line_id is None or line_id in found or not raw:
+            continue
+        with contextlib.suppress(ValueError):
+            when = date.fromisoformat(str(raw)[:10])
+            if when >= now.date():
+                found[line_id] = when
+    return found
+
+
+def line_card(
+    line: Line, balances: LineBalances, now: datetime, freeze_on: date | None = None
+) -> LineCard:
     days = None
     if line.validity_end is not None:
         days = max(0, (line.validity_end - now).days)
@@ -109,7 +151,10 @@ def line_card(line: Line, balances: LineBalances, now: datetime) -> LineCard:
         warn = N_(
             "Top up before the validity ends to keep this line active; any package extends it."
         )
-    return LineCard(line, balances, days, warn)
+    card = LineCard(line, balances, days, warn)
+    if freeze_on is not None and line.state in (LineState.active, LineState.grace):
+        card.freeze_on, card.freeze_days = freeze_on, (freeze_on - now.date()).days
+    return card
 
 
 @router.get("/account")
@@ -119,8 +164,18 @@ async def dashboard(
     account_id = require(page)
     now = utcnow()
     async with db.read() as s:
-        lines = await accounts.own_lines(s, account_id)
-        cards = [line_card(line, await line_balances(s, line, now=now), now) for line in lines]
+        lines = list(await accounts.own_lines(s, account_id))
+        # Only when it matters: a line in grace, or whose validity ends soon.
+        soon = [
+            ln for ln in lines
+            if ln.state == LineState.grace
+            or (ln.validity_end is not None and ln.validity_end - now <= timedelta(days=WARN_DAYS))
+        ]
+        freezes = await freeze_dates(s, account_id, soon, now)
+        cards = [
+            line_card(line, await line_balances(s, line, now=now), now, freezes.get(line.id))
+            for line in lines
+        ]
         recent = await records_of(s, lines, limit=5)
         notices = await notices_of(s, account_id, limit=5, unread_only=False)
     language = page.language
