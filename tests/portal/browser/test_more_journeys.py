@@ -74,7 +74,6 @@ async def test_a_declined_payment_says_what_to_do_next(live: Live, context: Any)
     await start_top_up(live, page, query=f"line={line.id}&plan=starter-10")
     async with page.expect_navigation():
         await page.click("button[value=fail]")
-    problems.clear()
     outcome = page.locator("[data-testid=outcome].bad")
     await outcome.wait_for(timeout=20000)
     assert "No money was taken" in await outcome.inner_text()
@@ -98,7 +97,6 @@ async def test_a_gift_top_up_to_another_number(live: Live, context: Any) -> None
     await submit(page, "form[action='/account/topup']")
     async with page.expect_navigation():
         await page.click("button.pay")
-    problems.clear()
     await page.locator("[data-testid=outcome].good").wait_for(timeout=20000)
     async with live.db.read() as s:
         balances = await line_balances(s, friends_line)
