@@ -299,3 +299,41 @@ async def test_the_user_center_says_when_a_line_would_be_frozen(
     assert "40 days" in r.text
     client.cookies.set("sc_lang", "zh-Hans")
     assert "40天" in (await client.get("/account")).text
+
+
+async def test_forgot_password_by_sms(
+    client: httpx.AsyncClient, db: Database, deliver: object
+) -> None:
+    from simcharge.kit.clock import utcnow
+    from tests.conftest import last_sms_code
+    from tests.factories import create_account
+
+    phone = "+14155557788"
+    await db.run(lambda s: create_account(s, username="smsuser", phone=phone,
+                                          phone_verified_at=utcnow()))
+    r = await post_form(client, "/forgot", "/forgot", {"login": phone, "channel": "sms"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/reset?")
+    await deliver()  # type: ignore[operator]
+    code = last_sms_code(phone)
+    r = await post_form(client, r.headers["location"], "/reset", {
+        "login": phone, "channel": "sms", "code": code,
+        "new_password": "sunrise over the bay", "confirm_password": "sunrise over the bay"})
+    assert r.status_code == 303 and r.headers["location"] == "/login?reset=1"
+    r = await post_form(client, "/login", "/login",
+                        {"login": "smsuser", "password": "sunrise over the bay"})
+    assert r.status_code == 303 and r.headers["location"] == "/account"
+    r = await post_form(client, "/forgot", "/forgot", {"login": "", "channel": "sms"})
+    assert r.status_code == 422
+
+
+def test_devices_are_named_by_browser_and_system() -> None:
+    from simcharge.portal.web import device_label
+
+    chrome = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/126.0 Safari/537.36")
+    iphone = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+              "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1")
+    assert device_label(chrome) == "Chrome · Linux"
+    assert device_label(iphone) == "Safari · iPhone"
+    assert device_label("pytest") == "pytest"
+    assert device_label(None) == "?"

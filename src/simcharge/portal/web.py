@@ -227,6 +227,24 @@ def units_text(language: str, amount: int, unit: str) -> str:
     return format_money(amount, unit, loc)
 
 
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+             ("Chrome/", "Chrome"), ("Chromium/", "Chromium"), ("Safari/", "Safari"))
+_SYSTEMS = (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"),
+            ("Windows", "Windows"), ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"),
+            ("Linux", "Linux"))
+
+
+def device_label(user_agent: str | None) -> str:
+    """"Chrome · Linux" for a browser's user agent; the first characters of anything else."""
+    if not user_agent:
+        return "?"
+    browser = next((name for key, name in _BROWSERS if key in user_agent), None)
+    system = next((name for key, name in _SYSTEMS if key in user_agent), None)
+    if browser or system:
+        return " · ".join(p for p in (browser, system) if p)
+    return user_agent[:40]
+
+
 @lru_cache(maxsize=16)
 def environment(language: str) -> Environment:
     env = Environment(
@@ -276,6 +294,7 @@ def environment(language: str) -> Environment:
         number=as_number,
         percent=as_percent,
         days=as_days,
+        device=device_label,
         units=lambda amount, unit: units_text(language, int(amount), unit),
     )
     env.globals.update(
