@@ -210,6 +210,7 @@ def _parsed(language: str) -> Locale:
     return Locale.parse(_locale(language))
 
 
+@lru_cache(maxsize=8192)
 def units_text(language: str, amount: int, unit: str) -> str:
     """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
     loc = _parsed(language)
@@ -259,23 +260,17 @@ def environment(language: str) -> Environment:
     # A parsed Locale: Babel would parse the identifier again on every call.
     loc = Locale.parse(_locale(language))
 
-    def as_date(value: datetime | date | None) -> str:
-        if value is None:
-            return "—"
-        day = value.date() if isinstance(value, datetime) else value
+    # Babel's formatting costs tens of microseconds a call and a page makes dozens of calls
+    # with the same few values (amounts of a catalog, expiry days): each is remembered.
+    @lru_cache(maxsize=4096)
+    def day_text(day: date) -> str:
         return str(format_date(day, "medium", locale=loc))
 
-    def as_datetime(value: datetime | None) -> str:
-        if value is None:
-            return "—"
-        return str(format_datetime(value, "medium", locale=loc, tzinfo=UTC))
-
+    @lru_cache(maxsize=8192)
     def as_money(minor: int, currency: str) -> str:
         return format_money(int(minor), currency, loc)
 
-    def as_number(value: float | int) -> str:
-        return str(format_decimal(value, locale=loc))
-
+    @lru_cache(maxsize=1024)
     def as_days(value: int) -> str:
         """"30 days", "30天", "30 días": Babel's own plural rules, never rounded to months."""
         return str(
@@ -283,6 +278,19 @@ def environment(language: str) -> Environment:
                 timedelta(days=int(value)), granularity="day", threshold=10**9, locale=loc
             )
         )
+
+    def as_date(value: datetime | date | None) -> str:
+        if value is None:
+            return "—"
+        return day_text(value.date() if isinstance(value, datetime) else value)
+
+    def as_datetime(value: datetime | None) -> str:
+        if value is None:
+            return "—"
+        return str(format_datetime(value, "medium", locale=loc, tzinfo=UTC))
+
+    def as_number(value: float | int) -> str:
+        return str(format_decimal(value, locale=loc))
 
     def as_percent(value: float) -> str:
         return str(format_percent(value, locale=loc))
