@@ -337,3 +337,22 @@ def test_devices_are_named_by_browser_and_system() -> None:
     assert device_label(iphone) == "Safari · iPhone"
     assert device_label("pytest") == "pytest"
     assert device_label(None) == "?"
+
+
+async def test_notices_show_in_the_readers_language(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    from simcharge.notifications.models import Notice
+
+    customer = await new_customer(db, settings)
+
+    async def add(s: object) -> None:
+        s.add(Notice(account_id=customer.account_id, template="account.welcome",  # type: ignore[attr-defined]
+                     params={"username": customer.username}))
+
+    await db.run(add)  # type: ignore[arg-type]
+    sign_in(client, customer)
+    r = await client.get("/account")
+    assert "<strong>Welcome to simcharge" in r.text
+    client.cookies.set("sc_lang", "es")
+    assert "Te damos la bienvenida a simcharge" in (await client.get("/account")).text

@@ -31,7 +31,7 @@ from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import line_balances
 from simcharge.notifications.models import Notice
 from simcharge.notifications.service import notices_of
-from simcharge.notifications.templates import render as render_notice
+from simcharge.notifications.templates import render_subject
 from simcharge.orders import service as orders
 from simcharge.orders.models import Order, Payment
 from simcharge.payments import service as payments
@@ -181,12 +181,11 @@ async def dashboard(
     language = page.language
     shown = []
     for n in notices:
-        text = render_notice(
+        title = render_subject(
             n.template, language,
             {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
         )
-        shown.append({"title": text.subject, "body": text.text, "at": n.created_at,
-                      "unread": n.read_at is None})
+        shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None})
     return render(
         request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,
         kinds=KINDS, bar_class=bar_class,

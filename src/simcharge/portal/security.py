@@ -23,7 +23,7 @@ from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
 from simcharge.notifications.service import notices_of
-from simcharge.notifications.templates import render as render_notice
+from simcharge.notifications.templates import render_subject
 from simcharge.portal.account import _uuid, require
 from simcharge.portal.public import _channel
 from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
@@ -74,11 +74,11 @@ async def _security_page(
     alerts = []
     for n in notices:
         if n.template.startswith("security."):
-            text = render_notice(
+            title = render_subject(
                 n.template, page.language,
                 {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
             )
-            alerts.append({"title": text.subject, "at": n.created_at})
+            alerts.append({"title": title, "at": n.created_at})
     context: dict[str, Any] = {"errors": {}, "error": None, "good": None, "form": None}
     context.update(extra)
     return render(
