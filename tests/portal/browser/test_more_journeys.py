@@ -146,3 +146,36 @@ async def test_wechat_pay_shows_a_qr_code_and_the_page_follows_the_payment(
     await phone.goto(payment.qr_payload)
     await phone.click("button.pay")
     await page.locator("[data-testid=outcome].good").wait_for(timeout=20000)
+
+
+async def test_two_step_verification_with_recovery_codes(live: Live, context: Any) -> None:
+    import re
+
+    import pyotp
+
+    name, _, _ = await customer(live)
+    page = await context.new_page()
+    problems = watch(page)
+    await sign_in(live, page, name)
+    await page.goto(live.base + "/account/security")
+    await page.fill("form[action='/account/security/totp'] #f-password", PASSWORD)
+    await submit(page, "form[action='/account/security/totp']")
+    await check(page, "totp", problems)
+    secret = (await page.inner_text("[data-testid=totp-secret]")).strip()
+    await page.fill("#f-code", pyotp.TOTP(secret).now())
+    await submit(page, "form[action='/account/security/totp/confirm']")
+    codes = re.findall(r"\S+", await page.inner_text("[data-testid=recovery-codes]"))
+    assert len(codes) == 10
+    await check(page, "recovery-codes", problems)
+    await page.goto(live.base + "/account/security")
+    await check(page, "security-two-step", problems)
+    async with page.expect_navigation():
+        await page.click("header form[action='/logout'] button")
+    await sign_in(live, page, name)
+    assert await page.locator("#f-second_factor").count() == 1
+    await check(page, "login-second-factor", problems)
+    await page.fill("#f-second_factor", codes[0])
+    await submit(page, "form[action='/login']")
+    assert page.url.endswith("/account")
+    await page.goto(live.base + f"/account/orders/{uuid.uuid4()}")
+    await check(page, "not-found", problems)
