@@ -355,4 +355,9 @@ async def test_notices_show_in_the_readers_language(
     r = await client.get("/account")
     assert "<strong>Welcome to simcharge" in r.text
     client.cookies.set("sc_lang", "es")
-    assert "Te damos la bienvenida a simcharge" in (await client.get("/account")).text
+    r = await client.get("/account")
+    assert "Te damos la bienvenida a simcharge" in r.text
+    assert 'action="/account/notices/read"' in r.text
+    r = await client.post("/account/notices/read", data={"csrf": csrf_of(r.text)})
+    assert r.status_code == 303
+    assert 'action="/account/notices/read"' not in (await client.get("/account")).text

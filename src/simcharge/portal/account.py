@@ -30,7 +30,7 @@ from simcharge.lines.models import Line, LineState
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import line_balances
 from simcharge.notifications.models import Notice
-from simcharge.notifications.service import notices_of
+from simcharge.notifications.service import mark_read, notices_of
 from simcharge.notifications.templates import render_subject
 from simcharge.orders import service as orders
 from simcharge.orders.models import Order, Payment
@@ -191,6 +191,14 @@ async def dashboard(
         kinds=KINDS, bar_class=bar_class,
         good=N_("Your contact is verified.") if verified else None,
     )
+
+
+@router.post("/account/notices/read")
+async def notices_read(request: Request, page: Page, db: DB) -> Response:
+    account_id = require(page)
+    await form_of(request, page)
+    await db.run(lambda s: mark_read(s, account_id, None, utcnow()))
+    return redirect("/account")
 
 
 # --- top up ---------------------------------------------------------------------------------------
