@@ -140,7 +140,8 @@ class BenchContext:
         self._servers.append(proc)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient() as probe:
-            for _ in range(200):
+            # Up to a minute: importing simcharge takes several seconds on a busy machine.
+            for _ in range(1200):
                 with contextlib.suppress(httpx.HTTPError):
                     await probe.get(base + "/")
                     return base
