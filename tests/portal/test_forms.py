@@ -98,7 +98,9 @@ async def test_money_and_dates_are_formatted_for_the_reader(
 async def test_the_user_center_needs_a_session(client: httpx.AsyncClient) -> None:
     r = await client.get("/account/records?kind=usage")
     assert r.status_code == 303
-    assert r.headers["location"] == "/login?next=/account/records%3Fkind=usage"
+    assert r.headers["location"] == "/login?next=%2Faccount%2Frecords%3Fkind%3Dusage"
+    r = await client.get("/login", params={"next": "/account/records?kind=usage"})
+    assert 'name="next" value="/account/records?kind=usage"' in r.text
 
 
 async def test_registration_errors_are_shown_by_their_field(client: httpx.AsyncClient) -> None:

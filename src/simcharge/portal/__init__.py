@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +26,7 @@ def problem_page(request: Request, exc: SimchargeError) -> Response:
     if isinstance(exc, NotAuthenticated) and request.method == "GET":
         query = request.url.query
         here = request.url.path + (f"?{query}" if query else "")
-        return redirect("/login?next=" + safe_next(here).replace("&", "%26").replace("?", "%3F"))
+        return redirect("/login?" + urlencode({"next": safe_next(here)}))
     if page is None:
         page = Visitor(getattr(request.state, "language", "en"), None, "")
     return render(
