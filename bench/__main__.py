@@ -20,7 +20,7 @@ from pathlib import Path
 import uvloop
 
 from bench.driver import Measurement, drive
-from bench.entries import ENTRIES, BenchContext
+from bench.entries import ENTRIES, ONCE, BenchContext
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -49,6 +49,7 @@ async def main(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
     )
     selected = [e for e in ENTRIES if not args.only or e.name in args.only]
+    once = [e for e in ONCE if not args.only or e.name in args.only]
     wanted_baselines = sorted({e.baseline for e in selected})
     print(f"preparing the bench database (concurrency {args.concurrency}) …", flush=True)
     await ctx.prepare()
@@ -66,10 +67,15 @@ async def main(args: argparse.Namespace) -> int:
         )
         return m
 
+    once_results: dict[str, dict[str, object]] = {}
     try:
         before = {b: await measure(b) for b in wanted_baselines}
         measured = [(e, await measure(e.name, e.concurrency)) for e in selected]
         after = {b: await measure(b) for b in wanted_baselines}
+        for entry in once:
+            print(f"  {entry.name} …", flush=True)
+            once_results[entry.name] = await entry.run(ctx)
+            print(f"  {entry.name:28} {once_results[entry.name]}", flush=True)
     finally:
         await ctx.close()
 
@@ -99,6 +105,7 @@ async def main(args: argparse.Namespace) -> int:
     document = {
         "baselines": {b: {"ops_per_s": round(v, 1)} for b, v in baselines.items()},
         "results": results,
+        "once": once_results,
         "settings": {
             "concurrency": args.concurrency,
             "duration_s": args.duration,

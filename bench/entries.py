@@ -39,6 +39,15 @@ class Entry:
     target_p95_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class OnceEntry:
+    """An entry run once (not driven for a duration), reporting its own figures: a job's
+    throughput and memory (`cdr_rating`)."""
+
+    name: str
+    run: Callable[[BenchContext], Awaitable[dict[str, Any]]]
+
+
 @dataclass
 class BenchContext:
     admin_url: str
@@ -247,9 +256,26 @@ async def _portal_dashboard(ctx: BenchContext) -> Operation:
     return await portal_dashboard(ctx)
 
 
+async def _nchf_update(ctx: BenchContext) -> Operation:
+    from bench.charging import nchf_update
+
+    return await nchf_update(ctx)
+
+
+async def _cdr_rating(ctx: BenchContext) -> dict[str, Any]:
+    from bench.charging import cdr_rating
+
+    return await cdr_rating(ctx)
+
+
 ENTRIES: list[Entry] = [
     Entry("ledger_transfer", "db_baseline", _ledger_transfer),
     Entry("topup_fulfil_webhook", "http_baseline", _topup_fulfil_webhook),
     Entry("portal_dashboard", "http_baseline", _portal_dashboard, concurrency=32,
           target_p95_ms=50),
+    Entry("nchf_update", "http_baseline", _nchf_update),
+]
+
+ONCE: list[OnceEntry] = [
+    OnceEntry("cdr_rating", _cdr_rating),
 ]

@@ -18,6 +18,8 @@ from simcharge.api.system import router as system_router
 from simcharge.auth.endpoints import router as auth_router
 from simcharge.auth.throttle import RateLimits
 from simcharge.catalog.endpoints import router as catalog_router
+from simcharge.charging.endpoints import router as nchf_router
+from simcharge.charging.endpoints import usage_router
 from simcharge.config import Environment, Settings, get_settings
 from simcharge.db import Database
 from simcharge.kit.logging import configure_logging
@@ -29,6 +31,8 @@ from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
 from simcharge.portal import install as install_portal
+from simcharge.tmf654.endpoints import router as tmf654_router
+from simcharge.tmf654.transfers import router as line_transfers_router
 from simcharge.worker.admin import router as jobs_admin_router
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -41,6 +45,10 @@ ROUTERS: tuple[APIRouter, ...] = (
     orders_admin_router,
     jobs_admin_router,
     webhooks_router,
+    nchf_router,
+    usage_router,
+    tmf654_router,
+    line_transfers_router,
 )
 
 

@@ -37,6 +37,8 @@ app.add_typer(lines_app, name="lines")
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(ledger_app, name="ledger")
+usage_app = typer.Typer(help="Usage records (offline charging).", no_args_is_help=True)
+app.add_typer(usage_app, name="usage")
 
 
 def _database(settings: Settings) -> Database:
@@ -335,3 +337,39 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@usage_app.command("import")
+def usage_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV (columns id, subscriber, service, quantity, started_at[, country]) or "
+            "JSON lines (.jsonl) with the same keys."
+        ),
+    ],
+) -> None:
+    """Rate and charge usage records. Records charged before (same id) are skipped; bad
+    records are reported by line and do not stop the others (exit code 2 if any)."""
+    from simcharge.charging.batch import UsageReport, import_usage_records, read_usage_file
+
+    settings = get_settings()
+    try:
+        stream = file.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        _fail(f"{file}: cannot read the file: {exc.strerror}")
+        raise  # unreachable: _fail exits
+
+    async def load(db: Database) -> UsageReport:
+        with stream:
+            return await import_usage_records(db, settings, read_usage_file(stream, file.name))
+
+    report = _run(load)
+    for e in report.errors:
+        typer.secho(f"{file}: line {e.line}: {e.field}: {e.detail}", fg=typer.colors.RED, err=True)
+    typer.echo(
+        f"{report.accepted} record(s) charged, {report.duplicates} already charged, "
+        f"{report.rejected} rejected, {report.unbilled_records} partly unbilled"
+    )
+    if report.errors:
+        raise typer.Exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +89,37 @@ class Settings(BaseSettings):
     sandbox_webhook_copies: int = Field(default=1, ge=1, le=10)
     sandbox_webhook_max_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
 
+    # --- Line lifecycle --------------------------------------------------------------------
+    lifecycle_grace_days: int = Field(default=30, ge=0, le=3650)
+    """A line whose validity ended stays in grace this long (top-ups reactivate it)."""
+    lifecycle_inactivity_days: int = Field(default=180, ge=1, le=3650)
+    """No chargeable activity and no top-up for this long: the line is frozen."""
+    lifecycle_termination_days: int = Field(default=365, ge=1, le=3650)
+    """A line frozen this long is terminated."""
+    lifecycle_warning_days: list[int] = Field(default_factory=lambda: [7, 1])
+    """Customers are warned this many days before each change."""
+    lifecycle_frozen_reactivation: Literal["topup", "owner_topup", "support"] = "topup"
+    """Who may bring a frozen line back: any paid top-up, a paid top-up by the line's owner,
+    or only customer service (`lifecycle.service.unfreeze`)."""
+    lifecycle_batch_size: int = Field(default=1000, ge=10, le=100_000)
+    """Lines (or buckets) changed per transaction by the lifecycle sweep."""
+
+    # --- Balance transfers between lines (TMF654 transferBalance, the portal) ---------------
+    balance_transfer_fee_percent: Decimal = Field(default=Decimal("0"), ge=0, le=50)
+    """Fee on a money transfer, in percent of the amount (rounded half up), paid by the giver."""
+    balance_transfer_fee_fixed: int = Field(default=0, ge=0)
+    """Fixed fee per transfer in minor units of the giver's currency (units transfers too)."""
+    balance_transfer_min_amount: int = Field(default=100, ge=1)
+    """Smallest money transfer, minor units."""
+    balance_transfer_max_amount: int = Field(default=5000, ge=1)
+    """Largest money transfer, minor units."""
+    balance_transfer_max_data_mb: int = Field(default=10240, ge=1)
+    """Largest data transfer, MB."""
+    balance_transfer_max_voice_minutes: int = Field(default=500, ge=1)
+    """Largest voice transfer, minutes."""
+    balance_transfer_daily_count: int = Field(default=5, ge=1)
+    """Transfers a line may give per 24 hours."""
+
     @property
     def sandbox_on(self) -> bool:
         return self.sandbox_enabled if self.sandbox_enabled is not None else (
@@ -97,6 +129,23 @@ class Settings(BaseSettings):
     def sandbox_substitutes(self) -> bool:
         return self.sandbox_on and (self.sandbox_stands_in if self.sandbox_stands_in is not None
                                     else self.env is not Environment.production)
+
+    # --- Charging ------------------------------------------------------------------------------
+    charging_rating_groups: str = Field(
+        default="100=voice,200=data,300=sms",
+        pattern=r"^\s*\d+\s*=\s*(voice|data|sms)\s*(,\s*\d+\s*=\s*(voice|data|sms)\s*)*$",
+    )
+    """Nchf rating groups and the service each one is rated as: `100=voice,200=data,…`."""
+    charging_validity_seconds: int = Field(default=3600, ge=10, le=86400)
+    charging_session_grace_seconds: int = Field(default=300, ge=0, le=86400)
+    charging_quota_voice_seconds: int = Field(default=300, ge=1)
+    charging_quota_data_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    charging_max_quota_voice_seconds: int = Field(default=3600, ge=1)
+    charging_max_quota_data_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    charging_low_balance: int = Field(default=200, ge=0)
+    charging_rating_cache_seconds: float = Field(default=10.0, ge=0)
+    charging_api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    usage_chunk_size: int = Field(default=20000, ge=1, le=200000)
 
     # --- Payment provider credentials ----------------------------------------------------------
     # All optional: a provider whose required credentials are not all set is not offered
@@ -145,6 +194,12 @@ class Settings(BaseSettings):
                 "SIMCHARGE_SMS_PROVIDER=twilio needs SIMCHARGE_TWILIO_ACCOUNT_SID, "
                 "SIMCHARGE_TWILIO_AUTH_TOKEN and SIMCHARGE_TWILIO_FROM"
             )
+        if not self.lifecycle_warning_days or any(
+            d < 1 or d > 365 for d in self.lifecycle_warning_days
+        ):
+            raise ValueError("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
+        if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
+            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
         return self
 
     @model_validator(mode="after")
@@ -155,6 +210,11 @@ class Settings(BaseSettings):
                     f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
                 )
         return self
+
+    @property
+    def rating_groups(self) -> dict[int, str]:
+        pairs = (p.split("=") for p in self.charging_rating_groups.split(","))
+        return {int(k): v.strip() for k, v in pairs}
 
     @property
     def is_sqlite(self) -> bool:

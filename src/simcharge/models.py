@@ -11,8 +11,10 @@ from simcharge.auth.models import (
     VerificationCode,
 )
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
+from simcharge.charging.models import ChargingSession, Tariff, UsageRecord
 from simcharge.db import Base
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.lifecycle.models import LifecycleMark, LineEvent
 from simcharge.lines.models import Bucket, Line
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.orders.models import (
@@ -25,19 +27,24 @@ from simcharge.orders.models import (
     Refund,
     SandboxPayment,
 )
+from simcharge.tmf654.models import BalanceAction
 from simcharge.worker.models import OutboxJob
 
 __all__ = [
     "Account",
     "ApiKey",
     "AuthSession",
+    "BalanceAction",
     "Base",
     "Bucket",
+    "ChargingSession",
     "IdempotencyKey",
     "KnownDevice",
     "LedgerAccount",
     "LedgerTransfer",
+    "LifecycleMark",
     "Line",
+    "LineEvent",
     "LoginThrottle",
     "MessageLog",
     "Notice",
@@ -54,6 +61,8 @@ __all__ = [
     "Refund",
     "SandboxPayment",
     "SecurityEvent",
+    "Tariff",
+    "UsageRecord",
     "VerificationCode",
     "Zone",
 ]

@@ -363,3 +363,16 @@ async def test_notices_show_in_the_readers_language(
     r = await client.post("/account/notices/read", data={"csrf": csrf_of(r.text)})
     assert r.status_code == 303
     assert 'action="/account/notices/read"' not in (await client.get("/account")).text
+
+
+def test_record_kinds_come_from_the_transfer_code() -> None:
+    from simcharge.portal.records import kind_of
+
+    assert kind_of("topup", True) == "topup"
+    assert kind_of("grant", True) == "package"
+    assert kind_of("usage", False) == "usage"
+    assert kind_of("refund", False) == "refund"
+    assert kind_of("transfer", False) == "transfer"
+    assert kind_of("transfer_fee", False) == "transfer"
+    assert kind_of("forfeit", False) == "expiry"
+    assert kind_of("expiry", False) == "expiry"

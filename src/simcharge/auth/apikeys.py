@@ -27,6 +27,11 @@ SCOPES: dict[str, str] = {
     "refunds:write": "Refund orders (finance).",
     "jobs:read": "Read the outbox: waiting and dead jobs (operations).",
     "jobs:write": "Retry dead outbox jobs (operations).",
+    "charging": "Nchf_ConvergedCharging: real-time charging by the network (CHF).",
+    "usage:write": "Submit batches of usage records to be rated and charged.",
+    "balance:read": "Read buckets, balances and balance actions (TMF654).",
+    "balance:write": "Top up, reserve and transfer balances (TMF654).",
+    "balance:adjust": "Adjust balances up or down (TMF654 adjustBalance; staff).",
 }
 TOUCH_EVERY = timedelta(minutes=5)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -205,10 +206,92 @@ class PlanFile(_Strict):
         return self
 
 
+KIB = 1024
+_PER = {
+    "voice": {"second": 1, "minute": 60},
+    "data": {"KB": KIB, "MB": MIB, "GB": 1024 * MIB},
+    "sms": {"message": 1},
+}
+_SIZE = re.compile(r"^\s*(\d+)\s*(s|B|KB|MB)?\s*$")
+_SIZE_UNITS: dict[str, dict[str | None, int]] = {
+    "voice": {None: 1, "s": 1},
+    "data": {"B": 1, "KB": KIB, "MB": MIB},
+}
+
+
+def _increment(service: str, text: str) -> int:
+    match = _SIZE.match(text)
+    units = _SIZE_UNITS[service]
+    if match is None or match.group(2) not in units or int(match.group(1)) <= 0:
+        shapes = "60 or 60s" if service == "voice" else "1KB, 100KB or 1MB"
+        raise ValueError(f"{text!r} is not an increment (e.g. {shapes})")
+    return int(match.group(1)) * units[match.group(2)]
+
+
+class TariffFile(_Strict):
+    """What usage of one service costs in one zone, in one wallet currency.
+
+    `price` (major units, exact in the currency) is per `per`; usage is rounded up to
+    `rounding` = "first/next" increments (voice in seconds, "60/60" or "1/1"; data in
+    B/KB/MB, "1KB/1KB" or "1MB"); `minimum` is charged at least for any usage paid from the
+    wallet (per call, data session or message)."""
+
+    service: Literal["voice", "data", "sms"]
+    zone: Code
+    currency: str
+    price: Decimal = Field(ge=0)
+    per: str
+    rounding: str | None = None
+    minimum: Decimal = Field(default=Decimal(0), ge=0)
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        return _check_currency(v)
+
+    @model_validator(mode="after")
+    def _units(self) -> TariffFile:
+        per = _PER[self.service]
+        if self.per not in per:
+            raise ValueError(f"per: {self.per!r} is not one of {', '.join(per)}")
+        _exact(self.price, self.currency, "price")
+        _exact(self.minimum, self.currency, "minimum")
+        if self.service == "sms":
+            if self.rounding is not None:
+                raise ValueError("rounding: messages are counted one by one")
+        elif self.rounding is not None:
+            parts = self.rounding.split("/")
+            if len(parts) > 2:
+                raise ValueError(f"rounding: {self.rounding!r} is not first/next")
+            try:
+                [_increment(self.service, p) for p in parts]
+            except ValueError as exc:
+                raise ValueError(f"rounding: {exc}") from exc
+        return self
+
+    def as_row(self) -> dict[str, Any]:
+        """Minor units and native units (seconds, bytes, messages)."""
+        first = nxt = 1
+        if self.rounding is not None and self.service != "sms":
+            parts = [_increment(self.service, p) for p in self.rounding.split("/")]
+            first, nxt = parts[0], parts[-1]
+        return {
+            "service": self.service,
+            "zone": self.zone,
+            "currency": self.currency,
+            "price": to_minor(self.price, self.currency),
+            "per_units": _PER[self.service][self.per],
+            "first_increment": first,
+            "next_increment": nxt,
+            "minimum": to_minor(self.minimum, self.currency),
+        }
+
+
 class CatalogFile(_Strict):
     zones: list[ZoneFile] = []
     payment_methods: list[PaymentMethodFile] = Field(min_length=1)
     plans: list[PlanFile] = Field(min_length=1)
+    tariffs: list[TariffFile] = []
 
     @model_validator(mode="after")
     def _references(self) -> CatalogFile:
@@ -248,6 +331,15 @@ class CatalogFile(_Strict):
                 for code in b.zones:
                     if code not in zone_codes:
                         problems.append(f"{where}: buckets[{j}].zones: no zone {code!r}")
+        seen: dict[tuple[str, str, str], int] = {}
+        for i, t in enumerate(self.tariffs):
+            where = f"tariffs[{i}] ({t.service} {t.zone} {t.currency})"
+            if t.zone not in zone_codes:
+                problems.append(f"{where}: zone: no zone {t.zone!r}")
+            key = (t.service, t.zone, t.currency)
+            if key in seen:
+                problems.append(f"{where}: the same as tariffs[{seen[key]}]")
+            seen.setdefault(key, i)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -24,6 +24,7 @@ from simcharge.catalog.schemas import (
     PlanView,
     ZoneView,
 )
+from simcharge.charging.tariffs import load_tariffs
 from simcharge.errors import NotFound, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
@@ -142,8 +143,9 @@ async def load_catalog(session: AsyncSession, catalog: CatalogFile) -> LoadRepor
         await session.delete(old_zone)
         report.retired.append(f"zone {old_zone.code}")
 
+    system_accounts: list[NewAccount] = await load_tariffs(session, catalog.tariffs, report)
+
     methods = {m.code: m for m in await repo.methods(enabled_only=False)}
-    system_accounts: list[NewAccount] = []
     for position, mf in enumerate(catalog.payment_methods):
         method_values: dict[str, Any] = {
             "provider": mf.provider,

@@ -30,6 +30,7 @@ from simcharge.db import table_of, upsert_insert
 from simcharge.kit.ids import derived_id
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, post_transfers
+from simcharge.lifecycle.service import on_topup
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import UnitGrant, open_buckets, wallet_credit
 from simcharge.metrics import FULFILMENT_DELAY
@@ -247,8 +248,13 @@ async def _open_credit(
     if days:
         start = max(now, line.validity_end) if line.validity_end else now
         line.validity_end = start + timedelta(days=days)
-    if line.state in (LineState.available, LineState.grace, LineState.frozen):
-        line.state, line.state_changed_at = LineState.active.value, now
+    on_topup(
+        session,
+        line,
+        now=now,
+        actor=f"order:{order.id}",
+        by_owner=line.account_id is not None and line.account_id == order.account_id,
+    )
     return transfers
 
 

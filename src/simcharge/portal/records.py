@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "usage": N_("Usage"),
     "refund": N_("Refund"),
     "adjustment": N_("Adjustment"),
+    "transfer": N_("Transfer between lines"),
     "expiry": N_("Expired"),
 }
 """Kinds a record can have, with the label a customer reads."""
@@ -32,6 +33,8 @@ _CODES: dict[str, tuple[str, ...]] = {
     "package": ("grant",),
     "refund": ("refund", "refund_voided"),
     "adjustment": ("adjustment",),
+    "transfer": ("transfer", "transfer_fee"),
+    "expiry": ("expiry", "forfeit"),
 }
 _KNOWN = tuple(code for codes in _CODES.values() for code in codes)
 
@@ -59,7 +62,9 @@ def kind_of(code: str, credited: bool) -> str:
         return "refund"
     if code == "adjustment":
         return "adjustment"
-    if "expir" in code:
+    if code.startswith("transfer"):
+        return "transfer"
+    if "expir" in code or code == "forfeit":
         return "expiry"
     return "topup" if credited else "usage"
 

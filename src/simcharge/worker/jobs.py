@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import simcharge.charging.jobs
+import simcharge.lifecycle.jobs
 import simcharge.notifications.jobs
 import simcharge.payments.jobs  # noqa: F401 - reconciliation, refunds, receipts, sandbox webhooks
 from simcharge.ledger.service import expire_pending_transfers

@@ -1,0 +1,167 @@
+"""Nchf_ConvergedCharging v3 (`/nchf-convergedcharging/v3`) and the usage batch API."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from simcharge.api.deps import API_PREFIX, DB, AppSettings, Integration, require_scope
+from simcharge.auth.apikeys import verify_api_key
+from simcharge.charging import nchf
+from simcharge.charging.batch import UsageBatch, UsageReport, import_usage_records
+from simcharge.charging.rating import RatingCache
+from simcharge.config import Settings
+from simcharge.errors import Forbidden, NotAuthenticated
+from simcharge.kit.translations import N_
+
+NCHF_PREFIX = "/nchf-convergedcharging/v3"
+SCOPE = "charging"
+
+router = APIRouter(prefix=NCHF_PREFIX, tags=["charging (Nchf_ConvergedCharging v3)"])
+usage_router = APIRouter(prefix=API_PREFIX, tags=["usage"])
+_bearer = HTTPBearer(auto_error=False, description="An API key with the scope `charging`")
+
+
+def rating_cache(request: Request, settings: Settings) -> RatingCache:
+    cache: RatingCache | None = getattr(request.app.state, "charging_rating", None)
+    if cache is None:
+        cache = RatingCache(settings.charging_rating_cache_seconds)
+        request.app.state.charging_rating = cache
+    return cache
+
+
+class _KeyCache:
+    """Verified charging keys, kept `ttl` seconds: the network calls many times a second, and
+    a revoked key stops working within `ttl` (`SIMCHARGE_CHARGING_API_KEY_CACHE_SECONDS`)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple[float, str]] = {}
+
+    def get(self, digest: str, ttl: float) -> str | None:
+        hit = self.found.get(digest)
+        if hit is None or time.monotonic() - hit[0] > ttl:
+            return None
+        return hit[1]
+
+    def put(self, digest: str, prefix: str) -> None:
+        if len(self.found) > 1000:
+            self.found.clear()
+        self.found[digest] = (time.monotonic(), prefix)
+
+
+async def network_function(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The API key prefix of the calling network function (scope `charging`)."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
+    if credentials is None:
+        raise NotAuthenticated(
+            N_("An API key is required (Authorization: Bearer sck_…)."), headers=challenge
+        )
+    cache: _KeyCache | None = getattr(request.app.state, "charging_keys", None)
+    if cache is None:
+        cache = request.app.state.charging_keys = _KeyCache()
+    digest = hashlib.sha256(credentials.credentials.encode()).hexdigest()
+    ttl = settings.charging_api_key_cache_seconds
+    prefix = cache.get(digest, ttl) if ttl > 0 else None
+    if prefix is not None:
+        return prefix
+    key = await db.run(lambda s: verify_api_key(s, credentials.credentials))
+    if key is None:
+        raise NotAuthenticated(N_("The API key is not valid."), headers=challenge)
+    if SCOPE not in key.scopes:
+        raise Forbidden(N_("This API key lacks the scope {scope}."), scope=SCOPE)
+    cache.put(digest, key.prefix)
+    return key.prefix
+
+
+NF = Annotated[str, Depends(network_function)]
+
+_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "ChargingDataRequest (3GPP TS 32.291, Nchf_ConvergedCharging "
+                    "3.1.6)",
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/chargingdata", status_code=201, openapi_extra=_REQUEST_BODY)
+async def create_charging_data(
+    request: Request, db: DB, settings: AppSettings, client: NF
+) -> Response:
+    """Nchf_ConvergedCharging_Create: open a charging data resource and grant the first quotas."""
+    body = await request.body()
+    cache = rating_cache(request, settings)
+
+    async def run(s: Any) -> nchf.NchfAnswer:
+        table = await cache.get(s)
+        return await nchf.create_charging_data(s, settings, table, client=client, body=body)
+
+    answer = await db.run(run)
+    location = f"{str(request.base_url).rstrip('/')}{NCHF_PREFIX}/chargingdata/{answer.ref}"
+    return JSONResponse(answer.body, status_code=201, headers={"Location": location})
+
+
+async def _update(
+    request: Request, db: Any, settings: Settings, client: str, ref: str, *, release: bool
+) -> nchf.NchfAnswer:
+    body = await request.body()
+    cache = rating_cache(request, settings)
+
+    async def run(s: Any) -> nchf.NchfAnswer:
+        table = await cache.get(s)
+        return await nchf.update_charging_data(
+            s, settings, table, client=client, ref=ref, body=body, release=release
+        )
+
+    answer: nchf.NchfAnswer = await db.run(run)
+    return answer
+
+
+@router.post("/chargingdata/{ChargingDataRef}/update", openapi_extra=_REQUEST_BODY)
+async def update_charging_data(
+    request: Request, db: DB, settings: AppSettings, client: NF, ChargingDataRef: str
+) -> Response:
+    """Nchf_ConvergedCharging_Update: report used units, get new quotas."""
+    answer = await _update(request, db, settings, client, ChargingDataRef, release=False)
+    return JSONResponse(answer.body, status_code=200)
+
+
+@router.post(
+    "/chargingdata/{ChargingDataRef}/release", status_code=204, openapi_extra=_REQUEST_BODY
+)
+async def release_charging_data(
+    request: Request, db: DB, settings: AppSettings, client: NF, ChargingDataRef: str
+) -> Response:
+    """Nchf_ConvergedCharging_Release: report the last used units; every reservation released."""
+    await _update(request, db, settings, client, ChargingDataRef, release=True)
+    return Response(status_code=204)
+
+
+@usage_router.post("/usage", response_model=UsageReport)
+async def submit_usage(
+    batch: UsageBatch,
+    db: DB,
+    settings: AppSettings,
+    _caller: Annotated[Integration, require_scope("usage:write")],
+) -> UsageReport:
+    """Rate and charge a batch of usage records (offline charging). Idempotent by record id:
+    a record already charged is counted in `duplicates` and not charged again. Bad records are
+    reported by index and do not stop the others."""
+    return await import_usage_records(db, settings, batch.records_as_rows())

@@ -1,0 +1,738 @@
+"""Real-time charging: 3GPP TS 32.291 Nchf_ConvergedCharging v3 (API 3.1.6), the service side.
+
+A charging data resource (`ChargingSession`) is created, updated and released by a network
+function. For each rating group the used units are posted against the reservations that back
+the quota granted last, the rest of those reservations is released, and — when the network asks
+— a new quota is reserved as pending ledger transfers from the line's buckets (in scope, soonest
+expiring first) and then its wallet, at the tariff of the service in the zone where the
+subscriber is. Everything of one request is one ledger batch in one transaction.
+
+Idempotency: a create is named by the API key and a hash of its body (a retransmitted create
+finds its resource); an update or release carrying the sequence number answered last gets the
+same answer again; every transfer and usage record id derives from (resource, sequence number,
+rating group), so no retry can charge twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.charging import alerts
+from simcharge.charging.consumption import LinePots, affordable_units, lock_pots, max_raw, take
+from simcharge.charging.models import UNIT_OF, ChargingSession, SessionState, UsageRecord
+from simcharge.charging.rating import Rate, RatingTable, country_of_mcc
+from simcharge.config import Settings
+from simcharge.db import RetryableError, table_of
+from simcharge.errors import SimchargeError
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import derived_id
+from simcharge.kit.phone import country_of
+from simcharge.kit.translations import N_
+from simcharge.ledger import chart
+from simcharge.ledger.models import TransferKind
+from simcharge.ledger.service import NewTransfer, create_transfers
+from simcharge.lines.models import Line, LineState
+
+lines_table = table_of(Line)
+sessions_table = table_of(ChargingSession)
+usage_table = table_of(UsageRecord)
+
+ACTIVITY_EVERY = timedelta(minutes=1)
+"""`lines.last_activity_at` is written at most this often per line (a hot row otherwise)."""
+
+UNIT_FIELD = {"voice": "time", "data": "totalVolume", "sms": "serviceSpecificUnits"}
+
+
+class NchfProblem(SimchargeError):
+    """An error of Nchf_ConvergedCharging: ProblemDetails with the application error `cause`
+    (TS 32.291 table 6.1.7.3-1, TS 29.500 table 5.2.7.2-1) and `invalidParams`."""
+
+    slug = "nchf-error"
+    title = N_("The charging request was refused.")
+
+    def __init__(
+        self,
+        status: int,
+        cause: str,
+        detail: str,
+        *,
+        invalid: list[tuple[str, str]] | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__(detail, field=invalid[0][0] if invalid else None, **params)
+        self.status = status
+        self.cause = cause
+        self.invalid = invalid or []
+
+    def extra(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"cause": self.cause}
+        if self.invalid:
+            body["invalidParams"] = [{"param": p, "reason": r} for p, r in self.invalid]
+        return body
+
+
+# --- the request, as far as charging reads it (everything else is accepted and ignored) -------
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Units(_Loose):
+    time: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    totalVolume: int | None = Field(default=None, ge=0, le=2**64 - 1)
+    uplinkVolume: int | None = Field(default=None, ge=0, le=2**64 - 1)
+    downlinkVolume: int | None = Field(default=None, ge=0, le=2**64 - 1)
+    serviceSpecificUnits: int | None = Field(default=None, ge=0, le=2**64 - 1)
+
+    def of(self, service: str) -> int | None:
+        if service == "voice":
+            return self.time
+        if service == "data":
+            if self.totalVolume is not None:
+                return self.totalVolume
+            if self.uplinkVolume is None and self.downlinkVolume is None:
+                return None
+            return (self.uplinkVolume or 0) + (self.downlinkVolume or 0)
+        return self.serviceSpecificUnits
+
+
+class UsedUnits(Units):
+    localSequenceNumber: int
+
+
+class UnitUsage(_Loose):
+    ratingGroup: int = Field(ge=0, le=2**32 - 1)
+    requestedUnit: Units | None = None
+    usedUnitContainer: list[UsedUnits] = []
+
+
+class NFIdentification(_Loose):
+    nodeFunctionality: str
+    nFName: str | None = None
+    nFPLMNID: dict[str, Any] | None = None
+
+
+class ChargingDataRequest(_Loose):
+    nfConsumerIdentification: NFIdentification
+    invocationTimeStamp: datetime
+    invocationSequenceNumber: int = Field(ge=0, le=2**32 - 1)
+    subscriberIdentifier: str | None = None
+    retransmissionIndicator: bool | None = None
+    oneTimeEvent: bool | None = None
+    oneTimeEventType: str | None = None
+    multipleUnitUsage: list[UnitUsage] = []
+
+
+def parse_request(body: bytes) -> ChargingDataRequest:
+    try:
+        return ChargingDataRequest.model_validate_json(body or b"null")
+    except ValidationError as exc:
+        invalid = []
+        missing = False
+        for e in exc.errors():
+            path = "/" + "/".join(str(p) for p in e["loc"])
+            missing = missing or e["type"] == "missing"
+            invalid.append((path, str(e["msg"])))
+        if any(e["type"] in ("json_invalid", "model_type") for e in exc.errors()):
+            raise NchfProblem(
+                400, "INVALID_MSG_FORMAT", N_("The body is not a JSON object.")
+            ) from exc
+        cause = "MANDATORY_IE_MISSING" if missing else "MANDATORY_IE_INCORRECT"
+        raise NchfProblem(
+            400, cause, N_("The charging request is not valid."), invalid=invalid
+        ) from exc
+
+
+def _subscriber(req: ChargingDataRequest) -> str | None:
+    if req.subscriberIdentifier:
+        return req.subscriberIdentifier
+    extra = req.model_extra or {}
+    for holder in ("pDUSessionChargingInformation",):
+        info = extra.get(holder)
+        if isinstance(info, dict):
+            gpsi = (info.get("userInformation") or {}).get("servedGPSI")
+            if isinstance(gpsi, str):
+                return gpsi
+    return None
+
+
+def _mcc_of_location(location: Any) -> str | None:
+    if not isinstance(location, dict):
+        return None
+    for kind in ("nrLocation", "eutraLocation"):
+        place = location.get(kind)
+        if isinstance(place, dict):
+            for area in ("tai", "ncgi", "ecgi"):
+                plmn = (place.get(area) or {}).get("plmnId")
+                if isinstance(plmn, dict) and isinstance(plmn.get("mcc"), str):
+                    return str(plmn["mcc"])
+    return None
+
+
+UNKNOWN_COUNTRY = "ZZ"
+"""A location whose MCC we do not know: rated in the default zone."""
+
+
+def location_country(req: ChargingDataRequest) -> str | None:
+    """Where the subscriber is: the user location's PLMN, else the consumer NF's PLMN; None
+    when the request says neither (the line's home country is used then)."""
+    extra = req.model_extra or {}
+    mcc: str | None = None
+    for holder in ("pDUSessionChargingInformation", "sMSChargingInformation"):
+        info = extra.get(holder)
+        if isinstance(info, dict):
+            mcc = mcc or _mcc_of_location(info.get("userLocationinfo"))
+    plmn = req.nfConsumerIdentification.nFPLMNID
+    if mcc is None and isinstance(plmn, dict) and isinstance(plmn.get("mcc"), str):
+        mcc = plmn["mcc"]
+    if mcc is None:
+        return None
+    return country_of_mcc(mcc) or UNKNOWN_COUNTRY
+
+
+# --- answering --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NchfAnswer:
+    status: int
+    body: dict[str, Any] | None
+    ref: uuid.UUID
+
+
+def _timestamp(now: datetime) -> str:
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _find_line(session: AsyncSession, subscriber: str) -> Line:
+    if subscriber.startswith("imsi-"):
+        stmt = select(Line).where(Line.imsi == subscriber[5:])
+    elif subscriber.startswith("msisdn-"):
+        stmt = select(Line).where(Line.msisdn == "+" + subscriber[7:])
+    else:
+        raise NchfProblem(
+            404,
+            "USER_UNKNOWN",
+            N_("The subscriber {subscriber} is not known (use imsi-… or msisdn-…)."),
+            subscriber=subscriber,
+        )
+    line = (await session.execute(stmt)).scalar_one_or_none()
+    if line is None:
+        raise NchfProblem(
+            404,
+            "USER_UNKNOWN",
+            N_("The subscriber {subscriber} is not known."),
+            subscriber=subscriber,
+        )
+    return line
+
+
+def line_may_charge(line: Line, now: datetime) -> bool:
+    """Only an active line within its validity may use chargeable services: a line in grace
+    (validity over), frozen, terminated or still in stock is denied."""
+    if line.state != LineState.active.value:
+        return False
+    return line.validity_end is None or line.validity_end > now
+
+
+class Charging:
+    """One request's work: the line's pots locked, the ledger batch and the records built."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        table: RatingTable,
+        line: Line,
+        cs: ChargingSession,
+        seq: int,
+        now: datetime,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.table = table
+        self.line = line
+        self.cs = cs
+        self.seq = seq
+        self.now = now
+        self.transfers: list[NewTransfer] = []
+        self.records: list[dict[str, Any]] = []
+        self.shard = chart.shard_of(line.id)
+        self.pots: LinePots | None = None
+        self.before: dict[uuid.UUID, alerts.Snapshot] = {}
+
+    async def load_pots(self) -> LinePots:
+        if self.pots is None:
+            found = await lock_pots(self.session, [self.line.id])
+            self.pots = found[self.line.id]
+            self.before = alerts.snapshot([self.pots.wallet, *self.pots.buckets])
+        return self.pots
+
+    def _tid(self, *parts: object) -> uuid.UUID:
+        return derived_id("nchf", self.cs.id, self.seq, *parts)
+
+    def _counterparty(self, unit: str) -> uuid.UUID:
+        if unit == self.line.currency:
+            return chart.usage_revenue(unit, self.shard).id
+        return chart.consumption(unit, self.shard).id
+
+    async def report_used(
+        self, rg: int, group: dict[str, Any], used: int, rate: Rate | None
+    ) -> None:
+        """Post what was used against the group's reservations; release the rest."""
+        pots = await self.load_pots()
+        holds: list[dict[str, Any]] = group.pop("holds", [])
+        old_used = group["used"]
+        new_used = old_used + used
+        left = rate.rated(new_used) - rate.rated(old_used) if rate else 0
+        rated = left
+        taken: list[list[Any]] = []
+        from_buckets = from_wallet = money_total = 0
+        for h in holds:
+            account = uuid.UUID(h["a"])
+            pot = pots.pot(account)
+            n = min(left, h["n"])
+            if h["w"]:
+                assert rate is not None or n == 0
+                money = 0
+                if n and rate is not None:
+                    money = max(0, min(h["m"], rate.cost(group["wu"] + n) - group["wm"]))
+                amount, reserved = money, h["m"]
+                group["wu"] += n
+                group["wm"] += money
+                from_wallet += n
+                money_total += money
+            else:
+                amount, reserved = n, h["n"]
+                from_buckets += n
+            left -= n
+            if not h["t"]:
+                continue  # units already paid for: nothing was reserved
+            pending_id = uuid.UUID(h["t"])
+            kind = TransferKind.post_pending if amount else TransferKind.void_pending
+            self.transfers.append(
+                NewTransfer(
+                    id=derived_id("nchf-resolve", pending_id),
+                    kind=kind,
+                    pending_id=pending_id,
+                    amount=amount if amount else None,
+                    code="usage",
+                    reference=f"nchf:{self.cs.id}",
+                )
+            )
+            if pot is not None:
+                pot.available += reserved - amount
+                pot.posted_balance -= amount
+            if amount:
+                taken.append([str(account), amount])
+        group["used"] = new_used
+        if used > 0:
+            self.records.append(
+                {
+                    "id": derived_id("usage", "nchf", self.cs.id, self.seq, rg),
+                    "source": "nchf",
+                    "external_id": f"{self.cs.id}/{self.seq}/{rg}",
+                    "line_id": self.line.id,
+                    "service": group["service"],
+                    "country": self.cs.country,
+                    "zone": self.cs.zone or "",
+                    "quantity": used,
+                    "rated": rated,
+                    "from_buckets": from_buckets,
+                    "from_wallet": from_wallet,
+                    "charge": money_total,
+                    "currency": self.line.currency,
+                    "unbilled": left,
+                    "taken": taken,
+                    "session_id": self.cs.id,
+                    "started_at": self.now,
+                    "created_at": self.now,
+                }
+            )
+
+    async def grant(
+        self, rg: int, group: dict[str, Any], wanted: int, rate: Rate, *, all_or_nothing: bool
+    ) -> tuple[int, bool]:
+        """Reserve quota for up to `wanted` units: returns (granted, final)."""
+        pots = await self.load_pots()
+        unit = UNIT_OF_SERVICE[group["service"]]
+        used, wu, wm = group["used"], group["wu"], group["wm"]
+        in_buckets = sum(p.available for p in pots.usable(unit, rate.zone, self.now))
+        capacity = in_buckets + affordable_units(rate, pots.wallet.available, wu, wm)
+        reachable = max_raw(rate, rate.rated(used) + capacity) if capacity < 2**61 else 2**62
+        granted = max(0, min(wanted, reachable - used))
+        if all_or_nothing and granted < wanted:
+            granted = 0
+        if granted == 0:
+            return 0, True
+        need = rate.rated(used + granted) - rate.rated(used)
+        taking = take(
+            pots, rate, unit, need, self.now, wallet_units_before=wu, wallet_paid_before=wm
+        )
+        holds: list[dict[str, Any]] = []
+        for i, (pot, n) in enumerate(taking.from_buckets):
+            tid = self._tid(rg, "b", i)
+            self.transfers.append(
+                NewTransfer(
+                    id=tid,
+                    amount=n,
+                    unit=unit,
+                    debit_account_id=pot.account_id,
+                    credit_account_id=self._counterparty(unit),
+                    kind=TransferKind.pending,
+                    code="quota",
+                    reference=f"nchf:{self.cs.id}",
+                )
+            )
+            holds.append({"t": str(tid), "a": str(pot.account_id), "n": n, "m": 0, "w": False})
+        if taking.wallet_units:
+            tid = self._tid(rg, "w")
+            wallet = pots.wallet
+            if taking.wallet_money:
+                self.transfers.append(
+                    NewTransfer(
+                        id=tid,
+                        amount=taking.wallet_money,
+                        unit=self.line.currency,
+                        debit_account_id=wallet.account_id,
+                        credit_account_id=self._counterparty(self.line.currency),
+                        kind=TransferKind.pending,
+                        code="quota",
+                        reference=f"nchf:{self.cs.id}",
+                    )
+                )
+                holds.append(
+                    {
+                        "t": str(tid),
+                        "a": str(wallet.account_id),
+                        "n": taking.wallet_units,
+                        "m": taking.wallet_money,
+                        "w": True,
+                    }
+                )
+            else:
+                # Units already paid for (the rest of a started increment): nothing to reserve.
+                holds.append(
+                    {
+                        "t": "",
+                        "a": str(wallet.account_id),
+                        "n": taking.wallet_units,
+                        "m": 0,
+                        "w": True,
+                    }
+                )
+        group["holds"] = holds
+        final = reachable <= used + granted
+        return granted, final
+
+    async def commit_ledger(self) -> None:
+        if not self.transfers:
+            return
+        last = len(self.transfers) - 1
+        batch = [replace(t, linked=i < last) for i, t in enumerate(self.transfers)]
+        outcomes = await create_transfers(self.session, batch, now=self.now)
+        if not all(o.ok for o in outcomes):
+            failed = next(o for o in outcomes if not o.ok)
+            raise NchfProblem(
+                500,
+                "SYSTEM_FAILURE",
+                N_("The ledger refused a charging transfer: {reason}."),
+                reason=failed.result.value,
+            )
+
+    async def finish(self) -> None:
+        await self.commit_ledger()
+        if self.records:
+            await self.session.execute(usage_table.insert(), self.records)
+        if self.pots is not None:
+            contact = alerts.LineContact(
+                self.line.id, self.line.account_id, self.line.msisdn, self.line.currency
+            )
+            jobs = alerts.alerts_for(
+                contact,
+                [self.pots.wallet, *self.pots.buckets],
+                self.before,
+                low_balance=self.settings.charging_low_balance,
+            )
+            await alerts.send_alerts(self.session, jobs)
+            last = self.line.last_activity_at
+            if last is None or self.now - last >= ACTIVITY_EVERY:
+                await self.session.execute(
+                    update(lines_table)
+                    .where(lines_table.c.id == self.line.id)
+                    .values(last_activity_at=self.now)
+                )
+
+
+UNIT_OF_SERVICE = {s.value: u for s, u in UNIT_OF.items()}
+
+
+def _requested(settings: Settings, service: str, units: Units | None) -> int:
+    asked = units.of(service) if units is not None else None
+    if service == "voice":
+        default, most = (
+            settings.charging_quota_voice_seconds,
+            settings.charging_max_quota_voice_seconds,
+        )
+    elif service == "data":
+        default, most = settings.charging_quota_data_bytes, settings.charging_max_quota_data_bytes
+    else:
+        default, most = 1, 1000
+    return min(asked or default, most)
+
+
+async def _process(
+    work: Charging, req: ChargingDataRequest, *, release: bool
+) -> list[dict[str, Any]]:
+    """Every rating group of the request (and of the session's reservations): post, release,
+    grant. Returns the `multipleUnitInformation`."""
+    settings, cs, now = work.settings, work.cs, work.now
+    groups: dict[str, Any] = {k: dict(v) for k, v in cs.groups.items()}
+    allowed = line_may_charge(work.line, now)
+    one_time = bool(req.oneTimeEvent) and (req.oneTimeEventType or "IEC") == "IEC"
+    answers: list[dict[str, Any]] = []
+    reported: dict[int, UnitUsage] = {}
+    for entry in req.multipleUnitUsage:
+        reported.setdefault(entry.ratingGroup, entry)
+    services = settings.rating_groups
+    for rg in sorted({*reported, *(int(k) for k in groups)}):
+        usage = reported.get(rg)
+        service = services.get(rg)
+        key = str(rg)
+        if service is None:
+            answers.append({"ratingGroup": rg, "resultCode": "RATING_FAILED"})
+            continue
+        group = groups.setdefault(key, {"service": service, "used": 0, "wu": 0, "wm": 0})
+        rate = work.table.rate(service, cs.zone or "", work.line.currency) if cs.zone else None
+        used = 0
+        if usage is not None:
+            used = sum(c.of(service) or 0 for c in usage.usedUnitContainer)
+        if usage is None and not release:
+            continue  # not reported: its quota stands
+        if group.get("holds") or used:
+            await work.report_used(rg, group, used, rate)
+        if release or usage is None:
+            continue
+        answer: dict[str, Any] = {"ratingGroup": rg}
+        wants = usage.requestedUnit is not None or one_time
+        if not wants:
+            answer["resultCode"] = "SUCCESS"
+        elif rate is None:
+            answer["resultCode"] = "RATING_FAILED"
+        elif not allowed:
+            answer["resultCode"] = "END_USER_SERVICE_DENIED"
+        else:
+            wanted = _requested(settings, service, usage.requestedUnit)
+            granted, final = await work.grant(rg, group, wanted, rate, all_or_nothing=one_time)
+            if granted == 0:
+                answer["resultCode"] = "QUOTA_LIMIT_REACHED"
+            else:
+                answer["resultCode"] = "SUCCESS"
+                answer["grantedUnit"] = {UNIT_FIELD[service]: granted}
+                if one_time:
+                    # Immediate event charging: the event is charged now.
+                    await work.report_used(rg, group, granted, rate)
+                else:
+                    answer["validityTime"] = settings.charging_validity_seconds
+                    if final:
+                        answer["finalUnitIndication"] = {"finalUnitAction": "TERMINATE"}
+        answers.append(answer)
+    cs.groups = groups
+    return answers
+
+
+def _response(
+    req: ChargingDataRequest, now: datetime, units: list[dict[str, Any]]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "invocationTimeStamp": _timestamp(now),
+        "invocationSequenceNumber": req.invocationSequenceNumber,
+    }
+    if units:
+        body["multipleUnitInformation"] = units
+    return body
+
+
+def _hash(body: bytes) -> str:
+    """The request's identity: its JSON without `retransmissionIndicator` (a retransmission
+    sets it), keys sorted."""
+    doc = json.loads(body)
+    doc.pop("retransmissionIndicator", None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+async def create_charging_data(
+    session: AsyncSession,
+    settings: Settings,
+    table: RatingTable,
+    *,
+    client: str,
+    body: bytes,
+    now: datetime | None = None,
+) -> NchfAnswer:
+    """Nchf_ConvergedCharging_Create: a new charging data resource, its first quotas."""
+    now = now or utcnow()
+    req = parse_request(body)
+    digest = _hash(body)
+    ref = derived_id("nchf-session", client, digest)
+    existing = await session.get(ChargingSession, ref)
+    if existing is not None:
+        return NchfAnswer(201, existing.last_response, ref)
+    subscriber = _subscriber(req)
+    if not subscriber:
+        raise NchfProblem(
+            400,
+            "CHARGING_FAILED",
+            N_("The request names no subscriber."),
+            invalid=[("/subscriberIdentifier", "a SUPI (imsi-…) or a GPSI (msisdn-…) is required")],
+        )
+    line = await _find_line(session, subscriber)
+    country = location_country(req) or country_of(line.msisdn)
+    cs = ChargingSession(
+        id=ref,
+        line_id=line.id,
+        client=client[:64],
+        subscriber=subscriber[:64],
+        state=SessionState.open.value,
+        zone=table.zone_of(country),
+        country=country,
+        sequence=req.invocationSequenceNumber,
+        request_hash=digest,
+        last_response={},
+        groups={},
+        deadline=_deadline(settings, now),
+        created_at=now,
+        updated_at=now,
+    )
+    work = Charging(session, settings, table, line, cs, req.invocationSequenceNumber, now)
+    units = await _process(work, req, release=False)
+    if req.oneTimeEvent and (req.oneTimeEventType or "IEC") == "IEC":
+        cs.state = SessionState.released.value
+    cs.last_response = _response(req, now, units)
+    session.add(cs)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        # The same create, retransmitted while the first was being answered: answer it again.
+        raise RetryableError("concurrent create") from exc
+    await work.finish()
+    return NchfAnswer(201, cs.last_response, ref)
+
+
+def _deadline(settings: Settings, now: datetime) -> datetime:
+    return now + timedelta(
+        seconds=settings.charging_validity_seconds + settings.charging_session_grace_seconds
+    )
+
+
+def parse_ref(ref: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(ref)
+    except ValueError as exc:
+        raise NchfProblem(
+            404, "CONTEXT_NOT_FOUND", N_("No charging data resource {ref}."), ref=ref[:64]
+        ) from exc
+
+
+async def update_charging_data(
+    session: AsyncSession,
+    settings: Settings,
+    table: RatingTable,
+    *,
+    client: str,
+    ref: str,
+    body: bytes,
+    release: bool,
+    now: datetime | None = None,
+) -> NchfAnswer:
+    """Nchf_ConvergedCharging_Update (200 and the new quotas) or _Release (204)."""
+    now = now or utcnow()
+    req = parse_request(body)
+    ref_id = parse_ref(ref)
+    found = (
+        await session.execute(
+            select(ChargingSession, Line)
+            .join(Line, Line.id == ChargingSession.line_id)
+            .where(ChargingSession.id == ref_id)
+            .with_for_update(of=sessions_table)
+        )
+    ).one_or_none()
+    if found is None or found[0].client != client[:64]:
+        raise NchfProblem(404, "CONTEXT_NOT_FOUND", N_("No charging data resource {ref}."), ref=ref)
+    cs, line = found
+    status = 204 if release else 200
+    seq = req.invocationSequenceNumber
+    digest = _hash(body)
+    if seq == cs.sequence and cs.request_hash == digest:
+        return NchfAnswer(status, None if release else cs.last_response, ref_id)
+    if cs.state != SessionState.open.value:
+        if release and cs.state == SessionState.released.value:
+            return NchfAnswer(204, None, ref_id)
+        raise NchfProblem(
+            404, "CONTEXT_NOT_FOUND", N_("The charging data resource {ref} is closed."), ref=ref
+        )
+    if seq <= cs.sequence:
+        raise NchfProblem(
+            400,
+            "CHARGING_FAILED",
+            N_("invocationSequenceNumber {seq} was answered already; the last one is {last}."),
+            invalid=[("/invocationSequenceNumber", "not after the last one")],
+            seq=seq,
+            last=cs.sequence,
+        )
+    country = location_country(req)
+    if country and country != cs.country:
+        cs.country, cs.zone = country, table.zone_of(country)
+    work = Charging(session, settings, table, line, cs, seq, now)
+    units = await _process(work, req, release=release)
+    cs.sequence = seq
+    cs.request_hash = digest
+    cs.last_response = {} if release else _response(req, now, units)
+    cs.updated_at = now
+    if release:
+        cs.state = SessionState.released.value
+    else:
+        cs.deadline = _deadline(settings, now)
+    await work.finish()
+    await session.flush()
+    return NchfAnswer(status, None if release else cs.last_response, ref_id)
+
+
+async def expire_abandoned_sessions(
+    session: AsyncSession, settings: Settings, *, now: datetime | None = None, limit: int = 200
+) -> int:
+    """Release the reservations of open sessions past their deadline; returns how many."""
+    now = now or utcnow()
+    stmt = (
+        select(ChargingSession, Line)
+        .join(Line, Line.id == ChargingSession.line_id)
+        .where(ChargingSession.state == SessionState.open.value, ChargingSession.deadline <= now)
+        .order_by(ChargingSession.deadline)
+        .limit(limit)
+        .with_for_update(of=sessions_table, skip_locked=True)
+    )
+    rows = list((await session.execute(stmt)).all())
+    empty = RatingTable()
+    for cs, line in rows:
+        work = Charging(session, settings, empty, line, cs, cs.sequence + 1, now)
+        groups = {k: dict(v) for k, v in cs.groups.items()}
+        for key, group in groups.items():
+            if group.get("holds"):
+                await work.report_used(int(key), group, 0, None)
+        cs.groups = groups
+        cs.state = SessionState.timed_out.value
+        cs.updated_at = now
+        await work.commit_ledger()
+    await session.flush()
+    return len(rows)

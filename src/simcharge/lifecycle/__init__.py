@@ -1,0 +1,1 @@
+"""A line's life: active, grace, frozen, terminated; bucket expiry; warnings before each change."""

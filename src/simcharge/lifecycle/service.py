@@ -1,0 +1,467 @@
+"""A line's lifecycle.
+
+    available ─top-up─▶ active ─validity ends─▶ grace ─grace over─▶ frozen ─too long─▶ terminated
+                          │ ▲                   │ ▲                  ▲ │
+                          │ └──────top-up───────┘ │                  │ │
+                          └──────── no activity and no top-up ───────┘ │
+                                   active ◀─ top-up (policy) or support ┘
+
+The sweep (`sweep`, run by the worker every few minutes) does every change that time makes,
+set-based: each rule is one indexed `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP
+LOCKED) RETURNING`, a batch per transaction, so it scales with the number of lines that change,
+not with the number of lines; several workers may run it at once (skipped locks, idempotent
+transfer ids, deduplicated notices). Warnings go out before each change, once per line and
+change (a keyset mark per pass, and `dedupe_key`s).
+
+Top-ups and support call `on_topup` and `unfreeze` in their own transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.config import Settings, get_settings
+from simcharge.db import Database
+from simcharge.errors import Conflict, ValidationFailed
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.translations import N_
+from simcharge.ledger import chart
+from simcharge.ledger.service import NewTransfer, create_transfers, ensure_accounts
+from simcharge.lifecycle.models import LineEvent
+from simcharge.lifecycle.repository import LifecycleRepository, lines
+from simcharge.lines.models import Line, LineState
+from simcharge.notifications.service import notice
+from simcharge.worker.service import NewJob, enqueue_many
+
+log = structlog.get_logger("simcharge.lifecycle")
+audit = structlog.get_logger("simcharge.audit")
+
+DAY = timedelta(days=1)
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+BUCKET_LOOKBACK = timedelta(days=7)
+"""The bucket pass looks this far behind its last complete run (a reservation released late)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    grace: timedelta
+    inactivity: timedelta
+    termination: timedelta
+    warning_days: tuple[int, ...]
+    frozen_reactivation: str
+    batch: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Policy:
+        return cls(
+            grace=timedelta(days=settings.lifecycle_grace_days),
+            inactivity=timedelta(days=settings.lifecycle_inactivity_days),
+            termination=timedelta(days=settings.lifecycle_termination_days),
+            warning_days=tuple(sorted(set(settings.lifecycle_warning_days), reverse=True)),
+            frozen_reactivation=settings.lifecycle_frozen_reactivation,
+            batch=settings.lifecycle_batch_size,
+        )
+
+
+class LineNotFrozen(Conflict):
+    slug = "line-not-frozen"
+    title = N_("The line is not frozen.")
+
+
+# ---------------------------------------------------------------------------------------------
+# One line at a time: top-ups and support
+
+
+def _valid(line: Line, now: datetime) -> bool:
+    return line.validity_end is None or line.validity_end > now
+
+
+def _change(
+    session: AsyncSession, line: Line, to: LineState, *, reason: str, actor: str, now: datetime
+) -> None:
+    session.add(
+        LineEvent(
+            id=uuid7(),
+            line_id=line.id,
+            from_state=line.state,
+            to_state=to.value,
+            reason=reason[:255],
+            actor=actor[:120],
+            created_at=now,
+        )
+    )
+    line.state, line.state_changed_at = to.value, now
+
+
+def on_topup(
+    session: AsyncSession,
+    line: Line,
+    *,
+    now: datetime,
+    actor: str,
+    by_owner: bool,
+    policy: Policy | None = None,
+) -> bool:
+    """A paid top-up was credited to `line` (locked by the caller, validity already extended).
+
+    A top-up counts as activity. It brings a line out of stock or grace (when its validity now
+    runs); out of frozen only if the policy lets a top-up do so (`topup`: any paid top-up;
+    `owner_topup`: one paid by the line's owner; `support`: never). A frozen line whose
+    validity has ended comes back in grace, with a full grace period. Returns whether the
+    state changed."""
+    policy = policy or Policy.of(get_settings())
+    line.last_activity_at = now
+    state = LineState(line.state)
+    target: LineState | None = None
+    if state is LineState.available or (state is LineState.grace and _valid(line, now)):
+        target = LineState.active
+    elif state is LineState.frozen and (
+        policy.frozen_reactivation == "topup"
+        or (policy.frozen_reactivation == "owner_topup" and by_owner)
+    ):
+        target = LineState.active if _valid(line, now) else LineState.grace
+    if target is None:
+        return False
+    _change(session, line, target, reason="topup", actor=actor, now=now)
+    return True
+
+
+async def unfreeze(
+    session: AsyncSession, line: Line, *, by: str, reason: str, now: datetime | None = None
+) -> Line:
+    """Customer service brings a frozen line back: active if its validity runs, else in grace
+    with a full grace period to top up. The activity clock restarts. Audited."""
+    now = now or utcnow()
+    if not reason.strip():
+        raise ValidationFailed(N_("Say why the line is unfrozen."), field="reason")
+    if not by.strip():
+        raise ValidationFailed(N_("Say who unfreezes the line."), field="by")
+    await session.refresh(line, with_for_update=True)
+    if line.state != LineState.frozen:
+        raise LineNotFrozen(
+            N_("Line {msisdn} is {state}, not frozen."),
+            field="line_id",
+            msisdn=line.msisdn,
+            state=line.state,
+        )
+    target = LineState.active if _valid(line, now) else LineState.grace
+    line.last_activity_at = now
+    _change(session, line, target, reason=f"support: {reason.strip()}", actor=f"staff:{by}", now=now)
+    await session.flush()
+    audit.info("line.unfrozen", line_id=str(line.id), by=by, reason=reason, state=target.value)
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class SweepReport:
+    changed: dict[str, int] = field(default_factory=dict)
+    expired_buckets: int = 0
+    forfeited: int = 0
+    warned: int = 0
+    activity_clocks: int = 0
+
+    def add(self, key: str, n: int) -> None:
+        self.changed[key] = self.changed.get(key, 0) + n
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    from_state: LineState
+    to_state: LineState
+    template: str
+
+
+_RULES = {
+    "validity_ended": _Rule("validity_ended", LineState.active, LineState.grace, "line.entered_grace"),
+    "grace_over": _Rule("grace_over", LineState.grace, LineState.frozen, "line.frozen"),
+    "inactive": _Rule("inactive", LineState.active, LineState.frozen, "line.frozen"),
+    "inactive_in_grace": _Rule("inactive", LineState.grace, LineState.frozen, "line.frozen"),
+    "frozen_too_long": _Rule(
+        "frozen_too_long", LineState.frozen, LineState.terminated, "line.terminated"
+    ),
+}
+
+
+def _due(key: str, policy: Policy, now: datetime) -> ColumnElement[bool]:
+    c = lines.c
+    if key == "validity_ended":
+        return c.validity_end <= now
+    if key == "grace_over":
+        return c.state_changed_at <= now - policy.grace
+    if key in ("inactive", "inactive_in_grace"):
+        return c.last_activity_at <= now - policy.inactivity
+    return c.state_changed_at <= now - policy.termination
+
+
+async def sweep(db: Database, policy: Policy, *, now: datetime | None = None) -> SweepReport:
+    """Everything time has made due, a batch per transaction: buckets expire, lines change
+    state, customers are warned of what comes next."""
+    now = now or utcnow()
+    report = SweepReport()
+    while (n := await db.run(lambda s: LifecycleRepository(s).start_activity_clocks(policy.batch))):
+        report.activity_clocks += n
+        if n < policy.batch:
+            break
+    await expire_buckets(db, policy, now=now, report=report)
+    for key in _RULES:
+        while await db.run(partial(_apply_rule, key=key, policy=policy, now=now, report=report)):
+            pass
+    for w in _warning_passes(policy):
+        for days in policy.warning_days:
+            warn = partial(_warn, w=w, days=days, policy=policy, now=now, report=report)
+            while not await db.run(warn):
+                pass
+    if any(report.changed.values()) or report.expired_buckets or report.warned:
+        log.info(
+            "lifecycle.swept",
+            changed=report.changed,
+            expired_buckets=report.expired_buckets,
+            forfeited=report.forfeited,
+            warned=report.warned,
+        )
+    return report
+
+
+async def _apply_rule(
+    session: AsyncSession, *, key: str, policy: Policy, now: datetime, report: SweepReport
+) -> bool:
+    """One batch of a rule; True if there may be more."""
+    rule = _RULES[key]
+    repo = LifecycleRepository(session)
+    rows = await repo.change_states(
+        from_state=rule.from_state,
+        to_state=rule.to_state,
+        due=_due(key, policy, now),
+        now=now,
+        limit=policy.batch,
+    )
+    if not rows:
+        return False
+    await repo.add_events(
+        [
+            {
+                "id": uuid7(),
+                "line_id": r.id,
+                "from_state": rule.from_state.value,
+                "to_state": rule.to_state.value,
+                "reason": rule.name,
+                "actor": "sweep",
+                "created_at": now,
+            }
+            for r in rows
+        ]
+    )
+    jobs: list[NewJob] = []
+    for r in rows:
+        if r.account_id is None:
+            continue
+        params: dict[str, Any] = {"msisdn": r.msisdn}
+        if rule.to_state is LineState.grace:
+            params["grace_ends"] = (now + policy.grace).isoformat()
+        jobs.append(
+            notice(
+                account_id=r.account_id,
+                template=rule.template,
+                params=params,
+                line_id=r.id,
+                dedupe_key=f"lifecycle:{rule.to_state.value}:{r.id}:{now.isoformat()}",
+            )
+        )
+    await enqueue_many(session, jobs)
+    if rule.to_state is LineState.terminated:
+        report.forfeited += await _forfeit(session, [r.id for r in rows], now)
+    report.add(f"{rule.from_state.value}->{rule.to_state.value}", len(rows))
+    return len(rows) >= policy.batch
+
+
+async def _forfeit(session: AsyncSession, line_ids: Sequence[uuid.UUID], now: datetime) -> int:
+    """A terminated line's money and units go to the expiry accounts (prepaid credit is
+    forfeited on termination; finance may give it back by an adjustment)."""
+    rows = await LifecycleRepository(session).holdings(line_ids)
+    if not rows:
+        return 0
+    expiry = {(r.unit, r.line_id): chart.expiry(r.unit, chart.shard_of(r.line_id)) for r in rows}
+    await ensure_accounts(session, list({a.id: a for a in expiry.values()}.values()))
+    batch = [
+        NewTransfer(
+            id=derived_id("terminate", r.id),
+            amount=int(r.available),
+            unit=r.unit,
+            debit_account_id=r.id,
+            credit_account_id=expiry[(r.unit, r.line_id)].id,
+            code="forfeit",
+            reference=f"line:{r.line_id}",
+        )
+        for r in rows
+    ]
+    outcomes = await create_transfers(session, batch, now=now)
+    return sum(1 for o in outcomes if o.ok)
+
+
+async def expire_buckets(
+    db: Database, policy: Policy, *, now: datetime | None = None, report: SweepReport | None = None
+) -> int:
+    """Move what is left in buckets past their end to `expiry:<unit>`, a batch per transaction.
+
+    The transfer id derives from the bucket and what it had used: a second run (another worker,
+    a retry) names the same transfer and changes nothing; units freed later (a reservation
+    released after the end) are swept by a later run."""
+    now = now or utcnow()
+    report = report or SweepReport()
+    name = "buckets"
+
+    async def since(s: AsyncSession) -> datetime | None:
+        at, _ = await LifecycleRepository(s).mark(name, NEVER)
+        return None if at <= NEVER else at - BUCKET_LOOKBACK
+
+    lower = await db.run(since)
+    total = 0
+    while True:
+        moved, seen = await db.run(lambda s: _expire_batch(s, now, lower, policy.batch))
+        total += moved
+        if seen < policy.batch or moved == 0:
+            break
+
+    async def finish(s: AsyncSession) -> None:
+        await LifecycleRepository(s).mark(name, now)
+        await LifecycleRepository(s).set_mark(name, now, None)
+
+    await db.run(finish)
+    report.expired_buckets += total
+    return total
+
+
+async def _expire_batch(
+    session: AsyncSession, now: datetime, since: datetime | None, limit: int
+) -> tuple[int, int]:
+    rows = await LifecycleRepository(session).expired_buckets(now, since, limit)
+    if not rows:
+        return 0, 0
+    expiry = {r.id: chart.expiry(r.unit, chart.shard_of(r.line_id)) for r in rows}
+    await ensure_accounts(session, list({a.id: a for a in expiry.values()}.values()))
+    batch = [
+        NewTransfer(
+            id=derived_id("bucket-expiry", r.id, int(r.debits_posted)),
+            amount=int(r.available),
+            unit=r.unit,
+            debit_account_id=r.id,
+            credit_account_id=expiry[r.id].id,
+            code="expiry",
+            reference=f"bucket:{r.id}",
+        )
+        for r in rows
+    ]
+    outcomes = await create_transfers(session, batch, now=now)
+    return sum(1 for o in outcomes if o.ok), len(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Warnings
+
+
+@dataclass(frozen=True, slots=True)
+class _Warning:
+    """Warn lines in `state` `days` before `column + offset` (the change's time)."""
+
+    name: str
+    state: LineState
+    column: str
+    offset: timedelta
+    template: str
+    date_param: str
+
+
+def _warning_passes(policy: Policy) -> list[_Warning]:
+    return [
+        _Warning(
+            "validity", LineState.active, "validity_end", timedelta(0),
+            "line.validity_ending", "validity_end",
+        ),
+        _Warning(
+            "inactive", LineState.active, "last_activity_at", policy.inactivity,
+            "line.freeze_warning", "freeze_on",
+        ),
+        _Warning(
+            "grace", LineState.grace, "state_changed_at", policy.grace,
+            "line.freeze_warning", "freeze_on",
+        ),
+        _Warning(
+            "termination", LineState.frozen, "state_changed_at", policy.termination,
+            "line.termination_warning", "terminate_on",
+        ),
+    ]
+
+
+async def _warn(
+    session: AsyncSession,
+    *,
+    w: _Warning,
+    days: int,
+    policy: Policy,
+    now: datetime,
+    report: SweepReport,
+) -> bool:
+    """One batch of a warning pass; True when the pass has caught up with `now`.
+
+    The mark is a position in "warning time" (the change's time minus `days`): every line whose
+    warning time is up to it has been seen. A line whose change comes sooner than a shorter
+    warning is left to that warning, so a late run does not send both."""
+    repo = LifecycleRepository(session)
+    name = f"warn:{w.name}:{days}"
+    lead = timedelta(days=days)
+    at, last_id = await repo.mark(name, now - lead)
+    shift = w.offset - lead  # warning time = column + shift
+    rows = await repo.lines_in_window(
+        state=w.state,
+        column=w.column,
+        after=at - shift,
+        after_id=last_id,
+        until=now - shift,
+        limit=policy.batch,
+    )
+    shorter = [d for d in policy.warning_days if d < days]
+    jobs: list[NewJob] = []
+    for r in rows:
+        change_at: datetime = r.anchor + w.offset
+        left = change_at - now
+        if r.account_id is None or left <= timedelta(0):
+            continue
+        if any(left <= timedelta(days=d) for d in shorter):
+            continue
+        jobs.append(
+            notice(
+                account_id=r.account_id,
+                template=w.template,
+                params={
+                    "msisdn": r.msisdn,
+                    "days_left": math.ceil(left / DAY),
+                    w.date_param: change_at.isoformat(),
+                },
+                line_id=r.id,
+                dedupe_key=f"lifecycle:warn:{w.name}:{days}:{r.id}:{r.anchor.isoformat()}",
+            )
+        )
+    await enqueue_many(session, jobs)
+    report.warned += len(jobs)
+    if len(rows) < policy.batch:
+        await repo.set_mark(name, now, None)
+        return True
+    last = rows[-1]
+    await repo.set_mark(name, last.anchor + shift, last.id)
+    return False

@@ -1,0 +1,623 @@
+"""`/tmf-api/prepayBalanceManagement/v4`: TMF654 for staff tools and integrations (API keys).
+
+Errors here follow TMF630's `Error` shape (`code`, `reason`, `message`, `status`,
+`referenceError`) with our problem `type`, `field` and `errors` alongside, as `application/json`;
+invalid input is 400 (the spec lists no 422).
+A POST may carry `Idempotency-Key`: the same key and body answer the first result again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.api.deps import DB, AppSettings, Integration, require_scope
+from simcharge.api.problems import validation_problem
+from simcharge.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    SimchargeError,
+    ValidationFailed,
+)
+from simcharge.kit.i18n import negotiate_language
+from simcharge.kit.translations import N_, translate
+from simcharge.lines.models import Line
+from simcharge.lines.repository import LineRepository
+from simcharge.lines.service import find_line_by_msisdn
+from simcharge.tmf654 import service
+from simcharge.tmf654.models import ActionKind, BalanceAction
+from simcharge.tmf654.schemas import (
+    BASE_PATH,
+    action_out,
+    bucket_ref,
+    matches,
+    msisdn_ref,
+    party,
+    quantity,
+    select_fields,
+    units_of,
+    validate_body,
+    when,
+)
+from simcharge.tmf654.service import BalanceActionNotFound, BucketNotFound, Holder
+
+audit = structlog.get_logger("simcharge.audit")
+
+
+def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
+    language = getattr(request.state, "language", None) or negotiate_language(
+        request.headers.get("accept-language")
+    )
+    detail = translate(language, exc.detail_template)
+    # TMF654 answers bad input with 400 (it lists no 422), and a POST whose body names
+    # something unknown is bad input too (it lists no 404 for POST).
+    status = exc.status
+    if status == 422 or (status == 404 and request.method == "POST"):
+        status = 400
+    body: dict[str, Any] = {
+        "code": exc.slug,
+        "reason": translate(language, exc.title),
+        "message": detail.format(**exc.params) if exc.params else detail,
+        "status": str(status),
+        "referenceError": f"{str(request.base_url).rstrip('/')}{exc.type_uri}",
+        "@type": "Error",
+        "type": exc.type_uri,
+    }
+    if exc.field:
+        body["field"] = exc.field
+    if exc.errors:
+        body["errors"] = [{"field": e.field, "detail": e.detail} for e in exc.errors]
+        body.setdefault("field", exc.errors[0].field)
+    body.update(exc.extra())
+    return JSONResponse(body, status_code=status, headers=exc.headers)
+
+
+class TmfRoute(APIRoute):
+    """Renders every expected failure of its endpoint (auth included) as a TMF `Error`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await original(request)
+            except SimchargeError as exc:
+                return tmf_error(request, exc)
+            except RequestValidationError as exc:
+                return tmf_error(request, validation_problem(exc))
+
+        return handler
+
+
+router = APIRouter(prefix=BASE_PATH, tags=["TMF654 balance management"], route_class=TmfRoute)
+
+Read = Annotated[Integration, require_scope("balance:read")]
+Write = Annotated[Integration, require_scope("balance:write")]
+Adjust = Annotated[Integration, require_scope("balance:adjust")]
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+JsonBody = Annotated[dict[str, Any], Body()]
+
+FILTERS_RESERVED = {"fields", "offset", "limit", "lang"}
+
+
+def base(request: Request) -> str:
+    return f"{str(request.base_url).rstrip('/')}{BASE_PATH}"
+
+
+def actor_of(key: Integration) -> str:
+    return f"apikey:{key.key_prefix}"
+
+
+def _paged(
+    request: Request, response: Response, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    params = request.query_params
+    filters = {k: v for k, v in params.items() if k not in FILTERS_RESERVED}
+    chosen = [i for i in items if matches(i, filters)]
+    try:
+        offset = int(params.get("offset", 0))
+        limit = int(params.get("limit", 100))
+    except ValueError as exc:
+        raise BadRequest(N_("offset and limit are whole numbers."), field="offset") from exc
+    if offset < 0 or not 1 <= limit <= 1000:
+        raise BadRequest(N_("offset ≥ 0 and 1 ≤ limit ≤ 1000."), field="limit")
+    page = chosen[offset : offset + limit]
+    response.headers["X-Total-Count"] = str(len(chosen))
+    response.headers["X-Result-Count"] = str(len(page))
+    return [select_fields(i, params.get("fields")) for i in page]
+
+
+async def _lines_selected(s: AsyncSession, request: Request) -> list[Line]:
+    """Listing needs a line: `logicalResource.id` (its MSISDN) or `partyAccount.id`."""
+    params = request.query_params
+    msisdn = params.get("logicalResource.id")
+    if msisdn:
+        return [await find_line_by_msisdn(s, msisdn)]
+    owner = params.get("partyAccount.id")
+    if owner:
+        try:
+            return list(await LineRepository(s).of_account(uuid.UUID(owner)))
+        except ValueError:
+            return []
+    raise BadRequest(
+        N_("Filter by logicalResource.id (an MSISDN) or partyAccount.id."),
+        field="logicalResource.id",
+    )
+
+
+# --- bucket ----------------------------------------------------------------------------------
+
+
+async def buckets_of(s: AsyncSession, request: Request, line: Line) -> list[dict[str, Any]]:
+    from simcharge.kit.clock import utcnow
+
+    now = utcnow()
+    wallet, rows = await LineRepository(s).wallet_and_buckets(line)
+    in_service = line.state == "active"
+    out = [
+        _bucket(request, line, wallet.id, "monetary", line.currency, "wallet",
+                wallet.credits_posted - wallet.debits_posted - wallet.debits_pending,
+                wallet.debits_pending, line.created_at, None, in_service, now)
+    ]
+    for r in rows:
+        out.append(
+            _bucket(request, line, r.id, service.UNIT_USAGE.get(r.unit, "other"), r.unit,
+                    r.source, r.credits_posted - r.debits_posted - r.debits_pending,
+                    r.debits_pending, r.created_at, r.expires_at, in_service, now)
+        )
+    return out
+
+
+def _bucket(
+    request: Request, line: Line, account_id: uuid.UUID, usage: str, unit: str, name: str,
+    remaining: int, reserved: int, start: datetime, end: datetime | None, in_service: bool,
+    now: datetime,
+) -> dict[str, Any]:
+    expired = end is not None and end <= now
+    item: dict[str, Any] = {
+        "id": str(account_id),
+        "href": f"{base(request)}/bucket/{account_id}",
+        "@type": "Bucket",
+        "name": name,
+        "isShared": False,
+        "usageType": usage,
+        "remainingValue": quantity(0 if expired else remaining, unit),
+        "reservedValue": quantity(reserved, unit),
+        "status": "expired" if expired else ("active" if in_service else "suspended"),
+        "validFor": {"startDateTime": when(start)},
+        "logicalResource": msisdn_ref(line.msisdn),
+    }
+    if end is not None:
+        item["validFor"]["endDateTime"] = when(end)
+    if (p := party(line)) is not None:
+        item["partyAccount"] = p
+    return item
+
+
+@router.get("/bucket", summary="List or find buckets (filter by logicalResource.id or "
+            "partyAccount.id; usageType, status, id, fields, offset, limit)")
+async def list_buckets(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        items = []
+        for line in await _lines_selected(s, request):
+            items += await buckets_of(s, request, line)
+    return _paged(request, response, items)
+
+
+async def _holder(s: AsyncSession, raw_id: str, field: str = "id") -> Holder:
+    try:
+        account_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise BucketNotFound(field=field) from None
+    holder = await service.holder_of(s, account_id)
+    if holder is None:
+        raise BucketNotFound(field=field)
+    return holder
+
+
+@router.get("/bucket/{bucket_id}", summary="A bucket (a line's wallet or one of its buckets)")
+async def get_bucket(
+    bucket_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    async with db.read() as s:
+        holder = await _holder(s, bucket_id)
+        for item in await buckets_of(s, request, holder.line):
+            if item["id"] == str(holder.account_id):
+                return select_fields(item, fields)
+    raise BucketNotFound(field="id")
+
+
+# --- accumulatedBalance ----------------------------------------------------------------------
+
+
+async def accumulated_of(s: AsyncSession, request: Request, line: Line) -> list[dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = {}
+    for b in await buckets_of(s, request, line):
+        if b["status"] == "expired":
+            continue
+        usage = b["usageType"]
+        entry = totals.setdefault(usage, {
+            "id": f"{line.id}.{usage}",
+            "href": f"{base(request)}/accumulatedBalance/{line.id}.{usage}",
+            "@type": "AccumulatedBalance",
+            "name": usage,
+            "description": f"{usage} of {line.msisdn}",
+            "bucket": [],
+            "totalBalance": {"amount": 0, "units": b["remainingValue"]["units"]},
+            "logicalResource": msisdn_ref(line.msisdn)[0],
+        })
+        entry["bucket"].append(bucket_ref(base(request), b["id"]))
+        entry["totalBalance"]["amount"] += b["remainingValue"]["amount"]
+        if (p := party(line)) is not None:
+            entry["partyAccount"] = p
+    for entry in totals.values():
+        if isinstance(entry["totalBalance"]["amount"], float):
+            entry["totalBalance"]["amount"] = round(entry["totalBalance"]["amount"], 6)
+    return list(totals.values())
+
+
+@router.get("/accumulatedBalance", summary="A line's totals per usage type (filter as buckets)")
+async def list_accumulated(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        items = []
+        for line in await _lines_selected(s, request):
+            items += await accumulated_of(s, request, line)
+    return _paged(request, response, items)
+
+
+@router.get("/accumulatedBalance/{balance_id}", summary="One total: `<line id>.<usage type>`")
+async def get_accumulated(
+    balance_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    line_part = balance_id.split(".", 1)[0]
+    async with db.read() as s:
+        try:
+            line = await LineRepository(s).get(uuid.UUID(line_part))
+        except ValueError:
+            line = None
+        if line is not None:
+            for item in await accumulated_of(s, request, line):
+                if item["id"] == balance_id:
+                    return select_fields(item, fields)
+    raise BalanceActionNotFound(N_("No such accumulated balance."), field="id")
+
+
+# --- actions: shared -------------------------------------------------------------------------
+
+
+async def _render(s: AsyncSession, request: Request, action: BalanceAction) -> dict[str, Any]:
+    line = await s.get(Line, action.line_id)
+    assert line is not None
+    receiver = await s.get(Line, action.receiver_line_id) if action.receiver_line_id else None
+    status = await service.reservation_status(s, action)
+    return action_out(base(request), action, line, status=status, receiver=receiver)
+
+
+async def _list_actions(
+    kind: ActionKind, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        lines = await _lines_selected(s, request)
+        stmt = (
+            select(BalanceAction)
+            .where(BalanceAction.kind == kind.value,
+                   BalanceAction.line_id.in_([line.id for line in lines]))
+            .order_by(BalanceAction.requested_at.desc(), BalanceAction.id.desc())
+            .limit(5000)
+        )
+        items = [await _render(s, request, a) for a in (await s.execute(stmt)).scalars()]
+    return _paged(request, response, items)
+
+
+async def _get_action(
+    kind: ActionKind, action_id: str, db: DB, request: Request, fields: str | None
+) -> dict[str, Any]:
+    async with db.read() as s:
+        action = await _find(s, kind, action_id)
+        return select_fields(await _render(s, request, action), fields)
+
+
+async def _find(s: AsyncSession, kind: ActionKind, action_id: str) -> BalanceAction:
+    try:
+        found = await s.get(BalanceAction, uuid.UUID(action_id))
+    except ValueError:
+        found = None
+    if found is None or found.kind != kind.value:
+        raise BalanceActionNotFound(field="id")
+    return found
+
+
+async def _line_of(s: AsyncSession, body: dict[str, Any], name: str = "logicalResource") -> Line:
+    ref = body.get(name)
+    if isinstance(ref, list):
+        ref = ref[0] if ref else None
+    if not isinstance(ref, dict) or not ref.get("id"):
+        raise ValidationFailed(N_("Name the line by its MSISDN."), field=f"{name}.id")
+    return await find_line_by_msisdn(s, str(ref["id"]))
+
+
+async def _target(s: AsyncSession, body: dict[str, Any]) -> tuple[Line, Holder | None]:
+    """The line and, if `bucket.id` names one of ours, the wallet or bucket meant."""
+    bucket_id = str((body.get("bucket") or {}).get("id") or "")
+    holder = None
+    with contextlib.suppress(ValueError):
+        holder = await service.holder_of(s, uuid.UUID(bucket_id))
+    if holder is not None:
+        if body.get("logicalResource"):
+            named = await _line_of(s, body)
+            if named.id != holder.line.id:
+                raise ValidationFailed(N_("The bucket is not this line's."), field="bucket.id")
+        return holder.line, holder
+    return await _line_of(s, body), None
+
+
+def _check_party(body: dict[str, Any], line: Line) -> None:
+    given = (body.get("partyAccount") or {}).get("id")
+    if given and line.account_id is not None and str(line.account_id) != str(given):
+        raise ValidationFailed(N_("The line does not belong to this party account."),
+                               field="partyAccount.id")
+
+
+def _until(body: dict[str, Any]) -> datetime | None:
+    end = (body.get("validFor") or {}).get("endDateTime")
+    if not end:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationFailed(N_("Not a date and time."), field="validFor.endDateTime") from exc
+    if parsed.tzinfo is None:
+        raise ValidationFailed(N_("A time zone is required."), field="validFor.endDateTime")
+    return parsed
+
+
+async def _create(
+    db: DB, request: Request, key: Integration, idem: str | None, body: dict[str, Any],
+    definition: str, act: Callable[[AsyncSession], Awaitable[BalanceAction]],
+) -> JSONResponse:
+    validate_body(definition, body)
+    actor = actor_of(key)
+
+    async def run(s: AsyncSession) -> tuple[dict[str, Any], bool]:
+        found = await service.replay(s, actor, idem, body)
+        if found is not None:
+            return await _render(s, request, found), True
+        action = await act(s)
+        return await _render(s, request, action), False
+
+    out, replayed = await db.run(run)
+    audit.info("balance.action", kind=out["@type"], id=out["id"], actor=actor, replayed=replayed)
+    headers = {"Location": out["href"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(out, status_code=201, headers=headers)
+
+
+# --- topupBalance ----------------------------------------------------------------------------
+
+
+@router.post("/topupBalance", status_code=201, summary="Credit a line (money or units)")
+async def create_topup(
+    body: JsonBody, key: Write, db: DB, request: Request, idem: IdemKey = None
+) -> JSONResponse:
+    async def act(s: AsyncSession) -> BalanceAction:
+        line, holder = await _target(s, body)
+        _check_party(body, line)
+        usage = str(body.get("usageType"))
+        unit = service.unit_for(line, usage)
+        return await service.topup(
+            s, line=await _locked(s, line), usage_type=usage,
+            amount=units_of(body.get("amount"), unit, "amount"),
+            target=holder, valid_until=_until(body), actor=actor_of(key), key=idem,
+            request=body, reason=body.get("reason"),
+        )
+
+    return await _create(db, request, key, idem, body, "TopupBalance_Create", act)
+
+
+async def _locked(s: AsyncSession, line: Line) -> Line:
+    await s.refresh(line, with_for_update=True)
+    return line
+
+
+@router.get("/topupBalance", summary="Top-ups of a line")
+async def list_topups(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    return await _list_actions(ActionKind.topup, db, request, response)
+
+
+@router.get("/topupBalance/{action_id}", summary="A top-up")
+async def get_topup(
+    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    return await _get_action(ActionKind.topup, action_id, db, request, fields)
+
+
+# --- adjustBalance ---------------------------------------------------------------------------
+
+
+@router.post("/adjustBalance", status_code=201, summary="Correct a wallet or bucket (staff)")
+async def create_adjustment(
+    body: JsonBody, key: Adjust, db: DB, request: Request, idem: IdemKey = None
+) -> JSONResponse:
+    async def act(s: AsyncSession) -> BalanceAction:
+        line, holder = await _target(s, body)
+        usage = str(body.get("usageType"))
+        unit = service.unit_for(line, usage)
+        if holder is None:
+            if usage != "monetary":
+                raise ValidationFailed(N_("Name the bucket to adjust."), field="bucket.id")
+            holder = Holder(line, line.wallet_account_id, line.currency, None)
+        if holder.unit != unit:
+            raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
+        return await service.adjust(
+            s, holder=holder, amount=units_of(body.get("amount"), unit, "amount"),
+            actor=actor_of(key), key=idem, request=body, reason=str(body.get("reason") or ""),
+        )
+
+    return await _create(db, request, key, idem, body, "AdjustBalance_Create", act)
+
+
+@router.get("/adjustBalance", summary="Adjustments of a line")
+async def list_adjustments(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    return await _list_actions(ActionKind.adjust, db, request, response)
+
+
+@router.get("/adjustBalance/{action_id}", summary="An adjustment")
+async def get_adjustment(
+    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    return await _get_action(ActionKind.adjust, action_id, db, request, fields)
+
+
+# --- reserveBalance --------------------------------------------------------------------------
+
+
+@router.post("/reserveBalance", status_code=201, summary="Hold an amount for a charge to come")
+async def create_reservation(
+    body: JsonBody, key: Write, db: DB, request: Request, idem: IdemKey = None
+) -> JSONResponse:
+    async def act(s: AsyncSession) -> BalanceAction:
+        line, holder = await _target(s, body)
+        _check_party(body, line)
+        usage = str(body.get("usageType"))
+        unit = service.unit_for(line, usage)
+        if holder is None:
+            if usage != "monetary":
+                raise ValidationFailed(N_("Name the bucket to reserve from."), field="bucket.id")
+            holder = Holder(line, line.wallet_account_id, line.currency, None)
+        if holder.unit != unit:
+            raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
+        return await service.reserve(
+            s, holder=holder, amount=units_of(body.get("amount"), unit, "amount"),
+            until=_until(body), actor=actor_of(key), key=idem, request=body,
+            reason=body.get("reason"),
+        )
+
+    return await _create(db, request, key, idem, body, "ReserveBalance_Create", act)
+
+
+@router.get("/reserveBalance", summary="Reservations of a line")
+async def list_reservations(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    return await _list_actions(ActionKind.reserve, db, request, response)
+
+
+@router.get("/reserveBalance/{action_id}", summary="A reservation")
+async def get_reservation(
+    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    return await _get_action(ActionKind.reserve, action_id, db, request, fields)
+
+
+@router.patch("/reserveBalance/{action_id}", summary="Complete (optionally a smaller amount) or "
+              "cancel a reservation")
+async def patch_reservation(
+    action_id: str, body: JsonBody, _key: Write, db: DB, request: Request
+) -> dict[str, Any]:
+    validate_body("ReserveBalance_Update", body)
+    status = body.get("status")
+    if status not in ("completed", "cancelled"):
+        raise ValidationFailed(N_("status is completed or cancelled."), field="status")
+
+    async def run(s: AsyncSession) -> dict[str, Any]:
+        action = await _find(s, ActionKind.reserve, action_id)
+        amount = units_of(body["amount"], action.unit, "amount") if body.get("amount") else None
+        settled = await service.settle_reservation(
+            s, action, complete=status == "completed", amount=amount
+        )
+        return await _render(s, request, settled)
+
+    return await db.run(run)
+
+
+@router.delete("/reserveBalance/{action_id}", status_code=204, summary="Cancel a reservation")
+async def delete_reservation(action_id: str, _key: Write, db: DB) -> Response:
+    async def run(s: AsyncSession) -> None:
+        action = await _find(s, ActionKind.reserve, action_id)
+        await service.settle_reservation(s, action, complete=False)
+
+    await db.run(run)
+    return Response(status_code=204)
+
+
+# --- transferBalance -------------------------------------------------------------------------
+
+
+@router.post("/transferBalance", status_code=201, summary="Give money or units to another line")
+async def create_transfer(
+    body: JsonBody, key: Write, db: DB, request: Request, settings: AppSettings,
+    idem: IdemKey = None,
+) -> JSONResponse:
+    async def act(s: AsyncSession) -> BalanceAction:
+        if body.get("costOwner", "originator") != "originator":
+            raise ValidationFailed(N_("The giver pays the fee (costOwner originator)."),
+                                   field="costOwner")
+        line, holder = await _target(s, body)
+        usage = str(body.get("usageType"))
+        if body.get("receiverBucketUsageType") != usage:
+            raise ValidationFailed(N_("Both sides have the same usage type."),
+                                   field="receiverBucketUsageType")
+        unit = service.unit_for(line, usage)
+        if holder is None:
+            if usage != "monetary":
+                raise ValidationFailed(N_("Name the bucket to give from."), field="bucket.id")
+            holder = Holder(line, line.wallet_account_id, line.currency, None)
+        if holder.unit != unit:
+            raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
+        receiver = await _line_of(s, body, "receiverLogicalResource")
+        return await service.transfer(
+            s, settings, source=holder, receiver=receiver,
+            amount=units_of(body.get("amount"), unit, "amount"), actor=actor_of(key), key=idem,
+            request=body, reason=body.get("reason"),
+        )
+
+    return await _create(db, request, key, idem, body, "TransferBalance_Create", act)
+
+
+@router.get("/transferBalance", summary="Transfers given by a line")
+async def list_transfers(
+    _key: Read, db: DB, request: Request, response: Response
+) -> list[dict[str, Any]]:
+    return await _list_actions(ActionKind.transfer, db, request, response)
+
+
+@router.get("/transferBalance/{action_id}", summary="A transfer")
+async def get_transfer(
+    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+) -> dict[str, Any]:
+    return await _get_action(ActionKind.transfer, action_id, db, request, fields)
+
+
+def _settled(resource: str) -> Callable[..., Awaitable[Response]]:
+    async def refuse(action_id: str, _key: Write) -> Response:
+        raise MethodNotAllowed(
+            N_("A {resource} is done once made; make another to change a balance."),
+            resource=resource,
+        )
+
+    return refuse
+
+
+for _resource in ("topupBalance", "adjustBalance", "transferBalance"):
+    router.add_api_route(f"/{_resource}/{{action_id}}", _settled(_resource),
+                         methods=["PATCH", "DELETE"], include_in_schema=False)

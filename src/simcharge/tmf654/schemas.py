@@ -1,0 +1,200 @@
+"""TMF654 resources as JSON: the official Swagger document validates what comes in, and these
+functions shape what goes out (tests validate that against the same document)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft4Validator  # type: ignore[import-untyped]
+
+from simcharge.errors import FieldError, ValidationFailed
+from simcharge.kit.money import LossyConversionError, from_minor, to_minor
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
+from simcharge.tmf654.models import BalanceAction
+
+SPEC_FILE = Path(__file__).resolve().parent / "spec" / "TMF654-PrepayBalance-v4.0.0.swagger.json"
+BASE_PATH = "/tmf-api/prepayBalanceManagement/v4"
+
+_FACTORS: dict[str, dict[str, int]] = {
+    "VOICE_S": {"seconds": 1, "second": 1, "s": 1, "sec": 1, "minutes": 60, "minute": 60,
+                "min": 60},
+    "DATA_B": {"bytes": 1, "byte": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3},
+    "SMS": {"sms": 1, "messages": 1, "message": 1, "units": 1},
+}
+_SHOWN_UNITS = {"VOICE_S": "seconds", "DATA_B": "bytes", "SMS": "sms"}
+
+
+@lru_cache(maxsize=1)
+def spec() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
+    return loaded
+
+
+@lru_cache(maxsize=32)
+def validator(definition: str) -> Draft4Validator:
+    return Draft4Validator(
+        {"$ref": f"#/definitions/{definition}", "definitions": spec()["definitions"]}
+    )
+
+
+def validate_body(definition: str, body: Any) -> dict[str, Any]:
+    """Check a request body against the spec's definition; every violation is one field error."""
+    if not isinstance(body, dict):
+        raise ValidationFailed(N_("The body must be a JSON object."), field="body")
+    errors = [
+        FieldError(".".join(str(p) for p in e.absolute_path) or _missing(e.message), e.message)
+        for e in validator(definition).iter_errors(body)
+    ]
+    if errors:
+        raise ValidationFailed(errors=errors)
+    return body
+
+
+def _missing(message: str) -> str:
+    # "'amount' is a required property" → amount
+    return message.split("'")[1] if message.count("'") >= 2 else "body"
+
+
+def units_of(quantity: dict[str, Any] | None, unit: str, field: str) -> int:
+    """A TMF Quantity in a ledger unit: money in major units of the currency (exactly), voice in
+    seconds or minutes, data in bytes/KB/MB/GB (binary), SMS in messages."""
+    if not quantity or "amount" not in quantity:
+        raise ValidationFailed(N_("An amount is required."), field=f"{field}.amount")
+    try:
+        value = Decimal(str(quantity["amount"]))
+    except InvalidOperation as exc:
+        raise ValidationFailed(N_("Not a number."), field=f"{field}.amount") from exc
+    given = str(quantity.get("units") or "").strip()
+    if unit in _FACTORS:
+        factor = _FACTORS[unit].get(given.lower() or _SHOWN_UNITS[unit])
+        if factor is None:
+            raise ValidationFailed(
+                N_("Unit {value} is not one of {allowed}."), field=f"{field}.units",
+                value=given, allowed=", ".join(_FACTORS[unit]),
+            )
+        result = value * factor
+        if result != result.to_integral_value():
+            raise ValidationFailed(N_("The amount is not a whole number of {unit}."),
+                                   field=f"{field}.amount", unit=_SHOWN_UNITS[unit])
+        return int(result)
+    if given and given.upper() != unit:
+        raise ValidationFailed(N_("The line's currency is {currency}."), field=f"{field}.units",
+                               currency=unit)
+    try:
+        return to_minor(value, unit)
+    except LossyConversionError as exc:
+        raise ValidationFailed(N_("The amount is not exact in {currency}."),
+                               field=f"{field}.amount", currency=unit) from exc
+
+
+def quantity(amount: int, unit: str) -> dict[str, Any]:
+    if unit in _SHOWN_UNITS:
+        return {"amount": amount, "units": _SHOWN_UNITS[unit]}
+    return {"amount": float(from_minor(amount, unit)), "units": unit}
+
+
+def when(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at else None
+
+
+def msisdn_ref(msisdn: str) -> list[dict[str, Any]]:
+    return [{"id": msisdn, "name": "MSISDN", "@referredType": "MSISDN"}]
+
+
+def party(line: Line) -> dict[str, Any] | None:
+    if line.account_id is None:
+        return None
+    return {"id": str(line.account_id), "@referredType": "PartyAccount"}
+
+
+def bucket_ref(base: str, account_id: Any) -> dict[str, Any]:
+    return {"id": str(account_id), "href": f"{base}/bucket/{account_id}", "@referredType": "Bucket"}
+
+
+ECHOED = ("description", "channel", "requestor", "product", "validFor", "adjustType",
+          "relatedParty")
+
+
+def action_out(
+    base: str,
+    action: BalanceAction,
+    line: Line,
+    *,
+    status: str,
+    receiver: Line | None = None,
+) -> dict[str, Any]:
+    """A topupBalance, adjustBalance, reserveBalance or transferBalance resource."""
+    kind = {"topup": "TopupBalance", "adjust": "AdjustBalance", "reserve": "ReserveBalance",
+            "transfer": "TransferBalance"}[action.kind]
+    path = kind[0].lower() + kind[1:]
+    out: dict[str, Any] = {
+        "id": str(action.id),
+        "href": f"{base}/{path}/{action.id}",
+        "@type": kind,
+        "status": status,
+        "requestedDate": when(action.requested_at),
+        "usageType": action.usage_type,
+        "amount": quantity(abs(action.amount), action.unit),
+        "bucket": bucket_ref(base, action.account_id),
+        "logicalResource": msisdn_ref(line.msisdn),
+    }
+    if action.kind == "adjust":
+        out["amount"]["amount"] = -out["amount"]["amount"] if action.amount < 0 else (
+            out["amount"]["amount"])
+    if action.confirmed_at:
+        out["confirmationDate"] = when(action.confirmed_at)
+    if action.reason:
+        out["reason"] = action.reason
+    if (p := party(line)) is not None and action.kind != "adjust":
+        out["partyAccount"] = p
+    for key in ECHOED:
+        if key in action.request and (key != "adjustType" or action.kind == "adjust"):
+            out[key] = action.request[key]
+    if action.kind == "transfer":
+        assert receiver is not None
+        out["receiverLogicalResource"] = msisdn_ref(receiver.msisdn)[0]
+        out["receiverBucket"] = bucket_ref(base, action.receiver_account_id)
+        out["receiverBucketUsageType"] = action.usage_type
+        out["costOwner"] = "originator"
+        out["transferCost"] = {"unit": line.currency,
+                               "value": float(from_minor(action.fee, line.currency))}
+        out.setdefault("reason", "transfer")
+        out.setdefault("channel", {"id": "api", "name": "api"})
+    return out
+
+
+def select_fields(item: dict[str, Any], fields: str | None) -> dict[str, Any]:
+    """TMF attribute selection: `fields=a,b` keeps those (and id, href, @type)."""
+    if not fields:
+        return item
+    wanted = {f.strip().split(".")[0] for f in fields.split(",") if f.strip()}
+    wanted |= {"id", "href", "@type"}
+    return {k: v for k, v in item.items() if k in wanted}
+
+
+def matches(item: dict[str, Any], filters: dict[str, str]) -> bool:
+    """TMF attribute filtering: `name=value` (`a,b` means either), dotted names go into objects
+    and lists (`logicalResource.id=+1415…`)."""
+    for name, expected in filters.items():
+        choices = set(expected.split(","))
+        if not any(str(v) in choices for v in _values(item, name.split("."))):
+            return False
+    return True
+
+
+def _values(node: Any, path: list[str]) -> Iterable[Any]:
+    if not path:
+        yield node
+        return
+    if isinstance(node, list):
+        for element in node:
+            yield from _values(element, path)
+    elif isinstance(node, dict) and path[0] in node:
+        yield from _values(node[path[0]], path[1:])

@@ -1,0 +1,528 @@
+"""Balance actions on the ledger: top-up, adjustment, reservation, transfer between lines.
+
+Every movement is a ledger transfer whose id derives from the action, so a retried action
+names the same transfers; a reservation is a pending transfer (posted on completion, voided on
+cancellation, released by the ledger's sweep at its timeout). The TMF654 API and the portal's
+transfer call these functions; they flush, never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.config import Settings
+from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.translations import N_
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus, TransferKind
+from simcharge.ledger.service import (
+    NewAccount,
+    NewTransfer,
+    TransferRejected,
+    TransferResult,
+    ensure_accounts,
+    post_transfers,
+)
+from simcharge.lifecycle.service import on_topup
+from simcharge.lines.models import Bucket, Line, LineState
+from simcharge.lines.service import UnitGrant, bucket_id, open_buckets
+from simcharge.tmf654.models import ActionKind, ActionStatus, BalanceAction
+
+USAGE_UNITS = {"voice": "VOICE_S", "data": "DATA_B", "sms": "SMS"}
+UNIT_USAGE = {v: k for k, v in USAGE_UNITS.items()}
+MAX_RESERVATION = timedelta(days=7)
+DEFAULT_RESERVATION = timedelta(hours=1)
+MB = 1024 * 1024
+
+
+class InsufficientBalance(Conflict):
+    slug = "insufficient-balance"
+    title = N_("There is not enough balance for this.")
+
+
+class BalanceActionNotFound(NotFound):
+    slug = "balance-action-not-found"
+    title = N_("No such balance action.")
+
+
+class BucketNotFound(NotFound):
+    slug = "bucket-not-found"
+    title = N_("No such bucket.")
+
+
+class TransferLimitExceeded(Conflict):
+    slug = "transfer-limit-exceeded"
+    title = N_("This transfer is over a limit.")
+
+
+class ReservationNotOpen(Conflict):
+    slug = "reservation-not-open"
+    title = N_("The reservation is no longer open.")
+
+
+class LineNotInService(Conflict):
+    slug = "line-not-in-service"
+    title = N_("The line cannot do this in its current state.")
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A ledger account that holds money or units for a line: its wallet or one bucket."""
+
+    line: Line
+    account_id: uuid.UUID
+    unit: str
+    bucket: Bucket | None
+
+    @property
+    def usage_type(self) -> str:
+        return "monetary" if self.bucket is None else UNIT_USAGE.get(self.unit, "other")
+
+
+def unit_for(line: Line, usage_type: str) -> str:
+    if usage_type == "monetary":
+        return line.currency
+    unit = USAGE_UNITS.get(usage_type)
+    if unit is None:
+        raise ValidationFailed(
+            N_("Usage type {value} is not supported."), field="usageType", value=usage_type
+        )
+    return unit
+
+
+async def holder_of(session: AsyncSession, account_id: uuid.UUID) -> Holder | None:
+    """The wallet or bucket whose ledger account is `account_id`, with its line."""
+    bucket = await session.get(Bucket, account_id)
+    if bucket is not None:
+        line = await session.get(Line, bucket.line_id)
+        assert line is not None
+        return Holder(line, bucket.id, bucket.unit, bucket)
+    line = (
+        await session.execute(select(Line).where(Line.wallet_account_id == account_id))
+    ).scalar_one_or_none()
+    return None if line is None else Holder(line, line.wallet_account_id, line.currency, None)
+
+
+async def available(session: AsyncSession, account_id: uuid.UUID) -> int:
+    row = await session.get(LedgerAccount, account_id, populate_existing=True)
+    assert row is not None
+    return row.credits_posted - row.debits_posted - row.debits_pending
+
+
+# ---------------------------------------------------------------------------------------------
+# Idempotency
+
+
+async def replay(
+    session: AsyncSession, actor: str, key: str | None, request: dict[str, Any]
+) -> BalanceAction | None:
+    """The action already made under this key by this caller (same request), or None."""
+    if key is None:
+        return None
+    found = (
+        await session.execute(
+            select(BalanceAction).where(
+                BalanceAction.actor == actor, BalanceAction.idempotency_key == key
+            )
+        )
+    ).scalar_one_or_none()
+    if found is not None and found.request != request:
+        raise IdempotencyKeyReused(field="Idempotency-Key")
+    return found
+
+
+def action_id(actor: str, key: str | None) -> uuid.UUID:
+    return derived_id("balance-action", actor, key) if key else uuid7()
+
+
+def _new_action(
+    kind: ActionKind,
+    *,
+    actor: str,
+    key: str | None,
+    request: dict[str, Any],
+    holder: Holder,
+    amount: int,
+    now: datetime,
+    reason: str | None,
+) -> BalanceAction:
+    return BalanceAction(
+        id=action_id(actor, key),
+        kind=kind.value,
+        status=ActionStatus.completed.value,
+        line_id=holder.line.id,
+        usage_type=holder.usage_type,
+        unit=holder.unit,
+        amount=amount,
+        fee=0,
+        account_id=holder.account_id,
+        request=request,
+        actor=actor,
+        idempotency_key=key,
+        requested_at=now,
+        confirmed_at=now,
+        reason=(reason or None) and reason[:255],
+    )
+
+
+def _raise_refused(exc: TransferRejected) -> None:
+    if exc.reason in (TransferResult.exceeds_credits, TransferResult.exceeds_debits):
+        raise InsufficientBalance(field="amount") from exc
+    raise exc
+
+
+def _check_amount(amount: int) -> None:
+    if amount <= 0:
+        raise ValidationFailed(N_("The amount must be more than zero."), field="amount")
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-up and adjustment
+
+
+async def topup(
+    session: AsyncSession,
+    *,
+    line: Line,
+    usage_type: str,
+    amount: int,
+    target: Holder | None,
+    valid_until: datetime | None,
+    actor: str,
+    key: str | None,
+    request: dict[str, Any],
+    reason: str | None,
+) -> BalanceAction:
+    """Credit a line: money into the wallet (from `funding:<CUR>`), units into the named
+    bucket or a new one (from `issuance:<unit>`). Counts as a top-up for the lifecycle."""
+    _check_amount(amount)
+    if LineState(line.state) is LineState.terminated:
+        raise LineNotInService(N_("The line is terminated."), field="logicalResource")
+    now = utcnow()
+    aid = action_id(actor, key)
+    source = f"balance:{aid}"
+    unit = unit_for(line, usage_type)
+    shard = chart.shard_of(line.id)
+    if unit == line.currency:
+        origin = chart.funding(unit, shard)
+        account_id = line.wallet_account_id
+        await ensure_accounts(session, [origin])
+        transfers = [
+            NewTransfer(id=derived_id(source, "credit"), amount=amount, unit=unit,
+                        debit_account_id=origin.id, credit_account_id=account_id,
+                        code="topup", reference=source)
+        ]
+    elif target is not None and target.bucket is not None:
+        if target.unit != unit or target.line.id != line.id:
+            raise ValidationFailed(N_("The bucket does not match."), field="bucket.id")
+        origin = chart.issuance(unit, shard)
+        account_id = target.account_id
+        await ensure_accounts(session, [origin])
+        transfers = [
+            NewTransfer(id=derived_id(source, "credit"), amount=amount, unit=unit,
+                        debit_account_id=origin.id, credit_account_id=account_id,
+                        code="topup", reference=source)
+        ]
+    else:
+        days = None
+        if valid_until is not None:
+            if valid_until <= now:
+                raise ValidationFailed(N_("The end of validity is in the past."), field="validFor")
+            days = max(1, round((valid_until - now) / timedelta(days=1)))
+        transfers = await open_buckets(
+            session, line, [UnitGrant(unit, amount, days)], source=source, now=now, shard=shard
+        )
+        account_id = bucket_id(source, 0)
+    holder = Holder(line, account_id, unit, None if unit == line.currency else Bucket(id=account_id))
+    action = _new_action(ActionKind.topup, actor=actor, key=key, request=request, holder=holder,
+                         amount=amount, now=now, reason=reason)
+    session.add(action)
+    on_topup(session, line, now=now, actor=actor, by_owner=False)
+    await session.flush()
+    await post_transfers(session, transfers, now=now)
+    return action
+
+
+async def adjust(
+    session: AsyncSession,
+    *,
+    holder: Holder,
+    amount: int,
+    actor: str,
+    key: str | None,
+    request: dict[str, Any],
+    reason: str,
+) -> BalanceAction:
+    """Correct a wallet or bucket by a signed amount, against `funding`/`issuance` (staff)."""
+    if amount == 0:
+        raise ValidationFailed(N_("The amount must not be zero."), field="amount")
+    if not reason.strip():
+        raise ValidationFailed(N_("Say why the balance is adjusted."), field="reason")
+    now = utcnow()
+    aid = action_id(actor, key)
+    shard = chart.shard_of(holder.line.id)
+    origin = (
+        chart.funding(holder.unit, shard) if holder.bucket is None
+        else chart.issuance(holder.unit, shard)
+    )
+    await ensure_accounts(session, [origin])
+    debit, credit = (origin.id, holder.account_id) if amount > 0 else (holder.account_id, origin.id)
+    action = _new_action(ActionKind.adjust, actor=actor, key=key, request=request, holder=holder,
+                         amount=amount, now=now, reason=reason)
+    session.add(action)
+    await session.flush()
+    try:
+        await post_transfers(session, [
+            NewTransfer(id=derived_id(f"balance:{aid}", "adjust"), amount=abs(amount),
+                        unit=holder.unit, debit_account_id=debit, credit_account_id=credit,
+                        code="adjustment", reference=f"balance:{aid}")
+        ], now=now)
+    except TransferRejected as exc:
+        _raise_refused(exc)
+    return action
+
+
+# ---------------------------------------------------------------------------------------------
+# Reservations
+
+
+def _sink(holder: Holder) -> NewAccount:
+    shard = chart.shard_of(holder.line.id)
+    if holder.bucket is None:
+        return chart.usage_revenue(holder.unit, shard)
+    return chart.consumption(holder.unit, shard)
+
+
+async def reserve(
+    session: AsyncSession,
+    *,
+    holder: Holder,
+    amount: int,
+    until: datetime | None,
+    actor: str,
+    key: str | None,
+    request: dict[str, Any],
+    reason: str | None,
+) -> BalanceAction:
+    """Hold `amount` of a wallet or bucket for a charge to come: a pending transfer to usage
+    (revenue for money, consumption for units) that times out at `until` (default an hour)."""
+    _check_amount(amount)
+    if LineState(holder.line.state) is not LineState.active:
+        raise LineNotInService(N_("Only an active line can reserve."), field="bucket.id")
+    now = utcnow()
+    until = until or now + DEFAULT_RESERVATION
+    if until <= now or until - now > MAX_RESERVATION:
+        raise ValidationFailed(
+            N_("A reservation ends within 7 days from now."), field="validFor.endDateTime"
+        )
+    aid = action_id(actor, key)
+    sink = _sink(holder)
+    await ensure_accounts(session, [sink])
+    pending_id = derived_id(f"balance:{aid}", "reserve")
+    action = _new_action(ActionKind.reserve, actor=actor, key=key, request=request, holder=holder,
+                         amount=amount, now=now, reason=reason)
+    action.status, action.confirmed_at = ActionStatus.created.value, None
+    action.pending_transfer_id = pending_id
+    session.add(action)
+    await session.flush()
+    try:
+        await post_transfers(session, [
+            NewTransfer(id=pending_id, amount=amount, unit=holder.unit,
+                        debit_account_id=holder.account_id, credit_account_id=sink.id,
+                        kind=TransferKind.pending,
+                        timeout_s=max(1, int((until - now).total_seconds())),
+                        code="reservation", reference=f"balance:{aid}")
+        ], now=now)
+    except TransferRejected as exc:
+        _raise_refused(exc)
+    return action
+
+
+async def reservation_status(session: AsyncSession, action: BalanceAction) -> str:
+    """The reservation's status as the ledger knows it (a timeout shows as cancelled)."""
+    if action.kind != ActionKind.reserve or action.pending_transfer_id is None:
+        return action.status
+    pending = await session.get(LedgerTransfer, action.pending_transfer_id)
+    if pending is None:
+        return action.status
+    return {
+        PendingStatus.pending.value: ActionStatus.created.value,
+        PendingStatus.posted.value: ActionStatus.completed.value,
+    }.get(pending.pending_status or "", ActionStatus.cancelled.value)
+
+
+async def settle_reservation(
+    session: AsyncSession,
+    action: BalanceAction,
+    *,
+    complete: bool,
+    amount: int | None = None,
+) -> BalanceAction:
+    """Complete (post `amount`, default all; the rest is released) or cancel (void) an open
+    reservation. Settling it again the same way answers the same; otherwise 409."""
+    await session.refresh(action, with_for_update=True)
+    wanted = ActionStatus.completed if complete else ActionStatus.cancelled
+    current = await reservation_status(session, action)
+    if current == wanted.value and action.status == wanted.value:
+        return action
+    if current != ActionStatus.created.value:
+        raise ReservationNotOpen(field="status")
+    if amount is not None and not 0 <= amount <= action.amount:
+        raise ValidationFailed(
+            N_("The amount must be between 0 and the amount reserved."), field="amount"
+        )
+    now = utcnow()
+    assert action.pending_transfer_id is not None
+    resolve = NewTransfer(
+        id=derived_id(f"balance:{action.id}", "settle"),
+        pending_id=action.pending_transfer_id,
+        amount=amount if complete else None,
+        kind=TransferKind.post_pending if complete else TransferKind.void_pending,
+        code="reservation", reference=f"balance:{action.id}",
+    )
+    try:
+        await post_transfers(session, [resolve], now=now)
+    except TransferRejected as exc:
+        if exc.reason is TransferResult.pending_transfer_expired:
+            raise ReservationNotOpen(field="status") from exc
+        raise
+    action.status, action.confirmed_at = wanted.value, now
+    if complete and amount is not None:
+        action.request = {**action.request, "_used": amount}
+    await session.flush()
+    return action
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfers between lines
+
+
+def transfer_fee(settings: Settings, unit: str, currency: str, amount: int) -> int:
+    """The giver's fee in minor units: percent of a money amount (half up) plus the fixed fee."""
+    fee = settings.balance_transfer_fee_fixed
+    if unit == currency and settings.balance_transfer_fee_percent:
+        share = Decimal(amount) * settings.balance_transfer_fee_percent / 100
+        fee += int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return fee
+
+
+def _check_limits(settings: Settings, unit: str, currency: str, amount: int) -> None:
+    if unit == currency:
+        low, high = settings.balance_transfer_min_amount, settings.balance_transfer_max_amount
+        if not low <= amount <= high:
+            raise TransferLimitExceeded(
+                N_("A transfer of money is between {low} and {high} (minor units)."),
+                field="amount", low=low, high=high,
+            )
+    elif unit == "DATA_B" and amount > settings.balance_transfer_max_data_mb * MB:
+        raise TransferLimitExceeded(
+            N_("At most {limit} MB of data per transfer."), field="amount",
+            limit=settings.balance_transfer_max_data_mb,
+        )
+    elif unit == "VOICE_S" and amount > settings.balance_transfer_max_voice_minutes * 60:
+        raise TransferLimitExceeded(
+            N_("At most {limit} minutes per transfer."), field="amount",
+            limit=settings.balance_transfer_max_voice_minutes,
+        )
+
+
+async def transfers_today(session: AsyncSession, line_id: uuid.UUID, now: datetime) -> int:
+    stmt = select(func.count()).select_from(BalanceAction).where(
+        BalanceAction.line_id == line_id,
+        BalanceAction.kind == ActionKind.transfer.value,
+        BalanceAction.requested_at > now - timedelta(days=1),
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def transfer(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    source: Holder,
+    receiver: Line,
+    amount: int,
+    actor: str,
+    key: str | None,
+    request: dict[str, Any],
+    reason: str | None,
+) -> BalanceAction:
+    """Give money (wallet to wallet, same currency) or units (a bucket to a new bucket of the
+    receiver with the same end and zones) to another line; the giver pays the fee from the
+    wallet to `revenue:fees`. One linked batch: all of it or nothing."""
+    _check_amount(amount)
+    giver = source.line
+    if giver.id == receiver.id:
+        raise ValidationFailed(N_("A line cannot give to itself."), field="receiverLogicalResource")
+    if LineState(giver.state) is not LineState.active:
+        raise LineNotInService(N_("Only an active line can give balance."), field="logicalResource")
+    if LineState(receiver.state) in (LineState.terminated, LineState.available):
+        raise LineNotInService(
+            N_("The receiving line is not in service."), field="receiverLogicalResource"
+        )
+    _check_limits(settings, source.unit, giver.currency, amount)
+    now = utcnow()
+    if await transfers_today(session, giver.id, now) >= settings.balance_transfer_daily_count:
+        raise TransferLimitExceeded(
+            N_("At most {limit} transfers a day."), field="amount",
+            limit=settings.balance_transfer_daily_count,
+        )
+    aid = action_id(actor, key)
+    ref = f"balance:{aid}"
+    shard = chart.shard_of(giver.id)
+    fee = transfer_fee(settings, source.unit, giver.currency, amount)
+    fees = chart.fees(giver.currency, shard)
+    await ensure_accounts(session, [fees])
+    transfers: list[NewTransfer] = []
+    if source.bucket is None:
+        if receiver.currency != giver.currency:
+            raise ValidationFailed(
+                N_("Money can only be given to a line in the same currency ({currency})."),
+                field="receiverLogicalResource", currency=giver.currency,
+            )
+        receiver_account = receiver.wallet_account_id
+        transfers.append(NewTransfer(
+            id=derived_id(ref, "give"), amount=amount, unit=source.unit,
+            debit_account_id=source.account_id, credit_account_id=receiver_account,
+            code="transfer", reference=ref))
+    else:
+        b = source.bucket
+        if b.expires_at is not None and b.expires_at <= now:
+            raise BucketNotFound(N_("The bucket has expired."), field="bucket.id")
+        receiver_account = bucket_id(ref, 0)
+        await ensure_accounts(session, [NewAccount(
+            unit=b.unit, code="bucket", id=receiver_account, line_id=receiver.id,
+            debits_must_not_exceed_credits=True)])
+        session.add(Bucket(id=receiver_account, line_id=receiver.id, unit=b.unit,
+                           initial_amount=amount, zones=list(b.zones or []),
+                           expires_at=b.expires_at, source=ref, created_at=now))
+        transfers.append(NewTransfer(
+            id=derived_id(ref, "give"), amount=amount, unit=b.unit,
+            debit_account_id=source.account_id, credit_account_id=receiver_account,
+            code="transfer", reference=ref))
+    if fee:
+        transfers.append(NewTransfer(
+            id=derived_id(ref, "fee"), amount=fee, unit=giver.currency,
+            debit_account_id=giver.wallet_account_id, credit_account_id=fees.id,
+            code="transfer_fee", reference=ref))
+    action = _new_action(ActionKind.transfer, actor=actor, key=key, request=request,
+                         holder=source, amount=amount, now=now, reason=reason)
+    action.fee = fee
+    action.receiver_line_id = receiver.id
+    action.receiver_account_id = receiver_account
+    session.add(action)
+    await session.flush()
+    try:
+        await post_transfers(session, transfers, now=now)
+    except TransferRejected as exc:
+        _raise_refused(exc)
+    return action

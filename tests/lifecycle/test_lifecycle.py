@@ -1,0 +1,405 @@
+"""The line lifecycle: what time does to lines and buckets, warnings, top-ups and support."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.errors import ValidationFailed
+from simcharge.kit.clock import clock
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.lifecycle.models import LineEvent
+from simcharge.lifecycle.service import LineNotFrozen, Policy, on_topup, sweep, unfreeze
+from simcharge.lines.models import Line, LineState
+from simcharge.lines.service import UnitGrant, credit_wallet, grant_units, line_balances
+from simcharge.notifications.models import Notice
+from simcharge.worker.models import OutboxJob
+from simcharge.worker.runner import Worker, load_jobs
+from tests.conftest import SmtpInbox
+from tests.factories import create_account, create_line
+from tests.orders.helpers import assert_ledger_balanced
+
+T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def policy(settings: Settings, **override: Any) -> Policy:
+    return Policy.of(settings.model_copy(update=override))
+
+
+async def new_line(
+    db: Database,
+    *,
+    state: LineState = LineState.active,
+    validity_end: datetime | None = None,
+    last_activity_at: datetime | None = None,
+    state_changed_at: datetime | None = None,
+    language: str = "en",
+    owned: bool = True,
+) -> Line:
+    async def run(s: AsyncSession) -> Line:
+        account_id = None
+        if owned:
+            n = uuid.uuid4().hex[:10]
+            account = await create_account(
+                s, username=f"lc{n}", email=f"lc{n}@example.com", language=language,
+                email_verified_at=T - 400 * DAY,
+            )
+            account_id = account.id
+        line = await create_line(s, account_id=account_id, state=state)
+        line.validity_end = validity_end
+        line.last_activity_at = last_activity_at if last_activity_at else T - DAY
+        line.state_changed_at = state_changed_at or T - 2 * DAY
+        await s.flush()
+        return line
+
+    return await db.run(run)
+
+
+async def reload(db: Database, line: Line) -> Line:
+    async with db.read() as s:
+        found = await s.get(Line, line.id, populate_existing=True)
+        assert found is not None
+        return found
+
+
+async def jobs_for(db: Database, line: Line) -> list[dict[str, Any]]:
+    async with db.read() as s:
+        rows = (await s.execute(select(OutboxJob.payload).where(
+            OutboxJob.kind == "notifications.deliver"))).scalars().all()
+    return [p for p in rows if p.get("line_id") == str(line.id)]
+
+
+async def events_of(db: Database, line: Line) -> list[LineEvent]:
+    async with db.read() as s:
+        return list((await s.execute(select(LineEvent).where(
+            LineEvent.line_id == line.id).order_by(LineEvent.created_at))).scalars())
+
+
+# --- Transitions ---------------------------------------------------------------------------
+
+
+async def test_validity_end_puts_an_active_line_in_grace_and_tells_the_customer(
+    db: Database, settings: Settings, inbox: SmtpInbox, deliver: Callable[[], Awaitable[int]]
+) -> None:
+    clock.freeze(T)
+    line = await new_line(db, validity_end=T - timedelta(hours=1), language="es")
+    valid = await new_line(db, validity_end=T + 3 * DAY)
+    report = await sweep(db, policy(settings), now=T)
+    assert report.changed["active->grace"] >= 1
+    assert (await reload(db, line)).state == "grace"
+    assert (await reload(db, line)).state_changed_at == T
+    assert (await reload(db, valid)).state == "active"
+    [event] = await events_of(db, line)
+    assert (event.from_state, event.to_state, event.reason, event.actor) == (
+        "active", "grace", "validity_ended", "sweep")
+    [job] = await jobs_for(db, line)
+    assert job["template"] == "line.entered_grace"
+    await deliver()
+    async with db.read() as s:
+        notice = (await s.execute(select(Notice).where(Notice.line_id == line.id))).scalar_one()
+    assert notice.template == "line.entered_grace"
+    mails = [m for m in inbox.messages if line.msisdn in str(m["Subject"])]
+    assert mails, "no e-mail"
+    body = mails[0].get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "La validez de tu línea" in body.get_content()
+    assert "31 de diciembre de 2026" in body.get_content()
+
+
+async def test_grace_over_freezes_the_line(db: Database, settings: Settings) -> None:
+    over = await new_line(db, state=LineState.grace, validity_end=T - 40 * DAY,
+                          state_changed_at=T - 31 * DAY)
+    still = await new_line(db, state=LineState.grace, validity_end=T - 10 * DAY,
+                           state_changed_at=T - 10 * DAY)
+    await sweep(db, policy(settings), now=T)
+    assert (await reload(db, over)).state == "frozen"
+    assert (await reload(db, still)).state == "grace"
+    [job] = await jobs_for(db, over)
+    assert job["template"] == "line.frozen"
+
+
+async def test_no_activity_and_no_top_up_freezes_even_a_valid_line(
+    db: Database, settings: Settings
+) -> None:
+    idle = await new_line(db, validity_end=T + 100 * DAY, last_activity_at=T - 181 * DAY)
+    used = await new_line(db, validity_end=T + 100 * DAY, last_activity_at=T - 179 * DAY)
+    idle_grace = await new_line(db, state=LineState.grace, last_activity_at=T - 200 * DAY,
+                                validity_end=T - DAY, state_changed_at=T - DAY)
+    await sweep(db, policy(settings), now=T)
+    assert (await reload(db, idle)).state == "frozen"
+    assert (await reload(db, used)).state == "active"
+    assert (await reload(db, idle_grace)).state == "frozen"
+    assert [e.reason for e in await events_of(db, idle)] == ["inactive"]
+
+
+async def test_a_line_never_used_counts_from_when_it_entered_service(
+    db: Database, settings: Settings
+) -> None:
+    async def run(s: AsyncSession) -> Line:
+        line = await create_line(s)
+        line.last_activity_at = None
+        line.state_changed_at = T - 200 * DAY
+        return line
+
+    line = await db.run(run)
+    await sweep(db, policy(settings), now=T)
+    found = await reload(db, line)
+    assert found.last_activity_at == T - 200 * DAY
+    assert found.state == "frozen"
+
+
+async def test_frozen_too_long_terminates_and_forfeits_what_is_left(
+    db: Database, settings: Settings
+) -> None:
+    line = await new_line(db, state=LineState.frozen, state_changed_at=T - 366 * DAY,
+                          validity_end=T - 400 * DAY)
+
+    async def fill(s: AsyncSession) -> None:
+        found = await s.get(Line, line.id)
+        assert found is not None
+        await credit_wallet(s, found, 750, source="test:wallet")
+        await grant_units(s, found, [UnitGrant("DATA_B", 5000, None)], source="test:data",
+                          now=T - 400 * DAY)
+
+    await db.run(fill)
+    await sweep(db, policy(settings), now=T)
+    terminated = await reload(db, line)
+    assert terminated.state == "terminated"
+    async with db.read() as s:
+        balances = await line_balances(s, terminated, now=T)
+        expiry = {
+            a.unit: a.credits_posted for a in (await s.execute(select(LedgerAccount).where(
+                LedgerAccount.id.in_([chart.expiry("USD", chart.shard_of(line.id)).id,
+                                      chart.expiry("DATA_B", chart.shard_of(line.id)).id])
+            ))).scalars()
+        }
+    assert balances.wallet.available == 0
+    assert balances.units == []
+    assert expiry["USD"] >= 750 and expiry["DATA_B"] >= 5000
+    [job] = await jobs_for(db, line)
+    assert job["template"] == "line.terminated"
+    await assert_ledger_balanced(db)
+
+
+async def test_batches_move_every_due_line(db: Database, settings: Settings) -> None:
+    due = [await new_line(db, validity_end=T - DAY, owned=False) for _ in range(25)]
+    report = await sweep(db, policy(settings, lifecycle_batch_size=10), now=T)
+    assert report.changed["active->grace"] >= 25
+    assert {(await reload(db, line)).state for line in due} == {"grace"}
+
+
+# --- Buckets -------------------------------------------------------------------------------
+
+
+async def test_buckets_expire_into_the_expiry_account_once(
+    db: Database, settings: Settings
+) -> None:
+    line = await new_line(db, validity_end=T + 60 * DAY)
+
+    async def fill(s: AsyncSession) -> list[uuid.UUID]:
+        found = await s.get(Line, line.id)
+        assert found is not None
+        return await grant_units(
+            s, found,
+            [UnitGrant("VOICE_S", 600, 1), UnitGrant("SMS", 10, 30)],
+            source=f"test:{line.id}", now=T - 2 * DAY,
+        )
+
+    short, long = await db.run(fill)
+    expiry_id = chart.expiry("VOICE_S", chart.shard_of(line.id)).id
+
+    async def counts() -> tuple[int, int, int]:
+        async with db.read() as s:
+            n = (await s.execute(select(func.count()).select_from(LedgerTransfer).where(
+                LedgerTransfer.reference == f"bucket:{short}"))).scalar_one()
+            b = await s.get(LedgerAccount, short, populate_existing=True)
+            e = await s.get(LedgerAccount, expiry_id, populate_existing=True)
+            assert b is not None and e is not None
+            return int(n), b.credits_posted - b.debits_posted, e.credits_posted
+
+    report = await sweep(db, policy(settings), now=T)
+    assert report.expired_buckets >= 1
+    n, left, _ = await counts()
+    assert (n, left) == (1, 0)
+    await sweep(db, policy(settings), now=T + timedelta(minutes=10))
+    assert (await counts())[:2] == (1, 0)
+    async with db.read() as s:
+        sms = await s.get(LedgerAccount, long)
+        assert sms is not None and sms.credits_posted - sms.debits_posted == 10
+    await assert_ledger_balanced(db)
+
+
+# --- Warnings ------------------------------------------------------------------------------
+
+
+async def test_warnings_go_out_once_before_the_validity_ends(
+    db: Database, settings: Settings
+) -> None:
+    p = policy(settings)
+    await sweep(db, p, now=T - DAY)  # the passes start
+    soon = await new_line(db, validity_end=T + timedelta(days=6, hours=12))
+    very_soon = await new_line(db, validity_end=T + timedelta(hours=12))
+    later = await new_line(db, validity_end=T + 30 * DAY)
+    await sweep(db, p, now=T)
+    [warning] = await jobs_for(db, soon)
+    assert warning["template"] == "line.validity_ending"
+    assert warning["params"]["days_left"] == 7
+    assert warning["params"]["validity_end"] == (T + timedelta(days=6, hours=12)).isoformat()
+    # The 1-day warning only, not both.
+    [only] = await jobs_for(db, very_soon)
+    assert only["params"]["days_left"] == 1
+    assert await jobs_for(db, later) == []
+    await sweep(db, p, now=T + timedelta(hours=1))
+    assert len(await jobs_for(db, soon)) == 1
+    await sweep(db, p, now=T + timedelta(days=5, hours=13))
+    templates = [(j["template"], j["params"]["days_left"]) for j in await jobs_for(db, soon)]
+    assert templates == [("line.validity_ending", 7), ("line.validity_ending", 1)]
+
+
+async def test_freeze_and_termination_are_announced(db: Database, settings: Settings) -> None:
+    p = policy(settings)
+    await sweep(db, p, now=T - DAY)
+    hour = timedelta(hours=1)
+    grace = await new_line(db, state=LineState.grace, validity_end=T - 24 * DAY,
+                           state_changed_at=T - 24 * DAY + hour)
+    idle = await new_line(db, validity_end=T + 100 * DAY,
+                          last_activity_at=T - 173 * DAY - 12 * hour)
+    frozen = await new_line(db, state=LineState.frozen, state_changed_at=T - 359 * DAY + hour)
+    await sweep(db, p, now=T)
+    [g] = await jobs_for(db, grace)
+    assert (g["template"], g["params"]["freeze_on"]) == (
+        "line.freeze_warning", (T + 6 * DAY + hour).isoformat())
+    [i] = await jobs_for(db, idle)
+    assert (i["template"], i["params"]["days_left"]) == ("line.freeze_warning", 7)
+    [f] = await jobs_for(db, frozen)
+    assert (f["template"], f["params"]["terminate_on"]) == (
+        "line.termination_warning", (T + 6 * DAY + hour).isoformat())
+
+
+async def test_warnings_render_in_every_language(db: Database, settings: Settings) -> None:
+    from simcharge.notifications.templates import render
+
+    params = {"msisdn": "+14155550100", "days_left": 7, "operator": "simcharge",
+              "validity_end": T.isoformat(), "freeze_on": T.isoformat(),
+              "terminate_on": T.isoformat(), "grace_ends": T.isoformat()}
+    for template in ("line.validity_ending", "line.freeze_warning", "line.termination_warning",
+                     "line.entered_grace", "line.frozen", "line.terminated"):
+        texts = {lang: render(template, lang, params).text
+                 for lang in ("en", "zh-Hans", "zh-Hant", "fil", "es")}
+        assert len(set(texts.values())) == 5, template
+        assert all("+14155550100" in t for t in texts.values())
+
+
+# --- Top-ups and support -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reactivation", "by_owner", "expected"),
+    [("topup", False, "active"), ("owner_topup", True, "active"),
+     ("owner_topup", False, "frozen"), ("support", True, "frozen")],
+)
+async def test_a_top_up_brings_a_frozen_line_back_by_policy(
+    db: Database, settings: Settings, reactivation: str, by_owner: bool, expected: str
+) -> None:
+    line = await new_line(db, state=LineState.frozen, validity_end=T + 30 * DAY)
+
+    async def top_up(s: AsyncSession) -> bool:
+        found = await s.get(Line, line.id)
+        assert found is not None
+        return on_topup(s, found, now=T, actor="order:x", by_owner=by_owner,
+                        policy=policy(settings, lifecycle_frozen_reactivation=reactivation))
+
+    changed = await db.run(top_up)
+    found = await reload(db, line)
+    assert (found.state, changed) == (expected, expected == "active")
+    assert found.last_activity_at == T
+
+
+async def test_a_top_up_in_grace_reactivates_only_with_validity(
+    db: Database, settings: Settings
+) -> None:
+    valid = await new_line(db, state=LineState.grace, validity_end=T + 30 * DAY)
+    expired = await new_line(db, state=LineState.grace, validity_end=T - DAY)
+    frozen_expired = await new_line(db, state=LineState.frozen, validity_end=T - DAY)
+
+    async def top_up(s: AsyncSession) -> None:
+        for line in (valid, expired, frozen_expired):
+            found = await s.get(Line, line.id)
+            assert found is not None
+            on_topup(s, found, now=T, actor="order:x", by_owner=True, policy=policy(settings))
+
+    await db.run(top_up)
+    assert (await reload(db, valid)).state == "active"
+    assert (await reload(db, expired)).state == "grace"
+    assert (await reload(db, frozen_expired)).state == "grace"
+    assert [e.reason for e in await events_of(db, valid)] == ["topup"]
+
+
+async def test_support_unfreezes_a_line(db: Database, settings: Settings) -> None:
+    line = await new_line(db, state=LineState.frozen, validity_end=T + 10 * DAY)
+    expired = await new_line(db, state=LineState.frozen, validity_end=T - 10 * DAY)
+
+    async def run(s: AsyncSession, target: Line) -> str:
+        found = await s.get(Line, target.id)
+        assert found is not None
+        return (await unfreeze(s, found, by="agent7", reason="customer called", now=T)).state
+
+    assert await db.run(lambda s: run(s, line)) == "active"
+    assert await db.run(lambda s: run(s, expired)) == "grace"
+    [event] = await events_of(db, line)
+    assert (event.actor, event.reason) == ("staff:agent7", "support: customer called")
+    # Not frozen any more: refused, nothing changes.
+    with pytest.raises(LineNotFrozen):
+        await db.run(lambda s: run(s, line))
+
+    async def no_reason(s: AsyncSession) -> None:
+        found = await s.get(Line, expired.id)
+        assert found is not None
+        await unfreeze(s, found, by="agent7", reason="  ")
+
+    with pytest.raises(ValidationFailed):
+        await db.run(no_reason)
+    assert len(await events_of(db, line)) == 1
+    # After support, the line does not freeze again at the next sweep.
+    await sweep(db, policy(settings), now=T + timedelta(minutes=5))
+    assert (await reload(db, line)).state == "active"
+    assert (await reload(db, expired)).state == "grace"
+
+
+# --- The worker ----------------------------------------------------------------------------
+
+
+async def test_the_worker_runs_the_sweep_periodically(db: Database, settings: Settings) -> None:
+    assert "lifecycle.sweep" in load_jobs().periodic
+    line = await new_line(db, validity_end=datetime.now(UTC) - DAY)
+    worker = Worker(db, settings, concurrency=2)
+    try:
+        await worker.run_once()
+        await worker.drain()
+    finally:
+        await worker.close()
+    assert (await reload(db, line)).state == "grace"
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_sweeps_change_each_line_once(
+    fresh_db: Database, settings: Settings
+) -> None:
+    due = [await new_line(fresh_db, validity_end=T - DAY) for _ in range(30)]
+    p = policy(settings, lifecycle_batch_size=10)
+    await asyncio.gather(*(sweep(fresh_db, p, now=T) for _ in range(4)))
+    for line in due:
+        assert (await reload(fresh_db, line)).state == "grace"
+        assert len(await events_of(fresh_db, line)) == 1
+        assert len(await jobs_for(fresh_db, line)) == 1
