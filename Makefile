@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# axe-core for the browser tests (npm, pinned by package-lock.json); skipped without npm.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund && touch $(NODE_STAMP); fi
+
+install: $(STAMP) $(NODE_STAMP)
 
 migrate: $(STAMP)
 	$(BIN)/simcharge db upgrade
@@ -29,7 +34,7 @@ demo: migrate
 run: demo
 	PORT=$(PORT) $(BIN)/simcharge serve --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -58,4 +63,4 @@ messages: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache node_modules

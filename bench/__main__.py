@@ -54,10 +54,11 @@ async def main(args: argparse.Namespace) -> int:
     print(f"preparing the bench database (concurrency {args.concurrency}) …", flush=True)
     await ctx.prepare()
 
-    async def measure(name: str) -> Measurement:
+    async def measure(name: str, concurrency: int | None = None) -> Measurement:
         op = await ctx.operation(name)
         m = await drive(
-            name, op, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup
+            name, op, concurrency=concurrency or args.concurrency, duration=args.duration,
+            warmup=args.warmup,
         )
         print(
             f"  {name:28} {m.ops_per_s:10.1f} ops/s  p50 {m.p50_ms:.2f} ms  p99 {m.percentile(99):.2f} ms"
@@ -69,7 +70,7 @@ async def main(args: argparse.Namespace) -> int:
     once_results: dict[str, dict[str, object]] = {}
     try:
         before = {b: await measure(b) for b in wanted_baselines}
-        measured = [(e, await measure(e.name)) for e in selected]
+        measured = [(e, await measure(e.name, e.concurrency)) for e in selected]
         after = {b: await measure(b) for b in wanted_baselines}
         for entry in once:
             print(f"  {entry.name} …", flush=True)
@@ -91,6 +92,13 @@ async def main(args: argparse.Namespace) -> int:
             if baselines[e.baseline]
             else 0.0,
             "errors": m.errors,
+            "concurrency": e.concurrency or args.concurrency,
+            **(
+                {"target_p95_ms": e.target_p95_ms,
+                 "meets_target": m.percentile(95) < e.target_p95_ms}
+                if e.target_p95_ms
+                else {}
+            ),
         }
         for e, m in measured
     ]

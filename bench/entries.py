@@ -34,6 +34,9 @@ class Entry:
     baseline: str
     """`db_baseline` or `http_baseline`."""
     build: Callable[[BenchContext], Awaitable[Operation]]
+    concurrency: int | None = None
+    """Its own number of concurrent workers (else the run's)."""
+    target_p95_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,9 @@ class BenchContext:
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"{target} did not start")
 
-    def client(self, base: str) -> httpx.AsyncClient:
-        limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-        )
+    def client(self, base: str, *, connections: int | None = None) -> httpx.AsyncClient:
+        n = connections or self.concurrency
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         c = httpx.AsyncClient(base_url=base, limits=limits, timeout=30)
         self._clients.append(c)
         return c
@@ -247,6 +249,12 @@ async def _topup_fulfil_webhook(ctx: BenchContext) -> Operation:
     return await topup_fulfil_webhook(ctx)
 
 
+async def _portal_dashboard(ctx: BenchContext) -> Operation:
+    from bench.portal import portal_dashboard
+
+    return await portal_dashboard(ctx)
+
+
 async def _nchf_update(ctx: BenchContext) -> Operation:
     from bench.charging import nchf_update
 
@@ -262,6 +270,8 @@ async def _cdr_rating(ctx: BenchContext) -> dict[str, Any]:
 ENTRIES: list[Entry] = [
     Entry("ledger_transfer", "db_baseline", _ledger_transfer),
     Entry("topup_fulfil_webhook", "http_baseline", _topup_fulfil_webhook),
+    Entry("portal_dashboard", "http_baseline", _portal_dashboard, concurrency=32,
+          target_p95_ms=50),
     Entry("nchf_update", "http_baseline", _nchf_update),
 ]
 

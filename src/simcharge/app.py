@@ -38,6 +38,7 @@ from simcharge.orders.endpoints import router as orders_router
 from simcharge.payments.endpoints import router as webhooks_router
 from simcharge.payments.endpoints import sandbox_router
 from simcharge.payments.registry import Providers
+from simcharge.portal import install as install_portal
 from simcharge.tickets.endpoints import router as tickets_router
 from simcharge.tmf654.endpoints import router as tmf654_router
 from simcharge.tmf654.transfers import router as line_transfers_router
@@ -128,6 +129,7 @@ def create_app(
         add_routes(app, dev_router)
     if settings.sandbox_on:
         add_routes(app, sandbox_router)
+    install_portal(app)
     mount_docs_assets(app)
     app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
     return app

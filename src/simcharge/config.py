@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     redis_url: str | None = None
 
     operator_name: str = "simcharge"
+    operator_logo: Path | None = None
+    """An SVG or PNG file shown in the portal's header; unset: the operator's initial."""
+    brand_color: str = Field(default="#0b6e4f", pattern=r"^#[0-9a-fA-F]{6}$")
+    """The portal's main colour (buttons, links, bars)."""
+    brand_accent: str = Field(default="#f5f7f6", pattern=r"^#[0-9a-fA-F]{6}$")
+    """The portal's background tint."""
     default_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     default_language: str = "en"
 

@@ -8,12 +8,13 @@ else is a logged `internal-error` that shows no trace of the code (answered by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simcharge.errors import (
@@ -90,14 +91,25 @@ def validation_problem(exc: RequestValidationError) -> SimchargeError:
     return ValidationFailed(errors=errors)
 
 
+def _answer(request: Request, exc: SimchargeError) -> Response:
+    """A page for the portal's pages (`request.state.portal`, the app's `html_problem`), a
+    problem document for everything else."""
+    html: Callable[[Request, SimchargeError], Response] | None = getattr(
+        request.app.state, "html_problem", None
+    )
+    if html is not None and getattr(request.state, "portal", False):
+        return html(request, exc)
+    return problem_response(request, exc)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimchargeError)
-    async def _expected(request: Request, exc: SimchargeError) -> JSONResponse:
-        return problem_response(request, exc)
+    async def _expected(request: Request, exc: SimchargeError) -> Response:
+        return _answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem_response(request, validation_problem(exc))
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return _answer(request, validation_problem(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

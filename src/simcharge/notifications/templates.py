@@ -120,3 +120,9 @@ def render(name: str, language: str, params: dict[str, Any]) -> Rendered:
 
 def template_names() -> list[str]:
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja") if not p.stem.startswith("_"))
+
+
+def render_subject(name: str, language: str, params: dict[str, Any]) -> str:
+    """Only the subject (a notice's title in a list): no body, no HTML layout."""
+    language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+    return _block(environment(language), name, "subject", params)

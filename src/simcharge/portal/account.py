@@ -1,0 +1,527 @@
+"""The user center: lines and balances, topping up, an order's page, consumption records."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import segno
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from markupsafe import Markup
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts import service as accounts
+from simcharge.api.deps import DB, AppSettings
+from simcharge.auth.deps import Client, Limits
+from simcharge.catalog.service import list_methods, list_plans
+from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
+from simcharge.kit.clock import utcnow
+from simcharge.kit.i18n import pick_text
+from simcharge.kit.translations import N_, translate
+from simcharge.lines.models import Line, LineState
+from simcharge.lines.schemas import LineBalances
+from simcharge.lines.service import line_balances
+from simcharge.notifications.models import Notice
+from simcharge.notifications.service import mark_read, notices_of
+from simcharge.notifications.templates import render_subject
+from simcharge.orders import service as orders
+from simcharge.orders.models import Order, Payment
+from simcharge.payments import service as payments
+from simcharge.payments.providers.base import PaymentFlow
+from simcharge.payments.registry import Providers
+from simcharge.portal.records import KINDS, records_of
+from simcharge.portal.web import (
+    Page,
+    Visitor,
+    error_texts,
+    fee_text,
+    form_of,
+    provider_url_ok,
+    redirect,
+    render,
+    units_text,
+)
+
+router = APIRouter(include_in_schema=False)
+
+WARN_DAYS = 14
+"""A line whose validity ends within this many days shows how to keep it active."""
+
+
+def require(page: Visitor) -> uuid.UUID:
+    if page.customer is None:
+        raise NotAuthenticated(N_("Please sign in."))
+    return page.customer.account.id
+
+
+def _providers(request: Request) -> Providers:
+    providers: Providers = request.app.state.providers
+    return providers
+
+
+def _uuid(raw: str | None, field: str = "order_id") -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise NotFound(field=field) from None
+
+
+def bar_class(remaining: int, initial: int) -> str:
+    """A width class in steps of 5 % (the CSP allows no inline style)."""
+    if initial <= 0:
+        return "w0"
+    share = max(0.0, min(1.0, remaining / initial))
+    return f"w{round(share * 20) * 5}"
+
+
+@dataclass
+class LineCard:
+    line: Line
+    balances: LineBalances
+    days_left: int | None
+    warn: str | None
+    """Why and how to keep the line active, when it matters."""
+    freeze_on: date | None = None
+    """When the line would be frozen, as the lifecycle's last warning about it said."""
+    freeze_days: int | None = None
+
+
+FREEZE_NOTICES = ("line.freeze_warning", "line.entered_grace")
+
+
+async def freeze_dates(
+    s: AsyncSession, account_id: uuid.UUID, lines: list[Line], now: datetime
+) -> dict[uuid.UUID, date]:
+    """The freeze (or end of grace) date of each line that has one ahead, read from the latest
+    warning the lifecycle sent about it: the portal shows the date the customer was told."""
+    if not lines:
+        return {}
+    rows = (
+        await s.execute(
+            select(Notice.line_id, Notice.params)
+            .where(
+                Notice.account_id == account_id,
+                Notice.line_id.in_([line.id for line in lines]),
+                Notice.template.in_(FREEZE_NOTICES),
+            )
+            .order_by(Notice.created_at.desc())
+            .limit(20)
+        )
+    ).all()
+    found: dict[uuid.UUID, date] = {}
+    for line_id, params in rows:
+        raw = params.get("freeze_on") or params.get("grace_ends")
+        if line_id is None or line_id in found or not raw:
+            continue
+        with contextlib.suppress(ValueError):
+            when = date.fromisoformat(str(raw)[:10])
+            if when >= now.date():
+                found[line_id] = when
+    return found
+
+
+def line_card(
+    line: Line, balances: LineBalances, now: datetime, freeze_on: date | None = None
+) -> LineCard:
+    days = None
+    if line.validity_end is not None:
+        days = max(0, (line.validity_end - now).days)
+    warn = None
+    if line.state == LineState.frozen:
+        warn = N_(
+            "This line is frozen because it was not used or topped up for a long time. "
+            "A top-up reactivates it."
+        )
+    elif line.state == LineState.grace:
+        warn = N_(
+            "This line's validity has ended: it can receive calls but not use paid services, "
+            "and it will be frozen if it is not topped up. Top up to keep it active."
+        )
+    elif line.state == LineState.available:
+        warn = N_("This line is not in service yet: its first top-up activates it.")
+    elif days is not None and days <= WARN_DAYS:
+        warn = N_(
+            "Top up before the validity ends to keep this line active; any package extends it."
+        )
+    card = LineCard(line, balances, days, warn)
+    if freeze_on is not None and line.state in (LineState.active, LineState.grace):
+        card.freeze_on, card.freeze_days = freeze_on, (freeze_on - now.date()).days
+    return card
+
+
+@router.get("/account")
+async def dashboard(
+    request: Request, page: Page, db: DB, settings: AppSettings, verified: str | None = None
+) -> Response:
+    account_id = require(page)
+    now = utcnow()
+    async with db.read() as s:
+        lines = list(await accounts.own_lines(s, account_id))
+        # Only when it matters: a line in grace, or whose validity ends soon.
+        soon = [
+            ln for ln in lines
+            if ln.state == LineState.grace
+            or (ln.validity_end is not None and ln.validity_end - now <= timedelta(days=WARN_DAYS))
+        ]
+        freezes = await freeze_dates(s, account_id, soon, now)
+        cards = [
+            line_card(line, await line_balances(s, line, now=now), now, freezes.get(line.id))
+            for line in lines
+        ]
+        recent = await records_of(s, lines, limit=5)
+        notices = await notices_of(s, account_id, limit=5, unread_only=False)
+    language = page.language
+    shown = []
+    for n in notices:
+        title = render_subject(
+            n.template, language,
+            {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
+        )
+        shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None})
+    return render(
+        request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,
+        kinds=KINDS, bar_class=bar_class,
+        good=N_("Your contact is verified.") if verified else None,
+    )
+
+
+@router.post("/account/notices/read")
+async def notices_read(request: Request, page: Page, db: DB) -> Response:
+    account_id = require(page)
+    await form_of(request, page)
+    await db.run(lambda s: mark_read(s, account_id, None, utcnow()))
+    return redirect("/account")
+
+
+# --- top up ---------------------------------------------------------------------------------------
+
+
+async def _catalog(request: Request, db: DB, language: str) -> tuple[list[Any], list[Any]]:
+    providers = _providers(request)
+
+    def served(m: Any) -> bool:
+        return providers.serving(m) is not None
+
+    async with db.read() as s:
+        return await list_plans(s, language, served), await list_methods(s, language, served)
+
+
+@router.get("/account/topup")
+async def topup_form(
+    request: Request,
+    page: Page,
+    db: DB,
+    line: str | None = None,
+    msisdn: str = "",
+    plan: str | None = None,
+    method: str | None = None,
+) -> Response:
+    account_id = require(page)
+    async with db.read() as s:
+        lines = await accounts.own_lines(s, account_id)
+    plans, methods = await _catalog(request, db, page.language)
+    chosen_line = line or (str(lines[0].id) if lines and not msisdn else "other")
+    return render(
+        request, page, "topup.html", lines=lines, plans=plans, methods=methods,
+        fees={m.code: fee_text(m, page.language) for m in methods},
+        values={"line": chosen_line, "msisdn": msisdn[:32], "plan": plan or "",
+                "method": method or ""},
+        errors={},
+    )
+
+
+@dataclass
+class Choice:
+    line_id: uuid.UUID | None
+    msisdn: str | None
+    plan: str
+    method: str
+
+    def query(self) -> str:
+        return urlencode(
+            {"line": str(self.line_id) if self.line_id else "other", "msisdn": self.msisdn or "",
+             "plan": self.plan, "method": self.method}
+        )
+
+
+def _choice(values: dict[str, str]) -> Choice:
+    raw_line = values.get("line", "")
+    line_id = None
+    if raw_line and raw_line != "other":
+        line_id = _uuid(raw_line, "line")
+    msisdn = values.get("msisdn", "").strip() or None if line_id is None else None
+    return Choice(line_id, msisdn, values.get("plan", ""), values.get("method", ""))
+
+
+@router.get("/account/topup/review")
+async def topup_review(request: Request, page: Page, db: DB, settings: AppSettings) -> Response:
+    """What the payer would pay, fee included, in the method's currency; then "Pay now"."""
+    account_id = require(page)
+    values = {k: request.query_params.get(k, "") for k in ("line", "msisdn", "plan", "method")}
+    providers = _providers(request)
+    try:
+        choice = _choice(values)
+        async with db.read() as s:
+            target = await orders.resolve_line(
+                s, account_id, line_id=choice.line_id, msisdn=choice.msisdn
+            )
+            q = await orders.quote(
+                s, settings, providers, plan_code=choice.plan, method_code=choice.method,
+                line=target, now=utcnow(),
+            )
+            orders.check_flow(providers, q, None)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        async with db.read() as s:
+            lines = await accounts.own_lines(s, account_id)
+        plans, methods = await _catalog(request, db, page.language)
+        return render(
+            request, page, "topup.html", status=exc.status, lines=lines, plans=plans,
+            methods=methods, fees={m.code: fee_text(m, page.language) for m in methods},
+            values=values, errors=errors, error=summary,
+        )
+    return render(
+        request, page, "topup_review.html", q=q, choice=choice,
+        gift=target.account_id != account_id,
+        plan_name=pick_text(q.plan.names, page.language),
+        method_name=pick_text(q.method.names, page.language),
+        idempotency_key=uuid.uuid4().hex, back="/account/topup?" + choice.query(),
+    )
+
+
+@router.post("/account/topup")
+async def topup(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    """Place the order (the form's idempotency key makes a second click the same order), open
+    the provider's checkout and go there; a QR code is shown on the order's page."""
+    account_id = require(page)
+    form = await form_of(request, page)
+    providers = _providers(request)
+    choice = _choice(form)
+    try:
+        placed = await db.run(
+            lambda s: orders.place_order(
+                s, settings, providers, account_id=account_id,
+                idempotency_key=form.get("idempotency_key") or None,
+                plan_code=choice.plan, method_code=choice.method, line_id=choice.line_id,
+                msisdn=choice.msisdn, flow=None, language=page.language, now=utcnow(),
+            )
+        )
+        payment = await payments.open_checkout(
+            db, settings, providers, placed.order.id, client_ip=client.ip
+        )
+    except SimchargeError as exc:
+        summary, _ = error_texts(exc, page.language)
+        return render(
+            request, page, "error.html", status=exc.status,
+            title=translate(page.language, N_("The payment could not be started")),
+            detail=summary, request_id=None,
+        )
+    order_page = f"/account/orders/{placed.order.id}"
+    url = payment.redirect_url
+    if payment.flow == PaymentFlow.redirect.value and url and provider_url_ok(settings, url):
+        return redirect(url)
+    return redirect(order_page)
+
+
+# --- an order's page --------------------------------------------------------------------------------
+
+
+def qr_svg(payload: str) -> Markup:
+    # segno writes the SVG itself from the payload's modules: no markup of ours comes from it.
+    return Markup(segno.make(payload, error="m").svg_inline(scale=5, border=2, omitsize=True))  # noqa: S704
+
+
+async def _order_and_payment(
+    db: DB, account_id: uuid.UUID, order_id: uuid.UUID
+) -> tuple[Order, Payment, LineBalances | None]:
+    async with db.read() as s:
+        order = await orders.own_order(s, account_id, order_id)
+        payment = await orders.payment_of(s, order.id)
+        line = await s.get(Line, order.line_id)
+        balances = (
+            await line_balances(s, line)
+            if line is not None and line.account_id == account_id and order.state == "fulfilled"
+            else None
+        )
+    return order, payment, balances
+
+
+@router.get("/account/orders/{order_id}")
+async def order_page(
+    order_id: str, request: Request, page: Page, db: DB, cancelled: str | None = None
+) -> Response:
+    account_id = require(page)
+    order, payment, balances = await _order_and_payment(db, account_id, _uuid(order_id))
+    waiting = order.state in ("pending", "paid")
+    qr = (
+        qr_svg(payment.qr_payload)
+        if order.state == "pending" and payment.flow == "qr" and payment.qr_payload
+        else None
+    )
+    return render(
+        request, page, "order.html", order=order, payment=payment, balances=balances,
+        waiting=waiting, qr=qr, cancelled=bool(cancelled),
+        plan_name=pick_text(order.plan_snapshot.get("names", {}), page.language) or order.plan_code,
+        pay_url=payment.redirect_url if order.state == "pending" and payment.flow == "redirect" else None,
+    )
+
+
+@router.get("/account/orders/{order_id}/state")
+async def order_state(order_id: str, page: Page, db: DB) -> Response:
+    """What the order page polls (plain JavaScript) while it waits."""
+    account_id = require(page)
+    async with db.read() as s:
+        order = await orders.own_order(s, account_id, _uuid(order_id))
+    return JSONResponse({"state": order.state}, headers={"cache-control": "no-store"})
+
+
+@router.post("/account/orders/{order_id}/check")
+async def order_check(order_id: str, request: Request, page: Page, db: DB) -> Response:
+    """Ask the provider now (a customer who paid and sees nothing yet)."""
+    account_id = require(page)
+    await form_of(request, page)
+    oid = _uuid(order_id)
+    async with db.read() as s:
+        order = await orders.own_order(s, account_id, oid)
+    if order.state == "pending":
+        with contextlib.suppress(payments.PaymentProviderUnavailable):
+            await payments.check_order(
+                db, _providers(request), oid, source="customer_check", capture=True
+            )
+    return redirect(f"/account/orders/{oid}")
+
+
+@router.post("/account/orders/{order_id}/cancel")
+async def order_cancel(order_id: str, request: Request, page: Page, db: DB) -> Response:
+    account_id = require(page)
+    await form_of(request, page)
+    oid = _uuid(order_id)
+    async with db.read() as s:
+        await orders.own_order(s, account_id, oid)
+    with contextlib.suppress(SimchargeError):
+        await payments.cancel_order(db, _providers(request), oid)
+    return redirect(f"/account/orders/{oid}")
+
+
+# --- consumption records --------------------------------------------------------------------------
+
+
+def _day(raw: str | None) -> date | None:
+    try:
+        return date.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
+async def _records(
+    request: Request, page: Visitor, db: DB, limit: int
+) -> tuple[list[Line], list[Any], dict[str, str], list[Order]]:
+    account_id = require(page)
+    q = request.query_params
+    values = {k: q.get(k, "") for k in ("line", "kind", "from", "to")}
+    since, until = _day(values["from"]), _day(values["to"])
+    async with db.read() as s:
+        lines = list(await accounts.own_lines(s, account_id))
+        chosen = [ln for ln in lines if str(ln.id) == values["line"]] if values["line"] else lines
+        rows = await records_of(
+            s, chosen,
+            kind=values["kind"] if values["kind"] in KINDS else None,
+            since=datetime.combine(since, datetime.min.time(), UTC) if since else None,
+            until=datetime.combine(until, datetime.min.time(), UTC) + timedelta(days=1)
+            if until else None,
+            limit=limit,
+        )
+        recent_orders = list(await orders.orders_of(s, account_id, limit=20))
+    return lines, rows, values, recent_orders
+
+
+@router.get("/account/records")
+async def records(request: Request, page: Page, db: DB) -> Response:
+    lines, rows, values, recent_orders = await _records(request, page, db, 200)
+    return render(
+        request, page, "records.html", lines=lines, rows=rows, values=values, kinds=KINDS,
+        orders=recent_orders, csv_query=urlencode({k: v for k, v in values.items() if v}),
+    )
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (OWASP CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@router.get("/account/records.csv")
+async def records_csv(request: Request, page: Page, db: DB) -> Response:
+    _, rows, _, _ = await _records(request, page, db, 5000)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["time_utc", "number", "kind", "amount", "unit", "shown", "reference"])
+    for r in rows:
+        writer.writerow(
+            [r.at.isoformat(), r.msisdn, r.kind, r.amount, r.unit,
+             _cell(units_text(page.language, r.amount, r.unit)), _cell(r.reference or "")]
+        )
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "content-disposition": 'attachment; filename="records.csv"',
+            "cache-control": "no-store",
+        },
+    )
+
+
+# --- adding a line (an eSIM bought from the operator) ------------------------------------------------
+
+
+@router.get("/account/lines/add")
+async def add_line_form(request: Request, page: Page, msisdn: str = "", sent: str = "") -> Response:
+    require(page)
+    return render(
+        request, page, "add_line.html", values={"msisdn": msisdn[:32]}, errors={}, error=None,
+        sent=bool(sent),
+    )
+
+
+@router.post("/account/lines/add")
+async def add_line(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    """Step 1: a code goes to the line by SMS. Step 2 (`code` given): the line is added."""
+    require(page)
+    form = await form_of(request, page)
+    msisdn, code = form.get("msisdn", "").strip(), form.get("code", "").strip()
+    account = page.account
+    try:
+        if not code:
+            await limits.hit("codes", client.ip)
+            await db.run(
+                lambda s: accounts.request_line_attach(
+                    s, settings, account, msisdn, client=client, now=utcnow()
+                )
+            )
+            return redirect("/account/lines/add?" + urlencode({"msisdn": msisdn, "sent": 1}))
+        await limits.hit("verify", client.ip)
+        result = await db.run(
+            lambda s: accounts.confirm_line_attach(
+                s, settings, account, msisdn, code, client=client, now=utcnow()
+            )
+        )
+        if isinstance(result, Refused):
+            raise result.error
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return render(
+            request, page, "add_line.html", status=exc.status, values={"msisdn": msisdn},
+            errors=errors, error=summary, sent=bool(code),
+        )
+    return redirect("/account")

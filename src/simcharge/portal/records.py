@@ -1,0 +1,152 @@
+"""Consumption records: every posted movement on a customer's lines (wallet and buckets), read
+from the ledger, with what caused it (an order, usage, a refund, an adjustment)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.kit.translations import N_
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
+from simcharge.lines.models import Line
+
+KINDS: dict[str, str] = {
+    "topup": N_("Top-up"),
+    "package": N_("Package"),
+    "usage": N_("Usage"),
+    "refund": N_("Refund"),
+    "adjustment": N_("Adjustment"),
+    "transfer": N_("Transfer between lines"),
+    "expiry": N_("Expired"),
+}
+"""Kinds a record can have, with the label a customer reads."""
+
+_POSTED = (TransferKind.posted.value, TransferKind.post_pending.value)
+# Kinds that a transfer's code alone decides (narrowed in the query; the rest after it).
+_CODES: dict[str, tuple[str, ...]] = {
+    "topup": ("topup",),
+    "package": ("grant",),
+    "refund": ("refund", "refund_voided"),
+    "adjustment": ("adjustment",),
+    "transfer": ("transfer", "transfer_fee"),
+    "expiry": ("expiry", "forfeit"),
+}
+_KNOWN = tuple(code for codes in _CODES.values() for code in codes)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: uuid.UUID
+    at: datetime
+    line_id: uuid.UUID
+    msisdn: str
+    kind: str
+    unit: str
+    amount: int
+    """Signed: positive when the line received it, negative when it was taken from the line."""
+    order_id: uuid.UUID | None
+    reference: str | None
+
+
+def kind_of(code: str, credited: bool) -> str:
+    if code == "topup":
+        return "topup"
+    if code == "grant":
+        return "package"
+    if code.startswith("refund"):
+        return "refund"
+    if code == "adjustment":
+        return "adjustment"
+    if code.startswith("transfer"):
+        return "transfer"
+    if "expir" in code or code == "forfeit":
+        return "expiry"
+    return "topup" if credited else "usage"
+
+
+def _order_id(reference: str | None) -> uuid.UUID | None:
+    if reference and reference.startswith("order:"):
+        try:
+            return uuid.UUID(reference.removeprefix("order:"))
+        except ValueError:
+            return None
+    return None
+
+
+async def records_of(
+    session: AsyncSession,
+    lines: Sequence[Line],
+    *,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 200,
+) -> list[Record]:
+    """Newest first. `lines` are the customer's own (the caller scopes them)."""
+    if not lines:
+        return []
+    by_line = {line.id: line for line in lines}
+    accounts = {
+        a_id: line_id
+        for a_id, line_id in (
+            await session.execute(
+                select(LedgerAccount.id, LedgerAccount.line_id).where(
+                    LedgerAccount.line_id.in_(list(by_line))
+                )
+            )
+        ).all()
+        if line_id is not None
+    }
+    if not accounts:
+        return []
+    ids = list(accounts)
+    t = LedgerTransfer
+    stmt = select(
+        t.id, t.created_at, t.credit_account_id, t.debit_account_id, t.amount, t.unit, t.code,
+        t.reference,
+    ).where(
+        or_(t.credit_account_id.in_(ids), t.debit_account_id.in_(ids)),
+        t.kind.in_(_POSTED),
+    )
+    if since is not None:
+        stmt = stmt.where(t.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(t.created_at < until)
+    if kind in _CODES:
+        stmt = stmt.where(t.code.in_(_CODES[kind]))
+    elif kind is not None:
+        stmt = stmt.where(t.code.not_in(_KNOWN))
+    # A transfer between two of the customer's own accounts counts on both sides.
+    rows = (
+        await session.execute(stmt.order_by(t.created_at.desc(), t.id.desc()).limit(limit * 2))
+    ).all()
+    out: list[Record] = []
+    seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    for row in rows:
+        for account_id, credited in ((row.credit_account_id, True), (row.debit_account_id, False)):
+            line_id = accounts.get(account_id)
+            if line_id is None or (row.id, account_id) in seen:
+                continue
+            seen.add((row.id, account_id))
+            record_kind = kind_of(row.code, credited)
+            if kind and record_kind != kind:
+                continue
+            out.append(
+                Record(
+                    id=row.id,
+                    at=row.created_at,
+                    line_id=line_id,
+                    msisdn=by_line[line_id].msisdn,
+                    kind=record_kind,
+                    unit=row.unit,
+                    amount=row.amount if credited else -row.amount,
+                    order_id=_order_id(row.reference),
+                    reference=row.reference,
+                )
+            )
+    return out[:limit]

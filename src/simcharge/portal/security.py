@@ -1,0 +1,381 @@
+"""The security page: password, two-step verification, sessions, sign-in history, alerts,
+locking the account (and unlocking it again with a code)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account
+from simcharge.api.deps import DB, AppSettings
+from simcharge.auth import service as auth
+from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
+from simcharge.auth.endpoints import equalize
+from simcharge.auth.events import EventKind, events_of, record_event
+from simcharge.auth.models import AuthSession
+from simcharge.auth.sessions import live_sessions, revoke, session_of_account
+from simcharge.auth.totp import Enrolment
+from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
+from simcharge.kit.clock import utcnow
+from simcharge.kit.translations import N_
+from simcharge.notifications.service import notices_of
+from simcharge.notifications.templates import render_subject
+from simcharge.portal.account import _uuid, require
+from simcharge.portal.public import _channel
+from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
+
+router = APIRouter(include_in_schema=False)
+
+EVENT_LABELS: dict[str, str] = {
+    EventKind.registered: N_("Account created"),
+    EventKind.registration_attempt_on_taken_contact: N_("Someone tried to register with your contact"),
+    EventKind.contact_verified: N_("Contact verified"),
+    EventKind.contact_change_requested: N_("Contact change requested"),
+    EventKind.contact_changed: N_("Contact changed"),
+    EventKind.login: N_("Sign-in"),
+    EventKind.login_locked_out: N_("Sign-in refused: too many attempts"),
+    EventKind.mfa_required: N_("Two-step code asked"),
+    EventKind.new_device: N_("Sign-in from a new device"),
+    EventKind.logout: N_("Signed out"),
+    EventKind.logout_all: N_("Signed out everywhere"),
+    EventKind.session_revoked: N_("Session ended"),
+    EventKind.session_expired: N_("Session expired"),
+    EventKind.password_changed: N_("Password changed"),
+    EventKind.password_reset_requested: N_("Password reset asked"),
+    EventKind.password_reset: N_("Password reset"),
+    EventKind.totp_enrolment_started: N_("Two-step set-up started"),
+    EventKind.totp_enabled: N_("Two-step verification turned on"),
+    EventKind.totp_disabled: N_("Two-step verification turned off"),
+    EventKind.recovery_codes_regenerated: N_("New recovery codes"),
+    EventKind.recovery_code_used: N_("Recovery code used"),
+    EventKind.account_locked: N_("Account locked"),
+    EventKind.unlock_requested: N_("Unlock code asked"),
+    EventKind.account_unlocked: N_("Account unlocked"),
+    EventKind.line_attach_requested: N_("Line addition asked"),
+    EventKind.line_attached: N_("Line added"),
+    EventKind.code_rejected: N_("Wrong code entered"),
+}
+
+
+async def _security_page(
+    request: Request, page: Visitor, db: DB, settings: AppSettings, *, status: int = 200,
+    **extra: Any,
+) -> Response:
+    account_id = require(page)
+    assert page.customer is not None
+    async with db.read() as s:
+        sessions = await live_sessions(s, account_id, policy=auth.policy(settings), now=utcnow())
+        events = await events_of(s, account_id, limit=30)
+        notices = await notices_of(s, account_id, limit=50)
+    alerts = []
+    for n in notices:
+        if n.template.startswith("security."):
+            title = render_subject(
+                n.template, page.language,
+                {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
+            )
+            alerts.append({"title": title, "at": n.created_at})
+    context: dict[str, Any] = {"errors": {}, "error": None, "good": None, "form": None}
+    context.update(extra)
+    return render(
+        request, page, "security.html", status=status, sessions=sessions, events=events,
+        labels=EVENT_LABELS, alerts=alerts[:10], current=page.customer.session.id,
+        two_step=page.account.totp_enabled_at is not None, **context,
+    )
+
+
+@router.get("/account/security")
+async def security(
+    request: Request, page: Page, db: DB, settings: AppSettings, done: str | None = None
+) -> Response:
+    good = {
+        "password": N_("Your password was changed. Your other sessions have ended."),
+        "totp_off": N_("Two-step verification is off."),
+        "session": N_("The session has ended."),
+    }.get(done or "")
+    return await _security_page(request, page, db, settings, good=good)
+
+
+async def _locked(s: AsyncSession, page: Visitor) -> Account:
+    account = await s.get(Account, page.account.id, with_for_update=True)
+    assert account is not None
+    return account
+
+
+async def _auth_session(s: AsyncSession, page: Visitor) -> AuthSession:
+    assert page.customer is not None
+    row = await s.get(AuthSession, page.customer.session.id, with_for_update=True)
+    assert row is not None
+    return row
+
+
+def _refused(result: object) -> None:
+    if isinstance(result, Refused):
+        raise result.error
+
+
+@router.post("/account/security/password")
+async def change_password(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+    try:
+        if form.get("new_password", "") != form.get("confirm_password", ""):
+            raise ValidationFailed(
+                N_("The two passwords are not the same."), field="confirm_password"
+            )
+
+        async def run(s: AsyncSession) -> str | Refused:
+            return await auth.change_password(
+                s, settings, await _auth_session(s, page), await _locked(s, page),
+                current=form.get("current_password", ""), new=form.get("new_password", ""),
+                client=client, now=utcnow(),
+            )
+
+        result = await db.run(run)
+        _refused(result)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            form="password",
+        )
+    assert isinstance(result, str)
+    response = redirect("/account/security?done=password")
+    set_session_cookie(response, settings, result)
+    return response
+
+
+@router.post("/account/security/totp")
+async def start_totp(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+    try:
+        result = await db.run(
+            lambda s: _start(s, settings, page, form.get("password", ""), client)
+        )
+        _refused(result)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            form="totp",
+        )
+    assert isinstance(result, Enrolment)
+    return render(request, page, "totp.html", enrolment=result, errors={}, error=None)
+
+
+async def _start(
+    s: AsyncSession, settings: AppSettings, page: Visitor, password: str, client: Client
+) -> Enrolment | Refused:
+    return await auth.start_totp(
+        s, settings, await _locked(s, page), password=password, client=client, now=utcnow()
+    )
+
+
+@router.post("/account/security/totp/confirm")
+async def confirm_totp(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+
+    async def run(s: AsyncSession) -> auth.TotpEnabled | Refused:
+        return await auth.confirm_totp(
+            s, settings, await _auth_session(s, page), await _locked(s, page),
+            code=form.get("code", "").strip(), client=client, now=utcnow(),
+        )
+
+    try:
+        result = await db.run(run)
+        _refused(result)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            form="totp",
+        )
+    assert isinstance(result, auth.TotpEnabled)
+    response = render(request, page, "recovery_codes.html", codes=result.recovery_codes)
+    set_session_cookie(response, settings, result.token)
+    return response
+
+
+@router.post("/account/security/totp/disable")
+async def disable_totp(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+
+    async def run(s: AsyncSession) -> Refused | None:
+        return await auth.disable_totp(
+            s, settings, await _locked(s, page), password=form.get("password", ""),
+            code=form.get("code", "").strip(), client=client, now=utcnow(),
+        )
+
+    try:
+        _refused(await db.run(run))
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            form="totp_off",
+        )
+    return redirect("/account/security?done=totp_off")
+
+
+@router.post("/account/security/recovery-codes")
+async def recovery_codes(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+
+    async def run(s: AsyncSession) -> list[str] | Refused:
+        return await auth.regenerate_recovery_codes(
+            s, settings, await _locked(s, page), password=form.get("password", ""),
+            client=client, now=utcnow(),
+        )
+
+    try:
+        result = await db.run(run)
+        _refused(result)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            form="codes",
+        )
+    assert isinstance(result, list)
+    return render(request, page, "recovery_codes.html", codes=result)
+
+
+@router.post("/account/security/sessions/{session_id}/end")
+async def end_session(
+    session_id: str, request: Request, page: Page, db: DB, client: Client
+) -> Response:
+    account_id = require(page)
+    await form_of(request, page)
+    sid = _uuid(session_id, "session_id")
+
+    async def run(s: AsyncSession) -> None:
+        row = await session_of_account(s, account_id, sid)
+        if row is None:
+            raise NotFound(field="session_id")
+        await revoke(s, row, "ended_by_customer", utcnow())
+        await record_event(
+            s, EventKind.session_revoked, account_id=account_id, client=client,
+            details={"session_id": str(sid)},
+        )
+
+    await db.run(run)
+    assert page.customer is not None
+    if sid == page.customer.session.id:
+        return redirect("/login")
+    return redirect("/account/security?done=session")
+
+
+@router.post("/account/security/sessions/end-all")
+async def end_all_sessions(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    await form_of(request, page)
+
+    async def run(s: AsyncSession) -> None:
+        await auth.logout(s, await _auth_session(s, page), client=client, now=utcnow(),
+                          everywhere=True)
+
+    await db.run(run)
+    response = redirect("/login")
+    clear_session_cookie(response, settings)
+    return response
+
+
+@router.post("/account/security/lock")
+async def lock(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+    if form.get("confirm") != "yes":
+        summary = N_("Tick the box to confirm that you want to lock your account.")
+        return await _security_page(
+            request, page, db, settings, status=422, errors={"confirm": ""}, form="lock",
+            error=summary,
+        )
+
+    async def run(s: AsyncSession) -> int:
+        return await auth.lock_account(
+            s, await _locked(s, page), reason="customer", client=client, now=utcnow()
+        )
+
+    await db.run(run)
+    response = redirect("/unlock?locked=1")
+    clear_session_cookie(response, settings)
+    return response
+
+
+# --- unlocking (signed out: the account is locked) -----------------------------------------------
+
+
+@router.get("/unlock")
+async def unlock_form(request: Request, page: Page, locked: str | None = None) -> Response:
+    return render(
+        request, page, "unlock.html", values={"channel": "email"}, errors={}, error=None,
+        locked=bool(locked), sent=False,
+    )
+
+
+@router.post("/unlock/request")
+async def unlock_request(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    form = await form_of(request, page)
+    started = time.monotonic()
+    login, channel = form.get("login", "").strip(), _channel(form.get("channel"))
+    values = {"login": login, "channel": channel}
+    try:
+        await limits.hit("codes", client.ip)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return render(request, page, "unlock.html", status=exc.status, values=values,
+                      errors=errors, error=summary, locked=False, sent=False)
+    await db.run(
+        lambda s: auth.request_unlock(
+            s, settings, login=login, channel=channel, client=client, now=utcnow()
+        )
+    )
+    await equalize(settings, started)
+    return render(request, page, "unlock.html", values=values, errors={}, error=None,
+                  locked=False, sent=True)
+
+
+@router.post("/unlock")
+async def unlock(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    form = await form_of(request, page)
+    values = {"login": form.get("login", "").strip(), "channel": _channel(form.get("channel"))}
+    try:
+        await limits.hit("verify", client.ip)
+        result = await db.run(
+            lambda s: auth.unlock(
+                s, settings, login=values["login"], code=form.get("code", "").strip(),
+                client=client, now=utcnow(),
+            )
+        )
+        _refused(result)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return render(request, page, "unlock.html", status=exc.status, values=values,
+                      errors=errors, error=summary, locked=False, sent=True)
+    return redirect("/login?unlocked=1")

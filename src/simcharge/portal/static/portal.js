@@ -1,0 +1,37 @@
+// simcharge portal: small enhancements only; every page works without this file.
+(function () {
+  "use strict";
+  // An order waiting for its payment asks for its state and reloads the page when it changes.
+  var poll = document.querySelector("[data-poll]");
+  if (poll) {
+    var url = poll.getAttribute("data-poll");
+    var state = poll.getAttribute("data-state");
+    var tries = 0;
+    var tick = function () {
+      tries += 1;
+      fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (body) {
+          if (body && body.state !== state) { window.location.reload(); return; }
+          if (tries < 300) { window.setTimeout(tick, tries < 30 ? 2000 : 5000); }
+        })
+        .catch(function () { window.setTimeout(tick, 5000); });
+    };
+    window.setTimeout(tick, 2000);
+    var stop = document.querySelector("meta[http-equiv=refresh]");
+    if (stop) { stop.remove(); }
+  }
+  // "Another number" takes focus when chosen; one's own line clears it.
+  var gift = document.getElementById("f-msisdn");
+  if (gift) {
+    document.querySelectorAll("input[name=line]").forEach(function (radio) {
+      radio.addEventListener("change", function () {
+        if (radio.value === "other") { gift.focus(); } else { gift.value = ""; }
+      });
+    });
+  }
+  // Filters submit as soon as one changes.
+  document.querySelectorAll("form[data-autosubmit] select").forEach(function (el) {
+    el.addEventListener("change", function () { el.form.submit(); });
+  });
+})();

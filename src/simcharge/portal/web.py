@@ -1,0 +1,435 @@
+"""The portal's plumbing: who is visiting and in which language, pages rendered in it, CSRF
+tokens, the Content-Security-Policy and redirects that only go where they should."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from babel import Locale
+from babel.dates import format_date, format_datetime, format_timedelta
+from babel.numbers import format_decimal, format_percent
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account, AccountStatus
+from simcharge.api.deps import DB, AppSettings
+from simcharge.auth.deps import Customer, session_cookie
+from simcharge.auth.models import AuthSession
+from simcharge.auth.service import policy
+from simcharge.auth.sessions import TOUCH_EVERY, csrf_token, expired, session_for_token, token_hash
+from simcharge.catalog.schemas import PaymentMethodView
+from simcharge.config import Settings
+from simcharge.errors import Forbidden, SimchargeError
+from simcharge.kit.clock import utcnow
+from simcharge.kit.crypto import constant_time_equals, keyed_hash
+from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, negotiate_language, normalize_language
+from simcharge.kit.money import format_money
+from simcharge.kit.translations import N_, translate, translations
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "English",
+    "zh-Hans": "简体中文",
+    "zh-Hant": "繁體中文",
+    "fil": "Filipino",
+    "es": "Español",
+}
+LANGUAGE_COOKIE_AGE = 365 * 24 * 3600
+
+LINE_STATES: dict[str, str] = {
+    "available": N_("Not yet active"),
+    "active": N_("Active"),
+    "grace": N_("Validity ended"),
+    "frozen": N_("Frozen"),
+    "terminated": N_("Closed"),
+}
+ORDER_STATES: dict[str, str] = {
+    "pending": N_("Waiting for payment"),
+    "paid": N_("Paid"),
+    "fulfilled": N_("Credited"),
+    "failed": N_("Payment failed"),
+    "cancelled": N_("Cancelled"),
+    "expired": N_("Expired"),
+    "refunded": N_("Refunded"),
+    "partially_refunded": N_("Partly refunded"),
+}
+UNIT_NAMES: dict[str, str] = {"VOICE_S": N_("Minutes"), "DATA_B": N_("Data"), "SMS": N_("SMS")}
+
+# Hosted payment pages we may send a payer to (besides our own origin: the sandbox).
+PROVIDER_HOSTS = frozenset(
+    {
+        "checkout.stripe.com",
+        "www.paypal.com",
+        "www.sandbox.paypal.com",
+        "openapi.alipay.com",
+        "openapi-sandbox.dl.alipaydev.com",
+        "excashier.alipay.com",
+        "excashier-sandbox.dl.alipaydev.com",
+    }
+)
+
+
+class PortalCsrfFailed(Forbidden):
+    slug = "csrf-failed"
+    title = N_(
+        "The form has expired or did not come from this site; reload the page and try again."
+    )
+
+
+def language_cookie(settings: Settings) -> str:
+    return "__Host-sc_lang" if settings.secure_cookies else "sc_lang"
+
+
+def csrf_cookie(settings: Settings) -> str:
+    return "__Host-sc_csrf" if settings.secure_cookies else "sc_csrf"
+
+
+@dataclass
+class Visitor:
+    """Who is looking at a page: their language, the signed-in customer if any, and the CSRF
+    token their forms must carry."""
+
+    language: str
+    customer: Customer | None
+    csrf: str
+    new_csrf_cookie: str | None = None
+    cookies: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @property
+    def account(self) -> Account:
+        assert self.customer is not None
+        return self.customer.account
+
+
+def choose_language(request: Request, settings: Settings, account: Account | None) -> str:
+    """The switcher's cookie, else the account's language, else the browser's."""
+    chosen = normalize_language(request.cookies.get(language_cookie(settings)))
+    if chosen:
+        return chosen
+    if account is not None and account.language in LANGUAGES:
+        return account.language
+    default = settings.default_language if settings.default_language in LANGUAGES else "en"
+    return negotiate_language(request.headers.get("accept-language"), default)
+
+
+async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | None:
+    """The customer whose session cookie this is, or None. A read first; a write only when the
+    session must be noted as used (once a minute) or has just ended."""
+    token = request.cookies.get(session_cookie(settings))
+    if not token or token.startswith("sck_"):
+        return None
+    rules, now = policy(settings), utcnow()
+    async with db.read() as s:
+        # The session and its account in one round trip (every page asks).
+        found = (
+            await s.execute(
+                select(AuthSession, Account)
+                .join(Account, Account.id == AuthSession.account_id)
+                .where(AuthSession.token_hash == token_hash(settings.secret_key, token))
+            )
+        ).one_or_none()
+        if found is None or found[0].revoked_at is not None:
+            return None
+        row, account = found
+        fresh = expired(row, rules, now) is None and now - row.last_seen_at < TOUCH_EVERY
+    if not fresh:
+
+        async def touch(s: AsyncSession) -> tuple[Account, AuthSession] | None:
+            auth = await session_for_token(s, settings.secret_key, token, policy=rules, now=now)
+            found = await s.get(Account, auth.account_id) if auth else None
+            return (found, auth) if found and auth else None
+
+        pair = await db.run(touch)
+        if pair is None:
+            return None
+        account, row = pair
+    if account.status != AccountStatus.active:
+        return None
+    return Customer(account, row, via_cookie=True)
+
+
+def anonymous_csrf(settings: Settings, cookie: str) -> str:
+    return keyed_hash(settings.secret_key, "portal-csrf", cookie)
+
+
+async def visitor(request: Request, db: DB, settings: AppSettings) -> Visitor:
+    request.state.portal = True
+    customer = await signed_in(request, db, settings)
+    page = await _visitor(request, settings, customer)
+    request.state.visitor = page
+    return page
+
+
+async def _visitor(request: Request, settings: Settings, customer: Customer | None) -> Visitor:
+    language = choose_language(request, settings, customer.account if customer else None)
+    request.state.language = language
+    if customer is not None:
+        token = csrf_token(settings.secret_key, customer.session.id)
+        return Visitor(language, customer, token)
+    cookie = request.cookies.get(csrf_cookie(settings))
+    new = None
+    if not cookie or len(cookie) < 20:
+        cookie = new = secrets.token_urlsafe(24)
+    return Visitor(language, None, anonymous_csrf(settings, cookie), new_csrf_cookie=new)
+
+
+Page = Annotated[Visitor, Depends(visitor)]
+
+
+async def form_of(request: Request, page: Visitor) -> dict[str, str]:
+    """The posted form (text fields only), after checking its CSRF token."""
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not constant_time_equals(page.csrf, fields.get("csrf", "")):
+        raise PortalCsrfFailed()
+    return fields
+
+
+# --- formatting per locale --------------------------------------------------------------------
+
+
+def _locale(language: str) -> str:
+    return BABEL_LOCALES.get(language, "en")
+
+
+@lru_cache(maxsize=16)
+def _parsed(language: str) -> Locale:
+    return Locale.parse(_locale(language))
+
+
+@lru_cache(maxsize=8192)
+def units_text(language: str, amount: int, unit: str) -> str:
+    """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
+    loc = _parsed(language)
+    if unit == "VOICE_S":
+        n = format_decimal(amount // 60, locale=loc)
+        return translate(language, N_("{n} min")).format(n=n)
+    if unit == "DATA_B":
+        mb = amount / 1024 / 1024
+        if mb >= 1024:
+            n = format_decimal(round(mb / 1024, 2), locale=loc)
+            return translate(language, N_("{n} GB")).format(n=n)
+        return translate(language, N_("{n} MB")).format(n=format_decimal(round(mb, 1), locale=loc))
+    if unit == "SMS":
+        return translate(language, N_("{n} SMS")).format(n=format_decimal(amount, locale=loc))
+    return format_money(amount, unit, loc)
+
+
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+             ("Chrome/", "Chrome"), ("Chromium/", "Chromium"), ("Safari/", "Safari"))
+_SYSTEMS = (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"),
+            ("Windows", "Windows"), ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"),
+            ("Linux", "Linux"))
+
+
+def device_label(user_agent: str | None) -> str:
+    """"Chrome · Linux" for a browser's user agent; the first characters of anything else."""
+    if not user_agent:
+        return "?"
+    browser = next((name for key, name in _BROWSERS if key in user_agent), None)
+    system = next((name for key, name in _SYSTEMS if key in user_agent), None)
+    if browser or system:
+        return " · ".join(p for p in (browser, system) if p)
+    return user_agent[:40]
+
+
+@lru_cache(maxsize=16)
+def environment(language: str) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        extensions=["jinja2.ext.i18n"],
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    # A parsed Locale: Babel would parse the identifier again on every call.
+    loc = Locale.parse(_locale(language))
+
+    # Babel's formatting costs tens of microseconds a call and a page makes dozens of calls
+    # with the same few values (amounts of a catalog, expiry days): each is remembered.
+    @lru_cache(maxsize=4096)
+    def day_text(day: date) -> str:
+        return str(format_date(day, "medium", locale=loc))
+
+    @lru_cache(maxsize=8192)
+    def as_money(minor: int, currency: str) -> str:
+        return format_money(int(minor), currency, loc)
+
+    @lru_cache(maxsize=1024)
+    def as_days(value: int) -> str:
+        """"30 days", "30天", "30 días": Babel's own plural rules, never rounded to months."""
+        return str(
+            format_timedelta(
+                timedelta(days=int(value)), granularity="day", threshold=10**9, locale=loc
+            )
+        )
+
+    def as_date(value: datetime | date | None) -> str:
+        if value is None:
+            return "—"
+        return day_text(value.date() if isinstance(value, datetime) else value)
+
+    def as_datetime(value: datetime | None) -> str:
+        if value is None:
+            return "—"
+        return str(format_datetime(value, "medium", locale=loc, tzinfo=UTC))
+
+    def as_number(value: float | int) -> str:
+        return str(format_decimal(value, locale=loc))
+
+    def as_percent(value: float) -> str:
+        return str(format_percent(value, locale=loc))
+
+    env.filters.update(
+        date=as_date,
+        datetime=as_datetime,
+        money=as_money,
+        number=as_number,
+        percent=as_percent,
+        days=as_days,
+        device=device_label,
+        units=lambda amount, unit: units_text(language, int(amount), unit),
+    )
+    env.globals.update(
+        states=LINE_STATES,
+        order_states=ORDER_STATES,
+        unit_names=UNIT_NAMES,
+        lang=language,
+        languages=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES],
+        tr=lambda message: translate(language, message),
+    )
+    return env
+
+
+def fee_text(method: PaymentMethodView, language: str) -> str:
+    """"3.49 % + US$0.30", "2 %", "" (no fee), in the reader's number format."""
+    loc = _parsed(language)
+    parts = []
+    if Decimal(method.fee.percent):
+        parts.append(str(format_percent(Decimal(method.fee.percent) / 100, "#,##0.##%", locale=loc)))
+    parts += [format_money(m.minor, m.currency, loc) for m in method.fee.fixed if m.minor]
+    return " + ".join(parts)
+
+
+def content_security_policy(settings: Settings) -> str:
+    """Our own scripts, styles and images only; forms post to us (or, through our redirect, to
+    a payment provider's hosted page); never framed."""
+    hosts = " ".join(f"https://{h}" for h in sorted(PROVIDER_HOSTS))
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self'; form-action 'self' {hosts}; frame-ancestors 'none'; "
+        "base-uri 'none'"
+    )
+
+
+def page_headers(settings: Settings, language: str) -> dict[str, str]:
+    return {
+        "content-security-policy": content_security_policy(settings),
+        "cache-control": "no-store",
+        "content-language": language,
+        "vary": "Cookie, Accept-Language",
+    }
+
+
+def finish(response: Response, page: Visitor, settings: Settings) -> Response:
+    if page.new_csrf_cookie:
+        response.set_cookie(
+            csrf_cookie(settings),
+            page.new_csrf_cookie,
+            httponly=True,
+            secure=settings.secure_cookies,
+            samesite="lax",
+            path="/",
+        )
+    return response
+
+
+def render(
+    request: Request,
+    page: Visitor,
+    template: str,
+    *,
+    status: int = 200,
+    **context: Any,
+) -> Response:
+    settings: Settings = request.app.state.settings
+    env = environment(page.language)
+    html = env.get_template(template).render(
+        page=page,
+        signed_in=page.customer is not None,
+        account=page.customer.account if page.customer else None,
+        operator=settings.operator_name,
+        has_logo=settings.operator_logo is not None,
+        path=request.url.path,
+        here=_here(request),
+        **context,
+    )
+    response = HTMLResponse(html, status_code=status, headers=page_headers(settings, page.language))
+    return finish(response, page, settings)
+
+
+def _here(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def safe_next(target: str | None, default: str = "/account") -> str:
+    """A path on this site, never another origin (`//evil`, `/\\evil`, `https://…`)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or any(c in target for c in "\r\n\t"):
+        return default
+    return target
+
+
+def provider_url_ok(settings: Settings, url: str) -> bool:
+    """Our own origin (the sandbox) or a known payment provider's hosted page, over https."""
+    parts, ours = urlsplit(url), urlsplit(settings.base_url)
+    if (parts.scheme, parts.netloc) == (ours.scheme, ours.netloc):
+        return True
+    host = parts.hostname or ""
+    return (
+        parts.scheme == "https"
+        and host in PROVIDER_HOSTS
+        and parts.port is None
+        and not parts.username
+    )
+
+
+def redirect(url: str, page: Visitor | None = None, settings: Settings | None = None) -> Response:
+    response = RedirectResponse(url, status_code=303)
+    if page is not None and settings is not None:
+        finish(response, page, settings)
+    return response
+
+
+def error_texts(exc: SimchargeError, language: str) -> tuple[str, dict[str, str]]:
+    """A refusal as a sentence for the page and a sentence per offending field."""
+
+    def tr(template: str, params: dict[str, Any]) -> str:
+        text = translate(language, template)
+        return text.format(**params) if params else text
+
+    fields = {e.field: tr(e.detail, e.params) for e in exc.errors}
+    summary = tr(exc.detail_template, exc.params)
+    if exc.field and exc.field not in fields:
+        fields[exc.field] = summary
+    if exc.errors:
+        summary = translate(language, exc.title)
+    return summary, fields

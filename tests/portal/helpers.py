@@ -1,0 +1,80 @@
+"""Driving the portal like a browser without one: forms with their CSRF token, cookies."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.service import policy
+from simcharge.auth.sessions import open_session
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.kit.clock import utcnow
+from simcharge.lines.models import Line, LineState
+from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
+from tests.factories import create_account, create_line
+
+PASSWORD = "correct horse battery"
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    found = _CSRF.search(html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+async def post_form(
+    client: httpx.AsyncClient, page: str, action: str, data: dict[str, str]
+) -> httpx.Response:
+    """Open `page`, then submit a form to `action` with the page's CSRF token."""
+    shown = await client.get(page)
+    assert shown.status_code == 200, shown.text
+    return await client.post(action, data={"csrf": csrf_of(shown.text), **data})
+
+
+@dataclass
+class Customer:
+    account_id: uuid.UUID
+    username: str
+    email: str
+    line: Line
+    token: str
+
+
+async def new_customer(
+    db: Database, settings: Settings, *, language: str = "en", with_units: bool = True
+) -> Customer:
+    async def run(s: AsyncSession) -> Customer:
+        n = uuid.uuid4().hex[:8]
+        email = f"c{n}@example.com"
+        account = await create_account(
+            s, username=f"cust{n}", email=email, email_verified_at=utcnow(), language=language
+        )
+        line = await create_line(s, account_id=account.id, state=LineState.active)
+        line.validity_end = utcnow() + timedelta(days=10)
+        if with_units:
+            await credit_wallet(s, line, 1250, source=f"demo:{n}", code="adjustment")
+            await grant_units(
+                s, line,
+                [UnitGrant("VOICE_S", 6000, 30, ()), UnitGrant("DATA_B", 2 * 1024**3, 30, ())],
+                source=f"demo:{n}",
+            )
+        issued = await open_session(
+            s, settings.secret_key, account_id=account.id,
+            client=ClientInfo(ip="198.51.100.9", user_agent="pytest"),
+            policy=policy(settings), now=utcnow(),
+        )
+        return Customer(account.id, account.username, email, line, issued.token)
+
+    return await db.run(run)
+
+
+def sign_in(client: httpx.AsyncClient, customer: Customer) -> None:
+    client.cookies.set("sc_session", customer.token)
