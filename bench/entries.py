@@ -125,7 +125,12 @@ class BenchContext:
         return self._db
 
     async def serve(
-        self, target: str, env: dict[str, str] | None = None, *, factory: bool = False
+        self,
+        target: str,
+        env: dict[str, str] | None = None,
+        *,
+        factory: bool = False,
+        proxied: bool = False,
     ) -> str:
         """Start uvicorn as `simcharge serve` does (one process, uvloop/httptools, no access log)."""
         with socket.socket() as s:
@@ -144,8 +149,12 @@ class BenchContext:
             "--log-level",
             "warning",
             *(["--factory"] if factory else []),
+            # Behind a proxy: the client address is X-Forwarded-For (as `serve --proxy-headers`).
+            *(["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"] if proxied else []),
         ]
-        proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, **(env or {})})
+        # "{base}" in a value stands for the server's own address (e.g. its base URL).
+        own = {k: v.replace("{base}", f"http://127.0.0.1:{port}") for k, v in (env or {}).items()}
+        proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, **own})
         self._servers.append(proc)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient() as probe:
@@ -261,6 +270,12 @@ async def _nchf_update(ctx: BenchContext) -> Operation:
     return await nchf_update(ctx)
 
 
+async def _topup_journey(ctx: BenchContext) -> dict[str, Any]:
+    from bench.journey import topup_journey
+
+    return await topup_journey(ctx)
+
+
 async def _cdr_rating(ctx: BenchContext) -> dict[str, Any]:
     from bench.charging import cdr_rating
 
@@ -277,4 +292,5 @@ ENTRIES: list[Entry] = [
 
 ONCE: list[OnceEntry] = [
     OnceEntry("cdr_rating", _cdr_rating),
+    OnceEntry("topup_journey", _topup_journey),
 ]

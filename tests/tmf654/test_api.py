@@ -107,6 +107,23 @@ async def test_api_keys_and_scopes_are_required(client: httpx.AsyncClient, db: D
     assert await totals(db, h.line.wallet_account_id) == (2000, 0)
 
 
+async def test_a_body_that_is_not_json_is_a_tmf_error(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    headers = {**key, "content-type": "application/json"}
+    r = await client.post(f"{BASE}/topupBalance", content=b"{not json", headers=headers)
+    assert r.status_code in (400, 422), r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["@type"] == "Error"
+    r = await client.patch(f"{BASE}/reserveBalance/{uuid.uuid4()}", content=b"\xff{",
+                           headers=headers)
+    assert r.status_code in (400, 422), r.text
+    assert r.json().get("@type") == "Error", r.text
+    assert await totals(db, h.line.wallet_account_id) == (2000, 0)
+
+
 # --- topupBalance ----------------------------------------------------------------------------
 
 

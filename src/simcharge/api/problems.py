@@ -91,7 +91,7 @@ def validation_problem(exc: RequestValidationError) -> SimchargeError:
     return ValidationFailed(errors=errors)
 
 
-def _answer(request: Request, exc: SimchargeError) -> Response:
+def answer_problem(request: Request, exc: SimchargeError) -> Response:
     """A page for the portal's pages (`request.state.portal`, the app's `html_problem`), a
     problem document for everything else."""
     html: Callable[[Request, SimchargeError], Response] | None = getattr(
@@ -105,11 +105,11 @@ def _answer(request: Request, exc: SimchargeError) -> Response:
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimchargeError)
     async def _expected(request: Request, exc: SimchargeError) -> Response:
-        return _answer(request, exc)
+        return answer_problem(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        return _answer(request, validation_problem(exc))
+        return answer_problem(request, validation_problem(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -149,6 +149,25 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
+TMF_PREFIX = "/tmf-api/"
+TMF_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "TM Forum `Error` (TMF630): what went wrong, with our problem type and field.",
+    "required": ["code", "reason"],
+    "properties": {
+        "code": {"type": "string"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "status": {"type": "string"},
+        "referenceError": {"type": "string"},
+        "@type": {"type": "string"},
+        "type": {"type": "string"},
+        "field": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
 def document_problems(app: FastAPI) -> None:
     """Say in the OpenAPI document what errors really look like: every 4xx answer (and the
     invalid-input 422 FastAPI documents as `HTTPValidationError`) is `application/problem+json`
@@ -160,8 +179,11 @@ def document_problems(app: FastAPI) -> None:
             return app.openapi_schema
         spec = build()
         ref = {"$ref": "#/components/schemas/Problem"}
-        problem = {"application/problem+json": {"schema": ref}}
-        for item in spec.get("paths", {}).values():
+        default_problem = {"application/problem+json": {"schema": ref}}
+        # TMF654 answers with TM Forum's own `Error` object, as plain JSON.
+        tmf = {"application/json": {"schema": {"$ref": "#/components/schemas/TmfError"}}}
+        for path, item in spec.get("paths", {}).items():
+            problem = tmf if path.startswith(TMF_PREFIX) else default_problem
             for operation in item.values():
                 if not isinstance(operation, dict) or "responses" not in operation:
                     continue
@@ -173,6 +195,7 @@ def document_problems(app: FastAPI) -> None:
                 )
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas["Problem"] = PROBLEM_SCHEMA
+        schemas["TmfError"] = TMF_ERROR_SCHEMA
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         app.openapi_schema = spec

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
 
 from simcharge.api.deps import DB, AppSettings, Integration, require_scope
 from simcharge.api.problems import validation_problem
@@ -96,6 +97,17 @@ class TmfRoute(APIRoute):
                 return tmf_error(request, exc)
             except RequestValidationError as exc:
                 return tmf_error(request, validation_problem(exc))
+            except HTTPException as exc:  # e.g. a body that is not JSON at all
+                return JSONResponse(
+                    {
+                        "code": "http-error",
+                        "reason": str(exc.detail),
+                        "status": str(exc.status_code),
+                        "@type": "Error",
+                    },
+                    status_code=exc.status_code,
+                    headers=exc.headers,
+                )
 
         return handler
 
