@@ -91,7 +91,7 @@ def validation_problem(exc: RequestValidationError) -> SimchargeError:
     return ValidationFailed(errors=errors)
 
 
-def answer_problem(request: Request, exc: SimchargeError) -> Response:
+def problem_answer(request: Request, exc: SimchargeError) -> Response:
     """A page for the portal's pages (`request.state.portal`, the app's `html_problem`), a
     problem document for everything else."""
     html: Callable[[Request, SimchargeError], Response] | None = getattr(
@@ -105,11 +105,11 @@ def answer_problem(request: Request, exc: SimchargeError) -> Response:
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimchargeError)
     async def _expected(request: Request, exc: SimchargeError) -> Response:
-        return answer_problem(request, exc)
+        return problem_answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        return answer_problem(request, validation_problem(exc))
+        return problem_answer(request, validation_problem(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

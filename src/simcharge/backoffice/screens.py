@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 
 from simcharge.api.deps import DB
-from simcharge.api.problems import answer_problem, validation_problem
+from simcharge.api.problems import problem_answer, validation_problem
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import LoginRequired, WebActor, require_web
@@ -99,7 +99,8 @@ def install_backoffice(app: FastAPI) -> None:
     @app.exception_handler(SimchargeError)
     async def _expected(request: Request, exc: SimchargeError) -> Response:
         if not request.url.path.startswith("/backoffice"):
-            return answer_problem(request, exc)  # the portal's pages, or problem+json
+            # The API's problem document, or the portal's page on a portal page.
+            return problem_answer(request, exc)
         language = getattr(request.state, "language", None) or "en"
         detail = translate(language, exc.detail_template)
         if exc.params:

@@ -179,3 +179,18 @@ async def test_two_step_verification_with_recovery_codes(live: Live, context: An
     assert page.url.endswith("/account")
     await page.goto(live.base + f"/account/orders/{uuid.uuid4()}")
     await check(page, "not-found", problems)
+
+
+async def test_asking_customer_service(live: Live, context: Any) -> None:
+    name, _, line = await customer(live)
+    page = await context.new_page()
+    problems = watch(page)
+    await sign_in(live, page, name)
+    await page.click("header a[href='/account/help']")
+    await check(page, "help", problems)
+    await page.fill("#f-subject", "Roaming")
+    await page.fill("#f-body", "Does my data work in Tokyo?")
+    await page.select_option("#f-line", str(line.id))
+    await submit(page, "form[action='/account/help']")
+    assert "Does my data work in Tokyo?" in await page.inner_text("[data-testid=thread]")
+    await check(page, "ticket", problems)

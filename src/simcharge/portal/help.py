@@ -1,0 +1,152 @@
+"""Help: the customer's tickets with customer service (the tickets service), and "not credited?"
+from an order's page: ask the provider again, and if still nothing, a ticket with the order."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts import service as accounts
+from simcharge.api.deps import DB
+from simcharge.errors import SimchargeError
+from simcharge.kit.clock import utcnow
+from simcharge.kit.translations import N_, translate
+from simcharge.orders import service as orders
+from simcharge.payments import service as payments
+from simcharge.portal.account import _providers, _uuid, require
+from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
+from simcharge.tickets import service as tickets
+
+router = APIRouter(include_in_schema=False)
+
+TICKET_STATES: dict[str, str] = {
+    "open": N_("With customer service"),
+    "waiting_on_customer": N_("Waiting for your answer"),
+    "resolved": N_("Resolved"),
+    "closed": N_("Closed"),
+}
+
+
+async def _help_page(
+    request: Request, page: Visitor, db: DB, *, status: int = 200, values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None, error: str | None = None,
+) -> Response:
+    account_id = require(page)
+    async with db.read() as s:
+        mine = await tickets.tickets_of(s, account_id)
+        lines = await accounts.own_lines(s, account_id)
+        recent = await orders.orders_of(s, account_id, limit=20)
+    return render(
+        request, page, "help.html", status=status, tickets=mine, lines=lines, orders=recent,
+        ticket_states=TICKET_STATES, values=values or {}, errors=errors or {}, error=error,
+        idempotency_key=uuid.uuid4().hex,
+    )
+
+
+@router.get("/account/help")
+async def help_page(request: Request, page: Page, db: DB, order: str = "") -> Response:
+    return await _help_page(request, page, db, values={"order": order})
+
+
+@router.post("/account/help")
+async def open_ticket(request: Request, page: Page, db: DB) -> Response:
+    account_id = require(page)
+    form = await form_of(request, page)
+    values = {k: form.get(k, "") for k in ("subject", "body", "order", "line")}
+    try:
+        order_id = _uuid(values["order"], "order_id") if values["order"] else None
+        line_id = _uuid(values["line"], "line_id") if values["line"] else None
+
+        async def run(s: AsyncSession) -> uuid.UUID:
+            ticket, _ = await tickets.open_ticket(
+                s, account_id, subject=values["subject"], body=values["body"],
+                order_id=order_id, line_id=line_id,
+                idempotency_key=form.get("idempotency_key") or None, now=utcnow(),
+            )
+            return ticket.id
+
+        ticket_id = await db.run(run)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _help_page(
+            request, page, db, status=exc.status, values=values, errors=errors, error=summary
+        )
+    return redirect(f"/account/help/{ticket_id}")
+
+
+@router.get("/account/help/{ticket_id}")
+async def ticket_page(ticket_id: str, request: Request, page: Page, db: DB) -> Response:
+    account_id = require(page)
+    async with db.read() as s:
+        ticket = await tickets.own_ticket(s, account_id, _uuid(ticket_id, "ticket_id"))
+        thread = await tickets.messages_of(s, ticket.id, internal=False)
+        order = await orders.own_order(s, account_id, ticket.order_id) if ticket.order_id else None
+    return render(
+        request, page, "ticket.html", ticket=ticket, thread=thread, order=order,
+        ticket_states=TICKET_STATES, errors={}, error=None, idempotency_key=uuid.uuid4().hex,
+    )
+
+
+@router.post("/account/help/{ticket_id}/reply")
+async def reply(ticket_id: str, request: Request, page: Page, db: DB) -> Response:
+    account_id = require(page)
+    form = await form_of(request, page)
+    tid = _uuid(ticket_id, "ticket_id")
+    try:
+        await db.run(
+            lambda s: tickets.customer_reply(
+                s, account_id, tid, form.get("body", ""),
+                idempotency_key=form.get("idempotency_key") or None, now=utcnow(),
+            )
+        )
+    except SimchargeError as exc:
+        summary, _ = error_texts(exc, page.language)
+        async with db.read() as s:
+            ticket = await tickets.own_ticket(s, account_id, tid)
+            thread = await tickets.messages_of(s, ticket.id, internal=False)
+        return render(
+            request, page, "ticket.html", status=exc.status, ticket=ticket, thread=thread,
+            order=None, ticket_states=TICKET_STATES, errors={"body": summary}, error=summary,
+            idempotency_key=uuid.uuid4().hex,
+        )
+    return redirect(f"/account/help/{tid}")
+
+
+@router.post("/account/orders/{order_id}/help")
+async def order_not_credited(order_id: str, request: Request, page: Page, db: DB) -> Response:
+    """One button: the provider is asked again; credited now, the order's page says so; still
+    not, a ticket with the order attached goes to customer service."""
+    account_id = require(page)
+    await form_of(request, page)
+    oid = _uuid(order_id)
+    async with db.read() as s:
+        order = await orders.own_order(s, account_id, oid)
+    if order.state == "pending":
+        with contextlib.suppress(payments.PaymentProviderUnavailable):
+            await payments.check_order(
+                db, _providers(request), oid, source="customer_check", capture=True
+            )
+    async with db.read() as s:
+        order = await orders.own_order(s, account_id, oid)
+    if order.state == "fulfilled":
+        return redirect(f"/account/orders/{oid}")
+    subject = translate(page.language, N_("Order %(reference)s is not credited")) % {
+        "reference": order.reference
+    }
+    body = translate(
+        page.language,
+        N_("I paid for this order but my line has not been credited. Please check it."),
+    )
+
+    async def run(s: AsyncSession) -> uuid.UUID:
+        ticket, _ = await tickets.open_ticket(
+            s, account_id, subject=subject, body=body, order_id=oid,
+            idempotency_key=f"not-credited:{oid}", now=utcnow(),
+        )
+        return ticket.id
+
+    return redirect(f"/account/help/{await db.run(run)}")

@@ -1,0 +1,59 @@
+"""Help: questions to customer service, and "paid but not credited" from an order's page."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from simcharge.config import Settings
+from simcharge.db import Database
+from tests.portal.helpers import csrf_of, new_customer, post_form, sign_in
+
+pytestmark = pytest.mark.usefixtures("shop")
+
+
+async def test_ask_read_the_thread_and_answer(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    r = await post_form(client, "/account/help", "/account/help", {"subject": "", "body": ""})
+    assert r.status_code == 422 and 'class="alert bad"' in r.text
+    r = await post_form(client, "/account/help", "/account/help", {
+        "subject": "Roaming in Japan", "body": "Does my data work in Tokyo?",
+        "line": str(customer.line.id)})
+    assert r.status_code == 303
+    page = await client.get(r.headers["location"])
+    assert "Does my data work in Tokyo?" in page.text and "With customer service" in page.text
+    r = await client.post(r.headers["location"] + "/reply",
+                          data={"csrf": csrf_of(page.text), "body": "Also in Osaka?"})
+    assert r.status_code == 303
+    assert "Also in Osaka?" in (await client.get(r.headers["location"])).text
+    assert "Roaming in Japan" in (await client.get("/account/help")).text
+
+
+async def test_paid_but_not_credited_opens_one_ticket_with_the_order(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    review = await client.get("/account/topup/review", params={
+        "line": str(customer.line.id), "plan": "starter-10", "method": "sandbox"})
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', review.text)
+    assert key
+    r = await client.post("/account/topup", data={
+        "csrf": csrf_of(review.text), "idempotency_key": key.group(1),
+        "line": str(customer.line.id), "msisdn": "", "plan": "starter-10", "method": "sandbox"})
+    assert r.status_code == 303 and "/sandbox/pay/" in r.headers["location"]
+    orders = await client.get("/account/records")
+    order_id = re.search(r'href="/account/orders/([0-9a-f-]{36})"', orders.text)
+    assert order_id
+    order_page = f"/account/orders/{order_id.group(1)}"
+    r = await post_form(client, order_page, order_page + "/help", {})
+    assert r.status_code == 303 and r.headers["location"].startswith("/account/help/")
+    ticket = await client.get(r.headers["location"])
+    assert "is not credited" in ticket.text and order_page in ticket.text
+    again = await post_form(client, order_page, order_page + "/help", {})
+    assert again.headers["location"] == r.headers["location"]
