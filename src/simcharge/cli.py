@@ -75,6 +75,12 @@ def serve(
     """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false)."""
     import uvicorn
 
+    from simcharge.kit.logging import configure_logging
+
+    settings = get_settings()
+    # uvicorn's own records go through our handler (JSON in production), not its formatters.
+    configure_logging(settings.log_level, json=settings.log_json)
+
     uvicorn.run(
         "simcharge.app:create_app",
         factory=True,
@@ -84,6 +90,7 @@ def serve(
         proxy_headers=proxy_headers,
         timeout_graceful_shutdown=graceful_seconds,
         access_log=False,
+        log_config=None,
         log_level="warning",
     )
 
