@@ -26,7 +26,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -159,3 +159,26 @@ def test_the_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
     assert user and user[-1].split()[1].split(":")[0] not in ("root", "0")
     final = text.rsplit(stages[1], 1)[1]
     assert "pip install" not in final and "curl" not in final and "wget" not in final
+
+
+def test_library_log_records_are_json_lines_too(capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from simcharge.kit.logging import configure_logging
+
+    try:
+        configure_logging("INFO", json=True)
+        logging.getLogger("uvicorn.error").warning("worker %s died", 7)
+        logging.getLogger("httpx").info("HTTP Request: GET https://api.example/?token=abc")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("somelib").exception("it failed")
+        lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+        assert records[0]["event"] == "worker 7 died" and records[0]["level"] == "warning"
+        assert "timestamp" in records[0]
+        assert len(records) == 2  # the library's INFO line is not written
+        assert records[1]["level"] == "error" and "ValueError: boom" in records[1]["exception"]
+    finally:
+        configure_logging("INFO", json=False)

@@ -81,6 +81,12 @@ def serve(
     """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false)."""
     import uvicorn
 
+    from simcharge.kit.logging import configure_logging
+
+    settings = get_settings()
+    # uvicorn's own records go through our handler (JSON in production), not its formatters.
+    configure_logging(settings.log_level, json=settings.log_json)
+
     uvicorn.run(
         "simcharge.app:create_app",
         factory=True,
@@ -90,6 +96,7 @@ def serve(
         proxy_headers=proxy_headers,
         timeout_graceful_shutdown=graceful_seconds,
         access_log=False,
+        log_config=None,
         log_level="warning",
     )
 

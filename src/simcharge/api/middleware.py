@@ -1,10 +1,14 @@
-"""One pure-ASGI middleware: a request id, an access log line, metrics and security headers."""
+"""One pure-ASGI middleware: a request id, an access log line, metrics and security headers —
+and the refusal of NUL characters in the query string or a JSON body (PostgreSQL cannot store
+one in text: it must be invalid input, not a server error)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from starlette.responses import JSONResponse
@@ -12,9 +16,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simcharge.api.problems import PROBLEM_JSON, problem_body
-from simcharge.errors import InternalError
+from simcharge.errors import FieldError, InternalError, ValidationFailed
 from simcharge.kit.i18n import negotiate_language
 from simcharge.kit.ids import uuid7
+from simcharge.kit.translations import N_
 from simcharge.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("simcharge.http")
@@ -29,6 +34,8 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
 ]
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+NUL_REFUSED = N_("This value contains a character that is not allowed.")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class RequestContextMiddleware:
@@ -67,6 +74,14 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            field = _nul_in_query(scope)
+            if field is None and scope.get("method") in _BODY_METHODS and _is_json(scope):
+                raw_body, complete = await _read_body(receive)
+                field = _nul_in_json(raw_body)
+                receive = _replay(raw_body, complete, receive)
+            if field is not None:
+                await self._refuse(scope, receive, send_wrapper, field, request_id)
+                return
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             # Answered here rather than by Starlette's outermost handler, so that the answer
@@ -97,6 +112,91 @@ class RequestContextMiddleware:
                 ms=round(elapsed * 1000, 1),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+    @staticmethod
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, field: str, request_id: str
+    ) -> None:
+        error = ValidationFailed(errors=[FieldError(field, NUL_REFUSED)])
+        language = negotiate_language(_header(scope, b"accept-language"))
+        body = problem_body(error, language, scope.get("path"))
+        body["request_id"] = request_id
+        await JSONResponse(body, status_code=error.status, media_type=PROBLEM_JSON)(
+            scope, receive, send
+        )
+
+
+def _nul_in_query(scope: Scope) -> str | None:
+    """The first query parameter whose name or value holds a NUL, if any."""
+    raw: bytes = scope.get("query_string", b"")
+    if b"%00" not in raw and b"\x00" not in raw:
+        return None
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or "query"
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    kind = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request body; `more` is false when the client went away before sending it all."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, complete: bool, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            if complete:
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+        return await receive()
+
+    return replayed
+
+
+def _nul_in_json(body: bytes) -> str | None:
+    """The dotted path of the first string (or key) in a JSON body that holds a NUL, if any."""
+    if b"\\u0000" not in body:
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the endpoint refuses it as such
+    return _find_nul(document, "")
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path}.{key}".strip(".").replace("\x00", "") or "body"
+            items.append((str(key), item))
+    elif isinstance(value, list):
+        items = [(str(i), item) for i, item in enumerate(value)]
+    for key, item in items:
+        found = _find_nul(item, f"{path}.{key}" if path else key)
+        if found is not None:
+            return found
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

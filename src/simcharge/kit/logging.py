@@ -1,6 +1,8 @@
 """structlog configuration: JSON lines in production, readable lines in development.
 
-Values under keys that look secret are masked before anything is written."""
+Values under keys that look secret are masked before anything is written. Records of the
+standard `logging` module (uvicorn, SQLAlchemy, libraries) go through the same renderer, so in
+production every line on stderr is one JSON object."""
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ def _mask_secrets(
     return event
 
 
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler this module installs (replaced, never stacked, when reconfigured)."""
+
+
 def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -41,3 +47,16 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = _StdlibHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=processors,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries say too much at INFO (httpx logs every request's URL): warnings and up only.
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
