@@ -279,8 +279,9 @@ async def test_admins_manage_staff(
     assert r.status_code == 403
     r = await client.patch(url, headers=admin.auth, json={"role": "boss"})
     assert r.status_code == 422
-    r = await client.patch(f"/api/v1/admin/staff/{admin.id}", headers=admin.auth,
-                           json={"active": False})
+    r = await client.patch(
+        f"/api/v1/admin/staff/{admin.id}", headers=admin.auth, json={"active": False}
+    )
     assert r.status_code == 409 and r.json()["type"] == "/problems/staff-cannot-change-self"
     # a role change ends the member's sessions
     r = await client.patch(url, headers=admin.auth, json={"role": "finance"})
