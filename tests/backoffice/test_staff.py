@@ -279,8 +279,9 @@ async def test_admins_manage_staff(
     assert r.status_code == 403
     r = await client.patch(url, headers=admin.auth, json={"role": "boss"})
     assert r.status_code == 422
-    r = await client.patch(f"/api/v1/admin/staff/{admin.id}", headers=admin.auth,
-                           json={"active": False})
+    r = await client.patch(
+        f"/api/v1/admin/staff/{admin.id}", headers=admin.auth, json={"active": False}
+    )
     assert r.status_code == 409 and r.json()["type"] == "/problems/staff-cannot-change-self"
     # a role change ends the member's sessions
     r = await client.patch(url, headers=admin.auth, json={"role": "finance"})
@@ -307,3 +308,17 @@ async def test_admins_manage_staff(
     assert agent.username in page.text
     r = await client.post(f"/backoffice/staff/{agent.id}", data={"csrf": csrf, "access": "on"})
     assert r.status_code == 303
+
+
+async def test_the_back_office_speaks_chinese(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    staff = await new_staff(db, settings, "agent", language="zh-Hans")
+    csrf = await web_sign_in(client, staff)
+    page = await client.get("/backoffice")
+    assert 'lang="zh-Hans"' in page.text and "工单" in page.text and "查找客户" in page.text
+    r = await client.post("/backoffice/language", data={"csrf": csrf, "language": "es"})
+    assert r.status_code == 303
+    page = await client.get("/backoffice")
+    assert "Buscar un cliente" in page.text
+    assert "Find a customer" in (await client.get("/backoffice?lang=en")).text

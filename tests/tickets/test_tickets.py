@@ -59,6 +59,7 @@ async def test_a_customer_opens_a_ticket_about_an_order_and_only_sees_their_own(
         {"subject": " ", "body": "x"},
         {"subject": "x", "body": ""},
         {"subject": "x" * 201, "body": "x"},
+        {"subject": "a\x00b", "body": "x"},
     ):
         r = await client.post("/api/v1/me/tickets", json=body, headers=payer.auth)
         assert r.status_code == 422, r.text

@@ -147,6 +147,8 @@ async def save_entry(
     catalog = await export_catalog(s)
     before = find_entry(catalog, kind, code)
     source = f"{KINDS[kind]} {code}"
+    if "\x00" in text or "\\u0000" in text:
+        raise CatalogInvalid(source, ["a text contains a NUL character"])
     try:
         entry = json.loads(text)
     except json.JSONDecodeError as exc:

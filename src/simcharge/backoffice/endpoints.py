@@ -49,7 +49,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
 from simcharge.tickets.endpoints import ticket_out
-from simcharge.tickets.models import Ticket
+from simcharge.tickets.models import Ticket, TicketPriority, TicketStatus
 from simcharge.tickets.schemas import (
     StaffMessageOut,
     StaffReplyIn,
@@ -199,8 +199,8 @@ async def _staff_ticket(s: AsyncSession, ticket: Ticket, *, with_messages: bool)
 async def list_tickets(
     actor: TicketWorker,
     db: DB,
-    status: Annotated[str | None, Query(max_length=24)] = None,
-    priority: Annotated[str | None, Query(max_length=8)] = None,
+    status: TicketStatus | None = None,
+    priority: TicketPriority | None = None,
     assignee: Annotated[str | None, Query(max_length=64, description="A staff username")] = None,
     account_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,

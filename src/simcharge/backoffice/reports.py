@@ -49,10 +49,15 @@ def period(start: str | None, end: str | None, today: date) -> Period:
         last = date.fromisoformat(end) if end else today
     except ValueError:
         raise ValidationFailed(N_("Use a date like 2026-11-25."), field="to") from None
+    if not 2000 <= last.year <= 2999:
+        raise ValidationFailed(N_("Use a date like 2026-11-25."), field="to")
     try:
         first = date.fromisoformat(start) if start else last - timedelta(days=29)
     except ValueError:
         raise ValidationFailed(N_("Use a date like 2026-11-25."), field="from") from None
+    for field, day in (("from", first), ("to", last)):
+        if not 2000 <= day.year <= 2999:
+            raise ValidationFailed(N_("Use a date like 2026-11-25."), field=field)
     if first > last:
         raise ValidationFailed(N_("The period ends before it starts."), field="from")
     if (last - first).days >= MAX_DAYS:

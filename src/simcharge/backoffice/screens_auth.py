@@ -28,6 +28,7 @@ from simcharge.backoffice.web import HEADERS, back, render
 from simcharge.config import Settings
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals
+from simcharge.kit.i18n import normalize_language
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 PRE_COOKIE = "sc_staff_login"
@@ -221,3 +222,21 @@ async def logout(db: DB, settings: AppSettings, actor: WebActor) -> Response:
         samesite="strict",
     )
     return response
+
+
+@router.post("/language", response_model=None)
+async def language(
+    db: DB, actor: WebActor, language: Annotated[str, Form(max_length=16)] = ""
+) -> Response:
+    """The staff member's language for the back office."""
+    chosen = normalize_language(language) or "en"
+    assert actor.staff_id is not None
+    staff_id = actor.staff_id
+
+    async def save(s: AsyncSession) -> None:
+        staff = await s.get(StaffUser, staff_id)
+        assert staff is not None
+        staff.language = chosen
+
+    await db.run(save)
+    return back("/backoffice")

@@ -133,6 +133,9 @@ async def check_password(
     session: AsyncSession, username: str, password: str, now: datetime
 ) -> StaffUser | None:
     """The staff member if the password is right (and the account active and not locked)."""
+    if "\x00" in username:
+        verify_password(None, password)
+        return None
     staff = (
         await session.execute(
             select(StaffUser).where(StaffUser.username == username.strip().casefold())

@@ -339,6 +339,8 @@ async def update_ticket(
     except ValueError:
         raise ValidationFailed(N_("Unknown priority."), field="priority") from None
     assignee_id: uuid.UUID | None = None
+    if assignee and "\x00" in assignee:
+        raise StaffNotFound(field="assignee")
     if assignee:
         staff = (
             await session.execute(
