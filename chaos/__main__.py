@@ -211,6 +211,7 @@ async def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
         "customers": args.customers,
         "kills": kills,
+        "restarted as unhealthy": cluster.supervisor_restarts,
         "faults": events,
         "client": dict(sorted(crowd.stats.items())),
         **{k: v for k, v in verdict.facts.items()},

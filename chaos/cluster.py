@@ -40,6 +40,7 @@ class Cluster:
     web_ports: list[int]
     workers: int
     procs: list[Proc] = field(default_factory=list)
+    supervisor_restarts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -71,10 +72,13 @@ class Cluster:
             await self.start(p)
         await self.wait_ready()
 
-    async def wait_ready(self, timeout: float = 180) -> None:
+    async def wait_ready(self, timeout: float = 240) -> None:
+        """Wait until every web process answers its health check; one that does not within a
+        minute is restarted, as a supervisor (systemd, Docker, Kubernetes) would."""
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2) as http:
+        async with httpx.AsyncClient(timeout=5) as http:
             for p in self.web:
+                restart_at = time.monotonic() + 60
                 while True:
                     try:
                         if (await http.get(f"{p.url}/healthz")).status_code == 200:
@@ -83,6 +87,10 @@ class Cluster:
                         pass
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{p.name} did not start; see {p.log}")
+                    if time.monotonic() > restart_at:
+                        self.supervisor_restarts.append(p.name)
+                        await self.restart(p)
+                        restart_at = time.monotonic() + 60
                     await asyncio.sleep(0.2)
 
     async def others_serving(self, proc: Proc) -> bool:

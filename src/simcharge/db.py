@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -144,7 +144,31 @@ def create_engine(
         # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
         # SQLAlchemy, and `Database.run` retries the transaction on a fresh one.
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    event.listen(engine.sync_engine, "handle_error", _dead_connection)
+    return engine
+
+
+def _dead_connection(context: ExceptionContext) -> None:
+    """A connection the server dropped (a restart, a failover) is a disconnect, whatever
+    asyncpg calls it: the pool then replaces it and every connection older than it, and the
+    transaction is retried, instead of each pooled connection failing one request after a
+    restart ("connection was closed in the middle of operation")."""
+    seen: BaseException | None = context.original_exception
+    for _ in range(4):  # the asyncpg error is wrapped once or twice by the adapter
+        if seen is None:
+            break
+        name = type(seen).__name__
+        if name in _DISCONNECTS or isinstance(seen, ConnectionError | TimeoutError):
+            context.is_disconnect = True
+            return
+        seen = seen.__cause__ or seen.__context__
+
+
+_DISCONNECTS = frozenset(
+    {"ConnectionDoesNotExistError", "ConnectionFailureError", "AdminShutdownError",
+     "CannotConnectNowError", "CrashShutdownError"}
+)
 
 
 _IDLE_SESSIONS = 64

@@ -396,3 +396,32 @@ async def test_the_worker_times_sessions_out(
     handler = registry.handlers["charging.expire_sessions"]
     await handler(JobContext(db, settings, None, client), {})  # type: ignore[arg-type]
     assert await open_reservations(db) == 0
+
+
+def _requests_counted(text: str, operation: str, result: str) -> float:
+    prefix = f'simcharge_charging_requests_total{{operation="{operation}",result="{result}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_charging_requests_are_counted_in_the_metrics(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    t = await make_line(db, grants=[UnitGrant("DATA_B", 100 * MIB, 30)])
+    api = await nchf(client, db)
+    before = (await client.get("/metrics")).text
+    r = await api.create(body(t.supi, 0, [rg(DATA, requested={"totalVolume": MIB})]))
+    assert r.status_code == 201, r.text
+    r = await api.release(ref_of(r), body(t.supi, 1, [rg(DATA, used=[{"totalVolume": 1}])]))
+    assert r.status_code == 204
+    r = await api.release("no-such-ref", body(t.supi, 1, []))
+    assert r.status_code == 404
+    after = (await client.get("/metrics")).text
+    for operation, result in (("create", "ok"), ("release", "ok")):
+        assert _requests_counted(after, operation, result) == (
+            _requests_counted(before, operation, result) + 1
+        )
+    failed = [line for line in after.splitlines()
+              if line.startswith('simcharge_charging_requests_total{operation="release"')
+              and 'result="ok"' not in line]
+    assert failed, after

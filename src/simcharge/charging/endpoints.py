@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -16,8 +18,9 @@ from simcharge.charging import nchf
 from simcharge.charging.batch import UsageBatch, UsageReport, import_usage_records
 from simcharge.charging.rating import RatingCache
 from simcharge.config import Settings
-from simcharge.errors import Forbidden, NotAuthenticated
+from simcharge.errors import Forbidden, NotAuthenticated, SimchargeError
 from simcharge.kit.translations import N_
+from simcharge.metrics import CHARGING_REQUESTS
 
 NCHF_PREFIX = "/nchf-convergedcharging/v3"
 SCOPE = "charging"
@@ -101,6 +104,20 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+@contextlib.contextmanager
+def _counted(operation: str) -> Iterator[None]:
+    """Count a charging request by outcome: `ok`, the problem's slug, or `error`."""
+    try:
+        yield
+    except SimchargeError as exc:
+        CHARGING_REQUESTS.labels(operation, exc.slug).inc()
+        raise
+    except Exception:
+        CHARGING_REQUESTS.labels(operation, "error").inc()
+        raise
+    CHARGING_REQUESTS.labels(operation, "ok").inc()
+
+
 @router.post("/chargingdata", status_code=201, openapi_extra=_REQUEST_BODY)
 async def create_charging_data(
     request: Request, db: DB, settings: AppSettings, client: NF
@@ -113,7 +130,8 @@ async def create_charging_data(
         table = await cache.get(s)
         return await nchf.create_charging_data(s, settings, table, client=client, body=body)
 
-    answer = await db.run(run)
+    with _counted("create"):
+        answer = await db.run(run)
     location = f"{str(request.base_url).rstrip('/')}{NCHF_PREFIX}/chargingdata/{answer.ref}"
     return JSONResponse(answer.body, status_code=201, headers={"Location": location})
 
@@ -130,7 +148,8 @@ async def _update(
             s, settings, table, client=client, ref=ref, body=body, release=release
         )
 
-    answer: nchf.NchfAnswer = await db.run(run)
+    with _counted("release" if release else "update"):
+        answer: nchf.NchfAnswer = await db.run(run)
     return answer
 
 
@@ -164,4 +183,5 @@ async def submit_usage(
     """Rate and charge a batch of usage records (offline charging). Idempotent by record id:
     a record already charged is counted in `duplicates` and not charged again. Bad records are
     reported by index and do not stop the others."""
-    return await import_usage_records(db, settings, batch.records_as_rows())
+    with _counted("usage"):
+        return await import_usage_records(db, settings, batch.records_as_rows())
