@@ -166,6 +166,10 @@ def test_library_log_records_are_json_lines_too(capfd: pytest.CaptureFixture[str
 
     from simcharge.kit.logging import configure_logging
 
+    # As uvicorn's own logging config leaves it (or a server started by an earlier test).
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.propagate = False
+    uvicorn_error.addHandler(logging.NullHandler())
     try:
         configure_logging("INFO", json=True)
         logging.getLogger("uvicorn.error").warning("worker %s died", 7)

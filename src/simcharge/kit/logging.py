@@ -58,5 +58,13 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
+    # uvicorn (and a test's earlier server) may have given its loggers handlers of their own
+    # and cut them from the root: everything goes through the one renderer above.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+        library.setLevel(logging.NOTSET)
+        library.disabled = False
     # Libraries say too much at INFO (httpx logs every request's URL): warnings and up only.
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
