@@ -50,7 +50,7 @@ async def _seed(s: AsyncSession) -> list[dict[str, Any]]:
     await s.flush()
     lines = []
     for i in range(LINES):
-        msisdn = f"+1202555{i:04d}"
+        msisdn = f"+1206555{i:04d}"
         lines.append(await open_line(s, NewLine(msisdn=msisdn, iccid=f"89019990{i:011d}",
                                                 currency="USD"),
                                      account_id=account.id, state=LineState.active))
