@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.app import create_app
 from simcharge.auth import throttle
@@ -305,3 +307,22 @@ async def test_malformed_logins(client: httpx.AsyncClient, body: dict[str, str])
 
 def test_clock_is_utc() -> None:
     assert utcnow().tzinfo is not None
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_first_failures_for_one_login_all_count(
+    fresh_db: Database, settings: Settings
+) -> None:
+    """Sign-ins for a login name that has no throttle row yet, at the same moment: each one finds
+    or makes the same row (none fails on the unique key) and each failure is counted."""
+    app = create_app(settings, db=fresh_db, run_worker=False)
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.40", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        answers = await asyncio.gather(
+            *(login(client, "nobody-yet-at-once", "wrong-password-1") for _ in range(4))
+        )
+    assert [r.status_code for r in answers] == [401] * 4
+    async def failures(session: AsyncSession) -> list[int]:
+        return list((await session.scalars(select(LoginThrottle.failures))).all())
+
+    assert await fresh_db.run(failures) == [4]

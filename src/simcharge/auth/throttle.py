@@ -20,6 +20,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import LoginThrottle
+from simcharge.db import table_of, upsert_insert
 from simcharge.errors import TooManyAttempts
 from simcharge.kit.crypto import keyed_hash
 
@@ -48,18 +49,26 @@ def delay_after(failures: int) -> timedelta:
 
 
 async def load(session: AsyncSession, key: str, now: datetime) -> LoginThrottle:
+    """The login's throttle row, locked; created first if missing (two sign-ins at once for one
+    login both find it: the insert does nothing when the other got there first)."""
     row = await session.get(LoginThrottle, key, with_for_update=True)
     if row is None:
-        row = LoginThrottle(
-            key_hash=key,
-            failures=0,
-            locked_until=None,
-            updated_at=now,
-            window_start=now,
-            window_failures=0,
+        await session.execute(
+            upsert_insert(session, table_of(LoginThrottle))
+            .values(
+                key_hash=key,
+                failures=0,
+                locked_until=None,
+                updated_at=now,
+                window_start=now,
+                window_failures=0,
+            )
+            .on_conflict_do_nothing(index_elements=["key_hash"])
         )
-        session.add(row)
-        await session.flush()
+        row = await session.get(
+            LoginThrottle, key, with_for_update=True, populate_existing=True
+        )
+        assert row is not None
     return row
 
 
