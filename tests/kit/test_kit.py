@@ -12,6 +12,7 @@ from simcharge.kit.money import (
     LossyConversionError,
     format_money,
     from_minor,
+    is_currency,
     is_unit,
     percent_of,
     to_minor,
@@ -26,6 +27,20 @@ def test_minor_units_per_currency() -> None:
     assert to_minor("1.234", "KWD") == 1234
     assert from_minor(1050, "USD") == Decimal("10.50")
     assert str(from_minor(5, "USD")) == "0.05"
+
+
+def test_minor_units_are_iso_4217s_not_the_display_digits_of_cldr() -> None:
+    # CLDR (Babel) shows HUF, IDR and IQD without decimals; ISO 4217 gives them 2, 2 and 3, and a
+    # stored amount must keep its meaning whatever Babel release is installed.
+    assert to_minor("1000.50", "HUF") == 100050
+    assert to_minor("1.5", "IDR") == 150
+    assert to_minor("0.125", "IQD") == 125
+    assert to_minor("1.2345", "CLF") == 12345
+    assert is_currency("XCG") and is_currency("ZWG")
+    # metals, the testing code and withdrawn currencies hold no wallet
+    assert not any(is_currency(code) for code in ("XAU", "XTS", "XXX", "DEM", "HRK", "usd"))
+    with pytest.raises(ValueError, match="unknown currency"):
+        to_minor("1", "DEM")
 
 
 @pytest.mark.parametrize("bad", ["10.001", "0.5", "nan", "abc", "Infinity"])

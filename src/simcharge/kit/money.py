@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from functools import lru_cache
 
 from babel.core import Locale
-from babel.numbers import format_currency, get_currency_precision, list_currencies
+from babel.numbers import format_currency
+
+from simcharge.kit.iso4217 import MINOR_UNITS
 
 
 class Unit(StrEnum):
@@ -29,13 +30,9 @@ class LossyConversionError(ValueError):
     """An amount has more decimal places than its currency's minor unit."""
 
 
-@lru_cache(maxsize=1)
-def _currencies() -> frozenset[str]:
-    return frozenset(list_currencies())
-
-
 def is_currency(code: str) -> bool:
-    return code in _currencies()
+    """An active ISO 4217 currency (see `kit.iso4217`)."""
+    return code in MINOR_UNITS
 
 
 def is_unit(code: str) -> bool:
@@ -43,11 +40,12 @@ def is_unit(code: str) -> bool:
     return code in Unit.__members__ or is_currency(code)
 
 
-@lru_cache(maxsize=256)
 def minor_exponent(currency: str) -> int:
-    if not is_currency(currency):
-        raise ValueError(f"unknown currency {currency!r}")
-    return int(get_currency_precision(currency))
+    """Decimal places of the currency's minor unit, as ISO 4217 gives them."""
+    try:
+        return MINOR_UNITS[currency]
+    except KeyError:
+        raise ValueError(f"unknown currency {currency!r}") from None
 
 
 def to_minor(amount: Decimal | str | int, currency: str) -> int:
