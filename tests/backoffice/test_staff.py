@@ -16,6 +16,7 @@ from simcharge.backoffice.staff import StaffExists, create_staff
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import ValidationFailed
+from simcharge.kit.clock import clock, utcnow
 from tests.backoffice.helpers import (
     STAFF_PASSWORD,
     code_for,
@@ -35,6 +36,8 @@ async def _audit(db: Database, action: str) -> list[AuditEntry]:
 async def test_first_sign_in_enrols_the_authenticator_then_asks_for_a_code(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
+    # One TOTP time step throughout: the replay below must meet the very step already used.
+    clock.freeze(utcnow())
     staff = await new_staff(db, settings, "agent", enrolled=False)
     assert (await client.get("/backoffice")).headers["location"] == "/backoffice/login"
     await web_sign_in(client, staff)
