@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from simcharge.accounts.models import Account
+from simcharge.auth.passwords import MAX_LENGTH, MIN_LENGTH, common_passwords
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.worker.models import OutboxJob
@@ -288,3 +289,41 @@ async def test_codes_never_rest_in_the_clear(
             await s.execute(select(MessageLog.subject, MessageLog.target, MessageLog.error))
         ).all()
         assert logged and all(code not in str(row) for row in logged)
+
+
+def test_the_breached_list_holds_ten_thousand_passwords_that_can_match() -> None:
+    entries = common_passwords()
+    # Only entries the length rule lets through count (shorter ones are refused before).
+    assert len(entries) >= 10_000
+    assert all(MIN_LENGTH <= len(e) <= MAX_LENGTH and e == e.casefold() for e in entries)
+
+
+async def test_a_long_breached_password_is_refused_in_any_case(client: httpx.AsyncClient) -> None:
+    breached = sorted(e for e in common_passwords() if len(e) >= 12 and e.isalpha())[0]
+    for password in (breached, breached.upper()):
+        r = await client.post(
+            "/api/v1/auth/register",
+            json={"username": "good.name", "password": password, "email": "a@example.com"},
+        )
+        assert r.status_code == 422 and problem(r)["field"] == "password"
+        assert "too common" in problem(r)["errors"][0]["detail"]
+
+
+async def test_phone_is_a_channel_in_the_api_and_its_description(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    username, _, phone = new_identity()
+    await register(client, username=username, email=None, phone=phone)
+    await deliver()
+    customer = Customer(username, PASSWORD, None, phone)
+    r = await verify(client, customer, "phone", last_sms_code(str(phone)))
+    assert r.status_code == 200 and r.json()["phone_verified"] is True
+    r = await client.post(
+        "/api/v1/auth/verify", json={"channel": "pigeon", "code": "1", "login": "a", "password": "b"}
+    )
+    assert r.status_code == 422 and problem(r)["field"] == "channel"
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for name in ("VerifyIn", "ForgotIn", "ResendIn", "UnlockRequestIn"):
+        channel = schemas[name]["properties"]["channel"]
+        assert channel["enum"] == ["email", "phone", "sms"], name
+        assert "`phone` (the same as `sms`)" in channel["description"]
