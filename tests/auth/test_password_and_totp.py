@@ -422,6 +422,10 @@ async def test_recovery_codes_can_be_replaced(
     )
     auth = {"Authorization": f"Bearer {first.json()['token']}"}
     r = await client.post(
+        "/api/v1/me/totp/recovery-codes", json={"password": "not-it-at-all-1"}, headers=auth
+    )
+    assert r.status_code == 401 and problem(r)["field"] == "password"
+    r = await client.post(
         "/api/v1/me/totp/recovery-codes", json={"password": PASSWORD}, headers=auth
     )
     fresh = r.json()["recovery_codes"]
@@ -433,6 +437,11 @@ async def test_recovery_codes_can_be_replaced(
     assert "New recovery codes were made" in [m["Subject"] for m in inbox.to(str(customer.email))]
     # The alerts sent are in the security log too, with their channels.
     log = (await client.get("/api/v1/me/security-events", headers=auth)).json()
+    assert [(e["success"], e["details"].get("reason")) for e in log
+            if e["kind"] == "recovery_codes_regenerated"] == [
+        (True, None),
+        (False, "invalid-credentials"),
+    ]
     alerts = {e["details"]["alert"]: e["details"]["channels"] for e in log if e["kind"] == "alert_sent"}
     assert alerts["recovery_codes_regenerated"] == ["portal", "email", "sms"]
     assert alerts["totp_enabled"] == ["portal", "email", "sms"]
