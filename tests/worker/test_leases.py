@@ -77,11 +77,11 @@ async def test_a_job_longer_than_its_lease_runs_once_while_several_workers_wait(
     async def long(ctx: JobContext, payload: dict[str, Any]) -> None:
         runs.append(ctx.job.id.hex)
         # Several leases long: without renewal another worker would take it and run it again.
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3.5)
         done.set()
 
     job_id = await _enqueue(fresh_db, "long")
-    quick = _quick(settings, worker_lease_seconds=0.3)
+    quick = _quick(settings, worker_lease_seconds=1)
     crew = [
         Worker(fresh_db, quick, registry=registry, concurrency=2, worker_id=f"w{i}")
         for i in range(3)
