@@ -233,5 +233,5 @@ async def test_every_operation_answers_without_server_errors_and_as_documented(
     assert not failures, "\n".join(failures)
     assert statuses[2] > len(operations) // 2, statuses  # the valid cases get through too
     # The staff-only operations were reached as staff, and their successful answers checked.
-    assert STAFF_SUCCESSES <= succeeded, STAFF_SUCCESSES - succeeded
-    assert SESSION_ENDERS <= succeeded, SESSION_ENDERS - succeeded
+    assert succeeded >= STAFF_SUCCESSES, STAFF_SUCCESSES - succeeded
+    assert succeeded >= SESSION_ENDERS, SESSION_ENDERS - succeeded
