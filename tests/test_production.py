@@ -251,6 +251,13 @@ def test_the_production_env_example_names_real_settings_and_loads(
     assert settings.alipay_private_key_file is None
 
 
+def test_the_production_env_example_names_every_setting() -> None:
+    """Set, or commented out with its default: an operator sees every knob in one file."""
+    text = (ROOT / "deploy" / "production.env.example").read_text()
+    named = set(re.findall(r"^#? ?(SIMCHARGE_[A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    assert _setting_names() - named == set()
+
+
 def test_the_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
