@@ -1,11 +1,12 @@
-"""Catalog pages (admin): the plans and methods with their versions; one entry edited at a time."""
+"""Admin pages: the catalog (plans, methods, tariffs with their versions; one entry edited at a
+time), staff, and the outbox's jobs (retry or discard a dead one)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +16,7 @@ from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.catalog import KINDS, as_text, export_catalog, find_entry, save_entry
 from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.jobs import JobView, count_by_view, discard_job, find_jobs, retry_job
 from simcharge.backoffice.models import Role, StaffUser
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.staff import change_staff, staff_facts
@@ -124,3 +126,42 @@ async def staff_change(
 
     await db.run(run)
     return back("/backoffice/staff", "saved")
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+JobReader = Annotated[Actor, require_web(Permission.jobs_read)]
+JobManager = Annotated[Actor, require_web(Permission.jobs_manage)]
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(
+    request: Request,
+    db: DB,
+    actor: JobReader,
+    view: JobView = JobView.dead,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+) -> HTMLResponse:
+    async with db.read() as s:
+        rows = await find_jobs(s, view=view, kind=kind or None, limit=200)
+        counts = await count_by_view(s)
+    return render(
+        request, "jobs.html", actor, jobs=rows, counts=counts, view=view, views=list(JobView)
+    )
+
+
+@router.post("/jobs/{job_id}/retry", response_model=None)
+async def job_retry(job_id: uuid.UUID, db: DB, actor: JobManager) -> Response:
+    await db.run(lambda s: retry_job(s, actor, job_id, utcnow()))
+    return back("/backoffice/jobs", "retried")
+
+
+@router.post("/jobs/{job_id}/discard", response_model=None)
+async def job_discard(
+    job_id: uuid.UUID,
+    db: DB,
+    actor: JobManager,
+    note: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    await db.run(lambda s: discard_job(s, actor, job_id, note, utcnow()))
+    return back("/backoffice/jobs", "discarded")
