@@ -14,16 +14,20 @@ from sqlalchemy import select, update
 from simcharge.accounts.models import Account
 from simcharge.auth.apikeys import create_api_key
 from simcharge.auth.service import lock_account
+from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import Adjustment, AuditEntry
+from simcharge.backoffice.money import FourEyes, decide_adjustment
+from simcharge.backoffice.roles import Permission
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.kit.clock import utcnow
+from simcharge.kit.clock import clock, utcnow
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, Payment
 from simcharge.worker.models import OutboxJob
 from tests.backoffice.helpers import new_staff, web_sign_in
+from tests.factories import create_line
 from tests.orders.helpers import (
     Payer,
     assert_ledger_balanced,
@@ -244,15 +248,13 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
         "adjustment.reject",
         "adjustment.apply",
     ]
-    # an API key may ask for an adjustment but never approve one
+    # an API key may not approve (no scope grants it)
     key = await db.run(lambda s: create_api_key(s, "crm", ["adjustments:write"]))
     auth = {"Authorization": f"Bearer {key.token}"}
-    r = await client.post(url, headers=auth, json={"amount": 9000, "reason": "tool"})
-    assert r.status_code == 201
     r = await client.post(
-        f"/api/v1/admin/adjustments/{r.json()['id']}/decision", headers=auth, json={"approve": True}
+        f"/api/v1/admin/adjustments/{own['id']}/decision", headers=auth, json={"approve": True}
     )
-    assert r.status_code == 403
+    assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
 
 
 async def test_adjustment_and_approval_on_the_pages(
@@ -445,3 +447,105 @@ async def test_each_role_is_refused_what_it_may_not_do(
         json={"approve": True},
     )
     assert r.status_code == 200
+
+
+async def test_four_eyes_counts_what_a_customer_was_adjusted_in_the_last_day(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The threshold (20.00 by default) bounds what moves without a second person per customer
+    and unit over a rolling 24 hours: splitting, across lines or colleagues, does not avoid it."""
+    payer = await new_payer(db, settings)
+    await _paid(client, db, settings, payer)  # some buckets
+    second = await db.run(lambda s: create_line(s, account_id=payer.account_id))
+    other = await new_payer(db, settings)
+    agent = await new_staff(db, settings, "agent")
+    colleague = await new_staff(db, settings, "agent")
+    finance = await new_staff(db, settings, "finance")
+
+    async def adjust(who: Any, line: uuid.UUID, amount: int, target: str = "wallet") -> Any:
+        r = await client.post(
+            f"/api/v1/admin/lines/{line}/adjustments",
+            headers=who.auth if hasattr(who, "auth") else who,
+            json={"amount": amount, "target": target, "reason": "goodwill"},
+        )
+        return r
+
+    clock.freeze(utcnow())
+    assert (await adjust(agent, payer.line.id, 1500)).json()["state"] == "applied"
+    assert (await adjust(colleague, second.id, 500)).json()["state"] == "applied"  # 20.00: at
+    # one cent more, by anyone, on any of the customer's lines: a second person must approve
+    waiting = (await adjust(agent, payer.line.id, 1)).json()
+    assert waiting["state"] == "awaiting_approval" and waiting["transfer_id"] is None
+    assert (await adjust(colleague, second.id, -50)).json()["state"] == "awaiting_approval"
+    # another unit counts apart, another customer too
+    async with db.read() as s:
+        sms = (
+            await s.execute(
+                select(Bucket).where(Bucket.line_id == payer.line.id, Bucket.unit == "SMS")
+            )
+        ).scalars().first()
+    assert sms is not None
+    assert (await adjust(agent, payer.line.id, 5, str(sms.id))).json()["state"] == "applied"
+    assert (await adjust(agent, other.line.id, 1500)).json()["state"] == "applied"
+    # an approved adjustment was seen by two people: it does not fill the window
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{waiting['id']}/decision",
+        headers=finance.auth,
+        json={"approve": True},
+    )
+    assert r.json()["state"] == "applied"
+    assert (await adjust(agent, payer.line.id, 1)).json()["state"] == "awaiting_approval"
+    async with db.read() as s:
+        last = (
+            await s.execute(
+                select(AuditEntry)
+                .where(AuditEntry.action == "adjustment.request")
+                .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+            )
+        ).scalars().first()
+    assert last is not None and last.details["applied_alone_24h"] == 2000
+    assert last.details["limit"] == 2000
+    # a day later the window is empty again
+    clock.advance(hours=24, seconds=1)
+    agent = await new_staff(db, settings, "agent")  # (the first one's session timed out)
+    assert (await adjust(agent, payer.line.id, 2000)).json()["state"] == "applied"
+    # an API key adjusts within the threshold, but may not ask for what needs an approval
+    # (nobody could tell its holder from the approver): refused, nothing stored
+    key = await db.run(lambda s: create_api_key(s, "crm", ["adjustments:write"]))
+    auth = {"Authorization": f"Bearer {key.token}"}
+    assert (await adjust(auth, other.line.id, 500)).json()["state"] == "applied"
+    async with db.read() as s:
+        count = len((await s.execute(select(Adjustment))).scalars().all())
+    r = await adjust(auth, other.line.id, 1501)  # 5.00 + 15.01 > 20.00
+    assert r.status_code == 403 and r.json()["type"] == "/problems/adjustment-needs-a-person"
+    async with db.read() as s:
+        assert len((await s.execute(select(Adjustment))).scalars().all()) == count
+    await assert_ledger_balanced(db)
+
+
+async def test_whoever_asked_never_approves_by_any_credential(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    finance = await new_staff(db, settings, "finance")
+    r = await client.post(
+        f"/api/v1/admin/lines/{payer.line.id}/adjustments",
+        headers=finance.auth,
+        json={"amount": 5000, "reason": "paid twice"},
+    )
+    adj = r.json()
+    assert adj["state"] == "awaiting_approval"
+    # asked with a token, approving on the page: the same person, refused
+    csrf = await web_sign_in(client, finance)
+    page = await client.get("/backoffice/adjustments")
+    assert "paid twice" in page.text and f"/adjustments/{adj['id']}/approve" not in page.text
+    r = await client.post(f"/backoffice/adjustments/{adj['id']}/approve", data={"csrf": csrf})
+    assert r.status_code == 403 and "someone other than who asked" in r.text
+    # no credential without a person behind it approves, even one holding the permission
+    tool = Actor(name="apikey:sck_test", permissions=frozenset(Permission))
+    with pytest.raises(FourEyes):
+        async with db.transaction() as s:
+            await decide_adjustment(s, tool, uuid.UUID(adj["id"]), approve=True, now=utcnow())
+    async with db.read() as s:
+        row = await s.get(Adjustment, uuid.UUID(adj["id"]))
+        assert row is not None and row.state == "awaiting_approval"
