@@ -324,9 +324,38 @@ async def test_unlock_unfreeze_and_resend_receipt(
         assert line is not None and line.state == LineState.active
     assert await _actions(db, payer.account_id) == ["customer.view", "account.unlock"]
     assert await _actions(db, payer.line.id) == ["line.unfreeze"]
-    # resend the receipt: a receipt job; none for an order never credited
-    r = await client.post(f"/api/v1/admin/orders/{order['id']}/resend-receipt", headers=agent.auth)
+    # resend the receipt (the API, then the page): a receipt job each; none for an order never
+    # credited; each resend audited with where it came from
+    r = await client.post(
+        f"/api/v1/admin/orders/{order['id']}/resend-receipt",
+        headers={**agent.auth, "user-agent": "crm-tool/3.1"},
+    )
     assert r.status_code == 202
+    r = await client.post(
+        f"/backoffice/orders/{order['id']}/resend-receipt",
+        data={"csrf": csrf, "then": f"/backoffice/customers/{payer.account_id}"},
+        headers={"user-agent": "agent-browser/1.0"},
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/backoffice/customers/{payer.account_id}?done=resent"
+    async with db.read() as s:
+        resent = list(
+            (
+                await s.execute(
+                    select(AuditEntry)
+                    .where(
+                        AuditEntry.action == "order.resend_receipt",
+                        AuditEntry.target_id == order["id"],
+                    )
+                    .order_by(AuditEntry.at, AuditEntry.id)
+                )
+            ).scalars()
+        )
+    assert [(e.actor, e.user_agent, e.ip) for e in resent] == [
+        (f"staff:{agent.username}", "crm-tool/3.1", "127.0.0.1"),
+        (f"staff:{agent.username}", "agent-browser/1.0", "127.0.0.1"),
+    ]
+    assert resent[0].details["receipt"]
     r = await client.post(
         f"/api/v1/admin/orders/{pending['id']}/resend-receipt", headers=agent.auth
     )
@@ -337,7 +366,7 @@ async def test_unlock_unfreeze_and_resend_receipt(
             .scalars()
             .all()
         )
-    assert len([j for j in jobs if j.payload["order_id"] == order["id"]]) == 2
+    assert len([j for j in jobs if j.payload["order_id"] == order["id"]]) == 3
 
 
 async def test_payments_needing_attention_and_their_resolution(

@@ -19,7 +19,12 @@ from simcharge.backoffice.catalog import export_catalog, save_entry
 from simcharge.backoffice.customers import customer_view, search_customers
 from simcharge.backoffice.deps import api_actor, require
 from simcharge.backoffice.models import StaffUser
-from simcharge.backoffice.orders import OrderPanel, check_with_provider, order_panel
+from simcharge.backoffice.orders import (
+    OrderPanel,
+    attention_orders,
+    check_with_provider,
+    order_panel,
+)
 from simcharge.backoffice.roles import Permission, permissions_of
 from simcharge.backoffice.schemas import (
     AdjustmentIn,
@@ -36,7 +41,6 @@ from simcharge.backoffice.schemas import (
     StaffTokenOut,
     StateOut,
 )
-from simcharge.backoffice.screens_customers import attention_orders
 from simcharge.backoffice.screens_tickets import staff_names
 from simcharge.backoffice.staff import (
     StaffLoginFailed,
@@ -222,7 +226,21 @@ async def list_tickets(
             ),
             limit=limit,
         )
-        return [await _staff_ticket(s, t, with_messages=False) for t in rows]
+        found = [await _staff_ticket(s, t, with_messages=False) for t in rows]
+    filters = {
+        "status": status,
+        "priority": priority,
+        "assignee": assignee,
+        "account_id": account_id,
+        "order_id": order_id,
+    }
+    await audit.record_read(
+        db,
+        actor,
+        "ticket.list",
+        details={**{k: v for k, v in filters.items() if v}, "found": len(found)},
+    )
+    return found
 
 
 @router.get("/tickets/{ticket_id}", response_model=StaffTicketDetailOut, summary="One ticket")
@@ -231,7 +249,8 @@ async def get_ticket(ticket_id: uuid.UUID, actor: TicketWorker, db: DB) -> Staff
         out: StaffTicketDetailOut = await _staff_ticket(
             s, await tickets.get_ticket(s, ticket_id), with_messages=True
         )
-        return out
+    await audit.record_read(db, actor, "ticket.view", target_type="ticket", target_id=ticket_id)
+    return out
 
 
 @router.post(
@@ -344,6 +363,7 @@ def _panel(p: OrderPanel) -> dict[str, Any]:
             "attention_note",
             "created_at",
             "paid_at",
+            "account_id",
         ),
         "payment": _row(p.payment, "state", "provider_ref", "payment_id", "checks", "last_error")
         if p.payment
@@ -375,9 +395,7 @@ async def find_customers(
 ) -> list[CustomerOut]:
     async with db.read() as s:
         found = await search_customers(s, q)
-    await db.run(
-        lambda s: audit.record(s, actor, "customer.search", details={"q": q, "found": len(found)})
-    )
+    await audit.record_read(db, actor, "customer.search", details={"q": q, "found": len(found)})
     return [CustomerOut.model_validate(a) for a in found]
 
 
@@ -387,11 +405,7 @@ async def find_customers(
 async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> CustomerViewOut:
     async with db.read() as s:
         v = await customer_view(s, account_id)
-    await db.run(
-        lambda s: audit.record(
-            s, actor, "customer.view", target_type="account", target_id=account_id
-        )
-    )
+    await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return CustomerViewOut(
         account=CustomerOut.model_validate(v.account),
         lines=[
@@ -523,10 +537,27 @@ async def resend_receipt(order_id: uuid.UUID, actor: Resender, db: DB) -> None:
     response_model=list[dict[str, Any]],
     summary="Payments needing attention: flagged, or pending too long",
 )
-async def attention(actor: AttentionReader, db: DB, settings: AppSettings) -> list[dict[str, Any]]:
+async def attention(
+    actor: AttentionReader,
+    db: DB,
+    settings: AppSettings,
+    flag: Annotated[
+        str | None,
+        Query(
+            max_length=24,
+            description="Only orders with this flag (`amount_mismatch`, `late_success`, "
+            "`line_unavailable`, `refund_failed`, any other a provider event raised), or "
+            "`stuck_pending` for the orders pending too long",
+        ),
+    ] = None,
+) -> list[dict[str, Any]]:
     async with db.read() as s:
-        ids = await attention_orders(s, settings.order_pending_alert_minutes)
-        return [_panel(await order_panel(s, i)) for i in ids]
+        ids = await attention_orders(s, settings.order_pending_alert_minutes, flag=flag)
+        found = [_panel(await order_panel(s, i)) for i in ids]
+    await audit.record_read(
+        db, actor, "attention.list", details={"flag": flag, "found": len(found)}
+    )
+    return found
 
 
 @router.post(
@@ -610,6 +641,17 @@ async def get_report(
     p = reports.period(start, end, utcnow().date())
     async with db.read() as s:
         rows = await reports.report_rows(s, name, p)
+    await audit.record_read(
+        db,
+        actor,
+        "report.read",
+        details={
+            "report": name,
+            "from": p.start.isoformat(),
+            "to": p.end.isoformat(),
+            "format": format,
+        },
+    )
     if format == "csv":
         return Response(
             reports.to_csv(rows, reports.COLUMNS[name]), media_type="text/csv; charset=utf-8"

@@ -28,7 +28,7 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
-from simcharge.orders.models import Order, OrderState, Refund
+from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import request_refund
 from simcharge.orders.service import OrderNotFound
 from simcharge.worker.service import enqueue
@@ -444,5 +444,3 @@ async def resolve_attention(
     )
     return order
 
-
-STUCK_STATES = (OrderState.pending.value,)

@@ -4,10 +4,9 @@ adjustments waiting for approval."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +17,7 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.customers import customer_view, search_customers
 from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import Adjustment
-from simcharge.backoffice.orders import order_panel
+from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import back, render
 from simcharge.errors import ValidationFailed
@@ -27,7 +26,7 @@ from simcharge.kit.ids import uuid7
 from simcharge.kit.money import LossyConversionError, is_currency, to_minor
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Bucket, Line
-from simcharge.orders.models import Order, OrderState
+from simcharge.orders.models import Order
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 Reader = Annotated[Actor, require_web(Permission.customers_read)]
@@ -64,10 +63,8 @@ async def customers(request: Request, db: DB, actor: Reader, q: str = "") -> HTM
     async with db.read() as s:
         found = await search_customers(s, q) if q else []
     if q:
-        await db.run(
-            lambda s: audit.record(
-                s, actor, "customer.search", details={"q": q, "found": len(found)}
-            )
+        await audit.record_read(
+            db, actor, "customer.search", details={"q": q, "found": len(found)}
         )
     return render(request, "customers.html", actor, q=q, found=found)
 
@@ -76,11 +73,7 @@ async def customers(request: Request, db: DB, actor: Reader, q: str = "") -> HTM
 async def customer(request: Request, account_id: uuid.UUID, db: DB, actor: Reader) -> HTMLResponse:
     async with db.read() as s:
         view = await customer_view(s, account_id)
-    await db.run(
-        lambda s: audit.record(
-            s, actor, "customer.view", target_type="account", target_id=account_id
-        )
-    )
+    await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return render(request, "customer.html", actor, view=view, idem=uuid7().hex)
 
 
@@ -205,32 +198,28 @@ async def resend(
 
 @router.get("/attention", response_class=HTMLResponse)
 async def attention(
-    request: Request, db: DB, settings: AppSettings, actor: AttentionReader
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    actor: AttentionReader,
+    flag: Annotated[str | None, Query(max_length=24)] = None,
 ) -> HTMLResponse:
     async with db.read() as s:
-        ids = await attention_orders(s, settings.order_pending_alert_minutes)
+        ids = await attention_orders(s, settings.order_pending_alert_minutes, flag=flag or None)
         panels = [await order_panel(s, i) for i in ids]
-    return render(request, "attention.html", actor, panels=panels, idem=uuid7().hex)
-
-
-async def attention_orders(s: AsyncSession, pending_minutes: int) -> list[uuid.UUID]:
-    """Flagged orders, and orders pending longer than expected, oldest first."""
-    cutoff = utcnow() - timedelta(minutes=pending_minutes)
-    flagged = (
-        await s.execute(
-            select(Order.id).where(Order.attention.is_not(None)).order_by(Order.created_at)
-        )
-    ).scalars()
-    stuck = (
-        await s.execute(
-            select(Order.id)
-            .where(Order.state == OrderState.pending.value, Order.created_at < cutoff)
-            .order_by(Order.created_at)
-            .limit(200)
-        )
-    ).scalars()
-    seen: dict[uuid.UUID, None] = dict.fromkeys([*flagged, *stuck])
-    return list(seen)
+        counts = await attention_counts(s, settings.order_pending_alert_minutes)
+    await audit.record_read(
+        db, actor, "attention.list", details={"flag": flag or None, "found": len(panels)}
+    )
+    return render(
+        request,
+        "attention.html",
+        actor,
+        panels=panels,
+        counts=counts,
+        flag=flag or "",
+        idem=uuid7().hex,
+    )
 
 
 @router.post("/orders/{order_id}/resolve", response_model=None)
