@@ -13,11 +13,13 @@ from sqlalchemy import select, update
 
 from simcharge.accounts.models import Account
 from simcharge.auth.apikeys import create_api_key
+from simcharge.auth.client import ClientInfo
 from simcharge.auth.service import lock_account
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import Adjustment, AuditEntry
 from simcharge.backoffice.money import FourEyes, decide_adjustment
 from simcharge.backoffice.roles import Permission
+from simcharge.charging.batch import import_usage_records, read_usage_text
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock, utcnow
@@ -35,6 +37,7 @@ from tests.orders.helpers import (
     order_row,
     pay_at_sandbox,
     place,
+    run_worker,
     sandbox_object,
     signed_event,
 )
@@ -129,28 +132,144 @@ async def test_search_finds_a_customer_by_everything_they_are_known_by(
     assert account.username in page.text
 
 
+async def _import_usage(db: Database, settings: Settings, *rows: str) -> None:
+    text = "id,subscriber,service,quantity,started_at,country\n" + "\n".join(rows)
+    report = await import_usage_records(db, settings, read_usage_text(text, "usage.csv"))
+    assert report.accepted == len(rows) and not report.errors, report
+
+
 async def test_the_full_view_shows_everything(
-    client: httpx.AsyncClient, db: Database, settings: Settings
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
+    clock.freeze(utcnow())
     payer = await new_payer(db, settings)
-    order = await _paid(client, db, settings, payer)
+    order = await _paid(client, db, settings, payer, plan="starter-10")
+    # the provider's webhook arrives too (after the check credited it): an event on the order
+    row = await order_row(db, order["id"])
+    body, headers = signed_event(
+        settings, "payment.succeeded", await sandbox_object(db, row.reference)
+    )
+    assert (await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)).is_success
+    await run_worker(app, db, settings)  # receipt e-mail, in-portal notice
+
+    ticket = (
+        await client.post(
+            "/api/v1/me/tickets", headers=payer.auth, json={"subject": "Data?", "body": "Slow."}
+        )
+    ).json()
+
+    async def lock(s: Any) -> None:
+        account = await s.get(Account, payer.account_id)
+        await lock_account(
+            s, account, reason="customer", client=ClientInfo("203.0.113.9", "phone/1"),
+            now=utcnow(),
+        )
+
+    await db.run(lock)
+    agent = await new_staff(db, settings, "agent")
+    r = await client.post(
+        f"/api/v1/admin/lines/{payer.line.id}/adjustments",
+        headers=agent.auth,
+        json={"amount": 300, "reason": "goodwill for the slow data"},
+    )
+    assert r.json()["state"] == "applied"
+    # usage: 90 s of voice from the minutes bucket; 21 SMS: 20 from the bucket, 1 from the
+    # wallet at the home tariff (0.05); then the tariff changes (0.05 → 0.07, version 2) and one
+    # more SMS is paid at the new price
+    clock.advance(minutes=1)
+    msisdn = payer.line.msisdn
+    await _import_usage(
+        db, settings,
+        f"u1,{msisdn},voice,90,2026-11-25T10:00:00Z,",
+        f"u2,{msisdn},sms,21,2026-11-25T10:05:00Z,",
+    )
+    clock.advance(minutes=1)
+    admin = await new_staff(db, settings, "admin")
+    tariff = {"service": "sms", "zone": "home", "currency": "USD", "price": "0.07",
+              "per": "message"}
+    r = await client.put(
+        "/api/v1/admin/catalog/tariffs/sms.home.USD", headers=admin.auth, json=tariff
+    )
+    assert r.status_code == 200, r.text
+    clock.advance(minutes=1)
+    await _import_usage(db, settings, f"u3,{msisdn},sms,1,2026-11-25T11:00:00Z,")
+
     finance = await new_staff(db, settings, "finance")
     r = await client.get(f"/api/v1/admin/customers/{payer.account_id}", headers=finance.auth)
     assert r.status_code == 200, r.text
     view = r.json()
-    assert view["lines"][0]["msisdn"] == payer.line.msisdn
-    assert view["lines"][0]["balances"]["units"]
-    assert any(t["code"] == "grant" for t in view["lines"][0]["transfers"])
-    assert view["orders"][0]["reference"] == order["reference"]
-    assert view["orders"][0]["payment"]["state"] == "succeeded"
-    assert view["sessions"]
+    assert view["account"]["status"] == "locked"
+    [line] = view["lines"]
+    assert line["msisdn"] == msisdn and line["balances"]["units"]
+    assert any(t["code"] == "grant" for t in line["transfers"])
+    assert any(t["code"] == "adjustment" for t in line["transfers"])
+    [placed] = view["orders"]
+    assert placed["reference"] == order["reference"] and placed["account_id"] == str(
+        payer.account_id
+    )
+    assert placed["payment"]["state"] == "succeeded"
+    assert "payment.succeeded" in [e["event_type"] for e in placed["events"]]
+    assert view["sessions"] and view["sessions"][0]["ip"] == "198.51.100.7"
+    assert any(
+        e["kind"] == "account_locked" and e["ip"] == "203.0.113.9" for e in view["security_events"]
+    ), view["security_events"]
+    assert view["notices"] and any(m["channel"] == "email" for m in view["messages"])
+    assert [(t["id"], t["subject"]) for t in view["tickets"]] == [(ticket["id"], "Data?")]
+    [adj] = view["adjustments"]
+    assert (adj["amount"], adj["reason"]) == (300, "goodwill for the slow data")
+    # usage, latest first: what each took from where, at the tariff version in force
+    usage = line["usage"]
+    assert [u["external_id"] for u in usage] == ["u3", "u2", "u1"]
+    u3, u2, u1 = usage
+    assert [(t["source"], t["unit"], t["amount"]) for t in u1["taken"]] == [
+        ("bucket", "VOICE_S", 90)
+    ]
+    assert (u1["from_buckets"], u1["charge"]) == (90, 0)
+    assert [(t["source"], t["amount"]) for t in u2["taken"]] == [("bucket", 20), ("wallet", 5)]
+    assert (u2["charge"], u2["currency"], u2["tariff"]["version"]) == (5, "USD", 1)
+    assert u2["tariff"]["price"] == 5
+    assert [(t["source"], t["amount"]) for t in u3["taken"]] == [("wallet", 7)]
+    assert (u3["charge"], u3["tariff"]["version"], u3["tariff"]["price"]) == (7, 2, 7)
+    # the page shows the same, with the link to the line's usage and its filters
     await web_sign_in(client, finance)
     page = await client.get(f"/backoffice/customers/{payer.account_id}")
     assert page.status_code == 200
-    for text in (payer.line.msisdn, order["reference"], "Refund amount", "Ledger transfers"):
-        assert text in page.text
+    for text in (msisdn, order["reference"], "Refund amount", "Ledger transfers",
+                 "payment.succeeded", "account_locked", "203.0.113.9", "Data?",
+                 "goodwill for the slow data", "Recent usage", "v2: $0.07 / message",
+                 "v1: $0.05 / message", f"/backoffice/lines/{payer.line.id}/usage"):
+        assert text in page.text, text
     assert "Unfreeze line" not in page.text
+    usage_page = await client.get(
+        f"/backoffice/lines/{payer.line.id}/usage", params={"service": "voice"}
+    )
+    assert usage_page.status_code == 200
+    assert "1 min 30 s" in usage_page.text and "v2:" not in usage_page.text
+    r = await client.get(
+        f"/api/v1/admin/lines/{payer.line.id}/usage",
+        params={"service": "sms", "to": "2026-11-25"},
+        headers=finance.auth,
+    )
+    assert [u["external_id"] for u in r.json()] == ["u3", "u2"]
+    r = await client.get(
+        f"/api/v1/admin/lines/{payer.line.id}/usage",
+        params={"limit": 1, "before": u3["started_at"], "before_id": u3["id"]},
+        headers=finance.auth,
+    )
+    assert [u["external_id"] for u in r.json()] == ["u2"]
+    for params in ({"from": "yesterday"}, {"from": "2026-11-26", "to": "2026-11-25"},
+                   {"service": "fax"}):
+        r = await client.get(
+            f"/api/v1/admin/lines/{payer.line.id}/usage", params=params, headers=finance.auth
+        )
+        assert r.status_code == 422, params
+    assert (
+        await client.get(f"/api/v1/admin/lines/{uuid.uuid4()}/usage", headers=finance.auth)
+    ).status_code == 404
     assert await _actions(db, payer.account_id) == ["customer.view", "customer.view"]
+    assert await _actions(db, payer.line.id) == [
+        "adjustment.apply", "usage.list", "usage.list", "usage.list"
+    ]
     r = await client.get(f"/api/v1/admin/customers/{uuid.uuid4()}", headers=finance.auth)
     assert r.status_code == 404
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -15,8 +16,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.backoffice import audit, money, reports
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.catalog import export_catalog, save_entry
-from simcharge.backoffice.customers import customer_view, search_customers
+from simcharge.backoffice.catalog import (
+    CatalogEntryNotFound,
+    export_catalog,
+    save_entry,
+    tariff_versions,
+)
+from simcharge.backoffice.customers import (
+    UsageFacts,
+    customer_view,
+    line_buckets,
+    line_usage,
+    search_customers,
+    usage_filter,
+)
 from simcharge.backoffice.deps import api_actor, require
 from simcharge.backoffice.models import StaffUser
 from simcharge.backoffice.orders import (
@@ -40,6 +53,9 @@ from simcharge.backoffice.schemas import (
     StaffOut,
     StaffTokenOut,
     StateOut,
+    TakenOut,
+    TariffVersionOut,
+    UsageRecordOut,
 )
 from simcharge.backoffice.screens_tickets import staff_names
 from simcharge.backoffice.staff import (
@@ -50,6 +66,7 @@ from simcharge.backoffice.staff import (
     staff_facts,
 )
 from simcharge.kit.clock import utcnow
+from simcharge.lines.models import Line
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
 from simcharge.tickets.endpoints import ticket_out
@@ -340,6 +357,33 @@ def _row(obj: Any, *fields: str) -> dict[str, Any]:
     return out
 
 
+def usage_out(u: UsageFacts) -> UsageRecordOut:
+    r = u.record
+    return UsageRecordOut(
+        **_row(
+            r,
+            "id",
+            "source",
+            "external_id",
+            "service",
+            "country",
+            "zone",
+            "quantity",
+            "rated",
+            "from_buckets",
+            "from_wallet",
+            "charge",
+            "currency",
+            "unbilled",
+            "started_at",
+            "created_at",
+        ),
+        taken=[TakenOut(source=t.source, account_id=t.account_id, amount=t.amount, unit=t.unit)
+               for t in u.taken],
+        tariff=TariffVersionOut.model_validate(u.tariff) if u.tariff else None,
+    )
+
+
 def _panel(p: OrderPanel) -> dict[str, Any]:
     o = p.order
     return {
@@ -412,6 +456,7 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
             {
                 **_row(f.line, "id", "msisdn", "iccid", "state", "currency", "validity_end"),
                 "balances": f.balances.model_dump(mode="json"),
+                "usage": [usage_out(u).model_dump(mode="json") for u in f.usage],
                 "transfers": [
                     _row(
                         t,
@@ -460,6 +505,51 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
             AdjustmentOut.model_validate(a).model_dump(mode="json") for a in v.adjustments
         ],
     )
+
+
+@router.get(
+    "/lines/{line_id}/usage",
+    response_model=list[UsageRecordOut],
+    summary="A line's usage records, latest first: what each took from where, at which tariff",
+)
+async def get_line_usage(
+    line_id: uuid.UUID,
+    actor: CustomerReader,
+    db: DB,
+    service: Literal["voice", "data", "sms"] | None = None,
+    start: Annotated[
+        str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
+    ] = None,
+    before: Annotated[
+        datetime | None,
+        Query(description="The next page: the `started_at` of the last record seen…"),
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None, Query(description="… and its `id` (records started at the same time)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[UsageRecordOut]:
+    where = usage_filter(service, start, end)
+    cursor = (before, before_id) if before is not None else None
+    async with db.read() as s:
+        line = await s.get(Line, line_id)
+        if line is None:
+            raise money.LineNotFound(field="line_id")
+        found = await line_usage(
+            s, line, await line_buckets(s, line.id), where=where, before=cursor, limit=limit
+        )
+    await audit.record_read(
+        db,
+        actor,
+        "usage.list",
+        target_type="line",
+        target_id=line_id,
+        details={"service": service, "from": start, "to": end, "found": len(found)},
+    )
+    return [usage_out(u) for u in found]
 
 
 @router.post(
@@ -588,20 +678,37 @@ async def get_catalog(actor: CatalogEditor, db: DB) -> dict[str, Any]:
 @router.put(
     "/catalog/{kind}/{code}",
     response_model=dict[str, Any],
-    summary="Replace or add one plan (`plans`) or payment method (`payment_methods`)",
+    summary="Replace or add one plan (`plans`), payment method (`payment_methods`) or tariff "
+    "(`tariffs`, code `<service>.<zone>.<currency>`)",
 )
 async def put_catalog_entry(
-    kind: Literal["plans", "payment_methods"],
+    kind: Literal["plans", "payment_methods", "tariffs"],
     code: Annotated[str, Path(max_length=64)],
     body: dict[str, Any],
     actor: CatalogEditor,
     db: DB,
 ) -> dict[str, Any]:
-    """Validated with the whole catalog; a changed entry gets a new version. Nothing is stored
-    if anything is invalid (`catalog-invalid`, every problem listed)."""
+    """The entry in the catalog file's form, validated with the whole catalog; a changed entry
+    gets a new version (a tariff's versions: `GET …/tariffs/{code}/versions`). Nothing is stored
+    if anything is invalid (`catalog-invalid`, every problem listed). Audited."""
     text = json.dumps(body)
     _, entry = await db.run(lambda s: save_entry(s, actor, kind, code, text))
     return entry
+
+
+@router.get(
+    "/catalog/tariffs/{code}/versions",
+    response_model=list[TariffVersionOut],
+    summary="A tariff's versions, newest first, with when each was in force",
+)
+async def get_tariff_versions(
+    code: Annotated[str, Path(max_length=64)], actor: CatalogEditor, db: DB
+) -> list[TariffVersionOut]:
+    async with db.read() as s:
+        found = await tariff_versions(s, code)
+    if not found:
+        raise CatalogEntryNotFound(field="code")
+    return [TariffVersionOut.model_validate(v) for v in found]
 
 
 # --- reports ------------------------------------------------------------------------------

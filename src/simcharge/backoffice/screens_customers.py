@@ -4,7 +4,9 @@ adjustments waiting for approval."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -14,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.customers import customer_view, search_customers
+from simcharge.backoffice.customers import (
+    customer_view,
+    line_buckets,
+    line_usage,
+    search_customers,
+    usage_filter,
+)
 from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
@@ -38,6 +46,7 @@ Refunder = Annotated[Actor, require_web(Permission.refunds_create)]
 Resender = Annotated[Actor, require_web(Permission.receipts_resend)]
 AttentionReader = Annotated[Actor, require_web(Permission.attention_read)]
 Resolver = Annotated[Actor, require_web(Permission.attention_resolve)]
+PAGE = 100
 UNIT_SCALE = {"VOICE_S": 60, "DATA_B": 1_048_576, "SMS": 1}
 """Staff type minutes, megabytes and messages; the ledger counts seconds, bytes, messages."""
 
@@ -75,6 +84,63 @@ async def customer(request: Request, account_id: uuid.UUID, db: DB, actor: Reade
         view = await customer_view(s, account_id)
     await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return render(request, "customer.html", actor, view=view, idem=uuid7().hex)
+
+
+@router.get("/lines/{line_id}/usage", response_class=HTMLResponse)
+async def usage(
+    request: Request,
+    line_id: uuid.UUID,
+    db: DB,
+    actor: Reader,
+    service: Annotated[str | None, Query(max_length=8)] = None,
+    start: Annotated[str | None, Query(alias="from", max_length=10)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=10)] = None,
+    before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
+) -> HTMLResponse:
+    """A line's usage records with filters, a page at a time."""
+    where = usage_filter(service or None, start or None, end or None)
+    cursor = (before, before_id) if before is not None else None
+    async with db.read() as s:
+        line = await s.get(Line, line_id)
+        if line is None:
+            raise money.LineNotFound(field="line_id")
+        found = await line_usage(
+            s, line, await line_buckets(s, line.id), where=where, before=cursor, limit=PAGE + 1
+        )
+    await audit.record_read(
+        db,
+        actor,
+        "usage.list",
+        target_type="line",
+        target_id=line_id,
+        details={"service": service or None, "from": start, "to": end, "found": len(found)},
+    )
+    last = found[PAGE - 1].record if len(found) > PAGE else None
+    more = (
+        urlencode(
+            {
+                "service": service or "",
+                "from": start or "",
+                "to": end or "",
+                "before": last.started_at.isoformat(),
+                "before_id": str(last.id),
+            }
+        )
+        if last is not None
+        else None
+    )
+    return render(
+        request,
+        "usage.html",
+        actor,
+        line=line,
+        usage=found[:PAGE],
+        service=service or "",
+        start=start or "",
+        end=end or "",
+        more=more,
+    )
 
 
 @router.post("/customers/{account_id}/unlock", response_model=None)
