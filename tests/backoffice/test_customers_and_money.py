@@ -85,6 +85,16 @@ async def test_search_finds_a_customer_by_everything_they_are_known_by(
 ) -> None:
     payer = await new_payer(db, settings)
     await new_payer(db, settings)  # someone else, never found
+    phone = f"+4420794{uuid.uuid4().int % 10**5:05d}"  # the account's own phone, not a line
+
+    async def contacts(s: Any) -> None:
+        await s.execute(
+            update(Account)
+            .where(Account.id == payer.account_id)
+            .values(display_name="Zhang Wěi Smithson", phone=phone)
+        )
+
+    await db.run(contacts)
     order = await _paid(client, db, settings, payer)
     row = await order_row(db, order["id"])
     async with db.read() as s:
@@ -110,6 +120,11 @@ async def test_search_finds_a_customer_by_everything_they_are_known_by(
         payment.provider_ref,
         ticket["number"],
         str(payer.account_id),
+        "zhang wěi",  # the display name, any case
+        "SMITHSON",
+        phone,  # the account's phone, whole or in part, as typed
+        phone[-7:],
+        f"{phone[:3]} {phone[3:7]} {phone[7:]}",
     ]
     for q in queries:
         assert q
