@@ -742,7 +742,9 @@ async def get_report(
     ] = None,
     format: Literal["json", "csv"] = "json",
 ) -> Any:
-    """`topups`: per day, method and currency — top-ups, money taken, fees, refunded, net.
+    """`topups`: per day paid, method and currency actually paid — top-ups (orders credited),
+    money taken, fees, orders paid but never credited and their money, refunded, net (amounts
+    of different currencies are never added up).
     `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
     (failed, cancelled, expired). `lines`: lines per lifecycle state now."""
     p = reports.period(start, end, utcnow().date())
