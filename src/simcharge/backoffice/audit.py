@@ -97,6 +97,11 @@ async def record(
     return entry
 
 
+def read_details(found: int, **filters: Any) -> dict[str, Any]:
+    """What a list read was asked for (the filters given) and how many it found."""
+    return {**{k: v for k, v in filters.items() if v}, "found": found}
+
+
 async def record_read(
     db: Database,
     actor: Actor,

@@ -39,6 +39,11 @@ class CustomerNotFound(NotFound):
     title = N_("There is no such customer.")
 
 
+class LineNotFound(NotFound):
+    slug = "line-not-found"
+    title = N_("There is no such line.")
+
+
 def _like(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -265,6 +270,23 @@ async def line_usage(
         return out
 
     return [UsageFacts(r, taken(r), tariffs[r.id]) for r in records]
+
+
+async def usage_of_line(
+    s: AsyncSession,
+    line_id: uuid.UUID,
+    *,
+    where: UsageFilter,
+    before: tuple[datetime, uuid.UUID | None] | None,
+    limit: int,
+) -> tuple[Line, list[UsageFacts]]:
+    line = await s.get(Line, line_id)
+    if line is None:
+        raise LineNotFound(field="line_id")
+    found = await line_usage(
+        s, line, await line_buckets(s, line.id), where=where, before=before, limit=limit
+    )
+    return line, found
 
 
 async def line_buckets(s: AsyncSession, line_id: uuid.UUID) -> list[Bucket]:

@@ -25,10 +25,9 @@ from simcharge.backoffice.catalog import (
 from simcharge.backoffice.customers import (
     UsageFacts,
     customer_view,
-    line_buckets,
-    line_usage,
     search_customers,
     usage_filter,
+    usage_of_line,
 )
 from simcharge.backoffice.deps import api_actor, require
 from simcharge.backoffice.models import StaffUser
@@ -66,7 +65,6 @@ from simcharge.backoffice.staff import (
     staff_facts,
 )
 from simcharge.kit.clock import utcnow
-from simcharge.lines.models import Line
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
 from simcharge.tickets.endpoints import ticket_out
@@ -80,6 +78,12 @@ from simcharge.tickets.schemas import (
 )
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"])
+FirstDay = Annotated[
+    str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
+]
+LastDay = Annotated[
+    str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
+]
 AuditReader = Annotated[Actor, require(Permission.audit_read)]
 
 
@@ -244,19 +248,15 @@ async def list_tickets(
             limit=limit,
         )
         found = [await _staff_ticket(s, t, with_messages=False) for t in rows]
-    filters = {
-        "status": status,
-        "priority": priority,
-        "assignee": assignee,
-        "account_id": account_id,
-        "order_id": order_id,
-    }
-    await audit.record_read(
-        db,
-        actor,
-        "ticket.list",
-        details={**{k: v for k, v in filters.items() if v}, "found": len(found)},
+    filters = audit.read_details(
+        len(found),
+        status=status,
+        priority=priority,
+        assignee=assignee,
+        account_id=account_id,
+        order_id=order_id,
     )
+    await audit.record_read(db, actor, "ticket.list", details=filters)
     return found
 
 
@@ -517,12 +517,8 @@ async def get_line_usage(
     actor: CustomerReader,
     db: DB,
     service: Literal["voice", "data", "sms"] | None = None,
-    start: Annotated[
-        str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
-    ] = None,
-    end: Annotated[
-        str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
-    ] = None,
+    start: FirstDay = None,
+    end: LastDay = None,
     before: Annotated[
         datetime | None,
         Query(description="The next page: the `started_at` of the last record seen…"),
@@ -535,12 +531,7 @@ async def get_line_usage(
     where = usage_filter(service, start, end)
     cursor = (before, before_id) if before is not None else None
     async with db.read() as s:
-        line = await s.get(Line, line_id)
-        if line is None:
-            raise money.LineNotFound(field="line_id")
-        found = await line_usage(
-            s, line, await line_buckets(s, line.id), where=where, before=cursor, limit=limit
-        )
+        _, found = await usage_of_line(s, line_id, where=where, before=cursor, limit=limit)
     await audit.record_read(
         db,
         actor,
@@ -734,12 +725,8 @@ async def get_report(
     name: Literal["topups", "conversion", "failures", "lines"],
     actor: ReportReader,
     db: DB,
-    start: Annotated[
-        str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
-    ] = None,
-    end: Annotated[
-        str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
-    ] = None,
+    start: FirstDay = None,
+    end: LastDay = None,
     format: Literal["json", "csv"] = "json",
 ) -> Any:
     """`topups`: per day paid, method and currency actually paid — top-ups (orders credited),

@@ -16,7 +16,7 @@ from simcharge.accounts.models import Account, AccountStatus
 from simcharge.auth.service import unlock_account
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.customers import CustomerNotFound
+from simcharge.backoffice.customers import CustomerNotFound, LineNotFound
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import order_facts
 from simcharge.config import Settings
@@ -36,11 +36,6 @@ from simcharge.worker.service import enqueue
 REASON_MAX = 500
 APPROVAL_WINDOW = timedelta(hours=24)
 """Adjustments applied without a second person add up over this rolling window (four-eyes)."""
-
-
-class LineNotFound(NotFound):
-    slug = "line-not-found"
-    title = N_("There is no such line.")
 
 
 class AdjustmentNotFound(NotFound):

@@ -17,11 +17,11 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.customers import (
+    LineNotFound,
     customer_view,
-    line_buckets,
-    line_usage,
     search_customers,
     usage_filter,
+    usage_of_line,
 )
 from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import Adjustment
@@ -102,12 +102,7 @@ async def usage(
     where = usage_filter(service or None, start or None, end or None)
     cursor = (before, before_id) if before is not None else None
     async with db.read() as s:
-        line = await s.get(Line, line_id)
-        if line is None:
-            raise money.LineNotFound(field="line_id")
-        found = await line_usage(
-            s, line, await line_buckets(s, line.id), where=where, before=cursor, limit=PAGE + 1
-        )
+        line, found = await usage_of_line(s, line_id, where=where, before=cursor, limit=PAGE + 1)
     await audit.record_read(
         db,
         actor,
@@ -168,7 +163,7 @@ async def adjust(
     async def run(s: AsyncSession) -> tuple[uuid.UUID | None, str]:
         line = await s.get(Line, line_id)
         if line is None:
-            raise money.LineNotFound(field="line_id")
+            raise LineNotFound(field="line_id")
         unit = line.currency
         if target != "wallet":
             try:

@@ -61,13 +61,10 @@ async def ticket_queue(
                 )
             ).scalars()
         }
-    filters = {"status": status, "priority": priority, "mine": mine, "unassigned": unassigned}
-    await audit.record_read(
-        db,
-        actor,
-        "ticket.list",
-        details={**{k: v for k, v in filters.items() if v}, "found": len(tickets)},
+    filters = audit.read_details(
+        len(tickets), status=status, priority=priority, mine=mine, unassigned=unassigned
     )
+    await audit.record_read(db, actor, "ticket.list", details=filters)
     return render(
         request,
         "tickets.html",

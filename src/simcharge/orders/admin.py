@@ -74,13 +74,10 @@ async def list_orders(
     stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
     async with db.read() as s:
         found = [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]
-    filters = {"attention": attention, "state": state, "msisdn": msisdn, "before": before}
-    await audit.record_read(
-        db,
-        actor,
-        "order.list",
-        details={**{k: v for k, v in filters.items() if v}, "found": len(found)},
+    filters = audit.read_details(
+        len(found), attention=attention, state=state, msisdn=msisdn, before=before
     )
+    await audit.record_read(db, actor, "order.list", details=filters)
     return found
 
 
