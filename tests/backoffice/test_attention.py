@@ -38,7 +38,12 @@ KINDS = [
     "refund_failed",
     "stuck_pending",
     "chargeback",
+    "provider_refund",
+    "merchant_mismatch",
 ]
+"""The first five are raised here as they happen; the others stand for flags the payments code
+raises from what a provider reports (a chargeback, a refund made in its dashboard, another
+merchant's answer): the back office lists and settles any flag the same way."""
 
 
 async def _webhook_paid(client: httpx.AsyncClient, db: Database, settings: Settings,
@@ -100,8 +105,8 @@ async def _raise(kind: str, app: Any, client: httpx.AsyncClient, db: Database,
             .values(created_at=utcnow() - timedelta(hours=3))
         ))
     else:
-        # A flag another module raises (a chargeback reported by a provider event): listed
-        # and settled the same way, whatever its name.
+        # A flag the payments code raises from a provider's report: listed and settled the
+        # same way, whatever its name.
         order = await _paid(client, settings, payer)
         await db.run(lambda s: s.execute(
             update(Order)
@@ -135,6 +140,8 @@ async def test_each_kind_is_listed_and_resolved_from_the_page(
     assert {o["id"] for o in everything.json()} == {order["id"], other["id"]}
     # the page: a tab per flag, the order with a link to its customer and what settles it
     csrf = await web_sign_in(client, finance)
+    home = await client.get("/backoffice")
+    assert "<strong>2</strong> payments needing attention" in home.text  # pending ones too
     page = await client.get("/backoffice/attention")
     assert f'href="/backoffice/attention?flag={kind}"' in page.text
     page = await client.get("/backoffice/attention", params={"flag": kind})
