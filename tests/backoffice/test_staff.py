@@ -274,6 +274,10 @@ async def test_the_admin_api_is_in_the_openapi_document(client: httpx.AsyncClien
         "/api/v1/admin/attention",
         "/api/v1/admin/catalog/{kind}/{code}",
         "/api/v1/admin/reports/{name}",
+        "/api/v1/admin/lines/{line_id}/usage",
+        "/api/v1/admin/catalog/tariffs/{code}/versions",
+        "/api/v1/admin/jobs",
+        "/api/v1/admin/jobs/{job_id}/discard",
         "/api/v1/me/tickets",
     ):
         assert path in spec["paths"], path
