@@ -387,7 +387,8 @@ def staff_create(
     ] = "",
 ) -> None:
     """Create a staff user. The authenticator app is enrolled at the first sign-in at /backoffice."""
-    from simcharge.backoffice.staff import create_staff
+    from simcharge.backoffice import audit
+    from simcharge.backoffice.staff import create_staff, staff_facts
     from simcharge.errors import SimchargeError
 
     async def create(db: Database) -> str:
@@ -400,6 +401,14 @@ def staff_create(
                 password=password,
                 email=email,
                 language=language,
+            )
+            await audit.record(
+                session,
+                audit.command_line_actor("staff create"),
+                "staff.create",
+                target_type="staff",
+                target_id=staff.id,
+                after={"username": staff.username, **staff_facts(staff)},
             )
             return staff.username
 

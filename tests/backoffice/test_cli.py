@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import getpass
 
+import pytest
+from sqlalchemy import select
+
+from simcharge.backoffice.models import AuditEntry, StaffUser
+from simcharge.db import Database
 from tests.backoffice.helpers import STAFF_PASSWORD
 from tests.test_cli import cli_env, cli_url, invoke  # noqa: F401 - fixtures
 
@@ -19,3 +25,29 @@ def test_staff_create(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> None:  #
     monkeypatch.setenv("SIMCHARGE_STAFF_PASSWORD", "short")
     code, out = invoke("staff", "create", "carol", "--role", "agent")
     assert code == 2 and "password" in out
+    # the creation is in the audit log (who ran the command, on which host); the refusals
+    # created nobody and left no entry
+    async def read() -> tuple[list[StaffUser], list[AuditEntry]]:
+        db = Database.from_url(cli_env)
+        try:
+            async with db.read() as s:
+                return (
+                    list((await s.execute(select(StaffUser))).scalars()),
+                    list((await s.execute(select(AuditEntry))).scalars()),
+                )
+        finally:
+            await db.dispose()
+
+    staff, entries = asyncio.run(read())
+    assert [st.username for st in staff] == ["alice"]
+    [entry] = entries
+    assert (entry.action, entry.target_type, entry.target_id) == (
+        "staff.create", "staff", str(staff[0].id)
+    )
+    assert entry.actor == f"cli:{getpass.getuser()}"
+    assert entry.user_agent and entry.user_agent.startswith("simcharge staff create on ")
+    assert entry.after == {
+        "username": "alice", "role": "finance", "active": True, "totp": False,
+        "locked_until": None,
+    }
+    assert "password" not in str(entry.after) and STAFF_PASSWORD not in str(entry.after)

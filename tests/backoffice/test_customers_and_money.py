@@ -13,17 +13,23 @@ from sqlalchemy import select, update
 
 from simcharge.accounts.models import Account
 from simcharge.auth.apikeys import create_api_key
+from simcharge.auth.client import ClientInfo
 from simcharge.auth.service import lock_account
+from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import Adjustment, AuditEntry
+from simcharge.backoffice.money import FourEyes, decide_adjustment
+from simcharge.backoffice.roles import Permission
+from simcharge.charging.batch import import_usage_records, read_usage_text
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.kit.clock import utcnow
+from simcharge.kit.clock import clock, utcnow
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, Payment
 from simcharge.worker.models import OutboxJob
 from tests.backoffice.helpers import new_staff, web_sign_in
+from tests.factories import create_line
 from tests.orders.helpers import (
     Payer,
     assert_ledger_balanced,
@@ -31,6 +37,7 @@ from tests.orders.helpers import (
     order_row,
     pay_at_sandbox,
     place,
+    run_worker,
     sandbox_object,
     signed_event,
 )
@@ -78,6 +85,16 @@ async def test_search_finds_a_customer_by_everything_they_are_known_by(
 ) -> None:
     payer = await new_payer(db, settings)
     await new_payer(db, settings)  # someone else, never found
+    phone = f"+4420794{uuid.uuid4().int % 10**5:05d}"  # the account's own phone, not a line
+
+    async def contacts(s: Any) -> None:
+        await s.execute(
+            update(Account)
+            .where(Account.id == payer.account_id)
+            .values(display_name="Zhang Wěi Smithson", phone=phone)
+        )
+
+    await db.run(contacts)
     order = await _paid(client, db, settings, payer)
     row = await order_row(db, order["id"])
     async with db.read() as s:
@@ -103,6 +120,11 @@ async def test_search_finds_a_customer_by_everything_they_are_known_by(
         payment.provider_ref,
         ticket["number"],
         str(payer.account_id),
+        "zhang wěi",  # the display name, any case
+        "SMITHSON",
+        phone,  # the account's phone, whole or in part, as typed
+        phone[-7:],
+        f"{phone[:3]} {phone[3:7]} {phone[7:]}",
     ]
     for q in queries:
         assert q
@@ -125,28 +147,144 @@ async def test_search_finds_a_customer_by_everything_they_are_known_by(
     assert account.username in page.text
 
 
+async def _import_usage(db: Database, settings: Settings, *rows: str) -> None:
+    text = "id,subscriber,service,quantity,started_at,country\n" + "\n".join(rows)
+    report = await import_usage_records(db, settings, read_usage_text(text, "usage.csv"))
+    assert report.accepted == len(rows) and not report.errors, report
+
+
 async def test_the_full_view_shows_everything(
-    client: httpx.AsyncClient, db: Database, settings: Settings
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
+    clock.freeze(utcnow())
     payer = await new_payer(db, settings)
-    order = await _paid(client, db, settings, payer)
+    order = await _paid(client, db, settings, payer, plan="starter-10")
+    # the provider's webhook arrives too (after the check credited it): an event on the order
+    row = await order_row(db, order["id"])
+    body, headers = signed_event(
+        settings, "payment.succeeded", await sandbox_object(db, row.reference)
+    )
+    assert (await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)).is_success
+    await run_worker(app, db, settings)  # receipt e-mail, in-portal notice
+
+    ticket = (
+        await client.post(
+            "/api/v1/me/tickets", headers=payer.auth, json={"subject": "Data?", "body": "Slow."}
+        )
+    ).json()
+
+    async def lock(s: Any) -> None:
+        account = await s.get(Account, payer.account_id)
+        await lock_account(
+            s, account, reason="customer", client=ClientInfo("203.0.113.9", "phone/1"),
+            now=utcnow(),
+        )
+
+    await db.run(lock)
+    agent = await new_staff(db, settings, "agent")
+    r = await client.post(
+        f"/api/v1/admin/lines/{payer.line.id}/adjustments",
+        headers=agent.auth,
+        json={"amount": 300, "reason": "goodwill for the slow data"},
+    )
+    assert r.json()["state"] == "applied"
+    # usage: 90 s of voice from the minutes bucket; 21 SMS: 20 from the bucket, 1 from the
+    # wallet at the home tariff (0.05); then the tariff changes (0.05 → 0.07, version 2) and one
+    # more SMS is paid at the new price
+    clock.advance(minutes=1)
+    msisdn = payer.line.msisdn
+    await _import_usage(
+        db, settings,
+        f"u1,{msisdn},voice,90,2026-11-25T10:00:00Z,",
+        f"u2,{msisdn},sms,21,2026-11-25T10:05:00Z,",
+    )
+    clock.advance(minutes=1)
+    admin = await new_staff(db, settings, "admin")
+    tariff = {"service": "sms", "zone": "home", "currency": "USD", "price": "0.07",
+              "per": "message"}
+    r = await client.put(
+        "/api/v1/admin/catalog/tariffs/sms.home.USD", headers=admin.auth, json=tariff
+    )
+    assert r.status_code == 200, r.text
+    clock.advance(minutes=1)
+    await _import_usage(db, settings, f"u3,{msisdn},sms,1,2026-11-25T11:00:00Z,")
+
     finance = await new_staff(db, settings, "finance")
     r = await client.get(f"/api/v1/admin/customers/{payer.account_id}", headers=finance.auth)
     assert r.status_code == 200, r.text
     view = r.json()
-    assert view["lines"][0]["msisdn"] == payer.line.msisdn
-    assert view["lines"][0]["balances"]["units"]
-    assert any(t["code"] == "grant" for t in view["lines"][0]["transfers"])
-    assert view["orders"][0]["reference"] == order["reference"]
-    assert view["orders"][0]["payment"]["state"] == "succeeded"
-    assert view["sessions"]
+    assert view["account"]["status"] == "locked"
+    [line] = view["lines"]
+    assert line["msisdn"] == msisdn and line["balances"]["units"]
+    assert any(t["code"] == "grant" for t in line["transfers"])
+    assert any(t["code"] == "adjustment" for t in line["transfers"])
+    [placed] = view["orders"]
+    assert placed["reference"] == order["reference"] and placed["account_id"] == str(
+        payer.account_id
+    )
+    assert placed["payment"]["state"] == "succeeded"
+    assert "payment.succeeded" in [e["event_type"] for e in placed["events"]]
+    assert view["sessions"] and view["sessions"][0]["ip"] == "198.51.100.7"
+    assert any(
+        e["kind"] == "account_locked" and e["ip"] == "203.0.113.9" for e in view["security_events"]
+    ), view["security_events"]
+    assert view["notices"] and any(m["channel"] == "email" for m in view["messages"])
+    assert [(t["id"], t["subject"]) for t in view["tickets"]] == [(ticket["id"], "Data?")]
+    [adj] = view["adjustments"]
+    assert (adj["amount"], adj["reason"]) == (300, "goodwill for the slow data")
+    # usage, latest first: what each took from where, at the tariff version in force
+    usage = line["usage"]
+    assert [u["external_id"] for u in usage] == ["u3", "u2", "u1"]
+    u3, u2, u1 = usage
+    assert [(t["source"], t["unit"], t["amount"]) for t in u1["taken"]] == [
+        ("bucket", "VOICE_S", 90)
+    ]
+    assert (u1["from_buckets"], u1["charge"]) == (90, 0)
+    assert [(t["source"], t["amount"]) for t in u2["taken"]] == [("bucket", 20), ("wallet", 5)]
+    assert (u2["charge"], u2["currency"], u2["tariff"]["version"]) == (5, "USD", 1)
+    assert u2["tariff"]["price"] == 5
+    assert [(t["source"], t["amount"]) for t in u3["taken"]] == [("wallet", 7)]
+    assert (u3["charge"], u3["tariff"]["version"], u3["tariff"]["price"]) == (7, 2, 7)
+    # the page shows the same, with the link to the line's usage and its filters
     await web_sign_in(client, finance)
     page = await client.get(f"/backoffice/customers/{payer.account_id}")
     assert page.status_code == 200
-    for text in (payer.line.msisdn, order["reference"], "Refund amount", "Ledger transfers"):
-        assert text in page.text
+    for text in (msisdn, order["reference"], "Refund amount", "Ledger transfers",
+                 "payment.succeeded", "account_locked", "203.0.113.9", "Data?",
+                 "goodwill for the slow data", "Recent usage", "v2: $0.07 / message",
+                 "v1: $0.05 / message", f"/backoffice/lines/{payer.line.id}/usage"):
+        assert text in page.text, text
     assert "Unfreeze line" not in page.text
+    usage_page = await client.get(
+        f"/backoffice/lines/{payer.line.id}/usage", params={"service": "voice"}
+    )
+    assert usage_page.status_code == 200
+    assert "1 min 30 s" in usage_page.text and "v2:" not in usage_page.text
+    r = await client.get(
+        f"/api/v1/admin/lines/{payer.line.id}/usage",
+        params={"service": "sms", "to": "2026-11-25"},
+        headers=finance.auth,
+    )
+    assert [u["external_id"] for u in r.json()] == ["u3", "u2"]
+    r = await client.get(
+        f"/api/v1/admin/lines/{payer.line.id}/usage",
+        params={"limit": 1, "before": u3["started_at"], "before_id": u3["id"]},
+        headers=finance.auth,
+    )
+    assert [u["external_id"] for u in r.json()] == ["u2"]
+    for params in ({"from": "yesterday"}, {"from": "2026-11-26", "to": "2026-11-25"},
+                   {"service": "fax"}):
+        r = await client.get(
+            f"/api/v1/admin/lines/{payer.line.id}/usage", params=params, headers=finance.auth
+        )
+        assert r.status_code == 422, params
+    assert (
+        await client.get(f"/api/v1/admin/lines/{uuid.uuid4()}/usage", headers=finance.auth)
+    ).status_code == 404
     assert await _actions(db, payer.account_id) == ["customer.view", "customer.view"]
+    assert await _actions(db, payer.line.id) == [
+        "adjustment.apply", "usage.list", "usage.list", "usage.list"
+    ]
     r = await client.get(f"/api/v1/admin/customers/{uuid.uuid4()}", headers=finance.auth)
     assert r.status_code == 404
 
@@ -244,15 +382,13 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
         "adjustment.reject",
         "adjustment.apply",
     ]
-    # an API key may ask for an adjustment but never approve one
+    # an API key may not approve (no scope grants it)
     key = await db.run(lambda s: create_api_key(s, "crm", ["adjustments:write"]))
     auth = {"Authorization": f"Bearer {key.token}"}
-    r = await client.post(url, headers=auth, json={"amount": 9000, "reason": "tool"})
-    assert r.status_code == 201
     r = await client.post(
-        f"/api/v1/admin/adjustments/{r.json()['id']}/decision", headers=auth, json={"approve": True}
+        f"/api/v1/admin/adjustments/{own['id']}/decision", headers=auth, json={"approve": True}
     )
-    assert r.status_code == 403
+    assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
 
 
 async def test_adjustment_and_approval_on_the_pages(
@@ -322,9 +458,38 @@ async def test_unlock_unfreeze_and_resend_receipt(
         assert line is not None and line.state == LineState.active
     assert await _actions(db, payer.account_id) == ["customer.view", "account.unlock"]
     assert await _actions(db, payer.line.id) == ["line.unfreeze"]
-    # resend the receipt: a receipt job; none for an order never credited
-    r = await client.post(f"/api/v1/admin/orders/{order['id']}/resend-receipt", headers=agent.auth)
+    # resend the receipt (the API, then the page): a receipt job each; none for an order never
+    # credited; each resend audited with where it came from
+    r = await client.post(
+        f"/api/v1/admin/orders/{order['id']}/resend-receipt",
+        headers={**agent.auth, "user-agent": "crm-tool/3.1"},
+    )
     assert r.status_code == 202
+    r = await client.post(
+        f"/backoffice/orders/{order['id']}/resend-receipt",
+        data={"csrf": csrf, "then": f"/backoffice/customers/{payer.account_id}"},
+        headers={"user-agent": "agent-browser/1.0"},
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/backoffice/customers/{payer.account_id}?done=resent"
+    async with db.read() as s:
+        resent = list(
+            (
+                await s.execute(
+                    select(AuditEntry)
+                    .where(
+                        AuditEntry.action == "order.resend_receipt",
+                        AuditEntry.target_id == order["id"],
+                    )
+                    .order_by(AuditEntry.at, AuditEntry.id)
+                )
+            ).scalars()
+        )
+    assert [(e.actor, e.user_agent, e.ip) for e in resent] == [
+        (f"staff:{agent.username}", "crm-tool/3.1", "127.0.0.1"),
+        (f"staff:{agent.username}", "agent-browser/1.0", "127.0.0.1"),
+    ]
+    assert resent[0].details["receipt"]
     r = await client.post(
         f"/api/v1/admin/orders/{pending['id']}/resend-receipt", headers=agent.auth
     )
@@ -335,7 +500,7 @@ async def test_unlock_unfreeze_and_resend_receipt(
             .scalars()
             .all()
         )
-    assert len([j for j in jobs if j.payload["order_id"] == order["id"]]) == 2
+    assert len([j for j in jobs if j.payload["order_id"] == order["id"]]) == 3
 
 
 async def test_payments_needing_attention_and_their_resolution(
@@ -445,3 +610,105 @@ async def test_each_role_is_refused_what_it_may_not_do(
         json={"approve": True},
     )
     assert r.status_code == 200
+
+
+async def test_four_eyes_counts_what_a_customer_was_adjusted_in_the_last_day(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The threshold (20.00 by default) bounds what moves without a second person per customer
+    and unit over a rolling 24 hours: splitting, across lines or colleagues, does not avoid it."""
+    payer = await new_payer(db, settings)
+    await _paid(client, db, settings, payer)  # some buckets
+    second = await db.run(lambda s: create_line(s, account_id=payer.account_id))
+    other = await new_payer(db, settings)
+    agent = await new_staff(db, settings, "agent")
+    colleague = await new_staff(db, settings, "agent")
+    finance = await new_staff(db, settings, "finance")
+
+    async def adjust(who: Any, line: uuid.UUID, amount: int, target: str = "wallet") -> Any:
+        r = await client.post(
+            f"/api/v1/admin/lines/{line}/adjustments",
+            headers=who.auth if hasattr(who, "auth") else who,
+            json={"amount": amount, "target": target, "reason": "goodwill"},
+        )
+        return r
+
+    clock.freeze(utcnow())
+    assert (await adjust(agent, payer.line.id, 1500)).json()["state"] == "applied"
+    assert (await adjust(colleague, second.id, 500)).json()["state"] == "applied"  # 20.00: at
+    # one cent more, by anyone, on any of the customer's lines: a second person must approve
+    waiting = (await adjust(agent, payer.line.id, 1)).json()
+    assert waiting["state"] == "awaiting_approval" and waiting["transfer_id"] is None
+    assert (await adjust(colleague, second.id, -50)).json()["state"] == "awaiting_approval"
+    # another unit counts apart, another customer too
+    async with db.read() as s:
+        sms = (
+            await s.execute(
+                select(Bucket).where(Bucket.line_id == payer.line.id, Bucket.unit == "SMS")
+            )
+        ).scalars().first()
+    assert sms is not None
+    assert (await adjust(agent, payer.line.id, 5, str(sms.id))).json()["state"] == "applied"
+    assert (await adjust(agent, other.line.id, 1500)).json()["state"] == "applied"
+    # an approved adjustment was seen by two people: it does not fill the window
+    r = await client.post(
+        f"/api/v1/admin/adjustments/{waiting['id']}/decision",
+        headers=finance.auth,
+        json={"approve": True},
+    )
+    assert r.json()["state"] == "applied"
+    assert (await adjust(agent, payer.line.id, 1)).json()["state"] == "awaiting_approval"
+    async with db.read() as s:
+        last = (
+            await s.execute(
+                select(AuditEntry)
+                .where(AuditEntry.action == "adjustment.request")
+                .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+            )
+        ).scalars().first()
+    assert last is not None and last.details["applied_alone_24h"] == 2000
+    assert last.details["limit"] == 2000
+    # a day later the window is empty again
+    clock.advance(hours=24, seconds=1)
+    agent = await new_staff(db, settings, "agent")  # (the first one's session timed out)
+    assert (await adjust(agent, payer.line.id, 2000)).json()["state"] == "applied"
+    # an API key adjusts within the threshold, but may not ask for what needs an approval
+    # (nobody could tell its holder from the approver): refused, nothing stored
+    key = await db.run(lambda s: create_api_key(s, "crm", ["adjustments:write"]))
+    auth = {"Authorization": f"Bearer {key.token}"}
+    assert (await adjust(auth, other.line.id, 500)).json()["state"] == "applied"
+    async with db.read() as s:
+        count = len((await s.execute(select(Adjustment))).scalars().all())
+    r = await adjust(auth, other.line.id, 1501)  # 5.00 + 15.01 > 20.00
+    assert r.status_code == 403 and r.json()["type"] == "/problems/adjustment-needs-a-person"
+    async with db.read() as s:
+        assert len((await s.execute(select(Adjustment))).scalars().all()) == count
+    await assert_ledger_balanced(db)
+
+
+async def test_whoever_asked_never_approves_by_any_credential(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    finance = await new_staff(db, settings, "finance")
+    r = await client.post(
+        f"/api/v1/admin/lines/{payer.line.id}/adjustments",
+        headers=finance.auth,
+        json={"amount": 5000, "reason": "paid twice"},
+    )
+    adj = r.json()
+    assert adj["state"] == "awaiting_approval"
+    # asked with a token, approving on the page: the same person, refused
+    csrf = await web_sign_in(client, finance)
+    page = await client.get("/backoffice/adjustments")
+    assert "paid twice" in page.text and f"/adjustments/{adj['id']}/approve" not in page.text
+    r = await client.post(f"/backoffice/adjustments/{adj['id']}/approve", data={"csrf": csrf})
+    assert r.status_code == 403 and "someone other than who asked" in r.text
+    # no credential without a person behind it approves, even one holding the permission
+    tool = Actor(name="apikey:sck_test", permissions=frozenset(Permission))
+    with pytest.raises(FourEyes):
+        async with db.transaction() as s:
+            await decide_adjustment(s, tool, uuid.UUID(adj["id"]), approve=True, now=utcnow())
+    async with db.read() as s:
+        row = await s.get(Adjustment, uuid.UUID(adj["id"]))
+        assert row is not None and row.state == "awaiting_approval"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import timedelta
+from typing import Any
 
 import httpx
 
@@ -13,7 +14,15 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from tests.backoffice.helpers import new_staff, web_sign_in
-from tests.orders.helpers import new_payer, pay_at_sandbox, place
+from tests.orders.helpers import (
+    new_payer,
+    order_row,
+    pay_at_sandbox,
+    place,
+    run_worker,
+    sandbox_object,
+    signed_event,
+)
 
 
 async def test_reports_count_what_happened(
@@ -74,3 +83,93 @@ async def test_agents_do_not_see_reports(
     await web_sign_in(client, agent)
     assert (await client.get("/backoffice/reports")).status_code == 403
     assert (await client.get("/backoffice/reports/topups.csv")).status_code == 403
+
+
+async def test_top_ups_in_two_currencies_are_never_mixed(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Only credited orders are top-ups; fees and refunds are added in the currency they are
+    in; money taken for an order never credited, in another currency, stays in that one."""
+    admin = await new_staff(db, settings, "admin")
+    catalog = (await client.get("/api/v1/admin/catalog", headers=admin.auth)).json()
+    sandbox = next(m for m in catalog["payment_methods"] if m["code"] == "sandbox")
+    with_fee = {**sandbox, "fee_percent": "2.00", "fee_fixed": {"USD": "0.30", "CNY": "2.00"}}
+    r = await client.put(
+        "/api/v1/admin/catalog/payment_methods/sandbox", headers=admin.auth, json=with_fee
+    )
+    assert r.status_code == 200, r.text
+    in_yuan = {**with_fee, "code": "sandbox-cny", "currencies": ["CNY"],
+               "fee_fixed": {"CNY": "2.00"}, "limits": {}}
+    r = await client.put(
+        "/api/v1/admin/catalog/payment_methods/sandbox-cny", headers=admin.auth, json=in_yuan
+    )
+    assert r.status_code == 200, r.text
+    dollars = await new_payer(db, settings)
+    yuan = await new_payer(db, settings, currency="CNY")
+    usd = await place(client, dollars, plan="starter-10")  # 10.00 + 2 % + 0.30 = 10.50
+    cny = await place(client, yuan, plan="starter-10", method="sandbox-cny")  # 68 + 2 % + 2
+    assert (usd["total"]["minor"], usd["fee"]["minor"], usd["total"]["currency"]) == (
+        1050, 50, "USD"
+    )
+    assert (cny["total"]["minor"], cny["fee"]["minor"], cny["total"]["currency"]) == (
+        7136, 336, "CNY"
+    )
+    for order, payer in ((usd, dollars), (cny, yuan)):
+        await pay_at_sandbox(client, settings, order)
+        r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+        assert r.json()["state"] == "fulfilled"
+    # a USD order paid in yuan: flagged, nothing credited; the 71.36 CNY taken is not a top-up
+    wrong = await place(client, dollars, plan="starter-10")
+    ref = (await order_row(db, wrong["id"])).reference
+    body, headers = signed_event(
+        settings,
+        "payment.succeeded",
+        await sandbox_object(db, ref, amount=7136, currency="CNY"),
+    )
+    assert (await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)).is_success
+    assert (await order_row(db, wrong["id"])).attention == "amount_mismatch"
+    # 4.00 USD refunded (done by the provider)
+    finance = await new_staff(db, settings, "finance")
+    r = await client.post(
+        f"/api/v1/admin/orders/{usd['id']}/refunds",
+        headers={**finance.auth, "Idempotency-Key": "r1"},
+        json={"amount": 400},
+    )
+    assert r.status_code == 202, r.text
+    await run_worker(app, db, settings)
+    assert (await order_row(db, usd["id"])).refunded_amount == 400
+    await place(client, dollars, plan="starter-10")  # pending: nothing
+    today = utcnow().date().isoformat()
+    r = await client.get(
+        "/api/v1/admin/reports/topups", headers=finance.auth, params={"from": today, "to": today}
+    )
+    rows = {(row["method"], row["currency"]): row for row in r.json()}
+    none = {"topups": 0, "amount": 0, "fees": 0, "uncredited": 0, "uncredited_amount": 0,
+            "refunded": 0}
+    assert rows == {
+        ("sandbox", "USD"): {
+            "day": today, "method": "sandbox", "currency": "USD", **none, "topups": 1,
+            "amount": 1050, "fees": 50, "refunded": 400, "net": 650,
+        },
+        # the USD order paid in yuan: its yuan alone, none of its dollar fee or price
+        ("sandbox", "CNY"): {
+            "day": today, "method": "sandbox", "currency": "CNY", **none, "uncredited": 1,
+            "uncredited_amount": 7136, "net": 7136,
+        },
+        ("sandbox-cny", "CNY"): {
+            "day": today, "method": "sandbox-cny", "currency": "CNY", **none, "topups": 1,
+            "amount": 7136, "fees": 336, "net": 7136,
+        },
+    }
+    r = await client.get(
+        "/api/v1/admin/reports/topups",
+        headers=finance.auth,
+        params={"from": today, "to": today, "format": "csv"},
+    )
+    assert r.text.splitlines()[0] == (
+        "day,method,currency,topups,amount,fees,uncredited,uncredited_amount,refunded,net"
+    )
+    await web_sign_in(client, finance)
+    page = await client.get("/backoffice/reports")
+    assert "Net top-ups per day (CNY)" in page.text and "Net top-ups per day (USD)" in page.text
+    assert "¥71.36" in page.text or "CN¥71.36" in page.text

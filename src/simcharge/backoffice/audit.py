@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.backoffice.models import AuditEntry, StaffUser
 from simcharge.backoffice.roles import Permission
+from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 
 
@@ -35,6 +38,20 @@ class Actor:
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
+
+
+def command_line_actor(command: str) -> Actor:
+    """Whoever runs a `simcharge` command on a server: `cli:<OS user>`, from that host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor(
+        name=f"cli:{user}"[:80],
+        permissions=frozenset(),
+        ip=None,
+        user_agent=f"simcharge {command} on {socket.gethostname()}",
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -78,6 +95,29 @@ async def record(
     session.add(entry)
     await session.flush()
     return entry
+
+
+def read_details(found: int, **filters: Any) -> dict[str, Any]:
+    """What a list read was asked for (the filters given) and how many it found."""
+    return {**{k: v for k, v in filters.items() if v}, "found": found}
+
+
+async def record_read(
+    db: Database,
+    actor: Actor,
+    action: str,
+    *,
+    target_type: str | None = None,
+    target_id: uuid.UUID | str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Personal or financial data read by staff (a search, a customer, orders, tickets, a
+    report): its own small transaction after the read, as nothing else changed."""
+    await db.run(
+        lambda s: record(
+            s, actor, action, target_type=target_type, target_id=target_id, details=details
+        )
+    )
 
 
 async def entries(

@@ -1,7 +1,11 @@
-"""Editing the catalog from the back office: one plan or payment method at a time, in the
-catalog file's own form (README, "The catalog file"), validated with the whole catalog exactly
-as `simcharge catalog load` validates a file, and stored by the same loader — so a changed entry
-gets a new `version`, and an order keeps the plan as it was sold (its snapshot)."""
+"""Editing the catalog from the back office: one plan, payment method or tariff at a time, in
+the catalog file's own form (README, "The catalog file"), validated with the whole catalog
+exactly as `simcharge catalog load` validates a file, and stored by the same loader — so a
+changed entry gets a new `version`: an order keeps the plan as it was sold (its snapshot), a
+usage record the tariff version in force when it was rated (`tariff_versions`).
+
+A tariff's code is `<service>.<zone>.<currency>` (`voice.europe.EUR`): the three fields that
+make it one tariff, which an edit cannot change."""
 
 from __future__ import annotations
 
@@ -18,17 +22,28 @@ from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.schemas import MIB, PER_UNITS
 from simcharge.catalog.service import CatalogInvalid, LoadReport, load_catalog, validate_catalog
-from simcharge.charging.models import Tariff
+from simcharge.charging.models import Tariff, TariffVersion
 from simcharge.errors import NotFound
 from simcharge.kit.money import from_minor
 from simcharge.kit.translations import N_
 
-KINDS = {"plans": "plan", "payment_methods": "method"}
+KINDS = {"plans": "plan", "payment_methods": "method", "tariffs": "tariff"}
+TARIFF_KEY = ("service", "zone", "currency")
 
 
 class CatalogEntryNotFound(NotFound):
     slug = "catalog-entry-not-found"
-    title = N_("There is no such plan or payment method.")
+    title = N_("There is no such plan, payment method or tariff.")
+
+
+def tariff_code(entry: dict[str, Any] | Tariff | TariffVersion) -> str:
+    if isinstance(entry, dict):
+        return ".".join(str(entry.get(k, "")) for k in TARIFF_KEY)
+    return f"{entry.service}.{entry.zone}.{entry.currency}"
+
+
+def _code_of(kind: str, entry: dict[str, Any]) -> Any:
+    return tariff_code(entry) if kind == "tariffs" else entry.get("code")
 
 
 def _money(amounts: dict[str, Any]) -> dict[str, str]:
@@ -121,7 +136,6 @@ async def export_catalog(s: AsyncSession) -> dict[str, Any]:
         ],
         "payment_methods": [_method(m) for m in await repo.methods(enabled_only=False)],
         "plans": [_plan(p, prices.get(p.id, {})) for p in await repo.plans(active_only=False)],
-        # Not edited here (yet), but part of the catalog: loading without them would drop them.
         "tariffs": [
             _tariff(t)
             for t in (
@@ -136,7 +150,30 @@ async def export_catalog(s: AsyncSession) -> dict[str, Any]:
 def find_entry(catalog: dict[str, Any], kind: str, code: str) -> dict[str, Any] | None:
     if kind not in KINDS:
         raise CatalogEntryNotFound(field="kind")
-    return next((e for e in catalog[kind] if e.get("code") == code), None)
+    return next((e for e in catalog[kind] if _code_of(kind, e) == code), None)
+
+
+def blank_entry(kind: str, code: str) -> dict[str, Any]:
+    """What a new entry starts from: its code (for a tariff, the fields the code names)."""
+    if kind == "tariffs":
+        return dict(zip(TARIFF_KEY, [*code.split("."), "", ""][:3], strict=True))
+    return {"code": code}
+
+
+async def tariff_versions(s: AsyncSession, code: str) -> list[TariffVersion]:
+    """Every version of a tariff, newest first, with when each was in force."""
+    service, _, rest = code.partition(".")
+    zone, _, currency = rest.partition(".")
+    rows = await s.execute(
+        select(TariffVersion)
+        .where(
+            TariffVersion.service == service,
+            TariffVersion.zone == zone,
+            TariffVersion.currency == currency,
+        )
+        .order_by(TariffVersion.version.desc())
+    )
+    return list(rows.scalars())
 
 
 async def save_entry(
@@ -155,9 +192,17 @@ async def save_entry(
         raise CatalogInvalid(source, [f"not valid JSON: {exc}"]) from exc
     if not isinstance(entry, dict):
         raise CatalogInvalid(source, ["an entry is a JSON object"])
-    entry.setdefault("code", code)
-    if entry["code"] != code:
-        raise CatalogInvalid(source, ["code: the code of an entry cannot change"])
+    if kind == "tariffs":
+        for k, v in blank_entry(kind, code).items():
+            entry.setdefault(k, v)
+        if tariff_code(entry) != code:
+            raise CatalogInvalid(
+                source, ["service, zone, currency: they are the tariff's code and cannot change"]
+            )
+    else:
+        entry.setdefault("code", code)
+        if entry["code"] != code:
+            raise CatalogInvalid(source, ["code: the code of an entry cannot change"])
     if before is None:
         catalog[kind].append(entry)
     else:
@@ -177,9 +222,19 @@ async def save_entry(
                 "created": report.created,
                 "updated": report.updated,
                 "retired": report.retired,
+                "version": await _version(s, kind, code),
             },
         )
     return report, after or {}
+
+
+async def _version(s: AsyncSession, kind: str, code: str) -> int | None:
+    if kind == "tariffs":
+        found = await tariff_versions(s, code)
+        return found[0].version if found else None
+    model: type[Plan] | type[PaymentMethod] = Plan if kind == "plans" else PaymentMethod
+    version = await s.execute(select(model.version).where(model.code == code))
+    return version.scalar_one_or_none()
 
 
 def as_text(entry: dict[str, Any] | None) -> str:

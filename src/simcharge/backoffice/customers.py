@@ -1,6 +1,7 @@
 """Finding a customer by anything they or their payments are known by, and everything about
-them on one page: account, contacts, lines and balances, ledger transfers, orders with every
-provider event, sessions, security events, notices and messages sent, tickets, adjustments."""
+them on one page: account, contacts, lines and balances, ledger transfers, usage (what each
+record took from where, at which tariff version), orders with every provider event, sessions,
+security events, notices and messages sent, tickets, adjustments."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -18,7 +20,8 @@ from simcharge.auth.events import events_of
 from simcharge.auth.models import AuthSession, SecurityEvent
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import OrderPanel, order_panel
-from simcharge.errors import NotFound
+from simcharge.charging.models import TariffVersion, UsageRecord
+from simcharge.errors import NotFound, ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerTransfer
 from simcharge.lines.models import Bucket, Line
@@ -34,6 +37,11 @@ MAX_RESULTS = 50
 class CustomerNotFound(NotFound):
     slug = "customer-not-found"
     title = N_("There is no such customer.")
+
+
+class LineNotFound(NotFound):
+    slug = "line-not-found"
+    title = N_("There is no such line.")
 
 
 def _like(value: str) -> str:
@@ -116,11 +124,176 @@ async def search_customers(s: AsyncSession, query: str) -> Sequence[Account]:
 
 
 @dataclass(frozen=True, slots=True)
+class Taken:
+    """What a usage record took from one of the line's pots."""
+
+    source: str
+    """`wallet`, or `bucket` (see `bucket`)."""
+    account_id: uuid.UUID
+    amount: int
+    unit: str
+    bucket: Bucket | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFacts:
+    record: UsageRecord
+    taken: list[Taken]
+    tariff: TariffVersion | None
+    """The tariff version in force when the record was rated (none: no tariff then)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LineFacts:
     line: Line
     balances: LineBalances
     buckets: list[Bucket]
     transfers: list[LedgerTransfer]
+    usage: list[UsageFacts]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    service: str | None = None
+    since: datetime | None = None
+    """Started at or after."""
+    until: datetime | None = None
+    """Started before."""
+
+
+def _day(value: str, field: str) -> date:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(N_("Use a date like 2026-11-25."), field=field) from None
+    if not 2000 <= day.year <= 2999:
+        raise ValidationFailed(N_("Use a date like 2026-11-25."), field=field)
+    return day
+
+
+def usage_filter(service: str | None, start: str | None, end: str | None) -> UsageFilter:
+    """`from`/`to` as days (UTC, `to` inclusive)."""
+    if service is not None and service not in ("voice", "data", "sms"):
+        raise ValidationFailed(N_("Choose voice, data or SMS."), field="service")
+    first = _day(start, "from") if start else None
+    last = _day(end, "to") if end else None
+    if first and last and first > last:
+        raise ValidationFailed(N_("The period ends before it starts."), field="from")
+    return UsageFilter(
+        service=service,
+        since=datetime.combine(first, time(), tzinfo=UTC) if first else None,
+        until=datetime.combine(last + timedelta(days=1), time(), tzinfo=UTC) if last else None,
+    )
+
+
+async def tariffs_in_force(
+    s: AsyncSession, records: list[UsageRecord]
+) -> dict[uuid.UUID, TariffVersion | None]:
+    """For each record, the version of its tariff (service, zone, wallet currency) in force
+    when it was rated."""
+    keys = {(r.service, r.zone, r.currency) for r in records}
+    if not keys:
+        return {}
+    versions: dict[tuple[str, str, str], list[TariffVersion]] = {}
+    rows = await s.execute(
+        select(TariffVersion)
+        .where(
+            or_(
+                *(
+                    (TariffVersion.service == k[0])
+                    & (TariffVersion.zone == k[1])
+                    & (TariffVersion.currency == k[2])
+                    for k in keys
+                )
+            )
+        )
+        .order_by(TariffVersion.valid_from)
+    )
+    for v in rows.scalars():
+        versions.setdefault((v.service, v.zone, v.currency), []).append(v)
+
+    def at(record: UsageRecord) -> TariffVersion | None:
+        for v in reversed(versions.get((record.service, record.zone, record.currency), [])):
+            if v.valid_from <= record.created_at and (
+                v.valid_until is None or record.created_at < v.valid_until
+            ):
+                return v
+        return None
+
+    return {r.id: at(r) for r in records}
+
+
+async def line_usage(
+    s: AsyncSession,
+    line: Line,
+    buckets: list[Bucket],
+    *,
+    where: UsageFilter | None = None,
+    before: tuple[datetime, uuid.UUID | None] | None = None,
+    limit: int = 20,
+) -> list[UsageFacts]:
+    """A line's usage records, latest first. `before` pages back: the start time and id of the
+    last record seen (records that started at the same time come in id order)."""
+    where = where or UsageFilter()
+    stmt = select(UsageRecord).where(UsageRecord.line_id == line.id)
+    if where.service:
+        stmt = stmt.where(UsageRecord.service == where.service)
+    if where.since is not None:
+        stmt = stmt.where(UsageRecord.started_at >= where.since)
+    if where.until is not None:
+        stmt = stmt.where(UsageRecord.started_at < where.until)
+    if before is not None:
+        at, last_id = before
+        stmt = stmt.where(
+            or_(
+                UsageRecord.started_at < at,
+                (UsageRecord.started_at == at) & (UsageRecord.id < last_id),
+            )
+            if last_id is not None
+            else UsageRecord.started_at < at
+        )
+    stmt = stmt.order_by(UsageRecord.started_at.desc(), UsageRecord.id.desc()).limit(limit)
+    records = list((await s.execute(stmt)).scalars())
+    tariffs = await tariffs_in_force(s, records)
+    pots = {b.id: b for b in buckets}
+
+    def taken(record: UsageRecord) -> list[Taken]:
+        out = []
+        for account, amount in record.taken or []:
+            account_id = uuid.UUID(str(account))
+            if account_id == line.wallet_account_id:
+                out.append(Taken("wallet", account_id, int(amount), line.currency))
+            else:
+                bucket = pots.get(account_id)
+                unit = bucket.unit if bucket is not None else "?"
+                out.append(Taken("bucket", account_id, int(amount), unit, bucket))
+        return out
+
+    return [UsageFacts(r, taken(r), tariffs[r.id]) for r in records]
+
+
+async def usage_of_line(
+    s: AsyncSession,
+    line_id: uuid.UUID,
+    *,
+    where: UsageFilter,
+    before: tuple[datetime, uuid.UUID | None] | None,
+    limit: int,
+) -> tuple[Line, list[UsageFacts]]:
+    line = await s.get(Line, line_id)
+    if line is None:
+        raise LineNotFound(field="line_id")
+    found = await line_usage(
+        s, line, await line_buckets(s, line.id), where=where, before=before, limit=limit
+    )
+    return line, found
+
+
+async def line_buckets(s: AsyncSession, line_id: uuid.UUID) -> list[Bucket]:
+    rows = await s.execute(
+        select(Bucket).where(Bucket.line_id == line_id).order_by(Bucket.created_at)
+    )
+    return list(rows.scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +310,7 @@ class CustomerView:
 
 
 async def customer_view(
-    s: AsyncSession, account_id: uuid.UUID, *, orders: int = 20
+    s: AsyncSession, account_id: uuid.UUID, *, orders: int = 20, usage: int = 20
 ) -> CustomerView:
     account = await s.get(Account, account_id)
     if account is None:
@@ -146,13 +319,7 @@ async def customer_view(
     for line in (
         await s.execute(select(Line).where(Line.account_id == account_id).order_by(Line.msisdn))
     ).scalars():
-        buckets = list(
-            (
-                await s.execute(
-                    select(Bucket).where(Bucket.line_id == line.id).order_by(Bucket.created_at)
-                )
-            ).scalars()
-        )
+        buckets = await line_buckets(s, line.id)
         ledger_ids = [line.wallet_account_id, *(b.id for b in buckets)]
         transfers = list(
             (
@@ -169,7 +336,8 @@ async def customer_view(
                 )
             ).scalars()
         )
-        lines.append(LineFacts(line, await line_balances(s, line), buckets, transfers))
+        used = await line_usage(s, line, buckets, limit=usage)
+        lines.append(LineFacts(line, await line_balances(s, line), buckets, transfers, used))
     order_ids = (
         await s.execute(
             select(Order.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -15,11 +16,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.backoffice import audit, money, reports
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.catalog import export_catalog, save_entry
-from simcharge.backoffice.customers import customer_view, search_customers
+from simcharge.backoffice.catalog import (
+    CatalogEntryNotFound,
+    export_catalog,
+    save_entry,
+    tariff_versions,
+)
+from simcharge.backoffice.customers import (
+    UsageFacts,
+    customer_view,
+    search_customers,
+    usage_filter,
+    usage_of_line,
+)
 from simcharge.backoffice.deps import api_actor, require
 from simcharge.backoffice.models import StaffUser
-from simcharge.backoffice.orders import OrderPanel, check_with_provider, order_panel
+from simcharge.backoffice.orders import (
+    OrderPanel,
+    attention_orders,
+    check_with_provider,
+    order_panel,
+)
 from simcharge.backoffice.roles import Permission, permissions_of
 from simcharge.backoffice.schemas import (
     AdjustmentIn,
@@ -35,8 +52,10 @@ from simcharge.backoffice.schemas import (
     StaffOut,
     StaffTokenOut,
     StateOut,
+    TakenOut,
+    TariffVersionOut,
+    UsageRecordOut,
 )
-from simcharge.backoffice.screens_customers import attention_orders
 from simcharge.backoffice.screens_tickets import staff_names
 from simcharge.backoffice.staff import (
     StaffLoginFailed,
@@ -59,6 +78,12 @@ from simcharge.tickets.schemas import (
 )
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"])
+FirstDay = Annotated[
+    str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
+]
+LastDay = Annotated[
+    str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
+]
 AuditReader = Annotated[Actor, require(Permission.audit_read)]
 
 
@@ -222,7 +247,17 @@ async def list_tickets(
             ),
             limit=limit,
         )
-        return [await _staff_ticket(s, t, with_messages=False) for t in rows]
+        found = [await _staff_ticket(s, t, with_messages=False) for t in rows]
+    filters = audit.read_details(
+        len(found),
+        status=status,
+        priority=priority,
+        assignee=assignee,
+        account_id=account_id,
+        order_id=order_id,
+    )
+    await audit.record_read(db, actor, "ticket.list", details=filters)
+    return found
 
 
 @router.get("/tickets/{ticket_id}", response_model=StaffTicketDetailOut, summary="One ticket")
@@ -231,7 +266,8 @@ async def get_ticket(ticket_id: uuid.UUID, actor: TicketWorker, db: DB) -> Staff
         out: StaffTicketDetailOut = await _staff_ticket(
             s, await tickets.get_ticket(s, ticket_id), with_messages=True
         )
-        return out
+    await audit.record_read(db, actor, "ticket.view", target_type="ticket", target_id=ticket_id)
+    return out
 
 
 @router.post(
@@ -321,6 +357,33 @@ def _row(obj: Any, *fields: str) -> dict[str, Any]:
     return out
 
 
+def usage_out(u: UsageFacts) -> UsageRecordOut:
+    r = u.record
+    return UsageRecordOut(
+        **_row(
+            r,
+            "id",
+            "source",
+            "external_id",
+            "service",
+            "country",
+            "zone",
+            "quantity",
+            "rated",
+            "from_buckets",
+            "from_wallet",
+            "charge",
+            "currency",
+            "unbilled",
+            "started_at",
+            "created_at",
+        ),
+        taken=[TakenOut(source=t.source, account_id=t.account_id, amount=t.amount, unit=t.unit)
+               for t in u.taken],
+        tariff=TariffVersionOut.model_validate(u.tariff) if u.tariff else None,
+    )
+
+
 def _panel(p: OrderPanel) -> dict[str, Any]:
     o = p.order
     return {
@@ -344,6 +407,7 @@ def _panel(p: OrderPanel) -> dict[str, Any]:
             "attention_note",
             "created_at",
             "paid_at",
+            "account_id",
         ),
         "payment": _row(p.payment, "state", "provider_ref", "payment_id", "checks", "last_error")
         if p.payment
@@ -375,9 +439,7 @@ async def find_customers(
 ) -> list[CustomerOut]:
     async with db.read() as s:
         found = await search_customers(s, q)
-    await db.run(
-        lambda s: audit.record(s, actor, "customer.search", details={"q": q, "found": len(found)})
-    )
+    await audit.record_read(db, actor, "customer.search", details={"q": q, "found": len(found)})
     return [CustomerOut.model_validate(a) for a in found]
 
 
@@ -387,17 +449,14 @@ async def find_customers(
 async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> CustomerViewOut:
     async with db.read() as s:
         v = await customer_view(s, account_id)
-    await db.run(
-        lambda s: audit.record(
-            s, actor, "customer.view", target_type="account", target_id=account_id
-        )
-    )
+    await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return CustomerViewOut(
         account=CustomerOut.model_validate(v.account),
         lines=[
             {
                 **_row(f.line, "id", "msisdn", "iccid", "state", "currency", "validity_end"),
                 "balances": f.balances.model_dump(mode="json"),
+                "usage": [usage_out(u).model_dump(mode="json") for u in f.usage],
                 "transfers": [
                     _row(
                         t,
@@ -446,6 +505,42 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
             AdjustmentOut.model_validate(a).model_dump(mode="json") for a in v.adjustments
         ],
     )
+
+
+@router.get(
+    "/lines/{line_id}/usage",
+    response_model=list[UsageRecordOut],
+    summary="A line's usage records, latest first: what each took from where, at which tariff",
+)
+async def get_line_usage(
+    line_id: uuid.UUID,
+    actor: CustomerReader,
+    db: DB,
+    service: Literal["voice", "data", "sms"] | None = None,
+    start: FirstDay = None,
+    end: LastDay = None,
+    before: Annotated[
+        datetime | None,
+        Query(description="The next page: the `started_at` of the last record seen…"),
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None, Query(description="… and its `id` (records started at the same time)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[UsageRecordOut]:
+    where = usage_filter(service, start, end)
+    cursor = (before, before_id) if before is not None else None
+    async with db.read() as s:
+        _, found = await usage_of_line(s, line_id, where=where, before=cursor, limit=limit)
+    await audit.record_read(
+        db,
+        actor,
+        "usage.list",
+        target_type="line",
+        target_id=line_id,
+        details={"service": service, "from": start, "to": end, "found": len(found)},
+    )
+    return [usage_out(u) for u in found]
 
 
 @router.post(
@@ -523,10 +618,27 @@ async def resend_receipt(order_id: uuid.UUID, actor: Resender, db: DB) -> None:
     response_model=list[dict[str, Any]],
     summary="Payments needing attention: flagged, or pending too long",
 )
-async def attention(actor: AttentionReader, db: DB, settings: AppSettings) -> list[dict[str, Any]]:
+async def attention(
+    actor: AttentionReader,
+    db: DB,
+    settings: AppSettings,
+    flag: Annotated[
+        str | None,
+        Query(
+            max_length=24,
+            description="Only orders with this flag (`amount_mismatch`, `late_success`, "
+            "`line_unavailable`, `refund_failed`, any other a provider event raised), or "
+            "`stuck_pending` for the orders pending too long",
+        ),
+    ] = None,
+) -> list[dict[str, Any]]:
     async with db.read() as s:
-        ids = await attention_orders(s, settings.order_pending_alert_minutes)
-        return [_panel(await order_panel(s, i)) for i in ids]
+        ids = await attention_orders(s, settings.order_pending_alert_minutes, flag=flag)
+        found = [_panel(await order_panel(s, i)) for i in ids]
+    await audit.record_read(
+        db, actor, "attention.list", details={"flag": flag, "found": len(found)}
+    )
+    return found
 
 
 @router.post(
@@ -557,20 +669,37 @@ async def get_catalog(actor: CatalogEditor, db: DB) -> dict[str, Any]:
 @router.put(
     "/catalog/{kind}/{code}",
     response_model=dict[str, Any],
-    summary="Replace or add one plan (`plans`) or payment method (`payment_methods`)",
+    summary="Replace or add one plan (`plans`), payment method (`payment_methods`) or tariff "
+    "(`tariffs`, code `<service>.<zone>.<currency>`)",
 )
 async def put_catalog_entry(
-    kind: Literal["plans", "payment_methods"],
+    kind: Literal["plans", "payment_methods", "tariffs"],
     code: Annotated[str, Path(max_length=64)],
     body: dict[str, Any],
     actor: CatalogEditor,
     db: DB,
 ) -> dict[str, Any]:
-    """Validated with the whole catalog; a changed entry gets a new version. Nothing is stored
-    if anything is invalid (`catalog-invalid`, every problem listed)."""
+    """The entry in the catalog file's form, validated with the whole catalog; a changed entry
+    gets a new version (a tariff's versions: `GET …/tariffs/{code}/versions`). Nothing is stored
+    if anything is invalid (`catalog-invalid`, every problem listed). Audited."""
     text = json.dumps(body)
     _, entry = await db.run(lambda s: save_entry(s, actor, kind, code, text))
     return entry
+
+
+@router.get(
+    "/catalog/tariffs/{code}/versions",
+    response_model=list[TariffVersionOut],
+    summary="A tariff's versions, newest first, with when each was in force",
+)
+async def get_tariff_versions(
+    code: Annotated[str, Path(max_length=64)], actor: CatalogEditor, db: DB
+) -> list[TariffVersionOut]:
+    async with db.read() as s:
+        found = await tariff_versions(s, code)
+    if not found:
+        raise CatalogEntryNotFound(field="code")
+    return [TariffVersionOut.model_validate(v) for v in found]
 
 
 # --- reports ------------------------------------------------------------------------------
@@ -596,20 +725,29 @@ async def get_report(
     name: Literal["topups", "conversion", "failures", "lines"],
     actor: ReportReader,
     db: DB,
-    start: Annotated[
-        str | None, Query(alias="from", max_length=10, description="First day, e.g. 2026-11-01")
-    ] = None,
-    end: Annotated[
-        str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
-    ] = None,
+    start: FirstDay = None,
+    end: LastDay = None,
     format: Literal["json", "csv"] = "json",
 ) -> Any:
-    """`topups`: per day, method and currency — top-ups, money taken, fees, refunded, net.
+    """`topups`: per day paid, method and currency actually paid — top-ups (orders credited),
+    money taken, fees, orders paid but never credited and their money, refunded, net (amounts
+    of different currencies are never added up).
     `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
     (failed, cancelled, expired). `lines`: lines per lifecycle state now."""
     p = reports.period(start, end, utcnow().date())
     async with db.read() as s:
         rows = await reports.report_rows(s, name, p)
+    await audit.record_read(
+        db,
+        actor,
+        "report.read",
+        details={
+            "report": name,
+            "from": p.start.isoformat(),
+            "to": p.end.isoformat(),
+            "format": format,
+        },
+    )
     if format == "csv":
         return Response(
             reports.to_csv(rows, reports.COLUMNS[name]), media_type="text/csv; charset=utf-8"

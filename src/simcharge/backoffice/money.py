@@ -6,17 +6,17 @@ change of a balance is a ledger transfer."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.auth.service import unlock_account
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.customers import CustomerNotFound
+from simcharge.backoffice.customers import CustomerNotFound, LineNotFound
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import order_facts
 from simcharge.config import Settings
@@ -28,17 +28,14 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
-from simcharge.orders.models import Order, OrderState, Refund
+from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import request_refund
 from simcharge.orders.service import OrderNotFound
 from simcharge.worker.service import enqueue
 
 REASON_MAX = 500
-
-
-class LineNotFound(NotFound):
-    slug = "line-not-found"
-    title = N_("There is no such line.")
+APPROVAL_WINDOW = timedelta(hours=24)
+"""Adjustments applied without a second person add up over this rolling window (four-eyes)."""
 
 
 class AdjustmentNotFound(NotFound):
@@ -54,6 +51,14 @@ class AdjustmentDecided(Conflict):
 class FourEyes(Forbidden):
     slug = "four-eyes"
     title = N_("An adjustment must be approved by someone other than who asked for it.")
+
+
+class AdjustmentNeedsAPerson(Forbidden):
+    slug = "adjustment-needs-a-person"
+    title = N_(
+        "This adjustment needs a second person's approval, so a staff member must ask for it "
+        "(an API key has no one behind it to tell apart from the approver)."
+    )
 
 
 class NotLocked(Conflict):
@@ -131,11 +136,31 @@ async def refund(
 # --- adjustments --------------------------------------------------------------------------
 
 
-def _needs_approval(settings: Settings, unit: str, amount: int, wallet: bool) -> bool:
+def _limit(settings: Settings, unit: str, wallet: bool) -> int | None:
+    """What may move without a second person (per customer, unit and window); None: nothing."""
     if wallet:
-        return abs(amount) > settings.adjustment_approval_above
-    limit = settings.approval_units.get(unit)
-    return limit is None or abs(amount) > limit
+        return settings.adjustment_approval_above
+    return settings.approval_units.get(unit)
+
+
+async def applied_alone(s: AsyncSession, line: Line, unit: str, now: datetime) -> int:
+    """How much (absolute) the customer's lines (a line not sold yet: that line) were adjusted in
+    `unit` within the window by adjustments nobody else approved."""
+    whose = (
+        Line.account_id == line.account_id if line.account_id is not None else Line.id == line.id
+    )
+    total = await s.execute(
+        select(func.coalesce(func.sum(func.abs(Adjustment.amount)), 0))
+        .join(Line, Line.id == Adjustment.line_id)
+        .where(
+            whose,
+            Adjustment.unit == unit,
+            Adjustment.state == AdjustmentState.applied.value,
+            Adjustment.decided_by.is_(None),
+            Adjustment.created_at > now - APPROVAL_WINDOW,
+        )
+    )
+    return int(total.scalar_one())
 
 
 async def _apply(s: AsyncSession, adj: Adjustment, line: Line, now: datetime) -> None:
@@ -181,8 +206,10 @@ async def request_adjustment(
     now: datetime,
 ) -> Adjustment:
     """Adjust a line's wallet (`target` = "wallet", minor units) or one of its buckets (`target`
-    = the bucket id, in the bucket's unit). Above the threshold it waits for a second person;
-    otherwise it is posted now. A debit beyond what is there is refused by the ledger."""
+    = the bucket id, in the bucket's unit). It is posted now only if, added to what the
+    customer's lines were adjusted in that unit without a second person in the last 24 hours,
+    it stays within the threshold; otherwise it waits for someone else's approval (and an API
+    key may not ask for it). A debit beyond what is there is refused by the ledger."""
     reason = _reason(reason)
     if amount == 0:
         raise ValidationFailed(N_("The amount may not be zero."), field="amount")
@@ -201,7 +228,16 @@ async def request_adjustment(
                 N_("Choose the wallet or one of the line's buckets."), field="target"
             )
         account_id, unit = bucket.id, bucket.unit
-    waits = _needs_approval(settings, unit, amount, target == "wallet")
+    # Four-eyes on the running total: splitting one large adjustment into small ones (or
+    # among colleagues) does not avoid the approval. The customer's row is locked so that two
+    # requests at once count each other.
+    if line.account_id is not None:
+        await s.get(Account, line.account_id, with_for_update=True)
+    limit = _limit(settings, unit, target == "wallet")
+    before = await applied_alone(s, line, unit, now)
+    waits = limit is None or before + abs(amount) > limit
+    if waits and actor.staff_id is None:
+        raise AdjustmentNeedsAPerson(field="amount")
     adj = Adjustment(
         id=uuid7(),
         line_id=line.id,
@@ -227,7 +263,13 @@ async def request_adjustment(
         target_type="line",
         target_id=line.id,
         after=adjustment_facts(adj),
-        details={"adjustment": str(adj.id), "reason": reason, "msisdn": line.msisdn},
+        details={
+            "adjustment": str(adj.id),
+            "reason": reason,
+            "msisdn": line.msisdn,
+            "applied_alone_24h": before,
+            "limit": limit,
+        },
         now=now,
     )
     return adj
@@ -240,8 +282,11 @@ async def decide_adjustment(
     adj = await s.get(Adjustment, adjustment_id, with_for_update=True)
     if adj is None:
         raise AdjustmentNotFound(field="adjustment_id")
-    if adj.requested_by == actor.name or (
-        actor.staff_id is not None and adj.requested_by_staff_id == actor.staff_id
+    # A person approves, never the one who asked (by whichever credential they asked).
+    if (
+        actor.staff_id is None
+        or adj.requested_by == actor.name
+        or adj.requested_by_staff_id == actor.staff_id
     ):
         raise FourEyes(field="adjustment_id")
     before = adjustment_facts(adj)
@@ -394,5 +439,3 @@ async def resolve_attention(
     )
     return order
 
-
-STUCK_STATES = (OrderState.pending.value,)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.backoffice import audit
@@ -14,7 +15,7 @@ from simcharge.backoffice.audit import Actor
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.orders.fulfilment import Outcome
-from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
+from simcharge.orders.models import Attention, Order, OrderState, Payment, ProviderEvent, Refund
 from simcharge.orders.service import OrderNotFound
 from simcharge.payments.registry import Providers
 from simcharge.payments.service import check_order
@@ -88,3 +89,46 @@ async def check_with_provider(
 
     await db.run(note)
     return outcome
+
+
+PENDING_TOO_LONG = Attention.stuck_pending.value
+"""The flag under which orders pending longer than expected are listed (they carry none)."""
+
+
+def _stuck(pending_minutes: int) -> Any:
+    cutoff = utcnow() - timedelta(minutes=pending_minutes)
+    return (Order.state == OrderState.pending.value) & (Order.created_at < cutoff)
+
+
+async def attention_orders(
+    s: AsyncSession, pending_minutes: int, *, flag: str | None = None, limit: int = 200
+) -> list[uuid.UUID]:
+    """Orders needing attention, oldest first: every flagged order (whatever the flag: a kind
+    added later is listed too) and those pending longer than expected; or only those of `flag`
+    (`stuck_pending` for the orders pending too long)."""
+    flagged = select(Order.id).where(
+        Order.attention.is_not(None) if flag is None else Order.attention == flag
+    )
+    found = list((await s.execute(flagged.order_by(Order.created_at).limit(limit))).scalars())
+    if flag in (None, PENDING_TOO_LONG):
+        stuck = select(Order.id).where(_stuck(pending_minutes), Order.attention.is_(None))
+        found += (await s.execute(stuck.order_by(Order.created_at).limit(limit))).scalars()
+    return list(dict.fromkeys(found))
+
+
+async def attention_counts(s: AsyncSession, pending_minutes: int) -> dict[str, int]:
+    """How many orders each flag holds (pending too long under `stuck_pending`)."""
+    rows = await s.execute(
+        select(Order.attention, func.count())
+        .where(Order.attention.is_not(None))
+        .group_by(Order.attention)
+    )
+    counts = {str(flag): int(n) for flag, n in rows}
+    stuck = await s.execute(
+        select(func.count())
+        .select_from(Order)
+        .where(_stuck(pending_minutes), Order.attention.is_(None))
+    )
+    if n := int(stuck.scalar_one()):
+        counts[PENDING_TOO_LONG] = counts.get(PENDING_TOO_LONG, 0) + n
+    return dict(sorted(counts.items()))

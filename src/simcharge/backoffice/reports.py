@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.errors import ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
-from simcharge.orders.models import CLOSED_UNPAID, Order
+from simcharge.orders.models import CLOSED_UNPAID, Order, Refund, RefundState
 
 MAX_DAYS = 366
 
@@ -69,16 +69,27 @@ def period(start: str | None, end: str | None, today: date) -> Period:
 
 @dataclass(frozen=True, slots=True)
 class TopupRow:
+    """One day, method and currency — the currency the money was actually paid (or refunded)
+    in: amounts of different currencies are never added up."""
+
     day: date
+    """The UTC day the orders were paid."""
     method: str
     currency: str
     topups: int
+    """Orders credited: the plan's money and units reached the line (later refunds included)."""
     amount: int
-    """Money taken, minor units (what the provider confirmed)."""
+    """Money taken for them, minor units (what the provider confirmed)."""
     fees: int
+    """The payment fees in it."""
+    uncredited: int
+    """Orders paid but never credited (a wrong amount or currency, a line that was gone):
+    money taken, not a top-up; finance refunds or credits them by hand."""
+    uncredited_amount: int
     refunded: int
+    """Refunds the provider confirmed, for that day's orders, in this currency."""
     net: int
-    """`amount` − `refunded`."""
+    """`amount` + `uncredited_amount` − `refunded`: what the day's payments left in hand."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +109,12 @@ class FailureRow:
 
 
 async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
-    rows = await s.execute(
+    """Per day paid, method and currency. Each amount is added to the row of its own currency:
+    money taken in the currency paid, a fee in the order's currency, a refund in the refund's —
+    for a credited order these are the same; an order paid in another currency than it asked
+    for was never credited and shows under `uncredited` in the currency it was paid in."""
+    acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
+    orders = await s.execute(
         select(
             Order.paid_at,
             Order.method_code,
@@ -107,21 +123,47 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
             Order.paid_amount,
             Order.total,
             Order.fee,
-            Order.refunded_amount,
+            Order.fulfilled_at,
         ).where(Order.paid_at >= p.since, Order.paid_at < p.until)
     )
-    acc: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for paid_at, method, paid_currency, currency, paid, total, fee, refunded in rows:
+    for paid_at, method, paid_currency, currency, paid, total, fee, fulfilled_at in orders:
         assert paid_at is not None
-        key = (paid_at.astimezone(UTC).date(), method, paid_currency or currency)
-        a = acc[key]
-        a[0] += 1
-        a[1] += paid if paid is not None else total
-        a[2] += fee
-        a[3] += refunded
+        day = paid_at.astimezone(UTC).date()
+        taken_in = paid_currency or currency
+        taken = paid if paid is not None else total
+        if fulfilled_at is not None:
+            acc[(day, method, taken_in)]["topups"] += 1
+            acc[(day, method, taken_in)]["amount"] += taken
+            acc[(day, method, currency)]["fees"] += fee
+        else:
+            acc[(day, method, taken_in)]["uncredited"] += 1
+            acc[(day, method, taken_in)]["uncredited_amount"] += taken
+    refunds = await s.execute(
+        select(Order.paid_at, Order.method_code, Refund.currency, Refund.amount)
+        .join(Order, Order.id == Refund.order_id)
+        .where(
+            Order.paid_at >= p.since,
+            Order.paid_at < p.until,
+            Refund.state == RefundState.succeeded.value,
+        )
+    )
+    for paid_at, method, currency, amount in refunds:
+        assert paid_at is not None
+        acc[(paid_at.astimezone(UTC).date(), method, currency)]["refunded"] += amount
     return [
-        TopupRow(d, m, c, n, amount, fees, refunded, amount - refunded)
-        for (d, m, c), (n, amount, fees, refunded) in sorted(acc.items())
+        TopupRow(
+            d,
+            m,
+            c,
+            topups=a["topups"],
+            amount=a["amount"],
+            fees=a["fees"],
+            uncredited=a["uncredited"],
+            uncredited_amount=a["uncredited_amount"],
+            refunded=a["refunded"],
+            net=a["amount"] + a["uncredited_amount"] - a["refunded"],
+        )
+        for (d, m, c), a in sorted(acc.items())
     ]
 
 

@@ -31,6 +31,10 @@ class Permission(StrEnum):
     catalog_edit = "catalog.edit"
     audit_read = "audit.read"
     staff_manage = "staff.manage"
+    jobs_read = "jobs.read"
+    """See the outbox: jobs waiting, retrying, dead."""
+    jobs_manage = "jobs.manage"
+    """Retry or discard a dead job."""
 
 
 P = Permission
@@ -41,6 +45,7 @@ _EVERYONE = {
     P.receipts_resend,
     P.adjustments_request,
     P.attention_read,
+    P.jobs_read,
 }
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.agent: frozenset(_EVERYONE | {P.accounts_unlock, P.lines_unfreeze}),
@@ -61,6 +66,8 @@ SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "adjustments:write": frozenset({P.adjustments_request}),
     "reports:read": frozenset({P.reports_read}),
     "catalog:write": frozenset({P.catalog_edit}),
+    "jobs:read": frozenset({P.jobs_read}),
+    "jobs:write": frozenset({P.jobs_manage}),
 }
 """An API key acts for a tool, not a person: it can never approve an adjustment (four-eyes needs
 two people), manage staff or read the audit log."""

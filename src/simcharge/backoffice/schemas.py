@@ -134,3 +134,56 @@ class StaffChangeIn(BaseModel):
     role: str | None = Field(default=None, max_length=16, description="agent, finance or admin")
     active: bool | None = Field(default=None, description="false: no access, sessions end")
     reset_totp: bool = Field(default=False, description="Enrol a new authenticator at next sign-in")
+
+
+class TariffVersionOut(BaseModel):
+    """One version of a tariff (minor units of `currency`; native units: seconds, bytes,
+    messages) and when it was in force (`valid_until` empty: it still is)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    service: str
+    zone: str
+    currency: str
+    version: int
+    price: int
+    per_units: int
+    first_increment: int
+    next_increment: int
+    minimum: int
+    valid_from: datetime
+    valid_until: datetime | None
+
+
+class TakenOut(BaseModel):
+    """What a usage record took from one pot of the line."""
+
+    source: str
+    """`wallet` or `bucket`."""
+    account_id: uuid.UUID
+    """The wallet's or bucket's ledger account."""
+    amount: int
+    """Minor units of the wallet's currency, or the bucket's seconds, bytes or messages."""
+    unit: str
+
+
+class UsageRecordOut(BaseModel):
+    """One rated usage of a line: what it was, what it took from where, at which tariff."""
+
+    id: uuid.UUID
+    source: str
+    external_id: str
+    service: str
+    country: str | None
+    zone: str
+    quantity: int
+    rated: int
+    from_buckets: int
+    from_wallet: int
+    charge: int
+    currency: str
+    unbilled: int
+    started_at: datetime
+    created_at: datetime
+    taken: list[TakenOut]
+    tariff: TariffVersionOut | None
+    """The tariff version in force when it was rated."""

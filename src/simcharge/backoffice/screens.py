@@ -10,17 +10,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 
-from simcharge.api.deps import DB
+from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import problem_answer, validation_problem
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import LoginRequired, WebActor, require_web
 from simcharge.backoffice.models import Adjustment, AdjustmentState
+from simcharge.backoffice.orders import attention_counts
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import HEADERS, STATIC, render
 from simcharge.errors import SimchargeError
 from simcharge.kit.translations import translate
-from simcharge.orders.models import Order
 from simcharge.tickets.models import Ticket, TicketStatus
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
@@ -28,7 +28,7 @@ AuditReader = Annotated[Actor, require_web(Permission.audit_read)]
 
 
 @router.get("", response_class=HTMLResponse)
-async def home(request: Request, db: DB, actor: WebActor) -> HTMLResponse:
+async def home(request: Request, db: DB, settings: AppSettings, actor: WebActor) -> HTMLResponse:
     async with db.read() as s:
         open_tickets = (
             await s.execute(
@@ -49,11 +49,9 @@ async def home(request: Request, db: DB, actor: WebActor) -> HTMLResponse:
                 )
             )
         ).scalar_one()
-        attention = (
-            await s.execute(
-                select(func.count()).select_from(Order).where(Order.attention.is_not(None))
-            )
-        ).scalar_one()
+        attention = sum(
+            (await attention_counts(s, settings.order_pending_alert_minutes)).values()
+        )
         approvals = (
             await s.execute(
                 select(func.count())

@@ -1,11 +1,13 @@
-"""Catalog pages (admin): the plans and methods with their versions; one entry edited at a time."""
+"""Admin pages: the catalog (plans, methods, tariffs with their versions; one entry edited at a
+time), staff, and the outbox's jobs (retry or discard a dead one)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,15 +15,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.api.deps import DB
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.catalog import KINDS, as_text, export_catalog, find_entry, save_entry
+from simcharge.backoffice.catalog import (
+    KINDS,
+    CatalogEntryNotFound,
+    as_text,
+    blank_entry,
+    export_catalog,
+    find_entry,
+    save_entry,
+    tariff_code,
+    tariff_versions,
+)
 from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.jobs import JobView, count_by_view, discard_job, find_jobs, retry_job
 from simcharge.backoffice.models import Role, StaffUser
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.staff import change_staff, staff_facts
 from simcharge.backoffice.web import back, render
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.service import CatalogInvalid
+from simcharge.charging.models import Tariff
+from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import utcnow
+from simcharge.kit.translations import N_
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 Editor = Annotated[Actor, require_web(Permission.catalog_edit)]
@@ -36,24 +52,73 @@ async def catalog(request: Request, db: DB, actor: Editor) -> HTMLResponse:
             .scalars()
             .all()
         )
-    return render(request, "catalog.html", actor, plans=plans, methods=methods)
+        tariffs = (
+            (
+                await s.execute(
+                    select(Tariff).order_by(Tariff.service, Tariff.zone, Tariff.currency)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return render(
+        request,
+        "catalog.html",
+        actor,
+        plans=plans,
+        methods=methods,
+        tariffs=tariffs,
+        tariff_code=tariff_code,
+        kinds=KINDS,
+    )
 
 
-@router.get("/catalog/{kind}/{code}", response_class=HTMLResponse)
-async def entry_page(request: Request, kind: str, code: str, db: DB, actor: Editor) -> HTMLResponse:
+@router.get("/catalog/new", response_model=None)
+async def new_entry(
+    actor: Editor,
+    kind: Annotated[str, Query(max_length=20)] = "plans",
+    code: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    """The form for a new entry, by its code."""
+    if kind not in KINDS:
+        raise CatalogEntryNotFound(field="kind")
+    code = code.strip()
+    if not code or "/" in code or "?" in code or "#" in code:
+        raise ValidationFailed(N_("Give the new entry's code."), field="code")
+    return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}")
+
+
+async def _entry_page(
+    request: Request,
+    db: DB,
+    actor: Actor,
+    kind: str,
+    code: str,
+    *,
+    text: str | None = None,
+    problems: list[str] | None = None,
+) -> HTMLResponse:
     async with db.read() as s:
         entry = find_entry(await export_catalog(s), kind, code)
+        versions = await tariff_versions(s, code) if kind == "tariffs" else []
     return render(
         request,
         "catalog_entry.html",
         actor,
+        status=422 if problems else 200,
         kind=kind,
         label=KINDS[kind],
         code=code,
-        text=as_text(entry) if entry else as_text({"code": code}),
+        text=text if text is not None else as_text(entry or blank_entry(kind, code)),
         new=entry is None,
-        problems=[],
+        problems=problems or [],
+        versions=versions,
     )
+
+
+@router.get("/catalog/{kind}/{code}", response_class=HTMLResponse)
+async def entry_page(request: Request, kind: str, code: str, db: DB, actor: Editor) -> HTMLResponse:
+    return await _entry_page(request, db, actor, kind, code)
 
 
 @router.post("/catalog/{kind}/{code}", response_model=None)
@@ -68,19 +133,8 @@ async def entry_save(
     try:
         await db.run(lambda s: save_entry(s, actor, kind, code, text))
     except CatalogInvalid as exc:
-        return render(
-            request,
-            "catalog_entry.html",
-            actor,
-            status=422,
-            kind=kind,
-            label=KINDS[kind],
-            code=code,
-            text=text,
-            new=False,
-            problems=exc.problems,
-        )
-    return back(f"/backoffice/catalog/{kind}/{code}", "saved")
+        return await _entry_page(request, db, actor, kind, code, text=text, problems=exc.problems)
+    return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}", "saved")
 
 
 StaffAdmin = Annotated[Actor, require_web(Permission.staff_manage)]
@@ -124,3 +178,42 @@ async def staff_change(
 
     await db.run(run)
     return back("/backoffice/staff", "saved")
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+JobReader = Annotated[Actor, require_web(Permission.jobs_read)]
+JobManager = Annotated[Actor, require_web(Permission.jobs_manage)]
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(
+    request: Request,
+    db: DB,
+    actor: JobReader,
+    view: JobView = JobView.dead,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+) -> HTMLResponse:
+    async with db.read() as s:
+        rows = await find_jobs(s, view=view, kind=kind or None, limit=200)
+        counts = await count_by_view(s)
+    return render(
+        request, "jobs.html", actor, jobs=rows, counts=counts, view=view, views=list(JobView)
+    )
+
+
+@router.post("/jobs/{job_id}/retry", response_model=None)
+async def job_retry(job_id: uuid.UUID, db: DB, actor: JobManager) -> Response:
+    await db.run(lambda s: retry_job(s, actor, job_id, utcnow()))
+    return back("/backoffice/jobs", "retried")
+
+
+@router.post("/jobs/{job_id}/discard", response_model=None)
+async def job_discard(
+    job_id: uuid.UUID,
+    db: DB,
+    actor: JobManager,
+    note: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    await db.run(lambda s: discard_job(s, actor, job_id, note, utcnow()))
+    return back("/backoffice/jobs", "discarded")

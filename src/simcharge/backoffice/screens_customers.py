@@ -4,10 +4,11 @@ adjustments waiting for approval."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,10 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.customers import customer_view, search_customers
+from simcharge.backoffice.customers import (
+    LineNotFound,
+    customer_view,
+    search_customers,
+    usage_filter,
+    usage_of_line,
+)
 from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import Adjustment
-from simcharge.backoffice.orders import order_panel
+from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import back, render
 from simcharge.errors import ValidationFailed
@@ -27,7 +34,7 @@ from simcharge.kit.ids import uuid7
 from simcharge.kit.money import LossyConversionError, is_currency, to_minor
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Bucket, Line
-from simcharge.orders.models import Order, OrderState
+from simcharge.orders.models import Order
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 Reader = Annotated[Actor, require_web(Permission.customers_read)]
@@ -39,6 +46,7 @@ Refunder = Annotated[Actor, require_web(Permission.refunds_create)]
 Resender = Annotated[Actor, require_web(Permission.receipts_resend)]
 AttentionReader = Annotated[Actor, require_web(Permission.attention_read)]
 Resolver = Annotated[Actor, require_web(Permission.attention_resolve)]
+PAGE = 100
 UNIT_SCALE = {"VOICE_S": 60, "DATA_B": 1_048_576, "SMS": 1}
 """Staff type minutes, megabytes and messages; the ledger counts seconds, bytes, messages."""
 
@@ -64,10 +72,8 @@ async def customers(request: Request, db: DB, actor: Reader, q: str = "") -> HTM
     async with db.read() as s:
         found = await search_customers(s, q) if q else []
     if q:
-        await db.run(
-            lambda s: audit.record(
-                s, actor, "customer.search", details={"q": q, "found": len(found)}
-            )
+        await audit.record_read(
+            db, actor, "customer.search", details={"q": q, "found": len(found)}
         )
     return render(request, "customers.html", actor, q=q, found=found)
 
@@ -76,12 +82,60 @@ async def customers(request: Request, db: DB, actor: Reader, q: str = "") -> HTM
 async def customer(request: Request, account_id: uuid.UUID, db: DB, actor: Reader) -> HTMLResponse:
     async with db.read() as s:
         view = await customer_view(s, account_id)
-    await db.run(
-        lambda s: audit.record(
-            s, actor, "customer.view", target_type="account", target_id=account_id
-        )
-    )
+    await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return render(request, "customer.html", actor, view=view, idem=uuid7().hex)
+
+
+@router.get("/lines/{line_id}/usage", response_class=HTMLResponse)
+async def usage(
+    request: Request,
+    line_id: uuid.UUID,
+    db: DB,
+    actor: Reader,
+    service: Annotated[str | None, Query(max_length=8)] = None,
+    start: Annotated[str | None, Query(alias="from", max_length=10)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=10)] = None,
+    before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
+) -> HTMLResponse:
+    """A line's usage records with filters, a page at a time."""
+    where = usage_filter(service or None, start or None, end or None)
+    cursor = (before, before_id) if before is not None else None
+    async with db.read() as s:
+        line, found = await usage_of_line(s, line_id, where=where, before=cursor, limit=PAGE + 1)
+    await audit.record_read(
+        db,
+        actor,
+        "usage.list",
+        target_type="line",
+        target_id=line_id,
+        details={"service": service or None, "from": start, "to": end, "found": len(found)},
+    )
+    last = found[PAGE - 1].record if len(found) > PAGE else None
+    more = (
+        urlencode(
+            {
+                "service": service or "",
+                "from": start or "",
+                "to": end or "",
+                "before": last.started_at.isoformat(),
+                "before_id": str(last.id),
+            }
+        )
+        if last is not None
+        else None
+    )
+    return render(
+        request,
+        "usage.html",
+        actor,
+        line=line,
+        usage=found[:PAGE],
+        service=service or "",
+        start=start or "",
+        end=end or "",
+        more=more,
+    )
 
 
 @router.post("/customers/{account_id}/unlock", response_model=None)
@@ -109,7 +163,7 @@ async def adjust(
     async def run(s: AsyncSession) -> tuple[uuid.UUID | None, str]:
         line = await s.get(Line, line_id)
         if line is None:
-            raise money.LineNotFound(field="line_id")
+            raise LineNotFound(field="line_id")
         unit = line.currency
         if target != "wallet":
             try:
@@ -205,32 +259,28 @@ async def resend(
 
 @router.get("/attention", response_class=HTMLResponse)
 async def attention(
-    request: Request, db: DB, settings: AppSettings, actor: AttentionReader
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    actor: AttentionReader,
+    flag: Annotated[str | None, Query(max_length=24)] = None,
 ) -> HTMLResponse:
     async with db.read() as s:
-        ids = await attention_orders(s, settings.order_pending_alert_minutes)
+        ids = await attention_orders(s, settings.order_pending_alert_minutes, flag=flag or None)
         panels = [await order_panel(s, i) for i in ids]
-    return render(request, "attention.html", actor, panels=panels, idem=uuid7().hex)
-
-
-async def attention_orders(s: AsyncSession, pending_minutes: int) -> list[uuid.UUID]:
-    """Flagged orders, and orders pending longer than expected, oldest first."""
-    cutoff = utcnow() - timedelta(minutes=pending_minutes)
-    flagged = (
-        await s.execute(
-            select(Order.id).where(Order.attention.is_not(None)).order_by(Order.created_at)
-        )
-    ).scalars()
-    stuck = (
-        await s.execute(
-            select(Order.id)
-            .where(Order.state == OrderState.pending.value, Order.created_at < cutoff)
-            .order_by(Order.created_at)
-            .limit(200)
-        )
-    ).scalars()
-    seen: dict[uuid.UUID, None] = dict.fromkeys([*flagged, *stuck])
-    return list(seen)
+        counts = await attention_counts(s, settings.order_pending_alert_minutes)
+    await audit.record_read(
+        db, actor, "attention.list", details={"flag": flag or None, "found": len(panels)}
+    )
+    return render(
+        request,
+        "attention.html",
+        actor,
+        panels=panels,
+        counts=counts,
+        flag=flag or "",
+        idem=uuid7().hex,
+    )
 
 
 @router.post("/orders/{order_id}/resolve", response_model=None)

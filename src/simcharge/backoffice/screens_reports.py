@@ -55,6 +55,9 @@ async def reports(
         conv = await conversion(s, p)
         fail = await failures(s, p)
         lines = await lines_by_state(s)
+    await audit.record_read(
+        db, actor, "report.view", details={"from": p.start.isoformat(), "to": p.end.isoformat()}
+    )
     per_currency: dict[str, dict[str, float]] = defaultdict(
         lambda: dict.fromkeys((d.isoformat() for d in p.days()), 0.0)
     )
@@ -102,13 +105,11 @@ async def report_csv(
     p = period(start, end, utcnow().date())
     async with db.read() as s:
         rows = await report_rows(s, name, p)
-    await db.run(
-        lambda s: audit.record(
-            s,
-            actor,
-            "report.export",
-            details={"report": name, "from": p.start.isoformat(), "to": p.end.isoformat()},
-        )
+    await audit.record_read(
+        db,
+        actor,
+        "report.export",
+        details={"report": name, "from": p.start.isoformat(), "to": p.end.isoformat()},
     )
     return Response(
         to_csv(rows, COLUMNS[name]),

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB
+from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import StaffUser
@@ -60,6 +61,10 @@ async def ticket_queue(
                 )
             ).scalars()
         }
+    filters = audit.read_details(
+        len(tickets), status=status, priority=priority, mine=mine, unassigned=unassigned
+    )
+    await audit.record_read(db, actor, "ticket.list", details=filters)
     return render(
         request,
         "tickets.html",
@@ -85,6 +90,7 @@ async def ticket_page(request: Request, ticket_id: uuid.UUID, db: DB, actor: Age
         staff = (
             (await s.execute(select(StaffUser).where(StaffUser.active.is_(True)))).scalars().all()
         )
+    await audit.record_read(db, actor, "ticket.view", target_type="ticket", target_id=ticket_id)
     return render(
         request,
         "ticket.html",

@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.staff import csrf_token
+from simcharge.catalog.schemas import PER_UNITS
 from simcharge.config import Settings
 from simcharge.kit.i18n import BABEL_LOCALES, negotiate_language, normalize_language, pick_text
 from simcharge.kit.money import format_money, is_currency
@@ -68,7 +69,17 @@ def environment(language: str) -> Environment:
             return format_money(int(amount), unit, locale)
         return _units(amount, unit)
 
+    def per(per_units: Any, service: str) -> str:
+        """A tariff's `per_units` as the catalog file names it (`minute`, `MB`…)."""
+        names = {n: name for name, n in PER_UNITS.get(service, {}).items()}
+        return names.get(int(per_units), str(per_units))
+
+    def increment(value: Any, service: str) -> str:
+        return f"{int(value)} {'s' if service == 'voice' else 'B'}" if service != "sms" else "1"
+
     env.filters.update(
+        per=per,
+        increment=increment,
         money=money,
         when=when,
         units=signed_units,

@@ -43,7 +43,37 @@ class Tariff(Base):
     first_increment: Mapped[int] = mapped_column()
     next_increment: Mapped[int] = mapped_column()
     minimum: Mapped[int] = mapped_column(default=0)
+    version: Mapped[int] = mapped_column(default=1)
+    """Raised each time a catalog load (or the back office) changes it; `tariff_versions` keeps
+    every version with when it was in force."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TariffVersion(Base):
+    """One version of a tariff and when it was in force (`valid_until` empty: it still is).
+
+    Usage records carry their service, zone, currency and when they were rated; the version in
+    force then is the tariff they were charged at (a process's rating cache may lag a change by
+    `SIMCHARGE_CHARGING_RATING_CACHE_SECONDS`)."""
+
+    __tablename__ = "tariff_versions"
+    __table_args__ = (
+        UniqueConstraint("service", "zone", "currency", "version"),
+        Index("ix_tariff_versions_valid_from", "service", "zone", "currency", "valid_from"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    service: Mapped[str] = mapped_column(String(8))
+    zone: Mapped[str] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(String(3))
+    version: Mapped[int] = mapped_column()
+    price: Mapped[int] = mapped_column()
+    per_units: Mapped[int] = mapped_column()
+    first_increment: Mapped[int] = mapped_column()
+    next_increment: Mapped[int] = mapped_column()
+    minimum: Mapped[int] = mapped_column()
+    valid_from: Mapped[datetime] = mapped_column()
+    valid_until: Mapped[datetime | None] = mapped_column()
 
 
 class UsageRecord(Base):

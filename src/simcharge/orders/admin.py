@@ -1,5 +1,6 @@
 """`/api/v1/admin/orders`: the staff's view of orders, and refunds (a staff bearer token or an
-API key with scopes; the back office adds its screens on top). Refunds are audited."""
+API key with scopes; the back office adds its screens on top). Refunds are audited, and so are
+reads (personal data seen by staff)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ async def staff_view(s: AsyncSession, order: Order, language: str) -> StaffOrder
 
 @router.get("", response_model=list[StaffOrderOut], summary="Orders, newest first")
 async def list_orders(
-    _key: ReadOrders,
+    actor: ReadOrders,
     db: DB,
     language: Language,
     attention: Annotated[bool, Query(description="Only orders finance must look at")] = False,
@@ -72,18 +73,25 @@ async def list_orders(
         stmt = stmt.where(Order.created_at < before)
     stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
     async with db.read() as s:
-        return [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]
+        found = [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]
+    filters = audit.read_details(
+        len(found), attention=attention, state=state, msisdn=msisdn, before=before
+    )
+    await audit.record_read(db, actor, "order.list", details=filters)
+    return found
 
 
 @router.get("/{order_id}", response_model=StaffOrderOut, summary="One order, all it went through")
 async def get_order(
-    order_id: uuid.UUID, _key: ReadOrders, db: DB, language: Language
+    order_id: uuid.UUID, actor: ReadOrders, db: DB, language: Language
 ) -> StaffOrderOut:
     async with db.read() as s:
         order = await s.get(Order, order_id)
         if order is None:
             raise OrderNotFound(field="order_id")
-        return await staff_view(s, order, language)
+        out = await staff_view(s, order, language)
+    await audit.record_read(db, actor, "order.view", target_type="order", target_id=order_id)
+    return out
 
 
 @router.post(

@@ -1,5 +1,7 @@
-"""`/api/v1/admin/jobs`: the outbox as staff see it — what is waiting, what died, and retrying a
-dead job by hand (API keys with the scopes `jobs:read`, `jobs:write`)."""
+"""`/api/v1/admin/jobs`: the outbox as staff see it — what is waiting, what is retrying, what
+died — and a dead job retried or discarded by hand. A staff bearer token (`jobs.read` for every
+role, `jobs.manage` for admins) or an API key (`jobs:read`, `jobs:write`); each retry and
+discard is in the audit log."""
 
 from __future__ import annotations
 
@@ -7,30 +9,23 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-import structlog
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from pydantic import BaseModel, ConfigDict, Field
 
-from simcharge.api.deps import API_PREFIX, DB, Integration, require_scope
-from simcharge.errors import Conflict, NotFound
+from simcharge.api.deps import API_PREFIX, DB
+from simcharge.backoffice import jobs as staff_jobs
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.deps import require
+from simcharge.backoffice.jobs import JobView
+from simcharge.backoffice.roles import Permission
+from simcharge.kit.clock import utcnow
 from simcharge.worker import service
 from simcharge.worker.models import JobStatus, OutboxJob
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin/jobs", tags=["admin"])
-log = structlog.get_logger("simcharge.audit")
 
-ReadJobs = Annotated[Integration, require_scope("jobs:read")]
-WriteJobs = Annotated[Integration, require_scope("jobs:write")]
-
-
-class JobNotFound(NotFound):
-    slug = "job-not-found"
-
-
-class JobNotDead(Conflict):
-    slug = "job-not-dead"
+ReadJobs = Annotated[Actor, require(Permission.jobs_read)]
+ManageJobs = Annotated[Actor, require(Permission.jobs_manage)]
 
 
 class JobOut(BaseModel):
@@ -43,6 +38,7 @@ class JobOut(BaseModel):
     max_attempts: int
     last_error: str | None
     run_at: datetime
+    """When it runs (again)."""
     created_at: datetime
     finished_at: datetime | None
     locked_by: str | None
@@ -51,6 +47,11 @@ class JobOut(BaseModel):
 class JobsSummary(BaseModel):
     counts: dict[str, int]
     """Jobs by status (`pending`, `running`, `done`, `dead`)."""
+
+
+class DiscardIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(max_length=500, description="Why it is given up on (how it was settled)")
 
 
 def job_out(job: OutboxJob) -> JobOut:
@@ -70,46 +71,42 @@ def job_out(job: OutboxJob) -> JobOut:
 
 @router.get("", response_model=list[JobOut], summary="Outbox jobs, newest first")
 async def list_jobs(
-    _key: ReadJobs,
+    actor: ReadJobs,
     db: DB,
     status: JobStatus | None = None,
+    view: Annotated[
+        JobView | None,
+        Query(description="`retrying`: pending after a failed attempt; `pending`: not tried yet"),
+    ] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
     before: Annotated[datetime | None, Query(description="Jobs created before this")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[JobOut]:
-    stmt = select(OutboxJob)
-    if status is not None:
-        stmt = stmt.where(OutboxJob.status == status.value)
-    if kind:
-        stmt = stmt.where(OutboxJob.kind == kind)
-    if before:
-        stmt = stmt.where(OutboxJob.created_at < before)
-    stmt = stmt.order_by(OutboxJob.created_at.desc(), OutboxJob.id.desc()).limit(limit)
     async with db.read() as s:
-        return [job_out(j) for j in (await s.execute(stmt)).scalars()]
+        rows = await staff_jobs.find_jobs(
+            s, view=view, status=status, kind=kind, before=before, limit=limit
+        )
+        return [job_out(j) for j in rows]
 
 
 @router.get("/summary", response_model=JobsSummary, summary="How many jobs are in each status")
-async def summary(_key: ReadJobs, db: DB) -> JobsSummary:
+async def summary(actor: ReadJobs, db: DB) -> JobsSummary:
     async with db.read() as s:
         counts = await service.count_by_status(s)
     return JobsSummary(counts={status.value: counts.get(status.value, 0) for status in JobStatus})
 
 
 @router.post("/{job_id}/retry", response_model=JobOut, summary="Run a dead job again")
-async def retry_job(job_id: uuid.UUID, key: WriteJobs, db: DB) -> JobOut:
+async def retry_job(job_id: uuid.UUID, actor: ManageJobs, db: DB) -> JobOut:
     """A dead job goes back to the queue, due now, with its attempts counted from zero. Only a
-    dead job: a pending or running one is already on its way (`409 job-not-dead`)."""
+    dead job: a pending or running one is already on its way (`409 job-not-dead`). Audited."""
+    job = await db.run(lambda s: staff_jobs.retry_job(s, actor, job_id, utcnow()))
+    return job_out(job)
 
-    async def requeue(s: AsyncSession) -> OutboxJob:
-        job = await s.get(OutboxJob, job_id)
-        if job is None:
-            raise JobNotFound(field="job_id")
-        if not await service.requeue_dead(s, job_id):
-            raise JobNotDead(field="job_id")
-        await s.refresh(job)
-        return job
 
-    job = await db.run(requeue)
-    log.info("job.retried", job=str(job_id), kind=job.kind, by=f"apikey:{key.key_prefix}")
+@router.post("/{job_id}/discard", response_model=JobOut, summary="Give up on a dead job")
+async def discard_job(job_id: uuid.UUID, body: DiscardIn, actor: ManageJobs, db: DB) -> JobOut:
+    """A dead job closed without running (`done`, its last error saying who discarded it and
+    why): for work settled by hand. Only a dead job (`409 job-not-dead`). Audited."""
+    job = await db.run(lambda s: staff_jobs.discard_job(s, actor, job_id, body.note, utcnow()))
     return job_out(job)

@@ -1,8 +1,10 @@
 """The back office in a real browser: uvicorn serving the app in the test's event loop (with
 its outbox worker) on a database of its own, and Debian's Chromium driven by Playwright.
 
-Skipped without Playwright or Chromium unless `SIMCHARGE_REQUIRE_BROWSER=1`. SQLite only: the
-services these pages call are tested on both databases elsewhere."""
+Without Playwright or Chromium these tests fail when `SIMCHARGE_REQUIRE_BROWSER=1` (CI sets it)
+and are otherwise skipped with a reason that says what is missing and how to require them. They
+run on SQLite; on the PostgreSQL run they are skipped, saying so: the services these pages call
+are tested on both databases elsewhere."""
 
 from __future__ import annotations
 
@@ -35,19 +37,33 @@ def _why_not() -> str | None:
     return None
 
 
+def browser_required() -> bool:
+    return os.environ.get("SIMCHARGE_REQUIRE_BROWSER") == "1"
+
+
+def _unavailable(why: str) -> None:
+    if browser_required():
+        pytest.fail(f"the browser is required (SIMCHARGE_REQUIRE_BROWSER=1) but {why}")
+    pytest.skip(
+        f"back-office browser test not run: {why} "
+        "(set SIMCHARGE_REQUIRE_BROWSER=1 to make this a failure)"
+    )
+
+
 @pytest.fixture(scope="session")
 async def chromium() -> AsyncIterator[Any]:
     why = _why_not()
     if why:
-        if os.environ.get("SIMCHARGE_REQUIRE_BROWSER") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-    from playwright.async_api import async_playwright
+        _unavailable(why)
+    from playwright.async_api import Error, async_playwright
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
+        try:
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
+            )
+        except Error as exc:
+            _unavailable(f"Chromium does not start ({str(exc).splitlines()[0]})")
         yield browser
         await browser.close()
 
@@ -65,7 +81,10 @@ async def site(
     backend: Backend, fresh_db: Database, smtp_server: tuple[SmtpInbox, int]
 ) -> AsyncIterator[Site]:
     if backend.is_postgres:
-        pytest.skip("browser journeys run on SQLite")
+        pytest.skip(
+            "browser journeys run on SQLite only; the services their pages call run on "
+            "PostgreSQL in the other back-office tests"
+        )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])

@@ -1,5 +1,6 @@
-"""In Chromium: a ticket round trip (the customer writes, an agent signs in with the
-authenticator for the first time, answers and resolves) and a refund by finance."""
+"""In Chromium: a ticket round trip (the customer asks in the portal, an agent signs in with the
+authenticator for the first time, answers and resolves in the back office, the customer reads
+the answer in the portal) and a refund by finance."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Any
 import httpx
 import pyotp
 
+from simcharge.accounts.models import Account
 from simcharge.kit.clock import utcnow
 from tests.backoffice.browser.conftest import Site
 from tests.backoffice.helpers import STAFF_PASSWORD, new_staff
 from tests.orders.helpers import new_payer
+
+CUSTOMER_PASSWORD = "correct horse battery"
+"""What `tests.factories.create_account` gives every account."""
 
 
 async def _sign_in(page: Any, site: Site, username: str) -> None:
@@ -29,33 +34,58 @@ async def _sign_in(page: Any, site: Site, username: str) -> None:
     await page.wait_for_url(re.compile(r"/backoffice$"))
 
 
-async def test_a_ticket_round_trip(page: Any, site: Site) -> None:
+async def _submit(page: Any, form: str) -> None:
+    async with page.expect_navigation():
+        await page.click(f"{form} button[type=submit]")
+
+
+async def test_a_ticket_round_trip(page: Any, chromium: Any, site: Site) -> None:
+    """The customer asks in the portal; an agent (first sign-in: enrols the authenticator)
+    answers and resolves it in the back office; the customer reads the answer in the portal."""
     payer = await new_payer(site.db, site.settings)
     agent = await new_staff(site.db, site.settings, "agent", enrolled=False)
-    async with httpx.AsyncClient(base_url=site.base) as api:
-        r = await api.post(
-            "/api/v1/me/tickets",
-            headers=payer.auth,
-            json={
-                "subject": "My data does not work",
-                "body": "Since this morning, no data.",
-                "line_id": str(payer.line.id),
-            },
-        )
-        assert r.status_code == 201
-        ticket = r.json()
+    async with site.db.read() as s:
+        account = await s.get(Account, payer.account_id)
+        assert account is not None
+        username = account.username
+    # the customer, in a browser of their own
+    customer_context = await chromium.new_context(locale="en-US")
+    customer = await customer_context.new_page()
+    try:
+        await customer.goto(f"{site.base}/login")
+        await customer.fill("#f-login", username)
+        await customer.fill("#f-password", CUSTOMER_PASSWORD)
+        await _submit(customer, "form[action='/login']")
+        await customer.click("header a[href='/account/help']")
+        await customer.fill("#f-subject", "My data does not work")
+        await customer.fill("#f-body", "Since this morning, no data.")
+        await customer.select_option("#f-line", str(payer.line.id))
+        await _submit(customer, "form[action='/account/help']")
+        thread = customer.locator("[data-testid=thread]")
+        assert "Since this morning, no data." in await thread.inner_text()
+        ticket_url = customer.url
+        number = (await customer.locator("p.muted").first.inner_text()).split(" ")[0]
+        assert number.startswith("T"), number
+        # the agent, in the back office
         await _sign_in(page, site, agent.username)
         await page.get_by_role("link", name="Tickets").first.click()
-        await page.get_by_role("link", name=ticket["number"]).click()
+        await page.get_by_role("link", name=number).click()
         await page.get_by_text("Since this morning, no data.").wait_for()
         await page.get_by_label("Reply").fill("Please restart your phone; data is back.")
         await page.get_by_label("Then set status").select_option("resolved")
         await page.get_by_role("button", name="Send").click()
         await page.get_by_text("Done.").wait_for()
         await page.get_by_text("Please restart your phone; data is back.").wait_for()
-        mine = (await api.get(f"/api/v1/me/tickets/{ticket['id']}", headers=payer.auth)).json()
-    assert mine["status"] == "resolved"
-    assert mine["messages"][-1]["body"] == "Please restart your phone; data is back."
+        # the customer sees the answer and that it is resolved, in the portal
+        await customer.goto(ticket_url)
+        messages = await thread.locator("li").all_inner_texts()
+        assert len(messages) == 2
+        assert messages[0].startswith("You") and "Since this morning" in messages[0]
+        assert messages[1].startswith("Customer service")
+        assert "Please restart your phone; data is back." in messages[1]
+        assert (await customer.locator("span.state").first.inner_text()).strip() == "Resolved"
+    finally:
+        await customer_context.close()
 
 
 async def test_finance_refunds_an_order(page: Any, site: Site) -> None:
