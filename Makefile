@@ -58,7 +58,7 @@ messages: $(STAMP)
 	  --sort-by-file --omit-header -o $(LOCALES)/messages.pot src/simcharge
 	for l in $(LANGS); do \
 	  if [ -f $(LOCALES)/$$l/LC_MESSAGES/messages.po ]; then \
-	    $(BIN)/pybabel update --no-wrap -N -i $(LOCALES)/messages.pot -d $(LOCALES) -l $$l; \
+	    $(BIN)/pybabel update --no-wrap -N --ignore-obsolete -i $(LOCALES)/messages.pot -d $(LOCALES) -l $$l; \
 	  else $(BIN)/pybabel init --no-wrap -i $(LOCALES)/messages.pot -d $(LOCALES) -l $$l; fi; \
 	done
 
