@@ -25,11 +25,6 @@ _update_totals = (
     .values({name: bindparam(f"b_{name}") for name in _TOTALS})
 )
 
-_update_pending_status = (
-    update(transfers)
-    .where(transfers.c.id == bindparam("b_id"))
-    .values(pending_status=bindparam("b_status"))
-)
 
 
 # PostgreSQL only, for the commonest batch — one posted or pending transfer — in one statement,
@@ -208,12 +203,27 @@ class LedgerRepository:
         if params:
             await self.session.execute(_update_totals, params)
 
-    async def write_pending_statuses(self, statuses: dict[uuid.UUID, PendingStatus]) -> None:
-        if statuses:
-            await self.session.execute(
-                _update_pending_status,
-                [{"b_id": tid, "b_status": status.value} for tid, status in statuses.items()],
+    async def write_pending_statuses(
+        self, statuses: dict[uuid.UUID, PendingStatus]
+    ) -> set[uuid.UUID]:
+        """Resolve pending transfers: each status is written only where the row is still
+        `pending` (a transition, not an overwrite). Returns the ids that were changed."""
+        by_status: dict[PendingStatus, list[uuid.UUID]] = {}
+        for tid, status in statuses.items():
+            by_status.setdefault(status, []).append(tid)
+        changed: set[uuid.UUID] = set()
+        for status, ids in by_status.items():
+            stmt = (
+                update(transfers)
+                .where(
+                    transfers.c.id.in_(ids),
+                    transfers.c.pending_status == PendingStatus.pending.value,
+                )
+                .values(pending_status=status.value)
+                .returning(transfers.c.id)
             )
+            changed.update((await self.session.execute(stmt)).scalars())
+        return changed
 
     async def insert_accounts(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:

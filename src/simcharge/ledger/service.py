@@ -131,6 +131,12 @@ class ConcurrentInsert(RetryableError):
     """Another transaction created one of the batch's ids between our read and our write."""
 
 
+class PendingAlreadyResolved(RetryableError):
+    """A pending transfer this batch resolves was resolved by another transaction between our
+    read and our write (the row lock makes this a bug or a writer that bypassed the ledger;
+    run again, the batch is then judged on the row as it now is)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Accounts
 
@@ -588,7 +594,9 @@ async def create_transfers(
             raise ConcurrentInsert(sorted(set(ev.rows) - inserted))
         existing = await repo.get_transfers({t.id for t in batch})
     await repo.write_totals((aid, tuple(ev.accounts[aid].totals)) for aid in sorted(ev.touched))
-    await repo.write_pending_statuses(ev.status)
+    resolved = await repo.write_pending_statuses(ev.status)
+    if resolved != set(ev.status):
+        raise PendingAlreadyResolved(sorted(set(ev.status) - resolved))
     return [TransferOutcome(t.id, r) for t, r in zip(batch, results, strict=True)]
 
 
