@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -43,20 +47,39 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_every_command_has_help() -> None:
-    for args in (
-        ["--help"],
-        ["serve", "--help"],
-        ["worker", "--help"],
-        ["db", "upgrade", "--help"],
-        ["catalog", "load", "--help"],
-        ["lines", "import", "--help"],
-        ["demo", "--help"],
-        ["ledger", "verify", "--help"],
-        ["apikey", "create", "--help"],
-    ):
-        code, out = invoke(*args)
-        assert code == 0 and "Usage" in out, args
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command and group of the Typer app, with the words that invoke it (a group has
+    `commands`; Typer's own Click and Click's classes alike)."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+COMMANDS = list(_commands(typer.main.get_command(app)))
+
+
+def test_the_command_tree_is_what_the_readme_documents() -> None:
+    leaves = {" ".join(p) for p, c in COMMANDS if not hasattr(c, "commands")}
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = readme.split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
+    for leaf in leaves:
+        assert f"`simcharge {leaf}" in commands, f"simcharge {leaf} is not in README's Commands"
+    assert len(leaves) >= 13
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), COMMANDS, ids=[" ".join(p) or "simcharge" for p, _ in COMMANDS]
+)
+def test_every_command_and_group_has_help(path: tuple[str, ...], command: Any) -> None:
+    code, out = invoke(*path, "--help")
+    assert code == 0 and "Usage" in out, out
+    described = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+    assert command.help, f"{path}: no description"
+    for param in command.params:
+        assert getattr(param, "help", None), f"{path}: {param.name} has no help"
+    for paragraph in described:
+        # A line break inside a paragraph shows as a break mid-sentence in the command lists.
+        assert not re.search(r"[^\n]\n[^\n]", paragraph.strip()), f"{path}: {paragraph!r}"
 
 
 def test_the_console_script_is_installed() -> None:
@@ -155,3 +178,44 @@ def test_apikey_create_and_revoke(cli_env: str) -> None:
     assert invoke("apikey", "revoke", prefix)[0] == 0
     code, out = invoke("apikey", "revoke", prefix)
     assert code == 1 and "no live key" in out
+
+
+def _start(tmp_path: Path, command: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `simcharge COMMAND` with exactly these settings (none from the
+    developer's environment, no .env: the working directory is empty)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMCHARGE_")}
+    env.update({f"SIMCHARGE_{k.upper()}": v for k, v in settings.items()})
+    script = Path(sys.executable).with_name("simcharge")
+    return subprocess.run(
+        [str(script), *command.split()], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+
+
+@pytest.mark.parametrize("key", ["", "short-but-not-default"])
+@pytest.mark.parametrize("command", ["serve", "worker --drain"])
+def test_a_refused_production_start_says_why_in_one_line(
+    tmp_path: Path, key: str, command: str
+) -> None:
+    settings = {"env": "production", "base_url": "https://top.example"}
+    if key:
+        settings["secret_key"] = key
+    done = _start(tmp_path, command, **settings)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "simcharge: cannot start: SIMCHARGE_SECRET_KEY must be set to a random value of at "
+        "least 32 characters in production"
+    ]
+    assert key == "" or key not in done.stderr
+
+
+def test_every_invalid_setting_is_named_one_line_each(tmp_path: Path) -> None:
+    done = _start(tmp_path, "db current", env="staging", db_pool_size="0")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "simcharge: cannot start: SIMCHARGE_ENV: Input should be 'development', 'test' or "
+        "'production'",
+        "simcharge: cannot start: SIMCHARGE_DB_POOL_SIZE: Input should be greater than or "
+        "equal to 1",
+    ]

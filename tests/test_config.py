@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from simcharge.config import DEFAULT_SECRET_KEY, Environment, Settings
 
 GOOD_KEY = "k" * 40
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests fix every setting they look at; what the developer's shell or the Makefile
+    exports (`make` exports SIMCHARGE_BASE_URL from PORT) must not change what they see."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"SIMCHARGE_{name.upper()}", raising=False)
 
 
 def make(**kw: object) -> Settings:
     return Settings(_env_file=None, **kw)  # type: ignore[arg-type]
 
 
-def test_defaults_run_on_sqlite_under_var(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SIMCHARGE_DATABASE_URL", "SIMCHARGE_ENV", "SIMCHARGE_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
+def test_defaults_run_on_sqlite_under_var() -> None:
     s = make()
     assert s.env is Environment.development
     assert s.database_url == "sqlite+aiosqlite:///var/simcharge.db"
@@ -55,25 +68,70 @@ def test_bad_values_are_refused() -> None:
         make(default_currency="dollars")
 
 
-def test_every_setting_is_documented_with_its_default() -> None:
-    from pathlib import Path
+def shown(value: Any) -> str:
+    """A default as the README's table shows it."""
+    if value is None:
+        return "unset"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
 
-    root = Path(__file__).resolve().parents[1]
-    example = (root / ".env.example").read_text(encoding="utf-8")
-    readme = (root / "README.md").read_text(encoding="utf-8")
+
+def readme_defaults() -> dict[str, str]:
+    """The README's "Configuration" table: each setting's documented default."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, str] = {}
+    for row in section.splitlines():
+        if not row.startswith("| `SIMCHARGE_"):
+            continue
+        names_cell, default_cell = row.split("|")[1:3]
+        names = re.findall(r"`(SIMCHARGE_\w+)`", names_cell)
+        if default_cell.strip() == "unset":
+            values = ["unset"] * len(names)
+        else:
+            values = re.findall(r"`([^`]*)`", default_cell)
+        assert len(values) == len(names), f"one default per setting: {row}"
+        for name, value in zip(names, values, strict=True):
+            assert name not in documented, f"{name} is in the table twice"
+            documented[name] = value
+    return documented
+
+
+def test_every_setting_is_in_the_readme_with_its_default() -> None:
+    documented = readme_defaults()
     defaults = make()
     for name in Settings.model_fields:
         env = f"SIMCHARGE_{name.upper()}"
-        assert env in readme, f"{env} is not in the README"
-        value = getattr(defaults, name)
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        shown = (
-            "" if value is None else str(value.value if hasattr(value, "value") else value).lower()
-        )
-        documented = [
-            line for line in example.splitlines() if line.lstrip("# ").startswith(f"{env}=")
-        ]
-        assert documented, f"{env} is not in .env.example"
-        if value is not None:
-            assert documented[0].lstrip("# ").split("=", 1)[1].lower() == shown, env
+        assert env in documented, f"{env} is not in the README's configuration table"
+        assert documented[env] == shown(getattr(defaults, name)), f"{env}: README default"
+    unknown = set(documented) - {f"SIMCHARGE_{n.upper()}" for n in Settings.model_fields}
+    assert not unknown, f"the README documents settings that do not exist: {sorted(unknown)}"
+
+
+def test_env_example_shows_defaults_uncommented_and_examples_commented() -> None:
+    """`.env.example`: a setting that has a default is there uncommented with that default, so
+    copying the file changes nothing; a setting unset by default is there commented out, with
+    an example value."""
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    defaults = make()
+    for name in Settings.model_fields:
+        env = f"SIMCHARGE_{name.upper()}"
+        active = [line for line in lines if line.startswith(f"{env}=")]
+        commented = [line for line in lines if line.startswith(f"# {env}=")]
+        assert len(active) + len(commented) == 1, f"{env}: once in .env.example"
+        if getattr(defaults, name) is None:
+            assert commented, f"{env} is unset by default: its line must be a commented example"
+        else:
+            assert active, f"{env} has a default: its line must show it, uncommented"
+    # And read as simcharge reads an env file, the uncommented lines are exactly the defaults.
+    from_file = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
+    assert from_file.model_dump() == defaults.model_dump()
+    header = "\n".join(lines[:3]).lower()
+    assert "uncommented" in header and "example" in header

@@ -12,8 +12,9 @@ from typing import Annotated, TypeVar
 
 import typer
 import uvloop
+from pydantic import ValidationError
 
-from simcharge.config import Settings, get_settings
+from simcharge.config import Settings, get_settings, settings_problems
 from simcharge.db import Database
 
 T = TypeVar("T")
@@ -304,10 +305,12 @@ def demo() -> None:
     typer.echo("")
 
 
-@ledger_app.command("verify")
+@ledger_app.command(
+    "verify",
+    help="Check the books: every balance equals its transfers, each unit sums to zero, no "
+    "bound crossed, no reservation past its timeout. Exits 1 on any violation (read-only).",
+)
 def ledger_verify() -> None:
-    """Check the books: every balance equals its transfers, each unit sums to zero, no bound
-    crossed, no reservation past its timeout. Exits 1 on any violation (read-only)."""
     from simcharge.ledger.audit import LedgerReport, verify_ledger
 
     async def check(db: Database) -> LedgerReport:
@@ -426,9 +429,21 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        # A configuration refused at start (e.g. production with the default secret key): say
+        # what to fix, one line each, and exit; a traceback would only hide it.
+        for problem in settings_problems(exc):
+            typer.secho(f"simcharge: cannot start: {problem}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
-@usage_app.command("import")
+@usage_app.command(
+    "import",
+    help="Rate and charge usage records. Records charged before (same id) are skipped; bad "
+    "records are reported by line and do not stop the others (exit code 2 if any).",
+)
 def usage_import(
     file: Annotated[
         Path,
@@ -438,8 +453,6 @@ def usage_import(
         ),
     ],
 ) -> None:
-    """Rate and charge usage records. Records charged before (same id) are skipped; bad
-    records are reported by line and do not stop the others (exit code 2 if any)."""
     from simcharge.charging.batch import UsageReport, import_usage_records, read_usage_file
 
     settings = get_settings()

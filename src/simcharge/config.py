@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
@@ -246,6 +246,17 @@ class Settings(BaseSettings):
     def secure_cookies(self) -> bool:
         """Cookies are `Secure` (and `__Host-` prefixed) whenever the site is served over https."""
         return self.base_url.startswith("https://")
+
+
+def settings_problems(exc: ValidationError) -> list[str]:
+    """What is wrong with the settings, one line each, naming the variable to fix (never its
+    value: it may be a secret)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        loc = error.get("loc") or ()
+        problems.append(f"SIMCHARGE_{str(loc[0]).upper()}: {message}" if loc else message)
+    return problems
 
 
 @lru_cache(maxsize=1)

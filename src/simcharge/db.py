@@ -195,28 +195,34 @@ def table_of(model: type[DeclarativeBase]) -> Table:
     return cast(Table, model.__table__)
 
 
-_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+# SQLSTATEs worth running the transaction again for, and what the retry metric calls them.
+_RETRYABLE_SQLSTATES = {"40001": "serialization_failure", "40P01": "deadlock"}
 
 
 class RetryableError(Exception):
     """Raised by a service when the transaction lost a race and should simply run again."""
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """A deadlock, a serialization failure, a busy SQLite database, a lost race, or a
-    connection that died (the pool replaces it)."""
+def retry_reason(exc: BaseException) -> str | None:
+    """Why a failed transaction is worth running again — a deadlock, a serialization failure,
+    a busy SQLite database, a lost race, or a connection that died (the pool replaces it) —
+    or None when it is not."""
     if isinstance(exc, RetryableError):
-        return True
+        return type(exc).__name__
     if not isinstance(exc, DBAPIError):
-        return False
+        return None
     if exc.connection_invalidated:
-        return True
+        return "disconnect"
     orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if state in _RETRYABLE_SQLSTATES:
-        return True
+        return _RETRYABLE_SQLSTATES[state]
     text = str(orig).lower()
-    return "database is locked" in text or "deadlock detected" in text
+    if "deadlock detected" in text:
+        return "deadlock"
+    if "database is locked" in text:
+        return "database_locked"
+    return None
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -338,9 +344,10 @@ class Database:
                 await self._commit(session)
                 return result
             except (DBAPIError, RetryableError) as exc:
-                if self._bound or attempt == attempts or not is_retryable(exc):
+                reason = retry_reason(exc)
+                if self._bound or attempt == attempts or reason is None:
                     raise
-                DB_RETRIES.labels(type(exc).__name__).inc()
+                DB_RETRIES.labels(reason).inc()
                 await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * random.random())  # noqa: S311
         raise AssertionError("unreachable")
 

@@ -50,9 +50,13 @@ class Move:
 
 @dataclass(frozen=True)
 class Resolve:
+    """Post (part of) or void a pending transfer: one made earlier, or one earlier in the same
+    batch. In a batch it may be linked, like a move, so failed chains undo resolutions too."""
+
     which: int
     amount: int | None
     void: bool
+    linked: bool
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,10 @@ class Tick:
 
 @dataclass(frozen=True)
 class Replay:
+    """Send an accepted transfer again: as it was, or with one field changed (`alter`)."""
+
     which: int
-    alter: bool
+    alter: str | None
 
 
 # Mostly well-formed moves between two accounts of one unit; now and then an invalid one
@@ -82,17 +88,23 @@ moves = st.builds(
     timeout=st.sampled_from([0, 0, 5, 30]),
     linked=st.sampled_from([False, False, False, True]),
 )
+resolutions = st.builds(
+    Resolve,
+    which=st.integers(0, 1000),
+    amount=st.one_of(st.none(), st.integers(0, 320)),
+    void=st.booleans(),
+    linked=st.sampled_from([False, False, True]),
+)
 operations = st.lists(
     st.one_of(
-        st.lists(moves, min_size=1, max_size=4),
-        st.builds(
-            Resolve,
-            which=st.integers(0, 1000),
-            amount=st.one_of(st.none(), st.integers(0, 320)),
-            void=st.booleans(),
-        ),
+        # A batch: moves, and posts or voids among them (linked chains mix both).
+        st.lists(st.one_of(moves, moves, resolutions), min_size=1, max_size=5),
         st.builds(Tick, seconds=st.integers(1, 40)),
-        st.builds(Replay, which=st.integers(0, 1000), alter=st.booleans()),
+        st.builds(
+            Replay,
+            which=st.integers(0, 1000),
+            alter=st.sampled_from([None, None, "code", "kind", "key"]),
+        ),
     ),
     min_size=1,
     max_size=25,
@@ -149,20 +161,55 @@ class Run:
             code="prop",
         )
 
+    def to_resolution(self, r: Resolve, candidates: list[uuid.UUID]) -> NewTransfer:
+        return NewTransfer(
+            id=uuid7(),
+            amount=None if r.void else r.amount,
+            kind=TransferKind.void_pending if r.void else TransferKind.post_pending,
+            pending_id=candidates[r.which % len(candidates)],
+            linked=r.linked,
+            code="prop",
+        )
+
+    def altered(self, t: NewTransfer, alter: str | None) -> NewTransfer:
+        """`t` with one field changed that a replay is compared on (each change valid on its
+        own, so that the answer can only be `exists_with_different_fields`)."""
+        if alter == "code":
+            return replace(t, code="altered")
+        swapped = {
+            TransferKind.posted: TransferKind.pending,
+            TransferKind.pending: TransferKind.posted,
+            TransferKind.post_pending: TransferKind.void_pending,
+            TransferKind.void_pending: TransferKind.post_pending,
+        }
+        if alter == "kind":
+            return replace(t, kind=swapped[t.kind], timeout_s=0)
+        if alter == "key":
+            if t.pending_id is not None:  # another pending transfer
+                return replace(t, pending_id=uuid7())
+            other = next(
+                a for a, unit in self.accounts
+                if unit == t.unit and a not in (t.debit_account_id, t.credit_account_id)
+            )
+            return replace(t, debit_account_id=other)
+        return t
+
     async def apply(self, op: Any) -> None:
         batch: list[NewTransfer]
         if isinstance(op, list):
-            batch = [self.to_transfer(m) for m in op]
-        elif isinstance(op, Resolve):
-            if not self.pending:
+            batch = []
+            for item in op:
+                if isinstance(item, Move):
+                    batch.append(self.to_transfer(item))
+                    continue
+                # Pending transfers made before, and those made earlier in this batch.
+                candidates = self.pending + [
+                    b.id for b in batch if b.kind is TransferKind.pending
+                ]
+                if candidates:
+                    batch.append(self.to_resolution(item, candidates))
+            if not batch:
                 return
-            pid = self.pending[op.which % len(self.pending)]
-            kind = TransferKind.void_pending if op.void else TransferKind.post_pending
-            batch = [
-                NewTransfer(
-                    uuid7(), None if op.void else op.amount, kind=kind, pending_id=pid, code="prop"
-                )
-            ]
         elif isinstance(op, Tick):
             self.now += timedelta(seconds=op.seconds)
             before = await snapshot(self.session)
@@ -173,13 +220,8 @@ class Run:
         else:
             if not self.sent:
                 return
-            original = self.sent[op.which % len(self.sent)]
-            # Altered: another `code`, a field every replay is compared on.
-            batch = [
-                replace(original, code="altered", linked=False)
-                if op.alter
-                else replace(original, linked=False)
-            ]
+            original = replace(self.sent[op.which % len(self.sent)], linked=False)
+            batch = [self.altered(original, op.alter)]
         before = await snapshot(self.session)
         outcomes = await create_transfers(self.session, batch, now=self.now)
         stored = await stored_ids(self.session, [t.id for t in batch])
@@ -198,9 +240,9 @@ class Run:
                 assert transfer.id not in stored, outcome
         if not any(o.result is TransferResult.ok for o in outcomes):
             assert await snapshot(self.session) == before, "a refused batch changed balances"
-        if isinstance(op, Replay) and not op.alter:
+        if isinstance(op, Replay) and op.alter is None:
             assert outcomes[0].result is TransferResult.exists
-        if isinstance(op, Replay) and op.alter:
+        if isinstance(op, Replay) and op.alter is not None:
             assert outcomes[0].result is TransferResult.exists_with_different_fields
 
 

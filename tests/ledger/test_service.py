@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -84,7 +85,9 @@ async def test_replay_is_exists_even_when_the_balance_has_since_run_out(
     assert [o.result for o in await create_transfers(session, [transfer])] == [R.exists]
 
 
-@pytest.mark.parametrize("change", ["amount", "credit", "code", "reference"])
+@pytest.mark.parametrize(
+    "change", ["amount", "debit", "credit", "unit", "kind", "code", "reference"]
+)
 async def test_same_id_other_fields_is_an_error(session: AsyncSession, change: str) -> None:
     _, wallet = await funded(session, 1000)
     sink = await create_ledger_account(session)
@@ -93,7 +96,10 @@ async def test_same_id_other_fields_is_an_error(session: AsyncSession, change: s
     await create_transfers(session, [t(wallet, sink, 100, id=tid, code="a", reference="r")])
     variants = {
         "amount": t(wallet, sink, 101, id=tid, code="a", reference="r"),
+        "debit": t(other, sink, 100, id=tid, code="a", reference="r"),
         "credit": t(wallet, other, 100, id=tid, code="a", reference="r"),
+        "unit": t(wallet, sink, 100, "CNY", id=tid, code="a", reference="r"),
+        "kind": t(wallet, sink, 100, id=tid, code="a", reference="r", kind=TransferKind.pending),
         "code": t(wallet, sink, 100, id=tid, code="b", reference="r"),
         "reference": t(wallet, sink, 100, id=tid, code="a", reference="s"),
     }
@@ -388,6 +394,65 @@ async def test_pending_and_post_in_one_batch(session: AsyncSession) -> None:
     assert status == PendingStatus.posted
 
 
+async def pending_status_of(session: AsyncSession, pid: uuid.UUID) -> str | None:
+    return (
+        await session.execute(select(LedgerTransfer.pending_status).where(LedgerTransfer.id == pid))
+    ).scalar_one()
+
+
+@pytest.mark.parametrize("kind", [TransferKind.post_pending, TransferKind.void_pending])
+async def test_failed_chain_leaves_the_pending_unresolved(
+    session: AsyncSession, kind: TransferKind
+) -> None:
+    """A post or void that succeeded inside a linked chain whose later member fails is undone
+    with the chain: the reservation is still pending, still held, and can be resolved later."""
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 60)
+    before = await transfer_count(session)
+    resolve = NewTransfer(
+        uuid7(), 10 if kind is TransferKind.post_pending else None, kind=kind, pending_id=pid,
+        linked=True,
+    )
+    outcomes = await create_transfers(session, [resolve, t(wallet, sink, 1000)])
+    assert [o.result for o in outcomes] == [R.linked_event_failed, R.exceeds_credits]
+    assert await pending_status_of(session, pid) == PendingStatus.pending
+    assert await transfer_count(session) == before
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.debits_posted, w.balance) == (60, 0, 40)
+    # A later chain in the same batch sees the reservation unresolved too.
+    outcomes = await create_transfers(
+        session,
+        [
+            NewTransfer(uuid7(), kind=TransferKind.void_pending, pending_id=pid, linked=True),
+            t(wallet, sink, 1000),
+            NewTransfer(uuid7(), 60, kind=TransferKind.post_pending, pending_id=pid),
+        ],
+    )
+    assert [o.result for o in outcomes] == [R.linked_event_failed, R.exceeds_credits, R.ok]
+    assert await pending_status_of(session, pid) == PendingStatus.posted
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.debits_posted, w.balance) == (0, 60, 40)
+
+
+async def test_a_pending_status_changes_only_while_it_is_pending(session: AsyncSession) -> None:
+    """The status write is a conditional transition (`… WHERE pending_status = 'pending'`), not
+    an overwrite: a resolved transfer keeps its status whatever a later write asks for."""
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    posted, open_ = await reserve(session, wallet, sink, 10), await reserve(session, wallet, sink, 10)
+    await post_transfers(
+        session, [NewTransfer(uuid7(), kind=TransferKind.post_pending, pending_id=posted)]
+    )
+    repo = LedgerRepository(session)
+    changed = await repo.write_pending_statuses(
+        {posted: PendingStatus.voided, open_: PendingStatus.voided}
+    )
+    assert changed == {open_}
+    assert await pending_status_of(session, posted) == PendingStatus.posted
+    assert await pending_status_of(session, open_) == PendingStatus.voided
+
+
 async def test_timed_out_reservation_cannot_be_posted_and_is_released_by_the_sweep(
     session: AsyncSession,
 ) -> None:
@@ -426,6 +491,41 @@ async def test_replayed_pending_transfer_compares_its_timeout(session: AsyncSess
     assert (await create_transfers(session, [first]))[0].result is R.exists
     other = t(wallet, sink, 10, kind=TransferKind.pending, timeout_s=61, id=pid)
     assert (await create_transfers(session, [other]))[0].result is R.exists_with_different_fields
+
+
+@pytest.mark.parametrize("change", ["pending_id", "kind", "amount", "debit", "unit"])
+async def test_replayed_resolution_with_other_fields_is_an_error(
+    session: AsyncSession, change: str
+) -> None:
+    """A post (or void) replayed under its id must name the same pending transfer, the same
+    kind and amount; accounts and unit, when given, must be the pending transfer's."""
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    first, second = await reserve(session, wallet, sink, 30), await reserve(session, wallet, sink, 30)
+    tid = uuid7()
+    post = NewTransfer(tid, 10, kind=TransferKind.post_pending, pending_id=first)
+    assert (await create_transfers(session, [post]))[0].result is R.ok
+    assert (await create_transfers(session, [post]))[0].result is R.exists
+    with_accounts = NewTransfer(
+        tid, 10, "USD", wallet, sink, kind=TransferKind.post_pending, pending_id=first
+    )
+    assert (await create_transfers(session, [with_accounts]))[0].result is R.exists
+    variants = {
+        "pending_id": replace(post, pending_id=second),
+        "kind": replace(post, kind=TransferKind.void_pending, amount=None),
+        "amount": replace(post, amount=11),
+        "debit": replace(with_accounts, debit_account_id=sink, credit_account_id=wallet),
+        "unit": replace(post, unit="CNY"),
+    }
+    before = await ledger_account(session, wallet)
+    [outcome] = await create_transfers(session, [variants[change]])
+    assert outcome.result is R.exists_with_different_fields
+    after = await ledger_account(session, wallet)
+    assert (after.debits_pending, after.debits_posted) == (
+        before.debits_pending,
+        before.debits_posted,
+    )
+    assert await pending_status_of(session, second) == PendingStatus.pending
 
 
 async def test_postgres_fast_path_runs_inside_the_callers_transaction(fresh_db: Database) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 import structlog
@@ -12,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from simcharge.api.deps import DB
-from simcharge.errors import NotFound, registered_problem_types
+from simcharge.errors import NotFound, ServiceUnavailable, registered_problem_types
 from simcharge.kit.translations import N_
 from simcharge.metrics import exposition, refresh_levels
 
@@ -25,6 +26,20 @@ _DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; frame-ancestors 'none'"
 )
+
+
+class NotReady(ServiceUnavailable):
+    """`/readyz`: the process cannot serve now (its database does not answer); a load balancer
+    sends traffic elsewhere until it can."""
+
+    slug = "not-ready"
+
+    def __init__(self, database: str) -> None:
+        super().__init__()
+        self.database = database
+
+    def extra(self) -> dict[str, Any]:
+        return {"database": self.database}
 
 
 _STATUS = {
@@ -68,11 +83,12 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(db: DB) -> JSONResponse:
-    """The process can serve: its database answers."""
+    """The process can serve: its database answers. If not: 503, a `not-ready` problem."""
     try:
         await db.ping()
-    except Exception:  # noqa: BLE001 - whatever fails, the answer is "not ready"
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the answer is "not ready"
+        log.warning("readyz.database_unreachable", error=type(exc).__name__)
+        raise NotReady(database="unreachable") from None
     return JSONResponse({"status": "ok", "database": "ok"})
 
 

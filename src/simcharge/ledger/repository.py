@@ -25,11 +25,6 @@ _update_totals = (
     .values({name: bindparam(f"b_{name}") for name in _TOTALS})
 )
 
-_update_pending_status = (
-    update(transfers)
-    .where(transfers.c.id == bindparam("b_id"))
-    .values(pending_status=bindparam("b_status"))
-)
 
 
 # PostgreSQL only, for the commonest batch — one posted or pending transfer — in one statement,
@@ -88,16 +83,8 @@ UPDATE ledger_accounts a
 """
 
 
-def _fast_params(row: dict[str, Any]) -> tuple[Any, ...]:
-    """$1–$4 of both statements: the accounts and the deltas."""
-    pending = row["kind"] == "pending"
-    amount = row["amount"]
-    return (
-        row["debit_account_id"],
-        row["credit_account_id"],
-        amount if pending else 0,
-        0 if pending else amount,
-    )
+FastTransfer = tuple[Any, ...]
+"""The 13 parameters of `_FAST_TRANSFER`, in order (`ledger.service` builds them)."""
 
 
 def _pool_connection(session: Session) -> Any:
@@ -128,22 +115,10 @@ class LedgerRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def try_transfer(self, row: dict[str, Any]) -> tuple[list[uuid.UUID], bool]:
-        """PostgreSQL: the one-statement transfer of a posted or pending `row`. Returns the
-        accounts it updated and whether the transfer was inserted; when it was not, the
-        updates must be reversed with `undo_try_transfer`."""
-        params = (
-            *_fast_params(row),
-            row["unit"],
-            row["id"],
-            row["amount"],
-            row["kind"],
-            row["pending_status"],
-            row["timeout_at"],
-            row["code"],
-            row["reference"],
-            row["created_at"],
-        )
+    async def try_transfer(self, params: FastTransfer) -> tuple[list[uuid.UUID], bool]:
+        """PostgreSQL: the one-statement transfer. Returns the accounts it updated and whether
+        the transfer was inserted; when it was not, the updates must be reversed with
+        `undo_try_transfer`."""
         driver = await driver_in_transaction(self.session)
         if driver is not None:
             result = await driver.fetchrow(_FAST_TRANSFER, *params)
@@ -154,13 +129,13 @@ class LedgerRepository:
             updated, inserted = found[0], found[1]
         return list(updated or ()), bool(inserted)
 
-    async def undo_try_transfer(self, row: dict[str, Any], updated: list[uuid.UUID]) -> None:
-        params = (*_fast_params(row), updated)
+    async def undo_try_transfer(self, params: FastTransfer, updated: list[uuid.UUID]) -> None:
+        undo = (*params[:4], updated)
         driver = await driver_in_transaction(self.session)
         if driver is not None:
-            await driver.execute(_UNDO_FAST_TRANSFER, *params)
+            await driver.execute(_UNDO_FAST_TRANSFER, *undo)
         else:
-            await (await self.session.connection()).exec_driver_sql(_UNDO_FAST_TRANSFER, params)
+            await (await self.session.connection()).exec_driver_sql(_UNDO_FAST_TRANSFER, undo)
 
     async def lock_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
         """The accounts' rows, locked in id order (one order for everyone: fewer deadlocks)."""
@@ -208,12 +183,27 @@ class LedgerRepository:
         if params:
             await self.session.execute(_update_totals, params)
 
-    async def write_pending_statuses(self, statuses: dict[uuid.UUID, PendingStatus]) -> None:
-        if statuses:
-            await self.session.execute(
-                _update_pending_status,
-                [{"b_id": tid, "b_status": status.value} for tid, status in statuses.items()],
+    async def write_pending_statuses(
+        self, statuses: dict[uuid.UUID, PendingStatus]
+    ) -> set[uuid.UUID]:
+        """Resolve pending transfers: each status is written only where the row is still
+        `pending` (a transition, not an overwrite). Returns the ids that were changed."""
+        by_status: dict[PendingStatus, list[uuid.UUID]] = {}
+        for tid, status in statuses.items():
+            by_status.setdefault(status, []).append(tid)
+        changed: set[uuid.UUID] = set()
+        for status, ids in by_status.items():
+            stmt = (
+                update(transfers)
+                .where(
+                    transfers.c.id.in_(ids),
+                    transfers.c.pending_status == PendingStatus.pending.value,
+                )
+                .values(pending_status=status.value)
+                .returning(transfers.c.id)
             )
+            changed.update((await self.session.execute(stmt)).scalars())
+        return changed
 
     async def insert_accounts(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
