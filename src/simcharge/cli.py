@@ -81,8 +81,8 @@ def serve(
 ) -> None:
     """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false).
 
-    With several web processes, /metrics adds up all of them: PROMETHEUS_MULTIPROC_DIR (emptied
-    at start) or, unset, a temporary directory."""
+    With several web processes, /metrics adds up all of them: PROMETHEUS_MULTIPROC_DIR (emptied at start) or, unset, a temporary directory.
+    """  # noqa: E501 - Typer shows each paragraph as written: one line each
     import uvicorn
 
     from simcharge.kit.logging import configure_logging
@@ -124,9 +124,10 @@ def worker(
         str, typer.Option(help="Interface for --metrics-port.")
     ] = "127.0.0.1",
 ) -> None:
-    """Run outbox jobs (e-mails, provider calls, sweeps) until stopped with SIGTERM or Ctrl-C:
-    on SIGTERM nothing more is claimed, the jobs in hand get SIMCHARGE_WORKER_SHUTDOWN_GRACE_SECONDS
-    to finish, the rest go back to the queue, and the exit status is 0."""
+    """Run outbox jobs (e-mails, provider calls, sweeps) until stopped with SIGTERM or Ctrl-C.
+
+    On SIGTERM nothing more is claimed, the jobs in hand get SIMCHARGE_WORKER_SHUTDOWN_GRACE_SECONDS to finish, the rest go back to the queue, and the exit status is 0.
+    """  # noqa: E501 - Typer shows each paragraph as written: one line each
     from simcharge.kit.logging import configure_logging
     from simcharge.metrics import serve_metrics
     from simcharge.worker.runner import Worker
