@@ -346,8 +346,35 @@ async def line_balances(
     session: AsyncSession, line: Line, *, now: datetime | None = None
 ) -> LineBalances:
     """Money and, per unit, what is left in buckets that have not expired, soonest expiry first."""
-    now = now or utcnow()
     wallet, rows = await LineRepository(session).wallet_and_buckets(line)
+    return _balances(line, wallet, rows, now or utcnow())
+
+
+async def balances_of(
+    session: AsyncSession, lines: Sequence[Line], *, now: datetime | None = None
+) -> dict[uuid.UUID, LineBalances]:
+    """`line_balances` of several lines in one query (a customer's page shows them all)."""
+    if not lines:
+        return {}
+    now = now or utcnow()
+    wallets: dict[uuid.UUID, Any] = {}
+    held: dict[uuid.UUID, list[Any]] = {line.id: [] for line in lines}
+    for row in await LineRepository(session).holdings_of([line.id for line in lines]):
+        if row.bucket_id is not None:
+            held[row.line_id].append(row)
+        else:
+            wallets[row.id] = row
+    out = {}
+    for line in lines:
+        rows = sorted(
+            held[line.id],
+            key=lambda r: (r.unit, r.expires_at is None, r.expires_at or now, r.created_at),
+        )
+        out[line.id] = _balances(line, wallets[line.wallet_account_id], rows, now)
+    return out
+
+
+def _balances(line: Line, wallet: Any, rows: Sequence[Any], now: datetime) -> LineBalances:
     units: dict[str, UnitBalance] = {}
     for row in rows:
         if row.expires_at is not None and row.expires_at <= now:
