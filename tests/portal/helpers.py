@@ -99,7 +99,8 @@ async def portal_order(
         "csrf": csrf_of(review.text), "idempotency_key": key.group(1), **query})
     assert r.status_code == 303, r.text
     records = await client.get("/account/records")
-    found = re.search(r'href="/account/orders/([0-9a-f-]{36})"', records.text)
+    orders = records.text.split("<table>")[2]  # "My orders", newest first
+    found = re.search(r'href="/account/orders/([0-9a-f-]{36})"', orders)
     assert found
     return uuid.UUID(found.group(1)), r.headers["location"]
 
