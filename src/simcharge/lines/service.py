@@ -350,28 +350,39 @@ async def line_balances(
     return _balances(line, wallet, rows, now or utcnow())
 
 
-async def balances_of(
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """The balances of several lines, and which line each of their ledger accounts (wallet,
+    every bucket, expired or not) belongs to."""
+
+    balances: dict[uuid.UUID, LineBalances]
+    accounts: dict[uuid.UUID, uuid.UUID]
+
+
+async def holdings_of(
     session: AsyncSession, lines: Sequence[Line], *, now: datetime | None = None
-) -> dict[uuid.UUID, LineBalances]:
+) -> Holdings:
     """`line_balances` of several lines in one query (a customer's page shows them all)."""
     if not lines:
-        return {}
+        return Holdings({}, {})
     now = now or utcnow()
     wallets: dict[uuid.UUID, Any] = {}
     held: dict[uuid.UUID, list[Any]] = {line.id: [] for line in lines}
+    accounts: dict[uuid.UUID, uuid.UUID] = {}
     for row in await LineRepository(session).holdings_of([line.id for line in lines]):
+        accounts[row.id] = row.line_id
         if row.bucket_id is not None:
             held[row.line_id].append(row)
         else:
             wallets[row.id] = row
-    out = {}
+    balances = {}
     for line in lines:
         rows = sorted(
             held[line.id],
             key=lambda r: (r.unit, r.expires_at is None, r.expires_at or now, r.created_at),
         )
-        out[line.id] = _balances(line, wallets[line.wallet_account_id], rows, now)
-    return out
+        balances[line.id] = _balances(line, wallets[line.wallet_account_id], rows, now)
+    return Holdings(balances, accounts)
 
 
 def _balances(line: Line, wallet: Any, rows: Sequence[Any], now: datetime) -> LineBalances:

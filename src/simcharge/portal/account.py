@@ -29,7 +29,7 @@ from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.schemas import LineBalances
-from simcharge.lines.service import balances_of, line_balances
+from simcharge.lines.service import holdings_of, line_balances
 from simcharge.notifications.service import mark_read, notices_of
 from simcharge.notifications.templates import render_subject
 from simcharge.orders import service as orders
@@ -176,11 +176,11 @@ async def dashboard(
     # Four queries whatever the number of lines: lines, their balances, activity, notices.
     async with db.read() as s:
         lines = list(await accounts.own_lines(s, account_id))
-        balances = await balances_of(s, lines, now=now)
-        recent = await records_of(s, lines, limit=5)
+        held = await holdings_of(s, lines, now=now)
+        recent = await records_of(s, lines, limit=5, accounts=held.accounts)
         notices = await notices_of(s, account_id, limit=5, unread_only=False)
     policy = Policy.of(settings)
-    cards = [line_card(line, balances[line.id], now, policy) for line in lines]
+    cards = [line_card(line, held.balances[line.id], now, policy) for line in lines]
     language = page.language
     shown = []
     for n in notices:
