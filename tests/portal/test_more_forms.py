@@ -25,6 +25,7 @@ from simcharge.auth.sessions import open_session
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
+from simcharge.lines.models import LineState
 from simcharge.lines.service import credit_wallet
 from simcharge.orders.models import Order
 from tests.conftest import SmtpInbox
@@ -465,3 +466,52 @@ async def test_the_sandbox_page_has_no_inline_style(
     css = await client.get("/sandbox/sandbox.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert "button.pay" in css.text
+
+
+# --- adding a line; signing out ------------------------------------------------------------------
+
+
+async def test_a_line_is_added_with_the_code_sent_to_it(
+    client: httpx.AsyncClient, db: Database, settings: Settings, deliver: Any
+) -> None:
+    from tests.conftest import last_sms_code
+
+    customer = await new_customer(db, settings)
+    bought = await db.run(lambda s: create_line(s, state=LineState.available))
+    sign_in(client, customer)
+    r = await post_form(client, "/account/lines/add", "/account/lines/add",
+                        {"msisdn": bought.msisdn})
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/account/lines/add?") and "sent=1" in r.headers[
+        "location"]
+    step_two = await client.get(r.headers["location"])
+    assert "We have sent a code by SMS to this line." in step_two.text
+    await deliver()
+    code = last_sms_code(bought.msisdn)
+    wrong = "000000" if code != "000000" else "111111"
+    r = await client.post("/account/lines/add", data={
+        "csrf": csrf_of(step_two.text), "msisdn": bought.msisdn, "code": wrong})
+    assert r.status_code in (400, 401, 409, 422) and 'class="alert bad"' in r.text
+    assert 'id="f-code"' in r.text  # still on the second step
+    r = await client.post("/account/lines/add", data={
+        "csrf": csrf_of(step_two.text), "msisdn": bought.msisdn, "code": code})
+    assert r.status_code == 303 and r.headers["location"] == "/account"
+    assert bought.msisdn in (await client.get("/account")).text
+    # Not one of the operator's numbers: said by its field.
+    r = await post_form(client, "/account/lines/add", "/account/lines/add",
+                        {"msisdn": "+14155559999"})
+    assert r.status_code == 404 and 'id="e-msisdn"' in r.text
+
+
+async def test_signing_out_ends_the_session(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    r = await post_form(client, "/account", "/logout", {})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert "sc_session" in r.headers.get("set-cookie", "")
+    again = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    async with again:
+        again.cookies.set("sc_session", customer.token)
+        assert (await again.get("/account")).status_code == 303
