@@ -117,3 +117,20 @@ async def pay_on_sandbox_page(
     r = await client.post(f"/sandbox/pay/{sid}",
                           data={"action": action, "token": page_token(settings, sid)})
     assert r.status_code == 303, r.text
+
+
+async def two_step_on(client: httpx.AsyncClient) -> tuple[str, list[str], str]:
+    """Turn two-step verification on from the security page, as a customer does: returns the
+    app's secret, the recovery codes shown, and the session's new token (a privilege change
+    gives the session a new one)."""
+    import pyotp
+
+    r = await post_form(client, "/account/security", "/account/security/totp",
+                        {"password": PASSWORD})
+    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', r.text)
+    assert secret
+    r = await client.post("/account/security/totp/confirm", data={
+        "csrf": csrf_of(r.text), "code": pyotp.TOTP(secret.group(1)).now()})
+    assert r.status_code == 200
+    codes = re.findall(r"<li>([^<]+)</li>", r.text.split("recovery-codes", 1)[1])
+    return secret.group(1), codes, r.cookies["sc_session"]

@@ -38,6 +38,7 @@ from tests.portal.helpers import (
     portal_order,
     post_form,
     sign_in,
+    two_step_on,
 )
 
 pytestmark = pytest.mark.usefixtures("shop")
@@ -97,23 +98,12 @@ async def test_an_unlock_request_for_anyone_answers_alike(
 # --- two-step verification: new recovery codes, turning it off ------------------------------
 
 
-async def _two_step_on(client: httpx.AsyncClient) -> tuple[str, list[str]]:
-    r = await post_form(client, "/account/security", "/account/security/totp",
-                        {"password": PASSWORD})
-    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', r.text)
-    assert secret
-    r = await client.post("/account/security/totp/confirm", data={
-        "csrf": csrf_of(r.text), "code": pyotp.TOTP(secret.group(1)).now()})
-    assert r.status_code == 200
-    return secret.group(1), re.findall(r"<li>([^<]+)</li>", r.text.split("recovery-codes", 1)[1])
-
-
 async def test_new_recovery_codes_replace_the_old_ones(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     customer = await new_customer(db, settings)
     sign_in(client, customer)
-    _, old = await _two_step_on(client)
+    _, old, _ = await two_step_on(client)
     assert len(old) == 10
     r = await post_form(client, "/account/security", "/account/security/recovery-codes",
                         {"password": "not my password"})
@@ -141,7 +131,7 @@ async def test_two_step_verification_is_turned_off_with_password_and_code(
 ) -> None:
     customer = await new_customer(db, settings)
     sign_in(client, customer)
-    secret, _ = await _two_step_on(client)
+    secret, _, _ = await two_step_on(client)
     totp = pyotp.TOTP(secret)
     # The step just used to turn it on cannot be used again; the next one can.
     r = await post_form(client, "/account/security", "/account/security/totp/disable",
