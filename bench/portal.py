@@ -62,7 +62,9 @@ async def _usage(s: AsyncSession, line: Line, buckets: list[object], rng: random
     """A few weeks of usage taken from the line's buckets, as charging posts it."""
     now = utcnow()
     shard = chart.shard_of(line.id)
-    units = {"VOICE_S": (60, 900), "DATA_B": (1024**2, 40 * 1024**2), "SMS": (1, 1)}
+    # Within what the buckets hold: 8 records each, at most 4,800 s of 6,000, 320 MB of 2 GB,
+    # 8 of 50 SMS.
+    units = {"VOICE_S": (60, 600), "DATA_B": (1024**2, 40 * 1024**2), "SMS": (1, 1)}
     sinks = {unit: chart.consumption(unit, shard) for unit in units}
     await ensure_accounts(s, list(sinks.values()))
     transfers = []
