@@ -28,5 +28,7 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-# The web process; compose.yaml runs the same image as `simcharge worker` too.
+# The web processes. With more than one, `serve` gives them a shared PROMETHEUS_MULTIPROC_DIR
+# (a temporary one unless set) so that /metrics adds up all of them. compose.yaml runs the same
+# image as `simcharge db upgrade` (once) and `simcharge worker --metrics-port 9100` too.
 CMD ["simcharge", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--proxy-headers"]

@@ -5,12 +5,16 @@ through the sandbox for `--duration` seconds (its webhooks sent several times, d
 reordered), give top-ups to each other, cancel, decline, re-check; finance refunds. Meanwhile
 a random web or worker process is killed with SIGKILL every few seconds and restarted, and
 PostgreSQL is restarted once in immediate mode (as after a crash). Then the load stops, what is
-due is left to drain, and the books are checked: per unit the ledger sums to zero, every stored
+due is left to drain (retries waiting out their backoff are made due), the processes are
+stopped with SIGTERM, and the books are checked: per unit the ledger sums to zero, every stored
 balance equals its transfers, no bounded balance crossed, every payment the sandbox reports
-paid is credited exactly once (and nothing else is), no job lost, no reservation left open.
-Exit status 1 on any violation.
+paid is credited exactly once (and nothing else is), no job lost or left waiting for a retry,
+no reservation left open. Exit status 1 on any violation — also when PostgreSQL could not be
+restarted (unless --no-postgres-restart), when a customer got a server error other than a 503
+while PostgreSQL restarted, or when a process did not stop on SIGTERM.
 
     python -m chaos [--duration 60] [--customers 24] [--no-postgres-restart]
+                    [--postgres-restart-command "docker restart -t 0 pg"]
 """
 
 from __future__ import annotations
@@ -30,8 +34,15 @@ import httpx
 import uvloop
 from sqlalchemy.engine import make_url
 
-from chaos.checks import due_jobs, open_reservations, paid_but_pending, verify
-from chaos.cluster import BIN, ROOT, Cluster, postgres_restart_command
+from chaos.checks import (
+    bring_retries_forward,
+    due_jobs,
+    open_reservations,
+    paid_but_pending,
+    server_error_verdict,
+    verify,
+)
+from chaos.cluster import BIN, GRACE_SECONDS, ROOT, Cluster, postgres_restart_command
 from chaos.customers import Crowd, Customer
 from simcharge.accounts.models import Account
 from simcharge.auth.apikeys import create_api_key
@@ -102,20 +113,22 @@ async def seed(
 
 
 async def storm(cluster: Cluster, rng: random.Random, until: float, every: tuple[float, float],
-                pg_restart_at: float | None, pg_port: int, events: list[str]) -> None:
-    restart = postgres_restart_command(pg_port) if pg_restart_at is not None else None
+                pg_restart_at: float | None, restart: list[str] | None, events: list[str],
+                restarts: list[tuple[float, float]]) -> None:
     if pg_restart_at is not None and restart is None:
-        log("no local PostgreSQL cluster to restart: skipping that fault")
+        log("no PostgreSQL to restart (no local cluster on that port, no restart command)")
     while time.monotonic() < until:
         await asyncio.sleep(rng.uniform(*every))
         if time.monotonic() >= until:
             break
         if restart is not None and pg_restart_at is not None and time.monotonic() >= pg_restart_at:
             log("restarting PostgreSQL (immediate)")
+            began = time.monotonic()
             # Output to a file, not a pipe: the restarted server inherits it and keeps it open.
             with (cluster.logs / "postgres-restart.log").open("ab") as out:
                 proc = await asyncio.create_subprocess_exec(*restart, stdout=out, stderr=out)
-                code = await proc.wait()
+                code = await asyncio.wait_for(proc.wait(), 120)
+            restarts.append((began, time.monotonic()))
             events.append(f"postgres restart (exit {code})")
             if code != 0:
                 raise RuntimeError(f"PostgreSQL restart failed: see {cluster.logs}")
@@ -149,6 +162,7 @@ async def run(args: argparse.Namespace) -> int:
         "SIMCHARGE_DB_POOL_SIZE": "8",
         # A killed worker's jobs come back after this (every handler is safe to run twice).
         "SIMCHARGE_WORKER_LEASE_SECONDS": "10",
+        "SIMCHARGE_WORKER_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
         # Quotas valid 20 s: a session the network drops is timed out soon after.
         "SIMCHARGE_CHARGING_VALIDITY_SECONDS": "20",
         "SIMCHARGE_CHARGING_SESSION_GRACE_SECONDS": "5",
@@ -168,11 +182,16 @@ async def run(args: argparse.Namespace) -> int:
         start = time.monotonic()
         until = start + args.duration
         events: list[str] = []
+        restarts: list[tuple[float, float]] = []
         pg_at = None if args.no_postgres_restart else start + args.duration * 0.5
+        restart = (
+            None if pg_at is None
+            else postgres_restart_command(url.port or 5432, args.postgres_restart_command)
+        )
         log(f"load and faults for {args.duration:.0f} s")
         await asyncio.gather(
-            storm(cluster, rng, until, (args.kill_min, args.kill_max), pg_at, url.port or 5432,
-                  events),
+            storm(cluster, rng, until, (args.kill_min, args.kill_max), pg_at, restart, events,
+                  restarts),
             *(crowd.live(c, until) for c in customers),
         )
         log(f"load over: {dict(crowd.stats)}")
@@ -185,8 +204,10 @@ async def run(args: argparse.Namespace) -> int:
         db = Database.from_url(db_url, pool_size=4)
         log("draining: letting the workers finish what is due; customers re-check paid orders")
         drain_until = time.monotonic() + args.drain
+        brought_forward = 0
         async with httpx.AsyncClient(timeout=10) as http:
             while time.monotonic() < drain_until:
+                brought_forward += await bring_retries_forward(db)
                 stuck = await paid_but_pending(db)
                 due = await due_jobs(db)
                 held = await open_reservations(db)
@@ -202,6 +223,17 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.sleep(1)
         await cluster.stop_all()
         verdict = await verify(db)
+        verdict.facts["retries brought forward to drain"] = brought_forward
+        server_error_verdict(verdict, crowd.server_errors, restarts)
+        verdict.violations += [
+            f"{name} did not stop within {GRACE_SECONDS} s + 20 s of SIGTERM (killed)"
+            for name in cluster.forced
+        ]
+        if not args.no_postgres_restart and not restarts:
+            verdict.violations.append(
+                "PostgreSQL was not restarted: no local cluster listens on that port and no "
+                "--postgres-restart-command was given (or run with --no-postgres-restart)"
+            )
     finally:
         await cluster.stop_all()
         await db.dispose()
@@ -241,7 +273,14 @@ def main() -> None:
     parser.add_argument("--kill-max", type=float, default=5.0)
     parser.add_argument("--drain", type=float, default=120, help="seconds allowed to drain")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--no-postgres-restart", action="store_true")
+    parser.add_argument("--no-postgres-restart", action="store_true",
+                        help="skip that fault (otherwise a run that cannot restart it fails)")
+    parser.add_argument(
+        "--postgres-restart-command",
+        default=os.environ.get("SIMCHARGE_CHAOS_POSTGRES_RESTART"),
+        help="how to restart PostgreSQL at once (default: pg_ctlcluster … restart -m immediate "
+        "for the local cluster on the URL's port)",
+    )
     sys.exit(uvloop.run(run(parser.parse_args())))
 
 

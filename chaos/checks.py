@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
+from chaos.customers import ServerError
 from simcharge.db import Database
 from simcharge.ledger.audit import verify_ledger
 
@@ -33,6 +36,14 @@ _JOBS = text(
     FROM outbox_jobs GROUP BY status
     """
 )
+# Pending jobs not due yet, by kind: retries waiting out their backoff (attempts > 0) — work
+# not done — and jobs deferred on purpose (a refund's follow-up).
+_LATER = text(
+    """
+    SELECT kind, attempts > 0 AS retry, COUNT(*) FROM outbox_jobs
+    WHERE status = 'pending' AND run_at > now() GROUP BY kind, attempts > 0
+    """
+)
 
 
 @dataclass
@@ -43,6 +54,30 @@ class Verdict:
     def check(self, ok: bool, what: str) -> None:
         if not ok:
             self.violations.append(what)
+
+
+RECOVERY_SECONDS = 20.0
+"""After PostgreSQL is back, how long the processes may still find the database unavailable
+(the pools notice dropped connections as they use them)."""
+
+
+def server_error_verdict(
+    v: Verdict, errors: Iterable[ServerError], restarts: Iterable[tuple[float, float]]
+) -> None:
+    """5xx answers the customers got. One kind is expected: `503 service-unavailable` (the
+    database cannot be reached: nothing was done, the client retries) while PostgreSQL restarts
+    and shortly after. Every other one — a 500, a 503 at any other time — is a violation."""
+    windows = list(restarts)
+    expected: Counter[str] = Counter()
+    unexpected: Counter[str] = Counter()
+    for e in errors:
+        during_restart = any(start <= e.at <= end + RECOVERY_SECONDS for start, end in windows)
+        if e.status == 503 and e.type.endswith("/service-unavailable") and during_restart:
+            expected[e.route] += 1
+        else:
+            unexpected[f"{e.status} {e.type} on {e.route}"] += 1
+    v.facts["503 while PostgreSQL restarted (retried)"] = sum(expected.values())
+    v.violations += [f"server error: {what} ({n}×)" for what, n in sorted(unexpected.items())]
 
 
 async def paid_but_pending(db: Database) -> list[str]:
@@ -68,6 +103,19 @@ async def due_jobs(db: Database) -> int:
         return int(n.scalar_one())
 
 
+async def bring_retries_forward(db: Database) -> int:
+    """Make the retries that wait out their backoff due now, so that the drain runs them (the
+    run cannot wait up to an hour for the last backoff). Returns how many."""
+    async with db.transaction() as s:
+        result = await s.execute(
+            text(
+                "UPDATE outbox_jobs SET run_at = now() WHERE status = 'pending'"
+                " AND attempts > 0 AND run_at > now()"
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def open_reservations(db: Database) -> int:
     """Reservations still held, and charging sessions still open (the sweep times them out)."""
     async with db.read() as s:
@@ -80,12 +128,14 @@ async def open_reservations(db: Database) -> int:
         return int(n.scalar_one())
 
 
-async def verify(db: Database) -> Verdict:
+async def verify(db: Database, *, min_paid: int = MIN_PAID) -> Verdict:
+    """Every promise, checked on the database as the run left it."""
     v = Verdict()
     async with db.read() as s:
         ledger = await verify_ledger(s)
         orders = (await s.execute(_ORDERS)).all()
         jobs = {row[0]: (int(row[1]), int(row[2] or 0)) for row in await s.execute(_JOBS)}
+        later = (await s.execute(_LATER)).all()
         events = (
             await s.execute(
                 text("SELECT COUNT(*) FROM provider_events")
@@ -126,7 +176,10 @@ async def verify(db: Database) -> Verdict:
             v.check(state not in CREDITED, f"order {order_id}: {provider_state} but {state}")
             v.check(sales == 0, f"order {order_id}: not paid but booked {sales} time(s)")
     v.facts["orders"] = dict(sorted(by_state.items()))
-    v.check(paid >= MIN_PAID, f"only {paid} order(s) paid: too little happened to prove anything")
+    v.check(
+        paid >= min_paid,
+        f"only {paid} order(s) paid: too little happened to prove anything (at least {min_paid})",
+    )
     v.facts["paid at the sandbox"] = paid
     v.facts["provider events stored"] = events[0]
     v.facts["refunds"] = refunds
@@ -140,4 +193,13 @@ async def verify(db: Database) -> Verdict:
     v.check(due == 0, f"{due} job(s) due but not run: the outbox did not drain")
     v.check("running" not in jobs, f"{jobs.get('running', (0, 0))[0]} job(s) left running")
     v.check("dead" not in jobs, f"{jobs.get('dead', (0, 0))[0]} dead job(s)")
+    retrying = {kind: int(n) for kind, retry, n in later if retry}
+    v.check(
+        not retrying,
+        f"{sum(retrying.values())} failed job(s) still waiting for a retry {retrying}: "
+        "the outbox did not drain",
+    )
+    deferred = {kind: int(n) for kind, retry, n in later if not retry}
+    if deferred:
+        v.facts["jobs scheduled for later"] = deferred
     return v

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+GRACE_SECONDS = 10
+"""What the processes are given to stop (a worker's jobs in hand, a web process's requests)."""
+STOP_SECONDS = GRACE_SECONDS + 20
 
 
 @dataclass
@@ -41,13 +45,16 @@ class Cluster:
     workers: int
     procs: list[Proc] = field(default_factory=list)
     supervisor_restarts: list[str] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)
+    """Processes that did not stop within `STOP_SECONDS` of SIGTERM and were killed."""
 
     def __post_init__(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         simcharge = str(BIN / "simcharge")
         for i, port in enumerate(self.web_ports):
             self.procs.append(
-                Proc(f"web{i + 1}", [simcharge, "serve", "--port", str(port)],
+                Proc(f"web{i + 1}", [simcharge, "serve", "--port", str(port),
+                                     "--graceful-seconds", str(GRACE_SECONDS)],
                      self.logs / f"web{i + 1}.log", port=port)
             )
         for i in range(self.workers):
@@ -118,23 +125,28 @@ class Cluster:
         await self.start(proc)
 
     async def stop_all(self) -> None:
-        """SIGTERM, as an operator stops them; SIGKILL after 20 s."""
-        for p in self.procs:
-            if p.process is not None and p.process.returncode is None:
-                p.process.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            if p.process is None:
-                continue
+        """SIGTERM, as an operator stops them; SIGKILL after `STOP_SECONDS`, recorded in
+        `forced` (a graceful shutdown that does not end is a fault)."""
+        stopping = [p for p in self.procs if p.process is not None and p.process.returncode is None]
+        for p in stopping:
+            assert p.process is not None
+            p.process.send_signal(signal.SIGTERM)
+        for p in stopping:
+            assert p.process is not None
             try:
-                await asyncio.wait_for(p.process.wait(), 20)
+                await asyncio.wait_for(p.process.wait(), STOP_SECONDS)
             except TimeoutError:
+                self.forced.append(p.name)
                 p.process.kill()
                 await p.process.wait()
 
 
-def postgres_restart_command(port: int) -> list[str] | None:
-    """`pg_ctlcluster … restart -m immediate` for the local Debian cluster listening on `port`
-    (immediate: as after a crash), or None where there is no such cluster to restart."""
+def postgres_restart_command(port: int, given: str | None = None) -> list[str] | None:
+    """The command that restarts PostgreSQL at once: `given` (e.g. `docker restart -t 0 pg`,
+    `pg_ctl restart -m immediate -D …`), or `pg_ctlcluster … restart -m immediate` for the local
+    Debian cluster listening on `port` (immediate: as after a crash); None where there is none."""
+    if given:
+        return shlex.split(given)
     if shutil.which("pg_lsclusters") is None:
         return None
     listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)

@@ -21,8 +21,32 @@ _TOKEN = re.compile(r'name="token" value="([^"]+)"')
 RETRYABLE = {502, 503, 504}
 
 
+_ID = re.compile(r"/[0-9a-fA-F-]{16,}|/[A-Za-z0-9_-]{20,}")
+
+
 class GaveUp(Exception):
     """A request kept failing for longer than a client would keep trying."""
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """A 5xx answer a customer got (retried or not)."""
+
+    at: float
+    """`time.monotonic()` when it came."""
+    status: int
+    type: str
+    """The problem's `type` (`/problems/service-unavailable`…), or what the body was."""
+    route: str
+    """Method and path, ids replaced by `{id}`."""
+
+
+def _problem_type(r: httpx.Response) -> str:
+    try:
+        found = r.json().get("type")
+    except (ValueError, AttributeError):
+        found = None
+    return str(found) if found else f"(no problem type: {r.headers.get('content-type', '?')})"
 
 
 @dataclass
@@ -60,6 +84,7 @@ class Crowd:
     stats: Counter[str] = field(default_factory=Counter)
     owner: dict[str, Customer] = field(default_factory=dict)
     """Order id → the customer who placed it."""
+    server_errors: list[ServerError] = field(default_factory=list)
 
     async def request(
         self, http: httpx.AsyncClient, method: str, path: str, *, give_up_after: float = 30,
@@ -72,9 +97,13 @@ class Crowd:
             url = self.rng.choice(self.urls) + path
             try:
                 r = await http.request(method, url, **kw)
+                if r.status_code >= 500:
+                    self.server_errors.append(ServerError(
+                        time.monotonic(), r.status_code, _problem_type(r),
+                        f"{method} {_ID.sub('/{id}', path)}",
+                    ))
+                    self.stats["server errors"] += 1
                 if r.status_code not in RETRYABLE:
-                    if r.status_code >= 500:
-                        self.stats["server_errors"] += 1
                     return r
             except httpx.TransportError:
                 pass

@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from sqlalchemy import text
+
+from tests.conftest import RUN_TAG, Backend, _pg_create, _pg_drop, _pg_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMCHARGE = str(Path(sys.executable).with_name("simcharge"))
@@ -92,6 +99,72 @@ def test_serve_with_two_workers_writes_json_logs_with_request_ids_and_no_secrets
     assert "sck_live" not in text
 
 
+def _metric(body: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{"):
+            have = dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].rsplit("}", 1)[0]))
+            if have == labels:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_serve_with_two_workers_adds_up_their_metrics_and_finishes_requests_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"left by an earlier run")
+    (metrics_dir / "notes.txt").write_text("not prometheus_client's: left alone")
+    env = {
+        **os.environ,
+        "SIMCHARGE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'prod.db'}",
+        "SIMCHARGE_ENV": "development",
+        "SIMCHARGE_WORKER_IN_PROCESS": "false",
+        "SIMCHARGE_AUTH_MIN_RESPONSE_MS": "3000",
+        "SIMCHARGE_LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    subprocess.run([SIMCHARGE, "db", "upgrade"], env=env, check=True, capture_output=True)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [SIMCHARGE, "serve", "--workers", "2", "--port", str(port), "--graceful-seconds", "20"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_until_up(f"{base}/readyz", proc)
+        assert not (metrics_dir / "counter_999999.db").exists()
+        assert (metrics_dir / "notes.txt").exists()
+        for _ in range(30):  # a new connection each: the two processes share them
+            assert httpx.get(f"{base}/healthz").status_code == 200
+        pids = {f.stem.rsplit("_", 1)[-1] for f in metrics_dir.glob("*.db")}
+        assert len(pids) >= 2, pids  # both processes count into the shared directory
+        body = httpx.get(f"{base}/metrics").text
+        # Whichever process answered the scrape, it counts every process's requests.
+        assert _metric(body, "simcharge_http_requests_total",
+                       method="GET", route="/healthz", status="200") == 30
+
+        # A request in flight when the server is told to stop still gets its answer.
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(
+                httpx.post, f"{base}/api/v1/auth/password/forgot",
+                json={"login": "nobody@example.com", "channel": "email"}, timeout=30,
+            )
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            answer = slow.result(timeout=30)
+        assert answer.status_code == 202, answer.text
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "server.log").read_text()
+    assert "Warning" not in output and "Traceback" not in output, output
+
+
 def _env_file(path: Path) -> dict[str, str]:
     found = {}
     for line in path.read_text().splitlines():
@@ -110,24 +183,52 @@ def _setting_names() -> set[str]:
     return {f"SIMCHARGE_{name.upper()}" for name in Settings.model_fields}
 
 
-def test_compose_runs_postgres_redis_web_and_worker_with_real_settings() -> None:
+def test_compose_migrates_once_then_runs_web_and_worker_with_real_settings() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "web", "worker"}
-    web, worker = services["web"], services["worker"]
-    assert web["build"] == "." and worker["image"] == web["image"]
-    assert "simcharge db upgrade" in " ".join(web["command"])  # migrations on start
-    assert "serve" in " ".join(web["command"]) and worker["command"][:2] == ["simcharge", "worker"]
-    assert web["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert worker["depends_on"]["web"]["condition"] == "service_healthy"
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker"}
+    migrate, web, worker = services["migrate"], services["web"], services["worker"]
+    # One image, built once, run three ways.
+    assert migrate["build"] == "." and web["image"] == worker["image"] == migrate["image"]
+    assert migrate["command"] == ["simcharge", "db", "upgrade"] and migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for service in (web, worker):  # only once the migrations succeeded, and never themselves
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert "upgrade" not in " ".join(service["command"])
+    assert web["command"][:2] == ["simcharge", "serve"] and "--workers" in web["command"]
+    assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert worker["command"][:2] == ["simcharge", "worker"]
+    port = worker["command"][worker["command"].index("--metrics-port") + 1]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(worker["healthcheck"]["test"])
     names = _setting_names()
-    for service in (web, worker):
+    for service in (migrate, web, worker):
         assert service["env_file"] == "deploy/production.env"
         env = service["environment"]
         assert env["SIMCHARGE_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert env["SIMCHARGE_REDIS_URL"].startswith("redis://redis:")
+        assert env["SIMCHARGE_WORKER_IN_PROCESS"] == "false"
         assert set(env) - NOT_SIMCHARGE <= names, set(env) - names
     assert "pgdata" in compose["volumes"]
+
+
+def test_several_web_processes_get_a_shared_metrics_directory_even_unasked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image's default command runs `serve --workers 2` with no PROMETHEUS_MULTIPROC_DIR."""
+    from simcharge.metrics import MULTIPROC_ENV, prepare_multiprocess
+
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    assert prepare_multiprocess(1) is None and MULTIPROC_ENV not in os.environ
+    made = prepare_multiprocess(2)
+    try:
+        assert made is not None and made.is_dir() and not any(made.iterdir())
+        assert os.environ[MULTIPROC_ENV] == str(made)  # inherited by the processes uvicorn starts
+    finally:
+        if made is not None:
+            made.rmdir()
+    text = (ROOT / "Dockerfile").read_text()
+    cmd = next(line for line in text.splitlines() if line.startswith("CMD "))
+    assert '"serve"' in cmd and '"--workers", "2"' in cmd
 
 
 def test_the_production_env_example_names_real_settings_and_loads(
@@ -148,6 +249,13 @@ def test_the_production_env_example_names_real_settings_and_loads(
     assert settings.env is Environment.production and settings.log_json
     assert settings.stripe_secret_key is None  # empty: not set, so Stripe is not offered
     assert settings.alipay_private_key_file is None
+
+
+def test_the_production_env_example_names_every_setting() -> None:
+    """Set, or commented out with its default: an operator sees every knob in one file."""
+    text = (ROOT / "deploy" / "production.env.example").read_text()
+    named = set(re.findall(r"^#? ?(SIMCHARGE_[A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    assert _setting_names() - named == set()
 
 
 def test_the_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
@@ -186,3 +294,49 @@ def test_library_log_records_are_json_lines_too(capfd: pytest.CaptureFixture[str
         assert records[1]["level"] == "error" and "ValueError: boom" in records[1]["exception"]
     finally:
         configure_logging("INFO", json=False)
+
+
+@pytest.mark.postgres_only
+async def test_two_upgrades_started_at_once_migrate_one_after_the_other(backend: Backend) -> None:
+    """As two containers of a new release starting together: both succeed, the schema once."""
+    from sqlalchemy import inspect
+
+    from simcharge import migrate
+    from simcharge.db import create_engine
+
+    name = f"simcharge_migrate_{uuid.uuid4().hex[:8]}_{RUN_TAG}"
+    await _pg_create(name)
+    url = _pg_url(name)
+    try:
+        env = {**os.environ, "SIMCHARGE_DATABASE_URL": url, "SIMCHARGE_ENV": "development"}
+        procs = [
+            await asyncio.create_subprocess_exec(
+                SIMCHARGE, "db", "upgrade", env=env, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for _ in range(2)
+        ]
+        done = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
+        outputs = [out.decode() for out, _ in done]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        head = migrate.head_revision()
+        assert all(f"database at revision {head}" in out for out in outputs), outputs
+        engine = create_engine(url, null_pool=True)
+        try:
+            assert await migrate.current_revision(engine) == head
+            async with engine.connect() as conn:
+                tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
+                versions = (await conn.execute(text("SELECT * FROM alembic_version"))).all()
+                # The lock is released: nobody holds it once both are done.
+                held = await conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND database ="
+                        " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                )
+                assert held.scalar_one() == 0
+        finally:
+            await engine.dispose()
+        assert "outbox_jobs" in tables and len(versions) == 1
+    finally:
+        await _pg_drop(name)

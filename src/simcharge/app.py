@@ -125,7 +125,8 @@ def create_app(
     document_problems(app)
     install_backoffice(app)
     add_routes(app, *ROUTERS)
-    if settings.env is not Environment.production:
+    if settings.env is Environment.development:
+        # Never elsewhere: the page shows every code sent (a staging server runs as `test`).
         add_routes(app, dev_router)
     if settings.sandbox_on:
         add_routes(app, sandbox_router)

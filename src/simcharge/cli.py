@@ -78,14 +78,20 @@ def serve(
         int, typer.Option(min=1, help="On SIGTERM, how long open requests may finish.")
     ] = 30,
 ) -> None:
-    """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false)."""
+    """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false).
+
+    With several web processes, /metrics adds up all of them: PROMETHEUS_MULTIPROC_DIR (emptied
+    at start) or, unset, a temporary directory."""
     import uvicorn
 
     from simcharge.kit.logging import configure_logging
+    from simcharge.metrics import prepare_multiprocess
 
     settings = get_settings()
     # uvicorn's own records go through our handler (JSON in production), not its formatters.
     configure_logging(settings.log_level, json=settings.log_json)
+    # Before uvicorn starts the processes: they inherit the directory and count into it.
+    prepare_multiprocess(workers)
 
     uvicorn.run(
         "simcharge.app:create_app",
@@ -105,9 +111,23 @@ def serve(
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 4,
     drain: Annotated[bool, typer.Option(help="Run what is due now, then exit.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SIMCHARGE_WORKER_METRICS_PORT", min=1, max=65535,
+            help="Serve this worker's Prometheus metrics (jobs run, fulfilment delay of the "
+            "orders it credits) at http://HOST:PORT/metrics. Default: not served.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface for --metrics-port.")
+    ] = "127.0.0.1",
 ) -> None:
-    """Run outbox jobs (e-mails, provider calls, sweeps) until stopped with SIGTERM or Ctrl-C."""
+    """Run outbox jobs (e-mails, provider calls, sweeps) until stopped with SIGTERM or Ctrl-C:
+    on SIGTERM nothing more is claimed, the jobs in hand get SIMCHARGE_WORKER_SHUTDOWN_GRACE_SECONDS
+    to finish, the rest go back to the queue, and the exit status is 0."""
     from simcharge.kit.logging import configure_logging
+    from simcharge.metrics import serve_metrics
     from simcharge.worker.runner import Worker
 
     settings = get_settings()
@@ -124,7 +144,13 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await w.run(stop)
+        server = serve_metrics(metrics_port, metrics_host)[0] if metrics_port else None
+        try:
+            await w.run(stop)
+        finally:
+            if server is not None:
+                await asyncio.to_thread(server.shutdown)
+                server.server_close()
 
     _run(work)
 

@@ -56,8 +56,11 @@ class Settings(BaseSettings):
 
     worker_in_process: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
-    worker_lease_seconds: int = Field(default=300, ge=5)
-    """How long a claimed job is a worker's: if the worker dies, the job runs again after this."""
+    worker_lease_seconds: int = Field(default=60, ge=5)
+    """How long a claimed job is a worker's without news from it: the worker renews the lease
+    every third of it while the job runs; if the worker dies, the job runs again after this."""
+    worker_job_timeout_seconds: float = Field(default=600.0, gt=0)
+    """A job still running after this is cancelled and retried later (with backoff)."""
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     """On shutdown, how long jobs in hand may finish; those still running are then given back."""
 

@@ -219,6 +219,22 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in text or "deadlock detected" in text
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached now: the connection was refused or dropped, or the server
+    is starting or shutting down (a restart, a failover). Worth answering 503 and retrying later,
+    unlike a fault of the request itself."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # wrapped by SQLAlchemy and the adapter
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if type(seen).__name__ in _DISCONNECTS or isinstance(seen, ConnectionError):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return False
+
+
 class Database:
     """What a process needs to reach its database: engines, session factories, transactions."""
 

@@ -3,25 +3,31 @@
 Counters and histograms are counted where things happen, per process. The levels that live in
 the database (orders by state and method, the outbox) are gauges read from it when `/metrics`
 is scraped (`refresh_levels`, at most once every `LEVELS_MAX_AGE` seconds per process), so they
-are the same whichever process answers. With several web processes (`serve --workers N`), set
-`PROMETHEUS_MULTIPROC_DIR` to an empty directory shared by them: `/metrics` then adds up every
-process's counters (prometheus_client's multiprocess mode).
+are the same whichever process answers. With several web processes (`serve --workers N`),
+`PROMETHEUS_MULTIPROC_DIR` names a directory shared by them (`serve` empties it at start, or makes
+a temporary one when it is unset): `/metrics` then adds up every process's counters
+(prometheus_client's multiprocess mode). A `simcharge worker` serves its own metrics (its jobs,
+and the fulfilment delay of the orders its reconciliation credits) on `--metrics-port`.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from datetime import UTC
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client import multiprocess as _multiprocess
 from sqlalchemy import func, select
@@ -29,7 +35,12 @@ from sqlalchemy import func, select
 from simcharge.kit.clock import utcnow
 
 if TYPE_CHECKING:
+    from threading import Thread
+    from wsgiref.simple_server import WSGIServer
+
     from simcharge.db import Database
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter(
     "simcharge_http_requests_total", "HTTP requests handled", ["method", "route", "status"]
@@ -97,6 +108,7 @@ OLDEST_DUE = Gauge(
 
 LEVELS_MAX_AGE = 5.0
 _levels_read_at = float("-inf")
+_order_pairs_shown: set[tuple[str, str]] = set()
 
 
 async def refresh_levels(db: Database, *, max_age: float | None = None) -> None:
@@ -130,9 +142,14 @@ async def refresh_levels(db: Database, *, max_age: float | None = None) -> None:
                 )
             )
         ).one()
-    ORDER_LEVELS.clear()
-    for state, method, n in orders:
+    # Not ORDER_LEVELS.clear(): a no-op in multiprocess mode. A pair gone from the database
+    # (its last order moved on) is shown as 0 instead.
+    levels = {(state, method): int(n) for state, method, n in orders}
+    for pair in _order_pairs_shown - levels.keys():
+        ORDER_LEVELS.labels(*pair).set(0)
+    for (state, method), n in levels.items():
         ORDER_LEVELS.labels(state, method).set(n)
+    _order_pairs_shown.update(levels)
     for status in JobStatus:
         JOB_LEVELS.labels(status.value).set(jobs.get(status.value, 0))
     JOBS_DUE.set(due)
@@ -142,10 +159,39 @@ async def refresh_levels(db: Database, *, max_age: float | None = None) -> None:
     _levels_read_at = time.monotonic()
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text: this process's, or every process's in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def _registry() -> CollectorRegistry:
+    """This process's metrics, or every process's in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text: this process's, or every process's in multiprocess mode."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def prepare_multiprocess(processes: int) -> Path | None:
+    """Before the web processes start (in their parent): empty the `PROMETHEUS_MULTIPROC_DIR`
+    they will share — files left by an earlier run would add its counts to this one's — or,
+    when it is unset and there will be several processes, make a temporary one and set it, so
+    that `/metrics` adds up all of them whichever answers. Returns the directory in use."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        if processes <= 1:
+            return None
+        made = Path(tempfile.mkdtemp(prefix="simcharge-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(made)
+        return made
+    directory = Path(given)
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.glob("*.db"):  # prometheus_client's files only, nothing else
+        entry.unlink(missing_ok=True)
+    return directory
+
+
+def serve_metrics(port: int, host: str) -> tuple[WSGIServer, Thread]:
+    """Serve `/metrics` of this process (a worker's) on `host:port`, in a thread."""
+    return start_http_server(port, addr=host, registry=_registry())

@@ -1,18 +1,28 @@
-"""Running Alembic from code, on a connection we already hold (so it works inside asyncio)."""
+"""Running Alembic from code, on a connection we already hold (so it works inside asyncio).
+
+On PostgreSQL an upgrade or downgrade holds an advisory lock for its whole run, so that several
+processes started at once (containers of a new release, `--scale web=2`) migrate one after the
+other: the first applies the migrations, the others then find the schema at head and do nothing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 FILE_TEMPLATE = "%%(year)d-%%(month).2d-%%(day).2d-%%(hour).2d%%(minute).2d_%%(slug)s"
+MIGRATION_LOCK = int.from_bytes(b"simcharg", "big") & (2**63 - 1)
+"""The key of the PostgreSQL advisory lock held while migrating (any 64-bit number of our own)."""
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -41,14 +51,32 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+@asynccontextmanager
+async def migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Hold the migration lock on `conn` (PostgreSQL; waits while another process holds it).
+    A session-level lock: it spans the migrations' own transactions and is released at the end
+    (or when the connection drops, if the process dies)."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+    await conn.commit()
+    try:
+        yield
+    finally:
+        await conn.rollback()
+        await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+        await conn.commit()
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.connect() as conn:
+    async with engine.connect() as conn, migration_lock(conn):
         await conn.run_sync(_upgrade, revision)
         await conn.commit()
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with engine.connect() as conn:
+    async with engine.connect() as conn, migration_lock(conn):
         await conn.run_sync(_downgrade, revision)
         await conn.commit()
 

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import Database
 from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
+from simcharge.notifications.transports import dev_mailbox
 from tests.auth.helpers import (
     PASSWORD,
     Deliver,
@@ -67,17 +68,72 @@ async def test_changing_the_email_address(
     assert r.status_code == 422 and problem(r)["field"] == "email"
 
 
-async def test_a_contact_taken_meanwhile_is_refused_at_verification(
+async def test_changing_the_phone_number(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+    old, new = str(customer.phone), "+14155559876"
+    r = await client.patch("/api/v1/me", headers=customer.auth, json={"phone": "+1 415-555-9876"})
+    assert r.json()["phone"] == old and r.json()["phone_pending"] == new
+    await deliver()
+    # The old number is told at once, by SMS; the new one gets the code.
+    assert "A change of your phone number to +1415***9876 was requested." in sms_to(old)[-1]
+    code = last_sms_code(new)
+    # Until the code is entered, the old number is the one that signs in.
+    assert (await login(client, new)).status_code == 401
+    r = await client.post(
+        "/api/v1/auth/verify", headers=customer.auth, json={"channel": "phone", "code": code}
+    )
+    assert r.status_code == 200 and r.json()["phone"] == new and r.json()["phone_pending"] is None
+    await deliver()
+    assert "Your phone number was changed to +1415***9876." in sms_to(old)[-1]
+    assert (await login(client, new)).status_code == 200
+    assert (await login(client, old)).status_code == 401
+
+
+def sms_to(number: str) -> list[str]:
+    return [m.text for m in dev_mailbox if m.channel == "sms" and m.to == number]
+
+
+async def test_a_contact_of_another_account_gets_no_code_and_its_holder_is_told(
     client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
 ) -> None:
     first = await signup(client, inbox, deliver)
     second = await signup(client, inbox, deliver)
-    await client.patch("/api/v1/me", headers=second.auth, json={"email": first.email})
+    inbox.messages.clear()
+    r = await client.patch("/api/v1/me", headers=second.auth, json={"email": first.email})
+    # The answer is the one of any change (the address is pending), and reveals nothing.
+    assert r.status_code == 200 and r.json()["email_pending"] == first.email
     await deliver()
+    assert [m["Subject"] for m in inbox.to(str(first.email))] == [
+        "Someone tried to use your address or number"
+    ]
     r = await client.post(
-        "/api/v1/auth/verify",
-        headers=second.auth,
-        json={"channel": "email", "code": inbox.last_code(str(first.email))},
+        "/api/v1/auth/verify", headers=second.auth, json={"channel": "email", "code": "123456"}
+    )
+    assert r.status_code == 422
+
+
+async def test_a_contact_taken_meanwhile_is_refused_at_verification(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    """Two accounts wait for the same new address (a pending contact belongs to no one): the
+    first code entered wins it; the other code is then refused."""
+    first = await signup(client, inbox, deliver)
+    second = await signup(client, inbox, deliver)
+    shared = "shared-address@example.com"
+    await client.patch("/api/v1/me", headers=second.auth, json={"email": shared})
+    await deliver()
+    seconds_code = inbox.last_code(shared)
+    await client.patch("/api/v1/me", headers=first.auth, json={"email": shared})
+    await deliver()
+    firsts_code = inbox.last_code(shared)
+    r = await client.post(
+        "/api/v1/auth/verify", headers=first.auth, json={"channel": "email", "code": firsts_code}
+    )
+    assert r.status_code == 200 and r.json()["email"] == shared
+    r = await client.post(
+        "/api/v1/auth/verify", headers=second.auth, json={"channel": "email", "code": seconds_code}
     )
     assert r.status_code == 409 and problem(r)["type"] == "/problems/contact-taken"
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prometheus_client import REGISTRY
 
 from tests.conftest import SmtpInbox, last_sms_code
 
@@ -121,3 +122,20 @@ def comparable(r: httpx.Response) -> tuple[int, dict[str, Any]]:
     body = dict(r.json())
     body.pop("request_id", None)
     return r.status_code, body
+
+
+def argon2_work() -> dict[str, float]:
+    """How many argon2id hashes and checks this process has computed so far (the metric
+    `simcharge_password_hashes_total` the server exports)."""
+    return {
+        op: REGISTRY.get_sample_value("simcharge_password_hashes_total", {"operation": op}) or 0.0
+        for op in ("hash", "verify")
+    }
+
+
+async def argon2_work_of(call: Awaitable[httpx.Response]) -> tuple[httpx.Response, dict[str, float]]:
+    """The answer to a request, and the argon2id work it cost."""
+    before = argon2_work()
+    response = await call
+    after = argon2_work()
+    return response, {op: after[op] - before[op] for op in after}

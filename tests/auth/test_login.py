@@ -10,14 +10,25 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account
 from simcharge.app import create_app
 from simcharge.auth import throttle
-from simcharge.auth.models import LoginThrottle, SecurityEvent
+from simcharge.auth.models import AuthSession, LoginThrottle, SecurityEvent
+from simcharge.auth.sessions import token_hash
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock, utcnow
-from tests.auth.helpers import PASSWORD, Deliver, comparable, login, problem, signup
-from tests.conftest import SmtpInbox
+from tests.auth.helpers import (
+    PASSWORD,
+    Customer,
+    Deliver,
+    argon2_work_of,
+    comparable,
+    login,
+    problem,
+    signup,
+)
+from tests.conftest import TEST_SECRET, SmtpInbox
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -45,11 +56,15 @@ async def test_wrong_password_and_unknown_login_look_alike(
     client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
 ) -> None:
     customer = await signup(client, inbox, deliver)
-    wrong = await login(client, customer.username, "not-the-password-9")
-    unknown = await login(client, "no-such-user-anywhere", "not-the-password-9")
+    wrong, known_work = await argon2_work_of(login(client, customer.username, "not-the-pass-9"))
+    unknown, unknown_work = await argon2_work_of(
+        login(client, "no-such-user-anywhere", "not-the-pass-9")
+    )
     assert wrong.status_code == unknown.status_code == 401
     assert comparable(wrong)[1] | {"instance": ""} == comparable(unknown)[1] | {"instance": ""}
     assert problem(wrong)["type"] == "/problems/invalid-credentials"
+    # The same work too: an unknown login is checked against a dummy argon2id hash.
+    assert known_work == unknown_work == {"hash": 0, "verify": 1}
 
 
 async def test_failures_slow_down_every_login_name_alike(
@@ -69,6 +84,93 @@ async def test_failures_slow_down_every_login_name_alike(
     await deliver()
     subjects = [m["Subject"] for m in inbox.to(str(customer.email))]
     assert "Failed sign-in attempts" in subjects
+
+
+async def verify_signed_out(
+    client: httpx.AsyncClient, login_name: str, password: str, code: str = "000000"
+) -> httpx.Response:
+    return await client.post(
+        "/api/v1/auth/verify",
+        json={"channel": "email", "code": code, "login": login_name, "password": password},
+    )
+
+
+async def test_verifying_signed_out_checks_the_password_like_a_sign_in(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    """`/auth/verify` with a login and password is no way around the sign-in lock-out."""
+    clock.freeze(START)
+    customer = await signup(client, inbox, deliver)
+    inbox.messages.clear()
+    # Failures there count where sign-in failures count…
+    for i in range(5):
+        r = await verify_signed_out(client, customer.username, f"guess-number-{i}")
+        assert r.status_code == 401 and problem(r)["type"] == "/problems/invalid-credentials"
+    assert (await login(client, customer.username)).status_code == 429
+    # …and the lock-out of sign-in holds there: not even the right password is tried.
+    r = await verify_signed_out(client, customer.username, PASSWORD)
+    assert r.status_code == 429 and problem(r)["type"] == "/problems/too-many-attempts"
+    # The holder was alerted, and every failure is in the security log.
+    await deliver()
+    assert "Failed sign-in attempts" in [m["Subject"] for m in inbox.to(str(customer.email))]
+    async with db.read() as s:
+        rows = (
+            await s.execute(
+                select(SecurityEvent).where(SecurityEvent.success.is_(False))
+            )
+        ).scalars().all()
+    via_verify = [r for r in rows if r.details.get("via") == "verify"]
+    assert sorted(r.kind for r in via_verify) == ["login"] * 5 + ["login_locked_out"]
+    clock.freeze(START + timedelta(seconds=3))
+    r = await verify_signed_out(client, customer.username, PASSWORD)
+    assert r.status_code == 422 and problem(r)["type"] == "/problems/invalid-code"
+
+
+async def test_the_lock_out_counts_per_account_across_its_names(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    clock.freeze(START)
+    customer = await signup(client, inbox, deliver)
+    known = [customer.username, str(customer.email), str(customer.phone)]
+    unknown = ["ghost-of-nobody", "ghost-of-nobody@example.com", "+14155550999"]
+    answers = {}
+    for names in (known, unknown):
+        seen = []
+        for i in range(9):  # three rounds of username, e-mail, phone
+            r, work = await argon2_work_of(login(client, names[i % 3], "wrong-password-1"))
+            seen.append((comparable(r)[0], problem(r)["type"], work))
+        answers[names[0]] = seen
+    # Each name alone has had at most three failures, so for an unknown name every answer is
+    # a plain "wrong"; a known account's names answer exactly alike…
+    assert answers[known[0]] == answers[unknown[0]]
+    assert {a[:2] for a in answers[known[0]]} == {(401, "/problems/invalid-credentials")}
+    # …although its password was tried only five times: after the fifth failure the account
+    # waits, whichever of its names is used — even the right password is not tried.
+    for name in known:
+        assert (await login(client, name)).status_code == 401
+    clock.freeze(START + timedelta(seconds=3))
+    assert (await login(client, customer.username)).status_code == 200
+
+
+async def test_never_more_than_a_hundred_failures_an_hour_per_account(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    clock.freeze(START)
+    customer = await signup(client, inbox, deliver)
+
+    async def used_up_hour(s: AsyncSession) -> None:
+        account = (
+            await s.execute(select(Account).where(Account.username == customer.username))
+        ).scalar_one()
+        row = await throttle.load(s, throttle.account_key(TEST_SECRET, account.id), START)
+        row.window_start, row.window_failures = START - timedelta(minutes=30), throttle.HOURLY_CAP
+
+    # A hundred failures this hour, spread over the account's names (no name near its own cap).
+    await db.run(used_up_hour)
+    for name in (customer.username, str(customer.email), str(customer.phone)):
+        assert (await login(client, name)).status_code == 401
+    clock.freeze(START + timedelta(minutes=31))
+    assert (await login(client, str(customer.phone))).status_code == 200
 
 
 def test_the_delay_grows_and_the_hour_is_capped() -> None:
@@ -133,6 +235,11 @@ async def test_cookie_sessions_are_host_only_secure_and_need_csrf(
         assert forged.status_code == 403
         ok = await c.patch("/api/v1/me", json={"display_name": "M"}, headers={"X-CSRF-Token": csrf})
         assert ok.status_code == 200 and ok.json()["display_name"] == "M"
+        # Both refusals are in the security log.
+        events = (await c.get("/api/v1/me/security-events")).json()
+        refused = [e for e in events if e["kind"] == "csrf_refused"]
+        assert len(refused) == 2 and not any(e["success"] for e in refused)
+        assert refused[0]["details"] == {"method": "PATCH", "path": "/api/v1/me"}
 
 
 async def test_bearer_sessions_need_no_csrf_and_api_keys_are_not_sessions(
@@ -166,6 +273,22 @@ async def test_a_session_cookie_set_before_login_is_never_adopted(
     assert (await login(client, customer.username)).json()["token"] != customer.token
 
 
+async def test_session_tokens_are_stored_only_as_keyed_hashes(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    customer = await signup(client, inbox, deliver)
+    r = await login(client, customer.username)
+    token, session_id = r.json()["token"], r.json()["session_id"]
+    async with db.read() as s:
+        rows = (await s.execute(select(AuthSession))).scalars().all()
+    [row] = [row for row in rows if str(row.id) == session_id]
+    assert len(token) >= 43  # 256 bits, URL-safe base64
+    assert row.token_hash == token_hash(TEST_SECRET, token) and len(row.token_hash) == 64
+    # No column of any session holds a token as issued.
+    stored = " ".join(str(v) for row in rows for v in vars(row).values())
+    assert token not in stored and str(customer.token) not in stored
+
+
 async def test_idle_and_absolute_timeouts(
     client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
 ) -> None:
@@ -187,6 +310,39 @@ async def test_idle_and_absolute_timeouts(
     assert t >= START + timedelta(minutes=60, hours=12)
     r = await client.get("/api/v1/me", headers=auth)
     assert r.status_code == 401
+    # Both ends are in the security log.
+    fresh = {"Authorization": f"Bearer {(await login(client, customer.username)).json()['token']}"}
+    events = (await client.get("/api/v1/me/security-events", headers=fresh)).json()
+    ended = [e["details"]["reason"] for e in events if e["kind"] == "session_expired"]
+    assert sorted(ended) == ["absolute_timeout", "idle_timeout"]
+
+
+async def test_the_timeouts_are_settings(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    short = settings.model_copy(update={"session_idle_minutes": 5, "session_absolute_hours": 1})
+    app = create_app(short, db=db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        from simcharge.worker.runner import Worker
+
+        async def deliver() -> int:
+            return await Worker(db, short, concurrency=4).drain()
+
+        clock.freeze(START)
+        customer: Customer = await signup(c, inbox, deliver)
+        clock.freeze(START + timedelta(minutes=4))
+        assert (await c.get("/api/v1/me", headers=customer.auth)).status_code == 200
+        clock.freeze(START + timedelta(minutes=4 + 5))
+        assert (await c.get("/api/v1/me", headers=customer.auth)).status_code == 401
+        r = await login(c, customer.username, mode="cookie")
+        assert int(r.headers["set-cookie"].split("Max-Age=")[1].split(";")[0]) == 3600
+        auth = {"Authorization": f"Bearer {(await login(c, customer.username)).json()['token']}"}
+        t = START + timedelta(minutes=9)
+        for minutes in (4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56):
+            clock.freeze(t + timedelta(minutes=minutes))
+            assert (await c.get("/api/v1/me", headers=auth)).status_code == 200
+        clock.freeze(t + timedelta(minutes=60))
+        assert (await c.get("/api/v1/me", headers=auth)).status_code == 401
 
 
 async def test_logout_and_logout_all(

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from simcharge.accounts.models import Account
+from simcharge.auth.passwords import MAX_LENGTH, MIN_LENGTH, common_passwords
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.worker.models import OutboxJob
@@ -16,6 +17,7 @@ from tests.auth.helpers import (
     PASSWORD,
     Customer,
     Deliver,
+    argon2_work_of,
     comparable,
     login,
     new_identity,
@@ -30,6 +32,11 @@ from tests.conftest import SmtpInbox, last_sms_code
 async def accounts(db: Database) -> int:
     async with db.read() as s:
         return int((await s.execute(select(func.count()).select_from(Account))).scalar_one())
+
+
+async def outbox_jobs(db: Database) -> int:
+    async with db.read() as s:
+        return int((await s.execute(select(func.count()).select_from(OutboxJob))).scalar_one())
 
 
 async def test_register_then_verify_email_and_phone(
@@ -142,15 +149,60 @@ async def test_a_taken_contact_is_not_revealed(
     inbox.messages.clear()
     before = await accounts(db)
     fresh_name, fresh_email, _ = new_identity(with_phone=False)
+    taken_name, _, _ = new_identity(with_phone=False)
     fresh = await register(client, username=fresh_name, email=fresh_email, phone=None)
-    taken = await register(client, username=f"{fresh_name}x", email=holder.email, phone=None)
+    taken = await register(client, username=taken_name, email=holder.email, phone=None)
     assert taken.status_code == fresh.status_code == 202
     assert taken.json() == fresh.json()
-    assert await accounts(db) == before + 1
+    # Both accounts exist, so what follows answers alike too: signing in with the username
+    # chosen, and registering it again.
+    assert await accounts(db) == before + 2
+    signed_in = {}
+    for name, address in ((fresh_name, fresh_email), (taken_name, holder.email)):
+        r = await login(client, name)
+        assert r.status_code == 200
+        account = r.json()["account"]
+        assert account["email_pending"] == address and account["email_verified"] is False
+        signed_in[name] = {"Authorization": f"Bearer {r.json()['token']}"}
+        again = await register(client, username=name, email=f"other-{address}", phone=None)
+        assert again.status_code == 409 and problem(again)["type"] == "/problems/username-taken"
     await deliver()
-    # The holder is told; the newcomer gets no code for an address that is not theirs.
-    subjects = [m["Subject"] for m in inbox.to(str(holder.email))]
-    assert subjects == ["Someone tried to register with your address"]
+    # The holder is told; the newcomer gets no code for an address that is not theirs…
+    assert [m["Subject"] for m in inbox.to(str(holder.email))] == [
+        "Someone tried to use your address or number"
+    ]
+    assert inbox.last_code(fresh_email)
+    # …not even when asking again, and the contact can never be verified.
+    r = await client.post(
+        "/api/v1/auth/verify/resend", json={"channel": "email"}, headers=signed_in[taken_name]
+    )
+    assert r.status_code == 200
+    await deliver()
+    assert [m["Subject"] for m in inbox.to(str(holder.email))] == [
+        "Someone tried to use your address or number"
+    ]
+    r = await client.post(
+        "/api/v1/auth/verify",
+        json={"channel": "email", "code": inbox.last_code(fresh_email)},
+        headers=signed_in[taken_name],
+    )
+    assert r.status_code == 422 and problem(r)["type"] == "/problems/invalid-code"
+
+
+async def test_registration_does_the_same_work_whether_the_contact_is_taken_or_not(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    holder = await signup(client, inbox, deliver)
+    work = []
+    for email in ("someone-new@example.com", holder.email):
+        name, _, _ = new_identity(with_phone=False)
+        jobs_before = await outbox_jobs(db)
+        r, cost = await argon2_work_of(register(client, username=name, email=email, phone=None))
+        assert r.status_code == 202
+        work.append((cost, await outbox_jobs(db) - jobs_before))
+    # One argon2id hash each (the new account's password) and as many messages queued (a code
+    # to the new address; a warning to the taken address's holder), besides the welcome notice.
+    assert work[0] == work[1] == ({"hash": 1, "verify": 0}, 2)
 
 
 async def test_register_answers_take_the_same_minimum_time(
@@ -237,3 +289,41 @@ async def test_codes_never_rest_in_the_clear(
             await s.execute(select(MessageLog.subject, MessageLog.target, MessageLog.error))
         ).all()
         assert logged and all(code not in str(row) for row in logged)
+
+
+def test_the_breached_list_holds_ten_thousand_passwords_that_can_match() -> None:
+    entries = common_passwords()
+    # Only entries the length rule lets through count (shorter ones are refused before).
+    assert len(entries) >= 10_000
+    assert all(MIN_LENGTH <= len(e) <= MAX_LENGTH and e == e.casefold() for e in entries)
+
+
+async def test_a_long_breached_password_is_refused_in_any_case(client: httpx.AsyncClient) -> None:
+    breached = sorted(e for e in common_passwords() if len(e) >= 12 and e.isalpha())[0]
+    for password in (breached, breached.upper()):
+        r = await client.post(
+            "/api/v1/auth/register",
+            json={"username": "good.name", "password": password, "email": "a@example.com"},
+        )
+        assert r.status_code == 422 and problem(r)["field"] == "password"
+        assert "too common" in problem(r)["errors"][0]["detail"]
+
+
+async def test_phone_is_a_channel_in_the_api_and_its_description(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    username, _, phone = new_identity()
+    await register(client, username=username, email=None, phone=phone)
+    await deliver()
+    customer = Customer(username, PASSWORD, None, phone)
+    r = await verify(client, customer, "phone", last_sms_code(str(phone)))
+    assert r.status_code == 200 and r.json()["phone_verified"] is True
+    r = await client.post(
+        "/api/v1/auth/verify", json={"channel": "pigeon", "code": "1", "login": "a", "password": "b"}
+    )
+    assert r.status_code == 422 and problem(r)["field"] == "channel"
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for name in ("VerifyIn", "ForgotIn", "ResendIn", "UnlockRequestIn"):
+        channel = schemas[name]["properties"]["channel"]
+        assert channel["enum"] == ["email", "phone", "sms"], name
+        assert "`phone` (the same as `sms`)" in channel["description"]

@@ -110,6 +110,7 @@ async def update_me(
             phone=body.phone,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
 
     return account_out(await db.run(run))
@@ -189,6 +190,7 @@ async def change_password(
     db: DB,
     settings: AppSettings,
     client: Client,
+    limits: Limits,
 ) -> TokenOut:
     async def run(s: AsyncSession) -> str | Refused:
         return await auth.change_password(
@@ -200,6 +202,7 @@ async def change_password(
             new=body.new_password,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
 
     result = await db.run(run)
@@ -214,7 +217,12 @@ async def change_password(
     summary="Start two-step verification: a secret for an authenticator app",
 )
 async def start_totp(
-    body: PasswordIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+    body: PasswordIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
 ) -> TotpStartOut:
     async def run(s: AsyncSession) -> Enrolment | Refused:
         return await auth.start_totp(
@@ -224,6 +232,7 @@ async def start_totp(
             password=body.password,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
 
     result = await db.run(run)
@@ -244,6 +253,7 @@ async def confirm_totp(
     db: DB,
     settings: AppSettings,
     client: Client,
+    limits: Limits,
 ) -> TotpConfirmOut:
     async def run(s: AsyncSession) -> auth.TotpEnabled | Refused:
         return await auth.confirm_totp(
@@ -254,6 +264,7 @@ async def confirm_totp(
             code=body.code,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
 
     result = await db.run(run)
@@ -267,7 +278,12 @@ async def confirm_totp(
 
 @router.post("/totp/disable", response_model=Done, summary="Turn two-step verification off")
 async def disable_totp(
-    body: TotpDisableIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+    body: TotpDisableIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
 ) -> Done:
     async def run(s: AsyncSession) -> Refused | None:
         return await auth.disable_totp(
@@ -278,6 +294,7 @@ async def disable_totp(
             code=body.code,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
 
     raise_refused(await db.run(run))
@@ -288,7 +305,12 @@ async def disable_totp(
     "/totp/recovery-codes", response_model=RecoveryCodesOut, summary="Replace my recovery codes"
 )
 async def recovery_codes(
-    body: PasswordIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+    body: PasswordIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
 ) -> RecoveryCodesOut:
     async def run(s: AsyncSession) -> list[str] | Refused:
         return await auth.regenerate_recovery_codes(
@@ -298,6 +320,7 @@ async def recovery_codes(
             password=body.password,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
 
     result = await db.run(run)
@@ -363,7 +386,7 @@ async def add_line(
     await limits.hit("codes", client.ip)
     await db.run(
         lambda s: accounts.request_line_attach(
-            s, settings, customer.account, body.msisdn, client=client, now=utcnow()
+            s, settings, customer.account, body.msisdn, client=client, now=utcnow(), limits=limits
         )
     )
     return Done()
@@ -382,7 +405,14 @@ async def verify_line(
 
     async def run(s: AsyncSession) -> OwnLine | Refused:
         result = await accounts.confirm_line_attach(
-            s, settings, customer.account, body.msisdn, body.code, client=client, now=utcnow()
+            s,
+            settings,
+            customer.account,
+            body.msisdn,
+            body.code,
+            client=client,
+            now=utcnow(),
+            limits=limits,
         )
         if isinstance(result, Refused):
             return result

@@ -29,15 +29,16 @@ class AccountRepository:
         stmt = select(Account).where(Account.phone == phone, Account.phone_verified_at.is_not(None))
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def holding_contact(
+    async def holder_of(
         self, *, email: str | None, phone: str | None, other_than: uuid.UUID | None = None
     ) -> Account | None:
-        """An account that already uses this e-mail address or phone number (verified or not)."""
+        """An account that holds this e-mail address or phone number as its contact (a pending
+        one, waiting for its code, holds nothing: whoever enters the code first gets it)."""
         conditions = []
         if email:
-            conditions += [Account.email == email, Account.email_pending == email]
+            conditions.append(Account.email == email)
         if phone:
-            conditions += [Account.phone == phone, Account.phone_pending == phone]
+            conditions.append(Account.phone == phone)
         if not conditions:
             return None
         stmt = select(Account).where(or_(*conditions))

@@ -13,7 +13,8 @@ from simcharge.auth import codes
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import CodePurpose
-from simcharge.auth.service import Channel, normalize_phone, request_contact_change
+from simcharge.auth.service import Channel, normalize_phone, request_contact_change, use_code
+from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.errors import Conflict, NotFound, Refused, ValidationFailed
 from simcharge.kit.i18n import LANGUAGES
@@ -39,6 +40,7 @@ async def update_profile(
     phone: str | None = None,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> Account:
     """Change what was given. A new e-mail address or phone number is only pending until its
     code is entered; the current one stays in use meanwhile."""
@@ -57,7 +59,7 @@ async def update_profile(
         changes.append(("sms", phone))
     for channel, value in changes:
         await request_contact_change(
-            session, settings, account, channel, value, client=client, now=now
+            session, settings, account, channel, value, client=client, now=now, limits=limits
         )
     account.updated_at = now
     await session.flush()
@@ -84,6 +86,7 @@ async def request_line_attach(
     *,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> None:
     """Send a code by SMS to one of the operator's lines, to prove the customer holds it."""
     msisdn = normalize_phone(raw_msisdn, field="msisdn")
@@ -100,6 +103,7 @@ async def request_line_attach(
         channel="sms",
         target=msisdn,
         now=now,
+        limits=limits,
     )
     await send_code(
         session,
@@ -130,28 +134,22 @@ async def confirm_line_attach(
     *,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> Line | Refused:
     msisdn = normalize_phone(raw_msisdn, field="msisdn")
-    row = await codes.consume_code(
+    used = await use_code(
         session,
-        settings.secret_key,
-        account_id=account.id,
-        purpose=CodePurpose.attach_line,
-        code=code,
+        settings,
+        account,
+        CodePurpose.attach_line,
+        code,
         target=msisdn,
+        client=client,
         now=now,
+        limits=limits,
     )
-    if row is None:
-        await record_event(
-            session,
-            EventKind.code_rejected,
-            account_id=account.id,
-            client=client,
-            success=False,
-            details={"purpose": "attach_line"},
-            now=now,
-        )
-        return Refused(codes.InvalidCode())
+    if isinstance(used, Refused):
+        return used
     line = await LineRepository(session).by_msisdn(msisdn)
     if line is None or line.state == LineState.terminated:
         return Refused(codes.InvalidCode())

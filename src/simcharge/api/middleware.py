@@ -16,7 +16,14 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simcharge.api.problems import PROBLEM_JSON, problem_body
-from simcharge.errors import FieldError, InternalError, ValidationFailed
+from simcharge.db import is_unreachable
+from simcharge.errors import (
+    FieldError,
+    InternalError,
+    ServiceUnavailable,
+    SimchargeError,
+    ValidationFailed,
+)
 from simcharge.kit.i18n import negotiate_language
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
@@ -36,6 +43,10 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 NUL_REFUSED = N_("This value contains a character that is not allowed.")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+DATABASE_RETRY_AFTER = "2"
+"""Seconds a client is told to wait when the database cannot be reached (a restart)."""
 
 
 class RequestContextMiddleware:
@@ -86,18 +97,25 @@ class RequestContextMiddleware:
         except Exception as exc:
             # Answered here rather than by Starlette's outermost handler, so that the answer
             # still carries the request id and the security headers.
-            log.error("http.unhandled_error", path=scope.get("path"), exc_info=exc)
+            error: SimchargeError
+            if is_unreachable(exc):
+                # The database restarts or fails over: nothing was done, try again shortly.
+                log.warning("http.database_unreachable", path=scope.get("path"), error=str(exc))
+                error = ServiceUnavailable(headers={"Retry-After": DATABASE_RETRY_AFTER})
+            else:
+                log.error("http.unhandled_error", path=scope.get("path"), exc_info=exc)
+                error = InternalError()
             if response_started:
                 raise
             body = problem_body(
-                InternalError(),
+                error,
                 negotiate_language(_header(scope, b"accept-language")),
                 scope.get("path"),
             )
             body["request_id"] = request_id
-            await JSONResponse(body, status_code=500, media_type=PROBLEM_JSON)(
-                scope, receive, send_wrapper
-            )
+            await JSONResponse(
+                body, status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON
+            )(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)

@@ -16,7 +16,7 @@ from simcharge.errors import NotFound, registered_problem_types
 from simcharge.kit.translations import N_
 from simcharge.metrics import exposition, refresh_levels
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["operations"])
 log = structlog.get_logger("simcharge.http")
 
 _SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -27,13 +27,46 @@ _DOCS_CSP = (
 )
 
 
-@router.get("/healthz")
+_STATUS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+}
+_READY = {
+    "type": "object",
+    "required": ["status", "database"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok"]},
+        "database": {"type": "string", "enum": ["ok"]},
+    },
+}
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness: the process is up",
+    responses={200: {"content": {"application/json": {"schema": _STATUS}}}},
+)
 async def healthz() -> dict[str, str]:
-    """The process is up."""
+    """The process is up (nothing else is checked: a load balancer's or orchestrator's liveness
+    probe)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    summary="Readiness: the process can serve (its database answers)",
+    response_class=JSONResponse,
+    responses={
+        200: {"description": "Ready", "content": {"application/json": {"schema": _READY}}},
+        503: {
+            "description": "Not ready: the database does not answer",
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        },
+    },
+)
 async def readyz(db: DB) -> JSONResponse:
     """The process can serve: its database answers."""
     try:
@@ -43,7 +76,17 @@ async def readyz(db: DB) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (keep it for the scraper: allow it only from there)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(db: DB) -> Response:
     """Prometheus metrics; the levels kept in the database are read now (at most every 5 s)."""
     try:
@@ -54,7 +97,7 @@ async def metrics(db: DB) -> Response:
     return Response(body, media_type=media_type)
 
 
-@router.get("/docs")
+@router.get("/docs", include_in_schema=False)
 async def docs(request: Request) -> HTMLResponse:
     page = get_swagger_ui_html(
         openapi_url="/openapi.json",
@@ -67,7 +110,7 @@ async def docs(request: Request) -> HTMLResponse:
     return page
 
 
-@router.get("/problems/{slug}")
+@router.get("/problems/{slug}", include_in_schema=False)
 async def problem_type(slug: str) -> JSONResponse:
     """What a problem `type` means (RFC 9457 asks that the type URI documents itself)."""
     cls = registered_problem_types().get(slug)

@@ -1,6 +1,8 @@
 """One-time codes: six digits from a CSPRNG, stored as a keyed hash bound to the account, the
 purpose and the target; single use; valid 10 minutes; at most 5 wrong tries; one send a
-minute; a newer code voids the older ones."""
+minute; a newer code voids the older ones. Per account and purpose, sends and checks are also
+limited (`throttle.LIMITS`: 5 sends and 10 checks an hour, 20 and 30 a day), so that guessing
+is bounded per account whatever the number of addresses it comes from."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import CodePurpose, VerificationCode
+from simcharge.auth.throttle import RateLimits
 from simcharge.errors import TooManyAttempts, ValidationFailed
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.translations import N_
@@ -33,6 +36,13 @@ class InvalidCode(ValidationFailed):
 class ResendTooSoon(TooManyAttempts):
     slug = "code-resend-too-soon"
     title = N_("A code was sent a moment ago; please wait before asking for another.")
+
+
+class TooManyCodes(TooManyAttempts):
+    """Too many codes sent to, or checked for, this account and purpose lately."""
+
+    slug = "too-many-codes"
+    title = N_("Too many codes were asked for or tried; please try again later.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +73,11 @@ async def issue_code(
     channel: str,
     target: str,
     now: datetime,
+    limits: RateLimits,
 ) -> IssuedCode:
     """A new code for (account, purpose, target); raises `ResendTooSoon` within a minute of the
-    last one. Every older live code of the same purpose is voided."""
+    last one, `TooManyCodes` past the account's sends for this purpose. Every older live code of
+    the same purpose is voided."""
     latest = (
         await session.execute(
             select(VerificationCode)
@@ -77,6 +89,7 @@ async def issue_code(
     if latest is not None and latest.target == target and now - latest.created_at < RESEND_AFTER:
         wait = RESEND_AFTER - (now - latest.created_at)
         raise ResendTooSoon(int(wait.total_seconds()) + 1)
+    await _count(limits, "account-code-sends", account_id, purpose)
     await session.execute(
         update(VerificationCode).where(*_live(account_id, purpose)).values(voided_at=now)
     )
@@ -117,10 +130,13 @@ async def consume_code(
     purpose: CodePurpose,
     code: str,
     now: datetime,
+    limits: RateLimits,
     target: str | None = None,
 ) -> VerificationCode | None:
     """Use the live code of this purpose (and target, when given). Returns the code's row, or
-    None — after counting the attempt, which the caller must commit before refusing."""
+    None — after counting the attempt, which the caller must commit before refusing. Raises
+    `TooManyCodes`, before looking at any code, past the account's checks for this purpose."""
+    await _count(limits, "account-code-checks", account_id, purpose)
     row = await live_code(session, account_id, purpose)
     if row is None or (target is not None and row.target != target):
         return None
@@ -143,3 +159,12 @@ async def consume_code(
     row.consumed_at = now
     await session.flush()
     return row
+
+
+async def _count(
+    limits: RateLimits, action: str, account_id: uuid.UUID, purpose: CodePurpose
+) -> None:
+    try:
+        await limits.hit(action, f"{account_id}:{purpose.value}")
+    except TooManyAttempts as exc:
+        raise TooManyCodes(exc.retry_after) from exc

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.api.deps import DB, AppSettings
 from simcharge.auth.client import ClientInfo
+from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
 from simcharge.auth.sessions import csrf_valid, session_for_token
@@ -117,10 +118,16 @@ async def _resolve(
     request: Request, db: DB, settings: Settings, token: str, via_cookie: bool
 ) -> Customer:
     challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
+    client = client_info(request, settings)
 
     async def resolve(session: AsyncSession) -> tuple[Account, AuthSession] | None:
         auth = await session_for_token(
-            session, settings.secret_key, token, policy=policy(settings), now=utcnow()
+            session,
+            settings.secret_key,
+            token,
+            policy=policy(settings),
+            now=utcnow(),
+            client=client,
         )
         if auth is None:
             return None
@@ -136,6 +143,16 @@ async def _resolve(
     if via_cookie and request.method not in SAFE_METHODS:
         presented = request.headers.get("x-csrf-token")
         if not csrf_valid(settings.secret_key, auth.id, presented):
+            await db.run(
+                lambda s: record_event(
+                    s,
+                    EventKind.csrf_refused,
+                    account_id=account.id,
+                    client=client,
+                    success=False,
+                    details={"method": request.method, "path": request.url.path},
+                )
+            )
             raise CsrfFailed()
     request.state.language = account.language
     return Customer(account, auth, via_cookie)

@@ -25,7 +25,6 @@ from simcharge.auth.deps import (
     set_session_cookie,
 )
 from simcharge.auth.models import AuthSession
-from simcharge.auth.passwords import verify_password
 from simcharge.auth.schemas import (
     Accepted,
     AccountOut,
@@ -40,6 +39,7 @@ from simcharge.auth.schemas import (
     UnlockIn,
     UnlockRequestIn,
     VerifyIn,
+    as_channel,
 )
 from simcharge.auth.sessions import csrf_token
 from simcharge.errors import NotAuthenticated, Refused
@@ -107,7 +107,7 @@ async def register(
         display_name=body.display_name,
     )
     channels = await db.run(
-        lambda s: service.register(s, settings, reg, client=client, now=utcnow())
+        lambda s: service.register(s, settings, reg, client=client, now=utcnow(), limits=limits)
     )
     await equalize(settings, started)
     return RegisterOut(
@@ -132,23 +132,30 @@ async def verify(
     client: Client,
     limits: Limits,
 ) -> AccountOut:
-    """Signed in, or with `login` (the username until a contact is verified) and password."""
+    """Signed in, or with `login` (the username until a contact is verified) and password —
+    checked exactly as at sign-in: the same lock-out and log."""
     await limits.hit("verify", client.ip)
     if customer is None and not (body.login and body.password):
         raise NotAuthenticated(N_("Sign in, or give your login and password with the code."))
+    channel = as_channel(body.channel)
 
     async def run(s: AsyncSession) -> Account | Refused:
-        if customer is not None:
-            account = await s.get(Account, customer.account.id, with_for_update=True)
-        else:
-            login, password = body.login or "", body.password or ""
-            account = await service.find_by_login(s, login)
-            if not verify_password(account.password_hash if account else None, password):
-                account = None
-        if account is None:
-            return Refused(service.InvalidCredentials())
+        if customer is None:
+            return await service.verify_contact_signed_out(
+                s,
+                settings,
+                login=body.login or "",
+                password=body.password or "",
+                channel=channel,
+                code=body.code,
+                client=client,
+                now=utcnow(),
+                limits=limits,
+            )
+        account = await s.get(Account, customer.account.id, with_for_update=True)
+        assert account is not None
         return await service.verify_contact(
-            s, settings, account, body.channel, body.code, client=client, now=utcnow()
+            s, settings, account, channel, body.code, client=client, now=utcnow(), limits=limits
         )
 
     result = await db.run(run)
@@ -171,7 +178,9 @@ async def resend(
     async def run(s: AsyncSession) -> None:
         account = await s.get(Account, customer.account.id, with_for_update=True)
         assert account is not None
-        await service.resend_verification(s, settings, account, body.channel, utcnow())
+        await service.resend_verification(
+            s, settings, account, as_channel(body.channel), utcnow(), client=client, limits=limits
+        )
 
     await db.run(run)
     return Done()
@@ -263,7 +272,13 @@ async def forgot(
     await limits.hit("codes", client.ip)
     await db.run(
         lambda s: service.forgot_password(
-            s, settings, login=body.login, channel=body.channel, client=client, now=utcnow()
+            s,
+            settings,
+            login=body.login,
+            channel=as_channel(body.channel),
+            client=client,
+            now=utcnow(),
+            limits=limits,
         )
     )
     await equalize(settings, started)
@@ -288,6 +303,7 @@ async def reset(
             new_password=body.new_password,
             client=client,
             now=utcnow(),
+            limits=limits,
         )
     )
     raise_refused(result)
@@ -319,7 +335,13 @@ async def unlock_request(
     await limits.hit("codes", client.ip)
     await db.run(
         lambda s: service.request_unlock(
-            s, settings, login=body.login, channel=body.channel, client=client, now=utcnow()
+            s,
+            settings,
+            login=body.login,
+            channel=as_channel(body.channel),
+            client=client,
+            now=utcnow(),
+            limits=limits,
         )
     )
     await equalize(settings, started)
@@ -340,7 +362,13 @@ async def unlock(
     await limits.hit("verify", client.ip)
     result = await db.run(
         lambda s: service.unlock(
-            s, settings, login=body.login, code=body.code, client=client, now=utcnow()
+            s,
+            settings,
+            login=body.login,
+            code=body.code,
+            client=client,
+            now=utcnow(),
+            limits=limits,
         )
     )
     raise_refused(result)

@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     logout_all = "logout_all"
     session_revoked = "session_revoked"
     session_expired = "session_expired"
+    """Used after its idle or absolute timeout: ended (`details.reason`)."""
     password_changed = "password_changed"
     password_reset_requested = "password_reset_requested"
     password_reset = "password_reset"
@@ -46,6 +47,10 @@ class EventKind(StrEnum):
     line_attach_requested = "line_attach_requested"
     line_attached = "line_attached"
     code_rejected = "code_rejected"
+    csrf_refused = "csrf_refused"
+    """A cookie-authenticated write without the session's CSRF token."""
+    alert_sent = "alert_sent"
+    """A security alert went out (`details`: which one, by which channels)."""
 
 
 async def record_event(

@@ -15,6 +15,15 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ChannelIn = Literal["email", "phone", "sms"]
+CHANNEL_DOC = "`email`, or `phone` (the same as `sms`): the contact the code goes to"
+
+
+def as_channel(channel: ChannelIn) -> Literal["email", "sms"]:
+    """`phone` (the word customers use) and `sms` (how the code travels) are one channel."""
+    return "email" if channel == "email" else "sms"
+
+
 class RegisterIn(_In):
     username: str = Field(max_length=64, examples=["maria"])
     password: str = Field(max_length=1024)
@@ -31,7 +40,7 @@ class RegisterOut(Schema):
 
 
 class VerifyIn(_In):
-    channel: Literal["email", "sms"]
+    channel: ChannelIn = Field(description=CHANNEL_DOC)
     code: str = Field(max_length=16)
     login: str | None = Field(
         default=None,
@@ -44,7 +53,7 @@ class VerifyIn(_In):
 
 
 class ResendIn(_In):
-    channel: Literal["email", "sms"]
+    channel: ChannelIn = Field(description=CHANNEL_DOC)
 
 
 class LoginIn(_In):
@@ -90,7 +99,7 @@ class LoginOut(Schema):
 
 class ForgotIn(_In):
     login: str = Field(max_length=254)
-    channel: Literal["email", "sms"]
+    channel: ChannelIn = Field(description=CHANNEL_DOC)
 
 
 class ResetIn(_In):

@@ -3,14 +3,18 @@
 Functions that refuse after having counted something (a failed sign-in, a wrong code) return
 `Refused(error)` instead of raising, so that the edge commits the count and then raises.
 Answers never tell a known account from an unknown one: the same error, and the same work
-(an unknown login still costs a password hash)."""
+(an unknown login still costs a password hash).
+
+Functions that send or check codes, or ask for the password again, take the process's
+`RateLimits` (`limits`): the per-account limits are counted here, where the account is known,
+for every caller (the JSON API and the portal alike)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -24,7 +28,13 @@ from simcharge.accounts.repository import AccountRepository
 from simcharge.auth import codes, throttle, totp
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
-from simcharge.auth.models import AuthSession, CodePurpose, KnownDevice, LoginThrottle
+from simcharge.auth.models import (
+    AuthSession,
+    CodePurpose,
+    KnownDevice,
+    LoginThrottle,
+    VerificationCode,
+)
 from simcharge.auth.passwords import (
     check_password_policy,
     hash_password,
@@ -38,12 +48,14 @@ from simcharge.auth.sessions import (
     revoke_all,
     rotate,
 )
+from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.errors import (
     Conflict,
     FieldError,
     NotAuthenticated,
     Refused,
+    TooManyAttempts,
     ValidationFailed,
 )
 from simcharge.kit.i18n import LANGUAGES
@@ -156,12 +168,12 @@ async def find_by_login(session: AsyncSession, raw: str) -> Account | None:
     return await repo.by_username(value)
 
 
-def _login_keys(secret: str, account: Account) -> list[str]:
-    keys = [throttle.login_key(secret, f"username:{account.username}")]
+def _name_keys(secret: str, account: Account) -> list[str]:
+    keys = [throttle.name_key(secret, "username", account.username)]
     if account.email:
-        keys.append(throttle.login_key(secret, f"email:{account.email}"))
+        keys.append(throttle.name_key(secret, "email", account.email))
     if account.phone:
-        keys.append(throttle.login_key(secret, f"phone:{account.phone}"))
+        keys.append(throttle.name_key(secret, "phone", account.phone))
     return keys
 
 
@@ -186,12 +198,16 @@ async def register(
     *,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> list[Channel]:
-    """Create an account and send a code to each contact; returns the channels used.
+    """Create an account and send a code to each contact; returns the channels given.
 
     A username in use is refused (`username-taken`: usernames are public handles). An e-mail
-    address or phone number in use is NOT revealed: nothing is created, the holder of the
-    contact is told that someone tried, and the answer is the same as for a success."""
+    address or phone number that another account holds is NOT revealed, now or later: the
+    account is created all the same (same work: the password is hashed) with that contact
+    pending, but no code goes to it — it can never be verified, since the other account holds
+    it — and its holder is told that someone tried to use it. Signing in with the new username
+    and registering that username again then answer as they would after any registration."""
     errors: list[FieldError] = []
     username = _collect(errors, normalize_username, reg.username)
     email = _collect(errors, normalize_email, reg.email) if reg.email else None
@@ -220,23 +236,6 @@ async def register(
         channels.append("email")
     if phone:
         channels.append("sms")
-    holder = await repo.holding_contact(email=email, phone=phone)
-    if holder is not None:
-        await notify(
-            session,
-            account_id=holder.id,
-            template="security.registration_attempt",
-            dedupe_key=f"registration-attempt:{holder.id}:{now:%Y%m%d%H}",
-        )
-        await record_event(
-            session,
-            EventKind.registration_attempt_on_taken_contact,
-            account_id=holder.id,
-            client=client,
-            success=False,
-            now=now,
-        )
-        return channels
     account = Account(
         id=uuid7(),
         username=username,
@@ -253,7 +252,7 @@ async def register(
     session.add(account)
     await session.flush()
     for channel in channels:
-        await _send_verification(session, settings, account, channel, now)
+        await _send_verification(session, settings, account, channel, now, client, limits)
     await _remember_device(session, settings, account.id, client, now)
     await record_event(session, EventKind.registered, account_id=account.id, client=client, now=now)
     await notify(
@@ -275,11 +274,48 @@ def _collect(errors: list[FieldError], normalize: Callable[[str], str], raw: str
         return None
 
 
+async def _holder_of(
+    session: AsyncSession, channel: Channel, value: str, other_than: uuid.UUID
+) -> Account | None:
+    """The other account that holds this e-mail address or phone number, if one does."""
+    return await AccountRepository(session).holder_of(
+        email=value if channel == "email" else None,
+        phone=value if channel == "sms" else None,
+        other_than=other_than,
+    )
+
+
 async def _send_verification(
-    session: AsyncSession, settings: Settings, account: Account, channel: Channel, now: datetime
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    channel: Channel,
+    now: datetime,
+    client: ClientInfo | None,
+    limits: RateLimits,
 ) -> None:
+    """A code to the pending contact on `channel` — unless another account holds it: then no
+    code (it could never be used), and the holder is told someone tried to use it."""
     target = account.email_pending if channel == "email" else account.phone_pending
     if target is None:
+        return
+    holder = await _holder_of(session, channel, target, account.id)
+    if holder is not None:
+        await notify(
+            session,
+            account_id=holder.id,
+            template="security.registration_attempt",
+            dedupe_key=f"registration-attempt:{holder.id}:{now:%Y%m%d%H}",
+        )
+        await record_event(
+            session,
+            EventKind.registration_attempt_on_taken_contact,
+            account_id=holder.id,
+            client=client,
+            success=False,
+            details={"channel": channel},
+            now=now,
+        )
         return
     purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
     issued = await codes.issue_code(
@@ -290,6 +326,7 @@ async def _send_verification(
         channel=channel,
         target=target,
         now=now,
+        limits=limits,
     )
     await send_code(
         session,
@@ -304,38 +341,59 @@ async def _send_verification(
 
 
 async def resend_verification(
-    session: AsyncSession, settings: Settings, account: Account, channel: Channel, now: datetime
-) -> None:
-    pending = account.email_pending if channel == "email" else account.phone_pending
-    if pending is None:
-        raise ValidationFailed(N_("There is nothing to verify on this channel."), field="channel")
-    await _send_verification(session, settings, account, channel, now)
-
-
-async def verify_contact(
     session: AsyncSession,
     settings: Settings,
     account: Account,
     channel: Channel,
-    code: str,
+    now: datetime,
     *,
     client: ClientInfo,
-    now: datetime,
-) -> Account | Refused:
-    """Confirm a pending e-mail address or phone number with its code."""
+    limits: RateLimits,
+) -> None:
     pending = account.email_pending if channel == "email" else account.phone_pending
-    purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
     if pending is None:
-        return Refused(codes.InvalidCode())
-    row = await codes.consume_code(
-        session,
-        settings.secret_key,
-        account_id=account.id,
-        purpose=purpose,
-        code=code,
-        target=pending,
-        now=now,
-    )
+        raise ValidationFailed(N_("There is nothing to verify on this channel."), field="channel")
+    await _send_verification(session, settings, account, channel, now, client, limits)
+
+
+async def use_code(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    purpose: CodePurpose,
+    code: str,
+    *,
+    target: str | None = None,
+    client: ClientInfo | None,
+    now: datetime,
+    limits: RateLimits,
+    hide_limit: bool = False,
+) -> VerificationCode | Refused:
+    """Check and use a code of `account`; a refusal is in the security log. Past the account's
+    checks for this purpose, the code is not even looked at: `too-many-codes`, or with
+    `hide_limit` (signed out, where the account must not show) the answer of a wrong code."""
+    try:
+        row = await codes.consume_code(
+            session,
+            settings.secret_key,
+            account_id=account.id,
+            purpose=purpose,
+            code=code,
+            target=target,
+            now=now,
+            limits=limits,
+        )
+    except codes.TooManyCodes as exc:
+        await record_event(
+            session,
+            EventKind.code_rejected,
+            account_id=account.id,
+            client=client,
+            success=False,
+            details={"purpose": purpose.value, "reason": exc.slug},
+            now=now,
+        )
+        return Refused(codes.InvalidCode() if hide_limit else exc)
     if row is None:
         await record_event(
             session,
@@ -347,13 +405,39 @@ async def verify_contact(
             now=now,
         )
         return Refused(codes.InvalidCode())
-    repo = AccountRepository(session)
-    other = await repo.holding_contact(
-        email=pending if channel == "email" else None,
-        phone=pending if channel == "sms" else None,
-        other_than=account.id,
+    return row
+
+
+async def verify_contact(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    channel: Channel,
+    code: str,
+    *,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+) -> Account | Refused:
+    """Confirm a pending e-mail address or phone number with its code."""
+    pending = account.email_pending if channel == "email" else account.phone_pending
+    purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
+    if pending is None:
+        return Refused(codes.InvalidCode())
+    used = await use_code(
+        session,
+        settings,
+        account,
+        purpose,
+        code,
+        target=pending,
+        client=client,
+        now=now,
+        limits=limits,
     )
-    if other is not None and (other.email == pending or other.phone == pending):
+    if isinstance(used, Refused):
+        return used
+    if await _holder_of(session, channel, pending, account.id) is not None:
         return Refused(ContactTaken(field="channel"))
     old = account.email if channel == "email" else account.phone
     old_verified = account.email_verified_at if channel == "email" else account.phone_verified_at
@@ -398,6 +482,35 @@ async def verify_contact(
     return account
 
 
+async def verify_contact_signed_out(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    login: str,
+    password: str,
+    channel: Channel,
+    code: str,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+) -> Account | Refused:
+    """Verify a contact without a session: the login and password are checked exactly as at
+    sign-in (`check_credentials`: the same lock-out, hourly cap, log and alert), so this is no
+    way around them."""
+    checked = await check_credentials(
+        session, settings, login=login, password=password, client=client, now=now, via="verify"
+    )
+    if isinstance(checked, Refused):
+        return checked
+    if checked.account.status == AccountStatus.locked:
+        return Refused(AccountLocked())
+    account = await AccountRepository(session).get(checked.account.id, lock=True)
+    assert account is not None
+    return await verify_contact(
+        session, settings, account, channel, code, client=client, now=now, limits=limits
+    )
+
+
 async def request_contact_change(
     session: AsyncSession,
     settings: Settings,
@@ -407,6 +520,7 @@ async def request_contact_change(
     *,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> None:
     """Start replacing the e-mail address or phone number: a code goes to the new one, and the
     current one is told. The old contact stays until the code is entered."""
@@ -420,7 +534,7 @@ async def request_contact_change(
         account.phone_pending = value
     account.updated_at = now
     await session.flush()
-    await _send_verification(session, settings, account, channel, now)
+    await _send_verification(session, settings, account, channel, now, client, limits)
     await record_event(
         session,
         EventKind.contact_change_requested,
@@ -454,6 +568,76 @@ class SignedIn:
     new_device: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A login name and password that matched, with the two throttle rows they went through
+    (locked until the transaction ends)."""
+
+    account: Account
+    name_row: LoginThrottle
+    account_row: LoginThrottle
+
+
+async def check_credentials(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    login: str,
+    password: str,
+    client: ClientInfo,
+    now: datetime,
+    via: Literal["login", "verify"] = "login",
+) -> Credentials | Refused:
+    """The one check of a login name and password, wherever one is given signed out.
+
+    Two throttle rows count the failures: the login name's (known or unknown alike) and, when
+    the name is an account's, the account's (whichever of its names is used). The name's
+    lock-out answers `too-many-attempts`. The account's lock-out, reached through another of its
+    names, answers like a wrong password, without looking at it (still at the cost of a hash):
+    a `429` there would tell that this name belongs to an account already locked out. So the
+    password of an account is never tried more than its own row allows — 5 at once, then ever
+    longer waits, and never more than 100 failures an hour — whichever names are used. Every
+    failure is in the security log; the account's holder is alerted at the fifth in a row."""
+    secret = settings.secret_key
+    kind, value = normalize_login(login)
+    name_row = await throttle.load(session, throttle.name_key(secret, kind, value), now)
+    account = await find_by_login(session, login)
+    account_row = (
+        await throttle.load(session, throttle.account_key(secret, account.id), now)
+        if account is not None
+        else None
+    )
+    details = {"via": via} if via != "login" else {}
+    locked_out = throttle.refusal(name_row, now)
+    if locked_out is not None:
+        await record_event(
+            session,
+            EventKind.login_locked_out,
+            account_id=account.id if account else None,
+            client=client,
+            success=False,
+            details=details,
+            now=now,
+        )
+        return Refused(locked_out)
+    if account_row is not None and throttle.refusal(account_row, now) is not None:
+        verify_password(None, password)  # the same work as a check; this password is not tried
+        return await _failed_login(
+            session, name_row, None, account, client, now, InvalidCredentials(), via=via
+        )
+    password_ok = verify_password(account.password_hash if account else None, password)
+    if (
+        account is None
+        or account_row is None
+        or not password_ok
+        or account.status == AccountStatus.disabled
+    ):
+        return await _failed_login(
+            session, name_row, account_row, account, client, now, InvalidCredentials(), via=via
+        )
+    return Credentials(account, name_row, account_row)
+
+
 async def login(
     session: AsyncSession,
     settings: Settings,
@@ -464,25 +648,12 @@ async def login(
     client: ClientInfo,
     now: datetime,
 ) -> SignedIn | Refused:
-    secret = settings.secret_key
-    kind, value = normalize_login(login)
-    row = await throttle.load(session, throttle.login_key(secret, f"{kind}:{value}"), now)
-    account = await find_by_login(session, login)
-    account_id = account.id if account else None
-    locked_out = throttle.refusal(row, now)
-    if locked_out is not None:
-        await record_event(
-            session,
-            EventKind.login_locked_out,
-            account_id=account_id,
-            client=client,
-            success=False,
-            now=now,
-        )
-        return Refused(locked_out)
-    password_ok = verify_password(account.password_hash if account else None, password)
-    if account is None or not password_ok or account.status == AccountStatus.disabled:
-        return await _failed_login(session, row, account, client, now, InvalidCredentials())
+    checked = await check_credentials(
+        session, settings, login=login, password=password, client=client, now=now
+    )
+    if isinstance(checked, Refused):
+        return checked
+    account = checked.account
     if account.status == AccountStatus.locked:
         await record_event(
             session,
@@ -503,15 +674,22 @@ async def login(
             return Refused(SecondFactorRequired(field="second_factor"))
         if not await _second_factor_ok(session, settings, account, second_factor, client, now):
             return await _failed_login(
-                session, row, account, client, now, InvalidSecondFactor(field="second_factor")
+                session,
+                checked.name_row,
+                checked.account_row,
+                account,
+                client,
+                now,
+                InvalidSecondFactor(field="second_factor"),
             )
         mfa = True
-    throttle.clear(row, now)
+    throttle.clear(checked.name_row, now)
+    throttle.clear(checked.account_row, now)
     if needs_rehash(account.password_hash):
         account.password_hash = hash_password(password)
     issued = await open_session(
         session,
-        secret,
+        settings.secret_key,
         account_id=account.id,
         client=client,
         policy=policy(settings),
@@ -546,23 +724,45 @@ async def login(
 
 async def _failed_login(
     session: AsyncSession,
-    row: LoginThrottle,
+    name_row: LoginThrottle,
+    account_row: LoginThrottle | None,
     account: Account | None,
     client: ClientInfo,
     now: datetime,
     error: InvalidCredentials | InvalidSecondFactor,
+    *,
+    via: str = "login",
 ) -> Refused:
-    throttle.count_failure(row, now)
+    """Count a failure on the name's row and, when the password (or second factor) was tried,
+    on the account's row; log it; alert the holder at the fifth failure in a row."""
+    throttle.count_failure(name_row, now)
+    if account_row is not None:
+        throttle.count_failure(account_row, now)
+    details: dict[str, object] = {
+        "reason": error.slug if account_row is not None or account is None else "account-throttled",
+        "consecutive_failures": (account_row or name_row).failures,
+    }
+    if via != "login":
+        details["via"] = via
     await record_event(
         session,
         EventKind.login,
         account_id=account.id if account else None,
         client=client,
         success=False,
-        details={"reason": error.slug, "consecutive_failures": row.failures},
+        details=details,
         now=now,
     )
-    if account is not None and row.failures == throttle.FREE_FAILURES:
+    if account is not None and account_row is not None:
+        await _alert_failures(session, account, account_row, now)
+    return Refused(error)
+
+
+async def _alert_failures(
+    session: AsyncSession, account: Account, row: LoginThrottle, now: datetime
+) -> None:
+    """The holder hears of the fifth failure in a row (at most once an hour)."""
+    if row.failures == throttle.FREE_FAILURES:
         await notify(
             session,
             account_id=account.id,
@@ -570,7 +770,6 @@ async def _failed_login(
             params={"count": row.failures},
             dedupe_key=f"failed-logins:{account.id}:{now:%Y%m%d%H}",
         )
-    return Refused(error)
 
 
 async def _second_factor_ok(
@@ -675,12 +874,41 @@ async def forgot_password(
     channel: Channel,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> None:
     """Send a reset code to the account's verified contact on `channel`, if there is one.
-    Says nothing either way (the edge answers 202 to everyone)."""
+    Says nothing either way (the edge answers 202 to everyone), not even when the account has
+    had too many codes lately (then none is sent, and the refusal is in its security log)."""
     account = await find_by_login(session, login)
     if account is None or account.status == AccountStatus.disabled:
         return
+    await _send_signed_out_code(
+        session,
+        settings,
+        account,
+        CodePurpose.password_reset,
+        channel,
+        EventKind.password_reset_requested,
+        client=client,
+        now=now,
+        limits=limits,
+    )
+
+
+async def _send_signed_out_code(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    purpose: CodePurpose,
+    channel: Channel,
+    kind: EventKind,
+    *,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+) -> None:
+    """A code to the account's verified contact on `channel`, for someone not signed in: every
+    outcome answers alike, so none raises."""
     target = (
         account.email
         if channel == "email" and account.email_verified_at
@@ -693,31 +921,43 @@ async def forgot_password(
             session,
             settings.secret_key,
             account_id=account.id,
-            purpose=CodePurpose.password_reset,
+            purpose=purpose,
             channel=channel,
             target=target,
             now=now,
+            limits=limits,
         )
     except codes.ResendTooSoon:
+        return
+    except codes.TooManyCodes as exc:
+        await record_event(
+            session,
+            kind,
+            account_id=account.id,
+            client=client,
+            success=False,
+            details={"channel": channel, "reason": exc.slug},
+            now=now,
+        )
         return
     await send_code(
         session,
         settings.secret_key,
         account_id=account.id,
-        purpose=CodePurpose.password_reset,
+        purpose=purpose,
         channel=channel,
         target=target,
         code=issued.code,
         language=account.language,
     )
     await record_event(
-        session,
-        EventKind.password_reset_requested,
-        account_id=account.id,
-        client=client,
-        details={"channel": channel},
-        now=now,
+        session, kind, account_id=account.id, client=client, details={"channel": channel}, now=now
     )
+
+
+def _login_as_email(login: str) -> str | None:
+    kind, value = normalize_login(login)
+    return value if kind == "email" else None
 
 
 async def reset_password(
@@ -729,32 +969,34 @@ async def reset_password(
     new_password: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> Account | Refused:
+    """Set a new password with a reset code. The new password's policy is checked before the
+    account is looked up (against the login given), so a known and an unknown login answer
+    alike; the checks against the account's own username and address come once the code has
+    proved who is asking (and undo the code's use: the transaction is rolled back)."""
+    check_password_policy(
+        new_password, username=login.strip(), email=_login_as_email(login), field="new_password"
+    )
     account = await find_by_login(session, login)
     if account is None or account.status == AccountStatus.disabled:
         return Refused(codes.InvalidCode())
+    used = await use_code(
+        session,
+        settings,
+        account,
+        CodePurpose.password_reset,
+        code,
+        client=client,
+        now=now,
+        limits=limits,
+        hide_limit=True,
+    )
+    if isinstance(used, Refused):
+        return used
     check_password_policy(
         new_password, username=account.username, email=account.email, field="new_password"
     )
-    row = await codes.consume_code(
-        session,
-        settings.secret_key,
-        account_id=account.id,
-        purpose=CodePurpose.password_reset,
-        code=code,
-        now=now,
-    )
-    if row is None:
-        await record_event(
-            session,
-            EventKind.code_rejected,
-            account_id=account.id,
-            client=client,
-            success=False,
-            details={"purpose": "password_reset"},
-            now=now,
-        )
-        return Refused(codes.InvalidCode())
     await _set_password(session, settings, account, new_password, now)
     ended = await revoke_all(session, account.id, reason="password_reset", now=now)
     await record_event(
@@ -772,12 +1014,76 @@ async def reset_password(
 async def _set_password(
     session: AsyncSession, settings: Settings, account: Account, password: str, now: datetime
 ) -> None:
+    """A new password; the lock-outs of the account and of its names are lifted (names first,
+    then the account: the order sign-in takes them in)."""
     account.password_hash = hash_password(password)
     account.password_changed_at = account.updated_at = now
-    for key in _login_keys(settings.secret_key, account):
-        row = await throttle.load(session, key, now)
-        throttle.clear(row, now)
+    secret = settings.secret_key
+    await throttle.clear_keys(session, _name_keys(secret, account), now)
+    await throttle.clear_keys(session, [throttle.account_key(secret, account.id)], now)
     await session.flush()
+
+
+async def reauthenticate(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    check: Callable[[], Awaitable[NotAuthenticated | None]],
+    *,
+    kind: EventKind,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+) -> Refused | None:
+    """Ask a signed-in customer again for their password or a code (`check` answers the error,
+    or None when it matched), guarded like a sign-in: per client address and per account with
+    `limits`, and on the account's own throttle row — failures there count with sign-in
+    failures, so the same growing delay, hourly cap and alert apply whichever way the password
+    or second factor is guessed. A refusal is logged as a failed `kind`."""
+
+    async def refuse(error: NotAuthenticated | TooManyAttempts) -> Refused:
+        details: dict[str, object] = {"reason": error.slug}
+        if row is not None:
+            details["consecutive_failures"] = row.failures
+        await record_event(
+            session,
+            kind,
+            account_id=account.id,
+            client=client,
+            success=False,
+            details=details,
+            now=now,
+        )
+        return Refused(error)
+
+    row: LoginThrottle | None = None
+    try:
+        await limits.hit("reauth", client.ip)
+        await limits.hit("account-reauth", str(account.id))
+    except TooManyAttempts as exc:
+        return await refuse(exc)
+    row = await throttle.load(session, throttle.account_key(settings.secret_key, account.id), now)
+    locked_out = throttle.refusal(row, now)
+    if locked_out is not None:
+        return await refuse(locked_out)
+    error = await check()
+    if error is None:
+        return None
+    throttle.count_failure(row, now)
+    refused = await refuse(error)
+    await _alert_failures(session, account, row, now)
+    return refused
+
+
+def _password_check(
+    account: Account, password: str, field: str
+) -> Callable[[], Awaitable[NotAuthenticated | None]]:
+    async def check() -> NotAuthenticated | None:
+        if verify_password(account.password_hash, password):
+            return None
+        return InvalidCredentials(N_("The current password is wrong."), field=field)
+
+    return check
 
 
 async def change_password(
@@ -790,22 +1096,22 @@ async def change_password(
     new: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> str | Refused:
     """Change the password (the current one is required); other sessions end, this one gets a
     new token, which is returned."""
-    if not verify_password(account.password_hash, current):
-        await record_event(
-            session,
-            EventKind.password_changed,
-            account_id=account.id,
-            client=client,
-            success=False,
-            details={"reason": "wrong_password"},
-            now=now,
-        )
-        return Refused(
-            InvalidCredentials(N_("The current password is wrong."), field="current_password")
-        )
+    refused = await reauthenticate(
+        session,
+        settings,
+        account,
+        _password_check(account, current, "current_password"),
+        kind=EventKind.password_changed,
+        client=client,
+        now=now,
+        limits=limits,
+    )
+    if refused is not None:
+        return refused
     check_password_policy(new, username=account.username, email=account.email, field="new_password")
     await _set_password(session, settings, account, new, now)
     ended = await revoke_all(session, account.id, reason="password_changed", now=now, keep=auth.id)
@@ -857,47 +1163,22 @@ async def request_unlock(
     channel: Channel,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> None:
     """Send an unlock code to a verified contact of a self-locked account. Silent otherwise."""
     account = await find_by_login(session, login)
     if account is None or account.status != AccountStatus.locked or account.lock_reason == "staff":
         return
-    target = (
-        account.email
-        if channel == "email" and account.email_verified_at
-        else (account.phone if channel == "sms" and account.phone_verified_at else None)
-    )
-    if target is None:
-        return
-    try:
-        issued = await codes.issue_code(
-            session,
-            settings.secret_key,
-            account_id=account.id,
-            purpose=CodePurpose.unlock,
-            channel=channel,
-            target=target,
-            now=now,
-        )
-    except codes.ResendTooSoon:
-        return
-    await send_code(
+    await _send_signed_out_code(
         session,
-        settings.secret_key,
-        account_id=account.id,
-        purpose=CodePurpose.unlock,
-        channel=channel,
-        target=target,
-        code=issued.code,
-        language=account.language,
-    )
-    await record_event(
-        session,
+        settings,
+        account,
+        CodePurpose.unlock,
+        channel,
         EventKind.unlock_requested,
-        account_id=account.id,
         client=client,
-        details={"channel": channel},
         now=now,
+        limits=limits,
     )
 
 
@@ -909,29 +1190,24 @@ async def unlock(
     code: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> Account | Refused:
     account = await find_by_login(session, login)
     if account is None or account.status != AccountStatus.locked or account.lock_reason == "staff":
         return Refused(codes.InvalidCode())
-    row = await codes.consume_code(
+    used = await use_code(
         session,
-        settings.secret_key,
-        account_id=account.id,
-        purpose=CodePurpose.unlock,
-        code=code,
+        settings,
+        account,
+        CodePurpose.unlock,
+        code,
+        client=client,
         now=now,
+        limits=limits,
+        hide_limit=True,
     )
-    if row is None:
-        await record_event(
-            session,
-            EventKind.code_rejected,
-            account_id=account.id,
-            client=client,
-            success=False,
-            details={"purpose": "unlock"},
-            now=now,
-        )
-        return Refused(codes.InvalidCode())
+    if isinstance(used, Refused):
+        return used
     await unlock_account(session, account, client=client, now=now)
     return account
 
@@ -970,9 +1246,20 @@ async def start_totp(
     password: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> totp.Enrolment | Refused:
-    if not verify_password(account.password_hash, password):
-        return Refused(InvalidCredentials(N_("The current password is wrong."), field="password"))
+    refused = await reauthenticate(
+        session,
+        settings,
+        account,
+        _password_check(account, password, "password"),
+        kind=EventKind.totp_enrolment_started,
+        client=client,
+        now=now,
+        limits=limits,
+    )
+    if refused is not None:
+        return refused
     if account.totp_enabled_at is not None:
         raise Conflict(N_("Two-step verification is already on; turn it off first."))
     enrolment, sealed = totp.new_enrolment(settings.secret_key, account, settings.operator_name)
@@ -998,14 +1285,30 @@ async def confirm_totp(
     code: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> TotpEnabled | Refused:
     if account.totp_enabled_at is not None:
         raise Conflict(N_("Two-step verification is already on."))
     if account.totp_secret_sealed is None:
         raise Conflict(N_("Start setting up two-step verification first."))
-    if not totp.accept_totp(settings.secret_key, account, code, now):
-        await session.flush()
-        return Refused(InvalidSecondFactor(field="code"))
+
+    async def check() -> NotAuthenticated | None:
+        if totp.accept_totp(settings.secret_key, account, code, now):
+            return None
+        return InvalidSecondFactor(field="code")
+
+    refused = await reauthenticate(
+        session,
+        settings,
+        account,
+        check,
+        kind=EventKind.totp_enabled,
+        client=client,
+        now=now,
+        limits=limits,
+    )
+    if refused is not None:
+        return refused
     account.totp_enabled_at = account.updated_at = now
     recovery = await totp.new_recovery_codes(session, settings.secret_key, account.id, now)
     auth.mfa = True
@@ -1026,14 +1329,35 @@ async def disable_totp(
     code: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> Refused | None:
+    """Turn two-step verification off (or drop an unconfirmed set-up): the password, and the
+    authenticator or a recovery code when it is on."""
     if account.totp_enabled_at is None and account.totp_secret_sealed is None:
         raise Conflict(N_("Two-step verification is not on."))
-    if not verify_password(account.password_hash, password):
-        return Refused(InvalidCredentials(N_("The current password is wrong."), field="password"))
     was_on = account.totp_enabled_at is not None
-    if was_on and not await _second_factor_ok(session, settings, account, code, client, now):
-        return Refused(InvalidSecondFactor(field="code"))
+    password_check = _password_check(account, password, "password")
+
+    async def check() -> NotAuthenticated | None:
+        wrong = await password_check()
+        if wrong is not None:
+            return wrong
+        if was_on and not await _second_factor_ok(session, settings, account, code, client, now):
+            return InvalidSecondFactor(field="code")
+        return None
+
+    refused = await reauthenticate(
+        session,
+        settings,
+        account,
+        check,
+        kind=EventKind.totp_disabled,
+        client=client,
+        now=now,
+        limits=limits,
+    )
+    if refused is not None:
+        return refused
     account.totp_secret_sealed = None
     account.totp_enabled_at = account.totp_last_step = None
     account.updated_at = now
@@ -1054,13 +1378,26 @@ async def regenerate_recovery_codes(
     password: str,
     client: ClientInfo,
     now: datetime,
+    limits: RateLimits,
 ) -> list[str] | Refused:
+    """New recovery codes (the old ones stop working); the holder is alerted."""
     if account.totp_enabled_at is None:
         raise Conflict(N_("Two-step verification is not on."))
-    if not verify_password(account.password_hash, password):
-        return Refused(InvalidCredentials(N_("The current password is wrong."), field="password"))
+    refused = await reauthenticate(
+        session,
+        settings,
+        account,
+        _password_check(account, password, "password"),
+        kind=EventKind.recovery_codes_regenerated,
+        client=client,
+        now=now,
+        limits=limits,
+    )
+    if refused is not None:
+        return refused
     recovery = await totp.new_recovery_codes(session, settings.secret_key, account.id, now)
     await record_event(
         session, EventKind.recovery_codes_regenerated, account_id=account.id, client=client, now=now
     )
+    await notify(session, account_id=account.id, template="security.recovery_codes_regenerated")
     return recovery

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.client import ClientInfo
+from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 
@@ -91,8 +92,10 @@ async def session_for_token(
     *,
     policy: SessionPolicy,
     now: datetime,
+    client: ClientInfo | None = None,
 ) -> AuthSession | None:
-    """The live session a token belongs to (its last use noted), or None."""
+    """The live session a token belongs to (its last use noted), or None. A session found past
+    its idle or absolute timeout is ended here, and that is in the security log."""
     row = (
         await session.execute(
             select(AuthSession).where(AuthSession.token_hash == token_hash(secret, token))
@@ -105,6 +108,14 @@ async def session_for_token(
         if row.revoked_at is None:
             row.revoked_at, row.revoked_reason = now, why
             await session.flush()
+            await record_event(
+                session,
+                EventKind.session_expired,
+                account_id=row.account_id,
+                client=client,
+                details={"reason": why, "session_id": str(row.id)},
+                now=now,
+            )
         return None
     if now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now

@@ -1,22 +1,28 @@
 """Anti-automation.
 
-Per login name (known or unknown alike, so that the answers cannot tell them apart), kept in
-the database so every process agrees: after 5 consecutive failures, each further attempt must
-wait 2, 4, 8 … seconds (at most 15 minutes); and never more than 100 failures an hour.
+In the database, so every process agrees, one row per login name (known or unknown alike, so
+that the answers cannot tell them apart) and one per account (whichever of its names is used,
+and wherever its password or second factor is asked again): after 5 consecutive failures, each
+further attempt must wait 2, 4, 8 … seconds (at most 15 minutes); and never more than 100
+failures an hour.
 
-Per client address, with the `limits` library (in memory, or Redis when
-`SIMCHARGE_REDIS_URL` is set so that all processes share the counts): sign-ins, code sends,
-registrations."""
+With the `limits` library (in memory, or Redis when `SIMCHARGE_REDIS_URL` is set so that all
+processes share the counts): per client address, sign-ins, registrations, code sends, code
+checks and re-entered passwords; per account, code sends and code checks (per purpose) and
+re-entered passwords."""
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import LoginThrottle
@@ -30,15 +36,31 @@ HOURLY_CAP = 100
 HOUR = timedelta(hours=1)
 
 LIMITS: dict[str, list[RateLimitItem]] = {
+    # per client address
     "login": parse_many("30/minute;300/hour"),
     "register": parse_many("10/hour"),
     "codes": parse_many("10/minute;60/hour"),
     "verify": parse_many("30/minute"),
+    "reauth": parse_many("10/minute;60/hour"),
+    # per account (and code purpose)
+    "account-code-sends": parse_many("5/hour;20/day"),
+    "account-code-checks": parse_many("10/hour;30/day"),
+    "account-reauth": parse_many("10/minute;30/hour"),
 }
 
 
 def login_key(secret: str, normalized_login: str) -> str:
     return keyed_hash(secret, "login-throttle", normalized_login)
+
+
+def name_key(secret: str, kind: str, value: str) -> str:
+    """The row of a login name (`username`, `email` or `phone`, normalised)."""
+    return login_key(secret, f"{kind}:{value}")
+
+
+def account_key(secret: str, account_id: uuid.UUID) -> str:
+    """The row of an account, whichever name it is reached by."""
+    return login_key(secret, f"account:{account_id}")
 
 
 def delay_after(failures: int) -> timedelta:
@@ -101,8 +123,19 @@ def clear(row: LoginThrottle, now: datetime) -> None:
     row.updated_at = now
 
 
+async def clear_keys(session: AsyncSession, keys: Sequence[str], now: datetime) -> None:
+    """Forget the consecutive failures of these rows (those that exist; none is created). The
+    hour's count stays: the cap is on failures, whatever succeeded in between."""
+    await session.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.key_hash.in_(list(keys)))
+        .values(failures=0, locked_until=None, updated_at=now)
+    )
+
+
 class RateLimits:
-    """Counts per (action, client address) in memory or Redis."""
+    """Counts per (action, who) in memory or Redis; `who` is a client address, or an account
+    (with a code purpose) for the `account-…` actions."""
 
     def __init__(self, redis_url: str | None = None) -> None:
         storage: Storage = RedisStorage("async+" + redis_url) if redis_url else MemoryStorage()

@@ -1,8 +1,10 @@
 """structlog configuration: JSON lines in production, readable lines in development.
 
-Values under keys that look secret are masked before anything is written. Records of the
-standard `logging` module (uvicorn, SQLAlchemy, libraries) go through the same renderer, so in
-production every line on stderr is one JSON object."""
+Values under keys that look secret are masked before anything is written. Tracebacks are plain
+in both modes: never the local variables of each frame (structlog's rich console traceback would
+print them, and a frame's locals hold passwords, codes and tokens). Records of the standard
+`logging` module (uvicorn, SQLAlchemy, libraries) go through the same renderer, so in production
+every line on stderr is one JSON object."""
 
 from __future__ import annotations
 
@@ -39,7 +41,11 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
         structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[*processors, renderer],

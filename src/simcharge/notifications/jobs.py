@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from simcharge.accounts.models import Account
+from simcharge.auth.events import EventKind, record_event
 from simcharge.kit.crypto import SealBroken, unseal
 from simcharge.notifications.models import Notice
 from simcharge.notifications.service import DELIVER, SEND_CODE, log_message
@@ -35,7 +36,8 @@ def _account_id(payload: dict[str, Any]) -> uuid.UUID:
 
 @job(DELIVER)
 async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
-    """Fan a notification out: the portal notice now, one job per message channel."""
+    """Fan a notification out: the portal notice now, one job per message channel. A security
+    alert (`security.…`) is also written in the account's security log, with its channels."""
     account_id = _account_id(payload)
     template = str(payload.get("template", ""))
     channels = list(payload.get("channels") or [])
@@ -58,8 +60,10 @@ async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
             )
         email = targets.get("email") or (account.email if account.email_verified_at else None)
         phone = targets.get("sms") or (account.phone if account.phone_verified_at else None)
+        sent = ["portal"] if "portal" in channels else []
         for channel, to, kind in (("email", email, SEND_EMAIL), ("sms", phone, SEND_SMS)):
             if channel in channels and to:
+                sent.append(channel)
                 await enqueue(
                     session,
                     kind,
@@ -72,6 +76,13 @@ async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
                     },
                     dedupe_key=f"{DELIVER}:{ctx.job.id}:{channel}",
                 )
+        if template.startswith("security."):
+            await record_event(
+                session,
+                EventKind.alert_sent,
+                account_id=account_id,
+                details={"alert": template.removeprefix("security."), "channels": sent},
+            )
 
     await ctx.db.run(fan_out)
 

@@ -1,5 +1,6 @@
 """Handing messages over: e-mail by SMTP, SMS by a Twilio-compatible API, and in development
-an in-memory mailbox that `/dev/mailbox` shows (so `make run` needs no mail server)."""
+an in-memory mailbox that `/dev/mailbox` shows (so `make run` needs no mail server). The tests
+(`SIMCHARGE_ENV=test`) read the same in-memory mailbox, but no page shows it then."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ dev_mailbox: collections.deque[Outgoing] = collections.deque(maxlen=500)
 
 
 def keeps_dev_mailbox(settings: Settings) -> bool:
-    return settings.env is not Environment.production
+    """Development (shown at `/dev/mailbox`) and tests (read by them); never production."""
+    return settings.env in (Environment.development, Environment.test)
 
 
 async def send_email(

@@ -519,14 +519,14 @@ async def add_line(
             await limits.hit("codes", client.ip)
             await db.run(
                 lambda s: accounts.request_line_attach(
-                    s, settings, account, msisdn, client=client, now=utcnow()
+                    s, settings, account, msisdn, client=client, now=utcnow(), limits=limits
                 )
             )
             return redirect("/account/lines/add?" + urlencode({"msisdn": msisdn, "sent": 1}))
         await limits.hit("verify", client.ip)
         result = await db.run(
             lambda s: accounts.confirm_line_attach(
-                s, settings, account, msisdn, code, client=client, now=utcnow()
+                s, settings, account, msisdn, code, client=client, now=utcnow(), limits=limits
             )
         )
         if isinstance(result, Refused):

@@ -24,7 +24,6 @@ from simcharge.auth.deps import (
 )
 from simcharge.auth.endpoints import equalize
 from simcharge.auth.models import AuthSession
-from simcharge.auth.passwords import verify_password
 from simcharge.catalog.service import list_methods, list_plans
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
@@ -86,7 +85,7 @@ async def choose_language(
 
 @router.post("/language")
 async def choose_language_signed_in(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
     """The switcher of a signed-in customer: the pages and the account's language (what its
     e-mails, SMS and receipts use) change together."""
@@ -101,7 +100,8 @@ async def choose_language_signed_in(
             account = await s.get(Account, customer.account.id, with_for_update=True)
             assert account is not None
             await accounts.update_profile(
-                s, settings, account, language=language, client=client, now=utcnow()
+                s, settings, account, language=language, client=client, now=utcnow(),
+                limits=limits,
             )
 
         await db.run(run)
@@ -149,7 +149,9 @@ async def register(
             phone=values["phone"] or None,
             language=language,
         )
-        await db.run(lambda s: service.register(s, settings, reg, client=client, now=utcnow()))
+        await db.run(
+            lambda s: service.register(s, settings, reg, client=client, now=utcnow(), limits=limits)
+        )
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         return render(
@@ -181,19 +183,18 @@ async def verify(
     customer = page.customer
 
     async def run(s: AsyncSession) -> Account | Refused:
-        if customer is not None:
-            account = await s.get(Account, customer.account.id, with_for_update=True)
-        else:
-            account = await service.find_by_login(s, values["login"])
-            if not verify_password(
-                account.password_hash if account else None, form.get("password", "")
-            ):
-                account = None
-        if account is None:
-            return Refused(service.InvalidCredentials())
+        code = form.get("code", "").strip()
+        if customer is None:
+            return await service.verify_contact_signed_out(
+                s, settings, login=values["login"], password=form.get("password", ""),
+                channel=values["channel"], code=code,  # type: ignore[arg-type]
+                client=client, now=utcnow(), limits=limits,
+            )
+        account = await s.get(Account, customer.account.id, with_for_update=True)
+        assert account is not None
         return await service.verify_contact(
-            s, settings, account, values["channel"], form.get("code", "").strip(),  # type: ignore[arg-type]
-            client=client, now=utcnow(),
+            s, settings, account, values["channel"], code,  # type: ignore[arg-type]
+            client=client, now=utcnow(), limits=limits,
         )
 
     try:
@@ -224,7 +225,9 @@ async def resend_code(
     async def run(s: AsyncSession) -> None:
         account = await s.get(Account, customer.account.id, with_for_update=True)
         assert account is not None
-        await service.resend_verification(s, settings, account, channel, utcnow())
+        await service.resend_verification(
+            s, settings, account, channel, utcnow(), client=client, limits=limits
+        )
 
     try:
         await limits.hit("codes", client.ip)
@@ -371,7 +374,8 @@ async def forgot(
         )
     await db.run(
         lambda s: service.forgot_password(
-            s, settings, login=login_name, channel=channel, client=client, now=utcnow()
+            s, settings, login=login_name, channel=channel, client=client, now=utcnow(),
+            limits=limits,
         )
     )
     await equalize(settings, started)
@@ -406,7 +410,7 @@ async def reset(
         result = await db.run(
             lambda s: service.reset_password(
                 s, settings, login=values["login"], code=form.get("code", "").strip(),
-                new_password=new_password, client=client, now=utcnow(),
+                new_password=new_password, client=client, now=utcnow(), limits=limits,
             )
         )
         if isinstance(result, Refused):

@@ -58,6 +58,8 @@ EVENT_LABELS: dict[str, str] = {
     EventKind.line_attach_requested: N_("Line addition asked"),
     EventKind.line_attached: N_("Line added"),
     EventKind.code_rejected: N_("Wrong code entered"),
+    EventKind.csrf_refused: N_("Change refused: it did not come from this site"),
+    EventKind.alert_sent: N_("Security alert sent"),
 }
 
 
@@ -120,7 +122,7 @@ def _refused(result: object) -> None:
 
 @router.post("/account/security/password")
 async def change_password(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
     require(page)
     form = await form_of(request, page)
@@ -134,7 +136,7 @@ async def change_password(
             return await auth.change_password(
                 s, settings, await _auth_session(s, page), await _locked(s, page),
                 current=form.get("current_password", ""), new=form.get("new_password", ""),
-                client=client, now=utcnow(),
+                client=client, now=utcnow(), limits=limits,
             )
 
         result = await db.run(run)
@@ -153,13 +155,13 @@ async def change_password(
 
 @router.post("/account/security/totp")
 async def start_totp(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
     require(page)
     form = await form_of(request, page)
     try:
         result = await db.run(
-            lambda s: _start(s, settings, page, form.get("password", ""), client)
+            lambda s: _start(s, settings, page, form.get("password", ""), client, limits)
         )
         _refused(result)
     except SimchargeError as exc:
@@ -173,16 +175,18 @@ async def start_totp(
 
 
 async def _start(
-    s: AsyncSession, settings: AppSettings, page: Visitor, password: str, client: Client
+    s: AsyncSession, settings: AppSettings, page: Visitor, password: str, client: Client,
+    limits: Limits,
 ) -> Enrolment | Refused:
     return await auth.start_totp(
-        s, settings, await _locked(s, page), password=password, client=client, now=utcnow()
+        s, settings, await _locked(s, page), password=password, client=client, now=utcnow(),
+        limits=limits,
     )
 
 
 @router.post("/account/security/totp/confirm")
 async def confirm_totp(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
     require(page)
     form = await form_of(request, page)
@@ -190,7 +194,7 @@ async def confirm_totp(
     async def run(s: AsyncSession) -> auth.TotpEnabled | Refused:
         return await auth.confirm_totp(
             s, settings, await _auth_session(s, page), await _locked(s, page),
-            code=form.get("code", "").strip(), client=client, now=utcnow(),
+            code=form.get("code", "").strip(), client=client, now=utcnow(), limits=limits,
         )
 
     try:
@@ -210,7 +214,7 @@ async def confirm_totp(
 
 @router.post("/account/security/totp/disable")
 async def disable_totp(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
     require(page)
     form = await form_of(request, page)
@@ -218,7 +222,7 @@ async def disable_totp(
     async def run(s: AsyncSession) -> Refused | None:
         return await auth.disable_totp(
             s, settings, await _locked(s, page), password=form.get("password", ""),
-            code=form.get("code", "").strip(), client=client, now=utcnow(),
+            code=form.get("code", "").strip(), client=client, now=utcnow(), limits=limits,
         )
 
     try:
@@ -234,7 +238,7 @@ async def disable_totp(
 
 @router.post("/account/security/recovery-codes")
 async def recovery_codes(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
     require(page)
     form = await form_of(request, page)
@@ -242,7 +246,7 @@ async def recovery_codes(
     async def run(s: AsyncSession) -> list[str] | Refused:
         return await auth.regenerate_recovery_codes(
             s, settings, await _locked(s, page), password=form.get("password", ""),
-            client=client, now=utcnow(),
+            client=client, now=utcnow(), limits=limits,
         )
 
     try:
@@ -351,7 +355,8 @@ async def unlock_request(
                       errors=errors, error=summary, locked=False, sent=False)
     await db.run(
         lambda s: auth.request_unlock(
-            s, settings, login=login, channel=channel, client=client, now=utcnow()
+            s, settings, login=login, channel=channel, client=client, now=utcnow(),
+            limits=limits,
         )
     )
     await equalize(settings, started)
@@ -370,7 +375,7 @@ async def unlock(
         result = await db.run(
             lambda s: auth.unlock(
                 s, settings, login=values["login"], code=form.get("code", "").strip(),
-                client=client, now=utcnow(),
+                client=client, now=utcnow(), limits=limits,
             )
         )
         _refused(result)

@@ -1,4 +1,5 @@
-"""The worker loop: schedule periodic jobs, claim due ones, run them with bounded concurrency."""
+"""The worker loop: schedule periodic jobs, claim due ones, run them with bounded concurrency,
+and keep their leases while they run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import asyncio
 import os
 import socket
 import traceback
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -48,8 +52,13 @@ class Worker:
         self.registry = registry or load_jobs()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid7().hex[-6:]}"
         self.lease = timedelta(seconds=settings.worker_lease_seconds)
+        self.job_timeout = settings.worker_job_timeout_seconds
         self._running: set[asyncio.Task[None]] = set()
         self._in_hand: dict[asyncio.Task[None], service.ClaimedJob] = {}
+        self._deadlines: dict[uuid.UUID, asyncio.Timeout] = {}
+        """The jobs whose handler runs now, each with its timeout (also stopped early when the
+        job's lease is lost)."""
+        self._lost: set[uuid.UUID] = set()
         self._http: httpx.AsyncClient | None = http
         self._owns_http = http is None
         self.shared: dict[str, Any] = {}
@@ -82,19 +91,58 @@ class Worker:
         """Claim and run what is due now, waiting for it to finish. Returns jobs run."""
         await self.schedule_periodic()
         claimed = await self._claim(self.concurrency)
-        await asyncio.gather(*(self._run_job(j) for j in claimed))
+        async with self._keeping_leases():
+            await asyncio.gather(*(self._run_job(j) for j in claimed))
         return len(claimed)
 
     async def drain(self, *, max_rounds: int = 100) -> int:
         """Run due jobs until none is left (tests, the chaos check, `worker --drain`)."""
         total = 0
-        for _ in range(max_rounds):
-            claimed = await self._claim(self.concurrency)
-            if not claimed:
-                break
-            await asyncio.gather(*(self._run_job(j) for j in claimed))
-            total += len(claimed)
+        async with self._keeping_leases():
+            for _ in range(max_rounds):
+                claimed = await self._claim(self.concurrency)
+                if not claimed:
+                    break
+                await asyncio.gather(*(self._run_job(j) for j in claimed))
+                total += len(claimed)
         return total
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often the leases of running jobs are renewed: three times per lease, so that one
+        renewal lost to a busy database does not lose a job."""
+        return self.lease.total_seconds() / 3
+
+    async def renew_leases(self) -> None:
+        """Extend the lease of every job running here; stop those another worker has taken over
+        (their lease had run out: this process was stalled or cut from the database)."""
+        held = list(self._deadlines)
+        if not held:
+            return
+        kept = await self.db.run(lambda s: service.renew(s, held, self.worker_id, self.lease))
+        now = asyncio.get_running_loop().time()
+        for job_id in set(held) - kept:
+            deadline = self._deadlines.get(job_id)
+            if deadline is not None:
+                self._lost.add(job_id)
+                deadline.reschedule(now)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                await self.renew_leases()
+            except Exception:  # the next beat tries again: a lease outlasts three
+                log.warning("worker.lease_renewal_failed", worker_id=self.worker_id, exc_info=True)
+
+    @asynccontextmanager
+    async def _keeping_leases(self) -> AsyncIterator[None]:
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            yield
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -122,10 +170,31 @@ class Worker:
             await self._record_failure(job, "unknown job kind", retry=False)
             bound.error("job.unknown_kind")
             return
+        deadline = asyncio.timeout(self.job_timeout)
         try:
-            await handler(JobContext(self.db, self.settings, job, self.http, self.shared), job.payload)
+            async with deadline:
+                self._deadlines[job.id] = deadline
+                try:
+                    await handler(
+                        JobContext(self.db, self.settings, job, self.http, self.shared),
+                        job.payload,
+                    )
+                finally:
+                    self._deadlines.pop(job.id, None)
         except asyncio.CancelledError:
             raise
+        except TimeoutError as exc:
+            if job.id in self._lost:
+                # Another worker holds the job now and runs it; it is that worker's to finish.
+                self._lost.discard(job.id)
+                bound.warning("job.lease_lost", worker_id=self.worker_id)
+                return
+            if not deadline.expired():
+                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            else:
+                error = f"timed out after {self.job_timeout:g} s"
+            now = await self._record_failure(job, error, retry=True)
+            bound.warning("job.failed", error=error, now=now)
         except PermanentJobError as exc:
             error = str(exc)
             await self._record_failure(job, error, retry=False)
@@ -149,6 +218,13 @@ class Worker:
         within `worker_shutdown_grace_seconds`. Those still running then are cancelled and given
         back to the queue at once (their attempt not counted), for another worker to take."""
         log.info("worker.started", worker_id=self.worker_id, concurrency=self.concurrency)
+        async with self._keeping_leases():
+            await self._work(stop)
+            await self._wind_down(self.settings.worker_shutdown_grace_seconds)
+        await self.close()
+        log.info("worker.stopped", worker_id=self.worker_id)
+
+    async def _work(self, stop: asyncio.Event) -> None:
         poll = self.settings.worker_poll_seconds
         loop = asyncio.get_running_loop()
         next_schedule = 0.0
@@ -170,9 +246,6 @@ class Worker:
             except Exception:
                 log.exception("worker.loop_error")
                 await asyncio.sleep(min(5.0, poll * 2))
-        await self._wind_down(self.settings.worker_shutdown_grace_seconds)
-        await self.close()
-        log.info("worker.stopped", worker_id=self.worker_id)
 
     async def _wind_down(self, grace: float) -> None:
         if not self._running:

@@ -1,10 +1,13 @@
 """Enqueueing, claiming and finishing outbox jobs.
 
 A job is claimed in a short transaction of its own (status `running`, a lease until
-`locked_until`), run, then marked done or rescheduled in another. A worker that dies leaves
-its jobs to come back when their lease runs out, so every handler must be safe to run twice.
-On PostgreSQL several workers claim with `FOR UPDATE SKIP LOCKED`; on SQLite the write lock
-taken by `BEGIN IMMEDIATE` serialises the claims.
+`locked_until`), run, then marked done or rescheduled in another. While it runs, its worker
+renews the lease (`renew`), so a job longer than the lease is never taken by a second worker. A
+worker that dies stops renewing: its jobs come back when their lease runs out, so every handler
+must be safe to run twice; a job that has come back `max_attempts` times (it keeps killing its
+worker) is buried as dead by the next `claim` instead of being run again. On PostgreSQL several
+workers claim with `FOR UPDATE SKIP LOCKED`; on SQLite the write lock taken by
+`BEGIN IMMEDIATE` serialises the claims.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +29,7 @@ from simcharge.kit.ids import uuid7
 from simcharge.worker.models import JobStatus, OutboxJob
 
 jobs = table_of(OutboxJob)
+log = structlog.get_logger("simcharge.worker")
 
 LEASE = timedelta(minutes=5)
 MAX_ERROR_LENGTH = 2000
@@ -113,11 +118,20 @@ async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
 async def claim(
     session: AsyncSession, worker_id: str, limit: int, lease: timedelta = LEASE
 ) -> list[ClaimedJob]:
-    """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id`."""
+    """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id`.
+
+    A job whose lease ran out after its last allowed attempt is buried instead: its worker died
+    running it `max_attempts` times (killed, out of memory), so running it again would only kill
+    another one."""
     now = utcnow()
+    await bury_abandoned(session, now)
     due = or_(
         and_(jobs.c.status == JobStatus.pending.value, jobs.c.run_at <= now),
-        and_(jobs.c.status == JobStatus.running.value, jobs.c.locked_until < now),
+        and_(
+            jobs.c.status == JobStatus.running.value,
+            jobs.c.locked_until < now,
+            jobs.c.attempts < jobs.c.max_attempts,
+        ),
     )
     stmt = (
         select(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempts, jobs.c.max_attempts)
@@ -140,6 +154,53 @@ async def claim(
         )
     )
     return [ClaimedJob(r.id, r.kind, r.payload, r.attempts + 1, r.max_attempts) for r in rows]
+
+
+ABANDONED = "its worker stopped (killed or lost) while running it, at every attempt"
+
+
+async def bury_abandoned(session: AsyncSession, now: datetime) -> int:
+    """Bury the jobs whose lease ran out after their last allowed attempt. Returns how many."""
+    abandoned = and_(
+        jobs.c.status == JobStatus.running.value,
+        jobs.c.locked_until < now,
+        jobs.c.attempts >= jobs.c.max_attempts,
+    )
+    result = await session.execute(
+        update(jobs)
+        .where(abandoned)
+        .values(
+            status=JobStatus.dead.value,
+            last_error=func.coalesce(jobs.c.last_error + "\n", "") + ABANDONED,
+            locked_until=None,
+            finished_at=now,
+        )
+        .returning(jobs.c.id, jobs.c.kind, jobs.c.locked_by)
+    )
+    buried = result.all()
+    for row in buried:
+        log.error("job.abandoned", job_id=str(row.id), kind=row.kind, last_worker=row.locked_by)
+    return len(buried)
+
+
+async def renew(
+    session: AsyncSession, job_ids: Sequence[uuid.UUID], worker_id: str, lease: timedelta = LEASE
+) -> set[uuid.UUID]:
+    """Extend the lease of the jobs `worker_id` is running. Returns those still its own: a job
+    missing from the answer was taken over (its lease had run out) and must not be finished."""
+    if not job_ids:
+        return set()
+    result = await session.execute(
+        update(jobs)
+        .where(
+            jobs.c.id.in_(list(job_ids)),
+            jobs.c.locked_by == worker_id,
+            jobs.c.status == JobStatus.running.value,
+        )
+        .values(locked_until=utcnow() + lease)
+        .returning(jobs.c.id)
+    )
+    return {row.id for row in result}
 
 
 async def finish(
