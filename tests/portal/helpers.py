@@ -78,3 +78,59 @@ async def new_customer(
 
 def sign_in(client: httpx.AsyncClient, customer: Customer) -> None:
     client.cookies.set("sc_session", customer.token)
+
+
+_KEY = re.compile(r'name="idempotency_key" value="([^"]+)"')
+
+
+async def portal_order(
+    client: httpx.AsyncClient, line_id: uuid.UUID | None, *, plan: str = "traveller-20",
+    method: str = "sandbox", msisdn: str = "",
+) -> tuple[uuid.UUID, str]:
+    """Top up through the portal's pages: review, then "Pay now". Returns the order's id and
+    where "Pay now" went (the provider's page, or the order's page)."""
+    query = {"line": str(line_id) if line_id else "other", "msisdn": msisdn, "plan": plan,
+             "method": method}
+    review = await client.get("/account/topup/review", params=query)
+    assert review.status_code == 200, review.text
+    key = _KEY.search(review.text)
+    assert key
+    r = await client.post("/account/topup", data={
+        "csrf": csrf_of(review.text), "idempotency_key": key.group(1), **query})
+    assert r.status_code == 303, r.text
+    records = await client.get("/account/records")
+    orders = records.text.split("<table>")[2]  # "My orders", newest first
+    found = re.search(r'href="/account/orders/([0-9a-f-]{36})"', orders)
+    assert found
+    return uuid.UUID(found.group(1)), r.headers["location"]
+
+
+async def pay_on_sandbox_page(
+    client: httpx.AsyncClient, settings: Settings, pay_url: str, action: str = "pay"
+) -> None:
+    """What the payer does on the sandbox's page (`pay_url`, where "Pay now" went); its
+    webhooks wait in the outbox (no worker runs here)."""
+    from simcharge.payments.sandbox import page_token
+
+    assert "/sandbox/pay/" in pay_url, pay_url
+    sid = pay_url.rsplit("/", 1)[-1]
+    r = await client.post(f"/sandbox/pay/{sid}",
+                          data={"action": action, "token": page_token(settings, sid)})
+    assert r.status_code == 303, r.text
+
+
+async def two_step_on(client: httpx.AsyncClient) -> tuple[str, list[str], str]:
+    """Turn two-step verification on from the security page, as a customer does: returns the
+    app's secret, the recovery codes shown, and the session's new token (a privilege change
+    gives the session a new one)."""
+    import pyotp
+
+    r = await post_form(client, "/account/security", "/account/security/totp",
+                        {"password": PASSWORD})
+    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', r.text)
+    assert secret
+    r = await client.post("/account/security/totp/confirm", data={
+        "csrf": csrf_of(r.text), "code": pyotp.TOTP(secret.group(1)).now()})
+    assert r.status_code == 200
+    codes = re.findall(r"<li>([^<]+)</li>", r.text.split("recovery-codes", 1)[1])
+    return secret.group(1), codes, r.cookies["sc_session"]

@@ -274,35 +274,6 @@ async def test_a_signed_in_customer_asks_for_a_new_code(
     assert r.status_code == 303 and r.headers["location"] == "/login?next=/verify"
 
 
-async def test_the_user_center_says_when_a_line_would_be_frozen(
-    client: httpx.AsyncClient, db: Database, settings: Settings
-) -> None:
-    from datetime import timedelta
-
-    from simcharge.kit.clock import utcnow
-    from simcharge.notifications.models import Notice
-
-    customer = await new_customer(db, settings)
-    sign_in(client, customer)
-    r = await client.get("/account")
-    assert 'data-testid="freeze"' not in r.text
-    assert "Top up before the validity ends" in r.text
-    freeze_on = (utcnow() + timedelta(days=40)).date()
-
-    async def warn(s: object) -> None:
-        s.add(Notice(account_id=customer.account_id, template="line.freeze_warning",  # type: ignore[attr-defined]
-                     line_id=customer.line.id,
-                     params={"msisdn": customer.line.msisdn, "freeze_on": freeze_on.isoformat(),
-                             "days_left": 40}))
-
-    await db.run(warn)  # type: ignore[arg-type]
-    r = await client.get("/account")
-    assert 'data-testid="freeze"' in r.text
-    assert "40 days" in r.text
-    client.cookies.set("sc_lang", "zh-Hans")
-    assert "40天" in (await client.get("/account")).text
-
-
 async def test_forgot_password_by_sms(
     client: httpx.AsyncClient, db: Database, deliver: object
 ) -> None:

@@ -75,6 +75,30 @@ class LineRepository:
         )
         return wallet, list(await self.session.execute(stmt))
 
+    async def holdings_of(self, line_ids: Collection[uuid.UUID]) -> list[Row[Any]]:
+        """Every ledger account of these lines (wallets and buckets) with its totals, and the
+        bucket's columns where it is one (NULL for a wallet): one query for any number of
+        lines."""
+        stmt = (
+            select(
+                ledger_accounts.c.id,
+                ledger_accounts.c.line_id,
+                ledger_accounts.c.unit,
+                ledger_accounts.c.debits_pending,
+                ledger_accounts.c.debits_posted,
+                ledger_accounts.c.credits_posted,
+                buckets.c.id.label("bucket_id"),
+                buckets.c.initial_amount,
+                buckets.c.zones,
+                buckets.c.expires_at,
+                buckets.c.source,
+                buckets.c.created_at,
+            )
+            .outerjoin(buckets, buckets.c.id == ledger_accounts.c.id)
+            .where(ledger_accounts.c.line_id.in_(list(line_ids)))
+        )
+        return list(await self.session.execute(stmt))
+
     async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
         await self.session.execute(
             upsert_insert(self.session, buckets)

@@ -16,9 +16,10 @@ from simcharge.portal.account import router as account_router
 from simcharge.portal.help import router as help_router
 from simcharge.portal.public import router as public_router
 from simcharge.portal.security import router as security_router
+from simcharge.portal.transfers import router as transfers_router
 from simcharge.portal.web import STATIC, Visitor, redirect, render, safe_next
 
-ROUTERS = (public_router, account_router, security_router, help_router)
+ROUTERS = (public_router, account_router, security_router, help_router, transfers_router)
 
 
 def problem_page(request: Request, exc: SimchargeError) -> Response:

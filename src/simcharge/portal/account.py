@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -15,8 +16,6 @@ import segno
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from markupsafe import Markup
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
@@ -26,10 +25,11 @@ from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.translations import N_, translate
+from simcharge.lifecycle.forecast import outlook
+from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.schemas import LineBalances
-from simcharge.lines.service import line_balances
-from simcharge.notifications.models import Notice
+from simcharge.lines.service import holdings_of, line_balances
 from simcharge.notifications.service import mark_read, notices_of
 from simcharge.notifications.templates import render_subject
 from simcharge.orders import service as orders
@@ -84,76 +84,86 @@ def bar_class(remaining: int, initial: int) -> str:
 
 @dataclass
 class LineCard:
+    """A line on the user center, with what its state means and how to keep it active."""
+
     line: Line
     balances: LineBalances
-    days_left: int | None
-    warn: str | None
+    days_left: int | None = None
+    """An active line whose validity runs: the days until it ends."""
+    warn: str | None = None
     """Why and how to keep the line active, when it matters."""
     freeze_on: date | None = None
-    """When the line would be frozen, as the lifecycle's last warning about it said."""
+    """When the line would be frozen (the lifecycle's rules), shown when it matters."""
     freeze_days: int | None = None
+    freeze_if_unused: bool = False
+    """The freeze comes from inactivity: using the line also keeps it."""
+    terminate_on: date | None = None
+    terminate_days: int | None = None
+    validity_ended: date | None = None
 
 
-FREEZE_NOTICES = ("line.freeze_warning", "line.entered_grace")
+FROZEN_WARNINGS: dict[str, str] = {
+    "topup": N_(
+        "This line is frozen because it was not used or topped up for a long time. "
+        "A top-up reactivates it."
+    ),
+    "owner_topup": N_(
+        "This line is frozen because it was not used or topped up for a long time. "
+        "A top-up paid from your account reactivates it."
+    ),
+    "support": N_(
+        "This line is frozen because it was not used or topped up for a long time. "
+        "Ask customer service to reactivate it."
+    ),
+}
+"""What brings a frozen line back, per `SIMCHARGE_LIFECYCLE_FROZEN_REACTIVATION`."""
 
 
-async def freeze_dates(
-    s: AsyncSession, account_id: uuid.UUID, lines: list[Line], now: datetime
-) -> dict[uuid.UUID, date]:
-    """The freeze (or end of grace) date of each line that has one ahead, read from the latest
-    warning the lifecycle sent about it: the portal shows the date the customer was told."""
-    if not lines:
-        return {}
-    rows = (
-        await s.execute(
-            select(Notice.line_id, Notice.params)
-            .where(
-                Notice.account_id == account_id,
-                Notice.line_id.in_([line.id for line in lines]),
-                Notice.template.in_(FREEZE_NOTICES),
-            )
-            .order_by(Notice.created_at.desc())
-            .limit(20)
-        )
-    ).all()
-    found: dict[uuid.UUID, date] = {}
-    for line_id, params in rows:
-        raw = params.get("freeze_on") or params.get("grace_ends")
-        if line_id is None or line_id in found or not raw:
-            continue
-        with contextlib.suppress(ValueError):
-            when = date.fromisoformat(str(raw)[:10])
-            if when >= now.date():
-                found[line_id] = when
-    return found
+def _days_until(when: datetime, now: datetime) -> int:
+    """Whole days, rounded up, as the lifecycle's warnings count them."""
+    return max(1, math.ceil((when - now) / timedelta(days=1)))
 
 
-def line_card(
-    line: Line, balances: LineBalances, now: datetime, freeze_on: date | None = None
-) -> LineCard:
-    days = None
-    if line.validity_end is not None:
-        days = max(0, (line.validity_end - now).days)
-    warn = None
-    if line.state == LineState.frozen:
-        warn = N_(
-            "This line is frozen because it was not used or topped up for a long time. "
-            "A top-up reactivates it."
-        )
-    elif line.state == LineState.grace:
-        warn = N_(
+def line_card(line: Line, balances: LineBalances, now: datetime, policy: Policy) -> LineCard:
+    card = LineCard(line, balances)
+    state = LineState(line.state)
+    ahead = outlook(line, policy)
+    if state is LineState.active and line.validity_end is not None:
+        if line.validity_end > now:
+            card.days_left = _days_until(line.validity_end, now)
+        else:
+            card.validity_ended = line.validity_end.date()
+    if state is LineState.frozen:
+        card.warn = FROZEN_WARNINGS.get(policy.frozen_reactivation, FROZEN_WARNINGS["topup"])
+    elif state is LineState.grace:
+        card.warn = N_(
             "This line's validity has ended: it can receive calls but not use paid services, "
             "and it will be frozen if it is not topped up. Top up to keep it active."
         )
-    elif line.state == LineState.available:
-        warn = N_("This line is not in service yet: its first top-up activates it.")
-    elif days is not None and days <= WARN_DAYS:
-        warn = N_(
+        if line.validity_end is not None:
+            card.validity_ended = line.validity_end.date()
+    elif state is LineState.available:
+        card.warn = N_("This line is not in service yet: its first top-up activates it.")
+    elif state is LineState.terminated:
+        card.warn = N_("This line is closed.")
+    elif card.days_left is None or card.days_left <= WARN_DAYS:
+        card.warn = N_(
             "Top up before the validity ends to keep this line active; any package extends it."
         )
-    card = LineCard(line, balances, days, warn)
-    if freeze_on is not None and line.state in (LineState.active, LineState.grace):
-        card.freeze_on, card.freeze_days = freeze_on, (freeze_on - now.date()).days
+    # The freeze date when it matters: in grace, or validity or activity running out soon.
+    freeze = ahead.freeze_at
+    if freeze is not None and freeze > now and (
+        state is LineState.grace
+        or card.warn is not None
+        or freeze - now <= timedelta(days=WARN_DAYS)
+    ):
+        card.freeze_on, card.freeze_days = freeze.date(), _days_until(freeze, now)
+        card.freeze_if_unused = freeze == (line.last_activity_at or line.state_changed_at) + (
+            policy.inactivity
+        )
+    if ahead.terminate_at is not None and ahead.terminate_at > now:
+        card.terminate_on = ahead.terminate_at.date()
+        card.terminate_days = _days_until(ahead.terminate_at, now)
     return card
 
 
@@ -163,21 +173,14 @@ async def dashboard(
 ) -> Response:
     account_id = require(page)
     now = utcnow()
+    # Four queries whatever the number of lines: lines, their balances, activity, notices.
     async with db.read() as s:
         lines = list(await accounts.own_lines(s, account_id))
-        # Only when it matters: a line in grace, or whose validity ends soon.
-        soon = [
-            ln for ln in lines
-            if ln.state == LineState.grace
-            or (ln.validity_end is not None and ln.validity_end - now <= timedelta(days=WARN_DAYS))
-        ]
-        freezes = await freeze_dates(s, account_id, soon, now)
-        cards = [
-            line_card(line, await line_balances(s, line, now=now), now, freezes.get(line.id))
-            for line in lines
-        ]
-        recent = await records_of(s, lines, limit=5)
+        held = await holdings_of(s, lines, now=now)
+        recent = await records_of(s, lines, limit=5, accounts=held.accounts)
         notices = await notices_of(s, account_id, limit=5, unread_only=False)
+    policy = Policy.of(settings)
+    cards = [line_card(line, held.balances[line.id], now, policy) for line in lines]
     language = page.language
     shown = []
     for n in notices:
@@ -358,7 +361,8 @@ async def _order_and_payment(
 
 @router.get("/account/orders/{order_id}")
 async def order_page(
-    order_id: str, request: Request, page: Page, db: DB, cancelled: str | None = None
+    order_id: str, request: Request, page: Page, db: DB, settings: AppSettings,
+    cancelled: str | None = None,
 ) -> Response:
     account_id = require(page)
     order, payment, balances = await _order_and_payment(db, account_id, _uuid(order_id))
@@ -372,8 +376,17 @@ async def order_page(
         request, page, "order.html", order=order, payment=payment, balances=balances,
         waiting=waiting, qr=qr, cancelled=bool(cancelled),
         plan_name=pick_text(order.plan_snapshot.get("names", {}), page.language) or order.plan_code,
-        pay_url=payment.redirect_url if order.state == "pending" and payment.flow == "redirect" else None,
+        pay_url=_pay_url(settings, order, payment),
     )
+
+
+def _pay_url(settings: AppSettings, order: Order, payment: Payment) -> str | None:
+    """The provider's page of a waiting order, if it is one we may send a payer to (the same
+    check as the redirect after "Pay now")."""
+    url = payment.redirect_url
+    if order.state != "pending" or payment.flow != PaymentFlow.redirect.value or not url:
+        return None
+    return url if provider_url_ok(settings, url) else None
 
 
 @router.get("/account/orders/{order_id}/state")

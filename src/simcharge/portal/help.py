@@ -108,9 +108,12 @@ async def reply(ticket_id: str, request: Request, page: Page, db: DB) -> Respons
         async with db.read() as s:
             ticket = await tickets.own_ticket(s, account_id, tid)
             thread = await tickets.messages_of(s, ticket.id, internal=False)
+            order = (
+                await orders.own_order(s, account_id, ticket.order_id) if ticket.order_id else None
+            )
         return render(
             request, page, "ticket.html", status=exc.status, ticket=ticket, thread=thread,
-            order=None, ticket_states=TICKET_STATES, errors={"body": summary}, error=summary,
+            order=order, ticket_states=TICKET_STATES, errors={"body": summary}, error=summary,
             idempotency_key=uuid.uuid4().hex,
         )
     return redirect(f"/account/help/{tid}")

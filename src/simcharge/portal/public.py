@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts import service as accounts
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
 from simcharge.auth import service
@@ -73,10 +74,43 @@ async def home(request: Request, page: Page, db: DB) -> Response:
 async def choose_language(
     code: str, request: Request, settings: AppSettings, next: str | None = None
 ) -> Response:
+    """The switcher's link (signed out): remembered in a cookie. A GET changes nothing else."""
     language = normalize_language(code)
     if language is None or language not in LANGUAGES:
         raise NotFound(field="code")
     response = redirect(safe_next(next, "/"))
+    _remember_language(response, settings, language)
+    return response
+
+
+@router.post("/language")
+async def choose_language_signed_in(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    """The switcher of a signed-in customer: the pages and the account's language (what its
+    e-mails, SMS and receipts use) change together."""
+    form = await form_of(request, page)
+    language = normalize_language(form.get("code"))
+    if language is None or language not in LANGUAGES:
+        raise NotFound(field="code")
+    customer = page.customer
+    if customer is not None:
+
+        async def run(s: AsyncSession) -> None:
+            account = await s.get(Account, customer.account.id, with_for_update=True)
+            assert account is not None
+            await accounts.update_profile(
+                s, settings, account, language=language, client=client, now=utcnow(),
+                limits=limits,
+            )
+
+        await db.run(run)
+    response = redirect(safe_next(form.get("next"), "/"))
+    _remember_language(response, settings, language)
+    return response
+
+
+def _remember_language(response: Response, settings: AppSettings, language: str) -> None:
     response.set_cookie(
         language_cookie(settings),
         language,
@@ -86,7 +120,6 @@ async def choose_language(
         samesite="lax",
         path="/",
     )
-    return response
 
 
 # --- register and verify ------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from the ledger, with what caused it (an order, usage, a refund, an adjustment).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -86,22 +86,27 @@ async def records_of(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 200,
+    accounts: Mapping[uuid.UUID, uuid.UUID] | None = None,
 ) -> list[Record]:
-    """Newest first. `lines` are the customer's own (the caller scopes them)."""
+    """Newest first. `lines` are the customer's own (the caller scopes them); `accounts`, their
+    ledger accounts and lines if the caller has them already (`lines.service.holdings_of`)."""
     if not lines:
         return []
     by_line = {line.id: line for line in lines}
-    accounts = {
-        a_id: line_id
-        for a_id, line_id in (
-            await session.execute(
-                select(LedgerAccount.id, LedgerAccount.line_id).where(
-                    LedgerAccount.line_id.in_(list(by_line))
+    if accounts is None:
+        accounts = {
+            a_id: line_id
+            for a_id, line_id in (
+                await session.execute(
+                    select(LedgerAccount.id, LedgerAccount.line_id).where(
+                        LedgerAccount.line_id.in_(list(by_line))
+                    )
                 )
-            )
-        ).all()
-        if line_id is not None
-    }
+            ).all()
+            if line_id is not None
+        }
+    else:
+        accounts = {a: line_id for a, line_id in accounts.items() if line_id in by_line}
     if not accounts:
         return []
     ids = list(accounts)

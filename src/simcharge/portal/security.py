@@ -21,7 +21,7 @@ from simcharge.auth.sessions import live_sessions, revoke, session_of_account
 from simcharge.auth.totp import Enrolment
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
-from simcharge.kit.translations import N_
+from simcharge.kit.translations import N_, translate
 from simcharge.notifications.service import notices_of
 from simcharge.notifications.templates import render_subject
 from simcharge.portal.account import _uuid, require
@@ -313,8 +313,8 @@ async def lock(
     if form.get("confirm") != "yes":
         summary = N_("Tick the box to confirm that you want to lock your account.")
         return await _security_page(
-            request, page, db, settings, status=422, errors={"confirm": ""}, form="lock",
-            error=summary,
+            request, page, db, settings, status=422,
+            errors={"confirm": translate(page.language, summary)}, form="lock", error=summary,
         )
 
     async def run(s: AsyncSession) -> int:

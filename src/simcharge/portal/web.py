@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from babel import Locale
-from babel.dates import format_date, format_datetime, format_timedelta
+from babel.dates import format_date, format_time, format_timedelta
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -206,14 +206,15 @@ def _locale(language: str) -> str:
 
 
 @lru_cache(maxsize=16)
-def _parsed(language: str) -> Locale:
+def locale_of(language: str) -> Locale:
+    """The page language's Babel locale (parsed once)."""
     return Locale.parse(_locale(language))
 
 
 @lru_cache(maxsize=8192)
 def units_text(language: str, amount: int, unit: str) -> str:
     """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
-    loc = _parsed(language)
+    loc = locale_of(language)
     if unit == "VOICE_S":
         n = format_decimal(amount // 60, locale=loc)
         return translate(language, N_("{n} min")).format(n=n)
@@ -284,10 +285,17 @@ def environment(language: str) -> Environment:
             return "—"
         return day_text(value.date() if isinstance(value, datetime) else value)
 
+    # A date and a time with its zone, in the locale's order ("Dec 5, 2026, 2:30:00 PM UTC",
+    # "2026年12月5日 UTC 14:30:00"): accounts have no time zone of their own, so times are in
+    # UTC and say so.
+    joined = str(loc.datetime_formats["medium"])
+
     def as_datetime(value: datetime | None) -> str:
         if value is None:
             return "—"
-        return str(format_datetime(value, "medium", locale=loc, tzinfo=UTC))
+        return joined.format(
+            format_time(value, "long", tzinfo=UTC, locale=loc), day_text(value.astimezone(UTC).date())
+        )
 
     def as_number(value: float | int) -> str:
         return str(format_decimal(value, locale=loc))
@@ -310,6 +318,7 @@ def environment(language: str) -> Environment:
         order_states=ORDER_STATES,
         unit_names=UNIT_NAMES,
         lang=language,
+        language_names=LANGUAGE_NAMES,
         languages=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES],
         tr=lambda message: translate(language, message),
     )
@@ -318,7 +327,7 @@ def environment(language: str) -> Environment:
 
 def fee_text(method: PaymentMethodView, language: str) -> str:
     """"3.49 % + US$0.30", "2 %", "" (no fee), in the reader's number format."""
-    loc = _parsed(language)
+    loc = locale_of(language)
     parts = []
     if Decimal(method.fee.percent):
         parts.append(str(format_percent(Decimal(method.fee.percent) / 100, "#,##0.##%", locale=loc)))

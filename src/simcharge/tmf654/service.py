@@ -444,6 +444,43 @@ async def transfers_today(session: AsyncSession, line_id: uuid.UUID, now: dateti
     return int((await session.execute(stmt)).scalar_one())
 
 
+async def check_transfer(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    source: Holder,
+    receiver: Line,
+    amount: int,
+    now: datetime,
+) -> int:
+    """Whether `source` may give `amount` to `receiver` now (the lines' states, the limits, the
+    daily count, the currency); returns the giver's fee. `transfer` asks it under the giver's
+    lock; the portal asks it to show the fee before the customer confirms. Whether the balance
+    suffices is the ledger's to decide when the transfer is posted."""
+    _check_amount(amount)
+    giver = source.line
+    if giver.id == receiver.id:
+        raise ValidationFailed(N_("A line cannot give to itself."), field="receiverLogicalResource")
+    if LineState(giver.state) is not LineState.active:
+        raise LineNotInService(N_("Only an active line can give balance."), field="logicalResource")
+    if LineState(receiver.state) in (LineState.terminated, LineState.available):
+        raise LineNotInService(
+            N_("The receiving line is not in service."), field="receiverLogicalResource"
+        )
+    _check_limits(settings, source.unit, giver.currency, amount)
+    if await transfers_today(session, giver.id, now) >= settings.balance_transfer_daily_count:
+        raise TransferLimitExceeded(
+            N_("At most {limit} transfers a day."), field="amount",
+            limit=settings.balance_transfer_daily_count,
+        )
+    if source.bucket is None and receiver.currency != giver.currency:
+        raise ValidationFailed(
+            N_("Money can only be given to a line in the same currency ({currency})."),
+            field="receiverLogicalResource", currency=giver.currency,
+        )
+    return transfer_fee(settings, source.unit, giver.currency, amount)
+
+
 async def transfer(
     session: AsyncSession,
     settings: Settings,
@@ -459,38 +496,20 @@ async def transfer(
     """Give money (wallet to wallet, same currency) or units (a bucket to a new bucket of the
     receiver with the same end and zones) to another line; the giver pays the fee from the
     wallet to `revenue:fees`. One linked batch: all of it or nothing."""
-    _check_amount(amount)
     giver = source.line
     # One transfer at a time per giver: the daily count and the balance are decided together.
     await session.refresh(giver, with_for_update=True)
-    if giver.id == receiver.id:
-        raise ValidationFailed(N_("A line cannot give to itself."), field="receiverLogicalResource")
-    if LineState(giver.state) is not LineState.active:
-        raise LineNotInService(N_("Only an active line can give balance."), field="logicalResource")
-    if LineState(receiver.state) in (LineState.terminated, LineState.available):
-        raise LineNotInService(
-            N_("The receiving line is not in service."), field="receiverLogicalResource"
-        )
-    _check_limits(settings, source.unit, giver.currency, amount)
     now = utcnow()
-    if await transfers_today(session, giver.id, now) >= settings.balance_transfer_daily_count:
-        raise TransferLimitExceeded(
-            N_("At most {limit} transfers a day."), field="amount",
-            limit=settings.balance_transfer_daily_count,
-        )
+    fee = await check_transfer(
+        session, settings, source=source, receiver=receiver, amount=amount, now=now
+    )
     aid = action_id(actor, key)
     ref = f"balance:{aid}"
     shard = chart.shard_of(giver.id)
-    fee = transfer_fee(settings, source.unit, giver.currency, amount)
     fees = chart.fees(giver.currency, shard)
     await ensure_accounts(session, [fees])
     transfers: list[NewTransfer] = []
     if source.bucket is None:
-        if receiver.currency != giver.currency:
-            raise ValidationFailed(
-                N_("Money can only be given to a line in the same currency ({currency})."),
-                field="receiverLogicalResource", currency=giver.currency,
-            )
         receiver_account = receiver.wallet_account_id
         transfers.append(NewTransfer(
             id=derived_id(ref, "give"), amount=amount, unit=source.unit,

@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,10 @@ def _sqlite_only(backend: Backend) -> None:
         pytest.skip("browser journeys run on SQLite (the services run on both elsewhere)")
 
 
-@pytest.fixture
-async def live(
-    _browser_ready: None, _sqlite_only: None, fresh_db: Database,
-    smtp_server: tuple[SmtpInbox, int],
-) -> AsyncIterator[Live]:
-    inbox, smtp_port = smtp_server
-    inbox.messages.clear()
+@asynccontextmanager
+async def serve(database: Database, inbox: SmtpInbox, smtp_port: int) -> AsyncIterator[Live]:
+    """simcharge on a free port (uvicorn, its outbox worker in process) over `database`, with
+    the demo catalog, e-mail to the test's SMTP server."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     settings = Settings(  # type: ignore[call-arg]
@@ -126,8 +124,8 @@ async def live(
         smtp_from="simcharge <no-reply@simcharge.test>",
         auth_min_response_ms=0,
     )
-    await fresh_db.run(load_demo_catalog)
-    app = create_app(settings, db=fresh_db)
+    await database.run(load_demo_catalog)
+    app = create_app(settings, db=database)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -136,9 +134,22 @@ async def live(
         if server.started:
             break
         await asyncio.sleep(0.05)
-    yield Live(base, settings, fresh_db, inbox)
-    server.should_exit = True
-    await task
+    try:
+        yield Live(base, settings, database, inbox)
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def live(
+    _browser_ready: None, _sqlite_only: None, fresh_db: Database,
+    smtp_server: tuple[SmtpInbox, int],
+) -> AsyncIterator[Live]:
+    inbox, smtp_port = smtp_server
+    inbox.messages.clear()
+    async with serve(fresh_db, inbox, smtp_port) as running:
+        yield running
 
 
 @pytest.fixture

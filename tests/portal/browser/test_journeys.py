@@ -3,12 +3,20 @@ SMTP, sign in, add a line, top up with the sandbox, come back, see the credit an
 
 from __future__ import annotations
 
+import asyncio
+import io
 import uuid
 from typing import Any
 
 import pytest
+from pypdf import PdfReader
 
+from simcharge.catalog.service import list_plans
+from simcharge.kit.money import format_money
+from simcharge.kit.translations import translate
 from simcharge.notifications.transports import dev_mailbox
+from simcharge.orders.models import Order
+from simcharge.portal.web import locale_of, units_text
 from tests.portal.browser.conftest import Live
 from tests.portal.browser.helpers import check, email_code, operator_line, sms_code, watch
 
@@ -45,8 +53,20 @@ async def register_and_sign_in(live: Live, page: Any, problems: list[str], *, sh
     return name
 
 
-async def add_line_and_top_up(live: Live, page: Any, problems: list[str], *, shots: str) -> str:
-    """Returns what the order's page said once the line was credited."""
+async def granted(live: Live, language: str, plan_code: str) -> tuple[str, list[str]]:
+    """What `plan_code` puts on a new line in USD, as the pages of `language` write it: the
+    balance, and each unit's amount."""
+    async with live.db.read() as s:
+        plan = next(p for p in await list_plans(s, language) if p.code == plan_code)
+    credit = sum(m.minor for m in plan.wallet_credit if m.currency == "USD")
+    return (format_money(credit, "USD", locale_of(language)),
+            [units_text(language, g.amount, g.unit) for g in plan.grants])
+
+
+async def add_line_and_top_up(
+    live: Live, page: Any, problems: list[str], *, shots: str, language: str = "en"
+) -> tuple[str, str]:
+    """Returns what the order's page said once the line was credited, and the order's id."""
     line = await operator_line(live.db)
     await page.click("a[href='/account/lines/add']")
     await page.fill("#f-msisdn", line.msisdn)
@@ -63,14 +83,19 @@ async def add_line_and_top_up(live: Live, page: Any, problems: list[str], *, sho
     await check(page, f"{shots}review", problems)
     await submit(page, "form[action='/account/topup']")
     assert "/sandbox/pay/" in page.url
+    await check(page, f"{shots}sandbox", problems)
     async with page.expect_navigation():
         await page.click("button.pay")
     assert "/account/orders/" in page.url
+    order_id = page.url.rsplit("/", 1)[-1]
     # The page polls by itself until the webhook has credited the line.
     outcome = page.locator("[data-testid=outcome].good")
     await outcome.wait_for(timeout=20000)
     text = await outcome.inner_text()
     assert line.msisdn in text
+    # Exactly what the package grants, on a line that had nothing.
+    balance, units = await granted(live, language, "traveller-20")
+    assert balance in text and all(u in text for u in units), (text, balance, units)
     await check(page, f"{shots}order", problems)
     receipt = await page.get_attribute("a[href*='/receipt']", "href")
     pdf = await page.request.get(live.base + receipt)
@@ -78,22 +103,36 @@ async def add_line_and_top_up(live: Live, page: Any, problems: list[str], *, sho
     assert pdf.headers["content-type"] == "application/pdf"
     assert (await pdf.body()).startswith(b"%PDF")
     await page.goto(live.base + "/account")
-    wallet = await page.inner_text("[data-testid=wallet]")
-    assert wallet.strip() and wallet.strip()[-1].isdigit()
+    card = page.locator("section.card", has=page.locator(f"h2:text-is('{line.msisdn}')"))
+    assert (await card.locator("[data-testid=wallet]").inner_text()).strip() == balance
+    bars = await card.locator(".bucket").all_inner_texts()
+    for amount in units:
+        left = translate(language, "%(left)s left of %(total)s") % {"left": amount, "total": amount}
+        assert any(left in b for b in bars), (left, bars)
     await check(page, f"{shots}account", problems)
     await page.goto(live.base + "/account/records")
     assert await page.locator("a[href*='/receipt']").count() == 1
     await check(page, f"{shots}records", problems)
     await page.goto(live.base + "/account/security")
     await check(page, f"{shots}security", problems)
-    return str(text)
+    return str(text), order_id
+
+
+async def receipt_mail(live: Live, address: str, receipt: str) -> Any:
+    """The receipt's e-mail (the worker sends it once the number is issued)."""
+    for _ in range(400):
+        for mail in live.inbox.to(address):
+            if receipt in str(mail["Subject"]):
+                return mail
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no receipt {receipt} e-mailed to {address}")
 
 
 async def test_a_new_customer_registers_tops_up_and_keeps_the_receipt(live: Live, context: Any) -> None:
     page = await context.new_page()
     problems = watch(page)
     await register_and_sign_in(live, page, problems, shots="")
-    said = await add_line_and_top_up(live, page, problems, shots="")
+    said, _ = await add_line_and_top_up(live, page, problems, shots="")
     assert "Thank you! Your top-up is done." in said
 
 
@@ -104,10 +143,27 @@ async def test_the_same_journey_in_chinese(live: Live, context: Any) -> None:
     async with page.expect_navigation():
         await page.click("a[hreflang='zh-Hans']")
     assert await page.get_attribute("html", "lang") == "zh-Hans"
-    await register_and_sign_in(live, page, problems, shots="zh-")
-    said = await add_line_and_top_up(live, page, problems, shots="zh-")
+    name = await register_and_sign_in(live, page, problems, shots="zh-")
+    said, order_id = await add_line_and_top_up(live, page, problems, shots="zh-",
+                                               language="zh-Hans")
     assert "谢谢！充值已完成。" in said
     assert "充值" in await page.inner_text("header nav")
+    # The receipt, by e-mail and as the PDF, is in Chinese too.
+    async with live.db.read() as s:
+        order = await s.get(Order, uuid.UUID(order_id))
+        assert order is not None and order.receipt_number
+    mail = await receipt_mail(live, f"{name}@example.com", order.receipt_number)
+    assert mail["Subject"] == translate("zh-Hans", "Your receipt %(receipt)s") % {
+        "receipt": order.receipt_number}
+    body = mail.get_body(preferencelist=("plain",))
+    assert body is not None and "感谢" in body.get_content()
+    attached = [part for part in mail.iter_attachments()
+                if part.get_content_type() == "application/pdf"]
+    assert len(attached) == 1
+    pdf = PdfReader(io.BytesIO(attached[0].get_content()))
+    # The CID font's text comes out as UTF-16 code units: drop the zero bytes.
+    text = "".join(p.extract_text() for p in pdf.pages).replace("\x00", "")
+    assert "收据" in text and "感谢您的购买" in text and order.receipt_number in text, text
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,4 @@
       });
     });
   }
-  // Filters submit as soon as one changes.
-  document.querySelectorAll("form[data-autosubmit] select").forEach(function (el) {
-    el.addEventListener("change", function () { el.form.submit(); });
-  });
 })();

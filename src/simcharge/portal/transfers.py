@@ -1,0 +1,189 @@
+"""Giving credit, minutes, data or SMS from one of my lines to another number: the terms (fee,
+limits) with the form, a review with the fee before confirming, then the transfer — through
+`tmf654.giving`, the service of `/api/v1/me/lines/{id}/transfers`."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from babel.numbers import NumberFormatError, format_percent, parse_decimal
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from simcharge.accounts import service as accounts
+from simcharge.api.deps import DB, AppSettings
+from simcharge.errors import SimchargeError, ValidationFailed
+from simcharge.kit.clock import utcnow
+from simcharge.kit.money import LossyConversionError, format_money, to_minor
+from simcharge.kit.translations import N_, translate
+from simcharge.lines.service import line_balances
+from simcharge.portal.account import _uuid, require
+from simcharge.portal.web import Page, Visitor, error_texts, form_of, locale_of, redirect, render
+from simcharge.tmf654 import giving
+from simcharge.tmf654.service import USAGE_UNITS, TransferLimitExceeded
+
+router = APIRouter(include_in_schema=False)
+
+WHAT: dict[str, str] = {
+    "monetary": N_("Credit"),
+    "voice": N_("Minutes"),
+    "data": N_("Data"),
+    "sms": N_("SMS"),
+}
+"""What can be given, as the form names it."""
+
+# The service names fields as the TMF654 API does; the form's fields are these.
+_FIELDS = {"msisdn": "to", "receiverLogicalResource": "to", "usage_type": "what",
+           "usageType": "what", "bucket_id": "what"}
+
+
+class AmountNotUnderstood(ValidationFailed):
+    slug = "amount-not-understood"
+    title = N_("Enter the amount as a number, such as 5 or 5.50.")
+
+
+def _values(source: Any) -> dict[str, str]:
+    return {k: str(source.get(k, "") or "").strip()[:64] for k in ("to", "what", "amount")}
+
+
+def _gift(values: dict[str, str], currency: str, language: str) -> giving.Gift:
+    """The form's values as the service takes them: money in minor units, whole minutes, MB
+    and messages. The amount is read in the page's number format (`5,50` in Spanish)."""
+    what = values["what"] if values["what"] in giving.USAGE_TYPES else "monetary"
+    raw = values["amount"]
+    if not raw:
+        raise ValidationFailed(N_("This field is required."), field="amount")
+    try:
+        number = Decimal(parse_decimal(raw, locale=locale_of(language)))
+    except (NumberFormatError, ValueError, ArithmeticError):
+        raise AmountNotUnderstood(field="amount") from None
+    if what == "monetary":
+        try:
+            amount = to_minor(number, currency)
+        except LossyConversionError:
+            raise AmountNotUnderstood(field="amount") from None
+    elif number == number.to_integral_value():
+        amount = int(number)
+    else:
+        raise ValidationFailed(N_("Give whole minutes, MB or messages."), field="amount")
+    if not values["to"]:
+        raise ValidationFailed(N_("This field is required."), field="to")
+    return giving.Gift(to=values["to"], usage_type=what, amount=amount)
+
+
+def problem_texts(
+    exc: SimchargeError, language: str, currency: str
+) -> tuple[str, dict[str, str]]:
+    """The service's refusal as the page says it: fields renamed to the form's, and a money
+    limit in money rather than in minor units."""
+    summary, fields = error_texts(exc, language)
+    if isinstance(exc, TransferLimitExceeded) and {"low", "high"} <= exc.params.keys():
+        loc = locale_of(language)
+        summary = translate(language, N_("Give between {low} and {high} of credit at a time.")).format(
+            low=format_money(int(exc.params["low"]), currency, loc),
+            high=format_money(int(exc.params["high"]), currency, loc),
+        )
+        fields = {"amount": summary}
+    return summary, {_FIELDS.get(k, k): v for k, v in fields.items()}
+
+
+async def _form(
+    request: Request, page: Visitor, db: DB, settings: AppSettings, line_id: uuid.UUID, *,
+    status: int = 200, values: dict[str, str] | None = None, errors: dict[str, str] | None = None,
+    error: str | None = None, done: str | None = None,
+) -> Response:
+    account_id = require(page)
+    now = utcnow()
+    async with db.read() as s:
+        line = await accounts.own_line(s, account_id, line_id)
+        balances = await line_balances(s, line, now=now)
+        terms = await giving.terms_of(s, settings, line, now)
+        history = await giving.given_from(s, line, limit=10)
+    held = {u.unit: u.remaining for u in balances.units if u.remaining > 0}
+    options = [("monetary", balances.wallet.available, line.currency)] + [
+        (what, held[unit], unit) for what, unit in USAGE_UNITS.items() if unit in held
+    ]
+    given = next((a for a, _ in history if str(a.id) == done), None) if done else None
+    return render(
+        request, page, "transfer.html", status=status, line=line, balances=balances,
+        terms=terms, options=options, history=history, what_names=WHAT,
+        fee_percent=_percent(terms.fee_percent, page.language),
+        values=values or {"what": "monetary"}, errors=errors or {}, error=error,
+        given=given, given_to=next((r for a, r in history if a is given), None),
+    )
+
+
+def _percent(value: Decimal, language: str) -> str:
+    return str(format_percent(value / 100, "#,##0.##%", locale=locale_of(language)))
+
+
+@router.get("/account/lines/{line_id}/transfer")
+async def transfer_form(
+    line_id: str, request: Request, page: Page, db: DB, settings: AppSettings, done: str = "",
+) -> Response:
+    values = _values(request.query_params) if request.query_params.get("what") else None
+    return await _form(request, page, db, settings, _uuid(line_id, "line_id"), values=values,
+                       done=done or None)
+
+
+@router.get("/account/lines/{line_id}/transfer/review")
+async def transfer_review(
+    line_id: str, request: Request, page: Page, db: DB, settings: AppSettings
+) -> Response:
+    """What would be given and the fee, before the customer confirms."""
+    account_id = require(page)
+    lid = _uuid(line_id, "line_id")
+    values = _values(request.query_params)
+    async with db.read() as s:
+        line = await accounts.own_line(s, account_id, lid)
+        try:
+            gift = _gift(values, line.currency, page.language)
+            seen = await giving.preview(s, settings, account_id=account_id, line_id=lid,
+                                        gift=gift)
+        except SimchargeError as exc:
+            failed: SimchargeError | None = exc
+        else:
+            failed = None
+    if failed is not None:
+        summary, errors = problem_texts(failed, page.language, line.currency)
+        return await _form(request, page, db, settings, lid, status=failed.status,
+                           values=values, errors=errors, error=summary)
+    return render(
+        request, page, "transfer_review.html", seen=seen, gift=gift, values=values,
+        what_name=WHAT[gift.usage_type], idempotency_key=uuid.uuid4().hex,
+        back=f"/account/lines/{lid}/transfer?" + urlencode(values),
+    )
+
+
+@router.post("/account/lines/{line_id}/transfer")
+async def transfer(
+    line_id: str, request: Request, page: Page, db: DB, settings: AppSettings
+) -> Response:
+    """The transfer (the review's idempotency key makes a second click the same transfer)."""
+    account_id = require(page)
+    form = await form_of(request, page)
+    lid = _uuid(line_id, "line_id")
+    values = _values(form)
+    key = form.get("idempotency_key", "")[:128] or uuid.uuid4().hex
+    async with db.read() as s:
+        currency = (await accounts.own_line(s, account_id, lid)).currency
+    try:
+        # The review's amount in the service's units: no number format to read again.
+        units = form.get("units", "")
+        gift = (
+            giving.Gift(to=values["to"], usage_type=values["what"], amount=int(units))
+            if units.isdigit() and len(units) < 16
+            else _gift(values, currency, page.language)
+        )
+        given = await db.run(
+            lambda s: giving.give(s, settings, account_id=account_id, line_id=lid, gift=gift,
+                                  key=key)
+        )
+    except SimchargeError as exc:
+        summary, errors = problem_texts(exc, page.language, currency)
+        return await _form(request, page, db, settings, lid, status=exc.status, values=values,
+                           errors=errors, error=summary)
+    return redirect(f"/account/lines/{lid}/transfer?done={given.action.id}")
