@@ -94,7 +94,7 @@ class LineCard:
     freeze_days: int | None = None
 
 
-FREEZE_NOTICES = ("line.freeze_warning", "line.entered_grace")
+FREEZE_NOTICES = ("line.freeze_warning", "line.grace_ending", "line.entered_grace")
 
 
 async def freeze_dates(
