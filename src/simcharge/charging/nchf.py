@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.charging import alerts
 from simcharge.charging.consumption import LinePots, affordable_units, lock_pots, max_raw, take
 from simcharge.charging.models import UNIT_OF, ChargingSession, SessionState, UsageRecord
+from simcharge.charging.nchf_repository import ChargingSessions
 from simcharge.charging.rating import Rate, RatingTable, country_of_mcc
 from simcharge.config import Settings
 from simcharge.db import RetryableError, table_of
@@ -457,10 +458,11 @@ class Charging:
                 reason=failed.result.value,
             )
 
-    async def finish(self) -> None:
-        await self.commit_ledger()
-        if self.records:
-            await self.session.execute(usage_table.insert(), self.records)
+    async def finish(self, *, created: bool) -> None:
+        """Write what the request did: the session (`created`: new, written by the ORM; else
+        written here) and its usage records, the alerts, the line's activity — and the ledger
+        batch last: the operator accounts it credits are shared by many lines, so their row
+        locks are held only for the batch and the commit."""
         if self.pots is not None:
             contact = alerts.LineContact(
                 self.line.id, self.line.account_id, self.line.msisdn, self.line.currency
@@ -481,6 +483,13 @@ class Charging:
                     .where(lines_table.c.id == self.line.id)
                     .values(last_activity_at=self.now)
                 )
+        if created:
+            if self.records:
+                await self.session.execute(usage_table.insert(), self.records)
+            await self.session.flush()
+        else:
+            await ChargingSessions(self.session).save(self.cs, self.records)
+        await self.commit_ledger()
 
 
 UNIT_OF_SERVICE = {s.value: u for s, u in UNIT_OF.items()}
@@ -682,7 +691,7 @@ async def create_charging_data(
     except IntegrityError as exc:
         # The same create, retransmitted while the first was being answered: answer it again.
         raise RetryableError("concurrent create") from exc
-    await work.finish()
+    await work.finish(created=True)
     return NchfAnswer(201, answer, ref)
 
 
@@ -716,14 +725,7 @@ async def update_charging_data(
     now = now or utcnow()
     req = parse_request(body)
     ref_id = parse_ref(ref)
-    found = (
-        await session.execute(
-            select(ChargingSession, Line)
-            .join(Line, Line.id == ChargingSession.line_id)
-            .where(ChargingSession.id == ref_id)
-            .with_for_update(of=sessions_table)
-        )
-    ).one_or_none()
+    found = await ChargingSessions(session).lock(ref_id)
     if found is None or found[0].client != client[:64]:
         raise NchfProblem(404, "CONTEXT_NOT_FOUND", N_("No charging data resource {ref}."), ref=ref)
     cs, line = found
@@ -772,8 +774,7 @@ async def update_charging_data(
         cs.state = SessionState.released.value
     else:
         cs.deadline = _deadline(settings, now)
-    await work.finish()
-    await session.flush()
+    await work.finish(created=False)
     return NchfAnswer(status, answer, ref_id)
 
 
