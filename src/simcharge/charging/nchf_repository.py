@@ -97,7 +97,8 @@ class ChargingSessions:
         return cs, Line(**{a: values[f"l_{a}"] for a in LINE_COLUMNS})
 
     async def save(self, cs: ChargingSession, records: Sequence[dict[str, Any]]) -> None:
-        """Write what an update changed in `cs`, and its usage records, in one statement."""
+        """Write what an update changed in `cs`, and its usage records: one statement on
+        PostgreSQL (`WITH recorded AS (INSERT …) UPDATE …`)."""
         driver = await self._driver()
         if driver is None:
             if records:
