@@ -176,6 +176,11 @@ class Nchf:
         return await self._post(f"/chargingdata/{ref}/release", doc, **kw)
 
 
+async def nchf(client: httpx.AsyncClient, db: Database) -> Nchf:
+    """An Nchf client with a new API key of scope `charging`."""
+    return Nchf(client, await nf_key(db))
+
+
 def ref_of(r: httpx.Response) -> str:
     return r.headers["location"].rsplit("/", 1)[-1]
 

@@ -24,6 +24,7 @@ from tests.charging.helpers import (
     balances,
     body,
     make_line,
+    nchf,
     nf_key,
     open_reservations,
     ref_of,
@@ -38,10 +39,6 @@ FRANCE = {"nFPLMNID": {"mcc": "208", "mnc": "01"}}
 def in_france(doc: dict[str, Any]) -> dict[str, Any]:
     doc["nfConsumerIdentification"].update(FRANCE)
     return doc
-
-
-async def nchf(client: httpx.AsyncClient, db: Database) -> Nchf:
-    return Nchf(client, await nf_key(db))
 
 
 async def test_data_session_reserves_posts_and_releases(

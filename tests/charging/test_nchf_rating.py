@@ -13,13 +13,12 @@ from simcharge.db import Database
 from simcharge.lines.service import UnitGrant
 from tests.charging.helpers import (
     MIB,
-    Nchf,
     assert_ledger_balanced,
     balances,
     body,
     load_tariffs_only,
     make_line,
-    nf_key,
+    nchf,
     open_reservations,
     ref_of,
     rg,
@@ -78,10 +77,6 @@ def eutra_location(mcc: str) -> dict[str, Any]:
             "ecgi": {"plmnId": plmn(mcc), "eutraCellId": "0000001"},
         }
     }
-
-
-async def nchf(client: httpx.AsyncClient, db: Database) -> Nchf:
-    return Nchf(client, await nf_key(db))
 
 
 async def records(db: Database) -> list[UsageRecord]:
