@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.apikeys import create_api_key
+from simcharge.catalog.service import DEMO_CATALOG, load_catalog, parse_catalog
 from simcharge.db import Database
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 from simcharge.lines.models import Line
@@ -31,6 +32,8 @@ _SHARED = Path(__file__).resolve().parents[3] / "shared/specs/3gpp-rel17"
 _VENDORED = Path(__file__).resolve().parents[1] / "specs/3gpp-rel17"
 SPEC = (_SHARED if _SHARED.is_dir() else _VENDORED) / "TS32291_Nchf_ConvergedCharging.yaml"
 BASE = "/nchf-convergedcharging/v3"
+DEMO_WITHOUT_TARIFFS = DEMO_CATALOG.read_text(encoding="utf-8").split("# Tariffs:")[0]
+"""The demo catalog's zones, methods and plans: a test adds tariffs of its own."""
 _imsi = itertools.count(1)
 MIB = 1024 * 1024
 
@@ -82,6 +85,12 @@ async def make_line(
         return TestLine(line, imsi)
 
     return await db.run(run)
+
+
+async def load_tariffs_only(db: Database, tariffs: str) -> None:
+    """The demo catalog with `tariffs` (TOML `[[tariffs]]` entries) instead of its own."""
+    catalog = parse_catalog(DEMO_WITHOUT_TARIFFS + "\n" + tariffs, source="test.toml")
+    await db.run(lambda s: load_catalog(s, catalog))
 
 
 async def balances(db: Database, line: Line) -> LineBalances:
@@ -150,7 +159,7 @@ class Nchf:
             BASE + path, content=raw, headers={**self.headers, "content-type": "application/json"}
         )
         content_type = r.headers.get("content-type", "application/json").split(";")[0]
-        if r.status_code not in (401,) and not (r.status_code == 204 and not r.content):
+        if not (r.status_code == 204 and not r.content):
             spec().validate_response(
                 request,
                 MockResponse(r.content, status_code=r.status_code, content_type=content_type),
@@ -165,6 +174,11 @@ class Nchf:
 
     async def release(self, ref: str, doc: Any, **kw: Any) -> httpx.Response:
         return await self._post(f"/chargingdata/{ref}/release", doc, **kw)
+
+
+async def nchf(client: httpx.AsyncClient, db: Database) -> Nchf:
+    """An Nchf client with a new API key of scope `charging`."""
+    return Nchf(client, await nf_key(db))
 
 
 def ref_of(r: httpx.Response) -> str:

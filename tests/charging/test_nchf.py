@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ import httpx
 from sqlalchemy import select
 
 from simcharge.charging.models import ChargingSession, SessionState, UsageRecord
-from simcharge.charging.nchf import expire_abandoned_sessions
+from simcharge.charging.nchf import ANSWERS_KEPT, expire_abandoned_sessions
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
@@ -23,6 +24,7 @@ from tests.charging.helpers import (
     balances,
     body,
     make_line,
+    nchf,
     nf_key,
     open_reservations,
     ref_of,
@@ -37,10 +39,6 @@ FRANCE = {"nFPLMNID": {"mcc": "208", "mnc": "01"}}
 def in_france(doc: dict[str, Any]) -> dict[str, Any]:
     doc["nfConsumerIdentification"].update(FRANCE)
     return doc
-
-
-async def nchf(client: httpx.AsyncClient, db: Database) -> Nchf:
-    return Nchf(client, await nf_key(db))
 
 
 async def test_data_session_reserves_posts_and_releases(
@@ -88,7 +86,7 @@ async def test_data_session_reserves_posts_and_releases(
         records = (
             (await s.execute(select(UsageRecord).order_by(UsageRecord.created_at))).scalars().all()
         )
-        cs = await s.get(ChargingSession, __import__("uuid").UUID(ref))
+        cs = await s.get(ChargingSession, uuid.UUID(ref))
         line = await s.get(Line, t.line.id)
     assert [r.quantity for r in records] == [4 * MIB, 3 * MIB + 1]
     assert records[1].rated == 3 * MIB + 1024
@@ -247,17 +245,17 @@ async def test_problem_details(client: httpx.AsyncClient, db: Database) -> None:
 async def test_api_key_and_scope(client: httpx.AsyncClient, db: Database) -> None:
     t = await make_line(db)
     doc = body(t.supi, 0, [])
-    r = await client.post("/nchf-convergedcharging/v3/chargingdata", json=doc)
-    assert r.status_code == 401
-    other = await nf_key(db, ("lines:read",))
-    r = await client.post("/nchf-convergedcharging/v3/chargingdata", json=doc, headers=other)
-    assert r.status_code == 403
-    r = await client.post(
-        "/nchf-convergedcharging/v3/chargingdata",
-        json=doc,
-        headers={"Authorization": "Bearer sck_x_y"},
-    )
-    assert r.status_code == 401
+    # Through the validator too: the 401 and 403 ProblemDetails are the spec's.
+    for headers, status in (
+        ({}, 401),
+        (await nf_key(db, ("lines:read",)), 403),
+        ({"Authorization": "Bearer sck_x_y"}, 401),
+    ):
+        r = await Nchf(client, headers).create(doc)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["status"] == status
+    assert await open_reservations(db) == 0
 
 
 async def test_retransmissions_are_answered_again_and_charged_once(
@@ -287,6 +285,162 @@ async def test_retransmissions_are_answered_again_and_charged_once(
     assert (await balances(db, t.line)).units[0].remaining == 98 * MIB
     r = await api.update(ref, body(t.supi, 3, [rg(DATA, requested={"totalVolume": 1})]))
     assert (r.status_code, r.json()["cause"]) == (404, "CONTEXT_NOT_FOUND")
+    await assert_ledger_balanced(db)
+
+
+async def test_a_late_retransmission_gets_its_own_answer(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    t = await make_line(db, grants=[UnitGrant("DATA_B", 100 * MIB, 30)])
+    api = await nchf(client, db)
+    create = body(t.supi, 0, [rg(DATA, requested={"totalVolume": MIB})])
+    c1 = await api.create(create)
+    ref = ref_of(c1)
+    update1 = body(
+        t.supi, 1, [rg(DATA, requested={"totalVolume": 2 * MIB}, used=[{"totalVolume": MIB}])]
+    )
+    u1 = await api.update(ref, update1)
+    update2 = body(
+        t.supi, 2, [rg(DATA, requested={"totalVolume": 3 * MIB}, used=[{"totalVolume": MIB}])]
+    )
+    u2 = await api.update(ref, update2)
+    assert unit_info(u2, DATA)["grantedUnit"] == {"totalVolume": 3 * MIB}
+
+    # The create, retransmitted after the updates: the create's answer, not the last one.
+    again = await api.create({**create, "retransmissionIndicator": True})
+    assert again.status_code == 201
+    assert again.headers["location"] == c1.headers["location"]
+    assert again.json() == c1.json() and again.json()["invocationSequenceNumber"] == 0
+    # An update retransmitted after a later one: its own answer.
+    late = await api.update(ref, {**update1, "retransmissionIndicator": True})
+    assert (late.status_code, late.json()) == (200, u1.json())
+    # The same number with another body is another request: refused.
+    other = body(t.supi, 1, [rg(DATA, used=[{"totalVolume": 7 * MIB}])])
+    r = await api.update(ref, other)
+    assert (r.status_code, r.json()["cause"]) == (400, "CHARGING_FAILED")
+    assert r.json()["invalidParams"][0]["param"] == "/invocationSequenceNumber"
+    # A release with an update's number and body is not that update.
+    r = await api.release(ref, update2)
+    assert (r.status_code, r.json()["cause"]) == (400, "CHARGING_FAILED")
+
+    release = body(t.supi, 3, [rg(DATA, used=[{"totalVolume": MIB}])])
+    assert (await api.release(ref, release)).status_code == 204
+    remaining = (await balances(db, t.line)).units[0].remaining
+    assert remaining == 97 * MIB
+    # After the release: the create, an update and the release still get their answers.
+    again = await api.create(create)
+    assert (again.status_code, again.json()) == (201, c1.json())
+    assert again.headers["location"] == c1.headers["location"]
+    assert (await api.update(ref, update2)).json() == u2.json()
+    assert (await api.release(ref, release)).status_code == 204
+    # Nothing was charged or reserved twice.
+    assert (await balances(db, t.line)).units[0].remaining == remaining
+    assert await open_reservations(db) == 0
+    async with db.read() as s:
+        records = (await s.execute(select(UsageRecord))).scalars().all()
+    assert sorted(r.external_id.rsplit("/", 2)[1] for r in records) == ["1", "2", "3"]
+    await assert_ledger_balanced(db)
+
+
+async def test_only_the_latest_answers_are_kept(client: httpx.AsyncClient, db: Database) -> None:
+    t = await make_line(db, grants=[UnitGrant("DATA_B", 100 * MIB, 30)])
+    api = await nchf(client, db)
+    create = body(t.supi, 0, [rg(DATA, requested={"totalVolume": MIB})])
+    ref = ref_of(await api.create(create))
+    updates = [
+        body(t.supi, seq, [rg(DATA, requested={"totalVolume": MIB}, used=[{"totalVolume": 1}])])
+        for seq in range(1, ANSWERS_KEPT + 3)
+    ]
+    answered = [(await api.update(ref, u)).json() for u in updates]
+    async with db.read() as s:
+        cs = await s.get(ChargingSession, uuid.UUID(ref))
+    assert cs is not None
+    assert len(cs.answers) == 1 + ANSWERS_KEPT
+    # The oldest updates' answers are gone: refused as answered already; the create's stays.
+    r = await api.update(ref, updates[0])
+    assert (r.status_code, r.json()["cause"]) == (400, "CHARGING_FAILED")
+    assert (await api.update(ref, updates[2])).json() == answered[2]
+    assert (await api.create(create)).json()["invocationSequenceNumber"] == 0
+
+
+async def test_a_refused_quota_is_not_activity(client: httpx.AsyncClient, db: Database) -> None:
+    api = await nchf(client, db)
+
+    async def last_activity(t: Any) -> Any:
+        async with db.read() as s:
+            line = await s.get(Line, t.line.id, populate_existing=True)
+            assert line is not None
+            return line.last_activity_at
+
+    broke = await make_line(db, money=0)
+    r = await api.create(body(broke.supi, 0, [rg(DATA, requested={"totalVolume": MIB})]))
+    assert unit_info(r, DATA)["resultCode"] == "QUOTA_LIMIT_REACHED"
+    r = await api.update(ref_of(r), body(broke.supi, 1, [rg(999, requested={"time": 60})]))
+    assert unit_info(r, 999)["resultCode"] == "RATING_FAILED"
+    assert await last_activity(broke) is None
+
+    frozen = await make_line(db, money=1000, state="frozen")
+    r = await api.create(body(frozen.supi, 0, [rg(DATA, requested={"totalVolume": MIB})]))
+    assert unit_info(r, DATA)["resultCode"] == "END_USER_SERVICE_DENIED"
+    assert await last_activity(frozen) is None
+
+    # A quota granted and given back unused is no activity either; used units are.
+    t = await make_line(db, money=1000)
+    r = await api.create(body(t.supi, 0, [rg(VOICE, requested={"time": 60})]))
+    ref = ref_of(r)
+    r = await api.update(ref, body(t.supi, 1, [rg(VOICE, requested={"time": 60}, used=[])]))
+    assert unit_info(r, VOICE)["resultCode"] == "SUCCESS"
+    assert await last_activity(t) is None
+    await api.release(ref, body(t.supi, 2, [rg(VOICE, used=[{"time": 5}])]))
+    assert await last_activity(t) is not None
+
+
+async def test_every_entry_of_a_rating_group_counts(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    t = await make_line(db, grants=[UnitGrant("DATA_B", 100 * MIB, 30)])
+    api = await nchf(client, db)
+    r = await api.create(
+        body(
+            t.supi,
+            0,
+            [
+                rg(DATA, requested={"totalVolume": 4 * MIB}),
+                rg(DATA, requested={"totalVolume": 6 * MIB}),
+            ],
+        )
+    )
+    # One quota for the group, as much as both entries asked for.
+    assert unit_info(r, DATA)["grantedUnit"] == {"totalVolume": 10 * MIB}
+    ref = ref_of(r)
+    r = await api.update(
+        ref,
+        body(
+            t.supi,
+            1,
+            [
+                rg(DATA, requested={"totalVolume": MIB}, used=[{"totalVolume": MIB}]),
+                rg(DATA, used=[{"totalVolume": 5 * MIB}, {"uplinkVolume": MIB}]),
+            ],
+        ),
+    )
+    assert unit_info(r, DATA)["grantedUnit"] == {"totalVolume": MIB}
+    await api.release(
+        ref,
+        body(t.supi, 2, [rg(DATA, used=[{"totalVolume": MIB // 2}]), rg(DATA, used=[])]),
+    )
+    assert (await balances(db, t.line)).units[0].remaining == 100 * MIB - 7 * MIB - MIB // 2
+    async with db.read() as s:
+        records = (
+            (await s.execute(select(UsageRecord).order_by(UsageRecord.external_id)))
+            .scalars()
+            .all()
+        )
+    assert [(r.quantity, r.from_buckets, r.unbilled) for r in records] == [
+        (7 * MIB, 7 * MIB, 0),
+        (MIB // 2, MIB // 2, 0),
+    ]
+    assert await open_reservations(db) == 0
     await assert_ledger_balanced(db)
 
 

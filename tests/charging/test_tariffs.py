@@ -12,9 +12,10 @@ from simcharge.charging.models import Tariff
 from simcharge.charging.rating import Rate, load_rating_table
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerAccount
+from tests.charging.helpers import DEMO_WITHOUT_TARIFFS
 
 DEMO = DEMO_CATALOG.read_text(encoding="utf-8")
-BASE = DEMO.split("# Tariffs:")[0]
+BASE = DEMO_WITHOUT_TARIFFS
 
 
 def with_tariffs(text: str) -> str:

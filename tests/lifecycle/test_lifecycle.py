@@ -279,12 +279,62 @@ async def test_freeze_and_termination_are_announced(db: Database, settings: Sett
     await sweep(db, p, now=T)
     [g] = await jobs_for(db, grace)
     assert (g["template"], g["params"]["freeze_on"]) == (
-        "line.freeze_warning", (T + 6 * DAY + hour).isoformat())
+        "line.grace_ending", (T + 6 * DAY + hour).isoformat())
     [i] = await jobs_for(db, idle)
     assert (i["template"], i["params"]["days_left"]) == ("line.freeze_warning", 7)
     [f] = await jobs_for(db, frozen)
-    assert (f["template"], f["params"]["terminate_on"]) == (
-        "line.termination_warning", (T + 6 * DAY + hour).isoformat())
+    assert (f["template"], f["params"]["terminate_on"], f["params"]["reactivation"]) == (
+        "line.termination_warning", (T + 6 * DAY + hour).isoformat(), "topup")
+
+
+async def test_each_warning_says_what_keeps_the_line(db: Database, settings: Settings) -> None:
+    from simcharge.notifications.templates import render
+
+    def text(job: dict[str, Any], language: str = "en") -> str:
+        return render(job["template"], language, {**job["params"], "operator": "simcharge"}).text
+
+    hour = timedelta(hours=1)
+    # In grace the line cannot be used: only a top-up keeps it, whatever the reason it freezes.
+    await sweep(db, policy(settings), now=T - DAY)
+    grace = await new_line(db, state=LineState.grace, validity_end=T - 24 * DAY,
+                           state_changed_at=T - 24 * DAY + hour)
+    idle_in_grace = await new_line(db, state=LineState.grace, validity_end=T - DAY,
+                                   state_changed_at=T - DAY,
+                                   last_activity_at=T - 173 * DAY - 12 * hour)
+    idle = await new_line(db, validity_end=T + 100 * DAY,
+                          last_activity_at=T - 173 * DAY - 12 * hour)
+    await sweep(db, policy(settings), now=T)
+    for line in (grace, idle_in_grace):
+        [job] = await jobs_for(db, line)
+        assert "Top it up before then" in text(job) and "or use it" not in text(job)
+        assert "validity of your line" in text(job)
+    [job] = await jobs_for(db, idle)
+    assert "Top it up or use it" in text(job)
+
+    # Before termination: what saves a frozen line under the policy in force.
+    advice = {
+        "topup": "Top it up before then to reactivate it",
+        "owner_topup": "Top it up while signed in to your account",
+        "support": "Contact customer service before then",
+    }
+    for i, (reactivation, expected) in enumerate(advice.items()):
+        p = policy(settings, lifecycle_frozen_reactivation=reactivation)
+        at = T + i * 30 * DAY
+        await sweep(db, p, now=at - DAY)
+        frozen = await new_line(db, state=LineState.frozen,
+                                state_changed_at=at - 359 * DAY + hour)
+        await sweep(db, p, now=at)
+        [job] = await jobs_for(db, frozen)
+        assert job["params"]["reactivation"] == reactivation
+        assert expected in text(job), text(job)
+        others = [a for a in advice.values() if a != expected]
+        assert not any(a in text(job) for a in others)
+        # Every language says it its own way.
+        assert len({text(job, lang) for lang in ("en", "zh-Hans", "zh-Hant", "fil", "es")}) == 5
+    # A notice queued before the policy was named says what always works.
+    old = {"msisdn": "+14155550100", "days_left": 7, "terminate_on": T.isoformat()}
+    assert "Contact customer service" in text({"template": "line.termination_warning",
+                                               "params": old})
 
 
 async def test_warnings_render_in_every_language(db: Database, settings: Settings) -> None:
@@ -293,8 +343,9 @@ async def test_warnings_render_in_every_language(db: Database, settings: Setting
     params = {"msisdn": "+14155550100", "days_left": 7, "operator": "simcharge",
               "validity_end": T.isoformat(), "freeze_on": T.isoformat(),
               "terminate_on": T.isoformat(), "grace_ends": T.isoformat()}
-    for template in ("line.validity_ending", "line.freeze_warning", "line.termination_warning",
-                     "line.entered_grace", "line.frozen", "line.terminated"):
+    for template in ("line.validity_ending", "line.freeze_warning", "line.grace_ending",
+                     "line.termination_warning", "line.entered_grace", "line.frozen",
+                     "line.terminated"):
         texts = {lang: render(template, lang, params).text
                  for lang in ("en", "zh-Hans", "zh-Hant", "fil", "es")}
         assert len(set(texts.values())) == 5, template
@@ -415,7 +466,7 @@ async def test_a_line_idle_in_grace_is_warned_before_it_freezes(
                           last_activity_at=T - 173 * DAY - timedelta(hours=12))
     await sweep(db, p, now=T)
     [warning] = await jobs_for(db, line)
-    assert (warning["template"], warning["params"]["days_left"]) == ("line.freeze_warning", 7)
+    assert (warning["template"], warning["params"]["days_left"]) == ("line.grace_ending", 7)
 
 
 async def test_units_reserved_at_the_end_expire_once_released(

@@ -18,6 +18,7 @@ from simcharge.charging import nchf
 from simcharge.charging.batch import UsageBatch, UsageReport, import_usage_records
 from simcharge.charging.rating import RatingCache
 from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import Forbidden, NotAuthenticated, SimchargeError
 from simcharge.kit.translations import N_
 from simcharge.metrics import CHARGING_REQUESTS
@@ -28,6 +29,14 @@ SCOPE = "charging"
 router = APIRouter(prefix=NCHF_PREFIX, tags=["charging (Nchf_ConvergedCharging v3)"])
 usage_router = APIRouter(prefix=API_PREFIX, tags=["usage"])
 _bearer = HTTPBearer(auto_error=False, description="An API key with the scope `charging`")
+
+
+def _app_state(request: Request) -> tuple[Database, Settings]:
+    """The app's database and settings. Read here rather than through the `DB` and
+    `AppSettings` dependencies: FastAPI runs a plain-function dependency in a worker thread,
+    two thread hand-offs for each of the network's many requests a second."""
+    state = request.app.state
+    return state.db, state.settings
 
 
 def rating_cache(request: Request, settings: Settings) -> RatingCache:
@@ -59,11 +68,10 @@ class _KeyCache:
 
 async def network_function(
     request: Request,
-    db: DB,
-    settings: AppSettings,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The API key prefix of the calling network function (scope `charging`)."""
+    db, settings = _app_state(request)
     challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
     if credentials is None:
         raise NotAuthenticated(
@@ -119,10 +127,9 @@ def _counted(operation: str) -> Iterator[None]:
 
 
 @router.post("/chargingdata", status_code=201, openapi_extra=_REQUEST_BODY)
-async def create_charging_data(
-    request: Request, db: DB, settings: AppSettings, client: NF
-) -> Response:
+async def create_charging_data(request: Request, client: NF) -> Response:
     """Nchf_ConvergedCharging_Create: open a charging data resource and grant the first quotas."""
+    db, settings = _app_state(request)
     body = await request.body()
     cache = rating_cache(request, settings)
 
@@ -136,9 +143,8 @@ async def create_charging_data(
     return JSONResponse(answer.body, status_code=201, headers={"Location": location})
 
 
-async def _update(
-    request: Request, db: Any, settings: Settings, client: str, ref: str, *, release: bool
-) -> nchf.NchfAnswer:
+async def _update(request: Request, client: str, ref: str, *, release: bool) -> nchf.NchfAnswer:
+    db, settings = _app_state(request)
     body = await request.body()
     cache = rating_cache(request, settings)
 
@@ -154,22 +160,18 @@ async def _update(
 
 
 @router.post("/chargingdata/{ChargingDataRef}/update", openapi_extra=_REQUEST_BODY)
-async def update_charging_data(
-    request: Request, db: DB, settings: AppSettings, client: NF, ChargingDataRef: str
-) -> Response:
+async def update_charging_data(request: Request, client: NF, ChargingDataRef: str) -> Response:
     """Nchf_ConvergedCharging_Update: report used units, get new quotas."""
-    answer = await _update(request, db, settings, client, ChargingDataRef, release=False)
+    answer = await _update(request, client, ChargingDataRef, release=False)
     return JSONResponse(answer.body, status_code=200)
 
 
 @router.post(
     "/chargingdata/{ChargingDataRef}/release", status_code=204, openapi_extra=_REQUEST_BODY
 )
-async def release_charging_data(
-    request: Request, db: DB, settings: AppSettings, client: NF, ChargingDataRef: str
-) -> Response:
+async def release_charging_data(request: Request, client: NF, ChargingDataRef: str) -> Response:
     """Nchf_ConvergedCharging_Release: report the last used units; every reservation released."""
-    await _update(request, db, settings, client, ChargingDataRef, release=True)
+    await _update(request, client, ChargingDataRef, release=True)
     return Response(status_code=204)
 
 

@@ -129,7 +129,8 @@ class ChargingSession(Base):
     """A charging data resource of Nchf_ConvergedCharging (its id is the ChargingDataRef).
 
     `groups` keeps, per rating group, what was used so far and the reservations (pending ledger
-    transfers) that back the quota granted now. `last_response` answers a retransmission."""
+    transfers) that back the quota granted now; `answers`, what each request was answered (a
+    retransmission gets the same answer again)."""
 
     __tablename__ = "charging_sessions"
     __table_args__ = (
@@ -152,8 +153,10 @@ class ChargingSession(Base):
     country: Mapped[str | None] = mapped_column(String(2))
     sequence: Mapped[int] = mapped_column()
     """The last invocationSequenceNumber answered."""
-    request_hash: Mapped[str] = mapped_column(String(64))
-    last_response: Mapped[dict[str, Any]] = mapped_column()
+    answers: Mapped[dict[str, Any]] = mapped_column()
+    """What was answered, by invocationSequenceNumber: `{"<seq>": {"op": "create" | "update" |
+    "release", "hash": <the request's SHA-256>, "body": <the answer's body or null>}}` — the
+    create's answer always, and those of the latest `nchf.ANSWERS_KEPT` updates and releases."""
     groups: Mapped[dict[str, Any]] = mapped_column()
     deadline: Mapped[datetime] = mapped_column()
     """Without a report by then, the session is abandoned and its reservations released."""

@@ -8,9 +8,10 @@ expiring first) and then its wallet, at the tariff of the service in the zone wh
 subscriber is. Everything of one request is one ledger batch in one transaction.
 
 Idempotency: a create is named by the API key and a hash of its body (a retransmitted create
-finds its resource); an update or release carrying the sequence number answered last gets the
-same answer again; every transfer and usage record id derives from (resource, sequence number,
-rating group), so no retry can charge twice.
+finds its resource and gets the create's answer again, whatever happened since); an update or
+release carrying a sequence number answered before, with the same body, gets the same answer
+again (`ChargingSession.answers`); every transfer and usage record id derives from (resource,
+sequence number, rating group), so no retry can charge twice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.charging import alerts
 from simcharge.charging.consumption import LinePots, affordable_units, lock_pots, max_raw, take
 from simcharge.charging.models import UNIT_OF, ChargingSession, SessionState, UsageRecord
+from simcharge.charging.nchf_repository import ChargingSessions
 from simcharge.charging.rating import Rate, RatingTable, country_of_mcc
 from simcharge.config import Settings
 from simcharge.db import RetryableError, table_of
@@ -49,6 +51,10 @@ usage_table = table_of(UsageRecord)
 
 ACTIVITY_EVERY = timedelta(minutes=1)
 """`lines.last_activity_at` is written at most this often per line (a hot row otherwise)."""
+
+ANSWERS_KEPT = 8
+"""Besides the create's answer, the answers of this many latest updates and releases are kept
+for retransmissions; an older sequence number is refused as answered already."""
 
 UNIT_FIELD = {"voice": "time", "data": "totalVolume", "sms": "serviceSpecificUnits"}
 
@@ -290,7 +296,8 @@ class Charging:
     async def report_used(
         self, rg: int, group: dict[str, Any], used: int, rate: Rate | None
     ) -> None:
-        """Post what was used against the group's reservations; release the rest."""
+        """Post what was used against the group's reservations; release the rest. The usage
+        is rated and recorded in the zone the group's quota was granted in (`rate`)."""
         pots = await self.load_pots()
         holds: list[dict[str, Any]] = group.pop("holds", [])
         old_used = group["used"]
@@ -345,8 +352,8 @@ class Charging:
                     "external_id": f"{self.cs.id}/{self.seq}/{rg}",
                     "line_id": self.line.id,
                     "service": group["service"],
-                    "country": self.cs.country,
-                    "zone": self.cs.zone or "",
+                    "country": group.get("country", self.cs.country),
+                    "zone": group.get("zone", self.cs.zone) or "",
                     "quantity": used,
                     "rated": rated,
                     "from_buckets": from_buckets,
@@ -451,10 +458,11 @@ class Charging:
                 reason=failed.result.value,
             )
 
-    async def finish(self) -> None:
-        await self.commit_ledger()
-        if self.records:
-            await self.session.execute(usage_table.insert(), self.records)
+    async def finish(self, *, created: bool) -> None:
+        """Write what the request did: the session (`created`: new, written by the ORM; else
+        written here) and its usage records, the alerts, the line's activity — and the ledger
+        batch last: the operator accounts it credits are shared by many lines, so their row
+        locks are held only for the batch and the commit."""
         if self.pots is not None:
             contact = alerts.LineContact(
                 self.line.id, self.line.account_id, self.line.msisdn, self.line.currency
@@ -466,6 +474,8 @@ class Charging:
                 low_balance=self.settings.charging_low_balance,
             )
             await alerts.send_alerts(self.session, jobs)
+        if self.records:
+            # Chargeable activity is usage: a quota refused, or granted and not used, is not.
             last = self.line.last_activity_at
             if last is None or self.now - last >= ACTIVITY_EVERY:
                 await self.session.execute(
@@ -473,13 +483,21 @@ class Charging:
                     .where(lines_table.c.id == self.line.id)
                     .values(last_activity_at=self.now)
                 )
+        if created:
+            if self.records:
+                await self.session.execute(usage_table.insert(), self.records)
+            await self.session.flush()
+        else:
+            await ChargingSessions(self.session).save(self.cs, self.records)
+        await self.commit_ledger()
 
 
 UNIT_OF_SERVICE = {s.value: u for s, u in UNIT_OF.items()}
 
 
-def _requested(settings: Settings, service: str, units: Units | None) -> int:
-    asked = units.of(service) if units is not None else None
+def _requested(settings: Settings, service: str, asked: int | None) -> int:
+    """The quota to try for: what was asked (the default when no amount was), at most the
+    maximum."""
     if service == "voice":
         default, most = (
             settings.charging_quota_voice_seconds,
@@ -492,40 +510,60 @@ def _requested(settings: Settings, service: str, units: Units | None) -> int:
     return min(asked or default, most)
 
 
+def _rate(work: Charging, service: str, zone: str | None) -> Rate | None:
+    return work.table.rate(service, zone, work.line.currency) if zone else None
+
+
 async def _process(
-    work: Charging, req: ChargingDataRequest, *, release: bool
+    work: Charging,
+    req: ChargingDataRequest,
+    *,
+    release: bool,
+    country: str | None,
+    zone: str | None,
 ) -> list[dict[str, Any]]:
     """Every rating group of the request (and of the session's reservations): post, release,
-    grant. Returns the `multipleUnitInformation`."""
+    grant. Used units are rated where their quota was granted; new quota where the subscriber
+    is now (`country`, `zone`). Returns the `multipleUnitInformation`."""
     settings, cs, now = work.settings, work.cs, work.now
     groups: dict[str, Any] = {k: dict(v) for k, v in cs.groups.items()}
     allowed = line_may_charge(work.line, now)
     one_time = bool(req.oneTimeEvent) and (req.oneTimeEventType or "IEC") == "IEC"
     answers: list[dict[str, Any]] = []
-    reported: dict[int, UnitUsage] = {}
+    # A rating group may come in several entries (one per service, say): all their used units
+    # count, and their requests add up, for the one quota of the group.
+    reported: dict[int, list[UnitUsage]] = {}
     for entry in req.multipleUnitUsage:
-        reported.setdefault(entry.ratingGroup, entry)
+        reported.setdefault(entry.ratingGroup, []).append(entry)
     services = settings.rating_groups
     for rg in sorted({*reported, *(int(k) for k in groups)}):
-        usage = reported.get(rg)
+        entries = reported.get(rg)
         service = services.get(rg)
         key = str(rg)
         if service is None:
             answers.append({"ratingGroup": rg, "resultCode": "RATING_FAILED"})
             continue
         group = groups.setdefault(key, {"service": service, "used": 0, "wu": 0, "wm": 0})
-        rate = work.table.rate(service, cs.zone or "", work.line.currency) if cs.zone else None
         used = 0
-        if usage is not None:
-            used = sum(c.of(service) or 0 for c in usage.usedUnitContainer)
-        if usage is None and not release:
+        if entries is not None:
+            used = sum(c.of(service) or 0 for e in entries for c in e.usedUnitContainer)
+        if entries is None and not release:
             continue  # not reported: its quota stands
+        then = group.get("zone", cs.zone)
         if group.get("holds") or used:
-            await work.report_used(rg, group, used, rate)
-        if release or usage is None:
+            # Used where its quota was granted: at that zone's tariff, from its buckets.
+            await work.report_used(rg, group, used, _rate(work, service, then))
+        if release or entries is None:
             continue
+        if then != zone:
+            # Used in another zone from now on: its rating (rounding, the minimum, costs
+            # summed over the call) starts again there.
+            group.update(used=0, wu=0, wm=0)
+        group.update(zone=zone, country=country)
+        rate = _rate(work, service, zone)
         answer: dict[str, Any] = {"ratingGroup": rg}
-        wants = usage.requestedUnit is not None or one_time
+        requests = [e.requestedUnit for e in entries if e.requestedUnit is not None]
+        wants = bool(requests) or one_time
         if not wants:
             answer["resultCode"] = "SUCCESS"
         elif rate is None:
@@ -533,7 +571,8 @@ async def _process(
         elif not allowed:
             answer["resultCode"] = "END_USER_SERVICE_DENIED"
         else:
-            wanted = _requested(settings, service, usage.requestedUnit)
+            amounts = [n for u in requests if (n := u.of(service)) is not None]
+            wanted = _requested(settings, service, sum(amounts) if amounts else None)
             granted, final = await work.grant(rg, group, wanted, rate, all_or_nothing=one_time)
             if granted == 0:
                 answer["resultCode"] = "QUOTA_LIMIT_REACHED"
@@ -572,6 +611,32 @@ def _hash(body: bytes) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def _remember(
+    cs: ChargingSession, seq: int, op: str, digest: str, body: dict[str, Any] | None
+) -> None:
+    """Keep the answer to request `seq`: the create's always, the latest `ANSWERS_KEPT` others."""
+    answers = dict(cs.answers)
+    answers[str(seq)] = {"op": op, "hash": digest, "body": body}
+    others = sorted(int(k) for k, v in answers.items() if v["op"] != "create")
+    for old in others[:-ANSWERS_KEPT]:
+        del answers[str(old)]
+    cs.answers = answers
+
+
+def _create_answer(cs: ChargingSession, req: ChargingDataRequest) -> dict[str, Any]:
+    """What the create of `cs` was answered. A session opened before answers were kept by
+    sequence number and updated since has lost it: its creation time and the create's number
+    (the retransmission carries the same body), without the quota granted then."""
+    for kept in cs.answers.values():
+        if kept["op"] == "create":
+            body: dict[str, Any] = kept["body"]
+            return body
+    return {
+        "invocationTimeStamp": _timestamp(cs.created_at),
+        "invocationSequenceNumber": req.invocationSequenceNumber,
+    }
+
+
 async def create_charging_data(
     session: AsyncSession,
     settings: Settings,
@@ -588,7 +653,7 @@ async def create_charging_data(
     ref = derived_id("nchf-session", client, digest)
     existing = await session.get(ChargingSession, ref)
     if existing is not None:
-        return NchfAnswer(201, existing.last_response, ref)
+        return NchfAnswer(201, _create_answer(existing, req), ref)
     subscriber = _subscriber(req)
     if not subscriber:
         raise NchfProblem(
@@ -608,26 +673,26 @@ async def create_charging_data(
         zone=table.zone_of(country),
         country=country,
         sequence=req.invocationSequenceNumber,
-        request_hash=digest,
-        last_response={},
+        answers={},
         groups={},
         deadline=_deadline(settings, now),
         created_at=now,
         updated_at=now,
     )
     work = Charging(session, settings, table, line, cs, req.invocationSequenceNumber, now)
-    units = await _process(work, req, release=False)
+    units = await _process(work, req, release=False, country=cs.country, zone=cs.zone)
     if req.oneTimeEvent and (req.oneTimeEventType or "IEC") == "IEC":
         cs.state = SessionState.released.value
-    cs.last_response = _response(req, now, units)
+    answer = _response(req, now, units)
+    _remember(cs, req.invocationSequenceNumber, "create", digest, answer)
     session.add(cs)
     try:
         await session.flush()
     except IntegrityError as exc:
         # The same create, retransmitted while the first was being answered: answer it again.
         raise RetryableError("concurrent create") from exc
-    await work.finish()
-    return NchfAnswer(201, cs.last_response, ref)
+    await work.finish(created=True)
+    return NchfAnswer(201, answer, ref)
 
 
 def _deadline(settings: Settings, now: datetime) -> datetime:
@@ -660,22 +725,25 @@ async def update_charging_data(
     now = now or utcnow()
     req = parse_request(body)
     ref_id = parse_ref(ref)
-    found = (
-        await session.execute(
-            select(ChargingSession, Line)
-            .join(Line, Line.id == ChargingSession.line_id)
-            .where(ChargingSession.id == ref_id)
-            .with_for_update(of=sessions_table)
-        )
-    ).one_or_none()
+    found = await ChargingSessions(session).lock(ref_id)
     if found is None or found[0].client != client[:64]:
         raise NchfProblem(404, "CONTEXT_NOT_FOUND", N_("No charging data resource {ref}."), ref=ref)
     cs, line = found
     status = 204 if release else 200
+    op = "release" if release else "update"
     seq = req.invocationSequenceNumber
     digest = _hash(body)
-    if seq == cs.sequence and cs.request_hash == digest:
-        return NchfAnswer(status, None if release else cs.last_response, ref_id)
+    kept = cs.answers.get(str(seq))
+    if kept is not None:
+        if kept["op"] == op and kept["hash"] == digest:
+            return NchfAnswer(status, kept["body"], ref_id)
+        raise NchfProblem(
+            400,
+            "CHARGING_FAILED",
+            N_("invocationSequenceNumber {seq} was answered already, for another request."),
+            invalid=[("/invocationSequenceNumber", "answered already for another request")],
+            seq=seq,
+        )
     if cs.state != SessionState.open.value:
         if release and cs.state == SessionState.released.value:
             return NchfAnswer(204, None, ref_id)
@@ -691,22 +759,23 @@ async def update_charging_data(
             seq=seq,
             last=cs.sequence,
         )
-    country = location_country(req)
-    if country and country != cs.country:
-        cs.country, cs.zone = country, table.zone_of(country)
+    country, zone = cs.country, cs.zone
+    located = location_country(req)
+    if located and located != cs.country:
+        country, zone = located, table.zone_of(located)
     work = Charging(session, settings, table, line, cs, seq, now)
-    units = await _process(work, req, release=release)
+    units = await _process(work, req, release=release, country=country, zone=zone)
+    cs.country, cs.zone = country, zone
+    answer = None if release else _response(req, now, units)
     cs.sequence = seq
-    cs.request_hash = digest
-    cs.last_response = {} if release else _response(req, now, units)
+    _remember(cs, seq, op, digest, answer)
     cs.updated_at = now
     if release:
         cs.state = SessionState.released.value
     else:
         cs.deadline = _deadline(settings, now)
-    await work.finish()
-    await session.flush()
-    return NchfAnswer(status, None if release else cs.last_response, ref_id)
+    await work.finish(created=False)
+    return NchfAnswer(status, answer, ref_id)
 
 
 async def expire_abandoned_sessions(

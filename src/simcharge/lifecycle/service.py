@@ -389,6 +389,8 @@ class _Warning:
     template: str
     date_param: str
     dedupe: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    """More of the notice's params: what the template needs to say what keeps the line."""
 
 
 def _warning_passes(policy: Policy) -> list[_Warning]:
@@ -402,18 +404,20 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
             "line.freeze_warning", "freeze_on",
         ),
         # A line may enter grace between its inactivity warnings: the same warning, looked for
-        # among lines in grace by a pass of its own (the dedupe key is shared).
+        # among lines in grace by a pass of its own (the dedupe key is shared). A line in grace
+        # cannot be used: what keeps it is a top-up, as for the end of grace.
         _Warning(
             "inactive_grace", LineState.grace, "last_activity_at", policy.inactivity,
-            "line.freeze_warning", "freeze_on", dedupe="inactive",
+            "line.grace_ending", "freeze_on", dedupe="inactive",
         ),
         _Warning(
             "grace", LineState.grace, "state_changed_at", policy.grace,
-            "line.freeze_warning", "freeze_on",
+            "line.grace_ending", "freeze_on",
         ),
         _Warning(
             "termination", LineState.frozen, "state_changed_at", policy.termination,
             "line.termination_warning", "terminate_on",
+            params=(("reactivation", policy.frozen_reactivation),),
         ),
     ]
 
@@ -462,6 +466,7 @@ async def _warn(
                     "msisdn": r.msisdn,
                     "days_left": math.ceil(left / DAY),
                     w.date_param: change_at.isoformat(),
+                    **dict(w.params),
                 },
                 line_id=r.id,
                 dedupe_key=(

@@ -1,8 +1,8 @@
 """Back office: tariffs versioned (`tariffs.version`, `tariff_versions` with when each was in
 force); the audit log also refuses TRUNCATE on PostgreSQL.
 
-Revision ID: 0007_backoffice
-Revises: 0006_backoffice
+Revision ID: 0008_backoffice
+Revises: 0007_charging
 Create Date: 2026-12-05 17:16:00+00:00
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 import simcharge.db
 from simcharge.kit.ids import uuid7
 
-revision: str = "0007_backoffice"
-down_revision: str | None = "0006_backoffice"
+revision: str = "0008_backoffice"
+down_revision: str | None = "0007_charging"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
