@@ -18,17 +18,21 @@ from simcharge.kit.translations import N_
 API_PREFIX = "/api/v1"
 
 
-def get_db(request: Request) -> Database:
+# The dependencies below are `async def` although they await nothing: FastAPI runs a plain `def`
+# dependency in a worker thread, a thread hop on every request for a dictionary lookup.
+
+
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_language(request: Request) -> str:
+async def get_language(request: Request) -> str:
     """`?lang=` if given and supported, else the best match for `Accept-Language`."""
     chosen = normalize_language(request.query_params.get("lang"))
     language = chosen or negotiate_language(request.headers.get("accept-language"))

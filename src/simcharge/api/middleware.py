@@ -226,7 +226,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def _route_template(scope: Scope) -> str:
     """The matched route's full path template (`/api/v1/lines/{line_id}`), never the raw path,
-    so metrics keep a bounded set of labels."""
+    so metrics keep a bounded set of labels. FastAPI leaves the matched route in the scope; only
+    what it did not route (mounted apps, not found) is matched again here."""
+    matched = scope.get("route")
+    if matched is not None and isinstance(getattr(matched, "path", None), str):
+        return str(matched.path)
     app: Any = scope.get("app")
     for route in getattr(app, "routes", ()):
         match, _ = route.matches(scope)
