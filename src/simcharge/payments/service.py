@@ -3,14 +3,16 @@ transaction; what it returns is applied in one (`orders.fulfilment.apply_status`
 
 - `open_checkout`: after the order is committed, open the provider's checkout (the provider's
   own idempotency key is the order reference, so a retry opens the same one).
-- `receive_notification`: verify; store the event raw under a unique (provider, event id) — a
-  duplicate stops there; then apply it. An event whose processing failed stays unprocessed and
-  the reconciliation job applies it again.
+- `receive_notification`: verify; store the event as delivered under a unique (provider, event
+  id) — a duplicate stops there; then apply it, in the same transaction. An event whose
+  processing failed is stored unprocessed, alone, and the reconciliation job applies it again.
 - `check_order`: ask the provider now (the payer's return, "my balance has not updated", the
-  reconciliation job). The return URL's query string is never trusted.
+  reconciliation job). The return URL's query string is never trusted; an answer naming another
+  merchant is flagged, never credited.
 - `cancel_order`: close at the provider first; if it turns out paid, credit it instead.
-- `reconcile`: pending payments are asked again with backoff (1, 2, 4 … 30 minutes); an order
-  past its time is closed at the provider and expired.
+- `reconcile`: pending payments are asked again with backoff (1, 2, 4 … 30 minutes, never
+  later than the order's expiry); an order past its time is closed at the provider and expired;
+  a closed order's payment is asked again for `LATE_PAYMENT_WINDOW` after closing.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
 from simcharge.metrics import ORDERS, WEBHOOK_FAILURES, WEBHOOKS
-from simcharge.orders.fulfilment import PAID_STATES, Outcome, apply_status
+from simcharge.orders.fulfilment import (
+    LATE_CHECK_FIRST,
+    LATE_PAYMENT_WINDOW,
+    PAID_STATES,
+    Outcome,
+    apply_status,
+    mark_processed,
+)
 from simcharge.orders.models import (
+    CLOSED_UNPAID,
+    Attention,
     Order,
     OrderState,
     Payment,
@@ -41,9 +52,17 @@ from simcharge.orders.models import (
     ProviderEvent,
     Refund,
 )
-from simcharge.orders.refunds import complete_refund
-from simcharge.orders.service import LockedOrder, lock_order, order_by_reference, payment_of
+from simcharge.orders.refunds import apply_refund_news
+from simcharge.orders.service import (
+    LockedOrder,
+    flag_order,
+    lock_order,
+    order_by_reference,
+    payment_of,
+)
 from simcharge.payments.codec import (
+    dispute_from_json,
+    dispute_to_json,
     refund_from_json,
     refund_to_json,
     status_from_json,
@@ -82,6 +101,21 @@ class OrderAlreadyPaid(Conflict):
 class OrderNotCancellable(Conflict):
     slug = "order-not-cancellable"
     title = N_("Only an order waiting for payment can be cancelled.")
+
+
+class NotificationUnverifiable(PaymentProviderUnavailable):
+    """A notification that cannot be verified now (PayPal's certificate cannot be fetched):
+    the provider delivers it again after `Retry-After`."""
+
+    slug = "notification-unverifiable"
+
+
+UNMATCHED_PATIENCE = timedelta(days=1)
+"""How long a refund or dispute whose payment is not known yet is tried again (a refund
+reported before its payment), before it is given up as `unmatched` (and logged)."""
+UNVERIFIABLE_RETRY_AFTER = 60
+"""Seconds a provider is asked to wait before delivering an unverifiable notification again."""
+CLOSED_VALUES = frozenset(state.value for state in CLOSED_UNPAID)
 
 
 class UnknownProvider(Exception):
@@ -195,11 +229,16 @@ class Received:
     reply: WebhookReply
     duplicate: bool
     outcome: str | None
+    """What became of it: `Outcome`'s values, `duplicate`, `stored` (kept to be applied later),
+    or `rejected:<reason>`."""
 
 
 async def receive_notification(
     db: Database, providers: Providers, provider_name: str, headers: Mapping[str, str], body: bytes
 ) -> Received:
+    """Verify a notification, store it as delivered, apply it. Raises `NotificationUnverifiable`
+    when it cannot be verified now (PayPal's certificate cannot be fetched): the provider is
+    asked to deliver it again."""
     provider = providers.named(provider_name)
     if provider is None:
         raise UnknownProvider(provider_name)
@@ -216,6 +255,13 @@ async def receive_notification(
             detail=exc.detail,
         )
         return Received(provider.reply(False), duplicate=False, outcome=f"rejected:{exc.reason}")
+    except ProviderError as exc:
+        WEBHOOKS.labels(provider_name, "unverifiable").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "unverifiable").inc()
+        log.warning("payments.webhook_unverifiable", provider=provider_name, code=exc.code)
+        raise NotificationUnverifiable(
+            headers={"Retry-After": str(UNVERIFIABLE_RETRY_AFTER)}
+        ) from exc
     expected = providers.merchant_of(provider_name)
     if expected and notification.status and notification.status.merchant not in (None, expected):
         WEBHOOKS.labels(provider_name, "rejected:foreign").inc()
@@ -224,30 +270,36 @@ async def receive_notification(
         return Received(provider.reply(False), duplicate=False, outcome="rejected:foreign")
 
     async def store_and_apply(s: AsyncSession) -> str | None:
-        """Lock the order, apply the news, store the event (already processed). A copy of an
-        event waits for the order's lock, finds the news applied ("already"), and its insert
-        finds the event stored: it is a duplicate."""
+        """Lock the order, store the event (a copy of it stops here: a duplicate), then apply
+        it. A copy waits for the order's lock, and its insert then finds the event stored."""
         locked = await _locked_order(s, provider_name, notification)
+        order_id = locked.order.id if locked is not None else None
+        event_id = await _store(s, provider_name, notification, now, order_id)
+        if event_id is None:
+            return None
         if locked is None or notification.status is None:
-            event_id = await _store(s, provider_name, notification, now)
-            return None if event_id is None else await _apply_event(s, event_id)
-        order_id = locked.order.id
+            return await _apply_event(s, event_id)
         if notification.status.capturable:
             # Approved, not yet paid (PayPal): capture now, not when the payer comes back.
             await enqueue(
-                s, CAPTURE_JOB, {"order_id": str(order_id)}, dedupe_key=f"{CAPTURE_JOB}:{order_id}"
+                s,
+                CAPTURE_JOB,
+                {"order_id": str(locked.order.id)},
+                dedupe_key=f"{CAPTURE_JOB}:{locked.order.id}",
             )
         source = f"webhook:{notification.event_id}"
         outcome = await apply_status(
-            s, order_id, notification.status, source=source, now=now, locked=locked
+            s,
+            locked.order.id,
+            notification.status,
+            source=source,
+            now=now,
+            locked=locked,
+            event_id=event_id,
         )
-        stored = await _store(
-            s, provider_name, notification, now, order_id, processed=outcome.value
-        )
-        return None if stored is None else outcome.value
+        return outcome.value
 
     try:
-        # Usually one transaction: the event is stored and applied together.
         outcome = await db.run(store_and_apply)
     except Exception:
         # Applying failed: keep the event, unprocessed; the reconciliation job applies it again.
@@ -264,8 +316,10 @@ async def receive_notification(
 
 
 async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> LockedOrder | None:
-    """The order a notification is about, locked with its payment and line."""
-    if n.status is not None and n.status.reference:
+    """The order a payment status is about, locked with its payment and line."""
+    if n.status is None:
+        return None
+    if n.status.reference:
         locked = await lock_order(s, reference=n.status.reference)
         if locked is not None:
             return locked
@@ -274,11 +328,10 @@ async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> Lock
 
 
 async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.UUID | None:
-    """The order a notification is about: by our reference, the provider's, or the refund's."""
-    reference = (n.status.reference if n.status else None) or (
-        n.refund.reference if n.refund else None
-    )
-    if reference:
+    """The order a notification is about: by our reference, the refund's, or the provider's ids
+    of the payment."""
+    about = [x for x in (n.status, n.refund, n.dispute) if x is not None]
+    for reference in dict.fromkeys(x.reference for x in about if x.reference):
         order = await order_by_reference(s, reference)
         if order is not None:
             return order.id
@@ -288,16 +341,23 @@ async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.
         ).scalar_one_or_none()
         if found is not None:
             return found
-    ref = (n.status.provider_ref if n.status else None) or (
-        n.refund.payment_id if n.refund else None
-    )
-    if ref:
+    refs = {
+        ref
+        for ref in (
+            n.status.provider_ref if n.status else None,
+            n.status.payment_id if n.status else None,
+            n.refund.payment_id if n.refund else None,
+            n.dispute.payment_id if n.dispute else None,
+        )
+        if ref
+    }
+    if refs:
         return (
             await s.execute(
                 select(Payment.order_id)
                 .where(
                     Payment.provider == provider,
-                    (Payment.provider_ref == ref) | (Payment.payment_id == ref),
+                    Payment.provider_ref.in_(refs) | Payment.payment_id.in_(refs),
                 )
                 .limit(1)
             )
@@ -311,11 +371,9 @@ async def _store(
     n: Notification,
     now: datetime,
     order_id: uuid.UUID | None = None,
-    *,
-    processed: str | None = None,
 ) -> uuid.UUID | None:
-    """Store a notification once per (provider, event id); None if it was stored before.
-    `processed`: the outcome, when it was applied in this transaction."""
+    """Store a notification, unprocessed, once per (provider, event id); None if it was stored
+    before."""
     order_id = order_id or await _order_id_of(s, provider, n)
     events = table_of(ProviderEvent)
     return (
@@ -327,12 +385,13 @@ async def _store(
                 event_id=n.event_id,
                 event_type=n.event_type,
                 order_id=order_id,
+                body=n.body,
+                headers=dict(n.headers),
                 payload=_jsonable(n.raw),
                 status=status_to_json(n.status) if n.status else None,
                 refund=refund_to_json(n.refund) if n.refund else None,
+                dispute=dispute_to_json(n.dispute) if n.dispute else None,
                 received_at=now,
-                processed_at=now if processed else None,
-                outcome=processed,
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
             .returning(events.c.id)
@@ -359,57 +418,131 @@ async def _apply_event(s: AsyncSession, event_id: uuid.UUID) -> str:
     event = await s.get(ProviderEvent, event_id, with_for_update=True)
     if event is None or event.processed_at is not None:
         return "already"
-    outcome = "ignored"
+    now, source = utcnow(), f"webhook:{event.event_id}"
     if event.order_id is not None and event.status is not None:
         status = status_from_json(event.status)
-        source = f"webhook:{event.event_id}"
         return (
-            await apply_status(
-                s, event.order_id, status, source=source, now=utcnow(), event_id=event.id
-            )
+            await apply_status(s, event.order_id, status, source=source, now=now, event_id=event.id)
         ).value
-    elif event.order_id is not None and event.refund is not None:
-        outcome = await complete_refund(s, event.order_id, refund_from_json(event.refund), utcnow())
-    event.processed_at, event.outcome = utcnow(), outcome
+    news = event.refund is not None or event.dispute is not None
+    if news and event.order_id is None:
+        event.order_id = await _order_id_of(s, event.provider, _stored(event))
+        if event.order_id is None:
+            if now - event.received_at < UNMATCHED_PATIENCE:
+                # Its payment is not known yet: left unprocessed, tried again by reconciliation
+                # (and applied when the payment is reported: `fulfilment._adopt_early_news`).
+                return "unmatched"
+            log.warning("payments.unmatched_event", provider=event.provider, event=event.event_id)
+    outcome = "unmatched" if news and event.order_id is None else "ignored"
+    if news and event.order_id is not None:
+        outcome = await apply_refund_news(s, event, now)
+    await mark_processed(s, event.id, outcome, now)
     return outcome
+
+
+def _stored(event: ProviderEvent) -> Notification:
+    """What a stored event names, to find its order again."""
+    return Notification(
+        event.provider,
+        event.event_id,
+        event.event_type,
+        status_from_json(event.status) if event.status else None,
+        refund_from_json(event.refund) if event.refund else None,
+        {},
+        dispute=dispute_from_json(event.dispute) if event.dispute else None,
+    )
+
+
+def _foreign(providers: Providers, order: Order, status: PaymentStatus) -> str | None:
+    """The merchant a provider's answer names, when it is not ours (None: ours, or not named)."""
+    expected = providers.merchant_of(order.provider)
+    if expected and status.merchant is not None and status.merchant != expected:
+        return status.merchant
+    return None
+
+
+async def _flag_foreign(s: AsyncSession, order_id: uuid.UUID, merchant: str, source: str) -> None:
+    order = await s.get(Order, order_id, with_for_update=True)
+    assert order is not None
+    flag_order(
+        order,
+        Attention.merchant_mismatch,
+        f"the provider's answer names merchant {merchant}, not ours: nothing credited ({source})",
+    )
+
+
+def _late_window_open(order: Order, now: datetime) -> bool:
+    """A closed unpaid order whose payment is still asked about (a payment at the last moment)."""
+    return (
+        order.state in CLOSED_VALUES
+        and order.closed_at is not None
+        and now < order.closed_at + LATE_PAYMENT_WINDOW
+    )
 
 
 async def check_order(
     db: Database, providers: Providers, order_id: uuid.UUID, *, source: str, capture: bool = False
 ) -> Outcome:
-    """Ask the provider where the payment stands and apply the answer."""
+    """Ask the provider where the payment stands and apply the answer — for a pending order, or
+    one closed unpaid less than `LATE_PAYMENT_WINDOW` ago."""
     async with db.read() as s:
         order = await s.get(Order, order_id)
         assert order is not None
         payment = await payment_of(s, order.id)
     if payment.state == PaymentStatusValue.succeeded:
         return Outcome.already
+    pending = order.state == OrderState.pending
+    if not pending and not _late_window_open(order, utcnow()):
+        await db.run(lambda s: _note_check(s, order.id, None))
+        return Outcome.unchanged
     provider = _provider(providers, order.provider)
     try:
         status = await provider.query(order.reference, payment.provider_ref)
-        if capture and status.capturable and payment.provider_ref:
+        foreign = _foreign(providers, order, status)
+        if pending and capture and status.capturable and payment.provider_ref and not foreign:
             capture_fn = getattr(provider, "capture", None)
             if capture_fn is not None:
                 status = await capture_fn(payment.provider_ref, f"{order.reference}-capture")
+                foreign = _foreign(providers, order, status)
     except ProviderError as exc:
         reason = f"{exc.code}: {exc}"
         await db.run(lambda s: _note_check(s, order.id, reason))
         if exc.transient:
             raise PaymentProviderUnavailable() from exc
         return Outcome.unchanged
+    if foreign is not None:
+        log.warning("payments.foreign_merchant", order=str(order.id), provider=order.provider)
+        await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
+        await db.run(lambda s: _note_check(s, order.id, "answer for another merchant"))
+        return Outcome.flagged
     outcome = await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
-    if outcome is Outcome.unchanged and status.state is PaymentState.pending:
+    if outcome is Outcome.unchanged:
         await db.run(lambda s: _note_check(s, order.id, None))
     return outcome
 
 
 async def _note_check(s: AsyncSession, order_id: uuid.UUID, error: str | None) -> None:
+    """When to ask again. Pending: with backoff, never later than the order's expiry (it is
+    closed on time). Closed unpaid: with backoff from `LATE_CHECK_FIRST`, until
+    `LATE_PAYMENT_WINDOW` after closing; then never."""
     payment = await payment_of(s, order_id, lock=True)
-    if payment.state != PaymentStatusValue.pending:
+    order = await s.get(Order, order_id)
+    assert order is not None
+    now = utcnow()
+    if payment.state == PaymentStatusValue.pending:
+        payment.checks += 1
+        interval = min(MAX_CHECK_INTERVAL, timedelta(minutes=2 ** min(payment.checks - 1, 5)))
+        due = now + interval
+        if order.expires_at > now:
+            due = min(due, order.expires_at)
+        payment.next_check_at = due
+    elif payment.state in CLOSED_VALUES and order.closed_at is not None:
+        payment.checks += 1
+        end = order.closed_at + LATE_PAYMENT_WINDOW
+        interval = min(MAX_CHECK_INTERVAL, LATE_CHECK_FIRST * 2 ** min(payment.checks - 1, 5))
+        payment.next_check_at = min(now + interval, end) if now < end else None
+    else:
         return
-    payment.checks += 1
-    interval = min(MAX_CHECK_INTERVAL, timedelta(minutes=2 ** min(payment.checks - 1, 5)))
-    payment.next_check_at = utcnow() + interval
     payment.last_error = error
 
 
@@ -425,21 +558,23 @@ async def cancel_order(db: Database, providers: Providers, order_id: uuid.UUID) 
 
 
 async def reconcile(db: Database, providers: Providers, *, limit: int = 100) -> int:
-    """Ask again about pending payments that are due; expire what is past its time; apply
-    stored events whose processing failed. Returns how many orders were looked at."""
+    """Ask again about payments that are due (pending ones; closed ones in their late-payment
+    window); expire what is past its time; apply stored events whose processing failed.
+    Returns how many orders were looked at."""
     now = utcnow()
     async with db.read() as s:
         due = (
-            await s.execute(
-                select(Order.id, Order.expires_at)
-                .join(Payment, Payment.order_id == Order.id)
-                .where(
-                    Payment.state == PaymentStatusValue.pending.value, Payment.next_check_at <= now
+            (
+                await s.execute(
+                    select(Payment.order_id)
+                    .where(Payment.next_check_at <= now)
+                    .order_by(Payment.next_check_at)
+                    .limit(limit)
                 )
-                .order_by(Payment.next_check_at)
-                .limit(limit)
             )
-        ).all()
+            .scalars()
+            .all()
+        )
         stale = (
             (
                 await s.execute(
@@ -456,15 +591,25 @@ async def reconcile(db: Database, providers: Providers, *, limit: int = 100) -> 
         )
     for event_id in stale:
         await process_event(db, providers, event_id)
-    for order_id, expires_at in due:
-        try:
-            if expires_at <= now:
-                await expire_order(db, providers, order_id)
-            else:
-                await check_order(db, providers, order_id, source="reconciliation", capture=True)
-        except PaymentProviderUnavailable:
-            log.warning("payments.reconcile_unreachable", order=str(order_id))
+    for order_id in due:
+        await reconcile_order(db, providers, order_id)
     return len(due)
+
+
+async def reconcile_order(db: Database, providers: Providers, order_id: uuid.UUID) -> Outcome:
+    """The reconciliation job's pass over one order: expired if past its time (closed at the
+    provider first), else asked about; an unreachable provider is asked again next time."""
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+        assert order is not None
+    try:
+        if order.state == OrderState.pending and order.expires_at <= utcnow():
+            return await expire_order(db, providers, order_id)
+        source = "reconciliation" if order.state == OrderState.pending else "late_check"
+        return await check_order(db, providers, order_id, source=source, capture=True)
+    except PaymentProviderUnavailable:
+        log.warning("payments.reconcile_unreachable", order=str(order_id))
+        return Outcome.unchanged
 
 
 async def expire_order(db: Database, providers: Providers, order_id: uuid.UUID) -> Outcome:
@@ -479,7 +624,13 @@ async def close_order(
     db: Database, providers: Providers, order_id: uuid.UUID, state: PaymentState, *, source: str
 ) -> Outcome:
     """Close a pending order at the provider, then mark it `state` (cancelled or expired). If
-    the provider says it was paid, it is credited and `OrderAlreadyPaid` raised."""
+    the provider says it was paid, it is credited and `OrderAlreadyPaid` raised.
+
+    A close the provider refuses for good (not a transient error, not "already paid") does not
+    keep the order open: it is closed here anyway, the refusal is kept in the payment's
+    `last_error`, and the payment is asked about for the late-payment window like any closed
+    one — a payment still made on the provider's side is found and credited (`late_success`).
+    """
     async with db.read() as s:
         order = await s.get(Order, order_id)
         assert order is not None
@@ -487,8 +638,14 @@ async def close_order(
     if order.state != OrderState.pending:
         return Outcome.unchanged
     provider = _provider(providers, order.provider)
+    refused: str | None = None
     try:
         status = await provider.query(order.reference, payment.provider_ref)
+        foreign = _foreign(providers, order, status)
+        if foreign is not None:
+            await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
+            await db.run(lambda s: _note_check(s, order.id, "answer for another merchant"))
+            return Outcome.flagged
         if status.state in PAID_STATES:
             await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
             raise OrderAlreadyPaid(field="order_id")
@@ -499,6 +656,10 @@ async def close_order(
             raise OrderAlreadyPaid(field="order_id") from exc
         if exc.transient:
             raise PaymentProviderUnavailable() from exc
+        refused = f"close refused: {exc.code}: {exc.message}"[:500]
+        log.warning(
+            "payments.close_refused", order=str(order.id), provider=order.provider, code=exc.code
+        )
     closing = PaymentStatus(
         state=state,
         reference=order.reference,
@@ -510,4 +671,11 @@ async def close_order(
         paid_at=None,
         raw={},
     )
-    return await db.run(lambda s: apply_status(s, order.id, closing, source=source, now=utcnow()))
+
+    async def close(s: AsyncSession) -> Outcome:
+        outcome = await apply_status(s, order.id, closing, source=source, now=utcnow())
+        if refused is not None:
+            (await payment_of(s, order.id, lock=True)).last_error = refused
+        return outcome
+
+    return await db.run(close)
