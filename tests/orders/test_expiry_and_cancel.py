@@ -221,6 +221,7 @@ async def test_closed_orders_are_asked_about_for_an_hour_then_never(
     assert seen[0] == closed_at + LATE_CHECK_FIRST and seen[-1] == end
     assert len(seen) <= 6 and (await _payment(db, row.id)).next_check_at is None
     # After the window, "check now" no longer asks: a payment now is the back office's to find.
+    clock.freeze(end + timedelta(minutes=1))
     await _paid_at_the_provider_after_all(db, row.reference)
     outcome = await check_order(db, app.state.providers, row.id, source="customer_check")
     assert outcome is Outcome.unchanged

@@ -476,7 +476,7 @@ def _late_window_open(order: Order, now: datetime) -> bool:
     return (
         order.state in CLOSED_VALUES
         and order.closed_at is not None
-        and now < order.closed_at + LATE_PAYMENT_WINDOW
+        and now <= order.closed_at + LATE_PAYMENT_WINDOW
     )
 
 
