@@ -22,7 +22,7 @@ ledger: clearing → `unapplied` (`refunds.received_unapplied`), until finance r
   a refund reported first): nothing is credited, `paid` + `provider_refund`, the refund
   recorded;
 - refunded at the provider after it was credited: recorded as a refund, its money posted back,
-  nothing taken from the line, flagged `provider_refund` (`refunds.note_refunded_status`).
+  nothing taken from the line, flagged `provider_refund` (`reversals.note_refunded_status`).
 """
 
 from __future__ import annotations
@@ -52,13 +52,12 @@ from simcharge.orders.models import (
     ProviderEvent,
     Refund,
 )
-from simcharge.orders.refunds import (
+from simcharge.orders.refunds import received_unapplied, shown
+from simcharge.orders.reversals import (
     REFUNDED_STATES,
     apply_refund_news,
     note_refunded_status,
-    received_unapplied,
     settle_provider_refunds,
-    shown,
 )
 from simcharge.orders.service import LockedOrder, flag_order, lock_order
 from simcharge.orders.service import forget_receipts as forget_receipts

@@ -1,5 +1,4 @@
-"""Refunds — asked of the provider by us, or made at the provider without us — and what the
-ledger takes back.
+"""Refunds asked of the provider by us — and what the ledger takes back.
 
 What a payment put into the ledger. Credited (`fulfilled`): its total went from the provider's
 clearing account to revenue (the sale and the fee). Taken but not credited (`paid`: another
@@ -21,12 +20,7 @@ everything above is held as pending ledger transfers: the units and credit canno
 nothing is final. Confirmed: posted. Refused: voided (the customer keeps everything) and the
 order is flagged `refund_failed` for finance.
 
-Made at the provider without us (in its dashboard; a reversal): recorded as a refund by
-`provider:<name>` that has succeeded, once per provider refund (or per reported total); its
-money is posted at once (or as soon as the payment itself is known); nothing is taken back from
-the line — finance decides, with an adjustment — and the order is flagged `provider_refund`. A
-chargeback (a dispute) is flagged `chargeback` and moves nothing: the money is held until the
-dispute is decided.
+Refunds made at the provider without us, and chargebacks: `orders.reversals`.
 """
 
 from __future__ import annotations
@@ -49,30 +43,20 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.lines.models import Line
 from simcharge.lines.service import bucket_id
 from simcharge.notifications.service import notify
-from simcharge.orders.models import (
-    Attention,
-    Order,
-    OrderState,
-    ProviderEvent,
-    Refund,
-    RefundState,
-)
+from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
 from simcharge.orders.service import (
     OrderNotFound,
     flag_order,
     forget_receipts,
     issue_receipt_number,
 )
-from simcharge.payments.codec import dispute_from_json, refund_from_json
-from simcharge.payments.providers import Dispute, PaymentState, PaymentStatus, RefundResult
+from simcharge.payments.providers import RefundResult
 from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.worker.service import enqueue
 
 REFUND_JOB = "payments.refund"
 REFUNDABLE = (OrderState.fulfilled, OrderState.partially_refunded, OrderState.paid)
-REFUNDED_STATES = (PaymentState.refunded, PaymentState.partially_refunded)
-PROVIDER = "provider:"
-"""`Refund.requested_by` of a refund made at the provider without us: `provider:<name>`."""
+UNKNOWN_REFUND = "unknown_refund"
 
 
 class NotRefundable(Conflict):
@@ -178,12 +162,12 @@ async def request_refund(
         request_key=request_key,
         created_at=now,
     )
-    transfers = await _money_back(session, order, refund, kind=TransferKind.pending)
+    transfers = await money_back(session, order, refund, kind=TransferKind.pending)
     if order.fulfilled_at is not None:
         transfers += await _clawback(session, order, refund, full=amount == left)
     if transfers:
         await post_transfers(session, transfers, now=now)
-    refund.plan = _plan_of(transfers)
+    refund.plan = plan_of(transfers)
     session.add(refund)
     await session.flush()
     await enqueue(
@@ -196,7 +180,7 @@ async def request_refund(
     return refund
 
 
-def _plan_of(transfers: list[NewTransfer], **more: Any) -> dict[str, Any]:
+def plan_of(transfers: list[NewTransfer], **more: Any) -> dict[str, Any]:
     return {
         "transfers": [str(t.id) for t in transfers],
         "fee": sum(t.amount or 0 for t in transfers if t.code == "refund_fee"),
@@ -226,7 +210,7 @@ def _transfer(
     )
 
 
-async def _money_back(
+async def money_back(
     session: AsyncSession, order: Order, refund: Refund, *, kind: TransferKind
 ) -> list[NewTransfer]:
     """The money of a refund going back out through the provider's clearing account: from
@@ -314,16 +298,10 @@ async def _clawback(
 
 
 async def complete_refund(
-    session: AsyncSession,
-    order_id: uuid.UUID,
-    result: RefundResult,
-    now: datetime,
-    *,
-    source: str = "refund",
-    what: str | None = None,
+    session: AsyncSession, order_id: uuid.UUID, result: RefundResult, now: datetime
 ) -> str:
-    """Apply the provider's answer about a refund (once); returns what happened. A refund that
-    is not ours was made at the provider: recorded as such (`record_provider_refund`)."""
+    """Apply the provider's answer about one of our refunds (once); returns what happened —
+    `unknown_refund` for a refund that is not ours."""
     refund = (
         await session.execute(
             select(Refund)
@@ -332,7 +310,7 @@ async def complete_refund(
         )
     ).scalar_one_or_none()
     if refund is None:
-        return await _refund_not_ours(session, order_id, result, now, source=source, what=what)
+        return UNKNOWN_REFUND  # not ours: `reversals.apply_refund_news` records it
     if refund.state != RefundState.pending.value:
         return "already"
     if result.state is ProviderRefundState.pending:
@@ -365,7 +343,7 @@ async def complete_refund(
         return "refund_failed"
     refund.state = RefundState.succeeded.value
     order.refunded_amount += refund.amount
-    _refunded_state(order)
+    refunded_state(order)
     await forget_receipts(session, order.id)
     await issue_receipt_number(session, order.id)
     await notify(
@@ -383,208 +361,13 @@ async def complete_refund(
     return "refunded"
 
 
-def _refunded_state(order: Order) -> None:
+def refunded_state(order: Order) -> None:
     if order.fulfilled_at is not None:
         order.state = (
             OrderState.refunded
             if order.refunded_amount >= paid_of(order)
             else OrderState.partially_refunded
         ).value
-
-
-async def _refund_not_ours(
-    session: AsyncSession,
-    order_id: uuid.UUID,
-    result: RefundResult,
-    now: datetime,
-    *,
-    source: str,
-    what: str | None,
-) -> str:
-    order = await session.get(Order, order_id, with_for_update=True)
-    if order is None or result.state is ProviderRefundState.failed:
-        return "unknown_refund"  # nothing was given back
-    what = what or "refund"
-    amount = shown(result.amount, result.currency)
-    if result.state is ProviderRefundState.pending:
-        flag_order(
-            order,
-            Attention.provider_refund,
-            f"{what} {result.provider_refund_id or result.refund_id}: {amount} being refunded at "
-            f"the provider ({source})",
-        )
-        return "provider_refund_pending"
-    recorded = await record_provider_refund(
-        session,
-        order,
-        amount=result.amount,
-        currency=result.currency,
-        key=f"refund:{result.provider_refund_id or result.refund_id}",
-        provider_refund_id=result.provider_refund_id or result.refund_id,
-        what=what,
-        source=source,
-        now=now,
-    )
-    return "provider_refund" if recorded else "already"
-
-
-async def known_refunds(session: AsyncSession, order: Order) -> int:
-    """Refunded or on its way, ours and the provider's, as far as we know."""
-    found = (
-        await session.execute(
-            select(func.coalesce(func.sum(Refund.amount), 0)).where(
-                Refund.order_id == order.id, Refund.state != RefundState.failed.value
-            )
-        )
-    ).scalar_one()
-    return int(found)
-
-
-async def note_refunded_status(
-    session: AsyncSession, order: Order, status: PaymentStatus, *, source: str, now: datetime
-) -> bool:
-    """A status saying the payment was (partly) refunded: what we do not know of was refunded
-    at the provider and is recorded so. True if it was news."""
-    if status.state not in REFUNDED_STATES:
-        return False
-    paid = order.paid_amount if order.paid_amount is not None else status.amount
-    reported = status.refunded_amount
-    if reported is None and status.state is PaymentState.refunded:
-        reported = paid
-    word = status.provider_state or status.state.value
-    if reported is None:  # partly refunded, by how much the provider does not say
-        before = order.attention_note
-        flag_order(
-            order,
-            Attention.provider_refund,
-            f"{word}: partly refunded at the provider, amount not reported ({source})",
-        )
-        return order.attention_note != before
-    extra = reported - await known_refunds(session, order)
-    if extra <= 0:
-        return False
-    recorded = await record_provider_refund(
-        session,
-        order,
-        amount=extra,
-        currency=status.currency,
-        key=f"reported:{reported}",
-        provider_refund_id=None,
-        what=word,
-        source=source,
-        now=now,
-    )
-    return recorded is not None
-
-
-async def record_provider_refund(
-    session: AsyncSession,
-    order: Order,
-    *,
-    amount: int,
-    currency: str | None,
-    key: str,
-    provider_refund_id: str | None,
-    what: str,
-    source: str,
-    now: datetime,
-) -> Refund | None:
-    """A refund made at the provider without us: recorded once per `key` (None if it was
-    before), its money posted when the payment is known, the order flagged for finance."""
-    request_key = f"{PROVIDER}{order.id}:{key}"[:220]
-    earlier = (
-        await session.execute(select(Refund.id).where(Refund.request_key == request_key))
-    ).scalar_one_or_none()
-    if earlier is not None:
-        return None
-    currency = (currency or order.paid_currency or order.currency).upper()
-    capped = min(amount, max(0, paid_of(order) - await known_refunds(session, order)))
-    note = f"{what}: {shown(amount, currency)} refunded at the provider ({source})"
-    if capped != amount:
-        note += f"; only {shown(capped, currency)} was left to refund: that is recorded"
-    flag_order(order, Attention.provider_refund, note)
-    if capped <= 0:
-        return None
-    refund = Refund(
-        id=uuid7(),
-        order_id=order.id,
-        reference="PX" + derived_id("provider-refund", request_key).hex[:24].upper(),
-        amount=capped,
-        currency=currency,
-        reason=what[:200],
-        state=RefundState.succeeded.value,
-        provider_refund_id=(provider_refund_id or "")[:128] or None,
-        requested_by=f"{PROVIDER}{order.provider}",
-        request_key=request_key,
-        plan={"transfers": [], "fee": 0, "posted": False},
-        created_at=now,
-        completed_at=now,
-    )
-    session.add(refund)
-    await session.flush()
-    await settle_provider_refunds(session, order, now)
-    return refund
-
-
-async def settle_provider_refunds(session: AsyncSession, order: Order, now: datetime) -> None:
-    """Post the money of the refunds made at the provider that are not posted yet — once the
-    payment itself is known (a refund may be reported before its payment)."""
-    if order.paid_at is None:
-        return
-    rows = (
-        await session.execute(
-            select(Refund)
-            .where(Refund.order_id == order.id, Refund.requested_by.startswith(PROVIDER))
-            .order_by(Refund.created_at, Refund.id)
-            .with_for_update()
-        )
-    ).scalars()
-    settled = False
-    for refund in rows:
-        if (refund.plan or {}).get("posted", True):
-            continue
-        transfers = await _money_back(session, order, refund, kind=TransferKind.posted)
-        await post_transfers(session, transfers, now=now)
-        refund.plan = _plan_of(transfers, posted=True)
-        order.refunded_amount += refund.amount
-        settled = True
-    if settled:
-        _refunded_state(order)
-        await forget_receipts(session, order.id)
-        await session.flush()
-
-
-async def apply_refund_news(session: AsyncSession, event: ProviderEvent, now: datetime) -> str:
-    """Apply a stored notification about a refund or a dispute of `event.order_id`; returns
-    what happened (the caller marks the event processed)."""
-    assert event.order_id is not None
-    source = f"webhook:{event.event_id}"
-    if event.refund is not None:
-        result = refund_from_json(event.refund)
-        return await complete_refund(
-            session, event.order_id, result, now, source=source, what=event.event_type
-        )
-    if event.dispute is not None:
-        order = await session.get(Order, event.order_id, with_for_update=True)
-        assert order is not None
-        return record_dispute(order, dispute_from_json(event.dispute), source=source)
-    return "ignored"
-
-
-def record_dispute(order: Order, dispute: Dispute, *, source: str) -> str:
-    """A chargeback: flagged for finance; nothing moves until it is decided (see the policy)."""
-    amount = (
-        shown(dispute.amount, dispute.currency)
-        if dispute.amount is not None
-        else "an amount not reported"
-    )
-    flag_order(
-        order,
-        Attention.chargeback,
-        f"dispute {dispute.dispute_id} ({dispute.reason or 'no reason given'}, "
-        f"{dispute.dispute_status or 'open'}): {amount} ({source})",
-    )
-    return "flagged"
 
 
 def refund_summary(refund: Refund) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate
 from simcharge.orders.endpoints import ProvidersDep
 from simcharge.payments import sandbox
-from simcharge.payments.service import UnknownProvider, receive_notification
+from simcharge.payments.webhooks import UnknownProvider, receive_notification
 
 router = APIRouter(prefix=API_PREFIX, tags=["webhooks"])
 sandbox_router = APIRouter(tags=["sandbox"], include_in_schema=False)
