@@ -155,7 +155,8 @@ async def _paid(
         await mark_processed(session, event_id, outcome.value, now)
         return outcome
     late = OrderState(order.state) in CLOSED_UNPAID
-    await _adopt_early_news(session, order, payment.payment_id, now)
+    if locked.unmatched_news:
+        await _adopt_early_news(session, order, payment.payment_id, now)
     order.paid_at = status.paid_at or now
     order.paid_amount, order.paid_currency = status.amount, status.currency
     why = await _not_credited(session, order, line, status, source)

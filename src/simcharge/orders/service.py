@@ -383,6 +383,10 @@ class LockedOrder:
     order: Order
     payment: Payment
     line: Line
+    unmatched_news: bool = False
+    """Stored refunds or disputes of the order's provider wait for their payment to be known
+    (`fulfilment._adopt_early_news`); asked in the same statement, so that the usual answer,
+    no, costs nothing."""
 
 
 async def lock_order(
@@ -390,8 +394,17 @@ async def lock_order(
 ) -> LockedOrder | None:
     """An order with its payment and line, the three rows locked in one statement (always in
     the same order, whoever asks: no deadlock between fulfilments)."""
+    waiting = (
+        select(ProviderEvent.id)
+        .where(
+            ProviderEvent.processed_at.is_(None),
+            ProviderEvent.order_id.is_(None),
+            ProviderEvent.provider == Order.provider,
+        )
+        .exists()
+    )
     stmt = (
-        select(Order, Payment, Line)
+        select(Order, Payment, Line, waiting)
         .join(Payment, Payment.order_id == Order.id)
         .join(Line, Line.id == Order.line_id)
     )
@@ -401,8 +414,8 @@ async def lock_order(
         stmt = stmt.where(Order.reference == reference)
     else:
         raise ValueError("an order id or a reference")
-    row = (await session.execute(stmt.with_for_update())).one_or_none()
-    return LockedOrder(*row) if row is not None else None
+    row = (await session.execute(stmt.with_for_update(of=[Order, Payment, Line]))).one_or_none()
+    return LockedOrder(row[0], row[1], row[2], bool(row[3])) if row is not None else None
 
 
 async def order_by_reference(
