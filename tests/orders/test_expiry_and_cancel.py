@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock, utcnow
 from simcharge.orders.fulfilment import LATE_CHECK_FIRST, LATE_PAYMENT_WINDOW, Outcome
-from simcharge.orders.models import Payment, SandboxPayment
+from simcharge.orders.models import Order, Payment, SandboxPayment
 from simcharge.payments.service import check_order, reconcile
 from tests.auth.helpers import problem
 from tests.orders.helpers import (
@@ -220,9 +221,25 @@ async def test_closed_orders_are_asked_about_for_an_hour_then_never(
         assert await reconcile(db, app.state.providers) == 1
     assert seen[0] == closed_at + LATE_CHECK_FIRST and seen[-1] == end
     assert len(seen) <= 6 and (await _payment(db, row.id)).next_check_at is None
-    # After the window, "check now" no longer asks: a payment now is the back office's to find.
-    clock.freeze(end + timedelta(minutes=1))
-    await _paid_at_the_provider_after_all(db, row.reference)
-    outcome = await check_order(db, app.state.providers, row.id, source="customer_check")
-    assert outcome is Outcome.unchanged
-    assert (await order_row(db, row.id)).state == "expired"
+    clock.freeze(end + timedelta(days=1))
+    assert await reconcile(db, app.state.providers) == 0
+
+
+async def test_after_the_hour_only_staff_ask_about_a_closed_order(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    r = await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=payer.auth)
+    assert r.json()["state"] == "cancelled"
+    long_ago = utcnow() - LATE_PAYMENT_WINDOW - timedelta(minutes=1)
+    await db.run(lambda s: s.execute(update(Order).where(Order.reference == order["reference"])
+                                     .values(closed_at=long_ago)))
+    await _paid_at_the_provider_after_all(db, order["reference"])
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"  # not asked
+    # Staff's "check with provider" asks about any order, and finds it.
+    outcome = await check_order(db, app.state.providers, uuid.UUID(order["id"]), source="staff")
+    assert outcome is Outcome.fulfilled
+    late = await order_row(db, order["id"])
+    assert (late.state, late.attention) == ("fulfilled", "late_success")

@@ -1821,3 +1821,27 @@ async def test_a_close_refused_for_good_still_expires_and_a_late_payment_is_foun
     assert (late.state, late.attention) == ("fulfilled", "late_success")
     assert await transfers_of(db, f"order:{order.id}")
     await assert_ledger_balanced(db)
+
+
+async def test_an_alipay_trade_closed_after_its_payment_is_a_full_refund(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """`TRADE_CLOSED` of a paid trade: refunded in full at Alipay (not a cancellation)."""
+    alipay = Alipay(keys, mock)
+    payer, _, order = await _placed(client, db, settings, alipay)
+    _ok(alipay, await _deliver(client, alipay, alipay.paid_webhook(order)))
+    sms = await _sms(db, payer)
+    r = await _deliver(client, alipay, alipay.refunded_notify(order, order.total, closed=True))
+    _ok(alipay, r)
+    assert r.headers["simcharge-outcome"] == "flagged"
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == (
+        "refunded", order.total, "provider_refund")
+    assert "TRADE_CLOSED" in (row.attention_note or "")
+    assert await _sms(db, payer) == sms
+    await assert_ledger_balanced(db)

@@ -203,7 +203,7 @@ async def _flag_foreign(s: AsyncSession, order_id: uuid.UUID, merchant: str, sou
     )
 
 
-def _late_window_open(order: Order, now: datetime) -> bool:
+def late_window_open(order: Order, now: datetime) -> bool:
     """A closed unpaid order whose payment is still asked about (a payment at the last moment)."""
     return (
         order.state in CLOSED_VALUES
@@ -215,8 +215,9 @@ def _late_window_open(order: Order, now: datetime) -> bool:
 async def check_order(
     db: Database, providers: Providers, order_id: uuid.UUID, *, source: str, capture: bool = False
 ) -> Outcome:
-    """Ask the provider where the payment stands and apply the answer — for a pending order, or
-    one closed unpaid less than `LATE_PAYMENT_WINDOW` ago."""
+    """Ask the provider where the payment stands and apply the answer (a closed order's too:
+    a late payment is credited, `late_success`). The customer's "check now" asks about closed
+    orders only in their late-payment window (`late_window_open`); staff, about any."""
     async with db.read() as s:
         order = await s.get(Order, order_id)
         assert order is not None
@@ -224,9 +225,6 @@ async def check_order(
     if payment.state == PaymentStatusValue.succeeded:
         return Outcome.already
     pending = order.state == OrderState.pending
-    if not pending and not _late_window_open(order, utcnow()):
-        await db.run(lambda s: _note_check(s, order.id, None))
-        return Outcome.unchanged
     provider = _provider(providers, order.provider)
     try:
         status = await provider.query(order.reference, payment.provider_ref)
