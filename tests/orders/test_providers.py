@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ from sqlalchemy import func, select
 from simcharge.auth.apikeys import create_api_key
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.kit.clock import clock
+from simcharge.kit.clock import clock, utcnow
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
 from simcharge.metrics import WEBHOOKS
@@ -186,7 +185,8 @@ def _form(request: httpx.Request) -> dict[str, str]:
 
 
 def _now() -> int:
-    return int(time.time())
+    """Now, as the providers sign it: the app's clock (which a test may freeze)."""
+    return int(utcnow().timestamp())
 
 
 # --- the providers, as they answer and notify ---------------------------------------------------
@@ -1414,6 +1414,15 @@ async def test_an_answer_naming_another_merchant_is_flagged_and_not_credited(
     # The return asks again: still nothing credited.
     await client.get(f"/api/v1/orders/{order.id}/return")
     assert (await order_row(db, order.id)).state == "pending"
+    # It still expires on time, credited nothing (WeChat Pay is not asked to close a payment it
+    # says is another merchant's).
+    clock.freeze(order.expires_at)
+    await reconcile(db, shop.state.providers)
+    row = await order_row(db, order.id)
+    assert (row.state, row.attention, row.paid_at) == ("expired", "merchant_mismatch", None)
+    assert not await transfers_of(db, f"order:{order.id}")
+    if isinstance(p, WeChatPay):
+        assert "1900009999" in ((await _payment(db, order)).last_error or "")
 
 
 async def test_a_refund_made_at_the_provider_is_recorded_and_flagged(

@@ -360,6 +360,8 @@ async def close_order(
     keep the order open: it is closed here anyway, the refusal is kept in the payment's
     `last_error`, and the payment is asked about for the late-payment window like any closed
     one — a payment still made on the provider's side is found and credited (`late_success`).
+    So is an order whose provider answers about another merchant's payment (flagged
+    `merchant_mismatch`).
     """
     async with db.read() as s:
         order = await s.get(Order, order_id)
@@ -373,13 +375,15 @@ async def close_order(
         status = await provider.query(order.reference, payment.provider_ref)
         foreign = _foreign(providers, order, status)
         if foreign is not None:
+            # Not an answer about our payment: flagged, and the order closed here (nothing of
+            # ours was paid; the provider is not asked to close what it says is someone else's).
             await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
-            await db.run(lambda s: _note_check(s, order.id, "answer for another merchant"))
-            return Outcome.flagged
-        if status.state in PAID_STATES:
+            refused = f"not closed at the provider: its answer names merchant {foreign}"
+        elif status.state in PAID_STATES:
             await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
             raise OrderAlreadyPaid(field="order_id")
-        await provider.close(order.reference, payment.provider_ref)
+        else:
+            await provider.close(order.reference, payment.provider_ref)
     except ProviderError as exc:
         if exc.code == "already_paid":
             await check_order(db, providers, order.id, source=source)
