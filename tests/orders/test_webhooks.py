@@ -68,6 +68,7 @@ async def test_rejected_notifications_change_nothing(client: httpx.AsyncClient, 
         r = await _post(client, case_body, case_headers)
         assert r.status_code == 400, r.text
         assert r.json() == {"received": False}
+        assert "simcharge-outcome" not in r.headers  # nothing said to whoever sent it
     assert await _events(db) == 0
     assert (await order_row(db, order["id"])).state == "pending"
 
@@ -104,6 +105,9 @@ async def test_a_replayed_notification_is_acknowledged_and_ignored(
     first = await _post(client, body, headers)
     replay = await _post(client, body, headers)
     assert first.status_code == replay.status_code == 200
+    # The answer says what became of each: the bench counts only what was credited.
+    assert first.headers["simcharge-outcome"] == "fulfilled"
+    assert replay.headers["simcharge-outcome"] == "duplicate"
     assert await _events(db) == 1
     assert len(await transfers_of(db, f"order:{row.id}")) == 4
 
