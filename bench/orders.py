@@ -1,6 +1,9 @@
 """`topup_fulfil_webhook`: a signed sandbox webhook for a pending order, POSTed to simcharge
-served by uvicorn, answered once the order is credited (ledger transfers, validity, receipt
-number, outbox jobs — all of fulfilment)."""
+served by uvicorn, answered once the order is credited: the event stored, the payment marked
+paid, the ledger transfers, validity, the receipt and notice jobs in the outbox — all of
+fulfilment (the receipt is numbered later, when the worker issues it). An operation counts only
+if the answer says the order was credited (`Simcharge-Outcome: fulfilled`); any other outcome
+(stored for later, already, flagged) fails it."""
 
 from __future__ import annotations
 
@@ -115,7 +118,8 @@ async def topup_fulfil_webhook(ctx: BenchContext) -> Operation:
         body = json.dumps(event, separators=(",", ":")).encode()
         r = await client.post("/api/v1/webhooks/sandbox", content=body, headers={
             "content-type": "application/json", "sandbox-signature": sign(SECRET, body)})
-        if r.status_code != 200 or r.json() != {"received": True}:
-            raise RuntimeError(f"webhook answered {r.status_code}: {r.text[:200]}")
+        outcome = r.headers.get("simcharge-outcome")
+        if r.status_code != 200 or outcome != "fulfilled":
+            raise RuntimeError(f"webhook answered {r.status_code} ({outcome}): {r.text[:200]}")
 
     return op

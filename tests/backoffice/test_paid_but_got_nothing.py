@@ -12,9 +12,11 @@ from sqlalchemy import select
 from simcharge.backoffice.models import AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
-from simcharge.orders.models import OrderState
+from simcharge.orders.models import OrderState, Refund
 from tests.backoffice.helpers import csrf_of, new_staff, web_sign_in
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import (
@@ -27,6 +29,7 @@ from tests.orders.helpers import (
     run_worker,
     sandbox_object,
     signed_event,
+    transfers_of,
 )
 
 
@@ -36,6 +39,17 @@ async def _sms_left(db: Database, payer: Payer) -> int:
         assert line is not None
         balances = await line_balances(s, line)
     return sum(u.remaining for u in balances.units if u.unit == "SMS")
+
+
+async def _unapplied(db: Database) -> int:
+    """What the operator holds of payments it did not credit (USD), over the account's shards."""
+    async with db.read() as s:
+        rows = (
+            await s.execute(
+                select(LedgerAccount).where(LedgerAccount.key.in_(chart.keys("unapplied:USD")))
+            )
+        ).scalars()
+        return sum(a.credits_posted - a.debits_posted for a in rows)
 
 
 async def _write_in(client: httpx.AsyncClient, payer: Payer, order: dict[str, Any]) -> str:
@@ -114,6 +128,10 @@ async def test_a_wrong_amount_is_refunded_by_finance(
     assert (
         await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
     ).status_code == 200
+    # Nothing credited, but the money taken is in the ledger: clearing → unapplied.
+    [taken] = await transfers_of(db, f"order:{row.id}")
+    assert (taken.code, taken.amount, taken.unit) == ("unapplied", 1999, "USD")
+    held = await _unapplied(db)
     ticket_id = await _write_in(client, payer, order)
 
     agent = await new_staff(db, settings, "agent")
@@ -150,6 +168,17 @@ async def test_a_wrong_amount_is_refunded_by_finance(
     await run_worker(app, db, settings)  # the provider is asked and confirms
     refunded = await order_row(db, order["id"])
     assert refunded.refunded_amount == 1999
+    # …and goes back out the way it came: unapplied → clearing, held, then posted.
+    async with db.read() as s:
+        refund = (await s.execute(select(Refund).where(Refund.order_id == row.id))).scalar_one()
+    back = {t.kind: t for t in await transfers_of(db, f"refund:{refund.id}")}
+    assert set(back) == {"pending", "post_pending"}
+    assert (back["pending"].amount, back["pending"].unit) == (1999, "USD")
+    assert (back["pending"].debit_account_id, back["pending"].credit_account_id) == (
+        taken.credit_account_id,
+        taken.debit_account_id,
+    )
+    assert await _unapplied(db) == held - 1999
     r = await client.post(
         f"/backoffice/orders/{order['id']}/resolve",
         data={"csrf": csrf_of(page.text), "note": "refunded 19.99 in full"},

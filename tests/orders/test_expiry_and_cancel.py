@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock, utcnow
-from simcharge.orders.models import Payment, SandboxPayment
-from simcharge.payments.service import reconcile
+from simcharge.orders.fulfilment import LATE_CHECK_FIRST, LATE_PAYMENT_WINDOW, Outcome
+from simcharge.orders.models import Order, Payment, SandboxPayment
+from simcharge.payments.service import check_order, reconcile
 from tests.auth.helpers import problem
 from tests.orders.helpers import (
     new_payer,
@@ -126,3 +128,118 @@ async def test_the_worker_runs_reconciliation(app: Any, client: httpx.AsyncClien
         await worker.close()
     assert (await order_row(db, order["id"])).state == "expired"
     await run_worker(app, db, settings)
+
+
+async def _payment(db: Database, order_id: Any) -> Payment:
+    async with db.read() as s:
+        return (await s.execute(select(Payment).where(Payment.order_id == order_id))).scalar_one()
+
+
+async def _paid_at_the_provider_after_all(db: Database, reference: str) -> None:
+    """The provider took the payment although we had closed it (a payment at the last moment,
+    a close that did not hold); its webhook is lost."""
+    await db.run(lambda s: s.execute(update(SandboxPayment).where(
+        SandboxPayment.reference == reference).values(state="paid", paid_at=utcnow())))
+
+
+async def test_the_next_check_is_never_later_than_the_expiry(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The backoff would ask again after the order's time: it asks at its expiry instead, and
+    the order is closed at the provider and expired on time."""
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    row = await order_row(db, order["id"])
+    # Asked four times already: the next wait would be 16 minutes, 10 are left.
+    await db.run(lambda s: s.execute(update(Payment).where(Payment.order_id == row.id)
+                                     .values(checks=4)))
+    clock.freeze(row.expires_at - timedelta(minutes=10))
+    await db.run(lambda s: s.execute(update(Payment).where(Payment.order_id == row.id)
+                                     .values(next_check_at=utcnow())))
+    assert await reconcile(db, app.state.providers) == 1
+    assert (await _payment(db, row.id)).next_check_at == row.expires_at
+    clock.freeze(row.expires_at)
+    assert await reconcile(db, app.state.providers) == 1
+    expired = await order_row(db, row.id)
+    assert expired.state == "expired" and expired.closed_at == row.expires_at
+    assert await _sandbox_state(db, row.reference) == "cancelled"
+
+
+async def test_a_payment_found_after_expiry_is_credited_and_flagged(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The webhook is lost; reconciliation asks again after closing and finds the payment."""
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    row = await order_row(db, order["id"])
+    clock.freeze(row.expires_at)
+    await reconcile(db, app.state.providers)
+    assert (await order_row(db, row.id)).state == "expired"
+    assert (await _payment(db, row.id)).next_check_at == row.expires_at + LATE_CHECK_FIRST
+    await _paid_at_the_provider_after_all(db, row.reference)
+    clock.freeze(row.expires_at + LATE_CHECK_FIRST)
+    assert await reconcile(db, app.state.providers) == 1
+    late = await order_row(db, row.id)
+    assert (late.state, late.attention) == ("fulfilled", "late_success")
+    assert "late_check" in (late.attention_note or "")
+    assert len(await transfers_of(db, f"order:{row.id}")) == 4
+    assert (await _payment(db, row.id)).next_check_at is None
+
+
+async def test_check_now_finds_a_payment_made_just_before_cancelling(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    r = await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=payer.auth)
+    assert r.json()["state"] == "cancelled"
+    await _paid_at_the_provider_after_all(db, order["reference"])
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.status_code == 200 and r.json()["state"] == "fulfilled"
+    assert (await order_row(db, order["id"])).attention == "late_success"
+
+
+async def test_closed_orders_are_asked_about_for_an_hour_then_never(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    row = await order_row(db, order["id"])
+    clock.freeze(row.expires_at)
+    await reconcile(db, app.state.providers)
+    closed_at = (await order_row(db, row.id)).closed_at
+    assert closed_at is not None
+    end = closed_at + LATE_PAYMENT_WINDOW
+    seen = []
+    for _ in range(10):
+        due = (await _payment(db, row.id)).next_check_at
+        if due is None:
+            break
+        assert due <= end
+        seen.append(due)
+        clock.freeze(due)
+        assert await reconcile(db, app.state.providers) == 1
+    assert seen[0] == closed_at + LATE_CHECK_FIRST and seen[-1] == end
+    assert len(seen) <= 6 and (await _payment(db, row.id)).next_check_at is None
+    clock.freeze(end + timedelta(days=1))
+    assert await reconcile(db, app.state.providers) == 0
+
+
+async def test_after_the_hour_only_staff_ask_about_a_closed_order(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    r = await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=payer.auth)
+    assert r.json()["state"] == "cancelled"
+    long_ago = utcnow() - LATE_PAYMENT_WINDOW - timedelta(minutes=1)
+    await db.run(lambda s: s.execute(update(Order).where(Order.reference == order["reference"])
+                                     .values(closed_at=long_ago)))
+    await _paid_at_the_provider_after_all(db, order["reference"])
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"  # not asked
+    # Staff's "check with provider" asks about any order, and finds it.
+    outcome = await check_order(db, app.state.providers, uuid.UUID(order["id"]), source="staff")
+    assert outcome is Outcome.fulfilled
+    late = await order_row(db, order["id"])
+    assert (late.state, late.attention) == ("fulfilled", "late_success")

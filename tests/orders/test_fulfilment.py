@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -17,7 +18,9 @@ from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import line_balances
 from simcharge.notifications.models import Notice
 from simcharge.orders.models import ProviderEvent, SandboxPayment
+from simcharge.payments.sandbox import DELIVER_WEBHOOK
 from simcharge.payments.service import reconcile
+from simcharge.worker.models import OutboxJob
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import (
     assert_ledger_balanced,
@@ -256,3 +259,49 @@ async def test_nothing_is_credited_for_an_unpaid_order(app: Any, client: httpx.A
     row = await order_row(db, order["id"])
     assert row.state == {"fail": "failed", "cancel": "cancelled"}[action]
     assert await transfers_of(db, f"order:{order['id']}") == []
+
+
+async def test_delayed_and_reordered_webhooks_credit_once(app: Any, client: httpx.AsyncClient,
+                                                          db: Database, settings: Settings) -> None:
+    """The sandbox sends each webhook twice, each copy after its own delay. Here the network
+    delays them so: the success first, then the "processing" sent before it, then the
+    success's copy — delivered by the worker, in that order, as time passes."""
+    slow = settings.model_copy(update={"sandbox_webhook_copies": 2,
+                                       "sandbox_webhook_max_delay_seconds": 120})
+    app.state.settings = slow
+    app.state.providers.settings = slow
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="starter-10")
+    start = utcnow()
+    clock.freeze(start)
+    await pay_at_sandbox(client, slow, order)
+    async with db.read() as s:
+        jobs = (await s.execute(select(OutboxJob).where(
+            OutboxJob.kind == DELIVER_WEBHOOK))).scalars().all()
+    kinds = sorted(j.payload["event"]["type"] for j in jobs)
+    assert kinds == ["payment.processing"] * 2 + ["payment.succeeded"] * 2
+    assert all(start <= j.run_at <= start + timedelta(seconds=120) for j in jobs)
+    delays = {"payment.succeeded": [10, 90], "payment.processing": [40, 60]}
+    for job in jobs:
+        seconds = delays[job.payload["event"]["type"]].pop()
+        await db.run(lambda s, j=job.id, d=seconds: s.execute(
+            update(OutboxJob).where(OutboxJob.id == j).values(run_at=start + timedelta(seconds=d))))
+
+    seen: list[tuple[str, str | None]] = []
+    for second in (10, 40, 60, 90):
+        clock.freeze(start + timedelta(seconds=second))
+        await run_worker(app, db, slow)
+        async with db.read() as s:
+            events = (await s.execute(select(ProviderEvent).where(
+                ProviderEvent.order_id == uuid.UUID(order["id"])).order_by(
+                ProviderEvent.received_at))).scalars().all()
+        seen = [(e.event_type, e.outcome) for e in events]
+        if second == 10:
+            assert seen == [("payment.succeeded", "fulfilled")]
+    # The late "processing" changed nothing; the success's copy was a duplicate (not stored).
+    assert seen == [("payment.succeeded", "fulfilled"), ("payment.processing", "unchanged")]
+    row = await order_row(db, order["id"])
+    assert row.state == "fulfilled"
+    assert len(await transfers_of(db, f"order:{order['id']}")) == 1 + 3
+    assert (await _balances(db, payer.line.id))["SMS"] == 20
+    await assert_ledger_balanced(db)

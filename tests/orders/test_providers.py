@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,9 +34,14 @@ from sqlalchemy import func, select
 from simcharge.auth.apikeys import create_api_key
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import clock, utcnow
+from simcharge.lines.models import Line
+from simcharge.lines.service import line_balances
 from simcharge.metrics import WEBHOOKS
+from simcharge.orders.fulfilment import LATE_CHECK_FIRST
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
 from simcharge.payments.providers.paypal import PayPalProvider
+from simcharge.payments.service import reconcile
 from simcharge.worker.runner import Worker
 from tests.orders.helpers import (
     Payer,
@@ -181,7 +185,8 @@ def _form(request: httpx.Request) -> dict[str, str]:
 
 
 def _now() -> int:
-    return int(time.time())
+    """Now, as the providers sign it: the app's clock (which a test may freeze)."""
+    return int(utcnow().timestamp())
 
 
 # --- the providers, as they answer and notify ---------------------------------------------------
@@ -365,6 +370,47 @@ class Stripe:
 
     async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
         """Stripe answered `succeeded` at once: nothing more comes."""
+
+    def refunded_webhook(self, order: Order, refunded: int) -> tuple[bytes, dict[str, str]]:
+        """`charge.refunded`: the charge, with everything refunded of it so far (ours or made in
+        Stripe's dashboard). A charge carries none of the session's metadata: only its
+        payment intent names the payment."""
+        charge = {
+            "id": f"ch_3{order.reference}",
+            "object": "charge",
+            "amount": order.total,
+            "amount_captured": order.total,
+            "amount_refunded": refunded,
+            "captured": True,
+            "currency": order.currency.lower(),
+            "metadata": {},
+            "paid": True,
+            "payment_intent": f"pi_3{order.reference}",
+            "refunded": refunded >= order.total,
+            "status": "succeeded",
+            "created": _now() - 60,
+        }
+        return self._event("charge.refunded", charge)
+
+    def external_refund(self, order: Order, amount: int) -> tuple[bytes, dict[str, str]]:
+        return self.refunded_webhook(order, amount)
+
+    def dispute_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+        dispute = {
+            "id": "du_1" + uuid.uuid4().hex[:20],
+            "object": "dispute",
+            "amount": order.total,
+            "charge": f"ch_3{order.reference}",
+            "currency": order.currency.lower(),
+            "created": _now(),
+            "is_charge_refundable": False,
+            "livemode": False,
+            "metadata": {},
+            "payment_intent": f"pi_3{order.reference}",
+            "reason": "fraudulent",
+            "status": "needs_response",
+        }
+        return self._event("charge.dispute.created", dispute)
 
 
 class PayPal:
@@ -587,6 +633,49 @@ class PayPal:
     async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
         """PayPal answered COMPLETED at once."""
 
+    def refund_webhook(
+        self, order: Order, amount: int, kind: str = "PAYMENT.CAPTURE.REFUNDED"
+    ) -> tuple[bytes, dict[str, str]]:
+        """A refund resource that is not ours (no `custom_id` of ours): made in PayPal's
+        dashboard, or — `PAYMENT.CAPTURE.REVERSED` — a reversal PayPal made."""
+        rid = "8RU" + uuid.uuid4().hex[:14].upper()
+        value = {"currency_code": order.currency, "value": f"{amount / 100:.2f}"}
+        resource = {
+            "id": rid,
+            "amount": value,
+            "note_to_payer": "Payment reversed" if kind.endswith("REVERSED") else "Refund",
+            "seller_payable_breakdown": {"gross_amount": value, "net_amount": value},
+            "status": "COMPLETED",
+            "create_time": datetime.now(UTC).isoformat(),
+            "update_time": datetime.now(UTC).isoformat(),
+            "links": [
+                {"href": f"{PAYPAL_API}/v2/payments/refunds/{rid}", "rel": "self", "method": "GET"},
+                {
+                    "href": f"{PAYPAL_API}/v2/payments/captures/{self.capture_id(order)}",
+                    "rel": "up",
+                    "method": "GET",
+                },
+            ],
+        }
+        return self._webhook(kind, resource)
+
+    def external_refund(self, order: Order, amount: int) -> tuple[bytes, dict[str, str]]:
+        return self.refund_webhook(order, amount)
+
+    def foreign_on_query(self, order: Order) -> list[respx.Route]:
+        """Approved; the capture's answer names another payee."""
+        oid = self.order_id(order)
+        captured = self.order(order, "COMPLETED", captured=True)
+        captured["purchase_units"][0]["payee"]["merchant_id"] = "FOREIGNMERCH1"
+        return [
+            self.router.get(f"{PAYPAL_API}/v2/checkout/orders/{oid}").respond(
+                200, json=self.order(order, "APPROVED")
+            ),
+            self.router.post(f"{PAYPAL_API}/v2/checkout/orders/{oid}/capture").respond(
+                201, json=captured
+            ),
+        ]
+
 
 class Alipay:
     name, method, currency = "alipay", "alipay", "CNY"
@@ -752,6 +841,23 @@ class Alipay:
 
     async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
         """`fund_change: Y`: the money moved."""
+
+    def refunded_notify(
+        self, order: Order, refunded: int, *, closed: bool = False
+    ) -> tuple[bytes, dict[str, str]]:
+        """A notification of the trade after a refund: `refund_fee` is everything refunded so
+        far; refunded in full, the trade is `TRADE_CLOSED`."""
+        now = datetime.now(UTC).astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+        return self._notify(
+            order,
+            trade_status="TRADE_CLOSED" if closed else "TRADE_SUCCESS",
+            refund_fee=f"{refunded / 100:.2f}",
+            gmt_refund=now,
+            **({"gmt_close": now} if closed else {}),
+        )
+
+    def external_refund(self, order: Order, amount: int) -> tuple[bytes, dict[str, str]]:
+        return self.refunded_notify(order, amount)
 
 
 class WeChatPay:
@@ -965,6 +1071,43 @@ class WeChatPay:
         r = await client.post("/api/v1/webhooks/wechatpay", content=body, headers=headers)
         assert r.status_code == 204, r.text
 
+    def refund_callback(
+        self, order: Order, amount: int, out_refund_no: str
+    ) -> tuple[bytes, dict[str, str]]:
+        resource = self._refund(order, out_refund_no, amount, "SUCCESS")
+        resource["refund_status"] = resource.pop("status")
+        resource["refund_id"] = "5030" + str(uuid.uuid4().int)[:25]
+        resource["mchid"] = WECHAT_MCHID
+        return self._callback("REFUND.SUCCESS", "refund", resource)
+
+    def external_refund(self, order: Order, amount: int) -> tuple[bytes, dict[str, str]]:
+        """A refund made in the merchant platform: its `out_refund_no` is not one of ours."""
+        return self.refund_callback(order, amount, "MP" + uuid.uuid4().hex[:20].upper())
+
+    def foreign_on_query(self, order: Order) -> list[respx.Route]:
+        def query(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            return self.signed(200, self.transaction(order, "SUCCESS", mchid="1900009999"))
+
+        return [
+            self.router.get(
+                f"{WECHAT_API}/v3/pay/transactions/out-trade-no/{order.reference}"
+            ).mock(side_effect=query)
+        ]
+
+    def expect_h5_checkout(self) -> respx.Route:
+        def create(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            return self.signed(
+                200,
+                {
+                    "h5_url": "https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb"
+                    "?prepay_id=wx2016121516420242444321ca0631331346&package=1405458241"
+                },
+            )
+
+        return self.router.post(f"{WECHAT_API}/v3/pay/transactions/h5").mock(side_effect=create)
+
 
 PROVIDERS = [Stripe, PayPal, Alipay, WeChatPay]
 Harness = Stripe | PayPal | Alipay | WeChatPay
@@ -1124,7 +1267,7 @@ async def test_paypal_approval_webhook_captures_in_the_worker(
     await assert_ledger_balanced(db)
 
 
-async def test_a_notification_for_another_merchant_is_flagged_and_not_credited(
+async def test_a_notification_for_another_merchant_is_rejected_and_changes_nothing(
     shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
 ) -> None:
     if not provider.merchant_checked:
@@ -1211,3 +1354,503 @@ async def test_a_refund_is_made_at_the_provider_and_settles_the_ledger(
     await assert_ledger_balanced(db)
     r = await client.get(f"/api/v1/orders/{order.id}", headers=payer.auth)
     assert r.json()["refunds"][0]["state"] == "succeeded"
+
+
+
+# --- merchants, refunds and chargebacks at the provider, deliveries kept as they came ---------
+
+
+async def _staff(db: Database) -> dict[str, str]:
+    issued = await db.run(lambda s: create_api_key(s, "finance", ["refunds:write", "orders:read"]))
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+async def _refunds(db: Database, order: Order) -> list[Refund]:
+    async with db.read() as s:
+        return list(
+            (
+                await s.execute(
+                    select(Refund).where(Refund.order_id == order.id).order_by(Refund.created_at)
+                )
+            ).scalars()
+        )
+
+
+async def _sms(db: Database, payer: Payer) -> int:
+    async with db.read() as s:
+        line = await s.get(Line, payer.line.id)
+        assert line is not None
+        balances = await line_balances(s, line)
+    return sum(u.remaining for u in balances.units if u.unit == "SMS")
+
+
+@pytest.mark.parametrize("harness", [PayPal, WeChatPay], ids=["paypal", "wechatpay"])
+async def test_an_answer_naming_another_merchant_is_flagged_and_not_credited(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+    harness: type[PayPal] | type[WeChatPay],
+) -> None:
+    """The payer's return and "check now" ask the provider; an answer about a payment to
+    another merchant (PayPal payee, WeChat Pay mchid) is never credited: finance is told."""
+    p = harness(keys, mock)
+    payer, _, order = await _placed(client, db, settings, p)
+    routes = p.foreign_on_query(order)
+    r = await client.post(f"/api/v1/orders/{order.id}/check", headers=payer.auth)
+    assert r.status_code == 200, r.text
+    assert all(route.called for route in routes)
+    row = await order_row(db, order.id)
+    assert row.state == "pending" and row.paid_at is None
+    assert row.attention == "merchant_mismatch"
+    assert "FOREIGNMERCH1" in (row.attention_note or "") or "1900009999" in (
+        row.attention_note or ""
+    )
+    assert not await transfers_of(db, f"order:{order.id}")
+    payment = await _payment(db, order)
+    assert payment.state == "pending" and payment.next_check_at is not None
+    # The return asks again: still nothing credited.
+    await client.get(f"/api/v1/orders/{order.id}/return")
+    assert (await order_row(db, order.id)).state == "pending"
+    # It still expires on time, credited nothing (WeChat Pay is not asked to close a payment it
+    # says is another merchant's).
+    clock.freeze(order.expires_at)
+    await reconcile(db, shop.state.providers)
+    row = await order_row(db, order.id)
+    assert (row.state, row.attention, row.paid_at) == ("expired", "merchant_mismatch", None)
+    assert not await transfers_of(db, f"order:{order.id}")
+    if isinstance(p, WeChatPay):
+        assert "1900009999" in ((await _payment(db, order)).last_error or "")
+
+
+async def test_a_refund_made_at_the_provider_is_recorded_and_flagged(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """A refund nobody asked simcharge for (the provider's dashboard): the money going back is
+    recorded as a refund and posted to the ledger; nothing is taken from the line; finance sees
+    it among the payments needing attention. Delivered twice, recorded once."""
+    payer, _, order = await _placed(client, db, settings, provider)
+    _ok(provider, await _deliver(client, provider, provider.paid_webhook(order)))
+    sms = await _sms(db, payer)
+    part = order.total // 4
+    signed = provider.external_refund(order, part)
+    r = await _deliver(client, provider, signed)
+    _ok(provider, r)
+    assert r.headers["simcharge-outcome"] == ("flagged" if provider.name in ("stripe", "alipay")
+                                              else "provider_refund")
+    _ok(provider, await _deliver(client, provider, signed))
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount) == ("partially_refunded", part)
+    assert row.attention == "provider_refund"
+    [refund] = await _refunds(db, order)
+    assert (refund.state, refund.amount, refund.requested_by) == (
+        "succeeded", part, f"provider:{provider.name}")
+    money = await transfers_of(db, f"refund:{refund.id}")
+    assert sum(t.amount for t in money) == part and {t.kind for t in money} == {"posted"}
+    assert await _sms(db, payer) == sms  # nothing taken back from the line
+    await assert_ledger_balanced(db)
+    staff = await _staff(db)
+    flagged = (await client.get("/api/v1/admin/orders?attention=true", headers=staff)).json()
+    assert [o["id"] for o in flagged] == [str(order.id)]
+    mine = (await client.get(f"/api/v1/orders/{order.id}", headers=payer.auth)).json()
+    assert mine["refunded"]["minor"] == part
+
+
+@pytest.mark.parametrize("harness", [Stripe, Alipay], ids=["stripe", "alipay"])
+async def test_our_own_refund_reported_back_is_not_news(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+    harness: type[Stripe] | type[Alipay],
+) -> None:
+    """Stripe's `charge.refunded` and Alipay's notification after a refund report everything
+    refunded so far: a refund simcharge made is not mistaken for one made at the provider."""
+    p = harness(keys, mock)
+    _, _, order = await _placed(client, db, settings, p)
+    _ok(p, await _deliver(client, p, p.paid_webhook(order)))
+    part = order.total // 4
+    r = await client.post(
+        f"/api/v1/admin/orders/{order.id}/refunds",
+        headers={**await _staff(db), **idem()},
+        json={"amount": part},
+    )
+    assert r.status_code == 202
+    p.expect_refund(order)
+    await _worker(shop, db, settings)
+    reported = p.external_refund(order, part)
+    r = await _deliver(client, p, reported)
+    _ok(p, r)
+    assert r.headers["simcharge-outcome"] == "already"
+    row = await order_row(db, order.id)
+    assert (row.refunded_amount, row.attention) == (part, None)
+    assert len(await _refunds(db, order)) == 1
+    # A second refund, made in the provider's dashboard: only that one is news.
+    r = await _deliver(client, p, p.external_refund(order, part + 100))
+    assert r.headers["simcharge-outcome"] == "flagged"
+    row = await order_row(db, order.id)
+    assert (row.refunded_amount, row.attention) == (part + 100, "provider_refund")
+    assert [x.amount for x in await _refunds(db, order)] == [part, 100]
+    await assert_ledger_balanced(db)
+
+
+async def test_a_paypal_reversal_after_crediting_is_recorded_and_flagged(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    paypal = PayPal(keys, mock)
+    _payer, _, order = await _placed(client, db, settings, paypal)
+    _ok(paypal, await _deliver(client, paypal, paypal.paid_webhook(order)))
+    signed = paypal.refund_webhook(order, order.total, "PAYMENT.CAPTURE.REVERSED")
+    _ok(paypal, await _deliver(client, paypal, signed))
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == (
+        "refunded", order.total, "provider_refund")
+    assert "PAYMENT.CAPTURE.REVERSED" in (row.attention_note or "")
+    [refund] = await _refunds(db, order)
+    assert refund.reason == "PAYMENT.CAPTURE.REVERSED"
+    await assert_ledger_balanced(db)
+
+
+async def test_a_chargeback_is_flagged_for_finance_and_moves_nothing(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    stripe_ = Stripe(keys, mock)
+    _payer, _, order = await _placed(client, db, settings, stripe_)
+    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    credited = len(await transfers_of(db, f"order:{order.id}"))
+    r = await _deliver(client, stripe_, stripe_.dispute_webhook(order))
+    _ok(stripe_, r)
+    assert r.headers["simcharge-outcome"] == "flagged"
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == ("fulfilled", 0, "chargeback")
+    assert "fraudulent" in (row.attention_note or "")
+    assert await _refunds(db, order) == []
+    assert len(await transfers_of(db, f"order:{order.id}")) == credited
+
+
+async def test_a_refunded_status_before_the_payment_credits_nothing(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """Alipay's `TRADE_CLOSED` (paid, then refunded in full) arrives before its
+    `TRADE_SUCCESS`: the payment is recorded, not credited; the money in and out is in the
+    ledger; the success that follows changes nothing."""
+    alipay = Alipay(keys, mock)
+    payer, _, order = await _placed(client, db, settings, alipay)
+    r = await _deliver(client, alipay, alipay.refunded_notify(order, order.total, closed=True))
+    _ok(alipay, r)
+    row = await order_row(db, order.id)
+    assert (row.state, row.attention, row.refunded_amount) == (
+        "paid", "provider_refund", order.total)
+    assert row.fulfilled_at is None
+    [held] = await transfers_of(db, f"order:{order.id}")
+    assert (held.code, held.amount) == ("unapplied", order.total)
+    [refund] = await _refunds(db, order)
+    [back] = await transfers_of(db, f"refund:{refund.id}")
+    assert (back.debit_account_id, back.credit_account_id) == (
+        held.credit_account_id, held.debit_account_id)
+    _ok(alipay, await _deliver(client, alipay, alipay.paid_webhook(order)))
+    row = await order_row(db, order.id)
+    assert (row.state, row.fulfilled_at) == ("paid", None)
+    assert await _sms(db, payer) == 0
+    await assert_ledger_balanced(db)
+
+
+@pytest.mark.parametrize("harness", [WeChatPay, PayPal], ids=["wechatpay", "paypal"])
+async def test_a_refund_reported_before_its_payment_credits_nothing(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+    harness: type[WeChatPay] | type[PayPal],
+) -> None:
+    """Reordered notifications: the refund (WeChat Pay `REFUND.SUCCESS`, naming our order;
+    PayPal's reversal, naming only the capture, stored until the capture is known) comes before
+    the payment's. The payment is then recorded, not credited in full."""
+    p = harness(keys, mock)
+    payer, _, order = await _placed(client, db, settings, p)
+    _ok(p, await _deliver(client, p, p.external_refund(order, order.total)))
+    assert (await order_row(db, order.id)).state == "pending"
+    r = await _deliver(client, p, p.paid_webhook(order))
+    _ok(p, r)
+    assert r.headers["simcharge-outcome"] == "flagged"
+    row = await order_row(db, order.id)
+    assert (row.state, row.attention, row.refunded_amount) == (
+        "paid", "provider_refund", order.total)
+    assert await _sms(db, payer) == 0
+    [refund] = await _refunds(db, order)
+    assert refund.requested_by == f"provider:{p.name}"
+    assert [t.code for t in await transfers_of(db, f"order:{order.id}")] == ["unapplied"]
+    async with db.read() as s:
+        events = (
+            await s.execute(select(ProviderEvent).where(ProviderEvent.order_id == order.id))
+        ).scalars().all()
+    assert len(events) == 2 and all(e.processed_at is not None for e in events)
+    await assert_ledger_balanced(db)
+
+
+async def test_paypals_certificate_out_of_reach_is_a_503_to_retry(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """The notification cannot be verified now: PayPal is told to deliver it again later
+    (problem+json, `Retry-After`); nothing is stored. The next delivery is applied."""
+    paypal = PayPal(keys, mock)
+    _, _, order = await _placed(client, db, settings, paypal)
+    signed = paypal.paid_webhook(order)
+    mock.get(PAYPAL_CERT_URL).respond(503)
+    r = await _deliver(client, paypal, signed)
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["retry-after"] == "60"
+    assert r.json()["type"].endswith("/notification-unverifiable")
+    await _unchanged(db, order)
+    assert await _events(db, order) == 0
+    mock.get(PAYPAL_CERT_URL).mock(side_effect=httpx.ConnectTimeout("no route"))
+    assert (await _deliver(client, paypal, signed)).status_code == 503
+    mock.get(PAYPAL_CERT_URL).respond(200, content=keys.paypal_chain)
+    _ok(paypal, await _deliver(client, paypal, signed))
+    assert (await order_row(db, order.id)).state == "fulfilled"
+
+
+SIGNED_HEADERS = {
+    "stripe": {"stripe-signature"},
+    "paypal": {
+        "paypal-transmission-id",
+        "paypal-transmission-time",
+        "paypal-transmission-sig",
+        "paypal-cert-url",
+        "paypal-auth-algo",
+    },
+    "alipay": set(),
+    "wechatpay": {
+        "wechatpay-timestamp",
+        "wechatpay-nonce",
+        "wechatpay-signature",
+        "wechatpay-serial",
+        "wechatpay-signature-type",
+    },
+}
+
+
+async def test_a_notification_is_kept_as_delivered(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """The body as delivered and the headers its signature depends on, so that it can be
+    verified again; WeChat Pay's resource kept encrypted, and decrypted beside it."""
+    _, _, order = await _placed(client, db, settings, provider)
+    body, headers = provider.paid_webhook(order)
+    _ok(provider, await _deliver(client, provider, (body, headers)))
+    async with db.read() as s:
+        event = (
+            await s.execute(select(ProviderEvent).where(ProviderEvent.order_id == order.id))
+        ).scalar_one()
+    assert event.body == body.decode()
+    sent = {k.lower(): v for k, v in headers.items()}
+    assert event.headers == {
+        name: sent[name] for name in SIGNED_HEADERS[provider.name] | {"content-type"}
+    }
+    if isinstance(provider, WeChatPay):
+        assert "ciphertext" in event.body and order.reference not in event.body
+        assert event.payload["resource"]["out_trade_no"] == order.reference
+
+
+async def test_stripes_client_secret_is_not_kept(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """The one secret a provider puts in a notification: blanked in the stored body (the rest
+    of it byte for byte) and in the decoded payload."""
+    stripe_ = Stripe(keys, mock)
+    _, _, order = await _placed(client, db, settings, stripe_)
+    secret = f"cs_test_a1{order.reference}_secret_" + secrets.token_hex(8)
+    body, headers = stripe_.paid_webhook(order, client_secret=secret)
+    _ok(stripe_, await _deliver(client, stripe_, (body, headers)))
+    async with db.read() as s:
+        event = (
+            await s.execute(select(ProviderEvent).where(ProviderEvent.order_id == order.id))
+        ).scalar_one()
+    assert secret not in (event.body or "") and secret not in json.dumps(event.payload)
+    assert event.body == body.decode().replace(secret, "[removed]")
+    assert (await order_row(db, order.id)).state == "fulfilled"
+
+
+@pytest.mark.parametrize(
+    ("how", "agent"),
+    [
+        ("flow", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148"),
+    ],
+)
+async def test_alipay_on_a_phone_opens_the_mobile_page(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+    how: str,
+    agent: str,
+) -> None:
+    """`wap.pay` — asked for with `flow`, or chosen for a phone's browser."""
+    alipay = Alipay(keys, mock)
+    payer = await new_payer(db, settings)
+    extra = {"flow": "wap"} if how == "flow" else {}
+    client.headers["User-Agent"] = agent
+    body = await place(client, payer, method="alipay", **extra)
+    assert body["payment"]["flow"] == "wap"
+    url = urlparse(body["next_action"]["url"])
+    params = dict(parse_qsl(url.query, keep_blank_values=True))
+    sign = params.pop("sign")
+    content = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if v).encode()
+    _rsa_verify(keys.alipay_app, content, sign)
+    assert params["method"] == "alipay.trade.wap.pay"
+    biz = json.loads(params["biz_content"])
+    assert biz["product_code"] == "QUICK_WAP_WAY"
+    assert biz["quit_url"].endswith(f"/api/v1/orders/{body['id']}/return?cancelled=1")
+    assert not alipay.calls
+
+
+@pytest.mark.parametrize(
+    ("how", "agent"),
+    [
+        ("flow", "Mozilla/5.0 (Windows NT 10.0; Win64; x64)"),
+        ("agent", "Mozilla/5.0 (Linux; Android 14; Pixel 8) Mobile Safari/537.36"),
+    ],
+)
+async def test_wechatpay_on_a_phone_opens_h5_with_the_payers_ip(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+    how: str,
+    agent: str,
+) -> None:
+    wechat = WeChatPay(keys, mock)
+    route = wechat.expect_h5_checkout()
+    payer = await new_payer(db, settings)
+    extra = {"flow": "wap"} if how == "flow" else {}
+    client.headers["User-Agent"] = agent
+    body = await place(client, payer, method="wechatpay", **extra)
+    assert route.call_count == 1
+    sent = json.loads(route.calls.last.request.content)
+    assert sent["scene_info"] == {
+        "payer_client_ip": "127.0.0.1",
+        "h5_info": {"type": "Wap"},
+    }
+    assert body["payment"]["flow"] == "wap"
+    assert body["next_action"]["type"] == "redirect"
+    assert body["next_action"]["url"].startswith("https://wx.tenpay.com/cgi-bin/mmpayweb-bin/")
+    assert "redirect_url=http%3A%2F%2Ftestserver%2Fapi%2Fv1%2Forders%2F" in body["next_action"]["url"]
+
+
+async def test_wechatpay_inside_wechat_gets_the_qr_code(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """WeChat's own browser refuses H5 payments: a QR code it can recognise instead."""
+    wechat = WeChatPay(keys, mock)
+    route = wechat.expect_checkout()
+    payer = await new_payer(db, settings)
+    client.headers["User-Agent"] = (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148 MicroMessenger/8.0.50"
+    )
+    body = await place(client, payer, method="wechatpay")
+    assert route.call_count == 1
+    assert body["payment"]["flow"] == "qr" and body["next_action"]["type"] == "qr"
+
+
+async def test_a_close_refused_for_good_still_expires_and_a_late_payment_is_found(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """Alipay refuses to close the trade for a reason that will not change: the order expires
+    on time anyway (the refusal is kept). The page stayed open and the payer paid; the
+    notification is lost: the reconciliation job's later look finds it."""
+    alipay = Alipay(keys, mock)
+    _, _, order = await _placed(client, db, settings, alipay)
+    alipay.answers["alipay.trade.query"] = lambda biz: alipay._trade(order, "WAIT_BUYER_PAY")
+    alipay.answers["alipay.trade.close"] = lambda biz: {
+        "code": "40004",
+        "msg": "Business Failed",
+        "sub_code": "ACQ.INVALID_PARAMETER",
+        "sub_msg": "参数无效",
+    }
+    clock.freeze(order.expires_at)
+    assert await reconcile(db, shop.state.providers) == 1
+    assert alipay.closed_at_provider(order)
+    expired = await order_row(db, order.id)
+    assert (expired.state, expired.closed_at) == ("expired", order.expires_at)
+    payment = await _payment(db, order)
+    assert "ACQ.INVALID_PARAMETER" in (payment.last_error or "")
+    assert payment.next_check_at == order.expires_at + LATE_CHECK_FIRST
+
+    alipay.answers["alipay.trade.query"] = lambda biz: alipay._trade(order, "TRADE_SUCCESS")
+    clock.freeze(order.expires_at + LATE_CHECK_FIRST)
+    assert await reconcile(db, shop.state.providers) == 1
+    late = await order_row(db, order.id)
+    assert (late.state, late.attention) == ("fulfilled", "late_success")
+    assert await transfers_of(db, f"order:{order.id}")
+    await assert_ledger_balanced(db)
+
+
+async def test_an_alipay_trade_closed_after_its_payment_is_a_full_refund(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """`TRADE_CLOSED` of a paid trade: refunded in full at Alipay (not a cancellation)."""
+    alipay = Alipay(keys, mock)
+    payer, _, order = await _placed(client, db, settings, alipay)
+    _ok(alipay, await _deliver(client, alipay, alipay.paid_webhook(order)))
+    sms = await _sms(db, payer)
+    r = await _deliver(client, alipay, alipay.refunded_notify(order, order.total, closed=True))
+    _ok(alipay, r)
+    assert r.headers["simcharge-outcome"] == "flagged"
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == (
+        "refunded", order.total, "provider_refund")
+    assert "TRADE_CLOSED" in (row.attention_note or "")
+    assert await _sms(db, payer) == sms
+    await assert_ledger_balanced(db)

@@ -1,9 +1,11 @@
 """The race: 200 paid orders, each told at once by three copies of its webhook, the payer's
-return, "check now" and the reconciliation job — every one credited exactly once."""
+return, "check now" and its own pass of the reconciliation job — every one credited exactly
+once."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections import Counter
 from typing import Any
@@ -19,10 +21,10 @@ from simcharge.kit.clock import utcnow
 from simcharge.ledger.models import LedgerTransfer
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
-from simcharge.orders.fulfilment import issue_receipt_number
+from simcharge.orders.fulfilment import Outcome, issue_receipt_number
 from simcharge.orders.models import Order, Payment, ProviderEvent
 from simcharge.payments import sandbox
-from simcharge.payments.service import reconcile
+from simcharge.payments.service import reconcile_order
 from tests.factories import load_demo_catalog
 from tests.orders.helpers import (
     Payer,
@@ -70,19 +72,33 @@ async def test_200_orders_told_six_times_at_once_are_credited_once(
             async with gate:
                 return await call
 
-        calls = []
+        calls: list[tuple[str, Any]] = []
         for (payer, order), (body, headers) in zip(orders, webhooks, strict=True):
-            calls += [client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
-                      for _ in range(3)]
-            calls.append(client.get(f"/api/v1/orders/{order['id']}/return"))
-            calls.append(client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth))
-        calls += [reconcile(db, app.state.providers, limit=50) for _ in range(4)]
-        order_of_calls = list(range(len(calls)))
-        __import__("random").Random(7).shuffle(order_of_calls)
-        results = await asyncio.gather(*(limited(calls[i]) for i in order_of_calls))
+            calls += [(order["id"], client.post("/api/v1/webhooks/sandbox", content=body,
+                                                headers=headers)) for _ in range(3)]
+            calls.append((order["id"], client.get(f"/api/v1/orders/{order['id']}/return")))
+            calls.append((order["id"], client.post(f"/api/v1/orders/{order['id']}/check",
+                                                   headers=payer.auth)))
+            # The reconciliation job's pass over this very order.
+            calls.append((order["id"], reconcile_order(db, app.state.providers,
+                                                       uuid.UUID(order["id"]))))
+        random.Random(7).shuffle(calls)
+        results = await asyncio.gather(*(limited(call) for _, call in calls))
 
     statuses = Counter(r.status_code for r in results if isinstance(r, httpx.Response))
     assert set(statuses) <= {200, 303}, statuses
+    # Every order had its reconciliation pass; whoever came first credited it, and only one
+    # of the webhooks and the reconciliation says so (the return and "check now" do not say).
+    passes = Counter(oid for (oid, _), r in zip(calls, results, strict=True)
+                     if isinstance(r, Outcome))
+    assert set(passes.values()) == {1} and len(passes) == ORDERS
+    assert {r for r in results if isinstance(r, Outcome)} <= {Outcome.fulfilled, Outcome.already}
+    credited = Counter(
+        oid for (oid, _), r in zip(calls, results, strict=True)
+        if r == Outcome.fulfilled
+        or (isinstance(r, httpx.Response) and r.headers.get("simcharge-outcome") == "fulfilled")
+    )
+    assert set(credited.values()) <= {1}
 
     async with db.read() as s:
         states = Counter((await s.execute(select(Order.state))).scalars())

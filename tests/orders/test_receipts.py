@@ -14,7 +14,8 @@ from pypdf import PdfReader
 from simcharge.config import Settings
 from simcharge.db import Database
 from tests.auth.helpers import problem
-from tests.orders.helpers import new_payer, pay_at_sandbox, place
+from tests.conftest import SmtpInbox
+from tests.orders.helpers import new_payer, pay_at_sandbox, place, run_worker
 
 
 async def _paid(client: httpx.AsyncClient, settings: Settings, payer: Any, **kw: Any) -> dict[str, Any]:
@@ -74,8 +75,9 @@ async def test_a_chinese_receipt_has_its_glyphs(client: httpx.AsyncClient, db: D
                                                 caplog: pytest.LogCaptureFixture) -> None:
     payer = await new_payer(db, settings, language="zh-Hans")
     order = await _paid(client, settings, payer, plan="starter-10")
+    # In the account's language, whatever the browser says; `?lang=` asks for another.
     r = await client.get(f"/api/v1/orders/{order['id']}/receipt",
-                         headers={**payer.auth, "Accept-Language": "zh-CN"})
+                         headers={**payer.auth, "Accept-Language": "en-US"})
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/pdf"
     assert r.headers["content-disposition"] == (
@@ -119,3 +121,21 @@ async def test_no_receipt_before_payment(client: httpx.AsyncClient, db: Database
     r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
     assert r.status_code == 404
     assert problem(r)["type"].endswith("/receipt-not-ready")
+
+
+async def test_the_emailed_receipt_of_a_chinese_account_is_in_chinese(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    payer = await new_payer(db, settings, language="zh-Hans")
+    order = await place(client, payer, plan="starter-10")
+    await pay_at_sandbox(client, settings, order)
+    await run_worker(app, db, settings)  # the webhooks, then the receipt job
+    [mail] = inbox.to(payer.email)
+    [attachment] = list(mail.iter_attachments())
+    pdf = attachment.get_content()
+    text = _text(pdf)
+    assert "收据" in text and "入门套餐" in text
+    assert any("NotoSansCJK" in name for name in _embedded_fonts(pdf))
+    # The receipt asked for later is the same document, in the same language.
+    r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
+    assert "收据" in _text(r.content)

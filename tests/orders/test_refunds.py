@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select, update
 
 from simcharge.auth.apikeys import create_api_key
@@ -29,6 +30,7 @@ from tests.orders.helpers import (
     pay_at_sandbox,
     place,
     run_worker,
+    transfers_of,
 )
 
 
@@ -210,4 +212,58 @@ async def test_a_refund_the_provider_refuses_gives_everything_back(
     flagged = (await client.get("/api/v1/admin/orders?attention=true", headers=staff)).json()
     assert [o["id"] for o in flagged] == [order["id"]]
     assert flagged[0]["refunds"][0]["state"] == "failed"
+    await assert_ledger_balanced(db)
+
+
+async def _unapplied(db: Database, currency: str) -> tuple[int, int]:
+    """The `unapplied` account's balance (credits − debits), posted and with what is held."""
+    async with db.read() as s:
+        rows = (await s.execute(select(LedgerAccount).where(
+            LedgerAccount.key.in_(chart.keys(f"unapplied:{currency}"))))).scalars().all()
+    posted = sum(a.credits_posted - a.debits_posted for a in rows)
+    return posted, posted - sum(a.debits_pending for a in rows)
+
+
+@pytest.mark.parametrize(("override", "paid"), [({"amount": 1999}, (1999, "USD")),
+                                                 ({"currency": "EUR"}, (2000, "EUR"))])
+async def test_a_payment_that_was_not_credited_is_refunded_through_the_ledger(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings,
+    override: dict[str, Any], paid: tuple[int, str],
+) -> None:
+    """Money taken but not credited is held in `unapplied` (in the currency paid); its refund
+    gives it back through the provider's clearing account: the ledger tells the whole story."""
+    staff = await _staff(db, "refunds:write")
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="traveller-20")
+    row = await order_row(db, order["id"])
+    await db.run(lambda s: s.execute(update(SandboxPayment).where(
+        SandboxPayment.reference == row.reference).values(
+            amount=paid[0], currency=paid[1], state="paid")))
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.json()["state"] == "paid"
+    assert (await order_row(db, order["id"])).attention == "amount_mismatch"
+    before = await _unapplied(db, paid[1])
+
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**staff, **idem()}, json={})
+    assert r.status_code == 202, r.text
+    assert (r.json()["amount"]["minor"], r.json()["amount"]["currency"]) == paid
+    assert await _unapplied(db, paid[1]) == (before[0], before[1] - paid[0])  # held
+    await run_worker(app, db, settings)
+    refunded = await order_row(db, order["id"])
+    assert (refunded.state, refunded.refunded_amount) == ("paid", paid[0])
+    assert await _unapplied(db, paid[1]) == (before[0] - paid[0], before[1] - paid[0])
+    async with db.read() as s:
+        refund = (await s.execute(select(Refund).where(
+            Refund.order_id == refunded.id))).scalar_one()
+        sandbox_row = (await s.execute(select(SandboxPayment).where(
+            SandboxPayment.reference == refunded.reference))).scalar_one()
+    assert sandbox_row.refunded == paid[0]
+    [held] = await transfers_of(db, f"order:{refunded.id}")
+    moves = {t.kind: t for t in await transfers_of(db, f"refund:{refund.id}")}
+    assert set(moves) == {"pending", "post_pending"}
+    back = moves["pending"]
+    assert (back.amount, back.unit) == paid
+    assert (back.debit_account_id, back.credit_account_id) == (
+        held.credit_account_id, held.debit_account_id)
     await assert_ledger_balanced(db)

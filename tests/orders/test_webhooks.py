@@ -12,6 +12,8 @@ from sqlalchemy import func, select, update
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock, utcnow
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Line, LineState
 from simcharge.orders.models import Payment, ProviderEvent
 from simcharge.payments.service import reconcile
@@ -30,6 +32,14 @@ from tests.orders.helpers import (
 async def _events(db: Database) -> int:
     async with db.read() as s:
         return int((await s.execute(select(func.count()).select_from(ProviderEvent))).scalar_one())
+
+
+async def _balance(db: Database, key: str) -> int:
+    """An operator account's balance, credits minus debits, over its shards."""
+    async with db.read() as s:
+        rows = (await s.execute(select(LedgerAccount).where(
+            LedgerAccount.key.in_(chart.keys(key))))).scalars().all()
+    return sum(a.credits_posted - a.debits_posted for a in rows)
 
 
 async def _post(client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -58,6 +68,7 @@ async def test_rejected_notifications_change_nothing(client: httpx.AsyncClient, 
         r = await _post(client, case_body, case_headers)
         assert r.status_code == 400, r.text
         assert r.json() == {"received": False}
+        assert "simcharge-outcome" not in r.headers  # nothing said to whoever sent it
     assert await _events(db) == 0
     assert (await order_row(db, order["id"])).state == "pending"
 
@@ -94,6 +105,9 @@ async def test_a_replayed_notification_is_acknowledged_and_ignored(
     first = await _post(client, body, headers)
     replay = await _post(client, body, headers)
     assert first.status_code == replay.status_code == 200
+    # The answer says what became of each: the bench counts only what was credited.
+    assert first.headers["simcharge-outcome"] == "fulfilled"
+    assert replay.headers["simcharge-outcome"] == "duplicate"
     assert await _events(db) == 1
     assert len(await transfers_of(db, f"order:{row.id}")) == 4
 
@@ -109,18 +123,23 @@ async def test_a_wrong_amount_credits_nothing_and_is_flagged(client: httpx.Async
     payer = await new_payer(db, settings)
     order = await place(client, payer)
     row = await order_row(db, order["id"])
-    for override in ({"amount": 1999}, {"currency": "CNY"}):
+    for override, paid in (({"amount": 1999}, (1999, "USD")), ({"currency": "CNY"}, (2000, "CNY"))):
         other = await place(client, payer)
         other_row = await order_row(db, other["id"])
         body, headers = signed_event(settings, "payment.succeeded",
                                      await sandbox_object(db, other_row.reference, **override))
-        assert (await _post(client, body, headers)).status_code == 200
+        r = await _post(client, body, headers)
+        assert r.status_code == 200 and r.headers["simcharge-outcome"] == "flagged"
         flagged = await order_row(db, other["id"])
         assert flagged.state == "paid"
         assert flagged.attention == "amount_mismatch"
         assert flagged.receipt_number is None
-        assert await transfers_of(db, f"order:{flagged.id}") == []
+        # Nothing credited; the money taken is in the ledger, held for the payer (unapplied).
+        [held] = await transfers_of(db, f"order:{flagged.id}")
+        assert (held.code, held.amount, held.unit) == ("unapplied", *paid)
+        assert await _balance(db, f"unapplied:{paid[1]}") == paid[0]
     assert (await order_row(db, row.id)).state == "pending"
+    await assert_ledger_balanced(db)
 
 
 async def test_a_payment_after_cancellation_is_credited_and_flagged(
@@ -141,6 +160,27 @@ async def test_a_payment_after_cancellation_is_credited_and_flagged(
     await assert_ledger_balanced(db)
 
 
+async def test_a_payment_after_expiry_is_credited_and_flagged(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    row = await order_row(db, order["id"])
+    clock.freeze(row.expires_at + timedelta(seconds=1))
+    await reconcile(db, app.state.providers)
+    assert (await order_row(db, order["id"])).state == "expired"
+    # The provider took the money at the last moment; its webhook comes after the expiry.
+    body, headers = signed_event(settings, "payment.succeeded",
+                                 await sandbox_object(db, row.reference),
+                                 at=int(utcnow().timestamp()))
+    r = await _post(client, body, headers)
+    assert r.status_code == 200 and r.headers["simcharge-outcome"] == "fulfilled"
+    late = await order_row(db, order["id"])
+    assert (late.state, late.attention) == ("fulfilled", "late_success")
+    assert len(await transfers_of(db, f"order:{late.id}")) == 4
+    await assert_ledger_balanced(db)
+
+
 async def test_a_payment_for_a_terminated_line_is_flagged(client: httpx.AsyncClient,
                                                           db: Database, settings: Settings) -> None:
     payer = await new_payer(db, settings)
@@ -152,7 +192,7 @@ async def test_a_payment_for_a_terminated_line_is_flagged(client: httpx.AsyncCli
     assert (await _post(client, body, headers)).status_code == 200
     flagged = await order_row(db, order["id"])
     assert (flagged.state, flagged.attention) == ("paid", "line_unavailable")
-    assert await transfers_of(db, f"order:{flagged.id}") == []
+    assert [t.code for t in await transfers_of(db, f"order:{flagged.id}")] == ["unapplied"]
 
 
 async def test_events_whose_processing_failed_are_applied_by_reconciliation(

@@ -6,6 +6,7 @@ lookup; `ensure_accounts` creates them the first time they are needed.
 | key | unit | what its balance means |
 |---|---|---|
 | `clearing:<provider>:<CUR>` | currency | what a payment provider owes the operator (debit-normal) |
+| `unapplied:<CUR>` | currency | payments taken but not credited (a wrong amount…): held until refunded |
 | `revenue:sales:<CUR>` | currency | plans sold |
 | `revenue:fees:<CUR>` | currency | payment fees charged to customers |
 | `revenue:usage:<CUR>` | currency | wallet money spent on usage |
@@ -53,6 +54,10 @@ def _account(key: str, unit: str, code: str, shard: int) -> NewAccount:
 
 def clearing(provider: str, currency: str, shard: int = 0) -> NewAccount:
     return _account(f"clearing:{provider}:{currency}", currency, "clearing", shard)
+
+
+def unapplied(currency: str, shard: int = 0) -> NewAccount:
+    return _account(f"unapplied:{currency}", currency, "unapplied", shard)
 
 
 def sales(currency: str, shard: int = 0) -> NewAccount:

@@ -18,13 +18,13 @@ from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
 from simcharge.auth.deps import Client, CurrentCustomer, OptionalCustomer
 from simcharge.errors import NotFound
 from simcharge.kit.clock import utcnow
-from simcharge.kit.i18n import pick_text
+from simcharge.kit.i18n import normalize_language, pick_text
 from simcharge.kit.schemas import Money
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders import receipts, service
 from simcharge.orders.fulfilment import issue_receipt_number
-from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
+from simcharge.orders.models import Order, OrderState, Payment, ProviderEvent, Refund
 from simcharge.orders.schemas import (
     EventOut,
     NextAction,
@@ -166,6 +166,7 @@ async def create_quote(
     settings: AppSettings,
     providers: ProvidersDep,
     language: Language,
+    client: Client,
 ) -> QuoteOut:
     async with db.read() as s:
         line = await service.resolve_line(
@@ -180,7 +181,7 @@ async def create_quote(
             line=line,
             now=utcnow(),
         )
-        service.check_flow(providers, q, body.flow)
+        service.check_flow(providers, q, body.flow, user_agent=client.user_agent)
     return QuoteOut(
         plan=PlanRef(
             code=q.plan.code, version=q.plan.version, name=pick_text(q.plan.names, language)
@@ -230,6 +231,7 @@ async def create_order(
             flow=body.flow,
             language=language,
             now=utcnow(),
+            user_agent=client.user_agent,
         )
     )
     if placed.replayed:
@@ -316,9 +318,11 @@ async def check_order(
     providers: ProvidersDep,
     language: Language,
 ) -> OrderDetailOut:
+    """A pending order, or one closed unpaid in the last hour (a payment made at the last moment
+    whose notification is lost is found and credited: `late_success`)."""
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)
-    if order.state == "pending":
+    if order.state == OrderState.pending or payments.late_window_open(order, utcnow()):
         await payments.check_order(db, providers, order_id, source="customer_check", capture=True)
     async with db.read() as s:
         return await detail(s, await service.own_order(s, customer.account.id, order_id), language)
@@ -359,8 +363,13 @@ async def get_receipt(
     customer: CurrentCustomer,
     db: DB,
     settings: AppSettings,
-    language: Language,
+    lang: Annotated[
+        str | None,
+        Query(max_length=16, description="The receipt's language; default: the account's"),
+    ] = None,
 ) -> Response:
+    """In the account's language (the one the receipt is e-mailed in), or `?lang=`."""
+    language = normalize_language(lang) or customer.account.language
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)
     if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:

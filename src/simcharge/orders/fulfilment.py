@@ -1,20 +1,28 @@
 """Applying what a provider says about a payment — and crediting a paid order exactly once.
 
 Whatever brings the news (a webhook, the payer's return, "check now", the reconciliation job),
-however often and in whatever order, it ends here. One database transaction: the order and its
-payment are locked; the payment becomes `succeeded` only if it was not already (the second
-arrival stops there); the plan's transfers are posted with ids derived from the order (so even
-a second pass could not credit twice); the line's validity is extended and it is reactivated;
-the receipt (numbered when it is issued, `issue_receipt_number`) and the notices go to the
-outbox. The operator's ledger accounts, shared by every top-up, are touched last (and sharded,
-`ledger.chart`), so that concurrent fulfilments hardly wait for each other.
+however often and in whatever order, it ends here. One database transaction: the order, its
+payment and its line are locked (in one statement, always in the same order); the payment
+becomes `succeeded` by a conditional update (`… WHERE state <> 'succeeded' RETURNING`), which
+only the first arrival wins — a second one changes no row and stops there; the plan's transfers
+are posted with ids derived from the order (so even a second pass could not credit twice); the
+line's validity is extended and it is reactivated; the receipt job (the receipt is numbered when
+it is issued, `issue_receipt_number`) and the notices go to the outbox. The operator's ledger
+accounts, shared by every top-up, are touched last (and sharded, `ledger.chart`), so that
+concurrent fulfilments hardly wait for each other.
 
-Policy, where the money and the order disagree:
+Policy, where the money and the order disagree. Money taken and not credited stays in the
+ledger: clearing → `unapplied` (`refunds.received_unapplied`), until finance refunds it.
 - amount or currency differ from the order's: nothing is credited, the order is `paid` and
   flagged `amount_mismatch` for finance (refund, or credit by hand);
 - paid after the order expired or was cancelled: credited anyway (the customer paid) and
   flagged `late_success`;
-- the line was terminated meanwhile: nothing is credited, `paid` + `line_unavailable`.
+- the line was terminated meanwhile: nothing is credited, `paid` + `line_unavailable`;
+- refunded or reversed at the provider before we heard of the payment (a refunded status, or
+  a refund reported first): nothing is credited, `paid` + `provider_refund`, the refund
+  recorded;
+- refunded at the provider after it was credited: recorded as a refund, its money posted back,
+  nothing taken from the line, flagged `provider_refund` (`reversals.note_refunded_status`).
 """
 
 from __future__ import annotations
@@ -23,10 +31,9 @@ import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.db import table_of, upsert_insert
 from simcharge.kit.ids import derived_id
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, post_transfers
@@ -40,16 +47,30 @@ from simcharge.orders.models import (
     Attention,
     Order,
     OrderState,
+    Payment,
     PaymentStatusValue,
     ProviderEvent,
-    ReceiptCounter,
-    ReceiptDocument,
+    Refund,
 )
-from simcharge.orders.service import LockedOrder, lock_order
+from simcharge.orders.refunds import received_unapplied, shown
+from simcharge.orders.reversals import (
+    REFUNDED_STATES,
+    apply_refund_news,
+    note_refunded_status,
+    settle_provider_refunds,
+)
+from simcharge.orders.service import LockedOrder, flag_order, lock_order
+from simcharge.orders.service import forget_receipts as forget_receipts
+from simcharge.orders.service import issue_receipt_number as issue_receipt_number
 from simcharge.payments.providers import PaymentState, PaymentStatus
 from simcharge.worker.service import NewJob, enqueue_many
 
 RECEIPT_JOB = "orders.receipt"
+LATE_PAYMENT_WINDOW = timedelta(hours=1)
+"""How long after an order is closed unpaid (expired, cancelled, failed) its payment is still
+asked about: a payment made at the last moment, whose webhook is lost, is found and credited."""
+LATE_CHECK_FIRST = timedelta(minutes=5)
+"""The first such check after closing; then with the usual backoff, until the window ends."""
 
 
 class Outcome(StrEnum):
@@ -58,7 +79,7 @@ class Outcome(StrEnum):
     already = "already"
     """It was credited (or otherwise settled) before: nothing done."""
     flagged = "flagged"
-    """Paid, but not credited: finance must look (see `Order.attention`)."""
+    """Paid, but not credited, or news finance must see (see `Order.attention`)."""
     closed = "closed"
     """The payment failed, was cancelled or expired: the order says so."""
     unchanged = "unchanged"
@@ -70,7 +91,7 @@ _CLOSING = {
     PaymentState.cancelled: (OrderState.cancelled, PaymentStatusValue.cancelled),
     PaymentState.expired: (OrderState.expired, PaymentStatusValue.expired),
 }
-PAID_STATES = (PaymentState.succeeded, PaymentState.refunded, PaymentState.partially_refunded)
+PAID_STATES = (PaymentState.succeeded, *REFUNDED_STATES)
 
 
 async def apply_status(
@@ -98,7 +119,8 @@ async def apply_status(
             order_state, payment_state = _CLOSING[status.state]
             order.state, order.closed_at = order_state.value, now
             payment.state, payment.updated_at = payment_state.value, now
-            payment.next_check_at = None
+            # Still asked about for a while: a payment made at the last moment is found.
+            payment.checks, payment.next_check_at = 0, now + LATE_CHECK_FIRST
             outcome = Outcome.closed
     await mark_processed(session, event_id, outcome.value, now)
     await session.flush()
@@ -125,30 +147,25 @@ async def _paid(
     now: datetime,
     event_id: uuid.UUID | None,
 ) -> Outcome:
-    order, payment = locked.order, locked.payment
-    if payment.state == PaymentStatusValue.succeeded:
-        await mark_processed(session, event_id, Outcome.already.value, now)
-        return Outcome.already
+    order, payment, line = locked.order, locked.payment, locked.line
+    if not await _mark_succeeded(session, payment, status, now):
+        # Known to be paid: only a refund at the provider can be news.
+        news = await note_refunded_status(session, order, status, source=source, now=now)
+        outcome = Outcome.flagged if news else Outcome.already
+        await mark_processed(session, event_id, outcome.value, now)
+        return outcome
     late = OrderState(order.state) in CLOSED_UNPAID
-    mismatch = status.amount != order.total or (status.currency or "").upper() != order.currency
-    line = None if mismatch else locked.line
-    payment.state, payment.updated_at, payment.next_check_at = (
-        PaymentStatusValue.succeeded.value,
-        now,
-        None,
-    )
-    payment.payment_id = status.payment_id or payment.payment_id
-    payment.provider_ref = payment.provider_ref or status.provider_ref
+    if locked.unmatched_news:
+        await _adopt_early_news(session, order, payment.payment_id, now)
     order.paid_at = status.paid_at or now
     order.paid_amount, order.paid_currency = status.amount, status.currency
-    if line is None or line.state == LineState.terminated:
+    why = await _not_credited(session, order, line, status, source)
+    if why is not None:
         order.state = OrderState.paid.value
-        if line is None:
-            paid = f"{status.amount} {status.currency}"
-            note = f"paid {paid} for {order.total} {order.currency} ({source})"
-            _flag(order, Attention.amount_mismatch, note)
-        else:
-            _flag(order, Attention.line_unavailable, f"line {line.msisdn} is terminated ({source})")
+        flag_order(order, *why)
+        await received_unapplied(session, order, now)
+        await note_refunded_status(session, order, status, source=source, now=now)
+        await settle_provider_refunds(session, order, now)
         await mark_processed(session, event_id, Outcome.flagged.value, now)
         await session.flush()
         return Outcome.flagged
@@ -157,7 +174,7 @@ async def _paid(
     order.state, order.fulfilled_at = OrderState.fulfilled.value, now
     transfers = await _open_credit(session, order, line, now)
     if late:
-        _flag(order, Attention.late_success, f"paid after the order was closed ({source})")
+        flag_order(order, Attention.late_success, f"paid after the order was closed ({source})")
     jobs = [
         NewJob(RECEIPT_JOB, {"order_id": str(order.id)}, dedupe_key=f"{RECEIPT_JOB}:{order.id}"),
         notice(
@@ -191,8 +208,83 @@ async def _paid(
     return Outcome.fulfilled
 
 
-def _flag(order: Order, why: Attention, note: str) -> None:
-    order.attention, order.attention_note = why.value, note
+async def _mark_succeeded(
+    session: AsyncSession, payment: Payment, status: PaymentStatus, now: datetime
+) -> bool:
+    """The payment becomes `succeeded` by a conditional update, which only the first of several
+    arrivals wins (the others find no row to change)."""
+    won = (
+        await session.execute(
+            update(Payment)
+            .where(Payment.id == payment.id, Payment.state != PaymentStatusValue.succeeded.value)
+            .values(
+                state=PaymentStatusValue.succeeded.value,
+                updated_at=now,
+                next_check_at=None,
+                payment_id=status.payment_id or payment.payment_id,
+                provider_ref=payment.provider_ref or status.provider_ref,
+            )
+            .returning(Payment.id)
+            .execution_options(synchronize_session="evaluate")
+        )
+    ).first()
+    return won is not None
+
+
+async def _adopt_early_news(
+    session: AsyncSession, order: Order, payment_id: str | None, now: datetime
+) -> None:
+    """Refunds and disputes reported before their payment was known — they name it only by the
+    provider's payment id (PayPal's capture, Stripe's payment intent), learnt with the payment —
+    were stored unmatched: now they are this order's, applied before it is credited. (Events
+    another transaction is applying are left to it.)"""
+    if not payment_id:
+        return
+    waiting = (
+        await session.execute(
+            select(ProviderEvent)
+            .where(
+                ProviderEvent.processed_at.is_(None),
+                ProviderEvent.order_id.is_(None),
+                ProviderEvent.provider == order.provider,
+            )
+            .with_for_update(skip_locked=True)
+        )
+    ).scalars()
+    for event in waiting:
+        named = [x.get("payment_id") for x in (event.refund, event.dispute) if x is not None]
+        if payment_id in named:
+            event.order_id = order.id
+            outcome = await apply_refund_news(session, event, now)
+            event.processed_at, event.outcome = now, outcome
+
+
+async def _not_credited(
+    session: AsyncSession, order: Order, line: Line, status: PaymentStatus, source: str
+) -> tuple[Attention, str] | None:
+    """Why a payment just taken must not be credited (see the module's policy), or None."""
+    if status.amount != order.total or (status.currency or "").upper() != order.currency:
+        paid = shown(status.amount, status.currency) if status.amount is not None else "?"
+        return (
+            Attention.amount_mismatch,
+            f"paid {paid} for {shown(order.total, order.currency)} ({source})",
+        )
+    # A refund reported before its payment was recorded, and flagged (`record_provider_refund`):
+    # the flag spares every other payment the look for one.
+    if status.state in REFUNDED_STATES or (
+        order.attention is not None
+        and (
+            await session.execute(select(Refund.id).where(Refund.order_id == order.id).limit(1))
+        ).first()
+    ):
+        word = status.provider_state or status.state.value
+        return (
+            Attention.provider_refund,
+            f"{word}: refunded at the provider before it was credited ({source})",
+        )
+    if line.state == LineState.terminated:
+        return Attention.line_unavailable, f"line {line.msisdn} is terminated ({source})"
+    return None
 
 
 async def _open_credit(
@@ -256,36 +348,3 @@ async def _open_credit(
         by_owner=line.account_id is not None and line.account_id == order.account_id,
     )
     return transfers
-
-
-async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> str | None:
-    """Number the receipt of a credited order: `R2026-000001`, `R2026-000002` … gapless per
-    year of payment, in the order receipts are issued. Once per order (the order is locked and
-    keeps its number); None for an order that was not credited.
-
-    Numbering at issue rather than in the crediting transaction keeps the one counter row every
-    receipt needs out of the webhook's path; the worker issues the receipt right after the
-    credit, and asking for the receipt issues it too."""
-    order = await session.get(Order, order_id, with_for_update=True)
-    if order is None or order.fulfilled_at is None:
-        return None
-    if order.receipt_number is not None:
-        return order.receipt_number
-    year = order.fulfilled_at.year
-    counters = table_of(ReceiptCounter)
-    value = (
-        await session.execute(
-            upsert_insert(session, counters)
-            .values(name=f"receipt:{year}", value=1)
-            .on_conflict_do_update(index_elements=["name"], set_={"value": counters.c.value + 1})
-            .returning(counters.c.value)
-        )
-    ).scalar_one()
-    order.receipt_number = f"R{year}-{int(value):06d}"
-    await session.flush()
-    return order.receipt_number
-
-
-async def forget_receipts(session: AsyncSession, order_id: uuid.UUID) -> None:
-    """The order changed (a refund): rendered receipts must be rendered again."""
-    await session.execute(delete(ReceiptDocument).where(ReceiptDocument.order_id == order_id))

@@ -50,6 +50,13 @@ class Attention(StrEnum):
     """Paid for a line that can no longer be credited (terminated): nothing credited."""
     refund_failed = "refund_failed"
     """The provider refused a refund."""
+    provider_refund = "provider_refund"
+    """Money went back to the payer at the provider without us (a refund in its dashboard, a
+    reversal): recorded as a refund, nothing taken back from the line."""
+    chargeback = "chargeback"
+    """The payer disputed the payment with their bank: nothing moves until it is decided."""
+    merchant_mismatch = "merchant_mismatch"
+    """The provider's answer names another merchant than ours: nothing credited."""
     stuck_pending = "stuck_pending"
     """Still pending long after it should have been settled."""
 
@@ -119,8 +126,8 @@ class Payment(Base):
         Index(
             "ix_payments_due",
             "next_check_at",
-            postgresql_where=text("state = 'pending'"),
-            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("next_check_at IS NOT NULL"),
+            sqlite_where=text("next_check_at IS NOT NULL"),
         ),
     )
 
@@ -138,12 +145,15 @@ class Payment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_check_at: Mapped[datetime | None] = mapped_column()
+    """When the provider is asked again: pending payments until they settle, closed ones for a
+    while after closing (a late payment, `payments.service.LATE_PAYMENT_WINDOW`); else None."""
     checks: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class ProviderEvent(Base):
-    """A verified notification, stored raw before it is processed; one per (provider, event id)."""
+    """A verified notification, stored as delivered before it is processed (in the same
+    transaction; if processing fails, alone); one per (provider, event id)."""
 
     __tablename__ = "provider_events"
     __table_args__ = (
@@ -162,11 +172,20 @@ class ProviderEvent(Base):
     event_id: Mapped[str] = mapped_column(String(128))
     event_type: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("orders.id"))
+    body: Mapped[str | None] = mapped_column(Text)
+    """The body exactly as delivered (every provider's is UTF-8 text; WeChat Pay's resource still
+    encrypted). Secrets are blanked only where the provider puts one in a body: Stripe's
+    `client_secret` (`providers._common.SECRET_FIELDS`)."""
+    headers: Mapped[dict[str, str] | None] = mapped_column()
+    """The headers its signature depends on (and its content type), as delivered."""
     payload: Mapped[dict[str, Any]] = mapped_column()
-    """The notification as received (decoded; WeChat Pay's resource decrypted)."""
+    """The notification decoded (WeChat Pay's resource decrypted), secrets removed."""
     status: Mapped[dict[str, Any] | None] = mapped_column()
     """The payment status it reports, as verified at receipt (`payments.codec`)."""
     refund: Mapped[dict[str, Any] | None] = mapped_column()
+    """A refund it reports (ours, or one made at the provider)."""
+    dispute: Mapped[dict[str, Any] | None] = mapped_column()
+    """A chargeback it reports (the payer disputed the payment with their bank)."""
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(String(64))

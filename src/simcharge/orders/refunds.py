@@ -1,17 +1,26 @@
-"""Refunds, full or partial, through the provider — and what the ledger takes back.
+"""Refunds asked of the provider by us — and what the ledger takes back.
 
-The ledger policy. A refund of `r` out of an order's total `T`:
-- gives back money: revenue → the provider's clearing account, `r` split between the sale and
-  the fee in the order's proportion (the fee share rounded half up);
-- takes back, from what the order granted and is still unused, the share `r / T` (rounded up) of
-  each bucket and of the wallet credit, capped at what is left — for a refund of everything
-  still refundable, all that is left of them. Units and credit already used stay used (the
-  customer had them); the line's validity extension stays.
+What a payment put into the ledger. Credited (`fulfilled`): its total went from the provider's
+clearing account to revenue (the sale and the fee). Taken but not credited (`paid`: another
+amount or currency, an unusable line, money refunded at the provider before we heard of the
+payment): what was paid, in the currency it was paid in, went from clearing to `unapplied` —
+the money is in the ledger, owed to no plan (`received_unapplied`).
 
-The refund is asked of the provider by the worker, after commit. Until the provider confirms,
+The ledger policy. A refund of `r`:
+- of a credited order whose total is `T`: gives back money, revenue → the provider's clearing
+  account, `r` split between the sale and the fee in the order's proportion (the fee share
+  rounded half up); and takes back, from what the order granted and is still unused, the share
+  `r / T` (rounded up) of each bucket and of the wallet credit, capped at what is left — for a
+  refund of everything still refundable, all that is left of them. Units and credit already
+  used stay used (the customer had them); the line's validity extension stays.
+- of an uncredited order: gives back money, `unapplied` → clearing; nothing to take back.
+
+Ours are asked of the provider by the worker, after commit. Until the provider confirms,
 everything above is held as pending ledger transfers: the units and credit cannot be spent, and
 nothing is final. Confirmed: posted. Refused: voided (the customer keeps everything) and the
 order is flagged `refund_failed` for finance.
+
+Refunds made at the provider without us, and chargebacks: `orders.reversals`.
 """
 
 from __future__ import annotations
@@ -34,15 +43,20 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.lines.models import Line
 from simcharge.lines.service import bucket_id
 from simcharge.notifications.service import notify
-from simcharge.orders.fulfilment import forget_receipts, issue_receipt_number
 from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
-from simcharge.orders.service import OrderNotFound
+from simcharge.orders.service import (
+    OrderNotFound,
+    flag_order,
+    forget_receipts,
+    issue_receipt_number,
+)
 from simcharge.payments.providers import RefundResult
 from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.worker.service import enqueue
 
 REFUND_JOB = "payments.refund"
 REFUNDABLE = (OrderState.fulfilled, OrderState.partially_refunded, OrderState.paid)
+UNKNOWN_REFUND = "unknown_refund"
 
 
 class NotRefundable(Conflict):
@@ -55,6 +69,18 @@ class RefundTooLarge(ValidationFailed):
     title = N_("The refund is larger than what is left to refund.")
 
 
+def shown(amount: int, currency: str | None) -> str:
+    """An amount for a note to finance: `19.99 USD` (minor units if the currency is unknown)."""
+    try:
+        return f"{from_minor(amount, currency or '')} {currency}"
+    except ValueError:
+        return f"{amount} (minor units) {currency or ''}".rstrip()
+
+
+def paid_of(order: Order) -> int:
+    return order.paid_amount if order.paid_amount is not None else order.total
+
+
 async def refundable(session: AsyncSession, order: Order) -> int:
     """What can still be refunded: paid, minus refunds done or on their way."""
     held = (
@@ -64,8 +90,29 @@ async def refundable(session: AsyncSession, order: Order) -> int:
             )
         )
     ).scalar_one()
-    paid = order.paid_amount if order.paid_amount is not None else order.total
-    return max(0, paid - order.refunded_amount - int(held))
+    return max(0, paid_of(order) - order.refunded_amount - int(held))
+
+
+async def received_unapplied(session: AsyncSession, order: Order, now: datetime) -> None:
+    """Money taken but not credited: clearing → `unapplied`, what was paid in the currency it was
+    paid in (one transfer per order, its id derived from the order)."""
+    amount, currency = order.paid_amount, order.paid_currency
+    if not amount or amount <= 0 or not currency:
+        return  # the provider named no amount: nothing to post, finance sees the flag
+    source, shard = f"order:{order.id}", chart.shard_of(order.id)
+    clearing = chart.clearing(order.provider, currency, shard)
+    unapplied = chart.unapplied(currency, shard)
+    await ensure_accounts(session, [clearing, unapplied])
+    transfer = NewTransfer(
+        id=derived_id(source, "unapplied"),
+        amount=amount,
+        unit=currency,
+        debit_account_id=clearing.id,
+        credit_account_id=unapplied.id,
+        code="unapplied",
+        reference=source,
+    )
+    await post_transfers(session, [transfer], now=now)
 
 
 async def request_refund(
@@ -95,33 +142,32 @@ async def request_refund(
     if OrderState(order.state) not in REFUNDABLE or order.paid_at is None:
         raise NotRefundable(field="order_id")
     left = await refundable(session, order)
+    currency = order.paid_currency or order.currency
     amount = left if amount is None else amount
     if amount <= 0 or amount > left:
         raise RefundTooLarge(
             N_("At most {left} can still be refunded."),
             field="amount",
-            left=f"{from_minor(left, order.currency)} {order.currency}",
+            left=f"{from_minor(left, currency)} {currency}",
         )
     refund = Refund(
         id=uuid7(),
         order_id=order.id,
         reference="RF" + uuid7().hex[:24].upper(),
         amount=amount,
-        currency=order.currency,
+        currency=currency,
         reason=reason,
         state=RefundState.pending.value,
         requested_by=requested_by,
         request_key=request_key,
         created_at=now,
     )
-    credited = order.fulfilled_at is not None
-    transfers = await _plan(session, order, refund, full=amount == left) if credited else []
+    transfers = await money_back(session, order, refund, kind=TransferKind.pending)
+    if order.fulfilled_at is not None:
+        transfers += await _clawback(session, order, refund, full=amount == left)
     if transfers:
         await post_transfers(session, transfers, now=now)
-    refund.plan = {
-        "transfers": [str(t.id) for t in transfers],
-        "fee": sum(t.amount or 0 for t in transfers if t.code == "refund_fee"),
-    }
+    refund.plan = plan_of(transfers)
     session.add(refund)
     await session.flush()
     await enqueue(
@@ -134,17 +180,59 @@ async def request_refund(
     return refund
 
 
-async def _plan(
-    session: AsyncSession, order: Order, refund: Refund, *, full: bool
+def plan_of(transfers: list[NewTransfer], **more: Any) -> dict[str, Any]:
+    return {
+        "transfers": [str(t.id) for t in transfers],
+        "fee": sum(t.amount or 0 for t in transfers if t.code == "refund_fee"),
+        **more,
+    }
+
+
+def _transfer(
+    refund: Refund,
+    key: str,
+    amount: int,
+    unit: str,
+    debit: uuid.UUID,
+    credit: uuid.UUID,
+    code: str,
+    kind: TransferKind,
+) -> NewTransfer:
+    return NewTransfer(
+        id=derived_id("refund", refund.id, key),
+        amount=amount,
+        unit=unit,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        kind=kind,
+        code=code,
+        reference=f"refund:{refund.id}",
+    )
+
+
+async def money_back(
+    session: AsyncSession, order: Order, refund: Refund, *, kind: TransferKind
 ) -> list[NewTransfer]:
-    """The pending transfers of a refund (see the module's policy)."""
-    r, total = refund.amount, order.total
+    """The money of a refund going back out through the provider's clearing account: from
+    revenue (sale and fee) for a credited order, from `unapplied` for an uncredited one."""
+    r, shard = refund.amount, chart.shard_of(order.id)  # the accounts the order used
+    if order.fulfilled_at is None:
+        clearing = chart.clearing(order.provider, refund.currency, shard)
+        unapplied = chart.unapplied(refund.currency, shard)
+        await ensure_accounts(session, [clearing, unapplied])
+        return [
+            _transfer(refund, "unapplied", r, refund.currency, unapplied.id, clearing.id,
+                      "refund", kind)
+        ]
+    total = order.total
     previous_fee = sum(
         int((x.plan or {}).get("fee", 0))
         for x in (
             await session.execute(
                 select(Refund).where(
-                    Refund.order_id == order.id, Refund.state != RefundState.failed.value
+                    Refund.order_id == order.id,
+                    Refund.state != RefundState.failed.value,
+                    Refund.id != refund.id,
                 )
             )
         ).scalars()
@@ -152,38 +240,35 @@ async def _plan(
     share, rest = divmod(order.fee * r, total)  # the fee's share of r, rounded half up
     fee_back = max(0, min(order.fee - previous_fee, share + (1 if rest * 2 >= total else 0)))
     sales_back = r - fee_back
-    shard = chart.shard_of(order.id)  # the accounts the order credited
     clearing = chart.clearing(order.provider, order.currency, shard)
     sales, fees = chart.sales(order.currency, shard), chart.fees(order.currency, shard)
     await ensure_accounts(session, [clearing, sales, fees])
-
-    def pending(
-        key: str, amount: int, unit: str, debit: uuid.UUID, credit: uuid.UUID, code: str
-    ) -> NewTransfer:
-        return NewTransfer(
-            id=derived_id("refund", refund.id, key),
-            amount=amount,
-            unit=unit,
-            debit_account_id=debit,
-            credit_account_id=credit,
-            kind=TransferKind.pending,
-            code=code,
-            reference=f"refund:{refund.id}",
-        )
-
     transfers = []
     if sales_back:
         transfers.append(
-            pending("sale", sales_back, order.currency, sales.id, clearing.id, "refund")
+            _transfer(refund, "sale", sales_back, order.currency, sales.id, clearing.id,
+                      "refund", kind)
         )
     if fee_back:
         transfers.append(
-            pending("fee", fee_back, order.currency, fees.id, clearing.id, "refund_fee")
+            _transfer(refund, "fee", fee_back, order.currency, fees.id, clearing.id,
+                      "refund_fee", kind)
         )
+    return transfers
+
+
+async def _clawback(
+    session: AsyncSession, order: Order, refund: Refund, *, full: bool
+) -> list[NewTransfer]:
+    """The pending transfers that take back the unused share of what the order granted (see
+    the module's policy)."""
+    r, total, shard = refund.amount, order.total, chart.shard_of(order.id)
     line = await session.get(Line, order.line_id, with_for_update=True)
     assert line is not None
     source = f"order:{order.id}"
     snapshot = order.plan_snapshot
+    transfers = []
+    pending = TransferKind.pending
     for i, grant in enumerate(snapshot.get("buckets", [])):
         account = await session.get(LedgerAccount, bucket_id(source, i))
         if account is None:
@@ -193,7 +278,8 @@ async def _plan(
         if share > 0:
             issuance = chart.issuance(grant["unit"], shard)
             transfers.append(
-                pending(f"bucket:{i}", share, grant["unit"], account.id, issuance.id, "clawback")
+                _transfer(refund, f"bucket:{i}", share, grant["unit"], account.id, issuance.id,
+                          "clawback", pending)
             )
     wallet_credit = int(snapshot.get("wallet_credit", {}).get(line.currency, 0))
     if wallet_credit:
@@ -205,7 +291,8 @@ async def _plan(
             funding = chart.funding(line.currency, shard)
             await ensure_accounts(session, [funding])
             transfers.append(
-                pending("wallet", share, line.currency, wallet.id, funding.id, "clawback")
+                _transfer(refund, "wallet", share, line.currency, wallet.id, funding.id,
+                          "clawback", pending)
             )
     return transfers
 
@@ -213,7 +300,8 @@ async def _plan(
 async def complete_refund(
     session: AsyncSession, order_id: uuid.UUID, result: RefundResult, now: datetime
 ) -> str:
-    """Apply the provider's answer about a refund (once); returns what happened."""
+    """Apply the provider's answer about one of our refunds (once); returns what happened —
+    `unknown_refund` for a refund that is not ours."""
     refund = (
         await session.execute(
             select(Refund)
@@ -222,7 +310,7 @@ async def complete_refund(
         )
     ).scalar_one_or_none()
     if refund is None:
-        return "unknown_refund"
+        return UNKNOWN_REFUND  # not ours: `reversals.apply_refund_news` records it
     if refund.state != RefundState.pending.value:
         return "already"
     if result.state is ProviderRefundState.pending:
@@ -251,18 +339,11 @@ async def complete_refund(
     refund.provider_refund_id = result.provider_refund_id
     if not succeeded:
         refund.state, refund.error = RefundState.failed.value, f"{result.raw or 'refused'}"[:500]
-        order.attention, order.attention_note = (
-            Attention.refund_failed.value,
-            f"refund {refund.reference} refused",
-        )
+        flag_order(order, Attention.refund_failed, f"refund {refund.reference} refused")
         return "refund_failed"
     refund.state = RefundState.succeeded.value
     order.refunded_amount += refund.amount
-    paid = order.paid_amount if order.paid_amount is not None else order.total
-    if order.fulfilled_at is not None:
-        order.state = (
-            OrderState.refunded if order.refunded_amount >= paid else OrderState.partially_refunded
-        ).value
+    refunded_state(order)
     await forget_receipts(session, order.id)
     await issue_receipt_number(session, order.id)
     await notify(
@@ -278,6 +359,15 @@ async def complete_refund(
         line_id=order.line_id,
     )
     return "refunded"
+
+
+def refunded_state(order: Order) -> None:
+    if order.fulfilled_at is not None:
+        order.state = (
+            OrderState.refunded
+            if order.refunded_amount >= paid_of(order)
+            else OrderState.partially_refunded
+        ).value
 
 
 def refund_summary(refund: Refund) -> dict[str, Any]:

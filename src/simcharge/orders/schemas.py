@@ -28,8 +28,9 @@ class QuoteIn(Schema):
     )
     flow: PaymentFlow | None = Field(
         default=None,
-        description="redirect (a browser page), wap (a mobile page) or qr (a code "
-        "to scan: WeChat Pay Native); default: what the method does best",
+        description="redirect (a browser page), wap (a mobile page: Alipay wap.pay, WeChat "
+        "Pay H5) or qr (a code to scan: WeChat Pay Native); default: what the method does best "
+        "for the browser that asks (its User-Agent: a phone gets wap for Alipay and WeChat Pay)",
     )
 
 

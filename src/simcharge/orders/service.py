@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
@@ -36,12 +37,15 @@ from simcharge.kit.translations import N_
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import find_line_by_msisdn
 from simcharge.orders.models import (
+    Attention,
     IdempotencyKey,
     Order,
     OrderState,
     Payment,
     PaymentStatusValue,
     ProviderEvent,
+    ReceiptCounter,
+    ReceiptDocument,
 )
 from simcharge.payments.providers import PaymentFlow
 from simcharge.payments.registry import Providers
@@ -176,9 +180,28 @@ async def quote(
     )
 
 
-def check_flow(providers: Providers, q: Quote, flow: PaymentFlow | None) -> PaymentFlow:
-    """The flow asked for, or the method's best; refused if its provider cannot do it."""
-    chosen = flow or (PaymentFlow.qr if q.method.provider == "wechatpay" else PaymentFlow.redirect)
+MOBILE_BROWSER = re.compile(r"Mobile|Android|iPhone|iPad|iPod|HarmonyOS|Windows Phone", re.I)
+
+
+def default_flow(method_provider: str, user_agent: str | None) -> PaymentFlow:
+    """What a method does best for the payer's browser. On a phone: Alipay's mobile page
+    (`wap.pay`) and WeChat Pay's H5 — except inside WeChat's own browser, which H5 refuses (the
+    QR code can be long-pressed there). Elsewhere: the hosted page; WeChat Pay, a QR code."""
+    agent = user_agent or ""
+    mobile = MOBILE_BROWSER.search(agent) is not None
+    if method_provider == "wechatpay":
+        return PaymentFlow.wap if mobile and "MicroMessenger" not in agent else PaymentFlow.qr
+    if method_provider == "alipay" and mobile:
+        return PaymentFlow.wap
+    return PaymentFlow.redirect
+
+
+def check_flow(
+    providers: Providers, q: Quote, flow: PaymentFlow | None, *, user_agent: str | None = None
+) -> PaymentFlow:
+    """The flow asked for, or the method's best for the payer's browser (`default_flow`);
+    refused if its provider cannot do it."""
+    chosen = flow or default_flow(q.method.provider, user_agent)
     provider = providers.named(q.provider)
     flows = getattr(provider, "flows", frozenset(PaymentFlow))
     if chosen not in flows:
@@ -213,6 +236,7 @@ async def place_order(
     flow: PaymentFlow | None,
     language: str,
     now: datetime,
+    user_agent: str | None = None,
 ) -> PlacedOrder:
     """Create the order and its payment attempt (the checkout is opened after commit)."""
     if not idempotency_key or len(idempotency_key) > 128:
@@ -290,7 +314,7 @@ async def place_order(
         created_at=now,
         expires_at=now + timedelta(minutes=settings.order_ttl_minutes),
     )
-    chosen = check_flow(providers, q, flow)
+    chosen = check_flow(providers, q, flow, user_agent=user_agent)
     payment = Payment(
         id=uuid7(),
         order_id=order.id,
@@ -359,6 +383,10 @@ class LockedOrder:
     order: Order
     payment: Payment
     line: Line
+    unmatched_news: bool = False
+    """Stored refunds or disputes of the order's provider wait for their payment to be known
+    (`fulfilment._adopt_early_news`); asked in the same statement, so that the usual answer,
+    no, costs nothing."""
 
 
 async def lock_order(
@@ -366,8 +394,17 @@ async def lock_order(
 ) -> LockedOrder | None:
     """An order with its payment and line, the three rows locked in one statement (always in
     the same order, whoever asks: no deadlock between fulfilments)."""
+    waiting = (
+        select(ProviderEvent.id)
+        .where(
+            ProviderEvent.processed_at.is_(None),
+            ProviderEvent.order_id.is_(None),
+            ProviderEvent.provider == Order.provider,
+        )
+        .exists()
+    )
     stmt = (
-        select(Order, Payment, Line)
+        select(Order, Payment, Line, waiting)
         .join(Payment, Payment.order_id == Order.id)
         .join(Line, Line.id == Order.line_id)
     )
@@ -377,8 +414,8 @@ async def lock_order(
         stmt = stmt.where(Order.reference == reference)
     else:
         raise ValueError("an order id or a reference")
-    row = (await session.execute(stmt.with_for_update())).one_or_none()
-    return LockedOrder(*row) if row is not None else None
+    row = (await session.execute(stmt.with_for_update(of=[Order, Payment, Line]))).one_or_none()
+    return LockedOrder(row[0], row[1], row[2], bool(row[3])) if row is not None else None
 
 
 async def order_by_reference(
@@ -388,3 +425,46 @@ async def order_by_reference(
     if lock:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def flag_order(order: Order, why: Attention, note: str) -> None:
+    """Put an order in front of finance (the back office's "payments needing attention"). A
+    second reason keeps the first one's note: finance sees the whole story."""
+    if order.attention == why.value and order.attention_note and note in order.attention_note:
+        return
+    earlier = order.attention_note if order.attention is not None else None
+    order.attention = why.value
+    order.attention_note = f"{earlier}; {note}" if earlier else note
+
+
+async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> str | None:
+    """Number the receipt of a credited order: `R2026-000001`, `R2026-000002` … gapless per
+    year of payment, in the order receipts are issued. Once per order (the order is locked and
+    keeps its number); None for an order that was not credited.
+
+    Numbering at issue rather than in the crediting transaction keeps the one counter row every
+    receipt needs out of the webhook's path; the worker issues the receipt right after the
+    credit, and asking for the receipt issues it too."""
+    order = await session.get(Order, order_id, with_for_update=True)
+    if order is None or order.fulfilled_at is None:
+        return None
+    if order.receipt_number is not None:
+        return order.receipt_number
+    year = order.fulfilled_at.year
+    counters = table_of(ReceiptCounter)
+    value = (
+        await session.execute(
+            upsert_insert(session, counters)
+            .values(name=f"receipt:{year}", value=1)
+            .on_conflict_do_update(index_elements=["name"], set_={"value": counters.c.value + 1})
+            .returning(counters.c.value)
+        )
+    ).scalar_one()
+    order.receipt_number = f"R{year}-{int(value):06d}"
+    await session.flush()
+    return order.receipt_number
+
+
+async def forget_receipts(session: AsyncSession, order_id: uuid.UUID) -> None:
+    """The order changed (a refund): rendered receipts must be rendered again."""
+    await session.execute(delete(ReceiptDocument).where(ReceiptDocument.order_id == order_id))

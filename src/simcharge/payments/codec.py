@@ -1,4 +1,4 @@
-"""Payment statuses and refund results as JSON (kept with the events that reported them)."""
+"""Payment statuses, refund results and disputes as JSON (kept with the events that reported them)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from simcharge.payments.providers import (
+    Dispute,
     PaymentState,
     PaymentStatus,
     RefundResult,
@@ -23,6 +24,8 @@ def status_to_json(s: PaymentStatus) -> dict[str, Any]:
         "currency": s.currency,
         "merchant": s.merchant,
         "paid_at": s.paid_at.isoformat() if s.paid_at else None,
+        "provider_state": s.provider_state,
+        "refunded_amount": s.refunded_amount,
     }
 
 
@@ -37,6 +40,8 @@ def status_from_json(d: dict[str, Any]) -> PaymentStatus:
         merchant=d.get("merchant"),
         paid_at=datetime.fromisoformat(d["paid_at"]) if d.get("paid_at") else None,
         raw={},
+        provider_state=d.get("provider_state"),
+        refunded_amount=d.get("refunded_amount"),
     )
 
 
@@ -47,6 +52,8 @@ def refund_to_json(r: RefundResult) -> dict[str, Any]:
         "state": r.state.value,
         "amount": r.amount,
         "currency": r.currency,
+        "reference": r.reference,
+        "payment_id": r.payment_id,
     }
 
 
@@ -58,4 +65,30 @@ def refund_from_json(d: dict[str, Any]) -> RefundResult:
         amount=int(d["amount"]),
         currency=d["currency"],
         raw={},
+        reference=d.get("reference"),
+        payment_id=d.get("payment_id"),
+    )
+
+
+def dispute_to_json(d: Dispute) -> dict[str, Any]:
+    return {
+        "dispute_id": d.dispute_id,
+        "amount": d.amount,
+        "currency": d.currency,
+        "reason": d.reason,
+        "dispute_status": d.dispute_status,
+        "payment_id": d.payment_id,
+        "reference": d.reference,
+    }
+
+
+def dispute_from_json(d: dict[str, Any]) -> Dispute:
+    return Dispute(
+        dispute_id=d["dispute_id"],
+        amount=d.get("amount"),
+        currency=d.get("currency"),
+        reason=d.get("reason"),
+        dispute_status=d.get("dispute_status"),
+        payment_id=d.get("payment_id"),
+        reference=d.get("reference"),
     )

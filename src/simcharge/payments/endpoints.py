@@ -17,7 +17,7 @@ from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate
 from simcharge.orders.endpoints import ProvidersDep
 from simcharge.payments import sandbox
-from simcharge.payments.service import UnknownProvider, receive_notification
+from simcharge.payments.webhooks import UnknownProvider, receive_notification
 
 router = APIRouter(prefix=API_PREFIX, tags=["webhooks"])
 sandbox_router = APIRouter(tags=["sandbox"], include_in_schema=False)
@@ -41,21 +41,34 @@ class UnknownWebhook(NotFound):
     title = N_("There is no such payment provider here.")
 
 
+OUTCOME_HEADER = "Simcharge-Outcome"
+
+
 @router.post(
     "/webhooks/{provider}",
     summary="A payment provider's notification",
-    responses={200: {"description": "What the provider expects (`success`, JSON…)"}},
+    responses={
+        200: {"description": "What the provider expects (`success`, JSON…)"},
+        503: {"description": "It cannot be verified now (PayPal's certificate cannot be "
+              "fetched): deliver it again after `Retry-After` seconds"},
+    },
 )
 async def webhook(provider: str, request: Request, db: DB, providers: ProvidersDep) -> Response:
     """Verified (signature, time window, merchant), stored once per (provider, event id), then
-    applied. A rejected notification changes nothing and gets the provider's failure answer."""
+    applied. A rejected notification changes nothing and gets the provider's failure answer.
+    An accepted one's answer says what became of it in `Simcharge-Outcome` (`fulfilled`,
+    `already`, `flagged`, `closed`, `unchanged`, `duplicate`, `stored`…), for operators and
+    the bench; providers ignore it."""
     body = await request.body()
     try:
         received = await receive_notification(db, providers, provider, request.headers, body)
     except UnknownProvider as exc:
         raise UnknownWebhook(field="provider") from exc
     reply = received.reply
-    return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
+    response = Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
+    if received.outcome and not received.outcome.startswith("rejected:"):
+        response.headers[OUTCOME_HEADER] = received.outcome
+    return response
 
 
 class SandboxPaymentNotFound(NotFound):

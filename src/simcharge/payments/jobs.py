@@ -27,7 +27,8 @@ from simcharge.payments.providers import (
 from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.payments.registry import Providers
 from simcharge.payments.sandbox import DELIVER_WEBHOOK, sign
-from simcharge.payments.service import CAPTURE_JOB, check_order, reconcile, urls
+from simcharge.payments.service import check_order, reconcile, urls
+from simcharge.payments.webhooks import CAPTURE_JOB
 from simcharge.worker.registry import JobContext, PermanentJobError, every, job
 from simcharge.worker.service import enqueue
 

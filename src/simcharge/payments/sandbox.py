@@ -30,6 +30,7 @@ from simcharge.db import Database, table_of, upsert_insert
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.orders.models import SandboxPayment
+from simcharge.payments.providers._common import delivered_body, delivered_headers
 from simcharge.payments.providers.base import (
     Checkout,
     CheckoutRequest,
@@ -327,6 +328,8 @@ class SandboxProvider:
             status=status,
             refund=refund,
             raw=event,
+            body=delivered_body(body),
+            headers=delivered_headers(headers, (SIGNATURE_HEADER,)),
         )
 
     def reply(self, accepted: bool) -> WebhookReply:

@@ -3,70 +3,66 @@ transaction; what it returns is applied in one (`orders.fulfilment.apply_status`
 
 - `open_checkout`: after the order is committed, open the provider's checkout (the provider's
   own idempotency key is the order reference, so a retry opens the same one).
-- `receive_notification`: verify; store the event raw under a unique (provider, event id) — a
-  duplicate stops there; then apply it. An event whose processing failed stays unprocessed and
-  the reconciliation job applies it again.
+- notifications: `payments.webhooks` (verified, stored as delivered, then applied).
 - `check_order`: ask the provider now (the payer's return, "my balance has not updated", the
-  reconciliation job). The return URL's query string is never trusted.
+  reconciliation job). The return URL's query string is never trusted; an answer naming another
+  merchant is flagged, never credited.
 - `cancel_order`: close at the provider first; if it turns out paid, credit it instead.
-- `reconcile`: pending payments are asked again with backoff (1, 2, 4 … 30 minutes); an order
-  past its time is closed at the provider and expired.
+- `reconcile`: pending payments are asked again with backoff (1, 2, 4 … 30 minutes, never
+  later than the order's expiry); an order past its time is closed at the provider and expired;
+  a closed order's payment is asked again for `LATE_PAYMENT_WINDOW` after closing; stored
+  events whose processing failed are applied again.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.config import Settings
-from simcharge.db import Database, table_of, upsert_insert
+from simcharge.db import Database
 from simcharge.errors import Conflict, ServiceUnavailable
 from simcharge.kit.clock import utcnow
-from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
-from simcharge.metrics import ORDERS, WEBHOOK_FAILURES, WEBHOOKS
-from simcharge.orders.fulfilment import PAID_STATES, Outcome, apply_status
+from simcharge.metrics import ORDERS
+from simcharge.orders.fulfilment import (
+    LATE_CHECK_FIRST,
+    LATE_PAYMENT_WINDOW,
+    PAID_STATES,
+    Outcome,
+    apply_status,
+)
 from simcharge.orders.models import (
+    CLOSED_UNPAID,
+    Attention,
     Order,
     OrderState,
     Payment,
     PaymentStatusValue,
     ProviderEvent,
-    Refund,
 )
-from simcharge.orders.refunds import complete_refund
-from simcharge.orders.service import LockedOrder, lock_order, order_by_reference, payment_of
-from simcharge.payments.codec import (
-    refund_from_json,
-    refund_to_json,
-    status_from_json,
-    status_to_json,
+from simcharge.orders.service import (
+    flag_order,
+    payment_of,
 )
 from simcharge.payments.providers import (
     CheckoutRequest,
-    Notification,
-    NotificationRejected,
     PaymentFlow,
     PaymentProvider,
     PaymentState,
     PaymentStatus,
     ProviderError,
-    WebhookReply,
 )
 from simcharge.payments.registry import Providers
-from simcharge.worker.service import enqueue
+from simcharge.payments.webhooks import process_event
 
 log = structlog.get_logger("simcharge.payments")
 
 MAX_CHECK_INTERVAL = timedelta(minutes=30)
-CAPTURE_JOB = "payments.capture"
 
 
 class PaymentProviderUnavailable(ServiceUnavailable):
@@ -84,8 +80,7 @@ class OrderNotCancellable(Conflict):
     title = N_("Only an order waiting for payment can be cancelled.")
 
 
-class UnknownProvider(Exception):
-    """A webhook for a provider this process does not serve."""
+CLOSED_VALUES = frozenset(state.value for state in CLOSED_UNPAID)
 
 
 def urls(settings: Settings, order: Order) -> tuple[str, str, str]:
@@ -190,226 +185,94 @@ def _provider(providers: Providers, name: str) -> PaymentProvider:
     return provider
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    reply: WebhookReply
-    duplicate: bool
-    outcome: str | None
-
-
-async def receive_notification(
-    db: Database, providers: Providers, provider_name: str, headers: Mapping[str, str], body: bytes
-) -> Received:
-    provider = providers.named(provider_name)
-    if provider is None:
-        raise UnknownProvider(provider_name)
-    now = utcnow()
-    try:
-        notification = await provider.parse_notification(headers, body, now=now)
-    except NotificationRejected as exc:
-        WEBHOOKS.labels(provider_name, f"rejected:{exc.reason}").inc()
-        WEBHOOK_FAILURES.labels(provider_name, exc.reason).inc()
-        log.warning(
-            "payments.webhook_rejected",
-            provider=provider_name,
-            reason=exc.reason,
-            detail=exc.detail,
-        )
-        return Received(provider.reply(False), duplicate=False, outcome=f"rejected:{exc.reason}")
-    expected = providers.merchant_of(provider_name)
-    if expected and notification.status and notification.status.merchant not in (None, expected):
-        WEBHOOKS.labels(provider_name, "rejected:foreign").inc()
-        WEBHOOK_FAILURES.labels(provider_name, "foreign").inc()
-        log.warning("payments.webhook_foreign_merchant", provider=provider_name)
-        return Received(provider.reply(False), duplicate=False, outcome="rejected:foreign")
-
-    async def store_and_apply(s: AsyncSession) -> str | None:
-        """Lock the order, apply the news, store the event (already processed). A copy of an
-        event waits for the order's lock, finds the news applied ("already"), and its insert
-        finds the event stored: it is a duplicate."""
-        locked = await _locked_order(s, provider_name, notification)
-        if locked is None or notification.status is None:
-            event_id = await _store(s, provider_name, notification, now)
-            return None if event_id is None else await _apply_event(s, event_id)
-        order_id = locked.order.id
-        if notification.status.capturable:
-            # Approved, not yet paid (PayPal): capture now, not when the payer comes back.
-            await enqueue(
-                s, CAPTURE_JOB, {"order_id": str(order_id)}, dedupe_key=f"{CAPTURE_JOB}:{order_id}"
-            )
-        source = f"webhook:{notification.event_id}"
-        outcome = await apply_status(
-            s, order_id, notification.status, source=source, now=now, locked=locked
-        )
-        stored = await _store(
-            s, provider_name, notification, now, order_id, processed=outcome.value
-        )
-        return None if stored is None else outcome.value
-
-    try:
-        # Usually one transaction: the event is stored and applied together.
-        outcome = await db.run(store_and_apply)
-    except Exception:
-        # Applying failed: keep the event, unprocessed; the reconciliation job applies it again.
-        log.exception("payments.webhook_processing_failed", provider=provider_name)
-        WEBHOOKS.labels(provider_name, "processing_failed").inc()
-        WEBHOOK_FAILURES.labels(provider_name, "processing_failed").inc()
-        stored = await db.run(lambda s: _store(s, provider_name, notification, now))
-        return Received(provider.reply(True), duplicate=stored is None, outcome="stored")
-    if outcome is None:
-        WEBHOOKS.labels(provider_name, "duplicate").inc()
-        return Received(provider.reply(True), duplicate=True, outcome="duplicate")
-    WEBHOOKS.labels(provider_name, outcome).inc()
-    return Received(provider.reply(True), duplicate=False, outcome=outcome)
-
-
-async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> LockedOrder | None:
-    """The order a notification is about, locked with its payment and line."""
-    if n.status is not None and n.status.reference:
-        locked = await lock_order(s, reference=n.status.reference)
-        if locked is not None:
-            return locked
-    order_id = await _order_id_of(s, provider, n)
-    return await lock_order(s, order_id=order_id) if order_id else None
-
-
-async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.UUID | None:
-    """The order a notification is about: by our reference, the provider's, or the refund's."""
-    reference = (n.status.reference if n.status else None) or (
-        n.refund.reference if n.refund else None
-    )
-    if reference:
-        order = await order_by_reference(s, reference)
-        if order is not None:
-            return order.id
-    if n.refund is not None:
-        found = (
-            await s.execute(select(Refund.order_id).where(Refund.reference == n.refund.refund_id))
-        ).scalar_one_or_none()
-        if found is not None:
-            return found
-    ref = (n.status.provider_ref if n.status else None) or (
-        n.refund.payment_id if n.refund else None
-    )
-    if ref:
-        return (
-            await s.execute(
-                select(Payment.order_id)
-                .where(
-                    Payment.provider == provider,
-                    (Payment.provider_ref == ref) | (Payment.payment_id == ref),
-                )
-                .limit(1)
-            )
-        ).scalar_one_or_none()
+def _foreign(providers: Providers, order: Order, status: PaymentStatus) -> str | None:
+    """The merchant a provider's answer names, when it is not ours (None: ours, or not named)."""
+    expected = providers.merchant_of(order.provider)
+    if expected and status.merchant is not None and status.merchant != expected:
+        return status.merchant
     return None
 
 
-async def _store(
-    s: AsyncSession,
-    provider: str,
-    n: Notification,
-    now: datetime,
-    order_id: uuid.UUID | None = None,
-    *,
-    processed: str | None = None,
-) -> uuid.UUID | None:
-    """Store a notification once per (provider, event id); None if it was stored before.
-    `processed`: the outcome, when it was applied in this transaction."""
-    order_id = order_id or await _order_id_of(s, provider, n)
-    events = table_of(ProviderEvent)
+async def _flag_foreign(s: AsyncSession, order_id: uuid.UUID, merchant: str, source: str) -> None:
+    order = await s.get(Order, order_id, with_for_update=True)
+    assert order is not None
+    flag_order(
+        order,
+        Attention.merchant_mismatch,
+        f"the provider's answer names merchant {merchant}, not ours: nothing credited ({source})",
+    )
+
+
+def late_window_open(order: Order, now: datetime) -> bool:
+    """A closed unpaid order whose payment is still asked about (a payment at the last moment)."""
     return (
-        await s.execute(
-            upsert_insert(s, events)
-            .values(
-                id=uuid7(),
-                provider=provider,
-                event_id=n.event_id,
-                event_type=n.event_type,
-                order_id=order_id,
-                payload=_jsonable(n.raw),
-                status=status_to_json(n.status) if n.status else None,
-                refund=refund_to_json(n.refund) if n.refund else None,
-                received_at=now,
-                processed_at=now if processed else None,
-                outcome=processed,
-            )
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(events.c.id)
-        )
-    ).scalar_one_or_none()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-async def process_event(db: Database, providers: Providers, event_id: uuid.UUID) -> str:
-    """Apply a stored event (once: it is marked processed in the same transaction)."""
-    return await db.run(lambda s: _apply_event(s, event_id))
-
-
-async def _apply_event(s: AsyncSession, event_id: uuid.UUID) -> str:
-    event = await s.get(ProviderEvent, event_id, with_for_update=True)
-    if event is None or event.processed_at is not None:
-        return "already"
-    outcome = "ignored"
-    if event.order_id is not None and event.status is not None:
-        status = status_from_json(event.status)
-        source = f"webhook:{event.event_id}"
-        return (
-            await apply_status(
-                s, event.order_id, status, source=source, now=utcnow(), event_id=event.id
-            )
-        ).value
-    elif event.order_id is not None and event.refund is not None:
-        outcome = await complete_refund(s, event.order_id, refund_from_json(event.refund), utcnow())
-    event.processed_at, event.outcome = utcnow(), outcome
-    return outcome
+        order.state in CLOSED_VALUES
+        and order.closed_at is not None
+        and now <= order.closed_at + LATE_PAYMENT_WINDOW
+    )
 
 
 async def check_order(
     db: Database, providers: Providers, order_id: uuid.UUID, *, source: str, capture: bool = False
 ) -> Outcome:
-    """Ask the provider where the payment stands and apply the answer."""
+    """Ask the provider where the payment stands and apply the answer (a closed order's too:
+    a late payment is credited, `late_success`). The customer's "check now" asks about closed
+    orders only in their late-payment window (`late_window_open`); staff, about any."""
     async with db.read() as s:
         order = await s.get(Order, order_id)
         assert order is not None
         payment = await payment_of(s, order.id)
     if payment.state == PaymentStatusValue.succeeded:
         return Outcome.already
+    pending = order.state == OrderState.pending
     provider = _provider(providers, order.provider)
     try:
         status = await provider.query(order.reference, payment.provider_ref)
-        if capture and status.capturable and payment.provider_ref:
+        foreign = _foreign(providers, order, status)
+        if pending and capture and status.capturable and payment.provider_ref and not foreign:
             capture_fn = getattr(provider, "capture", None)
             if capture_fn is not None:
                 status = await capture_fn(payment.provider_ref, f"{order.reference}-capture")
+                foreign = _foreign(providers, order, status)
     except ProviderError as exc:
         reason = f"{exc.code}: {exc}"
         await db.run(lambda s: _note_check(s, order.id, reason))
         if exc.transient:
             raise PaymentProviderUnavailable() from exc
         return Outcome.unchanged
+    if foreign is not None:
+        log.warning("payments.foreign_merchant", order=str(order.id), provider=order.provider)
+        await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
+        await db.run(lambda s: _note_check(s, order.id, "answer for another merchant"))
+        return Outcome.flagged
     outcome = await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
-    if outcome is Outcome.unchanged and status.state is PaymentState.pending:
+    if outcome is Outcome.unchanged:
         await db.run(lambda s: _note_check(s, order.id, None))
     return outcome
 
 
 async def _note_check(s: AsyncSession, order_id: uuid.UUID, error: str | None) -> None:
+    """When to ask again. Pending: with backoff, never later than the order's expiry (it is
+    closed on time). Closed unpaid: with backoff from `LATE_CHECK_FIRST`, until
+    `LATE_PAYMENT_WINDOW` after closing; then never."""
     payment = await payment_of(s, order_id, lock=True)
-    if payment.state != PaymentStatusValue.pending:
+    order = await s.get(Order, order_id)
+    assert order is not None
+    now = utcnow()
+    if payment.state == PaymentStatusValue.pending:
+        payment.checks += 1
+        interval = min(MAX_CHECK_INTERVAL, timedelta(minutes=2 ** min(payment.checks - 1, 5)))
+        due = now + interval
+        if order.expires_at > now:
+            due = min(due, order.expires_at)
+        payment.next_check_at = due
+    elif payment.state in CLOSED_VALUES and order.closed_at is not None:
+        payment.checks += 1
+        end = order.closed_at + LATE_PAYMENT_WINDOW
+        interval = min(MAX_CHECK_INTERVAL, LATE_CHECK_FIRST * 2 ** min(payment.checks - 1, 5))
+        payment.next_check_at = min(now + interval, end) if now < end else None
+    else:
         return
-    payment.checks += 1
-    interval = min(MAX_CHECK_INTERVAL, timedelta(minutes=2 ** min(payment.checks - 1, 5)))
-    payment.next_check_at = utcnow() + interval
     payment.last_error = error
 
 
@@ -425,21 +288,23 @@ async def cancel_order(db: Database, providers: Providers, order_id: uuid.UUID) 
 
 
 async def reconcile(db: Database, providers: Providers, *, limit: int = 100) -> int:
-    """Ask again about pending payments that are due; expire what is past its time; apply
-    stored events whose processing failed. Returns how many orders were looked at."""
+    """Ask again about payments that are due (pending ones; closed ones in their late-payment
+    window); expire what is past its time; apply stored events whose processing failed.
+    Returns how many orders were looked at."""
     now = utcnow()
     async with db.read() as s:
         due = (
-            await s.execute(
-                select(Order.id, Order.expires_at)
-                .join(Payment, Payment.order_id == Order.id)
-                .where(
-                    Payment.state == PaymentStatusValue.pending.value, Payment.next_check_at <= now
+            (
+                await s.execute(
+                    select(Payment.order_id)
+                    .where(Payment.next_check_at <= now)
+                    .order_by(Payment.next_check_at)
+                    .limit(limit)
                 )
-                .order_by(Payment.next_check_at)
-                .limit(limit)
             )
-        ).all()
+            .scalars()
+            .all()
+        )
         stale = (
             (
                 await s.execute(
@@ -455,16 +320,26 @@ async def reconcile(db: Database, providers: Providers, *, limit: int = 100) -> 
             .all()
         )
     for event_id in stale:
-        await process_event(db, providers, event_id)
-    for order_id, expires_at in due:
-        try:
-            if expires_at <= now:
-                await expire_order(db, providers, order_id)
-            else:
-                await check_order(db, providers, order_id, source="reconciliation", capture=True)
-        except PaymentProviderUnavailable:
-            log.warning("payments.reconcile_unreachable", order=str(order_id))
+        await process_event(db, event_id)
+    for order_id in due:
+        await reconcile_order(db, providers, order_id)
     return len(due)
+
+
+async def reconcile_order(db: Database, providers: Providers, order_id: uuid.UUID) -> Outcome:
+    """The reconciliation job's pass over one order: expired if past its time (closed at the
+    provider first), else asked about; an unreachable provider is asked again next time."""
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+        assert order is not None
+    try:
+        if order.state == OrderState.pending and order.expires_at <= utcnow():
+            return await expire_order(db, providers, order_id)
+        source = "reconciliation" if order.state == OrderState.pending else "late_check"
+        return await check_order(db, providers, order_id, source=source, capture=True)
+    except PaymentProviderUnavailable:
+        log.warning("payments.reconcile_unreachable", order=str(order_id))
+        return Outcome.unchanged
 
 
 async def expire_order(db: Database, providers: Providers, order_id: uuid.UUID) -> Outcome:
@@ -479,7 +354,15 @@ async def close_order(
     db: Database, providers: Providers, order_id: uuid.UUID, state: PaymentState, *, source: str
 ) -> Outcome:
     """Close a pending order at the provider, then mark it `state` (cancelled or expired). If
-    the provider says it was paid, it is credited and `OrderAlreadyPaid` raised."""
+    the provider says it was paid, it is credited and `OrderAlreadyPaid` raised.
+
+    A close the provider refuses for good (not a transient error, not "already paid") does not
+    keep the order open: it is closed here anyway, the refusal is kept in the payment's
+    `last_error`, and the payment is asked about for the late-payment window like any closed
+    one — a payment still made on the provider's side is found and credited (`late_success`).
+    So is an order whose provider answers about another merchant's payment (flagged
+    `merchant_mismatch`).
+    """
     async with db.read() as s:
         order = await s.get(Order, order_id)
         assert order is not None
@@ -487,18 +370,30 @@ async def close_order(
     if order.state != OrderState.pending:
         return Outcome.unchanged
     provider = _provider(providers, order.provider)
+    refused: str | None = None
     try:
         status = await provider.query(order.reference, payment.provider_ref)
-        if status.state in PAID_STATES:
+        foreign = _foreign(providers, order, status)
+        if foreign is not None:
+            # Not an answer about our payment: flagged, and the order closed here (nothing of
+            # ours was paid; the provider is not asked to close what it says is someone else's).
+            await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
+            refused = f"not closed at the provider: its answer names merchant {foreign}"
+        elif status.state in PAID_STATES:
             await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
             raise OrderAlreadyPaid(field="order_id")
-        await provider.close(order.reference, payment.provider_ref)
+        else:
+            await provider.close(order.reference, payment.provider_ref)
     except ProviderError as exc:
         if exc.code == "already_paid":
             await check_order(db, providers, order.id, source=source)
             raise OrderAlreadyPaid(field="order_id") from exc
         if exc.transient:
             raise PaymentProviderUnavailable() from exc
+        refused = f"close refused: {exc.code}: {exc.message}"[:500]
+        log.warning(
+            "payments.close_refused", order=str(order.id), provider=order.provider, code=exc.code
+        )
     closing = PaymentStatus(
         state=state,
         reference=order.reference,
@@ -510,4 +405,11 @@ async def close_order(
         paid_at=None,
         raw={},
     )
-    return await db.run(lambda s: apply_status(s, order.id, closing, source=source, now=utcnow()))
+
+    async def close(s: AsyncSession) -> Outcome:
+        outcome = await apply_status(s, order.id, closing, source=source, now=utcnow())
+        if refused is not None:
+            (await payment_of(s, order.id, lock=True)).last_error = refused
+        return outcome
+
+    return await db.run(close)

@@ -553,7 +553,8 @@ async def test_a_gbk_notification_is_decoded_with_its_charset(
     [
         ({"refund_fee": "5.00", "gmt_refund": "2026-11-26 18:00:00"}, PaymentState.partially_refunded, 500),
         ({"trade_status": "TRADE_CLOSED", "refund_fee": "19.99"}, PaymentState.refunded, 1999),
-        ({"trade_status": "TRADE_CLOSED"}, PaymentState.cancelled, None),
+        ({"trade_status": "TRADE_CLOSED", "gmt_payment": ""}, PaymentState.cancelled, None),
+        ({"trade_status": "TRADE_CLOSED"}, PaymentState.refunded, None),  # it had been paid
         ({"trade_status": "TRADE_FINISHED"}, PaymentState.succeeded, None),
         ({"trade_status": "WAIT_BUYER_PAY"}, PaymentState.pending, None),
     ],
@@ -569,6 +570,34 @@ async def test_notifications_map_trade_statuses_and_refunds(
     status = (await provider.parse_notification(FORM, body, now=NOW)).status
     assert status is not None
     assert (status.state, status.refunded_amount) == (state, refunded)
+
+
+@pytest.mark.parametrize(
+    ("notify_time", "reason"),
+    [
+        ("2026-11-25 15:58:00", "stale"),  # 26 hours and 2 minutes old: past every retry
+        ("2026-11-26 18:06:00", "stale"),  # 6 minutes ahead of our clock
+        ("", "malformed"),
+        ("yesterday", "malformed"),
+    ],
+)
+async def test_a_notification_outside_the_freshness_window_is_rejected(
+    provider: AlipayProvider, provider_key: rsa.RSAPrivateKey, notify_time: str, reason: str
+) -> None:
+    body = notify_body(notify_params(notify_time=notify_time), provider_key)
+    with pytest.raises(NotificationRejected) as caught:
+        await provider.parse_notification(FORM, body, now=NOW)
+    assert caught.value.reason == reason
+
+
+async def test_a_retry_a_day_later_is_still_accepted(
+    provider: AlipayProvider, provider_key: rsa.RSAPrivateKey
+) -> None:
+    """Alipay's last retry comes about 25 hours after the first notification."""
+    body = notify_body(notify_params(notify_time="2026-11-25 17:00:00"), provider_key)
+    notification = await provider.parse_notification(FORM, body, now=NOW)
+    assert notification.status is not None
+    assert notification.body == body.decode()  # kept as delivered
 
 
 async def test_a_tampered_notification_is_rejected(

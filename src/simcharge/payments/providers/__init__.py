@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from simcharge.payments.providers.base import (
     Checkout,
     CheckoutRequest,
+    Dispute,
     Notification,
     NotificationRejected,
     PaymentFlow,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Checkout",
     "CheckoutRequest",
+    "Dispute",
     "Notification",
     "NotificationRejected",
     "PaymentFlow",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -14,7 +15,14 @@ from simcharge.payments.providers.base import NotificationRejected, ProviderErro
 CHINA_TIME = timezone(timedelta(hours=8), "GMT+8")
 """Alipay's and WeChat Pay's wall clock (China has no daylight saving time)."""
 
-_SECRET_KEYS = frozenset({"client_secret", "access_token", "refresh_token", "id_token"})
+SECRET_FIELDS = frozenset({"client_secret", "access_token", "refresh_token", "id_token"})
+"""Members that hold a secret, wherever a provider puts them (Stripe's payment intents and
+checkout sessions carry a `client_secret`; OAuth answers carry tokens)."""
+_SECRET_KEYS = SECRET_FIELDS
+_SECRET_MEMBER = re.compile(
+    r'"(' + "|".join(sorted(SECRET_FIELDS)) + r')"(\s*):(\s*)"(?:[^"\\]|\\.)*"'
+)
+REMOVED = "[removed]"
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -36,6 +44,27 @@ def scrub(value: Any) -> Any:
     if isinstance(value, list):
         return [scrub(v) for v in value]
     return value
+
+
+def delivered_body(body: bytes, *, blank_secrets: bool = False) -> str:
+    """A notification's body as text, as delivered (every provider sends UTF-8). With
+    `blank_secrets`, the string value of each JSON member named in `SECRET_FIELDS` becomes
+    `"[removed]"`; every other byte stays as it was."""
+    text = body.decode("utf-8", errors="backslashreplace")
+    if blank_secrets:
+        text = _SECRET_MEMBER.sub(lambda m: f'"{m[1]}"{m[2]}:{m[3]}"{REMOVED}"', text)
+    return text
+
+
+def delivered_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The headers a notification's signature depends on (`names`) and its content type, by
+    lower-case name, as delivered."""
+    found = {}
+    for name in (*names, "Content-Type"):
+        value = header(headers, name)
+        if value is not None:
+            found[name.lower()] = value
+    return found
 
 
 def json_object(body: bytes | str) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -22,6 +22,8 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, from_minor, to_minor
 from simcharge.payments.providers._common import (
     china_time,
+    delivered_body,
+    delivered_headers,
     header,
     parse_china_time,
     send,
@@ -78,6 +80,13 @@ class AlipayConfig:
     """Alipay's public key (not the app's): verifies responses and notifications."""
     gateway: str = LIVE_GATEWAY
     timeout: float = 30.0
+    notify_max_age: timedelta = timedelta(hours=26)
+    """How old a notification's `notify_time` may be. Alipay sends a notification again until
+    it is answered `success`, for about 25 hours (4 m, 10 m, 10 m, 1 h, 2 h, 6 h, 15 h after the
+    first); whether a retry carries a new `notify_time` is not documented, so every retry must
+    fit. Replays inside the window are stopped by `notify_id` (stored once)."""
+    notify_max_ahead: timedelta = timedelta(minutes=5)
+    """How far in the future `notify_time` may be (clocks differ)."""
 
 
 def yuan(minor: int, currency: str) -> str:
@@ -361,11 +370,19 @@ class AlipayProvider:
         trade_status = params.get("trade_status")
         if not notify_id or not out_trade_no or not trade_status:
             raise NotificationRejected("malformed", "not a trade status notification")
+        sent_at = parse_china_time(params.get("notify_time"))
+        if sent_at is None:
+            raise NotificationRejected("malformed", "no notify_time")
+        if not now - self.config.notify_max_age <= sent_at <= now + self.config.notify_max_ahead:
+            raise NotificationRejected("stale", f"notify_time {params.get('notify_time')}")
         total = _fen(params.get("total_amount"))
         refunded = _fen(params.get("refund_fee")) or 0
         paid_at = parse_china_time(params.get("gmt_payment"))
         status = PaymentStatus(
-            state=trade_state(trade_status, refunded=refunded, total=total, paid=False),
+            # TRADE_CLOSED of a trade that had a payment time: it was refunded in full
+            state=trade_state(
+                trade_status, refunded=refunded, total=total, paid=paid_at is not None
+            ),
             reference=out_trade_no,
             provider_ref=params.get("trade_no"),
             payment_id=params.get("trade_no"),
@@ -378,7 +395,16 @@ class AlipayProvider:
             refunded_amount=refunded or None,
         )
         event_type = f"{params.get('notify_type') or 'trade_status_sync'}.{trade_status}"
-        return Notification(NAME, notify_id, event_type, status, None, params)
+        return Notification(
+            NAME,
+            notify_id,
+            event_type,
+            status,
+            None,
+            params,
+            body=delivered_body(body),
+            headers=delivered_headers(headers, ()),  # the signature is in the body
+        )
 
     @staticmethod
     def _notify_params(headers: Mapping[str, str], body: bytes) -> dict[str, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -160,6 +160,21 @@ class RefundResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Dispute:
+    """A chargeback: the payer disputed a paid payment with their bank (Stripe
+    `charge.dispute.*`). The money is held by the provider until the dispute is decided."""
+
+    dispute_id: str
+    amount: int | None
+    currency: str | None
+    reason: str | None
+    dispute_status: str | None
+    payment_id: str | None
+    """The disputed payment (Stripe payment intent)."""
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """A webhook or asynchronous notification whose authenticity has been verified."""
 
@@ -169,6 +184,12 @@ class Notification:
     status: PaymentStatus | None
     refund: RefundResult | None
     raw: dict[str, Any]
+    """Decoded, secrets removed (WeChat Pay: the resource decrypted)."""
+    body: str = ""
+    """The body as delivered, as text (secrets blanked where a provider puts one in a body)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The delivery's headers its signature depends on, and its content type."""
+    dispute: Dispute | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,8 @@ from pydantic import SecretStr
 from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, from_minor, to_minor
 from simcharge.payments.providers._common import (
+    delivered_body,
+    delivered_headers,
     dict_at,
     header,
     json_object,
@@ -67,6 +69,10 @@ NO_DECIMALS = frozenset({"HUF", "JPY", "TWD"})
 """PayPal refuses decimals in these, although HUF and TWD have two in ISO 4217."""
 LOCALES = {"en": "en-US", "zh-Hans": "zh-CN", "zh-Hant": "zh-TW", "es": "es-ES"}
 _TOKEN_MARGIN = timedelta(seconds=60)
+SIGNED_HEADERS = tuple(
+    f"PAYPAL-{name}"
+    for name in ("TRANSMISSION-ID", "TRANSMISSION-TIME", "TRANSMISSION-SIG", "CERT-URL", "AUTH-ALGO")
+)
 
 _CAPTURE_STATES = {
     "COMPLETED": PaymentState.succeeded,
@@ -82,6 +88,7 @@ _CAPTURE_EVENTS = {
     # Orders v2 documents DECLINED, older guides DENIED: both mean the capture failed.
     "PAYMENT.CAPTURE.DECLINED": PaymentState.failed,
     "PAYMENT.CAPTURE.DENIED": PaymentState.failed,
+    # Its resource is a refund (`up` links the capture); a capture resource means the same.
     "PAYMENT.CAPTURE.REVERSED": PaymentState.refunded,
 }
 _REFUND_STATES = {
@@ -522,11 +529,24 @@ class PayPalProvider:
                 scrub(resource),
                 provider_state="APPROVAL_REVERSED",
             )
-        elif event_type == "PAYMENT.CAPTURE.REFUNDED":
+        elif event_type == "PAYMENT.CAPTURE.REFUNDED" or (
+            event_type == "PAYMENT.CAPTURE.REVERSED" and "/captures/" in (_link(resource, "up") or "")
+        ):
+            # A refund resource: ours carries our refund id (`custom_id`); one made in PayPal's
+            # dashboard, or a reversal (a chargeback PayPal settled), carries only PayPal's.
             refund = refund_result(resource)
         elif event_type in _CAPTURE_EVENTS:
             status = capture_status(resource, event_type)
-        return Notification(NAME, event_id, event_type, status, refund, scrub(event))
+        return Notification(
+            NAME,
+            event_id,
+            event_type,
+            status,
+            refund,
+            scrub(event),
+            body=delivered_body(body),
+            headers=delivered_headers(headers, SIGNED_HEADERS),
+        )
 
     def reply(self, accepted: bool) -> WebhookReply:
         if accepted:

@@ -22,10 +22,19 @@ from stripe.params.checkout import SessionCreateParams
 
 from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, from_minor, to_minor
-from simcharge.payments.providers._common import dict_at, header, notification_json, scrub, str_at
+from simcharge.payments.providers._common import (
+    delivered_body,
+    delivered_headers,
+    dict_at,
+    header,
+    notification_json,
+    scrub,
+    str_at,
+)
 from simcharge.payments.providers.base import (
     Checkout,
     CheckoutRequest,
+    Dispute,
     Notification,
     NotificationRejected,
     PaymentFlow,
@@ -62,6 +71,7 @@ _LIFETIME_MARGIN = timedelta(minutes=2)
 LOCALES = {"en": "en", "zh-Hans": "zh", "zh-Hant": "zh-TW", "fil": "fil", "es": "es"}
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 SESSION_PLACEHOLDER = "{CHECKOUT_SESSION_ID}"
+SIGNED_HEADERS = ("Stripe-Signature",)
 
 
 def stripe_exponent(currency: str) -> int:
@@ -285,6 +295,20 @@ def refund_result(refund: Mapping[str, Any]) -> RefundResult:
     )
 
 
+def dispute_of(dispute: Mapping[str, Any]) -> Dispute:
+    """A Dispute (`charge.dispute.*`): a chargeback of a charge of one of our payments."""
+    currency = str_at(dispute, "currency")
+    return Dispute(
+        dispute_id=str_at(dispute, "id") or "",
+        amount=_amount(dispute.get("amount"), currency),
+        currency=currency.upper() if currency else None,
+        reason=str_at(dispute, "reason"),
+        dispute_status=str_at(dispute, "status"),
+        payment_id=_id_of(dispute.get("payment_intent")),
+        reference=str_at(dispute, "metadata", "reference"),
+    )
+
+
 def success_url(return_url: str) -> str:
     """The return URL with `session_id={CHECKOUT_SESSION_ID}` (left unencoded for Stripe)."""
     if SESSION_PLACEHOLDER in return_url:
@@ -455,6 +479,7 @@ class StripeProvider:
             raise NotificationRejected("malformed", "not a Stripe event")
         status: PaymentStatus | None = None
         refund: RefundResult | None = None
+        dispute: Dispute | None = None
         kind = str_at(obj, "object")
         if event_type.startswith("checkout.session.") and kind == "checkout.session":
             status = session_status(
@@ -463,8 +488,23 @@ class StripeProvider:
         elif event_type == "charge.refunded" and kind == "charge":
             status = charge_status(obj)
         elif kind == "refund" and event_type.startswith(("refund.", "charge.refund.")):
-            refund = refund_result(obj)
-        return Notification(NAME, event_id, event_type, status, refund, scrub(event))
+            # Only ours (they carry our refund id): a refund made in Stripe's dashboard is
+            # reported, with every other, by `charge.refunded` (the amount refunded so far).
+            if str_at(obj, "metadata", "refund_id"):
+                refund = refund_result(obj)
+        elif kind == "dispute" and event_type.startswith("charge.dispute."):
+            dispute = dispute_of(obj)
+        return Notification(
+            NAME,
+            event_id,
+            event_type,
+            status,
+            refund,
+            scrub(event),
+            body=delivered_body(body, blank_secrets=True),
+            headers=delivered_headers(headers, SIGNED_HEADERS),
+            dispute=dispute,
+        )
 
     def reply(self, accepted: bool) -> WebhookReply:
         if accepted:

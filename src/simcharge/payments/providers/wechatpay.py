@@ -23,6 +23,8 @@ from pydantic import SecretStr
 from simcharge.kit.clock import utcnow
 from simcharge.payments.providers._common import (
     CHINA_TIME,
+    delivered_body,
+    delivered_headers,
     dict_at,
     header,
     json_object,
@@ -64,6 +66,13 @@ CURRENCY = "CNY"
 amounts cross as they are (integers, never converted through a decimal)."""
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
 CODE_URL_LIFETIME = timedelta(hours=2)
+SIGNED_HEADERS = (
+    "Wechatpay-Timestamp",
+    "Wechatpay-Nonce",
+    "Wechatpay-Signature",
+    "Wechatpay-Serial",
+    "Wechatpay-Signature-Type",
+)
 
 _TRADE_STATES = {
     "SUCCESS": PaymentState.succeeded,
@@ -406,7 +415,16 @@ class WeChatPayProvider:
         elif event_type.startswith("REFUND."):
             refund = refund_result(decrypted)
         raw = {**envelope, "resource": decrypted}
-        return Notification(NAME, event_id, event_type, status, refund, raw)
+        return Notification(
+            NAME,
+            event_id,
+            event_type,
+            status,
+            refund,
+            raw,
+            body=delivered_body(body),  # the resource as sent: encrypted
+            headers=delivered_headers(headers, SIGNED_HEADERS),
+        )
 
     def reply(self, accepted: bool) -> WebhookReply:
         if accepted:

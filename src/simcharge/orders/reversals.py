@@ -1,0 +1,242 @@
+"""Money going back to the payer at the provider without us: refunds made in its dashboard,
+reversals, chargebacks — recorded, never swallowed, and put in front of finance.
+
+The policy. A refund we did not ask for (a `RefundResult` that is not ours, or a status saying
+more was refunded than our refunds explain) is recorded as a refund by `provider:<name>` that
+has succeeded — once per provider refund, or per reported total — and its money is posted
+back through the provider's clearing account at once (or as soon as the payment itself is
+known): from revenue for a credited order, split like one of ours, from `unapplied` for an
+uncredited one (`refunds.money_back`). Nothing is taken back from the line (units may be used;
+finance decides, with an adjustment); the order is flagged `provider_refund`. A chargeback (a
+dispute) is flagged `chargeback` and moves nothing: the provider holds the money until the
+dispute is decided.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.ledger.models import TransferKind
+from simcharge.ledger.service import post_transfers
+from simcharge.orders.models import Attention, Order, ProviderEvent, Refund, RefundState
+from simcharge.orders.refunds import (
+    UNKNOWN_REFUND,
+    complete_refund,
+    money_back,
+    paid_of,
+    plan_of,
+    refunded_state,
+    shown,
+)
+from simcharge.orders.service import flag_order, forget_receipts
+from simcharge.payments.codec import dispute_from_json, refund_from_json
+from simcharge.payments.providers import Dispute, PaymentState, PaymentStatus, RefundResult
+from simcharge.payments.providers import RefundState as ProviderRefundState
+
+REFUNDED_STATES = (PaymentState.refunded, PaymentState.partially_refunded)
+PROVIDER = "provider:"
+"""`Refund.requested_by` of a refund made at the provider without us: `provider:<name>`."""
+
+
+async def refund_not_ours(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    result: RefundResult,
+    now: datetime,
+    *,
+    source: str,
+    what: str | None,
+) -> str:
+    """A refund that is not ours: made at the provider (see the module's policy)."""
+    order = await session.get(Order, order_id, with_for_update=True)
+    if order is None or result.state is ProviderRefundState.failed:
+        return UNKNOWN_REFUND  # nothing was given back
+    what = what or "refund"
+    amount = shown(result.amount, result.currency)
+    if result.state is ProviderRefundState.pending:
+        flag_order(
+            order,
+            Attention.provider_refund,
+            f"{what} {result.provider_refund_id or result.refund_id}: {amount} being refunded at "
+            f"the provider ({source})",
+        )
+        return "provider_refund_pending"
+    recorded = await record_provider_refund(
+        session,
+        order,
+        amount=result.amount,
+        currency=result.currency,
+        key=f"refund:{result.provider_refund_id or result.refund_id}",
+        provider_refund_id=result.provider_refund_id or result.refund_id,
+        what=what,
+        source=source,
+        now=now,
+    )
+    return "provider_refund" if recorded else "already"
+
+
+async def known_refunds(session: AsyncSession, order: Order) -> int:
+    """Refunded or on its way, ours and the provider's, as far as we know."""
+    found = (
+        await session.execute(
+            select(func.coalesce(func.sum(Refund.amount), 0)).where(
+                Refund.order_id == order.id, Refund.state != RefundState.failed.value
+            )
+        )
+    ).scalar_one()
+    return int(found)
+
+
+async def note_refunded_status(
+    session: AsyncSession, order: Order, status: PaymentStatus, *, source: str, now: datetime
+) -> bool:
+    """A status saying the payment was (partly) refunded: what we do not know of was refunded
+    at the provider and is recorded so. True if it was news."""
+    if status.state not in REFUNDED_STATES:
+        return False
+    paid = order.paid_amount if order.paid_amount is not None else status.amount
+    reported = status.refunded_amount
+    if reported is None and status.state is PaymentState.refunded:
+        reported = paid
+    word = status.provider_state or status.state.value
+    if reported is None:  # partly refunded, by how much the provider does not say
+        before = order.attention_note
+        flag_order(
+            order,
+            Attention.provider_refund,
+            f"{word}: partly refunded at the provider, amount not reported ({source})",
+        )
+        return order.attention_note != before
+    extra = reported - await known_refunds(session, order)
+    if extra <= 0:
+        return False
+    recorded = await record_provider_refund(
+        session,
+        order,
+        amount=extra,
+        currency=status.currency,
+        key=f"reported:{reported}",
+        provider_refund_id=None,
+        what=word,
+        source=source,
+        now=now,
+    )
+    return recorded is not None
+
+
+async def record_provider_refund(
+    session: AsyncSession,
+    order: Order,
+    *,
+    amount: int,
+    currency: str | None,
+    key: str,
+    provider_refund_id: str | None,
+    what: str,
+    source: str,
+    now: datetime,
+) -> Refund | None:
+    """A refund made at the provider without us: recorded once per `key` (None if it was
+    before), its money posted when the payment is known, the order flagged for finance."""
+    request_key = f"{PROVIDER}{order.id}:{key}"[:220]
+    earlier = (
+        await session.execute(select(Refund.id).where(Refund.request_key == request_key))
+    ).scalar_one_or_none()
+    if earlier is not None:
+        return None
+    currency = (currency or order.paid_currency or order.currency).upper()
+    capped = min(amount, max(0, paid_of(order) - await known_refunds(session, order)))
+    note = f"{what}: {shown(amount, currency)} refunded at the provider ({source})"
+    if capped != amount:
+        note += f"; only {shown(capped, currency)} was left to refund: that is recorded"
+    flag_order(order, Attention.provider_refund, note)
+    if capped <= 0:
+        return None
+    refund = Refund(
+        id=uuid7(),
+        order_id=order.id,
+        reference="PX" + derived_id("provider-refund", request_key).hex[:24].upper(),
+        amount=capped,
+        currency=currency,
+        reason=what[:200],
+        state=RefundState.succeeded.value,
+        provider_refund_id=(provider_refund_id or "")[:128] or None,
+        requested_by=f"{PROVIDER}{order.provider}",
+        request_key=request_key,
+        plan={"transfers": [], "fee": 0, "posted": False},
+        created_at=now,
+        completed_at=now,
+    )
+    session.add(refund)
+    await session.flush()
+    await settle_provider_refunds(session, order, now)
+    return refund
+
+
+async def settle_provider_refunds(session: AsyncSession, order: Order, now: datetime) -> None:
+    """Post the money of the refunds made at the provider that are not posted yet — once the
+    payment itself is known (a refund may be reported before its payment)."""
+    if order.paid_at is None:
+        return
+    rows = (
+        await session.execute(
+            select(Refund)
+            .where(Refund.order_id == order.id, Refund.requested_by.startswith(PROVIDER))
+            .order_by(Refund.created_at, Refund.id)
+            .with_for_update()
+        )
+    ).scalars()
+    settled = False
+    for refund in rows:
+        if (refund.plan or {}).get("posted", True):
+            continue
+        transfers = await money_back(session, order, refund, kind=TransferKind.posted)
+        await post_transfers(session, transfers, now=now)
+        refund.plan = plan_of(transfers, posted=True)
+        order.refunded_amount += refund.amount
+        settled = True
+    if settled:
+        refunded_state(order)
+        await forget_receipts(session, order.id)
+        await session.flush()
+
+
+async def apply_refund_news(session: AsyncSession, event: ProviderEvent, now: datetime) -> str:
+    """Apply a stored notification about a refund or a dispute of `event.order_id`; returns
+    what happened (the caller marks the event processed)."""
+    assert event.order_id is not None
+    source = f"webhook:{event.event_id}"
+    if event.refund is not None:
+        result = refund_from_json(event.refund)
+        outcome = await complete_refund(session, event.order_id, result, now)
+        if outcome != UNKNOWN_REFUND:
+            return outcome
+        return await refund_not_ours(
+            session, event.order_id, result, now, source=source, what=event.event_type
+        )
+    if event.dispute is not None:
+        order = await session.get(Order, event.order_id, with_for_update=True)
+        assert order is not None
+        return record_dispute(order, dispute_from_json(event.dispute), source=source)
+    return "ignored"
+
+
+def record_dispute(order: Order, dispute: Dispute, *, source: str) -> str:
+    """A chargeback: flagged for finance; nothing moves until it is decided (see the policy)."""
+    amount = (
+        shown(dispute.amount, dispute.currency)
+        if dispute.amount is not None
+        else "an amount not reported"
+    )
+    flag_order(
+        order,
+        Attention.chargeback,
+        f"dispute {dispute.dispute_id} ({dispute.reason or 'no reason given'}, "
+        f"{dispute.dispute_status or 'open'}): {amount} ({source})",
+    )
+    return "flagged"

@@ -1,0 +1,293 @@
+"""Notifications from payment providers: verified, stored as delivered under a unique
+(provider, event id) — a duplicate stops there — then applied, in the same transaction. An
+event whose processing failed is stored unprocessed, alone, and the reconciliation job applies
+it again (`process_event`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.db import Database, table_of, upsert_insert
+from simcharge.errors import ServiceUnavailable
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.kit.translations import N_
+from simcharge.metrics import WEBHOOK_FAILURES, WEBHOOKS
+from simcharge.orders.fulfilment import apply_status, mark_processed
+from simcharge.orders.models import Payment, ProviderEvent, Refund
+from simcharge.orders.reversals import apply_refund_news
+from simcharge.orders.service import LockedOrder, lock_order, order_by_reference
+from simcharge.payments.codec import (
+    dispute_from_json,
+    dispute_to_json,
+    refund_from_json,
+    refund_to_json,
+    status_from_json,
+    status_to_json,
+)
+from simcharge.payments.providers import (
+    Notification,
+    NotificationRejected,
+    ProviderError,
+    WebhookReply,
+)
+from simcharge.payments.registry import Providers
+from simcharge.worker.service import enqueue
+
+log = structlog.get_logger("simcharge.payments")
+
+CAPTURE_JOB = "payments.capture"
+UNMATCHED_PATIENCE = timedelta(days=1)
+"""How long a refund or dispute whose payment is not known yet is tried again (a refund
+reported before its payment), before it is given up as `unmatched` (and logged)."""
+UNVERIFIABLE_RETRY_AFTER = 60
+"""Seconds a provider is asked to wait before delivering an unverifiable notification again."""
+
+
+class NotificationUnverifiable(ServiceUnavailable):
+    """A notification that cannot be verified now (PayPal's certificate cannot be fetched):
+    the provider delivers it again after `Retry-After`."""
+
+    slug = "notification-unverifiable"
+    title = N_("The payment service cannot be reached right now; please try again in a moment.")
+
+
+class UnknownProvider(Exception):
+    """A webhook for a provider this process does not serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    reply: WebhookReply
+    duplicate: bool
+    outcome: str | None
+    """What became of it: `Outcome`'s values, `duplicate`, `stored` (kept to be applied later),
+    or `rejected:<reason>`."""
+
+
+async def receive_notification(
+    db: Database, providers: Providers, provider_name: str, headers: Mapping[str, str], body: bytes
+) -> Received:
+    """Verify a notification, store it as delivered, apply it. Raises `NotificationUnverifiable`
+    when it cannot be verified now (PayPal's certificate cannot be fetched): the provider is
+    asked to deliver it again."""
+    provider = providers.named(provider_name)
+    if provider is None:
+        raise UnknownProvider(provider_name)
+    now = utcnow()
+    try:
+        notification = await provider.parse_notification(headers, body, now=now)
+    except NotificationRejected as exc:
+        WEBHOOKS.labels(provider_name, f"rejected:{exc.reason}").inc()
+        WEBHOOK_FAILURES.labels(provider_name, exc.reason).inc()
+        log.warning(
+            "payments.webhook_rejected",
+            provider=provider_name,
+            reason=exc.reason,
+            detail=exc.detail,
+        )
+        return Received(provider.reply(False), duplicate=False, outcome=f"rejected:{exc.reason}")
+    except ProviderError as exc:
+        WEBHOOKS.labels(provider_name, "unverifiable").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "unverifiable").inc()
+        log.warning("payments.webhook_unverifiable", provider=provider_name, code=exc.code)
+        raise NotificationUnverifiable(
+            headers={"Retry-After": str(UNVERIFIABLE_RETRY_AFTER)}
+        ) from exc
+    expected = providers.merchant_of(provider_name)
+    if expected and notification.status and notification.status.merchant not in (None, expected):
+        WEBHOOKS.labels(provider_name, "rejected:foreign").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "foreign").inc()
+        log.warning("payments.webhook_foreign_merchant", provider=provider_name)
+        return Received(provider.reply(False), duplicate=False, outcome="rejected:foreign")
+
+    async def store_and_apply(s: AsyncSession) -> str | None:
+        """Lock the order, store the event (a copy of it stops here: a duplicate), then apply
+        it. A copy waits for the order's lock, and its insert then finds the event stored."""
+        locked = await _locked_order(s, provider_name, notification)
+        order_id = locked.order.id if locked is not None else None
+        event_id = await _store(s, provider_name, notification, now, order_id)
+        if event_id is None:
+            return None
+        if locked is None or notification.status is None:
+            return await _apply_event(s, event_id)
+        if notification.status.capturable:
+            # Approved, not yet paid (PayPal): capture now, not when the payer comes back.
+            await enqueue(
+                s,
+                CAPTURE_JOB,
+                {"order_id": str(locked.order.id)},
+                dedupe_key=f"{CAPTURE_JOB}:{locked.order.id}",
+            )
+        source = f"webhook:{notification.event_id}"
+        outcome = await apply_status(
+            s,
+            locked.order.id,
+            notification.status,
+            source=source,
+            now=now,
+            locked=locked,
+            event_id=event_id,
+        )
+        return outcome.value
+
+    try:
+        outcome = await db.run(store_and_apply)
+    except Exception:
+        # Applying failed: keep the event, unprocessed; the reconciliation job applies it again.
+        log.exception("payments.webhook_processing_failed", provider=provider_name)
+        WEBHOOKS.labels(provider_name, "processing_failed").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "processing_failed").inc()
+        stored = await db.run(lambda s: _store(s, provider_name, notification, now))
+        return Received(provider.reply(True), duplicate=stored is None, outcome="stored")
+    if outcome is None:
+        WEBHOOKS.labels(provider_name, "duplicate").inc()
+        return Received(provider.reply(True), duplicate=True, outcome="duplicate")
+    WEBHOOKS.labels(provider_name, outcome).inc()
+    return Received(provider.reply(True), duplicate=False, outcome=outcome)
+
+
+async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> LockedOrder | None:
+    """The order a payment status is about, locked with its payment and line."""
+    if n.status is None:
+        return None
+    if n.status.reference:
+        locked = await lock_order(s, reference=n.status.reference)
+        if locked is not None:
+            return locked
+    order_id = await _order_id_of(s, provider, n)
+    return await lock_order(s, order_id=order_id) if order_id else None
+
+
+async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.UUID | None:
+    """The order a notification is about: by our reference, the refund's, or the provider's ids
+    of the payment."""
+    about = [x for x in (n.status, n.refund, n.dispute) if x is not None]
+    for reference in dict.fromkeys(x.reference for x in about if x.reference):
+        order = await order_by_reference(s, reference)
+        if order is not None:
+            return order.id
+    if n.refund is not None:
+        found = (
+            await s.execute(select(Refund.order_id).where(Refund.reference == n.refund.refund_id))
+        ).scalar_one_or_none()
+        if found is not None:
+            return found
+    refs = {
+        ref
+        for ref in (
+            n.status.provider_ref if n.status else None,
+            n.status.payment_id if n.status else None,
+            n.refund.payment_id if n.refund else None,
+            n.dispute.payment_id if n.dispute else None,
+        )
+        if ref
+    }
+    if refs:
+        return (
+            await s.execute(
+                select(Payment.order_id)
+                .where(
+                    Payment.provider == provider,
+                    Payment.provider_ref.in_(refs) | Payment.payment_id.in_(refs),
+                )
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    return None
+
+
+async def _store(
+    s: AsyncSession,
+    provider: str,
+    n: Notification,
+    now: datetime,
+    order_id: uuid.UUID | None = None,
+) -> uuid.UUID | None:
+    """Store a notification, unprocessed, once per (provider, event id); None if it was stored
+    before."""
+    order_id = order_id or await _order_id_of(s, provider, n)
+    events = table_of(ProviderEvent)
+    return (
+        await s.execute(
+            upsert_insert(s, events)
+            .values(
+                id=uuid7(),
+                provider=provider,
+                event_id=n.event_id,
+                event_type=n.event_type,
+                order_id=order_id,
+                body=n.body,
+                headers=dict(n.headers),
+                payload=_jsonable(n.raw),
+                status=status_to_json(n.status) if n.status else None,
+                refund=refund_to_json(n.refund) if n.refund else None,
+                dispute=dispute_to_json(n.dispute) if n.dispute else None,
+                received_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(events.c.id)
+        )
+    ).scalar_one_or_none()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+async def process_event(db: Database, event_id: uuid.UUID) -> str:
+    """Apply a stored event (once: it is marked processed in the same transaction)."""
+    return await db.run(lambda s: _apply_event(s, event_id))
+
+
+async def _apply_event(s: AsyncSession, event_id: uuid.UUID) -> str:
+    event = await s.get(ProviderEvent, event_id, with_for_update=True)
+    if event is None or event.processed_at is not None:
+        return "already"
+    now, source = utcnow(), f"webhook:{event.event_id}"
+    if event.order_id is not None and event.status is not None:
+        status = status_from_json(event.status)
+        return (
+            await apply_status(s, event.order_id, status, source=source, now=now, event_id=event.id)
+        ).value
+    news = event.refund is not None or event.dispute is not None
+    if news and event.order_id is None:
+        event.order_id = await _order_id_of(s, event.provider, _stored(event))
+        if event.order_id is None:
+            if now - event.received_at < UNMATCHED_PATIENCE:
+                # Its payment is not known yet: left unprocessed, tried again by reconciliation
+                # (and applied when the payment is reported: `fulfilment._adopt_early_news`).
+                return "unmatched"
+            log.warning("payments.unmatched_event", provider=event.provider, event=event.event_id)
+    outcome = "unmatched" if news and event.order_id is None else "ignored"
+    if news and event.order_id is not None:
+        outcome = await apply_refund_news(s, event, now)
+    await mark_processed(s, event.id, outcome, now)
+    return outcome
+
+
+def _stored(event: ProviderEvent) -> Notification:
+    """What a stored event names, to find its order again."""
+    return Notification(
+        event.provider,
+        event.event_id,
+        event.event_type,
+        status_from_json(event.status) if event.status else None,
+        refund_from_json(event.refund) if event.refund else None,
+        {},
+        dispute=dispute_from_json(event.dispute) if event.dispute else None,
+    )
