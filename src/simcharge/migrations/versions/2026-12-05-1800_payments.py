@@ -2,8 +2,8 @@
 closed payments stay due for a late check (the due index covers every payment with a next
 check, not only pending ones).
 
-Revision ID: 0007_payments
-Revises: 0006_backoffice
+Revision ID: 0009_payments
+Revises: 0008_backoffice
 Create Date: 2026-12-05 13:47:00+00:00
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import simcharge.db
 
-revision: str = "0007_payments"
-down_revision: str | None = "0006_backoffice"
+revision: str = "0009_payments"
+down_revision: str | None = "0008_backoffice"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
