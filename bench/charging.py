@@ -161,10 +161,12 @@ async def _seed_cdr(s: AsyncSession) -> list[str]:
     return [line.msisdn for line in lines]
 
 
-def write_cdrs(path: Path, msisdns: list[str], count: int, seed: int = 7) -> None:
-    """`count` records over the lines: voice, data and SMS, at home and abroad."""
+def write_cdrs(
+    path: Path, msisdns: list[str], count: int, start: datetime, seed: int = 7
+) -> None:
+    """`count` records over the lines from `start` on, one every 2 s: voice, data and SMS, at
+    home and abroad."""
     rng = random.Random(seed)
-    start = datetime(2026, 11, 1, tzinfo=UTC)
     countries = ["", "", "US", "FR", "DE", "JP", "MX", "BR", "ZA"]
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -194,7 +196,9 @@ async def cdr_rating(ctx: BenchContext) -> dict[str, Any]:
     msisdns = await ctx.database().run(_seed_cdr)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "usage.csv"
-        write_cdrs(path, msisdns, CDR_RECORDS)
+        # Usage after the grants (a bucket counts from when it was granted).
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+        write_cdrs(path, msisdns, CDR_RECORDS, start)
         script = Path(sys.executable).with_name("simcharge")
         env = {**os.environ, **server_env(ctx)}
         began = time.perf_counter()

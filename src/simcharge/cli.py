@@ -409,7 +409,8 @@ def usage_import(
 
     settings = get_settings()
     try:
-        stream = file.open(encoding="utf-8", newline="")
+        # Bytes that are not UTF-8 make their record bad (reported by line), not the import.
+        stream = file.open(encoding="utf-8", errors="surrogateescape", newline="")
     except OSError as exc:
         _fail(f"{file}: cannot read the file: {exc.strerror}")
         raise  # unreachable: _fail exits
@@ -421,6 +422,12 @@ def usage_import(
     report = _run(load)
     for e in report.errors:
         typer.secho(f"{file}: line {e.line}: {e.field}: {e.detail}", fg=typer.colors.RED, err=True)
+    if report.errors_not_listed:
+        typer.secho(
+            f"{file}: {report.errors_not_listed} more bad record(s) not listed",
+            fg=typer.colors.RED,
+            err=True,
+        )
     typer.echo(
         f"{report.accepted} record(s) charged, {report.duplicates} already charged, "
         f"{report.rejected} rejected, {report.unbilled_records} partly unbilled"

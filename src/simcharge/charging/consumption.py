@@ -1,7 +1,8 @@
 """What a line holds for charging (its "pots": buckets and wallet), and taking from them.
 
 The consumption order: buckets of the usage's unit that are in scope for its zone and valid at
-its time, soonest expiring first (never-expiring last), then the wallet at the tariff. The
+its time (granted before it, not yet expired), soonest expiring first (never-expiring last), then
+the wallet at the tariff. The
 caller turns what was taken into ledger transfers — posted (batch) or pending (quota) — so a
 bounded account is never overdrawn: nothing is taken beyond what a pot holds."""
 
@@ -41,10 +42,15 @@ class Pot:
     credits: int
     is_wallet: bool
     zones: tuple[str, ...] = ()
+    starts_at: datetime | None = None
+    """A bucket is valid from when it was granted…"""
     expires_at: datetime | None = None
+    """… until it expires (never, if None)."""
     order: tuple[Any, ...] = ()
     batch_debit: int = 0
     """What a batch chunk took from it so far (one transfer per pot and chunk)."""
+    ref: str = ""
+    """The account id as text, as usage records' `taken` name it."""
 
     def in_scope(self, unit: str, zone: str, at: datetime) -> bool:
         return (
@@ -52,6 +58,7 @@ class Pot:
             and self.unit == unit
             and self.available > 0
             and (not self.zones or zone in self.zones)
+            and (self.starts_at is None or self.starts_at <= at)
             and (self.expires_at is None or self.expires_at > at)
         )
 
@@ -61,6 +68,14 @@ class LinePots:
     line_id: uuid.UUID
     wallet: Pot
     buckets: list[Pot] = field(default_factory=list)
+    """In the consumption order."""
+    by_unit: dict[str, list[Pot]] = field(init=False, repr=False)
+    """The buckets of each unit, in the consumption order."""
+
+    def __post_init__(self) -> None:
+        self.by_unit = {}
+        for bucket in self.buckets:
+            self.by_unit.setdefault(bucket.unit, []).append(bucket)
 
     def usable(self, unit: str, zone: str, at: datetime) -> list[Pot]:
         return [b for b in self.buckets if b.in_scope(unit, zone, at)]
@@ -111,8 +126,10 @@ async def lock_pots(
             credits=r.credits_posted,
             is_wallet=r.code == "wallet",
             zones=tuple(r.zones or ()),
+            starts_at=r.created_at,
             expires_at=r.expires_at,
             order=(r.expires_at is None, r.expires_at or _FAR, r.created_at or _FAR, r.id),
+            ref=str(r.id),
         )
         if pot.is_wallet:
             wallets[r.line_id] = pot
@@ -136,16 +153,25 @@ def affordable_units(rate: Rate, money: int, units_before: int = 0, paid_before:
     return max(0, budget * rate.per_units // rate.price - units_before)
 
 
-@dataclass
 class Taking:
-    """What one usage took: units from buckets (in order), units and money from the wallet."""
+    """What one usage took: units from buckets (in order), units and money from the wallet, and
+    `short`: the native units that nothing could pay for."""
 
-    from_buckets: list[tuple[Pot, int]] = field(default_factory=list)
-    wallet_units: int = 0
-    wallet_money: int = 0
-    short: int = 0
-    """Native units that nothing could pay for."""
-    bucket_units: int = 0
+    __slots__ = ("bucket_units", "from_buckets", "short", "wallet_money", "wallet_units")
+
+    def __init__(
+        self,
+        from_buckets: list[tuple[Pot, int]],
+        bucket_units: int,
+        wallet_units: int,
+        wallet_money: int,
+        short: int,
+    ) -> None:
+        self.from_buckets = from_buckets
+        self.bucket_units = bucket_units
+        self.wallet_units = wallet_units
+        self.wallet_money = wallet_money
+        self.short = short
 
 
 def take(
@@ -160,25 +186,27 @@ def take(
 ) -> Taking:
     """Take `units` (rated) from the line's pots in the consumption order, as far as they go,
     and lower their `available`; the rest is `short`."""
-    taking = Taking()
+    from_buckets: list[tuple[Pot, int]] = []
     left = units
     zone = rate.zone
-    # `LinePots.usable`, inlined: this loop runs for every usage record of a batch.
-    for pot in pots.buckets:
+    # `Pot.in_scope`, inlined: this loop runs for every usage record of a batch.
+    for pot in pots.by_unit.get(unit, ()):
         if left <= 0:
             break
+        available = pot.available
         if (
-            pot.unit != unit
-            or pot.available <= 0
+            available <= 0
             or (pot.zones and zone not in pot.zones)
             or (pot.expires_at is not None and pot.expires_at <= at)
+            or (pot.starts_at is not None and pot.starts_at > at)
         ):
             continue
-        n = left if left < pot.available else pot.available
-        pot.available -= n
-        taking.from_buckets.append((pot, n))
-        taking.bucket_units += n
+        n = left if left < available else available
+        pot.available = available - n
+        from_buckets.append((pot, n))
         left -= n
+    bucket_units = units - left
+    wallet_units = money = 0
     if left > 0:
         wallet = pots.wallet
         n = min(
@@ -190,11 +218,9 @@ def take(
             # The minimum was paid already when units were paid before in the same session.
             money = max(0, min(money, wallet.available))
             wallet.available -= money
-            taking.wallet_units = n
-            taking.wallet_money = money
+            wallet_units = n
         left -= n
-    taking.short = left
-    return taking
+    return Taking(from_buckets, bucket_units, wallet_units, money, left)
 
 
 def capacity(pots: LinePots, rate: Rate, unit: str, at: datetime, wu: int, wm: int) -> int:
