@@ -405,6 +405,8 @@ def usage_import(
 ) -> None:
     """Rate and charge usage records. Records charged before (same id) are skipped; bad
     records are reported by line and do not stop the others (exit code 2 if any)."""
+    from sqlalchemy.exc import DBAPIError
+
     from simcharge.charging.batch import UsageReport, import_usage_records, read_usage_file
 
     settings = get_settings()
@@ -419,7 +421,16 @@ def usage_import(
         with stream:
             return await import_usage_records(db, settings, read_usage_file(stream, file.name))
 
-    report = _run(load)
+    try:
+        report = _run(load)
+    except (DBAPIError, OSError) as exc:
+        # A chunk is all or nothing and charging is idempotent: running it again finishes it.
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        _fail(
+            f"{file}: the import stopped: the database failed ({cause}). The records charged "
+            "before stay charged; run the same import again to charge the rest."
+        )
+        raise  # unreachable: _fail exits
     for e in report.errors:
         typer.secho(f"{file}: line {e.line}: {e.field}: {e.detail}", fg=typer.colors.RED, err=True)
     if report.errors_not_listed:

@@ -252,6 +252,24 @@ def test_the_command_reports_bytes_that_are_not_utf8_and_lists_so_many_errors(
     )
 
 
+def test_the_command_says_so_when_the_database_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("SIMCHARGE_ENV", "test")
+    get_settings.cache_clear()
+    path = tmp_path / "usage.csv"
+    path.write_text(HEADER + f"u1,msisdn-14155550101,sms,1,{soon(0)},\n", encoding="utf-8")
+    try:
+        result = CliRunner().invoke(cli_app, ["usage", "import", str(path)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert "the import stopped: the database failed" in result.output
+    assert "run the same import again" in result.output
+    assert "Traceback" not in result.output
+
+
 async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
     db: Database, settings: Settings
 ) -> None:
