@@ -84,18 +84,23 @@ async def records_by_id(db: Database) -> dict[str, UsageRecord]:
 
 async def assert_takes_are_the_transfers(db: Database) -> None:
     """What the usage records say they took from each account is what the ledger's usage
-    transfers took from it; and the stored balances are their transfers (`verify_ledger`)."""
-    taken: dict[str, int] = defaultdict(int)
+    transfers took from it, chunk by chunk (a chunk's transfers and records share their
+    `created_at`); and the stored balances are their transfers (`verify_ledger`)."""
+    taken: dict[tuple[str, datetime], int] = defaultdict(int)
     for record in (await records_by_id(db)).values():
         for account, amount in record.taken:
-            taken[account] += amount
+            taken[account, record.created_at] += amount
     async with db.read() as s:
         moved = {
-            str(account): int(total)
-            for account, total in await s.execute(
-                select(LedgerTransfer.debit_account_id, func.sum(LedgerTransfer.amount))
+            (str(account), created_at): int(total)
+            for account, created_at, total in await s.execute(
+                select(
+                    LedgerTransfer.debit_account_id,
+                    LedgerTransfer.created_at,
+                    func.sum(LedgerTransfer.amount),
+                )
                 .where(LedgerTransfer.code == "usage", LedgerTransfer.reference == "batch")
-                .group_by(LedgerTransfer.debit_account_id)
+                .group_by(LedgerTransfer.debit_account_id, LedgerTransfer.created_at)
             )
         }
         books = await verify_ledger(s)

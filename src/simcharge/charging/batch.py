@@ -1,12 +1,16 @@
 """Batch (offline) charging: usage records from a file or the API, rated and charged set-based.
 
-The file is read as a stream and taken a chunk at a time (`SIMCHARGE_USAGE_CHUNK_SIZE`); each
-chunk is one transaction with a fixed number of bulk statements whatever its size: the records
-already charged (by id), the lines they name, the lines' balances (locked), the usage records
-(streamed with COPY on PostgreSQL while the next ones are rated), one ledger batch with one
-posted transfer per bucket or wallet the chunk took from (its takes summed; each usage record
-keeps its own in `taken`), the lines' last activity and the alerts. Per record there is only
-Python's arithmetic: parsing, the rate, the consumption order.
+The file is read as a stream and taken a chunk at a time (`SIMCHARGE_USAGE_CHUNK_SIZE`; the next
+chunk is read and checked in a thread meanwhile). Each chunk is one transaction with a fixed
+number of bulk statements whatever its size: the records already charged (by id; see
+`import_usage_records`), the lines they name, the lines' ledger accounts (locked), the usage
+records (streamed with COPY on PostgreSQL as they are rated), one ledger batch with one posted
+transfer per bucket or wallet the chunk took from, the lines' last activity and the alerts.
+Per record there is only Python's arithmetic: the checks, the rate, the consumption order
+(`consumption.take`, as for real-time charging), in time order within the chunk.
+
+Each usage record keeps what it took from where (`taken`); a chunk's transfer from an account
+is the sum of its records' takes, and carries the same `created_at` as they do.
 
 A bad record is reported with its line number and left out; the others go on. A record id
 charged before is a duplicate and is not charged again, so a file can be imported twice.
