@@ -430,9 +430,24 @@ class _ChunkCharge:
         before = alerts.snapshot(
             p for ln in lines.values() if ln.pots for p in (ln.pots.wallet, *ln.pots.buckets)
         )
-        # In time order (a stable sort: records of the same time in file order).
+        # Line by line (lines share no balance), each line's records in time order (a stable
+        # sort: records of the same time in file order). A line's rows written together also
+        # spare PostgreSQL's index on (line_id, started_at) a jump per row.
         fresh.sort(key=_started_at)
-        await self.repo.insert_records(self._rated(fresh, lines))
+        by_line: dict[_Line, list[Record]] = {}
+        for record in fresh:
+            line = lines.get(record[3])
+            if line is None or line.pots is None:
+                self.outcome.errors.add(
+                    record[0], "subscriber", f"{record[3]} is not one of our lines"
+                )
+                continue
+            found = by_line.get(line)
+            if found is None:
+                by_line[line] = [record]
+            else:
+                found.append(record)
+        await self.repo.insert_records(self._rated(by_line))
         await self._post_transfers()
         charged = {ln.id: ln for ln in lines.values() if ln.latest is not None}.values()
         await self.repo.set_last_activity(
@@ -471,55 +486,58 @@ class _ChunkCharge:
                 named[ln.imsi] = ln
         return named
 
-    def _rated(self, records: list[Record], lines: dict[str, _Line]) -> Iterator[tuple[Any, ...]]:
-        """The usage rows of `records`, rated and taken from the lines' pots in order: each pot
-        remembers what the chunk took from it (`batch_debit`)."""
+    def _rated(self, by_line: dict[_Line, list[Record]]) -> Iterator[tuple[Any, ...]]:
+        """The usage rows of the lines' records, rated and taken from the line's pots in order:
+        each pot remembers what the chunk took from it (`batch_debit`)."""
         outcome, errors, rater, now = self.outcome, self.outcome.errors, self.rater, self.now
         debited = self.debited
-        for line_no, ext, rid, subscriber, service, quantity, started_at, country in records:
-            line = lines.get(subscriber)
-            pots = line.pots if line is not None else None
-            if line is None or pots is None:
-                errors.add(line_no, "subscriber", f"{subscriber} is not one of our lines")
-                continue
-            if country is None:
-                country = line.home
-            zone, rate = rater.rate(service, country, line.currency)
-            if rate is None:
-                errors.add(
-                    line_no,
-                    "service",
-                    f"no tariff for {service} in zone {zone} in {line.currency} (rating failed)",
-                )
-                continue
-            unit = _UNITS[service]
-            rated = rate.rated(quantity)
-            taking = take(pots, rate, unit, rated, started_at)
-            taken = []
-            for pot, n in taking.from_buckets:
-                if not pot.batch_debit:
-                    debited.append((pot, _counterparty(unit, False, line.shard)))
-                pot.batch_debit += n
-                pot.posted_balance -= n
-                taken.append(f'["{pot.ref}",{n}]')
-            money = taking.wallet_money
-            if money:
-                wallet = pots.wallet
-                if not wallet.batch_debit:
-                    debited.append((wallet, _counterparty(line.currency, True, line.shard)))
-                wallet.batch_debit += money
-                wallet.posted_balance -= money
-                taken.append(f'["{wallet.ref}",{money}]')
-            if taking.short:
-                outcome.unbilled_records += 1
-            outcome.accepted += 1
-            if line.latest is None or started_at > line.latest:
-                line.latest = started_at
-            yield (
-                rid, "batch", ext, line.key, service, country, zone, quantity, rated,
-                taking.bucket_units, taking.wallet_units, money, line.currency, taking.short,
-                f"[{','.join(taken)}]", None, started_at, now,
-            )  # fmt: skip
+        for line, records in by_line.items():
+            pots, currency, home, shard, key = (
+                line.pots,
+                line.currency,
+                line.home,
+                line.shard,
+                line.key,
+            )
+            assert pots is not None
+            wallet = pots.wallet
+            for line_no, ext, rid, _, service, quantity, started_at, country in records:
+                if country is None:
+                    country = home
+                zone, rate = rater.rate(service, country, currency)
+                if rate is None:
+                    errors.add(
+                        line_no,
+                        "service",
+                        f"no tariff for {service} in zone {zone} in {currency} (rating failed)",
+                    )
+                    continue
+                unit = _UNITS[service]
+                rated = rate.rated(quantity)
+                taking = take(pots, rate, unit, rated, started_at)
+                taken = []
+                for pot, n in taking.from_buckets:
+                    if not pot.batch_debit:
+                        debited.append((pot, _counterparty(unit, False, shard)))
+                    pot.batch_debit += n
+                    pot.posted_balance -= n
+                    taken.append(f'["{pot.ref}",{n}]')
+                money = taking.wallet_money
+                if money:
+                    if not wallet.batch_debit:
+                        debited.append((wallet, _counterparty(currency, True, shard)))
+                    wallet.batch_debit += money
+                    wallet.posted_balance -= money
+                    taken.append(f'["{wallet.ref}",{money}]')
+                if taking.short:
+                    outcome.unbilled_records += 1
+                outcome.accepted += 1
+                line.latest = started_at  # in time order: the latest so far
+                yield (
+                    rid, "batch", ext, key, service, country, zone, quantity, rated,
+                    taking.bucket_units, taking.wallet_units, money, currency, taking.short,
+                    f"[{','.join(taken)}]", None, started_at, now,
+                )  # fmt: skip
 
     async def _post_transfers(self) -> None:
         """One posted transfer per pot taken from: last in the transaction, as the operator's
