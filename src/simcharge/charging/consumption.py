@@ -9,7 +9,7 @@ bounded account is never overdrawn: nothing is taken beyond what a pot holds."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.charging.rating import Rate
-from simcharge.db import table_of
+from simcharge.db import dialect_name, table_of
 from simcharge.ledger.models import LedgerAccount
+from simcharge.ledger.repository import driver_in_transaction
 from simcharge.lines.models import Bucket
 
 accounts = table_of(LedgerAccount)
@@ -86,14 +87,27 @@ class LinePots:
         return next((b for b in self.buckets if b.account_id == account_id), None)
 
 
-async def lock_pots(
-    session: AsyncSession, line_ids: Collection[uuid.UUID], *, lock: bool = True
-) -> dict[uuid.UUID, LinePots]:
-    """Every ledger account of the lines (wallet and buckets), locked in id order, with what
-    each bucket is for. The ledger locks them again when it writes: no one changes them in
-    between."""
-    if not line_ids:
-        return {}
+# PostgreSQL, for many lines at once (a batch import's chunk): the same rows as `lock_pots`'s
+# statement, fetched by asyncpg in the session's transaction without SQLAlchemy's conversion of
+# every value (≈ 10 µs per account).
+_BULK_FROM = 64
+_LOCK_POTS_BULK = """
+SELECT a.id, a.line_id, a.unit, a.code, a.debits_pending, a.debits_posted, a.credits_posted,
+       b.zones, b.expires_at, b.created_at
+  FROM ledger_accounts a LEFT JOIN buckets b ON b.id = a.id
+ WHERE a.line_id = ANY($1::uuid[])
+ ORDER BY a.id
+"""
+
+
+async def _pot_rows(
+    session: AsyncSession, line_ids: list[uuid.UUID], lock: bool
+) -> Iterable[Sequence[Any]]:
+    if len(line_ids) >= _BULK_FROM and dialect_name(session) == "postgresql":
+        driver = await driver_in_transaction(session)
+        if driver is not None:
+            query = _LOCK_POTS_BULK + (" FOR UPDATE OF a" if lock else "")
+            return await driver.fetch(query, line_ids)  # type: ignore[no-any-return]
     stmt = (
         select(
             accounts.c.id,
@@ -108,33 +122,45 @@ async def lock_pots(
             buckets.c.created_at,
         )
         .outerjoin(buckets, buckets.c.id == accounts.c.id)
-        .where(accounts.c.line_id.in_(sorted(line_ids)))
+        .where(accounts.c.line_id.in_(line_ids))
         .order_by(accounts.c.id)
     )
     if lock:
         stmt = stmt.with_for_update(of=accounts)
+    return await session.execute(stmt)
+
+
+async def lock_pots(
+    session: AsyncSession, line_ids: Collection[uuid.UUID], *, lock: bool = True
+) -> dict[uuid.UUID, LinePots]:
+    """Every ledger account of the lines (wallet and buckets), locked in id order, with what
+    each bucket is for. The ledger locks them again when it writes: no one changes them in
+    between."""
+    if not line_ids:
+        return {}
     wallets: dict[uuid.UUID, Pot] = {}
     found: dict[uuid.UUID, list[Pot]] = {}
-    for r in await session.execute(stmt):
-        posted = r.credits_posted - r.debits_posted
+    for row in await _pot_rows(session, sorted(line_ids), lock):
+        account_id, line_id, unit, code, pending, debits, credits, zones, expires_at, since = row
+        posted = credits - debits
         pot = Pot(
-            account_id=r.id,
-            line_id=r.line_id,
-            unit=r.unit,
-            available=posted - r.debits_pending,
+            account_id=account_id,
+            line_id=line_id,
+            unit=unit,
+            available=posted - pending,
             posted_balance=posted,
-            credits=r.credits_posted,
-            is_wallet=r.code == "wallet",
-            zones=tuple(r.zones or ()),
-            starts_at=r.created_at,
-            expires_at=r.expires_at,
-            order=(r.expires_at is None, r.expires_at or _FAR, r.created_at or _FAR, r.id),
-            ref=str(r.id),
+            credits=credits,
+            is_wallet=code == "wallet",
+            zones=tuple(zones or ()),
+            starts_at=since,
+            expires_at=expires_at,
+            order=(expires_at is None, expires_at or _FAR, since or _FAR, account_id),
+            ref=str(account_id),
         )
         if pot.is_wallet:
-            wallets[r.line_id] = pot
-        elif r.code == "bucket":
-            found.setdefault(r.line_id, []).append(pot)
+            wallets[line_id] = pot
+        elif code == "bucket":
+            found.setdefault(line_id, []).append(pot)
     result: dict[uuid.UUID, LinePots] = {}
     for line_id, wallet in wallets.items():
         line_buckets = sorted(found.get(line_id, []), key=lambda p: p.order)

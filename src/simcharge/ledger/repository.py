@@ -106,6 +106,13 @@ _TRANSFER_COLUMNS = ("id", "debit_account_id", "credit_account_id", "amount", "u
                      "pending_id", "pending_status", "timeout_at", "code", "reference",
                      "created_at")  # fmt: skip
 
+LOCKED_COLUMNS = ("id", "unit", "debits_must_not_exceed_credits", "credits_must_not_exceed_debits",
+                  *_TOTALS)  # fmt: skip
+_LOCK_ACCOUNTS_BULK = f"""
+SELECT {", ".join(LOCKED_COLUMNS)} FROM ledger_accounts WHERE id = ANY($1::uuid[])
+ ORDER BY id FOR UPDATE
+"""  # noqa: S608 - column names from this module
+
 _WRITE_TOTALS_BULK = """
 UPDATE ledger_accounts a
    SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, credits_posted = v.cpo
@@ -189,18 +196,22 @@ class LedgerRepository:
         else:
             await (await self.session.connection()).exec_driver_sql(_UNDO_FAST_TRANSFER, params)
 
-    async def lock_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
-        """The accounts' rows, locked in id order (one order for everyone: fewer deadlocks)."""
+    async def lock_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Sequence[Any]]:
+        """The accounts, locked in id order (one order for everyone: fewer deadlocks), as rows
+        of `LOCKED_COLUMNS`."""
         if not ids:
             return {}
+        ordered = sorted(ids)
+        driver = await self._bulk_driver(ordered)
+        if driver is not None:
+            return {row[0]: row for row in await driver.fetch(_LOCK_ACCOUNTS_BULK, ordered)}
         stmt = (
-            select(accounts)
-            .where(accounts.c.id.in_(sorted(ids)))
+            select(*(accounts.c[name] for name in LOCKED_COLUMNS))
+            .where(accounts.c.id.in_(ordered))
             .order_by(accounts.c.id)
             .with_for_update()
         )
-        result = await self.session.execute(stmt)
-        return {row.id: row for row in result}
+        return {row[0]: row for row in await self.session.execute(stmt)}
 
     async def get_transfers(
         self, ids: Collection[uuid.UUID], *, lock: bool = False
@@ -235,9 +246,7 @@ class LedgerRepository:
         if ids:
             await self.session.execute(delete(transfers).where(transfers.c.id.in_(list(ids))))
 
-    async def write_totals(
-        self, totals: Iterable[tuple[uuid.UUID, tuple[int, int, int, int]]]
-    ) -> None:
+    async def write_totals(self, totals: Iterable[tuple[uuid.UUID, Sequence[int]]]) -> None:
         listed = list(totals)
         driver = await self._bulk_driver(listed)
         if driver is not None:
