@@ -76,7 +76,7 @@ class UsageReport(BaseModel):
     """Records charged before (same id): not charged again."""
     rejected: int = 0
     errors: list[UsageError] = []
-    """The bad records, by line (the first `MAX_LISTED_ERRORS` found)."""
+    """The bad records, by line (at most `MAX_LISTED_ERRORS` of them)."""
     errors_not_listed: int = 0
     """Bad records beyond those listed in `errors`."""
     unbilled_records: int = 0
@@ -142,7 +142,7 @@ def read_csv(stream: IO[str]) -> Iterator[Row]:
                     continue
                 yield reader.line_num, (*pick(values), None) if no_country else pick(values)
             return
-        except csv.Error as exc:  # a NUL character, an unclosed quote: the reader goes on after
+        except csv.Error as exc:  # a field past the csv module's limit: the reader goes on after
             yield reader.line_num, BadRow("row", f"not CSV: {exc}")
 
 
@@ -301,7 +301,7 @@ def _fields(row: dict[str, Any]) -> tuple[Any, ...]:
 
 @dataclass
 class _Errors:
-    """Bad records found: the first `MAX_LISTED_ERRORS` kept (line, field, detail), all counted."""
+    """Bad records: (line, field, detail) of at most `MAX_LISTED_ERRORS`, all counted."""
 
     items: list[tuple[int, str, str]] = field(default_factory=list)
     count: int = 0

@@ -2,9 +2,9 @@
 
 The consumption order: buckets of the usage's unit that are in scope for its zone and valid at
 its time (granted before it, not yet expired), soonest expiring first (never-expiring last), then
-the wallet at the tariff. The
-caller turns what was taken into ledger transfers — posted (batch) or pending (quota) — so a
-bounded account is never overdrawn: nothing is taken beyond what a pot holds."""
+the wallet at the tariff. The caller turns what was taken into ledger transfers — posted
+(batch) or pending (quota) — so a bounded account is never overdrawn: nothing is taken beyond
+what a pot holds."""
 
 from __future__ import annotations
 
