@@ -454,11 +454,14 @@ def usage_import(
         ),
     ],
 ) -> None:
+    from sqlalchemy.exc import DBAPIError
+
     from simcharge.charging.batch import UsageReport, import_usage_records, read_usage_file
 
     settings = get_settings()
     try:
-        stream = file.open(encoding="utf-8", newline="")
+        # Bytes that are not UTF-8 make their record bad (reported by line), not the import.
+        stream = file.open(encoding="utf-8", errors="surrogateescape", newline="")
     except OSError as exc:
         _fail(f"{file}: cannot read the file: {exc.strerror}")
         raise  # unreachable: _fail exits
@@ -467,9 +470,24 @@ def usage_import(
         with stream:
             return await import_usage_records(db, settings, read_usage_file(stream, file.name))
 
-    report = _run(load)
+    try:
+        report = _run(load)
+    except (DBAPIError, OSError) as exc:
+        # A chunk is all or nothing and charging is idempotent: running it again finishes it.
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        _fail(
+            f"{file}: the import stopped: the database failed ({cause}). The records charged "
+            "before stay charged; run the same import again to charge the rest."
+        )
+        raise  # unreachable: _fail exits
     for e in report.errors:
         typer.secho(f"{file}: line {e.line}: {e.field}: {e.detail}", fg=typer.colors.RED, err=True)
+    if report.errors_not_listed:
+        typer.secho(
+            f"{file}: {report.errors_not_listed} more bad record(s) not listed",
+            fg=typer.colors.RED,
+            err=True,
+        )
     typer.echo(
         f"{report.accepted} record(s) charged, {report.duplicates} already charged, "
         f"{report.rejected} rejected, {report.unbilled_records} partly unbilled"

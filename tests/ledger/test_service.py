@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.db import Database
 from simcharge.kit.clock import clock
 from simcharge.kit.ids import uuid7
+from simcharge.ledger.audit import verify_ledger
 from simcharge.ledger.models import LedgerTransfer, PendingStatus, TransferKind
 from simcharge.ledger.repository import LedgerRepository
 from simcharge.ledger.service import (
@@ -550,3 +551,36 @@ async def test_postgres_fast_path_runs_inside_the_callers_transaction(fresh_db: 
     async with db.read() as s:
         assert (await ledger_account(s, wallet)).balance == 100
         assert await LedgerRepository(s).get_transfers([transfer.id]) == {}
+
+
+async def test_a_large_batch_moves_reserves_and_replays_like_a_small_one(
+    session: AsyncSession,
+) -> None:
+    """Batches of many transfers (a batch import's chunk) are written as arrays on PostgreSQL:
+    the same results, the same totals, replays recognised among new transfers."""
+    source = await create_ledger_account(session)
+    sink = await create_ledger_account(session)
+    wallets = [await create_ledger_account(session, bounded="debits") for _ in range(80)]
+    fill = [t(source, w, 100) for w in wallets]
+    assert {o.result for o in await create_transfers(session, fill)} == {R.ok}
+    spend = [t(w, sink, 30) for w in wallets]
+    spend += [t(w, sink, 10, kind=TransferKind.pending, timeout_s=60) for w in wallets]
+    assert [o.result for o in await create_transfers(session, spend)] == [R.ok] * 160
+    # Replays among new transfers: inserted, found existing, and evaluated again.
+    again = spend[:40] + [t(w, sink, 5) for w in wallets] + [t(wallets[0], sink, 1000)]
+    results = [o.result for o in await create_transfers(session, again)]
+    assert results == [R.exists] * 40 + [R.ok] * 80 + [R.exceeds_credits]
+    for w in wallets:
+        account = await ledger_account(session, w)
+        assert (account.credits_posted, account.debits_posted, account.debits_pending) == (
+            100,
+            35,
+            10,
+        )
+    reserved = await LedgerRepository(session).get_transfers([x.id for x in spend[80:]])
+    assert {r["pending_status"] for r in reserved.values()} == {PendingStatus.pending.value}
+    assert all(
+        r["timeout_at"] == r["created_at"] + timedelta(seconds=60) for r in reserved.values()
+    )
+    books = await verify_ledger(session)
+    assert books.ok, books.violations

@@ -1,57 +1,65 @@
 """Batch (offline) charging: usage records from a file or the API, rated and charged set-based.
 
-Records are read as a stream and taken a chunk at a time (`SIMCHARGE_USAGE_CHUNK_SIZE`); each
-chunk is one transaction with a handful of bulk statements whatever its size: the records
-already charged (by id), the lines, the lines' balances (locked), then one ledger batch with
-one posted transfer per bucket or wallet touched (the chunk's takings summed), the usage
-records (COPY on PostgreSQL) and the lines' last activity. A bad record is reported with its
-line number and left out; the others go on. A record id charged before is a duplicate and
-is not charged again, so a file can be imported twice.
+The file is read as a stream and taken a chunk at a time (`SIMCHARGE_USAGE_CHUNK_SIZE`; the next
+chunk is read and checked in a thread meanwhile). Each chunk is one transaction with a fixed
+number of bulk statements whatever its size: the records already charged (by id; see
+`import_usage_records`), the lines they name, the lines' ledger accounts (locked), the usage
+records (streamed with COPY on PostgreSQL as they are rated), one ledger batch with one posted
+transfer per bucket or wallet the chunk took from, the lines' last activity and the alerts.
+Per record there is only Python's arithmetic: the checks, the rate, the consumption order
+(`consumption.take`, as for real-time charging), in time order within the chunk.
 
+Each usage record keeps what it took from where (`taken`); a chunk's transfer from an account
+is the sum of its records' takes, and carries the same `created_at` as they do.
+
+A bad record is reported with its line number and left out; the others go on. A record id
+charged before is a duplicate and is not charged again, so a file can be imported twice.
 Usage that happened cannot be refused: what no bucket or wallet could pay is kept on the
 record as `unbilled` (a bounded account is never overdrawn).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
-import hashlib
+import gc
 import io
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from hashlib import sha1
+from operator import itemgetter
 from typing import IO, Any
 
+import asyncpg
 from pydantic import BaseModel, Field
-from sqlalchemy import Uuid, any_, bindparam, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.charging import alerts
 from simcharge.charging.consumption import LinePots, Pot, lock_pots, take
-from simcharge.charging.models import UNIT_OF, Service, UsageRecord
+from simcharge.charging.models import UNIT_OF
 from simcharge.charging.rating import Rate, RatingTable, load_rating_table
+from simcharge.charging.repository import UsageRepository
 from simcharge.config import Settings
-from simcharge.db import Database, RetryableError, dialect_name, table_of
+from simcharge.db import Database, RetryableError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import SIMCHARGE_NAMESPACE, uuid7
 from simcharge.kit.phone import country_of
 from simcharge.ledger import chart
-from simcharge.ledger.repository import driver_in_transaction
 from simcharge.ledger.service import NewTransfer, create_transfers
-from simcharge.lines.models import Line
-
-usage_table = table_of(UsageRecord)
-lines_table = table_of(Line)
 
 COLUMNS = ("id", "subscriber", "service", "quantity", "started_at", "country")
 MAX_API_RECORDS = 10_000
+MAX_LISTED_ERRORS = 10_000
+"""An import lists this many bad records at most (the API's batches never reach it); `rejected`
+counts them all."""
 _SLICE = 5000
-_SERVICES = {s.value for s in Service}
+_SERVICES = frozenset(s.value for s in UNIT_OF)
 _UNITS = {s.value: u for s, u in UNIT_OF.items()}
 
 
@@ -68,8 +76,28 @@ class UsageReport(BaseModel):
     """Records charged before (same id): not charged again."""
     rejected: int = 0
     errors: list[UsageError] = []
+    """The bad records, by line (at most `MAX_LISTED_ERRORS` of them)."""
+    errors_not_listed: int = 0
+    """Bad records beyond those listed in `errors`."""
     unbilled_records: int = 0
     """Accepted records of which some usage could not be paid (kept as `unbilled`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that could not be read as a record at all (not CSV or JSON, a bad header)."""
+
+    field: str
+    detail: str
+
+
+Row = tuple[int, "Sequence[Any] | dict[str, Any] | BadRow"]
+"""What readers yield: the line number, and the record's fields in `COLUMNS` order (or a
+mapping with those keys), or why the row is unreadable."""
+
+Record = tuple[int, str, str, str, str, int, datetime, "str | None"]
+"""A record that passed the checks: line, external id, id (hex of the UUID), subscriber (`+` and
+the MSISDN's digits, or the IMSI's), service, quantity, started_at (UTC), country (or None)."""
 
 
 class UsageBatch(BaseModel):
@@ -81,30 +109,67 @@ class UsageBatch(BaseModel):
         "optional: the line's home country).",
     )
 
-    def records_as_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def records_as_rows(self) -> Iterator[Row]:
         return iter(enumerate(self.records))
 
 
-@dataclass(slots=True)
-class Parsed:
-    line: int
-    external_id: str
-    by: str
-    """`msisdn` or `imsi`."""
-    subscriber: str
-    service: str
-    quantity: int
-    started_at: datetime
-    country: str | None
-    id: uuid.UUID
+# --- reading files ----------------------------------------------------------------------------
 
 
-@dataclass
-class _Errors:
-    items: list[UsageError] = field(default_factory=list)
+def read_csv(stream: IO[str]) -> Iterator[Row]:
+    """Rows of a CSV file with a header naming (at least) the columns of `COLUMNS` but
+    `country`; yields (file line number, fields). A bad header yields one row that says so."""
+    reader = csv.reader(stream)
+    try:
+        header = [h.strip().lower().lstrip("\ufeff") for h in next(reader, [])]
+    except csv.Error as exc:
+        yield 1, BadRow("header", f"not CSV: {exc}")
+        return
+    missing = [c for c in COLUMNS[:-1] if c not in header]
+    if missing:
+        yield 1, BadRow("header", f"missing column(s): {', '.join(missing)}")
+        return
+    pick = itemgetter(*(header.index(c) for c in COLUMNS if c in header))
+    no_country = "country" not in header
+    width = len(header)
+    while True:
+        try:
+            for values in reader:
+                if len(values) != width:
+                    if values and (len(values) > 1 or values[0].strip()):
+                        detail = f"{len(values)} fields, the header has {width}"
+                        yield reader.line_num, BadRow("row", detail)
+                    continue
+                yield reader.line_num, (*pick(values), None) if no_country else pick(values)
+            return
+        except csv.Error as exc:  # a field past the csv module's limit: the reader goes on after
+            yield reader.line_num, BadRow("row", f"not CSV: {exc}")
 
-    def add(self, line: int, name: str, detail: str) -> None:
-        self.items.append(UsageError(line=line, field=name, detail=detail))
+
+def read_jsonl(stream: IO[str]) -> Iterator[Row]:
+    for n, text in enumerate(stream, start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield n, BadRow("row", f"not JSON: {exc.msg}")
+            continue
+        yield n, row if isinstance(row, dict) else BadRow("row", "not a JSON object")
+
+
+def read_usage_file(stream: IO[str], name: str) -> Iterator[Row]:
+    lowered = name.lower()
+    if lowered.endswith((".jsonl", ".ndjson", ".json")):
+        return read_jsonl(stream)
+    return read_csv(stream)
+
+
+def read_usage_text(text: str, name: str) -> Iterator[Row]:
+    return read_usage_file(io.StringIO(text), name)
+
+
+# --- checking records -------------------------------------------------------------------------
 
 
 def _text(value: Any) -> str:
@@ -113,117 +178,175 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def parse_record(line: int, row: dict[str, Any], errors: _Errors) -> Parsed | None:
-    get = row.get
-    ext = _text(get("id"))
-    if not ext or len(ext) > 128:
-        errors.add(line, "id", "required, at most 128 characters")
-        return None
-    raw = _text(get("subscriber"))
-    if raw[:7] == "msisdn-" and raw[7:].isdigit():
-        by, subscriber = "msisdn", "+" + raw[7:]
-    elif raw[:1] == "+" and raw[1:].isdigit():
-        by, subscriber = "msisdn", raw
-    elif raw[:5] == "imsi-" and raw[5:].isdigit():
-        by, subscriber = "imsi", raw[5:]
+_RECORD_ID_PREFIX = SIMCHARGE_NAMESPACE.bytes + b"usage:batch:"
+
+
+def record_id_of(external_id: str) -> str:
+    """The hex text of `derived_id("usage", "batch", external_id)` (a UUIDv5), without building a
+    `UUID`: this runs for every record of a batch."""
+    made = bytearray(
+        sha1(_RECORD_ID_PREFIX + external_id.encode(), usedforsecurity=False).digest()[:16]
+    )
+    made[6] = made[6] & 0x0F | 0x50  # version 5
+    made[8] = made[8] & 0x3F | 0x80  # RFC 4122 variant
+    return made.hex()
+
+
+def _subscriber(raw: Any) -> str | BadRow:
+    """`+` and the MSISDN's digits, or the IMSI's digits."""
+    who = _text(raw)
+    if who[:7] == "msisdn-":
+        digits = who[7:]
+        subscriber = "+" + digits
+    elif who[:1] == "+":
+        subscriber = who
+        digits = who[1:]
+    elif who[:5] == "imsi-":
+        subscriber = digits = who[5:]
     else:
-        errors.add(
-            line, "subscriber", f"{raw!r} is not msisdn-<digits>, +<digits> or imsi-<digits>"
+        digits = ""
+    if not (digits.isdigit() and digits.isascii() and len(digits) <= 15):
+        return BadRow(
+            "subscriber",
+            f"{who!r} is not msisdn-<digits>, +<digits> or imsi-<digits> (at most 15 digits)",
         )
-        return None
-    service = _text(get("service"))
-    if service not in _SERVICES:
-        service = service.lower()
-        if service not in _SERVICES:
-            errors.add(line, "service", f"{service!r} is not voice, data or sms")
-            return None
-    quantity_text = _text(get("quantity"))
-    if not quantity_text.isdigit() or len(quantity_text) > 18:
-        errors.add(line, "quantity", f"{quantity_text!r} is not a whole number of units")
-        return None
-    when = get("started_at")
-    try:
-        started_at = when if isinstance(when, datetime) else datetime.fromisoformat(_text(when))
-    except ValueError:
-        errors.add(line, "started_at", f"{_text(when)!r} is not an ISO 8601 time")
-        return None
-    if started_at.tzinfo is None:
-        started_at = started_at.replace(tzinfo=UTC)
-    elif started_at.utcoffset():
-        started_at = started_at.astimezone(UTC)
-    country = _text(get("country")) or None
-    if country is not None:
-        country = country.upper()
-        if len(country) != 2 or not country.isalpha():
-            errors.add(line, "country", f"{country!r} is not an ISO 3166 alpha-2 code")
-            return None
-    record_id = record_id_of(ext)
-    return Parsed(
-        line, ext, by, subscriber, service, int(quantity_text), started_at, country, record_id
+    return subscriber
+
+
+def _service(raw: Any) -> str | BadRow:
+    service = _text(raw).lower()
+    return (
+        service
+        if service in _SERVICES
+        else BadRow("service", f"{service!r} is not voice, data or sms")
     )
 
 
-_NAMESPACE_BYTES = SIMCHARGE_NAMESPACE.bytes
-_new_uuid = object.__new__
-_set = object.__setattr__
+def _country(raw: Any) -> str | BadRow:
+    """The ISO 3166 code, or "" when blank."""
+    country = _text(raw).upper()
+    if country and (len(country) != 2 or not (country.isalpha() and country.isascii())):
+        return BadRow("country", f"{country!r} is not an ISO 3166 alpha-2 code")
+    return country
 
 
-def record_id_of(external_id: str) -> uuid.UUID:
-    """`derived_id("usage", "batch", external_id)` (a UUIDv5), built without `UUID.__init__`'s
-    checks: this runs for every record of a batch, and those checks were a tenth of its cost."""
-    name = _NAMESPACE_BYTES + ("usage:batch:" + external_id).encode()
-    digest = hashlib.sha1(name, usedforsecurity=False).digest()
-    value = int.from_bytes(digest[:16])
-    value = (value & ~(0xF000 << 64) | (5 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
-    made = _new_uuid(uuid.UUID)
-    _set(made, "int", value)
-    _set(made, "is_safe", uuid.SafeUUID.unknown)
-    return made
+class RecordChecker:
+    """Checks records one by one. A file names the same few subscribers, services and countries
+    over and over: each spelling is checked once, and its records share one string."""
+
+    _KEEP = 100_000
+    """Spellings remembered per field (then forgotten, to bound the memory)."""
+
+    def __init__(self) -> None:
+        self.known: dict[Callable[[Any], str | BadRow], dict[str, str | BadRow]] = {
+            _subscriber: {},
+            _service: {},
+            _country: {},
+        }
+
+    def _checked(self, check: Callable[[Any], str | BadRow], raw: Any) -> str | BadRow:
+        if raw.__class__ is not str:
+            return check(raw)
+        known = self.known[check]
+        found = known.get(raw)
+        if found is None:
+            if len(known) >= self._KEEP:
+                known.clear()
+            found = known[raw] = check(raw)
+        return found
+
+    def check(self, line: int, fields: Sequence[Any]) -> Record | BadRow:
+        """The record on `line`, or what is wrong with it (the first field that is)."""
+        ext, who, service, quantity, when, country = fields
+        ext = ext.strip() if ext.__class__ is str else _text(ext)
+        if not ext or len(ext) > 128 or not ext.isprintable():
+            return BadRow("id", "required, at most 128 printable characters")
+        subscriber = self._checked(_subscriber, who)
+        if isinstance(subscriber, BadRow):
+            return subscriber
+        service = self._checked(_service, service)
+        if isinstance(service, BadRow):
+            return service
+        quantity = quantity.strip() if quantity.__class__ is str else _text(quantity)
+        if not (quantity.isdigit() and quantity.isascii() and len(quantity) <= 18):
+            return BadRow("quantity", f"{quantity!r} is not a whole number of units")
+        if when.__class__ is datetime:
+            started_at = when
+        else:
+            when = when.strip() if when.__class__ is str else _text(when)
+            try:
+                started_at = datetime.fromisoformat(when)
+            except ValueError:
+                return BadRow("started_at", f"{when!r} is not an ISO 8601 time")
+        zone = started_at.tzinfo
+        if zone is None:
+            started_at = started_at.replace(tzinfo=UTC)
+        elif zone is not UTC and started_at.utcoffset():
+            started_at = started_at.astimezone(UTC)
+        if country is None or country == "":
+            country = None
+        else:
+            country = self._checked(_country, country)
+            if isinstance(country, BadRow):
+                return country
+        return (line, ext, record_id_of(ext), subscriber, service, int(quantity), started_at,
+                country or None)  # fmt: skip
 
 
-# --- reading files ----------------------------------------------------------------------------
+def _fields(row: dict[str, Any]) -> tuple[Any, ...]:
+    get = row.get
+    return (get("id"), get("subscriber"), get("service"), get("quantity"), get("started_at"),
+            get("country"))  # fmt: skip
 
 
-def read_csv(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV file with a header naming (at least) the columns of `COLUMNS` but
-    `country`; yields (file line number, row). A bad header yields one row that says so."""
-    reader = csv.reader(stream)
-    header = [h.strip().lower().lstrip("\ufeff") for h in next(reader, [])]
-    missing = [c for c in COLUMNS[:-1] if c not in header]
-    if missing:
-        yield 1, {"__header__": f"missing column(s): {', '.join(missing)}"}
-        return
-    index = [(name, header.index(name)) for name in COLUMNS if name in header]
-    width = len(header)
-    for values in reader:
-        if not values or (len(values) == 1 and not values[0].strip()):
+@dataclass
+class _Errors:
+    """Bad records: (line, field, detail) of at most `MAX_LISTED_ERRORS`, all counted."""
+
+    items: list[tuple[int, str, str]] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, line: int, name: str, detail: str) -> None:
+        self.count += 1
+        if len(self.items) < MAX_LISTED_ERRORS:
+            self.items.append((line, name, detail))
+
+    def extend(self, other: _Errors) -> None:
+        for item in other.items:
+            self.add(*item)
+        self.count += other.count - len(other.items)
+
+
+def _chunks(rows: Iterable[Row], size: int, errors: _Errors) -> Iterator[list[Record]]:
+    """The good records of `rows`, `size` at a time; the others go to `errors`."""
+    chunk: list[Record] = []
+    seen: dict[str, int] = {}
+    check = RecordChecker().check
+    for line, row in rows:
+        if isinstance(row, BadRow):
+            errors.add(line, row.field, row.detail)
             continue
-        if len(values) != width:
-            yield reader.line_num, {"__row__": f"{len(values)} fields, the header has {width}"}
+        record = check(line, _fields(row) if isinstance(row, dict) else row)
+        if isinstance(record, BadRow):
+            errors.add(line, record.field, record.detail)
             continue
-        yield reader.line_num, {name: values[i] for name, i in index}
-
-
-def read_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    for n, text in enumerate(stream, start=1):
-        if not text.strip():
+        ext = record[1]
+        first = seen.get(ext)
+        if first is not None:
+            errors.add(line, "id", f"{ext} already appears on line {first}")
             continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield n, {"__row__": f"not JSON: {exc.msg}"}
-            continue
-        yield n, row if isinstance(row, dict) else {"__row__": "not a JSON object"}
+        seen[ext] = line
+        if len(seen) > 4 * size:
+            seen.clear()  # bounded memory; a later repeat is found as a duplicate instead
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def read_usage_file(stream: IO[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    lowered = name.lower()
-    if lowered.endswith((".jsonl", ".ndjson", ".json")):
-        return read_jsonl(stream)
-    return read_csv(stream)
-
-
-# --- rating a chunk ---------------------------------------------------------------------------
+# --- rating and charging a chunk --------------------------------------------------------------
 
 
 @lru_cache(maxsize=100_000)
@@ -232,286 +355,305 @@ def _home_country(msisdn: str) -> str | None:
 
 
 @lru_cache(maxsize=1024)
-def _counterparty(kind: str, unit: str, shard: int) -> uuid.UUID:
-    if kind == "usage":
+def _counterparty(unit: str, is_money: bool, shard: int) -> uuid.UUID:
+    """Where usage goes: wallet money to `revenue:usage:<CUR>`, units to `consumption:<unit>`."""
+    if is_money:
         return chart.usage_revenue(unit, shard).id
     return chart.consumption(unit, shard).id
 
 
-@dataclass
-class _Line:
-    id: uuid.UUID
-    msisdn: str
-    currency: str
-    account_id: uuid.UUID | None
-    last_activity_at: datetime | None
-    latest: datetime | None = None
+class _Rater:
+    """Zones and rates by (service, country, currency), looked up once per import."""
 
+    def __init__(self, table: RatingTable) -> None:
+        self.table = table
+        self.found: dict[tuple[str, str | None, str], tuple[str | None, Rate | None]] = {}
 
-async def _existing_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    found: set[uuid.UUID] = set()
-    if dialect_name(session) == "postgresql":
-        # One array parameter: no statement with thousands of parameters to compile.
-        stmt = select(usage_table.c.id).where(
-            usage_table.c.id == any_(bindparam("ids", type_=ARRAY(Uuid())))
-        )
-        found.update((await session.execute(stmt, {"ids": list(ids)})).scalars())
-        return found
-    for i in range(0, len(ids), _SLICE):
-        part = ids[i : i + _SLICE]
-        rows = await session.execute(select(usage_table.c.id).where(usage_table.c.id.in_(part)))
-        found.update(rows.scalars())
-    return found
-
-
-async def _lines(
-    session: AsyncSession, msisdns: set[str], imsis: set[str]
-) -> tuple[dict[str, _Line], dict[str, _Line]]:
-    by_msisdn: dict[str, _Line] = {}
-    by_imsi: dict[str, _Line] = {}
-    cols = (
-        lines_table.c.id,
-        lines_table.c.msisdn,
-        lines_table.c.imsi,
-        lines_table.c.currency,
-        lines_table.c.account_id,
-        lines_table.c.last_activity_at,
-    )
-    for column, keys in (
-        (lines_table.c.msisdn, sorted(msisdns)),
-        (lines_table.c.imsi, sorted(imsis)),
-    ):
-        for i in range(0, len(keys), _SLICE):
-            for r in await session.execute(select(*cols).where(column.in_(keys[i : i + _SLICE]))):
-                line = _Line(r.id, r.msisdn, r.currency, r.account_id, r.last_activity_at)
-                by_msisdn[r.msisdn] = line
-                if r.imsi:
-                    by_imsi[r.imsi] = line
-    return by_msisdn, by_imsi
-
-
-async def _insert_records(session: AsyncSession, rows: list[tuple[Any, ...]]) -> None:
-    names = [c.name for c in usage_table.columns]
-    if dialect_name(session) == "postgresql":
-        driver = await driver_in_transaction(session)
-        if driver is not None:
-            await driver.copy_records_to_table("usage_records", records=rows, columns=names)
-            return
-    await session.execute(usage_table.insert(), [dict(zip(names, r, strict=True)) for r in rows])
-
-
-async def rate_chunk(
-    session: AsyncSession,
-    settings: Settings,
-    table: RatingTable,
-    parsed: list[Parsed],
-    errors: _Errors,
-    report: UsageReport,
-) -> None:
-    """Rate and charge one chunk in the caller's transaction."""
-    now = utcnow()
-    existing = await _existing_ids(session, [p.id for p in parsed])
-    fresh = [p for p in parsed if p.id not in existing]
-    duplicates = len(parsed) - len(fresh)
-    by_msisdn, by_imsi = await _lines(
-        session,
-        {p.subscriber for p in fresh if p.by == "msisdn"},
-        {p.subscriber for p in fresh if p.by == "imsi"},
-    )
-    pots: dict[uuid.UUID, LinePots] = {}
-    line_ids = sorted({ln.id for ln in (*by_msisdn.values(), *by_imsi.values())})
-    for i in range(0, len(line_ids), _SLICE):
-        pots.update(await lock_pots(session, line_ids[i : i + _SLICE]))
-    before = alerts.snapshot(p for lp in pots.values() for p in (lp.wallet, *lp.buckets))
-    debited: list[tuple[Pot, uuid.UUID]] = []
-    rows: list[tuple[Any, ...]] = []
-    touched: dict[uuid.UUID, _Line] = {}
-    accepted = unbilled_records = 0
-    fresh.sort(key=lambda p: p.started_at)
-    rates: dict[tuple[str, str | None, str], tuple[str | None, Rate | None]] = {}
-    for p in fresh:
-        line = (by_msisdn if p.by == "msisdn" else by_imsi).get(p.subscriber)
-        if line is None or line.id not in pots:
-            errors.add(p.line, "subscriber", f"{p.subscriber} is not one of our lines")
-            continue
-        country = p.country
-        if country is None:
-            country = _home_country(line.msisdn)
-        key = (p.service, country, line.currency)
-        found = rates.get(key)
+    def rate(
+        self, service: str, country: str | None, currency: str
+    ) -> tuple[str | None, Rate | None]:
+        key = (service, country, currency)
+        found = self.found.get(key)
         if found is None:
-            zone = table.zone_of(country)
-            found = rates[key] = (
-                zone,
-                table.rate(p.service, zone, line.currency) if zone else None,
+            zone = self.table.zone_of(country)
+            rate = self.table.rate(service, zone, currency) if zone else None
+            found = self.found[key] = (zone, rate)
+        return found
+
+
+class _Line:
+    __slots__ = ("account_id", "currency", "home", "id", "imsi", "key", "last_activity_at",
+                 "latest", "msisdn", "pots", "shard")  # fmt: skip
+
+    def __init__(self, row: Any) -> None:
+        self.id: uuid.UUID = row.id
+        self.key = str(row.id)
+        self.msisdn: str = row.msisdn
+        self.imsi: str | None = row.imsi
+        self.currency: str = row.currency
+        self.account_id: uuid.UUID | None = row.account_id
+        self.last_activity_at: datetime | None = row.last_activity_at
+        self.home = _home_country(row.msisdn)
+        self.shard = chart.shard_of(row.id)
+        self.latest: datetime | None = None
+        """The latest usage charged in this chunk."""
+        self.pots: LinePots | None = None
+
+
+@dataclass
+class ChunkOutcome:
+    accepted: int = 0
+    duplicates: int = 0
+    unbilled_records: int = 0
+    errors: _Errors = field(default_factory=_Errors)
+
+
+class _ChunkCharge:
+    """One chunk in one transaction: see the module's docstring."""
+
+    def __init__(self, session: AsyncSession, rater: _Rater, low_balance: int) -> None:
+        self.session = session
+        self.repo = UsageRepository(session)
+        self.rater = rater
+        self.low_balance = low_balance
+        self.now = utcnow()
+        self.outcome = ChunkOutcome()
+        self.debited: list[tuple[Pot, uuid.UUID]] = []
+        """Every pot taken from, with where its takes go (in the order first taken)."""
+
+    async def run(self, records: list[Record], *, look_up: bool) -> ChunkOutcome:
+        """`look_up`: look for the records charged before (else they make the insert fail)."""
+        known = await self.repo.charged_ids([r[2] for r in records]) if look_up else set()
+        fresh = [r for r in records if r[2] not in known] if known else list(records)
+        self.outcome.duplicates = len(records) - len(fresh)
+        lines = await self._lines({r[3] for r in fresh})
+        before = alerts.snapshot(
+            p for ln in lines.values() if ln.pots for p in (ln.pots.wallet, *ln.pots.buckets)
+        )
+        # Line by line (lines share no balance), each line's records in time order (a stable
+        # sort: records of the same time in file order). A line's rows written together also
+        # spare PostgreSQL's index on (line_id, started_at) a jump per row.
+        fresh.sort(key=_started_at)
+        by_line: dict[_Line, list[Record]] = {}
+        for record in fresh:
+            line = lines.get(record[3])
+            if line is None or line.pots is None:
+                self.outcome.errors.add(
+                    record[0], "subscriber", f"{record[3]} is not one of our lines"
+                )
+                continue
+            found = by_line.get(line)
+            if found is None:
+                by_line[line] = [record]
+            else:
+                found.append(record)
+        await self.repo.insert_records(self._rated(by_line))
+        await self._post_transfers()
+        charged = {ln.id: ln for ln in lines.values() if ln.latest is not None}.values()
+        await self.repo.set_last_activity(
+            {
+                ln.id: ln.latest
+                for ln in charged
+                if ln.latest is not None
+                and (ln.last_activity_at is None or ln.latest > ln.last_activity_at)
+            }
+        )
+        jobs = []
+        for ln in charged:
+            assert ln.pots is not None
+            contact = alerts.LineContact(ln.id, ln.account_id, ln.msisdn, ln.currency)
+            jobs += alerts.alerts_for(
+                contact, [ln.pots.wallet, *ln.pots.buckets], before, low_balance=self.low_balance
             )
-        zone, rate = found
-        if rate is None:
-            errors.add(
-                p.line,
-                "service",
-                f"no tariff for {p.service} in zone {zone} in {line.currency} (rating failed)",
-            )
-            continue
-        unit = _UNITS[p.service]
-        rated = rate.rated(p.quantity)
-        line_pots = pots[line.id]
-        taking = take(line_pots, rate, unit, rated, p.started_at)
-        shard = chart.shard_of(line.id)
-        taken: list[str] = []
-        for pot, n in taking.from_buckets:
-            if not pot.batch_debit:
-                debited.append((pot, _counterparty("consumption", unit, shard)))
-            pot.batch_debit += n
-            pot.posted_balance -= n
-            taken.append(f'["{pot.account_id}",{n}]')
-        if taking.wallet_money:
-            wallet = line_pots.wallet
-            if not wallet.batch_debit:
-                debited.append((wallet, _counterparty("usage", line.currency, shard)))
-            wallet.batch_debit += taking.wallet_money
-            wallet.posted_balance -= taking.wallet_money
-            taken.append(f'["{wallet.account_id}",{taking.wallet_money}]')
-        if taking.short:
-            unbilled_records += 1
-        rows.append(
-            (
-                p.id,
-                "batch",
-                p.external_id,
-                line.id,
-                p.service,
-                country,
-                zone,
-                p.quantity,
-                rated,
-                taking.bucket_units,
-                taking.wallet_units,
-                taking.wallet_money,
+        await alerts.send_alerts(self.session, jobs)
+        return self.outcome
+
+    async def _lines(self, subscribers: set[str]) -> dict[str, _Line]:
+        """The lines named, by subscriber (`+MSISDN` or IMSI), with their pots locked."""
+        msisdns = {s for s in subscribers if s[0] == "+"}
+        by_id: dict[uuid.UUID, _Line] = {}
+        for row in await self.repo.lines_named(msisdns, subscribers - msisdns):
+            if row.id not in by_id:  # a line named both ways is found twice
+                by_id[row.id] = _Line(row)
+        ids = sorted(by_id)
+        for i in range(0, len(ids), _SLICE):
+            for line_id, pots in (await lock_pots(self.session, ids[i : i + _SLICE])).items():
+                by_id[line_id].pots = pots
+        named: dict[str, _Line] = {}
+        for ln in by_id.values():
+            named[ln.msisdn] = ln
+            if ln.imsi:
+                named[ln.imsi] = ln
+        return named
+
+    def _rated(self, by_line: dict[_Line, list[Record]]) -> Iterator[tuple[Any, ...]]:
+        """The usage rows of the lines' records, rated and taken from the line's pots in order:
+        each pot remembers what the chunk took from it (`batch_debit`)."""
+        outcome, errors, rater, now = self.outcome, self.outcome.errors, self.rater, self.now
+        debited = self.debited
+        for line, records in by_line.items():
+            pots, currency, home, shard, key = (
+                line.pots,
                 line.currency,
-                taking.short,
-                "[" + ",".join(taken) + "]",
-                None,
-                p.started_at,
-                now,
+                line.home,
+                line.shard,
+                line.key,
             )
-        )
-        accepted += 1
-        if line.latest is None or p.started_at > line.latest:
-            line.latest = p.started_at
-        touched[line.id] = line
-    transfers = [
-        NewTransfer(
-            id=uuid7(),
-            amount=pot.batch_debit,
-            unit=pot.unit,
-            debit_account_id=pot.account_id,
-            credit_account_id=counterparty,
-            code="usage",
-            reference="batch",
-        )
-        for pot, counterparty in debited
-    ]
-    for i in range(0, len(transfers), _SLICE):
-        outcomes = await create_transfers(session, transfers[i : i + _SLICE], now=now)
-        refused = [o for o in outcomes if not o.ok]
-        if refused:
-            raise RuntimeError(f"the ledger refused a usage transfer: {refused[0].result.value}")
-    if rows:
-        if dialect_name(session) != "postgresql":
-            rows = [(*r[:14], json.loads(r[14]), *r[15:]) for r in rows]
-        await _insert_records(session, rows)
-    active = [
-        {"b_id": ln.id, "b_at": ln.latest}
-        for ln in touched.values()
-        if ln.latest is not None
-        and (ln.last_activity_at is None or ln.latest > ln.last_activity_at)
-    ]
-    if active:
-        await session.execute(
-            update(lines_table)
-            .where(lines_table.c.id == bindparam("b_id"))
-            .values(last_activity_at=bindparam("b_at")),
-            active,
-        )
-    jobs = []
-    for ln in touched.values():
-        lp = pots[ln.id]
-        contact = alerts.LineContact(ln.id, ln.account_id, ln.msisdn, ln.currency)
-        jobs += alerts.alerts_for(
-            contact, [lp.wallet, *lp.buckets], before, low_balance=settings.charging_low_balance
-        )
-    await alerts.send_alerts(session, jobs)
-    report.accepted += accepted
-    report.duplicates += duplicates
-    report.unbilled_records += unbilled_records
+            assert pots is not None
+            wallet = pots.wallet
+            for line_no, ext, rid, _, service, quantity, started_at, country in records:
+                if country is None:
+                    country = home
+                zone, rate = rater.rate(service, country, currency)
+                if rate is None:
+                    errors.add(
+                        line_no,
+                        "service",
+                        f"no tariff for {service} in zone {zone} in {currency} (rating failed)",
+                    )
+                    continue
+                unit = _UNITS[service]
+                rated = rate.rated(quantity)
+                taking = take(pots, rate, unit, rated, started_at)
+                taken = []
+                for pot, n in taking.from_buckets:
+                    if not pot.batch_debit:
+                        debited.append((pot, _counterparty(unit, False, shard)))
+                    pot.batch_debit += n
+                    pot.posted_balance -= n
+                    taken.append(f'["{pot.ref}",{n}]')
+                money = taking.wallet_money
+                if money:
+                    if not wallet.batch_debit:
+                        debited.append((wallet, _counterparty(currency, True, shard)))
+                    wallet.batch_debit += money
+                    wallet.posted_balance -= money
+                    taken.append(f'["{wallet.ref}",{money}]')
+                if taking.short:
+                    outcome.unbilled_records += 1
+                outcome.accepted += 1
+                line.latest = started_at  # in time order: the latest so far
+                yield (
+                    rid, "batch", ext, key, service, country, zone, quantity, rated,
+                    taking.bucket_units, taking.wallet_units, money, currency, taking.short,
+                    f"[{','.join(taken)}]", None, started_at, now,
+                )  # fmt: skip
+
+    async def _post_transfers(self) -> None:
+        """One posted transfer per pot taken from: last in the transaction, as the operator's
+        accounts it credits are the hottest rows."""
+        transfers = [
+            NewTransfer(
+                id=uuid7(),
+                amount=pot.batch_debit,
+                unit=pot.unit,
+                debit_account_id=pot.account_id,
+                credit_account_id=counterparty,
+                code="usage",
+                reference="batch",
+            )
+            for pot, counterparty in self.debited
+        ]
+        for i in range(0, len(transfers), _SLICE):
+            outcomes = await create_transfers(self.session, transfers[i : i + _SLICE], now=self.now)
+            refused = [o for o in outcomes if not o.ok]
+            if refused:
+                raise RuntimeError(
+                    f"the ledger refused a usage transfer: {refused[0].result.value}"
+                )
 
 
-def _chunks(
-    rows: Iterable[tuple[int, dict[str, Any]]], size: int, errors: _Errors
-) -> Iterator[list[Parsed]]:
-    chunk: list[Parsed] = []
-    seen: dict[uuid.UUID, int] = {}
-    for line, row in rows:
-        if "__header__" in row:
-            errors.add(line, "header", str(row["__header__"]))
-            continue
-        if "__row__" in row:
-            errors.add(line, "row", str(row["__row__"]))
-            continue
-        p = parse_record(line, row, errors)
-        if p is None:
-            continue
-        if p.id in seen:
-            errors.add(line, "id", f"{p.external_id} already appears on line {seen[p.id]}")
-            continue
-        seen[p.id] = line
-        if len(seen) > 4 * size:
-            seen.clear()  # bounded memory; a later repeat is found as a duplicate instead
-        chunk.append(p)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+_started_at = itemgetter(6)
+
+
+class _RecordsChargedMeanwhile(Exception):
+    """A record of the chunk was recorded already: charged by an earlier import whose records
+    were not looked for, or by another import at the same time."""
+
+
+def _is_duplicate_record(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return bool(exc.constraint_name == "pk_usage_records")
+    if isinstance(exc, IntegrityError):
+        text = str(exc.orig)
+        return "pk_usage_records" in text or "usage_records.id" in text
+    return False
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused: its full passes over the records of a chunk (nothing
+    an import builds is cyclic) cost a tenth of the import's CPU."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def import_usage_records(
     db: Database,
     settings: Settings,
-    rows: Iterable[tuple[int, dict[str, Any]]],
+    rows: Iterable[Row],
     *,
     chunk_size: int | None = None,
 ) -> UsageReport:
-    """Rate and charge usage records, a chunk per transaction. Returns what happened."""
+    """Rate and charge usage records, a chunk per transaction. Returns what happened.
+
+    The next chunk is read and checked in a thread while the database works on this one. The
+    records already charged are looked up in the first chunk, and in the next ones only while
+    some turn up: a new file skips the lookup, and if a record was charged after all the
+    database refuses it (its id is the key) and the chunk runs again with the lookup."""
     report = UsageReport()
+    read_errors = _Errors()
     errors = _Errors()
     async with db.read() as s:
-        table = await load_rating_table(s)
-    for chunk in _chunks(rows, chunk_size or settings.usage_chunk_size, errors):
-        mark = len(errors.items)
-        counts = (report.accepted, report.duplicates, report.unbilled_records)
-
-        async def run(
-            session: AsyncSession,
-            chunk: list[Parsed] = chunk,
-            mark: int = mark,
-            counts: tuple[int, int, int] = counts,
-        ) -> None:
-            # A retried chunk starts again from what was known before it.
-            del errors.items[mark:]
-            report.accepted, report.duplicates, report.unbilled_records = counts
-            try:
-                await rate_chunk(session, settings, table, chunk, errors, report)
-            except IntegrityError as exc:
-                # Another import charged some of these records meanwhile: look again.
-                raise RetryableError("usage records inserted concurrently") from exc
-
-        await db.run(run)
-    report.errors = sorted(errors.items, key=lambda e: e.line)
-    report.rejected = len({e.line for e in report.errors})
+        rater = _Rater(await load_rating_table(s))
+    chunks = _chunks(rows, chunk_size or settings.usage_chunk_size, read_errors)
+    look_up = True
+    with _cycle_collector_paused():
+        following = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+        try:
+            while (chunk := await following) is not None:
+                following = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                try:
+                    outcome = await _charge_chunk(db, settings, rater, chunk, look_up=look_up)
+                except _RecordsChargedMeanwhile:
+                    outcome = await _charge_chunk(db, settings, rater, chunk, look_up=True)
+                look_up = outcome.duplicates > 0
+                report.accepted += outcome.accepted
+                report.duplicates += outcome.duplicates
+                report.unbilled_records += outcome.unbilled_records
+                errors.extend(outcome.errors)
+        finally:
+            # On an error, let the reading thread finish before the caller closes the file.
+            await asyncio.gather(following, return_exceptions=True)
+    errors.extend(read_errors)
+    report.errors = [
+        UsageError(line=line, field=name, detail=detail)
+        for line, name, detail in sorted(errors.items)
+    ]
+    report.rejected = errors.count
+    report.errors_not_listed = errors.count - len(errors.items)
     return report
 
 
-def read_usage_text(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    return read_usage_file(io.StringIO(text), name)
+async def _charge_chunk(
+    db: Database, settings: Settings, rater: _Rater, chunk: list[Record], *, look_up: bool
+) -> ChunkOutcome:
+    async def charge(session: AsyncSession) -> ChunkOutcome:
+        try:
+            return await _ChunkCharge(session, rater, settings.charging_low_balance).run(
+                chunk, look_up=look_up
+            )
+        except (IntegrityError, asyncpg.UniqueViolationError) as exc:
+            if not _is_duplicate_record(exc):
+                raise
+            if not look_up:
+                raise _RecordsChargedMeanwhile from exc
+            # Another import charged some of these records meanwhile: look again.
+            raise RetryableError("usage records inserted concurrently") from exc
+
+    return await db.run(charge)

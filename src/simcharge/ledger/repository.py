@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence, Sized
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ from sqlalchemy import Row, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from simcharge.db import table_of, upsert_insert
+from simcharge.db import dialect_name, table_of, upsert_insert
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 
 accounts = table_of(LedgerAccount)
@@ -87,6 +87,40 @@ FastTransfer = tuple[Any, ...]
 """The 13 parameters of `_FAST_TRANSFER`, in order (`ledger.service` builds them)."""
 
 
+# PostgreSQL, for batches of many transfers (a batch import's chunk posts one per bucket or wallet
+# it took from): the rows as arrays in one statement each, not one parameter set per row through
+# SQLAlchemy's executemany (≈ 40 µs of Python per row).
+_BULK_FROM = 64
+
+_INSERT_TRANSFERS_BULK = """
+INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, unit, kind,
+                              pending_id, pending_status, timeout_at, code, reference, created_at)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[],
+                     $6::varchar[], $7::uuid[], $8::varchar[], $9::timestamptz[], $10::varchar[],
+                     $11::varchar[], $12::timestamptz[])
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+_TRANSFER_COLUMNS = ("id", "debit_account_id", "credit_account_id", "amount", "unit", "kind",
+                     "pending_id", "pending_status", "timeout_at", "code", "reference",
+                     "created_at")  # fmt: skip
+
+LOCKED_COLUMNS = ("id", "unit", "debits_must_not_exceed_credits", "credits_must_not_exceed_debits",
+                  *_TOTALS)  # fmt: skip
+_LOCK_ACCOUNTS_BULK = f"""
+SELECT {", ".join(LOCKED_COLUMNS)} FROM ledger_accounts WHERE id = ANY($1::uuid[])
+ ORDER BY id FOR UPDATE
+"""  # noqa: S608 - column names from this module
+
+_WRITE_TOTALS_BULK = """
+UPDATE ledger_accounts a
+   SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, credits_posted = v.cpo
+  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+       AS v(id, dp, dpo, cp, cpo)
+ WHERE a.id = v.id
+"""
+
+
 def _pool_connection(session: Session) -> Any:
     return session.connection().connection
 
@@ -137,18 +171,22 @@ class LedgerRepository:
         else:
             await (await self.session.connection()).exec_driver_sql(_UNDO_FAST_TRANSFER, undo)
 
-    async def lock_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
-        """The accounts' rows, locked in id order (one order for everyone: fewer deadlocks)."""
+    async def lock_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Sequence[Any]]:
+        """The accounts, locked in id order (one order for everyone: fewer deadlocks), as rows
+        of `LOCKED_COLUMNS`."""
         if not ids:
             return {}
+        ordered = sorted(ids)
+        driver = await self._bulk_driver(ordered)
+        if driver is not None:
+            return {row[0]: row for row in await driver.fetch(_LOCK_ACCOUNTS_BULK, ordered)}
         stmt = (
-            select(accounts)
-            .where(accounts.c.id.in_(sorted(ids)))
+            select(*(accounts.c[name] for name in LOCKED_COLUMNS))
+            .where(accounts.c.id.in_(ordered))
             .order_by(accounts.c.id)
             .with_for_update()
         )
-        result = await self.session.execute(stmt)
-        return {row.id: row for row in result}
+        return {row[0]: row for row in await self.session.execute(stmt)}
 
     async def get_transfers(
         self, ids: Collection[uuid.UUID], *, lock: bool = False
@@ -161,10 +199,20 @@ class LedgerRepository:
         result = await self.session.execute(stmt)
         return {row.id: dict(row._mapping) for row in result}
 
+    async def _bulk_driver(self, rows: Sized) -> Any | None:
+        """The asyncpg connection for a statement over `rows` as arrays, or None."""
+        if len(rows) < _BULK_FROM or dialect_name(self.session) != "postgresql":
+            return None
+        return await driver_in_transaction(self.session)
+
     async def insert_transfers(self, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
         """Insert new transfers; ids that already exist are skipped. Returns the ids inserted."""
         if not rows:
             return set()
+        driver = await self._bulk_driver(rows)
+        if driver is not None:
+            columns = [[row[name] for row in rows] for name in _TRANSFER_COLUMNS]
+            return {r[0] for r in await driver.fetch(_INSERT_TRANSFERS_BULK, *columns)}
         stmt = upsert_insert(self.session, transfers).on_conflict_do_nothing(index_elements=["id"])
         result = await self.session.execute(stmt.returning(transfers.c.id), list(rows))
         return set(result.scalars())
@@ -173,12 +221,17 @@ class LedgerRepository:
         if ids:
             await self.session.execute(delete(transfers).where(transfers.c.id.in_(list(ids))))
 
-    async def write_totals(
-        self, totals: Iterable[tuple[uuid.UUID, tuple[int, int, int, int]]]
-    ) -> None:
+    async def write_totals(self, totals: Iterable[tuple[uuid.UUID, Sequence[int]]]) -> None:
+        listed = list(totals)
+        driver = await self._bulk_driver(listed)
+        if driver is not None:
+            ids = [account_id for account_id, _ in listed]
+            columns = [[values[k] for _, values in listed] for k in range(len(_TOTALS))]
+            await driver.execute(_WRITE_TOTALS_BULK, ids, *columns)
+            return
         params = [
             {"b_id": account_id, **{f"b_{n}": v for n, v in zip(_TOTALS, values, strict=True)}}
-            for account_id, values in totals
+            for account_id, values in listed
         ]
         if params:
             await self.session.execute(_update_totals, params)

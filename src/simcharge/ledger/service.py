@@ -253,17 +253,14 @@ def _static_result(t: NewTransfer, internal: bool) -> TransferResult | None:
 class _Account:
     __slots__ = ("cmned", "dmnec", "totals", "unit")
 
-    def __init__(self, row: Any) -> None:
-        self.unit: str = row.unit
-        self.dmnec: bool = bool(row.debits_must_not_exceed_credits)
-        self.cmned: bool = bool(row.credits_must_not_exceed_debits)
+    def __init__(self, row: Sequence[Any]) -> None:
+        """`row`: the account's `LOCKED_COLUMNS` (`LedgerRepository.lock_accounts`)."""
+        _, unit, dmnec, cmned, *totals = row
+        self.unit: str = unit
+        self.dmnec: bool = bool(dmnec)
+        self.cmned: bool = bool(cmned)
         # debits_pending, debits_posted, credits_pending, credits_posted
-        self.totals = [
-            row.debits_pending,
-            row.debits_posted,
-            row.credits_pending,
-            row.credits_posted,
-        ]
+        self.totals: list[int] = totals
 
 
 DP, DPO, CP, CPO = 0, 1, 2, 3
