@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from simcharge.app import create_app
+from simcharge.auth.throttle import RateLimits
 from simcharge.config import Environment, Settings
 from simcharge.db import Database
 from tests.conftest import TEST_SECRET, Backend, SmtpInbox
@@ -96,6 +97,8 @@ class Live:
     settings: Settings
     db: Database
     inbox: SmtpInbox
+    limits: RateLimits
+    """The server's rate-limit counts (in memory)."""
 
 
 @pytest.fixture
@@ -135,7 +138,7 @@ async def serve(database: Database, inbox: SmtpInbox, smtp_port: int) -> AsyncIt
             break
         await asyncio.sleep(0.05)
     try:
-        yield Live(base, settings, database, inbox)
+        yield Live(base, settings, database, inbox, app.state.rate_limits)
     finally:
         server.should_exit = True
         await task
