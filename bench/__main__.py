@@ -23,7 +23,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.driver import Measurement, Operation, drive
+from bench.driver import Measurement, drive
 from bench.entries import BASELINES, ENTRIES, ONCE, BenchContext
 from bench.report import Driven, build_document, render_table
 
@@ -56,18 +56,17 @@ async def main(args: argparse.Namespace) -> int:
     print(f"preparing the bench database (concurrency {args.concurrency}) …", flush=True)
     await ctx.prepare()
 
-    # A baseline's operation is built once per concurrency (its server, its pool) and driven
-    # before and after the entries.
-    operations: dict[tuple[str, int], Operation] = {}
-
     async def measure(name: str, concurrency: int) -> Measurement:
-        key = (name, concurrency)
-        if key not in operations:
-            operations[key] = await ctx.operation(name, concurrency)
-        m = await drive(
-            name, operations[key], concurrency=concurrency, duration=args.duration,
-            warmup=args.warmup,
-        )
+        """Build one operation (its server, its pool), drive it, and release what it built: a
+        run holds one at a time, within the database server's connection limit."""
+        try:
+            operation = await ctx.operation(name, concurrency)
+            m = await drive(
+                name, operation, concurrency=concurrency, duration=args.duration,
+                warmup=args.warmup,
+            )
+        finally:
+            await ctx.release()
         print(
             f"  {name:24} @{concurrency:<3} {m.ops_per_s:10.1f} ops/s  p50 {m.p50_ms:.2f} ms"
             f"  p95 {m.percentile(95):.2f} ms  p99 {m.percentile(99):.2f} ms"
@@ -83,7 +82,10 @@ async def main(args: argparse.Namespace) -> int:
         after = {key: await measure(*key) for key in wanted}
         for entry in once:
             print(f"  {entry.name} …", flush=True)
-            figures = await entry.run(ctx)
+            try:
+                figures = await entry.run(ctx)
+            finally:
+                await ctx.release()
             print(f"  {entry.name:24} {figures}", flush=True)
             once_results.append((entry, figures))
     finally:

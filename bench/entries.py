@@ -220,7 +220,9 @@ class BenchContext:
             raise KeyError(name)
         return await entry.build(self)
 
-    async def close(self) -> None:
+    async def release(self) -> None:
+        """Stop the servers, close the clients and pools: what one measurement built. Each holds
+        database connections, and the server allows only so many for the whole run."""
         for c in self._clients:
             await c.aclose()
         for proc in self._servers:
@@ -228,10 +230,17 @@ class BenchContext:
                 proc.terminate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), timeout=10)
+        self._clients.clear()
+        self._servers.clear()
         for pool in self._pools.values():
             await pool.close()
+        self._pools.clear()
         if self._db is not None:
             await self._db.dispose()
+            self._db = None
+
+    async def close(self) -> None:
+        await self.release()
 
 
 # --- baselines ---------------------------------------------------------------------------------

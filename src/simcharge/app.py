@@ -97,7 +97,11 @@ def create_app(
         if worker_wanted:
             from simcharge.worker.runner import Worker
 
-            task = asyncio.create_task(Worker(database, settings, http=http).run(stop))
+            worker = Worker(
+                database, settings, http=http, concurrency=settings.worker_in_process_concurrency
+            )
+            app.state.worker = worker
+            task = asyncio.create_task(worker.run(stop))
         try:
             yield
         finally:

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     worker_in_process: bool = True
+    worker_in_process_concurrency: int = Field(default=4, ge=1, le=64)
+    """Jobs the in-process worker runs at once (sending mail, calling providers, receipts): one
+    at a time would keep a payment's confirmation waiting behind every receipt."""
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     worker_lease_seconds: int = Field(default=60, ge=5)
     """How long a claimed job is a worker's without news from it: the worker renews the lease

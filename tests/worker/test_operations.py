@@ -133,3 +133,18 @@ async def test_a_stopping_worker_finishes_quick_jobs_and_gives_back_the_rest(
     async with fresh_db.transaction() as s:
         claimed = await service.claim(s, "w2", 5)
     assert [c.kind for c in claimed] == ["stuck"]
+
+
+async def test_the_in_process_worker_runs_as_many_jobs_at_once_as_configured(
+    settings: Settings, db: Database
+) -> None:
+    from simcharge.app import create_app
+
+    settings = settings.model_copy(update={"worker_in_process": True})
+    app = create_app(settings.model_copy(update={"worker_in_process_concurrency": 3}), db=db)
+    async with app.router.lifespan_context(app):
+        worker = app.state.worker
+        assert isinstance(worker, Worker) and worker.concurrency == 3
+    default = create_app(settings, db=db)
+    async with default.router.lifespan_context(default):
+        assert default.state.worker.concurrency == 4

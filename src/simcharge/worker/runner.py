@@ -266,7 +266,8 @@ class Worker:
         """Wait for the next poll, a stop, or a free slot, whichever comes first."""
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if self._running:
-            waiters.append(asyncio.create_task(_first_done(self._running)))
+            # A copy: a task that ends before this one starts must still count as done.
+            waiters.append(asyncio.create_task(_first_done(set(self._running))))
         _, pending = await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
         for w in pending:
             w.cancel()
