@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
+from bench import http
 from bench.driver import Operation
 from simcharge import migrate
 from simcharge.db import Database, create_engine
@@ -91,7 +92,7 @@ class BenchContext:
     _pools: dict[int, Any] = field(default_factory=dict)
     _db: Database | None = None
     _servers: list[asyncio.subprocess.Process] = field(default_factory=list)
-    _clients: list[httpx.AsyncClient] = field(default_factory=list)
+    _clients: list[http.Client] = field(default_factory=list)
 
     def dsn(self, database: str = BENCH_DB) -> str:
         return (
@@ -203,10 +204,9 @@ class BenchContext:
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"{target} did not start")
 
-    def client(self, base: str, *, connections: int | None = None) -> httpx.AsyncClient:
-        n = connections or self.concurrency
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        c = httpx.AsyncClient(base_url=base, limits=limits, timeout=30)
+    def client(self, base: str, *, connections: int | None = None) -> http.Client:
+        """The driver's HTTP client (`bench.http`: keep-alive, little CPU per request)."""
+        c = http.Client(base, connections=connections or self.concurrency)
         self._clients.append(c)
         return c
 
