@@ -1854,3 +1854,40 @@ async def test_an_alipay_trade_closed_after_its_payment_is_a_full_refund(
     assert "TRADE_CLOSED" in (row.attention_note or "")
     assert await _sms(db, payer) == sms
     await assert_ledger_balanced(db)
+
+
+async def test_the_portal_on_a_phone_opens_alipays_mobile_page(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """The portal places the order with the browser's User-Agent, as the API does: "Pay now" on
+    a phone goes to Alipay's mobile page (`wap.pay`), on a desktop to its website."""
+    from tests.portal.helpers import new_customer, portal_order, sign_in
+
+    Alipay(keys, mock)
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    expected = {
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148": "alipay.trade.wap.pay",
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0": "alipay.trade.page.pay",
+    }
+    for agent, method in expected.items():
+        client.headers["User-Agent"] = agent
+        _, went = await portal_order(client, customer.line.id, method="alipay")
+        params = dict(parse_qsl(urlparse(went).query, keep_blank_values=True))
+        assert params.get("method") == method, (agent, went)
+
+
+async def test_the_portal_on_a_phone_opens_wechat_pays_h5_page(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    from tests.portal.helpers import new_customer, portal_order, sign_in
+
+    route = WeChatPay(keys, mock).expect_h5_checkout()
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    client.headers["User-Agent"] = "Mozilla/5.0 (Linux; Android 14; Pixel 8) Mobile Safari/537.36"
+    _, went = await portal_order(client, customer.line.id, method="wechatpay")
+    assert route.call_count == 1
+    assert went.startswith("https://wx.tenpay.com/cgi-bin/mmpayweb-bin/")

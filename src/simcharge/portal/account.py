@@ -317,6 +317,7 @@ async def topup(
                 idempotency_key=form.get("idempotency_key") or None,
                 plan_code=choice.plan, method_code=choice.method, line_id=choice.line_id,
                 msisdn=choice.msisdn, flow=None, language=page.language, now=utcnow(),
+                user_agent=client.user_agent,
             )
         )
         payment = await payments.open_checkout(
@@ -331,7 +332,9 @@ async def topup(
         )
     order_page = f"/account/orders/{placed.order.id}"
     url = payment.redirect_url
-    if payment.flow == PaymentFlow.redirect.value and url and provider_url_ok(settings, url):
+    # A hosted page (the website's, or the phone's: Alipay `wap.pay`, WeChat Pay H5); a QR code is
+    # shown on the order's page.
+    if payment.flow != PaymentFlow.qr.value and url and provider_url_ok(settings, url):
         return redirect(url)
     return redirect(order_page)
 

@@ -78,6 +78,7 @@ PROVIDER_HOSTS = frozenset(
         "openapi-sandbox.dl.alipaydev.com",
         "excashier.alipay.com",
         "excashier-sandbox.dl.alipaydev.com",
+        "wx.tenpay.com",  # WeChat Pay H5 (`h5_url`)
     }
 )
 
