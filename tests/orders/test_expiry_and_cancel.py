@@ -243,3 +243,25 @@ async def test_after_the_hour_only_staff_ask_about_a_closed_order(
     assert outcome is Outcome.fulfilled
     late = await order_row(db, order["id"])
     assert (late.state, late.attention) == ("fulfilled", "late_success")
+
+
+async def test_the_portals_buttons_find_a_payment_made_just_before_cancelling(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """"Check again" and "Paid but not credited?" on the order's page ask the provider within
+    the late-payment window too, as the API's check does: no ticket needed."""
+    from tests.portal.helpers import new_customer, portal_order, post_form, sign_in
+
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    for button in ("check", "help"):
+        order_id, _ = await portal_order(client, customer.line.id, plan="starter-10")
+        page = f"/account/orders/{order_id}"
+        r = await post_form(client, page, f"{page}/cancel", {})
+        assert (await order_row(db, str(order_id))).state == "cancelled"
+        reference = (await order_row(db, str(order_id))).reference
+        await _paid_at_the_provider_after_all(db, reference)
+        r = await post_form(client, page, f"{page}/{button}", {})
+        assert r.status_code == 303 and r.headers["location"] == page, button
+        late = await order_row(db, str(order_id))
+        assert (late.state, late.attention) == ("fulfilled", "late_success"), button

@@ -24,7 +24,7 @@ from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders import receipts, service
 from simcharge.orders.fulfilment import issue_receipt_number
-from simcharge.orders.models import Order, OrderState, Payment, ProviderEvent, Refund
+from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
 from simcharge.orders.schemas import (
     EventOut,
     NextAction,
@@ -322,7 +322,7 @@ async def check_order(
     whose notification is lost is found and credited: `late_success`)."""
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)
-    if order.state == OrderState.pending or payments.late_window_open(order, utcnow()):
+    if payments.customer_may_ask(order, utcnow()):
         await payments.check_order(db, providers, order_id, source="customer_check", capture=True)
     async with db.read() as s:
         return await detail(s, await service.own_order(s, customer.account.id, order_id), language)

@@ -212,6 +212,12 @@ def late_window_open(order: Order, now: datetime) -> bool:
     )
 
 
+def customer_may_ask(order: Order, now: datetime) -> bool:
+    """Whether a customer's "check now" asks the provider: a pending order, or a closed unpaid
+    one in its late-payment window."""
+    return order.state == OrderState.pending or late_window_open(order, now)
+
+
 async def check_order(
     db: Database, providers: Providers, order_id: uuid.UUID, *, source: str, capture: bool = False
 ) -> Outcome:

@@ -409,7 +409,7 @@ async def order_check(order_id: str, request: Request, page: Page, db: DB) -> Re
     oid = _uuid(order_id)
     async with db.read() as s:
         order = await orders.own_order(s, account_id, oid)
-    if order.state == "pending":
+    if payments.customer_may_ask(order, utcnow()):
         with contextlib.suppress(payments.PaymentProviderUnavailable):
             await payments.check_order(
                 db, _providers(request), oid, source="customer_check", capture=True
