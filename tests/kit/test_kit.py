@@ -98,3 +98,18 @@ def test_phone_numbers() -> None:
     for bad in ("", "12", "+999 123", "hello"):
         with pytest.raises(InvalidPhoneNumber):
             normalize_e164(bad)
+
+
+def test_quantities_read_alike_everywhere_in_the_readers_language() -> None:
+    from simcharge.kit.units import units_text
+    from simcharge.notifications.templates import environment
+
+    assert units_text("en", 15000, "VOICE_S") == "250 min"
+    assert units_text("zh-Hans", 15000, "VOICE_S") == "250 分钟"
+    assert units_text("es", 5 * 1024**3 // 2, "DATA_B") == "2,5 GB"
+    # e-mails, SMS and receipts use the same words as the portal
+    for language in ("en", "zh-Hans", "zh-Hant", "fil", "es"):
+        for amount, unit in ((15000, "VOICE_S"), (512 * 1024**2, "DATA_B"), (50, "SMS")):
+            assert environment(language).filters["units"](amount, unit) == units_text(
+                language, amount, unit
+            )

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_decimal
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
+from simcharge.kit.units import units_text
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -67,15 +67,7 @@ def environment(language: str, *, html: bool = False) -> Environment:
         return format_money(int(minor), currency, locale)
 
     def as_units(amount: Any, unit: str) -> str:
-        value = int(amount)
-        if unit == "VOICE_S":
-            return str(format_decimal(round(value / 60), locale=locale)) + " min"
-        if unit == "DATA_B":
-            mb = value / 1024 / 1024
-            if mb >= 1024:
-                return str(format_decimal(round(mb / 1024, 2), locale=locale)) + " GB"
-            return str(format_decimal(round(mb, 1), locale=locale)) + " MB"
-        return str(format_decimal(value, locale=locale)) + " SMS"
+        return units_text(language, int(amount), unit)
 
     def as_text(value: Any) -> str:
         """A text given in several languages (`{"en": …, "es": …}`) in this one."""

@@ -25,6 +25,7 @@ from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.translations import N_, translate
+from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineState
@@ -47,7 +48,6 @@ from simcharge.portal.web import (
     provider_url_ok,
     redirect,
     render,
-    units_text,
 )
 
 router = APIRouter(include_in_schema=False)

@@ -19,9 +19,10 @@ from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, format_money, to_minor
 from simcharge.kit.translations import N_, translate
+from simcharge.kit.units import locale_of
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
-from simcharge.portal.web import Page, Visitor, error_texts, form_of, locale_of, redirect, render
+from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
 from simcharge.tmf654 import giving
 from simcharge.tmf654.service import USAGE_UNITS, TransferLimitExceeded
 

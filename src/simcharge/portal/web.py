@@ -35,6 +35,7 @@ from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, negotiate_language, normalize_language
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
+from simcharge.kit.units import locale_of, units_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -204,30 +205,6 @@ async def form_of(request: Request, page: Visitor) -> dict[str, str]:
 
 def _locale(language: str) -> str:
     return BABEL_LOCALES.get(language, "en")
-
-
-@lru_cache(maxsize=16)
-def locale_of(language: str) -> Locale:
-    """The page language's Babel locale (parsed once)."""
-    return Locale.parse(_locale(language))
-
-
-@lru_cache(maxsize=8192)
-def units_text(language: str, amount: int, unit: str) -> str:
-    """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
-    loc = locale_of(language)
-    if unit == "VOICE_S":
-        n = format_decimal(amount // 60, locale=loc)
-        return translate(language, N_("{n} min")).format(n=n)
-    if unit == "DATA_B":
-        mb = amount / 1024 / 1024
-        if mb >= 1024:
-            n = format_decimal(round(mb / 1024, 2), locale=loc)
-            return translate(language, N_("{n} GB")).format(n=n)
-        return translate(language, N_("{n} MB")).format(n=format_decimal(round(mb, 1), locale=loc))
-    if unit == "SMS":
-        return translate(language, N_("{n} SMS")).format(n=format_decimal(amount, locale=loc))
-    return format_money(amount, unit, loc)
 
 
 _BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
