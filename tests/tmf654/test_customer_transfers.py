@@ -35,6 +35,7 @@ async def test_i_give_credit_to_another_number_once(
     terms = await client.get(f"{url}/terms", headers=me.auth)
     assert terms.status_code == 200
     assert terms.json()["fee_fixed"]["minor"] == 10 and terms.json()["fee_percent"] == "2"
+    assert terms.json()["used_today"] == 0
     headers = {**me.auth, **idem()}
     body = {"to": friend.line.msisdn, "usage_type": "monetary", "amount": 500}
     r = await client.post(url, json=body, headers=headers)
@@ -50,6 +51,7 @@ async def test_i_give_credit_to_another_number_once(
     assert changed.json()["type"].endswith("/idempotency-key-reused")
     listed = await client.get(url, headers=me.auth)
     assert [t["id"] for t in listed.json()] == [out["id"]]
+    assert (await client.get(f"{url}/terms", headers=me.auth)).json()["used_today"] == 1
     async with db.read() as s:
         jobs = (await s.execute(select(OutboxJob.payload).where(
             OutboxJob.dedupe_key == f"transfer:{out['id']}"))).scalars().all()
@@ -110,3 +112,15 @@ async def test_a_day_allows_only_so_many_transfers(
         assert (await client.post(url, json=body, headers={**me.auth, **idem()})).status_code == 201
     r = await client.post(url, json=body, headers={**me.auth, **idem()})
     assert r.status_code == 409 and r.json()["type"].endswith("/transfer-limit-exceeded")
+
+
+async def test_the_money_limits_are_said_in_money(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    me, friend = await funded(db, settings), await new_payer(db, settings)
+    url = f"/api/v1/me/lines/{me.line.id}/transfers"
+    body = {"to": friend.line.msisdn, "usage_type": "monetary", "amount": 6000}
+    r = await client.post(url, json=body, headers={**me.auth, **idem()})
+    assert r.status_code == 409
+    assert r.json()["detail"] == "A transfer of money is between 1.00 and 50.00 USD."
+    assert await totals(db, me.line.wallet_account_id) == (2000, 0)

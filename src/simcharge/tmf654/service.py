@@ -21,6 +21,7 @@ from simcharge.config import Settings
 from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.money import from_minor
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus, TransferKind
@@ -420,8 +421,10 @@ def _check_limits(settings: Settings, unit: str, currency: str, amount: int) -> 
         low, high = settings.balance_transfer_min_amount, settings.balance_transfer_max_amount
         if not low <= amount <= high:
             raise TransferLimitExceeded(
-                N_("A transfer of money is between {low} and {high} (minor units)."),
-                field="amount", low=low, high=high,
+                N_("A transfer of money is between {low_amount} and {high_amount} {currency}."),
+                field="amount", low=low, high=high, currency=currency,
+                low_amount=str(from_minor(low, currency)),
+                high_amount=str(from_minor(high, currency)),
             )
     elif unit == "DATA_B" and amount > settings.balance_transfer_max_data_mb * MB:
         raise TransferLimitExceeded(

@@ -19,6 +19,7 @@ from simcharge.accounts.service import own_line
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.auth.deps import CurrentCustomer
 from simcharge.errors import ValidationFailed
+from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Money
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
@@ -67,6 +68,8 @@ class TransferTerms(BaseModel):
     max_data_mb: int
     max_voice_minutes: int
     per_day: int
+    used_today: int
+    """Transfers this line gave today (UTC): `per_day` minus this is what is left."""
 
 
 def _out(action: BalanceAction, line: Line, receiver: Line) -> TransferOut:
@@ -120,13 +123,14 @@ async def terms(
 ) -> TransferTerms:
     async with db.read() as s:
         line = await own_line(s, customer.account.id, line_id)
-    cur = line.currency
+        t = await giving.terms_of(s, settings, line, utcnow())
     return TransferTerms(
-        fee_percent=settings.balance_transfer_fee_percent,
-        fee_fixed=Money.of(settings.balance_transfer_fee_fixed, cur),
-        min_amount=Money.of(settings.balance_transfer_min_amount, cur),
-        max_amount=Money.of(settings.balance_transfer_max_amount, cur),
-        max_data_mb=settings.balance_transfer_max_data_mb,
-        max_voice_minutes=settings.balance_transfer_max_voice_minutes,
-        per_day=settings.balance_transfer_daily_count,
+        fee_percent=t.fee_percent,
+        fee_fixed=Money.of(t.fee_fixed, t.currency),
+        min_amount=Money.of(t.min_amount, t.currency),
+        max_amount=Money.of(t.max_amount, t.currency),
+        max_data_mb=t.max_data_mb,
+        max_voice_minutes=t.max_voice_minutes,
+        per_day=t.per_day,
+        used_today=t.used_today,
     )
