@@ -347,3 +347,10 @@ def test_record_kinds_come_from_the_transfer_code() -> None:
     assert kind_of("transfer_fee", False) == "transfer"
     assert kind_of("forfeit", False) == "expiry"
     assert kind_of("expiry", False) == "expiry"
+
+
+def test_a_code_goes_by_sms_when_the_form_says_sms_or_phone() -> None:
+    from simcharge.portal.public import _channel
+
+    assert [_channel(v) for v in ("sms", "phone", "email", None, "fax")] == [
+        "sms", "sms", "email", "email", "email"]

@@ -51,7 +51,8 @@ PENDING_LOGIN_SECONDS = 300
 
 
 def _channel(raw: str | None) -> Channel:
-    return "sms" if raw == "sms" else "email"
+    """`sms` (the API's `phone` too) or `email`."""
+    return "sms" if raw in ("sms", "phone") else "email"
 
 
 @router.get("/")
