@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import os
 import re
 import subprocess
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 import typer.main
-from sqlalchemy import text
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from simcharge import cli
@@ -178,6 +180,23 @@ def test_apikey_create_and_revoke(cli_env: str) -> None:
     assert invoke("apikey", "revoke", prefix)[0] == 0
     code, out = invoke("apikey", "revoke", prefix)
     assert code == 1 and "no live key" in out
+    # who made and who revoked the key is in the audit log; the refusals left nothing there
+    async def entries() -> list[tuple[str, str | None, str, Any]]:
+        from simcharge.backoffice.models import AuditEntry
+
+        db = Database.from_url(cli_env)
+        try:
+            async with db.read() as s:
+                rows = (await s.execute(select(AuditEntry).order_by(AuditEntry.at))).scalars()
+                return [(e.action, e.target_id, e.actor, e.after) for e in rows]
+        finally:
+            await db.dispose()
+
+    actor = f"cli:{getpass.getuser()}"
+    assert asyncio.run(entries()) == [
+        ("apikey.create", prefix, actor, {"name": "crm", "scopes": ["lines:read"]}),
+        ("apikey.revoke", prefix, actor, None),
+    ]
 
 
 def _start(tmp_path: Path, command: str, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -340,11 +340,21 @@ def apikey_create(
 ) -> None:
     """Create an API key and print it (once: only its hash is kept)."""
     from simcharge.auth.apikeys import create_api_key
+    from simcharge.backoffice import audit
     from simcharge.errors import SimchargeError
 
     async def create(db: Database) -> str:
         async with db.transaction() as session:
-            return (await create_api_key(session, name, scope)).token
+            issued = await create_api_key(session, name, scope)
+            await audit.record(
+                session,
+                audit.command_line_actor("apikey create"),
+                "apikey.create",
+                target_type="api_key",
+                target_id=issued.key.prefix,
+                after={"name": issued.key.name, "scopes": issued.key.scopes},
+            )
+            return issued.token
 
     try:
         token = _run(create)
@@ -360,10 +370,20 @@ def apikey_revoke(
 ) -> None:
     """Revoke an API key at once."""
     from simcharge.auth.apikeys import revoke_api_key
+    from simcharge.backoffice import audit
 
     async def revoke(db: Database) -> bool:
         async with db.transaction() as session:
-            return await revoke_api_key(session, prefix)
+            revoked = await revoke_api_key(session, prefix)
+            if revoked:
+                await audit.record(
+                    session,
+                    audit.command_line_actor("apikey revoke"),
+                    "apikey.revoke",
+                    target_type="api_key",
+                    target_id=prefix,
+                )
+            return revoked
 
     if not _run(revoke):
         _fail(f"no live key with prefix {prefix}", 1)
