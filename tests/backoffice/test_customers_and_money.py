@@ -4,7 +4,7 @@ what it may not do, every money action in the ledger and the audit log."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -153,10 +153,16 @@ async def _import_usage(db: Database, settings: Settings, *rows: str) -> None:
     assert report.accepted == len(rows) and not report.errors, report
 
 
+def _at(start: datetime, seconds: int) -> str:
+    """A usage record's start, `seconds` after the test's start (after the plan's buckets)."""
+    return (start + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def test_the_full_view_shows_everything(
     app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
-    clock.freeze(utcnow())
+    start = utcnow()
+    clock.freeze(start)
     payer = await new_payer(db, settings)
     order = await _paid(client, db, settings, payer, plan="starter-10")
     # the provider's webhook arrives too (after the check credited it): an event on the order
@@ -195,8 +201,8 @@ async def test_the_full_view_shows_everything(
     msisdn = payer.line.msisdn
     await _import_usage(
         db, settings,
-        f"u1,{msisdn},voice,90,2026-11-25T10:00:00Z,",
-        f"u2,{msisdn},sms,21,2026-11-25T10:05:00Z,",
+        f"u1,{msisdn},voice,90,{_at(start, 20)},",
+        f"u2,{msisdn},sms,21,{_at(start, 40)},",
     )
     clock.advance(minutes=1)
     admin = await new_staff(db, settings, "admin")
@@ -207,7 +213,7 @@ async def test_the_full_view_shows_everything(
     )
     assert r.status_code == 200, r.text
     clock.advance(minutes=1)
-    await _import_usage(db, settings, f"u3,{msisdn},sms,1,2026-11-25T11:00:00Z,")
+    await _import_usage(db, settings, f"u3,{msisdn},sms,1,{_at(start, 170)},")
 
     finance = await new_staff(db, settings, "finance")
     r = await client.get(f"/api/v1/admin/customers/{payer.account_id}", headers=finance.auth)
@@ -262,7 +268,7 @@ async def test_the_full_view_shows_everything(
     assert "1 min 30 s" in usage_page.text and "v2:" not in usage_page.text
     r = await client.get(
         f"/api/v1/admin/lines/{payer.line.id}/usage",
-        params={"service": "sms", "to": "2026-11-25"},
+        params={"service": "sms", "to": (start + timedelta(seconds=170)).date().isoformat()},
         headers=finance.auth,
     )
     assert [u["external_id"] for u in r.json()] == ["u3", "u2"]
