@@ -205,6 +205,7 @@ async def run(args: argparse.Namespace) -> int:
         log("draining: letting the workers finish what is due; customers re-check paid orders")
         drain_until = time.monotonic() + args.drain
         brought_forward = 0
+        drained_in: float | None = None
         async with httpx.AsyncClient(timeout=10) as http:
             while time.monotonic() < drain_until:
                 brought_forward += await bring_retries_forward(db)
@@ -212,6 +213,7 @@ async def run(args: argparse.Namespace) -> int:
                 due = await due_jobs(db)
                 held = await open_reservations(db)
                 if not stuck and not due and not held:
+                    drained_in = round(args.drain - (drain_until - time.monotonic()), 1)
                     break
                 for order_id in stuck:
                     owner = crowd.owner.get(order_id)
@@ -224,6 +226,8 @@ async def run(args: argparse.Namespace) -> int:
         await cluster.stop_all()
         verdict = await verify(db)
         verdict.facts["retries brought forward to drain"] = brought_forward
+        verdict.facts["drained in (s)"] = drained_in if drained_in is not None else (
+            f"not within {args.drain:g}")
         server_error_verdict(verdict, crowd.server_errors, restarts)
         verdict.violations += [
             f"{name} did not stop within {GRACE_SECONDS} s + 20 s of SIGTERM (killed)"
@@ -271,7 +275,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8701)
     parser.add_argument("--kill-min", type=float, default=2.0)
     parser.add_argument("--kill-max", type=float, default=5.0)
-    parser.add_argument("--drain", type=float, default=120, help="seconds allowed to drain")
+    parser.add_argument(
+        "--drain", type=float, default=300,
+        help="seconds allowed to drain (the backlog of a minute of load and faults: ~2 min on 2 "
+        "cores)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-postgres-restart", action="store_true",
                         help="skip that fault (otherwise a run that cannot restart it fails)")

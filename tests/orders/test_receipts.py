@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ from pypdf import PdfReader
 
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.orders.receipts import ReceiptFacts, needs_cjk_font, render_pdf
 from tests.auth.helpers import problem
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import new_payer, pay_at_sandbox, place, run_worker
@@ -94,9 +97,34 @@ async def test_a_chinese_receipt_has_its_glyphs(client: httpx.AsyncClient, db: D
         english = await client.get(f"/api/v1/orders/{order['id']}/receipt?lang=en",
                                    headers=payer.auth)
     assert "Starter" in _text(english.content) and "Receipt" in _text(english.content)
-    # English times have a narrow no-break space before AM/PM, which the font lacks.
+    # English times have a narrow no-break space before AM/PM: printed, not a missing glyph.
     assert not [r for r in caplog.records if "missing the following glyphs" in r.getMessage()]
+    # Nothing Chinese on it (the account's name is Latin): only the small Latin font.
+    assert [n.split("+")[-1] for n in _embedded_fonts(english.content)] == ["DejaVuSansBook"]
     assert re.search(r"\d{1,2}:\d{2}\s[AP]M", _text(english.content))
+
+
+def test_the_cjk_font_only_where_a_character_needs_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    facts = ReceiptFacts(
+        language="fil", operator="simcharge", number="R2026-000001",
+        issued_at=datetime(2026, 12, 5, 9, 30, tzinfo=UTC), order_reference="ORD-1",
+        payer="María Santos", msisdn="+639171234567", plan="Manlalakbay",
+        grants=["5 GB"], method="GCash", price="₱250.00", fee="₱0.00", total="₱250.00",
+        refunded=None, status="Bayad",
+    )
+    assert not needs_cjk_font(["María Santos", "₱250.00", "Ελληνικά", "\u202f"])
+    assert needs_cjk_font(["李小龙"])
+    with caplog.at_level(logging.WARNING, logger="fpdf"):
+        latin = render_pdf(facts)
+        named = render_pdf(replace(facts, payer="李小龙"))
+    assert not [r for r in caplog.records if "missing the following glyphs" in r.getMessage()]
+    assert "₱250.00" in _text(latin) and "María Santos" in _text(latin)
+    assert [n.split("+")[-1] for n in _embedded_fonts(latin)] == ["DejaVuSansBook"]
+    # A customer's name in Chinese on a Filipino receipt: its glyphs from the CJK font.
+    assert "李小龙" in _text(named) and "₱250.00" in _text(named)
+    assert sorted(n.split("+")[-1] for n in _embedded_fonts(named)) == [
+        "DejaVuSansBook", "NotoSansCJKSCRegular"]
 
 
 async def test_the_receipt_as_json(client: httpx.AsyncClient, db: Database,

@@ -1,10 +1,14 @@
 """Receipts: a PDF in the customer's language, with the glyphs of every language embedded.
 
-The font is Noto Sans CJK SC (SIL Open Font License), shipped on PyPI by `mplfonts`; fpdf2
-embeds the subset of glyphs a receipt uses (a receipt weighs about 10 kB, about 23 kB with
-Chinese text). Loading the 16 MB font takes a second or two, so receipts are rendered by the
-worker when an order is paid and kept (`receipt_documents`); a refund deletes them and the next
-request renders them again.
+The text font is DejaVu Sans (Bitstream Vera license, shipped with matplotlib): Latin, Greek,
+Cyrillic and every currency sign we print (the peso sign ₱ included). Where a receipt holds a
+character it lacks — Chinese text, a name in another script — Noto Sans CJK SC (SIL Open Font
+License, shipped on PyPI by `mplfonts`) is added as the fallback that fpdf2 draws those
+characters with. fpdf2 embeds the subset of glyphs a receipt uses (about 10 kB, about 25 kB with
+Chinese text). Parsing and subsetting the 16 MB CJK font costs about half a second of CPU
+against a few hundredths for DejaVu, so it is loaded only for the receipts that need it.
+Receipts are rendered by the worker when an order is paid and kept (`receipt_documents`); a
+refund deletes them and the next request renders them again.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,15 +38,45 @@ from simcharge.notifications.templates import environment
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, OrderState, ReceiptDocument
 
-FONT = "noto"
+FONT = "dejavu"
+CJK_FONT = "noto"
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"the {package} package (a font of the receipts) is not installed")
+    return Path(spec.origin).resolve().parent.joinpath(*parts)
 
 
 @lru_cache(maxsize=1)
 def font_path() -> Path:
-    spec = importlib.util.find_spec("mplfonts")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the mplfonts package (the receipts' CJK font) is not installed")
-    return Path(spec.origin).resolve().parent / "fonts" / "NotoSansCJKsc-Regular.otf"
+    """DejaVu Sans, the receipts' text font."""
+    return _package_file("matplotlib", "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
+
+
+@lru_cache(maxsize=1)
+def cjk_font_path() -> Path:
+    """Noto Sans CJK SC, the fallback for what DejaVu Sans lacks."""
+    return _package_file("mplfonts", "fonts", "NotoSansCJKsc-Regular.otf")
+
+
+@lru_cache(maxsize=1)
+def _font_covers() -> frozenset[int]:
+    """The code points DejaVu Sans has glyphs for."""
+    font = TTFont(str(font_path()), lazy=True)
+    try:
+        return frozenset(font.getBestCmap())
+    finally:
+        font.close()
+
+
+def needs_cjk_font(texts: Iterable[str]) -> bool:
+    """Whether any character (other than spacing and controls) is missing from DejaVu Sans."""
+    covered = _font_covers()
+    return any(
+        ord(ch) not in covered and not ch.isspace() for text in texts for ch in text
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,35 +154,13 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
     )
 
 
-class _Pdf(FPDF):
-    """CLDR formats times and some amounts with a narrow no-break space (U+202F), which the
-    font lacks: print the ordinary no-break space instead."""
-
-    def normalize_text(self, text: str) -> str:
-        return str(super().normalize_text(text.replace("\u202f", "\u00a0")))
-
-
 def render_pdf(f: ReceiptFacts) -> bytes:
     """A one-page A4 receipt."""
 
     def t(message: str) -> str:
         return translate(f.language, message)
 
-    label = t(N_("Receipt"))
-    title = f"{label} {f.number}"
-    pdf = _Pdf(format="A4")
-    pdf.set_title(title)
-    pdf.set_author(f.operator)
-    pdf.add_page()
-    pdf.add_font(FONT, fname=str(font_path()))
-    pdf.set_font(FONT, size=20)
-    pdf.set_text_color(11, 110, 79)
-    pdf.cell(0, 12, f.operator, new_x="LMARGIN", new_y="NEXT")
-    pdf.set_text_color(27, 39, 51)
-    pdf.set_font(FONT, size=15)
-    pdf.cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font(FONT, size=11)
+    title = f"{t(N_('Receipt'))} {f.number}"
     date = str(environment(f.language).filters["datetime"](f.issued_at))
     rows = [
         (t(N_("Date")), date),
@@ -156,32 +170,50 @@ def render_pdf(f: ReceiptFacts) -> bytes:
         (t(N_("Package")), f.plan),
         (t(N_("Payment method")), f.method),
         (t(N_("Status")), f.status),
+        (t(N_("Includes")), "\n".join(f.grants) or "—"),
     ]
-    for label, value in rows:
+    amounts = [(t(N_("Price")), f.price), (t(N_("Payment fee")), f.fee)]
+    if f.refunded:
+        amounts.append((t(N_("Refunded")), f.refunded))
+    total = (t(N_("Total paid")), f.total)
+    thanks = t(N_("Thank you for your purchase. Keep this receipt as proof of payment."))
+
+    pdf = FPDF(format="A4")
+    pdf.set_title(title)
+    pdf.set_author(f.operator)
+    pdf.add_page()
+    pdf.add_font(FONT, fname=str(font_path()))
+    texts = [f.operator, title, thanks, *(x for pair in (*rows, *amounts, total) for x in pair)]
+    if needs_cjk_font(texts):
+        pdf.add_font(CJK_FONT, fname=str(cjk_font_path()))
+        pdf.set_fallback_fonts([CJK_FONT])
+    pdf.set_font(FONT, size=20)
+    pdf.set_text_color(11, 110, 79)
+    pdf.cell(0, 12, f.operator, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(27, 39, 51)
+    pdf.set_font(FONT, size=15)
+    pdf.cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font(FONT, size=11)
+    for i, (label, value) in enumerate(rows):
+        if i == len(rows) - 1:
+            pdf.ln(2)
         pdf.cell(55, 8, label)
         pdf.multi_cell(0, 8, value, new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.cell(55, 8, t(N_("Includes")))
-    pdf.multi_cell(0, 8, "\n".join(f.grants) or "—", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     pdf.set_draw_color(200, 205, 210)
     pdf.line(pdf.l_margin, pdf.get_y(), pdf.w - pdf.r_margin, pdf.get_y())
     pdf.ln(3)
-    amounts = [(t(N_("Price")), f.price), (t(N_("Payment fee")), f.fee)]
-    if f.refunded:
-        amounts.append((t(N_("Refunded")), f.refunded))
     for label, value in amounts:
         pdf.cell(140, 8, label)
         pdf.cell(0, 8, value, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(FONT, size=13)
-    pdf.cell(140, 10, t(N_("Total paid")))
-    pdf.cell(0, 10, f.total, align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(140, 10, total[0])
+    pdf.cell(0, 10, total[1], align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(8)
     pdf.set_font(FONT, size=10)
     pdf.set_text_color(91, 107, 122)
-    pdf.multi_cell(
-        0, 6, t(N_("Thank you for your purchase. Keep this receipt as proof of payment."))
-    )
+    pdf.multi_cell(0, 6, thanks)
     return bytes(pdf.output())
 
 
