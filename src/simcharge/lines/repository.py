@@ -100,10 +100,11 @@ class LineRepository:
         return list(await self.session.execute(stmt))
 
     async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
+        # Rows as parameters (not `.values(rows)`): one cached statement whatever their number,
+        # sent as one multi-row INSERT by SQLAlchemy's insertmanyvalues.
         await self.session.execute(
-            upsert_insert(self.session, buckets)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["id"])
+            upsert_insert(self.session, buckets).on_conflict_do_nothing(index_elements=["id"]),
+            rows,
         )
 
     async def insert_bucket_if_absent(self, values: dict[str, Any]) -> None:

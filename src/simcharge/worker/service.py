@@ -68,15 +68,12 @@ async def enqueue(
         "dedupe_key": dedupe_key,
         "created_at": now,
     }
+    # The values as parameters, not `.values(…)`: a statement SQLAlchemy compiles once.
     if dedupe_key is None:
-        await session.execute(jobs.insert().values(values))
+        await session.execute(jobs.insert(), values)
         return True
-    stmt = (
-        upsert_insert(session, jobs)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
-    result = await session.execute(stmt.returning(jobs.c.id))
+    stmt = upsert_insert(session, jobs).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    result = await session.execute(stmt.returning(jobs.c.id), values)
     return result.first() is not None
 
 
@@ -109,9 +106,7 @@ async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
         for j in new
     ]
     await session.execute(
-        upsert_insert(session, jobs)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        upsert_insert(session, jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]), rows
     )
 
 
