@@ -110,7 +110,10 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 4,
+    concurrency: Annotated[
+        int,
+        typer.Option(min=1, help="Jobs run at once (most wait on the network: providers, SMTP)."),
+    ] = 10,
     drain: Annotated[bool, typer.Option(help="Run what is due now, then exit.")] = False,
     metrics_port: Annotated[
         int | None,

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     worker_in_process: bool = True
-    worker_in_process_concurrency: int = Field(default=4, ge=1, le=64)
+    worker_in_process_concurrency: int = Field(default=10, ge=1, le=64)
     """Jobs the in-process worker runs at once (sending mail, calling providers, receipts): one
     at a time would keep a payment's confirmation waiting behind every receipt."""
     worker_poll_seconds: float = Field(default=1.0, gt=0)

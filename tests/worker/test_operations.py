@@ -147,4 +147,4 @@ async def test_the_in_process_worker_runs_as_many_jobs_at_once_as_configured(
         assert isinstance(worker, Worker) and worker.concurrency == 3
     default = create_app(settings, db=db)
     async with default.router.lifespan_context(default):
-        assert default.state.worker.concurrency == 4
+        assert default.state.worker.concurrency == 10
