@@ -157,7 +157,14 @@ class Settings(BaseSettings):
     staff_session_idle_minutes: int = Field(default=30, ge=1)
     staff_session_absolute_hours: int = Field(default=10, ge=1)
     adjustment_approval_above: int = Field(default=2000, ge=0)
-    """A wallet adjustment of more than this many minor units needs a second staff member."""
+    """A wallet adjustment of more than this many minor units needs a second staff member (in a
+    currency not named in `adjustment_approval_currencies`)."""
+    adjustment_approval_currencies: str = Field(
+        default="CNY:14000,HKD:16000,TWD:64000,PHP:110000",
+        pattern=r"^([A-Z]{3}:\d+(,[A-Z]{3}:\d+)*)?$",
+    )
+    """Per wallet currency (`CUR:minor units,…`), the same threshold: 2000 minor units are 20.00
+    US dollars but 20.00 pesos, so each currency gets its own (the defaults: about 20 dollars)."""
     adjustment_approval_units: str = Field(
         default="VOICE_S:3600,DATA_B:1073741824,SMS:100",
         pattern=r"^(VOICE_S|DATA_B|SMS):\d+(,(VOICE_S|DATA_B|SMS):\d+)*$",
@@ -240,6 +247,13 @@ class Settings(BaseSettings):
     def approval_units(self) -> dict[str, int]:
         pairs = (part.split(":", 1) for part in self.adjustment_approval_units.split(","))
         return {unit: int(amount) for unit, amount in pairs}
+
+    @property
+    def approval_currencies(self) -> dict[str, int]:
+        if not self.adjustment_approval_currencies:
+            return {}
+        pairs = (part.split(":", 1) for part in self.adjustment_approval_currencies.split(","))
+        return {currency: int(amount) for currency, amount in pairs}
 
     @property
     def is_sqlite(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from simcharge.accounts.models import Account
@@ -690,6 +691,39 @@ async def test_four_eyes_counts_what_a_customer_was_adjusted_in_the_last_day(
     async with db.read() as s:
         assert len((await s.execute(select(Adjustment))).scalars().all()) == count
     await assert_ledger_balanced(db)
+
+
+async def test_each_wallet_currency_has_its_own_threshold(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """20.00 is about 20 dollars but under 3 in yuan: a yuan wallet's threshold is its own
+    (140.00 CNY by default); a currency not listed falls back to the general one."""
+    assert settings.approval_currencies["CNY"] == 14000
+    yuan = await new_payer(db, settings, currency="CNY")
+    euro = await new_payer(db, settings, currency="EUR")
+    agent = await new_staff(db, settings, "agent")
+
+    async def adjust(line: uuid.UUID, amount: int) -> str:
+        r = await client.post(
+            f"/api/v1/admin/lines/{line}/adjustments",
+            headers=agent.auth,
+            json={"amount": amount, "target": "wallet", "reason": "goodwill"},
+        )
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["state"])
+
+    assert await adjust(yuan.line.id, 5000) == "applied"  # 50.00 CNY: above 20.00, within 140.00
+    assert await adjust(yuan.line.id, 9000) == "applied"  # 140.00 in all: at the threshold
+    assert await adjust(yuan.line.id, 1) == "awaiting_approval"
+    assert await adjust(euro.line.id, 2000) == "applied"
+    assert await adjust(euro.line.id, 1) == "awaiting_approval"
+    await assert_ledger_balanced(db)
+
+
+def test_the_currency_thresholds_setting_is_checked() -> None:
+    assert Settings(_env_file=None, adjustment_approval_currencies="").approval_currencies == {}
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, adjustment_approval_currencies="yuan:100")
 
 
 async def test_whoever_asked_never_approves_by_any_credential(

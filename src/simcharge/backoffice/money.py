@@ -139,7 +139,7 @@ async def refund(
 def _limit(settings: Settings, unit: str, wallet: bool) -> int | None:
     """What may move without a second person (per customer, unit and window); None: nothing."""
     if wallet:
-        return settings.adjustment_approval_above
+        return settings.approval_currencies.get(unit, settings.adjustment_approval_above)
     return settings.approval_units.get(unit)
 
 
