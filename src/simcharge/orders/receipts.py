@@ -160,7 +160,8 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     def t(message: str) -> str:
         return translate(f.language, message)
 
-    title = f"{t(N_('Receipt'))} {f.number}"
+    label = t(N_("Receipt"))  # (not inside the f-string, where pybabel would not find it)
+    title = f"{label} {f.number}"
     date = str(environment(f.language).filters["datetime"](f.issued_at))
     rows = [
         (t(N_("Date")), date),
