@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from simcharge.auth.apikeys import create_api_key
 from simcharge.backoffice.models import AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -17,6 +18,7 @@ from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
 from simcharge.orders.models import OrderState, Refund
+from tests.auth.helpers import problem
 from tests.backoffice.helpers import csrf_of, new_staff, web_sign_in
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import (
@@ -198,3 +200,108 @@ async def test_a_wrong_amount_is_refunded_by_finance(
     assert [m["author"] for m in mine["messages"]] == ["customer", "staff"]
     assert "Finance please" not in str(mine)
     await assert_ledger_balanced(db)
+
+
+async def _wallet(db: Database, payer: Payer) -> int:
+    async with db.read() as s:
+        account = await s.get(LedgerAccount, payer.line.wallet_account_id)
+        assert account is not None
+        return account.credits_posted - account.debits_posted
+
+
+async def _wrong_amount(client: httpx.AsyncClient, db: Database, settings: Settings,
+                        payer: Payer) -> dict[str, Any]:
+    """An order the provider took 19.99 for instead of its total: `paid`, nothing credited."""
+    order = await place(client, payer, plan="traveller-20")
+    row = await order_row(db, order["id"])
+    await pay_at_sandbox(client, settings, order)
+    body, headers = signed_event(
+        settings, "payment.succeeded", await sandbox_object(db, row.reference, amount=1999)
+    )
+    assert (
+        await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
+    ).status_code == 200
+    assert (await order_row(db, order["id"])).state == OrderState.paid
+    return order
+
+
+async def test_finance_puts_a_wrong_amount_on_the_line_balance(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The other way to settle money taken and not credited: it becomes the payer's credit,
+    moved from `unapplied` to the wallet once — and then it can no longer be refunded."""
+    payer = await new_payer(db, settings)
+    order = await _wrong_amount(client, db, settings, payer)
+    held, wallet = await _unapplied(db), await _wallet(db, payer)
+
+    agent = await new_staff(db, settings, "agent")  # may see it, not move money
+    await web_sign_in(client, agent)
+    page = await client.get(f"/backoffice/customers/{payer.account_id}")
+    assert "amount_mismatch" in page.text
+    assert "Put the payment on the line's balance" not in page.text
+    client.cookies.clear()
+    finance = await new_staff(db, settings, "finance")
+    await web_sign_in(client, finance)
+    page = await client.get("/backoffice/attention")
+    assert "Put the payment on the line's balance" in page.text
+    r = await client.post(
+        f"/backoffice/orders/{order['id']}/apply-to-wallet",
+        data={"csrf": csrf_of(page.text), "note": "customer asked for credit instead"},
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("done=applied")
+    assert await _wallet(db, payer) == wallet + 1999
+    assert await _unapplied(db) == held - 1999
+    [taken, applied] = sorted(await transfers_of(db, f"order:{order['id']}"),
+                              key=lambda t: t.code != "unapplied")
+    assert (applied.code, applied.amount, applied.unit) == ("applied", 1999, "USD")
+    assert (applied.debit_account_id, applied.credit_account_id) == (
+        taken.credit_account_id, payer.line.wallet_account_id)
+    settled = await order_row(db, order["id"])
+    assert settled.state == OrderState.paid and settled.attention is None
+    assert "applied to the line's wallet" in (settled.attention_note or "")
+    page = await client.get(f"/backoffice/customers/{payer.account_id}")
+    assert "Put the payment on the line's balance" not in page.text  # done: no button
+    async with db.read() as s:
+        entry = (await s.execute(
+            select(AuditEntry).where(AuditEntry.action == "order.apply_to_wallet"))).scalar_one()
+    assert entry.details["amount"] == 1999 and entry.staff_id == finance.id
+
+    # Once only, by any way; and what was applied is not refunded too.
+    key = await db.run(lambda s: create_api_key(s, "erp", ["refunds:write"]))
+    auth = {"Authorization": f"Bearer {key.token}"}
+    again = await client.post(f"/api/v1/admin/orders/{order['id']}/apply-to-wallet",
+                              headers=auth, json={"note": "twice"})
+    assert again.status_code == 409 and problem(again)["type"] == "/problems/nothing-to-apply"
+    refund = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                               headers={**auth, "Idempotency-Key": "r1"},
+                               json={"reason": "and the money back"})
+    assert refund.status_code == 422
+    assert problem(refund)["type"] == "/problems/refund-too-large"
+    assert await _wallet(db, payer) == wallet + 1999 and await _unapplied(db) == held - 1999
+    await assert_ledger_balanced(db)
+
+
+async def test_a_payment_in_another_currency_than_the_wallet_is_not_applied(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await _wrong_amount(client, db, settings, payer)
+    # the line's wallet became a yuan one meanwhile
+    await db.run(lambda s: s.execute(
+        update(Line).where(Line.id == payer.line.id).values(currency="CNY")))
+    held, wallet = await _unapplied(db), await _wallet(db, payer)
+    key = await db.run(lambda s: create_api_key(s, "erp", ["refunds:write"]))
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/apply-to-wallet",
+                          headers={"Authorization": f"Bearer {key.token}"},
+                          json={"note": "credit please"})
+    assert r.status_code == 409 and problem(r)["type"] == "/problems/wallet-currency-differs"
+    assert (await _unapplied(db), await _wallet(db, payer)) == (held, wallet)
+    assert (await order_row(db, order["id"])).attention == "amount_mismatch"
+    # An order that was credited has nothing taken-and-not-credited to apply.
+    other = await place(client, payer, plan="starter-10")
+    await pay_at_sandbox(client, settings, other)
+    await client.post(f"/api/v1/orders/{other['id']}/check", headers=payer.auth)
+    r = await client.post(f"/api/v1/admin/orders/{other['id']}/apply-to-wallet",
+                          headers={"Authorization": f"Bearer {key.token}"},
+                          json={"note": "credit please"})
+    assert r.status_code == 409 and problem(r)["type"] == "/problems/nothing-to-apply"

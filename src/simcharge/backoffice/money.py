@@ -29,7 +29,7 @@ from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund
-from simcharge.orders.refunds import request_refund
+from simcharge.orders.refunds import apply_to_wallet, request_refund
 from simcharge.orders.service import OrderNotFound
 from simcharge.worker.service import enqueue
 
@@ -405,6 +405,39 @@ async def resend_receipt(s: AsyncSession, actor: Actor, order_id: uuid.UUID, now
         details={"receipt": order.receipt_number},
         now=now,
     )
+
+
+async def apply_payment_to_wallet(
+    s: AsyncSession, actor: Actor, order_id: uuid.UUID, note: str, now: datetime
+) -> Order:
+    """Finance puts the money of a payment taken and not credited on the line's wallet
+    (`orders.refunds.apply_to_wallet`); the order's attention flag is resolved with the note,
+    and it is audited."""
+    note = _reason(note)
+    order = await s.get(Order, order_id, with_for_update=True)
+    if order is None:
+        raise OrderNotFound(field="order_id")
+    before = {**order_facts(order), "attention": order.attention}
+    amount = await apply_to_wallet(s, order, now)
+    flagged = order.attention
+    order.attention = None
+    order.attention_note = (
+        f"{order.attention_note or flagged or ''} — {amount} {order.paid_currency} applied to "
+        f"the line's wallet by {actor.name}: {note}".lstrip(" —")[:2000]
+    )
+    await s.flush()
+    await audit.record(
+        s,
+        actor,
+        "order.apply_to_wallet",
+        target_type="order",
+        target_id=order.id,
+        before=before,
+        after={**order_facts(order), "attention": None},
+        details={"amount": amount, "currency": order.paid_currency, "note": note},
+        now=now,
+    )
+    return order
 
 
 async def resolve_attention(

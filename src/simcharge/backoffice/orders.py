@@ -16,6 +16,7 @@ from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.orders.fulfilment import Outcome
 from simcharge.orders.models import Attention, Order, OrderState, Payment, ProviderEvent, Refund
+from simcharge.orders.refunds import applied_to_wallet
 from simcharge.orders.service import OrderNotFound
 from simcharge.payments.registry import Providers
 from simcharge.payments.service import check_order
@@ -27,6 +28,17 @@ class OrderPanel:
     payment: Payment | None
     events: list[ProviderEvent]
     refunds: list[Refund]
+    applied: int = 0
+    """What of an uncredited payment finance put on the line's wallet."""
+
+    @property
+    def may_apply(self) -> bool:
+        """Whether money taken and not credited is there to put on the line's wallet."""
+        o = self.order
+        return (
+            o.state == OrderState.paid.value and o.fulfilled_at is None and bool(o.paid_amount)
+            and not self.applied
+        )
 
 
 async def order_panel(s: AsyncSession, order_id: uuid.UUID) -> OrderPanel:
@@ -48,7 +60,8 @@ async def order_panel(s: AsyncSession, order_id: uuid.UUID) -> OrderPanel:
             select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at)
         )
     ).scalars()
-    return OrderPanel(order, payment, list(events), list(refunds))
+    applied = await applied_to_wallet(s, order) if order.fulfilled_at is None else 0
+    return OrderPanel(order, payment, list(events), list(refunds), applied)
 
 
 def order_facts(order: Order) -> dict[str, Any]:

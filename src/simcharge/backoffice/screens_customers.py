@@ -246,6 +246,18 @@ async def refund(
     return back(_then(then, "/backoffice"), "refund")
 
 
+@router.post("/orders/{order_id}/apply-to-wallet", response_model=None)
+async def apply_to_wallet(
+    order_id: uuid.UUID,
+    db: DB,
+    actor: Refunder,
+    note: Annotated[str, Form(max_length=500)] = "",
+    then: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    await db.run(lambda s: money.apply_payment_to_wallet(s, actor, order_id, note, utcnow()))
+    return back(_then(then, "/backoffice/attention"), "applied")
+
+
 @router.post("/orders/{order_id}/resend-receipt", response_model=None)
 async def resend(
     order_id: uuid.UUID,

@@ -14,11 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, Language
-from simcharge.backoffice import audit
+from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require
 from simcharge.backoffice.orders import order_facts
 from simcharge.backoffice.roles import Permission
+from simcharge.backoffice.schemas import NoteIn
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Money
 from simcharge.orders import service
@@ -147,3 +148,24 @@ async def refund_order(
         row = await s.get(Refund, refund.id)
         assert row is not None
         return refunds_out([row])[0]
+
+
+@router.post(
+    "/{order_id}/apply-to-wallet",
+    response_model=StaffOrderOut,
+    summary="Put an uncredited payment's money on the line's wallet",
+)
+async def apply_to_wallet(
+    order_id: uuid.UUID, body: NoteIn, key: WriteRefunds, db: DB, language: Language
+) -> StaffOrderOut:
+    """For an order `paid` but not credited (another amount or currency, an unusable line…):
+    what is left of its money moves from `unapplied` to the line's wallet, once, in the wallet's
+    currency (another currency: `wallet-currency-differs`, refund it instead). What is applied
+    can no longer be refunded. The attention flag is resolved with the note; audited."""
+
+    async def run(s: AsyncSession) -> StaffOrderOut:
+        order = await money.apply_payment_to_wallet(s, key, order_id, body.note, utcnow())
+        return await staff_view(s, order, language)
+
+    return await db.run(run)
+

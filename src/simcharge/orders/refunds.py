@@ -38,7 +38,7 @@ from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.money import from_minor
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
-from simcharge.ledger.models import LedgerAccount, TransferKind
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
 from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
 from simcharge.lines.models import Line
 from simcharge.lines.service import bucket_id
@@ -82,7 +82,8 @@ def paid_of(order: Order) -> int:
 
 
 async def refundable(session: AsyncSession, order: Order) -> int:
-    """What can still be refunded: paid, minus refunds done or on their way."""
+    """What can still be refunded: paid, minus refunds done or on their way, minus what finance
+    applied to the line's wallet (an uncredited payment's money)."""
     held = (
         await session.execute(
             select(func.coalesce(func.sum(Refund.amount), 0)).where(
@@ -90,7 +91,65 @@ async def refundable(session: AsyncSession, order: Order) -> int:
             )
         )
     ).scalar_one()
-    return max(0, paid_of(order) - order.refunded_amount - int(held))
+    applied = await applied_to_wallet(session, order) if order.fulfilled_at is None else 0
+    return max(0, paid_of(order) - order.refunded_amount - int(held) - applied)
+
+
+def _applied_id(order: Order) -> uuid.UUID:
+    return derived_id(f"order:{order.id}", "applied")
+
+
+async def applied_to_wallet(session: AsyncSession, order: Order) -> int:
+    """What of an uncredited payment finance put on the line's wallet (0: nothing)."""
+    transfer = await session.get(LedgerTransfer, _applied_id(order))
+    return transfer.amount if transfer is not None else 0
+
+
+class NothingToApply(Conflict):
+    slug = "nothing-to-apply"
+    title = N_("This order holds no money taken and not credited, or it was applied already.")
+
+
+class WalletCurrencyDiffers(Conflict):
+    slug = "wallet-currency-differs"
+    title = N_("The payment is in another currency than the line's wallet: refund it instead.")
+
+
+async def apply_to_wallet(session: AsyncSession, order: Order, now: datetime) -> int:
+    """Put what is left of an uncredited payment (`paid`: its money in `unapplied`) on the
+    line's wallet: one transfer `unapplied` → wallet, once per order (its id derives from the
+    order), so the money the operator held for the payer becomes the payer's credit. What is
+    applied can no longer be refunded (`refundable`). The caller holds the order's lock.
+    Returns the amount applied."""
+    if order.state != OrderState.paid.value or order.fulfilled_at is not None:
+        raise NothingToApply(field="order_id")
+    if await applied_to_wallet(session, order):
+        raise NothingToApply(field="order_id")
+    amount = await refundable(session, order)
+    currency = order.paid_currency
+    if amount <= 0 or not currency:
+        raise NothingToApply(field="order_id")
+    line = await session.get(Line, order.line_id, with_for_update=True)
+    if line is None or line.currency != currency:
+        raise WalletCurrencyDiffers(field="order_id")
+    unapplied = chart.unapplied(currency, chart.shard_of(order.id))
+    await ensure_accounts(session, [unapplied])
+    await post_transfers(
+        session,
+        [
+            NewTransfer(
+                id=_applied_id(order),
+                amount=amount,
+                unit=currency,
+                debit_account_id=unapplied.id,
+                credit_account_id=line.wallet_account_id,
+                code="applied",
+                reference=f"order:{order.id}",
+            )
+        ],
+        now=now,
+    )
+    return amount
 
 
 async def received_unapplied(session: AsyncSession, order: Order, now: datetime) -> None:
