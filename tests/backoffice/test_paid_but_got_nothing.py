@@ -258,7 +258,7 @@ async def test_finance_puts_a_wrong_amount_on_the_line_balance(
         taken.credit_account_id, payer.line.wallet_account_id)
     settled = await order_row(db, order["id"])
     assert settled.state == OrderState.paid and settled.attention is None
-    assert "applied to the line's wallet" in (settled.attention_note or "")
+    assert "19.99 USD applied to the line's wallet" in (settled.attention_note or "")
     page = await client.get(f"/backoffice/customers/{payer.account_id}")
     assert "Put the payment on the line's balance" not in page.text  # done: no button
     async with db.read() as s:

@@ -29,7 +29,7 @@ from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund
-from simcharge.orders.refunds import apply_to_wallet, request_refund
+from simcharge.orders.refunds import apply_to_wallet, request_refund, shown
 from simcharge.orders.service import OrderNotFound
 from simcharge.worker.service import enqueue
 
@@ -422,8 +422,8 @@ async def apply_payment_to_wallet(
     flagged = order.attention
     order.attention = None
     order.attention_note = (
-        f"{order.attention_note or flagged or ''} — {amount} {order.paid_currency} applied to "
-        f"the line's wallet by {actor.name}: {note}".lstrip(" —")[:2000]
+        f"{order.attention_note or flagged or ''} — {shown(amount, order.paid_currency)} applied "
+        f"to the line's wallet by {actor.name}: {note}".lstrip(" —")[:2000]
     )
     await s.flush()
     await audit.record(
