@@ -43,15 +43,18 @@ async def _sms_left(db: Database, payer: Payer) -> int:
     return sum(u.remaining for u in balances.units if u.unit == "SMS")
 
 
-async def _unapplied(db: Database) -> int:
-    """What the operator holds of payments it did not credit (USD), over the account's shards."""
+async def _balance(db: Database, key: str) -> int:
+    """Credits less debits of an operator account, over its shards."""
     async with db.read() as s:
         rows = (
-            await s.execute(
-                select(LedgerAccount).where(LedgerAccount.key.in_(chart.keys("unapplied:USD")))
-            )
+            await s.execute(select(LedgerAccount).where(LedgerAccount.key.in_(chart.keys(key))))
         ).scalars()
         return sum(a.credits_posted - a.debits_posted for a in rows)
+
+
+async def _unapplied(db: Database) -> int:
+    """What the operator holds of payments it did not credit (USD), over the account's shards."""
+    return await _balance(db, "unapplied:USD")
 
 
 async def _write_in(client: httpx.AsyncClient, payer: Payer, order: dict[str, Any]) -> str:
@@ -277,6 +280,21 @@ async def test_finance_puts_a_wrong_amount_on_the_line_balance(
                                json={"reason": "and the money back"})
     assert refund.status_code == 422
     assert problem(refund)["type"] == "/problems/refund-too-large"
+    assert await _wallet(db, payer) == wallet + 1999 and await _unapplied(db) == held - 1999
+    # The payer then gets the money back at the provider (its dashboard) as well: recorded and
+    # flagged; the money is the operator's to give now (funding), not other payers' (unapplied).
+    funding = await _balance(db, "funding:USD")
+    row = await order_row(db, order["id"])
+    body, headers = signed_event(
+        settings, "refund.succeeded",
+        await sandbox_object(db, row.reference, amount=1999, refunded=1999,
+                             refund_id="dashboard-1", refund_amount=1999),
+    )
+    news = await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
+    assert news.status_code == 200, news.text
+    reversed_ = await order_row(db, order["id"])
+    assert reversed_.attention == "provider_refund" and reversed_.refunded_amount == 1999
+    assert await _balance(db, "funding:USD") == funding - 1999
     assert await _wallet(db, payer) == wallet + 1999 and await _unapplied(db) == held - 1999
     await assert_ledger_balanced(db)
 

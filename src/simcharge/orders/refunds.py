@@ -273,14 +273,20 @@ async def money_back(
     session: AsyncSession, order: Order, refund: Refund, *, kind: TransferKind
 ) -> list[NewTransfer]:
     """The money of a refund going back out through the provider's clearing account: from
-    revenue (sale and fee) for a credited order, from `unapplied` for an uncredited one."""
+    revenue (sale and fee) for a credited order, from `unapplied` for an uncredited one — or,
+    once finance put that money on the line's wallet, from `funding` (the operator's: a refund
+    made at the provider afterwards; finance takes it back from the wallet, if it must, with an
+    adjustment, as for a credited order's units)."""
     r, shard = refund.amount, chart.shard_of(order.id)  # the accounts the order used
     if order.fulfilled_at is None:
         clearing = chart.clearing(order.provider, refund.currency, shard)
-        unapplied = chart.unapplied(refund.currency, shard)
-        await ensure_accounts(session, [clearing, unapplied])
+        if await applied_to_wallet(session, order):
+            source = chart.funding(refund.currency)
+        else:
+            source = chart.unapplied(refund.currency, shard)
+        await ensure_accounts(session, [clearing, source])
         return [
-            _transfer(refund, "unapplied", r, refund.currency, unapplied.id, clearing.id,
+            _transfer(refund, "unapplied", r, refund.currency, source.id, clearing.id,
                       "refund", kind)
         ]
     total = order.total
