@@ -123,8 +123,7 @@ async def apply_to_wallet(session: AsyncSession, order: Order, now: datetime) ->
     Returns the amount applied."""
     if order.state != OrderState.paid.value or order.fulfilled_at is not None:
         raise NothingToApply(field="order_id")
-    if await applied_to_wallet(session, order):
-        raise NothingToApply(field="order_id")
+    # What was applied is no longer refundable: applied once, nothing is left the second time.
     amount = await refundable(session, order)
     currency = order.paid_currency
     if amount <= 0 or not currency:
