@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
@@ -170,12 +171,22 @@ class BenchContext:
         *,
         factory: bool = False,
         proxied: bool = False,
+        workers: int = 1,
     ) -> str:
-        """Start uvicorn as `simcharge serve` does (one process, uvloop/httptools, no access log)."""
+        """Start uvicorn as `simcharge serve` does (uvloop/httptools, no access log): one process,
+        or with `workers` above 1 `simcharge serve --workers N` itself (simcharge only)."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cmd = [
+            str(Path(sys.executable).with_name("simcharge")),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            *(["--proxy-headers"] if proxied else []),
+        ] if workers > 1 else [
             sys.executable,
             "-m",
             "uvicorn",

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 CUSTOMERS = 500
 CONCURRENCY = 32
+WEB_PROCESSES = 2
+"""As the image serves the site (`simcharge serve --workers 2`)."""
 SECRET_KEY = "bench-secret-key-bench-secret-key-bench-secret-key"  # noqa: S105 - made up
 POLICY = SessionPolicy(idle=timedelta(hours=12), absolute=timedelta(hours=12))
 USAGE_PER_LINE = 24
@@ -132,10 +134,10 @@ async def _seed(s: AsyncSession) -> list[str]:
 
 async def portal_dashboard(ctx: BenchContext) -> Operation:
     tokens = await ctx.database().run(_seed)
-    base = await ctx.serve("simcharge.app:create_app", factory=True, env={
+    base = await ctx.serve("simcharge.app:create_app", factory=True, workers=WEB_PROCESSES, env={
         "SIMCHARGE_ENV": "development",
         "SIMCHARGE_DATABASE_URL": ctx.sqlalchemy_url(),
-        "SIMCHARGE_DB_POOL_SIZE": str(CONCURRENCY),
+        "SIMCHARGE_DB_POOL_SIZE": str(CONCURRENCY // WEB_PROCESSES),
         "SIMCHARGE_WORKER_IN_PROCESS": "false",
         "SIMCHARGE_LOG_LEVEL": "warning",
         "SIMCHARGE_SECRET_KEY": SECRET_KEY,

@@ -76,6 +76,36 @@ def add_routes(app: FastAPI, *routers: APIRouter) -> None:
         app.router.routes.extend(router.routes)
 
 
+# Starlette tries the routes in order, a regular expression each (~2.5 µs): with 210 routes the
+# user center, added last, was tried after 175 others on every view. No route's first path
+# segment is a parameter, so routes with different first segments never compete and only the
+# order among those that share one (kept as added) decides a match. The busiest come first.
+_FIRST = (
+    "/nchf-convergedcharging/", "/api/v1/webhooks/", "/api/v1/usage", "/account", "/static/",
+    "/api/v1/me", "/api/v1/orders", "/api/v1/lines", "/api/v1/", "/tmf-api/", "/login", "/",
+)
+_LAST = ("/backoffice", "/api/v1/admin/")
+
+
+def _rank(route: object) -> int:
+    path = getattr(route, "path", "")
+    if any(path.startswith(prefix) for prefix in _LAST):
+        return len(_FIRST) + 1
+    return next((i for i, prefix in enumerate(_FIRST) if path.startswith(prefix)), len(_FIRST))
+
+
+def arrange_routes(app: FastAPI) -> None:
+    """The busiest routes first (see `_FIRST`); a stable sort, so routes that share a first path
+    segment keep the order they were added in whenever they could compete."""
+    for route in app.router.routes:
+        # Ranks differ by the first segment, and under /api/v1/ by the third: no route may
+        # have a parameter there, or it could compete with a route of another rank.
+        parts = getattr(route, "path", "/").split("/")
+        head = parts[1:4] if parts[1] == "api" else parts[1:2]
+        assert not any("{" in part for part in head), f"{route}: a parameter in {head}"
+    app.router.routes.sort(key=_rank)
+
+
 def create_app(
     settings: Settings | None = None, *, db: Database | None = None, run_worker: bool | None = None
 ) -> FastAPI:
@@ -136,5 +166,6 @@ def create_app(
         add_routes(app, sandbox_router)
     install_portal(app)
     mount_docs_assets(app)
+    arrange_routes(app)
     app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
     return app

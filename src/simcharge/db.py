@@ -7,7 +7,10 @@ failure or (SQLite) a busy database. Services receive the session, flush, and ne
 
 SQLite runs in WAL mode with foreign keys on. Its write transactions start with
 `BEGIN IMMEDIATE`, so two writers queue at the start instead of failing half-way; read-only
-work uses a second engine whose transactions start with a plain deferred `BEGIN`.
+work uses a second engine whose transactions start with a plain deferred `BEGIN`. On
+PostgreSQL, `Database.read()` runs its statements without a transaction (autocommit, the
+writer's pool): at READ COMMITTED each statement has its own snapshot anyway. A read session
+refuses to write (`ReadOnlySession`), so nothing can be committed by accident.
 """
 
 from __future__ import annotations
@@ -172,6 +175,25 @@ _DISCONNECTS = frozenset(
 
 
 _IDLE_SESSIONS = 64
+_READ_ONLY = "simcharge.read_only"
+
+
+class ReadOnlySession(RuntimeError):
+    """Code tried to write through a session from `Database.read()` (a programming error)."""
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_write_statement(state: Any) -> None:
+    if state.session.info.get(_READ_ONLY) and (
+        state.is_insert or state.is_update or state.is_delete
+    ):
+        raise ReadOnlySession(f"a read session cannot run {state.statement}")
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(_READ_ONLY) and (session.new or session.deleted or session.dirty):
+        raise ReadOnlySession("a read session cannot write: use Database.run or transaction")
 
 
 def _commit_and_close(session: Session) -> None:
@@ -258,10 +280,16 @@ class Database:
             factory = async_sessionmaker(
                 bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
             )
-            self._writer = self._reader = factory
+            self._writer = factory
+            self._reader = async_sessionmaker(
+                bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint",
+                info={_READ_ONLY: True},
+            )
         else:
             self._writer = async_sessionmaker(writer, expire_on_commit=False)
-            self._reader = async_sessionmaker(reader or writer, expire_on_commit=False)
+            self._reader = async_sessionmaker(
+                reader or writer, expire_on_commit=False, info={_READ_ONLY: True}
+            )
         self._bound = bind is not None
         # Closed sessions are clean (no objects, no transaction) and cost ~80 µs to build:
         # keep a few to reuse. asyncio runs one task at a time, so the list needs no lock.
@@ -275,11 +303,15 @@ class Database:
         cls, url: str, *, pool_size: int = 10, echo: bool = False, null_pool: bool = False
     ) -> Database:
         writer = create_engine(url, pool_size=pool_size, echo=echo, null_pool=null_pool)
-        reader = (
-            create_engine(url, pool_size=pool_size, echo=echo, immediate=False, null_pool=null_pool)
-            if url.startswith("sqlite")
-            else None
-        )
+        if url.startswith("sqlite"):
+            reader = create_engine(
+                url, pool_size=pool_size, echo=echo, immediate=False, null_pool=null_pool
+            )
+        else:
+            # Reads on PostgreSQL run without BEGIN and ROLLBACK, over the writer's own pool: at
+            # READ COMMITTED each statement sees its own snapshot either way, so the transaction
+            # gave a read nothing but two round trips.
+            reader = writer.execution_options(isolation_level="AUTOCOMMIT")
         return cls(writer, reader)
 
     @classmethod
@@ -358,5 +390,6 @@ class Database:
     async def dispose(self) -> None:
         if not self._bound:
             await self.engine.dispose()
-            if self._reader_engine is not None:
+            # On PostgreSQL the reader is the writer with other options: the same pool.
+            if self._reader_engine is not None and self._reader_engine.pool is not self.engine.pool:
                 await self._reader_engine.dispose()

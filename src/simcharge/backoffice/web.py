@@ -48,6 +48,8 @@ def environment(language: str) -> Environment:
     locale = BABEL_LOCALES.get(language, "en")
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
+        # The templates ship with the release: no stat of each file on every render.
+        auto_reload=False,
         autoescape=select_autoescape(["html"]),
         extensions=["jinja2.ext.i18n"],
         undefined=StrictUndefined,

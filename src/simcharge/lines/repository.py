@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Row, or_, select
+from sqlalchemy import Row, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import table_of, upsert_insert
@@ -15,6 +15,29 @@ from simcharge.lines.models import Bucket, Line
 
 ledger_accounts = table_of(LedgerAccount)
 buckets = table_of(Bucket)
+
+
+# Built once (the customer's pages ask on every view): no construction or cache key per call.
+_OF_ACCOUNT = select(Line).where(Line.account_id == bindparam("account")).order_by(Line.created_at)
+
+_HOLDINGS_OF = (
+    select(
+        ledger_accounts.c.id,
+        ledger_accounts.c.line_id,
+        ledger_accounts.c.unit,
+        ledger_accounts.c.debits_pending,
+        ledger_accounts.c.debits_posted,
+        ledger_accounts.c.credits_posted,
+        buckets.c.id.label("bucket_id"),
+        buckets.c.initial_amount,
+        buckets.c.zones,
+        buckets.c.expires_at,
+        buckets.c.source,
+        buckets.c.created_at,
+    )
+    .outerjoin(buckets, buckets.c.id == ledger_accounts.c.id)
+    .where(ledger_accounts.c.line_id.in_(bindparam("lines", expanding=True)))
+)
 
 
 class LineRepository:
@@ -38,8 +61,7 @@ class LineRepository:
         ).scalar_one_or_none()
 
     async def of_account(self, account_id: uuid.UUID) -> Sequence[Line]:
-        stmt = select(Line).where(Line.account_id == account_id).order_by(Line.created_at)
-        return (await self.session.execute(stmt)).scalars().all()
+        return (await self.session.execute(_OF_ACCOUNT, {"account": account_id})).scalars().all()
 
     async def existing_identifiers(
         self, msisdns: Collection[str], iccids: Collection[str], imsis: Collection[str]
@@ -79,25 +101,7 @@ class LineRepository:
         """Every ledger account of these lines (wallets and buckets) with its totals, and the
         bucket's columns where it is one (NULL for a wallet): one query for any number of
         lines."""
-        stmt = (
-            select(
-                ledger_accounts.c.id,
-                ledger_accounts.c.line_id,
-                ledger_accounts.c.unit,
-                ledger_accounts.c.debits_pending,
-                ledger_accounts.c.debits_posted,
-                ledger_accounts.c.credits_posted,
-                buckets.c.id.label("bucket_id"),
-                buckets.c.initial_amount,
-                buckets.c.zones,
-                buckets.c.expires_at,
-                buckets.c.source,
-                buckets.c.created_at,
-            )
-            .outerjoin(buckets, buckets.c.id == ledger_accounts.c.id)
-            .where(ledger_accounts.c.line_id.in_(list(line_ids)))
-        )
-        return list(await self.session.execute(stmt))
+        return list(await self.session.execute(_HOLDINGS_OF, {"lines": list(line_ids)}))
 
     async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
         # Rows as parameters (not `.values(rows)`): one cached statement whatever their number,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import CodePurpose
@@ -135,14 +135,26 @@ async def log_message(
     await session.flush()
 
 
+def _notices(*where: Any) -> Any:
+    # Built once (every view of the user center asks): no construction or cache key per call.
+    return (
+        select(Notice)
+        .where(Notice.account_id == bindparam("account"), *where)
+        .order_by(Notice.created_at.desc(), Notice.id.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+_NOTICES_OF = _notices()
+_UNREAD_OF = _notices(Notice.read_at.is_(None))
+
+
 async def notices_of(
     session: AsyncSession, account_id: uuid.UUID, *, limit: int = 50, unread_only: bool = False
 ) -> Sequence[Notice]:
-    stmt = select(Notice).where(Notice.account_id == account_id)
-    if unread_only:
-        stmt = stmt.where(Notice.read_at.is_(None))
-    stmt = stmt.order_by(Notice.created_at.desc(), Notice.id.desc()).limit(limit)
-    return (await session.execute(stmt)).scalars().all()
+    stmt = _UNREAD_OF if unread_only else _NOTICES_OF
+    params = {"account": account_id, "limit": limit}
+    return (await session.execute(stmt, params)).scalars().all()
 
 
 async def unread_count(session: AsyncSession, account_id: uuid.UUID) -> int:

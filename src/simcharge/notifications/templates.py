@@ -45,6 +45,8 @@ def environment(language: str, *, html: bool = False) -> Environment:
     locale = BABEL_LOCALES.get(language, "en")
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
+        # The templates ship with the release: no stat of each file on every render.
+        auto_reload=False,
         autoescape=html,  # noqa: S701 - text and SMS are plain text; HTML is escaped (html=True)
         extensions=["jinja2.ext.i18n"],
         undefined=StrictUndefined,

@@ -24,6 +24,8 @@ sandbox_router = APIRouter(tags=["sandbox"], include_in_schema=False)
 
 _pages = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    # The templates ship with the release: no stat of each file on every render.
+    auto_reload=False,
     autoescape=select_autoescape(["html"]),
 )
 

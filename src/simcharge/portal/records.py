@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.kit.translations import N_
@@ -78,6 +78,22 @@ def _order_id(reference: str | None) -> uuid.UUID | None:
     return None
 
 
+_TRANSFERS_OF = select(
+    LedgerTransfer.id, LedgerTransfer.created_at, LedgerTransfer.credit_account_id,
+    LedgerTransfer.debit_account_id, LedgerTransfer.amount, LedgerTransfer.unit,
+    LedgerTransfer.code, LedgerTransfer.reference,
+).where(
+    or_(
+        LedgerTransfer.credit_account_id.in_(bindparam("ids", expanding=True)),
+        LedgerTransfer.debit_account_id.in_(bindparam("ids", expanding=True)),
+    ),
+    LedgerTransfer.kind.in_(_POSTED),
+)
+_NEWEST_FIRST = (LedgerTransfer.created_at.desc(), LedgerTransfer.id.desc())
+_LATEST = _TRANSFERS_OF.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
+"""The page's latest activity, built once (the user center asks on every view)."""
+
+
 async def records_of(
     session: AsyncSession,
     lines: Sequence[Line],
@@ -109,15 +125,7 @@ async def records_of(
         accounts = {a: line_id for a, line_id in accounts.items() if line_id in by_line}
     if not accounts:
         return []
-    ids = list(accounts)
-    t = LedgerTransfer
-    stmt = select(
-        t.id, t.created_at, t.credit_account_id, t.debit_account_id, t.amount, t.unit, t.code,
-        t.reference,
-    ).where(
-        or_(t.credit_account_id.in_(ids), t.debit_account_id.in_(ids)),
-        t.kind.in_(_POSTED),
-    )
+    t, stmt = LedgerTransfer, _TRANSFERS_OF
     if since is not None:
         stmt = stmt.where(t.created_at >= since)
     if until is not None:
@@ -126,10 +134,13 @@ async def records_of(
         stmt = stmt.where(t.code.in_(_CODES[kind]))
     elif kind is not None:
         stmt = stmt.where(t.code.not_in(_KNOWN))
+    stmt = (
+        _LATEST if stmt is _TRANSFERS_OF
+        else stmt.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
+    )
     # A transfer between two of the customer's own accounts counts on both sides.
-    rows = (
-        await session.execute(stmt.order_by(t.created_at.desc(), t.id.desc()).limit(limit * 2))
-    ).all()
+    params = {"ids": list(accounts), "limit": limit * 2}
+    rows = (await session.execute(stmt, params)).all()
     out: list[Record] = []
     seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
     for row in rows:

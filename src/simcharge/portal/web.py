@@ -18,7 +18,7 @@ from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
@@ -127,6 +127,14 @@ def choose_language(request: Request, settings: Settings, account: Account | Non
     return negotiate_language(request.headers.get("accept-language"), default)
 
 
+# Built once: every page asks, and a statement built anew costs its construction and cache key.
+_SESSION_AND_ACCOUNT = (
+    select(AuthSession, Account)
+    .join(Account, Account.id == AuthSession.account_id)
+    .where(AuthSession.token_hash == bindparam("hash"))
+)
+
+
 async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | None:
     """The customer whose session cookie this is, or None. A read first; a write only when the
     session must be noted as used (once a minute) or has just ended."""
@@ -137,11 +145,7 @@ async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | 
     async with db.read() as s:
         # The session and its account in one round trip (every page asks).
         found = (
-            await s.execute(
-                select(AuthSession, Account)
-                .join(Account, Account.id == AuthSession.account_id)
-                .where(AuthSession.token_hash == token_hash(settings.secret_key, token))
-            )
+            await s.execute(_SESSION_AND_ACCOUNT, {"hash": token_hash(settings.secret_key, token)})
         ).one_or_none()
         if found is None or found[0].revoked_at is not None:
             return None
@@ -229,6 +233,8 @@ def device_label(user_agent: str | None) -> str:
 def environment(language: str) -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
+        # The templates ship with the release: no stat of each file on every render.
+        auto_reload=False,
         autoescape=select_autoescape(["html"]),
         extensions=["jinja2.ext.i18n"],
         undefined=StrictUndefined,
