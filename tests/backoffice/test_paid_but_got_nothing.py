@@ -13,6 +13,7 @@ from simcharge.auth.apikeys import create_api_key
 from simcharge.backoffice.models import AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import utcnow
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Line
@@ -323,3 +324,29 @@ async def test_a_payment_in_another_currency_than_the_wallet_is_not_applied(
                           headers={"Authorization": f"Bearer {key.token}"},
                           json={"note": "credit please"})
     assert r.status_code == 409 and problem(r)["type"] == "/problems/nothing-to-apply"
+
+
+async def test_the_report_shows_a_payment_put_on_the_balance_apart_from_those_still_held(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Two payments of a wrong amount: one finance put on the line's balance (the customer's
+    credit now), one still held for the payer — the top-ups report tells them apart."""
+    payer = await new_payer(db, settings)
+    applied = await _wrong_amount(client, db, settings, payer)
+    await _wrong_amount(client, db, settings, payer)
+    finance = await new_staff(db, settings, "finance")
+    r = await client.post(f"/api/v1/admin/orders/{applied['id']}/apply-to-wallet",
+                          headers=finance.auth, json={"note": "credit instead"})
+    assert r.status_code == 200, r.text
+    today = utcnow().date().isoformat()
+    r = await client.get("/api/v1/admin/reports/topups", headers=finance.auth,
+                         params={"from": today, "to": today})
+    assert r.status_code == 200, r.text
+    [row] = r.json()
+    assert (row["currency"], row["topups"], row["amount"]) == ("USD", 0, 0)
+    assert (row["uncredited"], row["uncredited_amount"]) == (1, 1999)
+    assert (row["applied"], row["applied_amount"]) == (1, 1999)
+    assert row["net"] == 3998
+    await web_sign_in(client, finance)
+    page = await client.get("/backoffice/reports")
+    assert "Put on the balance" in page.text and "1 · $19.99" in page.text

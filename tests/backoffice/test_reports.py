@@ -145,7 +145,7 @@ async def test_top_ups_in_two_currencies_are_never_mixed(
     )
     rows = {(row["method"], row["currency"]): row for row in r.json()}
     none = {"topups": 0, "amount": 0, "fees": 0, "uncredited": 0, "uncredited_amount": 0,
-            "refunded": 0}
+            "applied": 0, "applied_amount": 0, "refunded": 0}
     assert rows == {
         ("sandbox", "USD"): {
             "day": today, "method": "sandbox", "currency": "USD", **none, "topups": 1,
@@ -167,7 +167,8 @@ async def test_top_ups_in_two_currencies_are_never_mixed(
         params={"from": today, "to": today, "format": "csv"},
     )
     assert r.text.splitlines()[0] == (
-        "day,method,currency,topups,amount,fees,uncredited,uncredited_amount,refunded,net"
+        "day,method,currency,topups,amount,fees,uncredited,uncredited_amount,applied,"
+        "applied_amount,refunded,net"
     )
     await web_sign_in(client, finance)
     page = await client.get("/backoffice/reports")

@@ -22,6 +22,7 @@ from simcharge.errors import ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders.models import CLOSED_UNPAID, Order, Refund, RefundState
+from simcharge.orders.refunds import applied_orders
 
 MAX_DAYS = 366
 
@@ -84,12 +85,18 @@ class TopupRow:
     """The payment fees in it."""
     uncredited: int
     """Orders paid but never credited (a wrong amount or currency, a line that was gone):
-    money taken, not a top-up; finance refunds or credits them by hand."""
+    money taken, not a top-up, held for the payer until finance refunds it or puts it on the
+    line's balance."""
     uncredited_amount: int
+    applied: int
+    """Orders paid, never credited, whose money finance put on the line's balance
+    (`orders.refunds.apply_to_wallet`): the customer's credit now, no longer held."""
+    applied_amount: int
     refunded: int
     """Refunds the provider confirmed, for that day's orders, in this currency."""
     net: int
-    """`amount` + `uncredited_amount` − `refunded`: what the day's payments left in hand."""
+    """`amount` + `uncredited_amount` + `applied_amount` − `refunded`: what the day's payments
+    left in hand."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,7 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
     acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
     orders = await s.execute(
         select(
+            Order.id,
             Order.paid_at,
             Order.method_code,
             Order.paid_currency,
@@ -126,7 +134,9 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
             Order.fulfilled_at,
         ).where(Order.paid_at >= p.since, Order.paid_at < p.until)
     )
-    for paid_at, method, paid_currency, currency, paid, total, fee, fulfilled_at in orders:
+    rows = orders.all()
+    applied = await applied_orders(s, [r.id for r in rows if r.fulfilled_at is None])
+    for order_id, paid_at, method, paid_currency, currency, paid, total, fee, fulfilled_at in rows:
         assert paid_at is not None
         day = paid_at.astimezone(UTC).date()
         taken_in = paid_currency or currency
@@ -135,6 +145,9 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
             acc[(day, method, taken_in)]["topups"] += 1
             acc[(day, method, taken_in)]["amount"] += taken
             acc[(day, method, currency)]["fees"] += fee
+        elif order_id in applied:
+            acc[(day, method, taken_in)]["applied"] += 1
+            acc[(day, method, taken_in)]["applied_amount"] += taken
         else:
             acc[(day, method, taken_in)]["uncredited"] += 1
             acc[(day, method, taken_in)]["uncredited_amount"] += taken
@@ -160,8 +173,10 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
             fees=a["fees"],
             uncredited=a["uncredited"],
             uncredited_amount=a["uncredited_amount"],
+            applied=a["applied"],
+            applied_amount=a["applied_amount"],
             refunded=a["refunded"],
-            net=a["amount"] + a["uncredited_amount"] - a["refunded"],
+            net=a["amount"] + a["uncredited_amount"] + a["applied_amount"] - a["refunded"],
         )
         for (d, m, c), a in sorted(acc.items())
     ]
