@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
@@ -315,6 +315,40 @@ async def test_idle_and_absolute_timeouts(
     events = (await client.get("/api/v1/me/security-events", headers=fresh)).json()
     ended = [e["details"]["reason"] for e in events if e["kind"] == "session_expired"]
     assert sorted(ended) == ["absolute_timeout", "idle_timeout"]
+
+
+async def test_a_request_within_a_minute_of_the_last_use_writes_nothing(
+    client: httpx.AsyncClient, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    """Every signed-in request reads its session and account in one query; only once a minute
+    is its use written down (the idle timeout counts from it)."""
+    clock.freeze(START)
+    customer = await signup(client, inbox, deliver)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        clock.freeze(START + timedelta(seconds=30))
+        assert (await client.get("/api/v1/me", headers=customer.auth)).status_code == 200
+        quiet = list(statements)
+        statements.clear()
+        clock.freeze(START + timedelta(seconds=90))
+        assert (await client.get("/api/v1/me", headers=customer.auth)).status_code == 200
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    verbs = {statement.split(None, 1)[0].upper() for statement in quiet}
+    assert verbs and not {"INSERT", "UPDATE", "DELETE"} & verbs
+    # The session and its account in one query.
+    [identity] = [st for st in quiet if "auth_sessions" in st or "FROM accounts" in st]
+    assert "JOIN accounts" in identity
+    assert any(st.upper().startswith("UPDATE AUTH_SESSIONS") for st in statements)  # a minute on
+    async with db.read() as s:
+        row = (await s.execute(select(AuthSession).where(
+            AuthSession.token_hash == token_hash(TEST_SECRET, str(customer.token))))).scalar_one()
+    assert row.last_seen_at == START + timedelta(seconds=90)
 
 
 async def test_the_timeouts_are_settings(

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
@@ -16,7 +17,7 @@ from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
-from simcharge.auth.sessions import csrf_valid, session_for_token
+from simcharge.auth.sessions import TOUCH_EVERY, csrf_valid, expired, session_for_token, token_hash
 from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.errors import Forbidden, NotAuthenticated
@@ -114,11 +115,52 @@ class Customer:
     via_cookie: bool
 
 
+# Built once: every signed-in request asks (the API here, the portal in `portal.web`).
+SESSION_AND_ACCOUNT = (
+    select(AuthSession, Account)
+    .join(Account, Account.id == AuthSession.account_id)
+    .where(AuthSession.token_hash == bindparam("hash"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FoundSession:
+    session: AuthSession
+    account: Account
+    stale: bool
+    """It must be looked at in a write transaction: to note its use (older than `TOUCH_EVERY`)
+    or to end it now that it is over (and log that)."""
+
+
+async def find_session(db: DB, settings: Settings, token: str) -> FoundSession | None:
+    """The session a token belongs to and its account, read in one query without a write; None
+    when no session has the token or it was ended."""
+    async with db.read() as s:
+        found = (
+            await s.execute(SESSION_AND_ACCOUNT, {"hash": token_hash(settings.secret_key, token)})
+        ).one_or_none()
+    if found is None or found[0].revoked_at is not None:
+        return None
+    row, account = found
+    now = utcnow()
+    stale = expired(row, policy(settings), now) is not None or now - row.last_seen_at >= TOUCH_EVERY
+    return FoundSession(row, account, stale)
+
+
 async def _resolve(
     request: Request, db: DB, settings: Settings, token: str, via_cookie: bool
 ) -> Customer:
     challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
     client = client_info(request, settings)
+    found = await find_session(db, settings, token)
+    if found is None:
+        raise SessionEnded(headers=challenge)
+    if not found.stale:
+        if found.account.status != AccountStatus.active:
+            raise SessionEnded(headers=challenge)
+        return await _checked(
+            request, db, settings, found.account, found.session, client, via_cookie
+        )
 
     async def resolve(session: AsyncSession) -> tuple[Account, AuthSession] | None:
         auth = await session_for_token(
@@ -136,10 +178,23 @@ async def _resolve(
             return None
         return account, auth
 
-    found = await db.run(resolve)
-    if found is None:
+    resolved = await db.run(resolve)
+    if resolved is None:
         raise SessionEnded(headers=challenge)
-    account, auth = found
+    account, auth = resolved
+    return await _checked(request, db, settings, account, auth, client, via_cookie)
+
+
+async def _checked(
+    request: Request,
+    db: DB,
+    settings: Settings,
+    account: Account,
+    auth: AuthSession,
+    client: ClientInfo,
+    via_cookie: bool,
+) -> Customer:
+    """The signed-in customer, once a state-changing request by cookie showed its CSRF token."""
     if via_cookie and request.method not in SAFE_METHODS:
         presented = request.headers.get("x-csrf-token")
         if not csrf_valid(settings.secret_key, auth.id, presented):

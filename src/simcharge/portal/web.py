@@ -18,15 +18,14 @@ from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.api.deps import DB, AppSettings
-from simcharge.auth.deps import Customer, session_cookie
+from simcharge.auth.deps import Customer, find_session, session_cookie
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
-from simcharge.auth.sessions import TOUCH_EVERY, csrf_token, expired, session_for_token, token_hash
+from simcharge.auth.sessions import csrf_token, session_for_token
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
 from simcharge.errors import Forbidden, SimchargeError
@@ -127,14 +126,6 @@ def choose_language(request: Request, settings: Settings, account: Account | Non
     return negotiate_language(request.headers.get("accept-language"), default)
 
 
-# Built once: every page asks, and a statement built anew costs its construction and cache key.
-_SESSION_AND_ACCOUNT = (
-    select(AuthSession, Account)
-    .join(Account, Account.id == AuthSession.account_id)
-    .where(AuthSession.token_hash == bindparam("hash"))
-)
-
-
 async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | None:
     """The customer whose session cookie this is, or None. A read first; a write only when the
     session must be noted as used (once a minute) or has just ended."""
@@ -142,16 +133,13 @@ async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | 
     if not token or token.startswith("sck_"):
         return None
     rules, now = policy(settings), utcnow()
-    async with db.read() as s:
-        # The session and its account in one round trip (every page asks).
-        found = (
-            await s.execute(_SESSION_AND_ACCOUNT, {"hash": token_hash(settings.secret_key, token)})
-        ).one_or_none()
-        if found is None or found[0].revoked_at is not None:
-            return None
-        row, account = found
-        fresh = expired(row, rules, now) is None and now - row.last_seen_at < TOUCH_EVERY
-    if not fresh:
+    # The session and its account in one query without a write (every page asks).
+    found = await find_session(db, settings, token)
+    if found is None:
+        return None
+    if not found.stale:
+        row, account = found.session, found.account
+    else:
 
         async def touch(s: AsyncSession) -> tuple[Account, AuthSession] | None:
             auth = await session_for_token(s, settings.secret_key, token, policy=rules, now=now)
