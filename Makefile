@@ -31,8 +31,13 @@ migrate: $(STAMP)
 demo: migrate
 	$(BIN)/simcharge demo
 
+# The demo's sandbox sends each webhook three times, up to 2 s late and out of order, so that
+# duplicates and reordering are part of every demo (settings in the environment win).
+SANDBOX_DEMO := SIMCHARGE_SANDBOX_WEBHOOK_COPIES=$${SIMCHARGE_SANDBOX_WEBHOOK_COPIES:-3} \
+	SIMCHARGE_SANDBOX_WEBHOOK_MAX_DELAY_SECONDS=$${SIMCHARGE_SANDBOX_WEBHOOK_MAX_DELAY_SECONDS:-2}
+
 run: demo
-	PORT=$(PORT) $(BIN)/simcharge serve --port $(PORT)
+	$(SANDBOX_DEMO) PORT=$(PORT) $(BIN)/simcharge serve --port $(PORT)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     """A line frozen this long is terminated."""
     lifecycle_warning_days: list[int] = Field(default_factory=lambda: [7, 1])
     """Customers are warned this many days before each change."""
+    lifecycle_topup_validity_days: int = Field(default=30, ge=0, le=3650)
+    """A paid top-up that leaves the validity of a line in grace (or of a frozen line it brings
+    back) ended — money alone, or a plan without validity — makes it run this many days from
+    now, so that any top-up reactivates the line (0: only a plan's validity does)."""
     lifecycle_frozen_reactivation: Literal["topup", "owner_topup", "support"] = "topup"
     """Who may bring a frozen line back: any paid top-up, a paid top-up by the line's owner,
     or only customer service (`lifecycle.service.unfreeze`)."""

@@ -377,24 +377,58 @@ async def test_a_top_up_brings_a_frozen_line_back_by_policy(
     assert found.last_activity_at == T
 
 
-async def test_a_top_up_in_grace_reactivates_only_with_validity(
+async def test_a_top_up_without_validity_of_its_own_leaves_the_line_in_grace_when_set_to(
     db: Database, settings: Settings
 ) -> None:
+    """`LIFECYCLE_TOPUP_VALIDITY_DAYS=0`: only a plan's validity reactivates a line in grace."""
     valid = await new_line(db, state=LineState.grace, validity_end=T + 30 * DAY)
     expired = await new_line(db, state=LineState.grace, validity_end=T - DAY)
     frozen_expired = await new_line(db, state=LineState.frozen, validity_end=T - DAY)
+    none = policy(settings, lifecycle_topup_validity_days=0)
 
     async def top_up(s: AsyncSession) -> None:
         for line in (valid, expired, frozen_expired):
             found = await s.get(Line, line.id)
             assert found is not None
-            on_topup(s, found, now=T, actor="order:x", by_owner=True, policy=policy(settings))
+            on_topup(s, found, now=T, actor="order:x", by_owner=True, policy=none)
 
     await db.run(top_up)
     assert (await reload(db, valid)).state == "active"
     assert (await reload(db, expired)).state == "grace"
+    assert (await reload(db, expired)).validity_end == T - DAY
     assert (await reload(db, frozen_expired)).state == "grace"
     assert [e.reason for e in await events_of(db, valid)] == ["topup"]
+
+
+async def test_any_top_up_reactivates_a_line_in_grace_with_validity_days_from_now(
+    db: Database, settings: Settings
+) -> None:
+    """By default a top-up that gives no validity of its own (money alone, a plan without
+    validity) makes it run `LIFECYCLE_TOPUP_VALIDITY_DAYS` (30) from now; a longer validity is
+    kept; a frozen line the policy keeps frozen gets none."""
+    assert settings.lifecycle_topup_validity_days == 30
+    valid = await new_line(db, state=LineState.grace, validity_end=T + 90 * DAY)
+    expired = await new_line(db, state=LineState.grace, validity_end=T - DAY)
+    frozen_expired = await new_line(db, state=LineState.frozen, validity_end=T - 60 * DAY)
+    kept_frozen = await new_line(db, state=LineState.frozen, validity_end=T - 60 * DAY)
+
+    async def top_up(s: AsyncSession) -> None:
+        for line, rule in ((valid, "topup"), (expired, "topup"), (frozen_expired, "topup"),
+                           (kept_frozen, "support")):
+            found = await s.get(Line, line.id)
+            assert found is not None
+            on_topup(s, found, now=T, actor="order:x", by_owner=False,
+                     policy=policy(settings, lifecycle_frozen_reactivation=rule))
+
+    await db.run(top_up)
+    assert ((await reload(db, valid)).state, (await reload(db, valid)).validity_end) == (
+        "active", T + 90 * DAY)
+    for line in (expired, frozen_expired):
+        found = await reload(db, line)
+        assert (found.state, found.validity_end) == ("active", T + 30 * DAY)
+        assert [e.reason for e in await events_of(db, line)] == ["topup"]
+    found = await reload(db, kept_frozen)
+    assert (found.state, found.validity_end) == ("frozen", T - 60 * DAY)
 
 
 async def test_support_unfreezes_a_line(db: Database, settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ from sqlalchemy import func, select, update
 from simcharge.catalog.models import PaymentMethod
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import utcnow
 from simcharge.lines.models import LineState
 from simcharge.orders.models import IdempotencyKey, Order, Payment
 from tests.auth.helpers import problem
@@ -29,10 +31,14 @@ async def _count(db: Database, model: Any) -> int:
 async def test_a_quote_shows_price_fee_and_total(client: httpx.AsyncClient, db: Database,
                                                  settings: Settings) -> None:
     payer = await new_payer(db, settings)
+    before = utcnow().replace(microsecond=0)
     r = await _quote(client, payer.auth, plan="traveller-20", method="paypal",
                      line_id=str(payer.line.id))
     assert r.status_code == 200, r.text
     q = r.json()
+    # It holds for `SIMCHARGE_QUOTE_TTL_MINUTES` (15).
+    ttl = timedelta(minutes=settings.quote_ttl_minutes)
+    assert before + ttl <= datetime.fromisoformat(q["expires_at"]) <= utcnow() + ttl
     # 3.49 % of 20.00 = 0.698 → 0.70, plus 0.49 fixed.
     assert q["price"] == {"currency": "USD", "minor": 2000, "value": "20.00"}
     assert q["fee"]["minor"] == 119

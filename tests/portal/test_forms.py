@@ -5,13 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 
 import httpx
 import pyotp
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.ledger import chart
+from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
 from simcharge.portal.account import bar_class
 from simcharge.portal.web import provider_url_ok, safe_next
 from tests.conftest import SmtpInbox
@@ -177,6 +183,43 @@ async def test_records_filter_and_export(
     assert "No records for these filters." in r.text
 
 
+async def test_records_of_usage_refunds_and_money_put_on_the_balance_filter_by_their_kind(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Every kind a ledger code gives is found by its own filter: usage (codes no kind names),
+    a refund, and a payment finance put on the balance (`applied`, a top-up)."""
+    customer = await new_customer(db, settings)
+    line = customer.line
+    shard = chart.shard_of(line.id)
+    sink, source = chart.consumption("USD", shard), chart.funding("USD")
+
+    async def post(s: AsyncSession) -> None:
+        await ensure_accounts(s, [sink, source])
+        await post_transfers(s, [
+            NewTransfer(id=uuid7(), amount=300, unit="USD", debit_account_id=line.wallet_account_id,
+                        credit_account_id=sink.id, code="usage", reference="usage:call-1"),
+            NewTransfer(id=uuid7(), amount=700, unit="USD", debit_account_id=source.id,
+                        credit_account_id=line.wallet_account_id, code="applied",
+                        reference=f"order:{uuid7()}"),
+            NewTransfer(id=uuid7(), amount=200, unit="USD", debit_account_id=line.wallet_account_id,
+                        credit_account_id=source.id, code="refund", reference="refund:r1"),
+        ], now=utcnow())
+
+    await db.run(post)
+    sign_in(client, customer)
+
+    async def kinds(kind: str) -> list[tuple[str, str]]:
+        r = await client.get("/account/records.csv", params={"kind": kind})
+        assert r.status_code == 200
+        return [(row[2], row[3]) for row in list(csv.reader(io.StringIO(r.text)))[1:]]
+
+    assert await kinds("usage") == [("usage", "-300")]
+    assert await kinds("topup") == [("topup", "700")]
+    assert await kinds("refund") == [("refund", "-200")]
+    everything = await kinds("")
+    assert {("usage", "-300"), ("topup", "700"), ("refund", "-200")} <= set(everything)
+
+
 def test_bars_are_classes_in_steps_of_five() -> None:
     assert bar_class(50, 100) == "w50"
     assert bar_class(0, 100) == "w0"
@@ -212,6 +255,25 @@ async def test_two_step_verification_from_the_security_page(
         "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
         "second_factor": "000000", "next": "/account"})
     assert r.status_code == 401 and 'name="second_factor"' in r.text
+    # The authenticator's code of the next step (the current one was spent on the set-up).
+    sealed = re.search(r'name="sealed" value="([^"]+)"', r.text)
+    assert sealed
+    code = pyotp.TOTP(secret.group(1)).at(int(time.time()) + 30)
+    r = await client.post("/login", data={
+        "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
+        "second_factor": code, "next": "/account/records"})
+    assert r.status_code == 303 and r.headers["location"] == "/account/records"
+    assert (await client.get("/account")).status_code == 200
+    # The same code twice: refused.
+    client.cookies.clear()
+    r = await post_form(client, "/login", "/login",
+                        {"login": customer.username, "password": PASSWORD})
+    sealed = re.search(r'name="sealed" value="([^"]+)"', r.text)
+    assert sealed
+    r = await client.post("/login", data={
+        "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
+        "second_factor": code, "next": "/account"})
+    assert r.status_code == 401
 
 
 async def test_sessions_end_one_or_all(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from simcharge.db import Database
+from simcharge.kit.clock import utcnow
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerAccount
-from simcharge.lines.models import Bucket, LineState
+from simcharge.lines.models import Bucket, Line, LineState
 from tests.orders.helpers import assert_ledger_balanced
 from tests.tmf654.helpers import (
     BASE,
@@ -125,6 +127,30 @@ async def test_a_body_that_is_not_json_is_a_tmf_error(
 
 
 # --- topupBalance ----------------------------------------------------------------------------
+
+
+async def test_a_money_top_up_reactivates_a_line_whose_validity_ended(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A `topupBalance` gives no validity of its own: a line in grace whose validity ended gets
+    `LIFECYCLE_TOPUP_VALIDITY_DAYS` (30) from now and is active again."""
+    h = await new_holder(db, state=LineState.grace)
+    ended = utcnow() - timedelta(days=3)
+    await db.run(lambda s: s.execute(
+        update(Line).where(Line.id == h.line.id).values(validity_end=ended)))
+    key = {**(await api_key(db, *ALL)), "Idempotency-Key": "pos-grace"}
+    body = {"amount": {"amount": 5, "units": "USD"}, "usageType": "monetary",
+            "bucket": {"id": str(h.line.wallet_account_id)},
+            "partyAccount": {"id": str(h.account_id)},
+            "logicalResource": [{"id": h.line.msisdn}]}
+    before = utcnow()
+    r = await post(client, "/topupBalance", body, key, "TopupBalance_Create")
+    assert r.status_code == 201, r.text
+    async with db.read() as s:
+        line = await s.get(Line, h.line.id)
+    assert line is not None and line.state == LineState.active.value
+    assert line.validity_end is not None
+    assert before + timedelta(days=30) <= line.validity_end <= utcnow() + timedelta(days=30)
 
 
 async def test_a_top_up_credits_once_per_idempotency_key(

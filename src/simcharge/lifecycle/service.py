@@ -61,6 +61,7 @@ class Policy:
     warning_days: tuple[int, ...]
     frozen_reactivation: str
     batch: int
+    topup_validity: timedelta = timedelta(0)
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -71,6 +72,7 @@ class Policy:
             warning_days=tuple(sorted(set(settings.lifecycle_warning_days), reverse=True)),
             frozen_reactivation=settings.lifecycle_frozen_reactivation,
             batch=settings.lifecycle_batch_size,
+            topup_validity=timedelta(days=settings.lifecycle_topup_validity_days),
         )
 
 
@@ -115,21 +117,28 @@ def on_topup(
 ) -> bool:
     """A paid top-up was credited to `line` (locked by the caller, validity already extended).
 
-    A top-up counts as activity. It brings a line out of stock or grace (when its validity now
-    runs); out of frozen only if the policy lets a top-up do so (`topup`: any paid top-up;
-    `owner_topup`: one paid by the line's owner; `support`: never). A frozen line whose
-    validity has ended comes back in grace, with a full grace period. Returns whether the
-    state changed."""
+    A top-up counts as activity. It brings a line out of stock or grace; out of frozen only if
+    the policy lets a top-up do so (`topup`: any paid top-up; `owner_topup`: one paid by the
+    line's owner; `support`: never). When the validity of such a line is still over after the
+    top-up (money alone, a plan without validity), it runs `policy.topup_validity` from now;
+    with none (0), a line in grace stays there and a frozen one comes back in grace, with a
+    full grace period. Returns whether the state changed."""
     policy = policy or Policy.of(get_settings())
     line.last_activity_at = now
     state = LineState(line.state)
+    brought_back = state is LineState.grace or (
+        state is LineState.frozen
+        and (
+            policy.frozen_reactivation == "topup"
+            or (policy.frozen_reactivation == "owner_topup" and by_owner)
+        )
+    )
+    if brought_back and not _valid(line, now) and policy.topup_validity:
+        line.validity_end = now + policy.topup_validity
     target: LineState | None = None
     if state is LineState.available or (state is LineState.grace and _valid(line, now)):
         target = LineState.active
-    elif state is LineState.frozen and (
-        policy.frozen_reactivation == "topup"
-        or (policy.frozen_reactivation == "owner_topup" and by_owner)
-    ):
+    elif state is LineState.frozen and brought_back:
         target = LineState.active if _valid(line, now) else LineState.grace
     if target is None:
         return False

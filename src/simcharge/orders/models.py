@@ -237,7 +237,9 @@ class IdempotencyKey(Base):
 
 
 class ReceiptCounter(Base):
-    """Gapless receipt numbers: one row per year, incremented in the fulfilling transaction."""
+    """Gapless receipt numbers: one row per year (`R2026-000001`), incremented when the receipt
+    is issued (`orders.service.issue_receipt_number`, the worker's job), not when the order is
+    credited: numbering is then never the bottleneck of fulfilment."""
 
     __tablename__ = "receipt_counters"
 

@@ -5,7 +5,8 @@ provider keeps on its side); the payer pays, declines or cancels on `/sandbox/pa
 tells us by signed webhooks (`Sandbox-Signature: t=…,v1=…`, HMAC-SHA256 of `"{t}.{body}"` with
 `SIMCHARGE_SANDBOX_SECRET`, as Stripe signs), sent by the outbox worker to our webhook endpoint.
 Each webhook can be sent several times with random delays (`SIMCHARGE_SANDBOX_WEBHOOK_COPIES`,
-`…_MAX_DELAY_SECONDS`), so that duplicates and reordering are part of every demo and test.
+`…_MAX_DELAY_SECONDS`; `make run` sends three copies up to 2 s late, and the tests of
+duplicates and reordering do too), so that duplicates and reordering are part of every demo.
 
 A real provider's state is not ours to commit: the sandbox writes its rows in transactions of
 its own, never in the caller's.

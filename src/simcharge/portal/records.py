@@ -29,7 +29,8 @@ KINDS: dict[str, str] = {
 _POSTED = (TransferKind.posted.value, TransferKind.post_pending.value)
 # Kinds that a transfer's code alone decides (narrowed in the query; the rest after it).
 _CODES: dict[str, tuple[str, ...]] = {
-    "topup": ("topup",),
+    # `applied`: an uncredited payment that finance put on the balance (`orders.refunds`).
+    "topup": ("topup", "applied"),
     "package": ("grant",),
     "refund": ("refund", "refund_voided"),
     "adjustment": ("adjustment",),
@@ -54,7 +55,7 @@ class Record:
 
 
 def kind_of(code: str, credited: bool) -> str:
-    if code == "topup":
+    if code in _CODES["topup"]:
         return "topup"
     if code == "grant":
         return "package"
@@ -130,7 +131,11 @@ async def records_of(
         stmt = stmt.where(t.created_at >= since)
     if until is not None:
         stmt = stmt.where(t.created_at < until)
-    if kind in _CODES:
+    if kind == "topup":
+        # Any other code that adds to the line reads as a top-up too (`kind_of`): narrowed to
+        # the codes of no other kind here, to what was credited below.
+        stmt = stmt.where(t.code.not_in([c for c in _KNOWN if c not in _CODES["topup"]]))
+    elif kind in _CODES:
         stmt = stmt.where(t.code.in_(_CODES[kind]))
     elif kind is not None:
         stmt = stmt.where(t.code.not_in(_KNOWN))
