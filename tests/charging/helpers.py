@@ -141,6 +141,22 @@ def rg(
     return entry
 
 
+def validate_exchange(path: str, raw: bytes, status: int, answer: Any) -> None:
+    """A request body and the answer to it (status, JSON body or none) checked against the
+    official YAML, as if they had crossed HTTP (`path`: `/chargingdata`, `/chargingdata/{ref}/
+    update` …)."""
+    request = MockRequest(
+        "https://example.com", "post", BASE + path, data=raw, content_type="application/json"
+    )
+    spec().validate_request(request)
+    if status == 204 and answer is None:
+        return
+    content = json.dumps(answer).encode()
+    spec().validate_response(
+        request, MockResponse(content, status_code=status, content_type="application/json")
+    )
+
+
 class Nchf:
     """Posts to the Nchf API; every request and response is validated against the official YAML."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -12,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from pypdf import PdfReader
+from sqlalchemy import update
 
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.orders.models import Order
 from simcharge.orders.receipts import ReceiptFacts, needs_cjk_font, render_pdf
+from simcharge.orders.service import issue_receipt_number
 from tests.auth.helpers import problem
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import new_payer, pay_at_sandbox, place, run_worker
@@ -71,6 +75,26 @@ async def test_receipt_numbers_follow_each_other(client: httpx.AsyncClient, db: 
     again = await client.get(f"/api/v1/orders/{orders[0]['id']}/receipt",
                              headers={**payer.auth, "Accept": "application/json"})
     assert again.json()["number"] == numbers[0]
+
+
+async def test_receipt_numbers_start_again_each_year(client: httpx.AsyncClient, db: Database,
+                                                    settings: Settings) -> None:
+    """Numbered per year the order was credited: the first receipt of a new year is
+    `R<year>-000001`, and the old year's counter goes on where it was."""
+    payer = await new_payer(db, settings)
+    first = await _paid(client, settings, payer)
+    year = int(first["receipt_number"][1:5])
+    # Two more orders credited, not yet numbered: one on New Year's Day, one the same year.
+    later = [await _paid(client, settings, payer) for _ in range(2)]
+    ids = [uuid.UUID(o["id"]) for o in later]
+    new_year = datetime(year + 1, 1, 1, 0, 0, 5, tzinfo=UTC)
+    await db.run(lambda s: s.execute(update(Order).where(Order.id == ids[0])
+                                     .values(fulfilled_at=new_year, receipt_number=None)))
+    await db.run(lambda s: s.execute(update(Order).where(Order.id == ids[1])
+                                     .values(receipt_number=None)))
+    numbers = [await db.run(lambda s, i=i: issue_receipt_number(s, i)) for i in ids]
+    assert numbers[0] == f"R{year + 1}-000001"
+    assert numbers[1] == f"R{year}-{int(later[1]['receipt_number'].rsplit('-', 1)[1]) + 1:06d}"
 
 
 async def test_a_chinese_receipt_has_its_glyphs(client: httpx.AsyncClient, db: Database,

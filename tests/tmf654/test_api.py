@@ -264,6 +264,13 @@ async def test_adjustments_up_and_down_never_below_zero(
     assert await totals(db, h.line.wallet_account_id) == (2500, 0)
     got = await client.get(f"{BASE}/adjustBalance/{r.json()['id']}", headers=key)
     assert_response(got, "/adjustBalance/{id}")
+    listed = await client.get(f"{BASE}/adjustBalance",
+                              params={"logicalResource.id": h.line.msisdn}, headers=key)
+    assert_response(listed, "/adjustBalance")
+    assert r.json()["id"] in {a["id"] for a in listed.json()}
+    missing = await client.get(f"{BASE}/adjustBalance/{uuid.uuid4()}", headers=key)
+    assert_response(missing, "/adjustBalance/{id}")
+    assert missing.status_code == 404
     await assert_ledger_balanced(db)
 
 
@@ -309,6 +316,10 @@ async def test_a_reservation_is_held_then_completed_or_cancelled(
     got = await client.get(f"{BASE}/reserveBalance/{r.json()['id']}", headers=key)
     assert_response(got, "/reserveBalance/{id}")
     assert got.json()["status"] == "cancelled"
+    listed = await client.get(f"{BASE}/reserveBalance",
+                              params={"logicalResource.id": h.line.msisdn}, headers=key)
+    assert_response(listed, "/reserveBalance")
+    assert {rid, r.json()["id"]} <= {a["id"] for a in listed.json()}
     # More than there is: refused, nothing held.
     r = await post(client, "/reserveBalance", {**body, "amount": {"amount": 100, "units": "USD"}},
                    key)
@@ -362,6 +373,12 @@ async def test_transfers_move_credit_and_data_with_a_fee(
                               params={"logicalResource.id": giver.line.msisdn}, headers=key)
     assert_response(listed, "/transferBalance")
     assert len(listed.json()) == 2
+    one = await client.get(f"{BASE}/transferBalance/{out['id']}", headers=key)
+    assert_response(one, "/transferBalance/{id}")
+    assert one.json()["id"] == out["id"]
+    missing = await client.get(f"{BASE}/transferBalance/{uuid.uuid4()}", headers=key)
+    assert_response(missing, "/transferBalance/{id}")
+    assert missing.status_code == 404
     await assert_ledger_balanced(db)
 
 
