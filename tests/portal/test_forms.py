@@ -6,6 +6,7 @@ import csv
 import io
 import re
 import time
+from typing import Any
 
 import httpx
 import pyotp
@@ -21,6 +22,7 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.portal.account import bar_class
 from simcharge.portal.web import provider_url_ok, safe_next
 from tests.conftest import SmtpInbox
+from tests.orders.helpers import run_worker
 from tests.portal.helpers import PASSWORD, csrf_of, new_customer, post_form, sign_in
 
 pytestmark = pytest.mark.usefixtures("shop")
@@ -134,6 +136,33 @@ async def test_register_then_verify_with_the_emailed_code(
         "channel": "email", "code": code, "login": "verifyme",
         "password": "a quiet river at dawn"})
     assert r.status_code == 303 and r.headers["location"] == "/login?verified=1"
+
+
+async def test_register_with_a_phone_then_verify_it_with_the_texted_code(
+    client: httpx.AsyncClient, deliver: object
+) -> None:
+    from tests.conftest import last_sms_code
+
+    phone = "+14155550177"
+    r = await post_form(client, "/register", "/register", {
+        "username": "textme", "password": "a quiet river at dawn", "phone": phone,
+        "language": "es"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/verify?login=textme")
+    await deliver()  # type: ignore[operator]
+    code = last_sms_code(phone)
+    wrong = "000000" if code != "000000" else "111111"
+    r = await post_form(client, r.headers["location"], "/verify", {
+        "channel": "sms", "code": wrong, "login": "textme", "password": "a quiet river at dawn"})
+    assert r.status_code in (400, 401, 422)
+    r = await post_form(client, "/verify?login=textme", "/verify", {
+        "channel": "sms", "code": code, "login": "textme", "password": "a quiet river at dawn"})
+    assert r.status_code == 303 and r.headers["location"] == "/login?verified=1"
+    r = await post_form(client, "/login", "/login",
+                        {"login": phone, "password": "a quiet river at dawn"})
+    assert r.status_code == 303 and r.headers["location"] == "/account"
+    page = await client.get("/account")  # in Spanish, the language chosen at registration
+    phone_row = page.text.split("<dt>Teléfono</dt>", 1)[1].split("</dd>", 1)[0]
+    assert phone in phone_row and "verificado" in phone_row and "sin verificar" not in phone_row
 
 
 async def test_a_review_shows_price_fee_and_total_before_paying(
@@ -274,6 +303,35 @@ async def test_two_step_verification_from_the_security_page(
         "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
         "second_factor": code, "next": "/account"})
     assert r.status_code == 401
+
+
+async def test_the_security_page_shows_sign_ins_refusals_and_alerts(
+    client: httpx.AsyncClient, db: Database, settings: Settings, app: Any
+) -> None:
+    """Sign-in history (with the device and what was refused) and the security alerts."""
+    customer = await new_customer(db, settings)
+    chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+    firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0"
+    client.headers["user-agent"] = chrome
+    r = await post_form(client, "/login", "/login",
+                        {"login": customer.username, "password": PASSWORD})
+    assert r.status_code == 303
+    client.cookies.clear()
+    r = await post_form(client, "/login", "/login",
+                        {"login": customer.username, "password": "not the password"})
+    assert r.status_code == 401
+    client.headers["user-agent"] = firefox  # a device this account never used
+    r = await post_form(client, "/login", "/login",
+                        {"login": customer.username, "password": PASSWORD})
+    assert r.status_code == 303
+    await run_worker(app, db, settings)  # the alert is a notice the worker delivers
+    page = (await client.get("/account/security")).text
+    history = page.split('id="s-history"', 1)[1].split("</section>", 1)[0]
+    alerts = page.split('id="s-alerts"', 1)[1].split("</section>", 1)[0]
+    assert history.count("Sign-in from a new device") == 1
+    assert "Firefox · Windows" in history and "Chrome · Linux" in history
+    assert "— <strong>refused</strong>" in history
+    assert "New sign-in to your account" in alerts and "No alerts." not in alerts
 
 
 async def test_sessions_end_one_or_all(
