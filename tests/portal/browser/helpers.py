@@ -31,10 +31,26 @@ def watch(page: Any) -> list[str]:
 
 
 async def check(
-    page: Any, name: str, problems: list[str] | None = None, *, shot: str | None = None
+    page: Any, name: str, problems: list[str] | None = None, *, shot: str | None = None,
+    desktop: bool = True,
 ) -> None:
-    """axe-core finds no serious or critical violation, and the page broke no CSP rule; then
-    a screenshot when `shot` (default: `name`) is one the README shows."""
+    """axe-core finds no serious or critical violation — at phone width, and unless `desktop`
+    is false at desktop width too (the layout changes: two columns, the menu in a row) — and
+    the page broke no CSP rule; then a screenshot when `shot` (default: `name`) is one the
+    README shows."""
+    await _axe(page, name)
+    if desktop:
+        await page.set_viewport_size(DESKTOP)
+        try:
+            await _axe(page, f"{name} (desktop)")
+        finally:
+            await page.set_viewport_size(PHONE)
+    if problems is not None:
+        assert not problems, f"{name}: CSP violations {problems}"
+    await shoot(page, name if shot is None else shot)
+
+
+async def _axe(page: Any, name: str) -> None:
     global _AXE_SOURCE
     if _AXE_SOURCE is None:
         _AXE_SOURCE = AXE.read_text(encoding="utf-8")
@@ -47,9 +63,6 @@ async def check(
     )
     bad = [v for v in result if v["impact"] in ("serious", "critical")]
     assert not bad, f"{name}: accessibility violations {bad}"
-    if problems is not None:
-        assert not problems, f"{name}: CSP violations {problems}"
-    await shoot(page, name if shot is None else shot)
 
 
 # The pages shown in the README (the others are checked, not photographed).
