@@ -1243,6 +1243,25 @@ async def test_the_payers_return_asks_the_provider_and_credits(
     await assert_ledger_balanced(db)
 
 
+async def test_check_now_asks_the_provider_and_credits(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """"Check now" (`POST /orders/{id}/check`) asks each provider as the return does (PayPal:
+    the approved order is captured) and credits once; asking again changes nothing."""
+    payer, _, order = await _placed(client, db, settings, provider)
+    routes = provider.expect_paid_on_query(order)
+    r = await client.post(f"/api/v1/orders/{order.id}/check", headers=payer.auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "fulfilled"
+    assert all(route.called for route in routes)
+    credited = len(await transfers_of(db, f"order:{order.id}"))
+    assert credited
+    again = await client.post(f"/api/v1/orders/{order.id}/check", headers=payer.auth)
+    assert again.status_code == 200 and again.json()["state"] == "fulfilled"
+    assert len(await transfers_of(db, f"order:{order.id}")) == credited
+    await assert_ledger_balanced(db)
+
+
 async def test_paypal_approval_webhook_captures_in_the_worker(
     shop: Any,
     client: httpx.AsyncClient,
