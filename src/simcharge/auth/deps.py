@@ -8,16 +8,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.api.deps import DB, AppSettings
+from simcharge.auth import sessions
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
-from simcharge.auth.sessions import TOUCH_EVERY, csrf_valid, expired, session_for_token, token_hash
+from simcharge.auth.sessions import FoundSession, csrf_valid, session_for_token
 from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.errors import Forbidden, NotAuthenticated
@@ -115,36 +115,13 @@ class Customer:
     via_cookie: bool
 
 
-# Built once: every signed-in request asks (the API here, the portal in `portal.web`).
-SESSION_AND_ACCOUNT = (
-    select(AuthSession, Account)
-    .join(Account, Account.id == AuthSession.account_id)
-    .where(AuthSession.token_hash == bindparam("hash"))
-)
-
-
-@dataclass(frozen=True, slots=True)
-class FoundSession:
-    session: AuthSession
-    account: Account
-    stale: bool
-    """It must be looked at in a write transaction: to note its use (older than `TOUCH_EVERY`)
-    or to end it now that it is over (and log that)."""
-
-
 async def find_session(db: DB, settings: Settings, token: str) -> FoundSession | None:
-    """The session a token belongs to and its account, read in one query without a write; None
-    when no session has the token or it was ended."""
+    """`auth.sessions.find_session` in a read (no transaction, no write): every signed-in
+    request, of the API here and of the portal (`portal.web.signed_in`), asks."""
     async with db.read() as s:
-        found = (
-            await s.execute(SESSION_AND_ACCOUNT, {"hash": token_hash(settings.secret_key, token)})
-        ).one_or_none()
-    if found is None or found[0].revoked_at is not None:
-        return None
-    row, account = found
-    now = utcnow()
-    stale = expired(row, policy(settings), now) is not None or now - row.last_seen_at >= TOUCH_EVERY
-    return FoundSession(row, account, stale)
+        return await sessions.find_session(
+            s, settings.secret_key, token, policy=policy(settings), now=utcnow()
+        )
 
 
 async def _resolve(

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
@@ -83,6 +84,38 @@ def expired(row: AuthSession, policy: SessionPolicy, now: datetime) -> str | Non
     if row.last_seen_at + policy.idle <= now:
         return "idle_timeout"
     return None
+
+
+# Built once: every signed-in request asks.
+_SESSION_AND_ACCOUNT = (
+    select(AuthSession, Account)
+    .join(Account, Account.id == AuthSession.account_id)
+    .where(AuthSession.token_hash == bindparam("hash"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FoundSession:
+    session: AuthSession
+    account: Account
+    stale: bool
+    """It must be looked at in a write transaction (`session_for_token`): to note its use
+    (older than `TOUCH_EVERY`) or to end it now that it is over (and log that)."""
+
+
+async def find_session(
+    session: AsyncSession, secret: str, token: str, *, policy: SessionPolicy, now: datetime
+) -> FoundSession | None:
+    """The session a token belongs to and its account, in one query that writes nothing; None
+    when no session has the token or it was ended."""
+    found = (
+        await session.execute(_SESSION_AND_ACCOUNT, {"hash": token_hash(secret, token)})
+    ).one_or_none()
+    if found is None or found[0].revoked_at is not None:
+        return None
+    row, account = found
+    stale = expired(row, policy, now) is not None or now - row.last_seen_at >= TOUCH_EVERY
+    return FoundSession(row, account, stale)
 
 
 async def session_for_token(
