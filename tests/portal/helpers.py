@@ -39,6 +39,18 @@ async def post_form(
     return await client.post(action, data={"csrf": csrf_of(shown.text), **data})
 
 
+async def sign_in_with_second_factor(
+    client: httpx.AsyncClient, login: str, code: str, *, next_page: str = "/account"
+) -> httpx.Response:
+    """The sign-in form with the password, then the two-step form with `code`."""
+    r = await post_form(client, "/login", "/login", {"login": login, "password": PASSWORD})
+    sealed = re.search(r'name="sealed" value="([^"]+)"', r.text)
+    assert sealed, r.text[:500]
+    return await client.post("/login", data={
+        "csrf": csrf_of(r.text), "login": login, "sealed": sealed.group(1),
+        "second_factor": code, "next": next_page})
+
+
 @dataclass
 class Customer:
     account_id: uuid.UUID

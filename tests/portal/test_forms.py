@@ -23,7 +23,14 @@ from simcharge.portal.account import bar_class
 from simcharge.portal.web import provider_url_ok, safe_next
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import run_worker
-from tests.portal.helpers import PASSWORD, csrf_of, new_customer, post_form, sign_in
+from tests.portal.helpers import (
+    PASSWORD,
+    csrf_of,
+    new_customer,
+    post_form,
+    sign_in,
+    sign_in_with_second_factor,
+)
 
 pytestmark = pytest.mark.usefixtures("shop")
 
@@ -285,23 +292,14 @@ async def test_two_step_verification_from_the_security_page(
         "second_factor": "000000", "next": "/account"})
     assert r.status_code == 401 and 'name="second_factor"' in r.text
     # The authenticator's code of the next step (the current one was spent on the set-up).
-    sealed = re.search(r'name="sealed" value="([^"]+)"', r.text)
-    assert sealed
     code = pyotp.TOTP(secret.group(1)).at(int(time.time()) + 30)
-    r = await client.post("/login", data={
-        "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
-        "second_factor": code, "next": "/account/records"})
+    r = await sign_in_with_second_factor(client, customer.username, code,
+                                         next_page="/account/records")
     assert r.status_code == 303 and r.headers["location"] == "/account/records"
     assert (await client.get("/account")).status_code == 200
     # The same code twice: refused.
     client.cookies.clear()
-    r = await post_form(client, "/login", "/login",
-                        {"login": customer.username, "password": PASSWORD})
-    sealed = re.search(r'name="sealed" value="([^"]+)"', r.text)
-    assert sealed
-    r = await client.post("/login", data={
-        "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
-        "second_factor": code, "next": "/account"})
+    r = await sign_in_with_second_factor(client, customer.username, code)
     assert r.status_code == 401
 
 

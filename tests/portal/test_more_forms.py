@@ -38,6 +38,7 @@ from tests.portal.helpers import (
     portal_order,
     post_form,
     sign_in,
+    sign_in_with_second_factor,
     two_step_on,
 )
 
@@ -116,13 +117,7 @@ async def test_new_recovery_codes_replace_the_old_ones(
     # An old code no longer signs in; a new one does.
     client.cookies.clear()
     for code, status in ((old[0], 401), (new[0], 303)):
-        r = await post_form(client, "/login", "/login",
-                            {"login": customer.username, "password": PASSWORD})
-        sealed = re.search(r'name="sealed" value="([^"]+)"', r.text)
-        assert sealed
-        r = await client.post("/login", data={
-            "csrf": csrf_of(r.text), "login": customer.username, "sealed": sealed.group(1),
-            "second_factor": code, "next": "/account"})
+        r = await sign_in_with_second_factor(client, customer.username, code)
         assert r.status_code == status, r.text[:500]
 
 
