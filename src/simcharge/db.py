@@ -162,13 +162,13 @@ def _dead_connection(context: ExceptionContext) -> None:
         if seen is None:
             break
         name = type(seen).__name__
-        if name in _DISCONNECTS or isinstance(seen, ConnectionError | TimeoutError):
+        if name in DISCONNECTS or isinstance(seen, ConnectionError | TimeoutError):
             context.is_disconnect = True
             return
         seen = seen.__cause__ or seen.__context__
 
 
-_DISCONNECTS = frozenset(
+DISCONNECTS = frozenset(
     {"ConnectionDoesNotExistError", "ConnectionFailureError", "AdminShutdownError",
      "CannotConnectNowError", "CrashShutdownError"}
 )
@@ -257,7 +257,7 @@ def is_unreachable(exc: BaseException) -> bool:
             return False
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
-        if type(seen).__name__ in _DISCONNECTS or isinstance(seen, ConnectionError):
+        if type(seen).__name__ in DISCONNECTS or isinstance(seen, ConnectionError):
             return True
         seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return False

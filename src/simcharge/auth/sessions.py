@@ -17,6 +17,7 @@ from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
+from simcharge.driver_reads import DriverRead, detached, entity_columns
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 
 TOUCH_EVERY = timedelta(seconds=60)
@@ -87,8 +88,8 @@ def expired(row: AuthSession, policy: SessionPolicy, now: datetime) -> str | Non
 
 
 # Built once: every signed-in request asks.
-_SESSION_AND_ACCOUNT = (
-    select(AuthSession, Account)
+_SESSION_AND_ACCOUNT = DriverRead(
+    select(*entity_columns(AuthSession, "s_"), *entity_columns(Account, "a_"))
     .join(Account, Account.id == AuthSession.account_id)
     .where(AuthSession.token_hash == bindparam("hash"))
 )
@@ -108,12 +109,10 @@ async def find_session(
 ) -> FoundSession | None:
     """The session a token belongs to and its account, in one query that writes nothing; None
     when no session has the token or it was ended."""
-    found = (
-        await session.execute(_SESSION_AND_ACCOUNT, {"hash": token_hash(secret, token)})
-    ).one_or_none()
-    if found is None or found[0].revoked_at is not None:
+    found = await _SESSION_AND_ACCOUNT.first(session, {"hash": token_hash(secret, token)})
+    if found is None or found.s_revoked_at is not None:
         return None
-    row, account = found
+    row, account = detached(AuthSession, found, "s_"), detached(Account, found, "a_")
     stale = expired(row, policy, now) is not None or now - row.last_seen_at >= TOUCH_EVERY
     return FoundSession(row, account, stale)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from simcharge.lifecycle.service import Policy
-from simcharge.lines.models import Line, LineState
+from simcharge.lines.models import LineFacts, LineState
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Outlook:
     """A frozen line: when it would be closed."""
 
 
-def outlook(line: Line, policy: Policy) -> Outlook:
+def outlook(line: LineFacts, policy: Policy) -> Outlook:
     state = LineState(line.state)
     # A line in service that never had activity counts from when it entered its state (the
     # sweep's `start_activity_clocks`).

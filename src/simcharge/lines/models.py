@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -49,6 +49,30 @@ class Line(Base):
     last_activity_at: Mapped[datetime | None] = mapped_column()
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LineFacts(Protocol):
+    """What a page shows of a line: a `Line`, or a row of its columns read for display
+    (`LineRepository.rows_of_account`)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def msisdn(self) -> str: ...
+    @property
+    def label(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def wallet_account_id(self) -> uuid.UUID: ...
+    @property
+    def validity_end(self) -> datetime | None: ...
+    @property
+    def last_activity_at(self) -> datetime | None: ...
+    @property
+    def state_changed_at(self) -> datetime: ...
 
 
 class Bucket(Base):

@@ -10,6 +10,7 @@ from sqlalchemy import Row, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import table_of, upsert_insert
+from simcharge.driver_reads import DriverRead
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Bucket, Line
 
@@ -19,8 +20,13 @@ buckets = table_of(Bucket)
 
 # Built once (the customer's pages ask on every view): no construction or cache key per call.
 _OF_ACCOUNT = select(Line).where(Line.account_id == bindparam("account")).order_by(Line.created_at)
+_ROWS_OF_ACCOUNT = DriverRead(
+    select(*table_of(Line).c)
+    .where(Line.account_id == bindparam("account"))
+    .order_by(Line.created_at)
+)
 
-_HOLDINGS_OF = (
+_HOLDINGS_OF = DriverRead(
     select(
         ledger_accounts.c.id,
         ledger_accounts.c.line_id,
@@ -63,6 +69,11 @@ class LineRepository:
     async def of_account(self, account_id: uuid.UUID) -> Sequence[Line]:
         return (await self.session.execute(_OF_ACCOUNT, {"account": account_id})).scalars().all()
 
+    async def rows_of_account(self, account_id: uuid.UUID) -> list[Any]:
+        """The account's lines as rows of their columns, to show (`LineFacts`), not to change:
+        on PostgreSQL straight from the driver (`simcharge.driver_reads`)."""
+        return await _ROWS_OF_ACCOUNT.all(self.session, {"account": account_id})
+
     async def existing_identifiers(
         self, msisdns: Collection[str], iccids: Collection[str], imsis: Collection[str]
     ) -> Sequence[Line]:
@@ -101,7 +112,7 @@ class LineRepository:
         """Every ledger account of these lines (wallets and buckets) with its totals, and the
         bucket's columns where it is one (NULL for a wallet): one query for any number of
         lines."""
-        return list(await self.session.execute(_HOLDINGS_OF, {"lines": list(line_ids)}))
+        return await _HOLDINGS_OF.all(self.session, {"lines": list(line_ids)})
 
     async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
         # Rows as parameters (not `.values(rows)`): one cached statement whatever their number,

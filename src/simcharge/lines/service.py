@@ -21,7 +21,7 @@ from simcharge.kit.translations import N_
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewAccount, NewTransfer, ensure_accounts, post_transfers
 from simcharge.lines.identifiers import valid_activation_code, valid_iccid, valid_imsi
-from simcharge.lines.models import Line, LineState
+from simcharge.lines.models import Line, LineFacts, LineState
 from simcharge.lines.repository import LineRepository
 from simcharge.lines.schemas import BucketView, LineBalances, UnitBalance, WalletView
 
@@ -360,7 +360,7 @@ class Holdings:
 
 
 async def holdings_of(
-    session: AsyncSession, lines: Sequence[Line], *, now: datetime | None = None
+    session: AsyncSession, lines: Sequence[LineFacts], *, now: datetime | None = None
 ) -> Holdings:
     """`line_balances` of several lines in one query (a customer's page shows them all)."""
     if not lines:
@@ -385,7 +385,7 @@ async def holdings_of(
     return Holdings(balances, accounts)
 
 
-def _balances(line: Line, wallet: Any, rows: Sequence[Any], now: datetime) -> LineBalances:
+def _balances(line: LineFacts, wallet: Any, rows: Sequence[Any], now: datetime) -> LineBalances:
     units: dict[str, UnitBalance] = {}
     for row in rows:
         if row.expires_at is not None and row.expires_at <= now:

@@ -22,6 +22,8 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import CodePurpose
+from simcharge.db import table_of
+from simcharge.driver_reads import DriverRead
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import seal
 from simcharge.notifications.models import MessageLog, Notice
@@ -135,10 +137,10 @@ async def log_message(
     await session.flush()
 
 
-def _notices(*where: Any) -> Any:
+def _notices(*where: Any) -> DriverRead:
     # Built once (every view of the user center asks): no construction or cache key per call.
-    return (
-        select(Notice)
+    return DriverRead(
+        select(*table_of(Notice).c)
         .where(Notice.account_id == bindparam("account"), *where)
         .order_by(Notice.created_at.desc(), Notice.id.desc())
         .limit(bindparam("limit"))
@@ -151,10 +153,10 @@ _UNREAD_OF = _notices(Notice.read_at.is_(None))
 
 async def notices_of(
     session: AsyncSession, account_id: uuid.UUID, *, limit: int = 50, unread_only: bool = False
-) -> Sequence[Notice]:
-    stmt = _UNREAD_OF if unread_only else _NOTICES_OF
-    params = {"account": account_id, "limit": limit}
-    return (await session.execute(stmt, params)).scalars().all()
+) -> list[Any]:
+    """The account's latest notices, newest first, as rows of `Notice`'s columns (to show)."""
+    read = _UNREAD_OF if unread_only else _NOTICES_OF
+    return await read.all(session, {"account": account_id, "limit": limit})
 
 
 async def unread_count(session: AsyncSession, account_id: uuid.UUID) -> int:

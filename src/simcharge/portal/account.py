@@ -28,7 +28,8 @@ from simcharge.kit.translations import N_, translate
 from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
-from simcharge.lines.models import Line, LineState
+from simcharge.lines.models import Line, LineFacts, LineState
+from simcharge.lines.repository import LineRepository
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import holdings_of, line_balances
 from simcharge.notifications.service import mark_read, notices_of
@@ -86,7 +87,7 @@ def bar_class(remaining: int, initial: int) -> str:
 class LineCard:
     """A line on the user center, with what its state means and how to keep it active."""
 
-    line: Line
+    line: LineFacts
     balances: LineBalances
     days_left: int | None = None
     """An active line whose validity runs: the days until it ends."""
@@ -124,7 +125,7 @@ def _days_until(when: datetime, now: datetime) -> int:
     return max(1, math.ceil((when - now) / timedelta(days=1)))
 
 
-def line_card(line: Line, balances: LineBalances, now: datetime, policy: Policy) -> LineCard:
+def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Policy) -> LineCard:
     card = LineCard(line, balances)
     state = LineState(line.state)
     ahead = outlook(line, policy)
@@ -175,7 +176,7 @@ async def dashboard(
     now = utcnow()
     # Four queries whatever the number of lines: lines, their balances, activity, notices.
     async with db.read() as s:
-        lines = list(await accounts.own_lines(s, account_id))
+        lines = await LineRepository(s).rows_of_account(account_id)
         held = await holdings_of(s, lines, now=now)
         recent = await records_of(s, lines, limit=5, accounts=held.accounts)
         notices = await notices_of(s, account_id, limit=5, unread_only=False)

@@ -7,13 +7,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.driver_reads import DriverRead
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
-from simcharge.lines.models import Line
+from simcharge.lines.models import LineFacts
 
 KINDS: dict[str, str] = {
     "topup": N_("Top-up"),
@@ -91,13 +93,13 @@ _TRANSFERS_OF = select(
     LedgerTransfer.kind.in_(_POSTED),
 )
 _NEWEST_FIRST = (LedgerTransfer.created_at.desc(), LedgerTransfer.id.desc())
-_LATEST = _TRANSFERS_OF.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
+_LATEST = DriverRead(_TRANSFERS_OF.order_by(*_NEWEST_FIRST).limit(bindparam("limit")))
 """The page's latest activity, built once (the user center asks on every view)."""
 
 
 async def records_of(
     session: AsyncSession,
-    lines: Sequence[Line],
+    lines: Sequence[LineFacts],
     *,
     kind: str | None = None,
     since: datetime | None = None,
@@ -139,13 +141,13 @@ async def records_of(
         stmt = stmt.where(t.code.in_(_CODES[kind]))
     elif kind is not None:
         stmt = stmt.where(t.code.not_in(_KNOWN))
-    stmt = (
-        _LATEST if stmt is _TRANSFERS_OF
-        else stmt.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
-    )
     # A transfer between two of the customer's own accounts counts on both sides.
     params = {"ids": list(accounts), "limit": limit * 2}
-    rows = (await session.execute(stmt, params)).all()
+    if stmt is _TRANSFERS_OF:
+        rows: Sequence[Any] = await _LATEST.all(session, params)
+    else:
+        stmt = stmt.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
+        rows = (await session.execute(stmt, params)).all()
     out: list[Record] = []
     seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
     for row in rows:

@@ -1,0 +1,214 @@
+"""`DriverRead`: the user center's hot SELECTs, run on PostgreSQL straight on asyncpg over the
+session's own connection, elsewhere through the session. Both must give the same rows as
+SQLAlchemy itself, and a dropped connection must be handled as SQLAlchemy handles it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import bindparam, event, inspect, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.sessions import _SESSION_AND_ACCOUNT, SessionPolicy, find_session, open_session
+from simcharge.db import Database, is_unreachable, table_of
+from simcharge.driver_reads import DriverRead, detached
+from simcharge.kit.clock import utcnow
+from simcharge.ledger.models import LedgerTransfer
+from simcharge.lines.repository import _HOLDINGS_OF, _ROWS_OF_ACCOUNT
+from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
+from simcharge.notifications.models import Notice
+from simcharge.notifications.service import _NOTICES_OF, _UNREAD_OF
+from simcharge.portal.records import _LATEST
+from tests.factories import create_account, create_line
+
+SECRET = "driver-reads-secret-driver-reads-secret-0123456789"
+POLICY = SessionPolicy(idle=timedelta(hours=1), absolute=timedelta(hours=2))
+
+
+async def _customer(s: AsyncSession) -> dict[str, Any]:
+    """An account with two lines, money, buckets (one without an end), notices (read and
+    unread, with JSON parameters) and a session."""
+    account = await create_account(s, display_name="Dora", email="dora@example.com")
+    lines = [
+        await create_line(s, account_id=account.id),
+        await create_line(s, account_id=account.id),
+    ]
+    lines[1].label = "Work"
+    for line in lines:
+        await credit_wallet(s, line, 1234, source=f"test:{line.id}", code="topup")
+        await grant_units(s, line, [UnitGrant("DATA_B", 5 * 1024**2, 30, ("EU",)),
+                                    UnitGrant("SMS", 10, None, ())], source=f"test:{line.id}")
+    now = utcnow()
+    for k in range(3):
+        s.add(Notice(account_id=account.id, template="balance.low",
+                     params={"msisdn": lines[0].msisdn, "balance": 100 + k, "nested": {"k": [k]}},
+                     line_id=lines[0].id if k else None,
+                     created_at=now - timedelta(minutes=k), read_at=now if k == 1 else None))
+    issued = await open_session(s, SECRET, account_id=account.id,
+                                client=ClientInfo(ip="198.51.100.7", user_agent="test"),
+                                policy=POLICY, now=now)
+    await s.flush()
+    wallets = [line.wallet_account_id for line in lines]
+    return {"account": account, "lines": lines, "wallets": wallets, "token": issued.token}
+
+
+async def _both(s: AsyncSession, read: DriverRead, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of `read`, checked against SQLAlchemy's own execution of its statement."""
+    ours = await read.all(s, params)
+    theirs = (await s.execute(read.statement, params)).all()
+    assert [tuple(r) for r in ours] == [tuple(r) for r in theirs]
+    assert [r._fields for r in ours[:1]] == [tuple(r._fields) for r in theirs[:1]]
+    for mine, sqlalchemy_row in zip(ours, theirs, strict=True):
+        for a, b in zip(mine, sqlalchemy_row, strict=True):
+            # The same Python types: aware datetimes in UTC, UUIDs, decoded JSON.
+            assert isinstance(a, type(b)) or a is None
+            if isinstance(a, datetime):
+                assert a.tzinfo is not None and a.utcoffset() == timedelta(0)
+    return [tuple(r) for r in ours]
+
+
+async def test_the_user_centers_reads_give_what_sqlalchemy_gives(db: Database) -> None:
+    customer = await db.run(_customer)
+    account, lines = customer["account"], customer["lines"]
+    async with db.read() as s:
+        rows = await _both(s, _ROWS_OF_ACCOUNT, {"account": account.id})
+        assert [r[0] for r in rows] == [line.id for line in lines]
+        held = await _both(s, _HOLDINGS_OF, {"lines": [line.id for line in lines]})
+        # Per line: the wallet and two buckets; the bucket's zones come back as a list.
+        assert len(held) == 6
+        assert sorted(str(r[8]) for r in held) == sorted(["None", "None", "['EU']", "['EU']",
+                                                          "[]", "[]"])
+        latest = await _both(s, _LATEST, {"ids": customer["wallets"], "limit": 10})
+        assert len(latest) == 2 and {r[6] for r in latest} == {"topup"}
+        notices = await _both(s, _NOTICES_OF, {"account": account.id, "limit": 5})
+        assert [n[3]["nested"] for n in notices] == [{"k": [0]}, {"k": [1]}, {"k": [2]}]
+        unread = await _both(s, _UNREAD_OF, {"account": account.id, "limit": 5})
+        assert len(unread) == 2
+        assert await _both(s, _NOTICES_OF, {"account": uuid.uuid4(), "limit": 5}) == []
+
+
+async def test_in_lists_of_any_length_not_in_and_values_bound_in_the_statement(
+    db: Database,
+) -> None:
+    customer = await db.run(_customer)
+    t = table_of(LedgerTransfer)
+    not_in = DriverRead(
+        select(t.c.id, t.c.code)
+        .where(t.c.credit_account_id.in_(bindparam("ids", expanding=True)),
+               t.c.code.not_in(bindparam("codes", expanding=True)),
+               t.c.unit.in_(["USD", "EUR"]))
+        .order_by(t.c.id)
+    )
+    async with db.read() as s:
+        both = await _both(s, not_in, {"ids": customer["wallets"], "codes": ["grant"]})
+        assert len(both) == 2
+        assert await _both(s, not_in, {"ids": customer["wallets"][:1], "codes": ["grant"]})
+        assert await _both(s, not_in, {"ids": customer["wallets"], "codes": ["topup"]}) == []
+        assert await _both(s, not_in, {"ids": [], "codes": ["grant"]}) == []
+
+
+async def test_the_session_and_its_account_are_detached_objects_as_the_orm_loads_them(
+    db: Database,
+) -> None:
+    customer = await db.run(_customer)
+    now = utcnow()
+    async with db.read() as s:
+        found = await find_session(s, SECRET, customer["token"], policy=POLICY, now=now)
+        loaded = await s.get(Account, customer["account"].id)
+    assert found is not None and loaded is not None
+    assert found.account.id == customer["account"].id and not found.stale
+    for attribute in inspect(Account).column_attrs:
+        assert getattr(found.account, attribute.key) == getattr(loaded, attribute.key)
+    state = inspect(found.account)
+    assert state.detached and not state.modified and state.key is not None
+    assert inspect(found.session).detached and found.session.account_id == found.account.id
+
+    # Like any detached object it can join a write session: a change is an UPDATE of that row.
+    async def rename(s: AsyncSession) -> None:
+        account = await s.merge(found.account)
+        account.display_name = "Dora B."
+
+    await db.run(rename)
+    async with db.read() as s:
+        again = await _SESSION_AND_ACCOUNT.first(s, {"hash": found.session.token_hash})
+        count = (await s.execute(select(Account.id).where(Account.username ==
+                                                          found.account.username))).all()
+    assert again is not None and again.a_display_name == "Dora B." and len(count) == 1
+    assert detached(Account, again, "a_").display_name == "Dora B."
+    assert await _SESSION_AND_ACCOUNT.first(s, {"hash": "no-such-hash"}) is None
+
+
+@pytest.mark.postgres_only
+async def test_on_postgresql_the_statement_goes_to_asyncpg_and_listeners_hear_it(
+    db: Database,
+) -> None:
+    customer = await db.run(_customer)
+    heard: list[tuple[str, Any]] = []
+
+    def listen(_conn: object, _cursor: object, statement: str, params: Any, *_: object) -> None:
+        heard.append((statement, params))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", listen)
+    try:
+        async with db.read() as s:
+            rows = await _LATEST.all(s, {"ids": customer["wallets"], "limit": 10})
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", listen)
+    assert len(rows) == 2
+    # One statement (the tests' sessions are savepoints, SQLAlchemy's own), with the IN list as
+    # one array parameter: the same prepared statement serves one line or five.
+    [(statement, params)] = [(st, p) for st, p in heard if st.startswith("SELECT")]
+    assert statement == _LATEST.sql
+    assert "credit_account_id = ANY($1) OR ledger_transfers.debit_account_id = ANY($1)" in statement
+    # The statement's own list (the posted kinds) is a parameter too.
+    assert "kind = ANY($2)" in statement and params[1] == ["posted", "post_pending"]
+    assert params[0] == customer["wallets"] and params[2] == 10
+    assert _LATEST.parameters() == ("ids", "kind_1", "limit")
+
+
+@pytest.mark.postgres_only
+async def test_a_connection_the_server_dropped_is_replaced_as_sqlalchemy_does(
+    fresh_db: Database,
+) -> None:
+    customer = await fresh_db.run(_customer)
+    account_id = customer["account"].id
+    async with fresh_db.read() as s:
+        pid = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    # The server ends that pooled connection (as a restart would).
+    url = fresh_db.engine.url.set(drivername="postgresql")
+    admin = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    failed: DBAPIError | None = None
+    # The pool hands out its connections in turn: one of the next reads gets the dropped one.
+    for _ in range(fresh_db.engine.pool.size() + 1):  # type: ignore[attr-defined]
+        try:
+            async with fresh_db.read() as s:
+                await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})
+        except DBAPIError as exc:
+            failed = exc
+            break
+    # Answered 503 by the API, as any query on a dropped connection.
+    assert failed is not None and failed.connection_invalidated and is_unreachable(failed)
+    async with fresh_db.read() as s:
+        assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+
+
+@pytest.mark.postgres_only
+async def test_a_session_that_commits_reads_on_its_next_connection(fresh_db: Database) -> None:
+    customer = await fresh_db.run(_customer)
+    account_id = customer["account"].id
+    async with fresh_db.transaction() as s:
+        assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+        await s.commit()
+        # The connection went back to the pool; the next read takes one again.
+        assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
