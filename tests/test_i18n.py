@@ -123,3 +123,50 @@ def test_every_template_renders_in_every_language(name: str, language: str) -> N
         english = render(name, "en", SAMPLE)
         assert message.subject != english.subject
     assert "%(" not in message.text + message.sms + message.subject
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_portals_gettext_gives_what_jinjas_own_gives(language: str) -> None:
+    """The portal's templates call a lighter `_()` than Jinja's newstyle gettext: it must read
+    the same in every language — translated, variables escaped, "%%" as "%"."""
+    from jinja2 import Environment
+
+    from simcharge.kit.translations import translations
+    from simcharge.portal.web import environment
+
+    reference = Environment(autoescape=True, extensions=["jinja2.ext.i18n"])
+    reference.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    source = (
+        '{{ _("My lines") }}|{{ _("Hello, %(name)s", name=who) }}|'
+        '{{ _("%(left)s left of %(total)s", left=who, total="5 GB") }}|'
+        '{{ _("No such message: 100%% of <b>nothing</b>") }}|{{ _("Balance") }}'
+    )
+    values = {"who": '<script>alert("x")</script> & Co'}
+    ours = environment(language).from_string(source).render(values)
+    assert ours == reference.from_string(source).render(values)
+    assert "&lt;script&gt;" in ours and "<script>" not in ours
+    assert "100% of <b>nothing</b>" in ours  # the message itself is markup, as in Jinja
+    if language != "en":
+        assert translate(language, "My lines") in ours and "My lines" not in ours
+
+
+def test_a_notices_title_is_its_subject_and_is_remembered_per_language_and_operator() -> None:
+    import uuid
+
+    from simcharge.notifications import templates
+
+    notice = uuid.uuid4()
+    params = {"username": "dora"}
+    for language in LANGUAGES:
+        expected = render("account.welcome", language, {"operator": "Op Mobile",
+                                                        "base_url": "http://x", **params}).subject
+        first = templates.notice_title(notice, "account.welcome", language, params,
+                                       operator="Op Mobile", base_url="http://x")
+        assert first == expected and "Op Mobile" in first
+        assert (notice, language, "Op Mobile", "http://x") in templates._TITLES
+        again = templates.notice_title(notice, "line.frozen", language, {"changed": "ignored"},
+                                       operator="Op Mobile", base_url="http://x")
+        assert again == first  # remembered: a stored notice never changes
+    other = templates.notice_title(notice, "account.welcome", "en", params,
+                                   operator="Other Mobile", base_url="http://x")
+    assert "Other Mobile" in other and "Op Mobile" not in other

@@ -6,6 +6,7 @@ A template `notifications/templates/<name>.jinja` defines blocks `subject`, `tex
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -120,3 +121,30 @@ def render_subject(name: str, language: str, params: dict[str, Any]) -> str:
     """Only the subject (a notice's title in a list): no body, no HTML layout."""
     language = language if language in LANGUAGES else DEFAULT_LANGUAGE
     return _block(environment(language), name, "subject", params)
+
+
+_TITLES: dict[tuple[uuid.UUID, str, str, str], str] = {}
+_TITLES_KEPT = 20_000
+
+
+def notice_title(
+    notice_id: uuid.UUID,
+    name: str,
+    language: str,
+    params: dict[str, Any],
+    *,
+    operator: str,
+    base_url: str,
+) -> str:
+    """The title of a stored notice (`render_subject` of its template and parameters, with the
+    operator's name and address), remembered by the process: a notice never changes once
+    stored, and the user center shows the same few on every view."""
+    key = (notice_id, language, operator, base_url)
+    title = _TITLES.get(key)
+    if title is None:
+        if len(_TITLES) >= _TITLES_KEPT:
+            _TITLES.clear()
+        title = render_subject(name, language, {"operator": operator, "base_url": base_url,
+                                                **params})
+        _TITLES[key] = title
+    return title

@@ -33,7 +33,7 @@ from simcharge.lines.repository import LineRepository
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import holdings_of, line_balances
 from simcharge.notifications.service import mark_read, notices_of
-from simcharge.notifications.templates import render_subject
+from simcharge.notifications.templates import notice_title
 from simcharge.orders import service as orders
 from simcharge.orders.models import Order, Payment
 from simcharge.payments import service as payments
@@ -185,10 +185,8 @@ async def dashboard(
     language = page.language
     shown = []
     for n in notices:
-        title = render_subject(
-            n.template, language,
-            {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
-        )
+        title = notice_title(n.id, n.template, language, n.params,
+                             operator=settings.operator_name, base_url=settings.base_url)
         shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None})
     return render(
         request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,

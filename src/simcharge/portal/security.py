@@ -23,7 +23,7 @@ from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_, translate
 from simcharge.notifications.service import notices_of
-from simcharge.notifications.templates import render_subject
+from simcharge.notifications.templates import notice_title
 from simcharge.portal.account import _uuid, require
 from simcharge.portal.public import _channel
 from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
@@ -76,10 +76,8 @@ async def _security_page(
     alerts = []
     for n in notices:
         if n.template.startswith("security."):
-            title = render_subject(
-                n.template, page.language,
-                {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
-            )
+            title = notice_title(n.id, n.template, page.language, n.params,
+                                 operator=settings.operator_name, base_url=settings.base_url)
             alerts.append({"title": title, "at": n.created_at})
     context: dict[str, Any] = {"errors": {}, "error": None, "good": None, "form": None}
     context.update(extra)
