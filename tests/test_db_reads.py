@@ -106,3 +106,26 @@ async def test_on_postgresql_reads_share_the_writers_pool_and_see_what_was_commi
         await s.execute(select(Account.id).limit(1))
         assert pool.checkedout() == checked_out + 1  # type: ignore[attr-defined]
     assert pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
+async def test_a_read_session_is_used_again_clean_and_still_read_only(
+    fresh_db: Database,
+) -> None:
+    """Reads keep their closed sessions for the next read, as writes do: what the first read
+    loaded is detached, the next read starts empty and still cannot write."""
+    account = await _an_account(fresh_db)
+    async with fresh_db.read() as s:
+        first = s
+        loaded = await s.get(Account, account.id)
+        assert loaded is not None and loaded in s
+    assert loaded.username == account.username  # still readable once detached
+    async with fresh_db.read() as s:
+        assert s is first
+        assert loaded not in s and not list(s.identity_map.values())
+        s.add(Account(id=uuid7(), username="never-written-either", password_hash="!"))
+        with pytest.raises(ReadOnlySession):
+            await s.flush()
+    # A read inside a read takes a session of its own.
+    async with fresh_db.read() as outer, fresh_db.read() as inner:
+        assert outer is not inner
+    assert "never-written-either" not in await _usernames(fresh_db)

@@ -294,6 +294,7 @@ class Database:
         # Closed sessions are clean (no objects, no transaction) and cost ~80 µs to build:
         # keep a few to reuse. asyncio runs one task at a time, so the list needs no lock.
         self._idle: list[AsyncSession] = []
+        self._idle_reads: list[AsyncSession] = []
         # Sessions that share one test connection must take turns.
         self._turn: asyncio.Lock | None = asyncio.Lock() if self._bound else None
         self.dialect = writer.dialect.name
@@ -347,8 +348,15 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reading. It is closed, never committed: whatever it might have changed
         is rolled back when its connection returns to the pool; what it loaded stays readable."""
-        async with self._taking_turns(), self._reader() as session:
-            yield session
+        async with self._taking_turns():
+            # A closed session is clean and can be used again: kept, as the writers' are.
+            session = self._idle_reads.pop() if self._idle_reads else self._reader()
+            try:
+                yield session
+            finally:
+                await session.close()
+                if len(self._idle_reads) < _IDLE_SESSIONS and not self._bound:
+                    self._idle_reads.append(session)
 
     @asynccontextmanager
     async def _taking_turns(self) -> AsyncIterator[None]:
