@@ -116,7 +116,7 @@ def server_env(ctx: BenchContext) -> dict[str, str]:
 
 async def nchf_update(ctx: BenchContext) -> Operation:
     token, lines = await ctx.database().run(_seed_nchf)
-    base = await ctx.serve("simcharge.app:create_app", factory=True, env=server_env(ctx))
+    base = await ctx.serve("simcharge.app:serve_app", factory=True, env=server_env(ctx))
     client = ctx.client(base)
     headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
     pool: asyncio.Queue[_Session] = asyncio.Queue()

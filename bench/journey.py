@@ -73,7 +73,7 @@ async def _seed(s: AsyncSession) -> list[tuple[str, str]]:
 
 async def topup_journey(ctx: BenchContext) -> dict[str, Any]:
     customers = await ctx.database().run(_seed)
-    base = await ctx.serve("simcharge.app:create_app", factory=True, proxied=True, env={
+    base = await ctx.serve("simcharge.app:serve_app", factory=True, proxied=True, env={
         "SIMCHARGE_ENV": "development",
         "SIMCHARGE_DATABASE_URL": ctx.sqlalchemy_url(),
         "SIMCHARGE_DB_POOL_SIZE": str(CONCURRENCY),

@@ -94,7 +94,7 @@ async def _seed(s: AsyncSession) -> list[dict[str, Any]]:
 
 async def topup_fulfil_webhook(ctx: BenchContext) -> Operation:
     objects = await ctx.database().run(_seed)
-    base = await ctx.serve("simcharge.app:create_app", factory=True, env={
+    base = await ctx.serve("simcharge.app:serve_app", factory=True, env={
         "SIMCHARGE_ENV": "development",
         "SIMCHARGE_DATABASE_URL": ctx.sqlalchemy_url(),
         "SIMCHARGE_DB_POOL_SIZE": str(ctx.concurrency),

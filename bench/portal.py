@@ -134,7 +134,7 @@ async def _seed(s: AsyncSession) -> list[str]:
 
 async def portal_dashboard(ctx: BenchContext) -> Operation:
     tokens = await ctx.database().run(_seed)
-    base = await ctx.serve("simcharge.app:create_app", factory=True, workers=WEB_PROCESSES, env={
+    base = await ctx.serve("simcharge.app:serve_app", factory=True, workers=WEB_PROCESSES, env={
         "SIMCHARGE_ENV": "development",
         "SIMCHARGE_DATABASE_URL": ctx.sqlalchemy_url(),
         "SIMCHARGE_DB_POOL_SIZE": str(CONCURRENCY // WEB_PROCESSES),

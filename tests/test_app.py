@@ -77,3 +77,43 @@ def test_an_api_route_with_a_parameter_for_its_name_is_refused() -> None:
 
     with pytest.raises(AssertionError, match="parameter"):
         arrange_routes(app)
+
+
+async def test_a_served_app_takes_what_startup_built_out_of_the_collectors_sight(
+    settings: Any, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each web process freezes its startup heap (a full collection then walks only what
+    requests create); an app built by tests does not."""
+    import gc
+
+    gc.unfreeze()
+    plain = create_app(settings, db=db, run_worker=False)
+    async with plain.router.lifespan_context(plain):
+        assert gc.get_freeze_count() == 0
+    served = create_app(settings, db=db, run_worker=False, freeze_heap=True)
+    try:
+        async with served.router.lifespan_context(served):
+            assert gc.get_freeze_count() > 10_000  # modules, mappings, catalogs
+    finally:
+        gc.unfreeze()
+    # `simcharge serve` runs `serve_app`, which asks for it.
+    asked: dict[str, Any] = {}
+    monkeypatch.setattr(app_module, "create_app", lambda **kw: asked.update(kw) or plain)
+    assert app_module.serve_app() is plain and asked == {"freeze_heap": True}
+
+
+def test_simcharge_serve_runs_the_served_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from simcharge import metrics
+    from simcharge.cli import app as cli
+
+    ran: dict[str, Any] = {}
+    # Not the metrics directory of several processes (it would be set for the other tests).
+    monkeypatch.setattr(metrics, "prepare_multiprocess", lambda processes: None)
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: ran.update(target=target, **kw))
+    result = CliRunner().invoke(cli, ["serve", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert ran["target"] == "simcharge.app:serve_app" and ran["factory"] is True
+    assert ran["workers"] == 2

@@ -95,7 +95,7 @@ def serve(
     prepare_multiprocess(workers)
 
     uvicorn.run(
-        "simcharge.app:create_app",
+        "simcharge.app:serve_app",
         factory=True,
         host=host,
         port=port,

@@ -227,12 +227,16 @@ def _gettext(catalog: NullTranslations) -> Callable[..., Markup]:
     is formatted once."""
 
     @lru_cache(maxsize=4096)
+    def translated(message: str) -> Markup:
+        return Markup(catalog.gettext(message))  # noqa: S704 - our own catalog's text
+
+    @lru_cache(maxsize=4096)
     def plain(message: str) -> Markup:
-        return Markup(catalog.gettext(message)) % {}  # noqa: S704 - our own catalog's text
+        return translated(message) % {}
 
     def gettext(message: str, **variables: Any) -> Markup:
         if variables:
-            return Markup(catalog.gettext(message)) % variables  # noqa: S704 - as above
+            return translated(message) % variables
         return plain(message)
 
     return gettext
@@ -285,12 +289,15 @@ def environment(language: str) -> Environment:
     # UTC and say so.
     joined = str(loc.datetime_formats["medium"])
 
-    def as_datetime(value: datetime | None) -> str:
-        if value is None:
-            return "—"
+    # Remembered like the others: the same records and notices come back on every view.
+    @lru_cache(maxsize=8192)
+    def moment_text(value: datetime) -> str:
         return joined.format(
             format_time(value, "long", tzinfo=UTC, locale=loc), day_text(value.astimezone(UTC).date())
         )
+
+    def as_datetime(value: datetime | None) -> str:
+        return "—" if value is None else moment_text(value)
 
     def as_number(value: float | int) -> str:
         return str(format_decimal(value, locale=loc))
