@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import bindparam, event, inspect, select, text
+from sqlalchemy import bindparam, event, inspect, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -212,3 +212,12 @@ async def test_a_session_that_commits_reads_on_its_next_connection(fresh_db: Dat
         await s.commit()
         # The connection went back to the pool; the next read takes one again.
         assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+
+
+def test_a_statement_with_a_literal_percent_sign_is_refused_when_built() -> None:
+    t = table_of(LedgerTransfer)
+    with pytest.raises(ValueError, match="literal %"):
+        DriverRead(select(t.c.id).where(t.c.code.like(literal_column("'top%'"))))
+    # A pattern given as a parameter is fine.
+    read = DriverRead(select(t.c.id).where(t.c.code.like(bindparam("pattern"))))
+    assert read.parameters() == ("pattern",) and "LIKE $1" in read.sql

@@ -65,7 +65,11 @@ class DriverRead:
                 return f"<> ALL({marker})"
             return marker
 
-        self._sql = _PARAM.sub(number, str(compiled))
+        text = str(compiled)
+        if "%%" in text:
+            # psycopg's escaped percent sign, which asyncpg would read as two.
+            raise ValueError("DriverRead: a literal % in the statement is not supported")
+        self._sql = _PARAM.sub(number, text)
         self._names = tuple(order)
         # Values bound in the statement itself (`col.in_(["a", "b"])`), used when not given.
         self._values = {
