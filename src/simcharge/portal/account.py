@@ -29,7 +29,6 @@ from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineFacts, LineState
-from simcharge.lines.repository import LineRepository
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import holdings_of, line_balances
 from simcharge.notifications.service import mark_read, notices_of
@@ -176,7 +175,7 @@ async def dashboard(
     now = utcnow()
     # Four queries whatever the number of lines: lines, their balances, activity, notices.
     async with db.read() as s:
-        lines = await LineRepository(s).rows_of_account(account_id)
+        lines = await accounts.own_line_rows(s, account_id)
         held = await holdings_of(s, lines, now=now)
         recent = await records_of(s, lines, limit=5, accounts=held.accounts)
         notices = await notices_of(s, account_id, limit=5, unread_only=False)
