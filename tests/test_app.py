@@ -103,17 +103,27 @@ async def test_a_served_app_takes_what_startup_built_out_of_the_collectors_sight
 
 
 def test_simcharge_serve_runs_the_served_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process: uvicorn itself; several: the dispatcher (tests/kit/test_dispatch.py), which
+    returns its exit status."""
     import uvicorn
     from typer.testing import CliRunner
 
     from simcharge import metrics
     from simcharge.cli import app as cli
+    from simcharge.kit import dispatch
 
     ran: dict[str, Any] = {}
     # Not the metrics directory of several processes (it would be set for the other tests).
     monkeypatch.setattr(metrics, "prepare_multiprocess", lambda processes: None)
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: ran.update(target=target, **kw))
-    result = CliRunner().invoke(cli, ["serve", "--workers", "2"])
+    result = CliRunner().invoke(cli, ["serve"])
     assert result.exit_code == 0, result.output
     assert ran["target"] == "simcharge.app:serve_app" and ran["factory"] is True
-    assert ran["workers"] == 2
+    assert "workers" not in ran
+
+    handed: dict[str, Any] = {}
+    monkeypatch.setattr(dispatch, "serve", lambda target, **kw: handed.update(target=target, **kw) or 3)
+    result = CliRunner().invoke(cli, ["serve", "--workers", "2", "--graceful-seconds", "7"])
+    assert result.exit_code == 3, result.output
+    assert handed["target"] == "simcharge.app:serve_app" and handed["factory"] is True
+    assert handed["processes"] == 2 and handed["timeout_graceful_shutdown"] == 7

@@ -217,7 +217,10 @@ def test_several_web_processes_get_a_shared_metrics_directory_even_unasked(
     """The image's default command runs `serve --workers 2` with no PROMETHEUS_MULTIPROC_DIR."""
     from simcharge.metrics import MULTIPROC_ENV, prepare_multiprocess
 
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    # Set first, so that the teardown takes away what prepare_multiprocess sets (a directory
+    # removed below would break every later process that imports prometheus_client).
+    monkeypatch.setenv(MULTIPROC_ENV, "")
+    monkeypatch.delenv(MULTIPROC_ENV)
     assert prepare_multiprocess(1) is None and MULTIPROC_ENV not in os.environ
     made = prepare_multiprocess(2)
     try:

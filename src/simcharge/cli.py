@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvloop
@@ -81,6 +81,8 @@ def serve(
 ) -> None:
     """Serve the website and API (with an in-process worker unless SIMCHARGE_WORKER_IN_PROCESS=false).
 
+    With several web processes, each connection goes to the one with the fewest open connections.
+
     With several web processes, /metrics adds up all of them: PROMETHEUS_MULTIPROC_DIR (emptied at start) or, unset, a temporary directory.
     """  # noqa: E501 - Typer shows each paragraph as written: one line each
     import uvicorn
@@ -94,18 +96,25 @@ def serve(
     # Before uvicorn starts the processes: they inherit the directory and count into it.
     prepare_multiprocess(workers)
 
-    uvicorn.run(
-        "simcharge.app:serve_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=proxy_headers,
-        timeout_graceful_shutdown=graceful_seconds,
-        access_log=False,
-        log_config=None,
-        log_level="warning",
+    options: dict[str, Any] = {
+        "factory": True,
+        "proxy_headers": proxy_headers,
+        "timeout_graceful_shutdown": graceful_seconds,
+        "access_log": False,
+        "log_config": None,
+        "log_level": "warning",
+    }
+    if workers == 1:
+        uvicorn.run("simcharge.app:serve_app", host=host, port=port, **options)
+        return
+    # Several: each connection to the least loaded process (see simcharge.kit.dispatch).
+    from simcharge.kit import dispatch
+
+    status = dispatch.serve(
+        "simcharge.app:serve_app", host=host, port=port, processes=workers, **options
     )
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
