@@ -112,6 +112,38 @@ async def test_in_lists_of_any_length_not_in_and_values_bound_in_the_statement(
         assert await _both(s, not_in, {"ids": customer["wallets"][:1], "codes": ["grant"]})
         assert await _both(s, not_in, {"ids": customer["wallets"], "codes": ["topup"]}) == []
         assert await _both(s, not_in, {"ids": [], "codes": ["grant"]}) == []
+        # Across the sizes lists are sent as (1, 2, 4, … 64 parameters, then one array): the
+        # customer's wallets among strangers, in any position; a code list of 0 to 70.
+        strangers = [uuid.uuid4() for _ in range(80)]
+        for length in (1, 2, 3, 4, 5, 8, 9, 63, 64, 65, 80):
+            ids = [*strangers[:length - 2], *customer["wallets"]][-length:]
+            rows = await _both(s, not_in, {"ids": ids, "codes": ["grant"]})
+            assert len(rows) == len(set(ids) & set(customer["wallets"]))
+            codes = [f"code-{k}" for k in range(length - 1)] + ["topup"]
+            assert await _both(s, not_in, {"ids": customer["wallets"], "codes": codes}) == []
+        assert len(await _both(s, not_in, {"ids": customer["wallets"], "codes": []})) == 2
+
+
+def test_in_lists_are_sent_as_parameters_padded_to_a_power_of_two_or_as_one_array() -> None:
+    from simcharge.driver_reads import _list_size
+
+    assert [_list_size(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 33, 64, 65, 1000)] == [
+        0, 1, 2, 4, 4, 8, 8, 16, 64, 64, 0, 0]
+    t = table_of(LedgerTransfer)
+    read = DriverRead(
+        select(t.c.id).where(t.c.credit_account_id.in_(bindparam("ids", expanding=True))
+                             | t.c.debit_account_id.in_(bindparam("ids", expanding=True)),
+                             t.c.code.not_in(bindparam("codes", expanding=True)),
+                             t.c.amount > bindparam("least"))
+    )
+    three = read.sql_for(ids=3, codes=1)
+    # One name, one set of parameters, wherever it is used; then the next names in order.
+    assert "credit_account_id IN ($1, $2, $3, $4) OR " in three
+    assert "debit_account_id IN ($1, $2, $3, $4)" in three
+    assert "code NOT IN ($5)" in three and "amount > $6" in three
+    many = read.sql_for(ids=65, codes=0)
+    assert "credit_account_id = ANY($1)" in many and "code <> ALL($2)" in many
+    assert "amount > $3" in many and read.sql == many
 
 
 async def test_the_session_and_its_account_are_detached_objects_as_the_orm_loads_them(
@@ -165,12 +197,34 @@ async def test_on_postgresql_the_statement_goes_to_asyncpg_and_listeners_hear_it
     # One statement (the tests' sessions are savepoints, SQLAlchemy's own), with the IN list as
     # one array parameter: the same prepared statement serves one line or five.
     [(statement, params)] = [(st, p) for st, p in heard if st.startswith("SELECT")]
-    assert statement == _LATEST.sql
-    assert "credit_account_id = ANY($1) OR ledger_transfers.debit_account_id = ANY($1)" in statement
+    assert statement == _LATEST.sql_for(ids=2, kind_1=2)
+    assert ("credit_account_id IN ($1, $2) OR ledger_transfers.debit_account_id IN ($1, $2)"
+            in statement)
     # The statement's own list (the posted kinds) is a parameter too.
-    assert "kind = ANY($2)" in statement and params[1] == ["posted", "post_pending"]
-    assert params[0] == customer["wallets"] and params[2] == 10
+    assert "kind IN ($3, $4)" in statement and params[2:4] == ("posted", "post_pending")
+    assert list(params[:2]) == customer["wallets"] and params[4] == 10
     assert _LATEST.parameters() == ("ids", "kind_1", "limit")
+
+
+@pytest.mark.postgres_only
+async def test_postgresql_keeps_one_plan_for_a_statement_with_an_in_list(db: Database) -> None:
+    """With the list as one array PostgreSQL plans the statement again on every execution;
+    as parameters it settles on a generic plan after five."""
+    from simcharge.driver_reads import _driver_of
+
+    customer = await db.run(_customer)
+    ids = [line.id for line in customer["lines"]]
+    async with db.read() as s:
+        for k in range(12):
+            others = [uuid.uuid4()] if k % 2 else []
+            assert len(await _HOLDINGS_OF.all(s, {"lines": [*others, *ids][:2]})) in (3, 6)
+        found = await _driver_of(s)
+        assert found is not None
+        [plans] = await found[0].fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            _HOLDINGS_OF.sql_for(lines=2),
+        )
+    assert plans["generic_plans"] >= 6 and plans["custom_plans"] <= 5
 
 
 @pytest.mark.postgres_only

@@ -139,11 +139,17 @@ def test_the_portals_gettext_gives_what_jinjas_own_gives(language: str) -> None:
     source = (
         '{{ _("My lines") }}|{{ _("Hello, %(name)s", name=who) }}|'
         '{{ _("%(left)s left of %(total)s", left=who, total="5 GB") }}|'
-        '{{ _("No such message: 100%% of <b>nothing</b>") }}|{{ _("Balance") }}'
+        '{{ _("No such message: 100%% of <b>nothing</b>") }}|{{ _("Balance") }}|'
+        '{{ _("%(count)d of %(total)s", count=n, total=who) }}|{{ _("Balance")|length }}'
     )
-    values = {"who": '<script>alert("x")</script> & Co'}
+    values = {"who": '<script>alert("x")</script> & Co', "n": 3}
     ours = environment(language).from_string(source).render(values)
     assert ours == reference.from_string(source).render(values)
+    assert "3 of &lt;script&gt;" in ours  # a field other than %(name)s: Markup's own formatting
+    # The messages without variables are the template's own text, compiled in: only the three
+    # with variables and the one under a filter are called when rendering.
+    code = environment(language).compile(source, raw=True)
+    assert code.count("context.call(") == 4, code
     assert "&lt;script&gt;" in ours and "<script>" not in ours
     assert "100% of <b>nothing</b>" in ours  # the message itself is markup, as in Jinja
     if language != "en":

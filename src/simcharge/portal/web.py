@@ -3,15 +3,16 @@ tokens, the Content-Security-Policy and redirects that only go where they should
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from gettext import NullTranslations
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 from babel import Locale
@@ -20,7 +21,9 @@ from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup
+from jinja2.ext import Extension
+from jinja2.lexer import Token, TokenStream
+from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
@@ -220,11 +223,16 @@ def device_label(user_agent: str | None) -> str:
     return user_agent[:40]
 
 
+_FIELD = re.compile(r"%\(\w+\)s|%%")
+
+
 def _gettext(catalog: NullTranslations) -> Callable[..., Markup]:
     """`_()` of the portal's templates (all autoescaped, being HTML): what Jinja's newstyle
     gettext gives there — the translation as markup, its variables escaped, "%%" read as "%" —
     without its three context calls per use (a page has dozens). A message without variables
-    is formatted once."""
+    is formatted once; with variables, a translation whose only fields are `%(name)s` is
+    formatted with the variables escaped first (what `Markup.__mod__` does, without its helper
+    object per variable)."""
 
     @lru_cache(maxsize=4096)
     def translated(message: str) -> Markup:
@@ -234,12 +242,45 @@ def _gettext(catalog: NullTranslations) -> Callable[..., Markup]:
     def plain(message: str) -> Markup:
         return translated(message) % {}
 
+    @lru_cache(maxsize=4096)
+    def named_fields_only(message: str) -> str | None:
+        text = str(translated(message))
+        return text if "%" not in _FIELD.sub("", text) else None
+
     def gettext(message: str, **variables: Any) -> Markup:
-        if variables:
+        if not variables:
+            return plain(message)
+        text = named_fields_only(message)
+        if text is None:
             return translated(message) % variables
-        return plain(message)
+        return Markup(text % {name: escape(value) for name, value in variables.items()})  # noqa: S704 - escaped
 
     return gettext
+
+
+class _FoldedGettext(Extension):
+    """`{{ _("Balance") }}` with no variables becomes the template's own text when the template
+    is compiled (each language has its environment): the same characters `_()` would give on
+    every render, without a call, a lookup and an escape per use. Any other use of `_` (with
+    variables, a filter, an expression) is left to `_()` at render time."""
+
+    def filter_stream(self, stream: TokenStream) -> Iterator[Token]:
+        gettext = cast("Callable[[str], Markup]", self.environment.globals["_"])
+        tokens = list(stream)
+        i = 0
+        while i < len(tokens):
+            window = tokens[i:i + 6]
+            if (
+                len(window) == 6
+                and [t.type for t in window]
+                == ["variable_begin", "name", "lparen", "string", "rparen", "variable_end"]
+                and window[1].value == "_"
+            ):
+                yield Token(window[0].lineno, "data", str(gettext(window[3].value)))
+                i += 6
+            else:
+                yield tokens[i]
+                i += 1
 
 
 @lru_cache(maxsize=16)
@@ -249,7 +290,7 @@ def environment(language: str) -> Environment:
         # The templates ship with the release: no stat of each file on every render.
         auto_reload=False,
         autoescape=select_autoescape(["html"]),
-        extensions=["jinja2.ext.i18n"],
+        extensions=["jinja2.ext.i18n", _FoldedGettext],
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -299,6 +340,13 @@ def environment(language: str) -> Environment:
     def as_datetime(value: datetime | None) -> str:
         return "—" if value is None else moment_text(value)
 
+    @lru_cache(maxsize=8192)
+    def unit_text(amount: int, unit: str) -> str:
+        return units_text(language, amount, unit)
+
+    def units(amount: int, unit: str) -> str:
+        return unit_text(int(amount), unit)
+
     def as_number(value: float | int) -> str:
         return str(format_decimal(value, locale=loc))
 
@@ -313,7 +361,7 @@ def environment(language: str) -> Environment:
         percent=as_percent,
         days=as_days,
         device=device_label,
-        units=lambda amount, unit: units_text(language, int(amount), unit),
+        units=units,
     )
     env.globals.update(
         states=LINE_STATES,
