@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 
 from simcharge import __version__
 from simcharge.accounts.endpoints import router as me_router
-from simcharge.api.middleware import RequestContextMiddleware
+from simcharge.api.middleware import PageTurns, RequestContextMiddleware
 from simcharge.api.problems import document_problems, install_problem_handlers
 from simcharge.api.system import mount_docs_assets
 from simcharge.api.system import router as system_router
@@ -186,5 +186,7 @@ def create_app(
     install_portal(app)
     mount_docs_assets(app)
     arrange_routes(app)
+    # Inside the request context: a page's wait for its turn counts in its latency and log.
+    app.add_middleware(PageTurns, at_once=settings.portal_pages_at_once)
     app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
     return app

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     default_language: str = "en"
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    portal_pages_at_once: int = Field(default=4, ge=0, le=1000)
+    """Pages of the user center a web process builds at once; the others wait their turn, in
+    arrival order (0: no limit). See README, "Page turns"."""
     db_echo: bool = False
     log_level: str = "INFO"
     log_json: bool = False
