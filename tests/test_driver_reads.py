@@ -4,20 +4,21 @@ SQLAlchemy itself, and a dropped connection must be handled as SQLAlchemy handle
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import bindparam, event, inspect, literal_column, select, text
+from sqlalchemy import bindparam, event, func, inspect, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.sessions import _SESSION_AND_ACCOUNT, SessionPolicy, find_session, open_session
-from simcharge.db import Database, is_unreachable, table_of
+from simcharge.db import RAW_CONNECTION, Database, is_unreachable, table_of
 from simcharge.driver_reads import DriverRead, detached
 from simcharge.kit.clock import utcnow
 from simcharge.ledger.models import LedgerTransfer
@@ -227,34 +228,83 @@ async def test_postgresql_keeps_one_plan_for_a_statement_with_an_in_list(db: Dat
     assert plans["generic_plans"] >= 6 and plans["custom_plans"] <= 5
 
 
+_PID = DriverRead(select(func.pg_backend_pid().label("pid")))
+
+
+async def _terminate(db: Database, pids: list[int]) -> None:
+    url = db.engine.url.set(drivername="postgresql")
+    admin = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        for pid in pids:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+
+
 @pytest.mark.postgres_only
-async def test_a_connection_the_server_dropped_is_replaced_as_sqlalchemy_does(
+async def test_a_read_on_a_connection_the_server_dropped_is_read_again_on_another(
     fresh_db: Database,
 ) -> None:
     customer = await fresh_db.run(_customer)
     account_id = customer["account"].id
+    # A read takes a pooled connection of its own (not the session's).
     async with fresh_db.read() as s:
-        pid = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-    # The server ends that pooled connection (as a restart would).
-    url = fresh_db.engine.url.set(drivername="postgresql")
-    admin = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", pid)
-    finally:
-        await admin.close()
-    failed: DBAPIError | None = None
-    # The pool hands out its connections in turn: one of the next reads gets the dropped one.
-    for _ in range(fresh_db.engine.pool.size() + 1):  # type: ignore[attr-defined]
-        try:
-            async with fresh_db.read() as s:
-                await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})
-        except DBAPIError as exc:
-            failed = exc
-            break
-    # Answered 503 by the API, as any query on a dropped connection.
-    assert failed is not None and failed.connection_invalidated and is_unreachable(failed)
+        dropped = (await _PID.first(s, {})).pid
+        assert RAW_CONNECTION in s.info and not s.in_transaction()
+    await _terminate(fresh_db, [dropped])  # as a restart of that one backend would
+    # The pool hands out its connections in turn: one of the next reads gets the dropped one,
+    # which is thrown away; the statement is answered on another.
+    seen = set()
+    for _ in range(fresh_db.engine.pool.size() + 2):  # type: ignore[attr-defined]
+        async with fresh_db.read() as s:
+            assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+            seen.add((await _PID.first(s, {})).pid)
+    assert dropped not in seen
+
+
+@pytest.mark.postgres_only
+async def test_when_every_connection_was_dropped_a_read_fails_as_sqlalchemy_does_then_recovers(
+    fresh_db: Database,
+) -> None:
+    customer = await fresh_db.run(_customer)
+    account_id = customer["account"].id
+
+    async def held_read() -> int:
+        async with fresh_db.read() as s:
+            pid = (await _PID.first(s, {})).pid
+            await asyncio.sleep(0.05)  # three at once: three connections in the pool
+            return int(pid)
+
+    pids = await asyncio.gather(held_read(), held_read(), held_read())
+    assert len(set(pids)) == 3
+    await _terminate(fresh_db, pids)  # a restart of the server
+    with pytest.raises(DBAPIError) as failed:
+        async with fresh_db.read() as s:
+            await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})
+    # Answered 503 by the API, as any query on a dropped connection; SQLAlchemy has then
+    # replaced every older connection of the pool.
+    assert failed.value.connection_invalidated and is_unreachable(failed.value)
     async with fresh_db.read() as s:
         assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+
+
+@pytest.mark.postgres_only
+async def test_a_read_that_also_goes_through_sqlalchemy_holds_one_connection_at_a_time(
+    fresh_db: Database,
+) -> None:
+    customer = await fresh_db.run(_customer)
+    async with fresh_db.read() as s:
+        mine = (await _PID.first(s, {})).pid
+        assert RAW_CONNECTION in s.info
+        # A statement through the session: it takes its own connection and the read's goes
+        # back to the pool at once; the next DriverRead runs on the session's.
+        through = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert RAW_CONNECTION not in s.info
+        assert (await _PID.first(s, {})).pid == through
+        rows = await _ROWS_OF_ACCOUNT.all(s, {"account": customer["account"].id})
+        assert len(rows) == 2
+    assert fresh_db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert mine is not None
 
 
 @pytest.mark.postgres_only

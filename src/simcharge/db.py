@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import greenlet_spawn
 
 from simcharge.metrics import DB_RETRIES
 
@@ -176,6 +177,13 @@ DISCONNECTS = frozenset(
 
 _IDLE_SESSIONS = 64
 _READ_ONLY = "simcharge.read_only"
+DRIVER_READS = "simcharge.driver_reads"
+"""A read session's mark: `DriverRead` may take a pooled connection of its own for it, without
+the session's (an unbound database's read sessions)."""
+RAW_CONNECTION = "simcharge.raw_connection"
+DRIVER_CONNECTION = "simcharge.driver_connection"
+"""The driver connection `DriverRead` uses for a session (its own, or RAW_CONNECTION's)."""
+"""The pooled connection `DriverRead` took for a read session; given back when it ends."""
 
 
 class ReadOnlySession(RuntimeError):
@@ -288,7 +296,8 @@ class Database:
         else:
             self._writer = async_sessionmaker(writer, expire_on_commit=False)
             self._reader = async_sessionmaker(
-                reader or writer, expire_on_commit=False, info={_READ_ONLY: True}
+                reader or writer, expire_on_commit=False,
+                info={_READ_ONLY: True, DRIVER_READS: True},
             )
         self._bound = bind is not None
         # Closed sessions are clean (no objects, no transaction) and cost ~80 µs to build:
@@ -354,6 +363,10 @@ class Database:
             try:
                 yield session
             finally:
+                raw = session.info.pop(RAW_CONNECTION, None)
+                if raw is not None:  # taken by `DriverRead`: back to the pool
+                    session.info.pop(DRIVER_CONNECTION, None)
+                    await greenlet_spawn(raw.close)
                 await session.close()
                 if len(self._idle_reads) < _IDLE_SESSIONS and not self._bound:
                     self._idle_reads.append(session)

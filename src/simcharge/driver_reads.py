@@ -26,11 +26,12 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Label, Select, event, inspect
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached
+from sqlalchemy.util import greenlet_spawn
 
-from simcharge.db import DISCONNECTS
+from simcharge.db import DISCONNECTS, DRIVER_CONNECTION, DRIVER_READS, RAW_CONNECTION
 
 M = TypeVar("M", bound=DeclarativeBase)
 
@@ -38,7 +39,7 @@ M = TypeVar("M", bound=DeclarativeBase)
 # parameters, so that a name used twice, `IN (:ids)` on two columns, is one `$n`).
 _DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _NAMED = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
-_DRIVER = "simcharge.driver_connection"
+_DRIVER = DRIVER_CONNECTION
 # How SQLAlchemy writes a parameter of the psycopg-style compilation, and an expanding IN list.
 _PARAM = re.compile(r"(NOT IN|IN) \(__\[POSTCOMPILE_(\w+)\]\)|%\((\w+)\)s")
 
@@ -135,7 +136,7 @@ class DriverRead:
         found = await _driver_of(session)
         if found is None:
             return list((await session.execute(self.statement, dict(params))).all())
-        driver, connection = found
+        driver, events = found
         args: list[Any] = []
         sizes: list[int] = []
         for name, (process, expanding) in zip(self._names, self._binds, strict=True):
@@ -152,21 +153,28 @@ class DriverRead:
             else:
                 args.append(values)
         sql = self._shaped(tuple(sizes))
-        if connection._has_events or connection.engine._has_events:
+        if events._has_events or (isinstance(events, Connection) and events.engine._has_events):
             # What listens to the engine's statements (logs, tests counting queries) hears these
-            # too; there is no cursor or execution context to give it.
-            connection.dispatch.before_cursor_execute(
-                connection, None, sql, tuple(args), None, False
+            # too; there is no cursor or execution context to give it (nor a SQLAlchemy
+            # connection, on a read session's own pooled connection).
+            events.dispatch.before_cursor_execute(
+                events if isinstance(events, Connection) else None,
+                None, sql, tuple(args), None, False,
             )
         try:
             records: list[Any] = await driver.fetch(sql, *args)
         except Exception as exc:
             if not (driver.is_closed() or _is_disconnect(exc)):
                 raise
-            # The server dropped the connection (a restart, a failover). The same statement
-            # through SQLAlchemy fails as well, and SQLAlchemy then replaces that connection
-            # and every older one in the pool (`db._dead_connection`), as for any query.
+            # The server dropped the connection (a restart, a failover). A read session's own
+            # pooled connection is thrown away. Then the statement goes through SQLAlchemy:
+            # on a live connection it is answered; on a dead one it fails as well, and
+            # SQLAlchemy replaces that connection and every older one in the pool
+            # (`db._dead_connection`), as for any query.
             del session.info[_DRIVER]
+            raw = session.info.pop(RAW_CONNECTION, None)
+            if raw is not None:
+                await greenlet_spawn(raw.invalidate, exc)
             return list((await session.execute(self.statement, dict(params))).all())
         make, processors = self._row._make, self._processors
         if not any(processors):
@@ -217,22 +225,49 @@ def _attributes(model: type[DeclarativeBase]) -> tuple[str, ...]:
     return tuple(attribute.key for attribute in inspect(model).column_attrs)
 
 
-async def _driver_of(session: AsyncSession) -> tuple[Any, Connection] | None:
-    """The asyncpg connection under a session on PostgreSQL and SQLAlchemy's own connection over
-    it, or None on another database."""
-    found: tuple[Any, Connection] | None = session.info.get(_DRIVER)
+async def _driver_of(session: AsyncSession) -> tuple[Any, Connection | Engine] | None:
+    """The asyncpg connection to run on for a session on PostgreSQL, with what announces its
+    statements (the SQLAlchemy connection or engine); None on another database.
+
+    A read session of an unbound database (`Database.read`) that has no connection yet gets a
+    pooled connection of its own, given back when the read ends (or as soon as the session
+    takes one itself): a raw checkout costs a fifth of a session's connection and close (the
+    user center's page runs two reads). Any other session's statements run on its own
+    connection, so that they see its transaction (tests' outer transactions included)."""
+    found: tuple[Any, Connection | Engine] | None = session.info.get(_DRIVER)
     if found is not None:
         return found
-    if session.bind is not None and session.bind.dialect.name != "postgresql":
+    bind = session.bind
+    if bind is not None and bind.dialect.name != "postgresql":
         return None
+    if (
+        session.info.get(DRIVER_READS)
+        and isinstance(bind, AsyncEngine)
+        and bind.dialect.driver == "asyncpg"
+        and not session.in_transaction()
+    ):
+        raw = await greenlet_spawn(bind.sync_engine.raw_connection)
+        session.info[RAW_CONNECTION] = raw
+        found = session.info[_DRIVER] = (raw.driver_connection, bind.sync_engine)
+        return found
     connection = await session.connection()
     if connection.dialect.name != "postgresql" or connection.dialect.driver != "asyncpg":
         return None
-    raw = await connection.get_raw_connection()
+    raw_fairy = await connection.get_raw_connection()
     assert connection.sync_connection is not None  # a connection just checked out
-    found = raw.driver_connection, connection.sync_connection
+    found = raw_fairy.driver_connection, connection.sync_connection
     session.info[_DRIVER] = found
     return found
+
+
+@event.listens_for(Session, "after_begin")
+def _give_back_raw(session: Session, _transaction: Any, _connection: Any) -> None:
+    """A read session that takes a connection itself (a statement through SQLAlchemy) gives
+    back the one `DriverRead` took for it: a read holds one connection at a time."""
+    raw = session.info.pop(RAW_CONNECTION, None)
+    if raw is not None:
+        session.info.pop(_DRIVER, None)
+        raw.close()  # in SQLAlchemy's greenlet, where the pool may wait on the driver
 
 
 @event.listens_for(Session, "after_transaction_end")
