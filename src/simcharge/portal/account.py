@@ -21,6 +21,8 @@ from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
 from simcharge.auth.deps import Client, Limits
 from simcharge.catalog.service import list_methods, list_plans
+from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
@@ -168,10 +170,13 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
 
 
 @router.get("/account")
-async def dashboard(
-    request: Request, page: Page, db: DB, settings: AppSettings, verified: str | None = None
-) -> Response:
+async def dashboard(request: Request, page: Page) -> Response:
     account_id = require(page)
+    # From the app's state and the query string rather than as parameters for FastAPI to solve
+    # (see `web.visitor`): the busiest page.
+    db: Database = request.app.state.db
+    settings: Settings = request.app.state.settings
+    verified = request.query_params.get("verified")
     now = utcnow()
     # Four queries whatever the number of lines: lines, their balances, activity, notices.
     async with db.read() as s:

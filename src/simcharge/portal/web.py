@@ -27,7 +27,7 @@ from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
-from simcharge.api.deps import DB, AppSettings
+from simcharge.api.deps import DB
 from simcharge.auth.deps import Customer, find_session, session_cookie
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
@@ -165,9 +165,15 @@ def anonymous_csrf(settings: Settings, cookie: str) -> str:
     return keyed_hash(settings.secret_key, "portal-csrf", cookie)
 
 
-async def visitor(request: Request, db: DB, settings: AppSettings) -> Visitor:
+async def visitor(request: Request) -> Visitor:
+    """Who is visiting, in which language, with which CSRF token (every page asks). The
+    database and settings come from the app's state, as `get_db` and `get_app_settings` give
+    them, not as dependencies of their own: FastAPI's solving of each costs more than the
+    attribute."""
     request.state.portal = True
-    customer = await signed_in(request, db, settings)
+    state = request.app.state
+    settings: Settings = state.settings
+    customer = await signed_in(request, state.db, settings)
     page = await _visitor(request, settings, customer)
     request.state.visitor = page
     return page
