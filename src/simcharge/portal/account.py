@@ -194,6 +194,7 @@ async def dashboard(request: Request, page: Page) -> Response:
         shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None})
     return render(
         request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,
+        unread=any(n["unread"] for n in shown),
         kinds=KINDS, bar_class=bar_class,
         good=N_("Your contact is verified.") if verified else None,
     )

@@ -55,6 +55,15 @@ LANGUAGE_NAMES: dict[str, str] = {
 }
 LANGUAGE_COOKIE_AGE = 365 * 24 * 3600
 
+MENU: tuple[tuple[str, str], ...] = (
+    ("/account", N_("My lines")),
+    ("/account/topup", N_("Top up")),
+    ("/account/records", N_("Records")),
+    ("/account/security", N_("Security")),
+    ("/account/help", N_("Help")),
+)
+"""The signed-in customer's menu (base.html)."""
+
 LINE_STATES: dict[str, str] = {
     "available": N_("Not yet active"),
     "active": N_("Active"),
@@ -369,7 +378,10 @@ def environment(language: str) -> Environment:
         device=device_label,
         units=units,
     )
+    gettext = env.globals["_"]
     env.globals.update(
+        # The signed-in menu, translated once per language (every page shows it).
+        menu=[(href, gettext(label)) for href, label in MENU],  # type: ignore[operator]
         states=LINE_STATES,
         order_states=ORDER_STATES,
         unit_names=UNIT_NAMES,
