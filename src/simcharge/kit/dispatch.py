@@ -12,7 +12,9 @@ loaded process; each process reports when it is ready and when a connection clos
 - The parent accepts nothing until every process has started (the kernel's backlog holds what
   arrives meanwhile), so that a burst at startup is not all handed to the first one up.
 - A process that dies is started again and gets connections once it is ready; its own open
-  connections are lost with it, as with uvicorn. If a process exits during the first start
+  connections are lost with it, as with uvicorn, but not one sent to it as it died: the parent
+  keeps its copy of each connection until the process says it has it, and gives the ones it
+  never got to another process. If a process exits during the first start
   (the application cannot start), the server stops with uvicorn's exit status 3; a
   replacement that fails to start is tried again every second while the others serve.
 - SIGTERM or SIGINT: the parent stops accepting and tells each process to stop; each finishes
@@ -37,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +48,9 @@ logger = logging.getLogger("uvicorn.error")
 
 STARTUP_FAILURE = 3
 """uvicorn's exit status when the application does not start."""
-READY, CLOSED, CONNECTION = b"r", b"-", b"c"
-"""Messages on a process's Unix socket: ready and a connection closed (process to parent), a
-connection (parent to process, with its descriptor)."""
+READY, TAKEN, CLOSED, CONNECTION = b"r", b"+", b"-", b"c"
+"""Messages on a process's Unix socket: ready, a connection received and one closed (process
+to parent), a connection (parent to process, with its descriptor)."""
 
 
 # --- in each web process ---------------------------------------------------------------------
@@ -63,9 +66,11 @@ class _Handoff:
         channel: socket.socket,
         create_protocol: Callable[[], asyncio.Protocol],
         parent_gone: Callable[[], None],
+        report: Callable[[bytes], None],
     ) -> None:
         self._loop, self._channel = loop, channel
         self._create_protocol, self._parent_gone = create_protocol, parent_gone
+        self._report = report
         self._starting: set[asyncio.Task[Any]] = set()
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), self._receive)
@@ -83,6 +88,7 @@ class _Handoff:
                 self._parent_gone()
                 return
             for fd in fds:
+                self._report(TAKEN)  # the parent may now let go of its copy
                 connection = socket.socket(fileno=fd)
                 task = self._loop.create_task(self._start(connection))
                 self._starting.add(task)
@@ -132,7 +138,7 @@ def _serve_handed(config_kwargs: dict[str, Any], channel: socket.socket) -> None
                 self.should_exit = True
 
             loop = asyncio.get_running_loop()
-            self.servers = [_Handoff(loop, channel, create_protocol, parent_gone)]  # type: ignore[list-item]
+            self.servers = [_Handoff(loop, channel, create_protocol, parent_gone, report)]  # type: ignore[list-item]
             report(READY)
             self.started = True
 
@@ -150,6 +156,9 @@ class _Process:
     open: int = 0
     order: int = 0
     """When it last got a connection: among equally loaded processes, the longest waiting."""
+    handed: deque[socket.socket] = field(default_factory=deque)
+    """Connections sent and not yet received, in order: the parent keeps its copy of each until
+    the process says it has it, and gives them to another process if this one dies first."""
 
 
 @dataclass
@@ -282,6 +291,8 @@ class Dispatcher:
                 if byte == READY[0]:
                     proc.ready = True
                     self._maybe_start_accepting()
+                elif byte == TAKEN[0] and proc.handed:
+                    proc.handed.popleft().close()
                 elif byte == CLOSED[0]:
                     proc.open = max(0, proc.open - 1)
 
@@ -296,6 +307,12 @@ class Dispatcher:
         self._selector.unregister(proc.channel)
         proc.channel.close()
         self._running.remove(proc)
+        while proc.handed:  # sent to it as it died: to another process
+            connection = proc.handed.popleft()
+            if self._stopping:
+                connection.close()
+            else:
+                self._hand(connection)
         proc.process.join(timeout=5)
         code = proc.process.exitcode
         if self._stopping:
@@ -320,24 +337,25 @@ class Dispatcher:
             except OSError as exc:  # e.g. out of descriptors: try again on the next wake-up
                 logger.error("accept: %s", exc)
                 return
-            with connection:
-                if connection.family in (socket.AF_INET, socket.AF_INET6):
-                    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._hand(connection)
+            if connection.family in (socket.AF_INET, socket.AF_INET6):
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._hand(connection)
 
     def _hand(self, connection: socket.socket) -> None:
         """To the ready process with the fewest open connections, the longest waiting among
-        equals; the caller closes its own copy."""
+        equals. Our copy is kept until that process has it (`_Process.handed`)."""
         for proc in sorted((p for p in self._running if p.ready), key=lambda p: (p.open, p.order)):
             try:
                 socket.send_fds(proc.channel, [CONNECTION], [connection.fileno()])
             except OSError:  # its end is closed: it died, and its wake-up will say so
                 continue
+            proc.handed.append(connection)
             proc.open += 1
             self._handed += 1
             proc.order = self._handed
             return
         logger.error("No web process could take a connection: closed")
+        connection.close()
 
 
 def serve(
