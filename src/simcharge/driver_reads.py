@@ -39,7 +39,6 @@ M = TypeVar("M", bound=DeclarativeBase)
 # parameters, so that a name used twice, `IN (:ids)` on two columns, is one `$n`).
 _DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _NAMED = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
-_DRIVER = DRIVER_CONNECTION
 # How SQLAlchemy writes a parameter of the psycopg-style compilation, and an expanding IN list.
 _PARAM = re.compile(r"(NOT IN|IN) \(__\[POSTCOMPILE_(\w+)\]\)|%\((\w+)\)s")
 
@@ -114,21 +113,22 @@ class DriverRead:
         markers: dict[str, list[str]] = {}
         n = 0
         for name, size in zip(self._names, sizes, strict=True):
+            # An IN list sent as one array (size 0) is one parameter too.
             markers[name] = [f"${n + k + 1}" for k in range(max(size, 1))]
-            n += max(size, 1)
+            n += len(markers[name])
         out = []
         for part in self._parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
             name, operator = part
-            (first, *_more), listed = markers[name], ", ".join(markers[name])
+            marks = markers[name]
             if not operator:
-                out.append(first)
+                out.append(marks[0])
             elif sizes[self._names.index(name)]:
-                out.append(f"{operator} ({listed})")
+                out.append(f"{operator} ({', '.join(marks)})")
             else:
-                out.append(f"= ANY({first})" if operator == "IN" else f"<> ALL({first})")
+                out.append(f"= ANY({marks[0]})" if operator == "IN" else f"<> ALL({marks[0]})")
         sql = self._shapes[sizes] = "".join(out)
         return sql
 
@@ -171,7 +171,7 @@ class DriverRead:
             # on a live connection it is answered; on a dead one it fails as well, and
             # SQLAlchemy replaces that connection and every older one in the pool
             # (`db._dead_connection`), as for any query.
-            del session.info[_DRIVER]
+            del session.info[DRIVER_CONNECTION]
             raw = session.info.pop(RAW_CONNECTION, None)
             if raw is not None:
                 await greenlet_spawn(raw.invalidate, exc)
@@ -234,7 +234,7 @@ async def _driver_of(session: AsyncSession) -> tuple[Any, Connection | Engine] |
     takes one itself): a raw checkout costs a fifth of a session's connection and close (the
     user center's page runs two reads). Any other session's statements run on its own
     connection, so that they see its transaction (tests' outer transactions included)."""
-    found: tuple[Any, Connection | Engine] | None = session.info.get(_DRIVER)
+    found: tuple[Any, Connection | Engine] | None = session.info.get(DRIVER_CONNECTION)
     if found is not None:
         return found
     bind = session.bind
@@ -248,7 +248,7 @@ async def _driver_of(session: AsyncSession) -> tuple[Any, Connection | Engine] |
     ):
         raw = await greenlet_spawn(bind.sync_engine.raw_connection)
         session.info[RAW_CONNECTION] = raw
-        found = session.info[_DRIVER] = (raw.driver_connection, bind.sync_engine)
+        found = session.info[DRIVER_CONNECTION] = (raw.driver_connection, bind.sync_engine)
         return found
     connection = await session.connection()
     if connection.dialect.name != "postgresql" or connection.dialect.driver != "asyncpg":
@@ -256,7 +256,7 @@ async def _driver_of(session: AsyncSession) -> tuple[Any, Connection | Engine] |
     raw_fairy = await connection.get_raw_connection()
     assert connection.sync_connection is not None  # a connection just checked out
     found = raw_fairy.driver_connection, connection.sync_connection
-    session.info[_DRIVER] = found
+    session.info[DRIVER_CONNECTION] = found
     return found
 
 
@@ -266,7 +266,7 @@ def _give_back_raw(session: Session, _transaction: Any, _connection: Any) -> Non
     back the one `DriverRead` took for it: a read holds one connection at a time."""
     raw = session.info.pop(RAW_CONNECTION, None)
     if raw is not None:
-        session.info.pop(_DRIVER, None)
+        session.info.pop(DRIVER_CONNECTION, None)
         raw.close()  # in SQLAlchemy's greenlet, where the pool may wait on the driver
 
 
@@ -274,7 +274,7 @@ def _give_back_raw(session: Session, _transaction: Any, _connection: Any) -> Non
 def _forget_driver(session: Session, _transaction: Any) -> None:
     """A session that ends its transaction gives its connection back: the next statement may
     run on another one."""
-    session.info.pop(_DRIVER, None)
+    session.info.pop(DRIVER_CONNECTION, None)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
