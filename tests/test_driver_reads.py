@@ -19,24 +19,25 @@ from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.sessions import _SESSION_AND_ACCOUNT, SessionPolicy, find_session, open_session
 from simcharge.db import RAW_CONNECTION, Database, is_unreachable, table_of
-from simcharge.driver_reads import DriverRead, detached
+from simcharge.driver_reads import AnyOf, DriverRead, ReadTogether, detached
 from simcharge.kit.clock import utcnow
-from simcharge.ledger.models import LedgerTransfer
-from simcharge.lines.repository import _HOLDINGS_OF, _ROWS_OF_ACCOUNT
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.lines.models import Line
+from simcharge.lines.repository import _HOLDINGS_OF, HOLDINGS_OF_ACCOUNT, LINES_OF_ACCOUNT
 from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
 from simcharge.notifications.models import Notice
-from simcharge.notifications.service import _NOTICES_OF, _UNREAD_OF
-from simcharge.portal.records import _LATEST
+from simcharge.notifications.service import _UNREAD_OF, NOTICES_OF
+from simcharge.portal.records import _LATEST, LATEST_OF_ACCOUNT
 from tests.factories import create_account, create_line
 
 SECRET = "driver-reads-secret-driver-reads-secret-0123456789"
 POLICY = SessionPolicy(idle=timedelta(hours=1), absolute=timedelta(hours=2))
 
 
-async def _customer(s: AsyncSession) -> dict[str, Any]:
+async def _customer(s: AsyncSession, email: str = "dora@example.com") -> dict[str, Any]:
     """An account with two lines, money, buckets (one without an end), notices (read and
     unread, with JSON parameters) and a session."""
-    account = await create_account(s, display_name="Dora", email="dora@example.com")
+    account = await create_account(s, display_name="Dora", email=email)
     lines = [
         await create_line(s, account_id=account.id),
         await create_line(s, account_id=account.id),
@@ -79,7 +80,7 @@ async def test_the_user_centers_reads_give_what_sqlalchemy_gives(db: Database) -
     customer = await db.run(_customer)
     account, lines = customer["account"], customer["lines"]
     async with db.read() as s:
-        rows = await _both(s, _ROWS_OF_ACCOUNT, {"account": account.id})
+        rows = await _both(s, LINES_OF_ACCOUNT, {"account": account.id})
         assert [r[0] for r in rows] == [line.id for line in lines]
         held = await _both(s, _HOLDINGS_OF, {"lines": [line.id for line in lines]})
         # Per line: the wallet and two buckets; the bucket's zones come back as a list.
@@ -88,11 +89,133 @@ async def test_the_user_centers_reads_give_what_sqlalchemy_gives(db: Database) -
                                                           "[]", "[]"])
         latest = await _both(s, _LATEST, {"ids": customer["wallets"], "limit": 10})
         assert len(latest) == 2 and {r[6] for r in latest} == {"topup"}
-        notices = await _both(s, _NOTICES_OF, {"account": account.id, "limit": 5})
+        notices = await _both(s, NOTICES_OF, {"account": account.id, "limit": 5})
         assert [n[3]["nested"] for n in notices] == [{"k": [0]}, {"k": [1]}, {"k": [2]}]
         unread = await _both(s, _UNREAD_OF, {"account": account.id, "limit": 5})
         assert len(unread) == 2
-        assert await _both(s, _NOTICES_OF, {"account": uuid.uuid4(), "limit": 5}) == []
+        assert await _both(s, NOTICES_OF, {"account": uuid.uuid4(), "limit": 5}) == []
+
+
+_USER_CENTER = ReadTogether(LINES_OF_ACCOUNT, HOLDINGS_OF_ACCOUNT, LATEST_OF_ACCOUNT, NOTICES_OF)
+
+
+def _user_center(account_id: uuid.UUID, latest: int, notices: int) -> list[dict[str, Any]]:
+    return [{"account": account_id}, {"account": account_id},
+            {"account": account_id, "limit": latest}, {"account": account_id, "limit": notices}]
+
+
+async def test_reads_together_give_each_reads_rows_with_their_own_parameters(
+    db: Database,
+) -> None:
+    customer = await db.run(_customer)
+    stranger = await db.run(lambda s: _customer(s, "eve@example.com"))  # whose rows never come
+    account, lines = customer["account"], customer["lines"]
+    # "limit" is a parameter of two reads: each gets its own (1 and 2).
+    params = _user_center(account.id, 1, 2)
+    async with db.read() as s:
+        together = await _USER_CENTER.all(s, params)
+        apart = [await _both(s, read, p)
+                 for read, p in zip(_USER_CENTER.reads, params, strict=True)]
+        assert [[tuple(r) for r in rows] for rows in together] == apart
+        for rows, read, p in zip(together, _USER_CENTER.reads, params, strict=True):
+            assert rows[0]._fields == (await read.all(s, p))[0]._fields
+        got_lines, holdings, latest, notices = together
+        assert [r.id for r in got_lines] == [line.id for line in lines]
+        # Every wallet and bucket of both lines, as the read of the lines' own gives them.
+        of_lines = await _HOLDINGS_OF.all(s, {"lines": [line.id for line in lines]})
+        assert sorted(map(tuple, holdings)) == sorted(map(tuple, of_lines)) and len(of_lines) == 6
+        ids = [r.id for r in holdings]
+        assert len(latest) == 1 and latest[0].credit_account_id in ids
+        assert [n.params["nested"] for n in notices] == [{"k": [0]}, {"k": [1]}]
+        # The latest transfers of the account are those of its lines' ledger accounts: per
+        # line a top-up and two grants.
+        everything = await _USER_CENTER.all(s, _user_center(account.id, 10, 5))
+        assert everything[2] == await _LATEST.all(s, {"ids": ids, "limit": 10})
+        assert len(everything[2]) == 6 and len(everything[3]) == 3
+        # An account with nothing: four empty lists.
+        assert await _USER_CENTER.all(s, _user_center(uuid.uuid4(), 10, 5)) == [[], [], [], []]
+        others = await _USER_CENTER.all(s, _user_center(stranger["account"].id, 10, 5))
+        assert {r.id for r in others[0]} == {line.id for line in stranger["lines"]}
+        assert not {r.id for r in others[1]} & set(ids)
+        with pytest.raises(ValueError, match="4 reads, 3 parameters"):
+            await _USER_CENTER.all(s, params[:3])
+
+
+@pytest.mark.postgres_only
+async def test_on_postgresql_reads_together_are_one_statement_also_through_sqlalchemy(
+    db: Database,
+) -> None:
+    customer = await db.run(_customer)
+    account_id = customer["account"].id
+    heard: list[str] = []
+
+    def listen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        heard.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", listen)
+    try:
+        async with db.read() as s:
+            together = await _USER_CENTER.all(s, _user_center(account_id, 10, 5))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", listen)
+    [statement] = [st for st in heard if st.startswith("SELECT")]
+    assert statement.startswith("SELECT ARRAY((SELECT row(lines.id,")
+    assert statement.count("ARRAY((SELECT row(") == 4
+    # Run by SQLAlchemy (as after a dropped connection), the rows are the same.
+    combined = {f"r{i}_{k}": v
+                for i, p in enumerate(_user_center(account_id, 10, 5)) for k, v in p.items()}
+    async with db.read() as s:
+        row = (await s.execute(_USER_CENTER._combined.statement, combined)).one()
+    assert [[tuple(r) for r in rows] for rows in row] == [
+        [tuple(r) for r in rows] for rows in together
+    ]
+    assert [len(rows) for rows in together] == [2, 6, 6, 3]
+
+
+def test_any_of_is_an_in_subquery_written_for_the_index_on_postgresql() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    t = table_of(LedgerTransfer)
+    clause = AnyOf(t.c.credit_account_id, select(Notice.id).where(Notice.template == "x"))
+    on_pg = str(clause.compile(dialect=postgresql.dialect()))
+    assert on_pg.startswith("ledger_transfers.credit_account_id = ANY(ARRAY((SELECT notices.id")
+    on_sqlite = str(clause.compile(dialect=sqlite.dialect()))
+    assert on_sqlite.startswith("ledger_transfers.credit_account_id IN (SELECT notices.id")
+
+
+@pytest.mark.postgres_only
+async def test_the_latest_activity_of_an_account_is_found_by_index_not_by_a_scan(
+    db: Database,
+) -> None:
+    """With `IN (subquery) OR IN (subquery)` PostgreSQL can only filter every transfer (a scan,
+    even when scans are discouraged); with `= ANY(ARRAY(subquery))` it looks the accounts up
+    first, then their transfers in the indexes."""
+    from simcharge.driver_reads import _driver_of
+
+    customer = await db.run(_customer)
+    t = table_of(LedgerTransfer)
+    accounts = (select(LedgerAccount.id).join(Line, Line.id == LedgerAccount.line_id)
+                .where(Line.account_id == bindparam("account")))
+    scanned = DriverRead(
+        select(t.c.id)
+        .where(t.c.credit_account_id.in_(accounts) | t.c.debit_account_id.in_(accounts))
+        .order_by(t.c.created_at.desc()).limit(10)
+    )
+    async with db.read() as s:
+        found = await _driver_of(s)
+        assert found is not None
+        conn = found[0]
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN " + LATEST_OF_ACCOUNT.sql_for(kind_1=2),
+                customer["account"].id, "posted", "post_pending", 10))
+            worse = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN " + scanned.sql, customer["account"].id, 10))
+    assert "Seq Scan on ledger_transfers" not in plan
+    assert "ix_ledger_transfers_credit_account_id" in plan
+    assert "ix_ledger_transfers_debit_account_id" in plan
+    assert "Seq Scan on ledger_transfers" in worse
 
 
 async def test_in_lists_of_any_length_not_in_and_values_bound_in_the_statement(
@@ -257,7 +380,7 @@ async def test_a_read_on_a_connection_the_server_dropped_is_read_again_on_anothe
     seen = set()
     for _ in range(fresh_db.engine.pool.size() + 2):  # type: ignore[attr-defined]
         async with fresh_db.read() as s:
-            assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+            assert len(await LINES_OF_ACCOUNT.all(s, {"account": account_id})) == 2
             seen.add((await _PID.first(s, {})).pid)
     assert dropped not in seen
 
@@ -280,12 +403,12 @@ async def test_when_every_connection_was_dropped_a_read_fails_as_sqlalchemy_does
     await _terminate(fresh_db, pids)  # a restart of the server
     with pytest.raises(DBAPIError) as failed:
         async with fresh_db.read() as s:
-            await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})
+            await LINES_OF_ACCOUNT.all(s, {"account": account_id})
     # Answered 503 by the API, as any query on a dropped connection; SQLAlchemy has then
     # replaced every older connection of the pool.
     assert failed.value.connection_invalidated and is_unreachable(failed.value)
     async with fresh_db.read() as s:
-        assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+        assert len(await LINES_OF_ACCOUNT.all(s, {"account": account_id})) == 2
 
 
 @pytest.mark.postgres_only
@@ -301,7 +424,7 @@ async def test_a_read_that_also_goes_through_sqlalchemy_holds_one_connection_at_
         through = (await s.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         assert RAW_CONNECTION not in s.info
         assert (await _PID.first(s, {})).pid == through
-        rows = await _ROWS_OF_ACCOUNT.all(s, {"account": customer["account"].id})
+        rows = await LINES_OF_ACCOUNT.all(s, {"account": customer["account"].id})
         assert len(rows) == 2
     assert fresh_db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert mine is not None
@@ -312,10 +435,10 @@ async def test_a_session_that_commits_reads_on_its_next_connection(fresh_db: Dat
     customer = await fresh_db.run(_customer)
     account_id = customer["account"].id
     async with fresh_db.transaction() as s:
-        assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+        assert len(await LINES_OF_ACCOUNT.all(s, {"account": account_id})) == 2
         await s.commit()
         # The connection went back to the pool; the next read takes one again.
-        assert len(await _ROWS_OF_ACCOUNT.all(s, {"account": account_id})) == 2
+        assert len(await LINES_OF_ACCOUNT.all(s, {"account": account_id})) == 2
 
 
 def test_a_statement_with_a_literal_percent_sign_is_refused_when_built() -> None:

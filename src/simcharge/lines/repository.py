@@ -10,7 +10,7 @@ from sqlalchemy import Row, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import table_of, upsert_insert
-from simcharge.driver_reads import DriverRead
+from simcharge.driver_reads import AnyOf, DriverRead
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Bucket, Line
 
@@ -20,13 +20,14 @@ buckets = table_of(Bucket)
 
 # Built once (the customer's pages ask on every view): no construction or cache key per call.
 _OF_ACCOUNT = select(Line).where(Line.account_id == bindparam("account")).order_by(Line.created_at)
-_ROWS_OF_ACCOUNT = DriverRead(
+LINES_OF_ACCOUNT = DriverRead(
     select(*table_of(Line).c)
     .where(Line.account_id == bindparam("account"))
     .order_by(Line.created_at)
 )
+"""The account's lines (`LineFacts` rows), oldest first."""
 
-_HOLDINGS_OF = DriverRead(
+_HOLDINGS = (
     select(
         ledger_accounts.c.id,
         ledger_accounts.c.line_id,
@@ -42,8 +43,20 @@ _HOLDINGS_OF = DriverRead(
         buckets.c.created_at,
     )
     .outerjoin(buckets, buckets.c.id == ledger_accounts.c.id)
-    .where(ledger_accounts.c.line_id.in_(bindparam("lines", expanding=True)))
 )
+_HOLDINGS_OF = DriverRead(
+    _HOLDINGS.where(ledger_accounts.c.line_id.in_(bindparam("lines", expanding=True)))
+)
+HOLDINGS_OF_ACCOUNT = DriverRead(
+    _HOLDINGS.where(
+        AnyOf(
+            ledger_accounts.c.line_id,
+            select(Line.id).where(Line.account_id == bindparam("account")),
+        )
+    )
+)
+"""The ledger accounts (wallets and buckets) of every line of an account, for
+`lines.service.holdings_from`."""
 
 
 class LineRepository:
@@ -72,7 +85,7 @@ class LineRepository:
     async def rows_of_account(self, account_id: uuid.UUID) -> list[Any]:
         """The account's lines as rows of their columns, to show (`LineFacts`), not to change:
         on PostgreSQL straight from the driver (`simcharge.driver_reads`)."""
-        return await _ROWS_OF_ACCOUNT.all(self.session, {"account": account_id})
+        return await LINES_OF_ACCOUNT.all(self.session, {"account": account_id})
 
     async def existing_identifiers(
         self, msisdns: Collection[str], iccids: Collection[str], imsis: Collection[str]

@@ -365,11 +365,19 @@ async def holdings_of(
     """`line_balances` of several lines in one query (a customer's page shows them all)."""
     if not lines:
         return Holdings({}, {})
-    now = now or utcnow()
+    rows = await LineRepository(session).holdings_of([line.id for line in lines])
+    return holdings_from(lines, rows, now or utcnow())
+
+
+def holdings_from(lines: Sequence[LineFacts], rows: Sequence[Any], now: datetime) -> Holdings:
+    """`holdings_of` from the rows of `repository.HOLDINGS_OF_ACCOUNT` (or of the lines), read
+    by the caller."""
     wallets: dict[uuid.UUID, Any] = {}
     held: dict[uuid.UUID, list[Any]] = {line.id: [] for line in lines}
     accounts: dict[uuid.UUID, uuid.UUID] = {}
-    for row in await LineRepository(session).holdings_of([line.id for line in lines]):
+    for row in rows:
+        if row.line_id not in held:  # a line that was not read (added since)
+            continue
         accounts[row.id] = row.line_id
         if row.bucket_id is not None:
             held[row.line_id].append(row)
@@ -377,11 +385,11 @@ async def holdings_of(
             wallets[row.id] = row
     balances = {}
     for line in lines:
-        rows = sorted(
+        ordered = sorted(
             held[line.id],
             key=lambda r: (r.unit, r.expires_at is None, r.expires_at or now, r.created_at),
         )
-        balances[line.id] = _balances(line, wallets[line.wallet_account_id], rows, now)
+        balances[line.id] = _balances(line, wallets[line.wallet_account_id], ordered, now)
     return Holdings(balances, accounts)
 
 

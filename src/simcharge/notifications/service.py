@@ -147,7 +147,7 @@ def _notices(*where: Any) -> DriverRead:
     )
 
 
-_NOTICES_OF = _notices()
+NOTICES_OF = _notices()
 _UNREAD_OF = _notices(Notice.read_at.is_(None))
 
 
@@ -155,7 +155,7 @@ async def notices_of(
     session: AsyncSession, account_id: uuid.UUID, *, limit: int = 50, unread_only: bool = False
 ) -> list[Any]:
     """The account's latest notices, newest first, as rows of `Notice`'s columns (to show)."""
-    read = _UNREAD_OF if unread_only else _NOTICES_OF
+    read = _UNREAD_OF if unread_only else NOTICES_OF
     return await read.all(session, {"account": account_id, "limit": limit})
 
 

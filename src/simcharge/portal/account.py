@@ -23,6 +23,7 @@ from simcharge.auth.deps import Client, Limits
 from simcharge.catalog.service import list_methods, list_plans
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.driver_reads import ReadTogether
 from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
@@ -31,16 +32,17 @@ from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineFacts, LineState
+from simcharge.lines.repository import HOLDINGS_OF_ACCOUNT, LINES_OF_ACCOUNT
 from simcharge.lines.schemas import LineBalances
-from simcharge.lines.service import holdings_of, line_balances
-from simcharge.notifications.service import mark_read, notices_of
+from simcharge.lines.service import holdings_from, line_balances
+from simcharge.notifications.service import NOTICES_OF, mark_read
 from simcharge.notifications.templates import notice_title
 from simcharge.orders import service as orders
 from simcharge.orders.models import Order, Payment
 from simcharge.payments import service as payments
 from simcharge.payments.providers.base import PaymentFlow
 from simcharge.payments.registry import Providers
-from simcharge.portal.records import KINDS, records_of
+from simcharge.portal.records import KINDS, LATEST_OF_ACCOUNT, records_from, records_of
 from simcharge.portal.web import (
     Page,
     Visitor,
@@ -169,6 +171,11 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
     return card
 
 
+LATEST = 5
+"""Records of the latest activity the user center shows."""
+_USER_CENTER = ReadTogether(LINES_OF_ACCOUNT, HOLDINGS_OF_ACCOUNT, LATEST_OF_ACCOUNT, NOTICES_OF)
+
+
 @router.get("/account")
 async def dashboard(request: Request, page: Page) -> Response:
     account_id = require(page)
@@ -178,12 +185,15 @@ async def dashboard(request: Request, page: Page) -> Response:
     settings: Settings = request.app.state.settings
     verified = request.query_params.get("verified")
     now = utcnow()
-    # Four queries whatever the number of lines: lines, their balances, activity, notices.
+    # The lines, their balances, the latest activity and notices, whatever the number of lines:
+    # one statement on PostgreSQL, one consistent picture.
     async with db.read() as s:
-        lines = await accounts.own_line_rows(s, account_id)
-        held = await holdings_of(s, lines, now=now)
-        recent = await records_of(s, lines, limit=5, accounts=held.accounts)
-        notices = await notices_of(s, account_id, limit=5, unread_only=False)
+        lines, holdings, latest, notices = await _USER_CENTER.all(s, (
+            {"account": account_id}, {"account": account_id},
+            {"account": account_id, "limit": 2 * LATEST}, {"account": account_id, "limit": 5},
+        ))
+    held = holdings_from(lines, holdings, now)
+    recent = records_from(latest, lines, held.accounts, limit=LATEST)
     policy = Policy.of(settings)
     cards = [line_card(line, held.balances[line.id], now, policy) for line in lines]
     language = page.language

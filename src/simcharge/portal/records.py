@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.driver_reads import DriverRead
+from simcharge.driver_reads import AnyOf, DriverRead
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
-from simcharge.lines.models import LineFacts
+from simcharge.lines.models import Line, LineFacts
 
 KINDS: dict[str, str] = {
     "topup": N_("Top-up"),
@@ -95,6 +95,25 @@ _TRANSFERS_OF = select(
 _NEWEST_FIRST = (LedgerTransfer.created_at.desc(), LedgerTransfer.id.desc())
 _LATEST = DriverRead(_TRANSFERS_OF.order_by(*_NEWEST_FIRST).limit(bindparam("limit")))
 """The page's latest activity, built once (the user center asks on every view)."""
+_ACCOUNTS_OF_CUSTOMER = (
+    select(LedgerAccount.id)
+    .join(Line, Line.id == LedgerAccount.line_id)
+    .where(Line.account_id == bindparam("account"))
+)
+LATEST_OF_ACCOUNT = DriverRead(
+    select(*_TRANSFERS_OF.selected_columns)
+    .where(
+        or_(
+            AnyOf(LedgerTransfer.credit_account_id, _ACCOUNTS_OF_CUSTOMER),
+            AnyOf(LedgerTransfer.debit_account_id, _ACCOUNTS_OF_CUSTOMER),
+        ),
+        LedgerTransfer.kind.in_(_POSTED),
+    )
+    .order_by(*_NEWEST_FIRST)
+    .limit(bindparam("limit"))
+)
+"""The latest transfers of every line of an account (`account`), newest first, for
+`records_from`: `limit` twice the records wanted (a transfer between two of its lines is two)."""
 
 
 async def records_of(
@@ -148,12 +167,26 @@ async def records_of(
     else:
         stmt = stmt.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
         rows = (await session.execute(stmt, params)).all()
+    return records_from(rows, lines, accounts, kind=kind, limit=limit)
+
+
+def records_from(
+    rows: Sequence[Any],
+    lines: Sequence[LineFacts],
+    accounts: Mapping[uuid.UUID, uuid.UUID],
+    *,
+    kind: str | None = None,
+    limit: int = 200,
+) -> list[Record]:
+    """The records of transfers read newest first (`records_of`, `LATEST_OF_ACCOUNT`): each
+    side that is one of `accounts` (ledger account → line, of `lines` only) is a record."""
+    by_line = {line.id: line for line in lines}
     out: list[Record] = []
     seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
     for row in rows:
         for account_id, credited in ((row.credit_account_id, True), (row.debit_account_id, False)):
             line_id = accounts.get(account_id)
-            if line_id is None or (row.id, account_id) in seen:
+            if line_id is None or line_id not in by_line or (row.id, account_id) in seen:
                 continue
             seen.add((row.id, account_id))
             record_kind = kind_of(row.code, credited)
