@@ -11,13 +11,20 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import bindparam, event, func, inspect, literal_column, select, text
+from sqlalchemy import bindparam, event, func, inspect, literal_column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
-from simcharge.auth.sessions import _SESSION_AND_ACCOUNT, SessionPolicy, find_session, open_session
+from simcharge.auth.models import AuthSession
+from simcharge.auth.sessions import (
+    _SESSION_AND_ACCOUNT,
+    ReadsWithSession,
+    SessionPolicy,
+    find_session,
+    open_session,
+)
 from simcharge.db import RAW_CONNECTION, Database, is_unreachable, table_of
 from simcharge.driver_reads import AnyOf, DriverRead, ReadTogether, detached
 from simcharge.kit.clock import utcnow
@@ -170,6 +177,40 @@ async def test_on_postgresql_reads_together_are_one_statement_also_through_sqlal
         [tuple(r) for r in rows] for rows in together
     ]
     assert [len(rows) for rows in together] == [2, 6, 6, 3]
+
+
+async def test_a_pages_reads_with_the_session_check_are_the_session_accounts_own(
+    db: Database,
+) -> None:
+    dora = await db.run(_customer)
+    eve = await db.run(lambda s: _customer(s, "eve@example.com"))
+    reads = ReadsWithSession(_USER_CENTER.reads, ({}, {}, {"limit": 10}, {"limit": 5}))
+    # The reads' `account` is the session's: the statements ask for the token's hash instead.
+    assert all("account" not in r.parameters() for r in reads.together.reads)
+    assert all("hash" in r.parameters() for r in reads.together.reads)
+    now = utcnow()
+    async with db.read() as s:
+        for customer in (dora, eve):
+            found = await find_session(s, SECRET, customer["token"], policy=POLICY, now=now,
+                                       reads=reads)
+            assert found is not None and found.account.id == customer["account"].id
+            assert found.read == await _USER_CENTER.all(
+                s, _user_center(customer["account"].id, 10, 5))
+            assert [r.id for r in found.read[0]] == [line.id for line in customer["lines"]]
+        # Without reads nothing else is read.
+        plain = await find_session(s, SECRET, dora["token"], policy=POLICY, now=now)
+        assert plain is not None and plain.read is None
+        assert await find_session(s, SECRET, "not-a-token", policy=POLICY, now=now,
+                                  reads=reads) is None
+
+    async def sign_out(s: AsyncSession) -> None:
+        await s.execute(update(AuthSession).where(AuthSession.account_id == dora["account"].id)
+                        .values(revoked_at=now, revoked_reason="logout"))
+
+    await db.run(sign_out)
+    async with db.read() as s:
+        assert await find_session(s, SECRET, dora["token"], policy=POLICY, now=now,
+                                  reads=reads) is None
 
 
 def test_any_of_is_an_in_subquery_written_for_the_index_on_postgresql() -> None:

@@ -212,6 +212,19 @@ class DriverRead:
     def parameters(self) -> Sequence[str]:
         return self._names
 
+    def replacing(self, name: str, expression: ColumnElement[Any]) -> DriverRead:
+        """The same read with its parameter `name` replaced by `expression` (a scalar subquery:
+        the account of a session's token)."""
+
+        def replace(element: Any, **_kw: Any) -> Any:
+            if isinstance(element, BindParameter) and element.key == name:
+                return expression
+            return None
+
+        return DriverRead(
+            cast("Select[Any]", replacement_traverse(cast("Any", self.statement), {}, replace))
+        )
+
 
 class ReadTogether:
     """Several `DriverRead`s answered by one statement on PostgreSQL, where each becomes a column

@@ -249,7 +249,9 @@ async def test_the_page_costs_the_same_queries_for_one_line_or_five(
     await db.run(more_lines)
     five = await count()
     assert five == one, (one, five)
-    assert one <= 5, statements[-one:]
+    # On PostgreSQL the session check and the page's four reads are one statement; on SQLite
+    # they run in turn.
+    assert one == (1 if db.dialect == "postgresql" else 5), statements[-one:]
     async with db.read() as s:
         lines = (await s.execute(select(Line).where(Line.account_id == customer.account_id))).all()
     assert len(lines) == 5

@@ -115,12 +115,14 @@ class Customer:
     via_cookie: bool
 
 
-async def find_session(db: DB, settings: Settings, token: str) -> FoundSession | None:
+async def find_session(
+    db: DB, settings: Settings, token: str, reads: sessions.ReadsWithSession | None = None
+) -> FoundSession | None:
     """`auth.sessions.find_session` in a read (no transaction, no write): every signed-in
     request, of the API here and of the portal (`portal.web.signed_in`), asks."""
     async with db.read() as s:
         return await sessions.find_session(
-            s, settings.secret_key, token, policy=policy(settings), now=utcnow()
+            s, settings.secret_key, token, policy=policy(settings), now=utcnow(), reads=reads
         )
 
 

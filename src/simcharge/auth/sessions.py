@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,7 +18,7 @@ from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
-from simcharge.driver_reads import DriverRead, detached, entity_columns
+from simcharge.driver_reads import DriverRead, ReadTogether, detached, entity_columns
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 
 TOUCH_EVERY = timedelta(seconds=60)
@@ -95,6 +96,29 @@ _SESSION_AND_ACCOUNT = DriverRead(
 )
 
 
+_ACCOUNT_OF_TOKEN = (
+    select(AuthSession.account_id)
+    .where(AuthSession.token_hash == bindparam("hash"))
+    .scalar_subquery()
+)
+
+
+class ReadsWithSession:
+    """Reads of a page answered with the session check, in one statement (`ReadTogether`):
+    each read's parameter `account` becomes the account of the session's token. Their rows are
+    kept only if the session is live (`find_session`), and they are the session's own account's
+    by construction: one statement, one snapshot."""
+
+    __slots__ = ("params", "together")
+
+    def __init__(self, reads: Sequence[DriverRead], params: Sequence[Mapping[str, Any]]) -> None:
+        self.together = ReadTogether(
+            _SESSION_AND_ACCOUNT, *(r.replacing("account", _ACCOUNT_OF_TOKEN) for r in reads)
+        )
+        self.params = tuple(params)
+        """Each read's other parameters."""
+
+
 @dataclass(frozen=True, slots=True)
 class FoundSession:
     session: AuthSession
@@ -102,19 +126,34 @@ class FoundSession:
     stale: bool
     """It must be looked at in a write transaction (`session_for_token`): to note its use
     (older than `TOUCH_EVERY`) or to end it now that it is over (and log that)."""
+    read: list[list[Any]] | None = None
+    """The rows of the `ReadsWithSession` asked for with it."""
 
 
 async def find_session(
-    session: AsyncSession, secret: str, token: str, *, policy: SessionPolicy, now: datetime
+    session: AsyncSession,
+    secret: str,
+    token: str,
+    *,
+    policy: SessionPolicy,
+    now: datetime,
+    reads: ReadsWithSession | None = None,
 ) -> FoundSession | None:
     """The session a token belongs to and its account, in one query that writes nothing; None
-    when no session has the token or it was ended."""
-    found = await _SESSION_AND_ACCOUNT.first(session, {"hash": token_hash(secret, token)})
+    when no session has the token or it was ended. With `reads`, their rows too (same query)."""
+    hashed = token_hash(secret, token)
+    read = None
+    if reads is None:
+        found = await _SESSION_AND_ACCOUNT.first(session, {"hash": hashed})
+    else:
+        params = [{"hash": hashed}, *({**p, "hash": hashed} for p in reads.params)]
+        sessions, *read = await reads.together.all(session, params)
+        found = sessions[0] if sessions else None
     if found is None or found.s_revoked_at is not None:
         return None
     row, account = detached(AuthSession, found, "s_"), detached(Account, found, "a_")
     stale = expired(row, policy, now) is not None or now - row.last_seen_at >= TOUCH_EVERY
-    return FoundSession(row, account, stale)
+    return FoundSession(row, account, stale, read)
 
 
 async def session_for_token(

@@ -9,21 +9,20 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import segno
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from markupsafe import Markup
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
 from simcharge.auth.deps import Client, Limits
+from simcharge.auth.sessions import ReadsWithSession
 from simcharge.catalog.service import list_methods, list_plans
 from simcharge.config import Settings
-from simcharge.db import Database
-from simcharge.driver_reads import ReadTogether
 from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
@@ -52,6 +51,7 @@ from simcharge.portal.web import (
     provider_url_ok,
     redirect,
     render,
+    visitor_reading,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -173,25 +173,27 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
 
 LATEST = 5
 """Records of the latest activity the user center shows."""
-_USER_CENTER = ReadTogether(LINES_OF_ACCOUNT, HOLDINGS_OF_ACCOUNT, LATEST_OF_ACCOUNT, NOTICES_OF)
+_USER_CENTER = ReadsWithSession(
+    (LINES_OF_ACCOUNT, HOLDINGS_OF_ACCOUNT, LATEST_OF_ACCOUNT, NOTICES_OF),
+    ({}, {}, {"limit": 2 * LATEST}, {"limit": 5}),
+)
+"""The user center's reads: the lines, their balances, the latest activity and the notices,
+whatever the number of lines, in the session check's own statement (on PostgreSQL one round
+trip for the whole page, and one consistent picture)."""
 
 
 @router.get("/account")
-async def dashboard(request: Request, page: Page) -> Response:
-    account_id = require(page)
+async def dashboard(
+    request: Request, page: Annotated[Visitor, Depends(visitor_reading(_USER_CENTER))]
+) -> Response:
+    require(page)
+    assert page.read is not None  # a customer's page: read with the session
+    lines, holdings, latest, notices = page.read
     # From the app's state and the query string rather than as parameters for FastAPI to solve
     # (see `web.visitor`): the busiest page.
-    db: Database = request.app.state.db
     settings: Settings = request.app.state.settings
     verified = request.query_params.get("verified")
     now = utcnow()
-    # The lines, their balances, the latest activity and notices, whatever the number of lines:
-    # one statement on PostgreSQL, one consistent picture.
-    async with db.read() as s:
-        lines, holdings, latest, notices = await _USER_CENTER.all(s, (
-            {"account": account_id}, {"account": account_id},
-            {"account": account_id, "limit": 2 * LATEST}, {"account": account_id, "limit": 5},
-        ))
     held = holdings_from(lines, holdings, now)
     recent = records_from(latest, lines, held.accounts, limit=LATEST)
     policy = Policy.of(settings)

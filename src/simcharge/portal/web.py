@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -31,7 +31,7 @@ from simcharge.api.deps import DB
 from simcharge.auth.deps import Customer, find_session, session_cookie
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
-from simcharge.auth.sessions import csrf_token, session_for_token
+from simcharge.auth.sessions import ReadsWithSession, csrf_token, session_for_token
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
 from simcharge.errors import Forbidden, SimchargeError
@@ -123,6 +123,8 @@ class Visitor:
     csrf: str
     new_csrf_cookie: str | None = None
     cookies: list[tuple[str, str, int]] = field(default_factory=list)
+    read: list[list[Any]] | None = None
+    """The page's rows read with the session check (`visitor_reading`), for a customer."""
 
     @property
     def account(self) -> Account:
@@ -141,15 +143,18 @@ def choose_language(request: Request, settings: Settings, account: Account | Non
     return negotiate_language(request.headers.get("accept-language"), default)
 
 
-async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | None:
+async def signed_in(
+    request: Request, db: DB, settings: Settings, reads: ReadsWithSession | None = None
+) -> Customer | None:
     """The customer whose session cookie this is, or None. A read first; a write only when the
-    session must be noted as used (once a minute) or has just ended."""
+    session must be noted as used (once a minute) or has just ended. With `reads`, the page's
+    rows read with the session are `request.state.read` (only for a customer)."""
     token = request.cookies.get(session_cookie(settings))
     if not token or token.startswith("sck_"):
         return None
     rules, now = policy(settings), utcnow()
     # The session and its account in one query without a write (every page asks).
-    found = await find_session(db, settings, token)
+    found = await find_session(db, settings, token, reads)
     if found is None:
         return None
     if not found.stale:
@@ -167,6 +172,8 @@ async def signed_in(request: Request, db: DB, settings: Settings) -> Customer | 
         account, row = pair
     if account.status != AccountStatus.active:
         return None
+    if reads is not None:
+        request.state.read = found.read
     return Customer(account, row, via_cookie=True)
 
 
@@ -179,11 +186,27 @@ async def visitor(request: Request) -> Visitor:
     database and settings come from the app's state, as `get_db` and `get_app_settings` give
     them, not as dependencies of their own: FastAPI's solving of each costs more than the
     attribute."""
+    return await _visiting(request, None)
+
+
+def visitor_reading(reads: ReadsWithSession) -> Callable[[Request], Awaitable[Visitor]]:
+    """`visitor` for a page whose reads come with the session check, in the same statement:
+    its rows are the visitor's `read` when a customer is signed in."""
+
+    async def visiting(request: Request) -> Visitor:
+        return await _visiting(request, reads)
+
+    return visiting
+
+
+async def _visiting(request: Request, reads: ReadsWithSession | None) -> Visitor:
     request.state.portal = True
     state = request.app.state
     settings: Settings = state.settings
-    customer = await signed_in(request, state.db, settings)
+    customer = await signed_in(request, state.db, settings, reads)
     page = await _visitor(request, settings, customer)
+    if customer is not None and reads is not None:
+        page.read = request.state.read
     request.state.visitor = page
     return page
 
