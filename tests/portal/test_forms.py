@@ -19,8 +19,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
-from simcharge.portal.account import bar_class
-from simcharge.portal.web import provider_url_ok, safe_next
+from simcharge.portal.web import bar_class, provider_url_ok, safe_next
 from tests.conftest import SmtpInbox
 from tests.orders.helpers import run_worker
 from tests.portal.helpers import (

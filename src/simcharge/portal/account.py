@@ -78,14 +78,6 @@ def _uuid(raw: str | None, field: str = "order_id") -> uuid.UUID:
         raise NotFound(field=field) from None
 
 
-def bar_class(remaining: int, initial: int) -> str:
-    """A width class in steps of 5 % (the CSP allows no inline style)."""
-    if initial <= 0:
-        return "w0"
-    share = max(0.0, min(1.0, remaining / initial))
-    return f"w{round(share * 20) * 5}"
-
-
 @dataclass
 class LineCard:
     """A line on the user center, with what its state means and how to keep it active."""
@@ -207,7 +199,7 @@ async def dashboard(
     return render(
         request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,
         unread=any(n["unread"] for n in shown),
-        kinds=KINDS, bar_class=bar_class,
+        kinds=KINDS,
         good=N_("Your contact is verified.") if verified else None,
     )
 
