@@ -147,8 +147,8 @@ async def find_session(
         found = await _SESSION_AND_ACCOUNT.first(session, {"hash": hashed})
     else:
         params = [{"hash": hashed}, *({**p, "hash": hashed} for p in reads.params)]
-        sessions, *read = await reads.together.all(session, params)
-        found = sessions[0] if sessions else None
+        of_token, *read = await reads.together.all(session, params)
+        found = of_token[0] if of_token else None
     if found is None or found.s_revoked_at is not None:
         return None
     row, account = detached(AuthSession, found, "s_"), detached(Account, found, "a_")

@@ -145,10 +145,10 @@ def choose_language(request: Request, settings: Settings, account: Account | Non
 
 async def signed_in(
     request: Request, db: DB, settings: Settings, reads: ReadsWithSession | None = None
-) -> Customer | None:
-    """The customer whose session cookie this is, or None. A read first; a write only when the
-    session must be noted as used (once a minute) or has just ended. With `reads`, the page's
-    rows read with the session are `request.state.read` (only for a customer)."""
+) -> tuple[Customer, list[list[Any]] | None] | None:
+    """The customer whose session cookie this is, with the rows of `reads` read with the
+    session (None without `reads`); None for no customer. A read first; a write only when the
+    session must be noted as used (once a minute) or has just ended."""
     token = request.cookies.get(session_cookie(settings))
     if not token or token.startswith("sck_"):
         return None
@@ -172,9 +172,7 @@ async def signed_in(
         account, row = pair
     if account.status != AccountStatus.active:
         return None
-    if reads is not None:
-        request.state.read = found.read
-    return Customer(account, row, via_cookie=True)
+    return Customer(account, row, via_cookie=True), found.read
 
 
 def anonymous_csrf(settings: Settings, cookie: str) -> str:
@@ -203,10 +201,9 @@ async def _visiting(request: Request, reads: ReadsWithSession | None) -> Visitor
     request.state.portal = True
     state = request.app.state
     settings: Settings = state.settings
-    customer = await signed_in(request, state.db, settings, reads)
+    customer, read = await signed_in(request, state.db, settings, reads) or (None, None)
     page = await _visitor(request, settings, customer)
-    if customer is not None and reads is not None:
-        page.read = request.state.read
+    page.read = read
     request.state.visitor = page
     return page
 
