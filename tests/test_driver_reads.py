@@ -30,12 +30,17 @@ from simcharge.driver_reads import AnyOf, DriverRead, ReadTogether, detached
 from simcharge.kit.clock import utcnow
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Line
-from simcharge.lines.repository import _HOLDINGS_OF, HOLDINGS_OF_ACCOUNT, LINES_OF_ACCOUNT
+from simcharge.lines.repository import _HOLDINGS, HOLDINGS_OF_ACCOUNT, LINES_OF_ACCOUNT
 from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
 from simcharge.notifications.models import Notice
 from simcharge.notifications.service import _UNREAD_OF, NOTICES_OF
 from simcharge.portal.records import _LATEST, LATEST_OF_ACCOUNT
 from tests.factories import create_account, create_line
+
+_HOLDINGS_OF = DriverRead(
+    _HOLDINGS.where(LedgerAccount.line_id.in_(bindparam("lines", expanding=True)))
+)
+"""The holdings of given lines: an `IN` list of any length."""
 
 SECRET = "driver-reads-secret-driver-reads-secret-0123456789"
 POLICY = SessionPolicy(idle=timedelta(hours=1), absolute=timedelta(hours=2))

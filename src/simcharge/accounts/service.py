@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,11 +68,6 @@ async def update_profile(
 
 async def own_lines(session: AsyncSession, account_id: uuid.UUID) -> Sequence[Line]:
     return await LineRepository(session).of_account(account_id)
-
-
-async def own_line_rows(session: AsyncSession, account_id: uuid.UUID) -> list[Any]:
-    """The account's lines to show (`LineFacts` rows, read on the driver), not to change."""
-    return await LineRepository(session).rows_of_account(account_id)
 
 
 async def own_line(session: AsyncSession, account_id: uuid.UUID, line_id: uuid.UUID) -> Line:

@@ -53,7 +53,7 @@ class Line(Base):
 
 class LineFacts(Protocol):
     """What a page shows of a line: a `Line`, or a row of its columns read for display
-    (`LineRepository.rows_of_account`)."""
+    (`repository.LINES_OF_ACCOUNT`)."""
 
     @property
     def id(self) -> uuid.UUID: ...

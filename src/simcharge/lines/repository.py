@@ -44,9 +44,6 @@ _HOLDINGS = (
     )
     .outerjoin(buckets, buckets.c.id == ledger_accounts.c.id)
 )
-_HOLDINGS_OF = DriverRead(
-    _HOLDINGS.where(ledger_accounts.c.line_id.in_(bindparam("lines", expanding=True)))
-)
 HOLDINGS_OF_ACCOUNT = DriverRead(
     _HOLDINGS.where(
         AnyOf(
@@ -82,11 +79,6 @@ class LineRepository:
     async def of_account(self, account_id: uuid.UUID) -> Sequence[Line]:
         return (await self.session.execute(_OF_ACCOUNT, {"account": account_id})).scalars().all()
 
-    async def rows_of_account(self, account_id: uuid.UUID) -> list[Any]:
-        """The account's lines as rows of their columns, to show (`LineFacts`), not to change:
-        on PostgreSQL straight from the driver (`simcharge.driver_reads`)."""
-        return await LINES_OF_ACCOUNT.all(self.session, {"account": account_id})
-
     async def existing_identifiers(
         self, msisdns: Collection[str], iccids: Collection[str], imsis: Collection[str]
     ) -> Sequence[Line]:
@@ -120,12 +112,6 @@ class LineRepository:
             .order_by(buckets.c.unit, buckets.c.expires_at, buckets.c.created_at)
         )
         return wallet, list(await self.session.execute(stmt))
-
-    async def holdings_of(self, line_ids: Collection[uuid.UUID]) -> list[Row[Any]]:
-        """Every ledger account of these lines (wallets and buckets) with its totals, and the
-        bucket's columns where it is one (NULL for a wallet): one query for any number of
-        lines."""
-        return await _HOLDINGS_OF.all(self.session, {"lines": list(line_ids)})
 
     async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
         # Rows as parameters (not `.values(rows)`): one cached statement whatever their number,

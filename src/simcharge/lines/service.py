@@ -359,19 +359,9 @@ class Holdings:
     accounts: dict[uuid.UUID, uuid.UUID]
 
 
-async def holdings_of(
-    session: AsyncSession, lines: Sequence[LineFacts], *, now: datetime | None = None
-) -> Holdings:
-    """`line_balances` of several lines in one query (a customer's page shows them all)."""
-    if not lines:
-        return Holdings({}, {})
-    rows = await LineRepository(session).holdings_of([line.id for line in lines])
-    return holdings_from(lines, rows, now or utcnow())
-
-
 def holdings_from(lines: Sequence[LineFacts], rows: Sequence[Any], now: datetime) -> Holdings:
-    """`holdings_of` from the rows of `repository.HOLDINGS_OF_ACCOUNT` (or of the lines), read
-    by the caller."""
+    """`line_balances` of several lines (a customer's page shows them all), from the rows of
+    `repository.HOLDINGS_OF_ACCOUNT` read by the caller."""
     wallets: dict[uuid.UUID, Any] = {}
     held: dict[uuid.UUID, list[Any]] = {line.id: [] for line in lines}
     accounts: dict[uuid.UUID, uuid.UUID] = {}

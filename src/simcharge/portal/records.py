@@ -124,27 +124,21 @@ async def records_of(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 200,
-    accounts: Mapping[uuid.UUID, uuid.UUID] | None = None,
 ) -> list[Record]:
-    """Newest first. `lines` are the customer's own (the caller scopes them); `accounts`, their
-    ledger accounts and lines if the caller has them already (`lines.service.holdings_of`)."""
+    """Newest first. `lines` are the customer's own (the caller scopes them)."""
     if not lines:
         return []
-    by_line = {line.id: line for line in lines}
-    if accounts is None:
-        accounts = {
-            a_id: line_id
-            for a_id, line_id in (
-                await session.execute(
-                    select(LedgerAccount.id, LedgerAccount.line_id).where(
-                        LedgerAccount.line_id.in_(list(by_line))
-                    )
+    accounts = {
+        a_id: line_id
+        for a_id, line_id in (
+            await session.execute(
+                select(LedgerAccount.id, LedgerAccount.line_id).where(
+                    LedgerAccount.line_id.in_([line.id for line in lines])
                 )
-            ).all()
-            if line_id is not None
-        }
-    else:
-        accounts = {a: line_id for a, line_id in accounts.items() if line_id in by_line}
+            )
+        ).all()
+        if line_id is not None
+    }
     if not accounts:
         return []
     t, stmt = LedgerTransfer, _TRANSFERS_OF
