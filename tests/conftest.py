@@ -290,12 +290,13 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(autouse=True)
 def _postgres_only(request: pytest.FixtureRequest) -> None:
     """`@pytest.mark.postgres_only`: the SQLite run of the test is skipped (it proves something
-    only a server with concurrent writers can show)."""
-    if request.node.get_closest_marker("postgres_only") is None:
+    only a server with concurrent writers can show, or what the marker's argument names)."""
+    marker = request.node.get_closest_marker("postgres_only")
+    if marker is None:
         return
     backend: Backend = request.getfixturevalue("backend")
     if not backend.is_postgres:
-        pytest.skip("PostgreSQL only: concurrent writers")
+        pytest.skip(f"PostgreSQL only: {marker.args[0] if marker.args else 'concurrent writers'}")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from simcharge.kit.clock import clock
 from simcharge.kit.ids import uuid7
 from simcharge.ledger.audit import verify_ledger
 from simcharge.ledger.models import LedgerTransfer, PendingStatus, TransferKind
-from simcharge.ledger.repository import LedgerRepository
+from simcharge.ledger.repository import LedgerRepository, driver_in_transaction
 from simcharge.ledger.service import (
     NewTransfer,
     TransferRejected,
@@ -446,12 +447,102 @@ async def test_a_pending_status_changes_only_while_it_is_pending(session: AsyncS
         session, [NewTransfer(uuid7(), kind=TransferKind.post_pending, pending_id=posted)]
     )
     repo = LedgerRepository(session)
-    changed = await repo.write_pending_statuses(
-        {posted: PendingStatus.voided, open_: PendingStatus.voided}
+    inserted, changed = await repo.write_batch(
+        [], [], {posted: PendingStatus.voided, open_: PendingStatus.voided}
     )
-    assert changed == {open_}
+    assert (inserted, changed) == (set(), {open_})
     assert await pending_status_of(session, posted) == PendingStatus.posted
     assert await pending_status_of(session, open_) == PendingStatus.voided
+
+
+async def test_a_batch_whose_insert_meets_an_existing_id_writes_no_totals_and_no_status(
+    session: AsyncSession,
+) -> None:
+    """The batch's write: the totals and the pending statuses only if every transfer was
+    inserted. When one id exists already, only the others' rows are written (the caller takes
+    them back and evaluates again), never a total or a status."""
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = await reserve(session, wallet, sink, 10)
+    replayed = uuid7()
+    await post_transfers(session, [t(wallet, sink, 1, id=replayed)])
+    before = await ledger_account(session, wallet)
+    fresh = uuid7()
+    rows = [
+        {"id": fresh, "debit_account_id": wallet, "credit_account_id": sink, "amount": 5,
+         "unit": "USD", "kind": "posted", "pending_id": None, "pending_status": None,
+         "timeout_at": None, "code": "t", "reference": None, "created_at": clock.now()},
+        {"id": replayed, "debit_account_id": wallet, "credit_account_id": sink, "amount": 5,
+         "unit": "USD", "kind": "posted", "pending_id": None, "pending_status": None,
+         "timeout_at": None, "code": "t", "reference": None, "created_at": clock.now()},
+    ]  # fmt: skip
+    inserted, resolved = await LedgerRepository(session).write_batch(
+        rows, [(wallet, (0, 0, 0, 0))], {pid: PendingStatus.voided}
+    )
+    assert (inserted, resolved) == ({fresh}, set())
+    after = await ledger_account(session, wallet)
+    assert (after.debits_pending, after.debits_posted, after.credits_posted) == (
+        before.debits_pending,
+        before.debits_posted,
+        before.credits_posted,
+    )
+    assert await pending_status_of(session, pid) == PendingStatus.pending
+
+
+async def test_a_reservation_made_and_posted_in_one_batch_is_stored_posted(
+    session: AsyncSession,
+) -> None:
+    """A pending transfer created and resolved by the same batch is written resolved (on
+    PostgreSQL the batch's writes are one statement, whose status update cannot see the rows
+    its own insert adds)."""
+    _, wallet = await funded(session, 100)
+    sink = await create_ledger_account(session)
+    pid = uuid7()
+    outcomes = await post_transfers(
+        session,
+        [
+            t(wallet, sink, 30, kind=TransferKind.pending, id=pid),
+            NewTransfer(uuid7(), 20, kind=TransferKind.post_pending, pending_id=pid),
+        ],
+    )
+    assert [o.result for o in outcomes] == [R.ok, R.ok]
+    assert await pending_status_of(session, pid) == PendingStatus.posted
+    w = await ledger_account(session, wallet)
+    assert (w.debits_pending, w.debits_posted, w.balance) == (0, 20, 80)
+    books = await verify_ledger(session)
+    assert books.ok, books.violations
+
+
+@pytest.mark.postgres_only("the ledger's own statements")
+async def test_a_batch_is_two_statements_on_postgresql(db: Database) -> None:
+    """A batch the one-statement path does not take — here a reservation posted and the next
+    one made, as a charging update does — reads and locks in one statement and writes in one."""
+
+    async def setup(s: AsyncSession) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+        _, wallet = await funded(s, 100)
+        sink = await create_ledger_account(s)
+        return wallet, sink, await reserve(s, wallet, sink, 10)
+
+    wallet, sink, pid = await db.run(setup)
+    sent: list[str] = []
+    async with db.transaction() as s:
+        driver = await driver_in_transaction(s)
+        assert driver is not None
+        driver.add_query_logger(lambda query: sent.append(query.query))
+        outcomes = await post_transfers(
+            s,
+            [
+                NewTransfer(uuid7(), 4, kind=TransferKind.post_pending, pending_id=pid),
+                t(wallet, sink, 10, kind=TransferKind.pending),
+            ],
+        )
+        await asyncio.sleep(0)  # asyncpg reports its statements from the event loop
+        assert [o.result for o in outcomes] == [R.ok, R.ok]
+    assert len(sent) == 2, sent
+    async with db.read() as s:
+        w = await ledger_account(s, wallet)
+        assert (w.debits_pending, w.debits_posted) == (10, 4)
+        assert await pending_status_of(s, pid) == PendingStatus.posted
 
 
 async def test_timed_out_reservation_cannot_be_posted_and_is_released_by_the_sweep(
@@ -535,7 +626,6 @@ async def test_postgres_fast_path_runs_inside_the_callers_transaction(fresh_db: 
     db = fresh_db
     if db.dialect != "postgresql":
         pytest.skip("the one-statement path is PostgreSQL's")
-    from simcharge.ledger.repository import driver_in_transaction
 
     async def setup(s: AsyncSession) -> tuple[uuid.UUID, uuid.UUID]:
         return await funded(s, 100)

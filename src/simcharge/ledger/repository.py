@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Sequence, Sized
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from simcharge.db import dialect_name, table_of, upsert_insert
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
+
+TransferRow = dict[str, Any]
 
 accounts = table_of(LedgerAccount)
 transfers = table_of(LedgerTransfer)
@@ -87,38 +89,72 @@ FastTransfer = tuple[Any, ...]
 """The 13 parameters of `_FAST_TRANSFER`, in order (`ledger.service` builds them)."""
 
 
-# PostgreSQL, for batches of many transfers (a batch import's chunk posts one per bucket or wallet
-# it took from): the rows as arrays in one statement each, not one parameter set per row through
-# SQLAlchemy's executemany (≈ 40 µs of Python per row).
-_BULK_FROM = 64
-
-_INSERT_TRANSFERS_BULK = """
-INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, unit, kind,
-                              pending_id, pending_status, timeout_at, code, reference, created_at)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[],
-                     $6::varchar[], $7::uuid[], $8::varchar[], $9::timestamptz[], $10::varchar[],
-                     $11::varchar[], $12::timestamptz[])
-ON CONFLICT (id) DO NOTHING
-RETURNING id
-"""
+# PostgreSQL, for every batch the one-statement path does not take (a top-up's transfers, a charging
+# update's post and new reservation, a batch import's chunk): two statements, one that reads and
+# locks, one that writes, the rows as arrays, sent as is on the session's asyncpg connection in
+# the session's transaction. Not five through SQLAlchemy's execution machinery (cache keys, `IN`
+# lists expanded at each call, a parameter set per row for executemany), which cost an Nchf
+# update more Python than the rest of its ledger work; and the shared operator accounts stay
+# locked for one round trip before the commit, not four (README "Performance").
 _TRANSFER_COLUMNS = ("id", "debit_account_id", "credit_account_id", "amount", "unit", "kind",
                      "pending_id", "pending_status", "timeout_at", "code", "reference",
                      "created_at")  # fmt: skip
 
 LOCKED_COLUMNS = ("id", "unit", "debits_must_not_exceed_credits", "credits_must_not_exceed_debits",
                   *_TOTALS)  # fmt: skip
-_LOCK_ACCOUNTS_BULK = f"""
-SELECT {", ".join(LOCKED_COLUMNS)} FROM ledger_accounts WHERE id = ANY($1::uuid[])
- ORDER BY id FOR UPDATE
+
+_TRANSFERS_BY_ID = f"""
+SELECT {", ".join(c.name for c in transfers.c)} FROM ledger_transfers WHERE id = ANY($1::uuid[])
+"""  # noqa: S608 - column names from the table
+
+# A batch's reads in one statement: the pending transfers it resolves, then the accounts it names
+# and theirs, each locked in id order. The accounts' ids are one array (`= ANY`, an index scan),
+# not `IN (subquery)` OR'ed together, which the planner answers with a sequential scan.
+_LOCK_BATCH = f"""
+WITH p AS (
+    SELECT {", ".join(c.name for c in transfers.c)} FROM ledger_transfers
+     WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), a AS (
+    SELECT {", ".join(LOCKED_COLUMNS)} FROM ledger_accounts
+     WHERE id = ANY($2::uuid[] || ARRAY(SELECT debit_account_id FROM p)
+                               || ARRAY(SELECT credit_account_id FROM p))
+     ORDER BY id FOR UPDATE
+)
+SELECT ARRAY(SELECT ROW(p.*) FROM p) AS pending, ARRAY(SELECT ROW(a.*) FROM a) AS accounts
 """  # noqa: S608 - column names from this module
 
-_WRITE_TOTALS_BULK = """
-UPDATE ledger_accounts a
-   SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, credits_posted = v.cpo
-  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-       AS v(id, dp, dpo, cp, cpo)
- WHERE a.id = v.id
+# A batch's writes in one statement: the new transfers; then, only if every one of them was
+# inserted (none hit an existing id), the accounts' totals and the pending transfers' statuses —
+# a status only where the transfer is still `pending` (a transition, not an overwrite). Returns
+# the ids inserted and the pending transfers resolved.
+_WRITE_BATCH = """
+WITH ins AS (
+    INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, unit, kind,
+                                  pending_id, pending_status, timeout_at, code, reference,
+                                  created_at)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::varchar[],
+                         $6::varchar[], $7::uuid[], $8::varchar[], $9::timestamptz[],
+                         $10::varchar[], $11::varchar[], $12::timestamptz[])
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), totals AS (
+    UPDATE ledger_accounts a
+       SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp,
+           credits_posted = v.cpo
+      FROM unnest($13::uuid[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])
+           AS v(id, dp, dpo, cp, cpo)
+     WHERE a.id = v.id AND (SELECT count(*) FROM ins) = cardinality($1::uuid[])
+), statuses AS (
+    UPDATE ledger_transfers t SET pending_status = v.status
+      FROM unnest($18::uuid[], $19::varchar[]) AS v(id, status)
+     WHERE t.id = v.id AND t.pending_status = 'pending'
+       AND (SELECT count(*) FROM ins) = cardinality($1::uuid[])
+    RETURNING t.id
+)
+SELECT ARRAY(SELECT id FROM ins) AS inserted, ARRAY(SELECT id FROM statuses) AS resolved
 """
+
+_DELETE_TRANSFERS = "DELETE FROM ledger_transfers WHERE id = ANY($1::uuid[])"
 
 
 def _pool_connection(session: Session) -> Any:
@@ -148,6 +184,25 @@ async def driver_in_transaction(session: AsyncSession) -> Any | None:
 class LedgerRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self._driver: Any | None = None
+        self._driver_asked = False
+
+    async def _pg_driver(self) -> Any | None:
+        """On PostgreSQL, the asyncpg connection in the session's transaction (looked up once,
+        and again if that transaction has ended); None elsewhere, or if it cannot be had.
+        What the session holds unflushed is flushed first, as SQLAlchemy would before a query of
+        its own (an account or bucket added just before its first transfer)."""
+        session = self.session
+        if session.new or session.dirty or session.deleted:
+            await session.flush()
+        if self._driver is not None and self._driver.is_in_transaction():
+            return self._driver
+        if self._driver_asked and self._driver is None:
+            return None
+        self._driver_asked = True
+        if dialect_name(self.session) == "postgresql":
+            self._driver = await driver_in_transaction(self.session)
+        return self._driver
 
     async def try_transfer(self, params: FastTransfer) -> tuple[list[uuid.UUID], bool]:
         """PostgreSQL: the one-statement transfer. Returns the accounts it updated and whether
@@ -171,80 +226,100 @@ class LedgerRepository:
         else:
             await (await self.session.connection()).exec_driver_sql(_UNDO_FAST_TRANSFER, undo)
 
-    async def lock_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Sequence[Any]]:
-        """The accounts, locked in id order (one order for everyone: fewer deadlocks), as rows
-        of `LOCKED_COLUMNS`."""
-        if not ids:
-            return {}
-        ordered = sorted(ids)
-        driver = await self._bulk_driver(ordered)
+    async def lock_batch(
+        self, pending_ids: Collection[uuid.UUID], account_ids: Collection[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, TransferRow], dict[uuid.UUID, Sequence[Any]]]:
+        """What a batch reads, locked: the pending transfers it resolves, then the accounts —
+        the batch's own and those of its pending transfers — each in id order (one order for
+        everyone: fewer deadlocks). The accounts come as rows of `LOCKED_COLUMNS`. One
+        statement on PostgreSQL."""
+        driver = await self._pg_driver()
         if driver is not None:
-            return {row[0]: row for row in await driver.fetch(_LOCK_ACCOUNTS_BULK, ordered)}
+            found = await driver.fetchrow(_LOCK_BATCH, list(pending_ids), list(account_ids))
+            names = [c.name for c in transfers.c]
+            pending = {row[0]: dict(zip(names, row, strict=True)) for row in found["pending"]}
+            return pending, {row[0]: tuple(row) for row in found["accounts"]}
+        pending = await self.get_transfers(pending_ids, lock=True)
+        ids = set(account_ids)
+        for p in pending.values():
+            ids.update((p["debit_account_id"], p["credit_account_id"]))
+        if not ids:
+            return pending, {}
         stmt = (
             select(*(accounts.c[name] for name in LOCKED_COLUMNS))
-            .where(accounts.c.id.in_(ordered))
+            .where(accounts.c.id.in_(sorted(ids)))
             .order_by(accounts.c.id)
             .with_for_update()
         )
-        return {row[0]: row for row in await self.session.execute(stmt)}
+        return pending, {row[0]: row for row in await self.session.execute(stmt)}
 
     async def get_transfers(
         self, ids: Collection[uuid.UUID], *, lock: bool = False
-    ) -> dict[uuid.UUID, dict[str, Any]]:
+    ) -> dict[uuid.UUID, TransferRow]:
         if not ids:
             return {}
+        if not lock:
+            driver = await self._pg_driver()
+            if driver is not None:
+                return {row["id"]: dict(row) for row in await driver.fetch(_TRANSFERS_BY_ID, list(ids))}
         stmt = select(transfers).where(transfers.c.id.in_(list(ids)))
         if lock:
-            stmt = stmt.with_for_update()
+            stmt = stmt.order_by(transfers.c.id).with_for_update()
         result = await self.session.execute(stmt)
         return {row.id: dict(row._mapping) for row in result}
 
-    async def _bulk_driver(self, rows: Sized) -> Any | None:
-        """The asyncpg connection for a statement over `rows` as arrays, or None."""
-        if len(rows) < _BULK_FROM or dialect_name(self.session) != "postgresql":
-            return None
-        return await driver_in_transaction(self.session)
-
-    async def insert_transfers(self, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
-        """Insert new transfers; ids that already exist are skipped. Returns the ids inserted."""
-        if not rows:
-            return set()
-        driver = await self._bulk_driver(rows)
+    async def write_batch(
+        self,
+        rows: Sequence[TransferRow],
+        totals: Sequence[tuple[uuid.UUID, Sequence[int]]],
+        statuses: dict[uuid.UUID, PendingStatus],
+    ) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """Write what a batch decided: insert its transfers (an id that exists already is
+        skipped); then, only if every one of them was inserted, the accounts' new totals and the
+        pending transfers' statuses, each written only where the transfer is still `pending` (a
+        transition, not an overwrite). Returns the ids inserted and the pending transfers
+        resolved. One statement on PostgreSQL."""
+        # A pending transfer created and resolved in the same batch is inserted resolved: the
+        # statement's status update would not see the row its own insert adds.
+        statuses = dict(statuses)
+        born_resolved: set[uuid.UUID] = set()
+        if statuses:
+            rows = list(rows)
+            for i, row in enumerate(rows):
+                status = statuses.pop(row["id"], None)
+                if status is not None:
+                    rows[i] = {**row, "pending_status": status.value}
+                    born_resolved.add(row["id"])
+        driver = await self._pg_driver()
         if driver is not None:
-            columns = [[row[name] for row in rows] for name in _TRANSFER_COLUMNS]
-            return {r[0] for r in await driver.fetch(_INSERT_TRANSFERS_BULK, *columns)}
-        stmt = upsert_insert(self.session, transfers).on_conflict_do_nothing(index_elements=["id"])
-        result = await self.session.execute(stmt.returning(transfers.c.id), list(rows))
-        return set(result.scalars())
-
-    async def delete_transfers(self, ids: Collection[uuid.UUID]) -> None:
-        if ids:
-            await self.session.execute(delete(transfers).where(transfers.c.id.in_(list(ids))))
-
-    async def write_totals(self, totals: Iterable[tuple[uuid.UUID, Sequence[int]]]) -> None:
-        listed = list(totals)
-        driver = await self._bulk_driver(listed)
-        if driver is not None:
-            ids = [account_id for account_id, _ in listed]
-            columns = [[values[k] for _, values in listed] for k in range(len(_TOTALS))]
-            await driver.execute(_WRITE_TOTALS_BULK, ids, *columns)
-            return
-        params = [
-            {"b_id": account_id, **{f"b_{n}": v for n, v in zip(_TOTALS, values, strict=True)}}
-            for account_id, values in listed
-        ]
-        if params:
+            found = await driver.fetchrow(
+                _WRITE_BATCH,
+                *([row[name] for row in rows] for name in _TRANSFER_COLUMNS),
+                [account_id for account_id, _ in totals],
+                *([values[k] for _, values in totals] for k in range(len(_TOTALS))),
+                list(statuses),
+                [status.value for status in statuses.values()],
+            )
+            return set(found["inserted"]), {*found["resolved"], *born_resolved}
+        inserted: set[uuid.UUID] = set()
+        if rows:
+            stmt = upsert_insert(self.session, transfers).on_conflict_do_nothing(
+                index_elements=["id"]
+            )
+            result = await self.session.execute(stmt.returning(transfers.c.id), list(rows))
+            inserted = set(result.scalars())
+        if len(inserted) != len(rows):
+            return inserted, set()
+        if totals:
+            params = [
+                {"b_id": account_id, **{f"b_{n}": v for n, v in zip(_TOTALS, values, strict=True)}}
+                for account_id, values in totals
+            ]
             await self.session.execute(_update_totals, params)
-
-    async def write_pending_statuses(
-        self, statuses: dict[uuid.UUID, PendingStatus]
-    ) -> set[uuid.UUID]:
-        """Resolve pending transfers: each status is written only where the row is still
-        `pending` (a transition, not an overwrite). Returns the ids that were changed."""
+        resolved: set[uuid.UUID] = set()
         by_status: dict[PendingStatus, list[uuid.UUID]] = {}
         for tid, status in statuses.items():
             by_status.setdefault(status, []).append(tid)
-        changed: set[uuid.UUID] = set()
         for status, ids in by_status.items():
             stmt = (
                 update(transfers)
@@ -255,8 +330,17 @@ class LedgerRepository:
                 .values(pending_status=status.value)
                 .returning(transfers.c.id)
             )
-            changed.update((await self.session.execute(stmt)).scalars())
-        return changed
+            resolved.update((await self.session.execute(stmt)).scalars())
+        return inserted, resolved | born_resolved
+
+    async def delete_transfers(self, ids: Collection[uuid.UUID]) -> None:
+        if not ids:
+            return
+        driver = await self._pg_driver()
+        if driver is not None:
+            await driver.execute(_DELETE_TRANSFERS, list(ids))
+        else:
+            await self.session.execute(delete(transfers).where(transfers.c.id.in_(list(ids))))
 
     async def insert_accounts(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:

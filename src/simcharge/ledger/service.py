@@ -28,7 +28,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import PendingStatus, TransferKind
-from simcharge.ledger.repository import FastTransfer, LedgerRepository
+from simcharge.ledger.repository import FastTransfer, LedgerRepository, TransferRow
 
 MAX_AMOUNT = 2**63 - 1
 
@@ -254,7 +254,7 @@ class _Account:
     __slots__ = ("cmned", "dmnec", "totals", "unit")
 
     def __init__(self, row: Sequence[Any]) -> None:
-        """`row`: the account's `LOCKED_COLUMNS` (`LedgerRepository.lock_accounts`)."""
+        """`row`: the account's `LOCKED_COLUMNS` (`LedgerRepository.lock_batch`)."""
         _, unit, dmnec, cmned, *totals = row
         self.unit: str = unit
         self.dmnec: bool = bool(dmnec)
@@ -264,9 +264,6 @@ class _Account:
 
 
 DP, DPO, CP, CPO = 0, 1, 2, 3
-
-
-TransferRow = dict[str, Any]
 
 
 def _transfer_matches(t: NewTransfer, row: TransferRow) -> bool:
@@ -575,13 +572,10 @@ async def create_transfers(
         if done is not None:
             return done
     pending_ids = {t.pending_id for t in batch if t.pending_id is not None}
-    pending = await repo.get_transfers(pending_ids, lock=True)
     account_ids: set[uuid.UUID] = set()
     for t in batch:
         account_ids.update(a for a in (t.debit_account_id, t.credit_account_id) if a is not None)
-    for p in pending.values():
-        account_ids.update((p["debit_account_id"], p["credit_account_id"]))
-    locked = await repo.lock_accounts(account_ids)
+    pending, locked = await repo.lock_batch(pending_ids, account_ids)
 
     # First assume that no id of the batch exists yet (the common case, one query saved). If
     # that turns out wrong — a refusal that may be a replay, or an insert that hit an existing
@@ -599,15 +593,18 @@ async def create_transfers(
             existing = await repo.get_transfers({t.id for t in batch})
             if existing:
                 continue
-        inserted = await repo.insert_transfers(list(ev.rows.values()))
+        inserted, resolved = await repo.write_batch(
+            list(ev.rows.values()),
+            [(aid, tuple(ev.accounts[aid].totals)) for aid in sorted(ev.touched)],
+            ev.status,
+        )
         if inserted == set(ev.rows):
             break
+        # Nothing but these rows was written: take them back and look at what exists.
         await repo.delete_transfers(inserted)
         if existing is not None:
             raise ConcurrentInsert(sorted(set(ev.rows) - inserted))
         existing = await repo.get_transfers({t.id for t in batch})
-    await repo.write_totals((aid, tuple(ev.accounts[aid].totals)) for aid in sorted(ev.touched))
-    resolved = await repo.write_pending_statuses(ev.status)
     if resolved != set(ev.status):
         raise PendingAlreadyResolved(sorted(set(ev.status) - resolved))
     return [TransferOutcome(t.id, r) for t, r in zip(batch, results, strict=True)]
