@@ -87,27 +87,31 @@ class LinePots:
         return next((b for b in self.buckets if b.account_id == account_id), None)
 
 
-# PostgreSQL, for many lines at once (a batch import's chunk): the same rows as `lock_pots`'s
-# statement, fetched by asyncpg in the session's transaction without SQLAlchemy's conversion of
-# every value (≈ 10 µs per account).
-_BULK_FROM = 64
-_LOCK_POTS_BULK = """
+# PostgreSQL: the same rows as the statement below, fetched by asyncpg in the session's
+# transaction without SQLAlchemy's execution machinery and its conversion of every value (an
+# Nchf update's pots: a tenth of its server's CPU; a batch import's chunk: ≈ 10 µs per account).
+# One line (an Nchf request) by `=`, planned once per connection; many (a chunk) by `= ANY`.
+_POTS = """
 SELECT a.id, a.line_id, a.unit, a.code, a.debits_pending, a.debits_posted, a.credits_posted,
        b.zones, b.expires_at, b.created_at
   FROM ledger_accounts a LEFT JOIN buckets b ON b.id = a.id
- WHERE a.line_id = ANY($1::uuid[])
- ORDER BY a.id
 """
+_POTS_OF_LINE = _POTS + " WHERE a.line_id = $1::uuid ORDER BY a.id"
+_POTS_OF_LINES = _POTS + " WHERE a.line_id = ANY($1::uuid[]) ORDER BY a.id"
+_LOCK = " FOR UPDATE OF a"
 
 
 async def _pot_rows(
     session: AsyncSession, line_ids: list[uuid.UUID], lock: bool
 ) -> Iterable[Sequence[Any]]:
-    if len(line_ids) >= _BULK_FROM and dialect_name(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         driver = await driver_in_transaction(session)
         if driver is not None:
-            query = _LOCK_POTS_BULK + (" FOR UPDATE OF a" if lock else "")
-            return await driver.fetch(query, line_ids)  # type: ignore[no-any-return]
+            if len(line_ids) == 1:
+                query, arg = _POTS_OF_LINE, line_ids[0]
+            else:
+                query, arg = _POTS_OF_LINES, line_ids
+            return await driver.fetch(query + (_LOCK if lock else ""), arg)  # type: ignore[no-any-return]
     stmt = (
         select(
             accounts.c.id,
