@@ -107,11 +107,9 @@ async def _pot_rows(
     if dialect_name(session) == "postgresql":
         driver = await driver_in_transaction(session)
         if driver is not None:
-            if len(line_ids) == 1:
-                query, arg = _POTS_OF_LINE, line_ids[0]
-            else:
-                query, arg = _POTS_OF_LINES, line_ids
-            return await driver.fetch(query + (_LOCK if lock else ""), arg)  # type: ignore[no-any-return]
+            one = len(line_ids) == 1
+            query = (_POTS_OF_LINE if one else _POTS_OF_LINES) + (_LOCK if lock else "")
+            return await driver.fetch(query, line_ids[0] if one else line_ids)  # type: ignore[no-any-return]
     stmt = (
         select(
             accounts.c.id,

@@ -158,10 +158,11 @@ SELECT ARRAY(SELECT id FROM ins) AS inserted, ARRAY(SELECT id FROM statuses) AS 
 # Accounts created unless they exist (by id): a top-up names its bucket accounts and the operator
 # accounts of its shard, nine rows, all in one statement rather than a parameter set each.
 _ACCOUNT_COLUMNS = tuple(c.name for c in accounts.c)
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 _INSERT_ACCOUNTS_IF_ABSENT = f"""
 INSERT INTO ledger_accounts ({", ".join(_ACCOUNT_COLUMNS)})
 SELECT * FROM unnest({", ".join(
-    f"${i}::{c.type.compile(dialect=postgresql.dialect())}[]" for i, c in enumerate(accounts.c, 1)
+    f"${i}::{c.type.compile(dialect=_PG)}[]" for i, c in enumerate(accounts.c, 1)
 )})
 ON CONFLICT (id) DO NOTHING
 """  # noqa: S608 - column names and types from the table
