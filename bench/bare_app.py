@@ -15,24 +15,42 @@ POOL_SIZE = int(os.environ.get("BENCH_POOL", "16"))
 _pool: Any = None
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global _pool
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                _pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await _pool.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+async def lifespan(receive: Any, send: Any, opened: Any, closed: Any) -> None:
+    """Answer uvicorn's lifespan messages: `opened()` at startup, `closed()` at shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await opened()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await closed()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Any) -> bytes:
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def _open() -> None:
+    global _pool
+    _pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
+
+
+async def _close() -> None:
+    await _pool.close()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send, _open, _close)
+        return
+    body = await read_body(receive)
     if scope["method"] != "POST":  # the readiness probe
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})

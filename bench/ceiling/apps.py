@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request, Response
 
+from bench.bare_app import lifespan, read_body
 from simcharge.app import serve_app
 from simcharge.payments.providers.signing import stripe_signature
 
@@ -103,25 +104,21 @@ def stack() -> FastAPI:
 _bare_pool: Any = None
 
 
+async def _open() -> None:
+    global _bare_pool
+    _bare_pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
+
+
+async def _close() -> None:
+    await _bare_pool.close()
+
+
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The same two routes with nothing in the way, as `bench.bare_app`."""
-    global _bare_pool
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                _bare_pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await _bare_pool.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+        await lifespan(receive, send, _open, _close)
+        return
+    body = await read_body(receive)
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     path = scope["path"]
     answer, extra = b"{}", []
