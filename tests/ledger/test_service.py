@@ -524,25 +524,58 @@ async def test_a_batch_is_two_statements_on_postgresql(db: Database) -> None:
         return wallet, sink, await reserve(s, wallet, sink, 10)
 
     wallet, sink, pid = await db.run(setup)
+
+    def post_and_reserve(pending_id: uuid.UUID) -> list[NewTransfer]:
+        return [
+            NewTransfer(uuid7(), 4, kind=TransferKind.post_pending, pending_id=pending_id),
+            t(wallet, sink, 10, kind=TransferKind.pending),
+        ]
+
     sent: list[str] = []
     async with db.transaction() as s:
         driver = await driver_in_transaction(s)
         assert driver is not None
+        # A first batch on this connection, not counted: asyncpg looks up the types of its
+        # results (the rows of the read) once per connection.
+        [_, warm] = await post_transfers(s, post_and_reserve(pid))
         driver.add_query_logger(lambda query: sent.append(query.query))
-        outcomes = await post_transfers(
-            s,
-            [
-                NewTransfer(uuid7(), 4, kind=TransferKind.post_pending, pending_id=pid),
-                t(wallet, sink, 10, kind=TransferKind.pending),
-            ],
-        )
+        outcomes = await post_transfers(s, post_and_reserve(warm.id))
         await asyncio.sleep(0)  # asyncpg reports its statements from the event loop
         assert [o.result for o in outcomes] == [R.ok, R.ok]
     assert len(sent) == 2, sent
     async with db.read() as s:
         w = await ledger_account(s, wallet)
-        assert (w.debits_pending, w.debits_posted) == (10, 4)
+        assert (w.debits_pending, w.debits_posted) == (10, 8)
         assert await pending_status_of(s, pid) == PendingStatus.posted
+        assert await pending_status_of(s, warm.id) == PendingStatus.posted
+
+
+@pytest.mark.postgres_only("its driver connection")
+async def test_a_repository_kept_across_a_commit_writes_in_the_new_transaction(
+    db: Database,
+) -> None:
+    """The repository's asyncpg connection is the one of the session's current transaction:
+    after a commit it is looked up again (the old one may be serving someone else by then), so
+    what it writes is rolled back with the transaction it was written in."""
+
+    async def setup(s: AsyncSession) -> uuid.UUID:
+        _, wallet = await funded(s, 100)
+        return await reserve(s, wallet, await create_ledger_account(s), 10)
+
+    pid = await db.run(setup)
+    async with db.transaction() as s:
+        repo = LedgerRepository(s)
+        first = await repo._pg_driver()
+        assert first is not None
+        await s.commit()
+        await s.execute(select(1))  # a new transaction, perhaps on another connection
+        again = await repo._pg_driver()
+        assert again is not None and again.is_in_transaction()
+        assert s.sync_session.get_transaction() is repo._driver_of
+        assert await repo.write_batch([], [], {pid: PendingStatus.voided}) == (set(), {pid})
+        await s.rollback()
+    async with db.read() as s:
+        assert await pending_status_of(s, pid) == PendingStatus.pending
 
 
 async def test_timed_out_reservation_cannot_be_posted_and_is_released_by_the_sweep(

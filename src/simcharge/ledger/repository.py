@@ -198,23 +198,24 @@ class LedgerRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self._driver: Any | None = None
-        self._driver_asked = False
+        self._driver_of: Any = None
+        """The session's transaction `_driver` was found in (`_pg_driver`)."""
 
     async def _pg_driver(self) -> Any | None:
-        """On PostgreSQL, the asyncpg connection in the session's transaction (looked up once,
-        and again if that transaction has ended); None elsewhere, or if it cannot be had.
-        What the session holds unflushed is flushed first, as SQLAlchemy would before a query of
-        its own (an account or bucket added just before its first transfer)."""
+        """On PostgreSQL, the asyncpg connection in the session's transaction — looked up once
+        per transaction of the session (after a commit the connection may be another's); None
+        elsewhere, or if it cannot be had. What the session holds unflushed is flushed first,
+        as SQLAlchemy would before a query of its own (an account or bucket added just before
+        its first transfer)."""
         session = self.session
         if session.new or session.dirty or session.deleted:
             await session.flush()
-        if self._driver is not None and self._driver.is_in_transaction():
-            return self._driver
-        if self._driver_asked and self._driver is None:
-            return None
-        self._driver_asked = True
-        if dialect_name(self.session) == "postgresql":
-            self._driver = await driver_in_transaction(self.session)
+        transaction = session.sync_session.get_transaction()
+        if transaction is None or transaction is not self._driver_of:
+            driver = None
+            if dialect_name(session) == "postgresql":
+                driver = await driver_in_transaction(session)
+            self._driver, self._driver_of = driver, session.sync_session.get_transaction()
         return self._driver
 
     async def try_transfer(self, params: FastTransfer) -> tuple[list[uuid.UUID], bool]:
