@@ -12,20 +12,27 @@ import asyncpg
 
 DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/simcharge_bench")
 POOL_SIZE = int(os.environ.get("BENCH_POOL", "16"))
-_pool: Any = None
 
 
-async def lifespan(receive: Any, send: Any, opened: Any, closed: Any) -> None:
-    """Answer uvicorn's lifespan messages: `opened()` at startup, `closed()` at shutdown."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await opened()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await closed()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+class PooledLifespan:
+    """An asyncpg pool opened and closed with uvicorn's lifespan messages (`serve`)."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn, self.size = dsn, size
+        self.pool: Any = None
+
+    async def serve(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.pool = await asyncpg.create_pool(
+                    self.dsn, min_size=self.size, max_size=self.size
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.pool.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 async def read_body(receive: Any) -> bytes:
@@ -37,18 +44,12 @@ async def read_body(receive: Any) -> bytes:
             return body
 
 
-async def _open() -> None:
-    global _pool
-    _pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
-
-
-async def _close() -> None:
-    await _pool.close()
+_db = PooledLifespan(DSN, POOL_SIZE)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await lifespan(receive, send, _open, _close)
+        await _db.serve(receive, send)
         return
     body = await read_body(receive)
     if scope["method"] != "POST":  # the readiness probe
@@ -57,7 +58,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     data = json.loads(body or b"{}")
     account, amount = int(data["account"]), int(data["amount"])
-    async with _pool.acquire() as conn, conn.transaction():
+    async with _db.pool.acquire() as conn, conn.transaction():
         balance = await conn.fetchval(
             "UPDATE bench_accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance",
             amount,

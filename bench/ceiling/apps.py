@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request, Response
 
-from bench.bare_app import lifespan, read_body
+from bench.bare_app import PooledLifespan, read_body
 from simcharge.app import serve_app
 from simcharge.payments.providers.signing import stripe_signature
 
@@ -101,22 +101,13 @@ def stack() -> FastAPI:
     return app
 
 
-_bare_pool: Any = None
-
-
-async def _open() -> None:
-    global _bare_pool
-    _bare_pool = await asyncpg.create_pool(DSN, min_size=POOL_SIZE, max_size=POOL_SIZE)
-
-
-async def _close() -> None:
-    await _bare_pool.close()
+_bare = PooledLifespan(DSN, POOL_SIZE)
 
 
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The same two routes with nothing in the way, as `bench.bare_app`."""
     if scope["type"] == "lifespan":
-        await lifespan(receive, send, _open, _close)
+        await _bare.serve(receive, send)
         return
     body = await read_body(receive)
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -126,11 +117,11 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
         status = 204
         answer = b""
     elif path == "/ceiling/fulfil":
-        status, outcome = await fulfil(_bare_pool, headers.get("sandbox-signature", ""), body)
+        status, outcome = await fulfil(_bare.pool, headers.get("sandbox-signature", ""), body)
         extra = [(b"simcharge-outcome", outcome.encode())]
     elif path.startswith("/ceiling/nchf/"):
         status, answer = await nchf(
-            _bare_pool, path.rsplit("/", 1)[1], headers.get("authorization", ""), body
+            _bare.pool, path.rsplit("/", 1)[1], headers.get("authorization", ""), body
         )
     else:
         status = 404
