@@ -24,7 +24,7 @@ from bench.driver import Operation
 from simcharge import migrate
 from simcharge.db import Database, create_engine
 from simcharge.kit.ids import uuid7
-from simcharge.ledger.service import NewTransfer, create_transfers
+from simcharge.ledger.service import NewTransfer, commit_transfers
 
 BENCH_DB = os.environ.get("SIMCHARGE_BENCH_DATABASE", "simcharge_bench")
 ROWS = 100_000
@@ -301,14 +301,15 @@ BASELINES = (
 
 
 async def _ledger_transfer(ctx: BenchContext) -> Operation:
-    """One two-account transfer through the ledger service, in its own transaction."""
+    """One two-account transfer through the ledger service, in its own transaction
+    (`commit_transfers`: the ledger used on its own)."""
     db = ctx.database()
     accounts = ctx.ledger_accounts
 
     async def op(rng: random.Random) -> None:
         debit, credit = rng.sample(accounts, 2)
         transfer = NewTransfer(uuid7(), rng.randint(1, 1000), "USD", debit, credit, code="bench")
-        outcomes = await db.run(lambda s: create_transfers(s, [transfer]))
+        outcomes = await commit_transfers(db, [transfer])
         if not outcomes[0].ok:
             raise RuntimeError(outcomes[0].result)
 

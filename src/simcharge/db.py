@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import asyncpg
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -403,6 +404,32 @@ class Database:
                 DB_RETRIES.labels(reason).inc()
                 await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * random.random())  # noqa: S311
         raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def autocommit_driver(self) -> AsyncIterator[Any | None]:
+        """A pooled asyncpg connection in no transaction, where each statement commits by
+        itself: for work that is one statement, which then costs one round trip, not three
+        (BEGIN, the statement, COMMIT). None when the database is not PostgreSQL over asyncpg,
+        or when it is bound to a test's transaction.
+
+        A connection whose statement failed on the server goes back to the pool as usual; one
+        that failed otherwise (dropped, or the task cancelled mid-statement) is thrown away."""
+        if self._bound or self.engine.dialect.driver != "asyncpg":
+            yield None
+            return
+        raw = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+        driver: Any = raw.driver_connection
+        try:
+            yield driver
+        except BaseException as exc:
+            if isinstance(exc, asyncpg.PostgresError) and not (
+                driver.is_closed() or type(exc).__name__ in DISCONNECTS
+            ):
+                await greenlet_spawn(raw.close)
+            else:
+                await greenlet_spawn(raw.invalidate, exc if isinstance(exc, Exception) else None)
+            raise
+        await greenlet_spawn(raw.close)
 
     async def ping(self) -> None:
         async with self.read() as session:

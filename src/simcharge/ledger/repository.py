@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Row, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,9 +32,9 @@ _update_totals = (
 
 
 # PostgreSQL only, for the commonest batch — one posted or pending transfer — in one statement,
-# sent as is on the session's asyncpg connection, in the session's transaction (the hottest
-# statement in simcharge; SQLAlchemy's execution machinery cost it a third of its throughput,
-# README "Performance").
+# sent as is on the session's asyncpg connection, in the session's transaction (or alone, below):
+# the hottest statement in simcharge, which SQLAlchemy's execution machinery cost a third of its
+# throughput (README "Performance").
 # `locked` takes both rows in id order (one order for everyone: no deadlocks). The UPDATE's own
 # WHERE then judges each account — right unit, within its bound, no overflow (summed in
 # `numeric`, so nothing can raise) — and under READ COMMITTED PostgreSQL re-checks that WHERE
@@ -42,7 +43,7 @@ _update_totals = (
 # skipped). The caller undoes whatever was updated when the transfer was not inserted.
 # Scalar parameters keep the plan generic: planned once per connection, not at every call.
 # $1 debit, $2 credit, $3 pending delta, $4 posted delta, $5 unit, then the transfer's columns.
-_FAST_TRANSFER = """
+_FAST_TRANSFER_CTES = """
 WITH v(id, ddp, ddpo, dcp, dcpo) AS (
     VALUES ($1::uuid, $3::bigint, $4::bigint, 0::bigint, 0::bigint),
            ($2::uuid, 0, 0, $3::bigint, $4::bigint)
@@ -71,8 +72,17 @@ WITH v(id, ddp, ddpo, dcp, dcpo) AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
-SELECT ARRAY(SELECT id FROM upd) AS updated, (SELECT count(*) FROM ins) AS inserted
 """
+_FAST_TRANSFER = _FAST_TRANSFER_CTES + """
+SELECT ARRAY(SELECT id FROM upd) AS updated, (SELECT count(*) FROM ins) AS inserted
+"""  # noqa: S608 - constant text
+
+# The same statement alone, committed by itself (`commit_transfers`): with no transaction
+# around it to undo an update in, a transfer not inserted must leave nothing behind, so the
+# statement then fails on purpose (division by zero) and PostgreSQL rolls all of it back.
+_FAST_TRANSFER_ALONE = _FAST_TRANSFER_CTES + """
+SELECT 1 / (SELECT count(*)::int FROM ins)
+"""  # noqa: S608 - constant text
 
 # Reverse `_FAST_TRANSFER` on the accounts it updated (still locked by us) when the transfer
 # was not inserted: one account refused, or the id was a replay. $5: the accounts updated.
@@ -192,6 +202,16 @@ async def driver_in_transaction(session: AsyncSession) -> Any | None:
             return None
         await start()
     return driver if driver.is_in_transaction() else None
+
+
+async def try_transfer_alone(driver: Any, params: FastTransfer) -> bool:
+    """The one-statement transfer on an asyncpg connection in no transaction, committed by
+    itself. True: written; False: nothing written (refused, or the id exists)."""
+    try:
+        await driver.fetchval(_FAST_TRANSFER_ALONE, *params)
+    except asyncpg.DivisionByZeroError:
+        return False
+    return True
 
 
 class LedgerRepository:
