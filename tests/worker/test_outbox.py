@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -181,3 +182,55 @@ async def test_two_workers_never_run_the_same_job(fresh_db: Database, settings: 
     assert sorted(ran) == list(range(60))
     async with fresh_db.read() as s:
         assert await service.count_by_status(s) == {"done": 60}
+
+
+async def test_a_commit_that_wrote_jobs_wakes_the_workers_of_the_process(db: Database) -> None:
+    calls: list[int] = []
+    stop_waking = service.on_jobs_committed(lambda: calls.append(1))
+    try:
+
+        async def rolled_back(s: AsyncSession) -> None:
+            await service.enqueue(s, "x", {})
+            raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            await db.run(rolled_back)
+        assert calls == []
+        await db.run(lambda s: service.enqueue(s, "x", {}, dedupe_key="once"))
+        assert calls == [1]
+        # Nothing written (the dedupe key is taken), nothing to wake for.
+        await db.run(lambda s: service.enqueue(s, "x", {}, dedupe_key="once"))
+        await db.run(lambda s: s.execute(select(OutboxJob.id)))
+        assert calls == [1]
+        await db.run(lambda s: service.enqueue_many(s, [service.NewJob("x", {})]))
+        assert calls == [1, 1]
+    finally:
+        stop_waking()
+    await db.run(lambda s: service.enqueue(s, "x", {}))
+    assert calls == [1, 1]
+
+
+async def test_a_job_written_in_this_process_is_claimed_at_its_commit_not_at_the_next_poll(
+    fresh_db: Database, settings: Settings
+) -> None:
+    """A running worker whose poll is an hour away still takes, at once, a job this process
+    commits (a payment's webhook written by the sandbox, a receipt); after it stops, its waker
+    is gone."""
+    registry = Registry()
+    ran = asyncio.Event()
+
+    @registry.job("now")
+    async def now(ctx: JobContext, payload: dict[str, Any]) -> None:
+        ran.set()
+
+    hourly = settings.model_copy(update={"worker_poll_seconds": 3600})
+    worker = Worker(fresh_db, hourly, registry=registry)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.3)  # the worker's first claim found nothing: it now waits on its poll
+    assert len(service._wakers) == 1
+    await fresh_db.run(lambda s: service.enqueue_many(s, [service.NewJob("now", {})]))
+    await asyncio.wait_for(ran.wait(), 30)  # long before the hour
+    stop.set()
+    await asyncio.wait_for(running, 10)
+    assert service._wakers == set()

@@ -4,6 +4,7 @@ and keep their leases while they run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import traceback
@@ -227,6 +228,27 @@ class Worker:
     async def _work(self, stop: asyncio.Event) -> None:
         poll = self.settings.worker_poll_seconds
         loop = asyncio.get_running_loop()
+        # Jobs this process writes (a payment's webhook, a receipt) are claimed as soon as their
+        # transaction commits, not up to a poll later; the poll still finds everyone else's.
+        written = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # this worker's loop has closed meanwhile
+                loop.call_soon_threadsafe(written.set)
+
+        stop_waking = service.on_jobs_committed(wake)
+        try:
+            await self._working(stop, poll, loop, written)
+        finally:
+            stop_waking()
+
+    async def _working(
+        self,
+        stop: asyncio.Event,
+        poll: float,
+        loop: asyncio.AbstractEventLoop,
+        written: asyncio.Event,
+    ) -> None:
         next_schedule = 0.0
         while not stop.is_set():
             try:
@@ -240,7 +262,7 @@ class Worker:
                     self._in_hand[task] = job
                     task.add_done_callback(self._forget)
                 if not claimed:
-                    await self._idle(stop, poll)
+                    await self._idle(stop, poll, written)
             except asyncio.CancelledError:
                 break
             except Exception:
@@ -262,9 +284,16 @@ class Worker:
         await self.db.run(lambda s: service.release(s, returned, self.worker_id))
         log.warning("worker.jobs_returned", worker_id=self.worker_id, count=len(returned))
 
-    async def _idle(self, stop: asyncio.Event, poll: float) -> None:
-        """Wait for the next poll, a stop, or a free slot, whichever comes first."""
-        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    async def _idle(self, stop: asyncio.Event, poll: float, written: asyncio.Event) -> None:
+        """Wait for the next poll, a stop, a free slot, or jobs written by this process,
+        whichever comes first."""
+        if written.is_set():
+            written.clear()
+            return
+        waiters: list[asyncio.Task[Any]] = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(written.wait()),
+        ]
         if self._running:
             # A copy: a task that ends before this one starts must still count as done.
             waiters.append(asyncio.create_task(_first_done(set(self._running))))

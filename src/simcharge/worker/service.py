@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, event, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from simcharge.db import table_of, upsert_insert
 from simcharge.kit.clock import utcnow
@@ -33,6 +34,33 @@ log = structlog.get_logger("simcharge.worker")
 
 LEASE = timedelta(minutes=5)
 MAX_ERROR_LENGTH = 2000
+
+
+_WRITTEN = "simcharge.outbox_written"
+_wakers: set[Callable[[], None]] = set()
+
+
+def on_jobs_committed(wake: Callable[[], None]) -> Callable[[], None]:
+    """Call `wake` whenever a transaction of this process that wrote jobs commits (a worker in
+    the process then claims them at once instead of at its next poll). Returns what stops it."""
+    _wakers.add(wake)
+    return lambda: _wakers.discard(wake)
+
+
+def _wrote_jobs(session: AsyncSession) -> None:
+    session.info[_WRITTEN] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _wake_workers(session: Session) -> None:
+    if session.info.pop(_WRITTEN, False):
+        for wake in list(_wakers):
+            wake()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_jobs(session: Session, _previous: Any) -> None:
+    session.info.pop(_WRITTEN, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +99,14 @@ async def enqueue(
     # The values as parameters, not `.values(…)`: a statement SQLAlchemy compiles once.
     if dedupe_key is None:
         await session.execute(jobs.insert(), values)
+        _wrote_jobs(session)
         return True
     stmt = upsert_insert(session, jobs).on_conflict_do_nothing(index_elements=["dedupe_key"])
     result = await session.execute(stmt.returning(jobs.c.id), values)
-    return result.first() is not None
+    written = result.first() is not None
+    if written:
+        _wrote_jobs(session)
+    return written
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +140,7 @@ async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
     await session.execute(
         upsert_insert(session, jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]), rows
     )
+    _wrote_jobs(session)
 
 
 async def claim(
