@@ -31,9 +31,11 @@ import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
+from simcharge.db import table_of
 from simcharge.kit.ids import derived_id
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, post_transfers
@@ -127,14 +129,38 @@ async def apply_status(
     return outcome
 
 
+_events = table_of(ProviderEvent)
+_payments = table_of(Payment)
+# Built once, with bind parameters (Core, not the ORM's bulk UPDATE): building them cost each
+# webhook more Python than running them (README "Performance").
+_MARK_PROCESSED = (
+    update(_events)
+    .where(_events.c.id == bindparam("p_event"))
+    .values(processed_at=bindparam("p_now"), outcome=bindparam("p_outcome"))
+)
+_MARK_SUCCEEDED = (
+    update(_payments)
+    .where(
+        _payments.c.id == bindparam("p_payment"),
+        _payments.c.state != PaymentStatusValue.succeeded.value,
+    )
+    .values(
+        state=PaymentStatusValue.succeeded.value,
+        updated_at=bindparam("p_now"),
+        next_check_at=None,
+        payment_id=bindparam("p_payment_id"),
+        provider_ref=bindparam("p_provider_ref"),
+    )
+    .returning(_payments.c.id)
+)
+
+
 async def mark_processed(
     session: AsyncSession, event_id: uuid.UUID | None, outcome: str, now: datetime
 ) -> None:
     if event_id is not None:
         await session.execute(
-            update(ProviderEvent)
-            .where(ProviderEvent.id == event_id)
-            .values(processed_at=now, outcome=outcome)
+            _MARK_PROCESSED, {"p_event": event_id, "p_now": now, "p_outcome": outcome}
         )
 
 
@@ -212,23 +238,31 @@ async def _mark_succeeded(
     session: AsyncSession, payment: Payment, status: PaymentStatus, now: datetime
 ) -> bool:
     """The payment becomes `succeeded` by a conditional update, which only the first of several
-    arrivals wins (the others find no row to change)."""
+    arrivals wins (the others find no row to change). The winner's loaded `payment` is given the
+    values written, as loaded from the database (nothing left for a flush to write)."""
+    values = {
+        "state": PaymentStatusValue.succeeded.value,
+        "updated_at": now,
+        "next_check_at": None,
+        "payment_id": status.payment_id or payment.payment_id,
+        "provider_ref": payment.provider_ref or status.provider_ref,
+    }
     won = (
         await session.execute(
-            update(Payment)
-            .where(Payment.id == payment.id, Payment.state != PaymentStatusValue.succeeded.value)
-            .values(
-                state=PaymentStatusValue.succeeded.value,
-                updated_at=now,
-                next_check_at=None,
-                payment_id=status.payment_id or payment.payment_id,
-                provider_ref=payment.provider_ref or status.provider_ref,
-            )
-            .returning(Payment.id)
-            .execution_options(synchronize_session="evaluate")
+            _MARK_SUCCEEDED,
+            {
+                "p_payment": payment.id,
+                "p_now": now,
+                "p_payment_id": values["payment_id"],
+                "p_provider_ref": values["provider_ref"],
+            },
         )
     ).first()
-    return won is not None
+    if won is None:
+        return False
+    for key, value in values.items():
+        set_committed_value(payment, key, value)
+    return True
 
 
 async def _adopt_early_news(

@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.db import Database, table_of, upsert_insert
+from simcharge.db import Database, dialect_name, table_of, upsert_insert
 from simcharge.errors import ServiceUnavailable
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
@@ -205,6 +205,23 @@ async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.
     return None
 
 
+_events = table_of(ProviderEvent)
+_STORE: dict[str, Any] = {}
+"""The insert of `_store`, built once per database (its values are parameters)."""
+
+
+def _store_statement(s: AsyncSession) -> Any:
+    dialect = dialect_name(s)
+    stmt = _STORE.get(dialect)
+    if stmt is None:
+        stmt = _STORE[dialect] = (
+            upsert_insert(s, _events)
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(_events.c.id)
+        )
+    return stmt
+
+
 async def _store(
     s: AsyncSession,
     provider: str,
@@ -215,28 +232,21 @@ async def _store(
     """Store a notification, unprocessed, once per (provider, event id); None if it was stored
     before."""
     order_id = order_id or await _order_id_of(s, provider, n)
-    events = table_of(ProviderEvent)
-    return (
-        await s.execute(
-            upsert_insert(s, events)
-            .values(
-                id=uuid7(),
-                provider=provider,
-                event_id=n.event_id,
-                event_type=n.event_type,
-                order_id=order_id,
-                body=n.body,
-                headers=dict(n.headers),
-                payload=_jsonable(n.raw),
-                status=status_to_json(n.status) if n.status else None,
-                refund=refund_to_json(n.refund) if n.refund else None,
-                dispute=dispute_to_json(n.dispute) if n.dispute else None,
-                received_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(events.c.id)
-        )
-    ).scalar_one_or_none()
+    values = {
+        "id": uuid7(),
+        "provider": provider,
+        "event_id": n.event_id,
+        "event_type": n.event_type,
+        "order_id": order_id,
+        "body": n.body,
+        "headers": dict(n.headers),
+        "payload": _jsonable(n.raw),
+        "status": status_to_json(n.status) if n.status else None,
+        "refund": refund_to_json(n.refund) if n.refund else None,
+        "dispute": dispute_to_json(n.dispute) if n.dispute else None,
+        "received_at": now,
+    }
+    return (await s.execute(_store_statement(s), values)).scalar_one_or_none()
 
 
 def _jsonable(value: Any) -> Any:
