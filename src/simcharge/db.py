@@ -222,6 +222,27 @@ def upsert_insert(session: AsyncSession, table: Table) -> Any:
     return (pg_insert if dialect_name(session) == "postgresql" else sqlite_insert)(table)
 
 
+_IF_ABSENT: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def insert_if_absent(
+    session: AsyncSession, table: Table, *index_elements: str, returning: tuple[str, ...] = ()
+) -> Any:
+    """`INSERT … ON CONFLICT (index_elements) DO NOTHING [RETURNING …]` for this session's
+    database, built once per database and kept: pass the rows as parameters. Building it anew
+    for each call cost a busy request more Python than running it."""
+    key = (dialect_name(session), table.name, index_elements, returning)
+    stmt = _IF_ABSENT.get(key)
+    if stmt is None:
+        stmt = upsert_insert(session, table).on_conflict_do_nothing(
+            index_elements=list(index_elements)
+        )
+        if returning:
+            stmt = stmt.returning(*(table.c[name] for name in returning))
+        _IF_ABSENT[key] = stmt
+    return stmt
+
+
 def table_of(model: type[DeclarativeBase]) -> Table:
     return cast(Table, model.__table__)
 

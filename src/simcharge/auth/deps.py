@@ -86,7 +86,7 @@ def ensure_device_cookie(
         )
 
 
-def client_info(request: Request, settings: AppSettings) -> ClientInfo:
+def client_info(request: Request, settings: Settings) -> ClientInfo:
     device = request.cookies.get(device_cookie(settings)) or request.headers.get("x-device-id")
     return ClientInfo(
         ip=request.client.host if request.client else None,
@@ -95,12 +95,18 @@ def client_info(request: Request, settings: AppSettings) -> ClientInfo:
     )
 
 
-def rate_limits(request: Request) -> RateLimits:
+async def _client_info(request: Request, settings: AppSettings) -> ClientInfo:
+    return client_info(request, settings)
+
+
+# Dependencies are `async def`: FastAPI runs a plain `def` one in its thread pool, a thread hop
+# per request for what only reads the request.
+async def rate_limits(request: Request) -> RateLimits:
     limits: RateLimits = request.app.state.rate_limits
     return limits
 
 
-Client = Annotated[ClientInfo, Depends(client_info)]
+Client = Annotated[ClientInfo, Depends(_client_info)]
 Limits = Annotated[RateLimits, Depends(rate_limits)]
 
 _bearer = HTTPBearer(auto_error=False, description="A session token from POST /api/v1/auth/login")

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.db import table_of, upsert_insert
+from simcharge.db import insert_if_absent, table_of, upsert_insert
 from simcharge.driver_reads import AnyOf, DriverRead
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Bucket, Line
@@ -116,10 +116,7 @@ class LineRepository:
     async def insert_buckets_if_absent(self, rows: list[dict[str, Any]]) -> None:
         # Rows as parameters (not `.values(rows)`): one cached statement whatever their number,
         # sent as one multi-row INSERT by SQLAlchemy's insertmanyvalues.
-        await self.session.execute(
-            upsert_insert(self.session, buckets).on_conflict_do_nothing(index_elements=["id"]),
-            rows,
-        )
+        await self.session.execute(insert_if_absent(self.session, buckets, "id"), rows)
 
     async def insert_bucket_if_absent(self, values: dict[str, Any]) -> None:
         await self.session.execute(

@@ -45,7 +45,7 @@ from simcharge.payments.registry import Providers
 router = APIRouter(prefix=API_PREFIX, tags=["orders"])
 
 
-def get_providers(request: Request) -> Providers:
+async def get_providers(request: Request) -> Providers:
     providers: Providers = request.app.state.providers
     return providers
 

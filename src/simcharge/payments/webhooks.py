@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.db import Database, dialect_name, table_of, upsert_insert
+from simcharge.db import Database, insert_if_absent, table_of
 from simcharge.errors import ServiceUnavailable
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
@@ -206,20 +206,6 @@ async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.
 
 
 _events = table_of(ProviderEvent)
-_STORE: dict[str, Any] = {}
-"""The insert of `_store`, built once per database (its values are parameters)."""
-
-
-def _store_statement(s: AsyncSession) -> Any:
-    dialect = dialect_name(s)
-    stmt = _STORE.get(dialect)
-    if stmt is None:
-        stmt = _STORE[dialect] = (
-            upsert_insert(s, _events)
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(_events.c.id)
-        )
-    return stmt
 
 
 async def _store(
@@ -246,7 +232,8 @@ async def _store(
         "dispute": dispute_to_json(n.dispute) if n.dispute else None,
         "received_at": now,
     }
-    return (await s.execute(_store_statement(s), values)).scalar_one_or_none()
+    stored = insert_if_absent(s, _events, "provider", "event_id", returning=("id",))
+    return (await s.execute(stored, values)).scalar_one_or_none()
 
 
 def _jsonable(value: Any) -> Any:

@@ -24,7 +24,7 @@ from sqlalchemy import and_, delete, event, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from simcharge.db import table_of, upsert_insert
+from simcharge.db import insert_if_absent, table_of
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.worker.models import JobStatus, OutboxJob
@@ -101,8 +101,8 @@ async def enqueue(
         await session.execute(jobs.insert(), values)
         _wrote_jobs(session)
         return True
-    stmt = upsert_insert(session, jobs).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    result = await session.execute(stmt.returning(jobs.c.id), values)
+    stmt = insert_if_absent(session, jobs, "dedupe_key", returning=("id",))
+    result = await session.execute(stmt, values)
     written = result.first() is not None
     if written:
         _wrote_jobs(session)
@@ -137,9 +137,7 @@ async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
         }
         for j in new
     ]
-    await session.execute(
-        upsert_insert(session, jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]), rows
-    )
+    await session.execute(insert_if_absent(session, jobs, "dedupe_key"), rows)
     _wrote_jobs(session)
 
 
