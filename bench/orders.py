@@ -37,9 +37,9 @@ LINES = 1_000
 SECRET = "bench-sandbox-secret"  # noqa: S105 - the bench server's own, made up
 
 
-async def _seed(s: AsyncSession) -> list[dict[str, Any]]:
-    """The demo catalog, a payer, lines, and pending sandbox orders; returns the webhooks'
-    payment objects."""
+async def _seed(s: AsyncSession, count: int = ORDERS) -> list[dict[str, Any]]:
+    """The demo catalog, a payer, lines, and `count` pending sandbox orders; returns the
+    webhooks' payment objects."""
     from simcharge.accounts.models import Account
 
     await load_catalog(s, read_catalog_file(DEMO_CATALOG))
@@ -61,7 +61,7 @@ async def _seed(s: AsyncSession) -> list[dict[str, Any]]:
     expires = now + timedelta(days=1)
     objects: list[dict[str, Any]] = []
     orders, payments, sandbox_rows = [], [], []
-    for i in range(ORDERS):
+    for i in range(count):
         line = lines[i % LINES]
         order_id, reference, sid = uuid7(), new_reference(), f"sbx_{uuid.uuid4().hex[:24]}"
         orders.append({
