@@ -78,7 +78,6 @@ async def topup_journey(ctx: BenchContext) -> dict[str, Any]:
         "SIMCHARGE_DATABASE_URL": ctx.sqlalchemy_url(),
         "SIMCHARGE_DB_POOL_SIZE": str(CONCURRENCY),
         "SIMCHARGE_WORKER_IN_PROCESS": "true",
-        "SIMCHARGE_WORKER_POLL_SECONDS": "0.05",
         "SIMCHARGE_SANDBOX_ENABLED": "true",
         "SIMCHARGE_LOG_LEVEL": "warning",
         "SIMCHARGE_BASE_URL": "{base}",
