@@ -15,7 +15,7 @@ from simcharge.db import Database
 from simcharge.kit.clock import clock
 from simcharge.kit.ids import uuid7
 from simcharge.ledger.audit import verify_ledger
-from simcharge.ledger.models import LedgerTransfer, PendingStatus, TransferKind
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus, TransferKind
 from simcharge.ledger.repository import LedgerRepository, driver_in_transaction
 from simcharge.ledger.service import (
     NewTransfer,
@@ -674,6 +674,28 @@ async def test_postgres_fast_path_runs_inside_the_callers_transaction(fresh_db: 
     async with db.read() as s:
         assert (await ledger_account(s, wallet)).balance == 100
         assert await LedgerRepository(s).get_transfers([transfer.id]) == {}
+
+
+@pytest.mark.postgres_only("statements straight to asyncpg exist only there")
+async def test_statements_sent_straight_to_the_driver_see_what_the_session_holds_unflushed(
+    session: AsyncSession,
+) -> None:
+    """An account added to the session and not yet flushed, then moved in one statement sent
+    straight to asyncpg (the one-statement path): the statement must find it, as SQLAlchemy's
+    own query would after its autoflush."""
+    _, wallet = await funded(session, 100)
+    sink = uuid7()
+    session.add(
+        LedgerAccount(id=sink, unit="USD", code="test", debits_must_not_exceed_credits=False,
+                      credits_must_not_exceed_debits=False, debits_pending=0, debits_posted=0,
+                      credits_pending=0, credits_posted=0, created_at=datetime.now(UTC))
+    )
+    assert session.new
+    driver = await driver_in_transaction(session)
+    assert driver is not None and not session.new
+    assert await driver.fetchval("SELECT count(*) FROM ledger_accounts WHERE id = $1", sink) == 1
+    assert [o.result for o in await create_transfers(session, [t(wallet, sink, 30)])] == [R.ok]
+    assert (await ledger_account(session, sink)).credits_posted == 30
 
 
 async def test_a_large_batch_moves_reserves_and_replays_like_a_small_one(

@@ -191,7 +191,13 @@ async def driver_in_transaction(session: AsyncSession) -> Any | None:
     a statement sent straight to the driver before that would run in autocommit. So the
     adapter's transaction is started here (the BEGIN it would send anyway), and asyncpg is
     asked whether it now is in a transaction. If the adapter ever stops offering this, None
-    sends the caller back to SQLAlchemy's own execution path, which is correct, only slower."""
+    sends the caller back to SQLAlchemy's own execution path, which is correct, only slower.
+
+    What the session holds unflushed is flushed first, as SQLAlchemy would before a query of
+    its own: a statement sent straight to the driver must see it too (a bucket or an account
+    added just before it is charged or moved)."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
     fairy = await session.run_sync(_pool_connection)
     driver = fairy.driver_connection
     if driver is None:
