@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from simcharge.db import dialect_name, table_of, upsert_insert
+from simcharge.db import dialect_name, insert_if_absent, table_of
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 
 TransferRow = dict[str, Any]
@@ -343,10 +343,8 @@ class LedgerRepository:
             return set(found["inserted"]), {*found["resolved"], *born_resolved}
         inserted: set[uuid.UUID] = set()
         if rows:
-            stmt = upsert_insert(self.session, transfers).on_conflict_do_nothing(
-                index_elements=["id"]
-            )
-            result = await self.session.execute(stmt.returning(transfers.c.id), list(rows))
+            stmt = insert_if_absent(self.session, transfers, "id", returning=("id",))
+            result = await self.session.execute(stmt, list(rows))
             inserted = set(result.scalars())
         if len(inserted) != len(rows):
             return inserted, set()
@@ -394,10 +392,7 @@ class LedgerRepository:
             columns = ([row[name] for row in rows] for name in _ACCOUNT_COLUMNS)
             await driver.execute(_INSERT_ACCOUNTS_IF_ABSENT, *columns)
         else:
-            stmt = upsert_insert(self.session, accounts).on_conflict_do_nothing(
-                index_elements=["id"]
-            )
-            await self.session.execute(stmt, list(rows))
+            await self.session.execute(insert_if_absent(self.session, accounts, "id"), list(rows))
 
     async def get_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
         if not ids:

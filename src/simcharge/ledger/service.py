@@ -621,11 +621,12 @@ async def commit_transfers(
     db: Database, batch: Sequence[NewTransfer], *, now: datetime | None = None
 ) -> list[TransferOutcome]:
     """`create_transfers` in a transaction of its own, committed before it returns: the ledger
-    used on its own, with nothing else to write in the same transaction. On PostgreSQL a lone posted or
-    pending transfer is one statement committed by itself: one round trip, against three for the
-    same statement in a transaction (BEGIN, it, COMMIT), and no session. Anything else, or a
-    transfer that statement did not write (refused, or its id exists, or the statement failed),
-    goes through `create_transfers` in `db.run`, which answers exactly why, retrying as usual."""
+    used on its own, with nothing else to write in the same transaction. On PostgreSQL a lone
+    posted or pending transfer is one statement committed by itself: one round trip, against
+    three for the same statement in a transaction (BEGIN, it, COMMIT), and no session. Anything
+    else, or a transfer that statement did not write (refused, or its id exists, or the
+    statement failed), goes through `create_transfers` in `db.run`, which answers exactly why,
+    retrying as usual."""
     if not batch:
         return []
     now = now or utcnow()

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.db import insert_if_absent, table_of, upsert_insert
+from simcharge.db import insert_if_absent, table_of
 from simcharge.driver_reads import AnyOf, DriverRead
 from simcharge.ledger.models import LedgerAccount
 from simcharge.lines.models import Bucket, Line
@@ -119,8 +119,4 @@ class LineRepository:
         await self.session.execute(insert_if_absent(self.session, buckets, "id"), rows)
 
     async def insert_bucket_if_absent(self, values: dict[str, Any]) -> None:
-        await self.session.execute(
-            upsert_insert(self.session, buckets)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
+        await self.session.execute(insert_if_absent(self.session, buckets, "id"), values)
