@@ -14,6 +14,7 @@ is harmless; with different fields it reports `exists_with_different_fields`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -164,7 +165,9 @@ def system_account_id(key: str) -> uuid.UUID:
     return derived_id("ledger-account", key)
 
 
+@functools.lru_cache(maxsize=4096)
 def system_account(key: str, unit: str, code: str) -> NewAccount:
+    """An operator account (immutable, so kept: a top-up names nine, each id a SHA-1)."""
     return NewAccount(unit=unit, code=code, id=system_account_id(key), key=key)
 
 
