@@ -154,3 +154,45 @@ async def test_a_serialization_failure_is_retried_until_both_transactions_commit
     # earlier one's write.
     assert sorted(s[-1] for s in seen) == [0, 1]
     assert await rows.totals() == [1, 1]
+
+
+@pytest.mark.postgres_only
+async def test_a_deadlock_between_statements_sent_straight_to_asyncpg_is_retried(
+    fresh_db: Database,
+) -> None:
+    """The same crosswise locking as above, by statements sent straight to the driver in the
+    session's transaction (as the ledger and charging do): asyncpg's own DeadlockDetectedError,
+    not wrapped by SQLAlchemy, is retried like SQLAlchemy's."""
+    from simcharge.ledger.repository import driver_in_transaction
+
+    rows = TwoRows(fresh_db)
+    await rows.create()
+    holding = [asyncio.Event(), asyncio.Event()]
+    attempts = [0, 0]
+    failures: list[str] = []
+    add = "UPDATE ledger_accounts SET credits_posted = credits_posted + $1 WHERE id = $2"
+
+    def crosswise(me: int) -> Any:
+        async def fn(s: AsyncSession) -> None:
+            attempts[me] += 1
+            driver = await driver_in_transaction(s)
+            assert driver is not None
+            await driver.execute(add, 1, rows.ids[me])
+            holding[me].set()
+            await holding[1 - me].wait()
+            try:
+                await driver.execute(add, 10, rows.ids[1 - me])
+            except asyncpg.PostgresError as exc:
+                failures.append(exc.sqlstate)
+                raise
+
+        return fn
+
+    before = _retries_for("deadlock")
+    await asyncio.wait_for(
+        asyncio.gather(fresh_db.run(crosswise(0)), fresh_db.run(crosswise(1))), timeout=60
+    )
+    assert failures == ["40P01"]
+    assert sorted(attempts) == [1, 2]
+    assert _retries_for("deadlock") == before + 1
+    assert await rows.totals() == [11, 11]

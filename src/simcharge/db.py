@@ -261,6 +261,10 @@ def retry_reason(exc: BaseException) -> str | None:
     or None when it is not."""
     if isinstance(exc, RetryableError):
         return type(exc).__name__
+    if isinstance(exc, asyncpg.PostgresError):
+        # Raised by a statement sent straight to asyncpg (`driver_in_transaction`), not wrapped
+        # by SQLAlchemy: a deadlock there is as worth a retry as anywhere.
+        return _RETRYABLE_SQLSTATES.get(exc.sqlstate or "")
     if not isinstance(exc, DBAPIError):
         return None
     if exc.connection_invalidated:
@@ -418,7 +422,7 @@ class Database:
                     raise
                 await self._commit(session)
                 return result
-            except (DBAPIError, RetryableError) as exc:
+            except (DBAPIError, RetryableError, asyncpg.PostgresError) as exc:
                 reason = retry_reason(exc)
                 if self._bound or attempt == attempts or reason is None:
                     raise

@@ -385,8 +385,12 @@ class LedgerRepository:
             await self.session.execute(insert(accounts), list(rows))
 
     async def insert_accounts_if_absent(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert the accounts whose id is free, in id order: two transactions creating the same
+        new accounts (an operator shard's first top-ups) then wait for each other in one order,
+        never crosswise."""
         if not rows:
             return
+        rows = sorted(rows, key=lambda row: row["id"])
         driver = await self._pg_driver()
         if driver is not None:
             columns = ([row[name] for row in rows] for name in _ACCOUNT_COLUMNS)
