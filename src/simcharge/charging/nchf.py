@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,7 @@ from simcharge.charging.consumption import LinePots, affordable_units, lock_pots
 from simcharge.charging.models import UNIT_OF, ChargingSession, SessionState, UsageRecord
 from simcharge.charging.nchf_repository import ChargingSessions
 from simcharge.charging.rating import Rate, RatingTable, country_of_mcc
+from simcharge.charging.repository import SET_LAST_ACTIVITY
 from simcharge.config import Settings
 from simcharge.db import RetryableError, table_of
 from simcharge.errors import SimchargeError
@@ -45,7 +46,6 @@ from simcharge.ledger.models import TransferKind
 from simcharge.ledger.service import NewTransfer, create_transfers
 from simcharge.lines.models import Line, LineState
 
-lines_table = table_of(Line)
 sessions_table = table_of(ChargingSession)
 usage_table = table_of(UsageRecord)
 
@@ -479,9 +479,7 @@ class Charging:
             last = self.line.last_activity_at
             if last is None or self.now - last >= ACTIVITY_EVERY:
                 await self.session.execute(
-                    update(lines_table)
-                    .where(lines_table.c.id == self.line.id)
-                    .values(last_activity_at=self.now)
+                    SET_LAST_ACTIVITY, {"b_id": self.line.id, "b_at": self.now}
                 )
         if created:
             if self.records:

@@ -28,11 +28,24 @@ _ID, _LINE_ID, _TAKEN = (USAGE_COLUMNS.index(n) for n in ("id", "line_id", "take
 _SLICE = 5000
 """Values per `IN (…)` on SQLite (its limit on parameters is 32,766)."""
 
-_set_last_activity = (
-    update(lines_table)
+# Charging marks a line's activity after it has locked the line's accounts (its pots); a top-up
+# locks the line first, then those accounts. Waiting here for a line another transaction holds
+# would close that cycle, and PostgreSQL would kill one of the two after `deadlock_timeout` (1 s
+# of both waiting). So a line held by someone else is skipped (`SKIP LOCKED`): the mark is a
+# throttled timestamp (`nchf.ACTIVITY_EVERY`), a top-up marks the line itself, and the line's
+# next usage marks it again. SQLite has no row locks: there it is a plain update.
+_line_not_held = (
+    select(lines_table.c.id)
     .where(lines_table.c.id == bindparam("b_id"))
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+SET_LAST_ACTIVITY = (
+    update(lines_table)
+    .where(lines_table.c.id == _line_not_held)
     .values(last_activity_at=bindparam("b_at"))
 )
+"""Parameters `b_id` (the line) and `b_at`."""
 
 
 class UsageRepository:
@@ -114,5 +127,5 @@ class UsageRepository:
     async def set_last_activity(self, latest: dict[uuid.UUID, datetime]) -> None:
         if latest:
             await self.session.execute(
-                _set_last_activity, [{"b_id": k, "b_at": v} for k, v in latest.items()]
+                SET_LAST_ACTIVITY, [{"b_id": k, "b_at": v} for k, v in latest.items()]
             )
