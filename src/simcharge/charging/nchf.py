@@ -33,7 +33,7 @@ from simcharge.charging.consumption import LinePots, affordable_units, lock_pots
 from simcharge.charging.models import UNIT_OF, ChargingSession, SessionState, UsageRecord
 from simcharge.charging.nchf_repository import ChargingSessions
 from simcharge.charging.rating import Rate, RatingTable, country_of_mcc
-from simcharge.charging.repository import SET_LAST_ACTIVITY
+from simcharge.charging.repository import UsageRepository
 from simcharge.config import Settings
 from simcharge.db import RetryableError, table_of
 from simcharge.errors import SimchargeError
@@ -478,9 +478,7 @@ class Charging:
             # Chargeable activity is usage: a quota refused, or granted and not used, is not.
             last = self.line.last_activity_at
             if last is None or self.now - last >= ACTIVITY_EVERY:
-                await self.session.execute(
-                    SET_LAST_ACTIVITY, {"b_id": self.line.id, "b_at": self.now}
-                )
+                await UsageRepository(self.session).set_last_activity({self.line.id: self.now})
         if created:
             if self.records:
                 await self.session.execute(usage_table.insert(), self.records)

@@ -125,6 +125,8 @@ class UsageRepository:
             await self.session.execute(usage_table.insert(), batch)
 
     async def set_last_activity(self, latest: dict[uuid.UUID, datetime]) -> None:
+        """Mark these lines' activity, skipping any another transaction holds
+        (`SET_LAST_ACTIVITY`)."""
         if latest:
             await self.session.execute(
                 SET_LAST_ACTIVITY, [{"b_id": k, "b_at": v} for k, v in latest.items()]
