@@ -261,6 +261,8 @@ def retry_reason(exc: BaseException) -> str | None:
     or None when it is not."""
     if isinstance(exc, RetryableError):
         return type(exc).__name__
+    if _closed_under_us(exc):
+        return "disconnect"
     if isinstance(exc, asyncpg.PostgresError):
         # Raised by a statement sent straight to asyncpg (`driver_in_transaction`), not wrapped
         # by SQLAlchemy: a deadlock there is as worth a retry as anywhere.
@@ -281,6 +283,13 @@ def retry_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _closed_under_us(exc: BaseException) -> bool:
+    """asyncpg's own "connection is closed", raised unwrapped when the server went away while
+    a connection was being set up (SQLAlchemy's on-connect codec setup during a restart) or used
+    straight through the driver. Other interface errors are programming errors."""
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """The database cannot be reached now: the connection was refused or dropped, or the server
     is starting or shutting down (a restart, a failover). Worth answering 503 and retrying later,
@@ -291,7 +300,11 @@ def is_unreachable(exc: BaseException) -> bool:
             return False
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
-        if type(seen).__name__ in DISCONNECTS or isinstance(seen, ConnectionError):
+        if (
+            type(seen).__name__ in DISCONNECTS
+            or isinstance(seen, ConnectionError)
+            or _closed_under_us(seen)
+        ):
             return True
         seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return False
@@ -422,7 +435,7 @@ class Database:
                     raise
                 await self._commit(session)
                 return result
-            except (DBAPIError, RetryableError, asyncpg.PostgresError) as exc:
+            except (DBAPIError, RetryableError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 reason = retry_reason(exc)
                 if self._bound or attempt == attempts or reason is None:
                     raise

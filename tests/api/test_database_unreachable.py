@@ -6,13 +6,14 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy.exc import DBAPIError
 
 from simcharge.app import create_app
 from simcharge.config import Settings
-from simcharge.db import Database, is_unreachable
+from simcharge.db import Database, is_unreachable, retry_reason
 
 
 @pytest.fixture
@@ -55,3 +56,13 @@ def test_what_counts_as_unreachable() -> None:
     assert is_unreachable(starting)
     assert not is_unreachable(DBAPIError("SELECT 1", {}, ValueError("syntax error")))
     assert not is_unreachable(RuntimeError("a bug"))
+
+
+def test_a_connection_closed_under_the_driver_is_unreachable_and_worth_a_retry() -> None:
+    """asyncpg raises its own "connection is closed", unwrapped, when the server goes away while
+    SQLAlchemy sets up a new connection (seen in the chaos check during a restart): 503 and a
+    retry, not 500. Its other interface errors are bugs."""
+    closed = asyncpg.InterfaceError("connection is closed")
+    assert is_unreachable(closed) and retry_reason(closed) == "disconnect"
+    busy = asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    assert not is_unreachable(busy) and retry_reason(busy) is None
