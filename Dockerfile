@@ -10,7 +10,8 @@ RUN python -m venv /opt/simcharge
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN /opt/simcharge/bin/pip install --no-compile . \
- && /opt/simcharge/bin/python -m compileall -q /opt/simcharge/lib
+ && /opt/simcharge/bin/python -m compileall -q /opt/simcharge/lib \
+ && SIMCHARGE_FONT_CACHE_DIR=/opt/simcharge/fonts /opt/simcharge/bin/simcharge receipt-fonts
 
 FROM python:3.11-slim-bookworm
 RUN groupadd --system --gid 10001 simcharge \
@@ -22,6 +23,7 @@ ENV PATH=/opt/simcharge/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     SIMCHARGE_ENV=production \
     SIMCHARGE_LOG_JSON=true \
+    SIMCHARGE_FONT_CACHE_DIR=/opt/simcharge/fonts \
     SIMCHARGE_WORKER_IN_PROCESS=false
 WORKDIR /tmp
 USER 10001:10001

@@ -40,6 +40,8 @@ def _server_env(ctx: BenchContext) -> dict[str, str]:
 
 
 async def _serve(ctx: BenchContext, how: str) -> str:
+    if how == "grouped":
+        return await ctx.serve("bench.ceiling.apps:bare", env=_server_env(ctx))
     if how == "stack":
         return await ctx.serve("bench.ceiling.apps:stack", factory=True, env=_server_env(ctx))
     return await ctx.serve("bench.ceiling.apps:bare", env=_server_env(ctx))
@@ -55,7 +57,8 @@ async def _fulfil_op(ctx: BenchContext, how: str, references: list[str]) -> Oper
         event = {"id": f"evt_{run}_{next(counter)}", "type": "payment.succeeded",
                  "created": int(time.time()), "data": {"object": {"reference": reference}}}  # fmt: skip
         body = json.dumps(event, separators=(",", ":")).encode()
-        r = await client.post("/ceiling/fulfil", content=body, headers={
+        path = "/ceiling/fulfil-grouped" if how == "grouped" else "/ceiling/fulfil"
+        r = await client.post(path, content=body, headers={
             "content-type": "application/json", "sandbox-signature": sign(orders.SECRET, body)})  # fmt: skip
         if r.status_code != 200 or r.headers.get("simcharge-outcome") != "fulfilled":
             raise RuntimeError(f"answered {r.status_code} ({r.headers.get('simcharge-outcome')})")
@@ -127,9 +130,11 @@ async def main(args: argparse.Namespace) -> int:
             sessions.put_nowait([str(row[0]), row[1], str(row[2])])
         baseline = await ctx.operation("http_baseline", ctx.concurrency)
         baselines = [await measure("http_baseline", baseline)]
-        for how in ("stack", "bare"):
+        for how in args.how:
             name = f"fulfil ({how})"
             found[name] = await measure(name, await _fulfil_op(ctx, how, references))
+            if how == "grouped":
+                continue
             name = f"nchf ({how})"
             found[name] = await measure(name, await _nchf_op(ctx, how, sessions))
         baseline = await ctx.operation("http_baseline", ctx.concurrency)
@@ -149,6 +154,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds run before measuring")
+    parser.add_argument("--how", nargs="*", default=["stack", "bare", "grouped"],
+                        help="which rows: stack, bare, grouped (fulfil only)")  # fmt: skip
     return parser.parse_args(argv)
 
 

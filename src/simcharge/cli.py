@@ -318,6 +318,21 @@ def demo() -> None:
     typer.echo("")
 
 
+@app.command(
+    "receipt-fonts",
+    help="Make the receipts' common font subsets now, in SIMCHARGE_FONT_CACHE_DIR (else the "
+    "first receipt that needs one makes it: about 15 s for the CJK one).",
+)
+def receipt_fonts() -> None:
+    from simcharge.orders.receipt_fonts import SUBSETS, make_all
+
+    made = make_all()
+    for path in made:
+        typer.echo(str(path))
+    if len(made) < len(SUBSETS):
+        _fail(f"{len(SUBSETS) - len(made)} subset(s) not made (see the log)", 1)
+
+
 @ledger_app.command(
     "verify",
     help="Check the books: every balance equals its transfers, each unit sums to zero, no "

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     default_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     default_language: str = "en"
 
+    font_cache_dir: Path = VAR_DIR / "fonts"
+    """Where the receipts' common font subsets are kept (made at the first receipt, or by
+    `simcharge receipt-fonts`)."""
+
     db_pool_size: int = Field(default=10, ge=1, le=200)
     portal_pages_at_once: int = Field(default=4, ge=0, le=1000)
     """Pages of the user center a web process builds at once; the others wait their turn, in

@@ -5,24 +5,19 @@ Cyrillic and every currency sign we print (the peso sign ₱ included). Where a 
 character it lacks — Chinese text, a name in another script — Noto Sans CJK SC (SIL Open Font
 License, shipped on PyPI by `mplfonts`) is added as the fallback that fpdf2 draws those
 characters with. fpdf2 embeds the subset of glyphs a receipt uses (about 10 kB, about 25 kB with
-Chinese text). Parsing and subsetting the 16 MB CJK font costs about half a second of CPU
-against a few hundredths for DejaVu, so it is loaded only for the receipts that need it.
-Receipts are rendered by the worker when an order is paid and kept (`receipt_documents`); a
-refund deletes them and the next request renders them again.
+Chinese text). The CJK font is loaded only for the receipts that need it, and each font is
+used as a smaller common subset where that covers the receipt (`receipt_fonts`). Receipts are
+rendered by the worker when an order is paid and kept (`receipt_documents`); a refund deletes
+them and the next request renders them again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
-from pathlib import Path
 
-from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,46 +32,12 @@ from simcharge.kit.translations import N_, translate
 from simcharge.notifications.templates import environment
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, OrderState, ReceiptDocument
+from simcharge.orders.receipt_fonts import fonts_for, needs_cjk_font
+
+__all__ = ["ReceiptFacts", "needs_cjk_font", "receipt_for", "render_pdf"]
 
 FONT = "dejavu"
 CJK_FONT = "noto"
-
-
-def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise RuntimeError(f"the {package} package (a font of the receipts) is not installed")
-    return Path(spec.origin).resolve().parent.joinpath(*parts)
-
-
-@lru_cache(maxsize=1)
-def font_path() -> Path:
-    """DejaVu Sans, the receipts' text font."""
-    return _package_file("matplotlib", "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
-
-
-@lru_cache(maxsize=1)
-def cjk_font_path() -> Path:
-    """Noto Sans CJK SC, the fallback for what DejaVu Sans lacks."""
-    return _package_file("mplfonts", "fonts", "NotoSansCJKsc-Regular.otf")
-
-
-@lru_cache(maxsize=1)
-def _font_covers() -> frozenset[int]:
-    """The code points DejaVu Sans has glyphs for."""
-    font = TTFont(str(font_path()), lazy=True)
-    try:
-        return frozenset(font.getBestCmap())
-    finally:
-        font.close()
-
-
-def needs_cjk_font(texts: Iterable[str]) -> bool:
-    """Whether any character (other than spacing and controls) is missing from DejaVu Sans."""
-    covered = _font_covers()
-    return any(
-        ord(ch) not in covered and not ch.isspace() for text in texts for ch in text
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +144,11 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     pdf.set_title(title)
     pdf.set_author(f.operator)
     pdf.add_page()
-    pdf.add_font(FONT, fname=str(font_path()))
     texts = [f.operator, title, thanks, *(x for pair in (*rows, *amounts, total) for x in pair)]
-    if needs_cjk_font(texts):
-        pdf.add_font(CJK_FONT, fname=str(cjk_font_path()))
+    text_font, cjk_font = fonts_for(texts)
+    pdf.add_font(FONT, fname=str(text_font))
+    if cjk_font is not None:
+        pdf.add_font(CJK_FONT, fname=str(cjk_font))
         pdf.set_fallback_fonts([CJK_FONT])
     pdf.set_font(FONT, size=20)
     pdf.set_text_color(11, 110, 79)
