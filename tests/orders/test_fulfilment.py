@@ -17,7 +17,7 @@ from simcharge.kit.clock import clock, utcnow
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import line_balances
 from simcharge.notifications.models import Notice
-from simcharge.orders.models import ProviderEvent, SandboxPayment
+from simcharge.orders.models import Payment, ProviderEvent, SandboxPayment
 from simcharge.payments.sandbox import DELIVER_WEBHOOK
 from simcharge.payments.service import reconcile
 from simcharge.worker.models import OutboxJob
@@ -53,7 +53,8 @@ async def test_pay_return_and_webhooks_credit_once(app: Any, client: httpx.Async
     assert paid.headers["location"] == f"http://testserver/api/v1/orders/{order['id']}/return"
 
     # The payer comes back: the provider is asked (the query string is not trusted).
-    back = await client.get(f"/api/v1/orders/{order['id']}/return?state=anything")
+    back = await client.get(f"/api/v1/orders/{order['id']}/return?state=anything",
+                            headers=payer.auth)
     assert back.status_code == 303
     assert back.headers["location"] == f"/account/orders/{order['id']}"
     row = await order_row(db, order["id"])
@@ -123,7 +124,7 @@ async def test_every_path_at_once_credits_once(app: Any, client: httpx.AsyncClie
     results = await asyncio.gather(
         client.post("/api/v1/webhooks/sandbox", content=body, headers=headers),
         client.post("/api/v1/webhooks/sandbox", content=body, headers=headers),
-        client.get(f"/api/v1/orders/{order['id']}/return"),
+        client.get(f"/api/v1/orders/{order['id']}/return", headers=payer.auth),
         client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth),
         reconcile(db, providers),
         run_worker(app, db, settings),
@@ -186,7 +187,7 @@ async def test_a_gift_is_credited_to_the_friend_and_tells_them(
     order = await place(client, payer, plan="starter-10", msisdn=friend.line.msisdn)
     assert order["gift"] is True
     await pay_at_sandbox(client, settings, order)
-    await client.get(f"/api/v1/orders/{order['id']}/return")
+    await client.get(f"/api/v1/orders/{order['id']}/return", headers=payer.auth)
     await run_worker(app, db, settings)
     assert (await _balances(db, friend.line.id))["SMS"] == 20
     assert "SMS" not in await _balances(db, payer.line.id)
@@ -227,6 +228,28 @@ async def test_orders_of_others_are_not_found(client: httpx.AsyncClient, db: Dat
         assert r.status_code == 404, (method, path, r.text)
         assert r.json()["type"].endswith("/order-not-found")
     assert (await order_row(db, order["id"])).state == "pending"
+
+
+async def test_only_the_payer_coming_back_makes_us_ask_the_provider(
+        client: httpx.AsyncClient, db: Database, settings: Settings) -> None:
+    payer = await new_payer(db, settings)
+    stranger = await new_payer(db, settings)
+    order = await place(client, payer)
+    await pay_at_sandbox(client, settings, order)
+    # Anyone who knows the order's id lands on its page (which asks them to sign in), but only
+    # its payer's return asks the provider: no one else makes us call it.
+    for auth in ({}, stranger.auth):
+        r = await client.get(f"/api/v1/orders/{order['id']}/return", headers=auth)
+        assert r.status_code == 303 and r.headers["location"] == f"/account/orders/{order['id']}"
+        row = await order_row(db, order["id"])
+        assert row.state == "pending"
+        async with db.read() as s:
+            checks = (await s.execute(select(Payment.checks).where(
+                Payment.order_id == uuid.UUID(order["id"])))).scalar_one()
+        assert checks == 0
+    r = await client.get(f"/api/v1/orders/{order['id']}/return", headers=payer.auth)
+    assert r.status_code == 303
+    assert (await order_row(db, order["id"])).state == "fulfilled"
 
 
 async def test_listing_pages_through_my_orders(client: httpx.AsyncClient, db: Database,

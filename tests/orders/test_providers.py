@@ -1431,7 +1431,7 @@ async def test_an_answer_naming_another_merchant_is_flagged_and_not_credited(
     payment = await _payment(db, order)
     assert payment.state == "pending" and payment.next_check_at is not None
     # The return asks again: still nothing credited.
-    await client.get(f"/api/v1/orders/{order.id}/return")
+    await client.get(f"/api/v1/orders/{order.id}/return", headers=payer.auth)
     assert (await order_row(db, order.id)).state == "pending"
     # It still expires on time, credited nothing (WeChat Pay is not asked to close a payment it
     # says is another merchant's).

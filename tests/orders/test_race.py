@@ -76,7 +76,8 @@ async def test_200_orders_told_six_times_at_once_are_credited_once(
         for (payer, order), (body, headers) in zip(orders, webhooks, strict=True):
             calls += [(order["id"], client.post("/api/v1/webhooks/sandbox", content=body,
                                                 headers=headers)) for _ in range(3)]
-            calls.append((order["id"], client.get(f"/api/v1/orders/{order['id']}/return")))
+            calls.append((order["id"], client.get(f"/api/v1/orders/{order['id']}/return",
+                                                  headers=payer.auth)))
             calls.append((order["id"], client.post(f"/api/v1/orders/{order['id']}/check",
                                                    headers=payer.auth)))
             # The reconciliation job's pass over this very order.

@@ -205,3 +205,37 @@ async def test_the_ticket_page_shows_the_payment_and_checks_with_the_provider(
     # a missing ticket is a page, not JSON
     r = await client.get(f"/backoffice/tickets/{uuid.uuid4()}")
     assert r.status_code == 404 and "text/html" in r.headers["content-type"]
+
+
+async def test_a_gift_order_does_not_let_the_payer_name_the_receivers_line(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    receiver = await new_payer(db, settings)
+    gift = await place(client, payer, msisdn=receiver.line.msisdn)
+    # The gift is the payer's order; the receiver's line is not their line, with it or without
+    # it, and a wrong guess of the line's id answers the same as a right one.
+    for line_id in (str(receiver.line.id), str(uuid.uuid4())):
+        r = await _open(client, payer.auth, order_id=gift["id"], line_id=line_id)
+        assert r.status_code == 404, r.text
+        assert r.json()["type"] == "/problems/not-found"
+    # About the gift order alone: fine. With their own line, which the gift is not for: refused.
+    r = await _open(client, payer.auth, order_id=gift["id"])
+    assert r.status_code == 201 and r.json()["line_id"] is None
+    r = await _open(client, payer.auth, order_id=gift["id"], line_id=str(payer.line.id))
+    assert r.status_code == 422 and r.json()["field"] == "line_id"
+    async with db.read() as s:
+        tickets = (await s.execute(select(Ticket).where(Ticket.line_id.is_not(None)))).scalars()
+        assert list(tickets) == []
+
+
+async def test_a_retry_naming_another_line_is_a_key_reused(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    key = idem()
+    r = await _open(client, {**payer.auth, **key}, line_id=str(payer.line.id))
+    assert r.status_code == 201
+    r = await _open(client, {**payer.auth, **key})
+    assert r.status_code == 422 and r.json()["type"] == "/problems/idempotency-key-reused"
+    assert len((await client.get("/api/v1/me/tickets", headers=payer.auth)).json()) == 1

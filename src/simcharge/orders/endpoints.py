@@ -248,7 +248,9 @@ async def list_orders(
     db: DB,
     language: Language,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[datetime | None, Query(description="Orders created before this")] = None,
+    before: Annotated[
+        AwareDatetime | None, Query(description="Orders created before this (with its offset)")
+    ] = None,
     line_id: uuid.UUID | None = None,
     state: Annotated[str | None, Query(max_length=20)] = None,
 ) -> OrdersOut:
@@ -342,10 +344,13 @@ async def return_from_provider(
     customer: OptionalCustomer,
 ) -> Response:
     """The query string is never trusted: the provider is asked where the payment stands (and a
-    PayPal order the payer approved is captured). Then the payer goes to the order's page."""
+    PayPal order the payer approved is captured) — when the payer is signed in and the order is
+    theirs: no one else makes us call a provider (the webhook and reconciliation settle it
+    anyway). Then the payer goes to the order's page."""
     async with db.read() as s:
         order = await s.get(Order, order_id)
-    if order is not None and order.state == "pending":
+    owner = customer is not None and order is not None and order.account_id == customer.account.id
+    if owner and order is not None and order.state == "pending":
         # Unreachable: the page says "waiting"; the webhook or reconciliation will settle it.
         with contextlib.suppress(payments.PaymentProviderUnavailable):
             await payments.check_order(db, providers, order_id, source="return", capture=True)

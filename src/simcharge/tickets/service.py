@@ -96,15 +96,17 @@ async def open_ticket(
             await session.execute(select(Ticket).where(Ticket.request_key == request_key))
         ).scalar_one_or_none()
         if earlier is not None:
-            if earlier.subject != subject or earlier.order_id != order_id:
+            if (earlier.subject, earlier.order_id, earlier.line_id) != (subject, order_id, line_id):
                 raise IdempotencyKeyReused(field="Idempotency-Key")
             return earlier, True
+    # The line must be the customer's own even with an order: an order may be a gift to someone
+    # else's number, whose line is not theirs to name (nor to learn about by guessing its id).
+    if line_id is not None:
+        await own_line(session, account_id, line_id)
     if order_id is not None:
         order = await own_order(session, account_id, order_id)
         if line_id is not None and order.line_id != line_id:
             raise ValidationFailed(N_("The order is not for this line."), field="line_id")
-    elif line_id is not None:
-        await own_line(session, account_id, line_id)
     ticket = Ticket(
         number=_number(),
         account_id=account_id,
