@@ -215,6 +215,8 @@ async def test_odd_values_are_bad_records_not_failures(db: Database, settings: S
         {"id": "s3", "subscriber": ["msisdn-1"]},
         {"id": "c1", "country": "\u00c4\u00d6"},
         {"id": "t1", "started_at": None},
+        {"id": "t2", "started_at": "0001-01-01T00:00:00+01:00"},  # before year 1 in UTC
+        {"id": "t3", "started_at": "9999-12-31T23:59:59-01:00"},  # after year 9999 in UTC
     ]
     text = "\n".join(json.dumps({**good, **o}) for o in [*odd, {}])
     report = await import_usage_records(db, settings, read_usage_text(text, "u.jsonl"))
@@ -222,6 +224,7 @@ async def test_odd_values_are_bad_records_not_failures(db: Database, settings: S
     assert [(e.line, e.field) for e in report.errors] == [
         (1, "id"), (2, "id"), (3, "id"), (4, "quantity"), (5, "quantity"), (6, "subscriber"),
         (7, "subscriber"), (8, "subscriber"), (9, "country"), (10, "started_at"),
+        (11, "started_at"), (12, "started_at"),
     ]  # fmt: skip
     # A CSV field past the csv module's limit is one bad row; the reader goes on after it.
     text = HEADER + "x" * 200_000 + f",{t.supi},sms,1,{soon(1)},\nok2,{t.supi},sms,1,{soon(2)},\n"

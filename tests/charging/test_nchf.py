@@ -363,6 +363,38 @@ async def test_only_the_latest_answers_are_kept(client: httpx.AsyncClient, db: D
     assert (await api.create(create)).json()["invocationSequenceNumber"] == 0
 
 
+async def test_usage_too_large_to_keep_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """The 3GPP type allows 2^64 - 1 used units; what a record and the ledger's 64-bit columns
+    cannot hold — in one report, or added up over the session — is a bad value, not a 500."""
+    api = await nchf(client, db)
+    t = await make_line(db, money=10_000, grants=[UnitGrant("DATA_B", 10**9, 30)])
+    r = await api.create(body(t.supi, 1, [rg(DATA, requested={"totalVolume": 1000})]))
+    assert r.status_code == 201
+    ref = ref_of(r)
+    before = await balances(db, t.line)
+    for seq, used in ((2, {"totalVolume": 2**64 - 1}), (3, {"uplinkVolume": 2**62})):
+        r = await api.update(ref, body(t.supi, seq, [rg(DATA, used=[used])]))
+        assert (r.status_code, r.json()["cause"]) == (400, "MANDATORY_IE_INCORRECT")
+        assert r.json()["invalidParams"][0]["param"].startswith(
+            "/multipleUnitUsage/0/usedUnitContainer/0/")
+    # Each report within bounds, their sum over the session not.
+    r = await api.update(ref, body(t.supi, 4, [rg(DATA, used=[{"totalVolume": 2**62 - 1}])]))
+    assert r.status_code == 200
+    after_first = await balances(db, t.line)
+    async with db.read() as s:
+        records = (await s.execute(select(UsageRecord))).scalars().all()
+    r = await api.update(ref, body(t.supi, 5, [rg(DATA, used=[
+        {"uplinkVolume": 2**62 - 1, "downlinkVolume": 2**62 - 1}])]))  # fmt: skip
+    assert (r.status_code, r.json()["cause"]) == (400, "MANDATORY_IE_INCORRECT")
+    assert r.json()["invalidParams"][0]["param"] == "/multipleUnitUsage/0/usedUnitContainer"
+    assert await balances(db, t.line) == after_first != before
+    async with db.read() as s:
+        assert len((await s.execute(select(UsageRecord))).scalars().all()) == len(records)
+    await assert_ledger_balanced(db)
+
+
 async def test_a_refused_quota_is_not_activity(client: httpx.AsyncClient, db: Database) -> None:
     api = await nchf(client, db)
 

@@ -282,7 +282,10 @@ class RecordChecker:
         if zone is None:
             started_at = started_at.replace(tzinfo=UTC)
         elif zone is not UTC and started_at.utcoffset():
-            started_at = started_at.astimezone(UTC)
+            try:
+                started_at = started_at.astimezone(UTC)
+            except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before year 1 in UTC
+                return BadRow("started_at", f"{when!r} is out of range")
         if country is None or country == "":
             country = None
         else:

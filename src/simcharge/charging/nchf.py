@@ -94,6 +94,9 @@ class _Loose(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+USED_MAX = 2**62 - 1
+
+
 class Units(_Loose):
     time: int | None = Field(default=None, ge=0, le=2**32 - 1)
     totalVolume: int | None = Field(default=None, ge=0, le=2**64 - 1)
@@ -114,7 +117,16 @@ class Units(_Loose):
 
 
 class UsedUnits(Units):
+    """Units a network function reports as used: bounded below 2^62 each (the 3GPP type allows
+    2^64 − 1), so that a record, an uplink and downlink sum and the ledger's 64-bit columns hold
+    them; a report beyond is refused as a bad value, not stored."""
+
     localSequenceNumber: int
+    time: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    totalVolume: int | None = Field(default=None, ge=0, le=USED_MAX)
+    uplinkVolume: int | None = Field(default=None, ge=0, le=USED_MAX)
+    downlinkVolume: int | None = Field(default=None, ge=0, le=USED_MAX)
+    serviceSpecificUnits: int | None = Field(default=None, ge=0, le=USED_MAX)
 
 
 class UnitUsage(_Loose):
@@ -543,6 +555,16 @@ async def _process(
         used = 0
         if entries is not None:
             used = sum(c.of(service) or 0 for e in entries for c in e.usedUnitContainer)
+            if group["used"] + used > USED_MAX:
+                # Nothing real reports this much; refused whole (the transaction is undone).
+                where = f"/multipleUnitUsage/{req.multipleUnitUsage.index(entries[0])}"
+                reason = f"rating group {rg}: the session's usage would pass {USED_MAX}"
+                raise NchfProblem(
+                    400,
+                    "MANDATORY_IE_INCORRECT",
+                    N_("The charging request is not valid."),
+                    invalid=[(where + "/usedUnitContainer", reason)],
+                )
         if entries is None and not release:
             continue  # not reported: its quota stands
         then = group.get("zone", cs.zone)
