@@ -31,11 +31,19 @@ _update_totals = (
 
 
 
+# LOCK ORDER. Every statement that locks ledger accounts takes them in one order: the accounts
+# of lines (wallets, buckets: `line_id` set) first, then the operator's (`line_id` NULL), each
+# group by id — `ORDER BY line_id IS NULL, id`. Charging locks a line's pots first
+# (`charging.consumption.lock_pots`, by id) and only then, through the ledger, the operator
+# account it pays into; by plain id order a transfer between the same two accounts (a TMF654
+# reservation, the expiry of a reservation) took the operator's first whenever its id was the
+# smaller, and the two deadlocked.
+
 # PostgreSQL only, for the commonest batch — one posted or pending transfer — in one statement,
 # sent as is on the session's asyncpg connection, in the session's transaction (or alone, below):
 # the hottest statement in simcharge, which SQLAlchemy's execution machinery cost a third of its
 # throughput (README "Performance").
-# `locked` takes both rows in id order (one order for everyone: no deadlocks). The UPDATE's own
+# `locked` takes both rows in the lock order (see `LOCK ORDER`). The UPDATE's own
 # WHERE then judges each account — right unit, within its bound, no overflow (summed in
 # `numeric`, so nothing can raise) — and under READ COMMITTED PostgreSQL re-checks that WHERE
 # against the newest version of a row it had to wait for, so the verdict is never stale. The
@@ -48,7 +56,8 @@ WITH v(id, ddp, ddpo, dcp, dcpo) AS (
     VALUES ($1::uuid, $3::bigint, $4::bigint, 0::bigint, 0::bigint),
            ($2::uuid, 0, 0, $3::bigint, $4::bigint)
 ), locked AS (
-    SELECT id FROM ledger_accounts WHERE id IN ($1::uuid, $2::uuid) ORDER BY id FOR UPDATE
+    SELECT id FROM ledger_accounts WHERE id IN ($1::uuid, $2::uuid)
+     ORDER BY line_id IS NULL, id FOR UPDATE
 ), upd AS (
     UPDATE ledger_accounts a
        SET debits_pending = a.debits_pending + v.ddp, debits_posted = a.debits_posted + v.ddpo,
@@ -118,9 +127,10 @@ _TRANSFERS_BY_ID = f"""
 SELECT {", ".join(c.name for c in transfers.c)} FROM ledger_transfers WHERE id = ANY($1::uuid[])
 """  # noqa: S608 - column names from the table
 
-# A batch's reads in one statement: the pending transfers it resolves, then the accounts it names
-# and theirs, each locked in id order. The accounts' ids are one array (`= ANY`, an index scan),
-# not `IN (subquery)` OR'ed together, which the planner answers with a sequential scan.
+# A batch's reads in one statement: the pending transfers it resolves (in id order), then the
+# accounts it names and theirs, in the lock order (see `LOCK ORDER`). The accounts' ids are one
+# array (`= ANY`, an index scan), not `IN (subquery)` OR'ed together, which the planner answers
+# with a sequential scan.
 _LOCK_BATCH = f"""
 WITH p AS (
     SELECT {", ".join(c.name for c in transfers.c)} FROM ledger_transfers
@@ -129,7 +139,7 @@ WITH p AS (
     SELECT {", ".join(LOCKED_COLUMNS)} FROM ledger_accounts
      WHERE id = ANY($2::uuid[] || ARRAY(SELECT debit_account_id FROM p)
                                || ARRAY(SELECT credit_account_id FROM p))
-     ORDER BY id FOR UPDATE
+     ORDER BY line_id IS NULL, id FOR UPDATE
 )
 SELECT ARRAY(SELECT ROW(p.*) FROM p) AS pending, ARRAY(SELECT ROW(a.*) FROM a) AS accounts
 """  # noqa: S608 - column names from this module
@@ -270,8 +280,8 @@ class LedgerRepository:
         self, pending_ids: Collection[uuid.UUID], account_ids: Collection[uuid.UUID]
     ) -> tuple[dict[uuid.UUID, TransferRow], dict[uuid.UUID, Sequence[Any]]]:
         """What a batch reads, locked: the pending transfers it resolves, then the accounts —
-        the batch's own and those of its pending transfers — each in id order (one order for
-        everyone: fewer deadlocks). The accounts come as rows of `LOCKED_COLUMNS`. One
+        the batch's own and those of its pending transfers — in the lock order (see `LOCK
+        ORDER`). The accounts come as rows of `LOCKED_COLUMNS`. One
         statement on PostgreSQL."""
         driver = await self._pg_driver()
         if driver is not None:
@@ -288,7 +298,7 @@ class LedgerRepository:
         stmt = (
             select(*(accounts.c[name] for name in LOCKED_COLUMNS))
             .where(accounts.c.id.in_(sorted(ids)))
-            .order_by(accounts.c.id)
+            .order_by(accounts.c.line_id.is_(None), accounts.c.id)
             .with_for_update()
         )
         return pending, {row[0]: row for row in await self.session.execute(stmt)}
