@@ -455,20 +455,14 @@ class Charging:
         final = reachable <= used + granted
         return granted, final
 
-    async def commit_ledger(self) -> None:
-        if not self.transfers:
-            return
+    def chain(self) -> list[NewTransfer]:
+        """The request's transfers as one linked chain: all or none."""
         last = len(self.transfers) - 1
-        batch = [replace(t, linked=i < last) for i, t in enumerate(self.transfers)]
-        outcomes = await create_transfers(self.session, batch, now=self.now)
-        if not all(o.ok for o in outcomes):
-            failed = next(o for o in outcomes if not o.ok)
-            raise NchfProblem(
-                500,
-                "SYSTEM_FAILURE",
-                N_("The ledger refused a charging transfer: {reason}."),
-                reason=failed.result.value,
-            )
+        return [replace(t, linked=i < last) for i, t in enumerate(self.transfers)]
+
+    async def commit_ledger(self) -> None:
+        if self.transfers:
+            await _post(self.session, self.chain(), self.now)
 
     async def finish(self, *, created: bool) -> None:
         """Write what the request did: the session (`created`: new, written by the ORM; else
@@ -498,6 +492,19 @@ class Charging:
         else:
             await ChargingSessions(self.session).save(self.cs, self.records)
         await self.commit_ledger()
+
+
+async def _post(session: AsyncSession, batch: list[NewTransfer], now: datetime) -> None:
+    """Write charging's transfers; the ledger refusing one is our fault (a 500, all undone)."""
+    outcomes = await create_transfers(session, batch, now=now)
+    failed = next((o for o in outcomes if not o.ok), None)
+    if failed is not None:
+        raise NchfProblem(
+            500,
+            "SYSTEM_FAILURE",
+            N_("The ledger refused a charging transfer: {reason}."),
+            reason=failed.result.value,
+        )
 
 
 UNIT_OF_SERVICE = {s.value: u for s, u in UNIT_OF.items()}
@@ -799,7 +806,13 @@ async def update_charging_data(
 async def expire_abandoned_sessions(
     session: AsyncSession, settings: Settings, *, now: datetime | None = None, limit: int = 200
 ) -> int:
-    """Release the reservations of open sessions past their deadline; returns how many."""
+    """Release the reservations of open sessions past their deadline; returns how many.
+
+    Locks as a live update does, in the ledger's one order: every line's pots first (one
+    statement, by id), then — in one ledger batch for all the sessions — the operator accounts.
+    Session by session (pots of one line, its operator account, the pots of the next) it held an
+    operator account while waiting for a line a live update held while waiting for that
+    account."""
     now = now or utcnow()
     stmt = (
         select(ChargingSession, Line)
@@ -810,9 +823,14 @@ async def expire_abandoned_sessions(
         .with_for_update(of=sessions_table, skip_locked=True)
     )
     rows = list((await session.execute(stmt)).all())
+    if not rows:
+        return 0
+    pots = await lock_pots(session, sorted({line.id for _, line in rows}))
     empty = RatingTable()
+    batch: list[NewTransfer] = []
     for cs, line in rows:
         work = Charging(session, settings, empty, line, cs, cs.sequence + 1, now)
+        work.pots = pots[line.id]  # shared by the line's sessions: each sees what the last freed
         groups = {k: dict(v) for k, v in cs.groups.items()}
         for key, group in groups.items():
             if group.get("holds"):
@@ -820,6 +838,8 @@ async def expire_abandoned_sessions(
         cs.groups = groups
         cs.state = SessionState.timed_out.value
         cs.updated_at = now
-        await work.commit_ledger()
+        batch += work.chain()  # each session's chain, as its own update would post it
+    if batch:
+        await _post(session, batch, now)
     await session.flush()
     return len(rows)
