@@ -11,14 +11,16 @@ from typing import Any
 
 import httpx
 from jsonschema import Draft4Validator
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.apikeys import create_api_key
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
-from simcharge.ledger.models import LedgerAccount
-from simcharge.lines.models import Line, LineState
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
+from simcharge.tmf654.models import BalanceAction
 from tests.factories import create_account, create_line
 
 SHARED = Path(__file__).resolve().parents[3] / "shared/specs/tmf654"
@@ -107,3 +109,16 @@ async def totals(db: Database, account_id: uuid.UUID) -> tuple[int, int]:
         a = await s.get(LedgerAccount, account_id, populate_existing=True)
         assert a is not None
         return a.credits_posted - a.debits_posted - a.debits_pending, a.debits_pending
+
+
+async def written(db: Database) -> tuple[Any, ...]:
+    """Every ledger account's totals and the number of actions, buckets and ledger transfers:
+    a refused request must leave them all as they were."""
+    async with db.read() as s:
+        rows = await s.execute(select(
+            LedgerAccount.id, LedgerAccount.debits_pending, LedgerAccount.debits_posted,
+            LedgerAccount.credits_pending, LedgerAccount.credits_posted))
+        accounts = {tuple(row) for row in rows}
+        counts = [(await s.execute(select(func.count()).select_from(model))).scalar_one()
+                  for model in (BalanceAction, Bucket, LedgerTransfer)]
+    return accounts, *counts

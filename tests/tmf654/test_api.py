@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from tests.tmf654.helpers import (
     assert_valid,
     new_holder,
     totals,
+    written,
 )
 
 ALL = ("balance:read", "balance:write", "balance:adjust")
@@ -423,6 +425,98 @@ async def test_transfers_out_of_bounds_are_refused_and_change_nothing(
     assert (r.status_code, r.json()["code"]) == (409, "insufficient-balance")
     assert await totals(db, poor.line.wallet_account_id) == (1000, 0)
     assert await totals(db, receiver.line.wallet_account_id) == (2000, 0)
+
+
+# --- amounts and dates out of range ---------------------------------------------------------
+
+
+def raw(body: dict[str, Any], amount: str) -> str:
+    """`body` as JSON with `amount.amount` written as `amount`, a literal Python's JSON reads
+    (Infinity, NaN) or that no float holds exactly."""
+    body = {**body, "amount": {**body["amount"], "amount": "@"}}
+    return json.dumps(body).replace('"@"', amount)
+
+
+async def test_amounts_no_balance_can_hold_are_bad_input_and_change_nothing(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    h, receiver = await new_holder(db), await new_holder(db)
+    key = await api_key(db, *ALL)
+    line = {"logicalResource": [{"id": h.line.msisdn}],
+            "partyAccount": {"id": str(h.account_id)}}
+    wallet = {**line, "usageType": "monetary", "bucket": {"id": str(h.line.wallet_account_id)},
+              "amount": {"amount": 1, "units": "USD"}}
+    reservation = await post(client, "/reserveBalance", wallet, key, "ReserveBalance_Create")
+    assert reservation.status_code == 201
+    sms = {**line, "usageType": "sms", "bucket": {"id": "new"}, "amount": {"units": "sms"}}
+    money = {**wallet, "amount": {"units": "USD"}}
+    data = {**line, "usageType": "data", "bucket": {"id": str(h.data_bucket)},
+            "amount": {"units": "MB"}}
+    voice = {**line, "usageType": "voice", "bucket": {"id": str(h.voice_bucket)},
+             "amount": {"units": "seconds"}, "reason": "goodwill"}
+    give_money = transfer_body(h, receiver, "monetary", {"units": "USD"},
+                               str(h.line.wallet_account_id))
+    give_data = transfer_body(h, receiver, "data", {"units": "MB"}, str(h.data_bucket))
+    cases = [
+        ("/topupBalance", sms, "Infinity"),
+        ("/topupBalance", sms, "NaN"),
+        ("/topupBalance", sms, "1e30"),
+        ("/topupBalance", sms, "9223372036854775808"),  # 2^63: MAX_AMOUNT + 1
+        ("/topupBalance", money, "1e30"),
+        ("/topupBalance", money, "92233720368547758.08"),  # 2^63 cents
+        ("/topupBalance", data, "Infinity"),
+        ("/adjustBalance", voice, "Infinity"),
+        ("/adjustBalance", voice, "-Infinity"),
+        ("/adjustBalance", voice, "1e30"),
+        ("/adjustBalance", voice, "-1e30"),
+        ("/reserveBalance", voice, "Infinity"),
+        ("/reserveBalance", voice, "1e30"),
+        ("/transferBalance", give_money, "Infinity"),
+        ("/transferBalance", give_data, "8796093022208"),  # 2^63 bytes
+    ]
+    before = await written(db)
+    for path, body, amount in cases:
+        r = await client.post(f"{BASE}{path}", content=raw(body, amount),
+                              headers={**key, "content-type": "application/json"})
+        assert r.status_code == 400, (path, amount, r.text)
+        assert (r.json()["code"], r.json()["field"]) == ("validation-error", "amount.amount")
+        assert_response(r, path, "post")
+    rid = reservation.json()["id"]
+    completed = {"status": "completed", "reason": "call rated", "amount": {"units": "USD"}}
+    for amount in ("Infinity", "1e30"):
+        r = await client.patch(f"{BASE}/reserveBalance/{rid}", content=raw(completed, amount),
+                               headers={**key, "content-type": "application/json"})
+        assert r.status_code == 400, (amount, r.text)
+        assert (r.json()["code"], r.json()["field"]) == ("validation-error", "amount.amount")
+        assert_response(r, "/reserveBalance/{id}", "patch")
+    assert await written(db) == before
+    assert await totals(db, h.line.wallet_account_id) == (1900, 100)
+    got = await client.get(f"{BASE}/reserveBalance/{rid}", headers=key)
+    assert got.json()["status"] == "created"
+
+
+async def test_an_end_of_validity_past_the_last_date_is_bad_input(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    body = {"amount": {"amount": 1, "units": "GB"}, "usageType": "data",
+            "bucket": {"id": "new"}, "partyAccount": {"id": str(h.account_id)},
+            "logicalResource": [{"id": h.line.msisdn}]}
+    before = await written(db)
+    for end in ("9999-12-31T23:00:00-12:00",  # in the year 10000 in UTC
+                "9999-12-31T12:00:00Z"):  # the bucket's end, in whole days, may be later
+        r = await post(client, "/topupBalance", {**body, "validFor": {"endDateTime": end}}, key,
+                       "TopupBalance_Create")
+        assert r.status_code == 400, (end, r.text)
+        assert (r.json()["code"], r.json()["field"]) == ("validation-error",
+                                                         "validFor.endDateTime")
+    assert await written(db) == before
+    late = {**body, "validFor": {"endDateTime": "9999-12-30T00:00:00Z"}}
+    r = await post(client, "/topupBalance", late, key, "TopupBalance_Create")
+    assert r.status_code == 201, r.text
+    bucket = await client.get(f"{BASE}/bucket/{r.json()['bucket']['id']}", headers=key)
+    assert bucket.json()["validFor"]["endDateTime"][:10] in ("9999-12-29", "9999-12-30")
 
 
 # --- accumulatedBalance ----------------------------------------------------------------------

@@ -8,8 +8,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.lines.models import Line
 from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
+from simcharge.tmf654.models import BalanceAction
 from simcharge.worker.models import OutboxJob
+from tests.factories import create_line
 from tests.orders.helpers import Payer, assert_ledger_balanced, idem, new_payer
 from tests.tmf654.helpers import MB, totals
 
@@ -57,6 +60,43 @@ async def test_i_give_credit_to_another_number_once(
             OutboxJob.dedupe_key == f"transfer:{out['id']}"))).scalars().all()
     assert [j["account_id"] for j in jobs] == [str(friend.account_id)]
     await assert_ledger_balanced(db)
+
+
+async def test_a_key_used_from_another_of_my_lines_is_refused(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The line is part of the request: the same key and body from my other line gave nothing
+    and must not answer with the first line's transfer."""
+    me, friend = await funded(db, settings), await new_payer(db, settings)
+
+    async def second_line(s: AsyncSession) -> Line:
+        line = await create_line(s, account_id=me.account_id)
+        await credit_wallet(s, line, 2000, source=f"test:{line.id}")
+        return line
+
+    other = await db.run(second_line)
+    headers = {**me.auth, **idem()}
+    body = {"to": friend.line.msisdn, "usage_type": "monetary", "amount": 500}
+    first = await client.post(f"/api/v1/me/lines/{me.line.id}/transfers", json=body,
+                              headers=headers)
+    assert first.status_code == 201, first.text
+    again = await client.post(f"/api/v1/me/lines/{me.line.id}/transfers", json=body,
+                              headers=headers)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    r = await client.post(f"/api/v1/me/lines/{other.id}/transfers", json=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["type"].endswith("/idempotency-key-reused")
+    assert r.json()["field"] == "Idempotency-Key"
+    assert "Idempotent-Replayed" not in r.headers
+    assert await totals(db, other.wallet_account_id) == (2000, 0)
+    assert await totals(db, me.line.wallet_account_id) == (2000 - 520, 0)
+    assert await totals(db, friend.line.wallet_account_id) == (500, 0)
+    async with db.read() as s:
+        actions = (await s.execute(select(BalanceAction.line_id))).scalars().all()
+    assert actions == [me.line.id]
+    listed = await client.get(f"/api/v1/me/lines/{other.id}/transfers", headers=me.auth)
+    assert listed.json() == []
 
 
 async def test_data_comes_from_the_bucket_that_ends_first(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -395,7 +395,10 @@ def _until(body: dict[str, Any]) -> datetime | None:
         raise ValidationFailed(N_("Not a date and time."), field="validFor.endDateTime") from exc
     if parsed.tzinfo is None:
         raise ValidationFailed(N_("A time zone is required."), field="validFor.endDateTime")
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:00-12:00 is in the year 10000 in UTC
+        raise ValidationFailed(N_("Not a date and time."), field="validFor.endDateTime") from exc
 
 
 async def _create(
@@ -432,11 +435,11 @@ async def create_topup(
         _check_party(body, line)
         usage = str(body.get("usageType"))
         unit = service.unit_for(line, usage)
+        amount, until = units_of(body.get("amount"), unit, "amount"), _until(body)
         return await service.topup(
-            s, line=await _locked(s, line), usage_type=usage,
-            amount=units_of(body.get("amount"), unit, "amount"),
-            target=holder, valid_until=_until(body), actor=actor_of(key), key=idem,
-            request=body, reason=body.get("reason"),
+            s, line=await _locked(s, line), usage_type=usage, amount=amount, target=holder,
+            valid_until=until, actor=actor_of(key), key=idem, request=body,
+            reason=body.get("reason"),
         )
 
     return await _create(db, request, key, idem, body, "TopupBalance_Create", act)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
 from simcharge.config import Settings
-from simcharge.errors import ValidationFailed
+from simcharge.errors import IdempotencyKeyReused, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Bucket, Line
@@ -43,7 +43,8 @@ class Gift:
     reason: str | None = None
 
     def request(self) -> dict[str, Any]:
-        """The request as stored with the action (a retry must send the same)."""
+        """The request as stored with the action: a retry must send the same, for the same line
+        (the action's `line_id`)."""
         return {
             "to": self.to,
             "usage_type": self.usage_type,
@@ -154,13 +155,18 @@ async def give(
     gift: Gift,
     key: str,
 ) -> Given:
-    """The transfer, once per idempotency key (the same key and request: the first action)."""
+    """The transfer, once per idempotency key (the same key, line and request: the first action;
+    the same key from another line or with another request is refused)."""
     _check_usage_type(gift)
     line = await own_line(s, account_id, line_id)
     actor = actor_of(account_id)
     request = gift.request()
     found = await service.replay(s, actor, key, request)
     if found is not None:
+        # The giving line is part of the request (in the path, not the body): the same key
+        # and body from another of the customer's lines asks for another transfer.
+        if found.line_id != line.id:
+            raise IdempotencyKeyReused(field="Idempotency-Key")
         receiver = await s.get(Line, found.receiver_line_id)
         assert receiver is not None
         return Given(found, line, receiver, True)

@@ -16,6 +16,7 @@ from jsonschema import Draft4Validator  # type: ignore[import-untyped]
 from simcharge.errors import FieldError, ValidationFailed
 from simcharge.kit.money import LossyConversionError, from_minor, to_minor
 from simcharge.kit.translations import N_
+from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.models import Line
 from simcharge.tmf654.models import BalanceAction
 
@@ -64,13 +65,16 @@ def _missing(message: str) -> str:
 
 def units_of(quantity: dict[str, Any] | None, unit: str, field: str) -> int:
     """A TMF Quantity in a ledger unit: money in major units of the currency (exactly), voice in
-    seconds or minutes, data in bytes/KB/MB/GB (binary), SMS in messages."""
+    seconds or minutes, data in bytes/KB/MB/GB (binary), SMS in messages. At most the ledger's
+    `MAX_AMOUNT` either way: more is no amount a balance can hold (nor a BIGINT column)."""
     if not quantity or "amount" not in quantity:
         raise ValidationFailed(N_("An amount is required."), field=f"{field}.amount")
     try:
         value = Decimal(str(quantity["amount"]))
     except InvalidOperation as exc:
         raise ValidationFailed(N_("Not a number."), field=f"{field}.amount") from exc
+    if not value.is_finite():  # Python's JSON reads Infinity and NaN
+        raise ValidationFailed(N_("Not a number."), field=f"{field}.amount")
     given = str(quantity.get("units") or "").strip()
     if unit in _FACTORS:
         factor = _FACTORS[unit].get(given.lower() or _SHOWN_UNITS[unit])
@@ -83,15 +87,19 @@ def units_of(quantity: dict[str, Any] | None, unit: str, field: str) -> int:
         if result != result.to_integral_value():
             raise ValidationFailed(N_("The amount is not a whole number of {unit}."),
                                    field=f"{field}.amount", unit=_SHOWN_UNITS[unit])
-        return int(result)
-    if given and given.upper() != unit:
-        raise ValidationFailed(N_("The line's currency is {currency}."), field=f"{field}.units",
-                               currency=unit)
-    try:
-        return to_minor(value, unit)
-    except LossyConversionError as exc:
-        raise ValidationFailed(N_("The amount is not exact in {currency}."),
-                               field=f"{field}.amount", currency=unit) from exc
+        amount = int(result)
+    else:
+        if given and given.upper() != unit:
+            raise ValidationFailed(N_("The line's currency is {currency}."),
+                                   field=f"{field}.units", currency=unit)
+        try:
+            amount = to_minor(value, unit)
+        except LossyConversionError as exc:
+            raise ValidationFailed(N_("The amount is not exact in {currency}."),
+                                   field=f"{field}.amount", currency=unit) from exc
+    if abs(amount) > MAX_AMOUNT:
+        raise ValidationFailed(N_("This is not a valid amount."), field=f"{field}.amount")
+    return amount
 
 
 def quantity(amount: int, unit: str) -> dict[str, Any]:

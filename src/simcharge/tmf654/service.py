@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -42,6 +42,9 @@ USAGE_UNITS = {"voice": "VOICE_S", "data": "DATA_B", "sms": "SMS"}
 UNIT_USAGE = {v: k for k, v in USAGE_UNITS.items()}
 MAX_RESERVATION = timedelta(days=7)
 DEFAULT_RESERVATION = timedelta(hours=1)
+LATEST_END = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+"""The latest end a top-up's new bucket may have: its end is now plus the whole days to the end
+asked for (up to half a day later), which must still be a date."""
 MB = 1024 * 1024
 
 
@@ -238,6 +241,8 @@ async def topup(
         if valid_until is not None:
             if valid_until <= now:
                 raise ValidationFailed(N_("The end of validity is in the past."), field="validFor")
+            if valid_until > LATEST_END:
+                raise ValidationFailed(N_("Not a date and time."), field="validFor.endDateTime")
             days = max(1, round((valid_until - now) / timedelta(days=1)))
         transfers = await open_buckets(
             session, line, [UnitGrant(unit, amount, days)], source=source, now=now, shard=shard
@@ -501,7 +506,10 @@ async def transfer(
     wallet to `revenue:fees`. One linked batch: all of it or nothing."""
     giver = source.line
     # One transfer at a time per giver: the daily count and the balance are decided together.
-    await session.refresh(giver, with_for_update=True)
+    # FOR NO KEY UPDATE, not FOR UPDATE: rows naming the giver as receiver (a transfer the other
+    # way, which holds its own giver) take a key-share lock on it for their foreign key, which
+    # FOR UPDATE would refuse while this transfer waits for the same on that line: a deadlock.
+    await session.refresh(giver, with_for_update={"key_share": True})
     now = utcnow()
     fee = await check_transfer(
         session, settings, source=source, receiver=receiver, amount=amount, now=now
