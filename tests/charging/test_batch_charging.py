@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.charging import batch
 from simcharge.charging.batch import UsageReport, import_usage_records, read_usage_text
 from simcharge.charging.models import UsageRecord
 from simcharge.config import Settings
@@ -309,6 +310,40 @@ async def test_a_chunk_costs_the_same_statements_however_many_records(
         assert report.accepted == n
         counts.append(len(sent))
     assert counts[0] == counts[1]
+
+
+async def test_on_postgresql_a_chunk_locks_every_account_in_one_statement(
+    db: Database, settings: Settings, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices of a chunk's lines (or transfers) would lock the second slice's accounts after the
+    first's, outside the ledger's one lock order: on PostgreSQL there are none, however many."""
+    subscribers = await db.run(three_lines)
+    monkeypatch.setattr(batch, "_SLICE", 1)
+    pots_calls: list[int] = []
+    transfer_calls: list[int] = []
+    lock_pots, create_transfers = batch.lock_pots, batch.create_transfers
+
+    async def counted_pots(session: AsyncSession, line_ids: Sequence[Any], **kw: Any) -> Any:
+        pots_calls.append(len(line_ids))
+        return await lock_pots(session, line_ids, **kw)
+
+    async def counted_transfers(session: AsyncSession, new: Sequence[Any], **kw: Any) -> Any:
+        transfer_calls.append(len(new))
+        return await create_transfers(session, new, **kw)
+
+    monkeypatch.setattr(batch, "lock_pots", counted_pots)
+    monkeypatch.setattr(batch, "create_transfers", counted_transfers)
+    report = await import_usage_records(
+        db, settings, read_usage_text(usage_file(subscribers, 30, seed=3), "u.csv"),
+        chunk_size=1000,
+    )  # fmt: skip
+    assert report.accepted == 30
+    assert sum(pots_calls) == 3 and sum(transfer_calls) >= 3
+    if backend.is_postgres:
+        assert len(pots_calls) == 1 and len(transfer_calls) == 1
+    else:
+        assert set(pots_calls) == {1} and set(transfer_calls) == {1}
+    await assert_ledger_balanced(db)
 
 
 async def snapshot(db: Database) -> dict[str, Any]:

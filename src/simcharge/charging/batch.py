@@ -46,7 +46,7 @@ from simcharge.charging.models import UNIT_OF
 from simcharge.charging.rating import Rate, RatingTable, load_rating_table
 from simcharge.charging.repository import UsageRepository
 from simcharge.config import Settings
-from simcharge.db import Database, RetryableError
+from simcharge.db import Database, RetryableError, dialect_name
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import SIMCHARGE_NAMESPACE, uuid7
 from simcharge.kit.phone import country_of
@@ -471,6 +471,14 @@ class _ChunkCharge:
         await alerts.send_alerts(self.session, jobs)
         return self.outcome
 
+    def _slice(self) -> int:
+        """How many lines' pots, or transfers, go to the ledger in one statement: on PostgreSQL
+        all of them (its statements take arrays), so that every account is locked in the
+        ledger's one order — slices would lock the second slice's accounts after the first's,
+        whatever their order, and could deadlock with any other writer of the same accounts.
+        SQLite binds each id as a parameter (at most 32,766), and has one writer at a time."""
+        return _SLICE if dialect_name(self.session) != "postgresql" else 1 << 62
+
     async def _lines(self, subscribers: set[str]) -> dict[str, _Line]:
         """The lines named, by subscriber (`+MSISDN` or IMSI), with their pots locked."""
         msisdns = {s for s in subscribers if s[0] == "+"}
@@ -479,8 +487,9 @@ class _ChunkCharge:
             if row.id not in by_id:  # a line named both ways is found twice
                 by_id[row.id] = _Line(row)
         ids = sorted(by_id)
-        for i in range(0, len(ids), _SLICE):
-            for line_id, pots in (await lock_pots(self.session, ids[i : i + _SLICE])).items():
+        step = self._slice()
+        for i in range(0, len(ids), step):
+            for line_id, pots in (await lock_pots(self.session, ids[i : i + step])).items():
                 by_id[line_id].pots = pots
         named: dict[str, _Line] = {}
         for ln in by_id.values():
@@ -557,8 +566,9 @@ class _ChunkCharge:
             )
             for pot, counterparty in self.debited
         ]
-        for i in range(0, len(transfers), _SLICE):
-            outcomes = await create_transfers(self.session, transfers[i : i + _SLICE], now=self.now)
+        step = self._slice()
+        for i in range(0, len(transfers), step):
+            outcomes = await create_transfers(self.session, transfers[i : i + step], now=self.now)
             refused = [o for o in outcomes if not o.ok]
             if refused:
                 raise RuntimeError(
