@@ -218,6 +218,24 @@ async def test_records_filter_and_export(
     assert "No records for these filters." in r.text
 
 
+async def test_records_from_or_to_a_day_outside_our_years_are_not_filtered_by_it(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A day before 2000 or after 2999 is taken as no day, as one that is not a date is (the
+    back office's years): the end of 9999-12-31 is past the last day a date can be."""
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    for days in ({"to": "9999-12-31"}, {"from": "0001-01-01"}, {"from": "1999-12-31"},
+                 {"from": "3000-01-01"}, {"from": "0001-01-01", "to": "9999-12-31"}):
+        r = await client.get("/account/records", params={"kind": "package", **days})
+        assert r.status_code == 200, (days, r.text)
+        assert r.text.count("<td>Package</td>") == 2, days
+        r = await client.get("/account/records.csv", params={"kind": "adjustment", **days})
+        assert r.status_code == 200, (days, r.text)
+        rows = list(csv.reader(io.StringIO(r.text)))
+        assert [(row[2], row[3]) for row in rows[1:]] == [("adjustment", "1250")], days
+
+
 async def test_records_of_usage_refunds_and_money_put_on_the_balance_filter_by_their_kind(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:

@@ -237,3 +237,52 @@ async def test_what_the_line_holds_is_offered(
     sign_in(client, bare)
     r = await client.get(page_of(bare.line.id))
     assert re.findall(r'name="what" value="(\w+)"', r.text) == ["monetary"]
+
+
+async def test_an_amount_no_ledger_could_hold_is_not_understood_and_moves_nothing(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Babel reads "Infinity", "NaN" and "1e99999999" as numbers: the form answers them as it
+    answers "five", on the review and on a confirmation posted without the review's units."""
+    me = await new_customer(db, settings)
+    friend = await new_customer(db, settings, with_units=False)
+    sign_in(client, me)
+    csrf = csrf_of((await client.get(page_of(me.line.id))).text)
+    for what in ("monetary", "voice", "data"):
+        for amount in ("Infinity", "-Infinity", "NaN", "1e400", "1e99999999", "9" * 30):
+            r = await review(client, me, friend.line.msisdn, what, amount)
+            assert r.status_code == 422, (what, amount, r.text)
+            assert "Enter the amount as a number, such as 5 or 5.50." in r.text
+            assert 'id="e-amount"' in r.text
+            r = await client.post(page_of(me.line.id), data={
+                "csrf": csrf, "to": friend.line.msisdn, "what": what, "amount": amount,
+                "idempotency_key": f"{what}-{amount}"})
+            assert r.status_code == 422, (what, amount, r.text)
+            assert "Enter the amount as a number, such as 5 or 5.50." in r.text
+    # The review's units, changed to more MB than a ledger amount can be.
+    r = await client.post(page_of(me.line.id), data={
+        "csrf": csrf, "to": friend.line.msisdn, "what": "data", "units": "9" * 15,
+        "idempotency_key": "k-units"})
+    assert r.status_code == 422, r.text
+    assert "Enter the amount as a number, such as 5 or 5.50." in r.text
+    assert await totals(db, me.line.wallet_account_id) == (1250, 0)
+    assert await totals(db, friend.line.wallet_account_id) == (0, 0)
+
+
+async def test_units_that_are_not_ascii_digits_are_not_the_reviews_units(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """"²" and "①" are digits to `str.isdigit` but not to `int`: the confirmation reads them as
+    no units at all, and so asks for the amount."""
+    me = await new_customer(db, settings)
+    friend = await new_customer(db, settings, with_units=False)
+    sign_in(client, me)
+    csrf = csrf_of((await client.get(page_of(me.line.id))).text)
+    for units in ("\u00b2", "\u2460", "\uff15"):  # superscript two, circled one, fullwidth five
+        r = await client.post(page_of(me.line.id), data={
+            "csrf": csrf, "to": friend.line.msisdn, "what": "monetary", "units": units,
+            "idempotency_key": f"k-{ord(units)}"})
+        assert r.status_code == 422, (units, r.text)
+        assert 'id="e-amount"' in r.text and "This field is required." in r.text
+    assert await totals(db, me.line.wallet_account_id) == (1250, 0)
+    assert await totals(db, friend.line.wallet_account_id) == (0, 0)

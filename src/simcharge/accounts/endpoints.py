@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +49,7 @@ from simcharge.auth.sessions import csrf_token, live_sessions, revoke, session_o
 from simcharge.auth.totp import Enrolment
 from simcharge.errors import NotFound, Refused
 from simcharge.kit.clock import utcnow
+from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
@@ -171,7 +171,7 @@ async def security_events(
     customer: CurrentCustomer,
     db: DB,
     limit: int = Query(default=50, ge=1, le=200),
-    before: datetime | None = Query(default=None),
+    before: Instant | None = Query(default=None),
 ) -> list[SecurityEventOut]:
     async with db.read() as s:
         rows = await events_of(s, customer.account.id, limit=limit, before=before)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -65,6 +64,7 @@ from simcharge.backoffice.staff import (
     staff_facts,
 )
 from simcharge.kit.clock import utcnow
+from simcharge.kit.schemas import Instant
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
 from simcharge.tickets.endpoints import ticket_out
@@ -520,7 +520,7 @@ async def get_line_usage(
     start: FirstDay = None,
     end: LastDay = None,
     before: Annotated[
-        datetime | None,
+        Instant | None,
         Query(description="The next page: the `started_at` of the last record seen…"),
     ] = None,
     before_id: Annotated[

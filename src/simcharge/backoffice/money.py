@@ -213,7 +213,11 @@ async def request_adjustment(
     reason = _reason(reason)
     if amount == 0:
         raise ValidationFailed(N_("The amount may not be zero."), field="amount")
-    line = await s.get(Line, line_id, with_for_update=True)
+    # FOR NO KEY UPDATE, here and on the customer's row below: the rows are locked against
+    # each other's changes, not against a reference to them. An order being placed holds a
+    # foreign key's share of the customer's row (its idempotency key) and then asks one of the
+    # line's (the order): FOR UPDATE would close that cycle into a deadlock.
+    line = await s.get(Line, line_id, with_for_update={"key_share": True})
     if line is None:
         raise LineNotFound(field="line_id")
     if target == "wallet":
@@ -232,7 +236,7 @@ async def request_adjustment(
     # among colleagues) does not avoid the approval. The customer's row is locked so that two
     # requests at once count each other.
     if line.account_id is not None:
-        await s.get(Account, line.account_id, with_for_update=True)
+        await s.get(Account, line.account_id, with_for_update={"key_share": True})
     limit = _limit(settings, unit, target == "wallet")
     before = await applied_alone(s, line, unit, now)
     waits = limit is None or before + abs(amount) > limit
@@ -303,7 +307,7 @@ async def decide_adjustment(
         raise AdjustmentDecided(field="adjustment_id")
     await s.refresh(adj)
     if approve:
-        line = await s.get(Line, adj.line_id, with_for_update=True)
+        line = await s.get(Line, adj.line_id, with_for_update={"key_share": True})
         assert line is not None
         await _apply(s, adj, line, now)
         await s.flush()

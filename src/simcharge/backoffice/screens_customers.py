@@ -4,7 +4,7 @@ adjustments waiting for approval."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -32,6 +32,7 @@ from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.money import LossyConversionError, is_currency, to_minor
+from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Bucket, Line
 from simcharge.orders.models import Order
@@ -49,6 +50,8 @@ Resolver = Annotated[Actor, require_web(Permission.attention_resolve)]
 PAGE = 100
 UNIT_SCALE = {"VOICE_S": 60, "DATA_B": 1_048_576, "SMS": 1}
 """Staff type minutes, megabytes and messages; the ledger counts seconds, bytes, messages."""
+AMOUNT_BOUND = 10**12
+"""The largest amount typed on a page, in ledger units either way: the API's bound."""
 
 
 def _then(then: str, fallback: str) -> str:
@@ -56,14 +59,22 @@ def _then(then: str, fallback: str) -> str:
 
 
 def parse_amount(raw: str, unit: str, field: str = "amount") -> int:
-    """A signed amount typed by staff in the unit's everyday measure, in the ledger's units."""
+    """A signed amount typed by staff in the unit's everyday measure, in the ledger's units,
+    within what the API takes (`AdjustmentIn.amount`)."""
     text = raw.strip().replace(",", "")
+    amount: int | None
     try:
         if is_currency(unit):
-            return to_minor(text, unit)
-        return int(text) * UNIT_SCALE[unit]
-    except (LossyConversionError, ValueError, KeyError):
-        raise ValidationFailed(N_("This is not a valid amount."), field=field) from None
+            number = Decimal(text)
+            # Bounded before `to_minor` makes an integer of it: "1e99999999" would take minutes.
+            amount = to_minor(number, unit) if number.copy_abs() <= AMOUNT_BOUND else None
+        else:
+            amount = int(text) * UNIT_SCALE[unit]
+    except (LossyConversionError, ArithmeticError, ValueError, KeyError):
+        amount = None
+    if amount is None or abs(amount) > AMOUNT_BOUND:
+        raise ValidationFailed(N_("This is not a valid amount."), field=field)
+    return amount
 
 
 @router.get("/customers", response_class=HTMLResponse)
@@ -95,7 +106,7 @@ async def usage(
     service: Annotated[str | None, Query(max_length=8)] = None,
     start: Annotated[str | None, Query(alias="from", max_length=10)] = None,
     end: Annotated[str | None, Query(alias="to", max_length=10)] = None,
-    before: datetime | None = None,
+    before: Instant | None = None,
     before_id: uuid.UUID | None = None,
 ) -> HTMLResponse:
     """A line's usage records with filters, a page at a time."""

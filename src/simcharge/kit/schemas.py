@@ -1,10 +1,25 @@
-"""Shapes shared by every API: money, units."""
+"""Shapes shared by every API: money, units, instants."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from simcharge.kit.money import from_minor
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in the year 0 in UTC
+        raise ValueError("the time is outside the calendar in UTC") from None
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""A time with its offset (`Z`, `+08:00`), as UTC: a bare day or local time is refused (422), and
+so is one that UTC cannot write (at the very edges of the calendar)."""
 
 
 class Schema(BaseModel):

@@ -5,7 +5,6 @@ reads (personal data seen by staff)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 import structlog
@@ -21,7 +20,7 @@ from simcharge.backoffice.orders import order_facts
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.schemas import NoteIn
 from simcharge.kit.clock import utcnow
-from simcharge.kit.schemas import Money
+from simcharge.kit.schemas import Instant, Money
 from simcharge.orders import service
 from simcharge.orders.endpoints import detail, refunds_out
 from simcharge.orders.models import Order, Refund
@@ -60,7 +59,7 @@ async def list_orders(
     attention: Annotated[bool, Query(description="Only orders finance must look at")] = False,
     state: Annotated[str | None, Query(max_length=20)] = None,
     msisdn: Annotated[str | None, Query(max_length=16)] = None,
-    before: datetime | None = None,
+    before: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[StaffOrderOut]:
     stmt = select(Order)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Annotated, Any
 
 import segno
@@ -19,7 +18,7 @@ from simcharge.auth.deps import Client, CurrentCustomer, OptionalCustomer
 from simcharge.errors import NotFound
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import normalize_language, pick_text
-from simcharge.kit.schemas import Money
+from simcharge.kit.schemas import Instant, Money
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders import receipts, service
@@ -249,7 +248,7 @@ async def list_orders(
     language: Language,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[
-        AwareDatetime | None, Query(description="Orders created before this (with its offset)")
+        Instant | None, Query(description="Orders created before this (with its offset)")
     ] = None,
     line_id: uuid.UUID | None = None,
     state: Annotated[str | None, Query(max_length=20)] = None,

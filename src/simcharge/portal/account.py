@@ -441,10 +441,13 @@ async def order_cancel(order_id: str, request: Request, page: Page, db: DB) -> R
 
 
 def _day(raw: str | None) -> date | None:
+    """A filter's day, or none for one that is not a day of years 2000–2999 (as the back
+    office): the day after 9999-12-31, which the period's end needs, cannot be built."""
     try:
-        return date.fromisoformat(raw) if raw else None
+        day = date.fromisoformat(raw) if raw else None
     except ValueError:
         return None
+    return day if day is not None and 2000 <= day.year <= 2999 else None
 
 
 async def _records(

@@ -20,6 +20,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, format_money, to_minor
 from simcharge.kit.translations import N_, translate
 from simcharge.kit.units import locale_of
+from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
 from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
@@ -61,6 +62,10 @@ def _gift(values: dict[str, str], currency: str, language: str) -> giving.Gift:
         number = Decimal(parse_decimal(raw, locale=locale_of(language)))
     except (NumberFormatError, ValueError, ArithmeticError):
         raise AmountNotUnderstood(field="amount") from None
+    # Babel reads "Infinity", "NaN" and "1e99999999" as numbers; the last would take the
+    # process minutes to make an integer of.
+    if not number.is_finite() or number.copy_abs() > MAX_AMOUNT:
+        raise AmountNotUnderstood(field="amount")
     if what == "monetary":
         try:
             amount = to_minor(number, currency)
@@ -72,7 +77,15 @@ def _gift(values: dict[str, str], currency: str, language: str) -> giving.Gift:
         raise ValidationFailed(N_("Give whole minutes, MB or messages."), field="amount")
     if not values["to"]:
         raise ValidationFailed(N_("This field is required."), field="to")
-    return giving.Gift(to=values["to"], usage_type=what, amount=amount)
+    return _within_the_ledger(giving.Gift(to=values["to"], usage_type=what, amount=amount))
+
+
+def _within_the_ledger(gift: giving.Gift) -> giving.Gift:
+    """An amount no account could ever hold is not one the form understands (the service
+    would otherwise carry it, in ledger units, beyond what a ledger amount can be)."""
+    if gift.amount * giving.PER_UNIT.get(gift.usage_type, 1) > MAX_AMOUNT:
+        raise AmountNotUnderstood(field="amount")
+    return gift
 
 
 def problem_texts(
@@ -175,8 +188,10 @@ async def transfer(
         # The review's amount in the service's units: no number format to read again.
         units = form.get("units", "")
         gift = (
-            giving.Gift(to=values["to"], usage_type=values["what"], amount=int(units))
-            if units.isdigit() and len(units) < 16
+            _within_the_ledger(
+                giving.Gift(to=values["to"], usage_type=values["what"], amount=int(units))
+            )
+            if units.isascii() and units.isdigit() and len(units) < 16
             else _gift(values, currency, page.language)
         )
         given = await db.run(

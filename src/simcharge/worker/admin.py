@@ -19,6 +19,7 @@ from simcharge.backoffice.deps import require
 from simcharge.backoffice.jobs import JobView
 from simcharge.backoffice.roles import Permission
 from simcharge.kit.clock import utcnow
+from simcharge.kit.schemas import Instant
 from simcharge.worker import service
 from simcharge.worker.models import JobStatus, OutboxJob
 
@@ -79,7 +80,9 @@ async def list_jobs(
         Query(description="`retrying`: pending after a failed attempt; `pending`: not tried yet"),
     ] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[datetime | None, Query(description="Jobs created before this")] = None,
+    before: Annotated[
+        Instant | None, Query(description="Jobs created before this (with its offset)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[JobOut]:
     async with db.read() as s:

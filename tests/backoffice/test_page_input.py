@@ -1,0 +1,70 @@
+"""What staff type into the customer pages, refused on the page as any bad filter or amount is:
+an amount beyond what the API takes, a page cursor without its offset. Nothing is written."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import func, select
+
+from simcharge.backoffice.models import Adjustment, AuditEntry
+from simcharge.config import Settings
+from simcharge.db import Database
+from tests.backoffice.helpers import new_staff, web_sign_in
+from tests.tmf654.helpers import new_holder, totals
+
+
+async def _count(db: Database, model: type[Adjustment] | type[AuditEntry]) -> int:
+    async with db.read() as s:
+        return int((await s.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_an_adjustment_beyond_the_apis_bound_is_not_a_valid_amount(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    holder = await new_holder(db)
+    admin = await new_staff(db, settings, "admin")
+    csrf = await web_sign_in(client, admin)
+    url = f"/backoffice/lines/{holder.line.id}/adjust"
+    wallet, data = "wallet", str(holder.data_bucket)
+    audited = await _count(db, AuditEntry)
+    for target, amount in [
+        (wallet, "9" * 30),
+        (wallet, "1e30"),
+        (wallet, "-1e30"),
+        (wallet, "1e99999999"),  # an integer of it would take minutes to make
+        (wallet, "10000000000.01"),  # 10^12 + 1 cents: one over the bound
+        (wallet, "Infinity"),
+        (data, "9" * 30),
+        (data, "1000000"),  # MB: 1 048 576 000 000 bytes
+    ]:
+        r = await client.post(
+            url, data={"csrf": csrf, "target": target, "amount": amount, "reason": "test"}
+        )
+        assert r.status_code == 422, (target, amount, r.text)
+        assert r.headers["content-type"].startswith("text/html")
+        assert '<p class="flash error" role="alert">This is not a valid amount.</p>' in r.text
+    assert await _count(db, Adjustment) == 0
+    assert await _count(db, AuditEntry) == audited
+    assert await totals(db, holder.line.wallet_account_id) == (2000, 0)
+    assert await totals(db, holder.data_bucket) == (500 * 1_048_576, 0)
+
+
+async def test_a_usage_page_cursor_without_its_offset_is_a_bad_filter(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    holder = await new_holder(db)
+    admin = await new_staff(db, settings, "admin")
+    await web_sign_in(client, admin)
+    url = f"/backoffice/lines/{holder.line.id}/usage"
+    audited = await _count(db, AuditEntry)
+    for before in ("2026-01-01", "2026-01-01T00:00:00"):
+        r = await client.get(url, params={"before": before})
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"].startswith("text/html")
+        assert "<h1>Some input is not valid.</h1>" in r.text
+        assert '<p class="flash error" role="alert">before: Input should have timezone info' in (
+            r.text
+        )
+    assert await _count(db, AuditEntry) == audited
+    r = await client.get(url, params={"before": "2026-01-01T00:00:00+00:00"})
+    assert r.status_code == 200
