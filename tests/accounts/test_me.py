@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -256,6 +258,13 @@ async def test_notices_in_the_portal(
     assert body["unread"] == len(body["notices"])
     first = body["notices"][0]["id"]
     await client.post("/api/v1/me/notices/read", headers=customer.auth, json={"ids": [first]})
+    assert (await client.get("/api/v1/me/notices", headers=customer.auth)).json()["unread"] == body[
+        "unread"
+    ] - 1
+    # Too many ids at once: refused, nothing marked.
+    r = await client.post("/api/v1/me/notices/read", headers=customer.auth,
+                          json={"ids": [str(uuid.uuid4()) for _ in range(40_000)]})  # fmt: skip
+    assert r.status_code == 422 and r.json()["field"] == "ids"
     assert (await client.get("/api/v1/me/notices", headers=customer.auth)).json()["unread"] == body[
         "unread"
     ] - 1

@@ -60,7 +60,14 @@ class NoticesOut(Schema):
     notices: list[NoticeOut]
 
 
+READ_AT_ONCE = 1000
+"""Notices marked read by one request, named by id (a page shows far fewer; unbounded, one list
+would pass the 32,767 parameters a PostgreSQL statement may have)."""
+
+
 class ReadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[uuid.UUID] | None = Field(default=None, description="None: all")
+    ids: list[uuid.UUID] | None = Field(
+        default=None, max_length=READ_AT_ONCE, description=f"None: all; at most {READ_AT_ONCE}"
+    )
