@@ -57,3 +57,9 @@ async def test_paid_but_not_credited_opens_one_ticket_with_the_order(
     assert "is not credited" in ticket.text and order_page in ticket.text
     again = await post_form(client, order_page, order_page + "/help", {})
     assert again.headers["location"] == r.headers["location"]
+    # Asked again in another language (the subject would be Spanish): the same ticket.
+    assert (await client.get("/language/es", params={"next": order_page})).status_code == 303
+    again = await post_form(client, order_page, order_page + "/help", {})
+    assert again.status_code == 303 and again.headers["location"] == r.headers["location"]
+    listed = (await client.get("/account/help")).text
+    assert listed.count('href="/account/help/') == 1

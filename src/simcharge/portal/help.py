@@ -146,9 +146,15 @@ async def order_not_credited(order_id: str, request: Request, page: Page, db: DB
     )
 
     async def run(s: AsyncSession) -> uuid.UUID:
+        # One such ticket per order, whatever language it was asked in (its subject is the
+        # asker's language): asked again, the customer goes to the one there is.
+        key = f"not-credited:{oid}"
+        earlier = await tickets.ticket_of_key(s, account_id, key)
+        if earlier is not None:
+            return earlier.id
         ticket, _ = await tickets.open_ticket(
-            s, account_id, subject=subject, body=body, order_id=oid,
-            idempotency_key=f"not-credited:{oid}", now=utcnow(),
+            s, account_id, subject=subject, body=body, order_id=oid, idempotency_key=key,
+            now=utcnow(),
         )
         return ticket.id
 

@@ -76,6 +76,14 @@ def summary(ticket: Ticket) -> dict[str, Any]:
 # --- the customer's side ------------------------------------------------------------------
 
 
+async def ticket_of_key(
+    session: AsyncSession, account_id: uuid.UUID, idempotency_key: str
+) -> Ticket | None:
+    """The customer's ticket opened with `idempotency_key`, if any."""
+    stmt = select(Ticket).where(Ticket.request_key == f"{account_id}:{idempotency_key}")
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def open_ticket(
     session: AsyncSession,
     account_id: uuid.UUID,
@@ -91,10 +99,8 @@ async def open_ticket(
     subject = _text(subject, "subject", SUBJECT_MAX)
     body = _text(body, "body", BODY_MAX)
     request_key = f"{account_id}:{idempotency_key}" if idempotency_key else None
-    if request_key is not None:
-        earlier = (
-            await session.execute(select(Ticket).where(Ticket.request_key == request_key))
-        ).scalar_one_or_none()
+    if idempotency_key:
+        earlier = await ticket_of_key(session, account_id, idempotency_key)
         if earlier is not None:
             if (earlier.subject, earlier.order_id, earlier.line_id) != (subject, order_id, line_id):
                 raise IdempotencyKeyReused(field="Idempotency-Key")
