@@ -136,7 +136,9 @@ def create_engine(
     immediate: bool = True,
     null_pool: bool = False,
 ) -> AsyncEngine:
-    kwargs: dict[str, Any] = {"echo": echo}
+    # Statements' parameters (e-mail addresses, password hashes, sealed codes) stay out of the
+    # text of database errors, which are logged.
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if null_pool:
         kwargs["poolclass"] = NullPool
     if url.startswith("sqlite"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.app import create_app
@@ -86,6 +88,21 @@ async def test_request_id_and_security_headers(client: httpx.AsyncClient) -> Non
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     odd = await client.get("/healthz", headers={"X-Request-Id": "<script>"})
     assert odd.headers["x-request-id"] != "<script>"
+    # No cache keeps an answer (tokens, codes, balances) unless its route says so.
+    assert r.headers["cache-control"] == "no-store"
+    assert (await client.get("/api/v1/plans")).headers["cache-control"] == "no-store"
+    assert (await client.get("/nope")).headers["cache-control"] == "no-store"
+
+
+async def test_database_errors_do_not_carry_the_statements_parameters(db: Database) -> None:
+    async def failing(s: AsyncSession) -> None:
+        await s.execute(text("INSERT INTO no_such_table VALUES (:secret)"),
+                        {"secret": "hunter2-secret"})  # fmt: skip
+
+    with pytest.raises(DBAPIError) as raised:
+        await db.run(failing)
+    assert "no_such_table" in str(raised.value)
+    assert "hunter2-secret" not in str(raised.value)
 
 
 async def test_an_unexpected_error_is_a_500_problem_without_a_trace(

@@ -124,6 +124,10 @@ class RequestContextMiddleware:
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
                 if b"content-security-policy" not in present:
                     headers.append((b"content-security-policy", API_CSP))
+                if b"cache-control" not in present:
+                    # Answers hold tokens, codes, balances, activation codes: kept by no cache
+                    # unless the route says otherwise (the portal's styles and images do).
+                    headers.append((b"cache-control", b"no-store"))
                 if self.hsts:
                     headers.append(
                         (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
