@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from simcharge.auth.apikeys import create_api_key
-from simcharge.backoffice.models import AuditEntry, Role
+from simcharge.backoffice.models import AuditEntry, Role, StaffSession
 from simcharge.backoffice.roles import ROLE_PERMISSIONS, Permission
 from simcharge.backoffice.staff import StaffExists, create_staff
 from simcharge.config import Settings
@@ -133,6 +133,66 @@ async def test_five_wrong_passwords_lock_the_staff_account(
         data={"username": staff.username, "password": STAFF_PASSWORD, "csrf": csrf_of(login.text)},
     )
     assert r.status_code == 401
+
+
+async def _password_step(client: httpx.AsyncClient, username: str, password: str) -> int:
+    login = await client.get("/backoffice/login")
+    r = await client.post("/backoffice/login", data={
+        "username": username, "password": password, "csrf": csrf_of(login.text)})  # fmt: skip
+    return r.status_code
+
+
+async def _code_step(client: httpx.AsyncClient, code: str) -> httpx.Response:
+    page = await client.get("/backoffice/login/code")
+    if page.status_code != 200:
+        return page
+    return await client.post("/backoffice/login/code",
+                             data={"code": code, "csrf": csrf_of(page.text)})  # fmt: skip
+
+
+async def test_the_code_cannot_be_guessed_through_many_half_open_sessions(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The lockout bounds guesses at the authenticator's code too: one half-open session per
+    staff member, each lock ends it, and a locked member's code is not looked at."""
+    staff = await new_staff(db, settings, "agent")
+    assert staff.secret
+    other = httpx.AsyncClient(transport=client._transport, base_url=str(client.base_url))
+    async with other:
+        # A second password step ends the first half-open session: its code page is gone.
+        assert await _password_step(client, staff.username, STAFF_PASSWORD) == 303
+        assert await _password_step(other, staff.username, STAFF_PASSWORD) == 303
+        r = await _code_step(client, code_for(staff.secret))
+        assert r.status_code in (303, 401) and r.headers.get("location") != "/backoffice"
+        assert (await client.get("/backoffice")).status_code == 303  # not signed in
+        # Five wrong codes lock the member and end the half-open session they came through.
+        for _ in range(5):
+            r = await _code_step(other, "000000")
+            assert r.headers.get("location") != "/backoffice"
+        r = await _code_step(other, code_for(staff.secret))
+        assert r.headers.get("location") != "/backoffice"
+        assert (await other.get("/backoffice")).status_code == 303
+        assert await _password_step(other, staff.username, STAFF_PASSWORD) == 401
+    async with db.read() as s:
+        rows = (await s.execute(select(StaffSession).where(
+            StaffSession.staff_id == staff.id, StaffSession.mfa.is_(False)))).scalars().all()
+    assert rows and all(r.revoked_at is not None for r in rows)
+
+
+async def test_a_locked_member_s_correct_code_is_refused(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    staff = await new_staff(db, settings, "agent")
+    assert staff.secret
+    assert await _password_step(client, staff.username, STAFF_PASSWORD) == 303
+    # Locked meanwhile (five wrong passwords from elsewhere): the right code opens nothing.
+    for _ in range(5):
+        assert await _password_step(client.__class__(
+            transport=client._transport, base_url=str(client.base_url)), staff.username,
+            "not-the-password") == 401  # fmt: skip
+    r = await _code_step(client, code_for(staff.secret))
+    assert r.headers.get("location") != "/backoffice"
+    assert (await client.get("/backoffice")).status_code == 303
 
 
 async def test_forms_need_the_session_csrf_token(

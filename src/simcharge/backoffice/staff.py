@@ -114,6 +114,10 @@ async def open_staff_session(
 ) -> IssuedStaffSession:
     token = secrets.token_urlsafe(32)
     _, absolute = policy_of(settings)
+    if not mfa:
+        # One half-open session (password given, code not yet) per staff member: each would
+        # otherwise bring its own tries at the code.
+        await _end_half_open(session, staff.id, now)
     row = StaffSession(
         staff_id=staff.id,
         token_hash=_token_hash(settings.secret_key, token),
@@ -207,12 +211,18 @@ async def complete_second_step(
     code: str,
     now: datetime,
 ) -> str | None:
-    """Check the code; on success the session is fully signed in under a new token (returned)."""
+    """Check the code; on success the session is fully signed in under a new token (returned).
+    A locked staff member's code is not even looked at; the failure that locks them ends every
+    half-open session of theirs."""
+    if staff.locked_until is not None and staff.locked_until > now:
+        row.revoked_at = now
+        await session.flush()
+        return None
     if not accept_code(settings, staff, code, now):
         staff.failed_logins += 1
         if staff.failed_logins >= MAX_FAILURES:
             staff.locked_until, staff.failed_logins = now + LOCK_FOR, 0
-            row.revoked_at = now
+            await _end_half_open(session, staff.id, now)
         await session.flush()
         return None
     if staff.totp_enabled_at is None:
@@ -275,6 +285,19 @@ async def session_for_token(
         row.last_seen_at = now
         await session.flush()
     return row, staff
+
+
+async def _end_half_open(session: AsyncSession, staff_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(
+        update(StaffSession)
+        .where(
+            StaffSession.staff_id == staff_id,
+            StaffSession.mfa.is_(False),
+            StaffSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
 
 
 async def end_session(session: AsyncSession, session_id: uuid.UUID, now: datetime) -> None:
