@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -24,7 +25,6 @@ from simcharge.ledger.service import NewTransfer, create_transfers
 from simcharge.lines.service import UnitGrant
 from tests.charging.helpers import (
     MIB,
-    TestLine,
     assert_ledger_balanced,
     body,
     make_line,
@@ -32,6 +32,9 @@ from tests.charging.helpers import (
     open_reservations,
     rg,
 )
+
+if TYPE_CHECKING:  # (imported by name, pytest would take the class for a test)
+    from tests.charging.helpers import TestLine
 
 DATA = 200
 
