@@ -45,13 +45,18 @@ async def test_profile_and_language(
     assert r.status_code == 404 and problem(r)["title"] == "此處沒有內容。"
 
 
+def _contact(**change: str | None) -> dict[str, str | None]:
+    """A contact change, with the password it needs."""
+    return {**change, "current_password": PASSWORD}
+
+
 async def test_changing_the_email_address(
     client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
 ) -> None:
     customer = await signup(client, inbox, deliver)
     old = str(customer.email)
     new = f"new-{old}"
-    r = await client.patch("/api/v1/me", headers=customer.auth, json={"email": new})
+    r = await client.patch("/api/v1/me", headers=customer.auth, json=_contact(email=new))
     assert r.json()["email"] == old and r.json()["email_pending"] == new
     await deliver()
     assert [m["Subject"] for m in inbox.to(old)][
@@ -66,8 +71,35 @@ async def test_changing_the_email_address(
     assert inbox.to(old)[-1]["Subject"] == "Your contact details were changed"
     assert (await login(client, new)).status_code == 200
     assert (await login(client, old)).status_code == 401
-    r = await client.patch("/api/v1/me", headers=customer.auth, json={"email": "broken"})
+    r = await client.patch("/api/v1/me", headers=customer.auth, json=_contact(email="broken"))
     assert r.status_code == 422 and problem(r)["field"] == "email"
+
+
+async def test_a_session_alone_does_not_move_the_contacts(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    """Whoever holds a stolen session cannot point the codes and resets elsewhere: a new e-mail
+    address or number needs the password, checked as at sign-in (failures counted, logged)."""
+    customer = await signup(client, inbox, deliver)
+    for body, status, field in (
+        ({"email": "thief@example.com"}, 422, "current_password"),
+        ({"phone": "+14155550000", "current_password": ""}, 422, "current_password"),
+        ({"email": "thief@example.com", "current_password": "not-the-password"}, 401,
+         "current_password"),
+    ):  # fmt: skip
+        r = await client.patch("/api/v1/me", headers=customer.auth, json=body)
+        assert r.status_code == status, r.text
+        assert problem(r)["field"] == field
+    me = (await client.get("/api/v1/me", headers=customer.auth)).json()
+    assert me["email_pending"] is None and me["phone_pending"] is None
+    await deliver()
+    assert not inbox.to("thief@example.com")
+    events = (await client.get("/api/v1/me/security-events", headers=customer.auth)).json()
+    refused = [e for e in events if e["kind"] == "contact_change_requested"]
+    assert refused and refused[0]["success"] is False
+    # The name and the language need no password.
+    r = await client.patch("/api/v1/me", headers=customer.auth, json={"display_name": "Ana"})
+    assert r.status_code == 200 and r.json()["display_name"] == "Ana"
 
 
 async def test_changing_the_phone_number(
@@ -75,7 +107,7 @@ async def test_changing_the_phone_number(
 ) -> None:
     customer = await signup(client, inbox, deliver)
     old, new = str(customer.phone), "+14155559876"
-    r = await client.patch("/api/v1/me", headers=customer.auth, json={"phone": "+1 415-555-9876"})
+    r = await client.patch("/api/v1/me", headers=customer.auth, json=_contact(phone="+1 415-555-9876"))
     assert r.json()["phone"] == old and r.json()["phone_pending"] == new
     await deliver()
     # The old number is told at once, by SMS; the new one gets the code.
@@ -103,7 +135,7 @@ async def test_a_contact_of_another_account_gets_no_code_and_its_holder_is_told(
     first = await signup(client, inbox, deliver)
     second = await signup(client, inbox, deliver)
     inbox.messages.clear()
-    r = await client.patch("/api/v1/me", headers=second.auth, json={"email": first.email})
+    r = await client.patch("/api/v1/me", headers=second.auth, json=_contact(email=first.email))
     # The answer is the one of any change (the address is pending), and reveals nothing.
     assert r.status_code == 200 and r.json()["email_pending"] == first.email
     await deliver()
@@ -124,10 +156,10 @@ async def test_a_contact_taken_meanwhile_is_refused_at_verification(
     first = await signup(client, inbox, deliver)
     second = await signup(client, inbox, deliver)
     shared = "shared-address@example.com"
-    await client.patch("/api/v1/me", headers=second.auth, json={"email": shared})
+    await client.patch("/api/v1/me", headers=second.auth, json=_contact(email=shared))
     await deliver()
     seconds_code = inbox.last_code(shared)
-    await client.patch("/api/v1/me", headers=first.auth, json={"email": shared})
+    await client.patch("/api/v1/me", headers=first.auth, json=_contact(email=shared))
     await deliver()
     firsts_code = inbox.last_code(shared)
     r = await client.post(

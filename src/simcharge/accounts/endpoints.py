@@ -47,7 +47,7 @@ from simcharge.auth.schemas import (
 )
 from simcharge.auth.sessions import csrf_token, live_sessions, revoke, session_of_account
 from simcharge.auth.totp import Enrolment
-from simcharge.errors import NotFound, Refused
+from simcharge.errors import NotFound, Refused, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
@@ -95,11 +95,25 @@ async def update_me(
     client: Client,
     limits: Limits,
 ) -> AccountOut:
-    if body.email is not None or body.phone is not None:
+    contacts = body.email is not None or body.phone is not None
+    if contacts:
         await limits.hit("codes", client.ip)
+        if not body.current_password:
+            raise ValidationFailed(N_("This field is required."), field="current_password")
 
-    async def run(s: AsyncSession) -> Account:
+    async def run(s: AsyncSession) -> Account | Refused:
         account = await _locked_account(s, customer)
+        if contacts:
+            # A session alone does not move where codes and resets go: a stolen session would
+            # otherwise take the account over (a new address, its code, then a reset).
+            assert body.current_password is not None
+            refused = await auth.confirm_password(
+                s, settings, account, body.current_password, field="current_password",
+                kind=EventKind.contact_change_requested, client=client, now=utcnow(),
+                limits=limits,
+            )  # fmt: skip
+            if refused is not None:
+                return refused
         return await accounts.update_profile(
             s,
             settings,
@@ -113,7 +127,10 @@ async def update_me(
             limits=limits,
         )
 
-    return account_out(await db.run(run))
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, Account)
+    return account_out(result)
 
 
 @router.get("/sessions", response_model=list[SessionOut], summary="My active sessions")

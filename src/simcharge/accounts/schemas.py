@@ -23,6 +23,9 @@ class ProfileIn(BaseModel):
     phone: str | None = Field(
         default=None, max_length=32, description="A new number: pending until its code is entered"
     )
+    current_password: str | None = Field(
+        default=None, max_length=1024, description="Required with `email` or `phone`"
+    )
 
 
 class LineAttachIn(BaseModel):

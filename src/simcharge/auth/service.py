@@ -1086,6 +1086,26 @@ def _password_check(
     return check
 
 
+async def confirm_password(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    password: str,
+    *,
+    field: str,
+    kind: EventKind,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+) -> Refused | None:
+    """The signed-in customer's password asked again before a sensitive change (see
+    `reauthenticate`: throttled and counted as sign-in failures are); None when it matched."""
+    return await reauthenticate(
+        session, settings, account, _password_check(account, password, field),
+        kind=kind, client=client, now=now, limits=limits,
+    )  # fmt: skip
+
+
 async def change_password(
     session: AsyncSession,
     settings: Settings,
