@@ -21,7 +21,8 @@ from prometheus_client import Counter
 from simcharge.errors import ValidationFailed
 from simcharge.kit.translations import N_
 
-MIN_LENGTH = 8
+MIN_LENGTH = 12
+"""ASVS 4.0 V2.1.1: at least 12 characters (after normalisation)."""
 MAX_LENGTH = 128
 COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
 
