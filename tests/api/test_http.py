@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -154,15 +155,24 @@ async def test_lines_need_an_api_key_with_the_right_scope(
     )
     assert bad.status_code == 401
     wrong = await api_key(db, "catalog:read")
-    r = await client.get(
-        "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {wrong}"}
-    )
-    assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
-    tampered = wrong[:-2] + ("AA" if not wrong.endswith("AA") else "BB")
-    r = await client.get(
-        "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {tampered}"}
-    )
-    assert r.status_code == 401
+    with structlog.testing.capture_logs() as logged:
+        r = await client.get(
+            "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {wrong}"}
+        )
+        assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
+        tampered = wrong[:-2] + ("AA" if not wrong.endswith("AA") else "BB")
+        r = await client.get(
+            "/api/v1/lines", params={"msisdn": "+1"},
+            headers={"Authorization": f"Bearer {tampered}"},
+        )  # fmt: skip
+        assert r.status_code == 401
+    # Each refusal is logged (ASVS 7.1.3) with the key's public prefix, never its secret part.
+    refused = [e for e in logged if e["event"] == "apikey.refused"]
+    prefix, secret = wrong.split("_", 2)[1:]
+    assert [(e["reason"], e["key_prefix"], e["scope"]) for e in refused] == [
+        ("scope", prefix, "lines:read"), ("invalid", prefix, None)]
+    assert all(e["ip"] for e in refused)
+    assert secret[:-2] not in str(logged)
     await db.run(lambda s: revoke_api_key(s, wrong.split("_", 2)[1]))
     r = await client.get(
         "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {wrong}"}

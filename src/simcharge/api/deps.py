@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from simcharge.auth.apikeys import verify_api_key
+from simcharge.auth.apikeys import log_refused, verify_api_key
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Forbidden, NotAuthenticated
@@ -58,6 +58,7 @@ class Integration:
 
 def require_scope(scope: str) -> Any:
     async def dependency(
+        request: Request,
         db: DB,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Integration:
@@ -67,9 +68,12 @@ def require_scope(scope: str) -> Any:
                 N_("An API key is required (Authorization: Bearer sck_…)."), headers=challenge
             )
         key = await db.run(lambda s: verify_api_key(s, credentials.credentials))
+        ip = request.client.host if request.client else None
         if key is None:
+            log_refused(credentials.credentials, reason="invalid", ip=ip)
             raise NotAuthenticated(N_("The API key is not valid."), headers=challenge)
         if scope not in key.scopes:
+            log_refused(credentials.credentials, reason="scope", ip=ip, scope=scope)
             raise Forbidden(N_("This API key lacks the scope {scope}."), scope=scope)
         return Integration(key.prefix, key.name, frozenset(key.scopes))
 

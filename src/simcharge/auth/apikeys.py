@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +19,8 @@ from simcharge.auth.models import ApiKey
 from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
+
+audit = structlog.get_logger("simcharge.audit")
 
 SCOPES: dict[str, str] = {
     "lines:read": "Read lines and their balances.",
@@ -87,6 +90,15 @@ async def verify_api_key(session: AsyncSession, token: str) -> ApiKey | None:
     if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY:
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return key
+
+
+def log_refused(token: str, *, reason: str, ip: str | None, scope: str | None = None) -> None:
+    """A request an API key did not let in (ASVS 7.1.3): the key's public prefix only — never
+    the secret part — the client's address, and why (`invalid`: no live key is that token;
+    `scope`: a live key without `scope`)."""
+    parts = token.split("_", 2)
+    prefix = parts[1][:12] if len(parts) == 3 and parts[0] == "sck" else None
+    audit.warning("apikey.refused", reason=reason, key_prefix=prefix, ip=ip, scope=scope)
 
 
 async def revoke_api_key(session: AsyncSession, prefix: str) -> bool:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Integration, require_scope
-from simcharge.auth.apikeys import verify_api_key
+from simcharge.auth.apikeys import log_refused, verify_api_key
 from simcharge.charging import nchf
 from simcharge.charging.batch import UsageBatch, UsageReport, import_usage_records
 from simcharge.charging.rating import RatingCache
@@ -86,9 +86,12 @@ async def network_function(
     if prefix is not None:
         return prefix
     key = await db.run(lambda s: verify_api_key(s, credentials.credentials))
+    ip = request.client.host if request.client else None
     if key is None:
+        log_refused(credentials.credentials, reason="invalid", ip=ip)
         raise NotAuthenticated(N_("The API key is not valid."), headers=challenge)
     if SCOPE not in key.scopes:
+        log_refused(credentials.credentials, reason="scope", ip=ip, scope=SCOPE)
         raise Forbidden(N_("This API key lacks the scope {scope}."), scope=SCOPE)
     cache.put(digest, key.prefix)
     return key.prefix
