@@ -195,6 +195,20 @@ async def test_a_locked_member_s_correct_code_is_refused(
     assert (await client.get("/backoffice")).status_code == 303
 
 
+async def test_sign_in_is_limited_per_address(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Beside each member's lockout, one address gets 30 password steps a minute, whoever for."""
+    for n in range(30):
+        assert await _password_step(client, f"nobody{n}", "not-the-password") == 401
+    staff = await new_staff(db, settings, "agent")
+    login = await client.get("/backoffice/login")
+    r = await client.post("/backoffice/login", data={
+        "username": staff.username, "password": STAFF_PASSWORD, "csrf": csrf_of(login.text)})  # fmt: skip
+    assert r.status_code == 429 and "Too many attempts" in r.text
+    assert "set-cookie" not in r.headers or "sc_staff" not in r.headers["set-cookie"]
+
+
 async def test_forms_need_the_session_csrf_token(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:

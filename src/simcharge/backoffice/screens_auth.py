@@ -26,6 +26,7 @@ from simcharge.backoffice.staff import (
 )
 from simcharge.backoffice.web import HEADERS, back, render
 from simcharge.config import Settings
+from simcharge.errors import TooManyAttempts
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.i18n import normalize_language
@@ -86,6 +87,10 @@ async def login(
     ip = request.client.host if request.client else None
     ua = request.headers.get("user-agent")
     now = utcnow()
+    try:  # per address, as customers' sign-in: the lockout is per staff member
+        await request.app.state.rate_limits.hit("login", ip)
+    except TooManyAttempts:
+        return render(request, "login.html", None, status=429, csrf=expected, error="busy")
 
     async def attempt(s: AsyncSession) -> str | None:
         staff = await check_password(s, username, password, now)
