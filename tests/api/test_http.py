@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
-import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.app import create_app
+from simcharge.auth import apikeys
 from simcharge.auth.apikeys import create_api_key, revoke_api_key
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -145,7 +147,7 @@ async def test_catalog_is_public_and_speaks_the_callers_language(
 
 
 async def test_lines_need_an_api_key_with_the_right_scope(
-    client: httpx.AsyncClient, db: Database
+    client: httpx.AsyncClient, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = await client.get("/api/v1/lines", params={"msisdn": "+14155550101"})
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
@@ -155,17 +157,22 @@ async def test_lines_need_an_api_key_with_the_right_scope(
     )
     assert bad.status_code == 401
     wrong = await api_key(db, "catalog:read")
-    with structlog.testing.capture_logs() as logged:
-        r = await client.get(
-            "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {wrong}"}
-        )
-        assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
-        tampered = wrong[:-2] + ("AA" if not wrong.endswith("AA") else "BB")
-        r = await client.get(
-            "/api/v1/lines", params={"msisdn": "+1"},
-            headers={"Authorization": f"Bearer {tampered}"},
-        )  # fmt: skip
-        assert r.status_code == 401
+    logged: list[dict[str, Any]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: Any) -> None:
+            logged.append({"event": event, **fields})
+
+    monkeypatch.setattr(apikeys, "audit", Recorder())
+    r = await client.get(
+        "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {wrong}"}
+    )
+    assert r.status_code == 403 and r.json()["type"] == "/problems/forbidden"
+    tampered = wrong[:-2] + ("AA" if not wrong.endswith("AA") else "BB")
+    r = await client.get(
+        "/api/v1/lines", params={"msisdn": "+1"}, headers={"Authorization": f"Bearer {tampered}"}
+    )
+    assert r.status_code == 401
     # Each refusal is logged (ASVS 7.1.3) with the key's public prefix, never its secret part.
     refused = [e for e in logged if e["event"] == "apikey.refused"]
     prefix, secret = wrong.split("_", 2)[1:]
