@@ -34,6 +34,7 @@ from simcharge.kit.translations import N_, translate
 from simcharge.payments.registry import Providers
 from simcharge.portal.web import (
     LANGUAGE_COOKIE_AGE,
+    RESET_LOGIN_AGE,
     Page,
     error_texts,
     fee_text,
@@ -41,6 +42,7 @@ from simcharge.portal.web import (
     language_cookie,
     redirect,
     render,
+    reset_login_cookie,
     safe_next,
 )
 
@@ -380,15 +382,21 @@ async def forgot(
         )
     )
     await equalize(settings, started)
-    return redirect(
-        "/reset?" + urlencode({"login": login_name, "channel": channel}), page, settings
-    )
+    # The address or number goes to the next page in a cookie, not in its URL (where browser
+    # history, proxies and logs would keep it: ASVS 8.3.1).
+    response = redirect("/reset?" + urlencode({"channel": channel}), page, settings)
+    response.set_cookie(
+        reset_login_cookie(settings), login_name[:254], max_age=RESET_LOGIN_AGE,
+        secure=settings.secure_cookies, httponly=True, samesite="lax", path="/",
+    )  # fmt: skip
+    return response
 
 
 @router.get("/reset")
 async def reset_form(
-    request: Request, page: Page, login: str = "", channel: str = "email"
+    request: Request, page: Page, settings: AppSettings, login: str = "", channel: str = "email"
 ) -> Response:
+    login = login or request.cookies.get(reset_login_cookie(settings), "")
     return render(
         request, page, "reset.html", values={"login": login[:254], "channel": _channel(channel)},
         errors={},
@@ -424,6 +432,10 @@ async def reset(
         )
     response = redirect("/login?reset=1")
     clear_session_cookie(response, settings)
+    response.delete_cookie(
+        reset_login_cookie(settings), path="/", secure=settings.secure_cookies, httponly=True,
+        samesite="lax",
+    )  # fmt: skip
     return response
 
 

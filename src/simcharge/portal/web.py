@@ -109,6 +109,15 @@ def language_cookie(settings: Settings) -> str:
     return "__Host-sc_lang" if settings.secure_cookies else "sc_lang"
 
 
+def reset_login_cookie(settings: Settings) -> str:
+    """Where "forgot password" leaves the login it was asked for, for the reset page."""
+    return "__Host-sc_reset" if settings.secure_cookies else "sc_reset"
+
+
+RESET_LOGIN_AGE = 15 * 60
+"""Seconds the reset page remembers the login (a reset code is valid 10 minutes)."""
+
+
 def csrf_cookie(settings: Settings) -> str:
     return "__Host-sc_csrf" if settings.secure_cookies else "sc_csrf"
 
