@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import DB, AppSettings
+from simcharge.auth.deps import Limits
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import WebActor, staff_cookie
@@ -77,6 +78,7 @@ async def login(
     request: Request,
     db: DB,
     settings: AppSettings,
+    limits: Limits,
     username: Annotated[str, Form(max_length=64)] = "",
     password: Annotated[str, Form(max_length=256)] = "",
     csrf: Annotated[str, Form(max_length=64)] = "",
@@ -88,7 +90,7 @@ async def login(
     ua = request.headers.get("user-agent")
     now = utcnow()
     try:  # per address, as customers' sign-in: the lockout is per staff member
-        await request.app.state.rate_limits.hit("login", ip)
+        await limits.hit("login", ip)
     except TooManyAttempts:
         return render(request, "login.html", None, status=429, csrf=expected, error="busy")
 
