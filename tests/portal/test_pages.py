@@ -25,7 +25,7 @@ from tests.portal.helpers import new_customer, portal_order, sign_in
 
 pytestmark = pytest.mark.usefixtures("shop")
 
-PUBLIC = ["/", "/register", "/login", "/forgot", "/reset?login=x", "/verify?login=x", "/unlock",
+PUBLIC = ["/", "/register", "/login", "/forgot", "/reset?channel=sms", "/verify?sent=1", "/unlock",
           "/unlock?locked=1"]
 _INLINE = [
     (re.compile(r"<script(?![^>]*\ssrc=)[^>]*>", re.I), "an inline <script>"),
@@ -63,7 +63,7 @@ async def private_pages(client: httpx.AsyncClient, db: Database, settings: Setti
     return [
         "/account", "/account/topup", "/account/records", "/account/security", "/account/help",
         f"/account/help/{ticket_id}", "/account/lines/add",
-        "/account/lines/add?" + urlencode({"msisdn": friend.line.msisdn, "sent": 1}),
+        "/account/lines/add?sent=1",
         f"/account/topup/review?line={line}&plan=traveller-20&method=paypal",
         "/account/topup/review?" + urlencode({"line": "other", "msisdn": friend.line.msisdn,
                                               "plan": "starter-10", "method": "sandbox"}),

@@ -45,6 +45,9 @@ from simcharge.portal.records import KINDS, LATEST_OF_ACCOUNT, records_from, rec
 from simcharge.portal.web import (
     Page,
     Visitor,
+    carried,
+    carry,
+    drop_carried,
     error_texts,
     fee_text,
     form_of,
@@ -511,8 +514,12 @@ async def records_csv(request: Request, page: Page, db: DB) -> Response:
 
 
 @router.get("/account/lines/add")
-async def add_line_form(request: Request, page: Page, msisdn: str = "", sent: str = "") -> Response:
+async def add_line_form(
+    request: Request, page: Page, settings: AppSettings, sent: str = ""
+) -> Response:
+    """After step 1 the number comes back in a cookie (see `carry`), not in the URL."""
     require(page)
+    msisdn = carried(request, settings, "attach") if sent else ""
     return render(
         request, page, "add_line.html", values={"msisdn": msisdn[:32]}, errors={}, error=None,
         sent=bool(sent),
@@ -536,7 +543,7 @@ async def add_line(
                     s, settings, account, msisdn, client=client, now=utcnow(), limits=limits
                 )
             )
-            return redirect("/account/lines/add?" + urlencode({"msisdn": msisdn, "sent": 1}))
+            return carry(redirect("/account/lines/add?sent=1"), settings, "attach", msisdn)
         await limits.hit("verify", client.ip)
         result = await db.run(
             lambda s: accounts.confirm_line_attach(
@@ -551,4 +558,4 @@ async def add_line(
             request, page, "add_line.html", status=exc.status, values={"msisdn": msisdn},
             errors=errors, error=summary, sent=bool(code),
         )
-    return redirect("/account")
+    return drop_carried(redirect("/account"), settings, "attach")

@@ -34,15 +34,16 @@ from simcharge.kit.translations import N_, translate
 from simcharge.payments.registry import Providers
 from simcharge.portal.web import (
     LANGUAGE_COOKIE_AGE,
-    RESET_LOGIN_AGE,
     Page,
+    carried,
+    carry,
+    drop_carried,
     error_texts,
     fee_text,
     form_of,
     language_cookie,
     redirect,
     render,
-    reset_login_cookie,
     safe_next,
 )
 
@@ -162,18 +163,18 @@ async def register(
             error=summary,
         )
     await equalize(settings, started)
-    return redirect(
-        "/verify?" + urlencode({"login": values["username"], "sent": 1}), page, settings
+    return carry(
+        redirect("/verify?sent=1", page, settings), settings, "verify", values["username"]
     )
 
 
 @router.get("/verify")
 async def verify_form(
-    request: Request, page: Page, login: str = "", sent: str | None = None
+    request: Request, page: Page, settings: AppSettings, sent: str | None = None
 ) -> Response:
-    return render(
-        request, page, "verify.html", values={"login": login[:254]}, errors={}, sent=bool(sent)
-    )
+    """The login comes from the registration in a cookie (see `carry`), not in the URL."""
+    login = carried(request, settings, "verify")
+    return render(request, page, "verify.html", values={"login": login}, errors={}, sent=bool(sent))
 
 
 @router.post("/verify")
@@ -211,7 +212,10 @@ async def verify(
             request, page, "verify.html", status=exc.status, values=values, errors=errors,
             error=summary, sent=False,
         )
-    return redirect("/account?verified=1" if customer else "/login?verified=1", page, settings)
+    response = redirect(
+        "/account?verified=1" if customer else "/login?verified=1", page, settings
+    )
+    return drop_carried(response, settings, "verify")
 
 
 @router.post("/verify/resend")
@@ -385,20 +389,16 @@ async def forgot(
     # The address or number goes to the next page in a cookie, not in its URL (where browser
     # history, proxies and logs would keep it: ASVS 8.3.1).
     response = redirect("/reset?" + urlencode({"channel": channel}), page, settings)
-    response.set_cookie(
-        reset_login_cookie(settings), login_name[:254], max_age=RESET_LOGIN_AGE,
-        secure=settings.secure_cookies, httponly=True, samesite="lax", path="/",
-    )  # fmt: skip
-    return response
+    return carry(response, settings, "reset", login_name)
 
 
 @router.get("/reset")
 async def reset_form(
-    request: Request, page: Page, settings: AppSettings, login: str = "", channel: str = "email"
+    request: Request, page: Page, settings: AppSettings, channel: str = "email"
 ) -> Response:
-    login = login or request.cookies.get(reset_login_cookie(settings), "")
+    login = carried(request, settings, "reset")
     return render(
-        request, page, "reset.html", values={"login": login[:254], "channel": _channel(channel)},
+        request, page, "reset.html", values={"login": login, "channel": _channel(channel)},
         errors={},
     )
 
@@ -432,11 +432,7 @@ async def reset(
         )
     response = redirect("/login?reset=1")
     clear_session_cookie(response, settings)
-    response.delete_cookie(
-        reset_login_cookie(settings), path="/", secure=settings.secure_cookies, httponly=True,
-        samesite="lax",
-    )  # fmt: skip
-    return response
+    return drop_carried(response, settings, "reset")
 
 
 # --- assets ---------------------------------------------------------------------------------------

@@ -111,11 +111,42 @@ def language_cookie(settings: Settings) -> str:
 
 def reset_login_cookie(settings: Settings) -> str:
     """Where "forgot password" leaves the login it was asked for, for the reset page."""
-    return "__Host-sc_reset" if settings.secure_cookies else "sc_reset"
+    return carried_cookie(settings, "reset")
 
 
 RESET_LOGIN_AGE = 15 * 60
 """Seconds the reset page remembers the login (a reset code is valid 10 minutes)."""
+
+CARRIED = ("reset", "verify", "attach")
+"""What one form hands the next page: the login to reset or to verify, the number to attach."""
+
+
+def carried_cookie(settings: Settings, what: str) -> str:
+    """The cookie that carries `what` to the next page. Personal data goes from one form to the
+    page after it in a short-lived HttpOnly cookie, never in the URL, where browser history,
+    proxies and access logs would keep it (ASVS 8.3.1)."""
+    assert what in CARRIED
+    return f"__Host-sc_{what}" if settings.secure_cookies else f"sc_{what}"
+
+
+def carry(response: Response, settings: Settings, what: str, value: str) -> Response:
+    response.set_cookie(
+        carried_cookie(settings, what), value[:254], max_age=RESET_LOGIN_AGE,
+        secure=settings.secure_cookies, httponly=True, samesite="lax", path="/",
+    )  # fmt: skip
+    return response
+
+
+def carried(request: Request, settings: Settings, what: str) -> str:
+    return request.cookies.get(carried_cookie(settings, what), "")[:254]
+
+
+def drop_carried(response: Response, settings: Settings, what: str) -> Response:
+    response.delete_cookie(
+        carried_cookie(settings, what), path="/", secure=settings.secure_cookies, httponly=True,
+        samesite="lax",
+    )  # fmt: skip
+    return response
 
 
 def csrf_cookie(settings: Settings) -> str:
