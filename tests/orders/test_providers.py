@@ -1656,6 +1656,56 @@ async def test_paypals_certificate_out_of_reach_is_a_503_to_retry(
     assert (await order_row(db, order.id)).state == "fulfilled"
 
 
+async def test_a_staff_check_is_audited_before_the_provider_is_asked_and_after(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """Staff's "check with provider" may capture a PayPal payment: who asked is committed to the
+    audit log before PayPal is called (`order.check.asked`), and the answer after
+    (`order.check`), also when PayPal could not be reached (503, nothing captured)."""
+    from simcharge.backoffice.models import AuditEntry
+    from tests.backoffice.helpers import new_staff
+
+    paypal = PayPal(keys, mock)
+    _, _, order = await _placed(client, db, settings, paypal)
+    agent = await new_staff(db, settings, "agent")
+    oid = paypal.order_id(order)
+    query = mock.get(f"{PAYPAL_API}/v2/checkout/orders/{oid}").respond(503, json={})
+    url = f"/api/v1/admin/orders/{order.id}/check"
+    r = await client.post(url, headers=agent.auth)
+    assert r.status_code == 503, r.text
+    assert query.called
+    await _unchanged(db, order)
+
+    async def audited() -> list[tuple[str, Any]]:
+        async with db.read() as s:
+            rows = (
+                await s.execute(
+                    select(AuditEntry)
+                    .where(AuditEntry.target_id == str(order.id))
+                    .order_by(AuditEntry.at, AuditEntry.id)
+                )
+            ).scalars()
+            return [(e.action, (e.details or {}).get("outcome")) for e in rows]
+
+    assert await audited() == [("order.check.asked", None), ("order.check", "failed")]
+    routes = paypal.expect_paid_on_query(order)
+    r = await client.post(url, headers=agent.auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["outcome"] == "fulfilled" and r.json()["state"] == "fulfilled"
+    query_again, capture = routes
+    assert query_again.called and capture.call_count == 1
+    assert await audited() == [
+        ("order.check.asked", None), ("order.check", "failed"),
+        ("order.check.asked", None), ("order.check", "fulfilled"),
+    ]  # fmt: skip
+    await assert_ledger_balanced(db)
+
+
 SIGNED_HEADERS = {
     "stripe": {"stripe-signature"},
     "paypal": {

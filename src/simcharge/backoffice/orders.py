@@ -77,15 +77,26 @@ async def check_with_provider(
     db: Database, providers: Providers, actor: Actor, order_id: uuid.UUID
 ) -> Outcome:
     """Ask the provider where the payment stands now and apply the answer (exactly once, as
-    every other path does: a payment found paid is credited); audited with before/after."""
-    async with db.read() as s:
+    every other path does: a payment found paid is credited); audited with before/after.
+
+    The asking is audited before the provider is called (`order.check.asked`, committed): the
+    call may capture a payment, and a process that dies during it must still leave who asked.
+    The answer is audited after (`order.check`), also when the provider could not be reached."""
+
+    async def asked(s: AsyncSession) -> dict[str, Any]:
         order = await s.get(Order, order_id)
         if order is None:
             raise OrderNotFound(field="order_id")
-        before = order_facts(order)
-    outcome = await check_order(db, providers, order_id, source="staff", capture=True)
+        facts = order_facts(order)
+        await audit.record(
+            s, actor, "order.check.asked", target_type="order", target_id=order_id,
+            before=facts, after=facts, details={"capture": True}, now=utcnow(),
+        )  # fmt: skip
+        return facts
 
-    async def note(s: AsyncSession) -> None:
+    before = await db.run(asked)
+
+    async def note(s: AsyncSession, details: dict[str, Any]) -> None:
         after = await s.get(Order, order_id)
         assert after is not None
         await audit.record(
@@ -96,11 +107,17 @@ async def check_with_provider(
             target_id=order_id,
             before=before,
             after=order_facts(after),
-            details={"outcome": outcome.value},
+            details=details,
             now=utcnow(),
         )
 
-    await db.run(note)
+    try:
+        outcome = await check_order(db, providers, order_id, source="staff", capture=True)
+    except Exception as exc:
+        failed = {"outcome": "failed", "error": type(exc).__name__}
+        await db.run(lambda s: note(s, failed))
+        raise
+    await db.run(lambda s: note(s, {"outcome": outcome.value}))
     return outcome
 
 
