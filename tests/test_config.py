@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from simcharge.config import DEFAULT_SECRET_KEY, Environment, Settings
+from simcharge.config import DEFAULT_SANDBOX_SECRET, DEFAULT_SECRET_KEY, Environment, Settings
 
 GOOD_KEY = "k" * 40
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,20 @@ def test_production_needs_https() -> None:
 def test_production_starts_with_a_real_key() -> None:
     s = make(env="production", secret_key=GOOD_KEY, base_url="https://top.example")
     assert s.env is Environment.production
+
+
+@pytest.mark.parametrize("secret", [None, DEFAULT_SANDBOX_SECRET, "short"])
+def test_production_refuses_the_sandbox_with_a_known_or_short_secret(secret: str | None) -> None:
+    """Its webhooks would be forged with the secret everyone can read in the README."""
+    kw: dict[str, Any] = {} if secret is None else {"sandbox_secret": secret}
+    with pytest.raises(ValidationError, match="SIMCHARGE_SANDBOX_SECRET"):
+        make(env="production", secret_key=GOOD_KEY, base_url="https://top.example",
+             sandbox_enabled=True, **kw)
+    s = make(env="production", secret_key=GOOD_KEY, base_url="https://top.example",
+             sandbox_enabled=True, sandbox_secret="s" * 32)
+    assert s.sandbox_on
+    assert not make(env="production", secret_key=GOOD_KEY, base_url="https://top.example",
+                    **kw).sandbox_on  # off by default in production: no secret needed
 
 
 def test_bad_values_are_refused() -> None:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
 MIN_SECRET_KEY_LENGTH = 32
+DEFAULT_SANDBOX_SECRET = "sandbox-webhook-secret"  # noqa: S105 - refused in production
 VAR_DIR = Path("var")
 
 
@@ -98,7 +99,7 @@ class Settings(BaseSettings):
     sandbox_stands_in: bool | None = None
     """The sandbox serves methods whose real provider has no credentials (demos); default: on
     except in production."""
-    sandbox_secret: SecretStr = SecretStr("sandbox-webhook-secret")
+    sandbox_secret: SecretStr = SecretStr(DEFAULT_SANDBOX_SECRET)
     sandbox_webhook_copies: int = Field(default=1, ge=1, le=10)
     sandbox_webhook_max_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
 
@@ -224,6 +225,14 @@ class Settings(BaseSettings):
                 )
             if not self.base_url.startswith("https://"):
                 raise ValueError("SIMCHARGE_BASE_URL must be https:// in production")
+            if self.sandbox_on and (
+                self.sandbox_secret.get_secret_value() == DEFAULT_SANDBOX_SECRET
+                or len(self.sandbox_secret.get_secret_value()) < MIN_SECRET_KEY_LENGTH
+            ):
+                raise ValueError(
+                    "SIMCHARGE_SANDBOX_ENABLED in production needs SIMCHARGE_SANDBOX_SECRET set "
+                    f"to a random value of at least {MIN_SECRET_KEY_LENGTH} characters"
+                )
 
         if self.sms_provider == "twilio" and not (
             self.twilio_account_sid and self.twilio_auth_token and self.twilio_from

@@ -50,6 +50,7 @@ from tests.orders.helpers import (
     new_payer,
     order_row,
     place,
+    signed_event,
     transfers_of,
 )
 from tests.payments.providers.certs import intermediate_ca, leaf, pem, root_ca
@@ -1654,6 +1655,34 @@ async def test_paypals_certificate_out_of_reach_is_a_503_to_retry(
     mock.get(PAYPAL_CERT_URL).respond(200, content=keys.paypal_chain)
     _ok(paypal, await _deliver(client, paypal, signed))
     assert (await order_row(db, order.id)).state == "fulfilled"
+
+
+async def test_a_sandbox_notification_never_speaks_for_another_providers_order(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """The sandbox's secret signs only the sandbox's own payments: a `payment.succeeded` or a
+    refund signed with it, naming an order paid through a real provider by its reference (the
+    payer sees it) and its very amount, is stored, answered 200 (the sandbox would deliver it
+    again otherwise) and applied to nothing."""
+    _, _, order = await _placed(client, db, settings, provider)
+    obj = {"id": "sbx_forged", "reference": order.reference, "amount": order.total,
+           "currency": order.currency, "state": "paid", "merchant": "sandbox-merchant",
+           "paid_at": utcnow().isoformat(), "refund_id": "rf-forged", "refund_amount": 1}
+    for kind in ("payment.succeeded", "refund.succeeded"):
+        body, headers = signed_event(settings, kind, obj)
+        r = await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+    await _unchanged(db, order)
+    assert await _events(db, order) == 0  # stored, about no order
+    async with db.read() as s:
+        stored = (
+            await s.execute(select(ProviderEvent).where(ProviderEvent.provider == "sandbox"))
+        ).scalars().all()
+    # The payment is ignored; the refund waits, unprocessed, for a sandbox payment it could be
+    # about (as refund news arriving before its payment does), and is never applied to this one.
+    assert {(e.event_type, e.order_id, e.outcome) for e in stored} == {
+        ("payment.succeeded", None, "ignored"), ("refund.succeeded", None, None)}
+    await assert_ledger_balanced(db)
 
 
 async def test_a_staff_check_is_audited_before_the_provider_is_asked_and_after(

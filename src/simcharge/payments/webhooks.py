@@ -22,7 +22,7 @@ from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
 from simcharge.metrics import WEBHOOK_FAILURES, WEBHOOKS
 from simcharge.orders.fulfilment import apply_status, mark_processed
-from simcharge.orders.models import Payment, ProviderEvent, Refund
+from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
 from simcharge.orders.reversals import apply_refund_news
 from simcharge.orders.service import LockedOrder, lock_order, order_by_reference
 from simcharge.payments.codec import (
@@ -156,28 +156,46 @@ async def receive_notification(
 
 
 async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> LockedOrder | None:
-    """The order a payment status is about, locked with its payment and line."""
+    """The order a payment status is about, locked with its payment and line — only an order
+    that `provider` serves: a notification verified with one provider's secret never speaks for
+    an order paid through another (a forged sandbox event naming a card order's reference)."""
     if n.status is None:
         return None
     if n.status.reference:
         locked = await lock_order(s, reference=n.status.reference)
         if locked is not None:
-            return locked
+            # Another provider's order: nothing here (`_store` logs it, by `_order_id_of`).
+            return locked if locked.order.provider == provider else None
     order_id = await _order_id_of(s, provider, n)
     return await lock_order(s, order_id=order_id) if order_id else None
 
 
+def _served_by(order: Order, provider: str) -> bool:
+    if order.provider == provider:
+        return True
+    WEBHOOK_FAILURES.labels(provider, "other_provider").inc()
+    log.warning(
+        "payments.webhook_other_provider", provider=provider, order=str(order.id),
+        serves=order.provider,
+    )  # fmt: skip
+    return False
+
+
 async def _order_id_of(s: AsyncSession, provider: str, n: Notification) -> uuid.UUID | None:
     """The order a notification is about: by our reference, the refund's, or the provider's ids
-    of the payment."""
+    of the payment; always an order that `provider` serves."""
     about = [x for x in (n.status, n.refund, n.dispute) if x is not None]
     for reference in dict.fromkeys(x.reference for x in about if x.reference):
         order = await order_by_reference(s, reference)
         if order is not None:
-            return order.id
+            return order.id if _served_by(order, provider) else None
     if n.refund is not None:
         found = (
-            await s.execute(select(Refund.order_id).where(Refund.reference == n.refund.refund_id))
+            await s.execute(
+                select(Refund.order_id)
+                .join(Order, Order.id == Refund.order_id)
+                .where(Refund.reference == n.refund.refund_id, Order.provider == provider)
+            )
         ).scalar_one_or_none()
         if found is not None:
             return found
