@@ -361,6 +361,9 @@ async def test_two_step_verification(
     totp = pyotp.TOTP(secret)
     r = await client.post("/api/v1/me/totp/confirm", json={"code": "000000"}, headers=customer.auth)
     assert r.status_code == 401 and problem(r)["type"] == "/problems/invalid-second-factor"
+    # Digits to `str.isdigit` but not ASCII (superscripts): a wrong code, not a 500.
+    r = await client.post("/api/v1/me/totp/confirm", json={"code": "²³¹²³¹"}, headers=customer.auth)
+    assert r.status_code == 401 and problem(r)["type"] == "/problems/invalid-second-factor"
     r = await client.post(
         "/api/v1/me/totp/confirm", json={"code": totp.at(START)}, headers=customer.auth
     )

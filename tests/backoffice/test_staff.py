@@ -179,6 +179,20 @@ async def test_the_code_cannot_be_guessed_through_many_half_open_sessions(
     assert rows and all(r.revoked_at is not None for r in rows)
 
 
+async def test_a_code_of_non_ascii_digits_is_a_wrong_code(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Superscript digits are digits to `str.isdigit`; comparing them in constant time raised a
+    TypeError (a 500). Now they are a wrong code, shown on the page, and the right one works."""
+    staff = await new_staff(db, settings, "agent")
+    assert staff.secret
+    assert await _password_step(client, staff.username, STAFF_PASSWORD) == 303
+    r = await _code_step(client, "²³¹²³¹")
+    assert r.status_code == 303 and r.headers["location"] == "/backoffice/login/code?error=code"
+    r = await _code_step(client, code_for(staff.secret))
+    assert r.status_code == 303 and r.headers["location"] == "/backoffice"
+
+
 async def test_a_locked_member_s_correct_code_is_refused(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:

@@ -1657,6 +1657,60 @@ async def test_paypals_certificate_out_of_reach_is_a_503_to_retry(
     assert (await order_row(db, order.id)).state == "fulfilled"
 
 
+MALFORMED_BODY = json.dumps({"id": "x", "event_type": "TRANSACTION.SUCCESS", "resource": {}})
+
+
+@pytest.mark.parametrize(
+    ("name", "headers"),
+    [
+        # Read before the signature is checked (the serial is public): 400 digits, a superscript
+        ("wechatpay", {"wechatpay-timestamp": "1" + "0" * 400}),
+        ("wechatpay", {"wechatpay-timestamp": "\u00b2"}),
+        # A transmission time whose offset takes it past the calendar's end in UTC
+        ("paypal", {"paypal-transmission-time": "9999-12-31T23:59:59-23:59"}),
+        # A non-ASCII signature, which `hmac.compare_digest` refuses to compare as a str
+        ("stripe", {"stripe-signature": "t=1700000000,v1=\u00e9"}),
+        ("sandbox", {"sandbox-signature": "t=1700000000,v1=\u00e9"}),
+        ("stripe", {"stripe-signature": "t=\u00b2,v1=00"}),
+    ],
+    ids=["wechat-long", "wechat-superscript", "paypal-time", "stripe-e", "sandbox-e", "stripe-t"],
+)
+async def test_a_malformed_notification_is_refused_as_the_provider_expects(
+    shop: Any, client: httpx.AsyncClient, db: Database, name: str, headers: dict[str, str]
+) -> None:
+    """Headers an attacker controls, read before any signature is verified, are refused with the
+    provider's own failure answer (and counted), never a 500; nothing is stored."""
+    full = {
+        "wechatpay": {"wechatpay-serial": WECHAT_PUB_KEY_ID, "wechatpay-nonce": "n",
+                      "wechatpay-signature": "AAAA"},
+        "paypal": {"paypal-transmission-id": "69cd13f0-d67a-11e5-baa3-778b53f4ae55",
+                   "paypal-transmission-sig": "AAAA", "paypal-cert-url": PAYPAL_CERT_URL,
+                   "paypal-auth-algo": "SHA256withRSA"},
+    }.get(name, {}) | headers
+    raw = [(k.encode(), v.encode("latin-1")) for k, v in full.items()]
+    r = await client.post(f"/api/v1/webhooks/{name}", content=MALFORMED_BODY.encode(),
+                          headers=[(b"content-type", b"application/json"), *raw])
+    assert r.status_code == 400, r.text
+    async with db.read() as s:
+        assert (await s.execute(select(func.count()).select_from(ProviderEvent))).scalar_one() == 0
+
+
+def test_times_at_the_calendars_edges_are_no_times() -> None:
+    from simcharge.payments.providers._common import (
+        epoch_seconds,
+        parse_china_time,
+        parse_rfc3339,
+    )
+
+    assert parse_rfc3339("9999-12-31T23:59:59-23:59") is None
+    assert parse_rfc3339("0001-01-01T00:00:00+23:59") is None
+    assert parse_rfc3339("2025-01-01T18:05:12+08:00") == datetime(2025, 1, 1, 10, 5, 12, tzinfo=UTC)
+    assert parse_china_time("0001-01-01 00:00:00") is None
+    assert parse_china_time("2025-01-01 18:05:12") == datetime(2025, 1, 1, 10, 5, 12, tzinfo=UTC)
+    assert [epoch_seconds(v) for v in ("1700000000", "\u00b2", "1" * 13, "", "-1")] == [
+        1700000000, None, None, None, None]
+
+
 async def test_a_sandbox_notification_never_speaks_for_another_providers_order(
     shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
 ) -> None:

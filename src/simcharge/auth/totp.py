@@ -51,7 +51,7 @@ def accept_totp(secret_key: str, account: Account, code: str, now: datetime) -> 
     """Accept a current, not yet used, code; remember its time step."""
     secret = _secret(secret_key, account)
     candidate = code.strip().replace(" ", "")
-    if secret is None or not (candidate.isdigit() and len(candidate) == 6):
+    if secret is None or not (candidate.isascii() and candidate.isdigit() and len(candidate) == 6):
         return False
     totp = pyotp.TOTP(secret)
     current = int(now.timestamp()) // STEP

@@ -190,7 +190,7 @@ def accept_code(settings: Settings, staff: StaffUser, code: str, now: datetime) 
     """A current code not used before (each 30 s step once; one step of drift either way)."""
     secret = _secret(settings, staff)
     candidate = code.strip().replace(" ", "")
-    if secret is None or not (candidate.isdigit() and len(candidate) == 6):
+    if secret is None or not (candidate.isascii() and candidate.isdigit() and len(candidate) == 6):
         return False
     totp = pyotp.TOTP(secret)
     current = int(now.timestamp()) // STEP

@@ -139,11 +139,10 @@ def parse_rfc3339(value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        # At the calendar's edges the offset can take it outside the calendar in UTC.
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.astimezone(UTC)
 
 
 def parse_china_time(value: str | None) -> datetime | None:
@@ -152,9 +151,17 @@ def parse_china_time(value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")  # noqa: DTZ007 - zone set below
-    except ValueError:
+        return parsed.replace(tzinfo=CHINA_TIME).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed.replace(tzinfo=CHINA_TIME).astimezone(UTC)
+
+
+def epoch_seconds(value: str) -> int | None:
+    """A Unix time in a header (`Wechatpay-Timestamp`, Stripe's `t=`): ASCII digits only (not
+    `²`, which `str.isdigit` accepts), at most 12 of them (a float of it cannot overflow)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 12):
+        return None
+    return int(value)
 
 
 def china_time(moment: datetime) -> str:

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from simcharge.payments.providers._common import epoch_seconds
+
 # --- keys --------------------------------------------------------------------------------------
 
 
@@ -102,9 +104,9 @@ def parse_stripe_signature_header(header: str) -> tuple[int, list[str]]:
         if not sep:
             continue
         if key == "t":
-            if not value.isdigit():
+            timestamp = epoch_seconds(value)
+            if timestamp is None:
                 raise ValueError("the timestamp is not an integer")
-            timestamp = int(value)
         elif key == "v1":
             signatures.append(value)
     if timestamp is None or not signatures:
@@ -116,10 +118,11 @@ def stripe_signature_valid(
     secret: str, timestamp: int, payload: bytes, candidates: list[str]
 ) -> bool:
     """Whether any candidate `v1` matches (several during a secret roll), in constant time."""
-    expected = stripe_signature(secret, timestamp, payload)
+    expected = stripe_signature(secret, timestamp, payload).encode()
     found = False
     for candidate in candidates:
-        found |= hmac.compare_digest(expected, candidate)
+        # As bytes: `compare_digest` refuses a str with non-ASCII characters (a TypeError).
+        found |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
     return found
 
 

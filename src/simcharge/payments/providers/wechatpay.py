@@ -26,6 +26,7 @@ from simcharge.payments.providers._common import (
     delivered_body,
     delivered_headers,
     dict_at,
+    epoch_seconds,
     header,
     json_object,
     notification_json,
@@ -186,9 +187,10 @@ class WeChatPayProvider:
         key = self._platform_keys.get(serial)
         if key is None:
             raise NotificationRejected("unknown-key", f"no WeChat Pay key with serial {serial}")
-        if not timestamp.isdigit():
+        signed_at = epoch_seconds(timestamp)
+        if signed_at is None:
             raise NotificationRejected("malformed", "Wechatpay-Timestamp is not a number")
-        if abs(now.timestamp() - int(timestamp)) > self.config.tolerance:
+        if abs(now.timestamp() - signed_at) > self.config.tolerance:
             raise NotificationRejected("stale", f"signed at {timestamp}")
         if not rsa_sha256_verify(
             key, wechatpay_response_message(timestamp, nonce, body), signature
@@ -383,6 +385,17 @@ class WeChatPayProvider:
             body["notify_url"] = request.notify_url
         body["amount"] = {"refund": request.amount, "total": request.total, "currency": CURRENCY}
         return refund_result(await self._call("POST", "/v3/refund/domestic/refunds", body=body))
+
+    async def query_refund(
+        self, request: RefundRequest, provider_refund_id: str | None
+    ) -> RefundResult:
+        """`GET /v3/refund/domestic/refunds/{out_refund_no}` (a direct merchant's: no `mchid`
+        in the query), answered in the refund call's own shape."""
+        return refund_result(
+            await self._call(
+                "GET", f"/v3/refund/domestic/refunds/{quote(request.refund_id, safe='')}"
+            )
+        )
 
     # --- callbacks -----------------------------------------------------------------------------
 
