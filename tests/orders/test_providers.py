@@ -40,6 +40,7 @@ from simcharge.lines.service import line_balances
 from simcharge.metrics import WEBHOOKS
 from simcharge.orders.fulfilment import LATE_CHECK_FIRST
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
+from simcharge.payments.jobs import REFUND_FOLLOW_UPS
 from simcharge.payments.providers.paypal import PayPalProvider
 from simcharge.payments.service import reconcile
 from simcharge.worker.runner import Worker
@@ -191,6 +192,18 @@ def _now() -> int:
 
 
 # --- the providers, as they answer and notify ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class PendingAtProvider:
+    """One of our refunds at a provider that answers it as pending: how often it was asked to
+    make it and to report it, and whether it is done (the test says when)."""
+
+    settled: bool = False
+    refused_reads: int = 0
+    """Reads still to be refused (404: the provider does not find it), before they answer."""
+    created: int = 0
+    read: int = 0
 
 
 class Stripe:
@@ -371,6 +384,57 @@ class Stripe:
 
     async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
         """Stripe answered `succeeded` at once: nothing more comes."""
+
+    def expect_pending_refund(self, order: Order, at: PendingAtProvider) -> None:
+        """`POST /v1/refunds` answers `pending` (Stripe replays that answer to the same key);
+        `GET /v1/refunds/{id}` reports it, `succeeded` once it is done."""
+        rid = "re_3" + uuid.uuid4().hex[:20]
+        sent: dict[str, str] = {}
+
+        def refund(status: str) -> dict[str, Any]:
+            return {
+                "id": rid,
+                "object": "refund",
+                "amount": int(sent["amount"]),
+                "balance_transaction": "txn_1" if status == "succeeded" else None,
+                "charge": f"ch_3{order.reference}",
+                "created": _now(),
+                "currency": order.currency.lower(),
+                "metadata": {
+                    "reference": sent["metadata[reference]"],
+                    "refund_id": sent["metadata[refund_id]"],
+                },
+                "payment_intent": sent["payment_intent"],
+                "reason": None,
+                "status": status,
+            }
+
+        def create(request: httpx.Request) -> httpx.Response:
+            sent.update(_form(request))
+            assert request.headers["Idempotency-Key"] == sent["metadata[refund_id]"]
+            at.created += 1
+            return httpx.Response(200, json=refund("pending"))
+
+        def read(request: httpx.Request) -> httpx.Response:
+            assert not request.content
+            at.read += 1
+            if at.refused_reads:
+                at.refused_reads -= 1
+                return httpx.Response(
+                    404,
+                    json={
+                        "error": {
+                            "code": "resource_missing",
+                            "message": f"No such refund: '{rid}'",
+                            "param": "id",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+            return httpx.Response(200, json=refund("succeeded" if at.settled else "pending"))
+
+        self.router.post(f"{STRIPE_API}/v1/refunds").mock(side_effect=create)
+        self.router.get(f"{STRIPE_API}/v1/refunds/{rid}").mock(side_effect=read)
 
     def refunded_webhook(self, order: Order, refunded: int) -> tuple[bytes, dict[str, str]]:
         """`charge.refunded`: the charge, with everything refunded of it so far (ours or made in
@@ -634,6 +698,47 @@ class PayPal:
     async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
         """PayPal answered COMPLETED at once."""
 
+    def expect_pending_refund(self, order: Order, at: PendingAtProvider) -> None:
+        """The refund call answers `PENDING` (an eCheck's); `GET /v2/payments/refunds/{id}`
+        reports it, `COMPLETED` once it is done."""
+        cid, rid = self.capture_id(order), "1JU" + uuid.uuid4().hex[:14].upper()
+        sent: dict[str, Any] = {}
+
+        def refund(status: str) -> dict[str, Any]:
+            found = {
+                "id": rid,
+                "status": status,
+                "amount": sent["amount"],
+                "custom_id": sent["custom_id"],
+                "seller_payable_breakdown": {"gross_amount": sent["amount"]},
+                "create_time": datetime.now(UTC).isoformat(),
+                "update_time": datetime.now(UTC).isoformat(),
+                "links": [
+                    {"href": f"{PAYPAL_API}/v2/payments/refunds/{rid}", "rel": "self",
+                     "method": "GET"},
+                    {"href": f"{PAYPAL_API}/v2/payments/captures/{cid}", "rel": "up",
+                     "method": "GET"},
+                ],
+            }
+            if status == "PENDING":
+                found["status_details"] = {"reason": "ECHECK"}
+            return found
+
+        def create(request: httpx.Request) -> httpx.Response:
+            sent.update(json.loads(request.content))
+            assert request.headers["PayPal-Request-Id"] == sent["custom_id"]
+            at.created += 1
+            return httpx.Response(201, json=refund("PENDING"))
+
+        def read(request: httpx.Request) -> httpx.Response:
+            assert request.headers["Authorization"] == "Bearer A21AAL-test-token"
+            assert not request.content
+            at.read += 1
+            return httpx.Response(200, json=refund("COMPLETED" if at.settled else "PENDING"))
+
+        self.router.post(f"{PAYPAL_API}/v2/payments/captures/{cid}/refund").mock(side_effect=create)
+        self.router.get(f"{PAYPAL_API}/v2/payments/refunds/{rid}").mock(side_effect=read)
+
     def refund_webhook(
         self, order: Order, amount: int, kind: str = "PAYMENT.CAPTURE.REFUNDED"
     ) -> tuple[bytes, dict[str, str]]:
@@ -842,6 +947,51 @@ class Alipay:
 
     async def confirm_refund(self, client: httpx.AsyncClient, order: Order, refund: Refund) -> None:
         """`fund_change: Y`: the money moved."""
+
+    def expect_pending_refund(self, order: Order, at: PendingAtProvider) -> None:
+        """`alipay.trade.refund` accepts without moving the money yet (`fund_change: N`);
+        `alipay.trade.fastpay.refund.query` answers without `refund_status` until the refund
+        is done, then `REFUND_SUCCESS`."""
+        asked: dict[str, Any] = {}
+
+        def refund(biz: dict[str, Any]) -> dict[str, Any]:
+            assert biz["trade_no"] == self.trade_no(order)
+            asked.update(biz)
+            at.created += 1
+            return {
+                "code": "10000",
+                "msg": "Success",
+                "trade_no": self.trade_no(order),
+                "out_trade_no": biz["out_trade_no"],
+                "buyer_logon_id": "159****5620",
+                "fund_change": "N",
+                "refund_fee": "0.00",
+                "buyer_user_id": "2088102177846880",
+            }
+
+        def query(biz: dict[str, Any]) -> dict[str, Any]:
+            assert biz == {
+                "out_trade_no": order.reference,
+                "out_request_no": asked["out_request_no"],
+            }
+            at.read += 1
+            found = {
+                "code": "10000",
+                "msg": "Success",
+                "trade_no": self.trade_no(order),
+                "out_trade_no": order.reference,
+                "out_request_no": biz["out_request_no"],
+            }
+            if at.settled:
+                found |= {
+                    "total_amount": f"{order.total / 100:.2f}",
+                    "refund_amount": asked["refund_amount"],
+                    "refund_status": "REFUND_SUCCESS",
+                }
+            return found
+
+        self.answers["alipay.trade.refund"] = refund
+        self.answers["alipay.trade.fastpay.refund.query"] = query
 
     def refunded_notify(
         self, order: Order, refunded: int, *, closed: bool = False
@@ -1071,6 +1221,34 @@ class WeChatPay:
         body, headers = self._callback("REFUND.SUCCESS", "refund", resource)
         r = await client.post("/api/v1/webhooks/wechatpay", content=body, headers=headers)
         assert r.status_code == 204, r.text
+
+    def expect_pending_refund(self, order: Order, at: PendingAtProvider) -> None:
+        """The refund call answers `PROCESSING`; `GET /v3/refund/domestic/refunds/
+        {out_refund_no}` (signed, as every answer) reports it, `SUCCESS` once it is done."""
+        sent: dict[str, Any] = {}
+        path = "/v3/refund/domestic/refunds"
+
+        def create(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            sent.update(json.loads(request.content))
+            at.created += 1
+            return self.signed(
+                200,
+                self._refund(order, sent["out_refund_no"], sent["amount"]["refund"], "PROCESSING"),
+            )
+
+        def read(request: httpx.Request) -> httpx.Response:
+            self.check_request(request)
+            assert request.url.path == f"{path}/{sent['out_refund_no']}"
+            assert not request.url.query and not request.content
+            at.read += 1
+            status = "SUCCESS" if at.settled else "PROCESSING"
+            return self.signed(
+                200, self._refund(order, sent["out_refund_no"], sent["amount"]["refund"], status)
+            )
+
+        self.router.post(f"{WECHAT_API}{path}").mock(side_effect=create)
+        self.router.get(url__startswith=f"{WECHAT_API}{path}/").mock(side_effect=read)
 
     def refund_callback(
         self, order: Order, amount: int, out_refund_no: str
@@ -2043,3 +2221,101 @@ async def test_the_portal_on_a_phone_opens_wechat_pays_h5_page(
     _, went = await portal_order(client, customer.line.id, method="wechatpay")
     assert route.call_count == 1
     assert went.startswith("https://wx.tenpay.com/cgi-bin/mmpayweb-bin/")
+
+
+# --- our refunds the provider answers as pending ----------------------------------------------
+
+
+async def _refund_answered_pending(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, p: Harness
+) -> tuple[Order, PendingAtProvider]:
+    """A paid order, a quarter of it refunded by finance; the provider answers `pending`."""
+    _, _, order = await _placed(client, db, settings, p)
+    _ok(p, await _deliver(client, p, p.paid_webhook(order)))
+    r = await client.post(
+        f"/api/v1/admin/orders/{order.id}/refunds",
+        headers={**await _staff(db), **idem()},
+        json={"amount": order.total // 4, "reason": "unused"},
+    )
+    assert r.status_code == 202, r.text
+    at = PendingAtProvider()
+    p.expect_pending_refund(order, at)
+    await _worker(shop, db, settings)
+    assert at.created == 1
+    [refund] = await _refunds(db, order)
+    assert refund.state == "pending"
+    if not isinstance(p, Alipay):  # Alipay has no refund id of its own: ours is asked about
+        assert refund.provider_refund_id  # kept from the answer, to read the refund by
+    held = await transfers_of(db, f"refund:{refund.id}")
+    assert held and {t.kind for t in held} == {"pending"}
+    return order, at
+
+
+async def test_a_pending_refund_is_read_at_the_provider_and_settles_the_ledger(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """The follow-up reads the refund (Stripe `GET /v1/refunds/{id}`, PayPal `GET
+    /v2/payments/refunds/{id}`, Alipay `alipay.trade.fastpay.refund.query`, WeChat Pay `GET
+    /v3/refund/domestic/refunds/{out_refund_no}`) instead of asking for it again — which
+    Stripe and PayPal answer with the first answer, unchanged — and applies what it reads."""
+    order, at = await _refund_answered_pending(shop, client, db, settings, provider)
+    read = at.read  # Alipay confirms a refund that moved no money at once
+    at.settled = True
+    clock.freeze(utcnow() + timedelta(minutes=3))
+    await _worker(shop, db, settings)
+    assert (at.created, at.read) == (1, read + 1)
+    [refund] = await _refunds(db, order)
+    assert refund.state == "succeeded", refund.error
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == (
+        "partially_refunded", order.total // 4, None)
+    posted = await transfers_of(db, f"refund:{refund.id}")
+    assert {t.kind for t in posted} == {"pending", "post_pending"}
+    await assert_ledger_balanced(db)
+
+
+async def test_a_refund_that_stays_pending_is_never_made_again(
+    shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
+) -> None:
+    """Read at every follow-up, for as long as they last (~20 h; Stripe prunes an idempotency
+    key after 24 h, and a create with it then is a second refund): made once, nothing posted
+    or voided while the provider says pending."""
+    order, at = await _refund_answered_pending(shop, client, db, settings, provider)
+    read = at.read
+    for _ in range(REFUND_FOLLOW_UPS):
+        clock.freeze(utcnow() + timedelta(minutes=61))
+        await _worker(shop, db, settings)
+    clock.freeze(utcnow() + timedelta(days=2))
+    await _worker(shop, db, settings)
+    assert (at.created, at.read) == (1, read + REFUND_FOLLOW_UPS)
+    [refund] = await _refunds(db, order)
+    assert refund.state == "pending"
+    assert {t.kind for t in await transfers_of(db, f"refund:{refund.id}")} == {"pending"}
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount) == ("fulfilled", 0)
+    await assert_ledger_balanced(db)
+
+
+async def test_a_refund_read_refused_is_read_again_and_nothing_is_voided(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """Stripe once answers the read 404 (a refusal that is not transient): the refund it
+    accepted is not voided on that, nor made again; the next follow-up reads it done."""
+    stripe_ = Stripe(keys, mock)
+    order, at = await _refund_answered_pending(shop, client, db, settings, stripe_)
+    at.refused_reads, at.settled = 1, True
+    clock.freeze(utcnow() + timedelta(minutes=3))
+    await _worker(shop, db, settings)
+    [refund] = await _refunds(db, order)
+    assert (refund.state, (await order_row(db, order.id)).attention) == ("pending", None)
+    clock.freeze(utcnow() + timedelta(minutes=5))
+    await _worker(shop, db, settings)
+    assert (at.created, at.read) == (1, 2)
+    [refund] = await _refunds(db, order)
+    assert refund.state == "succeeded", refund.error
+    await assert_ledger_balanced(db)

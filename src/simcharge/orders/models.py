@@ -279,5 +279,8 @@ class SandboxPayment(Base):
     language: Mapped[str] = mapped_column(String(8), default="en")
     expires_at: Mapped[datetime] = mapped_column()
     refunded: Mapped[int] = mapped_column(default=0)
+    refunds: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Its refunds by our refund id, each its amount: one refund id is refunded once, and is
+    what `SandboxProvider.query_refund` reads."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column()

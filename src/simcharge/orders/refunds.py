@@ -397,6 +397,8 @@ async def complete_refund(
     if refund.state != RefundState.pending.value:
         return "already"
     if result.state is ProviderRefundState.pending:
+        # The provider has answered: from now on its refund is only read (`query_refund`).
+        refund.provider_refund_id = result.provider_refund_id or refund.provider_refund_id
         return "pending"
     order = await session.get(Order, order_id, with_for_update=True)
     assert order is not None

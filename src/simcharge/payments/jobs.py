@@ -77,9 +77,12 @@ async def capture(ctx: JobContext, payload: dict[str, Any]) -> None:
 
 @job(REFUND_JOB)
 async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
-    """Ask the provider to refund; apply its answer. A refund it reports as pending is asked
-    about again later (the same refund id: providers treat it as the same refund)."""
+    """Ask the provider to refund; apply its answer. A refund it reports as pending is read
+    again later (`query_refund`), never asked for again: an idempotency key only makes a
+    repetition of a request that got no answer harmless, and only while the provider keeps it
+    (Stripe prunes keys after 24 hours; a repetition after that is a second refund)."""
     refund_id = _uuid(payload, "refund_id")
+    follow_up = int(payload.get("follow_up", 0))
     async with ctx.db.read() as s:
         row = await s.get(Refund, refund_id)
         if row is None:
@@ -102,38 +105,54 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
         reason=row.reason,
         notify_url=urls(ctx.settings, order)[2],
     )
+    # A follow-up is only ever scheduled after an answer; the provider's id is kept from one.
+    answered = follow_up > 0 or row.provider_refund_id is not None
+    result: RefundResult | None
     try:
-        result = await provider.refund(request)
+        if answered:
+            result = await provider.query_refund(request, row.provider_refund_id)
+        else:
+            result = await provider.refund(request)
     except ProviderError as exc:
         if exc.transient:
-            raise
-        log.warning("payments.refund_refused", refund=row.reference, code=exc.code)
-        result = RefundResult(
-            refund_id=row.reference,
-            provider_refund_id=None,
-            state=ProviderRefundState.failed,
-            amount=row.amount,
-            currency=row.currency,
-            raw={"code": exc.code, "message": exc.message},
-        )
-    outcome = await ctx.db.run(lambda s: complete_refund(s, order.id, result, utcnow()))
-    if outcome == "pending":
-        follow_up = int(payload.get("follow_up", 0)) + 1
-        if follow_up > REFUND_FOLLOW_UPS:
+            raise  # tried again with the same payload: a refund that got no answer is repeated
+        if answered:
+            # The provider accepted this refund: a read it refuses says nothing of the money,
+            # which is not voided on it. Read again at the next follow-up.
+            log.warning("payments.refund_unreadable", refund=row.reference, code=exc.code)
+            result = None
+        else:
+            log.warning("payments.refund_refused", refund=row.reference, code=exc.code)
+            result = RefundResult(
+                refund_id=row.reference,
+                provider_refund_id=None,
+                state=ProviderRefundState.failed,
+                amount=row.amount,
+                currency=row.currency,
+                raw={"code": exc.code, "message": exc.message},
+            )
+    if result is not None and result.refund_id != row.reference:
+        log.error("payments.refund_answer_mismatch", refund=row.reference, got=result.refund_id)
+        result = None
+
+    async def apply(s: AsyncSession) -> None:
+        """The answer, and the next follow-up of a refund still pending, in one transaction:
+        the provider's id and the follow-up that only reads are kept together."""
+        if result is not None and await complete_refund(s, order.id, result, utcnow()) != "pending":
+            return
+        if follow_up + 1 > REFUND_FOLLOW_UPS:
             log.error("payments.refund_still_pending", refund=row.reference)
             return
+        await enqueue(
+            s,
+            REFUND_JOB,
+            {"refund_id": str(refund_id), "follow_up": follow_up + 1},
+            run_at=utcnow() + timedelta(minutes=min(60, 2 ** (follow_up + 1))),
+            dedupe_key=f"{REFUND_JOB}:{refund_id}:{follow_up + 1}",
+            max_attempts=20,
+        )
 
-        async def again(s: AsyncSession) -> None:
-            await enqueue(
-                s,
-                REFUND_JOB,
-                {"refund_id": str(refund_id), "follow_up": follow_up},
-                run_at=utcnow() + timedelta(minutes=min(60, 2**follow_up)),
-                dedupe_key=f"{REFUND_JOB}:{refund_id}:{follow_up}",
-                max_attempts=20,
-            )
-
-        await ctx.db.run(again)
+    await ctx.db.run(apply)
 
 
 @job(RECEIPT_JOB)

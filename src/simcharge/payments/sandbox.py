@@ -94,6 +94,17 @@ def _status(row: SandboxPayment, now: datetime) -> PaymentStatus:
     )
 
 
+def _refund_result(row: SandboxPayment, refund_id: str) -> RefundResult:
+    return RefundResult(
+        refund_id=refund_id,
+        provider_refund_id=f"rf_{refund_id}",
+        state=RefundState.succeeded,
+        amount=int(row.refunds[refund_id]),
+        currency=row.currency,
+        raw={"refunded": row.refunded},
+    )
+
+
 def _event(kind: str, row: SandboxPayment, now: datetime, **extra: Any) -> dict[str, Any]:
     return {
         "id": "evt_" + secrets.token_hex(12),
@@ -237,6 +248,8 @@ class SandboxProvider:
                     transient=False,
                     message="only a paid payment can be refunded",
                 )
+            if request.refund_id in row.refunds:  # a repetition: the same refund, once
+                return row
             if row.refunded + request.amount > row.amount:
                 raise ProviderError(
                     NAME,
@@ -245,6 +258,7 @@ class SandboxProvider:
                     message="the refunds would exceed the payment",
                 )
             row.refunded += request.amount
+            row.refunds = {**row.refunds, request.refund_id: request.amount}
             await _schedule(
                 s,
                 self.settings,
@@ -259,15 +273,21 @@ class SandboxProvider:
             )
             return row
 
-        row = await self.db.run(take_back)
-        return RefundResult(
-            refund_id=request.refund_id,
-            provider_refund_id=f"rf_{request.refund_id}",
-            state=RefundState.succeeded,
-            amount=request.amount,
-            currency=row.currency,
-            raw={"refunded": row.refunded},
-        )
+        return _refund_result(await self.db.run(take_back), request.refund_id)
+
+    async def query_refund(
+        self, request: RefundRequest, provider_refund_id: str | None
+    ) -> RefundResult:
+        """The refund as the sandbox keeps it (every sandbox refund succeeds at once)."""
+        row = await self._row(request.reference, None)
+        if row is None or request.refund_id not in row.refunds:
+            raise ProviderError(
+                NAME,
+                code="no_such_refund",
+                transient=False,
+                message=f"no refund {request.refund_id} of {request.reference}",
+            )
+        return _refund_result(row, request.refund_id)
 
     async def parse_notification(
         self, headers: Mapping[str, str], body: bytes, *, now: datetime

@@ -507,6 +507,33 @@ async def test_refund_refunds_the_capture_with_our_request_id(
     assert (result.amount, result.currency, result.payment_id) == (500, "USD", CAPTURE_ID)
 
 
+async def test_query_refund_reads_the_refund_and_refunds_nothing(
+    provider: PayPalProvider, mock: respx.MockRouter
+) -> None:
+    create = mock.post(f"/v2/payments/captures/{CAPTURE_ID}/refund").respond(201, json={})
+    read = mock.get("/v2/payments/refunds/1JU08902781691411").respond(
+        200,
+        json={
+            "id": "1JU08902781691411",
+            "status": "PENDING",
+            "status_details": {"reason": "ECHECK"},
+            "amount": {"currency_code": "USD", "value": "5.00"},
+            "custom_id": "rf_ord_123456_1",
+            "links": [{"href": f"{API}/v2/payments/captures/{CAPTURE_ID}", "rel": "up"}],
+        },
+    )
+    request = RefundRequest("ord_123456", CAPTURE_ID, "rf_ord_123456_1", 500, 1999, "USD", None)
+    result = await provider.query_refund(request, "1JU08902781691411")
+    assert read.call_count == 1 and not create.called
+    assert "PayPal-Request-Id" not in read.calls.last.request.headers
+    assert result.state is RefundState.pending
+    assert (result.refund_id, result.provider_refund_id) == ("rf_ord_123456_1", "1JU08902781691411")
+    with pytest.raises(ProviderError) as caught:  # without PayPal's id there is nothing to read
+        await provider.query_refund(request, None)
+    assert (caught.value.code, caught.value.transient) == ("refund_id_unknown", False)
+    assert not create.called
+
+
 # --- webhooks ----------------------------------------------------------------------------------
 
 

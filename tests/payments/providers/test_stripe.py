@@ -439,6 +439,42 @@ async def test_a_refund_reason_stripe_knows_is_sent_as_such(
     assert result.state is RefundState.succeeded
 
 
+async def test_query_refund_reads_the_refund_by_stripes_id_and_creates_nothing(
+    provider: StripeProvider, mock: respx.MockRouter
+) -> None:
+    create = mock.post("/v1/refunds").respond(200, json=refund_body())
+    read = mock.get("/v1/refunds/re_1").respond(200, json=refund_body(status="pending"))
+    request = RefundRequest("ord_123456", "pi_3Qx", "rf_ord_123456_1", 500, 1999, "USD", None)
+    result = await provider.query_refund(request, "re_1")
+    assert read.call_count == 1 and not create.called
+    assert result.state is RefundState.pending
+    assert (result.refund_id, result.provider_refund_id) == ("rf_ord_123456_1", "re_1")
+
+
+async def test_query_refund_without_stripes_id_finds_ours_among_the_payments_refunds(
+    provider: StripeProvider, mock: respx.MockRouter
+) -> None:
+    listed = {
+        "object": "list",
+        "url": "/v1/refunds",
+        "has_more": False,
+        "data": [
+            refund_body(id="re_2", metadata={"refund_id": "rf_dashboard"}),
+            refund_body(),
+        ],
+    }
+    route = mock.get("/v1/refunds").respond(200, json=listed)
+    request = RefundRequest("ord_123456", "pi_3Qx", "rf_ord_123456_1", 500, 1999, "USD", None)
+    result = await provider.query_refund(request, None)
+    assert route.calls.last.request.url.params["payment_intent"] == "pi_3Qx"
+    assert (result.refund_id, result.provider_refund_id) == ("rf_ord_123456_1", "re_1")
+    assert result.state is RefundState.succeeded
+    other = RefundRequest("ord_123456", "pi_3Qx", "rf_unknown", 500, 1999, "USD", None)
+    with pytest.raises(ProviderError) as caught:
+        await provider.query_refund(other, None)
+    assert (caught.value.code, caught.value.transient) == ("refund_not_found", False)
+
+
 # --- webhooks ----------------------------------------------------------------------------------
 
 

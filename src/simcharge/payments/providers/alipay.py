@@ -7,6 +7,7 @@ verified over its raw text. Notifications are form posts verified over their sor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -330,29 +331,48 @@ class AlipayProvider:
         found = await self._execute("alipay.trade.refund", biz)
         if found.get("code") != SUCCESS:
             raise self._error(found)
-        raw: dict[str, Any] = {"refund": found}
-        state = RefundState.succeeded
-        if found.get("fund_change") != "Y":
-            # "N" also answers a repeated out_request_no whose money moved the first time
-            confirmed = await self._execute(
-                "alipay.trade.fastpay.refund.query",
-                {"out_trade_no": request.reference, "out_request_no": request.refund_id},
+        if found.get("fund_change") == "Y":
+            return RefundResult(
+                refund_id=request.refund_id,
+                provider_refund_id=None,
+                state=RefundState.succeeded,
+                amount=request.amount,
+                currency=CURRENCY,
+                raw={"refund": found},
+                reference=request.reference,
+                payment_id=str_at(found, "trade_no") or request.payment_id,
             )
-            raw["refund_query"] = confirmed
-            if (
-                confirmed.get("code") != SUCCESS
-                or confirmed.get("refund_status") != "REFUND_SUCCESS"
-            ):
-                state = RefundState.pending
+        # "N" also answers a repeated out_request_no whose money moved the first time
+        confirmed = await self.query_refund(request, None)
+        return dataclasses.replace(
+            confirmed,
+            raw={"refund": found, **confirmed.raw},
+            payment_id=str_at(found, "trade_no") or confirmed.payment_id,
+        )
+
+    async def query_refund(
+        self, request: RefundRequest, provider_refund_id: str | None
+    ) -> RefundResult:
+        """`alipay.trade.fastpay.refund.query` by `out_request_no` (Alipay has no refund id of
+        its own): `refund_status` `REFUND_SUCCESS` is done; without it, the refund is not (yet)
+        done at Alipay — still pending here. Never `alipay.trade.refund` again."""
+        confirmed = await self._execute(
+            "alipay.trade.fastpay.refund.query",
+            {"out_trade_no": request.reference, "out_request_no": request.refund_id},
+        )
+        done = (
+            confirmed.get("code") == SUCCESS
+            and confirmed.get("refund_status") == "REFUND_SUCCESS"
+        )
         return RefundResult(
             refund_id=request.refund_id,
             provider_refund_id=None,
-            state=state,
+            state=RefundState.succeeded if done else RefundState.pending,
             amount=request.amount,
             currency=CURRENCY,
-            raw=raw,
+            raw={"refund_query": confirmed},
             reference=request.reference,
-            payment_id=str_at(found, "trade_no") or request.payment_id,
+            payment_id=str_at(confirmed, "trade_no") or request.payment_id,
         )
 
     async def parse_notification(

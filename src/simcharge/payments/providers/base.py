@@ -273,7 +273,17 @@ class PaymentProvider(Protocol):
         ...
 
     async def refund(self, request: RefundRequest) -> RefundResult:
-        """Refund part or all of a payment; `refund_id` makes a repetition harmless."""
+        """Refund part or all of a payment; `refund_id` makes a repetition harmless — but only
+        of a request that got no answer, and only while the provider keeps the key (Stripe: at
+        least 24 hours). Once it has answered, ask `query_refund`, never this again."""
+        ...
+
+    async def query_refund(
+        self, request: RefundRequest, provider_refund_id: str | None
+    ) -> RefundResult:
+        """What the provider says now about the refund `request` made, which it has answered
+        (`provider_refund_id`: the provider's id of it from that answer, when it gave one).
+        Only reads: it never makes a refund, however often and however late it is asked."""
         ...
 
     async def parse_notification(

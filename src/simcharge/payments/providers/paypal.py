@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from cryptography import x509
@@ -212,6 +213,23 @@ def refund_result(refund: Mapping[str, Any], *, refund_id: str | None = None) ->
         raw=scrub(dict(refund)),
         payment_id=up.rstrip("/").rsplit("/", 1)[-1] if up and "/captures/" in up else None,
     )
+
+
+def _refund_of(refund: Mapping[str, Any], request: RefundRequest) -> RefundResult:
+    """The answer about the refund `request` made (refund call or `GET` of the refund)."""
+    result = refund_result(refund, refund_id=request.refund_id)
+    if result.amount == 0:  # a minimal representation carries no amount
+        result = RefundResult(
+            result.refund_id,
+            result.provider_refund_id,
+            result.state,
+            request.amount,
+            request.currency,
+            result.raw,
+            request.reference,
+            request.payment_id,
+        )
+    return result
 
 
 def _error(response: httpx.Response) -> ProviderError:
@@ -451,19 +469,25 @@ class PayPalProvider:
             body=body,
             request_id=request.refund_id,
         )
-        result = refund_result(refund, refund_id=request.refund_id)
-        if result.amount == 0:  # a minimal representation carries no amount
-            result = RefundResult(
-                result.refund_id,
-                result.provider_refund_id,
-                result.state,
-                request.amount,
-                request.currency,
-                result.raw,
-                request.reference,
-                request.payment_id,
+        return _refund_of(refund, request)
+
+    async def query_refund(
+        self, request: RefundRequest, provider_refund_id: str | None
+    ) -> RefundResult:
+        """`GET /v2/payments/refunds/{id}`, the id PayPal gave in its first answer. Never the
+        refund call again: a `PayPal-Request-Id` is kept only for a while, then a repetition
+        is a new refund."""
+        if not provider_refund_id:
+            raise ProviderError(
+                NAME,
+                "refund_id_unknown",
+                f"PayPal's id of refund {request.refund_id} was never received",
+                transient=False,
             )
-        return result
+        refund = await self._call(
+            "GET", f"/v2/payments/refunds/{quote(provider_refund_id, safe='')}"
+        )
+        return _refund_of(refund, request)
 
     # --- webhooks ------------------------------------------------------------------------------
 

@@ -457,6 +457,33 @@ class StripeProvider:
             raise _provider_error(exc) from exc
         return refund_result(refund.to_dict())
 
+    async def query_refund(
+        self, request: RefundRequest, provider_refund_id: str | None
+    ) -> RefundResult:
+        """`GET /v1/refunds/{id}`. Never `refunds.create` again: Stripe replays the first
+        answer to a key unchanged, and makes a second refund once the key is pruned (24 h).
+        Without Stripe's id (a refund answered before it was kept), the payment intent's
+        refunds are listed and ours is found by its `metadata.refund_id`."""
+        try:
+            if provider_refund_id is not None:
+                refund = await self._stripe.v1.refunds.retrieve_async(provider_refund_id)
+                return refund_result(refund.to_dict())
+            found = await self._stripe.v1.refunds.list_async(
+                {"payment_intent": request.payment_id, "limit": 100}
+            )
+        except stripe.StripeError as exc:
+            raise _provider_error(exc) from exc
+        for listed in found.data:
+            data = listed.to_dict()
+            if str_at(data, "metadata", "refund_id") == request.refund_id:
+                return refund_result(data)
+        raise ProviderError(
+            NAME,
+            "refund_not_found",
+            f"no refund {request.refund_id} of {request.payment_id}",
+            transient=False,
+        )
+
     async def parse_notification(
         self, headers: Mapping[str, str], body: bytes, *, now: datetime
     ) -> Notification:
