@@ -45,8 +45,11 @@ CDR_LINES = 1000
 SECRET = "bench-secret-key-bench-secret-key-bench-secret-key"  # noqa: S105 - the bench's own
 
 
-async def _lines(s: AsyncSession, count: int, prefix: str, *, units: bool) -> list[Line]:
-    """`count` active lines with money and (if `units`) large buckets."""
+async def _lines(
+    s: AsyncSession, count: int, prefix: str, *, units: bool, granted_at: datetime | None = None
+) -> list[Line]:
+    """`count` active lines with money and (if `units`) large buckets, granted at `granted_at`
+    (default: now)."""
     lines = []
     for i in range(count):
         line = await open_line(
@@ -70,6 +73,7 @@ async def _lines(s: AsyncSession, count: int, prefix: str, *, units: bool) -> li
                     UnitGrant("SMS", 10**6, 365),
                 ],
                 source=f"bench-grant:{line.id}",
+                now=granted_at,
             )
         lines.append(line)
     return lines
@@ -157,9 +161,21 @@ async def nchf_update(ctx: BenchContext) -> Operation:
 # --- cdr_rating ---------------------------------------------------------------------------------
 
 
-async def _seed_cdr(s: AsyncSession) -> list[str]:
+CDR_SPACING = timedelta(seconds=2)
+"""Between one record's start and the next's."""
+
+
+def cdr_start(count: int, now: datetime) -> datetime:
+    """When the first of `count` records starts: the last one starts an hour before `now` (an
+    import refuses usage dated ahead of its clock)."""
+    return (now - count * CDR_SPACING - timedelta(hours=1)).replace(microsecond=0)
+
+
+async def _seed_cdr(s: AsyncSession, start: datetime) -> list[str]:
+    """The lines, their buckets granted a minute before the first record (a bucket counts from
+    when it was granted)."""
     await load_catalog(s, read_catalog_file(DEMO_CATALOG))
-    lines = await _lines(s, CDR_LINES, "303", units=True)
+    lines = await _lines(s, CDR_LINES, "303", units=True, granted_at=start - timedelta(minutes=1))
     return [line.msisdn for line in lines]
 
 
@@ -181,7 +197,7 @@ def write_cdrs(
                 service, quantity = "data", rng.randint(1, 50 * MIB)
             else:
                 service, quantity = "sms", 1
-            when = start + timedelta(seconds=i * 2)
+            when = start + i * CDR_SPACING
             w.writerow(
                 [
                     f"cdr-{i:08d}",
@@ -227,11 +243,10 @@ async def _watch_backends(database: str, seen: dict[int, float]) -> None:
 
 
 async def cdr_rating(ctx: BenchContext) -> dict[str, Any]:
-    msisdns = await ctx.database().run(_seed_cdr)
+    start = cdr_start(CDR_RECORDS, datetime.now(UTC))
+    msisdns = await ctx.database().run(lambda s: _seed_cdr(s, start))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "usage.csv"
-        # Usage after the grants (a bucket counts from when it was granted).
-        start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
         write_cdrs(path, msisdns, CDR_RECORDS, start)
         script = Path(sys.executable).with_name("simcharge")
         env = {**os.environ, **server_env(ctx)}

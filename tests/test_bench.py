@@ -197,3 +197,16 @@ def _drop(database: str) -> None:
             await conn.close()
 
     asyncio.run(drop())
+
+
+def test_cdr_rating_usage_is_dated_before_the_import_runs() -> None:
+    """The import refuses usage dated ahead of its clock: the bench's million records all start
+    in the past (within a month), after the buckets they use were granted."""
+    from datetime import UTC, datetime, timedelta
+
+    from bench.charging import CDR_SPACING, cdr_start
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    start = cdr_start(1_000_000, now)
+    assert start + 999_999 * CDR_SPACING < now
+    assert now - start < timedelta(days=30)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -17,8 +19,10 @@ from openapi_core.testing import MockRequest, MockResponse
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.app import create_app
 from simcharge.auth.apikeys import create_api_key
 from simcharge.catalog.service import DEMO_CATALOG, load_catalog, parse_catalog
+from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 from simcharge.lines.models import Line
@@ -195,6 +199,18 @@ class Nchf:
 async def nchf(client: httpx.AsyncClient, db: Database) -> Nchf:
     """An Nchf client with a new API key of scope `charging`."""
     return Nchf(client, await nf_key(db))
+
+
+@asynccontextmanager
+async def restarted(
+    api: Nchf, db: Database, settings: Settings, **changes: Any
+) -> AsyncIterator[Nchf]:
+    """`api`'s network function talking to the CHF restarted with `changes` to its settings: a
+    new application on the same database, its caches (the rating table) empty."""
+    app = create_app(settings.model_copy(update=changes), db=db, run_worker=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield Nchf(client, api.headers)
 
 
 def ref_of(r: httpx.Response) -> str:

@@ -13,11 +13,17 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from simcharge.charging.batch import MAX_LISTED_ERRORS, import_usage_records, read_usage_text
+from simcharge.charging.batch import (
+    CLOCK_SKEW,
+    MAX_LISTED_ERRORS,
+    import_usage_records,
+    read_usage_text,
+)
 from simcharge.charging.models import UsageRecord
 from simcharge.cli import app as cli_app
 from simcharge.config import Settings, get_settings
 from simcharge.db import Database
+from simcharge.kit.clock import clock
 from simcharge.lines.models import Line
 from simcharge.lines.service import UnitGrant
 from simcharge.worker.models import OutboxJob
@@ -34,6 +40,12 @@ SOON = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(hours=1)
 def soon(minutes: int = 0, *, z: bool = True) -> str:
     at = SOON + timedelta(minutes=minutes)
     return at.strftime("%Y-%m-%dT%H:%M:%SZ") if z else at.isoformat()
+
+
+def import_after_the_usage() -> None:
+    """The clock a day past `SOON`: usage is imported after it happened (a record dated ahead of
+    the clock is bad)."""
+    clock.freeze(SOON + timedelta(days=1))
 
 
 async def test_csv_rates_buckets_then_wallet_and_reports_bad_rows(
@@ -55,6 +67,7 @@ async def test_csv_rates_buckets_then_wallet_and_reports_bad_rows(
             "c9,too,few",
         ]
     )
+    import_after_the_usage()
     report = await import_usage_records(
         db, settings, read_usage_text(text, "usage.csv"), chunk_size=3
     )
@@ -114,6 +127,7 @@ async def test_json_lines(db: Database, settings: Settings) -> None:
             }
         ),
     ]
+    import_after_the_usage()
     report = await import_usage_records(db, settings, read_usage_text("\n".join(lines), "u.jsonl"))
     assert report.accepted == 2
     assert [(e.line, e.field) for e in report.errors] == [(2, "row"), (3, "row")]
@@ -219,6 +233,7 @@ async def test_odd_values_are_bad_records_not_failures(db: Database, settings: S
         {"id": "t3", "started_at": "9999-12-31T23:59:59-01:00"},  # after year 9999 in UTC
     ]
     text = "\n".join(json.dumps({**good, **o}) for o in [*odd, {}])
+    import_after_the_usage()
     report = await import_usage_records(db, settings, read_usage_text(text, "u.jsonl"))
     assert report.accepted == 1
     assert [(e.line, e.field) for e in report.errors] == [
@@ -230,6 +245,56 @@ async def test_odd_values_are_bad_records_not_failures(db: Database, settings: S
     text = HEADER + "x" * 200_000 + f",{t.supi},sms,1,{soon(1)},\nok2,{t.supi},sms,1,{soon(2)},\n"
     report = await import_usage_records(db, settings, read_usage_text(text, "u.csv"))
     assert report.accepted == 1 and [(e.line, e.field) for e in report.errors] == [(2, "row")]
+
+
+async def test_an_id_twice_in_a_chunk_is_charged_once_when_the_file_forgets_its_ids(
+    db: Database, settings: Settings
+) -> None:
+    t = await make_line(db, money=1000)
+    rows = [f"r{i},{t.gpsi},sms,1,{soon(i)},\n" for i in range(1, 13)]
+    # Chunks of 2; the import forgets the file's ids once it holds more than 8. r9 comes again
+    # right after itself (line 11, in r9's chunk, where the ninth id is held); r1 again at the
+    # end (line 15), after they were forgotten: found charged already.
+    text = HEADER + "".join(rows[:9]) + rows[8] + "".join(rows[9:]) + rows[0]
+    import_after_the_usage()
+    report = await import_usage_records(db, settings, read_usage_text(text, "u.csv"), chunk_size=2)
+    assert (report.accepted, report.duplicates, report.rejected) == (12, 1, 1)
+    assert [(e.line, e.field, e.detail) for e in report.errors] == [
+        (11, "id", "r9 already appears on line 10")
+    ]
+    assert (await balances(db, t.line)).wallet.available == 1000 - 12 * 5  # each SMS once
+    again = await import_usage_records(db, settings, read_usage_text(text, "u.csv"), chunk_size=2)
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 13, 1)
+    assert (await balances(db, t.line)).wallet.available == 940
+    await assert_ledger_balanced(db)
+
+
+async def test_a_record_dated_ahead_of_the_clock_is_bad_and_changes_nothing(
+    db: Database, settings: Settings
+) -> None:
+    t = await make_line(db, money=100)
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock.freeze(now)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    text = HEADER + "".join(
+        [
+            f"f1,{t.gpsi},sms,1,2099-01-01T00:00:00Z,\n",
+            f"f2,{t.gpsi},sms,1,{(now + CLOCK_SKEW + timedelta(seconds=1)).strftime(stamp)},\n",
+            f"ok,{t.gpsi},sms,1,{(now + CLOCK_SKEW).strftime(stamp)},\n",  # clocks differ a little
+        ]
+    )
+    report = await import_usage_records(db, settings, read_usage_text(text, "u.csv"))
+    assert (report.accepted, report.rejected) == (1, 2)
+    assert [(e.line, e.field) for e in report.errors] == [(2, "started_at"), (3, "started_at")]
+    assert report.errors[0].detail == (
+        "2099-01-01T00:00:00+00:00 is in the future (more than 5 minutes ahead of our clock)"
+    )
+    async with db.read() as s:
+        charged = [r.external_id for r in (await s.execute(select(UsageRecord))).scalars()]
+        line = await s.get(Line, t.line.id)
+    assert charged == ["ok"]
+    assert (await balances(db, t.line)).wallet.available == 95
+    assert line is not None and line.last_activity_at == now + CLOCK_SKEW
 
 
 def test_the_command_reports_bytes_that_are_not_utf8_and_lists_so_many_errors(
@@ -245,6 +310,7 @@ def test_the_command_reports_bytes_that_are_not_utf8_and_lists_so_many_errors(
         + f"g\xff2,msisdn-14155550101,sms,1,{soon(0)},\n".encode("latin-1")
         + "".join(bad).encode()
     )
+    import_after_the_usage()
     result = runner.invoke(cli_app, ["usage", "import", str(path)])
     assert result.exit_code == 2, result.output[-500:]
     assert "line 3: id: required, at most 128 printable characters" in result.output
@@ -318,6 +384,7 @@ async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
             },
         ),
     ]
+    clock.freeze(late + timedelta(days=1))  # imported after the usage
     report = await import_usage_records(db, settings, iter(rows))
     assert report.accepted == 3
     async with db.read() as s:

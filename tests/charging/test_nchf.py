@@ -28,6 +28,7 @@ from tests.charging.helpers import (
     nf_key,
     open_reservations,
     ref_of,
+    restarted,
     rg,
     unit_info,
 )
@@ -494,6 +495,34 @@ async def test_a_group_left_out_of_an_update_keeps_its_quota(
     assert view["VOICE_S"].reserved == 60 and view["DATA_B"].reserved == 0
     await api.release(ref, body(t.supi, 2, []))
     assert await open_reservations(db) == 0
+
+
+async def test_a_rating_group_configured_away_keeps_its_sessions_service(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    t = await make_line(db, money=1000)  # voice at home: 0.05 a minute, 60/1
+    api = await nchf(client, db)
+    r = await api.create(body(t.supi, 0, [rg(VOICE, requested={"time": 600})]))
+    ref = ref_of(r)
+    assert (await balances(db, t.line)).wallet.reserved == 50
+    # The operator renumbers voice (100 → 101) while the call goes on.
+    async with restarted(api, db, settings, charging_rating_groups="101=voice,200=data") as later:
+        r = await later.update(
+            ref, body(t.supi, 1, [rg(VOICE, used=[{"time": 60}], requested={"time": 60})])
+        )
+        assert unit_info(r, VOICE)["grantedUnit"] == {"time": 60}
+        r = await later.release(ref, body(t.supi, 2, []))
+        assert r.status_code == 204
+        # A session that did not have the group before: the configuration decides.
+        r = await later.create(body(t.supi, 0, [rg(VOICE, requested={"time": 60})]))
+        assert unit_info(r, VOICE) == {"ratingGroup": VOICE, "resultCode": "RATING_FAILED"}
+    wallet = (await balances(db, t.line)).wallet
+    assert (wallet.available, wallet.reserved) == (995, 0)  # the minute used, once
+    assert await open_reservations(db) == 0
+    async with db.read() as s:
+        cs = await s.get(ChargingSession, uuid.UUID(ref))
+    assert cs is not None and cs.state == SessionState.released.value
+    await assert_ledger_balanced(db)
 
 
 async def test_abandoned_sessions_time_out_and_release(

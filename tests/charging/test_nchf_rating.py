@@ -3,12 +3,15 @@ checked against the YAML."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.charging.models import ChargingSession, SessionState, UsageRecord
+from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.lines.service import UnitGrant
 from tests.charging.helpers import (
@@ -21,6 +24,7 @@ from tests.charging.helpers import (
     nchf,
     open_reservations,
     ref_of,
+    restarted,
     rg,
     unit_info,
 )
@@ -192,6 +196,53 @@ async def test_no_tariff_for_the_service_in_the_zone_is_rating_failed(
     wallet = (await balances(db, t.line)).wallet
     assert wallet.reserved == 10  # the voice quota at home only: its minimum
     assert await open_reservations(db) == 1
+
+
+async def test_usage_is_rated_at_the_tariff_its_quota_was_granted_at(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    await load_tariffs_only(db, TARIFFS)
+    t = await make_line(db, money=1000, catalog=False)
+    old = await make_line(db, money=1000, catalog=False)
+    api = await nchf(client, db)
+    r = await api.create(body(t.supi, 0, [rg(VOICE, requested={"time": 600})]))
+    assert (await balances(db, t.line)).wallet.reserved == 50  # 10 minutes at 0.05
+    ref = ref_of(r)
+    r = await api.create(body(old.supi, 0, [rg(VOICE, requested={"time": 600})]))
+    old_ref = ref_of(r)
+
+    async def granted_before_groups_kept_their_tariff(s: AsyncSession) -> None:
+        cs = await s.get(ChargingSession, uuid.UUID(old_ref))
+        assert cs is not None
+        cs.groups = {k: {f: v for f, v in g.items() if f != "rate"} for k, g in cs.groups.items()}
+
+    await db.run(granted_before_groups_kept_their_tariff)
+    # Voice at home is taken out of the catalog during the calls.
+    voice_at_home = "[[tariffs]]" + TARIFFS.split("[[tariffs]]")[1]
+    await load_tariffs_only(db, TARIFFS.replace(voice_at_home, ""))
+    async with restarted(api, db, settings) as later:
+        r = await later.update(
+            ref, body(t.supi, 1, [rg(VOICE, used=[{"time": 120}], requested={"time": 60})])
+        )
+        assert unit_info(r, VOICE)["resultCode"] == "RATING_FAILED"  # no new quota
+        r = await later.release(ref, body(t.supi, 2, [rg(VOICE, used=[{"time": 30}])]))
+        assert r.status_code == 204
+        r = await later.release(old_ref, body(old.supi, 1, [rg(VOICE, used=[{"time": 60}])]))
+        assert r.status_code == 204
+    # The 2 minutes used of the quota are charged at its tariff; the 30 s used beyond it (no
+    # quota stood) are unbilled. The old session knows no tariff at all: all it used is unbilled.
+    found = await records(db)
+
+    def charged(line_id: uuid.UUID) -> list[tuple[int, int, int, int]]:
+        return [(r.quantity, r.rated, r.charge, r.unbilled) for r in found if r.line_id == line_id]
+
+    assert charged(t.line.id) == [(120, 120, 10, 0), (30, 30, 0, 30)]
+    assert charged(old.line.id) == [(60, 60, 0, 60)]
+    for line, available in ((t.line, 990), (old.line, 1000)):
+        wallet = (await balances(db, line)).wallet
+        assert (wallet.available, wallet.reserved) == (available, 0)
+    assert await open_reservations(db) == 0
+    await assert_ledger_balanced(db)
 
 
 async def test_a_minimum_charge_end_to_end(client: httpx.AsyncClient, db: Database) -> None:

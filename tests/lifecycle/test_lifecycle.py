@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -12,12 +13,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.charging.models import ChargingSession, SessionState
+from simcharge.charging.nchf import NchfProblem, create_charging_data, update_charging_data
+from simcharge.charging.rating import load_rating_table
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import clock
 from simcharge.ledger import chart
-from simcharge.ledger.models import LedgerAccount, LedgerTransfer
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 from simcharge.lifecycle.models import LineEvent
 from simcharge.lifecycle.service import LineNotFrozen, Policy, on_topup, sweep, unfreeze
 from simcharge.lines.models import Line, LineState
@@ -25,6 +29,7 @@ from simcharge.lines.service import UnitGrant, credit_wallet, grant_units, line_
 from simcharge.notifications.models import Notice
 from simcharge.worker.models import OutboxJob
 from simcharge.worker.runner import Worker, load_jobs
+from tests.charging.helpers import body, make_line, rg
 from tests.conftest import SmtpInbox
 from tests.factories import create_account, create_line
 from tests.orders.helpers import assert_ledger_balanced
@@ -189,6 +194,66 @@ async def test_frozen_too_long_terminates_and_forfeits_what_is_left(
     assert expiry["USD"] >= 750 and expiry["DATA_B"] >= 5000
     [job] = await jobs_for(db, line)
     assert job["template"] == "line.terminated"
+    await assert_ledger_balanced(db)
+
+
+async def test_termination_ends_open_charging_sessions_and_forfeits_their_reservations(
+    db: Database, settings: Settings
+) -> None:
+    t = await make_line(db, money=1000, grants=[UnitGrant("DATA_B", 5000, 30)])
+    async with db.read() as s:
+        table = await load_rating_table(s)
+
+    def request(seq: int, units: list[dict[str, Any]]) -> bytes:
+        return json.dumps(body(t.supi, seq, units)).encode()
+
+    # A call and a data session go on (voice at home: 0.05 a minute, 10 minutes reserved)…
+    units = [rg(100, requested={"time": 600}), rg(200, requested={"totalVolume": 3000})]
+    created = await db.run(lambda s: create_charging_data(
+        s, settings, table, client="smf", body=request(0, units)))
+    ref = str(created.ref)
+
+    async def frozen_long_ago(s: AsyncSession) -> None:
+        found = await s.get(Line, t.line.id)
+        assert found is not None
+        found.state, found.state_changed_at = LineState.frozen.value, T - 366 * DAY
+
+    # … when the line has been frozen too long (say the worker timing sessions out was down).
+    await db.run(frozen_long_ago)
+
+    async def holdings() -> tuple[tuple[int, int], list[Any], dict[str, int], int]:
+        async with db.read() as s:
+            line = await s.get(Line, t.line.id, populate_existing=True)
+            assert line is not None
+            view = await line_balances(s, line, now=T)
+            forfeited = {
+                unit: int(total) for unit, total in await s.execute(
+                    select(LedgerTransfer.unit, func.sum(LedgerTransfer.amount))
+                    .where(LedgerTransfer.code == "forfeit",
+                           LedgerTransfer.reference == f"line:{t.line.id}")
+                    .group_by(LedgerTransfer.unit))
+            }
+            held = (await s.execute(select(func.count()).select_from(LedgerTransfer).where(
+                LedgerTransfer.reference == f"nchf:{ref}",
+                LedgerTransfer.pending_status == PendingStatus.pending.value))).scalar_one()
+        return (view.wallet.available, view.wallet.reserved), view.units, forfeited, held
+
+    assert (await holdings())[0] == (950, 50)
+    await sweep(db, policy(settings), now=T)
+    assert (await reload(db, t.line)).state == "terminated"
+    # The reservations were released first: all the line had is forfeited, nothing is held.
+    assert await holdings() == ((0, 0), [], {"USD": 1000, "DATA_B": 5000}, 0)
+    async with db.read() as s:
+        cs = await s.get(ChargingSession, created.ref)
+    assert cs is not None and cs.state == SessionState.ended.value
+    # The network's report comes too late: the session is over, nothing returns to the line.
+    with pytest.raises(NchfProblem) as refused:
+        await db.run(lambda s: update_charging_data(
+            s, settings, table, client="smf", ref=ref, release=True,
+            body=request(1, [rg(100, used=[{"time": 60}])])))
+    assert refused.value.cause == "CONTEXT_NOT_FOUND"
+    await sweep(db, policy(settings), now=T + timedelta(minutes=10))
+    assert await holdings() == ((0, 0), [], {"USD": 1000, "DATA_B": 5000}, 0)
     await assert_ledger_balanced(db)
 
 

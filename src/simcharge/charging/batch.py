@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from hashlib import sha1
 from operator import itemgetter
@@ -58,6 +58,12 @@ MAX_API_RECORDS = 10_000
 MAX_LISTED_ERRORS = 10_000
 """An import lists this many bad records at most (the API's batches never reach it); `rejected`
 counts them all."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far ahead of our clock (read when the import starts) a record's `started_at` may be: the
+network's clocks and ours differ a little. A record dated later is bad: usage that has not
+happened yet would move the line's last activity ahead, and an inactive line would never
+freeze."""
+_SKEW_SAID = f" (more than {CLOCK_SKEW.seconds // 60} minutes ahead of our clock)"
 _SLICE = 5000
 _SERVICES = frozenset(s.value for s in UNIT_OF)
 _UNITS = {s.value: u for s, u in UNIT_OF.items()}
@@ -237,7 +243,9 @@ class RecordChecker:
     _KEEP = 100_000
     """Spellings remembered per field (then forgotten, to bound the memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, latest: datetime) -> None:
+        self.latest = latest
+        """The latest `started_at` a record may have (now and the `CLOCK_SKEW` allowance)."""
         self.known: dict[Callable[[Any], str | BadRow], dict[str, str | BadRow]] = {
             _subscriber: {},
             _service: {},
@@ -286,6 +294,8 @@ class RecordChecker:
                 started_at = started_at.astimezone(UTC)
             except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before year 1 in UTC
                 return BadRow("started_at", f"{when!r} is out of range")
+        if started_at > self.latest:
+            return BadRow("started_at", f"{started_at.isoformat()} is in the future{_SKEW_SAID}")
         if country is None or country == "":
             country = None
         else:
@@ -320,11 +330,18 @@ class _Errors:
         self.count += other.count - len(other.items)
 
 
-def _chunks(rows: Iterable[Row], size: int, errors: _Errors) -> Iterator[list[Record]]:
-    """The good records of `rows`, `size` at a time; the others go to `errors`."""
+def _chunks(
+    rows: Iterable[Row], size: int, errors: _Errors, *, latest: datetime
+) -> Iterator[list[Record]]:
+    """The good records of `rows`, `size` at a time; the others go to `errors`.
+
+    A record id seen before in the file is a bad record. The ids are remembered for a few chunks
+    (bounded memory) and forgotten only between chunks, never within one: a chunk holds each
+    id once (the same id twice in a chunk would be two usage rows with one key), and an id
+    repeated after they are forgotten is in the database by then, found as a duplicate."""
     chunk: list[Record] = []
     seen: dict[str, int] = {}
-    check = RecordChecker().check
+    check = RecordChecker(latest).check
     for line, row in rows:
         if isinstance(row, BadRow):
             errors.add(line, row.field, row.detail)
@@ -339,12 +356,12 @@ def _chunks(rows: Iterable[Row], size: int, errors: _Errors) -> Iterator[list[Re
             errors.add(line, "id", f"{ext} already appears on line {first}")
             continue
         seen[ext] = line
-        if len(seen) > 4 * size:
-            seen.clear()  # bounded memory; a later repeat is found as a duplicate instead
         chunk.append(record)
         if len(chunk) >= size:
             yield chunk
             chunk = []
+            if len(seen) > 4 * size:
+                seen.clear()
     if chunk:
         yield chunk
 
@@ -624,7 +641,9 @@ async def import_usage_records(
     errors = _Errors()
     async with db.read() as s:
         rater = _Rater(await load_rating_table(s))
-    chunks = _chunks(rows, chunk_size or settings.usage_chunk_size, read_errors)
+    chunks = _chunks(
+        rows, chunk_size or settings.usage_chunk_size, read_errors, latest=utcnow() + CLOCK_SKEW
+    )
     look_up = True
     with _cycle_collector_paused():
         following = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))

@@ -123,6 +123,9 @@ class SessionState(StrEnum):
     """Closed by the network (release), or a one-time event charged at once."""
     timed_out = "timed_out"
     """Abandoned: no report before its deadline; its reservations were released."""
+    ended = "ended"
+    """Its line was terminated: its reservations were released before what the line held was
+    forfeited."""
 
 
 class ChargingSession(Base):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -309,13 +310,16 @@ class Charging:
         self, rg: int, group: dict[str, Any], used: int, rate: Rate | None
     ) -> None:
         """Post what was used against the group's reservations; release the rest. The usage
-        is rated and recorded in the zone the group's quota was granted in (`rate`)."""
+        is rated and recorded in the zone the group's quota was granted in (`rate`); with no
+        rate at all nothing is posted and all of it is recorded as unbilled."""
         pots = await self.load_pots()
         holds: list[dict[str, Any]] = group.pop("holds", [])
         old_used = group["used"]
         new_used = old_used + used
-        left = rate.rated(new_used) - rate.rated(old_used) if rate else 0
-        rated = left
+        if rate is None:
+            left = rated = 0
+        else:
+            left = rated = rate.rated(new_used) - rate.rated(old_used)
         taken: list[list[Any]] = []
         from_buckets = from_wallet = money_total = 0
         for h in holds:
@@ -367,12 +371,12 @@ class Charging:
                     "country": group.get("country", self.cs.country),
                     "zone": group.get("zone", self.cs.zone) or "",
                     "quantity": used,
-                    "rated": rated,
+                    "rated": rated if rate is not None else used,
                     "from_buckets": from_buckets,
                     "from_wallet": from_wallet,
                     "charge": money_total,
                     "currency": self.line.currency,
-                    "unbilled": left,
+                    "unbilled": left if rate is not None else used,
                     "taken": taken,
                     "session_id": self.cs.id,
                     "started_at": self.now,
@@ -383,8 +387,11 @@ class Charging:
     async def grant(
         self, rg: int, group: dict[str, Any], wanted: int, rate: Rate, *, all_or_nothing: bool
     ) -> tuple[int, bool]:
-        """Reserve quota for up to `wanted` units: returns (granted, final)."""
+        """Reserve quota for up to `wanted` units: returns (granted, final). The group keeps
+        `rate`: what it uses is rated at the tariff its quota was priced at."""
         pots = await self.load_pots()
+        group["rate"] = [rate.zone, rate.price, rate.per_units, rate.first_increment,
+                         rate.next_increment, rate.minimum]  # fmt: skip
         unit = UNIT_OF_SERVICE[group["service"]]
         used, wu, wm = group["used"], group["wu"], group["wm"]
         in_buckets = sum(p.available for p in pots.usable(unit, rate.zone, self.now))
@@ -529,6 +536,15 @@ def _rate(work: Charging, service: str, zone: str | None) -> Rate | None:
     return work.table.rate(service, zone, work.line.currency) if zone else None
 
 
+def _granted_rate(work: Charging, group: dict[str, Any], zone: str | None) -> Rate | None:
+    """The tariff the group's quota was granted at in `zone` (kept by `Charging.grant`), else —
+    a session granted before the groups kept it — the tariff in force there now."""
+    kept = group.get("rate")
+    if kept is not None and kept[0] == zone:
+        return Rate(group["service"], kept[0], work.line.currency, *kept[1:])
+    return _rate(work, group["service"], zone)
+
+
 async def _process(
     work: Charging,
     req: ChargingDataRequest,
@@ -553,8 +569,11 @@ async def _process(
     services = settings.rating_groups
     for rg in sorted({*reported, *(int(k) for k in groups)}):
         entries = reported.get(rg)
-        service = services.get(rg)
         key = str(rg)
+        known = groups.get(key)
+        # A group of the session keeps its service: its reservations are released however the
+        # rating groups are configured now.
+        service = known["service"] if known is not None else services.get(rg)
         if service is None:
             answers.append({"ratingGroup": rg, "resultCode": "RATING_FAILED"})
             continue
@@ -576,14 +595,15 @@ async def _process(
             continue  # not reported: its quota stands
         then = group.get("zone", cs.zone)
         if group.get("holds") or used:
-            # Used where its quota was granted: at that zone's tariff, from its buckets.
-            await work.report_used(rg, group, used, _rate(work, service, then))
+            # Used where its quota was granted: at the tariff it was granted at, from its buckets.
+            await work.report_used(rg, group, used, _granted_rate(work, group, then))
         if release or entries is None:
             continue
         if then != zone:
             # Used in another zone from now on: its rating (rounding, the minimum, costs
             # summed over the call) starts again there.
             group.update(used=0, wu=0, wm=0)
+            group.pop("rate", None)
         group.update(zone=zone, country=country)
         rate = _rate(work, service, zone)
         answer: dict[str, Any] = {"ratingGroup": rg}
@@ -823,8 +843,49 @@ async def expire_abandoned_sessions(
         .with_for_update(of=sessions_table, skip_locked=True)
     )
     rows = list((await session.execute(stmt)).all())
-    if not rows:
+    await _close_sessions(session, settings, rows, SessionState.timed_out, now)
+    return len(rows)
+
+
+async def end_sessions_of_lines(
+    session: AsyncSession, settings: Settings, line_ids: Sequence[uuid.UUID], *, now: datetime
+) -> int:
+    """End the open sessions of lines being terminated (the caller holds the lines), releasing
+    their reservations as a timed-out session's are; returns how many. Termination forfeits what
+    a line holds: a reservation released after it would come back to the line's wallet.
+
+    A session being updated at this moment is waited for; its update may wait for the line
+    (its activity) in turn, as it may for the line's accounts that termination forfeits: a
+    deadlock PostgreSQL breaks and `Database.run` retries. A line frozen this long has been
+    granted nothing for days, so its sessions are nearly always abandoned ones."""
+    if not line_ids:
         return 0
+    stmt = (
+        select(ChargingSession, Line)
+        .join(Line, Line.id == ChargingSession.line_id)
+        .where(
+            ChargingSession.line_id.in_(list(line_ids)),
+            ChargingSession.state == SessionState.open.value,
+        )
+        .order_by(ChargingSession.id)
+        .with_for_update(of=sessions_table)
+    )
+    rows = list((await session.execute(stmt)).all())
+    await _close_sessions(session, settings, rows, SessionState.ended, now)
+    return len(rows)
+
+
+async def _close_sessions(
+    session: AsyncSession,
+    settings: Settings,
+    rows: Sequence[Any],
+    state: SessionState,
+    now: datetime,
+) -> None:
+    """Release the reservations of the (locked) sessions of `rows` (session, line) — nothing
+    is posted: no usage was reported — and leave them in `state`."""
+    if not rows:
+        return
     pots = await lock_pots(session, sorted({line.id for _, line in rows}))
     empty = RatingTable()
     batch: list[NewTransfer] = []
@@ -836,10 +897,9 @@ async def expire_abandoned_sessions(
             if group.get("holds"):
                 await work.report_used(int(key), group, 0, None)
         cs.groups = groups
-        cs.state = SessionState.timed_out.value
+        cs.state = state.value
         cs.updated_at = now
         batch += work.chain()  # each session's chain, as its own update would post it
     if batch:
         await _post(session, batch, now)
     await session.flush()
-    return len(rows)

@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.charging.nchf import end_sessions_of_lines
 from simcharge.config import Settings, get_settings
 from simcharge.db import Database
 from simcharge.errors import Conflict, ValidationFailed
@@ -304,7 +305,12 @@ async def _apply_rule(
 
 async def _forfeit(session: AsyncSession, line_ids: Sequence[uuid.UUID], now: datetime) -> int:
     """A terminated line's money and units go to the expiry accounts (prepaid credit is
-    forfeited on termination; finance may give it back by an adjustment)."""
+    forfeited on termination; finance may give it back by an adjustment).
+
+    Its open charging sessions are ended first, their reservations released: what they held
+    is forfeited with the rest, and nothing comes back to the line afterwards. Done once, as
+    the line changes to terminated: the transfer ids derive from the accounts alone."""
+    await end_sessions_of_lines(session, get_settings(), line_ids, now=now)
     rows = await LifecycleRepository(session).holdings(line_ids)
     if not rows:
         return 0
