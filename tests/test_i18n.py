@@ -27,7 +27,8 @@ KEYWORDS = {
 PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)s|%%")
 
 
-def _pot_ids() -> set[str]:
+def _pot_ids() -> set[str | tuple[str, str]]:
+    """The messages of the template catalog: a text, or (singular, plural)."""
     with (LOCALES_DIR / "messages.pot").open("rb") as fh:
         return {m.id for m in read_po(fh) if m.id}
 
@@ -43,7 +44,8 @@ def test_the_template_catalog_is_up_to_date() -> None:
         "**/templates/**.html": {"extensions": "jinja2.ext.i18n"},
     }
     found = {
-        message if isinstance(message, str) else message[0]
+        message if isinstance(message, str) else message[0] if len(message) == 1
+        else (message[0], message[1])
         for _, _, message, _, _ in extract_from_dir(str(PACKAGE), method_map, options, KEYWORDS)
     }
     pot = _pot_ids()
@@ -59,8 +61,23 @@ def test_every_catalog_translates_everything(language: str) -> None:
     entries = {m.id: m for m in catalog if m.id}
     assert set(entries) == _pot_ids()
     for msgid, m in entries.items():
-        assert isinstance(m.string, str) and m.string.strip(), f"{language}: untranslated {msgid!r}"
         assert "fuzzy" not in m.flags, f"{language}: fuzzy {msgid!r}"
+        if isinstance(msgid, tuple):
+            # A plural: the catalog's number of forms (its Plural-Forms header), each written;
+            # the last ("other") says all the plural says, another may leave the number out.
+            forms = m.string
+            assert isinstance(forms, tuple) and len(forms) == catalog.num_plurals, (
+                f"{language}: {catalog.num_plurals} plural forms needed for {msgid!r}"
+            )
+            assert all(f.strip() for f in forms), f"{language}: untranslated {msgid!r}"
+            plural = sorted(PLACEHOLDER.findall(msgid[1]))
+            assert sorted(PLACEHOLDER.findall(forms[-1])) == plural, (
+                f"{language}: placeholders differ in {msgid!r}"
+            )
+            assert all(set(PLACEHOLDER.findall(f)) <= set(plural) for f in forms)
+            assert forms[-1] != msgid[1], f"{language}: copied, not translated: {msgid!r}"
+            continue
+        assert isinstance(m.string, str) and m.string.strip(), f"{language}: untranslated {msgid!r}"
         assert sorted(PLACEHOLDER.findall(m.string)) == sorted(PLACEHOLDER.findall(msgid)), (
             f"{language}: placeholders differ in {msgid!r}"
         )
@@ -123,6 +140,61 @@ def test_every_template_renders_in_every_language(name: str, language: str) -> N
         english = render(name, "en", SAMPLE)
         assert message.subject != english.subject
     assert "%(" not in message.text + message.sms + message.subject
+
+
+# How each language writes "1 day" and "7 days" in the lifecycle warnings.
+DAYS = {
+    "en": ("(1 day)", "(7 days)"),
+    "es": ("1 día)", "7 días)"),
+    "fil": ("(1 araw)", "(7 araw)"),
+    "zh-Hans": ("1 天", "7 天"),
+    "zh-Hant": ("1 天", "7 天"),
+}
+WARNINGS = (
+    "line.validity_ending",
+    "line.freeze_warning",
+    "line.grace_ending",
+    "line.termination_warning",
+)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("name", WARNINGS)
+def test_a_warning_counts_its_days_in_the_readers_grammar(name: str, language: str) -> None:
+    one, seven = DAYS[language]
+    for days, expected in ((1, one), (7, seven)):
+        message = render(name, language, {**SAMPLE, "days_left": days})
+        for block in (message.text, message.html, message.sms):
+            assert expected in block, (days, block)
+        written = message.text + message.html + message.sms
+        assert "1 days" not in written and "1 días" not in written
+
+
+@pytest.mark.parametrize(
+    ("remaining", "unit", "left"),
+    [
+        (1, "SMS", "te queda 1 SMS"),
+        (5, "SMS", "te quedan 5 SMS"),
+        (1024**3, "DATA_B", "te queda 1 GB"),
+        (1536 * 1024**2, "DATA_B", "te quedan 1,5 GB"),
+        (60, "VOICE_S", "te queda 1 min"),
+    ],
+)
+def test_what_is_left_of_an_allowance_agrees_with_its_number(
+    remaining: int, unit: str, left: str
+) -> None:
+    message = render("bucket.used_80", "es", {**SAMPLE, "remaining": remaining, "unit": unit})
+    for block in (message.text, message.html, message.sms):
+        assert left in block, block
+
+
+def test_a_language_we_do_not_speak_falls_back_to_the_operators() -> None:
+    """`SIMCHARGE_DEFAULT_LANGUAGE`, passed by the jobs that send; English if it is not ours."""
+    spanish = render("account.welcome", "es", SAMPLE).subject
+    assert render("account.welcome", "de", SAMPLE, default="es").subject == spanish
+    english = render("account.welcome", "en", SAMPLE).subject
+    assert render("account.welcome", "de", SAMPLE, default="xx").subject == english
+    assert render("account.welcome", "de", SAMPLE).subject == english
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

@@ -9,9 +9,11 @@ import pytest
 from sqlalchemy import func, select
 
 from simcharge.accounts.models import Account
+from simcharge.app import create_app
 from simcharge.auth.passwords import MAX_LENGTH, MIN_LENGTH, common_passwords
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.translations import translate
 from simcharge.worker.models import OutboxJob
 from tests.auth.helpers import (
     PASSWORD,
@@ -107,6 +109,37 @@ async def test_bad_registrations_name_every_field_and_create_nothing(
     assert r.status_code == 422
     assert [e["field"] for e in problem(r)["errors"]] == fields
     assert await accounts(db) == before
+
+
+async def test_without_a_language_the_browsers_or_the_operators_is_taken(
+    settings: Settings, db: Database, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    app = create_app(settings.model_copy(update={"default_language": "es"}), db=db,
+                     run_worker=False)
+    transport = httpx.ASGITransport(app=app)
+    said = {"": "es", "zh-TW,zh;q=0.9": "zh-Hant", "de-DE,de;q=0.9": "es"}
+    emails: list[str] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for accept_language, expected in said.items():
+            username, email, _ = new_identity(with_phone=False)
+            emails.append(email)
+            r = await client.post(
+                "/api/v1/auth/register",
+                json={"username": username, "password": PASSWORD, "email": email},
+                headers={"accept-language": accept_language} if accept_language else {},
+            )
+            assert r.status_code == 202
+            async with db.read() as s:
+                language = (
+                    await s.execute(select(Account.language).where(Account.username == username))
+                ).scalar_one()
+            assert language == expected, accept_language
+        schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["RegisterIn"]
+    assert "SIMCHARGE_DEFAULT_LANGUAGE" in schema["properties"]["language"]["description"]
+    assert "language" not in schema.get("required", [])
+    await deliver()
+    [mail] = inbox.to(emails[0])
+    assert mail["Subject"] == translate("es", "Verify your e-mail address")
 
 
 async def test_malformed_register_bodies(client: httpx.AsyncClient) -> None:

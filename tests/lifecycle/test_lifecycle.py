@@ -496,6 +496,28 @@ async def test_any_top_up_reactivates_a_line_in_grace_with_validity_days_from_no
     assert (found.state, found.validity_end) == ("frozen", T - 60 * DAY)
 
 
+async def test_a_top_up_after_the_validity_ended_and_before_the_sweep_is_not_undone(
+    db: Database, settings: Settings
+) -> None:
+    """Between the end of its validity and the next sweep a line is still `active`: a top-up
+    with no validity of its own (money alone) gives it validity as in grace, and the sweep that
+    follows leaves it active and says nothing to the customer."""
+    p = policy(settings)
+    line = await new_line(db, validity_end=T - timedelta(minutes=1), last_activity_at=T - DAY)
+
+    async def top_up(s: AsyncSession) -> None:
+        found = await s.get(Line, line.id)
+        assert found is not None
+        assert not on_topup(s, found, now=T, actor="tmf654:x", by_owner=False, policy=p)
+
+    await db.run(top_up)
+    await sweep(db, p, now=T + timedelta(minutes=5))
+    found = await reload(db, line)
+    assert (found.state, found.validity_end) == ("active", T + 30 * DAY)
+    assert await events_of(db, line) == []
+    assert await jobs_for(db, line) == []
+
+
 async def test_support_unfreezes_a_line(db: Database, settings: Settings) -> None:
     line = await new_line(db, state=LineState.frozen, validity_end=T + 10 * DAY)
     expired = await new_line(db, state=LineState.frozen, validity_end=T - 10 * DAY)

@@ -5,26 +5,30 @@ from __future__ import annotations
 import base64
 import socket
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 import respx
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.app import create_app
-from simcharge.auth.models import CodePurpose
+from simcharge.auth.models import CodePurpose, SecurityEvent
 from simcharge.config import Environment, Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
+from simcharge.lifecycle.service import Policy, on_topup, sweep
+from simcharge.lines.models import Line, LineState
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.notifications.service import notify, send_code
+from simcharge.notifications.transports import dev_mailbox
 from simcharge.worker.models import JobStatus, OutboxJob
 from simcharge.worker.runner import Worker
 from tests.conftest import SmtpInbox
-from tests.factories import create_account
+from tests.factories import create_account, create_line
 
 TWILIO = "https://twilio.test"
 SID = "AC" + "0" * 32
@@ -191,6 +195,116 @@ async def test_the_lifecycle_contract_reaches_the_customer_in_their_language(
             await s.execute(select(Notice).where(Notice.account_id == account_id))
         ).scalar_one()
     assert notice.template == "line.validity_ending"
+
+
+async def test_a_delivery_run_again_writes_nothing_more(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    """A job runs at least once: its worker may die after the fan-out committed and before the
+    job was marked done, and another worker then runs it again."""
+    account_id = await account_with_contacts(db)
+    await db.run(lambda s: notify(s, account_id=account_id, template="security.password_changed"))
+    await run_worker(db, settings)
+    [job] = await jobs_of(db, "notifications.deliver")
+
+    async def lease_ran_out(s: AsyncSession) -> None:
+        await s.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id == job.id)
+            .values(status="running", locked_until=utcnow() - timedelta(seconds=1))
+        )
+
+    await db.run(lease_ran_out)
+    await run_worker(db, settings)
+    [again] = await jobs_of(db, "notifications.deliver")
+    assert again.status == JobStatus.done and again.attempts == 2
+    async with db.read() as s:
+        notices = (await s.execute(select(Notice).where(Notice.account_id == account_id))).all()
+        alerts = (
+            await s.execute(select(SecurityEvent).where(SecurityEvent.account_id == account_id))
+        ).all()
+    assert len(notices) == 1 and len(alerts) == 1
+    assert len(await jobs_of(db, "notifications.email")) == 1
+    assert len(await jobs_of(db, "notifications.sms")) == 1
+    assert len(inbox.messages) == 1
+
+
+T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+async def owned_line(db: Database, n: int, **facts: object) -> Line:
+    async def make(s: AsyncSession) -> Line:
+        account = await create_account(
+            s,
+            email=f"warned{n}@example.com",
+            email_verified_at=utcnow(),
+            phone=f"+1415555{3000 + n}",
+            phone_verified_at=utcnow(),
+        )
+        line = await create_line(s, account_id=account.id, state=facts.pop("state"))
+        for name, value in facts.items():
+            setattr(line, name, value)
+        await s.flush()
+        return line
+
+    return await db.run(make)
+
+
+async def test_a_lifecycle_warning_the_line_outgrew_in_the_queue_is_not_sent(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    """Queued by the sweep, a warning waits for a worker; a top-up meanwhile (a new validity
+    end, or out of grace) makes it false: nothing of it goes out. One still true does."""
+    policy = Policy.of(settings)
+    await sweep(db, policy, now=T - timedelta(days=1))
+    soon = T + timedelta(hours=12)
+    ending = await owned_line(
+        db, 1, state=LineState.active, validity_end=soon, last_activity_at=T
+    )
+    in_grace = await owned_line(
+        db, 2, state=LineState.grace, validity_end=T - timedelta(days=29),
+        state_changed_at=soon - policy.grace, last_activity_at=T,
+    )
+    untouched = await owned_line(
+        db, 3, state=LineState.active, validity_end=soon, last_activity_at=T
+    )
+    await sweep(db, policy, now=T)
+    assert len(await jobs_of(db, "notifications.deliver")) == 3
+
+    async def top_up(s: AsyncSession) -> None:
+        for line_id in (ending.id, in_grace.id):
+            line = await s.get(Line, line_id)
+            assert line is not None
+            if line.state == LineState.active:
+                line.validity_end = soon + timedelta(days=30)  # a plan's validity
+            on_topup(s, line, now=T + timedelta(minutes=1), actor="order:x", by_owner=True,
+                     policy=policy)
+
+    await db.run(top_up)
+    await run_worker(db, settings)
+    assert all(j.status == JobStatus.done for j in await jobs_of(db, "notifications.deliver"))
+    assert [m["To"] for m in inbox.messages] == ["warned3@example.com"]
+    assert [m.to for m in dev_mailbox if m.channel == "sms"] == ["+14155553003"]
+    async with db.read() as s:
+        notices = (await s.execute(select(Notice.line_id))).scalars().all()
+    assert notices == [untouched.id]
+
+
+async def test_a_line_warning_about_what_a_line_does_not_have_is_buried(
+    db: Database, settings: Settings
+) -> None:
+    account_id = await account_with_contacts(db)
+    for about in ({"msisdn": "+14155553001"}, {"state": "active"}):  # not a fact; no line
+        await db.run(
+            lambda s, about=about: notify(
+                s, account_id=account_id, template="line.validity_ending", about=about,
+                line_id=None if "state" in about else uuid.uuid4(),
+            )
+        )
+    await run_worker(db, settings)
+    jobs = await jobs_of(db, "notifications.deliver")
+    assert [j.status for j in jobs] == [JobStatus.dead, JobStatus.dead]
+    assert await jobs_of(db, "notifications.email") == []
 
 
 async def test_only_verified_contacts_are_messaged(

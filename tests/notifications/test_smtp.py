@@ -10,6 +10,7 @@ import ssl
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,9 @@ async def test_mail_goes_out_signed_in_over_tls(
     [mail] = inbox.messages
     assert mail["Subject"] == "Your password was changed"
     assert inbox.logins == [(USERNAME, True)]
+    # RFC 5322's one required header besides From: when it was written, by our clock.
+    sent_at = parsedate_to_datetime(str(mail["Date"]))
+    assert sent_at.tzinfo is not None and abs(utcnow() - sent_at) < timedelta(minutes=1)
 
 
 async def test_a_refused_password_is_retried_and_never_logged(

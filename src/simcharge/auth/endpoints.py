@@ -44,6 +44,7 @@ from simcharge.auth.schemas import (
 from simcharge.auth.sessions import csrf_token
 from simcharge.errors import NotAuthenticated, Refused
 from simcharge.kit.clock import utcnow
+from simcharge.kit.i18n import negotiate_language, spoken
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_, translate
 
@@ -89,6 +90,7 @@ def account_out(a: Account) -> AccountOut:
     summary="Create an account; a code goes to each contact",
 )
 async def register(
+    request: Request,
     body: RegisterIn,
     db: DB,
     settings: AppSettings,
@@ -103,7 +105,10 @@ async def register(
         password=body.password,
         email=body.email,
         phone=body.phone,
-        language=body.language,
+        language=body.language
+        or negotiate_language(
+            request.headers.get("accept-language"), spoken(settings.default_language)
+        ),
         display_name=body.display_name,
     )
     channels = await db.run(

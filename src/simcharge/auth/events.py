@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.models import SecurityEvent
+from simcharge.db import insert_if_absent, table_of
 from simcharge.kit.clock import utcnow
 
 FORBIDDEN_DETAILS = ("password", "code", "token", "secret")
@@ -62,19 +63,25 @@ async def record_event(
     success: bool = True,
     details: dict[str, Any] | None = None,
     now: datetime | None = None,
+    event_id: uuid.UUID | None = None,
 ) -> None:
+    """Write an entry of the account's security log. With `event_id` (derived by the caller, e.g.
+    from a job that may run twice), written once whatever the number of calls."""
     safe = {k: v for k, v in (details or {}).items() if not any(f in k for f in FORBIDDEN_DETAILS)}
-    session.add(
-        SecurityEvent(
-            account_id=account_id,
-            kind=kind.value,
-            success=success,
-            ip=client.ip if client else None,
-            user_agent=client.short_user_agent if client else None,
-            details=safe,
-            created_at=now or utcnow(),
-        )
-    )
+    row = {
+        "account_id": account_id,
+        "kind": kind.value,
+        "success": success,
+        "ip": client.ip if client else None,
+        "user_agent": client.short_user_agent if client else None,
+        "details": safe,
+        "created_at": now or utcnow(),
+    }
+    if event_id is not None:
+        stmt = insert_if_absent(session, table_of(SecurityEvent), "id")
+        await session.execute(stmt, {"id": event_id, **row})
+        return
+    session.add(SecurityEvent(**row))
     await session.flush()
 
 

@@ -29,7 +29,13 @@ class RegisterIn(_In):
     password: str = Field(max_length=1024)
     email: str | None = Field(default=None, max_length=254, examples=["maria@example.com"])
     phone: str | None = Field(default=None, max_length=32, examples=["+34612345678"])
-    language: str = Field(default="en", examples=["es"])
+    language: str | None = Field(
+        default=None,
+        examples=["es"],
+        description="The language of what the account is sent: `en`, `zh-Hans`, `zh-Hant`, "
+        "`fil` or `es`. Left out: the best match for `Accept-Language`, else the operator's "
+        "default language (`SIMCHARGE_DEFAULT_LANGUAGE`, `en` unless set).",
+    )
     display_name: str | None = Field(default=None, max_length=128)
 
 

@@ -8,6 +8,7 @@ LANGUAGES: tuple[str, ...] = ("en", "zh-Hans", "zh-Hant", "fil", "es")
 """Every text a customer reads exists in each of these (BCP 47 tags)."""
 
 DEFAULT_LANGUAGE = "en"
+"""The last resort, when even the operator's `SIMCHARGE_DEFAULT_LANGUAGE` is not one of ours."""
 
 # Babel locale identifiers for formatting money, dates and numbers.
 BABEL_LOCALES: dict[str, str] = {
@@ -45,6 +46,14 @@ def normalize_language(tag: str | None) -> str | None:
     if len(parts) >= 2 and parts[0] == "zh":
         return _ALIASES.get(f"zh-{parts[1]}", "zh-Hans")
     return _ALIASES.get(parts[0])
+
+
+def spoken(language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
+    """`language` if we speak it, else `default` (the operator's setting) if we speak that,
+    else English."""
+    if language is not None and language in LANGUAGES:
+        return language
+    return default if default in LANGUAGES else DEFAULT_LANGUAGE
 
 
 def negotiate_language(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:

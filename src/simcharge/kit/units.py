@@ -20,19 +20,30 @@ def locale_of(language: str) -> Locale:
     return Locale.parse(BABEL_LOCALES.get(language, "en"))
 
 
+def shown_number(amount: int, unit: str) -> int | float | None:
+    """The number `units_text` writes for `amount` of a unit: whole minutes, MB to one decimal
+    (GB to two from 1,024 MB), SMS; None for money."""
+    if unit == "VOICE_S":
+        return amount // 60
+    if unit == "DATA_B":
+        mb = amount / 1024 / 1024
+        return round(mb / 1024, 2) if mb >= 1024 else round(mb, 1)
+    if unit == "SMS":
+        return amount
+    return None
+
+
 @lru_cache(maxsize=8192)
 def units_text(language: str, amount: int, unit: str) -> str:
     """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
     loc = locale_of(language)
+    n = shown_number(amount, unit)
+    if n is None:
+        return format_money(amount, unit, loc)
+    text = format_decimal(n, locale=loc)
     if unit == "VOICE_S":
-        n = format_decimal(amount // 60, locale=loc)
-        return translate(language, N_("{n} min")).format(n=n)
+        return translate(language, N_("{n} min")).format(n=text)
     if unit == "DATA_B":
-        mb = amount / 1024 / 1024
-        if mb >= 1024:
-            n = format_decimal(round(mb / 1024, 2), locale=loc)
-            return translate(language, N_("{n} GB")).format(n=n)
-        return translate(language, N_("{n} MB")).format(n=format_decimal(round(mb, 1), locale=loc))
-    if unit == "SMS":
-        return translate(language, N_("{n} SMS")).format(n=format_decimal(amount, locale=loc))
-    return format_money(amount, unit, loc)
+        big = amount / 1024 / 1024 >= 1024
+        return translate(language, N_("{n} GB") if big else N_("{n} MB")).format(n=text)
+    return translate(language, N_("{n} SMS")).format(n=text)

@@ -127,7 +127,10 @@ def on_topup(
     policy = policy or Policy.of(get_settings())
     line.last_activity_at = now
     state = LineState(line.state)
-    brought_back = state is LineState.grace or (
+    # An active line whose validity has just ended is in grace in all but name until the next
+    # sweep: a top-up then gives it validity as it would in grace (else the sweep undoes it).
+    lapsed = state is LineState.active and not _valid(line, now)
+    brought_back = state is LineState.grace or lapsed or (
         state is LineState.frozen
         and (
             policy.frozen_reactivation == "topup"
@@ -487,6 +490,8 @@ async def _warn(
                 dedupe_key=(
                     f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}"
                 ),
+                # What the warning was built on: not sent if the line has moved on meanwhile.
+                about={"state": w.state.value, w.column: r.anchor.isoformat()},
             )
         )
     await enqueue_many(session, jobs)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.auth.events import EventKind, record_event
+from simcharge.db import insert_if_absent, table_of
+from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import SealBroken, unseal
+from simcharge.kit.ids import derived_id
+from simcharge.lines.models import Line
 from simcharge.notifications.models import Notice
 from simcharge.notifications.service import DELIVER, SEND_CODE, log_message
 from simcharge.notifications.templates import render
@@ -26,6 +34,12 @@ SEND_EMAIL = "notifications.email"
 SEND_SMS = "notifications.sms"
 CODE_MINUTES = 10
 
+log = structlog.get_logger("simcharge.notifications")
+
+# What a `line.…` warning may say it was built on (`about`): the line's state and the time its
+# change is counted from.
+_LINE_FACTS = ("state", "validity_end", "last_activity_at", "state_changed_at")
+
 
 def _account_id(payload: dict[str, Any]) -> uuid.UUID:
     try:
@@ -34,29 +48,67 @@ def _account_id(payload: dict[str, Any]) -> uuid.UUID:
         raise PermanentJobError("payload without a valid account_id") from exc
 
 
+async def _line_moved_on(
+    session: AsyncSession, line_id: uuid.UUID | None, about: dict[str, Any]
+) -> bool:
+    """Whether the line is no longer what a warning about it was built on (`about`: its state
+    and the time its change is counted from, as the lifecycle saw them): a top-up, a use or
+    support changed it while the warning waited in the queue."""
+    unknown = set(about) - set(_LINE_FACTS)
+    if line_id is None or unknown:
+        raise PermanentJobError(f"a line warning about {sorted(unknown) or 'no line'}")
+    line = await session.get(Line, line_id)
+    if line is None:
+        return True
+    for fact, then in about.items():
+        current = getattr(line, fact)
+        if isinstance(current, datetime):
+            if then is None or datetime.fromisoformat(str(then)) != current:
+                return True
+        elif current != then:
+            return True
+    return False
+
+
 @job(DELIVER)
 async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
     """Fan a notification out: the portal notice now, one job per message channel. A security
-    alert (`security.…`) is also written in the account's security log, with its channels."""
+    alert (`security.…`) is also written in the account's security log, with its channels.
+
+    Run again (its worker died after the commit), it writes nothing more: the notice and the
+    log entry have ids derived from the job, the channels' jobs dedupe keys. A `line.…`
+    warning whose line has moved on since it was queued (`about`) is dropped."""
     account_id = _account_id(payload)
     template = str(payload.get("template", ""))
     channels = list(payload.get("channels") or [])
     targets: dict[str, str] = dict(payload.get("targets") or {})
     params = dict(payload.get("params") or {})
-    line_id = payload.get("line_id")
+    line_id = uuid.UUID(str(payload["line_id"])) if payload.get("line_id") else None
+    about: dict[str, Any] = dict(payload.get("about") or {})
 
-    async def fan_out(session: Any) -> None:
+    async def fan_out(session: AsyncSession) -> None:
         account = await session.get(Account, account_id)
         if account is None:
             raise PermanentJobError(f"no account {account_id}")
+        if template.startswith("line.") and about and await _line_moved_on(session, line_id, about):
+            log.info(
+                "notifications.stale_warning_skipped",
+                job_id=str(ctx.job.id),
+                template=template,
+                line_id=str(line_id),
+            )
+            return
         if "portal" in channels:
-            session.add(
-                Notice(
-                    account_id=account_id,
-                    template=template,
-                    params=params,
-                    line_id=uuid.UUID(line_id) if line_id else None,
-                )
+            await session.execute(
+                insert_if_absent(session, table_of(Notice), "id"),
+                {
+                    "id": derived_id(DELIVER, ctx.job.id, "notice"),
+                    "account_id": account_id,
+                    "template": template,
+                    "params": params,
+                    "line_id": line_id,
+                    "created_at": utcnow(),
+                },
             )
         email = targets.get("email") or (account.email if account.email_verified_at else None)
         phone = targets.get("sms") or (account.phone if account.phone_verified_at else None)
@@ -82,6 +134,7 @@ async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
                 EventKind.alert_sent,
                 account_id=account_id,
                 details={"alert": template.removeprefix("security."), "channels": sent},
+                event_id=derived_id(DELIVER, ctx.job.id, "alert"),  # once, however many runs
             )
 
     await ctx.db.run(fan_out)
@@ -99,7 +152,7 @@ async def send_message(
 ) -> None:
     params = {"operator": ctx.settings.operator_name, "base_url": ctx.settings.base_url, **params}
     try:
-        message = render(template, language, params)
+        message = render(template, language, params, default=ctx.settings.default_language)
     except Exception as exc:
         raise PermanentJobError(f"template {template}: {type(exc).__name__}: {exc}") from exc
     # What the log may keep: never the params (a code, a link) — only template and subject.
@@ -151,7 +204,7 @@ async def send_email_job(ctx: JobContext, payload: dict[str, Any]) -> None:
         _account_id(payload),
         str(payload["template"]),
         str(payload["to"]),
-        str(payload.get("language", "en")),
+        str(payload.get("language") or ctx.settings.default_language),
         dict(payload.get("params") or {}),
     )
 
@@ -164,7 +217,7 @@ async def send_sms_job(ctx: JobContext, payload: dict[str, Any]) -> None:
         _account_id(payload),
         str(payload["template"]),
         str(payload["to"]),
-        str(payload.get("language", "en")),
+        str(payload.get("language") or ctx.settings.default_language),
         dict(payload.get("params") or {}),
     )
 
@@ -181,6 +234,6 @@ async def send_code_job(ctx: JobContext, payload: dict[str, Any]) -> None:
         _account_id(payload),
         f"code.{payload['purpose']}",
         str(payload["target"]),
-        str(payload.get("language", "en")),
+        str(payload.get("language") or ctx.settings.default_language),
         {"code": code, "minutes": CODE_MINUTES},
     )

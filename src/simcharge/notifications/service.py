@@ -8,8 +8,11 @@ job is done or buried — a code is never stored in the clear.
 
 The payload of `notifications.deliver` is a contract other modules rely on:
 `{"account_id", "template", "params", "channels": ["email", "sms", "portal"], "line_id"?,
-"targets"?: {"email": addr, "sms": number}}` (`targets` overrides the account's contacts,
-e.g. to warn an old address that it was replaced)."""
+"targets"?: {"email": addr, "sms": number}, "about"?: {"state": …, "validity_end": …}}`
+(`targets` overrides the account's contacts, e.g. to warn an old address that it was replaced;
+`about`, for a `line.…` warning, is what the line was when it was queued — its state, and the
+time its change is counted from, ISO 8601 — and the warning is dropped if the line is no
+longer so when it is delivered)."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ async def notify(
     line_id: uuid.UUID | None = None,
     targets: dict[str, str] | None = None,
     dedupe_key: str | None = None,
+    about: dict[str, Any] | None = None,
 ) -> None:
     job = notice(
         account_id=account_id,
@@ -53,6 +57,7 @@ async def notify(
         line_id=line_id,
         targets=targets,
         dedupe_key=dedupe_key,
+        about=about,
     )
     await enqueue(session, job.kind, job.payload, dedupe_key=job.dedupe_key)
 
@@ -66,6 +71,7 @@ def notice(
     line_id: uuid.UUID | None = None,
     targets: dict[str, str] | None = None,
     dedupe_key: str | None = None,
+    about: dict[str, Any] | None = None,
 ) -> NewJob:
     """The delivery job of a notification, for `enqueue_many` with others."""
     unknown = set(channels) - set(CHANNELS)
@@ -80,6 +86,8 @@ def notice(
     }
     if targets:
         payload["targets"] = targets
+    if about:
+        payload["about"] = about
     return NewJob(DELIVER, payload, dedupe_key=dedupe_key)
 
 

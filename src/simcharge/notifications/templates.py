@@ -17,10 +17,10 @@ from babel.dates import format_date, format_datetime
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_text
+from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_text, spoken
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
-from simcharge.kit.units import units_text
+from simcharge.kit.units import shown_number, units_text
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -38,6 +38,16 @@ def _parse_when(value: Any) -> datetime | date:
         return value
     text = str(value)
     return datetime.fromisoformat(text) if "T" in text else date.fromisoformat(text)
+
+
+def shown_count(amount: int, unit: str) -> int:
+    """The number `kit.units.units_text` writes for `amount` (minutes, MB or GB, SMS), as a
+    count for gettext's plural rules. A fraction (1.5 GB) and money (written with its decimals,
+    "1.00") count as 2: CLDR's "other" in every language we speak."""
+    shown = shown_number(amount, unit)
+    if shown is None:
+        return 2
+    return int(shown) if shown == int(shown) else 2
 
 
 @lru_cache(maxsize=16)
@@ -72,12 +82,21 @@ def environment(language: str, *, html: bool = False) -> Environment:
     def as_units(amount: Any, unit: str) -> str:
         return units_text(language, int(amount), unit)
 
+    def units_count(amount: Any, unit: str) -> int:
+        """The number `units` shows, to choose a plural form by (`{% pluralize %}`)."""
+        return shown_count(int(amount), unit)
+
     def as_text(value: Any) -> str:
         """A text given in several languages (`{"en": …, "es": …}`) in this one."""
         return pick_text(value, language) if isinstance(value, dict) else str(value)
 
     env.filters.update(
-        date=as_date, datetime=as_datetime, money=as_money, units=as_units, text=as_text
+        date=as_date,
+        datetime=as_datetime,
+        money=as_money,
+        units=as_units,
+        units_count=units_count,
+        text=as_text,
     )
     return env
 
@@ -90,8 +109,12 @@ def _block(env: Environment, name: str, block: str, params: dict[str, Any]) -> s
     return "".join(render(template.new_context(params))).strip()
 
 
-def render(name: str, language: str, params: dict[str, Any]) -> Rendered:
-    language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+def render(
+    name: str, language: str, params: dict[str, Any], *, default: str = DEFAULT_LANGUAGE
+) -> Rendered:
+    """The message in `language`, or in `default` (pass `SIMCHARGE_DEFAULT_LANGUAGE`) if we do
+    not speak it."""
+    language = spoken(language, default)
     env = environment(language)
     html_env = environment(language, html=True)
     body = _block(html_env, name, "html_body", params)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import format_datetime, make_msgid
 
 import aiosmtplib
 import httpx
@@ -67,6 +67,8 @@ async def send_email(
     message["From"] = settings.smtp_from
     message["To"] = to
     message["Subject"] = subject
+    # RFC 5322 requires it: without one, a relay stamps its own time and spam filters score it.
+    message["Date"] = format_datetime(utcnow())
     message_id = make_msgid(domain=settings.smtp_from.rsplit("@", 1)[-1].strip("> ") or None)
     message["Message-ID"] = message_id
     message.set_content(text)
