@@ -22,6 +22,7 @@ from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import clock
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
+from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.models import LineEvent
 from simcharge.lifecycle.service import LineNotFrozen, Policy, on_topup, sweep, unfreeze
 from simcharge.lines.models import Line, LineState
@@ -36,6 +37,7 @@ from tests.orders.helpers import assert_ledger_balanced
 
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
+MINUTE = timedelta(minutes=1)
 
 
 def policy(settings: Settings, **override: Any) -> Policy:
@@ -516,6 +518,33 @@ async def test_a_top_up_after_the_validity_ended_and_before_the_sweep_is_not_und
     assert (found.state, found.validity_end) == ("active", T + 30 * DAY)
     assert await events_of(db, line) == []
     assert await jobs_for(db, line) == []
+
+
+async def test_a_line_in_grace_is_told_the_freeze_that_comes_first(
+    db: Database, settings: Settings
+) -> None:
+    """In grace a line is frozen at the end of grace or of its inactivity period, whichever
+    comes first (as the forecast says): the "entered grace" notice and every warning name that
+    date, never the later one."""
+    p = policy(settings)  # grace 30 days, inactivity 180 days, warnings 7 and 1 days ahead
+    await sweep(db, p, now=T - 10 * DAY)
+    # Long in grace, its inactivity runs out 3 days from T, before the end of grace (T + 7 days).
+    line = await new_line(db, state=LineState.grace, validity_end=T - 23 * DAY,
+                          state_changed_at=T - 23 * DAY, last_activity_at=T - 177 * DAY)
+    for at in (T - 4 * DAY + MINUTE, T + MINUTE, T + 2 * DAY + MINUTE, T + 3 * DAY + MINUTE):
+        await sweep(db, p, now=at)
+    assert (await reload(db, line)).state == "frozen"
+    warned = sorted((j["params"]["days_left"], j["params"]["freeze_on"])
+                    for j in await jobs_for(db, line) if j["template"] == "line.grace_ending")
+    assert warned == [(1, (T + 3 * DAY).isoformat()), (7, (T + 3 * DAY).isoformat())]
+
+    # Entering grace 5 days before its inactivity runs out: the notice says so.
+    later = T + 4 * DAY
+    soon = await new_line(db, validity_end=later - MINUTE, last_activity_at=later - 175 * DAY)
+    await sweep(db, p, now=later)
+    [entered] = [j for j in await jobs_for(db, soon) if j["template"] == "line.entered_grace"]
+    assert entered["params"]["grace_ends"] == (later + 5 * DAY).isoformat()  # not + 30 days
+    assert outlook(await reload(db, soon), p).freeze_at == later + 5 * DAY
 
 
 async def test_support_unfreezes_a_line(db: Database, settings: Settings) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, func, insert, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import table_of, upsert_insert
@@ -59,6 +59,7 @@ class LifecycleRepository:
                 lines.c.currency,
                 lines.c.wallet_account_id,
                 lines.c.validity_end,
+                lines.c.last_activity_at,
             )
         )
         return list(await self.session.execute(stmt))
@@ -144,14 +145,17 @@ class LifecycleRepository:
         after_id: uuid.UUID | None,
         until: datetime,
         limit: int,
+        also: str | None = None,
     ) -> list[Row[Any]]:
-        """Lines in `state` whose `column` is in (after[, after_id], until], in keyset order."""
+        """Lines in `state` whose `column` (`anchor`) is in (after[, after_id], until], in keyset
+        order; with `also`, that column too (`other`)."""
         col = lines.c[column]
         start = col > after if after_id is None else or_(
             col > after, and_(col == after, lines.c.id > after_id)
         )
+        other = (lines.c[also] if also else null()).label("other")
         stmt = (
-            select(lines.c.id, lines.c.account_id, lines.c.msisdn, col.label("anchor"))
+            select(lines.c.id, lines.c.account_id, lines.c.msisdn, col.label("anchor"), other)
             .where(lines.c.state == state.value, start, col <= until)
             .order_by(col, lines.c.id)
             .limit(limit)

@@ -289,7 +289,7 @@ async def _apply_rule(
         if rule.to_state is LineState.frozen and policy.frozen_reactivation == "support":
             template = "line.frozen_support"  # a top-up will not bring it back: say so
         if rule.to_state is LineState.grace:
-            params["grace_ends"] = (now + policy.grace).isoformat()
+            params["grace_ends"] = _frozen_from_grace(now, r.last_activity_at, policy).isoformat()
         jobs.append(
             notice(
                 account_id=r.account_id,
@@ -392,6 +392,13 @@ async def _expire_batch(
     return sum(1 for o in outcomes if o.ok), len(rows)
 
 
+def _frozen_from_grace(entered: datetime, last_activity: datetime | None, policy: Policy) -> datetime:
+    """When a line in grace since `entered` is frozen: at the end of grace, or sooner when its
+    inactivity runs out first (as the sweep's rules and `forecast.outlook` have it)."""
+    end = entered + policy.grace
+    return min(end, last_activity + policy.inactivity) if last_activity is not None else end
+
+
 # ---------------------------------------------------------------------------------------------
 # Warnings
 
@@ -409,6 +416,9 @@ class _Warning:
     dedupe: str | None = None
     params: tuple[tuple[str, str], ...] = ()
     """More of the notice's params: what the template needs to say what keeps the line."""
+    rival: tuple[str, timedelta, bool] | None = None
+    """Another way to the same change (`column`, `offset`, wins a tie): a line whose change comes
+    sooner that way is warned by the other pass, so the customer hears one date, the right one."""
 
 
 def _warning_passes(policy: Policy) -> list[_Warning]:
@@ -424,13 +434,18 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
         # A line may enter grace between its inactivity warnings: the same warning, looked for
         # among lines in grace by a pass of its own (the dedupe key is shared). A line in grace
         # cannot be used: what keeps it is a top-up, as for the end of grace.
+        # A line in grace is frozen by whichever comes first: the end of grace or of its
+        # inactivity period. Each of the two passes leaves to the other the lines it reaches
+        # sooner.
         _Warning(
             "inactive_grace", LineState.grace, "last_activity_at", policy.inactivity,
             "line.grace_ending", "freeze_on", dedupe="inactive",
+            rival=("state_changed_at", policy.grace, True),
         ),
         _Warning(
             "grace", LineState.grace, "state_changed_at", policy.grace,
             "line.grace_ending", "freeze_on",
+            rival=("last_activity_at", policy.inactivity, False),
         ),
         _Warning(
             "termination", LineState.frozen, "state_changed_at", policy.termination,
@@ -466,6 +481,7 @@ async def _warn(
         after_id=last_id,
         until=now - shift,
         limit=policy.batch,
+        also=w.rival[0] if w.rival else None,
     )
     shorter = [d for d in policy.warning_days if d < days]
     jobs: list[NewJob] = []
@@ -476,6 +492,10 @@ async def _warn(
             continue
         if any(left <= timedelta(days=d) for d in shorter):
             continue
+        if w.rival is not None and r.other is not None:
+            rival_at: datetime = r.other + w.rival[1]
+            if rival_at < change_at or (rival_at == change_at and w.rival[2]):
+                continue
         jobs.append(
             notice(
                 account_id=r.account_id,
