@@ -2293,6 +2293,8 @@ async def test_a_refund_that_stays_pending_is_never_made_again(
     assert {t.kind for t in await transfers_of(db, f"refund:{refund.id}")} == {"pending"}
     row = await order_row(db, order.id)
     assert (row.state, row.refunded_amount) == ("fulfilled", 0)
+    # After the last follow-up finance is told (payments needing attention), not only the log.
+    assert row.attention == "refund_pending" and refund.reference in (row.attention_note or "")
     await assert_ledger_balanced(db)
 
 

@@ -627,7 +627,8 @@ async def attention(
         Query(
             max_length=24,
             description="Only orders with this flag (`amount_mismatch`, `late_success`, "
-            "`line_unavailable`, `refund_failed`, any other a provider event raised), or "
+            "`line_unavailable`, `refund_failed`, `refund_pending`, any other a provider "
+            "event raised), or "
             "`stuck_pending` for the orders pending too long",
         ),
     ] = None,

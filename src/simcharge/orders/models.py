@@ -59,6 +59,9 @@ class Attention(StrEnum):
     """The provider's answer names another merchant than ours: nothing credited."""
     stuck_pending = "stuck_pending"
     """Still pending long after it should have been settled."""
+    refund_pending = "refund_pending"
+    """A refund the provider still reported pending after every follow-up: whether the money
+    went back is not known (its notification may still tell)."""
 
 
 class Order(Base):

@@ -15,10 +15,10 @@ from simcharge.kit.clock import utcnow
 from simcharge.notifications.jobs import send_message
 from simcharge.notifications.transports import Attachment
 from simcharge.orders.fulfilment import RECEIPT_JOB, issue_receipt_number
-from simcharge.orders.models import Order, Refund, RefundState
+from simcharge.orders.models import Attention, Order, Refund, RefundState
 from simcharge.orders.receipts import filename, receipt_for
 from simcharge.orders.refunds import REFUND_JOB, complete_refund
-from simcharge.orders.service import payment_of
+from simcharge.orders.service import flag_order, payment_of
 from simcharge.payments.providers import (
     ProviderError,
     RefundRequest,
@@ -142,6 +142,14 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
             return
         if follow_up + 1 > REFUND_FOLLOW_UPS:
             log.error("payments.refund_still_pending", refund=row.reference)
+            locked = await s.get(Order, order.id, with_for_update=True)
+            assert locked is not None
+            flag_order(
+                locked,
+                Attention.refund_pending,
+                f"refund {row.reference} still pending at the provider after "
+                f"{REFUND_FOLLOW_UPS} follow-ups",
+            )
             return
         await enqueue(
             s,
