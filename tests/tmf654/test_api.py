@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select, update
 
+from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.ledger import chart
@@ -578,6 +579,45 @@ async def test_a_reservation_left_open_times_out(client: httpx.AsyncClient, db: 
     too_long = {**body, "validFor": {"endDateTime": "2099-01-01T00:00:00Z"}}
     r = await post(client, "/reserveBalance", too_long, key)
     assert r.status_code == 400 and r.json()["field"] == "validFor.endDateTime"
+
+
+async def test_termination_releases_a_reservation_and_forfeits_what_it_held(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A line terminated with a reservation open: the reservation is released (it reads
+    cancelled, and completing it is refused) and the wallet is forfeited whole, so nothing comes
+    back to a terminated line when the reservation would have been settled or timed out."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from simcharge.ledger.service import expire_pending_transfers
+    from simcharge.lifecycle.service import Policy, sweep
+
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    body = {"amount": {"amount": 2, "units": "USD"}, "usageType": "monetary",
+            "bucket": {"id": str(h.line.wallet_account_id)},
+            "partyAccount": {"id": str(h.account_id)}}
+    r = await post(client, "/reserveBalance", body, key, "ReserveBalance_Create")
+    assert r.status_code == 201
+    assert await totals(db, h.line.wallet_account_id) == (1800, 200)
+    now = utcnow()
+
+    async def frozen_long_ago(s: AsyncSession) -> None:
+        line = await s.get(Line, h.line.id)
+        assert line is not None
+        line.state, line.state_changed_at = LineState.frozen.value, now - timedelta(days=366)
+
+    await db.run(frozen_long_ago)
+    await sweep(db, Policy.of(settings), now=now)
+    assert await totals(db, h.line.wallet_account_id) == (0, 0)
+    got = await client.get(f"{BASE}/reserveBalance/{r.json()['id']}", headers=key)
+    assert got.json()["status"] == "cancelled"
+    late = await client.patch(f"{BASE}/reserveBalance/{r.json()['id']}", headers=key,
+                              json={"status": "completed", "reason": "call rated"})
+    assert late.status_code == 409
+    assert await db.run(expire_pending_transfers) == 0
+    assert await totals(db, h.line.wallet_account_id) == (0, 0)
+    await assert_ledger_balanced(db)
 
 
 async def test_the_history_of_a_line_holds_every_action(

@@ -11,13 +11,14 @@ from sqlalchemy import ColumnElement, Row, and_, func, insert, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import table_of, upsert_insert
-from simcharge.ledger.models import LedgerAccount
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 from simcharge.lifecycle.models import LifecycleMark, LineEvent
 from simcharge.lines.models import Bucket, Line, LineState
 
 lines = table_of(Line)
 buckets = table_of(Bucket)
 accounts = table_of(LedgerAccount)
+transfers = table_of(LedgerTransfer)
 events = table_of(LineEvent)
 marks = table_of(LifecycleMark)
 
@@ -116,6 +117,22 @@ class LifecycleRepository:
             accounts.c.id, accounts.c.unit, accounts.c.line_id, _available.label("available")
         ).where(accounts.c.line_id.in_(list(line_ids)), _available > 0)
         return list(await self.session.execute(stmt))
+
+    async def open_holds(self, line_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Pending transfers still holding something of these lines' accounts (a TMF654
+        reservation, a charging session's quota), oldest first."""
+        if not line_ids:
+            return []
+        theirs = select(accounts.c.id).where(accounts.c.line_id.in_(list(line_ids)))
+        stmt = (
+            select(transfers.c.id)
+            .where(
+                transfers.c.debit_account_id.in_(theirs),
+                transfers.c.pending_status == PendingStatus.pending.value,
+            )
+            .order_by(transfers.c.id)
+        )
+        return list((await self.session.execute(stmt)).scalars())
 
     async def mark(self, name: str, default: datetime) -> tuple[datetime, uuid.UUID | None]:
         """The pass's mark, locked until the transaction ends (one pass at a time)."""

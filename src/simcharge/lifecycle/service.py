@@ -38,6 +38,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
+from simcharge.ledger.models import TransferKind
 from simcharge.ledger.service import NewTransfer, create_transfers, ensure_accounts
 from simcharge.lifecycle.models import LineEvent
 from simcharge.lifecycle.repository import LifecycleRepository, lines
@@ -310,11 +311,21 @@ async def _forfeit(session: AsyncSession, line_ids: Sequence[uuid.UUID], now: da
     """A terminated line's money and units go to the expiry accounts (prepaid credit is
     forfeited on termination; finance may give it back by an adjustment).
 
-    Its open charging sessions are ended first, their reservations released: what they held
-    is forfeited with the rest, and nothing comes back to the line afterwards. Done once, as
-    the line changes to terminated: the transfer ids derive from the accounts alone."""
+    Its open charging sessions are ended first, their reservations released, and so is any
+    other hold on its accounts (a TMF654 reservation, which then reads cancelled): what they
+    held is forfeited with the rest, and nothing comes back to the line afterwards. Done once,
+    as the line changes to terminated: the transfer ids derive from the accounts alone."""
     await end_sessions_of_lines(session, get_settings(), line_ids, now=now)
-    rows = await LifecycleRepository(session).holdings(line_ids)
+    repo = LifecycleRepository(session)
+    holds = await repo.open_holds(line_ids)
+    if holds:
+        released = [
+            NewTransfer(id=derived_id("terminate", pid), kind=TransferKind.void_pending,
+                        pending_id=pid, code="forfeit", reference=str(pid))
+            for pid in holds
+        ]  # fmt: skip
+        await create_transfers(session, released, now=now)
+    rows = await repo.holdings(line_ids)
     if not rows:
         return 0
     expiry = {(r.unit, r.line_id): chart.expiry(r.unit, chart.shard_of(r.line_id)) for r in rows}
