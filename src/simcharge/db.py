@@ -201,6 +201,16 @@ def _refuse_write_statement(state: Any) -> None:
         raise ReadOnlySession(f"a read session cannot run {state.statement}")
 
 
+@event.listens_for(Session, "do_orm_execute")
+def _locked_reads_are_fresh(state: Any) -> None:
+    """A read that locks rows (`FOR UPDATE`, `session.get(…, with_for_update=…)`) loads them as
+    they are once locked, also into objects the session holds from an earlier, unlocked read:
+    without this SQLAlchemy takes the lock and keeps the stale values (a refund's "what is left"
+    counted from an order read before the previous refund committed)."""
+    if state.is_select and getattr(state.statement, "_for_update_arg", None) is not None:
+        state.update_execution_options(populate_existing=True)
+
+
 @event.listens_for(Session, "before_flush")
 def _refuse_flush(session: Session, _context: Any, _instances: Any) -> None:
     if session.info.get(_READ_ONLY) and (session.new or session.deleted or session.dirty):

@@ -267,3 +267,33 @@ async def test_a_payment_that_was_not_credited_is_refunded_through_the_ledger(
     assert (back.debit_account_id, back.credit_account_id) == (
         held.credit_account_id, held.debit_account_id)
     await assert_ledger_balanced(db)
+
+
+async def _revenue(db: Database, key: str) -> int:
+    """What a revenue account (all its shards) holds."""
+    async with db.read() as s:
+        rows = (await s.execute(select(LedgerAccount).where(
+            LedgerAccount.key.in_(chart.keys(key))))).scalars().all()
+        return sum(a.credits_posted - a.debits_posted for a in rows)
+
+
+async def test_an_order_refunded_whole_in_parts_gives_back_the_whole_fee_and_price(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Each part takes its share of the fee, rounded; the part that refunds the last of the
+    money takes what is left of the fee, so the sale and the fee are each given back exactly
+    (700 + 700 + 719 of 2,119 gave back 118 of the fee and 2,001 of sales for 2,000 sold)."""
+    staff = await _staff(db, "refunds:write")
+    payer = await new_payer(db, settings)
+    order = await _paid_order(client, db, settings, payer, plan="traveller-20", method="paypal")
+    fees, sales = await _revenue(db, "revenue:fees:USD"), await _revenue(db, "revenue:sales:USD")
+    for amount in (700, 700, 719):
+        r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                              headers={**staff, **idem()}, json={"amount": amount})
+        assert r.status_code == 202, r.text
+        await run_worker(app, db, settings)
+    row = await order_row(db, order["id"])
+    assert (row.state, row.refunded_amount, row.fee) == ("refunded", 2119, 119)
+    assert fees - await _revenue(db, "revenue:fees:USD") == row.fee
+    assert sales - await _revenue(db, "revenue:sales:USD") == row.price
+    await assert_ledger_balanced(db)

@@ -82,3 +82,56 @@ async def test_transfers_between_two_lines_both_ways_at_once_do_not_deadlock(
             # Each gave 5.00 (fee 2 % + 0.10) and received 5.00.
             assert await totals(fresh_db, h.line.wallet_account_id) == (2000 - 20, 0)
     await assert_ledger_balanced(fresh_db)
+
+
+@pytest.mark.postgres_only
+async def test_copies_of_one_request_at_once_answer_the_one_action(
+    fresh_db: Database, settings: Settings
+) -> None:
+    """Four copies of a transfer (the portal's and TMF654's) and of a top-up, each copy with the
+    same Idempotency-Key, at once: one action, the money moved once, and every copy answered with
+    it (the losers of the race used to hit the action's primary key: a 500)."""
+    import httpx
+
+    from simcharge.app import create_app
+    from simcharge.lines.service import credit_wallet
+    from tests.orders.helpers import new_payer
+    from tests.tmf654.helpers import BASE, api_key
+    from tests.tmf654.test_api import ALL, transfer_body
+
+    db = fresh_db
+    app = create_app(settings, db=db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        me, friend = await new_payer(db, settings), await new_payer(db, settings)
+        await db.run(lambda s: credit_wallet(s, me.line, 2000, source=f"test:{me.line.id}"))
+        friend_before, _ = await totals(db, friend.line.wallet_account_id)
+        url = f"/api/v1/me/lines/{me.line.id}/transfers"
+        headers = {**me.auth, "Idempotency-Key": "same-key-1"}
+        body = {"to": friend.line.msisdn, "usage_type": "monetary", "amount": 500}
+        answers = await asyncio.gather(
+            *(client.post(url, json=body, headers=headers) for _ in range(4)))
+        assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
+        assert len({r.json()["id"] for r in answers}) == 1
+        assert await totals(db, friend.line.wallet_account_id) == (friend_before + 500, 0)
+
+        giver, receiver = await new_holder(db), await new_holder(db, wallet=0)
+        key = {**await api_key(db, *ALL), "Idempotency-Key": "tmf-copy-1"}
+        gift = transfer_body(giver, receiver, "monetary", {"amount": 5, "units": "USD"},
+                             str(giver.line.wallet_account_id))
+        topup = {"amount": {"amount": 1, "units": "USD"}, "usageType": "monetary",
+                 "bucket": {"id": str(receiver.line.wallet_account_id)},
+                 "partyAccount": {"id": str(receiver.account_id)}}
+        for path, sent in (("/transferBalance", gift), ("/topupBalance", topup)):
+            answers = await asyncio.gather(
+                *(client.post(BASE + path, json=sent, headers=key) for _ in range(4)))
+            assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
+            assert len({r.json()["id"] for r in answers}) == 1
+            key = {**key, "Idempotency-Key": "tmf-copy-2"}
+    async with db.read() as s:
+        made = (await s.execute(text(
+            "SELECT count(*) FROM balance_actions WHERE idempotency_key IN "
+            "('same-key-1', 'tmf-copy-1', 'tmf-copy-2')"))).scalar_one()
+    assert made == 3
+    assert await totals(db, receiver.line.wallet_account_id) == (600, 0)  # 5.00 given, 1.00 topped up
+    await assert_ledger_balanced(db)

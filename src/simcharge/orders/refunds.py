@@ -308,20 +308,24 @@ async def money_back(
                       "refund", kind)
         ]
     total = order.total
-    previous_fee = sum(
-        int((x.plan or {}).get("fee", 0))
-        for x in (
-            await session.execute(
-                select(Refund).where(
-                    Refund.order_id == order.id,
-                    Refund.state != RefundState.failed.value,
-                    Refund.id != refund.id,
-                )
+    others = (
+        await session.execute(
+            select(Refund).where(
+                Refund.order_id == order.id,
+                Refund.state != RefundState.failed.value,
+                Refund.id != refund.id,
             )
-        ).scalars()
-    )
-    share, rest = divmod(order.fee * r, total)  # the fee's share of r, rounded half up
-    fee_back = max(0, min(order.fee - previous_fee, share + (1 if rest * 2 >= total else 0)))
+        )
+    ).scalars().all()
+    previous_fee = sum(int((x.plan or {}).get("fee", 0)) for x in others)
+    if sum(x.amount for x in others) + r >= total:
+        # The last of the money: all the fee not given back yet, whatever the parts' rounding
+        # did (700 + 700 + 719 of 2,119 with a fee of 119 gave back 118 of it, and 2,001 of
+        # sales for 2,000 sold).
+        fee_back = max(0, order.fee - previous_fee)
+    else:
+        share, rest = divmod(order.fee * r, total)  # the fee's share of r, rounded half up
+        fee_back = max(0, min(order.fee - previous_fee, share + (1 if rest * 2 >= total else 0)))
     sales_back = r - fee_back
     clearing = chart.clearing(order.provider, order.currency, shard)
     sales, fees = chart.sales(order.currency, shard), chart.fees(order.currency, shard)

@@ -15,9 +15,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.config import Settings
+from simcharge.db import RetryableError
 from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
@@ -144,6 +146,20 @@ async def replay(
     return found
 
 
+async def _add_action(session: AsyncSession, action: BalanceAction) -> None:
+    """Write a new action. Its id derives from the caller's idempotency key: when a copy of the
+    same request (the same key) committed it first, the transaction runs again and `replay`
+    answers with that action, where a 500 was."""
+    session.add(action)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        text = str(exc.orig)
+        if "pk_balance_actions" in text or "balance_actions.id" in text:
+            raise RetryableError("balance action made meanwhile by a copy of the request") from exc
+        raise
+
+
 def action_id(actor: str, key: str | None) -> uuid.UUID:
     return derived_id("balance-action", actor, key) if key else uuid7()
 
@@ -251,9 +267,8 @@ async def topup(
     holder = Holder(line, account_id, unit, None if unit == line.currency else Bucket(id=account_id))
     action = _new_action(ActionKind.topup, actor=actor, key=key, request=request, holder=holder,
                          amount=amount, now=now, reason=reason)
-    session.add(action)
     on_topup(session, line, now=now, actor=actor, by_owner=False)
-    await session.flush()
+    await _add_action(session, action)
     await post_transfers(session, transfers, now=now)
     return action
 
@@ -284,8 +299,7 @@ async def adjust(
     debit, credit = (origin.id, holder.account_id) if amount > 0 else (holder.account_id, origin.id)
     action = _new_action(ActionKind.adjust, actor=actor, key=key, request=request, holder=holder,
                          amount=amount, now=now, reason=reason)
-    session.add(action)
-    await session.flush()
+    await _add_action(session, action)
     try:
         await post_transfers(session, [
             NewTransfer(id=derived_id(f"balance:{aid}", "adjust"), amount=abs(amount),
@@ -338,8 +352,7 @@ async def reserve(
                          amount=amount, now=now, reason=reason)
     action.status, action.confirmed_at = ActionStatus.created.value, None
     action.pending_transfer_id = pending_id
-    session.add(action)
-    await session.flush()
+    await _add_action(session, action)
     try:
         await post_transfers(session, [
             NewTransfer(id=pending_id, amount=amount, unit=holder.unit,
@@ -551,8 +564,7 @@ async def transfer(
     action.fee = fee
     action.receiver_line_id = receiver.id
     action.receiver_account_id = receiver_account
-    session.add(action)
-    await session.flush()
+    await _add_action(session, action)
     try:
         await post_transfers(session, transfers, now=now)
     except TransferRejected as exc:
