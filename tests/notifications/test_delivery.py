@@ -6,6 +6,7 @@ import base64
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -126,15 +127,17 @@ async def test_twilio_refusal_is_permanent_and_an_outage_is_retried(
         )
     )
     with respx.mock() as mock:
-        mock.post(MESSAGES_URL).respond(
-            400, json={"code": 21211, "message": "The 'To' number is not valid.", "status": 400}
-        )
+        # Twilio's message names the number: what is kept, logged and shown to staff masks it.
+        mock.post(MESSAGES_URL).respond(400, json={
+            "code": 21211, "status": 400,
+            "message": "The 'To' number +14155552001 is not a valid phone number."})
         await run_worker(db, cfg)
     [job] = await jobs_of(db, "notifications.sms")
     assert job.status == JobStatus.dead and "21211" in (job.last_error or "")
+    assert "4155552001" not in (job.last_error or "") and "+1415***2001" in (job.last_error or "")
     async with db.read() as s:
         log = (await s.execute(select(MessageLog))).scalar_one()
-    assert log.status == "failed"
+    assert log.status == "failed" and "4155552001" not in (log.error or "")
 
     await db.run(
         lambda s: notify(
@@ -381,3 +384,33 @@ async def test_the_dev_mailbox_exists_in_development_only(
     ) as c:
         for path in ("/dev/mailbox", "/dev/mailbox.json"):
             assert (await c.get(path)).status_code == 404
+
+
+async def test_a_refused_address_is_kept_masked(settings: Settings) -> None:
+    """A real SMTP server refuses the recipient, naming it in its reply: the failure kept with
+    the job (logged, shown to staff) says the code and a masked address, not the address."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    from simcharge.notifications.transports import DeliveryFailed, send_email
+
+    class Refusing:
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                              rcpt_options: list[str]) -> str:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(Refusing(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        cfg = settings.model_copy(update={"smtp_port": port, "smtp_host": "127.0.0.1"})
+        with pytest.raises(DeliveryFailed) as failed:
+            await send_email(cfg, "alice.smith@example.com", "Hi", "text", None)
+    finally:
+        controller.stop()
+    said = str(failed.value)
+    assert "alice.smith" not in said and "a***@example.com" in said and "550" in said
+    assert failed.value.transient is False

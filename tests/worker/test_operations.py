@@ -148,3 +148,32 @@ async def test_the_in_process_worker_runs_as_many_jobs_at_once_as_configured(
     default = create_app(settings, db=db)
     async with default.router.lifespan_context(default):
         assert default.state.worker.concurrency == 10
+
+
+async def test_a_worker_leaves_kinds_it_does_not_know_to_those_that_do(
+    db: Database, settings: Settings
+) -> None:
+    """A rolling upgrade: the new release's web enqueues a kind of job the old worker still
+    running has no handler for. The old worker leaves it pending (not buried as unknown, no
+    attempt counted); the new worker runs it."""
+    old, new = Registry(), Registry()
+    ran: list[str] = []
+
+    @old.job("orders.receipt")
+    @new.job("orders.receipt")
+    async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
+        ran.append("receipt")
+
+    @new.job("orders.receipt_v2")
+    async def receipt_v2(ctx: JobContext, payload: dict[str, Any]) -> None:
+        ran.append("receipt_v2")
+
+    await db.run(lambda s: service.enqueue(s, "orders.receipt_v2", {"order_id": "x"}))
+    await db.run(lambda s: service.enqueue(s, "orders.receipt", {"order_id": "y"}))
+    assert await Worker(db, settings, registry=old).drain() == 1
+    async with db.read() as s:
+        job = (await s.execute(
+            select(OutboxJob).where(OutboxJob.kind == "orders.receipt_v2"))).scalar_one()
+    assert (job.status, job.attempts, job.last_error) == (JobStatus.pending, 0, None)
+    assert await Worker(db, settings, registry=new).drain() == 1
+    assert ran == ["receipt", "receipt_v2"]

@@ -16,6 +16,9 @@ from typing import Any
 import structlog
 
 SECRET_KEYS = ("password", "secret", "token", "authorization", "cookie", "code", "key", "otp")
+NOT_SECRET = frozenset({"event", "key_prefix"})
+"""Names that look secret and are not: an API key's public prefix is what ASVS 7.1.3 wants
+recorded of a refused key (`apikey.refused`)."""
 
 
 def _mask_secrets(
@@ -23,7 +26,9 @@ def _mask_secrets(
 ) -> MutableMapping[str, Any]:
     for k in list(event):
         lowered = k.lower()
-        if k != "event" and any(s in lowered for s in SECRET_KEYS) and not lowered.endswith("_id"):
+        if k in NOT_SECRET or lowered.endswith("_id"):
+            continue
+        if any(s in lowered for s in SECRET_KEYS):
             event[k] = "***"
     return event
 

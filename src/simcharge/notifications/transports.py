@@ -96,9 +96,13 @@ async def send_email(
             timeout=15,
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
-        raise DeliveryFailed(f"recipient refused: {exc}", transient=False) from exc
+        codes = ", ".join(str(r.code) for r in exc.recipients) or "?"
+        raise DeliveryFailed(
+            f"recipient {mask('email', to)} refused ({codes})", transient=False
+        ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
-        raise DeliveryFailed(f"SMTP: {type(exc).__name__}: {exc}") from exc
+        said = _without(str(exc), "email", to)
+        raise DeliveryFailed(f"SMTP: {type(exc).__name__}: {said}") from exc
     return message_id
 
 
@@ -136,11 +140,20 @@ async def send_sms(settings: Settings, client: httpx.AsyncClient, to: str, text:
         except ValueError:
             reason = response.text[:200]
         transient = response.status_code == 429 or response.status_code >= 500
+        reason = _without(reason, "sms", to)
         raise DeliveryFailed(
             f"SMS provider answered {response.status_code} ({reason})", transient=transient
         )
     sid = response.json().get("sid")
     return str(sid) if sid else None
+
+
+def _without(text: str, channel: str, target: str) -> str:
+    """A server's or provider's words with the address or number masked: the error is kept
+    with the job, logged and shown to staff (an SMTP reply or Twilio's message names it)."""
+    for form in {target, target.lstrip("+")} - {""}:
+        text = text.replace(form, mask(channel, target))
+    return text
 
 
 def mask(channel: str, target: str) -> str:

@@ -119,10 +119,10 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
         if answered:
             # The provider accepted this refund: a read it refuses says nothing of the money,
             # which is not voided on it. Read again at the next follow-up.
-            log.warning("payments.refund_unreadable", refund=row.reference, code=exc.code)
+            log.warning("payments.refund_unreadable", refund=row.reference, provider_error=exc.code)
             result = None
         else:
-            log.warning("payments.refund_refused", refund=row.reference, code=exc.code)
+            log.warning("payments.refund_refused", refund=row.reference, provider_error=exc.code)
             result = RefundResult(
                 refund_id=row.reference,
                 provider_refund_id=None,

@@ -136,7 +136,7 @@ async def open_checkout(
             "payments.checkout_failed",
             order=str(order.id),
             provider=order.provider,
-            code=exc.code,
+            provider_error=exc.code,
             transient=exc.transient,
         )
         if exc.transient:
@@ -398,7 +398,8 @@ async def close_order(
             raise PaymentProviderUnavailable() from exc
         refused = f"close refused: {exc.code}: {exc.message}"[:500]
         log.warning(
-            "payments.close_refused", order=str(order.id), provider=order.provider, code=exc.code
+            "payments.close_refused", order=str(order.id), provider=order.provider,
+            provider_error=exc.code,
         )
     closing = PaymentStatus(
         state=state,

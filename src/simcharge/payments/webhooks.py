@@ -98,7 +98,7 @@ async def receive_notification(
     except ProviderError as exc:
         WEBHOOKS.labels(provider_name, "unverifiable").inc()
         WEBHOOK_FAILURES.labels(provider_name, "unverifiable").inc()
-        log.warning("payments.webhook_unverifiable", provider=provider_name, code=exc.code)
+        log.warning("payments.webhook_unverifiable", provider=provider_name, provider_error=exc.code)
         raise NotificationUnverifiable(
             headers={"Retry-After": str(UNVERIFIABLE_RETRY_AFTER)}
         ) from exc

@@ -86,7 +86,10 @@ class Worker:
     async def _claim(self, limit: int) -> list[service.ClaimedJob]:
         if limit <= 0:
             return []
-        return await self.db.run(lambda s: service.claim(s, self.worker_id, limit, self.lease))
+        kinds = self.registry.handlers.keys()
+        return await self.db.run(
+            lambda s: service.claim(s, self.worker_id, limit, self.lease, kinds=kinds)
+        )
 
     async def run_once(self) -> int:
         """Claim and run what is due now, waiting for it to finish. Returns jobs run."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -142,9 +142,16 @@ async def enqueue_many(session: AsyncSession, new: Sequence[NewJob]) -> None:
 
 
 async def claim(
-    session: AsyncSession, worker_id: str, limit: int, lease: timedelta = LEASE
+    session: AsyncSession,
+    worker_id: str,
+    limit: int,
+    lease: timedelta = LEASE,
+    *,
+    kinds: Collection[str] | None = None,
 ) -> list[ClaimedJob]:
-    """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id`.
+    """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id` — of
+    `kinds` only, when given: the kinds the worker can run. During a rolling upgrade an old
+    worker leaves a new kind of job to the new workers instead of burying it as unknown.
 
     A job whose lease ran out after its last allowed attempt is buried instead: its worker died
     running it `max_attempts` times (killed, out of memory), so running it again would only kill
@@ -159,6 +166,8 @@ async def claim(
             jobs.c.attempts < jobs.c.max_attempts,
         ),
     )
+    if kinds is not None:
+        due = and_(due, jobs.c.kind.in_(sorted(kinds)))
     stmt = (
         select(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempts, jobs.c.max_attempts)
         .where(due)
