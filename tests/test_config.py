@@ -75,6 +75,15 @@ def test_production_refuses_the_sandbox_with_a_known_or_short_secret(secret: str
                     **kw).sandbox_on  # off by default in production: no secret needed
 
 
+def test_production_refuses_an_smtp_password_over_plain_text() -> None:
+    prod = {"env": "production", "secret_key": GOOD_KEY, "base_url": "https://top.example"}
+    with pytest.raises(ValidationError, match="SIMCHARGE_SMTP_TLS"):
+        make(**prod, smtp_host="mail.example", smtp_password="pw", smtp_tls="none")
+    assert make(**prod, smtp_host="mail.example", smtp_password="pw", smtp_tls="starttls")
+    assert make(**prod, smtp_host="relay.internal", smtp_tls="none")  # no password to leak
+    assert make(smtp_host="127.0.0.1", smtp_password="pw", smtp_tls="none")  # development
+
+
 def test_bad_values_are_refused() -> None:
     with pytest.raises(ValidationError):
         make(env="staging")

@@ -234,6 +234,47 @@ def test_several_web_processes_get_a_shared_metrics_directory_even_unasked(
     assert '"serve"' in cmd and '"--workers", "2"' in cmd
 
 
+@pytest.mark.parametrize("command", [["serve"], ["worker", "--drain"]])
+@pytest.mark.parametrize(
+    ("database_url", "warned"),
+    [("sqlite+aiosqlite:///var/tiny.db", True), ("postgresql+asyncpg://db/simcharge", False)],
+)
+def test_serve_and_worker_warn_of_sqlite_in_production(
+    command: list[str], database_url: str, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Allowed (one small process may want it), but said at every start."""
+    import uvicorn
+    from structlog.testing import capture_logs
+    from typer.testing import CliRunner
+
+    from simcharge import cli
+    from simcharge.config import Settings, get_settings
+    from simcharge.kit import logging as kit_logging
+    from simcharge.metrics import MULTIPROC_ENV
+
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"SIMCHARGE_{name.upper()}", raising=False)
+    monkeypatch.setenv("SIMCHARGE_ENV", "production")
+    monkeypatch.setenv("SIMCHARGE_SECRET_KEY", "x" * 48)
+    monkeypatch.setenv("SIMCHARGE_BASE_URL", "https://top.example")
+    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", database_url)
+    monkeypatch.setenv(MULTIPROC_ENV, "")
+    monkeypatch.delenv(MULTIPROC_ENV)
+    # Only the start is under test: no logging set up for good, no server, no database.
+    monkeypatch.setattr(kit_logging, "configure_logging", lambda *a, **kw: None)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    monkeypatch.setattr(cli, "_run", lambda fn: None)
+    get_settings.cache_clear()
+    try:
+        with capture_logs() as logs:
+            result = CliRunner().invoke(cli.app, command)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    events = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert events == (["config.sqlite_in_production"] if warned else [])
+
+
 def test_the_production_env_example_names_real_settings_and_loads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -14,7 +14,7 @@ import typer
 import uvloop
 from pydantic import ValidationError
 
-from simcharge.config import Settings, get_settings, settings_problems
+from simcharge.config import Environment, Settings, get_settings, settings_problems
 from simcharge.db import Database
 
 T = TypeVar("T")
@@ -62,6 +62,19 @@ def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
     return uvloop.run(main())
 
 
+def _warn_of_sqlite_in_production(settings: Settings) -> None:
+    """Allowed (a tiny deployment, one process) but said at every start: SQLite takes one
+    writer at a time, for the web and the worker together, and lives on this host's disk."""
+    if settings.env is Environment.production and settings.is_sqlite:
+        import structlog
+
+        structlog.get_logger("simcharge.config").warning(
+            "config.sqlite_in_production",
+            detail="SQLite serves one process on one host; use PostgreSQL for more "
+            "(see README, Running on PostgreSQL)",
+        )
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -93,6 +106,7 @@ def serve(
     settings = get_settings()
     # uvicorn's own records go through our handler (JSON in production), not its formatters.
     configure_logging(settings.log_level, json=settings.log_json)
+    _warn_of_sqlite_in_production(settings)
     # Before uvicorn starts the processes: they inherit the directory and count into it.
     prepare_multiprocess(workers)
 
@@ -146,6 +160,7 @@ def worker(
 
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    _warn_of_sqlite_in_production(settings)
 
     async def work(db: Database) -> None:
         w = Worker(db, settings, concurrency=concurrency)

@@ -233,6 +233,11 @@ class Settings(BaseSettings):
                     "SIMCHARGE_SANDBOX_ENABLED in production needs SIMCHARGE_SANDBOX_SECRET set "
                     f"to a random value of at least {MIN_SECRET_KEY_LENGTH} characters"
                 )
+            if self.smtp_password and self.smtp_tls == "none":
+                raise ValueError(
+                    "SIMCHARGE_SMTP_TLS=none with SIMCHARGE_SMTP_PASSWORD would send the password "
+                    "in plain text: use starttls or tls in production"
+                )
 
         if self.sms_provider == "twilio" and not (
             self.twilio_account_sid and self.twilio_auth_token and self.twilio_from

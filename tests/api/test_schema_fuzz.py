@@ -160,7 +160,7 @@ async def test_every_operation_answers_without_server_errors_and_as_documented(
     r = await client.post(
         f"/api/v1/admin/lines/{line_id}/adjustments",
         json={"amount": settings.adjustment_approval_above + 1, "reason": "goodwill"},
-        headers=agent.auth,
+        headers={**agent.auth, **idem()},
     )
     assert r.status_code == 201 and r.json()["state"] == "awaiting_approval", r.text
     adjustment = r.json()["id"]

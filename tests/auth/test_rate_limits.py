@@ -1,14 +1,33 @@
-"""Per-address rate limits, in memory and in Redis (shared by every process)."""
+"""Per-address rate limits, in memory and in Redis (shared by every process); a Redis that
+cannot count refuses (fails closed) within its timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.auth.throttle import LIMITS, RateLimits
-from simcharge.errors import TooManyAttempts
+from simcharge.accounts.models import Account
+from simcharge.app import create_app
+from simcharge.auth import service as auth
+from simcharge.auth import throttle
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.events import EventKind
+from simcharge.auth.throttle import LIMITS, REDIS_RETRY_AFTER, REDIS_TIMEOUT_SECONDS, RateLimits
+from simcharge.config import Settings
+from simcharge.db import Database
+from simcharge.errors import Refused, ServiceUnavailable, TooManyAttempts
+from simcharge.kit.clock import utcnow
+from simcharge.worker import service as outbox
+from tests.factories import create_account
 
 REDIS_URL = os.environ.get("SIMCHARGE_TEST_REDIS_URL")
 
@@ -42,3 +61,113 @@ async def test_redis_limits_are_shared_between_processes() -> None:
         await first.hit("register", who)
     with pytest.raises(TooManyAttempts):
         await second.hit("register", who)
+
+
+# --- when Redis cannot count: refused at once (fail closed), said in the logs -------------------
+
+
+class Recorder:
+    """Stands in for a module's structlog logger (structlog caches the bound logger of a module
+    on first use, so `capture_logs` would not see it)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.events.append((event, kw))
+
+
+@pytest.fixture
+async def silent_redis() -> AsyncIterator[str]:
+    """A Redis that accepts connections and never answers (hung, or behind a black hole)."""
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"redis://127.0.0.1:{port}/0"
+    server.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_silent_redis_refuses_a_sign_in_within_seconds(
+    settings: Settings, db: Database, silent_redis: str
+) -> None:
+    app = create_app(settings, db=db, run_worker=False)
+    app.state.rate_limits = RateLimits(silent_redis)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        started = time.monotonic()
+        r = await asyncio.wait_for(
+            c.post("/api/v1/auth/login", json={"login": "nobody", "password": "wrong-pw-123"}), 10
+        )
+    assert r.status_code == 503
+    assert r.json()["type"] == "/problems/service-unavailable"
+    assert r.headers["retry-after"] == REDIS_RETRY_AFTER
+    assert time.monotonic() - started < 2 * REDIS_TIMEOUT_SECONDS + 1
+
+
+async def test_a_silent_redis_holds_a_reauthentication_only_for_its_timeout(
+    fresh_db: Database, settings: Settings, silent_redis: str
+) -> None:
+    """A re-entered password counts its limits inside the transaction that locked the account
+    (and, on SQLite, the database): a hung Redis must not keep them for longer than its timeout."""
+    limits = RateLimits(silent_redis)
+    account_id = (await fresh_db.run(lambda s: create_account(s))).id
+
+    async def change_password(s: AsyncSession) -> Refused | None:
+        account = await s.get(Account, account_id, with_for_update=True)
+        assert account is not None
+
+        async def check() -> None:
+            return None
+
+        return await auth.reauthenticate(
+            s, settings, account, check, kind=EventKind.password_changed,
+            client=ClientInfo(ip="198.51.100.1"), now=utcnow(), limits=limits,
+        )  # fmt: skip
+
+    started = time.monotonic()
+    hung = asyncio.create_task(fresh_db.run(change_password))
+    await asyncio.sleep(0.2)
+    # Another customer's write meanwhile: on PostgreSQL it never waits; on SQLite (one writer)
+    # it waits for the re-authentication's transaction to end, which a bounded timeout ends.
+    await asyncio.wait_for(fresh_db.run(lambda s: outbox.enqueue(s, "x.unrelated", {})), 8)
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(hung, 8)
+    assert time.monotonic() - started < 2 * REDIS_TIMEOUT_SECONDS + 1
+    # The account's row is free again.
+    await asyncio.wait_for(
+        fresh_db.run(lambda s: s.get(Account, account_id, with_for_update=True)), 2
+    )
+
+
+async def test_an_unreachable_redis_refuses_and_says_so_without_its_password(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged = Recorder()
+    monkeypatch.setattr(throttle, "log", logged)
+    port = closed_port()
+    app = create_app(settings, db=db, run_worker=False)
+    app.state.rate_limits = RateLimits(f"redis://:redis-pass-123@127.0.0.1:{port}/0")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        login = await c.post("/api/v1/auth/login", json={"login": "nobody", "password": "x" * 12})
+        register = await c.post(
+            "/api/v1/auth/register",
+            json={"username": "zz", "password": "violet-harbour-7421", "email": "zz@example.com"},
+        )
+    for r in (login, register):
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "/problems/service-unavailable"
+    assert [event for event, _ in logged.events] == ["ratelimit.storage_unreachable"] * 2
+    details = logged.events[0][1]
+    assert details["action"] == "login"
+    assert details["redis"] == f"redis://127.0.0.1:{port}/0"
+    assert details["error"] == "ConnectionError"
+    assert "redis-pass-123" not in repr(logged.events)
+

@@ -73,6 +73,15 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+def adjust_key_of(html: str, line_id: uuid.UUID) -> str:
+    """The one-time key of a line's adjustment form on the customer page."""
+    form = re.search(
+        rf'action="/backoffice/lines/{line_id}/adjust".*?name="idem" value="([^"]+)"', html, re.S
+    )
+    assert form, "no one-time key on the line's adjustment form"
+    return form.group(1)
+
+
 async def web_sign_in(client: httpx.AsyncClient, staff: Staff) -> str:
     """Sign in through the pages (enrolling the authenticator if needed); the client keeps the
     cookie. Returns the page's CSRF token."""

@@ -82,7 +82,7 @@ async def test_an_order_and_an_adjustment_of_the_same_customer_at_once_do_not_de
             adjustment = asyncio.create_task(
                 client.post(
                     f"/api/v1/admin/lines/{payer.line.id}/adjustments",
-                    headers=agent.auth,
+                    headers={**agent.auth, "Idempotency-Key": uuid.uuid4().hex},
                     json={"amount": 300, "reason": "goodwill"},
                 )
             )

@@ -29,11 +29,12 @@ from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, Payment
 from simcharge.worker.models import OutboxJob
-from tests.backoffice.helpers import new_staff, web_sign_in
+from tests.backoffice.helpers import adjust_key_of, new_staff, web_sign_in
 from tests.factories import create_line
 from tests.orders.helpers import (
     Payer,
     assert_ledger_balanced,
+    idem,
     new_payer,
     order_row,
     pay_at_sandbox,
@@ -191,7 +192,7 @@ async def test_the_full_view_shows_everything(
     agent = await new_staff(db, settings, "agent")
     r = await client.post(
         f"/api/v1/admin/lines/{payer.line.id}/adjustments",
-        headers=agent.auth,
+        headers={**agent.auth, **idem()},
         json={"amount": 300, "reason": "goodwill for the slow data"},
     )
     assert r.json()["state"] == "applied"
@@ -307,12 +308,16 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
     start = await _wallet(db, payer.line.id)
     url = f"/api/v1/admin/lines/{payer.line.id}/adjustments"
     # small: posted now
-    r = await client.post(url, headers=agent.auth, json={"amount": 500, "reason": "goodwill"})
+    r = await client.post(
+        url, headers={**agent.auth, **idem()}, json={"amount": 500, "reason": "goodwill"}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["state"] == "applied" and r.json()["transfer_id"]
     assert await _wallet(db, payer.line.id) == start + 500
     # large: waits, moves nothing
-    r = await client.post(url, headers=agent.auth, json={"amount": 2500, "reason": "paid twice"})
+    r = await client.post(
+        url, headers={**agent.auth, **idem()}, json={"amount": 2500, "reason": "paid twice"}
+    )
     big = r.json()
     assert big["state"] == "awaiting_approval" and big["transfer_id"] is None
     assert await _wallet(db, payer.line.id) == start + 500
@@ -320,7 +325,9 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
     # the agent may not approve; nor may the one who asked (four-eyes)
     r = await client.post(decision, headers=agent.auth, json={"approve": True})
     assert r.status_code == 403
-    r = await client.post(url, headers=finance.auth, json={"amount": -1_000_000, "reason": "oops"})
+    r = await client.post(
+        url, headers={**finance.auth, **idem()}, json={"amount": -1_000_000, "reason": "oops"}
+    )
     own = r.json()
     r = await client.post(
         f"/api/v1/admin/adjustments/{own['id']}/decision",
@@ -360,7 +367,9 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
         )
         assert bucket is not None
     r = await client.post(
-        url, headers=agent.auth, json={"target": str(bucket.id), "amount": 5, "reason": "sorry"}
+        url,
+        headers={**agent.auth, **idem()},
+        json={"target": str(bucket.id), "amount": 5, "reason": "sorry"},
     )
     assert r.json()["state"] == "applied" and r.json()["unit"] == "SMS"
     # bad input changes nothing
@@ -370,11 +379,11 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
         {"target": str(uuid.uuid4()), "amount": 10, "reason": "x"},
         {"target": "nonsense", "amount": 10, "reason": "x"},
     ):
-        r = await client.post(url, headers=agent.auth, json=body)
+        r = await client.post(url, headers={**agent.auth, **idem()}, json=body)
         assert r.status_code == 422, (body, r.text)
     r = await client.post(
         f"/api/v1/admin/lines/{uuid.uuid4()}/adjustments",
-        headers=agent.auth,
+        headers={**agent.auth, **idem()},
         json={"amount": 10, "reason": "x"},
     )
     assert r.status_code == 404
@@ -406,14 +415,19 @@ async def test_adjustment_and_approval_on_the_pages(
     finance = await new_staff(db, settings, "finance")
     csrf = await web_sign_in(client, agent)
     start = await _wallet(db, payer.line.id)
+    page = await client.get(f"/backoffice/customers/{payer.account_id}")
+    key = adjust_key_of(page.text, payer.line.id)
     r = await client.post(
         f"/backoffice/lines/{payer.line.id}/adjust",
-        data={"csrf": csrf, "target": "wallet", "amount": "25.00", "reason": "charged twice"},
+        data={"csrf": csrf, "target": "wallet", "amount": "25.00", "reason": "charged twice",
+              "idem": key},
     )
     assert r.status_code == 303 and "awaiting_approval" in r.headers["location"]
+    page = await client.get(r.headers["location"])
     r = await client.post(
         f"/backoffice/lines/{payer.line.id}/adjust",
-        data={"csrf": csrf, "target": "wallet", "amount": "2.001", "reason": "x"},
+        data={"csrf": csrf, "target": "wallet", "amount": "2.001", "reason": "x",
+              "idem": adjust_key_of(page.text, payer.line.id)},
     )
     assert r.status_code == 422 and "not a valid amount" in r.text
     client.cookies.clear()
@@ -583,7 +597,7 @@ async def test_each_role_is_refused_what_it_may_not_do(
     adj = (
         await client.post(
             f"/api/v1/admin/lines/{payer.line.id}/adjustments",
-            headers=asker.auth,
+            headers={**asker.auth, **idem()},
             json={"amount": 9999, "reason": "x"},
         )
     ).json()
@@ -635,7 +649,7 @@ async def test_four_eyes_counts_what_a_customer_was_adjusted_in_the_last_day(
     async def adjust(who: Any, line: uuid.UUID, amount: int, target: str = "wallet") -> Any:
         r = await client.post(
             f"/api/v1/admin/lines/{line}/adjustments",
-            headers=who.auth if hasattr(who, "auth") else who,
+            headers={**(who.auth if hasattr(who, "auth") else who), **idem()},
             json={"amount": amount, "target": target, "reason": "goodwill"},
         )
         return r
@@ -706,7 +720,7 @@ async def test_each_wallet_currency_has_its_own_threshold(
     async def adjust(line: uuid.UUID, amount: int) -> str:
         r = await client.post(
             f"/api/v1/admin/lines/{line}/adjustments",
-            headers=agent.auth,
+            headers={**agent.auth, **idem()},
             json={"amount": amount, "target": "wallet", "reason": "goodwill"},
         )
         assert r.status_code in (200, 201), r.text
@@ -733,7 +747,7 @@ async def test_whoever_asked_never_approves_by_any_credential(
     finance = await new_staff(db, settings, "finance")
     r = await client.post(
         f"/api/v1/admin/lines/{payer.line.id}/adjustments",
-        headers=finance.auth,
+        headers={**finance.auth, **idem()},
         json={"amount": 5000, "reason": "paid twice"},
     )
     adj = r.json()

@@ -157,3 +157,18 @@ async def assert_ledger_balanced(db: Database) -> None:
     for unit, dp, cp, dpend, cpend in rows:
         assert int(dp) == int(cp), f"{unit}: posted debits {dp} != credits {cp}"
         assert int(dpend) == int(cpend), f"{unit}: pending debits {dpend} != credits {cpend}"
+
+
+async def change_plan(db: Database, code: str, **fields: Any) -> None:
+    """Load the demo catalog with one plan changed (`prices={"USD": "45.00"}`,
+    `validity_days=31`…), as an operator does between a customer's review and "Pay now"."""
+    import tomllib
+
+    from simcharge.catalog.service import DEMO_CATALOG, load_catalog, validate_catalog
+
+    data = tomllib.loads(DEMO_CATALOG.read_text(encoding="utf-8"))
+    [plan] = [p for p in data["plans"] if p["code"] == code]
+    for name, value in fields.items():
+        plan[name] = {**plan[name], **value} if isinstance(value, dict) else value
+    catalog = validate_catalog(data, source="test")
+    await db.run(lambda s: load_catalog(s, catalog))

@@ -22,7 +22,7 @@ from simcharge.orders.receipts import ReceiptFacts, needs_cjk_font, render_pdf
 from simcharge.orders.service import issue_receipt_number
 from tests.auth.helpers import problem
 from tests.conftest import SmtpInbox
-from tests.orders.helpers import new_payer, pay_at_sandbox, place, run_worker
+from tests.orders.helpers import new_payer, order_row, pay_at_sandbox, place, run_worker
 
 
 async def _paid(client: httpx.AsyncClient, settings: Settings, payer: Any, **kw: Any) -> dict[str, Any]:
@@ -151,6 +151,36 @@ def test_the_cjk_font_only_where_a_character_needs_it(
         "DejaVuSansBook", "NotoSansCJKSCRegular"]
 
 
+def test_the_receipt_says_its_time_is_utc_in_every_language() -> None:
+    """Accounts have no time zone: a receipt's time is UTC and says so (a bare 18:30 read as
+    Shanghai time would put a payment of 1 January 02:30 on the last day of the year before)."""
+    facts = ReceiptFacts(
+        language="en", operator="simcharge", number="R2026-000001",
+        issued_at=datetime(2026, 12, 31, 18, 30, tzinfo=UTC), order_reference="ORD-1",
+        payer="maria", msisdn="+639171234567", plan="Traveller", grants=["5 GB"],
+        method="Card", price="$20.00", fee="$0.00", total="$20.00", refunded=None,
+        status="Paid",
+    )
+    expected = {"en": "Dec 31, 2026, 6:30:00\u202fPM UTC", "es": "31 dic 2026, 18:30:00 UTC",
+                "zh-Hans": "2026年12月31日 UTC 18:30:00"}
+    for language, when in expected.items():
+        assert when in _text(render_pdf(replace(facts, language=language))), language
+
+
+def test_a_name_the_fonts_cannot_draw_is_printed_as_the_username() -> None:
+    """Thai, Devanagari, Baybayin: neither DejaVu Sans nor Noto Sans CJK draws them, and fpdf2
+    would leave the customer's field blank. The receipt names the account by its username."""
+    from simcharge.accounts.models import Account
+    from simcharge.orders.receipts import _payer
+
+    for name in ("สมชาย ใจดี", "राहुल", "ᜀᜈ"):
+        assert _payer(Account(username="somchai", display_name=name)) == "somchai"
+    for name in ("María Santos", "李小龙", "Ελένη"):
+        assert _payer(Account(username="someone", display_name=name)) == name
+    assert _payer(Account(username="someone", display_name=None)) == "someone"
+    assert _payer(None) == "—"
+
+
 async def test_the_receipt_as_json(client: httpx.AsyncClient, db: Database,
                                    settings: Settings) -> None:
     payer = await new_payer(db, settings)
@@ -173,6 +203,22 @@ async def test_no_receipt_before_payment(client: httpx.AsyncClient, db: Database
     r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
     assert r.status_code == 404
     assert problem(r)["type"].endswith("/receipt-not-ready")
+
+
+async def test_a_payment_taken_and_not_credited_has_no_receipt_and_says_so(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Not "it has not been paid": the money arrived (another amount, say) and finance has it."""
+    payer = await new_payer(db, settings, language="es")
+    order = await place(client, payer)
+    await db.run(lambda s: s.execute(update(Order).where(Order.id == uuid.UUID(order["id"])).values(
+        state="paid", paid_at=datetime.now(UTC), paid_amount=1999, attention="amount_mismatch")))
+    r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
+    assert r.status_code == 409
+    p = problem(r)
+    assert p["type"].endswith("/receipt-awaits-credit")
+    assert p["title"].startswith("Recibimos tu pago pero aún no lo hemos abonado")
+    assert (await order_row(db, order["id"])).receipt_number is None
 
 
 async def test_the_emailed_receipt_of_a_chinese_account_is_in_chinese(

@@ -93,6 +93,15 @@ def sign_in(client: httpx.AsyncClient, customer: Customer) -> None:
 
 
 _KEY = re.compile(r'name="idempotency_key" value="([^"]+)"')
+_QUOTE = re.compile(r'name="quote" value="([^"]+)"')
+
+
+def review_form(html: str) -> dict[str, str]:
+    """What the review page's "Pay now" sends besides the choice: the CSRF token, the
+    idempotency key and the signed quote."""
+    key, quote = _KEY.search(html), _QUOTE.search(html)
+    assert key and quote, "no idempotency key or quote on the review page"
+    return {"csrf": csrf_of(html), "idempotency_key": key.group(1), "quote": quote.group(1)}
 
 
 async def portal_order(
@@ -105,10 +114,7 @@ async def portal_order(
              "method": method}
     review = await client.get("/account/topup/review", params=query)
     assert review.status_code == 200, review.text
-    key = _KEY.search(review.text)
-    assert key
-    r = await client.post("/account/topup", data={
-        "csrf": csrf_of(review.text), "idempotency_key": key.group(1), **query})
+    r = await client.post("/account/topup", data={**review_form(review.text), **query})
     assert r.status_code == 303, r.text
     records = await client.get("/account/records")
     orders = records.text.split("<table>")[2]  # "My orders", newest first

@@ -9,7 +9,7 @@ import pytest
 
 from simcharge.config import Settings
 from simcharge.db import Database
-from tests.portal.helpers import csrf_of, new_customer, post_form, sign_in
+from tests.portal.helpers import csrf_of, new_customer, post_form, review_form, sign_in
 
 pytestmark = pytest.mark.usefixtures("shop")
 
@@ -41,10 +41,8 @@ async def test_paid_but_not_credited_opens_one_ticket_with_the_order(
     sign_in(client, customer)
     review = await client.get("/account/topup/review", params={
         "line": str(customer.line.id), "plan": "starter-10", "method": "sandbox"})
-    key = re.search(r'name="idempotency_key" value="([^"]+)"', review.text)
-    assert key
     r = await client.post("/account/topup", data={
-        "csrf": csrf_of(review.text), "idempotency_key": key.group(1),
+        **review_form(review.text),
         "line": str(customer.line.id), "msisdn": "", "plan": "starter-10", "method": "sandbox"})
     assert r.status_code == 303 and "/sandbox/pay/" in r.headers["location"]
     orders = await client.get("/account/records")

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from simcharge.api.deps import DB
+from simcharge.auth.throttle import RateLimits
 from simcharge.errors import NotFound, ServiceUnavailable, registered_problem_types
 from simcharge.kit.translations import N_
 from simcharge.metrics import exposition, refresh_levels
@@ -29,17 +30,20 @@ _DOCS_CSP = (
 
 
 class NotReady(ServiceUnavailable):
-    """`/readyz`: the process cannot serve now (its database does not answer); a load balancer
-    sends traffic elsewhere until it can."""
+    """`/readyz`: the process cannot serve now (its database, or the Redis that holds the rate
+    limits, does not answer); a load balancer sends traffic elsewhere until it can."""
 
     slug = "not-ready"
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, redis: str | None = None) -> None:
         super().__init__()
         self.database = database
+        self.redis = redis
 
     def extra(self) -> dict[str, Any]:
-        return {"database": self.database}
+        if self.redis is None:
+            return {"database": self.database}
+        return {"database": self.database, "redis": self.redis}
 
 
 _STATUS = {
@@ -53,6 +57,7 @@ _READY = {
     "properties": {
         "status": {"type": "string", "enum": ["ok"]},
         "database": {"type": "string", "enum": ["ok"]},
+        "redis": {"type": "string", "enum": ["ok"]},
     },
 }
 
@@ -70,26 +75,39 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: the process can serve (its database answers)",
+    summary="Readiness: the process can serve (its database answers, and Redis when set)",
     response_class=JSONResponse,
     responses={
         200: {"description": "Ready", "content": {"application/json": {"schema": _READY}}},
         503: {
-            "description": "Not ready: the database does not answer",
+            "description": "Not ready: the database, or the Redis of the rate limits, does "
+            "not answer",
             "content": {
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
             },
         },
     },
 )
-async def readyz(db: DB) -> JSONResponse:
-    """The process can serve: its database answers. If not: 503, a `not-ready` problem."""
+async def readyz(db: DB, request: Request) -> JSONResponse:
+    """The process can serve: its database answers, and Redis too when `SIMCHARGE_REDIS_URL` is
+    set (without it every sign-in, registration and code is refused: the rate limits fail
+    closed). If not: 503, a `not-ready` problem naming what does not answer."""
+    limits: RateLimits = request.app.state.rate_limits
+    database = "ok"
     try:
         await db.ping()
     except Exception as exc:  # noqa: BLE001 - whatever fails, the answer is "not ready"
         log.warning("readyz.database_unreachable", error=type(exc).__name__)
-        raise NotReady(database="unreachable") from None
-    return JSONResponse({"status": "ok", "database": "ok"})
+        database = "unreachable"
+    redis: str | None = None  # not named when the counts are in memory
+    reachable = await limits.reachable()
+    if reachable is not None:
+        redis = "ok" if reachable else "unreachable"
+        if not reachable:
+            log.warning("readyz.redis_unreachable", redis=limits.redis)
+    if database != "ok" or redis == "unreachable":
+        raise NotReady(database, redis)
+    return JSONResponse({"status": "ok", "database": "ok"} | ({"redis": "ok"} if redis else {}))
 
 
 @router.get(

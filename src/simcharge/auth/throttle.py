@@ -9,31 +9,51 @@ failures an hour.
 With the `limits` library (in memory, or Redis when `SIMCHARGE_REDIS_URL` is set so that all
 processes share the counts): per client address, sign-ins, registrations, code sends, code
 checks and re-entered passwords; per account, code sends and code checks (per purpose) and
-re-entered passwords."""
+re-entered passwords.
+
+A Redis that cannot count fails closed: the attempt is refused with `503 service-unavailable`
+(ASVS 2.2.1: a limit that is not counted must not let guesses through), within
+`REDIS_TIMEOUT_SECONDS` even when Redis accepts connections and never answers."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
+import coredis.exceptions
+import structlog
+from coredis.retry import ConstantRetryPolicy
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import LoginThrottle
 from simcharge.db import table_of, upsert_insert
-from simcharge.errors import TooManyAttempts
+from simcharge.errors import ServiceUnavailable, TooManyAttempts
 from simcharge.kit.crypto import keyed_hash
+
+log = structlog.get_logger("simcharge.auth")
 
 FREE_FAILURES = 5
 MAX_DELAY = timedelta(minutes=15)
 HOURLY_CAP = 100
 HOUR = timedelta(hours=1)
+
+REDIS_TIMEOUT_SECONDS = 1.0
+"""The longest Redis may take to accept a connection, and then to answer one command
+(coredis waits for ever by default: a hung Redis would hold every sign-in, and a re-entered
+password's account row lock, as long as it hangs)."""
+REDIS_RETRY_AFTER = "5"
+"""`Retry-After` of the 503 answered while Redis cannot count."""
 
 LIMITS: dict[str, list[RateLimitItem]] = {
     # per client address
@@ -138,18 +158,62 @@ class RateLimits:
     (with a code purpose) for the `account-…` actions."""
 
     def __init__(self, redis_url: str | None = None) -> None:
-        storage: Storage = RedisStorage("async+" + redis_url) if redis_url else MemoryStorage()
+        self.redis = _redacted(redis_url) if redis_url else None
+        """Where the counts are shared, without credentials (for logs); None: in memory."""
+        storage: Storage
+        if redis_url:
+            options: dict[str, Any] = {
+                "connect_timeout": REDIS_TIMEOUT_SECONDS,
+                "stream_timeout": REDIS_TIMEOUT_SECONDS,
+                # A pooled connection that Redis dropped (a restart) is worth one more try; a
+                # timeout is not (it would double the wait).
+                "retry_policy": ConstantRetryPolicy(
+                    (coredis.exceptions.ConnectionError,), retries=1, delay=0.01
+                ),
+            }
+            storage = RedisStorage("async+" + redis_url, wrap_exceptions=True, **options)
+        else:
+            storage = MemoryStorage()
         self.storage = storage
         self.limiter = MovingWindowRateLimiter(storage)
 
     async def hit(self, action: str, who: str | None) -> None:
-        """Count one `action` by `who`; raise `TooManyAttempts` when over any of its limits."""
+        """Count one `action` by `who`; raise `TooManyAttempts` when over any of its limits, and
+        `ServiceUnavailable` when the counts cannot be reached (refused, not let through)."""
         if not who:
             return
-        for item in LIMITS[action]:
-            if not await self.limiter.hit(item, action, who):
-                stats = await self.limiter.get_window_stats(item, action, who)
-                raise TooManyAttempts(math.ceil(stats.reset_time - time.time()))
+        try:
+            for item in LIMITS[action]:
+                if not await self.limiter.hit(item, action, who):
+                    stats = await self.limiter.get_window_stats(item, action, who)
+                    raise TooManyAttempts(math.ceil(stats.reset_time - time.time()))
+        except StorageError as exc:
+            log.warning(
+                "ratelimit.storage_unreachable",
+                action=action,
+                redis=self.redis,
+                error=type(exc.storage_error).__name__,
+            )
+            raise ServiceUnavailable(headers={"Retry-After": REDIS_RETRY_AFTER}) from None
+
+    async def reachable(self) -> bool | None:
+        """Whether Redis answers a PING now (connecting, then the PING, each within
+        `REDIS_TIMEOUT_SECONDS`); None when the counts are in memory."""
+        if self.redis is None:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_SECONDS * 2):
+                return await self.storage.check()
+        except TimeoutError:
+            return False
 
     async def reset(self) -> None:
         await self.storage.reset()
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its user and password: `redis://host:port/db`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

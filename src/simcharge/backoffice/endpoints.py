@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -561,11 +561,21 @@ async def unfreeze_line(line_id: uuid.UUID, actor: Unfreezer, db: DB) -> StateOu
     "/lines/{line_id}/adjustments",
     response_model=AdjustmentOut,
     status_code=201,
-    summary="Adjust a wallet or bucket (four-eyes above the threshold)",
+    summary="Adjust a wallet or bucket (four-eyes above the threshold; send an Idempotency-Key)",
 )
 async def adjust_line(
-    line_id: uuid.UUID, body: AdjustmentIn, actor: Adjuster, db: DB, settings: AppSettings
+    line_id: uuid.UUID,
+    body: AdjustmentIn,
+    actor: Adjuster,
+    db: DB,
+    settings: AppSettings,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
 ) -> AdjustmentOut:
+    """Posted at once within the four-eyes threshold, else awaiting a second person's approval.
+    The `Idempotency-Key` header is required (`400 idempotency-key-missing` without it); the
+    same key from the same caller with the same request answers the first adjustment again
+    and moves nothing more; with another line, target, amount, reason or ticket it is
+    `422 idempotency-key-reused`."""
     adj = await db.run(
         lambda s: money.request_adjustment(
             s,
@@ -576,6 +586,7 @@ async def adjust_line(
             amount=body.amount,
             reason=body.reason,
             ticket_id=body.ticket_id,
+            idempotency_key=idempotency_key or "",
             now=utcnow(),
         )
     )

@@ -20,7 +20,8 @@ from simcharge.backoffice.customers import CustomerNotFound, LineNotFound
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import order_facts
 from simcharge.config import Settings
-from simcharge.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from simcharge.db import table_of, upsert_insert
+from simcharge.errors import Conflict, Forbidden, IdempotencyKeyReused, NotFound, ValidationFailed
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
@@ -30,7 +31,7 @@ from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import apply_to_wallet, request_refund, shown
-from simcharge.orders.service import OrderNotFound
+from simcharge.orders.service import IdempotencyKeyMissing, OrderNotFound
 from simcharge.worker.service import enqueue
 
 REASON_MAX = 500
@@ -193,6 +194,45 @@ def adjustment_facts(adj: Adjustment) -> dict[str, Any]:
     }
 
 
+def adjustment_id(actor: Actor, idempotency_key: str) -> uuid.UUID:
+    """The adjustment a request makes: one per caller and key, so a retry names the same row."""
+    return derived_id("adjustment-request", actor.name, idempotency_key)
+
+
+def _replayed(
+    earlier: Adjustment,
+    actor: Actor,
+    line: Line,
+    *,
+    target: str,
+    amount: int,
+    reason: str,
+    ticket_id: uuid.UUID | None,
+) -> Adjustment:
+    """The adjustment made under this key again, if this is the request that made it; another
+    request under the same key is refused."""
+    account: uuid.UUID | None
+    if target == "wallet":
+        account = line.wallet_account_id
+    else:
+        try:
+            account = uuid.UUID(target)
+        except ValueError:
+            account = None
+    asked = (actor.name, line.id, account, amount, reason, ticket_id)
+    made = (
+        earlier.requested_by,
+        earlier.line_id,
+        earlier.ledger_account_id,
+        earlier.amount,
+        earlier.reason,
+        earlier.ticket_id,
+    )
+    if asked != made:
+        raise IdempotencyKeyReused(field="Idempotency-Key")
+    return earlier
+
+
 async def request_adjustment(
     s: AsyncSession,
     settings: Settings,
@@ -202,6 +242,7 @@ async def request_adjustment(
     target: str,
     amount: int,
     reason: str,
+    idempotency_key: str,
     ticket_id: uuid.UUID | None = None,
     now: datetime,
 ) -> Adjustment:
@@ -209,10 +250,18 @@ async def request_adjustment(
     = the bucket id, in the bucket's unit). It is posted now only if, added to what the
     customer's lines were adjusted in that unit without a second person in the last 24 hours,
     it stays within the threshold; otherwise it waits for someone else's approval (and an API
-    key may not ask for it). A debit beyond what is there is refused by the ledger."""
+    key may not ask for it). A debit beyond what is there is refused by the ledger.
+
+    Once per caller and `idempotency_key`: the same request again answers the adjustment it
+    made (nothing moves twice); another request under the key is `IdempotencyKeyReused`."""
+    if not idempotency_key or len(idempotency_key) > 128:
+        raise IdempotencyKeyMissing(
+            N_("An Idempotency-Key header is required."), field="Idempotency-Key"
+        )
     reason = _reason(reason)
     if amount == 0:
         raise ValidationFailed(N_("The amount may not be zero."), field="amount")
+    adj_id = adjustment_id(actor, idempotency_key)
     # FOR NO KEY UPDATE, here and on the customer's row below: the rows are locked against
     # each other's changes, not against a reference to them. An order being placed holds a
     # foreign key's share of the customer's row (its idempotency key) and then asks one of the
@@ -220,6 +269,13 @@ async def request_adjustment(
     line = await s.get(Line, line_id, with_for_update={"key_share": True})
     if line is None:
         raise LineNotFound(field="line_id")
+    # Looked for after the line's lock: a copy of this request that took the lock first has
+    # committed by now, and is answered again rather than counted (or refused) once more.
+    earlier = await s.get(Adjustment, adj_id)
+    if earlier is not None:
+        return _replayed(
+            earlier, actor, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
+        )
     if target == "wallet":
         account_id, unit = line.wallet_account_id, line.currency
     else:
@@ -242,24 +298,41 @@ async def request_adjustment(
     waits = limit is None or before + abs(amount) > limit
     if waits and actor.staff_id is None:
         raise AdjustmentNeedsAPerson(field="amount")
-    adj = Adjustment(
-        id=uuid7(),
-        line_id=line.id,
-        ledger_account_id=account_id,
-        unit=unit,
-        amount=amount,
-        reason=reason,
-        state=(AdjustmentState.awaiting_approval if waits else AdjustmentState.applied).value,
-        requested_by=actor.name,
-        requested_by_staff_id=actor.staff_id,
-        ticket_id=ticket_id,
-        created_at=now,
-        decided_at=None if waits else now,
-    )
+    # The key is claimed before anything moves. The same key on another line at the same moment
+    # is not lined up by the line's lock: its row wins, and this request moves nothing.
+    adjustments = table_of(Adjustment)
+    claimed = (
+        await s.execute(
+            upsert_insert(s, adjustments)
+            .values(
+                id=adj_id,
+                line_id=line.id,
+                ledger_account_id=account_id,
+                unit=unit,
+                amount=amount,
+                reason=reason,
+                state=(
+                    AdjustmentState.awaiting_approval if waits else AdjustmentState.applied
+                ).value,
+                requested_by=actor.name,
+                requested_by_staff_id=actor.staff_id,
+                ticket_id=ticket_id,
+                created_at=now,
+                decided_at=None if waits else now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(adjustments.c.id)
+        )
+    ).scalar_one_or_none()
+    adj = await s.get(Adjustment, adj_id)
+    assert adj is not None
+    if claimed is None:
+        return _replayed(
+            adj, actor, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
+        )
     if not waits:
         await _apply(s, adj, line, now)
-    s.add(adj)
-    await s.flush()
+        await s.flush()
     await audit.record(
         s,
         actor,

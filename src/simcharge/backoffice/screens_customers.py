@@ -170,7 +170,11 @@ async def adjust(
     target: Annotated[str, Form(max_length=64)] = "wallet",
     amount: Annotated[str, Form(max_length=32)] = "",
     reason: Annotated[str, Form(max_length=500)] = "",
+    idem: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
+    """The page's one-time key (`idem`, made when the customer page was shown) makes a double
+    submit or a browser's retry the same adjustment."""
+
     async def run(s: AsyncSession) -> tuple[uuid.UUID | None, str]:
         line = await s.get(Line, line_id)
         if line is None:
@@ -190,6 +194,7 @@ async def adjust(
             target=target,
             amount=parse_amount(amount, unit),
             reason=reason,
+            idempotency_key=idem,
             now=utcnow(),
         )
         return line.account_id, adj.state

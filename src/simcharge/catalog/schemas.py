@@ -17,8 +17,9 @@ from pydantic import (
     model_validator,
 )
 
+from simcharge.catalog.steps import payable_step
 from simcharge.kit.i18n import LANGUAGES
-from simcharge.kit.money import LossyConversionError, Unit, is_currency, to_minor
+from simcharge.kit.money import LossyConversionError, Unit, from_minor, is_currency, to_minor
 from simcharge.kit.schemas import Money, Schema
 
 PROVIDERS = ("stripe", "paypal", "alipay", "wechatpay", "sandbox")
@@ -45,6 +46,15 @@ def _exact(amount: Decimal, currency: str, where: str) -> None:
         to_minor(amount, currency)
     except LossyConversionError as exc:
         raise ValueError(f"{where}: {exc}") from exc
+
+
+def _payable(amount: Decimal, currency: str, provider: str, where: str) -> None:
+    """Refuse an amount the provider cannot take (`steps.payable_step`): a price or fixed fee
+    is never rounded, only the percentage fee is (up, in `service.fee_for`)."""
+    step = payable_step(provider, currency)
+    if step > 1 and to_minor(amount, currency) % step:
+        whole = from_minor(step, currency)
+        raise ValueError(f"{where}: {provider} takes {currency} in steps of {whole} only")
 
 
 def _check_currency(code: str) -> str:
@@ -121,6 +131,7 @@ class PaymentMethodFile(_Strict):
             if cur not in self.currencies:
                 raise ValueError(f"fee_fixed.{cur}: the method does not take {cur}")
             _exact(amount, cur, f"fee_fixed.{cur}")
+            _payable(amount, cur, self.provider, f"fee_fixed.{cur}")
         for cur, lim in self.limits.items():
             if cur not in self.currencies:
                 raise ValueError(f"limits.{cur}: the method does not take {cur}")
@@ -319,6 +330,15 @@ class CatalogFile(_Strict):
         methods = {m.code: m for m in self.payment_methods}
         for i, p in enumerate(self.plans):
             where = f"plans[{i}] ({p.code})"
+            for cur, price in p.prices.items():
+                for m in p.methods or list(methods):
+                    method = methods.get(m)
+                    if method is None or cur not in method.currencies:
+                        continue
+                    try:
+                        _payable(price, cur, method.provider, f"prices.{cur}")
+                    except ValueError as exc:
+                        problems.append(f"{where}: {exc} (payment method {m})")
             for m in p.methods:
                 if m not in methods:
                     problems.append(f"{where}: methods: no payment method {m!r}")

@@ -24,6 +24,7 @@ from simcharge.catalog.schemas import (
     PlanView,
     ZoneView,
 )
+from simcharge.catalog.steps import payable_step, round_up_to_step
 from simcharge.charging.tariffs import load_tariffs
 from simcharge.errors import NotFound, SimchargeError
 from simcharge.kit.clock import utcnow
@@ -271,8 +272,12 @@ def _upsert(
 
 
 def fee_for(method: PaymentMethod, price: int, currency: str) -> int:
-    """The method's fee on `price`: percent (rounded half up to the minor unit) plus fixed."""
-    return percent_of(price, method.fee_percent_bp) + int(method.fee_fixed.get(currency, 0))
+    """The method's fee on `price`: percent (rounded half up to the minor unit) plus fixed,
+    then up to what the method's provider can take (`steps.payable_step`: whole HUF and TWD at
+    PayPal, KWD ending in 0 at Stripe…), so that price + fee is a total it accepts."""
+    fee = percent_of(price, method.fee_percent_bp) + int(method.fee_fixed.get(currency, 0))
+    step = payable_step(method.provider, currency)
+    return round_up_to_step(price + fee, step) - price if step > 1 else fee
 
 
 def plan_view(plan: Plan, prices: dict[str, int], language: str) -> PlanView:

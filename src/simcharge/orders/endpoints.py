@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
 from simcharge.auth.deps import Client, CurrentCustomer, OptionalCustomer
-from simcharge.errors import NotFound
+from simcharge.errors import Conflict, NotFound
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import normalize_language, pick_text
 from simcharge.kit.schemas import Instant, Money
@@ -23,7 +23,7 @@ from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders import receipts, service
 from simcharge.orders.fulfilment import issue_receipt_number
-from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
+from simcharge.orders.models import Order, OrderState, Payment, ProviderEvent, Refund
 from simcharge.orders.schemas import (
     EventOut,
     NextAction,
@@ -55,6 +55,17 @@ ProvidersDep = Annotated[Providers, Depends(get_providers)]
 class ReceiptNotReady(NotFound):
     slug = "receipt-not-ready"
     title = N_("This order has no receipt: it has not been paid.")
+
+
+class ReceiptAwaitsCredit(Conflict):
+    """Paid and not credited (`paid`: an amount that differs, a line that cannot take it…):
+    finance must settle it before there is a receipt."""
+
+    slug = "receipt-awaits-credit"
+    title = N_(
+        "We received your payment but have not credited it yet, so there is no receipt: our "
+        "team is looking into it. Contact customer service if you have a question."
+    )
 
 
 def plan_ref(order: Order, language: str) -> PlanRef:
@@ -181,18 +192,8 @@ async def create_quote(
             now=utcnow(),
         )
         service.check_flow(providers, q, body.flow, user_agent=client.user_agent)
-    return QuoteOut(
-        plan=PlanRef(
-            code=q.plan.code, version=q.plan.version, name=pick_text(q.plan.names, language)
-        ),
-        method=q.method.code,
-        msisdn=line.msisdn,
-        gift=line.account_id != customer.account.id,
-        price=Money.of(q.price, q.currency),
-        fee=Money.of(q.fee, q.currency),
-        total=Money.of(q.total, q.currency),
-        expires_at=q.expires_at,
-    )
+        token = service.sign_quote(settings.secret_key, q, customer.account.id)
+        return service.quote_out(q, token, account_id=customer.account.id, language=language)
 
 
 @router.post(
@@ -212,7 +213,11 @@ async def create_order(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> OrderOut:
-    """Creates the order and opens the provider's checkout. The same `Idempotency-Key` with the
+    """Creates the order and opens the provider's checkout. With the `quote` of `POST /quotes`,
+    only at that quote's total and before it expires: otherwise 409 `quote-changed` or
+    `quote-expired`, whose `quote` member is the new quote (nothing is ordered); a `quote` we did
+    not sign for this payer, or for another line, package or method, is 422 `quote-invalid`.
+    Without `quote`, the order is priced when it is placed. The same `Idempotency-Key` with the
     same request gives the same order again (`Idempotent-Replayed: true`); with another request
     it is refused."""
     account_id = customer.account.id
@@ -231,6 +236,7 @@ async def create_order(
             language=language,
             now=utcnow(),
             user_agent=client.user_agent,
+            quote_token=body.quote,
         )
     )
     if placed.replayed:
@@ -377,6 +383,8 @@ async def get_receipt(
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)
     if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:
+        if order.state == OrderState.paid.value:
+            raise ReceiptAwaitsCredit(field="order_id")
         raise ReceiptNotReady(field="order_id")
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)

@@ -164,6 +164,14 @@ def needs_cjk_font(texts: Iterable[str]) -> bool:
     return not _drawn(texts) <= covers(font_path())
 
 
+def drawable(text: str) -> bool:
+    """Whether the receipt's fonts have a glyph for every character of `text` (DejaVu Sans, then
+    Noto Sans CJK): a name in Thai, Devanagari or Baybayin would print blank."""
+    drawn = _drawn([text])
+    missing = drawn - covers(font_path())
+    return not missing or missing <= covers(cjk_font_path())
+
+
 def fonts_for(texts: Iterable[str]) -> tuple[Path, Path | None]:
     """The text font and the CJK fallback (None: not needed) to draw `texts` with: each font's
     common subset when it covers every character that font must draw, else the full font."""

@@ -32,7 +32,7 @@ from simcharge.kit.translations import N_, translate
 from simcharge.notifications.templates import environment
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, OrderState, ReceiptDocument
-from simcharge.orders.receipt_fonts import fonts_for, needs_cjk_font
+from simcharge.orders.receipt_fonts import drawable, fonts_for, needs_cjk_font
 
 __all__ = ["ReceiptFacts", "needs_cjk_font", "receipt_for", "render_pdf"]
 
@@ -100,7 +100,7 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
         number=order.receipt_number or "—",
         issued_at=order.fulfilled_at or order.paid_at or order.created_at,
         order_reference=order.reference,
-        payer=(account.display_name or account.username) if account else "—",
+        payer=_payer(account),
         msisdn=order.msisdn,
         plan=pick_text(snapshot.get("names", {}), language) or order.plan_code,
         grants=grants,
@@ -113,6 +113,15 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
         else None,
         status=translate(language, status),
     )
+
+
+def _payer(account: Account | None) -> str:
+    """The customer's name as the receipt prints it: their display name, or their username when
+    the fonts cannot draw the name (it would print blank)."""
+    if account is None:
+        return "—"
+    name = account.display_name or account.username
+    return name if drawable(name) else account.username
 
 
 def render_pdf(f: ReceiptFacts) -> bytes:

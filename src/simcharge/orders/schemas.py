@@ -35,7 +35,13 @@ class QuoteIn(Schema):
 
 
 class OrderIn(QuoteIn):
-    pass
+    quote: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The `quote` of `POST /quotes`: the order is placed only at that quote's "
+        "price, fee and total, before its `expires_at` (else 409 `quote-changed` or "
+        "`quote-expired`, with the new quote); without it, at the price of the moment",
+    )
 
 
 class PlanRef(Schema):
@@ -53,6 +59,9 @@ class QuoteOut(Schema):
     fee: Money
     total: Money
     expires_at: datetime
+    quote: str = Field(
+        description="This quote, signed: send it with `POST /orders` to pay exactly this total"
+    )
 
 
 class NextAction(Schema):

@@ -32,7 +32,10 @@ from simcharge.errors import (
     NotFound,
     ValidationFailed,
 )
+from simcharge.kit.crypto import constant_time_equals, keyed_hash
+from simcharge.kit.i18n import pick_text
 from simcharge.kit.ids import uuid7
+from simcharge.kit.schemas import Money
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import find_line_by_msisdn
@@ -47,6 +50,7 @@ from simcharge.orders.models import (
     ReceiptCounter,
     ReceiptDocument,
 )
+from simcharge.orders.schemas import PlanRef, QuoteOut
 from simcharge.payments.providers import PaymentFlow
 from simcharge.payments.registry import Providers
 
@@ -79,6 +83,44 @@ class OrderNotFound(NotFound):
 class IdempotencyKeyMissing(BadRequest):
     slug = "idempotency-key-missing"
     title = N_("An Idempotency-Key header is required, so that a retry never orders twice.")
+
+
+class QuoteInvalid(ValidationFailed):
+    slug = "quote-invalid"
+    title = N_("This quote is not valid here: ask for a new one.")
+
+
+class QuoteChanged(Conflict):
+    """The price, fee, total or package differ from what the quote showed; `quote` in the
+    problem document is the quote as it stands now (nothing was ordered)."""
+
+    slug = "quote-changed"
+    title = N_("The price changed since this quote: nothing was charged. Here is the new one.")
+
+    def __init__(
+        self, offer: dict[str, Any], *, price_changed: bool, detail: str | None = None
+    ) -> None:
+        super().__init__(detail, field="quote")
+        self.offer = offer
+        self.price_changed = price_changed
+        """The money differs (else only the package's version: what it grants may differ)."""
+
+    def extra(self) -> dict[str, Any]:
+        return {"quote": self.offer}
+
+
+class QuoteExpired(Conflict):
+    """The quote's `expires_at` has passed; `quote` in the problem document is a new one."""
+
+    slug = "quote-expired"
+    title = N_("This quote has expired: nothing was charged. Here is a new one.")
+
+    def __init__(self, offer: dict[str, Any], detail: str | None = None) -> None:
+        super().__init__(detail, field="quote")
+        self.offer = offer
+
+    def extra(self) -> dict[str, Any]:
+        return {"quote": self.offer}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +218,111 @@ async def quote(
         price,
         fee,
         total,
-        now + timedelta(minutes=settings.quote_ttl_minutes),
+        # Whole seconds: the signed quote carries its expiry to the second.
+        (now + timedelta(minutes=settings.quote_ttl_minutes)).replace(microsecond=0),
     )
+
+
+# --- a quote's promise ---------------------------------------------------------------------
+#
+# What `POST /quotes` and the review page show is signed into a compact token (the facts in
+# base64url JSON, then an HMAC-SHA256 under a key derived from the secret key for "quote"):
+# "Pay now" sends it back and the order is placed only if quoting again gives the same facts
+# before the quote expires. Signed rather than stored: a quote costs no row and no write, and
+# nothing in it is secret (the payer saw all of it).
+
+_QUOTE_PURPOSE = "order-quote"
+_QUOTE_VERSION = "q1"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def quote_facts(q: Quote, account_id: uuid.UUID) -> dict[str, Any]:
+    """What a quote promises, as signed: for whom, which line, package (and its version),
+    method, currency, price, fee, total, and until when."""
+    return {
+        "a": str(account_id),
+        "l": str(q.line.id),
+        "p": q.plan.code,
+        "v": q.plan.version,
+        "m": q.method.code,
+        "c": q.currency,
+        "x": q.price,
+        "f": q.fee,
+        "t": q.total,
+        "e": int(q.expires_at.timestamp()),
+    }
+
+
+def sign_quote(secret: str, q: Quote, account_id: uuid.UUID) -> str:
+    body = _b64(json.dumps(quote_facts(q, account_id), separators=(",", ":")).encode())
+    return f"{_QUOTE_VERSION}.{body}.{keyed_hash(secret, _QUOTE_PURPOSE, body)}"
+
+
+def read_quote_token(secret: str, token: str, account_id: uuid.UUID) -> dict[str, Any]:
+    """The facts of a quote we signed for this payer; `QuoteInvalid` for anything else
+    (malformed, tampered with, signed under another key, or another payer's)."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != _QUOTE_VERSION:
+        raise QuoteInvalid(field="quote")
+    _, body, signature = parts
+    if not constant_time_equals(keyed_hash(secret, _QUOTE_PURPOSE, body), signature):
+        raise QuoteInvalid(field="quote")
+    try:
+        facts = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except ValueError as exc:
+        raise QuoteInvalid(field="quote") from exc
+    if not isinstance(facts, dict) or facts.get("a") != str(account_id):
+        raise QuoteInvalid(field="quote")
+    return facts
+
+
+def quote_out(q: Quote, token: str, *, account_id: uuid.UUID, language: str) -> QuoteOut:
+    """A quote as the API shows it, with its signed token (`POST /quotes`, and the new quote of
+    a `quote-changed` or `quote-expired` refusal)."""
+    return QuoteOut(
+        plan=PlanRef(
+            code=q.plan.code, version=q.plan.version, name=pick_text(q.plan.names, language)
+        ),
+        method=q.method.code,
+        msisdn=q.line.msisdn,
+        gift=q.line.account_id != account_id,
+        price=Money.of(q.price, q.currency),
+        fee=Money.of(q.fee, q.currency),
+        total=Money.of(q.total, q.currency),
+        expires_at=q.expires_at,
+        quote=token,
+    )
+
+
+def hold_to_quote(
+    secret: str, q: Quote, facts: dict[str, Any], *, account_id: uuid.UUID, language: str,
+    now: datetime,
+) -> None:
+    """Refuse to order anything but what the quote showed: another line, package or method is
+    not this quote (`QuoteInvalid`); past its expiry, `QuoteExpired`; any other price, fee,
+    total, currency or version of the package, `QuoteChanged`. Both carry the quote as it
+    stands now, for the payer to see and accept."""
+    current = quote_facts(q, account_id)
+    if any(facts.get(k) != current[k] for k in ("l", "p", "m")):
+        raise QuoteInvalid(
+            N_("This quote is for another line, package or payment method."), field="quote"
+        )
+
+    def offer() -> dict[str, Any]:
+        again = quote_out(q, sign_quote(secret, q, account_id), account_id=account_id,
+                          language=language)
+        return again.model_dump(mode="json")
+
+    expires = facts.get("e")
+    if not isinstance(expires, int) or now.timestamp() >= expires:
+        raise QuoteExpired(offer())
+    if any(facts.get(k) != current[k] for k in ("v", "c", "x", "f", "t")):
+        raise QuoteChanged(
+            offer(), price_changed=any(facts.get(k) != current[k] for k in ("c", "x", "f", "t"))
+        )
 
 
 MOBILE_BROWSER = re.compile(r"Mobile|Android|iPhone|iPad|iPod|HarmonyOS|Windows Phone", re.I)
@@ -237,19 +382,26 @@ async def place_order(
     language: str,
     now: datetime,
     user_agent: str | None = None,
+    quote_token: str | None = None,
 ) -> PlacedOrder:
-    """Create the order and its payment attempt (the checkout is opened after commit)."""
+    """Create the order and its payment attempt (the checkout is opened after commit).
+
+    With `quote_token` (what `POST /quotes` or the review page gave), the order is placed only at
+    that quote's price, fee and total, before its expiry (`hold_to_quote`); without it, at the
+    price of the moment."""
     if not idempotency_key or len(idempotency_key) > 128:
         raise IdempotencyKeyMissing(field="Idempotency-Key")
-    digest = request_hash(
-        {
-            "plan": plan_code,
-            "method": method_code,
-            "line_id": line_id,
-            "msisdn": msisdn,
-            "flow": flow.value if flow else None,
-        }
-    )
+    request: dict[str, Any] = {
+        "plan": plan_code,
+        "method": method_code,
+        "line_id": line_id,
+        "msisdn": msisdn,
+        "flow": flow.value if flow else None,
+    }
+    if quote_token is not None:
+        # Only when given: an order without one keeps the digest it always had.
+        request["quote"] = quote_token
+    digest = request_hash(request)
     keys = table_of(IdempotencyKey)
     inserted = (
         await session.execute(
@@ -282,6 +434,11 @@ async def place_order(
             ).scalar_one()
             assert order is not None
             return PlacedOrder(order, payment, key, replayed=True)
+    facts = (
+        read_quote_token(settings.secret_key, quote_token, account_id)
+        if quote_token is not None
+        else None
+    )
     line = await resolve_line(session, account_id, line_id=line_id, msisdn=msisdn)
     q = await quote(
         session,
@@ -292,6 +449,10 @@ async def place_order(
         line=line,
         now=now,
     )
+    if facts is not None:
+        hold_to_quote(
+            settings.secret_key, q, facts, account_id=account_id, language=language, now=now
+        )
     prices = await CatalogRepository(session).prices_of(q.plan.id)
     order = Order(
         id=uuid7(),

@@ -280,6 +280,24 @@ async def topup_review(request: Request, page: Page, db: DB, settings: AppSettin
     """What the payer would pay, fee included, in the method's currency; then "Pay now"."""
     account_id = require(page)
     values = {k: request.query_params.get(k, "") for k in ("line", "msisdn", "plan", "method")}
+    return await _review(request, page, db, settings, account_id, values)
+
+
+# Why the review page is shown again instead of paying (nothing was ordered or charged).
+_QUOTE_AGAIN = {
+    "price": N_("The price changed since you looked: here is the new total. Pay now?"),
+    "package": N_("This package changed since you looked: check it again. Pay now?"),
+    "expired": N_("The price you were shown is no longer held: here is the total now. Pay now?"),
+    "invalid": N_("Check the total before paying: here it is now. Pay now?"),
+}
+
+
+async def _review(
+    request: Request, page: Page, db: DB, settings: AppSettings, account_id: uuid.UUID,
+    values: dict[str, str], *, status: int = 200, again: str | None = None,
+) -> Response:
+    """The review page with a fresh quote, signed into the form (`orders.sign_quote`): "Pay now"
+    orders at this total or not at all. `again`: why it is shown again after "Pay now"."""
     providers = _providers(request)
     try:
         choice = _choice(values)
@@ -303,10 +321,12 @@ async def topup_review(request: Request, page: Page, db: DB, settings: AppSettin
             values=values, errors=errors, error=summary,
         )
     return render(
-        request, page, "topup_review.html", q=q, choice=choice,
+        request, page, "topup_review.html", status=status, q=q, choice=choice,
         gift=target.account_id != account_id,
         plan_name=pick_text(q.plan.names, page.language),
         method_name=pick_text(q.method.names, page.language),
+        quote=orders.sign_quote(settings.secret_key, q, account_id),
+        again=translate(page.language, _QUOTE_AGAIN[again]) if again else None,
         idempotency_key=uuid.uuid4().hex, back="/account/topup?" + choice.query(),
     )
 
@@ -329,10 +349,22 @@ async def topup(
                 plan_code=choice.plan, method_code=choice.method, line_id=choice.line_id,
                 msisdn=choice.msisdn, flow=None, language=page.language, now=utcnow(),
                 user_agent=client.user_agent,
+                # Always the review's quote (a form without one is no quote): the payer pays
+                # the total the page showed, or sees the new one and is asked again.
+                quote_token=form.get("quote", ""),
             )
         )
         payment = await payments.open_checkout(
             db, settings, providers, placed.order.id, client_ip=client.ip
+        )
+    except (orders.QuoteChanged, orders.QuoteExpired, orders.QuoteInvalid) as exc:
+        if isinstance(exc, orders.QuoteChanged):
+            again = "price" if exc.price_changed else "package"
+        else:
+            again = "expired" if isinstance(exc, orders.QuoteExpired) else "invalid"
+        values = {k: form.get(k, "") for k in ("line", "msisdn", "plan", "method")}
+        return await _review(
+            request, page, db, settings, account_id, values, status=exc.status, again=again
         )
     except SimchargeError as exc:
         summary, _ = error_texts(exc, page.language)
