@@ -125,6 +125,27 @@ async def test_a_job_that_keeps_killing_its_worker_is_buried_after_its_attempts(
     assert (again.id, again.attempts) == (job_id, 1)
 
 
+async def test_a_job_buried_as_abandoned_loses_a_payload_that_must_not_outlive_it(
+    db: Database,
+) -> None:
+    """A kind whose payload is scrubbed when it ends (a sealed code) is buried without it also
+    when its workers died at every attempt; another kind keeps its payload for staff."""
+    async def enqueue(s: AsyncSession, kind: str, payload: dict[str, Any]) -> uuid.UUID:
+        await service.enqueue(s, kind, payload, dedupe_key=kind, max_attempts=1)
+        return (await s.execute(
+            select(OutboxJob.id).where(OutboxJob.dedupe_key == kind))).scalar_one()
+
+    secret = await db.run(lambda s: enqueue(s, "notifications.code", {"sealed": "v1.x"}))
+    plain = await db.run(lambda s: enqueue(s, "orders.receipt", {"order_id": "o1"}))
+    await db.run(lambda s: service.claim(s, "w1", 10, scrubbed={"notifications.code"}))
+    clock.freeze(utcnow() + service.LEASE + timedelta(seconds=1))
+    assert await db.run(
+        lambda s: service.claim(s, "w2", 10, scrubbed={"notifications.code"})) == []
+    gone, kept = await _row(db, secret), await _row(db, plain)
+    assert (gone.status, gone.payload) == (JobStatus.dead, {})
+    assert (kept.status, kept.payload) == (JobStatus.dead, {"order_id": "o1"})
+
+
 async def test_a_job_that_failed_before_keeps_its_error_when_buried_as_abandoned(
     db: Database,
 ) -> None:

@@ -86,9 +86,11 @@ class Worker:
     async def _claim(self, limit: int) -> list[service.ClaimedJob]:
         if limit <= 0:
             return []
-        kinds = self.registry.handlers.keys()
+        kinds, scrubbed = self.registry.handlers.keys(), self.registry.scrubbed
         return await self.db.run(
-            lambda s: service.claim(s, self.worker_id, limit, self.lease, kinds=kinds)
+            lambda s: service.claim(
+                s, self.worker_id, limit, self.lease, kinds=kinds, scrubbed=scrubbed
+            )
         )
 
     async def run_once(self) -> int:

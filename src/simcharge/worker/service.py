@@ -148,6 +148,7 @@ async def claim(
     lease: timedelta = LEASE,
     *,
     kinds: Collection[str] | None = None,
+    scrubbed: Collection[str] = (),
 ) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker_id` — of
     `kinds` only, when given: the kinds the worker can run. During a rolling upgrade an old
@@ -157,7 +158,7 @@ async def claim(
     running it `max_attempts` times (killed, out of memory), so running it again would only kill
     another one."""
     now = utcnow()
-    await bury_abandoned(session, now)
+    await bury_abandoned(session, now, scrubbed)
     due = or_(
         and_(jobs.c.status == JobStatus.pending.value, jobs.c.run_at <= now),
         and_(
@@ -194,8 +195,12 @@ async def claim(
 ABANDONED = "its worker stopped (killed or lost) while running it, at every attempt"
 
 
-async def bury_abandoned(session: AsyncSession, now: datetime) -> int:
-    """Bury the jobs whose lease ran out after their last allowed attempt. Returns how many."""
+async def bury_abandoned(
+    session: AsyncSession, now: datetime, scrubbed: Collection[str] = ()
+) -> int:
+    """Bury the jobs whose lease ran out after their last allowed attempt. Returns how many.
+    Those of `scrubbed` kinds (their payload must not outlive the job: a sealed code) are
+    buried without it, as a job of theirs that fails is."""
     abandoned = and_(
         jobs.c.status == JobStatus.running.value,
         jobs.c.locked_until < now,
@@ -215,6 +220,9 @@ async def bury_abandoned(session: AsyncSession, now: datetime) -> int:
     buried = result.all()
     for row in buried:
         log.error("job.abandoned", job_id=str(row.id), kind=row.kind, last_worker=row.locked_by)
+    emptied = [row.id for row in buried if row.kind in scrubbed]
+    if emptied:
+        await session.execute(update(jobs).where(jobs.c.id.in_(emptied)).values(payload={}))
     return len(buried)
 
 
