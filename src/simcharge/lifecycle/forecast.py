@@ -35,9 +35,7 @@ def outlook(line: LineFacts, policy: Policy) -> Outlook:
             freeze = min(freeze, line.validity_end + policy.grace)
         return Outlook(grace_at=line.validity_end, freeze_at=freeze)
     if state is LineState.grace:
-        return Outlook(
-            freeze_at=min(line.state_changed_at + policy.grace, active_since + policy.inactivity)
-        )
+        return Outlook(freeze_at=policy.frozen_from_grace(line.state_changed_at, active_since))
     if state is LineState.frozen:
         return Outlook(terminate_at=line.state_changed_at + policy.termination)
     return Outlook()

@@ -123,7 +123,11 @@ class LifecycleRepository:
         reservation, a charging session's quota), oldest first."""
         if not line_ids:
             return []
-        theirs = select(accounts.c.id).where(accounts.c.line_id.in_(list(line_ids)))
+        # Only accounts that hold something back: a terminated line seldom does, and its
+        # transfers are not walked then.
+        theirs = select(accounts.c.id).where(
+            accounts.c.line_id.in_(list(line_ids)), accounts.c.debits_pending > 0
+        )
         stmt = (
             select(transfers.c.id)
             .where(

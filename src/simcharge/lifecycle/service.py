@@ -77,6 +77,12 @@ class Policy:
             topup_validity=timedelta(days=settings.lifecycle_topup_validity_days),
         )
 
+    def frozen_from_grace(self, entered: datetime, last_activity: datetime | None) -> datetime:
+        """When a line in grace since `entered` is frozen: at the end of grace, or sooner when its
+        inactivity runs out first (a line that never had activity counts from `entered`). The
+        sweep's rules, its notices and `forecast.outlook` all say this one date."""
+        return min(entered + self.grace, (last_activity or entered) + self.inactivity)
+
 
 class LineNotFrozen(Conflict):
     slug = "line-not-frozen"
@@ -290,7 +296,7 @@ async def _apply_rule(
         if rule.to_state is LineState.frozen and policy.frozen_reactivation == "support":
             template = "line.frozen_support"  # a top-up will not bring it back: say so
         if rule.to_state is LineState.grace:
-            params["grace_ends"] = _frozen_from_grace(now, r.last_activity_at, policy).isoformat()
+            params["grace_ends"] = policy.frozen_from_grace(now, r.last_activity_at).isoformat()
         jobs.append(
             notice(
                 account_id=r.account_id,
@@ -401,13 +407,6 @@ async def _expire_batch(
     ]
     outcomes = await create_transfers(session, batch, now=now)
     return sum(1 for o in outcomes if o.ok), len(rows)
-
-
-def _frozen_from_grace(entered: datetime, last_activity: datetime | None, policy: Policy) -> datetime:
-    """When a line in grace since `entered` is frozen: at the end of grace, or sooner when its
-    inactivity runs out first (as the sweep's rules and `forecast.outlook` have it)."""
-    end = entered + policy.grace
-    return min(end, last_activity + policy.inactivity) if last_activity is not None else end
 
 
 # ---------------------------------------------------------------------------------------------

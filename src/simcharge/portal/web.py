@@ -109,13 +109,8 @@ def language_cookie(settings: Settings) -> str:
     return "__Host-sc_lang" if settings.secure_cookies else "sc_lang"
 
 
-def reset_login_cookie(settings: Settings) -> str:
-    """Where "forgot password" leaves the login it was asked for, for the reset page."""
-    return carried_cookie(settings, "reset")
-
-
-RESET_LOGIN_AGE = 15 * 60
-"""Seconds the reset page remembers the login (a reset code is valid 10 minutes)."""
+CARRIED_AGE = 15 * 60
+"""Seconds a carried value lasts (a reset or verification code is valid 10 minutes)."""
 
 CARRIED = ("reset", "verify", "attach")
 """What one form hands the next page: the login to reset or to verify, the number to attach."""
@@ -131,7 +126,7 @@ def carried_cookie(settings: Settings, what: str) -> str:
 
 def carry(response: Response, settings: Settings, what: str, value: str) -> Response:
     response.set_cookie(
-        carried_cookie(settings, what), value[:254], max_age=RESET_LOGIN_AGE,
+        carried_cookie(settings, what), value[:254], max_age=CARRIED_AGE,
         secure=settings.secure_cookies, httponly=True, samesite="lax", path="/",
     )  # fmt: skip
     return response

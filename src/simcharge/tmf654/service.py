@@ -154,8 +154,11 @@ async def _add_action(session: AsyncSession, action: BalanceAction) -> None:
     try:
         await session.flush()
     except IntegrityError as exc:
+        # The id derives from (actor, key): either unique constraint may be the one reported.
         text = str(exc.orig)
-        if "pk_balance_actions" in text or "balance_actions.id" in text:
+        names = ("pk_balance_actions", "balance_actions.id", "balance_actions_actor_idempotency",
+                 "balance_actions.idempotency_key")
+        if any(name in text for name in names):
             raise RetryableError("balance action made meanwhile by a copy of the request") from exc
         raise
 
