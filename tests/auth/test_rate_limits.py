@@ -13,19 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.app import create_app
-from simcharge.auth import service as auth
 from simcharge.auth import throttle
-from simcharge.auth.client import ClientInfo
-from simcharge.auth.events import EventKind
 from simcharge.auth.throttle import LIMITS, REDIS_RETRY_AFTER, REDIS_TIMEOUT_SECONDS, RateLimits
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.errors import Refused, ServiceUnavailable, TooManyAttempts
-from simcharge.kit.clock import utcnow
+from simcharge.errors import TooManyAttempts
 from simcharge.worker import service as outbox
 from tests.factories import create_account
 
@@ -112,39 +109,52 @@ async def test_a_silent_redis_refuses_a_sign_in_within_seconds(
     assert time.monotonic() - started < 2 * REDIS_TIMEOUT_SECONDS + 1
 
 
-async def test_a_silent_redis_holds_a_reauthentication_only_for_its_timeout(
+async def test_a_silent_redis_holds_no_row_while_a_reauthentication_waits_for_it(
     fresh_db: Database, settings: Settings, silent_redis: str
 ) -> None:
-    """A re-entered password counts its limits inside the transaction that locked the account
-    (and, on SQLite, the database): a hung Redis must not keep them for longer than its timeout."""
-    limits = RateLimits(silent_redis)
-    account_id = (await fresh_db.run(lambda s: create_account(s))).id
-
-    async def change_password(s: AsyncSession) -> Refused | None:
-        account = await s.get(Account, account_id, with_for_update=True)
+    """A re-entered password is counted against its limits before the transaction that locks
+    the account: while a hung Redis keeps the count waiting, the account's row (and, on SQLite,
+    the database) stays free for others, and the customer gets a 503 within the timeout."""
+    account_id = (
+        await fresh_db.run(lambda s: create_account(s, password="violet-harbour-7421"))
+    ).id
+    app = create_app(settings, db=fresh_db, run_worker=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        account = await fresh_db.run(lambda s: s.get(Account, account_id))
         assert account is not None
+        r = await c.post(
+            "/api/v1/auth/login",
+            json={"login": account.username, "password": "violet-harbour-7421"},
+        )
+        assert r.status_code == 200, r.text
+        bearer = {"Authorization": f"Bearer {r.json()['token']}"}
+        app.state.rate_limits = RateLimits(silent_redis)
+        started = time.monotonic()
+        change = asyncio.create_task(
+            c.post(
+                "/api/v1/me/password",
+                json={"current_password": "violet-harbour-7421", "new_password": "amber-coast-9183"},
+                headers=bearer,
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not change.done()
 
-        async def check() -> None:
-            return None
+        async def lock_account_at_once(s: AsyncSession) -> None:
+            if s.bind.dialect.name == "postgresql":
+                await s.execute(text("SET LOCAL lock_timeout = '100ms'"))
+            assert await s.get(Account, account_id, with_for_update=True) is not None
+            await outbox.enqueue(s, "x.unrelated", {})
 
-        return await auth.reauthenticate(
-            s, settings, account, check, kind=EventKind.password_changed,
-            client=ClientInfo(ip="198.51.100.1"), now=utcnow(), limits=limits,
-        )  # fmt: skip
-
-    started = time.monotonic()
-    hung = asyncio.create_task(fresh_db.run(change_password))
-    await asyncio.sleep(0.2)
-    # Another customer's write meanwhile: on PostgreSQL it never waits; on SQLite (one writer)
-    # it waits for the re-authentication's transaction to end, which a bounded timeout ends.
-    await asyncio.wait_for(fresh_db.run(lambda s: outbox.enqueue(s, "x.unrelated", {})), 8)
-    with pytest.raises(ServiceUnavailable):
-        await asyncio.wait_for(hung, 8)
+        # While the count waits: the row is not held (on SQLite: no write transaction is open).
+        await asyncio.wait_for(fresh_db.run(lock_account_at_once), 0.5)
+        r = await asyncio.wait_for(change, 8)
+    assert r.status_code == 503, r.text
+    assert r.json()["type"] == "/problems/service-unavailable"
     assert time.monotonic() - started < 2 * REDIS_TIMEOUT_SECONDS + 1
-    # The account's row is free again.
-    await asyncio.wait_for(
-        fresh_db.run(lambda s: s.get(Account, account_id, with_for_update=True)), 2
-    )
+    # Nothing changed: the old password still signs in.
+    after = await fresh_db.run(lambda s: s.get(Account, account_id))
+    assert after is not None and after.password_hash == account.password_hash
 
 
 async def test_an_unreachable_redis_refuses_and_says_so_without_its_password(

@@ -100,6 +100,7 @@ async def update_me(
         await limits.hit("codes", client.ip)
         if not body.current_password:
             raise ValidationFailed(N_("This field is required."), field="current_password")
+        counted = await auth.count_reauthentication(limits, client, customer.account.id)
 
     async def run(s: AsyncSession) -> Account | Refused:
         account = await _locked_account(s, customer)
@@ -110,7 +111,7 @@ async def update_me(
             refused = await auth.confirm_password(
                 s, settings, account, body.current_password, field="current_password",
                 kind=EventKind.contact_change_requested, client=client, now=utcnow(),
-                limits=limits,
+                counted=counted,
             )  # fmt: skip
             if refused is not None:
                 return refused
@@ -209,6 +210,8 @@ async def change_password(
     client: Client,
     limits: Limits,
 ) -> TokenOut:
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
     async def run(s: AsyncSession) -> str | Refused:
         return await auth.change_password(
             s,
@@ -219,7 +222,7 @@ async def change_password(
             new=body.new_password,
             client=client,
             now=utcnow(),
-            limits=limits,
+            counted=counted,
         )
 
     result = await db.run(run)
@@ -241,6 +244,8 @@ async def start_totp(
     client: Client,
     limits: Limits,
 ) -> TotpStartOut:
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
     async def run(s: AsyncSession) -> Enrolment | Refused:
         return await auth.start_totp(
             s,
@@ -249,7 +254,7 @@ async def start_totp(
             password=body.password,
             client=client,
             now=utcnow(),
-            limits=limits,
+            counted=counted,
         )
 
     result = await db.run(run)
@@ -272,6 +277,8 @@ async def confirm_totp(
     client: Client,
     limits: Limits,
 ) -> TotpConfirmOut:
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
     async def run(s: AsyncSession) -> auth.TotpEnabled | Refused:
         return await auth.confirm_totp(
             s,
@@ -281,7 +288,7 @@ async def confirm_totp(
             code=body.code,
             client=client,
             now=utcnow(),
-            limits=limits,
+            counted=counted,
         )
 
     result = await db.run(run)
@@ -302,6 +309,8 @@ async def disable_totp(
     client: Client,
     limits: Limits,
 ) -> Done:
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
     async def run(s: AsyncSession) -> Refused | None:
         return await auth.disable_totp(
             s,
@@ -311,7 +320,7 @@ async def disable_totp(
             code=body.code,
             client=client,
             now=utcnow(),
-            limits=limits,
+            counted=counted,
         )
 
     raise_refused(await db.run(run))
@@ -329,6 +338,8 @@ async def recovery_codes(
     client: Client,
     limits: Limits,
 ) -> RecoveryCodesOut:
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
     async def run(s: AsyncSession) -> list[str] | Refused:
         return await auth.regenerate_recovery_codes(
             s,
@@ -337,7 +348,7 @@ async def recovery_codes(
             password=body.password,
             client=client,
             now=utcnow(),
-            limits=limits,
+            counted=counted,
         )
 
     result = await db.run(run)

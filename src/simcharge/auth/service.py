@@ -1024,6 +1024,28 @@ async def _set_password(
     await session.flush()
 
 
+@dataclass(frozen=True, slots=True)
+class Reauthentication:
+    """A re-authentication counted against its limits (`count_reauthentication`) before the
+    transaction that checks it, so that a slow or hung Redis holds no row. `over`: the limit
+    it passed, refused in the transaction (logged there with the account's failures)."""
+
+    over: TooManyAttempts | None = None
+
+
+async def count_reauthentication(
+    limits: RateLimits, client: ClientInfo, account_id: uuid.UUID
+) -> Reauthentication:
+    """Count one re-authentication per client address and per account, outside any
+    transaction; `ServiceUnavailable` when the counts cannot be reached."""
+    try:
+        await limits.hit("reauth", client.ip)
+        await limits.hit("account-reauth", str(account_id))
+    except TooManyAttempts as exc:
+        return Reauthentication(exc)
+    return Reauthentication()
+
+
 async def reauthenticate(
     session: AsyncSession,
     settings: Settings,
@@ -1033,13 +1055,13 @@ async def reauthenticate(
     kind: EventKind,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> Refused | None:
     """Ask a signed-in customer again for their password or a code (`check` answers the error,
-    or None when it matched), guarded like a sign-in: per client address and per account with
-    `limits`, and on the account's own throttle row — failures there count with sign-in
-    failures, so the same growing delay, hourly cap and alert apply whichever way the password
-    or second factor is guessed. A refusal is logged as a failed `kind`."""
+    or None when it matched), guarded like a sign-in: per client address and per account
+    (`counted` before the transaction), and on the account's own throttle row — failures there
+    count with sign-in failures, so the same growing delay, hourly cap and alert apply
+    whichever way the password or second factor is guessed. A refusal is logged as a failed `kind`."""
 
     async def refuse(error: NotAuthenticated | TooManyAttempts) -> Refused:
         details: dict[str, object] = {"reason": error.slug}
@@ -1057,11 +1079,8 @@ async def reauthenticate(
         return Refused(error)
 
     row: LoginThrottle | None = None
-    try:
-        await limits.hit("reauth", client.ip)
-        await limits.hit("account-reauth", str(account.id))
-    except TooManyAttempts as exc:
-        return await refuse(exc)
+    if counted.over is not None:
+        return await refuse(counted.over)
     row = await throttle.load(session, throttle.account_key(settings.secret_key, account.id), now)
     locked_out = throttle.refusal(row, now)
     if locked_out is not None:
@@ -1096,13 +1115,13 @@ async def confirm_password(
     kind: EventKind,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> Refused | None:
     """The signed-in customer's password asked again before a sensitive change (see
     `reauthenticate`: throttled and counted as sign-in failures are); None when it matched."""
     return await reauthenticate(
         session, settings, account, _password_check(account, password, field),
-        kind=kind, client=client, now=now, limits=limits,
+        kind=kind, client=client, now=now, counted=counted,
     )  # fmt: skip
 
 
@@ -1116,7 +1135,7 @@ async def change_password(
     new: str,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> str | Refused:
     """Change the password (the current one is required); other sessions end, this one gets a
     new token, which is returned."""
@@ -1128,7 +1147,7 @@ async def change_password(
         kind=EventKind.password_changed,
         client=client,
         now=now,
-        limits=limits,
+        counted=counted,
     )
     if refused is not None:
         return refused
@@ -1266,7 +1285,7 @@ async def start_totp(
     password: str,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> totp.Enrolment | Refused:
     refused = await reauthenticate(
         session,
@@ -1276,7 +1295,7 @@ async def start_totp(
         kind=EventKind.totp_enrolment_started,
         client=client,
         now=now,
-        limits=limits,
+        counted=counted,
     )
     if refused is not None:
         return refused
@@ -1305,7 +1324,7 @@ async def confirm_totp(
     code: str,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> TotpEnabled | Refused:
     if account.totp_enabled_at is not None:
         raise Conflict(N_("Two-step verification is already on."))
@@ -1325,7 +1344,7 @@ async def confirm_totp(
         kind=EventKind.totp_enabled,
         client=client,
         now=now,
-        limits=limits,
+        counted=counted,
     )
     if refused is not None:
         return refused
@@ -1349,7 +1368,7 @@ async def disable_totp(
     code: str,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> Refused | None:
     """Turn two-step verification off (or drop an unconfirmed set-up): the password, and the
     authenticator or a recovery code when it is on."""
@@ -1374,7 +1393,7 @@ async def disable_totp(
         kind=EventKind.totp_disabled,
         client=client,
         now=now,
-        limits=limits,
+        counted=counted,
     )
     if refused is not None:
         return refused
@@ -1398,7 +1417,7 @@ async def regenerate_recovery_codes(
     password: str,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
+    counted: Reauthentication,
 ) -> list[str] | Refused:
     """New recovery codes (the old ones stop working); the holder is alerted."""
     if account.totp_enabled_at is None:
@@ -1411,7 +1430,7 @@ async def regenerate_recovery_codes(
         kind=EventKind.recovery_codes_regenerated,
         client=client,
         now=now,
-        limits=limits,
+        counted=counted,
     )
     if refused is not None:
         return refused

@@ -130,11 +130,13 @@ async def change_password(
                 N_("The two passwords are not the same."), field="confirm_password"
             )
 
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
+
         async def run(s: AsyncSession) -> str | Refused:
             return await auth.change_password(
                 s, settings, await _auth_session(s, page), await _locked(s, page),
                 current=form.get("current_password", ""), new=form.get("new_password", ""),
-                client=client, now=utcnow(), limits=limits,
+                client=client, now=utcnow(), counted=counted,
             )
 
         result = await db.run(run)
@@ -158,8 +160,9 @@ async def start_totp(
     require(page)
     form = await form_of(request, page)
     try:
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
         result = await db.run(
-            lambda s: _start(s, settings, page, form.get("password", ""), client, limits)
+            lambda s: _start(s, settings, page, form.get("password", ""), client, counted)
         )
         _refused(result)
     except SimchargeError as exc:
@@ -174,11 +177,11 @@ async def start_totp(
 
 async def _start(
     s: AsyncSession, settings: AppSettings, page: Visitor, password: str, client: Client,
-    limits: Limits,
+    counted: auth.Reauthentication,
 ) -> Enrolment | Refused:
     return await auth.start_totp(
         s, settings, await _locked(s, page), password=password, client=client, now=utcnow(),
-        limits=limits,
+        counted=counted,
     )
 
 
@@ -192,10 +195,11 @@ async def confirm_totp(
     async def run(s: AsyncSession) -> auth.TotpEnabled | Refused:
         return await auth.confirm_totp(
             s, settings, await _auth_session(s, page), await _locked(s, page),
-            code=form.get("code", "").strip(), client=client, now=utcnow(), limits=limits,
+            code=form.get("code", "").strip(), client=client, now=utcnow(), counted=counted,
         )
 
     try:
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
         result = await db.run(run)
         _refused(result)
     except SimchargeError as exc:
@@ -220,10 +224,11 @@ async def disable_totp(
     async def run(s: AsyncSession) -> Refused | None:
         return await auth.disable_totp(
             s, settings, await _locked(s, page), password=form.get("password", ""),
-            code=form.get("code", "").strip(), client=client, now=utcnow(), limits=limits,
+            code=form.get("code", "").strip(), client=client, now=utcnow(), counted=counted,
         )
 
     try:
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
         _refused(await db.run(run))
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
@@ -244,10 +249,11 @@ async def recovery_codes(
     async def run(s: AsyncSession) -> list[str] | Refused:
         return await auth.regenerate_recovery_codes(
             s, settings, await _locked(s, page), password=form.get("password", ""),
-            client=client, now=utcnow(), limits=limits,
+            client=client, now=utcnow(), counted=counted,
         )
 
     try:
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
         result = await db.run(run)
         _refused(result)
     except SimchargeError as exc:
