@@ -40,9 +40,15 @@ from simcharge.lines.service import line_balances
 from simcharge.metrics import WEBHOOKS
 from simcharge.orders.fulfilment import LATE_CHECK_FIRST
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
-from simcharge.payments.jobs import REFUND_FOLLOW_UPS
+from simcharge.orders.refunds import REFUND_JOB
+from simcharge.payments.jobs import (
+    REFUND_FOLLOW_UP_SPAN,
+    REFUND_FOLLOW_UPS,
+    refund_follow_up_delay,
+)
 from simcharge.payments.providers.paypal import PayPalProvider
 from simcharge.payments.service import reconcile
+from simcharge.worker.models import OutboxJob
 from simcharge.worker.runner import Worker
 from tests.orders.helpers import (
     Payer,
@@ -1068,7 +1074,7 @@ class WeChatPay:
             "trade_state_desc": {"SUCCESS": "支付成功", "NOTPAY": "未支付"}.get(state, state),
             "amount": {"total": order.total, "currency": "CNY"},
         }
-        if state == "SUCCESS":
+        if state in ("SUCCESS", "REFUND"):  # paid (and then refunded, in part or whole)
             found |= {
                 "transaction_id": self.transaction_id(order),
                 "bank_type": "OTHERS",
@@ -1757,7 +1763,7 @@ async def test_a_refunded_status_before_the_payment_credits_nothing(
     _ok(alipay, r)
     row = await order_row(db, order.id)
     assert (row.state, row.attention, row.refunded_amount) == (
-        "paid", "provider_refund", order.total)
+        "refunded", "provider_refund", order.total)  # paid, refunded whole: awaits no credit
     assert row.fulfilled_at is None
     [held] = await transfers_of(db, f"order:{order.id}")
     assert (held.code, held.amount) == ("unapplied", order.total)
@@ -1767,7 +1773,7 @@ async def test_a_refunded_status_before_the_payment_credits_nothing(
         held.credit_account_id, held.debit_account_id)
     _ok(alipay, await _deliver(client, alipay, alipay.paid_webhook(order)))
     row = await order_row(db, order.id)
-    assert (row.state, row.fulfilled_at) == ("paid", None)
+    assert (row.state, row.fulfilled_at) == ("refunded", None)
     assert await _sms(db, payer) == 0
     await assert_ledger_balanced(db)
 
@@ -1794,7 +1800,7 @@ async def test_a_refund_reported_before_its_payment_credits_nothing(
     assert r.headers["simcharge-outcome"] == "flagged"
     row = await order_row(db, order.id)
     assert (row.state, row.attention, row.refunded_amount) == (
-        "paid", "provider_refund", order.total)
+        "refunded", "provider_refund", order.total)
     assert await _sms(db, payer) == 0
     [refund] = await _refunds(db, order)
     assert refund.requested_by == f"provider:{p.name}"
@@ -1804,6 +1810,40 @@ async def test_a_refund_reported_before_its_payment_credits_nothing(
             await s.execute(select(ProviderEvent).where(ProviderEvent.order_id == order.id))
         ).scalars().all()
     assert len(events) == 2 and all(e.processed_at is not None for e in events)
+    await assert_ledger_balanced(db)
+
+
+async def test_a_wechat_pay_query_answering_refund_records_no_amount_it_does_not_report(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """The payment's notification is lost and "check now" finds `trade_state` `REFUND` ("转入退款"):
+    paid, then refunded in the merchant platform — a quarter of it, which the query does not
+    say (any refund, a partial one too, turns the state to `REFUND`). The payment is recorded,
+    not credited, and flagged; nothing is recorded as refunded until the refund's own
+    `REFUND.SUCCESS` says how much: that much, and the rest stays held for the payer."""
+    p = WeChatPay(keys, mock)
+    payer, _, order = await _placed(client, db, settings, p)
+    p._query_route(order, "REFUND")
+    r = await client.post(f"/api/v1/orders/{order.id}/check", headers=payer.auth)
+    assert r.status_code == 200, r.text
+    row = await order_row(db, order.id)
+    assert (row.state, row.attention, row.refunded_amount, row.fulfilled_at) == (
+        "paid", "provider_refund", 0, None)
+    assert "amount not reported" in (row.attention_note or "")
+    assert [t.code for t in await transfers_of(db, f"order:{order.id}")] == ["unapplied"]
+    assert await _refunds(db, order) == []
+    part = order.total // 4
+    _ok(p, await _deliver(client, p, p.external_refund(order, part)))
+    row = await order_row(db, order.id)
+    assert (row.state, row.attention, row.refunded_amount) == ("paid", "provider_refund", part)
+    [refund] = await _refunds(db, order)
+    assert (refund.amount, refund.requested_by) == (part, "provider:wechatpay")
+    assert await _sms(db, payer) == 0
     await assert_ledger_balanced(db)
 
 
@@ -2274,20 +2314,50 @@ async def test_a_pending_refund_is_read_at_the_provider_and_settles_the_ledger(
     await assert_ledger_balanced(db)
 
 
-async def test_a_refund_that_stays_pending_is_never_made_again(
+async def _follow_up_due(db: Database, refund: Refund, follow_up: int) -> datetime | None:
+    """When the `follow_up`th read of a refund is scheduled (None: it is not)."""
+    async with db.read() as s:
+        return (
+            await s.execute(
+                select(OutboxJob.run_at).where(
+                    OutboxJob.dedupe_key == f"{REFUND_JOB}:{refund.id}:{follow_up}",
+                    OutboxJob.status == "pending",
+                )
+            )
+        ).scalar_one_or_none()
+
+
+async def test_a_refund_that_stays_pending_is_read_for_ten_days_and_never_made_again(
     shop: Any, client: httpx.AsyncClient, db: Database, settings: Settings, provider: Harness
 ) -> None:
-    """Read at every follow-up, for as long as they last (~20 h; Stripe prunes an idempotency
-    key after 24 h, and a create with it then is a second refund): made once, nothing posted
-    or voided while the provider says pending."""
+    """Read at every follow-up — 2, 4, 8 … 128 minutes apart, then every 4 hours, for 10 days
+    (a refund to a bank card takes WeChat Pay 1–3 working days; a PayPal eCheck up to 6
+    business days to clear) — and made once: nothing posted or voided while the provider
+    says pending. Finance is told after the last read, not before."""
     order, at = await _refund_answered_pending(shop, client, db, settings, provider)
     read = at.read
-    for _ in range(REFUND_FOLLOW_UPS):
-        clock.freeze(utcnow() + timedelta(minutes=61))
+    [refund] = await _refunds(db, order)
+    answered: datetime | None = None
+    previous: datetime | None = None
+    for n in range(1, REFUND_FOLLOW_UPS + 1):
+        due = await _follow_up_due(db, refund, n)
+        assert due is not None, n
+        if previous is None:
+            answered = due - refund_follow_up_delay(1)
+        else:
+            assert due - previous == refund_follow_up_delay(n), n
+        clock.freeze(due)
         await _worker(shop, db, settings)
-    clock.freeze(utcnow() + timedelta(days=2))
+        assert (at.created, at.read) == (1, read + n), n
+        row = await order_row(db, order.id)
+        assert (row.attention == "refund_pending") is (n == REFUND_FOLLOW_UPS), n
+        previous = due
+    assert answered is not None and previous is not None
+    assert previous - answered == REFUND_FOLLOW_UP_SPAN >= timedelta(days=10)
+    assert await _follow_up_due(db, refund, REFUND_FOLLOW_UPS + 1) is None
+    clock.freeze(utcnow() + timedelta(days=30))
     await _worker(shop, db, settings)
-    assert (at.created, at.read) == (1, read + REFUND_FOLLOW_UPS)
+    assert (at.created, at.read) == (1, read + REFUND_FOLLOW_UPS)  # no read after the last
     [refund] = await _refunds(db, order)
     assert refund.state == "pending"
     assert {t.kind for t in await transfers_of(db, f"refund:{refund.id}")} == {"pending"}

@@ -251,7 +251,7 @@ async def test_a_payment_that_was_not_credited_is_refunded_through_the_ledger(
     assert await _unapplied(db, paid[1]) == (before[0], before[1] - paid[0])  # held
     await run_worker(app, db, settings)
     refunded = await order_row(db, order["id"])
-    assert (refunded.state, refunded.refunded_amount) == ("paid", paid[0])
+    assert (refunded.state, refunded.refunded_amount) == ("refunded", paid[0])
     assert await _unapplied(db, paid[1]) == (before[0] - paid[0], before[1] - paid[0])
     async with db.read() as s:
         refund = (await s.execute(select(Refund).where(
@@ -266,6 +266,52 @@ async def test_a_payment_that_was_not_credited_is_refunded_through_the_ledger(
     assert (back.amount, back.unit) == paid
     assert (back.debit_account_id, back.credit_account_id) == (
         held.credit_account_id, held.debit_account_id)
+    await assert_ledger_balanced(db)
+
+
+async def test_an_uncredited_payment_refunded_whole_ends_refunded_and_awaits_no_credit(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A payment taken and never credited (another amount), refunded by finance in two parts.
+    While part of it is held the order is `paid`: it awaits credit (or the rest's refund).
+    Once all that was paid is refunded it is `refunded`, as a credited order refunded in full:
+    the API and the receipt no longer say it awaits credit, and nothing is taken back from the
+    line (nothing was credited)."""
+    staff = await _staff(db, "refunds:write")
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="traveller-20")
+    row = await order_row(db, order["id"])
+    await db.run(lambda s: s.execute(update(SandboxPayment).where(
+        SandboxPayment.reference == row.reference).values(amount=1999, state="paid")))
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert (r.json()["state"], (await order_row(db, order["id"])).attention) == (
+        "paid", "amount_mismatch")
+    units = await _units(db, payer.line.id)
+
+    for amount, state, refunded, awaits in ((999, "paid", 999, True),
+                                            (1000, "refunded", 1999, False)):
+        r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                              headers={**staff, **idem()}, json={"amount": amount})
+        assert r.status_code == 202, r.text
+        await run_worker(app, db, settings)
+        mine = (await client.get(f"/api/v1/orders/{order['id']}", headers=payer.auth)).json()
+        assert (mine["state"], mine["refunded"]["minor"]) == (state, refunded)
+        r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
+        assert r.status_code != 200, r.text  # never credited: no receipt
+        said = problem(r)["type"].endswith("/receipt-awaits-credit")
+        assert (r.status_code == 409 and said) is awaits, r.text
+    row = await order_row(db, order["id"])
+    assert (row.state, row.refunded_amount, row.fulfilled_at, row.receipt_number) == (
+        "refunded", 1999, None, None)
+    assert await _units(db, payer.line.id) == units  # nothing taken back
+    async with db.read() as s:
+        refunds = (await s.execute(select(Refund).where(Refund.order_id == row.id))).scalars()
+        ids = [x.id for x in refunds]
+    codes = {t.code for rid in ids for t in await transfers_of(db, f"refund:{rid}")}
+    assert codes == {"refund"}  # money back out of `unapplied`; no clawback
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**staff, **idem()}, json={})
+    assert r.status_code == 409 and problem(r)["type"].endswith("/order-not-refundable")
     await assert_ledger_balanced(db)
 
 

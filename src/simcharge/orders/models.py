@@ -30,7 +30,8 @@ class OrderState(StrEnum):
     expired = "expired"
     """Not paid in time (closed at the provider first)."""
     refunded = "refunded"
-    """Fulfilled, then wholly refunded."""
+    """Paid, then wholly refunded: fulfilled first, or never credited (`fulfilled_at` is None:
+    nothing to take back)."""
     partially_refunded = "partially_refunded"
     """Fulfilled, then partly refunded."""
 

@@ -17,8 +17,10 @@ The ledger policy. A refund of `r`:
 
 Ours are asked of the provider by the worker, after commit. Until the provider confirms,
 everything above is held as pending ledger transfers: the units and credit cannot be spent, and
-nothing is final. Confirmed: posted. Refused: voided (the customer keeps everything) and the
-order is flagged `refund_failed` for finance.
+nothing is final. Confirmed: posted, and the order `partially_refunded` or `refunded` — an
+uncredited one `refunded` once all that was paid is refunded (it no longer awaits credit), still
+`paid` before. Refused: voided (the customer keeps everything) and the order is flagged
+`refund_failed` for finance.
 
 Refunds made at the provider without us, and chargebacks: `orders.reversals`.
 """
@@ -451,12 +453,15 @@ async def complete_refund(
 
 
 def refunded_state(order: Order) -> None:
+    """The order's state once a refund is done. Credited: `refunded` when all that was paid is
+    refunded, else `partially_refunded`. Never credited (`paid`): `refunded` when all that was
+    paid is refunded — nothing was credited, so nothing is taken back, and nothing is left to
+    credit: it no longer awaits credit; still `paid` while part of the money is held."""
+    whole = order.refunded_amount >= paid_of(order)
     if order.fulfilled_at is not None:
-        order.state = (
-            OrderState.refunded
-            if order.refunded_amount >= paid_of(order)
-            else OrderState.partially_refunded
-        ).value
+        order.state = (OrderState.refunded if whole else OrderState.partially_refunded).value
+    elif whole and order.state == OrderState.paid.value:
+        order.state = OrderState.refunded.value
 
 
 def refund_summary(refund: Refund) -> dict[str, Any]:

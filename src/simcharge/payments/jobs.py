@@ -34,8 +34,24 @@ from simcharge.worker.service import enqueue
 
 log = structlog.get_logger("simcharge.payments")
 
-REFUND_FOLLOW_UPS = 24
-"""How many times a refund the provider still reports as pending is asked about again."""
+REFUND_FOLLOW_UP_LONGEST = timedelta(hours=4)
+"""The longest wait between two reads of a refund the provider still reports as pending."""
+REFUND_FOLLOW_UPS = 66
+"""How many times such a refund is read again (`refund_follow_up_delay` apart): 2, 4, 8 … 128
+minutes, then every 4 hours: for 10 days and 14 minutes after its first answer, longer than the
+delays the providers document (README "Refunds"). Then finance is told (`refund_pending`)."""
+
+
+def refund_follow_up_delay(follow_up: int) -> timedelta:
+    """How long after the answer before it the `follow_up`th read (from 1) of a refund still
+    pending is made: 2 ** follow_up minutes, at most `REFUND_FOLLOW_UP_LONGEST`."""
+    return min(REFUND_FOLLOW_UP_LONGEST, timedelta(minutes=2 ** min(max(follow_up, 1), 16)))
+
+
+REFUND_FOLLOW_UP_SPAN = sum(
+    (refund_follow_up_delay(n) for n in range(1, REFUND_FOLLOW_UPS + 1)), timedelta()
+)
+"""From a refund's first "pending" answer to its last follow-up, at the earliest: 10 days, 14 min."""
 
 
 def providers_of(ctx: JobContext) -> Providers:
@@ -148,14 +164,14 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
                 locked,
                 Attention.refund_pending,
                 f"refund {row.reference} still pending at the provider after "
-                f"{REFUND_FOLLOW_UPS} follow-ups",
+                f"{REFUND_FOLLOW_UPS} follow-ups over {REFUND_FOLLOW_UP_SPAN.days} days",
             )
             return
         await enqueue(
             s,
             REFUND_JOB,
             {"refund_id": str(refund_id), "follow_up": follow_up + 1},
-            run_at=utcnow() + timedelta(minutes=min(60, 2 ** (follow_up + 1))),
+            run_at=utcnow() + refund_follow_up_delay(follow_up + 1),
             dedupe_key=f"{REFUND_JOB}:{refund_id}:{follow_up + 1}",
             max_attempts=20,
         )

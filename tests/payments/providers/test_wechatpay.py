@@ -338,7 +338,7 @@ async def test_a_platform_certificate_key_verifies_too(
         ("CLOSED", PaymentState.cancelled),
         ("REVOKED", PaymentState.cancelled),
         ("PAYERROR", PaymentState.failed),
-        ("REFUND", PaymentState.refunded),
+        ("REFUND", PaymentState.partially_refunded),
     ],
 )
 async def test_query_maps_trade_states(
@@ -352,6 +352,23 @@ async def test_query_maps_trade_states(
         return_value=signed(200, transaction(trade_state=trade_state), provider_key)
     )
     assert (await provider.query("ord_123456", None)).state is state
+
+
+async def test_refund_trade_state_is_a_refund_of_an_amount_not_reported(
+    provider: WeChatPayProvider, mock: respx.MockRouter, provider_key: rsa.RSAPrivateKey
+) -> None:
+    """`REFUND` ("转入退款") is what the order query answers once any refund was made of the
+    payment, a partial one too; it names no refunded amount. So it is no full refund: paid,
+    partly refunded, by how much is not reported (`refunded_amount` None)."""
+    mock.get(f"/v3/pay/transactions/out-trade-no/ord_123456?mchid={MCHID}").mock(
+        return_value=signed(
+            200, transaction(trade_state="REFUND", trade_state_desc="转入退款"), provider_key
+        )
+    )
+    status = await provider.query("ord_123456", None)
+    assert (status.state, status.refunded_amount, status.provider_state) == (
+        PaymentState.partially_refunded, None, "REFUND")
+    assert (status.amount, status.payment_id) == (1999, TRANSACTION_ID)  # the payment it was
 
 
 async def test_an_order_wechat_pay_does_not_know_is_pending(
@@ -452,13 +469,14 @@ async def test_closing_an_unknown_or_closed_order_does_nothing(
     assert not route.called
 
 
+@pytest.mark.parametrize("paid", ["SUCCESS", "REFUND"])  # REFUND: paid, then refunded
 async def test_an_order_paid_while_closing_says_already_paid(
-    provider: WeChatPayProvider, mock: respx.MockRouter, provider_key: rsa.RSAPrivateKey
+    provider: WeChatPayProvider, mock: respx.MockRouter, provider_key: rsa.RSAPrivateKey, paid: str
 ) -> None:
     mock.get(QUERY).mock(
         side_effect=[
             signed(200, transaction(trade_state="NOTPAY"), provider_key),
-            signed(200, transaction(), provider_key),
+            signed(200, transaction(trade_state=paid), provider_key),
         ]
     )
     mock.post(CLOSE).respond(400, json={"code": "ORDERPAID", "message": "订单已支付"})

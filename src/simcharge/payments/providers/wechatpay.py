@@ -77,13 +77,19 @@ SIGNED_HEADERS = (
 
 _TRADE_STATES = {
     "SUCCESS": PaymentState.succeeded,
-    "REFUND": PaymentState.refunded,
+    # "转入退款" (moved into refund) is all the order query documents, and its answer names no
+    # refunded amount; WeChat Pay's staff say it means a refund was made, never "in full". So:
+    # paid, then refunded by an amount not reported (a partial refund must not be recorded as
+    # all of the payment); the refund's own `REFUND.*` notification says how much.
+    "REFUND": PaymentState.partially_refunded,
     "NOTPAY": PaymentState.pending,
     "USERPAYING": PaymentState.pending,
     "CLOSED": PaymentState.cancelled,
     "REVOKED": PaymentState.cancelled,
     "PAYERROR": PaymentState.failed,
 }
+_PAID = (PaymentState.succeeded, PaymentState.refunded, PaymentState.partially_refunded)
+"""What an order query may answer of a payment made (`REFUND`: made, then refunded)."""
 _REFUND_STATES = {
     "SUCCESS": RefundState.succeeded,
     "PROCESSING": RefundState.pending,
@@ -362,7 +368,7 @@ class WeChatPayProvider:
                 return
             if exc.code in ("ORDERPAID", "ORDER_PAID", "TRADE_ERROR"):
                 again = await self.query(reference, provider_ref)
-                if again.state in (PaymentState.succeeded, PaymentState.refunded):
+                if again.state in _PAID:
                     raise ProviderError(
                         NAME, "already_paid", f"order {reference} is paid", transient=False
                     ) from exc
