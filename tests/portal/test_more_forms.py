@@ -16,6 +16,7 @@ import pyotp
 import pytest
 import respx
 from pydantic import SecretStr
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.app import create_app
@@ -245,6 +246,27 @@ async def test_not_credited_finds_it_paid_and_opens_no_ticket(
     assert await order_state(db, order_id) == "fulfilled"
     assert "Thank you! Your top-up is done." in (await client.get(page)).text
     assert "You have not asked anything yet." in (await client.get("/account/help")).text
+
+
+async def test_a_payment_taken_and_not_credited_says_finance_has_it_and_offers_no_receipt(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """`paid` is never a step on the way: the money arrived and was not credited (another
+    amount, say). The page must not promise that it updates by itself, nor link a receipt."""
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    order_id, _ = await portal_order(client, customer.line.id)
+
+    async def paid_not_credited(s: AsyncSession) -> None:
+        await s.execute(update(Order).where(Order.id == order_id).values(
+            state="paid", paid_at=utcnow(), paid_amount=1999, attention="amount_mismatch"))
+
+    await db.run(paid_not_credited)
+    shown = (await client.get(f"/account/orders/{order_id}")).text
+    outcome = shown.split('data-testid="outcome"', 1)[1].split("</div>", 1)[0]
+    assert "We received your payment but have not credited it yet" in outcome
+    assert "updates by itself" not in shown and 'data-poll="' not in shown
+    assert "spinner" not in outcome and "/receipt?lang=" not in shown
 
 
 # --- the payment pages may only send the payer to a provider ---------------------------------

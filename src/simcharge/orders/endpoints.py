@@ -57,6 +57,13 @@ class ReceiptNotReady(NotFound):
     title = N_("This order has no receipt: it has not been paid.")
 
 
+class ReceiptRefundedUncredited(NotFound):
+    """Paid, never credited, and all of it refunded (`refunded` without `fulfilled_at`)."""
+
+    slug = "receipt-refunded-uncredited"
+    title = N_("This order has no receipt: your payment was refunded and nothing was credited.")
+
+
 class ReceiptAwaitsCredit(Conflict):
     """Paid and not credited (`paid`: an amount that differs, a line that cannot take it…):
     finance must settle it before there is a receipt."""
@@ -385,6 +392,8 @@ async def get_receipt(
     if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:
         if order.state == OrderState.paid.value:
             raise ReceiptAwaitsCredit(field="order_id")
+        if order.state == OrderState.refunded.value:
+            raise ReceiptRefundedUncredited(field="order_id")
         raise ReceiptNotReady(field="order_id")
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)

@@ -19,8 +19,8 @@ ledger: clearing → `unapplied` (`refunds.received_unapplied`), until finance r
   flagged `late_success`;
 - the line was terminated meanwhile: nothing is credited, `paid` + `line_unavailable`;
 - refunded or reversed at the provider before we heard of the payment (a refunded status, or
-  a refund reported first): nothing is credited, `paid` + `provider_refund`, the refund
-  recorded;
+  a refund reported first): nothing is credited, `paid` (`refunded` when all of it went back)
+  + `provider_refund`, the refund recorded;
 - refunded at the provider after it was credited: recorded as a refund, its money posted back,
   nothing taken from the line, flagged `provider_refund` (`reversals.note_refunded_status`).
 """

@@ -412,7 +412,8 @@ async def order_page(
 ) -> Response:
     account_id = require(page)
     order, payment, balances = await _order_and_payment(db, account_id, _uuid(order_id))
-    waiting = order.state in ("pending", "paid")
+    # Only a pending order changes by itself: a `paid` one (paid, not credited) waits for finance.
+    waiting = order.state == "pending"
     qr = (
         qr_svg(payment.qr_payload)
         if order.state == "pending" and payment.flow == "qr" and payment.qr_payload
