@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import event, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from simcharge.backoffice.reports import Period, conversion, failures, topups
 from simcharge.config import Settings
-from simcharge.db import Database
+from simcharge.db import Database, table_of
 from simcharge.kit.clock import utcnow
+from simcharge.orders.models import Order
 from tests.backoffice.helpers import new_staff, web_sign_in
 from tests.orders.helpers import (
     new_payer,
@@ -174,3 +179,58 @@ async def test_top_ups_in_two_currencies_are_never_mixed(
     page = await client.get("/backoffice/reports")
     assert "Net top-ups per day (CNY)" in page.text and "Net top-ups per day (USD)" in page.text
     assert "¥71.36" in page.text or "CN¥71.36" in page.text
+
+
+async def test_a_report_is_summed_in_the_database_by_utc_day(
+    client: httpx.AsyncClient, connection: AsyncConnection, db: Database, settings: Settings
+) -> None:
+    """A period's orders are grouped where they lie: the report's statements return about as
+    many rows as the report has, not one per order (a year of orders is not read into memory).
+    And a day is a UTC day, whatever time zone the database session is in."""
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="starter-10")
+    await pay_at_sandbox(client, settings, order)
+    await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    row = await order_row(db, order["id"])
+    day = utcnow().date() - timedelta(days=3)
+    late = datetime.combine(day, time(23, 30), tzinfo=UTC)  # the day's last hour, UTC
+    early = late + timedelta(hours=1)  # the next day's first
+
+    def copy(paid_at: datetime | None, state: str) -> dict[str, Any]:
+        values = {c.name: getattr(row, c.key) for c in table_of(Order).columns}
+        values.update(
+            id=uuid.uuid4(), reference="C" + uuid.uuid4().hex[:20], state=state,
+            created_at=(paid_at or late) - timedelta(minutes=2), paid_at=paid_at,
+            fulfilled_at=paid_at, receipt_number=None,
+        )
+        return values
+
+    copies = [copy(late + timedelta(seconds=i), "fulfilled") for i in range(40)]
+    copies += [copy(early + timedelta(seconds=i), "fulfilled") for i in range(20)]
+    copies += [copy(None, "failed") for _ in range(5)]
+    await db.run(lambda s: s.execute(insert(table_of(Order)), copies))
+    if connection.dialect.name == "postgresql":  # 23:30 UTC is 07:30 the next day there
+        await connection.exec_driver_sql("SET TIME ZONE 'Asia/Shanghai'")
+
+    returned: list[int] = []
+
+    def count_rows(_conn: Any, cursor: Any, *_: Any) -> None:
+        returned.append(len(cursor._rows))  # both drivers' adapters fetch the rows at once
+
+    p = Period(day, day + timedelta(days=1))
+    event.listen(connection.sync_connection, "after_cursor_execute", count_rows)
+    try:
+        async with db.read() as s:
+            top = await topups(s, p)
+            conv = await conversion(s, p)
+            fail = await failures(s, p)
+    finally:
+        event.remove(connection.sync_connection, "after_cursor_execute", count_rows)
+    assert [(r.day, r.topups, r.amount) for r in top] == [
+        (day, 40, 40 * row.total), (day + timedelta(days=1), 20, 20 * row.total)
+    ]
+    assert [(c.day, c.created, c.paid) for c in conv] == [
+        (day, 45, 40), (day + timedelta(days=1), 20, 20)
+    ]
+    assert [(f.day, f.method, f.state, f.orders) for f in fail] == [(day, "sandbox", "failed", 5)]
+    assert returned and max(returned) <= 4, returned

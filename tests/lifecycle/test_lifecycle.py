@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.charging.models import ChargingSession, SessionState
 from simcharge.charging.nchf import NchfProblem, create_charging_data, update_charging_data
 from simcharge.charging.rating import load_rating_table
-from simcharge.config import Settings
+from simcharge.config import Settings, get_settings
 from simcharge.db import Database
 from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import clock
@@ -83,7 +83,7 @@ async def reload(db: Database, line: Line) -> Line:
 async def jobs_for(db: Database, line: Line) -> list[dict[str, Any]]:
     async with db.read() as s:
         rows = (await s.execute(select(OutboxJob.payload).where(
-            OutboxJob.kind == "notifications.deliver"))).scalars().all()
+            OutboxJob.kind.in_(("notifications.deliver", "lifecycle.warning"))))).scalars().all()
     return [p for p in rows if p.get("line_id") == str(line.id)]
 
 
@@ -196,6 +196,38 @@ async def test_frozen_too_long_terminates_and_forfeits_what_is_left(
     assert expiry["USD"] >= 750 and expiry["DATA_B"] >= 5000
     [job] = await jobs_for(db, line)
     assert job["template"] == "line.terminated"
+    await assert_ledger_balanced(db)
+
+
+async def test_termination_reads_the_settings_it_is_given_not_the_process_s(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep works with the settings its policy was read from (the worker's), never the
+    process's own (`get_settings`): ending a terminated line's sessions reads nothing from them,
+    so an environment that holds no valid settings changes nothing."""
+    line = await new_line(db, state=LineState.frozen, state_changed_at=T - 366 * DAY,
+                          validity_end=T - 400 * DAY)
+
+    async def fill(s: AsyncSession) -> None:
+        found = await s.get(Line, line.id)
+        assert found is not None
+        await credit_wallet(s, found, 750, source="test:wallet")
+
+    await db.run(fill)
+    p = policy(settings)
+    monkeypatch.setenv("SIMCHARGE_ENV", "not-an-environment")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="env"):
+            get_settings()
+        report = await sweep(db, p, now=T)
+    finally:
+        get_settings.cache_clear()
+    assert report.forfeited >= 1
+    found = await reload(db, line)
+    assert found.state == "terminated"
+    async with db.read() as s:
+        assert (await line_balances(s, found, now=T)).wallet.available == 0
     await assert_ledger_balanced(db)
 
 

@@ -1,8 +1,10 @@
 """Reports for finance: top-ups and revenue per day, method and currency; conversion (orders
 created → paid); failed payments; lines by lifecycle state — as rows, CSV and SVG charts.
 
-Rows are grouped in Python from one indexed range query each (a day is a UTC day), which is the
-same on SQLite and PostgreSQL; a period is at most `MAX_DAYS` long."""
+Each report is grouped in SQL (a day is a UTC day: `_utc_day` says it in each database's
+words), so its memory follows its rows, not the period's orders; only the orders paid and never
+credited (exceptions, each flagged for finance) are read one by one. A period is at most
+`MAX_DAYS` long."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from markupsafe import Markup, escape
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Date, cast, func, literal_column, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.db import dialect_name
 from simcharge.errors import ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
@@ -115,54 +118,65 @@ class FailureRow:
     orders: int
 
 
+def _utc_day(s: AsyncSession, column: Any) -> ColumnElement[date]:
+    """The UTC day of a timestamp column, in SQL: PostgreSQL keeps `timestamptz` (its session's
+    time zone must not decide the day), SQLite the UTC time as text."""
+    if dialect_name(s) == "postgresql":
+        return cast(func.timezone(literal_column("'UTC'"), column), Date)
+    return type_coerce(func.date(column), Date)
+
+
 async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
     """Per day paid, method and currency. Each amount is added to the row of its own currency:
     money taken in the currency paid, a fee in the order's currency, a refund in the refund's —
     for a credited order these are the same; an order paid in another currency than it asked
-    for was never credited and shows under `uncredited` in the currency it was paid in."""
+    for was never credited and shows under `uncredited` in the currency it was paid in.
+
+    Money is what the ledger holds of it: a payment the provider confirmed without naming its
+    amount counts as an order taken and not credited, with no money (nothing was posted,
+    `orders.refunds.received_unapplied`; finance sees the order flagged)."""
     acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
-    orders = await s.execute(
+    day = _utc_day(s, Order.paid_at).label("day")
+    taken_in = func.coalesce(Order.paid_currency, Order.currency).label("taken_in")
+    in_period = (Order.paid_at >= p.since, Order.paid_at < p.until)
+    credited = await s.execute(
         select(
-            Order.id,
-            Order.paid_at,
+            day,
             Order.method_code,
-            Order.paid_currency,
+            taken_in,
             Order.currency,
-            Order.paid_amount,
-            Order.total,
-            Order.fee,
-            Order.fulfilled_at,
-        ).where(Order.paid_at >= p.since, Order.paid_at < p.until)
-    )
-    rows = orders.all()
-    applied = await applied_orders(s, [r.id for r in rows if r.fulfilled_at is None])
-    for order_id, paid_at, method, paid_currency, currency, paid, total, fee, fulfilled_at in rows:
-        assert paid_at is not None
-        day = paid_at.astimezone(UTC).date()
-        taken_in = paid_currency or currency
-        taken = paid if paid is not None else total
-        if fulfilled_at is not None:
-            acc[(day, method, taken_in)]["topups"] += 1
-            acc[(day, method, taken_in)]["amount"] += taken
-            acc[(day, method, currency)]["fees"] += fee
-        elif order_id in applied:
-            acc[(day, method, taken_in)]["applied"] += 1
-            acc[(day, method, taken_in)]["applied_amount"] += taken
-        else:
-            acc[(day, method, taken_in)]["uncredited"] += 1
-            acc[(day, method, taken_in)]["uncredited_amount"] += taken
-    refunds = await s.execute(
-        select(Order.paid_at, Order.method_code, Refund.currency, Refund.amount)
-        .join(Order, Order.id == Refund.order_id)
-        .where(
-            Order.paid_at >= p.since,
-            Order.paid_at < p.until,
-            Refund.state == RefundState.succeeded.value,
+            func.count(),
+            func.sum(func.coalesce(Order.paid_amount, Order.total)),
+            func.sum(Order.fee),
         )
+        .where(*in_period, Order.fulfilled_at.is_not(None))
+        .group_by(day, Order.method_code, taken_in, Order.currency)
     )
-    for paid_at, method, currency, amount in refunds:
-        assert paid_at is not None
-        acc[(paid_at.astimezone(UTC).date(), method, currency)]["refunded"] += amount
+    for d, method, paid_in, currency, n, taken, fee in credited:
+        acc[(d, method, paid_in)]["topups"] += int(n)
+        acc[(d, method, paid_in)]["amount"] += int(taken)
+        acc[(d, method, currency)]["fees"] += int(fee)
+    # Taken and never credited: the exceptions, each looked up (put on a wallet or still held).
+    uncredited = (
+        await s.execute(
+            select(Order.id, day, Order.method_code, taken_in, Order.paid_amount).where(
+                *in_period, Order.fulfilled_at.is_(None)
+            )
+        )
+    ).all()
+    applied = await applied_orders(s, [r.id for r in uncredited])
+    for order_id, d, method, paid_in, paid in uncredited:
+        kind = "applied" if order_id in applied else "uncredited"
+        acc[(d, method, paid_in)][kind] += 1
+        acc[(d, method, paid_in)][f"{kind}_amount"] += paid or 0
+    refunds = await s.execute(
+        select(day, Order.method_code, Refund.currency, func.sum(Refund.amount))
+        .join(Order, Order.id == Refund.order_id)
+        .where(*in_period, Refund.state == RefundState.succeeded.value)
+        .group_by(day, Order.method_code, Refund.currency)
+    )
+    for d, method, currency, amount in refunds:
+        acc[(d, method, currency)]["refunded"] += int(amount)
     return [
         TopupRow(
             d,
@@ -183,36 +197,33 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
 
 
 async def conversion(s: AsyncSession, p: Period) -> list[ConversionRow]:
+    day = _utc_day(s, Order.created_at).label("day")
     rows = await s.execute(
-        select(Order.created_at, Order.paid_at).where(
-            Order.created_at >= p.since, Order.created_at < p.until
-        )
+        select(day, func.count(), func.count(Order.paid_at))
+        .where(Order.created_at >= p.since, Order.created_at < p.until)
+        .group_by(day)
     )
-    created: Counter[date] = Counter()
-    paid: Counter[date] = Counter()
-    for created_at, paid_at in rows:
-        day = created_at.astimezone(UTC).date()
-        created[day] += 1
-        if paid_at is not None:
-            paid[day] += 1
+    counts = {d: (int(created), int(paid)) for d, created, paid in rows}
     return [
-        ConversionRow(d, created[d], paid[d], round(paid[d] / created[d], 4) if created[d] else 0.0)
+        ConversionRow(d, created, paid, round(paid / created, 4) if created else 0.0)
         for d in p.days()
+        for created, paid in [counts.get(d, (0, 0))]
     ]
 
 
 async def failures(s: AsyncSession, p: Period) -> list[FailureRow]:
+    day = _utc_day(s, Order.created_at).label("day")
     rows = await s.execute(
-        select(Order.created_at, Order.method_code, Order.state).where(
+        select(day, Order.method_code, Order.state, func.count())
+        .where(
             Order.created_at >= p.since,
             Order.created_at < p.until,
             Order.state.in_([st.value for st in CLOSED_UNPAID]),
         )
+        .group_by(day, Order.method_code, Order.state)
     )
-    count: Counter[tuple[date, str, str]] = Counter(
-        (created_at.astimezone(UTC).date(), method, state) for created_at, method, state in rows
-    )
-    return [FailureRow(d, m, st, n) for (d, m, st), n in sorted(count.items())]
+    found = [FailureRow(d, m, st, int(n)) for d, m, st, n in rows]
+    return sorted(found, key=lambda f: (f.day, f.method, f.state))
 
 
 async def lines_by_state(s: AsyncSession) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """When time alone would next change a line's state, by the sweep's own rules (`service._due`):
-what the portal tells a customer ("frozen on …, in N days") and what the warnings say.
+what the portal tells a customer ("frozen on …, in N days"), what the warnings say, and whether
+a queued warning is still true when it goes out (`jobs.warning_to_send`).
 
 The sweep runs every few minutes, so a change happens up to one sweep interval after the time
 given here; a line entering grace starts its grace period when the sweep moves it."""

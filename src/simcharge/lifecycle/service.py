@@ -50,6 +50,9 @@ log = structlog.get_logger("simcharge.lifecycle")
 audit = structlog.get_logger("simcharge.audit")
 
 DAY = timedelta(days=1)
+WARNING_JOB = "lifecycle.warning"
+"""A warning judged again when it goes out (`_Warning.judged`): the payload of a
+`notifications.deliver` job, delivered by `lifecycle.jobs.send_warning` if still true."""
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 BUCKET_LOOKBACK = timedelta(days=7)
 """The bucket pass looks this far behind its last complete run (a reservation released late)."""
@@ -64,6 +67,9 @@ class Policy:
     frozen_reactivation: str
     batch: int
     topup_validity: timedelta = timedelta(0)
+    settings: Settings = field(kw_only=True, compare=False, repr=False)
+    """The settings the policy was read from, handed on where the sweep calls another module
+    that takes them (`charging.nchf.end_sessions_of_lines`): never the process's own."""
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -75,6 +81,7 @@ class Policy:
             frozen_reactivation=settings.lifecycle_frozen_reactivation,
             batch=settings.lifecycle_batch_size,
             topup_validity=timedelta(days=settings.lifecycle_topup_validity_days),
+            settings=settings,
         )
 
     def frozen_from_grace(self, entered: datetime, last_activity: datetime | None) -> datetime:
@@ -308,20 +315,24 @@ async def _apply_rule(
         )
     await enqueue_many(session, jobs)
     if rule.to_state is LineState.terminated:
-        report.forfeited += await _forfeit(session, [r.id for r in rows], now)
+        report.forfeited += await _forfeit(session, [r.id for r in rows], now, policy.settings)
     report.add(f"{rule.from_state.value}->{rule.to_state.value}", len(rows))
     return len(rows) >= policy.batch
 
 
-async def _forfeit(session: AsyncSession, line_ids: Sequence[uuid.UUID], now: datetime) -> int:
+async def _forfeit(
+    session: AsyncSession, line_ids: Sequence[uuid.UUID], now: datetime, settings: Settings
+) -> int:
     """A terminated line's money and units go to the expiry accounts (prepaid credit is
     forfeited on termination; finance may give it back by an adjustment).
 
     Its open charging sessions are ended first, their reservations released, and so is any
     other hold on its accounts (a TMF654 reservation, which then reads cancelled): what they
     held is forfeited with the rest, and nothing comes back to the line afterwards. Done once,
-    as the line changes to terminated: the transfer ids derive from the accounts alone."""
-    await end_sessions_of_lines(session, get_settings(), line_ids, now=now)
+    as the line changes to terminated: the transfer ids derive from the accounts alone.
+    (Ending sessions reads nothing from `settings`: they are the sweep's, passed on because
+    `end_sessions_of_lines` takes them.)"""
+    await end_sessions_of_lines(session, settings, line_ids, now=now)
     repo = LifecycleRepository(session)
     holds = await repo.open_holds(line_ids)
     if holds:
@@ -429,6 +440,11 @@ class _Warning:
     rival: tuple[str, timedelta, bool] | None = None
     """Another way to the same change (`column`, `offset`, wins a tie): a line whose change comes
     sooner that way is warned by the other pass, so the customer hears one date, the right one."""
+    judged: bool = False
+    """The line may move to another state while the warning waits in the queue and what it says
+    still be true (an active line's inactivity freeze, after it entered grace): queued as a
+    `WARNING_JOB`, judged again when it goes out (`lifecycle.jobs.warning_to_send`) rather than
+    dropped as soon as the state changed."""
 
 
 def _warning_passes(policy: Policy) -> list[_Warning]:
@@ -439,7 +455,7 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
         ),
         _Warning(
             "inactive", LineState.active, "last_activity_at", policy.inactivity,
-            "line.freeze_warning", "freeze_on",
+            "line.freeze_warning", "freeze_on", judged=True,
         ),
         # A line may enter grace between its inactivity warnings: the same warning, looked for
         # among lines in grace by a pass of its own (the dedupe key is shared). A line in grace
@@ -506,24 +522,25 @@ async def _warn(
             rival_at: datetime = r.other + w.rival[1]
             if rival_at < change_at or (rival_at == change_at and w.rival[2]):
                 continue
-        jobs.append(
-            notice(
-                account_id=r.account_id,
-                template=w.template,
-                params={
-                    "msisdn": r.msisdn,
-                    "days_left": math.ceil(left / DAY),
-                    w.date_param: change_at.isoformat(),
-                    **dict(w.params),
-                },
-                line_id=r.id,
-                dedupe_key=(
-                    f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}"
-                ),
-                # What the warning was built on: not sent if the line has moved on meanwhile.
-                about={"state": w.state.value, w.column: r.anchor.isoformat()},
-            )
+        job = notice(
+            account_id=r.account_id,
+            template=w.template,
+            params={
+                "msisdn": r.msisdn,
+                "days_left": math.ceil(left / DAY),
+                w.date_param: change_at.isoformat(),
+                **dict(w.params),
+            },
+            line_id=r.id,
+            dedupe_key=(
+                f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}"
+            ),
+            # What the warning was built on: not sent if the line has moved on meanwhile.
+            about={"state": w.state.value, w.column: r.anchor.isoformat()},
         )
+        if w.judged:
+            job = NewJob(WARNING_JOB, job.payload, dedupe_key=job.dedupe_key)
+        jobs.append(job)
     await enqueue_many(session, jobs)
     report.warned += len(jobs)
     if len(rows) < policy.batch:
