@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.ledger.audit import verify_ledger
-from simcharge.ledger.models import TransferKind
-from simcharge.ledger.service import NewTransfer, post_transfers
+from simcharge.ledger.models import LedgerTransfer, TransferKind
+from simcharge.ledger.service import MAX_AMOUNT, NewTransfer, post_transfers
 from tests.factories import create_ledger_account
 from tests.ledger.test_service import funded, t
 
@@ -89,3 +89,36 @@ async def test_a_crossed_bound_is_reported(session: AsyncSession) -> None:
             await session.execute(text("PRAGMA ignore_check_constraints = OFF"))
     assert report.crossed == [str(source) if dialect == "postgresql" else source.hex]  # type: ignore[attr-defined]
     assert any("crossed its balance bound" in v for v in report.violations)
+
+
+async def test_units_whose_totals_pass_a_bigint_verify(session: AsyncSession) -> None:
+    """Each account within the bound (the ledger allows it), their sum past 2^63 - 1: SQLite's
+    SUM raised "integer overflow"; summed in halves, both databases verify."""
+    for _ in range(3):
+        a = await create_ledger_account(session, "SMS")
+        b = await create_ledger_account(session, "SMS")
+        await post_transfers(session, [t(a, b, MAX_AMOUNT, "SMS")])
+    report = await verify_ledger(session)
+    assert report.ok, report.violations
+    assert report.units["SMS"] == (0, 0)
+
+
+async def test_a_damaged_account_past_a_bigint_is_reported(session: AsyncSession) -> None:
+    """Transfers written around the ledger that add up past 2^63 - 1 for one account: reported
+    with the exact sum, on both databases."""
+    a = await create_ledger_account(session, "SMS")
+    b = await create_ledger_account(session, "SMS")
+    await post_transfers(session, [t(a, b, MAX_AMOUNT, "SMS")])
+    session.add(LedgerTransfer(id=uuid7(), debit_account_id=a, credit_account_id=b,
+                               amount=MAX_AMOUNT, unit="SMS", kind="posted", code="damage"))
+    await session.flush()
+    report = await verify_ledger(session)
+    assert not report.ok
+    assert report.units["SMS"] == (0, 0)
+    [debits, credits] = sorted(report.mismatched, key=lambda m: "credits_posted" in m)
+    assert debits.endswith(
+        f"(SMS): debits_posted stored {MAX_AMOUNT} but transfers give {2 * MAX_AMOUNT}"
+    )
+    assert credits.endswith(
+        f"(SMS): credits_posted stored {MAX_AMOUNT} but transfers give {2 * MAX_AMOUNT}"
+    )

@@ -81,7 +81,9 @@ async def test_a_lone_transfer_is_committed_once_and_a_replay_is_exists(
     assert await _state(fresh_db, wallet, sink) == after
 
 
-@pytest.mark.parametrize("case", ["exceeds", "unit", "different_fields", "zero_id"])
+@pytest.mark.parametrize(
+    "case", ["exceeds", "unit", "different_fields", "zero_id", "timeout_too_large"]
+)
 async def test_a_refused_transfer_says_why_and_writes_nothing(
     fresh_db: Database, case: str
 ) -> None:
@@ -98,6 +100,11 @@ async def test_a_refused_transfer_says_why_and_writes_nothing(
         "unit": (t(wallet, other_unit, 5), R.accounts_must_have_the_same_unit),
         "different_fields": (t(wallet, sink, 11, id=taken.id), R.exists_with_different_fields),
         "zero_id": (t(wallet, sink, 5, id=uuid.UUID(int=0)), R.id_must_not_be_zero),
+        # 31,700 years: its end is no date (an OverflowError on either path, it was).
+        "timeout_too_large": (
+            t(wallet, sink, 5, kind=TransferKind.pending, timeout_s=10**12),
+            R.timeout_too_large,
+        ),
     }[case]
     before = await _state(fresh_db, wallet, sink, other_unit)
     assert [o.result for o in await commit_transfers(fresh_db, [transfer])] == [expected]

@@ -18,6 +18,7 @@ from simcharge.ledger.audit import verify_ledger
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus, TransferKind
 from simcharge.ledger.repository import LedgerRepository, driver_in_transaction
 from simcharge.ledger.service import (
+    MAX_TIMEOUT_S,
     NewTransfer,
     TransferRejected,
     TransferResult,
@@ -211,6 +212,12 @@ async def test_post_transfers_raises_and_leaves_no_trace(session: AsyncSession) 
             R.timeout_must_not_be_negative,
         ),
         (
+            lambda a, b: NewTransfer(
+                uuid7(), 1, "USD", a, b, kind=TransferKind.pending, timeout_s=10**12
+            ),
+            R.timeout_too_large,
+        ),
+        (
             lambda a, b: NewTransfer(uuid7(), 1, "USD", a, b, pending_id=uuid7()),
             R.pending_id_must_be_zero,
         ),
@@ -243,6 +250,24 @@ async def test_invalid_transfers_are_refused_with_their_reason(
     [outcome] = await create_transfers(session, [make(a, b)])  # type: ignore[operator]
     assert outcome.result is expected
     assert await transfer_count(session) == before
+
+
+async def test_a_pending_timeout_is_at_most_max_timeout_s(session: AsyncSession) -> None:
+    """A timeout whose end is no date (10^12 s is 31,700 years) is a result, not an
+    OverflowError; up to `MAX_TIMEOUT_S` (about 136 years) it is a reservation like another."""
+    source, wallet = await funded(session, 1000)
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    for timeout_s in (MAX_TIMEOUT_S + 1, 10**12, 10**20):
+        hold = t(wallet, source, 10, kind=TransferKind.pending, timeout_s=timeout_s)
+        [outcome] = await create_transfers(session, [hold], now=now)
+        assert outcome.result is R.timeout_too_large
+    hold = t(wallet, source, 10, kind=TransferKind.pending, timeout_s=MAX_TIMEOUT_S)
+    [outcome] = await create_transfers(session, [hold], now=now)
+    assert outcome.result is R.ok
+    stored = await session.get(LedgerTransfer, hold.id, populate_existing=True)
+    assert stored is not None
+    assert stored.timeout_at == now + timedelta(seconds=MAX_TIMEOUT_S)
+    assert (await ledger_account(session, wallet)).debits_pending == 10
 
 
 async def test_accounts_of_different_units_cannot_trade(session: AsyncSession) -> None:

@@ -20,6 +20,7 @@ from tests.orders.helpers import assert_ledger_balanced
 from tests.tmf654.helpers import (
     BASE,
     MB,
+    Holder,
     api_key,
     assert_response,
     assert_valid,
@@ -29,6 +30,19 @@ from tests.tmf654.helpers import (
 )
 
 ALL = ("balance:read", "balance:write", "balance:adjust")
+
+
+def wallet_body(h: Holder, amount: float = 2) -> dict[str, Any]:
+    """A request on the line's wallet (a top-up or a reservation of `amount` USD)."""
+    return {"amount": {"amount": amount, "units": "USD"}, "usageType": "monetary",
+            "bucket": {"id": str(h.line.wallet_account_id)},
+            "partyAccount": {"id": str(h.account_id)}}
+
+
+async def expire(db: Database, bucket_id: uuid.UUID) -> None:
+    """The bucket ended yesterday; the expiry sweep has not run yet."""
+    await db.run(lambda s: s.execute(update(Bucket).where(Bucket.id == bucket_id).values(
+        expires_at=utcnow() - timedelta(days=1))))
 
 
 async def post(
@@ -73,6 +87,26 @@ async def test_buckets_of_a_line_filtered_paged_and_projected(
     r = await client.get(f"{BASE}/bucket/{h.data_bucket}", headers=key)
     assert_response(r, "/bucket/{id}")
     assert r.json()["id"] == str(h.data_bucket)
+
+
+async def test_attribute_filters_compare_values_as_json_writes_them(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """`isShared=false` matches the buckets whose `isShared` is `false` (every one here); it
+    compared Python's `False` and matched none."""
+    h = await new_holder(db)
+    key = await api_key(db, "balance:read")
+    line = {"logicalResource.id": h.line.msisdn}
+    r = await client.get(f"{BASE}/bucket", headers=key, params={**line, "isShared": "false"})
+    assert_response(r, "/bucket")
+    assert r.headers["X-Total-Count"] == "3"
+    r = await client.get(f"{BASE}/bucket", headers=key, params={**line, "isShared": "true"})
+    assert r.headers["X-Total-Count"] == "0"
+    r = await client.get(f"{BASE}/bucket", headers=key, params={**line, "isShared": "False"})
+    assert r.headers["X-Total-Count"] == "0"
+    r = await client.get(f"{BASE}/bucket", headers=key,
+                         params={**line, "isShared": "true,false", "usageType": "data"})
+    assert r.headers["X-Total-Count"] == "1"
 
 
 async def test_bucket_errors_are_tmf_errors(client: httpx.AsyncClient, db: Database) -> None:
@@ -193,6 +227,84 @@ async def test_a_top_up_credits_once_per_idempotency_key(
     await assert_ledger_balanced(db)
 
 
+async def test_a_key_is_for_one_kind_of_action(client: httpx.AsyncClient, db: Database) -> None:
+    """The same key and body sent to another action answered the first action (a top-up for a
+    reservation, holding nothing): it is another request, refused as another body is."""
+    h = await new_holder(db)
+    key = {**(await api_key(db, *ALL)), "Idempotency-Key": "k-1"}
+    body = {**wallet_body(h), "reason": "voucher"}
+    r = await post(client, "/topupBalance", body, key, "TopupBalance_Create")
+    assert r.status_code == 201
+    before = await written(db)
+    for path in ("/reserveBalance", "/adjustBalance"):
+        other = await post(client, path, body, key)
+        assert other.status_code == 400, other.text
+        assert (other.json()["code"], other.json()["field"]) == (
+            "idempotency-key-reused", "Idempotency-Key")
+        assert "Idempotent-Replayed" not in other.headers
+    assert await written(db) == before
+    again = await post(client, "/topupBalance", body, key)
+    assert again.status_code == 201 and again.json()["id"] == r.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await totals(db, h.line.wallet_account_id) == (2200, 0)
+
+
+async def test_without_a_key_the_transfers_name_their_action(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Without an Idempotency-Key the action's id was drawn twice: its transfers' `reference`
+    (and a new bucket's `source`) named an action that does not exist."""
+    from simcharge.ledger.models import LedgerTransfer
+    from simcharge.tmf654.models import BalanceAction
+
+    h, receiver = await new_holder(db), await new_holder(db)
+    key = await api_key(db, *ALL)
+    made = [
+        await post(client, "/topupBalance", wallet_body(h), key),
+        await post(client, "/topupBalance", {
+            "amount": {"amount": 1, "units": "MB"}, "usageType": "data", "bucket": {"id": "new"},
+            "partyAccount": {"id": str(h.account_id)},
+            "logicalResource": [{"id": h.line.msisdn}]}, key),
+        await post(client, "/adjustBalance", {**wallet_body(h), "reason": "goodwill"}, key),
+        await post(client, "/reserveBalance", wallet_body(h), key),
+        await post(client, "/transferBalance", transfer_body(
+            h, receiver, "data", {"amount": 1, "units": "MB"}, str(h.data_bucket)), key),
+    ]
+    assert [r.status_code for r in made] == [201] * 5, [r.text for r in made]
+    async with db.read() as s:
+        for r in made:
+            aid = uuid.UUID(r.json()["id"])
+            refs = set((await s.execute(select(LedgerTransfer.reference).where(
+                LedgerTransfer.reference.like(f"balance:{aid}%")))).scalars())
+            assert refs == {f"balance:{aid}"}, r.json()
+            action = await s.get(BalanceAction, aid)
+            assert action is not None
+            if action.pending_transfer_id is not None:
+                pending = await s.get(LedgerTransfer, action.pending_transfer_id)
+                assert pending is not None and pending.reference == f"balance:{aid}"
+        new_bucket = await s.get(Bucket, uuid.UUID(made[1].json()["bucket"]["id"]))
+        assert new_bucket is not None and new_bucket.source == f"balance:{made[1].json()['id']}"
+        given = await s.get(Bucket, uuid.UUID(made[4].json()["receiverBucket"]["id"]))
+        assert given is not None and given.source == f"balance:{made[4].json()['id']}"
+
+
+async def test_a_top_up_into_an_expired_bucket_is_refused(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """The units went to a bucket that shows nothing left and that the expiry sweep takes:
+    refused as a transfer from it is (400 bucket-not-found, field bucket.id)."""
+    h = await new_holder(db)
+    await expire(db, h.data_bucket)
+    key = await api_key(db, *ALL)
+    before = await written(db)
+    r = await post(client, "/topupBalance", {
+        "amount": {"amount": 100, "units": "MB"}, "usageType": "data",
+        "bucket": {"id": str(h.data_bucket)}, "partyAccount": {"id": str(h.account_id)}}, key)
+    assert r.status_code == 400, r.text
+    assert (r.json()["code"], r.json()["field"]) == ("bucket-not-found", "bucket.id")
+    assert await written(db) == before
+
+
 async def test_a_data_top_up_opens_a_bucket_until_the_given_end(
     client: httpx.AsyncClient, db: Database
 ) -> None:
@@ -277,6 +389,33 @@ async def test_adjustments_up_and_down_never_below_zero(
     await assert_ledger_balanced(db)
 
 
+async def test_adjustments_are_listed_by_party_account(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """`partyAccount.id` picks the owner's lines; it was also matched against each item, and an
+    adjustment carries no `partyAccount`: the list and the history left them out."""
+    h, other = await new_holder(db), await new_holder(db)
+    key = await api_key(db, *ALL)
+    r = await post(client, "/adjustBalance", {**wallet_body(h, 1), "reason": "goodwill"}, key)
+    assert r.status_code == 201
+    owner = {"partyAccount.id": str(h.account_id)}
+    by_owner = await client.get(f"{BASE}/adjustBalance", headers=key, params=owner)
+    assert_response(by_owner, "/adjustBalance")
+    assert [a["id"] for a in by_owner.json()] == [r.json()["id"]]
+    history = await client.get(f"{BASE}/balanceActionHistory", headers=key, params=owner)
+    assert [a["@baseType"] for a in history.json()] == ["AdjustBalance"]
+    # Both: the line, if that account owns it.
+    both = {"logicalResource.id": h.line.msisdn}
+    r = await client.get(f"{BASE}/adjustBalance", headers=key, params={**owner, **both})
+    assert len(r.json()) == 1
+    r = await client.get(f"{BASE}/adjustBalance", headers=key,
+                         params={**both, "partyAccount.id": str(other.account_id)})
+    assert r.json() == [] and r.headers["X-Total-Count"] == "0"
+    r = await client.get(f"{BASE}/bucket", headers=key,
+                         params={**both, "partyAccount.id": str(other.account_id)})
+    assert r.json() == []
+
+
 # --- reserveBalance --------------------------------------------------------------------------
 
 
@@ -329,6 +468,159 @@ async def test_a_reservation_is_held_then_completed_or_cancelled(
     assert r.status_code == 409 and r.json()["code"] == "insufficient-balance"
     assert await totals(db, h.line.wallet_account_id) == (1850, 0)
     await assert_ledger_balanced(db)
+
+
+async def test_a_reservation_replays_after_it_is_completed(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Completing wrote the amount used into the stored request, and the same key and body then
+    answered 400 idempotency-key-reused: the request is kept as sent (the settle transfer says
+    what was used)."""
+    from simcharge.tmf654.models import BalanceAction
+
+    h = await new_holder(db)
+    key = {**(await api_key(db, *ALL)), "Idempotency-Key": "res-1"}
+    body = wallet_body(h)
+    r = await post(client, "/reserveBalance", body, key, "ReserveBalance_Create")
+    assert r.status_code == 201
+    rid = r.json()["id"]
+    p = await client.patch(f"{BASE}/reserveBalance/{rid}", headers=key, json={
+        "status": "completed", "reason": "rated", "amount": {"amount": 0.5, "units": "USD"}})
+    assert p.status_code == 200, p.text
+    again = await post(client, "/reserveBalance", body, key)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == rid and again.json()["status"] == "completed"
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await totals(db, h.line.wallet_account_id) == (1950, 0)
+    async with db.read() as s:
+        action = await s.get(BalanceAction, uuid.UUID(rid))
+        assert action is not None and action.request == body
+
+
+async def test_a_reservation_stored_with_its_used_amount_still_replays(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Rows completed before: their request carries `_used`. They replay, and completing them
+    again compares with what was posted."""
+    from simcharge.tmf654.models import BalanceAction
+
+    h = await new_holder(db)
+    key = {**(await api_key(db, *ALL)), "Idempotency-Key": "res-old"}
+    body = wallet_body(h)
+    r = await post(client, "/reserveBalance", body, key)
+    rid = r.json()["id"]
+    used = {"status": "completed", "reason": "rated", "amount": {"amount": 1.5, "units": "USD"}}
+    assert (await client.patch(f"{BASE}/reserveBalance/{rid}", headers=key,
+                               json=used)).status_code == 200
+    await db.run(lambda s: s.execute(update(BalanceAction).where(
+        BalanceAction.id == uuid.UUID(rid)).values(request={**body, "_used": 150})))
+    again = await post(client, "/reserveBalance", body, key)
+    assert again.status_code == 201 and again.json()["id"] == rid, again.text
+    assert (await client.patch(f"{BASE}/reserveBalance/{rid}", headers=key,
+                               json=used)).status_code == 200
+    other = await client.patch(f"{BASE}/reserveBalance/{rid}", headers=key, json={
+        **used, "amount": {"amount": 2, "units": "USD"}})
+    assert other.status_code == 409 and other.json()["field"] == "amount"
+    changed = await post(client, "/reserveBalance", {**body, "reason": "x"}, key)
+    assert changed.status_code == 400 and changed.json()["code"] == "idempotency-key-reused"
+    assert await totals(db, h.line.wallet_account_id) == (1850, 0)
+
+
+async def test_completing_again_with_another_amount_is_refused(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Completed with 1.50: completing again with 0.50 answered 200, as if 0.50 had been
+    charged. The same amount, or none, is the same request (200); another is 409."""
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    r = await post(client, "/reserveBalance", wallet_body(h), key)
+    url = f"{BASE}/reserveBalance/{r.json()['id']}"
+    done = {"status": "completed", "reason": "rated", "amount": {"amount": 1.5, "units": "USD"}}
+    assert (await client.patch(url, headers=key, json=done)).status_code == 200
+    for amount in (0.5, 2, 0):
+        p = await client.patch(url, headers=key, json={
+            **done, "amount": {"amount": amount, "units": "USD"}})
+        assert p.status_code == 409, (amount, p.text)
+        assert (p.json()["code"], p.json()["field"]) == ("reservation-not-open", "amount")
+        assert_response(p, "/reserveBalance/{id}", "patch")
+    for same in (done, {"status": "completed", "reason": "rated"}):
+        p = await client.patch(url, headers=key, json=same)
+        assert p.status_code == 200 and p.json()["status"] == "completed"
+    assert await totals(db, h.line.wallet_account_id) == (1850, 0)
+    # Completed in full (no amount): the amount posted is the whole reservation.
+    r = await post(client, "/reserveBalance", wallet_body(h, 1), key)
+    url = f"{BASE}/reserveBalance/{r.json()['id']}"
+    assert (await client.patch(url, headers=key, json={"status": "completed",
+                                                       "reason": "rated"})).status_code == 200
+    p = await client.patch(url, headers=key, json={**done, "amount": {"amount": 1, "units": "USD"}})
+    assert p.status_code == 200
+    p = await client.patch(url, headers=key, json=done)
+    assert p.status_code == 409 and p.json()["field"] == "amount"
+    assert await totals(db, h.line.wallet_account_id) == (1750, 0)
+
+
+async def test_an_empty_amount_is_bad_input_not_the_whole_reservation(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """`"amount": {}` is falsy in Python and posted everything reserved."""
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    r = await post(client, "/reserveBalance", wallet_body(h), key)
+    before = await written(db)
+    p = await client.patch(f"{BASE}/reserveBalance/{r.json()['id']}", headers=key,
+                           json={"status": "completed", "reason": "rated", "amount": {}})
+    assert p.status_code == 400, p.text
+    assert (p.json()["code"], p.json()["field"]) == ("validation-error", "amount.amount")
+    assert await written(db) == before
+    assert await totals(db, h.line.wallet_account_id) == (1800, 200)
+
+
+async def test_a_timed_out_reservation_shows_cancelled_before_the_sweep(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Past its timeout and not yet released by the sweep it read `created` (open), while
+    completing it was refused."""
+    from simcharge.kit.clock import clock
+
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    end = (utcnow() + timedelta(minutes=5)).isoformat()
+    r = await post(client, "/reserveBalance", {**wallet_body(h), "validFor": {
+        "endDateTime": end}}, key)
+    url = f"{BASE}/reserveBalance/{r.json()['id']}"
+    assert (await client.get(url, headers=key)).json()["status"] == "created"
+    clock.freeze(utcnow() + timedelta(minutes=6))
+    got = await client.get(url, headers=key)
+    assert_response(got, "/reserveBalance/{id}")
+    assert got.json()["status"] == "cancelled"
+    listed = await client.get(f"{BASE}/reserveBalance", headers=key,
+                              params={"logicalResource.id": h.line.msisdn, "status": "created"})
+    assert listed.json() == []
+    late = await client.patch(url, headers=key, json={"status": "completed", "reason": "late"})
+    assert late.status_code == 409 and late.json()["code"] == "reservation-not-open"
+    assert await totals(db, h.line.wallet_account_id) == (1800, 200)  # the sweep releases it
+
+
+async def test_an_expired_bucket_can_be_neither_reserved_nor_adjusted(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A reservation from a bucket past its end was accepted, and completing it spent units
+    that are expiry's."""
+    h = await new_holder(db)
+    await expire(db, h.data_bucket)
+    key = await api_key(db, *ALL)
+    data = {"amount": {"amount": 100, "units": "MB"}, "usageType": "data",
+            "bucket": {"id": str(h.data_bucket)}, "partyAccount": {"id": str(h.account_id)}}
+    before = await written(db)
+    for path, body in (("/reserveBalance", data),
+                       ("/adjustBalance", {**data, "reason": "goodwill"}),
+                       ("/adjustBalance", {**data, "reason": "goodwill",
+                                           "amount": {"amount": -100, "units": "MB"}})):
+        r = await post(client, path, body, key)
+        assert r.status_code == 400, (path, r.text)
+        assert (r.json()["code"], r.json()["field"]) == ("bucket-not-found", "bucket.id")
+    assert await written(db) == before
+    assert await totals(db, h.data_bucket) == (500 * MB, 0)
 
 
 # --- transferBalance -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from simcharge.tmf654.models import BalanceAction
 from simcharge.worker.models import OutboxJob
 from tests.factories import create_line
 from tests.orders.helpers import Payer, assert_ledger_balanced, idem, new_payer
-from tests.tmf654.helpers import MB, totals
+from tests.tmf654.helpers import MB, totals, written
 
 
 async def funded(db: Database, settings: Settings) -> Payer:
@@ -164,3 +164,26 @@ async def test_the_money_limits_are_said_in_money(
     assert r.status_code == 409
     assert r.json()["detail"] == "A transfer of money is between 1.00 and 50.00 USD."
     assert await totals(db, me.line.wallet_account_id) == (2000, 0)
+
+
+async def test_an_amount_no_account_can_hold_is_bad_input(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """2^63 messages (or 2^63 / 2^20 MB: as many bytes) had no upper bound and reached the
+    database: a 500. More than the ledger's `MAX_AMOUNT` in ledger units is a 422 on `amount`."""
+    me, friend = await funded(db, settings), await new_payer(db, settings)
+
+    async def texts(s: AsyncSession) -> None:
+        await grant_units(s, me.line, [UnitGrant("SMS", 100, 30)], source=f"test-sms:{me.line.id}")
+
+    await db.run(texts)
+    before = await written(db)
+    url = f"/api/v1/me/lines/{me.line.id}/transfers"
+    for usage, amount in (("sms", 2**63), ("data", 2**43),
+                          ("voice", 2**63 // 60 + 1), ("monetary", 2**63)):
+        r = await client.post(url, headers={**me.auth, **idem()}, json={
+            "to": friend.line.msisdn, "usage_type": usage, "amount": amount})
+        assert r.status_code == 422, (usage, amount, r.text)
+        assert r.json()["field"] == "amount", r.json()
+        assert r.json()["type"].endswith("/validation-error")
+    assert await written(db) == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,46 +19,94 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.kit.clock import utcnow
 from simcharge.ledger.models import LedgerTransfer
 
+# Every sum is taken in two halves, the high and the low 32 bits of each amount, put together in
+# Python: SQLite's SUM raises "integer overflow" past 2^63 - 1, which the totals of a unit pass
+# when two of its accounts are near the bound (each within it, as the ledger allows), and so
+# might a damaged account's transfers. PostgreSQL runs the same statements (its SUM of a bigint is
+# a numeric and would not overflow; one text, one result). Both shift arithmetically, so even a
+# negative total (damage) splits into halves that add up again. Per account the halves are
+# carried (the low one below 2^32) and compared with the stored total's halves.
+#
 # Posted movements: `posted` transfers and the posted part of a reservation (`post_pending`).
 # Reserved: `pending` transfers still pending. Voided and expired reservations move nothing.
 _RECOMPUTED = text(
     """
     WITH moves AS (
         SELECT debit_account_id AS account_id,
-               SUM(CASE WHEN kind IN ('posted', 'post_pending') THEN amount ELSE 0 END) AS dpo,
+               SUM(CASE WHEN kind IN ('posted', 'post_pending') THEN amount >> 32 ELSE 0 END)
+                   AS dpo_h,
+               SUM(CASE WHEN kind IN ('posted', 'post_pending') THEN amount & 4294967295
+                        ELSE 0 END) AS dpo_l,
                SUM(CASE WHEN kind = 'pending' AND pending_status = 'pending'
-                        THEN amount ELSE 0 END) AS dp,
-               0 AS cpo, 0 AS cp
+                        THEN amount >> 32 ELSE 0 END) AS dp_h,
+               SUM(CASE WHEN kind = 'pending' AND pending_status = 'pending'
+                        THEN amount & 4294967295 ELSE 0 END) AS dp_l,
+               0 AS cpo_h, 0 AS cpo_l, 0 AS cp_h, 0 AS cp_l
         FROM ledger_transfers GROUP BY debit_account_id
         UNION ALL
-        SELECT credit_account_id, 0, 0,
-               SUM(CASE WHEN kind IN ('posted', 'post_pending') THEN amount ELSE 0 END),
+        SELECT credit_account_id, 0, 0, 0, 0,
+               SUM(CASE WHEN kind IN ('posted', 'post_pending') THEN amount >> 32 ELSE 0 END),
+               SUM(CASE WHEN kind IN ('posted', 'post_pending') THEN amount & 4294967295
+                        ELSE 0 END),
                SUM(CASE WHEN kind = 'pending' AND pending_status = 'pending'
-                        THEN amount ELSE 0 END)
+                        THEN amount >> 32 ELSE 0 END),
+               SUM(CASE WHEN kind = 'pending' AND pending_status = 'pending'
+                        THEN amount & 4294967295 ELSE 0 END)
         FROM ledger_transfers GROUP BY credit_account_id
-    ), totals AS (
-        SELECT account_id, SUM(dpo) AS dpo, SUM(dp) AS dp, SUM(cpo) AS cpo, SUM(cp) AS cp
+    ), sums AS (
+        SELECT account_id,
+               CAST(SUM(dpo_h) AS BIGINT) AS dpo_h, CAST(SUM(dpo_l) AS BIGINT) AS dpo_l,
+               CAST(SUM(dp_h) AS BIGINT) AS dp_h, CAST(SUM(dp_l) AS BIGINT) AS dp_l,
+               CAST(SUM(cpo_h) AS BIGINT) AS cpo_h, CAST(SUM(cpo_l) AS BIGINT) AS cpo_l,
+               CAST(SUM(cp_h) AS BIGINT) AS cp_h, CAST(SUM(cp_l) AS BIGINT) AS cp_l
         FROM moves GROUP BY account_id
+    ), totals AS (
+        SELECT account_id,
+               dpo_h + (dpo_l >> 32) AS dpo_h, dpo_l & 4294967295 AS dpo_l,
+               dp_h + (dp_l >> 32) AS dp_h, dp_l & 4294967295 AS dp_l,
+               cpo_h + (cpo_l >> 32) AS cpo_h, cpo_l & 4294967295 AS cpo_l,
+               cp_h + (cp_l >> 32) AS cp_h, cp_l & 4294967295 AS cp_l
+        FROM sums
     )
     SELECT a.id, a.unit,
-           a.debits_posted, COALESCE(t.dpo, 0), a.debits_pending, COALESCE(t.dp, 0),
-           a.credits_posted, COALESCE(t.cpo, 0), a.credits_pending, COALESCE(t.cp, 0)
+           a.debits_posted, COALESCE(t.dpo_h, 0), COALESCE(t.dpo_l, 0),
+           a.debits_pending, COALESCE(t.dp_h, 0), COALESCE(t.dp_l, 0),
+           a.credits_posted, COALESCE(t.cpo_h, 0), COALESCE(t.cpo_l, 0),
+           a.credits_pending, COALESCE(t.cp_h, 0), COALESCE(t.cp_l, 0)
     FROM ledger_accounts a LEFT JOIN totals t ON t.account_id = a.id
-    WHERE a.debits_posted <> COALESCE(t.dpo, 0) OR a.debits_pending <> COALESCE(t.dp, 0)
-       OR a.credits_posted <> COALESCE(t.cpo, 0) OR a.credits_pending <> COALESCE(t.cp, 0)
+    WHERE (a.debits_posted >> 32) <> COALESCE(t.dpo_h, 0)
+       OR (a.debits_posted & 4294967295) <> COALESCE(t.dpo_l, 0)
+       OR (a.debits_pending >> 32) <> COALESCE(t.dp_h, 0)
+       OR (a.debits_pending & 4294967295) <> COALESCE(t.dp_l, 0)
+       OR (a.credits_posted >> 32) <> COALESCE(t.cpo_h, 0)
+       OR (a.credits_posted & 4294967295) <> COALESCE(t.cpo_l, 0)
+       OR (a.credits_pending >> 32) <> COALESCE(t.cp_h, 0)
+       OR (a.credits_pending & 4294967295) <> COALESCE(t.cp_l, 0)
     """
 )
+_STORED = ("debits_posted", "debits_pending", "credits_posted", "credits_pending")
 _UNIT_SUMS = text(
     """
-    SELECT unit, SUM(debits_posted) - SUM(credits_posted), SUM(debits_pending) - SUM(credits_pending)
+    SELECT unit,
+           SUM(debits_posted >> 32), SUM(debits_posted & 4294967295),
+           SUM(debits_pending >> 32), SUM(debits_pending & 4294967295),
+           SUM(credits_posted >> 32), SUM(credits_posted & 4294967295),
+           SUM(credits_pending >> 32), SUM(credits_pending & 4294967295)
     FROM ledger_accounts GROUP BY unit
     """
 )
+
+
+def _joined(high: int | Decimal | None, low: int | Decimal | None) -> int:
+    """A sum from the sums of its high and low 32-bit halves (PostgreSQL's are numerics)."""
+    return (int(high or 0) << 32) + int(low or 0)
+
+
 _CROSSED = text(
     """
     SELECT id FROM ledger_accounts
-    WHERE (debits_must_not_exceed_credits AND debits_pending + debits_posted > credits_posted)
-       OR (credits_must_not_exceed_debits AND credits_pending + credits_posted > debits_posted)
+    WHERE (debits_must_not_exceed_credits AND debits_pending > credits_posted - debits_posted)
+       OR (credits_must_not_exceed_debits AND credits_pending > debits_posted - credits_posted)
     """
 )
 _RESERVATIONS = text(
@@ -105,16 +154,17 @@ async def verify_ledger(session: AsyncSession, now: datetime | None = None) -> L
     """Everything the ledger promises, checked against the rows (read-only)."""
     report = LedgerReport()
     report.accounts, report.transfers = (await session.execute(_COUNTS)).one()
-    for unit, posted, pending in await session.execute(_UNIT_SUMS):
-        report.units[unit] = (int(posted or 0), int(pending or 0))
+    for unit, *halves in await session.execute(_UNIT_SUMS):
+        dpo, dp, cpo, cp = (_joined(h, lo) for h, lo in zip(halves[0::2], halves[1::2], strict=True))
+        report.units[unit] = (dpo - cpo, dp - cp)
     for row in await session.execute(_RECOMPUTED):
-        account_id, unit, *pairs = row
-        names = ("debits_posted", "debits_pending", "credits_posted", "credits_pending")
-        diffs = [
-            f"{name} stored {stored} but transfers give {computed}"
-            for name, stored, computed in zip(names, pairs[0::2], pairs[1::2], strict=True)
-            if int(stored) != int(computed)
-        ]
+        account_id, unit, *triples = row
+        diffs = []
+        for i, name in enumerate(_STORED):
+            stored, high, low = triples[3 * i : 3 * i + 3]
+            computed = _joined(high, low)
+            if int(stored) != computed:
+                diffs.append(f"{name} stored {stored} but transfers give {computed}")
         report.mismatched.append(f"{account_id} ({unit}): " + "; ".join(diffs))
     report.crossed = [str(r[0]) for r in await session.execute(_CROSSED)]
     open_, overdue = (await session.execute(_RESERVATIONS, {"now": now or utcnow()})).one()

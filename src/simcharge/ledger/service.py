@@ -39,6 +39,9 @@ from simcharge.ledger.repository import (
 )
 
 MAX_AMOUNT = 2**63 - 1
+MAX_TIMEOUT_S = 2**32 - 1
+"""The longest a pending transfer may wait for its timeout: TigerBeetle's (a u32 of seconds,
+about 136 years). Longer is no reservation anyone means, and `now` plus it must stay a date."""
 
 
 class TransferResult(StrEnum):
@@ -59,6 +62,8 @@ class TransferResult(StrEnum):
     accounts_must_be_different = "accounts_must_be_different"
     timeout_reserved_for_pending_transfer = "timeout_reserved_for_pending_transfer"
     timeout_must_not_be_negative = "timeout_must_not_be_negative"
+    timeout_too_large = "timeout_too_large"
+    """A pending timeout longer than `MAX_TIMEOUT_S`."""
     pending_id_must_be_zero = "pending_id_must_be_zero"
     pending_id_required = "pending_id_required"
     pending_id_must_be_different = "pending_id_must_be_different"
@@ -96,7 +101,8 @@ class NewTransfer:
     kind: TransferKind = TransferKind.posted
     pending_id: uuid.UUID | None = None
     timeout_s: int = 0
-    """Pending only: seconds after which the sweep releases the reservation (0: never)."""
+    """Pending only: seconds after which the sweep releases the reservation (0: never; at most
+    `MAX_TIMEOUT_S`)."""
     code: str = "transfer"
     reference: str | None = None
     linked: bool = False
@@ -225,6 +231,8 @@ def _static_result(t: NewTransfer, internal: bool) -> TransferResult | None:
             return r.amount_too_large
     if t.timeout_s < 0:
         return r.timeout_must_not_be_negative
+    if t.timeout_s > MAX_TIMEOUT_S:
+        return r.timeout_too_large
     if t.kind in _KINDS_WITH_ACCOUNTS:
         if not t.amount:
             return r.amount_must_not_be_zero

@@ -121,6 +121,9 @@ IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
 JsonBody = Annotated[dict[str, Any], Body()]
 
 FILTERS_RESERVED = {"fields", "offset", "limit", "lang"}
+LINE_FILTERS = {"logicalResource.id", "partyAccount.id"}
+"""Applied by `_lines_selected` (which lines are read), not to the items: an adjustment carries no
+`partyAccount`, a history entry of a transfer names the giver and the receiver."""
 
 
 def base(request: Request) -> str:
@@ -135,7 +138,9 @@ def _paged(
     request: Request, response: Response, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     params = request.query_params
-    filters = {k: v for k, v in params.items() if k not in FILTERS_RESERVED}
+    filters = {
+        k: v for k, v in params.items() if k not in FILTERS_RESERVED and k not in LINE_FILTERS
+    }
     chosen = [i for i in items if matches(i, filters)]
     try:
         offset = int(params.get("offset", 0))
@@ -151,17 +156,20 @@ def _paged(
 
 
 async def _lines_selected(s: AsyncSession, request: Request) -> list[Line]:
-    """Listing needs a line: `logicalResource.id` (its MSISDN) or `partyAccount.id`."""
+    """Listing needs a line: `logicalResource.id` (its MSISDN) or `partyAccount.id` (its
+    owner's lines); both: that line if that account owns it."""
     params = request.query_params
     msisdn = params.get("logicalResource.id")
-    if msisdn:
-        return [await find_line_by_msisdn(s, msisdn)]
     owner = params.get("partyAccount.id")
-    if owner:
-        try:
-            return list(await LineRepository(s).of_account(uuid.UUID(owner)))
-        except ValueError:
-            return []
+    try:
+        owner_id = uuid.UUID(owner) if owner else None
+    except ValueError:
+        return []
+    if msisdn:
+        line = await find_line_by_msisdn(s, msisdn)
+        return [line] if owner_id is None or line.account_id == owner_id else []
+    if owner_id is not None:
+        return list(await LineRepository(s).of_account(owner_id))
     raise BadRequest(
         N_("Filter by logicalResource.id (an MSISDN) or partyAccount.id."),
         field="logicalResource.id",
@@ -403,13 +411,13 @@ def _until(body: dict[str, Any]) -> datetime | None:
 
 async def _create(
     db: DB, request: Request, key: Integration, idem: str | None, body: dict[str, Any],
-    definition: str, act: Callable[[AsyncSession], Awaitable[BalanceAction]],
+    kind: ActionKind, act: Callable[[AsyncSession], Awaitable[BalanceAction]],
 ) -> JSONResponse:
-    validate_body(definition, body)
+    validate_body(_DEFINITIONS[kind], body)
     actor = actor_of(key)
 
     async def run(s: AsyncSession) -> tuple[dict[str, Any], bool]:
-        found = await service.replay(s, actor, idem, body)
+        found = await service.replay(s, actor, idem, body, kind)
         if found is not None:
             return await _render(s, request, found), True
         action = await act(s)
@@ -421,6 +429,14 @@ async def _create(
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(out, status_code=201, headers=headers)
+
+
+_DEFINITIONS = {
+    ActionKind.topup: "TopupBalance_Create",
+    ActionKind.adjust: "AdjustBalance_Create",
+    ActionKind.reserve: "ReserveBalance_Create",
+    ActionKind.transfer: "TransferBalance_Create",
+}
 
 
 # --- topupBalance ----------------------------------------------------------------------------
@@ -442,7 +458,7 @@ async def create_topup(
             reason=body.get("reason"),
         )
 
-    return await _create(db, request, key, idem, body, "TopupBalance_Create", act)
+    return await _create(db, request, key, idem, body, ActionKind.topup, act)
 
 
 async def _locked(s: AsyncSession, line: Line) -> Line:
@@ -486,7 +502,7 @@ async def create_adjustment(
             actor=actor_of(key), key=idem, request=body, reason=str(body.get("reason") or ""),
         )
 
-    return await _create(db, request, key, idem, body, "AdjustBalance_Create", act)
+    return await _create(db, request, key, idem, body, ActionKind.adjust, act)
 
 
 @router.get("/adjustBalance", summary="Adjustments of a line")
@@ -527,7 +543,7 @@ async def create_reservation(
             reason=body.get("reason"),
         )
 
-    return await _create(db, request, key, idem, body, "ReserveBalance_Create", act)
+    return await _create(db, request, key, idem, body, ActionKind.reserve, act)
 
 
 @router.get("/reserveBalance", summary="Reservations of a line")
@@ -556,7 +572,8 @@ async def patch_reservation(
 
     async def run(s: AsyncSession) -> dict[str, Any]:
         action = await _find(s, ActionKind.reserve, action_id)
-        amount = units_of(body["amount"], action.unit, "amount") if body.get("amount") else None
+        # A present `amount` is one to read, `{}` too (which then names no amount: bad input).
+        amount = units_of(body["amount"], action.unit, "amount") if "amount" in body else None
         settled = await service.settle_reservation(
             s, action, complete=status == "completed", amount=amount
         )
@@ -606,7 +623,7 @@ async def create_transfer(
             request=body, reason=body.get("reason"),
         )
 
-    return await _create(db, request, key, idem, body, "TransferBalance_Create", act)
+    return await _create(db, request, key, idem, body, ActionKind.transfer, act)
 
 
 @router.get("/transferBalance", summary="Transfers given by a line")

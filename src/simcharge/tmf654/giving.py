@@ -20,6 +20,7 @@ from simcharge.config import Settings
 from simcharge.errors import IdempotencyKeyReused, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
+from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.models import Bucket, Line
 from simcharge.lines.service import find_line_by_msisdn
 from simcharge.notifications.service import notify
@@ -124,6 +125,9 @@ def _check_usage_type(gift: Gift) -> None:
         )
     if gift.amount <= 0:
         raise ValidationFailed(N_("The amount must be more than zero."), field="amount")
+    if gift.amount * PER_UNIT[gift.usage_type] > MAX_AMOUNT:
+        # More than any account can hold, in ledger units (nor a BIGINT column).
+        raise ValidationFailed(N_("This is not a valid amount."), field="amount")
 
 
 async def preview(
@@ -161,7 +165,7 @@ async def give(
     line = await own_line(s, account_id, line_id)
     actor = actor_of(account_id)
     request = gift.request()
-    found = await service.replay(s, actor, key, request)
+    found = await service.replay(s, actor, key, request, ActionKind.transfer)
     if found is not None:
         # The giving line is part of the request (in the path, not the body): the same key
         # and body from another of the customer's lines asks for another transfer.

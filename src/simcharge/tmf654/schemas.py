@@ -190,12 +190,17 @@ def select_fields(item: dict[str, Any], fields: str | None) -> dict[str, Any]:
 
 def matches(item: dict[str, Any], filters: dict[str, str]) -> bool:
     """TMF attribute filtering: `name=value` (`a,b` means either), dotted names go into objects
-    and lists (`logicalResource.id=+1415…`)."""
+    and lists (`logicalResource.id=+1415…`). Values compare as JSON writes them: `true`,
+    `false`, `null`."""
     for name, expected in filters.items():
         choices = set(expected.split(","))
-        if not any(str(v) in choices for v in _values(item, name.split("."))):
+        if not any(_as_text(v) in choices for v in _values(item, name.split("."))):
             return False
     return True
+
+
+def _as_text(value: Any) -> str:
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
 def _values(node: Any, path: list[str]) -> Iterable[Any]:

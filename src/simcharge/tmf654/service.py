@@ -128,10 +128,21 @@ async def available(session: AsyncSession, account_id: uuid.UUID) -> int:
 # Idempotency
 
 
+LEGACY_USED = "_used"
+"""Where a completed reservation's used amount was once written, into its stored request (no
+longer: the settle transfer says it, `used_amount`). Rows written so still replay."""
+
+
 async def replay(
-    session: AsyncSession, actor: str, key: str | None, request: dict[str, Any]
+    session: AsyncSession,
+    actor: str,
+    key: str | None,
+    request: dict[str, Any],
+    kind: ActionKind,
 ) -> BalanceAction | None:
-    """The action already made under this key by this caller (same request), or None."""
+    """The action already made under this key by this caller (same kind of action, same
+    request), or None. The key names one request: another body, or the same body sent as
+    another kind of action, is refused."""
     if key is None:
         return None
     found = (
@@ -141,7 +152,12 @@ async def replay(
             )
         )
     ).scalar_one_or_none()
-    if found is not None and found.request != request:
+    if found is None:
+        return None
+    stored = found.request
+    if LEGACY_USED in stored and LEGACY_USED not in request:
+        stored = {k: v for k, v in stored.items() if k != LEGACY_USED}
+    if found.kind != kind.value or stored != request:
         raise IdempotencyKeyReused(field="Idempotency-Key")
     return found
 
@@ -170,6 +186,7 @@ def action_id(actor: str, key: str | None) -> uuid.UUID:
 def _new_action(
     kind: ActionKind,
     *,
+    aid: uuid.UUID,
     actor: str,
     key: str | None,
     request: dict[str, Any],
@@ -179,7 +196,7 @@ def _new_action(
     reason: str | None,
 ) -> BalanceAction:
     return BalanceAction(
-        id=action_id(actor, key),
+        id=aid,
         kind=kind.value,
         status=ActionStatus.completed.value,
         line_id=holder.line.id,
@@ -206,6 +223,13 @@ def _raise_refused(exc: TransferRejected) -> None:
 def _check_amount(amount: int) -> None:
     if amount <= 0:
         raise ValidationFailed(N_("The amount must be more than zero."), field="amount")
+
+
+def _check_live(holder: Holder, now: datetime) -> None:
+    """A bucket past its end takes nothing and gives nothing: what it held is expiry's."""
+    b = holder.bucket
+    if b is not None and b.expires_at is not None and b.expires_at <= now:
+        raise BucketNotFound(N_("The bucket has expired."), field="bucket.id")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +271,7 @@ async def topup(
     elif target is not None and target.bucket is not None:
         if target.unit != unit or target.line.id != line.id:
             raise ValidationFailed(N_("The bucket does not match."), field="bucket.id")
+        _check_live(target, now)
         origin = chart.issuance(unit, shard)
         account_id = target.account_id
         await ensure_accounts(session, [origin])
@@ -268,8 +293,8 @@ async def topup(
         )
         account_id = bucket_id(source, 0)
     holder = Holder(line, account_id, unit, None if unit == line.currency else Bucket(id=account_id))
-    action = _new_action(ActionKind.topup, actor=actor, key=key, request=request, holder=holder,
-                         amount=amount, now=now, reason=reason)
+    action = _new_action(ActionKind.topup, aid=aid, actor=actor, key=key, request=request,
+                         holder=holder, amount=amount, now=now, reason=reason)
     on_topup(session, line, now=now, actor=actor, by_owner=False)
     await _add_action(session, action)
     await post_transfers(session, transfers, now=now)
@@ -292,6 +317,7 @@ async def adjust(
     if not reason.strip():
         raise ValidationFailed(N_("Say why the balance is adjusted."), field="reason")
     now = utcnow()
+    _check_live(holder, now)
     aid = action_id(actor, key)
     shard = chart.shard_of(holder.line.id)
     origin = (
@@ -300,8 +326,8 @@ async def adjust(
     )
     await ensure_accounts(session, [origin])
     debit, credit = (origin.id, holder.account_id) if amount > 0 else (holder.account_id, origin.id)
-    action = _new_action(ActionKind.adjust, actor=actor, key=key, request=request, holder=holder,
-                         amount=amount, now=now, reason=reason)
+    action = _new_action(ActionKind.adjust, aid=aid, actor=actor, key=key, request=request,
+                         holder=holder, amount=amount, now=now, reason=reason)
     await _add_action(session, action)
     try:
         await post_transfers(session, [
@@ -342,6 +368,7 @@ async def reserve(
     if LineState(holder.line.state) is not LineState.active:
         raise LineNotInService(N_("Only an active line can reserve."), field="bucket.id")
     now = utcnow()
+    _check_live(holder, now)
     until = until or now + DEFAULT_RESERVATION
     if until <= now or until - now > MAX_RESERVATION:
         raise ValidationFailed(
@@ -351,8 +378,8 @@ async def reserve(
     sink = _sink(holder)
     await ensure_accounts(session, [sink])
     pending_id = derived_id(f"balance:{aid}", "reserve")
-    action = _new_action(ActionKind.reserve, actor=actor, key=key, request=request, holder=holder,
-                         amount=amount, now=now, reason=reason)
+    action = _new_action(ActionKind.reserve, aid=aid, actor=actor, key=key, request=request,
+                         holder=holder, amount=amount, now=now, reason=reason)
     action.status, action.confirmed_at = ActionStatus.created.value, None
     action.pending_transfer_id = pending_id
     await _add_action(session, action)
@@ -369,17 +396,37 @@ async def reserve(
     return action
 
 
-async def reservation_status(session: AsyncSession, action: BalanceAction) -> str:
-    """The reservation's status as the ledger knows it (a timeout shows as cancelled)."""
+async def reservation_status(
+    session: AsyncSession, action: BalanceAction, now: datetime | None = None
+) -> str:
+    """The reservation's status as the ledger knows it. A timeout shows as cancelled from the
+    moment it passes, before the sweep releases the amount: it can no longer be completed."""
     if action.kind != ActionKind.reserve or action.pending_transfer_id is None:
         return action.status
     pending = await session.get(LedgerTransfer, action.pending_transfer_id)
     if pending is None:
         return action.status
+    if pending.pending_status == PendingStatus.pending.value and (
+        pending.timeout_at is not None and pending.timeout_at <= (now or utcnow())
+    ):
+        return ActionStatus.cancelled.value
     return {
         PendingStatus.pending.value: ActionStatus.created.value,
         PendingStatus.posted.value: ActionStatus.completed.value,
     }.get(pending.pending_status or "", ActionStatus.cancelled.value)
+
+
+def _settle_id(action: BalanceAction) -> uuid.UUID:
+    return derived_id(f"balance:{action.id}", "settle")
+
+
+async def used_amount(session: AsyncSession, action: BalanceAction) -> int | None:
+    """What completing the reservation posted — the settle transfer's amount; rows whose request
+    still carries `_used` were settled by the same transfer — or None when it is not completed."""
+    settle = await session.get(LedgerTransfer, _settle_id(action))
+    if settle is None or settle.kind != TransferKind.post_pending.value:
+        return None
+    return settle.amount
 
 
 async def settle_reservation(
@@ -390,11 +437,14 @@ async def settle_reservation(
     amount: int | None = None,
 ) -> BalanceAction:
     """Complete (post `amount`, default all; the rest is released) or cancel (void) an open
-    reservation. Settling it again the same way answers the same; otherwise 409."""
+    reservation. Settling it again the same way answers the same (completing: with no amount or
+    the amount posted); otherwise 409."""
     await session.refresh(action, with_for_update=True)
     wanted = ActionStatus.completed if complete else ActionStatus.cancelled
     current = await reservation_status(session, action)
     if current == wanted.value and action.status == wanted.value:
+        if complete and amount is not None and amount != await used_amount(session, action):
+            raise ReservationNotOpen(field="amount")
         return action
     if current != ActionStatus.created.value:
         raise ReservationNotOpen(field="status")
@@ -405,7 +455,7 @@ async def settle_reservation(
     now = utcnow()
     assert action.pending_transfer_id is not None
     resolve = NewTransfer(
-        id=derived_id(f"balance:{action.id}", "settle"),
+        id=_settle_id(action),
         pending_id=action.pending_transfer_id,
         amount=amount if complete else None,
         kind=TransferKind.post_pending if complete else TransferKind.void_pending,
@@ -418,8 +468,6 @@ async def settle_reservation(
             raise ReservationNotOpen(field="status") from exc
         raise
     action.status, action.confirmed_at = wanted.value, now
-    if complete and amount is not None:
-        action.request = {**action.request, "_used": amount}
     await session.flush()
     return action
 
@@ -544,8 +592,7 @@ async def transfer(
             code="transfer", reference=ref))
     else:
         b = source.bucket
-        if b.expires_at is not None and b.expires_at <= now:
-            raise BucketNotFound(N_("The bucket has expired."), field="bucket.id")
+        _check_live(source, now)
         receiver_account = bucket_id(ref, 0)
         await ensure_accounts(session, [NewAccount(
             unit=b.unit, code="bucket", id=receiver_account, line_id=receiver.id,
@@ -562,7 +609,7 @@ async def transfer(
             id=derived_id(ref, "fee"), amount=fee, unit=giver.currency,
             debit_account_id=giver.wallet_account_id, credit_account_id=fees.id,
             code="transfer_fee", reference=ref))
-    action = _new_action(ActionKind.transfer, actor=actor, key=key, request=request,
+    action = _new_action(ActionKind.transfer, aid=aid, actor=actor, key=key, request=request,
                          holder=source, amount=amount, now=now, reason=reason)
     action.fee = fee
     action.receiver_line_id = receiver.id
