@@ -71,6 +71,9 @@ class Order(Base):
         Index("ix_orders_account_id", "account_id", "created_at"),
         Index("ix_orders_line_id", "line_id", "created_at"),
         Index("ix_orders_state_expires", "state", "expires_at"),
+        # The reports' and the back office's ranges of days (migration 0011).
+        Index("ix_orders_created_at", "created_at"),
+        Index("ix_orders_paid_at", "paid_at"),
         Index(
             "ix_orders_attention",
             "attention",
