@@ -115,6 +115,11 @@ class Conflict(SimchargeError):
     title = N_("The request conflicts with the current state.")
 
 
+class IdempotencyKeyMissing(BadRequest):
+    slug = "idempotency-key-missing"
+    title = N_("An Idempotency-Key header is required, so that a retry never orders twice.")
+
+
 class IdempotencyKeyReused(SimchargeError):
     status = 422
     slug = "idempotency-key-reused"

@@ -237,3 +237,29 @@ async def test_bad_line_requests_name_the_field(
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == PROBLEM
     assert r.json()["field"] == field
+
+
+async def test_without_a_choice_answers_speak_the_operators_default_language(
+    settings: Settings, db: Database
+) -> None:
+    await db.run(load_demo_catalog)
+    app = create_app(
+        settings.model_copy(update={"default_language": "es"}), db=db, run_worker=False
+    )
+    said = {
+        "": "Inicial",
+        "de-DE,de;q=0.9": "Inicial",
+        "zh-TW,zh;q=0.8": "入門方案",
+    }
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for accept_language, name in said.items():
+            headers = {"Accept-Language": accept_language} if accept_language else {}
+            plans = (await c.get("/api/v1/plans", headers=headers)).json()
+            assert plans[0]["name"] == name, accept_language
+        # an explicit choice still wins
+        plans = (await c.get("/api/v1/plans?lang=en", headers={"Accept-Language": "es"})).json()
+        assert plans[0]["name"] == "Starter"
+        # and so do problems answered before any endpoint chose a language
+        spanish = (await c.get("/api/v1/nowhere")).json()["title"]
+        english = (await c.get("/api/v1/nowhere", headers={"Accept-Language": "en"})).json()
+        assert spanish != english["title"] and english["status"] == 404

@@ -274,7 +274,7 @@ async def test_finance_puts_a_wrong_amount_on_the_line_balance(
     key = await db.run(lambda s: create_api_key(s, "erp", ["refunds:write"]))
     auth = {"Authorization": f"Bearer {key.token}"}
     again = await client.post(f"/api/v1/admin/orders/{order['id']}/apply-to-wallet",
-                              headers=auth, json={"note": "twice"})
+                              headers=finance.auth, json={"note": "twice"})
     assert again.status_code == 409 and problem(again)["type"] == "/problems/nothing-to-apply"
     refund = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
                                headers={**auth, "Idempotency-Key": "r1"},
@@ -309,10 +309,9 @@ async def test_a_payment_in_another_currency_than_the_wallet_is_not_applied(
     await db.run(lambda s: s.execute(
         update(Line).where(Line.id == payer.line.id).values(currency="CNY")))
     held, wallet = await _unapplied(db), await _wallet(db, payer)
-    key = await db.run(lambda s: create_api_key(s, "erp", ["refunds:write"]))
+    finance = await new_staff(db, settings, "finance")
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/apply-to-wallet",
-                          headers={"Authorization": f"Bearer {key.token}"},
-                          json={"note": "credit please"})
+                          headers=finance.auth, json={"note": "credit please"})
     assert r.status_code == 409 and problem(r)["type"] == "/problems/wallet-currency-differs"
     assert (await _unapplied(db), await _wallet(db, payer)) == (held, wallet)
     assert (await order_row(db, order["id"])).attention == "amount_mismatch"
@@ -321,9 +320,39 @@ async def test_a_payment_in_another_currency_than_the_wallet_is_not_applied(
     await pay_at_sandbox(client, settings, other)
     await client.post(f"/api/v1/orders/{other['id']}/check", headers=payer.auth)
     r = await client.post(f"/api/v1/admin/orders/{other['id']}/apply-to-wallet",
-                          headers={"Authorization": f"Bearer {key.token}"},
-                          json={"note": "credit please"})
+                          headers=finance.auth, json={"note": "credit please"})
     assert r.status_code == 409 and problem(r)["type"] == "/problems/nothing-to-apply"
+
+
+async def test_an_api_key_never_puts_a_payment_on_the_line_balance(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """It settles a payment that needed attention, a person's judgement: `refunds:write`
+    refunds and nothing else (README, "Roles")."""
+    payer = await new_payer(db, settings)
+    order = await _wrong_amount(client, db, settings, payer)
+    held, wallet = await _unapplied(db), await _wallet(db, payer)
+    key = await db.run(lambda s: create_api_key(s, "erp", ["refunds:write"]))
+    auth = {"Authorization": f"Bearer {key.token}"}
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/apply-to-wallet",
+                          headers=auth, json={"note": "settled by the ERP"})
+    assert r.status_code == 403, r.text
+    assert problem(r)["type"] == "/problems/apply-needs-a-person"
+    row = await order_row(db, order["id"])
+    assert (row.state, row.attention) == (OrderState.paid, "amount_mismatch")
+    assert (await _unapplied(db), await _wallet(db, payer)) == (held, wallet)
+    async with db.read() as s:
+        [refusal] = (await s.execute(select(AuditEntry).where(
+            AuditEntry.action == "access.denied",
+            AuditEntry.actor == f"apikey:{key.key.prefix}"))).scalars().all()  # fmt: skip
+        assert not (await s.execute(select(AuditEntry).where(
+            AuditEntry.action == "order.apply_to_wallet"))).first()  # fmt: skip
+    assert refusal.target_id == order["id"] and refusal.details["reason"] == "a person only"
+    # the key still refunds it
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**auth, "Idempotency-Key": "r1"},
+                          json={"reason": "the customer wants it back"})
+    assert r.status_code == 202, r.text
 
 
 async def test_the_report_shows_a_payment_put_on_the_balance_apart_from_those_still_held(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -103,6 +105,17 @@ def test_rounding_and_cost() -> None:
     assert affordable_units(per_second, 10, 60, 5) == 120  # 15 cents in all buy 180 s
     free = Rate("sms", "home", "USD", 0, 1, 1, 1, 0)
     assert affordable_units(free, 0) > 10**12
+
+
+def test_a_rate_kept_by_a_charging_session_reads_back_the_same() -> None:
+    rate = Rate("data", "roam-eu", "EUR", 150, 1048576, 1024, 512, 1)
+    kept = json.loads(json.dumps(rate.stored()))  # as the session's JSON column holds it
+    assert Rate.from_stored("data", "EUR", kept) == rate
+    # the layout sessions already in the database hold: the zone, then the numbers in order
+    assert kept == ["roam-eu", 150, 1048576, 1024, 512, 1]
+    assert Rate.from_stored("voice", "USD", ["home", 20, 60, 60, 1, 0]) == Rate(
+        "voice", "home", "USD", 20, 60, 60, 1, 0
+    )
 
 
 async def test_loading_is_idempotent_and_creates_every_shard(session: AsyncSession) -> None:

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from simcharge.kit.i18n import negotiate_language, normalize_language
+from simcharge.kit.i18n import negotiate_language, normalize_language, pick_language
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.money import (
     LossyConversionError,
@@ -92,6 +92,15 @@ def test_language_normalisation() -> None:
     assert normalize_language("xx") is None
 
 
+def test_an_explicit_choice_then_the_browser_then_the_operators_default() -> None:
+    assert pick_language(None, "zh-TW", accept_language="es", default="fil") == "zh-Hant"
+    assert pick_language("xx", None, accept_language="es-MX", default="fil") == "es"
+    assert pick_language(None, accept_language="de", default="fil") == "fil"
+    assert pick_language(accept_language=None, default="fil") == "fil"
+    # an operator's default we do not speak falls back to English
+    assert pick_language(accept_language="de", default="de") == "en"
+
+
 def test_phone_numbers() -> None:
     assert normalize_e164("+1 (415) 555-0100") == "+14155550100"
     assert normalize_e164("0917 123 4567", region="PH") == "+639171234567"
@@ -113,3 +122,25 @@ def test_quantities_read_alike_everywhere_in_the_readers_language() -> None:
             assert environment(language).filters["units"](amount, unit) == units_text(
                 language, amount, unit
             )
+
+
+def test_moments_read_alike_everywhere_in_utc() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from simcharge.kit.moments import moment_text
+    from simcharge.notifications.templates import environment as message_environment
+    from simcharge.portal.web import environment as page_environment
+
+    when = datetime(2026, 12, 31, 18, 30, tzinfo=UTC)
+    assert moment_text("en", when).replace("\u202f", " ") == "Dec 31, 2026, 6:30:00 PM UTC"
+    # the same instant seen from Shanghai is still written in UTC, on UTC's day
+    assert moment_text("en", when.astimezone(timezone(timedelta(hours=8)))) == moment_text(
+        "en", when
+    )
+    # pages, e-mails, SMS and receipts use the same words
+    for language in ("en", "zh-Hans", "zh-Hant", "fil", "es"):
+        text = moment_text(language, when)
+        assert "UTC" in text
+        assert page_environment(language).filters["datetime"](when) == text
+        assert message_environment(language).filters["datetime"](when) == text
+        assert message_environment(language).filters["datetime"](when.isoformat()) == text

@@ -12,7 +12,7 @@ from simcharge.auth.apikeys import log_refused, verify_api_key
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Forbidden, NotAuthenticated
-from simcharge.kit.i18n import negotiate_language, normalize_language
+from simcharge.kit.i18n import pick_language
 from simcharge.kit.translations import N_
 
 API_PREFIX = "/api/v1"
@@ -32,10 +32,19 @@ async def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+def request_language(request: Request) -> str:
+    """`?lang=` if given and supported, else the best match for `Accept-Language`, else the
+    operator's `SIMCHARGE_DEFAULT_LANGUAGE`."""
+    settings: Settings = request.app.state.settings
+    return pick_language(
+        request.query_params.get("lang"),
+        accept_language=request.headers.get("accept-language"),
+        default=settings.default_language,
+    )
+
+
 async def get_language(request: Request) -> str:
-    """`?lang=` if given and supported, else the best match for `Accept-Language`."""
-    chosen = normalize_language(request.query_params.get("lang"))
-    language = chosen or negotiate_language(request.headers.get("accept-language"))
+    language = request_language(request)
     request.state.language = language
     return language
 

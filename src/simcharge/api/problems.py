@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from simcharge.api.deps import request_language
 from simcharge.errors import (
     BadRequest,
     FieldError,
@@ -26,7 +27,6 @@ from simcharge.errors import (
     SimchargeError,
     ValidationFailed,
 )
-from simcharge.kit.i18n import negotiate_language
 from simcharge.kit.translations import N_, translate
 
 log = structlog.get_logger("simcharge.http")
@@ -57,9 +57,7 @@ def problem_body(exc: SimchargeError, language: str, instance: str | None) -> di
 
 
 def problem_response(request: Request, exc: SimchargeError) -> JSONResponse:
-    language = getattr(request.state, "language", None) or negotiate_language(
-        request.headers.get("accept-language")
-    )
+    language = getattr(request.state, "language", None) or request_language(request)
     body = problem_body(exc, language, request.url.path)
     request_id = getattr(request.state, "request_id", None)
     if request_id:

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from simcharge.api.deps import DB
-from simcharge.auth.throttle import RateLimits
+from simcharge.auth.deps import Limits
 from simcharge.errors import NotFound, ServiceUnavailable, registered_problem_types
 from simcharge.kit.translations import N_
 from simcharge.metrics import exposition, refresh_levels
@@ -88,23 +88,17 @@ async def healthz() -> dict[str, str]:
         },
     },
 )
-async def readyz(db: DB, request: Request) -> JSONResponse:
+async def readyz(db: DB, limits: Limits) -> JSONResponse:
     """The process can serve: its database answers, and Redis too when `SIMCHARGE_REDIS_URL` is
     set (without it every sign-in, registration and code is refused: the rate limits fail
     closed). If not: 503, a `not-ready` problem naming what does not answer."""
-    limits: RateLimits = request.app.state.rate_limits
     database = "ok"
     try:
         await db.ping()
     except Exception as exc:  # noqa: BLE001 - whatever fails, the answer is "not ready"
         log.warning("readyz.database_unreachable", error=type(exc).__name__)
         database = "unreachable"
-    redis: str | None = None  # not named when the counts are in memory
-    reachable = await limits.reachable()
-    if reachable is not None:
-        redis = "ok" if reachable else "unreachable"
-        if not reachable:
-            log.warning("readyz.redis_unreachable", redis=limits.redis)
+    redis = await limits.readiness()  # not named when the counts are in memory
     if database != "ok" or redis == "unreachable":
         raise NotReady(database, redis)
     return JSONResponse({"status": "ok", "database": "ok"} | ({"redis": "ok"} if redis else {}))

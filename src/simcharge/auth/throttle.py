@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import coredis.exceptions
@@ -196,16 +196,21 @@ class RateLimits:
             )
             raise ServiceUnavailable(headers={"Retry-After": REDIS_RETRY_AFTER}) from None
 
-    async def reachable(self) -> bool | None:
-        """Whether Redis answers a PING now (connecting, then the PING, each within
-        `REDIS_TIMEOUT_SECONDS`); None when the counts are in memory."""
+    async def readiness(self) -> Literal["ok", "unreachable"] | None:
+        """For `/readyz`: "ok" while Redis answers a PING (connecting, then the PING, each within
+        `REDIS_TIMEOUT_SECONDS`), "unreachable" (logged) when it does not; None when the counts
+        are in memory (nothing to wait for)."""
         if self.redis is None:
             return None
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS * 2):
-                return await self.storage.check()
+                answered = await self.storage.check()
         except TimeoutError:
-            return False
+            answered = False
+        if answered:
+            return "ok"
+        log.warning("readyz.redis_unreachable", redis=self.redis)
+        return "unreachable"
 
     async def reset(self) -> None:
         await self.storage.reset()

@@ -5,7 +5,12 @@ changed entry gets a new `version`: an order keeps the plan as it was sold (its 
 usage record the tariff version in force when it was rated (`tariff_versions`).
 
 A tariff's code is `<service>.<zone>.<currency>` (`voice.europe.EUR`): the three fields that
-make it one tariff, which an edit cannot change."""
+make it one tariff, which an edit cannot change.
+
+Edits are serialised (`catalog.service.lock_catalog`, taken before the catalog is read): two
+admins saving two entries at once each keep their change. An entry is shown with its `version`;
+an edit that carries one is refused (`catalog-entry-changed`, 409) if the entry is at another
+version by then, so that an edit made from an older read does not undo a newer one."""
 
 from __future__ import annotations
 
@@ -21,7 +26,13 @@ from simcharge.backoffice.audit import Actor
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.schemas import MIB, PER_UNITS
-from simcharge.catalog.service import CatalogInvalid, LoadReport, load_catalog, validate_catalog
+from simcharge.catalog.service import (
+    CatalogInvalid,
+    LoadReport,
+    load_catalog,
+    lock_catalog,
+    validate_catalog,
+)
 from simcharge.charging.models import Tariff, TariffVersion
 from simcharge.errors import NotFound
 from simcharge.kit.money import from_minor
@@ -34,6 +45,16 @@ TARIFF_KEY = ("service", "zone", "currency")
 class CatalogEntryNotFound(NotFound):
     slug = "catalog-entry-not-found"
     title = N_("There is no such plan, payment method or tariff.")
+
+
+class CatalogEntryChanged(CatalogInvalid):
+    """The edit names the version it was made from, and the entry has another by now (someone
+    saved it meanwhile): nothing is stored. A `CatalogInvalid`, so that the page shows it with
+    the edit kept, as it shows any problem."""
+
+    status = 409
+    slug = "catalog-entry-changed"
+    title = N_("Someone else changed this entry since you read it: nothing was saved.")
 
 
 def tariff_code(entry: dict[str, Any] | Tariff | TariffVersion) -> str:
@@ -71,6 +92,7 @@ def _bucket(grant: dict[str, Any]) -> dict[str, Any]:
 def _plan(plan: Plan, prices: dict[str, int]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "code": plan.code,
+        "version": plan.version,
         "names": dict(plan.names),
         "descriptions": dict(plan.descriptions),
         "prices": _money(prices),
@@ -92,6 +114,7 @@ def _method(m: PaymentMethod) -> dict[str, Any]:
         limits.setdefault(cur, {})["max"] = str(from_minor(int(amount), cur))
     return {
         "code": m.code,
+        "version": m.version,
         "provider": m.provider,
         "currencies": list(m.currencies),
         "names": dict(m.names),
@@ -110,6 +133,7 @@ def _tariff(t: Tariff) -> dict[str, Any]:
         "service": t.service,
         "zone": t.zone,
         "currency": t.currency,
+        "version": t.version,
         "price": str(from_minor(t.price, t.currency)),
         "per": per,
         "minimum": str(from_minor(t.minimum, t.currency)),
@@ -121,7 +145,8 @@ def _tariff(t: Tariff) -> dict[str, Any]:
 
 
 async def export_catalog(s: AsyncSession) -> dict[str, Any]:
-    """The catalog as it stands, in the file's form (retired entries included, marked so)."""
+    """The catalog as it stands, in the file's form (retired entries included, marked so), each
+    plan, method and tariff with its `version` (not a field of the file: `as_file`)."""
     repo = CatalogRepository(s)
     prices = await repo.prices_by_plan()
     return {
@@ -144,6 +169,14 @@ async def export_catalog(s: AsyncSession) -> dict[str, Any]:
                 )
             ).scalars()
         ],
+    }
+
+
+def as_file(catalog: dict[str, Any]) -> dict[str, Any]:
+    """An exported catalog in the file's form: without the entries' versions."""
+    return {
+        kind: [{k: v for k, v in e.items() if k != "version"} for e in entries]
+        for kind, entries in catalog.items()
     }
 
 
@@ -179,19 +212,23 @@ async def tariff_versions(s: AsyncSession, code: str) -> list[TariffVersion]:
 async def save_entry(
     s: AsyncSession, actor: Actor, kind: str, code: str, text: str
 ) -> tuple[LoadReport, dict[str, Any]]:
-    """Replace (or add, for a new code) one entry with `text` (JSON in the file's form) and load
-    the catalog; nothing is stored if anything in it is invalid."""
-    catalog = await export_catalog(s)
-    before = find_entry(catalog, kind, code)
+    """Replace (or add, for a new code) one entry with `text` (JSON in the file's form, with the
+    `version` it was read at if it has one) and load the catalog; nothing is stored if anything
+    in it is invalid, or if the entry is at another version than the one given."""
+    if kind not in KINDS:
+        raise CatalogEntryNotFound(field="kind")
     source = f"{KINDS[kind]} {code}"
     if "\x00" in text or "\\u0000" in text:
         raise CatalogInvalid(source, ["a text contains a NUL character"])
     try:
         entry = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
         raise CatalogInvalid(source, [f"not valid JSON: {exc}"]) from exc
     if not isinstance(entry, dict):
         raise CatalogInvalid(source, ["an entry is a JSON object"])
+    read_at = entry.pop("version", None)
+    if read_at is not None and (isinstance(read_at, bool) or not isinstance(read_at, int)):
+        raise CatalogInvalid(source, ["version: the version the entry was read at, a number"])
     if kind == "tariffs":
         for k, v in blank_entry(kind, code).items():
             entry.setdefault(k, v)
@@ -203,11 +240,24 @@ async def save_entry(
         entry.setdefault("code", code)
         if entry["code"] != code:
             raise CatalogInvalid(source, ["code: the code of an entry cannot change"])
+    # From here until the commit no other change of the catalog runs: what is read is what the
+    # load replaces.
+    await lock_catalog(s)
+    catalog = await export_catalog(s)
+    before = find_entry(catalog, kind, code)
+    file = as_file(catalog)
     if before is None:
-        catalog[kind].append(entry)
+        file[kind].append(entry)
     else:
-        catalog[kind][catalog[kind].index(before)] = entry
-    report = await load_catalog(s, validate_catalog(catalog, source=source))
+        file[kind][catalog[kind].index(before)] = entry
+    checked = validate_catalog(file, source=source)
+    # A new code has no version to compare (one copied along from another entry is ignored).
+    if read_at is not None and before is not None and read_at != before["version"]:
+        raise CatalogEntryChanged(
+            source,
+            [f"version: read at {read_at}, it is at {before['version']} now; read it again"],
+        )
+    report = await load_catalog(s, checked)
     after = find_entry(await export_catalog(s), kind, code)
     if report.created or report.updated or report.retired:
         await audit.record(

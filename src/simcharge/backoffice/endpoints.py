@@ -8,11 +8,13 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
+from simcharge.api.idempotency import IdempotencyKeyHeader
+from simcharge.auth.deps import Limits
 from simcharge.backoffice import audit, money, reports
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.catalog import (
@@ -89,12 +91,15 @@ AuditReader = Annotated[Actor, require(Permission.audit_read)]
 
 @router.post("/session", response_model=StaffTokenOut, summary="Staff sign-in (token)")
 async def staff_session(
-    body: StaffLoginIn, request: Request, db: DB, settings: AppSettings
+    body: StaffLoginIn, request: Request, db: DB, settings: AppSettings, limits: Limits
 ) -> StaffTokenOut:
-    """Password and authenticator code at once (a staff member enrols at `/backoffice` first)."""
+    """Password and authenticator code at once (a staff member enrols at `/backoffice` first).
+    One address gets 30 tries a minute and 300 an hour, counted with the page's password steps
+    (`429 too-many-attempts`); beside it each staff member's lockout."""
     ip = request.client.host if request.client else None
     ua = request.headers.get("user-agent")
     now = utcnow()
+    await limits.hit("login", ip)
 
     async def attempt(s: AsyncSession) -> StaffTokenOut | None:
         found = await sign_in(
@@ -569,7 +574,7 @@ async def adjust_line(
     actor: Adjuster,
     db: DB,
     settings: AppSettings,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> AdjustmentOut:
     """Posted at once within the four-eyes threshold, else awaiting a second person's approval.
     The `Idempotency-Key` header is required (`400 idempotency-key-missing` without it); the
@@ -586,7 +591,7 @@ async def adjust_line(
             amount=body.amount,
             reason=body.reason,
             ticket_id=body.ticket_id,
-            idempotency_key=idempotency_key or "",
+            idempotency_key=idempotency_key,
             now=utcnow(),
         )
     )
@@ -693,7 +698,9 @@ async def put_catalog_entry(
 ) -> dict[str, Any]:
     """The entry in the catalog file's form, validated with the whole catalog; a changed entry
     gets a new version (a tariff's versions: `GET …/tariffs/{code}/versions`). Nothing is stored
-    if anything is invalid (`catalog-invalid`, every problem listed). Audited."""
+    if anything is invalid (`catalog-invalid`, every problem listed), nor if the body's
+    `version` (as `GET /admin/catalog` shows it; optional) is no longer the entry's
+    (`409 catalog-entry-changed`: someone saved it meanwhile). Audited."""
     text = json.dumps(body)
     _, entry = await db.run(lambda s: save_entry(s, actor, kind, code, text))
     return entry

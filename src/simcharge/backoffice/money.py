@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
+from simcharge.api.idempotency import required_idempotency_key
 from simcharge.auth.service import unlock_account
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
@@ -20,7 +21,7 @@ from simcharge.backoffice.customers import CustomerNotFound, LineNotFound
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import order_facts
 from simcharge.config import Settings
-from simcharge.db import table_of, upsert_insert
+from simcharge.db import insert_if_absent, table_of
 from simcharge.errors import Conflict, Forbidden, IdempotencyKeyReused, NotFound, ValidationFailed
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
@@ -31,7 +32,7 @@ from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import apply_to_wallet, request_refund, shown
-from simcharge.orders.service import IdempotencyKeyMissing, OrderNotFound
+from simcharge.orders.service import OrderNotFound
 from simcharge.worker.service import enqueue
 
 REASON_MAX = 500
@@ -201,7 +202,6 @@ def adjustment_id(actor: Actor, idempotency_key: str) -> uuid.UUID:
 
 def _replayed(
     earlier: Adjustment,
-    actor: Actor,
     line: Line,
     *,
     target: str,
@@ -210,7 +210,8 @@ def _replayed(
     ticket_id: uuid.UUID | None,
 ) -> Adjustment:
     """The adjustment made under this key again, if this is the request that made it; another
-    request under the same key is refused."""
+    request under the same key is refused. (Who asked needs no comparing: the id derives from
+    the caller and the key.)"""
     account: uuid.UUID | None
     if target == "wallet":
         account = line.wallet_account_id
@@ -219,9 +220,8 @@ def _replayed(
             account = uuid.UUID(target)
         except ValueError:
             account = None
-    asked = (actor.name, line.id, account, amount, reason, ticket_id)
+    asked = (line.id, account, amount, reason, ticket_id)
     made = (
-        earlier.requested_by,
         earlier.line_id,
         earlier.ledger_account_id,
         earlier.amount,
@@ -242,7 +242,7 @@ async def request_adjustment(
     target: str,
     amount: int,
     reason: str,
-    idempotency_key: str,
+    idempotency_key: str | None,
     ticket_id: uuid.UUID | None = None,
     now: datetime,
 ) -> Adjustment:
@@ -254,10 +254,7 @@ async def request_adjustment(
 
     Once per caller and `idempotency_key`: the same request again answers the adjustment it
     made (nothing moves twice); another request under the key is `IdempotencyKeyReused`."""
-    if not idempotency_key or len(idempotency_key) > 128:
-        raise IdempotencyKeyMissing(
-            N_("An Idempotency-Key header is required."), field="Idempotency-Key"
-        )
+    idempotency_key = required_idempotency_key(idempotency_key)
     reason = _reason(reason)
     if amount == 0:
         raise ValidationFailed(N_("The amount may not be zero."), field="amount")
@@ -274,7 +271,7 @@ async def request_adjustment(
     earlier = await s.get(Adjustment, adj_id)
     if earlier is not None:
         return _replayed(
-            earlier, actor, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
+            earlier, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
         )
     if target == "wallet":
         account_id, unit = line.wallet_account_id, line.currency
@@ -300,35 +297,33 @@ async def request_adjustment(
         raise AdjustmentNeedsAPerson(field="amount")
     # The key is claimed before anything moves. The same key on another line at the same moment
     # is not lined up by the line's lock: its row wins, and this request moves nothing.
-    adjustments = table_of(Adjustment)
+    claim = insert_if_absent(s, table_of(Adjustment), "id", returning=("id",))
     claimed = (
         await s.execute(
-            upsert_insert(s, adjustments)
-            .values(
-                id=adj_id,
-                line_id=line.id,
-                ledger_account_id=account_id,
-                unit=unit,
-                amount=amount,
-                reason=reason,
-                state=(
+            claim,
+            {
+                "id": adj_id,
+                "line_id": line.id,
+                "ledger_account_id": account_id,
+                "unit": unit,
+                "amount": amount,
+                "reason": reason,
+                "state": (
                     AdjustmentState.awaiting_approval if waits else AdjustmentState.applied
                 ).value,
-                requested_by=actor.name,
-                requested_by_staff_id=actor.staff_id,
-                ticket_id=ticket_id,
-                created_at=now,
-                decided_at=None if waits else now,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(adjustments.c.id)
+                "requested_by": actor.name,
+                "requested_by_staff_id": actor.staff_id,
+                "ticket_id": ticket_id,
+                "created_at": now,
+                "decided_at": None if waits else now,
+            },
         )
     ).scalar_one_or_none()
     adj = await s.get(Adjustment, adj_id)
     assert adj is not None
     if claimed is None:
         return _replayed(
-            adj, actor, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
+            adj, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
         )
     if not waits:
         await _apply(s, adj, line, now)

@@ -241,9 +241,21 @@ async def language(
     staff_id = actor.staff_id
 
     async def save(s: AsyncSession) -> None:
-        staff = await s.get(StaffUser, staff_id)
+        staff = await s.get(StaffUser, staff_id, with_for_update=True)
         assert staff is not None
+        if staff.language == chosen:
+            return
+        before = staff.language
         staff.language = chosen
+        await audit.record(
+            s,
+            actor,
+            "staff.language",
+            target_type="staff",
+            target_id=staff_id,
+            before={"language": before},
+            after={"language": chosen},
+        )
 
     await db.run(save)
     return back("/backoffice")

@@ -19,12 +19,32 @@ from pydantic import (
 
 from simcharge.catalog.steps import payable_step
 from simcharge.kit.i18n import LANGUAGES
-from simcharge.kit.money import LossyConversionError, Unit, from_minor, is_currency, to_minor
+from simcharge.kit.money import (
+    LossyConversionError,
+    Unit,
+    from_minor,
+    is_currency,
+    minor_exponent,
+    to_minor,
+)
 from simcharge.kit.schemas import Money, Schema
 
 PROVIDERS = ("stripe", "paypal", "alipay", "wechatpay", "sandbox")
 Code = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 MIB = 1024 * 1024
+MONEY_BOUND = 10**12
+"""The most any amount in the catalog may be, in minor units (a price, a fee, a limit, a wallet
+credit, a tariff's price or minimum): the back office's bound on an amount
+(`screens_customers.AMOUNT_BOUND`). Price + fee then stays far inside a BIGINT, and a number
+such as `1e999999999` is refused for its size, never computed with."""
+BUCKET_MAX = {
+    "minutes": 1_000_000,
+    "megabytes": 100 * 1024 * 1024,
+    "gigabytes": 100 * 1024,
+    "sms": 1_000_000,
+}
+"""The most one bucket may grant: a million minutes or messages, 100 TB of data — far beyond any
+plan, and far inside what a ledger amount (64 bits) holds, even summed over many top-ups."""
 _COUNTRIES = frozenset(
     code for code in map(str, Locale("en").territories) if len(code) == 2 and code.isalpha()
 )
@@ -41,11 +61,25 @@ def _check_texts(value: dict[str, str], *, required: bool) -> dict[str, str]:
     return value
 
 
-def _exact(amount: Decimal, currency: str, where: str) -> None:
+def _exact(amount: Decimal, currency: str, where: str) -> int:
+    """`amount` in minor units, if it is exact in `currency` and within `MONEY_BOUND`."""
+    most = from_minor(MONEY_BOUND, currency)
     try:
-        to_minor(amount, currency)
+        minor = to_minor(amount, currency) if amount.copy_abs() <= most else None
     except LossyConversionError as exc:
         raise ValueError(f"{where}: {exc}") from exc
+    except ArithmeticError as exc:  # decimal.Overflow and the like: no amount at all
+        raise ValueError(f"{where}: {amount} is not an amount") from exc
+    if minor is None:
+        raise ValueError(f"{where}: at most {most} {currency}")
+    # Decimal arithmetic rounds what is too small for it to 0 (`1e-999999999`): exact means
+    # the minor units say the same amount again.
+    if from_minor(minor, currency) != amount:
+        raise ValueError(
+            f"{where}: {amount} has more decimals than {currency} allows "
+            f"({minor_exponent(currency)})"
+        )
+    return minor
 
 
 def _payable(amount: Decimal, currency: str, provider: str, where: str) -> None:
@@ -88,8 +122,10 @@ class ZoneFile(_Strict):
 
 
 class Limits(_Strict):
-    min: Decimal | None = None
-    max: Decimal | None = None
+    """The least and the most a payment may be (price + fee), each above zero."""
+
+    min: Decimal | None = Field(default=None, gt=0)
+    max: Decimal | None = Field(default=None, gt=0)
 
 
 class PaymentMethodFile(_Strict):
@@ -130,6 +166,8 @@ class PaymentMethodFile(_Strict):
         for cur, amount in self.fee_fixed.items():
             if cur not in self.currencies:
                 raise ValueError(f"fee_fixed.{cur}: the method does not take {cur}")
+            if amount < 0:
+                raise ValueError(f"fee_fixed.{cur}: must be at least zero")
             _exact(amount, cur, f"fee_fixed.{cur}")
             _payable(amount, cur, self.provider, f"fee_fixed.{cur}")
         for cur, lim in self.limits.items():
@@ -150,10 +188,10 @@ class PaymentMethodFile(_Strict):
 class BucketFile(_Strict):
     """Exactly one of `minutes`, `megabytes`, `gigabytes`, `sms`."""
 
-    minutes: int | None = Field(default=None, gt=0)
-    megabytes: int | None = Field(default=None, gt=0)
-    gigabytes: int | None = Field(default=None, gt=0)
-    sms: int | None = Field(default=None, gt=0)
+    minutes: int | None = Field(default=None, gt=0, le=BUCKET_MAX["minutes"])
+    megabytes: int | None = Field(default=None, gt=0, le=BUCKET_MAX["megabytes"])
+    gigabytes: int | None = Field(default=None, gt=0, le=BUCKET_MAX["gigabytes"])
+    sms: int | None = Field(default=None, gt=0, le=BUCKET_MAX["sms"])
     validity_days: int | None = Field(default=None, gt=0, le=3650)
     zones: list[str] = []
 

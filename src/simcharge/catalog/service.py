@@ -10,7 +10,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.catalog.models import PaymentMethod, Plan, PlanPrice, Zone
@@ -26,7 +28,8 @@ from simcharge.catalog.schemas import (
 )
 from simcharge.catalog.steps import payable_step, round_up_to_step
 from simcharge.charging.tariffs import load_tariffs
-from simcharge.errors import NotFound, SimchargeError
+from simcharge.db import dialect_name
+from simcharge.errors import NotFound, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.ids import uuid7
@@ -37,6 +40,22 @@ from simcharge.ledger import chart
 from simcharge.ledger.service import NewAccount, ensure_accounts
 
 DEMO_CATALOG = Path(__file__).parent / "demo.toml"
+log = structlog.get_logger("simcharge.catalog")
+
+
+CATALOG_LOCK = int.from_bytes(b"catalog:", "big") & (2**63 - 1)
+"""The key of the PostgreSQL advisory lock that a change of the catalog holds until it commits."""
+
+
+async def lock_catalog(session: AsyncSession) -> None:
+    """Take the catalog for this transaction: a change of the catalog (`load_catalog`, the back
+    office's edit of one entry, which reads the whole catalog first) waits for another to
+    commit, so that neither works from a catalog the other is changing and undoes its change.
+    On PostgreSQL an advisory lock held until the transaction ends (taken again in the same
+    transaction, it is already held); SQLite lets one writer in at a time anyway (`BEGIN
+    IMMEDIATE`)."""
+    if dialect_name(session) == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CATALOG_LOCK})
 
 
 class CatalogInvalid(SimchargeError):
@@ -83,7 +102,7 @@ def parse_catalog(text: str, *, source: str) -> CatalogFile:
     """Validate a catalog; every problem is reported as `<file>: <entry> (<code>): <field>: …`."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
         raise CatalogInvalid(source, [f"not valid TOML: {exc}"]) from exc
     return validate_catalog(data, source=source)
 
@@ -127,6 +146,7 @@ def _changed(obj: object, values: dict[str, Any]) -> bool:
 async def load_catalog(session: AsyncSession, catalog: CatalogFile) -> LoadReport:
     """Make the database's catalog match the file. Entries missing from the file are retired
     (plans deactivated, methods disabled), never deleted: orders keep referring to them."""
+    await lock_catalog(session)
     report = LoadReport()
     repo = CatalogRepository(session)
     now = utcnow()
@@ -271,13 +291,30 @@ def _upsert(
 # Reading
 
 
+class FeeUnusable(ValidationFailed):
+    """A stored fee that no payment can carry (negative, or a total of zero or less): the
+    catalog refuses such a fee, so a row holding one was changed by other means. The method
+    cannot sell the plan: the problem is `orders.service.MethodUnavailable`'s (type and title)."""
+
+    slug = "payment-method-unavailable"
+    title = N_("This payment method cannot be used for this package.")
+
+
 def fee_for(method: PaymentMethod, price: int, currency: str) -> int:
     """The method's fee on `price`: percent (rounded half up to the minor unit) plus fixed,
     then up to what the method's provider can take (`steps.payable_step`: whole HUF and TWD at
-    PayPal, KWD ending in 0 at Stripe…), so that price + fee is a total it accepts."""
+    PayPal, KWD ending in 0 at Stripe…), so that price + fee is a total it accepts. A negative
+    fee, or a total of zero or less, is refused (`FeeUnusable`), never quoted."""
     fee = percent_of(price, method.fee_percent_bp) + int(method.fee_fixed.get(currency, 0))
     step = payable_step(method.provider, currency)
-    return round_up_to_step(price + fee, step) - price if step > 1 else fee
+    if step > 1:
+        fee = round_up_to_step(price + fee, step) - price
+    if fee < 0 or price + fee <= 0:
+        log.warning(
+            "catalog.fee_unusable", method=method.code, currency=currency, price=price, fee=fee
+        )
+        raise FeeUnusable(field="method")
+    return fee
 
 
 def plan_view(plan: Plan, prices: dict[str, int], language: str) -> PlanView:

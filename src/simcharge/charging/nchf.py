@@ -390,8 +390,7 @@ class Charging:
         """Reserve quota for up to `wanted` units: returns (granted, final). The group keeps
         `rate`: what it uses is rated at the tariff its quota was priced at."""
         pots = await self.load_pots()
-        group["rate"] = [rate.zone, rate.price, rate.per_units, rate.first_increment,
-                         rate.next_increment, rate.minimum]  # fmt: skip
+        group["rate"] = rate.stored()
         unit = UNIT_OF_SERVICE[group["service"]]
         used, wu, wm = group["used"], group["wu"], group["wm"]
         in_buckets = sum(p.available for p in pots.usable(unit, rate.zone, self.now))
@@ -540,8 +539,10 @@ def _granted_rate(work: Charging, group: dict[str, Any], zone: str | None) -> Ra
     """The tariff the group's quota was granted at in `zone` (kept by `Charging.grant`), else —
     a session granted before the groups kept it — the tariff in force there now."""
     kept = group.get("rate")
-    if kept is not None and kept[0] == zone:
-        return Rate(group["service"], kept[0], work.line.currency, *kept[1:])
+    if kept is not None:
+        rate = Rate.from_stored(group["service"], work.line.currency, kept)
+        if rate.zone == zone:
+            return rate
     return _rate(work, group["service"], zone)
 
 

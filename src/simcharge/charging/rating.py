@@ -6,7 +6,9 @@ process keeps for a few seconds (`RatingCache`) instead of reading it for every 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +27,20 @@ class Rate:
     first_increment: int
     next_increment: int
     minimum: int
+
+    def stored(self) -> list[str | int]:
+        """The tariff as a charging session keeps it in its JSON (the service and currency are
+        the session's own): the zone, then the numbers in this order, which sessions already in
+        the database hold."""
+        return [self.zone, self.price, self.per_units, self.first_increment,
+                self.next_increment, self.minimum]  # fmt: skip
+
+    @classmethod
+    def from_stored(cls, service: str, currency: str, kept: Sequence[Any]) -> Rate:
+        """The tariff `stored` kept, for `service` in `currency`."""
+        zone, price, per_units, first_increment, next_increment, minimum = kept
+        return cls(service, zone, currency, price, per_units, first_increment, next_increment,
+                   minimum)  # fmt: skip
 
     def rated(self, quantity: int) -> int:
         """`quantity` rounded up to the first increment, then to whole next increments."""

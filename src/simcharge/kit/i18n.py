@@ -78,6 +78,19 @@ def negotiate_language(accept_language: str | None, default: str = DEFAULT_LANGU
     return default
 
 
+def pick_language(
+    *chosen: str | None, accept_language: str | None, default: str = DEFAULT_LANGUAGE
+) -> str:
+    """The reader's language: the first of their explicit choices (`?lang=`, a cookie, their
+    account's) that we speak, else the best match for their `Accept-Language`, else the
+    operator's `default` (`SIMCHARGE_DEFAULT_LANGUAGE`) if we speak it, else English."""
+    for choice in chosen:
+        found = normalize_language(choice)
+        if found:
+            return found
+    return negotiate_language(accept_language, spoken(None, default))
+
+
 def pick_text(texts: Mapping[str, str], language: str) -> str:
     """The text in `language`, else English, else any."""
     return texts.get(language) or texts.get(DEFAULT_LANGUAGE) or next(iter(texts.values()), "")

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from babel.dates import format_date, format_time
+from babel.dates import format_date
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_text, spoken
+from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
-from simcharge.kit.units import locale_of, shown_number, units_text
+from simcharge.kit.units import shown_number, units_text
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -72,17 +73,9 @@ def environment(language: str, *, html: bool = False) -> Environment:
             format_date(when if isinstance(when, date) else when.date(), "long", locale=locale)
         )
 
-    # A date and a time with its zone, in the locale's order ("Dec 31, 2026, 6:30:00 PM UTC"), as
-    # the portal writes them: accounts have no time zone of their own, so times are in UTC and
-    # say so (a receipt's bare "18:30" read as local time is a day off in Shanghai).
-    joined = str(locale_of(language).datetime_formats["medium"])
-
     def as_datetime(value: Any) -> str:
         when = _parse_when(value)
-        if not isinstance(when, datetime):
-            return as_date(when)
-        day = format_date(when.astimezone(UTC).date(), "medium", locale=locale)
-        return joined.format(format_time(when, "long", tzinfo=UTC, locale=locale), day)
+        return moment_text(language, when) if isinstance(when, datetime) else as_date(when)
 
     def as_money(minor: Any, currency: str) -> str:
         return format_money(int(minor), currency, locale)

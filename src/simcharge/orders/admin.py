@@ -8,20 +8,22 @@ import uuid
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, Language
+from simcharge.api.idempotency import IdempotencyKeyHeader, required_idempotency_key
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require
 from simcharge.backoffice.orders import order_facts
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.schemas import NoteIn
+from simcharge.errors import Forbidden
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant, Money
-from simcharge.orders import service
+from simcharge.kit.translations import N_
 from simcharge.orders.endpoints import detail, refunds_out
 from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import request_refund
@@ -33,6 +35,14 @@ log = structlog.get_logger("simcharge.audit")
 
 ReadOrders = Annotated[Actor, require(Permission.customers_read)]
 WriteRefunds = Annotated[Actor, require(Permission.refunds_create)]
+
+
+class ApplyNeedsAPerson(Forbidden):
+    slug = "apply-needs-a-person"
+    title = N_(
+        "Putting a payment on the line's balance settles a payment that needs attention, which "
+        "a staff member decides (an API key has no one behind it)."
+    )
 
 
 async def staff_view(s: AsyncSession, order: Order, language: str) -> StaffOrderOut:
@@ -105,12 +115,11 @@ async def refund_order(
     body: RefundIn,
     key: WriteRefunds,
     db: DB,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> RefundOut:
     """Accepted: the provider is asked by the worker; until it confirms, what the refund takes
     back is held (pending). The policy is in the README ("Refunds")."""
-    if not idempotency_key:
-        raise service.IdempotencyKeyMissing(field="Idempotency-Key")
+    idempotency_key = required_idempotency_key(idempotency_key)
     requested_by = key.name
 
     async def run(s: AsyncSession) -> Refund:
@@ -155,12 +164,37 @@ async def refund_order(
     summary="Put an uncredited payment's money on the line's wallet",
 )
 async def apply_to_wallet(
-    order_id: uuid.UUID, body: NoteIn, key: WriteRefunds, db: DB, language: Language
+    order_id: uuid.UUID,
+    body: NoteIn,
+    key: WriteRefunds,
+    db: DB,
+    language: Language,
+    request: Request,
 ) -> StaffOrderOut:
     """For an order `paid` but not credited (another amount or currency, an unusable line…):
     what is left of its money moves from `unapplied` to the line's wallet, once, in the wallet's
     currency (another currency: `wallet-currency-differs`, refund it instead). What is applied
-    can no longer be refunded. The attention flag is resolved with the note; audited."""
+    can no longer be refunded. The attention flag is resolved with the note; audited.
+
+    A staff member's action: it settles a payment that needed attention, which an API key never
+    does (`403 apply-needs-a-person`, audited as a refusal; `refunds:write` refunds only)."""
+    if key.staff_id is None:
+        path = request.url.path
+        await db.run(
+            lambda s: audit.record(
+                s,
+                key,
+                "access.denied",
+                target_type="order",
+                target_id=order_id,
+                details={
+                    "permission": Permission.refunds_create.value,
+                    "path": path,
+                    "reason": "a person only",
+                },
+            )
+        )
+        raise ApplyNeedsAPerson()
 
     async def run(s: AsyncSession) -> StaffOrderOut:
         order = await money.apply_payment_to_wallet(s, key, order_id, body.note, utcnow())

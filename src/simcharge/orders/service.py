@@ -20,13 +20,13 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
+from simcharge.api.idempotency import required_idempotency_key
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.service import fee_for
 from simcharge.config import Settings
 from simcharge.db import table_of, upsert_insert
 from simcharge.errors import (
-    BadRequest,
     Conflict,
     IdempotencyKeyReused,
     NotFound,
@@ -78,11 +78,6 @@ class LineNotTopUpable(Conflict):
 class OrderNotFound(NotFound):
     slug = "order-not-found"
     title = N_("There is no such order.")
-
-
-class IdempotencyKeyMissing(BadRequest):
-    slug = "idempotency-key-missing"
-    title = N_("An Idempotency-Key header is required, so that a retry never orders twice.")
 
 
 class QuoteInvalid(ValidationFailed):
@@ -389,8 +384,7 @@ async def place_order(
     With `quote_token` (what `POST /quotes` or the review page gave), the order is placed only at
     that quote's price, fee and total, before its expiry (`hold_to_quote`); without it, at the
     price of the moment."""
-    if not idempotency_key or len(idempotency_key) > 128:
-        raise IdempotencyKeyMissing(field="Idempotency-Key")
+    idempotency_key = required_idempotency_key(idempotency_key)
     request: dict[str, Any] = {
         "plan": plan_code,
         "method": method_code,

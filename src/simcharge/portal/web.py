@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from gettext import NullTranslations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 from babel import Locale
-from babel.dates import format_date, format_time, format_timedelta
+from babel.dates import format_date, format_timedelta
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -37,7 +37,8 @@ from simcharge.config import Settings
 from simcharge.errors import Forbidden, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
-from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, negotiate_language, normalize_language
+from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, pick_language
+from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
 from simcharge.kit.units import locale_of, units_text
@@ -168,14 +169,14 @@ class Visitor:
 
 
 def choose_language(request: Request, settings: Settings, account: Account | None) -> str:
-    """The switcher's cookie, else the account's language, else the browser's."""
-    chosen = normalize_language(request.cookies.get(language_cookie(settings)))
-    if chosen:
-        return chosen
-    if account is not None and account.language in LANGUAGES:
-        return account.language
-    default = settings.default_language if settings.default_language in LANGUAGES else "en"
-    return negotiate_language(request.headers.get("accept-language"), default)
+    """The switcher's cookie, else the account's language, else the browser's, else the
+    operator's default."""
+    return pick_language(
+        request.cookies.get(language_cookie(settings)),
+        account.language if account is not None and account.language in LANGUAGES else None,
+        accept_language=request.headers.get("accept-language"),
+        default=settings.default_language,
+    )
 
 
 async def signed_in(
@@ -405,20 +406,8 @@ def environment(language: str) -> Environment:
             return "—"
         return day_text(value.date() if isinstance(value, datetime) else value)
 
-    # A date and a time with its zone, in the locale's order ("Dec 5, 2026, 2:30:00 PM UTC",
-    # "2026年12月5日 UTC 14:30:00"): accounts have no time zone of their own, so times are in
-    # UTC and say so.
-    joined = str(loc.datetime_formats["medium"])
-
-    # Remembered like the others: the same records and notices come back on every view.
-    @lru_cache(maxsize=8192)
-    def moment_text(value: datetime) -> str:
-        return joined.format(
-            format_time(value, "long", tzinfo=UTC, locale=loc), day_text(value.astimezone(UTC).date())
-        )
-
     def as_datetime(value: datetime | None) -> str:
-        return "—" if value is None else moment_text(value)
+        return "—" if value is None else moment_text(language, value)
 
     @lru_cache(maxsize=8192)
     def unit_text(amount: int, unit: str) -> str:

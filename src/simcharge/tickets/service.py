@@ -273,8 +273,9 @@ async def staff_reply(
     status: str | None = None,
     now: datetime,
 ) -> TicketMessage:
-    """A reply (the customer is told) or an internal note (they are not). A reply leaves the
-    ticket waiting on the customer unless another status is given."""
+    """A reply (the customer is told) or an internal note (they are not, but of the ticket
+    resolved by it they are). A reply leaves the ticket waiting on the customer unless another
+    status is given."""
     body = _text(body, "body", BODY_MAX)
     ticket = await get_ticket(session, ticket_id, lock=True)
     if ticket.status == TicketStatus.closed and not internal:
@@ -320,7 +321,23 @@ async def staff_reply(
             channels=("email", "portal"),
             dedupe_key=f"ticket.reply:{message.id}",
         )
+    elif new_status is TicketStatus.resolved and before["status"] != TicketStatus.resolved:
+        # A note is not shown to the customer, but the resolution it makes is, as any other.
+        await _tell_resolved(session, ticket, now)
     return message
+
+
+async def _tell_resolved(session: AsyncSession, ticket: Ticket, now: datetime) -> None:
+    """The customer is told of every resolution, whichever way staff made it (a reply tells
+    with its own notice, `ticket.resolved` as well)."""
+    await notify(
+        session,
+        account_id=ticket.account_id,
+        template="ticket.resolved",
+        params={"ticket": ticket.number, "subject": ticket.subject},
+        channels=("email", "portal"),
+        dedupe_key=f"ticket.resolved:{ticket.id}:{now.isoformat()}",
+    )
 
 
 def _status(value: str) -> TicketStatus:
@@ -384,12 +401,5 @@ async def update_ticket(
         now=now,
     )
     if new_status is TicketStatus.resolved and before["status"] != TicketStatus.resolved:
-        await notify(
-            session,
-            account_id=ticket.account_id,
-            template="ticket.resolved",
-            params={"ticket": ticket.number, "subject": ticket.subject},
-            channels=("email", "portal"),
-            dedupe_key=f"ticket.resolved:{ticket.id}:{now.isoformat()}",
-        )
+        await _tell_resolved(session, ticket, now)
     return ticket

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import SecretStr
 
 from simcharge.kit.clock import clock
+from simcharge.kit.iso4217 import MINOR_UNITS
+from simcharge.kit.money import LossyConversionError
 from simcharge.payments.providers.base import (
     CheckoutRequest,
     NotificationRejected,
@@ -29,6 +31,7 @@ from simcharge.payments.providers.base import (
 from simcharge.payments.providers.paypal import (
     PayPalConfig,
     PayPalProvider,
+    amount_step,
     to_paypal_value,
 )
 from simcharge.payments.providers.paypal_certs import (
@@ -194,6 +197,17 @@ def test_amounts_are_decimal_strings_without_decimals_where_paypal_wants_none() 
     assert to_paypal_value(500, "JPY") == "500"
     assert to_paypal_value(100000, "HUF") == "1000"
     assert to_paypal_value(2500, "TWD") == "25"
+
+
+def test_the_declared_amount_rule_is_what_the_conversion_takes() -> None:
+    """`amount_step` (what the catalog and the quotes read) and `to_paypal_value` agree."""
+    for currency in MINOR_UNITS:
+        step = amount_step(currency)
+        for multiple in (step, 7 * step):
+            to_paypal_value(multiple, currency)
+        if step > 1:
+            with pytest.raises(LossyConversionError):
+                to_paypal_value(step + 1, currency)
 
 
 # --- token -------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import respx
 import stripe
 from pydantic import SecretStr
 
+from simcharge.kit.iso4217 import MINOR_UNITS
+from simcharge.kit.money import LossyConversionError
 from simcharge.payments.providers.base import (
     CheckoutRequest,
     NotificationRejected,
@@ -28,6 +30,7 @@ from simcharge.payments.providers.base import (
 from simcharge.payments.providers.stripe import (
     StripeConfig,
     StripeProvider,
+    amount_step,
     from_stripe_amount,
     success_url,
     to_stripe_amount,
@@ -108,6 +111,17 @@ def form(request: httpx.Request) -> dict[str, list[str]]:
 def test_amounts_convert_exactly_both_ways(minor: int, currency: str, stripe_amount: int) -> None:
     assert to_stripe_amount(minor, currency) == stripe_amount
     assert from_stripe_amount(stripe_amount, currency) == minor
+
+
+def test_the_declared_amount_rule_is_what_the_conversion_takes() -> None:
+    """`amount_step` (what the catalog and the quotes read) and `to_stripe_amount` agree."""
+    for currency in MINOR_UNITS:
+        step = amount_step(currency)
+        for multiple in (step, 7 * step):
+            assert from_stripe_amount(to_stripe_amount(multiple, currency), currency) == multiple
+        if step > 1:
+            with pytest.raises(LossyConversionError):
+                to_stripe_amount(step + 1, currency)
 
 
 def test_success_url_gets_the_session_placeholder_unencoded() -> None:

@@ -22,7 +22,7 @@ from cryptography import x509
 from pydantic import SecretStr
 
 from simcharge.kit.clock import utcnow
-from simcharge.kit.money import LossyConversionError, from_minor, to_minor
+from simcharge.kit.money import LossyConversionError, from_minor, minor_exponent, to_minor
 from simcharge.payments.providers._common import (
     delivered_body,
     delivered_headers,
@@ -98,6 +98,12 @@ _REFUND_STATES = {
     "FAILED": RefundState.failed,
     "CANCELLED": RefundState.failed,
 }
+
+
+def amount_step(currency: str) -> int:
+    """PayPal's amount rule: the minor units of `currency` it takes one step of — a whole HUF,
+    JPY or TWD (`NO_DECIMALS`), else any amount."""
+    return int(10 ** minor_exponent(currency)) if currency in NO_DECIMALS else 1
 
 
 def to_paypal_value(minor: int, currency: str) -> str:

@@ -21,7 +21,7 @@ from stripe.params import RefundCreateParams
 from stripe.params.checkout import SessionCreateParams
 
 from simcharge.kit.clock import utcnow
-from simcharge.kit.money import LossyConversionError, from_minor, to_minor
+from simcharge.kit.money import LossyConversionError, from_minor, minor_exponent, to_minor
 from simcharge.payments.providers._common import (
     delivered_body,
     delivered_headers,
@@ -81,6 +81,18 @@ def stripe_exponent(currency: str) -> int:
     if currency in THREE_DECIMAL:
         return 3
     return 2
+
+
+def amount_step(currency: str) -> int:
+    """Stripe's amount rule: the minor units of `currency` it takes one step of — a whole unit
+    of `WHOLE_UNITS_ONLY`, ten thousandths of `THREE_DECIMAL`, a whole unit of a currency it
+    has no decimals for (`ZERO_DECIMAL`) although ISO 4217 has, else any amount."""
+    exponent = minor_exponent(currency)
+    if currency in WHOLE_UNITS_ONLY:
+        return int(10**exponent)
+    if currency in THREE_DECIMAL:
+        return 10
+    return int(10 ** max(0, exponent - stripe_exponent(currency)))
 
 
 def to_stripe_amount(minor: int, currency: str) -> int:
