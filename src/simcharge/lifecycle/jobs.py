@@ -14,7 +14,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import DAY, WARNING_JOB, Policy, sweep
 from simcharge.lines.models import Line, LineState
-from simcharge.notifications.jobs import deliver
+from simcharge.notifications.jobs import LINE_FACTS, deliver
 from simcharge.worker.registry import JobContext, PermanentJobError, every, job
 
 log = structlog.get_logger("simcharge.lifecycle")
@@ -98,13 +98,5 @@ def _date_of(line: Line, param: str, policy: Policy) -> datetime | None:
 
 def _facts(line: Line) -> dict[str, Any]:
     """The line as it is, in the terms delivery compares it with (`about`)."""
-
-    def iso(t: datetime | None) -> str | None:
-        return t.isoformat() if t is not None else None
-
-    return {
-        "state": line.state,
-        "validity_end": iso(line.validity_end),
-        "last_activity_at": iso(line.last_activity_at),
-        "state_changed_at": iso(line.state_changed_at),
-    }
+    facts = {fact: getattr(line, fact) for fact in LINE_FACTS}
+    return {f: v.isoformat() if isinstance(v, datetime) else v for f, v in facts.items()}

@@ -38,7 +38,7 @@ log = structlog.get_logger("simcharge.notifications")
 
 # What a `line.…` warning may say it was built on (`about`): the line's state and the time its
 # change is counted from.
-_LINE_FACTS = ("state", "validity_end", "last_activity_at", "state_changed_at")
+LINE_FACTS = ("state", "validity_end", "last_activity_at", "state_changed_at")
 
 
 def _account_id(payload: dict[str, Any]) -> uuid.UUID:
@@ -54,7 +54,7 @@ async def _line_moved_on(
     """Whether the line is no longer what a warning about it was built on (`about`: its state
     and the time its change is counted from, as the lifecycle saw them): a top-up, a use or
     support changed it while the warning waited in the queue."""
-    unknown = set(about) - set(_LINE_FACTS)
+    unknown = set(about) - set(LINE_FACTS)
     if line_id is None or unknown:
         raise PermanentJobError(f"a line warning about {sorted(unknown) or 'no line'}")
     line = await session.get(Line, line_id)
