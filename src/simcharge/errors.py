@@ -120,6 +120,21 @@ class IdempotencyKeyMissing(BadRequest):
     title = N_("An Idempotency-Key header is required, so that a retry never orders twice.")
 
 
+IDEMPOTENCY_KEY_MAX = 128
+"""The longest `Idempotency-Key` kept (the tables' columns)."""
+
+
+def required_idempotency_key(key: str | None) -> str:
+    """`key`, if there is one that fits; else 400 `idempotency-key-missing` (whether it came in
+    a request's header or in a page's form): a request that must never be done twice carries
+    one, and a retry or a copy with the same key answers what the first one did."""
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise IdempotencyKeyMissing(
+            N_("An Idempotency-Key header is required."), field="Idempotency-Key"
+        )
+    return key
+
+
 class IdempotencyKeyReused(SimchargeError):
     status = 422
     slug = "idempotency-key-reused"

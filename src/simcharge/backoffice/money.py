@@ -13,7 +13,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
-from simcharge.api.idempotency import required_idempotency_key
 from simcharge.auth.service import unlock_account
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
@@ -22,7 +21,14 @@ from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import order_facts
 from simcharge.config import Settings
 from simcharge.db import insert_if_absent, table_of
-from simcharge.errors import Conflict, Forbidden, IdempotencyKeyReused, NotFound, ValidationFailed
+from simcharge.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    ValidationFailed,
+    required_idempotency_key,
+)
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart

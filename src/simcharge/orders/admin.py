@@ -13,14 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, Language
-from simcharge.api.idempotency import IdempotencyKeyHeader, required_idempotency_key
+from simcharge.api.idempotency import IdempotencyKeyHeader
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require
 from simcharge.backoffice.orders import order_facts
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.schemas import NoteIn
-from simcharge.errors import Forbidden
+from simcharge.errors import Forbidden, required_idempotency_key
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant, Money
 from simcharge.kit.translations import N_

@@ -20,7 +20,6 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
-from simcharge.api.idempotency import required_idempotency_key
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.service import fee_for
@@ -31,6 +30,7 @@ from simcharge.errors import (
     IdempotencyKeyReused,
     NotFound,
     ValidationFailed,
+    required_idempotency_key,
 )
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import pick_text
