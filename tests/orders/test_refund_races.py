@@ -16,6 +16,7 @@ from simcharge.app import create_app
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
+from simcharge.lifecycle.service import Policy
 from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import complete_refund, request_refund
 from simcharge.orders.service import order_by_reference
@@ -120,7 +121,7 @@ async def test_two_refunds_completing_at_once_both_count(
         await completed.wait()
         event_id = await _store(s, SANDBOX, news, utcnow(), found.id)
         assert event_id is not None
-        return await _apply_event(s, event_id)
+        return await _apply_event(s, Policy.of(settings), event_id)
 
     async def worker() -> None:
         await read.wait()

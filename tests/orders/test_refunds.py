@@ -343,3 +343,60 @@ async def test_an_order_refunded_whole_in_parts_gives_back_the_whole_fee_and_pri
     assert fees - await _revenue(db, "revenue:fees:USD") == row.fee
     assert sales - await _revenue(db, "revenue:sales:USD") == row.price
     await assert_ledger_balanced(db)
+
+
+async def test_a_payment_taken_without_an_amount_is_refunded_once_the_provider_names_it(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A success naming no amount posts nothing (no money is in `unapplied` for it): a refund
+    or an apply-to-wallet is refused and changes nothing. Staff's check asks the provider again
+    although the payment is known; its answer names the amount, which is recorded and posted
+    once, and the refund then takes exactly that back out of `unapplied`."""
+    from tests.backoffice.helpers import new_staff
+    from tests.orders.helpers import sandbox_object, signed_event
+
+    finance = await new_staff(db, settings, "finance")
+    payer = await new_payer(db, settings)
+    order = await place(client, payer, plan="traveller-20")
+    row = await order_row(db, order["id"])
+    await pay_at_sandbox(client, settings, order)
+    obj = await sandbox_object(db, row.reference)
+    obj.pop("amount")
+    body, headers = signed_event(settings, "payment.succeeded", obj)
+    r = await client.post("/api/v1/webhooks/sandbox", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    taken = await order_row(db, order["id"])
+    assert (taken.state, taken.attention, taken.paid_amount) == ("paid", "amount_mismatch", None)
+    before = await _unapplied(db, "USD")
+    assert await transfers_of(db, f"order:{taken.id}") == []
+
+    url = f"/api/v1/admin/orders/{order['id']}"
+    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={})
+    assert (r.status_code, problem(r)["type"].rsplit("/", 1)[1], problem(r)["field"]) == (
+        409, "paid-amount-unknown", "order_id")
+    r = await client.post(f"{url}/apply-to-wallet", headers=finance.auth, json={"note": "n"})
+    assert (r.status_code, problem(r)["type"].rsplit("/", 1)[1], problem(r)["field"]) == (
+        409, "nothing-to-apply", "order_id")
+    async with db.read() as s:
+        assert (await s.execute(select(func.count()).select_from(Refund))).scalar_one() == 0
+    assert await _unapplied(db, "USD") == before
+
+    for _ in range(2):  # the second check learns nothing new and posts nothing more
+        r = await client.post(f"{url}/check", headers=finance.auth)
+        assert r.status_code == 200, r.text
+    learnt = await order_row(db, order["id"])
+    assert (learnt.state, learnt.paid_amount, learnt.paid_currency) == ("paid", 2000, "USD")
+    assert learnt.attention_note is not None and "20.00 USD, reported later" in (
+        learnt.attention_note)
+    [held] = await transfers_of(db, f"order:{learnt.id}")
+    assert (held.code, held.amount) == ("unapplied", 2000)
+    assert await _unapplied(db, "USD") == (before[0] + 2000, before[1] + 2000)
+
+    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={})
+    assert r.status_code == 202, r.text
+    assert r.json()["amount"]["minor"] == 2000
+    await run_worker(app, db, settings)
+    refunded = await order_row(db, order["id"])
+    assert (refunded.state, refunded.refunded_amount) == ("refunded", 2000)
+    assert await _unapplied(db, "USD") == before
+    await assert_ledger_balanced(db)

@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.charging.nchf import end_sessions_of_lines
-from simcharge.config import Settings, get_settings
+from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Conflict, ValidationFailed
 from simcharge.kit.clock import utcnow
@@ -128,7 +128,7 @@ def on_topup(
     now: datetime,
     actor: str,
     by_owner: bool,
-    policy: Policy | None = None,
+    policy: Policy,
 ) -> bool:
     """A paid top-up was credited to `line` (locked by the caller, validity already extended).
 
@@ -138,7 +138,6 @@ def on_topup(
     top-up (money alone, a plan without validity), it runs `policy.topup_validity` from now;
     with none (0), a line in grace stays there and a frozen one comes back in grace, with a
     full grace period. Returns whether the state changed."""
-    policy = policy or Policy.of(get_settings())
     line.last_activity_at = now
     state = LineState(line.state)
     # An active line whose validity has just ended is in grace in all but name until the next

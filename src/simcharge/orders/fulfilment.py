@@ -14,7 +14,9 @@ concurrent fulfilments hardly wait for each other.
 Policy, where the money and the order disagree. Money taken and not credited stays in the
 ledger: clearing → `unapplied` (`refunds.received_unapplied`), until finance refunds it.
 - amount or currency differ from the order's: nothing is credited, the order is `paid` and
-  flagged `amount_mismatch` for finance (refund, or credit by hand);
+  flagged `amount_mismatch` for finance (refund, or credit by hand); a success naming no amount
+  posts nothing (nothing can be refunded, `refunds.PaidAmountUnknown`) until a later answer —
+  a webhook, or staff's "check" — names it (`_learn_amount`);
 - paid after the order expired or was cancelled: credited anyway (the customer paid) and
   flagged `late_success`;
 - the line was terminated meanwhile: nothing is credited, `paid` + `line_unavailable`;
@@ -39,7 +41,7 @@ from simcharge.db import table_of
 from simcharge.kit.ids import derived_id
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, post_transfers
-from simcharge.lifecycle.service import on_topup
+from simcharge.lifecycle.service import Policy, on_topup
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import UnitGrant, open_buckets, wallet_credit
 from simcharge.metrics import FULFILMENT_DELAY
@@ -54,7 +56,7 @@ from simcharge.orders.models import (
     ProviderEvent,
     Refund,
 )
-from simcharge.orders.refunds import received_unapplied, shown
+from simcharge.orders.refunds import amount_unknown, received_unapplied, shown
 from simcharge.orders.reversals import (
     REFUNDED_STATES,
     apply_refund_news,
@@ -103,19 +105,23 @@ async def apply_status(
     *,
     source: str,
     now: datetime,
+    policy: Policy,
     locked: LockedOrder | None = None,
     event_id: uuid.UUID | None = None,
 ) -> Outcome:
-    """Apply what the provider says. `locked`: the order, payment and line, already locked by
-    the caller (`lock_order`). `event_id`: the stored notification that says it, marked
-    processed here."""
+    """Apply what the provider says. `policy`: the lifecycle's, for the line a credit brings
+    back (`lifecycle.on_topup`). `locked`: the order, payment and line, already locked by the
+    caller (`lock_order`). `event_id`: the stored notification that says it, marked processed
+    here."""
     locked = locked or await lock_order(session, order_id=order_id)
     if locked is None:
         outcome = Outcome.unchanged
     else:
         order, payment = locked.order, locked.payment
         if status.state in PAID_STATES:
-            return await _paid(session, locked, status, source=source, now=now, event_id=event_id)
+            return await _paid(
+                session, locked, status, source=source, now=now, policy=policy, event_id=event_id
+            )
         outcome = Outcome.unchanged
         if status.state in _CLOSING and order.state == OrderState.pending:
             order_state, payment_state = _CLOSING[status.state]
@@ -171,13 +177,16 @@ async def _paid(
     *,
     source: str,
     now: datetime,
+    policy: Policy,
     event_id: uuid.UUID | None,
 ) -> Outcome:
     order, payment, line = locked.order, locked.payment, locked.line
     if not await _mark_succeeded(session, payment, status, now):
-        # Known to be paid: only a refund at the provider can be news.
+        # Known to be paid: only the amount of a payment taken without one, or a refund at the
+        # provider, can be news.
+        learnt = await _learn_amount(session, order, status, source=source, now=now)
         news = await note_refunded_status(session, order, status, source=source, now=now)
-        outcome = Outcome.flagged if news else Outcome.already
+        outcome = Outcome.flagged if news or learnt else Outcome.already
         await mark_processed(session, event_id, outcome.value, now)
         return outcome
     late = OrderState(order.state) in CLOSED_UNPAID
@@ -198,7 +207,7 @@ async def _paid(
     # First what touches only this order's rows; last, as briefly as possible before the
     # commit, the operator's ledger accounts (sharded, but shared).
     order.state, order.fulfilled_at = OrderState.fulfilled.value, now
-    transfers = await _open_credit(session, order, line, now)
+    transfers = await _open_credit(session, order, line, now, policy)
     if late:
         flag_order(order, Attention.late_success, f"paid after the order was closed ({source})")
     jobs = [
@@ -293,6 +302,26 @@ async def _adopt_early_news(
             event.processed_at, event.outcome = now, outcome
 
 
+async def _learn_amount(
+    session: AsyncSession, order: Order, status: PaymentStatus, *, source: str, now: datetime
+) -> bool:
+    """A later answer naming the amount of a payment taken without one: recorded, and its money
+    posted to `unapplied` (it stays uncredited and flagged: finance refunds or applies it)."""
+    if not amount_unknown(order) or not status.amount or status.amount <= 0:
+        return False
+    if not status.currency:
+        return False
+    order.paid_amount, order.paid_currency = status.amount, status.currency.upper()
+    flag_order(
+        order,
+        Attention.amount_mismatch,
+        f"paid {shown(status.amount, order.paid_currency)}, reported later ({source})",
+    )
+    await received_unapplied(session, order, now)
+    await settle_provider_refunds(session, order, now)
+    return True
+
+
 async def _not_credited(
     session: AsyncSession, order: Order, line: Line, status: PaymentStatus, source: str
 ) -> tuple[Attention, str] | None:
@@ -322,7 +351,7 @@ async def _not_credited(
 
 
 async def _open_credit(
-    session: AsyncSession, order: Order, line: Line, now: datetime
+    session: AsyncSession, order: Order, line: Line, now: datetime, policy: Policy
 ) -> list[NewTransfer]:
     """Open what the plan grants (buckets, validity, the line's state) and return every ledger
     transfer of the order, for one batch. Every transfer id derives from the order: a second
@@ -380,5 +409,6 @@ async def _open_credit(
         now=now,
         actor=f"order:{order.id}",
         by_owner=line.account_id is not None and line.account_id == order.account_id,
+        policy=policy,
     )
     return transfers

@@ -67,6 +67,14 @@ class NotRefundable(Conflict):
     title = N_("This order cannot be refunded.")
 
 
+class PaidAmountUnknown(Conflict):
+    slug = "paid-amount-unknown"
+    title = N_(
+        "The provider has not said how much was paid: check the payment with the provider "
+        "before refunding it."
+    )
+
+
 class RefundTooLarge(ValidationFailed):
     slug = "refund-too-large"
     title = N_("The refund is larger than what is left to refund.")
@@ -81,7 +89,17 @@ def shown(amount: int, currency: str | None) -> str:
 
 
 def paid_of(order: Order) -> int:
-    return order.paid_amount if order.paid_amount is not None else order.total
+    """What the payer paid: the amount the provider reported; before the payment is known, the
+    order's total; taken with no amount named (`amount_unknown`), nothing we can account for —
+    none of it is in the ledger until the provider says how much."""
+    if order.paid_amount is not None:
+        return order.paid_amount
+    return order.total if order.paid_at is None else 0
+
+
+def amount_unknown(order: Order) -> bool:
+    """Taken and not credited, the provider naming no amount: nothing was posted for it."""
+    return order.paid_at is not None and order.fulfilled_at is None and order.paid_amount is None
 
 
 async def refundable(session: AsyncSession, order: Order) -> int:
@@ -220,6 +238,8 @@ async def request_refund(
             return earlier
     if OrderState(order.state) not in REFUNDABLE or order.paid_at is None:
         raise NotRefundable(field="order_id")
+    if amount_unknown(order):
+        raise PaidAmountUnknown(field="order_id")
     left = await refundable(session, order)
     currency = order.paid_currency or order.currency
     amount = left if amount is None else amount

@@ -7,6 +7,7 @@ import httpx
 from simcharge.catalog.models import PaymentMethod
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.lifecycle.service import Policy
 from simcharge.payments.providers import PaymentProvider, configured_providers
 from simcharge.payments.sandbox import MERCHANT, SandboxProvider
 from simcharge.payments.sandbox import NAME as SANDBOX
@@ -19,6 +20,8 @@ class Providers:
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient, db: Database) -> None:
         self.settings = settings
+        self.lifecycle = Policy.of(settings)
+        """The lifecycle's policy, for the line a credited payment brings back."""
         self.by_name: dict[str, PaymentProvider] = dict(configured_providers(settings, http))
         if settings.sandbox_on:
             self.by_name[SANDBOX] = SandboxProvider(db, settings)

@@ -45,6 +45,7 @@ from simcharge.orders.models import (
     PaymentStatusValue,
     ProviderEvent,
 )
+from simcharge.orders.refunds import amount_unknown
 from simcharge.orders.service import (
     flag_order,
     payment_of,
@@ -228,7 +229,7 @@ async def check_order(
         order = await s.get(Order, order_id)
         assert order is not None
         payment = await payment_of(s, order.id)
-    if payment.state == PaymentStatusValue.succeeded:
+    if payment.state == PaymentStatusValue.succeeded and not amount_unknown(order):
         return Outcome.already
     pending = order.state == OrderState.pending
     provider = _provider(providers, order.provider)
@@ -251,7 +252,11 @@ async def check_order(
         await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
         await db.run(lambda s: _note_check(s, order.id, "answer for another merchant"))
         return Outcome.flagged
-    outcome = await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
+    outcome = await db.run(
+        lambda s: apply_status(
+            s, order.id, status, source=source, now=utcnow(), policy=providers.lifecycle
+        )
+    )
     if outcome is Outcome.unchanged:
         await db.run(lambda s: _note_check(s, order.id, None))
     return outcome
@@ -326,7 +331,7 @@ async def reconcile(db: Database, providers: Providers, *, limit: int = 100) -> 
             .all()
         )
     for event_id in stale:
-        await process_event(db, event_id)
+        await process_event(db, providers.lifecycle, event_id)
     for order_id in due:
         await reconcile_order(db, providers, order_id)
     return len(due)
@@ -386,7 +391,11 @@ async def close_order(
             await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
             refused = f"not closed at the provider: its answer names merchant {foreign}"
         elif status.state in PAID_STATES:
-            await db.run(lambda s: apply_status(s, order.id, status, source=source, now=utcnow()))
+            await db.run(
+                lambda s: apply_status(
+                    s, order.id, status, source=source, now=utcnow(), policy=providers.lifecycle
+                )
+            )
             raise OrderAlreadyPaid(field="order_id")
         else:
             await provider.close(order.reference, payment.provider_ref)
@@ -414,7 +423,9 @@ async def close_order(
     )
 
     async def close(s: AsyncSession) -> Outcome:
-        outcome = await apply_status(s, order.id, closing, source=source, now=utcnow())
+        outcome = await apply_status(
+            s, order.id, closing, source=source, now=utcnow(), policy=providers.lifecycle
+        )
         if refused is not None:
             (await payment_of(s, order.id, lock=True)).last_error = refused
         return outcome

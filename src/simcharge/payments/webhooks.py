@@ -20,6 +20,7 @@ from simcharge.errors import ServiceUnavailable
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
+from simcharge.lifecycle.service import Policy
 from simcharge.metrics import WEBHOOK_FAILURES, WEBHOOKS
 from simcharge.orders.fulfilment import apply_status, mark_processed
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
@@ -118,7 +119,7 @@ async def receive_notification(
         if event_id is None:
             return None
         if locked is None or notification.status is None:
-            return await _apply_event(s, event_id)
+            return await _apply_event(s, providers.lifecycle, event_id)
         if notification.status.capturable:
             # Approved, not yet paid (PayPal): capture now, not when the payer comes back.
             await enqueue(
@@ -134,6 +135,7 @@ async def receive_notification(
             notification.status,
             source=source,
             now=now,
+            policy=providers.lifecycle,
             locked=locked,
             event_id=event_id,
         )
@@ -264,12 +266,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-async def process_event(db: Database, event_id: uuid.UUID) -> str:
-    """Apply a stored event (once: it is marked processed in the same transaction)."""
-    return await db.run(lambda s: _apply_event(s, event_id))
+async def process_event(db: Database, policy: Policy, event_id: uuid.UUID) -> str:
+    """Apply a stored event (once: it is marked processed in the same transaction). `policy`:
+    the lifecycle's, for a line a credit brings back."""
+    return await db.run(lambda s: _apply_event(s, policy, event_id))
 
 
-async def _apply_event(s: AsyncSession, event_id: uuid.UUID) -> str:
+async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> str:
     event = await s.get(ProviderEvent, event_id, with_for_update=True)
     if event is None or event.processed_at is not None:
         return "already"
@@ -277,7 +280,10 @@ async def _apply_event(s: AsyncSession, event_id: uuid.UUID) -> str:
     if event.order_id is not None and event.status is not None:
         status = status_from_json(event.status)
         return (
-            await apply_status(s, event.order_id, status, source=source, now=now, event_id=event.id)
+            await apply_status(
+                s, event.order_id, status, source=source, now=now, policy=policy,
+                event_id=event.id,
+            )
         ).value
     news = event.refund is not None or event.dispute is not None
     if news and event.order_id is None:

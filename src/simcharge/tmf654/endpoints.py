@@ -33,6 +33,7 @@ from simcharge.errors import (
 )
 from simcharge.kit.i18n import negotiate_language
 from simcharge.kit.translations import N_, translate
+from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line
 from simcharge.lines.repository import LineRepository
 from simcharge.lines.service import find_line_by_msisdn
@@ -444,8 +445,15 @@ _DEFINITIONS = {
 
 @router.post("/topupBalance", status_code=201, summary="Credit a line (money or units)")
 async def create_topup(
-    body: JsonBody, key: Write, db: DB, request: Request, idem: IdemKey = None
+    body: JsonBody,
+    key: Write,
+    db: DB,
+    request: Request,
+    settings: AppSettings,
+    idem: IdemKey = None,
 ) -> JSONResponse:
+    policy = Policy.of(settings)
+
     async def act(s: AsyncSession) -> BalanceAction:
         line, holder = await _target(s, body)
         _check_party(body, line)
@@ -455,7 +463,7 @@ async def create_topup(
         return await service.topup(
             s, line=await _locked(s, line), usage_type=usage, amount=amount, target=holder,
             valid_until=until, actor=actor_of(key), key=idem, request=body,
-            reason=body.get("reason"),
+            reason=body.get("reason"), policy=policy,
         )
 
     return await _create(db, request, key, idem, body, ActionKind.topup, act)

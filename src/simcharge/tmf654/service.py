@@ -35,7 +35,7 @@ from simcharge.ledger.service import (
     ensure_accounts,
     post_transfers,
 )
-from simcharge.lifecycle.service import on_topup
+from simcharge.lifecycle.service import Policy, on_topup
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.lines.service import UnitGrant, bucket_id, open_buckets
 from simcharge.tmf654.models import ActionKind, ActionStatus, BalanceAction
@@ -248,9 +248,11 @@ async def topup(
     key: str | None,
     request: dict[str, Any],
     reason: str | None,
+    policy: Policy,
 ) -> BalanceAction:
     """Credit a line: money into the wallet (from `funding:<CUR>`), units into the named
-    bucket or a new one (from `issuance:<unit>`). Counts as a top-up for the lifecycle."""
+    bucket or a new one (from `issuance:<unit>`). Counts as a top-up for the lifecycle
+    (`policy`: the lifecycle's)."""
     _check_amount(amount)
     if LineState(line.state) is LineState.terminated:
         raise LineNotInService(N_("The line is terminated."), field="logicalResource")
@@ -295,7 +297,7 @@ async def topup(
     holder = Holder(line, account_id, unit, None if unit == line.currency else Bucket(id=account_id))
     action = _new_action(ActionKind.topup, aid=aid, actor=actor, key=key, request=request,
                          holder=holder, amount=amount, now=now, reason=reason)
-    on_topup(session, line, now=now, actor=actor, by_owner=False)
+    on_topup(session, line, now=now, actor=actor, by_owner=False, policy=policy)
     await _add_action(session, action)
     await post_transfers(session, transfers, now=now)
     return action
