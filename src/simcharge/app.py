@@ -188,5 +188,9 @@ def create_app(
     arrange_routes(app)
     # Inside the request context: a page's wait for its turn counts in its latency and log.
     app.add_middleware(PageTurns, at_once=settings.portal_pages_at_once)
-    app.add_middleware(RequestContextMiddleware, hsts=settings.env is Environment.production)
+    app.add_middleware(
+        RequestContextMiddleware,
+        hsts=settings.env is Environment.production,
+        default_language=settings.default_language,
+    )
     return app

@@ -33,14 +33,24 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 def request_language(request: Request) -> str:
-    """`?lang=` if given and supported, else the best match for `Accept-Language`, else the
-    operator's `SIMCHARGE_DEFAULT_LANGUAGE`."""
+    """The language of the API's answers and problems: `?lang=` if given and supported, else the
+    signed-in customer's own (`account_language`, known once the customer is), else the best
+    match for `Accept-Language`, else the operator's `SIMCHARGE_DEFAULT_LANGUAGE` — the portal's
+    rule, with `?lang=` for its cookie."""
     settings: Settings = request.app.state.settings
     return pick_language(
         request.query_params.get("lang"),
+        getattr(request.state, "account_language", None),
         accept_language=request.headers.get("accept-language"),
         default=settings.default_language,
     )
+
+
+def speak_for(request: Request, account_language: str) -> None:
+    """The signed-in customer is known: this request's answers and problems speak their
+    language from now on (unless `?lang=` says otherwise)."""
+    request.state.account_language = account_language
+    request.state.language = request_language(request)
 
 
 async def get_language(request: Request) -> str:

@@ -25,7 +25,7 @@ from simcharge.errors import (
     SimchargeError,
     ValidationFailed,
 )
-from simcharge.kit.i18n import negotiate_language
+from simcharge.kit.i18n import pick_language
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
 from simcharge.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -97,9 +97,21 @@ def _is_page(path: str) -> bool:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+    def __init__(self, app: ASGIApp, *, hsts: bool = False, default_language: str = "en") -> None:
         self.app = app
         self.hsts = hsts
+        self.default_language = default_language
+        """The operator's `SIMCHARGE_DEFAULT_LANGUAGE`, for the problems answered here (a 500,
+        a NUL refused), before any endpoint chose a language."""
+
+    def _language(self, scope: Scope) -> str:
+        """The language the request was answered in so far (a signed-in customer's, once known:
+        `request.state.language`), else the caller's `Accept-Language`, else the default."""
+        chosen = (scope.get("state") or {}).get("language")
+        return pick_language(
+            chosen, accept_language=_header(scope, b"accept-language"),
+            default=self.default_language,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,11 +170,7 @@ class RequestContextMiddleware:
                 error = InternalError()
             if response_started:
                 raise
-            body = problem_body(
-                error,
-                negotiate_language(_header(scope, b"accept-language")),
-                scope.get("path"),
-            )
+            body = problem_body(error, self._language(scope), scope.get("path"))
             body["request_id"] = request_id
             await JSONResponse(
                 body, status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON
@@ -183,13 +191,11 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
-    @staticmethod
     async def _refuse(
-        scope: Scope, receive: Receive, send: Send, field: str, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, field: str, request_id: str
     ) -> None:
         error = ValidationFailed(errors=[FieldError(field, NUL_REFUSED)])
-        language = negotiate_language(_header(scope, b"accept-language"))
-        body = problem_body(error, language, scope.get("path"))
+        body = problem_body(error, self._language(scope), scope.get("path"))
         body["request_id"] = request_id
         await JSONResponse(body, status_code=error.status, media_type=PROBLEM_JSON)(
             scope, receive, send

@@ -8,6 +8,7 @@ else is a logged `internal-error` that shows no trace of the code (answered by
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +35,20 @@ log = structlog.get_logger("simcharge.http")
 PROBLEM_JSON = "application/problem+json"
 
 
+def said(language: str, template: str, params: dict[str, Any]) -> str:
+    """A problem's text in `language`, its placeholders filled."""
+    text = translate(language, template)
+    return text.format(**params) if params else text
+
+
+def field_errors(exc: SimchargeError, language: str) -> list[dict[str, str]]:
+    """Each offending field and what is wrong with it, in `language`."""
+    return [{"field": e.field, "detail": said(language, e.detail, e.params)} for e in exc.errors]
+
+
 def problem_body(exc: SimchargeError, language: str, instance: str | None) -> dict[str, Any]:
     def tr(template: str, params: dict[str, Any]) -> str:
-        text = translate(language, template)
-        return text.format(**params) if params else text
+        return said(language, template, params)
 
     body: dict[str, Any] = {
         "type": exc.type_uri,
@@ -50,7 +61,7 @@ def problem_body(exc: SimchargeError, language: str, instance: str | None) -> di
     if exc.field:
         body["field"] = exc.field
     if exc.errors:
-        body["errors"] = [{"field": e.field, "detail": tr(e.detail, e.params)} for e in exc.errors]
+        body["errors"] = field_errors(exc, language)
         body.setdefault("field", exc.errors[0].field)
     body.update(exc.extra())
     return body
@@ -72,10 +83,66 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+_WHOLE = N_("Enter a whole number.")
+_NUMBER = N_("Enter a number.")
 _MESSAGES = {
     "missing": N_("This field is required."),
     "extra_forbidden": N_("This field is not allowed."),
     "json_invalid": N_("The body is not valid JSON."),
+    "string_type": N_("Enter text."),
+    "string_too_short": N_("Enter at least {min_length} characters."),
+    "string_too_long": N_("Enter at most {max_length} characters."),
+    "string_pattern_mismatch": N_("This is not in the expected form."),
+    "int_type": _WHOLE,
+    "int_parsing": _WHOLE,
+    "int_from_float": _WHOLE,
+    "float_type": _NUMBER,
+    "float_parsing": _NUMBER,
+    "decimal_type": _NUMBER,
+    "decimal_parsing": _NUMBER,
+    "finite_number": _NUMBER,
+    "bool_type": N_("Enter true or false."),
+    "bool_parsing": N_("Enter true or false."),
+    "greater_than": N_("Enter more than {gt}."),
+    "greater_than_equal": N_("Enter {ge} or more."),
+    "less_than": N_("Enter less than {lt}."),
+    "less_than_equal": N_("Enter {le} or less."),
+    "too_short": N_("Give at least {min_length}."),
+    "too_long": N_("Give at most {max_length}."),
+    "literal_error": N_("Choose one of: {expected}."),
+    "enum": N_("Choose one of: {expected}."),
+    "uuid_type": N_("This is not a valid id."),
+    "uuid_parsing": N_("This is not a valid id."),
+    "datetime_type": N_("Not a date and time."),
+    "datetime_parsing": N_("Not a date and time."),
+    "datetime_from_date_parsing": N_("Not a date and time."),
+    "date_type": N_("Not a date."),
+    "date_parsing": N_("Not a date."),
+    "dict_type": N_("This must be an object."),
+    "model_type": N_("This must be an object."),
+    "model_attributes_type": N_("This must be an object."),
+    "list_type": N_("This must be a list."),
+}
+"""What a customer reads for each of pydantic's error types, in their language; the limits
+named (`min_length`, `le`, `expected` …) come from the error's context. Any other type keeps
+pydantic's own (English) message."""
+
+
+def _field_error(e: Any) -> FieldError:
+    field = _field_of(tuple(e.get("loc", ())))
+    message = _MESSAGES.get(str(e.get("type")))
+    if message is None:
+        return FieldError(field, str(e.get("msg", "Invalid value.")))
+    context = e.get("ctx") or {}
+    params = {key: str(context[key]) for key in _NAMES_IN.get(message, ()) if key in context}
+    if len(params) < len(_NAMES_IN.get(message, ())):  # a limit not named: pydantic's words
+        return FieldError(field, str(e.get("msg", "Invalid value.")))
+    return FieldError(field, message, params)
+
+
+_NAMES_IN = {
+    message: tuple(name for _, name, _, _ in string.Formatter().parse(message) if name)
+    for message in _MESSAGES.values()
 }
 
 
@@ -84,8 +151,7 @@ def validation_problem(exc: RequestValidationError) -> SimchargeError:
     for e in exc.errors():
         if e.get("type") == "json_invalid":
             return BadRequest(N_("The body is not valid JSON."), field="body")
-        message = _MESSAGES.get(str(e.get("type")), str(e.get("msg", "Invalid value.")))
-        errors.append(FieldError(_field_of(tuple(e.get("loc", ()))), message))
+        errors.append(_field_error(e))
     return ValidationFailed(errors=errors)
 
 

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
-from simcharge.api.deps import DB, AppSettings
+from simcharge.api.deps import DB, AppSettings, speak_for
 from simcharge.auth import sessions
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
@@ -194,7 +194,7 @@ async def _checked(
                 )
             )
             raise CsrfFailed()
-    request.state.language = account.language
+    speak_for(request, account.language)
     return Customer(account, auth, via_cookie)
 
 

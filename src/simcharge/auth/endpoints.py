@@ -44,7 +44,6 @@ from simcharge.auth.schemas import (
 from simcharge.auth.sessions import csrf_token
 from simcharge.errors import NotAuthenticated, Refused
 from simcharge.kit.clock import utcnow
-from simcharge.kit.i18n import negotiate_language, spoken
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_, translate
 
@@ -105,10 +104,7 @@ async def register(
         password=body.password,
         email=body.email,
         phone=body.phone,
-        language=body.language
-        or negotiate_language(
-            request.headers.get("accept-language"), spoken(settings.default_language)
-        ),
+        language=body.language or language,
         display_name=body.display_name,
     )
     channels = await db.run(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from simcharge.api.deps import DB, AppSettings
+from simcharge.api.deps import DB, AppSettings, speak_for
 from simcharge.auth.apikeys import verify_api_key
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
@@ -58,7 +58,7 @@ async def _staff_actor(
     if need_mfa and not row.mfa:
         return None
     ip, ua = _client(request)
-    request.state.language = staff.language
+    speak_for(request, staff.language)
     return Actor(
         name=f"staff:{staff.username}",
         permissions=permissions_of(staff.role) if row.mfa else frozenset(),

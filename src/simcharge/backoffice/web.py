@@ -17,7 +17,7 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.staff import csrf_token
 from simcharge.catalog.schemas import PER_UNITS
 from simcharge.config import Settings
-from simcharge.kit.i18n import BABEL_LOCALES, negotiate_language, normalize_language, pick_text
+from simcharge.kit.i18n import BABEL_LOCALES, pick_language, pick_text
 from simcharge.kit.money import format_money, is_currency
 from simcharge.kit.translations import translations
 
@@ -91,12 +91,15 @@ def environment(language: str) -> Environment:
 
 
 def language_of(request: Request, actor: Actor | None) -> str:
-    chosen = normalize_language(request.query_params.get("lang"))
-    if chosen:
-        return chosen
-    if actor is not None and actor.staff is not None:
-        return actor.staff.language
-    return negotiate_language(request.headers.get("accept-language"))
+    """`?lang=`, else the staff member's own language, else the browser's, else the operator's
+    default."""
+    settings: Settings = request.app.state.settings
+    return pick_language(
+        request.query_params.get("lang"),
+        actor.staff.language if actor is not None and actor.staff is not None else None,
+        accept_language=request.headers.get("accept-language"),
+        default=settings.default_language,
+    )
 
 
 def render(

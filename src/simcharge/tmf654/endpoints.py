@@ -23,15 +23,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 
-from simcharge.api.deps import DB, AppSettings, Integration, require_scope
-from simcharge.api.problems import validation_problem
+from simcharge.api.deps import DB, AppSettings, Integration, request_language, require_scope
+from simcharge.api.problems import field_errors, said, validation_problem
 from simcharge.errors import (
     BadRequest,
     MethodNotAllowed,
     SimchargeError,
     ValidationFailed,
 )
-from simcharge.kit.i18n import negotiate_language
 from simcharge.kit.translations import N_, translate
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line
@@ -58,10 +57,7 @@ audit = structlog.get_logger("simcharge.audit")
 
 
 def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
-    language = getattr(request.state, "language", None) or negotiate_language(
-        request.headers.get("accept-language")
-    )
-    detail = translate(language, exc.detail_template)
+    language = getattr(request.state, "language", None) or request_language(request)
     # TMF654 answers bad input with 400 (it lists no 422), and a POST whose body names
     # something unknown is bad input too (it lists no 404 for POST).
     status = exc.status
@@ -70,7 +66,7 @@ def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
     body: dict[str, Any] = {
         "code": exc.slug,
         "reason": translate(language, exc.title),
-        "message": detail.format(**exc.params) if exc.params else detail,
+        "message": said(language, exc.detail_template, exc.params),
         "status": str(status),
         "referenceError": f"{str(request.base_url).rstrip('/')}{exc.type_uri}",
         "@type": "Error",
@@ -79,7 +75,7 @@ def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
     if exc.field:
         body["field"] = exc.field
     if exc.errors:
-        body["errors"] = [{"field": e.field, "detail": e.detail} for e in exc.errors]
+        body["errors"] = field_errors(exc, language)
         body.setdefault("field", exc.errors[0].field)
     body.update(exc.extra())
     return JSONResponse(body, status_code=status, headers=exc.headers)

@@ -49,18 +49,41 @@ def validate_body(definition: str, body: Any) -> dict[str, Any]:
     """Check a request body against the spec's definition; every violation is one field error."""
     if not isinstance(body, dict):
         raise ValidationFailed(N_("The body must be a JSON object."), field="body")
-    errors = [
-        FieldError(".".join(str(p) for p in e.absolute_path) or _missing(e.message), e.message)
-        for e in validator(definition).iter_errors(body)
-    ]
+    errors = [_field_error(e) for e in validator(definition).iter_errors(body)]
     if errors:
         raise ValidationFailed(errors=errors)
     return body
 
 
-def _missing(message: str) -> str:
-    # "'amount' is a required property" → amount
-    return message.split("'")[1] if message.count("'") >= 2 else "body"
+_OF_TYPE = {
+    "string": N_("Enter text."),
+    "object": N_("This must be an object."),
+    "integer": N_("Enter a whole number."),
+    "number": N_("Enter a number."),
+    "array": N_("This must be a list."),
+    "boolean": N_("Enter true or false."),
+}
+
+
+def _field_error(e: Any) -> FieldError:
+    """A violation of the spec's schema as the caller reads it, in their language for the kinds
+    a caller makes (a field missing, of another type, not one of the values); jsonschema's own
+    (English) words for the rest."""
+    path = [str(p) for p in e.absolute_path]
+    if e.validator == "required":
+        # "'amount' is a required property": the field is the one missing, under its object.
+        missing = e.message.split("'")[1] if e.message.count("'") >= 2 else None
+        field = ".".join([*path, missing]) if missing else ".".join(path) or "body"
+        return FieldError(field, N_("This field is required."))
+    field = ".".join(path) or "body"
+    if e.validator == "type" and isinstance(e.validator_value, str):
+        said = _OF_TYPE.get(e.validator_value)
+        if said is not None:
+            return FieldError(field, said)
+    if e.validator == "enum" and isinstance(e.validator_value, list):
+        expected = ", ".join(str(v) for v in e.validator_value)
+        return FieldError(field, N_("Choose one of: {expected}."), {"expected": expected})
+    return FieldError(field, e.message)
 
 
 def units_of(quantity: dict[str, Any] | None, unit: str, field: str) -> int:
