@@ -102,6 +102,53 @@ async def test_csv_rates_buckets_then_wallet_and_reports_bad_rows(
     await assert_ledger_balanced(db)
 
 
+async def test_an_id_charged_before_for_another_record_is_a_bad_record_not_a_duplicate(
+    db: Database, settings: Settings
+) -> None:
+    """Ids name records: the same id again is a duplicate only when it is the same record
+    (the subscriber may be spelt another way). Another subscriber, service, quantity, start or
+    country under a charged id is reported on its line, field `id`, and charges nothing."""
+    t = await make_line(db, money=500)
+    other = await make_line(db, money=500, catalog=False)
+    import_after_the_usage()
+    first = HEADER + "\n".join([f"r1,{t.gpsi},voice,60,{soon(0)},",
+                                 f"r2,{t.supi},sms,1,{soon(1)},FR",
+                                 f"n1,{t.supi},sms,1,{soon(3)},"])
+    report = await import_usage_records(db, settings, read_usage_text(first, "a.csv"))
+    assert (report.accepted, report.rejected) == (3, 0)
+    wallet = (await balances(db, t.line)).wallet.available
+    same = [
+        f"r1,{t.supi},voice,60,{soon(0)},",  # the same record, by its IMSI
+        f"r2,{t.line.msisdn},sms,1,{soon(1)},FR",
+    ]
+    report = await import_usage_records(db, settings, read_usage_text(
+        HEADER + "\n".join(same), "b.csv"))
+    assert (report.accepted, report.duplicates, report.rejected) == (0, 2, 0), report
+    others = [
+        f"r1,{t.supi},voice,600,{soon(0)},",  # ten minutes, not one
+        f"r1,{other.supi},voice,60,{soon(0)},",  # another line
+        f"r1,{t.supi},data,60,{soon(0)},",  # another service
+        f"r2,{t.supi},sms,1,{soon(2)},FR",  # another time
+        f"r2,{t.supi},sms,1,{soon(1)},JP",  # another country
+    ]
+    for row in others:
+        for chunk_size in (50, 1):
+            text = HEADER + f"n1,{t.supi},sms,1,{soon(3)},\n{row}"
+            report = await import_usage_records(
+                db, settings, read_usage_text(text, "c.csv"), chunk_size=chunk_size
+            )
+            assert (report.accepted, report.duplicates, report.rejected) == (0, 1, 1), (
+                row, report)
+            [error] = report.errors
+            assert (error.line, error.field) == (3, "id"), row
+            assert "charged before for another record" in error.detail, row
+    assert (await balances(db, t.line)).wallet.available == wallet
+    assert (await balances(db, other.line)).wallet.available == 500
+    async with db.read() as s:
+        assert len((await s.execute(select(UsageRecord))).scalars().all()) == 3
+    await assert_ledger_balanced(db)
+
+
 async def test_json_lines(db: Database, settings: Settings) -> None:
     t = await make_line(db, grants=[UnitGrant("DATA_B", 10 * MIB, 30)])
     lines = [

@@ -281,8 +281,6 @@ async def test_sms_as_a_session_reserves_then_charges(
             t.supi,
             0,
             [rg(SMS, requested={"serviceSpecificUnits": 2})],
-            oneTimeEvent=True,
-            oneTimeEventType="PEC",
             **sms,
         )
     )
@@ -311,4 +309,92 @@ async def test_sms_as_a_session_reserves_then_charges(
         0,
     )
     assert await open_reservations(db) == 0
+    await assert_ledger_balanced(db)
+
+
+async def test_a_post_event_is_rated_and_charged_at_once_and_closes_the_resource(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """PEC (post event charging, TS 32.290): the event happened; the units it used are rated
+    where the subscriber is and charged in the one request — the bucket first, then the
+    wallet — and the resource is closed. What the line cannot pay is recorded unbilled and the
+    answer says so."""
+    t = await make_line(db, money=20, grants=[UnitGrant("SMS", 1, 30)])
+    api = await nchf(client, db)
+    sms = {"sMSChargingInformation": {"userLocationinfo": eutra_location("208")}}
+
+    def event(used: int, seq: int = 0) -> dict[str, Any]:
+        return body(t.supi, seq, [rg(SMS, used=[{"serviceSpecificUnits": used}])],
+                    oneTimeEvent=True, oneTimeEventType="PEC", **sms)
+
+    # Two messages: the bucket's, then 0.15 (Europe) from the wallet.
+    r = await api.create(event(2))
+    assert r.status_code == 201, r.text
+    assert unit_info(r, SMS) == {"ratingGroup": SMS, "resultCode": "SUCCESS"}
+    view = await balances(db, t.line)
+    assert sum(u.remaining + u.reserved for u in view.units) == 0
+    assert (view.wallet.available, view.wallet.reserved) == (5, 0)
+    async with db.read() as s:
+        assert (await s.execute(select(ChargingSession.state))).scalar_one() == (
+            SessionState.released.value)
+    # Two more: 0.05 left pays for neither; both are recorded, unbilled.
+    r = await api.create(event(2, seq=1))
+    assert unit_info(r, SMS)["resultCode"] == "QUOTA_LIMIT_REACHED"
+    assert (await balances(db, t.line)).wallet.available == 5
+    first, second = sorted(await records(db), key=lambda record: record.unbilled)
+    assert (first.quantity, first.from_buckets, first.charge, first.unbilled) == (2, 1, 15, 0)
+    assert (second.quantity, second.charge, second.unbilled) == (2, 0, 2)
+    assert await open_reservations(db) == 0
+    await assert_ledger_balanced(db)
+
+
+async def test_a_one_time_event_of_the_other_kind_is_refused_by_name(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """An immediate event (IEC) requests units and reports none used; a post event (PEC)
+    reports the units used and requests none. The other is a 400 naming the field, and nothing
+    is charged or opened."""
+    t = await make_line(db, money=100, grants=[UnitGrant("SMS", 2, 30)])
+    api = await nchf(client, db)
+    both = rg(SMS, requested={"serviceSpecificUnits": 1}, used=[{"serviceSpecificUnits": 1}])
+    for kind, param in (("IEC", "/multipleUnitUsage/0/usedUnitContainer"),
+                        ("PEC", "/multipleUnitUsage/0/requestedUnit")):
+        r = await api.create(body(t.supi, 0, [both], oneTimeEvent=True, oneTimeEventType=kind))
+        assert (r.status_code, r.json()["cause"]) == (400, "MANDATORY_IE_INCORRECT"), r.text
+        assert [p["param"] for p in r.json()["invalidParams"]] == [param]
+    view = await balances(db, t.line)
+    assert (view.units[0].remaining, view.wallet.available) == (2, 100)
+    assert await records(db) == []
+    async with db.read() as s:
+        assert (await s.execute(select(ChargingSession))).first() is None
+
+
+async def test_charging_information_of_another_json_type_is_a_400_naming_it(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """`userInformation`, a location and its areas are objects: a string or a list there is a
+    bad field, never a 500 — on a create and on an update."""
+    t = await make_line(db, money=100)
+    api = await nchf(client, db)
+    voice = [rg(VOICE, requested={"time": 60})]
+    bad = [
+        ({"pDUSessionChargingInformation": {"userInformation": "msisdn-1"}},
+         "/pDUSessionChargingInformation/userInformation"),
+        ({"pDUSessionChargingInformation": {"userLocationinfo": {"nrLocation": {"tai": "x"}}}},
+         "/pDUSessionChargingInformation/userLocationinfo/nrLocation/tai"),
+        ({"sMSChargingInformation": {"userLocationinfo": {"eutraLocation": {"ecgi": [1]}}}},
+         "/sMSChargingInformation/userLocationinfo/eutraLocation/ecgi"),
+        ({"pDUSessionChargingInformation": []}, "/pDUSessionChargingInformation"),
+    ]
+    for extra, param in bad:
+        r = await api.create(body(t.supi, 0, voice, **extra), validate_request=False)
+        assert (r.status_code, r.json()["cause"]) == (400, "MANDATORY_IE_INCORRECT"), r.text
+        assert [p["param"] for p in r.json()["invalidParams"]] == [param]
+    r = await api.create(body(t.supi, 0, voice))
+    assert r.status_code == 201
+    ref = ref_of(r)
+    for extra, _ in bad:
+        r = await api.update(ref, body(t.supi, 1, voice, **extra), validate_request=False)
+        assert (r.status_code, r.json()["cause"]) == (400, "MANDATORY_IE_INCORRECT"), r.text
+    assert (await balances(db, t.line)).wallet.reserved > 0  # the first quota stands
     await assert_ledger_balanced(db)

@@ -446,6 +446,8 @@ class _ChunkCharge:
         known = await self.repo.charged_ids([r[2] for r in records]) if look_up else set()
         fresh = [r for r in records if r[2] not in known] if known else list(records)
         self.outcome.duplicates = len(records) - len(fresh)
+        if known:
+            await self._same_as_charged([r for r in records if r[2] in known])
         lines = await self._lines({r[3] for r in fresh})
         before = alerts.snapshot(
             p for ln in lines.values() if ln.pots for p in (ln.pots.wallet, *ln.pots.buckets)
@@ -495,6 +497,31 @@ class _ChunkCharge:
         whatever their order, and could deadlock with any other writer of the same accounts.
         SQLite binds each id as a parameter (at most 32,766), and has one writer at a time."""
         return _SLICE if dialect_name(self.session) != "postgresql" else 1 << 62
+
+    async def _same_as_charged(self, again: list[Record]) -> None:
+        """A record whose id was charged before is a duplicate only if it is the same record:
+        another subscriber, service, quantity, start or country under that id is a bad record
+        (`id`), reported and not charged — never counted as a duplicate."""
+        facts = await self.repo.charged_facts([r[2] for r in again])
+        for record in again:
+            found = facts.get(record[2])
+            if found is None:
+                continue
+            service, quantity, started_at, country, msisdn, imsi = found
+            if started_at.tzinfo is None:
+                started_at = started_at.replace(tzinfo=UTC)
+            same = (
+                record[3] in (msisdn, imsi)
+                and record[4] == service
+                and record[5] == quantity
+                and record[6] == started_at
+                and (record[7] is None or record[7] == country)
+            )
+            if not same:
+                self.outcome.duplicates -= 1
+                self.outcome.errors.add(
+                    record[0], "id", f"{record[1]} was charged before for another record"
+                )
 
     async def _lines(self, subscribers: set[str]) -> dict[str, _Line]:
         """The lines named, by subscriber (`+MSISDN` or IMSI), with their pots locked."""

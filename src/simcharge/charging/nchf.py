@@ -142,6 +142,40 @@ class NFIdentification(_Loose):
     nFPLMNID: dict[str, Any] | None = None
 
 
+class PlmnId(_Loose):
+    mcc: str | None = None
+
+
+class _Area(_Loose):
+    """A TAI, NCGI or ECGI: only its PLMN is read."""
+
+    plmnId: PlmnId | None = None
+
+
+class _RanLocation(_Loose):
+    tai: _Area | None = None
+    ncgi: _Area | None = None
+    ecgi: _Area | None = None
+
+
+class UserLocation(_Loose):
+    nrLocation: _RanLocation | None = None
+    eutraLocation: _RanLocation | None = None
+
+
+class UserInformation(_Loose):
+    servedGPSI: str | None = None
+
+
+class ChargingInformation(_Loose):
+    """`pDUSessionChargingInformation` or `sMSChargingInformation`, as far as charging reads
+    it (TS 32.291): the served GPSI and the user's location. Typed, so that an object of
+    another JSON type where one is expected is a 400 naming it, like any other bad field."""
+
+    userInformation: UserInformation | None = None
+    userLocationinfo: UserLocation | None = None
+
+
 class ChargingDataRequest(_Loose):
     nfConsumerIdentification: NFIdentification
     invocationTimeStamp: datetime
@@ -151,11 +185,43 @@ class ChargingDataRequest(_Loose):
     oneTimeEvent: bool | None = None
     oneTimeEventType: str | None = None
     multipleUnitUsage: list[UnitUsage] = []
+    pDUSessionChargingInformation: ChargingInformation | None = None
+    sMSChargingInformation: ChargingInformation | None = None
+
+
+def one_time_kind(req: ChargingDataRequest) -> str | None:
+    """`IEC` (immediate event charging: units requested, charged at once), `PEC` (post event
+    charging: units used, rated and charged at once) or None (a session)."""
+    if not req.oneTimeEvent:
+        return None
+    kind = req.oneTimeEventType or "IEC"
+    return kind if kind in ("IEC", "PEC") else None
+
+
+def _check_one_time(req: ChargingDataRequest) -> None:
+    """An immediate event (IEC) requests units and reports none; a post event (PEC) reports
+    the units used and requests none: the other is refused by name, nothing charged."""
+    kind = one_time_kind(req)
+    if kind is None:
+        return
+    invalid = []
+    for i, entry in enumerate(req.multipleUnitUsage):
+        if kind == "IEC" and entry.usedUnitContainer:
+            invalid.append((f"/multipleUnitUsage/{i}/usedUnitContainer",
+                            "an immediate event (IEC) requests units; it reports none used"))
+        if kind == "PEC" and entry.requestedUnit is not None:
+            invalid.append((f"/multipleUnitUsage/{i}/requestedUnit",
+                            "a post event (PEC) reports the units used; it requests none"))
+    if invalid:
+        raise NchfProblem(
+            400, "MANDATORY_IE_INCORRECT", N_("The charging request is not valid."),
+            invalid=invalid,
+        )
 
 
 def parse_request(body: bytes) -> ChargingDataRequest:
     try:
-        return ChargingDataRequest.model_validate_json(body or b"null")
+        req = ChargingDataRequest.model_validate_json(body or b"null")
     except ValidationError as exc:
         invalid = []
         missing = False
@@ -163,7 +229,10 @@ def parse_request(body: bytes) -> ChargingDataRequest:
             path = "/" + "/".join(str(p) for p in e["loc"])
             missing = missing or e["type"] == "missing"
             invalid.append((path, str(e["msg"])))
-        if any(e["type"] in ("json_invalid", "model_type") for e in exc.errors()):
+        if any(
+            e["type"] == "json_invalid" or (e["type"] == "model_type" and not e["loc"])
+            for e in exc.errors()
+        ):
             raise NchfProblem(
                 400, "INVALID_MSG_FORMAT", N_("The body is not a JSON object.")
             ) from exc
@@ -171,31 +240,27 @@ def parse_request(body: bytes) -> ChargingDataRequest:
         raise NchfProblem(
             400, cause, N_("The charging request is not valid."), invalid=invalid
         ) from exc
+    _check_one_time(req)
+    return req
 
 
 def _subscriber(req: ChargingDataRequest) -> str | None:
     if req.subscriberIdentifier:
         return req.subscriberIdentifier
-    extra = req.model_extra or {}
-    for holder in ("pDUSessionChargingInformation",):
-        info = extra.get(holder)
-        if isinstance(info, dict):
-            gpsi = (info.get("userInformation") or {}).get("servedGPSI")
-            if isinstance(gpsi, str):
-                return gpsi
+    info = req.pDUSessionChargingInformation
+    if info is not None and info.userInformation is not None:
+        return info.userInformation.servedGPSI
     return None
 
 
-def _mcc_of_location(location: Any) -> str | None:
-    if not isinstance(location, dict):
+def _mcc_of_location(location: UserLocation | None) -> str | None:
+    if location is None:
         return None
-    for kind in ("nrLocation", "eutraLocation"):
-        place = location.get(kind)
-        if isinstance(place, dict):
-            for area in ("tai", "ncgi", "ecgi"):
-                plmn = (place.get(area) or {}).get("plmnId")
-                if isinstance(plmn, dict) and isinstance(plmn.get("mcc"), str):
-                    return str(plmn["mcc"])
+    for place in (location.nrLocation, location.eutraLocation):
+        if place is not None:
+            for area in (place.tai, place.ncgi, place.ecgi):
+                if area is not None and area.plmnId is not None and area.plmnId.mcc is not None:
+                    return area.plmnId.mcc
     return None
 
 
@@ -206,12 +271,10 @@ UNKNOWN_COUNTRY = "ZZ"
 def location_country(req: ChargingDataRequest) -> str | None:
     """Where the subscriber is: the user location's PLMN, else the consumer NF's PLMN; None
     when the request says neither (the line's home country is used then)."""
-    extra = req.model_extra or {}
     mcc: str | None = None
-    for holder in ("pDUSessionChargingInformation", "sMSChargingInformation"):
-        info = extra.get(holder)
-        if isinstance(info, dict):
-            mcc = mcc or _mcc_of_location(info.get("userLocationinfo"))
+    for info in (req.pDUSessionChargingInformation, req.sMSChargingInformation):
+        if info is not None:
+            mcc = mcc or _mcc_of_location(info.userLocationinfo)
     plmn = req.nfConsumerIdentification.nFPLMNID
     if mcc is None and isinstance(plmn, dict) and isinstance(plmn.get("mcc"), str):
         mcc = plmn["mcc"]
@@ -560,7 +623,8 @@ async def _process(
     settings, cs, now = work.settings, work.cs, work.now
     groups: dict[str, Any] = {k: dict(v) for k, v in cs.groups.items()}
     allowed = line_may_charge(work.line, now)
-    one_time = bool(req.oneTimeEvent) and (req.oneTimeEventType or "IEC") == "IEC"
+    kind = one_time_kind(req)
+    one_time, post_event = kind == "IEC", kind == "PEC"
     answers: list[dict[str, Any]] = []
     # A rating group may come in several entries (one per service, say): all their used units
     # count, and their requests add up, for the one quota of the group.
@@ -594,6 +658,9 @@ async def _process(
                 )
         if entries is None and not release:
             continue  # not reported: its quota stands
+        if post_event and entries is not None:
+            answers.append(await _post_event(work, rg, group, used, allowed, country, zone))
+            continue
         then = group.get("zone", cs.zone)
         if group.get("holds") or used:
             # Used where its quota was granted: at the tariff it was granted at, from its buckets.
@@ -635,6 +702,37 @@ async def _process(
         answers.append(answer)
     cs.groups = groups
     return answers
+
+
+async def _post_event(
+    work: Charging,
+    rg: int,
+    group: dict[str, Any],
+    used: int,
+    allowed: bool,
+    country: str | None,
+    zone: str | None,
+) -> dict[str, Any]:
+    """Post event charging: the event happened; what it used is rated where the subscriber is
+    and charged at once — buckets first, then the wallet — as far as the line can pay and may
+    be charged. The rest is recorded unbilled, and the answer says why: `QUOTA_LIMIT_REACHED`
+    (not enough), `END_USER_SERVICE_DENIED` (a line that may not be charged), `RATING_FAILED`
+    (no tariff here)."""
+    group.update(zone=zone, country=country)
+    rate = _rate(work, group["service"], zone)
+    granted = 0
+    if rate is not None and allowed and used:
+        granted, _ = await work.grant(rg, group, used, rate, all_or_nothing=False)
+    await work.report_used(rg, group, used, rate)
+    if rate is None:
+        code = "RATING_FAILED"
+    elif not allowed and used:
+        code = "END_USER_SERVICE_DENIED"
+    elif granted < used:
+        code = "QUOTA_LIMIT_REACHED"
+    else:
+        code = "SUCCESS"
+    return {"ratingGroup": rg, "resultCode": code}
 
 
 def _response(
@@ -727,7 +825,7 @@ async def create_charging_data(
     )
     work = Charging(session, settings, table, line, cs, req.invocationSequenceNumber, now)
     units = await _process(work, req, release=False, country=cs.country, zone=cs.zone)
-    if req.oneTimeEvent and (req.oneTimeEventType or "IEC") == "IEC":
+    if one_time_kind(req) is not None:  # one request, and the resource is closed
         cs.state = SessionState.released.value
     answer = _response(req, now, units)
     _remember(cs, req.invocationSequenceNumber, "create", digest, answer)

@@ -81,6 +81,32 @@ class UsageRepository:
             charged.update(u.hex for u in rows.scalars())
         return charged
 
+    async def charged_facts(self, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """What the usage records with these ids (hex text) were charged for: service,
+        quantity, started_at, country, and the line's MSISDN and IMSI — to tell a record
+        imported again from another one under the same id. Only for records found charged
+        (`charged_ids`): few, unless a file is imported again."""
+        facts: dict[str, tuple[Any, ...]] = {}
+        cols = (
+            usage_table.c.id,
+            usage_table.c.service,
+            usage_table.c.quantity,
+            usage_table.c.started_at,
+            usage_table.c.country,
+            lines_table.c.msisdn,
+            lines_table.c.imsi,
+        )
+        for i in range(0, len(ids), _SLICE):
+            part = [uuid.UUID(hex=h) for h in ids[i : i + _SLICE]]
+            stmt = (
+                select(*cols)
+                .join(lines_table, lines_table.c.id == usage_table.c.line_id)
+                .where(usage_table.c.id.in_(part))
+            )
+            for row in await self.session.execute(stmt):
+                facts[row[0].hex] = tuple(row[1:])
+        return facts
+
     async def lines_named(self, msisdns: Collection[str], imsis: Collection[str]) -> list[Row[Any]]:
         """The lines with these numbers or IMSIs: id, msisdn, imsi, currency, account_id,
         last_activity_at."""

@@ -167,17 +167,23 @@ class LifecycleRepository:
         until: datetime,
         limit: int,
         also: str | None = None,
+        by: str | None = None,
     ) -> list[Row[Any]]:
-        """Lines in `state` whose `column` (`anchor`) is in (after[, after_id], until], in keyset
-        order; with `also`, that column too (`other`)."""
-        col = lines.c[column]
+        """Lines in `state` whose `column` (`anchor`) — or, with `by`, that column (`key`) — is
+        in (after[, after_id], until], in keyset order; with `also`, that column too
+        (`other`)."""
+        anchor = lines.c[column]
+        col = lines.c[by] if by else anchor
         start = col > after if after_id is None else or_(
             col > after, and_(col == after, lines.c.id > after_id)
         )
         other = (lines.c[also] if also else null()).label("other")
         stmt = (
-            select(lines.c.id, lines.c.account_id, lines.c.msisdn, col.label("anchor"), other)
-            .where(lines.c.state == state.value, start, col <= until)
+            select(
+                lines.c.id, lines.c.account_id, lines.c.msisdn, anchor.label("anchor"), other,
+                col.label("key"),
+            )
+            .where(lines.c.state == state.value, start, col <= until, anchor.is_not(None))
             .order_by(col, lines.c.id)
             .limit(limit)
         )

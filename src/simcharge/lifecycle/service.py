@@ -39,7 +39,13 @@ from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
 from simcharge.ledger.models import TransferKind
-from simcharge.ledger.service import NewTransfer, create_transfers, ensure_accounts
+from simcharge.ledger.service import (
+    NewTransfer,
+    TransferResult,
+    create_transfers,
+    ensure_accounts,
+    release_timed_out,
+)
 from simcharge.lifecycle.models import LineEvent
 from simcharge.lifecycle.repository import LifecycleRepository, lines
 from simcharge.lines.models import Line, LineState
@@ -54,8 +60,11 @@ WARNING_JOB = "lifecycle.warning"
 """A warning judged again when it goes out (`_Warning.judged`): the payload of a
 `notifications.deliver` job, delivered by `lifecycle.jobs.send_warning` if still true."""
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
-BUCKET_LOOKBACK = timedelta(days=7)
-"""The bucket pass looks this far behind its last complete run (a reservation released late)."""
+BUCKET_LOOKBACK = timedelta(days=8)
+"""The bucket pass looks this far behind its last complete run, for units a hold frees after
+the bucket's end: longer than the longest hold a bucket can carry (a TMF654 reservation,
+`tmf654.service.MAX_RESERVATION`, 7 days) plus the time the ledger takes to release one after
+its timeout (`ledger.expire_pending`, every 30 s) — a day's margin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +223,11 @@ class _Rule:
 
 
 _RULES = {
+    # Inactivity first: a line both idle too long and past its validity is frozen at once, not
+    # put in a grace whose end (`Policy.frozen_from_grace`) has already passed.
+    "inactive": _Rule("inactive", LineState.active, LineState.frozen, "line.frozen"),
     "validity_ended": _Rule("validity_ended", LineState.active, LineState.grace, "line.entered_grace"),
     "grace_over": _Rule("grace_over", LineState.grace, LineState.frozen, "line.frozen"),
-    "inactive": _Rule("inactive", LineState.active, LineState.frozen, "line.frozen"),
     "inactive_in_grace": _Rule("inactive", LineState.grace, LineState.frozen, "line.frozen"),
     "frozen_too_long": _Rule(
         "frozen_too_long", LineState.frozen, LineState.terminated, "line.terminated"
@@ -253,6 +264,9 @@ async def sweep(db: Database, policy: Policy, *, now: datetime | None = None) ->
             warn = partial(_warn, w=w, days=days, policy=policy, now=now, report=report)
             while not await db.run(warn):
                 pass
+        arrivals = partial(_warn_arrivals, w=w, policy=policy, now=now, report=report)
+        while not await db.run(arrivals):
+            pass
     if any(report.changed.values()) or report.expired_buckets or report.warned:
         log.info(
             "lifecycle.swept",
@@ -269,6 +283,9 @@ async def _apply_rule(
 ) -> bool:
     """One batch of a rule; True if there may be more."""
     rule = _RULES[key]
+    if key == "validity_ended" and policy.grace <= timedelta(0):
+        # No grace at all: a line whose validity ends is frozen, told once.
+        rule = _Rule("validity_ended", LineState.active, LineState.frozen, "line.frozen")
     repo = LifecycleRepository(session)
     rows = await repo.change_states(
         from_state=rule.from_state,
@@ -340,7 +357,14 @@ async def _forfeit(
                         pending_id=pid, code="forfeit", reference=str(pid))
             for pid in holds
         ]  # fmt: skip
-        await create_transfers(session, released, now=now)
+        outcomes = await create_transfers(session, released, now=now)
+        # A hold past its timeout that the ledger's job has not released yet cannot be voided:
+        # it is released here as that job would, so that it is forfeited with the rest.
+        timed_out = [
+            pid for pid, o in zip(holds, outcomes, strict=True)
+            if o.result is TransferResult.pending_transfer_expired
+        ]  # fmt: skip
+        await release_timed_out(session, timed_out, now=now)
     rows = await repo.holdings(line_ids)
     if not rows:
         return 0
@@ -444,6 +468,11 @@ class _Warning:
     still be true (an active line's inactivity freeze, after it entered grace): queued as a
     `WARNING_JOB`, judged again when it goes out (`lifecycle.jobs.warning_to_send`) rather than
     dropped as soon as the state changed."""
+    told_on_arrival: bool = False
+    """The notice of the change into `state` already says when the line changes next (entering
+    grace: `grace_ends`): a line arriving there with a warning time gone by is not warned again
+    (`_warn_arrivals`). An active line back by a top-up or support was told nothing of its
+    validity's end, nor a frozen line of when it closes."""
 
 
 def _warning_passes(policy: Policy) -> list[_Warning]:
@@ -465,12 +494,12 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
         _Warning(
             "inactive_grace", LineState.grace, "last_activity_at", policy.inactivity,
             "line.grace_ending", "freeze_on", dedupe="inactive",
-            rival=("state_changed_at", policy.grace, True),
+            rival=("state_changed_at", policy.grace, True), told_on_arrival=True,
         ),
         _Warning(
             "grace", LineState.grace, "state_changed_at", policy.grace,
             "line.grace_ending", "freeze_on",
-            rival=("last_activity_at", policy.inactivity, False),
+            rival=("last_activity_at", policy.inactivity, False), told_on_arrival=True,
         ),
         _Warning(
             "termination", LineState.frozen, "state_changed_at", policy.termination,
@@ -511,40 +540,97 @@ async def _warn(
     shorter = [d for d in policy.warning_days if d < days]
     jobs: list[NewJob] = []
     for r in rows:
-        change_at: datetime = r.anchor + w.offset
-        left = change_at - now
-        if r.account_id is None or left <= timedelta(0):
-            continue
+        left = r.anchor + w.offset - now
         if any(left <= timedelta(days=d) for d in shorter):
             continue
-        if w.rival is not None and r.other is not None:
-            rival_at: datetime = r.other + w.rival[1]
-            if rival_at < change_at or (rival_at == change_at and w.rival[2]):
-                continue
-        job = notice(
-            account_id=r.account_id,
-            template=w.template,
-            params={
-                "msisdn": r.msisdn,
-                "days_left": math.ceil(left / DAY),
-                w.date_param: change_at.isoformat(),
-                **dict(w.params),
-            },
-            line_id=r.id,
-            dedupe_key=(
-                f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}"
-            ),
-            # What the warning was built on: not sent if the line has moved on meanwhile.
-            about={"state": w.state.value, w.column: r.anchor.isoformat()},
-        )
-        if w.judged:
-            job = NewJob(WARNING_JOB, job.payload, dedupe_key=job.dedupe_key)
-        jobs.append(job)
-    await enqueue_many(session, jobs)
+        job = _warning(w, days, r, now)
+        if job is not None:
+            jobs.append(job)
+    return await _queued(repo, name, jobs, rows, policy=policy, now=now, report=report, shift=shift)
+
+
+async def _queued(
+    repo: LifecycleRepository,
+    name: str,
+    jobs: list[NewJob],
+    rows: list[Any],
+    *,
+    policy: Policy,
+    now: datetime,
+    report: SweepReport,
+    shift: timedelta = timedelta(0),
+) -> bool:
+    """Queue a batch's warnings and move the pass's mark past the batch (its keyset `key`,
+    shifted into warning time); True when the pass has caught up with `now`."""
+    await enqueue_many(repo.session, jobs)
     report.warned += len(jobs)
     if len(rows) < policy.batch:
         await repo.set_mark(name, now, None)
         return True
     last = rows[-1]
-    await repo.set_mark(name, last.anchor + shift, last.id)
+    await repo.set_mark(name, last.key + shift, last.id)
     return False
+
+
+def _warning(w: _Warning, days: int, r: Any, now: datetime) -> NewJob | None:
+    """The `days` warning of pass `w` for line `r` (its `anchor`, and its rival's `other`), or
+    None: the line has no owner, its change is past, or the rival way comes sooner."""
+    change_at: datetime = r.anchor + w.offset
+    left = change_at - now
+    if r.account_id is None or left <= timedelta(0):
+        return None
+    if w.rival is not None and r.other is not None:
+        rival_at: datetime = r.other + w.rival[1]
+        if rival_at < change_at or (rival_at == change_at and w.rival[2]):
+            return None
+    job = notice(
+        account_id=r.account_id,
+        template=w.template,
+        params={
+            "msisdn": r.msisdn,
+            "days_left": math.ceil(left / DAY),
+            w.date_param: change_at.isoformat(),
+            **dict(w.params),
+        },
+        line_id=r.id,
+        dedupe_key=f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}",
+        # What the warning was built on: not sent if the line has moved on meanwhile.
+        about={"state": w.state.value, w.column: r.anchor.isoformat()},
+    )
+    if w.judged:
+        job = NewJob(WARNING_JOB, job.payload, dedupe_key=job.dedupe_key)
+    return job
+
+
+async def _warn_arrivals(
+    session: AsyncSession, *, w: _Warning, policy: Policy, now: datetime, report: SweepReport
+) -> bool:
+    """One batch of a pass over the lines that came into `w.state` since its last run (a top-up
+    or support brought a frozen line back, a line entered grace): their warning times may have
+    gone by before they got there, which the passes by warning time never look at again. Each
+    such line with a warning already due gets the nearest one (the least days ahead that its
+    change is within) — with the key the pass of those days would give it, so never twice;
+    the shorter warnings still ahead come from their own passes. True when caught up."""
+    if not policy.warning_days or w.told_on_arrival:
+        return True
+    repo = LifecycleRepository(session)
+    name = f"warn:{w.name}:arrivals"
+    at, last_id = await repo.mark(name, now)
+    rows = await repo.lines_in_window(
+        state=w.state,
+        column=w.column,
+        after=at,
+        after_id=last_id,
+        until=now,
+        limit=policy.batch,
+        also=w.rival[0] if w.rival else None,
+        by="state_changed_at",
+    )
+    jobs: list[NewJob] = []
+    for r in rows:
+        left = r.anchor + w.offset - now
+        due = [d for d in policy.warning_days if left <= timedelta(days=d)]
+        job = _warning(w, min(due), r, now) if due else None
+        if job is not None:
+            jobs.append(job)
+    return await _queued(repo, name, jobs, rows, policy=policy, now=now, report=report)
