@@ -54,6 +54,18 @@ def test_csv_is_parsed_and_normalised() -> None:
     ]
 
 
+def test_an_activation_code_longer_than_255_characters_is_a_bad_row() -> None:
+    """SGP.22 bounds an activation code, and so does its column: one longer is an error on its
+    line, never a failed import (PostgreSQL) or a value cut short."""
+    longest = "LPA:1$smdp.example.com$AB-1$" + "x" * (255 - 28)
+    assert len(longest) == 255
+    for code, bad in ((longest, False), (longest + "x", True)):
+        text = f"msisdn,iccid,activation_code\n+14155557031,{iccid_for('+14155557031')},{code}\n"
+        parsed, errors = parse_inventory_csv(text, default_currency="USD")
+        assert ([e.field for e in errors], len(parsed)) == (
+            (["line 2: activation_code"], 0) if bad else ([], 1))
+
+
 def test_csv_errors_name_the_line_and_column_and_keep_the_good_rows() -> None:
     text = (
         "msisdn,iccid,activation_code\n"

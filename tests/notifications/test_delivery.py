@@ -232,6 +232,36 @@ async def test_a_delivery_run_again_writes_nothing_more(
     assert len(inbox.messages) == 1
 
 
+async def test_an_email_or_sms_run_again_after_it_was_sent_is_not_sent_again(
+    db: Database, settings: Settings, inbox: SmtpInbox
+) -> None:
+    """The same for the channels' jobs: a worker that sent the message and logged it may die
+    before marking the job done; the run after its lease sends nothing more (the log's row,
+    named after the job, says it went) and the job ends done."""
+    account_id = await account_with_contacts(db)
+    await db.run(lambda s: notify(s, account_id=account_id, template="security.password_changed"))
+    await run_worker(db, settings)
+    assert len(inbox.messages) == 1
+    sent = await jobs_of(db, "notifications.email") + await jobs_of(db, "notifications.sms")
+
+    async def leases_ran_out(s: AsyncSession) -> None:
+        await s.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_([j.id for j in sent]))
+            .values(status="running", locked_until=utcnow() - timedelta(seconds=1))
+        )
+
+    await db.run(leases_ran_out)
+    await run_worker(db, settings)
+    assert len(inbox.messages) == 1
+    for j in await jobs_of(db, "notifications.email") + await jobs_of(db, "notifications.sms"):
+        assert (j.status, j.attempts) == (JobStatus.done, 2)
+    async with db.read() as s:
+        logged = (await s.execute(select(MessageLog.channel, MessageLog.status).where(
+            MessageLog.account_id == account_id))).all()
+    assert sorted(logged) == [("email", "sent"), ("sms", "sent")]  # each handed over once
+
+
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 

@@ -400,3 +400,36 @@ async def test_a_payment_taken_without_an_amount_is_refunded_once_the_provider_n
     assert (refunded.state, refunded.refunded_amount) == ("refunded", 2000)
     assert await _unapplied(db, "USD") == before
     await assert_ledger_balanced(db)
+
+
+async def test_the_refund_notice_of_a_payment_never_credited_names_no_receipt(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings, inbox: Any
+) -> None:
+    """A payment taken and not credited has no receipt: its refund notice (e-mail and portal
+    notice, in the payer's language) says what was refunded and for which line, and no
+    receipt number — never "receipt None"."""
+    from simcharge.kit.translations import translate
+
+    staff = await _staff(db, "refunds:write")
+    payer = await new_payer(db, settings, language="es")
+    order = await place(client, payer, plan="traveller-20")
+    row = await order_row(db, order["id"])
+    await db.run(lambda s: s.execute(update(SandboxPayment).where(
+        SandboxPayment.reference == row.reference).values(amount=1999, state="paid")))
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.json()["state"] == "paid"
+    r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
+                          headers={**staff, **idem()}, json={})
+    assert r.status_code == 202, r.text
+    await run_worker(app, db, settings)
+    assert (await order_row(db, order["id"])).state == "refunded"
+    said = translate("es", "We refunded %(amount)s of your payment for %(msisdn)s. It can take a "
+                           "few days to appear on your statement.").split("%(")[0]
+    assert said and not said.startswith("We")
+    [mail] = [m for m in inbox.to(payer.email) if "19,99" in str(m["Subject"])]
+    text = mail.get_body(preferencelist=("plain",)).get_content()
+    assert said in text and payer.line.msisdn in text, text
+    assert "None" not in text and "recibo" not in text, text
+    notices = (await client.get("/api/v1/me/notices", headers=payer.auth)).json()["notices"]
+    [refunded] = [n for n in notices if n["template"] == "order.refunded"]
+    assert "None" not in refunded["body"] and said in refunded["body"], refunded["body"]

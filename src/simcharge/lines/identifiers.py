@@ -42,6 +42,11 @@ def valid_imsi(value: str) -> bool:
     return bool(_IMSI.match(value))
 
 
+ACTIVATION_CODE_MAX = 255
+"""The longest activation code (SGP.22 bounds it so; `lines.activation_code` holds this many)."""
+
+
 def valid_activation_code(value: str) -> bool:
-    """GSMA SGP.22 activation code: `LPA:1$<SM-DP+ address>$<matching id>[$…]`."""
-    return bool(_LPA.match(value))
+    """GSMA SGP.22 activation code: `LPA:1$<SM-DP+ address>$<matching id>[$…]`, at most
+    `ACTIVATION_CODE_MAX` characters."""
+    return len(value) <= ACTIVATION_CODE_MAX and bool(_LPA.match(value))

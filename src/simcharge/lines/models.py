@@ -13,6 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from simcharge.db import Base
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
+from simcharge.lines.identifiers import ACTIVATION_CODE_MAX
 
 
 class LineState(StrEnum):
@@ -37,7 +38,7 @@ class Line(Base):
     """E.164, e.g. +14155550100."""
     iccid: Mapped[str] = mapped_column(String(22), unique=True)
     imsi: Mapped[str | None] = mapped_column(String(15), unique=True)
-    activation_code: Mapped[str | None] = mapped_column(String(255))
+    activation_code: Mapped[str | None] = mapped_column(String(ACTIVATION_CODE_MAX))
     """The eSIM activation code (LPA string); shown to the line's owner only."""
     account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
     label: Mapped[str | None] = mapped_column(String(64))

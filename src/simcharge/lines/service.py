@@ -107,7 +107,10 @@ def parse_inventory_csv(
             err("imsi", "{value} is not a valid IMSI (14–15 digits)", value=imsi)
             ok = False
         if code is not None and not valid_activation_code(code):
-            err("activation_code", "not an LPA activation code (LPA:1$<SM-DP+>$<matching id>)")
+            err(
+                "activation_code",
+                "not an LPA activation code (LPA:1$<SM-DP+>$<matching id>, at most 255 characters)",
+            )
             ok = False
         if not is_currency(currency):
             err("currency", "{value} is not an ISO 4217 currency", value=currency)

@@ -17,7 +17,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import SealBroken, unseal
 from simcharge.kit.ids import derived_id
 from simcharge.lines.models import Line
-from simcharge.notifications.models import Notice
+from simcharge.notifications.models import MessageLog, Notice
 from simcharge.notifications.service import DELIVER, SEND_CODE, log_message
 from simcharge.notifications.templates import render
 from simcharge.notifications.transports import (
@@ -151,6 +151,13 @@ async def send_message(
     attachments: Sequence[Attachment] = (),
 ) -> None:
     params = {"operator": ctx.settings.operator_name, "base_url": ctx.settings.base_url, **params}
+    # The job's message, logged under an id of its own: a run after one that sent it and logged
+    # it (the worker stopped before marking the job done, and its lease ran out) sends nothing.
+    log_id = derived_id("message", ctx.job.id)
+    async with ctx.db.read() as s:
+        if await s.get(MessageLog, log_id) is not None:
+            log.info("notifications.already_sent", job=str(ctx.job.id), template=template)
+            return
     try:
         message = render(template, language, params, default=ctx.settings.default_language)
     except Exception as exc:
@@ -177,6 +184,7 @@ async def send_message(
                     subject=subject,
                     status="failed",
                     error=error,
+                    log_id=log_id,
                 )
             )
         if exc.transient:
@@ -192,6 +200,7 @@ async def send_message(
             subject=subject,
             status="sent",
             provider_id=provider_id,
+            log_id=log_id,
         )
     )
 

@@ -30,6 +30,7 @@ from simcharge.db import table_of
 from simcharge.driver_reads import DriverRead
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import seal
+from simcharge.kit.ids import uuid7
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.worker.service import NewJob, enqueue
 
@@ -129,9 +130,11 @@ async def log_message(
     status: str,
     provider_id: str | None = None,
     error: str | None = None,
+    log_id: uuid.UUID | None = None,
 ) -> None:
     session.add(
         MessageLog(
+            id=log_id or uuid7(),
             account_id=account_id,
             channel=channel,
             template=template,
