@@ -291,13 +291,17 @@ def _upsert(
 # Reading
 
 
-class FeeUnusable(ValidationFailed):
-    """A stored fee that no payment can carry (negative, or a total of zero or less): the
-    catalog refuses such a fee, so a row holding one was changed by other means. The method
-    cannot sell the plan: the problem is `orders.service.MethodUnavailable`'s (type and title)."""
+class MethodUnavailable(ValidationFailed):
+    """The method cannot sell the plan (not offered here, not in its currency, …)."""
 
     slug = "payment-method-unavailable"
     title = N_("This payment method cannot be used for this package.")
+
+
+class FeeUnusable(MethodUnavailable):
+    """A stored fee that no payment can carry (negative, or a total of zero or less): the
+    catalog refuses such a fee, so a row holding one was changed by other means. The method
+    cannot sell the plan: to the payer, `MethodUnavailable`."""
 
 
 def fee_for(method: PaymentMethod, price: int, currency: str) -> int:

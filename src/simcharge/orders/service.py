@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.accounts.service import own_line
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.repository import CatalogRepository
+from simcharge.catalog.service import MethodUnavailable as MethodUnavailable
 from simcharge.catalog.service import fee_for
 from simcharge.config import Settings
 from simcharge.db import table_of, upsert_insert
@@ -58,11 +59,6 @@ from simcharge.payments.registry import Providers
 class PlanUnavailable(NotFound):
     slug = "plan-unavailable"
     title = N_("This package is not on sale.")
-
-
-class MethodUnavailable(ValidationFailed):
-    slug = "payment-method-unavailable"
-    title = N_("This payment method cannot be used for this package.")
 
 
 class AmountOutOfLimits(ValidationFailed):
