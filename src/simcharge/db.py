@@ -28,14 +28,17 @@ import asyncpg
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnElement,
     DateTime,
     Dialect,
     MetaData,
     Table,
     TypeDecorator,
     Uuid,
+    and_,
     event,
     literal_column,
+    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -235,6 +238,18 @@ def upsert_insert(session: AsyncSession, table: Table) -> Any:
 
 
 _IF_ABSENT: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def older_than(
+    created: Any, ident: Any, before: datetime, before_id: uuid.UUID | None
+) -> ColumnElement[bool]:
+    """The rows after a page's last one in a list ordered newest first by (`created`, `ident`):
+    created before `before`, or at that very time with a smaller id than `before_id` — rows
+    made in one transaction share their time, and a page may end among them. Without
+    `before_id`, only rows created before (what a caller that kept only the time asks)."""
+    if before_id is None:
+        return cast(ColumnElement[bool], created < before)
+    return or_(created < before, and_(created == before, ident < before_id))
 
 
 def insert_if_absent(

@@ -189,10 +189,17 @@ async def security_events(
     customer: CurrentCustomer,
     db: DB,
     limit: int = Query(default=50, ge=1, le=200),
-    before: Instant | None = Query(default=None),
+    before: Instant | None = Query(
+        default=None, description="The next page: the last event's `created_at`…"
+    ),
+    before_id: uuid.UUID | None = Query(
+        default=None, description="… and its `id` (events at the same time)"
+    ),
 ) -> list[SecurityEventOut]:
     async with db.read() as s:
-        rows = await events_of(s, customer.account.id, limit=limit, before=before)
+        rows = await events_of(
+            s, customer.account.id, limit=limit, before=before, before_id=before_id
+        )
     return [SecurityEventOut.model_validate(r) for r in rows]
 
 

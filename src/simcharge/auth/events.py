@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.models import SecurityEvent
-from simcharge.db import insert_if_absent, table_of
+from simcharge.db import insert_if_absent, older_than, table_of
 from simcharge.kit.clock import utcnow
 
 FORBIDDEN_DETAILS = ("password", "code", "token", "secret")
@@ -86,10 +86,15 @@ async def record_event(
 
 
 async def events_of(
-    session: AsyncSession, account_id: uuid.UUID, *, limit: int, before: datetime | None = None
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
 ) -> Sequence[SecurityEvent]:
     stmt = select(SecurityEvent).where(SecurityEvent.account_id == account_id)
     if before is not None:
-        stmt = stmt.where(SecurityEvent.created_at < before)
+        stmt = stmt.where(older_than(SecurityEvent.created_at, SecurityEvent.id, before, before_id))
     stmt = stmt.order_by(SecurityEvent.created_at.desc(), SecurityEvent.id.desc()).limit(limit)
     return (await session.execute(stmt)).scalars().all()

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
+from simcharge.db import older_than
 from simcharge.errors import Conflict, NotFound, ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.worker import service
@@ -73,12 +74,13 @@ async def find_jobs(
     status: JobStatus | None = None,
     kind: str | None = None,
     before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
     limit: int = 50,
 ) -> Sequence[OutboxJob]:
-    """Jobs newest first (`before`: created before that time, to page back)."""
+    """Jobs newest first (`before`, `before_id`: after the last one of a page, to page back)."""
     stmt = _filtered(view, status, kind)
     if before is not None:
-        stmt = stmt.where(OutboxJob.created_at < before)
+        stmt = stmt.where(older_than(OutboxJob.created_at, OutboxJob.id, before, before_id))
     stmt = stmt.order_by(OutboxJob.created_at.desc(), OutboxJob.id.desc()).limit(limit)
     return (await s.execute(stmt)).scalars().all()
 

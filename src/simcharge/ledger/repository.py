@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Row, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -426,17 +426,3 @@ class LedgerRepository:
             .with_for_update(skip_locked=True)
         )
         return list((await self.session.execute(stmt)).scalars())
-
-    async def account_transfers(
-        self, account_id: uuid.UUID, *, limit: int, before: datetime | None = None
-    ) -> list[Row[Any]]:
-        stmt = select(transfers).where(
-            or_(
-                transfers.c.debit_account_id == account_id,
-                transfers.c.credit_account_id == account_id,
-            )
-        )
-        if before is not None:
-            stmt = stmt.where(transfers.c.created_at < before)
-        stmt = stmt.order_by(transfers.c.created_at.desc(), transfers.c.id.desc()).limit(limit)
-        return list(await self.session.execute(stmt))

@@ -20,6 +20,7 @@ from simcharge.backoffice.deps import require
 from simcharge.backoffice.orders import order_facts
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.schemas import NoteIn
+from simcharge.db import older_than
 from simcharge.errors import Forbidden, required_idempotency_key
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant, Money
@@ -69,7 +70,12 @@ async def list_orders(
     attention: Annotated[bool, Query(description="Only orders finance must look at")] = False,
     state: Annotated[str | None, Query(max_length=20)] = None,
     msisdn: Annotated[str | None, Query(max_length=16)] = None,
-    before: Instant | None = None,
+    before: Annotated[
+        Instant | None, Query(description="The next page: the last order's `created_at`…")
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None, Query(description="… and its `id` (orders created at the same time)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[StaffOrderOut]:
     stmt = select(Order)
@@ -80,7 +86,7 @@ async def list_orders(
     if msisdn:
         stmt = stmt.where(Order.msisdn == msisdn)
     if before:
-        stmt = stmt.where(Order.created_at < before)
+        stmt = stmt.where(older_than(Order.created_at, Order.id, before, before_id))
     stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
     async with db.read() as s:
         found = [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]

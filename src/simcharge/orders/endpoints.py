@@ -261,14 +261,25 @@ async def list_orders(
     language: Language,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[
-        Instant | None, Query(description="Orders created before this (with its offset)")
+        Instant | None,
+        Query(description="The next page: `next_before` (orders created before this…)"),
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None,
+        Query(description="… and `next_before_id` (or at that time with a smaller id)"),
     ] = None,
     line_id: uuid.UUID | None = None,
     state: Annotated[str | None, Query(max_length=20)] = None,
 ) -> OrdersOut:
     async with db.read() as s:
         rows = await service.orders_of(
-            s, customer.account.id, limit=limit, before=before, line_id=line_id, state=state
+            s,
+            customer.account.id,
+            limit=limit,
+            before=before,
+            before_id=before_id,
+            line_id=line_id,
+            state=state,
         )
         payments_by_order = {
             p.order_id: p
@@ -285,7 +296,12 @@ async def list_orders(
             )
             for o in rows
         ]
-    return OrdersOut(items=items, next_before=rows[-1].created_at if len(rows) == limit else None)
+    more = len(rows) == limit
+    return OrdersOut(
+        items=items,
+        next_before=rows[-1].created_at if more else None,
+        next_before_id=rows[-1].id if more else None,
+    )
 
 
 @router.get(

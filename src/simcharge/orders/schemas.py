@@ -122,7 +122,10 @@ class OrderDetailOut(OrderOut):
 
 class OrdersOut(Schema):
     items: list[OrderOut]
-    next_before: datetime | None = Field(description="Pass as `before` for the next page")
+    next_before: datetime | None = Field(description="Pass as `before` for the next page…")
+    next_before_id: uuid.UUID | None = Field(
+        description="… with this as `before_id` (orders created at the same time)"
+    )
 
 
 class ReceiptOut(Schema):

@@ -25,7 +25,7 @@ from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.service import MethodUnavailable as MethodUnavailable
 from simcharge.catalog.service import fee_for
 from simcharge.config import Settings
-from simcharge.db import table_of, upsert_insert
+from simcharge.db import older_than, table_of, upsert_insert
 from simcharge.errors import (
     Conflict,
     IdempotencyKeyReused,
@@ -499,12 +499,13 @@ async def orders_of(
     *,
     limit: int,
     before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
     line_id: uuid.UUID | None = None,
     state: str | None = None,
 ) -> Sequence[Order]:
     stmt = select(Order).where(Order.account_id == account_id)
     if before is not None:
-        stmt = stmt.where(Order.created_at < before)
+        stmt = stmt.where(older_than(Order.created_at, Order.id, before, before_id))
     if line_id is not None:
         stmt = stmt.where(Order.line_id == line_id)
     if state is not None:

@@ -81,13 +81,17 @@ async def list_jobs(
     ] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
     before: Annotated[
-        Instant | None, Query(description="Jobs created before this (with its offset)")
+        Instant | None, Query(description="The next page: the last job's `created_at`…")
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None, Query(description="… and its `id` (jobs created at the same time)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[JobOut]:
     async with db.read() as s:
         rows = await staff_jobs.find_jobs(
-            s, view=view, status=status, kind=kind, before=before, limit=limit
+            s, view=view, status=status, kind=kind, before=before, before_id=before_id,
+            limit=limit,
         )
         return [job_out(j) for j in rows]
 
