@@ -129,6 +129,7 @@ async def open_checkout(
         flow=PaymentFlow(payment.flow),
         idempotency_key=order.reference,
         client_ip=client_ip,
+        placed_at=order.created_at,
     )
     try:
         checkout = await provider.create_checkout(request)

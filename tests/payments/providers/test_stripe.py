@@ -177,8 +177,8 @@ async def test_create_checkout_sends_a_payment_session_with_our_keys(
 @pytest.mark.parametrize(
     ("wanted", "sent"),
     [
-        (timedelta(minutes=10), timedelta(minutes=32)),
-        (timedelta(days=3), timedelta(hours=24) - timedelta(minutes=2)),
+        (timedelta(minutes=10), timedelta(minutes=35)),
+        (timedelta(days=3), timedelta(hours=24) - timedelta(minutes=5)),
     ],
 )
 async def test_expiry_is_kept_within_what_stripe_accepts(
@@ -187,6 +187,28 @@ async def test_expiry_is_kept_within_what_stripe_accepts(
     route = mock.post("/v1/checkout/sessions").respond(200, json=session())
     await provider.create_checkout(checkout_request(expires_at=NOW + wanted))
     assert form(route.calls.last.request)["expires_at"] == [str(int((NOW + sent).timestamp()))]
+
+
+async def test_a_retry_soon_after_placing_sends_the_same_expiry(
+    provider: StripeProvider, mock: respx.MockRouter
+) -> None:
+    """Stripe refuses an idempotency key reused with other parameters: the expiry's bounds
+    count from when the order was placed, so a retry minutes later sends the same request —
+    until Stripe would no longer take that expiry, then from the clock."""
+    from simcharge.kit.clock import clock
+
+    route = mock.post("/v1/checkout/sessions").respond(200, json=session())
+    wanted = NOW + timedelta(minutes=10)  # sooner than Stripe allows: bounded
+    sent = []
+    for later in (timedelta(0), timedelta(seconds=5), timedelta(minutes=3)):
+        clock.freeze(NOW + later)
+        await provider.create_checkout(checkout_request(expires_at=wanted, placed_at=NOW))
+        sent.append(form(route.calls.last.request)["expires_at"])
+    assert sent == [[str(int((NOW + timedelta(minutes=35)).timestamp()))]] * 3
+    clock.freeze(NOW + timedelta(minutes=10))  # too late for that one: from the clock
+    await provider.create_checkout(checkout_request(expires_at=wanted, placed_at=NOW))
+    assert form(route.calls.last.request)["expires_at"] == [
+        str(int((NOW + timedelta(minutes=45)).timestamp()))]
 
 
 async def test_a_zero_decimal_currency_is_not_multiplied(

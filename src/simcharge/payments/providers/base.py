@@ -78,6 +78,10 @@ class CheckoutRequest:
     flow: PaymentFlow
     idempotency_key: str
     client_ip: str | None = None
+    placed_at: datetime | None = None
+    """When the order was placed: a provider that bounds the expiry it is sent bounds it from
+    this rather than from its clock, so that a retry under the same idempotency key sends the
+    very same request (Stripe refuses a key reused with other parameters)."""
 
     def __post_init__(self) -> None:
         if not REFERENCE_PATTERN.match(self.reference):

@@ -66,7 +66,10 @@ WHOLE_UNITS_ONLY = frozenset({"ISK"})
 
 CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
 CHECKOUT_MAX_LIFETIME = timedelta(hours=24)
-_LIFETIME_MARGIN = timedelta(minutes=2)
+_LIFETIME_MARGIN = timedelta(minutes=5)
+_STRIPE_SLACK = timedelta(minutes=1)
+"""How much later than 30 minutes from its clock an expiry must be for Stripe to take it
+surely (clocks differ a little)."""
 
 LOCALES = {"en": "en", "zh-Hans": "zh", "zh-Hant": "zh-TW", "fil": "fil", "es": "es"}
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
@@ -346,11 +349,18 @@ class StripeProvider:
             stripe_version=config.api_version,
         )
 
-    def _expires_at(self, wanted: datetime) -> int:
-        """Stripe accepts 30 min to 24 h from now; outside that the nearest bound is used."""
+    def _expires_at(self, wanted: datetime, placed_at: datetime | None) -> int:
+        """Stripe accepts 30 min to 24 h from now; outside that the nearest bound is used —
+        bounds counted from when the order was placed, so that a retry sends what the first
+        attempt sent (the same idempotency key with another `expires_at` is refused), as long
+        as Stripe still takes it (within a few minutes of placing); from the clock after that."""
         now = utcnow()
-        earliest = now + CHECKOUT_MIN_LIFETIME + _LIFETIME_MARGIN
-        latest = now + CHECKOUT_MAX_LIFETIME - _LIFETIME_MARGIN
+        anchor = placed_at if placed_at is not None and placed_at <= now else now
+        earliest = anchor + CHECKOUT_MIN_LIFETIME + _LIFETIME_MARGIN
+        if earliest < now + CHECKOUT_MIN_LIFETIME + _STRIPE_SLACK:
+            anchor = now
+            earliest = now + CHECKOUT_MIN_LIFETIME + _LIFETIME_MARGIN
+        latest = anchor + CHECKOUT_MAX_LIFETIME - _LIFETIME_MARGIN
         return int(min(max(wanted, earliest), latest).timestamp())
 
     async def create_checkout(self, request: CheckoutRequest) -> Checkout:
@@ -385,7 +395,7 @@ class StripeProvider:
             "payment_intent_data": {"metadata": metadata},
             "success_url": success_url(request.return_url),
             "cancel_url": request.cancel_url,
-            "expires_at": self._expires_at(request.expires_at),
+            "expires_at": self._expires_at(request.expires_at, request.placed_at),
         }
         if locale := LOCALES.get(request.language):
             params["locale"] = locale
