@@ -159,6 +159,49 @@ async def test_loading_twice_changes_nothing_and_changes_bump_the_version(
     assert (await repo.prices_of(plan.id))["USD"] == 1100
 
 
+async def test_an_entry_only_moved_in_the_file_keeps_its_version(session: AsyncSession) -> None:
+    """A plan added above the others moves them down the file: their order follows, but what
+    they sell did not change, so their version — which open quotes hold to — stays."""
+    import tomllib
+
+    from simcharge.catalog.service import validate_catalog
+
+    await load_catalog(session, parse_catalog(DEMO, source="demo"))
+    data = tomllib.loads(DEMO)
+    data["plans"].insert(0, {**data["plans"][0], "code": "promo-5", "prices": {"USD": "5.00"}})
+    data["payment_methods"].reverse()
+    report = await load_catalog(session, validate_catalog(data, source="moved"))
+    assert report.created == ["plan promo-5"] and report.updated == []
+    repo = CatalogRepository(session)
+    for code in ("starter-10", "traveller-20"):
+        plan = await repo.plan_by_code(code)
+        assert plan is not None and plan.version == 1
+    assert [p.code for p in await list_plans(session, "en")][:2] == ["promo-5", "starter-10"]
+    methods = [m.code for m in await list_methods(session, "en")]
+    assert methods == [m["code"] for m in data["payment_methods"] if m.get("enabled", True)]
+
+
+async def test_a_plan_lists_only_the_methods_that_take_one_of_its_currencies(
+    session: AsyncSession,
+) -> None:
+    import tomllib
+
+    from simcharge.catalog.service import validate_catalog
+
+    data = tomllib.loads(DEMO)
+    data["plans"].append({**data["plans"][0], "code": "yuan-only", "prices": {"CNY": "68.00"}})
+    await load_catalog(session, validate_catalog(data, source="yuan"))
+    repo = CatalogRepository(session)
+    [plan] = [p for p in await list_plans(session, "en") if p.code == "yuan-only"]
+    assert plan.methods
+    for code in plan.methods:
+        method = await repo.method_by_code(code)
+        assert method is not None and "CNY" in method.currencies
+    usd_only = [m.code for m in await list_methods(session, "en")
+                if "CNY" not in (await repo.method_by_code(m.code)).currencies]  # type: ignore[union-attr]
+    assert usd_only and not set(usd_only) & set(plan.methods)
+
+
 async def test_entries_left_out_are_retired_not_deleted(session: AsyncSession) -> None:
     await load_catalog(session, parse_catalog(DEMO, source="demo"))
     report = await load_catalog(session, parse_catalog(MINIMAL, source="minimal"))

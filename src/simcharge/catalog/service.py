@@ -139,8 +139,13 @@ class LoadReport:
     retired: list[str] = field(default_factory=list)
 
 
+_PLACE_ONLY = frozenset({"sort_order"})
+"""Where an entry stands in the file: kept, but not a change of what it sells (its `version`,
+which quotes hold to, stays)."""
+
+
 def _changed(obj: object, values: dict[str, Any]) -> bool:
-    return any(getattr(obj, k) != v for k, v in values.items())
+    return any(getattr(obj, k) != v for k, v in values.items() if k not in _PLACE_ONLY)
 
 
 async def load_catalog(session: AsyncSession, catalog: CatalogFile) -> LoadReport:
@@ -283,6 +288,8 @@ def _upsert(
         existing.updated_at = now
         report.updated.append(f"{label} {code}")
     else:
+        for k in _PLACE_ONLY & values.keys():
+            setattr(existing, k, values[k])  # moved in the file: nothing it sells changed
         report.unchanged.append(f"{label} {code}")
     return existing
 
@@ -373,14 +380,20 @@ async def offered_methods(
 async def list_plans(
     session: AsyncSession, language: str, served: Callable[[PaymentMethod], bool] | None = None
 ) -> list[PlanView]:
-    """Plans on sale; each lists the offered methods that may sell it."""
+    """Plans on sale; each lists the offered methods that may sell it: named by the plan (or
+    any, when it names none) and taking one of the currencies the plan has a price in."""
     repo = CatalogRepository(session)
     prices = await repo.prices_by_plan()
-    offered = [m.code for m in await offered_methods(session, served)]
+    offered = await offered_methods(session, served)
     views = []
     for p in await repo.plans(active_only=True):
-        view = plan_view(p, prices.get(p.id, {}), language)
-        view.methods = [c for c in offered if not p.methods or c in p.methods]
+        priced = prices.get(p.id, {})
+        view = plan_view(p, priced, language)
+        view.methods = [
+            m.code
+            for m in offered
+            if (not p.methods or m.code in p.methods) and not priced.keys().isdisjoint(m.currencies)
+        ]
         views.append(view)
     return views
 
