@@ -7,7 +7,7 @@ import csv
 import io
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -16,6 +16,7 @@ import segno
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from markupsafe import Markup
+from sqlalchemy import select
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
@@ -37,7 +38,7 @@ from simcharge.lines.service import holdings_from, line_balances
 from simcharge.notifications.service import NOTICES_OF, mark_read
 from simcharge.notifications.templates import notice_title
 from simcharge.orders import service as orders
-from simcharge.orders.models import Order, Payment
+from simcharge.orders.models import Order, OrderState, Payment
 from simcharge.payments import service as payments
 from simcharge.payments.providers.base import PaymentFlow
 from simcharge.payments.registry import Providers
@@ -376,8 +377,10 @@ async def topup(
     order_page = f"/account/orders/{placed.order.id}"
     url = payment.redirect_url
     # A hosted page (the website's, or the phone's: Alipay `wap.pay`, WeChat Pay H5); a QR code is
-    # shown on the order's page.
-    if payment.flow != PaymentFlow.qr.value and url and provider_url_ok(settings, url):
+    # shown on the order's page — and so is an order sent again once it is no longer waiting
+    # for payment (Back, then "Pay now" again): its page says how it went.
+    pending = placed.order.state == OrderState.pending.value
+    if pending and payment.flow != PaymentFlow.qr.value and url and provider_url_ok(settings, url):
         return redirect(url)
     return redirect(order_page)
 
@@ -505,6 +508,18 @@ async def _records(
             limit=limit,
         )
         recent_orders = list(await orders.orders_of(s, account_id, limit=20))
+        # A record names the order it came from: linked only when the order is the viewer's
+        # (a top-up given to this line by someone else is the giver's order).
+        named = {r.order_id for r in rows if r.order_id}
+        mine = set(
+            (
+                await s.execute(
+                    select(Order.id).where(Order.id.in_(named), Order.account_id == account_id)
+                )
+            ).scalars()
+        ) if named else set()
+        rows = [r if r.order_id in mine or not r.order_id else replace(r, order_id=None)
+                for r in rows]
     return lines, rows, values, recent_orders
 
 

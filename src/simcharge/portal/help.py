@@ -65,7 +65,7 @@ async def open_ticket(request: Request, page: Page, db: DB) -> Response:
             ticket, _ = await tickets.open_ticket(
                 s, account_id, subject=values["subject"], body=values["body"],
                 order_id=order_id, line_id=line_id,
-                idempotency_key=form.get("idempotency_key") or None, now=utcnow(),
+                idempotency_key=form.get("idempotency_key", "")[:128] or None, now=utcnow(),
             )
             return ticket.id
 
@@ -100,7 +100,7 @@ async def reply(ticket_id: str, request: Request, page: Page, db: DB) -> Respons
         await db.run(
             lambda s: tickets.customer_reply(
                 s, account_id, tid, form.get("body", ""),
-                idempotency_key=form.get("idempotency_key") or None, now=utcnow(),
+                idempotency_key=form.get("idempotency_key", "")[:128] or None, now=utcnow(),
             )
         )
     except SimchargeError as exc:

@@ -59,7 +59,9 @@ def _gift(values: dict[str, str], currency: str, language: str) -> giving.Gift:
     if not raw:
         raise ValidationFailed(N_("This field is required."), field="amount")
     try:
-        number = Decimal(parse_decimal(raw, locale=locale_of(language)))
+        # Strict: `1,2` in English or `1.2` in Spanish is not read as twelve (a grouping
+        # separator in the wrong place), but as what it is — not understood.
+        number = Decimal(parse_decimal(raw, locale=locale_of(language), strict=True))
     except (NumberFormatError, ValueError, ArithmeticError):
         raise AmountNotUnderstood(field="amount") from None
     # Babel reads "Infinity", "NaN" and "1e99999999" as numbers; the last would take the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -13,7 +13,7 @@ from functools import lru_cache
 from gettext import NullTranslations
 from pathlib import Path
 from typing import Annotated, Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from babel import Locale
 from babel.dates import format_date, format_timedelta
@@ -25,16 +25,18 @@ from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
 from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.routing import BaseRoute, Match
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.api.deps import DB
+from simcharge.api.middleware import NUL_REFUSED
 from simcharge.auth.deps import Customer, find_session, session_cookie
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
 from simcharge.auth.sessions import ReadsWithSession, csrf_token, session_for_token
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
-from simcharge.errors import Forbidden, SimchargeError
+from simcharge.errors import FieldError, Forbidden, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, pick_language
@@ -126,15 +128,17 @@ def carried_cookie(settings: Settings, what: str) -> str:
 
 
 def carry(response: Response, settings: Settings, what: str, value: str) -> Response:
+    """Percent-encoded: a cookie holds ASCII only, and a login or number may be typed in any
+    script (`用户@example.com`, full-width digits)."""
     response.set_cookie(
-        carried_cookie(settings, what), value[:254], max_age=CARRIED_AGE,
+        carried_cookie(settings, what), quote(value[:254], safe=""), max_age=CARRIED_AGE,
         secure=settings.secure_cookies, httponly=True, samesite="lax", path="/",
     )  # fmt: skip
     return response
 
 
 def carried(request: Request, settings: Settings, what: str) -> str:
-    return request.cookies.get(carried_cookie(settings, what), "")[:254]
+    return unquote(request.cookies.get(carried_cookie(settings, what), "")[:4096])[:254]
 
 
 def drop_carried(response: Response, settings: Settings, what: str) -> Response:
@@ -266,6 +270,10 @@ async def form_of(request: Request, page: Visitor) -> dict[str, str]:
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not constant_time_equals(page.csrf, fields.get("csrf", "")):
         raise PortalCsrfFailed()
+    # A NUL is no text anyone types, and PostgreSQL cannot store one: refused, as in the API.
+    refused = [FieldError(k, NUL_REFUSED) for k, v in fields.items() if "\x00" in k + v]
+    if refused:
+        raise ValidationFailed(errors=refused)
     return fields
 
 
@@ -527,8 +535,23 @@ def render(
 
 
 def _here(request: Request) -> str:
-    query = request.url.query
-    return request.url.path + (f"?{query}" if query else "")
+    """This page's address, to come back to (the language switcher). A page shown in answer to
+    a form has no address of its own to come back to: the nearest page above it."""
+    if request.method in ("GET", "HEAD"):
+        query = request.url.query
+        return request.url.path + (f"?{query}" if query else "")
+    return _page_above(request.app.router.routes, request.url.path)
+
+
+def _page_above(routes: Sequence[BaseRoute], path: str) -> str:
+    """The nearest page (a GET route) at or above `path`: `/account/security/password` →
+    `/account/security`, `/account/help/{id}/reply` → `/account/help/{id}`."""
+    while path not in ("", "/"):
+        scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+        if any(r.matches(scope)[0] is Match.FULL for r in routes):
+            return path
+        path = path.rsplit("/", 1)[0]
+    return "/"
 
 
 def safe_next(target: str | None, default: str = "/account") -> str:
