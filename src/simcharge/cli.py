@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvloop
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from sqlalchemy.exc import DBAPIError
 
 from simcharge.config import Environment, Settings, get_settings, settings_problems
 from simcharge.db import Database
@@ -59,7 +62,12 @@ def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
         finally:
             await db.dispose()
 
-    return uvloop.run(main())
+    try:
+        return uvloop.run(main())
+    except (OSError, DBAPIError) as exc:
+        # The database cannot be reached (or refused what was asked), a port is taken: one
+        # line saying so, never a traceback (nor the database URL, which may hold a password).
+        _fail(f"simcharge: {_briefly(exc)}", 1)
 
 
 def _warn_of_sqlite_in_production(settings: Settings) -> None:
@@ -75,15 +83,26 @@ def _warn_of_sqlite_in_production(settings: Settings) -> None:
         )
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _briefly(exc: BaseException) -> str:
+    """An error in one line: a database's by its driver's kind and first line."""
+    if isinstance(exc, DBAPIError):
+        cause = exc.orig if exc.orig is not None else exc
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        return f"the database: {type(cause).__name__}: {first}"[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="PORT", help="Port (default: $PORT or 8000).")] = 8000,
+    port: Annotated[
+        int, typer.Option(envvar="PORT", min=1, max=65535, help="Port (default: $PORT or 8000).")
+    ] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Web processes.")] = 1,
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-* from the proxy.")
@@ -195,7 +214,17 @@ def db_upgrade(
         await migrate.upgrade(db.engine, revision)
         return await migrate.current_revision(db.engine)
 
-    typer.echo(f"database at revision {_run(up)}")
+    if revision != "head" and not migrate.known_revision(revision):
+        _fail(f"no migration {revision!r} in this release", 2)
+    try:
+        typer.echo(f"database at revision {_run(up)}")
+    except migrate.NewerSchema as exc:
+        # The previous image, redeployed to roll back: its web and worker run on the newer
+        # schema (migrations only add what an older release can run beside).
+        typer.echo(
+            f"database at revision {exc.revision}, newer than this release's "
+            f"{migrate.head_revision()}: nothing to apply"
+        )
 
 
 @db_app.command("current")
@@ -287,7 +316,9 @@ def lines_import(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         _fail(f"{file}: cannot read the file: {exc.strerror}", 2)
-        return
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        _fail(f"{file}: line {line}: not UTF-8 (save it as UTF-8); nothing imported", 2)
     parsed, errors = parse_inventory_csv(
         text, default_currency=(currency or settings.default_currency).upper()
     )
@@ -325,8 +356,12 @@ def demo() -> None:
         async with db.transaction() as session:
             return await load_demo(session)
 
-    customers = _run(load)
     settings = get_settings()
+    if settings.env is Environment.production:
+        # Customers with a password printed in the code, and the demo catalog in place of the
+        # operator's (plans not in it retired): never on a production database.
+        _fail("simcharge demo: refused in production (SIMCHARGE_ENV=production)", 2)
+    customers = _run(load)
     typer.echo(f"\nDemo logins at {settings.base_url} (password for all: {DEMO_PASSWORD})")
     for c in customers:
         typer.echo(f"  {c.username:8} {c.language:8} lines: {', '.join(c.msisdns)}")
@@ -486,12 +521,29 @@ def staff_create(
     typer.echo(f"created {role} {created}; sign in at /backoffice to enrol the authenticator app")
 
 
+def _settings_error(exc: SettingsError) -> str:
+    """`error parsing value for field "x" from source …` as the variable to fix (never its
+    value, which may be a secret)."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    if found is None:
+        return "the settings cannot be read"
+    return (
+        f"SIMCHARGE_{found.group(1).upper()}: not a value of its kind "
+        "(a list or a mapping is written as JSON: [7, 1], {\"a\": 1})"
+    )
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except SettingsError as exc:
+        # A value the settings cannot even parse (a list not written as JSON, say).
+        typer.secho(f"simcharge: cannot start: {_settings_error(exc)}", fg=typer.colors.RED,
+                    err=True)
+        sys.exit(2)
     except ValidationError as exc:
         if exc.title != Settings.__name__:
             raise

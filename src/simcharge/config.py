@@ -8,8 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
 MIN_SECRET_KEY_LENGTH = 32
@@ -21,6 +23,10 @@ class Environment(StrEnum):
     development = "development"
     test = "test"
     production = "production"
+
+
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+"""The databases simcharge runs on, with the drivers it uses."""
 
 
 class Settings(BaseSettings):
@@ -59,7 +65,7 @@ class Settings(BaseSettings):
     """Pages of the user center a web process builds at once; the others wait their turn, in
     arrival order (0: no limit). See README, "Page turns"."""
     db_echo: bool = False
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False
 
     worker_in_process: bool = True
@@ -253,6 +259,26 @@ class Settings(BaseSettings):
         if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
             raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_driver_we_run_on(cls, value: str) -> str:
+        """SQLite through aiosqlite or PostgreSQL through asyncpg: `postgres://…` or
+        `postgresql://…` (no driver named) is refused with what to write instead."""
+        try:
+            driver = make_url(value).drivername
+        except ArgumentError:
+            raise ValueError("not a database URL") from None
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(
+                "use postgresql+asyncpg://… (PostgreSQL) or sqlite+aiosqlite:///… (SQLite)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_private_key_source(self) -> Settings:

@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,10 +36,32 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+class NewerSchema(Exception):
+    """The database is at a revision this release does not know: a newer release migrated it
+    (this is the previous image, redeployed to roll back)."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(revision)
+        self.revision = revision
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
+    current = _current(connection)
+    if current is not None and not known_revision(current):
+        # Not an error to stop a rollback on: migrations only ever add what an older release
+        # can run beside (see README); there is nothing for this release to apply.
+        raise NewerSchema(current)
     command.upgrade(cfg, revision)
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this release has the migration `revision`."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def _downgrade(connection: Connection, revision: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from simcharge.metrics import exposition, refresh_levels
 
 router = APIRouter(tags=["operations"])
 log = structlog.get_logger("simcharge.http")
+READY_WITHIN = 2.0
+"""Seconds the database has to answer `/readyz` (as Redis has): one that hangs is not ready."""
 
 _SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 # Swagger UI's page needs its own inline start-up script; only /docs gets this policy.
@@ -94,7 +97,8 @@ async def readyz(db: DB, limits: Limits) -> JSONResponse:
     closed). If not: 503, a `not-ready` problem naming what does not answer."""
     database = "ok"
     try:
-        await db.ping()
+        async with asyncio.timeout(READY_WITHIN):  # a database that hangs is not ready either
+            await db.ping()
     except Exception as exc:  # noqa: BLE001 - whatever fails, the answer is "not ready"
         log.warning("readyz.database_unreachable", error=type(exc).__name__)
         database = "unreachable"

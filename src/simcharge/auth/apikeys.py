@@ -56,6 +56,10 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+KEY_NAME_MAX = 80
+"""The longest key name (`api_keys.name`)."""
+
+
 async def create_api_key(session: AsyncSession, name: str, scopes: Sequence[str]) -> IssuedKey:
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
@@ -64,6 +68,11 @@ async def create_api_key(session: AsyncSession, name: str, scopes: Sequence[str]
         )
     if not name.strip():
         raise ValidationFailed(N_("A key needs a name."), field="name")
+    if len(name.strip()) > KEY_NAME_MAX or not name.strip().isprintable():
+        raise ValidationFailed(
+            N_("At most {limit} characters, none of them control characters."),
+            field="name", limit=KEY_NAME_MAX,
+        )
     prefix = secrets.token_hex(6)
     token = f"sck_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(

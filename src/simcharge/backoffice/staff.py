@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.passwords import check_password_policy, hash_password, verify_password
+from simcharge.auth.service import normalize_email
 from simcharge.backoffice.models import Role, StaffSession, StaffUser
 from simcharge.config import Settings
 from simcharge.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
@@ -66,6 +67,10 @@ def csrf_token(secret: str, session_id: uuid.UUID) -> str:
     return keyed_hash(secret, "staff-csrf", str(session_id))
 
 
+DISPLAY_NAME_MAX = 128
+"""The longest name a staff member is shown by (`staff_users.display_name`)."""
+
+
 async def create_staff(
     session: AsyncSession,
     *,
@@ -85,13 +90,21 @@ async def create_staff(
         chosen = Role(role)
     except ValueError:
         raise ValidationFailed(N_("Unknown role."), field="role") from None
+    shown = display_name.strip() or name
+    if len(shown) > DISPLAY_NAME_MAX or not shown.isprintable():
+        raise ValidationFailed(
+            N_("At most {limit} characters, none of them control characters."),
+            field="display_name", limit=DISPLAY_NAME_MAX,
+        )
+    if email is not None:
+        email = normalize_email(email)
     check_password_policy(password, username=name, email=email)
     exists = await session.execute(select(StaffUser.id).where(StaffUser.username == name))
     if exists.first() is not None:
         raise StaffExists(field="username")
     staff = StaffUser(
         username=name,
-        display_name=display_name.strip() or name,
+        display_name=shown,
         email=email,
         role=chosen.value,
         language=normalize_language(language) or "en",

@@ -128,6 +128,9 @@ def read_catalog_file(path: Path) -> CatalogFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogInvalid(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise CatalogInvalid(str(path), [f"line {line}: not UTF-8 (save it as UTF-8)"]) from exc
     return parse_catalog(text, source=str(path))
 
 
