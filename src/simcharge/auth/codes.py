@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -106,6 +107,28 @@ async def issue_code(
     session.add(row)
     await session.flush()
     return IssuedCode(code, row)
+
+
+async def void_codes(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    purposes: Sequence[CodePurpose],
+    target: str,
+    now: datetime,
+) -> None:
+    """Void the live codes of these purposes sent to `target` (an address no longer the
+    account's)."""
+    await session.execute(
+        update(VerificationCode)
+        .where(
+            VerificationCode.account_id == account_id,
+            VerificationCode.purpose.in_([p.value for p in purposes]),
+            VerificationCode.target == target,
+            VerificationCode.consumed_at.is_(None),
+            VerificationCode.voided_at.is_(None),
+        )
+        .values(voided_at=now)
+    )
 
 
 async def live_code(

@@ -21,6 +21,7 @@ from typing import Literal
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
@@ -250,7 +251,12 @@ async def register(
         updated_at=now,
     )
     session.add(account)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        # The same name registered a moment ago by another request (a form sent twice).
+        raise UsernameTaken(field="username") from exc
     for channel in channels:
         await _send_verification(session, settings, account, channel, now, client, limits)
     await _remember_device(session, settings, account.id, client, now)
@@ -294,13 +300,26 @@ async def _send_verification(
     client: ClientInfo | None,
     limits: RateLimits,
 ) -> None:
-    """A code to the pending contact on `channel` — unless another account holds it: then no
-    code (it could never be used), and the holder is told someone tried to use it."""
+    """A code to the pending contact on `channel` — unless another account holds it: then the
+    code is made (the same wait before another and the same limits apply, so asking again does
+    not tell a held address from a free one) but sent to nobody (it could never be used), and
+    the holder is told someone tried to use it."""
     target = account.email_pending if channel == "email" else account.phone_pending
     if target is None:
         return
+    purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
     holder = await _holder_of(session, channel, target, account.id)
     if holder is not None:
+        await codes.issue_code(
+            session,
+            settings.secret_key,
+            account_id=account.id,
+            purpose=purpose,
+            channel=channel,
+            target=target,
+            now=now,
+            limits=limits,
+        )
         await notify(
             session,
             account_id=holder.id,
@@ -317,7 +336,6 @@ async def _send_verification(
             now=now,
         )
         return
-    purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
     issued = await codes.issue_code(
         session,
         settings.secret_key,
@@ -441,12 +459,27 @@ async def verify_contact(
         return Refused(ContactTaken(field="channel"))
     old = account.email if channel == "email" else account.phone
     old_verified = account.email_verified_at if channel == "email" else account.phone_verified_at
-    if channel == "email":
-        account.email, account.email_pending, account.email_verified_at = pending, None, now
-    else:
-        account.phone, account.phone_pending, account.phone_verified_at = pending, None, now
-    account.updated_at = now
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            if channel == "email":
+                account.email, account.email_pending = pending, None
+                account.email_verified_at = now
+            else:
+                account.phone, account.phone_pending = pending, None
+                account.phone_verified_at = now
+            account.updated_at = now
+            await session.flush()
+    except IntegrityError:
+        # Another account verified the same address a moment before (both passed the check
+        # above): taken. The code's use stands, as when the holder was found first.
+        await session.refresh(account)
+        return Refused(ContactTaken(field="channel"))
+    if old and old != pending:
+        # A code on its way to the address just replaced (a reset, an unlock) no longer opens
+        # the account: whoever keeps the old mailbox or number is not the holder any more.
+        await codes.void_codes(
+            session, account.id, (CodePurpose.password_reset, CodePurpose.unlock), old, now
+        )
     await record_event(
         session,
         EventKind.contact_verified,
@@ -600,8 +633,16 @@ async def check_credentials(
     failure is in the security log; the account's holder is alerted at the fifth in a row."""
     secret = settings.secret_key
     kind, value = normalize_login(login)
-    name_row = await throttle.load(session, throttle.name_key(secret, kind, value), now)
     account = await find_by_login(session, login)
+    if account is not None:
+        # The account locked first — the order a reset, a lock or a change of password takes
+        # it in (then the names' rows, then its own) — and read as it is once held: a sign-in
+        # that waited for one of them sees what it changed (the new password, `locked`, the
+        # second factor's last step), never the account as it was.
+        account = await session.get(
+            Account, account.id, with_for_update=True, populate_existing=True
+        )
+    name_row = await throttle.load(session, throttle.name_key(secret, kind, value), now)
     account_row = (
         await throttle.load(session, throttle.account_key(secret, account.id), now)
         if account is not None
@@ -1262,12 +1303,15 @@ async def unlock_account(
     account.status = AccountStatus.active.value
     account.locked_at = account.lock_reason = None
     account.updated_at = now
+    # Nobody was signed in while it was locked; a session that says otherwise does not outlive
+    # the unlock (the holder signs in again).
+    ended = await revoke_all(session, account.id, reason="account_unlocked", now=now)
     await record_event(
         session,
         EventKind.account_unlocked,
         account_id=account.id,
         client=client,
-        details={"by": by},
+        details={"by": by, "sessions_ended": ended} if ended else {"by": by},
         now=now,
     )
     await notify(session, account_id=account.id, template="security.account_unlocked")
