@@ -51,8 +51,10 @@ def _database(settings: Settings) -> Database:
     return Database.from_url(settings.database_url, pool_size=settings.db_pool_size)
 
 
-def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
-    """Run `fn` with a database for this command, then close it (on uvloop, as the server)."""
+def _run(fn: Callable[[Database], Awaitable[T]], *, said: bool = True) -> T:
+    """Run `fn` with a database for this command, then close it (on uvloop, as the server).
+    `said`: a database that cannot be reached, or a port taken, ends the command with one line
+    (else the caller says it its own way)."""
     settings = get_settings()
 
     async def main() -> T:
@@ -62,6 +64,8 @@ def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
         finally:
             await db.dispose()
 
+    if not said:
+        return uvloop.run(main())
     try:
         return uvloop.run(main())
     except (OSError, DBAPIError) as exc:
@@ -585,7 +589,7 @@ def usage_import(
             return await import_usage_records(db, settings, read_usage_file(stream, file.name))
 
     try:
-        report = _run(load)
+        report = _run(load, said=False)
     except (DBAPIError, OSError) as exc:
         # A chunk is all or nothing and charging is idempotent: running it again finishes it.
         cause = exc.orig if isinstance(exc, DBAPIError) else exc

@@ -8,6 +8,7 @@ the offending field(s). The API renders it as `application/problem+json`; the po
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -188,3 +189,16 @@ def registered_problem_types() -> dict[str, type[SimchargeError]]:
         found.setdefault(cls.slug, cls)
         stack.extend(cls.__subclasses__())
     return dict(sorted(found.items()))
+
+
+NUL_REFUSED = N_("This value contains a character that is not allowed.")
+
+
+def refuse_nul(fields: Mapping[str, object]) -> None:
+    """A form whose field (name or value) holds a NUL: 422 naming each such field. No one types
+    one, and PostgreSQL cannot store one in text — refused as the API refuses one in JSON."""
+    refused = [
+        FieldError(k, NUL_REFUSED) for k, v in fields.items() if "\x00" in k or "\x00" in str(v)
+    ]
+    if refused:
+        raise ValidationFailed(errors=refused)

@@ -190,3 +190,22 @@ async def test_records_link_only_the_viewers_own_orders_and_receipts(
     records = (await client.get("/account/records")).text
     assert f"/account/orders/{mine}" in records
     assert f"/api/v1/orders/{mine}/receipt" not in records
+
+
+async def test_a_browser_on_an_address_that_is_no_page_gets_a_page(
+    client: httpx.AsyncClient,
+) -> None:
+    """A mistyped address, or a form's address opened as a page: a page in the reader's
+    language, not a JSON document; the API and machine clients keep problem+json."""
+    from simcharge.kit.translations import translate
+
+    browser = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8", "accept-language": "es"}
+    for path, status in (("/no-such-page", 404), ("/account/security/password", 405)):
+        r = await client.get(path, headers=browser)
+        assert (r.status_code, r.headers["content-type"].split(";")[0]) == (status, "text/html")
+        assert '<html lang="es"' in r.text, r.text[:300]
+    said = translate("es", "Nothing was found here.")
+    assert said in (await client.get("/no-such-page", headers=browser)).text
+    for path, headers in (("/api/v1/nowhere", browser), ("/no-such-page", {})):
+        r = await client.get(path, headers=headers)
+        assert r.headers["content-type"] == "application/problem+json", path

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from simcharge.api.problems import PROBLEM_JSON, problem_body
 from simcharge.db import is_unreachable
 from simcharge.errors import (
+    NUL_REFUSED,
     FieldError,
     InternalError,
     ServiceUnavailable,
@@ -27,7 +28,6 @@ from simcharge.errors import (
 )
 from simcharge.kit.i18n import pick_language
 from simcharge.kit.ids import uuid7
-from simcharge.kit.translations import N_
 from simcharge.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("simcharge.http")
@@ -42,7 +42,6 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
 ]
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
-NUL_REFUSED = N_("This value contains a character that is not allowed.")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

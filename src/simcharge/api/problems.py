@@ -176,7 +176,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_answer(request, validation_problem(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         mapped: SimchargeError
         if exc.status_code == 404:
             mapped = NotFound()
@@ -184,7 +184,23 @@ def install_problem_handlers(app: FastAPI) -> None:
             mapped = MethodNotAllowed(headers=dict(exc.headers or {}))
         else:
             mapped = HTTPProblem(exc.status_code, str(exc.detail))
-        return problem_response(request, mapped)
+        if exc.status_code in (404, 405) and _browsing(request):
+            # A browser on the portal's side of the site (a mistyped address, a form's address
+            # opened as a page): a page in the reader's language, not a JSON document.
+            request.state.portal = True
+            request.state.language = getattr(request.state, "language", None) or (
+                request_language(request)
+            )
+        return problem_answer(request, mapped)
+
+
+_NOT_PAGES = ("/api/", "/tmf-api/", "/nchf-", "/backoffice", "/problems", "/static/", "/sandbox/")
+
+
+def _browsing(request: Request) -> bool:
+    """A browser asking for a page outside the API, the back office and the machine paths."""
+    path = request.url.path
+    return "text/html" in request.headers.get("accept", "") and not path.startswith(_NOT_PAGES)
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -16,7 +16,7 @@ from simcharge.backoffice.roles import Permission, permissions_of, permissions_o
 from simcharge.backoffice.staff import StaffSessionEnded, csrf_token, session_for_token
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.errors import Forbidden, NotAuthenticated
+from simcharge.errors import Forbidden, NotAuthenticated, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.translations import N_
@@ -109,6 +109,7 @@ async def web_actor(request: Request, db: DB, settings: AppSettings) -> Actor:
     request.state.actor = actor
     if request.method not in ("GET", "HEAD"):
         form = await request.form()
+        refuse_nul(form)
         presented = str(form.get("csrf") or request.headers.get("x-csrf-token") or "")
         assert actor.session_id is not None
         expected = csrf_token(settings.secret_key, actor.session_id)

@@ -37,8 +37,9 @@ from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund
-from simcharge.orders.refunds import apply_to_wallet, request_refund, shown
+from simcharge.orders.refunds import apply_to_wallet, ask_for_refund, shown
 from simcharge.orders.service import OrderNotFound
+from simcharge.tickets.models import Ticket
 from simcharge.worker.service import enqueue
 
 REASON_MAX = 500
@@ -118,7 +119,7 @@ async def refund(
     if order is None:
         raise OrderNotFound(field="order_id")
     before = order_facts(order)
-    row = await request_refund(
+    row, made = await ask_for_refund(
         s,
         order_id,
         amount=amount,
@@ -127,6 +128,8 @@ async def refund(
         now=now,
         idempotency_key=idempotency_key,
     )
+    if not made:
+        return row  # the same form sent again: one refund, one entry in the audit log
     await audit.record(
         s,
         actor,
@@ -291,6 +294,13 @@ async def request_adjustment(
                 N_("Choose the wallet or one of the line's buckets."), field="target"
             )
         account_id, unit = bucket.id, bucket.unit
+    if ticket_id is not None:
+        # The ticket the money answers: one of this line's customer's, or none at all.
+        ticket = await s.get(Ticket, ticket_id)
+        if ticket is None or ticket.account_id is None or ticket.account_id != line.account_id:
+            raise ValidationFailed(
+                N_("No ticket of this line's customer has this id."), field="ticket_id"
+            )
     # Four-eyes on the running total: splitting one large adjustment into small ones (or
     # among colleagues) does not avoid the approval. The customer's row is locked so that two
     # requests at once count each other.

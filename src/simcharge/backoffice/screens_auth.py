@@ -27,7 +27,7 @@ from simcharge.backoffice.staff import (
 )
 from simcharge.backoffice.web import HEADERS, back, render
 from simcharge.config import Settings
-from simcharge.errors import TooManyAttempts
+from simcharge.errors import TooManyAttempts, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.i18n import normalize_language
@@ -86,6 +86,7 @@ async def login(
     expected = request.cookies.get(PRE_COOKIE) or ""
     if not expected or not constant_time_equals(expected, csrf):
         return render(request, "login.html", None, status=403, csrf=expected, error="csrf")
+    refuse_nul({"username": username, "password": password})
     ip = request.client.host if request.client else None
     ua = request.headers.get("user-agent")
     now = utcnow()

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated
 from urllib.parse import urlencode
 
+from babel.numbers import NumberFormatError, parse_decimal
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
@@ -27,13 +28,14 @@ from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
 from simcharge.backoffice.roles import Permission
-from simcharge.backoffice.web import back, render
-from simcharge.errors import ValidationFailed
+from simcharge.backoffice.web import back, language_of, render
+from simcharge.errors import ValidationFailed, required_idempotency_key
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.money import LossyConversionError, is_currency, to_minor
 from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
+from simcharge.kit.units import locale_of
 from simcharge.lines.models import Bucket, Line
 from simcharge.orders.models import Order
 
@@ -58,19 +60,24 @@ def _then(then: str, fallback: str) -> str:
     return then if then.startswith("/backoffice/") and "//" not in then else fallback
 
 
-def parse_amount(raw: str, unit: str, field: str = "amount") -> int:
-    """A signed amount typed by staff in the unit's everyday measure, in the ledger's units,
+def parse_amount(raw: str, unit: str, language: str, field: str = "amount") -> int:
+    """A signed amount typed by staff in the unit's everyday measure, in the page's number
+    format (`1,50` in Spanish, `1,000.50` in English — strictly: a separator in the wrong
+    place is not understood, never read as a hundred times as much), in the ledger's units,
     within what the API takes (`AdjustmentIn.amount`)."""
-    text = raw.strip().replace(",", "")
     amount: int | None
     try:
-        if is_currency(unit):
-            number = Decimal(text)
-            # Bounded before `to_minor` makes an integer of it: "1e99999999" would take minutes.
-            amount = to_minor(number, unit) if number.copy_abs() <= AMOUNT_BOUND else None
+        number = Decimal(parse_decimal(raw.strip(), locale=locale_of(language), strict=True))
+        # Bounded before `to_minor` makes an integer of it: "1e99999999" would take minutes.
+        if not number.is_finite() or number.copy_abs() > AMOUNT_BOUND:
+            amount = None
+        elif is_currency(unit):
+            amount = to_minor(number, unit)
+        elif number != number.to_integral_value():
+            amount = None
         else:
-            amount = int(text) * UNIT_SCALE[unit]
-    except (LossyConversionError, ArithmeticError, ValueError, KeyError):
+            amount = int(number) * UNIT_SCALE[unit]
+    except (LossyConversionError, ArithmeticError, ValueError, KeyError, NumberFormatError):
         amount = None
     if amount is None or abs(amount) > AMOUNT_BOUND:
         raise ValidationFailed(N_("This is not a valid amount."), field=field)
@@ -163,6 +170,7 @@ async def unfreeze(line_id: uuid.UUID, db: DB, actor: Unfreezer) -> Response:
 
 @router.post("/lines/{line_id}/adjust", response_model=None)
 async def adjust(
+    request: Request,
     line_id: uuid.UUID,
     db: DB,
     settings: AppSettings,
@@ -192,7 +200,7 @@ async def adjust(
             actor,
             line_id,
             target=target,
-            amount=parse_amount(amount, unit),
+            amount=parse_amount(amount, unit, language_of(request, actor)),
             reason=reason,
             idempotency_key=idem,
             now=utcnow(),
@@ -237,6 +245,7 @@ async def decide(adjustment_id: uuid.UUID, decision: str, db: DB, actor: Approve
 
 @router.post("/orders/{order_id}/refund", response_model=None)
 async def refund(
+    request: Request,
     order_id: uuid.UUID,
     db: DB,
     actor: Refunder,
@@ -247,14 +256,17 @@ async def refund(
 ) -> Response:
     async def run(s: AsyncSession) -> None:
         order = await s.get(Order, order_id)
-        minor = parse_amount(amount, order.currency) if order and amount.strip() else None
+        # In what was paid (a payment in another currency than the order's is refunded in it).
+        paid_in = (order.paid_currency or order.currency) if order else ""
+        language = language_of(request, actor)
+        minor = parse_amount(amount, paid_in, language) if order and amount.strip() else None
         await money.refund(
             s,
             actor,
             order_id,
             amount=minor,
             reason=reason,
-            idempotency_key=idem or uuid7().hex,
+            idempotency_key=required_idempotency_key(idem),
             now=utcnow(),
         )
 

@@ -27,7 +27,7 @@ from simcharge.kit.schemas import Instant, Money
 from simcharge.kit.translations import N_
 from simcharge.orders.endpoints import detail, refunds_out
 from simcharge.orders.models import Order, Refund
-from simcharge.orders.refunds import request_refund
+from simcharge.orders.refunds import ask_for_refund
 from simcharge.orders.schemas import RefundIn, RefundOut, StaffOrderOut
 from simcharge.orders.service import OrderNotFound
 
@@ -131,7 +131,7 @@ async def refund_order(
     async def run(s: AsyncSession) -> Refund:
         order = await s.get(Order, order_id)
         before = order_facts(order) if order is not None else None
-        refund = await request_refund(
+        refund, made = await ask_for_refund(
             s,
             order_id,
             amount=body.amount,
@@ -141,6 +141,8 @@ async def refund_order(
             idempotency_key=idempotency_key,
         )
         assert order is not None
+        if not made:
+            return refund  # a retry: one refund, one entry in the audit log
         await audit.record(
             s, key, "order.refund", target_type="order", target_id=order_id, before=before,
             after={**order_facts(order), "refund": refund.reference},

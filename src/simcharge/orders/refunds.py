@@ -224,6 +224,31 @@ async def request_refund(
 ) -> Refund:
     """Hold back what the refund takes (pending transfers) and ask the worker to refund at the
     provider. With an `idempotency_key` already used by `requested_by`: the refund it made."""
+    refund, _ = await ask_for_refund(
+        session,
+        order_id,
+        amount=amount,
+        reason=reason,
+        requested_by=requested_by,
+        now=now,
+        idempotency_key=idempotency_key,
+    )
+    return refund
+
+
+async def ask_for_refund(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    *,
+    amount: int | None,
+    reason: str | None,
+    requested_by: str,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> tuple[Refund, bool]:
+    """Hold back what the refund takes (pending transfers) and ask the worker to refund at the
+    provider. With an `idempotency_key` already used by `requested_by`: the refund it made.
+    Also says whether the refund was made now (False: a repeat of the one that key made)."""
     order = await session.get(Order, order_id, with_for_update=True)
     if order is None:
         raise OrderNotFound(field="order_id")
@@ -235,7 +260,7 @@ async def request_refund(
         if earlier is not None:
             if earlier.order_id != order_id or (amount is not None and earlier.amount != amount):
                 raise IdempotencyKeyReused(field="Idempotency-Key")
-            return earlier
+            return earlier, False
     if OrderState(order.state) not in REFUNDABLE or order.paid_at is None:
         raise NotRefundable(field="order_id")
     if amount_unknown(order):
@@ -276,7 +301,7 @@ async def request_refund(
         max_attempts=20,
         dedupe_key=f"{REFUND_JOB}:{refund.id}",
     )
-    return refund
+    return refund, True
 
 
 def plan_of(transfers: list[NewTransfer], **more: Any) -> dict[str, Any]:

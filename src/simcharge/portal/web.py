@@ -29,14 +29,13 @@ from starlette.routing import BaseRoute, Match
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.api.deps import DB
-from simcharge.api.middleware import NUL_REFUSED
 from simcharge.auth.deps import Customer, find_session, session_cookie
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
 from simcharge.auth.sessions import ReadsWithSession, csrf_token, session_for_token
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
-from simcharge.errors import FieldError, Forbidden, SimchargeError, ValidationFailed
+from simcharge.errors import Forbidden, SimchargeError, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, pick_language
@@ -270,10 +269,7 @@ async def form_of(request: Request, page: Visitor) -> dict[str, str]:
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not constant_time_equals(page.csrf, fields.get("csrf", "")):
         raise PortalCsrfFailed()
-    # A NUL is no text anyone types, and PostgreSQL cannot store one: refused, as in the API.
-    refused = [FieldError(k, NUL_REFUSED) for k, v in fields.items() if "\x00" in k + v]
-    if refused:
-        raise ValidationFailed(errors=refused)
+    refuse_nul(fields)
     return fields
 
 
