@@ -109,7 +109,8 @@ async def _source(s: AsyncSession, line: Line, gift: Gift, amount: int) -> Holde
     now = utcnow()
     for bucket in (await s.execute(
         select(Bucket).where(Bucket.line_id == line.id, Bucket.unit == unit)
-        .order_by(Bucket.expires_at, Bucket.created_at)
+        # The one that ends first; one that never ends last (SQLite would sort it first).
+        .order_by(Bucket.expires_at.is_(None), Bucket.expires_at, Bucket.created_at)
     )).scalars():
         if bucket.expires_at is not None and bucket.expires_at <= now:
             continue

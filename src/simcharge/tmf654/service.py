@@ -537,6 +537,12 @@ async def check_transfer(
         raise ValidationFailed(N_("A line cannot give to itself."), field="receiverLogicalResource")
     if LineState(giver.state) is not LineState.active:
         raise LineNotInService(N_("Only an active line can give balance."), field="logicalResource")
+    if giver.validity_end is not None and giver.validity_end <= now:
+        # In grace in all but name until the next sweep (as charging reads it): not in service.
+        raise LineNotInService(
+            N_("The line's validity has ended: top it up to give balance."),
+            field="logicalResource",
+        )
     if LineState(receiver.state) in (LineState.terminated, LineState.available):
         raise LineNotInService(
             N_("The receiving line is not in service."), field="receiverLogicalResource"
@@ -576,11 +582,15 @@ async def transfer(
     # way, which holds its own giver) take a key-share lock on it for their foreign key, which
     # FOR UPDATE would refuse while this transfer waits for the same on that line: a deadlock.
     await session.refresh(giver, with_for_update={"key_share": True})
+    aid = action_id(actor, key)
+    if key is not None and await session.get(BalanceAction, aid) is not None:
+        # A copy of this request (a double submit, a retry) committed while this one waited for
+        # the giver: run again, to be answered as its replay — not counted, nor refused, anew.
+        raise RetryableError("the same transfer was made meanwhile")
     now = utcnow()
     fee = await check_transfer(
         session, settings, source=source, receiver=receiver, amount=amount, now=now
     )
-    aid = action_id(actor, key)
     ref = f"balance:{aid}"
     shard = chart.shard_of(giver.id)
     fees = chart.fees(giver.currency, shard)

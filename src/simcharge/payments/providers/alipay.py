@@ -234,11 +234,14 @@ class AlipayProvider:
             raise ProviderError(NAME, "bad_response", str(exc), transient=True, status=200) from exc
         if sign is not None:
             if not rsa_sha256_verify(self._alipay_key, raw.encode("utf-8"), sign):
+                # Alipay answered, and may have done what was asked (a refund): only our check
+                # of its answer failed (its key changed). Not a refusal — asked again later, the
+                # request is idempotent (`out_trade_no`, `out_request_no`).
                 raise ProviderError(
                     NAME,
                     "bad_response_signature",
                     f"{method}: the signature does not verify",
-                    transient=False,
+                    transient=True,
                     status=200,
                 )
         elif found.get("code") == SUCCESS:
@@ -247,7 +250,7 @@ class AlipayProvider:
                 NAME,
                 "unsigned_response",
                 f"{method}: success without a signature",
-                transient=False,
+                transient=True,
                 status=200,
             )
         return found
@@ -384,7 +387,9 @@ class AlipayProvider:
             raise NotificationRejected("malformed", "no sign or sign_type")
         if sign_type != "RSA2":
             raise NotificationRejected("bad-signature", f"sign_type {sign_type} is not accepted")
-        if not rsa_sha256_verify(self._alipay_key, alipay_notify_sign_content(params), sign):
+        charset = (params.get("charset") or "utf-8").lower()
+        content = alipay_notify_sign_content(params, charset)
+        if not rsa_sha256_verify(self._alipay_key, content, sign):
             raise NotificationRejected("bad-signature", "the signature does not verify")
         notify_id, out_trade_no = params.get("notify_id"), params.get("out_trade_no")
         trade_status = params.get("trade_status")

@@ -149,10 +149,12 @@ def alipay_request_sign_content(params: Mapping[str, str]) -> bytes:
     return "&".join(f"{k}={v}" for k, v in items).encode("utf-8")
 
 
-def alipay_notify_sign_content(params: Mapping[str, str]) -> bytes:
-    """Notification parameters minus `sign` and `sign_type`, sorted, empty values kept."""
+def alipay_notify_sign_content(params: Mapping[str, str], charset: str = "utf-8") -> bytes:
+    """Notification parameters minus `sign` and `sign_type`, sorted, empty values kept — in
+    the notification's own `charset`, as Alipay signs them (`rsaCheckV1(params, key, charset)`
+    verifies `content.getBytes(charset)`)."""
     items = sorted((k, v) for k, v in params.items() if k not in ("sign", "sign_type"))
-    return "&".join(f"{k}={v}" for k, v in items).encode("utf-8")
+    return "&".join(f"{k}={v}" for k, v in items).encode(charset)
 
 
 def _skip_space(text: str, pos: int) -> int:

@@ -94,7 +94,10 @@ _REFUND_STATES = {
     "SUCCESS": RefundState.succeeded,
     "PROCESSING": RefundState.pending,
     "CLOSED": RefundState.failed,
-    "ABNORMAL": RefundState.failed,
+    # Not final: the refund met a problem (the payer's card closed, say) and is finished by the
+    # merchant (`apply-abnormal-refund`, to the card or a bank account): held, followed up, and
+    # after its days flagged for finance — never read as refused while the money may go back.
+    "ABNORMAL": RefundState.pending,
 }
 _RESPONSE_ERRORS = {
     "malformed": "unsigned_response",
@@ -254,11 +257,14 @@ class WeChatPayProvider:
         try:
             self._check_signature(response.headers, response.content, utcnow())
         except NotificationRejected as exc:
+            # WeChat Pay answered, and may have done what was asked (a refund): only our check
+            # of its answer failed (a platform key not configured yet, our clock off). Not a
+            # refusal — asked again later; the requests are idempotent (`out_refund_no`).
             raise ProviderError(
                 NAME,
                 _RESPONSE_ERRORS[exc.reason],
                 f"{method} {path}: {exc.detail}",
-                transient=False,
+                transient=True,
                 status=status,
             ) from exc
         if status == 204 or not response.content:
