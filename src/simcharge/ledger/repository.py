@@ -184,8 +184,13 @@ INSERT INTO ledger_accounts ({", ".join(_ACCOUNT_COLUMNS)})
 SELECT * FROM unnest({", ".join(
     f"${i}::{c.type.compile(dialect=_PG)}[]" for i, c in enumerate(accounts.c, 1)
 )})
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT DO NOTHING
 """  # noqa: S608 - column names and types from the table
+"""Any conflict, not only the id's: two transactions creating the same account at once (an
+operator shard's first transfers) may meet first on its `key`'s unique index, which an
+`ON CONFLICT (id)` does not arbitrate — the second would fail with a unique violation instead of
+finding the account made. An account's id derives from its key (`ledger.chart`), so the two
+conflicts are the same account."""
 
 _DELETE_TRANSFERS = "DELETE FROM ledger_transfers WHERE id = ANY($1::uuid[])"
 
