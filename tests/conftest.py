@@ -333,3 +333,27 @@ def deliver(db: Database, settings: Settings) -> Callable[[], Awaitable[int]]:
             await worker.close()
 
     return run
+
+
+# --- the command line on a database of its own ------------------------------------------------
+
+
+@pytest.fixture
+async def cli_url(backend: Backend) -> AsyncIterator[str]:
+    """A database of the test's backend, migrated, for CLI commands (which open their own)."""
+    url = await backend.copy("cli")
+    yield url
+    await backend.discard(url)
+
+
+@pytest.fixture
+def cli_env(cli_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The process's settings name `cli_url` (the CLI reads `get_settings()`)."""
+    from simcharge.config import get_settings
+
+    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", cli_url)
+    monkeypatch.setenv("SIMCHARGE_ENV", "test")
+    get_settings.cache_clear()
+    yield cli_url
+    get_settings.cache_clear()
+

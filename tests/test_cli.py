@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +19,11 @@ from typer.testing import CliRunner
 
 from simcharge import cli
 from simcharge.cli import app
-from simcharge.config import get_settings
 from simcharge.db import Database
 from simcharge.demo import CUSTOMERS, DEMO_PASSWORD
-from tests.conftest import Backend
 from tests.factories import iccid_for
 
 runner = CliRunner()
-
-
-@pytest.fixture
-async def cli_url(backend: Backend) -> AsyncIterator[str]:
-    url = await backend.copy("cli")
-    yield url
-    await backend.discard(url)
-
-
-@pytest.fixture
-def cli_env(cli_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", cli_url)
-    monkeypatch.setenv("SIMCHARGE_ENV", "test")
-    get_settings.cache_clear()
-    yield cli_url
-    get_settings.cache_clear()
 
 
 def invoke(*args: str) -> tuple[int, str]:

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,28 +24,16 @@ from simcharge.cli import app
 from simcharge.config import Settings, get_settings
 from simcharge.db import Database
 from simcharge.demo import DEMO_PASSWORD
-from tests.conftest import Backend
 from tests.factories import iccid_for
 
 runner = CliRunner()
 STAFF_PASSWORD = "a-long-and-unusual-passphrase-9173"
 
 
-@pytest.fixture
-async def cli_url(backend: Backend) -> AsyncIterator[str]:
-    url = await backend.copy("cli")
-    yield url
-    await backend.discard(url)
-
-
-@pytest.fixture
-def cli_env(cli_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", cli_url)
-    monkeypatch.setenv("SIMCHARGE_ENV", "test")
+@pytest.fixture(autouse=True)
+def _staff_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`staff create` reads the password from here instead of prompting."""
     monkeypatch.setenv("SIMCHARGE_STAFF_PASSWORD", STAFF_PASSWORD)
-    get_settings.cache_clear()
-    yield cli_url
-    get_settings.cache_clear()
 
 
 def _start(tmp_path: Path, command: list[str], timeout: float = 60,

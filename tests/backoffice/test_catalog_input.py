@@ -19,7 +19,7 @@ from simcharge.charging.models import Tariff
 from simcharge.config import Settings
 from simcharge.db import Database
 from tests.backoffice.helpers import new_staff, web_sign_in
-from tests.test_cli import cli_env, cli_url, invoke  # noqa: F401 - fixtures
+from tests.test_cli import invoke
 
 DEMO = Path(__file__).parents[2] / "src/simcharge/catalog/demo.toml"
 TOO_LARGE = ("100000000000000000000", "10000000000.01", "1e999999999")
@@ -142,7 +142,7 @@ async def test_the_page_refuses_them_too(
     ],
 )
 def test_catalog_load_refuses_them(
-    cli_env: str, tmp_path: Path, replace: str, by: str, expected: str  # noqa: F811
+    cli_env: str, tmp_path: Path, replace: str, by: str, expected: str
 ) -> None:
     demo = DEMO.read_text(encoding="utf-8")
     assert replace in demo

@@ -11,10 +11,10 @@ from sqlalchemy import select
 from simcharge.backoffice.models import AuditEntry, StaffUser
 from simcharge.db import Database
 from tests.backoffice.helpers import STAFF_PASSWORD
-from tests.test_cli import cli_env, cli_url, invoke  # noqa: F401 - fixtures
+from tests.test_cli import invoke
 
 
-def test_staff_create(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_staff_create(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIMCHARGE_STAFF_PASSWORD", STAFF_PASSWORD)
     code, out = invoke("staff", "create", "alice", "--role", "finance", "--name", "Alice W")
     assert code == 0 and "created finance alice" in out

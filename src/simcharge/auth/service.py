@@ -308,18 +308,18 @@ async def _send_verification(
     if target is None:
         return
     purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
+    issued = await codes.issue_code(
+        session,
+        settings.secret_key,
+        account_id=account.id,
+        purpose=purpose,
+        channel=channel,
+        target=target,
+        now=now,
+        limits=limits,
+    )
     holder = await _holder_of(session, channel, target, account.id)
     if holder is not None:
-        await codes.issue_code(
-            session,
-            settings.secret_key,
-            account_id=account.id,
-            purpose=purpose,
-            channel=channel,
-            target=target,
-            now=now,
-            limits=limits,
-        )
         await notify(
             session,
             account_id=holder.id,
@@ -336,16 +336,6 @@ async def _send_verification(
             now=now,
         )
         return
-    issued = await codes.issue_code(
-        session,
-        settings.secret_key,
-        account_id=account.id,
-        purpose=purpose,
-        channel=channel,
-        target=target,
-        now=now,
-        limits=limits,
-    )
     await send_code(
         session,
         settings.secret_key,
