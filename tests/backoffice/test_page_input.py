@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from simcharge.backoffice.models import Adjustment, AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.translations import translate
 from tests.backoffice.helpers import new_staff, web_sign_in
 from tests.tmf654.helpers import new_holder, totals
 
@@ -68,3 +69,25 @@ async def test_a_usage_page_cursor_without_its_offset_is_a_bad_filter(
     assert await _count(db, AuditEntry) == audited
     r = await client.get(url, params={"before": "2026-01-01T00:00:00+00:00"})
     assert r.status_code == 200
+
+
+async def test_a_browser_on_a_back_office_address_that_is_no_page_gets_a_page(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A mistyped back-office address, or a form's address opened as a page: the back office's
+    own error page in the reader's language, as for any error on its pages; the admin API and
+    clients that do not ask for HTML keep problem+json."""
+    browser = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8", "accept-language": "es"}
+    admin = await new_staff(db, settings, "admin")
+    await web_sign_in(client, admin)
+    for path, status in (("/backoffice/no-such-page", 404), ("/backoffice/logout", 405)):
+        r = await client.get(path, headers=browser)
+        assert (r.status_code, r.headers["content-type"].split(";")[0]) == (status, "text/html")
+        assert '<html lang="es"' in r.text, r.text[:300]
+        assert translate("es", "Back to the back office") in r.text
+    said = translate("es", "Nothing was found here.")
+    assert said != "Nothing was found here."
+    assert said in (await client.get("/backoffice/no-such-page", headers=browser)).text
+    for path, headers in (("/api/v1/admin/nowhere", browser), ("/backoffice/nowhere", {})):
+        r = await client.get(path, headers=headers)
+        assert r.headers["content-type"] == "application/problem+json", path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from fastapi import FastAPI, Request
@@ -191,7 +191,21 @@ def install_problem_handlers(app: FastAPI) -> None:
             request.state.language = getattr(request.state, "language", None) or (
                 request_language(request)
             )
+        if exc.status_code in (404, 405) and _browsing_back_office(request):
+            # The back office's own page for it (its handler of SimchargeError), as for any
+            # error on its pages; its API under /api/v1/admin keeps problem+json.
+            handler = request.app.exception_handlers[SimchargeError]
+            return cast(Response, await handler(request, mapped))
         return problem_answer(request, mapped)
+
+
+def _browsing_back_office(request: Request) -> bool:
+    path = request.url.path
+    return (
+        "text/html" in request.headers.get("accept", "")
+        and (path == "/backoffice" or path.startswith("/backoffice/"))
+        and not path.startswith("/backoffice/static/")
+    )
 
 
 _NOT_PAGES = ("/api/", "/tmf-api/", "/nchf-", "/backoffice", "/problems", "/static/", "/sandbox/")

@@ -18,7 +18,7 @@ from simcharge.backoffice.deps import LoginRequired, WebActor, require_web
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import attention_counts
 from simcharge.backoffice.roles import Permission
-from simcharge.backoffice.web import HEADERS, STATIC, render
+from simcharge.backoffice.web import HEADERS, STATIC, language_of, render
 from simcharge.errors import SimchargeError
 from simcharge.kit.translations import translate
 from simcharge.tickets.models import Ticket, TicketStatus
@@ -99,7 +99,8 @@ def install_backoffice(app: FastAPI) -> None:
         if not request.url.path.startswith("/backoffice"):
             # The API's problem document, or the portal's page on a portal page.
             return problem_answer(request, exc)
-        language = getattr(request.state, "language", None) or "en"
+        actor = getattr(request.state, "actor", None)
+        language = language_of(request, actor)  # the page's own: its words and its frame agree
         detail = translate(language, exc.detail_template)
         if exc.params:
             detail = detail.format(**exc.params)
@@ -113,7 +114,6 @@ def install_backoffice(app: FastAPI) -> None:
                 )
                 for e in exc.errors
             )
-        actor = getattr(request.state, "actor", None)
         return render(
             request,
             "error.html",
