@@ -4,16 +4,19 @@ Two web processes and two workers run on one PostgreSQL database. Simulated cust
 through the sandbox for `--duration` seconds (its webhooks sent several times, delayed and so
 reordered), give top-ups to each other, cancel, decline, re-check; finance refunds. Meanwhile
 a random web or worker process is killed with SIGKILL every few seconds and restarted, and
-PostgreSQL is restarted once in immediate mode (as after a crash). Then the load stops, what is
-due is left to drain (retries waiting out their backoff are made due), the processes are
-stopped with SIGTERM, and the books are checked: per unit the ledger sums to zero, every stored
-balance equals its transfers, no bounded balance crossed, every payment the sandbox reports
-paid is credited exactly once (and nothing else is), no job lost or left waiting for a retry,
-no reservation left open. Exit status 1 on any violation — also when PostgreSQL could not be
-restarted (unless --no-postgres-restart), when a customer got a server error other than a 503
-while PostgreSQL restarted, or when a process did not stop on SIGTERM.
+PostgreSQL is restarted once in immediate mode (as after a crash); a share of the paid orders
+lose every webhook. Then the load stops, what is due is left to drain (retries waiting out
+their backoff are made due), the processes are stopped with SIGTERM, and the books are checked:
+per unit the ledger sums to zero, every stored balance equals its transfers, no customer
+account unbounded or overdrawn, every payment the sandbox reports paid is captured for the
+order's total and credited exactly once as its plan says (and nothing unpaid is), refunds equal
+what the provider refunded, no job lost or left waiting for a retry, no reservation left open.
+Exit status 1 on any violation — also when PostgreSQL could not be restarted (unless
+--no-postgres-restart), when a customer got a server error other than a 503 while PostgreSQL
+restarted, or saw another customer's order, or when a process did not stop on SIGTERM. The
+seed (`--seed`, else a random one) is printed first: the same seed, the same draws.
 
-    python -m chaos [--duration 60] [--customers 24] [--no-postgres-restart]
+    python -m chaos [--duration 60] [--customers 24] [--no-postgres-restart] [--seed N]
                     [--postgres-restart-command "docker restart -t 0 pg"]
 """
 
@@ -32,7 +35,9 @@ from datetime import timedelta
 import asyncpg
 import httpx
 import uvloop
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from chaos.checks import (
     bring_retries_forward,
@@ -41,8 +46,16 @@ from chaos.checks import (
     paid_but_pending,
     server_error_verdict,
     verify,
+    webhook_deliveries,
 )
-from chaos.cluster import BIN, GRACE_SECONDS, ROOT, Cluster, postgres_restart_command
+from chaos.cluster import (
+    BIN,
+    GRACE_SECONDS,
+    ROOT,
+    Cluster,
+    WebhookSink,
+    postgres_restart_command,
+)
 from chaos.customers import Crowd, Customer
 from simcharge.accounts.models import Account
 from simcharge.auth.apikeys import create_api_key
@@ -76,10 +89,11 @@ async def recreate(admin_url: str) -> None:
 
 
 async def seed(
-    db: Database, settings: Settings, n: int
+    db: Database, settings: Settings, n: int, run_seed: int
 ) -> tuple[list[Customer], str, str]:
-    """The demo catalog, `n` customers each with an active line and a signed-in session, and a
-    finance API key and the network's (charging, usage)."""
+    """The demo catalog, `n` customers each with an active line, a signed-in session and its
+    own `random.Random` (from the run's seed and its number), and a finance API key and the
+    network's (charging, usage)."""
     customers = []
     async with db.transaction() as s:
         await load_catalog(s, read_catalog_file(DEMO_CATALOG))
@@ -106,7 +120,8 @@ async def seed(
                 client=ClientInfo(ip="127.0.0.1", user_agent="chaos"),
                 policy=policy(settings), now=now,
             )
-            customers.append(Customer(account.id, issued.token, line.id, msisdn))
+            customers.append(Customer(account.id, issued.token, line.id, msisdn,
+                                      rng=random.Random(f"{run_seed}:{i}")))
         key = await create_api_key(s, "chaos finance", ["orders:read", "refunds:write"])
         network = await create_api_key(s, "chaos network", ["charging", "usage:write"])
     return customers, key.token, network.token
@@ -134,16 +149,22 @@ async def storm(cluster: Cluster, rng: random.Random, until: float, every: tuple
                 raise RuntimeError(f"PostgreSQL restart failed: see {cluster.logs}")
             restart = None
             continue
-        victim = rng.choice(cluster.procs)
+        # Both draws each time, whatever the health check says: the schedule is the seed's.
+        pick, fallback = rng.random(), rng.random()
+        victim = cluster.procs[int(pick * len(cluster.procs))]
         if victim.port is not None and not await cluster.others_serving(victim):
             # Keep one web process answering (as behind a load balancer): kill a worker.
-            victim = rng.choice([p for p in cluster.procs if p.port is None])
+            workers = [p for p in cluster.procs if p.port is None]
+            victim = workers[int(fallback * len(workers))]
         events.append(f"kill -9 {victim.name}")
         await cluster.restart(victim)
 
 
 async def run(args: argparse.Namespace) -> int:
-    rng = random.Random(args.seed)
+    run_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    log(f"seed {run_seed} (python -m chaos --seed {run_seed} draws the same)")
+    # The faults' own draws; each customer has its own (see `seed`).
+    rng = random.Random(f"{run_seed}:storm")
     admin = args.postgres_url
     url = make_url(admin).set(drivername="postgresql+asyncpg", database=DATABASE)
     db_url = url.render_as_string(hide_password=False)
@@ -174,11 +195,34 @@ async def run(args: argparse.Namespace) -> int:
                                            for k, v in env.items()})
     cluster = Cluster(env, ROOT / "var" / "chaos", web_ports, args.workers)
     db = Database.from_url(db_url, pool_size=4)
+    sink = WebhookSink()
+    await sink.start()
+
+    async def lose_webhooks(sandbox_id: str) -> bool:
+        """Every webhook of this sandbox payment goes to the sink (before it is paid)."""
+
+        async def point(s: AsyncSession) -> bool:
+            done = await s.execute(
+                text("UPDATE sandbox_payments SET notify_url = :url"
+                     " WHERE id = :id AND state = 'open'"),
+                {"url": sink.url, "id": sandbox_id},
+            )
+            return bool(getattr(done, "rowcount", 0))
+
+        for _ in range(3):
+            try:
+                return await db.run(point)
+            except Exception:  # noqa: BLE001 - PostgreSQL restarting: try again, else pay as usual
+                await asyncio.sleep(0.5)
+        return False
+
     try:
-        customers, staff_key, network_key = await seed(db, settings, args.customers)
+        customers, staff_key, network_key = await seed(db, settings, args.customers, run_seed)
         log(f"{args.customers} customers; starting 2 web processes and {args.workers} workers")
         await cluster.start_all()
-        crowd = Crowd([p.url for p in cluster.web], customers, staff_key, rng, network_key)
+        crowd = Crowd([p.url for p in cluster.web], customers, staff_key,
+                      random.Random(f"{run_seed}:crowd"), network_key,
+                      lose_webhooks=lose_webhooks, lose_fraction=args.lose_webhooks)
         start = time.monotonic()
         until = start + args.duration
         events: list[str] = []
@@ -224,11 +268,18 @@ async def run(args: argparse.Namespace) -> int:
                         )
                 await asyncio.sleep(1)
         await cluster.stop_all()
-        verdict = await verify(db)
+        verdict = await verify(db, dropped=crowd.lost)
+        webhooks = await webhook_deliveries(db, sink.url)
         verdict.facts["retries brought forward to drain"] = brought_forward
         verdict.facts["drained in (s)"] = drained_in if drained_in is not None else (
             f"not within {args.drain:g}")
         server_error_verdict(verdict, crowd.server_errors, restarts)
+        verdict.facts["probes of another customer's order"] = crowd.stats[
+            "probes of another's order"]
+        verdict.violations += [
+            f"a customer saw another customer's order: {what} ({n}×)"
+            for what, n in sorted(crowd.leaks.items())
+        ]
         verdict.violations += [
             f"{name} did not stop within {GRACE_SECONDS} s + 20 s of SIGTERM (killed)"
             for name in cluster.forced
@@ -241,14 +292,24 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await cluster.stop_all()
         await db.dispose()
+        await sink.stop()
 
     kills = {p.name: p.kills for p in cluster.procs}
     report = {
+        "seed": run_seed,
         "duration_s": args.duration,
         "customers": args.customers,
         "kills": kills,
         "restarted as unhealthy": cluster.supervisor_restarts,
         "faults": events,
+        "faults injected": {
+            "kill -9": sum(kills.values()),
+            "postgres restarts": len(restarts),
+            "orders whose webhooks were all dropped": len(crowd.lost),
+            "webhooks dropped": sink.received,
+            "duplicate webhooks delivered": webhooks["duplicates delivered"],
+            "webhooks delivered": webhooks["delivered"],
+        },
         "client": dict(sorted(crowd.stats.items())),
         **{k: v for k, v in verdict.facts.items()},
         "violations": verdict.violations,
@@ -263,7 +324,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m chaos", description=__doc__.split("\n\n")[1],  # type: ignore[union-attr]
+        prog="python -m chaos", description=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--postgres-url", default=os.environ.get(
@@ -279,7 +340,12 @@ def main() -> None:
         "--drain", type=float, default=300,
         help="seconds allowed to drain (the backlog of a minute of load and faults: ~2 min on 2 "
         "cores)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the run's seed (default: a random one, printed first)")
+    parser.add_argument(
+        "--lose-webhooks", type=float, default=0.1,
+        help="share of paid orders whose webhooks are all lost (only the return, 'check now' "
+        "and reconciliation can credit them)")
     parser.add_argument("--no-postgres-restart", action="store_true",
                         help="skip that fault (otherwise a run that cannot restart it fails)")
     parser.add_argument(

@@ -156,3 +156,49 @@ def postgres_restart_command(port: int, given: str | None = None) -> list[str] |
             return ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart",
                     "-m", "immediate"]
     return None
+
+
+@dataclass
+class WebhookSink:
+    """Where the webhooks of a payment chosen to lose them go: an HTTP server that answers
+    `200` and keeps nothing, so that the provider believes them delivered and never sends them
+    again. Only the payer's return, "check now" and reconciliation can credit such an order."""
+
+    received: int = 0
+    server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/lost-webhooks"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                await reader.readexactly(length)
+                self.received += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: 17\r\n\r\n{\"received\":true}"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
+                ValueError):
+            pass
+        finally:
+            writer.close()

@@ -1,7 +1,10 @@
 """Simulated customers: each tops up its line (or gives to another's) through the sandbox, pays,
 declines, cancels or walks away, re-checks, and finance refunds some of what was paid — all
 over HTTP against whichever web process answers, retrying as a real client would (the same
-Idempotency-Key) while processes die under it."""
+Idempotency-Key) while processes die under it. Some payments lose every webhook (sent where
+nothing listens for them); customers now and then ask for another customer's order, which must
+be "not found". Each customer draws from its own `random.Random`, so what it does does not
+depend on how asyncio interleaves the customers."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +59,8 @@ class Customer:
     token: str
     line_id: uuid.UUID
     msisdn: str
+    rng: random.Random = field(default_factory=random.Random)
+    """This customer's own draws (seeded from the run's seed and its number)."""
     orders: list[str] = field(default_factory=list)
 
 
@@ -85,6 +91,15 @@ class Crowd:
     owner: dict[str, Customer] = field(default_factory=dict)
     """Order id → the customer who placed it."""
     server_errors: list[ServerError] = field(default_factory=list)
+    lose_webhooks: Callable[[str], Awaitable[bool]] | None = None
+    """Sends every webhook of a sandbox payment (by its id) where nothing listens; False when
+    that could not be done."""
+    lose_fraction: float = 0.0
+    """The share of paid orders whose webhooks are all lost."""
+    lost: set[str] = field(default_factory=set)
+    """Orders whose webhooks were all lost."""
+    leaks: Counter[str] = field(default_factory=Counter)
+    """Answers other than 404 to a customer asking for another customer's order."""
 
     async def request(
         self, http: httpx.AsyncClient, method: str, path: str, *, give_up_after: float = 30,
@@ -94,6 +109,8 @@ class Crowd:
         same request again (same headers: the same Idempotency-Key) to another one."""
         deadline = time.monotonic() + give_up_after
         while True:
+            # Which process answers is the load balancer's draw (the crowd's), not the
+            # customer's: retries, which depend on timing, leave the customer's draws alone.
             url = self.rng.choice(self.urls) + path
             try:
                 r = await http.request(method, url, **kw)
@@ -113,33 +130,68 @@ class Crowd:
             await asyncio.sleep(0.2)
 
     async def live(self, customer: Customer, until: float) -> None:
+        """Act until `until`. Each action draws all its numbers from the customer's own
+        `random.Random` before its first request, so that what the customer does depends on
+        the seed and on what the server answered, not on how asyncio interleaved the customers
+        or how often a request was retried."""
+        rng = customer.rng
         async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
             while time.monotonic() < until:
                 try:
-                    dice = self.rng.random()
+                    dice = rng.random()
                     if customer.orders and dice < 0.10:
-                        await self.refund(http, self.rng.choice(customer.orders))
+                        await self.refund(http, rng.choice(customer.orders), rng)
                     elif self.network_key and dice < 0.30:
                         await self.data_session(http, customer)
                     elif self.network_key and dice < 0.38:
                         await self.usage_batch(http, customer)
+                    elif dice < 0.44:
+                        await self.probe(http, customer)
                     else:
                         await self.top_up(http, customer)
                 except GaveUp:
                     self.stats["gave_up"] += 1
-                await asyncio.sleep(self.rng.uniform(0.05, 0.4))
+                await asyncio.sleep(rng.uniform(0.05, 0.4))
+
+    async def probe(self, http: httpx.AsyncClient, customer: Customer) -> None:
+        """Ask for another customer's order — its page, its receipt, a check at the provider:
+        each must be "not found" (404), as if it did not exist."""
+        rng = customer.rng
+        # Three draws whatever the others did (their orders depend on timing).
+        who, which, how = rng.random(), rng.random(), rng.random()
+        others = [c for c in self.customers if c is not customer and c.orders]
+        if not others:
+            return
+        orders = others[int(who * len(others))].orders
+        order_id = orders[int(which * len(orders))]
+        method, path = (
+            ("GET", f"/api/v1/orders/{order_id}"),
+            ("GET", f"/api/v1/orders/{order_id}/receipt"),
+            ("POST", f"/api/v1/orders/{order_id}/check"),
+        )[int(how * 3)]
+        r = await self.request(
+            http, method, path,
+            headers={"Authorization": f"Bearer {customer.token}", "Accept": "application/json"},
+        )
+        self.stats["probes of another's order"] += 1
+        if r.status_code != 404:
+            self.leaks[f"{r.status_code} on {method} {_ID.sub('/{id}', path)}"] += 1
 
     async def top_up(self, http: httpx.AsyncClient, customer: Customer) -> None:
+        rng = customer.rng
         auth = {"Authorization": f"Bearer {customer.token}"}
-        body: dict[str, Any] = {"plan": self.rng.choice(PLANS), "method": "sandbox"}
-        if self.rng.random() < 0.15:
-            other = self.rng.choice(self.customers)
+        body: dict[str, Any] = {"plan": rng.choice(PLANS), "method": "sandbox"}
+        if rng.random() < 0.15:
+            other = rng.choice(self.customers)
             body["msisdn"] = other.msisdn
             self.stats["gifts"] += 1
         else:
             body["line_id"] = str(customer.line_id)
+        choice, lose, after = rng.random(), rng.random(), rng.random()
         headers = {**auth, "Idempotency-Key": f"chaos-{uuid.uuid4().hex}"}
-        r = await self.request(http, "POST", "/api/v1/orders", json=body, headers=headers)
+        r = await self.request(
+            http, "POST", "/api/v1/orders", json=body, headers=headers
+        )
         if r.status_code != 201:
             self.stats[f"order refused {r.status_code}"] += 1
             return
@@ -148,19 +200,36 @@ class Crowd:
         order_id = order["id"]
         customer.orders.append(order_id)
         self.owner[order_id] = customer
-        choice = self.rng.random()
         if choice < 0.05:
             self.stats["abandoned"] += 1
             return
         if choice < 0.10:
-            r = await self.request(http, "POST", f"/api/v1/orders/{order_id}/cancel", headers=auth)
+            r = await self.request(
+                http, "POST", f"/api/v1/orders/{order_id}/cancel", headers=auth
+            )
             self.stats[f"cancel {r.status_code}"] += 1
             return
         action = "fail" if choice < 0.18 else "pay"
-        await self.act_at_sandbox(http, order["next_action"]["url"], action)
-        if self.rng.random() < 0.3:
-            r = await self.request(http, "POST", f"/api/v1/orders/{order_id}/check", headers=auth)
+        url = order["next_action"]["url"]
+        # Before paying: every webhook of this payment goes where nothing listens.
+        if (
+            action == "pay" and lose < self.lose_fraction and self.lose_webhooks is not None
+            and await self.lose_webhooks(httpx.URL(url).path.rsplit("/", 1)[-1])
+        ):
+            self.lost.add(order_id)
+            self.stats["orders whose webhooks are lost"] += 1
+        await self.act_at_sandbox(http, url, action)
+        if after < 0.3:
+            r = await self.request(
+                http, "POST", f"/api/v1/orders/{order_id}/check", headers=auth
+            )
             self.stats["checks"] += 1
+        elif after < 0.45:
+            # Back from the provider's page (the return URL asks the provider).
+            r = await self.request(
+                http, "GET", f"/api/v1/orders/{order_id}/return", headers=auth
+            )
+            self.stats[f"returns {r.status_code}"] += 1
 
     async def act_at_sandbox(self, http: httpx.AsyncClient, url: str, action: str) -> None:
         path = httpx.URL(url).path
@@ -174,15 +243,16 @@ class Crowd:
         )
         self.stats[f"sandbox {action}"] += 1 if r.status_code == 303 else 0
 
-    async def refund(self, http: httpx.AsyncClient, order_id: str) -> None:
+    async def refund(self, http: httpx.AsyncClient, order_id: str, rng: random.Random) -> None:
         """Finance refunds part or all of an order, through the staff API (the same key: a
         retry cannot refund twice)."""
         key = {"Authorization": f"Bearer {self.staff_key}"}
+        part = rng.random() < 0.5
         r = await self.request(http, "GET", f"/api/v1/admin/orders/{order_id}", headers=key)
         if r.status_code != 200 or r.json()["state"] not in ("fulfilled", "partially_refunded"):
             return
         body: dict[str, Any] = {"reason": "chaos"}
-        if self.rng.random() < 0.5:
+        if part:
             body["amount"] = 100
         headers = {**key, "Idempotency-Key": f"chaos-refund-{uuid.uuid4().hex}"}
         r = await self.request(
@@ -194,22 +264,25 @@ class Crowd:
         """The network charges a data session in real time: a quota, one or two updates
         reporting use and asking for more, a release; sometimes the session is dropped (the
         worker times it out). A retry repeats the same body: a retransmission."""
+        rng = customer.rng
+        abandon, updates = rng.random() < 0.1, rng.randint(0, 2)
+        volumes = [rng.randint(0, MIB) for _ in range(updates + 1)]
         auth = {"Authorization": f"Bearer {self.network_key}"}
         ask = {"ratingGroup": DATA_GROUP, "requestedUnit": {"totalVolume": MIB}}
         r = await self.request(
-            http, "POST", NCHF, json=_nchf(customer.msisdn, 1, [ask]), headers=auth
+            http, "POST", NCHF, json=_nchf(customer.msisdn, 1, [ask]), headers=auth,
         )
         self.stats[f"nchf create {r.status_code}"] += 1
         if r.status_code != 201:
             return
         ref = httpx.URL(r.headers["location"]).path.rsplit("/", 1)[-1]
-        if self.rng.random() < 0.1:
+        if abandon:
             self.stats["nchf abandoned"] += 1
             return
         seq = 1
-        for _ in range(self.rng.randint(0, 2)):
+        for volume in volumes[:-1]:
             seq += 1
-            used = {"localSequenceNumber": 1, "totalVolume": self.rng.randint(0, MIB)}
+            used = {"localSequenceNumber": 1, "totalVolume": volume}
             units = [{**ask, "usedUnitContainer": [used]}]
             r = await self.request(
                 http, "POST", f"{NCHF}/{ref}/update",
@@ -218,7 +291,7 @@ class Crowd:
             self.stats[f"nchf update {r.status_code}"] += 1
             if r.status_code != 200:
                 return
-        used = {"localSequenceNumber": 1, "totalVolume": self.rng.randint(0, MIB)}
+        used = {"localSequenceNumber": 1, "totalVolume": volumes[-1]}
         units = [{"ratingGroup": DATA_GROUP, "usedUnitContainer": [used]}]
         r = await self.request(
             http, "POST", f"{NCHF}/{ref}/release",
@@ -228,15 +301,16 @@ class Crowd:
 
     async def usage_batch(self, http: httpx.AsyncClient, customer: Customer) -> None:
         """A batch of offline usage records (voice, data, SMS) for this line."""
+        rng = customer.rng
         services = {"voice": (1, 600), "data": (1, 5 * MIB), "sms": (1, 3)}
         records = []
-        for _ in range(self.rng.randint(1, 20)):
-            service = self.rng.choice(list(services))
+        for _ in range(rng.randint(1, 20)):
+            service = rng.choice(list(services))
             records.append({
                 "id": f"chaos-{uuid.uuid4().hex}",
                 "subscriber": customer.msisdn,
                 "service": service,
-                "quantity": self.rng.randint(*services[service]),
+                "quantity": rng.randint(*services[service]),
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
         r = await self.request(
