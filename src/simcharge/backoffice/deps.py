@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from simcharge.api.deps import DB, AppSettings, speak_for
-from simcharge.auth.apikeys import verify_api_key
+from simcharge.auth.apikeys import log_refused, verify_api_key
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.roles import Permission, permissions_of, permissions_of_scopes
@@ -20,6 +21,8 @@ from simcharge.errors import Forbidden, NotAuthenticated, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.translations import N_
+
+audit_log = structlog.get_logger("simcharge.audit")
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -79,11 +82,12 @@ async def api_actor(
     if credentials is None:
         raise NotAuthenticated(N_("A staff token or an API key is required."), headers=challenge)
     token = credentials.credentials
+    ip, ua = _client(request)
     if token.startswith("sck_"):
         key = await db.run(lambda s: verify_api_key(s, token))
         if key is None:
+            log_refused(token, reason="invalid", ip=ip)
             raise NotAuthenticated(N_("The API key is not valid."), headers=challenge)
-        ip, ua = _client(request)
         return Actor(
             name=f"apikey:{key.prefix}",
             permissions=permissions_of_scopes(key.scopes),
@@ -93,6 +97,8 @@ async def api_actor(
         )
     actor = await _staff_actor(request, db, settings, token, need_mfa=True)
     if actor is None:
+        # As a refused API key is (ASVS 7.1.3): the address, never the token.
+        audit_log.warning("staff.token_refused", ip=ip)
         raise StaffSessionEnded(headers=challenge)
     return actor
 

@@ -62,6 +62,7 @@ from simcharge.backoffice.staff import (
     StaffLoginFailed,
     change_staff,
     end_session,
+    failed_sign_in_name,
     sign_in,
     staff_facts,
 )
@@ -116,7 +117,7 @@ async def staff_session(
             await audit.record(
                 s,
                 Actor(
-                    name=f"staff:{body.username.strip().casefold()[:60]}",
+                    name=(await failed_sign_in_name(s, body.username))[:70],
                     permissions=frozenset(),
                     ip=ip,
                     user_agent=ua,
@@ -235,7 +236,16 @@ async def list_tickets(
     account_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[
+        Instant | None,
+        Query(description="The next page: the `updated_at` of the last ticket seen…"),
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None, Query(description="… and its `id` (tickets updated at the same time)")
+    ] = None,
 ) -> list[StaffTicketOut]:
+    """Latest activity first, `limit` at a time: a full page is followed by the next one with
+    `before` and `before_id` of its last ticket."""
     async with db.read() as s:
         assignee_id = None
         if assignee:
@@ -251,6 +261,8 @@ async def list_tickets(
                 order_id=order_id,
             ),
             limit=limit,
+            before=before,
+            before_id=before_id,
         )
         found = [await _staff_ticket(s, t, with_messages=False) for t in rows]
     filters = audit.read_details(
@@ -282,8 +294,16 @@ async def get_ticket(ticket_id: uuid.UUID, actor: TicketWorker, db: DB) -> Staff
     summary="Reply (the customer is told) or add an internal note",
 )
 async def reply_ticket(
-    ticket_id: uuid.UUID, body: StaffReplyIn, actor: TicketWorker, db: DB
+    ticket_id: uuid.UUID,
+    body: StaffReplyIn,
+    actor: TicketWorker,
+    db: DB,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> StaffTicketDetailOut:
+    """With an `Idempotency-Key`, a retry answers the ticket as the first reply left it (one
+    message, one notice); the key with another ticket, text, `internal` or `status` is
+    `422 idempotency-key-reused`."""
+
     async def run(s: AsyncSession) -> StaffTicketDetailOut:
         await tickets.staff_reply(
             s,
@@ -292,6 +312,7 @@ async def reply_ticket(
             body.body,
             internal=body.internal,
             status=body.status,
+            idempotency_key=idempotency_key,
             now=utcnow(),
         )
         out: StaffTicketDetailOut = await _staff_ticket(

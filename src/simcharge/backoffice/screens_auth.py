@@ -21,6 +21,7 @@ from simcharge.backoffice.staff import (
     csrf_token,
     end_session,
     enrolment_of,
+    failed_sign_in_name,
     open_staff_session,
     session_for_token,
     start_enrolment,
@@ -33,7 +34,16 @@ from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.i18n import normalize_language
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
-PRE_COOKIE = "sc_staff_login"
+
+
+def pre_cookie(settings: Settings) -> str:
+    """The sign-in form's double-submit token: `__Host-` over https, so a sibling subdomain
+    cannot plant one (its path is then `/`)."""
+    return "__Host-sc_staff_login" if settings.secure_cookies else "sc_staff_login"
+
+
+def _pre_path(settings: Settings) -> str:
+    return "/" if settings.secure_cookies else "/backoffice"
 
 
 def _set_cookie(response: Response, settings: Settings, token: str) -> None:
@@ -50,7 +60,7 @@ def _set_cookie(response: Response, settings: Settings, token: str) -> None:
 
 def _anonymous(request: Request, name: str) -> Actor:
     return Actor(
-        name=f"staff:{name[:60]}" if name else "anonymous",
+        name=name[:70] or "anonymous",
         permissions=frozenset(),
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
@@ -62,12 +72,12 @@ async def login_page(request: Request, settings: AppSettings) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     response = render(request, "login.html", None, csrf=token, error=None)
     response.set_cookie(
-        PRE_COOKIE,
+        pre_cookie(settings),
         token,
         httponly=True,
         secure=settings.secure_cookies,
         samesite="strict",
-        path="/backoffice",
+        path=_pre_path(settings),
         max_age=3600,
     )
     return response
@@ -83,7 +93,7 @@ async def login(
     password: Annotated[str, Form(max_length=256)] = "",
     csrf: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    expected = request.cookies.get(PRE_COOKIE) or ""
+    expected = request.cookies.get(pre_cookie(settings)) or ""
     if not expected or not constant_time_equals(expected, csrf):
         return render(request, "login.html", None, status=403, csrf=expected, error="csrf")
     refuse_nul({"username": username, "password": password})
@@ -100,7 +110,7 @@ async def login(
         if staff is None:
             await audit.record(
                 s,
-                _anonymous(request, username.strip().casefold()),
+                _anonymous(request, await failed_sign_in_name(s, username)),
                 "staff.login_failed",
                 details={"step": "password"},
             )
@@ -115,7 +125,7 @@ async def login(
         return render(request, "login.html", None, status=401, csrf=expected, error="login")
     response = back("/backoffice/login/code")
     _set_cookie(response, settings, token)
-    response.delete_cookie(PRE_COOKIE, path="/backoffice")
+    response.delete_cookie(pre_cookie(settings), path=_pre_path(settings))
     return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -19,14 +20,17 @@ from simcharge.backoffice.models import StaffUser
 from simcharge.backoffice.orders import check_with_provider, order_panel
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import back, render
+from simcharge.errors import IDEMPOTENCY_KEY_MAX
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
+from simcharge.kit.schemas import Instant
 from simcharge.tickets import service
 from simcharge.tickets.models import TicketPriority, TicketStatus
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 Agent = Annotated[Actor, require_web(Permission.tickets_work)]
 Checker = Annotated[Actor, require_web(Permission.orders_check)]
+PAGE = 100
 
 
 async def staff_names(s: AsyncSession) -> dict[uuid.UUID, str]:
@@ -43,7 +47,11 @@ async def ticket_queue(
     priority: str | None = None,
     mine: bool = False,
     unassigned: bool = False,
+    before: Instant | None = None,
+    before_id: uuid.UUID | None = None,
 ) -> HTMLResponse:
+    """The queue, latest activity first, a page at a time: "Older" goes on to the ones that
+    have waited longest."""
     f = service.TicketFilter(
         status=status or None,
         priority=priority or None,
@@ -51,7 +59,10 @@ async def ticket_queue(
         unassigned=unassigned,
     )
     async with db.read() as s:
-        tickets = await service.find_tickets(s, f)
+        found = await service.find_tickets(
+            s, f, limit=PAGE + 1, before=before, before_id=before_id
+        )
+        tickets = found[:PAGE]
         names = await staff_names(s)
         owners = {
             a.id: a.username
@@ -65,6 +76,19 @@ async def ticket_queue(
         len(tickets), status=status, priority=priority, mine=mine, unassigned=unassigned
     )
     await audit.record_read(db, actor, "ticket.list", details=filters)
+    last = tickets[-1] if len(found) > PAGE else None
+    more = (
+        urlencode(
+            {
+                **{k: v for k, v in (("status", status), ("priority", priority)) if v},
+                **{k: "true" for k, v in (("mine", mine), ("unassigned", unassigned)) if v},
+                "before": last.updated_at.isoformat(),
+                "before_id": str(last.id),
+            }
+        )
+        if last is not None
+        else None
+    )
     return render(
         request,
         "tickets.html",
@@ -76,6 +100,9 @@ async def ticket_queue(
         priorities=list(TicketPriority),
         status_filter=status or "",
         priority=priority or "",
+        mine=mine,
+        unassigned=unassigned,
+        more=more,
     )
 
 
@@ -115,10 +142,20 @@ async def ticket_reply(
     body: Annotated[str, Form(max_length=10_000)] = "",
     internal: Annotated[bool, Form()] = False,
     status: Annotated[str, Form(max_length=24)] = "",
+    idem: Annotated[str, Form(max_length=IDEMPOTENCY_KEY_MAX)] = "",
 ) -> Response:
+    """The page's one-time key (`idem`, made when the ticket was shown) makes a double click or
+    a resent form one reply and one notice."""
     await db.run(
         lambda s: service.staff_reply(
-            s, actor, ticket_id, body, internal=internal, status=status or None, now=utcnow()
+            s,
+            actor,
+            ticket_id,
+            body,
+            internal=internal,
+            status=status or None,
+            idempotency_key=idem or None,
+            now=utcnow(),
         )
     )
     return back(f"/backoffice/tickets/{ticket_id}", "sent")
@@ -131,16 +168,23 @@ async def ticket_update(
     actor: Agent,
     status: Annotated[str, Form(max_length=24)] = "",
     priority: Annotated[str, Form(max_length=8)] = "",
-    assignee: Annotated[str | None, Form(max_length=64)] = None,
+    assignee: Annotated[str, Form(max_length=64)] = "",
+    was_status: Annotated[str, Form(max_length=24)] = "",
+    was_priority: Annotated[str, Form(max_length=8)] = "",
+    was_assignee: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
+    """Only what the agent changed on the page (`was_…`: the values it was drawn with) is set:
+    a page drawn before the customer's reply or a colleague's assignment does not put back
+    what they changed. An empty `assignee` is nobody (an empty form value arrives as the
+    default, so "nobody" is the default and "unchanged" is "as it was drawn")."""
     await db.run(
         lambda s: service.update_ticket(
             s,
             actor,
             ticket_id,
-            status=status or None,
-            priority=priority or None,
-            assignee=assignee,
+            status=status if status != was_status else None,
+            priority=priority if priority != was_priority else None,
+            assignee=assignee if assignee != was_assignee else None,
             now=utcnow(),
         )
     )

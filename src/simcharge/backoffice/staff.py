@@ -146,6 +146,17 @@ async def open_staff_session(
     return IssuedStaffSession(row, token)
 
 
+async def failed_sign_in_name(session: AsyncSession, typed: str) -> str:
+    """Who a failed sign-in is recorded as: `staff:<username>` when the name typed is a staff
+    member's, else `anonymous` — what was typed may be a password in the wrong field, and the
+    audit log keeps everything for good."""
+    name = typed.strip().casefold()
+    if not name or "\x00" in name:
+        return "anonymous"
+    known = (await session.execute(select(StaffUser.id).where(StaffUser.username == name))).first()
+    return f"staff:{name}" if known else "anonymous"
+
+
 async def check_password(
     session: AsyncSession, username: str, password: str, now: datetime
 ) -> StaffUser | None:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB
-from simcharge.errors import SimchargeError
+from simcharge.errors import IdempotencyKeyReused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_, translate
 from simcharge.orders import service as orders
@@ -152,10 +152,18 @@ async def order_not_credited(order_id: str, request: Request, page: Page, db: DB
         earlier = await tickets.ticket_of_key(s, account_id, key)
         if earlier is not None:
             return earlier.id
-        ticket, _ = await tickets.open_ticket(
-            s, account_id, subject=subject, body=body, order_id=oid, idempotency_key=key,
-            now=utcnow(),
-        )
+        try:
+            ticket, _ = await tickets.open_ticket(
+                s, account_id, subject=subject, body=body, order_id=oid, idempotency_key=key,
+                now=utcnow(),
+            )
+        except IdempotencyKeyReused:
+            # Pressed at the same moment in another language: that press opened the one there
+            # is (a press in the same language is answered that ticket by `open_ticket`).
+            earlier = await tickets.ticket_of_key(s, account_id, key)
+            if earlier is None:
+                raise
+            return earlier.id
         return ticket.id
 
     return redirect(f"/account/help/{await db.run(run)}")

@@ -53,6 +53,8 @@ class Ticket(Base):
     """`<account>:<Idempotency-Key>` of the request that opened it: a retry opens nothing new."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """The last change the customer can see: a message of theirs, a reply, a new status (not an
+    internal note, a priority or an assignee). Orders both the customer's list and the queue."""
 
 
 class TicketMessage(Base):
@@ -68,4 +70,6 @@ class TicketMessage(Base):
     internal: Mapped[bool] = mapped_column(default=False)
     """A note between staff: never shown to the customer."""
     request_key: Mapped[str | None] = mapped_column(String(180), unique=True)
+    """`<account>:<Idempotency-Key>` of a customer's reply, `staff:<staff id>:<key>` (or
+    `apikey:<prefix>:<key>`) of a staff reply or note: a retry writes nothing new."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

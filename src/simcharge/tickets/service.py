@@ -16,12 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.models import StaffUser
+from simcharge.backoffice.models import AuditEntry, StaffUser
+from simcharge.db import older_than
 from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.notifications.service import notify
@@ -95,16 +97,17 @@ async def open_ticket(
     idempotency_key: str | None = None,
     now: datetime,
 ) -> tuple[Ticket, bool]:
-    """Open a ticket; returns it and whether it was an earlier one (a retry with the same key)."""
+    """Open a ticket; returns it and whether it was an earlier one (a retry with the same key:
+    the same subject, first message, order and line; anything else under the key is
+    `IdempotencyKeyReused`)."""
     subject = _text(subject, "subject", SUBJECT_MAX)
     body = _text(body, "body", BODY_MAX)
+    request = (subject, body, order_id, line_id)
     request_key = f"{account_id}:{idempotency_key}" if idempotency_key else None
     if idempotency_key:
         earlier = await ticket_of_key(session, account_id, idempotency_key)
         if earlier is not None:
-            if (earlier.subject, earlier.order_id, earlier.line_id) != (subject, order_id, line_id):
-                raise IdempotencyKeyReused(field="Idempotency-Key")
-            return earlier, True
+            return await _opened_alike(session, earlier, request), True
     # The line must be the customer's own even with an order: an order may be a gift to someone
     # else's number, whose line is not theirs to name (nor to learn about by guessing its id).
     if line_id is not None:
@@ -125,8 +128,19 @@ async def open_ticket(
         created_at=now,
         updated_at=now,
     )
-    session.add(ticket)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            session.add(ticket)
+            await session.flush()
+    except IntegrityError:
+        # The same key opened a ticket a moment ago in another request (a double tap; "not
+        # credited?" pressed twice): this insert waited on its unique key until it committed.
+        earlier = (
+            await ticket_of_key(session, account_id, idempotency_key) if idempotency_key else None
+        )
+        if earlier is None:
+            raise
+        return await _opened_alike(session, earlier, request), True
     session.add(TicketMessage(ticket_id=ticket.id, author="customer", body=body, created_at=now))
     await session.flush()
     await notify(
@@ -138,6 +152,26 @@ async def open_ticket(
         dedupe_key=f"ticket.opened:{ticket.id}",
     )
     return ticket, False
+
+
+async def _opened_alike(
+    session: AsyncSession,
+    earlier: Ticket,
+    request: tuple[str, str, uuid.UUID | None, uuid.UUID | None],
+) -> Ticket:
+    """`earlier`, if it was opened by this very request (subject, first message, order, line);
+    else the key is being reused for another one."""
+    first = (
+        await session.execute(
+            select(TicketMessage.body)
+            .where(TicketMessage.ticket_id == earlier.id, TicketMessage.author == "customer")
+            .order_by(TicketMessage.created_at, TicketMessage.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if (earlier.subject, first, earlier.order_id, earlier.line_id) != request:
+        raise IdempotencyKeyReused(field="Idempotency-Key")
+    return earlier
 
 
 async def own_ticket(
@@ -231,9 +265,18 @@ class TicketFilter:
 
 
 async def find_tickets(
-    session: AsyncSession, f: TicketFilter, *, limit: int = 100
+    session: AsyncSession,
+    f: TicketFilter,
+    *,
+    limit: int = 100,
+    before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
 ) -> Sequence[Ticket]:
+    """Latest activity first; `before`, `before_id`: the `updated_at` and id of the last ticket
+    of a page, for the next one (the queue has no end the staff cannot reach)."""
     stmt = select(Ticket)
+    if before is not None:
+        stmt = stmt.where(older_than(Ticket.updated_at, Ticket.id, before, before_id))
     if f.status:
         stmt = stmt.where(Ticket.status == f.status)
     if f.assignee_id:
@@ -263,6 +306,38 @@ async def ticket_by_number(session: AsyncSession, number: str) -> Ticket | None:
     ).scalar_one_or_none()
 
 
+def _staff_request_key(actor: Actor, idempotency_key: str | None) -> str | None:
+    """Whose key it is: a staff member's (by id), or an API key's."""
+    if not idempotency_key:
+        return None
+    who = f"staff:{actor.staff_id}" if actor.staff_id is not None else actor.name
+    return f"{who}:{idempotency_key}"
+
+
+async def _replied_alike(
+    session: AsyncSession,
+    earlier: TicketMessage,
+    request: tuple[uuid.UUID, str, bool, str | None],
+) -> TicketMessage:
+    """`earlier`, if it was written by this very request (ticket, text, note or reply, the
+    status asked for — kept in its audit entry); else the key is being reused for another."""
+    asked: object = None
+    if earlier.ticket_id == request[0]:
+        entries = await session.execute(
+            select(AuditEntry.details).where(
+                AuditEntry.target_type == "ticket",
+                AuditEntry.target_id == str(earlier.ticket_id),
+                AuditEntry.action.in_(("ticket.reply", "ticket.note")),
+            )
+        )
+        for details in entries.scalars():
+            if details.get("message_id") == str(earlier.id):
+                asked = details.get("status")
+    if (earlier.ticket_id, earlier.body, earlier.internal, asked) != request:
+        raise IdempotencyKeyReused(field="Idempotency-Key")
+    return earlier
+
+
 async def staff_reply(
     session: AsyncSession,
     actor: Actor,
@@ -271,16 +346,26 @@ async def staff_reply(
     *,
     internal: bool = False,
     status: str | None = None,
+    idempotency_key: str | None = None,
     now: datetime,
 ) -> TicketMessage:
     """A reply (the customer is told) or an internal note (they are not, but of the ticket
     resolved by it they are). A reply leaves the ticket waiting on the customer unless another
-    status is given."""
+    status is given. With `idempotency_key`, the same request again answers the message it
+    wrote (nothing is written or sent twice); another request under the key is
+    `IdempotencyKeyReused`."""
     body = _text(body, "body", BODY_MAX)
+    new_status = _status(status) if status else None
+    request = (ticket_id, body, internal, new_status.value if new_status else None)
+    request_key = _staff_request_key(actor, idempotency_key)
     ticket = await get_ticket(session, ticket_id, lock=True)
+    if request_key is not None:
+        # After the lock: a retry of the same reply waits for the first to commit, then finds it.
+        earlier = await _staff_message_of_key(session, request_key)
+        if earlier is not None:
+            return await _replied_alike(session, earlier, request)
     if ticket.status == TicketStatus.closed and not internal:
         raise TicketClosed(field="ticket_id")
-    new_status = _status(status) if status else None
     before = summary(ticket)
     message = TicketMessage(
         ticket_id=ticket.id,
@@ -288,16 +373,29 @@ async def staff_reply(
         staff_id=actor.staff_id,
         body=body,
         internal=internal,
+        request_key=request_key,
         created_at=now,
     )
-    session.add(message)
+    try:
+        async with session.begin_nested():
+            session.add(message)
+            await session.flush()
+    except IntegrityError:
+        # The same key used at this moment on another ticket (whose lock is not this one's).
+        earlier = await _staff_message_of_key(session, request_key) if request_key else None
+        if earlier is None:
+            raise
+        return await _replied_alike(session, earlier, request)
     if not internal:
         ticket.status = (new_status or TicketStatus.waiting_on_customer).value
         if ticket.assignee_id is None and actor.staff_id is not None:
             ticket.assignee_id = actor.staff_id
     elif new_status is not None:
         ticket.status = new_status.value
-    ticket.updated_at = now
+    if not internal or ticket.status != before["status"]:
+        # The customer's view of the ticket moves only with what they can see: a reply or a new
+        # status; a note does not show (nor, by the ticket's time, that one was written).
+        ticket.updated_at = now
     await session.flush()
     await audit.record(
         session,
@@ -307,7 +405,7 @@ async def staff_reply(
         target_id=ticket.id,
         before=before,
         after=summary(ticket),
-        details={"message_id": str(message.id), "length": len(body)},
+        details={"message_id": str(message.id), "length": len(body), "status": request[3]},
         now=now,
     )
     if not internal:
@@ -325,6 +423,11 @@ async def staff_reply(
         # A note is not shown to the customer, but the resolution it makes is, as any other.
         await _tell_resolved(session, ticket, now)
     return message
+
+
+async def _staff_message_of_key(session: AsyncSession, request_key: str) -> TicketMessage | None:
+    stmt = select(TicketMessage).where(TicketMessage.request_key == request_key)
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def _tell_resolved(session: AsyncSession, ticket: Ticket, now: datetime) -> None:
@@ -388,7 +491,10 @@ async def update_ticket(
         ticket.assignee_id = assignee_id
     if summary(ticket) == before:
         return ticket
-    ticket.updated_at = now
+    if ticket.status != before["status"]:
+        # Priority and assignee are customer service's own business: the customer's view of
+        # the ticket (its time) does not move with them.
+        ticket.updated_at = now
     await session.flush()
     await audit.record(
         session,
