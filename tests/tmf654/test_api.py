@@ -336,7 +336,7 @@ async def test_bad_top_ups_change_nothing(client: httpx.AsyncClient, db: Databas
         ({**good, "partyAccount": {"id": "someone-else"}}, 400, "partyAccount.id"),
         ({**good, "bucket": {"id": "x"}}, 400, "logicalResource.id"),
         ({**good, "bucket": {"id": "x"}, "logicalResource": [{"id": "+14155559999"}]}, 400,
-         "msisdn"),
+         "logicalResource.id"),
     ]
     for body, status, field in cases:
         r = await client.post(f"{BASE}/topupBalance", json=body, headers=key)
@@ -364,9 +364,12 @@ async def test_adjustments_up_and_down_never_below_zero(
     assert r.status_code == 201, r.text
     assert r.json()["amount"]["amount"] == -300
     assert await totals(db, h.voice_bucket) == (3300, 0)
-    too_much = {**body, "amount": {"amount": -100, "units": "minutes"}}
+    # More than the bucket holds, within what one may adjust alone (1 GiB of data a day).
+    too_much = {**body, "usageType": "data", "bucket": {"id": str(h.data_bucket)},
+                "amount": {"amount": -600, "units": "MB"}}
     r = await post(client, "/adjustBalance", too_much, key)
     assert r.status_code == 409 and r.json()["code"] == "insufficient-balance"
+    assert await totals(db, h.data_bucket) == (500 * MB, 0)
     assert await totals(db, h.voice_bucket) == (3300, 0)
     no_reason = {k: v for k, v in body.items() if k != "reason"}
     r = await post(client, "/adjustBalance", no_reason, key)

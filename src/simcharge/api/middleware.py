@@ -45,6 +45,15 @@ API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+def _answers_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A JSON or problem+json answer (the API's, the TMF's, the Nchf's, `/openapi.json`)."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            kind = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or kind.endswith(b"+json")
+    return False
+
+
 DATABASE_RETRY_AFTER = "2"
 """Seconds a client is told to wait when the database cannot be reached (a restart)."""
 
@@ -135,6 +144,9 @@ class RequestContextMiddleware:
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
                 if b"content-security-policy" not in present:
                     headers.append((b"content-security-policy", API_CSP))
+                if b"content-disposition" not in present and _answers_json(headers):
+                    # ASVS 14.4.2: an API answer opened in a browser is a download, never a page.
+                    headers.append((b"content-disposition", b'attachment; filename="api.json"'))
                 if b"cache-control" not in present:
                     # Answers hold tokens, codes, balances, activation codes: kept by no cache
                     # unless the route says otherwise (the portal's styles and images do).
@@ -244,9 +256,15 @@ def _replay(body: bytes, complete: bool, receive: Receive) -> Receive:
     return replayed
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""`\\uD800`…`\\uDFFF` in a JSON text: a surrogate, which a pair makes a character and one
+alone leaves a string that is no text (not encodable as UTF-8)."""
+
+
 def _nul_in_json(body: bytes) -> str | None:
-    """The dotted path of the first string (or key) in a JSON body that holds a NUL, if any."""
-    if b"\\u0000" not in body:
+    """The dotted path of the first string (or key) in a JSON body that holds a NUL or a lone
+    surrogate (Python's JSON reads `"\\ud800"`; no database or answer can carry it), if any."""
+    if b"\\u0000" not in body and _SURROGATE_ESCAPE.search(body) is None:
         return None
     try:
         document = json.loads(body)
@@ -255,14 +273,25 @@ def _nul_in_json(body: bytes) -> str | None:
     return _find_nul(document, "")
 
 
+def _not_text(value: str) -> bool:
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _find_nul(value: Any, path: str) -> str | None:
     if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
+        return (path or "body") if _not_text(value) else None
     items: list[tuple[str, Any]] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                return f"{path}.{key}".strip(".").replace("\x00", "") or "body"
+            if _not_text(key):
+                named = f"{path}.{key}".strip(".").replace("\x00", "")
+                return named.encode("utf-8", "replace").decode("utf-8") or "body"
             items.append((str(key), item))
     elif isinstance(value, list):
         items = [(str(i), item) for i, item in enumerate(value)]

@@ -38,7 +38,7 @@ from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund
 from simcharge.orders.refunds import apply_to_wallet, ask_for_refund, shown
-from simcharge.orders.service import OrderNotFound
+from simcharge.orders.service import OrderNotFound, applied_at
 from simcharge.tickets.models import Ticket
 from simcharge.worker.service import enqueue
 
@@ -174,6 +174,29 @@ async def applied_alone(s: AsyncSession, line: Line, unit: str, now: datetime) -
     return int(total.scalar_one())
 
 
+async def needs_approval(
+    s: AsyncSession,
+    settings: Settings,
+    line: Line,
+    unit: str,
+    *,
+    wallet: bool,
+    amount: int,
+    now: datetime,
+) -> tuple[bool, int, int | None]:
+    """Whether adjusting `line` by `amount` of `unit` waits for a second person; with what was
+    applied alone in the window before it and the limit. (TMF654's `adjustBalance` asks it too.)
+
+    Four-eyes on the running total: splitting one large adjustment into small ones (or among
+    colleagues) does not avoid the approval. The customer's row is locked so that two requests
+    at once count each other."""
+    if line.account_id is not None:
+        await s.get(Account, line.account_id, with_for_update={"key_share": True})
+    limit = _limit(settings, unit, wallet)
+    before = await applied_alone(s, line, unit, now)
+    return limit is None or before + abs(amount) > limit, before, limit
+
+
 async def _apply(s: AsyncSession, adj: Adjustment, line: Line, now: datetime) -> None:
     """One ledger transfer between the line's wallet or bucket and the operator's funding or
     issuance account; its id derives from the adjustment (applying twice moves nothing more)."""
@@ -301,14 +324,9 @@ async def request_adjustment(
             raise ValidationFailed(
                 N_("No ticket of this line's customer has this id."), field="ticket_id"
             )
-    # Four-eyes on the running total: splitting one large adjustment into small ones (or
-    # among colleagues) does not avoid the approval. The customer's row is locked so that two
-    # requests at once count each other.
-    if line.account_id is not None:
-        await s.get(Account, line.account_id, with_for_update={"key_share": True})
-    limit = _limit(settings, unit, target == "wallet")
-    before = await applied_alone(s, line, unit, now)
-    waits = limit is None or before + abs(amount) > limit
+    waits, before, limit = await needs_approval(
+        s, settings, line, unit, wallet=target == "wallet", amount=amount, now=now
+    )
     if waits and actor.staff_id is None:
         raise AdjustmentNeedsAPerson(field="amount")
     # The key is claimed before anything moves. The same key on another line at the same moment
@@ -476,7 +494,7 @@ async def resend_receipt(s: AsyncSession, actor: Actor, order_id: uuid.UUID, now
     order = await s.get(Order, order_id)
     if order is None:
         raise OrderNotFound(field="order_id")
-    if order.fulfilled_at is None:
+    if order.fulfilled_at is None and await applied_at(s, order) is None:
         raise NoReceipt(field="order_id")
     await enqueue(
         s,
@@ -507,6 +525,10 @@ async def apply_payment_to_wallet(
         raise OrderNotFound(field="order_id")
     before = {**order_facts(order), "attention": order.attention}
     amount = await apply_to_wallet(s, order, now)
+    # The payer's receipt for the money that became their credit (numbered and e-mailed).
+    await enqueue(
+        s, RECEIPT_JOB, {"order_id": str(order.id)}, dedupe_key=f"{RECEIPT_JOB}:{order.id}"
+    )
     flagged = order.attention
     order.attention = None
     order.attention_note = (

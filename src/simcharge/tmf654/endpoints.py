@@ -9,6 +9,7 @@ A POST may carry `Idempotency-Key`: the same key and body answer the first resul
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
@@ -19,12 +20,13 @@ from fastapi import APIRouter, Body, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 
 from simcharge.api.deps import DB, AppSettings, Integration, request_language, require_scope
 from simcharge.api.problems import field_errors, said, validation_problem
+from simcharge.backoffice.audit import Actor
 from simcharge.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -32,6 +34,7 @@ from simcharge.errors import (
     ValidationFailed,
 )
 from simcharge.kit.translations import N_, translate
+from simcharge.ledger.models import LedgerTransfer
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line
 from simcharge.lines.repository import LineRepository
@@ -47,6 +50,7 @@ from simcharge.tmf654.schemas import (
     party,
     quantity,
     select_fields,
+    spec,
     units_of,
     validate_body,
     when,
@@ -131,14 +135,32 @@ def actor_of(key: Integration) -> str:
     return f"apikey:{key.key_prefix}"
 
 
-def _paged(
-    request: Request, response: Response, items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+TMF630_OPERATORS = {"gt", "gte", "lt", "lte", "eq", "ne", "regex", "in", "nin"}
+_FILTER_NAME = re.compile(r"^[A-Za-z@][A-Za-z0-9@_]*(\.[A-Za-z@][A-Za-z0-9@_]*)*$")
+
+
+def _filters(request: Request, definition: str) -> dict[str, str]:
+    """The attribute filters of a list request. Only equality on the resource's own attributes
+    (dotted paths into them) is supported: an unknown attribute (`sort` too) or a TMF630
+    operator (`x.gt=`, `x>=`) is refused, not read as equality on nothing (an empty list)."""
+    known = spec()["definitions"][definition].get("properties", {})
+    filters = {}
+    for name, value in request.query_params.multi_items():
+        if name in FILTERS_RESERVED or name in LINE_FILTERS:
+            continue
+        parts = name.split(".")
+        if (
+            not _FILTER_NAME.match(name)
+            or parts[0] not in known
+            or any(p in TMF630_OPERATORS for p in parts[1:])
+        ):
+            raise BadRequest(field=name)
+        filters[name] = value
+    return filters
+
+
+def _page_of(request: Request) -> tuple[int, int]:
     params = request.query_params
-    filters = {
-        k: v for k, v in params.items() if k not in FILTERS_RESERVED and k not in LINE_FILTERS
-    }
-    chosen = [i for i in items if matches(i, filters)]
     try:
         offset = int(params.get("offset", 0))
         limit = int(params.get("limit", 100))
@@ -146,10 +168,23 @@ def _paged(
         raise BadRequest(N_("offset and limit are whole numbers."), field="offset") from exc
     if offset < 0 or not 1 <= limit <= 1000:
         raise BadRequest(N_("offset ≥ 0 and 1 ≤ limit ≤ 1000."), field="limit")
-    page = chosen[offset : offset + limit]
-    response.headers["X-Total-Count"] = str(len(chosen))
+    return offset, limit
+
+
+def _shown(
+    request: Request, response: Response, page: list[dict[str, Any]], total: int
+) -> list[dict[str, Any]]:
+    response.headers["X-Total-Count"] = str(total)
     response.headers["X-Result-Count"] = str(len(page))
-    return [select_fields(i, params.get("fields")) for i in page]
+    return [select_fields(i, request.query_params.get("fields")) for i in page]
+
+
+def _paged(
+    request: Request, response: Response, items: list[dict[str, Any]], definition: str
+) -> list[dict[str, Any]]:
+    chosen = [i for i in items if matches(i, _filters(request, definition))]
+    offset, limit = _page_of(request)
+    return _shown(request, response, chosen[offset : offset + limit], len(chosen))
 
 
 async def _lines_selected(s: AsyncSession, request: Request) -> list[Line]:
@@ -163,7 +198,7 @@ async def _lines_selected(s: AsyncSession, request: Request) -> list[Line]:
     except ValueError:
         return []
     if msisdn:
-        line = await find_line_by_msisdn(s, msisdn)
+        line = await _by_msisdn(s, msisdn, "logicalResource.id")
         return [line] if owner_id is None or line.account_id == owner_id else []
     if owner_id is not None:
         return list(await LineRepository(s).of_account(owner_id))
@@ -231,7 +266,7 @@ async def list_buckets(
         items = []
         for line in await _lines_selected(s, request):
             items += await buckets_of(s, request, line)
-    return _paged(request, response, items)
+    return _paged(request, response, items, "Bucket")
 
 
 async def _holder(s: AsyncSession, raw_id: str, field: str = "id") -> Holder:
@@ -294,7 +329,7 @@ async def list_accumulated(
         items = []
         for line in await _lines_selected(s, request):
             items += await accumulated_of(s, request, line)
-    return _paged(request, response, items)
+    return _paged(request, response, items, "AccumulatedBalance")
 
 
 @router.get("/accumulatedBalance/{balance_id}", summary="One total: `<line id>.<usage type>`")
@@ -322,7 +357,56 @@ async def _render(s: AsyncSession, request: Request, action: BalanceAction) -> d
     assert line is not None
     receiver = await s.get(Line, action.receiver_line_id) if action.receiver_line_id else None
     status = await service.reservation_status(s, action)
-    return action_out(base(request), action, line, status=status, receiver=receiver)
+    used = ends = None
+    if action.kind == ActionKind.reserve and action.pending_transfer_id is not None:
+        pending = await s.get(LedgerTransfer, action.pending_transfer_id)
+        ends = pending.timeout_at if pending is not None else None
+        if status == "completed":
+            used = await service.used_amount(s, action)
+    return action_out(base(request), action, line, status=status, receiver=receiver,
+                      used=used, ends=ends)
+
+
+CHUNK = 1000
+"""Actions read at a time when attribute filters must be matched against the rendered items."""
+
+
+async def _action_page(
+    s: AsyncSession,
+    request: Request,
+    response: Response,
+    where: ColumnElement[bool],
+    definition: str,
+    render: Callable[[BalanceAction], Awaitable[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Newest first. Without attribute filters the database counts and pages; with them (they
+    match the resource as shown: a reservation's status is the ledger's) every action is read,
+    a chunk at a time, and only the page kept — never a capped list paged in memory."""
+    filters = _filters(request, definition)
+    offset, limit = _page_of(request)
+    stmt = (
+        select(BalanceAction)
+        .where(where)
+        .order_by(BalanceAction.requested_at.desc(), BalanceAction.id.desc())
+    )
+    if not filters:
+        count = select(func.count()).select_from(BalanceAction).where(where)
+        total = int((await s.execute(count)).scalar_one())
+        rows = (await s.execute(stmt.offset(offset).limit(limit))).scalars().all()
+        return _shown(request, response, [await render(a) for a in rows], total)
+    page: list[dict[str, Any]] = []
+    total = start = 0
+    while True:
+        rows = (await s.execute(stmt.offset(start).limit(CHUNK))).scalars().all()
+        for action in rows:
+            item = await render(action)
+            if matches(item, filters):
+                if offset <= total < offset + limit:
+                    page.append(item)
+                total += 1
+        if len(rows) < CHUNK:
+            return _shown(request, response, page, total)
+        start += CHUNK
 
 
 async def _list_actions(
@@ -330,15 +414,11 @@ async def _list_actions(
 ) -> list[dict[str, Any]]:
     async with db.read() as s:
         lines = await _lines_selected(s, request)
-        stmt = (
-            select(BalanceAction)
-            .where(BalanceAction.kind == kind.value,
-                   BalanceAction.line_id.in_([line.id for line in lines]))
-            .order_by(BalanceAction.requested_at.desc(), BalanceAction.id.desc())
-            .limit(5000)
+        where = and_(BalanceAction.kind == kind.value,
+                     BalanceAction.line_id.in_([line.id for line in lines]))
+        return await _action_page(
+            s, request, response, where, _RESOURCES[kind], lambda a: _render(s, request, a)
         )
-        items = [await _render(s, request, a) for a in (await s.execute(stmt)).scalars()]
-    return _paged(request, response, items)
 
 
 async def _get_action(
@@ -365,7 +445,18 @@ async def _line_of(s: AsyncSession, body: dict[str, Any], name: str = "logicalRe
         ref = ref[0] if ref else None
     if not isinstance(ref, dict) or not ref.get("id"):
         raise ValidationFailed(N_("Name the line by its MSISDN."), field=f"{name}.id")
-    return await find_line_by_msisdn(s, str(ref["id"]))
+    return await _by_msisdn(s, str(ref["id"]), f"{name}.id")
+
+
+async def _by_msisdn(s: AsyncSession, msisdn: str, field: str) -> Line:
+    """The line of `msisdn`; not one (or no number): refused naming the request's `field`, not
+    the lines service's own `msisdn`, which the request does not have."""
+    try:
+        return await find_line_by_msisdn(s, msisdn)
+    except SimchargeError as exc:
+        if exc.field == "msisdn":
+            exc.field = field
+        raise
 
 
 async def _target(s: AsyncSession, body: dict[str, Any]) -> tuple[Line, Holder | None]:
@@ -428,6 +519,12 @@ async def _create(
     return JSONResponse(out, status_code=201, headers=headers)
 
 
+_RESOURCES = {
+    ActionKind.topup: "TopupBalance",
+    ActionKind.adjust: "AdjustBalance",
+    ActionKind.reserve: "ReserveBalance",
+    ActionKind.transfer: "TransferBalance",
+}
 _DEFINITIONS = {
     ActionKind.topup: "TopupBalance_Create",
     ActionKind.adjust: "AdjustBalance_Create",
@@ -489,8 +586,15 @@ async def get_topup(
 
 @router.post("/adjustBalance", status_code=201, summary="Correct a wallet or bucket (staff)")
 async def create_adjustment(
-    body: JsonBody, key: Adjust, db: DB, request: Request, idem: IdemKey = None
+    body: JsonBody, key: Adjust, db: DB, request: Request, settings: AppSettings,
+    idem: IdemKey = None,
 ) -> JSONResponse:
+    actor = Actor(
+        name=actor_of(key), permissions=frozenset(), scopes=key.scopes,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
     async def act(s: AsyncSession) -> BalanceAction:
         line, holder = await _target(s, body)
         usage = str(body.get("usageType"))
@@ -502,8 +606,8 @@ async def create_adjustment(
         if holder.unit != unit:
             raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
         return await service.adjust(
-            s, holder=holder, amount=units_of(body.get("amount"), unit, "amount"),
-            actor=actor_of(key), key=idem, request=body, reason=str(body.get("reason") or ""),
+            s, settings, holder=holder, amount=units_of(body.get("amount"), unit, "amount"),
+            actor=actor, key=idem, request=body, reason=str(body.get("reason") or ""),
         )
 
     return await _create(db, request, key, idem, body, ActionKind.adjust, act)
@@ -664,17 +768,18 @@ async def list_history(
 ) -> list[dict[str, Any]]:
     async with db.read() as s:
         lines = {line.id: line for line in await _lines_selected(s, request)}
-        stmt = (
-            select(BalanceAction)
-            .where(BalanceAction.line_id.in_(list(lines)))
-            .order_by(BalanceAction.requested_at.desc(), BalanceAction.id.desc())
-            .limit(5000)
-        )
-        items = [
-            _as_history(await _render(s, request, a), lines[a.line_id].msisdn)
-            for a in (await s.execute(stmt)).scalars()
-        ]
-    return _paged(request, response, items)
+        # A line's actions and the transfers it received: both changed its balance.
+        where = or_(BalanceAction.line_id.in_(list(lines)),
+                    BalanceAction.receiver_line_id.in_(list(lines)))
+
+        async def render(a: BalanceAction) -> dict[str, Any]:
+            line = lines.get(a.line_id)
+            if line is None:  # a transfer this line received
+                assert a.receiver_line_id is not None
+                line = lines[a.receiver_line_id]
+            return _as_history(await _render(s, request, a), line.msisdn)
+
+        return await _action_page(s, request, response, where, "BalanceActionHistory", render)
 
 
 @router.get("/balanceActionHistory/{action_id}", summary="One action, whatever its kind")
@@ -706,3 +811,28 @@ def _settled(resource: str) -> Callable[..., Awaitable[Response]]:
 for _resource in ("topupBalance", "adjustBalance", "transferBalance"):
     router.add_api_route(f"/{_resource}/{{action_id}}", _settled(_resource),
                          methods=["PATCH", "DELETE"], include_in_schema=False)
+
+
+def _no_such_method(allowed: list[str]) -> Callable[..., Awaitable[Response]]:
+    async def refuse() -> Response:
+        raise MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
+
+    return refuse
+
+
+def _refuse_other_methods() -> None:
+    """Every other method on a TMF path is answered here, in the TMF `Error` shape (405), not by
+    the router's plain 405 outside the endpoints."""
+    methods: dict[str, set[str]] = {}
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            methods.setdefault(route.path, set()).update(route.methods or ())
+    for path, allowed in methods.items():
+        shown = sorted(allowed | {"HEAD"} if "GET" in allowed else allowed)
+        others = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m not in allowed]
+        if others:
+            router.add_api_route(path.removeprefix(BASE_PATH), _no_such_method(shown),
+                                 methods=others, include_in_schema=False)
+
+
+_refuse_other_methods()

@@ -40,6 +40,7 @@ class BalanceAction(Base):
     __table_args__ = (
         UniqueConstraint("actor", "idempotency_key"),
         Index("ix_balance_actions_line_id", "line_id", "kind", "requested_at"),
+        Index("ix_balance_actions_receiver_line_id", "receiver_line_id", "kind", "requested_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)

@@ -161,8 +161,12 @@ def action_out(
     *,
     status: str,
     receiver: Line | None = None,
+    used: int | None = None,
+    ends: datetime | None = None,
 ) -> dict[str, Any]:
-    """A topupBalance, adjustBalance, reserveBalance or transferBalance resource."""
+    """A topupBalance, adjustBalance, reserveBalance or transferBalance resource. A reservation
+    shows when it times out (`ends`: `validFor.endDateTime`) and, once completed, the amount
+    charged (`used`), not the amount held."""
     kind = {"topup": "TopupBalance", "adjust": "AdjustBalance", "reserve": "ReserveBalance",
             "transfer": "TransferBalance"}[action.kind]
     path = kind[0].lower() + kind[1:]
@@ -189,6 +193,10 @@ def action_out(
     for key in ECHOED + (ECHOED_TOPUP if action.kind == "topup" else ()):
         if key in action.request and (key != "adjustType" or action.kind == "adjust"):
             out[key] = action.request[key]
+    if used is not None:
+        out["amount"] = quantity(used, action.unit)
+    if ends is not None:
+        out["validFor"] = {**(out.get("validFor") or {}), "endDateTime": when(ends)}
     if action.kind == "transfer":
         assert receiver is not None
         out["receiverLogicalResource"] = msisdn_ref(receiver.msisdn)[0]

@@ -8,16 +8,21 @@ transfer call these functions; they flush, never commit.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.models import Adjustment, AdjustmentState
+from simcharge.backoffice.money import AdjustmentNeedsAPerson, adjustment_facts, needs_approval
 from simcharge.config import Settings
 from simcharge.db import RetryableError
 from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
@@ -45,8 +50,8 @@ UNIT_USAGE = {v: k for k, v in USAGE_UNITS.items()}
 MAX_RESERVATION = timedelta(days=7)
 DEFAULT_RESERVATION = timedelta(hours=1)
 LATEST_END = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
-"""The latest end a top-up's new bucket may have: its end is now plus the whole days to the end
-asked for (up to half a day later), which must still be a date."""
+"""The latest end a top-up's new bucket may have (it is opened for the whole days to the end
+asked for, then given that end exactly: now plus those days must still be a date)."""
 MB = 1024 * 1024
 
 
@@ -260,6 +265,9 @@ async def topup(
     aid = action_id(actor, key)
     source = f"balance:{aid}"
     unit = unit_for(line, usage_type)
+    if target is not None and target.unit != unit:
+        # The account named holds another unit: crediting another one would be a guess.
+        raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
     shard = chart.shard_of(line.id)
     if unit == line.currency:
         origin = chart.funding(unit, shard)
@@ -289,11 +297,17 @@ async def topup(
                 raise ValidationFailed(N_("The end of validity is in the past."), field="validFor")
             if valid_until > LATEST_END:
                 raise ValidationFailed(N_("Not a date and time."), field="validFor.endDateTime")
-            days = max(1, round((valid_until - now) / timedelta(days=1)))
+            days = max(1, math.ceil((valid_until - now) / timedelta(days=1)))
         transfers = await open_buckets(
             session, line, [UnitGrant(unit, amount, days)], source=source, now=now, shard=shard
         )
         account_id = bucket_id(source, 0)
+        if valid_until is not None:
+            # Whole days would end it before the end asked for (rounded down) or after it: the
+            # bucket ends exactly when asked.
+            await session.execute(
+                update(Bucket).where(Bucket.id == account_id).values(expires_at=valid_until)
+            )
     holder = Holder(line, account_id, unit, None if unit == line.currency else Bucket(id=account_id))
     action = _new_action(ActionKind.topup, aid=aid, actor=actor, key=key, request=request,
                          holder=holder, amount=amount, now=now, reason=reason)
@@ -305,40 +319,77 @@ async def topup(
 
 async def adjust(
     session: AsyncSession,
+    settings: Settings,
     *,
     holder: Holder,
     amount: int,
-    actor: str,
+    actor: Actor,
     key: str | None,
     request: dict[str, Any],
     reason: str,
 ) -> BalanceAction:
-    """Correct a wallet or bucket by a signed amount, against `funding`/`issuance` (staff)."""
+    """Correct a wallet or bucket by a signed amount, against `funding`/`issuance` (staff).
+
+    The back office's four-eyes rule holds here too (`backoffice.money.needs_approval`): what
+    needs a second person's approval an API key may not ask for (403), and an adjustment made
+    here is an applied `adjustments` row that counts toward the customer's 24 h total, audited
+    in the same transaction."""
     if amount == 0:
         raise ValidationFailed(N_("The amount must not be zero."), field="amount")
     if not reason.strip():
         raise ValidationFailed(N_("Say why the balance is adjusted."), field="reason")
+    line = holder.line
+    # As the back office does: the line, then its customer, locked FOR NO KEY UPDATE, so that
+    # two adjustments at once count each other.
+    await session.refresh(line, with_for_update={"key_share": True})
+    aid = action_id(actor.name, key)
+    if key is not None and await session.get(BalanceAction, aid) is not None:
+        # A copy of this request committed while this one waited: answered as its replay.
+        raise RetryableError("the same adjustment was made meanwhile")
+    if amount > 0 and LineState(line.state) is LineState.terminated:
+        raise LineNotInService(N_("The line is terminated."), field="bucket.id")
     now = utcnow()
     _check_live(holder, now)
-    aid = action_id(actor, key)
-    shard = chart.shard_of(holder.line.id)
+    waits, before, limit = await needs_approval(
+        session, settings, line, holder.unit, wallet=holder.bucket is None, amount=amount,
+        now=now,
+    )
+    if waits:
+        raise AdjustmentNeedsAPerson(field="amount")
+    shard = chart.shard_of(line.id)
     origin = (
         chart.funding(holder.unit, shard) if holder.bucket is None
         else chart.issuance(holder.unit, shard)
     )
     await ensure_accounts(session, [origin])
     debit, credit = (origin.id, holder.account_id) if amount > 0 else (holder.account_id, origin.id)
-    action = _new_action(ActionKind.adjust, aid=aid, actor=actor, key=key, request=request,
+    action = _new_action(ActionKind.adjust, aid=aid, actor=actor.name, key=key, request=request,
                          holder=holder, amount=amount, now=now, reason=reason)
     await _add_action(session, action)
+    transfer_id = derived_id(f"balance:{aid}", "adjust")
     try:
         await post_transfers(session, [
-            NewTransfer(id=derived_id(f"balance:{aid}", "adjust"), amount=abs(amount),
+            NewTransfer(id=transfer_id, amount=abs(amount),
                         unit=holder.unit, debit_account_id=debit, credit_account_id=credit,
                         code="adjustment", reference=f"balance:{aid}")
         ], now=now)
     except TransferRejected as exc:
         _raise_refused(exc)
+    adjustment = Adjustment(
+        id=aid, line_id=line.id, ledger_account_id=holder.account_id, unit=holder.unit,
+        amount=amount, reason=reason, state=AdjustmentState.applied.value,
+        requested_by=actor.name[:80], requested_by_staff_id=actor.staff_id,
+        transfer_id=transfer_id, created_at=now, decided_at=now,
+    )
+    session.add(adjustment)
+    await session.flush()
+    await audit.record(
+        session, actor, "adjustment.apply", target_type="line", target_id=line.id,
+        after=adjustment_facts(adjustment),
+        details={"adjustment": str(aid), "balance_action": str(aid), "reason": reason,
+                 "msisdn": line.msisdn, "applied_alone_24h": before, "limit": limit},
+        now=now,
+    )
     return action
 
 
@@ -370,6 +421,10 @@ async def reserve(
     if LineState(holder.line.state) is not LineState.active:
         raise LineNotInService(N_("Only an active line can reserve."), field="bucket.id")
     now = utcnow()
+    end = holder.line.validity_end
+    if end is not None and end <= now:
+        # In grace in all but name until the next sweep (as charging and transfers read it).
+        raise LineNotInService(N_("Only an active line can reserve."), field="bucket.id")
     _check_live(holder, now)
     until = until or now + DEFAULT_RESERVATION
     if until <= now or until - now > MAX_RESERVATION:
@@ -447,6 +502,9 @@ async def settle_reservation(
     if current == wanted.value and action.status == wanted.value:
         if complete and amount is not None and amount != await used_amount(session, action):
             raise ReservationNotOpen(field="amount")
+        return action
+    if not complete and current == ActionStatus.cancelled.value:
+        # Timed out (released by the sweep, or about to be): cancelled already, as asked.
         return action
     if current != ActionStatus.created.value:
         raise ReservationNotOpen(field="status")
