@@ -227,3 +227,18 @@ async def test_events_whose_processing_failed_are_applied_by_reconciliation(
         event = (await s.execute(select(ProviderEvent).where(
             ProviderEvent.event_id == "evt_crashed"))).scalar_one()
     assert event.processed_at is not None and event.outcome == "fulfilled"
+
+
+async def test_a_currency_named_in_lower_case_is_the_same_currency(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A provider's "usd" is USD: the order is credited, not flagged as paid in another currency,
+    and what was paid is recorded in upper case (reports group by it)."""
+    payer = await new_payer(db, settings)
+    order = await place(client, payer)
+    row = await order_row(db, order["id"])
+    obj = await sandbox_object(db, row.reference, currency=row.currency.lower())
+    r = await _post(client, *signed_event(settings, "payment.succeeded", obj))
+    assert r.status_code == 200, r.text
+    credited = await order_row(db, order["id"])
+    assert (credited.state, credited.paid_currency) == ("fulfilled", row.currency)

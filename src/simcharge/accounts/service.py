@@ -18,6 +18,7 @@ from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.errors import Conflict, NotFound, Refused, ValidationFailed
 from simcharge.kit.i18n import LANGUAGES
+from simcharge.kit.logging import log_denied
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.repository import LineRepository
@@ -74,6 +75,8 @@ async def own_line(session: AsyncSession, account_id: uuid.UUID, line_id: uuid.U
     """A line of this account; anyone else's line is "not found", never "forbidden"."""
     line = await LineRepository(session).get(line_id)
     if line is None or line.account_id != account_id:
+        if line is not None:
+            log_denied("line", account_id, line_id)
         raise NotFound(N_("No line with id {line_id}."), field="line_id", line_id=str(line_id))
     return line
 

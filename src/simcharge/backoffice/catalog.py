@@ -224,6 +224,8 @@ async def save_entry(
         entry = json.loads(text)
     except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
         raise CatalogInvalid(source, [f"not valid JSON: {exc}"]) from exc
+    except RecursionError:  # nested deeper than Python's stack allows
+        raise CatalogInvalid(source, ["not valid JSON: nested too deeply"]) from None
     if not isinstance(entry, dict):
         raise CatalogInvalid(source, ["an entry is a JSON object"])
     read_at = entry.pop("version", None)

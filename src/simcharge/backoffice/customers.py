@@ -6,13 +6,15 @@ security events, notices and messages sent, tickets, adjustments."""
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+import phonenumbers
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
@@ -21,6 +23,7 @@ from simcharge.auth.models import AuthSession, SecurityEvent
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import OrderPanel, order_panel
 from simcharge.charging.models import TariffVersion, UsageRecord
+from simcharge.db import dialect_name
 from simcharge.errors import NotFound, ValidationFailed
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerTransfer
@@ -49,10 +52,44 @@ def _like(value: str) -> str:
     return f"%{escaped}%"
 
 
+def _numbers(q: str) -> list[str]:
+    """What a phone number, MSISDN or ICCID typed as `q` is searched as: its digits (any
+    script's, as ASCII), `00` read as `+`, an international number also in E.164, and one in
+    national form also without its trunk `0` (`07911 123456`: the stored `+447911123456`
+    holds `7911123456`). Empty: `q` is no number."""
+    text = "".join(
+        str(unicodedata.decimal(c)) if c.isdecimal() else c for c in re.sub(r"[\s()./-]", "", q)
+    )
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not re.fullmatch(r"\+?[0-9]{4,22}", text):
+        return []
+    found = [text]
+    if text.startswith("+"):
+        try:
+            parsed = phonenumbers.parse(text)
+        except phonenumbers.NumberParseException:
+            parsed = None
+        if parsed is not None and phonenumbers.is_possible_number(parsed):
+            found.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    elif re.fullmatch(r"0[1-9][0-9]{3,}", text):
+        found.append(text[1:])
+    return list(dict.fromkeys(found))
+
+
+def _lower(s: AsyncSession, column: Any) -> ColumnElement[Any]:
+    """A column lowered as Python's `str.lower` lowers the query: SQLite's own `lower()` folds
+    ASCII only, so its connections carry `unicode_lower` (`db.py`)."""
+    if dialect_name(s) == "sqlite":
+        return func.unicode_lower(column)
+    return func.lower(column)
+
+
 async def search_customers(s: AsyncSession, query: str) -> Sequence[Account]:
     """Accounts matching `query` as a name, username, e-mail, phone, MSISDN, ICCID, order id or
     reference, receipt number, ticket number, or a provider's payment or refund reference."""
-    q = query.replace("\x00", "").strip()
+    # NFKC: full-width letters and digits (a CJK input method's) as their plain forms.
+    q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
     if len(q) < 2:
         return []
     ids: set[uuid.UUID] = set()
@@ -60,27 +97,30 @@ async def search_customers(s: AsyncSession, query: str) -> Sequence[Account]:
     async def collect(stmt: Select[Any]) -> None:
         ids.update(i for i in (await s.execute(stmt.limit(MAX_RESULTS))).scalars() if i)
 
-    lowered = q.casefold()
-    pattern = _like(lowered)
+    # Both sides lowered alike (not `casefold`, which no database has: "Weiß" → "weiss").
+    pattern = _like(q.lower())
     await collect(
         select(Account.id).where(
             or_(
-                func.lower(Account.username).like(pattern, escape="\\"),
-                func.lower(Account.display_name).like(pattern, escape="\\"),
-                func.lower(Account.email).like(pattern, escape="\\"),
+                _lower(s, Account.username).like(pattern, escape="\\"),
+                _lower(s, Account.display_name).like(pattern, escape="\\"),
+                _lower(s, Account.email).like(pattern, escape="\\"),
             )
         )
     )
-    digits = re.sub(r"[\s().-]", "", q)
-    if re.fullmatch(r"\+?\d{4,22}", digits):
-        number = _like(digits)
-        await collect(select(Account.id).where(Account.phone.like(number, escape="\\")))
+    numbers = _numbers(q)
+    if numbers:
+
+        def matching(column: Any) -> ColumnElement[bool]:
+            return or_(*(column.like(_like(n), escape="\\") for n in numbers))
+
+        await collect(select(Account.id).where(matching(Account.phone)))
         await collect(
             select(Line.account_id).where(
-                or_(Line.msisdn.like(number, escape="\\"), Line.iccid == digits.lstrip("+"))
+                or_(matching(Line.msisdn), Line.iccid == numbers[0].lstrip("+"))
             )
         )
-        await collect(select(Order.account_id).where(Order.msisdn.like(number, escape="\\")))
+        await collect(select(Order.account_id).where(matching(Order.msisdn)))
     try:
         as_id = uuid.UUID(q)
     except ValueError:

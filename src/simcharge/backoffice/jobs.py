@@ -3,7 +3,11 @@ job retried or discarded by hand, each audited.
 
 A discarded job is not deleted: it is closed as `done` without running, its last error saying
 who discarded it and why, so its `dedupe_key` keeps refusing a duplicate until the worker
-prunes finished jobs (a week)."""
+prunes finished jobs (a week). A discarded refund job (`payments.refund`) whose refund is still
+pending settles it as a refusal by the provider would: in the same transaction its pending
+transfers are voided (the customer keeps the money's units and credit), the refund is `failed`
+and the order flagged `refund_failed` for finance, the note saying who discarded it and that
+the provider's side is unknown."""
 
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ from simcharge.backoffice.audit import Actor
 from simcharge.db import older_than
 from simcharge.errors import Conflict, NotFound, ValidationFailed
 from simcharge.kit.translations import N_
+from simcharge.orders.models import Refund
+from simcharge.orders.models import RefundState as OurRefundState
+from simcharge.orders.refunds import REFUND_JOB, complete_refund
+from simcharge.payments.providers import RefundResult, RefundState
 from simcharge.worker import service
 from simcharge.worker.models import JobStatus, OutboxJob
 
@@ -159,6 +167,7 @@ async def discard_job(
     if not getattr(claimed, "rowcount", 0):
         raise JobNotDead(field="job_id")
     await s.refresh(job)
+    settled = await _give_up_refund(s, actor, job, text, now)
     await audit.record(
         s,
         actor,
@@ -167,7 +176,44 @@ async def discard_job(
         target_id=job.id,
         before=before,
         after=job_facts(job),
-        details={"note": text},
+        details={"note": text} | ({"refund": settled} if settled else {}),
         now=now,
     )
     return job
+
+
+async def _give_up_refund(
+    s: AsyncSession, actor: Actor, job: OutboxJob, note: str, now: datetime
+) -> str | None:
+    """A refund whose job is discarded while it is pending: settled the way the provider refusing
+    it settles it (`orders.refunds.complete_refund`), so nothing stays held for ever unseen.
+    Returns the refund's reference (None: not a refund job, or its refund is settled)."""
+    if job.kind != REFUND_JOB:
+        return None
+    try:
+        refund_id = uuid.UUID(str(job.payload.get("refund_id")))
+    except ValueError:
+        return None
+    refund = await s.get(Refund, refund_id)
+    if refund is None or refund.state != OurRefundState.pending.value:
+        return None
+    if refund.provider_refund_id is not None or "follow_up" in job.payload:
+        unknown = "the provider had accepted it: check whether the money went back"
+    else:
+        unknown = "whether the provider received it is not known: check with the provider"
+    outcome = await complete_refund(
+        s,
+        refund.order_id,
+        RefundResult(
+            refund_id=refund.reference,
+            provider_refund_id=refund.provider_refund_id,
+            state=RefundState.failed,
+            amount=refund.amount,
+            currency=refund.currency,
+            raw={"discarded_by": actor.name, "note": note},
+        ),
+        now,
+        note=f"refund {refund.reference} voided, its job discarded by {actor.name} ({note}): "
+        f"{unknown}",
+    )
+    return refund.reference if outcome == "refund_failed" else None

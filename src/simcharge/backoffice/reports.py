@@ -91,10 +91,14 @@ class TopupRow:
     money taken, not a top-up, held for the payer until finance refunds it or puts it on the
     line's balance."""
     uncredited_amount: int
+    """The money taken for orders never credited that did not go on a line's balance: held, or
+    refunded (the refunds are in `refunded`) — for an order put on the balance, the part of it
+    refunded (or held) before the rest went on the balance."""
     applied: int
     """Orders paid, never credited, whose money finance put on the line's balance
     (`orders.refunds.apply_to_wallet`): the customer's credit now, no longer held."""
     applied_amount: int
+    """What went on the balance for them: the ledger's `applied` transfers."""
     refunded: int
     """Refunds the provider confirmed, for that day's orders, in this currency."""
     net: int
@@ -133,8 +137,11 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
     for was never credited and shows under `uncredited` in the currency it was paid in.
 
     Money is what the ledger holds of it: a payment the provider confirmed without naming its
-    amount counts as an order taken and not credited, with no money (nothing was posted,
-    `orders.refunds.received_unapplied`; finance sees the order flagged)."""
+    amount or its currency counts as an order taken and not credited, with no money (nothing
+    was posted, `orders.refunds.received_unapplied`; finance sees the order flagged). An order
+    put on a balance adds what its `applied` transfer moved to `applied_amount` and the rest of
+    what was taken (refunded or held before) to `uncredited_amount`: the two add up to what
+    `unapplied` received."""
     acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
     day = _utc_day(s, Order.paid_at).label("day")
     taken_in = func.coalesce(Order.paid_currency, Order.currency).label("taken_in")
@@ -159,16 +166,23 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
     # Taken and never credited: the exceptions, each looked up (put on a wallet or still held).
     uncredited = (
         await s.execute(
-            select(Order.id, day, Order.method_code, taken_in, Order.paid_amount).where(
-                *in_period, Order.fulfilled_at.is_(None)
-            )
+            select(
+                Order.id, day, Order.method_code, taken_in, Order.paid_amount, Order.paid_currency
+            ).where(*in_period, Order.fulfilled_at.is_(None))
         )
     ).all()
     applied = await applied_orders(s, [r.id for r in uncredited])
-    for order_id, d, method, paid_in, paid in uncredited:
-        kind = "applied" if order_id in applied else "uncredited"
-        acc[(d, method, paid_in)][kind] += 1
-        acc[(d, method, paid_in)][f"{kind}_amount"] += paid or 0
+    for order_id, d, method, paid_in, paid, paid_currency in uncredited:
+        row = acc[(d, method, paid_in)]
+        # As `received_unapplied`: without an amount and a currency nothing reached the ledger.
+        taken = paid if paid and paid > 0 and paid_currency else 0
+        if order_id in applied:
+            row["applied"] += 1
+            row["applied_amount"] += applied[order_id]
+            row["uncredited_amount"] += max(0, taken - applied[order_id])
+        else:
+            row["uncredited"] += 1
+            row["uncredited_amount"] += taken
     refunds = await s.execute(
         select(day, Order.method_code, Refund.currency, func.sum(Refund.amount))
         .join(Order, Order.id == Refund.order_id)

@@ -266,15 +266,24 @@ _SIZE_UNITS: dict[str, dict[str | None, int]] = {
     "voice": {None: 1, "s": 1},
     "data": {"B": 1, "KB": KIB, "MB": MIB},
 }
+MAX_INCREMENT = {"voice": 3600, "data": 1024 * MIB}
+"""The largest rounding increment: an hour of a call, a GiB of data (larger ones are no tariff,
+and would overflow the 64-bit increment columns)."""
 
 
 def _increment(service: str, text: str) -> int:
     match = _SIZE.match(text)
     units = _SIZE_UNITS[service]
-    if match is None or match.group(2) not in units or int(match.group(1)) <= 0:
+    if match is None or match.group(2) not in units:
         shapes = "60 or 60s" if service == "voice" else "1KB, 100KB or 1MB"
         raise ValueError(f"{text!r} is not an increment (e.g. {shapes})")
-    return int(match.group(1)) * units[match.group(2)]
+    digits, most = match.group(1).lstrip("0"), MAX_INCREMENT[service]
+    # Compared as text first: thousands of digits are no number `int` takes.
+    amount = int(digits) * units[match.group(2)] if len(digits) <= 19 else most + 1
+    if not 0 < amount <= most:
+        limit = "3600s" if service == "voice" else "1024MB"
+        raise ValueError(f"{text!r}: an increment is above zero and at most {limit}")
+    return amount
 
 
 class TariffFile(_Strict):

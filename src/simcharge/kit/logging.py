@@ -79,3 +79,11 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
         library.disabled = False
     # Libraries say too much at INFO (httpx logs every request's URL): warnings and up only.
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+
+
+def log_denied(resource: str, account_id: object, resource_id: object) -> None:
+    """A customer asked for another customer's `resource` (ASVS 7.2.2: failed access-control
+    decisions are logged). The answer stays "not found"; the line says who reached for what."""
+    structlog.get_logger("simcharge.audit").warning(
+        "access.denied", resource=resource, account_id=str(account_id), resource_id=str(resource_id)
+    )

@@ -20,6 +20,7 @@ import importlib.util
 import os
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -164,10 +165,17 @@ def needs_cjk_font(texts: Iterable[str]) -> bool:
     return not _drawn(texts) <= covers(font_path())
 
 
+_RIGHT_TO_LEFT = frozenset({"R", "AL"})
+
+
 def drawable(text: str) -> bool:
     """Whether the receipt's fonts have a glyph for every character of `text` (DejaVu Sans, then
     Noto Sans CJK): a name in Thai, Devanagari or Baybayin would print blank."""
     drawn = _drawn([text])
+    if any(unicodedata.bidirectional(chr(point)) in _RIGHT_TO_LEFT for point in drawn):
+        # The glyphs exist, but the receipt is drawn left to right without the bidi algorithm:
+        # Hebrew would read backwards and Arabic unjoined.
+        return False
     missing = drawn - covers(font_path())
     return not missing or missing <= covers(cjk_font_path())
 

@@ -28,11 +28,13 @@ from simcharge.db import Database, table_of, upsert_insert
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import BABEL_LOCALES, pick_text
 from simcharge.kit.money import format_money
-from simcharge.kit.translations import N_, translate
+from simcharge.kit.translations import N_, translate, translate_plural
 from simcharge.notifications.templates import environment
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import Order, OrderState, ReceiptDocument
 from simcharge.orders.receipt_fonts import drawable, fonts_for, needs_cjk_font
+from simcharge.orders.refunds import applied_to_wallet
+from simcharge.orders.service import applied_at
 
 __all__ = ["ReceiptFacts", "needs_cjk_font", "receipt_for", "render_pdf"]
 
@@ -66,7 +68,9 @@ def _units(language: str, grant: dict[str, object]) -> str:
     text = str(units(grant["amount"], grant["unit"]))
     days = grant.get("validity_days")
     if days:
-        text += " · " + translate(language, N_("valid {days} days")).format(days=days)
+        text += " · " + translate_plural(
+            language, "valid {days} day", "valid {days} days", int(str(days))
+        ).format(days=days)
     return text
 
 
@@ -86,14 +90,20 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
         )
     if snapshot.get("validity_days"):
         grants.append(
-            translate(language, N_("line valid {days} more days")).format(
-                days=snapshot["validity_days"]
-            )
+            translate_plural(
+                language,
+                "line valid {days} more day",
+                "line valid {days} more days",
+                int(snapshot["validity_days"]),
+            ).format(days=snapshot["validity_days"])
         )
     status = {
         OrderState.refunded: N_("Refunded"),
         OrderState.partially_refunded: N_("Partly refunded"),
     }.get(OrderState(order.state), N_("Paid"))
+    applied = await applied_at(session, order)
+    if applied is not None:
+        return await _applied_facts(session, order, language, operator, applied)
     return ReceiptFacts(
         language=language,
         operator=operator,
@@ -115,9 +125,47 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
     )
 
 
+async def _applied_facts(
+    session: AsyncSession, order: Order, language: str, operator: str, applied: datetime
+) -> ReceiptFacts:
+    """The receipt of a payment finance put on the line's balance, the package not credited:
+    what was paid, all of it now the payer's credit (no fee kept)."""
+    account = await session.get(Account, order.account_id)
+    method = (
+        await session.execute(select(PaymentMethod).where(PaymentMethod.code == order.method_code))
+    ).scalar_one_or_none()
+    locale = BABEL_LOCALES.get(language, "en")
+    currency = order.paid_currency or order.currency
+    amount = await applied_to_wallet(session, order)
+    paid = format_money(int(order.paid_amount or amount), currency, locale)
+    return ReceiptFacts(
+        language=language,
+        operator=operator,
+        number=order.receipt_number or "—",
+        issued_at=applied,
+        order_reference=order.reference,
+        payer=_payer(account),
+        msisdn=order.msisdn,
+        plan=pick_text(order.plan_snapshot.get("names", {}), language) or order.plan_code,
+        grants=[
+            translate(language, N_("{amount} put on the line's balance")).format(
+                amount=format_money(amount, currency, locale)
+            )
+        ],
+        method=pick_text(method.names, language) if method else order.method_code,
+        price=paid,
+        fee=format_money(0, currency, locale),
+        total=paid,
+        refunded=format_money(order.refunded_amount, currency, locale)
+        if order.refunded_amount
+        else None,
+        status=translate(language, N_("Put on the balance")),
+    )
+
+
 def _payer(account: Account | None) -> str:
     """The customer's name as the receipt prints it: their display name, or their username when
-    the fonts cannot draw the name (it would print blank)."""
+    the fonts cannot draw the name (blank), or draw it only backwards (Hebrew, Arabic)."""
     if account is None:
         return "—"
     name = account.display_name or account.username
@@ -161,10 +209,11 @@ def render_pdf(f: ReceiptFacts) -> bytes:
         pdf.set_fallback_fonts([CJK_FONT])
     pdf.set_font(FONT, size=20)
     pdf.set_text_color(11, 110, 79)
-    pdf.cell(0, 12, f.operator, new_x="LMARGIN", new_y="NEXT")
+    # Wrapped, as every value is: an operator's full legal name can be wider than the page.
+    pdf.multi_cell(0, 12, f.operator, new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(27, 39, 51)
     pdf.set_font(FONT, size=15)
-    pdf.cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     pdf.set_font(FONT, size=11)
     for i, (label, value) in enumerate(rows):

@@ -49,6 +49,7 @@ from simcharge.notifications.service import notify
 from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
 from simcharge.orders.service import (
     OrderNotFound,
+    applied_transfer_id,
     flag_order,
     forget_receipts,
     issue_receipt_number,
@@ -98,8 +99,13 @@ def paid_of(order: Order) -> int:
 
 
 def amount_unknown(order: Order) -> bool:
-    """Taken and not credited, the provider naming no amount: nothing was posted for it."""
-    return order.paid_at is not None and order.fulfilled_at is None and order.paid_amount is None
+    """Taken and not credited, the provider naming no amount or no currency: nothing was posted
+    for it (`received_unapplied`)."""
+    return (
+        order.paid_at is not None
+        and order.fulfilled_at is None
+        and (order.paid_amount is None or not order.paid_currency)
+    )
 
 
 async def refundable(session: AsyncSession, order: Order) -> int:
@@ -121,7 +127,7 @@ def _applied_id(order: Order) -> uuid.UUID:
 
 
 def _applied_transfer(order_id: uuid.UUID) -> uuid.UUID:
-    return derived_id(f"order:{order_id}", "applied")
+    return applied_transfer_id(order_id)
 
 
 async def applied_to_wallet(session: AsyncSession, order: Order) -> int:
@@ -130,17 +136,21 @@ async def applied_to_wallet(session: AsyncSession, order: Order) -> int:
     return transfer.amount if transfer is not None else 0
 
 
-async def applied_orders(session: AsyncSession, order_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """Which of these orders finance put on the line's wallet (reports), in one query per
-    thousand orders."""
+async def applied_orders(
+    session: AsyncSession, order_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """Which of these orders finance put on the line's wallet, and how much went on it (reports),
+    in one query per thousand orders."""
     by_transfer = {_applied_transfer(order_id): order_id for order_id in order_ids}
-    found: set[uuid.UUID] = set()
+    found: dict[uuid.UUID, int] = {}
     ids = list(by_transfer)
     for start in range(0, len(ids), 1000):
         rows = await session.execute(
-            select(LedgerTransfer.id).where(LedgerTransfer.id.in_(ids[start : start + 1000]))
+            select(LedgerTransfer.id, LedgerTransfer.amount).where(
+                LedgerTransfer.id.in_(ids[start : start + 1000])
+            )
         )
-        found.update(by_transfer[transfer_id] for transfer_id in rows.scalars())
+        found.update((by_transfer[transfer_id], int(amount or 0)) for transfer_id, amount in rows)
     return found
 
 
@@ -432,10 +442,16 @@ async def _clawback(
 
 
 async def complete_refund(
-    session: AsyncSession, order_id: uuid.UUID, result: RefundResult, now: datetime
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    result: RefundResult,
+    now: datetime,
+    *,
+    note: str | None = None,
 ) -> str:
     """Apply the provider's answer about one of our refunds (once); returns what happened —
-    `unknown_refund` for a refund that is not ours."""
+    `unknown_refund` for a refund that is not ours. `note`: finance's note on a refused refund
+    when it was not the provider that refused (a job given up on in the back office)."""
     refund = (
         await session.execute(
             select(Refund)
@@ -475,7 +491,7 @@ async def complete_refund(
     refund.provider_refund_id = result.provider_refund_id
     if not succeeded:
         refund.state, refund.error = RefundState.failed.value, f"{result.raw or 'refused'}"[:500]
-        flag_order(order, Attention.refund_failed, f"refund {refund.reference} refused")
+        flag_order(order, Attention.refund_failed, note or f"refund {refund.reference} refused")
         return "refund_failed"
     refund.state = RefundState.succeeded.value
     order.refunded_amount += refund.amount

@@ -35,9 +35,11 @@ from simcharge.errors import (
 )
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import pick_text
-from simcharge.kit.ids import uuid7
+from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.logging import log_denied
 from simcharge.kit.schemas import Money
 from simcharge.kit.translations import N_
+from simcharge.ledger.models import LedgerTransfer
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import find_line_by_msisdn
 from simcharge.orders.models import (
@@ -489,6 +491,8 @@ async def own_order(
     """An order of this payer; anyone else's is "not found"."""
     order = await session.get(Order, order_id, with_for_update=lock)
     if order is None or order.account_id != account_id:
+        if order is not None:
+            log_denied("order", account_id, order_id)
         raise OrderNotFound(field="order_id")
     return order
 
@@ -604,17 +608,21 @@ def flag_order(order: Order, why: Attention, note: str) -> None:
 async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> str | None:
     """Number the receipt of a credited order: `R2026-000001`, `R2026-000002` … gapless per
     year of payment, in the order receipts are issued. Once per order (the order is locked and
-    keeps its number); None for an order that was not credited.
+    keeps its number); None for an order that was not credited — neither its package nor, by
+    finance, its payment on the line's balance (`applied_at`).
 
     Numbering at issue rather than in the crediting transaction keeps the one counter row every
     receipt needs out of the webhook's path; the worker issues the receipt right after the
     credit, and asking for the receipt issues it too."""
     order = await session.get(Order, order_id, with_for_update=True)
-    if order is None or order.fulfilled_at is None:
+    if order is None:
         return None
     if order.receipt_number is not None:
         return order.receipt_number
-    year = order.fulfilled_at.year
+    issued = order.fulfilled_at or await applied_at(session, order)
+    if issued is None:
+        return None
+    year = issued.year
     counters = table_of(ReceiptCounter)
     value = (
         await session.execute(
@@ -627,6 +635,20 @@ async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> st
     order.receipt_number = f"R{year}-{int(value):06d}"
     await session.flush()
     return order.receipt_number
+
+
+def applied_transfer_id(order_id: uuid.UUID) -> uuid.UUID:
+    """The one transfer that puts an uncredited payment on the line's wallet (`refunds`)."""
+    return derived_id(f"order:{order_id}", "applied")
+
+
+async def applied_at(session: AsyncSession, order: Order) -> datetime | None:
+    """When finance put this uncredited payment on the line's balance (None: never): its
+    receipt is then issued, for the money that became the payer's credit."""
+    if order.fulfilled_at is not None or order.state != OrderState.paid.value:
+        return None
+    transfer = await session.get(LedgerTransfer, applied_transfer_id(order.id))
+    return transfer.created_at if transfer is not None else None
 
 
 async def forget_receipts(session: AsyncSession, order_id: uuid.UUID) -> None:

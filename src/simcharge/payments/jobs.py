@@ -17,7 +17,7 @@ from simcharge.notifications.transports import Attachment
 from simcharge.orders.fulfilment import RECEIPT_JOB, issue_receipt_number
 from simcharge.orders.models import Attention, Order, Refund, RefundState
 from simcharge.orders.receipts import filename, receipt_for
-from simcharge.orders.refunds import REFUND_JOB, complete_refund
+from simcharge.orders.refunds import REFUND_JOB, applied_to_wallet, complete_refund
 from simcharge.orders.service import flag_order, payment_of
 from simcharge.payments.providers import (
     ProviderError,
@@ -196,18 +196,24 @@ async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
     assert pdf is not None
     if not (account.email and account.email_verified_at):
         return
-    params = {
+    params: dict[str, Any] = {
         "msisdn": order.msisdn,
         "plan": order.plan_snapshot.get("names", {}),
         "total": order.total,
         "currency": order.currency,
         "receipt": order.receipt_number,
     }
+    template = "order.receipt"
+    if order.fulfilled_at is None:  # the payment put on the line's balance by finance
+        async with ctx.db.read() as s:
+            applied = await applied_to_wallet(s, order)
+        template = "order.applied"
+        params.update(amount=applied, currency=order.paid_currency or order.currency)
     await send_message(
         ctx,
         "email",
         account.id,
-        "order.receipt",
+        template,
         account.email,
         language,
         params,

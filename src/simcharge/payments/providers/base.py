@@ -125,6 +125,12 @@ class PaymentStatus:
     refunded_amount: int | None = None
     """Minor units refunded so far, where the provider reports it."""
 
+    def __post_init__(self) -> None:
+        # ISO 4217 codes are upper case everywhere in simcharge; a provider (or a hand-signed
+        # sandbox event) saying "usd" is the same currency, not another one.
+        if self.currency is not None and self.currency != self.currency.upper():
+            object.__setattr__(self, "currency", self.currency.upper())
+
 
 @dataclass(frozen=True, slots=True)
 class RefundRequest:
