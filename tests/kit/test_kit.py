@@ -92,6 +92,21 @@ def test_language_normalisation() -> None:
     assert normalize_language("xx") is None
 
 
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("zh", "zh-Hans"), ("zh-CN", "zh-Hans"), ("zh-Hans-SG", "zh-Hans"), ("cmn", "zh-Hans"),
+        ("zh-TW", "zh-Hant"), ("zh-Hant-HK", "zh-Hant"), ("zh-HK", "zh-Hant"),
+        # The subtag saying Traditional may come later, and Cantonese is written in it: these
+        # fell back to English (`yue…`, `cmn-TW`) or to Simplified (`zh-yue`, `zh-cmn-Hant`).
+        ("zh-cmn-Hant", "zh-Hant"), ("zh-yue", "zh-Hant"), ("yue", "zh-Hant"),
+        ("yue-HK", "zh-Hant"), ("cmn-TW", "zh-Hant"), ("cmn-Hant-TW", "zh-Hant"),
+    ],
+)
+def test_every_way_of_naming_chinese_picks_its_script(tag: str, expected: str) -> None:
+    assert normalize_language(tag) == expected
+
+
 def test_an_explicit_choice_then_the_browser_then_the_operators_default() -> None:
     assert pick_language(None, "zh-TW", accept_language="es", default="fil") == "zh-Hant"
     assert pick_language("xx", None, accept_language="es-MX", default="fil") == "es"

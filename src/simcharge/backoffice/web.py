@@ -3,12 +3,12 @@ Content-Security-Policy (no inline script or style), no caching of what staff se
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from babel.dates import format_datetime
+from babel.numbers import format_decimal
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -18,8 +18,9 @@ from simcharge.backoffice.staff import csrf_token
 from simcharge.catalog.schemas import PER_UNITS
 from simcharge.config import Settings
 from simcharge.kit.i18n import BABEL_LOCALES, pick_language, pick_text
+from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money, is_currency
-from simcharge.kit.translations import translations
+from simcharge.kit.translations import N_, translate, translations
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -31,16 +32,31 @@ CSP = (
 HEADERS = {"content-security-policy": CSP, "cache-control": "no-store"}
 
 
-def _units(amount: Any, unit: str) -> str:
+def units_for_staff(language: str, amount: Any, unit: str) -> str:
+    """Exact enough to adjust by, in the staff member's language: "-2 min 30 s", "1,5 MB",
+    "1.50 GB", "100 分钟" (the customer's pages round to whole minutes and MB)."""
     value = int(amount)
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    loc = BABEL_LOCALES.get(language, "en")
     if unit == "VOICE_S":
-        return f"{value // 60} min {value % 60} s" if value % 60 else f"{value // 60} min"
-    if unit == "DATA_B":
+        minutes = format_decimal(value // 60, locale=loc)
+        if value % 60:
+            text = translate(language, N_("{minutes} min {seconds} s")).format(
+                minutes=minutes, seconds=value % 60
+            )
+        else:
+            text = translate(language, N_("{n} min")).format(n=minutes)
+    elif unit == "DATA_B":
         mb = value / 1048576
-        return f"{mb / 1024:.2f} GB" if abs(mb) >= 1024 else f"{mb:.1f} MB"
-    if unit == "SMS":
-        return f"{value} SMS"
-    return str(value)
+        big = mb >= 1024
+        shown, pattern = (mb / 1024, "#,##0.00") if big else (mb, "#,##0.0")
+        number = format_decimal(shown, pattern, locale=loc)
+        text = translate(language, N_("{n} GB") if big else N_("{n} MB")).format(n=number)
+    elif unit == "SMS":
+        text = translate(language, N_("{n} SMS")).format(n=format_decimal(value, locale=loc))
+    else:
+        text = format_decimal(value, locale=loc)
+    return sign + text
 
 
 @lru_cache(maxsize=8)
@@ -64,12 +80,12 @@ def environment(language: str) -> Environment:
     def when(value: datetime | None) -> str:
         if value is None:
             return "—"
-        return str(format_datetime(value, "short", locale=locale, tzinfo=UTC))
+        return moment_text(language, value)  # with its zone: staff are anywhere
 
     def signed_units(amount: Any, unit: str) -> str:
         if is_currency(unit):
             return format_money(int(amount), unit, locale)
-        return _units(amount, unit)
+        return units_for_staff(language, amount, unit)
 
     def per(per_units: Any, service: str) -> str:
         """A tariff's `per_units` as the catalog file names it (`minute`, `MB`…)."""

@@ -35,6 +35,10 @@ _ALIASES: dict[str, str] = {
 }
 
 
+_CHINESE = frozenset({"zh", "cmn", "yue"})
+_TRADITIONAL = frozenset({"hant", "tw", "hk", "mo", "yue"})
+
+
 def normalize_language(tag: str | None) -> str | None:
     """A supported language for a BCP 47 tag (`zh-TW` → `zh-Hant`, `es-MX` → `es`), or None."""
     if not tag:
@@ -43,8 +47,12 @@ def normalize_language(tag: str | None) -> str | None:
     if lowered in _ALIASES:
         return _ALIASES[lowered]
     parts = lowered.split("-")
-    if len(parts) >= 2 and parts[0] == "zh":
-        return _ALIASES.get(f"zh-{parts[1]}", "zh-Hans")
+    if parts[0] in _CHINESE:
+        # Any subtag saying Traditional (script or region; Cantonese is written in it) wins:
+        # `zh-Hant-HK`, `zh-cmn-Hant`, `zh-yue`, `yue-HK`, `cmn-TW`; else Simplified.
+        if parts[0] == "yue" or _TRADITIONAL.intersection(parts[1:]):
+            return "zh-Hant"
+        return "zh-Hans"
     return _ALIASES.get(parts[0])
 
 

@@ -6,11 +6,13 @@ fraction raises instead of rounding.
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from functools import lru_cache
 
 from babel.core import Locale
-from babel.numbers import format_currency
+from babel.numbers import NumberPattern
 
 from simcharge.kit.iso4217 import MINOR_UNITS
 
@@ -71,7 +73,22 @@ def from_minor(minor: int, currency: str) -> Decimal:
 
 
 def format_money(minor: int, currency: str, locale: str | Locale = "en") -> str:
-    return str(format_currency(from_minor(minor, currency), currency, locale=locale))
+    """The amount in the locale's currency format, with the currency's ISO 4217 decimals: the
+    amount charged, never CLDR's rounding for cash (COP 12,345.67, not 12,346; IQD 12.345)."""
+    exponent = minor_exponent(currency)
+    place = Locale.parse(locale) if isinstance(locale, str) else locale
+    return str(
+        _currency_pattern(place, exponent).apply(
+            from_minor(minor, currency), place, currency=currency, currency_digits=False
+        )
+    )
+
+
+@lru_cache(maxsize=256)
+def _currency_pattern(locale: Locale, decimals: int) -> NumberPattern:
+    pattern: NumberPattern = copy.copy(locale.currency_formats["standard"])
+    pattern.frac_prec = (decimals, decimals)
+    return pattern
 
 
 def percent_of(minor: int, basis_points: int) -> int:

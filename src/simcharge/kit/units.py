@@ -33,6 +33,16 @@ def shown_number(amount: int, unit: str) -> int | float | None:
     return None
 
 
+def shown_count(amount: int, unit: str) -> int:
+    """The number `units_text` writes for `amount` (minutes, MB or GB, SMS), as a count for
+    gettext's plural rules. A fraction (1.5 GB) and money (written with its decimals, "1.00")
+    count as 2: CLDR's "other" in every language we speak."""
+    shown = shown_number(amount, unit)
+    if shown is None:
+        return 2
+    return int(shown) if shown == int(shown) else 2
+
+
 @lru_cache(maxsize=8192)
 def units_text(language: str, amount: int, unit: str) -> str:
     """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""

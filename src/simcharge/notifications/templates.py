@@ -21,7 +21,7 @@ from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_
 from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
-from simcharge.kit.units import shown_number, units_text
+from simcharge.kit.units import shown_count, units_text
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -39,16 +39,6 @@ def _parse_when(value: Any) -> datetime | date:
         return value
     text = str(value)
     return datetime.fromisoformat(text) if "T" in text else date.fromisoformat(text)
-
-
-def shown_count(amount: int, unit: str) -> int:
-    """The number `kit.units.units_text` writes for `amount` (minutes, MB or GB, SMS), as a
-    count for gettext's plural rules. A fraction (1.5 GB) and money (written with its decimals,
-    "1.00") count as 2: CLDR's "other" in every language we speak."""
-    shown = shown_number(amount, unit)
-    if shown is None:
-        return 2
-    return int(shown) if shown == int(shown) else 2
 
 
 @lru_cache(maxsize=16)

@@ -12,11 +12,12 @@ from decimal import Decimal
 from functools import lru_cache
 from gettext import NullTranslations
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from babel import Locale
 from babel.dates import format_date, format_timedelta
+from babel.lists import format_list
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -29,12 +30,14 @@ from starlette.routing import BaseRoute, Match
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.api.deps import DB
-from simcharge.auth.deps import Customer, find_session, session_cookie
+from simcharge.auth.deps import Customer, client_info, find_session, session_cookie
+from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
 from simcharge.auth.sessions import ReadsWithSession, csrf_token, session_for_token
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import Forbidden, SimchargeError, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
@@ -42,7 +45,7 @@ from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, pick_language
 from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
-from simcharge.kit.units import locale_of, units_text
+from simcharge.kit.units import locale_of, shown_count, units_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -71,7 +74,7 @@ LINE_STATES: dict[str, str] = {
     "active": N_("Active"),
     "grace": N_("Validity ended"),
     "frozen": N_("Frozen"),
-    "terminated": N_("Closed"),
+    "terminated": N_("Closed for good"),
 }
 ORDER_STATES: dict[str, str] = {
     "pending": N_("Waiting for payment"),
@@ -268,6 +271,20 @@ async def form_of(request: Request, page: Visitor) -> dict[str, str]:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not constant_time_equals(page.csrf, fields.get("csrf", "")):
+        if page.customer is not None:  # in the customer's security log, as the API's refusal
+            settings: Settings = request.app.state.settings
+            db: Database = request.app.state.db
+            account_id, client = page.account.id, client_info(request, settings)
+            await db.run(
+                lambda s: record_event(
+                    s,
+                    EventKind.csrf_refused,
+                    account_id=account_id,
+                    client=client,
+                    success=False,
+                    details={"method": request.method, "path": request.url.path},
+                )
+            )
         raise PortalCsrfFailed()
     refuse_nul(fields)
     return fields
@@ -375,7 +392,7 @@ def environment(language: str) -> Environment:
         # The templates ship with the release: no stat of each file on every render.
         auto_reload=False,
         autoescape=select_autoescape(["html"]),
-        extensions=["jinja2.ext.i18n", _FoldedGettext],
+        extensions=["jinja2.ext.i18n", "jinja2.ext.do", _FoldedGettext],
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -426,15 +443,21 @@ def environment(language: str) -> Environment:
     def as_percent(value: float) -> str:
         return str(format_percent(value, locale=loc))
 
+    def listed(items: Any, style: Literal["standard", "or"] = "standard") -> str:
+        """"100 min, 1 GB, and 20 SMS", "100 分鐘、1 GB和20 則簡訊"; `style="or"` for choices."""
+        return str(format_list([str(item) for item in items], style=style, locale=loc))
+
     env.filters.update(
         date=as_date,
         datetime=as_datetime,
         money=as_money,
         number=as_number,
         percent=as_percent,
+        listed=listed,
         days=as_days,
         device=device_label,
         units=units,
+        units_count=lambda amount, unit: shown_count(int(amount), unit),
         # Filters, not functions: Jinja calls a function through `Context.call` (its checks
         # cost more than the call), a filter directly.
         tr=lambda message: translate(language, message),
