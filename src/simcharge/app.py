@@ -42,6 +42,7 @@ from simcharge.payments.registry import Providers
 from simcharge.portal import install as install_portal
 from simcharge.tickets.endpoints import router as tickets_router
 from simcharge.tmf654.endpoints import router as tmf654_router
+from simcharge.tmf654.endpoints import tmf_error
 from simcharge.tmf654.transfers import router as line_transfers_router
 from simcharge.worker.admin import router as jobs_admin_router
 
@@ -175,6 +176,9 @@ def create_app(
     app.state.http = http
     app.state.providers = Providers(settings, http, database)
     install_problem_handlers(app)
+    # Errors answered before a route runs (the middleware's refusals, a 500) in the shape of
+    # the API under the path: TMF654 answers with its `Error` resource.
+    app.state.error_answers = (("/tmf-api/", tmf_error),)
     document_problems(app)
     install_backoffice(app)
     add_routes(app, *ROUTERS)

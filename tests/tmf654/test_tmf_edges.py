@@ -392,3 +392,25 @@ async def test_a_lone_surrogate_is_bad_input_not_a_500(
     async with db.read() as s:
         assert (await s.execute(select(func.count()).select_from(BalanceAction).where(
             BalanceAction.line_id == h.line.id))).scalar_one() == 1
+
+
+async def test_input_refused_before_the_route_is_a_tmf_error(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A NUL (or a lone surrogate) in a TMF654 request is refused by the middleware before any
+    route runs; the answer is still TMF's `Error` with 400 (TMF654 lists no 422), naming the
+    field. Before, it was the JSON API's problem document with 422."""
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    for member in ('"description": "a\\u0000b"', '"description": "a\\ud800b"'):
+        raw = ('{"amount": {"amount": 1, "units": "USD"}, "usageType": "monetary", '
+               f'"bucket": {{"id": "{h.line.wallet_account_id}"}}, '
+               f'"partyAccount": {{"id": "{h.account_id}"}}, {member}}}')
+        r = await client.post(f"{BASE}/topupBalance", headers={
+            **key, "Content-Type": "application/json"}, content=raw.encode())
+        assert r.status_code == 400, r.text
+        assert_valid("Error", r.json())
+        assert (r.json()["status"], r.json()["field"]) == ("400", "description")
+    r = await client.get(f"{BASE}/bucket?description=%00", headers=key)
+    assert r.status_code == 400 and r.json()["@type"] == "Error", r.text
+    assert await totals(db, h.line.wallet_account_id) == (2000, 0)

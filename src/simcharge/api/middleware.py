@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -181,11 +182,7 @@ class RequestContextMiddleware:
                 error = InternalError()
             if response_started:
                 raise
-            body = problem_body(error, self._language(scope), scope.get("path"))
-            body["request_id"] = request_id
-            await JSONResponse(
-                body, status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON
-            )(scope, receive, send_wrapper)
+            await self._answer(scope, receive, send_wrapper, error, request_id)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
@@ -206,11 +203,24 @@ class RequestContextMiddleware:
         self, scope: Scope, receive: Receive, send: Send, field: str, request_id: str
     ) -> None:
         error = ValidationFailed(errors=[FieldError(field, NUL_REFUSED)])
-        body = problem_body(error, self._language(scope), scope.get("path"))
+        await self._answer(scope, receive, send, error, request_id)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, error: SimchargeError, request_id: str
+    ) -> None:
+        """The error as the API under this path answers errors: a problem document, or the shape
+        an API registered for its paths (`app.state.error_answers`: TMF654's `Error`)."""
+        path = str(scope.get("path", ""))
+        state = getattr(scope.get("app"), "state", None)
+        for prefix, answer in getattr(state, "error_answers", ()):
+            if path.startswith(prefix):
+                await answer(Request(scope), error)(scope, receive, send)
+                return
+        body = problem_body(error, self._language(scope), path)
         body["request_id"] = request_id
-        await JSONResponse(body, status_code=error.status, media_type=PROBLEM_JSON)(
-            scope, receive, send
-        )
+        await JSONResponse(
+            body, status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON
+        )(scope, receive, send)
 
 
 def _nul_in_query(scope: Scope) -> str | None:
