@@ -2,13 +2,16 @@
 
 `verify_ledger` recomputes every account's four totals from its transfers and compares them
 with the stored ones, checks that each unit sums to zero, that no bounded account crossed its
-bound and that no reservation outlived its timeout. It reads set-based (one pass over
+bound, that every account a transfer names exists and that every post, void and expiry agrees
+with the reservation it resolves. Reservations past their timeout are counted, not judged: the
+sweep releases them on its next run. It reads set-based (one pass over
 `ledger_transfers` grouped by account), so it can run on a live database from
 `simcharge ledger verify` or the chaos run; on a very large ledger, run it on a replica.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -82,8 +85,16 @@ _RECOMPUTED = text(
        OR (a.credits_posted & 4294967295) <> COALESCE(t.cpo_l, 0)
        OR (a.credits_pending >> 32) <> COALESCE(t.cp_h, 0)
        OR (a.credits_pending & 4294967295) <> COALESCE(t.cp_l, 0)
+    UNION ALL
+    SELECT t.account_id, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    FROM totals t
+    WHERE NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = t.account_id)
     """
 )
+"""Accounts whose stored totals are not their transfers'; then (unit NULL) the accounts that
+transfers name but that do not exist — `ledger_transfers` has no foreign keys (see
+`ledger.models`), so only this pass would see a transfer into nowhere. The same pass over the
+transfers serves both (`totals` is used twice, and so computed once)."""
 _STORED = ("debits_posted", "debits_pending", "credits_posted", "credits_pending")
 _UNIT_SUMS = text(
     """
@@ -95,6 +106,11 @@ _UNIT_SUMS = text(
     FROM ledger_accounts GROUP BY unit
     """
 )
+
+
+def _uuid(value: object) -> uuid.UUID:
+    """An id as read by a text query: a UUID on PostgreSQL, 32 hex digits on SQLite."""
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def _joined(high: int | Decimal | None, low: int | Decimal | None) -> int:
@@ -109,6 +125,69 @@ _CROSSED = text(
        OR (credits_must_not_exceed_debits AND credits_pending > debits_posted - credits_posted)
     """
 )
+# Each resolving row (post, void, expiry) against the reservation it resolves: it must exist and
+# be a pending transfer, stand as the row says (`posted`, `voided`, `expired`), on the same
+# accounts and unit; a post takes at most what was reserved, a void or an expiry all of it.
+# Then each reservation marked resolved that no row resolves. One pass, by the unique index on
+# `pending_id` and the primary key.
+_RESOLUTIONS = text(
+    """
+    SELECT r.id, r.kind, r.pending_id, p.kind, p.pending_status,
+           r.amount, p.amount,
+           CASE WHEN p.id IS NULL THEN 1
+                WHEN r.debit_account_id = p.debit_account_id
+                 AND r.credit_account_id = p.credit_account_id AND r.unit = p.unit THEN 1
+                ELSE 0 END
+    FROM ledger_transfers r LEFT JOIN ledger_transfers p ON p.id = r.pending_id
+    WHERE r.pending_id IS NOT NULL
+      AND (p.id IS NULL OR p.kind <> 'pending'
+           OR COALESCE(p.pending_status, '') <> CASE r.kind WHEN 'post_pending' THEN 'posted'
+                                                            WHEN 'void_pending' THEN 'voided'
+                                                            WHEN 'expire_pending' THEN 'expired'
+                                                            ELSE '' END
+           OR (r.kind = 'post_pending' AND r.amount > p.amount)
+           OR (r.kind <> 'post_pending' AND r.amount <> p.amount)
+           OR r.debit_account_id <> p.debit_account_id
+           OR r.credit_account_id <> p.credit_account_id
+           OR r.unit <> p.unit)
+    UNION ALL
+    SELECT NULL, NULL, p.id, p.kind, p.pending_status, NULL, p.amount, 1
+    FROM ledger_transfers p
+    WHERE p.kind = 'pending' AND p.pending_status <> 'pending'
+      AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.pending_id = p.id)
+    """
+)
+_RESOLVED_AS = {"post_pending": "posted", "void_pending": "voided", "expire_pending": "expired"}
+
+
+def _resolution_fault(
+    kind: str | None,
+    pending_kind: str | None,
+    status: str | None,
+    amount: int | None,
+    reserved: int | None,
+    same_accounts: int,
+) -> str:
+    """Why a resolving row and its reservation disagree (a row of `_RESOLUTIONS`)."""
+    if kind is None:
+        return f"is marked {status} but no transfer resolves it"
+    if pending_kind is None:
+        return "does not exist"
+    if pending_kind != "pending":
+        return f"is a {pending_kind} transfer, not a pending one"
+    faults = []
+    if status != _RESOLVED_AS.get(kind):
+        faults.append(f"stands {status}")
+    if kind == "post_pending" and amount is not None and reserved is not None:
+        if amount > reserved:
+            faults.append(f"reserved {reserved}, less than the {amount} posted")
+    elif amount != reserved:
+        faults.append(f"reserved {reserved}, not the {amount} released")
+    if not same_accounts:
+        faults.append("names other accounts or another unit")
+    return "; ".join(faults)
+
+
 _RESERVATIONS = text(
     """
     SELECT COUNT(*), SUM(CASE WHEN timeout_at IS NOT NULL AND timeout_at <= :now THEN 1 ELSE 0 END)
@@ -128,11 +207,18 @@ class LedgerReport:
     """Per unit: (debits − credits posted, debits − credits pending); both must be 0."""
     mismatched: list[str] = field(default_factory=list)
     """Accounts whose stored totals differ from their transfers."""
+    missing_accounts: list[str] = field(default_factory=list)
+    """Accounts that transfers name but that do not exist."""
+    bad_resolutions: list[str] = field(default_factory=list)
+    """Posts, voids and expiries that disagree with the reservation they resolve, and
+    reservations marked resolved that nothing resolves."""
     crossed: list[str] = field(default_factory=list)
     """Bounded accounts past their bound."""
     open_reservations: int = 0
     overdue_reservations: int = 0
-    """Reservations past their timeout that the sweep has not expired yet."""
+    """Reservations past their timeout that the sweep has not expired yet: a count, not a
+    violation — between two runs of the sweep (`ledger.service.expire_pending_transfers`) there
+    are some on a healthy ledger."""
 
     @property
     def violations(self) -> list[str]:
@@ -142,6 +228,8 @@ class LedgerReport:
             if posted or pending
         ]
         found += [f"account {m}" for m in self.mismatched]
+        found += [f"account {m}" for m in self.missing_accounts]
+        found += self.bad_resolutions
         found += [f"account {a} crossed its balance bound" for a in self.crossed]
         return found
 
@@ -159,6 +247,11 @@ async def verify_ledger(session: AsyncSession, now: datetime | None = None) -> L
         report.units[unit] = (dpo - cpo, dp - cp)
     for row in await session.execute(_RECOMPUTED):
         account_id, unit, *triples = row
+        if unit is None:
+            report.missing_accounts.append(
+                f"{_uuid(account_id)} does not exist, yet transfers move its units"
+            )
+            continue
         diffs = []
         for i, name in enumerate(_STORED):
             stored, high, low = triples[3 * i : 3 * i + 3]
@@ -167,6 +260,12 @@ async def verify_ledger(session: AsyncSession, now: datetime | None = None) -> L
                 diffs.append(f"{name} stored {stored} but transfers give {computed}")
         report.mismatched.append(f"{account_id} ({unit}): " + "; ".join(diffs))
     report.crossed = [str(r[0]) for r in await session.execute(_CROSSED)]
+    for resolving_id, kind, pending_id, *rest in await session.execute(_RESOLUTIONS):
+        fault = _resolution_fault(kind, *rest)
+        subject = f"reservation {_uuid(pending_id)}"
+        if resolving_id is not None:
+            subject += f" (resolved by {kind} {_uuid(resolving_id)})"
+        report.bad_resolutions.append(f"{subject} {fault}")
     open_, overdue = (await session.execute(_RESERVATIONS, {"now": now or utcnow()})).one()
     report.open_reservations, report.overdue_reservations = int(open_ or 0), int(overdue or 0)
     return report

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from simcharge.db import dialect_name, insert_if_absent, table_of
+from simcharge.db import dialect_name, insert_if_absent, table_of, upsert_insert
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, PendingStatus
 
 TransferRow = dict[str, Any]
@@ -175,22 +175,48 @@ WITH ins AS (
 SELECT ARRAY(SELECT id FROM ins) AS inserted, ARRAY(SELECT id FROM statuses) AS resolved
 """
 
-# Accounts created unless they exist (by id): a top-up names its bucket accounts and the operator
-# accounts of its shard, nine rows, all in one statement rather than a parameter set each.
+# Accounts created unless they exist: a top-up names its bucket accounts and the operator
+# accounts of its shard, nine rows, all in one statement rather than a parameter set each. The
+# same statement names the accounts it did not create that may not be the ones asked for: those
+# missing from its snapshot, or there with another unit, code, key, line or bound. Nearly always
+# none (an operator account made long ago, as asked), so the caller reads nothing more; the
+# others it reads again (`get_accounts`) before judging, since an account a concurrent
+# transaction made while this statement waited for it is not in this statement's snapshot.
 _ACCOUNT_COLUMNS = tuple(c.name for c in accounts.c)
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 _INSERT_ACCOUNTS_IF_ABSENT = f"""
-INSERT INTO ledger_accounts ({", ".join(_ACCOUNT_COLUMNS)})
-SELECT * FROM unnest({", ".join(
-    f"${i}::{c.type.compile(dialect=_PG)}[]" for i, c in enumerate(accounts.c, 1)
-)})
-ON CONFLICT DO NOTHING
+WITH v ({", ".join(_ACCOUNT_COLUMNS)}) AS (
+    SELECT * FROM unnest({", ".join(
+        f"${i}::{c.type.compile(dialect=_PG)}[]" for i, c in enumerate(accounts.c, 1)
+    )})
+), ins AS (
+    INSERT INTO ledger_accounts ({", ".join(_ACCOUNT_COLUMNS)})
+    SELECT * FROM v
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT ARRAY(
+    SELECT v.id FROM v LEFT JOIN ledger_accounts a ON a.id = v.id
+     WHERE v.id NOT IN (SELECT id FROM ins)
+       AND (a.id IS NULL OR a.unit <> v.unit OR a.code <> v.code
+            OR a.key IS DISTINCT FROM v.key OR a.line_id IS DISTINCT FROM v.line_id
+            OR a.debits_must_not_exceed_credits <> v.debits_must_not_exceed_credits
+            OR a.credits_must_not_exceed_debits <> v.credits_must_not_exceed_debits)
+)
 """  # noqa: S608 - column names and types from the table
 """Any conflict, not only the id's: two transactions creating the same account at once (an
 operator shard's first transfers) may meet first on its `key`'s unique index, which an
 `ON CONFLICT (id)` does not arbitrate — the second would fail with a unique violation instead of
 finding the account made. An account's id derives from its key (`ledger.chart`), so the two
-conflicts are the same account."""
+conflicts are normally the same account; when they are not (the key is another id's), the
+caller refuses (`ledger.service.AccountExistsDifferently`)."""
+
+ACCOUNT_FIELDS = ("unit", "code", "key", "line_id", "debits_must_not_exceed_credits",
+                  "credits_must_not_exceed_debits")  # fmt: skip
+"""What `ensure_accounts` compares between the account asked for and the one that exists."""
+
+_INSERT_ACCOUNTS_ANY_CONFLICT: dict[str, Any] = {}
+"""`INSERT … ON CONFLICT DO NOTHING RETURNING id` of accounts, per database (see above)."""
 
 _DELETE_TRANSFERS = "DELETE FROM ledger_transfers WHERE id = ANY($1::uuid[])"
 
@@ -399,25 +425,58 @@ class LedgerRepository:
         if rows:
             await self.session.execute(insert(accounts), list(rows))
 
-    async def insert_accounts_if_absent(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert the accounts whose id is free, in id order: two transactions creating the same
-        new accounts (an operator shard's first top-ups) then wait for each other in one order,
-        never crosswise."""
+    async def insert_accounts_if_absent(self, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
+        """Insert the accounts that conflict with none (by id or by key), in id order: two
+        transactions creating the same new accounts (an operator shard's first top-ups) then
+        wait for each other in one order, never crosswise. Returns the ids of the accounts not
+        created that may differ from the row asked for (read them again to judge); the others
+        were created or exist as asked. One statement on PostgreSQL."""
         if not rows:
-            return
+            return set()
         rows = sorted(rows, key=lambda row: row["id"])
         driver = await self._pg_driver()
         if driver is not None:
             columns = ([row[name] for row in rows] for name in _ACCOUNT_COLUMNS)
-            await driver.execute(_INSERT_ACCOUNTS_IF_ABSENT, *columns)
-        else:
-            await self.session.execute(insert_if_absent(self.session, accounts, "id"), list(rows))
+            return set(await driver.fetchval(_INSERT_ACCOUNTS_IF_ABSENT, *columns))
+        stmt = _INSERT_ACCOUNTS_ANY_CONFLICT.get(dialect_name(self.session))
+        if stmt is None:
+            stmt = upsert_insert(self.session, accounts).on_conflict_do_nothing()
+            stmt = stmt.returning(accounts.c.id)
+            _INSERT_ACCOUNTS_ANY_CONFLICT[dialect_name(self.session)] = stmt
+        inserted = set((await self.session.execute(stmt, list(rows))).scalars())
+        return {row["id"] for row in rows} - inserted
+
+    async def account_ids_by_key(self, keys: Collection[str]) -> dict[str, uuid.UUID]:
+        if not keys:
+            return {}
+        stmt = select(accounts.c.key, accounts.c.id).where(accounts.c.key.in_(list(keys)))
+        return {key: account_id for key, account_id in await self.session.execute(stmt)}
 
     async def get_accounts(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
         if not ids:
             return {}
         result = await self.session.execute(select(accounts).where(accounts.c.id.in_(list(ids))))
         return {row.id: row for row in result}
+
+    async def lock_expirable_holds_of_lines(self, line_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Lock, in id order, the reservations still pending with a timeout (those the sweep may
+        release) that hold something back on these lines' accounts."""
+        if not line_ids:
+            return []
+        theirs = select(accounts.c.id).where(
+            accounts.c.line_id.in_(list(line_ids)), accounts.c.debits_pending > 0
+        )
+        stmt = (
+            select(transfers.c.id)
+            .where(
+                transfers.c.debit_account_id.in_(theirs),
+                transfers.c.pending_status == PendingStatus.pending.value,
+                transfers.c.timeout_at.is_not(None),
+            )
+            .order_by(transfers.c.id)
+            .with_for_update(of=transfers)
+        )
+        return list((await self.session.execute(stmt)).scalars())
 
     async def due_pending_ids(self, now: datetime, limit: int) -> list[uuid.UUID]:
         stmt = (

@@ -32,6 +32,7 @@ from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import PendingStatus, TransferKind
 from simcharge.ledger.repository import (
+    ACCOUNT_FIELDS,
     FastTransfer,
     LedgerRepository,
     TransferRow,
@@ -151,6 +152,36 @@ class PendingAlreadyResolved(RetryableError):
     run again, the batch is then judged on the row as it now is)."""
 
 
+class AccountExistsDifferently(Conflict):
+    """`ensure_accounts` was asked for an account that exists otherwise (TigerBeetle's
+    `exists_with_different_ledger`, `…_flags`, `…_code`): another unit, code, key, line or
+    bound — or its key is another account's. Nothing is created; the caller's books and the
+    ledger's disagree (a bug, or a chart changed under stored accounts)."""
+
+    slug = "ledger-account-exists-differently"
+
+    def __init__(
+        self,
+        account_id: uuid.UUID,
+        key: str | None,
+        *,
+        fields: Sequence[str] = (),
+        owner: uuid.UUID | None = None,
+    ) -> None:
+        self.account_id = account_id
+        self.key = key
+        self.fields = list(fields)
+        self.owner = owner
+        if self.fields:
+            detail = "Ledger account {account_id} exists with another {fields}."
+        else:
+            detail = "The key {key} of ledger account {account_id} belongs to account {owner}."
+        super().__init__(
+            detail, account_id=str(account_id), key=key, fields=", ".join(self.fields),
+            owner=str(owner),
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Accounts
 
@@ -202,9 +233,35 @@ async def create_accounts(session: AsyncSession, new: Iterable[NewAccount]) -> N
 
 
 async def ensure_accounts(session: AsyncSession, new: Iterable[NewAccount]) -> None:
-    """Create the accounts that do not exist yet (by id); leave the others as they are."""
+    """Create the accounts that do not exist yet (by id); leave the others as they are — if
+    they are what was asked for (same unit, code, key, line and bounds). An account that exists
+    otherwise, or whose key names another account, raises `AccountExistsDifferently`: the
+    transfers the caller means to post would be refused far from the cause, or (a key that is
+    another id's) find no account at all."""
     now = utcnow()
-    await LedgerRepository(session).insert_accounts_if_absent([_account_row(a, now) for a in new])
+    wanted = [_account_row(a, now) for a in new]
+    repository = LedgerRepository(session)
+    suspect = await repository.insert_accounts_if_absent(wanted)
+    if suspect:
+        await _check_existing(repository, [row for row in wanted if row["id"] in suspect])
+
+
+async def _check_existing(repository: LedgerRepository, wanted: Sequence[dict[str, Any]]) -> None:
+    """Raise `AccountExistsDifferently` unless every account asked for exists as asked."""
+    found = await repository.get_accounts({row["id"] for row in wanted})
+    for row in wanted:
+        existing = found.get(row["id"])
+        if existing is None:
+            # Not made, and not there: its key is another account's.
+            owners = await repository.account_ids_by_key([row["key"]] if row["key"] else [])
+            raise AccountExistsDifferently(
+                row["id"], row["key"], owner=owners.get(row["key"]) if row["key"] else None
+            )
+        differs = [
+            name for name in ACCOUNT_FIELDS if existing._mapping[name] != row[name]
+        ]
+        if differs:
+            raise AccountExistsDifferently(row["id"], row["key"], fields=differs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,6 +726,17 @@ async def expire_pending_transfers(
     now = now or utcnow()
     due = await LedgerRepository(session).due_pending_ids(now, limit)
     return await release_timed_out(session, due, now=now)
+
+
+async def lock_expirable_holds(
+    session: AsyncSession, line_ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Lock the reservations on these lines' accounts that the timeout sweep may release (still
+    pending, with a timeout), in id order, and return their ids. The sweep, like every ledger
+    batch, locks a reservation before its accounts; a caller that will lock the lines' accounts
+    itself (`charging.consumption.lock_pots`) and then resolve these reservations calls this
+    first, so that it and the sweep wait for each other in that one order, never crosswise."""
+    return await LedgerRepository(session).lock_expirable_holds_of_lines(line_ids)
 
 
 async def release_timed_out(

@@ -44,6 +44,7 @@ from simcharge.ledger.service import (
     TransferResult,
     create_transfers,
     ensure_accounts,
+    lock_expirable_holds,
     release_timed_out,
 )
 from simcharge.lifecycle.models import LineEvent
@@ -347,7 +348,12 @@ async def _forfeit(
     held is forfeited with the rest, and nothing comes back to the line afterwards. Done once,
     as the line changes to terminated: the transfer ids derive from the accounts alone.
     (Ending sessions reads nothing from `settings`: they are the sweep's, passed on because
-    `end_sessions_of_lines` takes them.)"""
+    `end_sessions_of_lines` takes them.)
+
+    The holds the ledger's timeout sweep may release are locked first, before ending the
+    sessions locks the line's pots: the ledger's order (reservations, then accounts), which the
+    sweep keeps too. Voided after the pots, they waited crosswise with a sweep releasing one."""
+    await lock_expirable_holds(session, line_ids)
     await end_sessions_of_lines(session, settings, line_ids, now=now)
     repo = LifecycleRepository(session)
     holds = await repo.open_holds(line_ids)
