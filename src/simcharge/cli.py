@@ -87,6 +87,29 @@ def _warn_of_sqlite_in_production(settings: Settings) -> None:
         )
 
 
+def _check_rate_limits_with_workers(settings: Settings, workers: int) -> None:
+    """Without Redis each web process keeps its own rate-limit counts, so `workers` processes
+    let every address and account try `workers` times as often. Said at start; refused in
+    production, where the limits are a security control (ASVS 2.2.1): set
+    SIMCHARGE_REDIS_URL, or serve one process."""
+    if workers == 1 or settings.redis_url:
+        return
+    if settings.env is Environment.production:
+        _fail(
+            f"simcharge: --workers {workers} without SIMCHARGE_REDIS_URL would multiply every "
+            "rate limit by the number of processes; set SIMCHARGE_REDIS_URL, or use --workers 1",
+            2,
+        )
+    import structlog
+
+    structlog.get_logger("simcharge.config").warning(
+        "config.memory_rate_limits_with_workers",
+        workers=workers,
+        detail="without SIMCHARGE_REDIS_URL each web process counts the rate limits on its "
+        "own: every limit is multiplied by the number of processes",
+    )
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -130,6 +153,7 @@ def serve(
     # uvicorn's own records go through our handler (JSON in production), not its formatters.
     configure_logging(settings.log_level, json=settings.log_json)
     _warn_of_sqlite_in_production(settings)
+    _check_rate_limits_with_workers(settings, workers)
     # Before uvicorn starts the processes: they inherit the directory and count into it.
     prepare_multiprocess(workers)
 
@@ -390,7 +414,9 @@ def receipt_fonts() -> None:
 @ledger_app.command(
     "verify",
     help="Check the books: every balance equals its transfers, each unit sums to zero, no "
-    "bound crossed, no reservation past its timeout. Exits 1 on any violation (read-only).",
+    "bound crossed, every account a transfer names exists, every post, void and expiry agrees "
+    "with its reservation. Exits 1 on any violation (read-only). Reservations past their "
+    "timeout are counted, not violations: the sweep releases them on its next run.",
 )
 def ledger_verify() -> None:
     from simcharge.ledger.audit import LedgerReport, verify_ledger

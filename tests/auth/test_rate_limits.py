@@ -169,7 +169,7 @@ async def test_an_unreachable_redis_refuses_and_says_so_without_its_password(
         login = await c.post("/api/v1/auth/login", json={"login": "nobody", "password": "x" * 12})
         register = await c.post(
             "/api/v1/auth/register",
-            json={"username": "zz", "password": "violet-harbour-7421", "email": "zz@example.com"},
+            json={"username": "zzredis", "password": "violet-harbour-7421", "email": "zz@example.com"},
         )
     for r in (login, register):
         assert r.status_code == 503, r.text

@@ -97,9 +97,11 @@ async def update_me(
 ) -> AccountOut:
     contacts = body.email is not None or body.phone is not None
     if contacts:
-        await limits.hit("codes", client.ip)
+        # Bad input is refused before anything is counted: it uses up no code sends.
         if not body.current_password:
             raise ValidationFailed(N_("This field is required."), field="current_password")
+        auth.check_profile_change(body.language, body.email, body.phone)
+        await limits.hit("codes", client.ip)
         counted = await auth.count_reauthentication(limits, client, customer.account.id)
 
     async def run(s: AsyncSession) -> Account | Refused:

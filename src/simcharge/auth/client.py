@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simcharge.kit.crypto import keyed_hash
+from simcharge.kit.devices import device_summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,4 +21,11 @@ class ClientInfo:
 
     @property
     def short_user_agent(self) -> str | None:
+        """The header as the security log keeps it (cut at 255 characters)."""
         return self.user_agent[:255] if self.user_agent else None
+
+    @property
+    def device_summary(self) -> str:
+        """What a message to the customer may say of the device ("Safari · iPhone", else "?"):
+        never the header's own words, which whoever sent it chose."""
+        return device_summary(self.user_agent)

@@ -2,7 +2,10 @@
 purpose and the target; single use; valid 10 minutes; at most 5 wrong tries; one send a
 minute; a newer code voids the older ones. Per account and purpose, sends and checks are also
 limited (`throttle.LIMITS`: 5 sends and 10 checks an hour, 20 and 30 a day), so that guessing
-is bounded per account whatever the number of addresses it comes from."""
+is bounded per account whatever the number of addresses it comes from. They are counted before
+the transaction that sends or checks the code (`count_send`, `count_check`), as re-entered
+passwords are: a slow or hung Redis then holds no account row (nor SQLite's write lock), and a
+transaction tried again is not counted twice."""
 
 from __future__ import annotations
 
@@ -47,6 +50,82 @@ class TooManyCodes(TooManyAttempts):
 
 
 @dataclass(frozen=True, slots=True)
+class CodeCount:
+    """A code send or check of (account, purpose) counted before its transaction. `over`: the
+    limit it passed, refused in the transaction; `too_soon`: a send within a minute of the last
+    one to `target` (seen by a read before counting), not counted and refused in the
+    transaction."""
+
+    account_id: uuid.UUID
+    purpose: CodePurpose
+    target: str | None = None
+    over: TooManyCodes | None = None
+    too_soon: ResendTooSoon | None = None
+
+    def counts(self, account_id: uuid.UUID, purpose: CodePurpose, target: str | None) -> bool:
+        """Whether this count is the one of that send or check (a target changed, or a login
+        that now names another account, between the count and the transaction: it is not)."""
+        return (self.account_id, self.purpose) == (account_id, purpose) and (
+            self.target is None or self.target == target
+        )
+
+
+async def send_wait(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    purpose: CodePurpose,
+    target: str,
+    now: datetime,
+) -> ResendTooSoon | None:
+    """Why a code of `purpose` may not be sent to `target` now: one was, less than a minute
+    ago."""
+    latest = (
+        await session.execute(
+            select(VerificationCode)
+            .where(*_live(account_id, purpose))
+            .order_by(VerificationCode.created_at.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if latest is not None and latest.target == target and now - latest.created_at < RESEND_AFTER:
+        wait = RESEND_AFTER - (now - latest.created_at)
+        return ResendTooSoon(int(wait.total_seconds()) + 1)
+    return None
+
+
+async def count_send(
+    limits: RateLimits,
+    account_id: uuid.UUID,
+    purpose: CodePurpose,
+    target: str,
+    *,
+    too_soon: ResendTooSoon | None = None,
+) -> CodeCount:
+    """Count one send of a code against the account's limits, outside any transaction (not
+    when it is `too_soon`: it will not be sent); `ServiceUnavailable` when the counts cannot be
+    reached."""
+    if too_soon is not None:
+        return CodeCount(account_id, purpose, target, too_soon=too_soon)
+    try:
+        await _count(limits, "account-code-sends", account_id, purpose)
+    except TooManyCodes as exc:
+        return CodeCount(account_id, purpose, target, over=exc)
+    return CodeCount(account_id, purpose, target)
+
+
+async def count_check(
+    limits: RateLimits, account_id: uuid.UUID, purpose: CodePurpose
+) -> CodeCount:
+    """Count one check of a code against the account's limits, outside any transaction;
+    `ServiceUnavailable` when the counts cannot be reached."""
+    try:
+        await _count(limits, "account-code-checks", account_id, purpose)
+    except TooManyCodes as exc:
+        return CodeCount(account_id, purpose, over=exc)
+    return CodeCount(account_id, purpose)
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedCode:
     code: str
     row: VerificationCode
@@ -75,22 +154,21 @@ async def issue_code(
     target: str,
     now: datetime,
     limits: RateLimits,
+    counted: CodeCount | None = None,
 ) -> IssuedCode:
     """A new code for (account, purpose, target); raises `ResendTooSoon` within a minute of the
-    last one, `TooManyCodes` past the account's sends for this purpose. Every older live code of
-    the same purpose is voided."""
-    latest = (
-        await session.execute(
-            select(VerificationCode)
-            .where(*_live(account_id, purpose))
-            .order_by(VerificationCode.created_at.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    if latest is not None and latest.target == target and now - latest.created_at < RESEND_AFTER:
-        wait = RESEND_AFTER - (now - latest.created_at)
-        raise ResendTooSoon(int(wait.total_seconds()) + 1)
-    await _count(limits, "account-code-sends", account_id, purpose)
+    last one, `TooManyCodes` past the account's sends for this purpose (`counted` before the
+    transaction; counted here, holding what the transaction holds, only when it was not). Every
+    older live code of the same purpose is voided."""
+    if counted is not None and counted.too_soon is not None:
+        raise counted.too_soon
+    too_soon = await send_wait(session, account_id, purpose, target, now)
+    if too_soon is not None:
+        raise too_soon
+    if counted is None or not counted.counts(account_id, purpose, target):
+        await _count(limits, "account-code-sends", account_id, purpose)
+    elif counted.over is not None:
+        raise counted.over
     await session.execute(
         update(VerificationCode).where(*_live(account_id, purpose)).values(voided_at=now)
     )
@@ -155,11 +233,16 @@ async def consume_code(
     now: datetime,
     limits: RateLimits,
     target: str | None = None,
+    counted: CodeCount | None = None,
 ) -> VerificationCode | None:
     """Use the live code of this purpose (and target, when given). Returns the code's row, or
     None — after counting the attempt, which the caller must commit before refusing. Raises
-    `TooManyCodes`, before looking at any code, past the account's checks for this purpose."""
-    await _count(limits, "account-code-checks", account_id, purpose)
+    `TooManyCodes`, before looking at any code, past the account's checks for this purpose
+    (`counted` before the transaction; counted here only when it was not)."""
+    if counted is None or not counted.counts(account_id, purpose, None):
+        await _count(limits, "account-code-checks", account_id, purpose)
+    elif counted.over is not None:
+        raise counted.over
     row = await live_code(session, account_id, purpose)
     if row is None or (target is not None and row.target != target):
         return None

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
-from simcharge.auth import service
+from simcharge.auth import codes, service
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.deps import (
     Client,
@@ -24,7 +24,7 @@ from simcharge.auth.deps import (
     ensure_device_cookie,
     set_session_cookie,
 )
-from simcharge.auth.models import AuthSession
+from simcharge.auth.models import AuthSession, CodePurpose
 from simcharge.auth.schemas import (
     Accepted,
     AccountOut,
@@ -98,7 +98,6 @@ async def register(
     language: Language,
 ) -> RegisterOut:
     started = time.monotonic()
-    await limits.hit("register", client.ip)
     reg = service.Registration(
         username=body.username,
         password=body.password,
@@ -107,8 +106,13 @@ async def register(
         language=body.language or language,
         display_name=body.display_name,
     )
+    service.check_registration(reg)  # bad input uses up none of the address's registrations
+    await limits.hit("register", client.ip)
+    counted = await service.count_registration_codes(limits, reg)
     channels = await db.run(
-        lambda s: service.register(s, settings, reg, client=client, now=utcnow(), limits=limits)
+        lambda s: service.register(
+            s, settings, reg, client=client, now=utcnow(), limits=limits, counted=counted
+        )
     )
     await equalize(settings, started)
     return RegisterOut(
@@ -134,30 +138,51 @@ async def verify(
     limits: Limits,
 ) -> AccountOut:
     """Signed in, or with `login` (the username until a contact is verified) and password —
-    checked exactly as at sign-in: the same lock-out and log."""
+    checked exactly as at sign-in: the same lock-out, log and per-address sign-in limit."""
     await limits.hit("verify", client.ip)
     if customer is None and not (body.login and body.password):
         raise NotAuthenticated(N_("Sign in, or give your login and password with the code."))
     channel = as_channel(body.channel)
+    counted: codes.CodeCount | None
+    if customer is None:
+        await limits.hit("login", client.ip)
+        checked = await db.run(
+            lambda s: service.credentials_to_verify(
+                s,
+                settings,
+                login=body.login or "",
+                password=body.password or "",
+                client=client,
+                now=utcnow(),
+            )
+        )
+        raise_refused(checked)
+        assert not isinstance(checked, Refused)
+        account_id = checked
+        counted = await codes.count_check(limits, account_id, service.verify_purpose(channel))
+    else:
+        account_id = customer.account.id
+        counted = await service.count_verification_check(limits, customer.account, channel)
 
     async def run(s: AsyncSession) -> Account | Refused:
         if customer is None:
             return await service.verify_contact_signed_out(
                 s,
                 settings,
-                login=body.login or "",
-                password=body.password or "",
+                account_id=account_id,
                 channel=channel,
                 code=body.code,
                 client=client,
                 now=utcnow(),
                 limits=limits,
+                counted=counted,
             )
-        account = await s.get(Account, customer.account.id, with_for_update=True)
+        account = await s.get(Account, account_id, with_for_update=True)
         assert account is not None
         return await service.verify_contact(
-            s, settings, account, channel, body.code, client=client, now=utcnow(), limits=limits
-        )
+            s, settings, account, channel, body.code, client=client, now=utcnow(), limits=limits,
+            counted=counted,
+        )  # fmt: skip
 
     result = await db.run(run)
     raise_refused(result)
@@ -175,12 +200,14 @@ async def resend(
     limits: Limits,
 ) -> Done:
     await limits.hit("codes", client.ip)
+    channel, now = as_channel(body.channel), utcnow()
+    counted = await service.count_verification_send(db, limits, customer.account, channel, now)
 
     async def run(s: AsyncSession) -> None:
         account = await s.get(Account, customer.account.id, with_for_update=True)
         assert account is not None
         await service.resend_verification(
-            s, settings, account, as_channel(body.channel), utcnow(), client=client, limits=limits
+            s, settings, account, channel, now, client=client, limits=limits, counted=counted
         )
 
     await db.run(run)
@@ -271,15 +298,20 @@ async def forgot(
 ) -> Accepted:
     started = time.monotonic()
     await limits.hit("codes", client.ip)
+    channel, now = as_channel(body.channel), utcnow()
+    counted = await service.count_signed_out_send(
+        db, limits, login=body.login, purpose=CodePurpose.password_reset, channel=channel, now=now
+    )
     await db.run(
         lambda s: service.forgot_password(
             s,
             settings,
             login=body.login,
-            channel=as_channel(body.channel),
+            channel=channel,
             client=client,
-            now=utcnow(),
+            now=now,
             limits=limits,
+            counted=counted,
         )
     )
     await equalize(settings, started)
@@ -295,6 +327,9 @@ async def reset(
     body: ResetIn, db: DB, settings: AppSettings, client: Client, limits: Limits, language: Language
 ) -> Done:
     await limits.hit("verify", client.ip)
+    counted = await service.count_signed_out_check(
+        db, limits, login=body.login, purpose=CodePurpose.password_reset
+    )
     result = await db.run(
         lambda s: service.reset_password(
             s,
@@ -305,6 +340,7 @@ async def reset(
             client=client,
             now=utcnow(),
             limits=limits,
+            counted=counted,
         )
     )
     raise_refused(result)
@@ -334,15 +370,20 @@ async def unlock_request(
 ) -> Accepted:
     started = time.monotonic()
     await limits.hit("codes", client.ip)
+    channel, now = as_channel(body.channel), utcnow()
+    counted = await service.count_signed_out_send(
+        db, limits, login=body.login, purpose=CodePurpose.unlock, channel=channel, now=now
+    )
     await db.run(
         lambda s: service.request_unlock(
             s,
             settings,
             login=body.login,
-            channel=as_channel(body.channel),
+            channel=channel,
             client=client,
-            now=utcnow(),
+            now=now,
             limits=limits,
+            counted=counted,
         )
     )
     await equalize(settings, started)
@@ -361,6 +402,9 @@ async def unlock(
     body: UnlockIn, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Done:
     await limits.hit("verify", client.ip)
+    counted = await service.count_signed_out_check(
+        db, limits, login=body.login, purpose=CodePurpose.unlock
+    )
     result = await db.run(
         lambda s: service.unlock(
             s,
@@ -370,6 +414,7 @@ async def unlock(
             client=client,
             now=utcnow(),
             limits=limits,
+            counted=counted,
         )
     )
     raise_refused(result)

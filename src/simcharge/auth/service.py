@@ -6,16 +6,18 @@ Answers never tell a known account from an unknown one: the same error, and the 
 (an unknown login still costs a password hash).
 
 Functions that send or check codes, or ask for the password again, take the process's
-`RateLimits` (`limits`): the per-account limits are counted here, where the account is known,
-for every caller (the JSON API and the portal alike)."""
+`RateLimits` (`limits`) and what the edge counted before their transaction (`counted`: by
+`count_reauthentication`, `count_verification_send`, `count_signed_out_check` and the like, the
+same for the JSON API and the portal), so that a slow or hung Redis holds no row; a code send
+or check not counted before is counted where the account is known."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -51,6 +53,7 @@ from simcharge.auth.sessions import (
 )
 from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import (
     Conflict,
     FieldError,
@@ -190,25 +193,14 @@ class Registration:
     phone: str | None = None
     language: str = "en"
     display_name: str | None = None
+    account_id: uuid.UUID = field(default_factory=uuid7)
+    """The new account's id, known before its transaction so that its codes are counted first."""
 
 
-async def register(
-    session: AsyncSession,
-    settings: Settings,
-    reg: Registration,
-    *,
-    client: ClientInfo,
-    now: datetime,
-    limits: RateLimits,
-) -> list[Channel]:
-    """Create an account and send a code to each contact; returns the channels given.
-
-    A username in use is refused (`username-taken`: usernames are public handles). An e-mail
-    address or phone number that another account holds is NOT revealed, now or later: the
-    account is created all the same (same work: the password is hashed) with that contact
-    pending, but no code goes to it — it can never be verified, since the other account holds
-    it — and its holder is told that someone tried to use it. Signing in with the new username
-    and registering that username again then answer as they would after any registration."""
+def check_registration(reg: Registration) -> tuple[str, str | None, str | None]:
+    """The username, e-mail address and phone number of a registration, normalised, once every
+    rule that needs no account is met (else `ValidationFailed` naming every field that breaks
+    one): the edges call it before counting the attempt, so that bad input uses up nothing."""
     errors: list[FieldError] = []
     username = _collect(errors, normalize_username, reg.username)
     email = _collect(errors, normalize_email, reg.email) if reg.email else None
@@ -229,6 +221,42 @@ async def register(
         errors.append(FieldError("password", exc.detail_template, exc.params))
     if errors or username is None:
         raise ValidationFailed(errors=errors)
+    return username, email, phone
+
+
+async def count_registration_codes(
+    limits: RateLimits, reg: Registration
+) -> tuple[codes.CodeCount, ...]:
+    """The code sends of a registration (one per contact given), counted before its transaction
+    (a new account has sent none: none is too soon)."""
+    _, email, phone = check_registration(reg)
+    counted = []
+    for purpose, target in ((CodePurpose.verify_email, email), (CodePurpose.verify_phone, phone)):
+        if target:
+            counted.append(await codes.count_send(limits, reg.account_id, purpose, target))
+    return tuple(counted)
+
+
+async def register(
+    session: AsyncSession,
+    settings: Settings,
+    reg: Registration,
+    *,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+    counted: Sequence[codes.CodeCount] = (),
+) -> list[Channel]:
+    """Create an account and send a code to each contact (`counted`: their sends, counted before
+    the transaction by `count_registration_codes`); returns the channels given.
+
+    A username in use is refused (`username-taken`: usernames are public handles). An e-mail
+    address or phone number that another account holds is NOT revealed, now or later: the
+    account is created all the same (same work: the password is hashed) with that contact
+    pending, but no code goes to it — it can never be verified, since the other account holds
+    it — and its holder is told that someone tried to use it. Signing in with the new username
+    and registering that username again then answer as they would after any registration."""
+    username, email, phone = check_registration(reg)
     repo = AccountRepository(session)
     if await repo.by_username(username) is not None:
         raise UsernameTaken(field="username")
@@ -238,7 +266,7 @@ async def register(
     if phone:
         channels.append("sms")
     account = Account(
-        id=uuid7(),
+        id=reg.account_id,
         username=username,
         display_name=reg.display_name,
         email_pending=email,
@@ -258,7 +286,9 @@ async def register(
         # The same name registered a moment ago by another request (a form sent twice).
         raise UsernameTaken(field="username") from exc
     for channel in channels:
-        await _send_verification(session, settings, account, channel, now, client, limits)
+        await _send_verification(
+            session, settings, account, channel, now, client, limits, counted
+        )
     await _remember_device(session, settings, account.id, client, now)
     await record_event(session, EventKind.registered, account_id=account.id, client=client, now=now)
     await notify(
@@ -299,15 +329,17 @@ async def _send_verification(
     now: datetime,
     client: ClientInfo | None,
     limits: RateLimits,
+    counted: Sequence[codes.CodeCount] = (),
 ) -> None:
     """A code to the pending contact on `channel` — unless another account holds it: then the
     code is made (the same wait before another and the same limits apply, so asking again does
     not tell a held address from a free one) but sent to nobody (it could never be used), and
-    the holder is told someone tried to use it."""
+    the holder is told someone tried to use it. `counted`: sends counted before the
+    transaction (the one of this purpose is used)."""
     target = account.email_pending if channel == "email" else account.phone_pending
     if target is None:
         return
-    purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
+    purpose = verify_purpose(channel)
     issued = await codes.issue_code(
         session,
         settings.secret_key,
@@ -317,6 +349,7 @@ async def _send_verification(
         target=target,
         now=now,
         limits=limits,
+        counted=next((c for c in counted if c.purpose == purpose), None),
     )
     holder = await _holder_of(session, channel, target, account.id)
     if holder is not None:
@@ -348,6 +381,37 @@ async def _send_verification(
     )
 
 
+def verify_purpose(channel: Channel) -> CodePurpose:
+    return CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
+
+
+async def count_verification_send(
+    db: Database, limits: RateLimits, account: Account, channel: Channel, now: datetime
+) -> codes.CodeCount | None:
+    """A signed-in customer's code send to the contact pending on `channel` (as `account` was
+    read for the request), counted before the transaction that sends it: a read first tells a
+    send too soon (not counted); None when nothing is pending there."""
+    target = account.email_pending if channel == "email" else account.phone_pending
+    if target is None:
+        return None
+    purpose = verify_purpose(channel)
+    async with db.read() as s:
+        too_soon = await codes.send_wait(s, account.id, purpose, target, now)
+    return await codes.count_send(limits, account.id, purpose, target, too_soon=too_soon)
+
+
+async def count_verification_check(
+    limits: RateLimits, account: Account, channel: Channel
+) -> codes.CodeCount | None:
+    """A signed-in customer's check of the code of the contact pending on `channel`, counted
+    before the transaction that checks it; None when nothing is pending there (nothing is
+    checked)."""
+    pending = account.email_pending if channel == "email" else account.phone_pending
+    if pending is None:
+        return None
+    return await codes.count_check(limits, account.id, verify_purpose(channel))
+
+
 async def resend_verification(
     session: AsyncSession,
     settings: Settings,
@@ -357,11 +421,14 @@ async def resend_verification(
     *,
     client: ClientInfo,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> None:
     pending = account.email_pending if channel == "email" else account.phone_pending
     if pending is None:
         raise ValidationFailed(N_("There is nothing to verify on this channel."), field="channel")
-    await _send_verification(session, settings, account, channel, now, client, limits)
+    await _send_verification(
+        session, settings, account, channel, now, client, limits, (counted,) if counted else ()
+    )
 
 
 async def use_code(
@@ -376,6 +443,7 @@ async def use_code(
     now: datetime,
     limits: RateLimits,
     hide_limit: bool = False,
+    counted: codes.CodeCount | None = None,
 ) -> VerificationCode | Refused:
     """Check and use a code of `account`; a refusal is in the security log. Past the account's
     checks for this purpose, the code is not even looked at: `too-many-codes`, or with
@@ -390,6 +458,7 @@ async def use_code(
             target=target,
             now=now,
             limits=limits,
+            counted=counted,
         )
     except codes.TooManyCodes as exc:
         await record_event(
@@ -426,10 +495,12 @@ async def verify_contact(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> Account | Refused:
-    """Confirm a pending e-mail address or phone number with its code."""
+    """Confirm a pending e-mail address or phone number with its code (its check `counted`
+    before the transaction, by `count_verification_check`)."""
     pending = account.email_pending if channel == "email" else account.phone_pending
-    purpose = CodePurpose.verify_email if channel == "email" else CodePurpose.verify_phone
+    purpose = verify_purpose(channel)
     if pending is None:
         return Refused(codes.InvalidCode())
     used = await use_code(
@@ -442,6 +513,7 @@ async def verify_contact(
         client=client,
         now=now,
         limits=limits,
+        counted=counted,
     )
     if isinstance(used, Refused):
         return used
@@ -505,21 +577,20 @@ async def verify_contact(
     return account
 
 
-async def verify_contact_signed_out(
+async def credentials_to_verify(
     session: AsyncSession,
     settings: Settings,
     *,
     login: str,
     password: str,
-    channel: Channel,
-    code: str,
     client: ClientInfo,
     now: datetime,
-    limits: RateLimits,
-) -> Account | Refused:
-    """Verify a contact without a session: the login and password are checked exactly as at
-    sign-in (`check_credentials`: the same lock-out, hourly cap, log and alert), so this is no
-    way around them."""
+) -> uuid.UUID | Refused:
+    """Verifying a contact without a session, first step (its own transaction): the login and
+    password are checked exactly as at sign-in (`check_credentials`: the same lock-out, hourly
+    cap, log and alert), so this is no way around them. The account's id once they match: only
+    then is its code check counted (`codes.count_check`, before the second step's transaction),
+    so that no one without the password uses up the account's checks."""
     checked = await check_credentials(
         session, settings, login=login, password=password, client=client, now=now, via="verify"
     )
@@ -527,11 +598,54 @@ async def verify_contact_signed_out(
         return checked
     if checked.account.status == AccountStatus.locked:
         return Refused(AccountLocked())
-    account = await AccountRepository(session).get(checked.account.id, lock=True)
-    assert account is not None
+    return checked.account.id
+
+
+async def verify_contact_signed_out(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    account_id: uuid.UUID,
+    channel: Channel,
+    code: str,
+    client: ClientInfo,
+    now: datetime,
+    limits: RateLimits,
+    counted: codes.CodeCount | None = None,
+) -> Account | Refused:
+    """Verifying a contact without a session, second step: the code, for the account whose
+    login and password `credentials_to_verify` has just checked (as it is now: locked or
+    disabled meanwhile, refused as at sign-in)."""
+    account = await AccountRepository(session).get(account_id, lock=True)
+    if account is None or account.status == AccountStatus.disabled:
+        return Refused(InvalidCredentials())
+    if account.status == AccountStatus.locked:
+        return Refused(AccountLocked())
     return await verify_contact(
-        session, settings, account, channel, code, client=client, now=now, limits=limits
+        session,
+        settings,
+        account,
+        channel,
+        code,
+        client=client,
+        now=now,
+        limits=limits,
+        counted=counted,
     )
+
+
+def check_profile_change(language: str | None, email: str | None, phone: str | None) -> None:
+    """The rules a profile change must meet that need no account (the language offered, the
+    new address's and number's form), checked in the order `update_profile` checks them, so
+    that an edge refuses bad input before it counts the code it would send."""
+    if language is not None and language not in LANGUAGES:
+        raise ValidationFailed(
+            N_("Choose one of: {languages}."), field="language", languages=", ".join(LANGUAGES)
+        )
+    if email is not None:
+        normalize_email(email)
+    if phone is not None:
+        normalize_phone(phone)
 
 
 async def request_contact_change(
@@ -544,6 +658,7 @@ async def request_contact_change(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> None:
     """Start replacing the e-mail address or phone number: a code goes to the new one, and the
     current one is told. The old contact stays until the code is entered."""
@@ -557,7 +672,9 @@ async def request_contact_change(
         account.phone_pending = value
     account.updated_at = now
     await session.flush()
-    await _send_verification(session, settings, account, channel, now, client, limits)
+    await _send_verification(
+        session, settings, account, channel, now, client, limits, (counted,) if counted else ()
+    )
     await record_event(
         session,
         EventKind.contact_change_requested,
@@ -745,7 +862,7 @@ async def login(
             account_id=account.id,
             template="security.new_device",
             params={
-                "device": client.short_user_agent or "?",
+                "device": client.device_summary,
                 "ip": client.ip or "?",
                 "time": now.isoformat(),
             },
@@ -897,6 +1014,60 @@ async def logout(
 # Passwords
 
 
+def _signed_out_code_for(account: Account | None, purpose: CodePurpose) -> bool:
+    """Whether someone not signed in may get, or use, a code of `purpose` for this account: a
+    password reset for any account not disabled, an unlock for one its holder locked."""
+    if account is None:
+        return False
+    if purpose == CodePurpose.unlock:
+        return account.status == AccountStatus.locked and account.lock_reason != "staff"
+    return account.status != AccountStatus.disabled
+
+
+def _verified_target(account: Account, channel: Channel) -> str | None:
+    if channel == "email":
+        return account.email if account.email_verified_at else None
+    return account.phone if account.phone_verified_at else None
+
+
+async def count_signed_out_send(
+    db: Database,
+    limits: RateLimits,
+    *,
+    login: str,
+    purpose: CodePurpose,
+    channel: Channel,
+    now: datetime,
+) -> codes.CodeCount | None:
+    """A signed-out request's code send (a reset, an unlock) counted against the account's
+    limits before the transaction that sends it, after a read of the account by its login
+    (nothing counted when no code would go: an unknown login, no verified contact there, a send
+    too soon). Answers nothing: the edge answers alike whatever happened."""
+    async with db.read() as s:
+        account = await find_by_login(s, login)
+        if not _signed_out_code_for(account, purpose):
+            return None
+        assert account is not None
+        target = _verified_target(account, channel)
+        if target is None:
+            return None
+        too_soon = await codes.send_wait(s, account.id, purpose, target, now)
+    return await codes.count_send(limits, account.id, purpose, target, too_soon=too_soon)
+
+
+async def count_signed_out_check(
+    db: Database, limits: RateLimits, *, login: str, purpose: CodePurpose
+) -> codes.CodeCount | None:
+    """A signed-out request's code check (a reset, an unlock) counted against the account's
+    limits before the transaction that checks it, after a read of the account by its login
+    (nothing counted when no code would be looked at)."""
+    async with db.read() as s:
+        account = await find_by_login(s, login)
+    if account is None or not _signed_out_code_for(account, purpose):
+        return None
+    return await codes.count_check(limits, account.id, purpose)
+
+
 async def forgot_password(
     session: AsyncSession,
     settings: Settings,
@@ -906,12 +1077,14 @@ async def forgot_password(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> None:
-    """Send a reset code to the account's verified contact on `channel`, if there is one.
+    """Send a reset code to the account's verified contact on `channel`, if there is one (its
+    send `counted` before the transaction by `count_signed_out_send`).
     Says nothing either way (the edge answers 202 to everyone), not even when the account has
     had too many codes lately (then none is sent, and the refusal is in its security log)."""
     account = await find_by_login(session, login)
-    if account is None or account.status == AccountStatus.disabled:
+    if account is None or not _signed_out_code_for(account, CodePurpose.password_reset):
         return
     await _send_signed_out_code(
         session,
@@ -923,6 +1096,7 @@ async def forgot_password(
         client=client,
         now=now,
         limits=limits,
+        counted=counted,
     )
 
 
@@ -937,14 +1111,11 @@ async def _send_signed_out_code(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> None:
     """A code to the account's verified contact on `channel`, for someone not signed in: every
     outcome answers alike, so none raises."""
-    target = (
-        account.email
-        if channel == "email" and account.email_verified_at
-        else (account.phone if channel == "sms" and account.phone_verified_at else None)
-    )
+    target = _verified_target(account, channel)
     if target is None:
         return
     try:
@@ -957,6 +1128,7 @@ async def _send_signed_out_code(
             target=target,
             now=now,
             limits=limits,
+            counted=counted,
         )
     except codes.ResendTooSoon:
         return
@@ -1001,8 +1173,10 @@ async def reset_password(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> Account | Refused:
-    """Set a new password with a reset code. The new password's policy is checked before the
+    """Set a new password with a reset code (its check `counted` before the transaction by
+    `count_signed_out_check`). The new password's policy is checked before the
     account is looked up (against the login given), so a known and an unknown login answer
     alike; the checks against the account's own username and address come once the code has
     proved who is asking (and undo the code's use: the transaction is rolled back)."""
@@ -1010,7 +1184,7 @@ async def reset_password(
         new_password, username=login.strip(), email=_login_as_email(login), field="new_password"
     )
     account = await find_by_login(session, login)
-    if account is None or account.status == AccountStatus.disabled:
+    if account is None or not _signed_out_code_for(account, CodePurpose.password_reset):
         return Refused(codes.InvalidCode())
     used = await use_code(
         session,
@@ -1022,6 +1196,7 @@ async def reset_password(
         now=now,
         limits=limits,
         hide_limit=True,
+        counted=counted,
     )
     if isinstance(used, Refused):
         return used
@@ -1234,10 +1409,12 @@ async def request_unlock(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> None:
-    """Send an unlock code to a verified contact of a self-locked account. Silent otherwise."""
+    """Send an unlock code to a verified contact of a self-locked account (its send `counted`
+    before the transaction by `count_signed_out_send`). Silent otherwise."""
     account = await find_by_login(session, login)
-    if account is None or account.status != AccountStatus.locked or account.lock_reason == "staff":
+    if account is None or not _signed_out_code_for(account, CodePurpose.unlock):
         return
     await _send_signed_out_code(
         session,
@@ -1249,6 +1426,7 @@ async def request_unlock(
         client=client,
         now=now,
         limits=limits,
+        counted=counted,
     )
 
 
@@ -1261,9 +1439,12 @@ async def unlock(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> Account | Refused:
+    """Unlock a self-locked account with its code (the check `counted` before the transaction
+    by `count_signed_out_check`)."""
     account = await find_by_login(session, login)
-    if account is None or account.status != AccountStatus.locked or account.lock_reason == "staff":
+    if account is None or not _signed_out_code_for(account, CodePurpose.unlock):
         return Refused(codes.InvalidCode())
     used = await use_code(
         session,
@@ -1275,6 +1456,7 @@ async def unlock(
         now=now,
         limits=limits,
         hide_limit=True,
+        counted=counted,
     )
     if isinstance(used, Refused):
         return used

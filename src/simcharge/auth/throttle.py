@@ -7,17 +7,19 @@ further attempt must wait 2, 4, 8 … seconds (at most 15 minutes); and never mo
 failures an hour.
 
 With the `limits` library (in memory, or Redis when `SIMCHARGE_REDIS_URL` is set so that all
-processes share the counts): per client address, sign-ins, registrations, code sends, code
-checks and re-entered passwords; per account, code sends and code checks (per purpose) and
-re-entered passwords.
+processes share the counts): per client address (an IPv6 address by its /64: `address_key`),
+sign-ins, registrations, code sends, code checks and re-entered passwords; per account, code
+sends and code checks (per purpose) and re-entered passwords.
 
 A Redis that cannot count fails closed: the attempt is refused with `503 service-unavailable`
 (ASVS 2.2.1: a limit that is not counted must not let guesses through), within
-`REDIS_TIMEOUT_SECONDS` even when Redis accepts connections and never answers."""
+`REDIS_TIMEOUT_SECONDS` even when Redis accepts connections and never answers, or never
+accepts them."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 import uuid
@@ -51,7 +53,8 @@ HOUR = timedelta(hours=1)
 REDIS_TIMEOUT_SECONDS = 1.0
 """The longest Redis may take to accept a connection, and then to answer one command
 (coredis waits for ever by default: a hung Redis would hold every sign-in, and a re-entered
-password's account row lock, as long as it hangs)."""
+password's account row lock, as long as it hangs); also the longest one `RateLimits.hit` may
+take in all (coredis reports a connect timeout as a dropped connection and tries again)."""
 REDIS_RETRY_AFTER = "5"
 """`Retry-After` of the 503 answered while Redis cannot count."""
 
@@ -67,6 +70,23 @@ LIMITS: dict[str, list[RateLimitItem]] = {
     "account-code-checks": parse_many("10/hour;30/day"),
     "account-reauth": parse_many("10/minute;30/hour"),
 }
+PER_ADDRESS = frozenset({"login", "register", "codes", "verify", "reauth"})
+"""The actions counted per client address (`address_key`)."""
+
+
+def address_key(ip: str) -> str:
+    """Who a client address is for the per-address limits: an IPv4 address itself, an IPv6
+    address its /64 — a home, a mobile phone or a cloud host is given a whole /64 and may send
+    from any of its 2^64 addresses. The full address stays in logs and security events."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 def login_key(secret: str, normalized_login: str) -> str:
@@ -176,23 +196,30 @@ class RateLimits:
             storage = MemoryStorage()
         self.storage = storage
         self.limiter = MovingWindowRateLimiter(storage)
+        self.deadline = REDIS_TIMEOUT_SECONDS if redis_url else None
 
     async def hit(self, action: str, who: str | None) -> None:
-        """Count one `action` by `who`; raise `TooManyAttempts` when over any of its limits, and
-        `ServiceUnavailable` when the counts cannot be reached (refused, not let through)."""
+        """Count one `action` by `who` (a client address for the `PER_ADDRESS` actions, reduced
+        by `address_key`); raise `TooManyAttempts` when over any of its limits, and
+        `ServiceUnavailable` when the counts cannot be reached within `REDIS_TIMEOUT_SECONDS`
+        in all (refused, not let through)."""
         if not who:
             return
+        if action in PER_ADDRESS:
+            who = address_key(who)
         try:
-            for item in LIMITS[action]:
-                if not await self.limiter.hit(item, action, who):
-                    stats = await self.limiter.get_window_stats(item, action, who)
-                    raise TooManyAttempts(math.ceil(stats.reset_time - time.time()))
-        except StorageError as exc:
+            async with asyncio.timeout(self.deadline):
+                for item in LIMITS[action]:
+                    if not await self.limiter.hit(item, action, who):
+                        stats = await self.limiter.get_window_stats(item, action, who)
+                        raise TooManyAttempts(math.ceil(stats.reset_time - time.time()))
+        except (StorageError, TimeoutError) as exc:
+            cause = exc.storage_error if isinstance(exc, StorageError) else exc
             log.warning(
                 "ratelimit.storage_unreachable",
                 action=action,
                 redis=self.redis,
-                error=type(exc.storage_error).__name__,
+                error=type(cause).__name__,
             )
             raise ServiceUnavailable(headers={"Retry-After": REDIS_RETRY_AFTER}) from None
 

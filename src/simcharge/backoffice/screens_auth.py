@@ -102,8 +102,10 @@ async def login(
     now = utcnow()
     try:  # per address, as customers' sign-in: the lockout is per staff member
         await limits.hit("login", ip)
-    except TooManyAttempts:
-        return render(request, "login.html", None, status=429, csrf=expected, error="busy")
+    except TooManyAttempts as exc:
+        busy = render(request, "login.html", None, status=429, csrf=expected, error="busy")
+        busy.headers.update(exc.headers)
+        return busy
 
     async def attempt(s: AsyncSession) -> str | None:
         staff = await check_password(s, username, password, now)

@@ -15,10 +15,12 @@ from simcharge.auth.events import EventKind, record_event
 from simcharge.db import insert_if_absent, table_of
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import SealBroken, unseal
+from simcharge.kit.i18n import spoken
 from simcharge.kit.ids import derived_id
 from simcharge.lines.models import Line
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.notifications.service import DELIVER, SEND_CODE, log_message
+from simcharge.notifications.sms import gsm_safe
 from simcharge.notifications.templates import render
 from simcharge.notifications.transports import (
     Attachment,
@@ -167,10 +169,21 @@ async def send_message(
     try:
         if channel == "email":
             provider_id: str | None = await send_email(
-                ctx.settings, to, message.subject, message.text, message.html or None, attachments
+                ctx.settings,
+                to,
+                message.subject,
+                message.text,
+                message.html or None,
+                attachments,
+                language=spoken(language, ctx.settings.default_language),
+                # Sent again (the server took it, the worker stopped before the log), the same
+                # message keeps its Message-ID.
+                message_key=derived_id("message-id", ctx.job.id),
             )
         else:
-            provider_id = await send_sms(ctx.settings, ctx.http, to, message.sms or message.text)
+            provider_id = await send_sms(
+                ctx.settings, ctx.http, to, message.sms or gsm_safe(message.text)
+            )
     except DeliveryFailed as exc:
         error = str(exc)
         if not exc.transient or ctx.job.attempts >= ctx.job.max_attempts:

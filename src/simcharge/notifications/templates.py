@@ -2,7 +2,10 @@
 
 A template `notifications/templates/<name>.jinja` defines blocks `subject`, `text`, `sms` and
 `html_body` (any may be empty). Params are formatted for the reader's locale with the filters
-`date`, `datetime`, `money` and `units`."""
+`date`, `datetime`, `money` and `units`. An e-mail's two parts say the same: the HTML body in
+`_layout.html`, the text in `_layout.text.jinja` (the operator's name above, why the reader
+gets it below). An SMS is kept in GSM-7 where its language allows (`notifications.sms`): money
+whose symbol is not GSM-7 by its ISO code, typography by its GSM-7 equivalents."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
 from simcharge.kit.units import shown_count, units_text
+from simcharge.notifications.sms import gsm_safe, sms_money
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -41,9 +45,10 @@ def _parse_when(value: Any) -> datetime | date:
     return datetime.fromisoformat(text) if "T" in text else date.fromisoformat(text)
 
 
-@lru_cache(maxsize=16)
-def environment(language: str, *, html: bool = False) -> Environment:
-    """Text (subject, body, SMS) renders as is; HTML renders with every value escaped."""
+@lru_cache(maxsize=32)
+def environment(language: str, *, html: bool = False, sms: bool = False) -> Environment:
+    """Text (subject, body) renders as is; HTML renders with every value escaped; an SMS
+    writes money whose symbol is not GSM-7 with its ISO code ("PHP 21.19": `sms_money`)."""
     locale = BABEL_LOCALES.get(language, "en")
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
@@ -68,7 +73,8 @@ def environment(language: str, *, html: bool = False) -> Environment:
         return moment_text(language, when) if isinstance(when, datetime) else as_date(when)
 
     def as_money(minor: Any, currency: str) -> str:
-        return format_money(int(minor), currency, locale)
+        formatted = format_money(int(minor), currency, locale)
+        return sms_money(formatted, currency, locale) if sms else formatted
 
     def as_units(amount: Any, unit: str) -> str:
         return units_text(language, int(amount), unit)
@@ -108,22 +114,26 @@ def render(
     language = spoken(language, default)
     env = environment(language)
     html_env = environment(language, html=True)
+    operator = params.get("operator", "simcharge")
     body = _block(html_env, name, "html_body", params)
     html = (
         html_env.get_template("_layout.html").render(
             # `body` is the output of an autoescaping render: every value in it is escaped already.
             lang=language,
             body=Markup(body),  # noqa: S704
-            operator=params.get("operator", "simcharge"),
+            operator=operator,
         )
         if body
         else ""
     )
+    text = _block(env, name, "text", params)
+    if text:
+        text = env.get_template("_layout.text.jinja").render(body=text, operator=operator).strip()
     return Rendered(
         subject=_block(env, name, "subject", params),
-        text=_block(env, name, "text", params),
+        text=text,
         html=html,
-        sms=_block(env, name, "sms", params),
+        sms=gsm_safe(_block(environment(language, sms=True), name, "sms", params)),
     )
 
 

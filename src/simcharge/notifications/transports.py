@@ -5,6 +5,7 @@ an in-memory mailbox that `/dev/mailbox` shows (so `make run` needs no mail serv
 from __future__ import annotations
 
 import collections
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,22 +62,38 @@ async def send_email(
     text: str,
     html: str | None,
     attachments: Sequence[Attachment] = (),
+    *,
+    language: str | None = None,
+    message_key: uuid.UUID | None = None,
 ) -> str:
-    """Send one e-mail; returns its Message-ID."""
+    """Send one e-mail; returns its Message-ID. It is derived from `message_key` when given
+    (the job's: the same message sent again keeps its id, and a mail system that knows the
+    id shows it once), else new. `language` (a BCP 47 tag) is its `Content-Language`."""
     message = EmailMessage()
     message["From"] = settings.smtp_from
     message["To"] = to
     message["Subject"] = subject
     # RFC 5322 requires it: without one, a relay stamps its own time and spam filters score it.
     message["Date"] = format_datetime(utcnow())
-    message_id = make_msgid(domain=settings.smtp_from.rsplit("@", 1)[-1].strip("> ") or None)
+    domain = settings.smtp_from.rsplit("@", 1)[-1].strip("> ") or None
+    message_id = (
+        f"<{message_key.hex}@{domain or 'simcharge.invalid'}>"
+        if message_key is not None
+        else make_msgid(domain=domain)
+    )
     message["Message-ID"] = message_id
+    # RFC 3834: no vacation notice or out-of-office reply back to a sender nobody reads.
+    message["Auto-Submitted"] = "auto-generated"
     message.set_content(text)
     if html:
         message.add_alternative(html, subtype="html")
     for a in attachments:
         main, _, sub = a.content_type.partition("/")
         message.add_attachment(a.data, maintype=main, subtype=sub, filename=a.filename)
+    if language:
+        # Set last: making the message multipart moves the Content-* headers set before into
+        # its first part.
+        message["Content-Language"] = language
     if keeps_dev_mailbox(settings):
         names = tuple(a.filename for a in attachments)
         dev_mailbox.append(Outgoing("email", to, subject, text, html, attachments=names))

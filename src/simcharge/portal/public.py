@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.accounts import service as accounts
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
-from simcharge.auth import service
+from simcharge.auth import codes, service
 from simcharge.auth.deps import (
     Client,
     Limits,
@@ -23,7 +23,7 @@ from simcharge.auth.deps import (
     set_session_cookie,
 )
 from simcharge.auth.endpoints import equalize
-from simcharge.auth.models import AuthSession
+from simcharge.auth.models import AuthSession, CodePurpose
 from simcharge.catalog.service import list_methods, list_plans
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
@@ -145,7 +145,6 @@ async def register(
     values = {k: form.get(k, "").strip() for k in ("username", "email", "phone", "language")}
     language = values["language"] if values["language"] in LANGUAGES else page.language
     try:
-        await limits.hit("register", client.ip)
         reg = service.Registration(
             username=values["username"],
             password=form.get("password", ""),
@@ -153,14 +152,19 @@ async def register(
             phone=values["phone"] or None,
             language=language,
         )
+        service.check_registration(reg)  # bad input uses up none of the address's registrations
+        await limits.hit("register", client.ip)
+        counted = await service.count_registration_codes(limits, reg)
         await db.run(
-            lambda s: service.register(s, settings, reg, client=client, now=utcnow(), limits=limits)
+            lambda s: service.register(
+                s, settings, reg, client=client, now=utcnow(), limits=limits, counted=counted
+            )
         )
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         return render(
             request, page, "register.html", status=exc.status, values=values, errors=errors,
-            error=summary,
+            headers=exc.headers, error=summary,
         )
     await equalize(settings, started)
     return carry(
@@ -185,24 +189,39 @@ async def verify(
     form = await form_of(request, page)
     values = {"login": form.get("login", "").strip(), "channel": _channel(form.get("channel"))}
     customer = page.customer
+    channel = _channel(form.get("channel"))
+    code = form.get("code", "").strip()
+    counted: codes.CodeCount | None
 
     async def run(s: AsyncSession) -> Account | Refused:
-        code = form.get("code", "").strip()
         if customer is None:
             return await service.verify_contact_signed_out(
-                s, settings, login=values["login"], password=form.get("password", ""),
-                channel=values["channel"], code=code,  # type: ignore[arg-type]
-                client=client, now=utcnow(), limits=limits,
+                s, settings, account_id=account_id, channel=channel, code=code,
+                client=client, now=utcnow(), limits=limits, counted=counted,
             )
         account = await s.get(Account, customer.account.id, with_for_update=True)
         assert account is not None
         return await service.verify_contact(
-            s, settings, account, values["channel"], code,  # type: ignore[arg-type]
-            client=client, now=utcnow(), limits=limits,
+            s, settings, account, channel, code, client=client, now=utcnow(), limits=limits,
+            counted=counted,
         )
 
     try:
         await limits.hit("verify", client.ip)
+        if customer is None:  # a password is checked: a sign-in, as far as the address goes
+            await limits.hit("login", client.ip)
+            checked = await db.run(
+                lambda s: service.credentials_to_verify(
+                    s, settings, login=values["login"], password=form.get("password", ""),
+                    client=client, now=utcnow(),
+                )
+            )
+            if isinstance(checked, Refused):
+                raise checked.error
+            account_id = checked
+            counted = await codes.count_check(limits, account_id, service.verify_purpose(channel))
+        else:
+            counted = await service.count_verification_check(limits, customer.account, channel)
         result = await db.run(run)
         if isinstance(result, Refused):
             raise result.error
@@ -210,7 +229,7 @@ async def verify(
         summary, errors = error_texts(exc, page.language)
         return render(
             request, page, "verify.html", status=exc.status, values=values, errors=errors,
-            error=summary, sent=False,
+            headers=exc.headers, error=summary, sent=False,
         )
     response = redirect(
         "/account?verified=1" if customer else "/login?verified=1", page, settings
@@ -228,22 +247,24 @@ async def resend_code(
     if customer is None:
         return redirect("/login?next=/verify")
     channel = _channel(form.get("channel"))
+    now = utcnow()
 
     async def run(s: AsyncSession) -> None:
         account = await s.get(Account, customer.account.id, with_for_update=True)
         assert account is not None
         await service.resend_verification(
-            s, settings, account, channel, utcnow(), client=client, limits=limits
+            s, settings, account, channel, now, client=client, limits=limits, counted=counted
         )
 
     try:
         await limits.hit("codes", client.ip)
+        counted = await service.count_verification_send(db, limits, customer.account, channel, now)
         await db.run(run)
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         return render(
             request, page, "verify.html", status=exc.status, values={"channel": channel},
-            errors=errors, error=summary, sent=False,
+            headers=exc.headers, errors=errors, error=summary, sent=False,
         )
     return redirect("/verify?sent=1")
 
@@ -323,7 +344,7 @@ async def login(
         step = "second_factor" if isinstance(exc, service.InvalidSecondFactor) else "password"
         return render(
             request, page, "login.html", status=exc.status, values=values, errors=errors,
-            error=summary, step=step, notice=None,
+            headers=exc.headers, error=summary, step=step, notice=None,
             sealed=_seal_password(settings, login_name, password) if step != "password" else "",
         )
     response = redirect(values["next"])
@@ -377,12 +398,16 @@ async def forgot(
         summary, errors = error_texts(exc, page.language)
         return render(
             request, page, "forgot.html", status=exc.status, values={"login": login_name,
-            "channel": channel}, errors=errors, error=summary,
+            "channel": channel}, errors=errors, error=summary, headers=exc.headers,
         )
+    now = utcnow()
+    counted = await service.count_signed_out_send(
+        db, limits, login=login_name, purpose=CodePurpose.password_reset, channel=channel, now=now
+    )
     await db.run(
         lambda s: service.forgot_password(
-            s, settings, login=login_name, channel=channel, client=client, now=utcnow(),
-            limits=limits,
+            s, settings, login=login_name, channel=channel, client=client, now=now,
+            limits=limits, counted=counted,
         )
     )
     await equalize(settings, started)
@@ -416,10 +441,14 @@ async def reset(
                 N_("The two passwords are not the same."), field="confirm_password"
             )
         await limits.hit("verify", client.ip)
+        counted = await service.count_signed_out_check(
+            db, limits, login=values["login"], purpose=CodePurpose.password_reset
+        )
         result = await db.run(
             lambda s: service.reset_password(
                 s, settings, login=values["login"], code=form.get("code", "").strip(),
                 new_password=new_password, client=client, now=utcnow(), limits=limits,
+                counted=counted,
             )
         )
         if isinstance(result, Refused):
@@ -428,7 +457,7 @@ async def reset(
         summary, errors = error_texts(exc, page.language)
         return render(
             request, page, "reset.html", status=exc.status, values=values, errors=errors,
-            error=summary,
+            headers=exc.headers, error=summary,
         )
     response = redirect("/login?reset=1")
     clear_session_cookie(response, settings)

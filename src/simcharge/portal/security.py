@@ -16,7 +16,7 @@ from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
 from simcharge.auth.endpoints import equalize
 from simcharge.auth.events import EventKind, events_of, record_event
-from simcharge.auth.models import AuthSession
+from simcharge.auth.models import AuthSession, CodePurpose
 from simcharge.auth.sessions import live_sessions, revoke, session_of_account
 from simcharge.auth.totp import Enrolment
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
@@ -145,7 +145,7 @@ async def change_password(
         summary, errors = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            form="password",
+            headers=exc.headers, form="password",
         )
     assert isinstance(result, str)
     response = redirect("/account/security?done=password")
@@ -169,7 +169,7 @@ async def start_totp(
         summary, errors = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            form="totp",
+            headers=exc.headers, form="totp",
         )
     assert isinstance(result, Enrolment)
     return render(request, page, "totp.html", enrolment=result, errors={}, error=None)
@@ -206,7 +206,7 @@ async def confirm_totp(
         summary, errors = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            form="totp",
+            headers=exc.headers, form="totp",
         )
     assert isinstance(result, auth.TotpEnabled)
     response = render(request, page, "recovery_codes.html", codes=result.recovery_codes)
@@ -234,7 +234,7 @@ async def disable_totp(
         summary, errors = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            form="totp_off",
+            headers=exc.headers, form="totp_off",
         )
     return redirect("/account/security?done=totp_off")
 
@@ -260,7 +260,7 @@ async def recovery_codes(
         summary, errors = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            form="codes",
+            headers=exc.headers, form="codes",
         )
     assert isinstance(result, list)
     return render(request, page, "recovery_codes.html", codes=result)
@@ -356,11 +356,15 @@ async def unlock_request(
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         return render(request, page, "unlock.html", status=exc.status, values=values,
-                      errors=errors, error=summary, locked=False, sent=False)
+                      headers=exc.headers, errors=errors, error=summary, locked=False, sent=False)
+    now = utcnow()
+    counted = await auth.count_signed_out_send(
+        db, limits, login=login, purpose=CodePurpose.unlock, channel=channel, now=now
+    )
     await db.run(
         lambda s: auth.request_unlock(
-            s, settings, login=login, channel=channel, client=client, now=utcnow(),
-            limits=limits,
+            s, settings, login=login, channel=channel, client=client, now=now,
+            limits=limits, counted=counted,
         )
     )
     await equalize(settings, started)
@@ -376,15 +380,18 @@ async def unlock(
     values = {"login": form.get("login", "").strip(), "channel": _channel(form.get("channel"))}
     try:
         await limits.hit("verify", client.ip)
+        counted = await auth.count_signed_out_check(
+            db, limits, login=values["login"], purpose=CodePurpose.unlock
+        )
         result = await db.run(
             lambda s: auth.unlock(
                 s, settings, login=values["login"], code=form.get("code", "").strip(),
-                client=client, now=utcnow(), limits=limits,
+                client=client, now=utcnow(), limits=limits, counted=counted,
             )
         )
         _refused(result)
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         return render(request, page, "unlock.html", status=exc.status, values=values,
-                      errors=errors, error=summary, locked=False, sent=True)
+                      headers=exc.headers, errors=errors, error=summary, locked=False, sent=True)
     return redirect("/login?unlocked=1")
