@@ -319,7 +319,7 @@ async def _review(
         return render(
             request, page, "topup.html", status=exc.status, lines=lines, plans=plans,
             methods=methods, fees={m.code: fee_text(m, page.language) for m in methods},
-            values=values, errors=errors, error=summary,
+            values=values, errors=errors, error=summary, headers=exc.headers,
         )
     return render(
         request, page, "topup_review.html", status=status, q=q, choice=choice,
@@ -370,7 +370,7 @@ async def topup(
     except SimchargeError as exc:
         summary, _ = error_texts(exc, page.language)
         return render(
-            request, page, "error.html", status=exc.status,
+            request, page, "error.html", status=exc.status, headers=exc.headers,
             title=translate(page.language, N_("The payment could not be started")),
             detail=summary, request_id=None,
         )
@@ -491,7 +491,7 @@ def _day(raw: str | None) -> date | None:
 
 async def _records(
     request: Request, page: Visitor, db: DB, limit: int
-) -> tuple[list[Line], list[Any], dict[str, str], list[Order]]:
+) -> tuple[list[Line], list[Any], dict[str, str], list[Order], dict[uuid.UUID, str]]:
     account_id = require(page)
     q = request.query_params
     values = {k: q.get(k, "") for k in ("line", "kind", "from", "to")}
@@ -511,24 +511,26 @@ async def _records(
         # A record names the order it came from: linked only when the order is the viewer's
         # (a top-up given to this line by someone else is the giver's order).
         named = {r.order_id for r in rows if r.order_id}
-        mine = set(
-            (
-                await s.execute(
-                    select(Order.id).where(Order.id.in_(named), Order.account_id == account_id)
+        mine: dict[uuid.UUID, str] = {
+            order_id: reference
+            for order_id, reference in await s.execute(
+                select(Order.id, Order.reference).where(
+                    Order.id.in_(named), Order.account_id == account_id
                 )
-            ).scalars()
-        ) if named else set()
+            )
+        } if named else {}
         rows = [r if r.order_id in mine or not r.order_id else replace(r, order_id=None)
                 for r in rows]
-    return lines, rows, values, recent_orders
+    return lines, rows, values, recent_orders, mine
 
 
 @router.get("/account/records")
 async def records(request: Request, page: Page, db: DB) -> Response:
-    lines, rows, values, recent_orders = await _records(request, page, db, 200)
+    lines, rows, values, recent_orders, references = await _records(request, page, db, 200)
     return render(
         request, page, "records.html", lines=lines, rows=rows, values=values, kinds=KINDS,
-        orders=recent_orders, csv_query=urlencode({k: v for k, v in values.items() if v}),
+        orders=recent_orders, references=references,
+        csv_query=urlencode({k: v for k, v in values.items() if v}),
     )
 
 
@@ -539,7 +541,7 @@ def _cell(text: str) -> str:
 
 @router.get("/account/records.csv")
 async def records_csv(request: Request, page: Page, db: DB) -> Response:
-    _, rows, _, _ = await _records(request, page, db, 5000)
+    _, rows, _, _, _ = await _records(request, page, db, 5000)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["time_utc", "number", "kind", "amount", "unit", "shown", "reference"])
@@ -604,6 +606,6 @@ async def add_line(
         summary, errors = error_texts(exc, page.language)
         return render(
             request, page, "add_line.html", status=exc.status, values={"msisdn": msisdn},
-            errors=errors, error=summary, sent=bool(code),
+            headers=exc.headers, errors=errors, error=summary, sent=bool(code),
         )
     return drop_carried(redirect("/account"), settings, "attach")

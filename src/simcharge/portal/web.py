@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -41,6 +41,7 @@ from simcharge.db import Database
 from simcharge.errors import Forbidden, SimchargeError, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
+from simcharge.kit.devices import device_label
 from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, pick_language
 from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
@@ -297,24 +298,6 @@ def _locale(language: str) -> str:
     return BABEL_LOCALES.get(language, "en")
 
 
-_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
-             ("Chrome/", "Chrome"), ("Chromium/", "Chromium"), ("Safari/", "Safari"))
-_SYSTEMS = (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"),
-            ("Windows", "Windows"), ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"),
-            ("Linux", "Linux"))
-
-
-def device_label(user_agent: str | None) -> str:
-    """"Chrome · Linux" for a browser's user agent; the first characters of anything else."""
-    if not user_agent:
-        return "?"
-    browser = next((name for key, name in _BROWSERS if key in user_agent), None)
-    system = next((name for key, name in _SYSTEMS if key in user_agent), None)
-    if browser or system:
-        return " · ".join(p for p in (browser, system) if p)
-    return user_agent[:40]
-
-
 _FIELD = re.compile(r"%\(\w+\)s|%%")
 
 
@@ -535,8 +518,10 @@ def render(
     template: str,
     *,
     status: int = 200,
+    headers: Mapping[str, str] | None = None,
     **context: Any,
 ) -> Response:
+    """The page; `headers` are added to the answer's (an error's `Retry-After`)."""
     settings: Settings = request.app.state.settings
     env = environment(page.language)
     html = env.get_template(template).render(
@@ -549,7 +534,9 @@ def render(
         here=_here(request),
         **context,
     )
-    response = HTMLResponse(html, status_code=status, headers=page_headers(settings, page.language))
+    response = HTMLResponse(
+        html, status_code=status, headers={**page_headers(settings, page.language), **(headers or {})}
+    )
     return finish(response, page, settings)
 
 

@@ -18,8 +18,6 @@
         .catch(function () { window.setTimeout(tick, 5000); });
     };
     window.setTimeout(tick, 2000);
-    var stop = document.querySelector("meta[http-equiv=refresh]");
-    if (stop) { stop.remove(); }
   }
   // "Another number" takes focus when chosen; one's own line clears it.
   var gift = document.getElementById("f-msisdn");
