@@ -31,9 +31,10 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import ServiceUnavailable
 from simcharge.kit.clock import utcnow
+from simcharge.lines.models import LineState
 from simcharge.worker import service as outbox
 from tests.auth.helpers import argon2_work_of
-from tests.factories import create_account
+from tests.factories import create_account, create_line
 from tests.portal.helpers import post_form
 
 REDIS_URL = os.environ.get("SIMCHARGE_TEST_REDIS_URL")
@@ -323,6 +324,60 @@ async def test_a_hung_redis_holds_no_account_row_while_a_code_send_is_counted(
     assert r.json()["type"] == "/problems/service-unavailable"
     # ...but meanwhile the account's row was held by a transaction waiting for Redis.
     assert held is None, f"the account row was held while Redis hung: {held}"
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="SIMCHARGE_TEST_REDIS_URL is not set")
+@pytest.mark.parametrize("step", ["send", "check"])
+async def test_a_hung_redis_holds_no_write_while_adding_a_line_is_counted(
+    fresh_db: Database, settings: Settings, step: str
+) -> None:
+    """Adding a line counts its code send and its code check against the account before the
+    transaction (`accounts.count_line_attach`, `codes.count_check`), as every other code does:
+    while Redis hangs on that count no write is held (on SQLite, the database's one write lock),
+    and the attempt ends 503. Before, both were counted inside their transaction — the send
+    after reading the line, so with SQLite's write lock taken."""
+    now = utcnow()
+
+    async def make(s: AsyncSession) -> tuple[uuid.UUID, str, str]:
+        account = await create_account(s, password=PASSWORD)
+        line = await create_line(s, state=LineState.available)
+        issued = await open_session(
+            s, settings.secret_key, account_id=account.id,
+            client=ClientInfo(ip="198.51.100.9", user_agent="pytest"),
+            policy=policy(settings), now=now,
+        )
+        return account.id, issued.token, line.msisdn
+
+    account_id, token, msisdn = await fresh_db.run(make)
+    app = create_app(settings, db=fresh_db, run_worker=False)
+    key = b"account-code-sends" if step == "send" else b"account-code-checks"
+    path = "/api/v1/me/lines" if step == "send" else "/api/v1/me/lines/verify"
+    body = {"msisdn": msisdn} if step == "send" else {"msisdn": msisdn, "code": "123456"}
+    async with redis_hanging_on(key) as url:
+        app.state.rate_limits = RateLimits(url)
+        ip = f"198.51.100.{uuid.uuid4().int % 200 + 20}"
+        async with http(app, ip) as c:
+            asked = asyncio.create_task(
+                c.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+            )
+            await asyncio.sleep(0.4)
+            assert not asked.done(), (await asked).text
+
+            async def write_at_once(s: AsyncSession) -> None:
+                if s.get_bind().dialect.name == "postgresql":
+                    await s.execute(text("SET LOCAL lock_timeout = '100ms'"))
+                assert await s.get(Account, account_id, with_for_update=True) is not None
+                await outbox.enqueue(s, "x.unrelated", {})
+
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(fresh_db.run(write_at_once), 0.5)
+                held = None
+            except (TimeoutError, DBAPIError) as exc:
+                held = f"{type(exc).__name__} after {time.monotonic() - started:.2f} s"
+            r = await asyncio.wait_for(asked, 8)
+    assert r.status_code == 503, r.text
+    assert held is None, f"a write was held while Redis hung: {held}"
 
 
 # --- bad input uses up no limit -------------------------------------------------------------------

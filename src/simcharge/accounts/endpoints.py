@@ -19,6 +19,7 @@ from simcharge.accounts.schemas import (
     ReadIn,
 )
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
+from simcharge.auth import codes
 from simcharge.auth import service as auth
 from simcharge.auth.deps import (
     Client,
@@ -30,7 +31,7 @@ from simcharge.auth.deps import (
 )
 from simcharge.auth.endpoints import account_out, raise_refused
 from simcharge.auth.events import EventKind, events_of, record_event
-from simcharge.auth.models import AuthSession
+from simcharge.auth.models import AuthSession, CodePurpose
 from simcharge.auth.schemas import (
     AccountOut,
     CodeIn,
@@ -421,9 +422,11 @@ async def add_line(
     limits: Limits,
 ) -> Done:
     await limits.hit("codes", client.ip)
+    counted = await accounts.count_line_attach(db, limits, customer.account, body.msisdn, utcnow())
     await db.run(
         lambda s: accounts.request_line_attach(
-            s, settings, customer.account, body.msisdn, client=client, now=utcnow(), limits=limits
+            s, settings, customer.account, body.msisdn, client=client, now=utcnow(), limits=limits,
+            counted=counted,
         )
     )
     return Done()
@@ -439,6 +442,7 @@ async def verify_line(
     limits: Limits,
 ) -> OwnLine:
     await limits.hit("verify", client.ip)
+    counted = await codes.count_check(limits, customer.account.id, CodePurpose.attach_line)
 
     async def run(s: AsyncSession) -> OwnLine | Refused:
         result = await accounts.confirm_line_attach(
@@ -450,6 +454,7 @@ async def verify_line(
             client=client,
             now=utcnow(),
             limits=limits,
+            counted=counted,
         )
         if isinstance(result, Refused):
             return result

@@ -16,6 +16,7 @@ from simcharge.auth.models import CodePurpose
 from simcharge.auth.service import Channel, normalize_phone, request_contact_change, use_code
 from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import Conflict, NotFound, Refused, ValidationFailed
 from simcharge.kit.i18n import LANGUAGES
 from simcharge.kit.logging import log_denied
@@ -81,6 +82,25 @@ async def own_line(session: AsyncSession, account_id: uuid.UUID, line_id: uuid.U
     return line
 
 
+async def count_line_attach(
+    db: Database, limits: RateLimits, account: Account, raw_msisdn: str, now: datetime
+) -> codes.CodeCount | None:
+    """The code send of a line being added, counted against the account's sends before the
+    transaction that sends it, as every code send is (a slow Redis then holds no row). Nothing
+    is counted for a number that is not ours, a line already the customer's (the transaction
+    refuses them) or a send within a minute of the last (refused as too soon); a number that is
+    no number is refused here."""
+    msisdn = normalize_phone(raw_msisdn, field="msisdn")
+    async with db.read() as s:
+        line = await LineRepository(s).by_msisdn(msisdn)
+        if line is None or line.state == LineState.terminated or line.account_id == account.id:
+            return None
+        too_soon = await codes.send_wait(s, account.id, CodePurpose.attach_line, msisdn, now)
+    return await codes.count_send(
+        limits, account.id, CodePurpose.attach_line, msisdn, too_soon=too_soon
+    )
+
+
 async def request_line_attach(
     session: AsyncSession,
     settings: Settings,
@@ -90,8 +110,10 @@ async def request_line_attach(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> None:
-    """Send a code by SMS to one of the operator's lines, to prove the customer holds it."""
+    """Send a code by SMS to one of the operator's lines, to prove the customer holds it
+    (`counted`: its send, counted before the transaction by `count_line_attach`)."""
     msisdn = normalize_phone(raw_msisdn, field="msisdn")
     line = await LineRepository(session).by_msisdn(msisdn)
     if line is None or line.state == LineState.terminated:
@@ -107,6 +129,7 @@ async def request_line_attach(
         target=msisdn,
         now=now,
         limits=limits,
+        counted=counted,
     )
     await send_code(
         session,
@@ -138,7 +161,10 @@ async def confirm_line_attach(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: codes.CodeCount | None = None,
 ) -> Line | Refused:
+    """Add the line whose code this is (`counted`: the check, counted before the transaction:
+    `codes.count_check` for `CodePurpose.attach_line`)."""
     msisdn = normalize_phone(raw_msisdn, field="msisdn")
     used = await use_code(
         session,
@@ -150,6 +176,7 @@ async def confirm_line_attach(
         client=client,
         now=now,
         limits=limits,
+        counted=counted,
     )
     if isinstance(used, Refused):
         return used

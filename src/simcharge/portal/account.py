@@ -20,7 +20,9 @@ from sqlalchemy import select
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
+from simcharge.auth import codes
 from simcharge.auth.deps import Client, Limits
+from simcharge.auth.models import CodePurpose
 from simcharge.auth.sessions import ReadsWithSession
 from simcharge.catalog.service import list_methods, list_plans
 from simcharge.config import Settings
@@ -588,16 +590,20 @@ async def add_line(
     try:
         if not code:
             await limits.hit("codes", client.ip)
+            sent = await accounts.count_line_attach(db, limits, account, msisdn, utcnow())
             await db.run(
                 lambda s: accounts.request_line_attach(
-                    s, settings, account, msisdn, client=client, now=utcnow(), limits=limits
+                    s, settings, account, msisdn, client=client, now=utcnow(), limits=limits,
+                    counted=sent,
                 )
             )
             return carry(redirect("/account/lines/add?sent=1"), settings, "attach", msisdn)
         await limits.hit("verify", client.ip)
+        checked = await codes.count_check(limits, account.id, CodePurpose.attach_line)
         result = await db.run(
             lambda s: accounts.confirm_line_attach(
-                s, settings, account, msisdn, code, client=client, now=utcnow(), limits=limits
+                s, settings, account, msisdn, code, client=client, now=utcnow(), limits=limits,
+                counted=checked,
             )
         )
         if isinstance(result, Refused):
