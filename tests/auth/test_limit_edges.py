@@ -268,6 +268,24 @@ async def redis_hanging_on(marker: bytes) -> AsyncIterator[str]:
         server.close()
 
 
+async def _held_write(db: Database, account_id: uuid.UUID) -> str | None:
+    """Whether a write taking the account's row (and, on SQLite, the write lock) at once is held
+    up, and for how long; None when it went through within half a second."""
+
+    async def write_at_once(s: AsyncSession) -> None:
+        if s.get_bind().dialect.name == "postgresql":
+            await s.execute(text("SET LOCAL lock_timeout = '100ms'"))
+        assert await s.get(Account, account_id, with_for_update=True) is not None
+        await outbox.enqueue(s, "x.unrelated", {})
+
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(db.run(write_at_once), 0.5)
+    except (TimeoutError, DBAPIError) as exc:
+        return f"{type(exc).__name__} after {time.monotonic() - started:.2f} s"
+    return None
+
+
 @pytest.mark.skipif(not REDIS_URL, reason="SIMCHARGE_TEST_REDIS_URL is not set")
 async def test_a_hung_redis_holds_no_account_row_while_a_code_send_is_counted(
     fresh_db: Database, settings: Settings
@@ -306,18 +324,7 @@ async def test_a_hung_redis_holds_no_account_row_while_a_code_send_is_counted(
             await asyncio.sleep(0.4)
             assert not resend.done(), (await resend).text
 
-            async def lock_account_at_once(s: AsyncSession) -> None:
-                if s.get_bind().dialect.name == "postgresql":
-                    await s.execute(text("SET LOCAL lock_timeout = '100ms'"))
-                assert await s.get(Account, account_id, with_for_update=True) is not None
-                await outbox.enqueue(s, "x.unrelated", {})
-
-            started = time.monotonic()
-            try:
-                await asyncio.wait_for(fresh_db.run(lock_account_at_once), 0.5)
-                held = None
-            except (TimeoutError, DBAPIError) as exc:
-                held = f"{type(exc).__name__} after {time.monotonic() - started:.2f} s"
+            held = await _held_write(fresh_db, account_id)
             r = await asyncio.wait_for(resend, 8)
     # The send was waiting on the per-account count: it ends as the README says (503)...
     assert r.status_code == 503, r.text
@@ -363,18 +370,7 @@ async def test_a_hung_redis_holds_no_write_while_adding_a_line_is_counted(
             await asyncio.sleep(0.4)
             assert not asked.done(), (await asked).text
 
-            async def write_at_once(s: AsyncSession) -> None:
-                if s.get_bind().dialect.name == "postgresql":
-                    await s.execute(text("SET LOCAL lock_timeout = '100ms'"))
-                assert await s.get(Account, account_id, with_for_update=True) is not None
-                await outbox.enqueue(s, "x.unrelated", {})
-
-            started = time.monotonic()
-            try:
-                await asyncio.wait_for(fresh_db.run(write_at_once), 0.5)
-                held = None
-            except (TimeoutError, DBAPIError) as exc:
-                held = f"{type(exc).__name__} after {time.monotonic() - started:.2f} s"
+            held = await _held_write(fresh_db, account_id)
             r = await asyncio.wait_for(asked, 8)
     assert r.status_code == 503, r.text
     assert held is None, f"a write was held while Redis hung: {held}"
