@@ -1,16 +1,21 @@
 """The receipts' fonts, and smaller copies of them for the common case.
 
 fpdf2 reads every glyph of a font each time a PDF adds it: DejaVu Sans (6,200 glyphs) costs
-about 60 ms a receipt, Noto Sans CJK SC (65,000) close to a second. So each font has a
-**common subset**, made once and kept on disk (`SIMCHARGE_FONT_CACHE_DIR`): DejaVu Sans cut to
-Latin (with Latin Extended and Vietnamese), punctuation, currency signs, arrows and mathematical
-operators; Noto Sans CJK cut to GB 2312 (every simplified character in everyday use) and Big5's
-frequent characters (traditional). A receipt whose every character one covers uses it (about 4
-times less CPU); any other character — a name in Greek, Cyrillic or a rare hanzi — makes it use
-the full font, exactly as before. The subsets are made at the first receipt that needs one (a
-fraction of a second for the Latin one, about 15 s for the CJK one), or ahead of time with
-`simcharge receipt-fonts` (the container image does it at build time). When the directory
-cannot be written, the full fonts are used.
+about 60 ms a receipt, Noto Sans CJK SC (65,000) close to a second. So each font has a **common
+subset**, made once and kept on disk (`SIMCHARGE_FONT_CACHE_DIR`): DejaVu Sans cut to Latin
+(with Latin Extended and Vietnamese), punctuation, currency signs, arrows and mathematical
+operators; Noto Sans CJK SC cut to GB 2312 (every simplified character in everyday use) and
+Big5's frequent characters (traditional); Noto Sans TC cut to the whole of Big5. A receipt whose
+every character one covers uses it (about 4 times less CPU); any other character — a name in
+Greek, Cyrillic or a rare hanzi — makes it use the full font, exactly as before. The subsets are
+made at the first receipt that needs one (a fraction of a second for the Latin one, about 15 s
+for a CJK one), or ahead of time with `simcharge receipt-fonts` (the container image does it at
+build time). When the directory cannot be written, the full fonts are used.
+
+Chinese is drawn with the font of the receipt's script: a traditional Chinese receipt
+(`zh-Hant`) with Noto Sans TC, whose glyphs follow Taiwan's and Hong Kong's standard forms,
+every other receipt with Noto Sans CJK SC (mainland China's forms). A character the first lacks
+is drawn with the other.
 """
 
 from __future__ import annotations
@@ -64,6 +69,12 @@ def cjk_font_path() -> Path:
     return _package_file("mplfonts", "fonts", "NotoSansCJKsc-Regular.otf")
 
 
+@lru_cache(maxsize=1)
+def tc_font_path() -> Path:
+    """Noto Sans TC, the fallback of traditional Chinese receipts."""
+    return _package_file("pylopdf_fonts_zh_tw", "NotoSansTC-Regular.otf")
+
+
 @lru_cache(maxsize=8)
 def covers(path: Path) -> frozenset[int]:
     """The code points a font file has glyphs for."""
@@ -97,7 +108,19 @@ def _cjk(available: frozenset[int]) -> list[int]:
     return sorted(c for c in chars if c in available)
 
 
-SUBSETS = {"latin": (font_path, _latin), "cjk": (cjk_font_path, _cjk)}
+def _big5(available: frozenset[int]) -> list[int]:
+    # Big5: rows 0xA1–0xF9 (symbols, the 5,401 frequent and the 7,652 less frequent characters).
+    chars = _decodable("big5", range(0xA1, 0xFA), [*range(0x40, 0x7F), *range(0xA1, 0xFF)])
+    return sorted(c for c in chars if c in available)
+
+
+SUBSETS = {
+    "latin": (font_path, _latin),
+    "cjk": (cjk_font_path, _cjk),
+    "cjk-tc": (tc_font_path, _big5),
+}
+CJK_FONTS = {"cjk": cjk_font_path, "cjk-tc": tc_font_path}
+"""The CJK fonts, by the name of their common subset."""
 _building = threading.Lock()
 
 
@@ -170,19 +193,21 @@ _RIGHT_TO_LEFT = frozenset({"R", "AL"})
 
 def drawable(text: str) -> bool:
     """Whether the receipt's fonts have a glyph for every character of `text` (DejaVu Sans, then
-    Noto Sans CJK): a name in Thai, Devanagari or Baybayin would print blank."""
+    Noto Sans CJK SC or TC): a name in Thai, Devanagari or Baybayin would print blank."""
     drawn = _drawn([text])
     if any(unicodedata.bidirectional(chr(point)) in _RIGHT_TO_LEFT for point in drawn):
         # The glyphs exist, but the receipt is drawn left to right without the bidi algorithm:
         # Hebrew would read backwards and Arabic unjoined.
         return False
     missing = drawn - covers(font_path())
-    return not missing or missing <= covers(cjk_font_path())
+    return not missing or missing <= covers(cjk_font_path()) | covers(tc_font_path())
 
 
-def fonts_for(texts: Iterable[str]) -> tuple[Path, Path | None]:
-    """The text font and the CJK fallback (None: not needed) to draw `texts` with: each font's
-    common subset when it covers every character that font must draw, else the full font."""
+def fonts_for(texts: Iterable[str], language: str = "en") -> tuple[Path, list[Path]]:
+    """The text font and the CJK fallbacks, in the order fpdf2 is to try them, to draw `texts`
+    with: for `zh-Hant` Noto Sans TC first, else Noto Sans CJK SC first; a CJK font only when
+    it draws a character the fonts before it lack. Each font is its common subset when that
+    covers every character the font must draw, else the full font."""
     drawn = _drawn(texts)
     full = covers(font_path())
     text_font = font_path()
@@ -190,12 +215,18 @@ def fonts_for(texts: Iterable[str]) -> tuple[Path, Path | None]:
     if latin is not None and drawn & full <= covers(latin):
         text_font = latin
     missing = drawn - full
-    if not missing:
-        return text_font, None
-    cjk = common_subset("cjk")
-    if cjk is not None and missing <= covers(cjk):
-        return text_font, cjk
-    return text_font, cjk_font_path()
+    fallbacks: list[Path] = []
+    for kind in ("cjk-tc", "cjk") if language == "zh-Hant" else ("cjk", "cjk-tc"):
+        if not missing:
+            break
+        whole = CJK_FONTS[kind]()
+        mine = missing & covers(whole)
+        if not mine:
+            continue
+        cut = common_subset(kind)
+        fallbacks.append(cut if cut is not None and mine <= covers(cut) else whole)
+        missing -= mine
+    return text_font, fallbacks
 
 
 def make_all() -> list[Path]:

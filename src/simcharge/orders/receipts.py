@@ -4,11 +4,12 @@ The text font is DejaVu Sans (Bitstream Vera license, shipped with matplotlib): 
 Cyrillic and every currency sign we print (the peso sign ₱ included). Where a receipt holds a
 character it lacks — Chinese text, a name in another script — Noto Sans CJK SC (SIL Open Font
 License, shipped on PyPI by `mplfonts`) is added as the fallback that fpdf2 draws those
-characters with. fpdf2 embeds the subset of glyphs a receipt uses (about 10 kB, about 25 kB with
-Chinese text). The CJK font is loaded only for the receipts that need it, and each font is
-used as a smaller common subset where that covers the receipt (`receipt_fonts`). Receipts are
-rendered by the worker when an order is paid and kept (`receipt_documents`); a refund deletes
-them and the next request renders them again.
+characters with; on a traditional Chinese receipt, Noto Sans TC (the same license, shipped by
+`pylopdf-fonts-zh-tw`) comes first. fpdf2 embeds the subset of glyphs a receipt uses (about 10
+kB, about 25 kB with Chinese text). The CJK font is loaded only for the receipts that need it,
+and each font is used as a smaller common subset where that covers the receipt
+(`receipt_fonts`). Receipts are rendered by the worker when an order is paid and kept
+(`receipt_documents`); a refund deletes them and the next request renders them again.
 """
 
 from __future__ import annotations
@@ -202,11 +203,12 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     pdf.set_author(f.operator)
     pdf.add_page()
     texts = [f.operator, title, thanks, *(x for pair in (*rows, *amounts, total) for x in pair)]
-    text_font, cjk_font = fonts_for(texts)
+    text_font, cjk_fonts = fonts_for(texts, f.language)
     pdf.add_font(FONT, fname=str(text_font))
-    if cjk_font is not None:
-        pdf.add_font(CJK_FONT, fname=str(cjk_font))
-        pdf.set_fallback_fonts([CJK_FONT])
+    for i, cjk_font in enumerate(cjk_fonts):
+        pdf.add_font(f"{CJK_FONT}{i}", fname=str(cjk_font))
+    if cjk_fonts:
+        pdf.set_fallback_fonts([f"{CJK_FONT}{i}" for i in range(len(cjk_fonts))])
     pdf.set_font(FONT, size=20)
     pdf.set_text_color(11, 110, 79)
     # Wrapped, as every value is: an operator's full legal name can be wider than the page.
