@@ -114,13 +114,35 @@ async def send_email(
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = ", ".join(str(r.code) for r in exc.recipients) or "?"
+        # 4xx is "not now" (a full or busy mailbox, greylisting): the next attempt may pass.
         raise DeliveryFailed(
-            f"recipient {mask('email', to)} refused ({codes})", transient=False
+            f"recipient {mask('email', to)} refused ({codes})",
+            transient=all(_transient_reply(r.code) for r in exc.recipients),
         ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         said = _without(str(exc), "email", to)
-        raise DeliveryFailed(f"SMTP: {type(exc).__name__}: {said}") from exc
+        raise DeliveryFailed(
+            f"SMTP: {type(exc).__name__}: {said}", transient=not _refused_for_good(exc, to)
+        ) from exc
     return message_id
+
+
+def _transient_reply(code: int) -> bool:
+    """RFC 5321 §4.2.1: 4yz is a transient negative reply, 5yz a permanent one."""
+    return not 500 <= code < 600
+
+
+def _refused_for_good(exc: Exception, to: str) -> bool:
+    """Whether the server refused this message for a reason the next attempt keeps: a 5yz reply
+    to its content (`DATA`: spam, size, policy), or an address with non-ASCII characters that a
+    server without SMTPUTF8 (RFC 6531) cannot take. What would refuse every message — our
+    credentials, our sender, TLS the server lacks — stays transient: once the operator mends
+    the settings, the queued messages go."""
+    if isinstance(exc, aiosmtplib.SMTPDataError):
+        return not _transient_reply(exc.code)
+    return (
+        isinstance(exc, aiosmtplib.SMTPNotSupported) and not to.isascii() and "SMTPUTF8" in str(exc)
+    )
 
 
 async def send_sms(settings: Settings, client: httpx.AsyncClient, to: str, text: str) -> str | None:
