@@ -310,6 +310,21 @@ class SandboxProvider:
             event_id, kind = str(event["id"]), str(event["type"])
         except (ValueError, KeyError, TypeError) as exc:
             raise NotificationRejected("malformed") from exc
+        if not isinstance(obj, dict):
+            raise NotificationRejected("malformed", "the event's object is not an object")
+        # What the sandbox sends (`_event`): amounts are integers (minor units; a JSON float or
+        # a boolean would compare equal to one), ids and the currency strings, `paid_at` an ISO
+        # time. Anything else is no sandbox event: not a 500, and never a credit.
+        amounts = (obj.get("amount"), obj.get("refund_amount"))
+        if any(type(a) is not int for a in amounts if a is not None):
+            raise NotificationRejected("malformed", "an amount is not an integer")
+        texts = ("id", "reference", "currency", "merchant", "refund_id")
+        if any(not isinstance(obj.get(name), str | None) for name in texts):
+            raise NotificationRejected("malformed", "an identifier is not a string")
+        try:
+            paid_at = datetime.fromisoformat(obj["paid_at"]) if obj.get("paid_at") else None
+        except (TypeError, ValueError) as exc:
+            raise NotificationRejected("malformed", "paid_at is not a time") from exc
         state = {
             "payment.succeeded": PaymentState.succeeded,
             "payment.failed": PaymentState.failed,
@@ -319,7 +334,6 @@ class SandboxProvider:
         status = None
         refund = None
         if state is not None:
-            paid_at = datetime.fromisoformat(obj["paid_at"]) if obj.get("paid_at") else None
             status = PaymentStatus(
                 state=state,
                 reference=obj.get("reference"),
@@ -336,7 +350,7 @@ class SandboxProvider:
                 refund_id=str(obj.get("refund_id")),
                 provider_refund_id=f"rf_{obj.get('refund_id')}",
                 state=RefundState.succeeded,
-                amount=int(obj.get("refund_amount", 0)),
+                amount=obj.get("refund_amount") or 0,
                 currency=str(obj.get("currency")),
                 raw=obj,
                 reference=obj.get("reference"),

@@ -240,7 +240,7 @@ async def check_order(
         if pending and capture and status.capturable and payment.provider_ref and not foreign:
             capture_fn = getattr(provider, "capture", None)
             if capture_fn is not None:
-                status = await capture_fn(payment.provider_ref, f"{order.reference}-capture")
+                status = await capture_fn(payment.provider_ref, capture_request_id(order, payment))
                 foreign = _foreign(providers, order, status)
     except ProviderError as exc:
         reason = f"{exc.code}: {exc}"
@@ -261,6 +261,17 @@ async def check_order(
     if outcome is Outcome.unchanged:
         await db.run(lambda s: _note_check(s, order.id, None))
     return outcome
+
+
+def capture_request_id(order: Order, payment: Payment) -> str:
+    """The idempotency key of a capture (PayPal's `PayPal-Request-Id`). PayPal answers a request
+    id it has seen with that request's answer, so a capture it refused (`INSTRUMENT_DECLINED`:
+    the payer then picks another funding source and approves again) is never made under the
+    same id: each capture after an earlier check carries that check's count. A capture repeated
+    under another id is harmless: PayPal captures an order once (`ORDER_ALREADY_CAPTURED`
+    reports the first capture)."""
+    base = f"{order.reference}-capture"
+    return f"{base}-{payment.checks}" if payment.checks else base
 
 
 async def _note_check(s: AsyncSession, order_id: uuid.UUID, error: str | None) -> None:

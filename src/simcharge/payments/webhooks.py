@@ -22,9 +22,9 @@ from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
 from simcharge.lifecycle.service import Policy
 from simcharge.metrics import WEBHOOK_FAILURES, WEBHOOKS
-from simcharge.orders.fulfilment import apply_status, mark_processed
+from simcharge.orders.fulfilment import PAID_STATES, apply_status, mark_processed
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
-from simcharge.orders.reversals import apply_refund_news
+from simcharge.orders.reversals import REFUNDED_STATES, apply_refund_news
 from simcharge.orders.service import LockedOrder, lock_order, order_by_reference
 from simcharge.payments.codec import (
     dispute_from_json,
@@ -37,6 +37,7 @@ from simcharge.payments.codec import (
 from simcharge.payments.providers import (
     Notification,
     NotificationRejected,
+    PaymentStatus,
     ProviderError,
     WebhookReply,
 )
@@ -128,6 +129,8 @@ async def receive_notification(
                 {"order_id": str(locked.order.id)},
                 dedupe_key=f"{CAPTURE_JOB}:{locked.order.id}",
             )
+        if locked.unmatched_news:
+            await _apply_early_refunds(s, providers.lifecycle, locked, notification.status, now)
         source = f"webhook:{notification.event_id}"
         outcome = await apply_status(
             s,
@@ -155,6 +158,39 @@ async def receive_notification(
         return Received(provider.reply(True), duplicate=True, outcome="duplicate")
     WEBHOOKS.labels(provider_name, outcome).inc()
     return Received(provider.reply(True), duplicate=False, outcome=outcome)
+
+
+async def _apply_early_refunds(
+    s: AsyncSession, policy: Policy, locked: LockedOrder, status: PaymentStatus, now: datetime
+) -> None:
+    """A payment's refunded statuses stored before the payment was known — Stripe's
+    `charge.refunded` names only the payment intent, which the payment's own success reports —
+    are applied first: the payment is then recorded as refunded at the provider, never credited
+    (a refund reported first), whatever order the provider delivered them in."""
+    if status.state not in PAID_STATES or not status.payment_id:
+        return
+    waiting = (
+        await s.execute(
+            select(ProviderEvent)
+            .where(
+                ProviderEvent.processed_at.is_(None),
+                ProviderEvent.order_id.is_(None),
+                ProviderEvent.provider == locked.order.provider,
+            )
+            .with_for_update(skip_locked=True)
+        )
+    ).scalars()
+    for event in waiting:
+        if not event.status:  # a refund or a dispute: `fulfilment._adopt_early_news`
+            continue
+        early = status_from_json(event.status)
+        if early.payment_id != status.payment_id or early.state not in REFUNDED_STATES:
+            continue
+        event.order_id = locked.order.id
+        await apply_status(
+            s, locked.order.id, early, source=f"webhook:{event.event_id}", now=now,
+            policy=policy, locked=locked, event_id=event.id,
+        )  # fmt: skip
 
 
 async def _locked_order(s: AsyncSession, provider: str, n: Notification) -> LockedOrder | None:
@@ -277,15 +313,11 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
     if event is None or event.processed_at is not None:
         return "already"
     now, source = utcnow(), f"webhook:{event.event_id}"
-    if event.order_id is not None and event.status is not None:
-        status = status_from_json(event.status)
-        return (
-            await apply_status(
-                s, event.order_id, status, source=source, now=now, policy=policy,
-                event_id=event.id,
-            )
-        ).value
-    news = event.refund is not None or event.dispute is not None
+    status = status_from_json(event.status) if event.status is not None else None
+    # Money gone back (Stripe's `charge.refunded`: a charge names only its payment intent,
+    # learnt with the payment) may arrive before the payment: kept for it, as a refund is.
+    refunded = status is not None and status.state in REFUNDED_STATES
+    news = event.refund is not None or event.dispute is not None or refunded
     if news and event.order_id is None:
         event.order_id = await _order_id_of(s, event.provider, _stored(event))
         if event.order_id is None:
@@ -294,6 +326,13 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
                 # (and applied when the payment is reported: `fulfilment._adopt_early_news`).
                 return "unmatched"
             log.warning("payments.unmatched_event", provider=event.provider, event=event.event_id)
+    if event.order_id is not None and status is not None:
+        return (
+            await apply_status(
+                s, event.order_id, status, source=source, now=now, policy=policy,
+                event_id=event.id,
+            )
+        ).value
     outcome = "unmatched" if news and event.order_id is None else "ignored"
     if news and event.order_id is not None:
         outcome = await apply_refund_news(s, event, now)
