@@ -20,7 +20,7 @@ from simcharge.app import create_app
 from simcharge.auth.models import CodePurpose, SecurityEvent
 from simcharge.config import Environment, Settings
 from simcharge.db import Database
-from simcharge.kit.clock import utcnow
+from simcharge.kit.clock import clock, utcnow
 from simcharge.lifecycle.service import Policy, on_topup, sweep
 from simcharge.lines.models import Line, LineState
 from simcharge.notifications.models import MessageLog, Notice
@@ -287,9 +287,19 @@ async def test_a_lifecycle_warning_the_line_outgrew_in_the_queue_is_not_sent(
     db: Database, settings: Settings, inbox: SmtpInbox
 ) -> None:
     """Queued by the sweep, a warning waits for a worker; a top-up meanwhile (a new validity
-    end, or out of grace) makes it false: nothing of it goes out. One still true does."""
+    end, or out of grace) makes it false: nothing of it goes out. One still true does. (The
+    clock is the sweep's: a warning is judged again against the time it goes out.)"""
+    clock.freeze(T - timedelta(days=1))
+    try:
+        await _outgrown_warnings(db, settings, inbox)
+    finally:
+        clock.unfreeze()
+
+
+async def _outgrown_warnings(db: Database, settings: Settings, inbox: SmtpInbox) -> None:
     policy = Policy.of(settings)
     await sweep(db, policy, now=T - timedelta(days=1))
+    clock.freeze(T)
     soon = T + timedelta(hours=12)
     ending = await owned_line(
         db, 1, state=LineState.active, validity_end=soon, last_activity_at=T
@@ -302,7 +312,8 @@ async def test_a_lifecycle_warning_the_line_outgrew_in_the_queue_is_not_sent(
         db, 3, state=LineState.active, validity_end=soon, last_activity_at=T
     )
     await sweep(db, policy, now=T)
-    assert len(await jobs_of(db, "notifications.deliver")) == 3
+    # Each queued as a warning judged again when it goes out (`lifecycle.warning`).
+    assert len(await jobs_of(db, "lifecycle.warning")) == 3
 
     async def top_up(s: AsyncSession) -> None:
         for line_id in (ending.id, in_grace.id):
@@ -313,8 +324,10 @@ async def test_a_lifecycle_warning_the_line_outgrew_in_the_queue_is_not_sent(
             on_topup(s, line, now=T + timedelta(minutes=1), actor="order:x", by_owner=True,
                      policy=policy)
 
+    clock.freeze(T + timedelta(minutes=1))
     await db.run(top_up)
     await run_worker(db, settings)
+    assert all(j.status == JobStatus.done for j in await jobs_of(db, "lifecycle.warning"))
     assert all(j.status == JobStatus.done for j in await jobs_of(db, "notifications.deliver"))
     assert [m["To"] for m in inbox.messages] == ["warned3@example.com"]
     assert [m.to for m in dev_mailbox if m.channel == "sms"] == ["+14155553003"]

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -92,7 +93,10 @@ class NchfProblem(SimchargeError):
 
 
 class _Loose(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    """Strict about the JSON types of what is read (the spec's schema is: `"5"` or `true` is no
+    `Uint32`), lenient about what is not read."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
 
 USED_MAX = 2**62 - 1
@@ -178,7 +182,7 @@ class ChargingInformation(_Loose):
 
 class ChargingDataRequest(_Loose):
     nfConsumerIdentification: NFIdentification
-    invocationTimeStamp: datetime
+    invocationTimeStamp: AwareDatetime
     invocationSequenceNumber: int = Field(ge=0, le=2**32 - 1)
     subscriberIdentifier: str | None = None
     retransmissionIndicator: bool | None = None
@@ -200,8 +204,16 @@ def one_time_kind(req: ChargingDataRequest) -> str | None:
 
 def _check_one_time(req: ChargingDataRequest) -> None:
     """An immediate event (IEC) requests units and reports none; a post event (PEC) reports
-    the units used and requests none: the other is refused by name, nothing charged."""
+    the units used and requests none: the other is refused by name, nothing charged. A type of
+    one-time event other than these is refused too (it is no session: nothing would end it)."""
     kind = one_time_kind(req)
+    if req.oneTimeEvent and kind is None:
+        raise NchfProblem(
+            400,
+            "MANDATORY_IE_INCORRECT",
+            N_("The charging request is not valid."),
+            invalid=[("/oneTimeEventType", "a one-time event is IEC or PEC")],
+        )
     if kind is None:
         return
     invalid = []
@@ -297,19 +309,25 @@ def _timestamp(now: datetime) -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_SUBSCRIBER = re.compile(r"(imsi|msisdn)-([0-9]{1,15})")
+"""A SUPI of an IMSI or a GPSI of an E.164 number: only these can name a line (anything else —
+a NAI, a NUL, a letter — is looked up nowhere)."""
+
+
 async def _find_line(session: AsyncSession, subscriber: str) -> Line:
-    if subscriber.startswith("imsi-"):
-        stmt = select(Line).where(Line.imsi == subscriber[5:])
-    elif subscriber.startswith("msisdn-"):
-        stmt = select(Line).where(Line.msisdn == "+" + subscriber[7:])
-    else:
+    if not subscriber.startswith(("imsi-", "msisdn-")):
         raise NchfProblem(
             404,
             "USER_UNKNOWN",
             N_("The subscriber {subscriber} is not known (use imsi-… or msisdn-…)."),
             subscriber=subscriber,
         )
-    line = (await session.execute(stmt)).scalar_one_or_none()
+    found = _SUBSCRIBER.fullmatch(subscriber)
+    line = None
+    if found is not None:
+        kind, digits = found.groups()
+        where = Line.imsi == digits if kind == "imsi" else Line.msisdn == "+" + digits
+        line = (await session.execute(select(Line).where(where))).scalar_one_or_none()
     if line is None:
         raise NchfProblem(
             404,
@@ -868,6 +886,15 @@ async def update_charging_data(
     """Nchf_ConvergedCharging_Update (200 and the new quotas) or _Release (204)."""
     now = now or utcnow()
     req = parse_request(body)
+    if req.oneTimeEvent:
+        # A one-time event is one create that closes its resource; on an open session it would
+        # charge units outside its quotas and put the group's reservations out of reach.
+        raise NchfProblem(
+            400,
+            "MANDATORY_IE_INCORRECT",
+            N_("The charging request is not valid."),
+            invalid=[("/oneTimeEvent", "a one-time event is a create, not an update or release")],
+        )
     ref_id = parse_ref(ref)
     found = await ChargingSessions(session).lock(ref_id)
     if found is None or found[0].client != client[:64]:

@@ -22,6 +22,9 @@ transfers = table_of(LedgerTransfer)
 events = table_of(LineEvent)
 marks = table_of(LifecycleMark)
 
+REFUND_HOLD = "clawback"
+"""The code of a refund's pending transfers that take back what the order granted."""
+
 _available = accounts.c.credits_posted - accounts.c.debits_posted - accounts.c.debits_pending
 
 
@@ -120,7 +123,9 @@ class LifecycleRepository:
 
     async def open_holds(self, line_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
         """Pending transfers still holding something of these lines' accounts (a TMF654
-        reservation, a charging session's quota), oldest first."""
+        reservation, a charging session's quota), oldest first. Not a refund's hold on what the
+        order granted (`orders.refunds._clawback`, code `clawback`): that is no longer the
+        line's, and the refund posts it once the provider has paid the money back."""
         if not line_ids:
             return []
         # Only accounts that hold something back: a terminated line seldom does, and its
@@ -133,16 +138,29 @@ class LifecycleRepository:
             .where(
                 transfers.c.debit_account_id.in_(theirs),
                 transfers.c.pending_status == PendingStatus.pending.value,
+                transfers.c.code != REFUND_HOLD,
             )
             .order_by(transfers.c.id)
         )
         return list((await self.session.execute(stmt)).scalars())
 
-    async def mark(self, name: str, default: datetime) -> tuple[datetime, uuid.UUID | None]:
-        """The pass's mark, locked until the transaction ends (one pass at a time)."""
+    async def mark(
+        self, name: str, default: datetime, *, formerly: str | None = None
+    ) -> tuple[datetime, uuid.UUID | None]:
+        """The pass's mark, locked until the transaction ends (one pass at a time). A new mark
+        starts at `default`, or where the mark once named `formerly` stands, if there is one."""
+        last_id = None
+        if formerly is not None:
+            before = (
+                await self.session.execute(
+                    select(marks.c.at, marks.c.last_id).where(marks.c.name == formerly)
+                )
+            ).first()
+            if before is not None:
+                default, last_id = before.at, before.last_id
         await self.session.execute(
             upsert_insert(self.session, marks)
-            .values(name=name, at=default, last_id=None)
+            .values(name=name, at=default, last_id=last_id)
             .on_conflict_do_nothing(index_elements=["name"])
         )
         row = (

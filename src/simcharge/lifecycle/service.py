@@ -58,8 +58,11 @@ audit = structlog.get_logger("simcharge.audit")
 
 DAY = timedelta(days=1)
 WARNING_JOB = "lifecycle.warning"
-"""A warning judged again when it goes out (`_Warning.judged`): the payload of a
-`notifications.deliver` job, delivered by `lifecycle.jobs.send_warning` if still true."""
+"""Every lifecycle warning is queued as this job and judged again when it goes out: the payload
+of a `notifications.deliver` job, delivered by `lifecycle.jobs.send_warning` if still true —
+the date it names still the line's and still ahead, its days left counted from then. (Queued as
+a plain delivery, a warning that waited in a late queue went out as it was: "valid until" a
+day gone by, or "7 days" left when 5 were.)"""
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 BUCKET_LOOKBACK = timedelta(days=8)
 """The bucket pass looks this far behind its last complete run, for units a hold frees after
@@ -147,7 +150,9 @@ def on_topup(
     line's owner; `support`: never). When the validity of such a line is still over after the
     top-up (money alone, a plan without validity), it runs `policy.topup_validity` from now;
     with none (0), a line in grace stays there and a frozen one comes back in grace, with a
-    full grace period. Returns whether the state changed."""
+    full grace period — or, with no grace period at all, stays frozen (a grace of no length
+    would be over at the next sweep, which would freeze it again and say so just after the
+    top-up). Returns whether the state changed."""
     line.last_activity_at = now
     state = LineState(line.state)
     # An active line whose validity has just ended is in grace in all but name until the next
@@ -166,7 +171,10 @@ def on_topup(
     if state is LineState.available or (state is LineState.grace and _valid(line, now)):
         target = LineState.active
     elif state is LineState.frozen and brought_back:
-        target = LineState.active if _valid(line, now) else LineState.grace
+        if _valid(line, now):
+            target = LineState.active
+        elif policy.grace > timedelta(0):
+            target = LineState.grace
     if target is None:
         return False
     _change(session, line, target, reason="topup", actor=actor, now=now)
@@ -345,7 +353,9 @@ async def _forfeit(
 
     Its open charging sessions are ended first, their reservations released, and so is any
     other hold on its accounts (a TMF654 reservation, which then reads cancelled): what they
-    held is forfeited with the rest, and nothing comes back to the line afterwards. Done once,
+    held is forfeited with the rest, and nothing comes back to the line afterwards. A refund's
+    hold (`LifecycleRepository.open_holds`) is left to the refund: it is the payer's money on
+    its way back, which the refund posts when the provider has paid it. Done once,
     as the line changes to terminated: the transfer ids derive from the accounts alone.
     (Ending sessions reads nothing from `settings`: they are the sweep's, passed on because
     `end_sessions_of_lines` takes them.)
@@ -469,11 +479,6 @@ class _Warning:
     rival: tuple[str, timedelta, bool] | None = None
     """Another way to the same change (`column`, `offset`, wins a tie): a line whose change comes
     sooner that way is warned by the other pass, so the customer hears one date, the right one."""
-    judged: bool = False
-    """The line may move to another state while the warning waits in the queue and what it says
-    still be true (an active line's inactivity freeze, after it entered grace): queued as a
-    `WARNING_JOB`, judged again when it goes out (`lifecycle.jobs.warning_to_send`) rather than
-    dropped as soon as the state changed."""
     told_on_arrival: bool = False
     """The notice of the change into `state` already says when the line changes next (entering
     grace: `grace_ends`): a line arriving there with a warning time gone by is not warned again
@@ -489,7 +494,7 @@ def _warning_passes(policy: Policy) -> list[_Warning]:
         ),
         _Warning(
             "inactive", LineState.active, "last_activity_at", policy.inactivity,
-            "line.freeze_warning", "freeze_on", judged=True,
+            "line.freeze_warning", "freeze_on",
         ),
         # A line may enter grace between its inactivity warnings: the same warning, looked for
         # among lines in grace by a pass of its own (the dedupe key is shared). A line in grace
@@ -528,11 +533,19 @@ async def _warn(
 
     The mark is a position in "warning time" (the change's time minus `days`): every line whose
     warning time is up to it has been seen. A line whose change comes sooner than a shorter
-    warning is left to that warning, so a late run does not send both."""
+    warning is left to that warning, so a late run does not send both.
+
+    The mark is the pass's under the periods in force (`_periods`): when settings change a
+    period, every line's warning time moves, and a pass under the new periods starts afresh —
+    each line whose change is now within `days` (and not within a shorter warning) is warned,
+    with the new date. A mark further back than `days` before now is brought up to there: the
+    lines before it have their change behind them (none is warned of a change gone by)."""
     repo = LifecycleRepository(session)
-    name = f"warn:{w.name}:{days}"
+    name = f"warn:{w.name}:{days}:{_periods(w)}"
     lead = timedelta(days=days)
-    at, last_id = await repo.mark(name, now - lead)
+    at, last_id = await repo.mark(name, now - lead, formerly=f"warn:{w.name}:{days}")
+    if at < now - lead:
+        at, last_id = now - lead, None
     shift = w.offset - lead  # warning time = column + shift
     rows = await repo.lines_in_window(
         state=w.state,
@@ -553,6 +566,14 @@ async def _warn(
         if job is not None:
             jobs.append(job)
     return await _queued(repo, name, jobs, rows, policy=policy, now=now, report=report, shift=shift)
+
+
+def _periods(w: _Warning) -> str:
+    """The periods that place a pass's warning times (its own, its rival's), in seconds — part
+    of its mark's name. (Marks named without them, before there were any, are where the
+    same passes start.)"""
+    offsets = [w.offset, *([w.rival[1]] if w.rival else [])]
+    return "/".join(f"{int(o.total_seconds())}s" for o in offsets)
 
 
 async def _queued(
@@ -599,13 +620,15 @@ def _warning(w: _Warning, days: int, r: Any, now: datetime) -> NewJob | None:
             **dict(w.params),
         },
         line_id=r.id,
-        dedupe_key=f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{r.anchor.isoformat()}",
+        # The date it names: a period changed by settings gives a new date, warned of again.
+        dedupe_key=f"lifecycle:warn:{w.dedupe or w.name}:{days}:{r.id}:{change_at.isoformat()}",
         # What the warning was built on: not sent if the line has moved on meanwhile.
         about={"state": w.state.value, w.column: r.anchor.isoformat()},
     )
-    if w.judged:
-        job = NewJob(WARNING_JOB, job.payload, dedupe_key=job.dedupe_key)
-    return job
+    # Judged again when it goes out (`lifecycle.jobs.warning_to_send`): the line may have moved
+    # on, or to another state where what it says is still true (an active line's inactivity
+    # freeze, after it entered grace), and the queue may be late.
+    return NewJob(WARNING_JOB, job.payload, dedupe_key=job.dedupe_key)
 
 
 async def _warn_arrivals(

@@ -12,8 +12,8 @@ The payload of `notifications.deliver` is a contract other modules rely on:
 (`targets` overrides the account's contacts, e.g. to warn an old address that it was replaced;
 `about`, for a `line.…` warning, is what the line was when it was queued — its state, and the
 time its change is counted from, ISO 8601 — and the warning is dropped if the line is no
-longer so when it is delivered; an active line's freeze warning is first judged by its own job,
-`lifecycle.warning`, which delivers it with the line's facts of the moment if it still holds)."""
+longer so when it is delivered; the lifecycle's warnings are first judged by their own job,
+`lifecycle.warning`, which delivers one with the line's facts of the moment if it still holds)."""
 
 from __future__ import annotations
 
