@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from openapi_core.testing import MockRequest
+from openapi_core.testing import MockRequest, MockResponse
 from sqlalchemy import func, select
 
 from simcharge.charging.models import ChargingSession, UsageRecord
@@ -220,3 +220,35 @@ async def test_a_nul_in_the_subscriber_is_an_unknown_subscriber_not_a_500(
     assert r.status_code == 404, r.text
     assert r.json()["cause"] == "USER_UNKNOWN"
     assert await _count(db, ChargingSession) == 0
+
+
+@pytest.mark.parametrize("where", ["body", "query"])
+async def test_a_nul_the_middleware_refuses_is_answered_in_nchf_s_shape(
+    client: httpx.AsyncClient, db: Database, where: str
+) -> None:
+    """A NUL in a JSON body (or the query) is refused by the middleware before the route runs;
+    on an Nchf path it answered the generic problem (422 `validation-error`, no `cause`), which
+    a CHF client cannot read. Now it is Nchf's 400 `MANDATORY_IE_INCORRECT` with `invalidParams`
+    naming the member as a JSON pointer, valid against the spec, and nothing is written."""
+    await make_line(db)
+    api = await nchf(client, db)
+    doc = body("imsi-001010000000001", 0, [rg(DATA, requested={"totalVolume": MIB})])
+    path, param = "/chargingdata", "/subscriberIdentifier"
+    if where == "body":
+        doc["subscriberIdentifier"] = "imsi-0010\u00001"
+    else:
+        path, param = "/chargingdata?note=a%00b", "/note"
+    raw = json.dumps(doc).encode()
+    r = await client.post(BASE + path, content=raw,
+                          headers={**api.headers, "content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["cause"] == "MANDATORY_IE_INCORRECT"
+    assert [p["param"] for p in problem["invalidParams"]] == [param]
+    request = MockRequest("https://example.com", "post", BASE + "/chargingdata", data=raw,
+                          content_type="application/json")  # fmt: skip
+    spec().validate_response(
+        request, MockResponse(r.content, status_code=400, content_type="application/problem+json")
+    )
+    assert await _count(db, ChargingSession) == 0 and await _count(db, UsageRecord) == 0

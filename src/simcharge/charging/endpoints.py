@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Integration, require_scope
+from simcharge.api.problems import problem_response
 from simcharge.auth.apikeys import log_refused, verify_api_key
 from simcharge.charging import nchf
 from simcharge.charging.batch import UsageBatch, UsageReport, import_usage_records
@@ -29,6 +30,35 @@ SCOPE = "charging"
 router = APIRouter(prefix=NCHF_PREFIX, tags=["charging (Nchf_ConvergedCharging v3)"])
 usage_router = APIRouter(prefix=API_PREFIX, tags=["usage"])
 _bearer = HTTPBearer(auto_error=False, description="An API key with the scope `charging`")
+
+
+def nchf_error(request: Request, exc: SimchargeError) -> JSONResponse:
+    """An error answered before an Nchf route runs (the middleware's: a NUL in a JSON body or the
+    query, a 500, the database out of reach) as Nchf answers errors: ProblemDetails with its
+    application error `cause` (TS 29.500 table 5.2.7.2-1) and `invalidParams` — a client of
+    the CHF reads `cause`, and the generic problem has none."""
+    if not isinstance(exc, nchf.NchfProblem):
+        if exc.status in (400, 422):
+            reasons = [
+                (e.field, e.detail.format(**e.params) if e.params else e.detail)
+                for e in exc.errors
+            ] or [(exc.field or "body", exc.detail)]
+            converted = nchf.NchfProblem(
+                400,
+                "MANDATORY_IE_INCORRECT",
+                N_("The charging request is not valid."),
+                # The middleware names a member by its dotted path; Nchf by a JSON pointer.
+                invalid=[("/" + field.replace(".", "/"), reason) for field, reason in reasons],
+            )
+        elif exc.status == 503:
+            converted = nchf.NchfProblem(503, "NF_CONGESTION", exc.detail_template, **exc.params)
+        else:
+            converted = nchf.NchfProblem(
+                exc.status, "SYSTEM_FAILURE", exc.detail_template, **exc.params
+            )
+        converted.headers = exc.headers
+        exc = converted
+    return problem_response(request, exc)
 
 
 def _app_state(request: Request) -> tuple[Database, Settings]:
