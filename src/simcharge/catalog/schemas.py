@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from simcharge.catalog.steps import payable_step
+from simcharge.catalog.steps import only_currency, payable_step
 from simcharge.kit.i18n import LANGUAGES
 from simcharge.kit.money import (
     LossyConversionError,
@@ -163,6 +163,13 @@ class PaymentMethodFile(_Strict):
 
     @model_validator(mode="after")
     def _amounts(self) -> PaymentMethodFile:
+        for i, cur in enumerate(self.currencies):
+            if cur in self.currencies[:i]:
+                raise ValueError(f"currencies: {cur} is named twice")
+        only = only_currency(self.provider)
+        for cur in self.currencies:
+            if only is not None and cur != only:
+                raise ValueError(f"currencies: {self.provider} takes {only} only, not {cur}")
         for cur, amount in self.fee_fixed.items():
             if cur not in self.currencies:
                 raise ValueError(f"fee_fixed.{cur}: the method does not take {cur}")

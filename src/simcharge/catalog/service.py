@@ -116,7 +116,9 @@ def validate_catalog(data: dict[str, Any], *, source: str) -> CatalogFile:
         for e in exc.errors():
             msg = str(e["msg"]).removeprefix("Value error, ")
             where = _describe(data, e["loc"])
-            if where == "catalog" and "; " in msg:
+            if where == "catalog":
+                # The whole file's checks (`CatalogFile._references`): each problem names its
+                # entry already, one as several.
                 problems.extend(msg.split("; "))
             else:
                 problems.append(f"{where}: {msg}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from simcharge.payments.providers import paypal, stripe
+from simcharge.payments.providers import alipay, paypal, stripe, wechatpay
 
 _AMOUNT_STEPS: dict[str, Callable[[str], int]] = {
     paypal.NAME: paypal.amount_step,
@@ -18,6 +18,19 @@ _AMOUNT_STEPS: dict[str, Callable[[str], int]] = {
 }
 """The providers with an amount rule; the others (Alipay and WeChat Pay in fen, the sandbox)
 take any amount."""
+
+
+_ONLY_CURRENCY: dict[str, str] = {
+    alipay.NAME: alipay.CURRENCY,
+    wechatpay.NAME: wechatpay.CURRENCY,
+}
+"""The providers that take one currency only (domestic Alipay and WeChat Pay merchants: CNY);
+their adapters refuse any other at checkout (`unsupported_currency`)."""
+
+
+def only_currency(provider: str) -> str | None:
+    """The one currency `provider` takes, if it takes one only (the catalog refuses others)."""
+    return _ONLY_CURRENCY.get(provider)
 
 
 def payable_step(provider: str, currency: str) -> int:

@@ -21,12 +21,12 @@ from simcharge.backoffice.orders import order_facts
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.schemas import NoteIn
 from simcharge.db import older_than
-from simcharge.errors import Forbidden, required_idempotency_key
+from simcharge.errors import Forbidden, ValidationFailed, required_idempotency_key
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant, Money
 from simcharge.kit.translations import N_
 from simcharge.orders.endpoints import detail, refunds_out
-from simcharge.orders.models import Order, Refund
+from simcharge.orders.models import Order, OrderState, Refund
 from simcharge.orders.refunds import ask_for_refund
 from simcharge.orders.schemas import RefundIn, RefundOut, StaffOrderOut
 from simcharge.orders.service import OrderNotFound
@@ -68,7 +68,7 @@ async def list_orders(
     db: DB,
     language: Language,
     attention: Annotated[bool, Query(description="Only orders finance must look at")] = False,
-    state: Annotated[str | None, Query(max_length=20)] = None,
+    state: OrderState | None = None,
     msisdn: Annotated[str | None, Query(max_length=16)] = None,
     before: Annotated[
         Instant | None, Query(description="The next page: the last order's `created_at`…")
@@ -78,6 +78,8 @@ async def list_orders(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[StaffOrderOut]:
+    if before_id is not None and before is None:
+        raise ValidationFailed(field="before")  # alone, it would be ignored: the first page
     stmt = select(Order)
     if attention:
         stmt = stmt.where(Order.attention.is_not(None))
@@ -91,7 +93,11 @@ async def list_orders(
     async with db.read() as s:
         found = [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]
     filters = audit.read_details(
-        len(found), attention=attention, state=state, msisdn=msisdn, before=before
+        len(found),
+        attention=attention,
+        state=state.value if state is not None else None,
+        msisdn=msisdn,
+        before=before,
     )
     await audit.record_read(db, actor, "order.list", details=filters)
     return found

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
 from simcharge.auth.deps import Client, CurrentCustomer, OptionalCustomer
-from simcharge.errors import Conflict, NotFound
+from simcharge.errors import Conflict, NotFound, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import normalize_language, pick_text
 from simcharge.kit.schemas import Instant, Money
@@ -269,8 +269,11 @@ async def list_orders(
         Query(description="… and `next_before_id` (or at that time with a smaller id)"),
     ] = None,
     line_id: uuid.UUID | None = None,
-    state: Annotated[str | None, Query(max_length=20)] = None,
+    state: OrderState | None = None,
 ) -> OrdersOut:
+    if before_id is not None and before is None:
+        # Alone, it would be ignored: the first page again, for ever.
+        raise ValidationFailed(field="before")
     async with db.read() as s:
         rows = await service.orders_of(
             s,
@@ -279,7 +282,7 @@ async def list_orders(
             before=before,
             before_id=before_id,
             line_id=line_id,
-            state=state,
+            state=state.value if state is not None else None,
         )
         payments_by_order = {
             p.order_id: p
@@ -415,6 +418,9 @@ async def get_receipt(
         order = await service.own_order(s, customer.account.id, order_id)
         if "application/json" in request.headers.get("accept", ""):
             facts = await receipts.facts(s, order, language, settings.operator_name)
+            # What the receipt says was paid: a payment put on the balance is not the order's
+            # price and fee.
+            paid = await receipts.paid_amounts(s, order)
             body = ReceiptOut(
                 number=facts.number,
                 issued_at=facts.issued_at,
@@ -425,10 +431,10 @@ async def get_receipt(
                 plan=facts.plan,
                 includes=facts.grants,
                 method=facts.method,
-                price=Money.of(order.price, order.currency),
-                fee=Money.of(order.fee, order.currency),
-                total=Money.of(order.total, order.currency),
-                refunded=Money.of(order.refunded_amount, order.currency),
+                price=Money.of(paid.price, paid.currency),
+                fee=Money.of(paid.fee, paid.currency),
+                total=Money.of(paid.total, paid.currency),
+                refunded=Money.of(paid.refunded, paid.currency),
                 status=facts.status,
                 pdf_url=f"{API_PREFIX}/orders/{order.id}/receipt",
             )

@@ -37,7 +37,7 @@ from simcharge.orders.receipt_fonts import drawable, fonts_for, needs_cjk_font
 from simcharge.orders.refunds import applied_to_wallet
 from simcharge.orders.service import applied_at
 
-__all__ = ["ReceiptFacts", "needs_cjk_font", "receipt_for", "render_pdf"]
+__all__ = ["ReceiptAmounts", "ReceiptFacts", "needs_cjk_font", "paid_amounts", "receipt_for", "render_pdf"]
 
 FONT = "dejavu"
 CJK_FONT = "noto"
@@ -62,6 +62,31 @@ class ReceiptFacts:
     total: str
     refunded: str | None
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptAmounts:
+    """What a receipt says was paid, in minor units of `currency` (the JSON receipt's amounts;
+    the PDF's, formatted)."""
+
+    currency: str
+    price: int
+    fee: int
+    total: int
+    refunded: int
+
+
+async def paid_amounts(session: AsyncSession, order: Order) -> ReceiptAmounts:
+    """The order's price, fee and total — or, for a payment finance put on the line's balance
+    (`applied_at`), what was paid, no fee kept, in the currency paid."""
+    if await applied_at(session, order) is None:
+        return ReceiptAmounts(
+            order.currency, order.price, order.fee, order.total, order.refunded_amount
+        )
+    paid = int(order.paid_amount or await applied_to_wallet(session, order))
+    return ReceiptAmounts(
+        order.paid_currency or order.currency, paid, 0, paid, order.refunded_amount
+    )
 
 
 def _units(language: str, grant: dict[str, object]) -> str:
@@ -136,9 +161,10 @@ async def _applied_facts(
         await session.execute(select(PaymentMethod).where(PaymentMethod.code == order.method_code))
     ).scalar_one_or_none()
     locale = BABEL_LOCALES.get(language, "en")
-    currency = order.paid_currency or order.currency
+    money = await paid_amounts(session, order)
+    currency = money.currency
     amount = await applied_to_wallet(session, order)
-    paid = format_money(int(order.paid_amount or amount), currency, locale)
+    paid = format_money(money.total, currency, locale)
     return ReceiptFacts(
         language=language,
         operator=operator,
@@ -155,7 +181,7 @@ async def _applied_facts(
         ],
         method=pick_text(method.names, language) if method else order.method_code,
         price=paid,
-        fee=format_money(0, currency, locale),
+        fee=format_money(money.fee, currency, locale),
         total=paid,
         refunded=format_money(order.refunded_amount, currency, locale)
         if order.refunded_amount

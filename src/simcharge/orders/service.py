@@ -642,10 +642,16 @@ def applied_transfer_id(order_id: uuid.UUID) -> uuid.UUID:
     return derived_id(f"order:{order_id}", "applied")
 
 
+_MAY_BE_APPLIED = frozenset({OrderState.paid.value, OrderState.refunded.value})
+"""The states of an uncredited order whose payment finance may have put on the balance: `paid`,
+and `refunded` once the payer also got it all back at the provider (`reversals`)."""
+
+
 async def applied_at(session: AsyncSession, order: Order) -> datetime | None:
     """When finance put this uncredited payment on the line's balance (None: never): its
-    receipt is then issued, for the money that became the payer's credit."""
-    if order.fulfilled_at is not None or order.state != OrderState.paid.value:
+    receipt is then issued, for the money that became the payer's credit — and stays that
+    receipt when the payer also got the money back at the provider (`refunded`)."""
+    if order.fulfilled_at is not None or order.state not in _MAY_BE_APPLIED:
         return None
     transfer = await session.get(LedgerTransfer, applied_transfer_id(order.id))
     return transfer.created_at if transfer is not None else None

@@ -44,7 +44,13 @@ from simcharge.orders.models import Order, OrderState, Payment
 from simcharge.payments import service as payments
 from simcharge.payments.providers.base import PaymentFlow
 from simcharge.payments.registry import Providers
-from simcharge.portal.records import KINDS, LATEST_OF_ACCOUNT, records_from, records_of
+from simcharge.portal.records import (
+    KINDS,
+    LATEST_OF_ACCOUNT,
+    Cursor,
+    records_from,
+    records_page,
+)
 from simcharge.portal.web import (
     Page,
     Visitor,
@@ -491,25 +497,75 @@ def _day(raw: str | None) -> date | None:
     return day if day is not None and 2000 <= day.year <= 2999 else None
 
 
+def _cursor(raw_time: str | None, raw_id: str | None) -> Cursor | None:
+    """Where a page starts (the "Older" link's `…before` and `…before_id`), or none for a pair
+    that is not one (the first page)."""
+    try:
+        at, ident = datetime.fromisoformat(raw_time or ""), uuid.UUID(raw_id or "")
+        at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # not a time, or off the calendar in UTC
+        return None
+    return (at, ident) if 2000 <= at.year <= 2999 else None
+
+
+def _older(values: dict[str, str], name: str, cursor: Cursor | None) -> str | None:
+    """The query of the next page after `cursor` (None: there is none), the filters kept."""
+    if cursor is None:
+        return None
+    mine = (f"{name}before", f"{name}before_id")
+    return urlencode({**{k: v for k, v in values.items() if v and k not in mine},
+                      mine[0]: cursor[0].isoformat(), mine[1]: str(cursor[1])})
+
+
+RECORDS_PAGE = 200
+"""Records on a page of `/account/records` (then "Older")."""
+ORDERS_PAGE = 20
+"""Orders on a page of `/account/records`' "My orders" (then "Older")."""
+
+
+@dataclass
+class _Records:
+    lines: list[Line]
+    rows: list[Any]
+    values: dict[str, str]
+    orders: list[Order]
+    references: dict[uuid.UUID, str]
+    older: Cursor | None = None
+    older_orders: Cursor | None = None
+
+
 async def _records(
-    request: Request, page: Visitor, db: DB, limit: int
-) -> tuple[list[Line], list[Any], dict[str, str], list[Order], dict[uuid.UUID, str]]:
+    request: Request, page: Visitor, db: DB, limit: int, *, paged: bool = False
+) -> _Records:
+    """The records of the filters (from the page `before` when `paged`), and the orders."""
     account_id = require(page)
     q = request.query_params
     values = {k: q.get(k, "") for k in ("line", "kind", "from", "to")}
     since, until = _day(values["from"]), _day(values["to"])
+    before = _cursor(q.get("before"), q.get("before_id")) if paged else None
+    orders_before = _cursor(q.get("orders_before"), q.get("orders_before_id"))
     async with db.read() as s:
         lines = list(await accounts.own_lines(s, account_id))
         chosen = [ln for ln in lines if str(ln.id) == values["line"]] if values["line"] else lines
-        rows = await records_of(
+        found = await records_page(
             s, chosen,
             kind=values["kind"] if values["kind"] in KINDS else None,
             since=datetime.combine(since, datetime.min.time(), UTC) if since else None,
             until=datetime.combine(until, datetime.min.time(), UTC) + timedelta(days=1)
             if until else None,
+            before=before,
             limit=limit,
         )
-        recent_orders = list(await orders.orders_of(s, account_id, limit=20))
+        rows = found.records
+        recent_orders = list(await orders.orders_of(
+            s, account_id, limit=ORDERS_PAGE + 1,
+            before=orders_before[0] if orders_before else None,
+            before_id=orders_before[1] if orders_before else None,
+        ))
+        older_orders = None
+        if len(recent_orders) > ORDERS_PAGE:
+            del recent_orders[ORDERS_PAGE:]
+            older_orders = (recent_orders[-1].created_at, recent_orders[-1].id)
         # A record names the order it came from: linked only when the order is the viewer's
         # (a top-up given to this line by someone else is the giver's order).
         named = {r.order_id for r in rows if r.order_id}
@@ -523,16 +579,22 @@ async def _records(
         } if named else {}
         rows = [r if r.order_id in mine or not r.order_id else replace(r, order_id=None)
                 for r in rows]
-    return lines, rows, values, recent_orders, mine
+    return _Records(lines, rows, values, recent_orders, mine, found.older, older_orders)
 
 
 @router.get("/account/records")
 async def records(request: Request, page: Page, db: DB) -> Response:
-    lines, rows, values, recent_orders, references = await _records(request, page, db, 200)
+    found = await _records(request, page, db, RECORDS_PAGE, paged=True)
+    q = request.query_params
+    # Each list pages on its own: the other's page is kept.
+    kept = {**found.values, **{k: q.get(k, "") for k in (
+        "before", "before_id", "orders_before", "orders_before_id")}}
     return render(
-        request, page, "records.html", lines=lines, rows=rows, values=values, kinds=KINDS,
-        orders=recent_orders, references=references,
-        csv_query=urlencode({k: v for k, v in values.items() if v}),
+        request, page, "records.html", lines=found.lines, rows=found.rows, values=found.values,
+        kinds=KINDS, orders=found.orders, references=found.references,
+        csv_query=urlencode({k: v for k, v in found.values.items() if v}),
+        older=_older(kept, "", found.older),
+        older_orders=_older(kept, "orders_", found.older_orders),
     )
 
 
@@ -543,7 +605,7 @@ def _cell(text: str) -> str:
 
 @router.get("/account/records.csv")
 async def records_csv(request: Request, page: Page, db: DB) -> Response:
-    _, rows, _, _, _ = await _records(request, page, db, 5000)
+    rows = (await _records(request, page, db, 5000)).rows
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["time_utc", "number", "kind", "amount", "unit", "shown", "reference"])

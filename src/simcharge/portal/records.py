@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.db import older_than
 from simcharge.driver_reads import AnyOf, DriverRead
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
@@ -116,18 +117,32 @@ LATEST_OF_ACCOUNT = DriverRead(
 `records_from`: `limit` twice the records wanted (a transfer between two of its lines is two)."""
 
 
-async def records_of(
+Cursor = tuple[datetime, uuid.UUID]
+"""Where a page of records ends: the time and id of the last transfer it looked at."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsPage:
+    records: list[Record]
+    older: Cursor | None
+    """Where the next page starts (`before`), or None when there is nothing older."""
+
+
+async def records_page(
     session: AsyncSession,
     lines: Sequence[LineFacts],
     *,
     kind: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    before: Cursor | None = None,
     limit: int = 200,
-) -> list[Record]:
-    """Newest first. `lines` are the customer's own (the caller scopes them)."""
+) -> RecordsPage:
+    """A page of records, newest first, older than `before` (the `older` of the page before):
+    at most `limit` records (one more when the last transfer is between two of the lines: its
+    two sides stay on one page). `lines` are the customer's own (the caller scopes them)."""
     if not lines:
-        return []
+        return RecordsPage([], None)
     accounts = {
         a_id: line_id
         for a_id, line_id in (
@@ -140,8 +155,10 @@ async def records_of(
         if line_id is not None
     }
     if not accounts:
-        return []
+        return RecordsPage([], None)
     t, stmt = LedgerTransfer, _TRANSFERS_OF
+    if before is not None:
+        stmt = stmt.where(older_than(t.created_at, t.id, *before))
     if since is not None:
         stmt = stmt.where(t.created_at >= since)
     if until is not None:
@@ -155,13 +172,23 @@ async def records_of(
     elif kind is not None:
         stmt = stmt.where(t.code.not_in(_KNOWN))
     # A transfer between two of the customer's own accounts counts on both sides.
-    params = {"ids": list(accounts), "limit": limit * 2}
+    wanted = limit * 2
+    params = {"ids": list(accounts), "limit": wanted}
     if stmt is _TRANSFERS_OF:
         rows: Sequence[Any] = await _LATEST.all(session, params)
     else:
         stmt = stmt.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
         rows = (await session.execute(stmt, params)).all()
-    return records_from(rows, lines, accounts, kind=kind, limit=limit)
+    found = records_from(rows, lines, accounts, kind=kind, limit=len(rows) * 2)
+    read_all = len(rows) < wanted  # every transfer of the filters was read
+    if len(found) <= limit:
+        last = rows[-1] if rows and not read_all else None
+        return RecordsPage(found, (last.created_at, last.id) if last is not None else None)
+    shown = found[:limit]
+    while len(shown) < len(found) and found[len(shown)].id == shown[-1].id:
+        shown.append(found[len(shown)])  # the other side of the same transfer
+    more = len(shown) < len(found) or not read_all
+    return RecordsPage(shown, (shown[-1].at, shown[-1].id) if more else None)
 
 
 def records_from(
@@ -172,7 +199,7 @@ def records_from(
     kind: str | None = None,
     limit: int = 200,
 ) -> list[Record]:
-    """The records of transfers read newest first (`records_of`, `LATEST_OF_ACCOUNT`): each
+    """The records of transfers read newest first (`records_page`, `LATEST_OF_ACCOUNT`): each
     side that is one of `accounts` (ledger account → line, of `lines` only) is a record."""
     by_line = {line.id: line for line in lines}
     out: list[Record] = []
