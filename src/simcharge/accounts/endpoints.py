@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,27 +98,51 @@ async def update_me(
     limits: Limits,
 ) -> AccountOut:
     contacts = body.email is not None or body.phone is not None
+    counted: tuple[codes.CodeCount, ...] = ()
+    confirmed: tuple[datetime | None, ...] = ()
+    """When the password confirmed had been set (`password_changed_at`), once it was."""
     if contacts:
         # Bad input is refused before anything is counted: it uses up no code sends.
         if not body.current_password:
             raise ValidationFailed(N_("This field is required."), field="current_password")
         auth.check_profile_change(body.language, body.email, body.phone)
         await limits.hit("codes", client.ip)
-        counted = await auth.count_reauthentication(limits, client, customer.account.id)
+        reauth = await auth.count_reauthentication(limits, client, customer.account.id)
+        current_password = body.current_password
+
+        # A session alone does not move where codes and resets go: a stolen session would
+        # otherwise take the account over (a new address, its code, then a reset). The
+        # password is confirmed in a transaction of its own (a failure is logged and counted
+        # with the sign-in failures); only then are the code sends counted, before the
+        # transaction that makes the change, so that a transaction run again counts nothing
+        # twice and a slow Redis holds no row.
+        async def confirm(s: AsyncSession) -> datetime | Refused | None:
+            account = await _locked_account(s, customer)
+            refused = await auth.confirm_password(
+                s, settings, account, current_password, field="current_password",
+                kind=EventKind.contact_change_requested, client=client, now=utcnow(),
+                counted=reauth,
+            )  # fmt: skip
+            return refused if refused is not None else account.password_changed_at
+
+        checked = await db.run(confirm)
+        raise_refused(checked)
+        assert not isinstance(checked, Refused)
+        confirmed = (checked,)
+        counted = await auth.count_contact_change_sends(
+            db, limits, customer.account, email=body.email, phone=body.phone, now=utcnow()
+        )
 
     async def run(s: AsyncSession) -> Account | Refused:
         account = await _locked_account(s, customer)
-        if contacts:
-            # A session alone does not move where codes and resets go: a stolen session would
-            # otherwise take the account over (a new address, its code, then a reset).
-            assert body.current_password is not None
-            refused = await auth.confirm_password(
-                s, settings, account, body.current_password, field="current_password",
-                kind=EventKind.contact_change_requested, client=client, now=utcnow(),
-                counted=counted,
-            )  # fmt: skip
-            if refused is not None:
-                return refused
+        if confirmed and account.password_changed_at != confirmed[0]:
+            # The password changed between the two transactions: what was confirmed is not
+            # the password any more.
+            return Refused(
+                auth.InvalidCredentials(
+                    N_("The current password is wrong."), field="current_password"
+                )
+            )
         return await accounts.update_profile(
             s,
             settings,
@@ -129,6 +154,7 @@ async def update_me(
             client=client,
             now=utcnow(),
             limits=limits,
+            counted=counted,
         )
 
     result = await db.run(run)
@@ -170,7 +196,8 @@ async def end_session(
                 field="session_id",
                 session_id=str(session_id),
             )
-        await revoke(s, row, "ended_by_customer", utcnow())
+        if not await revoke(s, row, "ended_by_customer", utcnow()):
+            return  # ended already (the same request again): nothing to do, nothing to log
         await record_event(
             s,
             EventKind.session_revoked,

@@ -13,7 +13,13 @@ from simcharge.auth import codes
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import CodePurpose
-from simcharge.auth.service import Channel, normalize_phone, request_contact_change, use_code
+from simcharge.auth.service import (
+    Channel,
+    normalize_phone,
+    request_contact_change,
+    use_code,
+    verify_purpose,
+)
 from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -43,9 +49,11 @@ async def update_profile(
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
+    counted: Sequence[codes.CodeCount] = (),
 ) -> Account:
     """Change what was given. A new e-mail address or phone number is only pending until its
-    code is entered; the current one stays in use meanwhile."""
+    code is entered; the current one stays in use meanwhile (`counted`: the sends of their
+    codes, counted before the transaction by `auth.service.count_contact_change_sends`)."""
     if language is not None and language not in LANGUAGES:
         raise ValidationFailed(
             N_("Choose one of: {languages}."), field="language", languages=", ".join(LANGUAGES)
@@ -60,9 +68,11 @@ async def update_profile(
     if phone is not None:
         changes.append(("sms", phone))
     for channel, value in changes:
+        purpose = verify_purpose(channel)
         await request_contact_change(
-            session, settings, account, channel, value, client=client, now=now, limits=limits
-        )
+            session, settings, account, channel, value, client=client, now=now, limits=limits,
+            counted=next((c for c in counted if c.purpose == purpose), None),
+        )  # fmt: skip
     account.updated_at = now
     await session.flush()
     return account

@@ -122,14 +122,21 @@ class Customer:
 
 
 async def find_session(
-    db: DB, settings: Settings, token: str, reads: sessions.ReadsWithSession | None = None
+    db: DB,
+    settings: Settings,
+    token: str,
+    reads: sessions.ReadsWithSession | None = None,
+    *,
+    background: bool = False,
 ) -> FoundSession | None:
     """`auth.sessions.find_session` in a read (no transaction, no write): every signed-in
-    request, of the API here and of the portal (`portal.web.signed_in`), asks."""
+    request, of the API here and of the portal (`portal.web.signed_in`), asks. `background`:
+    the request does not renew the session's idle time (`sessions.is_background`)."""
     async with db.read() as s:
         return await sessions.find_session(
-            s, settings.secret_key, token, policy=policy(settings), now=utcnow(), reads=reads
-        )
+            s, settings.secret_key, token, policy=policy(settings), now=utcnow(), reads=reads,
+            background=background,
+        )  # fmt: skip
 
 
 async def _resolve(
@@ -137,7 +144,8 @@ async def _resolve(
 ) -> Customer:
     challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
     client = client_info(request, settings)
-    found = await find_session(db, settings, token)
+    background = sessions.is_background(request.headers)
+    found = await find_session(db, settings, token, background=background)
     if found is None:
         raise SessionEnded(headers=challenge)
     if not found.stale:
@@ -155,6 +163,7 @@ async def _resolve(
             policy=policy(settings),
             now=utcnow(),
             client=client,
+            touch=not background,
         )
         if auth is None:
             return None

@@ -22,6 +22,7 @@ from simcharge.auth.deps import (
     OptionalCustomer,
     clear_session_cookie,
     ensure_device_cookie,
+    session_cookie,
     set_session_cookie,
 )
 from simcharge.auth.models import AuthSession, CodePurpose
@@ -227,6 +228,8 @@ async def login(
     await limits.hit("login", client.ip)
     if body.mode == "cookie" and client.device_id is None:
         client = replace(client, device_id=uuid7().hex)
+    # A cookie sign-in takes the place of the session whose cookie the browser held: it ends.
+    held = request.cookies.get(session_cookie(settings)) if body.mode == "cookie" else None
     result = await db.run(
         lambda s: service.login(
             s,
@@ -236,6 +239,7 @@ async def login(
             second_factor=body.second_factor,
             client=client,
             now=utcnow(),
+            replacing=held,
         )
     )
     raise_refused(result)

@@ -24,6 +24,15 @@ from simcharge.kit.crypto import constant_time_equals, keyed_hash
 TOUCH_EVERY = timedelta(seconds=60)
 """`last_seen_at` is written at most once a minute (the idle timeout is in minutes)."""
 
+BACKGROUND_HEADER = "x-background"
+"""A request carrying this header with `1` is made by a page or client on its own (the order
+page polling its state), not by the person: it is served, but it does not renew the session's
+idle time (ASVS 3.3.2), so polling does not keep an unattended session alive."""
+
+
+def is_background(headers: Mapping[str, str]) -> bool:
+    return headers.get(BACKGROUND_HEADER) == "1"
+
 
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
@@ -138,9 +147,12 @@ async def find_session(
     policy: SessionPolicy,
     now: datetime,
     reads: ReadsWithSession | None = None,
+    background: bool = False,
 ) -> FoundSession | None:
     """The session a token belongs to and its account, in one query that writes nothing; None
-    when no session has the token or it was ended. With `reads`, their rows too (same query)."""
+    when no session has the token or it was ended. With `reads`, their rows too (same query).
+    `background`: the request is no use of the session (`is_background`), so it is stale only
+    when it is over, never to note its use."""
     hashed = token_hash(secret, token)
     read = None
     if reads is None:
@@ -152,7 +164,9 @@ async def find_session(
     if found is None or found.s_revoked_at is not None:
         return None
     row, account = detached(AuthSession, found, "s_"), detached(Account, found, "a_")
-    stale = expired(row, policy, now) is not None or now - row.last_seen_at >= TOUCH_EVERY
+    stale = expired(row, policy, now) is not None or (
+        not background and now - row.last_seen_at >= TOUCH_EVERY
+    )
     return FoundSession(row, account, stale, read)
 
 
@@ -164,9 +178,11 @@ async def session_for_token(
     policy: SessionPolicy,
     now: datetime,
     client: ClientInfo | None = None,
+    touch: bool = True,
 ) -> AuthSession | None:
-    """The live session a token belongs to (its last use noted), or None. A session found past
-    its idle or absolute timeout is ended here, and that is in the security log."""
+    """The live session a token belongs to (its last use noted, unless not `touch`: a
+    background request), or None. A session found past its idle or absolute timeout is ended
+    here, and that is in the security log."""
     row = (
         await session.execute(
             select(AuthSession).where(AuthSession.token_hash == token_hash(secret, token))
@@ -188,7 +204,7 @@ async def session_for_token(
                 now=now,
             )
         return None
-    if now - row.last_seen_at >= TOUCH_EVERY:
+    if touch and now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now
         await session.flush()
     return row
@@ -202,10 +218,33 @@ async def rotate(session: AsyncSession, secret: str, row: AuthSession) -> str:
     return token
 
 
-async def revoke(session: AsyncSession, row: AuthSession, reason: str, now: datetime) -> None:
-    if row.revoked_at is None:
-        row.revoked_at, row.revoked_reason = now, reason
-        await session.flush()
+async def revoke(session: AsyncSession, row: AuthSession, reason: str, now: datetime) -> bool:
+    """End a session; False when it had already ended (nothing done, nothing to log)."""
+    if row.revoked_at is not None:
+        return False
+    row.revoked_at, row.revoked_reason = now, reason
+    await session.flush()
+    return True
+
+
+async def revoke_token(
+    session: AsyncSession, secret: str, token: str, reason: str, now: datetime
+) -> AuthSession | None:
+    """End the session a token belongs to, if it is still going; returns it (None if there was
+    none to end)."""
+    row = (
+        await session.execute(
+            select(AuthSession)
+            .where(
+                AuthSession.token_hash == token_hash(secret, token),
+                AuthSession.revoked_at.is_(None),
+            )
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if row is not None:
+        await revoke(session, row, reason, now)
+    return row
 
 
 async def revoke_all(

@@ -32,6 +32,12 @@ class Enrolment:
     qr_svg: str
     """A `data:image/svg+xml` URI of the QR code of `uri`."""
 
+    @property
+    def grouped_secret(self) -> str:
+        """The secret in blocks of four, as a person reads and types it into an app (which
+        ignores the spaces); what is stored and checked is `secret`."""
+        return " ".join(self.secret[i : i + 4] for i in range(0, len(self.secret), 4))
+
 
 def new_enrolment(secret_key: str, account: Account, issuer: str) -> tuple[Enrolment, str]:
     """A fresh TOTP secret for `account`: what to show, and what to store (sealed)."""

@@ -20,6 +20,7 @@ from simcharge.auth.deps import (
     Limits,
     clear_session_cookie,
     ensure_device_cookie,
+    session_cookie,
     set_session_cookie,
 )
 from simcharge.auth.endpoints import equalize
@@ -324,12 +325,14 @@ async def login(
     second = form.get("second_factor", "").strip() or None
     if client.device_id is None:
         client = replace(client, device_id=uuid7().hex)
+    # The session this browser held until now (even one past its time) ends with the sign-in.
+    held = request.cookies.get(session_cookie(settings))
     try:
         await limits.hit("login", client.ip)
         result = await db.run(
             lambda s: service.login(
                 s, settings, login=login_name, password=password, second_factor=second,
-                client=client, now=utcnow(),
+                client=client, now=utcnow(), replacing=held,
             )
         )
         if isinstance(result, Refused):

@@ -278,7 +278,8 @@ async def end_session(
         row = await session_of_account(s, account_id, sid)
         if row is None:
             raise NotFound(field="session_id")
-        await revoke(s, row, "ended_by_customer", utcnow())
+        if not await revoke(s, row, "ended_by_customer", utcnow()):
+            return  # ended already (the form sent again): nothing to do, nothing to log
         await record_event(
             s, EventKind.session_revoked, account_id=account_id, client=client,
             details={"session_id": str(sid)},
