@@ -145,10 +145,10 @@ async def two_step_on(client: httpx.AsyncClient) -> tuple[str, list[str], str]:
 
     r = await post_form(client, "/account/security", "/account/security/totp",
                         {"password": PASSWORD})
-    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', r.text)
+    secret = re.search(r'data-testid="totp-key">([A-Z2-7 ]+)<', r.text)
     assert secret
     r = await client.post("/account/security/totp/confirm", data={
-        "csrf": csrf_of(r.text), "code": pyotp.TOTP(secret.group(1)).now()})
+        "csrf": csrf_of(r.text), "code": pyotp.TOTP(secret.group(1).replace(" ", "")).now()})
     assert r.status_code == 200
     codes = re.findall(r"<li>([^<]+)</li>", r.text.split("recovery-codes", 1)[1])
-    return secret.group(1), codes, r.cookies["sc_session"]
+    return secret.group(1).replace(" ", ""), codes, r.cookies["sc_session"]

@@ -34,7 +34,12 @@ from simcharge.auth.deps import Customer, client_info, find_session, session_coo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession
 from simcharge.auth.service import policy
-from simcharge.auth.sessions import ReadsWithSession, csrf_token, session_for_token
+from simcharge.auth.sessions import (
+    ReadsWithSession,
+    csrf_token,
+    is_background,
+    session_for_token,
+)
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -196,8 +201,10 @@ async def signed_in(
     if not token or token.startswith("sck_"):
         return None
     rules, now = policy(settings), utcnow()
+    # The order page's polling of its state: served, but no use of the session (ASVS 3.3.2).
+    background = is_background(request.headers)
     # The session and its account in one query without a write (every page asks).
-    found = await find_session(db, settings, token, reads)
+    found = await find_session(db, settings, token, reads, background=background)
     if found is None:
         return None
     if not found.stale:
@@ -205,7 +212,9 @@ async def signed_in(
     else:
 
         async def touch(s: AsyncSession) -> tuple[Account, AuthSession] | None:
-            auth = await session_for_token(s, settings.secret_key, token, policy=rules, now=now)
+            auth = await session_for_token(
+                s, settings.secret_key, token, policy=rules, now=now, touch=not background
+            )
             found = await s.get(Account, auth.account_id) if auth else None
             return (found, auth) if found and auth else None
 

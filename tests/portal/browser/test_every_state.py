@@ -438,7 +438,7 @@ SEEN: dict[str, str] = {
     "order-failed": "[data-testid=outcome].bad", "order-cancelled": "[data-testid=outcome].bad",
     "order-expired": "[data-testid=outcome].bad", "order-refunded": "[data-testid=outcome]",
     "security-error": ".alert.bad", "lock-error": "#e-confirm",
-    "totp": "[data-testid=totp-secret]", "security-two-step": "#f-rc-password",
+    "totp": "[data-testid=totp-key]", "security-two-step": "#f-rc-password",
     "recovery-codes": "[data-testid=recovery-codes]", "help-error": ".alert.bad",
     "ticket": "[data-testid=thread] li >> nth=1", "ticket-error": "#e-body",
     "transfer": "[data-testid=terms]", "transfer-review": "[data-testid=fee]",

@@ -161,7 +161,7 @@ async def test_two_step_verification_with_recovery_codes(live: Live, context: An
     await page.fill("form[action='/account/security/totp'] #f-password", PASSWORD)
     await submit(page, "form[action='/account/security/totp']")
     await check(page, "totp", problems)
-    secret = (await page.inner_text("[data-testid=totp-secret]")).strip()
+    secret = (await page.inner_text("[data-testid=totp-key]")).replace(" ", "").strip()
     await page.fill("#f-code", pyotp.TOTP(secret).now())
     await submit(page, "form[action='/account/security/totp/confirm']")
     codes = re.findall(r"\S+", await page.inner_text("[data-testid=recovery-codes]"))

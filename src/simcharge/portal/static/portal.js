@@ -9,7 +9,11 @@
     var tries = 0;
     var tick = function () {
       tries += 1;
-      fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      // X-Background: the page asks, not the person (the session's idle time is not renewed).
+      fetch(url, {
+        headers: { Accept: "application/json", "X-Background": "1" },
+        credentials: "same-origin"
+      })
         .then(function (r) { return r.ok ? r.json() : null; })
         .then(function (body) {
           if (body && body.state !== state) { window.location.reload(); return; }
