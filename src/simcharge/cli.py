@@ -551,6 +551,53 @@ def staff_create(
     typer.echo(f"created {role} {created}; sign in at /backoffice to enrol the authenticator app")
 
 
+@staff_app.command("password")
+def staff_password(
+    username: Annotated[str, typer.Argument(help="The staff member's login name.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt="New password",
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="SIMCHARGE_STAFF_PASSWORD",
+            help="Prompted for unless SIMCHARGE_STAFF_PASSWORD is set.",
+        ),
+    ] = "",
+) -> None:
+    """Set a staff member's password (a forgotten one); their sessions end, their lockout lifts."""
+    from sqlalchemy import select
+
+    from simcharge.backoffice import audit
+    from simcharge.backoffice.models import StaffUser
+    from simcharge.backoffice.staff import set_password
+    from simcharge.errors import SimchargeError
+    from simcharge.kit.clock import utcnow
+
+    async def reset(db: Database) -> int | None:
+        async with db.transaction() as session:
+            staff = (
+                await session.execute(
+                    select(StaffUser)
+                    .where(StaffUser.username == username.strip().casefold())
+                    .with_for_update()
+                )
+            ).scalar_one_or_none()
+            if staff is None:
+                return None
+            actor = audit.command_line_actor("staff password")
+            return await set_password(session, actor, staff, password, utcnow())
+
+    try:
+        ended = _run(reset)
+    except SimchargeError as exc:
+        _fail(f"{exc.field}: {exc.detail}" if exc.field else exc.detail, 2)
+        return
+    if ended is None:
+        _fail(f"no staff member {username}", 1)
+    typer.echo(f"password set; {ended} session(s) ended")
+
+
 def _settings_error(exc: SettingsError) -> str:
     """`error parsing value for field "x" from source …` as the variable to fix (never its
     value, which may be a secret)."""

@@ -49,6 +49,9 @@ OPEN = {
     ("POST", f"{PAGES}/logout"),
     ("POST", f"{PAGES}/language"),
     ("GET", PAGES),
+    ("GET", f"{PAGES}/password"),
+    ("POST", f"{PAGES}/password"),
+    ("POST", f"{API}/password"),
 }
 """Signing in and out, the language, and the home page: any signed-in staff member (or nobody,
 for the sign-in itself)."""

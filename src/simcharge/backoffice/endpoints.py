@@ -31,7 +31,7 @@ from simcharge.backoffice.customers import (
     usage_of_line,
 )
 from simcharge.backoffice.deps import api_actor, require
-from simcharge.backoffice.models import StaffUser
+from simcharge.backoffice.models import StaffSession, StaffUser
 from simcharge.backoffice.orders import (
     OrderPanel,
     attention_orders,
@@ -51,6 +51,8 @@ from simcharge.backoffice.schemas import (
     StaffChangeIn,
     StaffLoginIn,
     StaffOut,
+    StaffPasswordIn,
+    StaffPasswordResetIn,
     StaffTokenOut,
     StateOut,
     TakenOut,
@@ -60,12 +62,16 @@ from simcharge.backoffice.schemas import (
 from simcharge.backoffice.screens_tickets import staff_names
 from simcharge.backoffice.staff import (
     StaffLoginFailed,
+    change_own_password,
     change_staff,
+    end_own_sessions,
     end_session,
     failed_sign_in_name,
+    reset_staff_password,
     sign_in,
     staff_facts,
 )
+from simcharge.errors import Forbidden, Refused
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
 from simcharge.orders.models import Order
@@ -152,23 +158,83 @@ async def staff_session(
 
 
 @router.delete("/session", status_code=204, summary="End this staff token")
-async def end_staff_session(db: DB, actor: Annotated[Actor, Depends(api_actor)]) -> None:
-    if actor.session_id is None:
+async def end_staff_session(
+    db: DB,
+    actor: Annotated[Actor, Depends(api_actor)],
+    everywhere: Annotated[
+        bool,
+        Query(description="End every session of this staff member's, browsers and tokens"),
+    ] = False,
+) -> None:
+    if actor.session_id is None or actor.staff_id is None:
         return
-    sid = actor.session_id
+    sid, staff_id = actor.session_id, actor.staff_id
 
     async def end(s: AsyncSession) -> None:
-        await end_session(s, sid, utcnow())
+        details: dict[str, object] = {"via": "api"}
+        if everywhere:
+            ended = await end_own_sessions(s, staff_id, utcnow())
+            details.update(everywhere=True, ended=len(ended))
+        else:
+            await end_session(s, sid, utcnow())
         await audit.record(
             s,
             actor,
             "staff.logout",
             target_type="staff",
-            target_id=actor.staff_id,
-            details={"via": "api"},
+            target_id=staff_id,
+            details=details,
         )
 
     await db.run(end)
+
+
+@router.post(
+    "/password",
+    response_model=StaffTokenOut,
+    summary="Change my password (every other session ends; this token is replaced)",
+)
+async def change_my_password(
+    body: StaffPasswordIn,
+    db: DB,
+    settings: AppSettings,
+    limits: Limits,
+    actor: Annotated[Actor, Depends(api_actor)],
+) -> StaffTokenOut:
+    """With a staff token (an API key has no password: `403 forbidden`). The current password
+    is required: a wrong one is `422 staff-password-wrong` and counts as a failed sign-in (the
+    address's limit, then the member's lockout: `429 too-many-attempts`); the new one follows
+    the customers' policy (`422 validation-error`, field `new_password`). Every other session of
+    the member's ends; the answer carries this session's new token (the one used no longer
+    works). Audited as `staff.password_changed`."""
+    if actor.session_id is None or actor.staff_id is None:
+        raise Forbidden()
+    sid, staff_id = actor.session_id, actor.staff_id
+    await limits.hit("login", actor.ip)
+
+    async def run(s: AsyncSession) -> StaffTokenOut | Refused:
+        staff = await s.get(StaffUser, staff_id, with_for_update=True)
+        row = await s.get(StaffSession, sid, with_for_update=True)
+        assert staff is not None
+        assert row is not None
+        done = await change_own_password(
+            s, settings, actor, row, staff,
+            current=body.current_password, new=body.new_password, now=utcnow(),
+        )  # fmt: skip
+        if isinstance(done, Refused):
+            return done
+        return StaffTokenOut(
+            token=done.token,
+            expires_at=row.expires_at,
+            username=staff.username,
+            role=staff.role,
+            permissions=sorted(p.value for p in permissions_of(staff.role)),
+        )
+
+    out = await db.run(run)
+    if isinstance(out, Refused):
+        raise out.error
+    return out
 
 
 @router.get("/audit", response_model=list[AuditEntryOut], summary="The audit log, newest first")
@@ -770,8 +836,9 @@ async def get_report(
     format: Literal["json", "csv"] = "json",
 ) -> Any:
     """`topups`: per day paid, method and currency actually paid — top-ups (orders credited),
-    money taken, fees, orders paid but never credited and their money, refunded, net (amounts
-    of different currencies are never added up).
+    money taken, fees, orders paid but never credited and their money, refunded (on the day the
+    provider confirmed the refund, whichever day its order was paid), net (amounts of different
+    currencies are never added up).
     `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
     (failed, cancelled, expired). `lines`: lines per lifecycle state now."""
     p = reports.period(start, end, utcnow().date())
@@ -846,6 +913,25 @@ async def change_staff_member(
             before=before,
             after=staff_facts(staff),
         )
+        return _staff_out(staff)
+
+    return await db.run(run)
+
+
+@router.post(
+    "/staff/{staff_id}/password",
+    response_model=StaffOut,
+    summary="Set another staff member's password (every session of theirs ends)",
+)
+async def reset_staff_member_password(
+    staff_id: uuid.UUID, body: StaffPasswordResetIn, actor: StaffAdmin, db: DB
+) -> StaffOut:
+    """The customers' password policy (`422 validation-error`, field `new_password`); their
+    lockout is lifted. Your own: `POST /admin/password`, with the current one (`409
+    staff-own-password` here). Audited as `staff.password_reset`."""
+
+    async def run(s: AsyncSession) -> StaffOut:
+        staff = await reset_staff_password(s, actor, staff_id, body.new_password, utcnow())
         return _staff_out(staff)
 
     return await db.run(run)

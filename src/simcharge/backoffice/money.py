@@ -197,6 +197,13 @@ async def needs_approval(
     return limit is None or before + abs(amount) > limit, before, limit
 
 
+def _check_live(bucket: Bucket | None, now: datetime) -> None:
+    """A bucket past its end takes nothing and gives nothing (what it held is expiry's, as
+    TMF654's adjustments say too): units put in it would reach nobody."""
+    if bucket is not None and bucket.expires_at is not None and bucket.expires_at <= now:
+        raise ValidationFailed(N_("The bucket has expired."), field="target")
+
+
 async def _apply(s: AsyncSession, adj: Adjustment, line: Line, now: datetime) -> None:
     """One ledger transfer between the line's wallet or bucket and the operator's funding or
     issuance account; its id derives from the adjustment (applying twice moves nothing more)."""
@@ -316,6 +323,7 @@ async def request_adjustment(
             raise ValidationFailed(
                 N_("Choose the wallet or one of the line's buckets."), field="target"
             )
+        _check_live(bucket, now)
         account_id, unit = bucket.id, bucket.unit
     if ticket_id is not None:
         # The ticket the money answers: one of this line's customer's, or none at all.
@@ -395,6 +403,10 @@ async def decide_adjustment(
         or adj.requested_by_staff_id == actor.staff_id
     ):
         raise FourEyes(field="adjustment_id")
+    if approve:
+        # Asked while its bucket was live, approved after the end: refused, left waiting (to be
+        # rejected). A wallet is no bucket.
+        _check_live(await s.get(Bucket, adj.ledger_account_id), now)
     before = adjustment_facts(adj)
     state = (AdjustmentState.applied if approve else AdjustmentState.rejected).value
     claimed = await s.execute(

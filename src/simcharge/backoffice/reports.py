@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from markupsafe import Markup, escape
-from sqlalchemy import ColumnElement, Date, cast, func, literal_column, select, type_coerce
+from sqlalchemy import ColumnElement, Date, case, cast, func, literal_column, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import dialect_name
@@ -77,7 +77,7 @@ class TopupRow:
     in: amounts of different currencies are never added up."""
 
     day: date
-    """The UTC day the orders were paid."""
+    """The UTC day the orders were paid — or, for `refunded`, the refunds confirmed."""
     method: str
     currency: str
     topups: int
@@ -100,10 +100,11 @@ class TopupRow:
     applied_amount: int
     """What went on the balance for them: the ledger's `applied` transfers."""
     refunded: int
-    """Refunds the provider confirmed, for that day's orders, in this currency."""
+    """Refunds the provider confirmed that day (of any day's orders paid this way), in this
+    currency: a refund belongs to the day its money left, not to its order's day."""
     net: int
     """`amount` + `uncredited_amount` + `applied_amount` − `refunded`: what the day's payments
-    left in hand."""
+    and refunds left in hand."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +132,11 @@ def _utc_day(s: AsyncSession, column: Any) -> ColumnElement[date]:
 
 
 async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
-    """Per day paid, method and currency. Each amount is added to the row of its own currency:
-    money taken in the currency paid, a fee in the order's currency, a refund in the refund's —
-    for a credited order these are the same; an order paid in another currency than it asked
-    for was never credited and shows under `uncredited` in the currency it was paid in.
+    """Per day paid (a refund: per day confirmed), method and currency. Each amount is added
+    to the row of its own currency: money taken in the currency paid, a fee in the order's
+    currency, a refund in the refund's — for a credited order these are the same; an order
+    paid in another currency than it asked for was never credited and shows under `uncredited`
+    in the currency it was paid in.
 
     Money is what the ledger holds of it: a payment the provider confirmed without naming its
     amount or its currency counts as an order taken and not credited, with no money (nothing
@@ -183,11 +185,24 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
         else:
             row["uncredited"] += 1
             row["uncredited_amount"] += taken
+    # A refund counts on the day its money left (finance closes days: a refund in March of a
+    # January payment is March's): when the provider confirmed it — or, for one reported before
+    # its payment, when the payment was known and its money posted.
+    refunded_at = case(
+        (Order.paid_at > Refund.completed_at, Order.paid_at),
+        else_=func.coalesce(Refund.completed_at, Refund.created_at),
+    )
+    refund_day = _utc_day(s, refunded_at).label("day")
     refunds = await s.execute(
-        select(day, Order.method_code, Refund.currency, func.sum(Refund.amount))
+        select(refund_day, Order.method_code, Refund.currency, func.sum(Refund.amount))
         .join(Order, Order.id == Refund.order_id)
-        .where(*in_period, Refund.state == RefundState.succeeded.value)
-        .group_by(day, Order.method_code, Refund.currency)
+        .where(
+            Order.paid_at.is_not(None),
+            refunded_at >= p.since,
+            refunded_at < p.until,
+            Refund.state == RefundState.succeeded.value,
+        )
+        .group_by(refund_day, Order.method_code, Refund.currency)
     )
     for d, method, currency, amount in refunds:
         acc[(d, method, currency)]["refunded"] += int(amount)
@@ -274,10 +289,14 @@ def bar_chart(
     width: int = 720,
     height: int = 220,
 ) -> Markup:
-    """A bar chart as inline SVG (presentation attributes only: no style, no script)."""
+    """A bar chart as inline SVG (presentation attributes only: no style, no script). A
+    negative value (a day whose refunds exceed its payments) is a bar below the zero line."""
     pad_left, pad_bottom, pad_top = 8, 28, 24
     inner_w, inner_h = width - 2 * pad_left, height - pad_bottom - pad_top
-    top = max((v for _, v in points), default=0) or 1
+    top = max((v for _, v in points), default=0)
+    bottom = min((v for _, v in points), default=0)
+    span = (max(top, 0) - min(bottom, 0)) or 1
+    zero = pad_top + inner_h * max(top, 0) / span
     n = max(len(points), 1)
     slot = inner_w / n
     bar = max(1.0, slot * 0.7)
@@ -287,16 +306,17 @@ def bar_chart(
         f"<title>{escape(title)}</title>",
         f'<text x="{pad_left}" y="16" font-size="13" fill="#1b2733">{escape(title)} — '
         f"{escape(value_label(top))} max</text>",
-        f'<line x1="{pad_left}" y1="{pad_top + inner_h}" x2="{width - pad_left}" '
-        f'y2="{pad_top + inner_h}" stroke="#d8dee4"/>',
+        f'<line x1="{pad_left}" y1="{zero:.1f}" x2="{width - pad_left}" '
+        f'y2="{zero:.1f}" stroke="#d8dee4"/>',
     ]
     every = max(1, n // 10)
     for i, (label, value) in enumerate(points):
-        h = inner_h * (value / top)
+        h = inner_h * abs(value) / span
         x = pad_left + i * slot + (slot - bar) / 2
-        y = pad_top + inner_h - h
+        y = zero - h if value >= 0 else zero
         parts.append(
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="#0b6e4f">'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+            f'fill="{"#0b6e4f" if value >= 0 else "#b3261e"}">'
             f"<title>{escape(label)}: {escape(value_label(value))}</title></rect>"
         )
         if i % every == 0:

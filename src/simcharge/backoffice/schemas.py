@@ -136,6 +136,21 @@ class StaffChangeIn(BaseModel):
     reset_totp: bool = Field(default=False, description="Enrol a new authenticator at next sign-in")
 
 
+class StaffPasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(
+        max_length=1024, description="12 to 128 characters, not a common or breached password"
+    )
+
+
+class StaffPasswordResetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    new_password: str = Field(
+        max_length=1024, description="12 to 128 characters, not a common or breached password"
+    )
+
+
 class TariffVersionOut(BaseModel):
     """One version of a tariff (minor units of `currency`; native units: seconds, bytes,
     messages) and when it was in force (`valid_until` empty: it still is)."""

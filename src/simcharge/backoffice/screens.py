@@ -18,8 +18,10 @@ from simcharge.backoffice.deps import LoginRequired, WebActor, require_web
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.orders import attention_counts
 from simcharge.backoffice.roles import Permission
+from simcharge.backoffice.staff import open_sessions
 from simcharge.backoffice.web import HEADERS, STATIC, language_of, render
 from simcharge.errors import SimchargeError
+from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import translate
 from simcharge.tickets.models import Ticket, TicketStatus
 
@@ -59,13 +61,17 @@ async def home(request: Request, db: DB, settings: AppSettings, actor: WebActor)
                 .where(Adjustment.state == AdjustmentState.awaiting_approval.value)
             )
         ).scalar_one()
+        assert actor.staff_id is not None
+        sessions = await open_sessions(s, settings, actor.staff_id, utcnow())
     counts = {
         "open_tickets": open_tickets,
         "my_tickets": mine,
         "attention": attention,
         "approvals": approvals,
     }
-    return render(request, "home.html", actor, counts=counts)
+    return render(
+        request, "home.html", actor, counts=counts, sessions=sessions, current=actor.session_id
+    )
 
 
 @router.get("/audit", response_class=HTMLResponse)

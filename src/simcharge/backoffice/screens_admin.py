@@ -30,12 +30,12 @@ from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.jobs import JobView, count_by_view, discard_job, find_jobs, retry_job
 from simcharge.backoffice.models import Role, StaffUser
 from simcharge.backoffice.roles import Permission
-from simcharge.backoffice.staff import change_staff, staff_facts
-from simcharge.backoffice.web import back, render
+from simcharge.backoffice.staff import change_staff, reset_staff_password, staff_facts
+from simcharge.backoffice.web import back, field_texts, render
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.service import CatalogInvalid
 from simcharge.charging.models import Tariff
-from simcharge.errors import ValidationFailed
+from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
 
@@ -140,11 +140,55 @@ async def entry_save(
 StaffAdmin = Annotated[Actor, require_web(Permission.staff_manage)]
 
 
-@router.get("/staff", response_class=HTMLResponse)
-async def staff_list(request: Request, db: DB, actor: StaffAdmin) -> HTMLResponse:
+async def _staff_page(
+    request: Request,
+    db: DB,
+    actor: Actor,
+    *,
+    failed: SimchargeError | None = None,
+    target: uuid.UUID | None = None,
+) -> HTMLResponse:
     async with db.read() as s:
         rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars().all()
-    return render(request, "staff.html", actor, staff=rows, roles=list(Role))
+    error, errors = field_texts(request, actor, failed) if failed else (None, {})
+    return render(
+        request,
+        "staff.html",
+        actor,
+        status=failed.status if failed else 200,
+        staff=rows,
+        roles=list(Role),
+        error=error,
+        errors=errors,
+        target=target,
+    )
+
+
+@router.get("/staff", response_class=HTMLResponse)
+async def staff_list(request: Request, db: DB, actor: StaffAdmin) -> HTMLResponse:
+    return await _staff_page(request, db, actor)
+
+
+@router.post("/staff/{staff_id}/password", response_model=None)
+async def staff_password(
+    request: Request,
+    staff_id: uuid.UUID,
+    db: DB,
+    actor: StaffAdmin,
+    new_password: Annotated[str, Form(max_length=1024)] = "",
+    confirm_password: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    """Set another staff member's password (`staff.reset_staff_password`): every session of
+    theirs ends; a refusal comes back on the row's form."""
+    try:
+        if new_password != confirm_password:
+            raise ValidationFailed(
+                N_("The two passwords are not the same."), field="confirm_password"
+            )
+        await db.run(lambda s: reset_staff_password(s, actor, staff_id, new_password, utcnow()))
+    except SimchargeError as exc:
+        return await _staff_page(request, db, actor, failed=exc, target=staff_id)
+    return back("/backoffice/staff", "saved")
 
 
 @router.post("/staff/{staff_id}", response_model=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
@@ -16,9 +17,12 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import WebActor, staff_cookie
 from simcharge.backoffice.models import StaffSession, StaffUser
 from simcharge.backoffice.staff import (
+    PasswordChanged,
+    change_own_password,
     check_password,
     complete_second_step,
     csrf_token,
+    end_own_sessions,
     end_session,
     enrolment_of,
     failed_sign_in_name,
@@ -26,12 +30,19 @@ from simcharge.backoffice.staff import (
     session_for_token,
     start_enrolment,
 )
-from simcharge.backoffice.web import HEADERS, back, render
+from simcharge.backoffice.web import HEADERS, back, field_texts, render
 from simcharge.config import Settings
-from simcharge.errors import TooManyAttempts, refuse_nul
+from simcharge.errors import (
+    Refused,
+    SimchargeError,
+    TooManyAttempts,
+    ValidationFailed,
+    refuse_nul,
+)
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.i18n import normalize_language
+from simcharge.kit.translations import N_
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 
@@ -224,15 +235,49 @@ async def code_submit(
 
 
 @router.post("/logout", response_model=None)
-async def logout(db: DB, settings: AppSettings, actor: WebActor) -> Response:
+async def logout(
+    db: DB,
+    settings: AppSettings,
+    actor: WebActor,
+    session: Annotated[uuid.UUID | None, Form()] = None,
+    everywhere: Annotated[bool, Form()] = False,
+) -> Response:
+    """Sign out: this session; every session of the staff member's (`everywhere`: a browser
+    left signed in elsewhere, a token a tool holds); or one other session of theirs
+    (`session`, listed on the home page), which keeps this one signed in."""
     assert actor.session_id is not None
-    sid = actor.session_id
+    assert actor.staff_id is not None
+    sid, staff_id = actor.session_id, actor.staff_id
+    other = None if everywhere or session == sid else session
 
     async def end(s: AsyncSession) -> None:
-        await end_session(s, sid, utcnow())
-        await audit.record(s, actor, "staff.logout", target_type="staff", target_id=actor.staff_id)
+        now = utcnow()
+        if everywhere:
+            ended = await end_own_sessions(s, staff_id, now)
+            details: dict[str, object] = {"everywhere": True, "ended": len(ended)}
+        elif other is not None:
+            ended = await end_own_sessions(s, staff_id, now, only=other)
+            if not ended:
+                return  # not theirs, or already ended: nothing changed
+            await audit.record(
+                s,
+                actor,
+                "staff.session_ended",
+                target_type="staff",
+                target_id=staff_id,
+                details={"session": str(other)},
+            )
+            return
+        else:
+            await end_session(s, sid, now)
+            details = {}
+        await audit.record(
+            s, actor, "staff.logout", target_type="staff", target_id=staff_id, details=details
+        )
 
     await db.run(end)
+    if other is not None:
+        return back("/backoffice", "session")
     response = back("/backoffice/login")
     response.delete_cookie(
         staff_cookie(settings),
@@ -272,3 +317,56 @@ async def language(
 
     await db.run(save)
     return back("/backoffice")
+
+
+@router.get("/password", response_class=HTMLResponse)
+async def password_page(request: Request, actor: WebActor) -> HTMLResponse:
+    return render(request, "password.html", actor, errors={}, error=None)
+
+
+@router.post("/password", response_model=None)
+async def password_change(
+    request: Request,
+    db: DB,
+    settings: AppSettings,
+    limits: Limits,
+    actor: WebActor,
+    current_password: Annotated[str, Form(max_length=1024)] = "",
+    new_password: Annotated[str, Form(max_length=1024)] = "",
+    confirm_password: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    """The signed-in staff member's own password (`staff.change_own_password`): a wrong current
+    one counts as a failed sign-in; every other session ends and this one gets a new token."""
+    assert actor.session_id is not None
+    assert actor.staff_id is not None
+    sid, staff_id = actor.session_id, actor.staff_id
+
+    async def run(s: AsyncSession) -> PasswordChanged | Refused:
+        staff = await s.get(StaffUser, staff_id, with_for_update=True)
+        row = await s.get(StaffSession, sid, with_for_update=True)
+        assert staff is not None
+        assert row is not None
+        return await change_own_password(
+            s, settings, actor, row, staff,
+            current=current_password, new=new_password, now=utcnow(),
+        )  # fmt: skip
+
+    try:
+        if new_password != confirm_password:
+            raise ValidationFailed(
+                N_("The two passwords are not the same."), field="confirm_password"
+            )
+        await limits.hit("login", actor.ip)  # as a sign-in's password step
+        done = await db.run(run)
+        if isinstance(done, Refused):
+            raise done.error
+    except SimchargeError as exc:
+        error, errors = field_texts(request, actor, exc)
+        page = render(
+            request, "password.html", actor, status=exc.status, errors=errors, error=error
+        )
+        page.headers.update(exc.headers)
+        return page
+    response = back("/backoffice/password", "password")
+    _set_cookie(response, settings, done.token)
+    return response

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
@@ -28,8 +29,8 @@ from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
 from simcharge.backoffice.roles import Permission
-from simcharge.backoffice.web import back, language_of, render
-from simcharge.errors import ValidationFailed, required_idempotency_key
+from simcharge.backoffice.web import HEADERS, back, language_of, render
+from simcharge.errors import NotFound, ValidationFailed, required_idempotency_key
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.money import LossyConversionError, is_currency, to_minor
@@ -37,7 +38,13 @@ from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.kit.units import locale_of
 from simcharge.lines.models import Bucket, Line
-from simcharge.orders.models import Order
+from simcharge.orders import receipts
+from simcharge.orders.endpoints import (
+    ReceiptAwaitsCredit,
+    ReceiptNotReady,
+    ReceiptRefundedUncredited,
+)
+from simcharge.orders.models import Order, OrderState
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 Reader = Annotated[Actor, require_web(Permission.customers_read)]
@@ -101,7 +108,9 @@ async def customer(request: Request, account_id: uuid.UUID, db: DB, actor: Reade
     async with db.read() as s:
         view = await customer_view(s, account_id)
     await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
-    return render(request, "customer.html", actor, view=view, idem=uuid7().hex)
+    return render(
+        request, "customer.html", actor, view=view, idem=uuid7().hex, now=utcnow()
+    )
 
 
 @router.get("/lines/{line_id}/usage", response_class=HTMLResponse)
@@ -295,6 +304,44 @@ async def resend(
 ) -> Response:
     await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
     return back(_then(then, "/backoffice"), "resent")
+
+
+@router.get("/orders/{order_id}/receipt", response_model=None)
+async def receipt(
+    order_id: uuid.UUID, db: DB, settings: AppSettings, actor: Reader
+) -> Response:
+    """The order's receipt, the very PDF its customer gets (in their account's language);
+    audited as a read of their data (`receipt.view`)."""
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+        if order is None:
+            raise NotFound(field="order_id")
+        account = await s.get(Account, order.account_id)
+        language = account.language if account is not None else settings.default_language
+    pdf = await receipts.receipt_for(db, order_id, language, settings.operator_name)
+    if pdf is None:
+        if order.state == OrderState.paid.value:
+            raise ReceiptAwaitsCredit(field="order_id")
+        if order.state == OrderState.refunded.value:
+            raise ReceiptRefundedUncredited(field="order_id")
+        raise ReceiptNotReady(field="order_id")
+    await audit.record_read(
+        db, actor, "receipt.view", target_type="order", target_id=order_id,
+        details={"language": language},
+    )  # fmt: skip
+    async with db.read() as s:
+        numbered = await s.get(Order, order_id)
+        assert numbered is not None
+        name = receipts.filename(numbered)
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            **HEADERS,
+            "content-disposition": f'inline; filename="{name}"',
+            "cache-control": "private, no-store",
+        },
+    )
 
 
 @router.get("/attention", response_class=HTMLResponse)

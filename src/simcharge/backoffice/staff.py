@@ -6,6 +6,7 @@ once, confirmed by a code), a code afterwards. Then the session gets a new token
 
 from __future__ import annotations
 
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -18,9 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.passwords import check_password_policy, hash_password, verify_password
 from simcharge.auth.service import normalize_email
+from simcharge.backoffice import audit
+from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import Role, StaffSession, StaffUser
 from simcharge.config import Settings
-from simcharge.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
+from simcharge.errors import (
+    Conflict,
+    NotAuthenticated,
+    NotFound,
+    Refused,
+    TooManyAttempts,
+    ValidationFailed,
+)
 from simcharge.kit.crypto import keyed_hash, seal, unseal
 from simcharge.kit.i18n import normalize_language
 from simcharge.kit.translations import N_
@@ -332,6 +342,53 @@ async def end_session(session: AsyncSession, session_id: uuid.UUID, now: datetim
     )
 
 
+async def open_sessions(
+    session: AsyncSession, settings: Settings, staff_id: uuid.UUID, now: datetime
+) -> list[StaffSession]:
+    """A staff member's sessions still open (signed in with the code, neither ended nor timed
+    out): browsers and API tokens, the latest used first — for them to see where they are
+    signed in."""
+    idle, _ = policy_of(settings)
+    rows = await session.execute(
+        select(StaffSession)
+        .where(
+            StaffSession.staff_id == staff_id,
+            StaffSession.mfa.is_(True),
+            StaffSession.revoked_at.is_(None),
+            StaffSession.expires_at > now,
+            StaffSession.last_seen_at > now - idle,
+        )
+        .order_by(StaffSession.last_seen_at.desc(), StaffSession.id)
+    )
+    return list(rows.scalars())
+
+
+async def end_own_sessions(
+    session: AsyncSession,
+    staff_id: uuid.UUID,
+    now: datetime,
+    *,
+    only: uuid.UUID | None = None,
+    keep: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """End a staff member's sessions — every one ("sign out everywhere"), every one but `keep`
+    (a password changed), or `only` that one if it is theirs. Returns the sessions ended (none
+    for another's or an ended one)."""
+    stmt = update(StaffSession).where(
+        StaffSession.staff_id == staff_id, StaffSession.revoked_at.is_(None)
+    )
+    if only is not None:
+        stmt = stmt.where(StaffSession.id == only)
+    if keep is not None:
+        stmt = stmt.where(StaffSession.id != keep)
+    ended = await session.execute(
+        stmt.values(revoked_at=now)
+        .returning(StaffSession.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(ended.scalars())
+
+
 # --- administration -----------------------------------------------------------------------
 
 
@@ -391,3 +448,109 @@ async def change_staff(
         )
     await session.flush()
     return staff, before
+
+
+# --- passwords ------------------------------------------------------------------------------
+
+
+class StaffPasswordWrong(ValidationFailed):
+    slug = "staff-password-wrong"
+    title = N_("The current password is wrong.")
+
+
+class OwnPasswordNotReset(Conflict):
+    slug = "staff-own-password"
+    title = N_("Change your own password with your current password.")
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordChanged:
+    token: str
+    """This session's new token: the one it came with no longer works."""
+    ended: int
+    """The staff member's other sessions ended."""
+
+
+async def change_own_password(
+    session: AsyncSession,
+    settings: Settings,
+    actor: Actor,
+    row: StaffSession,
+    staff: StaffUser,
+    *,
+    current: str,
+    new: str,
+    now: datetime,
+) -> PasswordChanged | Refused:
+    """A signed-in staff member changes their password (ASVS 2.1.5, 2.1.6): the current one is
+    required and a wrong one is a failed sign-in (it counts toward the lockout, and locking ends
+    the half-open sessions; while locked nothing is looked at); the new one follows the
+    customers' policy. Every other session of theirs ends, this one gets a new token. Audited
+    (`staff.password_changed`, `staff.password_change_failed`), never with a password. `row`
+    and `staff` are locked by the caller. A refusal is returned, to be raised after commit."""
+    if staff.locked_until is not None and staff.locked_until > now:
+        wait = math.ceil((staff.locked_until - now).total_seconds())
+        await audit.record(
+            session, actor, "staff.password_change_failed", target_type="staff",
+            target_id=staff.id, details={"locked": True}, now=now,
+        )  # fmt: skip
+        return Refused(TooManyAttempts(wait, field="current_password"))
+    if not verify_password(staff.password_hash, current):
+        staff.failed_logins += 1
+        locked = staff.failed_logins >= MAX_FAILURES
+        if locked:
+            staff.locked_until, staff.failed_logins = now + LOCK_FOR, 0
+            await _end_half_open(session, staff.id, now)
+        await audit.record(
+            session, actor, "staff.password_change_failed", target_type="staff",
+            target_id=staff.id, details={"locked": locked}, now=now,
+        )  # fmt: skip
+        await session.flush()
+        return Refused(StaffPasswordWrong(field="current_password"))
+    check_password_policy(new, username=staff.username, email=staff.email, field="new_password")
+    staff.password_hash = hash_password(new)
+    staff.failed_logins = 0
+    ended = await end_own_sessions(session, staff.id, now, keep=row.id)
+    token = secrets.token_urlsafe(32)
+    row.token_hash = _token_hash(settings.secret_key, token)
+    row.last_seen_at = now
+    await audit.record(
+        session, actor, "staff.password_changed", target_type="staff", target_id=staff.id,
+        details={"sessions_ended": len(ended)}, now=now,
+    )  # fmt: skip
+    await session.flush()
+    return PasswordChanged(token, len(ended))
+
+
+async def set_password(
+    session: AsyncSession, actor: Actor, staff: StaffUser, new: str, now: datetime
+) -> int:
+    """Someone else sets a staff member's password (an admin, or `simcharge staff password`):
+    the customers' policy; the lockout is lifted (the guesses were at the old password) and every
+    session of theirs ends. Audited as `staff.password_reset`, never with the password. Returns
+    how many sessions ended. There is no "change it at next sign-in": they may change it on
+    their password page."""
+    check_password_policy(new, username=staff.username, email=staff.email, field="new_password")
+    staff.password_hash = hash_password(new)
+    staff.failed_logins, staff.locked_until = 0, None
+    ended = await end_own_sessions(session, staff.id, now)
+    await audit.record(
+        session, actor, "staff.password_reset", target_type="staff", target_id=staff.id,
+        details={"sessions_ended": len(ended)}, now=now,
+    )  # fmt: skip
+    await session.flush()
+    return len(ended)
+
+
+async def reset_staff_password(
+    session: AsyncSession, actor: Actor, staff_id: uuid.UUID, new: str, now: datetime
+) -> StaffUser:
+    """An admin sets another staff member's password (`set_password`); their own they change
+    with the current one."""
+    staff = await session.get(StaffUser, staff_id, with_for_update=True)
+    if staff is None:
+        raise StaffNotFound(field="staff_id")
+    if actor.staff_id == staff.id:
+        raise OwnPasswordNotReset(field="staff_id")
+    await set_password(session, actor, staff, new, now)
+    return staff

@@ -17,6 +17,8 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.staff import csrf_token
 from simcharge.catalog.schemas import PER_UNITS
 from simcharge.config import Settings
+from simcharge.errors import SimchargeError
+from simcharge.kit.devices import device_label
 from simcharge.kit.i18n import BABEL_LOCALES, pick_language, pick_text
 from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money, is_currency
@@ -102,6 +104,7 @@ def environment(language: str) -> Environment:
         when=when,
         units=signed_units,
         text=lambda v: pick_text(v, language) if isinstance(v, dict) else str(v),
+        device=device_label,
     )
     return env
 
@@ -154,3 +157,23 @@ def back(to: str, done: str | None = None) -> RedirectResponse:
     if done:
         to += ("&" if "?" in to else "?") + "done=" + done
     return RedirectResponse(to, status_code=303, headers=HEADERS)
+
+
+def field_texts(
+    request: Request, actor: Actor | None, exc: SimchargeError
+) -> tuple[str, dict[str, str]]:
+    """A refusal for a form, in the page's language: a sentence above it, and one beside each
+    offending field."""
+    language = language_of(request, actor)
+
+    def said(template: str, params: dict[str, Any]) -> str:
+        text = translate(language, template)
+        return text.format(**params) if params else text
+
+    fields = {e.field: said(e.detail, e.params) for e in exc.errors}
+    summary = said(exc.detail_template, exc.params)
+    if exc.field and exc.field not in fields:
+        fields[exc.field] = summary
+    if exc.errors:
+        summary = translate(language, exc.title)
+    return summary, fields
