@@ -343,8 +343,6 @@ async def test_a_refund_asked_before_the_line_was_terminated_completes(
     await assert_ledger_balanced(db)
 
 
-@pytest.mark.xfail(strict=True, reason="needs orders.refunds.complete_refund to forfeit what a "
-                   "voided hold gives back to a terminated line")
 async def test_a_refund_refused_after_the_line_was_terminated_leaves_nothing_on_it(
     client: Any, db: Database, settings: Settings
 ) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -381,14 +381,30 @@ async def _forfeit(
             if o.result is TransferResult.pending_transfer_expired
         ]  # fmt: skip
         await release_timed_out(session, timed_out, now=now)
-    rows = await repo.holdings(line_ids)
-    if not rows:
+    batch = await forfeit_transfers(session, line_ids, lambda account: ("terminate", account))
+    if not batch:
         return 0
+    outcomes = await create_transfers(session, batch, now=now)
+    return sum(1 for o in outcomes if o.ok)
+
+
+async def forfeit_transfers(
+    session: AsyncSession,
+    line_ids: Sequence[uuid.UUID],
+    id_parts: Callable[[uuid.UUID], tuple[object, ...]],
+) -> list[NewTransfer]:
+    """The transfers that forfeit what the lines' accounts hold (not reserved) to
+    `expiry:<unit>` / `expiry:<CUR>` (created if need be), code `forfeit`, reference
+    `line:<id>`; each transfer's id derives from `id_parts(account id)`, so that a rerun is
+    `exists`. Termination's, and a refund's refused after it (`orders.refunds`)."""
+    rows = await LifecycleRepository(session).holdings(line_ids)
+    if not rows:
+        return []
     expiry = {(r.unit, r.line_id): chart.expiry(r.unit, chart.shard_of(r.line_id)) for r in rows}
     await ensure_accounts(session, list({a.id: a for a in expiry.values()}.values()))
-    batch = [
+    return [
         NewTransfer(
-            id=derived_id("terminate", r.id),
+            id=derived_id(*id_parts(r.id)),
             amount=int(r.available),
             unit=r.unit,
             debit_account_id=r.id,
@@ -398,8 +414,6 @@ async def _forfeit(
         )
         for r in rows
     ]
-    outcomes = await create_transfers(session, batch, now=now)
-    return sum(1 for o in outcomes if o.ok)
 
 
 async def expire_buckets(

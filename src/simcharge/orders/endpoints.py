@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
 from simcharge.auth.deps import Client, CurrentCustomer, OptionalCustomer
+from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import Conflict, NotFound, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import normalize_language, pick_text
@@ -40,6 +42,7 @@ from simcharge.orders.schemas import (
 )
 from simcharge.payments import service as payments
 from simcharge.payments.registry import Providers
+from simcharge.portal.web import provider_url_ok
 
 router = APIRouter(prefix=API_PREFIX, tags=["orders"])
 
@@ -373,11 +376,16 @@ async def return_from_provider(
     providers: ProvidersDep,
     settings: AppSettings,
     customer: OptionalCustomer,
+    cancelled: Annotated[str | None, Query(description="Set on the provider's cancel URL")] = None,
 ) -> Response:
     """The query string is never trusted: the provider is asked where the payment stands (and a
     PayPal order the payer approved is captured) — when the payer is signed in and the order is
     theirs: no one else makes us call a provider (the webhook and reconciliation settle it
-    anyway). Then the payer goes to the order's page."""
+    anyway). Then the payer goes to the order's page — or, when PayPal declined the funding
+    source at capture (`INSTRUMENT_DECLINED`), back to PayPal's approval page to choose another
+    one (PayPal's "Handle funding failures": restart the payment), if it is a provider page we
+    may send a payer to (`portal.web.provider_url_ok`) and the payer did not come back from it
+    by its cancel link (`cancelled`: only where to send them, never what was paid)."""
     async with db.read() as s:
         order = await s.get(Order, order_id)
     owner = customer is not None and order is not None and order.account_id == customer.account.id
@@ -385,7 +393,29 @@ async def return_from_provider(
         # Unreachable: the page says "waiting"; the webhook or reconciliation will settle it.
         with contextlib.suppress(payments.PaymentProviderUnavailable):
             await payments.check_order(db, providers, order_id, source="return", capture=True)
+            restart = None if cancelled else await _restart_url(db, settings, order_id)
+            if restart is not None:
+                return RedirectResponse(restart, status_code=303)
     return RedirectResponse(f"/account/orders/{order_id}", status_code=303)
+
+
+FUNDING_DECLINED = "INSTRUMENT_DECLINED"
+"""PayPal's refusal of a capture whose funding source failed: the payer chooses another one on
+PayPal's approval page, and the next capture (under a new request id) takes it."""
+
+
+async def _restart_url(db: Database, settings: Settings, order_id: uuid.UUID) -> str | None:
+    """Where to send a payer back whose capture was just declined for its funding source: the
+    payment's approval page, while the order still waits for payment."""
+    async with db.read() as s:
+        order = await s.get(Order, order_id)
+        payment = await service.payment_of(s, order_id)
+    url = payment.redirect_url
+    if order is None or order.state != OrderState.pending.value or not url:
+        return None
+    if not (payment.last_error or "").startswith(FUNDING_DECLINED):
+        return None
+    return url if provider_url_ok(settings, url) else None
 
 
 @router.get(

@@ -66,6 +66,7 @@ from simcharge.orders.reversals import (
 from simcharge.orders.service import LockedOrder, flag_order, lock_order
 from simcharge.orders.service import forget_receipts as forget_receipts
 from simcharge.orders.service import issue_receipt_number as issue_receipt_number
+from simcharge.payments.codec import status_from_json
 from simcharge.payments.providers import PaymentState, PaymentStatus
 from simcharge.worker.service import NewJob, enqueue_many
 
@@ -279,7 +280,10 @@ async def _adopt_early_news(
 ) -> None:
     """Refunds and disputes reported before their payment was known — they name it only by the
     provider's payment id (PayPal's capture, Stripe's payment intent), learnt with the payment —
-    were stored unmatched: now they are this order's, applied before it is credited. (Events
+    were stored unmatched: now they are this order's, applied before it is credited. So are
+    refunded statuses (Stripe's `charge.refunded`): recorded as refunded at the provider, so the
+    payment is not credited — however its success arrived (a webhook applies them first,
+    `webhooks._apply_early_refunds`; "check now", the return, reconciliation come here). (Events
     another transaction is applying are left to it.)"""
     if not payment_id:
         return
@@ -295,6 +299,16 @@ async def _adopt_early_news(
         )
     ).scalars()
     for event in waiting:
+        if event.status is not None:
+            early = status_from_json(event.status)
+            if early.payment_id != payment_id or early.state not in REFUNDED_STATES:
+                continue
+            event.order_id = order.id
+            await note_refunded_status(
+                session, order, early, source=f"webhook:{event.event_id}", now=now
+            )
+            event.processed_at, event.outcome = now, Outcome.flagged.value
+            continue
         named = [x.get("payment_id") for x in (event.refund, event.dispute) if x is not None]
         if payment_id in named:
             event.order_id = order.id

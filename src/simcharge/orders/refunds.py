@@ -43,7 +43,8 @@ from simcharge.kit.translations import N_
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer, TransferKind
 from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
-from simcharge.lines.models import Line
+from simcharge.lifecycle.service import forfeit_transfers
+from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import bucket_id
 from simcharge.notifications.service import notify
 from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
@@ -472,6 +473,11 @@ async def complete_refund(
     ids = [uuid.UUID(t) for t in (refund.plan or {}).get("transfers", [])]
     succeeded = result.state is ProviderRefundState.succeeded
     kind = TransferKind.post_pending if succeeded else TransferKind.void_pending
+    line = None
+    if not succeeded and ids and order.fulfilled_at is not None:
+        # The voids give the line back what they held: locked first (a line before its
+        # accounts, as a top-up and termination take them), so it is not terminated meanwhile.
+        line = await session.get(Line, order.line_id, with_for_update=True)
     if ids:
         await post_transfers(
             session,
@@ -492,6 +498,8 @@ async def complete_refund(
     if not succeeded:
         refund.state, refund.error = RefundState.failed.value, f"{result.raw or 'refused'}"[:500]
         flag_order(order, Attention.refund_failed, note or f"refund {refund.reference} refused")
+        if line is not None and line.state == LineState.terminated.value:
+            await _forfeit_on_terminated_line(session, line, refund, now)
         return "refund_failed"
     refund.state = RefundState.succeeded.value
     order.refunded_amount += refund.amount
@@ -511,6 +519,20 @@ async def complete_refund(
         line_id=order.line_id,
     )
     return "refunded"
+
+
+async def _forfeit_on_terminated_line(
+    session: AsyncSession, line: Line, refund: Refund, now: datetime
+) -> None:
+    """A refused refund's voided holds give back to the line what they took of the order's
+    grant. A terminated line keeps nothing: that goes where termination sent the rest
+    (`expiry:<unit>`, `expiry:<CUR>`; `lifecycle.service._forfeit`), by transfers whose ids
+    derive from the refund, so that a second pass writes nothing twice."""
+    batch = await forfeit_transfers(
+        session, [line.id], lambda account: ("refund-forfeit", refund.id, account)
+    )
+    if batch:
+        await post_transfers(session, batch, now=now)
 
 
 def refunded_state(order: Order) -> None:
