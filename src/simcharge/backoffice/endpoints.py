@@ -74,6 +74,7 @@ from simcharge.backoffice.staff import (
 from simcharge.errors import Forbidden, Refused
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
+from simcharge.lifecycle.service import Policy
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
 from simcharge.tickets.endpoints import ticket_out
@@ -644,8 +645,11 @@ async def unlock_customer(account_id: uuid.UUID, actor: Unlocker, db: DB) -> Sta
 
 
 @router.post("/lines/{line_id}/unfreeze", response_model=StateOut, summary="Unfreeze a line")
-async def unfreeze_line(line_id: uuid.UUID, actor: Unfreezer, db: DB) -> StateOut:
-    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow()))
+async def unfreeze_line(
+    line_id: uuid.UUID, actor: Unfreezer, db: DB, settings: AppSettings
+) -> StateOut:
+    policy = Policy.of(settings)
+    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow(), policy))
     return StateOut(id=line.id, state=line.state)
 
 

@@ -475,9 +475,12 @@ async def unlock(s: AsyncSession, actor: Actor, account_id: uuid.UUID, now: date
     return account
 
 
-async def unfreeze_line(s: AsyncSession, actor: Actor, line_id: uuid.UUID, now: datetime) -> Line:
+async def unfreeze_line(
+    s: AsyncSession, actor: Actor, line_id: uuid.UUID, now: datetime, policy: lifecycle.Policy
+) -> Line:
     """A frozen line back in service, by the lifecycle's rules (active while its validity runs,
-    else in grace with a full grace period to top up); audited here as well."""
+    else in grace with a full grace period to top up — refused without a grace period:
+    `lifecycle.LineWouldFreezeAgain`); audited here as well."""
     line = await s.get(Line, line_id, with_for_update=True)
     if line is None:
         raise LineNotFound(field="line_id")
@@ -485,7 +488,12 @@ async def unfreeze_line(s: AsyncSession, actor: Actor, line_id: uuid.UUID, now: 
         raise NotFrozen(field="line_id")
     before = {"state": line.state}
     await lifecycle.unfreeze(
-        s, line, by=actor.name.split(":", 1)[-1], reason="unfrozen by customer service", now=now
+        s,
+        line,
+        by=actor.name.split(":", 1)[-1],
+        reason="unfrozen by customer service",
+        now=now,
+        policy=policy,
     )
     await audit.record(
         s,

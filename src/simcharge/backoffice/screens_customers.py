@@ -37,6 +37,7 @@ from simcharge.kit.money import LossyConversionError, is_currency, to_minor
 from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.kit.units import locale_of
+from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Bucket, Line
 from simcharge.orders import receipts
 from simcharge.orders.endpoints import (
@@ -172,8 +173,11 @@ async def unlock(account_id: uuid.UUID, db: DB, actor: Unlocker) -> Response:
 
 
 @router.post("/lines/{line_id}/unfreeze", response_model=None)
-async def unfreeze(line_id: uuid.UUID, db: DB, actor: Unfreezer) -> Response:
-    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow()))
+async def unfreeze(
+    line_id: uuid.UUID, db: DB, settings: AppSettings, actor: Unfreezer
+) -> Response:
+    policy = Policy.of(settings)
+    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow(), policy))
     return back(f"/backoffice/customers/{line.account_id}", "unfrozen")
 
 

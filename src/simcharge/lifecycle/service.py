@@ -109,6 +109,11 @@ class LineNotFrozen(Conflict):
     title = N_("The line is not frozen.")
 
 
+class LineWouldFreezeAgain(Conflict):
+    slug = "line-would-freeze-again"
+    title = N_("Unfrozen now, the line would be frozen again at once.")
+
+
 # ---------------------------------------------------------------------------------------------
 # One line at a time: top-ups and support
 
@@ -182,10 +187,22 @@ def on_topup(
 
 
 async def unfreeze(
-    session: AsyncSession, line: Line, *, by: str, reason: str, now: datetime | None = None
+    session: AsyncSession,
+    line: Line,
+    *,
+    by: str,
+    reason: str,
+    now: datetime | None = None,
+    policy: Policy | None = None,
 ) -> Line:
     """Customer service brings a frozen line back: active if its validity runs, else in grace
-    with a full grace period to top up. The activity clock restarts. Audited."""
+    with a full grace period to top up. The activity clock restarts. Audited.
+
+    With no grace period in the `policy` (`LIFECYCLE_GRACE_DAYS=0`), a line whose validity has
+    ended is refused (`LineWouldFreezeAgain`): a grace of no length is over at the next sweep,
+    which would freeze the line again and tell the customer so just after support helped. A
+    top-up with a package that gives validity comes first (it extends the validity of a frozen
+    line too); then the line is unfrozen into `active`."""
     now = now or utcnow()
     if not reason.strip():
         raise ValidationFailed(N_("Say why the line is unfrozen."), field="reason")
@@ -200,6 +217,16 @@ async def unfreeze(
             state=line.state,
         )
     target = LineState.active if _valid(line, now) else LineState.grace
+    if target is LineState.grace and policy is not None and policy.grace <= timedelta(0):
+        raise LineWouldFreezeAgain(
+            N_(
+                "The validity of line {msisdn} has ended and lines have no grace period: "
+                "unfrozen, it would be frozen again at once. Top it up with a package that "
+                "gives validity, then unfreeze it."
+            ),
+            field="line_id",
+            msisdn=line.msisdn,
+        )
     line.last_activity_at = now
     _change(session, line, target, reason=f"support: {reason.strip()}", actor=f"staff:{by}", now=now)
     await session.flush()
