@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     alipay_private_key_file: Path | None = None
     alipay_public_key: str | None = None
     alipay_gateway: str | None = None
+    alipay_seller_id: str | None = None
+    """Our Alipay seller id (`2088…`): notifications naming another seller are rejected; unset,
+    the seller is not compared."""
     wechatpay_mchid: str | None = None
     wechatpay_appid: str | None = None
     wechatpay_serial_no: str | None = None

@@ -118,7 +118,9 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
         amount=row.amount,
         total=order.paid_amount if order.paid_amount is not None else order.total,
         currency=row.currency,
-        reason=row.reason,
+        # Not the refund's `reason`: staff's own note (kept with the refund, in the back office
+        # and the audit), which PayPal (`note_to_payer`), WeChat Pay and Alipay show the payer.
+        reason=None,
         notify_url=urls(ctx.settings, order)[2],
     )
     # A follow-up is only ever scheduled after an answer; the provider's id is kept from one.

@@ -104,6 +104,18 @@ async def receive_notification(
         raise NotificationUnverifiable(
             headers={"Retry-After": str(UNVERIFIABLE_RETRY_AFTER)}
         ) from exc
+    unstorable = _unstorable(notification)
+    if unstorable is not None:
+        # Signed, but no database stores it (PostgreSQL refuses a NUL in text and JSON, and a
+        # lone surrogate is no text): refused rather than answered 500 on every retry, and not
+        # cleaned — the body is kept as delivered, to be verified again.
+        WEBHOOKS.labels(provider_name, "rejected:unstorable").inc()
+        WEBHOOK_FAILURES.labels(provider_name, "unstorable").inc()
+        log.warning(
+            "payments.webhook_unstorable", provider=provider_name,
+            event=_text_only(notification.event_id), field=unstorable,
+        )  # fmt: skip
+        return Received(provider.reply(False), duplicate=False, outcome="rejected:unstorable")
     expected = providers.merchant_of(provider_name)
     if expected and notification.status and notification.status.merchant not in (None, expected):
         WEBHOOKS.labels(provider_name, "rejected:foreign").inc()
@@ -290,6 +302,57 @@ async def _store(
     }
     stored = insert_if_absent(s, _events, "provider", "event_id", returning=("id",))
     return (await s.execute(stored, values)).scalar_one_or_none()
+
+
+def _unstorable(n: Notification) -> str | None:
+    """Where a notification holds a string no database stores — a NUL or a lone surrogate (a
+    form's `%00`, a decrypted resource's `\\u0000`; the middleware refuses them in JSON bodies
+    only) — as a dotted path (`payload.subject`), if anywhere."""
+    kept = {
+        "event_id": n.event_id,
+        "event_type": n.event_type,
+        "body": n.body,
+        "headers": dict(n.headers),
+        "payload": _jsonable(n.raw),
+        "status": status_to_json(n.status) if n.status else None,
+        "refund": refund_to_json(n.refund) if n.refund else None,
+        "dispute": dispute_to_json(n.dispute) if n.dispute else None,
+    }
+    return _first_not_text(kept, "")
+
+
+def _not_text(value: str) -> bool:
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _text_only(value: str) -> str:
+    """`value` fit for a log line: NULs dropped, a lone surrogate replaced."""
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _first_not_text(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return (path or "body") if _not_text(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            named = f"{path}.{key}".strip(".")
+            if _not_text(str(key)):
+                return _text_only(named)
+            found = _first_not_text(item, named)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_not_text(item, f"{path}.{i}")
+            if found is not None:
+                return found
+    return None
 
 
 def _jsonable(value: Any) -> Any:

@@ -101,6 +101,7 @@ def configured_providers(
             alipay_key,
             s.alipay_public_key,
             gateway=s.alipay_gateway or LIVE_GATEWAY,
+            seller_id=s.alipay_seller_id or None,
         )
         try:
             found["alipay"] = AlipayProvider(config, client)

@@ -88,6 +88,9 @@ class AlipayConfig:
     fit. Replays inside the window are stopped by `notify_id` (stored once)."""
     notify_max_ahead: timedelta = timedelta(minutes=5)
     """How far in the future `notify_time` may be (clocks differ)."""
+    seller_id: str | None = None
+    """Our seller id (`2088…`, the merchant's Alipay account): a notification naming another
+    seller, or none, is rejected as `foreign`. None: not compared."""
 
 
 def yuan(minor: int, currency: str) -> str:
@@ -395,6 +398,9 @@ class AlipayProvider:
         trade_status = params.get("trade_status")
         if not notify_id or not out_trade_no or not trade_status:
             raise NotificationRejected("malformed", "not a trade status notification")
+        seller_id = self.config.seller_id
+        if seller_id and params.get("seller_id") != seller_id:
+            raise NotificationRejected("foreign", f"seller_id {params.get('seller_id')!r}")
         sent_at = parse_china_time(params.get("notify_time"))
         if sent_at is None:
             raise NotificationRejected("malformed", "no notify_time")

@@ -243,8 +243,10 @@ class ProviderError(Exception):
 
 
 REJECTION_REASONS = frozenset(
-    {"bad-signature", "stale", "probe", "malformed", "unknown-key", "bad-certificate"}
+    {"bad-signature", "stale", "probe", "malformed", "unknown-key", "bad-certificate", "foreign"}
 )
+"""`foreign`: genuine, but another merchant's, app's or seller's (WeChat Pay's `appid`, Alipay's
+`seller_id`), as `webhooks` rejects a merchant id that is not ours."""
 
 
 class NotificationRejected(Exception):

@@ -433,6 +433,9 @@ class WeChatPayProvider:
         decrypted = json_object(plaintext)
         if decrypted is None:
             raise NotificationRejected("malformed", "the resource is not a JSON object")
+        foreign = self._foreign(decrypted, paid=event_type.startswith("TRANSACTION."))
+        if foreign is not None:
+            raise NotificationRejected("foreign", foreign)
         status: PaymentStatus | None = None
         refund: RefundResult | None = None
         if event_type.startswith("TRANSACTION."):
@@ -450,6 +453,17 @@ class WeChatPayProvider:
             body=delivered_body(body),  # the resource as sent: encrypted
             headers=delivered_headers(headers, SIGNED_HEADERS),
         )
+
+    def _foreign(self, resource: Mapping[str, Any], *, paid: bool) -> str | None:
+        """Why a decrypted resource is not ours, if it is not: every resource names its `mchid`,
+        a transaction (`paid`) its `appid` too (a refund's names none) — another app of the same
+        merchant is notified under the same APIv3 key and may use the same `out_trade_no`."""
+        mchid = resource.get("mchid")
+        if mchid != self.config.mchid:
+            return f"mchid {mchid!r}"
+        if paid and resource.get("appid") != self.config.appid:
+            return f"appid {resource.get('appid')!r}"
+        return None
 
     def reply(self, accepted: bool) -> WebhookReply:
         if accepted:
