@@ -1543,6 +1543,9 @@ async def test_a_refund_is_made_at_the_provider_and_settles_the_ledger(
     route = provider.expect_refund(order)
     await _worker(shop, db, settings)
     assert route.called
+    # Staff's reason is their own note: PayPal (`note_to_payer`), WeChat Pay and Alipay would show
+    # it to the payer, so it is never sent.
+    assert all(b"unused" not in call.request.content for call in route.calls)
     async with db.read() as s:
         refund = (await s.execute(select(Refund).where(Refund.order_id == order.id))).scalar_one()
     await provider.confirm_refund(client, order, refund)

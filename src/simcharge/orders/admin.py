@@ -4,7 +4,9 @@ reads (personal data seen by staff)."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
+from collections.abc import Sequence
 from typing import Annotated
 
 import structlog
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, Language
 from simcharge.api.idempotency import IdempotencyKeyHeader
+from simcharge.auth.service import normalize_phone
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require
@@ -25,10 +28,10 @@ from simcharge.errors import Forbidden, ValidationFailed, required_idempotency_k
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant, Money
 from simcharge.kit.translations import N_
-from simcharge.orders.endpoints import detail, refunds_out
+from simcharge.orders.endpoints import detail_parts, refunds_out
 from simcharge.orders.models import Order, OrderState, Refund
 from simcharge.orders.refunds import ask_for_refund
-from simcharge.orders.schemas import RefundIn, RefundOut, StaffOrderOut
+from simcharge.orders.schemas import RefundIn, StaffOrderOut, StaffRefundOut
 from simcharge.orders.service import OrderNotFound
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin/orders", tags=["admin"])
@@ -46,20 +49,39 @@ class ApplyNeedsAPerson(Forbidden):
     )
 
 
+def staff_refunds_out(rows: Sequence[Refund]) -> list[StaffRefundOut]:
+    """Refunds as staff see them: with the reason they wrote (the payer's view has none)."""
+    return [
+        StaffRefundOut(**out.model_dump(), reason=row.reason)
+        for out, row in zip(refunds_out(rows), rows, strict=True)
+    ]
+
+
 async def staff_view(s: AsyncSession, order: Order, language: str) -> StaffOrderOut:
-    base = await detail(s, order, language)
+    fields, refunds = await detail_parts(s, order, language)
     paid = (
         Money.of(order.paid_amount, order.paid_currency or order.currency)
         if order.paid_amount is not None
         else None
     )
     return StaffOrderOut(
-        **base.model_dump(),
+        **fields,
+        refunds=staff_refunds_out(refunds),
         account_id=order.account_id,
         attention=order.attention,
         attention_note=order.attention_note,
         paid=paid,
     )
+
+
+def number_searched(raw: str) -> str:
+    """The E.164 number of `?msisdn=` as orders store it (`kit.phone`): written with spaces or
+    punctuation, without its `+` or with `00` for it, or with a `+` sent unencoded (a space in
+    a query string); 422 on `msisdn` for one that is no number."""
+    text = unicodedata.normalize("NFKC", raw).strip()
+    if text.startswith("00"):
+        text = text[2:]
+    return normalize_phone(text if text.startswith("+") else f"+{text}", field="msisdn")
 
 
 @router.get("", response_model=list[StaffOrderOut], summary="Orders, newest first")
@@ -69,7 +91,14 @@ async def list_orders(
     language: Language,
     attention: Annotated[bool, Query(description="Only orders finance must look at")] = False,
     state: OrderState | None = None,
-    msisdn: Annotated[str | None, Query(max_length=16)] = None,
+    msisdn: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="The line's number, in any usual writing: spaces, without `+`, `00` "
+            "for `+` (422 for one that is no number)",
+        ),
+    ] = None,
     before: Annotated[
         Instant | None, Query(description="The next page: the last order's `created_at`…")
     ] = None,
@@ -80,6 +109,7 @@ async def list_orders(
 ) -> list[StaffOrderOut]:
     if before_id is not None and before is None:
         raise ValidationFailed(field="before")  # alone, it would be ignored: the first page
+    msisdn = number_searched(msisdn) if msisdn else None
     stmt = select(Order)
     if attention:
         stmt = stmt.where(Order.attention.is_not(None))
@@ -118,7 +148,7 @@ async def get_order(
 
 @router.post(
     "/{order_id}/refunds",
-    response_model=RefundOut,
+    response_model=StaffRefundOut,
     status_code=202,
     summary="Refund an order, wholly or in part",
 )
@@ -128,7 +158,7 @@ async def refund_order(
     key: WriteRefunds,
     db: DB,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> RefundOut:
+) -> StaffRefundOut:
     """Accepted: the provider is asked by the worker; until it confirms, what the refund takes
     back is held (pending). The policy is in the README ("Refunds")."""
     idempotency_key = required_idempotency_key(idempotency_key)
@@ -169,7 +199,7 @@ async def refund_order(
     async with db.read() as s:
         row = await s.get(Refund, refund.id)
         assert row is not None
-        return refunds_out([row])[0]
+        return staff_refunds_out([row])[0]
 
 
 @router.post(

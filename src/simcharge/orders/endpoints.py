@@ -134,12 +134,13 @@ def events_out(events: Sequence[ProviderEvent]) -> list[EventOut]:
 
 
 def refunds_out(rows: Sequence[Refund]) -> list[RefundOut]:
+    """Refunds as the payer sees them: without their reason, which staff wrote for each other
+    (the back office's form) or `reversals` wrote of a provider's own refund (`admin`)."""
     return [
         RefundOut(
             reference=r.reference,
             amount=Money.of(r.amount, r.currency),
             state=r.state,
-            reason=r.reason,
             created_at=r.created_at,
             completed_at=r.completed_at,
         )
@@ -167,15 +168,24 @@ async def line_owners(
     return {line_id: owner for line_id, owner in rows.all()}
 
 
-async def detail(s: AsyncSession, order: Order, language: str) -> OrderDetailOut:
-    """An order with its payment history. `gift`: the line is not the payer's (now)."""
+async def detail_parts(
+    s: AsyncSession, order: Order, language: str
+) -> tuple[dict[str, Any], Sequence[Refund]]:
+    """An order's fields with its payment history, and its refunds (shown to the payer by
+    `refunds_out`, to staff with their reasons)."""
     payment = await service.payment_of(s, order.id)
     owner = (await line_owners(s, [order])).get(order.line_id)
-    return OrderDetailOut(
+    fields = {
         **order_fields(order, payment, language, gift=owner != order.account_id),
-        events=events_out(await service.events_of(s, order.id)),
-        refunds=refunds_out(await refunds_of(s, order.id)),
-    )
+        "events": events_out(await service.events_of(s, order.id)),
+    }
+    return fields, await refunds_of(s, order.id)
+
+
+async def detail(s: AsyncSession, order: Order, language: str) -> OrderDetailOut:
+    """An order with its payment history. `gift`: the line is not the payer's (now)."""
+    fields, refunds = await detail_parts(s, order, language)
+    return OrderDetailOut(**fields, refunds=refunds_out(refunds))
 
 
 @router.post("/quotes", response_model=QuoteOut, summary="What a top-up would cost")

@@ -85,12 +85,20 @@ class EventOut(Schema):
 
 
 class RefundOut(Schema):
+    """A refund as the payer sees it: no `reason` (what staff wrote is theirs, `StaffRefundOut`)."""
+
     reference: str
     amount: Money
     state: str
-    reason: str | None
     created_at: datetime
     completed_at: datetime | None
+
+
+class StaffRefundOut(RefundOut):
+    reason: str | None = Field(
+        description="What the staff member wrote, or what a provider's own refund was (a "
+        "dispute…): internal, never shown to the payer"
+    )
 
 
 class OrderOut(Schema):
@@ -154,6 +162,7 @@ class RefundIn(Schema):
 
 
 class StaffOrderOut(OrderDetailOut):
+    refunds: list[StaffRefundOut]  # type: ignore[assignment]  # narrower: with reasons
     account_id: uuid.UUID
     attention: str | None
     attention_note: str | None

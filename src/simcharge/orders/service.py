@@ -153,12 +153,16 @@ async def resolve_line(
 ) -> Line:
     """The line to top up: one of the payer's own by id, or any of the operator's numbers by
     number (a gift). A line id of someone else's line is "not found": an id must not reveal
-    whose number it is."""
+    whose number it is. A terminated line is refused on the field that named it."""
     if line_id is not None:
-        return await own_line(session, account_id, line_id)
-    if msisdn:
-        return await find_line_by_msisdn(session, msisdn)
-    raise ValidationFailed(N_("Say which line: its id or its number."), field="msisdn")
+        line, field = await own_line(session, account_id, line_id), "line_id"
+    elif msisdn:
+        line, field = await find_line_by_msisdn(session, msisdn), "msisdn"
+    else:
+        raise ValidationFailed(N_("Say which line: its id or its number."), field="msisdn")
+    if line.state == LineState.terminated:
+        raise LineNotTopUpable(field=field)
+    return line
 
 
 async def quote(
@@ -171,6 +175,7 @@ async def quote(
     line: Line,
     now: datetime,
 ) -> Quote:
+    """What a top-up of `line` costs; `line` as `resolve_line` gave it (not terminated)."""
     repo = CatalogRepository(session)
     plan = await repo.plan_by_code(plan_code)
     if plan is None or not plan.active:
@@ -181,8 +186,6 @@ async def quote(
     provider = providers.serving(method)
     if provider is None:
         raise MethodUnavailable(field="method")
-    if line.state == LineState.terminated:
-        raise LineNotTopUpable(field="msisdn")
     prices = await repo.prices_of(plan.id)
     currency = next((c for c in method.currencies if c in prices), None)
     if currency is None:

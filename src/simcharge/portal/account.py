@@ -403,7 +403,10 @@ def qr_svg(payload: str) -> Markup:
 
 async def _order_and_payment(
     db: DB, account_id: uuid.UUID, order_id: uuid.UUID
-) -> tuple[Order, Payment, LineBalances | None]:
+) -> tuple[Order, Payment, LineBalances | None, bool]:
+    """The order, its payment, the line's balances once credited, and whether finance put the
+    payment on the line's balance (`applied_at`: known at once, before the worker numbers its
+    receipt)."""
     async with db.read() as s:
         order = await orders.own_order(s, account_id, order_id)
         payment = await orders.payment_of(s, order.id)
@@ -413,7 +416,8 @@ async def _order_and_payment(
             if line is not None and line.account_id == account_id and order.state == "fulfilled"
             else None
         )
-    return order, payment, balances
+        applied = await orders.applied_at(s, order) is not None
+    return order, payment, balances, applied
 
 
 @router.get("/account/orders/{order_id}")
@@ -422,7 +426,7 @@ async def order_page(
     cancelled: str | None = None,
 ) -> Response:
     account_id = require(page)
-    order, payment, balances = await _order_and_payment(db, account_id, _uuid(order_id))
+    order, payment, balances, applied = await _order_and_payment(db, account_id, _uuid(order_id))
     # Only a pending order changes by itself: a `paid` one (paid, not credited) waits for finance.
     waiting = order.state == "pending"
     qr = (
@@ -432,7 +436,7 @@ async def order_page(
     )
     return render(
         request, page, "order.html", order=order, payment=payment, balances=balances,
-        waiting=waiting, qr=qr, cancelled=bool(cancelled),
+        applied=applied, waiting=waiting, qr=qr, cancelled=bool(cancelled),
         plan_name=pick_text(order.plan_snapshot.get("names", {}), page.language) or order.plan_code,
         pay_url=_pay_url(settings, order, payment),
     )
