@@ -176,6 +176,17 @@ async def find_by_login(session: AsyncSession, raw: str) -> Account | None:
     return await repo.by_username(value)
 
 
+async def _held_by_login(session: AsyncSession, raw: str) -> Account | None:
+    """The account of this login name, locked and read as it is once held — the order sign-in,
+    a reset, an unlock and a contact change take it in: the account before its codes and
+    throttle rows (a reset that held its code and then waited for the account deadlocked with
+    a contact's verification, which holds the account and voids the codes to the old one)."""
+    account = await find_by_login(session, raw)
+    if account is None:
+        return None
+    return await session.get(Account, account.id, with_for_update=True, populate_existing=True)
+
+
 def _name_keys(secret: str, account: Account) -> list[str]:
     keys = [throttle.name_key(secret, "username", account.username)]
     if account.email:
@@ -697,10 +708,13 @@ async def request_contact_change(
     counted: codes.CodeCount | None = None,
 ) -> None:
     """Start replacing the e-mail address or phone number: a code goes to the new one, and the
-    current one is told. The old contact stays until the code is entered."""
+    current one is told. The old contact stays until the code is entered. The current contact
+    given again cancels a change pending on its channel: the pending contact is dropped and its
+    code void (entered later, it would otherwise still move the account's contact)."""
     value = normalize_email(raw) if channel == "email" else normalize_phone(raw)
     current = account.email if channel == "email" else account.phone
     if value == current:
+        await _cancel_contact_change(session, account, channel, client=client, now=now)
         return
     if channel == "email":
         account.email_pending = value
@@ -731,6 +745,35 @@ async def request_contact_change(
             channels=[channel, "portal"],
             targets={channel: current},
         )
+
+
+async def _cancel_contact_change(
+    session: AsyncSession,
+    account: Account,
+    channel: Channel,
+    *,
+    client: ClientInfo,
+    now: datetime,
+) -> None:
+    """Drop the contact pending on `channel`, if any, and void the codes sent to it."""
+    pending = account.email_pending if channel == "email" else account.phone_pending
+    if pending is None:
+        return
+    if channel == "email":
+        account.email_pending = None
+    else:
+        account.phone_pending = None
+    account.updated_at = now
+    await session.flush()
+    await codes.void_codes(session, account.id, (verify_purpose(channel),), pending, now)
+    await record_event(
+        session,
+        EventKind.contact_change_requested,
+        account_id=account.id,
+        client=client,
+        details={"channel": channel, "cancelled": True},
+        now=now,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1235,7 +1278,7 @@ async def reset_password(
     check_password_policy(
         new_password, username=login.strip(), email=_login_as_email(login), field="new_password"
     )
-    account = await find_by_login(session, login)
+    account = await _held_by_login(session, login)
     if account is None or not _signed_out_code_for(account, CodePurpose.password_reset):
         return Refused(codes.InvalidCode())
     used = await use_code(
@@ -1495,7 +1538,7 @@ async def unlock(
 ) -> Account | Refused:
     """Unlock a self-locked account with its code (the check `counted` before the transaction
     by `count_signed_out_check`)."""
-    account = await find_by_login(session, login)
+    account = await _held_by_login(session, login)
     if account is None or not _signed_out_code_for(account, CodePurpose.unlock):
         return Refused(codes.InvalidCode())
     used = await use_code(

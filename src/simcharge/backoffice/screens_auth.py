@@ -200,8 +200,10 @@ async def code_submit(
     ua = request.headers.get("user-agent")
 
     async def second(s: AsyncSession) -> str | None:
-        fresh_row = await s.get(StaffSession, row.id, with_for_update=True)
-        fresh = await s.get(StaffUser, staff.id, with_for_update=True)
+        # The member before the session, as every path takes them (an admin's change, a
+        # password change): the other way round, the two could deadlock.
+        fresh = await s.get(StaffUser, staff.id, with_for_update=True, populate_existing=True)
+        fresh_row = await s.get(StaffSession, row.id, with_for_update=True, populate_existing=True)
         assert fresh_row is not None
         assert fresh is not None
         enrolling = fresh.totp_enabled_at is None

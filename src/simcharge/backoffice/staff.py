@@ -170,13 +170,18 @@ async def failed_sign_in_name(session: AsyncSession, typed: str) -> str:
 async def check_password(
     session: AsyncSession, username: str, password: str, now: datetime
 ) -> StaffUser | None:
-    """The staff member if the password is right (and the account active and not locked)."""
+    """The staff member if the password is right (and the account active and not locked).
+    The member's row is locked before anything else, as on every path (their row, then their
+    sessions), and read as it is once held: two wrong passwords at once count two failures."""
     if "\x00" in username:
         verify_password(None, password)
         return None
     staff = (
         await session.execute(
-            select(StaffUser).where(StaffUser.username == username.strip().casefold())
+            select(StaffUser)
+            .where(StaffUser.username == username.strip().casefold())
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).scalar_one_or_none()
     ok = verify_password(staff.password_hash if staff else None, password)
@@ -247,7 +252,11 @@ async def complete_second_step(
 ) -> str | None:
     """Check the code; on success the session is fully signed in under a new token (returned).
     A locked staff member's code is not even looked at; the failure that locks them ends every
-    half-open session of theirs."""
+    half-open session of theirs. Nor is the code of a session ended meanwhile (an admin's
+    change the step waited for) or of a member switched off. `staff` is locked before `row`
+    (the order of every path: the member, then their sessions)."""
+    if row.revoked_at is not None or not staff.active:
+        return None
     if staff.locked_until is not None and staff.locked_until > now:
         row.revoked_at = now
         await session.flush()
@@ -487,7 +496,11 @@ async def change_own_password(
     the half-open sessions; while locked nothing is looked at); the new one follows the
     customers' policy. Every other session of theirs ends, this one gets a new token. Audited
     (`staff.password_changed`, `staff.password_change_failed`), never with a password. `row`
-    and `staff` are locked by the caller. A refusal is returned, to be raised after commit."""
+    and `staff` are locked by the caller (the member first). A refusal is returned, to be raised
+    after commit. A session ended meanwhile (an admin's change the request waited for: the
+    member switched off, their role changed) changes nothing: `staff-session-ended`."""
+    if row.revoked_at is not None or not staff.active:
+        return Refused(StaffSessionEnded())
     if staff.locked_until is not None and staff.locked_until > now:
         wait = math.ceil((staff.locked_until - now).total_seconds())
         await audit.record(
