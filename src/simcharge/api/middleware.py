@@ -29,6 +29,7 @@ from simcharge.errors import (
 )
 from simcharge.kit.i18n import pick_language
 from simcharge.kit.ids import uuid7
+from simcharge.kit.text import first_not_text
 from simcharge.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("simcharge.http")
@@ -280,36 +281,7 @@ def _nul_in_json(body: bytes) -> str | None:
         document = json.loads(body)
     except ValueError:
         return None  # not JSON: the endpoint refuses it as such
-    return _find_nul(document, "")
-
-
-def _not_text(value: str) -> bool:
-    if "\x00" in value:
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _find_nul(value: Any, path: str) -> str | None:
-    if isinstance(value, str):
-        return (path or "body") if _not_text(value) else None
-    items: list[tuple[str, Any]] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if _not_text(key):
-                named = f"{path}.{key}".strip(".").replace("\x00", "")
-                return named.encode("utf-8", "replace").decode("utf-8") or "body"
-            items.append((str(key), item))
-    elif isinstance(value, list):
-        items = [(str(i), item) for i, item in enumerate(value)]
-    for key, item in items:
-        found = _find_nul(item, f"{path}.{key}" if path else key)
-        if found is not None:
-            return found
-    return None
+    return first_not_text(document)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

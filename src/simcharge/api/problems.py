@@ -46,6 +46,18 @@ def field_errors(exc: SimchargeError, language: str) -> list[dict[str, str]]:
     return [{"field": e.field, "detail": said(language, e.detail, e.params)} for e in exc.errors]
 
 
+def error_texts(exc: SimchargeError, language: str) -> tuple[str, dict[str, str]]:
+    """A refusal as a form shows it (the portal's and the back office's), in `language`: a
+    sentence above the form, and one beside each offending field."""
+    fields = {e.field: said(language, e.detail, e.params) for e in exc.errors}
+    summary = said(language, exc.detail_template, exc.params)
+    if exc.field and exc.field not in fields:
+        fields[exc.field] = summary
+    if exc.errors:
+        summary = translate(language, exc.title)
+    return summary, fields
+
+
 def problem_body(exc: SimchargeError, language: str, instance: str | None) -> dict[str, Any]:
     def tr(template: str, params: dict[str, Any]) -> str:
         return said(language, template, params)

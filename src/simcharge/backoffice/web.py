@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from simcharge.api.problems import error_texts
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.staff import csrf_token
 from simcharge.catalog.schemas import PER_UNITS
@@ -164,16 +165,4 @@ def field_texts(
 ) -> tuple[str, dict[str, str]]:
     """A refusal for a form, in the page's language: a sentence above it, and one beside each
     offending field."""
-    language = language_of(request, actor)
-
-    def said(template: str, params: dict[str, Any]) -> str:
-        text = translate(language, template)
-        return text.format(**params) if params else text
-
-    fields = {e.field: said(e.detail, e.params) for e in exc.errors}
-    summary = said(exc.detail_template, exc.params)
-    if exc.field and exc.field not in fields:
-        fields[exc.field] = summary
-    if exc.errors:
-        summary = translate(language, exc.title)
-    return summary, fields
+    return error_texts(exc, language_of(request, actor))

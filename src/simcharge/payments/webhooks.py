@@ -19,6 +19,7 @@ from simcharge.db import Database, insert_if_absent, table_of
 from simcharge.errors import ServiceUnavailable
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
+from simcharge.kit.text import first_not_text, text_only
 from simcharge.kit.translations import N_
 from simcharge.lifecycle.service import Policy
 from simcharge.metrics import WEBHOOK_FAILURES, WEBHOOKS
@@ -113,7 +114,7 @@ async def receive_notification(
         WEBHOOK_FAILURES.labels(provider_name, "unstorable").inc()
         log.warning(
             "payments.webhook_unstorable", provider=provider_name,
-            event=_text_only(notification.event_id), field=unstorable,
+            event=text_only(notification.event_id), field=unstorable,
         )  # fmt: skip
         return Received(provider.reply(False), duplicate=False, outcome="rejected:unstorable")
     expected = providers.merchant_of(provider_name)
@@ -318,41 +319,7 @@ def _unstorable(n: Notification) -> str | None:
         "refund": refund_to_json(n.refund) if n.refund else None,
         "dispute": dispute_to_json(n.dispute) if n.dispute else None,
     }
-    return _first_not_text(kept, "")
-
-
-def _not_text(value: str) -> bool:
-    if "\x00" in value:
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _text_only(value: str) -> str:
-    """`value` fit for a log line: NULs dropped, a lone surrogate replaced."""
-    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
-
-
-def _first_not_text(value: Any, path: str) -> str | None:
-    if isinstance(value, str):
-        return (path or "body") if _not_text(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            named = f"{path}.{key}".strip(".")
-            if _not_text(str(key)):
-                return _text_only(named)
-            found = _first_not_text(item, named)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _first_not_text(item, f"{path}.{i}")
-            if found is not None:
-                return found
-    return None
+    return first_not_text(kept)
 
 
 def _jsonable(value: Any) -> Any:

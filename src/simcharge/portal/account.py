@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
+from simcharge.api.problems import error_texts
 from simcharge.auth import codes
 from simcharge.auth.deps import Client, Limits
 from simcharge.auth.models import CodePurpose
@@ -57,7 +58,6 @@ from simcharge.portal.web import (
     carried,
     carry,
     drop_carried,
-    error_texts,
     fee_text,
     form_of,
     provider_url_ok,

@@ -12,13 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB
+from simcharge.api.problems import error_texts
 from simcharge.errors import IdempotencyKeyReused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_, translate
 from simcharge.orders import service as orders
 from simcharge.payments import service as payments
 from simcharge.portal.account import _providers, _uuid, require
-from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
+from simcharge.portal.web import Page, Visitor, form_of, redirect, render
 from simcharge.tickets import service as tickets
 
 router = APIRouter(include_in_schema=False)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.accounts import service as accounts
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
+from simcharge.api.problems import error_texts
 from simcharge.auth import codes, service
 from simcharge.auth.deps import (
     Client,
@@ -39,7 +40,6 @@ from simcharge.portal.web import (
     carried,
     carry,
     drop_carried,
-    error_texts,
     fee_text,
     form_of,
     language_cookie,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
+from simcharge.api.problems import error_texts
 from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
 from simcharge.auth.endpoints import equalize
@@ -26,7 +27,7 @@ from simcharge.notifications.service import notices_of
 from simcharge.notifications.templates import notice_title
 from simcharge.portal.account import _uuid, require
 from simcharge.portal.public import _channel
-from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
+from simcharge.portal.web import Page, Visitor, form_of, redirect, render
 
 router = APIRouter(include_in_schema=False)
 

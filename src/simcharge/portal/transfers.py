@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from simcharge.accounts import service as accounts
 from simcharge.api.deps import DB, AppSettings
+from simcharge.api.problems import error_texts
 from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, format_money, to_minor
@@ -23,7 +24,7 @@ from simcharge.kit.units import locale_of
 from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
-from simcharge.portal.web import Page, Visitor, error_texts, form_of, redirect, render
+from simcharge.portal.web import Page, Visitor, form_of, redirect, render
 from simcharge.tmf654 import giving
 from simcharge.tmf654.service import USAGE_UNITS, TransferLimitExceeded
 

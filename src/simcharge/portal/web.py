@@ -43,7 +43,7 @@ from simcharge.auth.sessions import (
 from simcharge.catalog.schemas import PaymentMethodView
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.errors import Forbidden, SimchargeError, refuse_nul
+from simcharge.errors import Forbidden, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.devices import device_label
@@ -600,17 +600,3 @@ def redirect(url: str, page: Visitor | None = None, settings: Settings | None = 
     return response
 
 
-def error_texts(exc: SimchargeError, language: str) -> tuple[str, dict[str, str]]:
-    """A refusal as a sentence for the page and a sentence per offending field."""
-
-    def tr(template: str, params: dict[str, Any]) -> str:
-        text = translate(language, template)
-        return text.format(**params) if params else text
-
-    fields = {e.field: tr(e.detail, e.params) for e in exc.errors}
-    summary = tr(exc.detail_template, exc.params)
-    if exc.field and exc.field not in fields:
-        fields[exc.field] = summary
-    if exc.errors:
-        summary = translate(language, exc.title)
-    return summary, fields
