@@ -66,3 +66,25 @@ def test_a_connection_closed_under_the_driver_is_unreachable_and_worth_a_retry()
     assert is_unreachable(closed) and retry_reason(closed) == "disconnect"
     busy = asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
     assert not is_unreachable(busy) and retry_reason(busy) is None
+
+
+async def test_an_nchf_request_while_the_database_is_unreachable_gets_503_with_its_cause(
+    settings: Settings, nowhere: Database
+) -> None:
+    """On an Nchf path the 503 keeps its type — `service-unavailable`: nothing was done, send it
+    again (the chaos check holds the CHF to it while PostgreSQL restarts) — and carries the
+    `cause` a network function reads (TS 29.500: `NF_CONGESTION`). The first version of Nchf's
+    error shape gave it the type `nchf-error`, which no client could tell from a refusal."""
+    app = create_app(settings, db=nowhere, run_worker=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        r = await client.post(
+            "/nchf-convergedcharging/v3/chargingdata",
+            json={"subscriberIdentifier": "imsi-001010000000001"},
+            headers={"Authorization": "Bearer sck_unknown_key_for_the_test"},
+        )
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "2"
+    body = r.json()
+    assert body["type"].endswith("/service-unavailable") and body["status"] == 503
+    assert body["cause"] == "NF_CONGESTION"

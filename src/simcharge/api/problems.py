@@ -79,9 +79,12 @@ def problem_body(exc: SimchargeError, language: str, instance: str | None) -> di
     return body
 
 
-def problem_response(request: Request, exc: SimchargeError) -> JSONResponse:
+def problem_response(
+    request: Request, exc: SimchargeError, extra: dict[str, Any] | None = None
+) -> JSONResponse:
+    """`exc` as a problem document; `extra`: members an API adds (Nchf's `cause`)."""
     language = getattr(request.state, "language", None) or request_language(request)
-    body = problem_body(exc, language, request.url.path)
+    body = problem_body(exc, language, request.url.path) | (extra or {})
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         body["request_id"] = request_id

@@ -36,29 +36,29 @@ def nchf_error(request: Request, exc: SimchargeError) -> JSONResponse:
     """An error answered before an Nchf route runs (the middleware's: a NUL in a JSON body or the
     query, a 500, the database out of reach) as Nchf answers errors: ProblemDetails with its
     application error `cause` (TS 29.500 table 5.2.7.2-1) and `invalidParams` — a client of
-    the CHF reads `cause`, and the generic problem has none."""
-    if not isinstance(exc, nchf.NchfProblem):
-        if exc.status in (400, 422):
-            reasons = [
-                (e.field, e.detail.format(**e.params) if e.params else e.detail)
-                for e in exc.errors
-            ] or [(exc.field or "body", exc.detail)]
-            converted = nchf.NchfProblem(
-                400,
-                "MANDATORY_IE_INCORRECT",
-                N_("The charging request is not valid."),
-                # The middleware names a member by its dotted path; Nchf by a JSON pointer.
-                invalid=[("/" + field.replace(".", "/"), reason) for field, reason in reasons],
-            )
-        elif exc.status == 503:
-            converted = nchf.NchfProblem(503, "NF_CONGESTION", exc.detail_template, **exc.params)
-        else:
-            converted = nchf.NchfProblem(
-                exc.status, "SYSTEM_FAILURE", exc.detail_template, **exc.params
-            )
-        converted.headers = exc.headers
-        exc = converted
-    return problem_response(request, exc)
+    the CHF reads `cause`, and the generic problem has none. Bad input becomes Nchf's own 400;
+    a 500 or a 503 keeps its problem type (`service-unavailable`: the database out of reach,
+    nothing done, try again) with the cause added."""
+    if isinstance(exc, nchf.NchfProblem):
+        return problem_response(request, exc)
+    if exc.status in (400, 422):
+        reasons = [
+            (e.field, e.detail.format(**e.params) if e.params else e.detail) for e in exc.errors
+        ] or [(exc.field or "body", exc.detail)]
+        converted = nchf.NchfProblem(
+            400,
+            "MANDATORY_IE_INCORRECT",
+            N_("The charging request is not valid."),
+            # The middleware names a member by its dotted path; Nchf by a JSON pointer.
+            invalid=[("/" + field.replace(".", "/"), reason) for field, reason in reasons],
+        )
+        return problem_response(request, converted)
+    cause = (
+        "NF_CONGESTION" if exc.status == 503
+        else "SYSTEM_FAILURE" if exc.status >= 500
+        else "INVALID_MSG_FORMAT"
+    )  # fmt: skip
+    return problem_response(request, exc, {"cause": cause})
 
 
 def _app_state(request: Request) -> tuple[Database, Settings]:
