@@ -33,7 +33,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -61,11 +60,11 @@ from tests.orders.helpers import assert_ledger_balanced, new_payer, order_row, p
 from tests.payments.test_provider_doc_edges import (
     PAYPAL_MERCHANT,
     PAYPAL_ORDER,
-    STRIPE_API,
     STRIPE_WEBHOOK_SECRET,
     PayPalOrders,
     _stripe_event,
     _stripe_session,
+    refunded_before_paid,
 )
 
 APPROVAL = f"https://www.paypal.com/checkoutnow?token={PAYPAL_ORDER}"
@@ -189,36 +188,7 @@ async def test_a_stripe_refund_before_a_success_applied_by_reconciliation_is_not
     is adopted first: the payment is recorded as refunded at the provider, not credited."""
     clock.freeze(utcnow())
 
-    def create(request: httpx.Request) -> httpx.Response:
-        sent = parse_qs(request.content.decode())
-        reference = sent["client_reference_id"][0]
-        total = int(sent["line_items[0][price_data][unit_amount]"][0])
-        currency = sent["line_items[0][price_data][currency]"][0]
-        return httpx.Response(200, json=_stripe_session(reference, total, currency))
-
-    mock.post(f"{STRIPE_API}/v1/checkout/sessions").mock(side_effect=create)
-    payer = await new_payer(db, settings)
-    body = await place(client, payer, method="card")
-    order = await order_row(db, body["id"])
-    intent = f"pi_3{order.reference}"
-    charge = {
-        "id": f"ch_3{order.reference}",
-        "object": "charge",
-        "amount": order.total,
-        "amount_captured": order.total,
-        "amount_refunded": order.total,
-        "captured": True,
-        "currency": order.currency.lower(),
-        "metadata": {},
-        "paid": True,
-        "payment_intent": intent,
-        "refunded": True,
-        "status": "succeeded",
-        "created": int(utcnow().timestamp()) - 60,
-    }
-    signed = _stripe_event("charge.refunded", charge)
-    r = await client.post("/api/v1/webhooks/stripe", content=signed[0], headers=signed[1])
-    assert r.status_code == 200, r.text
+    order, intent, r = await refunded_before_paid(mock, client, db, settings)
     assert r.headers["simcharge-outcome"] == "unmatched"
 
     clock.advance(seconds=5)

@@ -365,17 +365,12 @@ def _stripe_session(reference: str, total: int, currency: str, **change: Any) ->
     }
 
 
-async def test_a_stripe_refund_reported_before_its_payment_is_recorded_not_credited(
-    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings, mock: respx.MockRouter
-) -> None:
-    """Stripe does not deliver events in order. A `charge.refunded` (the charge names only its
-    payment intent, which we learn from the session's completion) arriving before
-    `checkout.session.completed` found no order and was marked processed as `ignored`: the
-    payment was then credited in full and the refund never recorded — the payer had the money
-    back and the line kept the credit, unseen by finance. Now it is kept for its payment and
-    applied first when the payment is reported, as a refund reported first: the payment is
-    recorded as refunded at the provider and not credited (README "The money rules")."""
-    clock.freeze(utcnow())
+async def refunded_before_paid(
+    mock: respx.MockRouter, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> tuple[Order, str, httpx.Response]:
+    """A card order placed through Stripe (checkout mocked as documented) whose charge Stripe
+    reports refunded in full before anything said it was paid: the order, its payment intent,
+    and our answer to that `charge.refunded`."""
 
     def create(request: httpx.Request) -> httpx.Response:
         sent = parse_qs(request.content.decode())
@@ -407,6 +402,22 @@ async def test_a_stripe_refund_reported_before_its_payment_is_recorded_not_credi
     signed = _stripe_event("charge.refunded", charge)
     r = await client.post("/api/v1/webhooks/stripe", content=signed[0], headers=signed[1])
     assert r.status_code == 200, r.text
+    return order, intent, r
+
+
+async def test_a_stripe_refund_reported_before_its_payment_is_recorded_not_credited(
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings, mock: respx.MockRouter
+) -> None:
+    """Stripe does not deliver events in order. A `charge.refunded` (the charge names only its
+    payment intent, which we learn from the session's completion) arriving before
+    `checkout.session.completed` found no order and was marked processed as `ignored`: the
+    payment was then credited in full and the refund never recorded — the payer had the money
+    back and the line kept the credit, unseen by finance. Now it is kept for its payment and
+    applied first when the payment is reported, as a refund reported first: the payment is
+    recorded as refunded at the provider and not credited (README "The money rules")."""
+    clock.freeze(utcnow())
+
+    order, intent, _ = await refunded_before_paid(mock, client, db, settings)
 
     clock.advance(seconds=5)
     paid = _stripe_session(
