@@ -155,9 +155,12 @@ async def send_message(
     params = {"operator": ctx.settings.operator_name, "base_url": ctx.settings.base_url, **params}
     # The job's message, logged under an id of its own: a run after one that sent it and logged
     # it (the worker stopped before marking the job done, and its lease ran out) sends nothing.
+    # A row that says `failed` is no such proof: the job was buried after it and retried since
+    # (by staff, once the server is back): the message goes out, and the row says what came of it.
     log_id = derived_id("message", ctx.job.id)
     async with ctx.db.read() as s:
-        if await s.get(MessageLog, log_id) is not None:
+        logged = await s.get(MessageLog, log_id)
+        if logged is not None and logged.status == "sent":
             log.info("notifications.already_sent", job=str(ctx.job.id), template=template)
             return
     try:
@@ -188,7 +191,7 @@ async def send_message(
         error = str(exc)
         if not exc.transient or ctx.job.attempts >= ctx.job.max_attempts:
             await ctx.db.run(
-                lambda s: log_message(
+                lambda s: _log_once(
                     s,
                     account_id=account_id,
                     channel=channel,
@@ -204,7 +207,7 @@ async def send_message(
             raise
         raise PermanentJobError(error) from exc
     await ctx.db.run(
-        lambda s: log_message(
+        lambda s: _log_once(
             s,
             account_id=account_id,
             channel=channel,
@@ -216,6 +219,28 @@ async def send_message(
             log_id=log_id,
         )
     )
+
+
+async def _log_once(
+    session: AsyncSession,
+    *,
+    log_id: uuid.UUID,
+    status: str,
+    provider_id: str | None = None,
+    error: str | None = None,
+    **fields: Any,
+) -> None:
+    """Log a job's message under its id (`log_message`) — or, the job retried after a failure
+    it logged, say on that row what came of this attempt: one row per job, its latest outcome."""
+    logged = await session.get(MessageLog, log_id, with_for_update=True)
+    if logged is None:
+        await log_message(
+            session, log_id=log_id, status=status, provider_id=provider_id, error=error, **fields
+        )
+        return
+    logged.status, logged.provider_id, logged.error = status, provider_id, error
+    logged.created_at = utcnow()
+    await session.flush()
 
 
 @job(SEND_EMAIL)

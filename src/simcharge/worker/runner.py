@@ -84,14 +84,27 @@ class Worker:
         return written
 
     async def _claim(self, limit: int) -> list[service.ClaimedJob]:
+        """Claim due jobs — but never start a second run of one this worker is running: its
+        lease ran out (the renewals failed: a busy or unreachable database) and this worker's
+        own claim took it back, with a fresh lease that the run in hand now keeps."""
         if limit <= 0:
             return []
         kinds, scrubbed = self.registry.handlers.keys(), self.registry.scrubbed
-        return await self.db.run(
+        claimed = await self.db.run(
             lambda s: service.claim(
                 s, self.worker_id, limit, self.lease, kinds=kinds, scrubbed=scrubbed
             )
         )
+        in_hand = set(self._deadlines) | {j.id for j in self._in_hand.values()}
+        for job in claimed:
+            if job.id in in_hand:
+                log.warning(
+                    "job.lease_taken_back",
+                    job_id=str(job.id),
+                    kind=job.kind,
+                    worker_id=self.worker_id,
+                )
+        return [j for j in claimed if j.id not in in_hand]
 
     async def run_once(self) -> int:
         """Claim and run what is due now, waiting for it to finish. Returns jobs run."""

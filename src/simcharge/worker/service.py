@@ -283,7 +283,9 @@ async def fail(
     scrub: bool = False,
 ) -> JobStatus:
     """Reschedule the job with backoff, or bury it once it has used its attempts (emptying a
-    scrubbed payload then)."""
+    scrubbed payload then). Only while it is still running under `worker_id`: a worker that
+    stalled past its lease may find its job taken over, buried as abandoned, or buried and
+    retried by staff since — its late failure changes none of that."""
     now = utcnow()
     dead = not retry or job.attempts >= job.max_attempts
     status = JobStatus.dead if dead else JobStatus.pending
@@ -297,7 +299,13 @@ async def fail(
     if dead and scrub:
         values["payload"] = {}
     await session.execute(
-        update(jobs).where(jobs.c.id == job.id, jobs.c.locked_by == worker_id).values(values)
+        update(jobs)
+        .where(
+            jobs.c.id == job.id,
+            jobs.c.locked_by == worker_id,
+            jobs.c.status == JobStatus.running.value,
+        )
+        .values(values)
     )
     return status
 
