@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from chaos.customers import ServerError
+from chaos.customers import LOGIN, ServerError, SignIn
 from simcharge.db import Database
 from simcharge.ledger.audit import verify_ledger
 
@@ -100,25 +100,167 @@ class Verdict:
 RECOVERY_SECONDS = 20.0
 """After PostgreSQL is back, how long the processes may still find the database unavailable
 (the pools notice dropped connections as they use them)."""
+REDIS_ROUTES = frozenset({f"POST {LOGIN}"})
+"""What the chaos customers do that Redis counts (the sign-in limit); nothing else asks it."""
+REDIS_EDGE_SECONDS = 2.0
+"""Before Redis is gone: a sign-in counting as it dies is refused too (a 1 s deadline)."""
+REDIS_RECOVERY_SECONDS = 10.0
+"""After Redis starts again, how long a sign-in may still be refused (it takes a moment to
+accept connections, and a pooled connection it dropped is tried once more)."""
+STORM_SLACK_SECONDS = 15.0
+"""After a provider storm ends, how long an answer it delayed (a timeout, a slow answer) may
+still arrive."""
+UNAVAILABLE = "/service-unavailable"
+PROVIDER_UNAVAILABLE = "/payment-provider-unavailable"
+
+
+def _within(at: float, windows: Iterable[tuple[float, float]], before: float, after: float) -> bool:
+    return any(start - before <= at <= end + after for start, end in windows)
 
 
 def server_error_verdict(
-    v: Verdict, errors: Iterable[ServerError], restarts: Iterable[tuple[float, float]]
+    v: Verdict,
+    errors: Iterable[ServerError],
+    restarts: Iterable[tuple[float, float]],
+    *,
+    redis_outages: Iterable[tuple[float, float]] = (),
+    storms: Iterable[tuple[float, float]] = (),
 ) -> None:
-    """5xx answers the customers got. One kind is expected: `503 service-unavailable` (the
-    database cannot be reached: nothing was done, the client retries) while PostgreSQL restarts
-    and shortly after. Every other one — a 500, a 503 at any other time — is a violation."""
-    windows = list(restarts)
+    """5xx answers the customers got. Three kinds are expected, each only in its fault's
+    window: `503 service-unavailable` (the database cannot be reached: nothing was done, the
+    client retries) while PostgreSQL restarts and shortly after; `503 service-unavailable` to
+    a sign-in while Redis is down and shortly after (the rate limits fail closed — README
+    "Redis"); `503 payment-provider-unavailable` while the provider fails and shortly after.
+    Every other one — a 500, a 503 at any other time or on any other route — is a violation."""
+    windows, outages, failing = list(restarts), list(redis_outages), list(storms)
     expected: Counter[str] = Counter()
+    redis: Counter[str] = Counter()
+    provider: Counter[str] = Counter()
     unexpected: Counter[str] = Counter()
     for e in errors:
-        during_restart = any(start <= e.at <= end + RECOVERY_SECONDS for start, end in windows)
-        if e.status == 503 and e.type.endswith("/service-unavailable") and during_restart:
+        if e.status == 503 and e.type.endswith(UNAVAILABLE) and _within(
+            e.at, windows, 0, RECOVERY_SECONDS
+        ):
             expected[e.route] += 1
+        elif (
+            e.status == 503 and e.type.endswith(UNAVAILABLE) and e.route in REDIS_ROUTES
+            and _within(e.at, outages, REDIS_EDGE_SECONDS, REDIS_RECOVERY_SECONDS)
+        ):
+            redis[e.route] += 1
+        elif e.status == 503 and e.type.endswith(PROVIDER_UNAVAILABLE) and _within(
+            e.at, failing, 0, STORM_SLACK_SECONDS
+        ):
+            provider[e.route] += 1
         else:
             unexpected[f"{e.status} {e.type} on {e.route}"] += 1
     v.facts["503 while PostgreSQL restarted (retried)"] = sum(expected.values())
+    if outages:
+        v.facts["503 to sign-ins while Redis was down"] = sum(redis.values())
+    if failing:
+        v.facts["503 while the provider failed (retried)"] = dict(sorted(provider.items()))
     v.violations += [f"server error: {what} ({n}×)" for what, n in sorted(unexpected.items())]
+
+
+def sign_in_verdict(
+    v: Verdict, sign_ins: Iterable[SignIn], outages: Iterable[tuple[float, float]], *,
+    recovery: float = REDIS_RECOVERY_SECONDS,
+) -> None:
+    """Sign-ins against the Redis outages (each `(gone, starting again)`). One sent once Redis
+    was gone and answered before it was started again could not be counted: it must have been
+    refused with `503 service-unavailable` and `Retry-After` (fail closed); a sign-in let
+    through then is a violation. After each outage one must succeed again (recovered), and a
+    session a sign-in opened must be served and signed out like any other. An outage during
+    which no sign-in was refused proved nothing: a violation too."""
+    tried = list(sign_ins)
+    windows = list(outages)
+    refused = 0
+    for s in tried:
+        if s.session_works is False:
+            v.violations.append("a session just opened by a sign-in was not served or not "
+                                "signed out")
+        if not any(gone <= s.sent and s.answered <= starting for gone, starting in windows):
+            continue
+        if s.status == 200:
+            v.violations.append(
+                "a sign-in was let through while Redis was down (the rate limits must fail "
+                "closed)"
+            )
+        elif s.status != 503 or not s.type.endswith(UNAVAILABLE):
+            v.violations.append(
+                f"a sign-in while Redis was down was answered {s.status} {s.type} (expected "
+                "503 service-unavailable)"
+            )
+        elif not s.retry_after:
+            v.violations.append("a sign-in refused while Redis was down had no Retry-After")
+        else:
+            refused += 1
+    v.facts["sign-ins"] = dict(sorted(Counter(str(s.status) for s in tried).items()))
+    if not windows:
+        return
+    v.facts["sign-ins refused while Redis was down"] = refused
+    v.check(refused > 0, "no sign-in was refused while Redis was down: the outage proved nothing")
+    for i, (_, starting) in enumerate(windows):
+        after = windows[i + 1][0] if i + 1 < len(windows) else float("inf")
+        v.check(
+            any(
+                s.status == 200 and starting + recovery <= s.sent < after
+                for s in tried
+            ),
+            f"no sign-in succeeded after Redis was started again (outage {i + 1})",
+        )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What a web process's `/readyz` answered, during a Redis outage or after it."""
+
+    process: str
+    phase: str
+    """"down": Redis is gone; "back": Redis answers again."""
+    status: int
+    """0: no answer (the process was being restarted)."""
+    redis: str | None
+    """The answer's `redis` member ("ok", "unreachable")."""
+
+
+def readiness_verdict(v: Verdict, probes: Iterable[Readiness]) -> None:
+    """While Redis is down, each web process that answers must say it is not ready (503,
+    `"redis": "unreachable"`): it would refuse every sign-in. Once Redis is back, each that
+    answers must find it again (`"redis": "ok"` — its status may still be 503 if the database
+    is away meanwhile). A process that does not answer (the kill storm is restarting it) is not
+    judged, but at least one must answer in each phase."""
+    seen = list(probes)
+    if not seen:
+        return
+    down = [p for p in seen if p.phase == "down" and p.status]
+    back = [p for p in seen if p.phase == "back" and p.status]
+    for p in down:
+        v.check(
+            p.status == 503 and p.redis == "unreachable",
+            f"{p.process} /readyz answered {p.status} (redis: {p.redis}) while Redis was down "
+            "(expected 503, redis unreachable)",
+        )
+    for p in back:
+        v.check(p.redis == "ok", f"{p.process} /readyz still answered {p.status} (redis: "
+                f"{p.redis}) after Redis was back")
+    v.check(bool(down), "no web process answered /readyz while Redis was down")
+    v.check(bool(back), "no web process answered /readyz after Redis was back")
+    v.facts["/readyz while Redis was down"] = dict(
+        sorted(Counter(str(p.status) for p in down).items())
+    )
+
+
+def storm_verdict(
+    v: Verdict, faults: dict[str, dict[str, int]], storms: Iterable[tuple[float, float]]
+) -> None:
+    """A provider storm that injected no fault proved nothing: a violation."""
+    if not list(storms):
+        return
+    v.facts["provider faults injected"] = faults
+    v.check(
+        any(n for by_fault in faults.values() for n in by_fault.values()),
+        "the provider storm injected no fault: no provider call was made while it lasted",
+    )
 
 
 async def paid_but_pending(db: Database) -> list[str]:

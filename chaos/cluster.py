@@ -1,5 +1,6 @@
 """The processes under test: web servers and workers of simcharge on one PostgreSQL database,
-started, killed with SIGKILL and restarted; and PostgreSQL itself, restarted at once."""
+started, killed with SIGKILL and restarted; PostgreSQL itself, restarted at once; and the
+cluster's own Redis, stopped for a while and started again."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,16 +52,20 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        simcharge = str(BIN / "simcharge")
+        # simcharge's own command line, with the sandbox failing during provider storms
+        # (`chaos.faults`); web processes trust X-Forwarded-For from 127.0.0.1, as behind a
+        # load balancer, so that each customer is its own client address.
+        simcharge = [sys.executable, "-m", "chaos.faults"]
         for i, port in enumerate(self.web_ports):
             self.procs.append(
-                Proc(f"web{i + 1}", [simcharge, "serve", "--port", str(port),
-                                     "--graceful-seconds", str(GRACE_SECONDS)],
+                Proc(f"web{i + 1}", [*simcharge, "serve", "--port", str(port),
+                                     "--graceful-seconds", str(GRACE_SECONDS),
+                                     "--proxy-headers"],
                      self.logs / f"web{i + 1}.log", port=port)
             )
         for i in range(self.workers):
             self.procs.append(
-                Proc(f"worker{i + 1}", [simcharge, "worker", "--concurrency", "4"],
+                Proc(f"worker{i + 1}", [*simcharge, "worker", "--concurrency", "4"],
                      self.logs / f"worker{i + 1}.log")
             )
 
@@ -156,6 +162,91 @@ def postgres_restart_command(port: int, given: str | None = None) -> list[str] |
             return ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart",
                     "-m", "immediate"]
     return None
+
+
+SHARED_REDIS_PORT = 6379
+"""The machine's own Redis, which a run never uses, stops or flushes."""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (on 127.0.0.1), never the shared Redis's."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != SHARED_REDIS_PORT:
+            return port
+
+
+@dataclass
+class RedisServer:
+    """The cluster's own `redis-server`, on a free port of 127.0.0.1, keeping nothing on disk:
+    started before the cluster, stopped with SIGKILL (as a crash) for an outage and started
+    again on the same port, stopped at the end. Every outage is kept as (gone, starting again)
+    in `time.monotonic()`."""
+
+    logs: Path
+    port: int = 0
+    process: asyncio.subprocess.Process | None = None
+    outages: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self, timeout: float = 20) -> None:
+        if not self.port:
+            self.port = free_port()
+        if self.port == SHARED_REDIS_PORT:
+            raise RuntimeError("the chaos run never uses the shared Redis on 6379")
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("no redis-server on PATH: the Redis outage needs one")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / "redis.log").open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.logs),
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while not await self.answers():
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on {self.port}: see {self.logs}")
+            await asyncio.sleep(0.1)
+
+    async def answers(self) -> bool:
+        """Whether it answers a PING now."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.port), 1
+            )
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return await asyncio.wait_for(reader.readline(), 1) == b"+PONG\r\n"
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+    async def outage(self, seconds: float) -> tuple[float, float]:
+        """Stopped now, started again after `seconds`: (gone, starting again) — between the
+        two nothing listens on its port. Returns once it answers again."""
+        await self.stop()
+        gone = time.monotonic()
+        await asyncio.sleep(seconds)
+        starting = time.monotonic()
+        self.outages.append((gone, starting))
+        await self.start()
+        return gone, starting
 
 
 @dataclass

@@ -3,8 +3,10 @@ declines, cancels or walks away, re-checks, and finance refunds some of what was
 over HTTP against whichever web process answers, retrying as a real client would (the same
 Idempotency-Key) while processes die under it. Some payments lose every webhook (sent where
 nothing listens for them); customers now and then ask for another customer's order, which must
-be "not found". Each customer draws from its own `random.Random`, so what it does does not
-depend on how asyncio interleaves the customers."""
+be "not found", and sign in again (each from its own address, as behind a load balancer: the
+sign-in limit counts per address and fails closed while Redis is down). Each customer draws
+from its own `random.Random`, so what it does does not depend on how asyncio interleaves the
+customers."""
 
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ RETRYABLE = {502, 503, 504}
 _ID = re.compile(r"/[0-9a-fA-F-]{16,}|/[A-Za-z0-9_-]{20,}")
 
 
+LOGIN = "/api/v1/auth/login"
+PASSWORD = "chaos-password-2026"  # noqa: S105 - every chaos customer's, made up for the run
+
+
 class GaveUp(Exception):
     """A request kept failing for longer than a client would keep trying."""
 
@@ -43,6 +49,22 @@ class ServerError:
     """The problem's `type` (`/problems/service-unavailable`…), or what the body was."""
     route: str
     """Method and path, ids replaced by `{id}`."""
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """One sign-in a customer tried, as it answered (after retries of connection failures)."""
+
+    sent: float
+    """`time.monotonic()` when it was first sent."""
+    answered: float
+    status: int
+    type: str
+    """The problem's `type` when refused, else ""."""
+    retry_after: str | None
+    session_works: bool | None = None
+    """Signed in: whether the new session was then served, and signed out, in whichever
+    process answered (sessions are rows in the database, not in Redis). None: not signed in."""
 
 
 def _problem_type(r: httpx.Response) -> str:
@@ -62,6 +84,10 @@ class Customer:
     rng: random.Random = field(default_factory=random.Random)
     """This customer's own draws (seeded from the run's seed and its number)."""
     orders: list[str] = field(default_factory=list)
+    username: str = ""
+    """Signs in with this and `PASSWORD` ("": never signs in)."""
+    address: str = "127.0.0.1"
+    """The client address the load balancer reports for it (`X-Forwarded-For`)."""
 
 
 NCHF = "/nchf-convergedcharging/v3/chargingdata"
@@ -100,13 +126,19 @@ class Crowd:
     """Orders whose webhooks were all lost."""
     leaks: Counter[str] = field(default_factory=Counter)
     """Answers other than 404 to a customer asking for another customer's order."""
+    sign_ins: list[SignIn] = field(default_factory=list)
+    storm_lose_fraction: float = 0.0
+    """The share of paid orders whose webhooks are all lost while `storming()` is true."""
+    storming: Callable[[], bool] = lambda: False
+    """Whether the provider is failing now (a provider failure storm)."""
 
     async def request(
         self, http: httpx.AsyncClient, method: str, path: str, *, give_up_after: float = 30,
-        **kw: Any,
+        retry_on: frozenset[int] | set[int] = RETRYABLE, **kw: Any,
     ) -> httpx.Response:
-        """Send to a random web process; on a connection failure or a gateway error, send the
-        same request again (same headers: the same Idempotency-Key) to another one."""
+        """Send to a random web process; on a connection failure or a gateway error (a status
+        in `retry_on`), send the same request again (same headers: the same Idempotency-Key)
+        to another one."""
         deadline = time.monotonic() + give_up_after
         while True:
             # Which process answers is the load balancer's draw (the crowd's), not the
@@ -120,7 +152,7 @@ class Crowd:
                         f"{method} {_ID.sub('/{id}', path)}",
                     ))
                     self.stats["server errors"] += 1
-                if r.status_code not in RETRYABLE:
+                if r.status_code not in retry_on:
                     return r
             except httpx.TransportError:
                 pass
@@ -147,6 +179,8 @@ class Crowd:
                         await self.usage_batch(http, customer)
                     elif dice < 0.44:
                         await self.probe(http, customer)
+                    elif dice < 0.50:
+                        await self.sign_in(http, customer)
                     else:
                         await self.top_up(http, customer)
                 except GaveUp:
@@ -176,6 +210,32 @@ class Crowd:
         self.stats["probes of another's order"] += 1
         if r.status_code != 404:
             self.leaks[f"{r.status_code} on {method} {_ID.sub('/{id}', path)}"] += 1
+
+    async def sign_in(self, http: httpx.AsyncClient, customer: Customer) -> None:
+        """Sign in with the password, from the customer's own address; a refusal is not sent
+        again (it is what is checked: while Redis is down it must be a 503 with Retry-After);
+        signed in, list the orders with the new session and sign out."""
+        if not customer.username:
+            return
+        sent = time.monotonic()
+        r = await self.request(
+            http, "POST", LOGIN, json={"login": customer.username, "password": PASSWORD},
+            headers={"X-Forwarded-For": customer.address, "Accept": "application/json"},
+            retry_on=frozenset(),
+        )
+        answered = time.monotonic()
+        self.stats[f"sign-in {r.status_code}"] += 1
+        works: bool | None = None
+        if r.status_code == 200:
+            auth = {"Authorization": f"Bearer {r.json()['token']}",
+                    "X-Forwarded-For": customer.address}
+            listed = await self.request(http, "GET", "/api/v1/orders", headers=auth)
+            out = await self.request(http, "POST", "/api/v1/auth/logout", headers=auth)
+            works = listed.status_code == 200 and out.status_code == 200
+        self.sign_ins.append(SignIn(
+            sent, answered, r.status_code, "" if r.status_code == 200 else _problem_type(r),
+            r.headers.get("retry-after"), works,
+        ))
 
     async def top_up(self, http: httpx.AsyncClient, customer: Customer) -> None:
         rng = customer.rng
@@ -212,8 +272,9 @@ class Crowd:
         action = "fail" if choice < 0.18 else "pay"
         url = order["next_action"]["url"]
         # Before paying: every webhook of this payment goes where nothing listens.
+        share = self.storm_lose_fraction if self.storming() else self.lose_fraction
         if (
-            action == "pay" and lose < self.lose_fraction and self.lose_webhooks is not None
+            action == "pay" and lose < share and self.lose_webhooks is not None
             and await self.lose_webhooks(httpx.URL(url).path.rsplit("/", 1)[-1])
         ):
             self.lost.add(order_id)
