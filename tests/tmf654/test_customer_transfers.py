@@ -133,7 +133,7 @@ async def test_only_my_own_lines_and_good_input(
                           headers={**me.auth, **idem()})
     assert r.status_code == 422 and r.json()["field"] == "amount"
     r = await client.post(url, json={**body, "to": "+14155559999"}, headers={**me.auth, **idem()})
-    assert r.status_code == 404 and r.json()["field"] == "msisdn"
+    assert r.status_code == 404 and r.json()["field"] == "to"
     r = await client.post(url, json=body, headers={**me.auth, **idem()})
     assert r.status_code == 422  # to myself
     r = await client.post(url, json={**body, "to": stranger.line.msisdn})

@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import structlog
@@ -33,10 +34,12 @@ from simcharge.errors import (
     SimchargeError,
     ValidationFailed,
 )
+from simcharge.kit.money import LossyConversionError, to_minor
 from simcharge.kit.translations import N_, translate
 from simcharge.ledger.models import LedgerTransfer
+from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lifecycle.service import Policy
-from simcharge.lines.models import Line
+from simcharge.lines.models import Bucket, Line
 from simcharge.lines.repository import LineRepository
 from simcharge.lines.service import find_line_by_msisdn
 from simcharge.tmf654 import service
@@ -363,6 +366,11 @@ async def _render(s: AsyncSession, request: Request, action: BalanceAction) -> d
         ends = pending.timeout_at if pending is not None else None
         if status == "completed":
             used = await service.used_amount(s, action)
+    elif (action.kind == ActionKind.transfer and action.usage_type != "monetary"
+          and action.receiver_account_id is not None):
+        # Units: the receiver's new bucket ends when the giving one did (money has no end).
+        given = await s.get(Bucket, action.receiver_account_id)
+        ends = given.expires_at if given is not None else None
     return action_out(base(request), action, line, status=status, receiver=receiver,
                       used=used, ends=ends)
 
@@ -459,12 +467,19 @@ async def _by_msisdn(s: AsyncSession, msisdn: str, field: str) -> Line:
         raise
 
 
-async def _target(s: AsyncSession, body: dict[str, Any]) -> tuple[Line, Holder | None]:
-    """The line and, if `bucket.id` names one of ours, the wallet or bucket meant."""
+async def _target(
+    s: AsyncSession, body: dict[str, Any], *, source: bool = False
+) -> tuple[Line, Holder | None]:
+    """The line and, if `bucket.id` names one of ours, the wallet or bucket meant. Where the
+    bucket is the `source` (what a transfer, reservation or adjustment takes from), an id that
+    names none of ours is refused, not passed over for the line's wallet; a top-up's may name a
+    new one."""
     bucket_id = str((body.get("bucket") or {}).get("id") or "")
     holder = None
     with contextlib.suppress(ValueError):
         holder = await service.holder_of(s, uuid.UUID(bucket_id))
+        if holder is None and source:
+            raise BucketNotFound(field="bucket.id")
     if holder is not None:
         if body.get("logicalResource"):
             named = await _line_of(s, body)
@@ -596,7 +611,7 @@ async def create_adjustment(
     )
 
     async def act(s: AsyncSession) -> BalanceAction:
-        line, holder = await _target(s, body)
+        line, holder = await _target(s, body, source=True)
         usage = str(body.get("usageType"))
         unit = service.unit_for(line, usage)
         if holder is None:
@@ -635,7 +650,7 @@ async def create_reservation(
     body: JsonBody, key: Write, db: DB, request: Request, idem: IdemKey = None
 ) -> JSONResponse:
     async def act(s: AsyncSession) -> BalanceAction:
-        line, holder = await _target(s, body)
+        line, holder = await _target(s, body, source=True)
         _check_party(body, line)
         usage = str(body.get("usageType"))
         unit = service.unit_for(line, usage)
@@ -712,7 +727,14 @@ async def create_transfer(
         if body.get("costOwner", "originator") != "originator":
             raise ValidationFailed(N_("The giver pays the fee (costOwner originator)."),
                                    field="costOwner")
-        line, holder = await _target(s, body)
+        if "validFor" in body:
+            # Not chosen: money has no end, and units end when the bucket they came from does.
+            raise ValidationFailed(
+                N_("A transfer keeps the end of what is given: it cannot be chosen."),
+                field="validFor",
+            )
+        line, holder = await _target(s, body, source=True)
+        _check_party(body, line)
         usage = str(body.get("usageType"))
         if body.get("receiverBucketUsageType") != usage:
             raise ValidationFailed(N_("Both sides have the same usage type."),
@@ -725,13 +747,61 @@ async def create_transfer(
         if holder.unit != unit:
             raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
         receiver = await _line_of(s, body, "receiverLogicalResource")
+        named = (body.get("receiver") or {}).get("id")
+        if named and receiver.account_id is not None and str(receiver.account_id) != str(named):
+            raise ValidationFailed(N_("The receiving line does not belong to this party."),
+                                   field="receiver.id")
+        await _check_receiver_bucket(s, body, receiver, money=holder.bucket is None)
         return await service.transfer(
             s, settings, source=holder, receiver=receiver,
             amount=units_of(body.get("amount"), unit, "amount"), actor=actor_of(key), key=idem,
-            request=body, reason=body.get("reason"),
+            request=body, reason=body.get("reason"), stated_fee=_stated_cost(body, line),
         )
 
     return await _create(db, request, key, idem, body, ActionKind.transfer, act)
+
+
+async def _check_receiver_bucket(
+    s: AsyncSession, body: dict[str, Any], receiver: Line, *, money: bool
+) -> None:
+    """`receiverBucket.id` says where the transfer goes: money into the receiver's wallet, units
+    into a new bucket of the receiver. One of our wallets or buckets named there that is not
+    where it would go is refused, not passed over for another (`new`, or no account of ours,
+    asks for where it goes)."""
+    named = str((body.get("receiverBucket") or {}).get("id") or "")
+    try:
+        account_id = uuid.UUID(named)
+    except ValueError:
+        return
+    if money and account_id == receiver.wallet_account_id:
+        return
+    if await service.holder_of(s, account_id) is not None:
+        raise ValidationFailed(
+            N_("Money goes into the receiving line's wallet, units into a new bucket of it: "
+               "name that wallet, or new."),
+            field="receiverBucket.id",
+        )
+
+
+def _stated_cost(body: dict[str, Any], line: Line) -> int | None:
+    """The fee the caller says the transfer costs (`transferCost`), in minor units of the
+    giver's currency; None when it states no value. `transfer` refuses it unless it is the
+    fee."""
+    cost = body.get("transferCost") or {}
+    unit = str(cost.get("unit") or line.currency).strip()
+    if unit.upper() != line.currency:
+        raise ValidationFailed(N_("The line's currency is {currency}."),
+                               field="transferCost.unit", currency=line.currency)
+    if cost.get("value") is None:
+        return None
+    try:
+        value = Decimal(str(cost["value"]))
+        if not value.is_finite() or value.copy_abs() > MAX_AMOUNT:
+            raise LossyConversionError("no amount a fee can be")
+        return to_minor(value, line.currency)
+    except (InvalidOperation, LossyConversionError) as exc:
+        raise ValidationFailed(N_("The amount is not exact in {currency}."),
+                               field="transferCost.value", currency=line.currency) from exc
 
 
 @router.get("/transferBalance", summary="Transfers given by a line")

@@ -159,9 +159,12 @@ async def give(
     line_id: uuid.UUID,
     gift: Gift,
     key: str,
+    fee: int | None = None,
 ) -> Given:
     """The transfer, once per idempotency key (the same key, line and request: the first action;
-    the same key from another line or with another request is refused)."""
+    the same key from another line or with another request is refused). `fee`: the fee the
+    customer was shown (a review page's, minor units); if it is no longer the fee, nothing is
+    given (400, field `transferCost.value`, saying the fee now)."""
     _check_usage_type(gift)
     line = await own_line(s, account_id, line_id)
     actor = actor_of(account_id)
@@ -180,7 +183,7 @@ async def give(
     source = await _source(s, line, gift, amount)
     action = await service.transfer(
         s, settings, source=source, receiver=receiver, amount=amount, actor=actor,
-        key=key, request=request, reason=gift.reason,
+        key=key, request=request, reason=gift.reason, stated_fee=fee,
     )
     if receiver.account_id is not None and receiver.account_id != account_id:
         await notify(

@@ -166,7 +166,8 @@ def action_out(
 ) -> dict[str, Any]:
     """A topupBalance, adjustBalance, reserveBalance or transferBalance resource. A reservation
     shows when it times out (`ends`: `validFor.endDateTime`) and, once completed, the amount
-    charged (`used`), not the amount held."""
+    charged (`used`), not the amount held; a transfer of units, when the receiver's bucket ends
+    (`ends`)."""
     kind = {"topup": "TopupBalance", "adjust": "AdjustBalance", "reserve": "ReserveBalance",
             "transfer": "TransferBalance"}[action.kind]
     path = kind[0].lower() + kind[1:]
@@ -191,7 +192,11 @@ def action_out(
     if (p := party(line)) is not None and action.kind != "adjust":
         out["partyAccount"] = p
     for key in ECHOED + (ECHOED_TOPUP if action.kind == "topup" else ()):
-        if key in action.request and (key != "adjustType" or action.kind == "adjust"):
+        if key in action.request and (key != "adjustType" or action.kind == "adjust") and (
+            # A transfer's end is not chosen (one stored before it was refused was not applied):
+            # `ends` says the end its units were given.
+            key != "validFor" or action.kind != "transfer"
+        ):
             out[key] = action.request[key]
     if used is not None:
         out["amount"] = quantity(used, action.unit)

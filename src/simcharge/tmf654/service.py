@@ -630,16 +630,26 @@ async def transfer(
     key: str | None,
     request: dict[str, Any],
     reason: str | None,
+    stated_fee: int | None = None,
 ) -> BalanceAction:
     """Give money (wallet to wallet, same currency) or units (a bucket to a new bucket of the
     receiver with the same end and zones) to another line; the giver pays the fee from the
-    wallet to `revenue:fees`. One linked batch: all of it or nothing."""
+    wallet to `revenue:fees`. One linked batch: all of it or nothing. A `stated_fee` (what the
+    caller was told the transfer costs, minor units) other than the fee is refused."""
     giver = source.line
     # One transfer at a time per giver: the daily count and the balance are decided together.
     # FOR NO KEY UPDATE, not FOR UPDATE: rows naming the giver as receiver (a transfer the other
     # way, which holds its own giver) take a key-share lock on it for their foreign key, which
     # FOR UPDATE would refuse while this transfer waits for the same on that line: a deadlock.
     await session.refresh(giver, with_for_update={"key_share": True})
+    # The receiver FOR KEY SHARE, its state read again under it: a termination (the sweep locks
+    # the line FOR UPDATE, then forfeits its wallet) that committed while this transfer waited
+    # is seen, and one that comes later skips the line until this transfer is done — never
+    # money landing on a line after its forfeit. KEY SHARE is what the action's foreign key
+    # takes anyway: a transfer the other way (which holds this line FOR NO KEY UPDATE) is not
+    # waited for.
+    if receiver.id != giver.id:
+        await session.refresh(receiver, with_for_update={"read": True, "key_share": True})
     aid = action_id(actor, key)
     if key is not None and await session.get(BalanceAction, aid) is not None:
         # A copy of this request (a double submit, a retry) committed while this one waited for
@@ -649,6 +659,11 @@ async def transfer(
     fee = await check_transfer(
         session, settings, source=source, receiver=receiver, amount=amount, now=now
     )
+    if stated_fee is not None and stated_fee != fee:
+        raise ValidationFailed(
+            N_("The transfer costs {fee} {currency}."), field="transferCost.value",
+            fee=str(from_minor(fee, giver.currency)), currency=giver.currency,
+        )
     ref = f"balance:{aid}"
     shard = chart.shard_of(giver.id)
     fees = chart.fees(giver.currency, shard)

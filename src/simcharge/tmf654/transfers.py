@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.accounts.service import own_line
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.auth.deps import CurrentCustomer
-from simcharge.errors import ValidationFailed
+from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Money
 from simcharge.kit.translations import N_
@@ -29,6 +29,16 @@ from simcharge.tmf654.models import BalanceAction
 router = APIRouter(prefix=f"{API_PREFIX}/me/lines", tags=["me"])
 
 USAGE = Literal["monetary", "voice", "data", "sms"]
+
+
+OUR_FIELDS = {
+    "receiverLogicalResource": "to",
+    "logicalResource": "line_id",
+    "usageType": "usage_type",
+    "bucket.id": "bucket_id",
+    "msisdn": "to",
+}
+"""The service names fields as TMF654's `transferBalance` does; this request's are these."""
 
 
 class TransferIn(BaseModel):
@@ -69,7 +79,8 @@ class TransferTerms(BaseModel):
     max_voice_minutes: int
     per_day: int
     used_today: int
-    """Transfers this line gave today (UTC): `per_day` minus this is what is left."""
+    """Transfers this line gave in the last 24 hours (the limit's window: not a calendar day in
+    any time zone); `per_day` minus this is what is left now."""
 
 
 def _out(action: BalanceAction, line: Line, receiver: Line) -> TransferOut:
@@ -103,7 +114,11 @@ async def give(
                                   gift=gift, key=idempotency_key)
         return _out(given.action, given.line, given.receiver), given.replayed
 
-    out, replayed = await db.run(run)
+    try:
+        out, replayed = await db.run(run)
+    except SimchargeError as exc:
+        exc.field = OUR_FIELDS.get(exc.field or "", exc.field)
+        raise
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     return JSONResponse(out.model_dump(mode="json"), status_code=201, headers=headers)
 
