@@ -1,9 +1,10 @@
 """Payment providers' notifications, follow-ups of review round 7 (wave 2).
 
 - A signed notification holding a NUL (or a lone surrogate) in a string field: the API's
-  middleware refuses a JSON-typed body holding one before any route runs (400), which covers
-  Stripe's and PayPal's notifications. Alipay's are form-encoded (`%00`) and WeChat Pay's
-  encrypted resource is only read once decrypted, so neither passed that check: storing the
+  middleware refuses a JSON-typed body holding one before any route runs — but not a
+  provider's notification (round 8: Stripe's and PayPal's come to the route, as every
+  provider's does, `tests/payments/test_round8.py`). Alipay's are form-encoded (`%00`) and
+  WeChat Pay's encrypted resource is only read once decrypted, so neither passed that check: storing the
   event (`provider_events.payload`, `body`) failed on PostgreSQL ("unsupported Unicode escape
   sequence"), the second attempt to store it alone failed the same way, and the provider got a
   500 — on every retry, for ever. Now a notification no database can store is refused with the
@@ -129,6 +130,22 @@ def _wechat_callback(
     return body, WeChatPay(keys, None).headers(body)  # type: ignore[arg-type]
 
 
+async def _post_wechat(
+    client: httpx.AsyncClient, wechat: WeChatPay, kind: str, resource: dict[str, Any]
+) -> httpx.Response:
+    """Post WeChat Pay's callback `kind` (`TRANSACTION.SUCCESS`, `REFUND.SUCCESS`…) whose
+    resource, sealed and signed by the harness, is `resource`."""
+    original_type = "refund" if kind.startswith("REFUND.") else "transaction"
+    return await _deliver(client, wechat, wechat._callback(kind, original_type, resource))
+
+
+async def _post_alipay(
+    client: httpx.AsyncClient, alipay: Alipay, order: Any, **fields: str
+) -> httpx.Response:
+    """Post Alipay's signed payment notification for `order`, with these fields changed."""
+    return await _deliver(client, alipay, alipay._notify(order, **fields))
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -195,16 +212,17 @@ async def test_a_signed_notification_holding_a_nul_is_refused_never_a_500(
         assert unstorable._value.get() == before
         rejected = [f for _, e, f in recorder.events if e == "payments.webhook_rejected"]
         assert [f["reason"] for f in rejected] == ["malformed"]
-    elif isinstance(provider, Alipay | WeChatPay):
+    else:  # refused by the webhook route (Stripe's and PayPal's JSON too, since round 8)
         _refused(provider, r)  # 400, the provider's own failure answer
         assert unstorable._value.get() == before + 1
-        field = "payload.subject" if isinstance(provider, Alipay) else "payload.resource.attach"
+        field = {
+            "alipay": "payload.subject",
+            "wechatpay": "payload.resource.attach",
+            "stripe": "payload.data.object.customer_details.name",
+            "paypal": "payload.resource.note_to_payer",
+        }[provider.name]
         logged = [f for lv, e, f in recorder.events if e == "payments.webhook_unstorable"]
         assert [f["field"] for f in logged] == [field]
-    else:  # a JSON body: refused by the API's middleware before the route, naming the field
-        assert r.status_code == 422, r.text
-        named = {"stripe": "data.object.customer_details.name", "paypal": "resource.note_to_payer"}
-        assert r.json()["errors"][0]["field"] == named[provider.name]
     await _unchanged(db, order)
     assert await _stored(db) == stored
     # The same payment, reported without it, is credited once.
@@ -229,9 +247,7 @@ async def test_a_wechat_pay_payment_to_another_app_of_our_merchant_credits_nothi
     foreign = WEBHOOKS.labels("wechatpay", "rejected:foreign")
     before, stored = foreign._value.get(), await _stored(db)
     other_app = wechat.transaction(order, "SUCCESS") | {"appid": "wx9999999999999999"}
-    r = await _deliver(
-        client, wechat, wechat._callback("TRANSACTION.SUCCESS", "transaction", other_app)
-    )
+    r = await _post_wechat(client, wechat, "TRANSACTION.SUCCESS", other_app)
     _refused(wechat, r)
     assert foreign._value.get() == before + 1
     await _unchanged(db, order)
@@ -256,9 +272,7 @@ async def test_a_wechat_pay_transaction_naming_no_app_or_merchant_credits_nothin
     _, _, order = await _placed(client, db, settings, wechat)
     resource = wechat.transaction(order, "SUCCESS")
     del resource[missing]
-    r = await _deliver(
-        client, wechat, wechat._callback("TRANSACTION.SUCCESS", "transaction", resource)
-    )
+    r = await _post_wechat(client, wechat, "TRANSACTION.SUCCESS", resource)
     _refused(wechat, r)
     await _unchanged(db, order)
 
@@ -281,7 +295,7 @@ async def test_a_wechat_pay_refund_of_another_merchant_is_rejected(
     resource = wechat._refund(order, "MP" + uuid.uuid4().hex[:20].upper(), 100, "SUCCESS")
     resource["refund_status"] = resource.pop("status")
     resource["mchid"] = "1900009999"
-    r = await _deliver(client, wechat, wechat._callback("REFUND.SUCCESS", "refund", resource))
+    r = await _post_wechat(client, wechat, "REFUND.SUCCESS", resource)
     _refused(wechat, r)
     assert await _stored(db) == stored
     _ok(wechat, await _deliver(client, wechat, (body, headers)))
@@ -304,7 +318,7 @@ async def test_an_alipay_notification_for_another_seller_credits_nothing(
         foreign = WEBHOOKS.labels("alipay", "rejected:foreign")
         before, stored = foreign._value.get(), await _stored(db)
         for other in ({"seller_id": "2088000000009999"}, {"seller_id": ""}):
-            r = await _deliver(client, alipay, alipay._notify(order, **other))
+            r = await _post_alipay(client, alipay, order, **other)
             _refused(alipay, r)
         assert foreign._value.get() == before + 2
         await _unchanged(db, order)
@@ -326,6 +340,6 @@ async def test_without_a_seller_id_setting_alipays_seller_is_not_compared(
     assert settings.alipay_seller_id is None
     alipay = Alipay(keys, mock)
     _, _, order = await _placed(client, db, settings, alipay)
-    r = await _deliver(client, alipay, alipay._notify(order, seller_id="2088000000009999"))
+    r = await _post_alipay(client, alipay, order, seller_id="2088000000009999")
     _ok(alipay, r)
     assert (await order_row(db, order.id)).state == "fulfilled"

@@ -1,6 +1,7 @@
 """One pure-ASGI middleware: a request id, an access log line, metrics and security headers —
 and the refusal of NUL characters in the query string or a JSON body (PostgreSQL cannot store
-one in text: it must be invalid input, not a server error)."""
+one in text: it must be invalid input, not a server error) — except a provider's notification's
+body, which its webhook route refuses in the provider's own terms (`WEBHOOKS_PATH`)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+WEBHOOKS_PATH = "/api/v1/webhooks/"
+"""Providers' notifications: their JSON bodies are not read here. A signed one holding a NUL or
+a lone surrogate is refused by the webhook route itself (`payments.webhooks`, outcome
+`rejected:unstorable`): counted, logged and answered in the provider's own failure shape, as
+for a form-encoded or encrypted one — not a problem document the provider cannot read."""
 
 
 def _answers_json(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -162,7 +168,12 @@ class RequestContextMiddleware:
 
         try:
             field = _nul_in_query(scope)
-            if field is None and scope.get("method") in _BODY_METHODS and _is_json(scope):
+            if (
+                field is None
+                and scope.get("method") in _BODY_METHODS
+                and _is_json(scope)
+                and not str(scope.get("path", "")).startswith(WEBHOOKS_PATH)
+            ):
                 raw_body, complete = await _read_body(receive)
                 field = _nul_in_json(raw_body)
                 receive = _replay(raw_body, complete, receive)

@@ -60,6 +60,11 @@ from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.worker.service import enqueue
 
 REFUND_JOB = "payments.refund"
+PROVIDER = "provider:"
+"""`Refund.requested_by` of a refund made at the provider without us: `provider:<name>`."""
+AMOUNT_NOT_REPORTED = "amount not reported"
+"""In the note of an order refunded at the provider by an amount the provider did not say
+(WeChat Pay's `REFUND`: `reversals.note_refunded_status`)."""
 REFUNDABLE = (OrderState.fulfilled, OrderState.partially_refunded, OrderState.paid)
 UNKNOWN_REFUND = "unknown_refund"
 
@@ -74,6 +79,14 @@ class PaidAmountUnknown(Conflict):
     title = N_(
         "The provider has not said how much was paid: check the payment with the provider "
         "before refunding it."
+    )
+
+
+class RefundAmountUnreported(Conflict):
+    slug = "refund-amount-unreported"
+    title = N_(
+        "Part of this payment was refunded at the provider by an amount it has not reported "
+        "yet: apply it once that refund is recorded, or refund the rest."
     )
 
 
@@ -121,6 +134,26 @@ async def refundable(session: AsyncSession, order: Order) -> int:
     ).scalar_one()
     applied = await applied_to_wallet(session, order) if order.fulfilled_at is None else 0
     return max(0, paid_of(order) - order.refunded_amount - int(held) - applied)
+
+
+async def refund_unreported(session: AsyncSession, order: Order) -> bool:
+    """Refunded at the provider by an amount it did not report, and no refund of it recorded
+    since (its own notification — WeChat Pay's `REFUND.SUCCESS` — says how much): what is left
+    of the payment is not known, so none of it may be put on the line's wallet. Finance settles
+    it once the refund is recorded, or by refunding the rest of an amount it reads at the
+    provider (which refuses more than is left there); resolving the flag is saying it checked."""
+    if order.attention != Attention.provider_refund.value:
+        return False
+    if AMOUNT_NOT_REPORTED not in (order.attention_note or ""):
+        return False
+    recorded = (
+        await session.execute(
+            select(Refund.id)
+            .where(Refund.order_id == order.id, Refund.requested_by.startswith(PROVIDER))
+            .limit(1)
+        )
+    ).first()
+    return recorded is None
 
 
 def _applied_id(order: Order) -> uuid.UUID:
@@ -173,6 +206,8 @@ async def apply_to_wallet(session: AsyncSession, order: Order, now: datetime) ->
     Returns the amount applied."""
     if order.state != OrderState.paid.value or order.fulfilled_at is not None:
         raise NothingToApply(field="order_id")
+    if await refund_unreported(session, order):
+        raise RefundAmountUnreported(field="order_id")
     # What was applied is no longer refundable: applied once, nothing is left the second time.
     amount = await refundable(session, order)
     currency = order.paid_currency

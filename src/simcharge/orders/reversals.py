@@ -25,6 +25,7 @@ from simcharge.ledger.models import TransferKind
 from simcharge.ledger.service import post_transfers
 from simcharge.orders.models import Attention, Order, ProviderEvent, Refund, RefundState
 from simcharge.orders.refunds import (
+    AMOUNT_NOT_REPORTED,
     UNKNOWN_REFUND,
     complete_refund,
     money_back,
@@ -33,14 +34,13 @@ from simcharge.orders.refunds import (
     refunded_state,
     shown,
 )
+from simcharge.orders.refunds import PROVIDER as PROVIDER
 from simcharge.orders.service import flag_order, forget_receipts
 from simcharge.payments.codec import dispute_from_json, refund_from_json
 from simcharge.payments.providers import Dispute, PaymentState, PaymentStatus, RefundResult
 from simcharge.payments.providers import RefundState as ProviderRefundState
 
 REFUNDED_STATES = (PaymentState.refunded, PaymentState.partially_refunded)
-PROVIDER = "provider:"
-"""`Refund.requested_by` of a refund made at the provider without us: `provider:<name>`."""
 
 
 async def refund_not_ours(
@@ -109,7 +109,7 @@ async def note_refunded_status(
         flag_order(
             order,
             Attention.provider_refund,
-            f"{word}: partly refunded at the provider, amount not reported ({source})",
+            f"{word}: partly refunded at the provider, {AMOUNT_NOT_REPORTED} ({source})",
         )
         return order.attention_note != before
     extra = reported - await known_refunds(session, order)

@@ -91,6 +91,7 @@ def _status(row: SandboxPayment, now: datetime) -> PaymentStatus:
         merchant=MERCHANT,
         paid_at=row.paid_at,
         raw={"id": row.id, "state": row.state, "refunded": row.refunded},
+        refunded_amount=row.refunded or None,
     )
 
 

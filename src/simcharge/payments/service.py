@@ -230,7 +230,9 @@ async def check_order(
         order = await s.get(Order, order_id)
         assert order is not None
         payment = await payment_of(s, order.id)
-    if payment.state == PaymentStatusValue.succeeded and not amount_unknown(order):
+    if payment.state == PaymentStatusValue.succeeded and not (
+        amount_unknown(order) or (source == STAFF_CHECK and _held_after_provider_refund(order))
+    ):
         return Outcome.already
     pending = order.state == OrderState.pending
     provider = _provider(providers, order.provider)
@@ -261,6 +263,18 @@ async def check_order(
     if outcome is Outcome.unchanged:
         await db.run(lambda s: _note_check(s, order.id, None))
     return outcome
+
+
+STAFF_CHECK = "staff"
+"""The `source` of staff's "check" (the back office's order panel)."""
+
+
+def _held_after_provider_refund(order: Order) -> bool:
+    """Taken, not credited, and refunded at the provider (by an amount it may not have reported
+    yet: PayPal lists a refund's amount once it completes): staff's check asks again and records
+    what more was refunded (`reversals.note_refunded_status`), never anything twice. (Only
+    staff's: reconciliation does not keep asking about a payment it knows was taken.)"""
+    return order.fulfilled_at is None and order.attention == Attention.provider_refund.value
 
 
 def capture_request_id(order: Order, payment: Payment) -> str:

@@ -155,6 +155,10 @@ def order_status(order: Mapping[str, Any]) -> PaymentStatus:
     amount, currency = _money(dict_at(capture, "amount") or dict_at(unit, "amount"))
     return PaymentStatus(
         state=state,
+        # REFUNDED: all of it, whatever the list says (`note_refunded_status` takes the amount).
+        refunded_amount=_refunded(dict_at(unit, "payments").get("refunds"), currency)
+        if state is PaymentState.partially_refunded
+        else None,
         reference=str_at(unit, "custom_id")
         or str_at(capture, "custom_id")
         or str_at(unit, "reference_id"),
@@ -170,6 +174,21 @@ def order_status(order: Mapping[str, Any]) -> PaymentStatus:
         capturable=order_state == "APPROVED" and not capture_state,
         provider_state=f"{order_state}/{capture_state}" if capture_state else order_state,
     )
+
+
+def _refunded(refunds: Any, currency: str | None) -> int | None:
+    """What the order's refunds (`purchase_units[].payments.refunds`, which Orders v2 lists with
+    the captures) gave back: the `COMPLETED` ones in the capture's currency — None when none
+    did (a capture `PARTIALLY_REFUNDED` whose refunds are not listed, or still pending: how much
+    went back is then not reported)."""
+    total = 0
+    for refund in refunds if isinstance(refunds, list) else []:
+        if not isinstance(refund, Mapping) or str_at(refund, "status") != "COMPLETED":
+            continue
+        value, unit = _money(dict_at(refund, "amount"))
+        if value is not None and value > 0 and unit == currency:
+            total += value
+    return total or None
 
 
 def capture_status(capture: Mapping[str, Any], event_type: str) -> PaymentStatus:

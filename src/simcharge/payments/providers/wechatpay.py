@@ -8,6 +8,7 @@ with the APIv3 key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Mapping
@@ -351,7 +352,14 @@ class WeChatPayProvider:
                     provider_state="ORDER_NOT_EXIST",
                 )
             raise
-        return transaction_status(found)
+        status = transaction_status(found)
+        foreign = self._foreign(found, paid=True)
+        if foreign is not None:
+            # Another merchant's, or another app's of our merchant (the same `out_trade_no` may
+            # be theirs too): named so, the answer is flagged `merchant_mismatch` and credits
+            # nothing (`payments.service`), as its notification would be rejected as `foreign`.
+            return dataclasses.replace(status, merchant=f"{status.merchant or '-'} ({foreign})")
+        return status
 
     async def close(self, reference: str, provider_ref: str | None) -> None:
         """Close an unpaid order; WeChat Pay asks to query first (a payer may pay at the end)."""
