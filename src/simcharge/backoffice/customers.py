@@ -25,6 +25,7 @@ from simcharge.backoffice.orders import OrderPanel, order_panel
 from simcharge.charging.models import TariffVersion, UsageRecord
 from simcharge.db import dialect_name
 from simcharge.errors import NotFound, ValidationFailed
+from simcharge.kit.phone import national_e164
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerTransfer
 from simcharge.lines.models import Bucket, Line
@@ -52,11 +53,16 @@ def _like(value: str) -> str:
     return f"%{escaped}%"
 
 
-def _numbers(q: str) -> list[str]:
+def _numbers(q: str, region: str | None = None) -> list[str]:
     """What a phone number, MSISDN or ICCID typed as `q` is searched as: its digits (any
     script's, as ASCII), `00` read as `+`, an international number also in E.164, and one in
     national form also without its trunk `0` (`07911 123456`: the stored `+447911123456`
-    holds `7911123456`). Empty: `q` is no number."""
+    holds `7911123456`). Empty: `q` is no number.
+
+    With the operator's `region`, a number typed as it is dialled there (`0917 123 4567` in
+    `PH`) is that number alone, `+639171234567`: searched as its digits, it also found the line
+    whose number merely contains them (`+1 917 123 4567`). One that is no valid number of the
+    region (a fragment, another country's national form) is searched as text, as before."""
     text = "".join(
         str(unicodedata.decimal(c)) if c.isdecimal() else c for c in re.sub(r"[\s()./-]", "", q)
     )
@@ -64,6 +70,9 @@ def _numbers(q: str) -> list[str]:
         text = "+" + text[2:]
     if not re.fullmatch(r"\+?[0-9]{4,22}", text):
         return []
+    national = national_e164(text, region)
+    if national is not None:
+        return [national]
     found = [text]
     if text.startswith("+"):
         try:
@@ -85,9 +94,13 @@ def _lower(s: AsyncSession, column: Any) -> ColumnElement[Any]:
     return func.lower(column)
 
 
-async def search_customers(s: AsyncSession, query: str) -> Sequence[Account]:
+async def search_customers(
+    s: AsyncSession, query: str, *, region: str | None = None
+) -> Sequence[Account]:
     """Accounts matching `query` as a name, username, e-mail, phone, MSISDN, ICCID, order id or
-    reference, receipt number, ticket number, or a provider's payment or refund reference."""
+    reference, receipt number, ticket number, or a provider's payment or refund reference. A
+    number typed without its country code is read in `region` (the operator's, when it has
+    one), as `_numbers` says."""
     # NFKC: full-width letters and digits (a CJK input method's) as their plain forms.
     q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
     if len(q) < 2:
@@ -108,7 +121,7 @@ async def search_customers(s: AsyncSession, query: str) -> Sequence[Account]:
             )
         )
     )
-    numbers = _numbers(q)
+    numbers = _numbers(q, region)
     if numbers:
 
         def matching(column: Any) -> ColumnElement[bool]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from functools import lru_cache
+
+from babel import Locale, localedata
+from babel.core import get_global
 
 LANGUAGES: tuple[str, ...] = ("en", "zh-Hans", "zh-Hant", "fil", "es")
 """Every text a customer reads exists in each of these (BCP 47 tags)."""
@@ -102,3 +107,78 @@ def pick_language(
 def pick_text(texts: Mapping[str, str], language: str) -> str:
     """The text in `language`, else English, else any."""
     return texts.get(language) or texts.get(DEFAULT_LANGUAGE) or next(iter(texts.values()), "")
+
+
+REGIONAL_FORMATS = frozenset({"es"})
+"""Languages written with one translation but numbers, money and dates in the reader's region:
+Spanish is read from Madrid to Mexico City, Los Angeles and Manila, and half of them write
+`12,50` (`es`, `es-AR`, `es-CO`) while the other half write `12.50` (`es-MX`, `es-419`,
+`es-US`, `es-PH`). One translation (`es`) serves them all; its numbers follow the region."""
+
+_REGION = re.compile(r"[a-z]{2}|[0-9]{3}")
+
+
+def format_locale(language: str, accept_language: str | None = None) -> str:
+    """The Babel locale a reader of `language` writes and reads numbers, money and dates in:
+    the language's own (`BABEL_LOCALES`) — or, for a language of `REGIONAL_FORMATS`, its
+    regional variant named by the browser's `Accept-Language` (the first tag in it, by
+    preference, of that language with a region Babel knows: `es-MX` → `es_MX`, `es-419` →
+    `es_419`). `es-ES`, a bare `es`, no header or an unknown region: the language's own,
+    unchanged."""
+    own = BABEL_LOCALES.get(language, "en")
+    if language not in REGIONAL_FORMATS or not accept_language:
+        return own
+    for tag in _preferred(accept_language):
+        parts = tag.strip().replace("_", "-").lower().split("-")
+        if parts[0] != language or normalize_language(parts[0]) != language:
+            continue
+        region = next((p for p in parts[1:] if _REGION.fullmatch(p)), None)
+        if region is None:
+            continue
+        found = f"{parts[0]}_{region.upper()}"
+        if localedata.exists(found):
+            return _as_the_region_writes(found, region.upper())
+    return own
+
+
+_SPANISH_BY_DECIMAL = {".": "es_419", ",": "es"}
+"""A Spanish that writes decimals with each mark (Latin America's, Spain's)."""
+
+
+@lru_cache(maxsize=256)
+def _as_the_region_writes(found: str, region: str) -> str:
+    """`found`, unless the region writes decimals otherwise than CLDR's Spanish of it does:
+    Babel's `es_PH` has no numbers of its own and writes Spain's `12,50`, where the Philippines
+    (`fil_PH`, `en_PH`) write `12.50`. Then the Spanish that writes the region's mark."""
+    home = get_global("likely_subtags").get(f"und_{region}")
+    if not home:
+        return found
+    try:
+        mark = _decimal_mark(Locale.parse(home))
+    except (ValueError, LookupError):
+        return found
+    if mark is None or mark == _decimal_mark(Locale.parse(found)):
+        return found
+    return _SPANISH_BY_DECIMAL.get(mark, found)
+
+
+def _decimal_mark(locale: Locale) -> str | None:
+    symbols = locale.number_symbols.get(locale.default_numbering_system) or {}
+    mark = symbols.get("decimal")
+    return str(mark) if mark else None
+
+
+def _preferred(accept_language: str) -> list[str]:
+    """The tags of an `Accept-Language` header, most preferred first (quality 0: not at all)."""
+    weighted: list[tuple[float, int, str]] = []
+    for i, part in enumerate(accept_language.split(",")[:32]):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        if quality > 0:
+            weighted.append((-quality, i, tag))
+    return [tag for _, _, tag in sorted(weighted)]

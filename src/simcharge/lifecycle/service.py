@@ -41,6 +41,7 @@ from simcharge.ledger import chart
 from simcharge.ledger.models import TransferKind
 from simcharge.ledger.service import (
     NewTransfer,
+    TransferOutcome,
     TransferResult,
     create_transfers,
     ensure_accounts,
@@ -352,8 +353,12 @@ async def _apply_rule(
             continue
         params: dict[str, Any] = {"msisdn": r.msisdn}
         template = rule.template
-        if rule.to_state is LineState.frozen and policy.frozen_reactivation == "support":
-            template = "line.frozen_support"  # a top-up will not bring it back: say so
+        if rule.to_state is LineState.frozen:
+            if policy.frozen_reactivation == "support":
+                template = "line.frozen_support"  # a top-up will not bring it back: say so
+            else:
+                # Which top-up brings it back: any (`topup`), or the owner's (`owner_topup`).
+                params["reactivation"] = policy.frozen_reactivation
         if rule.to_state is LineState.grace:
             params["grace_ends"] = policy.frozen_from_grace(now, r.last_activity_at).isoformat()
         jobs.append(
@@ -412,7 +417,14 @@ async def _forfeit(
     if not batch:
         return 0
     outcomes = await create_transfers(session, batch, now=now)
-    return sum(1 for o in outcomes if o.ok)
+    return _created(outcomes)
+
+
+def _created(outcomes: Sequence[TransferOutcome]) -> int:
+    """How many of the transfers this run created itself: not those another run (a second
+    worker's sweep, a retry) had created already, which the ledger reports `exists` — counted by
+    both, the sweeps' logs added up to more than was done."""
+    return sum(1 for o in outcomes if o.result is TransferResult.ok)
 
 
 async def forfeit_transfers(
@@ -462,8 +474,8 @@ async def expire_buckets(
     lower = await db.run(since)
     total = 0
     while True:
-        moved, seen = await db.run(lambda s: _expire_batch(s, now, lower, policy.batch))
-        total += moved
+        created, moved, seen = await db.run(lambda s: _expire_batch(s, now, lower, policy.batch))
+        total += created
         if seen < policy.batch or moved == 0:
             break
 
@@ -478,10 +490,12 @@ async def expire_buckets(
 
 async def _expire_batch(
     session: AsyncSession, now: datetime, since: datetime | None, limit: int
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
+    """One batch: the expiries this run created, those that are done (by it or by another
+    run at the same time), and the buckets it looked at."""
     rows = await LifecycleRepository(session).expired_buckets(now, since, limit)
     if not rows:
-        return 0, 0
+        return 0, 0, 0
     expiry = {r.id: chart.expiry(r.unit, chart.shard_of(r.line_id)) for r in rows}
     await ensure_accounts(session, list({a.id: a for a in expiry.values()}.values()))
     batch = [
@@ -497,7 +511,7 @@ async def _expire_batch(
         for r in rows
     ]
     outcomes = await create_transfers(session, batch, now=now)
-    return sum(1 for o in outcomes if o.ok), len(rows)
+    return _created(outcomes), sum(1 for o in outcomes if o.ok), len(rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.translations import N_, translate
-from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineFacts, LineState
@@ -42,6 +41,7 @@ from simcharge.notifications.service import NOTICES_OF, mark_read
 from simcharge.notifications.templates import notice_title
 from simcharge.orders import service as orders
 from simcharge.orders.models import Order, OrderState, Payment
+from simcharge.orders.refunds import applied_orders
 from simcharge.payments import service as payments
 from simcharge.payments.providers.base import PaymentFlow
 from simcharge.payments.registry import Providers
@@ -63,6 +63,7 @@ from simcharge.portal.web import (
     provider_url_ok,
     redirect,
     render,
+    units_in,
     visitor_reading,
 )
 
@@ -254,7 +255,7 @@ async def topup_form(
     chosen_line = line or (str(lines[0].id) if lines and not msisdn else "other")
     return render(
         request, page, "topup.html", lines=lines, plans=plans, methods=methods,
-        fees={m.code: fee_text(m, page.language) for m in methods},
+        fees={m.code: fee_text(m, page.language, page.locale) for m in methods},
         values={"line": chosen_line, "msisdn": msisdn[:32], "plan": plan or "",
                 "method": method or ""},
         errors={},
@@ -326,7 +327,7 @@ async def _review(
         plans, methods = await _catalog(request, db, page.language)
         return render(
             request, page, "topup.html", status=exc.status, lines=lines, plans=plans,
-            methods=methods, fees={m.code: fee_text(m, page.language) for m in methods},
+            methods=methods, fees={m.code: fee_text(m, page.language, page.locale) for m in methods},
             values=values, errors=errors, error=summary, headers=exc.headers,
         )
     return render(
@@ -521,6 +522,10 @@ def _older(values: dict[str, str], name: str, cursor: Cursor | None) -> str | No
                       mine[0]: cursor[0].isoformat(), mine[1]: str(cursor[1])})
 
 
+_MAY_BE_APPLIED = (OrderState.paid.value, OrderState.refunded.value)
+"""The states in which an uncredited order's payment may be on the balance, as
+`orders.service.applied_at` reads them (the order page)."""
+
 RECORDS_PAGE = 200
 """Records on a page of `/account/records` (then "Older")."""
 ORDERS_PAGE = 20
@@ -536,6 +541,9 @@ class _Records:
     references: dict[uuid.UUID, str]
     older: Cursor | None = None
     older_orders: Cursor | None = None
+    applied: frozenset[uuid.UUID] = frozenset()
+    """The orders whose payment finance put on the line's balance: their receipt is linked at
+    once, as on the order's page (`orders.applied_at`), not once the worker has numbered it."""
 
 
 async def _records(
@@ -570,6 +578,9 @@ async def _records(
         if len(recent_orders) > ORDERS_PAGE:
             del recent_orders[ORDERS_PAGE:]
             older_orders = (recent_orders[-1].created_at, recent_orders[-1].id)
+        uncredited = [o.id for o in recent_orders
+                      if o.fulfilled_at is None and o.state in _MAY_BE_APPLIED]
+        applied = frozenset(await applied_orders(s, uncredited)) if uncredited else frozenset()
         # A record names the order it came from: linked only when the order is the viewer's
         # (a top-up given to this line by someone else is the giver's order).
         named = {r.order_id for r in rows if r.order_id}
@@ -583,7 +594,7 @@ async def _records(
         } if named else {}
         rows = [r if r.order_id in mine or not r.order_id else replace(r, order_id=None)
                 for r in rows]
-    return _Records(lines, rows, values, recent_orders, mine, found.older, older_orders)
+    return _Records(lines, rows, values, recent_orders, mine, found.older, older_orders, applied)
 
 
 @router.get("/account/records")
@@ -595,7 +606,7 @@ async def records(request: Request, page: Page, db: DB) -> Response:
         "before", "before_id", "orders_before", "orders_before_id")}}
     return render(
         request, page, "records.html", lines=found.lines, rows=found.rows, values=found.values,
-        kinds=KINDS, orders=found.orders, references=found.references,
+        kinds=KINDS, orders=found.orders, references=found.references, applied=found.applied,
         csv_query=urlencode({k: v for k, v in found.values.items() if v}),
         older=_older(kept, "", found.older),
         older_orders=_older(kept, "orders_", found.older_orders),
@@ -616,7 +627,7 @@ async def records_csv(request: Request, page: Page, db: DB) -> Response:
     for r in rows:
         writer.writerow(
             [r.at.isoformat(), r.msisdn, r.kind, r.amount, r.unit,
-             _cell(units_text(page.language, r.amount, r.unit)), _cell(r.reference or "")]
+             _cell(units_in(page.language, page.locale, r.amount, r.unit)), _cell(r.reference or "")]
         )
     return Response(
         out.getvalue(),

@@ -71,7 +71,7 @@ async def home(request: Request, page: Page, db: DB) -> Response:
         methods = await list_methods(s, page.language, served)
     return render(
         request, page, "home.html", plans=plans, methods=methods,
-        fees={m.code: fee_text(m, page.language) for m in methods},
+        fees={m.code: fee_text(m, page.language, page.locale) for m in methods},
     )
 
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-from babel.numbers import NumberFormatError, format_percent, parse_decimal
+from babel.numbers import NumberFormatError, format_decimal, format_percent, parse_decimal
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -20,11 +20,10 @@ from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, format_money, to_minor
 from simcharge.kit.translations import N_, translate
-from simcharge.kit.units import locale_of
 from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
-from simcharge.portal.web import Page, Visitor, form_of, redirect, render
+from simcharge.portal.web import Page, Visitor, form_of, locale_for, redirect, render
 from simcharge.tmf654 import giving
 from simcharge.tmf654.service import USAGE_UNITS, TransferLimitExceeded
 
@@ -52,9 +51,12 @@ def _values(source: Any) -> dict[str, str]:
     return {k: str(source.get(k, "") or "").strip()[:64] for k in ("to", "what", "amount")}
 
 
-def _gift(values: dict[str, str], currency: str, language: str) -> giving.Gift:
+def _gift(
+    values: dict[str, str], currency: str, language: str, locale: str | None = None
+) -> giving.Gift:
     """The form's values as the service takes them: money in minor units, whole minutes, MB
-    and messages. The amount is read in the page's number format (`5,50` in Spanish)."""
+    and messages. The amount is read in the page's number format (`5,50` in Spain's Spanish,
+    `5.50` in Mexico's: `locale`, the page's `Visitor.locale`)."""
     what = values["what"] if values["what"] in giving.USAGE_TYPES else "monetary"
     raw = values["amount"]
     if not raw:
@@ -62,7 +64,7 @@ def _gift(values: dict[str, str], currency: str, language: str) -> giving.Gift:
     try:
         # Strict: `1,2` in English or `1.2` in Spanish is not read as twelve (a grouping
         # separator in the wrong place), but as what it is — not understood.
-        number = Decimal(parse_decimal(raw, locale=locale_of(language), strict=True))
+        number = Decimal(parse_decimal(raw, locale=locale_for(language, locale), strict=True))
     except (NumberFormatError, ValueError, ArithmeticError):
         raise AmountNotUnderstood(field="amount") from None
     # Babel reads "Infinity", "NaN" and "1e99999999" as numbers; the last would take the
@@ -92,13 +94,21 @@ def _within_the_ledger(gift: giving.Gift) -> giving.Gift:
 
 
 def problem_texts(
-    exc: SimchargeError, language: str, currency: str
+    exc: SimchargeError, language: str, currency: str, locale: str | None = None
 ) -> tuple[str, dict[str, str]]:
     """The service's refusal as the page says it: fields renamed to the form's, and a money
     limit in money rather than in minor units."""
     summary, fields = error_texts(exc, language)
-    if isinstance(exc, TransferLimitExceeded) and {"low", "high"} <= exc.params.keys():
-        loc = locale_of(language)
+    if isinstance(exc, AmountNotUnderstood) and locale is not None:
+        # Its examples as the page writes numbers, when not as its language's own: a Mexican
+        # reader is not told Spain's "5,50", which the form would refuse from them.
+        summary = translate(
+            language, N_("Enter the amount as a number, such as {whole} or {example}.")
+        ).format(whole=_number(Decimal(5), language, locale),
+                 example=_number(Decimal("5.50"), language, locale))
+        fields = {"amount": summary}
+    elif isinstance(exc, TransferLimitExceeded) and {"low", "high"} <= exc.params.keys():
+        loc = locale_for(language, locale)
         summary = translate(language, N_("Give between {low} and {high} of credit at a time.")).format(
             low=format_money(int(exc.params["low"]), currency, loc),
             high=format_money(int(exc.params["high"]), currency, loc),
@@ -127,14 +137,24 @@ async def _form(
     return render(
         request, page, "transfer.html", status=status, line=line, balances=balances,
         terms=terms, options=options, history=history, what_names=WHAT,
-        fee_percent=_percent(terms.fee_percent, page.language),
+        fee_percent=_percent(terms.fee_percent, page.language, page.locale),
+        # The hint's example as the page writes numbers, when not as its language's own.
+        amount_example=_number(Decimal("5.00"), page.language, page.locale)
+        if page.locale is not None else None,
         values=values or {"what": "monetary"}, errors=errors or {}, error=error,
         given=given, given_to=next((r for a, r in history if a is given), None),
     )
 
 
-def _percent(value: Decimal, language: str) -> str:
-    return str(format_percent(value / 100, "#,##0.##%", locale=locale_of(language)))
+def _number(value: Decimal, language: str, locale: str | None) -> str:
+    """An example amount as the page writes it (`5`, `5.50`, `5,50`): with two decimals
+    unless it is whole."""
+    pattern = "#,##0" if value.as_tuple().exponent == 0 else "#,##0.00"
+    return str(format_decimal(value, pattern, locale=locale_for(language, locale)))
+
+
+def _percent(value: Decimal, language: str, locale: str | None) -> str:
+    return str(format_percent(value / 100, "#,##0.##%", locale=locale_for(language, locale)))
 
 
 @router.get("/account/lines/{line_id}/transfer")
@@ -157,7 +177,7 @@ async def transfer_review(
     async with db.read() as s:
         line = await accounts.own_line(s, account_id, lid)
         try:
-            gift = _gift(values, line.currency, page.language)
+            gift = _gift(values, line.currency, page.language, page.locale)
             seen = await giving.preview(s, settings, account_id=account_id, line_id=lid,
                                         gift=gift)
         except SimchargeError as exc:
@@ -165,7 +185,7 @@ async def transfer_review(
         else:
             failed = None
     if failed is not None:
-        summary, errors = problem_texts(failed, page.language, line.currency)
+        summary, errors = problem_texts(failed, page.language, line.currency, page.locale)
         return await _form(request, page, db, settings, lid, status=failed.status,
                            values=values, errors=errors, error=summary)
     return render(
@@ -195,14 +215,14 @@ async def transfer(
                 giving.Gift(to=values["to"], usage_type=values["what"], amount=int(units))
             )
             if units.isascii() and units.isdigit() and len(units) < 16
-            else _gift(values, currency, page.language)
+            else _gift(values, currency, page.language, page.locale)
         )
         given = await db.run(
             lambda s: giving.give(s, settings, account_id=account_id, line_id=lid, gift=gift,
                                   key=key)
         )
     except SimchargeError as exc:
-        summary, errors = problem_texts(exc, page.language, currency)
+        summary, errors = problem_texts(exc, page.language, currency, page.locale)
         return await _form(request, page, db, settings, lid, status=exc.status, values=values,
                            errors=errors, error=summary)
     return redirect(f"/account/lines/{lid}/transfer?done={given.action.id}")

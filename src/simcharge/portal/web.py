@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from gettext import NullTranslations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from babel import Locale
-from babel.dates import format_date, format_timedelta
+from babel.dates import format_date, format_time, format_timedelta
 from babel.lists import format_list
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
@@ -47,11 +47,11 @@ from simcharge.errors import Forbidden, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.devices import device_label
-from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, pick_language
+from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, format_locale, pick_language
 from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
-from simcharge.kit.units import locale_of, shown_count, units_text
+from simcharge.kit.units import locale_of, shown_count, shown_number, units_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -173,6 +173,9 @@ class Visitor:
     cookies: list[tuple[str, str, int]] = field(default_factory=list)
     read: list[list[Any]] | None = None
     """The page's rows read with the session check (`visitor_reading`), for a customer."""
+    locale: str | None = None
+    """The Babel locale its numbers, money and dates are written and read in, when it is not
+    the language's own (`kit.i18n.format_locale`: Spanish from a browser saying `es-MX`)."""
 
     @property
     def account(self) -> Account:
@@ -260,17 +263,28 @@ async def _visiting(request: Request, reads: ReadsWithSession | None) -> Visitor
     return page
 
 
+def choose_locale(request: Request, language: str) -> str | None:
+    """The locale of the page's numbers when it is not the language's own: one translation
+    (`es`), the number format of the reader's region (`es-MX` writes `12.50`, Spain `12,50`),
+    from the browser's `Accept-Language`; None for the language's own."""
+    found = format_locale(language, request.headers.get("accept-language"))
+    return None if found == BABEL_LOCALES.get(language, "en") else found
+
+
 async def _visitor(request: Request, settings: Settings, customer: Customer | None) -> Visitor:
     language = choose_language(request, settings, customer.account if customer else None)
     request.state.language = language
+    locale = choose_locale(request, language)
     if customer is not None:
         token = csrf_token(settings.secret_key, customer.session.id)
-        return Visitor(language, customer, token)
+        return Visitor(language, customer, token, locale=locale)
     cookie = request.cookies.get(csrf_cookie(settings))
     new = None
     if not cookie or len(cookie) < 20:
         cookie = new = secrets.token_urlsafe(24)
-    return Visitor(language, None, anonymous_csrf(settings, cookie), new_csrf_cookie=new)
+    return Visitor(
+        language, None, anonymous_csrf(settings, cookie), new_csrf_cookie=new, locale=locale
+    )
 
 
 Page = Annotated[Visitor, Depends(visitor)]
@@ -377,8 +391,52 @@ class _FoldedGettext(Extension):
                 i += 1
 
 
-@lru_cache(maxsize=16)
-def environment(language: str) -> Environment:
+def units_in(language: str, locale: str | None, amount: int, unit: str) -> str:
+    """`kit.units.units_text` with the numbers in `locale` (None: the language's own)."""
+    if locale is None:
+        return units_text(language, amount, unit)
+    return _units_in(language, locale, amount, unit)
+
+
+@lru_cache(maxsize=8192)
+def _units_in(language: str, locale: str, amount: int, unit: str) -> str:
+    loc = _parsed(locale)
+    n = shown_number(amount, unit)
+    if n is None:
+        return format_money(amount, unit, loc)
+    text = format_decimal(n, locale=loc)
+    if unit == "VOICE_S":
+        return translate(language, N_("{n} min")).format(n=text)
+    if unit == "DATA_B":
+        big = amount / 1024 / 1024 >= 1024
+        return translate(language, N_("{n} GB") if big else N_("{n} MB")).format(n=text)
+    return translate(language, N_("{n} SMS")).format(n=text)
+
+
+@lru_cache(maxsize=8192)
+def moment_in(loc: Locale, when: datetime) -> str:
+    """`kit.moments.moment_text` in `loc`: a date and a time, in UTC and saying so."""
+    day = format_date(when.astimezone(UTC).date(), "medium", locale=loc)
+    return str(loc.datetime_formats["medium"]).format(
+        format_time(when, "long", tzinfo=UTC, locale=loc), day
+    )
+
+
+@lru_cache(maxsize=64)
+def _parsed(locale: str) -> Locale:
+    return Locale.parse(locale)
+
+
+def locale_for(language: str, locale: str | None) -> Locale:
+    """The parsed locale a page writes and reads numbers in (`Visitor.locale`, else its
+    language's)."""
+    return _parsed(locale) if locale is not None else locale_of(language)
+
+
+@lru_cache(maxsize=64)
+def environment(language: str, locale: str | None = None) -> Environment:
+    """The templates in `language`, numbers, money and dates in `locale` (None: the
+    language's own)."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         # The templates ship with the release: no stat of each file on every render.
@@ -393,7 +451,7 @@ def environment(language: str) -> Environment:
     env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
     env.globals["_"] = _gettext(catalog)
     # A parsed Locale: Babel would parse the identifier again on every call.
-    loc = Locale.parse(_locale(language))
+    loc = Locale.parse(locale or _locale(language))
 
     # Babel's formatting costs tens of microseconds a call and a page makes dozens of calls
     # with the same few values (amounts of a catalog, expiry days): each is remembered.
@@ -420,11 +478,13 @@ def environment(language: str) -> Environment:
         return day_text(value.date() if isinstance(value, datetime) else value)
 
     def as_datetime(value: datetime | None) -> str:
-        return "—" if value is None else moment_text(language, value)
+        if value is None:
+            return "—"
+        return moment_text(language, value) if locale is None else moment_in(loc, value)
 
     @lru_cache(maxsize=8192)
     def unit_text(amount: int, unit: str) -> str:
-        return units_text(language, amount, unit)
+        return units_in(language, locale, amount, unit)
 
     def units(amount: int, unit: str) -> str:
         return unit_text(int(amount), unit)
@@ -478,9 +538,9 @@ def bar_class(remaining: int, initial: int) -> str:
     return f"w{round(share * 20) * 5}"
 
 
-def fee_text(method: PaymentMethodView, language: str) -> str:
+def fee_text(method: PaymentMethodView, language: str, locale: str | None = None) -> str:
     """"3.49 % + US$0.30", "2 %", "" (no fee), in the reader's number format."""
-    loc = locale_of(language)
+    loc = locale_for(language, locale)
     parts = []
     if Decimal(method.fee.percent):
         parts.append(str(format_percent(Decimal(method.fee.percent) / 100, "#,##0.##%", locale=loc)))
@@ -532,7 +592,7 @@ def render(
 ) -> Response:
     """The page; `headers` are added to the answer's (an error's `Retry-After`)."""
     settings: Settings = request.app.state.settings
-    env = environment(page.language)
+    env = environment(page.language, page.locale)
     html = env.get_template(template).render(
         page=page,
         signed_in=page.customer is not None,
