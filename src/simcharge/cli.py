@@ -641,18 +641,26 @@ def usage_import(
         Path,
         typer.Argument(
             help="CSV (columns id, subscriber, service, quantity, started_at[, country]) or "
-            "JSON lines (.jsonl) with the same keys."
+            "JSON lines (.jsonl) with the same keys; gzip-compressed or not (usage.csv.gz)."
         ),
     ],
 ) -> None:
+    import gzip
+    import zlib
+
     from sqlalchemy.exc import DBAPIError
 
-    from simcharge.charging.batch import UsageReport, import_usage_records, read_usage_file
+    from simcharge.charging.batch import (
+        UsageReport,
+        import_usage_records,
+        open_usage_file,
+        read_usage_file,
+    )
 
     settings = get_settings()
     try:
-        # Bytes that are not UTF-8 make their record bad (reported by line), not the import.
-        stream = file.open(encoding="utf-8", errors="surrogateescape", newline="")
+        # gzip or not; bytes that are not UTF-8 make their record bad (by line), not the import.
+        stream = open_usage_file(file)
     except OSError as exc:
         _fail(f"{file}: cannot read the file: {exc.strerror}")
         raise  # unreachable: _fail exits
@@ -663,6 +671,15 @@ def usage_import(
 
     try:
         report = _run(load, said=False)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        # A compressed file cut off (still being written) or damaged: the chunks before the
+        # damage are charged, the one being read is not (a chunk is all or nothing).
+        _fail(
+            f"{file}: the import stopped: the compressed file is cut off or damaged ({exc}). "
+            "The records charged before stay charged; import the same file again when it is "
+            "complete to charge the rest."
+        )
+        raise  # unreachable: _fail exits
     except (DBAPIError, OSError) as exc:
         # A chunk is all or nothing and charging is idempotent: running it again finishes it.
         cause = exc.orig if isinstance(exc, DBAPIError) else exc

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import gc
+import gzip
 import io
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from hashlib import sha1
 from operator import itemgetter
+from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
@@ -64,6 +67,11 @@ network's clocks and ours differ a little. A record dated later is bad: usage th
 happened yet would move the line's last activity ahead, and an inactive line would never
 freeze."""
 _SKEW_SAID = f" (more than {CLOCK_SKEW.seconds // 60} minutes ahead of our clock)"
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+"""A record dated before is bad: a clock in the network reset or zeroed (the Unix, GPS or NTP
+epoch; year 1), not usage of an eSIM line — to be taken from today's wallet at today's tariff (the
+buckets valid then long gone). A limit by age (days before the import) would also refuse files
+from another era; it would need a setting, as roaming records may arrive weeks late."""
 _SLICE = 5000
 _SERVICES = frozenset(s.value for s in UNIT_OF)
 _UNITS = {s.value: u for s, u in UNIT_OF.items()}
@@ -121,16 +129,67 @@ class UsageBatch(BaseModel):
 
 # --- reading files ----------------------------------------------------------------------------
 
+_GZIP_MAGIC = b"\x1f\x8b"
 
-def read_csv(stream: IO[str]) -> Iterator[Row]:
+
+def open_usage_file(path: Path) -> IO[str]:
+    """A usage file as text, streamed: gzip-compressed or not (told by its first bytes, not its
+    name), a UTF-8 byte order mark dropped, line ends kept for the csv module (CRLF or LF).
+    Bytes that are not UTF-8 are kept as lone surrogates, so that they make their record bad,
+    not the import. A gzip stream cut off raises `EOFError` when the reading reaches the cut."""
+    with path.open("rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def usage_format_of(name: str) -> str:
+    """`jsonl` or `csv`, from a file's name (`.gz` after it is the compression's)."""
+    lowered = name.lower().removesuffix(".gz")
+    return "jsonl" if lowered.endswith((".jsonl", ".ndjson", ".json")) else "csv"
+
+
+def _ends_a_line(stream: IO[str]) -> bool:
+    """Whether a file read to its end ended with a line end: its last byte read (no cost per
+    line). A gzip stream is whole when it ends (one cut off raises `EOFError`); a stream that is
+    no file (a text given whole) is taken as whole too."""
+    binary = getattr(stream, "buffer", None)
+    if binary is None or isinstance(binary, gzip.GzipFile):
+        return True
+    try:
+        at = binary.tell()
+        last = os.pread(stream.fileno(), 1, at - 1) if at > 0 else b"\n"
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return True
+    return last in (b"\n", b"\r")
+
+
+_CUT_OFF = (
+    "the file's last line has no line end: cut off (is the file still being written?); "
+    "not charged — import the file again when it is complete"
+)
+
+
+def read_csv(stream: IO[str], *, complete: bool = False) -> Iterator[Row]:
     """Rows of a CSV file with a header naming (at least) the columns of `COLUMNS` but
-    `country`; yields (file line number, fields). A bad header yields one row that says so."""
+    `country`; yields (file line number, fields). A bad header yields one row that says so.
+
+    A CSV row is not self-delimiting: a file cut off in its last line would give a record
+    with a shorter quantity or an earlier time, which would be charged, and the whole record,
+    once the file is complete, refused as "charged before for another record". So a last line
+    without a line end is a bad row, not a record — unless `complete` (a text given whole).
+    Each row is held back until the next is read, so that the last is known as such."""
     reader = csv.reader(stream)
     try:
-        header = [h.strip().lower().lstrip("\ufeff") for h in next(reader, [])]
+        first = next(reader, None)
     except csv.Error as exc:
         yield 1, BadRow("header", f"not CSV: {exc}")
         return
+    if first is None:
+        yield 1, BadRow("header", "the file is empty: no header (is it still being written?)")
+        return
+    header = [h.strip().lower().lstrip("\ufeff") for h in first]
     missing = [c for c in COLUMNS[:-1] if c not in header]
     if missing:
         yield 1, BadRow("header", f"missing column(s): {', '.join(missing)}")
@@ -138,41 +197,56 @@ def read_csv(stream: IO[str]) -> Iterator[Row]:
     pick = itemgetter(*(header.index(c) for c in COLUMNS if c in header))
     no_country = "country" not in header
     width = len(header)
+    held: Row | None = None
     while True:
         try:
             for values in reader:
+                if held is not None:
+                    yield held
+                    held = None
                 if len(values) != width:
                     if values and (len(values) > 1 or values[0].strip()):
                         detail = f"{len(values)} fields, the header has {width}"
-                        yield reader.line_num, BadRow("row", detail)
-                    continue
-                yield reader.line_num, (*pick(values), None) if no_country else pick(values)
-            return
+                        held = reader.line_num, BadRow("row", detail)
+                    continue  # a blank line: the row before it was not the last
+                held = reader.line_num, (*pick(values), None) if no_country else pick(values)
+            break
         except csv.Error as exc:  # a field past the csv module's limit: the reader goes on after
-            yield reader.line_num, BadRow("row", f"not CSV: {exc}")
+            if held is not None:
+                yield held
+            held = reader.line_num, BadRow("row", f"not CSV: {exc}")
+    if held is not None:
+        if not complete and not _ends_a_line(stream):
+            held = held[0], BadRow("row", _CUT_OFF)
+        yield held
 
 
 def read_jsonl(stream: IO[str]) -> Iterator[Row]:
+    """Rows of JSON lines. A JSON object is self-delimiting: a last line without a line end
+    that is a whole object is a record; one cut off is not JSON, and says so."""
     for n, text in enumerate(stream, start=1):
         if not text.strip():
             continue
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            yield n, BadRow("row", f"not JSON: {exc.msg}")
+            cut = text[-1] != "\n" and text[-1] != "\r"
+            yield n, BadRow("row", _CUT_OFF if cut else f"not JSON: {exc.msg}")
             continue
         yield n, row if isinstance(row, dict) else BadRow("row", "not a JSON object")
 
 
-def read_usage_file(stream: IO[str], name: str) -> Iterator[Row]:
-    lowered = name.lower()
-    if lowered.endswith((".jsonl", ".ndjson", ".json")):
+def read_usage_file(stream: IO[str], name: str, *, complete: bool = False) -> Iterator[Row]:
+    """The rows of a usage file (`name` says its format). `complete`: the text is whole (not a
+    file that may be cut off in its last line)."""
+    if usage_format_of(name) == "jsonl":
         return read_jsonl(stream)
-    return read_csv(stream)
+    return read_csv(stream, complete=complete)
 
 
 def read_usage_text(text: str, name: str) -> Iterator[Row]:
-    return read_usage_file(io.StringIO(text), name)
+    """The rows of a usage file given whole as text."""
+    return read_usage_file(io.StringIO(text.removeprefix("\ufeff")), name, complete=True)
 
 
 # --- checking records -------------------------------------------------------------------------
@@ -236,6 +310,12 @@ def _country(raw: Any) -> str | BadRow:
     return country
 
 
+_NO_ID = BadRow("id", "required, at most 128 printable characters")
+_BLANK = BadRow("id", "required, at most 128 printable characters (every field is empty)")
+"""A row of empty fields: a spreadsheet's export ends with some (`,,,,,`). Not a record, and
+skipped in a CSV file like a blank line; a JSON object with none of the keys is a bad record."""
+
+
 class RecordChecker:
     """Checks records one by one. A file names the same few subscribers, services and countries
     over and over: each spelling is checked once, and its records share one string."""
@@ -268,7 +348,9 @@ class RecordChecker:
         ext, who, service, quantity, when, country = fields
         ext = ext.strip() if ext.__class__ is str else _text(ext)
         if not ext or len(ext) > 128 or not ext.isprintable():
-            return BadRow("id", "required, at most 128 printable characters")
+            if not ext and not any(_text(f) for f in fields):
+                return _BLANK
+            return _NO_ID
         subscriber = self._checked(_subscriber, who)
         if isinstance(subscriber, BadRow):
             return subscriber
@@ -296,13 +378,21 @@ class RecordChecker:
                 return BadRow("started_at", f"{when!r} is out of range")
         if started_at > self.latest:
             return BadRow("started_at", f"{started_at.isoformat()} is in the future{_SKEW_SAID}")
+        if started_at < EARLIEST:
+            return BadRow("started_at", f"{started_at.isoformat()} is before 2000: a clock reset?")
+        units = int(quantity)
+        if service == "voice" and units > (self.latest - started_at).total_seconds():
+            return BadRow(
+                "quantity",
+                f"a call of {units} s from {started_at.isoformat()} would end after now",
+            )
         if country is None or country == "":
             country = None
         else:
             country = self._checked(_country, country)
             if isinstance(country, BadRow):
                 return country
-        return (line, ext, record_id_of(ext), subscriber, service, int(quantity), started_at,
+        return (line, ext, record_id_of(ext), subscriber, service, units, started_at,
                 country or None)  # fmt: skip
 
 
@@ -348,6 +438,8 @@ def _chunks(
             continue
         record = check(line, _fields(row) if isinstance(row, dict) else row)
         if isinstance(record, BadRow):
+            if record is _BLANK and not isinstance(row, dict):
+                continue
             errors.add(line, record.field, record.detail)
             continue
         ext = record[1]
@@ -588,7 +680,8 @@ class _ChunkCharge:
                 if taking.short:
                     outcome.unbilled_records += 1
                 outcome.accepted += 1
-                line.latest = started_at  # in time order: the latest so far
+                if quantity:  # chargeable activity is usage: a call of 0 s is none
+                    line.latest = started_at  # in time order: the latest so far
                 yield (
                     rid, "batch", ext, key, service, country, zone, quantity, rated,
                     taking.bucket_units, taking.wallet_units, money, currency, taking.short,

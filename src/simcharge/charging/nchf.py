@@ -120,6 +120,16 @@ class Units(_Loose):
             return (self.uplinkVolume or 0) + (self.downlinkVolume or 0)
         return self.serviceSpecificUnits
 
+    def reports_units(self) -> bool:
+        """Whether any units are given (of whatever kind)."""
+        return not (
+            self.time is None
+            and self.totalVolume is None
+            and self.uplinkVolume is None
+            and self.downlinkVolume is None
+            and self.serviceSpecificUnits is None
+        )
+
 
 class UsedUnits(Units):
     """Units a network function reports as used: bounded below 2^62 each (the 3GPP type allows
@@ -660,20 +670,29 @@ async def _process(
         if service is None:
             answers.append({"ratingGroup": rg, "resultCode": "RATING_FAILED"})
             continue
-        group = groups.setdefault(key, {"service": service, "used": 0, "wu": 0, "wm": 0})
         used = 0
         if entries is not None:
-            used = sum(c.of(service) or 0 for e in entries for c in e.usedUnitContainer)
-            if group["used"] + used > USED_MAX:
-                # Nothing real reports this much; refused whole (the transaction is undone).
-                where = f"/multipleUnitUsage/{req.multipleUnitUsage.index(entries[0])}"
-                reason = f"rating group {rg}: the session's usage would pass {USED_MAX}"
-                raise NchfProblem(
-                    400,
-                    "MANDATORY_IE_INCORRECT",
-                    N_("The charging request is not valid."),
-                    invalid=[(where + "/usedUnitContainer", reason)],
-                )
+            used, unrated = _used_units(entries, service)
+            if unrated is not None:
+                if release:
+                    # A release answers 204, without a result per group: refused whole.
+                    raise _unrated_problem(req, rg, service, *unrated)
+                # Used units we cannot rate (RATING_FAILED, TS 32.291: a value "not supported
+                # in the rating"): the group is left as it was — nothing posted nor released, no
+                # new quota; its next report, the release or the timeout settles its quota.
+                answers.append({"ratingGroup": rg, "resultCode": "RATING_FAILED"})
+                continue
+        group = groups.setdefault(key, {"service": service, "used": 0, "wu": 0, "wm": 0})
+        if entries is not None and group["used"] + used > USED_MAX:
+            # Nothing real reports this much; refused whole (the transaction is undone).
+            where = f"/multipleUnitUsage/{req.multipleUnitUsage.index(entries[0])}"
+            reason = f"rating group {rg}: the session's usage would pass {USED_MAX}"
+            raise NchfProblem(
+                400,
+                "MANDATORY_IE_INCORRECT",
+                N_("The charging request is not valid."),
+                invalid=[(where + "/usedUnitContainer", reason)],
+            )
         if entries is None and not release:
             continue  # not reported: its quota stands
         if post_event and entries is not None:
@@ -720,6 +739,40 @@ async def _process(
         answers.append(answer)
     cs.groups = groups
     return answers
+
+
+def _used_units(
+    entries: list[UnitUsage], service: str
+) -> tuple[int, tuple[UnitUsage, UsedUnits] | None]:
+    """The units the group's entries report used, in the unit its service counts, and the first
+    container that reports units only in another (`totalVolume` for voice, say), if one does.
+    A container reporting no units at all counts nothing."""
+    used = 0
+    for entry in entries:
+        for container in entry.usedUnitContainer:
+            n = container.of(service)
+            if n is not None:
+                used += n
+            elif container.reports_units():
+                return used, (entry, container)
+    return used, None
+
+
+def _unrated_problem(
+    req: ChargingDataRequest, rg: int, service: str, entry: UnitUsage, container: UsedUnits
+) -> NchfProblem:
+    i = next(k for k, e in enumerate(req.multipleUnitUsage) if e is entry)
+    j = next(k for k, c in enumerate(entry.usedUnitContainer) if c is container)
+    counts = "totalVolume or uplinkVolume + downlinkVolume" if service == "data" else (
+        UNIT_FIELD[service]
+    )
+    reason = f"rating group {rg} ({service}) counts {counts}; this container reports other units"
+    return NchfProblem(
+        400,
+        "MANDATORY_IE_INCORRECT",
+        N_("The charging request is not valid."),
+        invalid=[(f"/multipleUnitUsage/{i}/usedUnitContainer/{j}", reason)],
+    )
 
 
 async def _post_event(
@@ -916,8 +969,9 @@ async def update_charging_data(
             seq=seq,
         )
     if cs.state != SessionState.open.value:
-        if release and cs.state == SessionState.released.value:
-            return NchfAnswer(204, None, ref_id)
+        # Released (or timed out, or ended): the resource is gone (TS 32.291 5.2.2.4). A release
+        # retransmitted got its answer above; another request, with a new number, is refused, so
+        # that the network knows the units it reports were not charged (a 204 said they were).
         raise NchfProblem(
             404, "CONTEXT_NOT_FOUND", N_("The charging data resource {ref} is closed."), ref=ref
         )
