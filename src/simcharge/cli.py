@@ -506,6 +506,14 @@ def staff_create(
     language: Annotated[
         str, typer.Option(help="Language of the back office (en, zh-Hans…).")
     ] = "en",
+    must_change: Annotated[
+        bool,
+        typer.Option(
+            "--must-change",
+            help="The password is for a colleague: they must choose their own at the first "
+            "sign-in, and it stops working after SIMCHARGE_STAFF_RESET_PASSWORD_HOURS.",
+        ),
+    ] = False,
     password: Annotated[
         str,
         typer.Option(
@@ -532,6 +540,7 @@ def staff_create(
                 password=password,
                 email=email,
                 language=language,
+                set_by_other=must_change,
             )
             await audit.record(
                 session,

@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from simcharge.accounts.models import Account, AccountStatus
@@ -32,12 +32,49 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Refused
 from simcharge.kit.clock import utcnow
-from tests.auth.helpers import PASSWORD, Deliver, new_identity, problem, signup
+from tests.auth.helpers import PASSWORD, Customer, Deliver, new_identity, problem, signup
 from tests.conftest import SmtpInbox, last_sms_code
 from tests.factories import create_account
+from tests.locks import until_waiting
 
 NEW_PASSWORD = "copper-lantern-5512"
 HERE = ClientInfo(ip="192.0.2.9", user_agent="pytest-follow-ups/1.0")
+
+
+async def _setting_the_current_contact_again_cancels_a_pending_one(
+    client: httpx.AsyncClient,
+    deliver: Deliver,
+    customer: Customer,
+    *,
+    field: str,
+    channel: str,
+    current: str,
+    new: str,
+    code_sent_to: Callable[[str], str],
+) -> None:
+    """`field` (`email` or `phone`) changed to `new` (pending, its code sent), then set back
+    to `current`: the pending one is dropped, and its code, entered on `channel`, verifies
+    nothing."""
+    pending = f"{field}_pending"
+    r = await client.patch(
+        "/api/v1/me", headers=customer.auth, json={field: new, "current_password": PASSWORD}
+    )
+    assert r.status_code == 200 and r.json()[pending] == new, r.text
+    await deliver()
+    code = code_sent_to(new)
+
+    r = await client.patch(
+        "/api/v1/me", headers=customer.auth, json={field: current, "current_password": PASSWORD}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()[field] == current and r.json()[pending] is None
+
+    r = await client.post(
+        "/api/v1/auth/verify", headers=customer.auth, json={"channel": channel, "code": code}
+    )
+    assert r.status_code == 422, r.text
+    me = (await client.get("/api/v1/me", headers=customer.auth)).json()
+    assert me[field] == current and me[pending] is None
 
 
 async def test_setting_the_current_address_again_cancels_a_pending_one(
@@ -48,26 +85,10 @@ async def test_setting_the_current_address_again_cancels_a_pending_one(
     longer verifies anything; the current address stays."""
     customer = await signup(client, inbox, deliver)
     current = str(customer.email)
-    new = f"second-thoughts-{current}"
-    r = await client.patch(
-        "/api/v1/me", headers=customer.auth, json={"email": new, "current_password": PASSWORD}
-    )
-    assert r.status_code == 200 and r.json()["email_pending"] == new, r.text
-    await deliver()
-    code = inbox.last_code(new)
-
-    r = await client.patch(
-        "/api/v1/me", headers=customer.auth, json={"email": current, "current_password": PASSWORD}
-    )
-    assert r.status_code == 200, r.text
-    assert r.json()["email"] == current and r.json()["email_pending"] is None
-
-    r = await client.post(
-        "/api/v1/auth/verify", headers=customer.auth, json={"channel": "email", "code": code}
-    )
-    assert r.status_code == 422, r.text
-    me = (await client.get("/api/v1/me", headers=customer.auth)).json()
-    assert me["email"] == current and me["email_pending"] is None
+    await _setting_the_current_contact_again_cancels_a_pending_one(
+        client, deliver, customer, field="email", channel="email", current=current,
+        new=f"second-thoughts-{current}", code_sent_to=inbox.last_code,
+    )  # fmt: skip
 
 
 async def test_setting_the_current_number_again_cancels_a_pending_one(
@@ -76,27 +97,11 @@ async def test_setting_the_current_number_again_cancels_a_pending_one(
     """The same for a phone number: the pending number's code is void once the customer sets
     the current number again."""
     customer = await signup(client, inbox, deliver)
-    current = str(customer.phone)
     _, _, new = new_identity()
-    r = await client.patch(
-        "/api/v1/me", headers=customer.auth, json={"phone": new, "current_password": PASSWORD}
-    )
-    assert r.status_code == 200 and r.json()["phone_pending"] == new, r.text
-    await deliver()
-    code = last_sms_code(str(new))
-
-    r = await client.patch(
-        "/api/v1/me", headers=customer.auth, json={"phone": current, "current_password": PASSWORD}
-    )
-    assert r.status_code == 200, r.text
-    assert r.json()["phone"] == current and r.json()["phone_pending"] is None
-
-    r = await client.post(
-        "/api/v1/auth/verify", headers=customer.auth, json={"channel": "sms", "code": code}
-    )
-    assert r.status_code == 422, r.text
-    me = (await client.get("/api/v1/me", headers=customer.auth)).json()
-    assert me["phone"] == current and me["phone_pending"] is None
+    await _setting_the_current_contact_again_cancels_a_pending_one(
+        client, deliver, customer, field="phone", channel="sms", current=str(customer.phone),
+        new=str(new), code_sent_to=last_sms_code,
+    )  # fmt: skip
 
 
 async def test_cancelling_a_pending_address_needs_the_password(
@@ -131,19 +136,6 @@ def _deadlocked(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-async def _until_one_waits(db: Database) -> None:
-    """Until a transaction of this database waits for a row lock."""
-    for _ in range(200):
-        async with db.read() as s:
-            waiting = (await s.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock'"))).scalar_one()  # fmt: skip
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("nothing waited for the account")
 
 
 async def _changing_address(
@@ -199,7 +191,7 @@ async def test_a_reset_or_unlock_and_a_contact_verification_do_not_deadlock(
             mine = await s.get(Account, account.id, with_for_update=True)
             assert mine is not None
             held.set()
-            await _until_one_waits(db)
+            await until_waiting(db, 1)
             return await service.verify_contact(
                 s, settings, mine, "email", verify, client=HERE, now=utcnow(), limits=limits
             )

@@ -8,47 +8,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from simcharge.accounts.models import Account
-from simcharge.app import create_app
 from simcharge.backoffice.models import Adjustment
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.metrics import DB_RETRIES
 from simcharge.orders.models import Order
 from tests.backoffice.helpers import new_staff
 from tests.factories import load_demo_catalog
+from tests.locks import app_client, deadlocks, until_waiting
 from tests.orders.helpers import new_payer
-
-
-def _deadlocks() -> float:
-    return sum(
-        s.value
-        for m in DB_RETRIES.collect()
-        for s in m.samples
-        if s.name.endswith("_total") and s.labels.get("error") == "deadlock"
-    )
-
-
-async def _until_waiting(db: Database, count: int) -> None:
-    """Until `count` transactions of this database wait for a lock."""
-    for _ in range(500):
-        async with db.read() as s:
-            waiting = (
-                await s.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock'"
-                    )
-                )
-            ).scalar_one()
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{count} transactions never waited for a lock")
 
 
 @pytest.mark.postgres_only("row locks: SQLite has one writer at a time")
@@ -59,11 +30,8 @@ async def test_an_order_and_an_adjustment_of_the_same_customer_at_once_do_not_de
     await db.run(load_demo_catalog)
     payer = await new_payer(db, settings)
     agent = await new_staff(db, settings, "agent")
-    app = create_app(settings, db=db, run_worker=False)
-    before = _deadlocks()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-    ) as client:
+    before = deadlocks()
+    async with app_client(db, settings) as client:
         # The customer's row held by a third transaction lines the two up: the order waits for
         # it with its idempotency key written, the adjustment with the line locked.
         async with db.transaction() as holder:
@@ -78,7 +46,7 @@ async def test_an_order_and_an_adjustment_of_the_same_customer_at_once_do_not_de
                           "line_id": str(payer.line.id)},
                 )
             )
-            await _until_waiting(db, 1)
+            await until_waiting(db, 1)
             adjustment = asyncio.create_task(
                 client.post(
                     f"/api/v1/admin/lines/{payer.line.id}/adjustments",
@@ -86,12 +54,12 @@ async def test_an_order_and_an_adjustment_of_the_same_customer_at_once_do_not_de
                     json={"amount": 300, "reason": "goodwill"},
                 )
             )
-            await _until_waiting(db, 2)
+            await until_waiting(db, 2)
         placed, adjusted = await asyncio.wait_for(asyncio.gather(order, adjustment), 60)
     assert placed.status_code == 201, placed.text
     assert adjusted.status_code == 201, adjusted.text
     assert adjusted.json()["state"] == "applied"
-    assert _deadlocks() == before
+    assert deadlocks() == before
     async with db.read() as s:
         orders = await s.execute(
             select(func.count()).select_from(Order).where(Order.account_id == payer.account_id)

@@ -14,45 +14,16 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
-from simcharge.app import create_app
 from simcharge.backoffice.models import AuditEntry, StaffSession, StaffUser
 from simcharge.backoffice.staff import change_staff
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
-from simcharge.metrics import DB_RETRIES
 from tests.backoffice.helpers import STAFF_PASSWORD, code_for, csrf_of, new_staff
-
-
-def _deadlocks() -> float:
-    return sum(
-        s.value
-        for m in DB_RETRIES.collect()
-        for s in m.samples
-        if s.name.endswith("_total") and s.labels.get("error") == "deadlock"
-    )
-
-
-async def _until_waiting(db: Database, count: int) -> None:
-    """Until `count` transactions of this database wait for a lock."""
-    for _ in range(500):
-        async with db.read() as s:
-            waiting = (await s.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock'"))).scalar_one()  # fmt: skip
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{count} transactions never waited for a lock")
-
-
-def _client(db: Database, settings: Settings) -> httpx.AsyncClient:
-    app = create_app(settings, db=db, run_worker=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+from tests.locks import app_client, deadlocks, until_waiting
 
 
 @pytest.mark.postgres_only("row locks: SQLite has one writer at a time")
@@ -66,8 +37,8 @@ async def test_a_code_step_and_an_admin_change_at_once_do_not_deadlock(
     db = fresh_db
     member = await new_staff(db, settings, "agent")
     admin = await new_staff(db, settings, "admin")
-    before = _deadlocks()
-    async with _client(db, settings) as client:
+    before = deadlocks()
+    async with app_client(db, settings) as client:
         page = await client.get("/backoffice/login")
         r = await client.post("/backoffice/login", data={
             "username": member.username, "password": STAFF_PASSWORD, "csrf": csrf_of(page.text)})  # fmt: skip
@@ -78,11 +49,11 @@ async def test_a_code_step_and_an_admin_change_at_once_do_not_deadlock(
             await holder.get(StaffUser, member.id, with_for_update=True)
             code_step = asyncio.create_task(client.post("/backoffice/login/code", data={
                 "code": code_for(member.secret or ""), "csrf": csrf_of(page.text)}))  # fmt: skip
-            await _until_waiting(db, 1)
+            await until_waiting(db, 1)
             # … then their sessions, while the code step waits.
             await change_staff(holder, member.id, by=admin.id, role="finance", now=utcnow())
         r = await asyncio.wait_for(code_step, 30)
-    assert _deadlocks() == before
+    assert deadlocks() == before
     assert r.status_code == 303 and r.headers["location"] != "/backoffice", r.headers
     async with db.read() as s:
         logins = await s.execute(select(AuditEntry.id).where(
@@ -104,8 +75,8 @@ async def test_an_api_sign_in_and_an_admin_change_at_once_do_not_deadlock(
     db = fresh_db
     member = await new_staff(db, settings, "agent")
     admin = await new_staff(db, settings, "admin")
-    before = _deadlocks()
-    async with _client(db, settings) as client:
+    before = deadlocks()
+    async with app_client(db, settings) as client:
         page = await client.get("/backoffice/login")
         r = await client.post("/backoffice/login", data={
             "username": member.username, "password": STAFF_PASSWORD, "csrf": csrf_of(page.text)})  # fmt: skip
@@ -115,10 +86,10 @@ async def test_an_api_sign_in_and_an_admin_change_at_once_do_not_deadlock(
             signing_in = asyncio.create_task(client.post("/api/v1/admin/session", json={
                 "username": member.username, "password": STAFF_PASSWORD,
                 "code": code_for(member.secret or "")}))  # fmt: skip
-            await _until_waiting(db, 1)
+            await until_waiting(db, 1)
             await change_staff(holder, member.id, by=admin.id, role="finance", now=utcnow())
         r = await asyncio.wait_for(signing_in, 30)
-    assert _deadlocks() == before
+    assert deadlocks() == before
     assert r.status_code == 200, r.text
     async with db.read() as s:
         live = await s.execute(select(StaffSession.mfa).where(
@@ -136,7 +107,7 @@ async def test_two_wrong_passwords_at_once_both_count(
     other wrote."""
     db = fresh_db
     member = await new_staff(db, settings, "agent")
-    async with _client(db, settings) as client, _client(db, settings) as other:
+    async with app_client(db, settings) as client, app_client(db, settings) as other:
         pages = [await c.get("/backoffice/login") for c in (client, other)]
         async with db.transaction() as holder:
             await holder.get(StaffUser, member.id, with_for_update=True)
@@ -153,7 +124,7 @@ async def test_two_wrong_passwords_at_once_both_count(
                 )
                 for c, p in zip((client, other), pages, strict=True)
             ]
-            await _until_waiting(db, 2)
+            await until_waiting(db, 2)
         answers = await asyncio.wait_for(asyncio.gather(*attempts), 30)
     assert [a.status_code for a in answers] == [401, 401]
     async with db.read() as s:
@@ -176,13 +147,13 @@ async def test_an_own_password_change_that_waited_for_an_admin_switching_the_mem
         found = await s.get(StaffUser, member.id)
         assert found is not None
         hash_before = found.password_hash
-    async with _client(db, settings) as client:
+    async with app_client(db, settings) as client:
         async with db.transaction() as holder:
             await holder.get(StaffUser, member.id, with_for_update=True)
             changing = asyncio.create_task(client.post(
                 "/api/v1/admin/password", headers=member.auth,
                 json={"current_password": STAFF_PASSWORD, "new_password": "quiet-meadow-8812"}))  # fmt: skip
-            await _until_waiting(db, 1)
+            await until_waiting(db, 1)
             await change_staff(holder, member.id, by=admin.id, active=False, now=utcnow())
         r = await asyncio.wait_for(changing, 30)
     assert r.status_code == 401, r.text

@@ -10,6 +10,7 @@ that takes a password, the same whether the account exists or not, is visible in
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -106,6 +107,18 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return hasher().verify(password_hash, normalize_password(password))
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def hashed(password: str) -> str:
+    """`hash_password` in a worker thread: argon2id takes tenths of a second of CPU (and
+    releases the GIL), which on the event loop would stall every other request of the process —
+    and could push a concurrent request's Redis call past its deadline."""
+    return await asyncio.to_thread(hash_password, password)
+
+
+async def verified(password_hash: str | None, password: str) -> bool:
+    """`verify_password` in a worker thread (see `hashed`)."""
+    return await asyncio.to_thread(verify_password, password_hash, password)
 
 
 def needs_rehash(password_hash: str) -> bool:

@@ -38,12 +38,7 @@ from simcharge.auth.models import (
     LoginThrottle,
     VerificationCode,
 )
-from simcharge.auth.passwords import (
-    check_password_policy,
-    hash_password,
-    needs_rehash,
-    verify_password,
-)
+from simcharge.auth.passwords import check_password_policy, hashed, needs_rehash, verified
 from simcharge.auth.sessions import (
     IssuedSession,
     SessionPolicy,
@@ -177,10 +172,11 @@ async def find_by_login(session: AsyncSession, raw: str) -> Account | None:
 
 
 async def _held_by_login(session: AsyncSession, raw: str) -> Account | None:
-    """The account of this login name, locked and read as it is once held — the order sign-in,
-    a reset, an unlock and a contact change take it in: the account before its codes and
-    throttle rows (a reset that held its code and then waited for the account deadlocked with
-    a contact's verification, which holds the account and voids the codes to the old one)."""
+    """The account of this login name, locked and read as it is once held — the order sign-in
+    (`check_credentials`), a reset, an unlock and a contact change take it in: the account
+    before its codes and throttle rows (a reset that held its code and then waited for the
+    account deadlocked with a contact's verification, which holds the account and voids the
+    codes to the old one)."""
     account = await find_by_login(session, raw)
     if account is None:
         return None
@@ -286,7 +282,7 @@ async def register(
         display_name=reg.display_name,
         email_pending=email,
         phone_pending=phone,
-        password_hash=hash_password(reg.password),
+        password_hash=await hashed(reg.password),
         password_changed_at=now,
         language=reg.language,
         status=AccountStatus.active.value,
@@ -819,15 +815,11 @@ async def check_credentials(
     failure is in the security log; the account's holder is alerted at the fifth in a row."""
     secret = settings.secret_key
     kind, value = normalize_login(login)
-    account = await find_by_login(session, login)
-    if account is not None:
-        # The account locked first — the order a reset, a lock or a change of password takes
-        # it in (then the names' rows, then its own) — and read as it is once held: a sign-in
-        # that waited for one of them sees what it changed (the new password, `locked`, the
-        # second factor's last step), never the account as it was.
-        account = await session.get(
-            Account, account.id, with_for_update=True, populate_existing=True
-        )
+    # The account locked first — the order a reset, a lock or a change of password takes it in
+    # (then the names' rows, then its own) — and read as it is once held: a sign-in that waited
+    # for one of them sees what it changed (the new password, `locked`, the second factor's
+    # last step), never the account as it was.
+    account = await _held_by_login(session, login)
     name_row = await throttle.load(session, throttle.name_key(secret, kind, value), now)
     account_row = (
         await throttle.load(session, throttle.account_key(secret, account.id), now)
@@ -848,11 +840,11 @@ async def check_credentials(
         )
         return Refused(locked_out)
     if account_row is not None and throttle.refusal(account_row, now) is not None:
-        verify_password(None, password)  # the same work as a check; this password is not tried
+        await verified(None, password)  # the same work as a check; this password is not tried
         return await _failed_login(
             session, name_row, None, account, client, now, InvalidCredentials(), via=via
         )
-    password_ok = verify_password(account.password_hash if account else None, password)
+    password_ok = await verified(account.password_hash if account else None, password)
     if (
         account is None
         or account_row is None
@@ -918,7 +910,7 @@ async def login(
     throttle.clear(checked.name_row, now)
     throttle.clear(checked.account_row, now)
     if needs_rehash(account.password_hash):
-        account.password_hash = hash_password(password)
+        account.password_hash = await hashed(password)
     issued = await open_session(
         session,
         settings.secret_key,
@@ -1317,7 +1309,7 @@ async def _set_password(
 ) -> None:
     """A new password; the lock-outs of the account and of its names are lifted (names first,
     then the account: the order sign-in takes them in)."""
-    account.password_hash = hash_password(password)
+    account.password_hash = await hashed(password)
     account.password_changed_at = account.updated_at = now
     secret = settings.secret_key
     await throttle.clear_keys(session, _name_keys(secret, account), now)
@@ -1399,7 +1391,7 @@ def _password_check(
     account: Account, password: str, field: str
 ) -> Callable[[], Awaitable[NotAuthenticated | None]]:
     async def check() -> NotAuthenticated | None:
-        if verify_password(account.password_hash, password):
+        if await verified(account.password_hash, password):
             return None
         return InvalidCredentials(N_("The current password is wrong."), field=field)
 

@@ -14,7 +14,12 @@ from simcharge.auth.apikeys import log_refused, verify_api_key
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.roles import Permission, permissions_of, permissions_of_scopes
-from simcharge.backoffice.staff import StaffSessionEnded, csrf_token, session_for_token
+from simcharge.backoffice.staff import (
+    StaffPasswordChangeRequired,
+    StaffSessionEnded,
+    csrf_token,
+    session_for_token,
+)
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Forbidden, NotAuthenticated, refuse_nul
@@ -36,6 +41,22 @@ class LoginRequired(Exception):
     def __init__(self, to: str) -> None:
         super().__init__(to)
         self.to = to
+
+
+class PasswordChangeRequired(LoginRequired):
+    """A staff member whose password someone else set asked for another page than their
+    password page: they go there first."""
+
+
+WEB_WHILE_PASSWORD_SET_BY_OTHER = frozenset({"/backoffice/password", "/backoffice/logout"})
+"""What a staff member whose password an admin set may reach until they choose their own."""
+API_WHILE_PASSWORD_SET_BY_OTHER = frozenset(
+    {("POST", "/api/v1/admin/password"), ("DELETE", "/api/v1/admin/session")}
+)
+
+
+def must_change_password(actor: Actor) -> bool:
+    return actor.staff is not None and actor.staff.password_set_by_other_at is not None
 
 
 class StaffCsrfFailed(Forbidden):
@@ -100,6 +121,10 @@ async def api_actor(
         # As a refused API key is (ASVS 7.1.3): the address, never the token.
         audit_log.warning("staff.token_refused", ip=ip)
         raise StaffSessionEnded(headers=challenge)
+    if must_change_password(actor) and (
+        (request.method, request.url.path) not in API_WHILE_PASSWORD_SET_BY_OTHER
+    ):
+        raise StaffPasswordChangeRequired()
     return actor
 
 
@@ -113,6 +138,8 @@ async def web_actor(request: Request, db: DB, settings: AppSettings) -> Actor:
     if not actor.permissions:
         raise LoginRequired("/backoffice/login/code")
     request.state.actor = actor
+    if must_change_password(actor) and request.url.path not in WEB_WHILE_PASSWORD_SET_BY_OTHER:
+        raise PasswordChangeRequired("/backoffice/password")
     if request.method not in ("GET", "HEAD"):
         form = await request.form()
         refuse_nul(form)

@@ -43,6 +43,10 @@ class StaffUser(Base):
     active: Mapped[bool] = mapped_column(default=True)
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column()
+    password_set_by_other_at: Mapped[datetime | None] = mapped_column()
+    """When someone else (an admin, `simcharge staff password`) set the password: while set, the
+    member may only change it (and sign out); it signs in for
+    `SIMCHARGE_STAFF_RESET_PASSWORD_HOURS` after this. Cleared by their own change."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column()
 

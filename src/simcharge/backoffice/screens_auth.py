@@ -14,7 +14,7 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.auth.deps import Limits
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.deps import WebActor, staff_cookie
+from simcharge.backoffice.deps import WebActor, must_change_password, staff_cookie
 from simcharge.backoffice.models import StaffSession, StaffUser
 from simcharge.backoffice.staff import (
     PasswordChanged,
@@ -119,7 +119,7 @@ async def login(
         return busy
 
     async def attempt(s: AsyncSession) -> str | None:
-        staff = await check_password(s, username, password, now)
+        staff = await check_password(s, settings, username, password, now)
         if staff is None:
             await audit.record(
                 s,
@@ -323,7 +323,9 @@ async def language(
 
 @router.get("/password", response_class=HTMLResponse)
 async def password_page(request: Request, actor: WebActor) -> HTMLResponse:
-    return render(request, "password.html", actor, errors={}, error=None)
+    return render(
+        request, "password.html", actor, errors={}, error=None, forced=must_change_password(actor)
+    )
 
 
 @router.post("/password", response_model=None)
@@ -365,8 +367,9 @@ async def password_change(
     except SimchargeError as exc:
         error, errors = field_texts(request, actor, exc)
         page = render(
-            request, "password.html", actor, status=exc.status, errors=errors, error=error
-        )
+            request, "password.html", actor, status=exc.status, errors=errors, error=error,
+            forced=must_change_password(actor),
+        )  # fmt: skip
         page.headers.update(exc.headers)
         return page
     response = back("/backoffice/password", "password")

@@ -17,7 +17,7 @@ import segno
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.auth.passwords import check_password_policy, hash_password, verify_password
+from simcharge.auth.passwords import check_password_policy, hashed, verified
 from simcharge.auth.service import normalize_email
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
@@ -25,15 +25,18 @@ from simcharge.backoffice.models import Role, StaffSession, StaffUser
 from simcharge.config import Settings
 from simcharge.errors import (
     Conflict,
+    Forbidden,
     NotAuthenticated,
     NotFound,
     Refused,
     TooManyAttempts,
     ValidationFailed,
 )
+from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import keyed_hash, seal, unseal
 from simcharge.kit.i18n import normalize_language
 from simcharge.kit.translations import N_
+from simcharge.notifications.service import tell_staff
 
 MAX_FAILURES = 5
 LOCK_FOR = timedelta(minutes=15)
@@ -49,6 +52,13 @@ class StaffLoginFailed(NotAuthenticated):
 class StaffSessionEnded(NotAuthenticated):
     slug = "staff-session-ended"
     title = N_("Your staff session has ended; please sign in again.")
+
+
+class StaffPasswordChangeRequired(Forbidden):
+    slug = "staff-password-change-required"
+    title = N_(
+        "An administrator set your password: choose your own password before you do anything else."
+    )
 
 
 class StaffExists(Conflict):
@@ -67,6 +77,14 @@ def policy_of(settings: Settings) -> tuple[timedelta, timedelta]:
         timedelta(minutes=settings.staff_session_idle_minutes),
         timedelta(hours=settings.staff_session_absolute_hours),
     )
+
+
+def reset_password_expired(settings: Settings, staff: StaffUser, now: datetime) -> bool:
+    """Whether the password someone else set for this member (an admin's reset) is past its
+    time (`staff_reset_password_hours`): it no longer signs in, and a session opened with it
+    (which may only change it) ends."""
+    since = staff.password_set_by_other_at
+    return since is not None and since + timedelta(hours=settings.staff_reset_password_hours) <= now
 
 
 def _token_hash(secret: str, token: str) -> str:
@@ -90,7 +108,12 @@ async def create_staff(
     password: str,
     email: str | None = None,
     language: str = "en",
+    set_by_other: bool = False,
+    now: datetime | None = None,
 ) -> StaffUser:
+    """A new staff member. `set_by_other`: the password is someone else's choice (an admin
+    creating an account for a colleague), so the member must change it at first use and it
+    expires as a reset one does."""
     name = username.strip().casefold()
     if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
         raise ValidationFailed(
@@ -118,7 +141,8 @@ async def create_staff(
         email=email,
         role=chosen.value,
         language=normalize_language(language) or "en",
-        password_hash=hash_password(password),
+        password_hash=await hashed(password),
+        password_set_by_other_at=(now or utcnow()) if set_by_other else None,
     )
     session.add(staff)
     await session.flush()
@@ -168,13 +192,14 @@ async def failed_sign_in_name(session: AsyncSession, typed: str) -> str:
 
 
 async def check_password(
-    session: AsyncSession, username: str, password: str, now: datetime
+    session: AsyncSession, settings: Settings, username: str, password: str, now: datetime
 ) -> StaffUser | None:
-    """The staff member if the password is right (and the account active and not locked).
-    The member's row is locked before anything else, as on every path (their row, then their
-    sessions), and read as it is once held: two wrong passwords at once count two failures."""
+    """The staff member if the password is right (and the account active and not locked, and
+    the password, if someone else set it, not past its time). The member's row is locked before
+    anything else, as on every path (their row, then their sessions), and read as it is once
+    held: two wrong passwords at once count two failures."""
     if "\x00" in username:
-        verify_password(None, password)
+        await verified(None, password)
         return None
     staff = (
         await session.execute(
@@ -184,11 +209,13 @@ async def check_password(
             .execution_options(populate_existing=True)
         )
     ).scalar_one_or_none()
-    ok = verify_password(staff.password_hash if staff else None, password)
+    ok = await verified(staff.password_hash if staff else None, password)
     if staff is None:
         return None
     if not staff.active or (staff.locked_until is not None and staff.locked_until > now):
         return None
+    if ok and reset_password_expired(settings, staff, now):
+        return None  # the right password, but an admin's one left unused too long
     if not ok:
         staff.failed_logins += 1
         if staff.failed_logins >= MAX_FAILURES:
@@ -292,7 +319,7 @@ async def sign_in(
     now: datetime,
 ) -> tuple[StaffUser, IssuedStaffSession] | None:
     """Both steps at once (the API): only for staff already enrolled."""
-    staff = await check_password(session, username, password, now)
+    staff = await check_password(session, settings, username, password, now)
     if staff is None or staff.totp_enabled_at is None:
         return None
     issued = await open_staff_session(
@@ -322,7 +349,17 @@ async def session_for_token(
         await session.flush()
         return None
     staff = await session.get(StaffUser, row.staff_id)
-    if staff is None or not staff.active:
+    if staff is None:
+        return None
+    if not staff.active:
+        # Switched off however it happened: the session ends rather than waiting, still open,
+        # for the member to be switched on again.
+        row.revoked_at = now
+        await session.flush()
+        return None
+    if reset_password_expired(settings, staff, now):
+        row.revoked_at = now
+        await session.flush()
         return None
     if now - row.last_seen_at >= TOUCH_EVERY:
         row.last_seen_at = now
@@ -430,8 +467,9 @@ async def change_staff(
     reset_totp: bool = False,
     now: datetime,
 ) -> tuple[StaffUser, dict[str, object]]:
-    """Change a staff member's role, switch their access off or on (every session ends), or make
-    them enrol a new authenticator (a lost phone). Returns them and the facts before."""
+    """Change a staff member's role, switch their access off or on, or make them enrol a new
+    authenticator (a lost phone): each ends every session of theirs (switched on again, none
+    from before comes back). Returns them and the facts before."""
     staff = await session.get(StaffUser, staff_id, with_for_update=True)
     if staff is None:
         raise StaffNotFound(field="staff_id")
@@ -449,7 +487,7 @@ async def change_staff(
             staff.failed_logins, staff.locked_until = 0, None
     if reset_totp:
         staff.totp_secret_sealed = staff.totp_enabled_at = staff.totp_last_step = None
-    if role is not None or active is False or reset_totp:
+    if role is not None or active is not None or reset_totp:
         await session.execute(
             update(StaffSession)
             .where(StaffSession.staff_id == staff.id, StaffSession.revoked_at.is_(None))
@@ -508,7 +546,7 @@ async def change_own_password(
             target_id=staff.id, details={"locked": True}, now=now,
         )  # fmt: skip
         return Refused(TooManyAttempts(wait, field="current_password"))
-    if not verify_password(staff.password_hash, current):
+    if not await verified(staff.password_hash, current):
         staff.failed_logins += 1
         locked = staff.failed_logins >= MAX_FAILURES
         if locked:
@@ -521,8 +559,15 @@ async def change_own_password(
         await session.flush()
         return Refused(StaffPasswordWrong(field="current_password"))
     check_password_policy(new, username=staff.username, email=staff.email, field="new_password")
-    staff.password_hash = hash_password(new)
+    if await verified(staff.password_hash, new):
+        # Above all after an admin's reset: "changing" it to itself would keep a password
+        # someone else knows.
+        raise ValidationFailed(
+            N_("Choose a new password, not the current one."), field="new_password"
+        )
+    staff.password_hash = await hashed(new)
     staff.failed_logins = 0
+    staff.password_set_by_other_at = None
     ended = await end_own_sessions(session, staff.id, now, keep=row.id)
     token = secrets.token_urlsafe(32)
     row.token_hash = _token_hash(settings.secret_key, token)
@@ -531,6 +576,7 @@ async def change_own_password(
         session, actor, "staff.password_changed", target_type="staff", target_id=staff.id,
         details={"sessions_ended": len(ended)}, now=now,
     )  # fmt: skip
+    await _tell_password_changed(session, staff, "self", now)
     await session.flush()
     return PasswordChanged(token, len(ended))
 
@@ -541,18 +587,39 @@ async def set_password(
     """Someone else sets a staff member's password (an admin, or `simcharge staff password`):
     the customers' policy; the lockout is lifted (the guesses were at the old password) and every
     session of theirs ends. Audited as `staff.password_reset`, never with the password. Returns
-    how many sessions ended. There is no "change it at next sign-in": they may change it on
-    their password page."""
+    how many sessions ended. The member must change it at first use (ASVS 2.1, 2.3.1): until
+    they do, a session of theirs reaches only their password page (and signing out), and the
+    password signs in for `staff_reset_password_hours` only."""
     check_password_policy(new, username=staff.username, email=staff.email, field="new_password")
-    staff.password_hash = hash_password(new)
+    staff.password_hash = await hashed(new)
     staff.failed_logins, staff.locked_until = 0, None
+    staff.password_set_by_other_at = now
     ended = await end_own_sessions(session, staff.id, now)
     await audit.record(
         session, actor, "staff.password_reset", target_type="staff", target_id=staff.id,
         details={"sessions_ended": len(ended)}, now=now,
     )  # fmt: skip
+    await _tell_password_changed(session, staff, "admin", now)
     await session.flush()
     return len(ended)
+
+
+async def _tell_password_changed(
+    session: AsyncSession, staff: StaffUser, by: str, now: datetime
+) -> None:
+    """ASVS 2.2.3: a member with an e-mail address is told their password changed (`by`:
+    `self` or `admin`), in their language; one without has only the audit log."""
+    if not staff.email:
+        return
+    await tell_staff(
+        session,
+        staff_id=staff.id,
+        to=staff.email,
+        language=staff.language or "en",
+        template="staff.password_changed",
+        params={"username": staff.username, "by": by},
+        dedupe_key=f"staff.password_changed:{staff.id}:{now.isoformat()}",
+    )
 
 
 async def reset_staff_password(

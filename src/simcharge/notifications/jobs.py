@@ -19,7 +19,7 @@ from simcharge.kit.i18n import spoken
 from simcharge.kit.ids import derived_id
 from simcharge.lines.models import Line
 from simcharge.notifications.models import MessageLog, Notice
-from simcharge.notifications.service import DELIVER, SEND_CODE, log_message
+from simcharge.notifications.service import DELIVER, SEND_CODE, SEND_EMAIL, log_message
 from simcharge.notifications.sms import gsm_safe
 from simcharge.notifications.templates import render
 from simcharge.notifications.transports import (
@@ -32,7 +32,6 @@ from simcharge.notifications.transports import (
 from simcharge.worker.registry import JobContext, PermanentJobError, job
 from simcharge.worker.service import enqueue
 
-SEND_EMAIL = "notifications.email"
 SEND_SMS = "notifications.sms"
 CODE_MINUTES = 10
 
@@ -245,10 +244,12 @@ async def _log_once(
 
 @job(SEND_EMAIL)
 async def send_email_job(ctx: JobContext, payload: dict[str, Any]) -> None:
+    # A staff member's e-mail (`staff_id`, no customer account) is logged without an account.
+    staff_mail = "staff_id" in payload and "account_id" not in payload
     await send_message(
         ctx,
         "email",
-        _account_id(payload),
+        None if staff_mail else _account_id(payload),
         str(payload["template"]),
         str(payload["to"]),
         str(payload.get("language") or ctx.settings.default_language),

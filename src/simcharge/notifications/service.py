@@ -37,6 +37,7 @@ from simcharge.worker.service import NewJob, enqueue
 CHANNELS = ("email", "sms", "portal")
 DELIVER = "notifications.deliver"
 SEND_CODE = "notifications.code"
+SEND_EMAIL = "notifications.email"
 
 
 async def notify(
@@ -91,6 +92,32 @@ def notice(
     if about:
         payload["about"] = about
     return NewJob(DELIVER, payload, dedupe_key=dedupe_key)
+
+
+async def tell_staff(
+    session: AsyncSession,
+    *,
+    staff_id: uuid.UUID,
+    to: str,
+    language: str,
+    template: str,
+    params: dict[str, Any],
+    dedupe_key: str,
+) -> None:
+    """E-mail a staff member (who has no customer account, portal or phone): one
+    `notifications.email` job naming `staff_id`, logged without an account."""
+    await enqueue(
+        session,
+        SEND_EMAIL,
+        {
+            "staff_id": str(staff_id),
+            "template": template,
+            "params": params,
+            "to": to,
+            "language": language,
+        },
+        dedupe_key=dedupe_key,
+    )
 
 
 async def send_code(
