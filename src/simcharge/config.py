@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     # --- Back office ---------------------------------------------------------------------------
     staff_session_idle_minutes: int = Field(default=30, ge=1)
     staff_session_absolute_hours: int = Field(default=10, ge=1)
+    phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    """ISO 3166 region in which a number typed without its country code is read (staff search:
+    "0917 234 5678" under `PH`); unset, such input is searched as text."""
+    staff_reset_password_hours: int = Field(default=24, ge=1)
+    """A staff password set by someone else (an admin's reset) signs in for this long; its holder
+    must replace it at first use."""
     adjustment_approval_above: int = Field(default=2000, ge=0)
     """A wallet adjustment of more than this many minor units needs a second staff member (in a
     currency not named in `adjustment_approval_currencies`)."""

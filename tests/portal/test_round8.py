@@ -17,8 +17,8 @@ Staff search (`backoffice.customers`, tested here with the portal's round):
   dialled there (`kit.phone.national_e164`) and searched as that one E.164 number; what is no
   valid number there (a fragment, another country's national form) is searched as text, as
   before.
-- `test_staff_search_over_http_uses_the_operator_s_region` (xfail, strict): the region has no
-  setting yet (`config.py` is not this helper's): see the report.
+- `test_staff_search_over_http_uses_the_operator_s_region`: the same through the staff API, the
+  operator's region set by `SIMCHARGE_PHONE_REGION`.
 
 Latin-American Spanish:
 
@@ -130,7 +130,6 @@ async def test_staff_search_reads_a_national_number_in_the_operator_s_region(
     assert national_e164("+639172345678", "PH") is None  # E.164 already
 
 
-@pytest.mark.xfail(strict=True, reason="no setting names the operator's region yet (config.py)")
 async def test_staff_search_over_http_uses_the_operator_s_region(
     db: Database, settings: Settings
 ) -> None:

@@ -24,10 +24,10 @@
 - `test_a_bucket_that_does_not_exist_is_not_taken_for_the_wallet`: a `bucket.id` naming no
   wallet or bucket (a typo, an id from elsewhere) was passed over and a money transfer,
   reservation or adjustment took the line's wallet instead; it is `bucket-not-found`.
-- `test_the_portal_gives_at_the_fee_it_showed` (xfail, portal): the review page shows the fee,
-  "Give now" does not carry it; when the fee changed in between (new settings) the customer paid
-  one they were never shown. `giving.give(fee=...)` now refuses a fee that is no longer the
-  fee; the portal must send the one it showed.
+- `test_the_portal_gives_at_the_fee_it_showed`: the review page showed the fee, "Give now" did
+  not carry it; when the fee changed in between (new settings) the customer paid one they were
+  never shown. `giving.give(fee=...)` now refuses a fee that is no longer the fee, the portal
+  sends the one it showed, and a changed fee shows the review again with the fee now.
 """
 
 from __future__ import annotations
@@ -277,8 +277,6 @@ async def test_a_bucket_that_does_not_exist_is_not_taken_for_the_wallet(
     assert await totals(db, h.line.wallet_account_id) == (2000, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="portal/transfers.py (not this area's) must carry the fee "
-                   "shown on the review page to giving.give(fee=...)")
 async def test_the_portal_gives_at_the_fee_it_showed(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
@@ -298,8 +296,15 @@ async def test_the_portal_gives_at_the_fee_it_showed(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://testserver", cookies=client.cookies) as later:
         r = await later.post(page, data=fields)
-    assert await totals(db, me.line.wallet_account_id) == before, "charged another fee"
-    assert r.status_code != 303
+        assert await totals(db, me.line.wallet_account_id) == before, "charged another fee"
+        # Shown again, with the fee now and why; its "Give now" gives at that fee.
+        assert r.status_code == 409, r.text
+        assert 'data-testid="fee">$0.60<' in r.text and 'data-testid="notice"' in r.text
+        form = r.text.split(f'action="{page}"', 1)[1].split("</form>", 1)[0]
+        fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form))
+        r = await later.post(page, data=fields)
+    assert r.status_code == 303, r.text
+    assert await totals(db, me.line.wallet_account_id) == (before[0] - 560, before[1])
 
 
 async def test_giving_refuses_a_fee_that_is_no_longer_the_fee(

@@ -519,6 +519,7 @@ def _panel(p: OrderPanel) -> dict[str, Any]:
 async def find_customers(
     actor: CustomerReader,
     db: DB,
+    settings: AppSettings,
     q: Annotated[
         str,
         Query(
@@ -531,7 +532,7 @@ async def find_customers(
     ],
 ) -> list[CustomerOut]:
     async with db.read() as s:
-        found = await search_customers(s, q)
+        found = await search_customers(s, q, region=settings.phone_region)
     await audit.record_read(db, actor, "customer.search", details={"q": q, "found": len(found)})
     return [CustomerOut.model_validate(a) for a in found]
 

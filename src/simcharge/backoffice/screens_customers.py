@@ -93,10 +93,12 @@ def parse_amount(raw: str, unit: str, language: str, field: str = "amount") -> i
 
 
 @router.get("/customers", response_class=HTMLResponse)
-async def customers(request: Request, db: DB, actor: Reader, q: str = "") -> HTMLResponse:
+async def customers(
+    request: Request, db: DB, settings: AppSettings, actor: Reader, q: str = ""
+) -> HTMLResponse:
     q = q[:200]
     async with db.read() as s:
-        found = await search_customers(s, q) if q else []
+        found = await search_customers(s, q, region=settings.phone_region) if q else []
     if q:
         await audit.record_read(
             db, actor, "customer.search", details={"q": q, "found": len(found)}

@@ -171,9 +171,16 @@ async def transfer_review(
     line_id: str, request: Request, page: Page, db: DB, settings: AppSettings
 ) -> Response:
     """What would be given and the fee, before the customer confirms."""
+    return await _review(request, page, db, settings, _uuid(line_id, "line_id"),
+                         _values(request.query_params))
+
+
+async def _review(
+    request: Request, page: Visitor, db: DB, settings: AppSettings, lid: uuid.UUID,
+    values: dict[str, str], *, notice: str | None = None, status: int = 200,
+) -> Response:
+    """The review page (`notice`: why it is shown again instead of giving)."""
     account_id = require(page)
-    lid = _uuid(line_id, "line_id")
-    values = _values(request.query_params)
     async with db.read() as s:
         line = await accounts.own_line(s, account_id, lid)
         try:
@@ -191,7 +198,8 @@ async def transfer_review(
     return render(
         request, page, "transfer_review.html", seen=seen, gift=gift, values=values,
         what_name=WHAT[gift.usage_type], idempotency_key=uuid.uuid4().hex,
-        back=f"/account/lines/{lid}/transfer?" + urlencode(values),
+        back=f"/account/lines/{lid}/transfer?" + urlencode(values), notice=notice,
+        status=status,
     )
 
 
@@ -217,10 +225,24 @@ async def transfer(
             if units.isascii() and units.isdigit() and len(units) < 16
             else _gift(values, currency, page.language, page.locale)
         )
+        # The fee the review showed: if it is no longer the fee, nothing is given and the
+        # review is shown again with the fee now.
+        shown = form.get("fee", "")
+        fee = int(shown) if shown.isascii() and shown.isdigit() and len(shown) < 16 else None
         given = await db.run(
             lambda s: giving.give(s, settings, account_id=account_id, line_id=lid, gift=gift,
-                                  key=key)
+                                  key=key, fee=fee)
         )
+    except ValidationFailed as exc:
+        if exc.field != "transferCost.value":
+            summary, errors = problem_texts(exc, page.language, currency, page.locale)
+            return await _form(request, page, db, settings, lid, status=exc.status,
+                               values=values, errors=errors, error=summary)
+        notice = translate(
+            page.language, N_("The fee changed since you looked: here it is now. Give now?")
+        )
+        return await _review(request, page, db, settings, lid, values, notice=notice,
+                             status=409)
     except SimchargeError as exc:
         summary, errors = problem_texts(exc, page.language, currency, page.locale)
         return await _form(request, page, db, settings, lid, status=exc.status, values=values,
