@@ -19,7 +19,7 @@ from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import LANGUAGES
 from simcharge.kit.money import format_money, to_minor
-from simcharge.portal.web import locale_of
+from simcharge.kit.units import locale_of
 from simcharge.tickets import service as tickets
 from tests.portal.helpers import new_customer, portal_order, sign_in
 

@@ -16,9 +16,9 @@ from simcharge.db import Database
 from simcharge.kit.i18n import LANGUAGES
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translate
+from simcharge.kit.units import locale_of
 from simcharge.lines.models import LineState
 from simcharge.lines.service import UnitGrant, grant_units
-from simcharge.portal.web import locale_of
 from tests.portal.helpers import Customer, csrf_of, new_customer, sign_in
 from tests.tmf654.helpers import MB, totals
 

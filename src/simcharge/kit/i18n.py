@@ -71,20 +71,7 @@ def spoken(language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
 
 def negotiate_language(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> str:
     """The best supported language for an `Accept-Language` header."""
-    if not accept_language:
-        return default
-    weighted: list[tuple[float, int, str]] = []
-    for i, part in enumerate(accept_language.split(",")):
-        tag, _, params = part.strip().partition(";")
-        quality = 1.0
-        if params.strip().startswith("q="):
-            try:
-                quality = float(params.strip()[2:])
-            except ValueError:
-                quality = 0.0
-        if quality > 0:
-            weighted.append((-quality, i, tag))
-    for _, _, tag in sorted(weighted):
+    for tag in _preferred(accept_language or ""):
         found = normalize_language(tag)
         if found:
             return found

@@ -20,6 +20,18 @@ def locale_of(language: str) -> Locale:
     return Locale.parse(BABEL_LOCALES.get(language, "en"))
 
 
+@lru_cache(maxsize=64)
+def parsed_locale(locale: str) -> Locale:
+    """A regional locale (`es_MX`), parsed once."""
+    return Locale.parse(locale)
+
+
+def locale_for(language: str, locale: str | None) -> Locale:
+    """The locale numbers are written and read in: a regional one (`es_MX`, a page's
+    `Visitor.locale`), else the language's own."""
+    return parsed_locale(locale) if locale is not None else locale_of(language)
+
+
 def shown_number(amount: int, unit: str) -> int | float | None:
     """The number `units_text` writes for `amount` of a unit: whole minutes, MB to one decimal
     (GB to two from 1,024 MB), SMS; None for money."""
@@ -44,9 +56,10 @@ def shown_count(amount: int, unit: str) -> int:
 
 
 @lru_cache(maxsize=8192)
-def units_text(language: str, amount: int, unit: str) -> str:
-    """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format."""
-    loc = locale_of(language)
+def units_text(language: str, amount: int, unit: str, locale: str | None = None) -> str:
+    """Seconds as minutes, bytes as MB/GB, messages as SMS, in the reader's number format
+    (`locale`: a regional one, else the language's)."""
+    loc = locale_for(language, locale)
     n = shown_number(amount, unit)
     if n is None:
         return format_money(amount, unit, loc)

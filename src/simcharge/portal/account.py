@@ -31,6 +31,7 @@ from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.translations import N_, translate
+from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
 from simcharge.lifecycle.service import Policy
 from simcharge.lines.models import Line, LineFacts, LineState
@@ -63,7 +64,6 @@ from simcharge.portal.web import (
     provider_url_ok,
     redirect,
     render,
-    units_in,
     visitor_reading,
 )
 
@@ -627,7 +627,7 @@ async def records_csv(request: Request, page: Page, db: DB) -> Response:
     for r in rows:
         writer.writerow(
             [r.at.isoformat(), r.msisdn, r.kind, r.amount, r.unit,
-             _cell(units_in(page.language, page.locale, r.amount, r.unit)), _cell(r.reference or "")]
+             _cell(units_text(page.language, r.amount, r.unit, page.locale)), _cell(r.reference or "")]
         )
     return Response(
         out.getvalue(),

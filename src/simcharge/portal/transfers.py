@@ -20,10 +20,11 @@ from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.money import LossyConversionError, format_money, to_minor
 from simcharge.kit.translations import N_, translate
+from simcharge.kit.units import locale_for
 from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
-from simcharge.portal.web import Page, Visitor, form_of, locale_for, redirect, render
+from simcharge.portal.web import Page, Visitor, form_of, redirect, render
 from simcharge.tmf654 import giving
 from simcharge.tmf654.service import USAGE_UNITS, TransferLimitExceeded
 

@@ -7,7 +7,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from gettext import NullTranslations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from babel import Locale
-from babel.dates import format_date, format_time, format_timedelta
+from babel.dates import format_date, format_timedelta
 from babel.lists import format_list
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
@@ -51,7 +51,7 @@ from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, format_locale, pick_lan
 from simcharge.kit.moments import moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
-from simcharge.kit.units import locale_of, shown_count, shown_number, units_text
+from simcharge.kit.units import locale_for, shown_count, units_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -391,48 +391,6 @@ class _FoldedGettext(Extension):
                 i += 1
 
 
-def units_in(language: str, locale: str | None, amount: int, unit: str) -> str:
-    """`kit.units.units_text` with the numbers in `locale` (None: the language's own)."""
-    if locale is None:
-        return units_text(language, amount, unit)
-    return _units_in(language, locale, amount, unit)
-
-
-@lru_cache(maxsize=8192)
-def _units_in(language: str, locale: str, amount: int, unit: str) -> str:
-    loc = _parsed(locale)
-    n = shown_number(amount, unit)
-    if n is None:
-        return format_money(amount, unit, loc)
-    text = format_decimal(n, locale=loc)
-    if unit == "VOICE_S":
-        return translate(language, N_("{n} min")).format(n=text)
-    if unit == "DATA_B":
-        big = amount / 1024 / 1024 >= 1024
-        return translate(language, N_("{n} GB") if big else N_("{n} MB")).format(n=text)
-    return translate(language, N_("{n} SMS")).format(n=text)
-
-
-@lru_cache(maxsize=8192)
-def moment_in(loc: Locale, when: datetime) -> str:
-    """`kit.moments.moment_text` in `loc`: a date and a time, in UTC and saying so."""
-    day = format_date(when.astimezone(UTC).date(), "medium", locale=loc)
-    return str(loc.datetime_formats["medium"]).format(
-        format_time(when, "long", tzinfo=UTC, locale=loc), day
-    )
-
-
-@lru_cache(maxsize=64)
-def _parsed(locale: str) -> Locale:
-    return Locale.parse(locale)
-
-
-def locale_for(language: str, locale: str | None) -> Locale:
-    """The parsed locale a page writes and reads numbers in (`Visitor.locale`, else its
-    language's)."""
-    return _parsed(locale) if locale is not None else locale_of(language)
-
-
 @lru_cache(maxsize=64)
 def environment(language: str, locale: str | None = None) -> Environment:
     """The templates in `language`, numbers, money and dates in `locale` (None: the
@@ -480,11 +438,11 @@ def environment(language: str, locale: str | None = None) -> Environment:
     def as_datetime(value: datetime | None) -> str:
         if value is None:
             return "—"
-        return moment_text(language, value) if locale is None else moment_in(loc, value)
+        return moment_text(language, value, locale)
 
     @lru_cache(maxsize=8192)
     def unit_text(amount: int, unit: str) -> str:
-        return units_in(language, locale, amount, unit)
+        return units_text(language, amount, unit, locale)
 
     def units(amount: int, unit: str) -> str:
         return unit_text(int(amount), unit)

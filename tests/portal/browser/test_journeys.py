@@ -14,9 +14,9 @@ from pypdf import PdfReader
 from simcharge.catalog.service import list_plans
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translate
+from simcharge.kit.units import locale_of, units_text
 from simcharge.notifications.transports import dev_mailbox
 from simcharge.orders.models import Order
-from simcharge.portal.web import locale_of, units_text
 from tests.portal.browser.conftest import Live
 from tests.portal.browser.helpers import check, email_code, operator_line, sms_code, watch
 
