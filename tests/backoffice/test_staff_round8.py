@@ -34,13 +34,16 @@ What was wrong, per test:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.backoffice import staff as staff_module
 from simcharge.backoffice.audit import command_line_actor
 from simcharge.backoffice.models import StaffSession, StaffUser
 from simcharge.backoffice.staff import create_staff, open_staff_session, set_password
@@ -238,6 +241,55 @@ async def test_an_admin_reset_password_expires(
     assert r.status_code == 401
     row = await staff_row(db, member.id)
     assert row.failed_logins == 0  # the right password: no guess counted, simply too old
+
+
+async def test_admins_see_whose_password_is_still_an_admin_s_and_an_expiry_is_logged(
+    client: httpx.AsyncClient, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock.freeze(utcnow())
+    logged: list[tuple[str, dict[str, object]]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: object) -> None:
+            logged.append((event, fields))
+
+    monkeypatch.setattr(staff_module, "log", Recorder())
+    admin = await new_staff(db, settings, "admin")
+    member = await new_staff(db, settings, "agent")
+    await _reset_by_admin(client, admin, member)
+
+    async def listed() -> dict[str, object]:
+        r = await client.get("/api/v1/admin/staff", headers=admin.auth)
+        assert r.status_code == 200, r.text
+        return {st["username"]: st["password_set_by_other_at"] for st in r.json()}
+
+    shown = await listed()
+    assert shown[member.username] is not None and shown[admin.username] is None
+    await web_sign_in(client, admin)
+
+    async def cell(who: Staff = member) -> str:
+        page = await client.get("/backoffice/staff")
+        assert page.status_code == 200, page.text
+        found = re.search(rf'data-testid="password-{who.username}">([^<]*)<', page.text)
+        assert found, page.text
+        return found.group(1)
+
+    assert await cell() == "set by an admin, to be changed"
+    assert await cell(admin) == "their own"
+    clock.advance(hours=settings.staff_reset_password_hours, seconds=1)
+    await web_sign_in(client, admin)  # the admin's own session is past its absolute time
+    assert await cell() == "set by an admin, expired: set a new one"
+    # The member tries it too late: refused as a wrong one, the reason in the log only.
+    other = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    async with other:
+        page = await other.get("/backoffice/login")
+        r = await other.post("/backoffice/login", data={
+            "username": member.username, "password": RESET_PASSWORD, "csrf": csrf_of(page.text)})
+    assert r.status_code == 401
+    assert [(e, f["staff_id"]) for e, f in logged] == [
+        ("staff.reset_password_expired", str(member.id))
+    ]
+    assert RESET_PASSWORD not in str(logged)
 
 
 async def test_the_server_command_and_creation_for_someone_else_mark_the_password(

@@ -881,6 +881,7 @@ def _staff_out(st: StaffUser) -> StaffOut:
         active=st.active,
         totp_enrolled=st.totp_enabled_at is not None,
         last_login_at=st.last_login_at,
+        password_set_by_other_at=st.password_set_by_other_at,
     )
 
 

@@ -127,6 +127,11 @@ class StaffOut(BaseModel):
     active: bool
     totp_enrolled: bool
     last_login_at: datetime | None
+    password_set_by_other_at: datetime | None = Field(
+        description="When someone else (an admin) set this member's password; until they change "
+        "it they reach only the password change, and it signs in for "
+        "SIMCHARGE_STAFF_RESET_PASSWORD_HOURS. Null: their own password."
+    )
 
 
 class StaffChangeIn(BaseModel):

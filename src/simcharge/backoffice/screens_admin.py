@@ -30,7 +30,12 @@ from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.jobs import JobView, count_by_view, discard_job, find_jobs, retry_job
 from simcharge.backoffice.models import Role, StaffUser
 from simcharge.backoffice.roles import Permission
-from simcharge.backoffice.staff import change_staff, reset_staff_password, staff_facts
+from simcharge.backoffice.staff import (
+    change_staff,
+    reset_password_expired,
+    reset_staff_password,
+    staff_facts,
+)
 from simcharge.backoffice.web import back, field_texts, render
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.service import CatalogInvalid
@@ -157,6 +162,9 @@ async def _staff_page(
         actor,
         status=failed.status if failed else 200,
         staff=rows,
+        expired={
+            st.id for st in rows if reset_password_expired(request.app.state.settings, st, utcnow())
+        },
         roles=list(Role),
         error=error,
         errors=errors,

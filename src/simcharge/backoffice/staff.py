@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import pyotp
 import segno
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +43,8 @@ MAX_FAILURES = 5
 LOCK_FOR = timedelta(minutes=15)
 TOUCH_EVERY = timedelta(seconds=60)
 STEP = 30
+
+log = structlog.get_logger("simcharge.backoffice")
 
 
 class StaffLoginFailed(NotAuthenticated):
@@ -215,7 +218,12 @@ async def check_password(
     if not staff.active or (staff.locked_until is not None and staff.locked_until > now):
         return None
     if ok and reset_password_expired(settings, staff, now):
-        return None  # the right password, but an admin's one left unused too long
+        # The right password, but an admin's one left unused too long: refused as a wrong one
+        # (the sign-in page says no more), and the reason is in the log for the admins.
+        log.warning("staff.reset_password_expired", staff_id=str(staff.id),
+                    set_at=staff.password_set_by_other_at.isoformat()
+                    if staff.password_set_by_other_at else None)
+        return None
     if not ok:
         staff.failed_logins += 1
         if staff.failed_logins >= MAX_FAILURES:
