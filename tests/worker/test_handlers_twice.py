@@ -675,7 +675,9 @@ async def test_a_stale_worker_failing_does_not_undo_a_staff_retry(db: Database) 
         row = await s.get(OutboxJob, job_id)
         assert row is not None and row.status == JobStatus.dead
     assert await db.run(lambda s: service.requeue_dead(s, job_id))
-    await db.run(lambda s: service.fail(s, stale, "stalled", "ValueError: late"))
+    # Nothing changed, and the worker is told so (its metric says `lost`, not a retry).
+    assert await db.run(lambda s: service.fail(s, stale, "stalled", "ValueError: late")) is None
+    assert await db.run(lambda s: service.finish(s, job_id, "stalled")) is False
     async with db.read() as s:
         row = await s.get(OutboxJob, job_id, populate_existing=True)
         assert row is not None

@@ -179,8 +179,11 @@ class Worker:
         status = await self.db.run(
             lambda s: service.fail(s, job, self.worker_id, error, retry=retry, scrub=scrub)
         )
-        JOBS.labels(job.kind, status.value).inc()
-        return status.value
+        # `lost`: the job was no longer this worker's (taken over, buried, retried by staff):
+        # the failure changed nothing and is not counted as a retry or a burial.
+        outcome = status.value if status is not None else "lost"
+        JOBS.labels(job.kind, outcome).inc()
+        return outcome
 
     async def _run_job(self, job: service.ClaimedJob) -> None:
         handler = self.registry.handlers.get(job.kind)
@@ -224,9 +227,14 @@ class Worker:
             bound.warning("job.failed", error=error, now=now)
         else:
             scrub = job.kind in self.registry.scrubbed
-            await self.db.run(lambda s: service.finish(s, job.id, self.worker_id, scrub=scrub))
-            JOBS.labels(job.kind, "done").inc()
-            bound.debug("job.done")
+            ours = await self.db.run(
+                lambda s: service.finish(s, job.id, self.worker_id, scrub=scrub)
+            )
+            JOBS.labels(job.kind, "done" if ours else "lost").inc()
+            if ours:
+                bound.debug("job.done")
+            else:
+                bound.warning("job.done_but_no_longer_ours", worker_id=self.worker_id)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

@@ -248,7 +248,8 @@ async def renew(
 
 async def finish(
     session: AsyncSession, job_id: uuid.UUID, worker_id: str, *, scrub: bool = False
-) -> None:
+) -> bool:
+    """Mark the job done; False if it was no longer running under `worker_id` (see `fail`)."""
     values: dict[str, Any] = {
         "status": JobStatus.done.value,
         "finished_at": utcnow(),
@@ -256,7 +257,7 @@ async def finish(
     }
     if scrub:
         values["payload"] = {}
-    await session.execute(
+    done = await session.execute(
         update(jobs)
         .where(
             jobs.c.id == job_id,
@@ -265,6 +266,7 @@ async def finish(
         )
         .values(values)
     )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 def backoff(attempts: int) -> timedelta:
@@ -281,11 +283,12 @@ async def fail(
     *,
     retry: bool = True,
     scrub: bool = False,
-) -> JobStatus:
+) -> JobStatus | None:
     """Reschedule the job with backoff, or bury it once it has used its attempts (emptying a
-    scrubbed payload then). Only while it is still running under `worker_id`: a worker that
-    stalled past its lease may find its job taken over, buried as abandoned, or buried and
-    retried by staff since — its late failure changes none of that."""
+    scrubbed payload then); the status it now has. Only while it is still running under
+    `worker_id`: a worker that stalled past its lease may find its job taken over, buried as
+    abandoned, or buried and retried by staff since — its late failure changes none of that,
+    and None says so."""
     now = utcnow()
     dead = not retry or job.attempts >= job.max_attempts
     status = JobStatus.dead if dead else JobStatus.pending
@@ -298,7 +301,7 @@ async def fail(
     }
     if dead and scrub:
         values["payload"] = {}
-    await session.execute(
+    changed = await session.execute(
         update(jobs)
         .where(
             jobs.c.id == job.id,
@@ -307,7 +310,7 @@ async def fail(
         )
         .values(values)
     )
-    return status
+    return status if changed.rowcount else None  # type: ignore[attr-defined]
 
 
 async def release(session: AsyncSession, job_ids: Sequence[uuid.UUID], worker_id: str) -> None:
