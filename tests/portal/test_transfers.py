@@ -69,7 +69,7 @@ async def test_the_terms_come_before_and_the_fee_is_shown_before_giving(
     assert terms
     assert "2% of the credit given, plus $0.10" in terms.group(1)
     assert "$1.00 to $50.00 per transfer" in terms.group(1)
-    assert "at most 5 transfers (5 left today)" in terms.group(1)
+    assert "at most 5 transfers in any 24 hours (5 left now)" in terms.group(1)
     assert "up to 500 min per transfer" in terms.group(1)
     assert "Nothing given yet." in r.text
     shown = await review(client, me, friend.line.msisdn, "monetary", "5.00")
@@ -84,7 +84,7 @@ async def test_the_terms_come_before_and_the_fee_is_shown_before_giving(
     assert r.headers["location"].startswith(page_of(me.line.id) + "?done=")
     done = await client.get(r.headers["location"])
     assert f"Done: $5.00 went to {friend.line.msisdn}. Fee: $0.20." in done.text
-    assert "at most 5 transfers (4 left today)" in done.text
+    assert "at most 5 transfers in any 24 hours (4 left now)" in done.text
     assert await totals(db, me.line.wallet_account_id) == (1250 - 520, 0)
     assert await totals(db, friend.line.wallet_account_id) == (500, 0)
     # The same form again (a double click, a resent form): the same transfer, once.
