@@ -19,8 +19,8 @@ from simcharge.db import Database
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Line
 from tests.backoffice.helpers import adjust_key_of, new_staff, web_sign_in
-from tests.backoffice.test_adjustment_locks import _until_waiting
 from tests.factories import load_demo_catalog
+from tests.locks import until_waiting
 from tests.orders.helpers import assert_ledger_balanced
 from tests.tmf654.helpers import api_key, new_holder, totals
 
@@ -194,7 +194,7 @@ async def test_copies_of_an_adjustment_at_once_make_one(
                 asyncio.create_task(client.post(_url(holder.line.id), json=body, headers=headers))
                 for _ in range(6)
             ]
-            await _until_waiting(db, 6)
+            await until_waiting(db, 6)
         answers = await asyncio.wait_for(asyncio.gather(*copies), 60)
     assert [r.status_code for r in answers] == [201] * 6, [r.text for r in answers]
     assert len({r.text for r in answers}) == 1
@@ -229,11 +229,11 @@ async def test_one_key_on_two_lines_at_once_is_one_adjustment_and_a_refusal(
             made = asyncio.create_task(
                 client.post(_url(first.line.id), json=body, headers=headers)
             )
-            await _until_waiting(db, 1)
+            await until_waiting(db, 1)
             refused = asyncio.create_task(
                 client.post(_url(second.line.id), json=body, headers=headers)
             )
-            await _until_waiting(db, 2)
+            await until_waiting(db, 2)
         a, b = await asyncio.wait_for(asyncio.gather(made, refused), 60)
     assert a.status_code == 201 and a.json()["state"] == "applied", a.text
     assert b.status_code == 422 and b.json()["type"] == "/problems/idempotency-key-reused", b.text
