@@ -608,7 +608,7 @@ async def check_transfer(
     _check_limits(settings, source.unit, giver.currency, amount)
     if await transfers_today(session, giver.id, now) >= settings.balance_transfer_daily_count:
         raise TransferLimitExceeded(
-            N_("At most {limit} transfers a day."), field="amount",
+            N_("At most {limit} transfers in 24 hours."), field="amount",
             limit=settings.balance_transfer_daily_count,
         )
     if source.bucket is None and receiver.currency != giver.currency:
