@@ -115,6 +115,10 @@ async def test_an_admin_reset_password_must_be_changed_before_anything_else_on_t
     page = await client.get("/backoffice/password")
     assert page.status_code == 200
     assert "An administrator set your password" in page.text
+    # The page offers no way elsewhere: no navigation, no language form; signing out stays.
+    assert 'href="/backoffice/customers"' not in page.text
+    assert 'action="/backoffice/language"' not in page.text
+    assert 'action="/backoffice/logout"' in page.text
     csrf = csrf_of(page.text)
     # A write elsewhere does nothing: the language stays.
     r = await client.post("/backoffice/language", data={"csrf": csrf, "language": "es"})
@@ -134,6 +138,7 @@ async def test_an_admin_reset_password_must_be_changed_before_anything_else_on_t
     assert (await staff_row(db, member.id)).password_set_by_other_at is None
     home = await client.get("/backoffice")
     assert home.status_code == 200
+    assert 'href="/backoffice/customers"' in home.text
     assert (
         "An administrator set your password" not in (await client.get("/backoffice/password")).text
     )
