@@ -38,7 +38,6 @@ providers' HTTP boundary (the providers' harnesses of `tests/orders/test_provide
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -56,12 +55,9 @@ from simcharge.orders.models import Order, SandboxPayment
 from simcharge.orders.refunds import RefundAmountUnreported, apply_to_wallet
 from simcharge.payments import webhooks
 from simcharge.payments.providers import (
-    CheckoutRequest,
-    PaymentFlow,
     PaymentState,
     RefundRequest,
 )
-from simcharge.payments.sandbox import SandboxProvider, act
 from simcharge.payments.service import check_order
 from tests.factories import load_demo_catalog
 from tests.orders import test_providers as harness
@@ -87,6 +83,7 @@ from tests.orders.test_providers import (
     _unchanged,
 )
 from tests.payments.test_provider_follow_ups import _paid_holding, _Recorder, _stored
+from tests.payments.test_sandbox import paid_checkout
 
 keys = harness.keys
 mock = harness.mock
@@ -235,23 +232,7 @@ async def test_a_sandbox_query_says_how_much_was_refunded(
     db: Database, settings: Settings
 ) -> None:
     """Paid 10.00, 4.00 refunded: `partially_refunded`, and 4.00 of it."""
-    sandbox = SandboxProvider(db, settings)
-    checkout = await sandbox.create_checkout(
-        CheckoutRequest(
-            reference="SBXROUND801",
-            amount=1000,
-            currency="USD",
-            description="eSIM top-up",
-            return_url="http://testserver/return",
-            cancel_url="http://testserver/cancel",
-            notify_url="http://testserver/api/v1/webhooks/sandbox",
-            expires_at=utcnow() + timedelta(hours=1),
-            language="en",
-            flow=PaymentFlow.redirect,
-            idempotency_key="SBXROUND801",
-        )
-    )
-    await act(db, settings, checkout.provider_ref, "pay")
+    sandbox, checkout = await paid_checkout(db, settings, "SBXROUND801")
     assert (await sandbox.query("SBXROUND801", None)).refunded_amount is None
     await sandbox.refund(
         RefundRequest("SBXROUND801", checkout.provider_ref, "RF1", 400, 1000, "USD", None)

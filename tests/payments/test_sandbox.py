@@ -12,6 +12,7 @@ from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.orders.models import SandboxPayment
 from simcharge.payments.providers import (
+    Checkout,
     CheckoutRequest,
     PaymentFlow,
     ProviderError,
@@ -21,12 +22,15 @@ from simcharge.payments.providers import (
 from simcharge.payments.sandbox import SandboxProvider, act
 
 
-async def test_a_refund_id_is_refunded_once_and_read_back(db: Database, settings: Settings) -> None:
+async def paid_checkout(
+    db: Database, settings: Settings, reference: str, amount: int = 1000
+) -> tuple[SandboxProvider, Checkout]:
+    """A sandbox checkout of `amount` USD under `reference`, paid by the payer."""
     sandbox = SandboxProvider(db, settings)
     checkout = await sandbox.create_checkout(
         CheckoutRequest(
-            reference="SBXREFUND01",
-            amount=1000,
+            reference=reference,
+            amount=amount,
             currency="USD",
             description="eSIM top-up",
             return_url="http://testserver/return",
@@ -35,10 +39,15 @@ async def test_a_refund_id_is_refunded_once_and_read_back(db: Database, settings
             expires_at=utcnow() + timedelta(hours=1),
             language="en",
             flow=PaymentFlow.redirect,
-            idempotency_key="SBXREFUND01",
+            idempotency_key=reference,
         )
     )
     await act(db, settings, checkout.provider_ref, "pay")
+    return sandbox, checkout
+
+
+async def test_a_refund_id_is_refunded_once_and_read_back(db: Database, settings: Settings) -> None:
+    sandbox, checkout = await paid_checkout(db, settings, "SBXREFUND01")
     request = RefundRequest("SBXREFUND01", checkout.provider_ref, "RF1", 400, 1000, "USD", None)
     first = await sandbox.refund(request)
     again = await sandbox.refund(request)  # a repeat (its answer was lost): the same refund
