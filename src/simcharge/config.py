@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from simcharge.kit.clock import operator_zone
+
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
 MIN_SECRET_KEY_LENGTH = 32
 DEFAULT_SANDBOX_SECRET = "sandbox-webhook-secret"  # noqa: S105 - refused in production
@@ -177,6 +179,9 @@ class Settings(BaseSettings):
     phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     """ISO 3166 region in which a number typed without its country code is read (staff search:
     "0917 234 5678" under `PH`); unset, such input is searched as text."""
+    operator_timezone: str = "UTC"
+    """IANA time zone whose days the reports use (each row's day, `from`/`to`, the trial
+    balance's day); a name the time zone database does not know stops the start-up."""
     staff_reset_password_hours: int = Field(default=24, ge=1)
     """A staff password set by someone else (an admin's reset) signs in for this long; its holder
     must replace it at first use."""
@@ -273,6 +278,12 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_capitals(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("operator_timezone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        operator_zone(value)
+        return value
 
     @field_validator("database_url")
     @classmethod

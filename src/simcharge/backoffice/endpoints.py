@@ -816,6 +816,14 @@ async def get_tariff_versions(
 # --- reports ------------------------------------------------------------------------------
 
 ReportReader = Annotated[Actor, require(Permission.reports_read)]
+ReportFirstDay = Annotated[
+    str | None,
+    Query(alias="from", max_length=10, description="First day (the operator's), e.g. 2026-11-01"),
+]
+ReportLastDay = Annotated[
+    str | None,
+    Query(alias="to", max_length=10, description="Last day (the operator's), inclusive"),
+]
 
 
 @router.get(
@@ -833,20 +841,27 @@ ReportReader = Annotated[Actor, require(Permission.reports_read)]
     response_model=None,
 )
 async def get_report(
-    name: Literal["topups", "conversion", "failures", "lines"],
+    name: Literal["topups", "conversion", "failures", "lines", "trial-balance"],
     actor: ReportReader,
     db: DB,
-    start: FirstDay = None,
-    end: LastDay = None,
+    settings: AppSettings,
+    start: ReportFirstDay = None,
+    end: ReportLastDay = None,
     format: Literal["json", "csv"] = "json",
 ) -> Any:
-    """`topups`: per day paid, method and currency actually paid — top-ups (orders credited),
+    """Days are the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, UTC by default): `from` and `to`
+    are its dates, and each row's `day` is one.
+    `topups`: per day paid, method and currency actually paid — top-ups (orders credited),
     money taken, fees, orders paid but never credited and their money, refunded (on the day the
     provider confirmed the refund, whichever day its order was paid), net (amounts of different
     currencies are never added up).
     `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
-    (failed, cancelled, expired). `lines`: lines per lifecycle state now."""
-    p = reports.period(start, end, utcnow().date())
+    (failed, cancelled, expired). `lines`: lines per lifecycle state now.
+    `trial-balance`: the ledger as of the end of `to` — per unit and account (operator accounts
+    by key, the lines' wallets and buckets together), posted debits, credits and their
+    difference; each unit's debits equal its credits."""
+    zone = reports.zone_of(settings)
+    p = reports.period(start, end, utcnow().astimezone(zone).date(), zone)
     async with db.read() as s:
         rows = await reports.report_rows(s, name, p)
     await audit.record_read(
@@ -862,7 +877,11 @@ async def get_report(
     )
     if format == "csv":
         return Response(
-            reports.to_csv(rows, reports.COLUMNS[name]), media_type="text/csv; charset=utf-8"
+            reports.to_csv(rows, reports.COLUMNS[name]),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "content-disposition": f'attachment; filename="{name}-{p.start}-{p.end}.csv"'
+            },
         )
     return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in rows]
 

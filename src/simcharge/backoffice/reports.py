@@ -1,33 +1,48 @@
 """Reports for finance: top-ups and revenue per day, method and currency; conversion (orders
-created → paid); failed payments; lines by lifecycle state — as rows, CSV and SVG charts.
+created → paid); failed payments; lines by lifecycle state; the ledger's trial balance — as
+rows, CSV and SVG charts.
 
-Each report is grouped in SQL (a day is a UTC day: `_utc_day` says it in each database's
-words), so its memory follows its rows, not the period's orders; only the orders paid and never
-credited (exceptions, each flagged for finance) are read one by one. A period is at most
-`MAX_DAYS` long."""
+Each report is grouped in SQL by the operator's day (`Period.zone`, an IANA time zone, UTC by
+default; `_local_day` says it in each database's words), so its memory follows its rows, not the
+period's orders; only the orders paid and never credited (exceptions, each flagged for finance)
+are read one by one. A period is at most `MAX_DAYS` long."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
+from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 from sqlalchemy import ColumnElement, Date, case, cast, func, literal_column, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.config import Settings
 from simcharge.db import dialect_name
 from simcharge.errors import ValidationFailed
+from simcharge.kit.clock import ZONE_NAME as _ZONE_NAME
+from simcharge.kit.clock import operator_zone
 from simcharge.kit.translations import N_
+from simcharge.ledger.audit import trial_balance_sums
 from simcharge.lines.models import Line
 from simcharge.orders.models import CLOSED_UNPAID, Order, Refund, RefundState
 from simcharge.orders.refunds import applied_orders
 
 MAX_DAYS = 366
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def zone_of(settings: Settings) -> ZoneInfo:
+    """The zone the settings name (`SIMCHARGE_OPERATOR_TIMEZONE`, checked at start-up)."""
+    return operator_zone(settings.operator_timezone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,20 +50,54 @@ class Period:
     start: date
     end: date
     """Inclusive."""
+    zone: ZoneInfo = dataclass_field(default=UTC_ZONE)
+    """The operator's time zone: `start` and `end` are its days, each from its midnight to the
+    next (23 or 25 hours across a change of daylight saving time)."""
+
+    def midnight(self, day: date) -> datetime:
+        """The UTC instant the operator's `day` starts."""
+        return datetime.combine(day, time(), tzinfo=self.zone).astimezone(UTC)
 
     @property
     def since(self) -> datetime:
-        return datetime.combine(self.start, time(), tzinfo=UTC)
+        return self.midnight(self.start)
 
     @property
     def until(self) -> datetime:
-        return datetime.combine(self.end + timedelta(days=1), time(), tzinfo=UTC)
+        return self.midnight(self.end + timedelta(days=1))
 
     def days(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
 
+    def offsets(self) -> list[tuple[datetime, int]]:
+        """The zone's UTC offsets over the period, in seconds: (from when, offset), the first
+        from `since`. A change (daylight saving time, a new rule) is found to the second between
+        two midnights whose offsets differ — at most one change a day, as every zone has."""
+        def offset(at: datetime) -> int:
+            delta = at.astimezone(self.zone).utcoffset()
+            return int(delta.total_seconds()) if delta is not None else 0
 
-def period(start: str | None, end: str | None, today: date) -> Period:
+        found = [(self.since, offset(self.since))]
+        bounds = [self.midnight(d) for d in [*self.days(), self.end + timedelta(days=1)]]
+        for before, after in pairwise(bounds):
+            if offset(after) == found[-1][1]:
+                continue
+            # Between the midnight before (the old offset) and this one (the new), to the second.
+            low, high = int(before.timestamp()), int(after.timestamp())
+            while high - low > 1:
+                middle = (low + high) // 2
+                if offset(datetime.fromtimestamp(middle, UTC)) == found[-1][1]:
+                    low = middle
+                else:
+                    high = middle
+            changed = datetime.fromtimestamp(high, UTC)
+            found.append((changed, offset(changed)))
+        return found
+
+
+def period(
+    start: str | None, end: str | None, today: date, zone: ZoneInfo = UTC_ZONE
+) -> Period:
     try:
         last = date.fromisoformat(end) if end else today
     except ValueError:
@@ -68,7 +117,7 @@ def period(start: str | None, end: str | None, today: date) -> Period:
         raise ValidationFailed(
             N_("A report covers at most {days} days."), field="from", days=MAX_DAYS
         )
-    return Period(first, last)
+    return Period(first, last, zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +126,7 @@ class TopupRow:
     in: amounts of different currencies are never added up."""
 
     day: date
-    """The UTC day the orders were paid — or, for `refunded`, the refunds confirmed."""
+    """The operator's day the orders were paid — or, for `refunded`, the refunds confirmed."""
     method: str
     currency: str
     topups: int
@@ -123,12 +172,36 @@ class FailureRow:
     orders: int
 
 
-def _utc_day(s: AsyncSession, column: Any) -> ColumnElement[date]:
-    """The UTC day of a timestamp column, in SQL: PostgreSQL keeps `timestamptz` (its session's
-    time zone must not decide the day), SQLite the UTC time as text."""
+def _local_day(s: AsyncSession, column: Any, p: Period) -> ColumnElement[date]:
+    """The operator's day of a timestamp column within `p`, in SQL, set-based.
+
+    PostgreSQL keeps `timestamptz`: `timezone(zone, t)` is the local time by its own copy of the
+    time zone database, whatever the session's time zone (which must not decide the day). The
+    zone is written into the statement (a name checked by `operator_zone`), not bound: a bound
+    parameter would make the `GROUP BY` expression differ from the selected one.
+
+    SQLite keeps the UTC time as text and knows no time zones: the period's offsets are worked
+    out in Python (`Period.offsets`: one, or one more per change of daylight saving time) and the
+    statement shifts each timestamp by the offset in force at that instant —
+    `CASE WHEN t < <change> THEN date(t, '+28800 seconds') … END`, a couple of branches for a
+    year, never a row read into Python."""
     if dialect_name(s) == "postgresql":
-        return cast(func.timezone(literal_column("'UTC'"), column), Date)
-    return type_coerce(func.date(column), Date)
+        name = p.zone.key
+        if not _ZONE_NAME.fullmatch(name):  # pragma: no cover - `operator_zone` checked it
+            raise ValueError(f"bad time zone name {name!r}")
+        return cast(func.timezone(literal_column(f"'{name}'"), column), Date)
+
+    def shifted(seconds: int) -> Any:
+        return func.date(column, literal_column(f"'{seconds:+d} seconds'"))
+
+    offsets = p.offsets()
+    if len(offsets) == 1:
+        return type_coerce(shifted(offsets[0][1]), Date)
+    branches = [
+        (column < changed, shifted(seconds))
+        for (_, seconds), (changed, _) in pairwise(offsets)
+    ]
+    return type_coerce(case(*branches, else_=shifted(offsets[-1][1])), Date)
 
 
 async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
@@ -145,7 +218,7 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
     what was taken (refunded or held before) to `uncredited_amount`: the two add up to what
     `unapplied` received."""
     acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
-    day = _utc_day(s, Order.paid_at).label("day")
+    day = _local_day(s, Order.paid_at, p).label("day")
     taken_in = func.coalesce(Order.paid_currency, Order.currency).label("taken_in")
     in_period = (Order.paid_at >= p.since, Order.paid_at < p.until)
     credited = await s.execute(
@@ -192,7 +265,7 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
         (Order.paid_at > Refund.completed_at, Order.paid_at),
         else_=func.coalesce(Refund.completed_at, Refund.created_at),
     )
-    refund_day = _utc_day(s, refunded_at).label("day")
+    refund_day = _local_day(s, refunded_at, p).label("day")
     refunds = await s.execute(
         select(refund_day, Order.method_code, Refund.currency, func.sum(Refund.amount))
         .join(Order, Order.id == Refund.order_id)
@@ -226,7 +299,7 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
 
 
 async def conversion(s: AsyncSession, p: Period) -> list[ConversionRow]:
-    day = _utc_day(s, Order.created_at).label("day")
+    day = _local_day(s, Order.created_at, p).label("day")
     rows = await s.execute(
         select(day, func.count(), func.count(Order.paid_at))
         .where(Order.created_at >= p.since, Order.created_at < p.until)
@@ -241,7 +314,7 @@ async def conversion(s: AsyncSession, p: Period) -> list[ConversionRow]:
 
 
 async def failures(s: AsyncSession, p: Period) -> list[FailureRow]:
-    day = _utc_day(s, Order.created_at).label("day")
+    day = _local_day(s, Order.created_at, p).label("day")
     rows = await s.execute(
         select(day, Order.method_code, Order.state, func.count())
         .where(
@@ -260,6 +333,75 @@ async def lines_by_state(s: AsyncSession) -> dict[str, int]:
     return {state: int(n) for state, n in sorted(rows.all())}
 
 
+@dataclass(frozen=True, slots=True)
+class TrialBalanceRow:
+    """One account of the ledger — an operator account (its shards together) or, with no
+    `account`, every line's account of a kind (`wallet`, `bucket`) — in one unit: what was
+    posted to it up to the end of the day."""
+
+    unit: str
+    """A currency (minor units) or `VOICE_S`, `DATA_B`, `SMS`."""
+    code: str
+    """What the account is for: `clearing`, `revenue`, `funding`, `issuance`, `wallet`, …"""
+    account: str | None
+    """The operator account's key (`revenue:sales:USD`), or None for the lines' accounts."""
+    debits: int
+    credits: int
+    balance: int
+    """`debits` − `credits`: positive for a debit balance (what a provider owes, in
+    `clearing`), negative for a credit balance (revenue, what lines hold)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalance:
+    day: date
+    """As of the end of this day (the operator's)."""
+    rows: list[TrialBalanceRow]
+    units: dict[str, tuple[int, int]]
+    """Per unit: (debits, credits) over all its accounts — equal in a sound ledger."""
+
+    @property
+    def balanced(self) -> bool:
+        return all(debits == credits for debits, credits in self.units.values())
+
+
+async def trial_balance(s: AsyncSession, p: Period) -> TrialBalance:
+    """The ledger's trial balance at the end of `p.end` (the operator's day): per unit and
+    account, the movements posted until then (`ledger.audit.trial_balance_sums`, one pass
+    grouped in SQL); each unit's debits and credits must be equal."""
+    sums = await trial_balance_sums(s, p.until)
+    rows = [
+        TrialBalanceRow(unit, code, key, debits, credits, debits - credits)
+        for (unit, code, key), (debits, credits) in sorted(
+            sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+        )
+    ]
+    units: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        debits, credits = units.get(row.unit, (0, 0))
+        units[row.unit] = (debits + row.debits, credits + row.credits)
+    return TrialBalance(p.end, rows, units)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell a spreadsheet will not run (OWASP "CSV Injection"): text that
+    starts with `=`, `+`, `-`, `@`, a tab or a line break is prefixed with `'`. Numbers stay
+    numbers (an int, a float, or text that is only a number: `-12.50`); dates are ISO."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if (
+        isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: Sequence[Any], columns: Sequence[str] | None = None) -> str:
     out = io.StringIO()
     if columns is None:
@@ -269,12 +411,14 @@ def to_csv(rows: Sequence[Any], columns: Sequence[str] | None = None) -> str:
             columns = list(rows[0])
         else:
             columns = [f.name for f in fields(rows[0])]
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    # Rows end in CRLF (RFC 4180): the writer quotes a cell holding either character, so a line
+    # break in the data cannot start a row of its own.
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
         writer.writerow(
             {
-                k: v.isoformat() if isinstance(v, date) else v
+                k: csv_cell(v)
                 for k, v in (asdict(row) if hasattr(row, "__dataclass_fields__") else row).items()
             }
         )
@@ -333,6 +477,7 @@ COLUMNS: dict[str, list[str]] = {
     "conversion": [f.name for f in fields(ConversionRow)],
     "failures": [f.name for f in fields(FailureRow)],
     "lines": ["state", "lines"],
+    "trial-balance": [f.name for f in fields(TrialBalanceRow)],
 }
 
 
@@ -345,4 +490,6 @@ async def report_rows(s: AsyncSession, name: str, p: Period) -> list[Any]:
         return await failures(s, p)
     if name == "lines":
         return [{"state": k, "lines": v} for k, v in (await lines_by_state(s)).items()]
+    if name == "trial-balance":
+        return (await trial_balance(s, p)).rows
     raise ValidationFailed(N_("Unknown report."), field="name")

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from simcharge.api.deps import DB
+from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require_web
@@ -23,6 +23,8 @@ from simcharge.backoffice.reports import (
     report_rows,
     to_csv,
     topups,
+    trial_balance,
+    zone_of,
 )
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import HEADERS, language_of, render
@@ -42,9 +44,15 @@ def _in(currency: str) -> Callable[[float], str]:
 
 @router.get("/reports", response_class=HTMLResponse)
 async def reports(
-    request: Request, db: DB, actor: Finance, start: From = None, end: To = None
+    request: Request,
+    db: DB,
+    actor: Finance,
+    settings: AppSettings,
+    start: From = None,
+    end: To = None,
 ) -> HTMLResponse:
-    p = period(start, end, utcnow().date())
+    zone = zone_of(settings)
+    p = period(start, end, utcnow().astimezone(zone).date(), zone)
     language = language_of(request, actor)
 
     def tr(message: str) -> str:
@@ -55,6 +63,7 @@ async def reports(
         conv = await conversion(s, p)
         fail = await failures(s, p)
         lines = await lines_by_state(s)
+        books = await trial_balance(s, p)
     await audit.record_read(
         db, actor, "report.view", details={"from": p.start.isoformat(), "to": p.end.isoformat()}
     )
@@ -94,15 +103,23 @@ async def reports(
         conversion=conv,
         failures=fail,
         lines=lines,
+        books=books,
+        zone=zone.key,
         charts=charts,
     )
 
 
 @router.get("/reports/{name}.csv", response_model=None)
 async def report_csv(
-    name: str, db: DB, actor: Finance, start: From = None, end: To = None
+    name: str,
+    db: DB,
+    actor: Finance,
+    settings: AppSettings,
+    start: From = None,
+    end: To = None,
 ) -> Response:
-    p = period(start, end, utcnow().date())
+    zone = zone_of(settings)
+    p = period(start, end, utcnow().astimezone(zone).date(), zone)
     async with db.read() as s:
         rows = await report_rows(s, name, p)
     await audit.record_read(

@@ -269,3 +269,44 @@ async def verify_ledger(session: AsyncSession, now: datetime | None = None) -> L
     open_, overdue = (await session.execute(_RESERVATIONS, {"now": now or utcnow()})).one()
     report.open_reservations, report.overdue_reservations = int(open_ or 0), int(overdue or 0)
     return report
+
+
+# The trial balance: every posted movement up to an instant (`posted` transfers and the posted
+# part of reservations; a reservation still open then is not an entry yet), summed per account
+# kind in one pass over `ledger_transfers` — each transfer once on its debit side, once on its
+# credit side — grouped by the account's unit, code and key. Accounts held by lines have no key,
+# so all of a unit's wallets (or buckets) are one group: the result has a row per operator
+# account shard and per kind of line account, never one per line. Sums in 32-bit halves, as
+# above.
+_TRIAL_BALANCE = text(
+    """
+    SELECT a.unit, a.code, a.key,
+           SUM(m.debit >> 32), SUM(m.debit & 4294967295),
+           SUM(m.credit >> 32), SUM(m.credit & 4294967295)
+    FROM (
+        SELECT debit_account_id AS account_id, amount AS debit, 0 * amount AS credit
+        FROM ledger_transfers
+        WHERE kind IN ('posted', 'post_pending') AND created_at < :until
+        UNION ALL
+        SELECT credit_account_id, 0 * amount, amount
+        FROM ledger_transfers
+        WHERE kind IN ('posted', 'post_pending') AND created_at < :until
+    ) m JOIN ledger_accounts a ON a.id = m.account_id
+    GROUP BY a.unit, a.code, a.key
+    """
+).bindparams(bindparam("until", type_=LedgerTransfer.__table__.c.created_at.type))
+
+
+async def trial_balance_sums(
+    session: AsyncSession, until: datetime
+) -> dict[tuple[str, str, str | None], tuple[int, int]]:
+    """Posted debits and credits before `until`, per (unit, account code, operator account key
+    — its shards together — or None for the accounts lines hold). Read-only."""
+    found: dict[tuple[str, str, str | None], tuple[int, int]] = {}
+    for unit, code, key, dh, dl, ch, cl in await session.execute(
+        _TRIAL_BALANCE, {"until": until}
+    ):
+        name = key.split("#")[0] if key else None
+        debits, credits = found.get((unit, code, name), (0, 0))
+        found[(unit, code, name)] = (debits + _joined(dh, dl), credits + _joined(ch, cl))
+    return found
