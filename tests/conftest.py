@@ -218,10 +218,13 @@ class SmtpInbox:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        self.envelope_senders: dict[int, str] = {}
+        """The envelope's `MAIL FROM` of each message, by its index in `messages`."""
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = BytesParser(policy=policy.default).parsebytes(envelope.content)
         assert isinstance(message, EmailMessage)
+        self.envelope_senders[len(self.messages)] = envelope.mail_from
         self.messages.append(message)
         return "250 OK"
 

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_from: str = "simcharge <no-reply@localhost>"
     smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_reply_to: str | None = Field(default=None, pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+    """`Reply-To` of every e-mail (e.g. customer service's address); unset: none."""
+    smtp_return_path: str | None = Field(default=None, pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+    """Envelope sender (`MAIL FROM`), where bounces go; unset: the `From` address."""
     sms_provider: Literal["outbox", "twilio"] = "outbox"
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None

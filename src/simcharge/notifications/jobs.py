@@ -20,7 +20,6 @@ from simcharge.kit.ids import derived_id
 from simcharge.lines.models import Line
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.notifications.service import DELIVER, SEND_CODE, SEND_EMAIL, log_message
-from simcharge.notifications.sms import gsm_safe
 from simcharge.notifications.templates import render
 from simcharge.notifications.transports import (
     Attachment,
@@ -166,6 +165,11 @@ async def send_message(
         message = render(template, language, params, default=ctx.settings.default_language)
     except Exception as exc:
         raise PermanentJobError(f"template {template}: {type(exc).__name__}: {exc}") from exc
+    if channel == "sms" and not message.sms:
+        # A template without an SMS (a receipt, a ticket's answer) says nothing by SMS: its
+        # e-mail text — the operator's header, the e-mail's footer — is no SMS.
+        log.info("notifications.no_sms_text", job=str(ctx.job.id), template=template)
+        return
     # What the log may keep: never the params (a code, a link) — only template and subject.
     subject = message.subject if channel == "email" else None
     try:
@@ -183,9 +187,7 @@ async def send_message(
                 message_key=derived_id("message-id", ctx.job.id),
             )
         else:
-            provider_id = await send_sms(
-                ctx.settings, ctx.http, to, message.sms or gsm_safe(message.text)
-            )
+            provider_id = await send_sms(ctx.settings, ctx.http, to, message.sms)
     except DeliveryFailed as exc:
         error = str(exc)
         if not exc.transient or ctx.job.attempts >= ctx.job.max_attempts:

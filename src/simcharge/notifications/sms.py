@@ -4,11 +4,19 @@ a segment, 67 concatenated — the same English text costs two or three times as
 
 Typography that slips into Latin-script text (Babel's no-break spaces in times and amounts, a
 dash, curly quotes, an ellipsis, a currency sign) is written with GSM-7 characters; a text that
-needs UCS-2 anyway (Chinese, Spanish with its accents) is left as it is."""
+needs UCS-2 anyway (Chinese, Spanish with its accents) is left as it is.
+
+A one-time code is the exception (`gsm_safe(…, spell_plain=True)`): it must arrive as ONE
+message, read at a glance and typed (or filled in by the phone) before it expires, so a letter
+outside GSM-7 is written without its accent ("código" → "codigo"; "é", "ñ" and "ü" are GSM-7
+and stay) when that makes the message fewer segments. A Spanish code to reset a password, unlock
+an account or add a line is 90–100 characters: two segments in UCS-2, one in GSM-7 with room
+for a long operator name."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from babel.numbers import get_currency_symbol
 
@@ -65,18 +73,60 @@ _GSM_EQUIVALENTS = str.maketrans(
 )
 
 
+SEGMENT_LIMITS = {"gsm7": (160, 153), "ucs2": (70, 67)}
+"""Per encoding: what one message holds, and what each part of a concatenated one holds (the
+rest of its 140 octets carries the header that joins the parts)."""
+
+
 def is_gsm7(text: str) -> bool:
     return all(c in GSM7 or c in GSM7_EXTENSION for c in text)
 
 
-def gsm_safe(text: str) -> str:
+def encoding(text: str) -> str:
+    """`gsm7` or `ucs2`: how a network sends `text`."""
+    return "gsm7" if is_gsm7(text) else "ucs2"
+
+
+def length(text: str) -> int:
+    """`text`'s length in its encoding's units: GSM-7 septets (an extension character is an
+    escape and itself: 2), or UTF-16 code units (a character beyond the BMP, an emoji: 2)."""
+    if is_gsm7(text):
+        return sum(2 if c in GSM7_EXTENSION else 1 for c in text)
+    return sum(2 if ord(c) > 0xFFFF else 1 for c in text)
+
+
+def segments(text: str) -> int:
+    """How many messages `text` is sent (and billed) as: GSM-7 160, or 153 a part; UCS-2 70,
+    or 67 a part."""
+    single, part = SEGMENT_LIMITS[encoding(text)]
+    n = length(text)
+    return 1 if n <= single else -(-n // part)
+
+
+def _plain_letter(c: str) -> str:
+    """A letter outside GSM-7 without its accents ("ó" → "o", "ç" → "c"), else `c`."""
+    if c in GSM7 or c in GSM7_EXTENSION:
+        return c
+    base = "".join(b for b in unicodedata.normalize("NFD", c) if not unicodedata.combining(b))
+    return base if base and is_gsm7(base) else c
+
+
+def gsm_safe(text: str, *, spell_plain: bool = False) -> str:
     """`text` with GSM-7 equivalents of its typography when that makes all of it GSM-7; else
     `text` unchanged: a message UCS-2 needs anyway keeps its own punctuation (Chinese "——",
-    "……", full-width quotes) and its no-break spaces."""
+    "……", full-width quotes) and its no-break spaces. With `spell_plain` (a one-time code), its
+    letters outside GSM-7 also lose their accents when that makes it GSM-7 in fewer
+    segments."""
     if is_gsm7(text):
         return text
     plain = text.translate(_GSM_EQUIVALENTS)
-    return plain if is_gsm7(plain) else text
+    if is_gsm7(plain):
+        return plain
+    if spell_plain:
+        spelled = "".join(_plain_letter(c) for c in plain)
+        if is_gsm7(spelled) and segments(spelled) < segments(text):
+            return spelled
+    return text
 
 
 def sms_money(formatted: str, currency: str, locale: str) -> str:

@@ -4,8 +4,10 @@ A template `notifications/templates/<name>.jinja` defines blocks `subject`, `tex
 `html_body` (any may be empty). Params are formatted for the reader's locale with the filters
 `date`, `datetime`, `money` and `units`. An e-mail's two parts say the same: the HTML body in
 `_layout.html`, the text in `_layout.text.jinja` (the operator's name above, why the reader
-gets it below). An SMS is kept in GSM-7 where its language allows (`notifications.sms`): money
-whose symbol is not GSM-7 by its ISO code, typography by its GSM-7 equivalents."""
+gets it below: a customer's account, or — a `staff.…` template, sent by `tell_staff` — a
+back-office account). An SMS is kept in GSM-7 where its language allows (`notifications.sms`):
+money whose symbol is not GSM-7 by its ISO code, typography by its GSM-7 equivalents, and a
+one-time code's (`code.…`) letters without the accents GSM-7 lacks when that saves a segment."""
 
 from __future__ import annotations
 
@@ -115,6 +117,8 @@ def render(
     env = environment(language)
     html_env = environment(language, html=True)
     operator = params.get("operator", "simcharge")
+    # A staff member has a back-office account, not a customer's: the footer says so.
+    staff = name.startswith("staff.")
     body = _block(html_env, name, "html_body", params)
     html = (
         html_env.get_template("_layout.html").render(
@@ -122,18 +126,26 @@ def render(
             lang=language,
             body=Markup(body),  # noqa: S704
             operator=operator,
+            staff=staff,
         )
         if body
         else ""
     )
     text = _block(env, name, "text", params)
     if text:
-        text = env.get_template("_layout.text.jinja").render(body=text, operator=operator).strip()
+        text = (
+            env.get_template("_layout.text.jinja")
+            .render(body=text, operator=operator, staff=staff)
+            .strip()
+        )
     return Rendered(
         subject=_block(env, name, "subject", params),
         text=text,
         html=html,
-        sms=gsm_safe(_block(environment(language, sms=True), name, "sms", params)),
+        sms=gsm_safe(
+            _block(environment(language, sms=True), name, "sms", params),
+            spell_plain=name.startswith("code."),
+        ),
     )
 
 

@@ -69,6 +69,9 @@ async def send_email(
     """Send one e-mail; returns its Message-ID. It is derived from `message_key` when given
     (the job's: the same message sent again keeps its id, and a mail system that knows the
     id shows it once), else new. `language` (a BCP 47 tag) is its `Content-Language`."""
+    # One line whatever its values hold: a line break in a header is refused by the policy
+    # (a job that fails every attempt), and must never start a header of its own.
+    subject = " ".join(subject.split())
     message = EmailMessage()
     message["From"] = settings.smtp_from
     message["To"] = to
@@ -84,6 +87,11 @@ async def send_email(
     message["Message-ID"] = message_id
     # RFC 3834: no vacation notice or out-of-office reply back to a sender nobody reads.
     message["Auto-Submitted"] = "auto-generated"
+    # Exchange and Outlook read their own header, not RFC 3834's (not "All": that would
+    # also suppress their non-delivery reports, the bounces).
+    message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+    if settings.smtp_reply_to:
+        message["Reply-To"] = settings.smtp_reply_to
     message.set_content(text)
     if html:
         message.add_alternative(html, subtype="html")
@@ -104,6 +112,7 @@ async def send_email(
     try:
         await aiosmtplib.send(
             message,
+            sender=settings.smtp_return_path,
             hostname=settings.smtp_host,
             port=settings.smtp_port,
             username=settings.smtp_username,
