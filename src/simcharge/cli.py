@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -440,35 +441,152 @@ def ledger_verify() -> None:
     typer.echo("the ledger balances")
 
 
-@apikey_app.command("create")
+_EXPIRES_IN_HELP = "Expire after this long: 30m, 24h, 90d, 2w (minutes, hours, days, weeks)."
+_EXPIRES_AT_HELP = "Expire at this moment (ISO 8601 with its offset: 2027-03-01T00:00:00Z)."
+
+
+def _key_expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
+    """The end `--expires-in` or `--expires-at` asks for (None: never), or bad input (exit 2)."""
+    from simcharge.auth.apikeys import expiry_after, parse_duration, parse_moment
+    from simcharge.kit.clock import utcnow
+
+    if expires_in is not None and expires_at is not None:
+        _fail("simcharge: give --expires-in or --expires-at, not both", 2)
+    if expires_in is not None:
+        lifetime = parse_duration(expires_in, field="expires_in")
+        return expiry_after(utcnow(), lifetime, field="expires_in")
+    if expires_at is not None:
+        return parse_moment(expires_at, field="expires_at")
+    return None
+
+
+def _key_refusal(exc: Any) -> str:
+    """A refused API key command's line: the option named when one was wrong."""
+    options = {"expires_in": "--expires-in", "expires_at": "--expires-at", "overlap": "--overlap"}
+    option = options.get(exc.field or "")
+    return f"{option}: {exc.detail}" if option else str(exc.detail)
+
+
+def _moment(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "never"
+
+
+@apikey_app.command(
+    "create",
+    help="Create an API key and print it (once: only its hash is kept). Without --expires-in "
+    "or --expires-at it lives until revoked.",
+)
 def apikey_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key.")],
     scope: Annotated[list[str], typer.Option(help="A scope; repeat for more.")],
+    expires_in: Annotated[str | None, typer.Option(help=_EXPIRES_IN_HELP)] = None,
+    expires_at: Annotated[str | None, typer.Option(help=_EXPIRES_AT_HELP)] = None,
 ) -> None:
-    """Create an API key and print it (once: only its hash is kept)."""
     from simcharge.auth.apikeys import create_api_key
     from simcharge.backoffice import audit
     from simcharge.errors import SimchargeError
 
     async def create(db: Database) -> str:
         async with db.transaction() as session:
-            issued = await create_api_key(session, name, scope)
+            issued = await create_api_key(session, name, scope, expires_at=ends)
+            after: dict[str, Any] = {"name": issued.key.name, "scopes": issued.key.scopes}
+            if ends is not None:
+                after["expires_at"] = ends
             await audit.record(
                 session,
                 audit.command_line_actor("apikey create"),
                 "apikey.create",
                 target_type="api_key",
                 target_id=issued.key.prefix,
-                after={"name": issued.key.name, "scopes": issued.key.scopes},
+                after=after,
             )
             return issued.token
 
     try:
+        ends = _key_expiry(expires_in, expires_at)
         token = _run(create)
     except SimchargeError as exc:
-        _fail(exc.detail, 2)
+        _fail(_key_refusal(exc), 2)
         return
     typer.echo(token)
+
+
+@apikey_app.command(
+    "list",
+    help="List every API key, the newest first: prefix, name, state (live, expired, revoked), "
+    "when it expires, when it was last used (to within minutes) and its scopes. Never a secret.",
+)
+def apikey_list() -> None:
+    from simcharge.auth.apikeys import key_state, list_api_keys
+    from simcharge.kit.clock import utcnow
+
+    async def read(db: Database) -> list[Any]:
+        async with db.read() as session:
+            return list(await list_api_keys(session))
+
+    keys = _run(read)
+    now = utcnow()
+    rows = [("PREFIX", "NAME", "STATE", "EXPIRES", "LAST USED", "SCOPES")]
+    rows += [
+        (k.prefix, k.name, key_state(k, now), _moment(k.expires_at), _moment(k.last_used_at),
+         ",".join(k.scopes))
+        for k in keys
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+
+
+@apikey_app.command(
+    "rotate",
+    help="Make a new key with the same name and scopes and print it (once); the old one "
+    "expires after --overlap. The new key expires as asked, else after the old key's lifetime "
+    "if it had one.",
+)
+def apikey_rotate(
+    prefix: Annotated[str, typer.Argument(help="The live key's prefix (sck_<prefix>_…).")],
+    overlap: Annotated[
+        str, typer.Option(help="How long the old key keeps working beside the new one.")
+    ] = "24h",
+    expires_in: Annotated[str | None, typer.Option(help=_EXPIRES_IN_HELP)] = None,
+    expires_at: Annotated[str | None, typer.Option(help=_EXPIRES_AT_HELP)] = None,
+) -> None:
+    from simcharge.auth.apikeys import parse_duration, rotate_api_key
+    from simcharge.backoffice import audit
+    from simcharge.errors import SimchargeError
+
+    async def rotate(db: Database) -> tuple[str, datetime | None] | None:
+        actor = audit.command_line_actor("apikey rotate")
+        async with db.transaction() as session:
+            rotated = await rotate_api_key(session, prefix, overlap=grace, expires_at=ends)
+            if rotated is None:
+                return None
+            new = rotated.issued.key
+            after: dict[str, Any] = {"name": new.name, "scopes": new.scopes,
+                                     "rotated_from": prefix}
+            if new.expires_at is not None:
+                after["expires_at"] = new.expires_at
+            await audit.record(session, actor, "apikey.create", target_type="api_key",
+                               target_id=new.prefix, after=after)
+            await audit.record(
+                session, actor, "apikey.rotate", target_type="api_key", target_id=prefix,
+                before={"expires_at": rotated.old_expires_before},
+                after={"expires_at": rotated.old.expires_at, "replaced_by": new.prefix},
+            )
+            return rotated.issued.token, rotated.old.expires_at
+
+    try:
+        grace = parse_duration(overlap, field="overlap")
+        ends = _key_expiry(expires_in, expires_at)
+        done = _run(rotate)
+    except SimchargeError as exc:
+        _fail(_key_refusal(exc), 2)
+        return
+    if done is None:
+        _fail(f"no live key with prefix {prefix}", 1)
+    token, old_ends = done
+    typer.echo(token)
+    typer.echo(f"the key {prefix} expires at {_moment(old_ends)}", err=True)
 
 
 @apikey_app.command("revoke")

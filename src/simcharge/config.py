@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from simcharge.kit.clock import operator_zone
+from simcharge.kit.money import amounts_by_currency
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - refused in production
 MIN_SECRET_KEY_LENGTH = 32
@@ -27,6 +28,8 @@ class Environment(StrEnum):
     production = "production"
 
 
+_PER_CURRENCY = r"^\s*([A-Z]{3}:\d+(\s*,\s*[A-Z]{3}:\d+)*)?\s*$"
+"""`CUR:amount,…` (`amounts_by_currency` checks the codes): a setting per wallet currency."""
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 """The databases simcharge runs on, with the drivers it uses."""
 
@@ -149,6 +152,30 @@ class Settings(BaseSettings):
     """Largest voice transfer, minutes."""
     balance_transfer_daily_count: int = Field(default=5, ge=1)
     """Transfers a line may give per 24 hours."""
+    balance_transfer_min_amounts: str = Field(
+        default="CNY:700,HKD:800,TWD:3000,PHP:5000,JPY:150,KRW:1500,BHD:400,KWD:300",
+        pattern=_PER_CURRENCY,
+    )
+    """Per wallet currency (`CUR:minor units,…`), the smallest money transfer: 100 minor units
+    are 1.00 US dollar but 100 yen and 0.100 dinar, so each currency gets its own (the
+    defaults: about 1 US dollar). A currency not listed: `balance_transfer_min_amount`."""
+    balance_transfer_max_amounts: str = Field(
+        default=(
+            "CNY:35000,HKD:40000,TWD:150000,PHP:280000,JPY:7500,KRW:70000,BHD:19000,KWD:15000"
+        ),
+        pattern=_PER_CURRENCY,
+    )
+    """Per wallet currency, the largest money transfer (the defaults: about 50 US dollars); a
+    currency not listed: `balance_transfer_max_amount`."""
+    balance_transfer_fee_fixed_amounts: str = Field(default="", pattern=_PER_CURRENCY)
+    """Per wallet currency, the fixed fee per transfer; a currency not listed:
+    `balance_transfer_fee_fixed`."""
+    balance_transfer_min_voice_minutes: int = Field(default=1, ge=1)
+    """Smallest voice transfer, minutes."""
+    balance_transfer_min_data_mb: int = Field(default=1, ge=1)
+    """Smallest data transfer, MB."""
+    balance_transfer_max_sms: int = Field(default=500, ge=1)
+    """Largest SMS transfer, messages."""
 
     @property
     def sandbox_on(self) -> bool:
@@ -276,6 +303,22 @@ class Settings(BaseSettings):
             raise ValueError("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
         if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
             raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
+        listed: set[str] = set()
+        for name in ("min_amounts", "max_amounts", "fee_fixed_amounts"):
+            try:
+                listed |= amounts_by_currency(getattr(self, f"balance_transfer_{name}")).keys()
+            except ValueError as exc:
+                raise ValueError(f"SIMCHARGE_BALANCE_TRANSFER_{name.upper()}: {exc}") from None
+        for currency in sorted(listed):
+            low, high, _ = self.transfer_money_terms(currency)
+            if low > high:
+                raise ValueError(
+                    f"SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNTS: {currency} exceeds its maximum"
+                )
+        if self.balance_transfer_min_voice_minutes > self.balance_transfer_max_voice_minutes:
+            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_VOICE_MINUTES exceeds the maximum")
+        if self.balance_transfer_min_data_mb > self.balance_transfer_max_data_mb:
+            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_DATA_MB exceeds the maximum")
         return self
 
     @field_validator("log_level", mode="before")
@@ -329,6 +372,18 @@ class Settings(BaseSettings):
             return {}
         pairs = (part.split(":", 1) for part in self.adjustment_approval_currencies.split(","))
         return {currency: int(amount) for currency, amount in pairs}
+
+    def transfer_money_terms(self, currency: str) -> tuple[int, int, int]:
+        """The smallest and largest money transfer from a wallet in `currency`, and the fixed
+        fee per transfer from it, in its minor units: its own if listed, else the fallbacks."""
+        return (
+            amounts_by_currency(self.balance_transfer_min_amounts).get(
+                currency, self.balance_transfer_min_amount),
+            amounts_by_currency(self.balance_transfer_max_amounts).get(
+                currency, self.balance_transfer_max_amount),
+            amounts_by_currency(self.balance_transfer_fee_fixed_amounts).get(
+                currency, self.balance_transfer_fee_fixed),
+        )
 
     @property
     def is_sqlite(self) -> bool:

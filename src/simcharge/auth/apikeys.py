@@ -1,15 +1,19 @@
 """API keys: `sck_<prefix>_<secret>`, shown once, stored as a SHA-256 hash, checked in constant time.
 
-A key is high-entropy (256 bits), so a fast hash is enough: there is nothing to brute-force."""
+A key is high-entropy (256 bits), so a fast hash is enough: there is nothing to brute-force.
+A key may expire (`expires_at`); rotating one makes a new key with its name and scopes and ends
+the old one after an overlap, so that its users can switch without a gap."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import select, update
@@ -60,7 +64,62 @@ KEY_NAME_MAX = 80
 """The longest key name (`api_keys.name`)."""
 
 
-async def create_api_key(session: AsyncSession, name: str, scopes: Sequence[str]) -> IssuedKey:
+ROTATION_OVERLAP = timedelta(hours=24)
+"""How long a rotated key keeps working beside its successor unless told otherwise."""
+
+_DURATION = re.compile(r"([0-9]{1,9})([mhdw])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str, *, field: str) -> timedelta:
+    """`30m`, `24h`, `90d`, `2w`: a whole number of minutes, hours, days or weeks."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise ValidationFailed(
+            N_("A whole number of minutes, hours, days or weeks: 30m, 24h, 90d, 2w."),
+            field=field,
+        )
+    try:
+        return timedelta(**{_UNITS[found[2]]: int(found[1])})
+    except OverflowError as exc:
+        raise ValidationFailed(N_("Too far in the future."), field=field) from exc
+
+
+def parse_moment(text: str, *, field: str) -> datetime:
+    """An ISO 8601 date and time with its offset (`2027-03-01T00:00:00Z`), in UTC."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationFailed(N_("Not a date and time."), field=field) from exc
+    if parsed.tzinfo is None:
+        raise ValidationFailed(N_("A time zone is required."), field=field)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValidationFailed(N_("Not a date and time."), field=field) from exc
+
+
+def expiry_after(start: datetime, lifetime: timedelta, *, field: str) -> datetime:
+    try:
+        return start + lifetime
+    except OverflowError as exc:
+        raise ValidationFailed(N_("Too far in the future."), field=field) from exc
+
+
+def _check_expiry(expires_at: datetime | None, now: datetime) -> None:
+    if expires_at is not None and expires_at <= now:
+        raise ValidationFailed(N_("The key would have expired already."), field="expires_at")
+
+
+async def create_api_key(
+    session: AsyncSession,
+    name: str,
+    scopes: Sequence[str],
+    *,
+    expires_at: datetime | None = None,
+) -> IssuedKey:
+    """A new key; with `expires_at` it is refused from then on (else it lives until revoked)."""
+    _check_expiry(expires_at, utcnow())
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ValidationFailed(
@@ -76,15 +135,24 @@ async def create_api_key(session: AsyncSession, name: str, scopes: Sequence[str]
     prefix = secrets.token_hex(6)
     token = f"sck_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
-        name=name.strip(), prefix=prefix, secret_hash=_hash(token), scopes=sorted(set(scopes))
+        name=name.strip(), prefix=prefix, secret_hash=_hash(token), scopes=sorted(set(scopes)),
+        expires_at=expires_at,
     )
     session.add(key)
     await session.flush()
     return IssuedKey(key, token)
 
 
+_refusal: ContextVar[tuple[str, str] | None] = ContextVar("apikey_refusal", default=None)
+"""Why the last token `verify_api_key` refused in this context was not a live key, when it was
+a key (its hash, the reason): `log_refused` says it instead of `invalid`. The answer to the
+client stays the same whatever the reason."""
+
+
 async def verify_api_key(session: AsyncSession, token: str) -> ApiKey | None:
-    """The live key that `token` is, or None. Never says which part was wrong."""
+    """The live key that `token` is, or None. Never says which part was wrong (an expired key
+    is refused as a revoked one is; only the log says `expired`)."""
+    _refusal.set(None)
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != "sck":
         return None
@@ -96,6 +164,9 @@ async def verify_api_key(session: AsyncSession, token: str) -> ApiKey | None:
     if not hmac.compare_digest(key.secret_hash, _hash(token)):
         return None
     now = utcnow()
+    if key.expires_at is not None and key.expires_at <= now:
+        _refusal.set((key.secret_hash, "expired"))
+        return None
     if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY:
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return key
@@ -104,10 +175,69 @@ async def verify_api_key(session: AsyncSession, token: str) -> ApiKey | None:
 def log_refused(token: str, *, reason: str, ip: str | None, scope: str | None = None) -> None:
     """A request an API key did not let in (ASVS 7.1.3): the key's public prefix only — never
     the secret part — the client's address, and why (`invalid`: no live key is that token;
-    `scope`: a live key without `scope`)."""
+    `expired`: it is a key, past its `expires_at`; `scope`: a live key without `scope`)."""
     parts = token.split("_", 2)
     prefix = parts[1][:12] if len(parts) == 3 and parts[0] == "sck" else None
+    known = _refusal.get()
+    if reason == "invalid" and known is not None and hmac.compare_digest(known[0], _hash(token)):
+        reason = known[1]
     audit.warning("apikey.refused", reason=reason, key_prefix=prefix, ip=ip, scope=scope)
+
+
+def key_state(key: ApiKey, now: datetime) -> str:
+    """`revoked`, `expired`, or `live`."""
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "live"
+
+
+async def list_api_keys(session: AsyncSession) -> Sequence[ApiKey]:
+    """Every key, the newest first: revoked and expired ones too (their prefix is in logs)."""
+    return (
+        await session.execute(select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc()))
+    ).scalars().all()
+
+
+@dataclass(frozen=True, slots=True)
+class RotatedKey:
+    issued: IssuedKey
+    """The new key (the whole token: show it once)."""
+    old: ApiKey
+    old_expires_before: datetime | None
+    """When the old key expired before it was rotated (none: never)."""
+
+
+async def rotate_api_key(
+    session: AsyncSession,
+    prefix: str,
+    *,
+    overlap: timedelta = ROTATION_OVERLAP,
+    expires_at: datetime | None = None,
+) -> RotatedKey | None:
+    """A new key with the live key `prefix`'s name and scopes; the old one expires after
+    `overlap` (sooner if it was to expire sooner). The new key expires at `expires_at`, else
+    after the old key's lifetime if it had one (a key made for 90 days is followed by one for
+    90 days). None when no live key has that prefix."""
+    if overlap < timedelta(0):
+        raise ValidationFailed(N_("The overlap cannot be negative."), field="overlap")
+    now = utcnow()
+    old = (
+        await session.execute(
+            select(ApiKey).where(ApiKey.prefix == prefix).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if old is None or key_state(old, now) != "live":
+        return None
+    if expires_at is None and old.expires_at is not None:
+        expires_at = expiry_after(now, old.expires_at - old.created_at, field="expires_at")
+    issued = await create_api_key(session, old.name, old.scopes, expires_at=expires_at)
+    before = old.expires_at
+    ends = expiry_after(now, overlap, field="overlap")
+    old.expires_at = ends if before is None else min(before, ends)
+    await session.flush()
+    return RotatedKey(issued, old, before)
 
 
 async def revoke_api_key(session: AsyncSession, prefix: str) -> bool:

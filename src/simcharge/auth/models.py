@@ -29,7 +29,11 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
+    """When it last let a request in; written at most every few minutes (`TOUCH_EVERY`)."""
     revoked_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    """From then on it is refused as a revoked one is; none: it never expires. A rotated key
+    ends when its overlap with the new one does."""
 
 
 class AuthSession(Base):

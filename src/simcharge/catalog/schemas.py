@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from simcharge.catalog.steps import only_currency, payable_step
+from simcharge.catalog.steps import only_currency, payable_step, takes_currency
 from simcharge.kit.i18n import LANGUAGES
 from simcharge.kit.money import (
     LossyConversionError,
@@ -170,6 +170,8 @@ class PaymentMethodFile(_Strict):
         for cur in self.currencies:
             if only is not None and cur != only:
                 raise ValueError(f"currencies: {self.provider} takes {only} only, not {cur}")
+            if not takes_currency(self.provider, cur):
+                raise ValueError(f"currencies: {self.provider} does not take {cur}")
         for cur, amount in self.fee_fixed.items():
             if cur not in self.currencies:
                 raise ValueError(f"fee_fixed.{cur}: the method does not take {cur}")

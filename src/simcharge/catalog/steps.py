@@ -28,6 +28,22 @@ _ONLY_CURRENCY: dict[str, str] = {
 their adapters refuse any other at checkout (`unsupported_currency`)."""
 
 
+_CURRENCIES: dict[str, frozenset[str]] = {
+    paypal.NAME: paypal.CURRENCIES,
+}
+"""The providers that take a known list of currencies only; the catalog refuses others (Stripe
+takes some 135, which its account's country narrows further: not listed here)."""
+
+
+def takes_currency(provider: str, currency: str) -> bool:
+    """Whether `provider` takes `currency` at all, as far as its documentation lists them."""
+    only = _ONLY_CURRENCY.get(provider)
+    if only is not None:
+        return currency == only
+    listed = _CURRENCIES.get(provider)
+    return listed is None or currency in listed
+
+
 def only_currency(provider: str) -> str | None:
     """The one currency `provider` takes, if it takes one only (the catalog refuses others)."""
     return _ONLY_CURRENCY.get(provider)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -21,6 +22,7 @@ from simcharge.charging.rating import RatingCache
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Forbidden, NotAuthenticated, SimchargeError
+from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
 from simcharge.metrics import CHARGING_REQUESTS
 
@@ -79,21 +81,24 @@ def rating_cache(request: Request, settings: Settings) -> RatingCache:
 
 class _KeyCache:
     """Verified charging keys, kept `ttl` seconds: the network calls many times a second, and
-    a revoked key stops working within `ttl` (`SIMCHARGE_CHARGING_API_KEY_CACHE_SECONDS`)."""
+    a revoked key stops working within `ttl` (`SIMCHARGE_CHARGING_API_KEY_CACHE_SECONDS`); one
+    that expires stops at its expiry, not `ttl` after it."""
 
     def __init__(self) -> None:
-        self.found: dict[str, tuple[float, str]] = {}
+        self.found: dict[str, tuple[float, str, datetime | None]] = {}
 
     def get(self, digest: str, ttl: float) -> str | None:
         hit = self.found.get(digest)
         if hit is None or time.monotonic() - hit[0] > ttl:
             return None
+        if hit[2] is not None and hit[2] <= utcnow():
+            return None
         return hit[1]
 
-    def put(self, digest: str, prefix: str) -> None:
+    def put(self, digest: str, prefix: str, expires_at: datetime | None) -> None:
         if len(self.found) > 1000:
             self.found.clear()
-        self.found[digest] = (time.monotonic(), prefix)
+        self.found[digest] = (time.monotonic(), prefix, expires_at)
 
 
 async def network_function(
@@ -123,7 +128,7 @@ async def network_function(
     if SCOPE not in key.scopes:
         log_refused(credentials.credentials, reason="scope", ip=ip, scope=SCOPE)
         raise Forbidden(N_("This API key lacks the scope {scope}."), scope=SCOPE)
-    cache.put(digest, key.prefix)
+    cache.put(digest, key.prefix, key.expires_at)
     return key.prefix
 
 

@@ -16,6 +16,10 @@ from babel.numbers import NumberPattern
 
 from simcharge.kit.iso4217 import MINOR_UNITS
 
+MINOR_BOUND = 2**63 - 1
+"""The most any amount can be, in minor units or ledger units (a BIGINT): an amount read from
+outside (a provider's answer) beyond it is no amount at all."""
+
 
 class Unit(StrEnum):
     """The non-monetary units a ledger account can hold."""
@@ -96,3 +100,23 @@ def percent_of(minor: int, basis_points: int) -> int:
     numerator = minor * basis_points
     quotient, remainder = divmod(numerator, 10_000)
     return quotient + (1 if remainder * 2 >= 10_000 else 0)
+
+
+def amounts_by_currency(raw: str) -> dict[str, int]:
+    """`"JPY:150,BHD:400"` → `{"JPY": 150, "BHD": 400}`: an amount per ISO 4217 currency, in its
+    minor units — how a setting says "the same value" in currencies whose minor units differ
+    (100 is 1.00 US dollar but 100 yen and 0.100 dinar). Empty: none. Raises ValueError naming
+    the part that is not `CUR:amount` (an amount at least zero), an unknown currency or one
+    named twice."""
+    amounts: dict[str, int] = {}
+    for part in (p.strip() for p in raw.split(",")) if raw.strip() else ():
+        code, sep, amount = part.partition(":")
+        code, amount = code.strip(), amount.strip()
+        if not sep or not amount.isascii() or not amount.isdigit() or len(amount) > 18:
+            raise ValueError(f"{part!r} is not CURRENCY:amount in minor units")
+        if not is_currency(code):
+            raise ValueError(f"{code!r} is not an ISO 4217 currency")
+        if code in amounts:
+            raise ValueError(f"{code} is named twice")
+        amounts[code] = int(amount)
+    return amounts

@@ -18,7 +18,13 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
 from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
-from simcharge.kit.money import LossyConversionError, format_money, to_minor
+from simcharge.kit.money import (
+    LossyConversionError,
+    format_money,
+    from_minor,
+    minor_exponent,
+    to_minor,
+)
 from simcharge.kit.translations import N_, translate
 from simcharge.kit.units import locale_for
 from simcharge.ledger.service import MAX_AMOUNT
@@ -76,7 +82,7 @@ def _gift(
         try:
             amount = to_minor(number, currency)
         except LossyConversionError:
-            raise AmountNotUnderstood(field="amount") from None
+            raise _too_many_decimals(currency) from None
     elif number == number.to_integral_value():
         amount = int(number)
     else:
@@ -84,6 +90,21 @@ def _gift(
     if not values["to"]:
         raise ValidationFailed(N_("This field is required."), field="to")
     return _within_the_ledger(giving.Gift(to=values["to"], usage_type=what, amount=amount))
+
+
+def _too_many_decimals(currency: str) -> ValidationFailed:
+    """A number finer than the currency's minor unit (`1000.5` yen, `1.2505` dinars): said as
+    such, not as a number the form does not understand."""
+    places = minor_exponent(currency)
+    if places == 0:
+        return ValidationFailed(
+            N_("Amounts in {currency} have no decimals: enter a whole number."),
+            field="amount", currency=currency,
+        )
+    return ValidationFailed(
+        N_("Amounts in {currency} have at most {places} decimals."),
+        field="amount", currency=currency, places=places,
+    )
 
 
 def _within_the_ledger(gift: giving.Gift) -> giving.Gift:
@@ -100,13 +121,16 @@ def problem_texts(
     """The service's refusal as the page says it: fields renamed to the form's, and a money
     limit in money rather than in minor units."""
     summary, fields = error_texts(exc, language)
-    if isinstance(exc, AmountNotUnderstood) and locale is not None:
+    places = minor_exponent(currency)
+    if isinstance(exc, AmountNotUnderstood) and (locale is not None or places != 2):
         # Its examples as the page writes numbers, when not as its language's own: a Mexican
-        # reader is not told Spain's "5,50", which the form would refuse from them.
+        # reader is not told Spain's "5,50", which the form would refuse from them. And in the
+        # currency's decimals: yen are not written "5.50", dinars are written "5.500".
+        example = Decimal(500) if places == 0 else from_minor(55 * 10 ** (places - 1), currency)
         summary = translate(
             language, N_("Enter the amount as a number, such as {whole} or {example}.")
         ).format(whole=_number(Decimal(5), language, locale),
-                 example=_number(Decimal("5.50"), language, locale))
+                 example=_number(example, language, locale))
         fields = {"amount": summary}
     elif isinstance(exc, TransferLimitExceeded) and {"low", "high"} <= exc.params.keys():
         loc = locale_for(language, locale)
@@ -139,18 +163,21 @@ async def _form(
         request, page, "transfer.html", status=status, line=line, balances=balances,
         terms=terms, options=options, history=history, what_names=WHAT,
         fee_percent=_percent(terms.fee_percent, page.language, page.locale),
-        # The hint's example as the page writes numbers, when not as its language's own.
-        amount_example=_number(Decimal("5.00"), page.language, page.locale)
-        if page.locale is not None else None,
+        # The hint's example as the page writes numbers, with the currency's decimals (`5` yen,
+        # `5.00` dollars, `5.000` dinars).
+        amount_example=_number(from_minor(5 * 10 ** minor_exponent(line.currency), line.currency),
+                               page.language, page.locale),
         values=values or {"what": "monetary"}, errors=errors or {}, error=error,
         given=given, given_to=next((r for a, r in history if a is given), None),
     )
 
 
 def _number(value: Decimal, language: str, locale: str | None) -> str:
-    """An example amount as the page writes it (`5`, `5.50`, `5,50`): with two decimals
-    unless it is whole."""
-    pattern = "#,##0" if value.as_tuple().exponent == 0 else "#,##0.00"
+    """An example amount as the page writes it (`5`, `5.50`, `5,50`, `5.000`): with as many
+    decimals as `value` has."""
+    exponent = value.as_tuple().exponent
+    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    pattern = "#,##0" + ("." + "0" * places if places else "")
     return str(format_decimal(value, pattern, locale=locale_for(language, locale)))
 
 

@@ -371,6 +371,10 @@ async def _render(s: AsyncSession, request: Request, action: BalanceAction) -> d
         # Units: the receiver's new bucket ends when the giving one did (money has no end).
         given = await s.get(Bucket, action.receiver_account_id)
         ends = given.expires_at if given is not None else None
+    elif action.kind in (ActionKind.topup, ActionKind.adjust) and action.usage_type != "monetary":
+        # The end the bucket has, asked for or not (money has no end).
+        bucket = await s.get(Bucket, action.account_id)
+        ends = bucket.expires_at if bucket is not None else None
     return action_out(base(request), action, line, status=status, receiver=receiver,
                       used=used, ends=ends)
 
@@ -567,6 +571,12 @@ async def create_topup(
         _check_party(body, line)
         usage = str(body.get("usageType"))
         unit = service.unit_for(line, usage)
+        if (body.get("validFor") or {}).get("startDateTime") is not None:
+            # A bucket is valid from when it is made; a start stored and shown would be a lie.
+            raise ValidationFailed(
+                N_("A top-up counts from when it is made: the start cannot be chosen."),
+                field="validFor.startDateTime",
+            )
         amount, until = units_of(body.get("amount"), unit, "amount"), _until(body)
         return await service.topup(
             s, line=await _locked(s, line), usage_type=usage, amount=amount, target=holder,
@@ -611,6 +621,12 @@ async def create_adjustment(
     )
 
     async def act(s: AsyncSession) -> BalanceAction:
+        if "validFor" in body:
+            # A correction changes an amount, never when the wallet or bucket ends.
+            raise ValidationFailed(
+                N_("An adjustment keeps the end of what it corrects: it cannot be chosen."),
+                field="validFor",
+            )
         line, holder = await _target(s, body, source=True)
         usage = str(body.get("usageType"))
         unit = service.unit_for(line, usage)

@@ -89,6 +89,9 @@ class Terms:
     max_voice_minutes: int
     per_day: int
     used_today: int
+    min_data_mb: int
+    min_voice_minutes: int
+    max_sms: int
 
 
 def actor_of(account_id: uuid.UUID) -> str:
@@ -212,14 +215,19 @@ async def given_from(
 
 
 async def terms_of(s: AsyncSession, settings: Settings, line: Line, now: datetime) -> Terms:
+    """The terms of a transfer from `line`, in its wallet currency's own limits and fee."""
+    low, high, fee_fixed = settings.transfer_money_terms(line.currency)
     return Terms(
         currency=line.currency,
         fee_percent=settings.balance_transfer_fee_percent,
-        fee_fixed=settings.balance_transfer_fee_fixed,
-        min_amount=settings.balance_transfer_min_amount,
-        max_amount=settings.balance_transfer_max_amount,
+        fee_fixed=fee_fixed,
+        min_amount=low,
+        max_amount=high,
         max_data_mb=settings.balance_transfer_max_data_mb,
         max_voice_minutes=settings.balance_transfer_max_voice_minutes,
         per_day=settings.balance_transfer_daily_count,
         used_today=await service.transfers_today(s, line.id, now),
+        min_data_mb=settings.balance_transfer_min_data_mb,
+        min_voice_minutes=settings.balance_transfer_min_voice_minutes,
+        max_sms=settings.balance_transfer_max_sms,
     )

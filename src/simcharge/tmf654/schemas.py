@@ -167,7 +167,9 @@ def action_out(
     """A topupBalance, adjustBalance, reserveBalance or transferBalance resource. A reservation
     shows when it times out (`ends`: `validFor.endDateTime`) and, once completed, the amount
     charged (`used`), not the amount held; a transfer of units, when the receiver's bucket ends
-    (`ends`)."""
+    (`ends`); a top-up or adjustment of units, when its bucket ends (`ends`). Only a
+    reservation's `validFor` is echoed: the others' is the end their units have, never one
+    asked for (one stored before it was refused was not applied)."""
     kind = {"topup": "TopupBalance", "adjust": "AdjustBalance", "reserve": "ReserveBalance",
             "transfer": "TransferBalance"}[action.kind]
     path = kind[0].lower() + kind[1:]
@@ -193,9 +195,7 @@ def action_out(
         out["partyAccount"] = p
     for key in ECHOED + (ECHOED_TOPUP if action.kind == "topup" else ()):
         if key in action.request and (key != "adjustType" or action.kind == "adjust") and (
-            # A transfer's end is not chosen (one stored before it was refused was not applied):
-            # `ends` says the end its units were given.
-            key != "validFor" or action.kind != "transfer"
+            key != "validFor" or action.kind == "reserve"
         ):
             out[key] = action.request[key]
     if used is not None:

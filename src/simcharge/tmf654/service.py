@@ -257,7 +257,8 @@ async def topup(
 ) -> BalanceAction:
     """Credit a line: money into the wallet (from `funding:<CUR>`), units into the named
     bucket or a new one (from `issuance:<unit>`). Counts as a top-up for the lifecycle
-    (`policy`: the lifecycle's)."""
+    (`policy`: the lifecycle's). Only a new bucket's end can be chosen (`valid_until`): money
+    has no end, and units put in a bucket end when it does."""
     _check_amount(amount)
     if LineState(line.state) is LineState.terminated:
         raise LineNotInService(N_("The line is terminated."), field="logicalResource")
@@ -270,6 +271,9 @@ async def topup(
         raise ValidationFailed(N_("The bucket holds another usage type."), field="usageType")
     shard = chart.shard_of(line.id)
     if unit == line.currency:
+        if valid_until is not None:
+            raise ValidationFailed(N_("Money in the wallet has no end: it cannot be chosen."),
+                                   field="validFor")
         origin = chart.funding(unit, shard)
         account_id = line.wallet_account_id
         await ensure_accounts(session, [origin])
@@ -282,6 +286,11 @@ async def topup(
         if target.unit != unit or target.line.id != line.id:
             raise ValidationFailed(N_("The bucket does not match."), field="bucket.id")
         _check_live(target, now)
+        if valid_until is not None:
+            raise ValidationFailed(
+                N_("Units put in a bucket end when it does: the end cannot be chosen."),
+                field="validFor",
+            )
         origin = chart.issuance(unit, shard)
         account_id = target.account_id
         await ensure_accounts(session, [origin])
@@ -538,7 +547,7 @@ async def settle_reservation(
 
 def transfer_fee(settings: Settings, unit: str, currency: str, amount: int) -> int:
     """The giver's fee in minor units: percent of a money amount (half up) plus the fixed fee."""
-    fee = settings.balance_transfer_fee_fixed
+    fee = settings.transfer_money_terms(currency)[2]
     if unit == currency and settings.balance_transfer_fee_percent:
         share = Decimal(amount) * settings.balance_transfer_fee_percent / 100
         fee += int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -547,7 +556,7 @@ def transfer_fee(settings: Settings, unit: str, currency: str, amount: int) -> i
 
 def _check_limits(settings: Settings, unit: str, currency: str, amount: int) -> None:
     if unit == currency:
-        low, high = settings.balance_transfer_min_amount, settings.balance_transfer_max_amount
+        low, high, _ = settings.transfer_money_terms(currency)
         if not low <= amount <= high:
             raise TransferLimitExceeded(
                 N_("A transfer of money is between {low_amount} and {high_amount} {currency}."),
@@ -560,10 +569,25 @@ def _check_limits(settings: Settings, unit: str, currency: str, amount: int) -> 
             N_("At most {limit} MB of data per transfer."), field="amount",
             limit=settings.balance_transfer_max_data_mb,
         )
+    elif unit == "DATA_B" and amount < settings.balance_transfer_min_data_mb * MB:
+        raise TransferLimitExceeded(
+            N_("At least {limit} MB of data per transfer."), field="amount",
+            limit=settings.balance_transfer_min_data_mb,
+        )
     elif unit == "VOICE_S" and amount > settings.balance_transfer_max_voice_minutes * 60:
         raise TransferLimitExceeded(
             N_("At most {limit} minutes per transfer."), field="amount",
             limit=settings.balance_transfer_max_voice_minutes,
+        )
+    elif unit == "VOICE_S" and amount < settings.balance_transfer_min_voice_minutes * 60:
+        raise TransferLimitExceeded(
+            N_("At least {limit} minutes per transfer."), field="amount",
+            limit=settings.balance_transfer_min_voice_minutes,
+        )
+    elif unit == "SMS" and amount > settings.balance_transfer_max_sms:
+        raise TransferLimitExceeded(
+            N_("At most {limit} messages per transfer."), field="amount",
+            limit=settings.balance_transfer_max_sms,
         )
 
 

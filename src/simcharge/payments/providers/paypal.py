@@ -22,7 +22,13 @@ from cryptography import x509
 from pydantic import SecretStr
 
 from simcharge.kit.clock import utcnow
-from simcharge.kit.money import LossyConversionError, from_minor, minor_exponent, to_minor
+from simcharge.kit.money import (
+    MINOR_BOUND,
+    LossyConversionError,
+    from_minor,
+    minor_exponent,
+    to_minor,
+)
 from simcharge.payments.providers._common import (
     delivered_body,
     delivered_headers,
@@ -66,6 +72,13 @@ NAME = "paypal"
 LIVE_API = "https://api-m.paypal.com"
 SANDBOX_API = "https://api-m.sandbox.paypal.com"
 
+CURRENCIES = frozenset(
+    {"AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "HUF", "ILS", "INR"}
+    | {"JPY", "MXN", "MYR", "NOK", "NZD", "PHP", "PLN", "SEK", "SGD", "THB", "TWD", "USD"}
+)
+"""The currencies PayPal's REST API takes (developer.paypal.com, "Currency codes"; BRL, CNY,
+INR and MYR for in-country accounts only): the catalog refuses a PayPal method in any other
+(BHD, KWD…), rather than PayPal at checkout."""
 NO_DECIMALS = frozenset({"HUF", "JPY", "TWD"})
 """PayPal refuses decimals in these, although HUF and TWD have two in ISO 4217."""
 LOCALES = {"en": "en-US", "zh-Hans": "zh-CN", "zh-Hant": "zh-TW", "es": "es-ES"}
@@ -117,10 +130,17 @@ def to_paypal_value(minor: int, currency: str) -> str:
 
 
 def _money(amount: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """PayPal's `{"currency_code", "value"}` in our minor units (`"1000"` JPY is 1000, `"1000"`
+    HUF 100000). No amount (None: not credited, flagged for finance) when it names none or one
+    we cannot read: a currency ISO 4217 does not list, `"1000.5"` JPY, more than any amount."""
     value, currency = str_at(amount, "value"), str_at(amount, "currency_code")
     if value is None or currency is None:
         return None, currency
-    return to_minor(value, currency), currency
+    try:
+        minor = to_minor(value, currency)
+    except ValueError:  # LossyConversionError, or an unknown currency
+        return None, currency
+    return (minor if 0 <= minor <= MINOR_BOUND else None), currency
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,13 @@ from stripe.params import RefundCreateParams
 from stripe.params.checkout import SessionCreateParams
 
 from simcharge.kit.clock import utcnow
-from simcharge.kit.money import LossyConversionError, from_minor, minor_exponent, to_minor
+from simcharge.kit.money import (
+    MINOR_BOUND,
+    LossyConversionError,
+    from_minor,
+    minor_exponent,
+    to_minor,
+)
 from simcharge.payments.providers._common import (
     delivered_body,
     delivered_headers,
@@ -55,14 +61,17 @@ NAME = "stripe"
 LIVE_API = stripe.DEFAULT_API_BASE
 
 # Stripe's amounts are in *its* smallest unit, which is not always ISO 4217's
-# (docs.stripe.com/currencies): these have none, these three (last digit 0), and ISK keeps two
-# decimals in the API although only whole krónur are accepted.
+# (docs.stripe.com/currencies): these have none, these three (last digit 0), and its "special
+# cases" keep two decimals in the API but take whole units only — ISK and UGX ("to charge 5 UGX,
+# provide an amount value of 500"; UGX is also in Stripe's zero-decimal list, but the special
+# case is what its API does), HUF and TWD (chargeable with decimals, but Stripe pays them out in
+# whole units only and rounds a fraction in the balance: a charge we could not reconcile).
 ZERO_DECIMAL = frozenset(
     {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA"}
-    | {"PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+    | {"PYG", "RWF", "VND", "VUV", "XAF", "XOF", "XPF"}
 )
 THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
-WHOLE_UNITS_ONLY = frozenset({"ISK"})
+WHOLE_UNITS_ONLY = frozenset({"HUF", "ISK", "TWD", "UGX"})
 
 CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
 CHECKOUT_MAX_LIFETIME = timedelta(hours=24)
@@ -90,6 +99,7 @@ def amount_step(currency: str) -> int:
     """Stripe's amount rule: the minor units of `currency` it takes one step of — a whole unit
     of `WHOLE_UNITS_ONLY`, ten thousandths of `THREE_DECIMAL`, a whole unit of a currency it
     has no decimals for (`ZERO_DECIMAL`) although ISO 4217 has, else any amount."""
+    currency = currency.upper()
     exponent = minor_exponent(currency)
     if currency in WHOLE_UNITS_ONLY:
         return int(10**exponent)
@@ -206,9 +216,16 @@ def _id_of(value: Any) -> str | None:
 
 
 def _amount(value: Any, currency: str | None) -> int | None:
-    if isinstance(value, int) and currency:
-        return from_stripe_amount(value, currency)
-    return None
+    """An amount Stripe reports, in our minor units; None (no amount known: the payment is not
+    credited but flagged for finance) when it names none, or one we cannot read — a currency
+    ISO 4217 does not list, a fraction Stripe never charges (750 UGX), more than any amount."""
+    if not isinstance(value, int) or isinstance(value, bool) or not currency:
+        return None
+    try:
+        minor = from_stripe_amount(value, currency)
+    except ValueError:  # LossyConversionError, or an unknown currency
+        return None
+    return minor if 0 <= minor <= MINOR_BOUND else None
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -302,7 +319,7 @@ def refund_result(refund: Mapping[str, Any]) -> RefundResult:
         refund_id=str_at(refund, "metadata", "refund_id") or str_at(refund, "id") or "",
         provider_refund_id=str_at(refund, "id"),
         state=_REFUND_STATES.get(str_at(refund, "status") or "", RefundState.pending),
-        amount=from_stripe_amount(amount, currency) if isinstance(amount, int) and currency else 0,
+        amount=_amount(amount, currency) or 0,
         currency=currency.upper(),
         raw=scrub(dict(refund)),
         reference=str_at(refund, "metadata", "reference"),
