@@ -19,6 +19,7 @@ from simcharge.lifecycle.models import LifecycleMark, LineEvent
 from simcharge.lines.models import Bucket, Line
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.orders.models import (
+    CreditNoteDocument,
     IdempotencyKey,
     Order,
     Payment,
@@ -42,6 +43,7 @@ __all__ = [
     "Base",
     "Bucket",
     "ChargingSession",
+    "CreditNoteDocument",
     "IdempotencyKey",
     "KnownDevice",
     "LedgerAccount",

@@ -26,7 +26,7 @@ FACTS = ReceiptFacts(
     language="en", operator="simcharge", number="R2026-000001",
     issued_at=datetime(2026, 12, 5, 9, 30, tzinfo=UTC), order_reference="ORD-1",
     payer="someone", msisdn="+972501234567", plan="Traveller", grants=["5 GB"],
-    method="Card", price="$20.00", fee="$0.00", total="$20.00", refunded=None, status="Paid",
+    method="Card", price="$20.00", fee="$0.00", total="$20.00", status="Paid",
 )
 
 

@@ -31,7 +31,7 @@ FACTS = ReceiptFacts(
     language="es", operator="simcharge", number="R2026-000007",
     issued_at=datetime(2026, 12, 5, 9, 30, tzinfo=UTC), order_reference="ORD-7",
     payer="Begoña Núñez", msisdn="+34600123456", plan="Viajero", grants=["5 GB · válido 30 días"],
-    method="Tarjeta", price="12,00 €", fee="0,00 €", total="12,00 €", refunded=None,
+    method="Tarjeta", price="12,00 €", fee="0,00 €", total="12,00 €",
     status="Pagado",
 )  # fmt: skip
 

@@ -135,7 +135,7 @@ def test_the_cjk_font_only_where_a_character_needs_it(
         issued_at=datetime(2026, 12, 5, 9, 30, tzinfo=UTC), order_reference="ORD-1",
         payer="María Santos", msisdn="+639171234567", plan="Manlalakbay",
         grants=["5 GB"], method="GCash", price="₱250.00", fee="₱0.00", total="₱250.00",
-        refunded=None, status="Bayad",
+        status="Bayad",
     )
     assert not needs_cjk_font(["María Santos", "₱250.00", "Ελληνικά", "\u202f"])
     assert needs_cjk_font(["李小龙"])
@@ -158,7 +158,7 @@ def test_the_receipt_says_its_time_is_utc_in_every_language() -> None:
         language="en", operator="simcharge", number="R2026-000001",
         issued_at=datetime(2026, 12, 31, 18, 30, tzinfo=UTC), order_reference="ORD-1",
         payer="maria", msisdn="+639171234567", plan="Traveller", grants=["5 GB"],
-        method="Card", price="$20.00", fee="$0.00", total="$20.00", refunded=None,
+        method="Card", price="$20.00", fee="$0.00", total="$20.00",
         status="Paid",
     )
     expected = {"en": "Dec 31, 2026, 6:30:00\u202fPM UTC", "es": "31 dic 2026, 18:30:00 UTC",

@@ -45,7 +45,7 @@ from simcharge.orders.endpoints import (
     ReceiptNotReady,
     ReceiptRefundedUncredited,
 )
-from simcharge.orders.models import Order, OrderState
+from simcharge.orders.models import Order, OrderState, Refund
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
 Reader = Annotated[Actor, require_web(Permission.customers_read)]
@@ -310,6 +310,41 @@ async def resend(
 ) -> Response:
     await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
     return back(_then(then, "/backoffice"), "resent")
+
+
+@router.get("/refunds/{refund_id}/credit-note", response_model=None)
+async def credit_note(
+    refund_id: uuid.UUID, db: DB, settings: AppSettings, actor: Reader
+) -> Response:
+    """A done refund's credit note, the very PDF its payer gets (in their account's language);
+    audited as a read of their data (`credit_note.view`)."""
+    async with db.read() as s:
+        refund = await s.get(Refund, refund_id)
+        order = await s.get(Order, refund.order_id) if refund is not None else None
+        if refund is None or order is None:
+            raise NotFound(field="refund_id")
+        account = await s.get(Account, order.account_id)
+        language = account.language if account is not None else settings.default_language
+    pdf = await receipts.credit_note_for(db, refund_id, language, settings.operator_name)
+    if pdf is None:
+        raise NotFound(field="refund_id")
+    await audit.record_read(
+        db, actor, "credit_note.view", target_type="refund", target_id=refund_id,
+        details={"language": language},
+    )  # fmt: skip
+    async with db.read() as s:
+        numbered = await s.get(Refund, refund_id)
+        assert numbered is not None
+        name = receipts.credit_note_filename(numbered)
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            **HEADERS,
+            "content-disposition": f'inline; filename="{name}"',
+            "cache-control": "private, no-store",
+        },
+    )
 
 
 @router.get("/orders/{order_id}/receipt", response_model=None)

@@ -25,8 +25,16 @@ from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders import receipts, service
 from simcharge.orders.fulfilment import issue_receipt_number
-from simcharge.orders.models import Order, OrderState, Payment, ProviderEvent, Refund
+from simcharge.orders.models import (
+    Order,
+    OrderState,
+    Payment,
+    ProviderEvent,
+    Refund,
+    RefundState,
+)
 from simcharge.orders.schemas import (
+    CreditNoteOut,
     EventOut,
     NextAction,
     OrderDetailOut,
@@ -65,6 +73,33 @@ class ReceiptRefundedUncredited(NotFound):
 
     slug = "receipt-refunded-uncredited"
     title = N_("This order has no receipt: your payment was refunded and nothing was credited.")
+
+
+class RefundNotFound(NotFound):
+    slug = "refund-not-found"
+    title = N_("There is no such refund of your orders.")
+
+
+class CreditNoteNotReady(NotFound):
+    """A refund still on its way: its credit note is issued once the provider confirms it."""
+
+    slug = "credit-note-not-ready"
+    title = N_("This refund is not done yet: its credit note is issued once it is.")
+
+
+class CreditNoteRefundFailed(NotFound):
+    slug = "credit-note-refund-failed"
+    title = N_("This refund did not go through, so nothing was refunded and there is no credit note.")
+
+
+class CreditNoteUncredited(NotFound):
+    """A refund of a payment never credited: there is no receipt for a credit note to correct."""
+
+    slug = "credit-note-uncredited"
+    title = N_(
+        "This order was never credited, so it has no receipt and its refund no credit note: the "
+        "refund's notice is its record."
+    )
 
 
 class ReceiptAwaitsCredit(Conflict):
@@ -138,14 +173,21 @@ def refunds_out(rows: Sequence[Refund]) -> list[RefundOut]:
     (the back office's form) or `reversals` wrote of a provider's own refund (`admin`)."""
     return [
         RefundOut(
+            id=r.id,
             reference=r.reference,
             amount=Money.of(r.amount, r.currency),
             state=r.state,
             created_at=r.created_at,
             completed_at=r.completed_at,
+            credit_note_number=r.credit_note_number,
+            credit_note_url=credit_note_url(r) if r.credit_note_number else None,
         )
         for r in rows
     ]
+
+
+def credit_note_url(refund: Refund) -> str:
+    return f"{API_PREFIX}/refunds/{refund.id}/credit-note"
 
 
 async def refunds_of(s: AsyncSession, order_id: uuid.UUID) -> Sequence[Refund]:
@@ -486,6 +528,81 @@ async def get_receipt(
         media_type="application/pdf",
         headers={
             "content-disposition": f'inline; filename="{receipts.filename(order)}"',
+            "cache-control": "private, no-store",
+        },
+    )
+
+
+@router.get(
+    "/refunds/{refund_id}/credit-note",
+    summary="A refund's credit note: PDF, or JSON with Accept",
+    responses={200: {"content": {"application/pdf": {}, "application/json": {}}}},
+)
+async def get_credit_note(
+    refund_id: uuid.UUID,
+    request: Request,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    lang: Annotated[
+        str | None,
+        Query(max_length=16, description="The credit note's language; default: the account's"),
+    ] = None,
+) -> Response:
+    """The document of a done refund of one of my orders (`GET /orders/{id}` lists its refunds
+    with their `credit_note_url`), numbered in its own series (`C2026-000001`), naming the
+    receipt it corrects; in the account's language (the one it is e-mailed in), or `?lang=`.
+    The receipt itself stays as it was issued."""
+    language = normalize_language(lang) or customer.account.language
+    async with db.read() as s:
+        refund = await s.get(Refund, refund_id)
+        order = await s.get(Order, refund.order_id) if refund is not None else None
+    if refund is None or order is None or order.account_id != customer.account.id:
+        raise RefundNotFound(field="refund_id")  # someone else's: as if there were none
+    if await db.run(lambda s: service.issue_credit_note(s, refund_id, utcnow())) is None:
+        if refund.state == RefundState.pending.value:
+            raise CreditNoteNotReady(field="refund_id")
+        if refund.state == RefundState.failed.value:
+            raise CreditNoteRefundFailed(field="refund_id")
+        raise CreditNoteUncredited(field="refund_id")
+    async with db.read() as s:
+        refund = await s.get(Refund, refund_id)
+        order = await s.get(Order, order.id)
+        assert refund is not None
+        assert order is not None
+        if "application/json" in request.headers.get("accept", ""):
+            facts = await receipts.credit_note_facts(
+                s, order, refund, language, settings.operator_name
+            )
+            money = receipts.refunded_amounts(order, refund)
+            body = CreditNoteOut(
+                number=facts.number,
+                issued_at=facts.issued_at,
+                receipt_number=facts.receipt_number,
+                order_id=order.id,
+                order_reference=facts.order_reference,
+                refund_reference=facts.refund_reference,
+                operator=facts.operator,
+                payer=facts.payer,
+                msisdn=facts.msisdn,
+                plan=facts.plan,
+                method=facts.method,
+                price=Money.of(money.price, money.currency),
+                fee=Money.of(money.fee, money.currency),
+                total=Money.of(money.total, money.currency),
+                taken_back=facts.taken_back,
+                pdf_url=credit_note_url(refund),
+            )
+            return Response(body.model_dump_json(), media_type="application/json")
+    pdf = await receipts.credit_note_for(db, refund_id, language, settings.operator_name)
+    assert pdf is not None
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            "content-disposition": (
+                f'inline; filename="{receipts.credit_note_filename(refund)}"'
+            ),
             "cache-control": "private, no-store",
         },
     )

@@ -64,7 +64,6 @@ from simcharge.orders.reversals import (
     settle_provider_refunds,
 )
 from simcharge.orders.service import LockedOrder, flag_order, lock_order
-from simcharge.orders.service import forget_receipts as forget_receipts
 from simcharge.orders.service import issue_receipt_number as issue_receipt_number
 from simcharge.payments.codec import status_from_json
 from simcharge.payments.providers import PaymentState, PaymentStatus

@@ -226,6 +226,10 @@ class Refund(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
+    credit_note_number: Mapped[str | None] = mapped_column(String(24), unique=True)
+    """Its credit note's number (`C2026-000001`), given once the refund is done and its money
+    posted, for an order that has a receipt (`refunds.issue_credit_note`); a failed refund has
+    none."""
 
 
 class IdempotencyKey(Base):
@@ -246,7 +250,9 @@ class IdempotencyKey(Base):
 class ReceiptCounter(Base):
     """Gapless receipt numbers: one row per year (`R2026-000001`), incremented when the receipt
     is issued (`orders.service.issue_receipt_number`, the worker's job), not when the order is
-    credited: numbering is then never the bottleneck of fulfilment."""
+    credited: numbering is then never the bottleneck of fulfilment. Credit notes count in rows of
+    their own (`credit_note:<year>`, `C2026-000001`), in the transaction that completes the
+    refund (`orders.refunds.issue_credit_note`)."""
 
     __tablename__ = "receipt_counters"
 
@@ -262,8 +268,22 @@ class ReceiptDocument(Base):
     order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.id"), primary_key=True)
     language: Mapped[str] = mapped_column(String(8), primary_key=True)
     revision: Mapped[int] = mapped_column()
-    """The order's refunded amount when it was rendered: a receipt of another revision is stale
-    (a refund happened since) and is rendered again."""
+    """0: the receipt as issued — what it says never changes, a refund has its own credit note
+    (`CreditNoteDocument`). Before migration 0014 a refund rendered the receipt again with the
+    order's refunded amount as its revision: such a kept receipt is not the one issued, and is
+    rendered again as issued (`receipts.stored_receipt`)."""
+    pdf: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CreditNoteDocument(Base):
+    """A rendered credit note (PDF) of a refund, kept per language: like a receipt, it never
+    changes once issued."""
+
+    __tablename__ = "credit_note_documents"
+
+    refund_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("refunds.id"), primary_key=True)
+    language: Mapped[str] = mapped_column(String(8), primary_key=True)
     pdf: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -9,7 +9,14 @@ characters with; on a traditional Chinese receipt, Noto Sans TC (the same licens
 kB, about 25 kB with Chinese text). The CJK font is loaded only for the receipts that need it,
 and each font is used as a smaller common subset where that covers the receipt
 (`receipt_fonts`). Receipts are rendered by the worker when an order is paid and kept
-(`receipt_documents`); a refund deletes them and the next request renders them again.
+(`receipt_documents`).
+
+A receipt never changes once issued: what it says depends on nothing a refund changes (no
+refunded amount, no "refunded" status), and the PDF kept is the one served. A refund gets its own
+document, a **credit note** (`C2026-000001`, numbered when the refund is done:
+`service.issue_credit_note`), that names the receipt it corrects, what was refunded (of the price
+and of the fee), and what was taken back from the line; rendered by the worker and kept
+(`credit_note_documents`) the same way.
 """
 
 from __future__ import annotations
@@ -30,14 +37,27 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import BABEL_LOCALES, pick_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translate_plural
+from simcharge.kit.units import units_text
+from simcharge.ledger.models import LedgerTransfer
 from simcharge.notifications.templates import environment
 from simcharge.orders.fulfilment import issue_receipt_number
-from simcharge.orders.models import Order, OrderState, ReceiptDocument
+from simcharge.orders.models import CreditNoteDocument, Order, ReceiptDocument, Refund
 from simcharge.orders.receipt_fonts import drawable, fonts_for, needs_cjk_font
 from simcharge.orders.refunds import applied_to_wallet
-from simcharge.orders.service import applied_at
+from simcharge.orders.service import applied_at, issue_credit_note
 
-__all__ = ["ReceiptAmounts", "ReceiptFacts", "needs_cjk_font", "paid_amounts", "receipt_for", "render_pdf"]
+__all__ = [
+    "CreditNoteAmounts",
+    "CreditNoteFacts",
+    "ReceiptAmounts",
+    "ReceiptFacts",
+    "credit_note_for",
+    "needs_cjk_font",
+    "paid_amounts",
+    "receipt_for",
+    "render_credit_note",
+    "render_pdf",
+]
 
 FONT = "dejavu"
 CJK_FONT = "noto"
@@ -60,7 +80,6 @@ class ReceiptFacts:
     price: str
     fee: str
     total: str
-    refunded: str | None
     status: str
 
 
@@ -123,10 +142,6 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
                 int(snapshot["validity_days"]),
             ).format(days=snapshot["validity_days"])
         )
-    status = {
-        OrderState.refunded: N_("Refunded"),
-        OrderState.partially_refunded: N_("Partly refunded"),
-    }.get(OrderState(order.state), N_("Paid"))
     applied = await applied_at(session, order)
     if applied is not None:
         return await _applied_facts(session, order, language, operator, applied)
@@ -144,10 +159,8 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
         price=format_money(order.price, order.currency, locale),
         fee=format_money(order.fee, order.currency, locale),
         total=format_money(order.total, order.currency, locale),
-        refunded=format_money(order.refunded_amount, order.currency, locale)
-        if order.refunded_amount
-        else None,
-        status=translate(language, status),
+        # As issued: a refund since is the credit note's to say, not the receipt's.
+        status=translate(language, N_("Paid")),
     )
 
 
@@ -183,9 +196,6 @@ async def _applied_facts(
         price=paid,
         fee=format_money(money.fee, currency, locale),
         total=paid,
-        refunded=format_money(order.refunded_amount, currency, locale)
-        if order.refunded_amount
-        else None,
         status=translate(language, N_("Put on the balance")),
     )
 
@@ -219,17 +229,28 @@ def render_pdf(f: ReceiptFacts) -> bytes:
         (t(N_("Includes")), "\n".join(f.grants) or "—"),
     ]
     amounts = [(t(N_("Price")), f.price), (t(N_("Payment fee")), f.fee)]
-    if f.refunded:
-        amounts.append((t(N_("Refunded")), f.refunded))
     total = (t(N_("Total paid")), f.total)
     thanks = t(N_("Thank you for your purchase. Keep this receipt as proof of payment."))
+    return _render(f.language, f.operator, title, rows, amounts, total, thanks)
 
+
+def _render(
+    language: str,
+    operator: str,
+    title: str,
+    rows: list[tuple[str, str]],
+    amounts: list[tuple[str, str]],
+    total: tuple[str, str],
+    footer: str,
+) -> bytes:
+    """One A4 page: the operator, the title, the facts, the amounts and their total, a footer
+    (a receipt's and a credit note's layout)."""
     pdf = FPDF(format="A4")
     pdf.set_title(title)
-    pdf.set_author(f.operator)
+    pdf.set_author(operator)
     pdf.add_page()
-    texts = [f.operator, title, thanks, *(x for pair in (*rows, *amounts, total) for x in pair)]
-    text_font, cjk_fonts = fonts_for(texts, f.language)
+    texts = [operator, title, footer, *(x for pair in (*rows, *amounts, total) for x in pair)]
+    text_font, cjk_fonts = fonts_for(texts, language)
     pdf.add_font(FONT, fname=str(text_font))
     for i, cjk_font in enumerate(cjk_fonts):
         pdf.add_font(f"{CJK_FONT}{i}", fname=str(cjk_font))
@@ -238,7 +259,7 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     pdf.set_font(FONT, size=20)
     pdf.set_text_color(11, 110, 79)
     # Wrapped, as every value is: an operator's full legal name can be wider than the page.
-    pdf.multi_cell(0, 12, f.operator, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 12, operator, new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(27, 39, 51)
     pdf.set_font(FONT, size=15)
     pdf.multi_cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
@@ -262,20 +283,29 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     pdf.ln(8)
     pdf.set_font(FONT, size=10)
     pdf.set_text_color(91, 107, 122)
-    pdf.multi_cell(0, 6, thanks)
+    pdf.multi_cell(0, 6, footer)
     return bytes(pdf.output())
 
 
+AS_ISSUED = 0
+"""`ReceiptDocument.revision` of a receipt rendered as issued (every one since credit notes)."""
+
+
 async def stored_receipt(session: AsyncSession, order: Order, language: str) -> bytes | None:
+    """The receipt kept in `language` — unless it was kept from before credit notes, rendered
+    again after a refund (its revision the refunded amount): that one is not the receipt as
+    issued, and is rendered again, as issued, once."""
     doc = await session.get(ReceiptDocument, (order.id, language))
-    if doc is None or doc.revision != order.refunded_amount:
+    if doc is None or doc.revision != AS_ISSUED:
         return None
     return doc.pdf
 
 
 async def store_receipt(
     session: AsyncSession, order_id: uuid.UUID, language: str, revision: int, pdf: bytes
-) -> None:
+) -> bytes:
+    """Keep a rendered receipt, unless one as issued is kept already (rendered meanwhile by
+    another process): that one stays, and is returned — a receipt's bytes never change."""
     table = table_of(ReceiptDocument)
     await session.execute(
         upsert_insert(session, table)
@@ -287,9 +317,15 @@ async def store_receipt(
             created_at=utcnow(),
         )
         .on_conflict_do_update(
-            index_elements=["order_id", "language"], set_={"revision": revision, "pdf": pdf}
+            index_elements=["order_id", "language"],
+            set_={"revision": revision, "pdf": pdf},
+            where=table.c.revision != AS_ISSUED,
         )
     )
+    kept = await session.execute(
+        select(table.c.pdf).where(table.c.order_id == order_id, table.c.language == language)
+    )
+    return bytes(kept.scalar_one())
 
 
 async def receipt_for(
@@ -308,11 +344,172 @@ async def receipt_for(
         if pdf is not None:
             return pdf
         content = await facts(s, order, language, operator)
-        revision = order.refunded_amount
     pdf = await asyncio.to_thread(render_pdf, content)
-    await db.run(lambda s: store_receipt(s, order_id, language, revision, pdf))
-    return pdf
+    # Two rendering at once: the first kept wins, and both serve it (the same bytes ever after).
+    return await db.run(lambda s: store_receipt(s, order_id, language, AS_ISSUED, pdf))
 
 
 def filename(order: Order) -> str:
     return f"receipt-{order.receipt_number or order.reference}.pdf"
+
+
+# Credit notes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteAmounts:
+    """What a refund gave back, in minor units of `currency`: of the price (the sale), of the
+    payment fee (the fee's share, `refunds.money_back`), and all of it."""
+
+    currency: str
+    price: int
+    fee: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteFacts:
+    """Everything a credit note says, already chosen for one language."""
+
+    language: str
+    operator: str
+    number: str
+    issued_at: datetime
+    receipt_number: str
+    order_reference: str
+    refund_reference: str
+    payer: str
+    msisdn: str
+    plan: str
+    method: str
+    price: str
+    fee: str
+    total: str
+    taken_back: list[str]
+    """What the refund took back from the line (unused units and credit), as the reader writes
+    it; empty: nothing (used already, or nothing was credited)."""
+
+
+def refunded_amounts(order: Order, refund: Refund) -> CreditNoteAmounts:
+    """The refund's money: the fee's share is what its ledger plan gave back from fees (none
+    for a payment that was not credited: no fee was kept)."""
+    fee = int((refund.plan or {}).get("fee", 0)) if order.fulfilled_at is not None else 0
+    return CreditNoteAmounts(refund.currency, refund.amount - fee, fee, refund.amount)
+
+
+async def taken_back(session: AsyncSession, refund: Refund) -> list[tuple[int, str]]:
+    """What the refund took back from the line: its `clawback` transfers (amount, unit), in the
+    order of its plan."""
+    ids = [uuid.UUID(t) for t in (refund.plan or {}).get("transfers", [])]
+    if not ids:
+        return []
+    rows = (
+        await session.execute(
+            select(LedgerTransfer).where(
+                LedgerTransfer.id.in_(ids), LedgerTransfer.code == "clawback"
+            )
+        )
+    ).scalars().all()
+    by_id = {row.id: row for row in rows}
+    return [(by_id[i].amount, by_id[i].unit) for i in ids if i in by_id and by_id[i].amount]
+
+
+async def credit_note_facts(
+    session: AsyncSession, order: Order, refund: Refund, language: str, operator: str
+) -> CreditNoteFacts:
+    account = await session.get(Account, order.account_id)
+    method = (
+        await session.execute(select(PaymentMethod).where(PaymentMethod.code == order.method_code))
+    ).scalar_one_or_none()
+    locale = BABEL_LOCALES.get(language, "en")
+    money = refunded_amounts(order, refund)
+    return CreditNoteFacts(
+        language=language,
+        operator=operator,
+        number=refund.credit_note_number or "—",
+        issued_at=refund.completed_at or refund.created_at,
+        receipt_number=order.receipt_number or "—",
+        order_reference=order.reference,
+        refund_reference=refund.reference,
+        payer=_payer(account),
+        msisdn=order.msisdn,
+        plan=pick_text(order.plan_snapshot.get("names", {}), language) or order.plan_code,
+        method=pick_text(method.names, language) if method else order.method_code,
+        price=format_money(money.price, money.currency, locale),
+        fee=format_money(money.fee, money.currency, locale),
+        total=format_money(money.total, money.currency, locale),
+        taken_back=[
+            units_text(language, amount, unit) for amount, unit in await taken_back(session, refund)
+        ],
+    )
+
+
+def render_credit_note(f: CreditNoteFacts) -> bytes:
+    """A one-page A4 credit note, laid out as the receipt it corrects."""
+
+    def t(message: str) -> str:
+        return translate(f.language, message)
+
+    label = t(N_("Credit note"))  # (not inside the f-string, where pybabel would not find it)
+    title = f"{label} {f.number}"
+    date = str(environment(f.language).filters["datetime"](f.issued_at))
+    rows = [
+        (t(N_("Date")), date),
+        (t(N_("Corrects receipt")), f.receipt_number),
+        (t(N_("Order")), f.order_reference),
+        (t(N_("Refund")), f.refund_reference),
+        (t(N_("Customer")), f.payer),
+        (t(N_("Line")), f.msisdn),
+        (t(N_("Package")), f.plan),
+        (t(N_("Refunded to")), f.method),
+        (t(N_("Taken back from the line")), "\n".join(f.taken_back) or "—"),
+    ]
+    amounts = [(t(N_("Of the price")), f.price), (t(N_("Of the payment fee")), f.fee)]
+    total = (t(N_("Total refunded")), f.total)
+    footer = t(
+        N_(
+            "This credit note corrects receipt {receipt}: the total above was refunded to your "
+            "payment method. Keep it with the receipt."
+        )
+    ).format(receipt=f.receipt_number)
+    return _render(f.language, f.operator, title, rows, amounts, total, footer)
+
+
+async def credit_note_for(
+    db: Database, refund_id: uuid.UUID, language: str, operator: str
+) -> bytes | None:
+    """The credit note of a done refund in `language`: the one kept, or a new one rendered (in
+    a thread) and kept — the first kept wins, so it never changes; numbered first if it was not
+    yet. None when the refund has none (not done, or of an order never credited)."""
+    if await db.run(lambda s: issue_credit_note(s, refund_id, utcnow())) is None:
+        return None
+    async with db.read() as s:
+        doc = await s.get(CreditNoteDocument, (refund_id, language))
+        if doc is not None:
+            return doc.pdf
+        refund = await s.get(Refund, refund_id)
+        assert refund is not None
+        order = await s.get(Order, refund.order_id)
+        assert order is not None
+        content = await credit_note_facts(s, order, refund, language, operator)
+    pdf = await asyncio.to_thread(render_credit_note, content)
+    return await db.run(lambda s: _store_credit_note(s, refund_id, language, pdf))
+
+
+async def _store_credit_note(
+    session: AsyncSession, refund_id: uuid.UUID, language: str, pdf: bytes
+) -> bytes:
+    table = table_of(CreditNoteDocument)
+    await session.execute(
+        upsert_insert(session, table)
+        .values(refund_id=refund_id, language=language, pdf=pdf, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["refund_id", "language"])
+    )
+    kept = await session.execute(
+        select(table.c.pdf).where(table.c.refund_id == refund_id, table.c.language == language)
+    )
+    return bytes(kept.scalar_one())
+
+
+def credit_note_filename(refund: Refund) -> str:
+    return f"credit-note-{refund.credit_note_number or refund.reference}.pdf"

@@ -22,6 +22,11 @@ uncredited one `refunded` once all that was paid is refunded (it no longer await
 `paid` before. Refused: voided (the customer keeps everything) and the order is flagged
 `refund_failed` for finance.
 
+A done refund of an order that has a receipt gets a credit note, numbered in the transaction
+that completes it (`service.issue_credit_note`: `C2026-000001`, its own gapless series), and its
+notice goes by e-mail with the credit note attached (`CREDIT_NOTE_JOB`), by SMS and in the portal
+at once. The receipt is never changed (`receipts`).
+
 Refunds made at the provider without us, and chargebacks: `orders.reversals`.
 """
 
@@ -46,13 +51,13 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.lifecycle.service import forfeit_transfers
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import bucket_id
-from simcharge.notifications.service import notify
+from simcharge.notifications.service import CHANNELS, notify
 from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
 from simcharge.orders.service import (
     OrderNotFound,
     applied_transfer_id,
     flag_order,
-    forget_receipts,
+    issue_credit_note,
     issue_receipt_number,
 )
 from simcharge.payments.providers import RefundResult
@@ -60,6 +65,9 @@ from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.worker.service import enqueue
 
 REFUND_JOB = "payments.refund"
+CREDIT_NOTE_JOB = "orders.credit_note"
+"""Render a done refund's credit note in the payer's language and e-mail it with the refund's
+notice (`payments.jobs.credit_note`)."""
 PROVIDER = "provider:"
 """`Refund.requested_by` of a refund made at the provider without us: `provider:<name>`."""
 AMOUNT_NOT_REPORTED = "amount not reported"
@@ -539,18 +547,33 @@ async def complete_refund(
     refund.state = RefundState.succeeded.value
     order.refunded_amount += refund.amount
     refunded_state(order)
-    await forget_receipts(session, order.id)
+    # The receipt stays as issued; the refund gets its own credit note, numbered now — in this
+    # transaction, under the refund's lock, so a completion arriving twice numbers it once.
     await issue_receipt_number(session, order.id)
+    credit_note = await issue_credit_note(session, refund.id, now)
+    params = {
+        "amount": refund.amount,
+        "currency": refund.currency,
+        "msisdn": order.msisdn,
+        "receipt": order.receipt_number,
+        "credit_note": credit_note,
+    }
+    channels: tuple[str, ...] = CHANNELS
+    if credit_note is not None:
+        # The e-mail goes with the credit note attached (the worker renders it first).
+        channels = tuple(c for c in CHANNELS if c != "email")
+        await enqueue(
+            session,
+            CREDIT_NOTE_JOB,
+            {"refund_id": str(refund.id)},
+            dedupe_key=f"{CREDIT_NOTE_JOB}:{refund.id}",
+        )
     await notify(
         session,
         account_id=order.account_id,
         template="order.refunded",
-        params={
-            "amount": refund.amount,
-            "currency": refund.currency,
-            "msisdn": order.msisdn,
-            "receipt": order.receipt_number,
-        },
+        params=params,
+        channels=channels,
         line_id=order.line_id,
     )
     return "refunded"
@@ -582,10 +605,32 @@ def refunded_state(order: Order) -> None:
         order.state = OrderState.refunded.value
 
 
+async def credit_notes_of(
+    session: AsyncSession, order_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Refund]]:
+    """The refunds of these orders that have a credit note, oldest first, by order (the
+    portal's order page and "My orders" link them beside the receipt)."""
+    found: dict[uuid.UUID, list[Refund]] = {}
+    ids = list(order_ids)
+    for start in range(0, len(ids), 1000):
+        rows = await session.execute(
+            select(Refund)
+            .where(
+                Refund.order_id.in_(ids[start : start + 1000]),
+                Refund.credit_note_number.is_not(None),
+            )
+            .order_by(Refund.completed_at, Refund.id)
+        )
+        for refund in rows.scalars():
+            found.setdefault(refund.order_id, []).append(refund)
+    return found
+
+
 def refund_summary(refund: Refund) -> dict[str, Any]:
     return {
         "id": str(refund.id),
         "reference": refund.reference,
+        "credit_note_number": refund.credit_note_number,
         "amount": refund.amount,
         "currency": refund.currency,
         "state": refund.state,

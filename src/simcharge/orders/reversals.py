@@ -35,7 +35,7 @@ from simcharge.orders.refunds import (
     shown,
 )
 from simcharge.orders.refunds import PROVIDER as PROVIDER
-from simcharge.orders.service import flag_order, forget_receipts
+from simcharge.orders.service import flag_order, issue_credit_notes
 from simcharge.payments.codec import dispute_from_json, refund_from_json
 from simcharge.payments.providers import Dispute, PaymentState, PaymentStatus, RefundResult
 from simcharge.payments.providers import RefundState as ProviderRefundState
@@ -202,7 +202,7 @@ async def settle_provider_refunds(session: AsyncSession, order: Order, now: date
         settled = True
     if settled:
         refunded_state(order)
-        await forget_receipts(session, order.id)
+        await issue_credit_notes(session, order.id, now)
         await session.flush()
 
 

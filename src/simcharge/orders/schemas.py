@@ -87,11 +87,19 @@ class EventOut(Schema):
 class RefundOut(Schema):
     """A refund as the payer sees it: no `reason` (what staff wrote is theirs, `StaffRefundOut`)."""
 
+    id: uuid.UUID
     reference: str
     amount: Money
     state: str
     created_at: datetime
     completed_at: datetime | None
+    credit_note_number: str | None = Field(
+        description="Its credit note's number (`C2026-000001`), once the refund is done, for an "
+        "order that has a receipt"
+    )
+    credit_note_url: str | None = Field(
+        description="The credit note: PDF, or JSON with `Accept: application/json`"
+    )
 
 
 class StaffRefundOut(RefundOut):
@@ -151,6 +159,27 @@ class ReceiptOut(Schema):
     total: Money
     refunded: Money
     status: str
+    pdf_url: str
+
+
+class CreditNoteOut(Schema):
+    """A refund's credit note: what it gave back, of the receipt it corrects (the PDF's facts)."""
+
+    number: str
+    issued_at: datetime
+    receipt_number: str
+    order_id: uuid.UUID
+    order_reference: str
+    refund_reference: str
+    operator: str
+    payer: str
+    msisdn: str
+    plan: str
+    method: str
+    price: Money = Field(description="Refunded of the price")
+    fee: Money = Field(description="Refunded of the payment fee")
+    total: Money = Field(description="All that was refunded")
+    taken_back: list[str] = Field(description="What was taken back from the line")
     pdf_url: str
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
@@ -51,7 +51,8 @@ from simcharge.orders.models import (
     PaymentStatusValue,
     ProviderEvent,
     ReceiptCounter,
-    ReceiptDocument,
+    Refund,
+    RefundState,
 )
 from simcharge.orders.schemas import PlanRef, QuoteOut
 from simcharge.payments.providers import PaymentFlow
@@ -625,19 +626,78 @@ async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> st
     issued = order.fulfilled_at or await applied_at(session, order)
     if issued is None:
         return None
-    year = issued.year
+    value = await _next_number(session, f"receipt:{issued.year}")
+    order.receipt_number = f"R{issued.year}-{value:06d}"
+    await session.flush()
+    return order.receipt_number
+
+
+async def _next_number(session: AsyncSession, counter: str) -> int:
+    """The next value of a gapless counter (`receipt_counters`): its row is locked by the
+    update until the transaction ends, and a transaction rolled back gives its number back."""
     counters = table_of(ReceiptCounter)
     value = (
         await session.execute(
             upsert_insert(session, counters)
-            .values(name=f"receipt:{year}", value=1)
+            .values(name=counter, value=1)
             .on_conflict_do_update(index_elements=["name"], set_={"value": counters.c.value + 1})
             .returning(counters.c.value)
         )
     ).scalar_one()
-    order.receipt_number = f"R{year}-{int(value):06d}"
+    return int(value)
+
+
+async def issue_credit_note(
+    session: AsyncSession, refund_id: uuid.UUID, now: datetime
+) -> str | None:
+    """Number the credit note of a refund: `C2026-000001` … gapless per year of the refund's
+    completion, in its own series. Once per refund (the refund is locked and keeps its
+    number, so a completion arriving twice, or two at once, number it once); None for a refund
+    not done (pending, failed), one made at the provider whose money is not posted yet, or one
+    of an order that has no receipt (never credited: nothing to credit against)."""
+    # Read first, locked only when there is something to number: a credit note asked for (or
+    # a refund not done) takes no lock, so it never waits on, nor holds up, a completion.
+    refund = await session.get(Refund, refund_id)
+    if refund is None or refund.credit_note_number is not None or not _done(refund):
+        return refund.credit_note_number if refund is not None else None
+    refund = await session.get(Refund, refund_id, with_for_update=True)
+    assert refund is not None
+    if refund.credit_note_number is not None:
+        return refund.credit_note_number
+    if not _done(refund):
+        return None
+    if await issue_receipt_number(session, refund.order_id) is None:
+        return None
+    year = (refund.completed_at or now).year
+    value = await _next_number(session, f"credit_note:{year}")
+    refund.credit_note_number = f"C{year}-{value:06d}"
     await session.flush()
-    return order.receipt_number
+    return refund.credit_note_number
+
+
+def _done(refund: Refund) -> bool:
+    """Done and its money posted (a refund made at the provider is posted once its payment is
+    known: `reversals.settle_provider_refunds`)."""
+    posted = bool((refund.plan or {}).get("posted", True))
+    return refund.state == RefundState.succeeded.value and posted
+
+
+async def issue_credit_notes(session: AsyncSession, order_id: uuid.UUID, now: datetime) -> None:
+    """Number the credit notes of every refund of the order that is done and has none yet
+    (a refund made at the provider, once its money is posted)."""
+    ids = (
+        await session.execute(
+            select(Refund.id)
+            .where(
+                Refund.order_id == order_id,
+                Refund.state == RefundState.succeeded.value,
+                Refund.credit_note_number.is_(None),
+            )
+            .order_by(Refund.completed_at, Refund.id)
+        )
+    ).scalars().all()
+    for refund_id in ids:
+        await issue_credit_note(session, refund_id, now)
 
 
 def applied_transfer_id(order_id: uuid.UUID) -> uuid.UUID:
@@ -658,8 +718,3 @@ async def applied_at(session: AsyncSession, order: Order) -> datetime | None:
         return None
     transfer = await session.get(LedgerTransfer, applied_transfer_id(order.id))
     return transfer.created_at if transfer is not None else None
-
-
-async def forget_receipts(session: AsyncSession, order_id: uuid.UUID) -> None:
-    """The order changed (a refund): rendered receipts must be rendered again."""
-    await session.execute(delete(ReceiptDocument).where(ReceiptDocument.order_id == order_id))

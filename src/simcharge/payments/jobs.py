@@ -1,4 +1,5 @@
-"""The worker's payment jobs: reconciliation, refunds, receipts, and the sandbox's webhooks."""
+"""The worker's payment jobs: reconciliation, refunds, receipts and credit notes, and the sandbox's
+webhooks."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ from simcharge.notifications.jobs import send_message
 from simcharge.notifications.transports import Attachment
 from simcharge.orders.fulfilment import RECEIPT_JOB, issue_receipt_number
 from simcharge.orders.models import Attention, Order, Refund, RefundState
-from simcharge.orders.receipts import filename, receipt_for
-from simcharge.orders.refunds import REFUND_JOB, applied_to_wallet, complete_refund
+from simcharge.orders.receipts import credit_note_filename, credit_note_for, filename, receipt_for
+from simcharge.orders.refunds import (
+    CREDIT_NOTE_JOB,
+    REFUND_JOB,
+    applied_to_wallet,
+    complete_refund,
+)
 from simcharge.orders.service import flag_order, payment_of
 from simcharge.payments.providers import (
     ProviderError,
@@ -220,6 +226,48 @@ async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
         language,
         params,
         attachments=[Attachment(filename(order), "application/pdf", pdf)],
+    )
+
+
+@job(CREDIT_NOTE_JOB)
+async def credit_note(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Render a done refund's credit note in the payer's language, keep it, and e-mail it to
+    them with the refund's notice (`order.refunded`; when their address is verified). The
+    refund's SMS and portal notice went out when it was done (`refunds.complete_refund`)."""
+    refund_id = _uuid(payload, "refund_id")
+    async with ctx.db.read() as s:
+        refund = await s.get(Refund, refund_id)
+        order = await s.get(Order, refund.order_id) if refund is not None else None
+        account = await s.get(Account, order.account_id) if order is not None else None
+    if refund is None or order is None or account is None:
+        raise PermanentJobError(f"refund {refund_id} is not known")
+    language = account.language
+    pdf = await credit_note_for(ctx.db, refund_id, language, ctx.settings.operator_name)
+    if pdf is None:
+        raise PermanentJobError(f"refund {refund_id} has no credit note")
+    if not (account.email and account.email_verified_at):
+        return
+    async with ctx.db.read() as s:  # numbered now, and the receipt it corrects with it
+        refund = await s.get(Refund, refund_id)
+        order = await s.get(Order, order.id)
+        assert refund is not None
+        assert order is not None
+    await send_message(
+        ctx,
+        "email",
+        account.id,
+        "order.refunded",
+        account.email,
+        language,
+        {
+            "amount": refund.amount,
+            "currency": refund.currency,
+            "msisdn": order.msisdn,
+            "receipt": order.receipt_number,
+            "credit_note": refund.credit_note_number,
+            "attached": True,
+        },
+        attachments=[Attachment(credit_note_filename(refund), "application/pdf", pdf)],
     )
 
 
