@@ -26,13 +26,13 @@ from simcharge.kit.money import (
     to_minor,
 )
 from simcharge.kit.translations import N_, translate
-from simcharge.kit.units import locale_for
+from simcharge.kit.units import locale_for, units_text
 from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
 from simcharge.portal.web import Page, Visitor, form_of, redirect, render
 from simcharge.tmf654 import giving
-from simcharge.tmf654.service import USAGE_UNITS, TransferLimitExceeded
+from simcharge.tmf654.service import MB, USAGE_UNITS, TransferLimitExceeded
 
 router = APIRouter(include_in_schema=False)
 
@@ -43,6 +43,22 @@ WHAT: dict[str, str] = {
     "sms": N_("SMS"),
 }
 """What can be given, as the form names it."""
+
+_UNIT_LIMITS: dict[str, tuple[str, int, str]] = {
+    "At least {limit} MB of data per transfer.": (
+        "DATA_B", MB, N_("Give at least {amount} at a time.")),
+    "At most {limit} MB of data per transfer.": (
+        "DATA_B", MB, N_("Give at most {amount} at a time.")),
+    "At least {limit} minutes per transfer.": (
+        "VOICE_S", 60, N_("Give at least {amount} at a time.")),
+    "At most {limit} minutes per transfer.": (
+        "VOICE_S", 60, N_("Give at most {amount} at a time.")),
+    "At most {limit} messages per transfer.": (
+        "SMS", 1, N_("Give at most {amount} at a time.")),
+}
+"""The service's refusals for a unit limit (`tmf654.service._check_limits`, by their msgid), with
+the unit and the ledger units in one of the limit's (MB, minutes, messages): the page says the
+limit as its terms do (`kit.units`: "1.5 GB", "1,500 min"), not as the service's raw number."""
 
 # The service names fields as the TMF654 API does; the form's fields are these.
 _FIELDS = {"msisdn": "to", "receiverLogicalResource": "to", "usage_type": "what",
@@ -115,6 +131,23 @@ def _within_the_ledger(gift: giving.Gift) -> giving.Gift:
     return gift
 
 
+def per_transfer(terms: giving.Terms) -> dict[str, tuple[int | None, int, str]]:
+    """Each kind's least and most per transfer, in ledger units with the unit, as the terms and
+    the review show them: every limit `tmf654.service` refuses a transfer for, besides the count
+    in 24 hours. The least is None when it is one minute, MB or message: units are given whole,
+    so that is only "more than nothing" ("up to 500 min per transfer")."""
+
+    def least(count: int, per: int) -> int | None:
+        return count * per if count > 1 else None
+
+    return {
+        "monetary": (terms.min_amount, terms.max_amount, terms.currency),
+        "voice": (least(terms.min_voice_minutes, 60), terms.max_voice_minutes * 60, "VOICE_S"),
+        "data": (least(terms.min_data_mb, MB), terms.max_data_mb * MB, "DATA_B"),
+        "sms": (None, terms.max_sms, "SMS"),
+    }
+
+
 def problem_texts(
     exc: SimchargeError, language: str, currency: str, locale: str | None = None
 ) -> tuple[str, dict[str, str]]:
@@ -139,6 +172,11 @@ def problem_texts(
             high=format_money(int(exc.params["high"]), currency, loc),
         )
         fields = {"amount": summary}
+    elif isinstance(exc, TransferLimitExceeded) and exc.detail_template in _UNIT_LIMITS:
+        unit, per, said = _UNIT_LIMITS[exc.detail_template]
+        summary = translate(language, said).format(
+            amount=units_text(language, int(exc.params["limit"]) * per, unit, locale))
+        fields = {"amount": summary}
     return summary, {_FIELDS.get(k, k): v for k, v in fields.items()}
 
 
@@ -161,7 +199,8 @@ async def _form(
     given = next((a for a, _ in history if str(a.id) == done), None) if done else None
     return render(
         request, page, "transfer.html", status=status, line=line, balances=balances,
-        terms=terms, options=options, history=history, what_names=WHAT,
+        terms=terms, limits=per_transfer(terms), options=options, history=history,
+        what_names=WHAT,
         fee_percent=_percent(terms.fee_percent, page.language, page.locale),
         # The hint's example as the page writes numbers, with the currency's decimals (`5` yen,
         # `5.00` dollars, `5.000` dinars).
@@ -211,6 +250,7 @@ async def _review(
     account_id = require(page)
     async with db.read() as s:
         line = await accounts.own_line(s, account_id, lid)
+        terms = await giving.terms_of(s, settings, line, utcnow())
         try:
             gift = _gift(values, line.currency, page.language, page.locale)
             seen = await giving.preview(s, settings, account_id=account_id, line_id=lid,
@@ -226,6 +266,7 @@ async def _review(
     return render(
         request, page, "transfer_review.html", seen=seen, gift=gift, values=values,
         what_name=WHAT[gift.usage_type], idempotency_key=uuid.uuid4().hex,
+        terms=terms, limit=per_transfer(terms)[gift.usage_type],
         back=f"/account/lines/{lid}/transfer?" + urlencode(values), notice=notice,
         status=status,
     )

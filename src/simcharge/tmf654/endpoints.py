@@ -666,6 +666,14 @@ async def create_reservation(
     body: JsonBody, key: Write, db: DB, request: Request, idem: IdemKey = None
 ) -> JSONResponse:
     async def act(s: AsyncSession) -> BalanceAction:
+        if "startDateTime" in (body.get("validFor") or {}):
+            # A hold is a pending ledger transfer: it holds from when it is made until its
+            # end (the timeout). One that starts later would hold nothing until then, so a
+            # start is refused, not stored and shown as if it were applied.
+            raise ValidationFailed(
+                N_("A reservation holds from when it is made: the start cannot be chosen."),
+                field="validFor.startDateTime",
+            )
         line, holder = await _target(s, body, source=True)
         _check_party(body, line)
         usage = str(body.get("usageType"))

@@ -168,8 +168,9 @@ def action_out(
     shows when it times out (`ends`: `validFor.endDateTime`) and, once completed, the amount
     charged (`used`), not the amount held; a transfer of units, when the receiver's bucket ends
     (`ends`); a top-up or adjustment of units, when its bucket ends (`ends`). Only a
-    reservation's `validFor` is echoed: the others' is the end their units have, never one
-    asked for (one stored before it was refused was not applied)."""
+    reservation's `validFor` is echoed, without a start (it holds from when it is made): the
+    others' is the end their units have, never one asked for (one stored before it was refused
+    was not applied)."""
     kind = {"topup": "TopupBalance", "adjust": "AdjustBalance", "reserve": "ReserveBalance",
             "transfer": "TransferBalance"}[action.kind]
     path = kind[0].lower() + kind[1:]
@@ -198,6 +199,14 @@ def action_out(
             key != "validFor" or action.kind == "reserve"
         ):
             out[key] = action.request[key]
+    if isinstance(out.get("validFor"), dict) and "startDateTime" in out["validFor"]:
+        # A reservation holds from when it was made (`requestedDate`): a start stored before
+        # it was refused was never applied.
+        kept = {k: v for k, v in out["validFor"].items() if k != "startDateTime"}
+        if kept:
+            out["validFor"] = kept
+        else:
+            del out["validFor"]
     if used is not None:
         out["amount"] = quantity(used, action.unit)
     if ends is not None:

@@ -71,12 +71,20 @@ class TransferOut(BaseModel):
 
 
 class TransferTerms(BaseModel):
+    """Every limit a transfer from the line can be refused for: money in the wallet's currency
+    (`min_amount`, `max_amount`, with the fee), voice in minutes, data in MB, SMS in messages
+    (the same figures a refusal names), and the count in 24 hours."""
+
     fee_percent: Decimal
     fee_fixed: Money
     min_amount: Money
     max_amount: Money
+    min_data_mb: int
     max_data_mb: int
+    min_voice_minutes: int
     max_voice_minutes: int
+    max_sms: int
+    """Messages; the least is one."""
     per_day: int
     used_today: int
     """Transfers this line gave in the last 24 hours (the limit's window: not a calendar day in
@@ -144,8 +152,11 @@ async def terms(
         fee_fixed=Money.of(t.fee_fixed, t.currency),
         min_amount=Money.of(t.min_amount, t.currency),
         max_amount=Money.of(t.max_amount, t.currency),
+        min_data_mb=t.min_data_mb,
         max_data_mb=t.max_data_mb,
+        min_voice_minutes=t.min_voice_minutes,
         max_voice_minutes=t.max_voice_minutes,
+        max_sms=t.max_sms,
         per_day=t.per_day,
         used_today=t.used_today,
     )
