@@ -336,15 +336,7 @@ async def credit_note(
         numbered = await s.get(Refund, refund_id)
         assert numbered is not None
         name = receipts.credit_note_filename(numbered)
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={
-            **HEADERS,
-            "content-disposition": f'inline; filename="{name}"',
-            "cache-control": "private, no-store",
-        },
-    )
+    return receipts.pdf_response(pdf, name, HEADERS)
 
 
 @router.get("/orders/{order_id}/receipt", response_model=None)
@@ -374,15 +366,7 @@ async def receipt(
         numbered = await s.get(Order, order_id)
         assert numbered is not None
         name = receipts.filename(numbered)
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={
-            **HEADERS,
-            "content-disposition": f'inline; filename="{name}"',
-            "cache-control": "private, no-store",
-        },
-    )
+    return receipts.pdf_response(pdf, name, HEADERS)
 
 
 @router.get("/attention", response_class=HTMLResponse)

@@ -523,14 +523,7 @@ async def get_receipt(
             return Response(body.model_dump_json(), media_type="application/json")
     pdf = await receipts.receipt_for(db, order.id, language, settings.operator_name)
     assert pdf is not None
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={
-            "content-disposition": f'inline; filename="{receipts.filename(order)}"',
-            "cache-control": "private, no-store",
-        },
-    )
+    return receipts.pdf_response(pdf, receipts.filename(order))
 
 
 @router.get(
@@ -596,13 +589,4 @@ async def get_credit_note(
             return Response(body.model_dump_json(), media_type="application/json")
     pdf = await receipts.credit_note_for(db, refund_id, language, settings.operator_name)
     assert pdf is not None
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={
-            "content-disposition": (
-                f'inline; filename="{receipts.credit_note_filename(refund)}"'
-            ),
-            "cache-control": "private, no-store",
-        },
-    )
+    return receipts.pdf_response(pdf, receipts.credit_note_filename(refund))

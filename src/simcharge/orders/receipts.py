@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from fastapi import Response
 from fpdf import FPDF
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -513,3 +514,17 @@ async def _store_credit_note(
 
 def credit_note_filename(refund: Refund) -> str:
     return f"credit-note-{refund.credit_note_number or refund.reference}.pdf"
+
+
+def pdf_response(pdf: bytes, filename: str, headers: dict[str, str] | None = None) -> Response:
+    """A receipt or credit note as the browser shows it: inline, named, never cached by anyone
+    but the reader (it holds a name and an amount)."""
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            **(headers or {}),
+            "content-disposition": f'inline; filename="{filename}"',
+            "cache-control": "private, no-store",
+        },
+    )
