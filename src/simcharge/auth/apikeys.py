@@ -20,31 +20,33 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import ApiKey
-from simcharge.errors import ValidationFailed
+from simcharge.backoffice.audit import Actor, record
+from simcharge.backoffice.models import AuditEntry
+from simcharge.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
 
 audit = structlog.get_logger("simcharge.audit")
 
 SCOPES: dict[str, str] = {
-    "lines:read": "Read lines and their balances.",
-    "catalog:read": "Read the catalog.",
-    "ledger:read": "Read ledger accounts and transfers.",
-    "orders:read": "Read any order, with its payment history and refunds.",
-    "refunds:write": "Refund orders (finance).",
-    "jobs:read": "Read the outbox: waiting and dead jobs (operations).",
-    "jobs:write": "Retry dead outbox jobs (operations).",
-    "charging": "Nchf_ConvergedCharging: real-time charging by the network (CHF).",
-    "usage:write": "Submit batches of usage records to be rated and charged.",
-    "balance:read": "Read buckets, balances and balance actions (TMF654).",
-    "balance:write": "Top up, reserve and transfer balances (TMF654).",
-    "balance:adjust": "Adjust balances up or down (TMF654 adjustBalance; staff).",
-    "customers:read": "Search customers and read a customer's full view (back office).",
-    "tickets:write": "Read and answer tickets (back office).",
-    "accounts:write": "Unlock accounts, unfreeze lines, check payments, resend receipts.",
-    "adjustments:write": "Ask for wallet and bucket adjustments (never approve them).",
-    "reports:read": "Read reports.",
-    "catalog:write": "Edit the catalog.",
+    "lines:read": N_("Read lines and their balances."),
+    "catalog:read": N_("Read the catalog."),
+    "ledger:read": N_("Read ledger accounts and transfers."),
+    "orders:read": N_("Read any order, with its payment history and refunds."),
+    "refunds:write": N_("Refund orders (finance)."),
+    "jobs:read": N_("Read the outbox: waiting and dead jobs (operations)."),
+    "jobs:write": N_("Retry dead outbox jobs (operations)."),
+    "charging": N_("Nchf_ConvergedCharging: real-time charging by the network (CHF)."),
+    "usage:write": N_("Submit batches of usage records to be rated and charged."),
+    "balance:read": N_("Read buckets, balances and balance actions (TMF654)."),
+    "balance:write": N_("Top up, reserve and transfer balances (TMF654)."),
+    "balance:adjust": N_("Adjust balances up or down (TMF654 adjustBalance; staff)."),
+    "customers:read": N_("Search customers and read a customer's full view (back office)."),
+    "tickets:write": N_("Read and answer tickets (back office)."),
+    "accounts:write": N_("Unlock accounts, unfreeze lines, check payments, resend receipts."),
+    "adjustments:write": N_("Ask for wallet and bucket adjustments (never approve them)."),
+    "reports:read": N_("Read reports."),
+    "catalog:write": N_("Edit the catalog."),
 }
 TOUCH_EVERY = timedelta(minutes=5)
 
@@ -247,3 +249,203 @@ async def revoke_api_key(session: AsyncSession, prefix: str) -> bool:
         .values(revoked_at=utcnow())
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+# --- the back office: staff manage keys (the page and the admin API) ---------------------------
+
+STAFF_OVERLAPS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
+"""The overlaps staff choose from when they rotate a key (the command line takes any)."""
+COMMAND_LINE_SCOPES = frozenset({"balance:adjust"})
+"""Scopes only the server's command line gives a key: staff neither make nor rotate a key that
+holds one (the README gives admins no power to mint a TMF654 `adjustBalance` credential)."""
+
+
+class ApiKeyNotFound(NotFound):
+    slug = "api-key-not-found"
+    title = N_("No live API key has this prefix.")
+
+
+class ApiKeyAlreadyReplaced(Conflict):
+    slug = "api-key-already-replaced"
+    title = N_("This key was already replaced by a rotation: rotate its successor instead.")
+
+
+class ScopeForCommandLineOnly(Forbidden):
+    slug = "api-key-scope-command-line-only"
+    title = N_("Only the server's command line makes or rotates a key with this scope.")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """One key as staff see it: never its secret nor its hash."""
+
+    prefix: str
+    name: str
+    scopes: list[str]
+    state: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    """To within `TOUCH_EVERY`."""
+    revoked_at: datetime | None
+    replaces: str | None
+    """The prefix of the key this one was made to replace, when a rotation recorded it."""
+    replaced_by: str | None
+
+
+async def _successions(session: AsyncSession, prefixes: Sequence[str]) -> dict[str, str]:
+    """Old prefix → new prefix, as the rotations' audit entries recorded them (`apikey.rotate`,
+    `after.replaced_by`): the table itself keeps no link."""
+    if not prefixes:
+        return {}
+    rows = await session.execute(
+        select(AuditEntry.target_id, AuditEntry.after)
+        .where(
+            AuditEntry.target_type == "api_key",
+            AuditEntry.target_id.in_(prefixes),
+            AuditEntry.action == "apikey.rotate",
+        )
+        .order_by(AuditEntry.at)
+    )
+    found: dict[str, str] = {}
+    for old, after in rows:
+        new = after.get("replaced_by") if isinstance(after, dict) else None
+        if old is not None and isinstance(new, str):
+            found[old] = new
+    return found
+
+
+async def key_views(session: AsyncSession, now: datetime) -> list[KeyView]:
+    """Every key, the newest first, with its state and what it replaced or was replaced by."""
+    keys = await list_api_keys(session)
+    after = await _successions(session, [k.prefix for k in keys])
+    before = {new: old for old, new in after.items()}
+    return [
+        view_of(k, now, replaces=before.get(k.prefix), replaced_by=after.get(k.prefix))
+        for k in keys
+    ]
+
+
+def view_of(
+    key: ApiKey, now: datetime, *, replaces: str | None = None, replaced_by: str | None = None
+) -> KeyView:
+    return KeyView(
+        prefix=key.prefix,
+        name=key.name,
+        scopes=list(key.scopes),
+        state=key_state(key, now),
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+        replaces=replaces,
+        replaced_by=replaced_by,
+    )
+
+
+def asked_expiry(expires_in: str | None, expires_at: str | None, now: datetime) -> datetime | None:
+    """The end a form asks for: a lifetime (`90d`) or a moment (ISO 8601 with its offset), not
+    both; neither: never."""
+    expires_in = (expires_in or "").strip() or None
+    expires_at = (expires_at or "").strip() or None
+    if expires_in is not None and expires_at is not None:
+        raise ValidationFailed(
+            N_("Give a lifetime or a moment, not both."), field="expires_at"
+        )
+    if expires_in is not None:
+        return expiry_after(now, parse_duration(expires_in, field="expires_in"), field="expires_in")
+    if expires_at is not None:
+        return parse_moment(expires_at, field="expires_at")
+    return None
+
+
+def _refuse_command_line_scopes(scopes: Sequence[str]) -> None:
+    if set(scopes) & COMMAND_LINE_SCOPES:
+        raise ScopeForCommandLineOnly(field="scopes")
+
+
+def overlap_named(name: str) -> timedelta:
+    """One of `STAFF_OVERLAPS`, by its name."""
+    try:
+        return STAFF_OVERLAPS[name]
+    except KeyError:
+        raise ValidationFailed(
+            N_("Choose one of: {choices}."), field="overlap", choices=", ".join(STAFF_OVERLAPS)
+        ) from None
+
+
+async def staff_create_api_key(
+    session: AsyncSession,
+    actor: Actor,
+    name: str,
+    scopes: Sequence[str],
+    *,
+    expires_at: datetime | None,
+) -> IssuedKey:
+    """`create_api_key` for staff: at least one scope, none of `COMMAND_LINE_SCOPES`; audited
+    as `apikey.create` (as `simcharge apikey create` is), without the secret."""
+    if not scopes:
+        raise ValidationFailed(N_("Choose at least one scope."), field="scopes")
+    _refuse_command_line_scopes(scopes)
+    issued = await create_api_key(session, name, scopes, expires_at=expires_at)
+    after: dict[str, object] = {"name": issued.key.name, "scopes": issued.key.scopes}
+    if expires_at is not None:
+        after["expires_at"] = expires_at
+    await record(
+        session, actor, "apikey.create", target_type="api_key", target_id=issued.key.prefix,
+        after=after,
+    )
+    return issued
+
+
+async def staff_rotate_api_key(
+    session: AsyncSession, actor: Actor, prefix: str, *, overlap: timedelta
+) -> RotatedKey:
+    """`rotate_api_key` for staff, audited as the command's is (`apikey.create` of the new key
+    with `rotated_from`, `apikey.rotate` of the old one with `replaced_by`). A key holding one
+    of `COMMAND_LINE_SCOPES`, or one already replaced (during its overlap), is refused after the
+    fact: the caller's transaction rolls back."""
+    rotated = await rotate_api_key(session, prefix, overlap=overlap)
+    if rotated is None:
+        raise ApiKeyNotFound(field="prefix")
+    _refuse_command_line_scopes(rotated.old.scopes)
+    # Read under the old key's lock: a form sent twice (a reload of the answer) or two admins
+    # at once make one successor, not two live keys nobody holds.
+    if await _successions(session, [prefix]):
+        raise ApiKeyAlreadyReplaced(field="prefix")
+    new = rotated.issued.key
+    after: dict[str, object] = {"name": new.name, "scopes": new.scopes, "rotated_from": prefix}
+    if new.expires_at is not None:
+        after["expires_at"] = new.expires_at
+    await record(
+        session, actor, "apikey.create", target_type="api_key", target_id=new.prefix, after=after
+    )
+    await record(
+        session, actor, "apikey.rotate", target_type="api_key", target_id=prefix,
+        before={"expires_at": rotated.old_expires_before},
+        after={"expires_at": rotated.old.expires_at, "replaced_by": new.prefix},
+    )
+    return rotated
+
+
+async def staff_revoke_api_key(session: AsyncSession, actor: Actor, prefix: str) -> ApiKey:
+    """Revoke a key at once (an expired one too, as the command does); audited as
+    `apikey.revoke` with its state before."""
+    key = (
+        await session.execute(select(ApiKey).where(ApiKey.prefix == prefix).with_for_update())
+    ).scalar_one_or_none()
+    if key is None or key.revoked_at is not None:
+        raise ApiKeyNotFound(field="prefix")
+    now = utcnow()
+    before = {"state": key_state(key, now), "expires_at": key.expires_at}
+    key.revoked_at = now
+    await session.flush()
+    await record(
+        session, actor, "apikey.revoke", target_type="api_key", target_id=prefix,
+        before=before, after={"state": "revoked", "revoked_at": now},
+    )
+    return key

@@ -6,14 +6,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.api.idempotency import IdempotencyKeyHeader
+from simcharge.auth.apikeys import (
+    asked_expiry,
+    key_views,
+    overlap_named,
+    staff_create_api_key,
+    staff_revoke_api_key,
+    staff_rotate_api_key,
+    view_of,
+)
 from simcharge.auth.deps import Limits
 from simcharge.backoffice import audit, money, reports
 from simcharge.backoffice.audit import Actor
@@ -960,3 +971,111 @@ async def reset_staff_member_password(
         return _staff_out(staff)
 
     return await db.run(run)
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+KeyAdmin = Annotated[Actor, require(Permission.apikeys_manage)]
+"""A person (a staff token): no scope grants `apikeys.manage`, so no API key manages keys."""
+
+
+class ApiKeyOut(BaseModel):
+    """A key as staff see it: never its secret nor its hash."""
+
+    model_config = ConfigDict(from_attributes=True)
+    prefix: str = Field(description="The public part: `sck_<prefix>_…`")
+    name: str
+    scopes: list[str]
+    state: Literal["live", "expired", "revoked"]
+    created_at: datetime
+    expires_at: datetime | None = Field(description="Null: until revoked")
+    last_used_at: datetime | None = Field(description="To within 5 minutes")
+    revoked_at: datetime | None
+    replaces: str | None = Field(description="The prefix of the key a rotation replaced by this")
+    replaced_by: str | None = Field(description="The prefix of the key a rotation made for this")
+
+
+class ApiKeyCreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=1000, description="Who or what uses the key (at most 80)")
+    scopes: list[Annotated[str, Field(max_length=64)]] = Field(
+        max_length=64, description="At least one; `balance:adjust` only on the command line"
+    )
+    expires_in: str | None = Field(
+        default=None, max_length=32, description="A lifetime: 30m, 24h, 90d, 2w"
+    )
+    expires_at: str | None = Field(
+        default=None, max_length=64, description="Or a moment, ISO 8601 with its offset"
+    )
+
+
+class ApiKeyRotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    overlap: str = Field(
+        default="24h", max_length=8, description="How long the old key keeps working: 1h, 24h, 7d"
+    )
+
+
+class ApiKeyIssuedOut(BaseModel):
+    key: ApiKeyOut
+    token: str = Field(description="The whole key, this once: only its hash is kept")
+    replaced: ApiKeyOut | None = Field(
+        default=None, description="A rotation's old key, with the end of its overlap"
+    )
+
+
+@router.get("/api-keys", response_model=list[ApiKeyOut], summary="API keys, newest first")
+async def list_keys(actor: KeyAdmin, db: DB) -> list[ApiKeyOut]:
+    async with db.read() as s:
+        return [ApiKeyOut.model_validate(k) for k in await key_views(s, utcnow())]
+
+
+@router.post(
+    "/api-keys", response_model=ApiKeyIssuedOut, status_code=201, summary="Create an API key"
+)
+async def create_key(
+    body: ApiKeyCreateIn, actor: KeyAdmin, db: DB, response: Response
+) -> ApiKeyIssuedOut:
+    """The token is in this answer only (`Cache-Control: no-store`). Bad input is `422
+    validation-error` with its field (`name`, `scopes`, `expires_in`, `expires_at`); a scope only
+    the command line gives is `403 api-key-scope-command-line-only`. Audited as
+    `apikey.create`."""
+    ends = asked_expiry(body.expires_in, body.expires_at, utcnow())
+    issued = await db.run(
+        lambda s: staff_create_api_key(s, actor, body.name, body.scopes, expires_at=ends)
+    )
+    response.headers["cache-control"] = "no-store"
+    return ApiKeyIssuedOut(
+        key=ApiKeyOut.model_validate(view_of(issued.key, utcnow())), token=issued.token
+    )
+
+
+@router.post(
+    "/api-keys/{prefix}/rotate",
+    response_model=ApiKeyIssuedOut,
+    summary="Replace a live API key; the old one keeps working for the overlap",
+)
+async def rotate_key(
+    prefix: str, body: ApiKeyRotateIn, actor: KeyAdmin, db: DB, response: Response
+) -> ApiKeyIssuedOut:
+    """A new key with the old one's name and scopes (its token in this answer only); the old
+    one expires after `overlap` (`422`, field `overlap`, for another value). No live key with
+    this prefix: `404 api-key-not-found`. Audited as `apikey.create` and `apikey.rotate`."""
+    grace = overlap_named(body.overlap)
+    rotated = await db.run(lambda s: staff_rotate_api_key(s, actor, prefix, overlap=grace))
+    response.headers["cache-control"] = "no-store"
+    now = utcnow()
+    new = rotated.issued.key
+    return ApiKeyIssuedOut(
+        key=ApiKeyOut.model_validate(view_of(new, now, replaces=prefix)),
+        token=rotated.issued.token,
+        replaced=ApiKeyOut.model_validate(view_of(rotated.old, now, replaced_by=new.prefix)),
+    )
+
+
+@router.post("/api-keys/{prefix}/revoke", response_model=ApiKeyOut, summary="Revoke an API key")
+async def revoke_key(prefix: str, actor: KeyAdmin, db: DB) -> ApiKeyOut:
+    """Refused from now on. Already revoked, or no such key: `404 api-key-not-found`. Audited as
+    `apikey.revoke`."""
+    key = await db.run(lambda s: staff_revoke_api_key(s, actor, prefix))
+    return ApiKeyOut.model_validate(view_of(key, utcnow()))

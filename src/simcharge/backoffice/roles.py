@@ -35,6 +35,9 @@ class Permission(StrEnum):
     """See the outbox: jobs waiting, retrying, dead."""
     jobs_manage = "jobs.manage"
     """Retry or discard a dead job."""
+    apikeys_manage = "apikeys.manage"
+    """See the API keys (never a secret); create, rotate and revoke them. A person only: no
+    scope grants it, so no key manages keys."""
 
 
 P = Permission
@@ -70,7 +73,7 @@ SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "jobs:write": frozenset({P.jobs_manage}),
 }
 """An API key acts for a tool, not a person: it can never approve an adjustment (four-eyes needs
-two people), manage staff or read the audit log."""
+two people), manage staff or API keys, or read the audit log."""
 
 
 def permissions_of(role: str) -> frozenset[Permission]:

@@ -1,10 +1,11 @@
 """Admin pages: the catalog (plans, methods, tariffs with their versions; one entry edited at a
-time), staff, and the outbox's jobs (retry or discard a dead one)."""
+time), staff, the outbox's jobs (retry or discard a dead one), and API keys (create, rotate,
+revoke; a new key's token is shown once, on the answer to the form)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
@@ -13,6 +14,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import DB
+from simcharge.auth.apikeys import (
+    COMMAND_LINE_SCOPES,
+    SCOPES,
+    STAFF_OVERLAPS,
+    asked_expiry,
+    key_views,
+    overlap_named,
+    staff_create_api_key,
+    staff_revoke_api_key,
+    staff_rotate_api_key,
+    view_of,
+)
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.catalog import (
@@ -269,3 +282,116 @@ async def job_discard(
 ) -> Response:
     await db.run(lambda s: discard_job(s, actor, job_id, note, utcnow()))
     return back("/backoffice/jobs", "discarded")
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+KeyAdmin = Annotated[Actor, require_web(Permission.apikeys_manage)]
+
+
+async def _keys_page(
+    request: Request,
+    db: DB,
+    actor: Actor,
+    *,
+    failed: SimchargeError | None = None,
+    target: str | None = None,
+    form: dict[str, Any] | None = None,
+) -> HTMLResponse:
+    async with db.read() as s:
+        keys = await key_views(s, utcnow())
+    error, errors = field_texts(request, actor, failed) if failed else (None, {})
+    return render(
+        request,
+        "api_keys.html",
+        actor,
+        status=failed.status if failed else 200,
+        keys=keys,
+        scopes=SCOPES,
+        reserved=COMMAND_LINE_SCOPES,
+        overlaps=list(STAFF_OVERLAPS),
+        error=error,
+        errors=errors,
+        target=target,
+        form=form or {"name": "", "scopes": [], "expires_in": "", "expires_at": ""},
+    )
+
+
+@router.get("/api-keys", response_class=HTMLResponse)
+async def api_keys(request: Request, db: DB, actor: KeyAdmin) -> HTMLResponse:
+    return await _keys_page(request, db, actor)
+
+
+@router.post("/api-keys", response_class=HTMLResponse)
+async def api_key_create(
+    request: Request,
+    db: DB,
+    actor: KeyAdmin,
+    name: Annotated[str, Form(max_length=1000)] = "",
+    expires_in: Annotated[str, Form(max_length=32)] = "",
+    expires_at: Annotated[str, Form(max_length=64)] = "",
+) -> HTMLResponse:
+    """A new key, its token on the answer (once: only its hash is kept); a refusal comes back
+    on the form with what was typed."""
+    scopes = [str(v) for v in (await request.form()).getlist("scopes")][: len(SCOPES) + 1]
+    try:
+        ends = asked_expiry(expires_in, expires_at, utcnow())
+        issued = await db.run(
+            lambda s: staff_create_api_key(s, actor, name, scopes, expires_at=ends)
+        )
+    except SimchargeError as exc:
+        form = {"name": name, "scopes": scopes, "expires_in": expires_in, "expires_at": expires_at}
+        return await _keys_page(request, db, actor, failed=exc, target="new", form=form)
+    return render(
+        request,
+        "api_keys_token.html",
+        actor,
+        token=issued.token,
+        key=view_of(issued.key, utcnow()),
+        old=None,
+    )
+
+
+@router.post("/api-keys/{prefix}/rotate", response_class=HTMLResponse)
+async def api_key_rotate(
+    request: Request,
+    prefix: str,
+    db: DB,
+    actor: KeyAdmin,
+    overlap: Annotated[str, Form(max_length=8)] = "",
+) -> HTMLResponse:
+    """A new key with this one's name and scopes, its token on the answer (once); this one
+    keeps working for the overlap chosen."""
+    try:
+        grace = overlap_named(overlap)
+        rotated = await db.run(lambda s: staff_rotate_api_key(s, actor, prefix, overlap=grace))
+    except SimchargeError as exc:
+        return await _keys_page(request, db, actor, failed=exc, target=prefix)
+    now = utcnow()
+    return render(
+        request,
+        "api_keys_token.html",
+        actor,
+        token=rotated.issued.token,
+        key=view_of(rotated.issued.key, now, replaces=prefix),
+        old=view_of(rotated.old, now, replaced_by=rotated.issued.key.prefix),
+    )
+
+
+@router.post("/api-keys/{prefix}/revoke", response_model=None)
+async def api_key_revoke(
+    request: Request,
+    prefix: str,
+    db: DB,
+    actor: KeyAdmin,
+    confirm: Annotated[str, Form(max_length=8)] = "",
+) -> Response:
+    try:
+        if confirm != "yes":
+            raise ValidationFailed(
+                N_("Tick the box to confirm that this key stops working now."), field="confirm"
+            )
+        await db.run(lambda s: staff_revoke_api_key(s, actor, prefix))
+    except SimchargeError as exc:
+        return await _keys_page(request, db, actor, failed=exc, target=prefix)
+    return back("/backoffice/api-keys", "revoked")
