@@ -46,6 +46,8 @@ usage_app = typer.Typer(help="Usage records (offline charging).", no_args_is_hel
 app.add_typer(usage_app, name="usage")
 staff_app = typer.Typer(help="Back-office staff users.", no_args_is_help=True)
 app.add_typer(staff_app, name="staff")
+receipts_app = typer.Typer(help="Receipts and credit notes.", no_args_is_help=True)
+app.add_typer(receipts_app, name="receipts")
 
 
 def _database(settings: Settings) -> Database:
@@ -723,6 +725,41 @@ def staff_password(
     if ended is None:
         _fail(f"no staff member {username}", 1)
     typer.echo(f"password set; {ended} session(s) ended")
+
+
+@receipts_app.command(
+    "backfill-credit-notes",
+    help="Number the credit notes of the done refunds that have none (completed before credit "
+    "notes existed), in the order they were completed, each in its completion year's series. "
+    "Nothing is e-mailed. Safe while the worker runs; run again, it numbers nothing new. "
+    "Audited (credit_note.backfill).",
+)
+def receipts_backfill_credit_notes(
+    dry_run: Annotated[
+        bool, typer.Option(help="Count what would be numbered, by year; number nothing.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Refunds read at once (each numbered alone).")
+    ] = 500,
+) -> None:
+    from simcharge.backoffice import audit
+    from simcharge.orders.service import CreditNoteBackfill, backfill_credit_notes
+
+    async def backfill(db: Database) -> CreditNoteBackfill:
+        actor = audit.command_line_actor("receipts backfill-credit-notes")
+        return await backfill_credit_notes(db, actor, dry_run=dry_run, batch_size=batch_size)
+
+    report = _run(backfill)
+    for year, count in sorted(report.due.items()):
+        numbers = report.numbered.get(year, [])
+        span = f": {numbers[0]} … {numbers[-1]}" if len(numbers) > 1 else ""
+        span = f": {numbers[0]}" if len(numbers) == 1 else span
+        typer.echo(f"  {year}  {count}{span}")
+    verb = "would number" if dry_run else "numbered"
+    typer.echo(
+        f"{verb} {report.count} credit note(s); {report.none_due} done refund(s) get none "
+        "(a payment never credited, or money not posted yet)"
+    )
 
 
 def _settings_error(exc: SettingsError) -> str:

@@ -228,7 +228,7 @@ class Refund(Base):
     error: Mapped[str | None] = mapped_column(Text)
     credit_note_number: Mapped[str | None] = mapped_column(String(24), unique=True)
     """Its credit note's number (`C2026-000001`), given once the refund is done and its money
-    posted, for an order that has a receipt (`refunds.issue_credit_note`); a failed refund has
+    posted, for an order that has a receipt (`orders.service.issue_credit_note`); a failed refund has
     none."""
 
 
@@ -252,7 +252,7 @@ class ReceiptCounter(Base):
     is issued (`orders.service.issue_receipt_number`, the worker's job), not when the order is
     credited: numbering is then never the bottleneck of fulfilment. Credit notes count in rows of
     their own (`credit_note:<year>`, `C2026-000001`), in the transaction that completes the
-    refund (`orders.refunds.issue_credit_note`)."""
+    refund (`orders.service.issue_credit_note`)."""
 
     __tablename__ = "receipt_counters"
 

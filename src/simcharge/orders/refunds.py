@@ -551,6 +551,17 @@ async def complete_refund(
     # transaction, under the refund's lock, so a completion arriving twice numbers it once.
     await issue_receipt_number(session, order.id)
     credit_note = await issue_credit_note(session, refund.id, now)
+    await tell_payer_of_refund(session, order, refund, credit_note)
+    return "refunded"
+
+
+async def tell_payer_of_refund(
+    session: AsyncSession, order: Order, refund: Refund, credit_note: str | None
+) -> None:
+    """The payer's notice of a done refund (ours, or one made at the provider: `reversals`):
+    `order.refunded` by SMS and in the portal now, and by e-mail with the credit note attached
+    (`CREDIT_NOTE_JOB`, which renders it first); of a payment never credited (no credit note),
+    by every channel now. Once per refund: its job and notice are keyed by the refund."""
     params = {
         "amount": refund.amount,
         "currency": refund.currency,
@@ -560,7 +571,6 @@ async def complete_refund(
     }
     channels: tuple[str, ...] = CHANNELS
     if credit_note is not None:
-        # The e-mail goes with the credit note attached (the worker renders it first).
         channels = tuple(c for c in CHANNELS if c != "email")
         await enqueue(
             session,
@@ -575,8 +585,8 @@ async def complete_refund(
         params=params,
         channels=channels,
         line_id=order.line_id,
+        dedupe_key=f"order.refunded:{refund.id}",
     )
-    return "refunded"
 
 
 async def _forfeit_on_terminated_line(

@@ -10,6 +10,14 @@ uncredited one (`refunds.money_back`). Nothing is taken back from the line (unit
 finance decides, with an adjustment); the order is flagged `provider_refund`. A chargeback (a
 dispute) is flagged `chargeback` and moves nothing: the provider holds the money until the
 dispute is decided.
+
+Once its money is posted, such a refund is a done refund like ours: it gets a credit note
+(`service.issue_credit_notes`) and the payer is told as of ours — the `order.refunded` notice,
+by e-mail with the credit note attached (`tell_payer_of_refund`), once. Not when the money went
+back because of a dispute: a reversal (PayPal's `PAYMENT.CAPTURE.REVERSED`, a chargeback it
+settled) or any refund of an order whose payment was disputed is recorded, numbered and put in
+front of finance, but the payer is not thanked for a refund: they took it back through their
+bank, and what to tell them is finance's call.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.kit.ids import derived_id, uuid7
@@ -33,6 +41,7 @@ from simcharge.orders.refunds import (
     plan_of,
     refunded_state,
     shown,
+    tell_payer_of_refund,
 )
 from simcharge.orders.refunds import PROVIDER as PROVIDER
 from simcharge.orders.service import flag_order, issue_credit_notes
@@ -191,7 +200,7 @@ async def settle_provider_refunds(session: AsyncSession, order: Order, now: date
             .with_for_update()
         )
     ).scalars()
-    settled = False
+    settled: list[Refund] = []
     for refund in rows:
         if (refund.plan or {}).get("posted", True):
             continue
@@ -199,11 +208,45 @@ async def settle_provider_refunds(session: AsyncSession, order: Order, now: date
         await post_transfers(session, transfers, now=now)
         refund.plan = plan_of(transfers, posted=True)
         order.refunded_amount += refund.amount
-        settled = True
+        settled.append(refund)
     if settled:
         refunded_state(order)
         await issue_credit_notes(session, order.id, now)
         await session.flush()
+        reversed_ = await _disputed(session, order)
+        for refund in settled:
+            if reversed_ or _names_a_reversal(refund.reason):
+                continue
+            await tell_payer_of_refund(session, order, refund, refund.credit_note_number)
+
+
+REVERSAL_EVENTS = ("dispute", "capture.reversed")
+"""Words in a provider event's type (lower case) that say the payer disputed the payment, or
+the provider took the money back for them: Stripe's `charge.dispute.*`, PayPal's
+`CUSTOMER.DISPUTE.*` and `PAYMENT.CAPTURE.REVERSED` (a chargeback PayPal settled)."""
+
+
+def _names_a_reversal(reason: str | None) -> bool:
+    """A provider refund recorded from a reversal (its `reason` is the event type or the
+    status word it came in: `PAYMENT.CAPTURE.REVERSED`, a status `REVERSED`)."""
+    words = (reason or "").lower()
+    return "reversed" in words or "dispute" in words
+
+
+async def _disputed(session: AsyncSession, order: Order) -> bool:
+    """Whether a dispute or a reversal of this order's payment is on record (its events)."""
+    kinds = func.lower(ProviderEvent.event_type)
+    found = (
+        await session.execute(
+            select(ProviderEvent.id)
+            .where(
+                ProviderEvent.order_id == order.id,
+                or_(*(kinds.contains(word) for word in REVERSAL_EVENTS)),
+            )
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return found is not None
 
 
 async def apply_refund_news(session: AsyncSession, event: ProviderEvent, now: datetime) -> str:

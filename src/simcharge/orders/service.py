@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.service import own_line
@@ -25,7 +25,7 @@ from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.service import MethodUnavailable as MethodUnavailable
 from simcharge.catalog.service import fee_for
 from simcharge.config import Settings
-from simcharge.db import older_than, table_of, upsert_insert
+from simcharge.db import Database, older_than, table_of, upsert_insert
 from simcharge.errors import (
     Conflict,
     IdempotencyKeyReused,
@@ -33,6 +33,7 @@ from simcharge.errors import (
     ValidationFailed,
     required_idempotency_key,
 )
+from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.ids import derived_id, uuid7
@@ -57,6 +58,9 @@ from simcharge.orders.models import (
 from simcharge.orders.schemas import PlanRef, QuoteOut
 from simcharge.payments.providers import PaymentFlow
 from simcharge.payments.registry import Providers
+
+if TYPE_CHECKING:
+    from simcharge.backoffice.audit import Actor
 
 
 class PlanUnavailable(NotFound):
@@ -698,6 +702,123 @@ async def issue_credit_notes(session: AsyncSession, order_id: uuid.UUID, now: da
     ).scalars().all()
     for refund_id in ids:
         await issue_credit_note(session, refund_id, now)
+
+
+CREDIT_NOTE_BACKFILL_BATCH = 500
+"""Refunds read at once by `backfill_credit_notes` (each is numbered in its own transaction)."""
+
+
+@dataclass
+class CreditNoteBackfill:
+    """What `backfill_credit_notes` numbered (or, in a dry run, would number), by year."""
+
+    numbered: dict[int, list[str]]
+    """The numbers given, by the year of their series (a dry run: none given, see `due`)."""
+    due: dict[int, int]
+    """How many refunds were (or would be) numbered, by year."""
+    none_due: int = 0
+    """Done refunds without a credit note that get none: a payment never credited (no
+    receipt to correct), or one made at the provider whose money is not posted yet."""
+
+    @property
+    def count(self) -> int:
+        return sum(self.due.values())
+
+
+async def credit_note_due(session: AsyncSession, refund: Refund) -> bool:
+    """Whether `issue_credit_note` would number this refund now: done, its money posted, no
+    number yet, of an order that has (or is owed) a receipt."""
+    if refund.credit_note_number is not None or not _done(refund):
+        return False
+    order = await session.get(Order, refund.order_id)
+    if order is None:
+        return False
+    return bool(
+        order.receipt_number is not None
+        or order.fulfilled_at is not None
+        or await applied_at(session, order) is not None
+    )
+
+
+async def backfill_credit_notes(
+    db: Database,
+    actor: Actor,
+    *,
+    dry_run: bool = False,
+    batch_size: int = CREDIT_NOTE_BACKFILL_BATCH,
+) -> CreditNoteBackfill:
+    """Number the credit notes of the done refunds that have none — those completed before
+    credit notes existed — in the order they were completed, each in the series of its
+    completion's year (`issue_credit_note`). Nothing is e-mailed: the payer was told of the
+    refund when it was done; the credit note is linked from the order.
+
+    Read `batch_size` at a time; each refund is numbered in a transaction of its own, which
+    locks what a live completion locks, in the same order (the refund, its order, then the
+    year's counter) and holds the counter only at its end: the worker completing refunds
+    meanwhile waits milliseconds, never deadlocks, and the series keeps no gap nor a number
+    twice. Audited per refund (`credit_note.backfill`, by `actor`). Run again: nothing new."""
+    from simcharge.backoffice import audit
+
+    report = CreditNoteBackfill(numbered={}, due={})
+    completed = func.coalesce(Refund.completed_at, Refund.created_at)
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        query = (
+            select(Refund.id, completed)
+            .where(
+                Refund.state == RefundState.succeeded.value,
+                Refund.credit_note_number.is_(None),
+            )
+            .order_by(completed, Refund.id)
+            .limit(batch_size)
+        )
+        if after is not None:
+            query = query.where(
+                or_(completed > after[0], and_(completed == after[0], Refund.id > after[1]))
+            )
+        async with db.read() as s:
+            page = [(row[0], row[1]) for row in (await s.execute(query)).all()]
+        if not page:
+            return report
+        after = (page[-1][1], page[-1][0])
+        for refund_id, _ in page:
+            if dry_run:
+                async with db.read() as s:
+                    refund = await s.get(Refund, refund_id)
+                    due = refund is not None and await credit_note_due(s, refund)
+                if not due:
+                    report.none_due += 1
+                    continue
+                assert refund is not None
+                year = (refund.completed_at or utcnow()).year
+                report.due[year] = report.due.get(year, 0) + 1
+                continue
+
+            async def number(s: AsyncSession, refund_id: uuid.UUID = refund_id) -> str | None:
+                refund = await s.get(Refund, refund_id, with_for_update=True)
+                if refund is None or refund.credit_note_number is not None:
+                    return ""  # numbered meanwhile (a completion, a payer asking for it)
+                issued = await issue_credit_note(s, refund_id, utcnow())
+                if issued is not None:
+                    await audit.record(
+                        s,
+                        actor,
+                        "credit_note.backfill",
+                        target_type="refund",
+                        target_id=refund_id,
+                        after={"credit_note_number": issued},
+                        details={"order_id": refund.order_id, "completed_at": refund.completed_at},
+                    )
+                return issued
+
+            issued = await db.run(number)
+            if issued is None:
+                report.none_due += 1
+            if not issued:
+                continue
+            year = int(issued[1:5])
+            report.numbered.setdefault(year, []).append(issued)
+            report.due[year] = report.due.get(year, 0) + 1
 
 
 def applied_transfer_id(order_id: uuid.UUID) -> uuid.UUID:

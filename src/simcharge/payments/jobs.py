@@ -233,7 +233,9 @@ async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
 async def credit_note(ctx: JobContext, payload: dict[str, Any]) -> None:
     """Render a done refund's credit note in the payer's language, keep it, and e-mail it to
     them with the refund's notice (`order.refunded`; when their address is verified). The
-    refund's SMS and portal notice went out when it was done (`refunds.complete_refund`)."""
+    refund's SMS and portal notice went out when it was done (`refunds.complete_refund`; of a
+    refund made at the provider, `reversals.tell_payer_of_refund`). A credit note numbered by
+    `simcharge receipts backfill-credit-notes` has no such job: its refund was told long ago."""
     refund_id = _uuid(payload, "refund_id")
     async with ctx.db.read() as s:
         refund = await s.get(Refund, refund_id)
