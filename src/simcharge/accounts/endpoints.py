@@ -6,11 +6,14 @@ import uuid
 from datetime import datetime
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts import privacy
 from simcharge.accounts import service as accounts
 from simcharge.accounts.models import Account
 from simcharge.accounts.schemas import (
+    CloseIn,
     LineAttachIn,
     LineVerifyIn,
     NoticeOut,
@@ -404,6 +407,66 @@ async def lock(
         )
 
     await db.run(run)
+    clear_session_cookie(response, settings)
+    return Done()
+
+
+def export_response(document: dict[str, object], now: datetime) -> JSONResponse:
+    """An export as a download that no cache keeps (the portal's button gets the same)."""
+    return JSONResponse(
+        document,
+        headers={
+            "content-disposition": f'attachment; filename="my-data-{now:%Y%m%d}.json"',
+            "cache-control": "private, no-store",
+        },
+    )
+
+
+@router.get(
+    "/export",
+    summary="A copy of everything held about my account (JSON, a download)",
+    response_class=JSONResponse,
+)
+async def export(customer: CurrentCustomer, db: DB, limits: Limits) -> JSONResponse:
+    await privacy.count_export(limits, customer.account.id)
+    now = utcnow()
+    async with db.read() as s:
+        account = await s.get(Account, customer.account.id)
+        assert account is not None
+        document = await privacy.export_account(s, account, now=now)
+    return export_response(document, now)
+
+
+@router.post(
+    "/close",
+    response_model=Done,
+    summary="Close my account: password (and code) again; lines detached, personal data erased",
+)
+async def close(
+    body: CloseIn,
+    customer: CurrentCustomer,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> Done:
+    privacy.check_closure_input(customer.account, body.password, body.code)
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
+    async def run(s: AsyncSession) -> privacy.Closed | Refused:
+        return await privacy.close_account(
+            s,
+            settings,
+            await _locked_account(s, customer),
+            password=body.password,
+            code=body.code,
+            client=client,
+            now=utcnow(),
+            counted=counted,
+        )
+
+    raise_refused(await db.run(run))
     clear_session_cookie(response, settings)
     return Done()
 

@@ -21,6 +21,13 @@ class AccountStatus(StrEnum):
     """Locked by the customer ("lock my account") or by security rules; unlocked by a code."""
     disabled = "disabled"
     """Closed by staff."""
+    closed = "closed"
+    """Closed by its holder (`accounts.privacy.close_account`): personal data erased, the
+    username a tombstone, lines detached; kept, pseudonymous, for the financial records."""
+
+
+SIGNED_OUT_FOR_GOOD = frozenset({AccountStatus.disabled.value, AccountStatus.closed.value})
+"""Statuses no sign-in, code or reset can get past: answered as a wrong password."""
 
 
 class Account(Base):

@@ -74,3 +74,15 @@ class ReadIn(BaseModel):
     ids: list[uuid.UUID] | None = Field(
         default=None, max_length=READ_AT_ONCE, description=f"None: all; at most {READ_AT_ONCE}"
     )
+
+
+class CloseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(max_length=1024, description="The current password, given again")
+    code: str = Field(
+        default="",
+        max_length=64,
+        description="With two-step verification on: a code from the authenticator, or a "
+        "recovery code",
+    )

@@ -52,6 +52,9 @@ class EventKind(StrEnum):
     """A cookie-authenticated write without the session's CSRF token."""
     alert_sent = "alert_sent"
     """A security alert went out (`details`: which one, by which channels)."""
+    account_closed = "account_closed"
+    """The holder closed the account (`details`: lines detached, sessions ended; nothing
+    personal)."""
 
 
 async def record_event(

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.accounts.models import Account, AccountStatus
+from simcharge.accounts.models import SIGNED_OUT_FOR_GOOD, Account, AccountStatus
 from simcharge.accounts.repository import AccountRepository
 from simcharge.auth import codes, throttle, totp
 from simcharge.auth.client import ClientInfo
@@ -162,13 +162,20 @@ def normalize_login(raw: str) -> tuple[str, str]:
 
 
 async def find_by_login(session: AsyncSession, raw: str) -> Account | None:
+    """The account a login name signs in as; a closed account is no one's (its username is a
+    tombstone and its contacts are gone, but a sign-in never finds it in any case: it answers as
+    an unknown login does, at the same cost)."""
     kind, value = normalize_login(raw)
     repo = AccountRepository(session)
     if kind == "email":
-        return await repo.by_verified_email(value)
-    if kind == "phone":
-        return await repo.by_verified_phone(value)
-    return await repo.by_username(value)
+        account = await repo.by_verified_email(value)
+    elif kind == "phone":
+        account = await repo.by_verified_phone(value)
+    else:
+        account = await repo.by_username(value)
+    if account is not None and account.status == AccountStatus.closed:
+        return None
+    return account
 
 
 async def _held_by_login(session: AsyncSession, raw: str) -> Account | None:
@@ -628,7 +635,7 @@ async def verify_contact_signed_out(
     login and password `credentials_to_verify` has just checked (as it is now: locked or
     disabled meanwhile, refused as at sign-in)."""
     account = await AccountRepository(session).get(account_id, lock=True)
-    if account is None or account.status == AccountStatus.disabled:
+    if account is None or account.status in SIGNED_OUT_FOR_GOOD:
         return Refused(InvalidCredentials())
     if account.status == AccountStatus.locked:
         return Refused(AccountLocked())
@@ -849,7 +856,7 @@ async def check_credentials(
         account is None
         or account_row is None
         or not password_ok
-        or account.status == AccountStatus.disabled
+        or account.status in SIGNED_OUT_FOR_GOOD
     ):
         return await _failed_login(
             session, name_row, account_row, account, client, now, InvalidCredentials(), via=via
@@ -1108,7 +1115,7 @@ def _signed_out_code_for(account: Account | None, purpose: CodePurpose) -> bool:
         return False
     if purpose == CodePurpose.unlock:
         return account.status == AccountStatus.locked and account.lock_reason != "staff"
-    return account.status != AccountStatus.disabled
+    return account.status not in SIGNED_OUT_FOR_GOOD
 
 
 def _verified_target(account: Account, channel: Channel) -> str | None:
@@ -1394,6 +1401,33 @@ def _password_check(
         if await verified(account.password_hash, password):
             return None
         return InvalidCredentials(N_("The current password is wrong."), field=field)
+
+    return check
+
+
+def password_and_code_check(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    password: str,
+    code: str,
+    client: ClientInfo,
+    now: datetime,
+) -> Callable[[], Awaitable[NotAuthenticated | None]]:
+    """The password and, when two-step verification is on, a code from the authenticator (or a
+    recovery code): what a signed-in customer gives again before an irreversible step (for
+    `reauthenticate`)."""
+    password_check = _password_check(account, password, "password")
+
+    async def check() -> NotAuthenticated | None:
+        wrong = await password_check()
+        if wrong is not None:
+            return wrong
+        if account.totp_enabled_at is not None and not await _second_factor_ok(
+            session, settings, account, code, client, now
+        ):
+            return InvalidSecondFactor(field="code")
+        return None
 
     return check
 

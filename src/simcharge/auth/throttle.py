@@ -69,6 +69,7 @@ LIMITS: dict[str, list[RateLimitItem]] = {
     "account-code-sends": parse_many("5/hour;20/day"),
     "account-code-checks": parse_many("10/hour;30/day"),
     "account-reauth": parse_many("10/minute;30/hour"),
+    "account-export": parse_many("5/hour;20/day"),
 }
 PER_ADDRESS = frozenset({"login", "register", "codes", "verify", "reauth"})
 """The actions counted per client address (`address_key`)."""

@@ -1,5 +1,6 @@
 """The security page: password, two-step verification, sessions, sign-in history, alerts,
-locking the account (and unlocking it again with a code)."""
+locking the account (and unlocking it again with a code), downloading a copy of one's data and
+closing the account."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts import privacy
+from simcharge.accounts.endpoints import export_response
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
@@ -61,6 +64,7 @@ EVENT_LABELS: dict[str, str] = {
     EventKind.code_rejected: N_("Wrong code entered"),
     EventKind.csrf_refused: N_("Change refused: it did not come from this site"),
     EventKind.alert_sent: N_("Security alert sent"),
+    EventKind.account_closed: N_("Account closure"),
 }
 
 
@@ -332,6 +336,59 @@ async def lock(
     response = redirect("/unlock?locked=1")
     clear_session_cookie(response, settings)
     return response
+
+
+@router.get("/account/security/export")
+async def export(page: Page, db: DB, limits: Limits) -> Response:
+    """The same document as `GET /api/v1/me/export`, as a download."""
+    account_id = require(page)
+    await privacy.count_export(limits, account_id)
+    now = utcnow()
+    async with db.read() as s:
+        account = await s.get(Account, account_id)
+        assert account is not None
+        document = await privacy.export_account(s, account, now=now)
+    return export_response(document, now)
+
+
+@router.post("/account/security/close")
+async def close(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+    password, code = form.get("password", ""), form.get("code", "").strip()
+    try:
+        if form.get("confirm") != "yes":
+            raise ValidationFailed(
+                N_("Tick the box to confirm that you want to close your account."),
+                field="confirm",
+            )
+        privacy.check_closure_input(page.account, password, code)
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
+
+        async def run(s: AsyncSession) -> privacy.Closed | Refused:
+            return await privacy.close_account(
+                s, settings, await _locked(s, page), password=password, code=code,
+                client=client, now=utcnow(), counted=counted,
+            )
+
+        _refused(await db.run(run))
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            headers=exc.headers, form="close",
+        )
+    response = redirect("/account/closed")
+    clear_session_cookie(response, settings)
+    return response
+
+
+@router.get("/account/closed")
+async def closed(request: Request, page: Page) -> Response:
+    """Where closing the account leads, signed out (the page says only what happened)."""
+    return render(request, page, "account_closed.html")
 
 
 # --- unlocking (signed out: the account is locked) -----------------------------------------------

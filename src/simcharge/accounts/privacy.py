@@ -1,0 +1,450 @@
+"""A customer's own data: a copy of everything held about the account ("download my data"), and
+closing the account ("close my account") — GDPR arts. 15, 17 and 20; ASVS 8.3.2.
+
+Closing keeps what the law asks an operator to keep (orders, payments, refunds, receipts, the
+ledger: they reference the account's id, which stays, pseudonymous) and erases or unlinks the
+rest. The lines are not the login's: a line and what it holds belong to its number, so they are
+detached (free again, to be added by whoever holds the SIM, with a code sent to it)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account, AccountStatus
+from simcharge.auth import service as auth
+from simcharge.auth.client import ClientInfo
+from simcharge.auth.events import EventKind, record_event
+from simcharge.auth.models import (
+    AuthSession,
+    KnownDevice,
+    SecurityEvent,
+    VerificationCode,
+)
+from simcharge.auth.sessions import revoke_all
+from simcharge.auth.throttle import RateLimits
+from simcharge.auth.totp import forget_recovery_codes
+from simcharge.config import Settings
+from simcharge.errors import Conflict, Refused, ValidationFailed
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
+from simcharge.lines.service import line_balances
+from simcharge.notifications.models import MessageLog, Notice
+from simcharge.notifications.service import notify
+from simcharge.orders.models import Order, OrderState, Payment, Refund, RefundState
+from simcharge.tickets.models import Ticket, TicketMessage
+
+EXPORT_FORMAT = "simcharge.account-export/1"
+"""The `format` member of an export: changes when its shape does."""
+
+EXPORT_LIMIT = "account-export"
+"""The rate limit of exports, per account: each one reads everything the account holds."""
+
+TOMBSTONE_PREFIX = "closed-"
+"""A closed account's username: this and its id in hex (39 characters: longer than any username
+one may register, so it never stands in anyone's way and no one can take it)."""
+
+UNUSABLE_HASH = "!closed"
+"""A closed account's password hash: no password matches it (and no sign-in gets as far)."""
+
+
+class ClosureBlocked(Conflict):
+    slug = "account-closure-blocked"
+    title = N_("The account cannot be closed yet.")
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    lines_detached: int
+    sessions_ended: int
+
+
+# --- download my data ------------------------------------------------------------------------
+
+
+def _at(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def export_account(
+    session: AsyncSession, account: Account, *, now: datetime
+) -> dict[str, Any]:
+    """Everything held about the account, as one JSON-ready document: the profile, its lines and
+    what they hold, the orders it placed (with their payments' states and refunds; no provider's
+    secret, reference or raw notification), its tickets (without staff's internal notes), its
+    sessions, known devices, security log, portal notices and the messages sent to it (as the
+    message log keeps them: masked). Orders others placed for its lines are theirs: the lines'
+    balances say what they brought."""
+    aid = account.id
+    lines = (
+        (await session.execute(select(Line).where(Line.account_id == aid).order_by(Line.created_at)))
+        .scalars()
+        .all()
+    )
+    orders = (
+        (
+            await session.execute(
+                select(Order).where(Order.account_id == aid).order_by(Order.created_at, Order.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    order_ids = [o.id for o in orders]
+    payments = {
+        p.order_id: p
+        for p in (
+            await session.execute(select(Payment).where(Payment.order_id.in_(order_ids)))
+        ).scalars()
+    } if order_ids else {}
+    refunds: dict[uuid.UUID, list[Refund]] = {}
+    if order_ids:
+        for r in (
+            await session.execute(
+                select(Refund).where(Refund.order_id.in_(order_ids)).order_by(Refund.created_at)
+            )
+        ).scalars():
+            refunds.setdefault(r.order_id, []).append(r)
+    tickets = (
+        (
+            await session.execute(
+                select(Ticket).where(Ticket.account_id == aid).order_by(Ticket.created_at)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    messages: dict[uuid.UUID, list[TicketMessage]] = {}
+    if tickets:
+        for m in (
+            await session.execute(
+                select(TicketMessage)
+                .where(
+                    TicketMessage.ticket_id.in_([t.id for t in tickets]),
+                    TicketMessage.internal.is_(False),
+                )
+                .order_by(TicketMessage.created_at, TicketMessage.id)
+            )
+        ).scalars():
+            messages.setdefault(m.ticket_id, []).append(m)
+    sessions = (
+        await session.execute(
+            select(AuthSession).where(AuthSession.account_id == aid).order_by(AuthSession.created_at)
+        )
+    ).scalars()
+    devices = (
+        await session.execute(
+            select(KnownDevice)
+            .where(KnownDevice.account_id == aid)
+            .order_by(KnownDevice.first_seen_at)
+        )
+    ).scalars()
+    events = (
+        await session.execute(
+            select(SecurityEvent)
+            .where(SecurityEvent.account_id == aid)
+            .order_by(SecurityEvent.created_at, SecurityEvent.id)
+        )
+    ).scalars()
+    notices = (
+        await session.execute(
+            select(Notice).where(Notice.account_id == aid).order_by(Notice.created_at, Notice.id)
+        )
+    ).scalars()
+    sent = (
+        await session.execute(
+            select(MessageLog)
+            .where(MessageLog.account_id == aid)
+            .order_by(MessageLog.created_at, MessageLog.id)
+        )
+    ).scalars()
+    return {
+        "format": EXPORT_FORMAT,
+        "exported_at": now.isoformat(),
+        "account": {
+            "id": str(aid),
+            "username": account.username,
+            "display_name": account.display_name,
+            "email": account.email,
+            "email_verified_at": _at(account.email_verified_at),
+            "email_pending": account.email_pending,
+            "phone": account.phone,
+            "phone_verified_at": _at(account.phone_verified_at),
+            "phone_pending": account.phone_pending,
+            "language": account.language,
+            "status": account.status,
+            "two_step_verification": account.totp_enabled_at is not None,
+            "two_step_enabled_at": _at(account.totp_enabled_at),
+            "password_changed_at": _at(account.password_changed_at),
+            "created_at": _at(account.created_at),
+            "updated_at": _at(account.updated_at),
+        },
+        "lines": [
+            {
+                "id": str(line.id),
+                "msisdn": line.msisdn,
+                "iccid": line.iccid,
+                "label": line.label,
+                "state": line.state,
+                "validity_end": _at(line.validity_end),
+                "last_activity_at": _at(line.last_activity_at),
+                "balances": (await line_balances(session, line, now=now)).model_dump(mode="json"),
+            }
+            for line in lines
+        ],
+        "orders": [
+            {
+                "id": str(o.id),
+                "reference": o.reference,
+                "msisdn": o.msisdn,
+                "plan": o.plan_code,
+                "method": o.method_code,
+                "currency": o.currency,
+                "price": o.price,
+                "fee": o.fee,
+                "total": o.total,
+                "state": o.state,
+                "created_at": _at(o.created_at),
+                "paid_at": _at(o.paid_at),
+                "fulfilled_at": _at(o.fulfilled_at),
+                "closed_at": _at(o.closed_at),
+                "paid_amount": o.paid_amount,
+                "paid_currency": o.paid_currency,
+                "receipt_number": o.receipt_number,
+                "refunded_amount": o.refunded_amount,
+                "payment": (
+                    {
+                        "provider": payments[o.id].provider,
+                        "state": payments[o.id].state,
+                        "created_at": _at(payments[o.id].created_at),
+                    }
+                    if o.id in payments
+                    else None
+                ),
+                "refunds": [
+                    {
+                        "reference": r.reference,
+                        "amount": r.amount,
+                        "currency": r.currency,
+                        "state": r.state,
+                        "created_at": _at(r.created_at),
+                        "completed_at": _at(r.completed_at),
+                    }
+                    for r in refunds.get(o.id, [])
+                ],
+            }
+            for o in orders
+        ],
+        "tickets": [
+            {
+                "number": t.number,
+                "subject": t.subject,
+                "status": t.status,
+                "order_id": str(t.order_id) if t.order_id else None,
+                "line_id": str(t.line_id) if t.line_id else None,
+                "created_at": _at(t.created_at),
+                "updated_at": _at(t.updated_at),
+                "messages": [
+                    {"author": m.author, "body": m.body, "created_at": _at(m.created_at)}
+                    for m in messages.get(t.id, [])
+                ],
+            }
+            for t in tickets
+        ],
+        "sessions": [
+            {
+                "created_at": _at(r.created_at),
+                "last_seen_at": _at(r.last_seen_at),
+                "expires_at": _at(r.expires_at),
+                "ip": r.ip,
+                "user_agent": r.user_agent,
+                "two_step": r.mfa,
+                "ended_at": _at(r.revoked_at),
+                "ended_because": r.revoked_reason,
+            }
+            for r in sessions
+        ],
+        "known_devices": [
+            {
+                "user_agent": d.user_agent,
+                "first_seen_at": _at(d.first_seen_at),
+                "last_seen_at": _at(d.last_seen_at),
+            }
+            for d in devices
+        ],
+        "security_events": [
+            {
+                "kind": e.kind,
+                "success": e.success,
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+                "details": e.details,
+                "created_at": _at(e.created_at),
+            }
+            for e in events
+        ],
+        "notices": [
+            {
+                "template": n.template,
+                "params": n.params,
+                "line_id": str(n.line_id) if n.line_id else None,
+                "created_at": _at(n.created_at),
+                "read_at": _at(n.read_at),
+            }
+            for n in notices
+        ],
+        "messages_sent": [
+            {
+                "channel": m.channel,
+                "template": m.template,
+                "to": m.target,
+                "subject": m.subject,
+                "status": m.status,
+                "created_at": _at(m.created_at),
+            }
+            for m in sent
+        ],
+        "preferences": {"language": account.language},
+    }
+
+
+async def count_export(limits: RateLimits, account_id: uuid.UUID) -> None:
+    """Count one export against the account's limit (`TooManyAttempts` past it)."""
+    await limits.hit(EXPORT_LIMIT, str(account_id))
+
+
+# --- close my account ------------------------------------------------------------------------
+
+
+async def _closure_blocked(session: AsyncSession, account_id: uuid.UUID) -> ClosureBlocked | None:
+    """Why the account cannot be closed now, if it cannot: money on its way (an order waiting
+    for its payment, a refund asked of the provider) must land on a known account first."""
+    pending_order = await session.scalar(
+        select(
+            exists().where(Order.account_id == account_id, Order.state == OrderState.pending.value)
+        )
+    )
+    if pending_order:
+        return ClosureBlocked(
+            N_("An order is waiting for its payment. Pay or cancel it, or wait until it expires, "
+               "then close the account."),
+            field="orders",
+        )  # fmt: skip
+    pending_refund = await session.scalar(
+        select(
+            exists().where(
+                Refund.order_id == Order.id,
+                Order.account_id == account_id,
+                Refund.state == RefundState.pending.value,
+            )
+        )
+    )
+    if pending_refund:
+        return ClosureBlocked(
+            N_("A refund is in progress. Close the account once it is done."), field="refunds"
+        )
+    return None
+
+
+def check_closure_input(account: Account, password: str, code: str) -> None:
+    """What closing needs that no count is spent on: the password, and the code when two-step
+    verification is on (`ValidationFailed` naming the missing field)."""
+    if not password:
+        raise ValidationFailed(N_("This field is required."), field="password")
+    if account.totp_enabled_at is not None and not code.strip():
+        raise ValidationFailed(N_("This field is required."), field="code")
+
+
+async def close_account(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    *,
+    password: str,
+    code: str = "",
+    client: ClientInfo,
+    now: datetime,
+    counted: auth.Reauthentication,
+) -> Closed | Refused:
+    """Close the account of a signed-in customer, who gives the password again (and a code when
+    two-step verification is on; `counted` by `auth.count_reauthentication` before the
+    transaction, which `account`'s lock opened).
+
+    Refused (409 `account-closure-blocked`) while an order waits for its payment or a refund is
+    in progress. Then, in one transaction: the confirmation is queued to the verified contacts
+    (their addresses in the job, before they are erased); the lines are detached, with their
+    balances (a line belongs to its number, not to the login); every session ends; codes,
+    recovery codes, known devices and portal notices are deleted, and the sessions kept for the
+    record lose their address and device; the username becomes a tombstone, the contacts, the
+    display name, the password and the TOTP secret are erased. Orders, payments, refunds,
+    receipts and the ledger stay (the law keeps them), on the account's id."""
+    check_closure_input(account, password, code)
+    if account.status == AccountStatus.closed:
+        raise ClosureBlocked(N_("The account is closed already."))
+    blocked = await _closure_blocked(session, account.id)
+    if blocked is not None:
+        raise blocked
+    refused = await auth.reauthenticate(
+        session,
+        settings,
+        account,
+        auth.password_and_code_check(session, settings, account, password, code.strip(), client, now),
+        kind=EventKind.account_closed,
+        client=client,
+        now=now,
+        counted=counted,
+    )
+    if refused is not None:
+        return refused
+    targets: dict[str, str] = {}
+    if account.email and account.email_verified_at is not None:
+        targets["email"] = account.email
+    if account.phone and account.phone_verified_at is not None:
+        targets["sms"] = account.phone
+    if targets:
+        await notify(
+            session,
+            account_id=account.id,
+            template="account.closed",
+            channels=list(targets.keys()),
+            targets=targets,
+        )
+    detached = await session.execute(
+        update(Line).where(Line.account_id == account.id).values(account_id=None, label=None)
+    )
+    lines_detached = int(getattr(detached, "rowcount", 0) or 0)
+    ended = await revoke_all(session, account.id, reason="account_closed", now=now)
+    await session.execute(
+        update(AuthSession)
+        .where(AuthSession.account_id == account.id)
+        .values(ip=None, user_agent=None, device_hash=None)
+    )
+    await session.execute(delete(VerificationCode).where(VerificationCode.account_id == account.id))
+    await session.execute(delete(KnownDevice).where(KnownDevice.account_id == account.id))
+    await session.execute(delete(Notice).where(Notice.account_id == account.id))
+    await forget_recovery_codes(session, account.id)
+    account.username = f"{TOMBSTONE_PREFIX}{account.id.hex}"
+    account.display_name = None
+    account.email = account.email_pending = account.email_verified_at = None
+    account.phone = account.phone_pending = account.phone_verified_at = None
+    account.password_hash = UNUSABLE_HASH
+    account.password_changed_at = None
+    account.totp_secret_sealed = None
+    account.totp_enabled_at = account.totp_last_step = None
+    account.locked_at = account.lock_reason = None
+    account.status = AccountStatus.closed.value
+    account.updated_at = now
+    await session.flush()
+    await record_event(
+        session,
+        EventKind.account_closed,
+        account_id=account.id,
+        details={"lines_detached": lines_detached, "sessions_ended": ended},
+        now=now,
+    )
+    return Closed(lines_detached=lines_detached, sessions_ended=ended)
