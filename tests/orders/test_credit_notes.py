@@ -242,39 +242,29 @@ async def test_a_chinese_credit_note_has_its_glyphs_and_traditional_forms(
 
 
 async def test_the_order_page_and_my_orders_link_the_credit_notes(
-    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
-    """Beside the receipt, each credit note (the templates take `credit_notes`, which the
-    portal's routes give from `refunds.credit_notes_of`)."""
-    import simcharge.portal.account as portal_account
-
+    """Beside the receipt, each credit note, on the order's page and on "My orders"
+    (`refunds.credit_notes_of`); an order without one links none."""
     staff = await _staff(db)
     payer = await new_payer(db, settings)
     order = await _credited(client, settings, payer, plan="traveller-20")
+    other = await _credited(client, settings, payer, plan="traveller-20")
     await _refund(client, staff, order["id"], amount=500)
     await run_worker(app, db, settings)
     oid = uuid.UUID(order["id"])
     async with db.read() as s:
-        notes = await credit_notes_of(s, [oid])
+        notes = await credit_notes_of(s, [oid, uuid.UUID(other["id"])])
+    assert list(notes) == [oid]
     [note] = notes[oid]
-    shown = portal_account.render
-
-    def render(*args: Any, **context: Any) -> Any:
-        template = args[2]
-        if template == "order.html":
-            context["credit_notes"] = notes.get(context["order"].id, [])
-        elif template == "records.html":
-            context["credit_notes"] = notes
-        return shown(*args, **context)
-
-    monkeypatch.setattr(portal_account, "render", render)
     client.cookies.set("sc_session", payer.token)
     link = f"/api/v1/refunds/{note.id}/credit-note?lang=en"
     for page in (f"/account/orders/{oid}", "/account/records"):
         r = await client.get(page)
         assert r.status_code == 200, r.text
         assert link in r.text and f"Credit note {note.credit_note_number} (PDF)" in r.text, page
+    r = await client.get(f"/account/orders/{other['id']}")
+    assert r.status_code == 200 and "/credit-note" not in r.text
 
 
 async def test_a_refund_not_done_or_refused_has_no_credit_note(

@@ -7,7 +7,7 @@ import csv
 import io
 import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -41,8 +41,8 @@ from simcharge.lines.service import holdings_from, line_balances
 from simcharge.notifications.service import NOTICES_OF, mark_read
 from simcharge.notifications.templates import notice_title
 from simcharge.orders import service as orders
-from simcharge.orders.models import Order, OrderState, Payment
-from simcharge.orders.refunds import applied_orders
+from simcharge.orders.models import Order, OrderState, Payment, Refund
+from simcharge.orders.refunds import applied_orders, credit_notes_of
 from simcharge.payments import service as payments
 from simcharge.payments.providers.base import PaymentFlow
 from simcharge.payments.registry import Providers
@@ -404,10 +404,10 @@ def qr_svg(payload: str) -> Markup:
 
 async def _order_and_payment(
     db: DB, account_id: uuid.UUID, order_id: uuid.UUID
-) -> tuple[Order, Payment, LineBalances | None, bool]:
-    """The order, its payment, the line's balances once credited, and whether finance put the
+) -> tuple[Order, Payment, LineBalances | None, bool, list[Refund]]:
+    """The order, its payment, the line's balances once credited, whether finance put the
     payment on the line's balance (`applied_at`: known at once, before the worker numbers its
-    receipt)."""
+    receipt), and its refunds that have a credit note."""
     async with db.read() as s:
         order = await orders.own_order(s, account_id, order_id)
         payment = await orders.payment_of(s, order.id)
@@ -418,7 +418,8 @@ async def _order_and_payment(
             else None
         )
         applied = await orders.applied_at(s, order) is not None
-    return order, payment, balances, applied
+        notes = (await credit_notes_of(s, [order.id])).get(order.id, [])
+    return order, payment, balances, applied, notes
 
 
 @router.get("/account/orders/{order_id}")
@@ -427,7 +428,9 @@ async def order_page(
     cancelled: str | None = None,
 ) -> Response:
     account_id = require(page)
-    order, payment, balances, applied = await _order_and_payment(db, account_id, _uuid(order_id))
+    order, payment, balances, applied, notes = await _order_and_payment(
+        db, account_id, _uuid(order_id)
+    )
     # Only a pending order changes by itself: a `paid` one (paid, not credited) waits for finance.
     waiting = order.state == "pending"
     qr = (
@@ -437,7 +440,7 @@ async def order_page(
     )
     return render(
         request, page, "order.html", order=order, payment=payment, balances=balances,
-        applied=applied, waiting=waiting, qr=qr, cancelled=bool(cancelled),
+        applied=applied, credit_notes=notes, waiting=waiting, qr=qr, cancelled=bool(cancelled),
         plan_name=pick_text(order.plan_snapshot.get("names", {}), page.language) or order.plan_code,
         pay_url=_pay_url(settings, order, payment),
     )
@@ -544,6 +547,8 @@ class _Records:
     applied: frozenset[uuid.UUID] = frozenset()
     """The orders whose payment finance put on the line's balance: their receipt is linked at
     once, as on the order's page (`orders.applied_at`), not once the worker has numbered it."""
+    credit_notes: dict[uuid.UUID, list[Refund]] = field(default_factory=dict)
+    """The listed orders' refunds that have a credit note, linked beside the receipt."""
 
 
 async def _records(
@@ -581,6 +586,7 @@ async def _records(
         uncredited = [o.id for o in recent_orders
                       if o.fulfilled_at is None and o.state in _MAY_BE_APPLIED]
         applied = frozenset(await applied_orders(s, uncredited)) if uncredited else frozenset()
+        notes = await credit_notes_of(s, [o.id for o in recent_orders]) if recent_orders else {}
         # A record names the order it came from: linked only when the order is the viewer's
         # (a top-up given to this line by someone else is the giver's order).
         named = {r.order_id for r in rows if r.order_id}
@@ -594,7 +600,9 @@ async def _records(
         } if named else {}
         rows = [r if r.order_id in mine or not r.order_id else replace(r, order_id=None)
                 for r in rows]
-    return _Records(lines, rows, values, recent_orders, mine, found.older, older_orders, applied)
+    return _Records(
+        lines, rows, values, recent_orders, mine, found.older, older_orders, applied, notes
+    )
 
 
 @router.get("/account/records")
@@ -607,6 +615,7 @@ async def records(request: Request, page: Page, db: DB) -> Response:
     return render(
         request, page, "records.html", lines=found.lines, rows=found.rows, values=found.values,
         kinds=KINDS, orders=found.orders, references=found.references, applied=found.applied,
+        credit_notes=found.credit_notes,
         csv_query=urlencode({k: v for k, v in found.values.items() if v}),
         older=_older(kept, "", found.older),
         older_orders=_older(kept, "orders_", found.older_orders),
