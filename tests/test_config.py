@@ -158,3 +158,15 @@ def test_env_example_shows_defaults_uncommented_and_examples_commented() -> None
     assert from_file.model_dump() == defaults.model_dump()
     header = "\n".join(lines[:3]).lower()
     assert "uncommented" in header and "example" in header
+
+
+def test_an_approval_threshold_in_an_unknown_currency_stops_the_start() -> None:
+    """`SIMCHARGE_ADJUSTMENT_APPROVAL_CURRENCIES` is read by `kit.money.amounts_by_currency`, as
+    the transfer settings are: a code that is no ISO 4217 currency (before, accepted and never
+    matched) or a currency named twice stops the start, naming the setting."""
+    for bad, said in (("XYZ:100", "not an ISO 4217 currency"), ("CNY:1,CNY:2", "named twice")):
+        with pytest.raises(ValidationError, match=f"ADJUSTMENT_APPROVAL_CURRENCIES: .*{said}"):
+            Settings(_env_file=None, adjustment_approval_currencies=bad)
+    assert Settings(_env_file=None).approval_currencies == {
+        "CNY": 14000, "HKD": 16000, "TWD": 64000, "PHP": 110000
+    }

@@ -303,6 +303,10 @@ class Settings(BaseSettings):
             raise ValueError("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
         if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
             raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
+        try:
+            amounts_by_currency(self.adjustment_approval_currencies)
+        except ValueError as exc:
+            raise ValueError(f"SIMCHARGE_ADJUSTMENT_APPROVAL_CURRENCIES: {exc}") from None
         listed: set[str] = set()
         for name in ("min_amounts", "max_amounts", "fee_fixed_amounts"):
             try:
@@ -368,10 +372,7 @@ class Settings(BaseSettings):
 
     @property
     def approval_currencies(self) -> dict[str, int]:
-        if not self.adjustment_approval_currencies:
-            return {}
-        pairs = (part.split(":", 1) for part in self.adjustment_approval_currencies.split(","))
-        return {currency: int(amount) for currency, amount in pairs}
+        return amounts_by_currency(self.adjustment_approval_currencies)
 
     def transfer_money_terms(self, currency: str) -> tuple[int, int, int]:
         """The smallest and largest money transfer from a wallet in `currency`, and the fixed
