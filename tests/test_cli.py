@@ -162,23 +162,28 @@ def test_apikey_create_and_revoke(cli_env: str) -> None:
     assert invoke("apikey", "revoke", prefix)[0] == 0
     code, out = invoke("apikey", "revoke", prefix)
     assert code == 1 and "no live key" in out
-    # who made and who revoked the key is in the audit log; the refusals left nothing there
-    async def entries() -> list[tuple[str, str | None, str, Any]]:
+    # who made and who revoked the key is in the audit log, the revocation with the key's state
+    # before and after (as the back office records it); the refusals left nothing there
+    async def entries() -> list[tuple[str, str | None, str, Any, Any]]:
         from simcharge.backoffice.models import AuditEntry
 
         db = Database.from_url(cli_env)
         try:
             async with db.read() as s:
                 rows = (await s.execute(select(AuditEntry).order_by(AuditEntry.at))).scalars()
-                return [(e.action, e.target_id, e.actor, e.after) for e in rows]
+                return [(e.action, e.target_id, e.actor, e.before, e.after) for e in rows]
         finally:
             await db.dispose()
 
     actor = f"cli:{getpass.getuser()}"
-    assert asyncio.run(entries()) == [
-        ("apikey.create", prefix, actor, {"name": "crm", "scopes": ["lines:read"]}),
-        ("apikey.revoke", prefix, actor, None),
-    ]
+    created, revoked = asyncio.run(entries())
+    assert created == (
+        "apikey.create", prefix, actor, None, {"name": "crm", "scopes": ["lines:read"]}
+    )
+    assert revoked[:4] == (
+        "apikey.revoke", prefix, actor, {"state": "live", "expires_at": None}
+    )
+    assert revoked[4]["state"] == "revoked" and revoked[4]["revoked_at"]
 
 
 def _start(tmp_path: Path, command: str, **settings: str) -> subprocess.CompletedProcess[str]:

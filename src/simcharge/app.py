@@ -17,6 +17,7 @@ from simcharge.api.problems import document_problems, install_problem_handlers
 from simcharge.api.system import mount_docs_assets
 from simcharge.api.system import router as system_router
 from simcharge.auth.endpoints import router as auth_router
+from simcharge.auth.passkey_endpoints import router as passkey_router
 from simcharge.auth.throttle import RateLimits
 from simcharge.backoffice.endpoints import router as backoffice_api_router
 from simcharge.backoffice.screens import install_backoffice
@@ -49,6 +50,7 @@ from simcharge.worker.admin import router as jobs_admin_router
 ROUTERS: tuple[APIRouter, ...] = (
     system_router,
     auth_router,
+    passkey_router,
     me_router,
     catalog_router,
     lines_router,

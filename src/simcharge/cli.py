@@ -48,6 +48,8 @@ staff_app = typer.Typer(help="Back-office staff users.", no_args_is_help=True)
 app.add_typer(staff_app, name="staff")
 receipts_app = typer.Typer(help="Receipts and credit notes.", no_args_is_help=True)
 app.add_typer(receipts_app, name="receipts")
+privacy_app = typer.Typer(help="Customers' personal data.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 
 
 def _database(settings: Settings) -> Database:
@@ -113,6 +115,37 @@ def _check_rate_limits_with_workers(settings: Settings, workers: int) -> None:
     )
 
 
+def _check_operator_zone_in_database(settings: Settings) -> None:
+    """The reports count the operator's days in PostgreSQL by its own copy of the time zone
+    database (`backoffice.reports._local_day`). The setting was checked against Python's at
+    start; a PostgreSQL older than the zone (one created after its tzdata) would refuse every
+    report. So at start: a PostgreSQL that does not know the zone stops the start in one line.
+    A database that cannot be reached now is not this check's to judge (`/readyz` says it)."""
+    if settings.is_sqlite or settings.operator_timezone == "UTC":
+        return
+    from sqlalchemy import text
+
+    async def known(db: Database) -> bool:
+        async with db.read() as s:
+            found = await s.execute(
+                text("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = :zone)"),
+                {"zone": settings.operator_timezone},
+            )
+            return bool(found.scalar())
+
+    try:
+        knows = _run(known, said=False)
+    except (OSError, DBAPIError):
+        return
+    if not knows:
+        _fail(
+            f"simcharge: PostgreSQL does not know the time zone {settings.operator_timezone!r} "
+            "(SIMCHARGE_OPERATOR_TIMEZONE): update its time zone data (tzdata) or choose a zone "
+            "it knows (the view pg_timezone_names lists them)",
+            2,
+        )
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -157,6 +190,7 @@ def serve(
     configure_logging(settings.log_level, json=settings.log_json)
     _warn_of_sqlite_in_production(settings)
     _check_rate_limits_with_workers(settings, workers)
+    _check_operator_zone_in_database(settings)
     # Before uvicorn starts the processes: they inherit the directory and count into it.
     prepare_multiprocess(workers)
 
@@ -211,6 +245,7 @@ def worker(
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     _warn_of_sqlite_in_production(settings)
+    _check_operator_zone_in_database(settings)
 
     async def work(db: Database) -> None:
         w = Worker(db, settings, concurrency=concurrency)
@@ -595,22 +630,18 @@ def apikey_rotate(
 def apikey_revoke(
     prefix: Annotated[str, typer.Argument(help="The key's prefix (sck_<prefix>_…).")],
 ) -> None:
-    """Revoke an API key at once."""
-    from simcharge.auth.apikeys import revoke_api_key
+    """Revoke an API key at once (an expired one too); audited with its state before."""
+    from simcharge.auth.apikeys import ApiKeyNotFound, staff_revoke_api_key
     from simcharge.backoffice import audit
 
     async def revoke(db: Database) -> bool:
         async with db.transaction() as session:
-            revoked = await revoke_api_key(session, prefix)
-            if revoked:
-                await audit.record(
-                    session,
-                    audit.command_line_actor("apikey revoke"),
-                    "apikey.revoke",
-                    target_type="api_key",
-                    target_id=prefix,
-                )
-            return revoked
+            actor = audit.command_line_actor("apikey revoke")
+            try:
+                await staff_revoke_api_key(session, actor, prefix)
+            except ApiKeyNotFound:
+                return False
+            return True
 
     if not _run(revoke):
         _fail(f"no live key with prefix {prefix}", 1)
@@ -760,6 +791,34 @@ def receipts_backfill_credit_notes(
         f"{verb} {report.count} credit note(s); {report.none_due} done refund(s) get none "
         "(a payment never credited, or money not posted yet)"
     )
+
+
+@privacy_app.command(
+    "sweep",
+    help="Delete or anonymise now what the retention settings (SIMCHARGE_RETENTION_*_DAYS) have "
+    "made due, as the worker's daily privacy.retention job does; print how many rows each rule "
+    "changed. Safe while the worker runs. Orders, payments, refunds, receipts, the ledger and "
+    "the audit log are never touched.",
+)
+def privacy_sweep(
+    dry_run: Annotated[
+        bool, typer.Option(help="Count what each rule would change; change nothing.")
+    ] = False,
+) -> None:
+    from simcharge.accounts.retention import RULES, RetentionReport, sweep
+
+    settings = get_settings()
+
+    async def run(db: Database) -> RetentionReport:
+        return await sweep(db, settings, dry_run=dry_run)
+
+    report = _run(run)
+    for rule in RULES:
+        days = rule.days(settings)
+        done = "kept for ever" if days == 0 else f"{report.changed[rule.name]}"
+        typer.echo(f"  {rule.name:24} {done:>14}  ({'SIMCHARGE_' + rule.setting.upper()}={days})")
+    verb = "would change" if dry_run else "changed"
+    typer.echo(f"{verb} {sum(report.changed.values())} row(s)")
 
 
 def _settings_error(exc: SettingsError) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +107,12 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_from: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
+    passkey_rp_id: str | None = None
+    """The WebAuthn relying party id passkeys are bound to (a domain name, the site's or one
+    it is under); unset: the host of `base_url`, and no passkeys when that is an IP address."""
+    passkey_origins: str | None = None
+    """The origins (`https://host[:port]`, comma-separated) a passkey ceremony may come from;
+    unset: `base_url`'s."""
 
     # --- Orders and the sandbox payment provider ---------------------------------------------
     order_ttl_minutes: int = Field(default=30, ge=5, le=1440)
@@ -136,6 +144,37 @@ class Settings(BaseSettings):
     or only customer service (`lifecycle.service.unfreeze`)."""
     lifecycle_batch_size: int = Field(default=1000, ge=10, le=100_000)
     """Lines (or buckets) changed per transaction by the lifecycle sweep."""
+
+    # --- Data retention (`accounts.retention`: the daily `privacy.retention` job) -----------
+    # Days after which each kind of personal or operational data is deleted or anonymised; 0:
+    # kept for ever; a negative number stops the start. README, "Data retention".
+    retention_security_client_days: int = Field(default=90, ge=0, le=36500)
+    """Security events lose their IP address and user agent this long after they happened."""
+    retention_security_events_days: int = Field(default=730, ge=0, le=36500)
+    """Security events are deleted this long after they happened."""
+    retention_sessions_days: int = Field(default=90, ge=0, le=36500)
+    """Customer and staff sessions are deleted this long after they ended (absolute timeout)."""
+    retention_codes_days: int = Field(default=30, ge=0, le=36500)
+    """One-time codes (and the address or number they went to) are deleted this long after
+    they expired."""
+    retention_devices_days: int = Field(default=365, ge=0, le=36500)
+    """A known device not seen for this long is forgotten (a sign-in from it alerts again)."""
+    retention_throttles_days: int = Field(default=30, ge=0, le=36500)
+    """A login name's failure count untouched for this long (and not locked out) is deleted."""
+    retention_messages_days: int = Field(default=180, ge=0, le=36500)
+    """The log of e-mails and SMS sent is deleted after this long."""
+    retention_notices_days: int = Field(default=365, ge=0, le=36500)
+    """Portal notices are deleted after this long."""
+    retention_idempotency_days: int = Field(default=30, ge=0, le=36500)
+    """Orders' `Idempotency-Key`s are forgotten after this long (a retry later orders again)."""
+    retention_provider_bodies_days: int = Field(default=180, ge=0, le=36500)
+    """Payment notifications lose their raw body, headers and payload (payer names, e-mail
+    addresses) this long after they arrived; what they reported stays."""
+    retention_charging_sessions_days: int = Field(default=90, ge=0, le=36500)
+    """Closed charging sessions (subscriber ids, answers) are deleted this long after they
+    opened."""
+    retention_batch_size: int = Field(default=1000, ge=10, le=100_000)
+    """Rows deleted or anonymised per transaction by the retention sweep."""
 
     # --- Balance transfers between lines (TMF654 transferBalance, the portal) ---------------
     balance_transfer_fee_percent: Decimal = Field(default=Decimal("0"), ge=0, le=50)
@@ -352,6 +391,45 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _passkeys_on_a_domain(self) -> Settings:
+        """A relying party id set by hand must be a domain name that each passkey origin is
+        on: a passkey made for it would otherwise never work (browsers refuse an IP address)."""
+        if self.passkey_rp_id is not None:
+            rp_id = self.passkey_rp_id.strip().lower()
+            if not _is_domain(rp_id):
+                raise ValueError(
+                    "SIMCHARGE_PASSKEY_RP_ID must be a domain name (browsers refuse an IP "
+                    "address); unset it to turn passkeys off on a site reached by address"
+                )
+            for origin in self.passkey_origin_list:
+                host = (urlsplit(origin).hostname or "").lower()
+                if host != rp_id and not host.endswith("." + rp_id):
+                    raise ValueError(
+                        f"SIMCHARGE_PASSKEY_RP_ID: the origin {origin} is not on {rp_id}"
+                    )
+        return self
+
+    @property
+    def passkey_origin_list(self) -> list[str]:
+        """The origins passkey ceremonies may come from (scheme, host and port, no path)."""
+        raw = self.passkey_origins or self.base_url
+        origins = []
+        for item in raw.split(","):
+            parts = urlsplit(item.strip())
+            if parts.scheme and parts.netloc:
+                origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+        return origins
+
+    @property
+    def passkey_rp(self) -> str | None:
+        """The relying party id of passkeys, or None when they are off (the site is reached by
+        an IP address and no `passkey_rp_id` names its domain)."""
+        if self.passkey_rp_id is not None:
+            return self.passkey_rp_id.strip().lower()
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        return host if _is_domain(host) else None
+
+    @model_validator(mode="after")
     def _one_private_key_source(self) -> Settings:
         for name in ("alipay_private_key", "wechatpay_private_key"):
             if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
@@ -394,6 +472,17 @@ class Settings(BaseSettings):
     def secure_cookies(self) -> bool:
         """Cookies are `Secure` (and `__Host-` prefixed) whenever the site is served over https."""
         return self.base_url.startswith("https://")
+
+
+def _is_domain(host: str) -> bool:
+    """A host name a WebAuthn relying party id may be: not an IP address, not empty."""
+    if not host or host.startswith(".") or host.endswith("."):
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    return False
 
 
 def settings_problems(exc: ValidationError) -> list[str]:

@@ -1,5 +1,6 @@
 """Every table, imported in one place so Alembic and the tests see the whole schema."""
 
+import simcharge.accounts.retention  # noqa: F401 - the retention sweep's indexes
 from simcharge.accounts.models import Account
 from simcharge.auth.models import (
     ApiKey,

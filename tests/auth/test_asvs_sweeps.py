@@ -6,6 +6,7 @@ was wrong, it was fixed with the test."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from simcharge.app import create_app
+from simcharge.auth.models import Passkey
 from simcharge.backoffice.models import AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -52,6 +54,7 @@ class World:
     ticket_id: str
     session_id: str
     bucket_id: str
+    passkey_id: str
 
 
 @pytest.fixture
@@ -80,7 +83,17 @@ async def world(client: httpx.AsyncClient, db: Database, settings: Settings, sho
         bucket = (
             await s.execute(select(Bucket.id).where(Bucket.line_id == owner.line.id))
         ).scalars().first()
-    return World(owner, other, order_id, ticket_id, session_id, str(bucket))
+    passkey = Passkey(
+        account_id=owner.account_id, credential_id=os.urandom(32), public_key=os.urandom(77),
+        transports=["internal"], aaguid=str(uuid.UUID(int=0)), name="Owner's phone",
+    )
+    await db.run(lambda s: _added(s, passkey))
+    return World(owner, other, order_id, ticket_id, session_id, str(bucket), str(passkey.id))
+
+
+async def _added(s: Any, row: Any) -> None:
+    s.add(row)
+    await s.flush()
 
 
 # (method, path, body) — `{line}`, `{order}`, `{ticket}`, `{session}`, `{bucket}` are the
@@ -122,6 +135,10 @@ IDOR_CASES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("portal", "POST", "/account/lines/{line}/transfer",
      {"what": "monetary", "amount": "1", "to": "+14155550199"}),
     ("portal", "POST", "/account/security/sessions/{session}/end", {}),
+    ("api", "PATCH", "/api/v1/me/passkeys/{passkey}", {"name": "taken"}),
+    ("api", "DELETE", "/api/v1/me/passkeys/{passkey}", None),
+    ("portal", "POST", "/account/security/passkeys/{passkey}/rename", {"name": "taken"}),
+    ("portal", "POST", "/account/security/passkeys/{passkey}/remove", {}),
     ("portal", "GET", "/account/topup/review?line={line}&plan=traveller-20&method=sandbox", None),
 ]
 
@@ -134,6 +151,7 @@ def _fill(text: str, w: World) -> str:
         .replace("{ticket}", w.ticket_id)
         .replace("{session}", w.session_id)
         .replace("{bucket}", w.bucket_id)
+        .replace("{passkey}", w.passkey_id)
     )
 
 
@@ -167,6 +185,8 @@ async def test_another_customers_resource_is_not_found_everywhere(
     assert o.status_code == 200 and o.json()["state"] == "pending"
     t = await client.get(f"/api/v1/me/tickets/{world.ticket_id}", headers=bearer(world.owner))
     assert len(t.json()["messages"]) == 1
+    keys = await client.get("/api/v1/me/passkeys", headers=bearer(world.owner))
+    assert [(k["id"], k["name"]) for k in keys.json()] == [(world.passkey_id, "Owner's phone")]
 
 
 _SWEPT_PREFIXES = ("/api/v1/me", "/api/v1/orders", "/account")
@@ -176,7 +196,7 @@ def test_the_idor_sweep_covers_every_customer_route_with_an_id(app: FastAPI) -> 
     """Meta: a new customer route taking an id must be added to IDOR_CASES."""
     swept = {re.sub(r"\?.*", "", p) for _, _, p, _ in IDOR_CASES}
     names = {"line_id": "line", "order_id": "order", "ticket_id": "ticket",
-             "session_id": "session"}
+             "session_id": "session", "passkey_id": "passkey"}
     missing = []
     for route in app.routes:
         path = getattr(route, "path", "")

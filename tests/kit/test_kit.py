@@ -148,14 +148,17 @@ def test_moments_read_alike_everywhere_in_utc() -> None:
 
     when = datetime(2026, 12, 31, 18, 30, tzinfo=UTC)
     assert moment_text("en", when).replace("\u202f", " ") == "Dec 31, 2026, 6:30:00 PM UTC"
-    # the same instant seen from Shanghai is still written in UTC, on UTC's day
+    # the same instant seen from Shanghai is still written in the reader's zone (UTC here)
     assert moment_text("en", when.astimezone(timezone(timedelta(hours=8)))) == moment_text(
         "en", when
     )
-    # pages, e-mails, SMS and receipts use the same words
+    # pages, e-mails, SMS and receipts use the same words (the filters take the reader's zone
+    # from the render's context: `reader_zone`, UTC when none is named)
     for language in ("en", "zh-Hans", "zh-Hant", "fil", "es"):
         text = moment_text(language, when)
         assert "UTC" in text
-        assert page_environment(language).filters["datetime"](when) == text
-        assert message_environment(language).filters["datetime"](when) == text
-        assert message_environment(language).filters["datetime"](when.isoformat()) == text
+        page = page_environment(language).from_string("{{ when|datetime }}")
+        message = message_environment(language).from_string("{{ when|datetime }}")
+        assert page.render(when=when) == text
+        assert message.render(when=when) == text
+        assert message.render(when=when.isoformat()) == text

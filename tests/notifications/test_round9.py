@@ -129,6 +129,8 @@ CALL_SITES: dict[str, list[dict[str, Any]]] = {
         {"device": "", "ip": "?", "time": "2026-11-25T10:00:00+00:00"},
         {"device": "Safari · iPhone", "ip": "2001:db8::1", "time": "2026-11-25T22:00:00+00:00"},
     ],
+    "security.passkey_added": [{}],
+    "security.passkey_removed": [{}],
     "security.password_changed": [{}],
     "security.password_reset": [{}],
     "security.recovery_code_used": [{"remaining": n} for n in (0, 1, 9)],

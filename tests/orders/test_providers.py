@@ -38,6 +38,7 @@ from simcharge.kit.clock import clock, utcnow
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
 from simcharge.metrics import WEBHOOKS
+from simcharge.notifications.models import Notice
 from simcharge.orders.fulfilment import LATE_CHECK_FIRST
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
 from simcharge.orders.refunds import REFUND_JOB
@@ -466,9 +467,19 @@ class Stripe:
     def external_refund(self, order: Order, amount: int) -> tuple[bytes, dict[str, str]]:
         return self.refunded_webhook(order, amount)
 
-    def dispute_webhook(self, order: Order) -> tuple[bytes, dict[str, str]]:
+    def dispute_webhook(
+        self,
+        order: Order,
+        *,
+        status: str = "needs_response",
+        event: str = "charge.dispute.created",
+        dispute_id: str | None = None,
+        amount: int | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """`charge.dispute.*` with its Dispute object; `charge.dispute.closed` carries the
+        decision in `status` (`won`, `lost`, `warning_closed`)."""
         dispute = {
-            "id": "du_1" + uuid.uuid4().hex[:20],
+            "id": dispute_id or "du_1" + uuid.uuid4().hex[:20],
             "object": "dispute",
             "amount": order.total,
             "charge": f"ch_3{order.reference}",
@@ -479,9 +490,11 @@ class Stripe:
             "metadata": {},
             "payment_intent": f"pi_3{order.reference}",
             "reason": "fraudulent",
-            "status": "needs_response",
+            "status": status,
         }
-        return self._event("charge.dispute.created", dispute)
+        if amount is not None:
+            dispute["amount"] = amount
+        return self._event(event, dispute)
 
 
 class PayPal:
@@ -1583,6 +1596,15 @@ async def _refunds(db: Database, order: Order) -> list[Refund]:
         )
 
 
+async def _holdings(db: Database, payer: Payer) -> tuple[int, list[tuple[str, int]]]:
+    """The line's money and what is left of each unit."""
+    async with db.read() as s:
+        line = await s.get(Line, payer.line.id)
+        assert line is not None
+        balances = await line_balances(s, line)
+    return balances.wallet.available, sorted((u.unit, u.remaining) for u in balances.units)
+
+
 async def _sms(db: Database, payer: Payer) -> int:
     async with db.read() as s:
         line = await s.get(Line, payer.line.id)
@@ -1747,6 +1769,107 @@ async def test_a_chargeback_is_flagged_for_finance_and_moves_nothing(
     assert "fraudulent" in (row.attention_note or "")
     assert await _refunds(db, order) == []
     assert len(await transfers_of(db, f"order:{order.id}")) == credited
+
+
+async def test_a_lost_chargeback_is_a_refund_by_the_provider_recorded_once(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    """Stripe's `charge.dispute.closed` with `status: lost`: the disputed money went back to
+    the payer through their bank. Before, nothing moved — the books said the operator still
+    had money its Stripe balance had lost, and no credit note documented it. Now it is recorded
+    once (the same news again, and `charge.dispute.updated` after it, change nothing), posted
+    back from revenue, the order flagged `chargeback` with the whole story; the payer gets no
+    "your refund" notice (they took it back), and the line keeps its units."""
+    stripe_ = Stripe(keys, mock)
+    payer, _, order = await _placed(client, db, settings, stripe_)
+    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    held = await _holdings(db, payer)
+    opened = stripe_.dispute_webhook(order, dispute_id="du_1lost")
+    _ok(stripe_, await _deliver(client, stripe_, opened))
+    lost = stripe_.dispute_webhook(
+        order, status="lost", event="charge.dispute.closed", dispute_id="du_1lost",
+        amount=order.total - 500,
+    )
+    r = await _deliver(client, stripe_, lost)
+    _ok(stripe_, r)
+    again = stripe_.dispute_webhook(
+        order, status="lost", event="charge.dispute.updated", dispute_id="du_1lost",
+        amount=order.total - 500,
+    )
+    _ok(stripe_, await _deliver(client, stripe_, again))
+    _ok(stripe_, await _deliver(client, stripe_, lost))  # a redelivery
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == (
+        "partially_refunded", order.total - 500, "chargeback")
+    assert "du_1lost lost" in (row.attention_note or "")
+    assert "fraudulent" in (row.attention_note or "")
+    [refund] = await _refunds(db, order)
+    assert (refund.amount, refund.state, refund.provider_refund_id) == (
+        order.total - 500, "succeeded", "du_1lost")
+    assert refund.requested_by == "provider:stripe"
+    [back] = await transfers_of(db, f"refund:{refund.id}")
+    assert back.amount == order.total - 500
+    await assert_ledger_balanced(db)
+    assert await _holdings(db, payer) == held
+    async with db.read() as s:
+        told = await s.scalar(
+            select(func.count()).select_from(Notice).where(
+                Notice.account_id == payer.account_id, Notice.template == "order.refunded"
+            )
+        )
+    assert told == 0
+
+
+@pytest.mark.parametrize("decided", ["won", "warning_closed", "under_review"])
+async def test_a_chargeback_not_lost_moves_nothing(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+    decided: str,
+) -> None:
+    stripe_ = Stripe(keys, mock)
+    _payer, _, order = await _placed(client, db, settings, stripe_)
+    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    credited = len(await transfers_of(db, f"order:{order.id}"))
+    closed = stripe_.dispute_webhook(order, status=decided, event="charge.dispute.closed")
+    _ok(stripe_, await _deliver(client, stripe_, closed))
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == ("fulfilled", 0, "chargeback")
+    assert await _refunds(db, order) == []
+    assert len(await transfers_of(db, f"order:{order.id}")) == credited
+
+
+async def test_a_lost_chargeback_without_its_amount_is_left_to_finance(
+    shop: Any,
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> None:
+    stripe_ = Stripe(keys, mock)
+    _payer, _, order = await _placed(client, db, settings, stripe_)
+    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    body, _ = stripe_.dispute_webhook(
+        order, status="lost", event="charge.dispute.closed", dispute_id="du_1noamount"
+    )
+    event = json.loads(body)
+    del event["data"]["object"]["amount"]
+    cut = json.dumps(event).encode()
+    _ok(stripe_, await _deliver(client, stripe_, (cut, stripe_.headers(cut))))
+    row = await order_row(db, order.id)
+    assert (row.state, row.refunded_amount, row.attention) == ("fulfilled", 0, "chargeback")
+    assert "du_1noamount lost: amount not reported" in (row.attention_note or "")
+    assert await _refunds(db, order) == []
+    await assert_ledger_balanced(db)
 
 
 async def test_a_refunded_status_before_the_payment_credits_nothing(

@@ -152,8 +152,8 @@ def test_the_cjk_font_only_where_a_character_needs_it(
 
 
 def test_the_receipt_says_its_time_is_utc_in_every_language() -> None:
-    """Accounts have no time zone: a receipt's time is UTC and says so (a bare 18:30 read as
-    Shanghai time would put a payment of 1 January 02:30 on the last day of the year before)."""
+    """A receipt's time is in the operator's zone (UTC by default) and says so (a bare 18:30 read
+    as Shanghai time would put a payment of 1 January 02:30 on the last day of the year before)."""
     facts = ReceiptFacts(
         language="en", operator="simcharge", number="R2026-000001",
         issued_at=datetime(2026, 12, 31, 18, 30, tzinfo=UTC), order_reference="ORD-1",

@@ -16,6 +16,7 @@ from simcharge.accounts.schemas import (
     CloseIn,
     LineAttachIn,
     LineVerifyIn,
+    MeOut,
     NoticeOut,
     NoticesOut,
     OwnLine,
@@ -37,7 +38,6 @@ from simcharge.auth.endpoints import account_out, raise_refused
 from simcharge.auth.events import EventKind, events_of, record_event
 from simcharge.auth.models import AuthSession, CodePurpose
 from simcharge.auth.schemas import (
-    AccountOut,
     CodeIn,
     Done,
     PasswordChangeIn,
@@ -58,7 +58,7 @@ from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
-from simcharge.notifications.service import mark_read, notices_of, unread_count
+from simcharge.notifications.service import mark_read, notices_of, reading_of, unread_count
 from simcharge.notifications.templates import render
 
 router = APIRouter(prefix=f"{API_PREFIX}/me", tags=["me"])
@@ -86,12 +86,24 @@ def _new_token(
     return TokenOut(token=token)
 
 
-@router.get("", response_model=AccountOut, summary="My profile")
-async def me(customer: CurrentCustomer) -> AccountOut:
-    return account_out(customer.account)
+def me_out(account: Account) -> MeOut:
+    return MeOut(
+        **account_out(account).model_dump(),
+        time_zone=account.time_zone,
+        format_locale=account.format_locale,
+    )
 
 
-@router.patch("", response_model=AccountOut, summary="Change my profile, language or contacts")
+@router.get("", response_model=MeOut, summary="My profile")
+async def me(customer: CurrentCustomer) -> MeOut:
+    return me_out(customer.account)
+
+
+@router.patch(
+    "",
+    response_model=MeOut,
+    summary="Change my profile, language, contacts, time zone or number format",
+)
 async def update_me(
     body: ProfileIn,
     customer: CurrentCustomer,
@@ -99,7 +111,10 @@ async def update_me(
     settings: AppSettings,
     client: Client,
     limits: Limits,
-) -> AccountOut:
+) -> MeOut:
+    # Given (`null` too: it resets) or not: only what the body names changes.
+    formats = {f: getattr(body, f) for f in accounts.FORMAT_FIELDS if f in body.model_fields_set}
+    accounts.checked_formats(formats)  # bad input is refused before anything is counted
     contacts = body.email is not None or body.phone is not None
     counted: tuple[codes.CodeCount, ...] = ()
     confirmed: tuple[datetime | None, ...] = ()
@@ -154,6 +169,7 @@ async def update_me(
             language=body.language,
             email=body.email,
             phone=body.phone,
+            formats=formats,
             client=client,
             now=utcnow(),
             limits=limits,
@@ -163,7 +179,7 @@ async def update_me(
     result = await db.run(run)
     raise_refused(result)
     assert isinstance(result, Account)
-    return account_out(result)
+    return me_out(result)
 
 
 @router.get("/sessions", response_model=list[SessionOut], summary="My active sessions")
@@ -569,12 +585,15 @@ async def notices(
         rows = await notices_of(s, customer.account.id, limit=limit, unread_only=unread_only)
         unread = await unread_count(s, customer.account.id)
     lang = customer.account.language or language
+    reading = reading_of(customer.account, settings)
     out = []
     for n in rows:
         text = render(
             n.template,
             lang,
             {"operator": settings.operator_name, "base_url": settings.base_url, **n.params},
+            zone=reading.zone,
+            locale=reading.locale,
         )
         out.append(
             NoticeOut(

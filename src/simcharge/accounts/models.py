@@ -49,6 +49,13 @@ class Account(Base):
     password_changed_at: Mapped[datetime | None] = mapped_column()
     language: Mapped[str] = mapped_column(String(8), default="en")
     status: Mapped[str] = mapped_column(String(16), default=AccountStatus.active.value)
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    """The IANA zone its times are written in (`Asia/Manila`); None: the operator's
+    (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
+    format_locale: Mapped[str | None] = mapped_column(String(16))
+    """The regional format of its numbers, money and dates (`es_MX`: `kit.i18n.regional_format`)
+    while it reads a language of `REGIONAL_FORMATS`; None: its browser's region, else the
+    language's own."""
     locked_at: Mapped[datetime | None] = mapped_column()
     lock_reason: Mapped[str | None] = mapped_column(String(16))
     """`customer` ("lock my account"), `security` (automatic) or `staff`."""

@@ -17,12 +17,15 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
+from simcharge.accounts.retention import forget_where_events_came_from
 from simcharge.auth import service as auth
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import (
     AuthSession,
     KnownDevice,
+    Passkey,
+    PasskeyChallenge,
     SecurityEvent,
     VerificationCode,
 )
@@ -38,6 +41,7 @@ from simcharge.notifications.models import MessageLog, Notice
 from simcharge.notifications.service import notify
 from simcharge.orders.models import Order, OrderState, Payment, Refund, RefundState
 from simcharge.tickets.models import Ticket, TicketMessage
+from simcharge.tickets.service import close_with_account
 
 EXPORT_FORMAT = "simcharge.account-export/1"
 """The `format` member of an export: changes when its shape does."""
@@ -62,6 +66,7 @@ class ClosureBlocked(Conflict):
 class Closed:
     lines_detached: int
     sessions_ended: int
+    tickets_closed: int
 
 
 # --- download my data ------------------------------------------------------------------------
@@ -77,9 +82,9 @@ async def export_account(
     """Everything held about the account, as one JSON-ready document: the profile, its lines and
     what they hold, the orders it placed (with their payments' states and refunds; no provider's
     secret, reference or raw notification), its tickets (without staff's internal notes), its
-    sessions, known devices, security log, portal notices and the messages sent to it (as the
-    message log keeps them: masked). Orders others placed for its lines are theirs: the lines'
-    balances say what they brought."""
+    sessions, known devices, passkeys (not their keys), security log, portal notices and the
+    messages sent to it (as the message log keeps them: masked). Orders others placed for its
+    lines are theirs: the lines' balances say what they brought."""
     aid = account.id
     lines = (
         (await session.execute(select(Line).where(Line.account_id == aid).order_by(Line.created_at)))
@@ -144,6 +149,11 @@ async def export_account(
             .order_by(KnownDevice.first_seen_at)
         )
     ).scalars()
+    passkeys = (
+        await session.execute(
+            select(Passkey).where(Passkey.account_id == aid).order_by(Passkey.created_at)
+        )
+    ).scalars()
     events = (
         await session.execute(
             select(SecurityEvent)
@@ -177,6 +187,8 @@ async def export_account(
             "phone_verified_at": _at(account.phone_verified_at),
             "phone_pending": account.phone_pending,
             "language": account.language,
+            "time_zone": account.time_zone,
+            "format_locale": account.format_locale,
             "status": account.status,
             "two_step_verification": account.totp_enabled_at is not None,
             "two_step_enabled_at": _at(account.totp_enabled_at),
@@ -277,6 +289,19 @@ async def export_account(
             }
             for d in devices
         ],
+        # What the holder knows of their passkeys; the public key and credential id are the
+        # authenticator's business, not personal data anyone reads.
+        "passkeys": [
+            {
+                "name": k.name,
+                "created_at": _at(k.created_at),
+                "last_used_at": _at(k.last_used_at),
+                "synced": k.backed_up,
+                "transports": list(k.transports or []),
+                "authenticator_model": k.aaguid,
+            }
+            for k in passkeys
+        ],
         "security_events": [
             {
                 "kind": e.kind,
@@ -309,7 +334,11 @@ async def export_account(
             }
             for m in sent
         ],
-        "preferences": {"language": account.language},
+        "preferences": {
+            "language": account.language,
+            "time_zone": account.time_zone,
+            "format_locale": account.format_locale,
+        },
     }
 
 
@@ -379,10 +408,12 @@ async def close_account(
     in progress. Then, in one transaction: the confirmation is queued to the verified contacts
     (their addresses in the job, before they are erased); the lines are detached, with their
     balances (a line belongs to its number, not to the login); every session ends; codes,
-    recovery codes, known devices and portal notices are deleted, and the sessions kept for the
-    record lose their address and device; the username becomes a tombstone, the contacts, the
-    display name, the password and the TOTP secret are erased. Orders, payments, refunds,
-    receipts and the ledger stay (the law keeps them), on the account's id."""
+    recovery codes, known devices, passkeys and portal notices are deleted, and the sessions and security
+    events kept for the record lose their address and device; its tickets still open are closed
+    with an internal note (no one can answer them any more); the username becomes a tombstone,
+    the contacts, the display name, the password and the TOTP secret are erased. Orders,
+    payments, refunds, receipts and the ledger stay (the law keeps them), on the account's id.
+    What stays is then swept by age as any other account's (`accounts.retention`)."""
     check_closure_input(account, password, code)
     if account.status == AccountStatus.closed:
         raise ClosureBlocked(N_("The account is closed already."))
@@ -426,8 +457,16 @@ async def close_account(
     )
     await session.execute(delete(VerificationCode).where(VerificationCode.account_id == account.id))
     await session.execute(delete(KnownDevice).where(KnownDevice.account_id == account.id))
+    await session.execute(delete(Passkey).where(Passkey.account_id == account.id))
+    await session.execute(
+        delete(PasskeyChallenge).where(PasskeyChallenge.account_id == account.id)
+    )
     await session.execute(delete(Notice).where(Notice.account_id == account.id))
     await forget_recovery_codes(session, account.id)
+    await forget_where_events_came_from(session, account.id)
+    tickets_closed = await close_with_account(
+        session, account.id, language=settings.default_language, now=now
+    )
     account.username = f"{TOMBSTONE_PREFIX}{account.id.hex}"
     account.display_name = None
     account.email = account.email_pending = account.email_verified_at = None
@@ -447,4 +486,7 @@ async def close_account(
         details={"lines_detached": lines_detached, "sessions_ended": ended},
         now=now,
     )
-    return Closed(lines_detached=lines_detached, sessions_ended=ended)
+    return Closed(
+        lines_detached=lines_detached, sessions_ended=ended, tickets_closed=tickets_closed
+    )
+

@@ -8,8 +8,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simcharge.auth.schemas import AccountOut
 from simcharge.kit.schemas import Schema
 from simcharge.lines.schemas import LineBalances
+
+ZONE_DOC = (
+    "An IANA time zone (`Asia/Manila`) the portal, e-mails and SMS write times in; `null`: the "
+    "operator's"
+)
+FORMAT_DOC = (
+    "The regional format of numbers, money and dates (`es_MX`) while reading a language with "
+    "regional formats (Spanish); `null`: the browser's region, else the language's own"
+)
 
 
 class ProfileIn(BaseModel):
@@ -26,6 +36,16 @@ class ProfileIn(BaseModel):
     current_password: str | None = Field(
         default=None, max_length=1024, description="Required with `email` or `phone`"
     )
+    time_zone: str | None = Field(default=None, max_length=64, description=ZONE_DOC)
+    format_locale: str | None = Field(default=None, max_length=16, description=FORMAT_DOC)
+
+
+class MeOut(AccountOut):
+    """The profile, with how its times and numbers are written (times in this API stay ISO
+    8601 UTC: they are for machines)."""
+
+    time_zone: str | None = Field(description=ZONE_DOC)
+    format_locale: str | None = Field(description=FORMAT_DOC)
 
 
 class LineAttachIn(BaseModel):

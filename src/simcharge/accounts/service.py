@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,8 +24,9 @@ from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Conflict, NotFound, Refused, ValidationFailed
-from simcharge.kit.i18n import LANGUAGES
+from simcharge.kit.i18n import LANGUAGES, regional_format
 from simcharge.kit.logging import log_denied
+from simcharge.kit.moments import is_zone
 from simcharge.kit.translations import N_
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.repository import LineRepository
@@ -46,6 +47,7 @@ async def update_profile(
     language: str | None = None,
     email: str | None = None,
     phone: str | None = None,
+    formats: Mapping[str, str | None] | None = None,
     client: ClientInfo,
     now: datetime,
     limits: RateLimits,
@@ -53,11 +55,15 @@ async def update_profile(
 ) -> Account:
     """Change what was given. A new e-mail address or phone number is only pending until its
     code is entered; the current one stays in use meanwhile (`counted`: the sends of their
-    codes, counted before the transaction by `auth.service.count_contact_change_sends`)."""
+    codes, counted before the transaction by `auth.service.count_contact_change_sends`).
+    `formats`: the time zone and number format given (`checked_formats`; None resets one)."""
     if language is not None and language not in LANGUAGES:
         raise ValidationFailed(
             N_("Choose one of: {languages}."), field="language", languages=", ".join(LANGUAGES)
         )
+    checked = checked_formats(formats or {})
+    for name, value in checked.items():
+        setattr(account, name, value)
     if display_name is not None:
         account.display_name = display_name.strip() or None
     if language is not None:
@@ -73,6 +79,51 @@ async def update_profile(
             session, settings, account, channel, value, client=client, now=now, limits=limits,
             counted=next((c for c in counted if c.purpose == purpose), None),
         )  # fmt: skip
+    account.updated_at = now
+    await session.flush()
+    return account
+
+
+FORMAT_FIELDS = ("time_zone", "format_locale")
+"""How an account's times and numbers are written: what `checked_formats` takes."""
+
+
+def checked_formats(given: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The time zone and number format of a profile change, as stored: an IANA zone name the
+    time zone database knows, a regional format `kit.i18n.regional_format` allows (`es-mx` is
+    stored `es_MX`), or None — the operator's zone, the browser's region. Anything else is
+    refused, naming the field, before anything changes."""
+    checked: dict[str, str | None] = {}
+    for name in FORMAT_FIELDS:
+        if name not in given:
+            continue
+        value = given[name]
+        if value is None:
+            checked[name] = None
+        elif name == "time_zone":
+            if not is_zone(value):
+                raise ValidationFailed(
+                    N_("Choose a time zone by its IANA name, such as Asia/Manila."), field=name
+                )
+            checked[name] = value
+        else:
+            found = regional_format(value)
+            if found is None:
+                raise ValidationFailed(
+                    N_("Choose a regional format of a language that has them, such as es_MX."),
+                    field=name,
+                )
+            checked[name] = found
+    return checked
+
+
+async def set_formats(
+    session: AsyncSession, account: Account, given: Mapping[str, str | None], now: datetime
+) -> Account:
+    """Write the account's time zone and number format (`checked_formats`): the portal's
+    profile page. Nothing else changes; nothing is sent (it is no security setting)."""
+    for name, value in checked_formats(given).items():
+        setattr(account, name, value)
     account.updated_at = now
     await session.flush()
     return account

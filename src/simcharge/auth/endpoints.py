@@ -43,6 +43,7 @@ from simcharge.auth.schemas import (
     as_channel,
 )
 from simcharge.auth.sessions import csrf_token
+from simcharge.config import Settings
 from simcharge.errors import NotAuthenticated, Refused
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
@@ -244,8 +245,23 @@ async def login(
     )
     raise_refused(result)
     assert isinstance(result, service.SignedIn)
+    return signed_in_answer(
+        request, response, settings, result, client, cookie=body.mode == "cookie"
+    )
+
+
+def signed_in_answer(
+    request: Request,
+    response: Response,
+    settings: Settings,
+    result: service.SignedIn,
+    client: ClientInfo,
+    *,
+    cookie: bool,
+) -> LoginOut:
+    """The answer to a sign-in, by password or passkey: the session's token in the body, or (a
+    browser's `cookie` mode) in the session cookie with the CSRF token in the body."""
     issued = result.issued
-    cookie = body.mode == "cookie"
     if cookie:
         set_session_cookie(response, settings, issued.token)
         ensure_device_cookie(request, response, settings, client.device_id)

@@ -55,6 +55,14 @@ class EventKind(StrEnum):
     account_closed = "account_closed"
     """The holder closed the account (`details`: lines detached, sessions ended; nothing
     personal)."""
+    passkey_added = "passkey_added"
+    """A passkey was registered (`details.passkey_id`); failed: the password asked first was
+    wrong, or the authenticator's answer did not verify (`details.reason`)."""
+    passkey_renamed = "passkey_renamed"
+    passkey_removed = "passkey_removed"
+    passkey_sign_count_regressed = "passkey_sign_count_regressed"
+    """A sign-in with a passkey whose signature counter did not move forward: refused, as the
+    key may have been copied (`details`: the passkey, the stored and the presented counts)."""
 
 
 async def record_event(

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from simcharge.db import Base
@@ -155,3 +155,52 @@ class KnownDevice(Base):
     user_agent: Mapped[str | None] = mapped_column(String(255))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Passkey(Base):
+    """A WebAuthn credential (a passkey) its holder signs in with instead of a password. Only
+    the public key is here: the private key never leaves the authenticator."""
+
+    __tablename__ = "passkeys"
+    __table_args__ = (Index("ix_passkeys_account_id", "account_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(), unique=True)
+    """The authenticator's id of the credential: what a sign-in names it by."""
+    public_key: Mapped[bytes] = mapped_column(LargeBinary())
+    """COSE-encoded, as the authenticator gave it at registration."""
+    sign_count: Mapped[int] = mapped_column(default=0)
+    """The authenticator's signature counter at the last use (0: it keeps none, as synced
+    passkeys do); a sign-in that does not move it forward is refused as a cloned key's."""
+    transports: Mapped[list[str]] = mapped_column(default=list)
+    """How the browser may reach the authenticator (`internal`, `hybrid`, `usb`…)."""
+    aaguid: Mapped[str] = mapped_column(String(36))
+    """The authenticator's model (all zeros when it does not say)."""
+    name: Mapped[str] = mapped_column(String(64))
+    """What the holder calls it ("Phone", "Laptop")."""
+    backed_up: Mapped[bool] = mapped_column(default=False)
+    """Synced to the holder's other devices (a cloud keychain), as of its last use."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class PasskeyChallenge(Base):
+    """The challenge of one passkey ceremony: stored as a keyed hash, used once, for a few
+    minutes. A registration's is bound to its account, a sign-in's to the client that asked
+    for it (the keyed hash of a random handle only that client holds)."""
+
+    __tablename__ = "passkey_challenges"
+    __table_args__ = (Index("ix_passkey_challenges_expires_at", "expires_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    purpose: Mapped[str] = mapped_column(String(16))
+    """`register` or `login`."""
+    account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    """The account registering a passkey; None for a sign-in (any account's passkey may answer)."""
+    challenge_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    holder_hash: Mapped[str] = mapped_column(String(64))
+    """Keyed hash of the handle given to the client with the challenge."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()

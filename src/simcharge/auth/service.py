@@ -918,6 +918,25 @@ async def login(
     throttle.clear(checked.account_row, now)
     if needs_rehash(account.password_hash):
         account.password_hash = await hashed(password)
+    return await start_session(
+        session, settings, account, client=client, now=now, mfa=mfa, replacing=replacing
+    )
+
+
+async def start_session(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    *,
+    client: ClientInfo,
+    now: datetime,
+    mfa: bool,
+    replacing: str | None,
+    method: str | None = None,
+) -> SignedIn:
+    """The session of a sign-in that passed every check (a password and second factor, or a
+    passkey: `method`), opened the same way whichever it was: the session it replaces ends, the
+    device is noted and a new one alerted, the sign-in logged."""
     issued = await open_session(
         session,
         settings.secret_key,
@@ -944,7 +963,8 @@ async def login(
         EventKind.login,
         account_id=account.id,
         client=client,
-        details={"session_id": str(issued.session.id), "mfa": mfa},
+        details={"session_id": str(issued.session.id), "mfa": mfa}
+        | ({"method": method} if method else {}),
         now=now,
     )
     if new_device:

@@ -732,6 +732,17 @@ async def resend_receipt(order_id: uuid.UUID, actor: Resender, db: DB) -> None:
     await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
 
 
+@router.post(
+    "/refunds/{refund_id}/resend-credit-note",
+    status_code=202,
+    summary="E-mail a refund's credit note again",
+)
+async def resend_credit_note(refund_id: uuid.UUID, actor: Resender, db: DB) -> None:
+    """`404 refund-not-found`; `409 no-credit-note` for a refund not done or of an order with
+    no receipt. Audited as `refund.resend_credit_note`."""
+    await db.run(lambda s: money.resend_credit_note(s, actor, refund_id, utcnow()))
+
+
 @router.get(
     "/attention",
     response_model=list[dict[str, Any]],

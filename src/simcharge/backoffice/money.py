@@ -36,8 +36,8 @@ from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfer
 from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.orders.fulfilment import RECEIPT_JOB
-from simcharge.orders.models import Order, Refund
-from simcharge.orders.refunds import apply_to_wallet, ask_for_refund, shown
+from simcharge.orders.models import Order, Refund, RefundState
+from simcharge.orders.refunds import CREDIT_NOTE_JOB, apply_to_wallet, ask_for_refund, shown
 from simcharge.orders.service import OrderNotFound, applied_at
 from simcharge.tickets.models import Ticket
 from simcharge.worker.service import enqueue
@@ -83,6 +83,16 @@ class NotFrozen(Conflict):
 class NoReceipt(Conflict):
     slug = "no-receipt"
     title = N_("This order has no receipt (it was not credited).")
+
+
+class RefundNotFound(NotFound):
+    slug = "refund-not-found"
+    title = N_("There is no such refund.")
+
+
+class NoCreditNote(Conflict):
+    slug = "no-credit-note"
+    title = N_("This refund has no credit note (it is not done, or its order has no receipt).")
 
 
 class NothingToResolve(Conflict):
@@ -529,6 +539,35 @@ async def resend_receipt(s: AsyncSession, actor: Actor, order_id: uuid.UUID, now
         target_type="order",
         target_id=order.id,
         details={"receipt": order.receipt_number},
+        now=now,
+    )
+
+
+async def resend_credit_note(
+    s: AsyncSession, actor: Actor, refund_id: uuid.UUID, now: datetime
+) -> None:
+    """A done refund's credit note e-mailed again with its notice (the job renders it, numbering
+    it first if it was not yet, and mails the verified address), for a payer who lost it. Any
+    refund with a credit note, a reversal's too: sending is the staff member's decision."""
+    refund = await s.get(Refund, refund_id)
+    order = await s.get(Order, refund.order_id) if refund is not None else None
+    if refund is None or order is None:
+        raise RefundNotFound(field="refund_id")
+    if refund.state != RefundState.succeeded.value or order.receipt_number is None:
+        raise NoCreditNote(field="refund_id")
+    await enqueue(
+        s,
+        CREDIT_NOTE_JOB,
+        {"refund_id": str(refund.id)},
+        dedupe_key=f"{CREDIT_NOTE_JOB}:{refund.id}:resend:{uuid7()}",
+    )
+    await audit.record(
+        s,
+        actor,
+        "refund.resend_credit_note",
+        target_type="refund",
+        target_id=refund.id,
+        details={"credit_note": refund.credit_note_number, "order": order.reference},
         now=now,
     )
 

@@ -312,6 +312,17 @@ async def resend(
     return back(_then(then, "/backoffice"), "resent")
 
 
+@router.post("/refunds/{refund_id}/resend-credit-note", response_model=None)
+async def resend_credit_note(
+    refund_id: uuid.UUID,
+    db: DB,
+    actor: Resender,
+    then: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    await db.run(lambda s: money.resend_credit_note(s, actor, refund_id, utcnow()))
+    return back(_then(then, "/backoffice"), "resent")
+
+
 @router.get("/refunds/{refund_id}/credit-note", response_model=None)
 async def credit_note(
     refund_id: uuid.UUID, db: DB, settings: AppSettings, actor: Reader
@@ -325,7 +336,9 @@ async def credit_note(
             raise NotFound(field="refund_id")
         account = await s.get(Account, order.account_id)
         language = account.language if account is not None else settings.default_language
-    pdf = await receipts.credit_note_for(db, refund_id, language, settings.operator_name)
+    pdf = await receipts.credit_note_for(
+        db, refund_id, language, settings.operator_name, settings.operator_timezone
+    )
     if pdf is None:
         raise NotFound(field="refund_id")
     await audit.record_read(
@@ -351,7 +364,9 @@ async def receipt(
             raise NotFound(field="order_id")
         account = await s.get(Account, order.account_id)
         language = account.language if account is not None else settings.default_language
-    pdf = await receipts.receipt_for(db, order_id, language, settings.operator_name)
+    pdf = await receipts.receipt_for(
+        db, order_id, language, settings.operator_name, settings.operator_timezone
+    )
     if pdf is None:
         if order.state == OrderState.paid.value:
             raise ReceiptAwaitsCredit(field="order_id")

@@ -21,7 +21,7 @@ from simcharge.config import Settings
 from simcharge.errors import SimchargeError
 from simcharge.kit.devices import device_label
 from simcharge.kit.i18n import BABEL_LOCALES, pick_language, pick_text
-from simcharge.kit.moments import moment_text
+from simcharge.kit.moments import UTC_ZONE, moment_text
 from simcharge.kit.money import format_money, is_currency
 from simcharge.kit.translations import N_, translate, translations
 
@@ -63,7 +63,9 @@ def units_for_staff(language: str, amount: Any, unit: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def environment(language: str) -> Environment:
+def environment(language: str, zone: str = UTC_ZONE) -> Environment:
+    """The back office's templates in `language`, its times in the operator's `zone`
+    (`SIMCHARGE_OPERATOR_TIMEZONE`: staff work the operator's day) and saying it."""
     locale = BABEL_LOCALES.get(language, "en")
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -83,7 +85,7 @@ def environment(language: str) -> Environment:
     def when(value: datetime | None) -> str:
         if value is None:
             return "—"
-        return moment_text(language, value)  # with its zone: staff are anywhere
+        return moment_text(language, value, None, zone)  # with its zone: staff are anywhere
 
     def signed_units(amount: Any, unit: str) -> str:
         if is_currency(unit):
@@ -138,7 +140,7 @@ def render(
         else context.pop("csrf", "")
     )
     html = (
-        environment(language)
+        environment(language, settings.operator_timezone)
         .get_template(name)
         .render(
             lang=language,

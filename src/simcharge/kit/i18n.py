@@ -128,6 +128,41 @@ def format_locale(language: str, accept_language: str | None = None) -> str:
     return own
 
 
+def regional_format(value: str | None) -> str | None:
+    """The regional Babel locale an account may choose for its numbers, money and dates
+    (`es_MX`, `es-419`, `es_es` → `es_ES`), or None for anything else: a language outside
+    `REGIONAL_FORMATS`, no region, a region Babel does not know. A region whose CLDR Spanish
+    writes decimals otherwise than the region does is the Spanish that writes them its way
+    (`es_PH` → `es_419`, as `format_locale` reads a browser's `es-PH`)."""
+    if not value or len(value) > 16:
+        return None
+    parts = value.strip().replace("-", "_").split("_")
+    if len(parts) != 2 or parts[0].lower() not in REGIONAL_FORMATS:
+        return None
+    language, region = parts[0].lower(), parts[1].upper()
+    if not _REGION.fullmatch(region.lower()):
+        return None
+    found = f"{language}_{region}"
+    if not localedata.exists(found):
+        return None
+    return _as_the_region_writes(found, region)
+
+
+REGIONAL_CHOICES: dict[str, tuple[str, ...]] = {
+    "es": ("es_ES", "es_419", "es_MX", "es_US", "es_AR", "es_CO", "es_CL", "es_PE"),
+}
+"""The regional formats the portal offers a reader of each language of `REGIONAL_FORMATS` (the
+API takes any `regional_format` allows)."""
+
+
+def chosen_format(language: str, chosen: str | None) -> str | None:
+    """An account's chosen format (`accounts.format_locale`) if it is one of `language`'s
+    regions (an `es_MX` chosen while reading Spanish says nothing about English), else None."""
+    if chosen is None or chosen.split("_", 1)[0] != language:
+        return None
+    return chosen
+
+
 _SPANISH_BY_DECIMAL = {".": "es_419", ",": "es"}
 """A Spanish that writes decimals with each mark (Latin America's, Spain's)."""
 

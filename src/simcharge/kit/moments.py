@@ -1,26 +1,60 @@
-"""A moment as a reader of a language writes it. The portal, e-mails, SMS and receipts all say
-it the same way."""
+"""A moment as a reader of a language writes it, in the reader's time zone. The portal, e-mails,
+SMS and receipts all say it the same way."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import date, datetime
 from functools import lru_cache
+from typing import TypeGuard
+from zoneinfo import ZoneInfo, available_timezones
 
 from babel.dates import format_date, format_time
 
 from simcharge.kit.units import locale_for
 
+UTC_ZONE = "UTC"
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_zone(name: str | None) -> TypeGuard[str]:
+    """Whether `name` is an IANA time zone the time zone database knows (`Asia/Manila`; not
+    `posix/…`, a file path or an abbreviation like `PST`, which names no rules)."""
+    return name is not None and name in _known_zones()
+
+
+@lru_cache(maxsize=512)
+def zone(name: str) -> ZoneInfo:
+    """The zone of an IANA name (checked: `is_zone`); an unknown one is UTC, never an error —
+    a name stored before the database dropped it must not stop a message going out."""
+    return ZoneInfo(name) if is_zone(name) else ZoneInfo(UTC_ZONE)
+
 
 # Remembered: the same records and notices come back on every page and in every message, and
-# Babel's formatting costs tens of microseconds a call.
+# Babel's formatting costs tens of microseconds a call. The zone is passed by name: a hashable,
+# small key (the reader's account's, else the operator's).
 @lru_cache(maxsize=8192)
-def moment_text(language: str, when: datetime, locale: str | None = None) -> str:
-    """A date and a time with its zone, in the locale's order ("Dec 5, 2026, 2:30:00 PM UTC",
-    "2026年12月5日 UTC 14:30:00"): accounts have no time zone of their own, so times are in UTC
-    and say so (a receipt's bare "18:30" read as local time is a day off in Shanghai).
-    `locale`: a regional one (`es_MX`), else the language's."""
+def moment_text(
+    language: str, when: datetime, locale: str | None = None, zone_name: str = UTC_ZONE
+) -> str:
+    """A date and a time in the zone `zone_name`, with the zone as Babel writes it in the
+    locale's order ("Dec 6, 2026, 3:00:00 PM EST", "2026年12月7日 +0800 04:00:00"): its short
+    name where the locale has one, else its offset — never a bare "18:30" a reader would take
+    for their own time. The date is the moment's date in that zone (20:00 UTC on Dec 6 is
+    Dec 7 in Manila). `locale`: a regional one (`es_MX`), else the language's."""
     loc = locale_for(language, locale)
-    day = format_date(when.astimezone(UTC).date(), "medium", locale=loc)
+    local = when.astimezone(zone(zone_name))
+    day = format_date(local.date(), "medium", locale=loc)
     return str(loc.datetime_formats["medium"]).format(
-        format_time(when, "long", tzinfo=UTC, locale=loc), day
+        format_time(local, "long", tzinfo=local.tzinfo, locale=loc), day
     )
+
+
+def day_in(when: datetime | date, zone_name: str = UTC_ZONE) -> date:
+    """The date a reader in `zone_name` sees: a datetime's date there, a date as it is."""
+    if isinstance(when, datetime):
+        return when.astimezone(zone(zone_name)).date()
+    return when

@@ -19,7 +19,13 @@ from simcharge.kit.i18n import spoken
 from simcharge.kit.ids import derived_id
 from simcharge.lines.models import Line
 from simcharge.notifications.models import MessageLog, Notice
-from simcharge.notifications.service import DELIVER, SEND_CODE, SEND_EMAIL, log_message
+from simcharge.notifications.service import (
+    DELIVER,
+    SEND_CODE,
+    SEND_EMAIL,
+    log_message,
+    reading_for,
+)
 from simcharge.notifications.templates import render
 from simcharge.notifications.transports import (
     Attachment,
@@ -161,8 +167,12 @@ async def send_message(
         if logged is not None and logged.status == "sent":
             log.info("notifications.already_sent", job=str(ctx.job.id), template=template)
             return
+        reading = await reading_for(s, account_id, ctx.settings)
     try:
-        message = render(template, language, params, default=ctx.settings.default_language)
+        message = render(
+            template, language, params, default=ctx.settings.default_language,
+            zone=reading.zone, locale=reading.locale,
+        )  # fmt: skip
     except Exception as exc:
         raise PermanentJobError(f"template {template}: {type(exc).__name__}: {exc}") from exc
     if channel == "sms" and not message.sms:

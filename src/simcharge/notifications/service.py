@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account
 from simcharge.auth.models import CodePurpose
+from simcharge.config import Settings
 from simcharge.db import table_of
 from simcharge.driver_reads import DriverRead
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import seal
 from simcharge.kit.ids import uuid7
+from simcharge.kit.moments import is_zone
 from simcharge.notifications.models import MessageLog, Notice
 from simcharge.worker.service import NewJob, enqueue
 
@@ -38,6 +42,33 @@ CHANNELS = ("email", "sms", "portal")
 DELIVER = "notifications.deliver"
 SEND_CODE = "notifications.code"
 SEND_EMAIL = "notifications.email"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """How a reader's messages write times and numbers: `zone`, an IANA name, and `locale`, a
+    regional format (`es_MX`) or None for the language's own (`templates.render`'s)."""
+
+    zone: str
+    locale: str | None = None
+
+
+def reading_of(account: Account | None, settings: Settings) -> Reading:
+    """The account's time zone and number format; for no account (a staff member's address)
+    or an account without a zone of its own, the operator's zone (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
+    if account is None:
+        return Reading(settings.operator_timezone)
+    zone = account.time_zone if is_zone(account.time_zone) else settings.operator_timezone
+    return Reading(zone, account.format_locale)
+
+
+async def reading_for(
+    session: AsyncSession, account_id: uuid.UUID | None, settings: Settings
+) -> Reading:
+    """`reading_of` the account as it is now, when its message is rendered: a zone chosen
+    while a message waited in the queue is the one it is written in."""
+    account = await session.get(Account, account_id) if account_id is not None else None
+    return reading_of(account, settings)
 
 
 async def notify(

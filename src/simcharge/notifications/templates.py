@@ -2,12 +2,15 @@
 
 A template `notifications/templates/<name>.jinja` defines blocks `subject`, `text`, `sms` and
 `html_body` (any may be empty). Params are formatted for the reader's locale with the filters
-`date`, `datetime`, `money` and `units`. An e-mail's two parts say the same: the HTML body in
-`_layout.html`, the text in `_layout.text.jinja` (the operator's name above, why the reader
-gets it below: a customer's account, or — a `staff.…` template, sent by `tell_staff` — a
-back-office account). An SMS is kept in GSM-7 where its language allows (`notifications.sms`):
-money whose symbol is not GSM-7 by its ISO code, typography by its GSM-7 equivalents, and a
-one-time code's (`code.…`) letters without the accents GSM-7 lacks when that saves a segment."""
+`date`, `datetime`, `money` and `units`; times and the dates of moments in the reader's time
+zone (their account's, else the operator's: `render`'s `zone`), numbers and money in their
+regional format (`locale`, e.g. `es_MX`) when their language has them. An e-mail's two parts
+say the same: the HTML body in `_layout.html`, the text in `_layout.text.jinja` (the operator's
+name above, why the reader gets it below: a customer's account, or — a `staff.…` template, sent
+by `tell_staff` — a back-office account). An SMS is kept in GSM-7 where its language allows
+(`notifications.sms`): money whose symbol is not GSM-7 by its ISO code, typography by its GSM-7
+equivalents, and a one-time code's (`code.…`) letters without the accents GSM-7 lacks when that
+saves a segment."""
 
 from __future__ import annotations
 
@@ -19,17 +22,30 @@ from pathlib import Path
 from typing import Any
 
 from babel.dates import format_date
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
 from markupsafe import Markup
 
-from simcharge.kit.i18n import BABEL_LOCALES, DEFAULT_LANGUAGE, LANGUAGES, pick_text, spoken
-from simcharge.kit.moments import moment_text
+from simcharge.kit.i18n import (
+    BABEL_LOCALES,
+    DEFAULT_LANGUAGE,
+    LANGUAGES,
+    chosen_format,
+    pick_text,
+    spoken,
+)
+from simcharge.kit.moments import UTC_ZONE, day_in, moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import translations
 from simcharge.kit.units import shown_count, units_text
 from simcharge.notifications.sms import gsm_safe, sms_money
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+READER_ZONE = "reader_zone"
+"""The name, in a template's context, of the IANA zone its reader's times are written in: the
+zone is a value of the render, not of the environment (one environment per zone would compile
+every template again for each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +64,14 @@ def _parse_when(value: Any) -> datetime | date:
 
 
 @lru_cache(maxsize=32)
-def environment(language: str, *, html: bool = False, sms: bool = False) -> Environment:
+def environment(
+    language: str, *, html: bool = False, sms: bool = False, locale: str | None = None
+) -> Environment:
     """Text (subject, body) renders as is; HTML renders with every value escaped; an SMS
-    writes money whose symbol is not GSM-7 with its ISO code ("PHP 21.19": `sms_money`)."""
-    locale = BABEL_LOCALES.get(language, "en")
+    writes money whose symbol is not GSM-7 with its ISO code ("PHP 21.19": `sms_money`).
+    `locale`: the reader's regional format (`es_MX`), else the language's own."""
+    regional = locale
+    locale = locale or BABEL_LOCALES.get(language, "en")
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
         # The templates ship with the release: no stat of each file on every render.
@@ -64,22 +84,26 @@ def environment(language: str, *, html: bool = False, sms: bool = False) -> Envi
     )
     env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
 
-    def as_date(value: Any) -> str:
-        when = _parse_when(value)
-        return str(
-            format_date(when if isinstance(when, date) else when.date(), "long", locale=locale)
-        )
+    @pass_context
+    def as_date(context: Context, value: Any) -> str:
+        """A day; a moment's day where the reader is (a validity ending 20:00 UTC on Dec 6
+        ends on Dec 7 in Manila)."""
+        day = day_in(_parse_when(value), context.get(READER_ZONE, UTC_ZONE))
+        return str(format_date(day, "long", locale=locale))
 
-    def as_datetime(value: Any) -> str:
+    @pass_context
+    def as_datetime(context: Context, value: Any) -> str:
         when = _parse_when(value)
-        return moment_text(language, when) if isinstance(when, datetime) else as_date(when)
+        if not isinstance(when, datetime):
+            return str(format_date(when, "long", locale=locale))
+        return moment_text(language, when, regional, context.get(READER_ZONE, UTC_ZONE))
 
     def as_money(minor: Any, currency: str) -> str:
         formatted = format_money(int(minor), currency, locale)
         return sms_money(formatted, currency, locale) if sms else formatted
 
     def as_units(amount: Any, unit: str) -> str:
-        return units_text(language, int(amount), unit)
+        return units_text(language, int(amount), unit, regional)
 
     def units_count(amount: Any, unit: str) -> int:
         """The number `units` shows, to choose a plural form by (`{% pluralize %}`)."""
@@ -109,13 +133,23 @@ def _block(env: Environment, name: str, block: str, params: dict[str, Any]) -> s
 
 
 def render(
-    name: str, language: str, params: dict[str, Any], *, default: str = DEFAULT_LANGUAGE
+    name: str,
+    language: str,
+    params: dict[str, Any],
+    *,
+    default: str = DEFAULT_LANGUAGE,
+    zone: str = UTC_ZONE,
+    locale: str | None = None,
 ) -> Rendered:
     """The message in `language`, or in `default` (pass `SIMCHARGE_DEFAULT_LANGUAGE`) if we do
-    not speak it."""
+    not speak it; its times in `zone` (an IANA name: the reader's account's, else the
+    operator's — `notifications.service.reading_of`), its numbers in the regional format
+    `locale` when it is one of the language's (`kit.i18n.chosen_format`)."""
     language = spoken(language, default)
-    env = environment(language)
-    html_env = environment(language, html=True)
+    locale = chosen_format(language, locale)
+    params = {**params, READER_ZONE: zone}
+    env = environment(language, locale=locale)
+    html_env = environment(language, html=True, locale=locale)
     operator = params.get("operator", "simcharge")
     # A staff member has a back-office account, not a customer's: the footer says so.
     staff = name.startswith("staff.")
@@ -143,7 +177,7 @@ def render(
         text=text,
         html=html,
         sms=gsm_safe(
-            _block(environment(language, sms=True), name, "sms", params),
+            _block(environment(language, sms=True, locale=locale), name, "sms", params),
             spell_plain=name.startswith("code."),
         ),
     )
@@ -154,7 +188,8 @@ def template_names() -> list[str]:
 
 
 def render_subject(name: str, language: str, params: dict[str, Any]) -> str:
-    """Only the subject (a notice's title in a list): no body, no HTML layout."""
+    """Only the subject (a notice's title in a list): no body, no HTML layout. No subject says
+    a time or a date (a title is shown wherever its reader is): no zone."""
     language = language if language in LANGUAGES else DEFAULT_LANGUAGE
     return _block(environment(language), name, "subject", params)
 

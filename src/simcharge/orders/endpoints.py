@@ -499,7 +499,9 @@ async def get_receipt(
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)
         if "application/json" in request.headers.get("accept", ""):
-            facts = await receipts.facts(s, order, language, settings.operator_name)
+            facts = await receipts.facts(
+                s, order, language, settings.operator_name, settings.operator_timezone
+            )
             # What the receipt says was paid: a payment put on the balance is not the order's
             # price and fee.
             paid = await receipts.paid_amounts(s, order)
@@ -521,7 +523,9 @@ async def get_receipt(
                 pdf_url=f"{API_PREFIX}/orders/{order.id}/receipt",
             )
             return Response(body.model_dump_json(), media_type="application/json")
-    pdf = await receipts.receipt_for(db, order.id, language, settings.operator_name)
+    pdf = await receipts.receipt_for(
+        db, order.id, language, settings.operator_name, settings.operator_timezone
+    )
     assert pdf is not None
     return receipts.pdf_response(pdf, receipts.filename(order))
 
@@ -565,7 +569,7 @@ async def get_credit_note(
         assert order is not None
         if "application/json" in request.headers.get("accept", ""):
             facts = await receipts.credit_note_facts(
-                s, order, refund, language, settings.operator_name
+                s, order, refund, language, settings.operator_name, settings.operator_timezone
             )
             money = receipts.refunded_amounts(order, refund)
             body = CreditNoteOut(
@@ -587,6 +591,8 @@ async def get_credit_note(
                 pdf_url=credit_note_url(refund),
             )
             return Response(body.model_dump_json(), media_type="application/json")
-    pdf = await receipts.credit_note_for(db, refund_id, language, settings.operator_name)
+    pdf = await receipts.credit_note_for(
+        db, refund_id, language, settings.operator_name, settings.operator_timezone
+    )
     assert pdf is not None
     return receipts.pdf_response(pdf, receipts.credit_note_filename(refund))

@@ -11,6 +11,14 @@ and each font is used as a smaller common subset where that covers the receipt
 (`receipt_fonts`). Receipts are rendered by the worker when an order is paid and kept
 (`receipt_documents`).
 
+A receipt and a credit note are the operator's documents, not the customer's page: their date is
+written in the operator's time zone (`SIMCHARGE_OPERATOR_TIMEZONE`, the zone their numbers are
+issued and their books closed in), never the customer's, and names it ("Dec 7, 2026, 4:00:00 AM
++0800 (Asia/Manila)"): a document kept and sent on, read by an accountant or a tax office
+elsewhere, says the same instant to each. Its numbers and money are written in the payer's
+regional format when they chose one (`accounts.format_locale`, `es_MX`: "$1,234.56"), as
+their e-mails are; kept as first rendered.
+
 A receipt never changes once issued: what it says depends on nothing a refund changes (no
 refunded amount, no "refunded" status), and the PDF kept is the one served. A refund gets its own
 document, a **credit note** (`C2026-000001`, numbered when the refund is done:
@@ -35,12 +43,12 @@ from simcharge.accounts.models import Account
 from simcharge.catalog.models import PaymentMethod
 from simcharge.db import Database, table_of, upsert_insert
 from simcharge.kit.clock import utcnow
-from simcharge.kit.i18n import BABEL_LOCALES, pick_text
+from simcharge.kit.i18n import BABEL_LOCALES, chosen_format, pick_text
+from simcharge.kit.moments import UTC_ZONE, moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translate_plural
 from simcharge.kit.units import units_text
 from simcharge.ledger.models import LedgerTransfer
-from simcharge.notifications.templates import environment
 from simcharge.orders.fulfilment import issue_receipt_number
 from simcharge.orders.models import CreditNoteDocument, Order, ReceiptDocument, Refund
 from simcharge.orders.receipt_fonts import drawable, fonts_for, needs_cjk_font
@@ -82,6 +90,10 @@ class ReceiptFacts:
     fee: str
     total: str
     status: str
+    zone: str = UTC_ZONE
+    """The operator's time zone (IANA name) the date is written in, and named."""
+    locale: str | None = None
+    """The payer's regional format (`es_MX`), else None: the language's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +121,8 @@ async def paid_amounts(session: AsyncSession, order: Order) -> ReceiptAmounts:
     )
 
 
-def _units(language: str, grant: dict[str, object]) -> str:
-    units = environment(language).filters["units"]
-    text = str(units(grant["amount"], grant["unit"]))
+def _units(language: str, grant: dict[str, object], regional: str | None = None) -> str:
+    text = units_text(language, int(str(grant["amount"])), str(grant["unit"]), regional)
     days = grant.get("validity_days")
     if days:
         text += " · " + translate_plural(
@@ -120,14 +131,18 @@ def _units(language: str, grant: dict[str, object]) -> str:
     return text
 
 
-async def facts(session: AsyncSession, order: Order, language: str, operator: str) -> ReceiptFacts:
+async def facts(
+    session: AsyncSession, order: Order, language: str, operator: str, zone: str = UTC_ZONE
+) -> ReceiptFacts:
+    """What the receipt says, in `language`, dated in the operator's `zone`."""
     account = await session.get(Account, order.account_id)
     method = (
         await session.execute(select(PaymentMethod).where(PaymentMethod.code == order.method_code))
     ).scalar_one_or_none()
-    locale = BABEL_LOCALES.get(language, "en")
+    regional = _regional(language, account)
+    locale = regional or BABEL_LOCALES.get(language, "en")
     snapshot = order.plan_snapshot
-    grants = [_units(language, g) for g in snapshot.get("buckets", [])]
+    grants = [_units(language, g, regional) for g in snapshot.get("buckets", [])]
     for currency, amount in snapshot.get("wallet_credit", {}).items():
         grants.append(
             translate(language, N_("{amount} of credit")).format(
@@ -145,12 +160,14 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
         )
     applied = await applied_at(session, order)
     if applied is not None:
-        return await _applied_facts(session, order, language, operator, applied)
+        return await _applied_facts(session, order, language, operator, applied, zone)
     return ReceiptFacts(
         language=language,
         operator=operator,
         number=order.receipt_number or "—",
         issued_at=order.fulfilled_at or order.paid_at or order.created_at,
+        zone=zone,
+        locale=regional,
         order_reference=order.reference,
         payer=_payer(account),
         msisdn=order.msisdn,
@@ -166,7 +183,12 @@ async def facts(session: AsyncSession, order: Order, language: str, operator: st
 
 
 async def _applied_facts(
-    session: AsyncSession, order: Order, language: str, operator: str, applied: datetime
+    session: AsyncSession,
+    order: Order,
+    language: str,
+    operator: str,
+    applied: datetime,
+    zone: str,
 ) -> ReceiptFacts:
     """The receipt of a payment finance put on the line's balance, the package not credited:
     what was paid, all of it now the payer's credit (no fee kept)."""
@@ -174,7 +196,8 @@ async def _applied_facts(
     method = (
         await session.execute(select(PaymentMethod).where(PaymentMethod.code == order.method_code))
     ).scalar_one_or_none()
-    locale = BABEL_LOCALES.get(language, "en")
+    regional = _regional(language, account)
+    locale = regional or BABEL_LOCALES.get(language, "en")
     money = await paid_amounts(session, order)
     currency = money.currency
     amount = await applied_to_wallet(session, order)
@@ -184,6 +207,8 @@ async def _applied_facts(
         operator=operator,
         number=order.receipt_number or "—",
         issued_at=applied,
+        zone=zone,
+        locale=regional,
         order_reference=order.reference,
         payer=_payer(account),
         msisdn=order.msisdn,
@@ -218,7 +243,7 @@ def render_pdf(f: ReceiptFacts) -> bytes:
 
     label = t(N_("Receipt"))  # (not inside the f-string, where pybabel would not find it)
     title = f"{label} {f.number}"
-    date = str(environment(f.language).filters["datetime"](f.issued_at))
+    date = document_date(f.language, f.issued_at, f.zone, f.locale)
     rows = [
         (t(N_("Date")), date),
         (t(N_("Order")), f.order_reference),
@@ -233,6 +258,17 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     total = (t(N_("Total paid")), f.total)
     thanks = t(N_("Thank you for your purchase. Keep this receipt as proof of payment."))
     return _render(f.language, f.operator, title, rows, amounts, total, thanks)
+
+
+def _regional(language: str, account: Account | None) -> str | None:
+    return chosen_format(language, account.format_locale if account is not None else None)
+
+
+def document_date(language: str, when: datetime, zone: str, locale: str | None) -> str:
+    """A document's date in the operator's zone, named by its IANA name after Babel's short
+    name or offset: "+0800" alone does not say whose day it is."""
+    text = moment_text(language, when, locale, zone)
+    return text if zone == UTC_ZONE else f"{text} ({zone})"
 
 
 def _render(
@@ -330,11 +366,11 @@ async def store_receipt(
 
 
 async def receipt_for(
-    db: Database, order_id: uuid.UUID, language: str, operator: str
+    db: Database, order_id: uuid.UUID, language: str, operator: str, zone: str
 ) -> bytes | None:
     """The receipt of a credited order in `language`: the one kept, or a new one rendered (in a
     thread: it is CPU work) and kept; numbered first if it was not yet. None when the order has
-    no receipt (not credited)."""
+    no receipt (not credited). `zone`: the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
     if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:
         return None
     async with db.read() as s:
@@ -344,7 +380,7 @@ async def receipt_for(
         pdf = await stored_receipt(s, order, language)
         if pdf is not None:
             return pdf
-        content = await facts(s, order, language, operator)
+        content = await facts(s, order, language, operator, zone)
     pdf = await asyncio.to_thread(render_pdf, content)
     # Two rendering at once: the first kept wins, and both serve it (the same bytes ever after).
     return await db.run(lambda s: store_receipt(s, order_id, language, AS_ISSUED, pdf))
@@ -389,6 +425,10 @@ class CreditNoteFacts:
     taken_back: list[str]
     """What the refund took back from the line (unused units and credit), as the reader writes
     it; empty: nothing (used already, or nothing was credited)."""
+    zone: str = UTC_ZONE
+    """The operator's time zone (IANA name) the date is written in, and named."""
+    locale: str | None = None
+    """The payer's regional format (`es_MX`), else None: the language's own."""
 
 
 def refunded_amounts(order: Order, refund: Refund) -> CreditNoteAmounts:
@@ -416,19 +456,26 @@ async def taken_back(session: AsyncSession, refund: Refund) -> list[tuple[int, s
 
 
 async def credit_note_facts(
-    session: AsyncSession, order: Order, refund: Refund, language: str, operator: str
+    session: AsyncSession,
+    order: Order,
+    refund: Refund,
+    language: str,
+    operator: str,
+    zone: str = UTC_ZONE,
 ) -> CreditNoteFacts:
     account = await session.get(Account, order.account_id)
     method = (
         await session.execute(select(PaymentMethod).where(PaymentMethod.code == order.method_code))
     ).scalar_one_or_none()
-    locale = BABEL_LOCALES.get(language, "en")
+    regional = _regional(language, account)
+    locale = regional or BABEL_LOCALES.get(language, "en")
     money = refunded_amounts(order, refund)
     return CreditNoteFacts(
         language=language,
         operator=operator,
         number=refund.credit_note_number or "—",
         issued_at=refund.completed_at or refund.created_at,
+        zone=zone,
         receipt_number=order.receipt_number or "—",
         order_reference=order.reference,
         refund_reference=refund.reference,
@@ -440,8 +487,10 @@ async def credit_note_facts(
         fee=format_money(money.fee, money.currency, locale),
         total=format_money(money.total, money.currency, locale),
         taken_back=[
-            units_text(language, amount, unit) for amount, unit in await taken_back(session, refund)
+            units_text(language, amount, unit, regional)
+            for amount, unit in await taken_back(session, refund)
         ],
+        locale=regional,
     )
 
 
@@ -453,7 +502,7 @@ def render_credit_note(f: CreditNoteFacts) -> bytes:
 
     label = t(N_("Credit note"))  # (not inside the f-string, where pybabel would not find it)
     title = f"{label} {f.number}"
-    date = str(environment(f.language).filters["datetime"](f.issued_at))
+    date = document_date(f.language, f.issued_at, f.zone, f.locale)
     rows = [
         (t(N_("Date")), date),
         (t(N_("Corrects receipt")), f.receipt_number),
@@ -477,7 +526,7 @@ def render_credit_note(f: CreditNoteFacts) -> bytes:
 
 
 async def credit_note_for(
-    db: Database, refund_id: uuid.UUID, language: str, operator: str
+    db: Database, refund_id: uuid.UUID, language: str, operator: str, zone: str
 ) -> bytes | None:
     """The credit note of a done refund in `language`: the one kept, or a new one rendered (in
     a thread) and kept — the first kept wins, so it never changes; numbered first if it was not
@@ -492,7 +541,7 @@ async def credit_note_for(
         assert refund is not None
         order = await s.get(Order, refund.order_id)
         assert order is not None
-        content = await credit_note_facts(s, order, refund, language, operator)
+        content = await credit_note_facts(s, order, refund, language, operator, zone)
     pdf = await asyncio.to_thread(render_credit_note, content)
     return await db.run(lambda s: _store_credit_note(s, refund_id, language, pdf))
 

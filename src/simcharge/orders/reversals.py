@@ -8,8 +8,9 @@ back through the provider's clearing account at once (or as soon as the payment 
 known): from revenue for a credited order, split like one of ours, from `unapplied` for an
 uncredited one (`refunds.money_back`). Nothing is taken back from the line (units may be used;
 finance decides, with an adjustment); the order is flagged `provider_refund`. A chargeback (a
-dispute) is flagged `chargeback` and moves nothing: the provider holds the money until the
-dispute is decided.
+dispute) is flagged `chargeback` and moves nothing while it is open: the provider holds the money
+until the dispute is decided. A dispute decided for the payer (Stripe's status `lost`) is then
+recorded as a refund by the provider, for the disputed amount, once per dispute.
 
 Once its money is posted, such a refund is a done refund like ours: it gets a credit note
 (`service.issue_credit_notes`) and the payer is told as of ours — the `order.refunded` notice,
@@ -265,8 +266,46 @@ async def apply_refund_news(session: AsyncSession, event: ProviderEvent, now: da
     if event.dispute is not None:
         order = await session.get(Order, event.order_id, with_for_update=True)
         assert order is not None
-        return record_dispute(order, dispute_from_json(event.dispute), source=source)
+        dispute = dispute_from_json(event.dispute)
+        if dispute.dispute_status == DISPUTE_LOST:
+            await record_lost_dispute(session, order, dispute, source=source, now=now)
+        return record_dispute(order, dispute, source=source)
     return "ignored"
+
+
+DISPUTE_LOST = "lost"
+"""Stripe's status of a dispute decided for the payer (`charge.dispute.closed`): the money it
+withdrew from the merchant's balance is gone for good. `won`, `warning_closed` and `prevented`
+give it back or never took it; the others are undecided."""
+
+
+async def record_lost_dispute(
+    session: AsyncSession, order: Order, dispute: Dispute, *, source: str, now: datetime
+) -> None:
+    """A dispute the operator lost is money that went back to the payer through their bank: it
+    is recorded once per dispute as a refund by the provider, its money posted back like one
+    (`record_provider_refund`) and numbered with a credit note, so the books and the documents
+    say what the bank account does. The payer is not told (a reversal: see the policy), the
+    line keeps its units (finance decides), and the order stays flagged `chargeback`. A lost
+    dispute whose amount was not reported moves nothing: flagged, for finance to settle."""
+    if dispute.amount is None:
+        flag_order(
+            order,
+            Attention.provider_refund,
+            f"dispute {dispute.dispute_id} lost: {AMOUNT_NOT_REPORTED} ({source})",
+        )
+        return
+    await record_provider_refund(
+        session,
+        order,
+        amount=dispute.amount,
+        currency=dispute.currency,
+        key=f"dispute:{dispute.dispute_id}",
+        provider_refund_id=dispute.dispute_id,
+        what=f"dispute {dispute.dispute_id} lost",
+        source=source,
+        now=now,
+    )
 
 
 def record_dispute(order: Order, dispute: Dispute, *, source: str) -> str:

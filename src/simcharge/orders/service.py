@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account, AccountStatus
 from simcharge.accounts.service import own_line
+from simcharge.auth.deps import SessionEnded
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.repository import CatalogRepository
 from simcharge.catalog.service import MethodUnavailable as MethodUnavailable
@@ -368,6 +370,23 @@ class PlacedOrder:
     """True when the key was seen before (the order is the one it made then)."""
 
 
+async def refuse_closed_payer(session: AsyncSession, account_id: uuid.UUID) -> None:
+    """An order is never placed for a closed account. The request's session was checked before
+    this transaction, and a closure may commit in between: it holds the account's row `FOR
+    UPDATE`, which this read's `FOR KEY SHARE` (the lock the order's own reference to the
+    account takes on PostgreSQL) waits for, then sees the closure; the order is refused as the
+    session it came with has ended (`401 session-ended`)."""
+    status = (
+        await session.execute(
+            select(Account.status)
+            .where(Account.id == account_id)
+            .with_for_update(key_share=True)
+        )
+    ).scalar_one_or_none()
+    if status is None or status == AccountStatus.closed.value:
+        raise SessionEnded()
+
+
 async def place_order(
     session: AsyncSession,
     settings: Settings,
@@ -434,6 +453,7 @@ async def place_order(
             ).scalar_one()
             assert order is not None
             return PlacedOrder(order, payment, key, replayed=True)
+    await refuse_closed_payer(session, account_id)
     facts = (
         read_quote_token(settings.secret_key, quote_token, account_id)
         if quote_token is not None

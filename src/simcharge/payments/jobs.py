@@ -200,7 +200,9 @@ async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
         account = await s.get(Account, order.account_id)
         assert account is not None
     language = account.language
-    pdf = await receipt_for(ctx.db, order.id, language, ctx.settings.operator_name)
+    pdf = await receipt_for(
+        ctx.db, order.id, language, ctx.settings.operator_name, ctx.settings.operator_timezone
+    )
     assert pdf is not None
     if not (account.email and account.email_verified_at):
         return
@@ -244,7 +246,9 @@ async def credit_note(ctx: JobContext, payload: dict[str, Any]) -> None:
     if refund is None or order is None or account is None:
         raise PermanentJobError(f"refund {refund_id} is not known")
     language = account.language
-    pdf = await credit_note_for(ctx.db, refund_id, language, ctx.settings.operator_name)
+    pdf = await credit_note_for(
+        ctx.db, refund_id, language, ctx.settings.operator_name, ctx.settings.operator_timezone
+    )
     if pdf is None:
         raise PermanentJobError(f"refund {refund_id} has no credit note")
     if not (account.email and account.email_verified_at):

@@ -14,12 +14,15 @@ from simcharge.errors import NotAuthenticated, SimchargeError
 from simcharge.kit.translations import translate
 from simcharge.portal.account import router as account_router
 from simcharge.portal.help import router as help_router
+from simcharge.portal.profile import router as profile_router
 from simcharge.portal.public import router as public_router
 from simcharge.portal.security import router as security_router
 from simcharge.portal.transfers import router as transfers_router
 from simcharge.portal.web import STATIC, Visitor, redirect, render, safe_next
 
-ROUTERS = (public_router, account_router, security_router, help_router, transfers_router)
+ROUTERS = (
+    public_router, account_router, security_router, help_router, transfers_router, profile_router
+)
 
 
 def problem_page(request: Request, exc: SimchargeError) -> Response:

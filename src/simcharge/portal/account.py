@@ -101,14 +101,14 @@ class LineCard:
     """An active line whose validity runs: the days until it ends."""
     warn: str | None = None
     """Why and how to keep the line active, when it matters."""
-    freeze_on: date | None = None
+    freeze_on: datetime | None = None
     """When the line would be frozen (the lifecycle's rules), shown when it matters."""
     freeze_days: int | None = None
     freeze_if_unused: bool = False
     """The freeze comes from inactivity: using the line also keeps it."""
-    terminate_on: date | None = None
+    terminate_on: datetime | None = None
     terminate_days: int | None = None
-    validity_ended: date | None = None
+    validity_ended: datetime | None = None
 
 
 FROZEN_WARNINGS: dict[str, str] = {
@@ -141,7 +141,7 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
         if line.validity_end > now:
             card.days_left = _days_until(line.validity_end, now)
         else:
-            card.validity_ended = line.validity_end.date()
+            card.validity_ended = line.validity_end
     if state is LineState.frozen:
         card.warn = FROZEN_WARNINGS.get(policy.frozen_reactivation, FROZEN_WARNINGS["topup"])
     elif state is LineState.grace:
@@ -150,7 +150,7 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
             "and it will be frozen if it is not topped up. Top up to keep it active."
         )
         if line.validity_end is not None:
-            card.validity_ended = line.validity_end.date()
+            card.validity_ended = line.validity_end
     elif state is LineState.available:
         card.warn = N_("This line is not in service yet: its first top-up activates it.")
     elif state is LineState.terminated:
@@ -166,12 +166,12 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
         or card.warn is not None
         or freeze - now <= timedelta(days=WARN_DAYS)
     ):
-        card.freeze_on, card.freeze_days = freeze.date(), _days_until(freeze, now)
+        card.freeze_on, card.freeze_days = freeze, _days_until(freeze, now)
         card.freeze_if_unused = freeze == (line.last_activity_at or line.state_changed_at) + (
             policy.inactivity
         )
     if ahead.terminate_at is not None and ahead.terminate_at > now:
-        card.terminate_on = ahead.terminate_at.date()
+        card.terminate_on = ahead.terminate_at
         card.terminate_days = _days_until(ahead.terminate_at, now)
     return card
 

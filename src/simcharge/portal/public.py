@@ -275,8 +275,8 @@ async def resend_code(
 
 @router.get("/login")
 async def login_form(
-    request: Request, page: Page, next: str | None = None, verified: str | None = None,
-    reset: str | None = None, unlocked: str | None = None,
+    request: Request, page: Page, settings: AppSettings, next: str | None = None,
+    verified: str | None = None, reset: str | None = None, unlocked: str | None = None,
 ) -> Response:
     if page.customer is not None:
         return redirect(safe_next(next))
@@ -289,7 +289,7 @@ async def login_form(
         notice = N_("Your account is unlocked. Sign in to continue.")
     return render(
         request, page, "login.html", values={"next": safe_next(next)}, errors={},
-        notice=notice, step="password",
+        notice=notice, step="password", passkeys_on=settings.passkey_rp is not None,
     )
 
 
@@ -349,6 +349,7 @@ async def login(
             request, page, "login.html", status=exc.status, values=values, errors=errors,
             headers=exc.headers, error=summary, step=step, notice=None,
             sealed=_seal_password(settings, login_name, password) if step != "password" else "",
+            passkeys_on=settings.passkey_rp is not None,
         )
     response = redirect(values["next"])
     set_session_cookie(response, settings, result.issued.token)

@@ -5,6 +5,7 @@ closing the account."""
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,6 +17,7 @@ from simcharge.accounts.endpoints import export_response
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
+from simcharge.auth import passkeys
 from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
 from simcharge.auth.endpoints import equalize
@@ -65,6 +67,10 @@ EVENT_LABELS: dict[str, str] = {
     EventKind.csrf_refused: N_("Change refused: it did not come from this site"),
     EventKind.alert_sent: N_("Security alert sent"),
     EventKind.account_closed: N_("Account closure"),
+    EventKind.passkey_added: N_("Passkey added"),
+    EventKind.passkey_renamed: N_("Passkey renamed"),
+    EventKind.passkey_removed: N_("Passkey removed"),
+    EventKind.passkey_sign_count_regressed: N_("Sign-in refused: the passkey may have been copied"),
 }
 
 
@@ -78,18 +84,22 @@ async def _security_page(
         sessions = await live_sessions(s, account_id, policy=auth.policy(settings), now=utcnow())
         events = await events_of(s, account_id, limit=30)
         notices = await notices_of(s, account_id, limit=50)
+        keys = await passkeys.passkeys_of(s, account_id)
     alerts = []
     for n in notices:
         if n.template.startswith("security."):
             title = notice_title(n.id, n.template, page.language, n.params,
                                  operator=settings.operator_name, base_url=settings.base_url)
             alerts.append({"title": title, "at": n.created_at})
-    context: dict[str, Any] = {"errors": {}, "error": None, "good": None, "form": None}
+    context: dict[str, Any] = {
+        "errors": {}, "error": None, "good": None, "form": None, "renaming": None,
+    }
     context.update(extra)
     return render(
         request, page, "security.html", status=status, sessions=sessions, events=events,
         labels=EVENT_LABELS, alerts=alerts[:10], current=page.customer.session.id,
-        two_step=page.account.totp_enabled_at is not None, **context,
+        two_step=page.account.totp_enabled_at is not None, passkeys=keys,
+        passkeys_on=settings.passkey_rp is not None, **context,
     )
 
 
@@ -101,6 +111,9 @@ async def security(
         "password": N_("Your password was changed. Your other sessions have ended."),
         "totp_off": N_("Two-step verification is off."),
         "session": N_("The session has ended."),
+        "passkey_added": N_("Your passkey was added. You can now sign in with it."),
+        "passkey_renamed": N_("The passkey was renamed."),
+        "passkey_removed": N_("The passkey was removed; it can no longer sign in."),
     }.get(done or "")
     return await _security_page(request, page, db, settings, good=good)
 
@@ -312,6 +325,48 @@ async def end_all_sessions(
     response = redirect("/login")
     clear_session_cookie(response, settings)
     return response
+
+
+@router.post("/account/security/passkeys/{passkey_id}/rename")
+async def rename_passkey(
+    passkey_id: str, request: Request, page: Page, db: DB, settings: AppSettings, client: Client
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+    pid = _uuid(passkey_id, "passkey_id")
+    try:
+        await db.run(lambda s: _renamed(s, page, pid, form.get("name", ""), client))
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            headers=exc.headers, form="passkey", renaming=str(pid),
+        )
+    return redirect("/account/security?done=passkey_renamed")
+
+
+async def _renamed(
+    s: AsyncSession, page: Visitor, passkey_id: uuid.UUID, name: str, client: Client
+) -> None:
+    await passkeys.rename_passkey(
+        s, await _locked(s, page), passkey_id, name, client=client, now=utcnow()
+    )
+
+
+@router.post("/account/security/passkeys/{passkey_id}/remove")
+async def remove_passkey(
+    passkey_id: str, request: Request, page: Page, db: DB, client: Client
+) -> Response:
+    """Removing one asks no password: it takes a way in away, and the holder is told."""
+    require(page)
+    await form_of(request, page)
+    pid = _uuid(passkey_id, "passkey_id")
+
+    async def run(s: AsyncSession) -> None:
+        await passkeys.remove_passkey(s, await _locked(s, page), pid, client=client, now=utcnow())
+
+    await db.run(run)
+    return redirect("/account/security?done=passkey_removed")
 
 
 @router.post("/account/security/lock")

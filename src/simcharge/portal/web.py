@@ -21,9 +21,10 @@ from babel.lists import format_list
 from babel.numbers import format_decimal, format_percent
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
+from jinja2.runtime import Context
 from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import BaseRoute, Match
@@ -47,8 +48,14 @@ from simcharge.errors import Forbidden, refuse_nul
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.devices import device_label
-from simcharge.kit.i18n import BABEL_LOCALES, LANGUAGES, format_locale, pick_language
-from simcharge.kit.moments import moment_text
+from simcharge.kit.i18n import (
+    BABEL_LOCALES,
+    LANGUAGES,
+    chosen_format,
+    format_locale,
+    pick_language,
+)
+from simcharge.kit.moments import UTC_ZONE, day_in, is_zone, moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
 from simcharge.kit.units import locale_for, shown_count, units_text
@@ -175,7 +182,11 @@ class Visitor:
     """The page's rows read with the session check (`visitor_reading`), for a customer."""
     locale: str | None = None
     """The Babel locale its numbers, money and dates are written and read in, when it is not
-    the language's own (`kit.i18n.format_locale`: Spanish from a browser saying `es-MX`)."""
+    the language's own: the account's choice (`Account.format_locale`), else its browser's
+    region (`kit.i18n.format_locale`: Spanish from a browser saying `es-MX`)."""
+    zone: str = UTC_ZONE
+    """The IANA zone its times and the days of moments are written in: the signed-in
+    account's, else the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
 
     @property
     def account(self) -> Account:
@@ -263,28 +274,41 @@ async def _visiting(request: Request, reads: ReadsWithSession | None) -> Visitor
     return page
 
 
-def choose_locale(request: Request, language: str) -> str | None:
+def choose_locale(request: Request, language: str, account: Account | None = None) -> str | None:
     """The locale of the page's numbers when it is not the language's own: one translation
-    (`es`), the number format of the reader's region (`es-MX` writes `12.50`, Spain `12,50`),
-    from the browser's `Accept-Language`; None for the language's own."""
-    found = format_locale(language, request.headers.get("accept-language"))
+    (`es`), the number format of the reader's region (`es-MX` writes `12.50`, Spain `12,50`):
+    the one their account chose for the language (`Account.format_locale`), else the
+    browser's `Accept-Language`'s; None for the language's own."""
+    chosen = chosen_format(language, account.format_locale if account is not None else None)
+    found = chosen or format_locale(language, request.headers.get("accept-language"))
     return None if found == BABEL_LOCALES.get(language, "en") else found
 
 
+def choose_zone(settings: Settings, account: Account | None) -> str:
+    """The account's time zone, else (no account, none chosen, or one the time zone database
+    no longer knows) the operator's."""
+    if account is not None and is_zone(account.time_zone):
+        return account.time_zone
+    return settings.operator_timezone
+
+
 async def _visitor(request: Request, settings: Settings, customer: Customer | None) -> Visitor:
-    language = choose_language(request, settings, customer.account if customer else None)
+    account = customer.account if customer else None
+    language = choose_language(request, settings, account)
     request.state.language = language
-    locale = choose_locale(request, language)
+    locale = choose_locale(request, language, account)
+    zone = choose_zone(settings, account)
     if customer is not None:
         token = csrf_token(settings.secret_key, customer.session.id)
-        return Visitor(language, customer, token, locale=locale)
+        return Visitor(language, customer, token, locale=locale, zone=zone)
     cookie = request.cookies.get(csrf_cookie(settings))
     new = None
     if not cookie or len(cookie) < 20:
         cookie = new = secrets.token_urlsafe(24)
     return Visitor(
-        language, None, anonymous_csrf(settings, cookie), new_csrf_cookie=new, locale=locale
-    )
+        language, None, anonymous_csrf(settings, cookie), new_csrf_cookie=new, locale=locale,
+        zone=zone,
+    )  # fmt: skip
 
 
 Page = Annotated[Visitor, Depends(visitor)]
@@ -391,10 +415,16 @@ class _FoldedGettext(Extension):
                 i += 1
 
 
+READER_ZONE = "reader_zone"
+"""The name, in a page's context, of the IANA zone its times are written in (`Visitor.zone`):
+a value of the render, not of the environment, which would compile every template again for
+each zone."""
+
+
 @lru_cache(maxsize=64)
 def environment(language: str, locale: str | None = None) -> Environment:
     """The templates in `language`, numbers, money and dates in `locale` (None: the
-    language's own)."""
+    language's own), times in the zone the render names (`READER_ZONE`)."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         # The templates ship with the release: no stat of each file on every render.
@@ -430,15 +460,19 @@ def environment(language: str, locale: str | None = None) -> Environment:
             )
         )
 
-    def as_date(value: datetime | date | None) -> str:
+    @pass_context
+    def as_date(context: Context, value: datetime | date | None) -> str:
+        """A day; a moment's day where the reader is (a validity ending 20:00 UTC on Dec 6 ends
+        on Dec 7 in Manila)."""
         if value is None:
             return "—"
-        return day_text(value.date() if isinstance(value, datetime) else value)
+        return day_text(day_in(value, context.get(READER_ZONE, UTC_ZONE)))
 
-    def as_datetime(value: datetime | None) -> str:
+    @pass_context
+    def as_datetime(context: Context, value: datetime | None) -> str:
         if value is None:
             return "—"
-        return moment_text(language, value, locale)
+        return moment_text(language, value, locale, context.get(READER_ZONE, UTC_ZONE))
 
     @lru_cache(maxsize=8192)
     def unit_text(amount: int, unit: str) -> str:
@@ -559,6 +593,7 @@ def render(
         has_logo=settings.operator_logo is not None,
         path=request.url.path,
         here=_here(request),
+        **{READER_ZONE: page.zone},
         **context,
     )
     response = HTMLResponse(

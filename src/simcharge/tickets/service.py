@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,9 +23,10 @@ from simcharge.accounts.service import own_line
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import AuditEntry, StaffUser
-from simcharge.db import older_than
+from simcharge.db import older_than, table_of
 from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
-from simcharge.kit.translations import N_
+from simcharge.kit.ids import uuid7
+from simcharge.kit.translations import N_, translate
 from simcharge.notifications.service import notify
 from simcharge.orders.service import own_order
 from simcharge.tickets.models import Ticket, TicketMessage, TicketPriority, TicketStatus
@@ -33,6 +34,7 @@ from simcharge.tickets.models import Ticket, TicketMessage, TicketPriority, Tick
 SUBJECT_MAX = 200
 BODY_MAX = 10_000
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_tickets = table_of(Ticket)
 
 
 class TicketNotFound(NotFound):
@@ -509,3 +511,45 @@ async def update_ticket(
     if new_status is TicketStatus.resolved and before["status"] != TicketStatus.resolved:
         await _tell_resolved(session, ticket, now)
     return ticket
+
+
+# --- the customer closes their account ------------------------------------------------------
+
+CLOSED_WITH_ACCOUNT = N_("Closed: the customer closed their account.")
+"""The internal note on each ticket closed with its account, in the operator's language."""
+
+
+async def close_with_account(
+    session: AsyncSession, account_id: uuid.UUID, *, language: str, now: datetime
+) -> int:
+    """Close every ticket of an account its holder is closing (`accounts.privacy`), each with an
+    internal note saying why: no one can answer or reopen it any more. The customer is not
+    told (the closure's confirmation says it all). Returns how many were closed."""
+    closed = (
+        await session.execute(
+            update(_tickets)
+            .where(
+                _tickets.c.account_id == account_id,
+                _tickets.c.status != TicketStatus.closed.value,
+            )
+            .values(status=TicketStatus.closed.value, updated_at=now)
+            .returning(_tickets.c.id)
+        )
+    ).scalars().all()
+    if closed:
+        note = translate(language, CLOSED_WITH_ACCOUNT)
+        await session.execute(
+            insert(table_of(TicketMessage)),
+            [
+                {
+                    "id": uuid7(),
+                    "ticket_id": ticket_id,
+                    "author": "staff",
+                    "body": note,
+                    "internal": True,
+                    "created_at": now,
+                }
+                for ticket_id in closed
+            ],
+        )
+    return len(closed)

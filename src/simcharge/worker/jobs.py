@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import simcharge.accounts.jobs
 import simcharge.charging.jobs
 import simcharge.lifecycle.jobs
 import simcharge.notifications.jobs

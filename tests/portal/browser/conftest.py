@@ -108,11 +108,14 @@ def _sqlite_only(backend: Backend) -> None:
 
 
 @asynccontextmanager
-async def serve(database: Database, inbox: SmtpInbox, smtp_port: int) -> AsyncIterator[Live]:
+async def serve(
+    database: Database, inbox: SmtpInbox, smtp_port: int, *, host: str = "127.0.0.1"
+) -> AsyncIterator[Live]:
     """simcharge on a free port (uvicorn, its outbox worker in process) over `database`, with
-    the demo catalog, e-mail to the test's SMTP server."""
+    the demo catalog, e-mail to the test's SMTP server. `host`: the name the browser uses for it
+    (`localhost` for passkeys, which need a domain; it listens on 127.0.0.1 either way)."""
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         env=Environment.test,

@@ -23,6 +23,15 @@
     };
     window.setTimeout(tick, 2000);
   }
+  // An account without a time zone of its own: the browser's is chosen, if the list has it,
+  // and the page says so; nothing is saved until the customer saves.
+  var zones = document.querySelector("select[data-suggest-zone]");
+  var browserZone = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zones && browserZone && zones.querySelector("option[value='" + browserZone + "']")) {
+    zones.value = browserZone;
+    var said = document.querySelector("[data-zone-suggested]");
+    if (said) { said.hidden = false; }
+  }
   // "Another number" takes focus when chosen; one's own line clears it.
   var gift = document.getElementById("f-msisdn");
   if (gift) {

@@ -1,0 +1,286 @@
+"""Data retention: how long simcharge keeps what it holds about people, and the sweep that
+enforces it (the daily worker job `privacy.retention`, `simcharge privacy sweep`).
+
+Each rule is one set-based statement over the rows its setting has made due — deleted, or
+stripped of what identifies someone — a batch per transaction: the batch is chosen with
+`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several workers sweeping at once never take the same
+row, and the statement repeats the rule's condition, so a row another sweep has just handled is
+not counted again. A setting of 0 keeps that data for ever.
+
+What the law keeps is never swept: orders, payments, refunds, receipts, credit notes, the
+ledger, adjustments, balance actions and the staff audit log (10 years is typical for
+accounting; the audit log refuses every UPDATE and DELETE). README, "Data retention", has the
+table of what is kept for how long, and why.
+
+The indexes declared here serve the rules (one range scan per batch, whatever the size of the
+table), as `lifecycle.models` declares those of the lifecycle sweep."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import (
+    ColumnElement,
+    Index,
+    Table,
+    delete,
+    func,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.auth.models import (
+    AuthSession,
+    KnownDevice,
+    LoginThrottle,
+    SecurityEvent,
+    VerificationCode,
+)
+from simcharge.backoffice.models import StaffSession
+from simcharge.charging.models import ChargingSession, SessionState
+from simcharge.config import Settings
+from simcharge.db import Database, table_of
+from simcharge.kit.clock import utcnow
+from simcharge.notifications.models import MessageLog, Notice
+from simcharge.orders.models import IdempotencyKey, ProviderEvent
+
+log = structlog.get_logger("simcharge.privacy")
+
+_events = table_of(SecurityEvent)
+_sessions = table_of(AuthSession)
+_staff_sessions = table_of(StaffSession)
+_codes = table_of(VerificationCode)
+_devices = table_of(KnownDevice)
+_throttles = table_of(LoginThrottle)
+_messages = table_of(MessageLog)
+_notices = table_of(Notice)
+_idempotency = table_of(IdempotencyKey)
+_provider_events = table_of(ProviderEvent)
+_charging = table_of(ChargingSession)
+
+_IDENTIFIED = or_(_events.c.ip.is_not(None), _events.c.user_agent.is_not(None))
+"""A security event that still says where it came from."""
+_NO_CLIENT = {"ip": None, "user_agent": None}
+_RAW_KEPT = _provider_events.c.headers.is_not(None)
+"""A provider event still as delivered (its body, headers and decoded payload)."""
+
+Index("ix_security_events_created_at", _events.c.created_at)
+Index(
+    "ix_security_events_identified",
+    _events.c.created_at,
+    postgresql_where=_IDENTIFIED,
+    sqlite_where=_IDENTIFIED,
+)
+Index("ix_auth_sessions_expires_at", _sessions.c.expires_at)
+Index("ix_staff_sessions_expires_at", _staff_sessions.c.expires_at)
+Index("ix_verification_codes_expires_at", _codes.c.expires_at)
+Index("ix_known_devices_last_seen_at", _devices.c.last_seen_at)
+Index("ix_login_throttles_updated_at", _throttles.c.updated_at)
+Index("ix_message_log_created_at", _messages.c.created_at)
+Index("ix_notices_created_at", _notices.c.created_at)
+Index("ix_idempotency_keys_created_at", _idempotency.c.created_at)
+Index(
+    "ix_provider_events_raw_kept",
+    _provider_events.c.received_at,
+    postgresql_where=_RAW_KEPT,
+    sqlite_where=_RAW_KEPT,
+)
+Index("ix_charging_sessions_created_at", _charging.c.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One retention rule: the rows of `table` that `due(cutoff, now)` selects are deleted, or,
+    with `scrub`, updated to those values (the row stays, anonymous)."""
+
+    name: str
+    setting: str
+    """The `Settings` field of its days (`SIMCHARGE_RETENTION_…_DAYS`); 0: kept for ever."""
+    table: Table
+    due: Callable[[datetime, datetime], ColumnElement[bool]]
+    scrub: dict[str, Any] | None = None
+
+    def days(self, settings: Settings) -> int:
+        return int(getattr(settings, self.setting))
+
+    @property
+    def key(self) -> Any:
+        return next(iter(self.table.primary_key.columns))
+
+
+def _security_event_clients(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Events older than the cutoff still holding an address or a device: both dropped (the
+    kind, outcome, time and details stay, for the customer's log and for audit)."""
+    return (_events.c.created_at < cutoff) & _IDENTIFIED
+
+
+def _security_events(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    return _events.c.created_at < cutoff
+
+
+def _ended_sessions(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Every session has ended by its absolute timeout, whether revoked before or not."""
+    return _sessions.c.expires_at < cutoff
+
+
+def _ended_staff_sessions(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    return _staff_sessions.c.expires_at < cutoff
+
+
+def _expired_codes(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """A code is worthless once expired (used or not); the row still names its target."""
+    return _codes.c.expires_at < cutoff
+
+
+def _idle_devices(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """A device not seen since the cutoff is forgotten: a sign-in from it alerts again."""
+    return _devices.c.last_seen_at < cutoff
+
+
+def _idle_throttles(cutoff: datetime, now: datetime) -> ColumnElement[bool]:
+    """A login name's failures untouched since the cutoff, and not locked out now."""
+    return (_throttles.c.updated_at < cutoff) & or_(
+        _throttles.c.locked_until.is_(None), _throttles.c.locked_until < now
+    )
+
+
+def _messages_sent(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    return _messages.c.created_at < cutoff
+
+
+def _old_notices(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    return _notices.c.created_at < cutoff
+
+
+def _idempotency_keys(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """A retry comes within minutes or hours; a key older than the cutoff is never retried."""
+    return _idempotency.c.created_at < cutoff
+
+
+def _provider_bodies(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Processed notifications received before the cutoff, still as delivered. The row stays
+    (its (provider, event id) keeps a late duplicate out) with the verified facts drawn from it
+    (`status`, `refund`, `dispute`: amounts, states, references; no payer)."""
+    return (
+        (_provider_events.c.received_at < cutoff)
+        & _provider_events.c.processed_at.is_not(None)
+        & _RAW_KEPT
+    )
+
+
+def _closed_charging_sessions(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Sessions opened before the cutoff and over (their usage records stay, with the ledger)."""
+    return (_charging.c.created_at < cutoff) & (_charging.c.state != SessionState.open.value)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "security_events.client",
+        "retention_security_client_days",
+        _events,
+        _security_event_clients,
+        scrub=_NO_CLIENT,
+    ),
+    Rule("security_events", "retention_security_events_days", _events, _security_events),
+    Rule("auth_sessions", "retention_sessions_days", _sessions, _ended_sessions),
+    Rule("staff_sessions", "retention_sessions_days", _staff_sessions, _ended_staff_sessions),
+    Rule("verification_codes", "retention_codes_days", _codes, _expired_codes),
+    Rule("known_devices", "retention_devices_days", _devices, _idle_devices),
+    Rule("login_throttles", "retention_throttles_days", _throttles, _idle_throttles),
+    Rule("message_log", "retention_messages_days", _messages, _messages_sent),
+    Rule("notices", "retention_notices_days", _notices, _old_notices),
+    Rule("idempotency_keys", "retention_idempotency_days", _idempotency, _idempotency_keys),
+    Rule(
+        "provider_events.body",
+        "retention_provider_bodies_days",
+        _provider_events,
+        _provider_bodies,
+        # SQL NULL, not JSON `null`: `headers IS NOT NULL` is what marks a row still raw.
+        scrub={"body": None, "headers": null(), "payload": {}},
+    ),
+    Rule(
+        "charging_sessions",
+        "retention_charging_sessions_days",
+        _charging,
+        _closed_charging_sessions,
+    ),
+)
+"""In the order the sweep applies them: an event's address goes before the event does."""
+
+
+async def forget_where_events_came_from(session: AsyncSession, account_id: uuid.UUID) -> None:
+    """What the `security_events.client` rule does by age, at once for one account (its holder
+    closes it): the log keeps what happened (kinds, outcomes, times: for audit and fraud
+    investigation), no longer from which address or device."""
+    await session.execute(
+        update(_events).where(_events.c.account_id == account_id, _IDENTIFIED).values(_NO_CLIENT)
+    )
+
+
+async def apply_rule(
+    session: AsyncSession, rule: Rule, *, cutoff: datetime, now: datetime, limit: int
+) -> int:
+    """One batch of `rule`: at most `limit` due rows, in one statement; the rows another sweep
+    holds are skipped, not waited for. Returns how many rows it deleted or scrubbed."""
+    due = rule.due(cutoff, now)
+    chosen = (
+        select(rule.key).where(due).limit(limit).with_for_update(skip_locked=True).scalar_subquery()
+    )
+    stmt: Any = delete(rule.table) if rule.scrub is None else update(rule.table).values(rule.scrub)
+    result = await session.execute(stmt.where(rule.key.in_(chosen), due))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_due(session: AsyncSession, rule: Rule, *, cutoff: datetime, now: datetime) -> int:
+    """How many rows `rule` would change now (the dry run)."""
+    found = await session.scalar(
+        select(func.count()).select_from(rule.table).where(rule.due(cutoff, now))
+    )
+    return int(found or 0)
+
+
+@dataclass(slots=True)
+class RetentionReport:
+    changed: dict[str, int] = field(default_factory=dict)
+    """Rows deleted or scrubbed (a dry run: that would be), by rule."""
+    kept: list[str] = field(default_factory=list)
+    """Rules whose setting is 0: their data is kept for ever."""
+
+
+async def sweep(
+    db: Database, settings: Settings, *, now: datetime | None = None, dry_run: bool = False
+) -> RetentionReport:
+    """Apply every rule, a batch per transaction, until nothing more is due (or what is left is
+    another sweep's); `dry_run` counts what is due and changes nothing. Logs the counts (never
+    the data)."""
+    now = now or utcnow()
+    limit = settings.retention_batch_size
+    report = RetentionReport()
+    for rule in RULES:
+        days = rule.days(settings)
+        if days == 0:
+            report.kept.append(rule.name)
+            continue
+        cutoff = now - timedelta(days=days)
+        if dry_run:
+            async with db.read() as s:
+                report.changed[rule.name] = await count_due(s, rule, cutoff=cutoff, now=now)
+            continue
+        total = 0
+        while True:
+            n = await db.run(partial(apply_rule, rule=rule, cutoff=cutoff, now=now, limit=limit))
+            total += n
+            if n < limit:
+                break
+        report.changed[rule.name] = total
+    log.info("privacy.retention_swept", dry_run=dry_run, kept=report.kept, **report.changed)
+    return report

@@ -1,0 +1,242 @@
+"""Passkeys in the API: signing in with one (`/api/v1/auth/passkeys/…`) and the signed-in
+customer's own (`/api/v1/me/passkeys…`). The ceremonies themselves are in `auth.passkeys`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from simcharge.accounts.models import Account
+from simcharge.api.deps import API_PREFIX, DB, AppSettings
+from simcharge.auth import passkeys
+from simcharge.auth import service as auth
+from simcharge.auth.deps import (
+    Client,
+    CurrentCustomer,
+    Customer,
+    Limits,
+    session_cookie,
+)
+from simcharge.auth.endpoints import raise_refused, signed_in_answer
+from simcharge.auth.models import AuthSession, Passkey
+from simcharge.auth.schemas import Done, LoginOut
+from simcharge.errors import Refused
+from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
+from simcharge.kit.schemas import Schema
+
+router = APIRouter(prefix=API_PREFIX, tags=["passkeys"])
+
+CREDENTIAL_DOC = (
+    "What `navigator.credentials.create()` or `get()` answered, as `PublicKeyCredential.toJSON()` "
+    "writes it (binary fields in base64url)."
+)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CeremonyOut(Schema):
+    public_key: dict[str, Any] = Field(
+        description="The `publicKey` options for `navigator.credentials.create()` or `get()`, "
+        "binary fields in base64url (`PublicKeyCredential.parse…OptionsFromJSON`)."
+    )
+    expires_at: datetime
+
+
+class LoginCeremonyOut(CeremonyOut):
+    ceremony: str = Field(description="Send it back with the answer (`POST …/login`).")
+
+
+class PasskeyLoginIn(_In):
+    ceremony: str = Field(max_length=128)
+    credential: dict[str, Any] = Field(description=CREDENTIAL_DOC)
+    mode: Literal["token", "cookie"] = Field(
+        default="token", description="As for `POST /api/v1/auth/login`."
+    )
+
+
+class PasskeyOptionsIn(_In):
+    password: str = Field(max_length=1024, description="The account's password, asked again.")
+
+
+class PasskeyIn(_In):
+    credential: dict[str, Any] = Field(description=CREDENTIAL_DOC)
+    name: str | None = Field(
+        default=None, max_length=256, description="What to call it; unset: the device's name."
+    )
+
+
+class PasskeyRenameIn(_In):
+    name: str = Field(max_length=256)
+
+
+class PasskeyOut(Schema):
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    backed_up: bool = Field(description="Synced to the holder's other devices.")
+    transports: list[str]
+
+
+def passkey_out(p: Passkey) -> PasskeyOut:
+    return PasskeyOut.model_validate(p)
+
+
+# --- signing in -----------------------------------------------------------------------------
+
+
+@router.post(
+    "/auth/passkeys/options",
+    response_model=LoginCeremonyOut,
+    summary="Start signing in with a passkey: the options for navigator.credentials.get()",
+)
+async def login_options(
+    db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> LoginCeremonyOut:
+    passkeys.relying_party(settings)
+    await limits.hit("login", client.ip)
+    ceremony = await db.run(lambda s: passkeys.login_options(s, settings, now=utcnow()))
+    assert ceremony.handle is not None
+    return LoginCeremonyOut(
+        public_key=ceremony.options, expires_at=ceremony.expires_at, ceremony=ceremony.handle
+    )
+
+
+@router.post("/auth/passkeys/login", response_model=LoginOut, summary="Sign in with a passkey")
+async def login(
+    body: PasskeyLoginIn,
+    request: Request,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> LoginOut:
+    """A session as `POST /api/v1/auth/login` opens one, with two-step verification satisfied
+    (the authenticator verified its holder)."""
+    passkeys.relying_party(settings)
+    await limits.hit("login", client.ip)
+    cookie = body.mode == "cookie"
+    if cookie and client.device_id is None:
+        client = replace(client, device_id=uuid7().hex)
+    held = request.cookies.get(session_cookie(settings)) if cookie else None
+    result = await db.run(
+        lambda s: passkeys.login_with_passkey(
+            s, settings, handle=body.ceremony, credential=body.credential, client=client,
+            now=utcnow(), replacing=held,
+        )
+    )  # fmt: skip
+    raise_refused(result)
+    assert isinstance(result, auth.SignedIn)
+    return signed_in_answer(request, response, settings, result, client, cookie=cookie)
+
+
+# --- my passkeys ----------------------------------------------------------------------------
+
+
+async def _held(s: AsyncSession, customer: Customer) -> tuple[Account, AuthSession]:
+    """The customer's account and session, locked (the account first, as sign-in takes it)."""
+    account = await s.get(Account, customer.account.id, with_for_update=True)
+    auth_session = await s.get(AuthSession, customer.session.id)
+    assert account is not None
+    assert auth_session is not None
+    return account, auth_session
+
+
+@router.get("/me/passkeys", response_model=list[PasskeyOut], summary="My passkeys")
+async def my_passkeys(customer: CurrentCustomer, db: DB) -> list[PasskeyOut]:
+    async with db.read() as s:
+        rows = await passkeys.passkeys_of(s, customer.account.id)
+    return [passkey_out(p) for p in rows]
+
+
+@router.post(
+    "/me/passkeys/options",
+    response_model=CeremonyOut,
+    summary="Start adding a passkey (the password again): options for navigator.credentials.create()",
+)
+async def registration_options(
+    body: PasskeyOptionsIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> CeremonyOut:
+    passkeys.relying_party(settings)
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
+    async def run(s: AsyncSession) -> passkeys.Ceremony | Refused:
+        account, auth_session = await _held(s, customer)
+        return await passkeys.registration_options(
+            s, settings, account, auth_session, password=body.password, client=client,
+            now=utcnow(), counted=counted,
+        )  # fmt: skip
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, passkeys.Ceremony)
+    return CeremonyOut(public_key=result.options, expires_at=result.expires_at)
+
+
+@router.post(
+    "/me/passkeys",
+    response_model=PasskeyOut,
+    status_code=201,
+    summary="Add the passkey the authenticator made",
+)
+async def add_passkey(
+    body: PasskeyIn, customer: CurrentCustomer, db: DB, settings: AppSettings, client: Client
+) -> PasskeyOut:
+    passkeys.relying_party(settings)
+
+    async def run(s: AsyncSession) -> Passkey | Refused:
+        account, auth_session = await _held(s, customer)
+        return await passkeys.register_passkey(
+            s, settings, account, auth_session, credential=body.credential, name=body.name,
+            client=client, now=utcnow(),
+        )  # fmt: skip
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, Passkey)
+    return passkey_out(result)
+
+
+@router.patch("/me/passkeys/{passkey_id}", response_model=PasskeyOut, summary="Rename a passkey")
+async def rename_passkey(
+    passkey_id: uuid.UUID, body: PasskeyRenameIn, customer: CurrentCustomer, db: DB,
+    client: Client,
+) -> PasskeyOut:  # fmt: skip
+    async def run(s: AsyncSession) -> Passkey:
+        account, _ = await _held(s, customer)
+        return await passkeys.rename_passkey(
+            s, account, passkey_id, body.name, client=client, now=utcnow()
+        )
+
+    return passkey_out(await db.run(run))
+
+
+@router.delete(
+    "/me/passkeys/{passkey_id}",
+    response_model=Done,
+    summary="Remove a passkey (the password stays)",
+)
+async def remove_passkey(
+    passkey_id: uuid.UUID, customer: CurrentCustomer, db: DB, client: Client
+) -> Done:
+    async def run(s: AsyncSession) -> None:
+        account, _ = await _held(s, customer)
+        await passkeys.remove_passkey(s, account, passkey_id, client=client, now=utcnow())
+
+    await db.run(run)
+    return Done()
