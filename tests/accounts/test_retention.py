@@ -469,3 +469,28 @@ async def test_an_update_counted_by_one_sweep_is_not_counted_again(
         .values(ip=None, user_agent=None)
     ))
     assert (await sweep(db, settings, now=now)).changed["security_events.client"] == 0
+
+
+async def test_the_sweeps_log_line_shows_every_count(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator reads what each rule did in the log. Before, the counts were top-level
+    fields, and those named like secrets (`verification_codes`, `idempotency_keys`) were
+    written `***` by the log's masking; now they go under `swept`, as numbers."""
+    from simcharge.accounts import retention
+    from simcharge.kit.logging import _mask_secrets
+
+    lines: list[dict[str, Any]] = []
+
+    class Recorder:
+        def info(self, event: str, **fields: Any) -> None:
+            lines.append({"event": event, **fields})
+
+    monkeypatch.setattr(retention, "log", Recorder())
+    now = utcnow()
+    await db.run(lambda s: _seed(s, now))
+    await sweep(db, settings, now=now)
+    [line] = [e for e in lines if e["event"] == "privacy.retention_swept"]
+    written = _mask_secrets(None, "info", dict(line))
+    assert written["swept"] == {name: 1 for name in EVERY_RULE}
+    assert "***" not in str(written)
