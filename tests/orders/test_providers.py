@@ -1749,6 +1749,21 @@ async def test_a_paypal_reversal_after_crediting_is_recorded_and_flagged(
     await assert_ledger_balanced(db)
 
 
+async def _paid_by_card(
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    keys: Keys,
+    mock: respx.MockRouter,
+) -> tuple[Stripe, Payer, Order]:
+    """An order placed and paid by card, its payment webhook delivered: what a chargeback
+    test starts from."""
+    stripe_ = Stripe(keys, mock)
+    payer, _, order = await _placed(client, db, settings, stripe_)
+    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    return stripe_, payer, order
+
+
 async def test_a_chargeback_is_flagged_for_finance_and_moves_nothing(
     shop: Any,
     client: httpx.AsyncClient,
@@ -1757,9 +1772,7 @@ async def test_a_chargeback_is_flagged_for_finance_and_moves_nothing(
     keys: Keys,
     mock: respx.MockRouter,
 ) -> None:
-    stripe_ = Stripe(keys, mock)
-    _payer, _, order = await _placed(client, db, settings, stripe_)
-    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    stripe_, _payer, order = await _paid_by_card(client, db, settings, keys, mock)
     credited = len(await transfers_of(db, f"order:{order.id}"))
     r = await _deliver(client, stripe_, stripe_.dispute_webhook(order))
     _ok(stripe_, r)
@@ -1785,9 +1798,7 @@ async def test_a_lost_chargeback_is_a_refund_by_the_provider_recorded_once(
     once (the same news again, and `charge.dispute.updated` after it, change nothing), posted
     back from revenue, the order flagged `chargeback` with the whole story; the payer gets no
     "your refund" notice (they took it back), and the line keeps its units."""
-    stripe_ = Stripe(keys, mock)
-    payer, _, order = await _placed(client, db, settings, stripe_)
-    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    stripe_, payer, order = await _paid_by_card(client, db, settings, keys, mock)
     held = await _holdings(db, payer)
     opened = stripe_.dispute_webhook(order, dispute_id="du_1lost")
     _ok(stripe_, await _deliver(client, stripe_, opened))
@@ -1835,9 +1846,7 @@ async def test_a_chargeback_not_lost_moves_nothing(
     mock: respx.MockRouter,
     decided: str,
 ) -> None:
-    stripe_ = Stripe(keys, mock)
-    _payer, _, order = await _placed(client, db, settings, stripe_)
-    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    stripe_, _payer, order = await _paid_by_card(client, db, settings, keys, mock)
     credited = len(await transfers_of(db, f"order:{order.id}"))
     closed = stripe_.dispute_webhook(order, status=decided, event="charge.dispute.closed")
     _ok(stripe_, await _deliver(client, stripe_, closed))
@@ -1855,9 +1864,7 @@ async def test_a_lost_chargeback_without_its_amount_is_left_to_finance(
     keys: Keys,
     mock: respx.MockRouter,
 ) -> None:
-    stripe_ = Stripe(keys, mock)
-    _payer, _, order = await _placed(client, db, settings, stripe_)
-    _ok(stripe_, await _deliver(client, stripe_, stripe_.paid_webhook(order)))
+    stripe_, _payer, order = await _paid_by_card(client, db, settings, keys, mock)
     body, _ = stripe_.dispute_webhook(
         order, status="lost", event="charge.dispute.closed", dispute_id="du_1noamount"
     )
