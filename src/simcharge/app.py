@@ -22,6 +22,7 @@ from simcharge.auth.throttle import RateLimits
 from simcharge.backoffice.endpoints import router as backoffice_api_router
 from simcharge.backoffice.screens import install_backoffice
 from simcharge.backoffice.screens import router as backoffice_router
+from simcharge.backoffice.screens_account import router as backoffice_account_router
 from simcharge.backoffice.screens_admin import router as backoffice_admin_router
 from simcharge.backoffice.screens_auth import router as backoffice_auth_router
 from simcharge.backoffice.screens_customers import router as backoffice_customers_router
@@ -64,6 +65,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     line_transfers_router,
     backoffice_api_router,
     backoffice_auth_router,
+    backoffice_account_router,
     backoffice_router,
     backoffice_tickets_router,
     backoffice_customers_router,

@@ -173,6 +173,14 @@ class Settings(BaseSettings):
     retention_charging_sessions_days: int = Field(default=90, ge=0, le=36500)
     """Closed charging sessions (subscriber ids, answers) are deleted this long after they
     opened."""
+    retention_dead_jobs_days: int = Field(default=90, ge=0, le=36500)
+    """Dead outbox jobs of the kinds that carry personal data (notifications: addresses, names,
+    texts) lose it this long after they died; the job stays, and can no longer be retried."""
+    retention_closed_tickets_days: int = Field(default=730, ge=0, le=36500)
+    """The tickets of a closed account lose their subject and messages' text this long after
+    the closure; the ticket, its dates and status stay."""
+    retention_passkey_challenges_days: int = Field(default=1, ge=0, le=36500)
+    """Passkey challenges (used once, valid minutes) are deleted this long after they expired."""
     retention_batch_size: int = Field(default=1000, ge=10, le=100_000)
     """Rows deleted or anonymised per transaction by the retention sweep."""
 

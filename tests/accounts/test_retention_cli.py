@@ -55,12 +55,12 @@ def test_dry_run_then_sweep_then_nothing_left(cli_env: str) -> None:
     code, out = _invoke("privacy", "sweep", "--dry-run")
     assert code == 0, out
     assert _counts(out) == {r.name: "1" for r in RULES}
-    assert "would change 12 row(s)" in out
+    assert f"would change {len(RULES)} row(s)" in out
     assert "(SIMCHARGE_RETENTION_NOTICES_DAYS=365)" in out
     assert cli._run(_left) == before  # a dry run changes nothing
     code, out = _invoke("privacy", "sweep")
     assert code == 0, out
-    assert _counts(out) == {r.name: "1" for r in RULES} and "changed 12 row(s)" in out
+    assert _counts(out) == {r.name: "1" for r in RULES} and f"changed {len(RULES)} row(s)" in out
     assert cli._run(_left) == (before[0] - 1, before[1] - 1)
     code, out = _invoke("privacy", "sweep")
     assert code == 0 and _counts(out) == {r.name: "0" for r in RULES}
@@ -78,7 +78,7 @@ def test_a_rule_set_to_zero_keeps_its_data(cli_env: str, monkeypatch: pytest.Mon
     assert code == 0, out
     counts = _counts(out)
     assert counts.pop("notices") == "kept for ever"
-    assert set(counts.values()) == {"1"} and "changed 11 row(s)" in out
+    assert set(counts.values()) == {"1"} and f"changed {len(RULES) - 1} row(s)" in out
     assert cli._run(_left)[0] == before[0]
 
 

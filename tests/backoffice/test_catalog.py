@@ -253,4 +253,5 @@ async def test_tariffs_on_the_catalog_pages(
     r = await client.get("/backoffice/catalog/new", params={"kind": "tariffs", "code": " "})
     assert r.status_code == 422
     r = await client.get("/backoffice/catalog/new", params={"kind": "zones", "code": "x"})
-    assert r.status_code == 404
+    # a kind that is none of the form's choices: the form again, that field marked
+    assert r.status_code == 422 and 'id="new-kind-error"' in r.text

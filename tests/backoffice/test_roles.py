@@ -52,6 +52,14 @@ OPEN = {
     ("GET", f"{PAGES}/password"),
     ("POST", f"{PAGES}/password"),
     ("POST", f"{API}/password"),
+    ("POST", f"{PAGES}/login/passkey/options"),
+    ("POST", f"{PAGES}/login/passkey"),
+    ("GET", f"{PAGES}/account"),
+    ("POST", f"{PAGES}/account/time-zone"),
+    ("POST", f"{PAGES}/account/passkeys/options"),
+    ("POST", f"{PAGES}/account/passkeys"),
+    ("POST", f"{PAGES}/account/passkeys/{{passkey_id}}/rename"),
+    ("POST", f"{PAGES}/account/passkeys/{{passkey_id}}/remove"),
 }
 """Signing in and out, the language, and the home page: any signed-in staff member (or nobody,
 for the sign-in itself)."""

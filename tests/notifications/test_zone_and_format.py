@@ -79,14 +79,14 @@ async def test_an_email_and_an_sms_say_the_recipients_local_time_dst_correct(
     account_id, email, phone = await _account(db, language="en", time_zone="America/New_York")
     await _send(db, settings, account_id, "security.new_device",
                 {"device": "Firefox", "ip": "192.0.2.1", "time": WINTER})  # fmt: skip
-    assert "Jan 15, 2026, 12:00:00 PM EST" in _text(inbox, email)
-    assert "Jan 15, 2026, 12:00:00 PM EST" in _sms(phone)
+    assert "Jan 15, 2026, 12:00:00 PM UTC−05:00" in _text(inbox, email)
+    assert "Jan 15, 2026, 12:00:00 PM UTC-05:00" in _sms(phone)  # GSM-7's minus
     inbox.messages.clear()
     dev_mailbox.clear()
     await _send(db, settings, account_id, "security.new_device",
                 {"device": "Firefox", "ip": "192.0.2.1", "time": SUMMER})  # fmt: skip
-    assert "Jul 15, 2026, 1:00:00 PM EDT" in _text(inbox, email)
-    assert "Jul 15, 2026, 1:00:00 PM EDT" in _sms(phone)
+    assert "Jul 15, 2026, 1:00:00 PM UTC−04:00" in _text(inbox, email)
+    assert "Jul 15, 2026, 1:00:00 PM UTC-04:00" in _sms(phone)
 
 
 async def test_money_in_the_accounts_regional_format_and_dates_in_its_zone(
@@ -133,7 +133,7 @@ async def test_no_zone_of_its_own_is_the_operators_and_the_zone_is_read_when_ren
                                   params={"device": "Firefox", "ip": "192.0.2.1", "time": WINTER},
                                   channels=["email"]))  # fmt: skip
     await _drain(db, manila)
-    assert "Jan 16, 2026, 1:00:00 AM +0800" in _text(inbox, email)
+    assert "Jan 16, 2026, 1:00:00 AM UTC+08:00" in _text(inbox, email)
 
     # Queued, then the customer chooses a zone: the message says the one chosen.
     inbox.messages.clear()
@@ -148,7 +148,7 @@ async def test_no_zone_of_its_own_is_the_operators_and_the_zone_is_read_when_ren
 
     await db.run(choose)
     await _drain(db, manila)
-    assert "Jan 15, 2026, 6:00:00 PM +0100" in _text(inbox, email)
+    assert "Jan 15, 2026, 6:00:00 PM UTC+01:00" in _text(inbox, email)
 
 
 async def test_an_address_without_an_account_gets_the_operators_zone(
@@ -161,7 +161,7 @@ async def test_an_address_without_an_account_gets_the_operators_zone(
         params={"device": "Firefox", "ip": "192.0.2.1", "time": WINTER}, dedupe_key=to,
     ))  # fmt: skip
     await _drain(db, manila)
-    assert "Jan 16, 2026, 1:00:00 AM +0800" in _text(inbox, to)
+    assert "Jan 16, 2026, 1:00:00 AM UTC+08:00" in _text(inbox, to)
     async with db.read() as s:
         assert (await reading_for(s, None, manila)).zone == "Asia/Manila"
 
@@ -196,5 +196,5 @@ async def test_a_receipt_is_dated_in_the_operators_zone_and_names_it(
         r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
     text = pdf_text(r.content)
     date_line = next(x for x in text.splitlines() if x.startswith("Fecha"))
-    assert "+0800 (Asia/Manila)" in date_line and "-0500" not in date_line, date_line
+    assert "UTC+08:00 (Asia/Manila)" in date_line and "05:00" not in date_line, date_line
     assert "US$" not in text and "USD20.00" in text, text

@@ -162,7 +162,7 @@ def test_the_receipt_says_its_time_is_utc_in_every_language() -> None:
         status="Paid",
     )
     expected = {"en": "Dec 31, 2026, 6:30:00\u202fPM UTC", "es": "31 dic 2026, 18:30:00 UTC",
-                "zh-Hans": "2026年12月31日 UTC 18:30:00"}
+                "zh-Hans": "2026年12月31日 18:30:00 UTC"}
     for language, when in expected.items():
         assert when in _text(render_pdf(replace(facts, language=language))), language
 

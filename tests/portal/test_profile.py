@@ -51,7 +51,7 @@ async def test_the_page_offers_the_current_zone_and_the_operators_first(
     page = (await client.get("/account/profile")).text
     first = re.findall(r'<option value="([^"]*)"', page)
     assert first[0] == ""  # the operator's zone (UTC here), chosen
-    assert re.search(r'<option value=""\s+selected>Ours: UTC \(UTC\+00:00\)</option>', page)
+    assert re.search(r'<option value=""\s+selected>Ours: UTC</option>', page)
     assert 'data-suggest-zone' in page  # no zone of its own: portal.js may suggest the browser's
     assert "<optgroup label=\"Asia\">" in page and "Manila (UTC+08:00)" in page
     assert 'name="format_locale"' not in page  # English: written alike everywhere
@@ -83,7 +83,7 @@ async def test_choosing_a_zone_moves_the_times_and_days_of_every_page(
     assert (await _account(db, customer.account_id)).time_zone == "Asia/Manila"
     saved = (await client.get("/account/profile?saved=1")).text
     assert "Saved." in saved
-    assert "Dec 1, 2026, 8:00:00\u202fPM +0800" in saved  # the time now, as it will be seen
+    assert "Dec 1, 2026, 8:00:00\u202fPM UTC+08:00" in saved  # the time now, as it will be seen
     dashboard = (await client.get("/account")).text
     assert "Dec 7, 2026" in dashboard and "Dec 6, 2026" not in dashboard
 
@@ -161,7 +161,7 @@ async def test_pages_use_the_operators_zone_for_accounts_without_one(
         sign_in(c, customer)
         page = (await c.get("/account/profile")).text
         assert 'data-suggest-zone' in page and "Ours: Manila (UTC+08:00)" in page
-        assert "+0800" in page  # the time now, in the operator's zone
+        assert "M UTC+08:00" in page  # the time now, in the operator's zone
 
 
 def test_the_curated_zones_are_known_and_grouped_east_to_west() -> None:

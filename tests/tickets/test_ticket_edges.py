@@ -167,7 +167,7 @@ def _update_form(html: str, ticket_id: str) -> dict[str, str]:
     form = html.split(f'action="/backoffice/tickets/{ticket_id}/update"')[1].split("</form>")[0]
     data = {"csrf": csrf_of(html)}
     data.update(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form))
-    for name, options in re.findall(r'<select name="(\w+)">(.*?)</select>', form, re.S):
+    for name, options in re.findall(r'<select [^>]*name="(\w+)"[^>]*>(.*?)</select>', form, re.S):
         chosen = re.search(r'<option value="([^"]*)" selected>', options) or re.search(
             r'<option value="([^"]*)"', options
         )

@@ -13,12 +13,19 @@ accounting; the audit log refuses every UPDATE and DELETE). README, "Data retent
 table of what is kept for how long, and why.
 
 The indexes declared here serve the rules (one range scan per batch, whatever the size of the
-table), as `lifecycle.models` declares those of the lifecycle sweep."""
+table), as `lifecycle.models` declares those of the lifecycle sweep.
+
+Three rules take more than one statement a batch (`Rule.apply`): two rewrite each row with
+values of its own (`_row_by_row`: a dead job keeps the ids of its payload, a security event its
+details with the MSISDN masked), one changes two tables (`_redact_tickets`: a closed account's
+ticket keeps its existence, not its text). Their batch is locked (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL; SQLite's write lock serialises the transactions) from the moment it is chosen, so
+no other sweep, worker or staff action changes a row between the choice and the rewrite."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -28,20 +35,27 @@ import structlog
 from sqlalchemy import (
     ColumnElement,
     Index,
+    Row,
     Table,
+    bindparam,
     delete,
     func,
+    literal_column,
     null,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account, AccountStatus
+from simcharge.auth.events import EventKind
 from simcharge.auth.models import (
     AuthSession,
     KnownDevice,
     LoginThrottle,
+    PasskeyChallenge,
     SecurityEvent,
     VerificationCode,
 )
@@ -51,7 +65,10 @@ from simcharge.config import Settings
 from simcharge.db import Database, table_of
 from simcharge.kit.clock import utcnow
 from simcharge.notifications.models import MessageLog, Notice
+from simcharge.notifications.transports import mask
 from simcharge.orders.models import IdempotencyKey, ProviderEvent
+from simcharge.tickets.models import Ticket, TicketMessage
+from simcharge.worker.models import JobStatus, OutboxJob
 
 log = structlog.get_logger("simcharge.privacy")
 
@@ -66,6 +83,11 @@ _notices = table_of(Notice)
 _idempotency = table_of(IdempotencyKey)
 _provider_events = table_of(ProviderEvent)
 _charging = table_of(ChargingSession)
+_jobs = table_of(OutboxJob)
+_tickets = table_of(Ticket)
+_ticket_messages = table_of(TicketMessage)
+_accounts = table_of(Account)
+_challenges = table_of(PasskeyChallenge)
 
 _IDENTIFIED = or_(_events.c.ip.is_not(None), _events.c.user_agent.is_not(None))
 """A security event that still says where it came from."""
@@ -96,6 +118,51 @@ Index(
 )
 Index("ix_charging_sessions_created_at", _charging.c.created_at)
 
+PERSONAL_DETAILS = {"msisdn": "sms"}
+"""The values of a security event's `details` that name someone, each masked as the message log
+masks that channel's targets (`notifications.transports.mask`: `+6391***4567`). Every other
+detail any `EventKind` records is an id, a count, a reason or a channel's name."""
+DETAILED_KINDS = (EventKind.line_attach_requested.value, EventKind.line_attached.value)
+"""The kinds of event whose details hold one of them."""
+_DETAILED = text("kind IN ('line_attach_requested', 'line_attached')")
+Index(
+    "ix_security_events_personal",
+    _events.c.created_at,
+    postgresql_where=_DETAILED,
+    sqlite_where=_DETAILED,
+)
+
+PERSONAL_JOB_KINDS = (
+    "notifications.deliver",
+    "notifications.email",
+    "notifications.sms",
+    "notifications.code",
+    "lifecycle.warning",
+    "sandbox.deliver_webhook",
+)
+"""The kinds of job whose payload names someone: an address or number, a name, a message's
+parameters (an MSISDN), a provider's event. The others carry ids only (an order, a refund)."""
+JOB_KEPT = ("account_id", "staff_id", "line_id", "template", "purpose", "channel", "channels")
+"""What a dead job's payload keeps once emptied: whom and what it was about, by id and name."""
+_DEAD_KEPT = text("status = 'dead' AND payload_removed_at IS NULL")
+Index(
+    "ix_outbox_jobs_dead_kept",
+    _jobs.c.finished_at,
+    postgresql_where=_DEAD_KEPT,
+    sqlite_where=_DEAD_KEPT,
+)
+_CLOSED = text("status = 'closed'")
+Index("ix_accounts_closed", _accounts.c.updated_at, postgresql_where=_CLOSED, sqlite_where=_CLOSED)
+_UNREDACTED = text("redacted_at IS NULL")
+Index(
+    "ix_tickets_unredacted",
+    _tickets.c.account_id,
+    postgresql_where=_UNREDACTED,
+    sqlite_where=_UNREDACTED,
+)
+
+Apply = Callable[["AsyncSession", "Rule", datetime, datetime, int], Awaitable[int]]
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -108,6 +175,8 @@ class Rule:
     table: Table
     due: Callable[[datetime, datetime], ColumnElement[bool]]
     scrub: dict[str, Any] | None = None
+    apply: Apply | None = None
+    """Instead of one statement: how a batch is changed (`_row_by_row`, `_redact_tickets`)."""
 
     def days(self, settings: Settings) -> int:
         return int(getattr(settings, self.setting))
@@ -182,6 +251,114 @@ def _closed_charging_sessions(cutoff: datetime, _now: datetime) -> ColumnElement
     return (_charging.c.created_at < cutoff) & (_charging.c.state != SessionState.open.value)
 
 
+def _sql(*words: str) -> list[ColumnElement[Any]]:
+    """Constants written into the statement, not bound: PostgreSQL uses a partial index only for
+    a condition it can see implies the index's (`kind IN ('…')`), which a parameter of a
+    prepared statement does not show it."""
+    return [literal_column("'" + word.replace("'", "''") + "'") for word in words]
+
+
+def _personal_details(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Events older than the cutoff (the address rule's) whose details still name an MSISDN in
+    full: a masked one has `***` in it."""
+    named = or_(
+        *(
+            _events.c.details[key].as_string().not_like("%***%")
+            for key in PERSONAL_DETAILS
+        )
+    )
+    return (_events.c.created_at < cutoff) & _events.c.kind.in_(_sql(*DETAILED_KINDS)) & named
+
+
+def masked_details(details: dict[str, Any]) -> dict[str, Any]:
+    """An event's details with each personal value masked (the others as they were)."""
+    return {
+        key: mask(PERSONAL_DETAILS[key], str(value))
+        if key in PERSONAL_DETAILS and isinstance(value, str) and "***" not in value
+        else value
+        for key, value in details.items()
+    }
+
+
+def _dead_jobs(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Jobs dead since before the cutoff, of the kinds whose payload names someone, still whole.
+    A dead job waits for staff; after this long nobody will retry it, and what it would have
+    sent (a code, a receipt notice, a warning) is long out of date."""
+    return (
+        (_jobs.c.status == _sql(JobStatus.dead.value)[0])
+        & (_jobs.c.finished_at < cutoff)
+        & _jobs.c.payload_removed_at.is_(None)
+        & _jobs.c.kind.in_(PERSONAL_JOB_KINDS)
+    )
+
+
+def kept_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {key: payload[key] for key in JOB_KEPT if key in payload}
+
+
+def _closed_accounts_tickets(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Tickets not yet redacted of accounts closed before the cutoff. A closed account is a
+    tombstone nothing changes: its `updated_at` is its closure (were it touched later, its
+    tickets would only wait longer)."""
+    closed = select(_accounts.c.id).where(
+        _accounts.c.status == _sql(AccountStatus.closed.value)[0], _accounts.c.updated_at < cutoff
+    )
+    return _tickets.c.redacted_at.is_(None) & _tickets.c.account_id.in_(closed)
+
+
+def _spent_challenges(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """A challenge is worthless once expired, used or not (it lives minutes)."""
+    return _challenges.c.expires_at < cutoff
+
+
+async def _chosen(
+    session: AsyncSession, rule: Rule, cutoff: datetime, now: datetime, limit: int, *columns: Any
+) -> list[Row[Any]]:
+    """The batch: at most `limit` due rows, locked (those another holds are skipped)."""
+    stmt = (
+        select(rule.key, *columns)
+        .where(rule.due(cutoff, now))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(await session.execute(stmt))
+
+
+def _row_by_row(*columns: str, values: Callable[[Row[Any], datetime], dict[str, Any]]) -> Apply:
+    """A rule whose rows each get their own new values (from the row's `columns`)."""
+
+    async def apply(
+        session: AsyncSession, rule: Rule, cutoff: datetime, now: datetime, limit: int
+    ) -> int:
+        table = rule.table
+        rows = await _chosen(session, rule, cutoff, now, limit, *(table.c[c] for c in columns))
+        if not rows:
+            return 0
+        changes = [{"_row": row[0], **values(row, now)} for row in rows]
+        stmt = update(table).where(rule.key == bindparam("_row"))
+        await session.execute(stmt, changes)
+        return len(rows)
+
+    return apply
+
+
+async def _redact_tickets(
+    session: AsyncSession, rule: Rule, cutoff: datetime, now: datetime, limit: int
+) -> int:
+    """A batch of tickets loses its subject and its messages' text; each ticket stays (number,
+    dates, status, priority, what it was about by id) and says when it was redacted."""
+    chosen = [row[0] for row in await _chosen(session, rule, cutoff, now, limit)]
+    if not chosen:
+        return 0
+    await session.execute(
+        update(_ticket_messages).where(_ticket_messages.c.ticket_id.in_(chosen)).values(body="")
+    )
+    await session.execute(
+        update(_tickets).where(_tickets.c.id.in_(chosen)).values(subject="", redacted_at=now)
+    )
+    return len(chosen)
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "security_events.client",
@@ -189,6 +366,15 @@ RULES: tuple[Rule, ...] = (
         _events,
         _security_event_clients,
         scrub=_NO_CLIENT,
+    ),
+    Rule(
+        "security_events.details",
+        "retention_security_client_days",
+        _events,
+        _personal_details,
+        apply=_row_by_row(
+            "details", values=lambda row, _now: {"details": masked_details(row.details)}
+        ),
     ),
     Rule("security_events", "retention_security_events_days", _events, _security_events),
     Rule("auth_sessions", "retention_sessions_days", _sessions, _ended_sessions),
@@ -213,6 +399,32 @@ RULES: tuple[Rule, ...] = (
         _charging,
         _closed_charging_sessions,
     ),
+    Rule(
+        "outbox_jobs.dead",
+        "retention_dead_jobs_days",
+        _jobs,
+        _dead_jobs,
+        apply=_row_by_row(
+            "payload",
+            values=lambda row, now: {
+                "payload": kept_payload(row.payload),
+                "payload_removed_at": now,
+            },
+        ),
+    ),
+    Rule(
+        "tickets.closed_accounts",
+        "retention_closed_tickets_days",
+        _tickets,
+        _closed_accounts_tickets,
+        apply=_redact_tickets,
+    ),
+    Rule(
+        "passkey_challenges",
+        "retention_passkey_challenges_days",
+        _challenges,
+        _spent_challenges,
+    ),
 )
 """In the order the sweep applies them: an event's address goes before the event does."""
 
@@ -231,6 +443,8 @@ async def apply_rule(
 ) -> int:
     """One batch of `rule`: at most `limit` due rows, in one statement; the rows another sweep
     holds are skipped, not waited for. Returns how many rows it deleted or scrubbed."""
+    if rule.apply is not None:
+        return await rule.apply(session, rule, cutoff, now, limit)
     due = rule.due(cutoff, now)
     chosen = (
         select(rule.key).where(due).limit(limit).with_for_update(skip_locked=True).scalar_subquery()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
@@ -22,8 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.auth.models import ApiKey
 from simcharge.backoffice.audit import Actor, record
 from simcharge.backoffice.models import AuditEntry
-from simcharge.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from simcharge.db import table_of, upsert_insert
+from simcharge.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    SimchargeError,
+    ValidationFailed,
+)
 from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
 
 audit = structlog.get_logger("simcharge.audit")
@@ -119,8 +130,12 @@ async def create_api_key(
     scopes: Sequence[str],
     *,
     expires_at: datetime | None = None,
+    request: tuple[str, str] | None = None,
 ) -> IssuedKey:
-    """A new key; with `expires_at` it is refused from then on (else it lives until revoked)."""
+    """A new key; with `expires_at` it is refused from then on (else it lives until revoked).
+    With `request` (its key and digest: `staff_create_api_key`), it is made only if no key was
+    made for that request key: else `ApiKeyAlreadyCreated`, or `IdempotencyKeyReused` when the
+    digest differs."""
     _check_expiry(expires_at, utcnow())
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
@@ -136,12 +151,104 @@ async def create_api_key(
         )
     prefix = secrets.token_hex(6)
     token = f"sck_{prefix}_{secrets.token_urlsafe(32)}"
+    if request is not None:
+        return await _create_once(
+            session, name.strip(), prefix, token, sorted(set(scopes)), expires_at, request
+        )
     key = ApiKey(
         name=name.strip(), prefix=prefix, secret_hash=_hash(token), scopes=sorted(set(scopes)),
         expires_at=expires_at,
     )
     session.add(key)
     await session.flush()
+    return IssuedKey(key, token)
+
+
+class ApiKeyAlreadyCreated(Conflict):
+    """A retried create (the same `Idempotency-Key`, the same request): the key was made by
+    the first one, whose answer alone carried its token."""
+
+    slug = "api-key-already-created"
+    title = N_("This API key was already created; its token was shown once and is not shown again.")
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(
+            N_(
+                "This API key was already created (sck_{prefix}_…); its token was shown once, on "
+                "the answer to the first request, and is not shown again."
+            ),
+            prefix=prefix,
+        )
+        self.prefix = prefix
+
+    def extra(self) -> dict[str, Any]:
+        return {"prefix": self.prefix}
+
+
+def create_request_key(who: str, idempotency_key: str | None) -> str | None:
+    """The unique `api_keys.request_key` of a create by `who` with this key (None: without
+    one, every create makes a key)."""
+    return f"{who}:{idempotency_key}" if idempotency_key else None
+
+
+def create_request_hash(
+    name: str, scopes: Sequence[str], expires_in: str | None, expires_at: str | None
+) -> str:
+    """What a create asked for, as typed (a lifetime is compared as given, not as the moment it
+    came to when first asked)."""
+    asked = {
+        "name": name.strip(),
+        "scopes": sorted(set(scopes)),
+        "expires_in": (expires_in or "").strip(),
+        "expires_at": (expires_at or "").strip(),
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+async def _earlier(session: AsyncSession, request_key: str, digest: str) -> SimchargeError | None:
+    made = (
+        await session.execute(
+            select(ApiKey.prefix, ApiKey.request_hash).where(ApiKey.request_key == request_key)
+        )
+    ).first()
+    if made is None:
+        return None
+    if made.request_hash != digest:
+        return IdempotencyKeyReused(field="Idempotency-Key")
+    return ApiKeyAlreadyCreated(made.prefix)
+
+
+async def _create_once(
+    session: AsyncSession,
+    name: str,
+    prefix: str,
+    token: str,
+    scopes: list[str],
+    expires_at: datetime | None,
+    request: tuple[str, str],
+) -> IssuedKey:
+    """Insert the key unless one was made for this request key: two submits at once make one
+    (on PostgreSQL the second insert waits for the first's commit, then does nothing)."""
+    request_key, digest = request
+    keys = table_of(ApiKey)
+    made = (
+        await session.execute(
+            upsert_insert(session, keys)
+            .values(
+                id=uuid7(), name=name, prefix=prefix, secret_hash=_hash(token), scopes=scopes,
+                created_at=utcnow(), expires_at=expires_at, request_key=request_key,
+                request_hash=digest,
+            )
+            .on_conflict_do_nothing(index_elements=["request_key"])
+            .returning(keys.c.id)
+        )
+    ).scalar_one_or_none()
+    if made is None:
+        refusal = await _earlier(session, request_key, digest)
+        assert refusal is not None  # the row that stopped the insert is committed
+        raise refusal
+    key = await session.get(ApiKey, made)
+    assert key is not None
     return IssuedKey(key, token)
 
 
@@ -385,13 +492,21 @@ async def staff_create_api_key(
     scopes: Sequence[str],
     *,
     expires_at: datetime | None,
+    request: tuple[str, str] | None = None,
 ) -> IssuedKey:
     """`create_api_key` for staff: at least one scope, none of `COMMAND_LINE_SCOPES`; audited
-    as `apikey.create` (as `simcharge apikey create` is), without the secret."""
+    as `apikey.create` (as `simcharge apikey create` is), without the secret. With `request`
+    (`create_request_key`, `create_request_hash`): a retry of a create that made a key is
+    refused as `ApiKeyAlreadyCreated` (before anything else is checked: what it asked for was
+    valid), the same request key with another request as `IdempotencyKeyReused`."""
+    if request is not None:
+        refusal = await _earlier(session, *request)
+        if refusal is not None:
+            raise refusal
     if not scopes:
         raise ValidationFailed(N_("Choose at least one scope."), field="scopes")
     _refuse_command_line_scopes(scopes)
-    issued = await create_api_key(session, name, scopes, expires_at=expires_at)
+    issued = await create_api_key(session, name, scopes, expires_at=expires_at, request=request)
     after: dict[str, object] = {"name": issued.key.name, "scopes": issued.key.scopes}
     if expires_at is not None:
         after["expires_at"] = expires_at

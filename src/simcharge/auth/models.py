@@ -34,6 +34,11 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     """From then on it is refused as a revoked one is; none: it never expires. A rotated key
     ends when its overlap with the new one does."""
+    request_key: Mapped[str | None] = mapped_column(String(220), unique=True)
+    """`<who asked>:<Idempotency-Key>` of the request that made it (the back-office form's one-time
+    key, the admin API's header): a retry finds this key and never makes a second one."""
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    """A digest of what that request asked for: the same key with another request is refused."""
 
 
 class AuthSession(Base):

@@ -78,7 +78,7 @@ from simcharge.errors import (
     ValidationFailed,
 )
 from simcharge.kit.crypto import constant_time_equals, keyed_hash
-from simcharge.kit.translations import N_
+from simcharge.kit.translations import N_, translate
 from simcharge.notifications.service import notify
 
 CHALLENGE_TTL = timedelta(minutes=5)
@@ -90,8 +90,14 @@ ALGORITHMS = [
 ]
 """The signature algorithms accepted: what platform authenticators and security keys use."""
 REGISTER, LOGIN = "register", "login"
-DEFAULT_NAME = "Passkey"
-"""The name of a passkey added without one from a client that does not say what it is."""
+DEFAULT_NAME = N_("Passkey")
+"""The name of a passkey added without one from a client that does not say what it is: stored
+translated in its holder's language (`default_name`)."""
+
+
+def default_name(language: str) -> str:
+    """`DEFAULT_NAME` as the holder reads it: a label they may rename like one they typed."""
+    return translate(language, DEFAULT_NAME)[:NAME_MAX]
 
 
 class PasskeysOff(NotFound):
@@ -329,7 +335,9 @@ async def register_passkey(
     changes; an answer that does not verify spends its challenge all the same."""
     rp_id = relying_party(settings)
     label = clean_name(
-        name if name is not None and name.strip() else client.device_summary or DEFAULT_NAME
+        name
+        if name is not None and name.strip()
+        else client.device_summary or default_name(account.language)
     )
     parsed, challenge = _parsed_registration(credential)
     if not await _spend_challenge(

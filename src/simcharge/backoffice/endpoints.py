@@ -18,6 +18,8 @@ from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.api.idempotency import IdempotencyKeyHeader
 from simcharge.auth.apikeys import (
     asked_expiry,
+    create_request_hash,
+    create_request_key,
     key_views,
     overlap_named,
     staff_create_api_key,
@@ -1045,15 +1047,31 @@ async def list_keys(actor: KeyAdmin, db: DB) -> list[ApiKeyOut]:
     "/api-keys", response_model=ApiKeyIssuedOut, status_code=201, summary="Create an API key"
 )
 async def create_key(
-    body: ApiKeyCreateIn, actor: KeyAdmin, db: DB, response: Response
+    body: ApiKeyCreateIn,
+    actor: KeyAdmin,
+    db: DB,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ApiKeyIssuedOut:
     """The token is in this answer only (`Cache-Control: no-store`). Bad input is `422
     validation-error` with its field (`name`, `scopes`, `expires_in`, `expires_at`); a scope only
     the command line gives is `403 api-key-scope-command-line-only`. Audited as
-    `apikey.create`."""
+    `apikey.create`. With an `Idempotency-Key`, a retry makes no second key and never shows the
+    token again: `409 api-key-already-created` with the key's `prefix`; the same key with
+    another body is `422 idempotency-key-reused`."""
+    asked = (
+        (
+            create_request_key(actor.name, idempotency_key) or "",
+            create_request_hash(body.name, body.scopes, body.expires_in, body.expires_at),
+        )
+        if idempotency_key
+        else None
+    )
     ends = asked_expiry(body.expires_in, body.expires_at, utcnow())
     issued = await db.run(
-        lambda s: staff_create_api_key(s, actor, body.name, body.scopes, expires_at=ends)
+        lambda s: staff_create_api_key(
+            s, actor, body.name, body.scopes, expires_at=ends, request=asked
+        )
     )
     response.headers["cache-control"] = "no-store"
     return ApiKeyIssuedOut(

@@ -45,6 +45,14 @@ class JobNotDead(Conflict):
     title = N_("Only a dead job can be retried or discarded.")
 
 
+class JobPayloadRemoved(Conflict):
+    slug = "job-payload-removed"
+    title = N_(
+        "This job's personal data was removed under the retention policy: it cannot be retried, "
+        "only discarded."
+    )
+
+
 class JobView(StrEnum):
     """Which jobs a list shows."""
 
@@ -128,6 +136,8 @@ async def _dead(s: AsyncSession, job_id: uuid.UUID) -> OutboxJob:
 async def retry_job(s: AsyncSession, actor: Actor, job_id: uuid.UUID, now: datetime) -> OutboxJob:
     """A dead job back in the queue, due now, its attempts counted from zero."""
     job = await _dead(s, job_id)
+    if job.payload_removed_at is not None:
+        raise JobPayloadRemoved(field="job_id")
     before = job_facts(job)
     if not await service.requeue_dead(s, job_id):
         raise JobNotDead(field="job_id")

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from simcharge.db import Base
@@ -35,6 +35,9 @@ class StaffUser(Base):
     email: Mapped[str | None] = mapped_column(String(254))
     role: Mapped[str] = mapped_column(String(16))
     language: Mapped[str] = mapped_column(String(8), default="en")
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    """The IANA zone the back office writes this member's times in; None: the operator's
+    (`SIMCHARGE_OPERATOR_TIMEZONE`). Reports count the operator's days whatever it is."""
     password_hash: Mapped[str] = mapped_column(String(255))
     totp_secret_sealed: Mapped[str | None] = mapped_column(String(255))
     """Sealed TOTP secret; set at the first sign-in (enrolment), confirmed by a code."""
@@ -68,6 +71,29 @@ class StaffSession(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(255))
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class StaffPasskey(Base):
+    """A passkey (WebAuthn credential) a staff member signs in to the back office with: both
+    factors at once (user verification is required). Kept apart from the customers' `passkeys`:
+    a staff credential never opens a customer session, nor the other way round."""
+
+    __tablename__ = "staff_passkeys"
+    __table_args__ = (Index("ix_staff_passkeys_staff_id", "staff_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    staff_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("staff_users.id"))
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary())
+    """COSE-encoded, as the authenticator gave it at registration."""
+    sign_count: Mapped[int] = mapped_column(default=0)
+    """The signature counter at the last use (0: the authenticator keeps none)."""
+    transports: Mapped[list[str]] = mapped_column(default=list)
+    aaguid: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(64))
+    backed_up: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
 
 
 class AuditEntry(Base):

@@ -18,7 +18,10 @@ from simcharge.auth.apikeys import (
     COMMAND_LINE_SCOPES,
     SCOPES,
     STAFF_OVERLAPS,
+    ApiKeyAlreadyCreated,
     asked_expiry,
+    create_request_hash,
+    create_request_key,
     key_views,
     overlap_named,
     staff_create_api_key,
@@ -40,8 +43,11 @@ from simcharge.backoffice.catalog import (
     tariff_versions,
 )
 from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.forms import in_place
 from simcharge.backoffice.jobs import JobView, count_by_view, discard_job, find_jobs, retry_job
 from simcharge.backoffice.models import Role, StaffUser
+from simcharge.backoffice.passkeys import passkey_counts
+from simcharge.backoffice.refusal import NO_REFUSAL, FormError
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.staff import (
     change_staff,
@@ -53,8 +59,9 @@ from simcharge.backoffice.web import back, field_texts, render
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.service import CatalogInvalid
 from simcharge.charging.models import Tariff
-from simcharge.errors import SimchargeError, ValidationFailed
+from simcharge.errors import IDEMPOTENCY_KEY_MAX, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
+from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
@@ -63,7 +70,13 @@ Editor = Annotated[Actor, require_web(Permission.catalog_edit)]
 
 @router.get("/catalog", response_class=HTMLResponse)
 async def catalog(request: Request, db: DB, actor: Editor) -> HTMLResponse:
-    async with db.read() as s:
+    return await catalog_page(request, actor)
+
+
+async def catalog_page(
+    request: Request, actor: Actor, refused: FormError = NO_REFUSAL
+) -> HTMLResponse:
+    async with request.app.state.db.read() as s:
         plans = (await s.execute(select(Plan).order_by(Plan.sort_order, Plan.code))).scalars().all()
         methods = (
             (await s.execute(select(PaymentMethod).order_by(PaymentMethod.sort_order)))
@@ -83,6 +96,8 @@ async def catalog(request: Request, db: DB, actor: Editor) -> HTMLResponse:
         request,
         "catalog.html",
         actor,
+        status=refused.status if refused.form else 200,
+        form_error=refused,
         plans=plans,
         methods=methods,
         tariffs=tariffs,
@@ -93,17 +108,28 @@ async def catalog(request: Request, db: DB, actor: Editor) -> HTMLResponse:
 
 @router.get("/catalog/new", response_model=None)
 async def new_entry(
+    request: Request,
     actor: Editor,
     kind: Annotated[str, Query(max_length=20)] = "plans",
     code: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
-    """The form for a new entry, by its code."""
-    if kind not in KINDS:
-        raise CatalogEntryNotFound(field="kind")
-    code = code.strip()
-    if not code or "/" in code or "?" in code or "#" in code:
-        raise ValidationFailed(N_("Give the new entry's code."), field="code")
-    return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}")
+    """The form for a new entry, by its code; a code that cannot be one comes back on the
+    catalog's page."""
+
+    async def act() -> Response:
+        if kind not in KINDS:
+            raise CatalogEntryNotFound(field="kind")
+        named = code.strip()
+        if not named or "/" in named or "?" in named or "#" in named:
+            raise ValidationFailed(N_("Give the new entry's code."), field="code")
+        return back(f"/backoffice/catalog/{kind}/{quote(named, safe='.-_')}")
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await catalog_page(request, actor, refused)
+
+    return await in_place(
+        request, actor, act, form="new", values={"kind": kind, "code": code}, redraw=redraw
+    )
 
 
 async def _entry_page(
@@ -165,16 +191,20 @@ async def _staff_page(
     *,
     failed: SimchargeError | None = None,
     target: uuid.UUID | None = None,
+    refused: FormError = NO_REFUSAL,
 ) -> HTMLResponse:
     async with db.read() as s:
         rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars().all()
+        passkeys = await passkey_counts(s)
     error, errors = field_texts(request, actor, failed) if failed else (None, {})
     return render(
         request,
         "staff.html",
         actor,
-        status=failed.status if failed else 200,
+        status=failed.status if failed else (refused.status if refused.form else 200),
+        form_error=refused,
         staff=rows,
+        passkeys=passkeys,
         expired={
             st.id for st in rows if reset_password_expired(request.app.state.settings, st, utcnow())
         },
@@ -214,6 +244,7 @@ async def staff_password(
 
 @router.post("/staff/{staff_id}", response_model=None)
 async def staff_change(
+    request: Request,
     staff_id: uuid.UUID,
     db: DB,
     actor: StaffAdmin,
@@ -241,8 +272,15 @@ async def staff_change(
             after=staff_facts(staff),
         )
 
-    await db.run(run)
-    return back("/backoffice/staff", "saved")
+    async def act() -> Response:
+        await db.run(run)
+        return back("/backoffice/staff", "saved")
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await _staff_page(request, db, actor, refused=refused)
+
+    typed = {"role": role, "access": access, "reset_totp": reset_totp}
+    return await in_place(request, actor, act, form=f"staff-{staff_id}", values=typed, redraw=redraw)
 
 
 # --- the outbox -----------------------------------------------------------------------------
@@ -259,29 +297,69 @@ async def jobs_page(
     view: JobView = JobView.dead,
     kind: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
-    async with db.read() as s:
-        rows = await find_jobs(s, view=view, kind=kind or None, limit=200)
+    return await _jobs_page(request, actor, view, kind or None)
+
+
+async def _jobs_page(
+    request: Request,
+    actor: Actor,
+    view: JobView,
+    kind: str | None = None,
+    refused: FormError = NO_REFUSAL,
+) -> HTMLResponse:
+    async with request.app.state.db.read() as s:
+        rows = await find_jobs(s, view=view, kind=kind, limit=200)
         counts = await count_by_view(s)
     return render(
-        request, "jobs.html", actor, jobs=rows, counts=counts, view=view, views=list(JobView)
+        request,
+        "jobs.html",
+        actor,
+        status=refused.status if refused.form else 200,
+        form_error=refused,
+        jobs=rows,
+        counts=counts,
+        view=view,
+        views=list(JobView),
     )
 
 
+def _on_dead_jobs(request: Request, actor: Actor) -> Any:
+    """A job's forms are on the list of dead jobs."""
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await _jobs_page(request, actor, JobView.dead, refused=refused)
+
+    return redraw
+
+
 @router.post("/jobs/{job_id}/retry", response_model=None)
-async def job_retry(job_id: uuid.UUID, db: DB, actor: JobManager) -> Response:
-    await db.run(lambda s: retry_job(s, actor, job_id, utcnow()))
-    return back("/backoffice/jobs", "retried")
+async def job_retry(request: Request, job_id: uuid.UUID, db: DB, actor: JobManager) -> Response:
+    async def act() -> Response:
+        await db.run(lambda s: retry_job(s, actor, job_id, utcnow()))
+        return back("/backoffice/jobs", "retried")
+
+    return await in_place(
+        request, actor, act, form=f"retry-{job_id}", values={},
+        redraw=_on_dead_jobs(request, actor),
+    )  # fmt: skip
 
 
 @router.post("/jobs/{job_id}/discard", response_model=None)
 async def job_discard(
+    request: Request,
     job_id: uuid.UUID,
     db: DB,
     actor: JobManager,
     note: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    await db.run(lambda s: discard_job(s, actor, job_id, note, utcnow()))
-    return back("/backoffice/jobs", "discarded")
+    async def act() -> Response:
+        await db.run(lambda s: discard_job(s, actor, job_id, note, utcnow()))
+        return back("/backoffice/jobs", "discarded")
+
+    return await in_place(
+        request, actor, act, form=f"discard-{job_id}", values={"note": note},
+        redraw=_on_dead_jobs(request, actor),
+    )  # fmt: skip
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -301,6 +379,8 @@ async def _keys_page(
     async with db.read() as s:
         keys = await key_views(s, utcnow())
     error, errors = field_texts(request, actor, failed) if failed else (None, {})
+    # A refusal about the page's one-time key (not a field anyone typed) is said, not linked.
+    errors = {k: v for k, v in errors.items() if k in KEY_FORM_FIELDS}
     return render(
         request,
         "api_keys.html",
@@ -314,7 +394,11 @@ async def _keys_page(
         errors=errors,
         target=target,
         form=form or {"name": "", "scopes": [], "expires_in": "", "expires_at": ""},
+        idem=(form or {}).get("idem") or uuid7().hex,
     )
+
+
+KEY_FORM_FIELDS = frozenset({"name", "scopes", "expires_in", "expires_at", "overlap", "confirm"})
 
 
 @router.get("/api-keys", response_class=HTMLResponse)
@@ -330,17 +414,34 @@ async def api_key_create(
     name: Annotated[str, Form(max_length=1000)] = "",
     expires_in: Annotated[str, Form(max_length=32)] = "",
     expires_at: Annotated[str, Form(max_length=64)] = "",
+    idem: Annotated[str, Form(max_length=IDEMPOTENCY_KEY_MAX)] = "",
 ) -> HTMLResponse:
     """A new key, its token on the answer (once: only its hash is kept); a refusal comes back
-    on the form with what was typed."""
+    on the form with what was typed. The page's one-time key (`idem`) makes a double submit or
+    a reload of the answer one key: the second is told the key was made (409
+    `api-key-already-created`, its prefix), never shown its token."""
     scopes = [str(v) for v in (await request.form()).getlist("scopes")][: len(SCOPES) + 1]
+    asked = (
+        (
+            create_request_key(actor.name, idem) or "",
+            create_request_hash(name, scopes, expires_in, expires_at),
+        )
+        if idem
+        else None
+    )
     try:
         ends = asked_expiry(expires_in, expires_at, utcnow())
         issued = await db.run(
-            lambda s: staff_create_api_key(s, actor, name, scopes, expires_at=ends)
+            lambda s: staff_create_api_key(s, actor, name, scopes, expires_at=ends, request=asked)
         )
+    except ApiKeyAlreadyCreated as exc:
+        # Done already: the form starts afresh (with a new one-time key) for another key.
+        return await _keys_page(request, db, actor, failed=exc, target="new")
     except SimchargeError as exc:
-        form = {"name": name, "scopes": scopes, "expires_in": expires_in, "expires_at": expires_at}
+        form = {
+            "name": name, "scopes": scopes, "expires_in": expires_in, "expires_at": expires_at,
+            "idem": idem,
+        }  # fmt: skip
         return await _keys_page(request, db, actor, failed=exc, target="new", form=form)
     return render(
         request,

@@ -78,10 +78,19 @@ def _anonymous(request: Request, name: str) -> Actor:
     )
 
 
+def _login_page(request: Request, *, status: int = 200, csrf: str, error: str | None) -> HTMLResponse:
+    """The sign-in page; with "Sign in with a passkey" where passkeys work (a site on a domain)."""
+    settings: Settings = request.app.state.settings
+    return render(
+        request, "login.html", None, status=status, csrf=csrf, error=error,
+        passkeys=settings.passkey_rp is not None,
+    )  # fmt: skip
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, settings: AppSettings) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
-    response = render(request, "login.html", None, csrf=token, error=None)
+    response = _login_page(request, csrf=token, error=None)
     response.set_cookie(
         pre_cookie(settings),
         token,
@@ -106,7 +115,7 @@ async def login(
 ) -> Response:
     expected = request.cookies.get(pre_cookie(settings)) or ""
     if not expected or not constant_time_equals(expected, csrf):
-        return render(request, "login.html", None, status=403, csrf=expected, error="csrf")
+        return _login_page(request, status=403, csrf=expected, error="csrf")
     refuse_nul({"username": username, "password": password})
     ip = request.client.host if request.client else None
     ua = request.headers.get("user-agent")
@@ -114,7 +123,7 @@ async def login(
     try:  # per address, as customers' sign-in: the lockout is per staff member
         await limits.hit("login", ip)
     except TooManyAttempts as exc:
-        busy = render(request, "login.html", None, status=429, csrf=expected, error="busy")
+        busy = _login_page(request, status=429, csrf=expected, error="busy")
         busy.headers.update(exc.headers)
         return busy
 
@@ -135,7 +144,7 @@ async def login(
 
     token = await db.run(attempt)
     if token is None:
-        return render(request, "login.html", None, status=401, csrf=expected, error="login")
+        return _login_page(request, status=401, csrf=expected, error="login")
     response = back("/backoffice/login/code")
     _set_cookie(response, settings, token)
     response.delete_cookie(pre_cookie(settings), path=_pre_path(settings))
@@ -225,6 +234,7 @@ async def code_submit(
                 "staff.totp_enrolled" if enrolling else "staff.login",
                 target_type="staff",
                 target_id=fresh.id,
+                details={"method": "password+totp"},  # as a passkey's notes "passkey"
             )
         return token
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from babel.numbers import NumberFormatError, parse_decimal
@@ -26,10 +26,13 @@ from simcharge.backoffice.customers import (
     usage_of_line,
 )
 from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.forms import UUID_PATTERN, in_place, origin, redraw_at
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
+from simcharge.backoffice.refusal import NO_REFUSAL, FormError
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import HEADERS, back, language_of, render
+from simcharge.config import Settings
 from simcharge.errors import NotFound, ValidationFailed, required_idempotency_key
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
@@ -108,12 +111,48 @@ async def customers(
 
 @router.get("/customers/{account_id}", response_class=HTMLResponse)
 async def customer(request: Request, account_id: uuid.UUID, db: DB, actor: Reader) -> HTMLResponse:
+    return await customer_page(request, actor, account_id)
+
+
+async def customer_page(
+    request: Request, actor: Actor, account_id: uuid.UUID, refused: FormError = NO_REFUSAL
+) -> HTMLResponse:
+    """A customer's page; drawn again with a refused form on it, it is a view of their data as
+    any other (audited as `customer.view`)."""
+    db = request.app.state.db
     async with db.read() as s:
         view = await customer_view(s, account_id)
     await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return render(
-        request, "customer.html", actor, view=view, idem=uuid7().hex, now=utcnow()
+        request,
+        "customer.html",
+        actor,
+        status=refused.status if refused.form else 200,
+        view=view,
+        idem=uuid7().hex,
+        now=utcnow(),
+        form_error=refused,
     )
+
+
+@origin(rf"/backoffice/customers/(?P<account_id>{UUID_PATTERN})", Permission.customers_read)
+async def _customer_again(
+    request: Request, actor: Actor, at: dict[str, str], refused: FormError
+) -> HTMLResponse:
+    return await customer_page(request, actor, uuid.UUID(at["account_id"]), refused)
+
+
+def _on_line_page(request: Request, actor: Actor, line_id: uuid.UUID) -> Any:
+    """Draw the page of the customer whose line this is again (a line's forms are there)."""
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        async with request.app.state.db.read() as s:
+            line = await s.get(Line, line_id)
+        if line is None:
+            raise LineNotFound(field="line_id")
+        return await customer_page(request, actor, line.account_id, refused)
+
+    return redraw
 
 
 @router.get("/lines/{line_id}/usage", response_class=HTMLResponse)
@@ -169,18 +208,31 @@ async def usage(
 
 
 @router.post("/customers/{account_id}/unlock", response_model=None)
-async def unlock(account_id: uuid.UUID, db: DB, actor: Unlocker) -> Response:
-    await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
-    return back(f"/backoffice/customers/{account_id}", "unlocked")
+async def unlock(request: Request, account_id: uuid.UUID, db: DB, actor: Unlocker) -> Response:
+    async def act() -> Response:
+        await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
+        return back(f"/backoffice/customers/{account_id}", "unlocked")
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await customer_page(request, actor, account_id, refused)
+
+    return await in_place(request, actor, act, form="unlock", values={}, redraw=redraw)
 
 
 @router.post("/lines/{line_id}/unfreeze", response_model=None)
 async def unfreeze(
-    line_id: uuid.UUID, db: DB, settings: AppSettings, actor: Unfreezer
+    request: Request, line_id: uuid.UUID, db: DB, settings: AppSettings, actor: Unfreezer
 ) -> Response:
     policy = Policy.of(settings)
-    line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow(), policy))
-    return back(f"/backoffice/customers/{line.account_id}", "unfrozen")
+
+    async def act() -> Response:
+        line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow(), policy))
+        return back(f"/backoffice/customers/{line.account_id}", "unfrozen")
+
+    return await in_place(
+        request, actor, act, form=f"unfreeze-{line_id}", values={},
+        redraw=_on_line_page(request, actor, line_id),
+    )  # fmt: skip
 
 
 @router.post("/lines/{line_id}/adjust", response_model=None)
@@ -222,13 +274,26 @@ async def adjust(
         )
         return line.account_id, adj.state
 
-    account_id, state = await db.run(run)
-    return back(f"/backoffice/customers/{account_id}", state)
+    async def act() -> Response:
+        account_id, state = await db.run(run)
+        return back(f"/backoffice/customers/{account_id}", state)
+
+    typed = {"target": target, "amount": amount, "reason": reason, "idem": idem}
+    return await in_place(
+        request, actor, act, form=f"adjust-{line_id}", values=typed,
+        redraw=_on_line_page(request, actor, line_id),
+    )  # fmt: skip
 
 
 @router.get("/adjustments", response_class=HTMLResponse)
 async def adjustments(request: Request, db: DB, actor: Adjuster) -> HTMLResponse:
-    async with db.read() as s:
+    return await adjustments_page(request, actor)
+
+
+async def adjustments_page(
+    request: Request, actor: Actor, refused: FormError = NO_REFUSAL
+) -> HTMLResponse:
+    async with request.app.state.db.read() as s:
         waiting = await money.pending_adjustments(s)
         recent = list(
             (
@@ -243,19 +308,39 @@ async def adjustments(request: Request, db: DB, actor: Adjuster) -> HTMLResponse
                 )
             ).scalars()
         }
-    return render(request, "adjustments.html", actor, waiting=waiting, recent=recent, lines=lines)
+    return render(
+        request,
+        "adjustments.html",
+        actor,
+        status=refused.status if refused.form else 200,
+        waiting=waiting,
+        recent=recent,
+        lines=lines,
+        form_error=refused,
+    )
 
 
 @router.post("/adjustments/{adjustment_id}/{decision}", response_model=None)
-async def decide(adjustment_id: uuid.UUID, decision: str, db: DB, actor: Approver) -> Response:
+async def decide(
+    request: Request, adjustment_id: uuid.UUID, decision: str, db: DB, actor: Approver
+) -> Response:
     if decision not in ("approve", "reject"):
         raise ValidationFailed(N_("Unknown decision."), field="decision")
-    await db.run(
-        lambda s: money.decide_adjustment(
-            s, actor, adjustment_id, approve=decision == "approve", now=utcnow()
+
+    async def act() -> Response:
+        await db.run(
+            lambda s: money.decide_adjustment(
+                s, actor, adjustment_id, approve=decision == "approve", now=utcnow()
+            )
         )
+        return back("/backoffice/adjustments", decision)
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await adjustments_page(request, actor, refused)
+
+    return await in_place(
+        request, actor, act, form=f"decide-{adjustment_id}", values={}, redraw=redraw
     )
-    return back("/backoffice/adjustments", decision)
 
 
 @router.post("/orders/{order_id}/refund", response_model=None)
@@ -285,42 +370,70 @@ async def refund(
             now=utcnow(),
         )
 
-    await db.run(run)
-    return back(_then(then, "/backoffice"), "refund")
+    async def act() -> Response:
+        await db.run(run)
+        return back(_then(then, "/backoffice"), "refund")
+
+    typed = {"amount": amount, "reason": reason, "idem": idem}
+    return await in_place(
+        request, actor, act, form=f"refund-{order_id}", values=typed,
+        redraw=redraw_at(request, actor, then),
+    )  # fmt: skip
 
 
 @router.post("/orders/{order_id}/apply-to-wallet", response_model=None)
 async def apply_to_wallet(
+    request: Request,
     order_id: uuid.UUID,
     db: DB,
     actor: Refunder,
     note: Annotated[str, Form(max_length=500)] = "",
     then: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    await db.run(lambda s: money.apply_payment_to_wallet(s, actor, order_id, note, utcnow()))
-    return back(_then(then, "/backoffice/attention"), "applied")
+    async def act() -> Response:
+        await db.run(lambda s: money.apply_payment_to_wallet(s, actor, order_id, note, utcnow()))
+        return back(_then(then, "/backoffice/attention"), "applied")
+
+    return await in_place(
+        request, actor, act, form=f"apply-{order_id}", values={"note": note},
+        redraw=redraw_at(request, actor, then),
+    )  # fmt: skip
 
 
 @router.post("/orders/{order_id}/resend-receipt", response_model=None)
 async def resend(
+    request: Request,
     order_id: uuid.UUID,
     db: DB,
     actor: Resender,
     then: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
-    return back(_then(then, "/backoffice"), "resent")
+    async def act() -> Response:
+        await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
+        return back(_then(then, "/backoffice"), "resent")
+
+    return await in_place(
+        request, actor, act, form=f"resend-{order_id}", values={},
+        redraw=redraw_at(request, actor, then),
+    )  # fmt: skip
 
 
 @router.post("/refunds/{refund_id}/resend-credit-note", response_model=None)
 async def resend_credit_note(
+    request: Request,
     refund_id: uuid.UUID,
     db: DB,
     actor: Resender,
     then: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    await db.run(lambda s: money.resend_credit_note(s, actor, refund_id, utcnow()))
-    return back(_then(then, "/backoffice"), "resent")
+    async def act() -> Response:
+        await db.run(lambda s: money.resend_credit_note(s, actor, refund_id, utcnow()))
+        return back(_then(then, "/backoffice"), "resent")
+
+    return await in_place(
+        request, actor, act, form=f"credit-note-{refund_id}", values={},
+        redraw=redraw_at(request, actor, then),
+    )  # fmt: skip
 
 
 @router.get("/refunds/{refund_id}/credit-note", response_model=None)
@@ -392,6 +505,14 @@ async def attention(
     actor: AttentionReader,
     flag: Annotated[str | None, Query(max_length=24)] = None,
 ) -> HTMLResponse:
+    return await attention_page(request, actor, flag or None)
+
+
+async def attention_page(
+    request: Request, actor: Actor, flag: str | None, refused: FormError = NO_REFUSAL
+) -> HTMLResponse:
+    db = request.app.state.db
+    settings: Settings = request.app.state.settings
     async with db.read() as s:
         ids = await attention_orders(s, settings.order_pending_alert_minutes, flag=flag or None)
         panels = [await order_panel(s, i) for i in ids]
@@ -403,6 +524,8 @@ async def attention(
         request,
         "attention.html",
         actor,
+        status=refused.status if refused.form else 200,
+        form_error=refused,
         panels=panels,
         counts=counts,
         flag=flag or "",
@@ -412,11 +535,25 @@ async def attention(
 
 @router.post("/orders/{order_id}/resolve", response_model=None)
 async def resolve(
+    request: Request,
     order_id: uuid.UUID,
     db: DB,
     actor: Resolver,
     note: Annotated[str, Form(max_length=500)] = "",
     then: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    await db.run(lambda s: money.resolve_attention(s, actor, order_id, note, utcnow()))
-    return back(_then(then, "/backoffice/attention"), "resolved")
+    async def act() -> Response:
+        await db.run(lambda s: money.resolve_attention(s, actor, order_id, note, utcnow()))
+        return back(_then(then, "/backoffice/attention"), "resolved")
+
+    return await in_place(
+        request, actor, act, form=f"resolve-{order_id}", values={"note": note},
+        redraw=redraw_at(request, actor, then),
+    )  # fmt: skip
+
+
+@origin("/backoffice/attention", Permission.attention_read)
+async def _attention_again(
+    request: Request, actor: Actor, at: dict[str, str], refused: FormError
+) -> HTMLResponse:
+    return await attention_page(request, actor, None, refused)

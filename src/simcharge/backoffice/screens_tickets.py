@@ -16,8 +16,10 @@ from simcharge.api.deps import DB
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.forms import UUID_PATTERN, Redraw, in_place, origin
 from simcharge.backoffice.models import StaffUser
 from simcharge.backoffice.orders import check_with_provider, order_panel
+from simcharge.backoffice.refusal import NO_REFUSAL, FormError
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import back, render
 from simcharge.errors import IDEMPOTENCY_KEY_MAX
@@ -108,6 +110,15 @@ async def ticket_queue(
 
 @router.get("/tickets/{ticket_id}", response_class=HTMLResponse)
 async def ticket_page(request: Request, ticket_id: uuid.UUID, db: DB, actor: Agent) -> HTMLResponse:
+    return await ticket_view(request, actor, ticket_id)
+
+
+async def ticket_view(
+    request: Request, actor: Actor, ticket_id: uuid.UUID, refused: FormError = NO_REFUSAL
+) -> HTMLResponse:
+    """A ticket's page; drawn again with a refused form on it, it is a view as any other
+    (audited as `ticket.view`)."""
+    db = request.app.state.db
     async with db.read() as s:
         ticket = await service.get_ticket(s, ticket_id)
         messages = await service.messages_of(s, ticket.id, internal=True)
@@ -122,6 +133,8 @@ async def ticket_page(request: Request, ticket_id: uuid.UUID, db: DB, actor: Age
         request,
         "ticket.html",
         actor,
+        status=refused.status if refused.form else 200,
+        form_error=refused,
         ticket=ticket,
         messages=messages,
         account=account,
@@ -136,6 +149,7 @@ async def ticket_page(request: Request, ticket_id: uuid.UUID, db: DB, actor: Age
 
 @router.post("/tickets/{ticket_id}/reply", response_model=None)
 async def ticket_reply(
+    request: Request,
     ticket_id: uuid.UUID,
     db: DB,
     actor: Agent,
@@ -146,23 +160,31 @@ async def ticket_reply(
 ) -> Response:
     """The page's one-time key (`idem`, made when the ticket was shown) makes a double click or
     a resent form one reply and one notice."""
-    await db.run(
-        lambda s: service.staff_reply(
-            s,
-            actor,
-            ticket_id,
-            body,
-            internal=internal,
-            status=status or None,
-            idempotency_key=idem or None,
-            now=utcnow(),
+
+    async def act() -> Response:
+        await db.run(
+            lambda s: service.staff_reply(
+                s,
+                actor,
+                ticket_id,
+                body,
+                internal=internal,
+                status=status or None,
+                idempotency_key=idem or None,
+                now=utcnow(),
+            )
         )
-    )
-    return back(f"/backoffice/tickets/{ticket_id}", "sent")
+        return back(f"/backoffice/tickets/{ticket_id}", "sent")
+
+    typed = {"body": body, "internal": internal, "status": status, "idem": idem}
+    return await in_place(
+        request, actor, act, form="reply", values=typed, redraw=_again(request, actor, ticket_id),
+    )  # fmt: skip
 
 
 @router.post("/tickets/{ticket_id}/update", response_model=None)
 async def ticket_update(
+    request: Request,
     ticket_id: uuid.UUID,
     db: DB,
     actor: Agent,
@@ -177,18 +199,40 @@ async def ticket_update(
     a page drawn before the customer's reply or a colleague's assignment does not put back
     what they changed. An empty `assignee` is nobody (an empty form value arrives as the
     default, so "nobody" is the default and "unchanged" is "as it was drawn")."""
-    await db.run(
-        lambda s: service.update_ticket(
-            s,
-            actor,
-            ticket_id,
-            status=status if status != was_status else None,
-            priority=priority if priority != was_priority else None,
-            assignee=assignee if assignee != was_assignee else None,
-            now=utcnow(),
+
+    async def act() -> Response:
+        await db.run(
+            lambda s: service.update_ticket(
+                s,
+                actor,
+                ticket_id,
+                status=status if status != was_status else None,
+                priority=priority if priority != was_priority else None,
+                assignee=assignee if assignee != was_assignee else None,
+                now=utcnow(),
+            )
         )
-    )
-    return back(f"/backoffice/tickets/{ticket_id}", "saved")
+        return back(f"/backoffice/tickets/{ticket_id}", "saved")
+
+    typed = {"status": status, "priority": priority, "assignee": assignee}
+    return await in_place(
+        request, actor, act, form="update", values=typed,
+        redraw=_again(request, actor, ticket_id),
+    )  # fmt: skip
+
+
+def _again(request: Request, actor: Actor, ticket_id: uuid.UUID) -> Redraw:
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await ticket_view(request, actor, ticket_id, refused)
+
+    return redraw
+
+
+@origin(rf"/backoffice/tickets/(?P<ticket_id>{UUID_PATTERN})", Permission.tickets_work)
+async def _ticket_again(
+    request: Request, actor: Actor, at: dict[str, str], refused: FormError
+) -> HTMLResponse:
+    return await ticket_view(request, actor, uuid.UUID(at["ticket_id"]), refused)
 
 
 @router.post("/orders/{order_id}/check", response_model=None)

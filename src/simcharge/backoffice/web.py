@@ -15,13 +15,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from simcharge.api.problems import error_texts
 from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.refusal import NO_REFUSAL
 from simcharge.backoffice.staff import csrf_token
 from simcharge.catalog.schemas import PER_UNITS
 from simcharge.config import Settings
 from simcharge.errors import SimchargeError
 from simcharge.kit.devices import device_label
 from simcharge.kit.i18n import BABEL_LOCALES, pick_language, pick_text
-from simcharge.kit.moments import UTC_ZONE, moment_text
+from simcharge.kit.moments import UTC_ZONE, is_zone, moment_text
 from simcharge.kit.money import format_money, is_currency
 from simcharge.kit.translations import N_, translate, translations
 
@@ -29,9 +30,11 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"
 STAFF_LANGUAGES = ("en", "zh-Hans", "zh-Hant", "fil", "es")
 CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+"""Scripts only from `backoffice/static` (the passkey ceremonies' `passkeys.js`, which talks to
+this site alone); never inline."""
 HEADERS = {"content-security-policy": CSP, "cache-control": "no-store"}
 
 
@@ -62,10 +65,10 @@ def units_for_staff(language: str, amount: Any, unit: str) -> str:
     return sign + text
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)  # five languages, a few zones: staff pick their own
 def environment(language: str, zone: str = UTC_ZONE) -> Environment:
-    """The back office's templates in `language`, its times in the operator's `zone`
-    (`SIMCHARGE_OPERATOR_TIMEZONE`: staff work the operator's day) and saying it."""
+    """The back office's templates in `language`, its times in `zone` (`zone_of`: the staff
+    member's own, else the operator's) and saying it."""
     locale = BABEL_LOCALES.get(language, "en")
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -124,6 +127,14 @@ def language_of(request: Request, actor: Actor | None) -> str:
     )
 
 
+def zone_of(settings: Settings, actor: Actor | None) -> str:
+    """The zone a back-office page writes its times in: the staff member's own
+    (`staff_users.time_zone`), else the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`). Reports
+    still count the operator's days (`reports.zone_of`): they are the business's books."""
+    own = actor.staff.time_zone if actor is not None and actor.staff is not None else None
+    return own if is_zone(own) else settings.operator_timezone
+
+
 def render(
     request: Request,
     name: str,
@@ -139,8 +150,9 @@ def render(
         if actor is not None and actor.session_id is not None
         else context.pop("csrf", "")
     )
+    context.setdefault("form_error", NO_REFUSAL)  # a refused form shown again (`forms.in_place`)
     html = (
-        environment(language, settings.operator_timezone)
+        environment(language, zone_of(settings, actor))
         .get_template(name)
         .render(
             lang=language,

@@ -33,6 +33,18 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name) if is_zone(name) else ZoneInfo(UTC_ZONE)
 
 
+def offset_text(local: datetime) -> str:
+    """The zone of an aware moment as its offset from UTC: "UTC+08:00", "UTC−06:00" (a minus
+    sign; an SMS writes it "-"), "UTC+05:30"; "UTC" itself at 0. Written the same in every
+    language — the portal's list of zones labels each zone with it ("Manila (UTC+08:00)")."""
+    delta = local.utcoffset()
+    minutes = int(delta.total_seconds() // 60) if delta is not None else 0
+    if minutes == 0:
+        return UTC_ZONE
+    sign = "+" if minutes > 0 else "\u2212"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
 # Remembered: the same records and notices come back on every page and in every message, and
 # Babel's formatting costs tens of microseconds a call. The zone is passed by name: a hashable,
 # small key (the reader's account's, else the operator's).
@@ -40,17 +52,20 @@ def zone(name: str) -> ZoneInfo:
 def moment_text(
     language: str, when: datetime, locale: str | None = None, zone_name: str = UTC_ZONE
 ) -> str:
-    """A date and a time in the zone `zone_name`, with the zone as Babel writes it in the
-    locale's order ("Dec 6, 2026, 3:00:00 PM EST", "2026年12月7日 +0800 04:00:00"): its short
-    name where the locale has one, else its offset — never a bare "18:30" a reader would take
-    for their own time. The date is the moment's date in that zone (20:00 UTC on Dec 6 is
-    Dec 7 in Manila). `locale`: a regional one (`es_MX`), else the language's."""
+    """A date and a time in the zone `zone_name`, then the zone as its offset from UTC, in the
+    locale's order of date and time ("Dec 6, 2026, 3:00:00 PM UTC−05:00", "2026年12月7日
+    04:00:00 UTC+08:00") — never a bare "18:30" a reader would take for their own time. The
+    offset, not a name: Babel names a zone in some locales and not others, and spells some in
+    full ("hora estándar de Europa central" in `es_MX`); an abbreviation is ambiguous (CST:
+    Mexico City or Shanghai) and unknown to most readers outside its country; the offset reads
+    the same in every language, and shows the change of summer time ("UTC+01:00" in winter,
+    "UTC+02:00" in summer in Madrid). The date is the moment's date in that zone (20:00 UTC on
+    Dec 6 is Dec 7 in Manila). `locale`: a regional one (`es_MX`), else the language's."""
     loc = locale_for(language, locale)
     local = when.astimezone(zone(zone_name))
     day = format_date(local.date(), "medium", locale=loc)
-    return str(loc.datetime_formats["medium"]).format(
-        format_time(local, "long", tzinfo=local.tzinfo, locale=loc), day
-    )
+    clock = format_time(local, "medium", tzinfo=local.tzinfo, locale=loc)
+    return str(loc.datetime_formats["medium"]).format(f"{clock} {offset_text(local)}", day)
 
 
 def day_in(when: datetime | date, zone_name: str = UTC_ZONE) -> date:

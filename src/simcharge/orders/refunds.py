@@ -11,7 +11,9 @@ The ledger policy. A refund of `r`:
   account, `r` split between the sale and the fee in the order's proportion (the fee share
   rounded half up); and takes back, from what the order granted and is still unused, the share
   `r / T` (rounded up) of each bucket and of the wallet credit, capped at what is left — for a
-  refund of everything still refundable, all that is left of them. Units and credit already
+  refund of everything still refundable, all that is left of them. Of the wallet credit (the
+  wallet is the line's, not the order's), never more than the order granted less what its
+  other refunds took: its own buckets cap themselves. Units and credit already
   used stay used (the customer had them); the line's validity extension stays.
 - of an uncredited order: gives back money, `unapplied` → clearing; nothing to take back.
 
@@ -41,6 +43,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.catalog.steps import payable_step
 from simcharge.errors import Conflict, IdempotencyKeyReused, ValidationFailed
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.money import from_minor
@@ -101,6 +104,11 @@ class RefundAmountUnreported(Conflict):
 class RefundTooLarge(ValidationFailed):
     slug = "refund-too-large"
     title = N_("The refund is larger than what is left to refund.")
+
+
+class RefundNotPayable(ValidationFailed):
+    slug = "refund-amount-not-payable"
+    title = N_("The payment's provider cannot refund this amount in this currency.")
 
 
 def shown(amount: int, currency: str | None) -> str:
@@ -328,6 +336,15 @@ async def ask_for_refund(
             field="amount",
             left=f"{from_minor(left, currency)} {currency}",
         )
+    step = payable_step(order.provider, currency)
+    if amount % step:
+        # Refused here, not by the provider after a 202: Stripe takes KWD in steps of 0.010 and
+        # whole HUF only, PayPal whole HUF, JPY and TWD (`catalog.steps`).
+        raise RefundNotPayable(
+            N_("This payment can only be refunded in steps of {step}."),
+            field="amount",
+            step=f"{from_minor(step, currency)} {currency}",
+        )
     refund = Refund(
         id=uuid7(),
         order_id=order.id,
@@ -474,7 +491,11 @@ async def _clawback(
         wallet = await session.get(LedgerAccount, line.wallet_account_id)
         assert wallet is not None
         available = wallet.credits_posted - wallet.debits_posted - wallet.debits_pending
-        share = min(available, wallet_credit if full else math.ceil(wallet_credit * r / total))
+        # The wallet is the line's, not the order's: what is left of the credit to take back is
+        # what the order granted less what its other refunds took (or hold), never the wallet's
+        # other money (a refund of the rest took the whole credit a second time).
+        left = wallet_credit - await _wallet_taken(session, order, refund)
+        share = min(available, left, left if full else math.ceil(wallet_credit * r / total))
         if share > 0:
             funding = chart.funding(line.currency, shard)
             await ensure_accounts(session, [funding])
@@ -483,6 +504,31 @@ async def _clawback(
                           "clawback", pending)
             )
     return transfers
+
+
+async def _wallet_taken(session: AsyncSession, order: Order, refund: Refund) -> int:
+    """What the order's other refunds, done or on their way, took (or hold) of its wallet
+    credit: their `wallet` clawbacks (a failed refund's was voided: it took nothing)."""
+    others = (
+        await session.execute(
+            select(Refund.id).where(
+                Refund.order_id == order.id,
+                Refund.state != RefundState.failed.value,
+                Refund.id != refund.id,
+            )
+        )
+    ).scalars().all()
+    if not others:
+        return 0
+    ids = [derived_id("refund", other, "wallet") for other in others]
+    taken = (
+        await session.execute(
+            select(func.coalesce(func.sum(LedgerTransfer.amount), 0)).where(
+                LedgerTransfer.id.in_(ids)
+            )
+        )
+    ).scalar_one()
+    return int(taken)
 
 
 async def complete_refund(

@@ -90,12 +90,18 @@ async def refund_not_ours(
     return "provider_refund" if recorded else "already"
 
 
-async def known_refunds(session: AsyncSession, order: Order) -> int:
-    """Refunded or on its way, ours and the provider's, as far as we know."""
+async def known_refunds(session: AsyncSession, order: Order, *, done: bool = False) -> int:
+    """Refunded or on its way, ours and the provider's, as far as we know (`done`: refunded
+    only — not ours still pending, which the provider may yet refuse)."""
+    state = (
+        Refund.state == RefundState.succeeded.value
+        if done
+        else Refund.state != RefundState.failed.value
+    )
     found = (
         await session.execute(
             select(func.coalesce(func.sum(Refund.amount), 0)).where(
-                Refund.order_id == order.id, Refund.state != RefundState.failed.value
+                Refund.order_id == order.id, state
             )
         )
     ).scalar_one()
@@ -125,6 +131,8 @@ async def note_refunded_status(
     extra = reported - await known_refunds(session, order)
     if extra <= 0:
         return False
+    if status.refunds:
+        return await _record_listed_refunds(session, order, status, extra, source=source, now=now)
     recorded = await record_provider_refund(
         session,
         order,
@@ -137,6 +145,51 @@ async def note_refunded_status(
         now=now,
     )
     return recorded is not None
+
+
+async def _record_listed_refunds(
+    session: AsyncSession,
+    order: Order,
+    status: PaymentStatus,
+    extra: int,
+    *,
+    source: str,
+    now: datetime,
+) -> bool:
+    """The refunds a status lists one by one (PayPal's order): each that is not ours is recorded
+    under its own id — the key its own notification is recorded under (`refund_not_ours`), so
+    whichever comes first, it is recorded once (recorded as a total, it was recorded again when
+    its notification came) — up to `extra`, what the listed total says we do not know of."""
+    ours = (
+        await session.execute(
+            select(Refund.reference, Refund.provider_refund_id).where(
+                Refund.order_id == order.id, ~Refund.requested_by.startswith(PROVIDER)
+            )
+        )
+    ).all()
+    our_ids = {ref for row in ours for ref in row if ref}
+    word = status.provider_state or status.state.value
+    news = False
+    for listed in status.refunds:
+        if extra <= 0:
+            break
+        if listed.refund_id in our_ids or (listed.our_reference or "") in our_ids:
+            continue
+        recorded = await record_provider_refund(
+            session,
+            order,
+            amount=min(listed.amount, extra),
+            currency=status.currency,
+            key=f"refund:{listed.refund_id}",
+            provider_refund_id=listed.refund_id,
+            what=word,
+            source=source,
+            now=now,
+        )
+        if recorded is not None:
+            extra -= recorded.amount
+            news = True
+    return news
 
 
 async def record_provider_refund(
@@ -160,7 +213,12 @@ async def record_provider_refund(
     if earlier is not None:
         return None
     currency = (currency or order.paid_currency or order.currency).upper()
-    capped = min(amount, max(0, paid_of(order) - await known_refunds(session, order)))
+    # Capped by what was refunded, not by a refund of ours still pending: the provider's refund
+    # is done, and if the two together are more than was paid, it is ours the provider refuses
+    # (Stripe's `charge_disputed`) — voided then. Capped by it, a dispute lost meanwhile was
+    # recorded as nothing, and nothing at all once ours was refused.
+    left = paid_of(order) - await known_refunds(session, order, done=True)
+    capped = min(amount, max(0, left))
     note = f"{what}: {shown(amount, currency)} refunded at the provider ({source})"
     if capped != amount:
         note += f"; only {shown(capped, currency)} was left to refund: that is recorded"

@@ -185,7 +185,10 @@ class CreditNoteOut(Schema):
 
 class RefundIn(Schema):
     amount: int | None = Field(
-        default=None, gt=0, description="Minor units; omitted: everything still refundable"
+        default=None,
+        gt=0,
+        strict=True,  # a JSON integer: `true` is not 1, nor "1e3" a thousand
+        description="Minor units; omitted: everything still refundable",
     )
     reason: str | None = Field(default=None, max_length=500)
 

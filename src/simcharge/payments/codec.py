@@ -7,6 +7,7 @@ from typing import Any
 
 from simcharge.payments.providers import (
     Dispute,
+    ListedRefund,
     PaymentState,
     PaymentStatus,
     RefundResult,
@@ -26,6 +27,10 @@ def status_to_json(s: PaymentStatus) -> dict[str, Any]:
         "paid_at": s.paid_at.isoformat() if s.paid_at else None,
         "provider_state": s.provider_state,
         "refunded_amount": s.refunded_amount,
+        "refunds": [
+            {"refund_id": r.refund_id, "amount": r.amount, "our_reference": r.our_reference}
+            for r in s.refunds
+        ],
     }
 
 
@@ -42,6 +47,10 @@ def status_from_json(d: dict[str, Any]) -> PaymentStatus:
         raw={},
         provider_state=d.get("provider_state"),
         refunded_amount=d.get("refunded_amount"),
+        refunds=tuple(
+            ListedRefund(str(r["refund_id"]), int(r["amount"]), r.get("our_reference"))
+            for r in d.get("refunds") or []
+        ),
     )
 
 

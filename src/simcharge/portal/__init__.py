@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from simcharge.errors import NotAuthenticated, SimchargeError
 from simcharge.kit.translations import translate
+from simcharge.portal.account import retry_at
 from simcharge.portal.account import router as account_router
 from simcharge.portal.help import router as help_router
 from simcharge.portal.profile import router as profile_router
@@ -32,13 +33,18 @@ def problem_page(request: Request, exc: SimchargeError) -> Response:
         query = request.url.query
         here = request.url.path + (f"?{query}" if query else "")
         return redirect("/login?" + urlencode({"next": safe_next(here)}))
-    if page is None:
-        page = Visitor(getattr(request.state, "language", "en"), None, "")
+    if page is None:  # failed while finding out who it is (the database): the operator's zone
+        page = Visitor(
+            getattr(request.state, "language", "en"), None, "",
+            zone=request.app.state.settings.operator_timezone,
+        )  # fmt: skip
     return render(
         request,
         page,
         "error.html",
         status=exc.status,
+        headers=exc.headers,
+        retry_at=retry_at(exc),
         title=translate(page.language, exc.title),
         detail=translate(page.language, exc.detail_template).format(**exc.params)
         if exc.params

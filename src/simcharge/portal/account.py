@@ -73,6 +73,13 @@ WARN_DAYS = 14
 """A line whose validity ends within this many days shows how to keep it active."""
 
 
+def retry_at(exc: SimchargeError) -> datetime | None:
+    """When a refusal for now (a rate limit, a lock-out: its `Retry-After`, in seconds) ends:
+    the error page says it, in the reader's zone like every time of the portal."""
+    wait = exc.headers.get("Retry-After", "")
+    return utcnow() + timedelta(seconds=int(wait)) if wait.isdigit() else None
+
+
 def require(page: Visitor) -> uuid.UUID:
     if page.customer is None:
         raise NotAuthenticated(N_("Please sign in."))
@@ -381,7 +388,7 @@ async def topup(
         return render(
             request, page, "error.html", status=exc.status, headers=exc.headers,
             title=translate(page.language, N_("The payment could not be started")),
-            detail=summary, request_id=None,
+            detail=summary, request_id=None, retry_at=retry_at(exc),
         )
     order_page = f"/account/orders/{placed.order.id}"
     url = payment.redirect_url

@@ -29,7 +29,7 @@ from simcharge.api.problems import error_texts
 from simcharge.errors import SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import BABEL_LOCALES, REGIONAL_CHOICES, REGIONAL_FORMATS
-from simcharge.kit.moments import UTC_ZONE, is_zone, zone
+from simcharge.kit.moments import UTC_ZONE, is_zone, offset_text, zone
 from simcharge.kit.translations import N_
 from simcharge.portal.account import require
 from simcharge.portal.web import Page, Visitor, form_of, redirect, render
@@ -72,11 +72,14 @@ class Choice:
 
 
 @lru_cache(maxsize=4096)
-def _zone_label(name: str, locale: str, offset: str) -> str:
+def _zone_label(name: str, locale: str, now: datetime) -> str:
     """"Manila (UTC+08:00)", "马尼拉 (UTC+08:00)": the city in the reader's language and the
-    offset of today (New York's is −05:00 in winter and −04:00 in summer)."""
-    city = name if name == UTC_ZONE else get_timezone_location(name, locale, return_city=True)
-    return f"{city} (UTC{offset})"
+    offset of today (New York's is −05:00 in winter and −04:00 in summer), written as every
+    time the customer reads is (`offset_text`)."""
+    if name == UTC_ZONE:
+        return UTC_ZONE
+    city = get_timezone_location(name, locale, return_city=True)
+    return f"{city} ({offset_text(now.astimezone(zone(name)))})"
 
 
 def _minutes(name: str, now: datetime) -> int:
@@ -85,14 +88,8 @@ def _minutes(name: str, now: datetime) -> int:
     return int(delta.total_seconds() // 60) if delta is not None else 0
 
 
-def _offset(name: str, now: datetime) -> str:
-    minutes = _minutes(name, now)
-    sign = "+" if minutes >= 0 else "−"
-    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
 def zone_choice(name: str, locale: str, now: datetime) -> Choice:
-    return Choice(name, _zone_label(name, locale, _offset(name, now)))
+    return Choice(name, _zone_label(name, locale, now))
 
 
 def zone_groups(locale: str, now: datetime) -> list[tuple[str, list[Choice]]]:

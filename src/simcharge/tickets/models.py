@@ -55,6 +55,9 @@ class Ticket(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     """The last change the customer can see: a message of theirs, a reply, a new status (not an
     internal note, a priority or an assignee). Orders both the customer's list and the queue."""
+    redacted_at: Mapped[datetime | None] = mapped_column()
+    """When the retention sweep removed its subject and its messages' text, its account closed
+    long enough (`SIMCHARGE_RETENTION_CLOSED_TICKETS_DAYS`); staff screens say so."""
 
 
 class TicketMessage(Base):

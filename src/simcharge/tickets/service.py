@@ -47,6 +47,13 @@ class TicketClosed(Conflict):
     title = N_("This ticket is closed; please open a new one.")
 
 
+class TicketRedacted(Conflict):
+    slug = "ticket-redacted"
+    title = N_(
+        "This ticket's text was removed under the retention policy; nothing more can be added."
+    )
+
+
 class StaffNotFound(NotFound):
     slug = "staff-not-found"
     title = N_("There is no such staff member.")
@@ -368,6 +375,8 @@ async def staff_reply(
             return await _replied_alike(session, earlier, request)
     if ticket.status == TicketStatus.closed and not internal:
         raise TicketClosed(field="ticket_id")
+    if ticket.redacted_at is not None:  # a note would be the only text left, and kept
+        raise TicketRedacted(field="ticket_id")
     before = summary(ticket)
     message = TicketMessage(
         ticket_id=ticket.id,

@@ -24,6 +24,7 @@ from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.models import Bucket, Line
 from simcharge.lines.service import find_line_by_msisdn
 from simcharge.notifications.service import notify
+from simcharge.orders.service import refuse_closed_payer
 from simcharge.tmf654 import service
 from simcharge.tmf654.models import ActionKind, BalanceAction
 from simcharge.tmf654.service import MB, BucketNotFound, Holder, InsufficientBalance
@@ -169,6 +170,10 @@ async def give(
     customer was shown (a review page's, minor units); if it is no longer the fee, nothing is
     given (400, field `transferCost.value`, saying the fee now)."""
     _check_usage_type(gift)
+    # A closure committing meanwhile detaches the line: wait for its lock on the account and
+    # see it (`401 session-ended`), as an order does, rather than give from a line no longer
+    # the account's.
+    await refuse_closed_payer(s, account_id)
     line = await own_line(s, account_id, line_id)
     actor = actor_of(account_id)
     request = gift.request()

@@ -47,7 +47,9 @@ class TransferIn(BaseModel):
     to: str = Field(max_length=32, description="The receiving number (E.164)")
     usage_type: USAGE
     amount: int = Field(
-        gt=0, description="Money: minor units; voice: minutes; data: MB; sms: messages"
+        gt=0,
+        strict=True,  # a JSON integer: `true` is not 1
+        description="Money: minor units; voice: minutes; data: MB; sms: messages",
     )
     bucket_id: uuid.UUID | None = Field(
         default=None, description="Units: the bucket to give from (default: the one that ends "

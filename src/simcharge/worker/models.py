@@ -58,3 +58,6 @@ class OutboxJob(Base):
     """Enqueueing the same key twice makes one job (periodic slots, one-off effects)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
+    payload_removed_at: Mapped[datetime | None] = mapped_column()
+    """When the retention sweep took the personal data out of a dead job's payload
+    (`SIMCHARGE_RETENTION_DEAD_JOBS_DAYS`): such a job can no longer be retried."""

@@ -341,9 +341,15 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
 
 
 async def requeue_dead(session: AsyncSession, job_id: uuid.UUID) -> bool:
+    """A dead job back in the queue — not one whose payload the retention sweep emptied: it
+    would run without its address or text (a half-made notification), or fail again."""
     result = await session.execute(
         update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.dead.value)
+        .where(
+            jobs.c.id == job_id,
+            jobs.c.status == JobStatus.dead.value,
+            jobs.c.payload_removed_at.is_(None),
+        )
         .values(status=JobStatus.pending.value, run_at=utcnow(), attempts=0, finished_at=None)
     )
     return bool(getattr(result, "rowcount", 0))

@@ -205,10 +205,13 @@ async def test_after_a_refused_submit_the_error_summary_has_the_focus(
         await page.click("main form button[type=submit]")
     await _summary_has_focus(page)
     assert await page.get_attribute("textarea[name=text]", "aria-describedby") == "c-problems"
-    # An adjustment and a refund refused: the page that says why has the focus.
-    for form, amount in (
-        (f"form[action='/backoffice/lines/{day.payer.line.id}/adjust']", "1,2,3"),
-        (f"form[action='/backoffice/orders/{day.order_id}/refund']", "9999"),
+    # An adjustment and a refund refused: the customer's page again, in place, the summary
+    # focused, the amount tied to its error, what was typed kept.
+    for form, amount, field in (
+        (f"form[action='/backoffice/lines/{day.payer.line.id}/adjust']", "1,2,3",
+         f"adjust-{day.payer.line.id}-amount"),
+        (f"form[action='/backoffice/orders/{day.order_id}/refund']", "9999",
+         f"refund-{day.order_id}-amount"),
     ):
         await page.goto(f"{site.base}/backoffice/customers/{day.payer.account_id}")
         await page.fill(f"{form} input[name=amount]", amount)
@@ -217,6 +220,8 @@ async def test_after_a_refused_submit_the_error_summary_has_the_focus(
             await page.press(f"{form} input[name=reason]", "Enter")
         focused = await _summary_has_focus(page)
         assert re.search(r"amount|refund", focused["text"], re.I), focused
+        await _fields_name_their_errors(page, field)
+        assert await page.input_value(f"{form} input[name=reason]") == "by keyboard"
 
 
 async def test_every_table_has_a_name_and_header_cells(page: Any, site: Site) -> None:

@@ -106,6 +106,17 @@ class Checkout:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedRefund:
+    """A done refund a provider lists with the payment (PayPal's order lists its capture's
+    refunds): its own id, its amount in minor units, and the id we gave it if it is ours (PayPal's
+    `custom_id`: our refund's reference)."""
+
+    refund_id: str
+    amount: int
+    our_reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentStatus:
     """A payment attempt as the provider reports it (query, capture or notification)."""
 
@@ -124,6 +135,10 @@ class PaymentStatus:
     """The provider's own status word (`APPROVED`, `TRADE_CLOSED`, `NOTPAY`…), for logs and support."""
     refunded_amount: int | None = None
     """Minor units refunded so far, where the provider reports it."""
+    refunds: tuple[ListedRefund, ...] = ()
+    """The done refunds that make up `refunded_amount`, each with its id, where the provider
+    lists them (PayPal): recorded each under its id, as its own notification is
+    (`reversals.note_refunded_status`), so neither records it twice."""
 
     def __post_init__(self) -> None:
         # ISO 4217 codes are upper case everywhere in simcharge; a provider (or a hand-signed

@@ -45,6 +45,7 @@ from simcharge.payments.providers._common import (
 from simcharge.payments.providers.base import (
     Checkout,
     CheckoutRequest,
+    ListedRefund,
     Notification,
     NotificationRejected,
     PaymentFlow,
@@ -179,6 +180,9 @@ def order_status(order: Mapping[str, Any]) -> PaymentStatus:
         refunded_amount=_refunded(dict_at(unit, "payments").get("refunds"), currency)
         if state is PaymentState.partially_refunded
         else None,
+        refunds=_listed_refunds(dict_at(unit, "payments").get("refunds"), currency)
+        if state is PaymentState.partially_refunded
+        else (),
         reference=str_at(unit, "custom_id")
         or str_at(capture, "custom_id")
         or str_at(unit, "reference_id"),
@@ -209,6 +213,20 @@ def _refunded(refunds: Any, currency: str | None) -> int | None:
         if value is not None and value > 0 and unit == currency:
             total += value
     return total or None
+
+
+def _listed_refunds(refunds: Any, currency: str | None) -> tuple[ListedRefund, ...]:
+    """The refunds `_refunded` adds up, each with its id (the id its own notification,
+    `PAYMENT.CAPTURE.REFUNDED`, carries) and its `custom_id` (ours: our refund's reference)."""
+    listed = []
+    for refund in refunds if isinstance(refunds, list) else []:
+        if not isinstance(refund, Mapping) or str_at(refund, "status") != "COMPLETED":
+            continue
+        value, unit = _money(dict_at(refund, "amount"))
+        refund_id = str_at(refund, "id")
+        if value is not None and value > 0 and unit == currency and refund_id:
+            listed.append(ListedRefund(refund_id, value, str_at(refund, "custom_id")))
+    return tuple(listed)
 
 
 def capture_status(capture: Mapping[str, Any], event_type: str) -> PaymentStatus:
