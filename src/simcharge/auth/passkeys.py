@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +37,7 @@ from webauthn import (
     verify_authentication_response,
     verify_registration_response,
 )
+from webauthn.authentication.verify_authentication_response import VerifiedAuthentication
 from webauthn.helpers import (
     bytes_to_base64url,
     options_to_json_dict,
@@ -56,6 +57,7 @@ from webauthn.helpers.structs import (
     ResidentKeyRequirement,
     UserVerificationRequirement,
 )
+from webauthn.registration.verify_registration_response import VerifiedRegistration
 
 from simcharge.accounts.models import SIGNED_OUT_FOR_GOOD, Account, AccountStatus
 from simcharge.auth.client import ClientInfo
@@ -166,7 +168,7 @@ def _holder_hash(secret: str, holder: str) -> str:
     return keyed_hash(secret, "passkey-holder", holder)
 
 
-async def _issue_challenge(
+async def issue_challenge(
     session: AsyncSession,
     settings: Settings,
     *,
@@ -195,7 +197,7 @@ async def _issue_challenge(
     return challenge
 
 
-async def _spend_challenge(
+async def spend_challenge(
     session: AsyncSession,
     settings: Settings,
     challenge: bytes,
@@ -237,7 +239,7 @@ MALFORMED = (WebAuthnException, ValueError, TypeError, KeyError, AttributeError)
 of the wrong shape)."""
 
 
-def _parsed_registration(credential: dict[str, Any]) -> tuple[RegistrationCredential, bytes]:
+def parsed_registration(credential: dict[str, Any]) -> tuple[RegistrationCredential, bytes]:
     """The answer of `navigator.credentials.create()` and the challenge it names, or
     `PasskeyInvalid` when it is no such answer (before anything is looked at or changed)."""
     try:
@@ -247,13 +249,99 @@ def _parsed_registration(credential: dict[str, Any]) -> tuple[RegistrationCreden
         raise PasskeyInvalid(field="credential") from exc
 
 
-def _parsed_authentication(credential: dict[str, Any]) -> tuple[AuthenticationCredential, bytes]:
-    """As `_parsed_registration`, for the answer of `navigator.credentials.get()`."""
+def parsed_authentication(credential: dict[str, Any]) -> tuple[AuthenticationCredential, bytes]:
+    """As `parsed_registration`, for the answer of `navigator.credentials.get()`."""
     try:
         parsed = parse_authentication_credential_json(credential)
         return parsed, parse_client_data_json(parsed.response.client_data_json).challenge
     except MALFORMED as exc:
         raise PasskeyInvalid(field="credential") from exc
+
+
+def transports_of(stored: Sequence[str] | None) -> list[AuthenticatorTransport]:
+    """A stored passkey's transports that the library knows (others are dropped)."""
+    known = {t.value for t in AuthenticatorTransport}
+    return [AuthenticatorTransport(t) for t in stored or () if t in known]
+
+
+def creation_options(
+    settings: Settings,
+    *,
+    user_id: bytes,
+    user_name: str,
+    display_name: str,
+    challenge: bytes,
+    existing: Iterable[tuple[bytes, Sequence[str] | None]],
+) -> dict[str, Any]:
+    """`navigator.credentials.create()`'s options, JSON-ready: a discoverable passkey with user
+    verification, for the holder `user_id`, none of whose `existing` passkeys (credential id,
+    transports) may be made again. The same for customers and staff."""
+    options = generate_registration_options(
+        rp_id=relying_party(settings),
+        rp_name=settings.operator_name,
+        user_name=user_name,
+        user_id=user_id,
+        user_display_name=display_name,
+        challenge=challenge,
+        timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
+        attestation=AttestationConveyancePreference.NONE,
+        authenticator_selection=AuthenticatorSelectionCriteria(
+            resident_key=ResidentKeyRequirement.REQUIRED,
+            require_resident_key=True,
+            user_verification=UserVerificationRequirement.REQUIRED,
+        ),
+        exclude_credentials=[
+            PublicKeyCredentialDescriptor(id=credential_id, transports=transports_of(transports))
+            for credential_id, transports in existing
+        ],
+        supported_pub_key_algs=ALGORITHMS,
+    )
+    return options_to_json_dict(options)
+
+
+def verified_creation(
+    settings: Settings, parsed: RegistrationCredential, challenge: bytes
+) -> VerifiedRegistration:
+    """The new passkey of an answer to `creation_options`; `WebAuthnException` when it is not
+    one made for `challenge` on this site with the holder verified."""
+    return verify_registration_response(
+        credential=parsed,
+        expected_challenge=challenge,
+        expected_rp_id=relying_party(settings),
+        expected_origin=settings.passkey_origin_list,
+        require_user_verification=True,
+        supported_pub_key_algs=ALGORITHMS,
+    )
+
+
+def request_options(settings: Settings, challenge: bytes) -> dict[str, Any]:
+    """`navigator.credentials.get()`'s options, JSON-ready: any discoverable passkey of this site
+    (the authenticator offers the holder theirs), with user verification."""
+    options = generate_authentication_options(
+        rp_id=relying_party(settings),
+        challenge=challenge,
+        timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
+        allow_credentials=[],
+        user_verification=UserVerificationRequirement.REQUIRED,
+    )
+    return options_to_json_dict(options)
+
+
+def verified_assertion(
+    settings: Settings, parsed: AuthenticationCredential, challenge: bytes, public_key: bytes
+) -> VerifiedAuthentication:
+    """The checked answer to `request_options`, signed by the passkey whose key is `public_key`;
+    `WebAuthnException` when it is not. Its sign count is the caller's to compare (the library's
+    own check would refuse a copied key with no trace of it)."""
+    return verify_authentication_response(
+        credential=parsed,
+        expected_challenge=challenge,
+        expected_rp_id=relying_party(settings),
+        expected_origin=settings.passkey_origin_list,
+        credential_public_key=public_key,
+        credential_current_sign_count=0,
+        require_user_verification=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +368,7 @@ async def registration_options(
     counted as every re-entered password: `service.reauthenticate`). The challenge is bound to
     the account and to this session. The account's passkeys are excluded (an authenticator that
     holds one says so instead of making a second)."""
-    rp_id = relying_party(settings)
+    relying_party(settings)  # passkeys off: refused before anything is read or written
     refused = await confirm_password(
         session, settings, account, password, field="password", kind=EventKind.passkey_added,
         client=client, now=now, counted=counted,
@@ -288,35 +376,19 @@ async def registration_options(
     if refused is not None:
         return refused
     existing = await passkeys_of(session, account.id)
-    challenge = await _issue_challenge(
+    challenge = await issue_challenge(
         session, settings, purpose=REGISTER, account_id=account.id, holder=str(auth.id), now=now
     )
-    options = generate_registration_options(
-        rp_id=rp_id,
-        rp_name=settings.operator_name,
-        user_name=account.username,
+    options = creation_options(
+        settings,
         user_id=account.id.bytes,
-        user_display_name=account.display_name or account.username,
+        user_name=account.username,
+        display_name=account.display_name or account.username,
         challenge=challenge,
-        timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
-        attestation=AttestationConveyancePreference.NONE,
-        authenticator_selection=AuthenticatorSelectionCriteria(
-            resident_key=ResidentKeyRequirement.REQUIRED,
-            require_resident_key=True,
-            user_verification=UserVerificationRequirement.REQUIRED,
-        ),
-        exclude_credentials=[
-            PublicKeyCredentialDescriptor(id=p.credential_id, transports=_transports(p))
-            for p in existing
-        ],
-        supported_pub_key_algs=ALGORITHMS,
+        existing=((p.credential_id, p.transports) for p in existing),
     )
-    return Ceremony(options_to_json_dict(options), now + CHALLENGE_TTL)
+    return Ceremony(options, now + CHALLENGE_TTL)
 
-
-def _transports(passkey: Passkey) -> list[AuthenticatorTransport]:
-    known = {t.value for t in AuthenticatorTransport}
-    return [AuthenticatorTransport(t) for t in passkey.transports if t in known]
 
 
 async def register_passkey(
@@ -333,14 +405,14 @@ async def register_passkey(
     """Store the passkey the authenticator made for the challenge of `registration_options`
     (with user verification); the holder is told. Malformed input is refused before anything
     changes; an answer that does not verify spends its challenge all the same."""
-    rp_id = relying_party(settings)
+    relying_party(settings)  # passkeys off: refused before anything is read or written
     label = clean_name(
         name
         if name is not None and name.strip()
         else client.device_summary or default_name(account.language)
     )
-    parsed, challenge = _parsed_registration(credential)
-    if not await _spend_challenge(
+    parsed, challenge = parsed_registration(credential)
+    if not await spend_challenge(
         session, settings, challenge, purpose=REGISTER, holder=str(auth.id),
         account_id=account.id, now=now,
     ):  # fmt: skip
@@ -348,14 +420,7 @@ async def register_passkey(
             session, account, client, now, PasskeyChallengeInvalid(field="credential")
         )
     try:
-        verified = verify_registration_response(
-            credential=parsed,
-            expected_challenge=challenge,
-            expected_rp_id=rp_id,
-            expected_origin=settings.passkey_origin_list,
-            require_user_verification=True,
-            supported_pub_key_algs=ALGORITHMS,
-        )
+        verified = verified_creation(settings, parsed, challenge)
     except WebAuthnException:
         return await _registration_refused(
             session, account, client, now, PasskeyInvalid(field="credential")
@@ -408,19 +473,12 @@ async def _registration_refused(
 async def login_options(session: AsyncSession, settings: Settings, *, now: datetime) -> Ceremony:
     """Options to sign in with any passkey of this site (discoverable credentials: the
     authenticator offers the holder theirs), and the handle the answer must come back with."""
-    rp_id = relying_party(settings)
+    relying_party(settings)  # passkeys off: refused before anything is read or written
     handle = secrets.token_urlsafe(32)
-    challenge = await _issue_challenge(
+    challenge = await issue_challenge(
         session, settings, purpose=LOGIN, account_id=None, holder=handle, now=now
     )
-    options = generate_authentication_options(
-        rp_id=rp_id,
-        challenge=challenge,
-        timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
-        allow_credentials=[],
-        user_verification=UserVerificationRequirement.REQUIRED,
-    )
-    return Ceremony(options_to_json_dict(options), now + CHALLENGE_TTL, handle)
+    return Ceremony(request_options(settings, challenge), now + CHALLENGE_TTL, handle)
 
 
 async def login_with_passkey(
@@ -435,9 +493,9 @@ async def login_with_passkey(
 ) -> SignedIn | Refused:
     """Sign in with the authenticator's answer to the challenge of `login_options` (whose
     `handle` comes back with it). `replacing`: as for `service.login`."""
-    rp_id = relying_party(settings)
-    parsed, challenge = _parsed_authentication(credential)
-    if not await _spend_challenge(
+    relying_party(settings)  # passkeys off: refused before anything is read or written
+    parsed, challenge = parsed_authentication(credential)
+    if not await spend_challenge(
         session, settings, challenge, purpose=LOGIN, holder=handle, account_id=None, now=now
     ):
         return await _login_refused(
@@ -459,17 +517,7 @@ async def login_with_passkey(
     if handle_given is not None and handle_given != account.id.bytes:
         return await _login_refused(session, account, client, now, PasskeyRefused(), "user")
     try:
-        verified = verify_authentication_response(
-            credential=parsed,
-            expected_challenge=challenge,
-            expected_rp_id=rp_id,
-            expected_origin=settings.passkey_origin_list,
-            credential_public_key=passkey.public_key,
-            # Compared below, once the signature is known to be the passkey's (the library's
-            # own check would refuse a copied key with no trace of it).
-            credential_current_sign_count=0,
-            require_user_verification=True,
-        )
+        verified = verified_assertion(settings, parsed, challenge, passkey.public_key)
     except WebAuthnException:
         return await _login_refused(session, account, client, now, PasskeyRefused(), "invalid")
     if (verified.new_sign_count or passkey.sign_count) and (

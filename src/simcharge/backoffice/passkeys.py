@@ -29,40 +29,28 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import options_to_json_dict
 from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AttestationConveyancePreference,
-    AuthenticatorSelectionCriteria,
-    AuthenticatorTransport,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from simcharge.accounts.service import checked_formats
 from simcharge.auth.codes import InvalidCode
 from simcharge.auth.passkeys import (
-    ALGORITHMS,
     CHALLENGE_TTL,
     Ceremony,
     PasskeyChallengeInvalid,
     PasskeyInvalid,
     PasskeyRefused,
     PasskeyTaken,
-    _issue_challenge,
-    _parsed_authentication,
-    _parsed_registration,
-    _spend_challenge,
     clean_name,
+    creation_options,
     default_name,
+    issue_challenge,
+    parsed_authentication,
+    parsed_registration,
     relying_party,
+    request_options,
+    spend_challenge,
+    verified_assertion,
+    verified_creation,
 )
 from simcharge.auth.passwords import verified
 from simcharge.backoffice import audit
@@ -97,10 +85,6 @@ def _holder(staff: StaffUser, row: StaffSession) -> str:
     """What a registration's challenge is bound to: this member, in this session."""
     return f"staff:{staff.id}:{row.id}"
 
-
-def _transports(passkey: StaffPasskey) -> list[AuthenticatorTransport]:
-    known = {t.value for t in AuthenticatorTransport}
-    return [AuthenticatorTransport(t) for t in passkey.transports if t in known]
 
 
 async def passkeys_of(session: AsyncSession, staff_id: uuid.UUID) -> Sequence[StaffPasskey]:
@@ -187,7 +171,7 @@ async def registration_options(
 ) -> Ceremony | Refused:
     """Options to make a passkey for `staff`, once their password and a current code were given
     again; the challenge is bound to them and this session. Their passkeys are excluded."""
-    rp_id = relying_party(settings)
+    relying_party(settings)  # passkeys off: refused before anything is read or written
     refused = await reauthenticate(
         session, settings, actor, row, staff, password=password, code=code,
         purpose="passkey_add", now=now,
@@ -195,30 +179,18 @@ async def registration_options(
     if refused is not None:
         return refused
     existing = await passkeys_of(session, staff.id)
-    challenge = await _issue_challenge(
+    challenge = await issue_challenge(
         session, settings, purpose=REGISTER, account_id=None, holder=_holder(staff, row), now=now
     )
-    options = generate_registration_options(
-        rp_id=rp_id,
-        rp_name=settings.operator_name,
-        user_name=staff.username,
+    options = creation_options(
+        settings,
         user_id=staff.id.bytes,
-        user_display_name=staff.display_name or staff.username,
+        user_name=staff.username,
+        display_name=staff.display_name or staff.username,
         challenge=challenge,
-        timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
-        attestation=AttestationConveyancePreference.NONE,
-        authenticator_selection=AuthenticatorSelectionCriteria(
-            resident_key=ResidentKeyRequirement.REQUIRED,
-            require_resident_key=True,
-            user_verification=UserVerificationRequirement.REQUIRED,
-        ),
-        exclude_credentials=[
-            PublicKeyCredentialDescriptor(id=p.credential_id, transports=_transports(p))
-            for p in existing
-        ],
-        supported_pub_key_algs=ALGORITHMS,
+        existing=((p.credential_id, p.transports) for p in existing),
     )
-    return Ceremony(options_to_json_dict(options), now + CHALLENGE_TTL)
+    return Ceremony(options, now + CHALLENGE_TTL)
 
 
 async def register_passkey(
@@ -236,29 +208,22 @@ async def register_passkey(
     Unnamed, it is called after the browser ("Chrome · Linux"), else "Passkey" in the member's
     language. Malformed input is refused before anything changes; an answer that does not
     verify spends its challenge all the same."""
-    rp_id = relying_party(settings)
+    relying_party(settings)  # passkeys off: refused before anything is read or written
     label = clean_name(
         name
         if name is not None and name.strip()
         else device_summary(actor.user_agent) or default_name(staff.language)
     )
-    parsed, challenge = _parsed_registration(credential)
+    parsed, challenge = parsed_registration(credential)
     if row.revoked_at is not None or not staff.active:
         return Refused(StaffSessionEnded())
-    if not await _spend_challenge(
+    if not await spend_challenge(
         session, settings, challenge, purpose=REGISTER, holder=_holder(staff, row),
         account_id=None, now=now,
     ):  # fmt: skip
         return await _add_refused(session, actor, staff, PasskeyChallengeInvalid(field="credential"), now)
     try:
-        verified_answer = verify_registration_response(
-            credential=parsed,
-            expected_challenge=challenge,
-            expected_rp_id=rp_id,
-            expected_origin=settings.passkey_origin_list,
-            require_user_verification=True,
-            supported_pub_key_algs=ALGORITHMS,
-        )
+        verified_answer = verified_creation(settings, parsed, challenge)
     except WebAuthnException:
         return await _add_refused(session, actor, staff, PasskeyInvalid(field="credential"), now)
     passkey = StaffPasskey(
@@ -404,19 +369,12 @@ async def remove_all_passkeys(
 async def login_options(session: AsyncSession, settings: Settings, *, now: datetime) -> Ceremony:
     """Options to sign in with any staff passkey of this site (discoverable credentials), and
     the handle the answer must come back with."""
-    rp_id = relying_party(settings)
+    relying_party(settings)  # passkeys off: refused before anything is read or written
     handle = secrets.token_urlsafe(32)
-    challenge = await _issue_challenge(
+    challenge = await issue_challenge(
         session, settings, purpose=LOGIN, account_id=None, holder=handle, now=now
     )
-    options = generate_authentication_options(
-        rp_id=rp_id,
-        challenge=challenge,
-        timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
-        allow_credentials=[],
-        user_verification=UserVerificationRequirement.REQUIRED,
-    )
-    return Ceremony(options_to_json_dict(options), now + CHALLENGE_TTL, handle)
+    return Ceremony(request_options(settings, challenge), now + CHALLENGE_TTL, handle)
 
 
 async def login_with_passkey(
@@ -431,9 +389,9 @@ async def login_with_passkey(
     """Sign in with the authenticator's answer to the challenge of `login_options`: a session
     fully signed in (both factors), audited as `staff.login` with `method: passkey`. `client`:
     who is asking as the audit log names an anonymous one (the address, the browser)."""
-    rp_id = relying_party(settings)
-    parsed, challenge = _parsed_authentication(credential)
-    if not await _spend_challenge(
+    relying_party(settings)  # passkeys off: refused before anything is read or written
+    parsed, challenge = parsed_authentication(credential)
+    if not await spend_challenge(
         session, settings, challenge, purpose=LOGIN, holder=handle, account_id=None, now=now
     ):
         return await _login_refused(
@@ -462,15 +420,7 @@ async def login_with_passkey(
     if handle_given is not None and handle_given != staff.id.bytes:
         return await _login_refused(session, client, staff, PasskeyRefused(), "user", now)
     try:
-        answer = verify_authentication_response(
-            credential=parsed,
-            expected_challenge=challenge,
-            expected_rp_id=rp_id,
-            expected_origin=settings.passkey_origin_list,
-            credential_public_key=passkey.public_key,
-            credential_current_sign_count=0,  # compared below, to audit a copied key
-            require_user_verification=True,
-        )
+        answer = verified_assertion(settings, parsed, challenge, passkey.public_key)
     except WebAuthnException:
         return await _login_refused(session, client, staff, PasskeyRefused(), "invalid", now)
     if (answer.new_sign_count or passkey.sign_count) and (
