@@ -314,6 +314,19 @@ def verified_creation(
     )
 
 
+def stored_fields(verified: VerifiedRegistration, parsed: RegistrationCredential) -> dict[str, Any]:
+    """What a passkey row keeps of a verified registration (a customer's `Passkey` or a staff
+    member's `StaffPasskey`): its credential, key, counter, transports, model, backup state."""
+    return {
+        "credential_id": verified.credential_id,
+        "public_key": verified.credential_public_key,
+        "sign_count": verified.sign_count,
+        "transports": [t.value for t in parsed.response.transports or []],
+        "aaguid": verified.aaguid,
+        "backed_up": verified.credential_backed_up,
+    }
+
+
 def request_options(settings: Settings, challenge: bytes) -> dict[str, Any]:
     """`navigator.credentials.get()`'s options, JSON-ready: any discoverable passkey of this site
     (the authenticator offers the holder theirs), with user verification."""
@@ -426,15 +439,7 @@ async def register_passkey(
             session, account, client, now, PasskeyInvalid(field="credential")
         )
     passkey = Passkey(
-        account_id=account.id,
-        credential_id=verified.credential_id,
-        public_key=verified.credential_public_key,
-        sign_count=verified.sign_count,
-        transports=[t.value for t in parsed.response.transports or []],
-        aaguid=verified.aaguid,
-        name=label,
-        backed_up=verified.credential_backed_up,
-        created_at=now,
+        account_id=account.id, name=label, created_at=now, **stored_fields(verified, parsed)
     )
     try:
         async with session.begin_nested():

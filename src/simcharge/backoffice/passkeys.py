@@ -49,6 +49,7 @@ from simcharge.auth.passkeys import (
     relying_party,
     request_options,
     spend_challenge,
+    stored_fields,
     verified_assertion,
     verified_creation,
 )
@@ -227,15 +228,7 @@ async def register_passkey(
     except WebAuthnException:
         return await _add_refused(session, actor, staff, PasskeyInvalid(field="credential"), now)
     passkey = StaffPasskey(
-        staff_id=staff.id,
-        credential_id=verified_answer.credential_id,
-        public_key=verified_answer.credential_public_key,
-        sign_count=verified_answer.sign_count,
-        transports=[t.value for t in parsed.response.transports or []],
-        aaguid=verified_answer.aaguid,
-        name=label,
-        backed_up=verified_answer.credential_backed_up,
-        created_at=now,
+        staff_id=staff.id, name=label, created_at=now, **stored_fields(verified_answer, parsed)
     )
     try:
         async with session.begin_nested():
