@@ -200,5 +200,6 @@ def create_app(
         RequestContextMiddleware,
         hsts=settings.env is Environment.production,
         default_language=settings.default_language,
+        max_body=settings.max_body_bytes,
     )
     return app

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     portal_pages_at_once: int = Field(default=4, ge=0, le=1000)
     """Pages of the user center a web process builds at once; the others wait their turn, in
     arrival order (0: no limit). See README, "Page turns"."""
+    max_body_bytes: int = Field(default=1_048_576, ge=4096, le=64 * 1_048_576)
+    """The largest request body the site reads (`413 request-too-large` above it, before the
+    body is read); a usage batch (`POST /api/v1/usage`) may be ten times as large."""
     db_echo: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False

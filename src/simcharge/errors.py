@@ -142,6 +142,15 @@ class IdempotencyKeyReused(SimchargeError):
     title = N_("This idempotency key was already used with a different request.")
 
 
+class BodyTooLarge(SimchargeError):
+    """A request body above the limit (`SIMCHARGE_MAX_BODY_BYTES`), refused before it is read:
+    parsing a body costs memory and time before any rate limit or sign-in is checked."""
+
+    status = 413
+    slug = "request-too-large"
+    title = N_("The request is too large.")
+
+
 class RateLimited(SimchargeError):
     status = 429
     slug = "rate-limited"

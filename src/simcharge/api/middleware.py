@@ -22,6 +22,7 @@ from simcharge.api.problems import PROBLEM_JSON, problem_body
 from simcharge.db import is_unreachable
 from simcharge.errors import (
     NUL_REFUSED,
+    BodyTooLarge,
     FieldError,
     InternalError,
     ServiceUnavailable,
@@ -31,6 +32,7 @@ from simcharge.errors import (
 from simcharge.kit.i18n import pick_language
 from simcharge.kit.ids import uuid7
 from simcharge.kit.text import first_not_text
+from simcharge.kit.translations import N_
 from simcharge.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("simcharge.http")
@@ -51,6 +53,13 @@ WEBHOOKS_PATH = "/api/v1/webhooks/"
 a lone surrogate is refused by the webhook route itself (`payments.webhooks`, outcome
 `rejected:unstorable`): counted, logged and answered in the provider's own failure shape, as
 for a form-encoded or encrypted one — not a problem document the provider cannot read."""
+
+
+DEFAULT_MAX_BODY = 1_048_576
+LARGE_BODY_PATHS = frozenset({"/api/v1/usage"})
+"""A batch of up to 10,000 usage records (`charging.batch.MAX_API_RECORDS`)."""
+LARGE_BODY_FACTOR = 10
+BODY_TOO_LARGE = N_("The request body may hold at most {limit} bytes.")
 
 
 def _answers_json(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -113,12 +122,25 @@ def _is_page(path: str) -> bool:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, hsts: bool = False, default_language: str = "en") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hsts: bool = False,
+        default_language: str = "en",
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
         self.app = app
         self.hsts = hsts
+        self.max_body = max_body
+        """`SIMCHARGE_MAX_BODY_BYTES`; `LARGE_BODY_PATHS` may hold `LARGE_BODY_FACTOR` times it."""
         self.default_language = default_language
         """The operator's `SIMCHARGE_DEFAULT_LANGUAGE`, for the problems answered here (a 500,
         a NUL refused), before any endpoint chose a language."""
+
+    def _body_limit(self, scope: Scope) -> int:
+        path = str(scope.get("path", ""))
+        return self.max_body * (LARGE_BODY_FACTOR if path in LARGE_BODY_PATHS else 1)
 
     def _language(self, scope: Scope) -> str:
         """The language the request was answered in so far (a signed-in customer's, once known:
@@ -167,6 +189,22 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            body: tuple[bytes, bool] | None = None
+            if scope.get("method") in _BODY_METHODS:
+                limit = self._body_limit(scope)
+                declared = _header(scope, b"content-length")
+                if declared is not None and declared.isdigit():
+                    too_large = int(declared) > limit
+                else:  # chunked: read up to the limit, no further
+                    body = await _read_body(receive, limit)
+                    too_large = len(body[0]) > limit
+                    receive = _replay(*body, receive)
+                if too_large:
+                    await self._answer(
+                        scope, receive, send_wrapper,
+                        BodyTooLarge(BODY_TOO_LARGE, field="body", limit=limit), request_id,
+                    )  # fmt: skip
+                    return
             field = _nul_in_query(scope)
             if (
                 field is None
@@ -174,9 +212,10 @@ class RequestContextMiddleware:
                 and _is_json(scope)
                 and not str(scope.get("path", "")).startswith(WEBHOOKS_PATH)
             ):
-                raw_body, complete = await _read_body(receive)
-                field = _nul_in_json(raw_body)
-                receive = _replay(raw_body, complete, receive)
+                if body is None:
+                    body = await _read_body(receive)
+                    receive = _replay(*body, receive)
+                field = _nul_in_json(body[0])
             if field is not None:
                 await self._refuse(scope, receive, send_wrapper, field, request_id)
                 return
@@ -251,16 +290,20 @@ def _is_json(scope: Scope) -> bool:
     return kind == "application/json" or kind.endswith("+json")
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
-    """The request body; `more` is false when the client went away before sending it all."""
+async def _read_body(receive: Receive, limit: int | None = None) -> tuple[bytes, bool]:
+    """The request body, or its first `limit` + 1 bytes and more (then it is refused, never
+    replayed); the flag is false when the client went away before sending it all."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return b"".join(chunks), False
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks), True
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False) or (limit is not None and size > limit):
+            return b"".join(chunks), not message.get("more_body", False)
 
 
 def _replay(body: bytes, complete: bool, receive: Receive) -> Receive:
