@@ -7,6 +7,8 @@ PORT ?= 8000
 export SIMCHARGE_DATABASE_URL ?= sqlite+aiosqlite:///var/simcharge.db
 export SIMCHARGE_BASE_URL ?= http://127.0.0.1:$(PORT)
 PYTEST_WORKERS ?= auto
+# The 25 slowest tests, printed after the summary: where the suite's time goes.
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: run test lint bench chaos install demo migrate clean format messages
 LOCALES := src/simcharge/locales
