@@ -94,6 +94,33 @@ def _lower(s: AsyncSession, column: Any) -> ColumnElement[Any]:
     return func.lower(column)
 
 
+def search_facts(query: str, found: Sequence[Account]) -> dict[str, Any]:
+    """What the audit keeps of a customer search: what kind of thing was typed (`email`,
+    `number`: a phone, MSISDN or ICCID; `id`; `text`: a name, a reference, a receipt or ticket
+    number), its length, and whose accounts it showed — never the words typed. The audit is
+    append-only and kept for ever; an e-mail address or phone number in it would outlive the
+    customer's closing of their account, which promises none is kept. Whose data a member saw
+    is what an investigation asks, and the account ids answer it."""
+    q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
+    kind = "text"
+    if "@" in q:
+        kind = "email"
+    elif _numbers(q):
+        kind = "number"
+    else:
+        try:
+            uuid.UUID(q)
+            kind = "id"
+        except ValueError:
+            pass
+    return {
+        "kind": kind,
+        "length": len(q),
+        "found": len(found),
+        "accounts": [str(a.id) for a in found],
+    }
+
+
 async def search_customers(
     s: AsyncSession, query: str, *, region: str | None = None
 ) -> Sequence[Account]:

@@ -390,7 +390,6 @@ async def request_adjustment(
         details={
             "adjustment": str(adj.id),
             "reason": reason,
-            "msisdn": line.msisdn,
             "applied_alone_24h": before,
             "limit": limit,
         },
@@ -513,7 +512,6 @@ async def unfreeze_line(
         target_id=line.id,
         before=before,
         after={"state": line.state},
-        details={"msisdn": line.msisdn},
         now=now,
     )
     return line

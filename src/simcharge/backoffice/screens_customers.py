@@ -22,6 +22,7 @@ from simcharge.backoffice.customers import (
     LineNotFound,
     customer_view,
     search_customers,
+    search_facts,
     usage_filter,
     usage_of_line,
 )
@@ -104,7 +105,7 @@ async def customers(
         found = await search_customers(s, q, region=settings.phone_region) if q else []
     if q:
         await audit.record_read(
-            db, actor, "customer.search", details={"q": q, "found": len(found)}
+            db, actor, "customer.search", details=search_facts(q, found)
         )
     return render(request, "customers.html", actor, q=q, found=found)
 

@@ -28,6 +28,7 @@ from simcharge.errors import Forbidden, ValidationFailed, required_idempotency_k
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant, Money
 from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
 from simcharge.orders.endpoints import detail_parts, refunds_out
 from simcharge.orders.models import Order, OrderState, Refund
 from simcharge.orders.refunds import ask_for_refund
@@ -122,11 +123,19 @@ async def list_orders(
     stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
     async with db.read() as s:
         found = [await staff_view(s, o, language) for o in (await s.execute(stmt)).scalars()]
+        # The audit is kept for ever: the line searched for by id, never its number (a number
+        # of no line: only that one was typed).
+        line_id = (
+            (await s.execute(select(Line.id).where(Line.msisdn == msisdn))).scalar_one_or_none()
+            if msisdn
+            else None
+        )
     filters = audit.read_details(
         len(found),
         attention=attention,
         state=state.value if state is not None else None,
-        msisdn=msisdn,
+        line=str(line_id) if line_id is not None else None,
+        number=bool(msisdn) and line_id is None,
         before=before,
     )
     await audit.record_read(db, actor, "order.list", details=filters)

@@ -396,7 +396,7 @@ async def adjust(
         session, actor, "adjustment.apply", target_type="line", target_id=line.id,
         after=adjustment_facts(adjustment),
         details={"adjustment": str(aid), "balance_action": str(aid), "reason": reason,
-                 "msisdn": line.msisdn, "applied_alone_24h": before, "limit": limit},
+                 "applied_alone_24h": before, "limit": limit},
         now=now,
     )
     return action
