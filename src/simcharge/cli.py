@@ -46,6 +46,11 @@ usage_app = typer.Typer(help="Usage records (offline charging).", no_args_is_hel
 app.add_typer(usage_app, name="usage")
 staff_app = typer.Typer(help="Back-office staff users.", no_args_is_help=True)
 app.add_typer(staff_app, name="staff")
+staff_passkeys_app = typer.Typer(
+    help="A staff member's passkeys: see them, remove one or all (a lost device).",
+    no_args_is_help=True,
+)
+staff_app.add_typer(staff_passkeys_app, name="passkeys")
 receipts_app = typer.Typer(help="Receipts and credit notes.", no_args_is_help=True)
 app.add_typer(receipts_app, name="receipts")
 privacy_app = typer.Typer(help="Customers' personal data.", no_args_is_help=True)
@@ -711,7 +716,11 @@ def staff_create(
     typer.echo(f"created {role} {created}; sign in at /backoffice to enrol the authenticator app")
 
 
-@staff_app.command("password")
+@staff_app.command(
+    "password",
+    help="Set a staff member's password (a forgotten one, a lost device): their sessions end, "
+    "their passkeys are removed, their lockout lifts.",
+)
 def staff_password(
     username: Annotated[str, typer.Argument(help="The staff member's login name.")],
     password: Annotated[
@@ -725,7 +734,6 @@ def staff_password(
         ),
     ] = "",
 ) -> None:
-    """Set a staff member's password (a forgotten one); their sessions end, their lockout lifts."""
     from sqlalchemy import select
 
     from simcharge.backoffice import audit
@@ -734,7 +742,7 @@ def staff_password(
     from simcharge.errors import SimchargeError
     from simcharge.kit.clock import utcnow
 
-    async def reset(db: Database) -> int | None:
+    async def reset(db: Database) -> tuple[int, int] | None:
         async with db.transaction() as session:
             staff = (
                 await session.execute(
@@ -749,13 +757,125 @@ def staff_password(
             return await set_password(session, actor, staff, password, utcnow())
 
     try:
-        ended = _run(reset)
+        done = _run(reset)
     except SimchargeError as exc:
         _fail(f"{exc.field}: {exc.detail}" if exc.field else exc.detail, 2)
         return
-    if ended is None:
+    if done is None:
         _fail(f"no staff member {username}", 1)
-    typer.echo(f"password set; {ended} session(s) ended")
+    ended, dropped = done
+    typer.echo(f"password set; {ended} session(s) ended, {dropped} passkey(s) removed")
+
+
+_MEMBER_HELP = "The staff member's login name, or their e-mail address if no one else has it."
+
+
+async def _staff_member(session: Any, member: str, *, lock: bool = False) -> Any:
+    """The staff member `member` names (their username, else their e-mail address when it is
+    one member's), `lock`ed; None if none (or several share the address)."""
+    from sqlalchemy import func, select
+
+    from simcharge.backoffice.models import StaffUser
+
+    named = member.strip().casefold()
+    if not named or "\x00" in named:
+        return None
+    stmt = select(StaffUser).with_for_update() if lock else select(StaffUser)
+    found = (await session.execute(stmt.where(StaffUser.username == named))).scalar_one_or_none()
+    if found is None and "@" in named:
+        by_address = (
+            await session.execute(stmt.where(func.lower(StaffUser.email) == named).limit(2))
+        ).scalars().all()
+        found = by_address[0] if len(by_address) == 1 else None
+    return found
+
+
+@staff_passkeys_app.command(
+    "list",
+    help="List a staff member's passkeys, the oldest first: id, name, when it was added and "
+    "last used, its transports. Never a key.",
+)
+def staff_passkeys_list(
+    member: Annotated[str, typer.Argument(metavar="NAME", help=_MEMBER_HELP)],
+) -> None:
+    from simcharge.backoffice.passkeys import passkeys_of
+
+    async def read(db: Database) -> list[Any] | None:
+        async with db.read() as session:
+            staff = await _staff_member(session, member)
+            return None if staff is None else list(await passkeys_of(session, staff.id))
+
+    held = _run(read)
+    if held is None:
+        _fail(f"no staff member {member}", 1)
+    rows = [("ID", "ADDED", "LAST USED", "TRANSPORTS", "NAME")]
+    rows += [
+        (str(p.id), _moment(p.created_at), _moment(p.last_used_at),
+         ",".join(p.transports) or "-", p.name)
+        for p in held
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+
+
+@staff_passkeys_app.command(
+    "remove",
+    help="Remove one passkey of a staff member (--id), or all of them (--all: a lost or stolen "
+    "device; every session of theirs ends too). Audited.",
+)
+def staff_passkeys_remove(
+    member: Annotated[str, typer.Argument(metavar="NAME", help=_MEMBER_HELP)],
+    every: Annotated[
+        bool, typer.Option("--all", help="Every passkey of theirs; their sessions end.")
+    ] = False,
+    passkey_id: Annotated[
+        str | None, typer.Option("--id", help="The passkey's id (from the list); nothing else ends.")
+    ] = None,
+) -> None:
+    import uuid
+
+    from simcharge.backoffice import audit
+    from simcharge.backoffice.passkeys import (
+        PasskeysRemoved,
+        StaffPasskeyNotFound,
+        remove_all_passkeys,
+        remove_member_passkey,
+    )
+    from simcharge.kit.clock import utcnow
+
+    if every == (passkey_id is not None):
+        _fail("give --all or --id ID (one of them)", 2)
+    chosen: uuid.UUID | None = None
+    if passkey_id is not None:
+        try:
+            chosen = uuid.UUID(passkey_id.strip())
+        except ValueError:
+            _fail(f"--id: {passkey_id!r} is not a passkey id", 2)
+
+    async def remove(db: Database) -> PasskeysRemoved | str | None:
+        async with db.transaction() as session:
+            staff = await _staff_member(session, member, lock=True)
+            if staff is None:
+                return None
+            actor = audit.command_line_actor("staff passkeys remove")
+            if chosen is None:
+                return await remove_all_passkeys(session, actor, staff.id, now=utcnow())
+            try:
+                removed = await remove_member_passkey(session, actor, staff.id, chosen, now=utcnow())
+            except StaffPasskeyNotFound:
+                return ""
+            return removed.name
+
+    done = _run(remove)
+    if done is None:
+        _fail(f"no staff member {member}", 1)
+    if done == "":
+        _fail(f"{member} has no passkey {chosen}", 1)
+    if isinstance(done, PasskeysRemoved):
+        typer.echo(f"{done.removed} passkey(s) removed; {done.sessions_ended} session(s) ended")
+    else:
+        typer.echo(f"passkey {chosen} ({done}) removed")
 
 
 @receipts_app.command(

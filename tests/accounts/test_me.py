@@ -7,6 +7,7 @@ import uuid
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.schemas import READ_AT_ONCE
 from simcharge.db import Database
 from simcharge.lines.service import UnitGrant, credit_wallet, grant_units
 from simcharge.notifications.transports import dev_mailbox
@@ -295,7 +296,7 @@ async def test_notices_in_the_portal(
     ] - 1
     # Too many ids at once: refused, nothing marked.
     r = await client.post("/api/v1/me/notices/read", headers=customer.auth,
-                          json={"ids": [str(uuid.uuid4()) for _ in range(40_000)]})  # fmt: skip
+                          json={"ids": [str(uuid.uuid4()) for _ in range(READ_AT_ONCE + 1)]})  # fmt: skip
     assert r.status_code == 422 and r.json()["field"] == "ids"
     assert (await client.get("/api/v1/me/notices", headers=customer.auth)).json()["unread"] == body[
         "unread"

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from simcharge.auth.apikeys import create_api_key
+from simcharge.auth.models import ApiKey
 from simcharge.backoffice.models import Adjustment, AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -283,3 +285,105 @@ async def test_admin_forms_come_back_in_place(
     async with db.read() as s:
         job = await s.get(OutboxJob, job_id)
         assert job is not None and job.status == JobStatus.dead.value
+
+
+# --- the forms moved onto `in_place` in the twelfth round: API keys, the catalog entry ----------
+# (the staff password form: `test_staff_passkeys_admin`)
+
+
+async def _keys(db: Database) -> list[str]:
+    async with db.read() as s:
+        return list((await s.execute(select(ApiKey.name).order_by(ApiKey.name))).scalars())
+
+
+def _key_of(html: str) -> str:
+    found = re.search(r'action="/backoffice/api-keys" novalidate>.*?name="idem" value="([^"]*)"',
+                      html, re.S)
+    assert found, "no one-time key on the new key's form"
+    return found.group(1)
+
+
+async def test_the_new_key_form_keeps_its_one_time_key_through_a_refusal(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Refused, the form comes back with the summary on top (focused), the field marked, what
+    was typed and the page's one-time key: the corrected submit makes the key, once; the same
+    submit again is told the key was made and gets a fresh, empty form."""
+    admin = await new_staff(db, settings, "admin")
+    csrf = await web_sign_in(client, admin)
+    key = _key_of((await client.get("/backoffice/api-keys")).text)
+    typed = {"csrf": csrf, "idem": key, "name": "billing <export>", "scopes": ["lines:read"],
+             "expires_in": "forever"}
+    r = await client.post("/backoffice/api-keys", data=typed)
+    assert r.status_code == 422 and not error_page(r.text)
+    field_marked(r.text, "k", "expires_in", "A whole number of minutes, hours, days or weeks")
+    assert 'value="billing &lt;export&gt;"' in r.text and 'value="forever"' in r.text
+    assert 'value="lines:read" checked' in r.text
+    assert _key_of(r.text) == key and await _keys(db) == []
+    corrected = {**typed, "expires_in": "90d"}
+    r = await client.post("/backoffice/api-keys", data=corrected)
+    assert r.status_code == 200 and 'data-testid="token"' in r.text
+    assert await _keys(db) == ["billing <export>"]
+    again = await client.post("/backoffice/api-keys", data=corrected)
+    assert again.status_code == 409 and not error_page(again.text)
+    assert "This API key was already created" in again.text
+    assert not re.search(r"sck_[0-9a-f]{12}_[A-Za-z0-9_-]", again.text)  # no token again
+    assert _key_of(again.text) not in ("", key) and 'value="billing' not in again.text
+    # the page's key with another request: what was typed stays, under a fresh key
+    other = await client.post("/backoffice/api-keys", data={**corrected, "name": "other"})
+    assert other.status_code == 422 and 'value="other"' in other.text
+    assert _key_of(other.text) not in ("", key)
+    assert await _keys(db) == ["billing <export>"]
+    r = await client.post("/backoffice/api-keys",
+                          data={**corrected, "name": "other", "idem": _key_of(other.text)})
+    assert r.status_code == 200 and await _keys(db) == ["billing <export>", "other"]
+
+
+async def test_rotate_and_revoke_are_refused_on_their_row(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    admin = await new_staff(db, settings, "admin")
+    csrf = await web_sign_in(client, admin)
+    issued = await db.run(lambda s: create_api_key(s, "crm", ["lines:read"]))
+    prefix = issued.key.prefix
+    r = await client.post(f"/backoffice/api-keys/{prefix}/rotate",
+                          data={"csrf": csrf, "overlap": "2h"})
+    assert r.status_code == 422 and not error_page(r.text)
+    field_marked(r.text, f"rotate-{prefix}", "overlap", "Choose one of: 1h, 24h, 7d.")
+    r = await client.post(f"/backoffice/api-keys/{prefix}/revoke", data={"csrf": csrf})
+    assert r.status_code == 422 and not error_page(r.text)
+    field_marked(r.text, f"revoke-{prefix}", "confirm",
+                 "Tick the box to confirm that this key stops working now.")
+    # a key that is not there: the error page, as for any other thing that is not there
+    r = await client.post("/backoffice/api-keys/000000000000/revoke",
+                          data={"csrf": csrf, "confirm": "yes"})
+    assert r.status_code == 404 and error_page(r.text)
+    async with db.read() as s:
+        key = (await s.execute(select(ApiKey))).scalar_one()
+        assert (key.revoked_at, key.expires_at) == (None, None)
+        assert (await s.execute(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action.like("apikey.%")))).scalar_one() == 0
+
+
+async def test_a_refused_catalog_entry_comes_back_with_its_text_marked(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    admin = await new_staff(db, settings, "admin")
+    csrf = await web_sign_in(client, admin)
+    url = "/backoffice/catalog/plans/starter-10"
+    before = (await client.get(url)).text
+    typed = '{"code": "starter-10", "validity_days": "soon" <b>'
+    r = await client.post(url, data={"csrf": csrf, "text": typed})
+    assert r.status_code == 422 and not error_page(r.text)
+    summary = r.text.split('class="flash error error-summary"')[1].split("</div>")[0]
+    assert 'role="alert"' in summary and "autofocus" in summary
+    area = re.search(r'<textarea id="c-text"[^>]*>([^<]*)</textarea>', r.text)
+    assert area, r.text
+    assert 'aria-invalid="true"' in area.group(0)
+    assert 'aria-describedby="c-text-error"' in area.group(0)
+    assert area.group(1) == typed.replace('"', "&#34;").replace("<", "&lt;").replace(">", "&gt;")
+    problems = r.text.split('id="c-text-error">')[1].split("</div>")[0]
+    assert "Nothing was saved:" in problems and "not valid JSON" in problems
+    assert (await client.get(url)).text == before  # nothing written
+    # a page without a refusal marks nothing
+    assert 'aria-invalid' not in before.split('id="c-text"')[1].split(">")[0]

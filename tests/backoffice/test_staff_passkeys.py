@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.app import create_app
 from simcharge.auth.models import Passkey
-from simcharge.backoffice.models import AuditEntry, StaffPasskey, StaffSession
+from simcharge.backoffice.models import AuditEntry, StaffPasskey, StaffSession, StaffUser
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock, utcnow
@@ -51,8 +52,11 @@ def fresh_code(staff: Staff) -> str:
 async def audit_of(db: Database, action: str) -> list[AuditEntry]:
     async with db.read() as s:
         rows = await s.execute(
-            select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.at)
-        )
+            # `at` alone does not order them: `fresh_code` freezes the clock (ids are uuid7s,
+            # in the order they were made)
+            select(AuditEntry).where(AuditEntry.action == action)
+            .order_by(AuditEntry.at, AuditEntry.id)
+        )  # fmt: skip
         return list(rows.scalars())
 
 
@@ -129,7 +133,7 @@ async def test_add_a_passkey_then_sign_in_with_it_alone(
     assert 'href="/backoffice/account"' in home.text
     page = await client.get("/backoffice/account")
     assert page.status_code == 200
-    assert 'id="passkey-add"' in page.text and "/backoffice/static/passkeys.js" in page.text
+    assert 'id="passkey-add"' in page.text and "/static/portal/passkeys.js" in page.text
     assert "You have no passkey yet." in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert "<script>" not in page.text  # no inline script
@@ -536,12 +540,12 @@ async def test_an_unnamed_customer_passkey_is_named_in_its_holders_language(
     assert r.json()["name"] == expected
 
 
-async def test_after_an_admins_reset_a_passkey_leads_to_the_password_page_then_expires(
+async def test_an_admins_reset_removes_the_members_passkeys(
     app: Any, db: Database, settings: Settings
 ) -> None:
-    """A member whose password an admin set signs in with their passkey only to choose their
-    own password (as after the password and the code); once that password has run out, the
-    passkey is refused too, as the password is."""
+    """A reset is starting over (a lost device, a suspected compromise): the staff page says
+    before the admin confirms that the member's passkeys go too, the reset removes them, and
+    the lost device's passkey signs in no more. Audited with how many were removed."""
     transport = httpx.ASGITransport(app=app)
     async with (
         httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
@@ -550,10 +554,88 @@ async def test_after_an_admins_reset_a_passkey_leads_to_the_password_page_then_e
         staff, device, _ = await signed_in_with_passkey(db, settings, client)
         admin = await new_staff(db, settings, "admin")
         csrf = await web_sign_in(admin_client, admin)
+        page = await admin_client.get("/backoffice/staff")
+        said = re.search(rf'data-testid="reset-passkeys-{staff.username}">([^<]+)<', page.text)
+        assert said and said.group(1) == (
+            "This also removes their 1 passkey: they add it again once signed in."
+        )
+        said = re.search(rf'data-testid="totp-passkeys-{staff.username}">([^<]+)<', page.text)
+        assert said and said.group(1) == "(also removes their 1 passkey)"
+        assert f'data-testid="reset-passkeys-{admin.username}"' not in page.text  # none held
         r = await admin_client.post(f"/backoffice/staff/{staff.id}/password", data={
             "csrf": csrf, "new_password": "a brand new sentence 42",
             "confirm_password": "a brand new sentence 42"})  # fmt: skip
         assert r.status_code == 303, r.text
+        assert await count(db, StaffPasskey) == 0
+        [entry] = await audit_of(db, "staff.password_reset")
+        # the token `new_staff` opened, and the browser's
+        assert entry.details == {"sessions_ended": 2, "passkeys_removed": 1}
+        client.cookies.clear()
+        r = await passkey_login(client, device)
+        assert r.status_code == 401 and problem(r)["type"].endswith("/passkey-refused")
+        reasons = [e.details["reason"] for e in await audit_of(db, "staff.login_failed")]
+        assert reasons == ["unknown"]
+        page = await admin_client.get("/backoffice/staff")
+        assert f'data-testid="reset-passkeys-{staff.username}"' not in page.text
+
+
+async def test_a_new_authenticator_removes_the_members_passkeys(
+    app: Any, db: Database, settings: Settings
+) -> None:
+    """"New authenticator" (a lost phone) on the staff page and through the API: the passkeys
+    go with the old authenticator, audited in `staff.change` as their count before and after."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as one,
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as two,
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as admin_client,
+    ):
+        first, first_device, _ = await signed_in_with_passkey(db, settings, one)
+        second, second_device, _ = await signed_in_with_passkey(db, settings, two)
+        admin = await new_staff(db, settings, "admin")
+        csrf = await web_sign_in(admin_client, admin)
+        r = await admin_client.post(f"/backoffice/staff/{first.id}",
+                                    data={"csrf": csrf, "reset_totp": "true"})
+        assert r.status_code == 303, r.text
+        r = await admin_client.patch(f"/api/v1/admin/staff/{second.id}", headers=admin.auth,
+                                     json={"reset_totp": True})
+        assert r.status_code == 200, r.text
+        assert (r.json()["totp_enrolled"], r.json()["passkey_count"]) == (False, 0)
+        assert await count(db, StaffPasskey) == 0
+        changes = await audit_of(db, "staff.change")
+        assert [(e.target_id, e.before["passkeys"], e.after["passkeys"]) for e in changes] == [
+            (str(first.id), 1, 0), (str(second.id), 1, 0)
+        ]
+        # a change of role only leaves them (and says nothing of them)
+        third, third_device, _ = await signed_in_with_passkey(db, settings, one)
+        r = await admin_client.patch(f"/api/v1/admin/staff/{third.id}", headers=admin.auth,
+                                     json={"role": "finance"})
+        assert r.status_code == 200 and r.json()["passkey_count"] == 1
+        assert "passkeys" not in (await audit_of(db, "staff.change"))[-1].before
+        for device in (first_device, second_device):
+            one.cookies.clear()
+            assert (await passkey_login(one, device)).status_code == 401
+        one.cookies.clear()
+        assert (await passkey_login(one, third_device)).status_code == 200
+
+
+async def test_a_reset_pending_with_a_passkey_leads_to_the_password_page_then_expires(
+    app: Any, db: Database, settings: Settings
+) -> None:
+    """A member whose password someone else set and who still holds a passkey (a reset made
+    before resets removed passkeys) signs in with it only to choose their own password (as
+    after the password and the code); once that password has run out, the passkey is refused
+    too, as the password is."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        staff, device, _ = await signed_in_with_passkey(db, settings, client)
+
+        async def reset_before_this_release(s: AsyncSession) -> None:
+            row = await s.get(StaffUser, staff.id)
+            assert row is not None
+            row.password_set_by_other_at = utcnow()
+
+        await db.run(reset_before_this_release)
         client.cookies.clear()
         assert (await passkey_login(client, device)).status_code == 200
         r = await client.get("/backoffice/customers")

@@ -337,7 +337,7 @@ async def test_an_admin_sets_another_member_s_password(
         assert await _can_sign_in_with(other, member, NEW_PASSWORD)
     [entry] = await _audit(db, "staff.password_reset", member.id)
     assert entry.actor == f"staff:{admin.username}"
-    assert entry.details == {"sessions_ended": 1}
+    assert entry.details == {"sessions_ended": 1, "passkeys_removed": 0}
     assert NEW_PASSWORD not in str(entry.details)
 
 
@@ -428,7 +428,7 @@ def test_simcharge_staff_password(cli_env: str, monkeypatch: pytest.MonkeyPatch)
     [entry] = entries
     assert entry.actor == f"cli:{getpass.getuser()}"
     assert entry.user_agent and entry.user_agent.startswith("simcharge staff password on ")
-    assert entry.details == {"sessions_ended": 1}
+    assert entry.details == {"sessions_ended": 1, "passkeys_removed": 0}
 
 
 def _invoke_with_input(args: list[str], password: str) -> tuple[int, str]:

@@ -130,6 +130,7 @@ CALL_SITES: dict[str, list[dict[str, Any]]] = {
         {"device": "Safari · iPhone", "ip": "2001:db8::1", "time": "2026-11-25T22:00:00+00:00"},
     ],
     "security.passkey_added": [{}],
+    "security.passkey_two_step_enabled": [{}],
     "security.passkey_removed": [{}],
     "security.password_changed": [{}],
     "security.password_reset": [{}],

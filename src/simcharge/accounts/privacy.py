@@ -26,6 +26,7 @@ from simcharge.auth.models import (
     KnownDevice,
     Passkey,
     PasskeyChallenge,
+    PasskeySecondFactor,
     SecurityEvent,
     VerificationCode,
 )
@@ -154,6 +155,7 @@ async def export_account(
             select(Passkey).where(Passkey.account_id == aid).order_by(Passkey.created_at)
         )
     ).scalars()
+    passkey_two_step = await session.get(PasskeySecondFactor, aid)
     events = (
         await session.execute(
             select(SecurityEvent)
@@ -192,6 +194,9 @@ async def export_account(
             "status": account.status,
             "two_step_verification": account.totp_enabled_at is not None,
             "two_step_enabled_at": _at(account.totp_enabled_at),
+            "two_step_with_passkey_since": _at(passkey_two_step.enabled_at)
+            if passkey_two_step is not None
+            else None,
             "password_changed_at": _at(account.password_changed_at),
             "created_at": _at(account.created_at),
             "updated_at": _at(account.updated_at),
@@ -458,6 +463,9 @@ async def close_account(
     await session.execute(delete(VerificationCode).where(VerificationCode.account_id == account.id))
     await session.execute(delete(KnownDevice).where(KnownDevice.account_id == account.id))
     await session.execute(delete(Passkey).where(Passkey.account_id == account.id))
+    await session.execute(
+        delete(PasskeySecondFactor).where(PasskeySecondFactor.account_id == account.id)
+    )
     await session.execute(
         delete(PasskeyChallenge).where(PasskeyChallenge.account_id == account.id)
     )

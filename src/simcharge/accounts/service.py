@@ -241,10 +241,22 @@ async def confirm_line_attach(
     )
     if isinstance(used, Refused):
         return used
-    line = await LineRepository(session).by_msisdn(msisdn)
+    # Locked: two accounts whose holders both had the SIM's code may confirm at once. The
+    # later one waits here for the first to commit, then sees the line taken and is refused
+    # (on SQLite the writers are already one after the other).
+    line = await LineRepository(session).by_msisdn(msisdn, lock=True)
     if line is None or line.state == LineState.terminated:
         return Refused(codes.InvalidCode())
     if line.account_id is not None and line.account_id != account.id:
+        await record_event(
+            session,
+            EventKind.line_attached,
+            account_id=account.id,
+            client=client,
+            success=False,
+            details={"msisdn": msisdn, "reason": LineAttachedElsewhere.slug},
+            now=now,
+        )
         return Refused(LineAttachedElsewhere(field="msisdn"))
     await _attach(session, account, line, client=client, now=now)
     return line

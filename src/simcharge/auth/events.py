@@ -60,6 +60,12 @@ class EventKind(StrEnum):
     wrong, or the authenticator's answer did not verify (`details.reason`)."""
     passkey_renamed = "passkey_renamed"
     passkey_removed = "passkey_removed"
+    passkey_second_factor_enabled = "passkey_second_factor_enabled"
+    """Two-step sign-in with a passkey was turned on (failed: the password asked again was
+    wrong)."""
+    passkey_second_factor_disabled = "passkey_second_factor_disabled"
+    """Turned off by its holder (`details.reason`: `holder`), or replaced by an authenticator
+    app (`totp`)."""
     passkey_sign_count_regressed = "passkey_sign_count_regressed"
     """A sign-in with a passkey whose signature counter did not move forward: refused, as the
     key may have been copied (`details`: the passkey, the stored and the presented counts)."""

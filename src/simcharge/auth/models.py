@@ -209,3 +209,15 @@ class PasskeyChallenge(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column()
+
+
+class PasskeySecondFactor(Base):
+    """Two-step sign-in with a passkey turned on by a customer who keeps a password but has no
+    authenticator app: after the password, a sign-in asks for one of their passkeys (or a
+    recovery code). One row per account that turned it on; none while TOTP is on (then a
+    passkey is accepted at the second step anyway)."""
+
+    __tablename__ = "passkey_second_factors"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    enabled_at: Mapped[datetime] = mapped_column()

@@ -1,5 +1,7 @@
-"""Passkeys in the API: signing in with one (`/api/v1/auth/passkeys/…`) and the signed-in
-customer's own (`/api/v1/me/passkeys…`). The ceremonies themselves are in `auth.passkeys`."""
+"""Passkeys in the API: signing in with one (`/api/v1/auth/passkeys/…`), or with one as the
+second step after the password (`/api/v1/auth/login/passkey`), and the signed-in customer's own
+(`/api/v1/me/passkeys…`, two-step sign-in with a passkey included). The ceremonies themselves
+are in `auth.passkeys` and `auth.second_step`."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
-from simcharge.auth import passkeys
+from simcharge.auth import passkeys, second_step
 from simcharge.auth import service as auth
 from simcharge.auth.deps import (
     Client,
@@ -25,7 +27,7 @@ from simcharge.auth.deps import (
 )
 from simcharge.auth.endpoints import raise_refused, signed_in_answer
 from simcharge.auth.models import AuthSession, Passkey
-from simcharge.auth.schemas import Done, LoginOut
+from simcharge.auth.schemas import Done, LoginOut, PasswordIn, RecoveryCodesOut
 from simcharge.errors import Refused
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
@@ -63,8 +65,35 @@ class PasskeyLoginIn(_In):
     )
 
 
+class SecondStepIn(_In):
+    ceremony: str = Field(
+        max_length=128,
+        description="`passkey.ceremony` of the `second-factor-required` answer to "
+        "`POST /api/v1/auth/login`: this sign-in's, valid a few minutes, used once.",
+    )
+    credential: dict[str, Any] = Field(description=CREDENTIAL_DOC)
+    mode: Literal["token", "cookie"] = Field(
+        default="token", description="As for `POST /api/v1/auth/login`."
+    )
+
+
+class PasskeyTwoStepOut(Schema):
+    enabled: bool = Field(description="After the password, a sign-in asks for a passkey.")
+    enabled_at: datetime | None
+    available: bool = Field(
+        description="It may be turned on: the account has a passkey and no authenticator app "
+        "(with the app on, a passkey is already accepted at the second step)."
+    )
+
+
 class PasskeyOptionsIn(_In):
     password: str = Field(max_length=1024, description="The account's password, asked again.")
+    code: str = Field(
+        default="",
+        max_length=64,
+        description="When two-step verification with an authenticator app is on: a current "
+        "code or a recovery code (else `401 invalid-second-factor`, field `code`).",
+    )
 
 
 class PasskeyIn(_In):
@@ -140,6 +169,41 @@ async def login(
     return signed_in_answer(request, response, settings, result, client, cookie=cookie)
 
 
+@router.post(
+    "/auth/login/passkey",
+    response_model=LoginOut,
+    summary="Finish a sign-in with a password: a passkey as the second step",
+)
+async def login_second_step(
+    body: SecondStepIn,
+    request: Request,
+    response: Response,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> LoginOut:
+    """The second step of `POST /api/v1/auth/login` when it answered `second-factor-required`
+    with a `passkey` ceremony: the answer of `navigator.credentials.get()` to its options (this
+    account's passkeys only). A passkey of another account, or an answer that does not verify,
+    is refused as a wrong code is (`invalid-second-factor`) and counted with wrong codes."""
+    passkeys.relying_party(settings)
+    await limits.hit("login", client.ip)
+    cookie = body.mode == "cookie"
+    if cookie and client.device_id is None:
+        client = replace(client, device_id=uuid7().hex)
+    held = request.cookies.get(session_cookie(settings)) if cookie else None
+    result = await db.run(
+        lambda s: second_step.login_second_step(
+            s, settings, handle=body.ceremony, credential=body.credential, client=client,
+            now=utcnow(), replacing=held,
+        )
+    )  # fmt: skip
+    raise_refused(result)
+    assert isinstance(result, auth.SignedIn)
+    return signed_in_answer(request, response, settings, result, client, cookie=cookie)
+
+
 # --- my passkeys ----------------------------------------------------------------------------
 
 
@@ -178,8 +242,8 @@ async def registration_options(
     async def run(s: AsyncSession) -> passkeys.Ceremony | Refused:
         account, auth_session = await _held(s, customer)
         return await passkeys.registration_options(
-            s, settings, account, auth_session, password=body.password, client=client,
-            now=utcnow(), counted=counted,
+            s, settings, account, auth_session, password=body.password, code=body.code,
+            client=client, now=utcnow(), counted=counted,
         )  # fmt: skip
 
     result = await db.run(run)
@@ -239,4 +303,82 @@ async def remove_passkey(
         await passkeys.remove_passkey(s, account, passkey_id, client=client, now=utcnow())
 
     await db.run(run)
+    return Done()
+
+
+# --- two-step sign-in with a passkey --------------------------------------------------------
+
+
+def _two_step_out(state: second_step.PasskeyTwoStep) -> PasskeyTwoStepOut:
+    return PasskeyTwoStepOut(
+        enabled=state.enabled_at is not None,
+        enabled_at=state.enabled_at,
+        available=state.passkeys > 0 and not state.totp,
+    )
+
+
+@router.get(
+    "/me/passkeys/two-step",
+    response_model=PasskeyTwoStepOut,
+    summary="Whether two-step sign-in with a passkey is on",
+)
+async def passkey_two_step(customer: CurrentCustomer, db: DB) -> PasskeyTwoStepOut:
+    async with db.read() as s:
+        return _two_step_out(await second_step.passkey_two_step(s, customer.account))
+
+
+@router.post(
+    "/me/passkeys/two-step",
+    response_model=RecoveryCodesOut,
+    summary="Turn on two-step sign-in with a passkey (the password again); get recovery codes",
+)
+async def enable_passkey_two_step(
+    body: PasswordIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> RecoveryCodesOut:
+    """After the password, a sign-in then asks for one of the account's passkeys (or a recovery
+    code). For an account with a passkey and without an authenticator app."""
+    passkeys.relying_party(settings)
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
+    async def run(s: AsyncSession) -> list[str] | Refused:
+        account, _ = await _held(s, customer)
+        return await second_step.enable(
+            s, settings, account, password=body.password, client=client, now=utcnow(),
+            counted=counted,
+        )  # fmt: skip
+
+    result = await db.run(run)
+    raise_refused(result)
+    assert isinstance(result, list)
+    return RecoveryCodesOut(recovery_codes=result)
+
+
+@router.post(
+    "/me/passkeys/two-step/disable",
+    response_model=Done,
+    summary="Turn off two-step sign-in with a passkey (the password again)",
+)
+async def disable_passkey_two_step(
+    body: PasswordIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> Done:
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
+    async def run(s: AsyncSession) -> Refused | None:
+        account, _ = await _held(s, customer)
+        return await second_step.disable(
+            s, settings, account, password=body.password, client=client, now=utcnow(),
+            counted=counted,
+        )  # fmt: skip
+
+    raise_refused(await db.run(run))
     return Done()

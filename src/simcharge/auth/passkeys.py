@@ -67,7 +67,8 @@ from simcharge.auth.service import (
     AccountLocked,
     Reauthentication,
     SignedIn,
-    confirm_password,
+    confirm_both_factors,
+    passkey_second_factor_on,
     start_session,
 )
 from simcharge.config import Settings
@@ -127,6 +128,14 @@ class PasskeyTaken(Conflict):
     title = N_("This passkey is already registered.")
 
 
+class LastPasskeyOfTwoStep(Conflict):
+    slug = "passkey-last-second-factor"
+    title = N_(
+        "This is your last passkey, and two-step sign-in asks for one. Turn two-step sign-in "
+        "with a passkey off first, or add another passkey."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Ceremony:
     """What the browser needs to ask its authenticator (`navigator.credentials.create` or
@@ -160,11 +169,11 @@ def clean_name(raw: str) -> str:
     return name
 
 
-def _challenge_hash(secret: str, challenge: bytes) -> str:
+def challenge_hash(secret: str, challenge: bytes) -> str:
     return keyed_hash(secret, "passkey-challenge", bytes_to_base64url(challenge))
 
 
-def _holder_hash(secret: str, holder: str) -> str:
+def holder_hash(secret: str, holder: str) -> str:
     return keyed_hash(secret, "passkey-holder", holder)
 
 
@@ -187,8 +196,8 @@ async def issue_challenge(
         PasskeyChallenge(
             purpose=purpose,
             account_id=account_id,
-            challenge_hash=_challenge_hash(settings.secret_key, challenge),
-            holder_hash=_holder_hash(settings.secret_key, holder),
+            challenge_hash=challenge_hash(settings.secret_key, challenge),
+            holder_hash=holder_hash(settings.secret_key, holder),
             created_at=now,
             expires_at=now + CHALLENGE_TTL,
         )
@@ -214,7 +223,7 @@ async def spend_challenge(
         await session.execute(
             update(PasskeyChallenge)
             .where(
-                PasskeyChallenge.challenge_hash == _challenge_hash(settings.secret_key, challenge),
+                PasskeyChallenge.challenge_hash == challenge_hash(settings.secret_key, challenge),
                 PasskeyChallenge.purpose == purpose,
                 PasskeyChallenge.used_at.is_(None),
             )
@@ -230,7 +239,7 @@ async def spend_challenge(
         spent is not None
         and spent.expires_at > now
         and spent.account_id == account_id
-        and constant_time_equals(spent.holder_hash, _holder_hash(settings.secret_key, holder))
+        and constant_time_equals(spent.holder_hash, holder_hash(settings.secret_key, holder))
     )
 
 
@@ -327,14 +336,22 @@ def stored_fields(verified: VerifiedRegistration, parsed: RegistrationCredential
     }
 
 
-def request_options(settings: Settings, challenge: bytes) -> dict[str, Any]:
-    """`navigator.credentials.get()`'s options, JSON-ready: any discoverable passkey of this site
-    (the authenticator offers the holder theirs), with user verification."""
+def request_options(
+    settings: Settings,
+    challenge: bytes,
+    allowed: Iterable[tuple[bytes, Sequence[str] | None]] = (),
+) -> dict[str, Any]:
+    """`navigator.credentials.get()`'s options, JSON-ready, with user verification: any
+    discoverable passkey of this site (the authenticator offers the holder theirs), or only the
+    `allowed` ones (credential id, transports: one account's, at the second step)."""
     options = generate_authentication_options(
         rp_id=relying_party(settings),
         challenge=challenge,
         timeout=int(CHALLENGE_TTL.total_seconds() * 1000),
-        allow_credentials=[],
+        allow_credentials=[
+            PublicKeyCredentialDescriptor(id=credential_id, transports=transports_of(transports))
+            for credential_id, transports in allowed
+        ],
         user_verification=UserVerificationRequirement.REQUIRED,
     )
     return options_to_json_dict(options)
@@ -373,17 +390,19 @@ async def registration_options(
     auth: AuthSession,
     *,
     password: str,
+    code: str = "",
     client: ClientInfo,
     now: datetime,
     counted: Reauthentication,
 ) -> Ceremony | Refused:
-    """Options to make a passkey for `account`, once its password was given again (guarded and
-    counted as every re-entered password: `service.reauthenticate`). The challenge is bound to
+    """Options to make a passkey for `account`, once its password was given again, and a
+    current code or recovery code when two-step verification with an app is on (guarded and
+    counted as every re-entered password: `service.confirm_both_factors`). The challenge is bound to
     the account and to this session. The account's passkeys are excluded (an authenticator that
     holds one says so instead of making a second)."""
     relying_party(settings)  # passkeys off: refused before anything is read or written
-    refused = await confirm_password(
-        session, settings, account, password, field="password", kind=EventKind.passkey_added,
+    refused = await confirm_both_factors(
+        session, settings, account, password, code, kind=EventKind.passkey_added,
         client=client, now=now, counted=counted,
     )  # fmt: skip
     if refused is not None:
@@ -612,8 +631,14 @@ async def remove_passkey(
     now: datetime,
 ) -> None:
     """Remove a passkey (it signs in no more); the holder is told. The password remains, so
-    removing the last one is fine."""
+    removing the last one is fine — unless two-step sign-in with a passkey is on: then the last
+    one is refused (`LastPasskeyOfTwoStep`) rather than leave a second step no device can give
+    (the holder turns it off first, with their password)."""
     passkey = await _own(session, account, passkey_id)
+    if await passkey_second_factor_on(session, account) and len(
+        await passkeys_of(session, account.id)
+    ) == 1:
+        raise LastPasskeyOfTwoStep(field="passkey_id")
     await session.delete(passkey)
     await session.flush()
     await record_event(

@@ -36,6 +36,7 @@ from simcharge.auth.models import (
     CodePurpose,
     KnownDevice,
     LoginThrottle,
+    PasskeySecondFactor,
     VerificationCode,
 )
 from simcharge.auth.passwords import check_password_policy, hashed, needs_rehash, verified
@@ -80,8 +81,26 @@ class InvalidSecondFactor(NotAuthenticated):
 
 
 class SecondFactorRequired(NotAuthenticated):
+    """The password was right; the second step is due. `passkey`: the pending sign-in's
+    passkey ceremony (`passkeys.second_step_offer`), when the account has passkeys."""
+
     slug = "second-factor-required"
     title = N_("Enter the code from your authenticator app, or a recovery code.")
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        field: str | None = None,
+        methods: Sequence[str] = ("totp", "recovery_code"),
+        passkey: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(detail, field=field)
+        self.methods = list(methods)
+        self.passkey = passkey
+
+    def extra(self) -> dict[str, object]:
+        return {"methods": self.methods} | ({"passkey": self.passkey} if self.passkey else {})
 
 
 class AccountLocked(NotAuthenticated):
@@ -897,12 +916,12 @@ async def login(
         )
         return Refused(AccountLocked())
     mfa = False
-    if account.totp_enabled_at is not None:
+    if await two_step_on(session, account):
         if not second_factor:
             await record_event(
                 session, EventKind.mfa_required, account_id=account.id, client=client, now=now
             )
-            return Refused(SecondFactorRequired(field="second_factor"))
+            return Refused(await _second_step_due(session, settings, account, now))
         if not await _second_factor_ok(session, settings, account, second_factor, client, now):
             return await _failed_login(
                 session,
@@ -1034,6 +1053,87 @@ async def _alert_failures(
         )
 
 
+async def two_step_on(session: AsyncSession, account: Account) -> bool:
+    """Whether a sign-in with the password asks a second step: TOTP is on, or two-step sign-in
+    with a passkey (`PasskeySecondFactor`)."""
+    return account.totp_enabled_at is not None or await passkey_second_factor_on(session, account)
+
+
+async def passkey_second_factor_on(session: AsyncSession, account: Account) -> bool:
+    return await session.get(PasskeySecondFactor, account.id) is not None
+
+
+async def _second_step_due(
+    session: AsyncSession, settings: Settings, account: Account, now: datetime
+) -> SecondFactorRequired:
+    """The refusal that asks for the second step, saying which ones the account has: its
+    authenticator app, its passkeys (with the pending sign-in's ceremony), a recovery code."""
+    # `second_step` builds on this module (sessions, throttles): imported where used.
+    from simcharge.auth.second_step import second_step_offer
+
+    offer = await second_step_offer(session, settings, account, now=now)
+    methods = (["totp"] if account.totp_enabled_at is not None else []) + (
+        ["passkey"] if offer is not None else []
+    )
+    if account.totp_enabled_at is None:
+        detail = N_("Confirm with one of your passkeys, or enter a recovery code.")
+    elif offer is not None:
+        detail = N_(
+            "Enter the code from your authenticator app or a recovery code, or confirm with "
+            "one of your passkeys."
+        )
+    else:
+        detail = None
+    return SecondFactorRequired(
+        detail, field="second_factor", methods=[*methods, "recovery_code"], passkey=offer
+    )
+
+
+async def second_step_throttle(
+    session: AsyncSession, settings: Settings, account: Account, now: datetime
+) -> tuple[LoginThrottle, TooManyAttempts | None]:
+    """The account's own throttle row (locked), for a second step given apart from the password
+    (a passkey's answer), and whether it is locked out now."""
+    row = await throttle.load(session, throttle.account_key(settings.secret_key, account.id), now)
+    return row, throttle.refusal(row, now)
+
+
+async def second_step_failed(
+    session: AsyncSession,
+    account: Account,
+    row: LoginThrottle,
+    client: ClientInfo,
+    now: datetime,
+    *,
+    reason: str,
+    counted: bool = True,
+) -> Refused:
+    """A second step that failed, refused as a wrong code is (`InvalidSecondFactor`) and, when
+    `counted`, counted as one on the account's row: the same growing delay, hourly cap and
+    alert, whichever second step is guessed."""
+    if counted:
+        throttle.count_failure(row, now)
+    await record_event(
+        session, EventKind.login, account_id=account.id, client=client, success=False,
+        details={"method": "password+passkey", "reason": reason,
+                 "consecutive_failures": row.failures},
+        now=now,
+    )  # fmt: skip
+    if counted:
+        await _alert_failures(session, account, row, now)
+    return Refused(InvalidSecondFactor(field="credential"))
+
+
+async def second_step_passed(
+    session: AsyncSession, settings: Settings, account: Account, row: LoginThrottle,
+    now: datetime,
+) -> None:  # fmt: skip
+    """The sign-in passed both steps: its failures are forgotten, on the account's row and on
+    the rows of each of its names (as a password+code sign-in clears the name it used)."""
+    throttle.clear(row, now)
+    await throttle.clear_keys(session, _name_keys(settings.secret_key, account), now)
+
+
 async def _second_factor_ok(
     session: AsyncSession,
     settings: Settings,
@@ -1042,7 +1142,11 @@ async def _second_factor_ok(
     client: ClientInfo,
     now: datetime,
 ) -> bool:
-    if totp.accept_totp(settings.secret_key, account, code, now):
+    """A code from the authenticator app (only once confirmed: a set-up not finished signs in
+    nothing) or an unused recovery code."""
+    if account.totp_enabled_at is not None and totp.accept_totp(
+        settings.secret_key, account, code, now
+    ):
         await session.flush()
         return True
     left = await totp.use_recovery_code(session, settings.secret_key, account.id, code, now)
@@ -1472,6 +1576,40 @@ async def confirm_password(
     )  # fmt: skip
 
 
+async def confirm_both_factors(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    password: str,
+    code: str,
+    *,
+    kind: EventKind,
+    client: ClientInfo,
+    now: datetime,
+    counted: Reauthentication,
+) -> Refused | None:
+    """The password again and, when two-step verification with an authenticator app is on, a
+    current code or a recovery code (field `code`): before adding a way to sign in that counts
+    as both factors (a passkey). The password alone would let whoever holds a stolen session and
+    the password add their own passkey and skip the code for good, which turning two-step
+    verification off (`disable_totp`) already refuses."""
+    password_check = _password_check(account, password, "password")
+
+    async def check() -> NotAuthenticated | None:
+        wrong = await password_check()
+        if wrong is not None:
+            return wrong
+        if account.totp_enabled_at is not None and not await _second_factor_ok(
+            session, settings, account, code, client, now
+        ):
+            return InvalidSecondFactor(field="code")
+        return None
+
+    return await reauthenticate(
+        session, settings, account, check, kind=kind, client=client, now=now, counted=counted
+    )
+
+
 async def change_password(
     session: AsyncSession,
     settings: Settings,
@@ -1706,6 +1844,15 @@ async def confirm_totp(
     if refused is not None:
         return refused
     account.totp_enabled_at = account.updated_at = now
+    replaced = await session.get(PasskeySecondFactor, account.id)
+    if replaced is not None:
+        # One switch for two-step verification: with the app on, a passkey is still accepted
+        # at the second step; turning the app off later turns two-step off altogether.
+        await session.delete(replaced)
+        await record_event(
+            session, EventKind.passkey_second_factor_disabled, account_id=account.id,
+            client=client, details={"reason": "totp"}, now=now,
+        )  # fmt: skip
     recovery = await totp.new_recovery_codes(session, settings.secret_key, account.id, now)
     auth.mfa = True
     token = await rotate(session, settings.secret_key, auth)
@@ -1776,8 +1923,9 @@ async def regenerate_recovery_codes(
     now: datetime,
     counted: Reauthentication,
 ) -> list[str] | Refused:
-    """New recovery codes (the old ones stop working); the holder is alerted."""
-    if account.totp_enabled_at is None:
+    """New recovery codes (the old ones stop working); the holder is alerted. For the app's
+    two-step verification and for two-step sign-in with a passkey alike."""
+    if not await two_step_on(session, account):
         raise Conflict(N_("Two-step verification is not on."))
     refused = await reauthenticate(
         session,

@@ -40,6 +40,7 @@ from simcharge.backoffice.customers import (
     UsageFacts,
     customer_view,
     search_customers,
+    search_facts,
     usage_filter,
     usage_of_line,
 )
@@ -51,6 +52,12 @@ from simcharge.backoffice.orders import (
     check_with_provider,
     order_panel,
 )
+from simcharge.backoffice.passkeys import (
+    member_passkeys,
+    passkey_counts,
+    remove_all_passkeys,
+    remove_member_passkey,
+)
 from simcharge.backoffice.roles import Permission, permissions_of
 from simcharge.backoffice.schemas import (
     AdjustmentIn,
@@ -61,9 +68,11 @@ from simcharge.backoffice.schemas import (
     CustomerViewOut,
     DecisionIn,
     NoteIn,
+    PasskeysRemovedOut,
     StaffChangeIn,
     StaffLoginIn,
     StaffOut,
+    StaffPasskeyOut,
     StaffPasswordIn,
     StaffPasswordResetIn,
     StaffTokenOut,
@@ -75,6 +84,7 @@ from simcharge.backoffice.schemas import (
 from simcharge.backoffice.screens_tickets import staff_names
 from simcharge.backoffice.staff import (
     StaffLoginFailed,
+    change_facts,
     change_own_password,
     change_staff,
     end_own_sessions,
@@ -82,7 +92,6 @@ from simcharge.backoffice.staff import (
     failed_sign_in_name,
     reset_staff_password,
     sign_in,
-    staff_facts,
 )
 from simcharge.errors import Forbidden, Refused
 from simcharge.kit.clock import utcnow
@@ -286,6 +295,7 @@ async def _staff_ticket(s: AsyncSession, ticket: Ticket, *, with_messages: bool)
         account_id=ticket.account_id,
         priority=ticket.priority,
         assignee=names.get(ticket.assignee_id) if ticket.assignee_id else None,
+        redacted_at=ticket.redacted_at,
     )
     if not with_messages:
         return base
@@ -546,7 +556,7 @@ async def find_customers(
 ) -> list[CustomerOut]:
     async with db.read() as s:
         found = await search_customers(s, q, region=settings.phone_region)
-    await audit.record_read(db, actor, "customer.search", details={"q": q, "found": len(found)})
+    await audit.record_read(db, actor, "customer.search", details=search_facts(q, found))
     return [CustomerOut.model_validate(a) for a in found]
 
 
@@ -915,7 +925,7 @@ async def get_report(
 StaffAdmin = Annotated[Actor, require(Permission.staff_manage)]
 
 
-def _staff_out(st: StaffUser) -> StaffOut:
+def _staff_out(st: StaffUser, passkeys: int) -> StaffOut:
     return StaffOut(
         id=st.id,
         username=st.username,
@@ -925,14 +935,21 @@ def _staff_out(st: StaffUser) -> StaffOut:
         totp_enrolled=st.totp_enabled_at is not None,
         last_login_at=st.last_login_at,
         password_set_by_other_at=st.password_set_by_other_at,
+        time_zone=st.time_zone,
+        passkey_count=passkeys,
     )
+
+
+async def _one_staff_out(s: AsyncSession, st: StaffUser) -> StaffOut:
+    return _staff_out(st, (await passkey_counts(s, st.id)).get(st.id, 0))
 
 
 @router.get("/staff", response_model=list[StaffOut], summary="Staff members")
 async def list_staff(actor: StaffAdmin, db: DB) -> list[StaffOut]:
     async with db.read() as s:
-        rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars()
-        return [_staff_out(st) for st in rows]
+        rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars().all()
+        counts = await passkey_counts(s)
+        return [_staff_out(st, counts.get(st.id, 0)) for st in rows]
 
 
 @router.patch(
@@ -943,6 +960,9 @@ async def list_staff(actor: StaffAdmin, db: DB) -> list[StaffOut]:
 async def change_staff_member(
     staff_id: uuid.UUID, body: StaffChangeIn, actor: StaffAdmin, db: DB
 ) -> StaffOut:
+    """Each change ends every session of theirs. `reset_totp` also removes their passkeys (a
+    lost or compromised device), audited in `staff.change` as `passkeys` before and after."""
+
     async def run(s: AsyncSession) -> StaffOut:
         staff, before = await change_staff(
             s,
@@ -960,9 +980,9 @@ async def change_staff_member(
             target_type="staff",
             target_id=staff.id,
             before=before,
-            after=staff_facts(staff),
+            after=change_facts(staff, before),
         )
-        return _staff_out(staff)
+        return await _one_staff_out(s, staff)
 
     return await db.run(run)
 
@@ -976,14 +996,62 @@ async def reset_staff_member_password(
     staff_id: uuid.UUID, body: StaffPasswordResetIn, actor: StaffAdmin, db: DB
 ) -> StaffOut:
     """The customers' password policy (`422 validation-error`, field `new_password`); their
-    lockout is lifted. Your own: `POST /admin/password`, with the current one (`409
-    staff-own-password` here). Audited as `staff.password_reset`."""
+    lockout is lifted, and their passkeys are removed (a reset is starting over: a lost device,
+    a suspected compromise). Your own: `POST /admin/password`, with the current one (`409
+    staff-own-password` here). Audited as `staff.password_reset`, with how many sessions ended
+    and passkeys were removed."""
 
     async def run(s: AsyncSession) -> StaffOut:
         staff = await reset_staff_password(s, actor, staff_id, body.new_password, utcnow())
-        return _staff_out(staff)
+        return await _one_staff_out(s, staff)
 
     return await db.run(run)
+
+
+@router.get(
+    "/staff/{staff_id}/passkeys",
+    response_model=list[StaffPasskeyOut],
+    summary="A staff member's passkeys, oldest first",
+)
+async def list_staff_passkeys(
+    staff_id: uuid.UUID, actor: StaffAdmin, db: DB
+) -> list[StaffPasskeyOut]:
+    """Name, when it was added and last used, its transports; never its public key or
+    credential id. No such member: `404 staff-member-not-found`."""
+    async with db.read() as s:
+        return [StaffPasskeyOut.model_validate(p) for p in await member_passkeys(s, staff_id)]
+
+
+@router.delete(
+    "/staff/{staff_id}/passkeys/{passkey_id}",
+    status_code=204,
+    summary="Remove one passkey of another staff member",
+)
+async def remove_staff_passkey(
+    staff_id: uuid.UUID, passkey_id: uuid.UUID, actor: StaffAdmin, db: DB
+) -> None:
+    """Their sessions stay (their other passkeys and password still sign in): for a
+    compromise, remove them all. A passkey that is not this member's is `404
+    staff-passkey-not-found`, as an unknown one; your own: `409 staff-cannot-change-self` (on
+    your own page, with your password and a code). Audited as `staff.passkey_removed`."""
+    await db.run(
+        lambda s: remove_member_passkey(s, actor, staff_id, passkey_id, now=utcnow())
+    )
+
+
+@router.delete(
+    "/staff/{staff_id}/passkeys",
+    response_model=PasskeysRemovedOut,
+    summary="Remove every passkey of another staff member (every session of theirs ends)",
+)
+async def remove_all_staff_passkeys(
+    staff_id: uuid.UUID, actor: StaffAdmin, db: DB
+) -> PasskeysRemovedOut:
+    """A lost or stolen device: as the staff page's "Remove all their passkeys", every session
+    of theirs ends (when they held one). Audited as `staff.passkeys_removed` with the count
+    before and after. Your own: `409 staff-cannot-change-self`."""
+    done = await db.run(lambda s: remove_all_passkeys(s, actor, staff_id, now=utcnow()))
+    return PasskeysRemovedOut(removed=done.removed, sessions_ended=done.sessions_ended)
 
 
 # --- API keys -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import math
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -67,6 +68,7 @@ from simcharge.backoffice.staff import (
     StaffSessionEnded,
     _end_half_open,
     accept_code,
+    drop_passkeys,
     end_own_sessions,
     open_staff_session,
     reset_password_expired,
@@ -97,12 +99,20 @@ async def passkeys_of(session: AsyncSession, staff_id: uuid.UUID) -> Sequence[St
     return (await session.execute(stmt)).scalars().all()
 
 
-async def passkey_counts(session: AsyncSession) -> dict[uuid.UUID, int]:
-    """How many passkeys each staff member holds (those with none are absent)."""
-    rows = await session.execute(
-        select(StaffPasskey.staff_id, func.count()).group_by(StaffPasskey.staff_id)
-    )
-    return {row[0]: int(row[1]) for row in rows}
+async def passkey_counts(
+    session: AsyncSession, staff_id: uuid.UUID | None = None
+) -> dict[uuid.UUID, int]:
+    """How many passkeys each staff member holds (those with none are absent); `staff_id`: that
+    member's only."""
+    stmt = select(StaffPasskey.staff_id, func.count()).group_by(StaffPasskey.staff_id)
+    if staff_id is not None:
+        stmt = stmt.where(StaffPasskey.staff_id == staff_id)
+    return {row[0]: int(row[1]) for row in await session.execute(stmt)}
+
+
+class StaffPasskeyNotFound(NotFound):
+    slug = "staff-passkey-not-found"
+    title = N_("No passkey with this id.")
 
 
 # --- the password and a code, again -----------------------------------------------------------
@@ -272,7 +282,7 @@ async def _own(session: AsyncSession, staff_id: uuid.UUID, passkey_id: uuid.UUID
         )
     ).scalar_one_or_none()
     if passkey is None:
-        raise NotFound(N_("No passkey with this id."), field="passkey_id")
+        raise StaffPasskeyNotFound(field="passkey_id")
     return passkey
 
 
@@ -331,29 +341,71 @@ async def remove_passkey(
     return None
 
 
-async def remove_all_passkeys(
-    session: AsyncSession, actor: Actor, staff_id: uuid.UUID, *, now: datetime
-) -> int:
-    """An admin removes every passkey of another staff member (a lost or stolen device); as
-    with their other changes of a member, every session of theirs ends (one the lost device
-    holds too). Audited with the count before and after. Returns how many were removed."""
+# --- an admin, for another member (the back office's staff page, the admin API, the CLI) ------
+
+
+async def _other_member(session: AsyncSession, actor: Actor, staff_id: uuid.UUID) -> StaffUser:
+    """The member an admin acts on, locked (the member first, then their passkeys); their own
+    passkeys they manage on their own page, with their password and a code."""
     staff = await session.get(StaffUser, staff_id, with_for_update=True)
     if staff is None:
         raise StaffNotFound(field="staff_id")
     if actor.staff_id == staff.id:
         raise CannotChangeSelf(field="staff_id")
-    held = await passkeys_of(session, staff.id)
-    for passkey in held:
-        await session.delete(passkey)
+    return staff
+
+
+async def member_passkeys(session: AsyncSession, staff_id: uuid.UUID) -> Sequence[StaffPasskey]:
+    """A member's passkeys, oldest first, as an admin sees them (the API never shows a public
+    key or a credential id); an unknown member is "not found"."""
+    if await session.get(StaffUser, staff_id) is None:
+        raise StaffNotFound(field="staff_id")
+    return await passkeys_of(session, staff_id)
+
+
+async def remove_member_passkey(
+    session: AsyncSession, actor: Actor, staff_id: uuid.UUID, passkey_id: uuid.UUID,
+    *, now: datetime,
+) -> StaffPasskey:  # fmt: skip
+    """An admin removes one passkey of another member (one device of several lost, a passkey
+    they no longer use). Nothing else changes: their sessions stay, as their other passkeys and
+    their password do — removing all of them is the answer to a compromise. A passkey that is
+    not this member's is "not found", as an unknown one. Audited as the member's own removal is
+    (`staff.passkey_removed`), by the admin."""
+    staff = await _other_member(session, actor, staff_id)
+    passkey = await _own(session, staff.id, passkey_id)
+    await session.delete(passkey)
+    await session.flush()
+    await audit.record(
+        session, actor, "staff.passkey_removed", target_type="staff", target_id=staff.id,
+        details={"passkey_id": str(passkey_id), "name": passkey.name}, now=now,
+    )  # fmt: skip
+    return passkey
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeysRemoved:
+    removed: int
+    sessions_ended: int
+
+
+async def remove_all_passkeys(
+    session: AsyncSession, actor: Actor, staff_id: uuid.UUID, *, now: datetime
+) -> PasskeysRemoved:
+    """An admin removes every passkey of another staff member (a lost or stolen device); as
+    with their other changes of a member, every session of theirs ends (one the lost device
+    holds too) — when there was one to remove. Audited with the count before and after."""
+    staff = await _other_member(session, actor, staff_id)
+    held = await drop_passkeys(session, staff.id)
     ended = await end_own_sessions(session, staff.id, now) if held else []
     await session.flush()
     await audit.record(
         session, actor, "staff.passkeys_removed", target_type="staff", target_id=staff.id,
         before={"passkeys": len(held)}, after={"passkeys": 0},
-        details={"passkey_ids": [str(p.id) for p in held], "sessions_ended": len(ended)},
+        details={"passkey_ids": [str(i) for i in held], "sessions_ended": len(ended)},
         now=now,
     )  # fmt: skip
-    return len(held)
+    return PasskeysRemoved(len(held), len(ended))
 
 
 # --- signing in -------------------------------------------------------------------------------

@@ -132,6 +132,30 @@ class StaffOut(BaseModel):
         "it they reach only the password change, and it signs in for "
         "SIMCHARGE_STAFF_RESET_PASSWORD_HOURS. Null: their own password."
     )
+    time_zone: str | None = Field(
+        description="The IANA zone the back office writes their times in; null: the operator's"
+    )
+    passkey_count: int = Field(description="How many passkeys they can sign in with")
+
+
+class StaffPasskeyOut(BaseModel):
+    """One passkey of a staff member: never its public key nor its credential id."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="The last sign-in with it; null: never")
+    transports: list[str] = Field(
+        description="How the browser reaches the authenticator (`internal`, `hybrid`, `usb`…)"
+    )
+
+
+class PasskeysRemovedOut(BaseModel):
+    removed: int
+    """How many passkeys were removed."""
+    sessions_ended: int
+    """How many of the member's sessions ended (none when there was no passkey to remove)."""
 
 
 class StaffChangeIn(BaseModel):

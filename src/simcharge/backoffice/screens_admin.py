@@ -43,23 +43,23 @@ from simcharge.backoffice.catalog import (
     tariff_versions,
 )
 from simcharge.backoffice.deps import require_web
-from simcharge.backoffice.forms import in_place
+from simcharge.backoffice.forms import Redraw, form_error, in_place
 from simcharge.backoffice.jobs import JobView, count_by_view, discard_job, find_jobs, retry_job
 from simcharge.backoffice.models import Role, StaffUser
 from simcharge.backoffice.passkeys import passkey_counts
 from simcharge.backoffice.refusal import NO_REFUSAL, FormError
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.staff import (
+    change_facts,
     change_staff,
     reset_password_expired,
     reset_staff_password,
-    staff_facts,
 )
-from simcharge.backoffice.web import back, field_texts, render
+from simcharge.backoffice.web import back, render
 from simcharge.catalog.models import PaymentMethod, Plan
 from simcharge.catalog.service import CatalogInvalid
 from simcharge.charging.models import Tariff
-from simcharge.errors import IDEMPOTENCY_KEY_MAX, SimchargeError, ValidationFailed
+from simcharge.errors import IDEMPOTENCY_KEY_MAX, IdempotencyKeyReused, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.translations import N_
@@ -139,21 +139,25 @@ async def _entry_page(
     kind: str,
     code: str,
     *,
-    text: str | None = None,
+    refused: FormError = NO_REFUSAL,
     problems: list[str] | None = None,
 ) -> HTMLResponse:
+    """The entry's page; refused (`entry_save`): the text as it was typed, the refusal on top
+    and, for an invalid entry, each of its problems beside the text."""
     async with db.read() as s:
         entry = find_entry(await export_catalog(s), kind, code)
         versions = await tariff_versions(s, code) if kind == "tariffs" else []
+    typed = refused.value("c", "text", None)
     return render(
         request,
         "catalog_entry.html",
         actor,
-        status=422 if problems else 200,
+        status=refused.status if refused.form else 200,
+        form_error=refused,
         kind=kind,
         label=KINDS[kind],
         code=code,
-        text=text if text is not None else as_text(entry or blank_entry(kind, code)),
+        text=as_text(entry or blank_entry(kind, code)) if typed is None else typed,
         new=entry is None,
         problems=problems or [],
         versions=versions,
@@ -174,34 +178,40 @@ async def entry_save(
     actor: Editor,
     text: Annotated[str, Form(max_length=100_000)] = "",
 ) -> Response:
-    try:
-        await db.run(lambda s: save_entry(s, actor, kind, code, text))
-    except CatalogInvalid as exc:
-        return await _entry_page(request, db, actor, kind, code, text=text, problems=exc.problems)
-    return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}", "saved")
+    """Save the entry; refused (invalid, or changed by someone else since it was read), the
+    page comes back with what was typed. An unknown kind is the error page (404)."""
+    problems: list[str] = []
+
+    async def act() -> Response:
+        try:
+            await db.run(lambda s: save_entry(s, actor, kind, code, text))
+        except CatalogInvalid as exc:
+            problems.extend(exc.problems)  # each one listed beside the text
+            raise
+        return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}", "saved")
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await _entry_page(
+            request, db, actor, kind, code, refused=refused, problems=problems
+        )
+
+    return await in_place(request, actor, act, form="c", values={"text": text}, redraw=redraw)
 
 
 StaffAdmin = Annotated[Actor, require_web(Permission.staff_manage)]
 
 
 async def _staff_page(
-    request: Request,
-    db: DB,
-    actor: Actor,
-    *,
-    failed: SimchargeError | None = None,
-    target: uuid.UUID | None = None,
-    refused: FormError = NO_REFUSAL,
+    request: Request, db: DB, actor: Actor, *, refused: FormError = NO_REFUSAL
 ) -> HTMLResponse:
     async with db.read() as s:
         rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars().all()
         passkeys = await passkey_counts(s)
-    error, errors = field_texts(request, actor, failed) if failed else (None, {})
     return render(
         request,
         "staff.html",
         actor,
-        status=failed.status if failed else (refused.status if refused.form else 200),
+        status=refused.status if refused.form else 200,
         form_error=refused,
         staff=rows,
         passkeys=passkeys,
@@ -209,9 +219,6 @@ async def _staff_page(
             st.id for st in rows if reset_password_expired(request.app.state.settings, st, utcnow())
         },
         roles=list(Role),
-        error=error,
-        errors=errors,
-        target=target,
     )
 
 
@@ -230,16 +237,24 @@ async def staff_password(
     confirm_password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
     """Set another staff member's password (`staff.reset_staff_password`): every session of
-    theirs ends; a refusal comes back on the row's form."""
-    try:
+    theirs ends and their passkeys are removed; a refusal comes back on the row's form (the
+    passwords typed are not shown again)."""
+
+    async def act() -> Response:
         if new_password != confirm_password:
             raise ValidationFailed(
                 N_("The two passwords are not the same."), field="confirm_password"
             )
         await db.run(lambda s: reset_staff_password(s, actor, staff_id, new_password, utcnow()))
-    except SimchargeError as exc:
-        return await _staff_page(request, db, actor, failed=exc, target=staff_id)
-    return back("/backoffice/staff", "saved")
+        return back("/backoffice/staff", "saved")
+
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await _staff_page(request, db, actor, refused=refused)
+
+    typed = {"new_password": new_password, "confirm_password": confirm_password}
+    return await in_place(
+        request, actor, act, form=f"p-{staff_id}", values=typed, redraw=redraw, secrets=typed
+    )
 
 
 @router.post("/staff/{staff_id}", response_model=None)
@@ -269,7 +284,7 @@ async def staff_change(
             target_type="staff",
             target_id=staff.id,
             before=before,
-            after=staff_facts(staff),
+            after=change_facts(staff, before),
         )
 
     async def act() -> Response:
@@ -367,43 +382,34 @@ async def job_discard(
 KeyAdmin = Annotated[Actor, require_web(Permission.apikeys_manage)]
 
 
-async def _keys_page(
-    request: Request,
-    db: DB,
-    actor: Actor,
-    *,
-    failed: SimchargeError | None = None,
-    target: str | None = None,
-    form: dict[str, Any] | None = None,
-) -> HTMLResponse:
-    async with db.read() as s:
+async def _keys_page(request: Request, actor: Actor, refused: FormError = NO_REFUSAL) -> HTMLResponse:
+    async with request.app.state.db.read() as s:
         keys = await key_views(s, utcnow())
-    error, errors = field_texts(request, actor, failed) if failed else (None, {})
-    # A refusal about the page's one-time key (not a field anyone typed) is said, not linked.
-    errors = {k: v for k, v in errors.items() if k in KEY_FORM_FIELDS}
     return render(
         request,
         "api_keys.html",
         actor,
-        status=failed.status if failed else 200,
+        status=refused.status if refused.form else 200,
+        form_error=refused,
         keys=keys,
         scopes=SCOPES,
         reserved=COMMAND_LINE_SCOPES,
         overlaps=list(STAFF_OVERLAPS),
-        error=error,
-        errors=errors,
-        target=target,
-        form=form or {"name": "", "scopes": [], "expires_in": "", "expires_at": ""},
-        idem=(form or {}).get("idem") or uuid7().hex,
+        # A refused form keeps its one-time key (`form_error`); a fresh page gets a new one.
+        idem=uuid7().hex,
     )
 
 
-KEY_FORM_FIELDS = frozenset({"name", "scopes", "expires_in", "expires_at", "overlap", "confirm"})
+def _on_keys_page(request: Request, actor: Actor) -> Redraw:
+    async def redraw(refused: FormError) -> HTMLResponse:
+        return await _keys_page(request, actor, refused)
+
+    return redraw
 
 
 @router.get("/api-keys", response_class=HTMLResponse)
 async def api_keys(request: Request, db: DB, actor: KeyAdmin) -> HTMLResponse:
-    return await _keys_page(request, db, actor)
+    return await _keys_page(request, actor)
 
 
 @router.post("/api-keys", response_class=HTMLResponse)
@@ -415,7 +421,7 @@ async def api_key_create(
     expires_in: Annotated[str, Form(max_length=32)] = "",
     expires_at: Annotated[str, Form(max_length=64)] = "",
     idem: Annotated[str, Form(max_length=IDEMPOTENCY_KEY_MAX)] = "",
-) -> HTMLResponse:
+) -> Response:
     """A new key, its token on the answer (once: only its hash is kept); a refusal comes back
     on the form with what was typed. The page's one-time key (`idem`) makes a double submit or
     a reload of the answer one key: the second is told the key was made (409
@@ -429,54 +435,68 @@ async def api_key_create(
         if idem
         else None
     )
-    try:
+    redraw = _on_keys_page(request, actor)
+
+    async def act() -> Response:
         ends = asked_expiry(expires_in, expires_at, utcnow())
-        issued = await db.run(
-            lambda s: staff_create_api_key(s, actor, name, scopes, expires_at=ends, request=asked)
+        try:
+            issued = await db.run(
+                lambda s: staff_create_api_key(
+                    s, actor, name, scopes, expires_at=ends, request=asked
+                )
+            )
+        except ApiKeyAlreadyCreated as exc:
+            # Done already: the form starts afresh (with a new one-time key) for another key.
+            return await redraw(form_error(request, actor, exc, form="k", values={}))
+        except IdempotencyKeyReused as exc:
+            # The page's key made another key already: what was typed stays, under a new key
+            # (kept, it would refuse every corrected submit the same way).
+            fresh = {k: v for k, v in typed.items() if k != "idem"}
+            return await redraw(form_error(request, actor, exc, form="k", values=fresh))
+        return render(
+            request,
+            "api_keys_token.html",
+            actor,
+            token=issued.token,
+            key=view_of(issued.key, utcnow()),
+            old=None,
         )
-    except ApiKeyAlreadyCreated as exc:
-        # Done already: the form starts afresh (with a new one-time key) for another key.
-        return await _keys_page(request, db, actor, failed=exc, target="new")
-    except SimchargeError as exc:
-        form = {
-            "name": name, "scopes": scopes, "expires_in": expires_in, "expires_at": expires_at,
-            "idem": idem,
-        }  # fmt: skip
-        return await _keys_page(request, db, actor, failed=exc, target="new", form=form)
-    return render(
-        request,
-        "api_keys_token.html",
-        actor,
-        token=issued.token,
-        key=view_of(issued.key, utcnow()),
-        old=None,
-    )
+
+    typed = {
+        "name": name, "scopes": scopes, "expires_in": expires_in, "expires_at": expires_at,
+        "idem": idem,
+    }  # fmt: skip
+    return await in_place(request, actor, act, form="k", values=typed, redraw=redraw)
 
 
-@router.post("/api-keys/{prefix}/rotate", response_class=HTMLResponse)
+@router.post("/api-keys/{prefix}/rotate", response_model=None)
 async def api_key_rotate(
     request: Request,
     prefix: str,
     db: DB,
     actor: KeyAdmin,
     overlap: Annotated[str, Form(max_length=8)] = "",
-) -> HTMLResponse:
+) -> Response:
     """A new key with this one's name and scopes, its token on the answer (once); this one
-    keeps working for the overlap chosen."""
-    try:
+    keeps working for the overlap chosen. No live key with this prefix: the error page (404)."""
+
+    async def act() -> Response:
         grace = overlap_named(overlap)
         rotated = await db.run(lambda s: staff_rotate_api_key(s, actor, prefix, overlap=grace))
-    except SimchargeError as exc:
-        return await _keys_page(request, db, actor, failed=exc, target=prefix)
-    now = utcnow()
-    return render(
-        request,
-        "api_keys_token.html",
-        actor,
-        token=rotated.issued.token,
-        key=view_of(rotated.issued.key, now, replaces=prefix),
-        old=view_of(rotated.old, now, replaced_by=rotated.issued.key.prefix),
-    )
+        now = utcnow()
+        return render(
+            request,
+            "api_keys_token.html",
+            actor,
+            token=rotated.issued.token,
+            key=view_of(rotated.issued.key, now, replaces=prefix),
+            old=view_of(rotated.old, now, replaced_by=rotated.issued.key.prefix),
+        )
+
+    return await in_place(
+        request, actor, act, form=f"rotate-{prefix}", values={"overlap": overlap},
+        redraw=_on_keys_page(request, actor),
+    )  # fmt: skip
 
 
 @router.post("/api-keys/{prefix}/revoke", response_model=None)
@@ -487,12 +507,18 @@ async def api_key_revoke(
     actor: KeyAdmin,
     confirm: Annotated[str, Form(max_length=8)] = "",
 ) -> Response:
-    try:
+    """Refused from now on, once the box is ticked. No live key with this prefix: the error
+    page (404)."""
+
+    async def act() -> Response:
         if confirm != "yes":
             raise ValidationFailed(
                 N_("Tick the box to confirm that this key stops working now."), field="confirm"
             )
         await db.run(lambda s: staff_revoke_api_key(s, actor, prefix))
-    except SimchargeError as exc:
-        return await _keys_page(request, db, actor, failed=exc, target=prefix)
-    return back("/backoffice/api-keys", "revoked")
+        return back("/backoffice/api-keys", "revoked")
+
+    return await in_place(
+        request, actor, act, form=f"revoke-{prefix}", values={"confirm": confirm},
+        redraw=_on_keys_page(request, actor),
+    )  # fmt: skip

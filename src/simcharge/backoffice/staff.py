@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 import pyotp
 import segno
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.passwords import check_password_policy, hashed, verified
 from simcharge.auth.service import normalize_email
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
-from simcharge.backoffice.models import Role, StaffSession, StaffUser
+from simcharge.backoffice.models import Role, StaffPasskey, StaffSession, StaffUser
 from simcharge.config import Settings
 from simcharge.errors import (
     Conflict,
@@ -443,6 +443,18 @@ async def end_own_sessions(
     return list(ended.scalars())
 
 
+async def drop_passkeys(session: AsyncSession, staff_id: uuid.UUID) -> list[uuid.UUID]:
+    """Delete every passkey of a staff member; returns the ids of those deleted. The member's row
+    is locked by the caller (the member first, then what is theirs)."""
+    dropped = await session.execute(
+        delete(StaffPasskey)
+        .where(StaffPasskey.staff_id == staff_id)
+        .returning(StaffPasskey.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(dropped.scalars())
+
+
 # --- administration -----------------------------------------------------------------------
 
 
@@ -465,6 +477,12 @@ def staff_facts(staff: StaffUser) -> dict[str, object]:
     }
 
 
+def change_facts(staff: StaffUser, before: dict[str, object]) -> dict[str, object]:
+    """The facts after `change_staff`, to audit beside its `before`: with the passkeys (none
+    now) when a new authenticator was asked for, which removes them."""
+    return staff_facts(staff) | ({"passkeys": 0} if "passkeys" in before else {})
+
+
 async def change_staff(
     session: AsyncSession,
     staff_id: uuid.UUID,
@@ -477,7 +495,10 @@ async def change_staff(
 ) -> tuple[StaffUser, dict[str, object]]:
     """Change a staff member's role, switch their access off or on, or make them enrol a new
     authenticator (a lost phone): each ends every session of theirs (switched on again, none
-    from before comes back). Returns them and the facts before."""
+    from before comes back). A new authenticator removes their passkeys too: it is asked for
+    when a device is lost or may be in someone else's hands, and a passkey on it would sign in
+    on its own. Returns them and the facts before (with `passkeys`, how many they held, when a
+    new authenticator was asked for; `change_facts` gives the facts after)."""
     staff = await session.get(StaffUser, staff_id, with_for_update=True)
     if staff is None:
         raise StaffNotFound(field="staff_id")
@@ -495,6 +516,7 @@ async def change_staff(
             staff.failed_logins, staff.locked_until = 0, None
     if reset_totp:
         staff.totp_secret_sealed = staff.totp_enabled_at = staff.totp_last_step = None
+        before["passkeys"] = len(await drop_passkeys(session, staff.id))
     if role is not None or active is not None or reset_totp:
         await session.execute(
             update(StaffSession)
@@ -591,25 +613,29 @@ async def change_own_password(
 
 async def set_password(
     session: AsyncSession, actor: Actor, staff: StaffUser, new: str, now: datetime
-) -> int:
+) -> tuple[int, int]:
     """Someone else sets a staff member's password (an admin, or `simcharge staff password`):
     the customers' policy; the lockout is lifted (the guesses were at the old password) and every
-    session of theirs ends. Audited as `staff.password_reset`, never with the password. Returns
-    how many sessions ended. The member must change it at first use (ASVS 2.1, 2.3.1): until
-    they do, a session of theirs reaches only their password page (and signing out), and the
-    password signs in for `staff_reset_password_hours` only."""
+    session of theirs ends. Their passkeys are removed as well: a reset means starting over (a
+    lost device, a suspected compromise), and a passkey on the lost device would sign in
+    without the password. Audited as `staff.password_reset` with how many sessions ended and
+    passkeys were removed, never with the password. Returns (sessions ended, passkeys removed).
+    The member must change it at first use (ASVS 2.1, 2.3.1): until they do, a session of theirs
+    reaches only their password page (and signing out), and the password signs in for
+    `staff_reset_password_hours` only."""
     check_password_policy(new, username=staff.username, email=staff.email, field="new_password")
     staff.password_hash = await hashed(new)
     staff.failed_logins, staff.locked_until = 0, None
     staff.password_set_by_other_at = now
     ended = await end_own_sessions(session, staff.id, now)
+    dropped = await drop_passkeys(session, staff.id)
     await audit.record(
         session, actor, "staff.password_reset", target_type="staff", target_id=staff.id,
-        details={"sessions_ended": len(ended)}, now=now,
+        details={"sessions_ended": len(ended), "passkeys_removed": len(dropped)}, now=now,
     )  # fmt: skip
     await _tell_password_changed(session, staff, "admin", now)
     await session.flush()
-    return len(ended)
+    return len(ended), len(dropped)
 
 
 async def _tell_password_changed(

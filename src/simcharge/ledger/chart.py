@@ -11,6 +11,7 @@ lookup; `ensure_accounts` creates them the first time they are needed.
 | `revenue:fees:<CUR>` | currency | payment fees charged to customers |
 | `revenue:usage:<CUR>` | currency | wallet money spent on usage |
 | `funding:<CUR>` | currency | wallet credit issued to lines (by plans, gifts, adjustments) |
+| `loss:disputes:<CUR>` | currency | disputes lost beyond what was left to refund (debit-normal) |
 | `expiry:<unit>` | any | what expired unused |
 | `issuance:<unit>` | units | minutes, bytes and messages issued to buckets |
 | `consumption:<unit>` | units | units used on the network |
@@ -74,6 +75,11 @@ def usage_revenue(currency: str, shard: int = 0) -> NewAccount:
 
 def funding(currency: str, shard: int = 0) -> NewAccount:
     return _account(f"funding:{currency}", currency, "funding", shard)
+
+
+def dispute_losses(currency: str, shard: int = 0) -> NewAccount:
+    """What the operator lost to disputes decided for the payer after it had refunded them."""
+    return _account(f"loss:disputes:{currency}", currency, "loss", shard)
 
 
 def expiry(unit: str, shard: int = 0) -> NewAccount:

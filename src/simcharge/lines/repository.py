@@ -66,10 +66,13 @@ class LineRepository:
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def by_msisdn(self, msisdn: str) -> Line | None:
-        return (
-            await self.session.execute(select(Line).where(Line.msisdn == msisdn))
-        ).scalar_one_or_none()
+    async def by_msisdn(self, msisdn: str, *, lock: bool = False) -> Line | None:
+        """The line of this number; with `lock`, held until the transaction ends and read as
+        committed after any wait (a decision about its owner depends on it)."""
+        stmt = select(Line).where(Line.msisdn == msisdn)
+        if lock:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def by_imsi(self, imsi: str) -> Line | None:
         return (

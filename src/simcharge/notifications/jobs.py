@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.accounts.models import Account
+from simcharge.accounts.models import Account, AccountStatus
 from simcharge.auth.events import EventKind, record_event
 from simcharge.db import insert_if_absent, table_of
 from simcharge.kit.clock import utcnow
@@ -24,7 +24,7 @@ from simcharge.notifications.service import (
     SEND_CODE,
     SEND_EMAIL,
     log_message,
-    reading_for,
+    reading_of,
 )
 from simcharge.notifications.templates import render
 from simcharge.notifications.transports import (
@@ -45,6 +45,34 @@ log = structlog.get_logger("simcharge.notifications")
 # What a `line.…` warning may say it was built on (`about`): the line's state and the time its
 # change is counted from.
 LINE_FACTS = ("state", "validity_end", "last_activity_at", "state_changed_at")
+
+
+CLOSURE_TEMPLATE = "account.closed"
+"""The closure's own confirmation (`accounts.privacy.close_account`), addressed in its job before
+the contacts were erased: the one message a closed account is still sent."""
+
+CLOSED_ACCOUNT = "account-closed"
+"""Why a job did nothing (`notifications.closed_account_skipped`'s `reason`)."""
+
+
+def closed_account_skipped(
+    ctx: JobContext, account: Account | None, template: str
+) -> bool:
+    """Whether this job is for an account closed since it was queued (not the closure's own
+    confirmation): it then does nothing customer-facing — no notice, no e-mail, no SMS — and
+    ends done, never retried, the reason in the log. Its receipt or credit note, if any, was
+    kept by its own job before it came here (finance's, whatever the account)."""
+    if account is None or account.status != AccountStatus.closed or template == CLOSURE_TEMPLATE:
+        return False
+    log.info(
+        "notifications.closed_account_skipped",
+        job_id=str(ctx.job.id),
+        kind=ctx.job.kind,
+        template=template,
+        account_id=str(account.id),
+        reason=CLOSED_ACCOUNT,
+    )
+    return True
 
 
 def _account_id(payload: dict[str, Any]) -> uuid.UUID:
@@ -93,9 +121,17 @@ async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
     about: dict[str, Any] = dict(payload.get("about") or {})
 
     async def fan_out(session: AsyncSession) -> None:
-        account = await session.get(Account, account_id)
+        # Shared with the key (FOR KEY SHARE, as the notice's foreign key would take it anyway):
+        # a closure committing meanwhile (it holds the account FOR UPDATE) is waited for and
+        # seen, rather than a notice written after it for an account no one can sign in to.
+        account = await session.get(
+            Account, account_id, with_for_update={"read": True, "key_share": True},
+            populate_existing=True,
+        )  # fmt: skip
         if account is None:
             raise PermanentJobError(f"no account {account_id}")
+        if closed_account_skipped(ctx, account, template):
+            return
         if template.startswith("line.") and about and await _line_moved_on(session, line_id, about):
             log.info(
                 "notifications.stale_warning_skipped",
@@ -167,7 +203,10 @@ async def send_message(
         if logged is not None and logged.status == "sent":
             log.info("notifications.already_sent", job=str(ctx.job.id), template=template)
             return
-        reading = await reading_for(s, account_id, ctx.settings)
+        account = await s.get(Account, account_id) if account_id is not None else None
+        if closed_account_skipped(ctx, account, template):
+            return
+        reading = reading_of(account, ctx.settings)
     try:
         message = render(
             template, language, params, default=ctx.settings.default_language,

@@ -30,12 +30,14 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.kit.ids import derived_id, uuid7
-from simcharge.ledger.models import TransferKind
-from simcharge.ledger.service import post_transfers
+from simcharge.ledger import chart
+from simcharge.ledger.models import LedgerTransfer, TransferKind
+from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
 from simcharge.orders.models import Attention, Order, ProviderEvent, Refund, RefundState
 from simcharge.orders.refunds import (
     AMOUNT_NOT_REPORTED,
     UNKNOWN_REFUND,
+    amount_unknown,
     complete_refund,
     money_back,
     paid_of,
@@ -345,7 +347,13 @@ async def record_lost_dispute(
     (`record_provider_refund`) and numbered with a credit note, so the books and the documents
     say what the bank account does. The payer is not told (a reversal: see the policy), the
     line keeps its units (finance decides), and the order stays flagged `chargeback`. A lost
-    dispute whose amount was not reported moves nothing: flagged, for finance to settle."""
+    dispute whose amount was not reported moves nothing: flagged, for finance to settle.
+
+    What the dispute took beyond what was left to refund (the order refunded already, in full
+    or in part: the payer got the money twice) is no refund — the order cannot be refunded past
+    what was paid — but the provider took it from the operator all the same: it leaves the
+    provider's clearing account for the operator's dispute losses (`chart.dispute_losses`),
+    once per dispute, the line untouched and the order flagged with it (`dispute_loss`)."""
     if dispute.amount is None:
         flag_order(
             order,
@@ -353,16 +361,73 @@ async def record_lost_dispute(
             f"dispute {dispute.dispute_id} lost: {AMOUNT_NOT_REPORTED} ({source})",
         )
         return
-    await record_provider_refund(
+    key = f"dispute:{dispute.dispute_id}"
+    loss_id = derived_id("dispute-loss", order.id, dispute.dispute_id)
+    request_key = f"{PROVIDER}{order.id}:{key}"[:220]
+    recorded = (
+        await session.execute(select(Refund.id).where(Refund.request_key == request_key))
+    ).scalar_one_or_none()
+    if recorded is not None or await session.get(LedgerTransfer, loss_id) is not None:
+        return  # decided once: a second notification of it changes nothing
+    over = 0
+    if order.paid_at is not None and not amount_unknown(order):
+        # Beyond what was left: only once the payment is in the books (before, or with no
+        # amount known, nothing of it is in the clearing account to take back).
+        left = paid_of(order) - await known_refunds(session, order, done=True)
+        over = max(0, dispute.amount - max(0, left))
+    if dispute.amount - over > 0:
+        await record_provider_refund(
+            session,
+            order,
+            amount=dispute.amount - over,
+            currency=dispute.currency,
+            key=key,
+            provider_refund_id=dispute.dispute_id,
+            what=f"dispute {dispute.dispute_id} lost",
+            source=source,
+            now=now,
+        )
+    if over:
+        await dispute_loss(session, order, dispute, over, loss_id, source=source, now=now)
+
+
+async def dispute_loss(
+    session: AsyncSession,
+    order: Order,
+    dispute: Dispute,
+    amount: int,
+    loss_id: uuid.UUID,
+    *,
+    source: str,
+    now: datetime,
+) -> None:
+    """Post what a lost dispute took beyond what was left to refund: from the provider's
+    clearing account (it owes the operator that much less) to the operator's dispute losses.
+    Nothing goes to or from the line: the payer's wallet and buckets were settled by the refund."""
+    currency = (dispute.currency or order.paid_currency or order.currency).upper()
+    shard = chart.shard_of(order.id)  # the clearing account the order's payment went to
+    clearing, loss = chart.clearing(order.provider, currency, shard), chart.dispute_losses(currency)
+    await ensure_accounts(session, [clearing, loss])
+    await post_transfers(
         session,
-        order,
-        amount=dispute.amount,
-        currency=dispute.currency,
-        key=f"dispute:{dispute.dispute_id}",
-        provider_refund_id=dispute.dispute_id,
-        what=f"dispute {dispute.dispute_id} lost",
-        source=source,
+        [
+            NewTransfer(
+                id=loss_id,
+                amount=amount,
+                unit=currency,
+                debit_account_id=loss.id,
+                credit_account_id=clearing.id,
+                code="dispute_loss",
+                reference=f"order:{order.id}:dispute"[:160],
+            )
+        ],
         now=now,
+    )
+    flag_order(
+        order,
+        Attention.chargeback,
+        f"dispute {dispute.dispute_id} lost: {shown(amount, currency)} taken by the provider "
+        f"beyond what was left to refund, recorded as the operator's loss ({source})",
     )
 
 

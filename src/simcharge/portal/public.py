@@ -337,10 +337,13 @@ async def login(
         )
         if isinstance(result, Refused):
             raise result.error
-    except service.SecondFactorRequired:
+    except service.SecondFactorRequired as due:
+        # The second step: the app's code or a recovery code in the form; a passkey (this
+        # account's, for this sign-in only) through passkeys.js where the browser has them.
         return render(
             request, page, "login.html", values=values, errors={}, step="second_factor",
             sealed=_seal_password(settings, login_name, password), notice=None,
+            methods=due.methods, offer=due.passkey, passkeys_on=due.passkey is not None,
         )
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
@@ -350,6 +353,7 @@ async def login(
             headers=exc.headers, error=summary, step=step, notice=None,
             sealed=_seal_password(settings, login_name, password) if step != "password" else "",
             passkeys_on=settings.passkey_rp is not None,
+            methods=form.get("methods", "totp").split(","),
         )
     response = redirect(values["next"])
     set_session_cookie(response, settings, result.issued.token)

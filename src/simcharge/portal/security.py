@@ -17,7 +17,7 @@ from simcharge.accounts.endpoints import export_response
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
-from simcharge.auth import passkeys
+from simcharge.auth import passkeys, second_step
 from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
 from simcharge.auth.endpoints import equalize
@@ -71,6 +71,8 @@ EVENT_LABELS: dict[str, str] = {
     EventKind.passkey_renamed: N_("Passkey renamed"),
     EventKind.passkey_removed: N_("Passkey removed"),
     EventKind.passkey_sign_count_regressed: N_("Sign-in refused: the passkey may have been copied"),
+    EventKind.passkey_second_factor_enabled: N_("Two-step sign-in with a passkey turned on"),
+    EventKind.passkey_second_factor_disabled: N_("Two-step sign-in with a passkey turned off"),
 }
 
 
@@ -85,6 +87,7 @@ async def _security_page(
         events = await events_of(s, account_id, limit=30)
         notices = await notices_of(s, account_id, limit=50)
         keys = await passkeys.passkeys_of(s, account_id)
+        passkey_two_step = await second_step.passkey_two_step(s, page.account)
     alerts = []
     for n in notices:
         if n.template.startswith("security."):
@@ -99,6 +102,7 @@ async def _security_page(
         request, page, "security.html", status=status, sessions=sessions, events=events,
         labels=EVENT_LABELS, alerts=alerts[:10], current=page.customer.session.id,
         two_step=page.account.totp_enabled_at is not None, passkeys=keys,
+        passkey_two_step=passkey_two_step,
         passkeys_on=settings.passkey_rp is not None, **context,
     )
 
@@ -114,6 +118,7 @@ async def security(
         "passkey_added": N_("Your passkey was added. You can now sign in with it."),
         "passkey_renamed": N_("The passkey was renamed."),
         "passkey_removed": N_("The passkey was removed; it can no longer sign in."),
+        "passkey_two_step_off": N_("Two-step sign-in with a passkey is off."),
     }.get(done or "")
     return await _security_page(request, page, db, settings, good=good)
 
@@ -355,9 +360,10 @@ async def _renamed(
 
 @router.post("/account/security/passkeys/{passkey_id}/remove")
 async def remove_passkey(
-    passkey_id: str, request: Request, page: Page, db: DB, client: Client
+    passkey_id: str, request: Request, page: Page, db: DB, settings: AppSettings, client: Client
 ) -> Response:
-    """Removing one asks no password: it takes a way in away, and the holder is told."""
+    """Removing one asks no password: it takes a way in away, and the holder is told. The last
+    one is kept while two-step sign-in asks for it (`passkeys.LastPasskeyOfTwoStep`)."""
     require(page)
     await form_of(request, page)
     pid = _uuid(passkey_id, "passkey_id")
@@ -365,8 +371,68 @@ async def remove_passkey(
     async def run(s: AsyncSession) -> None:
         await passkeys.remove_passkey(s, await _locked(s, page), pid, client=client, now=utcnow())
 
-    await db.run(run)
+    try:
+        await db.run(run)
+    except passkeys.LastPasskeyOfTwoStep as exc:
+        summary, _ = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, error=summary, form="passkey_two_step",
+        )  # fmt: skip
     return redirect("/account/security?done=passkey_removed")
+
+
+@router.post("/account/security/passkeys/two-step")
+async def enable_passkey_two_step(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    """Turn two-step sign-in with a passkey on (the password again); the recovery codes shown
+    once, as when the app's two-step verification is turned on."""
+    require(page)
+    form = await form_of(request, page)
+
+    async def run(s: AsyncSession) -> list[str] | Refused:
+        return await second_step.enable(
+            s, settings, await _locked(s, page), password=form.get("password", ""),
+            client=client, now=utcnow(), counted=counted,
+        )  # fmt: skip
+
+    try:
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
+        result = await db.run(run)
+        _refused(result)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            headers=exc.headers, form="passkey_two_step",
+        )
+    assert isinstance(result, list)
+    return render(request, page, "recovery_codes.html", codes=result)
+
+
+@router.post("/account/security/passkeys/two-step/off")
+async def disable_passkey_two_step(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    require(page)
+    form = await form_of(request, page)
+
+    async def run(s: AsyncSession) -> Refused | None:
+        return await second_step.disable(
+            s, settings, await _locked(s, page), password=form.get("password", ""),
+            client=client, now=utcnow(), counted=counted,
+        )  # fmt: skip
+
+    try:
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
+        _refused(await db.run(run))
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            headers=exc.headers, form="passkey_two_step_off",
+        )
+    return redirect("/account/security?done=passkey_two_step_off")
 
 
 @router.post("/account/security/lock")

@@ -53,6 +53,10 @@ class StaffTicketOut(TicketOut):
     account_id: uuid.UUID
     priority: str
     assignee: str | None
+    redacted_at: datetime | None = Field(
+        description="When the retention sweep emptied its subject and messages (two years after "
+        "its account was closed); null: never"
+    )
 
 
 class StaffTicketDetailOut(StaffTicketOut):

@@ -43,6 +43,10 @@ class JobOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     locked_by: str | None
+    payload_removed_at: datetime | None = Field(
+        description="When the retention sweep removed the personal data of its payload (a dead "
+        "job kept past its period): it can then only be discarded; null: never"
+    )
 
 
 class JobsSummary(BaseModel):
@@ -67,6 +71,7 @@ def job_out(job: OutboxJob) -> JobOut:
         created_at=job.created_at,
         finished_at=job.finished_at,
         locked_by=job.locked_by,
+        payload_removed_at=job.payload_removed_at,
     )
 
 

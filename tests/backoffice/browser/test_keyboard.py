@@ -204,7 +204,7 @@ async def test_after_a_refused_submit_the_error_summary_has_the_focus(
     async with page.expect_navigation():
         await page.click("main form button[type=submit]")
     await _summary_has_focus(page)
-    assert await page.get_attribute("textarea[name=text]", "aria-describedby") == "c-problems"
+    assert await page.get_attribute("textarea[name=text]", "aria-describedby") == "c-text-error"
     # An adjustment and a refund refused: the customer's page again, in place, the summary
     # focused, the amount tied to its error, what was typed kept.
     for form, amount, field in (

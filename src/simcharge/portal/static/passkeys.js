@@ -1,7 +1,20 @@
-// simcharge portal: passkeys (WebAuthn). The sign-in button and the "add a passkey" form are
-// hidden in the page and shown here only where the browser can use passkeys; everything else
-// on those pages works without this file. The ceremonies go through the JSON API
-// (/api/v1/auth/passkeys/…, /api/v1/me/passkeys…), whose binary fields are base64url.
+// simcharge: passkeys (WebAuthn), one script for the customer portal and the back office (both
+// load it from /static/portal/passkeys.js: one application, one origin, so `script-src 'self'`
+// lets both pages run it). The page says what to do in data-* attributes; nothing here names a
+// route or holds a word of text:
+//
+//   #passkey-login        a sign-in button; data-options, data-login (the JSON routes),
+//                         data-next, data-csrf (a token for the X-CSRF-Token header, if any),
+//                         data-mode (sent as "mode" when present).
+//   #passkey-second-step  the second step after the password: data-ceremony, data-public-key
+//                         (the options, JSON), data-login, data-next, data-mode.
+//   #passkey-add          a form (password, optional code and name, csrf); data-options,
+//                         data-register, data-done.
+//
+// Each is hidden in the page and shown here only where the browser can use passkeys; everything
+// else on those pages works without this file. The status element next to each (…-status)
+// shows the server's problem (already in the reader's language) or its own data-cancelled
+// words. Binary fields travel as base64url.
 (function () {
   "use strict";
   if (!window.PublicKeyCredential || !navigator.credentials || !window.fetch) { return; }
@@ -67,37 +80,60 @@
     });
   }
 
-  // What to tell the person: the server's problem (already in their language), or the page's
-  // own words for a request the browser cancelled, timed out or refused.
+  // What to tell the person: the server's problem, or the page's own words for a request the
+  // browser cancelled, timed out or refused.
   function say(status, problem) {
     var text = problem && problem.detail;
     if (!text) { text = status.getAttribute("data-cancelled"); }
     status.textContent = text;
   }
 
+  // A sign-in's answer, sent with the ceremony (and the mode, where the page asks one).
+  function signIn(box, ceremony, credential) {
+    var body = { ceremony: ceremony, credential: asJson(credential) };
+    if (box.hasAttribute("data-mode")) { body.mode = box.getAttribute("data-mode"); }
+    return post(box.getAttribute("data-login"), body, box.getAttribute("data-csrf"))
+      .then(function (answer) {
+        window.location.assign(answer.next || box.getAttribute("data-next"));
+      });
+  }
+
+  // A button that runs `ceremony` and says why, on the status element, when it fails.
+  function button(box, ceremony) {
+    var status = document.getElementById(box.id + "-status");
+    var go = box.querySelector("button");
+    box.hidden = false;
+    go.addEventListener("click", function () {
+      go.disabled = true;
+      status.textContent = "";
+      ceremony().catch(function (problem) {
+        go.disabled = false;
+        say(status, problem);
+      });
+    });
+  }
+
   var login = document.getElementById("passkey-login");
   if (login) {
-    var loginStatus = document.getElementById("passkey-login-status");
-    var button = login.querySelector("button");
-    login.hidden = false;
-    button.addEventListener("click", function () {
+    button(login, function () {
       var ceremony;
-      button.disabled = true;
-      loginStatus.textContent = "";
-      post("/api/v1/auth/passkeys/options", {})
+      return post(login.getAttribute("data-options"), {}, login.getAttribute("data-csrf"))
         .then(function (answer) {
           ceremony = answer.ceremony;
           return navigator.credentials.get({ publicKey: withBuffers(answer.public_key) });
         })
+        .then(function (credential) { return signIn(login, ceremony, credential); });
+    });
+  }
+
+  var second = document.getElementById("passkey-second-step");
+  if (second) {
+    button(second, function () {
+      // The options are this sign-in's, used once: a second try signs in from the start.
+      var options = JSON.parse(second.getAttribute("data-public-key"));
+      return navigator.credentials.get({ publicKey: withBuffers(options) })
         .then(function (credential) {
-          return post("/api/v1/auth/passkeys/login", {
-            ceremony: ceremony, credential: asJson(credential), mode: "cookie"
-          });
-        })
-        .then(function () { window.location.assign(login.getAttribute("data-next")); })
-        .catch(function (problem) {
-          button.disabled = false;
-          say(loginStatus, problem);
+          return signIn(second, second.getAttribute("data-ceremony"), credential);
         });
     });
   }
@@ -105,31 +141,40 @@
   var add = document.getElementById("passkey-add");
   if (add) {
     var addStatus = document.getElementById("passkey-add-status");
-    var password = add.querySelector("[name=password]");
+    var asked = ["password", "code"].map(function (name) {
+      return add.querySelector("[name=" + name + "]");
+    }).filter(Boolean);
     var csrf = add.querySelector("[name=csrf]").value;
     add.hidden = false;
     add.addEventListener("submit", function (event) {
       event.preventDefault();
       var submit = add.querySelector("button[type=submit]");
+      var again = {};
       submit.disabled = true;
       addStatus.textContent = "";
-      password.removeAttribute("aria-invalid");
-      post("/api/v1/me/passkeys/options", { password: password.value }, csrf)
+      asked.forEach(function (f) {
+        f.removeAttribute("aria-invalid");
+        again[f.name] = f.value;
+      });
+      post(add.getAttribute("data-options"), again, csrf)
         .then(function (answer) {
           return navigator.credentials.create({ publicKey: withBuffers(answer.public_key) });
         })
         .then(function (credential) {
           var name = add.querySelector("[name=name]").value.trim();
-          return post("/api/v1/me/passkeys", {
+          return post(add.getAttribute("data-register"), {
             credential: asJson(credential), name: name || null
           }, csrf);
         })
         .then(function () { window.location.assign(add.getAttribute("data-done")); })
         .catch(function (problem) {
           submit.disabled = false;
-          if (problem && problem.field === "password") {
-            password.setAttribute("aria-invalid", "true");
-            password.focus();
+          var field = asked.filter(function (f) {
+            return problem && problem.field === f.name;
+          })[0];
+          if (field) {
+            field.setAttribute("aria-invalid", "true");
+            field.focus();
           }
           say(addStatus, problem);
         });
