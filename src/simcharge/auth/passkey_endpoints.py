@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,7 @@ from simcharge.accounts.models import Account
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.auth import passkeys, second_step
 from simcharge.auth import service as auth
+from simcharge.auth.client import ClientInfo
 from simcharge.auth.deps import (
     Client,
     CurrentCustomer,
@@ -28,6 +29,9 @@ from simcharge.auth.deps import (
 from simcharge.auth.endpoints import raise_refused, signed_in_answer
 from simcharge.auth.models import AuthSession, Passkey
 from simcharge.auth.schemas import Done, LoginOut, PasswordIn, RecoveryCodesOut
+from simcharge.auth.throttle import RateLimits
+from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import Refused
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
@@ -152,6 +156,38 @@ async def login(
 ) -> LoginOut:
     """A session as `POST /api/v1/auth/login` opens one, with two-step verification satisfied
     (the authenticator verified its holder)."""
+    return await _signed_in_with(
+        passkeys.login_with_passkey, body, request, response, db, settings, client, limits
+    )
+
+
+class _SignsIn(Protocol):
+    async def __call__(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        *,
+        handle: str,
+        credential: dict[str, Any],
+        client: ClientInfo,
+        now: datetime,
+        replacing: str | None = None,
+    ) -> auth.SignedIn | Refused: ...
+
+
+async def _signed_in_with(
+    finish: _SignsIn,
+    body: PasskeyLoginIn | SecondStepIn,
+    request: Request,
+    response: Response,
+    db: Database,
+    settings: Settings,
+    client: ClientInfo,
+    limits: RateLimits,
+) -> LoginOut:
+    """A passkey ceremony's answer turned into a session (`finish`: passwordless, or the second
+    step after a password), counted per address as every sign-in; a browser's session replaces
+    the one its cookie held."""
     passkeys.relying_party(settings)
     await limits.hit("login", client.ip)
     cookie = body.mode == "cookie"
@@ -159,7 +195,7 @@ async def login(
         client = replace(client, device_id=uuid7().hex)
     held = request.cookies.get(session_cookie(settings)) if cookie else None
     result = await db.run(
-        lambda s: passkeys.login_with_passkey(
+        lambda s: finish(
             s, settings, handle=body.ceremony, credential=body.credential, client=client,
             now=utcnow(), replacing=held,
         )
@@ -187,21 +223,9 @@ async def login_second_step(
     with a `passkey` ceremony: the answer of `navigator.credentials.get()` to its options (this
     account's passkeys only). A passkey of another account, or an answer that does not verify,
     is refused as a wrong code is (`invalid-second-factor`) and counted with wrong codes."""
-    passkeys.relying_party(settings)
-    await limits.hit("login", client.ip)
-    cookie = body.mode == "cookie"
-    if cookie and client.device_id is None:
-        client = replace(client, device_id=uuid7().hex)
-    held = request.cookies.get(session_cookie(settings)) if cookie else None
-    result = await db.run(
-        lambda s: second_step.login_second_step(
-            s, settings, handle=body.ceremony, credential=body.credential, client=client,
-            now=utcnow(), replacing=held,
-        )
-    )  # fmt: skip
-    raise_refused(result)
-    assert isinstance(result, auth.SignedIn)
-    return signed_in_answer(request, response, settings, result, client, cookie=cookie)
+    return await _signed_in_with(
+        second_step.login_second_step, body, request, response, db, settings, client, limits
+    )
 
 
 # --- my passkeys ----------------------------------------------------------------------------

@@ -206,19 +206,23 @@ async def issue_challenge(
     return challenge
 
 
-async def spend_challenge(
+_NOT_OURS = object()
+"""What `challenge_spent` answers for a challenge not ours, spent, expired or another holder's."""
+
+
+async def challenge_spent(
     session: AsyncSession,
     settings: Settings,
     challenge: bytes,
     *,
     purpose: str,
     holder: str,
-    account_id: uuid.UUID | None,
     now: datetime,
-) -> bool:
+) -> uuid.UUID | object | None:
     """Spend the challenge the answer names (a conditional update: used once, whatever follows,
-    even by two answers at once); whether it is one of ours for this purpose, holder and
-    account, still valid."""
+    even by two answers at once): the account it was issued for (None: for no account, a
+    passwordless sign-in's) when it is one of ours for this purpose and holder, still valid;
+    else `_NOT_OURS`."""
     spent = (
         await session.execute(
             update(PasskeyChallenge)
@@ -235,12 +239,32 @@ async def spend_challenge(
             )
         )
     ).first()
-    return (
-        spent is not None
-        and spent.expires_at > now
-        and spent.account_id == account_id
-        and constant_time_equals(spent.holder_hash, holder_hash(settings.secret_key, holder))
+    if (
+        spent is None
+        or spent.expires_at <= now
+        or not constant_time_equals(spent.holder_hash, holder_hash(settings.secret_key, holder))
+    ):
+        return _NOT_OURS
+    account_id: uuid.UUID | None = spent.account_id
+    return account_id
+
+
+async def spend_challenge(
+    session: AsyncSession,
+    settings: Settings,
+    challenge: bytes,
+    *,
+    purpose: str,
+    holder: str,
+    account_id: uuid.UUID | None,
+    now: datetime,
+) -> bool:
+    """Spend the challenge (`challenge_spent`); whether it was valid and issued for
+    `account_id`."""
+    spent = await challenge_spent(
+        session, settings, challenge, purpose=purpose, holder=holder, now=now
     )
+    return spent is not _NOT_OURS and spent == account_id
 
 
 MALFORMED = (WebAuthnException, ValueError, TypeError, KeyError, AttributeError)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from webauthn.helpers.exceptions import WebAuthnException
 
@@ -34,12 +34,11 @@ from simcharge.accounts.models import SIGNED_OUT_FOR_GOOD, Account, AccountStatu
 from simcharge.auth import totp
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
-from simcharge.auth.models import Passkey, PasskeyChallenge, PasskeySecondFactor
+from simcharge.auth.models import Passkey, PasskeySecondFactor
 from simcharge.auth.passkeys import (
     CHALLENGE_TTL,
     PasskeyChallengeInvalid,
-    challenge_hash,
-    holder_hash,
+    challenge_spent,
     issue_challenge,
     parsed_authentication,
     passkeys_of,
@@ -60,7 +59,6 @@ from simcharge.auth.service import (
 )
 from simcharge.config import Settings
 from simcharge.errors import Conflict, Refused
-from simcharge.kit.crypto import constant_time_equals
 from simcharge.kit.translations import N_
 from simcharge.notifications.service import notify
 
@@ -123,30 +121,10 @@ async def _spend(
 ) -> uuid.UUID | None:
     """Spend the second step's challenge the answer names (once, whatever follows); the account
     of its pending sign-in when it is one of ours, still valid, and `handle` is its client's."""
-    spent = (
-        await session.execute(
-            update(PasskeyChallenge)
-            .where(
-                PasskeyChallenge.challenge_hash == challenge_hash(settings.secret_key, challenge),
-                PasskeyChallenge.purpose == SECOND_STEP,
-                PasskeyChallenge.used_at.is_(None),
-            )
-            .values(used_at=now)
-            .returning(
-                PasskeyChallenge.expires_at,
-                PasskeyChallenge.holder_hash,
-                PasskeyChallenge.account_id,
-            )
-        )
-    ).first()
-    if (
-        spent is None
-        or spent.expires_at <= now
-        or not constant_time_equals(spent.holder_hash, holder_hash(settings.secret_key, handle))
-    ):
-        return None
-    account_id: uuid.UUID | None = spent.account_id
-    return account_id
+    spent = await challenge_spent(
+        session, settings, challenge, purpose=SECOND_STEP, holder=handle, now=now
+    )
+    return spent if isinstance(spent, uuid.UUID) else None
 
 
 async def login_second_step(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -19,12 +20,17 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
 from simcharge.auth import passkeys, second_step
 from simcharge.auth import service as auth
+from simcharge.auth.client import ClientInfo
 from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
 from simcharge.auth.endpoints import equalize
 from simcharge.auth.events import EventKind, events_of, record_event
 from simcharge.auth.models import AuthSession, CodePurpose
+from simcharge.auth.service import Reauthentication
 from simcharge.auth.sessions import live_sessions, revoke, session_of_account
+from simcharge.auth.throttle import RateLimits
 from simcharge.auth.totp import Enrolment
+from simcharge.config import Settings
+from simcharge.db import Database
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_, translate
@@ -266,14 +272,47 @@ async def disable_totp(
 async def recovery_codes(
     request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
 ) -> Response:
+    return await _showing_codes(
+        request, page, db, settings, client, limits, auth.regenerate_recovery_codes, form="codes"
+    )
+
+
+class _GivesCodes(Protocol):
+    async def __call__(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        account: Account,
+        *,
+        password: str,
+        client: ClientInfo,
+        now: datetime,
+        counted: Reauthentication,
+    ) -> list[str] | Refused: ...
+
+
+async def _showing_codes(
+    request: Request,
+    page: Visitor,
+    db: Database,
+    settings: Settings,
+    client: ClientInfo,
+    limits: RateLimits,
+    action: _GivesCodes,
+    *,
+    form: str,
+) -> Response:
+    """A change asking the password again whose answer is new recovery codes (new codes; two-step
+    sign-in with a passkey turned on): the codes shown once, or the security page with the
+    refusal at the form `form`."""
     require(page)
-    form = await form_of(request, page)
+    fields = await form_of(request, page)
 
     async def run(s: AsyncSession) -> list[str] | Refused:
-        return await auth.regenerate_recovery_codes(
-            s, settings, await _locked(s, page), password=form.get("password", ""),
+        return await action(
+            s, settings, await _locked(s, page), password=fields.get("password", ""),
             client=client, now=utcnow(), counted=counted,
-        )
+        )  # fmt: skip
 
     try:
         counted = await auth.count_reauthentication(limits, client, page.account.id)
@@ -283,8 +322,8 @@ async def recovery_codes(
         summary, errors = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            headers=exc.headers, form="codes",
-        )
+            headers=exc.headers, form=form,
+        )  # fmt: skip
     assert isinstance(result, list)
     return render(request, page, "recovery_codes.html", codes=result)
 
@@ -387,27 +426,9 @@ async def enable_passkey_two_step(
 ) -> Response:
     """Turn two-step sign-in with a passkey on (the password again); the recovery codes shown
     once, as when the app's two-step verification is turned on."""
-    require(page)
-    form = await form_of(request, page)
-
-    async def run(s: AsyncSession) -> list[str] | Refused:
-        return await second_step.enable(
-            s, settings, await _locked(s, page), password=form.get("password", ""),
-            client=client, now=utcnow(), counted=counted,
-        )  # fmt: skip
-
-    try:
-        counted = await auth.count_reauthentication(limits, client, page.account.id)
-        result = await db.run(run)
-        _refused(result)
-    except SimchargeError as exc:
-        summary, errors = error_texts(exc, page.language)
-        return await _security_page(
-            request, page, db, settings, status=exc.status, errors=errors, error=summary,
-            headers=exc.headers, form="passkey_two_step",
-        )
-    assert isinstance(result, list)
-    return render(request, page, "recovery_codes.html", codes=result)
+    return await _showing_codes(
+        request, page, db, settings, client, limits, second_step.enable, form="passkey_two_step"
+    )
 
 
 @router.post("/account/security/passkeys/two-step/off")
