@@ -99,3 +99,74 @@ async def test_two_step_with_a_passkey_is_in_the_export_and_gone_with_the_accoun
     assert r.status_code in (200, 202), r.text
     async with db.read() as s:
         assert (await s.execute(select(func.count()).select_from(PasskeySecondFactor))).scalar_one() == 0
+
+
+async def _confirm(
+    client: httpx.AsyncClient, customer: Customer, device: Authenticator
+) -> dict[str, object]:
+    r = await client.post("/api/v1/me/passkeys/confirm/options", headers=customer.auth)
+    assert r.status_code == 200, r.text
+    return device.get(r.json()["public_key"])
+
+
+async def test_with_two_step_by_passkey_a_change_asks_one_of_its_own_passkeys(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver, db: Database
+) -> None:
+    """The same gap with two-step sign-in with a passkey on: adding a passkey (or turning the
+    two-step off) with the password alone. Its second factor is one of the account's passkeys'
+    answer to the confirm options — this account's, this session's, used once — or a recovery
+    code."""
+    customer, device = await with_passkey(client, inbox, deliver)
+    other, stranger = await with_passkey(client, inbox, deliver)
+    r = await client.post(
+        "/api/v1/me/passkeys/two-step", json={"password": PASSWORD}, headers=customer.auth
+    )
+    assert r.status_code == 200, r.text
+    options = "/api/v1/me/passkeys/options"
+
+    r = await client.post(options, json={"password": PASSWORD}, headers=customer.auth)
+    assert r.status_code == 401 and problem(r)["field"] == "code", r.text
+    # Another account's passkey answering this account's challenge: refused as a wrong code.
+    ask = await client.post("/api/v1/me/passkeys/confirm/options", headers=customer.auth)
+    foreign = stranger.get(ask.json()["public_key"])
+    r = await client.post(
+        options, json={"password": PASSWORD, "credential": foreign}, headers=customer.auth
+    )
+    assert r.status_code == 401, r.text
+    assert (problem(r)["type"].endswith("/invalid-second-factor"), problem(r)["field"]) == (
+        True, "credential",
+    )
+    # Another account's challenge answered by this account's passkey: not this session's.
+    theirs = await client.post("/api/v1/me/passkeys/confirm/options", headers=other.auth)
+    r = await client.post(
+        options,
+        json={"password": PASSWORD, "credential": device.get(theirs.json()["public_key"])},
+        headers=customer.auth,
+    )
+    assert r.status_code == 401 and problem(r)["field"] == "credential", r.text
+    # A malformed answer: bad input, nothing spent.
+    r = await client.post(
+        options, json={"password": PASSWORD, "credential": {"id": "x"}}, headers=customer.auth
+    )
+    assert r.status_code == 422 and problem(r)["type"].endswith("/passkey-invalid"), r.text
+    assert await _passkeys(db) == 2
+
+    # Its own passkey's answer: once.
+    answer = await _confirm(client, customer, device)
+    r = await client.post(
+        options, json={"password": PASSWORD, "credential": answer}, headers=customer.auth
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        options, json={"password": PASSWORD, "credential": answer}, headers=customer.auth
+    )
+    assert r.status_code == 401 and problem(r)["field"] == "credential", r.text  # replayed
+
+
+async def test_the_confirm_options_need_a_session_and_a_passkey(
+    client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver
+) -> None:
+    assert (await client.post("/api/v1/me/passkeys/confirm/options")).status_code == 401
+    bare = await signup(client, inbox, deliver, with_phone=False)
+    r = await client.post("/api/v1/me/passkeys/confirm/options", headers=bare.auth)
+    assert r.status_code == 409 and problem(r)["type"].endswith("/no-passkey"), r.text

@@ -8,6 +8,7 @@ recovery codes, the holder told), and the last passkey it needs kept."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -25,7 +26,6 @@ from simcharge.kit.clock import clock, utcnow
 from tests.auth.helpers import PASSWORD, Customer, Deliver, login, problem, signup
 from tests.auth.test_passkeys import (
     Authenticator,
-    add_passkey,
     b64,
     events,
     portal_session,
@@ -54,6 +54,15 @@ async def turn_on(client: httpx.AsyncClient, customer: Customer) -> list[str]:
     assert r.status_code == 200, r.text
     codes: list[str] = r.json()["recovery_codes"]
     return codes
+
+
+async def confirmation(
+    client: httpx.AsyncClient, customer: Customer, device: Authenticator
+) -> dict[str, Any]:
+    """One of the holder's passkeys confirming a change: its answer to the confirm options."""
+    r = await client.post("/api/v1/me/passkeys/confirm/options", headers=customer.auth)
+    assert r.status_code == 200, r.text
+    return device.get(r.json()["public_key"])
 
 
 async def pending(client: httpx.AsyncClient, customer: Customer) -> dict[str, Any]:
@@ -330,15 +339,23 @@ async def test_two_step_sign_in_with_a_passkey(
     )
     assert r.status_code == 200, r.text
 
-    # Off: the password again; the codes go, the holder is told, the password alone signs in.
+    # Off: the password again and a passkey's answer (the password alone is refused, as the
+    # app's code is asked to turn the app off); the codes go, the holder is told, the password
+    # alone signs in.
     r = await client.post(
         "/api/v1/me/passkeys/two-step/disable", json={"password": "wrong-password-22"},
         headers=customer.auth,
     )
     assert r.status_code == 401
-    inbox.messages.clear()
     r = await client.post(
         "/api/v1/me/passkeys/two-step/disable", json={"password": PASSWORD},
+        headers=customer.auth,
+    )
+    assert r.status_code == 401 and problem(r)["field"] == "code", r.text
+    inbox.messages.clear()
+    r = await client.post(
+        "/api/v1/me/passkeys/two-step/disable",
+        json={"password": PASSWORD, "credential": await confirmation(client, customer, device)},
         headers=customer.auth,
     )
     assert r.status_code == 200, r.text
@@ -351,6 +368,7 @@ async def test_two_step_sign_in_with_a_passkey(
         assert left.scalars().all() == []
     kinds = [(e.kind, e.success) for e in await events(db, "passkey_second_factor_disabled")]
     assert kinds == [("passkey_second_factor_disabled", False),
+                     ("passkey_second_factor_disabled", False),
                      ("passkey_second_factor_disabled", True)]
     r = await client.post(
         "/api/v1/me/passkeys/two-step/disable", json={"password": PASSWORD},
@@ -387,8 +405,8 @@ async def test_it_needs_a_passkey_and_no_app(
 async def test_the_last_passkey_of_two_step_cannot_be_removed(
     client: httpx.AsyncClient, inbox: SmtpInbox, deliver: Deliver, db: Database
 ) -> None:
-    customer, _ = await with_passkey(client, inbox, deliver)
-    await turn_on(client, customer)
+    customer, device = await with_passkey(client, inbox, deliver)
+    codes = await turn_on(client, customer)
     [only] = (await client.get("/api/v1/me/passkeys", headers=customer.auth)).json()
     r = await client.delete(f"/api/v1/me/passkeys/{only['id']}", headers=customer.auth)
     assert r.status_code == 409
@@ -396,20 +414,36 @@ async def test_the_last_passkey_of_two_step_cannot_be_removed(
     assert problem(r)["field"] == "passkey_id"
     assert len((await client.get("/api/v1/me/passkeys", headers=customer.auth)).json()) == 1
     assert await events(db, "passkey_removed") == []
-    # With a second one, either may go; then the last stays again.
-    assert (await add_passkey(client, customer, Authenticator())).status_code == 201
+    # With a second one (added with the first one's answer: the two-step's second factor),
+    # either may go; then the last stays again.
+    r = await client.post(
+        "/api/v1/me/passkeys/options", json={"password": PASSWORD}, headers=customer.auth
+    )
+    assert r.status_code == 401 and problem(r)["field"] == "code", r.text
+    r = await client.post(
+        "/api/v1/me/passkeys/options",
+        json={"password": PASSWORD, "credential": await confirmation(client, customer, device)},
+        headers=customer.auth,
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/api/v1/me/passkeys",
+        json={"credential": Authenticator().create(r.json()["public_key"]), "name": "second"},
+        headers=customer.auth,
+    )
+    assert r.status_code == 201, r.text
     assert (
         await client.delete(f"/api/v1/me/passkeys/{only['id']}", headers=customer.auth)
     ).status_code == 200
     [last] = (await client.get("/api/v1/me/passkeys", headers=customer.auth)).json()
     r = await client.delete(f"/api/v1/me/passkeys/{last['id']}", headers=customer.auth)
     assert r.status_code == 409
-    # Two-step off: the last one goes.
+    # Two-step off (with a recovery code this time): the last one goes.
     r = await client.post(
-        "/api/v1/me/passkeys/two-step/disable", json={"password": PASSWORD},
+        "/api/v1/me/passkeys/two-step/disable", json={"password": PASSWORD, "code": codes[0]},
         headers=customer.auth,
     )
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     r = await client.delete(f"/api/v1/me/passkeys/{last['id']}", headers=customer.auth)
     assert r.status_code == 200
 
@@ -478,9 +512,20 @@ async def test_the_portal_turns_it_on_and_off_and_keeps_the_last_passkey(
     client.cookies.clear()
     await portal_session_two_step(client, customer, device)
     page = await client.get("/account/security")
+    off = "/account/security/passkeys/two-step/off"
+    r = await client.post(off, data={"csrf": csrf_of(page.text), "password": PASSWORD})
+    assert r.status_code == 401  # the password alone: the page again, the code field marked
+    assert 'id="e-pk-off-code"' in r.text and 'aria-invalid="true"' in r.text
+    r = await client.post(off, data={
+        "csrf": csrf_of(page.text), "password": PASSWORD, "credential": "{not json"})
+    assert r.status_code == 422 and 'id="e-pk-off-credential"' in r.text  # no passkey's answer
+    ask = await client.post(
+        "/api/v1/me/passkeys/confirm/options", headers={"x-csrf-token": csrf_of(page.text)}
+    )
+    assert ask.status_code == 200, ask.text
+    answer = json.dumps(device.get(ask.json()["public_key"]))
     r = await client.post(
-        "/account/security/passkeys/two-step/off",
-        data={"csrf": csrf_of(page.text), "password": PASSWORD},
+        off, data={"csrf": csrf_of(page.text), "password": PASSWORD, "credential": answer}
     )
     assert r.headers["location"] == "/account/security?done=passkey_two_step_off"
     page = await client.get(r.headers["location"])

@@ -90,14 +90,27 @@ class PasskeyTwoStepOut(Schema):
     )
 
 
-class PasskeyOptionsIn(_In):
+class ConfirmedIn(_In):
+    """A change that asks the password and, with two-step verification on, its second factor."""
+
     password: str = Field(max_length=1024, description="The account's password, asked again.")
     code: str = Field(
         default="",
         max_length=64,
-        description="When two-step verification with an authenticator app is on: a current "
-        "code or a recovery code (else `401 invalid-second-factor`, field `code`).",
+        description="With the authenticator app on: a current code or a recovery code. With "
+        "two-step sign-in with a passkey on: a recovery code, unless `credential` is given "
+        "(else `401 invalid-second-factor`, field `code`).",
     )
+    credential: dict[str, Any] | None = Field(
+        default=None,
+        description="With two-step sign-in with a passkey (or the app) on: one of the account's "
+        "passkeys' answer to `POST /me/passkeys/confirm/options`, as `PublicKeyCredential."
+        "toJSON()` writes it (not this account's, this session's or verified: `401 "
+        "invalid-second-factor`, field `credential`; malformed: `422 passkey-invalid`).",
+    )
+
+
+PasskeyOptionsIn = ConfirmedIn
 
 
 class PasskeyIn(_In):
@@ -248,6 +261,25 @@ async def my_passkeys(customer: CurrentCustomer, db: DB) -> list[PasskeyOut]:
 
 
 @router.post(
+    "/me/passkeys/confirm/options",
+    response_model=CeremonyOut,
+    summary="Options to confirm a change with one of my passkeys (navigator.credentials.get())",
+)
+async def confirm_options(customer: CurrentCustomer, db: DB, settings: AppSettings) -> CeremonyOut:
+    """For the second factor of two-step sign-in with a passkey: the answer goes with the
+    change as `credential` (adding a passkey, turning the two-step off). Bound to this account
+    and this session, valid 5 minutes, used once; `409 no-passkey` without a passkey."""
+    passkeys.relying_party(settings)
+
+    async def run(s: AsyncSession) -> passkeys.Ceremony:
+        account, auth_session = await _held(s, customer)
+        return await passkeys.confirm_options(s, settings, account, auth_session, utcnow())
+
+    result = await db.run(run)
+    return CeremonyOut(public_key=result.options, expires_at=result.expires_at)
+
+
+@router.post(
     "/me/passkeys/options",
     response_model=CeremonyOut,
     summary="Start adding a passkey (the password again): options for navigator.credentials.create()",
@@ -267,7 +299,7 @@ async def registration_options(
         account, auth_session = await _held(s, customer)
         return await passkeys.registration_options(
             s, settings, account, auth_session, password=body.password, code=body.code,
-            client=client, now=utcnow(), counted=counted,
+            credential=body.credential, client=client, now=utcnow(), counted=counted,
         )  # fmt: skip
 
     result = await db.run(run)
@@ -385,10 +417,11 @@ async def enable_passkey_two_step(
 @router.post(
     "/me/passkeys/two-step/disable",
     response_model=Done,
-    summary="Turn off two-step sign-in with a passkey (the password again)",
+    summary="Turn off two-step sign-in with a passkey (the password and a passkey's answer or a "
+    "recovery code)",
 )
 async def disable_passkey_two_step(
-    body: PasswordIn,
+    body: ConfirmedIn,
     customer: CurrentCustomer,
     db: DB,
     settings: AppSettings,
@@ -398,10 +431,10 @@ async def disable_passkey_two_step(
     counted = await auth.count_reauthentication(limits, client, customer.account.id)
 
     async def run(s: AsyncSession) -> Refused | None:
-        account, _ = await _held(s, customer)
+        account, auth_session = await _held(s, customer)
         return await second_step.disable(
-            s, settings, account, password=body.password, client=client, now=utcnow(),
-            counted=counted,
+            s, settings, account, auth_session, password=body.password, code=body.code,
+            credential=body.credential, client=client, now=utcnow(), counted=counted,
         )  # fmt: skip
 
     raise_refused(await db.run(run))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -92,7 +92,7 @@ ALGORITHMS = [
     COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
 ]
 """The signature algorithms accepted: what platform authenticators and security keys use."""
-REGISTER, LOGIN = "register", "login"
+REGISTER, LOGIN, CONFIRM = "register", "login", "confirm"
 DEFAULT_NAME = N_("Passkey")
 """The name of a passkey added without one from a client that does not say what it is: stored
 translated in its holder's language (`default_name`)."""
@@ -415,19 +415,23 @@ async def registration_options(
     *,
     password: str,
     code: str = "",
+    credential: dict[str, Any] | None = None,
     client: ClientInfo,
     now: datetime,
     counted: Reauthentication,
 ) -> Ceremony | Refused:
     """Options to make a passkey for `account`, once its password was given again, and a
     current code or recovery code when two-step verification with an app is on (guarded and
-    counted as every re-entered password: `service.confirm_both_factors`). The challenge is bound to
-    the account and to this session. The account's passkeys are excluded (an authenticator that
-    holds one says so instead of making a second)."""
+    counted as every re-entered password: `service.confirm_both_factors`). With two-step
+    sign-in with a passkey on, the second factor is one of its passkeys' answer to
+    `confirm_options` (`credential`) or a recovery code. The challenge is bound to the account
+    and to this session. The account's passkeys are excluded (an authenticator that holds one
+    says so instead of making a second)."""
     relying_party(settings)  # passkeys off: refused before anything is read or written
     refused = await confirm_both_factors(
         session, settings, account, password, code, kind=EventKind.passkey_added,
         client=client, now=now, counted=counted,
+        passkey=confirmed_by(session, settings, account, auth, credential, client, now),
     )  # fmt: skip
     if refused is not None:
         return refused
@@ -445,6 +449,82 @@ async def registration_options(
     )
     return Ceremony(options, now + CHALLENGE_TTL)
 
+
+
+async def confirm_options(
+    session: AsyncSession, settings: Settings, account: Account, auth: AuthSession, now: datetime
+) -> Ceremony:
+    """Options to confirm a change with one of the account's own passkeys (the second factor
+    of an account with two-step sign-in with a passkey: before another passkey is added, or the
+    two-step turned off): a challenge bound to the account and to this session, used once."""
+    relying_party(settings)
+    own = await passkeys_of(session, account.id)
+    if not own:
+        raise NoPasskeyToConfirm()
+    challenge = await issue_challenge(
+        session, settings, purpose=CONFIRM, account_id=account.id, holder=str(auth.id), now=now
+    )
+    options = request_options(settings, challenge, ((p.credential_id, p.transports) for p in own))
+    return Ceremony(options, now + CHALLENGE_TTL)
+
+
+def confirmed_by(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    auth: AuthSession,
+    credential: dict[str, Any] | None,
+    client: ClientInfo,
+    now: datetime,
+) -> Callable[[], Awaitable[bool]] | None:
+    """The check of `credential`, the answer to `confirm_options` (None when none was given):
+    its challenge spent (once, whatever follows) and issued to this account and session, signed
+    by one of the account's passkeys with user verification, its counter gone forward."""
+    if credential is None:
+        return None
+
+    async def check() -> bool:
+        # Malformed: `422 passkey-invalid` (field `credential`), nothing spent or counted.
+        parsed, challenge = parsed_authentication(credential)
+        if not await spend_challenge(
+            session, settings, challenge, purpose=CONFIRM, holder=str(auth.id),
+            account_id=account.id, now=now,
+        ):  # fmt: skip
+            return False
+        passkey = (
+            await session.execute(
+                select(Passkey)
+                .where(Passkey.credential_id == parsed.raw_id, Passkey.account_id == account.id)
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        handle = parsed.response.user_handle
+        if passkey is None or (handle is not None and handle != account.id.bytes):
+            return False
+        try:
+            verified = verified_assertion(settings, parsed, challenge, passkey.public_key)
+        except WebAuthnException:
+            return False
+        if (verified.new_sign_count or passkey.sign_count) and (
+            verified.new_sign_count <= passkey.sign_count
+        ):
+            await record_event(
+                session, EventKind.passkey_sign_count_regressed, account_id=account.id,
+                client=client, success=False, now=now,
+                details={"passkey_id": str(passkey.id), "stored": passkey.sign_count,
+                         "presented": verified.new_sign_count, "step": "confirm"},
+            )  # fmt: skip
+            return False
+        passkey.sign_count = verified.new_sign_count
+        passkey.last_used_at = now
+        return True
+
+    return check
+
+
+class NoPasskeyToConfirm(Conflict):
+    slug = "no-passkey"
+    title = N_("You have no passkey to confirm with.")
 
 
 async def register_passkey(

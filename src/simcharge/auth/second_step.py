@@ -34,11 +34,12 @@ from simcharge.accounts.models import SIGNED_OUT_FOR_GOOD, Account, AccountStatu
 from simcharge.auth import totp
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
-from simcharge.auth.models import Passkey, PasskeySecondFactor
+from simcharge.auth.models import AuthSession, Passkey, PasskeySecondFactor
 from simcharge.auth.passkeys import (
     CHALLENGE_TTL,
     PasskeyChallengeInvalid,
     challenge_spent,
+    confirmed_by,
     issue_challenge,
     parsed_authentication,
     passkeys_of,
@@ -50,6 +51,7 @@ from simcharge.auth.service import (
     AccountLocked,
     Reauthentication,
     SignedIn,
+    confirm_both_factors,
     confirm_password,
     passkey_second_factor_on,
     second_step_failed,
@@ -268,21 +270,26 @@ async def disable(
     session: AsyncSession,
     settings: Settings,
     account: Account,
+    auth: AuthSession,
     *,
     password: str,
+    code: str = "",
+    credential: dict[str, Any] | None = None,
     client: ClientInfo,
     now: datetime,
     counted: Reauthentication,
 ) -> Refused | None:
-    """Turn two-step sign-in with a passkey off (the password asked again: what adding or
-    removing a passkey asks); the recovery codes go with it, and the holder is told as when the
+    """Turn two-step sign-in with a passkey off: the password and its second factor (one of the
+    passkeys' answer to `passkeys.confirm_options`, or a recovery code), as turning the app off
+    asks the app's code; the recovery codes go with it, and the holder is told as when the
     app's two-step verification is turned off."""
     row = await session.get(PasskeySecondFactor, account.id, with_for_update=True)
     if row is None:
         raise PasskeyTwoStepOff()
-    refused = await confirm_password(
-        session, settings, account, password, field="password",
+    refused = await confirm_both_factors(
+        session, settings, account, password, code,
         kind=EventKind.passkey_second_factor_disabled, client=client, now=now, counted=counted,
+        passkey=confirmed_by(session, settings, account, auth, credential, client, now),
     )  # fmt: skip
     if refused is not None:
         return refused

@@ -1587,23 +1587,31 @@ async def confirm_both_factors(
     client: ClientInfo,
     now: datetime,
     counted: Reauthentication,
+    passkey: Callable[[], Awaitable[bool]] | None = None,
 ) -> Refused | None:
-    """The password again and, when two-step verification with an authenticator app is on, a
-    current code or a recovery code (field `code`): before adding a way to sign in that counts
-    as both factors (a passkey). The password alone would let whoever holds a stolen session and
-    the password add their own passkey and skip the code for good, which turning two-step
-    verification off (`disable_totp`) already refuses."""
+    """The password again and, when two-step verification is on, its second factor: before
+    adding a way to sign in that counts as both factors (a passkey), or turning two-step sign-in
+    with a passkey off. With the authenticator app on: a current code or a recovery code
+    (`code`). With two-step sign-in with a passkey on: an answer of one of the account's
+    passkeys (`passkey`, the check of `passkeys.confirmed_by`) or a recovery code. The password
+    alone would let whoever holds a stolen session and the password add their own passkey (or
+    drop the passkey step) and skip the second factor for good, which turning the app off
+    (`disable_totp`) already refuses. A wrong or missing one: `invalid-second-factor`, field
+    `credential` when a passkey's answer was given, else `code`."""
     password_check = _password_check(account, password, "password")
+    passkey_step = await passkey_second_factor_on(session, account)
 
     async def check() -> NotAuthenticated | None:
         wrong = await password_check()
         if wrong is not None:
             return wrong
-        if account.totp_enabled_at is not None and not await _second_factor_ok(
-            session, settings, account, code, client, now
-        ):
-            return InvalidSecondFactor(field="code")
-        return None
+        if account.totp_enabled_at is None and not passkey_step:
+            return None
+        if passkey is not None:
+            return None if await passkey() else InvalidSecondFactor(field="credential")
+        if code and await _second_factor_ok(session, settings, account, code, client, now):
+            return None
+        return InvalidSecondFactor(field="code")
 
     return await reauthenticate(
         session, settings, account, check, kind=kind, client=client, now=now, counted=counted

@@ -4,6 +4,7 @@ closing the account."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import datetime
@@ -140,6 +141,18 @@ async def _auth_session(s: AsyncSession, page: Visitor) -> AuthSession:
     row = await s.get(AuthSession, page.customer.session.id, with_for_update=True)
     assert row is not None
     return row
+
+
+def _answer(text: str) -> dict[str, Any] | None:
+    """A passkey's answer the page's script put in the form (`credential`, JSON); none when
+    empty (no script, or a recovery code typed instead). Not an object: refused as a wrong one."""
+    if not text:
+        return None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    return answer if isinstance(answer, dict) else {}
 
 
 def _refused(result: object) -> None:
@@ -438,10 +451,13 @@ async def disable_passkey_two_step(
     require(page)
     form = await form_of(request, page)
 
+    credential = _answer(form.get("credential", ""))
+
     async def run(s: AsyncSession) -> Refused | None:
         return await second_step.disable(
-            s, settings, await _locked(s, page), password=form.get("password", ""),
-            client=client, now=utcnow(), counted=counted,
+            s, settings, await _locked(s, page), await _auth_session(s, page),
+            password=form.get("password", ""), code=form.get("code", "").strip(),
+            credential=credential, client=client, now=utcnow(), counted=counted,
         )  # fmt: skip
 
     try:

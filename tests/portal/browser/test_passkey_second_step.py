@@ -2,7 +2,8 @@
 passkey on the security page, the holder turns two-step sign-in with a passkey on there (the
 password again, a wrong one told in the form; the recovery codes shown once), and the next sign-in
 with the password asks for the passkey, which the shared passkeys.js gets from the authenticator
-for this sign-in only. Served at `http://localhost:<port>` as `test_passkeys` explains."""
+for this sign-in only; turning it off asks the passkey again. Served at
+`http://localhost:<port>` as `test_passkeys` explains."""
 
 from __future__ import annotations
 
@@ -82,6 +83,14 @@ async def test_a_passkey_as_the_second_step(on_localhost: Live, browser: Any) ->
                 )
             )).scalars().all()
         assert [d["mfa"] for d in logins if d.get("method") == "password+passkey"] == [True]
+
+        # Turning it off asks the password and the passkey again (passkeys.js gets its answer to
+        # the confirm options and sends it with the form), as the app's code is asked.
+        await page.goto(live.base + "/account/security")
+        await page.fill("#f-pk-off-password", PASSWORD)
+        async with page.expect_navigation(url="**/account/security?done=passkey_two_step_off"):
+            await page.click("#passkey-confirm button[type=submit]")
+        assert "Two-step sign-in with a passkey is off." in await page.locator("main").inner_text()
         assert not problems
     finally:
         await context.close()

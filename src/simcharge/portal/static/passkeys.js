@@ -9,7 +9,12 @@
 //   #passkey-second-step  the second step after the password: data-ceremony, data-public-key
 //                         (the options, JSON), data-login, data-next, data-mode.
 //   #passkey-add          a form (password, optional code and name, csrf); data-options,
-//                         data-register, data-done.
+//                         data-register, data-done; data-confirm (a route giving options to
+//                         confirm with one of the holder's passkeys first) when the change
+//                         asks for one: its answer goes with the options' request.
+//   #passkey-confirm      a plain form that asks one of the holder's passkeys (data-confirm)
+//                         unless its recovery `code` is filled; the answer, as JSON, goes in
+//                         its hidden `credential` field and the form is sent as it is.
 //
 // Each is hidden in the page and shown here only where the browser can use passkeys; everything
 // else on those pages works without this file. The status element next to each (…-status)
@@ -138,6 +143,15 @@
     });
   }
 
+  // One of the holder's passkeys, asked to confirm a change: its answer, ready to send.
+  function confirmed(url, csrf) {
+    return post(url, {}, csrf)
+      .then(function (answer) {
+        return navigator.credentials.get({ publicKey: withBuffers(answer.public_key) });
+      })
+      .then(asJson);
+  }
+
   var add = document.getElementById("passkey-add");
   if (add) {
     var addStatus = document.getElementById("passkey-add-status");
@@ -156,7 +170,12 @@
         f.removeAttribute("aria-invalid");
         again[f.name] = f.value;
       });
-      post(add.getAttribute("data-options"), again, csrf)
+      var first = add.hasAttribute("data-confirm")
+        ? confirmed(add.getAttribute("data-confirm"), csrf)
+          .then(function (answer) { again.credential = answer; })
+        : Promise.resolve();
+      first
+        .then(function () { return post(add.getAttribute("data-options"), again, csrf); })
         .then(function (answer) {
           return navigator.credentials.create({ publicKey: withBuffers(answer.public_key) });
         })
@@ -177,6 +196,28 @@
             field.focus();
           }
           say(addStatus, problem);
+        });
+    });
+  }
+
+  var confirm = document.getElementById("passkey-confirm");
+  if (confirm) {
+    var confirmStatus = document.getElementById("passkey-confirm-status");
+    confirm.addEventListener("submit", function (event) {
+      var code = confirm.querySelector("[name=code]");
+      if (code && code.value.trim()) { return; }  // a recovery code: sent as it is
+      event.preventDefault();
+      var submit = confirm.querySelector("button[type=submit]");
+      submit.disabled = true;
+      confirmStatus.textContent = "";
+      confirmed(confirm.getAttribute("data-confirm"), confirm.querySelector("[name=csrf]").value)
+        .then(function (answer) {
+          confirm.querySelector("[name=credential]").value = JSON.stringify(answer);
+          confirm.submit();
+        })
+        .catch(function (problem) {
+          submit.disabled = false;
+          say(confirmStatus, problem);
         });
     });
   }
