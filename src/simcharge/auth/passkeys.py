@@ -402,6 +402,33 @@ def verified_assertion(
 # Registering a passkey (signed in)
 
 
+async def counter_went_back(
+    session: AsyncSession,
+    passkey: Passkey,
+    verified: VerifiedAuthentication,
+    client: ClientInfo,
+    now: datetime,
+    *,
+    step: str | None = None,
+) -> bool:
+    """Whether the answer's signature counter did not go past the stored one (a copied key,
+    when either counts): then logged as `passkey_sign_count_regressed` (`step`: which ceremony,
+    none for a passwordless sign-in) and the answer is to be refused."""
+    if not (verified.new_sign_count or passkey.sign_count) or (
+        verified.new_sign_count > passkey.sign_count
+    ):
+        return False
+    details: dict[str, Any] = {"passkey_id": str(passkey.id), "stored": passkey.sign_count,
+                               "presented": verified.new_sign_count}  # fmt: skip
+    if step is not None:
+        details["step"] = step
+    await record_event(
+        session, EventKind.passkey_sign_count_regressed, account_id=passkey.account_id,
+        client=client, success=False, details=details, now=now,
+    )  # fmt: skip
+    return True
+
+
 async def passkeys_of(session: AsyncSession, account_id: uuid.UUID) -> Sequence[Passkey]:
     stmt = select(Passkey).where(Passkey.account_id == account_id).order_by(Passkey.created_at)
     return (await session.execute(stmt)).scalars().all()
@@ -505,15 +532,7 @@ def confirmed_by(
             verified = verified_assertion(settings, parsed, challenge, passkey.public_key)
         except WebAuthnException:
             return False
-        if (verified.new_sign_count or passkey.sign_count) and (
-            verified.new_sign_count <= passkey.sign_count
-        ):
-            await record_event(
-                session, EventKind.passkey_sign_count_regressed, account_id=account.id,
-                client=client, success=False, now=now,
-                details={"passkey_id": str(passkey.id), "stored": passkey.sign_count,
-                         "presented": verified.new_sign_count, "step": "confirm"},
-            )  # fmt: skip
+        if await counter_went_back(session, passkey, verified, client, now, step="confirm"):
             return False
         passkey.sign_count = verified.new_sign_count
         passkey.last_used_at = now
@@ -648,15 +667,7 @@ async def login_with_passkey(
         verified = verified_assertion(settings, parsed, challenge, passkey.public_key)
     except WebAuthnException:
         return await _login_refused(session, account, client, now, PasskeyRefused(), "invalid")
-    if (verified.new_sign_count or passkey.sign_count) and (
-        verified.new_sign_count <= passkey.sign_count
-    ):
-        await record_event(
-            session, EventKind.passkey_sign_count_regressed, account_id=account.id,
-            client=client, success=False, now=now,
-            details={"passkey_id": str(passkey.id), "stored": passkey.sign_count,
-                     "presented": verified.new_sign_count},
-        )  # fmt: skip
+    if await counter_went_back(session, passkey, verified, client, now):
         return Refused(PasskeyRefused())
     if account.status == AccountStatus.locked:
         return await _login_refused(

@@ -40,6 +40,7 @@ from simcharge.auth.passkeys import (
     PasskeyChallengeInvalid,
     challenge_spent,
     confirmed_by,
+    counter_went_back,
     issue_challenge,
     parsed_authentication,
     passkeys_of,
@@ -179,15 +180,7 @@ async def login_second_step(
         verified = verified_assertion(settings, parsed, challenge, passkey.public_key)
     except WebAuthnException:
         return await second_step_failed(session, account, row, client, now, reason="invalid")
-    if (verified.new_sign_count or passkey.sign_count) and (
-        verified.new_sign_count <= passkey.sign_count
-    ):
-        await record_event(
-            session, EventKind.passkey_sign_count_regressed, account_id=account.id,
-            client=client, success=False, now=now,
-            details={"passkey_id": str(passkey.id), "stored": passkey.sign_count,
-                     "presented": verified.new_sign_count, "step": "second"},
-        )  # fmt: skip
+    if await counter_went_back(session, passkey, verified, client, now, step="second"):
         return await second_step_failed(
             session, account, row, client, now, reason="sign_count_regressed"
         )
