@@ -646,3 +646,20 @@ async def test_a_reset_pending_with_a_passkey_leads_to_the_password_page_then_ex
         assert r.status_code == 401 and problem(r)["type"].endswith("/passkey-refused")
         reasons = [e.details["reason"] for e in await audit_of(db, "staff.login_failed")]
         assert reasons[-1] == "reset_password_expired"
+
+
+async def test_a_form_posted_to_the_ceremony_routes_is_refused_not_a_server_error(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Found by the thirteenth round's review: a form (with its CSRF token) posted to the
+    passkey routes was read twice — once for the token, once as JSON — and answered 500."""
+    staff = await new_staff(db, settings, "agent")
+    csrf = await web_sign_in(client, staff)
+    for path in ("/backoffice/account/passkeys/options", "/backoffice/account/passkeys"):
+        r = await client.post(
+            path, data={"csrf": csrf, "password": STAFF_PASSWORD, "code": fresh_code(staff)}
+        )
+        assert r.status_code == 400, (path, r.text)
+        assert problem(r)["field"] == "body"
+    assert (await staff_row(db, staff.id)).failed_logins == 0
+    assert await count(db, StaffPasskey) == 0

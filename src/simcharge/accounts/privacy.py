@@ -451,7 +451,9 @@ async def close_account(
             targets=targets,
         )
     detached = await session.execute(
-        update(Line).where(Line.account_id == account.id).values(account_id=None, label=None)
+        update(Line)
+        .where(Line.account_id == account.id)
+        .values(account_id=None, attached_at=None, label=None)
     )
     lines_detached = int(getattr(detached, "rowcount", 0) or 0)
     ended = await revoke_all(session, account.id, reason="account_closed", now=now)

@@ -279,6 +279,7 @@ async def _attach(
     session: AsyncSession, account: Account, line: Line, *, client: ClientInfo | None, now: datetime
 ) -> None:
     line.account_id = account.id
+    line.attached_at = now
     await session.flush()
     await record_event(
         session,

@@ -70,7 +70,12 @@ class AddIn(_In):
 
 
 async def _body(request: Request, model: type[M]) -> M:
-    """The JSON body as `model`, or the API's refusal naming the field."""
+    """The JSON body as `model`, or the API's refusal naming the field. A form's body is no
+    JSON: `web_actor` has read it already for its CSRF token, and reading it again would be a
+    server error (the thirteenth round's review)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise BadRequest(N_("The body is not valid JSON."), field="body")
     try:
         raw = await request.json()
     except ValueError:

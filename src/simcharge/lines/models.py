@@ -41,6 +41,9 @@ class Line(Base):
     activation_code: Mapped[str | None] = mapped_column(String(ACTIVATION_CODE_MAX))
     """The eSIM activation code (LPA string); shown to the line's owner only."""
     account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("accounts.id"))
+    attached_at: Mapped[datetime | None] = mapped_column()
+    """Since when `account_id` holds the line (None while no account does). What the line did
+    before — another holder's transfers, top-ups and usage — is not shown to this one."""
     label: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default=LineState.available.value)
     currency: Mapped[str] = mapped_column(String(3))

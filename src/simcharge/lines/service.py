@@ -154,6 +154,7 @@ async def open_line(
         activation_code=new.activation_code,
         currency=new.currency,
         account_id=account_id,
+        attached_at=utcnow() if account_id is not None else None,
         wallet_account_id=wallet.id,
         state=state.value,
     )

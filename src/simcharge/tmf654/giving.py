@@ -205,11 +205,15 @@ async def give(
 async def given_from(
     s: AsyncSession, line: Line, *, limit: int = 100
 ) -> list[tuple[BalanceAction, Line]]:
-    """Transfers given from `line` (the caller's own), newest first, with their receivers."""
+    """Transfers given from `line` (the caller's own) since its holder attached it, newest
+    first, with their receivers: a previous holder's gifts (their receivers' numbers, their
+    reasons) are not the new holder's to read."""
+    stmt = select(BalanceAction).where(BalanceAction.line_id == line.id,
+                                       BalanceAction.kind == ActionKind.transfer.value)
+    if line.attached_at is not None:
+        stmt = stmt.where(BalanceAction.requested_at >= line.attached_at)
     actions: Sequence[BalanceAction] = (await s.execute(
-        select(BalanceAction).where(BalanceAction.line_id == line.id,
-                                    BalanceAction.kind == ActionKind.transfer.value)
-        .order_by(BalanceAction.requested_at.desc()).limit(limit)
+        stmt.order_by(BalanceAction.requested_at.desc()).limit(limit)
     )).scalars().all()
     ids = {a.receiver_line_id for a in actions if a.receiver_line_id is not None}
     receivers = {

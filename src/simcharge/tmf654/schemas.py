@@ -86,14 +86,29 @@ def _field_error(e: Any) -> FieldError:
     return FieldError(field, e.message)
 
 
+class Figure(float):
+    """A JSON number with a fraction or an exponent, read as TMF654's bodies are read
+    (`endpoints.ExactRequest`): a float for everything else, and the digits as they were
+    written (`literal`) for an amount. Through a float alone, `90071992547409.93` became
+    `…409.94` — a cent more than was sent — and `20.000000000000001` was taken as `20`."""
+
+    literal: str
+
+    def __new__(cls, text: str) -> Figure:
+        figure = super().__new__(cls, text)
+        figure.literal = text
+        return figure
+
+
 def units_of(quantity: dict[str, Any] | None, unit: str, field: str) -> int:
     """A TMF Quantity in a ledger unit: money in major units of the currency (exactly), voice in
     seconds or minutes, data in bytes/KB/MB/GB (binary), SMS in messages. At most the ledger's
     `MAX_AMOUNT` either way: more is no amount a balance can hold (nor a BIGINT column)."""
     if not quantity or "amount" not in quantity:
         raise ValidationFailed(N_("An amount is required."), field=f"{field}.amount")
+    raw = quantity["amount"]
     try:
-        value = Decimal(str(quantity["amount"]))
+        value = Decimal(raw.literal if isinstance(raw, Figure) else str(raw))
     except InvalidOperation as exc:
         raise ValidationFailed(N_("Not a number."), field=f"{field}.amount") from exc
     if not value.is_finite():  # Python's JSON reads Infinity and NaN
