@@ -19,6 +19,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.lines.models import Line, LineState
 from simcharge.orders.models import Order, Refund, SandboxPayment
 from tests.backoffice.helpers import new_staff, web_sign_in
+from tests.backoffice.test_round13_money import left_to_refund
 from tests.orders.helpers import (
     Payer,
     assert_ledger_balanced,
@@ -167,7 +168,7 @@ async def test_each_kind_is_listed_and_resolved_from_the_page(
             r = await client.post(
                 f"{url}/refund",
                 data={**back, "reason": "money taken, nothing credited",
-                      "idem": uuid.uuid4().hex},
+                      "idem": uuid.uuid4().hex, "all": "yes", "left": left_to_refund(page.text, url)},
                 headers={"user-agent": "finance-browser/2.0"},
             )
             assert r.status_code == 303, r.text

@@ -488,11 +488,14 @@ async def test_unlock_unfreeze_and_resend_receipt(
     assert r.status_code == 202
     r = await client.post(
         f"/backoffice/orders/{order['id']}/resend-receipt",
-        data={"csrf": csrf, "then": f"/backoffice/customers/{payer.account_id}"},
+        data={"csrf": csrf, "then": f"/backoffice/customers/{payer.account_id}",
+              "idem": "resend-once-1"},
         headers={"user-agent": "agent-browser/1.0"},
     )
     assert r.status_code == 303
-    assert r.headers["location"] == f"/backoffice/customers/{payer.account_id}?done=resent"
+    assert r.headers["location"] == (
+        f"/backoffice/customers/{payer.account_id}?done=receipt_resent#order-{order['id']}"
+    )
     async with db.read() as s:
         resent = list(
             (

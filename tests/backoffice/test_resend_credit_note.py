@@ -78,10 +78,13 @@ async def test_staff_send_a_credit_note_again(
     assert f'action="/backoffice/refunds/{refund_id}/resend-credit-note"' in page.text
     r = await client.post(
         f"/backoffice/refunds/{refund_id}/resend-credit-note",
-        data={"csrf": csrf, "then": f"/backoffice/customers/{payer.account_id}"},
+        data={"csrf": csrf, "then": f"/backoffice/customers/{payer.account_id}",
+              "idem": "resend-once-1"},
     )
     assert r.status_code == 303
-    assert r.headers["location"] == f"/backoffice/customers/{payer.account_id}?done=resent"
+    assert r.headers["location"] == (
+        f"/backoffice/customers/{payer.account_id}?done=credit_note_resent#order-{order['id']}"
+    )
     await run_worker(app, db, settings)
     mails = inbox.to(payer.email)
     assert len(mails) == 2

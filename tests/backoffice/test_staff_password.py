@@ -368,7 +368,7 @@ async def test_an_admin_sets_a_password_on_the_staff_page(
 
     r = await client.post(url, data={
         "csrf": csrf, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})  # fmt: skip
-    assert r.status_code == 303 and r.headers["location"] == "/backoffice/staff?done=saved"
+    assert r.status_code == 303 and r.headers["location"] == "/backoffice/staff?done=staff_password"
     assert verify_password((await staff_row(db, member.id)).password_hash, NEW_PASSWORD)
     assert await _open_sessions(db, member.id) == []
     assert len(await _audit(db, "staff.password_reset", member.id)) == 1

@@ -346,7 +346,9 @@ async def test_switching_a_member_off_ends_every_session_of_theirs(
         )
         assert r.status_code == 200
         assert await _open_sessions(db, member.id) == []
-        assert (await browser.get("/backoffice")).headers["location"] == "/backoffice/login"
+        # sent to sign in, told why (round 13: "an administrator switched your access off")
+        where = (await browser.get("/backoffice")).headers["location"]
+        assert where == "/backoffice/login?done=access_off"
     assert (await client.get("/api/v1/admin/tickets", headers=member.auth)).status_code == 401
     # Switched on again, nothing old comes back.
     r = await client.patch(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.backoffice.models import AuditEntry, StaffUser
@@ -127,9 +127,23 @@ async def entries(
     target_id: str | None = None,
     actor: str | None = None,
     action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 100,
 ) -> Sequence[AuditEntry]:
+    """Newest first, filtered; `since` inclusive, `until` exclusive; `before` the (time, id)
+    of the last entry of the page before (the next page: older ones)."""
     stmt = select(AuditEntry)
+    if since is not None:
+        stmt = stmt.where(AuditEntry.at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEntry.at < until)
+    if before is not None:
+        at, last = before
+        stmt = stmt.where(
+            or_(AuditEntry.at < at, and_(AuditEntry.at == at, AuditEntry.id < last))
+        )
     if target_type:
         stmt = stmt.where(AuditEntry.target_type == target_type)
     if target_id:

@@ -204,6 +204,85 @@ async def search_customers(
 
 
 @dataclass(frozen=True, slots=True)
+class Match:
+    """What a search matched besides a customer's own name or contacts: an order (by id,
+    reference, receipt number, a provider's payment or refund reference), a ticket (id,
+    number) or a line (id, number, ICCID) — shown with a direct link to it."""
+
+    kind: str
+    """`order`, `ticket` or `line`."""
+    id: uuid.UUID
+    label: str
+    """The order's reference, the ticket's number, the line's number."""
+    account_id: uuid.UUID
+
+    @property
+    def href(self) -> str:
+        if self.kind == "ticket":
+            return f"/backoffice/tickets/{self.id}"
+        return f"/backoffice/customers/{self.account_id}#{self.kind}-{self.id}"
+
+
+async def search_matches(
+    s: AsyncSession, query: str, *, region: str | None = None
+) -> list[Match]:
+    """The orders, tickets and lines `query` names, read as `search_customers` reads it (which
+    lists their customers): what matched, to open directly."""
+    q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
+    if len(q) < 2:
+        return []
+    upper = q.upper()
+    try:
+        as_id: uuid.UUID | None = uuid.UUID(q)
+    except ValueError:
+        as_id = None
+    found: dict[tuple[str, uuid.UUID], Match] = {}
+
+    async def collect(kind: str, stmt: Any) -> None:  # Select[id, label, account]
+        for i, label, account_id in (await s.execute(stmt.limit(MAX_RESULTS))).all():
+            if account_id is not None:
+                found.setdefault((kind, i), Match(kind, i, label, account_id))
+
+    order = select(Order.id, Order.reference, Order.account_id)
+    conditions = [Order.reference == q, Order.reference == upper, Order.receipt_number == upper]
+    if as_id is not None:
+        conditions.append(Order.id == as_id)
+    await collect("order", order.where(or_(*conditions)))
+    await collect(
+        "order",
+        order.join(Payment, Payment.order_id == Order.id).where(
+            or_(Payment.provider_ref == q, Payment.payment_id == q)
+        ),
+    )
+    await collect(
+        "order",
+        order.join(Refund, Refund.order_id == Order.id).where(
+            or_(Refund.reference == upper, Refund.provider_refund_id == q)
+        ),
+    )
+    ticket = select(Ticket.id, Ticket.number, Ticket.account_id)
+    await collect(
+        "ticket",
+        ticket.where(or_(Ticket.number == upper, *([Ticket.id == as_id] if as_id else []))),
+    )
+    line = select(Line.id, Line.msisdn, Line.account_id)
+    numbers = _numbers(q, region)
+    if numbers:
+        await collect(
+            "line",
+            line.where(
+                or_(
+                    *(Line.msisdn.like(_like(n), escape="\\") for n in numbers),
+                    Line.iccid == numbers[0].lstrip("+"),
+                )
+            ),
+        )
+    if as_id is not None:
+        await collect("line", line.where(Line.id == as_id))
+    return list(found.values())[:MAX_RESULTS]
+
+
+@dataclass(frozen=True, slots=True)
 class Taken:
     """What a usage record took from one of the line's pots."""
 

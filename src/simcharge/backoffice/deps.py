@@ -19,6 +19,7 @@ from simcharge.backoffice.staff import (
     StaffSessionEnded,
     csrf_token,
     session_for_token,
+    switched_off,
 )
 from simcharge.config import Settings
 from simcharge.db import Database
@@ -134,7 +135,9 @@ async def web_actor(request: Request, db: DB, settings: AppSettings) -> Actor:
     token = request.cookies.get(staff_cookie(settings))
     actor = await _staff_actor(request, db, settings, token, need_mfa=False) if token else None
     if actor is None:
-        raise LoginRequired("/backoffice/login")
+        # A member switched off while signed in is told why on the sign-in page (`words.DONE`).
+        off = token is not None and await db.run(lambda s: switched_off(s, settings, token))
+        raise LoginRequired("/backoffice/login?done=access_off" if off else "/backoffice/login")
     if not actor.permissions:
         raise LoginRequired("/backoffice/login/code")
     request.state.actor = actor

@@ -268,8 +268,23 @@ async def audit_log(
     target_id: Annotated[str | None, Query(max_length=64)] = None,
     who: Annotated[str | None, Query(max_length=80, description="`staff:<name>`…")] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
+    start: Annotated[
+        str | None, Query(alias="from", max_length=10, description="A day, UTC: `2026-12-01`")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", max_length=10, description="A day, UTC, inclusive")
+    ] = None,
+    before: Annotated[
+        Instant | None, Query(description="With `before_id`: the last entry of the page before")
+    ] = None,
+    before_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[AuditEntryOut]:
+    """The back office's page's filters: `422 validation-error` on `from`/`to` for a day that
+    is not one or a period that ends before it starts. The next page: `before`/`before_id` of
+    the last entry."""
+    period = usage_filter(None, start or None, end or None)
+    cursor = (before, before_id) if before is not None and before_id is not None else None
     async with db.read() as s:
         rows = await audit.entries(
             s,
@@ -277,6 +292,9 @@ async def audit_log(
             target_id=target_id,
             actor=who,
             action=action,
+            since=period.since,
+            until=period.until,
+            before=cursor,
             limit=limit,
         )
     return [AuditEntryOut.model_validate(r) for r in rows]

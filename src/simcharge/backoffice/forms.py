@@ -123,6 +123,15 @@ def origin(pattern: str, permission: Permission) -> Callable[[OriginPage], Origi
     return register
 
 
+def may_see(actor: Actor, then: str) -> bool:
+    """`then` is a registered screen forms come back to, and the member's role may see it: what
+    a form's action follows after success (`links.then_or`) as after a refusal (`redraw_at`)."""
+    return any(
+        pattern.fullmatch(then) is not None and actor.can(permission)
+        for pattern, permission, _ in _ORIGINS
+    )
+
+
 def redraw_at(request: Request, actor: Actor, then: str) -> Redraw | None:
     """The registered screen at the path `then` (a form's `then`: where it was sent from), if the
     staff member may see it; else None (the error page)."""

@@ -147,6 +147,8 @@ class Adjustment(Base):
     requested_by: Mapped[str] = mapped_column(String(80))
     requested_by_staff_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("staff_users.id"))
     decided_by: Mapped[str | None] = mapped_column(String(80))
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    """Why the second person approved or rejected it (required to reject on the page)."""
     transfer_id: Mapped[uuid.UUID | None] = mapped_column()
     ticket_id: Mapped[uuid.UUID | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -398,10 +398,30 @@ async def request_adjustment(
     return adj
 
 
+def _decision_note(value: str | None, *, required: bool) -> str | None:
+    """The approver's note: optional, at most `REASON_MAX` characters; `required` (a rejection
+    on the page) it may not be empty."""
+    text = (value or "").strip().replace("\x00", "")
+    if len(text) > REASON_MAX:
+        raise ValidationFailed(N_("At most {max} characters."), field="note", max=REASON_MAX)
+    if required and not text:
+        raise ValidationFailed(N_("Say why it is rejected."), field="note")
+    return text or None
+
+
 async def decide_adjustment(
-    s: AsyncSession, actor: Actor, adjustment_id: uuid.UUID, *, approve: bool, now: datetime
+    s: AsyncSession,
+    actor: Actor,
+    adjustment_id: uuid.UUID,
+    *,
+    approve: bool,
+    now: datetime,
+    note: str | None = None,
+    reason_to_reject: bool = False,
 ) -> Adjustment:
-    """Approve (posted now) or reject an adjustment waiting for a second person."""
+    """Approve (posted now) or reject an adjustment waiting for a second person, with the
+    approver's `note` kept on it and in the audit entry (`reason_to_reject`: a rejection needs
+    one — the back office's page asks it; the API's decision has no note)."""
     adj = await s.get(Adjustment, adjustment_id, with_for_update=True)
     if adj is None:
         raise AdjustmentNotFound(field="adjustment_id")
@@ -412,6 +432,9 @@ async def decide_adjustment(
         or adj.requested_by_staff_id == actor.staff_id
     ):
         raise FourEyes(field="adjustment_id")
+    if adj.state != AdjustmentState.awaiting_approval.value:
+        raise AdjustmentDecided(field="adjustment_id")  # said before a note is asked for
+    kept = _decision_note(note, required=reason_to_reject and not approve)
     if approve:
         # Asked while its bucket was live, approved after the end: refused, left waiting (to be
         # rejected). A wallet is no bucket.
@@ -424,7 +447,7 @@ async def decide_adjustment(
             Adjustment.id == adj.id,
             Adjustment.state == AdjustmentState.awaiting_approval.value,
         )
-        .values(state=state, decided_by=actor.name, decided_at=now)
+        .values(state=state, decided_by=actor.name, decided_at=now, decision_note=kept)
     )
     if not getattr(claimed, "rowcount", 0):
         raise AdjustmentDecided(field="adjustment_id")
@@ -442,7 +465,11 @@ async def decide_adjustment(
         target_id=adj.line_id,
         before=before,
         after=adjustment_facts(adj),
-        details={"adjustment": str(adj.id), "requested_by": adj.requested_by},
+        details={
+            "adjustment": str(adj.id),
+            "requested_by": adj.requested_by,
+            **({"note": kept} if kept else {}),
+        },
         now=now,
     )
     return adj
@@ -517,19 +544,34 @@ async def unfreeze_line(
     return line
 
 
-async def resend_receipt(s: AsyncSession, actor: Actor, order_id: uuid.UUID, now: datetime) -> None:
-    """The receipt job again (it renders if needed and e-mails the verified address)."""
+def _resend_key(actor: Actor, once: str | None) -> uuid.UUID:
+    """The resend's own mark in its job's dedupe key: the form's one-time key (per staff member)
+    — the same form posted twice (a double click, a browser's retry) sends once — or, with none
+    (the API), a fresh one: every call sends."""
+    if once is None:
+        return uuid7()
+    return derived_id("resend", actor.name, required_idempotency_key(once))
+
+
+async def resend_receipt(
+    s: AsyncSession, actor: Actor, order_id: uuid.UUID, now: datetime, *, once: str | None = None
+) -> bool:
+    """The receipt job again (it renders if needed and e-mails the verified address). Under a
+    one-time key (`once`, a page's form) once only: False, nothing queued or audited again, for
+    a repeat."""
     order = await s.get(Order, order_id)
     if order is None:
         raise OrderNotFound(field="order_id")
     if order.fulfilled_at is None and await applied_at(s, order) is None:
         raise NoReceipt(field="order_id")
-    await enqueue(
+    queued = await enqueue(
         s,
         RECEIPT_JOB,
         {"order_id": str(order.id)},
-        dedupe_key=f"{RECEIPT_JOB}:{order.id}:resend:{uuid7()}",
+        dedupe_key=f"{RECEIPT_JOB}:{order.id}:resend:{_resend_key(actor, once)}",
     )
+    if not queued:
+        return False
     await audit.record(
         s,
         actor,
@@ -539,26 +581,30 @@ async def resend_receipt(s: AsyncSession, actor: Actor, order_id: uuid.UUID, now
         details={"receipt": order.receipt_number},
         now=now,
     )
+    return True
 
 
 async def resend_credit_note(
-    s: AsyncSession, actor: Actor, refund_id: uuid.UUID, now: datetime
-) -> None:
+    s: AsyncSession, actor: Actor, refund_id: uuid.UUID, now: datetime, *, once: str | None = None
+) -> bool:
     """A done refund's credit note e-mailed again with its notice (the job renders it, numbering
     it first if it was not yet, and mails the verified address), for a payer who lost it. Any
-    refund with a credit note, a reversal's too: sending is the staff member's decision."""
+    refund with a credit note, a reversal's too: sending is the staff member's decision. Under a
+    one-time key (`once`) once only, as `resend_receipt`."""
     refund = await s.get(Refund, refund_id)
     order = await s.get(Order, refund.order_id) if refund is not None else None
     if refund is None or order is None:
         raise RefundNotFound(field="refund_id")
     if refund.state != RefundState.succeeded.value or order.receipt_number is None:
         raise NoCreditNote(field="refund_id")
-    await enqueue(
+    queued = await enqueue(
         s,
         CREDIT_NOTE_JOB,
         {"refund_id": str(refund.id)},
-        dedupe_key=f"{CREDIT_NOTE_JOB}:{refund.id}:resend:{uuid7()}",
+        dedupe_key=f"{CREDIT_NOTE_JOB}:{refund.id}:resend:{_resend_key(actor, once)}",
     )
+    if not queued:
+        return False
     await audit.record(
         s,
         actor,
@@ -568,6 +614,7 @@ async def resend_credit_note(
         details={"credit_note": refund.credit_note_number, "order": order.reference},
         now=now,
     )
+    return True
 
 
 async def apply_payment_to_wallet(

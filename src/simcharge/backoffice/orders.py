@@ -16,7 +16,7 @@ from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.orders.fulfilment import Outcome
 from simcharge.orders.models import Attention, Order, OrderState, Payment, ProviderEvent, Refund
-from simcharge.orders.refunds import applied_to_wallet
+from simcharge.orders.refunds import applied_to_wallet, refundable
 from simcharge.orders.service import OrderNotFound
 from simcharge.payments.registry import Providers
 from simcharge.payments.service import check_order
@@ -30,6 +30,8 @@ class OrderPanel:
     refunds: list[Refund]
     applied: int = 0
     """What of an uncredited payment finance put on the line's wallet."""
+    refundable: int = 0
+    """What can still be refunded (`orders.refunds.refundable`), in what was paid."""
 
     @property
     def may_apply(self) -> bool:
@@ -61,7 +63,8 @@ async def order_panel(s: AsyncSession, order_id: uuid.UUID) -> OrderPanel:
         )
     ).scalars()
     applied = await applied_to_wallet(s, order) if order.fulfilled_at is None else 0
-    return OrderPanel(order, payment, list(events), list(refunds), applied)
+    left = await refundable(s, order)
+    return OrderPanel(order, payment, list(events), list(refunds), applied, left)
 
 
 def order_facts(order: Order) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from babel.numbers import format_decimal
 from markupsafe import Markup, escape
 from sqlalchemy import ColumnElement, Date, case, cast, func, literal_column, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +31,8 @@ from simcharge.db import dialect_name
 from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import ZONE_NAME as _ZONE_NAME
 from simcharge.kit.clock import operator_zone
-from simcharge.kit.translations import N_
+from simcharge.kit.i18n import BABEL_LOCALES
+from simcharge.kit.translations import N_, translate
 from simcharge.ledger.audit import trial_balance_sums
 from simcharge.lines.models import Line
 from simcharge.orders.models import CLOSED_UNPAID, Order, Refund, RefundState
@@ -429,12 +431,18 @@ def bar_chart(
     points: Sequence[tuple[str, float]],
     *,
     title: str,
-    value_label: Callable[[float], str] = lambda v: f"{v:g}",
+    value_label: Callable[[float], str] | None = None,
+    language: str = "en",
     width: int = 720,
     height: int = 220,
 ) -> Markup:
     """A bar chart as inline SVG (presentation attributes only: no style, no script). A
     negative value (a day whose refunds exceed its payments) is a bar below the zero line."""
+    if value_label is None:  # a count, in the reader's number format
+
+        def value_label(v: float) -> str:
+            return format_decimal(v, locale=BABEL_LOCALES.get(language, "en"))
+
     pad_left, pad_bottom, pad_top = 8, 28, 24
     inner_w, inner_h = width - 2 * pad_left, height - pad_bottom - pad_top
     top = max((v for _, v in points), default=0)
@@ -448,8 +456,13 @@ def bar_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
         f'viewBox="0 0 {width} {height}" width="100%" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
-        f'<text x="{pad_left}" y="16" font-size="13" fill="#1b2733">{escape(title)} — '
-        f"{escape(value_label(top))} max</text>",
+        f'<text x="{pad_left}" y="16" font-size="13" fill="#1b2733">'
+        + escape(
+            translate(language, N_("{title} — highest: {value}")).format(
+                title=title, value=value_label(top)
+            )
+        )
+        + "</text>",
         f'<line x1="{pad_left}" y1="{zero:.1f}" x2="{width - pad_left}" '
         f'y2="{zero:.1f}" stroke="#d8dee4"/>',
     ]

@@ -338,4 +338,4 @@ async def remove_passkey(
 async def remove_staff_passkeys(staff_id: uuid.UUID, db: DB, actor: StaffAdmin) -> Response:
     """Remove every passkey of another staff member (a lost device); their sessions end."""
     await db.run(lambda s: passkeys.remove_all_passkeys(s, actor, staff_id, now=utcnow()))
-    return back("/backoffice/staff", "saved")
+    return back("/backoffice/staff", "staff_passkeys_removed")

@@ -184,11 +184,13 @@ async def entry_save(
 
     async def act() -> Response:
         try:
-            await db.run(lambda s: save_entry(s, actor, kind, code, text))
+            _, after = await db.run(lambda s: save_entry(s, actor, kind, code, text))
         except CatalogInvalid as exc:
             problems.extend(exc.problems)  # each one listed beside the text
             raise
-        return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}", "saved")
+        version = after.get("version")  # the answer names the version the save made
+        done = f"catalog_saved.{version}" if isinstance(version, int) else "catalog_saved_new"
+        return back(f"/backoffice/catalog/{kind}/{quote(code, safe='.-_')}", done)
 
     async def redraw(refused: FormError) -> HTMLResponse:
         return await _entry_page(
@@ -246,7 +248,7 @@ async def staff_password(
                 N_("The two passwords are not the same."), field="confirm_password"
             )
         await db.run(lambda s: reset_staff_password(s, actor, staff_id, new_password, utcnow()))
-        return back("/backoffice/staff", "saved")
+        return back("/backoffice/staff", "staff_password")
 
     async def redraw(refused: FormError) -> HTMLResponse:
         return await _staff_page(request, db, actor, refused=refused)
@@ -289,7 +291,8 @@ async def staff_change(
 
     async def act() -> Response:
         await db.run(run)
-        return back("/backoffice/staff", "saved")
+        changed = bool(role or access in ("on", "off") or reset_totp)
+        return back("/backoffice/staff", "staff_changed" if changed else "staff_unchanged")
 
     async def redraw(refused: FormError) -> HTMLResponse:
         return await _staff_page(request, db, actor, refused=refused)

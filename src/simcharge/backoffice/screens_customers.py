@@ -23,11 +23,18 @@ from simcharge.backoffice.customers import (
     customer_view,
     search_customers,
     search_facts,
+    search_matches,
     usage_filter,
     usage_of_line,
 )
 from simcharge.backoffice.deps import require_web
-from simcharge.backoffice.forms import UUID_PATTERN, in_place, origin, redraw_at
+from simcharge.backoffice.forms import UUID_PATTERN, form_error, in_place, origin, redraw_at
+from simcharge.backoffice.links import (
+    after_order_action,
+    after_refund_action,
+    order_ids_of_sources,
+    references,
+)
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import attention_counts, attention_orders, order_panel
 from simcharge.backoffice.refusal import NO_REFUSAL, FormError
@@ -68,10 +75,6 @@ AMOUNT_BOUND = 10**12
 """The largest amount typed on a page, in ledger units either way: the API's bound."""
 
 
-def _then(then: str, fallback: str) -> str:
-    return then if then.startswith("/backoffice/") and "//" not in then else fallback
-
-
 def parse_amount(raw: str, unit: str, language: str, field: str = "amount") -> int:
     """A signed amount typed by staff in the unit's everyday measure, in the page's number
     format (`1,50` in Spanish, `1,000.50` in English — strictly: a separator in the wrong
@@ -103,11 +106,18 @@ async def customers(
     q = q[:200]
     async with db.read() as s:
         found = await search_customers(s, q, region=settings.phone_region) if q else []
+        # What matched, to open directly: only of the accounts listed (those the audit names).
+        shown = {a.id for a in found}
+        matches = [
+            m
+            for m in (await search_matches(s, q, region=settings.phone_region) if q else [])
+            if m.account_id in shown
+        ]
     if q:
         await audit.record_read(
             db, actor, "customer.search", details=search_facts(q, found)
         )
-    return render(request, "customers.html", actor, q=q, found=found)
+    return render(request, "customers.html", actor, q=q, found=found, matches=matches)
 
 
 @router.get("/customers/{account_id}", response_class=HTMLResponse)
@@ -123,6 +133,13 @@ async def customer_page(
     db = request.app.state.db
     async with db.read() as s:
         view = await customer_view(s, account_id)
+        # What the page's bucket sources and tickets name (`order:<id>`, an order, a line).
+        sources = (b.source for f in view.lines for u in f.balances.units for b in u.buckets)
+        about = await references(
+            s,
+            [*order_ids_of_sources(sources), *(t.order_id for t in view.tickets)],
+            [t.line_id for t in view.tickets],
+        )
     await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return render(
         request,
@@ -130,6 +147,7 @@ async def customer_page(
         actor,
         status=refused.status if refused.form else 200,
         view=view,
+        about=about,
         idem=uuid7().hex,
         now=utcnow(),
         form_error=refused,
@@ -168,8 +186,21 @@ async def usage(
     before: Instant | None = None,
     before_id: uuid.UUID | None = None,
 ) -> HTMLResponse:
-    """A line's usage records with filters, a page at a time."""
-    where = usage_filter(service or None, start or None, end or None)
+    """A line's usage records with filters, a page at a time; a bad filter draws the form again
+    with what was typed and the error beside its field (no records: nothing was read)."""
+    try:
+        where = usage_filter(service or None, start or None, end or None)
+    except ValidationFailed as exc:
+        typed = {"service": service or "", "from": start or "", "to": end or ""}
+        refused = form_error(request, actor, exc, form="usage", values=typed)
+        async with db.read() as s:
+            line = await s.get(Line, line_id)
+        if line is None:
+            raise LineNotFound(field="line_id") from None
+        return render(
+            request, "usage.html", actor, status=refused.status, form_error=refused, line=line,
+            usage=[], service=typed["service"], start=typed["from"], end=typed["to"], more=None,
+        )  # fmt: skip
     cursor = (before, before_id) if before is not None else None
     async with db.read() as s:
         line, found = await usage_of_line(s, line_id, where=where, before=cursor, limit=PAGE + 1)
@@ -228,7 +259,7 @@ async def unfreeze(
 
     async def act() -> Response:
         line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow(), policy))
-        return back(f"/backoffice/customers/{line.account_id}", "unfrozen")
+        return back(f"/backoffice/customers/{line.account_id}#line-{line_id}", "unfrozen")
 
     return await in_place(
         request, actor, act, form=f"unfreeze-{line_id}", values={},
@@ -277,7 +308,7 @@ async def adjust(
 
     async def act() -> Response:
         account_id, state = await db.run(run)
-        return back(f"/backoffice/customers/{account_id}", state)
+        return back(f"/backoffice/customers/{account_id}#line-{line_id}", state)
 
     typed = {"target": target, "amount": amount, "reason": reason, "idem": idem}
     return await in_place(
@@ -323,25 +354,34 @@ async def adjustments_page(
 
 @router.post("/adjustments/{adjustment_id}/{decision}", response_model=None)
 async def decide(
-    request: Request, adjustment_id: uuid.UUID, decision: str, db: DB, actor: Approver
+    request: Request,
+    adjustment_id: uuid.UUID,
+    decision: str,
+    db: DB,
+    actor: Approver,
+    note: Annotated[str, Form(max_length=600)] = "",
 ) -> Response:
+    """Approve or reject with a note (kept on the adjustment and in the audit): optional to
+    approve, required to reject."""
     if decision not in ("approve", "reject"):
         raise ValidationFailed(N_("Unknown decision."), field="decision")
 
     async def act() -> Response:
         await db.run(
             lambda s: money.decide_adjustment(
-                s, actor, adjustment_id, approve=decision == "approve", now=utcnow()
+                s, actor, adjustment_id, approve=decision == "approve", now=utcnow(),
+                note=note, reason_to_reject=True,
             )
-        )
+        )  # fmt: skip
         return back("/backoffice/adjustments", decision)
 
     async def redraw(refused: FormError) -> HTMLResponse:
         return await adjustments_page(request, actor, refused)
 
     return await in_place(
-        request, actor, act, form=f"decide-{adjustment_id}", values={}, redraw=redraw
-    )
+        request, actor, act, form=f"decide-{adjustment_id}", values={"note": note},
+        redraw=redraw,
+    )  # fmt: skip
 
 
 @router.post("/orders/{order_id}/refund", response_model=None)
@@ -354,14 +394,22 @@ async def refund(
     reason: Annotated[str, Form(max_length=500)] = "",
     idem: Annotated[str, Form(max_length=128)] = "",
     then: Annotated[str, Form(max_length=200)] = "",
+    everything: Annotated[str, Form(alias="all", max_length=8)] = "",
+    left: Annotated[str, Form(max_length=24)] = "",
 ) -> Response:
-    async def run(s: AsyncSession) -> None:
+    """A typed amount, or everything still refundable as a deliberate choice: the box "refund
+    all that is left: X" ticked refunds the X the page showed (`left`, minor units), never more
+    (`_how_much`)."""
+
+    async def run(s: AsyncSession) -> str:
         order = await s.get(Order, order_id)
         # In what was paid (a payment in another currency than the order's is refunded in it).
         paid_in = (order.paid_currency or order.currency) if order else ""
         language = language_of(request, actor)
         minor = parse_amount(amount, paid_in, language) if order and amount.strip() else None
-        await money.refund(
+        if order is not None:
+            minor = _how_much(minor, ticked=bool(everything), shown=left)
+        row = await money.refund(
             s,
             actor,
             order_id,
@@ -370,16 +418,39 @@ async def refund(
             idempotency_key=required_idempotency_key(idem),
             now=utcnow(),
         )
+        return row.state  # pending until the provider answers (`words.DONE`: refund_<state>)
 
     async def act() -> Response:
-        await db.run(run)
-        return back(_then(then, "/backoffice"), "refund")
+        state = await db.run(run)
+        return back(await after_order_action(db, actor, then, order_id), f"refund_{state}")
 
-    typed = {"amount": amount, "reason": reason, "idem": idem}
+    typed = {"amount": amount, "reason": reason, "idem": idem, "all": everything}
     return await in_place(
         request, actor, act, form=f"refund-{order_id}", values=typed,
         redraw=redraw_at(request, actor, then),
     )  # fmt: skip
+
+
+def _how_much(typed: int | None, *, ticked: bool, shown: str) -> int:
+    """What a refund form asks to refund: the amount typed, or — the box "refund all that is
+    left: X" ticked — the X the page showed (minor units; the service refuses it if less is left
+    now, and a resent form names the same refund). Neither (the old form's empty amount) or
+    both: refused."""
+    if typed is not None and ticked:
+        raise ValidationFailed(
+            N_("Type an amount or tick the box to refund all that is left, not both."),
+            field="all",
+        )
+    if typed is not None:
+        return typed
+    if not ticked:
+        raise ValidationFailed(
+            N_("Type the amount to refund, or tick the box to refund all that is left."),
+            field="amount",
+        )
+    if not shown.isascii() or not shown.isdigit() or not 0 < int(shown) <= AMOUNT_BOUND:
+        raise ValidationFailed(N_("Nothing is left to refund."), field="all")
+    return int(shown)
 
 
 @router.post("/orders/{order_id}/apply-to-wallet", response_model=None)
@@ -393,7 +464,8 @@ async def apply_to_wallet(
 ) -> Response:
     async def act() -> Response:
         await db.run(lambda s: money.apply_payment_to_wallet(s, actor, order_id, note, utcnow()))
-        return back(_then(then, "/backoffice/attention"), "applied")
+        to = await after_order_action(db, actor, then, order_id, home="/backoffice/attention")
+        return back(to, "applied_to_balance")
 
     return await in_place(
         request, actor, act, form=f"apply-{order_id}", values={"note": note},
@@ -408,10 +480,13 @@ async def resend(
     db: DB,
     actor: Resender,
     then: Annotated[str, Form(max_length=200)] = "",
+    idem: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
+    """Once per form (its one-time key `idem`): a double click sends one e-mail."""
+
     async def act() -> Response:
-        await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow()))
-        return back(_then(then, "/backoffice"), "resent")
+        await db.run(lambda s: money.resend_receipt(s, actor, order_id, utcnow(), once=idem))
+        return back(await after_order_action(db, actor, then, order_id), "receipt_resent")
 
     return await in_place(
         request, actor, act, form=f"resend-{order_id}", values={},
@@ -426,10 +501,15 @@ async def resend_credit_note(
     db: DB,
     actor: Resender,
     then: Annotated[str, Form(max_length=200)] = "",
+    idem: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
+    """Once per form (its one-time key `idem`): a double click sends one e-mail."""
+
     async def act() -> Response:
-        await db.run(lambda s: money.resend_credit_note(s, actor, refund_id, utcnow()))
-        return back(_then(then, "/backoffice"), "resent")
+        await db.run(
+            lambda s: money.resend_credit_note(s, actor, refund_id, utcnow(), once=idem)
+        )
+        return back(await after_refund_action(db, actor, then, refund_id), "credit_note_resent")
 
     return await in_place(
         request, actor, act, form=f"credit-note-{refund_id}", values={},
@@ -545,7 +625,8 @@ async def resolve(
 ) -> Response:
     async def act() -> Response:
         await db.run(lambda s: money.resolve_attention(s, actor, order_id, note, utcnow()))
-        return back(_then(then, "/backoffice/attention"), "resolved")
+        to = await after_order_action(db, actor, then, order_id, home="/backoffice/attention")
+        return back(to, "resolved")
 
     return await in_place(
         request, actor, act, form=f"resolve-{order_id}", values={"note": note},

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Annotated
 
+from babel.numbers import format_percent
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
@@ -13,6 +14,7 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require_web
+from simcharge.backoffice.forms import form_error
 from simcharge.backoffice.reports import (
     COLUMNS,
     bar_chart,
@@ -28,8 +30,11 @@ from simcharge.backoffice.reports import (
 )
 from simcharge.backoffice.roles import Permission
 from simcharge.backoffice.web import HEADERS, language_of, render
+from simcharge.backoffice.words import state_word
+from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import utcnow
-from simcharge.kit.money import from_minor
+from simcharge.kit.i18n import BABEL_LOCALES
+from simcharge.kit.money import format_money, from_minor, minor_exponent
 from simcharge.kit.translations import N_, translate
 
 router = APIRouter(prefix="/backoffice", include_in_schema=False)
@@ -38,8 +43,10 @@ From = Annotated[str | None, Query(alias="from", max_length=10)]
 To = Annotated[str | None, Query(alias="to", max_length=10)]
 
 
-def _in(currency: str) -> Callable[[float], str]:
-    return lambda v: f"{v:,.2f} {currency}"
+def _in(currency: str, language: str) -> Callable[[float], str]:
+    """An amount of `currency` as the reader writes money (`format_money`)."""
+    locale = BABEL_LOCALES.get(language, "en")
+    return lambda v: format_money(round(v * 10 ** minor_exponent(currency)), currency, locale)
 
 
 @router.get("/reports", response_class=HTMLResponse)
@@ -52,7 +59,16 @@ async def reports(
     end: To = None,
 ) -> HTMLResponse:
     zone = zone_of(settings)
-    p = period(start, end, utcnow().astimezone(zone).date(), zone)
+    try:
+        p = period(start, end, utcnow().astimezone(zone).date(), zone)
+    except ValidationFailed as exc:
+        # A bad period: the form again with what was typed and the error beside its field.
+        typed = {"from": start or "", "to": end or ""}
+        refused = form_error(request, actor, exc, form="report", values=typed)
+        return render(
+            request, "reports.html", actor, status=refused.status, form_error=refused,
+            period=None, zone=zone.key,
+        )  # fmt: skip
     language = language_of(request, actor)
 
     def tr(message: str) -> str:
@@ -76,7 +92,8 @@ async def reports(
         bar_chart(
             list(points.items()),
             title=tr(N_("Net top-ups per day ({currency})")).format(currency=currency),
-            value_label=_in(currency),
+            value_label=_in(currency, language),
+            language=language,
         )
         for currency, points in sorted(per_currency.items())
     ]
@@ -84,15 +101,28 @@ async def reports(
         bar_chart(
             [(r.day.isoformat(), r.rate * 100) for r in conv],
             title=tr(N_("Conversion (orders created → paid), %")),
-            value_label=lambda v: f"{v:.0f} %",
+            value_label=lambda v: format_percent(
+                v / 100, locale=BABEL_LOCALES.get(language, "en")
+            ),
+            language=language,
         )
     )
     failed_per_day: dict[str, float] = dict.fromkeys((d.isoformat() for d in p.days()), 0.0)
     for f in fail:
         failed_per_day[f.day.isoformat()] += f.orders
-    charts.append(bar_chart(list(failed_per_day.items()), title=tr(N_("Failed payments per day"))))
     charts.append(
-        bar_chart([(k, float(v)) for k, v in lines.items()], title=tr(N_("Lines by state")))
+        bar_chart(
+            list(failed_per_day.items()),
+            title=tr(N_("Failed payments per day")),
+            language=language,
+        )
+    )
+    charts.append(
+        bar_chart(
+            [(state_word(language, "line", k), float(v)) for k, v in lines.items()],
+            title=tr(N_("Lines by state")),
+            language=language,
+        )
     )
     return render(
         request,

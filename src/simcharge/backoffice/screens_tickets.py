@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlencode
 
+from babel import Locale, UnknownLocaleError
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
@@ -16,16 +18,21 @@ from simcharge.api.deps import DB
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require_web
-from simcharge.backoffice.forms import UUID_PATTERN, Redraw, in_place, origin
+from simcharge.backoffice.forms import UUID_PATTERN, Redraw, form_error, in_place, origin
+from simcharge.backoffice.links import NO_REFERENCES, after_order_action, references
 from simcharge.backoffice.models import StaffUser
 from simcharge.backoffice.orders import check_with_provider, order_panel
 from simcharge.backoffice.refusal import NO_REFUSAL, FormError
 from simcharge.backoffice.roles import Permission
-from simcharge.backoffice.web import back, render
-from simcharge.errors import IDEMPOTENCY_KEY_MAX
+from simcharge.backoffice.web import back, language_of, render
+from simcharge.errors import IDEMPOTENCY_KEY_MAX, ValidationFailed
 from simcharge.kit.clock import utcnow
+from simcharge.kit.i18n import BABEL_LOCALES
 from simcharge.kit.ids import uuid7
 from simcharge.kit.schemas import Instant
+from simcharge.kit.translations import N_
+from simcharge.lines.models import Line
+from simcharge.lines.service import line_balances
 from simcharge.tickets import service
 from simcharge.tickets.models import TicketPriority, TicketStatus
 
@@ -53,7 +60,21 @@ async def ticket_queue(
     before_id: uuid.UUID | None = None,
 ) -> HTMLResponse:
     """The queue, latest activity first, a page at a time: "Older" goes on to the ones that
-    have waited longest."""
+    have waited longest. A status or priority that is none of the listed ones is refused
+    (422, the page drawn again with the filter marked), not read as "no ticket has it"."""
+    typed = {"status": status or "", "priority": priority or ""}
+    try:
+        _known(status, TicketStatus, "status")
+        _known(priority, TicketPriority, "priority")
+    except ValidationFailed as exc:
+        refused = form_error(request, actor, exc, form="filter", values=typed)
+        return render(
+            request, "tickets.html", actor, status=refused.status, form_error=refused,
+            tickets=[], names={}, owners={}, about=NO_REFERENCES,
+            statuses=list(TicketStatus), priorities=list(TicketPriority),
+            status_filter=status or "", priority=priority or "", mine=mine,
+            unassigned=unassigned, more=None,
+        )  # fmt: skip
     f = service.TicketFilter(
         status=status or None,
         priority=priority or None,
@@ -74,6 +95,9 @@ async def ticket_queue(
                 )
             ).scalars()
         }
+        about = await references(
+            s, (t.order_id for t in tickets), (t.line_id for t in tickets)
+        )
     filters = audit.read_details(
         len(tickets), status=status, priority=priority, mine=mine, unassigned=unassigned
     )
@@ -98,6 +122,7 @@ async def ticket_queue(
         tickets=tickets,
         names=names,
         owners=owners,
+        about=about,
         statuses=list(TicketStatus),
         priorities=list(TicketPriority),
         status_filter=status or "",
@@ -124,6 +149,9 @@ async def ticket_view(
         messages = await service.messages_of(s, ticket.id, internal=True)
         account = await s.get(Account, ticket.account_id)
         panel = await order_panel(s, ticket.order_id) if ticket.order_id else None
+        line = await s.get(Line, ticket.line_id) if ticket.line_id else None
+        balances = await line_balances(s, line) if line is not None else None
+        about = await references(s, [ticket.order_id], [ticket.line_id])
         names = await staff_names(s)
         staff = (
             (await s.execute(select(StaffUser).where(StaffUser.active.is_(True)))).scalars().all()
@@ -139,6 +167,10 @@ async def ticket_view(
         messages=messages,
         account=account,
         panel=panel,
+        line=line,
+        balances=balances,
+        about=about,
+        customer_language=_language_name(account.language if account else None, request, actor),
         names=names,
         staff=staff,
         statuses=list(TicketStatus),
@@ -174,7 +206,7 @@ async def ticket_reply(
                 now=utcnow(),
             )
         )
-        return back(f"/backoffice/tickets/{ticket_id}", "sent")
+        return back(f"/backoffice/tickets/{ticket_id}", "note_saved" if internal else "reply_sent")
 
     typed = {"body": body, "internal": internal, "status": status, "idem": idem}
     return await in_place(
@@ -212,13 +244,31 @@ async def ticket_update(
                 now=utcnow(),
             )
         )
-        return back(f"/backoffice/tickets/{ticket_id}", "saved")
+        return back(f"/backoffice/tickets/{ticket_id}", "ticket_saved")
 
     typed = {"status": status, "priority": priority, "assignee": assignee}
     return await in_place(
         request, actor, act, form="update", values=typed,
         redraw=_again(request, actor, ticket_id),
     )  # fmt: skip
+
+
+def _known(value: str | None, choices: type[StrEnum], field: str) -> None:
+    if value and value not in {c.value for c in choices}:
+        raise ValidationFailed(N_("Choose one of the listed values."), field=field)
+
+
+def _language_name(code: str | None, request: Request, actor: Actor) -> str:
+    """The customer's language named in the staff member's ("Spanish (es)", "西班牙语 (es)"):
+    the language to answer in."""
+    if not code:
+        return "—"
+    staff_locale = BABEL_LOCALES.get(language_of(request, actor), "en")
+    try:
+        name = Locale.parse(code.replace("-", "_")).get_display_name(staff_locale)
+    except (ValueError, TypeError, UnknownLocaleError):
+        name = None
+    return f"{name} ({code})" if name else code
 
 
 def _again(request: Request, actor: Actor, ticket_id: uuid.UUID) -> Redraw:
@@ -243,5 +293,6 @@ async def order_check(
     actor: Checker,
     then: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    await check_with_provider(db, request.app.state.providers, actor, order_id)
-    return back(then if then.startswith("/backoffice/") else "/backoffice", "checked")
+    outcome = await check_with_provider(db, request.app.state.providers, actor, order_id)
+    # What the provider's answer did, as words (`words.DONE`: checked_<outcome>).
+    return back(await after_order_action(db, actor, then, order_id), f"checked_{outcome.value}")

@@ -339,6 +339,17 @@ async def sign_in(
     return staff, IssuedStaffSession(issued.row, token)
 
 
+async def switched_off(session: AsyncSession, settings: Settings, token: str) -> bool:
+    """Whether `token` is a session (ended or not) of a member whose access is switched off:
+    the sign-in page then says why they were signed out."""
+    found = await session.execute(
+        select(StaffUser.active)
+        .join(StaffSession, StaffSession.staff_id == StaffUser.id)
+        .where(StaffSession.token_hash == _token_hash(settings.secret_key, token))
+    )
+    return found.scalar_one_or_none() is False
+
+
 async def session_for_token(
     session: AsyncSession, settings: Settings, token: str, now: datetime
 ) -> tuple[StaffSession, StaffUser] | None:

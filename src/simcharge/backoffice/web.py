@@ -17,6 +17,7 @@ from simcharge.api.problems import error_texts
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.refusal import NO_REFUSAL
 from simcharge.backoffice.staff import csrf_token
+from simcharge.backoffice.words import country_name, done_message, state_word
 from simcharge.catalog.schemas import PER_UNITS
 from simcharge.config import Settings
 from simcharge.errors import SimchargeError
@@ -111,7 +112,10 @@ def environment(language: str, zone: str = UTC_ZONE) -> Environment:
         units=signed_units,
         text=lambda v: pick_text(v, language) if isinstance(v, dict) else str(v),
         device=device_label,
+        country=lambda code: country_name(language, code),
     )
+    # A code as words in the member's language (`words.WORDS`): `state_word("ticket", t.status)`.
+    env.globals["state_word"] = lambda kind, code: state_word(language, kind, code)
     return env
 
 
@@ -161,6 +165,8 @@ def render(
             operator=settings.operator_name,
             path=request.url.path,
             notice=request.query_params.get("done"),
+            # What the form's answer says happened (`words.DONE`): never the query string itself.
+            done=done_message(language, request.query_params.get("done")),
             **context,
         )
     )
@@ -168,10 +174,12 @@ def render(
 
 
 def back(to: str, done: str | None = None) -> RedirectResponse:
-    """After a form: see the result (Post/Redirect/Get)."""
+    """After a form: see the result (Post/Redirect/Get). `to` may end with `#anchor` (what was
+    acted on, `links.then_or`): `done` goes before it, so the page opens there and says so."""
+    to, hash_, anchor = to.partition("#")
     if done:
         to += ("&" if "?" in to else "?") + "done=" + done
-    return RedirectResponse(to, status_code=303, headers=HEADERS)
+    return RedirectResponse(to + hash_ + anchor, status_code=303, headers=HEADERS)
 
 
 def field_texts(

@@ -74,7 +74,7 @@ async def test_a_ticket_round_trip(page: Any, chromium: Any, site: Site) -> None
         await page.get_by_label("Reply").fill("Please restart your phone; data is back.")
         await page.get_by_label("Then set status").select_option("resolved")
         await page.get_by_role("button", name="Send").click()
-        await page.get_by_text("Done.").wait_for()
+        await page.get_by_text("Your reply was sent to the customer.").wait_for()
         await page.get_by_text("Please restart your phone; data is back.").wait_for()
         # the customer sees the answer and that it is resolved, in the portal
         await customer.goto(ticket_url)
@@ -114,7 +114,7 @@ async def test_finance_refunds_an_order(page: Any, site: Site) -> None:
     await page.get_by_label(re.compile("Refund amount")).fill("4.00")
     await page.get_by_label("Reason").last.fill("customer asked")
     await page.get_by_role("button", name="Refund").click()
-    await page.get_by_text("Done.").wait_for()
+    await page.get_by_text("The refund was asked of the provider").wait_for()
     # the worker asks the sandbox; the page then shows the refund done
     for _ in range(100):
         await page.reload()

@@ -127,7 +127,7 @@ async def test_a_ticket_answered_and_transfers_opened_by_keyboard(page: Any, sit
     await _tab_to(page, "form[action$='/reply'] button[type=submit]")
     async with page.expect_navigation():
         await page.keyboard.press("Enter")
-    await page.get_by_text("Done.").wait_for()
+    await page.get_by_text("Your reply was sent to the customer.").wait_for()
     await page.get_by_text("Only one charge went through; the other was released.").wait_for()
     # The ledger's transfers fold open from the keyboard.
     await page.goto(f"{site.base}/backoffice/customers/{day.payer.account_id}")
