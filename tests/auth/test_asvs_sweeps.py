@@ -136,9 +136,10 @@ IDOR_CASES: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"what": "monetary", "amount": "1", "to": "+14155550199"}),
     ("portal", "POST", "/account/security/sessions/{session}/end", {}),
     ("api", "PATCH", "/api/v1/me/passkeys/{passkey}", {"name": "taken"}),
-    ("api", "DELETE", "/api/v1/me/passkeys/{passkey}", None),
+    ("api", "POST", "/api/v1/me/passkeys/{passkey}/remove", {"password": "correct horse battery"}),
     ("portal", "POST", "/account/security/passkeys/{passkey}/rename", {"name": "taken"}),
-    ("portal", "POST", "/account/security/passkeys/{passkey}/remove", {}),
+    ("portal", "POST", "/account/security/passkeys/{passkey}/remove",
+     {"password": "correct horse battery"}),
     ("portal", "GET", "/account/topup/review?line={line}&plan=traveller-20&method=sandbox", None),
 ]
 

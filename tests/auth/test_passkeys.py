@@ -484,7 +484,8 @@ async def test_a_passkey_signs_in_only_as_its_own_account(
     for call in (
         client.patch(f"/api/v1/me/passkeys/{alices['id']}", json={"name": "Mine"},
                      headers=bob.auth),
-        client.delete(f"/api/v1/me/passkeys/{alices['id']}", headers=bob.auth),
+        client.post(f"/api/v1/me/passkeys/{alices['id']}/remove", json={"password": PASSWORD},
+                    headers=bob.auth),
     ):
         r = await call
         assert r.status_code == 404
@@ -522,9 +523,10 @@ async def test_a_removed_passkey_signs_in_no_more(
     customer, device = await with_passkey(client, inbox, deliver)
     [mine] = (await client.get("/api/v1/me/passkeys", headers=customer.auth)).json()
     inbox.messages.clear()
-    r = await client.delete(f"/api/v1/me/passkeys/{mine['id']}", headers=customer.auth)
+    remove = f"/api/v1/me/passkeys/{mine['id']}/remove"
+    r = await client.post(remove, json={"password": PASSWORD}, headers=customer.auth)
     assert r.status_code == 200, r.text
-    again = await client.delete(f"/api/v1/me/passkeys/{mine['id']}", headers=customer.auth)
+    again = await client.post(remove, json={"password": PASSWORD}, headers=customer.auth)
     assert again.status_code == 404
     await deliver()
     assert "A passkey was removed from your account" in [
@@ -671,7 +673,7 @@ async def test_the_portal_lists_renames_and_removes_only_its_own_passkeys(
     for action in ("rename", "remove"):
         r = await client.post(
             f"/account/security/passkeys/{alices['id']}/{action}",
-            data={"csrf": csrf_of(page.text), "name": "Stolen"},
+            data={"csrf": csrf_of(page.text), "name": "Stolen", "password": PASSWORD},
         )
         assert r.status_code == 404, action
         r = await client.post(f"/account/security/passkeys/{alices['id']}/{action}",
@@ -691,7 +693,7 @@ async def test_the_portal_lists_renames_and_removes_only_its_own_passkeys(
     r = await client.post(f"{url}/rename", data={"csrf": csrf_of(page.text), "name": "Tablet"})
     assert r.status_code == 303
     assert r.headers["location"] == "/account/security?done=passkey_renamed"
-    r = await client.post(f"{url}/remove", data={"csrf": csrf_of(page.text)})
+    r = await client.post(f"{url}/remove", data={"csrf": csrf_of(page.text), "password": PASSWORD})
     assert r.headers["location"] == "/account/security?done=passkey_removed"
     page = await client.get(r.headers["location"])
     assert "The passkey was removed; it can no longer sign in." in page.text

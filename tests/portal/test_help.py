@@ -27,7 +27,8 @@ async def test_ask_read_the_thread_and_answer(
     assert r.status_code == 303
     page = await client.get(r.headers["location"])
     assert "Does my data work in Tokyo?" in page.text and "With customer service" in page.text
-    r = await client.post(r.headers["location"] + "/reply",
+    assert r.headers["location"].endswith("?sent=1")  # "We received your question"
+    r = await client.post(r.headers["location"].removesuffix("?sent=1") + "/reply",
                           data={"csrf": csrf_of(page.text), "body": "Also in Osaka?"})
     assert r.status_code == 303
     assert "Also in Osaka?" in (await client.get(r.headers["location"])).text

@@ -158,7 +158,7 @@ async def test_the_variants_of_the_page(
     await db.run(no_line_unverified_and_news)
     sign_in(client, customer)
     r = await client.get("/account")
-    assert "You have no line yet. You can still top up any number as a gift." in r.text
+    assert "You have no line yet. Add the number of your SIM or eSIM" in r.text
     assert "A contact of yours is not verified yet." in r.text and 'href="/verify"' in r.text
     assert '<span class="state pending">new</span>' in r.text
 

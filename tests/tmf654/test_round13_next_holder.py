@@ -8,6 +8,9 @@ closing an account and adding the line again must not reset its limit)."""
 
 from __future__ import annotations
 
+import csv
+import io
+
 import httpx
 from sqlalchemy import select
 
@@ -47,6 +50,21 @@ async def _take_over(client: httpx.AsyncClient, deliver, old: Payer, new: Payer)
     assert r.status_code == 200, r.text
 
 
+async def _records_of(client: httpx.AsyncClient, holder: Payer, msisdn: str) -> list[list[str]]:
+    """The rows of `holder`'s records CSV about `msisdn`, and the same of the user center."""
+    client.cookies.set("sc_session", holder.token)
+    try:
+        csv_page = await client.get("/account/records.csv")
+        center = await client.get("/account")
+    finally:
+        client.cookies.clear()
+    assert csv_page.status_code == 200 and center.status_code == 200
+    rows = [row for row in csv.reader(io.StringIO(csv_page.text)) if msisdn in row]
+    if not rows:
+        assert "rent for March" not in center.text
+    return rows
+
+
 async def test_the_next_holder_lists_only_their_own_gifts(
     client: httpx.AsyncClient, db: Database, settings: Settings, deliver
 ) -> None:
@@ -72,6 +90,9 @@ async def test_the_next_holder_lists_only_their_own_gifts(
         client.cookies.clear()
     assert page.status_code == 200
     assert friend.line.msisdn not in page.text and "rent for March" not in page.text
+    # Nor the records, the user center's latest activity or their CSV: the line's history
+    # there starts when Y attached it (its credit and X's gift are X's).
+    assert await _records_of(client, y, x.line.msisdn) == []
 
     # The new holder's own gift is listed; the daily count is still the line's.
     await _give(client, y, x.line, other.line.msisdn, 300, "thanks")
@@ -79,6 +100,9 @@ async def test_the_next_holder_lists_only_their_own_gifts(
     assert [t["to_msisdn"] for t in listed] == [other.line.msisdn]
     terms = (await client.get(url + "/terms", headers=y.auth)).json()
     assert terms["used_today"] == 2
+    # Y's records of the line: their own gift and its fee, nothing of X's.
+    mine = await _records_of(client, y, x.line.msisdn)
+    assert sorted(row[3] for row in mine) == ["-16", "-300"]
 
 
 async def test_a_line_attached_at_creation_and_detached_on_closure(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
@@ -52,6 +53,7 @@ from simcharge.auth.schemas import (
 )
 from simcharge.auth.sessions import csrf_token, live_sessions, revoke, session_of_account
 from simcharge.auth.totp import Enrolment
+from simcharge.db import Database
 from simcharge.errors import NotFound, Refused, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
@@ -86,17 +88,28 @@ def _new_token(
     return TokenOut(token=token)
 
 
-def me_out(account: Account) -> MeOut:
+def me_out(account: Account, *, passkey_step: bool) -> MeOut:
+    """The profile; `two_step` speaks of both second steps (`passkey_step`: two-step sign-in
+    with a passkey is on), where the sign-in's `account` speaks of the app only."""
+    method: Literal["app", "passkey"] | None = (
+        "app" if account.totp_enabled_at is not None else "passkey" if passkey_step else None
+    )
     return MeOut(
-        **account_out(account).model_dump(),
+        **(account_out(account).model_dump() | {"two_step": method is not None}),
+        two_step_method=method,
         time_zone=account.time_zone,
         format_locale=account.format_locale,
     )
 
 
+async def _me_out(db: Database, account: Account) -> MeOut:
+    async with db.read() as s:
+        return me_out(account, passkey_step=await auth.passkey_second_factor_on(s, account))
+
+
 @router.get("", response_model=MeOut, summary="My profile")
-async def me(customer: CurrentCustomer) -> MeOut:
-    return me_out(customer.account)
+async def me(customer: CurrentCustomer, db: DB) -> MeOut:
+    return await _me_out(db, customer.account)
 
 
 @router.patch(
@@ -179,7 +192,7 @@ async def update_me(
     result = await db.run(run)
     raise_refused(result)
     assert isinstance(result, Account)
-    return me_out(result)
+    return await _me_out(db, result)
 
 
 @router.get("/sessions", response_model=list[SessionOut], summary="My active sessions")
@@ -456,7 +469,8 @@ async def export(customer: CurrentCustomer, db: DB, limits: Limits) -> JSONRespo
 @router.post(
     "/close",
     response_model=Done,
-    summary="Close my account: password (and code) again; lines detached, personal data erased",
+    summary="Close my account: password (and the second factor) again; lines detached, personal "
+    "data erased",
 )
 async def close(
     body: CloseIn,
@@ -467,16 +481,25 @@ async def close(
     client: Client,
     limits: Limits,
 ) -> Done:
-    privacy.check_closure_input(customer.account, body.password, body.code)
+    # Bad input (a missing password or second factor, a malformed passkey answer) is refused
+    # before anything is counted.
+    async with db.read() as s:
+        passkey_step = await auth.passkey_second_factor_on(s, customer.account)
+    privacy.check_closure_input(
+        customer.account, body.password, body.code, body.credential, passkey_step=passkey_step
+    )
     counted = await auth.count_reauthentication(limits, client, customer.account.id)
 
     async def run(s: AsyncSession) -> privacy.Closed | Refused:
+        account = await _locked_account(s, customer)
         return await privacy.close_account(
             s,
             settings,
-            await _locked_account(s, customer),
+            account,
             password=body.password,
             code=body.code,
+            credential=body.credential,
+            auth_session=await _auth_session(s, customer),
             client=client,
             now=utcnow(),
             counted=counted,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.accounts.retention import forget_where_events_came_from
+from simcharge.auth import passkeys
 from simcharge.auth import service as auth
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
@@ -385,12 +386,25 @@ async def _closure_blocked(session: AsyncSession, account_id: uuid.UUID) -> Clos
     return None
 
 
-def check_closure_input(account: Account, password: str, code: str) -> None:
-    """What closing needs that no count is spent on: the password, and the code when two-step
-    verification is on (`ValidationFailed` naming the missing field)."""
+def check_closure_input(
+    account: Account,
+    password: str,
+    code: str,
+    credential: dict[str, Any] | None = None,
+    *,
+    passkey_step: bool = False,
+) -> None:
+    """What closing needs that no count is spent on: the password, and when two-step
+    verification is on — with the app, or two-step sign-in with a passkey (`passkey_step`) — its
+    second factor, a code (`code`) or one of the account's passkeys' answer to the confirm
+    options (`credential`): `ValidationFailed` naming the missing field (`code`). A malformed
+    `credential` is `422 passkey-invalid` here too, before anything is counted or spent."""
     if not password:
         raise ValidationFailed(N_("This field is required."), field="password")
-    if account.totp_enabled_at is not None and not code.strip():
+    if credential is not None:
+        passkeys.parsed_authentication(credential)
+    two_step = account.totp_enabled_at is not None or passkey_step
+    if two_step and not code.strip() and credential is None:
         raise ValidationFailed(N_("This field is required."), field="code")
 
 
@@ -401,13 +415,18 @@ async def close_account(
     *,
     password: str,
     code: str = "",
+    credential: dict[str, Any] | None = None,
+    auth_session: AuthSession,
     client: ClientInfo,
     now: datetime,
     counted: auth.Reauthentication,
 ) -> Closed | Refused:
-    """Close the account of a signed-in customer, who gives the password again (and a code when
-    two-step verification is on; `counted` by `auth.count_reauthentication` before the
-    transaction, which `account`'s lock opened).
+    """Close the account of a signed-in customer, who gives the password again and, when
+    two-step verification is on, its second factor as every change that could take the account
+    away asks it (`auth.confirm_both_factors`): with the app, a current code or a recovery code;
+    with two-step sign-in with a passkey, one of the account's passkeys' answer to the confirm
+    options of `auth_session` (`credential`) or a recovery code (`counted` by
+    `auth.count_reauthentication` before the transaction, which `account`'s lock opened).
 
     Refused (409 `account-closure-blocked`) while an order waits for its payment or a refund is
     in progress. Then, in one transaction: the confirmation is queued to the verified contacts
@@ -419,22 +438,22 @@ async def close_account(
     the contacts, the display name, the password and the TOTP secret are erased. Orders,
     payments, refunds, receipts and the ledger stay (the law keeps them), on the account's id.
     What stays is then swept by age as any other account's (`accounts.retention`)."""
-    check_closure_input(account, password, code)
+    check_closure_input(
+        account, password, code, credential,
+        passkey_step=await auth.passkey_second_factor_on(session, account),
+    )  # fmt: skip
     if account.status == AccountStatus.closed:
         raise ClosureBlocked(N_("The account is closed already."))
     blocked = await _closure_blocked(session, account.id)
     if blocked is not None:
         raise blocked
-    refused = await auth.reauthenticate(
-        session,
-        settings,
-        account,
-        auth.password_and_code_check(session, settings, account, password, code.strip(), client, now),
-        kind=EventKind.account_closed,
-        client=client,
-        now=now,
-        counted=counted,
-    )
+    refused = await auth.confirm_both_factors(
+        session, settings, account, password, code.strip(), kind=EventKind.account_closed,
+        client=client, now=now, counted=counted,
+        passkey=passkeys.confirmed_by(
+            session, settings, account, auth_session, credential, client, now
+        ),
+    )  # fmt: skip
     if refused is not None:
         return refused
     targets: dict[str, str] = {}

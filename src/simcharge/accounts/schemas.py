@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +46,15 @@ class MeOut(AccountOut):
 
     time_zone: str | None = Field(description=ZONE_DOC)
     format_locale: str | None = Field(description=FORMAT_DOC)
+    two_step: bool = Field(
+        description="A sign-in with the password asks a second step: the authenticator app, or "
+        "two-step sign-in with a passkey (`two_step_method` says which)"
+    )
+    two_step_method: Literal["app", "passkey"] | None = Field(
+        description="`app`: an authenticator app's code (or a passkey, or a recovery code); "
+        "`passkey`: two-step sign-in with a passkey (one of the account's passkeys, or a "
+        "recovery code); `null`: off"
+    )
 
 
 class LineAttachIn(BaseModel):
@@ -104,5 +113,14 @@ class CloseIn(BaseModel):
         default="",
         max_length=64,
         description="With two-step verification on: a code from the authenticator, or a "
-        "recovery code",
+        "recovery code (with two-step sign-in with a passkey: a recovery code, unless "
+        "`credential` is given)",
+    )
+    credential: dict[str, Any] | None = Field(
+        default=None,
+        description="With two-step sign-in with a passkey (or the app) on: one of the account's "
+        "passkeys' answer to `POST /api/v1/me/passkeys/confirm/options`, as "
+        "`PublicKeyCredential.toJSON()` writes it (not this account's, this session's or "
+        "verified: `401 invalid-second-factor`, field `credential`; malformed: `422 "
+        "passkey-invalid`)",
     )

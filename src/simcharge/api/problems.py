@@ -9,7 +9,7 @@ else is a logged `internal-error` that shows no trace of the code (answered by
 from __future__ import annotations
 
 import string
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import structlog
@@ -201,8 +201,15 @@ def install_problem_handlers(app: FastAPI) -> None:
             mapped = HTTPProblem(exc.status_code, str(exc.detail))
         if exc.status_code in (404, 405) and _browsing(request):
             # A browser on the portal's side of the site (a mistyped address, a form's address
-            # opened as a page): a page in the reader's language, not a JSON document.
+            # opened as a page): a page, not a JSON document, in the language the portal would
+            # speak (the app's `html_visitor`: the switch's cookie, the signed-in account's,
+            # the browser's); no route ran to find it out.
             request.state.portal = True
+            find: Callable[[Request], Awaitable[None]] | None = getattr(
+                request.app.state, "html_visitor", None
+            )
+            if find is not None and getattr(request.state, "visitor", None) is None:
+                await find(request)
             request.state.language = getattr(request.state, "language", None) or (
                 request_language(request)
             )

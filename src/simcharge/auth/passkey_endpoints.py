@@ -32,10 +32,11 @@ from simcharge.auth.schemas import Done, LoginOut, PasswordIn, RecoveryCodesOut
 from simcharge.auth.throttle import RateLimits
 from simcharge.config import Settings
 from simcharge.db import Database
-from simcharge.errors import Refused
+from simcharge.errors import MethodNotAllowed, Refused
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.schemas import Schema
+from simcharge.kit.translations import N_
 
 router = APIRouter(prefix=API_PREFIX, tags=["passkeys"])
 
@@ -111,6 +112,15 @@ class ConfirmedIn(_In):
 
 
 PasskeyOptionsIn = ConfirmedIn
+
+
+class PasskeyRemoveIn(ConfirmedIn):
+    """Removing a passkey: the password again (required), and with two-step verification on its
+    second factor, as `ConfirmedIn` says."""
+
+    password: str = Field(
+        min_length=1, max_length=1024, description="The account's password, asked again."
+    )
 
 
 class PasskeyIn(_In):
@@ -346,20 +356,57 @@ async def rename_passkey(
     return passkey_out(await db.run(run))
 
 
+@router.post(
+    "/me/passkeys/{passkey_id}/remove",
+    response_model=Done,
+    summary="Remove a passkey (the password again, and the second factor with two-step on)",
+)
+async def remove_passkey(
+    passkey_id: uuid.UUID,
+    body: PasskeyRemoveIn,
+    customer: CurrentCustomer,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> Done:
+    """Re-authenticated as every change to the ways in (ASVS V3.7.1): the password, and with
+    two-step verification on its second factor — with the app, a current code or a recovery
+    code (`code`); with two-step sign-in with a passkey, one of the passkeys' answer to
+    `POST /me/passkeys/confirm/options` (`credential`) or a recovery code. Throttled and counted
+    as every re-entered password. Another account's passkey: `404`; the last one while two-step
+    sign-in with a passkey is on: `409 passkey-last-second-factor` (both before the password is
+    tried). The holder is told."""
+    if body.credential is not None:
+        passkeys.parsed_authentication(body.credential)  # malformed: 422, nothing counted
+    counted = await auth.count_reauthentication(limits, client, customer.account.id)
+
+    async def run(s: AsyncSession) -> Refused | None:
+        account, auth_session = await _held(s, customer)
+        return await second_step.remove_confirmed(
+            s, settings, account, auth_session, passkey_id, password=body.password,
+            code=body.code.strip(), credential=body.credential, client=client, now=utcnow(),
+            counted=counted,
+        )  # fmt: skip
+
+    raise_refused(await db.run(run))
+    return Done()
+
+
 @router.delete(
     "/me/passkeys/{passkey_id}",
     response_model=Done,
-    summary="Remove a passkey (the password stays)",
+    summary="Moved: removing a passkey is POST /api/v1/me/passkeys/{passkey_id}/remove",
+    responses={405: {"description": "Always: the removal asks the password again, in a body."}},
 )
-async def remove_passkey(
-    passkey_id: uuid.UUID, customer: CurrentCustomer, db: DB, client: Client
-) -> Done:
-    async def run(s: AsyncSession) -> None:
-        account, _ = await _held(s, customer)
-        await passkeys.remove_passkey(s, account, passkey_id, client=client, now=utcnow())
-
-    await db.run(run)
-    return Done()
+async def remove_passkey_moved(passkey_id: uuid.UUID, customer: CurrentCustomer) -> Done:
+    """Removing a passkey asks the password again (and the second factor with two-step on): a
+    body some clients cannot send with `DELETE`. This answers `405 method-not-allowed` naming
+    the route to use; nothing is read or changed."""
+    raise MethodNotAllowed(
+        N_("Removing a passkey asks for your password again: send it with POST to {route}."),
+        headers={"Allow": "PATCH"}, route=f"/api/v1/me/passkeys/{passkey_id}/remove",
+    )  # fmt: skip
 
 
 # --- two-step sign-in with a passkey --------------------------------------------------------

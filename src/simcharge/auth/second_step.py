@@ -37,6 +37,7 @@ from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession, Passkey, PasskeySecondFactor
 from simcharge.auth.passkeys import (
     CHALLENGE_TTL,
+    LastPasskeyOfTwoStep,
     PasskeyChallengeInvalid,
     challenge_spent,
     confirmed_by,
@@ -45,6 +46,7 @@ from simcharge.auth.passkeys import (
     parsed_authentication,
     passkeys_of,
     relying_party,
+    remove_passkey,
     request_options,
     verified_assertion,
 )
@@ -61,7 +63,7 @@ from simcharge.auth.service import (
     start_session,
 )
 from simcharge.config import Settings
-from simcharge.errors import Conflict, Refused
+from simcharge.errors import Conflict, NotFound, Refused
 from simcharge.kit.translations import N_
 from simcharge.notifications.service import notify
 
@@ -294,4 +296,47 @@ async def disable(
         client=client, details={"reason": "holder"}, now=now,
     )  # fmt: skip
     await notify(session, account_id=account.id, template="security.totp_disabled")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Removing a passkey
+
+
+async def remove_confirmed(
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    auth: AuthSession,
+    passkey_id: uuid.UUID,
+    *,
+    password: str,
+    code: str = "",
+    credential: dict[str, Any] | None = None,
+    client: ClientInfo,
+    now: datetime,
+    counted: Reauthentication,
+) -> Refused | None:
+    """Remove one of the account's passkeys once the holder re-authenticated (ASVS V3.7.1): the
+    password and, with two-step verification on (the app, or two-step sign-in with a passkey),
+    its second factor, as `confirm_both_factors` asks it (a code, a recovery code, or one of the
+    passkeys' answer to `passkeys.confirm_options` — the one being removed may answer).
+
+    Refused before the password is tried: another account's (or no) passkey (`404`, field
+    `passkey_id`, as anyone else's is "not found"), and the last passkey while two-step sign-in
+    with a passkey asks for one (`409 passkey-last-second-factor`). A refused re-authentication
+    is logged as a failed `passkey_removed` and counted with sign-in failures."""
+    own = await passkeys_of(session, account.id)
+    if not any(p.id == passkey_id for p in own):
+        raise NotFound(N_("No passkey with this id."), field="passkey_id")
+    if len(own) == 1 and await passkey_second_factor_on(session, account):
+        raise LastPasskeyOfTwoStep(field="passkey_id")
+    refused = await confirm_both_factors(
+        session, settings, account, password, code, kind=EventKind.passkey_removed,
+        client=client, now=now, counted=counted,
+        passkey=confirmed_by(session, settings, account, auth, credential, client, now),
+    )  # fmt: skip
+    if refused is not None:
+        return refused
+    await remove_passkey(session, account, passkey_id, client=client, now=now)
     return None

@@ -79,6 +79,11 @@ class InvalidSecondFactor(NotAuthenticated):
     slug = "invalid-second-factor"
     title = N_("The authenticator or recovery code is wrong.")
 
+    passkey: dict[str, object] | None = None
+    """At a sign-in that asked for a fresh ceremony (`login(offer_again=True)`: the portal's
+    second page shown again), the pending sign-in's new passkey ceremony, as
+    `SecondFactorRequired.passkey`; never in the problem document."""
+
 
 class SecondFactorRequired(NotAuthenticated):
     """The password was right; the second step is due. `passkey`: the pending sign-in's
@@ -652,13 +657,14 @@ async def verify_contact_signed_out(
 ) -> Account | Refused:
     """Verifying a contact without a session, second step: the code, for the account whose
     login and password `credentials_to_verify` has just checked (as it is now: locked or
-    disabled meanwhile, refused as at sign-in)."""
+    disabled meanwhile, refused as at sign-in). The device that verified (with the password and
+    the code) is remembered as the account's: its first sign-in is no new device's."""
     account = await AccountRepository(session).get(account_id, lock=True)
     if account is None or account.status in SIGNED_OUT_FOR_GOOD:
         return Refused(InvalidCredentials())
     if account.status == AccountStatus.locked:
         return Refused(AccountLocked())
-    return await verify_contact(
+    verified = await verify_contact(
         session,
         settings,
         account,
@@ -669,6 +675,9 @@ async def verify_contact_signed_out(
         limits=limits,
         counted=counted,
     )
+    if not isinstance(verified, Refused):
+        await _remember_device(session, settings, account.id, client, now)
+    return verified
 
 
 def check_profile_change(language: str | None, email: str | None, phone: str | None) -> None:
@@ -893,11 +902,14 @@ async def login(
     client: ClientInfo,
     now: datetime,
     replacing: str | None = None,
+    offer_again: bool = False,
 ) -> SignedIn | Refused:
     """Sign in. `replacing`: the session token the client held until now (a browser's session
     cookie, which the new session's takes the place of); that session is ended with the
     sign-in, whoever's it was, rather than left valid on the server (ASVS 3.3.1). A refused
-    sign-in ends nothing."""
+    sign-in ends nothing. `offer_again`: a wrong second factor after the right password carries
+    a fresh passkey ceremony for this pending sign-in (`InvalidSecondFactor.passkey`), bound,
+    timed and spent as the first one — for the portal's second page, shown again."""
     checked = await check_credentials(
         session, settings, login=login, password=password, client=client, now=now
     )
@@ -923,14 +935,13 @@ async def login(
             )
             return Refused(await _second_step_due(session, settings, account, now))
         if not await _second_factor_ok(session, settings, account, second_factor, client, now):
+            wrong = InvalidSecondFactor(field="second_factor")
+            if offer_again:
+                from simcharge.auth.second_step import second_step_offer  # builds on this module
+
+                wrong.passkey = await second_step_offer(session, settings, account, now=now)
             return await _failed_login(
-                session,
-                checked.name_row,
-                checked.account_row,
-                account,
-                client,
-                now,
-                InvalidSecondFactor(field="second_factor"),
+                session, checked.name_row, checked.account_row, account, client, now, wrong
             )
         mfa = True
     throttle.clear(checked.name_row, now)
@@ -1525,33 +1536,6 @@ def _password_check(
         if await verified(account.password_hash, password):
             return None
         return InvalidCredentials(N_("The current password is wrong."), field=field)
-
-    return check
-
-
-def password_and_code_check(
-    session: AsyncSession,
-    settings: Settings,
-    account: Account,
-    password: str,
-    code: str,
-    client: ClientInfo,
-    now: datetime,
-) -> Callable[[], Awaitable[NotAuthenticated | None]]:
-    """The password and, when two-step verification is on, a code from the authenticator (or a
-    recovery code): what a signed-in customer gives again before an irreversible step (for
-    `reauthenticate`)."""
-    password_check = _password_check(account, password, "password")
-
-    async def check() -> NotAuthenticated | None:
-        wrong = await password_check()
-        if wrong is not None:
-            return wrong
-        if account.totp_enabled_at is not None and not await _second_factor_ok(
-            session, settings, account, code, client, now
-        ):
-            return InvalidSecondFactor(field="code")
-        return None
 
     return check
 

@@ -29,7 +29,7 @@ from simcharge.catalog.service import list_methods, list_plans
 from simcharge.config import Settings
 from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
 from simcharge.kit.clock import utcnow
-from simcharge.kit.i18n import pick_text
+from simcharge.kit.i18n import chosen_format, pick_text
 from simcharge.kit.translations import N_, translate
 from simcharge.kit.units import units_text
 from simcharge.lifecycle.forecast import outlook
@@ -39,7 +39,7 @@ from simcharge.lines.repository import HOLDINGS_OF_ACCOUNT, LINES_OF_ACCOUNT
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import holdings_from, line_balances
 from simcharge.notifications.service import NOTICES_OF, mark_read
-from simcharge.notifications.templates import notice_title
+from simcharge.notifications.templates import READER_ZONE, environment, notice_title
 from simcharge.orders import service as orders
 from simcharge.orders.models import Order, OrderState, Payment, Refund
 from simcharge.orders.refunds import applied_orders, credit_notes_of
@@ -215,13 +215,74 @@ async def dashboard(
     for n in notices:
         title = notice_title(n.id, n.template, language, n.params,
                              operator=settings.operator_name, base_url=settings.base_url)
-        shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None})
+        body = notice_body(n.id, n.template, language, n.params, page.zone, page.locale,
+                           operator=settings.operator_name, base_url=settings.base_url)
+        shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None,
+                      "body": body, "action": notice_action(n.template, n.params, n.line_id)})
+    added = request.query_params.get("added")
     return render(
         request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,
         unread=any(n["unread"] for n in shown),
         kinds=KINDS,
-        good=N_("Your contact is verified.") if verified else None,
+        good=N_("Your contact is verified.") if verified
+        else N_("The line is added to your account.") if added else None,
     )
+
+
+_BODIES: dict[tuple[Any, ...], str] = {}
+_BODIES_KEPT = 20_000
+
+
+def notice_body(
+    notice_id: uuid.UUID,
+    name: str,
+    language: str,
+    params: dict[str, Any],
+    zone: str,
+    locale: str | None,
+    *,
+    operator: str,
+    base_url: str,
+) -> str:
+    """What a stored notice says, as its e-mail's text says it (the template's `text` block,
+    without the e-mail's greeting and footer): its time in the reader's zone, the device and
+    address it names… Only what the notice stored; remembered by the process as its title
+    (`notice_title`): a notice never changes once stored."""
+    key = (notice_id, language, zone, locale, operator, base_url)
+    body = _BODIES.get(key)
+    if body is None:
+        if len(_BODIES) >= _BODIES_KEPT:
+            _BODIES.clear()
+        env = environment(language, locale=chosen_format(language, locale))
+        template = env.get_template(f"{name}.jinja")
+        block = template.blocks.get("text")
+        context = {"operator": operator, "base_url": base_url, **params, READER_ZONE: zone}
+        body = "".join(block(template.new_context(context))).strip() if block else ""
+        _BODIES[key] = body
+    return body
+
+
+_LINE_ACTION_NOTICES = frozenset({
+    "line.validity_ending", "line.entered_grace", "line.grace_ending", "line.freeze_warning",
+    "line.termination_warning",
+})  # fmt: skip
+
+
+def notice_action(
+    name: str, params: dict[str, Any], line_id: uuid.UUID | None
+) -> tuple[str, str] | None:
+    """Where a notice's reader acts on it, from what it stored: the Security page for a
+    security alert, the order for an order's notice, the top-up of the line running out, the
+    questions for a ticket's; none otherwise."""
+    if name.startswith("security."):
+        return "/account/security", N_("Go to the Security page")
+    if name.startswith("order.") and params.get("order_id"):
+        return f"/account/orders/{params['order_id']}", N_("See the order")
+    if name in _LINE_ACTION_NOTICES and line_id is not None:
+        return f"/account/topup?line={line_id}", N_("Top up this line")
+    if name.startswith("ticket."):
+        return "/account/help", N_("All my questions")
+    return None
 
 
 @router.post("/account/notices/read")
@@ -707,4 +768,4 @@ async def add_line(
             request, page, "add_line.html", status=exc.status, values={"msisdn": msisdn},
             headers=exc.headers, errors=errors, error=summary, sent=bool(code),
         )
-    return drop_carried(redirect("/account"), settings, "attach")
+    return drop_carried(redirect("/account?added=1"), settings, "attach")

@@ -40,7 +40,13 @@ async def _help_page(
     async with db.read() as s:
         mine = await tickets.tickets_of(s, account_id)
         lines = await accounts.own_lines(s, account_id)
-        recent = await orders.orders_of(s, account_id, limit=20)
+        recent = list(await orders.orders_of(s, account_id, limit=20))
+        # An order's page links here with it chosen (`?order=`): an older order than the list's
+        # is added to it, so that it stays chosen. Another's, or no order, is not.
+        chosen = (values or {}).get("order", "")
+        if chosen and all(str(o.id) != chosen for o in recent):
+            with contextlib.suppress(SimchargeError, ValueError):
+                recent.append(await orders.own_order(s, account_id, uuid.UUID(chosen)))
     return render(
         request, page, "help.html", status=status, tickets=mine, lines=lines, orders=recent,
         ticket_states=TICKET_STATES, values=values or {}, errors=errors or {}, error=error,
@@ -76,7 +82,7 @@ async def open_ticket(request: Request, page: Page, db: DB) -> Response:
         return await _help_page(
             request, page, db, status=exc.status, values=values, errors=errors, error=summary
         )
-    return redirect(f"/account/help/{ticket_id}")
+    return redirect(f"/account/help/{ticket_id}?sent=1")
 
 
 @router.get("/account/help/{ticket_id}")
@@ -89,6 +95,7 @@ async def ticket_page(ticket_id: str, request: Request, page: Page, db: DB) -> R
     return render(
         request, page, "ticket.html", ticket=ticket, thread=thread, order=order,
         ticket_states=TICKET_STATES, errors={}, error=None, idempotency_key=uuid.uuid4().hex,
+        sent=request.query_params.get("sent") == "1",
     )
 
 

@@ -1,7 +1,10 @@
-"""The customer's profile page (`/account/profile`): the time zone their times are written in
-and, for a language written differently from region to region (Spanish), the format of their
-numbers, money and dates — on every page, e-mail and SMS. The same service as
-`PATCH /api/v1/me` (`accounts.service.checked_formats`).
+"""The customer's profile page (`/account/profile`, "My details"): their display name, e-mail
+address and phone number — through `PATCH /api/v1/me` itself (`accounts.endpoints.update_me`:
+a new contact is pending until its code is entered on `/verify`; changing one asks the current
+password, checked as at sign-in) — and the time zone their times are written in and, for a
+language written differently from region to region (Spanish), the format of their numbers,
+money and dates — on every page, e-mail and SMS. The same service as `PATCH /api/v1/me`
+(`accounts.service.checked_formats`).
 
 The zone is chosen from a short list grouped by continent (the zones our customers live in; any
 IANA zone is taken by the API), led by the current one and the operator's. When the account has
@@ -19,14 +22,19 @@ from babel import Locale
 from babel.dates import get_timezone_location
 from babel.numbers import format_decimal
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
+from simcharge.accounts.endpoints import update_me
 from simcharge.accounts.models import Account
-from simcharge.api.deps import DB
-from simcharge.api.problems import error_texts
-from simcharge.errors import SimchargeError
+from simcharge.accounts.schemas import ProfileIn
+from simcharge.api.deps import DB, AppSettings
+from simcharge.api.problems import error_texts, validation_problem
+from simcharge.auth.deps import Client, Limits
+from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import BABEL_LOCALES, REGIONAL_CHOICES, REGIONAL_FORMATS
 from simcharge.kit.moments import UTC_ZONE, is_zone, offset_text, zone
@@ -124,6 +132,10 @@ def _page(
     errors: dict[str, str] | None = None,
     error: str | None = None,
     saved: bool = False,
+    details: dict[str, str] | None = None,
+    details_errors: dict[str, str] | None = None,
+    details_error: str | None = None,
+    good: str | None = None,
 ) -> Response:
     settings = request.app.state.settings
     locale = BABEL_LOCALES.get(page.language, "en")
@@ -136,14 +148,34 @@ def _page(
         current_zone=zone_choice(current, locale, now) if current else None,
         zone_groups=zone_groups(locale, now),
         formats=format_choices(page.language, locale),
-        values=chosen, errors=errors or {}, error=error, saved=saved, now=now,
+        values=chosen, errors=errors or {}, error=error or details_error, saved=saved, now=now,
+        details=details or _details_of(account), details_errors=details_errors or {},
+        good=good,
     )  # fmt: skip
+
+
+def _details_of(account: Account) -> dict[str, str]:
+    """The details form as the account has it: a contact's verified value, else the one
+    pending (a registration's, not verified yet)."""
+    return {
+        "display_name": account.display_name or "",
+        "email": account.email or account.email_pending or "",
+        "phone": account.phone or account.phone_pending or "",
+    }
+
+
+DETAILS_SAVED = {
+    "details": N_("Your details are saved."),
+    "cancelled": N_("The change is cancelled."),
+}
+"""The profile page's confirmations (`?saved=`)."""
 
 
 @router.get("/account/profile")
 async def profile_page(request: Request, page: Page, saved: str = "") -> Response:
     require(page)
-    return _page(request, page, page.account, saved=saved == "1")
+    good = DETAILS_SAVED.get(saved)
+    return _page(request, page, page.account, saved=saved == "1", good=good)
 
 
 @router.post("/account/profile")
@@ -170,3 +202,103 @@ async def save_profile(request: Request, page: Page, db: DB) -> Response:
             error=summary,
         )  # fmt: skip
     return redirect("/account/profile?saved=1")
+
+
+def _changed(given: str, *held: str | None) -> str | None:
+    """A contact as the form gives it, when it is a change: not what the account has (its
+    verified value or the one pending). Emptied, it is refused: a contact is replaced, never
+    removed (the API has no way to remove one)."""
+    if given in held:
+        return None
+    if not given and any(held):
+        return ""
+    return given or None
+
+
+@router.post("/account/profile/details")
+async def save_details(
+    request: Request,
+    page: Page,
+    db: DB,
+    settings: AppSettings,
+    client: Client,
+    limits: Limits,
+) -> Response:
+    """The display name, e-mail address and phone number, through `PATCH /api/v1/me` itself
+    (`update_me`: the same checks, counts, log and messages). A contact that changes asks the
+    current password; a refusal is shown beside its field and changes nothing. A new contact
+    is pending: on to `/verify` for its code."""
+    require(page)
+    customer = page.customer
+    assert customer is not None
+    form = await form_of(request, page)
+    values = {k: form.get(k, "").strip() for k in ("display_name", "email", "phone")}
+    account = page.account
+    given: dict[str, str] = {}
+    if values["display_name"] != (account.display_name or ""):
+        given["display_name"] = values["display_name"]
+    for name, current, pending in (
+        ("email", account.email, account.email_pending),
+        ("phone", account.phone, account.phone_pending),
+    ):
+        changed = _changed(values[name], current, pending)
+        if changed is not None:
+            given[name] = changed
+    try:
+        emptied = [n for n in ("email", "phone") if given.get(n) == ""]
+        if emptied:
+            raise ValidationFailed(N_("This field is required."), field=emptied[0])
+        if "email" in given or "phone" in given:
+            given["current_password"] = form.get("current_password", "")
+        if not given:
+            return redirect("/account/profile?saved=details")
+        try:
+            body = ProfileIn(**given)
+        except ValidationError as exc:
+            raise validation_problem(RequestValidationError(exc.errors())) from exc
+        await update_me(body, customer, db, settings, client, limits)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return _page(
+            request, page, account, status=exc.status, details=values, details_errors=errors,
+            details_error=summary,
+        )  # fmt: skip
+    if "email" in given or "phone" in given:
+        return redirect("/verify?sent=1")
+    return redirect("/account/profile?saved=details")
+
+
+@router.post("/account/profile/cancel")
+async def cancel_change(
+    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
+) -> Response:
+    """Cancel the change pending on a channel: the current contact given again, as the API
+    takes it (`update_profile`: the pending one dropped, its code void). No password: it moves
+    nothing to a new address. Offered only where there is a current contact to keep."""
+    account_id = require(page)
+    form = await form_of(request, page)
+    channel = "sms" if form.get("channel") in ("sms", "phone") else "email"
+
+    async def run(s: AsyncSession) -> None:
+        account = await s.get(Account, account_id, with_for_update=True)
+        assert account is not None
+        current = account.email if channel == "email" else account.phone
+        if current is None:
+            raise ValidationFailed(
+                N_("There is nothing to verify on this channel."), field="channel"
+            )
+        await accounts.update_profile(
+            s, settings, account, email=current if channel == "email" else None,
+            phone=current if channel == "sms" else None, client=client, now=utcnow(),
+            limits=limits,
+        )  # fmt: skip
+
+    try:
+        await db.run(run)
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return _page(
+            request, page, page.account, status=exc.status, details_errors=errors,
+            details_error=summary,
+        )  # fmt: skip
+    return redirect("/account/profile?saved=cancelled")

@@ -143,6 +143,8 @@ async def register(
 ) -> Response:
     form = await form_of(request, page)
     started = time.monotonic()
+    if client.device_id is None:  # the browser registering is the account's first known device
+        client = replace(client, device_id=uuid7().hex)
     values = {k: form.get(k, "").strip() for k in ("username", "email", "phone", "language")}
     language = values["language"] if values["language"] in LANGUAGES else page.language
     try:
@@ -168,9 +170,11 @@ async def register(
             headers=exc.headers, error=summary,
         )
     await equalize(settings, started)
-    return carry(
+    response = carry(
         redirect("/verify?sent=1", page, settings), settings, "verify", values["username"]
     )
+    ensure_device_cookie(request, response, settings, client.device_id)
+    return response
 
 
 @router.get("/verify")
@@ -190,6 +194,8 @@ async def verify(
     form = await form_of(request, page)
     values = {"login": form.get("login", "").strip(), "channel": _channel(form.get("channel"))}
     customer = page.customer
+    if customer is None and client.device_id is None:  # remembered as the account's device
+        client = replace(client, device_id=uuid7().hex)
     channel = _channel(form.get("channel"))
     code = form.get("code", "").strip()
     counted: codes.CodeCount | None
@@ -235,6 +241,8 @@ async def verify(
     response = redirect(
         "/account?verified=1" if customer else "/login?verified=1", page, settings
     )
+    if customer is None:
+        ensure_device_cookie(request, response, settings, client.device_id)
     return drop_carried(response, settings, "verify")
 
 
@@ -332,7 +340,7 @@ async def login(
         result = await db.run(
             lambda s: service.login(
                 s, settings, login=login_name, password=password, second_factor=second,
-                client=client, now=utcnow(), replacing=held,
+                client=client, now=utcnow(), replacing=held, offer_again=True,
             )
         )
         if isinstance(result, Refused):
@@ -354,6 +362,9 @@ async def login(
             sealed=_seal_password(settings, login_name, password) if step != "password" else "",
             passkeys_on=settings.passkey_rp is not None,
             methods=form.get("methods", "totp").split(","),
+            # A wrong code: the pending sign-in's fresh passkey ceremony, so the passkey stays
+            # on offer (bound, timed and used once as the first).
+            offer=exc.passkey if isinstance(exc, service.InvalidSecondFactor) else None,
         )
     response = redirect(values["next"])
     set_session_cookie(response, settings, result.issued.token)

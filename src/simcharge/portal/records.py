@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import phonenumbers
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,6 +56,29 @@ class Record:
     """Signed: positive when the line received it, negative when it was taken from the line."""
     order_id: uuid.UUID | None
     reference: str | None
+    other: str | None = None
+    """A transfer between lines: the other line's number (`masked` when it is not one of the
+    customer's own lines); None for anything else, and for a transfer's fee."""
+    other_own: bool = False
+    """Whether `other` is one of the customer's own lines (then written in full)."""
+    fee: bool = False
+    """A transfer's fee (paid to the operator by the giving line)."""
+
+
+def masked(msisdn: str) -> str:
+    """Another customer's number as a record names it: the country code, the first digits and
+    the last four (`+1 415 ••• 0102`), enough to recognise a number one knows, not to learn
+    one. Nothing else of theirs (name, account) is shown."""
+    try:
+        number = phonenumbers.parse(msisdn)
+        country, national = number.country_code, phonenumbers.national_significant_number(number)
+    except phonenumbers.NumberParseException:
+        country, national = None, msisdn.lstrip("+")
+    if len(national) < 8:
+        tail = national[-2:]
+        return f"+{country} ••• {tail}" if country else f"••• {tail}"
+    head = f"+{country} {national[:3]}" if country else national[:3]
+    return f"{head} ••• {national[-4:]}"
 
 
 def kind_of(code: str, credited: bool) -> str:
@@ -157,6 +181,12 @@ async def records_page(
     if not accounts:
         return RecordsPage([], None)
     t, stmt = LedgerTransfer, _TRANSFERS_OF
+    # Nothing older than the earliest of the lines' holdings is read (`records_from` leaves
+    # out, line by line, what came before each one's).
+    held = [line.attached_at for line in lines]
+    if held and all(at is not None for at in held):
+        floor = min(at for at in held if at is not None)
+        since = floor if since is None else max(since, floor)
     if before is not None:
         stmt = stmt.where(older_than(t.created_at, t.id, *before))
     if since is not None:
@@ -180,6 +210,7 @@ async def records_page(
         stmt = stmt.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
         rows = (await session.execute(stmt, params)).all()
     found = records_from(rows, lines, accounts, kind=kind, limit=len(rows) * 2)
+    found = await with_other_lines(session, found, rows, accounts)
     read_all = len(rows) < wanted  # every transfer of the filters was read
     if len(found) <= limit:
         last = rows[-1] if rows and not read_all else None
@@ -200,7 +231,8 @@ def records_from(
     limit: int = 200,
 ) -> list[Record]:
     """The records of transfers read newest first (`records_page`, `LATEST_OF_ACCOUNT`): each
-    side that is one of `accounts` (ledger account → line, of `lines` only) is a record."""
+    side that is one of `accounts` (ledger account → line, of `lines` only) is a record — from
+    the time its line's holder attached it: what the line did before is a previous holder's."""
     by_line = {line.id: line for line in lines}
     out: list[Record] = []
     seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
@@ -208,6 +240,9 @@ def records_from(
         for account_id, credited in ((row.credit_account_id, True), (row.debit_account_id, False)):
             line_id = accounts.get(account_id)
             if line_id is None or line_id not in by_line or (row.id, account_id) in seen:
+                continue
+            since = by_line[line_id].attached_at
+            if since is not None and row.created_at < since:
                 continue
             seen.add((row.id, account_id))
             record_kind = kind_of(row.code, credited)
@@ -224,6 +259,57 @@ def records_from(
                     amount=row.amount if credited else -row.amount,
                     order_id=_order_id(row.reference),
                     reference=row.reference,
+                    fee=row.code == "transfer_fee",
                 )
             )
     return out[:limit]
+
+
+async def with_other_lines(
+    session: AsyncSession,
+    records: list[Record],
+    rows: Sequence[Any],
+    accounts: Mapping[uuid.UUID, uuid.UUID],
+) -> list[Record]:
+    """`records` with the other line of each transfer between lines (`Record.other`): read
+    from the transfer's other account, masked unless it is one of `accounts`' lines. A fee
+    goes to the operator, no line: it names none."""
+    by_id = {row.id: row for row in rows if row.code == "transfer"}
+    if not by_id:
+        return records
+    other_account: dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = {}
+    for r in records:
+        row = by_id.get(r.id)
+        if row is None:
+            continue
+        # This record's side is the one whose account belongs to `r.line_id`.
+        mine_credited = accounts.get(row.credit_account_id) == r.line_id and r.amount >= 0
+        other_account[(r.id, r.line_id)] = (
+            row.debit_account_id if mine_credited else row.credit_account_id
+        )
+    if not other_account:
+        return records
+    # The customer: the holder of the lines the records are of (the caller's own lines), so
+    # that a transfer to a line of theirs that the filters left out is still theirs.
+    holder = (
+        select(Line.account_id).where(Line.id == next(iter(accounts.values()))).scalar_subquery()
+    )
+    found = {
+        a_id: (msisdn, bool(own))
+        for a_id, msisdn, own in (
+            await session.execute(
+                select(LedgerAccount.id, Line.msisdn, (Line.account_id == holder).label("own"))
+                .join(Line, Line.id == LedgerAccount.line_id)
+                .where(LedgerAccount.id.in_(set(other_account.values())))
+            )
+        ).all()
+    }
+    out = []
+    for r in records:
+        a_id = other_account.get((r.id, r.line_id))
+        if a_id is None or a_id not in found:
+            out.append(r)
+            continue
+        msisdn, mine = found[a_id]
+        out.append(replace(r, other=msisdn if mine else masked(msisdn), other_own=mine))
+    return out

@@ -103,6 +103,7 @@ async def _security_page(
             alerts.append({"title": title, "at": n.created_at})
     context: dict[str, Any] = {
         "errors": {}, "error": None, "good": None, "form": None, "renaming": None,
+        "removing": None,
     }
     context.update(extra)
     return render(
@@ -412,23 +413,45 @@ async def _renamed(
 
 @router.post("/account/security/passkeys/{passkey_id}/remove")
 async def remove_passkey(
-    passkey_id: str, request: Request, page: Page, db: DB, settings: AppSettings, client: Client
-) -> Response:
-    """Removing one asks no password: it takes a way in away, and the holder is told. The last
-    one is kept while two-step sign-in asks for it (`passkeys.LastPasskeyOfTwoStep`)."""
+    passkey_id: str, request: Request, page: Page, db: DB, settings: AppSettings, client: Client,
+    limits: Limits,
+) -> Response:  # fmt: skip
+    """Removing one asks the password again and, with two-step verification on, its second
+    factor (`second_step.remove_confirmed`: the app's code or a recovery code; with two-step
+    sign-in with a passkey, one of the passkeys through passkeys.js, or a recovery code); the
+    holder is told. The last one is kept while two-step sign-in asks for it
+    (`passkeys.LastPasskeyOfTwoStep`)."""
     require(page)
-    await form_of(request, page)
+    form = await form_of(request, page)
     pid = _uuid(passkey_id, "passkey_id")
+    credential = _answer(form.get("credential", ""))
 
-    async def run(s: AsyncSession) -> None:
-        await passkeys.remove_passkey(s, await _locked(s, page), pid, client=client, now=utcnow())
+    async def run(s: AsyncSession) -> Refused | None:
+        return await second_step.remove_confirmed(
+            s, settings, await _locked(s, page), await _auth_session(s, page), pid,
+            password=form.get("password", ""), code=form.get("code", "").strip(),
+            credential=credential, client=client, now=utcnow(), counted=counted,
+        )  # fmt: skip
 
     try:
-        await db.run(run)
+        if not form.get("password"):
+            raise ValidationFailed(N_("This field is required."), field="password")
+        if credential is not None:
+            passkeys.parsed_authentication(credential)  # malformed: refused, nothing counted
+        counted = await auth.count_reauthentication(limits, client, page.account.id)
+        _refused(await db.run(run))
     except passkeys.LastPasskeyOfTwoStep as exc:
         summary, _ = error_texts(exc, page.language)
         return await _security_page(
             request, page, db, settings, status=exc.status, error=summary, form="passkey_two_step",
+        )  # fmt: skip
+    except NotFound:
+        raise
+    except SimchargeError as exc:
+        summary, errors = error_texts(exc, page.language)
+        return await _security_page(
+            request, page, db, settings, status=exc.status, errors=errors, error=summary,
+            headers=exc.headers, form="passkey_remove", removing=str(pid),
         )  # fmt: skip
     return redirect("/account/security?done=passkey_removed")
 
@@ -516,20 +539,29 @@ async def close(
     require(page)
     form = await form_of(request, page)
     password, code = form.get("password", ""), form.get("code", "").strip()
+    # With two-step sign-in with a passkey: one of them through passkeys.js (`data-confirm`),
+    # or a recovery code typed (without JavaScript too).
+    credential = _answer(form.get("credential", ""))
     try:
         if form.get("confirm") != "yes":
             raise ValidationFailed(
                 N_("Tick the box to confirm that you want to close your account."),
                 field="confirm",
             )
-        privacy.check_closure_input(page.account, password, code)
+        async with db.read() as s:
+            passkey_step = await auth.passkey_second_factor_on(s, page.account)
+        privacy.check_closure_input(
+            page.account, password, code, credential, passkey_step=passkey_step
+        )
         counted = await auth.count_reauthentication(limits, client, page.account.id)
 
         async def run(s: AsyncSession) -> privacy.Closed | Refused:
+            account = await _locked(s, page)
             return await privacy.close_account(
-                s, settings, await _locked(s, page), password=password, code=code,
-                client=client, now=utcnow(), counted=counted,
-            )
+                s, settings, account, password=password, code=code, credential=credential,
+                auth_session=await _auth_session(s, page), client=client, now=utcnow(),
+                counted=counted,
+            )  # fmt: skip
 
         _refused(await db.run(run))
     except SimchargeError as exc:

@@ -70,8 +70,18 @@ class AmountNotUnderstood(ValidationFailed):
     title = N_("Enter the amount as a number, such as 5 or 5.50.")
 
 
+DATA_UNITS: dict[str, int] = {"GB": 1024, "MB": 1}
+"""The units data may be given in (the form's `data_unit`), in MB — the service's unit (the
+ledger's is the byte: `tmf654.service.MB`). GB as the pages write them: 1,024 MB."""
+
+
 def _values(source: Any) -> dict[str, str]:
-    return {k: str(source.get(k, "") or "").strip()[:64] for k in ("to", "what", "amount")}
+    values = {k: str(source.get(k, "") or "").strip()[:64] for k in ("to", "what", "amount")}
+    # Only with data; without one (a link, a form of before) data is in MB, as it was.
+    unit = str(source.get("data_unit", "") or "").strip()[:8]
+    if unit:
+        values["data_unit"] = unit
+    return values
 
 
 def _gift(
@@ -99,6 +109,8 @@ def _gift(
             amount = to_minor(number, currency)
         except LossyConversionError:
             raise _too_many_decimals(currency) from None
+    elif what == "data":
+        amount = _data_mb(number, values.get("data_unit") or "MB")
     elif number == number.to_integral_value():
         amount = int(number)
     else:
@@ -106,6 +118,21 @@ def _gift(
     if not values["to"]:
         raise ValidationFailed(N_("This field is required."), field="to")
     return _within_the_ledger(giving.Gift(to=values["to"], usage_type=what, amount=amount))
+
+
+def _data_mb(number: Decimal, unit: str) -> int:
+    """Data given in GB or MB (`DATA_UNITS`), in whole MB, converted exactly: 1.5 GB is 1,536
+    MB; 1.1 GB (1,126.4 MB) is refused rather than rounded."""
+    per = DATA_UNITS.get(unit)
+    if per is None:
+        raise ValidationFailed(N_("Choose GB or MB."), field="data_unit")
+    mb = number * per
+    if mb != mb.to_integral_value():
+        raise ValidationFailed(
+            N_("Give data in whole MB, such as 1.5 GB or 500 MB (1 GB is 1,024 MB)."),
+            field="amount",
+        )
+    return int(mb)
 
 
 def _too_many_decimals(currency: str) -> ValidationFailed:
@@ -200,7 +227,7 @@ async def _form(
     return render(
         request, page, "transfer.html", status=status, line=line, balances=balances,
         terms=terms, limits=per_transfer(terms), options=options, history=history,
-        what_names=WHAT,
+        what_names=WHAT, data_units=list(DATA_UNITS),
         fee_percent=_percent(terms.fee_percent, page.language, page.locale),
         # The hint's example as the page writes numbers, with the currency's decimals (`5` yen,
         # `5.00` dollars, `5.000` dinars).

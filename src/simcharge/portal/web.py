@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from babel import Locale
+from babel.core import get_global
 from babel.dates import format_date, format_timedelta
 from babel.lists import format_list
-from babel.numbers import format_decimal, format_percent
+from babel.numbers import format_decimal, format_percent, get_territory_currencies
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
@@ -507,6 +508,7 @@ def environment(language: str, locale: str | None = None) -> Environment:
         tr=lambda message: translate(language, message),
         bar_class=bar_class,
         gettext=env.globals["_"],
+        likely_first=likely_first,
     )
     gettext = env.globals["_"]
     env.globals.update(
@@ -520,6 +522,31 @@ def environment(language: str, locale: str | None = None) -> Environment:
         languages=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES],
     )
     return env
+
+
+@lru_cache(maxsize=256)
+def likely_currencies(language: str, locale: str | None, default: str) -> tuple[str, ...]:
+    """The currencies a reader most likely pays in, likeliest first: the one of the region of
+    their number format (`Visitor.locale`, else the language's own: Simplified Chinese → CNY,
+    Traditional → TWD, `es` → EUR, `es-MX` → MXN, `en` → USD), then the operator's
+    `SIMCHARGE_DEFAULT_CURRENCY`. Prices list these first (`likely_first`); the top-up page
+    puts the signed-in customer's lines' currencies before them."""
+    name = locale or BABEL_LOCALES.get(language, "en")
+    parsed = Locale.parse(name)
+    if parsed.territory is None:  # `es`, `en`: the region the language most likely means
+        likely = cast("dict[str, str]", get_global("likely_subtags")).get(name)
+        parsed = Locale.parse(likely) if likely else parsed
+    region = get_territory_currencies(parsed.territory) if parsed.territory else []
+    return tuple(dict.fromkeys([*region[:1], default]))
+
+
+def likely_first(prices: Sequence[Any], first: Sequence[str]) -> list[Any]:
+    """`prices` (each with its `currency`) with those in `first` first, in that order, the
+    others after in their own order: "10,00 US$ · 68,00 CNY" for a reader paying in dollars."""
+    rank: dict[str, int] = {}
+    for i, currency in enumerate(first):
+        rank.setdefault(currency, i)
+    return sorted(prices, key=lambda p: rank.get(p.currency, len(rank)))
 
 
 def bar_class(remaining: int, initial: int) -> str:
@@ -593,6 +620,7 @@ def render(
         has_logo=settings.operator_logo is not None,
         path=request.url.path,
         here=_here(request),
+        likely_currencies=likely_currencies(page.language, page.locale, settings.default_currency),
         **{READER_ZONE: page.zone},
         **context,
     )

@@ -74,7 +74,7 @@ async def add_line_and_top_up(
     await page.fill("#f-code", await sms_code(line.msisdn))
     await check(page, f"{shots}add-line", problems)
     await submit(page, "form[action='/account/lines/add']")
-    assert page.url.endswith("/account")
+    assert page.url.endswith("/account?added=1")  # "The line is added to your account."
     await page.click(f"a[href='/account/topup?line={line.id}']")
     await page.check("input[name=plan][value='traveller-20']")
     await page.check("input[name=method][value='sandbox']")

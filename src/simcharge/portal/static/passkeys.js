@@ -15,6 +15,9 @@
 //   #passkey-confirm      a plain form that asks one of the holder's passkeys (data-confirm)
 //                         unless its recovery `code` is filled; the answer, as JSON, goes in
 //                         its hidden `credential` field and the form is sent as it is.
+//   form.passkey-confirm  the same, for a page with several such forms (each with an id, its
+//                         status element `<id>-status`): closing the account, removing a
+//                         passkey.
 //
 // Each is hidden in the page and shown here only where the browser can use passkeys; everything
 // else on those pages works without this file. The status element next to each (…-status)
@@ -200,25 +203,31 @@
     });
   }
 
-  var confirm = document.getElementById("passkey-confirm");
-  if (confirm) {
-    var confirmStatus = document.getElementById("passkey-confirm-status");
-    confirm.addEventListener("submit", function (event) {
-      var code = confirm.querySelector("[name=code]");
+  // A plain form confirmed by one of the holder's passkeys, unless a recovery code is typed.
+  function confirmForm(form) {
+    var status = document.getElementById(form.id + "-status");
+    form.addEventListener("submit", function (event) {
+      var code = form.querySelector("[name=code]");
       if (code && code.value.trim()) { return; }  // a recovery code: sent as it is
       event.preventDefault();
-      var submit = confirm.querySelector("button[type=submit]");
+      var submit = form.querySelector("button[type=submit]");
       submit.disabled = true;
-      confirmStatus.textContent = "";
-      confirmed(confirm.getAttribute("data-confirm"), confirm.querySelector("[name=csrf]").value)
+      status.textContent = "";
+      confirmed(form.getAttribute("data-confirm"), form.querySelector("[name=csrf]").value)
         .then(function (answer) {
-          confirm.querySelector("[name=credential]").value = JSON.stringify(answer);
-          confirm.submit();
+          form.querySelector("[name=credential]").value = JSON.stringify(answer);
+          form.submit();
         })
         .catch(function (problem) {
           submit.disabled = false;
-          say(confirmStatus, problem);
+          say(status, problem);
         });
     });
   }
+
+  var confirm = document.getElementById("passkey-confirm");
+  if (confirm) { confirmForm(confirm); }
+  Array.prototype.forEach.call(
+    document.querySelectorAll("form.passkey-confirm[data-confirm]"), confirmForm
+  );
 })();
