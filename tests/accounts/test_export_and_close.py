@@ -335,7 +335,7 @@ async def test_closing_is_refused_while_money_is_on_its_way(
     await web_sign_in(client, agent)
     page = await client.get(f"/backoffice/customers/{payer.account_id}")
     assert page.status_code == 200, page.text
-    assert '<span class="badge closed">closed</span>' in page.text
+    assert '<span class="badge closed">closed by its holder</span>' in page.text
     assert f"closed-{payer.account_id.hex}" in page.text and order["reference"] in page.text
     assert payer.email not in page.text
 
