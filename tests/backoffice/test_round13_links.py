@@ -18,25 +18,16 @@ from simcharge.backoffice.models import AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
 from tests.backoffice.helpers import Staff, adjust_key_of, csrf_of, new_staff, web_sign_in
-from tests.orders.helpers import Payer, idem, new_payer, pay_at_sandbox, place
-
-
-async def _fulfilled(client: httpx.AsyncClient, settings: Settings, payer: Payer) -> dict[str, Any]:
-    order = await place(client, payer)
-    await pay_at_sandbox(client, settings, order)
-    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
-    assert r.json()["state"] == "fulfilled"
-    return dict(r.json())
+from tests.orders.helpers import (
+    Payer,
+    fulfilled,
+    new_payer,
+    open_ticket,
+)
 
 
 async def _ticket(client: httpx.AsyncClient, payer: Payer, **about: str) -> dict[str, Any]:
-    r = await client.post(
-        "/api/v1/me/tickets",
-        headers={**payer.auth, **idem()},
-        json={"subject": "A question", "body": "About my line.", **about},
-    )
-    assert r.status_code == 201, r.text
-    return dict(r.json())
+    return await open_ticket(client, payer, subject="A question", body="About my line.", **about)
 
 
 def _lands(location: str, path: str, anchor: str) -> None:
@@ -50,7 +41,7 @@ async def test_a_buckets_order_source_is_the_orders_reference_linked_to_its_pane
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     payer = await new_payer(db, settings)
-    order = await _fulfilled(client, settings, payer)
+    order = await fulfilled(client, settings, payer)
     agent = await new_staff(db, settings, "agent")
     await web_sign_in(client, agent)
     page = await client.get(f"/backoffice/customers/{payer.account_id}")
@@ -65,7 +56,7 @@ async def test_the_customers_tickets_say_what_each_is_about(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     payer = await new_payer(db, settings)
-    order = await _fulfilled(client, settings, payer)
+    order = await fulfilled(client, settings, payer)
     await _ticket(client, payer, order_id=order["id"])
     await _ticket(client, payer, line_id=str(payer.line.id))
     await _ticket(client, payer)
@@ -103,7 +94,7 @@ async def test_a_search_shows_what_matched_with_a_direct_link(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     payer = await new_payer(db, settings)
-    order = await _fulfilled(client, settings, payer)
+    order = await fulfilled(client, settings, payer)
     ticket = await _ticket(client, payer, order_id=order["id"])
     agent = await new_staff(db, settings, "agent")
     await web_sign_in(client, agent)
@@ -149,7 +140,7 @@ async def _agent_on_page(
     client: httpx.AsyncClient, db: Database, settings: Settings, role: str = "agent"
 ) -> tuple[Payer, dict[str, Any], Staff, str]:
     payer = await new_payer(db, settings)
-    order = await _fulfilled(client, settings, payer)
+    order = await fulfilled(client, settings, payer)
     staff = await new_staff(db, settings, role)
     csrf = await web_sign_in(client, staff)
     return payer, order, staff, csrf

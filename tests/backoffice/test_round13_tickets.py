@@ -16,32 +16,25 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from tests.auth.helpers import problem
 from tests.backoffice.helpers import new_staff, web_sign_in
-from tests.orders.helpers import Payer, idem, new_payer, pay_at_sandbox, place
-
-
-async def _fulfilled(client: httpx.AsyncClient, settings: Settings, payer: Payer) -> dict[str, Any]:
-    order = await place(client, payer)
-    await pay_at_sandbox(client, settings, order)
-    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
-    assert r.json()["state"] == "fulfilled"
-    return dict(r.json())
+from tests.orders.helpers import (
+    Payer,
+    fulfilled,
+    new_payer,
+    open_ticket,
+)
 
 
 async def _ticket(client: httpx.AsyncClient, payer: Payer, **about: str) -> dict[str, Any]:
-    r = await client.post(
-        "/api/v1/me/tickets",
-        headers={**payer.auth, **idem()},
-        json={"subject": "My data stopped", "body": "Nothing works since noon.", **about},
+    return await open_ticket(
+        client, payer, subject="My data stopped", body="Nothing works since noon.", **about
     )
-    assert r.status_code == 201, r.text
-    return dict(r.json())
 
 
 async def test_a_ticket_about_a_line_shows_the_line_and_the_customers_language(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     payer = await new_payer(db, settings, language="es")
-    await _fulfilled(client, settings, payer)
+    await fulfilled(client, settings, payer)
     ticket = await _ticket(client, payer, line_id=str(payer.line.id))
     agent = await new_staff(db, settings, "agent")
     await web_sign_in(client, agent)
@@ -83,7 +76,7 @@ async def test_a_ticket_about_an_order_links_the_customer_page_at_the_order(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     payer = await new_payer(db, settings)
-    order = await _fulfilled(client, settings, payer)
+    order = await fulfilled(client, settings, payer)
     ticket = await _ticket(client, payer, order_id=order["id"])
     agent = await new_staff(db, settings, "agent")
     await web_sign_in(client, agent)
@@ -148,7 +141,7 @@ async def test_the_queue_says_what_each_ticket_is_about(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     payer = await new_payer(db, settings)
-    order = await _fulfilled(client, settings, payer)
+    order = await fulfilled(client, settings, payer)
     by_order = await _ticket(client, payer, order_id=order["id"])
     by_line = await _ticket(client, payer, line_id=str(payer.line.id))
     agent = await new_staff(db, settings, "agent")

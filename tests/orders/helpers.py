@@ -96,6 +96,29 @@ async def pay_at_sandbox(client: httpx.AsyncClient, settings: Settings, order: d
                              data={"action": action, "token": page_token(settings, sid)})
 
 
+async def fulfilled(client: httpx.AsyncClient, settings: Settings, payer: Payer) -> dict[str, Any]:
+    """An order placed, paid at the sandbox and credited (checked with the provider): the
+    order as the API answers it."""
+    order = await place(client, payer)
+    await pay_at_sandbox(client, settings, order)
+    r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
+    assert r.json()["state"] == "fulfilled"
+    return dict(r.json())
+
+
+async def open_ticket(
+    client: httpx.AsyncClient, payer: Payer, *, subject: str, body: str, **about: str
+) -> dict[str, Any]:
+    """A question the payer asks customer service (`about`: `order_id` or `line_id`)."""
+    r = await client.post(
+        "/api/v1/me/tickets",
+        headers={**payer.auth, **idem()},
+        json={"subject": subject, "body": body, **about},
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
 def worker_for(app: Any, db: Database, settings: Settings, *, concurrency: int = 4) -> Worker:
     """A worker whose HTTP client reaches the app itself (the sandbox's webhooks)."""
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
