@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -153,14 +154,21 @@ WARNINGS = (
 )
 
 
+def gsm_plain(text: str) -> str:
+    """`text` without its accents, as an SMS may spell it."""
+    return "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("name", WARNINGS)
 def test_a_warning_counts_its_days_in_the_readers_grammar(name: str, language: str) -> None:
     one, seven = DAYS[language]
     for days, expected in ((1, one), (7, seven)):
         message = render(name, language, {**SAMPLE, "days_left": days})
-        for block in (message.text, message.html, message.sms):
+        for block in (message.text, message.html):
             assert expected in block, (days, block)
+        # The SMS may drop its accents where that saves a segment (`notifications.sms`).
+        assert gsm_plain(expected) in gsm_plain(message.sms), (days, message.sms)
         written = message.text + message.html + message.sms
         assert "1 days" not in written and "1 días" not in written
 

@@ -653,7 +653,12 @@ def apikey_revoke(
     typer.echo("revoked")
 
 
-@staff_app.command("create")
+@staff_app.command(
+    "create",
+    help="Create a staff user. The password is prompted for (typed twice, not shown) unless "
+    "SIMCHARGE_STAFF_PASSWORD is set; never on the command line. The authenticator app is "
+    "enrolled at the first sign-in at /backoffice.",
+)
 def staff_create(
     username: Annotated[str, typer.Argument(help="Login name.")],
     role: Annotated[str, typer.Option(help="agent, finance or admin.")],
@@ -670,21 +675,30 @@ def staff_create(
             "sign-in, and it stops working after SIMCHARGE_STAFF_RESET_PASSWORD_HOURS.",
         ),
     ] = False,
-    password: Annotated[
-        str,
+    typed_password: Annotated[
+        str | None,
         typer.Option(
-            prompt=True,
-            hide_input=True,
-            confirmation_prompt=True,
-            envvar="SIMCHARGE_STAFF_PASSWORD",
-            help="Prompted for unless SIMCHARGE_STAFF_PASSWORD is set.",
+            "--password",
+            hidden=True,
+            help="Refused: a password on the command line shows in `ps` and the shell history.",
         ),
-    ] = "",
+    ] = None,
 ) -> None:
-    """Create a staff user. The authenticator app is enrolled at the first sign-in at /backoffice."""
     from simcharge.backoffice import audit
     from simcharge.backoffice.staff import create_staff, staff_facts
     from simcharge.errors import SimchargeError
+
+    if typed_password is not None:
+        # Refused, not ignored: a script passing it must stop doing so. The value is not echoed.
+        _fail(
+            "--password is refused: a password on the command line is visible to every user "
+            "of the machine (ps) and kept in the shell history; type it at the prompt or set "
+            "SIMCHARGE_STAFF_PASSWORD",
+            2,
+        )
+    password = os.environ.get("SIMCHARGE_STAFF_PASSWORD") or typer.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
 
     async def create(db: Database) -> str:
         async with db.transaction() as session:
@@ -984,7 +998,8 @@ def usage_import(
         Path,
         typer.Argument(
             help="CSV (columns id, subscriber, service, quantity, started_at[, country]) or "
-            "JSON lines (.jsonl) with the same keys; gzip-compressed or not (usage.csv.gz)."
+            "JSON lines (.jsonl, .ndjson or .json) with the same keys; gzip-compressed or "
+            "not (usage.csv.gz)."
         ),
     ],
 ) -> None:

@@ -28,6 +28,8 @@ from simcharge.auth.models import Passkey
 from simcharge.backoffice.models import AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import utcnow
+from simcharge.orders.models import Refund, RefundState
 from tests.backoffice.helpers import new_staff, web_sign_in
 from tests.conftest import TEST_SECRET
 from tests.factories import load_demo_catalog
@@ -55,6 +57,7 @@ class World:
     session_id: str
     bucket_id: str
     passkey_id: str
+    refund_id: str
 
 
 @pytest.fixture
@@ -88,7 +91,15 @@ async def world(client: httpx.AsyncClient, db: Database, settings: Settings, sho
         transports=["internal"], aaguid=str(uuid.UUID(int=0)), name="Owner's phone",
     )
     await db.run(lambda s: _added(s, passkey))
-    return World(owner, other, order_id, ticket_id, session_id, str(bucket), str(passkey.id))
+    # A refund of the owner's order, done: its credit note would be issued on first request.
+    refund = Refund(
+        order_id=uuid.UUID(order_id), reference=f"RF{uuid.uuid4().hex[:24].upper()}",
+        amount=100, currency="USD", state=RefundState.succeeded.value,
+        requested_by="staff:sweep", completed_at=utcnow(),
+    )
+    await db.run(lambda s: _added(s, refund))
+    return World(owner, other, order_id, ticket_id, session_id, str(bucket), str(passkey.id),
+                 str(refund.id))
 
 
 async def _added(s: Any, row: Any) -> None:
@@ -96,9 +107,9 @@ async def _added(s: Any, row: Any) -> None:
     await s.flush()
 
 
-# (method, path, body) — `{line}`, `{order}`, `{ticket}`, `{session}`, `{bucket}` are the
-# owner's; the caller is the other customer. "api" routes with a bearer token, "portal" ones
-# with the session cookie and the page's CSRF token.
+# (method, path, body) — `{line}`, `{order}`, `{ticket}`, `{session}`, `{bucket}`,
+# `{passkey}`, `{refund}` are the owner's; the caller is the other customer. "api" routes with
+# a bearer token, "portal" ones with the session cookie and the page's CSRF token.
 IDOR_CASES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("api", "GET", "/api/v1/me/lines/{line}", None),
     ("api", "GET", "/api/v1/me/lines/{line}/transfers", None),
@@ -116,6 +127,7 @@ IDOR_CASES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("api", "POST", "/api/v1/orders/{order}/cancel", None),
     ("api", "POST", "/api/v1/orders/{order}/check", None),
     ("api", "GET", "/api/v1/orders/{order}/receipt", None),
+    ("api", "GET", "/api/v1/refunds/{refund}/credit-note", None),
     ("api", "POST", "/api/v1/quotes", {"plan": "traveller-20", "method": "sandbox",
                                        "line_id": "{line}"}),
     ("api", "POST", "/api/v1/orders", {"plan": "traveller-20", "method": "sandbox",
@@ -153,6 +165,7 @@ def _fill(text: str, w: World) -> str:
         .replace("{session}", w.session_id)
         .replace("{bucket}", w.bucket_id)
         .replace("{passkey}", w.passkey_id)
+        .replace("{refund}", w.refund_id)
     )
 
 
@@ -188,16 +201,19 @@ async def test_another_customers_resource_is_not_found_everywhere(
     assert len(t.json()["messages"]) == 1
     keys = await client.get("/api/v1/me/passkeys", headers=bearer(world.owner))
     assert [(k["id"], k["name"]) for k in keys.json()] == [(world.passkey_id, "Owner's phone")]
+    async with db.read() as s:
+        refund = await s.get(Refund, uuid.UUID(world.refund_id))
+    assert refund is not None and refund.credit_note_number is None  # no credit note issued
 
 
-_SWEPT_PREFIXES = ("/api/v1/me", "/api/v1/orders", "/account")
+_SWEPT_PREFIXES = ("/api/v1/me", "/api/v1/orders", "/api/v1/refunds", "/account")
 
 
 def test_the_idor_sweep_covers_every_customer_route_with_an_id(app: FastAPI) -> None:
     """Meta: a new customer route taking an id must be added to IDOR_CASES."""
     swept = {re.sub(r"\?.*", "", p) for _, _, p, _ in IDOR_CASES}
     names = {"line_id": "line", "order_id": "order", "ticket_id": "ticket",
-             "session_id": "session", "passkey_id": "passkey"}
+             "session_id": "session", "passkey_id": "passkey", "refund_id": "refund"}
     missing = []
     for route in app.routes:
         path = getattr(route, "path", "")

@@ -202,7 +202,7 @@ async def test_a_taken_contact_is_not_revealed(
     await deliver()
     # The holder is told; the newcomer gets no code for an address that is not theirs…
     assert [m["Subject"] for m in inbox.to(str(holder.email))] == [
-        "Someone tried to use your address or number"
+        "Someone tried to use your e-mail address"
     ]
     assert inbox.last_code(fresh_email)
     # …not even when asking again — which answers as for a free address (too soon after the
@@ -214,7 +214,7 @@ async def test_a_taken_contact_is_not_revealed(
         assert (r.status_code, problem(r)["type"]) == (429, "/problems/code-resend-too-soon")
     await deliver()
     assert [m["Subject"] for m in inbox.to(str(holder.email))] == [
-        "Someone tried to use your address or number"
+        "Someone tried to use your e-mail address"
     ]
     r = await client.post(
         "/api/v1/auth/verify",

@@ -172,8 +172,8 @@ async def test_top_ups_in_two_currencies_are_never_mixed(
         params={"from": today, "to": today, "format": "csv"},
     )
     assert r.text.splitlines()[0] == (
-        "day,method,currency,topups,amount,fees,uncredited,uncredited_amount,applied,"
-        "applied_amount,refunded,net"
+        "day,method,currency,topups,amount_minor,fees_minor,uncredited,"
+        "uncredited_amount_minor,applied,applied_amount_minor,refunded_minor,net_minor"
     )
     await web_sign_in(client, finance)
     page = await client.get("/backoffice/reports")

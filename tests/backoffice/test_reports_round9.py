@@ -282,7 +282,7 @@ async def test_report_csv_neutralises_text_from_the_data(
         assert "filename=\"topups-" in r.headers["content-disposition"]
         got = {x["method"]: x for x in csv.DictReader(io.StringIO(r.text))}
         assert set(got) == {"'" + t for t in FORMULAS} | {"'-neg"}
-        assert (got["'-neg"]["refunded"], got["'-neg"]["net"]) == ("300", "-300")
+        assert (got["'-neg"]["refunded_minor"], got["'-neg"]["net_minor"]) == ("300", "-300")
         r = await client.get(url.format("failures"), headers=finance.auth,
                              params={**params, **extra})
         assert {x["method"] for x in csv.DictReader(io.StringIO(r.text))} == {
@@ -389,7 +389,7 @@ async def test_the_trial_balance_nets_every_unit_to_zero_and_agrees_with_the_led
                          params={"to": today.isoformat(), "format": "csv"})
     listed = list(csv.DictReader(io.StringIO(r.text)))
     assert len(listed) == len(rows) and r.text.startswith(
-        "unit,code,account,debits,credits,balance")
+        "unit,code,account,debits_minor,credits_minor,balance_minor")
     assert {x["account"] for x in listed if x["code"] == "wallet"} == {""}
     # The day is the operator's: everything was posted on the zone's day of `start`, nothing
     # before it. Kiritimati (UTC+14) and Pago Pago (UTC−11) are never on the same date, so at

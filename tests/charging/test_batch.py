@@ -216,9 +216,11 @@ async def test_the_api(client: httpx.AsyncClient, db: Database) -> None:
     r = await client.post("/api/v1/usage", json={"records": records}, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 1
+    # Numbered by index in `records` (from 0), under `record`: a file's numbers are lines.
     assert r.json()["errors"] == [
-        {"line": 1, "field": "quantity", "detail": "'x' is not a whole number of units"}
-    ]
+        {"record": 1, "field": "quantity",
+         "detail": '"x" is not a whole number of units (a JSON number)'}
+    ]  # fmt: skip
     r = await client.post("/api/v1/usage", json={"records": records[:1]}, headers=headers)
     assert (r.json()["accepted"], r.json()["duplicates"]) == (0, 1)
     assert (await balances(db, t.line)).wallet.available == 95
@@ -294,25 +296,43 @@ async def test_odd_values_are_bad_records_not_failures(db: Database, settings: S
     assert report.accepted == 1 and [(e.line, e.field) for e in report.errors] == [(2, "row")]
 
 
-async def test_an_id_twice_in_a_chunk_is_charged_once_when_the_file_forgets_its_ids(
+async def test_a_record_twice_in_a_file_is_a_duplicate_however_far_apart(
     db: Database, settings: Settings
 ) -> None:
+    """One rule whatever the distance: the same record again is a duplicate (charged once,
+    exit 0); another record under the same id is rejected."""
     t = await make_line(db, money=1000)
     rows = [f"r{i},{t.gpsi},sms,1,{soon(i)},\n" for i in range(1, 13)]
     # Chunks of 2; the import forgets the file's ids once it holds more than 8. r9 comes again
     # right after itself (line 11, in r9's chunk, where the ninth id is held); r1 again at the
-    # end (line 15), after they were forgotten: found charged already.
-    text = HEADER + "".join(rows[:9]) + rows[8] + "".join(rows[9:]) + rows[0]
+    # end (line 15), after they were forgotten: found charged already. r2 comes back as another
+    # record (2 messages) twice: next to itself and far from it.
+    other = f"r2,{t.gpsi},sms,2,{soon(2)},\n"
+    text = (
+        HEADER + "".join(rows[:9]) + rows[8] + "".join(rows[9:]) + rows[0] + rows[1] + other
+    )
     import_after_the_usage()
     report = await import_usage_records(db, settings, read_usage_text(text, "u.csv"), chunk_size=2)
-    assert (report.accepted, report.duplicates, report.rejected) == (12, 1, 1)
+    assert (report.accepted, report.duplicates, report.rejected) == (12, 3, 1)
     assert [(e.line, e.field, e.detail) for e in report.errors] == [
-        (11, "id", "r9 already appears on line 10")
+        (17, "id", "r2 is the id of another record, at line 16")  # r2 again on line 16
     ]
     assert (await balances(db, t.line)).wallet.available == 1000 - 12 * 5  # each SMS once
+    near = HEADER + rows[0] + rows[0] + f"r1,{t.gpsi},sms,3,{soon(1)},\n"
+    report = await import_usage_records(db, settings, read_usage_text(near, "n.csv"))
+    assert (report.accepted, report.duplicates, report.rejected) == (0, 2, 1)
+    assert [(e.line, e.detail) for e in report.errors] == [
+        (4, "r1 is the id of another record, at line 2")
+    ]
+    fresh = HEADER + f"n1,{t.gpsi},sms,1,{soon(0)},\n" * 2 + f"n1,{t.gpsi},sms,4,{soon(0)},\n"
+    report = await import_usage_records(db, settings, read_usage_text(fresh, "f.csv"))
+    assert (report.accepted, report.duplicates, report.rejected) == (1, 1, 1)
+    assert [(e.line, e.detail) for e in report.errors] == [
+        (4, "n1 is the id of another record, at line 2")
+    ]
     again = await import_usage_records(db, settings, read_usage_text(text, "u.csv"), chunk_size=2)
-    assert (again.accepted, again.duplicates, again.rejected) == (0, 13, 1)
-    assert (await balances(db, t.line)).wallet.available == 940
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 15, 1)
+    assert (await balances(db, t.line)).wallet.available == 1000 - 13 * 5
     await assert_ledger_balanced(db)
 
 
@@ -360,7 +380,7 @@ def test_the_command_reports_bytes_that_are_not_utf8_and_lists_so_many_errors(
     import_after_the_usage()
     result = runner.invoke(cli_app, ["usage", "import", str(path)])
     assert result.exit_code == 2, result.output[-500:]
-    assert "line 3: id: required, at most 128 printable characters" in result.output
+    assert "line 3: id: not UTF-8 (0xFF)" in result.output
     assert "line 4: subscriber" in result.output
     assert "5 more bad record(s) not listed" in result.output
     assert f"1 record(s) charged, 0 already charged, {MAX_LISTED_ERRORS + 5} rejected" in (
@@ -405,7 +425,7 @@ async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
                 "id": "v1",
                 "subscriber": t.supi,
                 "service": "sms",
-                "quantity": "1",
+                "quantity": 1,
                 "started_at": soon.isoformat(),
             },
         ),
@@ -415,7 +435,7 @@ async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
                 "id": "v2",
                 "subscriber": t.supi,
                 "service": "sms",
-                "quantity": "1",
+                "quantity": 1,
                 "started_at": late.isoformat(),
             },
         ),
@@ -425,7 +445,7 @@ async def test_a_bucket_counts_only_while_valid_and_in_its_zones(
                 "id": "v3",
                 "subscriber": t.supi,
                 "service": "sms",
-                "quantity": "1",
+                "quantity": 1,
                 "started_at": late.isoformat(),
                 "country": "PH",
             },

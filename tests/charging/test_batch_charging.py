@@ -198,7 +198,7 @@ def usage_file(subscribers: list[str], count: int, seed: int, first: int = 0) ->
         service, quantity = rng.choice(
             [("voice", rng.randint(1, 900)), ("data", rng.randint(1, 5_000_000)), ("sms", 1)]
         )
-        country = rng.choice(["", "", "US", "FR", "JP", "MX", "ZZ"])
+        country = rng.choice(["", "", "US", "FR", "JP", "MX", "AQ"])
         when = at(rng.uniform(0, 40))
         rows.append(f"m{i:05d},{rng.choice(subscribers)},{service},{quantity},{when},{country}")
     return HEADER + "\n".join(rows) + "\n"

@@ -205,11 +205,11 @@ async def test_result_codes_per_rating_group(client: httpx.AsyncClient, db: Data
     assert unit_info(r, 999)["resultCode"] == "RATING_FAILED"
 
 
-async def test_frozen_terminated_and_grace_lines_are_denied(
-    client: httpx.AsyncClient, db: Database
-) -> None:
+async def test_frozen_and_grace_lines_are_denied(client: httpx.AsyncClient, db: Database) -> None:
+    """A subscriber's line that may not be charged: denied per rating group. (A line in stock or
+    terminated is no subscriber's: `USER_UNKNOWN`, see test_integrators.py.)"""
     api = await nchf(client, db)
-    for state in ("frozen", "terminated", "grace"):
+    for state in ("frozen", "grace"):
         t = await make_line(db, money=1000, state=state)
         r = await api.create(body(t.supi, 0, [rg(DATA, requested={"totalVolume": MIB})]))
         assert r.status_code == 201

@@ -19,6 +19,7 @@ from simcharge.kit.translations import translate
 from simcharge.notifications import jobs as notification_jobs
 from simcharge.notifications.jobs import SEND_EMAIL, send_message
 from simcharge.notifications.service import notify
+from simcharge.notifications.sms import gsm_safe, is_gsm7
 from simcharge.notifications.templates import render, template_names
 from simcharge.notifications.transports import dev_mailbox
 from simcharge.worker.registry import JobContext
@@ -202,12 +203,15 @@ def test_a_peso_amount_keeps_a_filipino_sms_in_gsm7(name: str) -> None:
 
 
 def test_an_sms_that_needs_ucs2_keeps_its_own_punctuation() -> None:
-    """A Chinese or Spanish SMS (UCS-2 anyway) is left as written: its full-width punctuation,
-    its "——" and its no-break spaces are not replaced by ASCII look-alikes."""
-    chinese = render("security.registration_attempt", "zh-Hans", SAMPLE).sms
+    """A Chinese SMS, or a Spanish one that stays UCS-2 (its accents save no segment), is left
+    as written: its full-width punctuation, its "——" and its no-break spaces are not replaced by
+    ASCII look-alikes. A Spanish one written in GSM-7 to save a segment (round 14) is GSM-7
+    throughout."""
+    chinese = render("security.registration_attempt", "zh-Hans", {**SAMPLE, "kind": None}).sms
     assert "——" in chinese and "：" in chinese
+    assert gsm_safe("Tu línea: 125,00\u00a0PHP") == "Tu línea: 125,00\u00a0PHP"
     spanish = render("balance.low", "es", {**SAMPLE, "currency": "PHP", "balance": 12500}).sms
-    assert "125,00\u00a0PHP" in spanish
+    assert "125,00 PHP" in spanish and "linea" in spanish and is_gsm7(spanish)
     assert "·" in render("security.new_device", "zh-Hant", REALISTIC["usd"]).sms
 
 

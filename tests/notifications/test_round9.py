@@ -71,7 +71,7 @@ CALL_SITES: dict[str, list[dict[str, Any]]] = {
                     {"msisdn": MSISDN, "balance": 12500, "currency": "PHP"}],
     "bucket.used_80": [{"msisdn": MSISDN, "remaining": 104857600, "unit": "DATA_B"},
                        {"msisdn": MSISDN, "remaining": 1, "unit": "SMS"}],
-    "bucket.used_up": [{"msisdn": MSISDN, "unit": "VOICE_S"}],
+    "bucket.used_up": [{"msisdn": MSISDN, "unit": u} for u in ("VOICE_S", "DATA_B", "SMS")],
     "code.attach_line": [CODE],
     "code.password_reset": [CODE],
     "code.unlock": [CODE],
@@ -136,7 +136,8 @@ CALL_SITES: dict[str, list[dict[str, Any]]] = {
     "security.password_reset": [{}],
     "security.recovery_code_used": [{"remaining": n} for n in (0, 1, 9)],
     "security.recovery_codes_regenerated": [{}],
-    "security.registration_attempt": [{}],
+    # The contact that was tried; a notice queued before round 14 names none.
+    "security.registration_attempt": [{"kind": "email"}, {"kind": "phone"}, {}],
     "security.totp_disabled": [{}],
     "security.totp_enabled": [{}],
     "staff.password_changed": [{"username": "ops.lead", "by": "self"},
@@ -441,16 +442,16 @@ def test_a_code_sms_is_one_segment_in_every_language(
     assert segments(sms) == 1, f"{encoding(sms)}, {segments(sms)} segments: {sms!r}"
 
 
-def test_only_a_code_loses_its_accents_and_only_to_save_a_segment() -> None:
-    """The code's letters outside GSM-7 are written without accents only when that saves a
-    segment; "ñ" (GSM-7) stays. A Spanish code short enough for one UCS-2 message, and every
-    other Spanish SMS, keep their spelling."""
+def test_letters_lose_their_accents_only_to_save_a_segment() -> None:
+    """An SMS's letters outside GSM-7 are written without accents only when that saves a
+    segment; "ñ" (GSM-7) stays. A Spanish code or notice short enough for one UCS-2 message
+    keeps its spelling (round 14 extended the rule from codes to notices)."""
     long_code = render("code.password_reset", "es", {**BASE, **CODE}).sms
     assert "codigo" in long_code and "contraseña" in long_code and is_gsm7(long_code)
     short_code = render("code.verify_phone", "es", {**BASE, **CODE}).sms
     assert "código" in short_code and segments(short_code) == 1
-    notice = render("line.frozen", "es", {**BASE, "msisdn": MSISDN}).sms
-    assert "línea" in notice
+    notice = render("line.attached", "es", {**BASE, "msisdn": MSISDN}).sms
+    assert "línea" in notice and segments(notice) == 1  # nothing to save
     assert gsm_safe("Tu código: 1") == "Tu código: 1"
     assert gsm_safe("Tu código: 1", spell_plain=True) == "Tu código: 1"  # 1 segment either way
     assert gsm_safe("中文 código " + "x" * 80, spell_plain=True).startswith("中文 código")

@@ -102,7 +102,8 @@ async def test_money_in_the_accounts_regional_format_and_dates_in_its_zone(
     inbox.messages.clear()
     await _send(db, settings, account_id, "line.validity_ending",
                 {"msisdn": "+14155550101", "validity_end": VALIDITY_END, "days_left": 1})  # fmt: skip
-    assert "7 de diciembre de 2026" in _text(inbox, email)  # Manila's day: UTC's is the 6th
+    # The moment in Manila (04:00 on the 7th), not a day: UTC's is 20:00 on the 6th.
+    assert "7 dic 2026, 4:00:00 a.m. UTC+08:00" in _text(inbox, email)
 
 
 async def test_a_spanish_reader_without_a_format_gets_the_languages_own(

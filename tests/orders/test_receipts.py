@@ -77,6 +77,20 @@ async def test_receipt_numbers_follow_each_other(client: httpx.AsyncClient, db: 
     assert again.json()["number"] == numbers[0]
 
 
+
+async def test_the_receipt_prints_the_order_reference_in_fours(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    payer = await new_payer(db, settings)
+    order = await _paid(client, settings, payer)
+    r = await client.get(f"/api/v1/orders/{order['id']}/receipt", headers=payer.auth)
+    assert r.headers["content-type"] == "application/pdf"
+    reference = order["reference"]
+    assert len(reference) == 28
+    fours = " ".join(reference[i : i + 4] for i in range(0, 28, 4))
+    assert fours in _text(r.content)
+
+
 async def test_receipt_numbers_start_again_each_year(client: httpx.AsyncClient, db: Database,
                                                     settings: Settings) -> None:
     """Numbered per year the order was credited: the first receipt of a new year is

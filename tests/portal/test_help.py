@@ -31,7 +31,11 @@ async def test_ask_read_the_thread_and_answer(
     r = await client.post(r.headers["location"].removesuffix("?sent=1") + "/reply",
                           data={"csrf": csrf_of(page.text), "body": "Also in Osaka?"})
     assert r.status_code == 303
-    assert "Also in Osaka?" in (await client.get(r.headers["location"])).text
+    assert r.headers["location"].endswith("?replied=1")  # "We received your answer"
+    answered = await client.get(r.headers["location"])
+    assert "Also in Osaka?" in answered.text
+    assert 'class="alert good" role="status">We received your answer.' in answered.text
+    assert "We received your question." not in answered.text
     assert "Roaming in Japan" in (await client.get("/account/help")).text
 
 
@@ -62,3 +66,24 @@ async def test_paid_but_not_credited_opens_one_ticket_with_the_order(
     assert again.status_code == 303 and again.headers["location"] == r.headers["location"]
     listed = (await client.get("/account/help")).text
     assert listed.count('href="/account/help/') == 1
+
+
+async def test_a_refused_answer_gets_no_confirmation_and_sends_nothing(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    r = await post_form(client, "/account/help", "/account/help", {
+        "subject": "Roaming", "body": "Does my data work abroad?"})
+    ticket = r.headers["location"].removesuffix("?sent=1")
+    r = await post_form(client, ticket, ticket + "/reply", {"body": "   "})
+    assert r.status_code == 422 and 'class="alert bad"' in r.text
+    assert "We received your answer." not in r.text
+    plain = await client.get(ticket)
+    assert "We received" not in plain.text and plain.text.count('class="card"><p class="small') == 1
+    # Someone else's ticket: not found, and no confirmation either.
+    other = await new_customer(db, settings)
+    sign_in(client, other)
+    r = await post_form(client, "/account/help", "/account/help", {"body": "x"})
+    r = await client.post(ticket + "/reply", data={"csrf": csrf_of(r.text), "body": "Mine?"})
+    assert r.status_code == 404 and "We received your answer." not in r.text

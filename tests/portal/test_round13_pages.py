@@ -121,10 +121,12 @@ async def test_the_help_form_tells_orders_apart_and_keeps_only_own_orders(
     text = html.unescape(option.group(1))
     # Date · state · total · number · reference.
     assert text.startswith(day(utcnow()))
-    reference = re.search(r"<code>(SC[A-Z0-9]+)</code>",
-                          (await client.get(f"/account/orders/{order_id}")).text)
-    assert reference
-    assert text.endswith(f" · Credited · $20.00 · {me.line.msisdn} · {reference.group(1)}"), text
+    shown = re.search(r'<code data-testid="reference">(.*?)</code>',
+                      (await client.get(f"/account/orders/{order_id}")).text)
+    assert shown
+    reference = re.sub(r"<[^>]+>", "", shown.group(1))  # the page groups it by four
+    assert re.fullmatch(r"SC[A-Z2-7]{26}", reference)
+    assert text.endswith(f" · Credited · $20.00 · {me.line.msisdn} · {reference}"), text
     # Someone else's order (or no order) is not added, nor an error.
     client.cookies.clear()
     sign_in(client, other)

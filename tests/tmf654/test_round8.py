@@ -86,7 +86,8 @@ async def test_a_receiver_terminated_meanwhile_receives_nothing(
     fresh_db: Database, settings: Settings, usage: str
 ) -> None:
     giver = await new_holder(fresh_db)
-    receiver = await new_holder(fresh_db, wallet=300, state=LineState.frozen)
+    # In grace (which may receive; a frozen line is refused before any lock), then terminated.
+    receiver = await new_holder(fresh_db, wallet=300, state=LineState.grace)
     gift = giving.Gift(to=receiver.line.msisdn, usage_type=usage,
                        amount=500 if usage == "monetary" else 100)
     assert giver.account_id is not None

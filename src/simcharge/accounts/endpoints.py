@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
@@ -90,13 +89,9 @@ def _new_token(
 
 def me_out(account: Account, *, passkey_step: bool) -> MeOut:
     """The profile; `two_step` speaks of both second steps (`passkey_step`: two-step sign-in
-    with a passkey is on), where the sign-in's `account` speaks of the app only."""
-    method: Literal["app", "passkey"] | None = (
-        "app" if account.totp_enabled_at is not None else "passkey" if passkey_step else None
-    )
+    with a passkey is on), as the sign-in's `account` does."""
     return MeOut(
-        **(account_out(account).model_dump() | {"two_step": method is not None}),
-        two_step_method=method,
+        **account_out(account, passkey_step=passkey_step).model_dump(),
         time_zone=account.time_zone,
         format_locale=account.format_locale,
     )

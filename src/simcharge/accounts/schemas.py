@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,15 +46,6 @@ class MeOut(AccountOut):
 
     time_zone: str | None = Field(description=ZONE_DOC)
     format_locale: str | None = Field(description=FORMAT_DOC)
-    two_step: bool = Field(
-        description="A sign-in with the password asks a second step: the authenticator app, or "
-        "two-step sign-in with a passkey (`two_step_method` says which)"
-    )
-    two_step_method: Literal["app", "passkey"] | None = Field(
-        description="`app`: an authenticator app's code (or a passkey, or a recovery code); "
-        "`passkey`: two-step sign-in with a passkey (one of the account's passkeys, or a "
-        "recovery code); `null`: off"
-    )
 
 
 class LineAttachIn(BaseModel):

@@ -200,7 +200,9 @@ async def request_line_attach(
         channel="sms",
         target=msisdn,
         code=issued.code,
-        language=account.language,
+        # Read by the SIM's holder, who may not be the asker: sent in the holder's language, or
+        # the operator's (`notifications.jobs.reader_language`), never the asker's.
+        language=settings.default_language,
     )
     await record_event(
         session,

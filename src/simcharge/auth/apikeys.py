@@ -11,6 +11,7 @@ import hmac
 import json
 import re
 import secrets
+import uuid
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.auth.models import ApiKey
@@ -42,7 +43,7 @@ audit = structlog.get_logger("simcharge.audit")
 SCOPES: dict[str, str] = {
     "lines:read": N_("Read lines and their balances."),
     "catalog:read": N_("Read the catalog."),
-    "ledger:read": N_("Read ledger accounts and transfers."),
+    "ledger:read": N_("Read the ledger's trial balance (each account's debits and credits)."),
     "orders:read": N_("Read any order, with its payment history and refunds."),
     "refunds:write": N_("Refund orders (finance)."),
     "jobs:read": N_("Read the outbox: waiting and dead jobs (operations)."),
@@ -80,6 +81,9 @@ KEY_NAME_MAX = 80
 ROTATION_OVERLAP = timedelta(hours=24)
 """How long a rotated key keeps working beside its successor unless told otherwise."""
 
+LIFETIME_FIELDS = frozenset({"expires_in"})
+"""Durations that are a key's lifetime (`--expires-in`, `expires_in`): zero is refused; an
+overlap of zero is a rotation that ends the old key at once."""
 _DURATION = re.compile(r"([0-9]{1,9})([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -93,9 +97,13 @@ def parse_duration(text: str, *, field: str) -> timedelta:
             field=field,
         )
     try:
-        return timedelta(**{_UNITS[found[2]]: int(found[1])})
+        lifetime = timedelta(**{_UNITS[found[2]]: int(found[1])})
     except OverflowError as exc:
         raise ValidationFailed(N_("Too far in the future."), field=field) from exc
+    if not lifetime and field in LIFETIME_FIELDS:
+        # Refused as the lifetime it is, not later as an end already past (`expires_at`).
+        raise ValidationFailed(N_("A key's lifetime must be longer than zero."), field=field)
+    return lifetime
 
 
 def parse_moment(text: str, *, field: str) -> datetime:
@@ -131,8 +139,11 @@ async def create_api_key(
     *,
     expires_at: datetime | None = None,
     request: tuple[str, str] | None = None,
+    client_id: uuid.UUID | None = None,
 ) -> IssuedKey:
     """A new key; with `expires_at` it is refused from then on (else it lives until revoked).
+    It belongs to the client `client_id` (a rotation's: the old key's), else to a new client:
+    its own id.
     With `request` (its key and digest: `staff_create_api_key`), it is made only if no key was
     made for that request key: else `ApiKeyAlreadyCreated`, or `IdempotencyKeyReused` when the
     digest differs."""
@@ -151,13 +162,14 @@ async def create_api_key(
         )
     prefix = secrets.token_hex(6)
     token = f"sck_{prefix}_{secrets.token_urlsafe(32)}"
+    key_id = uuid7()
     if request is not None:
         return await _create_once(
-            session, name.strip(), prefix, token, sorted(set(scopes)), expires_at, request
+            session, key_id, name.strip(), prefix, token, sorted(set(scopes)), expires_at, request
         )
     key = ApiKey(
-        name=name.strip(), prefix=prefix, secret_hash=_hash(token), scopes=sorted(set(scopes)),
-        expires_at=expires_at,
+        id=key_id, client_id=client_id or key_id, name=name.strip(), prefix=prefix,
+        secret_hash=_hash(token), scopes=sorted(set(scopes)), expires_at=expires_at,
     )
     session.add(key)
     await session.flush()
@@ -220,6 +232,7 @@ async def _earlier(session: AsyncSession, request_key: str, digest: str) -> Simc
 
 async def _create_once(
     session: AsyncSession,
+    key_id: uuid.UUID,
     name: str,
     prefix: str,
     token: str,
@@ -235,8 +248,8 @@ async def _create_once(
         await session.execute(
             upsert_insert(session, keys)
             .values(
-                id=uuid7(), name=name, prefix=prefix, secret_hash=_hash(token), scopes=scopes,
-                created_at=utcnow(), expires_at=expires_at, request_key=request_key,
+                id=key_id, client_id=key_id, name=name, prefix=prefix, secret_hash=_hash(token),
+                scopes=scopes, created_at=utcnow(), expires_at=expires_at, request_key=request_key,
                 request_hash=digest,
             )
             .on_conflict_do_nothing(index_elements=["request_key"])
@@ -279,6 +292,33 @@ async def verify_api_key(session: AsyncSession, token: str) -> ApiKey | None:
     if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY:
         await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return key
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClient:
+    """The client a key belongs to, across rotations (`ApiKey.client_id`)."""
+
+    id: str
+    """The client id, as charging sessions and TMF654 idempotency scopes store it."""
+    prefixes: tuple[str, ...]
+    """Every key prefix of the client: what those stored before the client id was kept (and
+    what the balance actions of each of its keys name as their actor)."""
+
+
+async def client_of(session: AsyncSession, key: ApiKey) -> KeyClient:
+    """The client of `key`, with the prefixes of all its keys (a rotation chain: a few)."""
+    prefixes = (
+        await session.execute(
+            select(ApiKey.prefix).where(ApiKey.client_id == key.client_id).order_by(ApiKey.prefix)
+        )
+    ).scalars().all()
+    return KeyClient(str(key.client_id), tuple(prefixes) or (key.prefix,))
+
+
+async def client_of_prefix(session: AsyncSession, prefix: str) -> KeyClient:
+    """`client_of` the key `prefix` (a key just let in: it exists)."""
+    key = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar_one()
+    return await client_of(session, key)
 
 
 def log_refused(token: str, *, reason: str, ip: str | None, scope: str | None = None) -> None:
@@ -341,7 +381,9 @@ async def rotate_api_key(
         return None
     if expires_at is None and old.expires_at is not None:
         expires_at = expiry_after(now, old.expires_at - old.created_at, field="expires_at")
-    issued = await create_api_key(session, old.name, old.scopes, expires_at=expires_at)
+    issued = await create_api_key(
+        session, old.name, old.scopes, expires_at=expires_at, client_id=old.client_id
+    )
     before = old.expires_at
     ends = expiry_after(now, overlap, field="overlap")
     old.expires_at = ends if before is None else min(before, ends)
@@ -426,11 +468,46 @@ async def _successions(session: AsyncSession, prefixes: Sequence[str]) -> dict[s
     return found
 
 
-async def key_views(session: AsyncSession, now: datetime) -> list[KeyView]:
-    """Every key, the newest first, with its state and what it replaced or was replaced by."""
-    keys = await list_api_keys(session)
-    after = await _successions(session, [k.prefix for k in keys])
-    before = {new: old for old, new in after.items()}
+async def key_views(
+    session: AsyncSession, now: datetime, *, offset: int = 0, limit: int | None = None
+) -> list[KeyView]:
+    """Every key (from `offset`, at most `limit`), the newest first, with its state and what
+    it replaced or was replaced by."""
+    stmt = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    keys = (await session.execute(stmt)).scalars().all()
+    return await _views(session, keys, now)
+
+
+async def count_api_keys(session: AsyncSession) -> int:
+    """How many keys `key_views` pages through."""
+    return int((await session.execute(select(func.count()).select_from(ApiKey))).scalar_one())
+
+
+async def key_view(session: AsyncSession, key: ApiKey, now: datetime) -> KeyView:
+    """One key as the list shows it: with what it replaced and what replaced it (the answer to
+    a revoke, whose key may have been rotated)."""
+    return (await _views(session, [key], now))[0]
+
+
+async def _views(session: AsyncSession, keys: Sequence[ApiKey], now: datetime) -> list[KeyView]:
+    prefixes = [k.prefix for k in keys]
+    after = await _successions(session, prefixes)
+    # What each key replaced: its own creation's entry says (`rotated_from`), on its page or not.
+    made = (
+        await session.execute(
+            select(AuditEntry.target_id, AuditEntry.after).where(
+                AuditEntry.target_type == "api_key",
+                AuditEntry.target_id.in_(prefixes),
+                AuditEntry.action == "apikey.create",
+            )
+        )
+    ).all() if keys else []
+    before = {
+        new: old for new, facts in made
+        if isinstance(facts, dict) and isinstance(old := facts.get("rotated_from"), str)
+    }
     return [
         view_of(k, now, replaces=before.get(k.prefix), replaced_by=after.get(k.prefix))
         for k in keys

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from dataclasses import replace
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,7 +66,16 @@ def raise_refused(result: object) -> None:
         raise result.error
 
 
-def account_out(a: Account) -> AccountOut:
+def two_step_method(a: Account, *, passkey_step: bool) -> Literal["app", "passkey"] | None:
+    """Which second step a sign-in with the password asks (`passkey_step`: two-step sign-in
+    with a passkey is on); the app's comes first, as at sign-in."""
+    return "app" if a.totp_enabled_at is not None else "passkey" if passkey_step else None
+
+
+def account_out(a: Account, *, passkey_step: bool) -> AccountOut:
+    """The account as every answer shows it: `two_step` speaks of both second steps, the same
+    in the sign-in's answer as in `GET /me`."""
+    method = two_step_method(a, passkey_step=passkey_step)
     return AccountOut(
         id=a.id,
         username=a.username,
@@ -78,7 +88,8 @@ def account_out(a: Account) -> AccountOut:
         phone_pending=a.phone_pending,
         language=a.language,
         status=a.status,
-        two_step=a.totp_enabled_at is not None,
+        two_step=method is not None,
+        two_step_method=method,
         created_at=a.created_at,
         password_changed_at=a.password_changed_at,
     )
@@ -166,9 +177,9 @@ async def verify(
         account_id = customer.account.id
         counted = await service.count_verification_check(limits, customer.account, channel)
 
-    async def run(s: AsyncSession) -> Account | Refused:
+    async def run(s: AsyncSession) -> AccountOut | Refused:
         if customer is None:
-            return await service.verify_contact_signed_out(
+            done = await service.verify_contact_signed_out(
                 s,
                 settings,
                 account_id=account_id,
@@ -179,17 +190,21 @@ async def verify(
                 limits=limits,
                 counted=counted,
             )
-        account = await s.get(Account, account_id, with_for_update=True)
-        assert account is not None
-        return await service.verify_contact(
-            s, settings, account, channel, body.code, client=client, now=utcnow(), limits=limits,
-            counted=counted,
-        )  # fmt: skip
+        else:
+            account = await s.get(Account, account_id, with_for_update=True)
+            assert account is not None
+            done = await service.verify_contact(
+                s, settings, account, channel, body.code, client=client, now=utcnow(),
+                limits=limits, counted=counted,
+            )  # fmt: skip
+        if isinstance(done, Refused):
+            return done
+        return account_out(done, passkey_step=await service.passkey_second_factor_on(s, done))
 
     result = await db.run(run)
     raise_refused(result)
-    assert isinstance(result, Account)
-    return account_out(result)
+    assert isinstance(result, AccountOut)
+    return result
 
 
 @router.post("/verify/resend", response_model=Done, summary="Send the verification code again")
@@ -271,7 +286,7 @@ def signed_in_answer(
         csrf_token=csrf_token(settings.secret_key, issued.session.id) if cookie else None,
         expires_at=issued.session.expires_at,
         new_device=result.new_device,
-        account=account_out(result.account),
+        account=account_out(result.account, passkey_step=result.passkey_step),
     )
 
 

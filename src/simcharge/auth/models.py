@@ -24,6 +24,10 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(80))
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     """The public part of the key (`sck_<prefix>_…`), to find it and to show it."""
+    client_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    """Who holds the key, across its rotations: the id of the first key of its rotation chain
+    (a new key's own id; a rotation's successor copies it). Charging sessions and TMF654
+    idempotency keys belong to the client, so that they outlive a rotation."""
     secret_hash: Mapped[str] = mapped_column(String(64))
     """SHA-256 of the whole key; the key itself is shown once and never stored."""
     scopes: Mapped[list[str]] = mapped_column()

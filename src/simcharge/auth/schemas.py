@@ -88,7 +88,15 @@ class AccountOut(Schema):
     phone_pending: str | None
     language: str
     status: str
-    two_step: bool
+    two_step: bool = Field(
+        description="A sign-in with the password asks a second step: the authenticator app, or "
+        "two-step sign-in with a passkey (`two_step_method` says which)"
+    )
+    two_step_method: Literal["app", "passkey"] | None = Field(
+        description="`app`: an authenticator app's code (or a passkey, or a recovery code); "
+        "`passkey`: two-step sign-in with a passkey (one of the account's passkeys, or a "
+        "recovery code); `null`: off"
+    )
     created_at: datetime
     password_changed_at: datetime | None
 

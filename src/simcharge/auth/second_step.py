@@ -303,6 +303,19 @@ async def disable(
 # Removing a passkey
 
 
+async def check_removable(
+    session: AsyncSession, account: Account, passkey_id: uuid.UUID
+) -> None:
+    """The refusals that come before any re-authentication is asked or spent: another
+    account's (or no) passkey, and the last one while two-step sign-in with a passkey asks for
+    one (the portal asks it before its passkey confirmation is used)."""
+    own = await passkeys_of(session, account.id)
+    if not any(p.id == passkey_id for p in own):
+        raise NotFound(N_("No passkey with this id."), field="passkey_id")
+    if len(own) == 1 and await passkey_second_factor_on(session, account):
+        raise LastPasskeyOfTwoStep(field="passkey_id")
+
+
 async def remove_confirmed(
     session: AsyncSession,
     settings: Settings,
@@ -326,11 +339,7 @@ async def remove_confirmed(
     `passkey_id`, as anyone else's is "not found"), and the last passkey while two-step sign-in
     with a passkey asks for one (`409 passkey-last-second-factor`). A refused re-authentication
     is logged as a failed `passkey_removed` and counted with sign-in failures."""
-    own = await passkeys_of(session, account.id)
-    if not any(p.id == passkey_id for p in own):
-        raise NotFound(N_("No passkey with this id."), field="passkey_id")
-    if len(own) == 1 and await passkey_second_factor_on(session, account):
-        raise LastPasskeyOfTwoStep(field="passkey_id")
+    await check_removable(session, account, passkey_id)
     refused = await confirm_both_factors(
         session, settings, account, password, code, kind=EventKind.passkey_removed,
         client=client, now=now, counted=counted,

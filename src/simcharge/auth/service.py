@@ -123,6 +123,14 @@ class ContactTaken(Conflict):
     title = N_("This address or number belongs to another account.")
 
 
+class OnlyContactPending(Conflict):
+    slug = "contact-only-one"
+    title = N_(
+        "This is the only e-mail address or phone number of your account: replace it rather "
+        "than cancel it."
+    )
+
+
 def policy(settings: Settings) -> SessionPolicy:
     return SessionPolicy(
         idle=timedelta(minutes=settings.session_idle_minutes),
@@ -399,6 +407,7 @@ async def _send_verification(
             session,
             account_id=holder.id,
             template="security.registration_attempt",
+            params={"kind": "email" if channel == "email" else "phone"},
             dedupe_key=f"registration-attempt:{holder.id}:{now:%Y%m%d%H}",
         )
         await record_event(
@@ -778,6 +787,30 @@ async def request_contact_change(
         )
 
 
+async def cancel_pending_contact(
+    session: AsyncSession,
+    account: Account,
+    channel: Channel,
+    *,
+    client: ClientInfo,
+    now: datetime,
+) -> None:
+    """Cancel the contact pending on `channel`: a change of a verified one (the verified one
+    stays), or one added where none was verified (it goes; its code is void). Refused, changing
+    nothing: nothing pending (`422`, field `channel`), or the account's only contact — neither
+    a verified one nor one pending on the other channel would be left to reach the holder by
+    (`409 contact-only-one`, field `channel`: it is replaced instead)."""
+    pending = account.email_pending if channel == "email" else account.phone_pending
+    if pending is None:
+        raise ValidationFailed(N_("There is nothing to verify on this channel."), field="channel")
+    current = account.email if channel == "email" else account.phone
+    others = (account.phone, account.phone_pending) if channel == "email" else (
+        account.email, account.email_pending)
+    if current is None and not any(others):
+        raise OnlyContactPending(field="channel")
+    await _cancel_contact_change(session, account, channel, client=client, now=now)
+
+
 async def _cancel_contact_change(
     session: AsyncSession,
     account: Account,
@@ -816,6 +849,8 @@ class SignedIn:
     account: Account
     issued: IssuedSession
     new_device: bool
+    passkey_step: bool
+    """Two-step sign-in with a passkey is on (the answer's `two_step_method`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1011,7 +1046,9 @@ async def start_session(
                 "time": now.isoformat(),
             },
         )
-    return SignedIn(account, issued, new_device)
+    return SignedIn(
+        account, issued, new_device, await passkey_second_factor_on(session, account)
+    )
 
 
 async def _failed_login(

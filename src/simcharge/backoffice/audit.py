@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.backoffice.models import AuditEntry, StaffUser
@@ -120,8 +120,19 @@ async def record_read(
     )
 
 
-async def entries(
-    session: AsyncSession,
+def target_id_of(text: str | None) -> str | None:
+    """A target id as the log keeps it: an id typed or pasted with spaces around it or in
+    capitals (`0192…-ABCD`) is the same id; anything else is matched as typed, trimmed."""
+    typed = (text or "").strip()
+    if not typed:
+        return None
+    try:
+        return str(uuid.UUID(typed))
+    except ValueError:
+        return typed
+
+
+def entries_query(
     *,
     target_type: str | None = None,
     target_id: str | None = None,
@@ -131,9 +142,11 @@ async def entries(
     until: datetime | None = None,
     before: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 100,
-) -> Sequence[AuditEntry]:
-    """Newest first, filtered; `since` inclusive, `until` exclusive; `before` the (time, id)
-    of the last entry of the page before (the next page: older ones)."""
+) -> Select[AuditEntry]:
+    """The statement of `entries`. Every filter is an exact match on an indexed column: a
+    target (`ix_audit_entries_target`, or `ix_audit_entries_target_id` for an id alone), who
+    (`ix_audit_entries_actor`); an action alone reads the log newest first."""
+    target_id = target_id_of(target_id)
     stmt = select(AuditEntry)
     if since is not None:
         stmt = stmt.where(AuditEntry.at >= since)
@@ -152,5 +165,25 @@ async def entries(
         stmt = stmt.where(AuditEntry.actor == actor)
     if action:
         stmt = stmt.where(AuditEntry.action == action)
-    stmt = stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit)
+    return stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit)
+
+
+async def entries(
+    session: AsyncSession,
+    *,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 100,
+) -> Sequence[AuditEntry]:
+    """Newest first, filtered; `since` inclusive, `until` exclusive; `before` the (time, id)
+    of the last entry of the page before (the next page: older ones)."""
+    stmt = entries_query(
+        target_type=target_type, target_id=target_id, actor=actor, action=action, since=since,
+        until=until, before=before, limit=limit,
+    )
     return (await session.execute(stmt)).scalars().all()

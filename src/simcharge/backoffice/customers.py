@@ -9,7 +9,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -27,7 +27,7 @@ from simcharge.db import dialect_name
 from simcharge.errors import NotFound, ValidationFailed
 from simcharge.kit.phone import national_e164
 from simcharge.kit.translations import N_
-from simcharge.ledger.models import LedgerTransfer
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Bucket, Line
 from simcharge.lines.schemas import LineBalances
 from simcharge.lines.service import line_balances
@@ -171,9 +171,10 @@ async def search_customers(
         await collect(select(Line.account_id).where(Line.id == as_id))
         await collect(select(Ticket.account_id).where(Ticket.id == as_id))
     upper = q.upper()
+    reference = spoken_reference(q)
     await collect(
         select(Order.account_id).where(
-            or_(Order.reference == q, Order.reference == upper, Order.receipt_number == upper)
+            or_(Order.reference == reference, Order.receipt_number == upper)
         )
     )
     await collect(select(Ticket.account_id).where(Ticket.number == upper))
@@ -223,6 +224,14 @@ class Match:
         return f"/backoffice/customers/{self.account_id}#{self.kind}-{self.id}"
 
 
+
+def spoken_reference(query: str) -> str:
+    """An order reference as typed from a receipt or read out on the phone: in groups (the
+    receipt and the portal show it in fours), in any case — the stored form is upper case
+    without spaces."""
+    return "".join(query.split()).upper()
+
+
 async def search_matches(
     s: AsyncSession, query: str, *, region: str | None = None
 ) -> list[Match]:
@@ -244,7 +253,7 @@ async def search_matches(
                 found.setdefault((kind, i), Match(kind, i, label, account_id))
 
     order = select(Order.id, Order.reference, Order.account_id)
-    conditions = [Order.reference == q, Order.reference == upper, Order.receipt_number == upper]
+    conditions = [Order.reference == spoken_reference(q), Order.receipt_number == upper]
     if as_id is not None:
         conditions.append(Order.id == as_id)
     await collect("order", order.where(or_(*conditions)))
@@ -309,6 +318,10 @@ class LineFacts:
     buckets: list[Bucket]
     transfers: list[LedgerTransfer]
     usage: list[UsageFacts]
+    credited: dict[uuid.UUID, int] = field(default_factory=dict)
+    """Per bucket, what was credited to it after its grant (an adjustment, a transfer from
+    another line): its ledger account's credits beyond `initial_amount` — why what remains can
+    exceed what was granted. Absent: nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +481,20 @@ class CustomerView:
     adjustments: list[Adjustment]
 
 
+async def credited_after_grant(s: AsyncSession, buckets: Sequence[Bucket]) -> dict[uuid.UUID, int]:
+    """What was credited to each bucket beyond its grant (`LineFacts.credited`), from the
+    ledger's posted credits of its account; buckets with nothing more are left out."""
+    if not buckets:
+        return {}
+    granted = {b.id: b.initial_amount for b in buckets}
+    rows = await s.execute(
+        select(LedgerAccount.id, LedgerAccount.credits_posted).where(
+            LedgerAccount.id.in_(granted)
+        )
+    )
+    return {i: credits - granted[i] for i, credits in rows if credits > granted[i]}
+
+
 async def customer_view(
     s: AsyncSession, account_id: uuid.UUID, *, orders: int = 20, usage: int = 20
 ) -> CustomerView:
@@ -496,7 +523,12 @@ async def customer_view(
             ).scalars()
         )
         used = await line_usage(s, line, buckets, limit=usage)
-        lines.append(LineFacts(line, await line_balances(s, line), buckets, transfers, used))
+        lines.append(
+            LineFacts(
+                line, await line_balances(s, line), buckets, transfers, used,
+                await credited_after_grant(s, buckets),
+            )
+        )
     order_ids = (
         await s.execute(
             select(Order.id)

@@ -163,6 +163,11 @@ async def _refuse(db: Database, actor: Actor, permission: Permission, path: str)
             details={"permission": permission.value, "path": path},
         )
     )
+    if actor.staff is None:  # an API key: what it lacks is a scope, not a role
+        raise Forbidden(
+            N_("This API key's scopes do not allow this ({permission})."),
+            permission=permission.value,
+        )
     raise Forbidden(
         N_("Your role does not allow this ({permission})."),
         permission=permission.value,

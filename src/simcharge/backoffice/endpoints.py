@@ -17,9 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.api.idempotency import IdempotencyKeyHeader
 from simcharge.auth.apikeys import (
+    KeyView,
     asked_expiry,
+    count_api_keys,
     create_request_hash,
     create_request_key,
+    key_view,
     key_views,
     overlap_named,
     staff_create_api_key,
@@ -37,10 +40,12 @@ from simcharge.backoffice.catalog import (
     tariff_versions,
 )
 from simcharge.backoffice.customers import (
+    LineFacts,
     UsageFacts,
     customer_view,
     search_customers,
     search_facts,
+    search_matches,
     usage_filter,
     usage_of_line,
 )
@@ -64,11 +69,13 @@ from simcharge.backoffice.schemas import (
     AdjustmentOut,
     AuditEntryOut,
     CheckOut,
+    CustomerFoundOut,
     CustomerOut,
     CustomerViewOut,
     DecisionIn,
     NoteIn,
     PasskeysRemovedOut,
+    SearchMatchOut,
     StaffChangeIn,
     StaffLoginIn,
     StaffOut,
@@ -553,10 +560,24 @@ def _panel(p: OrderPanel) -> dict[str, Any]:
             _row(r, "reference", "amount", "currency", "state", "requested_by", "reason")
             for r in p.refunds
         ],
+        # What the panel's refund form offers: paid, less refunds done or on their way, less
+        # what was put on the balance — in the currency paid.
+        "refundable": p.refundable,
+        "refundable_currency": o.paid_currency or o.currency,
     }
 
 
-@router.get("/customers", response_model=list[CustomerOut], summary="Find customers")
+def _balances_out(f: LineFacts) -> dict[str, Any]:
+    """A line's balances, each bucket with `credited`: what was added to it after its grant (an
+    adjustment, a transfer from another line), so `remaining` may exceed `initial`."""
+    out = f.balances.model_dump(mode="json")
+    for unit in out["units"]:
+        for bucket in unit["buckets"]:
+            bucket["credited"] = f.credited.get(uuid.UUID(bucket["id"]), 0)
+    return out
+
+
+@router.get("/customers", response_model=list[CustomerFoundOut], summary="Find customers")
 async def find_customers(
     actor: CustomerReader,
     db: DB,
@@ -571,11 +592,20 @@ async def find_customers(
             "number, provider reference",
         ),
     ],
-) -> list[CustomerOut]:
+) -> list[CustomerFoundOut]:
+    """Each customer found, with what the query `matched` of theirs besides a name or contact
+    (an order, a ticket, a line), as the search page shows it."""
     async with db.read() as s:
         found = await search_customers(s, q, region=settings.phone_region)
+        matched: dict[uuid.UUID, list[SearchMatchOut]] = {a.id: [] for a in found}
+        for m in await search_matches(s, q, region=settings.phone_region):
+            if m.account_id in matched:  # only of the accounts listed (those the audit names)
+                matched[m.account_id].append(SearchMatchOut(kind=m.kind, id=m.id, label=m.label))
     await audit.record_read(db, actor, "customer.search", details=search_facts(q, found))
-    return [CustomerOut.model_validate(a) for a in found]
+    return [
+        CustomerFoundOut(**CustomerOut.model_validate(a).model_dump(), matched=matched[a.id])
+        for a in found
+    ]
 
 
 @router.get(
@@ -590,7 +620,7 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
         lines=[
             {
                 **_row(f.line, "id", "msisdn", "iccid", "state", "currency", "validity_end"),
-                "balances": f.balances.model_dump(mode="json"),
+                "balances": _balances_out(f),
                 "usage": [usage_out(u).model_dump(mode="json") for u in f.usage],
                 "transfers": [
                     _row(
@@ -815,6 +845,7 @@ async def resolve(order_id: uuid.UUID, body: NoteIn, actor: Resolver, db: DB) ->
 # --- catalog ------------------------------------------------------------------------------
 
 CatalogEditor = Annotated[Actor, require(Permission.catalog_edit)]
+CatalogReader = Annotated[Actor, require(Permission.catalog_read)]
 
 
 @router.get(
@@ -822,7 +853,7 @@ CatalogEditor = Annotated[Actor, require(Permission.catalog_edit)]
     response_model=dict[str, Any],
     summary="The whole catalog in the catalog file's form (retired entries included)",
 )
-async def get_catalog(actor: CatalogEditor, db: DB) -> dict[str, Any]:
+async def get_catalog(actor: CatalogReader, db: DB) -> dict[str, Any]:
     async with db.read() as s:
         return await export_catalog(s)
 
@@ -856,7 +887,7 @@ async def put_catalog_entry(
     summary="A tariff's versions, newest first, with when each was in force",
 )
 async def get_tariff_versions(
-    code: Annotated[str, Path(max_length=64)], actor: CatalogEditor, db: DB
+    code: Annotated[str, Path(max_length=64)], actor: CatalogReader, db: DB
 ) -> list[TariffVersionOut]:
     async with db.read() as s:
         found = await tariff_versions(s, code)
@@ -878,40 +909,22 @@ ReportLastDay = Annotated[
 ]
 
 
-@router.get(
-    "/reports/{name}",
-    summary="A report as JSON rows, or CSV with `?format=csv`",
-    responses={
-        200: {
-            "description": "The rows (JSON), or CSV with `?format=csv`",
-            "content": {
-                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
-                "text/csv": {"schema": {"type": "string"}},
-            },
-        }
-    },
-    response_model=None,
-)
-async def get_report(
-    name: Literal["topups", "conversion", "failures", "lines", "trial-balance"],
-    actor: ReportReader,
-    db: DB,
-    settings: AppSettings,
-    start: ReportFirstDay = None,
-    end: ReportLastDay = None,
-    format: Literal["json", "csv"] = "json",
+_REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The rows (JSON), or CSV with `?format=csv`",
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+LedgerReader = Annotated[Actor, require(Permission.ledger_read)]
+
+
+async def _report(
+    name: str, actor: Actor, db: DB, settings: AppSettings, start: str | None, end: str | None,
+    format: str,
 ) -> Any:
-    """Days are the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, UTC by default): `from` and `to`
-    are its dates, and each row's `day` is one.
-    `topups`: per day paid, method and currency actually paid — top-ups (orders credited),
-    money taken, fees, orders paid but never credited and their money, refunded (on the day the
-    provider confirmed the refund, whichever day its order was paid), net (amounts of different
-    currencies are never added up).
-    `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
-    (failed, cancelled, expired). `lines`: lines per lifecycle state now.
-    `trial-balance`: the ledger as of the end of `to` — per unit and account (operator accounts
-    by key, the lines' wallets and buckets together), posted debits, credits and their
-    difference; each unit's debits equal its credits."""
     zone = reports.zone_of(settings)
     p = reports.period(start, end, utcnow().astimezone(zone).date(), zone)
     async with db.read() as s:
@@ -928,14 +941,60 @@ async def get_report(
         },
     )
     if format == "csv":
-        return Response(
-            reports.to_csv(rows, reports.COLUMNS[name]),
-            media_type="text/csv; charset=utf-8",
-            headers={
-                "content-disposition": f'attachment; filename="{name}-{p.start}-{p.end}.csv"'
-            },
-        )
+        text, disposition = reports.report_csv(name, rows, p)
+        return Response(text, media_type="text/csv; charset=utf-8", headers=disposition)
     return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in rows]
+
+
+@router.get(
+    "/reports/trial-balance",
+    summary="The ledger's trial balance as of the end of `to`, as JSON rows or CSV",
+    responses=_REPORT_RESPONSES,
+    response_model=None,
+)
+async def get_trial_balance(
+    actor: LedgerReader,
+    db: DB,
+    settings: AppSettings,
+    start: ReportFirstDay = None,
+    end: ReportLastDay = None,
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    """The ledger as of the end of `to` (the operator's day) — per unit and account (operator
+    accounts by key, the lines' wallets and buckets together), posted debits, credits and their
+    difference; each unit's debits equal its credits. Amounts in minor units (CSV headers
+    `debits_minor`, `credits_minor`, `balance_minor`). Open to `ledger.read`: finance and
+    admins, and the API-key scopes `ledger:read` and `reports:read`."""
+    return await _report("trial-balance", actor, db, settings, start, end, format)
+
+
+@router.get(
+    "/reports/{name}",
+    summary="A report as JSON rows, or CSV with `?format=csv`",
+    responses=_REPORT_RESPONSES,
+    response_model=None,
+)
+async def get_report(
+    name: Literal["topups", "conversion", "failures", "lines"],
+    actor: ReportReader,
+    db: DB,
+    settings: AppSettings,
+    start: ReportFirstDay = None,
+    end: ReportLastDay = None,
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    """Days are the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, UTC by default): `from` and `to`
+    are its dates, and each row's `day` is one.
+    `topups`: per day paid, method and currency actually paid — top-ups (orders credited),
+    money taken, fees, orders paid but never credited and their money, refunded (on the day the
+    provider confirmed the refund, whichever day its order was paid), net (amounts of different
+    currencies are never added up).
+    `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
+    (failed, cancelled, expired). `lines`: lines per lifecycle state now.
+    The trial balance: `GET /admin/reports/trial-balance`.
+    Amounts are integers in minor units (the smallest unit of the row's `currency`); with
+    `format=csv` their headers say so (`amount_minor`, `net_minor`…)."""
+    return await _report(name, actor, db, settings, start, end, format)
 
 
 # --- staff --------------------------------------------------------------------------------
@@ -1124,9 +1183,18 @@ class ApiKeyIssuedOut(BaseModel):
 
 
 @router.get("/api-keys", response_model=list[ApiKeyOut], summary="API keys, newest first")
-async def list_keys(actor: KeyAdmin, db: DB) -> list[ApiKeyOut]:
+async def list_keys(
+    actor: KeyAdmin,
+    db: DB,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, description="How many keys to skip (the next page)")] = 0,
+) -> list[ApiKeyOut]:
+    """A page of keys (`limit`, from `offset`); `X-Total-Count` says how many there are."""
     async with db.read() as s:
-        return [ApiKeyOut.model_validate(k) for k in await key_views(s, utcnow())]
+        views = await key_views(s, utcnow(), offset=offset, limit=limit)
+        response.headers["X-Total-Count"] = str(await count_api_keys(s))
+    return [ApiKeyOut.model_validate(k) for k in views]
 
 
 @router.post(
@@ -1192,5 +1260,9 @@ async def rotate_key(
 async def revoke_key(prefix: str, actor: KeyAdmin, db: DB) -> ApiKeyOut:
     """Refused from now on. Already revoked, or no such key: `404 api-key-not-found`. Audited as
     `apikey.revoke`."""
-    key = await db.run(lambda s: staff_revoke_api_key(s, actor, prefix))
-    return ApiKeyOut.model_validate(view_of(key, utcnow()))
+
+    async def revoke(s: AsyncSession) -> KeyView:
+        key = await staff_revoke_api_key(s, actor, prefix)
+        return await key_view(s, key, utcnow())  # with what replaced it, if it was rotated
+
+    return ApiKeyOut.model_validate(await db.run(revoke))

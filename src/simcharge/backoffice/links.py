@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,10 +31,47 @@ class Named:
     account_id: uuid.UUID | None
 
 
+_REFERENCE = re.compile(r"(order|refund|line):([0-9a-f-]{36})(:.{0,120})?")
+
+
+@dataclass(frozen=True, slots=True)
+class Referenced:
+    """A ledger transfer's `reference` as what it names: an order (by its reference), a refund
+    (by its reference, at its order's panel) or a line (by its number), with where it is shown;
+    `rest` is what followed the id (`:dispute`), shown as it is."""
+
+    kind: str
+    label: str
+    href: str
+    rest: str
+
+
 @dataclass(frozen=True, slots=True)
 class References:
     orders: dict[uuid.UUID, Named]
     lines: dict[uuid.UUID, Named]
+    refunds: dict[uuid.UUID, tuple[uuid.UUID, Named]] = dataclass_field(default_factory=dict)
+    """A refund's order and the refund as named (its reference, its order's customer)."""
+
+    def reference(self, text: str | None) -> Referenced | None:
+        """A transfer's `order:<id>`, `refund:<id>` or `line:<id>` as what it names (None: any
+        other reference, or one whose order, refund or line is not known here: shown raw)."""
+        found = _REFERENCE.fullmatch(text or "")
+        if found is None:
+            return None
+        kind, raw, rest = found.group(1), found.group(2), found.group(3) or ""
+        try:
+            key = uuid.UUID(raw)
+        except ValueError:
+            return None
+        if kind == "order" and (named := self.orders.get(key)) is not None:
+            return Referenced(kind, named.label, order_href(key, named.account_id), rest)
+        if kind == "refund" and (refund := self.refunds.get(key)) is not None:
+            order_id, named = refund
+            return Referenced(kind, named.label, order_href(order_id, named.account_id), rest)
+        if kind == "line" and (named := self.lines.get(key)) is not None:
+            return Referenced(kind, named.label, line_href(key, named.account_id), rest)
+        return None
 
     def source(self, source: str | None) -> tuple[uuid.UUID, Named] | None:
         """A bucket's or transfer's `order:<id>` source as the order it names (None: another
@@ -52,6 +90,19 @@ class References:
 NO_REFERENCES = References({}, {})
 
 
+def ids_of_references(references: Iterable[str | None]) -> dict[str, set[uuid.UUID]]:
+    """The ids transfers' references name, by kind (`order`, `refund`, `line`)."""
+    ids: dict[str, set[uuid.UUID]] = {"order": set(), "refund": set(), "line": set()}
+    for text in references:
+        found = _REFERENCE.fullmatch(text or "")
+        if found is not None:
+            try:
+                ids[found.group(1)].add(uuid.UUID(found.group(2)))
+            except ValueError:
+                continue
+    return ids
+
+
 def order_ids_of_sources(sources: Iterable[str | None]) -> set[uuid.UUID]:
     ids = set()
     for source in sources:
@@ -68,12 +119,23 @@ async def references(
     s: AsyncSession,
     order_ids: Iterable[uuid.UUID | None] = (),
     line_ids: Iterable[uuid.UUID | None] = (),
+    refund_ids: Iterable[uuid.UUID | None] = (),
 ) -> References:
-    """The references of these orders and numbers of these lines, with their customers."""
+    """The references of these orders and refunds and numbers of these lines, with their
+    customers."""
     wanted_orders = {i for i in order_ids if i is not None}
     wanted_lines = {i for i in line_ids if i is not None}
+    wanted_refunds = {i for i in refund_ids if i is not None}
     orders: dict[uuid.UUID, Named] = {}
     lines: dict[uuid.UUID, Named] = {}
+    refunds: dict[uuid.UUID, tuple[uuid.UUID, Named]] = {}
+    if wanted_refunds:
+        rows = await s.execute(
+            select(Refund.id, Refund.reference, Refund.order_id, Order.account_id)
+            .join(Order, Order.id == Refund.order_id)
+            .where(Refund.id.in_(wanted_refunds))
+        )
+        refunds = {r[0]: (r[2], Named(r[1], r[3])) for r in rows}
     if wanted_orders:
         rows = await s.execute(
             select(Order.id, Order.reference, Order.account_id).where(Order.id.in_(wanted_orders))
@@ -84,7 +146,7 @@ async def references(
             select(Line.id, Line.msisdn, Line.account_id).where(Line.id.in_(wanted_lines))
         )
         lines = {r[0]: Named(r[1], r[2]) for r in rows}
-    return References(orders, lines)
+    return References(orders, lines, refunds)
 
 
 def order_href(order_id: uuid.UUID, account_id: uuid.UUID | None) -> str:

@@ -102,6 +102,8 @@ class AuditEntry(Base):
     __tablename__ = "audit_entries"
     __table_args__ = (
         Index("ix_audit_entries_target", "target_type", "target_id", "at"),
+        # A target's id alone (the page's filter, "its trail"): migration 0026.
+        Index("ix_audit_entries_target_id", "target_id", "at"),
         Index("ix_audit_entries_actor", "actor", "at"),
     )
 

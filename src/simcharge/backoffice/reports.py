@@ -494,6 +494,43 @@ COLUMNS: dict[str, list[str]] = {
 }
 
 
+MINOR_COLUMNS: dict[str, frozenset[str]] = {
+    "topups": frozenset(
+        {"amount", "fees", "uncredited_amount", "applied_amount", "refunded", "net"}
+    ),
+    "trial-balance": frozenset({"debits", "credits", "balance"}),
+}
+"""The columns of a report holding an amount: integers in the smallest unit of the row's
+`currency` or `unit` (cents, fen, centavos; `VOICE_S`, `DATA_B`, `SMS` are their own smallest
+unit). Their CSV headers say so (`amount_minor`); the JSON keeps the plain names, documented."""
+
+
+def csv_header(name: str) -> dict[str, str]:
+    """A report's columns and the header each has in its CSV."""
+    minor = MINOR_COLUMNS.get(name, frozenset())
+    return {c: f"{c}_minor" if c in minor else c for c in COLUMNS[name]}
+
+
+def csv_filename(name: str, p: Period) -> str:
+    """A report's CSV file name: its period's days; the trial balance, a balance *as of* the end
+    of one day, is named by that day."""
+    if name == "trial-balance":
+        return f"trial-balance-as-of-{p.end}.csv"
+    return f"{name}-{p.start}-{p.end}.csv"
+
+
+def report_csv(name: str, rows: Sequence[Any], p: Period) -> tuple[str, dict[str, str]]:
+    """A report as CSV and its `Content-Disposition` header (the pages and the API alike)."""
+    header = csv_header(name)
+    renamed = [
+        {header[k]: v for k, v in (asdict(r) if hasattr(r, "__dataclass_fields__") else r).items()}
+        for r in rows
+    ]
+    return to_csv(renamed, list(header.values())), {
+        "content-disposition": f'attachment; filename="{csv_filename(name, p)}"'
+    }
+
+
 async def report_rows(s: AsyncSession, name: str, p: Period) -> list[Any]:
     if name == "topups":
         return await topups(s, p)

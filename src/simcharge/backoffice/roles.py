@@ -28,6 +28,10 @@ class Permission(StrEnum):
     """See payments needing attention."""
     attention_resolve = "attention.resolve"
     reports_read = "reports.read"
+    ledger_read = "ledger.read"
+    """Read the ledger's trial balance (`GET /admin/reports/trial-balance`)."""
+    catalog_read = "catalog.read"
+    """Read the catalog through the API (`GET /admin/catalog`, a tariff's versions)."""
     catalog_edit = "catalog.edit"
     audit_read = "audit.read"
     staff_manage = "staff.manage"
@@ -53,7 +57,9 @@ _EVERYONE = {
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.agent: frozenset(_EVERYONE | {P.accounts_unlock, P.lines_unfreeze}),
     Role.finance: frozenset(
-        _EVERYONE | {P.adjustments_approve, P.refunds_create, P.attention_resolve, P.reports_read}
+        _EVERYONE
+        | {P.adjustments_approve, P.refunds_create, P.attention_resolve, P.reports_read}
+        | {P.ledger_read}
     ),
     Role.admin: frozenset(Permission),
 }
@@ -67,8 +73,10 @@ SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
         {P.accounts_unlock, P.lines_unfreeze, P.receipts_resend, P.orders_check}
     ),
     "adjustments:write": frozenset({P.adjustments_request}),
-    "reports:read": frozenset({P.reports_read}),
-    "catalog:write": frozenset({P.catalog_edit}),
+    "reports:read": frozenset({P.reports_read, P.ledger_read}),
+    "ledger:read": frozenset({P.ledger_read}),
+    "catalog:read": frozenset({P.catalog_read}),
+    "catalog:write": frozenset({P.catalog_edit, P.catalog_read}),
     "jobs:read": frozenset({P.jobs_read}),
     "jobs:write": frozenset({P.jobs_manage}),
 }

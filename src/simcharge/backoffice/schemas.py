@@ -58,6 +58,23 @@ class CustomerOut(BaseModel):
     created_at: datetime
 
 
+class SearchMatchOut(BaseModel):
+    """What a search matched besides the customer's name or contacts."""
+
+    kind: str = Field(description="`order`, `ticket` or `line`")
+    id: uuid.UUID
+    label: str = Field(description="The order's reference, the ticket's number, the line's number")
+
+
+class CustomerFoundOut(CustomerOut):
+    matched: list[SearchMatchOut] = Field(
+        description="The customer's orders (by id, reference, receipt number, a provider's "
+        "payment or refund reference), tickets (id, number) or lines (id, number, ICCID) the "
+        "query named, as the back office's search page shows them; empty when the customer was "
+        "found by name or contact"
+    )
+
+
 class CustomerViewOut(BaseModel):
     """Everything about a customer (the back office's customer page)."""
 

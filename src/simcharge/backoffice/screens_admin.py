@@ -269,7 +269,7 @@ async def staff_change(
     access: Annotated[str, Form(max_length=8)] = "",
     reset_totp: Annotated[bool, Form()] = False,
 ) -> Response:
-    async def run(s: AsyncSession) -> None:
+    async def run(s: AsyncSession) -> bool:
         staff, before = await change_staff(
             s,
             staff_id,
@@ -288,10 +288,12 @@ async def staff_change(
             before=before,
             after=change_facts(staff, before),
         )
+        # The selects start on the member's current role and access: sent back as they
+        # were, they change nothing.
+        return reset_totp or (staff.role, staff.active) != (before["role"], before["active"])
 
     async def act() -> Response:
-        await db.run(run)
-        changed = bool(role or access in ("on", "off") or reset_totp)
+        changed = await db.run(run)
         return back("/backoffice/staff", "staff_changed" if changed else "staff_unchanged")
 
     async def redraw(refused: FormError) -> HTMLResponse:

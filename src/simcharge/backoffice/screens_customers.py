@@ -32,6 +32,7 @@ from simcharge.backoffice.forms import UUID_PATTERN, form_error, in_place, origi
 from simcharge.backoffice.links import (
     after_order_action,
     after_refund_action,
+    ids_of_references,
     order_ids_of_sources,
     references,
 )
@@ -135,10 +136,13 @@ async def customer_page(
         view = await customer_view(s, account_id)
         # What the page's bucket sources and tickets name (`order:<id>`, an order, a line).
         sources = (b.source for f in view.lines for u in f.balances.units for b in u.buckets)
+        # … and its ledger transfers' references (`order:<id>`, `refund:<id>`, `line:<id>`).
+        named = ids_of_references(t.reference for f in view.lines for t in f.transfers)
         about = await references(
             s,
-            [*order_ids_of_sources(sources), *(t.order_id for t in view.tickets)],
-            [t.line_id for t in view.tickets],
+            [*order_ids_of_sources(sources), *(t.order_id for t in view.tickets), *named["order"]],
+            [*(t.line_id for t in view.tickets), *named["line"]],
+            named["refund"],
         )
     await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
     return render(

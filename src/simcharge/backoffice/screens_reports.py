@@ -16,14 +16,13 @@ from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.deps import require_web
 from simcharge.backoffice.forms import form_error
 from simcharge.backoffice.reports import (
-    COLUMNS,
     bar_chart,
     conversion,
     failures,
     lines_by_state,
     period,
+    report_csv,
     report_rows,
-    to_csv,
     topups,
     trial_balance,
     zone_of,
@@ -140,7 +139,7 @@ async def reports(
 
 
 @router.get("/reports/{name}.csv", response_model=None)
-async def report_csv(
+async def report_csv_page(
     name: str,
     db: DB,
     actor: Finance,
@@ -158,11 +157,7 @@ async def report_csv(
         "report.export",
         details={"report": name, "from": p.start.isoformat(), "to": p.end.isoformat()},
     )
+    text, disposition = report_csv(name, rows, p)
     return Response(
-        to_csv(rows, COLUMNS[name]),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            **HEADERS,
-            "content-disposition": f'attachment; filename="{name}-{p.start}-{p.end}.csv"',
-        },
+        text, media_type="text/csv; charset=utf-8", headers={**HEADERS, **disposition}
     )

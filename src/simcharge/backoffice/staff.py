@@ -509,7 +509,9 @@ async def change_staff(
     from before comes back). A new authenticator removes their passkeys too: it is asked for
     when a device is lost or may be in someone else's hands, and a passkey on it would sign in
     on its own. Returns them and the facts before (with `passkeys`, how many they held, when a
-    new authenticator was asked for; `change_facts` gives the facts after)."""
+    new authenticator was asked for; `change_facts` gives the facts after). A role or access
+    the member already has changes nothing (the staff page's selects start on the current
+    ones, so saving a new authenticator alone must not end more than it means to)."""
     staff = await session.get(StaffUser, staff_id, with_for_update=True)
     if staff is None:
         raise StaffNotFound(field="staff_id")
@@ -518,9 +520,14 @@ async def change_staff(
     before = staff_facts(staff)
     if role is not None:
         try:
-            staff.role = Role(role).value
+            wanted = Role(role).value
         except ValueError:
             raise ValidationFailed(N_("Unknown role."), field="role") from None
+        role = None if wanted == staff.role else wanted
+        if role is not None:
+            staff.role = role
+    if active is not None and active == staff.active:
+        active = None
     if active is not None:
         staff.active = active
         if active:

@@ -107,6 +107,8 @@ WORDS: dict[str, dict[str, str]] = {
         "attention.read": N_("seeing payments needing attention"),
         "attention.resolve": N_("marking a payment needing attention as resolved"),
         "reports.read": N_("reading reports"),
+        "ledger.read": N_("reading the ledger's trial balance"),
+        "catalog.read": N_("reading the catalog"),
         "catalog.edit": N_("editing the catalog"),
         "audit.read": N_("reading the audit log"),
         "staff.manage": N_("managing staff"),

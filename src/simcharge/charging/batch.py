@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
+from babel import Locale
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,6 +56,7 @@ from simcharge.kit.ids import SIMCHARGE_NAMESPACE, uuid7
 from simcharge.kit.phone import country_of
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, create_transfers
+from simcharge.lines.models import LineState
 
 COLUMNS = ("id", "subscriber", "service", "quantity", "started_at", "country")
 MAX_API_RECORDS = 10_000
@@ -78,7 +80,12 @@ _UNITS = {s.value: u for s, u in UNIT_OF.items()}
 
 
 class UsageError(BaseModel):
-    line: int = Field(description="Line of the file (1 = header), or index in `records`")
+    line: int | None = Field(
+        default=None, description="A file's: its line (1 = the header of a CSV file)"
+    )
+    record: int | None = Field(
+        default=None, description="The API's: the record's index in `records` (0 = the first)"
+    )
     field: str
     detail: str
 
@@ -90,7 +97,7 @@ class UsageReport(BaseModel):
     """Records charged before (same id): not charged again."""
     rejected: int = 0
     errors: list[UsageError] = []
-    """The bad records, by line (at most `MAX_LISTED_ERRORS` of them)."""
+    """The bad records, by line or index (at most `MAX_LISTED_ERRORS` of them)."""
     errors_not_listed: int = 0
     """Bad records beyond those listed in `errors`."""
     unbilled_records: int = 0
@@ -118,9 +125,11 @@ class UsageBatch(BaseModel):
     records: list[dict[str, Any]] = Field(
         min_length=1,
         max_length=MAX_API_RECORDS,
-        description="Each: id, subscriber (msisdn-…, imsi-… or +E.164), service (voice, data, "
-        "sms), quantity (seconds, bytes, messages), started_at (ISO 8601), country (ISO 3166, "
-        "optional: the line's home country).",
+        description="Each: id (a string), subscriber (msisdn-…, imsi-… or +E.164), service "
+        "(voice, data, sms), quantity (a JSON number: seconds, bytes, messages; at most 18 "
+        "digits), started_at (ISO 8601 / RFC 3339, with a time of day), country (ISO 3166-1 "
+        "alpha-2, optional: the line's home country). Errors name a record by its index here "
+        "(`record`, from 0).",
     )
 
     def records_as_rows(self) -> Iterator[Row]:
@@ -165,6 +174,22 @@ def _ends_a_line(stream: IO[str]) -> bool:
     return last in (b"\n", b"\r")
 
 
+_UTF16 = ("\udcff\udcfe", "\udcfe\udcff")
+"""A UTF-16 byte order mark (FF FE or FE FF) read as UTF-8 (bytes kept as lone surrogates)."""
+
+
+def _not_utf8_file(first: str, *, whole: bool) -> str | None:
+    """Why a file whose first line is `first` cannot be read, if it is not UTF-8: a UTF-16 byte
+    order mark, NUL bytes (UTF-16 without one), or — `whole`: the line is the header, no
+    record — bytes that are not UTF-8."""
+    if first.startswith(_UTF16):
+        return "the file is not UTF-8: it is UTF-16 (its byte order mark); save it as UTF-8"
+    if "\x00" in first:
+        return "the file is not UTF-8 text: its first line has NUL bytes (UTF-16?)"
+    wrong = _not_utf8(first) if whole else None
+    return None if wrong is None else f"the file is not UTF-8: its first line is {wrong}"
+
+
 _CUT_OFF = (
     "the file's last line has no line end: cut off (is the file still being written?); "
     "not charged — import the file again when it is complete"
@@ -189,10 +214,20 @@ def read_csv(stream: IO[str], *, complete: bool = False) -> Iterator[Row]:
     if first is None:
         yield 1, BadRow("header", "the file is empty: no header (is it still being written?)")
         return
+    not_utf8 = _not_utf8_file(",".join(first), whole=True)
+    if not_utf8 is not None:
+        yield 1, BadRow("header", not_utf8)
+        return
     header = [h.strip().lower().lstrip("\ufeff") for h in first]
     missing = [c for c in COLUMNS[:-1] if c not in header]
     if missing:
-        yield 1, BadRow("header", f"missing column(s): {', '.join(missing)}")
+        other = next((d for d in ";\t|" if len(header) == 1 and d in header[0]), None)
+        if other is not None:
+            said = "a tab" if other == "\t" else f"'{other}'"
+            detail = f"the columns must be separated by commas, not {said}"
+        else:
+            detail = f"missing column(s): {', '.join(missing)}"
+        yield 1, BadRow("header", detail)
         return
     pick = itemgetter(*(header.index(c) for c in COLUMNS if c in header))
     no_country = "country" not in header
@@ -223,17 +258,34 @@ def read_csv(stream: IO[str], *, complete: bool = False) -> Iterator[Row]:
 
 def read_jsonl(stream: IO[str]) -> Iterator[Row]:
     """Rows of JSON lines. A JSON object is self-delimiting: a last line without a line end
-    that is a whole object is a record; one cut off is not JSON, and says so."""
+    that is a whole object is a record; one cut off is not JSON, and says so. A file of no
+    line (or blank lines only) is one error, as an empty CSV file is."""
+    empty = True
     for n, text in enumerate(stream, start=1):
+        if empty and n == 1:
+            not_utf8 = _not_utf8_file(text, whole=False)
+            if not_utf8 is not None:
+                yield 1, BadRow("row", not_utf8)
+                return
         if not text.strip():
             continue
+        empty = False
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
             cut = text[-1] != "\n" and text[-1] != "\r"
             yield n, BadRow("row", _CUT_OFF if cut else f"not JSON: {exc.msg}")
             continue
+        except (ValueError, RecursionError) as exc:  # a number of over 4,300 digits; deep nesting
+            reason = (
+                "nested too deep" if isinstance(exc, RecursionError)
+                else "a number of more than 4,300 digits"
+            )  # fmt: skip
+            yield n, BadRow("row", f"not JSON we can read: {reason}")
+            continue
         yield n, row if isinstance(row, dict) else BadRow("row", "not a JSON object")
+    if empty:
+        yield 1, BadRow("row", "the file is empty: no record (is it still being written?)")
 
 
 def read_usage_file(stream: IO[str], name: str, *, complete: bool = False) -> Iterator[Row]:
@@ -256,6 +308,44 @@ def _text(value: Any) -> str:
     if value.__class__ is str:
         return value.strip()
     return "" if value is None else str(value).strip()
+
+
+_SHOWN = 60
+"""An error shows this many characters of a value at most."""
+
+
+def _not_utf8(value: Any) -> str | None:
+    """What is not UTF-8 in a text (bytes of the file kept as lone surrogates, or a JSON
+    `\\udcxx` escape), said as bytes or code points; None if it is all UTF-8."""
+    if value.__class__ is not str or value.isascii():
+        return None
+    bad = [c for c in value if "\ud800" <= c <= "\udfff"]
+    if not bad:
+        return None
+    said = " ".join(
+        f"0x{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else f"U+{ord(c):04X}"
+        for c in bad[:4]
+    )
+    return f"not UTF-8 ({said}{' …' if len(bad) > 4 else ''})"
+
+
+def _shown(value: Any) -> str:
+    """A value as the input wrote it, as a JSON literal (`"x"`, `true`, `5`, `null`): a CSV
+    field is text, so it is quoted; control characters are escaped. At most `_SHOWN`
+    characters."""
+    try:
+        said = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        said = json.dumps(str(value), ensure_ascii=False)
+    return said if len(said) <= _SHOWN else said[: _SHOWN - 1] + "…"
+
+
+def _bad(name: str, value: Any, what: str) -> BadRow:
+    """`value` (a field's raw input) is not `what`; or it is not UTF-8, which says so."""
+    wrong = _not_utf8(value)
+    if wrong is not None:
+        return BadRow(name, wrong)
+    return BadRow(name, f"{_shown(value)} is not {what}")
 
 
 _RECORD_ID_PREFIX = SIMCHARGE_NAMESPACE.bytes + b"usage:batch:"
@@ -286,31 +376,43 @@ def _subscriber(raw: Any) -> str | BadRow:
     else:
         digits = ""
     if not (digits.isdigit() and digits.isascii() and len(digits) <= 15):
-        return BadRow(
+        return _bad(
             "subscriber",
-            f"{who!r} is not msisdn-<digits>, +<digits> or imsi-<digits> (at most 15 digits)",
+            raw,
+            "msisdn-<digits>, +<digits> or imsi-<digits> (at most 15 digits)",
         )
     return subscriber
 
 
 def _service(raw: Any) -> str | BadRow:
     service = _text(raw).lower()
-    return (
-        service
-        if service in _SERVICES
-        else BadRow("service", f"{service!r} is not voice, data or sms")
-    )
+    return service if service in _SERVICES else _bad("service", raw, "voice, data or sms")
+
+
+ISO_COUNTRIES = frozenset(
+    code for code in map(str, Locale("en").territories) if len(code) == 2 and code.isalpha()
+) - {
+    "ZZ", "EU", "EZ", "UN", "QO", "XA", "XB",  # CLDR's own: unknown, unions, pseudo-regions
+    "AC", "CP", "CQ", "DG", "EA", "IC", "TA",  # exceptionally reserved in ISO 3166-1
+}  # fmt: skip
+"""ISO 3166-1 alpha-2's assigned codes (249, from CLDR's territories in Babel), and `XK`
+(Kosovo: user-assigned, but what CLDR, the ITU and the networks use)."""
 
 
 def _country(raw: Any) -> str | BadRow:
-    """The ISO 3166 code, or "" when blank."""
+    """The ISO 3166-1 alpha-2 code, or "" when blank."""
+    if raw is not None and raw.__class__ is not str:
+        return _bad("country", raw, "an ISO 3166-1 alpha-2 code (text, or null)")
     country = _text(raw).upper()
-    if country and (len(country) != 2 or not (country.isalpha() and country.isascii())):
-        return BadRow("country", f"{country!r} is not an ISO 3166 alpha-2 code")
+    if country and country not in ISO_COUNTRIES:
+        return _bad("country", raw, "an ISO 3166-1 alpha-2 country code")
     return country
 
 
 _NO_ID = BadRow("id", "required, at most 128 printable characters")
+_QUANTITY_DIGITS = 18
+"""A quantity has at most 18 digits (below 10^18: a usage record and the ledger hold 64-bit
+signed numbers)."""
 _BLANK = BadRow("id", "required, at most 128 printable characters (every field is empty)")
 """A row of empty fields: a spreadsheet's export ends with some (`,,,,,`). Not a record, and
 skipped in a CSV file like a blank line; a JSON object with none of the keys is a bad record."""
@@ -343,31 +445,64 @@ class RecordChecker:
             found = known[raw] = check(raw)
         return found
 
-    def check(self, line: int, fields: Sequence[Any]) -> Record | BadRow:
-        """The record on `line`, or what is wrong with it (the first field that is)."""
+    def check(self, line: int, fields: Sequence[Any], *, typed: bool = False) -> Record | BadRow:
+        """The record on `line`, or what is wrong with it (the first field that is). `typed`: the
+        fields are JSON values (a JSON line, the API), typed as the schema says — `id`,
+        `subscriber`, `service`, `started_at` and `country` strings, `quantity` a whole
+        number — as Nchf types its members: `"1"` or `true` is no quantity, `5` no id. A CSV
+        field is text: a quantity there is digits."""
         ext, who, service, quantity, when, country = fields
+        raw_ext = ext
         ext = ext.strip() if ext.__class__ is str else _text(ext)
         if not ext or len(ext) > 128 or not ext.isprintable():
             if not ext and not any(_text(f) for f in fields):
                 return _BLANK
-            return _NO_ID
+            wrong = _not_utf8(raw_ext)
+            return BadRow("id", wrong) if wrong is not None else _NO_ID
+        if typed and raw_ext.__class__ is not str:
+            return _bad("id", raw_ext, "a string (an id is text)")
+        if typed and who.__class__ is not str:
+            return _bad("subscriber", who, "a string: msisdn-<digits>, +<digits> or imsi-<digits>")
         subscriber = self._checked(_subscriber, who)
         if isinstance(subscriber, BadRow):
             return subscriber
         service = self._checked(_service, service)
         if isinstance(service, BadRow):
             return service
-        quantity = quantity.strip() if quantity.__class__ is str else _text(quantity)
-        if not (quantity.isdigit() and quantity.isascii() and len(quantity) <= 18):
-            return BadRow("quantity", f"{quantity!r} is not a whole number of units")
+        if typed:
+            if quantity.__class__ is not int or quantity < 0:
+                return _bad("quantity", quantity, "a whole number of units (a JSON number)")
+            units = quantity
+            if units >= 10**_QUANTITY_DIGITS:
+                return BadRow(
+                    "quantity", f"{units} is too large: at most {_QUANTITY_DIGITS} digits"
+                )
+        else:
+            text = quantity.strip() if quantity.__class__ is str else _text(quantity)
+            if not (text.isdigit() and text.isascii()):
+                return _bad("quantity", quantity, "a whole number of units")
+            if len(text) > _QUANTITY_DIGITS and len(text.lstrip("0")) > _QUANTITY_DIGITS:
+                return BadRow(
+                    "quantity",
+                    f"{_shown(quantity)} is too large: at most {_QUANTITY_DIGITS} digits",
+                )
+            units = int(text)
         if when.__class__ is datetime:
             started_at = when
         else:
+            if typed and when.__class__ is not str:
+                return _bad("started_at", when, "an ISO 8601 time (a string)")
+            raw_when = when
             when = when.strip() if when.__class__ is str else _text(when)
+            if "z" in when or "t" in when:  # RFC 3339 allows them lower case
+                when = when.upper()
             try:
                 started_at = datetime.fromisoformat(when)
             except ValueError:
-                return BadRow("started_at", f"{when!r} is not an ISO 8601 time")
+                return _bad("started_at", raw_when, "an ISO 8601 time")
+            if "T" not in when and " " not in when:
+                # A date alone (2026-12-07, 20261207, 2026-W49-1): not when the usage was.
+                return _bad("started_at", raw_when, "a time: it is a date without a time of day")
         zone = started_at.tzinfo
         if zone is None:
             started_at = started_at.replace(tzinfo=UTC)
@@ -375,12 +510,11 @@ class RecordChecker:
             try:
                 started_at = started_at.astimezone(UTC)
             except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before year 1 in UTC
-                return BadRow("started_at", f"{when!r} is out of range")
+                return BadRow("started_at", f"{_shown(when)} is out of range")
         if started_at > self.latest:
             return BadRow("started_at", f"{started_at.isoformat()} is in the future{_SKEW_SAID}")
         if started_at < EARLIEST:
             return BadRow("started_at", f"{started_at.isoformat()} is before 2000: a clock reset?")
-        units = int(quantity)
         if service == "voice" and units > (self.latest - started_at).total_seconds():
             return BadRow(
                 "quantity",
@@ -388,6 +522,8 @@ class RecordChecker:
             )
         if country is None or country == "":
             country = None
+        elif typed and country.__class__ is not str:
+            return _bad("country", country, "an ISO 3166-1 alpha-2 code (a string, or null)")
         else:
             country = self._checked(_country, country)
             if isinstance(country, BadRow):
@@ -420,34 +556,69 @@ class _Errors:
         self.count += other.count - len(other.items)
 
 
+def _same_record(record: Record, first: Record) -> bool:
+    """Whether `record` repeats `first` (same id): the same subscriber, service, quantity and
+    start, and the same country or none said — the rule for a record charged before."""
+    return (
+        record[3:7] == first[3:7]
+        and (record[7] is None or record[7] == first[7])
+    )
+
+
+@dataclass
+class _Repeats:
+    """Records of the file that repeat one earlier in it (same id, same record): duplicates."""
+
+    count: int = 0
+
+
 def _chunks(
-    rows: Iterable[Row], size: int, errors: _Errors, *, latest: datetime
+    rows: Iterable[Row],
+    size: int,
+    errors: _Errors,
+    *,
+    latest: datetime,
+    repeats: _Repeats | None = None,
+    name: str = "line",
 ) -> Iterator[list[Record]]:
     """The good records of `rows`, `size` at a time; the others go to `errors`.
 
-    A record id seen before in the file is a bad record. The ids are remembered for a few chunks
-    (bounded memory) and forgotten only between chunks, never within one: a chunk holds each
-    id once (the same id twice in a chunk would be two usage rows with one key), and an id
-    repeated after they are forgotten is in the database by then, found as a duplicate."""
+    A record id seen before in the file follows the rule of an id charged before, whatever the
+    distance: the same record again is a duplicate (counted in `repeats`, charged once); another
+    record under the id is a bad record. The ids are remembered for a few chunks (bounded
+    memory) and forgotten only between chunks, never within one: a chunk holds each id once
+    (the same id twice in a chunk would be two usage rows with one key), and an id repeated
+    after they are forgotten is in the database by then, where the same rule finds it. `name`
+    says what numbers the rows: `line` (a file's), `index` (in the API's `records`)."""
     chunk: list[Record] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, Record] = {}
     check = RecordChecker(latest).check
     for line, row in rows:
         if isinstance(row, BadRow):
             errors.add(line, row.field, row.detail)
             continue
-        record = check(line, _fields(row) if isinstance(row, dict) else row)
+        fields: Sequence[Any]
+        if isinstance(row, dict):
+            typed, fields = True, _fields(row)
+        else:
+            typed, fields = False, row
+        record = check(line, fields, typed=typed)
         if isinstance(record, BadRow):
-            if record is _BLANK and not isinstance(row, dict):
+            if record is _BLANK and not typed:
                 continue
             errors.add(line, record.field, record.detail)
             continue
         ext = record[1]
         first = seen.get(ext)
         if first is not None:
-            errors.add(line, "id", f"{ext} already appears on line {first}")
+            if _same_record(record, first):
+                if repeats is not None:
+                    repeats.count += 1
+            else:
+                where = f"records[{first[0]}]" if name == "index" else f"{name} {first[0]}"
+                errors.add(line, "id", f"{ext} is the id of another record, at {where}")
             continue
-        seen[ext] = line
+        seen[ext] = record
         chunk.append(record)
         if len(chunk) >= size:
             yield chunk
@@ -493,12 +664,20 @@ class _Rater:
         return found
 
 
+NOT_IN_SERVICE = frozenset({LineState.available.value, LineState.terminated.value})
+"""Lines no usage is charged to: one in stock was never sold (no subscriber has used it), one
+terminated is gone (what it held forfeited). Their records are bad (`subscriber`: not a line in
+service), as Nchf answers `USER_UNKNOWN` for them. A line in grace or frozen is a subscriber's:
+a record is usage that happened (most likely before the line stopped serving), charged."""
+
+
 class _Line:
     __slots__ = ("account_id", "currency", "home", "id", "imsi", "key", "last_activity_at",
-                 "latest", "msisdn", "pots", "shard")  # fmt: skip
+                 "latest", "msisdn", "pots", "serving", "shard")  # fmt: skip
 
     def __init__(self, row: Any) -> None:
         self.id: uuid.UUID = row.id
+        self.serving = row.state not in NOT_IN_SERVICE
         self.key = str(row.id)
         self.msisdn: str = row.msisdn
         self.imsi: str | None = row.imsi
@@ -553,7 +732,11 @@ class _ChunkCharge:
             line = lines.get(record[3])
             if line is None or line.pots is None:
                 self.outcome.errors.add(
-                    record[0], "subscriber", f"{record[3]} is not one of our lines"
+                    record[0],
+                    "subscriber",
+                    f"{record[3]} is not one of our lines"
+                    if line is None
+                    else f"{record[3]} is not a line in service (in stock or terminated)",
                 )
                 continue
             found = by_line.get(line)
@@ -622,7 +805,7 @@ class _ChunkCharge:
         for row in await self.repo.lines_named(msisdns, subscribers - msisdns):
             if row.id not in by_id:  # a line named both ways is found twice
                 by_id[row.id] = _Line(row)
-        ids = sorted(by_id)
+        ids = sorted(k for k, ln in by_id.items() if ln.serving)  # the others are not charged
         step = self._slice()
         for i in range(0, len(ids), step):
             for line_id, pots in (await lock_pots(self.session, ids[i : i + step])).items():
@@ -749,20 +932,29 @@ async def import_usage_records(
     rows: Iterable[Row],
     *,
     chunk_size: int | None = None,
+    indexed: bool = False,
 ) -> UsageReport:
     """Rate and charge usage records, a chunk per transaction. Returns what happened.
 
     The next chunk is read and checked in a thread while the database works on this one. The
     records already charged are looked up in the first chunk, and in the next ones only while
     some turn up: a new file skips the lookup, and if a record was charged after all the
-    database refuses it (its id is the key) and the chunk runs again with the lookup."""
+    database refuses it (its id is the key) and the chunk runs again with the lookup.
+
+    `indexed`: the rows are numbered by index in the API's `records` (from 0), not by line."""
     report = UsageReport()
     read_errors = _Errors()
     errors = _Errors()
+    repeats = _Repeats()
     async with db.read() as s:
         rater = _Rater(await load_rating_table(s))
     chunks = _chunks(
-        rows, chunk_size or settings.usage_chunk_size, read_errors, latest=utcnow() + CLOCK_SKEW
+        rows,
+        chunk_size or settings.usage_chunk_size,
+        read_errors,
+        latest=utcnow() + CLOCK_SKEW,
+        repeats=repeats,
+        name="index" if indexed else "line",
     )
     look_up = True
     with _cycle_collector_paused():
@@ -783,9 +975,12 @@ async def import_usage_records(
             # On an error, let the reading thread finish before the caller closes the file.
             await asyncio.gather(following, return_exceptions=True)
     errors.extend(read_errors)
+    report.duplicates += repeats.count
     report.errors = [
-        UsageError(line=line, field=name, detail=detail)
-        for line, name, detail in sorted(errors.items)
+        UsageError(record=n, field=name, detail=detail)
+        if indexed
+        else UsageError(line=n, field=name, detail=detail)
+        for n, name, detail in sorted(errors.items)
     ]
     report.rejected = errors.count
     report.errors_not_listed = errors.count - len(errors.items)

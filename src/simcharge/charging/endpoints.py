@@ -12,10 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Integration, require_scope
 from simcharge.api.problems import problem_response
-from simcharge.auth.apikeys import log_refused, verify_api_key
+from simcharge.auth.apikeys import KeyClient, client_of, log_refused, verify_api_key
+from simcharge.auth.models import ApiKey
 from simcharge.charging import nchf
 from simcharge.charging.batch import UsageBatch, UsageReport, import_usage_records
 from simcharge.charging.rating import RatingCache
@@ -85,9 +87,9 @@ class _KeyCache:
     that expires stops at its expiry, not `ttl` after it."""
 
     def __init__(self) -> None:
-        self.found: dict[str, tuple[float, str, datetime | None]] = {}
+        self.found: dict[str, tuple[float, KeyClient, datetime | None]] = {}
 
-    def get(self, digest: str, ttl: float) -> str | None:
+    def get(self, digest: str, ttl: float) -> KeyClient | None:
         hit = self.found.get(digest)
         if hit is None or time.monotonic() - hit[0] > ttl:
             return None
@@ -95,17 +97,18 @@ class _KeyCache:
             return None
         return hit[1]
 
-    def put(self, digest: str, prefix: str, expires_at: datetime | None) -> None:
+    def put(self, digest: str, client: KeyClient, expires_at: datetime | None) -> None:
         if len(self.found) > 1000:
             self.found.clear()
-        self.found[digest] = (time.monotonic(), prefix, expires_at)
+        self.found[digest] = (time.monotonic(), client, expires_at)
 
 
 async def network_function(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The API key prefix of the calling network function (scope `charging`)."""
+) -> KeyClient:
+    """The client of the calling network function's API key (scope `charging`): its sessions
+    are the client's, so that they go on with the key's successor after a rotation."""
     db, settings = _app_state(request)
     challenge = {"WWW-Authenticate": 'Bearer realm="simcharge"'}
     if credentials is None:
@@ -117,10 +120,15 @@ async def network_function(
         cache = request.app.state.charging_keys = _KeyCache()
     digest = hashlib.sha256(credentials.credentials.encode()).hexdigest()
     ttl = settings.charging_api_key_cache_seconds
-    prefix = cache.get(digest, ttl) if ttl > 0 else None
-    if prefix is not None:
-        return prefix
-    key = await db.run(lambda s: verify_api_key(s, credentials.credentials))
+    known = cache.get(digest, ttl) if ttl > 0 else None
+    if known is not None:
+        return known
+
+    async def check(s: Any) -> tuple[ApiKey | None, KeyClient | None]:
+        key = await verify_api_key(s, credentials.credentials)
+        return key, (await client_of(s, key) if key is not None else None)
+
+    key, client = await db.run(check)
     ip = request.client.host if request.client else None
     if key is None:
         log_refused(credentials.credentials, reason="invalid", ip=ip)
@@ -128,11 +136,12 @@ async def network_function(
     if SCOPE not in key.scopes:
         log_refused(credentials.credentials, reason="scope", ip=ip, scope=SCOPE)
         raise Forbidden(N_("This API key lacks the scope {scope}."), scope=SCOPE)
-    cache.put(digest, key.prefix, key.expires_at)
-    return key.prefix
+    assert client is not None
+    cache.put(digest, client, key.expires_at)
+    return client
 
 
-NF = Annotated[str, Depends(network_function)]
+NF = Annotated[KeyClient, Depends(network_function)]
 
 _REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
@@ -150,6 +159,105 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+class GrantedUnit(BaseModel):
+    """The quota granted, in the unit the rating group's service counts."""
+
+    time: int | None = Field(default=None, description="Seconds (voice)")
+    totalVolume: int | None = Field(default=None, description="Bytes (data)")
+    serviceSpecificUnits: int | None = Field(default=None, description="Messages (SMS)")
+
+
+class FinalUnitIndication(BaseModel):
+    finalUnitAction: str = Field(description="`TERMINATE`: nothing more can be granted after this")
+
+
+class MultipleUnitInformation(BaseModel):
+    ratingGroup: int
+    resultCode: str = Field(
+        description="`SUCCESS`, `QUOTA_LIMIT_REACHED`, `END_USER_SERVICE_DENIED` or `RATING_FAILED`"
+    )
+    grantedUnit: GrantedUnit | None = None
+    validityTime: int | None = Field(default=None, description="Seconds the quota is valid")
+    finalUnitIndication: FinalUnitIndication | None = None
+
+
+class ChargingDataResponse(BaseModel):
+    """ChargingDataResponse (TS 32.291 6.1.6.2.1.3) as this CHF answers it: the members it sets."""
+
+    invocationTimeStamp: datetime
+    invocationSequenceNumber: int
+    multipleUnitInformation: list[MultipleUnitInformation] | None = None
+
+
+_NCHF_PROBLEM: dict[str, Any] = {
+    "application/problem+json": {
+        "schema": {
+            "title": "ProblemDetails",
+            "description": "ProblemDetails (TS 29.571) with the application error `cause` "
+            "(TS 32.291 6.1.7.3, TS 29.500 5.2.7.2) and `invalidParams`.",
+            "type": "object",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "instance": {"type": "string"},
+                "cause": {
+                    "type": "string",
+                    "description": "USER_UNKNOWN, CHARGING_FAILED, CONTEXT_NOT_FOUND, "
+                    "MANDATORY_IE_MISSING, MANDATORY_IE_INCORRECT, INVALID_MSG_FORMAT, "
+                    "SYSTEM_FAILURE, NF_CONGESTION. On every refusal of a charging request; "
+                    "a 401 or 403 (the API key, checked before the request is read) has none.",
+                },
+                "invalidParams": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["param"],
+                        "properties": {
+                            "param": {"type": "string", "description": "A JSON pointer"},
+                            "reason": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "additionalProperties": True,
+        }
+    }
+}
+
+
+def _problems(**said: str) -> dict[int | str, dict[str, Any]]:
+    """The problems a route answers (status → when), each a ProblemDetails with `cause`. "4XX"
+    stands for the rest (a body too large, too many requests), and keeps FastAPI from listing a
+    422 these routes never answer."""
+    return {
+        int(k[1:]) if k[1:].isdigit() else k[1:]: {"description": v, "content": _NCHF_PROBLEM}
+        for k, v in said.items()
+    }
+
+
+_AUTH = {
+    "_401": "No API key, or not a valid one",
+    "_403": "The API key lacks the scope `charging`",
+    "_500": "SYSTEM_FAILURE",
+    "_503": "NF_CONGESTION: the database out of reach; nothing done, try again",
+    "_4XX": "Another client error (a body too large): INVALID_MSG_FORMAT",
+}
+_REF_PARAMETER: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "ChargingDataRef",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "The charging data resource, from the create's `Location`",
+        }
+    ]
+}
+
+
 @contextlib.contextmanager
 def _counted(operation: str) -> Iterator[None]:
     """Count a charging request by outcome: `ok`, the problem's slug, or `error`."""
@@ -164,7 +272,25 @@ def _counted(operation: str) -> Iterator[None]:
     CHARGING_REQUESTS.labels(operation, "ok").inc()
 
 
-@router.post("/chargingdata", status_code=201, openapi_extra=_REQUEST_BODY)
+@router.post(
+    "/chargingdata",
+    status_code=201,
+    openapi_extra=_REQUEST_BODY,
+    response_model=ChargingDataResponse,
+    response_model_exclude_none=True,
+    responses={
+        201: {
+            "description": "Created; `Location` names the resource",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        },
+        **_problems(
+            _400="MANDATORY_IE_MISSING, MANDATORY_IE_INCORRECT, INVALID_MSG_FORMAT, or "
+            "CHARGING_FAILED (no subscriber)",
+            _404="USER_UNKNOWN: no line of ours in service has this subscriber",
+            **_AUTH,
+        ),
+    },
+)
 async def create_charging_data(request: Request, client: NF) -> Response:
     """Nchf_ConvergedCharging_Create: open a charging data resource and grant the first quotas."""
     db, settings = _app_state(request)
@@ -173,15 +299,20 @@ async def create_charging_data(request: Request, client: NF) -> Response:
 
     async def run(s: Any) -> nchf.NchfAnswer:
         table = await cache.get(s)
-        return await nchf.create_charging_data(s, settings, table, client=client, body=body)
+        return await nchf.create_charging_data(
+            s, settings, table, client=client.id, client_aliases=client.prefixes, body=body
+        )
 
     with _counted("create"):
         answer = await db.run(run)
-    location = f"{str(request.base_url).rstrip('/')}{NCHF_PREFIX}/chargingdata/{answer.ref}"
+    # Our own address (SIMCHARGE_BASE_URL), never one built from the client's Host header.
+    location = f"{settings.base_url.rstrip('/')}{NCHF_PREFIX}/chargingdata/{answer.ref}"
     return JSONResponse(answer.body, status_code=201, headers={"Location": location})
 
 
-async def _update(request: Request, client: str, ref: str, *, release: bool) -> nchf.NchfAnswer:
+async def _update(
+    request: Request, client: KeyClient, ref: str, *, release: bool
+) -> nchf.NchfAnswer:
     db, settings = _app_state(request)
     body = await request.body()
     cache = rating_cache(request, settings)
@@ -189,7 +320,8 @@ async def _update(request: Request, client: str, ref: str, *, release: bool) -> 
     async def run(s: Any) -> nchf.NchfAnswer:
         table = await cache.get(s)
         return await nchf.update_charging_data(
-            s, settings, table, client=client, ref=ref, body=body, release=release
+            s, settings, table, client=client.id, client_aliases=client.prefixes, ref=ref,
+            body=body, release=release,
         )
 
     with _counted("release" if release else "update"):
@@ -197,23 +329,46 @@ async def _update(request: Request, client: str, ref: str, *, release: bool) -> 
     return answer
 
 
-@router.post("/chargingdata/{ChargingDataRef}/update", openapi_extra=_REQUEST_BODY)
-async def update_charging_data(request: Request, client: NF, ChargingDataRef: str) -> Response:
+_UPDATE_PROBLEMS = _problems(
+    _400="MANDATORY_IE_MISSING, MANDATORY_IE_INCORRECT, INVALID_MSG_FORMAT, or CHARGING_FAILED "
+    "(a sequence number answered already, or not after the last one)",
+    _404="CONTEXT_NOT_FOUND: no such resource, or it is closed or timed out",
+    **_AUTH,
+)
+
+
+def _ref(request: Request) -> str:
+    """The path's ChargingDataRef (read here, not as a parameter FastAPI validates: it would
+    document a 422 these routes never answer — any text is looked up, and unknown is 404)."""
+    return str(request.path_params["ChargingDataRef"])
+
+
+@router.post(
+    "/chargingdata/{ChargingDataRef}/update",
+    openapi_extra={**_REQUEST_BODY, **_REF_PARAMETER},
+    response_model=ChargingDataResponse,
+    response_model_exclude_none=True,
+    responses={200: {"description": "The new quotas"}, **_UPDATE_PROBLEMS},
+)
+async def update_charging_data(request: Request, client: NF) -> Response:
     """Nchf_ConvergedCharging_Update: report used units, get new quotas."""
-    answer = await _update(request, client, ChargingDataRef, release=False)
+    answer = await _update(request, client, _ref(request), release=False)
     return JSONResponse(answer.body, status_code=200)
 
 
 @router.post(
-    "/chargingdata/{ChargingDataRef}/release", status_code=204, openapi_extra=_REQUEST_BODY
+    "/chargingdata/{ChargingDataRef}/release",
+    status_code=204,
+    openapi_extra={**_REQUEST_BODY, **_REF_PARAMETER},
+    responses={204: {"description": "Released"}, **_UPDATE_PROBLEMS},
 )
-async def release_charging_data(request: Request, client: NF, ChargingDataRef: str) -> Response:
+async def release_charging_data(request: Request, client: NF) -> Response:
     """Nchf_ConvergedCharging_Release: report the last used units; every reservation released."""
-    await _update(request, client, ChargingDataRef, release=True)
+    await _update(request, client, _ref(request), release=True)
     return Response(status_code=204)
 
 
-@usage_router.post("/usage", response_model=UsageReport)
+@usage_router.post("/usage", response_model=UsageReport, response_model_exclude_none=True)
 async def submit_usage(
     batch: UsageBatch,
     db: DB,
@@ -222,6 +377,6 @@ async def submit_usage(
 ) -> UsageReport:
     """Rate and charge a batch of usage records (offline charging). Idempotent by record id:
     a record already charged is counted in `duplicates` and not charged again. Bad records are
-    reported by index and do not stop the others."""
+    reported by their index in `records` (`record`, from 0) and do not stop the others."""
     with _counted("usage"):
-        return await import_usage_records(db, settings, batch.records_as_rows())
+        return await import_usage_records(db, settings, batch.records_as_rows(), indexed=True)

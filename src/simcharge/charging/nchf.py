@@ -246,10 +246,8 @@ def parse_request(body: bytes) -> ChargingDataRequest:
         req = ChargingDataRequest.model_validate_json(body or b"null")
     except ValidationError as exc:
         invalid = []
-        missing = False
         for e in exc.errors():
             path = "/" + "/".join(str(p) for p in e["loc"])
-            missing = missing or e["type"] == "missing"
             invalid.append((path, str(e["msg"])))
         if any(
             e["type"] == "json_invalid" or (e["type"] == "model_type" and not e["loc"])
@@ -258,7 +256,10 @@ def parse_request(body: bytes) -> ChargingDataRequest:
             raise NchfProblem(
                 400, "INVALID_MSG_FORMAT", N_("The body is not a JSON object.")
             ) from exc
-        cause = "MANDATORY_IE_MISSING" if missing else "MANDATORY_IE_INCORRECT"
+        # One cause for the problem (TS 29.500 5.2.7.2): that of the first member listed in
+        # `invalidParams` (in the body's order), so that `cause` and `invalidParams[0]` agree.
+        first = exc.errors()[0]["type"] if exc.errors() else ""
+        cause = "MANDATORY_IE_MISSING" if first == "missing" else "MANDATORY_IE_INCORRECT"
         raise NchfProblem(
             400, cause, N_("The charging request is not valid."), invalid=invalid
         ) from exc
@@ -324,6 +325,11 @@ _SUBSCRIBER = re.compile(r"(imsi|msisdn)-([0-9]{1,15})")
 a NAI, a NUL, a letter — is looked up nowhere)."""
 
 
+NOT_A_SUBSCRIPTION = frozenset({LineState.available.value, LineState.terminated.value})
+"""Lines that are no subscriber's: a create naming one is `USER_UNKNOWN` (404). A line in grace
+or frozen is a subscriber's, denied service per rating group (`END_USER_SERVICE_DENIED`)."""
+
+
 async def _find_line(session: AsyncSession, subscriber: str) -> Line:
     if not subscriber.startswith(("imsi-", "msisdn-")):
         raise NchfProblem(
@@ -338,7 +344,9 @@ async def _find_line(session: AsyncSession, subscriber: str) -> Line:
         kind, digits = found.groups()
         where = Line.imsi == digits if kind == "imsi" else Line.msisdn == "+" + digits
         line = (await session.execute(select(Line).where(where))).scalar_one_or_none()
-    if line is None:
+    if line is None or line.state in NOT_A_SUBSCRIPTION:
+        # A line in stock (never sold) or terminated (gone) is nobody's subscription: unknown,
+        # as a number never issued is (nothing says which), and nothing is written.
         raise NchfProblem(
             404,
             "USER_UNKNOWN",
@@ -860,15 +868,24 @@ async def create_charging_data(
     client: str,
     body: bytes,
     now: datetime | None = None,
+    client_aliases: Sequence[str] = (),
 ) -> NchfAnswer:
-    """Nchf_ConvergedCharging_Create: a new charging data resource, its first quotas."""
+    """Nchf_ConvergedCharging_Create: a new charging data resource, its first quotas. The
+    resource is the `client`'s (the API key's client, across rotations); a retransmitted create
+    finds the one it made, also when it was made under one of `client_aliases` (the client's key
+    prefixes, which owned sessions before the client id was kept)."""
     now = now or utcnow()
     req = parse_request(body)
     digest = _hash(body)
     ref = derived_id("nchf-session", client, digest)
-    existing = await session.get(ChargingSession, ref)
+    refs = [ref, *(derived_id("nchf-session", a, digest) for a in client_aliases if a != client)]
+    existing = (
+        await session.execute(
+            select(ChargingSession).where(ChargingSession.id.in_(refs)).limit(1)
+        )
+    ).scalar_one_or_none() if len(refs) > 1 else await session.get(ChargingSession, ref)
     if existing is not None:
-        return NchfAnswer(201, _create_answer(existing, req), ref)
+        return NchfAnswer(201, _create_answer(existing, req), existing.id)
     subscriber = _subscriber(req)
     if not subscriber:
         raise NchfProblem(
@@ -935,6 +952,7 @@ async def update_charging_data(
     body: bytes,
     release: bool,
     now: datetime | None = None,
+    client_aliases: Sequence[str] = (),
 ) -> NchfAnswer:
     """Nchf_ConvergedCharging_Update (200 and the new quotas) or _Release (204)."""
     now = now or utcnow()
@@ -950,7 +968,9 @@ async def update_charging_data(
         )
     ref_id = parse_ref(ref)
     found = await ChargingSessions(session).lock(ref_id)
-    if found is None or found[0].client != client[:64]:
+    if found is None or (
+        found[0].client != client[:64] and found[0].client not in client_aliases
+    ):  # another client's; or, stored before the client id was kept, a key of this client
         raise NchfProblem(404, "CONTEXT_NOT_FOUND", N_("No charging data resource {ref}."), ref=ref)
     cs, line = found
     status = 204 if release else 200
@@ -976,11 +996,17 @@ async def update_charging_data(
             404, "CONTEXT_NOT_FOUND", N_("The charging data resource {ref} is closed."), ref=ref
         )
     if seq <= cs.sequence:
+        # Not after the last number, and no answer to it kept (a kept one was answered again
+        # above): a number skipped then sent late, or a stray older than the answers kept — the
+        # two cannot be told apart, as older answers are forgotten. Neither is charged.
         raise NchfProblem(
             400,
             "CHARGING_FAILED",
-            N_("invocationSequenceNumber {seq} was answered already; the last one is {last}."),
-            invalid=[("/invocationSequenceNumber", "not after the last one")],
+            N_(
+                "invocationSequenceNumber {seq} is not after the last one, {last}, and no answer "
+                "to it is kept: it is not answered."
+            ),
+            invalid=[("/invocationSequenceNumber", "not after the last one; no answer kept")],
             seq=seq,
             last=cs.sequence,
         )

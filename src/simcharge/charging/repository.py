@@ -109,8 +109,9 @@ class UsageRepository:
 
     async def lines_named(self, msisdns: Collection[str], imsis: Collection[str]) -> list[Row[Any]]:
         """The lines with these numbers or IMSIs: id, msisdn, imsi, currency, account_id,
-        last_activity_at."""
+        last_activity_at, state."""
         cols = (
+            lines_table.c.state,
             lines_table.c.id,
             lines_table.c.msisdn,
             lines_table.c.imsi,

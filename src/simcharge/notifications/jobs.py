@@ -8,10 +8,12 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.auth.events import EventKind, record_event
+from simcharge.config import Settings
 from simcharge.db import insert_if_absent, table_of
 from simcharge.kit.clock import utcnow
 from simcharge.kit.crypto import SealBroken, unseal
@@ -182,6 +184,33 @@ async def deliver(ctx: JobContext, payload: dict[str, Any]) -> None:
     await ctx.db.run(fan_out)
 
 
+ATTACH_LINE = "code.attach_line"
+"""The code that adds a line to an account, sent by SMS to the line: read by whoever holds the
+SIM, who may not be the customer who asked."""
+
+
+async def reader_language(
+    session: AsyncSession,
+    template: str,
+    to: str,
+    account: Account | None,
+    queued: str,
+    settings: Settings,
+) -> str:
+    """The language a message is written in, read when it is sent (as its zone is,
+    `reading_of`): a language chosen while it waited in the queue is the one it is written in.
+    The account's — except a staff member's e-mail (no account: `queued`, the staff member's)
+    and the code that adds a line (`ATTACH_LINE`), which is the line's reader's: its current
+    holder's language if an account holds it, else the operator's (`SIMCHARGE_DEFAULT_LANGUAGE`)
+    — never the asker's, whom the holder may not know. (Every other code goes to a contact of an
+    account that exists from registration on: its account's language too.)"""
+    if template == ATTACH_LINE:
+        holder = await session.scalar(select(Line.account_id).where(Line.msisdn == to))
+        held_by = await session.get(Account, holder) if holder is not None else None
+        return held_by.language if held_by is not None else settings.default_language
+    return account.language if account is not None else queued
+
+
 async def send_message(
     ctx: JobContext,
     channel: str,
@@ -207,6 +236,7 @@ async def send_message(
         if closed_account_skipped(ctx, account, template):
             return
         reading = reading_of(account, ctx.settings)
+        language = await reader_language(s, template, to, account, language, ctx.settings)
     try:
         message = render(
             template, language, params, default=ctx.settings.default_language,

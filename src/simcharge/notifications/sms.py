@@ -6,12 +6,15 @@ Typography that slips into Latin-script text (Babel's no-break spaces in times a
 dash, curly quotes, an ellipsis, a currency sign) is written with GSM-7 characters; a text that
 needs UCS-2 anyway (Chinese, Spanish with its accents) is left as it is.
 
-A one-time code is the exception (`gsm_safe(…, spell_plain=True)`): it must arrive as ONE
-message, read at a glance and typed (or filled in by the phone) before it expires, so a letter
-outside GSM-7 is written without its accent ("código" → "codigo"; "é", "ñ" and "ü" are GSM-7
-and stay) when that makes the message fewer segments. A Spanish code to reset a password, unlock
-an account or add a line is 90–100 characters: two segments in UCS-2, one in GSM-7 with room
-for a long operator name."""
+A letter outside GSM-7 ("ó", "í", "á" in Spanish; "é", "ñ" and "ü" are GSM-7 and stay) is
+written without its accent ("código" → "codigo") when that makes the whole message GSM-7 in
+fewer segments: a one-time code then arrives as ONE message, read at a glance and typed before
+it expires (a Spanish code to reset a password, unlock an account or add a line is 90–125
+characters: two or more segments in UCS-2, one in GSM-7), and a notice costs its reader fewer
+messages (the Spanish frozen-line notice under `owner_topup`, 202 characters, was four UCS-2
+segments, and is two in GSM-7). A message that saves nothing so keeps its spelling, and one in
+a script GSM-7 cannot write (Chinese) is never touched. `NOTICE_SEGMENTS` is what the tests hold
+every notice to, in every language."""
 
 from __future__ import annotations
 
@@ -73,6 +76,11 @@ _GSM_EQUIVALENTS = str.maketrans(
 )
 
 
+NOTICE_SEGMENTS = 3
+"""The most segments a notice's SMS (any template but a code's) may be, in any language, with
+a 16-digit number and a 20-character operator name (`tests/notifications/test_sms_segments.py`).
+A code's is one."""
+
 SEGMENT_LIMITS = {"gsm7": (160, 153), "ucs2": (70, 67)}
 """Per encoding: what one message holds, and what each part of a concatenated one holds (the
 rest of its 140 octets carries the header that joins the parts)."""
@@ -111,11 +119,11 @@ def _plain_letter(c: str) -> str:
     return base if base and is_gsm7(base) else c
 
 
-def gsm_safe(text: str, *, spell_plain: bool = False) -> str:
+def gsm_safe(text: str, *, spell_plain: bool = True) -> str:
     """`text` with GSM-7 equivalents of its typography when that makes all of it GSM-7; else
     `text` unchanged: a message UCS-2 needs anyway keeps its own punctuation (Chinese "——",
-    "……", full-width quotes) and its no-break spaces. With `spell_plain` (a one-time code), its
-    letters outside GSM-7 also lose their accents when that makes it GSM-7 in fewer
+    "……", full-width quotes) and its no-break spaces. With `spell_plain` (every SMS we send),
+    its letters outside GSM-7 also lose their accents when that makes it GSM-7 in fewer
     segments."""
     if is_gsm7(text):
         return text

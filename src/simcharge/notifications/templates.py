@@ -9,8 +9,7 @@ say the same: the HTML body in `_layout.html`, the text in `_layout.text.jinja` 
 name above, why the reader gets it below: a customer's account, or — a `staff.…` template, sent
 by `tell_staff` — a back-office account). An SMS is kept in GSM-7 where its language allows
 (`notifications.sms`): money whose symbol is not GSM-7 by its ISO code, typography by its GSM-7
-equivalents, and a one-time code's (`code.…`) letters without the accents GSM-7 lacks when that
-saves a segment."""
+equivalents, and its letters without the accents GSM-7 lacks when that saves a segment."""
 
 from __future__ import annotations
 
@@ -114,6 +113,7 @@ def environment(
         return pick_text(value, language) if isinstance(value, dict) else str(value)
 
     env.filters.update(
+        sentences=sentences,
         date=as_date,
         datetime=as_datetime,
         money=as_money,
@@ -122,6 +122,22 @@ def environment(
         text=as_text,
     )
     return env
+
+
+_CLOSING_MARKS = frozenset("。！？；：")
+"""The full-width marks that end a Chinese sentence: the next one follows without a space."""
+
+
+def sentences(parts: list[Any]) -> str:
+    """Sentences (each from its own message) joined as their language writes them: after a
+    full-width mark ("。"), nothing; else one space. An autoescaped part stays markup."""
+    texts = [p for p in (p.strip() for p in parts) if p]
+    joined = ""
+    for text in texts:
+        if joined and joined[-1] not in _CLOSING_MARKS:
+            joined += " "
+        joined += text
+    return Markup(joined) if any(isinstance(p, Markup) for p in parts) else joined  # noqa: S704
 
 
 def _block(env: Environment, name: str, block: str, params: dict[str, Any]) -> str:
@@ -176,10 +192,7 @@ def render(
         subject=_block(env, name, "subject", params),
         text=text,
         html=html,
-        sms=gsm_safe(
-            _block(environment(language, sms=True, locale=locale), name, "sms", params),
-            spell_plain=name.startswith("code."),
-        ),
+        sms=gsm_safe(_block(environment(language, sms=True, locale=locale), name, "sms", params)),
     )
 
 

@@ -31,7 +31,7 @@ from simcharge.kit.translations import N_
 from simcharge.lines.models import Line
 from simcharge.orders.endpoints import detail_parts, refunds_out
 from simcharge.orders.models import Order, OrderState, Refund
-from simcharge.orders.refunds import ask_for_refund
+from simcharge.orders.refunds import ask_for_refund, refundable
 from simcharge.orders.schemas import RefundIn, StaffOrderOut, StaffRefundOut
 from simcharge.orders.service import OrderNotFound
 
@@ -72,6 +72,7 @@ async def staff_view(s: AsyncSession, order: Order, language: str) -> StaffOrder
         attention=order.attention,
         attention_note=order.attention_note,
         paid=paid,
+        refundable=Money.of(await refundable(s, order), order.paid_currency or order.currency),
     )
 
 

@@ -235,6 +235,13 @@ def _payer(account: Account | None) -> str:
     return name if drawable(name) else account.username
 
 
+
+def in_groups(reference: str, size: int = 4) -> str:
+    """An order's reference in groups of four, as the portal shows it and as one reads it out
+    to customer service (the back office's search takes it with or without the spaces)."""
+    return " ".join(reference[i : i + size] for i in range(0, len(reference), size))
+
+
 def render_pdf(f: ReceiptFacts) -> bytes:
     """A one-page A4 receipt."""
 
@@ -246,7 +253,7 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     date = document_date(f.language, f.issued_at, f.zone, f.locale)
     rows = [
         (t(N_("Date")), date),
-        (t(N_("Order")), f.order_reference),
+        (t(N_("Order")), in_groups(f.order_reference)),
         (t(N_("Customer")), f.payer),
         (t(N_("Line")), f.msisdn),
         (t(N_("Package")), f.plan),
@@ -506,7 +513,7 @@ def render_credit_note(f: CreditNoteFacts) -> bytes:
     rows = [
         (t(N_("Date")), date),
         (t(N_("Corrects receipt")), f.receipt_number),
-        (t(N_("Order")), f.order_reference),
+        (t(N_("Order")), in_groups(f.order_reference)),
         (t(N_("Refund")), f.refund_reference),
         (t(N_("Customer")), f.payer),
         (t(N_("Line")), f.msisdn),

@@ -199,3 +199,8 @@ class StaffOrderOut(OrderDetailOut):
     attention: str | None
     attention_note: str | None
     paid: Money | None
+    refundable: Money = Field(
+        description="What can still be refunded (in the currency paid): paid, less refunds done "
+        "or on their way, less what was put on the line's balance (before the payment is "
+        "known, of the order's total) — what the back office's refund form offers"
+    )

@@ -96,6 +96,7 @@ async def ticket_page(ticket_id: str, request: Request, page: Page, db: DB) -> R
         request, page, "ticket.html", ticket=ticket, thread=thread, order=order,
         ticket_states=TICKET_STATES, errors={}, error=None, idempotency_key=uuid.uuid4().hex,
         sent=request.query_params.get("sent") == "1",
+        replied=request.query_params.get("replied") == "1",
     )
 
 
@@ -124,7 +125,7 @@ async def reply(ticket_id: str, request: Request, page: Page, db: DB) -> Respons
             order=order, ticket_states=TICKET_STATES, errors={"body": summary}, error=summary,
             idempotency_key=uuid.uuid4().hex,
         )
-    return redirect(f"/account/help/{tid}")
+    return redirect(f"/account/help/{tid}?replied=1")
 
 
 @router.post("/account/orders/{order_id}/help")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Literal
 
 from babel import Locale
 from babel.dates import get_timezone_location
@@ -33,6 +34,7 @@ from simcharge.accounts.models import Account
 from simcharge.accounts.schemas import ProfileIn
 from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts, validation_problem
+from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits
 from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
@@ -269,29 +271,21 @@ async def save_details(
 
 
 @router.post("/account/profile/cancel")
-async def cancel_change(
-    request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
-) -> Response:
-    """Cancel the change pending on a channel: the current contact given again, as the API
-    takes it (`update_profile`: the pending one dropped, its code void). No password: it moves
-    nothing to a new address. Offered only where there is a current contact to keep."""
+async def cancel_change(request: Request, page: Page, db: DB, client: Client) -> Response:
+    """Cancel the contact pending on a channel (`auth.cancel_pending_contact`): a change of a
+    verified one, which stays, or one added where none was verified, which goes — its code void
+    either way. No password: it moves nothing to a new address. Not the account's only contact
+    (offered only where another is left; refused otherwise)."""
     account_id = require(page)
     form = await form_of(request, page)
-    channel = "sms" if form.get("channel") in ("sms", "phone") else "email"
+    channel: Literal["email", "sms"] = (
+        "sms" if form.get("channel") in ("sms", "phone") else "email"
+    )
 
     async def run(s: AsyncSession) -> None:
         account = await s.get(Account, account_id, with_for_update=True)
         assert account is not None
-        current = account.email if channel == "email" else account.phone
-        if current is None:
-            raise ValidationFailed(
-                N_("There is nothing to verify on this channel."), field="channel"
-            )
-        await accounts.update_profile(
-            s, settings, account, email=current if channel == "email" else None,
-            phone=current if channel == "sms" else None, client=client, now=utcnow(),
-            limits=limits,
-        )  # fmt: skip
+        await auth.cancel_pending_contact(s, account, channel, client=client, now=utcnow())
 
     try:
         await db.run(run)

@@ -434,6 +434,8 @@ async def remove_passkey(
         )  # fmt: skip
 
     try:
+        # The last passkey of two-step is refused first: no password or passkey spent on it.
+        await db.run(lambda s: second_step.check_removable(s, page.account, pid))
         if not form.get("password"):
             raise ValidationFailed(N_("This field is required."), field="password")
         if credential is not None:

@@ -77,9 +77,11 @@ ledger's is the byte: `tmf654.service.MB`). GB as the pages write them: 1,024 MB
 
 def _values(source: Any) -> dict[str, str]:
     values = {k: str(source.get(k, "") or "").strip()[:64] for k in ("to", "what", "amount")}
-    # Only with data; without one (a link, a form of before) data is in MB, as it was.
+    # Only with data; without one (a link, a form of before) data is in MB, as it was. Credit,
+    # minutes or SMS have no unit to choose: a unit sent with them (the form without
+    # JavaScript shows the choice) is neither read, checked nor carried to the review.
     unit = str(source.get("data_unit", "") or "").strip()[:8]
-    if unit:
+    if unit and values["what"] == "data":
         values["data_unit"] = unit
     return values
 

@@ -28,10 +28,12 @@ from starlette.exceptions import HTTPException
 
 from simcharge.api.deps import DB, AppSettings, Integration, request_language, require_scope
 from simcharge.api.problems import field_errors, said, validation_problem
+from simcharge.auth.apikeys import client_of_prefix
 from simcharge.backoffice.audit import Actor
 from simcharge.errors import (
     BadRequest,
     MethodNotAllowed,
+    NotFound,
     SimchargeError,
     ValidationFailed,
 )
@@ -40,7 +42,7 @@ from simcharge.kit.translations import N_, translate
 from simcharge.ledger.models import LedgerTransfer
 from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lifecycle.service import Policy
-from simcharge.lines.models import Bucket, Line
+from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.lines.repository import LineRepository
 from simcharge.lines.service import find_line_by_msisdn
 from simcharge.tmf654 import service
@@ -60,7 +62,12 @@ from simcharge.tmf654.schemas import (
     validate_body,
     when,
 )
-from simcharge.tmf654.service import BalanceActionNotFound, BucketNotFound, Holder
+from simcharge.tmf654.service import (
+    AccumulatedBalanceNotFound,
+    BalanceActionNotFound,
+    BucketNotFound,
+    Holder,
+)
 
 audit = structlog.get_logger("simcharge.audit")
 
@@ -70,14 +77,16 @@ def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
     # TMF654 answers bad input with 400 (it lists no 422), and a POST whose body names
     # something unknown is bad input too (it lists no 404 for POST).
     status = exc.status
-    if status == 422 or (status == 404 and request.method == "POST"):
+    if status == 422 or (
+        status == 404 and request.method == "POST" and not isinstance(exc, NoSuchResource)
+    ):
         status = 400
     body: dict[str, Any] = {
         "code": exc.slug,
         "reason": translate(language, exc.title),
         "message": said(language, exc.detail_template, exc.params),
         "status": str(status),
-        "referenceError": f"{str(request.base_url).rstrip('/')}{exc.type_uri}",
+        "referenceError": f"{origin(request)}{exc.type_uri}",
         "@type": "Error",
         "type": exc.type_uri,
     }
@@ -88,6 +97,28 @@ def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
         body.setdefault("field", exc.errors[0].field)
     body.update(exc.extra())
     return JSONResponse(body, status_code=status, headers=exc.headers)
+
+
+JSON_TYPE = re.compile(r"application/([a-z0-9.+-]+\+)?json\s*(;.*)?", re.IGNORECASE)
+
+
+class UnsupportedMediaType(SimchargeError):
+    """A body sent as another type than JSON (a form, `text/plain`): refused as such, not read
+    as JSON anyway nor reported as a body that is no object."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = N_("Send the body as application/json.")
+
+    def extra(self) -> dict[str, Any]:
+        return {"accepted": ["application/json"]}
+
+
+def _check_media_type(request: Request) -> None:
+    given = request.headers.get("content-type", "")
+    if not JSON_TYPE.fullmatch(given.strip()):
+        accept = "Accept-Patch" if request.method == "PATCH" else "Accept-Post"
+        raise UnsupportedMediaType(field="Content-Type", headers={accept: "application/json"})
 
 
 class ExactRequest(Request):
@@ -106,10 +137,13 @@ class TmfRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         original = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def handler(request: Request) -> Response:
             request = ExactRequest(request.scope, request.receive)
             try:
+                if takes_body:
+                    _check_media_type(request)
                 return await original(request)
             except SimchargeError as exc:
                 return tmf_error(request, exc)
@@ -130,7 +164,43 @@ class TmfRoute(APIRoute):
         return handler
 
 
-router = APIRouter(prefix=BASE_PATH, tags=["TMF654 balance management"], route_class=TmfRoute)
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "TMF630 Error, with our problem `type`, `field` and `errors`",
+    "properties": {
+        "code": {"type": "string", "description": "The problem's stable slug"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "status": {"type": "string"},
+        "referenceError": {"type": "string", "format": "uri"},
+        "@type": {"type": "string", "const": "Error"},
+        "type": {"type": "string"},
+        "field": {"type": "string", "description": "The offending field or parameter"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["code", "reason", "status", "@type"],
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Bad input (TMF654 lists no 422): the offending `field`, nothing changed"),
+    401: _error("No API key, or not a live one"),
+    403: _error("The key lacks the scope"),
+    404: _error("No such resource"),
+    409: _error("Refused in the balance's or the line's state (e.g. `line-not-in-service`, "
+                "`insufficient-balance`)"),
+    "default": _error("Any other error, in the same shape"),
+}
+"""What every TMF654 operation may answer, declared once (its `default` also keeps FastAPI from
+listing a 422, which this API never answers)."""
+
+router = APIRouter(prefix=BASE_PATH, tags=["TMF654 balance management"], route_class=TmfRoute,
+                   responses=ERROR_RESPONSES)
 
 Read = Annotated[Integration, require_scope("balance:read")]
 Write = Annotated[Integration, require_scope("balance:write")]
@@ -144,8 +214,16 @@ LINE_FILTERS = {"logicalResource.id", "partyAccount.id"}
 `partyAccount`, a history entry of a transfer names the giver and the receiver."""
 
 
+def origin(request: Request) -> str:
+    """Where the API is served, as configured (`SIMCHARGE_BASE_URL`): never the request's `Host`
+    header, which a client chooses (hrefs, `Location` and `referenceError` built from it would
+    point wherever the client said)."""
+    settings = getattr(request.app.state, "settings", None)
+    return str(settings.base_url if settings is not None else request.base_url).rstrip("/")
+
+
 def base(request: Request) -> str:
-    return f"{str(request.base_url).rstrip('/')}{BASE_PATH}"
+    return f"{origin(request)}{BASE_PATH}"
 
 
 def actor_of(key: Integration) -> str:
@@ -178,12 +256,16 @@ def _filters(request: Request, definition: str) -> dict[str, str]:
 
 def _page_of(request: Request) -> tuple[int, int]:
     params = request.query_params
-    try:
-        offset = int(params.get("offset", 0))
-        limit = int(params.get("limit", 100))
-    except ValueError as exc:
-        raise BadRequest(N_("offset and limit are whole numbers."), field="offset") from exc
-    if offset < 0 or not 1 <= limit <= 1000:
+    figures = {}
+    for name, default in (("offset", 0), ("limit", 100)):
+        try:
+            figures[name] = int(params.get(name, default))
+        except ValueError as exc:
+            raise BadRequest(N_("offset and limit are whole numbers."), field=name) from exc
+    offset, limit = figures["offset"], figures["limit"]
+    if offset < 0:
+        raise BadRequest(N_("offset ≥ 0 and 1 ≤ limit ≤ 1000."), field="offset")
+    if not 1 <= limit <= 1000:
         raise BadRequest(N_("offset ≥ 0 and 1 ≤ limit ≤ 1000."), field="limit")
     return offset, limit
 
@@ -363,7 +445,7 @@ async def get_accumulated(
             for item in await accumulated_of(s, request, line):
                 if item["id"] == balance_id:
                     return select_fields(item, fields)
-    raise BalanceActionNotFound(N_("No such accumulated balance."), field="id")
+    raise AccumulatedBalanceNotFound(field="id")
 
 
 # --- actions: shared -------------------------------------------------------------------------
@@ -507,9 +589,15 @@ async def _target(
     return await _line_of(s, body), None
 
 
-def _check_party(body: dict[str, Any], line: Line) -> None:
+def _check_party(body: dict[str, Any], line: Line, *, field: str = "logicalResource") -> None:
+    """A `partyAccount` named must own the line: one no account holds is nobody's. An unsold
+    line (`available`) is refused as not in service first, naming `field`: that is what is
+    wrong with it, whoever is named."""
+    if LineState(line.state) is LineState.available:
+        raise service.LineNotInService(N_("The line is not in service: it was never sold."),
+                                       field=field)
     given = (body.get("partyAccount") or {}).get("id")
-    if given and line.account_id is not None and str(line.account_id) != str(given):
+    if given and str(line.account_id) != str(given):
         raise ValidationFailed(N_("The line does not belong to this party account."),
                                field="partyAccount.id")
 
@@ -532,16 +620,21 @@ def _until(body: dict[str, Any]) -> datetime | None:
 
 async def _create(
     db: DB, request: Request, key: Integration, idem: str | None, body: dict[str, Any],
-    kind: ActionKind, act: Callable[[AsyncSession], Awaitable[BalanceAction]],
+    kind: ActionKind, act: Callable[[AsyncSession, str], Awaitable[BalanceAction]],
 ) -> JSONResponse:
+    """Make the action `act(session, client)` makes, or answer the one made under the same
+    `Idempotency-Key` by the key's client: any of its keys (a rotation's successor replays what
+    its predecessor made), `client` being whose keys they are (`service.client_scope`)."""
     validate_body(_DEFINITIONS[kind], body)
     actor = actor_of(key)
 
     async def run(s: AsyncSession) -> tuple[dict[str, Any], bool]:
-        found = await service.replay(s, actor, idem, body, kind)
+        client = await client_of_prefix(s, key.key_prefix)
+        also = [f"apikey:{prefix}" for prefix in client.prefixes]
+        found = await service.replay(s, actor, idem, body, kind, also=also)
         if found is not None:
             return await _render(s, request, found), True
-        action = await act(s)
+        action = await act(s, service.client_scope(client.id))
         return await _render(s, request, action), False
 
     out, replayed = await db.run(run)
@@ -580,7 +673,7 @@ async def create_topup(
 ) -> JSONResponse:
     policy = Policy.of(settings)
 
-    async def act(s: AsyncSession) -> BalanceAction:
+    async def act(s: AsyncSession, client: str) -> BalanceAction:
         line, holder = await _target(s, body)
         _check_party(body, line)
         usage = str(body.get("usageType"))
@@ -595,7 +688,7 @@ async def create_topup(
         return await service.topup(
             s, line=await _locked(s, line), usage_type=usage, amount=amount, target=holder,
             valid_until=until, actor=actor_of(key), key=idem, request=body,
-            reason=body.get("reason"), policy=policy,
+            reason=body.get("reason"), policy=policy, client=client,
         )
 
     return await _create(db, request, key, idem, body, ActionKind.topup, act)
@@ -634,7 +727,7 @@ async def create_adjustment(
         user_agent=request.headers.get("user-agent"),
     )
 
-    async def act(s: AsyncSession) -> BalanceAction:
+    async def act(s: AsyncSession, client: str) -> BalanceAction:
         if "validFor" in body:
             # A correction changes an amount, never when the wallet or bucket ends.
             raise ValidationFailed(
@@ -653,6 +746,7 @@ async def create_adjustment(
         return await service.adjust(
             s, settings, holder=holder, amount=units_of(body.get("amount"), unit, "amount"),
             actor=actor, key=idem, request=body, reason=str(body.get("reason") or ""),
+            client=client,
         )
 
     return await _create(db, request, key, idem, body, ActionKind.adjust, act)
@@ -679,7 +773,7 @@ async def get_adjustment(
 async def create_reservation(
     body: JsonBody, key: Write, db: DB, request: Request, idem: IdemKey = None
 ) -> JSONResponse:
-    async def act(s: AsyncSession) -> BalanceAction:
+    async def act(s: AsyncSession, client: str) -> BalanceAction:
         if "startDateTime" in (body.get("validFor") or {}):
             # A hold is a pending ledger transfer: it holds from when it is made until its
             # end (the timeout). One that starts later would hold nothing until then, so a
@@ -689,7 +783,7 @@ async def create_reservation(
                 field="validFor.startDateTime",
             )
         line, holder = await _target(s, body, source=True)
-        _check_party(body, line)
+        _check_party(body, line, field="bucket.id")
         usage = str(body.get("usageType"))
         unit = service.unit_for(line, usage)
         if holder is None:
@@ -701,7 +795,7 @@ async def create_reservation(
         return await service.reserve(
             s, holder=holder, amount=units_of(body.get("amount"), unit, "amount"),
             until=_until(body), actor=actor_of(key), key=idem, request=body,
-            reason=body.get("reason"),
+            reason=body.get("reason"), client=client,
         )
 
     return await _create(db, request, key, idem, body, ActionKind.reserve, act)
@@ -761,7 +855,7 @@ async def create_transfer(
     body: JsonBody, key: Write, db: DB, request: Request, settings: AppSettings,
     idem: IdemKey = None,
 ) -> JSONResponse:
-    async def act(s: AsyncSession) -> BalanceAction:
+    async def act(s: AsyncSession, client: str) -> BalanceAction:
         if body.get("costOwner", "originator") != "originator":
             raise ValidationFailed(N_("The giver pays the fee (costOwner originator)."),
                                    field="costOwner")
@@ -794,6 +888,7 @@ async def create_transfer(
             s, settings, source=holder, receiver=receiver,
             amount=units_of(body.get("amount"), unit, "amount"), actor=actor_of(key), key=idem,
             request=body, reason=body.get("reason"), stated_fee=_stated_cost(body, line),
+            client=client,
         )
 
     return await _create(db, request, key, idem, body, ActionKind.transfer, act)
@@ -944,3 +1039,70 @@ def _refuse_other_methods() -> None:
 
 
 _refuse_other_methods()
+
+
+class NoSuchResource(NotFound):
+    """A path under the TMF654 prefix that names no resource (a POST's too: the path names
+    nothing, not its body)."""
+
+    title = N_("No such TMF654 resource.")
+
+
+async def _no_such_resource(rest: str) -> Response:
+    raise NoSuchResource(field="path")
+
+
+router.add_api_route("/{rest:path}", _no_such_resource,
+                     methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+"""Last: a path under the TMF654 prefix that no route above has is a TMF `Error` 404 (a POST's
+too: the path, not the body, names nothing), not the generic problem."""
+
+
+_COUNT_HEADERS = {
+    "X-Total-Count": {"description": "How many items match, over all pages",
+                      "schema": {"type": "integer"}},
+    "X-Result-Count": {"description": "How many items this page holds",
+                       "schema": {"type": "integer"}},
+}
+_LIST_PARAMETERS = [
+    {"name": "logicalResource.id", "in": "query", "schema": {"type": "string"},
+     "description": "A line, by its MSISDN (this or `partyAccount.id` is required)"},
+    {"name": "partyAccount.id", "in": "query", "schema": {"type": "string", "format": "uuid"},
+     "description": "The lines of this customer account"},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "fields", "in": "query", "schema": {"type": "string"},
+     "description": "Comma-separated attributes to return (TMF630 projection)"},
+    {"name": "filters", "in": "query", "style": "form", "explode": True,
+     "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+     "description": "TMF630 attribute equality on the resource's own attributes, dotted paths "
+                    "(`usageType=data,voice`, `status=active`); operators and `sort` are 400"},
+]
+
+
+_UNSUPPORTED = _error("A body that is not `application/json` (`Accept-Post`/`Accept-Patch` "
+                      "says what is)")
+
+
+def _document() -> None:
+    """The lists' paging parameters and count headers, and a creation's `Location`, in the
+    OpenAPI document (they are read from the request and set on the response by hand)."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        methods = route.methods or set()
+        if "GET" in methods and not route.path.endswith("}"):
+            route.openapi_extra = {
+                "parameters": _LIST_PARAMETERS,
+                "responses": {"200": {"headers": _COUNT_HEADERS}},
+            }
+        elif "POST" in methods:
+            route.openapi_extra = {"responses": {"201": {"headers": {"Location": {
+                "description": "The new action's `href`", "schema": {"type": "string"}}}},
+                "415": _UNSUPPORTED}}
+        elif "PATCH" in methods:
+            route.openapi_extra = {"responses": {"415": _UNSUPPORTED}}
+
+
+_document()

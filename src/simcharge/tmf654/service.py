@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -63,6 +64,11 @@ class InsufficientBalance(Conflict):
 class BalanceActionNotFound(NotFound):
     slug = "balance-action-not-found"
     title = N_("No such balance action.")
+
+
+class AccumulatedBalanceNotFound(NotFound):
+    slug = "accumulated-balance-not-found"
+    title = N_("No such accumulated balance.")
 
 
 class BucketNotFound(NotFound):
@@ -144,17 +150,23 @@ async def replay(
     key: str | None,
     request: dict[str, Any],
     kind: ActionKind,
+    *,
+    also: Sequence[str] = (),
 ) -> BalanceAction | None:
     """The action already made under this key by this caller (same kind of action, same
     request), or None. The key names one request: another body, or the same body sent as
-    another kind of action, is refused."""
+    another kind of action, is refused. `also`: other actors that are the same caller (an API
+    key's client's other keys, `apikey:<prefix>`: a key and its rotation's successor share
+    their idempotency keys); the caller's own action first, else the earliest."""
     if key is None:
         return None
+    actors = [actor, *(a for a in also if a != actor)]
     found = (
         await session.execute(
-            select(BalanceAction).where(
-                BalanceAction.actor == actor, BalanceAction.idempotency_key == key
-            )
+            select(BalanceAction)
+            .where(BalanceAction.actor.in_(actors), BalanceAction.idempotency_key == key)
+            .order_by((BalanceAction.actor == actor).desc(), BalanceAction.requested_at)
+            .limit(1)
         )
     ).scalar_one_or_none()
     if found is None:
@@ -185,7 +197,15 @@ async def _add_action(session: AsyncSession, action: BalanceAction) -> None:
 
 
 def action_id(actor: str, key: str | None) -> uuid.UUID:
+    """The id of the action `actor` asks for under `key` (`actor`: whose idempotency keys they
+    are — an API key's client, `client_scope`, or a customer's `account:<id>`)."""
     return derived_id("balance-action", actor, key) if key else uuid7()
+
+
+def client_scope(client_id: str) -> str:
+    """Whose idempotency keys an API key's are: its client's, across rotations
+    (`ApiKey.client_id`)."""
+    return f"apikey-client:{client_id}"
 
 
 def _new_action(
@@ -225,6 +245,19 @@ def _raise_refused(exc: TransferRejected) -> None:
     raise exc
 
 
+def _check_topped_up(line: Line) -> None:
+    """A top-up goes to a line in service: active, in grace, or frozen (credited; brought back
+    as the lifecycle's reactivation policy says, as a paid top-up in the portal is). Never to a
+    terminated line, nor to an unsold one (`available`, in the inventory: a top-up would sell
+    it to nobody)."""
+    state = LineState(line.state)
+    if state is LineState.terminated:
+        raise LineNotInService(N_("The line is terminated."), field="logicalResource")
+    if state is LineState.available:
+        raise LineNotInService(N_("The line is not in service: it was never sold."),
+                               field="logicalResource")
+
+
 def _check_amount(amount: int) -> None:
     if amount <= 0:
         raise ValidationFailed(N_("The amount must be more than zero."), field="amount")
@@ -254,16 +287,16 @@ async def topup(
     request: dict[str, Any],
     reason: str | None,
     policy: Policy,
+    client: str | None = None,
 ) -> BalanceAction:
     """Credit a line: money into the wallet (from `funding:<CUR>`), units into the named
     bucket or a new one (from `issuance:<unit>`). Counts as a top-up for the lifecycle
     (`policy`: the lifecycle's). Only a new bucket's end can be chosen (`valid_until`): money
     has no end, and units put in a bucket end when it does."""
     _check_amount(amount)
-    if LineState(line.state) is LineState.terminated:
-        raise LineNotInService(N_("The line is terminated."), field="logicalResource")
+    _check_topped_up(line)
     now = utcnow()
-    aid = action_id(actor, key)
+    aid = action_id(client or actor, key)
     source = f"balance:{aid}"
     unit = unit_for(line, usage_type)
     if target is not None and target.unit != unit:
@@ -336,6 +369,7 @@ async def adjust(
     key: str | None,
     request: dict[str, Any],
     reason: str,
+    client: str | None = None,
 ) -> BalanceAction:
     """Correct a wallet or bucket by a signed amount, against `funding`/`issuance` (staff).
 
@@ -351,14 +385,20 @@ async def adjust(
     # As the back office does: the line, then its customer, locked FOR NO KEY UPDATE, so that
     # two adjustments at once count each other.
     await session.refresh(line, with_for_update={"key_share": True})
-    aid = action_id(actor.name, key)
+    aid = action_id(client or actor.name, key)
     if key is not None and await session.get(BalanceAction, aid) is not None:
         # A copy of this request committed while this one waited: answered as its replay.
         raise RetryableError("the same adjustment was made meanwhile")
+    if LineState(line.state) is LineState.available:
+        raise LineNotInService(N_("The line is not in service: it was never sold."),
+                               field="bucket.id")
     if amount > 0 and LineState(line.state) is LineState.terminated:
         raise LineNotInService(N_("The line is terminated."), field="bucket.id")
     now = utcnow()
     _check_live(holder, now)
+    if amount < 0 and -amount > await available(session, holder.account_id):
+        # Refused for what it is, whoever asks: no approval would make it possible.
+        raise InsufficientBalance(field="amount")
     waits, before, limit = await needs_approval(
         session, settings, line, holder.unit, wallet=holder.bucket is None, amount=amount,
         now=now,
@@ -423,6 +463,7 @@ async def reserve(
     key: str | None,
     request: dict[str, Any],
     reason: str | None,
+    client: str | None = None,
 ) -> BalanceAction:
     """Hold `amount` of a wallet or bucket for a charge to come: a pending transfer to usage
     (revenue for money, consumption for units) that times out at `until` (default an hour)."""
@@ -440,7 +481,7 @@ async def reserve(
         raise ValidationFailed(
             N_("A reservation ends within 7 days from now."), field="validFor.endDateTime"
         )
-    aid = action_id(actor, key)
+    aid = action_id(client or actor, key)
     sink = _sink(holder)
     await ensure_accounts(session, [sink])
     pending_id = derived_id(f"balance:{aid}", "reserve")
@@ -625,7 +666,12 @@ async def check_transfer(
             N_("The line's validity has ended: top it up to give balance."),
             field="logicalResource",
         )
-    if LineState(receiver.state) in (LineState.terminated, LineState.available):
+    # A line in grace receives, as it receives top-ups: the gift is kept for it (no validity
+    # given: only a paid top-up brings a line back). A frozen line does not: it is on its way
+    # to termination, which would forfeit the gift — refused, not swallowed (README, Decisions).
+    if LineState(receiver.state) in (
+        LineState.terminated, LineState.available, LineState.frozen
+    ):
         raise LineNotInService(
             N_("The receiving line is not in service."), field="receiverLogicalResource"
         )
@@ -655,6 +701,7 @@ async def transfer(
     request: dict[str, Any],
     reason: str | None,
     stated_fee: int | None = None,
+    client: str | None = None,
 ) -> BalanceAction:
     """Give money (wallet to wallet, same currency) or units (a bucket to a new bucket of the
     receiver with the same end and zones) to another line; the giver pays the fee from the
@@ -674,7 +721,7 @@ async def transfer(
     # waited for.
     if receiver.id != giver.id:
         await session.refresh(receiver, with_for_update={"read": True, "key_share": True})
-    aid = action_id(actor, key)
+    aid = action_id(client or actor, key)
     if key is not None and await session.get(BalanceAction, aid) is not None:
         # A copy of this request (a double submit, a retry) committed while this one waited for
         # the giver: run again, to be answered as its replay — not counted, nor refused, anew.

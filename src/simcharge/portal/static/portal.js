@@ -41,4 +41,19 @@
       });
     });
   }
+  // A field that belongs to one choice (data's GB or MB, `data-shown-with`) is shown only while
+  // that choice is made, and left out of the form otherwise (disabled).
+  document.querySelectorAll("[data-shown-with]").forEach(function (field) {
+    var form = field.closest("form");
+    var wanted = field.getAttribute("data-shown-with");
+    var radios = form ? form.querySelectorAll("input[name=what]") : [];
+    var sync = function () {
+      var chosen = form.querySelector("input[name=what]:checked");
+      var on = chosen !== null && chosen.value === wanted;
+      field.hidden = !on;
+      field.querySelectorAll("select, input").forEach(function (c) { c.disabled = !on; });
+    };
+    radios.forEach(function (radio) { radio.addEventListener("change", sync); });
+    if (radios.length) { sync(); }
+  });
 })();
