@@ -593,7 +593,7 @@ def apikey_rotate(
     expires_in: Annotated[str | None, typer.Option(help=_EXPIRES_IN_HELP)] = None,
     expires_at: Annotated[str | None, typer.Option(help=_EXPIRES_AT_HELP)] = None,
 ) -> None:
-    from simcharge.auth.apikeys import parse_duration, rotate_api_key
+    from simcharge.auth.apikeys import parse_duration, refuse_replaced, rotate_api_key
     from simcharge.backoffice import audit
     from simcharge.errors import SimchargeError
 
@@ -603,6 +603,7 @@ def apikey_rotate(
             rotated = await rotate_api_key(session, prefix, overlap=grace, expires_at=ends)
             if rotated is None:
                 return None
+            await refuse_replaced(session, prefix)  # one successor a key, as staff's rotation
             new = rotated.issued.key
             after: dict[str, Any] = {"name": new.name, "scopes": new.scopes,
                                      "rotated_from": prefix}

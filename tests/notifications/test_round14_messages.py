@@ -239,7 +239,26 @@ async def test_a_registration_attempt_names_the_contact_that_was_tried(
     [mail] = inbox.to(holder.email)
     assert mail["Subject"] == "Someone tried to use your phone number"
 
-    # Another holder (one alert an hour per holder): their address.
+    # The same holder's address tried within the hour: told too (one alert an hour per
+    # contact tried, not per holder), saying the address.
+    inbox.messages.clear()
+    dev_mailbox.clear()
+    name, _, _ = new_identity(with_phone=False)
+    r = await register(client, username=name, email=holder.email, phone=None)
+    assert r.status_code == 202
+    await deliver()
+    [mail] = inbox.to(holder.email)
+    assert mail["Subject"] == "Someone tried to use your e-mail address"
+    # …and the phone again within the hour: not told twice.
+    inbox.messages.clear()
+    dev_mailbox.clear()
+    name, fresh_email, _ = new_identity(with_phone=False)
+    r = await register(client, username=name, email=fresh_email, phone=holder.phone)
+    assert r.status_code == 202
+    await deliver()
+    assert inbox.to(holder.email) == [] and _sms_to(holder.phone) == []
+
+    # Another holder: their address.
     other = await signup(client, inbox, deliver)
     assert other.phone and other.email
     inbox.messages.clear()

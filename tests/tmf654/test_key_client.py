@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from simcharge import migrate
 from simcharge.auth.apikeys import create_api_key, rotate_api_key, staff_rotate_api_key
 from simcharge.auth.models import ApiKey
+from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.charging import nchf as nchf_service
 from simcharge.charging.models import ChargingSession
@@ -264,8 +265,18 @@ async def test_the_migration_gives_chains_one_client_and_moves_open_sessions(fre
             middle = (await staff_rotate_api_key(s, actor, root.prefix, overlap=HOUR)).issued.key
             last = (await staff_rotate_api_key(s, actor, middle.prefix, overlap=HOUR)).issued.key
             alone = (await create_api_key(s, "crm", ["charging"])).key
+            # A key rotated twice in its overlap (the command line allowed it until the
+            # fourteenth round's review), then one of its successors rotated: one chain.
+            fork = (await create_api_key(s, "pcf", ["charging"])).key
+            forked = []
+            for old in (fork.prefix, fork.prefix, None):
+                source = old or forked[0].prefix
+                made = (await rotate_api_key(s, source, overlap=HOUR)).issued.key  # type: ignore[union-attr]
+                await audit.record(s, actor, "apikey.rotate", target_type="api_key",
+                                   target_id=source, after={"replaced_by": made.prefix})
+                forked.append(made)
             line = await create_line(s)
-            ids = {k.prefix: k.id for k in (root, middle, last, alone)}
+            ids = {k.prefix: k.id for k in (root, middle, last, alone, fork, *forked)}
             line_id = line.id
     finally:
         await db.dispose()
@@ -316,6 +327,7 @@ async def test_the_migration_gives_chains_one_client_and_moves_open_sessions(fre
     root_id = ids[root.prefix]
     assert clients[root.prefix] == clients[middle.prefix] == clients[last.prefix] == root_id
     assert clients[alone.prefix] == ids[alone.prefix]
+    assert {clients[k.prefix] for k in (fork, *forked)} == {ids[fork.prefix]}
     assert nulls == 0
     owners = {ref: cs.client for ref, cs in stored.items() if cs is not None}
     refs = list(sessions)

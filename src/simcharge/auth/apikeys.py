@@ -446,6 +446,15 @@ class KeyView:
     replaced_by: str | None
 
 
+
+async def refuse_replaced(session: AsyncSession, prefix: str) -> None:
+    """`ApiKeyAlreadyReplaced` if the key `prefix` was rotated already (read under its lock,
+    after `rotate_api_key`: the caller's transaction rolls the new key back). A key has one
+    successor: two rotations of one key would make two live keys and fork its client's chain."""
+    if await _successions(session, [prefix]):
+        raise ApiKeyAlreadyReplaced(field="prefix")
+
+
 async def _successions(session: AsyncSession, prefixes: Sequence[str]) -> dict[str, str]:
     """Old prefix → new prefix, as the rotations' audit entries recorded them (`apikey.rotate`,
     `after.replaced_by`): the table itself keeps no link."""
@@ -607,8 +616,7 @@ async def staff_rotate_api_key(
     _refuse_command_line_scopes(rotated.old.scopes)
     # Read under the old key's lock: a form sent twice (a reload of the answer) or two admins
     # at once make one successor, not two live keys nobody holds.
-    if await _successions(session, [prefix]):
-        raise ApiKeyAlreadyReplaced(field="prefix")
+    await refuse_replaced(session, prefix)
     new = rotated.issued.key
     after: dict[str, object] = {"name": new.name, "scopes": new.scopes, "rotated_from": prefix}
     if new.expires_at is not None:

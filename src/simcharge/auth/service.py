@@ -403,12 +403,14 @@ async def _send_verification(
     )
     holder = await _holder_of(session, channel, target, account.id)
     if holder is not None:
+        kind = "email" if channel == "email" else "phone"
         await notify(
             session,
             account_id=holder.id,
             template="security.registration_attempt",
-            params={"kind": "email" if channel == "email" else "phone"},
-            dedupe_key=f"registration-attempt:{holder.id}:{now:%Y%m%d%H}",
+            params={"kind": kind},
+            # One an hour per contact tried: the e-mail's and then the phone's are both told.
+            dedupe_key=f"registration-attempt:{holder.id}:{kind}:{now:%Y%m%d%H}",
         )
         await record_event(
             session,

@@ -35,6 +35,7 @@ from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
 from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
+from simcharge.lines.service import LineNotInService
 from simcharge.orders.fulfilment import RECEIPT_JOB
 from simcharge.orders.models import Order, Refund, RefundState
 from simcharge.orders.refunds import CREDIT_NOTE_JOB, apply_to_wallet, ask_for_refund, shown
@@ -282,6 +283,18 @@ def _replayed(
     return earlier
 
 
+
+def _check_in_service(line: Line, amount: int, *, field: str = "line_id") -> None:
+    """A line in stock (never sold) takes no adjustment: what it got would be sold with the SIM.
+    A terminated line's balances were forfeited: it may be debited (a correction), not credited.
+    As TMF654's `adjustBalance` (`tmf654.service.adjust`)."""
+    state = LineState(line.state)
+    if state is LineState.available:
+        raise LineNotInService(N_("The line is not in service: it was never sold."), field=field)
+    if amount > 0 and state is LineState.terminated:
+        raise LineNotInService(N_("The line is terminated."), field=field)
+
+
 async def request_adjustment(
     s: AsyncSession,
     settings: Settings,
@@ -322,6 +335,7 @@ async def request_adjustment(
         return _replayed(
             earlier, line, target=target, amount=amount, reason=reason, ticket_id=ticket_id
         )
+    _check_in_service(line, amount)
     if target == "wallet":
         account_id, unit = line.wallet_account_id, line.currency
     else:
@@ -455,6 +469,7 @@ async def decide_adjustment(
     if approve:
         line = await s.get(Line, adj.line_id, with_for_update={"key_share": True})
         assert line is not None
+        _check_in_service(line, adj.amount, field="adjustment_id")  # it may have changed since
         await _apply(s, adj, line, now)
         await s.flush()
     await audit.record(

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.errors import FieldError, NotFound, ValidationFailed
+from simcharge.errors import Conflict, FieldError, NotFound, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.money import is_currency
@@ -24,6 +24,15 @@ from simcharge.lines.identifiers import valid_activation_code, valid_iccid, vali
 from simcharge.lines.models import Line, LineFacts, LineState
 from simcharge.lines.repository import LineRepository
 from simcharge.lines.schemas import BucketView, LineBalances, UnitBalance, WalletView
+
+
+class LineNotInService(Conflict):
+    """What the line is asked cannot be done in its state (in stock, frozen, terminated): a
+    top-up, transfer, reservation or adjustment (TMF654, the portal, the back office)."""
+
+    slug = "line-not-in-service"
+    title = N_("The line cannot do this in its current state.")
+
 
 
 @dataclass(frozen=True, slots=True)

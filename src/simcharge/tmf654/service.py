@@ -43,7 +43,7 @@ from simcharge.ledger.service import (
 )
 from simcharge.lifecycle.service import Policy, on_topup
 from simcharge.lines.models import Bucket, Line, LineState
-from simcharge.lines.service import UnitGrant, bucket_id, open_buckets
+from simcharge.lines.service import LineNotInService, UnitGrant, bucket_id, open_buckets
 from simcharge.tmf654.models import ActionKind, ActionStatus, BalanceAction
 
 USAGE_UNITS = {"voice": "VOICE_S", "data": "DATA_B", "sms": "SMS"}
@@ -84,11 +84,6 @@ class TransferLimitExceeded(Conflict):
 class ReservationNotOpen(Conflict):
     slug = "reservation-not-open"
     title = N_("The reservation is no longer open.")
-
-
-class LineNotInService(Conflict):
-    slug = "line-not-in-service"
-    title = N_("The line cannot do this in its current state.")
 
 
 @dataclass(frozen=True, slots=True)

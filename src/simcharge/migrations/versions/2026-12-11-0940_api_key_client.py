@@ -14,6 +14,7 @@ Create Date: 2026-12-11 09:40:00+00:00
 import json
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,8 @@ _keys = sa.table(
     sa.column("prefix", sa.String()),
     sa.column("client_id", sa.Uuid()),
     sa.column("created_at", sa.DateTime()),
+    sa.column("revoked_at", sa.DateTime()),
+    sa.column("expires_at", sa.DateTime()),
 )
 _audit = sa.table(
     "audit_entries",
@@ -48,8 +51,10 @@ _sessions = sa.table(
 )
 
 
-def _successors(conn: sa.Connection) -> dict[str, str]:
-    """Old prefix → new prefix, as the rotations recorded them."""
+def _predecessors(conn: sa.Connection) -> dict[str, str]:
+    """New prefix → the prefix it replaced, as the rotations recorded them. A key is made by
+    one rotation at most, so each new key has one predecessor — also where the command line
+    rotated one key twice during its overlap (two successors of one key: both its chain's)."""
     found: dict[str, str] = {}
     rows = conn.execute(
         sa.select(_audit.c.target_id, _audit.c.after)
@@ -59,9 +64,19 @@ def _successors(conn: sa.Connection) -> dict[str, str]:
     for old, after in rows:
         facts: Any = json.loads(after) if isinstance(after, str) else after
         new = facts.get("replaced_by") if isinstance(facts, dict) else None
-        if isinstance(old, str) and isinstance(new, str):
-            found[old] = new
+        if isinstance(old, str) and isinstance(new, str) and new != old:
+            found.setdefault(new, old)
     return found
+
+
+def _root(prefix: str, before: dict[str, str], keys: dict[str, uuid.UUID]) -> str:
+    """The first key of `prefix`'s chain: its predecessors followed while they exist (a loop,
+    which the product never makes, stops where it closes)."""
+    seen = {prefix}
+    while before.get(prefix) in keys and before[prefix] not in seen:
+        prefix = before[prefix]
+        seen.add(prefix)
+    return prefix
 
 
 def upgrade() -> None:
@@ -72,39 +87,44 @@ def upgrade() -> None:
     keys: dict[str, uuid.UUID] = {
         prefix: key_id for key_id, prefix in conn.execute(sa.select(_keys.c.id, _keys.c.prefix))
     }
-    after = _successors(conn)
-    replaced = set(after.values())
-    for root in keys:
-        if root in replaced:
-            continue  # reached from the key it replaced
-        client, prefix, seen = keys[root], root, set()
-        while prefix in keys and prefix not in seen:
-            seen.add(prefix)
-            conn.execute(
-                sa.update(_keys).where(_keys.c.prefix == prefix).values(client_id=client)
-            )
-            conn.execute(
-                sa.update(_sessions)
-                .where(_sessions.c.client == prefix, _sessions.c.state == "open")
-                .values(client=str(client))
-            )
-            prefix = after.get(prefix, "")
-    # A key in a loop of rotations (never made by the product): its own id.
-    conn.execute(sa.update(_keys).where(_keys.c.client_id.is_(None)).values(client_id=_keys.c.id))
+    before = _predecessors(conn)
+    for prefix in keys:
+        client = keys[_root(prefix, before, keys)]
+        conn.execute(sa.update(_keys).where(_keys.c.prefix == prefix).values(client_id=client))
+        conn.execute(
+            sa.update(_sessions)
+            .where(_sessions.c.client == prefix, _sessions.c.state == "open")
+            .values(client=str(client))
+        )
 
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.alter_column("client_id", existing_type=sa.Uuid(), nullable=False)
         batch_op.create_index("ix_api_keys_client_id", ["client_id"], unique=False)
 
 
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    """A moment as SQLite gives it back (naive UTC), whatever the driver handed over."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 def downgrade() -> None:
     conn = op.get_bind()
-    newest: dict[str, str] = {}
-    for client, prefix in conn.execute(
-        sa.select(_keys.c.client_id, _keys.c.prefix).order_by(_keys.c.created_at)
+    # Each client's open sessions go back to its newest live key (else its newest key): the one
+    # that goes on calling. (A session created after the upgrade keeps its id, derived from the
+    # client: a retransmitted create of it, after the downgrade, would open another one.)
+    now = _naive_utc(datetime.now(UTC))
+    newest: dict[str, tuple[bool, str]] = {}
+    for client, prefix, revoked_at, expires_at in conn.execute(
+        sa.select(_keys.c.client_id, _keys.c.prefix, _keys.c.revoked_at, _keys.c.expires_at)
+        .order_by(_keys.c.created_at)
     ):
-        newest[str(client)] = prefix
-    for client, prefix in newest.items():
+        ends = _naive_utc(expires_at)
+        live = revoked_at is None and (ends is None or (now is not None and ends > now))
+        if live or not newest.get(str(client), (False, ""))[0]:
+            newest[str(client)] = (live, prefix)
+    for client, (_, prefix) in newest.items():
         conn.execute(
             sa.update(_sessions)
             .where(_sessions.c.client == client, _sessions.c.state == "open")
