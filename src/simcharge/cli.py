@@ -654,6 +654,24 @@ def apikey_revoke(
     typer.echo("revoked")
 
 
+
+def _staff_password(typed: str | None, prompt: str) -> str:
+    """A staff member's new password: from `SIMCHARGE_STAFF_PASSWORD`, else typed twice at a
+    hidden prompt — never from the command line, where `ps` and the shell history show it:
+    `--password VALUE` is refused (exit 2, not ignored: a script passing it must stop doing so;
+    the value is not echoed)."""
+    if typed is not None:
+        _fail(
+            "--password is refused: a password on the command line is visible to every user "
+            "of the machine (ps) and kept in the shell history; type it at the prompt or set "
+            "SIMCHARGE_STAFF_PASSWORD",
+            2,
+        )
+    return os.environ.get("SIMCHARGE_STAFF_PASSWORD") or str(
+        typer.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    )
+
+
 @staff_app.command(
     "create",
     help="Create a staff user. The password is prompted for (typed twice, not shown) unless "
@@ -689,17 +707,7 @@ def staff_create(
     from simcharge.backoffice.staff import create_staff, staff_facts
     from simcharge.errors import SimchargeError
 
-    if typed_password is not None:
-        # Refused, not ignored: a script passing it must stop doing so. The value is not echoed.
-        _fail(
-            "--password is refused: a password on the command line is visible to every user "
-            "of the machine (ps) and kept in the shell history; type it at the prompt or set "
-            "SIMCHARGE_STAFF_PASSWORD",
-            2,
-        )
-    password = os.environ.get("SIMCHARGE_STAFF_PASSWORD") or typer.prompt(
-        "Password", hide_input=True, confirmation_prompt=True
-    )
+    password = _staff_password(typed_password, "Password")
 
     async def create(db: Database) -> str:
         async with db.transaction() as session:
@@ -734,20 +742,19 @@ def staff_create(
 @staff_app.command(
     "password",
     help="Set a staff member's password (a forgotten one, a lost device): their sessions end, "
-    "their passkeys are removed, their lockout lifts.",
+    "their passkeys are removed, their lockout lifts. The new password is prompted for (typed "
+    "twice, not shown) unless SIMCHARGE_STAFF_PASSWORD is set; never on the command line.",
 )
 def staff_password(
     username: Annotated[str, typer.Argument(help="The staff member's login name.")],
-    password: Annotated[
-        str,
+    typed_password: Annotated[
+        str | None,
         typer.Option(
-            prompt="New password",
-            hide_input=True,
-            confirmation_prompt=True,
-            envvar="SIMCHARGE_STAFF_PASSWORD",
-            help="Prompted for unless SIMCHARGE_STAFF_PASSWORD is set.",
+            "--password",
+            hidden=True,
+            help="Refused: a password on the command line shows in `ps` and the shell history.",
         ),
-    ] = "",
+    ] = None,
 ) -> None:
     from sqlalchemy import select
 
@@ -756,6 +763,8 @@ def staff_password(
     from simcharge.backoffice.staff import set_password
     from simcharge.errors import SimchargeError
     from simcharge.kit.clock import utcnow
+
+    password = _staff_password(typed_password, "New password")
 
     async def reset(db: Database) -> tuple[int, int] | None:
         async with db.transaction() as session:

@@ -47,9 +47,8 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import ValidationFailed
 from simcharge.lines.models import Bucket, LineState
-from simcharge.lines.service import credit_wallet
+from simcharge.lines.service import LineNotInService, credit_wallet
 from simcharge.tmf654 import giving
-from simcharge.tmf654.service import LineNotInService
 from tests.orders.helpers import idem, new_payer
 from tests.portal.helpers import new_customer, sign_in
 from tests.tmf654.helpers import BASE, Holder, api_key, new_holder, totals, written

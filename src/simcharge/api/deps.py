@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -73,6 +74,9 @@ class Integration:
     key_prefix: str
     name: str
     scopes: frozenset[str]
+    client_id: uuid.UUID
+    """The key's client, across rotations (`ApiKey.client_id`): read with the key, so that a
+    route scoping by client (TMF654's idempotency keys) need not look it up again."""
 
 
 def require_scope(scope: str) -> Any:
@@ -94,6 +98,6 @@ def require_scope(scope: str) -> Any:
         if scope not in key.scopes:
             log_refused(credentials.credentials, reason="scope", ip=ip, scope=scope)
             raise Forbidden(N_("This API key lacks the scope {scope}."), scope=scope)
-        return Integration(key.prefix, key.name, frozenset(key.scopes))
+        return Integration(key.prefix, key.name, frozenset(key.scopes), key.client_id)
 
     return Depends(dependency)

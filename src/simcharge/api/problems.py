@@ -178,7 +178,26 @@ def problem_answer(request: Request, exc: SimchargeError) -> Response:
     )
     if html is not None and getattr(request.state, "portal", False):
         return html(request, exc)
+    answer = _api_answer(request)
+    if answer is not None:
+        return answer(request, exc)
     return problem_response(request, exc)
+
+
+def _api_answer(request: Request) -> Callable[[Request, SimchargeError], Response] | None:
+    """The shape the API under the request's path answers errors in, as the middleware answers
+    its own (`app.state.error_answers`): under Nchf, its ProblemDetails with `cause` — an error
+    a route's dependency raises (the API key: missing, not valid, lacking the scope, checked
+    before the body is read) or the routing's 404 and 405 included, since a client of the CHF
+    reads `cause` on every problem. Not TMF654's `Error`: its routes answer their own errors,
+    and it would make the 404 of a path outside them a 400 (bad input) on a POST."""
+    path = request.url.path
+    if path.startswith(TMF_PREFIX):
+        return None
+    for prefix, answer in getattr(request.app.state, "error_answers", ()):
+        if path.startswith(prefix):
+            return cast(Callable[[Request, SimchargeError], Response], answer)
+    return None
 
 
 def install_problem_handlers(app: FastAPI) -> None:

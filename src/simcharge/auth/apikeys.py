@@ -315,12 +315,6 @@ async def client_of(session: AsyncSession, key: ApiKey) -> KeyClient:
     return KeyClient(str(key.client_id), tuple(prefixes) or (key.prefix,))
 
 
-async def client_of_prefix(session: AsyncSession, prefix: str) -> KeyClient:
-    """`client_of` the key `prefix` (a key just let in: it exists)."""
-    key = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar_one()
-    return await client_of(session, key)
-
-
 def log_refused(token: str, *, reason: str, ip: str | None, scope: str | None = None) -> None:
     """A request an API key did not let in (ASVS 7.1.3): the key's public prefix only — never
     the secret part — the client's address, and why (`invalid`: no live key is that token;

@@ -37,8 +37,9 @@ _bearer = HTTPBearer(auto_error=False, description="An API key with the scope `c
 
 
 def nchf_error(request: Request, exc: SimchargeError) -> JSONResponse:
-    """An error answered before an Nchf route runs (the middleware's: a NUL in a JSON body or the
-    query, a 500, the database out of reach) as Nchf answers errors: ProblemDetails with its
+    """An error answered outside an Nchf route's own refusals (the middleware's: a NUL in a JSON
+    body or the query, a 500, the database out of reach; the API key's, checked before the body
+    is read: 401 and 403) as Nchf answers errors: ProblemDetails with its
     application error `cause` (TS 29.500 table 5.2.7.2-1) and `invalidParams` — a client of
     the CHF reads `cause`, and the generic problem has none. Bad input becomes Nchf's own 400;
     a 500 or a 503 keeps its problem type (`service-unavailable`: the database out of reach,
@@ -60,6 +61,14 @@ def nchf_error(request: Request, exc: SimchargeError) -> JSONResponse:
     cause = (
         "NF_CONGESTION" if exc.status == 503
         else "SYSTEM_FAILURE" if exc.status >= 500
+        # The API key, the CHF's access token: missing or not valid (401, with the challenge),
+        # or lacking the scope `charging` (403). TS 29.500 table 5.2.7.2-1 lists
+        # ACCESS_TOKEN_DENIED under 403 and no cause for 401; the 401 carries it too, so that
+        # every problem has one.
+        else "ACCESS_TOKEN_DENIED" if exc.status in (401, 403)
+        # A path no route has (a ChargingDataRef holding "/"), a method none takes.
+        else "RESOURCE_URI_STRUCTURE_NOT_FOUND" if exc.status == 404
+        else "UNSPECIFIED_MSG_FAILURE" if exc.status == 405
         else "INVALID_MSG_FORMAT"
     )  # fmt: skip
     return problem_response(request, exc, {"cause": cause})
@@ -196,7 +205,7 @@ _NCHF_PROBLEM: dict[str, Any] = {
             "description": "ProblemDetails (TS 29.571) with the application error `cause` "
             "(TS 32.291 6.1.7.3, TS 29.500 5.2.7.2) and `invalidParams`.",
             "type": "object",
-            "required": ["type", "title", "status", "detail"],
+            "required": ["type", "title", "status", "detail", "cause"],
             "properties": {
                 "type": {"type": "string"},
                 "title": {"type": "string"},
@@ -207,8 +216,10 @@ _NCHF_PROBLEM: dict[str, Any] = {
                     "type": "string",
                     "description": "USER_UNKNOWN, CHARGING_FAILED, CONTEXT_NOT_FOUND, "
                     "MANDATORY_IE_MISSING, MANDATORY_IE_INCORRECT, INVALID_MSG_FORMAT, "
-                    "SYSTEM_FAILURE, NF_CONGESTION. On every refusal of a charging request; "
-                    "a 401 or 403 (the API key, checked before the request is read) has none.",
+                    "ACCESS_TOKEN_DENIED (401, 403: the API key), "
+                    "RESOURCE_URI_STRUCTURE_NOT_FOUND (404: no such path), "
+                    "UNSPECIFIED_MSG_FAILURE (405), SYSTEM_FAILURE, NF_CONGESTION. On every "
+                    "problem.",
                 },
                 "invalidParams": {
                     "type": "array",
@@ -239,8 +250,8 @@ def _problems(**said: str) -> dict[int | str, dict[str, Any]]:
 
 
 _AUTH = {
-    "_401": "No API key, or not a valid one",
-    "_403": "The API key lacks the scope `charging`",
+    "_401": "ACCESS_TOKEN_DENIED: no API key, or not a valid one",
+    "_403": "ACCESS_TOKEN_DENIED: the API key lacks the scope `charging`",
     "_500": "SYSTEM_FAILURE",
     "_503": "NF_CONGESTION: the database out of reach; nothing done, try again",
     "_4XX": "Another client error (a body too large): INVALID_MSG_FORMAT",

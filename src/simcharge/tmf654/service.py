@@ -43,7 +43,8 @@ from simcharge.ledger.service import (
 )
 from simcharge.lifecycle.service import Policy, on_topup
 from simcharge.lines.models import Bucket, Line, LineState
-from simcharge.lines.service import LineNotInService, UnitGrant, bucket_id, open_buckets
+from simcharge.lines.service import LineNotInService as LineNotInService  # re-exported
+from simcharge.lines.service import UnitGrant, bucket_id, open_buckets
 from simcharge.tmf654.models import ActionKind, ActionStatus, BalanceAction
 
 USAGE_UNITS = {"voice": "VOICE_S", "data": "DATA_B", "sms": "SMS"}
