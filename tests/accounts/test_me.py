@@ -141,7 +141,7 @@ async def test_a_contact_of_another_account_gets_no_code_and_its_holder_is_told(
     assert r.status_code == 200 and r.json()["email_pending"] == first.email
     await deliver()
     assert [m["Subject"] for m in inbox.to(str(first.email))] == [
-        "Someone tried to use your address or number"
+        "Someone tried to use your e-mail address"
     ]
     r = await client.post(
         "/api/v1/auth/verify", headers=second.auth, json={"channel": "email", "code": "123456"}
