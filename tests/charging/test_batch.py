@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from simcharge.lines.models import Line
 from simcharge.lines.service import UnitGrant
 from simcharge.worker.models import OutboxJob
 from tests.charging.helpers import MIB, assert_ledger_balanced, balances, make_line, nf_key
-from tests.conftest import Backend
 
 HEADER = "id,subscriber,service,quantity,started_at,country\n"
 
@@ -231,16 +229,6 @@ async def test_the_api(client: httpx.AsyncClient, db: Database) -> None:
     r = await client.post("/api/v1/usage", json={"records": records})
     assert r.status_code == 401
 
-
-@pytest.fixture
-async def cli_db(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = await backend.copy("usagecli")
-    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", url)
-    monkeypatch.setenv("SIMCHARGE_ENV", "test")
-    get_settings.cache_clear()
-    yield url
-    get_settings.cache_clear()
-    await backend.discard(url)
 
 
 def test_the_command(cli_db: str, tmp_path: Path) -> None:

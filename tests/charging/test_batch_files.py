@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -58,7 +57,6 @@ from simcharge.config import Settings, get_settings
 from simcharge.db import Database
 from simcharge.lines.models import Line
 from tests.charging.helpers import balances, make_line
-from tests.conftest import Backend
 
 DEMO_GPSI = "msisdn-14155550101"
 """A line the demo creates (with money)."""
@@ -68,16 +66,6 @@ AN_HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 def at(minutes: int) -> str:
     return (AN_HOUR_AGO + timedelta(minutes=minutes)).isoformat()
 
-
-@pytest.fixture
-async def cli_db(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = await backend.copy("usagefiles")
-    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", url)
-    monkeypatch.setenv("SIMCHARGE_ENV", "test")
-    get_settings.cache_clear()
-    yield url
-    get_settings.cache_clear()
-    await backend.discard(url)
 
 
 def usage_import(path: Path) -> Result:

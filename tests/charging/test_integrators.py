@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from simcharge.charging.batch import ISO_COUNTRIES, import_usage_records, read_usage_text
 from simcharge.charging.models import ChargingSession, UsageRecord
 from simcharge.cli import app as cli_app
-from simcharge.config import Settings, get_settings
+from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import clock
 from simcharge.lines.models import Line
@@ -36,7 +36,6 @@ from tests.charging.helpers import (
     rg,
     unit_info,
 )
-from tests.conftest import Backend
 
 DATA, VOICE, SMS = 200, 100, 300
 HEADER = "id,subscriber,service,quantity,started_at,country\n"
@@ -294,16 +293,6 @@ async def test_bytes_that_are_not_utf8_are_said_so_not_shown_as_python(
 
 # --- the command: whole files that cannot be read ------------------------------------------------
 
-
-@pytest.fixture
-async def cli_db(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = await backend.copy("usagecli2")
-    monkeypatch.setenv("SIMCHARGE_DATABASE_URL", url)
-    monkeypatch.setenv("SIMCHARGE_ENV", "test")
-    get_settings.cache_clear()
-    yield url
-    get_settings.cache_clear()
-    await backend.discard(url)
 
 
 def test_the_command_says_what_is_wrong_with_a_whole_file(cli_db: str, tmp_path: Path) -> None:
