@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Integration, require_scope
-from simcharge.api.problems import problem_response
+from simcharge.api.problems import PROBLEM_SCHEMA, problem_response
 from simcharge.auth.apikeys import KeyClient, client_of, log_refused, verify_api_key
 from simcharge.auth.models import ApiKey
 from simcharge.charging import nchf
@@ -207,11 +207,11 @@ _NCHF_PROBLEM: dict[str, Any] = {
             "type": "object",
             "required": ["type", "title", "status", "detail", "cause"],
             "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "instance": {"type": "string"},
+                # The RFC 9457 members, as every problem of ours has them.
+                **{
+                    name: PROBLEM_SCHEMA["properties"][name]
+                    for name in ("type", "title", "status", "detail", "instance")
+                },
                 "cause": {
                     "type": "string",
                     "description": "USER_UNKNOWN, CHARGING_FAILED, CONTEXT_NOT_FOUND, "
