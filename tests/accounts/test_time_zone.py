@@ -147,5 +147,5 @@ async def test_the_notices_the_api_renders_are_in_the_accounts_zone_and_format(
     bodies = [n["body"] for n in (await client.get("/api/v1/me/notices", headers=customer.auth))
               .json()["notices"]]  # fmt: skip
     text = " ".join(bodies)
-    assert "7 dic 2026, 4:00:00" in text  # Manila's moment, not UTC's 6th
+    assert "7 dic 2026, 4:00\u202fa.m. UTC+08:00" in text  # Manila's moment, to the minute
     assert "1,234.56" in text  # es_MX, not Spain's 1.234,56

@@ -121,7 +121,7 @@ async def test_validity_end_puts_an_active_line_in_grace_and_tells_the_customer(
     body = mails[0].get_body(preferencelist=("plain",))
     assert body is not None
     assert "La validez de tu línea" in body.get_content()
-    assert "antes del 31 dic 2026, 9:00:00 UTC" in body.get_content()  # a moment, not a day
+    assert "antes del 31 dic 2026, 9:00 UTC" in body.get_content()  # a moment to the minute
 
 
 async def test_grace_over_freezes_the_line(db: Database, settings: Settings) -> None:

@@ -4,70 +4,46 @@ an unattached line has none. Run on a database taken back to 0023, on SQLite and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
-
-from simcharge import migrate
 from simcharge.auth.models import SecurityEvent
-from simcharge.db import Database, create_engine
 from simcharge.kit.clock import utcnow
 from simcharge.lines.models import Line
-from tests.conftest import Backend
 from tests.factories import create_account, create_line
+from tests.migration_helpers import fresh_database, migrate_to, opened
 
-
-@pytest.fixture
-async def fresh(backend: Backend) -> AsyncIterator[str]:
-    url = await backend.copy("attachedat")
-    try:
-        yield url
-    finally:
-        await backend.discard(url)
+fresh = fresh_database("attachedat")
 
 
 async def test_attached_lines_get_their_latest_attach_time(fresh: str) -> None:
-    db = Database.from_url(fresh)
     now = utcnow()
-    try:
-        async with db.transaction() as s:
-            account = await create_account(s)
-            by_code = await create_line(s, account_id=account.id)
-            by_number = await create_line(s, account_id=account.id)
-            created = await create_line(s, account_id=account.id)
-            free = await create_line(s)
-            events = [  # what each event says, days ago, whether it attached the line
-                ({"msisdn": by_code.msisdn, "line_id": str(by_code.id)}, 3, True),
-                ({"msisdn": by_code.msisdn, "line_id": str(by_code.id)}, 2, True),
-                ({"msisdn": by_code.msisdn, "reason": "x"}, 1, False),
-                ({"msisdn": by_number.msisdn}, 5, True),
-            ]
-            for details, days_ago, success in events:
-                s.add(SecurityEvent(
-                    account_id=account.id, kind="line_attached", success=success,
-                    details=details, created_at=now - timedelta(days=days_ago),
-                ))
-            ids = (by_code.id, by_number.id, created.id, free.id)
-            created_at = created.created_at
-    finally:
-        await db.dispose()
+    async with opened(fresh) as db, db.transaction() as s:
+        account = await create_account(s)
+        by_code = await create_line(s, account_id=account.id)
+        by_number = await create_line(s, account_id=account.id)
+        created = await create_line(s, account_id=account.id)
+        free = await create_line(s)
+        events = [  # what each event says, days ago, whether it attached the line
+            ({"msisdn": by_code.msisdn, "line_id": str(by_code.id)}, 3, True),
+            ({"msisdn": by_code.msisdn, "line_id": str(by_code.id)}, 2, True),
+            ({"msisdn": by_code.msisdn, "reason": "x"}, 1, False),
+            ({"msisdn": by_number.msisdn}, 5, True),
+        ]
+        for details, days_ago, success in events:
+            s.add(SecurityEvent(
+                account_id=account.id, kind="line_attached", success=success,
+                details=details, created_at=now - timedelta(days=days_ago),
+            ))
+        ids = (by_code.id, by_number.id, created.id, free.id)
+        created_at = created.created_at
 
-    engine = create_engine(fresh, null_pool=True)
-    try:
-        await migrate.downgrade(engine, "0023_audit_contacts_removed")
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await migrate_to(fresh, "0023_audit_contacts_removed")
+    await migrate_to(fresh)
 
-    db = Database.from_url(fresh)
-    try:
-        async with db.read() as s:
-            got = {i: (await s.get(Line, i)) for i in ids}
-        seen = {i: line.attached_at for i, line in got.items() if line is not None}
-        assert seen[ids[0]] == now - timedelta(days=2)  # the latest successful one
-        assert seen[ids[1]] == now - timedelta(days=5)  # an event naming the number only
-        assert seen[ids[2]] == created_at  # no event: since the line was made
-        assert seen[ids[3]] is None  # no one holds it
-    finally:
-        await db.dispose()
+    async with opened(fresh) as db, db.read() as s:
+        got = {i: (await s.get(Line, i)) for i in ids}
+    seen = {i: line.attached_at for i, line in got.items() if line is not None}
+    assert seen[ids[0]] == now - timedelta(days=2)  # the latest successful one
+    assert seen[ids[1]] == now - timedelta(days=5)  # an event naming the number only
+    assert seen[ids[2]] == created_at  # no event: since the line was made
+    assert seen[ids[3]] is None  # no one holds it

@@ -53,7 +53,7 @@ async def test_a_new_sign_in_says_the_device_address_and_time_and_leads_to_secur
     body = notice.split('data-testid="notice-body">', 1)[1].split("</p>", 1)[0]
     assert body.startswith(
         "Someone signed in to your account from a new device: Firefox · Windows (192.0.2.1), "
-        "Jan 16, 2026, 1:00:00\u202fAM UTC+08:00."  # the reader's zone, as the e-mail writes it
+        "Jan 16, 2026, 1:00\u202fAM UTC+08:00."  # the reader's zone, as the e-mail writes it
     )
     assert "If this was not you" in body
     assert "You receive this message" not in body  # the e-mail's footer is not the notice's

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
-from simcharge import migrate
 from simcharge.auth.apikeys import create_api_key, rotate_api_key, staff_rotate_api_key
 from simcharge.auth.models import ApiKey
 from simcharge.backoffice import audit
@@ -25,7 +22,7 @@ from simcharge.charging import nchf as nchf_service
 from simcharge.charging.models import ChargingSession
 from simcharge.charging.rating import RatingCache
 from simcharge.config import Settings
-from simcharge.db import Database, create_engine
+from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.lines.models import Line
 from simcharge.lines.service import UnitGrant
@@ -41,8 +38,8 @@ from tests.charging.helpers import (
     ref_of,
     rg,
 )
-from tests.conftest import Backend
 from tests.factories import create_line
+from tests.migration_helpers import fresh_database, migrate_to, opened
 from tests.tmf654.helpers import BASE, Holder, new_holder
 
 DATA = 200
@@ -247,45 +244,31 @@ async def test_a_session_opened_under_the_prefix_before_the_deploy_goes_on(
 # --- the migration ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def fresh(backend: Backend) -> AsyncIterator[str]:
-    url = await backend.copy("keyclient")
-    try:
-        yield url
-    finally:
-        await backend.discard(url)
+fresh = fresh_database("keyclient")
 
 
 async def test_the_migration_gives_chains_one_client_and_moves_open_sessions(fresh: str) -> None:
-    db = Database.from_url(fresh)
     actor = Actor(name="staff:admin", permissions=frozenset())
-    try:
-        async with db.transaction() as s:
-            root = (await create_api_key(s, "smf", ["charging"])).key
-            middle = (await staff_rotate_api_key(s, actor, root.prefix, overlap=HOUR)).issued.key
-            last = (await staff_rotate_api_key(s, actor, middle.prefix, overlap=HOUR)).issued.key
-            alone = (await create_api_key(s, "crm", ["charging"])).key
-            # A key rotated twice in its overlap (the command line allowed it until the
-            # fourteenth round's review), then one of its successors rotated: one chain.
-            fork = (await create_api_key(s, "pcf", ["charging"])).key
-            forked = []
-            for old in (fork.prefix, fork.prefix, None):
-                source = old or forked[0].prefix
-                made = (await rotate_api_key(s, source, overlap=HOUR)).issued.key  # type: ignore[union-attr]
-                await audit.record(s, actor, "apikey.rotate", target_type="api_key",
-                                   target_id=source, after={"replaced_by": made.prefix})
-                forked.append(made)
-            line = await create_line(s)
-            ids = {k.prefix: k.id for k in (root, middle, last, alone, fork, *forked)}
-            line_id = line.id
-    finally:
-        await db.dispose()
+    async with opened(fresh) as db, db.transaction() as s:
+        root = (await create_api_key(s, "smf", ["charging"])).key
+        middle = (await staff_rotate_api_key(s, actor, root.prefix, overlap=HOUR)).issued.key
+        last = (await staff_rotate_api_key(s, actor, middle.prefix, overlap=HOUR)).issued.key
+        alone = (await create_api_key(s, "crm", ["charging"])).key
+        # A key rotated twice in its overlap (the command line allowed it until the
+        # fourteenth round's review), then one of its successors rotated: one chain.
+        fork = (await create_api_key(s, "pcf", ["charging"])).key
+        forked = []
+        for old in (fork.prefix, fork.prefix, None):
+            source = old or forked[0].prefix
+            made = (await rotate_api_key(s, source, overlap=HOUR)).issued.key  # type: ignore[union-attr]
+            await audit.record(s, actor, "apikey.rotate", target_type="api_key",
+                               target_id=source, after={"replaced_by": made.prefix})
+            forked.append(made)
+        line = await create_line(s)
+        ids = {k.prefix: k.id for k in (root, middle, last, alone, fork, *forked)}
+        line_id = line.id
 
-    engine = create_engine(fresh, null_pool=True)
-    try:
-        await migrate.downgrade(engine, "0026_audit_target_index")
-    finally:
-        await engine.dispose()
+    await migrate_to(fresh, "0026_audit_target_index")
 
     now = utcnow()
     sessions = {  # state and client as release 0026 stored them
@@ -294,36 +277,24 @@ async def test_the_migration_gives_chains_one_client_and_moves_open_sessions(fre
         uuid.uuid4(): ("open", alone.prefix),
         uuid.uuid4(): ("open", "gone-key"),
     }
-    db = Database.from_url(fresh)
-    try:
-        async with db.transaction() as s:
-            for ref, (state, owner) in sessions.items():
-                s.add(ChargingSession(
-                    id=ref, line_id=line_id, client=owner, subscriber="imsi-1", state=state,
-                    zone="home", country="US", sequence=0, answers={}, groups={},
-                    deadline=now + timedelta(hours=1), created_at=now, updated_at=now,
-                ))
-    finally:
-        await db.dispose()
+    async with opened(fresh) as db, db.transaction() as s:
+        for ref, (state, owner) in sessions.items():
+            s.add(ChargingSession(
+                id=ref, line_id=line_id, client=owner, subscriber="imsi-1", state=state,
+                zone="home", country="US", sequence=0, answers={}, groups={},
+                deadline=now + timedelta(hours=1), created_at=now, updated_at=now,
+            ))
 
-    engine = create_engine(fresh, null_pool=True)
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await migrate_to(fresh)
 
-    db = Database.from_url(fresh)
-    try:
-        async with db.read() as s:
-            clients = dict((await s.execute(select(ApiKey.prefix, ApiKey.client_id))).all())
-            stored = {
-                ref: (await s.get(ChargingSession, ref)) for ref in sessions
-            }
-            nulls = (await s.execute(
-                select(func.count()).select_from(ApiKey).where(ApiKey.client_id.is_(None))
-            )).scalar_one()
-    finally:
-        await db.dispose()
+    async with opened(fresh) as db, db.read() as s:
+        clients = dict((await s.execute(select(ApiKey.prefix, ApiKey.client_id))).all())
+        stored = {
+            ref: (await s.get(ChargingSession, ref)) for ref in sessions
+        }
+        nulls = (await s.execute(
+            select(func.count()).select_from(ApiKey).where(ApiKey.client_id.is_(None))
+        )).scalar_one()
     root_id = ids[root.prefix]
     assert clients[root.prefix] == clients[middle.prefix] == clients[last.prefix] == root_id
     assert clients[alone.prefix] == ids[alone.prefix]
@@ -340,37 +311,21 @@ async def test_the_migration_gives_chains_one_client_and_moves_open_sessions(fre
 async def test_the_migration_goes_down_and_up_again(fresh: str) -> None:
     """Down and up again: the column goes and comes back; an open session owned by a client id
     goes back to the newest prefix of its client, then forward again."""
-    db = Database.from_url(fresh)
-    try:
-        async with db.transaction() as s:
-            key = (await create_api_key(s, "smf", ["charging"])).key
-            line = await create_line(s)
-            now = utcnow()
-            ref = uuid.uuid4()
-            s.add(ChargingSession(
-                id=ref, line_id=line.id, client=str(key.client_id), subscriber="imsi-1",
-                state="open", zone="home", country="US", sequence=0, answers={}, groups={},
-                deadline=now + timedelta(hours=1), created_at=now, updated_at=now,
-            ))
-    finally:
-        await db.dispose()
-    engine = create_engine(fresh, null_pool=True)
-    try:
-        await migrate.downgrade(engine, "0026_audit_target_index")
-        db = Database.from_url(fresh)
-        try:
-            async with db.read() as s:
-                cs = await s.get(ChargingSession, ref)
-                assert cs is not None and cs.client == key.prefix
-        finally:
-            await db.dispose()
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
-    db = Database.from_url(fresh)
-    try:
-        async with db.read() as s:
-            cs = await s.get(ChargingSession, ref)
-            assert cs is not None and cs.client == str(key.client_id)
-    finally:
-        await db.dispose()
+    async with opened(fresh) as db, db.transaction() as s:
+        key = (await create_api_key(s, "smf", ["charging"])).key
+        line = await create_line(s)
+        now = utcnow()
+        ref = uuid.uuid4()
+        s.add(ChargingSession(
+            id=ref, line_id=line.id, client=str(key.client_id), subscriber="imsi-1",
+            state="open", zone="home", country="US", sequence=0, answers={}, groups={},
+            deadline=now + timedelta(hours=1), created_at=now, updated_at=now,
+        ))
+    await migrate_to(fresh, "0026_audit_target_index")
+    async with opened(fresh) as db, db.read() as s:
+        cs = await s.get(ChargingSession, ref)
+        assert cs is not None and cs.client == key.prefix
+    await migrate_to(fresh)
+    async with opened(fresh) as db, db.read() as s:
+        cs = await s.get(ChargingSession, ref)
+        assert cs is not None and cs.client == str(key.client_id)

@@ -245,7 +245,10 @@ async def login_second_step(
     """The second step of `POST /api/v1/auth/login` when it answered `second-factor-required`
     with a `passkey` ceremony: the answer of `navigator.credentials.get()` to its options (this
     account's passkeys only). A passkey of another account, or an answer that does not verify,
-    is refused as a wrong code is (`invalid-second-factor`) and counted with wrong codes."""
+    is refused as a wrong code is (`invalid-second-factor`) and counted where a wrong code is:
+    the address's sign-ins (here, as `POST /auth/login` counts them), the rows of the name the
+    password was given under and of the account (`second_step.login_second_step`); past them,
+    refused as a sign-in is then (`429 too-many-attempts` with `Retry-After`)."""
     return await _signed_in_with(
         second_step.login_second_step, body, request, response, db, settings, client, limits
     )

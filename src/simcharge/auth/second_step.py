@@ -9,8 +9,10 @@ valid `passkeys.CHALLENGE_TTL`), and options that allow this account's passkeys 
 answer (`login_second_step`) must come back with that handle and be signed by one of the
 account's passkeys with user verification; anything else — another account's passkey, a wrong
 signature, a counter that went back — is refused as a wrong code is (`invalid-second-factor`)
-and counted on the account's throttle row as a wrong code is, so the same growing delay,
-hourly cap and alert apply whichever second step is guessed.
+and counted where a wrong code given with the password is: per client address at the edge
+(`login`), and on the throttle rows of the name the password was given under (the handle
+remembers its kind) and of the account — so the same growing delay, hourly cap, alert and
+lock-out answer (`too-many-attempts` with `Retry-After`) apply whichever second step is guessed.
 
 Two-step sign-in with a passkey (`enable` / `disable`) is the switch for an account without
 TOTP: the password is asked again to turn it on or off, recovery codes are issued when it is
@@ -51,6 +53,7 @@ from simcharge.auth.passkeys import (
     verified_assertion,
 )
 from simcharge.auth.service import (
+    LOGIN_KINDS,
     AccountLocked,
     Reauthentication,
     SignedIn,
@@ -58,6 +61,7 @@ from simcharge.auth.service import (
     confirm_password,
     passkey_second_factor_on,
     second_step_failed,
+    second_step_locked_out,
     second_step_passed,
     second_step_throttle,
     start_session,
@@ -98,18 +102,26 @@ class PasskeyTwoStepOff(Conflict):
 
 
 async def second_step_offer(
-    session: AsyncSession, settings: Settings, account: Account, *, now: datetime
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    *,
+    now: datetime,
+    login_kind: str | None = None,
 ) -> dict[str, Any] | None:
     """The passkey ceremony of this pending sign-in (its password was just found right), JSON-
     ready: `ceremony` (the handle to send back with the answer), `public_key` (the options,
     allowing this account's passkeys only) and `expires_at`; None when the account has no
-    passkey or the site none (reached by IP address)."""
+    passkey or the site none (reached by IP address). `login_kind`: the kind of name the
+    password was given under (`username`, `email`, `phone`), carried by the handle after a dot
+    (bound with the rest of it by its keyed hash: `login_kind_of`) so that a failed answer is
+    counted on that name's row, as a wrong code is."""
     if settings.passkey_rp is None:
         return None
     own = await passkeys_of(session, account.id)
     if not own:
         return None
-    handle = secrets.token_urlsafe(32)
+    handle = secrets.token_urlsafe(32) + (f".{login_kind}" if login_kind in LOGIN_KINDS else "")
     challenge = await issue_challenge(
         session, settings, purpose=SECOND_STEP, account_id=account.id, holder=handle, now=now
     )
@@ -119,6 +131,13 @@ async def second_step_offer(
         "public_key": options,
         "expires_at": (now + CHALLENGE_TTL).isoformat(),
     }
+
+
+def login_kind_of(handle: str) -> str | None:
+    """The kind of name a pending sign-in's password was given under, from its handle (trusted
+    only once the handle's challenge was spent: the keyed hash bound the whole handle)."""
+    _, dot, kind = handle.rpartition(".")
+    return kind if dot and kind in LOGIN_KINDS else None
 
 
 async def _spend(
@@ -153,19 +172,21 @@ async def login_second_step(
             details={"method": "password+passkey", "reason": "challenge"}, now=now,
         )  # fmt: skip
         return Refused(PasskeyChallengeInvalid(field="credential"))
-    # The account first, then its throttle row and its passkey: the order sign-in takes them in.
+    # The account first, then its throttle rows and its passkey: the order sign-in takes them in.
     account = await session.get(Account, account_id, with_for_update=True, populate_existing=True)
     assert account is not None  # challenges go with their account (`privacy.erase`)
-    row, locked_out = await second_step_throttle(session, settings, account, now)
+    # The rows a wrong code given with the password counts on: its name's and the account's.
+    rows = await second_step_throttle(
+        session, settings, account, now, login_kind=login_kind_of(handle)
+    )
     if account.status in SIGNED_OUT_FOR_GOOD:
         return await second_step_failed(
-            session, account, row, client, now, reason="account_closed", counted=False
+            session, account, rows, client, now, reason="account_closed", counted=False
         )
+    # Locked out: refused unlooked-at, counted no further, answered as a sign-in is then.
+    locked_out = await second_step_locked_out(session, account, rows, client, now)
     if locked_out is not None:
-        # As a wrong password on a row locked out: refused unlooked-at, counted no further.
-        return await second_step_failed(
-            session, account, row, client, now, reason="account-throttled", counted=False
-        )
+        return locked_out
     passkey = (
         await session.execute(
             select(Passkey)
@@ -174,17 +195,17 @@ async def login_second_step(
         )
     ).scalar_one_or_none()
     if passkey is None:  # unknown, or another account's: as a wrong code
-        return await second_step_failed(session, account, row, client, now, reason="unknown")
+        return await second_step_failed(session, account, rows, client, now, reason="unknown")
     handle_given = parsed.response.user_handle
     if handle_given is not None and handle_given != account.id.bytes:
-        return await second_step_failed(session, account, row, client, now, reason="user")
+        return await second_step_failed(session, account, rows, client, now, reason="user")
     try:
         verified = verified_assertion(settings, parsed, challenge, passkey.public_key)
     except WebAuthnException:
-        return await second_step_failed(session, account, row, client, now, reason="invalid")
+        return await second_step_failed(session, account, rows, client, now, reason="invalid")
     if await counter_went_back(session, passkey, verified, client, now, step="second"):
         return await second_step_failed(
-            session, account, row, client, now, reason="sign_count_regressed"
+            session, account, rows, client, now, reason="sign_count_regressed"
         )
     if account.status == AccountStatus.locked:
         await record_event(
@@ -195,7 +216,7 @@ async def login_second_step(
     passkey.sign_count = verified.new_sign_count
     passkey.backed_up = verified.credential_backed_up
     passkey.last_used_at = now
-    await second_step_passed(session, settings, account, row, now)
+    await second_step_passed(session, settings, account, rows, now)
     return await start_session(
         session, settings, account, client=client, now=now, mfa=True, replacing=replacing,
         method="password+passkey",

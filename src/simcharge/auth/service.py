@@ -970,13 +970,15 @@ async def login(
             await record_event(
                 session, EventKind.mfa_required, account_id=account.id, client=client, now=now
             )
-            return Refused(await _second_step_due(session, settings, account, now))
+            return Refused(await _second_step_due(session, settings, account, login, now))
         if not await _second_factor_ok(session, settings, account, second_factor, client, now):
             wrong = InvalidSecondFactor(field="second_factor")
             if offer_again:
                 from simcharge.auth.second_step import second_step_offer  # builds on this module
 
-                wrong.passkey = await second_step_offer(session, settings, account, now=now)
+                wrong.passkey = await second_step_offer(
+                    session, settings, account, now=now, login_kind=normalize_login(login)[0]
+                )
             return await _failed_login(
                 session, checked.name_row, checked.account_row, account, client, now, wrong
             )
@@ -1114,14 +1116,17 @@ async def passkey_second_factor_on(session: AsyncSession, account: Account) -> b
 
 
 async def _second_step_due(
-    session: AsyncSession, settings: Settings, account: Account, now: datetime
+    session: AsyncSession, settings: Settings, account: Account, login: str, now: datetime
 ) -> SecondFactorRequired:
     """The refusal that asks for the second step, saying which ones the account has: its
-    authenticator app, its passkeys (with the pending sign-in's ceremony), a recovery code."""
+    authenticator app, its passkeys (with the pending sign-in's ceremony, which remembers the
+    kind of name the password was given under: `login`'s), a recovery code."""
     # `second_step` builds on this module (sessions, throttles): imported where used.
     from simcharge.auth.second_step import second_step_offer
 
-    offer = await second_step_offer(session, settings, account, now=now)
+    offer = await second_step_offer(
+        session, settings, account, now=now, login_kind=normalize_login(login)[0]
+    )
     methods = (["totp"] if account.totp_enabled_at is not None else []) + (
         ["passkey"] if offer is not None else []
     )
@@ -1139,19 +1144,77 @@ async def _second_step_due(
     )
 
 
+LOGIN_KINDS = frozenset({"username", "email", "phone"})
+"""The kinds of login name (`normalize_login`), each with its own throttle row."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecondStepRows:
+    """The throttle rows (locked) a second step given apart from the password (a passkey's
+    answer) counts on — those a wrong code given with the password counts on (`login`): the row
+    of the name the password was given under (None when it is not known, or the account has no
+    name of that kind any more) and the account's."""
+
+    name: LoginThrottle | None
+    account: LoginThrottle
+
+
+def _name_key_of(secret: str, account: Account, kind: str | None) -> str | None:
+    """The row key of the account's name of this kind (`username`, `email`, `phone`)."""
+    value = {"username": account.username, "email": account.email, "phone": account.phone}.get(
+        kind or ""
+    )
+    return throttle.name_key(secret, kind, value) if kind and value else None
+
+
 async def second_step_throttle(
-    session: AsyncSession, settings: Settings, account: Account, now: datetime
-) -> tuple[LoginThrottle, TooManyAttempts | None]:
-    """The account's own throttle row (locked), for a second step given apart from the password
-    (a passkey's answer), and whether it is locked out now."""
-    row = await throttle.load(session, throttle.account_key(settings.secret_key, account.id), now)
-    return row, throttle.refusal(row, now)
+    session: AsyncSession,
+    settings: Settings,
+    account: Account,
+    now: datetime,
+    *,
+    login_kind: str | None,
+) -> SecondStepRows:
+    """The rows a second step given apart from the password counts on (`SecondStepRows`),
+    locked in the order a sign-in takes them (the name's, then the account's; the account is
+    held already). `login_kind`: the kind of name the password was given under."""
+    key = _name_key_of(settings.secret_key, account, login_kind)
+    name_row = await throttle.load(session, key, now) if key is not None else None
+    account_row = await throttle.load(
+        session, throttle.account_key(settings.secret_key, account.id), now
+    )
+    return SecondStepRows(name_row, account_row)
+
+
+async def second_step_locked_out(
+    session: AsyncSession,
+    account: Account,
+    rows: SecondStepRows,
+    client: ClientInfo,
+    now: datetime,
+) -> Refused | None:
+    """The refusal of a second step while its rows are locked out, before anything is looked at
+    or counted — as a wrong code's sign-in is refused then (`check_credentials`): the name's row
+    answers `too-many-attempts` with its `Retry-After` (logged `login_locked_out`); the
+    account's, reached through another of its names, `invalid-second-factor`. None: it may try."""
+    locked_out = throttle.refusal(rows.name, now) if rows.name is not None else None
+    if locked_out is not None:
+        await record_event(
+            session, EventKind.login_locked_out, account_id=account.id, client=client,
+            success=False, details={"method": "password+passkey"}, now=now,
+        )  # fmt: skip
+        return Refused(locked_out)
+    if throttle.refusal(rows.account, now) is not None:
+        return await second_step_failed(
+            session, account, rows, client, now, reason="account-throttled", counted=False
+        )
+    return None
 
 
 async def second_step_failed(
     session: AsyncSession,
     account: Account,
-    row: LoginThrottle,
+    rows: SecondStepRows,
     client: ClientInfo,
     now: datetime,
     *,
@@ -1159,28 +1222,30 @@ async def second_step_failed(
     counted: bool = True,
 ) -> Refused:
     """A second step that failed, refused as a wrong code is (`InvalidSecondFactor`) and, when
-    `counted`, counted as one on the account's row: the same growing delay, hourly cap and
-    alert, whichever second step is guessed."""
+    `counted`, counted as one on the same rows (the name's and the account's): the same growing
+    delay, hourly cap, lock-out answer and alert, whichever second step is guessed."""
     if counted:
-        throttle.count_failure(row, now)
+        if rows.name is not None:
+            throttle.count_failure(rows.name, now)
+        throttle.count_failure(rows.account, now)
     await record_event(
         session, EventKind.login, account_id=account.id, client=client, success=False,
         details={"method": "password+passkey", "reason": reason,
-                 "consecutive_failures": row.failures},
+                 "consecutive_failures": rows.account.failures},
         now=now,
     )  # fmt: skip
     if counted:
-        await _alert_failures(session, account, row, now)
+        await _alert_failures(session, account, rows.account, now)
     return Refused(InvalidSecondFactor(field="credential"))
 
 
 async def second_step_passed(
-    session: AsyncSession, settings: Settings, account: Account, row: LoginThrottle,
+    session: AsyncSession, settings: Settings, account: Account, rows: SecondStepRows,
     now: datetime,
 ) -> None:  # fmt: skip
     """The sign-in passed both steps: its failures are forgotten, on the account's row and on
     the rows of each of its names (as a password+code sign-in clears the name it used)."""
-    throttle.clear(row, now)
+    throttle.clear(rows.account, now)
     await throttle.clear_keys(session, _name_keys(settings.secret_key, account), now)
 
 

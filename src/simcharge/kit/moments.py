@@ -50,7 +50,12 @@ def offset_text(local: datetime) -> str:
 # small key (the reader's account's, else the operator's).
 @lru_cache(maxsize=8192)
 def moment_text(
-    language: str, when: datetime, locale: str | None = None, zone_name: str = UTC_ZONE
+    language: str,
+    when: datetime,
+    locale: str | None = None,
+    zone_name: str = UTC_ZONE,
+    *,
+    to_the_minute: bool = False,
 ) -> str:
     """A date and a time in the zone `zone_name`, then the zone as its offset from UTC, in the
     locale's order of date and time ("Dec 6, 2026, 3:00:00 PM UTC−05:00", "2026年12月7日
@@ -60,11 +65,16 @@ def moment_text(
     Mexico City or Shanghai) and unknown to most readers outside its country; the offset reads
     the same in every language, and shows the change of summer time ("UTC+01:00" in winter,
     "UTC+02:00" in summer in Madrid). The date is the moment's date in that zone (20:00 UTC on
-    Dec 6 is Dec 7 in Manila). `locale`: a regional one (`es_MX`), else the language's."""
+    Dec 6 is Dec 7 in Manila). `locale`: a regional one (`es_MX`), else the language's.
+    `to_the_minute`: the time in the locale's short form, without seconds ("Dec 7, 2026,
+    4:00 AM UTC+08:00", "2026年12月7日 04:00 UTC+08:00", "2026年12月7日 上午4:00 UTC+08:00" in
+    Traditional Chinese) — a message's deadline or sign-in; the same date and offset."""
     loc = locale_for(language, locale)
     local = when.astimezone(zone(zone_name))
     day = format_date(local.date(), "medium", locale=loc)
-    clock = format_time(local, "medium", tzinfo=local.tzinfo, locale=loc)
+    clock = format_time(
+        local, "short" if to_the_minute else "medium", tzinfo=local.tzinfo, locale=loc
+    )
     return str(loc.datetime_formats["medium"]).format(f"{clock} {offset_text(local)}", day)
 
 

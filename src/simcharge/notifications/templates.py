@@ -2,14 +2,15 @@
 
 A template `notifications/templates/<name>.jinja` defines blocks `subject`, `text`, `sms` and
 `html_body` (any may be empty). Params are formatted for the reader's locale with the filters
-`date`, `datetime`, `money` and `units`; times and the dates of moments in the reader's time
-zone (their account's, else the operator's: `render`'s `zone`), numbers and money in their
-regional format (`locale`, e.g. `es_MX`) when their language has them. An e-mail's two parts
-say the same: the HTML body in `_layout.html`, the text in `_layout.text.jinja` (the operator's
-name above, why the reader gets it below: a customer's account, or — a `staff.…` template, sent
-by `tell_staff` — a back-office account). An SMS is kept in GSM-7 where its language allows
-(`notifications.sms`): money whose symbol is not GSM-7 by its ISO code, typography by its GSM-7
-equivalents, and its letters without the accents GSM-7 lacks when that saves a segment."""
+`date`, `datetime` (a moment to the minute), `money` and `units`; times and the dates of
+moments in the reader's time zone (their account's, else the operator's: `render`'s `zone`),
+numbers and money in their regional format (`locale`, e.g. `es_MX`) when their language has
+them. An e-mail's two parts say the same: the HTML body in `_layout.html`, the text in
+`_layout.text.jinja` (the operator's name above, why the reader gets it below: a customer's
+account, or — a `staff.…` template, sent by `tell_staff` — a back-office account). An SMS is
+kept in GSM-7 where its language allows (`notifications.sms`): money whose symbol is not GSM-7
+by its ISO code, typography by its GSM-7 equivalents, and its letters without the accents GSM-7
+lacks when that saves a segment."""
 
 from __future__ import annotations
 
@@ -92,10 +93,14 @@ def environment(
 
     @pass_context
     def as_datetime(context: Context, value: Any) -> str:
+        """A moment to the minute (a deadline, a sign-in: seconds say nothing to its reader),
+        with its date and its offset from UTC (`moment_text`); a day as `date` writes it."""
         when = _parse_when(value)
         if not isinstance(when, datetime):
             return str(format_date(when, "long", locale=locale))
-        return moment_text(language, when, regional, context.get(READER_ZONE, UTC_ZONE))
+        return moment_text(
+            language, when, regional, context.get(READER_ZONE, UTC_ZONE), to_the_minute=True
+        )
 
     def as_money(minor: Any, currency: str) -> str:
         formatted = format_money(int(minor), currency, locale)
