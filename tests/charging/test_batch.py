@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -321,6 +321,48 @@ async def test_a_record_twice_in_a_file_is_a_duplicate_however_far_apart(
     again = await import_usage_records(db, settings, read_usage_text(text, "u.csv"), chunk_size=2)
     assert (again.accepted, again.duplicates, again.rejected) == (0, 15, 1)
     assert (await balances(db, t.line)).wallet.available == 1000 - 13 * 5
+    await assert_ledger_balanced(db)
+
+
+async def test_a_record_twice_in_a_file_is_compared_field_by_field(
+    db: Database, settings: Settings
+) -> None:
+    """The import keeps a compact form of each record it has seen (not the record): the rule
+    it applies is still the record's. The same start written with another offset, the country
+    left out, the number spelt `+…` or `msisdn-…`: the same record (a duplicate). Another
+    quantity (even by a digit past 32 bits), start (by a microsecond), service or country, or
+    a country said where the first said none: another record, reported at the first's line."""
+    t = await make_line(db, money=1000)
+    at = datetime.fromisoformat(soon(1))
+    same_instant = at.astimezone(timezone(timedelta(hours=-5))).isoformat()
+    later = (at + timedelta(microseconds=1)).isoformat()
+    m = t.line.msisdn
+    rows = [
+        f"a,{t.gpsi},sms,1,{soon(1)},FR",  # line 2
+        f"a,{m},sms,1,{same_instant},FR",  # the same record
+        f"a,{m},sms,1,{soon(1)},",  # the same record, its country left out
+        f"a,{m},sms,1,{soon(1)},JP",  # another country
+        f"a,{m},sms,{1 + 2**32},{soon(1)},FR",  # another quantity
+        f"a,{m},sms,1,{later},FR",  # another start
+        f"a,{m},data,1,{soon(1)},FR",  # another service
+        f"b,{m},sms,1,{soon(2)},",  # line 9
+        f"b,{m},sms,1,{soon(2)},",  # the same record
+        f"b,{m},sms,1,{soon(2)},DE",  # a country where the first said none
+    ]
+    import_after_the_usage()
+    report = await import_usage_records(
+        db, settings, read_usage_text(HEADER + "\n".join(rows) + "\n", "s.csv")
+    )
+    assert (report.accepted, report.duplicates, report.rejected) == (2, 3, 5), report
+    assert [(e.line, e.field, e.detail) for e in report.errors] == [
+        (n, "id", f"{ext} is the id of another record, at line {first}")
+        for n, ext, first in [(5, "a", 2), (6, "a", 2), (7, "a", 2), (8, "a", 2), (11, "b", 9)]
+    ]
+    async with db.read() as s:
+        stored = (await s.execute(select(UsageRecord))).scalars().all()
+    assert sorted((r.quantity, r.started_at.replace(tzinfo=UTC)) for r in stored) == [
+        (1, at), (1, at + timedelta(minutes=1))
+    ]
     await assert_ledger_balanced(db)
 
 
