@@ -23,9 +23,12 @@ from simcharge.orders.refunds import (
     REFUND_JOB,
     applied_to_wallet,
     complete_refund,
+    shown,
 )
+from simcharge.orders.reversals import known_refunds
 from simcharge.orders.service import flag_order, payment_of
 from simcharge.payments.providers import (
+    PaymentProvider,
     ProviderError,
     RefundRequest,
     RefundResult,
@@ -46,6 +49,15 @@ REFUND_FOLLOW_UPS = 66
 """How many times such a refund is read again (`refund_follow_up_delay` apart): 2, 4, 8 … 128
 minutes, then every 4 hours: for 10 days and 14 minutes after its first answer, longer than the
 delays the providers document (README "Refunds"). Then finance is told (`refund_pending`)."""
+
+
+RESEND_CHECK_AFTER = timedelta(minutes=15)
+"""A refund asked for longer ago than this and never answered — a retry after long failures, or a
+refund still pending in a restored backup — is looked for at the provider before it is sent
+(`find_refund`): an idempotency key does not last (Stripe prunes keys after 24 hours, PayPal keeps
+a `PayPal-Request-Id` 45 days), and restored books do not know a refund made after the backup."""
+HELD = "refund_held"
+"""The `code` of a refund not sent because the provider reports more refunded than we know of."""
 
 
 def refund_follow_up_delay(follow_up: int) -> timedelta:
@@ -102,7 +114,10 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
     """Ask the provider to refund; apply its answer. A refund it reports as pending is read
     again later (`query_refund`), never asked for again: an idempotency key only makes a
     repetition of a request that got no answer harmless, and only while the provider keeps it
-    (Stripe prunes keys after 24 hours; a repetition after that is a second refund)."""
+    (Stripe prunes keys after 24 hours; a repetition after that is a second refund). So a refund
+    asked for long ago (`RESEND_CHECK_AFTER`: retried for long, or pending in a restored backup)
+    is first looked for at the provider (`_looked_for`): found, it is adopted; the provider
+    reporting more refunded than we know of, it is not sent but failed and flagged for finance."""
     refund_id = _uuid(payload, "refund_id")
     follow_up = int(payload.get("follow_up", 0))
     async with ctx.db.read() as s:
@@ -128,15 +143,20 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
         # and the audit), which PayPal (`note_to_payer`), WeChat Pay and Alipay show the payer.
         reason=None,
         notify_url=urls(ctx.settings, order)[2],
+        provider_ref=payment.provider_ref,
     )
     # A follow-up is only ever scheduled after an answer; the provider's id is kept from one.
     answered = follow_up > 0 or row.provider_refund_id is not None
-    result: RefundResult | None
+    result: RefundResult | None = None
+    held: str | None = None
     try:
         if answered:
             result = await provider.query_refund(request, row.provider_refund_id)
         else:
-            result = await provider.refund(request)
+            if utcnow() - row.created_at >= RESEND_CHECK_AFTER:
+                result, held = await _looked_for(ctx, provider, request, row)
+            if result is None and held is None:
+                result = await provider.refund(request)
     except ProviderError as exc:
         if exc.transient:
             raise  # tried again with the same payload: a refund that got no answer is repeated
@@ -155,6 +175,18 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
                 currency=row.currency,
                 raw={"code": exc.code, "message": exc.message},
             )
+    note = None
+    if held is not None:
+        log.error("payments.refund_held", refund=row.reference, why=held)
+        note = f"refund {row.reference} not sent: {held}"
+        result = RefundResult(
+            refund_id=row.reference,
+            provider_refund_id=None,
+            state=ProviderRefundState.failed,
+            amount=row.amount,
+            currency=row.currency,
+            raw={"code": HELD, "message": held},
+        )
     if result is not None and result.refund_id != row.reference:
         log.error("payments.refund_answer_mismatch", refund=row.reference, got=result.refund_id)
         result = None
@@ -162,7 +194,10 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
     async def apply(s: AsyncSession) -> None:
         """The answer, and the next follow-up of a refund still pending, in one transaction:
         the provider's id and the follow-up that only reads are kept together."""
-        if result is not None and await complete_refund(s, order.id, result, utcnow()) != "pending":
+        if (
+            result is not None
+            and await complete_refund(s, order.id, result, utcnow(), note=note) != "pending"
+        ):
             return
         if follow_up + 1 > REFUND_FOLLOW_UPS:
             log.error("payments.refund_still_pending", refund=row.reference)
@@ -185,6 +220,44 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
         )
 
     await ctx.db.run(apply)
+
+
+async def _looked_for(
+    ctx: JobContext, provider: PaymentProvider, request: RefundRequest, row: Refund
+) -> tuple[RefundResult | None, str | None]:
+    """Before a refund asked for long ago is sent (`RESEND_CHECK_AFTER`): ours as the provider
+    has it, if it has it — adopted, as its notification would be, and not made again — or why it
+    must not be sent: the provider reports more refunded of the payment than our books know of
+    besides this refund (a refund made after the backup these books were restored from, or one
+    we never heard of), or it could not be asked. (None, None): send it. A transient error is
+    raised: the job is tried again later."""
+    try:
+        search = await provider.find_refund(request)
+    except ProviderError as exc:
+        if exc.transient:
+            raise
+        return None, f"the provider could not be asked whether it was made ({exc.code})"
+    if search.found is not None:
+        log.warning(
+            "payments.refund_adopted",
+            refund=row.reference,
+            provider_refund_id=search.found.provider_refund_id,
+            state=search.found.state.value,
+        )
+        return search.found, None
+    if search.refunded is None:
+        return None, None
+    async with ctx.db.read() as s:
+        order = await s.get(Order, row.order_id)
+        assert order is not None
+        known = await known_refunds(s, order) - row.amount  # this one is pending: counted
+    if search.refunded > known:
+        return None, (
+            f"the provider has refunded {shown(search.refunded, row.currency)} of this payment, "
+            f"{shown(known, row.currency)} known here — a refund these books do not know of "
+            "(made after the backup they were restored from?)"
+        )
+    return None, None
 
 
 @job(RECEIPT_JOB)

@@ -43,6 +43,7 @@ from simcharge.payments.providers.base import (
     ProviderError,
     RefundRequest,
     RefundResult,
+    RefundSearch,
     RefundState,
     WebhookReply,
 )
@@ -290,6 +291,14 @@ class SandboxProvider:
             )
         return _refund_result(row, request.refund_id)
 
+    async def find_refund(self, request: RefundRequest) -> RefundSearch:
+        """Our refund if the sandbox made it, and everything it refunded of the payment."""
+        row = await self._row(request.reference, None)
+        if row is None:
+            return RefundSearch(None, None)
+        found = _refund_result(row, request.refund_id) if request.refund_id in row.refunds else None
+        return RefundSearch(found, row.refunded)
+
     async def parse_notification(
         self, headers: Mapping[str, str], body: bytes, *, now: datetime
     ) -> Notification:
@@ -322,6 +331,11 @@ class SandboxProvider:
         texts = ("id", "reference", "currency", "merchant", "refund_id")
         if any(not isinstance(obj.get(name), str | None) for name in texts):
             raise NotificationRejected("malformed", "an identifier is not a string")
+        # Every event names the merchant (`_event`), a refund's as a payment's: another merchant's
+        # is refused as `foreign`, as `webhooks` refuses a payment naming one (`merchant_mismatch`).
+        merchant = obj.get("merchant")
+        if merchant is not None and merchant != MERCHANT:
+            raise NotificationRejected("foreign", f"merchant {merchant!r}")
         try:
             paid_at = datetime.fromisoformat(obj["paid_at"]) if obj.get("paid_at") else None
         except (TypeError, ValueError) as exc:

@@ -42,6 +42,7 @@ from simcharge.payments.providers.base import (
     ProviderError,
     RefundRequest,
     RefundResult,
+    RefundSearch,
     RefundState,
     WebhookReply,
 )
@@ -380,6 +381,16 @@ class AlipayProvider:
             reference=request.reference,
             payment_id=str_at(confirmed, "trade_no") or request.payment_id,
         )
+
+    async def find_refund(self, request: RefundRequest) -> RefundSearch:
+        """`alipay.trade.fastpay.refund.query` by our `out_request_no`: done (`REFUND_SUCCESS`),
+        it is adopted; else Alipay asks that it be sent again with the same `out_request_no`
+        and amount, which refunds a trade once however late (no expiry, unlike an idempotency
+        key). No read reports the trade's refunded total (`alipay.trade.query` documents no
+        `refund_fee`; the refund call and the notification do): None."""
+        confirmed = await self.query_refund(request, None)
+        found = confirmed if confirmed.state is RefundState.succeeded else None
+        return RefundSearch(found, None)
 
     async def parse_notification(
         self, headers: Mapping[str, str], body: bytes, *, now: datetime

@@ -160,6 +160,8 @@ class RefundRequest:
     reason: str | None
     notify_url: str | None = None
     """WeChat Pay: where to send the refund notification (else the merchant platform's setting)."""
+    provider_ref: str | None = None
+    """The payment attempt's id at the provider (PayPal's order, which lists its refunds)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.amount <= self.total:
@@ -182,6 +184,17 @@ class RefundResult:
     """Our payment reference, when the provider reports it."""
     payment_id: str | None = None
     """The refunded payment (Stripe payment intent, PayPal capture, WeChat transaction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefundSearch:
+    """What a provider says, before a refund is (re)sent, about the refunds of its payment."""
+
+    found: RefundResult | None
+    """Our refund (`RefundRequest.refund_id`), when the provider already has it."""
+    refunded: int | None
+    """Minor units of the payment refunded or being refunded at the provider, by anyone (ours,
+    its dashboard's) — None where the provider does not report it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +324,12 @@ class PaymentProvider(Protocol):
         """What the provider says now about the refund `request` made, which it has answered
         (`provider_refund_id`: the provider's id of it from that answer, when it gave one).
         Only reads: it never makes a refund, however often and however late it is asked."""
+        ...
+
+    async def find_refund(self, request: RefundRequest) -> RefundSearch:
+        """Before `refund` is asked again late (a retry after long failures, a refund still
+        pending in a restored backup — when the idempotency key may be pruned): our refund if
+        the provider already has it, and how much of the payment it has refunded. Only reads."""
         ...
 
     async def parse_notification(

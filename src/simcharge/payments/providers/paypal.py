@@ -54,6 +54,7 @@ from simcharge.payments.providers.base import (
     ProviderError,
     RefundRequest,
     RefundResult,
+    RefundSearch,
     RefundState,
     WebhookReply,
 )
@@ -551,6 +552,35 @@ class PayPalProvider:
             "GET", f"/v2/payments/refunds/{quote(provider_refund_id, safe='')}"
         )
         return _refund_of(refund, request)
+
+    async def find_refund(self, request: RefundRequest) -> RefundSearch:
+        """`GET /v2/checkout/orders/{id}`: Orders v2 lists the capture's refunds with it
+        (`purchase_units[].payments.refunds`), each with its `custom_id` — ours is the one
+        carrying our refund id (`refund` sets it). The refunded total: every refund listed in
+        the payment's currency that is not `FAILED` or `CANCELLED`. Without the order's id
+        nothing can be read: the `PayPal-Request-Id` (kept 45 days) is all there is."""
+        if not request.provider_ref:
+            return RefundSearch(None, None)
+        order = await self._call(
+            "GET", f"/v2/checkout/orders/{quote(request.provider_ref, safe='')}"
+        )
+        found: RefundResult | None = None
+        refunded = 0
+        units = order.get("purchase_units")
+        for unit in units if isinstance(units, list) else []:
+            refunds = (
+                dict_at(unit, "payments").get("refunds") if isinstance(unit, Mapping) else None
+            )
+            for refund in refunds if isinstance(refunds, list) else []:
+                if not isinstance(refund, Mapping):
+                    continue
+                if found is None and str_at(refund, "custom_id") == request.refund_id:
+                    found = _refund_of(refund, request)
+                value, currency = _money(dict_at(refund, "amount"))
+                state = _REFUND_STATES.get(str_at(refund, "status") or "", RefundState.pending)
+                if state is not RefundState.failed and value and currency == request.currency:
+                    refunded += value
+        return RefundSearch(found, refunded)
 
     # --- webhooks ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, NoReturn
 import httpx
 import stripe
 from pydantic import SecretStr
-from stripe.params import RefundCreateParams
+from stripe.params import RefundCreateParams, RefundListParams
 from stripe.params.checkout import SessionCreateParams
 
 from simcharge.kit.clock import utcnow
@@ -49,6 +49,7 @@ from simcharge.payments.providers.base import (
     ProviderError,
     RefundRequest,
     RefundResult,
+    RefundSearch,
     RefundState,
     WebhookReply,
 )
@@ -522,6 +523,35 @@ class StripeProvider:
             f"no refund {request.refund_id} of {request.payment_id}",
             transient=False,
         )
+
+    async def find_refund(self, request: RefundRequest) -> RefundSearch:
+        """`GET /v1/refunds?payment_intent=…`, every page: ours is the one whose
+        `metadata.refund_id` is our refund's (`refund` sets it); the payment's refunded total
+        is every refund listed that is not `failed` or `canceled` (a `pending` one is on its
+        way, as `charge.amount_refunded` counts it)."""
+        found: RefundResult | None = None
+        refunded = 0
+        params: RefundListParams = {"payment_intent": request.payment_id, "limit": 100}
+        while True:
+            try:
+                page = await self._stripe.v1.refunds.list_async(params)
+            except stripe.StripeError as exc:
+                raise _provider_error(exc) from exc
+            listed = [item.to_dict() for item in page.data]
+            for data in listed:
+                result = refund_result(data)
+                if str_at(data, "metadata", "refund_id") == request.refund_id and found is None:
+                    found = result
+                if result.state is not RefundState.failed:
+                    refunded += result.amount
+            if not page.has_more or not listed:
+                return RefundSearch(found, refunded)
+            last = str_at(listed[-1], "id")
+            if last is None:
+                raise ProviderError(
+                    NAME, "bad_response", "a listed refund has no id", transient=True
+                )
+            params = {**params, "starting_after": last}
 
     async def parse_notification(
         self, headers: Mapping[str, str], body: bytes, *, now: datetime

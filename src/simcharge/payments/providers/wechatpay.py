@@ -47,6 +47,7 @@ from simcharge.payments.providers.base import (
     ProviderError,
     RefundRequest,
     RefundResult,
+    RefundSearch,
     RefundState,
     WebhookReply,
 )
@@ -416,6 +417,18 @@ class WeChatPayProvider:
                 "GET", f"/v3/refund/domestic/refunds/{quote(request.refund_id, safe='')}"
             )
         )
+
+    async def find_refund(self, request: RefundRequest) -> RefundSearch:
+        """The refund by our `out_refund_no` (`query_refund`); 404 `RESOURCE_NOT_EXISTS`: WeChat
+        Pay has none. Sending it again is safe however late ("同一退款单号多次请求只退一笔"); no
+        read reports the transaction's refunded total: None."""
+        try:
+            found = await self.query_refund(request, None)
+        except ProviderError as exc:
+            if exc.status == 404 and exc.code == "RESOURCE_NOT_EXISTS":
+                return RefundSearch(None, None)
+            raise
+        return RefundSearch(found, None)
 
     # --- callbacks -----------------------------------------------------------------------------
 
