@@ -20,6 +20,8 @@ from simcharge.auth.endpoints import router as auth_router
 from simcharge.auth.passkey_endpoints import router as passkey_router
 from simcharge.auth.throttle import RateLimits
 from simcharge.backoffice.endpoints import router as backoffice_api_router
+from simcharge.backoffice.journal import router as ledger_journal_router
+from simcharge.backoffice.provider_events import router as provider_events_router
 from simcharge.backoffice.screens import install_backoffice
 from simcharge.backoffice.screens import router as backoffice_router
 from simcharge.backoffice.screens_account import router as backoffice_account_router
@@ -32,7 +34,7 @@ from simcharge.catalog.endpoints import router as catalog_router
 from simcharge.charging.endpoints import NCHF_PREFIX, nchf_error, usage_router
 from simcharge.charging.endpoints import router as nchf_router
 from simcharge.config import Environment, Settings, get_settings
-from simcharge.db import Database
+from simcharge.db import Database, Timeouts
 from simcharge.kit.logging import configure_logging
 from simcharge.lines.endpoints import router as lines_router
 from simcharge.notifications.endpoints import dev_router
@@ -64,6 +66,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     tmf654_router,
     line_transfers_router,
     backoffice_api_router,
+    ledger_journal_router,
     backoffice_auth_router,
     backoffice_account_router,
     backoffice_router,
@@ -71,6 +74,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     backoffice_customers_router,
     backoffice_admin_router,
     backoffice_reports_router,
+    provider_events_router,
     tickets_router,
 )
 
@@ -131,7 +135,8 @@ def create_app(
     configure_logging(settings.log_level, json=settings.log_json)
     owns_db = db is None
     database = db or Database.from_url(
-        settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo
+        settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo,
+        timeouts=Timeouts.for_web(settings),
     )
     worker_wanted = settings.worker_in_process if run_worker is None else run_worker
     # One HTTP client for every provider call of this process (connection reuse; respx in tests).

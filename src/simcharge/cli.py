@@ -19,7 +19,7 @@ from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
 from simcharge.config import Environment, Settings, get_settings, settings_problems
-from simcharge.db import Database
+from simcharge.db import Database, Timeouts
 
 T = TypeVar("T")
 
@@ -55,10 +55,19 @@ receipts_app = typer.Typer(help="Receipts and credit notes.", no_args_is_help=Tr
 app.add_typer(receipts_app, name="receipts")
 privacy_app = typer.Typer(help="Customers' personal data.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
+secrets_app = typer.Typer(
+    help="The secret key ring (SIMCHARGE_SECRET_KEY, SIMCHARGE_SECRET_KEY_PREVIOUS).",
+    no_args_is_help=True,
+)
+app.add_typer(secrets_app, name="secrets")
 
 
 def _database(settings: Settings) -> Database:
-    return Database.from_url(settings.database_url, pool_size=settings.db_pool_size)
+    # Connecting is bounded; a statement is not (migrations, imports, sweeps run long).
+    return Database.from_url(
+        settings.database_url, pool_size=settings.db_pool_size,
+        timeouts=Timeouts.for_commands(settings),
+    )
 
 
 def _run(fn: Callable[[Database], Awaitable[T]], *, said: bool = True) -> T:
@@ -162,7 +171,23 @@ def _briefly(exc: BaseException) -> str:
         cause = exc.orig if exc.orig is not None else exc
         first = str(cause).splitlines()[0] if str(cause) else ""
         return f"the database: {type(cause).__name__}: {first}"[:300]
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time (SIMCHARGE_DB_CONNECT_TIMEOUT_SECONDS)"
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _refuse_taken_port(host: str, port: int) -> None:
+    """A port taken (or an address not of this host) stops `serve` in one line, exit 1, with
+    one web process or several (uvicorn alone would exit 3, the dispatcher with a traceback)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _fail(f"simcharge: cannot listen on {host}:{port}: {exc.strerror or exc}", 1)
 
 
 @app.command()
@@ -196,6 +221,7 @@ def serve(
     _warn_of_sqlite_in_production(settings)
     _check_rate_limits_with_workers(settings, workers)
     _check_operator_zone_in_database(settings)
+    _refuse_taken_port(host, port)
     # Before uvicorn starts the processes: they inherit the directory and count into it.
     prepare_multiprocess(workers)
 
@@ -289,6 +315,8 @@ def db_upgrade(
         _fail(f"no migration {revision!r} in this release", 2)
     try:
         typer.echo(f"database at revision {_run(up)}")
+    except migrate.BehindPooler as exc:
+        _fail(f"simcharge: {exc}", 1)
     except migrate.NewerSchema as exc:
         # The previous image, redeployed to roll back: its web and worker run on the newer
         # schema (migrations only add what an older release can run beside).
@@ -513,6 +541,47 @@ def _moment(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "never"
 
 
+_KEY_ARGUMENT = (
+    "The key: as issued (sck_<prefix>_<secret>), or its prefix with or without sck_ (as "
+    "`apikey list` shows it)."
+)
+_PREFIX = re.compile(r"[0-9a-f]{12}")
+
+
+def _key_prefix(given: str) -> str:
+    """The stored prefix of the key an operator names: the whole key, `sck_<prefix>`, or the
+    prefix (what `apikey list` shows)."""
+    return given.strip().removeprefix("sck_").split("_", 1)[0].lower()
+
+
+def _key_named(prefix: str) -> str:
+    """A key as a message names it: its prefix, as `apikey list` shows it, never more (a
+    secret pasted by mistake is not echoed, not even its first part)."""
+    return prefix if _PREFIX.fullmatch(prefix) else "(give the key as issued, or its prefix)"
+
+
+async def _not_live(session: Any, prefix: str) -> str:
+    """Why the key `prefix` cannot be rotated or revoked: none has that prefix, or it was
+    revoked, or it expired (replaced by a rotation, when it was)."""
+    from sqlalchemy import select
+
+    from simcharge.auth.apikeys import key_view
+    from simcharge.auth.models import ApiKey
+    from simcharge.kit.clock import utcnow
+
+    named = _key_named(prefix)
+    key = (
+        await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))
+    ).scalar_one_or_none() if _PREFIX.fullmatch(prefix) else None
+    if key is None:
+        return f"no such key {named}; `simcharge apikey list` shows every key's prefix"
+    view = await key_view(session, key, utcnow())
+    replaced = f"it was replaced by {view.replaced_by} and " if view.replaced_by else "it "
+    if view.revoked_at is not None:
+        return f"no live key {named}: {replaced}was revoked at {_moment(view.revoked_at)}"
+    return f"no live key {named}: {replaced}expired at {_moment(view.expires_at)}"
+
+
 @apikey_app.command(
     "create",
     help="Create an API key and print it (once: only its hash is kept). Without --expires-in "
@@ -586,7 +655,7 @@ def apikey_list() -> None:
     "if it had one.",
 )
 def apikey_rotate(
-    prefix: Annotated[str, typer.Argument(help="The live key's prefix (sck_<prefix>_…).")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help=_KEY_ARGUMENT)],
     overlap: Annotated[
         str, typer.Option(help="How long the old key keeps working beside the new one.")
     ] = "24h",
@@ -597,12 +666,14 @@ def apikey_rotate(
     from simcharge.backoffice import audit
     from simcharge.errors import SimchargeError
 
-    async def rotate(db: Database) -> tuple[str, datetime | None] | None:
+    prefix = _key_prefix(key)
+
+    async def rotate(db: Database) -> tuple[str, datetime | None] | str:
         actor = audit.command_line_actor("apikey rotate")
         async with db.transaction() as session:
             rotated = await rotate_api_key(session, prefix, overlap=grace, expires_at=ends)
             if rotated is None:
-                return None
+                return await _not_live(session, prefix)
             await refuse_replaced(session, prefix)  # one successor a key, as staff's rotation
             new = rotated.issued.key
             after: dict[str, Any] = {"name": new.name, "scopes": new.scopes,
@@ -625,33 +696,36 @@ def apikey_rotate(
     except SimchargeError as exc:
         _fail(_key_refusal(exc), 2)
         return
-    if done is None:
-        _fail(f"no live key with prefix {prefix}", 1)
+    if isinstance(done, str):
+        _fail(done, 1)
     token, old_ends = done
     typer.echo(token)
-    typer.echo(f"the key {prefix} expires at {_moment(old_ends)}", err=True)
+    typer.echo(f"the key {_key_named(prefix)} expires at {_moment(old_ends)}", err=True)
 
 
 @apikey_app.command("revoke")
 def apikey_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key's prefix (sck_<prefix>_…).")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help=_KEY_ARGUMENT)],
 ) -> None:
     """Revoke an API key at once (an expired one too); audited with its state before."""
     from simcharge.auth.apikeys import ApiKeyNotFound, staff_revoke_api_key
     from simcharge.backoffice import audit
 
-    async def revoke(db: Database) -> bool:
+    prefix = _key_prefix(key)
+
+    async def revoke(db: Database) -> str | None:
         async with db.transaction() as session:
             actor = audit.command_line_actor("apikey revoke")
             try:
                 await staff_revoke_api_key(session, actor, prefix)
             except ApiKeyNotFound:
-                return False
-            return True
+                return await _not_live(session, prefix)
+            return None
 
-    if not _run(revoke):
-        _fail(f"no live key with prefix {prefix}", 1)
-    typer.echo("revoked")
+    refused = _run(revoke)
+    if refused is not None:
+        _fail(refused, 1)
+    typer.echo(f"revoked {_key_named(prefix)}")
 
 
 
@@ -937,6 +1011,91 @@ def receipts_backfill_credit_notes(
     )
 
 
+@receipts_app.command(
+    "continue",
+    help="After restoring a backup: make the last number issued after the backup (found in "
+    "the e-mails sent, the accounting export, the providers' settlement reports) the series' "
+    "last, so the next sale is not given a number another sale already has. Run it for each "
+    "series BEFORE starting the worker and the web. Refused when the series is past it "
+    "already or the database holds a higher number. Audited (receipts.continue).",
+)
+def receipts_continue(
+    series: Annotated[str, typer.Option(help="receipt or credit-note.")],
+    after: Annotated[
+        str,
+        typer.Option(
+            help="The last number issued: as printed (R2026-000006) or a plain number (6)."
+        ),
+    ],
+    year: Annotated[
+        int | None,
+        typer.Option(help="The series' year (default: the number's, else this year, UTC)."),
+    ] = None,
+) -> None:
+    from simcharge.backoffice import audit
+    from simcharge.kit.clock import utcnow
+    from simcharge.orders.numbering import (
+        SERIES,
+        Continued,
+        SeriesRefused,
+        continue_series,
+        parse_after,
+    )
+
+    chosen = SERIES.get(series)
+    if chosen is None:
+        _fail(f"--series must be one of: {', '.join(SERIES)}", 2)
+    try:
+        in_year, value = parse_after(chosen, after, year, utcnow().year)
+    except SeriesRefused as exc:
+        _fail(exc.message, 2)
+
+    async def move(db: Database) -> Continued | SeriesRefused:
+        actor = audit.command_line_actor("receipts continue")
+        try:
+            return await continue_series(db, actor, chosen, in_year, value)
+        except SeriesRefused as exc:
+            return exc
+
+    done = _run(move)
+    if isinstance(done, SeriesRefused):
+        _fail(f"{done.message}; nothing changed", 2)
+    last = chosen.number(in_year, done.after)
+    if not done.changed:
+        typer.echo(
+            f"the {chosen.name} series of {in_year} is at {last} already; nothing changed; "
+            f"the next is {done.next_number}"
+        )
+        return
+    was = chosen.number(in_year, done.before) if done.before else "none issued"
+    typer.echo(
+        f"the {chosen.name} series of {in_year} continues after {last} (it was at {was}); "
+        f"the next is {done.next_number}"
+    )
+
+
+@receipts_app.command(
+    "status",
+    help="Each series' last number issued, per year, and the highest one the database holds "
+    "(lower after `receipts continue`), to compare with the e-mails sent and the accounting.",
+)
+def receipts_status() -> None:
+    from simcharge.orders.numbering import SeriesState, series_status
+
+    async def read(db: Database) -> list[SeriesState]:
+        return await series_status(db)
+
+    states = _run(read)
+    if not states:
+        typer.echo("no receipt or credit note issued yet")
+        return
+    typer.echo(f"{'series':12}{'year':6}{'last issued':16}highest in the database")
+    for st in states:
+        last = st.series.number(st.year, st.last) if st.last else "none"
+        stored = st.series.number(st.year, st.stored) if st.stored else "none"
+        typer.echo(f"{st.series.name:12}{st.year:<6}{last:16}{stored}")
+
+
 @privacy_app.command(
     "sweep",
     help="Delete or anonymise now what the retention settings (SIMCHARGE_RETENTION_*_DAYS) have "
@@ -965,6 +1124,51 @@ def privacy_sweep(
     typer.echo(f"{verb} {sum(report.changed.values())} row(s)")
 
 
+@secrets_app.command(
+    "reseal",
+    help="Seal every stored sealed value (customers' and staff's authenticator secrets, codes "
+    "of queued messages) again under SIMCHARGE_SECRET_KEY, so that a key of "
+    "SIMCHARGE_SECRET_KEY_PREVIOUS can be dropped; print the counts, and how many accounts "
+    "hold unused recovery codes hashed under each key (hashes cannot be re-hashed). Safe while "
+    "the site and the worker run; run again, it changes nothing. Exit 1 when a value opens "
+    "under no key. Audited (secrets.reseal).",
+)
+def secrets_reseal(
+    dry_run: Annotated[
+        bool, typer.Option(help="Count what would be sealed again; change nothing.")
+    ] = False,
+) -> None:
+    from simcharge.auth.reseal import ResealReport, reseal
+    from simcharge.backoffice import audit
+    from simcharge.kit.crypto import key_id
+
+    settings = get_settings()
+    keys = settings.secret_keys
+
+    async def run(db: Database) -> ResealReport:
+        actor = audit.command_line_actor("secrets reseal")
+        return await reseal(db, keys, dry_run=dry_run, actor=actor)
+
+    report = _run(run)
+    names = {key_id(k): ("current" if i == 0 else f"previous #{i}") for i, k in enumerate(keys)}
+    typer.echo(f"current key {report.current_key}; previous keys: {len(keys) - 1}")
+    verb = "would seal again" if dry_run else "sealed again"
+    for name, n in report.sealed.items():
+        typer.echo(
+            f"  {name:24} {verb} {n.resealed}, already current {n.current}, "
+            f"opened by no key {n.broken}"
+        )
+    for tag, accounts in sorted(report.recovery.items()):
+        whose = f"key {tag} ({names[tag]})" if tag in names else "a key not told (made earlier)"
+        typer.echo(f"  recovery codes: {accounts} account(s) hold unused ones hashed under {whose}")
+    if any(n.broken for n in report.sealed.values()):
+        _fail(
+            "simcharge: some values open under no key of the ring (logged as crypto.seal_broken):"
+            " put the key they were sealed under back into SIMCHARGE_SECRET_KEY_PREVIOUS",
+            1,
+        )
+
+
 def _settings_error(exc: SettingsError) -> str:
     """`error parsing value for field "x" from source …` as the variable to fix (never its
     value, which may be a secret)."""
@@ -977,9 +1181,23 @@ def _settings_error(exc: SettingsError) -> str:
     )
 
 
+def _configure_command_logging() -> None:
+    """Every command logs as the server does: to stderr (its output is on stdout), as JSON
+    when SIMCHARGE_LOG_JSON=true. Settings that cannot be read are said by the command that
+    needs them (and `catalog check` needs none)."""
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError):
+        return
+    from simcharge.kit.logging import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
+        _configure_command_logging()
         app()
     except KeyboardInterrupt:
         sys.exit(130)

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     env: Environment = Environment.development
     database_url: str = f"sqlite+aiosqlite:///{VAR_DIR}/simcharge.db"
     secret_key: str = DEFAULT_SECRET_KEY
+    secret_key_previous: SecretStr | None = None
+    """Older secret keys, comma-separated, newest first: read only (TOTP secrets, recovery codes
+    and queued codes made under them still open), never used to seal, hash or sign anything new.
+    See `secret_keys` and README, "Rotating the secret key"."""
     base_url: str = "http://127.0.0.1:8000"
     redis_url: str | None = None
 
@@ -68,6 +72,12 @@ class Settings(BaseSettings):
     `simcharge receipt-fonts`)."""
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """How long opening a PostgreSQL connection may take (every process); past it, 503."""
+    db_statement_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """How long a PostgreSQL statement of a web process may take (0: no limit); past it, 503
+    `service-unavailable` with `Retry-After`. The command line and `simcharge worker` have
+    none (migrations, imports, sweeps run long). See `db.Timeouts`."""
     portal_pages_at_once: int = Field(default=4, ge=0, le=1000)
     """Pages of the user center a web process builds at once; the others wait their turn, in
     arrival order (0: no limit). See README, "Page turns"."""
@@ -226,6 +236,17 @@ class Settings(BaseSettings):
     """Smallest data transfer, MB."""
     balance_transfer_max_sms: int = Field(default=500, ge=1)
     """Largest SMS transfer, messages."""
+    tmf654_topup_max_minor: int = Field(default=10000, ge=1)
+    """The most one TMF654 `topupBalance` puts on a wallet, minor units (a currency not named in
+    `tmf654_topup_max_amounts`); more is refused (409 `topup-limit-exceeded`)."""
+    tmf654_topup_max_amounts: str = Field(
+        default=(
+            "CNY:70000,HKD:80000,TWD:300000,PHP:560000,JPY:15000,KRW:140000,BHD:38000,KWD:30000"
+        ),
+        pattern=_PER_CURRENCY,
+    )
+    """Per wallet currency (`CUR:minor units,…`), the same maximum (the defaults: about 100 US
+    dollars)."""
 
     @property
     def sandbox_on(self) -> bool:
@@ -324,8 +345,21 @@ class Settings(BaseSettings):
                     "SIMCHARGE_SECRET_KEY must be set to a random value of at least "
                     f"{MIN_SECRET_KEY_LENGTH} characters in production"
                 )
+            if any(
+                key == DEFAULT_SECRET_KEY or len(key) < MIN_SECRET_KEY_LENGTH
+                for key in self.secret_keys[1:]
+            ):
+                raise ValueError(
+                    "SIMCHARGE_SECRET_KEY_PREVIOUS: each key must be a random value of at least "
+                    f"{MIN_SECRET_KEY_LENGTH} characters in production"
+                )
             if not self.base_url.startswith("https://"):
                 raise ValueError("SIMCHARGE_BASE_URL must be https:// in production")
+            if not _url_host(self.base_url):
+                raise ValueError(
+                    "SIMCHARGE_BASE_URL must name the site's host in production "
+                    "(https://charge.example.com)"
+                )
             if self.sandbox_on and (
                 self.sandbox_secret.get_secret_value() == DEFAULT_SANDBOX_SECRET
                 or len(self.sandbox_secret.get_secret_value()) < MIN_SECRET_KEY_LENGTH
@@ -357,6 +391,10 @@ class Settings(BaseSettings):
             amounts_by_currency(self.adjustment_approval_currencies)
         except ValueError as exc:
             raise ValueError(f"SIMCHARGE_ADJUSTMENT_APPROVAL_CURRENCIES: {exc}") from None
+        try:
+            amounts_by_currency(self.tmf654_topup_max_amounts)
+        except ValueError as exc:
+            raise ValueError(f"SIMCHARGE_TMF654_TOPUP_MAX_AMOUNTS: {exc}") from None
         listed: set[str] = set()
         for name in ("min_amounts", "max_amounts", "fee_fixed_amounts"):
             try:
@@ -475,6 +513,23 @@ class Settings(BaseSettings):
                 currency, self.balance_transfer_fee_fixed),
         )
 
+    def tmf654_topup_max(self, currency: str) -> int:
+        """The most one TMF654 top-up puts on a wallet in `currency`, in its minor units."""
+        return amounts_by_currency(self.tmf654_topup_max_amounts).get(
+            currency, self.tmf654_topup_max_minor
+        )
+
+    @property
+    def secret_keys(self) -> tuple[str, ...]:
+        """The key ring: `secret_key` (seals, hashes and signs) first, then each key of
+        `secret_key_previous` (read only), in its order; empty entries and repeats left out."""
+        ring = [self.secret_key]
+        raw = self.secret_key_previous.get_secret_value() if self.secret_key_previous else ""
+        for key in (part.strip() for part in raw.split(",")):
+            if key and key not in ring:
+                ring.append(key)
+        return tuple(ring)
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -505,6 +560,14 @@ def settings_problems(exc: ValidationError) -> list[str]:
         loc = error.get("loc") or ()
         problems.append(f"SIMCHARGE_{str(loc[0]).upper()}: {message}" if loc else message)
     return problems
+
+
+def _url_host(url: str) -> str:
+    """The host `url` names ("" when none: `https://`, `https://:443`, or not a URL)."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
 
 
 @lru_cache(maxsize=1)

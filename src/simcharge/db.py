@@ -20,6 +20,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -137,6 +138,35 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, immediate: bool) -> None:
         conn.exec_driver_sql(begin_sql)
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long PostgreSQL may take to accept a connection and to answer a statement, in
+    seconds (None: no limit). Enforced by asyncpg on our side (`timeout`, `command_timeout`),
+    not by the server's `statement_timeout`: a server that stopped answering (it accepts TCP
+    and says nothing) never enforces its own limit, and PgBouncer refuses a
+    `statement_timeout` startup parameter unless told to ignore it. When a statement times
+    out asyncpg asks the server to cancel it; the request's transaction is rolled back (503
+    `service-unavailable` with `Retry-After`, see `is_unreachable`)."""
+
+    connect: float | None = None
+    statement: float | None = None
+
+    @classmethod
+    def for_web(cls, settings: Any) -> Timeouts:
+        """The web processes' (and their in-process worker's): a request answers in bounded
+        time, `SIMCHARGE_DB_STATEMENT_TIMEOUT_SECONDS` a statement (0: none)."""
+        return cls(
+            settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds or None
+        )
+
+    @classmethod
+    def for_commands(cls, settings: Any) -> Timeouts:
+        """The command line's and `simcharge worker`'s: connecting is bounded, a statement is
+        not — migrations, imports, sweeps and backfills legitimately run long, and nobody
+        waits on them behind a proxy."""
+        return cls(settings.db_connect_timeout_seconds, None)
+
+
 def create_engine(
     url: str,
     *,
@@ -144,6 +174,7 @@ def create_engine(
     echo: bool = False,
     immediate: bool = True,
     null_pool: bool = False,
+    timeouts: Timeouts | None = None,
 ) -> AsyncEngine:
     # Statements' parameters (e-mail addresses, password hashes, sealed codes) stay out of the
     # text of database errors, which are logged.
@@ -160,6 +191,13 @@ def create_engine(
         # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
         # SQLAlchemy, and `Database.run` retries the transaction on a fresh one.
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    if timeouts is not None and make_url(url).get_driver_name() == "asyncpg":
+        connect_args: dict[str, float] = {}
+        if timeouts.connect is not None:
+            connect_args["timeout"] = timeouts.connect
+        if timeouts.statement is not None:
+            connect_args["command_timeout"] = timeouts.statement
+        kwargs["connect_args"] = connect_args
     engine = create_async_engine(url, **kwargs)
     event.listen(engine.sync_engine, "handle_error", _dead_connection)
     return engine
@@ -280,6 +318,10 @@ def table_of(model: type[DeclarativeBase]) -> Table:
     return cast(Table, model.__table__)
 
 
+QUERY_CANCELED = "57014"
+"""A statement cancelled by the server: its `statement_timeout` (set for the role, say), or an
+administrator's `pg_cancel_backend`."""
+
 # SQLSTATEs worth running the transaction again for, and what the retry metric calls them.
 _RETRYABLE_SQLSTATES = {"40001": "serialization_failure", "40P01": "deadlock"}
 
@@ -324,9 +366,12 @@ def _closed_under_us(exc: BaseException) -> bool:
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """The database cannot be reached now: the connection was refused or dropped, or the server
-    is starting or shutting down (a restart, a failover). Worth answering 503 and retrying later,
-    unlike a fault of the request itself."""
+    """The database cannot be reached now: the connection was refused or dropped, the server
+    is starting or shutting down (a restart, a failover), or it did not answer in time (a
+    connection or statement past its `Timeouts`, raised by asyncpg as TimeoutError; a statement
+    the server cancelled, SQLSTATE 57014). Worth answering 503 and retrying later, unlike a
+    fault of the request itself; the transaction was rolled back. Not retried by
+    `Database.run`: a database that does not answer would only be waited on again."""
     seen: BaseException | None = exc
     for _ in range(5):  # wrapped by SQLAlchemy and the adapter
         if seen is None:
@@ -335,7 +380,8 @@ def is_unreachable(exc: BaseException) -> bool:
             return True
         if (
             type(seen).__name__ in DISCONNECTS
-            or isinstance(seen, ConnectionError)
+            or isinstance(seen, ConnectionError | TimeoutError)
+            or getattr(seen, "sqlstate", None) == QUERY_CANCELED
             or _closed_under_us(seen)
         ):
             return True
@@ -382,9 +428,19 @@ class Database:
 
     @classmethod
     def from_url(
-        cls, url: str, *, pool_size: int = 10, echo: bool = False, null_pool: bool = False
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        null_pool: bool = False,
+        timeouts: Timeouts | None = None,
     ) -> Database:
-        writer = create_engine(url, pool_size=pool_size, echo=echo, null_pool=null_pool)
+        """`timeouts`: PostgreSQL's (`Timeouts.for_web` of the settings in the web processes,
+        `create_app`; `Timeouts.for_commands` on the command line; none given: no limit)."""
+        writer = create_engine(
+            url, pool_size=pool_size, echo=echo, null_pool=null_pool, timeouts=timeouts
+        )
         if url.startswith("sqlite"):
             reader = create_engine(
                 url, pool_size=pool_size, echo=echo, immediate=False, null_pool=null_pool

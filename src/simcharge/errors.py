@@ -158,9 +158,35 @@ class RateLimited(SimchargeError):
 
 
 class ServiceUnavailable(SimchargeError):
+    """503: try again later. Always with a `Retry-After` (`retry_after` seconds unless the
+    raiser gives its own), the database's (unreachable, or past its timeouts: see
+    `db.is_unreachable`) and a payment provider's alike."""
+
     status = 503
     slug = "service-unavailable"
     title = N_("The service is temporarily unavailable.")
+    retry_after: ClassVar[int] = 5
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(detail, headers=headers, **kwargs)
+        self.headers.setdefault("Retry-After", str(self.retry_after))
+
+
+class SecondFactorUnavailable(ServiceUnavailable):
+    """503: a second step that cannot be checked — the stored authenticator secret opens under
+    no key of the ring (`SIMCHARGE_SECRET_KEY`, `SIMCHARGE_SECRET_KEY_PREVIOUS`: a key dropped
+    too early). Not the person's fault, and not a wrong code: nothing is counted against them;
+    logged as `crypto.seal_broken` for the operator (README, "Rotating the secret key")."""
+
+    slug = "second-factor-unavailable"
+    title = N_("Two-step verification cannot be checked at the moment. Please try again later.")
+    retry_after: ClassVar[int] = 300
 
 
 class InternalError(SimchargeError):

@@ -4,10 +4,11 @@ Counters and histograms are counted where things happen, per process. The levels
 the database (orders by state and method, the outbox) are gauges read from it when `/metrics`
 is scraped (`refresh_levels`, at most once every `LEVELS_MAX_AGE` seconds per process), so they
 are the same whichever process answers. With several web processes (`serve --workers N`),
-`PROMETHEUS_MULTIPROC_DIR` names a directory shared by them (`serve` empties it at start, or makes
-a temporary one when it is unset): `/metrics` then adds up every process's counters
-(prometheus_client's multiprocess mode). A `simcharge worker` serves its own metrics (its jobs,
-and the fulfilment delay of the orders its reconciliation credits) on `--metrics-port`.
+`PROMETHEUS_MULTIPROC_DIR` names a directory shared by them (made when missing as this module is
+imported, emptied by `serve` at start; a temporary one when it is unset): `/metrics` then adds
+up every process's counters (prometheus_client's multiprocess mode). A `simcharge worker` serves
+its own metrics (its jobs, its provider calls, and the fulfilment delay of the orders its
+reconciliation credits) on `--metrics-port`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,26 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def ensure_multiprocess_dir() -> Path | None:
+    """Make `PROMETHEUS_MULTIPROC_DIR` when it is set and missing (readable by this user only,
+    like `tempfile.mkdtemp`'s). Done when this module is imported, before its metrics exist: a
+    metric without labels opens its file in that directory as it is made, and a directory
+    missing there (`/tmp/metrics` in a fresh container) stopped `serve` and `worker` with
+    FileNotFoundError before they could say anything."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        return None
+    directory = Path(given)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory
+
+
+ensure_multiprocess_dir()
+
+from prometheus_client import (  # noqa: E402 - after the directory it writes to is made
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -29,18 +49,16 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client import multiprocess as _multiprocess
-from sqlalchemy import func, select
+from prometheus_client import multiprocess as _multiprocess  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
-from simcharge.kit.clock import utcnow
+from simcharge.kit.clock import utcnow  # noqa: E402
 
 if TYPE_CHECKING:
     from threading import Thread
     from wsgiref.simple_server import WSGIServer
 
     from simcharge.db import Database
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter(
     "simcharge_http_requests_total", "HTTP requests handled", ["method", "route", "status"]
@@ -82,6 +100,13 @@ CHARGING_REQUESTS = Counter(
     "simcharge_charging_requests_total",
     "Charging requests (reserve, commit, release, one-shot, batch) by result",
     ["operation", "result"],
+)
+PROVIDER_CALLS = Counter(
+    "simcharge_provider_calls_total",
+    "Calls to a payment provider's API by provider, call (create_checkout, query, close, "
+    "refund, query_refund, capture) and outcome: ok, error (it answered, refusing or failing), "
+    "unreachable (no answer: network error or timeout)",
+    ["provider", "call", "outcome"],
 )
 ORDER_LEVELS = Gauge(
     "simcharge_orders_by_state",
@@ -185,8 +210,7 @@ def prepare_multiprocess(processes: int) -> Path | None:
         made = Path(tempfile.mkdtemp(prefix="simcharge-metrics-"))
         os.environ[MULTIPROC_ENV] = str(made)
         return made
-    directory = Path(given)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = ensure_multiprocess_dir() or Path(given)
     for entry in directory.glob("*.db"):  # prometheus_client's files only, nothing else
         entry.unlink(missing_ok=True)
     return directory

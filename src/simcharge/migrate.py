@@ -3,6 +3,12 @@
 On PostgreSQL an upgrade or downgrade holds an advisory lock for its whole run, so that several
 processes started at once (containers of a new release, `--scale web=2`) migrate one after the
 other: the first applies the migrations, the others then find the schema at head and do nothing.
+
+The lock belongs to the server session, which spans the migrations' transactions. Behind a
+pooler in transaction mode (PgBouncer's `pool_mode = transaction`) each transaction may run in
+another server session: the lock would not be held (nor released). So once taken it is looked
+for from a new transaction; when that one's session does not hold it, the upgrade stops
+(`BehindPooler`) before migrating anything: run it against PostgreSQL itself.
 """
 
 from __future__ import annotations
@@ -74,16 +80,48 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+class BehindPooler(Exception):
+    """The migration lock, once taken, is not held by the server session of the next
+    transaction: a pooler in transaction mode (PgBouncer) is between us and PostgreSQL."""
+
+    def __str__(self) -> str:
+        return (
+            "the migration lock is not held from one transaction to the next: a connection "
+            "pooler in transaction mode (PgBouncer) is in between; run `simcharge db upgrade` "
+            "with SIMCHARGE_DATABASE_URL pointing at PostgreSQL itself (nothing was migrated)"
+        )
+
+
+_HOLDS_LOCK = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid()"
+    " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = :key)"
+)
+
+
+async def holds_migration_lock(conn: AsyncConnection) -> bool:
+    """Whether this connection's server session holds the migration lock now."""
+    held = (await conn.execute(_HOLDS_LOCK, {"key": MIGRATION_LOCK})).scalar()
+    await conn.commit()
+    return bool(held)
+
+
 @asynccontextmanager
 async def migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
     """Hold the migration lock on `conn` (PostgreSQL; waits while another process holds it).
     A session-level lock: it spans the migrations' own transactions and is released at the end
-    (or when the connection drops, if the process dies)."""
+    (or when the connection drops, if the process dies). `BehindPooler` when the next
+    transaction's session does not hold it (see the module's docstring)."""
     if conn.dialect.name != "postgresql":
         yield
         return
     await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
     await conn.commit()
+    if not await holds_migration_lock(conn):
+        # Best effort: the session that took it may be another one than this transaction's.
+        await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+        await conn.commit()
+        raise BehindPooler()
     try:
         yield
     finally:

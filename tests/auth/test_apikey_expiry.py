@@ -289,7 +289,7 @@ def test_the_commands(cli_env: str) -> None:
         code, out = invoke("apikey", *args)
         assert code == 2 and said in out, (args, out)
     code, out = invoke("apikey", "rotate", "000000000000")
-    assert code == 1 and "no live key" in out
+    assert code == 1 and "no such key" in out
     # The old key, still live in its overlap, was replaced already: one successor a key.
     code, out = invoke("apikey", "rotate", forever)
     assert code == 2 and "already replaced" in out and "sck_" not in out, out

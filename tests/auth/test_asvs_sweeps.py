@@ -426,6 +426,7 @@ async def test_every_portal_form_refuses_a_post_without_the_sessions_token(
 
 
 def _backoffice_posts() -> list[str]:
+    from simcharge.backoffice.provider_events import router as provider_events
     from simcharge.backoffice.screens import router as home
     from simcharge.backoffice.screens_admin import router as admin
     from simcharge.backoffice.screens_auth import router as auth
@@ -433,9 +434,12 @@ def _backoffice_posts() -> list[str]:
     from simcharge.backoffice.screens_reports import router as reports
     from simcharge.backoffice.screens_tickets import router as tickets
 
-    return sorted({r.path for router in (home, admin, auth, customers, reports, tickets)
+    # (`provider_events` holds its admin API's routes too: only its page's form is swept here)
+    routers = (home, admin, auth, customers, reports, tickets, provider_events)
+    return sorted({r.path for router in routers
                    for r in router.routes  # type: ignore[attr-defined]
                    if "POST" in (getattr(r, "methods", None) or set())
+                   and r.path.startswith("/backoffice/")  # type: ignore[attr-defined]
                    and not r.path.startswith("/backoffice/login")})  # type: ignore[attr-defined]
 
 

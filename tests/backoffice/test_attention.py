@@ -88,7 +88,7 @@ async def _raise(kind: str, app: Any, client: httpx.AsyncClient, db: Database,
         r = await client.post(
             f"/api/v1/admin/orders/{order['id']}/refunds",
             headers={**finance.auth, "Idempotency-Key": uuid.uuid4().hex},
-            json={},
+            json={"reason": "test"},
         )
         assert r.status_code == 202, r.text
         # meanwhile the money went back another way (the provider's dashboard): refused

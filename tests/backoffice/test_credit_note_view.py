@@ -40,7 +40,7 @@ async def test_staff_open_a_refund_s_credit_note_from_the_order(
     assert r.json()["state"] == "fulfilled", r.text
     await run_worker(app, db, settings)
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff_api, **idem()}, json={"amount": 100})
+                          headers={**staff_api, **idem()}, json={"amount": 100, "reason": "test"})
     assert r.status_code == 202, r.text
     await run_worker(app, db, settings)
     [done] = (await client.get(f"/api/v1/orders/{order['id']}", headers=payer.auth)).json()[
@@ -83,7 +83,7 @@ async def test_a_pending_refund_has_no_credit_note_link_or_document(
     r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
     assert r.json()["state"] == "fulfilled", r.text
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff_api, **idem()}, json={"amount": 100})
+                          headers={**staff_api, **idem()}, json={"amount": 100, "reason": "test"})
     assert r.status_code == 202, r.text
     refund_id = r.json()["id"]  # asked, not yet sent by the worker: pending
 

@@ -325,10 +325,16 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
     # the agent may not approve; nor may the one who asked (four-eyes)
     r = await client.post(decision, headers=agent.auth, json={"approve": True})
     assert r.status_code == 403
+    # a debit beyond the wallet is refused at once, never put up for approval (fifteenth round)
     r = await client.post(
         url, headers={**finance.auth, **idem()}, json={"amount": -1_000_000, "reason": "oops"}
     )
+    assert r.status_code == 409 and r.json()["type"] == "/problems/insufficient-balance"
+    r = await client.post(
+        url, headers={**finance.auth, **idem()}, json={"amount": 2100, "reason": "oops"}
+    )
     own = r.json()
+    assert own["state"] == "awaiting_approval", r.text
     r = await client.post(
         f"/api/v1/admin/adjustments/{own['id']}/decision",
         headers=finance.auth,
@@ -341,13 +347,6 @@ async def test_adjustments_small_at_once_large_need_a_second_person(
     assert await _wallet(db, payer.line.id) == start + 3000
     r = await client.post(decision, headers=other_finance.auth, json={"approve": False})
     assert r.status_code == 409 and r.json()["type"] == "/problems/adjustment-decided"
-    # a debit beyond the wallet is refused by the ledger on approval, and nothing changes
-    r = await client.post(
-        f"/api/v1/admin/adjustments/{own['id']}/decision",
-        headers=other_finance.auth,
-        json={"approve": True},
-    )
-    assert r.status_code == 409 and r.json()["type"] == "/problems/transfer-rejected"
     r = await client.post(
         f"/api/v1/admin/adjustments/{own['id']}/decision",
         headers=other_finance.auth,
@@ -560,7 +559,7 @@ async def test_payments_needing_attention_and_their_resolution(
     r = await client.post(
         f"/api/v1/admin/orders/{mismatch['id']}/refunds",
         headers={**finance.auth, "Idempotency-Key": "k1"},
-        json={},
+        json={"reason": "test"},
     )
     assert r.status_code == 202, r.text
     r = await client.post(url, headers=finance.auth, json={"note": "refunded the 19.99 taken"})

@@ -101,7 +101,7 @@ async def test_a_refund_counts_on_the_day_it_completed_not_the_day_the_order_was
     r = await client.post(
         f"/api/v1/admin/orders/{order['id']}/refunds",
         headers={**finance.auth, **idem()},
-        json={"amount": 400},
+        json={"amount": 400, "reason": "test"},
     )
     assert r.status_code == 202, r.text
     await run_worker(app, db, settings)  # the provider confirms, on the refund's day
@@ -144,7 +144,7 @@ async def test_a_day_of_refunds_only_is_drawn_below_the_zero_line(
     r = await client.post(
         f"/api/v1/admin/orders/{order['id']}/refunds",
         headers={**finance.auth, **idem()},
-        json={"amount": 400},
+        json={"amount": 400, "reason": "test"},
     )
     assert r.status_code == 202, r.text
     await run_worker(app, db, settings)

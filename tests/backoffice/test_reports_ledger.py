@@ -39,6 +39,7 @@ from tests.orders.helpers import (
 
 DAY = timedelta(days=1)
 MONEY = ("amount", "fees", "uncredited", "uncredited_amount", "applied", "applied_amount",
+         "chargebacks", "dispute_losses",
          "refunded", "net", "topups")
 
 
@@ -72,7 +73,7 @@ async def _refund(client: httpx.AsyncClient, finance: Any, order: dict[str, Any]
     r = await client.post(
         f"/api/v1/admin/orders/{order['id']}/refunds",
         headers={**finance.auth, **idem()},
-        json={} if amount is None else {"amount": amount},
+        json={"reason": "asked by the payer"} | ({} if amount is None else {"amount": amount}),
     )
     assert r.status_code == 202, r.text
 
@@ -214,10 +215,15 @@ async def test_the_top_ups_report_agrees_with_the_ledger_account_by_account(
             assert got["amount"] == sales["credits"] + fees["credits"], where
             assert got["fees"] == fees["credits"], where
             # Taken and not credited: into `unapplied`; out by refunds and to wallets.
-            assert got["uncredited_amount"] + got["applied_amount"] == unapplied["credits"], where
+            held_count, _ = await ledger.transfers("unapplied",
+                                                   credit_key=f"unapplied:{currency}")
+            assert got["uncredited"] == held_count, where
+            assert got["uncredited_amount"] == unapplied["credits"], where
+            assert got["applied_amount"] == put_on_wallets, where
             assert unapplied["debits"] == put_on_wallets + refunded_held, where
             # Refunds the provider confirmed left through clearing; the one asked is pending.
-            assert got["refunded"] == clearing["credits"], where
+            assert got["refunded"] + got["chargebacks"] + got["dispute_losses"] == (
+                clearing["credits"]), where
             assert got["net"] == clearing["debits"] - clearing["credits"], where
         usd = await ledger.clearing("USD")
         assert usd["credits_pending"] == 100
@@ -226,6 +232,8 @@ async def test_the_top_ups_report_agrees_with_the_ledger_account_by_account(
         assert (await ledger.account("expiry:USD"))["credits"] > 0
         assert (await ledger.transfers("adjustment"))[1] == 300
     usd_row = totals["USD"]
-    assert (usd_row["uncredited"], usd_row["applied"]) == (2, 1)
+    # Held: the other amount, the one put on the wallet, and the success that named no amount
+    # once the provider's status named it (the worker's reconciliation posted it then).
+    assert (usd_row["uncredited"], usd_row["applied"]) == (3, 1)
     assert totals["CNY"]["topups"] == 1
     await assert_ledger_balanced(db)

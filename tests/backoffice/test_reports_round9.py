@@ -45,10 +45,11 @@ from simcharge.config import Settings
 from simcharge.db import Database, table_of
 from simcharge.errors import ValidationFailed
 from simcharge.kit.clock import clock, utcnow
-from simcharge.ledger.models import LedgerAccount
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.orders.models import Order, Refund
 from tests.backoffice.helpers import new_staff, web_sign_in
 from tests.backoffice.test_reports_ledger import _credited, _refund, _taken_not_credited, _usage
+from tests.backoffice.test_round15_reports_ledger import ledger_copies
 from tests.orders.helpers import (
     Payer,
     assert_ledger_balanced,
@@ -82,6 +83,10 @@ async def _paid_order(client: httpx.AsyncClient, db: Database, settings: Setting
     await db.run(lambda s: s.execute(update(Order).where(Order.id == uuid.UUID(order["id"]))
                                      .values(created_at=long_ago, paid_at=long_ago,
                                              fulfilled_at=long_ago)))
+    # Its ledger entries too: the top-ups report reads the ledger's times (round 15).
+    await db.run(lambda s: s.execute(update(LedgerTransfer)
+                                     .where(LedgerTransfer.reference == f"order:{order['id']}")
+                                     .values(created_at=long_ago)))
     return await order_row(db, order["id"])
 
 
@@ -102,6 +107,7 @@ async def _copies(db: Database, row: Order, paid: list[datetime], *, failed: int
 
     rows = [copy(t, "fulfilled") for t in paid] + [copy(None, "failed") for _ in range(failed)]
     await db.run(lambda s: s.execute(insert(table_of(Order)), rows))
+    await ledger_copies(db, row, rows)
 
 
 # --- the operator's day -----------------------------------------------------------------------
@@ -218,14 +224,14 @@ async def test_the_api_and_the_pages_take_the_operators_dates(
         assert [(x["day"], x["topups"]) for x in r.json()] == [("2026-03-10", 1)]
         r = await client.get("/api/v1/admin/reports/failures", headers=finance.auth,
                              params={**tenth, "format": "csv"})
-        assert r.text.splitlines()[1:] == ["2026-03-10,sandbox,failed,1"]
+        assert r.text.splitlines()[1:] == ["2026-03-10,sandbox,failed,1,Asia/Manila"]
         assert r.headers["content-disposition"] == (
             'attachment; filename="failures-2026-03-10-2026-03-10.csv"')
         await web_sign_in(client, finance)
         page = await client.get("/backoffice/reports", params=tenth)
         assert page.status_code == 200 and "Asia/Manila" in page.text
         r = await client.get("/backoffice/reports/conversion.csv", params=tenth)
-        assert r.text.splitlines()[1:] == ["2026-03-10,2,1,0.5"]
+        assert r.text.splitlines()[1:] == ["2026-03-10,2,1,0.5,Asia/Manila"]
         # Today is Manila's today: a default period ends on it.
         r = await client.get("/api/v1/admin/reports/conversion", headers=finance.auth)
         assert r.json()[-1]["day"] == utcnow().astimezone(MANILA).date().isoformat()
@@ -249,7 +255,7 @@ def test_a_cell_that_starts_a_formula_is_neutralised() -> None:
 
 
 async def test_report_csv_neutralises_text_from_the_data(
-    client: httpx.AsyncClient, db: Database, settings: Settings
+    app: Any, client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     row = await _paid_order(client, db, settings)
     day = utcnow().date() - timedelta(days=2)
@@ -260,15 +266,21 @@ async def test_report_csv_neutralises_text_from_the_data(
     refunded = await _paid_order(client, db, settings)
     finance = await new_staff(db, settings, "finance")
     r = await client.post(f"/api/v1/admin/orders/{refunded.id}/refunds",
-                          headers={**finance.auth, **idem()}, json={"amount": 300})
+                          headers={**finance.auth, **idem()},
+                          json={"amount": 300, "reason": "asked by the payer"})
     assert r.status_code == 202, r.text
+
+    await run_worker(app, db, settings)  # the provider confirms it
 
     async def move(s: AsyncSession) -> None:
         await s.execute(update(Order).where(Order.id == refunded.id).values(
             method_code="-neg", paid_at=paid - timedelta(days=1),
             fulfilled_at=paid - timedelta(days=1)))
-        await s.execute(update(Refund).where(Refund.order_id == refunded.id).values(
-            state="succeeded", completed_at=paid))
+        # The report reads the ledger (round 15): the refund's entries move to that day.
+        ids = (await s.execute(select(Refund.id).where(
+            Refund.order_id == refunded.id))).scalars().all()
+        await s.execute(update(LedgerTransfer).where(
+            LedgerTransfer.reference.in_([f"refund:{i}" for i in ids])).values(created_at=paid))
 
     await db.run(move)
     params = {"from": day.isoformat(), "to": day.isoformat()}

@@ -33,7 +33,7 @@ async def test_the_admin_order_says_what_is_left_to_refund(
                                  "currency": order["total"]["currency"]}
     # A refund on its way is no longer refundable; nor once done.
     r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()},
-                          json={"amount": 400})
+                          json={"amount": 400, "reason": "test"})
     assert r.status_code == 202, r.text
     got = (await client.get(url, headers=finance.auth)).json()
     assert got["refundable"]["minor"] == total - 400
@@ -47,12 +47,12 @@ async def test_the_admin_order_says_what_is_left_to_refund(
     [panel] = [o for o in view["orders"] if o["id"] == order["id"]]
     assert (panel["refundable"], panel["refundable_currency"]) == (total - 400, "USD")
     # Refund the rest: nothing left.
-    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={})
+    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={"reason": "test"})
     assert r.status_code == 202, r.text
     assert (await client.get(url, headers=finance.auth)).json()["refundable"]["minor"] == 0
     # More than is left is refused, nothing changed.
     r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()},
-                          json={"amount": 1})
+                          json={"amount": 1, "reason": "test"})
     assert r.status_code in (409, 422), r.text
     assert (await client.get(url, headers=finance.auth)).json()["refundable"]["minor"] == 0
 

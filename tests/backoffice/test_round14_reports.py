@@ -49,16 +49,18 @@ async def test_topups_csv_says_its_amounts_are_minor_units(
         [got] = list(csv.DictReader(io.StringIO(text)))
         assert list(got) == ["day", "method", "currency", "topups", "amount_minor",
                              "fees_minor", "uncredited", "uncredited_amount_minor", "applied",
-                             "applied_amount_minor", "refunded_minor", "net_minor"]
+                             "applied_amount_minor", "refunded_minor", "chargebacks_minor",
+                             "dispute_losses_minor", "net_minor", "time_zone"]
         assert got["currency"] == "USD"
         assert int(got["amount_minor"]) == row["amount"] > 0  # cents, as the JSON
         assert int(got["net_minor"]) == row["net"]
         assert not set(MONEY) - set(got)
     # Counts keep their names; the trial balance's amounts say minor units too.
     r = await client.get("/backoffice/reports/conversion.csv", params=params)
-    assert r.text.startswith("day,created,paid,rate\r\n")
+    assert r.text.startswith("day,created,paid,rate,time_zone\r\n")
     r = await client.get("/backoffice/reports/trial-balance.csv", params=params)
-    assert r.text.startswith("unit,code,account,debits_minor,credits_minor,balance_minor\r\n")
+    assert r.text.startswith(
+        "unit,code,account,debits_minor,credits_minor,balance_minor,time_zone\r\n")
 
 
 async def test_lines_csv_link_keeps_the_period_and_the_trial_balance_is_named_as_of(

@@ -33,7 +33,7 @@ async def test_transfer_references_name_the_order_and_the_refund(
     order = await fulfilled(client, settings, payer)
     finance = await new_staff(db, settings, "finance")
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**finance.auth, **idem()}, json={})
+                          headers={**finance.auth, **idem()}, json={"reason": "test"})
     assert r.status_code == 202, r.text
     await run_worker(app, db, settings)
     async with db.read() as s:

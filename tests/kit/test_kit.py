@@ -153,12 +153,14 @@ def test_moments_read_alike_everywhere_in_utc() -> None:
         "en", when
     )
     # pages, e-mails, SMS and receipts use the same words (the filters take the reader's zone
-    # from the render's context: `reader_zone`, UTC when none is named)
+    # from the render's context: `reader_zone`, UTC when none is named); messages say the
+    # moment to the minute, the same date and offset
     for language in ("en", "zh-Hans", "zh-Hant", "fil", "es"):
         text = moment_text(language, when)
-        assert "UTC" in text
+        to_the_minute = moment_text(language, when, to_the_minute=True)
+        assert "UTC" in to_the_minute and "30:00" in text and "30:00" not in to_the_minute
         page = page_environment(language).from_string("{{ when|datetime }}")
         message = message_environment(language).from_string("{{ when|datetime }}")
         assert page.render(when=when) == text
-        assert message.render(when=when) == text
-        assert message.render(when=when.isoformat()) == text
+        assert message.render(when=when) == to_the_minute
+        assert message.render(when=when.isoformat()) == to_the_minute

@@ -96,7 +96,7 @@ async def _credited(client: httpx.AsyncClient, settings: Settings, payer: Payer,
 async def _refund(client: httpx.AsyncClient, staff: dict[str, str], order_id: str,
                   **body: Any) -> dict[str, Any]:
     r = await client.post(f"/api/v1/admin/orders/{order_id}/refunds",
-                          headers={**staff, **idem()}, json=body)
+                          headers={**staff, **idem()}, json={"reason": "test", **body})
     assert r.status_code == 202, r.text
     return r.json()
 

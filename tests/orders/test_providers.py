@@ -1706,7 +1706,7 @@ async def test_our_own_refund_reported_back_is_not_news(
     r = await client.post(
         f"/api/v1/admin/orders/{order.id}/refunds",
         headers={**await _staff(db), **idem()},
-        json={"amount": part},
+        json={"amount": part, "reason": "test"},
     )
     assert r.status_code == 202
     p.expect_refund(order)

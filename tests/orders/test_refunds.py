@@ -125,7 +125,7 @@ async def test_partial_refunds_split_sale_and_fee_and_take_a_share(
 
     before = await fee_revenue()
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff, **idem()}, json={"amount": 1000})
+                          headers={**staff, **idem()}, json={"amount": 1000, "reason": "test"})
     assert r.status_code == 202
     await run_worker(app, db, settings)
     row = await order_row(db, order["id"])
@@ -135,7 +135,7 @@ async def test_partial_refunds_split_sale_and_fee_and_take_a_share(
     assert sms == (50 - 24, 0)  # ⌈50 × 1000 / 2119⌉ = 24 taken back
 
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff, **idem()}, json={})
+                          headers={**staff, **idem()}, json={"reason": "test"})
     assert r.json()["amount"]["minor"] == 1119
     await run_worker(app, db, settings)
     row = await order_row(db, order["id"])
@@ -165,7 +165,7 @@ async def test_refund_refusals_change_nothing(client: httpx.AsyncClient, db: Dat
          "order-not-found"),
     ]
     for path, headers, body, status, slug in cases:
-        r = await client.post(path, headers=headers, json=body)
+        r = await client.post(path, headers=headers, json={"reason": "test", **body})
         assert r.status_code == status, (slug, r.text)
         assert problem(r)["type"].endswith(f"/{slug}"), (slug, r.text)
     async with db.read() as s:
@@ -183,10 +183,10 @@ async def test_asking_twice_refunds_once(app: Any, client: httpx.AsyncClient, db
     order = await _paid_order(client, db, settings, payer, plan="starter-10")
     key = idem()
     url = f"/api/v1/admin/orders/{order['id']}/refunds"
-    first = await client.post(url, headers={**staff, **key}, json={"amount": 500})
-    again = await client.post(url, headers={**staff, **key}, json={"amount": 500})
+    first = await client.post(url, headers={**staff, **key}, json={"amount": 500, "reason": "test"})
+    again = await client.post(url, headers={**staff, **key}, json={"amount": 500, "reason": "test"})
     assert first.json()["reference"] == again.json()["reference"]
-    other = await client.post(url, headers={**staff, **key}, json={"amount": 300})
+    other = await client.post(url, headers={**staff, **key}, json={"amount": 300, "reason": "test"})
     assert other.status_code == 422
     await run_worker(app, db, settings)
     assert (await order_row(db, order["id"])).refunded_amount == 500
@@ -199,7 +199,7 @@ async def test_a_refund_the_provider_refuses_gives_everything_back(
     payer = await new_payer(db, settings)
     order = await _paid_order(client, db, settings, payer, plan="starter-10")
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff, **idem()}, json={})
+                          headers={**staff, **idem()}, json={"reason": "test"})
     assert r.status_code == 202
     # Meanwhile the money went back another way (the provider's dashboard): it refuses.
     await db.run(lambda s: s.execute(update(SandboxPayment).where(
@@ -245,7 +245,7 @@ async def test_a_payment_that_was_not_credited_is_refunded_through_the_ledger(
     before = await _unapplied(db, paid[1])
 
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff, **idem()}, json={})
+                          headers={**staff, **idem()}, json={"reason": "test"})
     assert r.status_code == 202, r.text
     assert (r.json()["amount"]["minor"], r.json()["amount"]["currency"]) == paid
     assert await _unapplied(db, paid[1]) == (before[0], before[1] - paid[0])  # held
@@ -292,7 +292,7 @@ async def test_an_uncredited_payment_refunded_whole_ends_refunded_and_awaits_no_
                                             (1000, "refunded", 1999,
                                              (404, "receipt-refunded-uncredited"))):
         r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                              headers={**staff, **idem()}, json={"amount": amount})
+                              headers={**staff, **idem()}, json={"amount": amount, "reason": "test"})
         assert r.status_code == 202, r.text
         await run_worker(app, db, settings)
         mine = (await client.get(f"/api/v1/orders/{order['id']}", headers=payer.auth)).json()
@@ -310,7 +310,7 @@ async def test_an_uncredited_payment_refunded_whole_ends_refunded_and_awaits_no_
     codes = {t.code for rid in ids for t in await transfers_of(db, f"refund:{rid}")}
     assert codes == {"refund"}  # money back out of `unapplied`; no clawback
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff, **idem()}, json={})
+                          headers={**staff, **idem()}, json={"reason": "test"})
     assert r.status_code == 409 and problem(r)["type"].endswith("/order-not-refundable")
     await assert_ledger_balanced(db)
 
@@ -335,7 +335,7 @@ async def test_an_order_refunded_whole_in_parts_gives_back_the_whole_fee_and_pri
     fees, sales = await _revenue(db, "revenue:fees:USD"), await _revenue(db, "revenue:sales:USD")
     for amount in (700, 700, 719):
         r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                              headers={**staff, **idem()}, json={"amount": amount})
+                              headers={**staff, **idem()}, json={"amount": amount, "reason": "test"})
         assert r.status_code == 202, r.text
         await run_worker(app, db, settings)
     row = await order_row(db, order["id"])
@@ -374,7 +374,7 @@ async def test_a_payment_taken_without_an_amount_is_refunded_once_the_provider_n
     assert await transfers_of(db, f"order:{taken.id}") == []
 
     url = f"/api/v1/admin/orders/{order['id']}"
-    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={})
+    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={"reason": "test"})
     assert (r.status_code, problem(r)["type"].rsplit("/", 1)[1], problem(r)["field"]) == (
         409, "paid-amount-unknown", "order_id")
     r = await client.post(f"{url}/apply-to-wallet", headers=finance.auth, json={"note": "n"})
@@ -395,7 +395,7 @@ async def test_a_payment_taken_without_an_amount_is_refunded_once_the_provider_n
     assert (held.code, held.amount) == ("unapplied", 2000)
     assert await _unapplied(db, "USD") == (before[0] + 2000, before[1] + 2000)
 
-    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={})
+    r = await client.post(f"{url}/refunds", headers={**finance.auth, **idem()}, json={"reason": "test"})
     assert r.status_code == 202, r.text
     assert r.json()["amount"]["minor"] == 2000
     await run_worker(app, db, settings)
@@ -422,7 +422,7 @@ async def test_the_refund_notice_of_a_payment_never_credited_names_no_receipt(
     r = await client.post(f"/api/v1/orders/{order['id']}/check", headers=payer.auth)
     assert r.json()["state"] == "paid"
     r = await client.post(f"/api/v1/admin/orders/{order['id']}/refunds",
-                          headers={**staff, **idem()}, json={})
+                          headers={**staff, **idem()}, json={"reason": "test"})
     assert r.status_code == 202, r.text
     await run_worker(app, db, settings)
     assert (await order_row(db, order["id"])).state == "refunded"

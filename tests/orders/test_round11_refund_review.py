@@ -64,7 +64,7 @@ async def _wallet(db: Database, line_id: uuid.UUID) -> tuple[int, int]:
 async def _refund(client: httpx.AsyncClient, staff: dict[str, str], order_id: str,
                   body: dict[str, Any]) -> httpx.Response:
     return await client.post(f"/api/v1/admin/orders/{order_id}/refunds",
-                             headers={**staff, **idem()}, json=body)
+                             headers={**staff, **idem()}, json={"reason": "test", **body})
 
 
 async def test_an_order_refunded_in_parts_takes_back_its_wallet_credit_once(

@@ -65,7 +65,7 @@ async def _refunded(
     r = await client.post(
         f"/api/v1/admin/orders/{order['id']}/refunds",
         headers={**await _staff(db), **idem()},
-        json={} if amount is None else {"amount": amount},
+        json={"reason": "test"} if amount is None else {"amount": amount, "reason": "test"},
     )
     assert r.status_code == 202, r.text
     await run_worker(app, db, settings)

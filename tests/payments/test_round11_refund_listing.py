@@ -130,7 +130,7 @@ async def test_our_own_refund_in_paypal_s_list_is_not_recorded_as_the_provider_s
     staff_refund = p.expect_refund(order)
     staff = await _staff(db, "refunds:write")
     r = await client.post(f"/api/v1/admin/orders/{order.id}/refunds",
-                          headers={**staff, **idem()}, json={"amount": third})
+                          headers={**staff, **idem()}, json={"amount": third, "reason": "test"})
     assert r.status_code == 202, r.text
     await _worker(shop, db, settings)
     assert staff_refund.called

@@ -6,10 +6,20 @@ the first is credited to the cent, the second refused as not exact in USD, nothi
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.ledger.service import MAX_AMOUNT
 from tests.orders.helpers import idem
 from tests.tmf654.helpers import BASE, api_key, new_holder, totals
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No top-up maximum in the way (fifteenth round: `SIMCHARGE_TMF654_TOPUP_MAX_MINOR`): this is
+    about reading the digits of a large amount."""
+    return settings.model_copy(update={"tmf654_topup_max_minor": MAX_AMOUNT})
 
 
 def _topup(raw: str, wallet: object, account: object) -> str:

@@ -245,6 +245,23 @@ async def test_action_lists_count_and_page_beyond_5000(
         assert r.json()[0]["id"] == str(rows[-1]["id"])
 
 
+async def test_an_offset_past_any_integer_is_an_empty_page_not_a_500(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """`offset` beyond PostgreSQL's 64-bit integers (a security review, round 15): an empty
+    page with the total, as any offset past the end; with attribute filters too."""
+    h = await new_holder(db)
+    key = await api_key(db, *ALL)
+    r = await client.post(f"{BASE}/topupBalance", headers=key, json=wallet_body(h, 5))
+    assert r.status_code == 201, r.text
+    for extra in ({}, {"status": "completed"}):
+        for path in ("/topupBalance", "/balanceActionHistory", "/bucket"):
+            r = await client.get(f"{BASE}{path}", headers=key, params={
+                "logicalResource.id": h.line.msisdn, "offset": 2**63, "fields": "id", **extra})
+            assert r.status_code == 200, (path, r.text)
+            assert r.json() == [] and r.headers["X-Result-Count"] == "0", path
+
+
 # --- reservations ----------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from simcharge.accounts.schemas import (
     ReadIn,
 )
 from simcharge.api.deps import API_PREFIX, DB, AppSettings, Language
-from simcharge.auth import codes
+from simcharge.auth import codes, passkeys
 from simcharge.auth import service as auth
 from simcharge.auth.deps import (
     Client,
@@ -102,6 +102,29 @@ async def _me_out(db: Database, account: Account) -> MeOut:
         return me_out(account, passkey_step=await auth.passkey_second_factor_on(s, account))
 
 
+def check_contact_change_input(account: Account, body: ProfileIn, *, passkey_step: bool) -> None:
+    """What a change of contact needs that no count is spent on, as closing the account asks
+    it (`privacy.check_closure_input`): the password (`current_password`) and, when two-step
+    verification is on — with the app, or two-step sign-in with a passkey (`passkey_step`) —
+    its second factor, a code (`code`) or one of the account's passkeys' answer to the confirm
+    options (`credential`): `ValidationFailed` naming the missing field. A malformed
+    `credential` is `422 passkey-invalid`."""
+    if not body.current_password:
+        raise ValidationFailed(N_("This field is required."), field="current_password")
+    if body.credential is not None:
+        passkeys.parsed_authentication(body.credential)
+    two_step = account.totp_enabled_at is not None or passkey_step
+    if two_step and not body.code.strip() and body.credential is None:
+        raise ValidationFailed(N_("This field is required."), field="code")
+
+
+def _as_current_password(refused: Refused) -> Refused:
+    """`confirm_both_factors` names a wrong password `password`; here it is `current_password`."""
+    if refused.error.field == "password":
+        refused.error.field = "current_password"
+    return refused
+
+
 @router.get("", response_model=MeOut, summary="My profile")
 async def me(customer: CurrentCustomer, db: DB) -> MeOut:
     return await _me_out(db, customer.account)
@@ -129,27 +152,35 @@ async def update_me(
     """When the password confirmed had been set (`password_changed_at`), once it was."""
     if contacts:
         # Bad input is refused before anything is counted: it uses up no code sends.
-        if not body.current_password:
-            raise ValidationFailed(N_("This field is required."), field="current_password")
+        async with db.read() as s:
+            passkey_step = await auth.passkey_second_factor_on(s, customer.account)
+        check_contact_change_input(customer.account, body, passkey_step=passkey_step)
         auth.check_profile_change(body.language, body.email, body.phone)
         await limits.hit("codes", client.ip)
         reauth = await auth.count_reauthentication(limits, client, customer.account.id)
-        current_password = body.current_password
+        current_password = body.current_password or ""
 
         # A session alone does not move where codes and resets go: a stolen session would
         # otherwise take the account over (a new address, its code, then a reset). The
-        # password is confirmed in a transaction of its own (a failure is logged and counted
-        # with the sign-in failures); only then are the code sends counted, before the
-        # transaction that makes the change, so that a transaction run again counts nothing
-        # twice and a slow Redis holds no row.
+        # password — and, with two-step verification on, its second factor, as closing the
+        # account asks it (`auth.confirm_both_factors`): a stolen session and password must
+        # not move the contacts the second factor's recovery goes through — is confirmed in a
+        # transaction of its own (a failure is logged and counted with the sign-in failures);
+        # only then are the code sends counted, before the transaction that makes the change,
+        # so that a transaction run again counts nothing twice and a slow Redis holds no row.
         async def confirm(s: AsyncSession) -> datetime | Refused | None:
-            account = await _locked_account(s, customer)
-            refused = await auth.confirm_password(
-                s, settings, account, current_password, field="current_password",
-                kind=EventKind.contact_change_requested, client=client, now=utcnow(),
-                counted=reauth,
+            account, now = await _locked_account(s, customer), utcnow()
+            refused = await auth.confirm_both_factors(
+                s, settings, account, current_password, body.code.strip(),
+                kind=EventKind.contact_change_requested, client=client, now=now, counted=reauth,
+                passkey=passkeys.confirmed_by(
+                    s, settings, account, await _auth_session(s, customer), body.credential,
+                    client, now,
+                ),
             )  # fmt: skip
-            return refused if refused is not None else account.password_changed_at
+            if refused is not None:
+                return _as_current_password(refused)
+            return account.password_changed_at
 
         checked = await db.run(confirm)
         raise_refused(checked)

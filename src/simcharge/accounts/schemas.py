@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from simcharge.auth.schemas import AccountOut
+from simcharge.auth.schemas import AccountOut, DisplayName
 from simcharge.kit.schemas import Schema
 from simcharge.lines.schemas import LineBalances
 
@@ -25,7 +25,7 @@ FORMAT_DOC = (
 class ProfileIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str | None = Field(default=None, max_length=128)
+    display_name: DisplayName = None
     language: str | None = None
     email: str | None = Field(
         default=None, max_length=254, description="A new address: pending until its code is entered"
@@ -35,6 +35,21 @@ class ProfileIn(BaseModel):
     )
     current_password: str | None = Field(
         default=None, max_length=1024, description="Required with `email` or `phone`"
+    )
+    code: str = Field(
+        default="",
+        max_length=64,
+        description="With `email` or `phone`, when two-step verification is on: a code from "
+        "the authenticator, or a recovery code (with two-step sign-in with a passkey: a "
+        "recovery code, unless `credential` is given), as closing the account asks it",
+    )
+    credential: dict[str, Any] | None = Field(
+        default=None,
+        description="With `email` or `phone`, when two-step sign-in with a passkey is on: one of "
+        "the account's passkeys' answer to `POST /api/v1/me/passkeys/confirm/options`, as "
+        "`PublicKeyCredential.toJSON()` writes it (not this account's, this session's or "
+        "verified: `401 invalid-second-factor`, field `credential`; malformed: `422 "
+        "passkey-invalid`)",
     )
     time_zone: str | None = Field(default=None, max_length=64, description=ZONE_DOC)
     format_locale: str | None = Field(default=None, max_length=16, description=FORMAT_DOC)

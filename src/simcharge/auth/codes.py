@@ -5,7 +5,10 @@ limited (`throttle.LIMITS`: 5 sends and 10 checks an hour, 20 and 30 a day), so 
 is bounded per account whatever the number of addresses it comes from. They are counted before
 the transaction that sends or checks the code (`count_send`, `count_check`), as re-entered
 passwords are: a slow or hung Redis then holds no account row (nor SQLite's write lock), and a
-transaction tried again is not counted twice."""
+transaction tried again is not counted twice.
+
+A code is hashed under the current secret key and checked with the key ring: one sent just
+before a rotation of the key (its message may still be in the outbox) is still good."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.auth.models import CodePurpose, VerificationCode
 from simcharge.auth.throttle import RateLimits
 from simcharge.errors import TooManyAttempts, ValidationFailed
-from simcharge.kit.crypto import constant_time_equals, keyed_hash
+from simcharge.kit.crypto import Ring, keyed_hash, keyed_hash_matches
 from simcharge.kit.translations import N_
 
 CODE_TTL = timedelta(minutes=10)
@@ -131,8 +134,12 @@ class IssuedCode:
     row: VerificationCode
 
 
+def _value(account_id: uuid.UUID, purpose: str, target: str, code: str) -> str:
+    return f"{account_id}|{purpose}|{target}|{code}"
+
+
 def _hash(secret: str, account_id: uuid.UUID, purpose: str, target: str, code: str) -> str:
-    return keyed_hash(secret, "verification-code", f"{account_id}|{purpose}|{target}|{code}")
+    return keyed_hash(secret, "verification-code", _value(account_id, purpose, target, code))
 
 
 def _live(account_id: uuid.UUID, purpose: CodePurpose) -> list[ColumnElement[bool]]:
@@ -225,7 +232,7 @@ async def live_code(
 
 async def consume_code(
     session: AsyncSession,
-    secret: str,
+    secret: Ring,
     *,
     account_id: uuid.UUID,
     purpose: CodePurpose,
@@ -238,7 +245,8 @@ async def consume_code(
     """Use the live code of this purpose (and target, when given). Returns the code's row, or
     None — after counting the attempt, which the caller must commit before refusing. Raises
     `TooManyCodes`, before looking at any code, past the account's checks for this purpose
-    (`counted` before the transaction; counted here only when it was not)."""
+    (`counted` before the transaction; counted here only when it was not). `secret`: the key
+    ring (`Settings.secret_keys`), or the current key alone."""
     if counted is None or not counted.counts(account_id, purpose, None):
         await _count(limits, "account-code-checks", account_id, purpose)
     elif counted.over is not None:
@@ -251,11 +259,15 @@ async def consume_code(
         await session.flush()
         return None
     candidate = code.strip()
-    expected = _hash(secret, account_id, purpose.value, row.target, candidate)
     if not (
         candidate.isdigit()
         and len(candidate) == 6
-        and constant_time_equals(expected, row.code_hash)
+        and keyed_hash_matches(
+            secret,
+            "verification-code",
+            _value(account_id, purpose.value, row.target, candidate),
+            row.code_hash,
+        )
     ):
         row.attempts += 1
         if row.attempts >= MAX_ATTEMPTS:

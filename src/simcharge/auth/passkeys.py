@@ -267,9 +267,9 @@ async def spend_challenge(
     return spent is not _NOT_OURS and spent == account_id
 
 
-MALFORMED = (WebAuthnException, ValueError, TypeError, KeyError, AttributeError)
+MALFORMED = (WebAuthnException, ValueError, TypeError, KeyError, AttributeError, RecursionError)
 """What py_webauthn's parsers raise on input that is no WebAuthn answer (bad base64url, JSON
-of the wrong shape)."""
+of the wrong shape, JSON nested deeper than the parser goes: `clientDataJSON` of 100,000 `[`)."""
 
 
 def parsed_registration(credential: dict[str, Any]) -> tuple[RegistrationCredential, bytes]:

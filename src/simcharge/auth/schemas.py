@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from simcharge.errors import ValidationFailed
 from simcharge.kit.schemas import Schema
+from simcharge.kit.translations import N_
 
 
 class _In(BaseModel):
@@ -24,6 +27,36 @@ def as_channel(channel: ChannelIn) -> Literal["email", "sms"]:
     return "email" if channel == "email" else "sms"
 
 
+_REFUSED = frozenset({"Cc", "Zl", "Zp"})
+_JOINERS = frozenset("\u200c\u200d")
+"""The zero-width non-joiner and joiner: format characters some scripts need in a name
+(Persian, the Indic scripts)."""
+
+
+def _printable_name(value: str | None) -> str | None:
+    """A display name without control characters (Unicode category Cc: a line break, a bell,
+    a terminal's escape), line and paragraph separators (Zl, Zp: a line break by another name)
+    or format characters (Cf: bidirectional overrides that show a name backwards, invisible
+    ones), but for the joiners some scripts need: refused, `422` naming
+    `display_name`, in the reader's language. A name is shown to staff, in e-mails and
+    on pages; none of these characters belongs in one."""
+    if value is not None and any(
+        unicodedata.category(c) in _REFUSED or (unicodedata.category(c) == "Cf" and c not in _JOINERS)
+        for c in value
+    ):
+        raise ValidationFailed(
+            N_("A name cannot contain control or invisible formatting characters."),
+            field="display_name",
+        )
+    return value
+
+
+DisplayName = Annotated[
+    str | None, Field(max_length=128), AfterValidator(_printable_name)
+]
+"""A display name as registration and a profile change take it (`_printable_name`)."""
+
+
 class RegisterIn(_In):
     username: str = Field(max_length=64, examples=["maria"])
     password: str = Field(max_length=1024)
@@ -36,7 +69,7 @@ class RegisterIn(_In):
         "`fil` or `es`. Left out: the best match for `Accept-Language`, else the operator's "
         "default language (`SIMCHARGE_DEFAULT_LANGUAGE`, `en` unless set).",
     )
-    display_name: str | None = Field(default=None, max_length=128)
+    display_name: DisplayName = None
 
 
 class RegisterOut(Schema):

@@ -56,9 +56,11 @@ from simcharge.errors import (
     FieldError,
     NotAuthenticated,
     Refused,
+    SecondFactorUnavailable,
     TooManyAttempts,
     ValidationFailed,
 )
+from simcharge.kit.crypto import SealBroken
 from simcharge.kit.i18n import LANGUAGES
 from simcharge.kit.ids import uuid7
 from simcharge.kit.phone import InvalidPhoneNumber, normalize_e164
@@ -504,7 +506,7 @@ async def use_code(
     try:
         row = await codes.consume_code(
             session,
-            settings.secret_key,
+            settings.secret_keys,
             account_id=account.id,
             purpose=purpose,
             code=code,
@@ -1258,14 +1260,23 @@ async def _second_factor_ok(
     now: datetime,
 ) -> bool:
     """A code from the authenticator app (only once confirmed: a set-up not finished signs in
-    nothing) or an unused recovery code."""
-    if account.totp_enabled_at is not None and totp.accept_totp(
-        settings.secret_key, account, code, now
-    ):
-        await session.flush()
-        return True
-    left = await totp.use_recovery_code(session, settings.secret_key, account.id, code, now)
+    nothing) or an unused recovery code, each read with the key ring (a rotation of the secret
+    key locks no one out). An app secret no key of the ring opens (a key dropped too early):
+    a recovery code still signs in; anything else is 503 `second-factor-unavailable`, not a
+    wrong code — nothing is counted against the person (README, "Rotating the secret key")."""
+    broken = False
+    if account.totp_enabled_at is not None:
+        try:
+            accepted = totp.accept_totp(settings.secret_keys, account, code, now)
+        except SealBroken:
+            accepted, broken = False, True
+        if accepted:
+            await session.flush()
+            return True
+    left = await totp.use_recovery_code(session, settings.secret_keys, account.id, code, now)
     if left is None:
+        if broken:
+            raise SecondFactorUnavailable()
         return False
     await record_event(
         session,
@@ -1292,8 +1303,10 @@ async def _remember_device(
     now: datetime,
 ) -> bool:
     """Note the device; True if this account has never been used from it before (and it is
-    not the account's first device)."""
-    digest = client.device_hash(settings.secret_key)
+    not the account's first device). A device noted under an earlier secret key of the ring
+    (`SIMCHARGE_SECRET_KEY_PREVIOUS`) is known still, and noted again under the current one: a
+    rotation of the key does not make every customer's next sign-in "from a new device"."""
+    digest, *earlier = (client.device_hash(key) for key in settings.secret_keys)
     known = (
         (await session.execute(select(KnownDevice).where(KnownDevice.account_id == account_id)))
         .scalars()
@@ -1302,6 +1315,10 @@ async def _remember_device(
     for device in known:
         if device.device_hash == digest:
             device.last_seen_at = now
+            return False
+    for device in known:
+        if device.device_hash in earlier:
+            device.device_hash, device.last_seen_at = digest, now
             return False
     session.add(
         KnownDevice(
@@ -1923,7 +1940,12 @@ async def confirm_totp(
         raise Conflict(N_("Start setting up two-step verification first."))
 
     async def check() -> NotAuthenticated | None:
-        if totp.accept_totp(settings.secret_key, account, code, now):
+        try:
+            accepted = totp.accept_totp(settings.secret_keys, account, code, now)
+        except SealBroken:
+            # A set-up sealed under a key since dropped: start it again (a new secret).
+            raise Conflict(N_("Start setting up two-step verification first.")) from None
+        if accepted:
             return None
         return InvalidSecondFactor(field="code")
 

@@ -2,7 +2,13 @@
 
 The secret is sealed in the database; each time step is accepted once (a code cannot be
 replayed); one step of clock drift either way is tolerated. Recovery codes: ten, 10 base32
-characters each, single use, kept as keyed hashes."""
+characters each, single use, kept as keyed hashes.
+
+Both survive a rotation of the secret key: they are read with the key ring (the current key,
+then `SIMCHARGE_SECRET_KEY_PREVIOUS`); a secret opened by an older key is sealed again under the
+current one when a code from it is accepted (`simcharge secrets reseal` does it for all). A
+recovery code is a hash: it cannot be re-hashed, so its key stays in the ring until the code is
+spent or replaced."""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
 from simcharge.auth.models import RecoveryCode
-from simcharge.kit.crypto import keyed_hash, seal, unseal
+from simcharge.kit.crypto import Ring, as_ring, seal, tagged_hash, tagged_hashes, unseal_any
 
 RECOVERY_CODES = 10
 STEP = 30
@@ -47,18 +53,26 @@ def new_enrolment(secret_key: str, account: Account, issuer: str) -> tuple[Enrol
     return Enrolment(secret, uri, qr), seal(secret_key, "totp-secret", secret.encode())
 
 
-def _secret(secret_key: str, account: Account) -> str | None:
+PURPOSE = "totp-secret"
+
+
+def _secret(keys: Ring, account: Account) -> tuple[str, bool] | None:
     if not account.totp_secret_sealed:
         return None
-    return unseal(secret_key, "totp-secret", account.totp_secret_sealed).decode()
+    plaintext, current = unseal_any(keys, PURPOSE, account.totp_secret_sealed)
+    return plaintext.decode(), current
 
 
-def accept_totp(secret_key: str, account: Account, code: str, now: datetime) -> bool:
-    """Accept a current, not yet used, code; remember its time step."""
-    secret = _secret(secret_key, account)
+def accept_totp(keys: Ring, account: Account, code: str, now: datetime) -> bool:
+    """Accept a current, not yet used, code; remember its time step. `keys`: the key ring
+    (`Settings.secret_keys`); a secret opened by an older key is sealed again under the current
+    one once a code from it is accepted. `SealBroken` when no key of the ring opens it."""
+    ring = as_ring(keys)
+    opened = _secret(ring, account)
     candidate = code.strip().replace(" ", "")
-    if secret is None or not (candidate.isascii() and candidate.isdigit() and len(candidate) == 6):
+    if opened is None or not (candidate.isascii() and candidate.isdigit() and len(candidate) == 6):
         return False
+    secret, by_current_key = opened
     totp = pyotp.TOTP(secret)
     current = int(now.timestamp()) // STEP
     for step in (current - 1, current, current + 1):
@@ -66,19 +80,28 @@ def accept_totp(secret_key: str, account: Account, code: str, now: datetime) -> 
             continue
         if secrets.compare_digest(totp.at(step * STEP), candidate):
             account.totp_last_step = step
+            if not by_current_key:
+                account.totp_secret_sealed = seal(ring[0], PURPOSE, secret.encode())
             return True
     return False
 
 
-def _recovery_hash(secret_key: str, account_id: uuid.UUID, code: str) -> str:
+def _recovery_value(account_id: uuid.UUID, code: str) -> str:
     normalized = code.strip().replace("-", "").replace(" ", "").upper()
-    return keyed_hash(secret_key, "recovery-code", f"{account_id}|{normalized}")
+    return f"{account_id}|{normalized}"
+
+
+def _recovery_hash(secret_key: str, account_id: uuid.UUID, code: str) -> str:
+    """Tagged with the key's id (`kit.crypto.tagged_hash`): `simcharge secrets reseal` counts
+    the accounts whose codes a previous key hashed."""
+    return tagged_hash(secret_key, "recovery-code", _recovery_value(account_id, code))
 
 
 async def new_recovery_codes(
     session: AsyncSession, secret_key: str, account_id: uuid.UUID, now: datetime
 ) -> list[str]:
-    """Replace the account's recovery codes; returns them (shown once)."""
+    """Replace the account's recovery codes; returns them (shown once). Hashed under the
+    current key (`secret_key`) only."""
     await session.execute(delete(RecoveryCode).where(RecoveryCode.account_id == account_id))
     codes = []
     for _ in range(RECOVERY_CODES):
@@ -96,16 +119,17 @@ async def new_recovery_codes(
 
 
 async def use_recovery_code(
-    session: AsyncSession, secret_key: str, account_id: uuid.UUID, code: str, now: datetime
+    session: AsyncSession, keys: Ring, account_id: uuid.UUID, code: str, now: datetime
 ) -> int | None:
-    """Spend a recovery code; returns how many are left, or None if it is not valid."""
-    digest = _recovery_hash(secret_key, account_id, code)
+    """Spend a recovery code; returns how many are left, or None if it is not valid. `keys`:
+    the key ring — a code hashed under any of its keys is good (a hash cannot be re-hashed)."""
+    digests = tagged_hashes(keys, "recovery-code", _recovery_value(account_id, code))
     row = (
         await session.execute(
             select(RecoveryCode)
             .where(
                 RecoveryCode.account_id == account_id,
-                RecoveryCode.code_hash == digest,
+                RecoveryCode.code_hash.in_(digests),
                 RecoveryCode.used_at.is_(None),
             )
             .with_for_update()

@@ -984,11 +984,13 @@ async def get_report(
     format: Literal["json", "csv"] = "json",
 ) -> Any:
     """Days are the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, UTC by default): `from` and `to`
-    are its dates, and each row's `day` is one.
-    `topups`: per day paid, method and currency actually paid — top-ups (orders credited),
-    money taken, fees, orders paid but never credited and their money, refunded (on the day the
-    provider confirmed the refund, whichever day its order was paid), net (amounts of different
-    currencies are never added up).
+    are its dates, each row's `day` is one, and each row names the zone (`time_zone`).
+    `topups`: read from the ledger alone, per day the ledger posted the money, method and
+    currency — top-ups (orders credited), money taken, fees, orders paid but never credited and
+    their money, what finance put on a balance (on the day it did), refunded, chargebacks
+    (disputes lost, reversals), dispute losses, and net: what the providers' clearing accounts
+    moved that day (amounts of different currencies are never added up). A day's figures never
+    change afterwards.
     `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
     (failed, cancelled, expired). `lines`: lines per lifecycle state now.
     The trial balance: `GET /admin/reports/trial-balance`.
@@ -1182,13 +1184,20 @@ class ApiKeyIssuedOut(BaseModel):
     )
 
 
+MAX_OFFSET = 1_000_000
+"""The most keys a page may skip: a number the database takes (`offset=2**63` was a 500, beyond
+its integer), far beyond any key count."""
+
+
 @router.get("/api-keys", response_model=list[ApiKeyOut], summary="API keys, newest first")
 async def list_keys(
     actor: KeyAdmin,
     db: DB,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, description="How many keys to skip (the next page)")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="How many keys to skip (the next page)")
+    ] = 0,
 ) -> list[ApiKeyOut]:
     """A page of keys (`limit`, from `offset`); `X-Total-Count` says how many there are."""
     async with db.read() as s:

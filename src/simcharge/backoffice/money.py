@@ -30,9 +30,17 @@ from simcharge.errors import (
     required_idempotency_key,
 )
 from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.money import from_minor, is_currency
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
-from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
+from simcharge.ledger.models import LedgerAccount
+from simcharge.ledger.service import (
+    NewTransfer,
+    TransferRejected,
+    TransferResult,
+    ensure_accounts,
+    post_transfers,
+)
 from simcharge.lifecycle import service as lifecycle
 from simcharge.lines.models import Bucket, Line, LineState
 from simcharge.lines.service import LineNotInService
@@ -56,6 +64,14 @@ class AdjustmentNotFound(NotFound):
 class AdjustmentDecided(Conflict):
     slug = "adjustment-decided"
     title = N_("This adjustment was already approved or rejected.")
+
+
+class InsufficientBalance(Conflict):
+    """A debit larger than what the wallet or bucket holds (TMF654's adjustments, reservations
+    and transfers say it too): no approval could make it possible."""
+
+    slug = "insufficient-balance"
+    title = N_("There is not enough balance for this.")
 
 
 class FourEyes(Forbidden):
@@ -215,9 +231,44 @@ def _check_live(bucket: Bucket | None, now: datetime) -> None:
         raise ValidationFailed(N_("The bucket has expired."), field="target")
 
 
-async def _apply(s: AsyncSession, adj: Adjustment, line: Line, now: datetime) -> None:
+async def available(s: AsyncSession, account_id: uuid.UUID) -> int:
+    """What a wallet or bucket holds now, less what is reserved (what a debit may take)."""
+    row = await s.get(LedgerAccount, account_id, populate_existing=True)
+    return 0 if row is None else row.credits_posted - row.debits_posted - row.debits_pending
+
+
+def _shown(amount: int, unit: str) -> str:
+    return f"{from_minor(amount, unit)} {unit}" if is_currency(unit) else f"{amount} {unit}"
+
+
+def _short(adj_amount: int, unit: str, held: int, *, field: str, waiting: bool) -> None:
+    """Refuse a debit of `adj_amount` when only `held` is there: at once when it is asked (not
+    put up for an approval that could never apply it), or when approving one that waits (it
+    stays waiting — the balance may cover it later — for the approver to reject or approve
+    again)."""
+    if adj_amount >= 0 or -adj_amount <= held:
+        return
+    said = (
+        N_(
+            "This adjustment takes {amount} and there is only {available} now: reject it, or "
+            "approve it once the balance covers it."
+        )
+        if waiting
+        else N_(
+            "This adjustment takes {amount} and there is only {available}: nothing was changed."
+        )
+    )
+    raise InsufficientBalance(
+        said, field=field, amount=_shown(-adj_amount, unit), available=_shown(max(held, 0), unit)
+    )
+
+
+async def _apply(
+    s: AsyncSession, adj: Adjustment, line: Line, now: datetime, *, field: str = "amount"
+) -> None:
     """One ledger transfer between the line's wallet or bucket and the operator's funding or
-    issuance account; its id derives from the adjustment (applying twice moves nothing more)."""
+    issuance account; its id derives from the adjustment (applying twice moves nothing more).
+    A debit the account cannot cover (taken meanwhile by usage) is `InsufficientBalance`."""
     wallet = adj.ledger_account_id == line.wallet_account_id
     operator = chart.funding(adj.unit) if wallet else chart.issuance(adj.unit)
     await ensure_accounts(s, [operator])
@@ -231,7 +282,14 @@ async def _apply(s: AsyncSession, adj: Adjustment, line: Line, now: datetime) ->
         code="adjustment",
         reference=f"adjustment:{adj.id}",
     )
-    await post_transfers(s, [transfer], now=now)
+    try:
+        await post_transfers(s, [transfer], now=now)
+    except TransferRejected as exc:
+        if exc.reason is not TransferResult.exceeds_credits:
+            raise
+        held = await available(s, adj.ledger_account_id)
+        _short(adj.amount, adj.unit, held, field=field, waiting=field != "amount")
+        raise
     adj.transfer_id = transfer.id
 
 
@@ -356,6 +414,9 @@ async def request_adjustment(
             raise ValidationFailed(
                 N_("No ticket of this line's customer has this id."), field="ticket_id"
             )
+    # A debit beyond what is there is refused at once, above the threshold as below it: put up
+    # for approval, it could never be applied (nor counted: the total is asked after).
+    _short(amount, unit, await available(s, account_id), field="amount", waiting=False)
     waits, before, limit = await needs_approval(
         s, settings, line, unit, wallet=target == "wallet", amount=amount, now=now
     )
@@ -470,7 +531,15 @@ async def decide_adjustment(
         line = await s.get(Line, adj.line_id, with_for_update={"key_share": True})
         assert line is not None
         _check_in_service(line, adj.amount, field="adjustment_id")  # it may have changed since
-        await _apply(s, adj, line, now)
+        # Its balance too (used since it was asked): refused with what is there, left waiting.
+        _short(
+            adj.amount,
+            adj.unit,
+            await available(s, adj.ledger_account_id),
+            field="adjustment_id",
+            waiting=True,
+        )
+        await _apply(s, adj, line, now, field="adjustment_id")
         await s.flush()
     await audit.record(
         s,

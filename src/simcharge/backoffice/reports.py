@@ -4,8 +4,9 @@ rows, CSV and SVG charts.
 
 Each report is grouped in SQL by the operator's day (`Period.zone`, an IANA time zone, UTC by
 default; `_local_day` says it in each database's words), so its memory follows its rows, not the
-period's orders; only the orders paid and never credited (exceptions, each flagged for finance)
-are read one by one. A period is at most `MAX_DAYS` long."""
+period's orders. The money reports (top-ups, the trial balance) read the ledger only, by the
+times its transfers were posted: a period's figures never change once it is over. Each dated
+row says its zone (`time_zone`). A period is at most `MAX_DAYS` long."""
 
 from __future__ import annotations
 
@@ -23,8 +24,21 @@ from zoneinfo import ZoneInfo
 
 from babel.numbers import format_decimal
 from markupsafe import Markup, escape
-from sqlalchemy import ColumnElement, Date, case, cast, func, literal_column, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Uuid,
+    and_,
+    case,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from simcharge.config import Settings
 from simcharge.db import dialect_name
@@ -34,9 +48,10 @@ from simcharge.kit.clock import operator_zone
 from simcharge.kit.i18n import BABEL_LOCALES
 from simcharge.kit.translations import N_, translate
 from simcharge.ledger.audit import trial_balance_sums
+from simcharge.ledger.models import LedgerAccount, LedgerTransfer
 from simcharge.lines.models import Line
-from simcharge.orders.models import CLOSED_UNPAID, Order, Refund, RefundState
-from simcharge.orders.refunds import applied_orders
+from simcharge.orders.models import CLOSED_UNPAID, Order, Refund
+from simcharge.orders.refunds import PROVIDER
 
 MAX_DAYS = 366
 UTC_ZONE = ZoneInfo("UTC")
@@ -124,38 +139,50 @@ def period(
 
 @dataclass(frozen=True, slots=True)
 class TopupRow:
-    """One day, method and currency — the currency the money was actually paid (or refunded)
-    in: amounts of different currencies are never added up."""
+    """One day, method and currency, read from the ledger: what its transfers through the
+    providers' `clearing` accounts (and the `applied` ones) moved that day. Amounts of different
+    currencies are never added up: a row is the currency the transfers were in."""
 
     day: date
-    """The operator's day the orders were paid — or, for `refunded`, the refunds confirmed."""
+    """The operator's day the ledger posted the transfers (their `created_at`), whatever day
+    the provider says the payment or refund happened: a day's figures never change later."""
     method: str
     currency: str
     topups: int
-    """Orders credited: the plan's money and units reached the line (later refunds included)."""
+    """Orders credited that day (their `topup` transfer: clearing → `revenue:sales`)."""
     amount: int
-    """Money taken for them, minor units (what the provider confirmed)."""
+    """Money taken for them, minor units: the sale and the fee (`topup` and `fee` transfers)."""
     fees: int
-    """The payment fees in it."""
+    """The payment fees in it (`fee` transfers: clearing → `revenue:fees`)."""
     uncredited: int
-    """Orders paid but never credited (a wrong amount or currency, a line that was gone):
-    money taken, not a top-up, held for the payer until finance refunds it or puts it on the
-    line's balance."""
+    """Orders whose money was taken that day and not credited (a wrong amount or currency, a
+    line that was gone): their `unapplied` transfer (clearing → `unapplied`), held for the payer
+    until finance refunds it or puts it on the line's balance — counted here for good, whatever
+    happens to it later."""
     uncredited_amount: int
-    """The money taken for orders never credited that did not go on a line's balance: held, or
-    refunded (the refunds are in `refunded`) — for an order put on the balance, the part of it
-    refunded (or held) before the rest went on the balance."""
+    """What those `unapplied` transfers moved."""
     applied: int
-    """Orders paid, never credited, whose money finance put on the line's balance
-    (`orders.refunds.apply_to_wallet`): the customer's credit now, no longer held."""
+    """Orders whose held money finance put on the line's balance that day (their `applied`
+    transfer, `unapplied` → wallet, `orders.refunds.apply_to_wallet`), whichever day it was
+    taken."""
     applied_amount: int
-    """What went on the balance for them: the ledger's `applied` transfers."""
+    """What those `applied` transfers moved: within the books, not through clearing, so not in
+    `net`."""
     refunded: int
-    """Refunds the provider confirmed that day (of any day's orders paid this way), in this
-    currency: a refund belongs to the day its money left, not to its order's day."""
+    """Refunds whose money left clearing that day (`refund`, `refund_fee`): ours once the
+    provider confirmed them, those made at the provider once recorded (or once their payment
+    was) — not lost disputes."""
+    chargebacks: int
+    """Disputes lost (and PayPal's reversals), recorded as refunds by the provider: the part
+    of their money that was left to refund, out of clearing that day."""
+    dispute_losses: int
+    """What a lost dispute took beyond what was left to refund (`dispute_loss`: clearing →
+    `loss:disputes`), the payer paid twice."""
     net: int
-    """`amount` + `uncredited_amount` + `applied_amount` − `refunded`: what the day's payments
-    and refunds left in hand."""
+    """`amount` + `uncredited_amount` − `refunded` − `chargebacks` − `dispute_losses`: the
+    movement of the providers' clearing accounts that day."""
+    time_zone: str = "UTC"
+    """The zone whose days `day` counts (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +191,7 @@ class ConversionRow:
     created: int
     paid: int
     rate: float
+    time_zone: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +200,7 @@ class FailureRow:
     method: str
     state: str
     orders: int
+    time_zone: str = "UTC"
 
 
 def _local_day(s: AsyncSession, column: Any, p: Period) -> ColumnElement[date]:
@@ -206,81 +235,110 @@ def _local_day(s: AsyncSession, column: Any, p: Period) -> ColumnElement[date]:
     return type_coerce(case(*branches, else_=shifted(offsets[-1][1])), Date)
 
 
-async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
-    """Per day paid (a refund: per day confirmed), method and currency. Each amount is added
-    to the row of its own currency: money taken in the currency paid, a fee in the order's
-    currency, a refund in the refund's — for a credited order these are the same; an order
-    paid in another currency than it asked for was never credited and shows under `uncredited`
-    in the currency it was paid in.
+MOVED = ("posted", "post_pending")
+"""Transfers that moved money: posted at once, or a reservation's posting. A reservation still
+open (a refund asked, not confirmed) is no entry yet; a voided or expired one never was."""
+_UUID_TEXT = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
-    Money is what the ledger holds of it: a payment the provider confirmed without naming its
-    amount or its currency counts as an order taken and not credited, with no money (nothing
-    was posted, `orders.refunds.received_unapplied`; finance sees the order flagged). An order
-    put on a balance adds what its `applied` transfer moved to `applied_amount` and the rest of
-    what was taken (refunded or held before) to `uncredited_amount`: the two add up to what
-    `unapplied` received."""
+
+def referenced_id(s: AsyncSession, reference: Any, prefix: str) -> ColumnElement[Any]:
+    """The id a transfer's `reference` names after `prefix` (`order:<id>`, `order:<id>:dispute`,
+    `refund:<id>`), as the database stores ids, to join on in SQL: PostgreSQL's `uuid` (cast
+    only when the reference is one: any other reference is NULL, never an error), SQLite's 32
+    hex digits. NULL, and so joined to nothing, when the reference names none."""
+    text_id = func.substr(reference, len(prefix) + 1, 36)
+    if dialect_name(s) == "postgresql":
+        pattern: ColumnElement[str] = literal_column(f"'^{prefix}{_UUID_TEXT}'")
+        return case((reference.op("~")(pattern), cast(text_id, Uuid())), else_=None)
+    return case(
+        (reference.like(f"{prefix}%"), func.replace(text_id, "-", "")), else_=None
+    )
+
+
+def _chargeback() -> ColumnElement[bool]:
+    """A refund recorded for a lost dispute (`reversals.record_lost_dispute`, its key names the
+    dispute) or a reversal the provider settled (PayPal's `PAYMENT.CAPTURE.REVERSED`: its reason
+    says so, as `reversals._names_a_reversal` reads it)."""
+    return and_(
+        Refund.requested_by.startswith(PROVIDER),
+        or_(
+            Refund.request_key.contains(":dispute:"),
+            func.lower(func.coalesce(Refund.reason, "")).contains("reversed"),
+        ),
+    )
+
+
+async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
+    """Per operator's day, method and currency, from the ledger alone: the transfers through
+    the providers' `clearing` accounts (and the `applied` ones) posted within the period, by
+    their own `created_at` and code — never the provider's `paid_at` or an order's state today,
+    so a period's figures never change once it is over (the ledger's rows are immutable and
+    each is posted at the time it is written). Grouped in SQL: a few rows a day.
+
+    Into clearing (debited): `topup` (a sale: `topups`, `amount`), `fee` (`amount`, `fees`),
+    `unapplied` (money taken and not credited: `uncredited`, `uncredited_amount`). Out of it
+    (credited): `refund`, `refund_fee` (`refunded`, or `chargebacks` for a lost dispute's or a
+    reversal's refund), `dispute_loss` (`dispute_losses`). `net` is their difference: the
+    clearing accounts' movement, to the minor unit; a transfer of another code, should one
+    appear, counts in `amount` or `refunded` by its side so that `net` stays so. The method is
+    the order's, found by the transfer's reference (a refund: its order's)."""
     acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
-    day = _local_day(s, Order.paid_at, p).label("day")
-    taken_in = func.coalesce(Order.paid_currency, Order.currency).label("taken_in")
-    in_period = (Order.paid_at >= p.since, Order.paid_at < p.until)
-    credited = await s.execute(
-        select(
-            day,
-            Order.method_code,
-            taken_in,
-            Order.currency,
-            func.count(),
-            func.sum(func.coalesce(Order.paid_amount, Order.total)),
-            func.sum(Order.fee),
-        )
-        .where(*in_period, Order.fulfilled_at.is_not(None))
-        .group_by(day, Order.method_code, taken_in, Order.currency)
+    t = LedgerTransfer
+    clearing = aliased(LedgerAccount)
+    day = _local_day(s, t.created_at, p).label("day")
+    in_period = (t.kind.in_(MOVED), t.created_at >= p.since, t.created_at < p.until)
+    order_of = referenced_id(s, t.reference, "order:")
+    money_in = await s.execute(
+        select(day, Order.method_code, t.unit, t.code, func.count(), func.sum(t.amount))
+        .select_from(t)
+        .join(clearing, clearing.id == t.debit_account_id)
+        .outerjoin(Order, Order.id == order_of)
+        .where(*in_period, clearing.code == "clearing")
+        .group_by(day, Order.method_code, t.unit, t.code)
     )
-    for d, method, paid_in, currency, n, taken, fee in credited:
-        acc[(d, method, paid_in)]["topups"] += int(n)
-        acc[(d, method, paid_in)]["amount"] += int(taken)
-        acc[(d, method, currency)]["fees"] += int(fee)
-    # Taken and never credited: the exceptions, each looked up (put on a wallet or still held).
-    uncredited = (
-        await s.execute(
-            select(
-                Order.id, day, Order.method_code, taken_in, Order.paid_amount, Order.paid_currency
-            ).where(*in_period, Order.fulfilled_at.is_(None))
-        )
-    ).all()
-    applied = await applied_orders(s, [r.id for r in uncredited])
-    for order_id, d, method, paid_in, paid, paid_currency in uncredited:
-        row = acc[(d, method, paid_in)]
-        # As `received_unapplied`: without an amount and a currency nothing reached the ledger.
-        taken = paid if paid and paid > 0 and paid_currency else 0
-        if order_id in applied:
-            row["applied"] += 1
-            row["applied_amount"] += applied[order_id]
-            row["uncredited_amount"] += max(0, taken - applied[order_id])
+    for d, method, unit, code, n, amount in money_in:
+        row = acc[(d, method or "", unit)]
+        if code == "unapplied":
+            row["uncredited"] += int(n)
+            row["uncredited_amount"] += int(amount)
+            continue
+        row["amount"] += int(amount)
+        if code == "topup":
+            row["topups"] += int(n)
+        elif code == "fee":
+            row["fees"] += int(amount)
+    refund = referenced_id(s, t.reference, "refund:")
+    charged_back = case((_chargeback(), t.amount), else_=0)
+    money_out = await s.execute(
+        select(day, Order.method_code, t.unit, t.code, func.sum(t.amount),
+               func.sum(charged_back))
+        .select_from(t)
+        .join(clearing, clearing.id == t.credit_account_id)
+        .outerjoin(Refund, Refund.id == refund)
+        .outerjoin(Order, Order.id == func.coalesce(Refund.order_id, order_of))
+        .where(*in_period, clearing.code == "clearing")
+        .group_by(day, Order.method_code, t.unit, t.code)
+    )  # fmt: skip
+    for d, method, unit, code, amount, chargebacks in money_out:
+        row = acc[(d, method or "", unit)]
+        if code == "dispute_loss":
+            row["dispute_losses"] += int(amount)
         else:
-            row["uncredited"] += 1
-            row["uncredited_amount"] += taken
-    # A refund counts on the day its money left (finance closes days: a refund in March of a
-    # January payment is March's): when the provider confirmed it — or, for one reported before
-    # its payment, when the payment was known and its money posted.
-    refunded_at = case(
-        (Order.paid_at > Refund.completed_at, Order.paid_at),
-        else_=func.coalesce(Refund.completed_at, Refund.created_at),
+            row["chargebacks"] += int(chargebacks or 0)
+            row["refunded"] += int(amount) - int(chargebacks or 0)
+    held = aliased(LedgerAccount)
+    applied = await s.execute(
+        select(day, Order.method_code, t.unit, func.count(), func.sum(t.amount))
+        .select_from(t)
+        .join(held, held.id == t.debit_account_id)
+        .outerjoin(Order, Order.id == order_of)
+        .where(*in_period, t.code == "applied", held.code == "unapplied")
+        .group_by(day, Order.method_code, t.unit)
     )
-    refund_day = _local_day(s, refunded_at, p).label("day")
-    refunds = await s.execute(
-        select(refund_day, Order.method_code, Refund.currency, func.sum(Refund.amount))
-        .join(Order, Order.id == Refund.order_id)
-        .where(
-            Order.paid_at.is_not(None),
-            refunded_at >= p.since,
-            refunded_at < p.until,
-            Refund.state == RefundState.succeeded.value,
-        )
-        .group_by(refund_day, Order.method_code, Refund.currency)
-    )
-    for d, method, currency, amount in refunds:
-        acc[(d, method, currency)]["refunded"] += int(amount)
+    for d, method, unit, n, amount in applied:
+        row = acc[(d, method or "", unit)]
+        row["applied"] += int(n)
+        row["applied_amount"] += int(amount)
     return [
         TopupRow(
             d,
@@ -294,7 +352,11 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
             applied=a["applied"],
             applied_amount=a["applied_amount"],
             refunded=a["refunded"],
-            net=a["amount"] + a["uncredited_amount"] + a["applied_amount"] - a["refunded"],
+            chargebacks=a["chargebacks"],
+            dispute_losses=a["dispute_losses"],
+            net=a["amount"] + a["uncredited_amount"] - a["refunded"] - a["chargebacks"]
+            - a["dispute_losses"],
+            time_zone=p.zone.key,
         )
         for (d, m, c), a in sorted(acc.items())
     ]
@@ -309,7 +371,9 @@ async def conversion(s: AsyncSession, p: Period) -> list[ConversionRow]:
     )
     counts = {d: (int(created), int(paid)) for d, created, paid in rows}
     return [
-        ConversionRow(d, created, paid, round(paid / created, 4) if created else 0.0)
+        ConversionRow(
+            d, created, paid, round(paid / created, 4) if created else 0.0, p.zone.key
+        )
         for d in p.days()
         for created, paid in [counts.get(d, (0, 0))]
     ]
@@ -326,7 +390,7 @@ async def failures(s: AsyncSession, p: Period) -> list[FailureRow]:
         )
         .group_by(day, Order.method_code, Order.state)
     )
-    found = [FailureRow(d, m, st, int(n)) for d, m, st, n in rows]
+    found = [FailureRow(d, m, st, int(n), p.zone.key) for d, m, st, n in rows]
     return sorted(found, key=lambda f: (f.day, f.method, f.state))
 
 
@@ -352,6 +416,8 @@ class TrialBalanceRow:
     balance: int
     """`debits` − `credits`: positive for a debit balance (what a provider owes, in
     `clearing`), negative for a credit balance (revenue, what lines hold)."""
+    time_zone: str = "UTC"
+    """The zone whose day ends the balance (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +439,7 @@ async def trial_balance(s: AsyncSession, p: Period) -> TrialBalance:
     grouped in SQL); each unit's debits and credits must be equal."""
     sums = await trial_balance_sums(s, p.until)
     rows = [
-        TrialBalanceRow(unit, code, key, debits, credits, debits - credits)
+        TrialBalanceRow(unit, code, key, debits, credits, debits - credits, p.zone.key)
         for (unit, code, key), (debits, credits) in sorted(
             sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
         )
@@ -446,6 +512,9 @@ def bar_chart(
     pad_left, pad_bottom, pad_top = 8, 28, 24
     inner_w, inner_h = width - 2 * pad_left, height - pad_bottom - pad_top
     top = max((v for _, v in points), default=0)
+    heading = translate(language, N_("{title} — highest: {value}")).format(
+        title=title, value=value_label(top)
+    )
     bottom = min((v for _, v in points), default=0)
     span = (max(top, 0) - min(bottom, 0)) or 1
     zero = pad_top + inner_h * max(top, 0) / span
@@ -456,13 +525,9 @@ def bar_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
         f'viewBox="0 0 {width} {height}" width="100%" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
-        f'<text x="{pad_left}" y="16" font-size="13" fill="#1b2733">'
-        + escape(
-            translate(language, N_("{title} — highest: {value}")).format(
-                title=title, value=value_label(top)
-            )
-        )
-        + "</text>",
+        # One f-string: `str + Markup` escaped the markup itself (`Markup.__radd__`), and the
+        # heading showed as escaped text, not as an element SVG draws.
+        f'<text x="{pad_left}" y="16" font-size="13" fill="#1b2733">{escape(heading)}</text>',
         f'<line x1="{pad_left}" y1="{zero:.1f}" x2="{width - pad_left}" '
         f'y2="{zero:.1f}" stroke="#d8dee4"/>',
     ]
@@ -496,7 +561,16 @@ COLUMNS: dict[str, list[str]] = {
 
 MINOR_COLUMNS: dict[str, frozenset[str]] = {
     "topups": frozenset(
-        {"amount", "fees", "uncredited_amount", "applied_amount", "refunded", "net"}
+        {
+            "amount",
+            "fees",
+            "uncredited_amount",
+            "applied_amount",
+            "refunded",
+            "chargebacks",
+            "dispute_losses",
+            "net",
+        }
     ),
     "trial-balance": frozenset({"debits", "credits", "balance"}),
 }

@@ -46,6 +46,7 @@ from simcharge.errors import NotFound, ValidationFailed, required_idempotency_ke
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import uuid7
 from simcharge.kit.money import LossyConversionError, is_currency, to_minor
+from simcharge.kit.numbers import written_number
 from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.kit.units import locale_of
@@ -76,14 +77,22 @@ AMOUNT_BOUND = 10**12
 """The largest amount typed on a page, in ledger units either way: the API's bound."""
 
 
-def parse_amount(raw: str, unit: str, language: str, field: str = "amount") -> int:
+def parse_amount(
+    raw: str, unit: str, language: str, field: str = "amount", *, signed: bool = True
+) -> int:
     """A signed amount typed by staff in the unit's everyday measure, in the page's number
     format (`1,50` in Spanish, `1,000.50` in English — strictly: a separator in the wrong
     place is not understood, never read as a hundred times as much), in the ledger's units,
-    within what the API takes (`AdjustmentIn.amount`)."""
+    within what the API takes (`AdjustmentIn.amount`). Only ASCII digits, the page's
+    separators and, `signed`, a leading `-` (`kit.numbers.written_number`, as the portal reads
+    amounts): `1_0`, `1E+1`, `+5`, `.5`, Arabic-Indic or full-width digits are not amounts."""
     amount: int | None
+    typed = raw.strip()
+    loc = locale_of(language)
     try:
-        number = Decimal(parse_decimal(raw.strip(), locale=locale_of(language), strict=True))
+        if not written_number(loc, signed=signed).fullmatch(typed):
+            raise ValueError(typed)
+        number = Decimal(parse_decimal(typed, locale=loc, strict=True))
         # Bounded before `to_minor` makes an integer of it: "1e99999999" would take minutes.
         if not number.is_finite() or number.copy_abs() > AMOUNT_BOUND:
             amount = None
@@ -410,7 +419,7 @@ async def refund(
         # In what was paid (a payment in another currency than the order's is refunded in it).
         paid_in = (order.paid_currency or order.currency) if order else ""
         language = language_of(request, actor)
-        minor = parse_amount(amount, paid_in, language) if order and amount.strip() else None
+        minor = parse_amount(amount, paid_in, language, signed=False) if order and amount.strip() else None
         if order is not None:
             minor = _how_much(minor, ticked=bool(everything), shown=left)
         row = await money.refund(

@@ -30,11 +30,12 @@ from simcharge.errors import (
     NotAuthenticated,
     NotFound,
     Refused,
+    SecondFactorUnavailable,
     TooManyAttempts,
     ValidationFailed,
 )
 from simcharge.kit.clock import utcnow
-from simcharge.kit.crypto import keyed_hash, seal, unseal
+from simcharge.kit.crypto import SealBroken, keyed_hash, seal, unseal_any
 from simcharge.kit.i18n import normalize_language
 from simcharge.kit.translations import N_
 from simcharge.notifications.service import tell_staff
@@ -233,10 +234,16 @@ async def check_password(
     return staff
 
 
-def _secret(settings: Settings, staff: StaffUser) -> str | None:
+TOTP_PURPOSE = "staff-totp"
+
+
+def _secret(settings: Settings, staff: StaffUser) -> tuple[str, bool] | None:
+    """The member's TOTP secret, read with the key ring, and whether the current key sealed it.
+    `SealBroken` when no key of the ring opens it."""
     if not staff.totp_secret_sealed:
         return None
-    return unseal(settings.secret_key, "staff-totp", staff.totp_secret_sealed).decode()
+    plaintext, current = unseal_any(settings.secret_keys, TOTP_PURPOSE, staff.totp_secret_sealed)
+    return plaintext.decode(), current
 
 
 def start_enrolment(settings: Settings, staff: StaffUser) -> tuple[str, str, str]:
@@ -246,14 +253,20 @@ def start_enrolment(settings: Settings, staff: StaffUser) -> tuple[str, str, str
     uri = pyotp.TOTP(secret).provisioning_uri(
         name=staff.username, issuer_name=f"{settings.operator_name} back office"
     )
-    staff.totp_secret_sealed = seal(settings.secret_key, "staff-totp", secret.encode())
+    staff.totp_secret_sealed = seal(settings.secret_key, TOTP_PURPOSE, secret.encode())
     return secret, uri, segno.make(uri, error="m").svg_data_uri(scale=4)
 
 
 def enrolment_of(settings: Settings, staff: StaffUser) -> tuple[str, str, str] | None:
-    secret = _secret(settings, staff)
-    if secret is None:
+    """The enrolment under way (None: none, or one no key of the ring opens any more — the
+    code page then starts a new one)."""
+    try:
+        opened = _secret(settings, staff)
+    except SealBroken:
         return None
+    if opened is None:
+        return None
+    secret = opened[0]
     uri = pyotp.TOTP(secret).provisioning_uri(
         name=staff.username, issuer_name=f"{settings.operator_name} back office"
     )
@@ -261,11 +274,21 @@ def enrolment_of(settings: Settings, staff: StaffUser) -> tuple[str, str, str] |
 
 
 def accept_code(settings: Settings, staff: StaffUser, code: str, now: datetime) -> bool:
-    """A current code not used before (each 30 s step once; one step of drift either way)."""
-    secret = _secret(settings, staff)
+    """A current code not used before (each 30 s step once; one step of drift either way). The
+    secret is read with the key ring; one an older key opened is sealed again under the current
+    key once a code from it is accepted. A secret no key opens: an enrolment not confirmed yet
+    answers False (the code page starts a new one); a confirmed one raises
+    `SecondFactorUnavailable` (503: not a wrong code, nothing counted; README, "Rotating the secret key")."""
+    try:
+        opened = _secret(settings, staff)
+    except SealBroken:
+        if staff.totp_enabled_at is None:
+            return False
+        raise SecondFactorUnavailable() from None
     candidate = code.strip().replace(" ", "")
-    if secret is None or not (candidate.isascii() and candidate.isdigit() and len(candidate) == 6):
+    if opened is None or not (candidate.isascii() and candidate.isdigit() and len(candidate) == 6):
         return False
+    secret, by_current_key = opened
     totp = pyotp.TOTP(secret)
     current = int(now.timestamp()) // STEP
     for step in (current - 1, current, current + 1):
@@ -273,6 +296,8 @@ def accept_code(settings: Settings, staff: StaffUser, code: str, now: datetime) 
             continue
         if secrets.compare_digest(totp.at(step * STEP), candidate):
             staff.totp_last_step = step
+            if not by_current_key:
+                staff.totp_secret_sealed = seal(settings.secret_key, TOTP_PURPOSE, secret.encode())
             return True
     return False
 

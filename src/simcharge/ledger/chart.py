@@ -11,6 +11,7 @@ lookup; `ensure_accounts` creates them the first time they are needed.
 | `revenue:fees:<CUR>` | currency | payment fees charged to customers |
 | `revenue:usage:<CUR>` | currency | wallet money spent on usage |
 | `funding:<CUR>` | currency | wallet credit issued to lines (by plans, gifts, adjustments) |
+| `channel:<client>:<CUR>` | currency | what a TMF654 client (shop, partner) owes for credit sold |
 | `loss:disputes:<CUR>` | currency | disputes lost beyond what was left to refund (debit-normal) |
 | `expiry:<unit>` | any | what expired unused |
 | `issuance:<unit>` | units | minutes, bytes and messages issued to buckets |
@@ -75,6 +76,13 @@ def usage_revenue(currency: str, shard: int = 0) -> NewAccount:
 
 def funding(currency: str, shard: int = 0) -> NewAccount:
     return _account(f"funding:{currency}", currency, "funding", shard)
+
+
+def channel(client: str, currency: str, shard: int = 0) -> NewAccount:
+    """The receivable from a sales channel that sells wallet credit through TMF654
+    (`topupBalance`): debited by each top-up it makes, what the partner collected (cash at a
+    shop…) and owes the operator. `client`: the API key's client id (its rotations share it)."""
+    return _account(f"channel:{client}:{currency}", currency, "channel", shard)
 
 
 def dispute_losses(currency: str, shard: int = 0) -> NewAccount:

@@ -16,7 +16,7 @@ from simcharge.auth.events import EventKind, record_event
 from simcharge.config import Settings
 from simcharge.db import insert_if_absent, table_of
 from simcharge.kit.clock import utcnow
-from simcharge.kit.crypto import SealBroken, unseal
+from simcharge.kit.crypto import SealBroken, unseal_any
 from simcharge.kit.i18n import spoken
 from simcharge.kit.ids import derived_id
 from simcharge.lines.models import Line
@@ -354,7 +354,9 @@ async def send_sms_job(ctx: JobContext, payload: dict[str, Any]) -> None:
 @job(SEND_CODE, scrub_payload=True)
 async def send_code_job(ctx: JobContext, payload: dict[str, Any]) -> None:
     try:
-        code = unseal(ctx.settings.secret_key, "outbox-code", str(payload["sealed"])).decode()
+        # With the key ring: a code queued just before a rotation of the secret key still goes.
+        sealed = str(payload["sealed"])
+        code = unseal_any(ctx.settings.secret_keys, "outbox-code", sealed)[0].decode()
     except (KeyError, SealBroken) as exc:
         raise PermanentJobError("the code cannot be unsealed") from exc
     await send_message(

@@ -225,9 +225,12 @@ async def detail_parts(
 
 
 async def detail(s: AsyncSession, order: Order, language: str) -> OrderDetailOut:
-    """An order with its payment history. `gift`: the line is not the payer's (now)."""
+    """An order with its payment history. `gift`: the line is not the payer's (now). A refund
+    that a lost dispute absorbed whole (done, nothing of it paid out by us: the payer had the
+    money back through their bank, `refunds._past_what_was_paid`) is staff's, not the payer's."""
     fields, refunds = await detail_parts(s, order, language)
-    return OrderDetailOut(**fields, refunds=refunds_out(refunds))
+    shown = [r for r in refunds if not (r.state == RefundState.succeeded.value and not r.amount)]
+    return OrderDetailOut(**fields, refunds=refunds_out(shown))
 
 
 @router.post("/quotes", response_model=QuoteOut, summary="What a top-up would cost")

@@ -19,10 +19,15 @@ The ledger policy. A refund of `r`:
 
 Ours are asked of the provider by the worker, after commit. Until the provider confirms,
 everything above is held as pending ledger transfers: the units and credit cannot be spent, and
-nothing is final. Confirmed: posted, and the order `partially_refunded` or `refunded` — an
-uncredited one `refunded` once all that was paid is refunded (it no longer awaits credit), still
-`paid` before. Refused: voided (the customer keeps everything) and the order is flagged
-`refund_failed` for finance.
+nothing is final. Confirmed: posted, each transfer under the code it was held with (`refund`,
+`refund_fee`, `clawback`), and the order `partially_refunded` or `refunded` — an uncredited one
+`refunded` once all that was paid is refunded (it no longer awaits credit), still `paid` before.
+Refused: voided (the customer keeps everything) and the order is flagged `refund_failed` for
+finance. Confirmed for more than is left of the payment — a dispute lost, or a refund at the
+provider, took the rest while it was held — only what was left is a refund: an order is never
+refunded past what was paid; the rest the provider paid the payer twice, the operator's loss
+(`_past_what_was_paid`). An order whose payment is disputed, the dispute open, is not refunded
+(`409 order-disputed`): the provider would refuse it.
 
 A done refund of an order that has a receipt gets a credit note, numbered in the transaction
 that completes it (`service.issue_credit_note`: `C2026-000001`, its own gapless series), and its
@@ -34,6 +39,7 @@ Refunds made at the provider without us, and chargebacks: `orders.reversals`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
@@ -55,7 +61,14 @@ from simcharge.lifecycle.service import forfeit_transfers
 from simcharge.lines.models import Line, LineState
 from simcharge.lines.service import bucket_id
 from simcharge.notifications.service import CHANNELS, notify
-from simcharge.orders.models import Attention, Order, OrderState, Refund, RefundState
+from simcharge.orders.models import (
+    Attention,
+    Order,
+    OrderState,
+    ProviderEvent,
+    Refund,
+    RefundState,
+)
 from simcharge.orders.service import (
     OrderNotFound,
     applied_transfer_id,
@@ -63,6 +76,7 @@ from simcharge.orders.service import (
     issue_credit_note,
     issue_receipt_number,
 )
+from simcharge.payments.codec import dispute_from_json
 from simcharge.payments.providers import RefundResult
 from simcharge.payments.providers import RefundState as ProviderRefundState
 from simcharge.worker.service import enqueue
@@ -104,6 +118,15 @@ class RefundAmountUnreported(Conflict):
 class RefundTooLarge(ValidationFailed):
     slug = "refund-too-large"
     title = N_("The refund is larger than what is left to refund.")
+
+
+class OrderDisputed(Conflict):
+    slug = "order-disputed"
+    title = N_(
+        "The payer disputed this payment with their bank: it cannot be refunded while the "
+        "dispute is open (the provider refuses it). If the dispute is lost, the money goes back "
+        "to the payer through their bank."
+    )
 
 
 class RefundNotPayable(ValidationFailed):
@@ -327,6 +350,9 @@ async def ask_for_refund(
         raise NotRefundable(field="order_id")
     if amount_unknown(order):
         raise PaidAmountUnknown(field="order_id")
+    if await dispute_open(session, order):
+        # Refused here, not by the provider after a 202: Stripe answers `charge_disputed`.
+        raise OrderDisputed(field="order_id")
     left = await refundable(session, order)
     currency = order.paid_currency or order.currency
     amount = left if amount is None else amount
@@ -373,6 +399,40 @@ async def ask_for_refund(
         dedupe_key=f"{REFUND_JOB}:{refund.id}",
     )
     return refund, True
+
+
+DISPUTE_DECIDED = frozenset({"won", "lost", "warning_closed", "prevented", "charge_refunded"})
+"""Stripe's statuses of a dispute that is over: decided for one side (`won`, `lost`), an inquiry
+closed (`warning_closed`), one prevented, or (its former status) settled by a refund."""
+DISPUTE_INQUIRY = "warning_"
+"""Stripe's inquiry (`warning_needs_response`, `warning_under_review`): a question from the
+issuer, no chargeback — the money is not withdrawn and the charge can still be refunded
+(`is_charge_refundable`); refunding it is one way to answer it."""
+
+
+async def dispute_open(session: AsyncSession, order: Order) -> bool:
+    """Whether a chargeback of this order's payment is open: a dispute on record (its
+    notifications, processed or not) that none of them says is over — in whatever order they
+    came, a dispute once decided stays decided — and that is no inquiry. The provider holds the
+    money and refuses a refund (Stripe: `charge_disputed`) until it is decided."""
+    # Read in Python: an event that reports none stores JSON `null`, which is no SQL NULL. An
+    # order has a handful of events.
+    rows = (
+        await session.execute(
+            select(ProviderEvent.dispute).where(ProviderEvent.order_id == order.id)
+        )
+    ).scalars().all()
+    statuses: dict[str, set[str | None]] = {}
+    for found in rows:
+        if not found:
+            continue
+        dispute = dispute_from_json(found)
+        statuses.setdefault(dispute.dispute_id, set()).add(dispute.dispute_status)
+    return any(
+        not (seen & DISPUTE_DECIDED)
+        and not all((status or "").startswith(DISPUTE_INQUIRY) for status in seen)
+        for seen in statuses.values()
+    )
 
 
 def plan_of(transfers: list[NewTransfer], **more: Any) -> dict[str, Any]:
@@ -435,8 +495,19 @@ async def money_back(
             )
         )
     ).scalars().all()
+    done = [x for x in others if x.state == RefundState.succeeded.value]
+    if refund.requested_by.startswith(PROVIDER):
+        # Money the provider gave back without us (a dispute lost…) is split against what is
+        # done only: a refund of ours still held may yet be refused, or complete past what was
+        # paid (`_past_what_was_paid`) — the fee it held would then never come back.
+        others = done
     previous_fee = sum(int((x.plan or {}).get("fee", 0)) for x in others)
-    if sum(x.amount for x in others) + r >= total:
+    if sum(x.amount for x in done) + r >= total:
+        # All that the done refunds left (the last of the money; or ours completing past what
+        # was paid, for what was left of it): all the fee they did not give back.
+        done_fee = sum(int((x.plan or {}).get("fee", 0)) for x in done)
+        fee_back = max(0, min(r, order.fee - done_fee))
+    elif sum(x.amount for x in others) + r >= total:
         # The last of the money: all the fee not given back yet, whatever the parts' rounding
         # did (700 + 700 + 719 of 2,119 with a fee of 119 gave back 118 of it, and 2,001 of
         # sales for 2,000 sold).
@@ -561,36 +632,27 @@ async def complete_refund(
     assert order is not None
     ids = [uuid.UUID(t) for t in (refund.plan or {}).get("transfers", [])]
     succeeded = result.state is ProviderRefundState.succeeded
-    kind = TransferKind.post_pending if succeeded else TransferKind.void_pending
     line = None
     if not succeeded and ids and order.fulfilled_at is not None:
         # The voids give the line back what they held: locked first (a line before its
         # accounts, as a top-up and termination take them), so it is not terminated meanwhile.
         line = await session.get(Line, order.line_id, with_for_update=True)
-    if ids:
-        await post_transfers(
-            session,
-            [
-                NewTransfer(
-                    id=derived_id("refund-end", refund.id, pid),
-                    kind=kind,
-                    pending_id=pid,
-                    code="refund" if succeeded else "refund_voided",
-                    reference=f"refund:{refund.id}",
-                )
-                for pid in ids
-            ],
-            now=now,
-        )
     refund.completed_at = now
     refund.provider_refund_id = result.provider_refund_id
     if not succeeded:
+        await post_transfers(session, [_end(refund, pid, None) for pid in ids], now=now)
         refund.state, refund.error = RefundState.failed.value, f"{result.raw or 'refused'}"[:500]
         flag_order(order, Attention.refund_failed, note or f"refund {refund.reference} refused")
         if line is not None and line.state == LineState.terminated.value:
             await _forfeit_on_terminated_line(session, line, refund, now)
         return "refund_failed"
     refund.state = RefundState.succeeded.value
+    held = await _held_codes(session, ids)
+    left = max(0, paid_of(order) - order.refunded_amount)
+    if refund.amount > left:
+        return await _past_what_was_paid(session, order, refund, ids, held, left, now)
+    # Each posted under the code it was held with (`refund`, `refund_fee`, `clawback`).
+    await post_transfers(session, [_end(refund, pid, held.get(pid, "refund")) for pid in ids], now=now)
     order.refunded_amount += refund.amount
     refunded_state(order)
     # The receipt stays as issued; the refund gets its own credit note, numbered now — in this
@@ -598,6 +660,107 @@ async def complete_refund(
     await issue_receipt_number(session, order.id)
     credit_note = await issue_credit_note(session, refund.id, now)
     await tell_payer_of_refund(session, order, refund, credit_note)
+    return "refunded"
+
+
+MONEY_CODES = ("refund", "refund_fee")
+"""The codes of a refund's transfers that give money back (`money_back`); its others take back
+what the order granted (`clawback`)."""
+
+
+async def _held_codes(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The code each of a refund's pending transfers was made with. (Until the fifteenth review
+    round every one was posted as `refund`: the fee's share and the clawbacks lost their
+    codes in the ledger once the refund was done.)"""
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(LedgerTransfer.id, LedgerTransfer.code).where(LedgerTransfer.id.in_(ids))
+    )
+    return {transfer_id: code for transfer_id, code in rows.all()}
+
+
+def _end(refund: Refund, pending_id: uuid.UUID, code: str | None) -> NewTransfer:
+    """The end of one of a refund's holds: posted under the code it was held with (`code`), or
+    voided (None: `refund_voided`)."""
+    return NewTransfer(
+        id=derived_id("refund-end", refund.id, pending_id),
+        kind=TransferKind.void_pending if code is None else TransferKind.post_pending,
+        pending_id=pending_id,
+        code=code or "refund_voided",
+        reference=f"refund:{refund.id}",
+    )
+
+
+async def _past_what_was_paid(
+    session: AsyncSession,
+    order: Order,
+    refund: Refund,
+    ids: Sequence[uuid.UUID],
+    held: dict[uuid.UUID, str],
+    left: int,
+    now: datetime,
+) -> str:
+    """One of our refunds done at the provider for more than was left of the payment: what
+    went back meanwhile — a dispute lost while it was held (the bank gave the payer the money,
+    `reversals.record_lost_dispute`), a refund at the provider — took the rest. The order is
+    never refunded past what was paid: of this refund only `left` is a refund (its money back
+    like any, split anew, a credit note for it alone); the provider paid the payer the rest
+    twice, which is the operator's loss — `clearing → loss:disputes:<CUR>`, code
+    `dispute_loss`, as what a lost dispute takes beyond what was left. What the refund held of
+    the line is taken as asked. The payer is not sent "your refund" (the order's money went
+    back through a dispute or outside us: finance's call), and the order is flagged for finance.
+
+    The alternative — a lost dispute counting our refunds still held in what it leaves — makes
+    a refund refused afterwards re-split the dispute (part of its loss a refund again): done at
+    completion, a refused refund voids as any other and nothing is re-split."""
+    asked, over = refund.amount, refund.amount - left
+    codes = {pid: held.get(pid, "refund") for pid in ids}
+    ends = [_end(refund, pid, code) for pid, code in codes.items() if code not in MONEY_CODES]
+    ends += [_end(refund, pid, None) for pid, code in codes.items() if code in MONEY_CODES]
+    await post_transfers(session, ends, now=now)
+    refund.amount = left  # what it refunded of the payment: the rest is in its plan
+    within = []
+    if left:
+        within = [
+            dataclasses.replace(t, id=derived_id("refund-within", refund.id, t.id))
+            for t in await money_back(session, order, refund, kind=TransferKind.posted)
+        ]
+    currency = refund.currency
+    clearing = chart.clearing(order.provider, currency, chart.shard_of(order.id))
+    loss = chart.dispute_losses(currency)
+    await ensure_accounts(session, [clearing, loss])
+    beyond = NewTransfer(
+        id=derived_id("refund-beyond", refund.id),
+        amount=over,
+        unit=currency,
+        debit_account_id=loss.id,
+        credit_account_id=clearing.id,
+        code="dispute_loss",
+        reference=f"refund:{refund.id}",
+    )
+    await post_transfers(session, [*within, beyond], now=now)
+    refund.plan = {
+        **plan_of(within),
+        "transfers": [str(pid) for pid in ids] + [str(t.id) for t in within],
+        "asked": asked,
+        "beyond_paid": over,
+        # Nothing of it a refund: no credit note (`service.issue_credit_note` numbers a refund
+        # whose money is posted as one).
+        "posted": left > 0,
+    }
+    order.refunded_amount += left
+    refunded_state(order)
+    flag_order(
+        order,
+        Attention.chargeback,
+        f"refund {refund.reference} done at the provider for {shown(asked, currency)} after "
+        f"the payment had gone back (a dispute lost, a refund at the provider): "
+        f"{shown(over, currency)} beyond what was paid, recorded as the operator's loss",
+    )
+    if left:
+        await issue_receipt_number(session, order.id)
+        await issue_credit_note(session, refund.id, now)
     return "refunded"
 
 

@@ -9,8 +9,16 @@ known): from revenue for a credited order, split like one of ours, from `unappli
 uncredited one (`refunds.money_back`). Nothing is taken back from the line (units may be used;
 finance decides, with an adjustment); the order is flagged `provider_refund`. A chargeback (a
 dispute) is flagged `chargeback` and moves nothing while it is open: the provider holds the money
-until the dispute is decided. A dispute decided for the payer (Stripe's status `lost`) is then
-recorded as a refund by the provider, for the disputed amount, once per dispute.
+until the dispute is decided (and a refund of ours is refused meanwhile: `refunds.OrderDisputed`).
+A dispute decided for the payer (Stripe's status `lost`) is then recorded as a refund by
+`provider:<name>` — the order's provider — for the disputed amount, once per dispute.
+
+An order is never refunded past what was paid, whatever the order of events: what a lost dispute
+takes beyond what the done refunds left is the operator's loss (`record_lost_dispute`), and so is
+the part of a refund of ours, held while the dispute was decided, that the provider makes
+afterwards beyond what was left (`refunds._past_what_was_paid`). A lost dispute counts only done
+refunds: one of ours still held may yet be refused (Stripe's `charge_disputed`), voided then and
+nothing to re-split.
 
 Once its money is posted, such a refund is a done refund like ours: it gets a credit note
 (`service.issue_credit_notes`) and the payer is told as of ours — the `order.refunded` notice,
@@ -217,8 +225,10 @@ async def record_provider_refund(
     currency = (currency or order.paid_currency or order.currency).upper()
     # Capped by what was refunded, not by a refund of ours still pending: the provider's refund
     # is done, and if the two together are more than was paid, it is ours the provider refuses
-    # (Stripe's `charge_disputed`) — voided then. Capped by it, a dispute lost meanwhile was
-    # recorded as nothing, and nothing at all once ours was refused.
+    # (Stripe's `charge_disputed`) — voided then — or, made all the same, ours that completes
+    # past what was paid: that part is the operator's loss (`refunds._past_what_was_paid`).
+    # Capped by it, a dispute lost meanwhile was recorded as nothing, and nothing at all once
+    # ours was refused.
     left = paid_of(order) - await known_refunds(session, order, done=True)
     capped = min(amount, max(0, left))
     note = f"{what}: {shown(amount, currency)} refunded at the provider ({source})"
@@ -349,6 +359,8 @@ async def record_lost_dispute(
     line keeps its units (finance decides), and the order stays flagged `chargeback`. A lost
     dispute whose amount was not reported moves nothing: flagged, for finance to settle.
 
+    What was left counts the done refunds only: a refund of ours still held that the provider
+    makes afterwards is capped then (`refunds._past_what_was_paid`), one it refuses is voided.
     What the dispute took beyond what was left to refund (the order refunded already, in full
     or in part: the payer got the money twice) is no refund — the order cannot be refunded past
     what was paid — but the provider took it from the operator all the same: it leaves the

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from simcharge.errors import ValidationFailed
 from simcharge.kit.schemas import Money, Schema
+from simcharge.kit.translations import N_
 from simcharge.payments.providers import PaymentFlow
 
 
@@ -183,6 +185,25 @@ class CreditNoteOut(Schema):
     pdf_url: str
 
 
+REASON_MAX = 500
+"""The longest refund reason, trimmed (as the back office's forms: `backoffice.money`)."""
+
+
+def _reason(value: str) -> str:
+    """A refund's reason as the back office's form takes it: trimmed, NULs dropped, not empty,
+    at most `REASON_MAX` characters (422 naming `reason`)."""
+    text = value.strip().replace("\x00", "")
+    if not text:
+        raise ValidationFailed(N_("Give a reason."), field="reason")
+    if len(text) > REASON_MAX:
+        raise ValidationFailed(N_("At most {max} characters."), field="reason", max=REASON_MAX)
+    return text
+
+
+RefundReason = Annotated[str, Field(max_length=REASON_MAX), AfterValidator(_reason)]
+"""At most `REASON_MAX` characters as sent (the form's field's bound too), then trimmed."""
+
+
 class RefundIn(Schema):
     amount: int | None = Field(
         default=None,
@@ -190,7 +211,12 @@ class RefundIn(Schema):
         strict=True,  # a JSON integer: `true` is not 1, nor "1e3" a thousand
         description="Minor units; omitted: everything still refundable",
     )
-    reason: str | None = Field(default=None, max_length=500)
+    reason: RefundReason = Field(
+        description="Why: staff's own note (the order panel, the admin API, the audit log), "
+        "never shown to the payer. Required, trimmed, 1 to 500 characters, as the back "
+        "office's refund form takes it",
+        examples=["Line ported out before the package was used"],
+    )
 
 
 class StaffOrderOut(OrderDetailOut):

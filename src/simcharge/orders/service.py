@@ -57,6 +57,7 @@ from simcharge.orders.models import (
     Refund,
     RefundState,
 )
+from simcharge.orders.numbering import CREDIT_NOTES, RECEIPTS
 from simcharge.orders.schemas import PlanRef, QuoteOut
 from simcharge.payments.providers import PaymentFlow
 from simcharge.payments.registry import Providers
@@ -650,15 +651,17 @@ async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> st
     issued = order.fulfilled_at or await applied_at(session, order)
     if issued is None:
         return None
-    value = await _next_number(session, f"receipt:{issued.year}")
-    order.receipt_number = f"R{issued.year}-{value:06d}"
+    value = await _next_number(session, RECEIPTS.counter(issued.year))
+    order.receipt_number = RECEIPTS.number(issued.year, value)
     await session.flush()
     return order.receipt_number
 
 
 async def _next_number(session: AsyncSession, counter: str) -> int:
     """The next value of a gapless counter (`receipt_counters`): its row is locked by the
-    update until the transaction ends, and a transaction rolled back gives its number back."""
+    update until the transaction ends, and a transaction rolled back gives its number back.
+    After a restore the operator moves it past the numbers issued since the backup
+    (`numbering.continue_series`, `simcharge receipts continue`)."""
     counters = table_of(ReceiptCounter)
     value = (
         await session.execute(
@@ -693,8 +696,8 @@ async def issue_credit_note(
     if await issue_receipt_number(session, refund.order_id) is None:
         return None
     year = (refund.completed_at or now).year
-    value = await _next_number(session, f"credit_note:{year}")
-    refund.credit_note_number = f"C{year}-{value:06d}"
+    value = await _next_number(session, CREDIT_NOTES.counter(year))
+    refund.credit_note_number = CREDIT_NOTES.number(year, value)
     await session.flush()
     return refund.credit_note_number
 

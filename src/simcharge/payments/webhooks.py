@@ -38,6 +38,7 @@ from simcharge.payments.codec import (
 from simcharge.payments.providers import (
     Notification,
     NotificationRejected,
+    PaymentState,
     PaymentStatus,
     ProviderError,
     WebhookReply,
@@ -114,7 +115,7 @@ async def receive_notification(
         WEBHOOK_FAILURES.labels(provider_name, "unstorable").inc()
         log.warning(
             "payments.webhook_unstorable", provider=provider_name,
-            event=text_only(notification.event_id), field=unstorable,
+            event_id=text_only(notification.event_id), field=unstorable,
         )  # fmt: skip
         return Received(provider.reply(False), duplicate=False, outcome="rejected:unstorable")
     expected = providers.merchant_of(provider_name)
@@ -355,7 +356,10 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
                 # Its payment is not known yet: left unprocessed, tried again by reconciliation
                 # (and applied when the payment is reported: `fulfilment._adopt_early_news`).
                 return "unmatched"
-            log.warning("payments.unmatched_event", provider=event.provider, event=event.event_id)
+            log.warning(
+                "payments.unmatched_event", provider=event.provider,
+                event_id=text_only(event.event_id),
+            )  # fmt: skip
     if event.order_id is not None and status is not None:
         return (
             await apply_status(
@@ -363,11 +367,34 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
                 event_id=event.id,
             )
         ).value
-    outcome = "unmatched" if news and event.order_id is None else "ignored"
+    unmatched = news and event.order_id is None
+    if not news and event.order_id is None and await _unknown_success(s, status):
+        # Money taken for a reference we do not know (an order placed after the backup the
+        # database was restored from, or another installation's): kept for finance, never
+        # `ignored` — the provider stops delivering it once answered.
+        assert status is not None
+        unmatched = True
+        log.warning(
+            "payments.unmatched_event", provider=event.provider,
+            event_id=text_only(event.event_id),
+            reference=text_only(status.reference or ""),
+            provider_ref=text_only(status.provider_ref or status.payment_id or ""),
+        )  # fmt: skip
+    outcome = "unmatched" if unmatched else "ignored"
     if news and event.order_id is not None:
         outcome = await apply_refund_news(s, event, now)
     await mark_processed(s, event.id, outcome, now)
     return outcome
+
+
+async def _unknown_success(s: AsyncSession, status: PaymentStatus | None) -> bool:
+    """A payment taken (paid, succeeded, captured) that names a reference no order has. A
+    reference that is another provider's order's is not unknown: `_served_by` logged it and it
+    is ignored (a forged sandbox event naming a card order's reference). A success naming no
+    reference at all (another shop's payment on a shared provider account) is not ours."""
+    if status is None or status.state is not PaymentState.succeeded or not status.reference:
+        return False
+    return await order_by_reference(s, status.reference) is None
 
 
 def _stored(event: ProviderEvent) -> Notification:

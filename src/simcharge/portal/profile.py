@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from babel import Locale
 from babel.dates import get_timezone_location
@@ -36,12 +36,14 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts, validation_problem
 from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits
+from simcharge.db import Database
 from simcharge.errors import SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import BABEL_LOCALES, REGIONAL_CHOICES, REGIONAL_FORMATS
 from simcharge.kit.moments import UTC_ZONE, is_zone, offset_text, zone
 from simcharge.kit.translations import N_
 from simcharge.portal.account import require
+from simcharge.portal.security import passkey_answer
 from simcharge.portal.web import Page, Visitor, form_of, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -124,9 +126,10 @@ def format_choices(language: str, locale: str) -> tuple[Choice, ...]:
     )  # fmt: skip
 
 
-def _page(
+async def _page(
     request: Request,
     page: Visitor,
+    db: Database,
     account: Account,
     *,
     status: int = 200,
@@ -141,6 +144,9 @@ def _page(
 ) -> Response:
     settings = request.app.state.settings
     locale = BABEL_LOCALES.get(page.language, "en")
+    async with db.read() as s:
+        passkey_step = await auth.passkey_second_factor_on(s, account)
+    two_step = account.totp_enabled_at is not None
     now = utcnow()
     current = account.time_zone if is_zone(account.time_zone) else None
     chosen = values or {"time_zone": current or "", "format_locale": account.format_locale or ""}
@@ -152,7 +158,8 @@ def _page(
         formats=format_choices(page.language, locale),
         values=chosen, errors=errors or {}, error=error or details_error, saved=saved, now=now,
         details=details or _details_of(account), details_errors=details_errors or {},
-        good=good,
+        good=good, two_step=two_step, by_passkey=passkey_step and not two_step,
+        passkeys_on=settings.passkey_rp is not None,
     )  # fmt: skip
 
 
@@ -174,10 +181,10 @@ DETAILS_SAVED = {
 
 
 @router.get("/account/profile")
-async def profile_page(request: Request, page: Page, saved: str = "") -> Response:
+async def profile_page(request: Request, page: Page, db: DB, saved: str = "") -> Response:
     require(page)
     good = DETAILS_SAVED.get(saved)
-    return _page(request, page, page.account, saved=saved == "1", good=good)
+    return await _page(request, page, db, page.account, saved=saved == "1", good=good)
 
 
 @router.post("/account/profile")
@@ -199,8 +206,8 @@ async def save_profile(request: Request, page: Page, db: DB) -> Response:
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         values = {f: form.get(f, "") for f in accounts.FORMAT_FIELDS}
-        return _page(
-            request, page, page.account, status=exc.status, values=values, errors=errors,
+        return await _page(
+            request, page, db, page.account, status=exc.status, values=values, errors=errors,
             error=summary,
         )  # fmt: skip
     return redirect("/account/profile?saved=1")
@@ -228,8 +235,10 @@ async def save_details(
 ) -> Response:
     """The display name, e-mail address and phone number, through `PATCH /api/v1/me` itself
     (`update_me`: the same checks, counts, log and messages). A contact that changes asks the
-    current password; a refusal is shown beside its field and changes nothing. A new contact
-    is pending: on to `/verify` for its code."""
+    current password and, with two-step verification on, its second factor (the app's code, a
+    recovery code, or one of the passkeys' answer), as closing the account does; a refusal is
+    shown beside its field and changes nothing. A new contact is pending: on to `/verify` for
+    its code."""
     require(page)
     customer = page.customer
     assert customer is not None
@@ -250,19 +259,25 @@ async def save_details(
         emptied = [n for n in ("email", "phone") if given.get(n) == ""]
         if emptied:
             raise ValidationFailed(N_("This field is required."), field=emptied[0])
+        credential: dict[str, Any] | None = None
         if "email" in given or "phone" in given:
             given["current_password"] = form.get("current_password", "")
+            # With two-step on, its second factor as closing the account asks it: the app's
+            # code, or (two-step sign-in with a passkey) one of the passkeys through
+            # passkeys.js (`credential`) or a recovery code typed (without JavaScript too).
+            given["code"] = form.get("code", "").strip()
+            credential = passkey_answer(form.get("credential", ""))
         if not given:
             return redirect("/account/profile?saved=details")
         try:
-            body = ProfileIn(**given)
+            body = ProfileIn(**given, credential=credential)
         except ValidationError as exc:
             raise validation_problem(RequestValidationError(exc.errors())) from exc
         await update_me(body, customer, db, settings, client, limits)
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
-        return _page(
-            request, page, account, status=exc.status, details=values, details_errors=errors,
+        return await _page(
+            request, page, db, account, status=exc.status, details=values, details_errors=errors,
             details_error=summary,
         )  # fmt: skip
     if "email" in given or "phone" in given:
@@ -291,8 +306,8 @@ async def cancel_change(request: Request, page: Page, db: DB, client: Client) ->
         await db.run(run)
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
-        return _page(
-            request, page, page.account, status=exc.status, details_errors=errors,
+        return await _page(
+            request, page, db, page.account, status=exc.status, details_errors=errors,
             details_error=summary,
         )  # fmt: skip
     return redirect("/account/profile?saved=cancelled")

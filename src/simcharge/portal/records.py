@@ -36,7 +36,9 @@ _CODES: dict[str, tuple[str, ...]] = {
     # `applied`: an uncredited payment that finance put on the balance (`orders.refunds`).
     "topup": ("topup", "applied"),
     "package": ("grant",),
-    "refund": ("refund", "refund_voided"),
+    # `clawback`: what a refund takes back from the line (posted under its own code since the
+    # fifteenth round; before, every posting of a refund was coded `refund`).
+    "refund": ("refund", "refund_voided", "clawback"),
     "adjustment": ("adjustment",),
     "transfer": ("transfer", "transfer_fee"),
     "expiry": ("expiry", "forfeit"),
@@ -86,7 +88,7 @@ def kind_of(code: str, credited: bool) -> str:
         return "topup"
     if code == "grant":
         return "package"
-    if code.startswith("refund"):
+    if code.startswith("refund") or code == "clawback":
         return "refund"
     if code == "adjustment":
         return "adjustment"

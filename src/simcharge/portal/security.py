@@ -144,14 +144,14 @@ async def _auth_session(s: AsyncSession, page: Visitor) -> AuthSession:
     return row
 
 
-def _answer(text: str) -> dict[str, Any] | None:
+def passkey_answer(text: str) -> dict[str, Any] | None:
     """A passkey's answer the page's script put in the form (`credential`, JSON); none when
     empty (no script, or a recovery code typed instead). Not an object: refused as a wrong one."""
     if not text:
         return None
     try:
         answer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         answer = None
     return answer if isinstance(answer, dict) else {}
 
@@ -424,7 +424,7 @@ async def remove_passkey(
     require(page)
     form = await form_of(request, page)
     pid = _uuid(passkey_id, "passkey_id")
-    credential = _answer(form.get("credential", ""))
+    credential = passkey_answer(form.get("credential", ""))
 
     async def run(s: AsyncSession) -> Refused | None:
         return await second_step.remove_confirmed(
@@ -476,7 +476,7 @@ async def disable_passkey_two_step(
     require(page)
     form = await form_of(request, page)
 
-    credential = _answer(form.get("credential", ""))
+    credential = passkey_answer(form.get("credential", ""))
 
     async def run(s: AsyncSession) -> Refused | None:
         return await second_step.disable(
@@ -543,7 +543,7 @@ async def close(
     password, code = form.get("password", ""), form.get("code", "").strip()
     # With two-step sign-in with a passkey: one of them through passkeys.js (`data-confirm`),
     # or a recovery code typed (without JavaScript too).
-    credential = _answer(form.get("credential", ""))
+    credential = passkey_answer(form.get("credential", ""))
     try:
         if form.get("confirm") != "yes":
             raise ValidationFailed(

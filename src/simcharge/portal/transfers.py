@@ -25,6 +25,7 @@ from simcharge.kit.money import (
     minor_exponent,
     to_minor,
 )
+from simcharge.kit.numbers import written_number as _written_number
 from simcharge.kit.translations import N_, translate
 from simcharge.kit.units import locale_for, units_text
 from simcharge.ledger.service import MAX_AMOUNT
@@ -98,8 +99,14 @@ def _gift(
         raise ValidationFailed(N_("This field is required."), field="amount")
     try:
         # Strict: `1,2` in English or `1.2` in Spanish is not read as twelve (a grouping
-        # separator in the wrong place), but as what it is — not understood.
-        number = Decimal(parse_decimal(raw, locale=locale_for(language, locale), strict=True))
+        # separator in the wrong place), but as what it is — not understood. Only ASCII digits
+        # and the page's separators: `Decimal` alone would read `1_0`, `1E+1` or Arabic-Indic
+        # digits, which the page would then show as a number the customer never typed.
+        loc = locale_for(language, locale)
+        # A minus is understood, and refused below for what it is ("more than zero").
+        if not _written_number(loc, signed=True).fullmatch(raw):
+            raise AmountNotUnderstood(field="amount")
+        number = Decimal(parse_decimal(raw, locale=loc, strict=True))
     except (NumberFormatError, ValueError, ArithmeticError):
         raise AmountNotUnderstood(field="amount") from None
     # Babel reads "Infinity", "NaN" and "1e99999999" as numbers; the last would take the

@@ -193,7 +193,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: _error("The key lacks the scope"),
     404: _error("No such resource"),
     409: _error("Refused in the balance's or the line's state (e.g. `line-not-in-service`, "
-                "`insufficient-balance`)"),
+                "`insufficient-balance`), or a top-up over the limit (`topup-limit-exceeded`)"),
     "default": _error("Any other error, in the same shape"),
 }
 """What every TMF654 operation may answer, declared once (its `default` also keeps FastAPI from
@@ -228,6 +228,15 @@ def base(request: Request) -> str:
 
 def actor_of(key: Integration) -> str:
     return f"apikey:{key.key_prefix}"
+
+
+def _actor(request: Request, key: Integration) -> Actor:
+    """The API key as its audit entries name it (from where it called)."""
+    return Actor(
+        name=actor_of(key), permissions=frozenset(), scopes=key.scopes,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
 
 
 TMF630_OPERATORS = {"gt", "gte", "lt", "lte", "eq", "ne", "regex", "in", "nin"}
@@ -500,7 +509,11 @@ async def _action_page(
     if not filters:
         count = select(func.count()).select_from(BalanceAction).where(where)
         total = int((await s.execute(count)).scalar_one())
-        rows = (await s.execute(stmt.offset(offset).limit(limit))).scalars().all()
+        # Past the end: nothing to read (an offset beyond a 64-bit integer is no SQL's).
+        rows = (
+            [] if offset >= total
+            else (await s.execute(stmt.offset(offset).limit(limit))).scalars().all()
+        )  # fmt: skip
         return _shown(request, response, [await render(a) for a in rows], total)
     page: list[dict[str, Any]] = []
     total = start = 0
@@ -674,7 +687,11 @@ async def create_topup(
     settings: AppSettings,
     idem: IdemKey = None,
 ) -> JSONResponse:
+    """Money comes from the key's client's receivable (`channel:<client id>:<CUR>`, at most
+    `SIMCHARGE_TMF654_TOPUP_MAX_AMOUNTS` per request: 409 `topup-limit-exceeded`, field
+    `amount`); every top-up is audited (`balance.topup`)."""
     policy = Policy.of(settings)
+    by = _actor(request, key)
 
     async def act(s: AsyncSession, client: str) -> BalanceAction:
         line, holder = await _target(s, body)
@@ -691,7 +708,8 @@ async def create_topup(
         return await service.topup(
             s, line=await _locked(s, line), usage_type=usage, amount=amount, target=holder,
             valid_until=until, actor=actor_of(key), key=idem, request=body,
-            reason=body.get("reason"), policy=policy, client=client,
+            reason=body.get("reason"), policy=policy, client=client, settings=settings,
+            client_id=key.client_id, by=by,
         )
 
     return await _create(db, request, key, idem, body, ActionKind.topup, act)
@@ -724,11 +742,7 @@ async def create_adjustment(
     body: JsonBody, key: Adjust, db: DB, request: Request, settings: AppSettings,
     idem: IdemKey = None,
 ) -> JSONResponse:
-    actor = Actor(
-        name=actor_of(key), permissions=frozenset(), scopes=key.scopes,
-        ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-    )
+    actor = _actor(request, key)
 
     async def act(s: AsyncSession, client: str) -> BalanceAction:
         if "validFor" in body:

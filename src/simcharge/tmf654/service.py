@@ -8,6 +8,7 @@ transfer call these functions; they flush, never commit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import Adjustment, AdjustmentState
 from simcharge.backoffice.money import AdjustmentNeedsAPerson, adjustment_facts, needs_approval
+from simcharge.backoffice.money import InsufficientBalance as InsufficientBalance  # re-exported
 from simcharge.config import Settings
 from simcharge.db import RetryableError
 from simcharge.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
@@ -55,11 +57,8 @@ LATEST_END = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """The latest end a top-up's new bucket may have (it is opened for the whole days to the end
 asked for, then given that end exactly: now plus those days must still be a date)."""
 MB = 1024 * 1024
-
-
-class InsufficientBalance(Conflict):
-    slug = "insufficient-balance"
-    title = N_("There is not enough balance for this.")
+TOPUP_CODE = "tmf_topup"
+"""The code of a TMF654 top-up's transfers: told apart from a plan's wallet credit (`topup`)."""
 
 
 class BalanceActionNotFound(NotFound):
@@ -80,6 +79,11 @@ class BucketNotFound(NotFound):
 class TransferLimitExceeded(Conflict):
     slug = "transfer-limit-exceeded"
     title = N_("This transfer is over a limit.")
+
+
+class TopupLimitExceeded(Conflict):
+    slug = "topup-limit-exceeded"
+    title = N_("This top-up is over the limit.")
 
 
 class ReservationNotOpen(Conflict):
@@ -284,11 +288,18 @@ async def topup(
     reason: str | None,
     policy: Policy,
     client: str | None = None,
+    settings: Settings | None = None,
+    client_id: uuid.UUID | None = None,
+    by: Actor | None = None,
 ) -> BalanceAction:
-    """Credit a line: money into the wallet (from `funding:<CUR>`), units into the named
-    bucket or a new one (from `issuance:<unit>`). Counts as a top-up for the lifecycle
-    (`policy`: the lifecycle's). Only a new bucket's end can be chosen (`valid_until`): money
-    has no end, and units put in a bucket end when it does."""
+    """Credit a line through the TMF654 channel: money into the wallet from the receivable of
+    the API client that sold it (`channel:<client_id>:<CUR>`: a shop or partner collected the
+    money and owes it), units into the named bucket or a new one (from `issuance:<unit>`); every
+    transfer has the code `tmf_topup` (a plan's credit is `topup`). At most
+    `settings.tmf654_topup_max(<CUR>)` of money per request (`TopupLimitExceeded`, nothing
+    written). Audited (`balance.topup`, actor `by`: the API key) in the same transaction.
+    Counts as a top-up for the lifecycle (`policy`: the lifecycle's). Only a new bucket's end can
+    be chosen (`valid_until`): money has no end, and units put in a bucket end when it does."""
     _check_amount(amount)
     _check_topped_up(line)
     now = utcnow()
@@ -303,13 +314,20 @@ async def topup(
         if valid_until is not None:
             raise ValidationFailed(N_("Money in the wallet has no end: it cannot be chosen."),
                                    field="validFor")
-        origin = chart.funding(unit, shard)
+        if settings is not None and amount > (most := settings.tmf654_topup_max(unit)):
+            raise TopupLimitExceeded(
+                N_("A top-up is at most {max_amount} {currency}: a larger credit is an "
+                   "adjustment in the back office."),
+                field="amount", limit=most, currency=unit,
+                max_amount=str(from_minor(most, unit)),
+            )
+        origin = chart.channel(str(client_id) if client_id else "tmf654", unit, shard)
         account_id = line.wallet_account_id
         await ensure_accounts(session, [origin])
         transfers = [
             NewTransfer(id=derived_id(source, "credit"), amount=amount, unit=unit,
                         debit_account_id=origin.id, credit_account_id=account_id,
-                        code="topup", reference=source)
+                        code=TOPUP_CODE, reference=source)
         ]
     elif target is not None and target.bucket is not None:
         if target.unit != unit or target.line.id != line.id:
@@ -326,7 +344,7 @@ async def topup(
         transfers = [
             NewTransfer(id=derived_id(source, "credit"), amount=amount, unit=unit,
                         debit_account_id=origin.id, credit_account_id=account_id,
-                        code="topup", reference=source)
+                        code=TOPUP_CODE, reference=source)
         ]
     else:
         days = None
@@ -336,9 +354,14 @@ async def topup(
             if valid_until > LATEST_END:
                 raise ValidationFailed(N_("Not a date and time."), field="validFor.endDateTime")
             days = max(1, math.ceil((valid_until - now) / timedelta(days=1)))
-        transfers = await open_buckets(
-            session, line, [UnitGrant(unit, amount, days)], source=source, now=now, shard=shard
-        )
+        origin = chart.issuance(unit, shard)  # what `open_buckets` debits
+        transfers = [
+            dataclasses.replace(t, code=TOPUP_CODE)
+            for t in await open_buckets(
+                session, line, [UnitGrant(unit, amount, days)], source=source, now=now,
+                shard=shard,
+            )
+        ]
         account_id = bucket_id(source, 0)
         if valid_until is not None:
             # Whole days would end it before the end asked for (rounded down) or after it: the
@@ -352,7 +375,34 @@ async def topup(
     on_topup(session, line, now=now, actor=actor, by_owner=False, policy=policy)
     await _add_action(session, action)
     await post_transfers(session, transfers, now=now)
+    await audit.record(
+        session, by or Actor(name=actor, permissions=frozenset()), "balance.topup",
+        target_type="line", target_id=line.id,
+        after={"amount": amount, "unit": unit, "account": str(account_id),
+               "from": (origin.key or "").split("#")[0]},
+        details={"balance_action": str(aid), "client": str(client_id) if client_id else None,
+                 "idempotency_key": key, **_told(request)},
+        now=now,
+    )
     return action
+
+
+def _told(request: dict[str, Any]) -> dict[str, Any]:
+    """What a top-up's request says of itself, for its audit entry: `reason`, `description`,
+    the `channel`, `paymentMethod` and `requestor` (the agent who took the money) by id and
+    name or role. Never the `voucher` (a code worth money) nor the line's number."""
+    told: dict[str, Any] = {}
+    for name in ("reason", "description"):
+        if isinstance(request.get(name), str):
+            told[name] = request[name][:255]
+    for name, keys in (("channel", ("id", "name")), ("paymentMethod", ("id", "name")),
+                       ("requestor", ("id", "role"))):
+        ref = request.get(name)
+        if isinstance(ref, dict):
+            kept = {k: str(ref[k])[:255] for k in keys if ref.get(k) is not None}
+            if kept:
+                told[name] = kept
+    return told
 
 
 async def adjust(

@@ -1,13 +1,16 @@
 """Payment provider adapters behind one protocol (`base.PaymentProvider`).
 
 `configured_providers` builds the adapters whose credentials are all set; the adapters'
-modules are imported only then (the Stripe SDK is large).
+modules are imported only then (the Stripe SDK is large). Each adapter's calls to its provider
+are counted there (`simcharge_provider_calls_total{provider,call,outcome}`, `count_calls`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -51,7 +54,54 @@ __all__ = [
     "RefundState",
     "WebhookReply",
     "configured_providers",
+    "count_calls",
 ]
+
+COUNTED_CALLS = (
+    "create_checkout", "query", "capture", "close", "refund", "query_refund", "find_refund"
+)
+"""The adapters' methods that call the provider's API (a notification is verified, not asked
+for: `simcharge_webhooks_total` counts those)."""
+UNREACHABLE_CODES = frozenset({"timeout", "network_error"})
+"""`ProviderError` codes for a call that got no answer (`_common.send`, the Stripe client)."""
+
+
+def call_outcome(exc: BaseException | None) -> str:
+    """`ok`, `unreachable` (no answer: a network error, a timeout) or `error` (an answer we
+    cannot use: a refusal, a 5xx, a malformed body)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ProviderError) and exc.code in UNREACHABLE_CODES:
+        return "unreachable"
+    return "error"
+
+
+def _counted(
+    provider: str, call: str, method: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    from simcharge.metrics import PROVIDER_CALLS
+
+    @functools.wraps(method)
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await method(*args, **kwargs)
+        except Exception as exc:
+            PROVIDER_CALLS.labels(provider, call, call_outcome(exc)).inc()
+            raise
+        PROVIDER_CALLS.labels(provider, call, "ok").inc()
+        return result
+
+    return counted
+
+
+def count_calls(adapter: PaymentProvider) -> PaymentProvider:
+    """`adapter`, its calls to the provider counted in `simcharge_provider_calls_total` (its
+    bound methods wrapped on the instance: it stays an instance of its class)."""
+    for call in COUNTED_CALLS:
+        method = getattr(adapter, call, None)
+        if method is not None and not getattr(method, "__wrapped__", None):
+            setattr(adapter, call, _counted(adapter.name, call, method))
+    return adapter
 
 
 def _private_key(inline: SecretStr | None, path: Path | None) -> SecretStr | None:
@@ -133,4 +183,4 @@ def configured_providers(
             found["wechatpay"] = wechatpay.WeChatPayProvider(wechat_config, client)
         except ValueError as exc:
             raise ValueError(f"WeChat Pay keys (SIMCHARGE_WECHATPAY_*): {exc}") from exc
-    return found
+    return {name: count_calls(adapter) for name, adapter in found.items()}
