@@ -158,9 +158,18 @@ async def _page(
         formats=format_choices(page.language, locale),
         values=chosen, errors=errors or {}, error=error or details_error, saved=saved, now=now,
         details=details or _details_of(account), details_errors=details_errors or {},
-        good=good, two_step=two_step, by_passkey=passkey_step and not two_step,
+        held=_held(account), good=good, two_step=two_step, by_passkey=passkey_step and not two_step,
         passkeys_on=settings.passkey_rp is not None,
     )  # fmt: skip
+
+
+def _held(account: Account) -> dict[str, list[str]]:
+    """Each contact's values the account holds (verified, pending): a form value among them is
+    no change (`_changed`), so passkeys.js asks no passkey for it (`data-held`)."""
+    return {
+        "email": [v for v in (account.email, account.email_pending) if v],
+        "phone": [v for v in (account.phone, account.phone_pending) if v],
+    }
 
 
 def _details_of(account: Account) -> dict[str, str]:

@@ -112,3 +112,58 @@ async def test_with_two_step_sign_in_with_a_passkey_the_form_asks_a_passkey(
         assert not problems
     finally:
         await context.close()
+
+
+async def test_a_display_name_alone_asks_no_passkey(
+    on_localhost: Live, browser: Any  # noqa: F811
+) -> None:
+    """Sixteenth round: with two-step sign-in with a passkey, a save that changes no contact
+    (the form's values are those `data-held` lists) asks no passkey — the server asks nothing
+    for it — and one that does still asks it."""
+    live = on_localhost
+    context = await browser.new_context(viewport=PHONE, locale="en-US")
+    try:
+        page = await context.new_page()
+        problems = watch(page)
+        asked: list[str] = []
+        page.on(
+            "request",
+            lambda r: asked.append(r.url) if "/passkeys/confirm/options" in r.url else None,
+        )
+        cdp = await context.new_cdp_session(page)
+        await cdp.send("WebAuthn.enable")
+        await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+            "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+            "hasUserVerification": True, "isUserVerified": True,
+            "automaticPresenceSimulation": True,
+        }})
+        await register_and_sign_in(live, page)
+        await add_passkey(page, live, "Test phone")
+        await page.fill("#f-pk-on-password", PASSWORD)
+        await submit(page, "form[action='/account/security/passkeys/two-step']")
+        before = await _account(live)
+
+        await page.goto(live.base + "/account/profile")
+        held = await page.get_attribute("#profile-details", "data-held")
+        assert held is not None and before.email is not None and before.email in held
+        await page.fill("#f-display_name", "Ana Reyes")
+        async with page.expect_navigation(url="**/account/profile?saved=details"):
+            await page.click("#profile-details button[type=submit]")
+        assert asked == []
+        assert (await _account(live)).display_name == "Ana Reyes"
+
+        # The same address typed again with spaces around it is no change either.
+        await page.fill("#f-email", f"  {before.email} ")
+        async with page.expect_navigation(url="**/account/profile?saved=details"):
+            await page.click("#profile-details button[type=submit]")
+        assert asked == []
+
+        await page.fill("#f-phone", NEW_PHONE)
+        await page.fill("#f-current_password", PASSWORD)
+        async with page.expect_navigation(url="**/verify?sent=1"):
+            await page.click("#profile-details button[type=submit]")
+        assert len(asked) == 1
+        assert (await _account(live)).phone_pending == NEW_PHONE
+        assert not problems
+    finally:
+        await context.close()

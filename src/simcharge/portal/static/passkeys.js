@@ -17,7 +17,8 @@
 //                         its hidden `credential` field and the form is sent as it is.
 //   form.passkey-confirm  the same, for a page with several such forms (each with an id, its
 //                         status element `<id>-status`): closing the account, removing a
-//                         passkey.
+//                         passkey, "Your details" — with data-held (JSON: a field's name ->
+//                         the values the account holds), asked only when one of them changes.
 //
 // Each is hidden in the page and shown here only where the browser can use passkeys; everything
 // else on those pages works without this file. The status element next to each (…-status)
@@ -203,12 +204,28 @@
     });
   }
 
-  // A plain form confirmed by one of the holder's passkeys, unless a recovery code is typed.
+  // Whether a form with data-held (a JSON object: a field's name -> the values the account
+  // holds) changes one of them: a value not empty and none of those (the server's own rule,
+  // portal/profile._changed). Without data-held every submit is a change.
+  function changes(form) {
+    var held = form.getAttribute("data-held");
+    if (!held) { return true; }
+    held = JSON.parse(held);
+    return Object.keys(held).some(function (name) {
+      var input = form.querySelector("[name=" + name + "]");
+      var value = input ? input.value.trim() : "";
+      return value !== "" && held[name].indexOf(value) < 0;
+    });
+  }
+
+  // A plain form confirmed by one of the holder's passkeys, unless a recovery code is typed or
+  // nothing that needs confirming changes.
   function confirmForm(form) {
     var status = document.getElementById(form.id + "-status");
     form.addEventListener("submit", function (event) {
       var code = form.querySelector("[name=code]");
       if (code && code.value.trim()) { return; }  // a recovery code: sent as it is
+      if (!changes(form)) { return; }  // nothing to confirm: sent as it is
       event.preventDefault();
       var submit = form.querySelector("button[type=submit]");
       submit.disabled = true;
