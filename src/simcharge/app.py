@@ -179,6 +179,10 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
+    # A slash too many is no redirect to the request's `Host` (Starlette's default, before any
+    # authentication, and to http:// behind a TLS proxy): pages are sent on relatively by the
+    # 404 handler (`api.problems._without_slash`), the APIs answer 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.db = database
     app.state.rate_limits = RateLimits(settings.redis_url)

@@ -212,6 +212,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         mapped: SimchargeError
+        if exc.status_code == 404 and (moved := _without_slash(request)) is not None:
+            return moved
         if exc.status_code == 404:
             mapped = NotFound()
         elif exc.status_code == 405:
@@ -238,6 +240,30 @@ def install_problem_handlers(app: FastAPI) -> None:
             handler = request.app.exception_handlers[SimchargeError]
             return cast(Response, await handler(request, mapped))
         return problem_answer(request, mapped)
+
+
+def _without_slash(request: Request) -> Response | None:
+    """A browser's page address with a slash at its end (`/account/records/`): sent on to the
+    address without it, by a relative `Location` (the app's router redirects nothing: its
+    redirect names the request's `Host`, which anybody can write — the sixteenth round). Never
+    the API's, Nchf's or TMF654's paths, which answer 404 as they are; never a path that would
+    leave the site (`//host/`, `/\\host/`)."""
+    path = request.url.path
+    if request.method not in ("GET", "HEAD") or len(path) < 2 or not path.endswith("/"):
+        return None
+    if not (_browsing(request) or _browsing_back_office(request)):
+        return None
+    # As the request wrote it, still percent-encoded: nothing decoded (a line end, `%2F%2F`)
+    # reaches the header or turns into another host's address.
+    raw = request.scope.get("raw_path") or path.encode()
+    target = raw.decode("latin-1").partition("?")[0].rstrip("/")
+    if not target.startswith("/") or target[1:2] in ("", "/", "\\"):
+        return None
+    query = request.url.query
+    location = target + ("?" + query if query else "")
+    if not all("!" <= c <= "~" for c in location):
+        return None
+    return Response(status_code=307, headers={"Location": location})
 
 
 def _browsing_back_office(request: Request) -> bool:

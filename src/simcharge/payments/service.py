@@ -313,6 +313,18 @@ async def _note_check(s: AsyncSession, order_id: uuid.UUID, error: str | None) -
     payment.last_error = error
 
 
+async def _paid_meanwhile(s: AsyncSession, order_id: uuid.UUID) -> bool:
+    """Whether the order is paid for now (credited, flagged paid, refunded since): not one a
+    close could have closed."""
+    state = (await s.execute(select(Order.state).where(Order.id == order_id))).scalar_one()
+    return state not in _NOT_PAID
+
+
+_NOT_PAID = frozenset(
+    {OrderState.pending, OrderState.failed, OrderState.cancelled, OrderState.expired}
+)
+
+
 async def cancel_order(db: Database, providers: Providers, order_id: uuid.UUID) -> Outcome:
     """Cancel a pending order: closed at the provider first. Paid meanwhile: credited instead,
     and `OrderAlreadyPaid` says so."""
@@ -452,6 +464,11 @@ async def close_order(
         outcome = await apply_status(
             s, order.id, closing, source=source, now=utcnow(), policy=providers.lifecycle
         )
+        if outcome is Outcome.unchanged and await _paid_meanwhile(s, order.id):
+            # A notification credited it while it was being closed (after the provider was
+            # asked, before this transaction): paid, not cancelled — the payer is told so, as
+            # when the provider's answer says it (sixteenth round: until then a 200).
+            raise OrderAlreadyPaid(field="order_id")
         if refused is not None:
             (await payment_of(s, order.id, lock=True)).last_error = refused
         return outcome
