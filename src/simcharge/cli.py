@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -63,6 +64,11 @@ app.add_typer(secrets_app, name="secrets")
 
 
 def _database(settings: Settings) -> Database:
+    # Every table's mapper, whatever the command imported: a model naming another's table
+    # (`lines.account_id` → `accounts`) cannot be used alone (sixteenth round: `lines import`
+    # in a process of its own stopped with NoReferencedTableError).
+    import simcharge.models  # noqa: F401
+
     # Connecting is bounded; a statement is not (migrations, imports, sweeps run long).
     return Database.from_url(
         settings.database_url, pool_size=settings.db_pool_size,
@@ -173,14 +179,16 @@ def _briefly(exc: BaseException) -> str:
         return f"the database: {type(cause).__name__}: {first}"[:300]
     if isinstance(exc, TimeoutError):
         return "the database did not answer in time (SIMCHARGE_DB_CONNECT_TIMEOUT_SECONDS)"
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror):
+        # Where and what, never the URL itself (it may hold a password).
+        why = exc.strerror or str(exc)
+        return f"cannot reach the database (SIMCHARGE_DATABASE_URL): {why}"[:300]
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _refuse_taken_port(host: str, port: int) -> None:
     """A port taken (or an address not of this host) stops `serve` in one line, exit 1, with
     one web process or several (uvicorn alone would exit 3, the dispatcher with a traceback)."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do
@@ -979,9 +987,9 @@ def staff_passkeys_remove(
 @receipts_app.command(
     "backfill-credit-notes",
     help="Number the credit notes of the done refunds that have none (completed before credit "
-    "notes existed), in the order they were completed, each in its completion year's series. "
-    "Nothing is e-mailed. Safe while the worker runs; run again, it numbers nothing new. "
-    "Audited (credit_note.backfill).",
+    "notes existed), in the order they were completed, each in its completion year's series "
+    "(the year in SIMCHARGE_OPERATOR_TIMEZONE). Nothing is e-mailed. Safe while the worker "
+    "runs; run again, it numbers nothing new. Audited (credit_note.backfill).",
 )
 def receipts_backfill_credit_notes(
     dry_run: Annotated[
@@ -994,9 +1002,13 @@ def receipts_backfill_credit_notes(
     from simcharge.backoffice import audit
     from simcharge.orders.service import CreditNoteBackfill, backfill_credit_notes
 
+    zone = get_settings().operator_timezone
+
     async def backfill(db: Database) -> CreditNoteBackfill:
         actor = audit.command_line_actor("receipts backfill-credit-notes")
-        return await backfill_credit_notes(db, actor, dry_run=dry_run, batch_size=batch_size)
+        return await backfill_credit_notes(
+            db, actor, zone=zone, dry_run=dry_run, batch_size=batch_size
+        )
 
     report = _run(backfill)
     for year, count in sorted(report.due.items()):
@@ -1029,7 +1041,10 @@ def receipts_continue(
     ],
     year: Annotated[
         int | None,
-        typer.Option(help="The series' year (default: the number's, else this year, UTC)."),
+        typer.Option(
+            help="The series' year (default: the number's, else this year in the operator's "
+            "time zone, SIMCHARGE_OPERATOR_TIMEZONE)."
+        ),
     ] = None,
 ) -> None:
     from simcharge.backoffice import audit
@@ -1040,13 +1055,15 @@ def receipts_continue(
         SeriesRefused,
         continue_series,
         parse_after,
+        year_of,
     )
 
     chosen = SERIES.get(series)
     if chosen is None:
         _fail(f"--series must be one of: {', '.join(SERIES)}", 2)
+    this_year = year_of(utcnow(), get_settings().operator_timezone)
     try:
-        in_year, value = parse_after(chosen, after, year, utcnow().year)
+        in_year, value = parse_after(chosen, after, year, this_year)
     except SeriesRefused as exc:
         _fail(exc.message, 2)
 
@@ -1077,23 +1094,34 @@ def receipts_continue(
 @receipts_app.command(
     "status",
     help="Each series' last number issued, per year, and the highest one the database holds "
-    "(lower after `receipts continue`), to compare with the e-mails sent and the accounting.",
+    "(lower after `receipts continue`), to compare with the e-mails sent and the accounting; "
+    "then the number each series issues next, in this year of the operator's time zone "
+    "(SIMCHARGE_OPERATOR_TIMEZONE).",
 )
 def receipts_status() -> None:
-    from simcharge.orders.numbering import SeriesState, series_status
+    from simcharge.kit.clock import utcnow
+    from simcharge.orders.numbering import SERIES, SeriesState, series_status, year_of
+
+    zone = get_settings().operator_timezone
 
     async def read(db: Database) -> list[SeriesState]:
         return await series_status(db)
 
     states = _run(read)
+    this_year = year_of(utcnow(), zone)
+    now_at = {st.series.name: st.last for st in states if st.year == this_year}
+    nexts = ", ".join(s.number(this_year, now_at.get(s.name, 0) + 1) for s in SERIES.values())
+    said_next = f"this year is {this_year} in {zone}: next {nexts}"
     if not states:
         typer.echo("no receipt or credit note issued yet")
+        typer.echo(said_next)
         return
     typer.echo(f"{'series':12}{'year':6}{'last issued':16}highest in the database")
     for st in states:
         last = st.series.number(st.year, st.last) if st.last else "none"
         stored = st.series.number(st.year, st.stored) if st.stored else "none"
         typer.echo(f"{st.series.name:12}{st.year:<6}{last:16}{stored}")
+    typer.echo(said_next)
 
 
 @privacy_app.command(

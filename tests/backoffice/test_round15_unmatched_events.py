@@ -232,8 +232,16 @@ async def test_agents_and_keys_of_other_scopes_are_refused(
     # settling is a person's judgement: no key settles
     r = await client.post(f"{API}/{row.id}/settle", headers=key, json={"note": "refunded"})
     assert r.status_code == 403
+    # since the sixteenth round an `orders:read` key reads them too (`unmatched.read`), and
+    # settles none; `customers:read`, which also sees payments needing attention, does not
     orders = await db.run(lambda s: create_api_key(s, "orders", ["orders:read"]))
     r = await client.get(API, headers={"Authorization": f"Bearer {orders.token}"})
+    assert r.status_code == 200 and r.json()[0]["event_id"] == row.event_id
+    r = await client.post(f"{API}/{row.id}/settle", json={"note": "refunded"},
+                          headers={"Authorization": f"Bearer {orders.token}"})
+    assert r.status_code == 403
+    customers = await db.run(lambda s: create_api_key(s, "people", ["customers:read"]))
+    r = await client.get(API, headers={"Authorization": f"Bearer {customers.token}"})
     assert r.status_code == 403
     assert (await _row(db, row.event_id)).outcome == "unmatched"
 

@@ -44,7 +44,10 @@ SCOPES: dict[str, str] = {
     "lines:read": N_("Read lines and their balances."),
     "catalog:read": N_("Read the catalog."),
     "ledger:read": N_("Read the ledger's trial balance (each account's debits and credits)."),
-    "orders:read": N_("Read any order, with its payment history and refunds."),
+    "orders:read": N_(
+        "Read any order, with its payment history and refunds, and the payments that matched "
+        "no order."
+    ),
     "refunds:write": N_("Refund orders (finance)."),
     "jobs:read": N_("Read the outbox: waiting and dead jobs (operations)."),
     "jobs:write": N_("Retry dead outbox jobs (operations)."),

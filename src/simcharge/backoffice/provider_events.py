@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.api.deps import API_PREFIX, DB
@@ -55,11 +55,13 @@ through."""
 NOTE_MAX = 500
 HOME = "/backoffice/attention/unmatched"
 
-# Reading them is finance's (finance, admins; an API key `reports:read`, as the other books of
-# money finance reconciles): `attention.read` is every agent's. Settling is a person's judgement.
-Reader = Annotated[Actor, require(Permission.reports_read)]
+# Reading them is `unmatched.read`: finance's and admins' (`attention.read` is every agent's);
+# an API key's with `reports:read` (the books of money finance reconciles) or `orders:read` (a
+# tool reconciling orders with the provider's settlements: they are the payments without an
+# order). Settling is a person's judgement: no scope grants it.
+Reader = Annotated[Actor, require(Permission.unmatched_read)]
 Settler = Annotated[Actor, require(Permission.attention_resolve)]
-PageReader = Annotated[Actor, require_web(Permission.reports_read)]
+PageReader = Annotated[Actor, require_web(Permission.unmatched_read)]
 PageSettler = Annotated[Actor, require_web(Permission.attention_resolve)]
 
 
@@ -140,7 +142,15 @@ def provider_named(provider: str | None) -> str | None:
 
 
 def _where(outcome: str, provider: str | None) -> list[Any]:
-    where = [ProviderEvent.outcome == outcome, ProviderEvent.processed_at.is_not(None)]
+    """The outcome is written as a literal, as `ix_provider_events_unmatched`'s condition is
+    (`outcome = 'unmatched' OR outcome = 'unmatched_settled'`): every plan can use that index,
+    a prepared statement's generic one too. Only those two outcomes are listed."""
+    if outcome not in (UNMATCHED, SETTLED):
+        raise ValueError(outcome)
+    where = [
+        ProviderEvent.outcome == literal(outcome, literal_execute=True),
+        ProviderEvent.processed_at.is_not(None),
+    ]
     if provider is not None:
         where.append(ProviderEvent.provider == provider)
     return where
@@ -352,7 +362,7 @@ async def settle_page(
     )
 
 
-@origin(HOME, Permission.reports_read)
+@origin(HOME, Permission.unmatched_read)
 async def _unmatched_again(
     request: Request, actor: Actor, at: dict[str, str], refused: FormError
 ) -> HTMLResponse:

@@ -27,6 +27,10 @@ class Permission(StrEnum):
     attention_read = "attention.read"
     """See payments needing attention."""
     attention_resolve = "attention.resolve"
+    unmatched_read = "unmatched.read"
+    """See the payment notifications that matched no order (`/backoffice/attention/unmatched`,
+    `GET /admin/provider-events`): finance's, as the books; never an agent's. Settling one is
+    `attention.resolve`."""
     reports_read = "reports.read"
     ledger_read = "ledger.read"
     """Read the ledger's trial balance (`GET /admin/reports/trial-balance`)."""
@@ -59,13 +63,15 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.finance: frozenset(
         _EVERYONE
         | {P.adjustments_approve, P.refunds_create, P.attention_resolve, P.reports_read}
-        | {P.ledger_read}
+        | {P.ledger_read, P.unmatched_read}
     ),
     Role.admin: frozenset(Permission),
 }
 
 SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "orders:read": frozenset({P.customers_read, P.attention_read}),
+    # A tool reconciling orders with the provider's settlements also needs the payments that
+    # matched no order (money taken, no order to show it): they are the difference.
+    "orders:read": frozenset({P.customers_read, P.attention_read, P.unmatched_read}),
     "refunds:write": frozenset({P.refunds_create}),
     "customers:read": frozenset({P.customers_read, P.attention_read}),
     "tickets:write": frozenset({P.tickets_work}),
@@ -73,7 +79,7 @@ SCOPE_PERMISSIONS: dict[str, frozenset[Permission]] = {
         {P.accounts_unlock, P.lines_unfreeze, P.receipts_resend, P.orders_check}
     ),
     "adjustments:write": frozenset({P.adjustments_request}),
-    "reports:read": frozenset({P.reports_read, P.ledger_read}),
+    "reports:read": frozenset({P.reports_read, P.ledger_read, P.unmatched_read}),
     "ledger:read": frozenset({P.ledger_read}),
     "catalog:read": frozenset({P.catalog_read}),
     "catalog:write": frozenset({P.catalog_edit, P.catalog_read}),

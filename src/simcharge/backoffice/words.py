@@ -106,6 +106,7 @@ WORDS: dict[str, dict[str, str]] = {
         "refunds.create": N_("refunding an order, or putting a payment on the line's balance"),
         "attention.read": N_("seeing payments needing attention"),
         "attention.resolve": N_("marking a payment needing attention as resolved"),
+        "unmatched.read": N_("seeing payments matching no order"),
         "reports.read": N_("reading reports"),
         "ledger.read": N_("reading the ledger's trial balance"),
         "catalog.read": N_("reading the catalog"),

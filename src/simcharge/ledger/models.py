@@ -125,6 +125,15 @@ class LedgerTransfer(Base):
             postgresql_where=text("pending_status = 'pending'"),
             sqlite_where=text("pending_status = 'pending'"),
         ),
+        # The transfers that moved money, in the order they were posted: the journal's period
+        # (`backoffice.journal`; the condition is `reports.MOVED`, written as the query does).
+        Index(
+            "ix_ledger_transfers_moved",
+            "created_at",
+            "id",
+            postgresql_where=text("kind IN ('posted', 'post_pending')"),
+            sqlite_where=text("kind IN ('posted', 'post_pending')"),
+        ),
     )
 
     # No foreign keys to ledger_accounts: a transfer is only ever written by the statement or

@@ -493,7 +493,8 @@ async def get_receipt(
     language = normalize_language(lang) or customer.account.language
     async with db.read() as s:
         order = await service.own_order(s, customer.account.id, order_id)
-    if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:
+    zone = settings.operator_timezone
+    if await db.run(lambda s: issue_receipt_number(s, order_id, zone=zone)) is None:
         if order.state == OrderState.paid.value:
             raise ReceiptAwaitsCredit(field="order_id")
         if order.state == OrderState.refunded.value:
@@ -559,7 +560,8 @@ async def get_credit_note(
         order = await s.get(Order, refund.order_id) if refund is not None else None
     if refund is None or order is None or order.account_id != customer.account.id:
         raise RefundNotFound(field="refund_id")  # someone else's: as if there were none
-    if await db.run(lambda s: service.issue_credit_note(s, refund_id, utcnow())) is None:
+    zone = settings.operator_timezone
+    if await db.run(lambda s: service.issue_credit_note(s, refund_id, utcnow(), zone=zone)) is None:
         if refund.state == RefundState.pending.value:
             raise CreditNoteNotReady(field="refund_id")
         if refund.state == RefundState.failed.value:

@@ -181,17 +181,21 @@ async def _paid(
     event_id: uuid.UUID | None,
 ) -> Outcome:
     order, payment, line = locked.order, locked.payment, locked.line
+    # The operator's time zone, whose year numbers the credit notes issued here.
+    zone = policy.settings.operator_timezone
     if not await _mark_succeeded(session, payment, status, now):
         # Known to be paid: only the amount of a payment taken without one, or a refund at the
         # provider, can be news.
-        learnt = await _learn_amount(session, order, status, source=source, now=now)
-        news = await note_refunded_status(session, order, status, source=source, now=now)
+        learnt = await _learn_amount(session, order, status, source=source, now=now, zone=zone)
+        news = await note_refunded_status(
+            session, order, status, source=source, now=now, zone=zone
+        )
         outcome = Outcome.flagged if news or learnt else Outcome.already
         await mark_processed(session, event_id, outcome.value, now)
         return outcome
     late = OrderState(order.state) in CLOSED_UNPAID
     if locked.unmatched_news:
-        await _adopt_early_news(session, order, payment.payment_id, now)
+        await _adopt_early_news(session, order, payment.payment_id, now, zone=zone)
     order.paid_at = status.paid_at or now
     order.paid_amount, order.paid_currency = status.amount, status.currency
     why = await _not_credited(session, order, line, status, source)
@@ -199,8 +203,8 @@ async def _paid(
         order.state = OrderState.paid.value
         flag_order(order, *why)
         await received_unapplied(session, order, now)
-        await note_refunded_status(session, order, status, source=source, now=now)
-        await settle_provider_refunds(session, order, now)
+        await note_refunded_status(session, order, status, source=source, now=now, zone=zone)
+        await settle_provider_refunds(session, order, now, zone=zone)
         await mark_processed(session, event_id, Outcome.flagged.value, now)
         await session.flush()
         return Outcome.flagged
@@ -275,7 +279,7 @@ async def _mark_succeeded(
 
 
 async def _adopt_early_news(
-    session: AsyncSession, order: Order, payment_id: str | None, now: datetime
+    session: AsyncSession, order: Order, payment_id: str | None, now: datetime, *, zone: str
 ) -> None:
     """Refunds and disputes reported before their payment was known — they name it only by the
     provider's payment id (PayPal's capture, Stripe's payment intent), learnt with the payment —
@@ -304,19 +308,25 @@ async def _adopt_early_news(
                 continue
             event.order_id = order.id
             await note_refunded_status(
-                session, order, early, source=f"webhook:{event.event_id}", now=now
+                session, order, early, source=f"webhook:{event.event_id}", now=now, zone=zone
             )
             event.processed_at, event.outcome = now, Outcome.flagged.value
             continue
         named = [x.get("payment_id") for x in (event.refund, event.dispute) if x is not None]
         if payment_id in named:
             event.order_id = order.id
-            outcome = await apply_refund_news(session, event, now)
+            outcome = await apply_refund_news(session, event, now, zone=zone)
             event.processed_at, event.outcome = now, outcome
 
 
 async def _learn_amount(
-    session: AsyncSession, order: Order, status: PaymentStatus, *, source: str, now: datetime
+    session: AsyncSession,
+    order: Order,
+    status: PaymentStatus,
+    *,
+    source: str,
+    now: datetime,
+    zone: str,
 ) -> bool:
     """A later answer naming the amount of a payment taken without one: recorded, and its money
     posted to `unapplied` (it stays uncredited and flagged: finance refunds or applies it)."""
@@ -331,7 +341,7 @@ async def _learn_amount(
         f"paid {shown(status.amount, order.paid_currency)}, reported later ({source})",
     )
     await received_unapplied(session, order, now)
-    await settle_provider_refunds(session, order, now)
+    await settle_provider_refunds(session, order, now, zone=zone)
     return True
 
 

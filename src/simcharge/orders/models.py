@@ -172,6 +172,16 @@ class ProviderEvent(Base):
             postgresql_where=text("processed_at IS NULL"),
             sqlite_where=text("processed_at IS NULL"),
         ),
+        # The notifications that matched no order, waiting or settled, newest first
+        # (`backoffice.provider_events`): a few among every notification ever received.
+        Index(
+            "ix_provider_events_unmatched",
+            "outcome",
+            "received_at",
+            "id",
+            postgresql_where=text("outcome = 'unmatched' OR outcome = 'unmatched_settled'"),
+            sqlite_where=text("outcome = 'unmatched' OR outcome = 'unmatched_settled'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)

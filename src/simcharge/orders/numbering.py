@@ -7,18 +7,25 @@ back to the backup's values, while the numbers issued after it were e-mailed to 
 in the accounting: the next sale would be given a number another sale already has, a tax error.
 `continue_series` moves a series past the last number issued after the backup (found in the
 e-mails sent, the accounting export, the providers' settlement reports); `series_status` lists
-where each series stands, to compare."""
+where each series stands, to compare.
+
+A number's year is the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, `year_of`): the year of the
+date its document prints, which is written in that zone (`receipts.document_date`). A payment
+at 16:30 UTC on 31 December is numbered `R2027-…` in Manila, `R2026-…` in UTC; the commands'
+"this year" is the operator's too."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.db import Database, insert_if_absent, table_of
+from simcharge.kit.moments import day_in
 from simcharge.orders.models import Order, ReceiptCounter, Refund
 
 if TYPE_CHECKING:
@@ -47,6 +54,14 @@ class Series:
     def column(self) -> Any:
         """Where its numbers are kept: each order's receipt, each refund's credit note."""
         return Order.receipt_number if self.letter == "R" else Refund.credit_note_number
+
+
+def year_of(when: datetime, zone: str) -> int:
+    """The year of the series a receipt or credit note issued for `when` is numbered in: its
+    year in the operator's time zone `zone` (`SIMCHARGE_OPERATOR_TIMEZONE`), the zone its
+    document's date is written in (`receipts.document_date`) — the number and the date printed
+    beside it never disagree on the year."""
+    return day_in(when, zone).year
 
 
 RECEIPTS = Series("receipt", "receipt", "R")

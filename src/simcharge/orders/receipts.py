@@ -377,8 +377,9 @@ async def receipt_for(
 ) -> bytes | None:
     """The receipt of a credited order in `language`: the one kept, or a new one rendered (in a
     thread: it is CPU work) and kept; numbered first if it was not yet. None when the order has
-    no receipt (not credited). `zone`: the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
-    if await db.run(lambda s: issue_receipt_number(s, order_id)) is None:
+    no receipt (not credited). `zone`: the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`), the
+    year of its number and the zone of its date."""
+    if await db.run(lambda s: issue_receipt_number(s, order_id, zone=zone)) is None:
         return None
     async with db.read() as s:
         order = await s.get(Order, order_id)
@@ -538,7 +539,7 @@ async def credit_note_for(
     """The credit note of a done refund in `language`: the one kept, or a new one rendered (in
     a thread) and kept — the first kept wins, so it never changes; numbered first if it was not
     yet. None when the refund has none (not done, or of an order never credited)."""
-    if await db.run(lambda s: issue_credit_note(s, refund_id, utcnow())) is None:
+    if await db.run(lambda s: issue_credit_note(s, refund_id, utcnow(), zone=zone)) is None:
         return None
     async with db.read() as s:
         doc = await s.get(CreditNoteDocument, (refund_id, language))

@@ -52,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from simcharge.catalog.steps import payable_step
 from simcharge.errors import Conflict, IdempotencyKeyReused, ValidationFailed
 from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.moments import UTC_ZONE
 from simcharge.kit.money import from_minor
 from simcharge.kit.translations import N_
 from simcharge.ledger import chart
@@ -609,10 +610,14 @@ async def complete_refund(
     now: datetime,
     *,
     note: str | None = None,
+    zone: str = UTC_ZONE,
 ) -> str:
     """Apply the provider's answer about one of our refunds (once); returns what happened —
     `unknown_refund` for a refund that is not ours. `note`: finance's note on a refused refund
-    when it was not the provider that refused (a job given up on in the back office)."""
+    when it was not the provider that refused (a job given up on in the back office). `zone`:
+    the operator's time zone (`SIMCHARGE_OPERATOR_TIMEZONE`), whose year numbers a done
+    refund's credit note (a refusal numbers nothing: the back office's discarded job leaves
+    it out)."""
     refund = (
         await session.execute(
             select(Refund)
@@ -650,15 +655,15 @@ async def complete_refund(
     held = await _held_codes(session, ids)
     left = max(0, paid_of(order) - order.refunded_amount)
     if refund.amount > left:
-        return await _past_what_was_paid(session, order, refund, ids, held, left, now)
+        return await _past_what_was_paid(session, order, refund, ids, held, left, now, zone)
     # Each posted under the code it was held with (`refund`, `refund_fee`, `clawback`).
     await post_transfers(session, [_end(refund, pid, held.get(pid, "refund")) for pid in ids], now=now)
     order.refunded_amount += refund.amount
     refunded_state(order)
     # The receipt stays as issued; the refund gets its own credit note, numbered now — in this
     # transaction, under the refund's lock, so a completion arriving twice numbers it once.
-    await issue_receipt_number(session, order.id)
-    credit_note = await issue_credit_note(session, refund.id, now)
+    await issue_receipt_number(session, order.id, zone=zone)
+    credit_note = await issue_credit_note(session, refund.id, now, zone=zone)
     await tell_payer_of_refund(session, order, refund, credit_note)
     return "refunded"
 
@@ -700,6 +705,7 @@ async def _past_what_was_paid(
     held: dict[uuid.UUID, str],
     left: int,
     now: datetime,
+    zone: str,
 ) -> str:
     """One of our refunds done at the provider for more than was left of the payment: what
     went back meanwhile — a dispute lost while it was held (the bank gave the payer the money,
@@ -759,8 +765,8 @@ async def _past_what_was_paid(
         f"{shown(over, currency)} beyond what was paid, recorded as the operator's loss",
     )
     if left:
-        await issue_receipt_number(session, order.id)
-        await issue_credit_note(session, refund.id, now)
+        await issue_receipt_number(session, order.id, zone=zone)
+        await issue_credit_note(session, refund.id, now, zone=zone)
     return "refunded"
 
 

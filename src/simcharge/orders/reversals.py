@@ -38,6 +38,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.kit.ids import derived_id, uuid7
+from simcharge.kit.moments import UTC_ZONE
 from simcharge.ledger import chart
 from simcharge.ledger.models import LedgerTransfer, TransferKind
 from simcharge.ledger.service import NewTransfer, ensure_accounts, post_transfers
@@ -71,8 +72,10 @@ async def refund_not_ours(
     *,
     source: str,
     what: str | None,
+    zone: str = UTC_ZONE,
 ) -> str:
-    """A refund that is not ours: made at the provider (see the module's policy)."""
+    """A refund that is not ours: made at the provider (see the module's policy). `zone`: the
+    operator's time zone, whose year numbers its credit note (`service.issue_credit_note`)."""
     order = await session.get(Order, order_id, with_for_update=True)
     if order is None or result.state is ProviderRefundState.failed:
         return UNKNOWN_REFUND  # nothing was given back
@@ -96,6 +99,7 @@ async def refund_not_ours(
         what=what,
         source=source,
         now=now,
+        zone=zone,
     )
     return "provider_refund" if recorded else "already"
 
@@ -119,7 +123,13 @@ async def known_refunds(session: AsyncSession, order: Order, *, done: bool = Fal
 
 
 async def note_refunded_status(
-    session: AsyncSession, order: Order, status: PaymentStatus, *, source: str, now: datetime
+    session: AsyncSession,
+    order: Order,
+    status: PaymentStatus,
+    *,
+    source: str,
+    now: datetime,
+    zone: str = UTC_ZONE,
 ) -> bool:
     """A status saying the payment was (partly) refunded: what we do not know of was refunded
     at the provider and is recorded so. True if it was news."""
@@ -142,7 +152,9 @@ async def note_refunded_status(
     if extra <= 0:
         return False
     if status.refunds:
-        return await _record_listed_refunds(session, order, status, extra, source=source, now=now)
+        return await _record_listed_refunds(
+            session, order, status, extra, source=source, now=now, zone=zone
+        )
     recorded = await record_provider_refund(
         session,
         order,
@@ -153,6 +165,7 @@ async def note_refunded_status(
         what=word,
         source=source,
         now=now,
+        zone=zone,
     )
     return recorded is not None
 
@@ -165,6 +178,7 @@ async def _record_listed_refunds(
     *,
     source: str,
     now: datetime,
+    zone: str,
 ) -> bool:
     """The refunds a status lists one by one (PayPal's order): each that is not ours is recorded
     under its own id — the key its own notification is recorded under (`refund_not_ours`), so
@@ -195,6 +209,7 @@ async def _record_listed_refunds(
             what=word,
             source=source,
             now=now,
+            zone=zone,
         )
         if recorded is not None:
             extra -= recorded.amount
@@ -213,9 +228,11 @@ async def record_provider_refund(
     what: str,
     source: str,
     now: datetime,
+    zone: str = UTC_ZONE,
 ) -> Refund | None:
     """A refund made at the provider without us: recorded once per `key` (None if it was
-    before), its money posted when the payment is known, the order flagged for finance."""
+    before), its money posted when the payment is known, the order flagged for finance.
+    `zone`: the operator's time zone, whose year numbers its credit note."""
     request_key = f"{PROVIDER}{order.id}:{key}"[:220]
     earlier = (
         await session.execute(select(Refund.id).where(Refund.request_key == request_key))
@@ -254,13 +271,16 @@ async def record_provider_refund(
     )
     session.add(refund)
     await session.flush()
-    await settle_provider_refunds(session, order, now)
+    await settle_provider_refunds(session, order, now, zone=zone)
     return refund
 
 
-async def settle_provider_refunds(session: AsyncSession, order: Order, now: datetime) -> None:
+async def settle_provider_refunds(
+    session: AsyncSession, order: Order, now: datetime, *, zone: str = UTC_ZONE
+) -> None:
     """Post the money of the refunds made at the provider that are not posted yet — once the
-    payment itself is known (a refund may be reported before its payment)."""
+    payment itself is known (a refund may be reported before its payment) — and number their
+    credit notes in the year of `zone`, the operator's time zone."""
     if order.paid_at is None:
         return
     rows = (
@@ -282,7 +302,7 @@ async def settle_provider_refunds(session: AsyncSession, order: Order, now: date
         settled.append(refund)
     if settled:
         refunded_state(order)
-        await issue_credit_notes(session, order.id, now)
+        await issue_credit_notes(session, order.id, now, zone=zone)
         await session.flush()
         reversed_ = await _disputed(session, order)
         for refund in settled:
@@ -320,25 +340,31 @@ async def _disputed(session: AsyncSession, order: Order) -> bool:
     return found is not None
 
 
-async def apply_refund_news(session: AsyncSession, event: ProviderEvent, now: datetime) -> str:
+async def apply_refund_news(
+    session: AsyncSession, event: ProviderEvent, now: datetime, *, zone: str = UTC_ZONE
+) -> str:
     """Apply a stored notification about a refund or a dispute of `event.order_id`; returns
-    what happened (the caller marks the event processed)."""
+    what happened (the caller marks the event processed). `zone`: the operator's time zone
+    (`SIMCHARGE_OPERATOR_TIMEZONE`), whose year numbers the credit notes it issues."""
     assert event.order_id is not None
     source = f"webhook:{event.event_id}"
     if event.refund is not None:
         result = refund_from_json(event.refund)
-        outcome = await complete_refund(session, event.order_id, result, now)
+        outcome = await complete_refund(session, event.order_id, result, now, zone=zone)
         if outcome != UNKNOWN_REFUND:
             return outcome
         return await refund_not_ours(
-            session, event.order_id, result, now, source=source, what=event.event_type
+            session, event.order_id, result, now, source=source, what=event.event_type,
+            zone=zone,
         )
     if event.dispute is not None:
         order = await session.get(Order, event.order_id, with_for_update=True)
         assert order is not None
         dispute = dispute_from_json(event.dispute)
         if dispute.dispute_status == DISPUTE_LOST:
-            await record_lost_dispute(session, order, dispute, source=source, now=now)
+            await record_lost_dispute(
+                session, order, dispute, source=source, now=now, zone=zone
+            )
         return record_dispute(order, dispute, source=source)
     return "ignored"
 
@@ -350,7 +376,13 @@ give it back or never took it; the others are undecided."""
 
 
 async def record_lost_dispute(
-    session: AsyncSession, order: Order, dispute: Dispute, *, source: str, now: datetime
+    session: AsyncSession,
+    order: Order,
+    dispute: Dispute,
+    *,
+    source: str,
+    now: datetime,
+    zone: str = UTC_ZONE,
 ) -> None:
     """A dispute the operator lost is money that went back to the payer through their bank: it
     is recorded once per dispute as a refund by the provider, its money posted back like one
@@ -398,6 +430,7 @@ async def record_lost_dispute(
             what=f"dispute {dispute.dispute_id} lost",
             source=source,
             now=now,
+            zone=zone,
         )
     if over:
         await dispute_loss(session, order, dispute, over, loss_id, source=source, now=now)

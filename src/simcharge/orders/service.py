@@ -40,6 +40,7 @@ from simcharge.kit.crypto import constant_time_equals, keyed_hash
 from simcharge.kit.i18n import pick_text
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.logging import log_denied
+from simcharge.kit.moments import UTC_ZONE
 from simcharge.kit.schemas import Money
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerTransfer
@@ -57,7 +58,7 @@ from simcharge.orders.models import (
     Refund,
     RefundState,
 )
-from simcharge.orders.numbering import CREDIT_NOTES, RECEIPTS
+from simcharge.orders.numbering import CREDIT_NOTES, RECEIPTS, year_of
 from simcharge.orders.schemas import PlanRef, QuoteOut
 from simcharge.payments.providers import PaymentFlow
 from simcharge.payments.registry import Providers
@@ -634,11 +635,15 @@ def flag_order(order: Order, why: Attention, note: str) -> None:
     order.attention_note = f"{earlier}; {note}" if earlier else note
 
 
-async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> str | None:
+async def issue_receipt_number(
+    session: AsyncSession, order_id: uuid.UUID, *, zone: str = UTC_ZONE
+) -> str | None:
     """Number the receipt of a credited order: `R2026-000001`, `R2026-000002` … gapless per
     year of payment, in the order receipts are issued. Once per order (the order is locked and
     keeps its number); None for an order that was not credited — neither its package nor, by
-    finance, its payment on the line's balance (`applied_at`).
+    finance, its payment on the line's balance (`applied_at`). The year is the operator's:
+    that of the payment's date in `zone` (`SIMCHARGE_OPERATOR_TIMEZONE`, `numbering.year_of`),
+    the date the receipt prints.
 
     Numbering at issue rather than in the crediting transaction keeps the one counter row every
     receipt needs out of the webhook's path; the worker issues the receipt right after the
@@ -651,8 +656,9 @@ async def issue_receipt_number(session: AsyncSession, order_id: uuid.UUID) -> st
     issued = order.fulfilled_at or await applied_at(session, order)
     if issued is None:
         return None
-    value = await _next_number(session, RECEIPTS.counter(issued.year))
-    order.receipt_number = RECEIPTS.number(issued.year, value)
+    year = year_of(issued, zone)
+    value = await _next_number(session, RECEIPTS.counter(year))
+    order.receipt_number = RECEIPTS.number(year, value)
     await session.flush()
     return order.receipt_number
 
@@ -675,10 +681,11 @@ async def _next_number(session: AsyncSession, counter: str) -> int:
 
 
 async def issue_credit_note(
-    session: AsyncSession, refund_id: uuid.UUID, now: datetime
+    session: AsyncSession, refund_id: uuid.UUID, now: datetime, *, zone: str = UTC_ZONE
 ) -> str | None:
     """Number the credit note of a refund: `C2026-000001` … gapless per year of the refund's
-    completion, in its own series. Once per refund (the refund is locked and keeps its
+    completion in the operator's time zone `zone` (`numbering.year_of`: the year of the date
+    it prints), in its own series. Once per refund (the refund is locked and keeps its
     number, so a completion arriving twice, or two at once, number it once); None for a refund
     not done (pending, failed), one made at the provider whose money is not posted yet, or one
     of an order that has no receipt (never credited: nothing to credit against)."""
@@ -693,9 +700,9 @@ async def issue_credit_note(
         return refund.credit_note_number
     if not _done(refund):
         return None
-    if await issue_receipt_number(session, refund.order_id) is None:
+    if await issue_receipt_number(session, refund.order_id, zone=zone) is None:
         return None
-    year = (refund.completed_at or now).year
+    year = year_of(refund.completed_at or now, zone)
     value = await _next_number(session, CREDIT_NOTES.counter(year))
     refund.credit_note_number = CREDIT_NOTES.number(year, value)
     await session.flush()
@@ -709,9 +716,11 @@ def _done(refund: Refund) -> bool:
     return refund.state == RefundState.succeeded.value and posted
 
 
-async def issue_credit_notes(session: AsyncSession, order_id: uuid.UUID, now: datetime) -> None:
+async def issue_credit_notes(
+    session: AsyncSession, order_id: uuid.UUID, now: datetime, *, zone: str = UTC_ZONE
+) -> None:
     """Number the credit notes of every refund of the order that is done and has none yet
-    (a refund made at the provider, once its money is posted)."""
+    (a refund made at the provider, once its money is posted), in `zone`'s years."""
     ids = (
         await session.execute(
             select(Refund.id)
@@ -724,7 +733,7 @@ async def issue_credit_notes(session: AsyncSession, order_id: uuid.UUID, now: da
         )
     ).scalars().all()
     for refund_id in ids:
-        await issue_credit_note(session, refund_id, now)
+        await issue_credit_note(session, refund_id, now, zone=zone)
 
 
 CREDIT_NOTE_BACKFILL_BATCH = 500
@@ -767,13 +776,15 @@ async def backfill_credit_notes(
     db: Database,
     actor: Actor,
     *,
+    zone: str = UTC_ZONE,
     dry_run: bool = False,
     batch_size: int = CREDIT_NOTE_BACKFILL_BATCH,
 ) -> CreditNoteBackfill:
     """Number the credit notes of the done refunds that have none — those completed before
     credit notes existed — in the order they were completed, each in the series of its
-    completion's year (`issue_credit_note`). Nothing is e-mailed: the payer was told of the
-    refund when it was done; the credit note is linked from the order.
+    completion's year in the operator's time zone `zone` (`issue_credit_note`). Nothing is
+    e-mailed: the payer was told of the refund when it was done; the credit note is linked
+    from the order.
 
     Read `batch_size` at a time; each refund is numbered in a transaction of its own, which
     locks what a live completion locks, in the same order (the refund, its order, then the
@@ -813,7 +824,7 @@ async def backfill_credit_notes(
                     report.none_due += 1
                     continue
                 assert refund is not None
-                year = (refund.completed_at or utcnow()).year
+                year = year_of(refund.completed_at or utcnow(), zone)
                 report.due[year] = report.due.get(year, 0) + 1
                 continue
 
@@ -821,7 +832,7 @@ async def backfill_credit_notes(
                 refund = await s.get(Refund, refund_id, with_for_update=True)
                 if refund is None or refund.credit_note_number is not None:
                     return ""  # numbered meanwhile (a completion, a payer asking for it)
-                issued = await issue_credit_note(s, refund_id, utcnow())
+                issued = await issue_credit_note(s, refund_id, utcnow(), zone=zone)
                 if issued is not None:
                     await audit.record(
                         s,

@@ -196,7 +196,10 @@ async def refund(ctx: JobContext, payload: dict[str, Any]) -> None:
         the provider's id and the follow-up that only reads are kept together."""
         if (
             result is not None
-            and await complete_refund(s, order.id, result, utcnow(), note=note) != "pending"
+            and await complete_refund(
+                s, order.id, result, utcnow(), note=note, zone=ctx.settings.operator_timezone
+            )
+            != "pending"
         ):
             return
         if follow_up + 1 > REFUND_FOLLOW_UPS:
@@ -265,7 +268,8 @@ async def receipt(ctx: JobContext, payload: dict[str, Any]) -> None:
     """Number the receipt, render it in the payer's language, keep it, and e-mail it to them
     (when their address is verified)."""
     order_id = _uuid(payload, "order_id")
-    if await ctx.db.run(lambda s: issue_receipt_number(s, order_id)) is None:
+    zone = ctx.settings.operator_timezone
+    if await ctx.db.run(lambda s: issue_receipt_number(s, order_id, zone=zone)) is None:
         raise PermanentJobError(f"order {order_id} was not credited: no receipt")
     async with ctx.db.read() as s:
         order = await s.get(Order, order_id)

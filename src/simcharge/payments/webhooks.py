@@ -382,7 +382,7 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
         )  # fmt: skip
     outcome = "unmatched" if unmatched else "ignored"
     if news and event.order_id is not None:
-        outcome = await apply_refund_news(s, event, now)
+        outcome = await apply_refund_news(s, event, now, zone=policy.settings.operator_timezone)
     await mark_processed(s, event.id, outcome, now)
     return outcome
 
