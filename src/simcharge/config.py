@@ -413,6 +413,29 @@ class Settings(BaseSettings):
             raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_DATA_MB exceeds the maximum")
         return self
 
+    @field_validator("charging_rating_groups")
+    @classmethod
+    def _rating_groups_once_each(cls, value: str) -> str:
+        """Each rating group once, and an Nchf `RatingGroup` (Uint32): a group listed twice
+        would be rated as whichever came last, one beyond 4294967295 never arrives. The start
+        says which, named `SIMCHARGE_CHARGING_RATING_GROUPS` (`settings_problems`)."""
+        seen: dict[int, str] = {}
+        for part in value.split(","):
+            key, service = (p.strip() for p in part.split("=", 1))
+            group = int(key) if key.isascii() and len(key.lstrip("0")) <= 10 else -1
+            if not 0 <= group <= 2**32 - 1:
+                raise ValueError(
+                    f"rating group {key[:20]}{'…' if len(key) > 20 else ''} is out of range "
+                    "(a rating group is 0 to 4294967295)"
+                )
+            if group in seen:
+                raise ValueError(
+                    f"rating group {group} is listed twice ({seen[group]} and {service}); "
+                    "list each once"
+                )
+            seen[group] = service
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_capitals(cls, value: object) -> object:

@@ -579,16 +579,14 @@ def _kept(record: Record) -> bytes:
     )
 
 
-def _same_record(record: Record, first: bytes) -> bool:
-    """Whether `record` repeats the one kept as `first` (`_kept`, same id): the same subscriber,
-    service, quantity and start, and the same country or none said — the rule for a record
-    charged before."""
-    again = _kept(record)
-    return (
-        again[8:24] == first[8:24]
-        and again[26:] == first[26:]
-        and (record[7] is None or again[24:26] == first[24:26])
-    )
+def _unkept(kept: bytes) -> tuple[str, str, int, datetime, str | None]:
+    """The record kept as `kept` (`_kept`): subscriber, service, quantity, start, country."""
+    _, units, micros = _KEPT.unpack_from(kept)
+    country = kept[24:26].decode()
+    rest = kept[26:].decode()
+    service = next(s for s in _SERVICES if rest.startswith(s))
+    return (rest[len(service):], service, units, EARLIEST + micros * _MICROSECOND,
+            None if country == _NO_COUNTRY else country)  # fmt: skip
 
 
 def _line_of(kept: bytes) -> int:
@@ -596,11 +594,23 @@ def _line_of(kept: bytes) -> int:
     return int(_KEPT.unpack_from(kept)[0])
 
 
-@dataclass
-class _Repeats:
-    """Records of the file that repeat one earlier in it (same id, same record): duplicates."""
+class _Chunk(list[Record]):
+    """A chunk's records, and what the file said before under some of their ids.
 
-    count: int = 0
+    `firsts`: the records that repeat an id seen before in the file (by line), and the first
+    record of that id (`_kept`). They are charged in a later chunk than any other record of the
+    id, so that the rule is the one of an id charged before (`_ChunkCharge._same_as_charged`):
+    the line resolved, the country as stored. `riders`: lines that repeat, exactly as written,
+    the first record of their id, which is in this chunk (line, its line): whatever becomes of
+    that record becomes of them — charged or a duplicate, they are duplicates; refused, they are
+    refused for the same reason."""
+
+    __slots__ = ("firsts", "riders")
+
+    def __init__(self, records: Iterable[Record] = ()) -> None:
+        super().__init__(records)
+        self.firsts: dict[int, bytes] = {}
+        self.riders: list[tuple[int, int]] = []
 
 
 def _chunks(
@@ -609,20 +619,25 @@ def _chunks(
     errors: _Errors,
     *,
     latest: datetime,
-    repeats: _Repeats | None = None,
-    name: str = "line",
-) -> Iterator[list[Record]]:
+) -> Iterator[_Chunk]:
     """The good records of `rows`, `size` at a time; the others go to `errors`.
 
     A record id seen before in the file follows the rule of an id charged before, whatever the
-    distance: the same record again is a duplicate (counted in `repeats`, charged once); another
-    record under the id is a bad record. The ids are remembered for a few chunks (bounded
-    memory) and forgotten only between chunks, never within one: a chunk holds each id once
-    (the same id twice in a chunk would be two usage rows with one key), and an id repeated
-    after they are forgotten is in the database by then, where the same rule finds it. `name`
-    says what numbers the rows: `line` (a file's), `index` (in the API's `records`)."""
-    chunk: list[Record] = []
+    distance — it is that rule: a record repeating an id goes to a chunk after the one of the
+    id's last record, where the chunk's lookup finds the id charged (the same record again is a
+    duplicate, another record under the id a bad record) or not (what had the id was refused:
+    this record is charged or refused on its own). A chunk holds each id once (the same id
+    twice in a chunk would be two usage rows with one key). The exact same text again, next to
+    the first (same chunk), waits for that record's outcome instead (`_Chunk.riders`). The ids
+    are remembered for a few chunks (bounded memory) and forgotten only between chunks; an id
+    repeated after they are forgotten is in the database by then, where the same rule finds
+    it."""
+    chunk = _Chunk()
+    number = 0  # the chunk being filled
+    start = 0  # the line (index) from which the records read are in it
     seen: dict[str, bytes] = {}  # id → `_kept(record)`: a record held for its id is 4 times that
+    placed: dict[str, int] = {}  # a repeated id → the chunk its last record goes in
+    later: dict[int, _Chunk] = {}  # records that repeat an id of the chunk being filled
     check = RecordChecker(latest).check
     for line, row in rows:
         if isinstance(row, BadRow):
@@ -641,24 +656,34 @@ def _chunks(
             continue
         ext = record[1]
         first = seen.get(ext)
-        if first is not None:
-            if _same_record(record, first):
-                if repeats is not None:
-                    repeats.count += 1
+        if first is None:
+            seen[ext] = _kept(record)
+            chunk.append(record)
+        else:
+            here = _line_of(first) >= start
+            if here and _kept(record)[8:] == first[8:]:
+                chunk.riders.append((line, _line_of(first)))
             else:
-                at = _line_of(first)
-                where = f"records[{at}]" if name == "index" else f"{name} {at}"
-                errors.add(line, "id", f"{ext} is the id of another record, at {where}")
-            continue
-        seen[ext] = _kept(record)
-        chunk.append(record)
-        if len(chunk) >= size:
+                last = placed.get(ext, number if here else number - 1)
+                goes = placed[ext] = max(last + 1, number)
+                target = chunk if goes == number else later.setdefault(goes, _Chunk())
+                target.append(record)
+                target.firsts[line] = first
+        if len(chunk) + len(chunk.riders) >= size:
             yield chunk
-            chunk = []
+            number += 1
+            start = line + 1
+            chunk = later.pop(number) if number in later else _Chunk()
             if len(seen) > 4 * size:
-                seen.clear()
-    if chunk:
-        yield chunk
+                placed = {k: n for k, n in placed.items() if n >= number}
+                seen = {k: seen[k] for k in placed}
+    while True:
+        if chunk or chunk.riders:
+            yield chunk
+        if not later:
+            break
+        number += 1
+        chunk = later.pop(number) if number in later else _Chunk()
 
 
 # --- rating and charging a chunk --------------------------------------------------------------
@@ -729,13 +754,30 @@ class ChunkOutcome:
     duplicates: int = 0
     unbilled_records: int = 0
     errors: _Errors = field(default_factory=_Errors)
+    charged_repeats: dict[str, int] = field(default_factory=dict)
+    """Records charged that repeated an id of the file (`_Chunk.firsts`): their line, by id."""
 
 
 class _ChunkCharge:
     """One chunk in one transaction: see the module's docstring."""
 
-    def __init__(self, session: AsyncSession, rater: _Rater, low_balance: int) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        rater: _Rater,
+        low_balance: int,
+        *,
+        charged_here: dict[str, int] | None = None,
+        name: str = "line",
+    ) -> None:
         self.session = session
+        self.charged_here = charged_here or {}
+        """Records that repeated an id in the file and were charged, by id: their line."""
+        self.name = name
+        """What numbers the records: `line` (a file's) or `index` (in the API's `records`)."""
+        self.firsts: dict[int, bytes] = {}
+        self.watched: dict[int, tuple[str, str] | None] = {}
+        """The lines that riders wait for (`_Chunk.riders`), and why each was refused."""
         self.repo = UsageRepository(session)
         self.rater = rater
         self.low_balance = low_balance
@@ -744,8 +786,18 @@ class _ChunkCharge:
         self.debited: list[tuple[Pot, uuid.UUID]] = []
         """Every pot taken from, with where its takes go (in the order first taken)."""
 
+    def _refuse(self, line: int, name: str, detail: str) -> None:
+        if line in self.watched:
+            self.watched[line] = (name, detail)
+        self.outcome.errors.add(line, name, detail)
+
     async def run(self, records: list[Record], *, look_up: bool) -> ChunkOutcome:
-        """`look_up`: look for the records charged before (else they make the insert fail)."""
+        """`look_up`: look for the records charged before (else they make the insert fail); a
+        chunk with records that repeat an id of the file always does."""
+        if isinstance(records, _Chunk):
+            self.firsts = records.firsts
+            self.watched = dict.fromkeys((first for _, first in records.riders), None)
+        look_up = look_up or bool(self.firsts)
         known = await self.repo.charged_ids([r[2] for r in records]) if look_up else set()
         fresh = [r for r in records if r[2] not in known] if known else list(records)
         self.outcome.duplicates = len(records) - len(fresh)
@@ -763,7 +815,7 @@ class _ChunkCharge:
         for record in fresh:
             line = lines.get(record[3])
             if line is None or line.pots is None:
-                self.outcome.errors.add(
+                self._refuse(
                     record[0],
                     "subscriber",
                     f"{record[3]} is not one of our lines"
@@ -777,6 +829,13 @@ class _ChunkCharge:
             else:
                 found.append(record)
         await self.repo.insert_records(self._rated(by_line))
+        if isinstance(records, _Chunk):
+            for rider, first in records.riders:
+                refused = self.watched[first]
+                if refused is None:
+                    self.outcome.duplicates += 1
+                else:
+                    self.outcome.errors.add(rider, *refused)
         await self._post_transfers()
         charged = {ln.id: ln for ln in lines.values() if ln.latest is not None}.values()
         await self.repo.set_last_activity(
@@ -807,28 +866,28 @@ class _ChunkCharge:
 
     async def _same_as_charged(self, again: list[Record]) -> None:
         """A record whose id was charged before is a duplicate only if it is the same record:
-        another subscriber, service, quantity, start or country under that id is a bad record
-        (`id`), reported and not charged — never counted as a duplicate."""
+        the same line (by its MSISDN or its IMSI), service, quantity and start, and the country
+        stored (the line's home country when none was said) or none said. Another record under
+        that id is a bad record (`id`), reported and not charged — never counted as a
+        duplicate. One of the file's, it names the line of the record charged under the id."""
         facts = await self.repo.charged_facts([r[2] for r in again])
         for record in again:
             found = facts.get(record[2])
             if found is None:
                 continue
-            service, quantity, started_at, country, msisdn, imsi = found
-            if started_at.tzinfo is None:
-                started_at = started_at.replace(tzinfo=UTC)
-            same = (
-                record[3] in (msisdn, imsi)
-                and record[4] == service
-                and record[5] == quantity
-                and record[6] == started_at
-                and (record[7] is None or record[7] == country)
-            )
-            if not same:
-                self.outcome.duplicates -= 1
-                self.outcome.errors.add(
-                    record[0], "id", f"{record[1]} was charged before for another record"
-                )
+            if _same_as(record[3:], found):
+                continue
+            self.outcome.duplicates -= 1
+            ext, detail = record[1], f"{record[1]} was charged before for another record"
+            first = self.firsts.get(record[0])
+            if first is not None:
+                at = self.charged_here.get(ext)
+                if at is None and _same_as(_unkept(first), found):
+                    at = _line_of(first)
+                if at is not None:
+                    where = f"records[{at}]" if self.name == "index" else f"{self.name} {at}"
+                    detail = f"{ext} is the id of another record, at {where}"
+            self._refuse(record[0], "id", detail)
 
     async def _lines(self, subscribers: set[str]) -> dict[str, _Line]:
         """The lines named, by subscriber (`+MSISDN` or IMSI), with their pots locked."""
@@ -852,7 +911,7 @@ class _ChunkCharge:
     def _rated(self, by_line: dict[_Line, list[Record]]) -> Iterator[tuple[Any, ...]]:
         """The usage rows of the lines' records, rated and taken from the line's pots in order:
         each pot remembers what the chunk took from it (`batch_debit`)."""
-        outcome, errors, rater, now = self.outcome, self.outcome.errors, self.rater, self.now
+        outcome, rater, now, firsts = self.outcome, self.rater, self.now, self.firsts
         debited = self.debited
         for line, records in by_line.items():
             pots, currency, home, shard, key = (
@@ -869,7 +928,7 @@ class _ChunkCharge:
                     country = home
                 zone, rate = rater.rate(service, country, currency)
                 if rate is None:
-                    errors.add(
+                    self._refuse(
                         line_no,
                         "service",
                         f"no tariff for {service} in zone {zone} in {currency} (rating failed)",
@@ -895,6 +954,8 @@ class _ChunkCharge:
                 if taking.short:
                     outcome.unbilled_records += 1
                 outcome.accepted += 1
+                if firsts and line_no in firsts:
+                    outcome.charged_repeats[ext] = line_no
                 if quantity:  # chargeable activity is usage: a call of 0 s is none
                     line.latest = started_at  # in time order: the latest so far
                 yield (
@@ -929,6 +990,22 @@ class _ChunkCharge:
 
 
 _started_at = itemgetter(6)
+
+
+def _same_as(record: Sequence[Any], found: tuple[Any, ...]) -> bool:
+    """Whether a record (subscriber, service, quantity, start, country) is the one charged with
+    `found` (`UsageRepository.charged_facts`)."""
+    subscriber, service, quantity, started_at, country = record[:5]
+    f_service, f_quantity, f_started_at, f_country, msisdn, imsi = found
+    if f_started_at.tzinfo is None:
+        f_started_at = f_started_at.replace(tzinfo=UTC)
+    return (
+        subscriber in (msisdn, imsi)
+        and service == f_service
+        and quantity == f_quantity
+        and started_at == f_started_at
+        and (country is None or country == f_country)
+    )
 
 
 class _RecordsChargedMeanwhile(Exception):
@@ -977,7 +1054,7 @@ async def import_usage_records(
     report = UsageReport()
     read_errors = _Errors()
     errors = _Errors()
-    repeats = _Repeats()
+    charged_here: dict[str, int] = {}
     async with db.read() as s:
         rater = _Rater(await load_rating_table(s))
     chunks = _chunks(
@@ -985,9 +1062,8 @@ async def import_usage_records(
         chunk_size or settings.usage_chunk_size,
         read_errors,
         latest=utcnow() + CLOCK_SKEW,
-        repeats=repeats,
-        name="index" if indexed else "line",
     )
+    name = "index" if indexed else "line"
     look_up = True
     with _cycle_collector_paused():
         following = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
@@ -995,9 +1071,16 @@ async def import_usage_records(
             while (chunk := await following) is not None:
                 following = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
                 try:
-                    outcome = await _charge_chunk(db, settings, rater, chunk, look_up=look_up)
+                    outcome = await _charge_chunk(
+                        db, settings, rater, chunk, look_up=look_up, charged_here=charged_here,
+                        name=name,
+                    )  # fmt: skip
                 except _RecordsChargedMeanwhile:
-                    outcome = await _charge_chunk(db, settings, rater, chunk, look_up=True)
+                    outcome = await _charge_chunk(
+                        db, settings, rater, chunk, look_up=True, charged_here=charged_here,
+                        name=name,
+                    )  # fmt: skip
+                charged_here.update(outcome.charged_repeats)
                 look_up = outcome.duplicates > 0
                 report.accepted += outcome.accepted
                 report.duplicates += outcome.duplicates
@@ -1007,7 +1090,6 @@ async def import_usage_records(
             # On an error, let the reading thread finish before the caller closes the file.
             await asyncio.gather(following, return_exceptions=True)
     errors.extend(read_errors)
-    report.duplicates += repeats.count
     report.errors = [
         UsageError(record=n, field=name, detail=detail)
         if indexed
@@ -1020,13 +1102,21 @@ async def import_usage_records(
 
 
 async def _charge_chunk(
-    db: Database, settings: Settings, rater: _Rater, chunk: list[Record], *, look_up: bool
+    db: Database,
+    settings: Settings,
+    rater: _Rater,
+    chunk: list[Record],
+    *,
+    look_up: bool,
+    charged_here: dict[str, int] | None = None,
+    name: str = "line",
 ) -> ChunkOutcome:
     async def charge(session: AsyncSession) -> ChunkOutcome:
         try:
-            return await _ChunkCharge(session, rater, settings.charging_low_balance).run(
-                chunk, look_up=look_up
-            )
+            return await _ChunkCharge(
+                session, rater, settings.charging_low_balance, charged_here=charged_here,
+                name=name,
+            ).run(chunk, look_up=look_up)  # fmt: skip
         except (IntegrityError, asyncpg.UniqueViolationError) as exc:
             if not _is_duplicate_record(exc):
                 raise
