@@ -31,7 +31,7 @@ from simcharge.backoffice.screens_customers import router as backoffice_customer
 from simcharge.backoffice.screens_reports import router as backoffice_reports_router
 from simcharge.backoffice.screens_tickets import router as backoffice_tickets_router
 from simcharge.catalog.endpoints import router as catalog_router
-from simcharge.charging.endpoints import NCHF_PREFIX, nchf_error, usage_router
+from simcharge.charging.endpoints import NCHF_ROOT, nchf_error, usage_router
 from simcharge.charging.endpoints import router as nchf_router
 from simcharge.config import Environment, Settings, get_settings
 from simcharge.db import Database, Timeouts
@@ -191,7 +191,7 @@ def create_app(
     install_problem_handlers(app)
     # Errors answered before a route runs (the middleware's refusals, a 500) in the shape of
     # the API under the path: TMF654 answers with its `Error` resource, Nchf with its `cause`.
-    app.state.error_answers = ((f"{NCHF_PREFIX}/", nchf_error), ("/tmf-api/", tmf_error))
+    app.state.error_answers = ((NCHF_ROOT, nchf_error), ("/tmf-api/", tmf_error))
     document_problems(app)
     install_backoffice(app)
     add_routes(app, *ROUTERS)

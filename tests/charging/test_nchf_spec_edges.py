@@ -208,8 +208,9 @@ async def test_a_nul_in_the_subscriber_is_an_unknown_subscriber_not_a_500(
 ) -> None:
     """The Nchf routes read the body whatever its content type; the middleware refuses a NUL
     only in JSON-typed bodies. A NUL in `subscriberIdentifier` reached PostgreSQL's lookup of
-    the line and failed there: a 500. Now an identifier that is no IMSI or E.164 number is
-    not looked up: `USER_UNKNOWN`, as the spec's `Supi` allows any text."""
+    the line and failed there: a 500. Then an identifier that is no IMSI or E.164 number was
+    not looked up: `USER_UNKNOWN`, as the spec's `Supi` allows any text. Since round 16 a
+    body not sent as JSON is not read at all (415, `test_round16_nchf_conformance.py`)."""
     await make_line(db)
     api = await nchf(client, db)
     raw = json.dumps(body(subscriber, 0, [rg(DATA, requested={"totalVolume": MIB})])).encode()
@@ -217,8 +218,8 @@ async def test_a_nul_in_the_subscriber_is_an_unknown_subscriber_not_a_500(
     if content_type is not None:
         headers["content-type"] = content_type
     r = await client.post(f"{BASE}/chargingdata", content=raw, headers=headers)
-    assert r.status_code == 404, r.text
-    assert r.json()["cause"] == "USER_UNKNOWN"
+    assert r.status_code == 415, r.text
+    assert r.json()["cause"] == "INVALID_MSG_FORMAT"
     assert await _count(db, ChargingSession) == 0
 
 

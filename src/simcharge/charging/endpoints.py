@@ -27,8 +27,12 @@ from simcharge.errors import Forbidden, NotAuthenticated, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_
 from simcharge.metrics import CHARGING_REQUESTS
+from simcharge.tmf654.endpoints import UnsupportedMediaType
 
 NCHF_PREFIX = "/nchf-convergedcharging/v3"
+NCHF_ROOT = "/nchf-convergedcharging/"
+"""Every path under it answers problems as Nchf does (`nchf_error`: with `cause`), another
+version's included: a client of the CHF reads `cause` on every problem."""
 SCOPE = "charging"
 
 router = APIRouter(prefix=NCHF_PREFIX, tags=["charging (Nchf_ConvergedCharging v3)"])
@@ -72,6 +76,36 @@ def nchf_error(request: Request, exc: SimchargeError) -> JSONResponse:
         else "INVALID_MSG_FORMAT"
     )  # fmt: skip
     return problem_response(request, exc, {"cause": cause})
+
+
+def _is_json(request: Request) -> bool:
+    """Whether the body is sent as `application/json` (parameters, a charset, allowed)."""
+    given = request.headers.get("content-type") or ""
+    return given.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _check_media_type(request: Request) -> None:
+    """A ChargingDataRequest is JSON (TS 29.500 5.4): a body sent as anything else — XML,
+    text, a form, no type at all — is refused unread, 415 (TS 29.500 table 5.2.7.2-1 gives
+    it no cause: `INVALID_MSG_FORMAT`, as the other client errors it lists none for), never
+    charged."""
+    if not _is_json(request):
+        raise nchf.NchfProblem(
+            415,
+            "INVALID_MSG_FORMAT",
+            N_("Send the body as application/json."),
+            invalid=[("Content-Type", "a ChargingDataRequest is sent as application/json")],
+            headers={"Accept-Post": "application/json"},
+        )
+
+
+async def usage_media_type(request: Request) -> None:
+    """The usage batch is JSON: a body sent as another type (or none) is 415, not read as
+    JSON anyway (without a type, it was) nor reported as a body that is no object."""
+    if not _is_json(request):
+        raise UnsupportedMediaType(
+            field="Content-Type", headers={"Accept-Post": "application/json"}
+        )
 
 
 def _app_state(request: Request) -> tuple[Database, Settings]:
@@ -254,6 +288,7 @@ _AUTH = {
     "_403": "ACCESS_TOKEN_DENIED: the API key lacks the scope `charging`",
     "_500": "SYSTEM_FAILURE",
     "_503": "NF_CONGESTION: the database out of reach; nothing done, try again",
+    "_415": "INVALID_MSG_FORMAT: the body is not sent as application/json",
     "_4XX": "Another client error (a body too large): INVALID_MSG_FORMAT",
 }
 _REF_PARAMETER: dict[str, Any] = {
@@ -305,6 +340,7 @@ def _counted(operation: str) -> Iterator[None]:
 async def create_charging_data(request: Request, client: NF) -> Response:
     """Nchf_ConvergedCharging_Create: open a charging data resource and grant the first quotas."""
     db, settings = _app_state(request)
+    _check_media_type(request)
     body = await request.body()
     cache = rating_cache(request, settings)
 
@@ -325,6 +361,7 @@ async def _update(
     request: Request, client: KeyClient, ref: str, *, release: bool
 ) -> nchf.NchfAnswer:
     db, settings = _app_state(request)
+    _check_media_type(request)
     body = await request.body()
     cache = rating_cache(request, settings)
 
@@ -385,6 +422,7 @@ async def submit_usage(
     db: DB,
     settings: AppSettings,
     _caller: Annotated[Integration, require_scope("usage:write")],
+    _json: Annotated[None, Depends(usage_media_type)],
 ) -> UsageReport:
     """Rate and charge a batch of usage records (offline charging). Idempotent by record id:
     a record already charged is counted in `duplicates` and not charged again. Bad records are

@@ -10,8 +10,10 @@ subscriber is. Everything of one request is one ledger batch in one transaction.
 Idempotency: a create is named by the API key and a hash of its body (a retransmitted create
 finds its resource and gets the create's answer again, whatever happened since); an update or
 release carrying a sequence number answered before, with the same body, gets the same answer
-again (`ChargingSession.answers`); every transfer and usage record id derives from (resource,
-sequence number, rating group), so no retry can charge twice.
+again (`ChargingSession.answers`) — so does a retransmission (`retransmissionIndicator`) stamped
+anew (`Digests`); every transfer and usage record id derives from (resource, sequence number,
+rating group), so no retry can charge twice. Units used without a quota (offline charging, or
+quota management suspended) are charged at once, as a post event's.
 """
 
 from __future__ import annotations
@@ -75,9 +77,12 @@ class NchfProblem(SimchargeError):
         detail: str,
         *,
         invalid: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
         **params: Any,
     ) -> None:
-        super().__init__(detail, field=invalid[0][0] if invalid else None, **params)
+        super().__init__(
+            detail, field=invalid[0][0] if invalid else None, headers=headers, **params
+        )
         self.status = status
         self.cause = cause
         self.invalid = invalid or []
@@ -137,11 +142,23 @@ class UsedUnits(Units):
     them; a report beyond is refused as a bad value, not stored."""
 
     localSequenceNumber: int
+    quotaManagementIndicator: str | None = None
     time: int | None = Field(default=None, ge=0, le=2**32 - 1)
     totalVolume: int | None = Field(default=None, ge=0, le=USED_MAX)
     uplinkVolume: int | None = Field(default=None, ge=0, le=USED_MAX)
     downlinkVolume: int | None = Field(default=None, ge=0, le=USED_MAX)
     serviceSpecificUnits: int | None = Field(default=None, ge=0, le=USED_MAX)
+
+
+    def offline(self) -> bool:
+        """Used without a quota of ours (TS 32.291 `QuotaManagementIndicator`): offline charging,
+        or online charging suspended (the SMF went on, failure handling CONTINUE, while the CHF
+        was out of reach). Charged at once, as a post event's units are. `ONLINE_CHARGING`, none
+        or a value we do not know: used from the quota granted."""
+        return self.quotaManagementIndicator in OFFLINE_INDICATORS
+
+
+OFFLINE_INDICATORS = frozenset({"OFFLINE_CHARGING", "QUOTA_MANAGEMENT_SUSPENDED"})
 
 
 class UnitUsage(_Loose):
@@ -356,9 +373,46 @@ async def _find_line(session: AsyncSession, subscriber: str) -> Line:
     return line
 
 
+def _names_line(identifier: str, line: Line) -> bool:
+    """Whether `identifier` (`imsi-…`, `msisdn-…`) is `line`'s."""
+    found = _SUBSCRIBER.fullmatch(identifier)
+    if found is None:
+        return False
+    kind, digits = found.groups()
+    return line.imsi == digits if kind == "imsi" else line.msisdn == "+" + digits
+
+
+def check_identities(req: ChargingDataRequest, line: Line) -> None:
+    """Every identity of the subscriber the request gives names `line` (the one it is charged
+    to: the create's subscriber's, or the session's): `subscriberIdentifier`, and a
+    `servedGPSI` given as an MSISDN (another kind of GPSI, an external identifier, names no line
+    of ours and is not compared). One naming another line is refused by name, nothing charged —
+    not charged to whichever came first."""
+    invalid = []
+    if req.subscriberIdentifier and not _names_line(req.subscriberIdentifier, line):
+        invalid.append(("/subscriberIdentifier", "not the subscriber of this charging session"))
+    for name, info in (
+        ("pDUSessionChargingInformation", req.pDUSessionChargingInformation),
+        ("sMSChargingInformation", req.sMSChargingInformation),
+    ):
+        gpsi = info.userInformation.servedGPSI if info and info.userInformation else None
+        if gpsi is not None and gpsi.startswith("msisdn-") and not _names_line(gpsi, line):
+            reason = (
+                "another subscriber than subscriberIdentifier"
+                if req.subscriberIdentifier
+                else "not the subscriber of this charging session"
+            )
+            invalid.append((f"/{name}/userInformation/servedGPSI", reason))
+    if invalid:
+        raise NchfProblem(
+            400, "MANDATORY_IE_INCORRECT", N_("The charging request is not valid."),
+            invalid=invalid,
+        )
+
+
 def line_may_charge(line: Line, now: datetime) -> bool:
     """Only an active line within its validity may use chargeable services: a line in grace
-    (validity over), frozen, terminated or still in stock is denied."""
+    (validity over), frozen, suspended (lost or stolen), terminated or still in stock is denied."""
     if line.state != LineState.active.value:
         return False
     return line.validity_end is None or line.validity_end > now
@@ -406,11 +460,12 @@ class Charging:
         return chart.consumption(unit, self.shard).id
 
     async def report_used(
-        self, rg: int, group: dict[str, Any], used: int, rate: Rate | None
+        self, rg: int, group: dict[str, Any], used: int, rate: Rate | None, *, tag: str = ""
     ) -> None:
         """Post what was used against the group's reservations; release the rest. The usage
         is rated and recorded in the zone the group's quota was granted in (`rate`); with no
-        rate at all nothing is posted and all of it is recorded as unbilled."""
+        rate at all nothing is posted and all of it is recorded as unbilled. `tag` names a
+        second record of the group in the same request (`offline`: used without a quota)."""
         pots = await self.load_pots()
         holds: list[dict[str, Any]] = group.pop("holds", [])
         old_used = group["used"]
@@ -462,9 +517,9 @@ class Charging:
         if used > 0:
             self.records.append(
                 {
-                    "id": derived_id("usage", "nchf", self.cs.id, self.seq, rg),
+                    "id": derived_id("usage", "nchf", self.cs.id, self.seq, rg, *_tagged(tag)),
                     "source": "nchf",
-                    "external_id": f"{self.cs.id}/{self.seq}/{rg}",
+                    "external_id": f"{self.cs.id}/{self.seq}/{rg}" + (f"/{tag}" if tag else ""),
                     "line_id": self.line.id,
                     "service": group["service"],
                     "country": group.get("country", self.cs.country),
@@ -484,10 +539,18 @@ class Charging:
             )
 
     async def grant(
-        self, rg: int, group: dict[str, Any], wanted: int, rate: Rate, *, all_or_nothing: bool
+        self,
+        rg: int,
+        group: dict[str, Any],
+        wanted: int,
+        rate: Rate,
+        *,
+        all_or_nothing: bool,
+        tag: str = "",
     ) -> tuple[int, bool]:
         """Reserve quota for up to `wanted` units: returns (granted, final). The group keeps
-        `rate`: what it uses is rated at the tariff its quota was priced at."""
+        `rate`: what it uses is rated at the tariff its quota was priced at. `tag` keeps the
+        transfers of a second reservation of the group in the same request apart (`offline`)."""
         pots = await self.load_pots()
         group["rate"] = rate.stored()
         unit = UNIT_OF_SERVICE[group["service"]]
@@ -506,7 +569,7 @@ class Charging:
         )
         holds: list[dict[str, Any]] = []
         for i, (pot, n) in enumerate(taking.from_buckets):
-            tid = self._tid(rg, "b", i)
+            tid = self._tid(rg, *_tagged(tag), "b", i)
             self.transfers.append(
                 NewTransfer(
                     id=tid,
@@ -521,7 +584,7 @@ class Charging:
             )
             holds.append({"t": str(tid), "a": str(pot.account_id), "n": n, "m": 0, "w": False})
         if taking.wallet_units:
-            tid = self._tid(rg, "w")
+            tid = self._tid(rg, *_tagged(tag), "w")
             wallet = pots.wallet
             if taking.wallet_money:
                 self.transfers.append(
@@ -597,6 +660,11 @@ class Charging:
         else:
             await ChargingSessions(self.session).save(self.cs, self.records)
         await self.commit_ledger()
+
+
+def _tagged(tag: str) -> tuple[str, ...]:
+    """The parts a tag adds to derived ids: none for the untagged (their ids stay as they were)."""
+    return (tag,) if tag else ()
 
 
 async def _post(session: AsyncSession, batch: list[NewTransfer], now: datetime) -> None:
@@ -678,9 +746,10 @@ async def _process(
         if service is None:
             answers.append({"ratingGroup": rg, "resultCode": "RATING_FAILED"})
             continue
-        used = 0
+        used = offline = 0
         if entries is not None:
-            used, unrated = _used_units(entries, service)
+            online, offline, unrated = _used_units(entries, service)
+            used = online + offline
             if unrated is not None:
                 if release:
                     # A release answers 204, without a result per group: refused whole.
@@ -707,9 +776,16 @@ async def _process(
             answers.append(await _post_event(work, rg, group, used, allowed, country, zone))
             continue
         then = group.get("zone", cs.zone)
-        if group.get("holds") or used:
+        if group.get("holds") or used - offline:
             # Used where its quota was granted: at the tariff it was granted at, from its buckets.
-            await work.report_used(rg, group, used, _granted_rate(work, group, then))
+            await work.report_used(rg, group, used - offline, _granted_rate(work, group, then))
+        offline_code = None
+        if offline:
+            # Used without a quota (offline, or quota management suspended): charged at once.
+            offline_code = await _charge_offline(
+                work, rg, group, offline, allowed, country, zone, moved=then != zone
+            )
+            then = zone
         if release or entries is None:
             continue
         if then != zone:
@@ -723,7 +799,7 @@ async def _process(
         requests = [e.requestedUnit for e in entries if e.requestedUnit is not None]
         wants = bool(requests) or one_time
         if not wants:
-            answer["resultCode"] = "SUCCESS"
+            answer["resultCode"] = offline_code or "SUCCESS"
         elif rate is None:
             answer["resultCode"] = "RATING_FAILED"
         elif not allowed:
@@ -751,19 +827,56 @@ async def _process(
 
 def _used_units(
     entries: list[UnitUsage], service: str
-) -> tuple[int, tuple[UnitUsage, UsedUnits] | None]:
-    """The units the group's entries report used, in the unit its service counts, and the first
+) -> tuple[int, int, tuple[UnitUsage, UsedUnits] | None]:
+    """The units the group's entries report used, in the unit its service counts — used from
+    the quota granted (online) and used without one (`UsedUnits.offline`) — and the first
     container that reports units only in another (`totalVolume` for voice, say), if one does.
     A container reporting no units at all counts nothing."""
-    used = 0
+    online = offline = 0
     for entry in entries:
         for container in entry.usedUnitContainer:
             n = container.of(service)
-            if n is not None:
-                used += n
-            elif container.reports_units():
-                return used, (entry, container)
-    return used, None
+            if n is None:
+                if container.reports_units():
+                    return online, offline, (entry, container)
+            elif container.offline():
+                offline += n
+            else:
+                online += n
+    return online, offline, None
+
+
+async def _charge_offline(
+    work: Charging,
+    rg: int,
+    group: dict[str, Any],
+    used: int,
+    allowed: bool,
+    country: str | None,
+    zone: str | None,
+    *,
+    moved: bool,
+) -> str:
+    """Units a session's group reports used without a quota (`UsedUnits.offline`): rated where
+    the subscriber is, at the tariff in force, and charged at once as a post event's are —
+    buckets in scope first, then the wallet; what the line cannot pay, may not be charged for
+    or has no tariff for is recorded unbilled. Once: its transfers and record derive from the
+    request. Returns the group's result code for them. `moved`: the group's quota was granted
+    in another zone, whose rating (rounding, minimum) does not go on here."""
+    if moved:
+        group.update(used=0, wu=0, wm=0)
+        group.pop("rate", None)
+    group.update(zone=zone, country=country)
+    rate = _rate(work, group["service"], zone)
+    granted = 0
+    if rate is not None and allowed:
+        granted, _ = await work.grant(rg, group, used, rate, all_or_nothing=False, tag="offline")
+    await work.report_used(rg, group, used, rate, tag="offline")
+    if rate is None:
+        return "RATING_FAILED"
+    if not allowed:
+        return "END_USER_SERVICE_DENIED"
+    return "QUOTA_LIMIT_REACHED" if granted < used else "SUCCESS"
 
 
 def _unrated_problem(
@@ -826,20 +939,49 @@ def _response(
     return body
 
 
-def _hash(body: bytes) -> str:
-    """The request's identity: its JSON without `retransmissionIndicator` (a retransmission
-    sets it), keys sorted."""
+@dataclass(frozen=True, slots=True)
+class Digests:
+    """The request's identity: the SHA-256 of its JSON (keys sorted) without
+    `retransmissionIndicator` (`exact`: a request sent again as it was), and also without
+    `invocationTimeStamp` (`resent`): TS 32.290 names a retransmission by the indicator and the
+    sequence number, and a network function may stamp it anew. `resent` finds the kept answer
+    only for a request carrying `retransmissionIndicator: true` — two creates of the same
+    content (two SMS alike) at two times are two events."""
+
+    exact: str
+    resent: str
+
+
+def _hash(body: bytes) -> Digests:
     doc = json.loads(body)
     doc.pop("retransmissionIndicator", None)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    exact = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    doc.pop("invocationTimeStamp", None)
+    resent = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return Digests(exact, resent)
+
+
+def _answers_again(
+    kept: dict[str, Any], op: str, req: ChargingDataRequest, digests: Digests
+) -> bool:
+    """Whether the kept answer `kept` is the answer to this request: the same operation and
+    body — or, for a retransmission, the same body but for its time stamp (answers kept
+    before the second digest was stored are matched exactly only)."""
+    if kept["op"] != op:
+        return False
+    if kept["hash"] == digests.exact:
+        return True
+    return bool(req.retransmissionIndicator) and kept.get("resent") == digests.resent
 
 
 def _remember(
-    cs: ChargingSession, seq: int, op: str, digest: str, body: dict[str, Any] | None
+    cs: ChargingSession, seq: int, op: str, digests: Digests, body: dict[str, Any] | None
 ) -> None:
     """Keep the answer to request `seq`: the create's always, the latest `ANSWERS_KEPT` others."""
     answers = dict(cs.answers)
-    answers[str(seq)] = {"op": op, "hash": digest, "body": body}
+    answers[str(seq)] = {
+        "op": op, "hash": digests.exact, "resent": digests.resent, "body": body
+    }
     others = sorted(int(k) for k, v in answers.items() if v["op"] != "create")
     for old in others[:-ANSWERS_KEPT]:
         del answers[str(old)]
@@ -876,7 +1018,8 @@ async def create_charging_data(
     prefixes, which owned sessions before the client id was kept)."""
     now = now or utcnow()
     req = parse_request(body)
-    digest = _hash(body)
+    digests = _hash(body)
+    digest = digests.exact
     ref = derived_id("nchf-session", client, digest)
     refs = [ref, *(derived_id("nchf-session", a, digest) for a in client_aliases if a != client)]
     existing = (
@@ -895,6 +1038,11 @@ async def create_charging_data(
             invalid=[("/subscriberIdentifier", "a SUPI (imsi-…) or a GPSI (msisdn-…) is required")],
         )
     line = await _find_line(session, subscriber)
+    check_identities(req, line)
+    if req.retransmissionIndicator:
+        resent = await _resent_create(session, line, [client, *client_aliases], req, digests)
+        if resent is not None:
+            return NchfAnswer(201, _create_answer(resent, req), resent.id)
     country = location_country(req) or country_of(line.msisdn)
     cs = ChargingSession(
         id=ref,
@@ -916,7 +1064,7 @@ async def create_charging_data(
     if one_time_kind(req) is not None:  # one request, and the resource is closed
         cs.state = SessionState.released.value
     answer = _response(req, now, units)
-    _remember(cs, req.invocationSequenceNumber, "create", digest, answer)
+    _remember(cs, req.invocationSequenceNumber, "create", digests, answer)
     session.add(cs)
     try:
         await session.flush()
@@ -925,6 +1073,38 @@ async def create_charging_data(
         raise RetryableError("concurrent create") from exc
     await work.finish(created=True)
     return NchfAnswer(201, answer, ref)
+
+
+RESENT_LOOKED_AT = 100
+"""A create retransmitted with a new time stamp is looked for among this many latest sessions
+the client opened for the line."""
+
+
+async def _resent_create(
+    session: AsyncSession,
+    line: Line,
+    clients: Sequence[str],
+    req: ChargingDataRequest,
+    digests: Digests,
+) -> ChargingSession | None:
+    """The session a create sent again (`retransmissionIndicator: true`) with another
+    `invocationTimeStamp` opened, if it is one of the `RESENT_LOOKED_AT` latest the client
+    opened for the line (a create sent again unchanged is found by its id, however late)."""
+    stmt = (
+        select(ChargingSession)
+        .where(
+            ChargingSession.line_id == line.id,
+            ChargingSession.client.in_([c[:64] for c in clients]),
+        )
+        .order_by(ChargingSession.created_at.desc())
+        .limit(RESENT_LOOKED_AT)
+    )
+    key = str(req.invocationSequenceNumber)
+    for cs in (await session.execute(stmt)).scalars():
+        kept = cs.answers.get(key)
+        if kept is not None and _answers_again(kept, "create", req, digests):
+            return cs
+    return None
 
 
 def _deadline(settings: Settings, now: datetime) -> datetime:
@@ -973,13 +1153,14 @@ async def update_charging_data(
     ):  # another client's; or, stored before the client id was kept, a key of this client
         raise NchfProblem(404, "CONTEXT_NOT_FOUND", N_("No charging data resource {ref}."), ref=ref)
     cs, line = found
+    check_identities(req, line)
     status = 204 if release else 200
     op = "release" if release else "update"
     seq = req.invocationSequenceNumber
-    digest = _hash(body)
+    digests = _hash(body)
     kept = cs.answers.get(str(seq))
     if kept is not None:
-        if kept["op"] == op and kept["hash"] == digest:
+        if _answers_again(kept, op, req, digests):
             return NchfAnswer(status, kept["body"], ref_id)
         raise NchfProblem(
             400,
@@ -1019,7 +1200,7 @@ async def update_charging_data(
     cs.country, cs.zone = country, zone
     answer = None if release else _response(req, now, units)
     cs.sequence = seq
-    _remember(cs, seq, op, digest, answer)
+    _remember(cs, seq, op, digests, answer)
     cs.updated_at = now
     if release:
         cs.state = SessionState.released.value
