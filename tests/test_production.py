@@ -255,6 +255,9 @@ def test_serve_and_worker_warn_of_sqlite_in_production(
     monkeypatch.setenv("SIMCHARGE_ENV", "production")
     monkeypatch.setenv("SIMCHARGE_SECRET_KEY", "x" * 48)
     monkeypatch.setenv("SIMCHARGE_BASE_URL", "https://top.example")
+    # A site with its privacy notice: its absence is another warning (tests/accounts/
+    # test_round16_privacy.py), not this test's.
+    monkeypatch.setenv("SIMCHARGE_PRIVACY_NOTICE_URL", "/privacy")
     monkeypatch.setenv("SIMCHARGE_DATABASE_URL", database_url)
     monkeypatch.setenv(MULTIPROC_ENV, "")
     monkeypatch.delenv(MULTIPROC_ENV)

@@ -112,6 +112,19 @@ def _warn_of_sqlite_in_production(settings: Settings) -> None:
         )
 
 
+def _warn_without_privacy_notice(settings: Settings) -> None:
+    """Customers must be told how their data is used (GDPR art. 13, Philippine DPA sec. 16):
+    in production, a site without SIMCHARGE_PRIVACY_NOTICE_URL is said at every start."""
+    if settings.env is Environment.production and settings.privacy_notice_url is None:
+        import structlog
+
+        structlog.get_logger("simcharge.config").warning(
+            "config.no_privacy_notice",
+            detail="no privacy notice is linked from the portal, the registration form or the "
+            "e-mails; set SIMCHARGE_PRIVACY_NOTICE_URL (see README, Data retention)",
+        )
+
+
 def _check_rate_limits_with_workers(settings: Settings, workers: int) -> None:
     """Without Redis each web process keeps its own rate-limit counts, so `workers` processes
     let every address and account try `workers` times as often. Said at start; refused in
@@ -198,12 +211,68 @@ def _refuse_taken_port(host: str, port: int) -> None:
             _fail(f"simcharge: cannot listen on {host}:{port}: {exc.strerror or exc}", 1)
 
 
+def _from_env_file(name: str) -> str | None:
+    """`name` as the `.env` the settings read has it (None: no such file, or not in it), for a
+    command's option that is not a setting (`PORT`, `SIMCHARGE_WORKER_METRICS_PORT`): the
+    environment itself comes first (Typer's `envvar`), then `.env`, as for the settings."""
+    from dotenv import dotenv_values
+
+    env_file = Settings.model_config.get("env_file")
+    if not isinstance(env_file, str | Path) or not Path(env_file).is_file():
+        return None
+    value = dotenv_values(env_file, encoding="utf-8").get(name)
+    return value.strip() or None if value else None
+
+
+def _port_from_env_file(name: str, default: int | None) -> int | None:
+    raw = _from_env_file(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        _fail(f"simcharge: {name} in .env is not a port (1-65535)", 2)
+    return int(raw)
+
+
+def _say_when_listening(host: str, port: int, workers: int) -> Callable[[], None]:
+    """Log `server.listening` (JSON in production) once the port takes connections: a thread
+    connects until it does, and closes at once without a request (nothing for the app to answer,
+    log or count). The port was free (`_refuse_taken_port`): what listens there now is the
+    server — uvicorn after its startup, with several processes the dispatcher, which holds the
+    connections until every process has started. uvicorn's own line is at INFO, which `serve`
+    keeps quiet. Returns what stops the connecting (the server stopped before listening)."""
+    import threading
+
+    import structlog
+
+    near = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - a mapping
+    stop = threading.Event()
+
+    def connect() -> None:
+        while not stop.is_set():
+            try:
+                socket.create_connection((near, port), timeout=2).close()
+            except OSError:
+                stop.wait(0.1)
+                continue
+            structlog.get_logger("simcharge.serve").info(
+                "server.listening", host=host, port=port, workers=workers
+            )
+            return
+
+    threading.Thread(target=connect, name="simcharge-listening", daemon=True).start()
+    return stop.set
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(envvar="PORT", min=1, max=65535, help="Port (default: $PORT or 8000).")
-    ] = 8000,
+        int | None,
+        typer.Option(
+            envvar="PORT", min=1, max=65535,
+            help="Port (default: $PORT, else PORT in .env, else 8000).",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Web processes.")] = 1,
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-* from the proxy.")
@@ -224,9 +293,12 @@ def serve(
     from simcharge.metrics import prepare_multiprocess
 
     settings = get_settings()
+    if port is None:
+        port = _port_from_env_file("PORT", 8000) or 8000
     # uvicorn's own records go through our handler (JSON in production), not its formatters.
     configure_logging(settings.log_level, json=settings.log_json)
     _warn_of_sqlite_in_production(settings)
+    _warn_without_privacy_notice(settings)
     _check_rate_limits_with_workers(settings, workers)
     _check_operator_zone_in_database(settings)
     _refuse_taken_port(host, port)
@@ -241,15 +313,19 @@ def serve(
         "log_config": None,
         "log_level": "warning",
     }
-    if workers == 1:
-        uvicorn.run("simcharge.app:serve_app", host=host, port=port, **options)
-        return
-    # Several: each connection to the least loaded process (see simcharge.kit.dispatch).
-    from simcharge.kit import dispatch
+    stop_asking = _say_when_listening(host, port, workers)
+    try:
+        if workers == 1:
+            uvicorn.run("simcharge.app:serve_app", host=host, port=port, **options)
+            return
+        # Several: each connection to the least loaded process (see simcharge.kit.dispatch).
+        from simcharge.kit import dispatch
 
-    status = dispatch.serve(
-        "simcharge.app:serve_app", host=host, port=port, processes=workers, **options
-    )
+        status = dispatch.serve(
+            "simcharge.app:serve_app", host=host, port=port, processes=workers, **options
+        )
+    finally:
+        stop_asking()
     if status:
         raise typer.Exit(status)
 
@@ -282,6 +358,8 @@ def worker(
     from simcharge.worker.runner import Worker
 
     settings = get_settings()
+    if metrics_port is None:
+        metrics_port = _port_from_env_file("SIMCHARGE_WORKER_METRICS_PORT", None)
     configure_logging(settings.log_level, json=settings.log_json)
     _warn_of_sqlite_in_production(settings)
     _check_operator_zone_in_database(settings)
@@ -332,6 +410,39 @@ def db_upgrade(
             f"database at revision {exc.revision}, newer than this release's "
             f"{migrate.head_revision()}: nothing to apply"
         )
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[
+        str,
+        typer.Argument(
+            help="The revision to go back to (`simcharge db current` shows where the database "
+            "is; the README's upgrade notes name each migration)."
+        ),
+    ],
+) -> None:
+    """Undo migrations down to REVISION (stop the web and the worker first; back up first)."""
+    from simcharge import migrate
+
+    async def down(db: Database) -> str | None:
+        await migrate.downgrade(db.engine, revision)
+        return await migrate.current_revision(db.engine)
+
+    if revision in {"head", "heads", "base"} or revision.startswith(("-", "+")) or (
+        not migrate.known_revision(revision)
+    ):
+        # `base` would drop every table, a relative step depends on where the database is:
+        # name the revision to land on.
+        _fail(
+            f"no migration {revision!r} in this release: name the revision to go back to "
+            f"(this release's newest is {migrate.head_revision()})",
+            2,
+        )
+    try:
+        typer.echo(f"database at revision {_run(down)}")
+    except migrate.BehindPooler as exc:
+        _fail(f"simcharge: {str(exc).replace('db upgrade', 'db downgrade')}", 1)
 
 
 @db_app.command("current")
@@ -467,7 +578,12 @@ def demo() -> None:
     if settings.env is Environment.production:
         # Customers with a password printed in the code, and the demo catalog in place of the
         # operator's (plans not in it retired): never on a production database.
-        _fail("simcharge demo: refused in production (SIMCHARGE_ENV=production)", 2)
+        _fail(
+            "simcharge demo: refused in production (SIMCHARGE_ENV=production); load your "
+            "catalog with `simcharge catalog load FILE` and your SIMs with `simcharge lines "
+            "import FILE`",
+            2,
+        )
     customers = _run(load)
     typer.echo(f"\nDemo logins at {settings.base_url} (password for all: {DEMO_PASSWORD})")
     for c in customers:
@@ -786,9 +902,12 @@ def staff_create(
     ] = None,
 ) -> None:
     from simcharge.backoffice import audit
+    from simcharge.backoffice.models import Role
     from simcharge.backoffice.staff import create_staff, staff_facts
     from simcharge.errors import SimchargeError
 
+    if role not in {r.value for r in Role}:  # before the password is asked for
+        _fail(f"role: unknown role {role[:32]!r}; use {', '.join(r.value for r in Role)}", 2)
     password = _staff_password(typed_password, "Password")
 
     async def create(db: Database) -> str:
@@ -1152,6 +1271,57 @@ def privacy_sweep(
     typer.echo(f"{verb} {sum(report.changed.values())} row(s)")
 
 
+@privacy_app.command(
+    "reapply-closures",
+    help="After restoring a backup: close again every account the application's JSON log says "
+    "was closed (its account.closed lines) and the restored database holds open. Reads FILE "
+    "(or stdin: -); lines of other events or programs are passed over. Idempotent; audited "
+    "(account.closure_reapplied). Exit 2 when the log cannot be read or names an account "
+    "unreadably (nothing changed).",
+)
+def privacy_reapply_closures(
+    log_file: Annotated[
+        str, typer.Option("--log", metavar="FILE", help="The shipped JSON log; - for stdin.")
+    ] = "-",
+    dry_run: Annotated[
+        bool, typer.Option(help="Say which accounts would be closed again; change nothing.")
+    ] = False,
+) -> None:
+    from simcharge.accounts.closures import Reapplied, logged_closures, reapply
+    from simcharge.backoffice import audit
+
+    settings = get_settings()
+    try:
+        if log_file == "-":
+            logged = logged_closures(sys.stdin)
+        else:
+            with open(log_file, encoding="utf-8") as lines:
+                logged = logged_closures(lines)
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"simcharge: cannot read the log {log_file}: {_briefly(exc)}", 2)
+    if logged.unreadable:
+        shown = ", ".join(str(n) for n in logged.unreadable[:10])
+        _fail(f"simcharge: account.closed line(s) {shown} name no account id; nothing changed", 2)
+
+    async def run(db: Database) -> Reapplied:
+        actor = audit.command_line_actor("privacy reapply-closures")
+        return await reapply(db, settings, logged, actor=actor, dry_run=dry_run)
+
+    done = _run(run)
+    verb = "would close again" if dry_run else "closed again"
+    for account_id in done.closed:
+        typer.echo(f"  {account_id}  {verb}")
+    for account_id in done.already:
+        typer.echo(f"  {account_id}  closed already")
+    for account_id in done.unknown:
+        typer.echo(f"  {account_id}  not in the database (opened after the backup)")
+    typer.echo(
+        f"{logged.lines} line(s) read, {len(logged.closed_at)} closure(s) logged: {verb} "
+        f"{len(done.closed)}, closed already {len(done.already)}, not in the database "
+        f"{len(done.unknown)}"
+    )
+
+
 @secrets_app.command(
     "reseal",
     help="Seal every stored sealed value (customers' and staff's authenticator secrets, codes "
@@ -1189,6 +1359,11 @@ def secrets_reseal(
     for tag, accounts in sorted(report.recovery.items()):
         whose = f"key {tag} ({names[tag]})" if tag in names else "a key not told (made earlier)"
         typer.echo(f"  recovery codes: {accounts} account(s) hold unused ones hashed under {whose}")
+    if len(keys) == 1:
+        typer.echo("  recovery codes: none under a previous key (no previous key)")
+    for i, k in enumerate(keys[1:], start=1):
+        if key_id(k) not in report.recovery:
+            typer.echo(f"  recovery codes: none under key {key_id(k)} (previous #{i})")
     if any(n.broken for n in report.sealed.values()):
         _fail(
             "simcharge: some values open under no key of the ring (logged as crypto.seal_broken):"

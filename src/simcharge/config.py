@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     """The portal's main colour (buttons, links, bars)."""
     brand_accent: str = Field(default="#f5f7f6", pattern=r"^#[0-9a-fA-F]{6}$")
     """The portal's background tint."""
+    privacy_notice_url: str | None = None
+    """The operator's privacy notice (GDPR art. 13, Philippine DPA sec. 16): an `https://` URL
+    or a path on this site (`/privacy`), linked from every page's footer, the registration
+    form, "Your data" and every e-mail; unset: no link, and `simcharge serve` in production
+    logs `config.no_privacy_notice` at every start."""
     default_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     default_language: str = "en"
 
@@ -194,6 +199,9 @@ class Settings(BaseSettings):
     the closure; the ticket, its dates and status stay."""
     retention_passkey_challenges_days: int = Field(default=1, ge=0, le=36500)
     """Passkey challenges (used once, valid minutes) are deleted this long after they expired."""
+    retention_usage_detail_days: int = Field(default=365, ge=0, le=36500)
+    """Usage records lose their traffic and location detail (country and zone emptied, the start
+    cut to its day) this long after they started; what was charged stays."""
     retention_batch_size: int = Field(default=1000, ge=10, le=100_000)
     """Rows deleted or anonymised per transaction by the retention sweep."""
 
@@ -304,6 +312,9 @@ class Settings(BaseSettings):
     member; a unit not listed always does."""
     order_pending_alert_minutes: int = Field(default=60, ge=1)
     """An order still pending after this long is listed among payments needing attention."""
+    tickets_max_open: int = Field(default=5, ge=1, le=1000)
+    """A customer with this many tickets open (with customer service, or waiting for their
+    answer) is refused another (`409 too-many-open-tickets`) until one is resolved or closed."""
 
     # --- Payment provider credentials ----------------------------------------------------------
     # All optional: a provider whose required credentials are not all set is not offered
@@ -336,12 +347,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
+        """Every problem at once, one line each (`settings_problems` splits them): an operator
+        fixing a production `.env` sees the whole list in one run, not one per start."""
+        problems: list[str] = []
         if self.env is Environment.production:
             if (
                 self.secret_key == DEFAULT_SECRET_KEY
                 or len(self.secret_key) < MIN_SECRET_KEY_LENGTH
             ):
-                raise ValueError(
+                problems.append(
                     "SIMCHARGE_SECRET_KEY must be set to a random value of at least "
                     f"{MIN_SECRET_KEY_LENGTH} characters in production"
                 )
@@ -349,14 +363,14 @@ class Settings(BaseSettings):
                 key == DEFAULT_SECRET_KEY or len(key) < MIN_SECRET_KEY_LENGTH
                 for key in self.secret_keys[1:]
             ):
-                raise ValueError(
+                problems.append(
                     "SIMCHARGE_SECRET_KEY_PREVIOUS: each key must be a random value of at least "
                     f"{MIN_SECRET_KEY_LENGTH} characters in production"
                 )
             if not self.base_url.startswith("https://"):
-                raise ValueError("SIMCHARGE_BASE_URL must be https:// in production")
+                problems.append("SIMCHARGE_BASE_URL must be https:// in production")
             if not _url_host(self.base_url):
-                raise ValueError(
+                problems.append(
                     "SIMCHARGE_BASE_URL must name the site's host in production "
                     "(https://charge.example.com)"
                 )
@@ -364,12 +378,12 @@ class Settings(BaseSettings):
                 self.sandbox_secret.get_secret_value() == DEFAULT_SANDBOX_SECRET
                 or len(self.sandbox_secret.get_secret_value()) < MIN_SECRET_KEY_LENGTH
             ):
-                raise ValueError(
+                problems.append(
                     "SIMCHARGE_SANDBOX_ENABLED in production needs SIMCHARGE_SANDBOX_SECRET set "
                     f"to a random value of at least {MIN_SECRET_KEY_LENGTH} characters"
                 )
             if self.smtp_password and self.smtp_tls == "none":
-                raise ValueError(
+                problems.append(
                     "SIMCHARGE_SMTP_TLS=none with SIMCHARGE_SMTP_PASSWORD would send the password "
                     "in plain text: use starttls or tls in production"
                 )
@@ -377,40 +391,45 @@ class Settings(BaseSettings):
         if self.sms_provider == "twilio" and not (
             self.twilio_account_sid and self.twilio_auth_token and self.twilio_from
         ):
-            raise ValueError(
+            problems.append(
                 "SIMCHARGE_SMS_PROVIDER=twilio needs SIMCHARGE_TWILIO_ACCOUNT_SID, "
                 "SIMCHARGE_TWILIO_AUTH_TOKEN and SIMCHARGE_TWILIO_FROM"
             )
         if not self.lifecycle_warning_days or any(
             d < 1 or d > 365 for d in self.lifecycle_warning_days
         ):
-            raise ValueError("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
+            problems.append("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
         if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
-            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
+            problems.append("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
         try:
             amounts_by_currency(self.adjustment_approval_currencies)
         except ValueError as exc:
-            raise ValueError(f"SIMCHARGE_ADJUSTMENT_APPROVAL_CURRENCIES: {exc}") from None
+            problems.append(f"SIMCHARGE_ADJUSTMENT_APPROVAL_CURRENCIES: {exc}")
         try:
             amounts_by_currency(self.tmf654_topup_max_amounts)
         except ValueError as exc:
-            raise ValueError(f"SIMCHARGE_TMF654_TOPUP_MAX_AMOUNTS: {exc}") from None
+            problems.append(f"SIMCHARGE_TMF654_TOPUP_MAX_AMOUNTS: {exc}")
         listed: set[str] = set()
+        readable = True
         for name in ("min_amounts", "max_amounts", "fee_fixed_amounts"):
             try:
                 listed |= amounts_by_currency(getattr(self, f"balance_transfer_{name}")).keys()
             except ValueError as exc:
-                raise ValueError(f"SIMCHARGE_BALANCE_TRANSFER_{name.upper()}: {exc}") from None
-        for currency in sorted(listed):
+                problems.append(f"SIMCHARGE_BALANCE_TRANSFER_{name.upper()}: {exc}")
+                readable = False
+        for currency in sorted(listed) if readable else ():
             low, high, _ = self.transfer_money_terms(currency)
             if low > high:
-                raise ValueError(
+                problems.append(
                     f"SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNTS: {currency} exceeds its maximum"
                 )
         if self.balance_transfer_min_voice_minutes > self.balance_transfer_max_voice_minutes:
-            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_VOICE_MINUTES exceeds the maximum")
+            problems.append("SIMCHARGE_BALANCE_TRANSFER_MIN_VOICE_MINUTES exceeds the maximum")
         if self.balance_transfer_min_data_mb > self.balance_transfer_max_data_mb:
-            raise ValueError("SIMCHARGE_BALANCE_TRANSFER_MIN_DATA_MB exceeds the maximum")
+            problems.append("SIMCHARGE_BALANCE_TRANSFER_MIN_DATA_MB exceeds the maximum")
+        problems += self._passkey_problems() + self._private_key_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @field_validator("charging_rating_groups")
@@ -435,6 +454,35 @@ class Settings(BaseSettings):
                 )
             seen[group] = service
         return value
+
+    @field_validator("privacy_notice_url")
+    @classmethod
+    def _privacy_notice_where_anyone_reads_it(cls, value: str | None) -> str | None:
+        """An `https://` address with a host, or a path on this site (`/privacy`): never
+        `http://` (a notice anyone on the way may change), `javascript:` or another site's
+        address without a scheme (`//host`)."""
+        value = (value or "").strip()
+        if not value:
+            return None
+        if any(c.isspace() or c in "\\<>\"'`" for c in value):
+            raise ValueError("an address may not hold spaces, quotes, angle brackets or backslashes")
+        if (value.startswith("/") and not value.startswith("//")) or (
+            value.startswith("https://") and _url_host(value)
+        ):
+            return value
+        raise ValueError(
+            "give an https:// address (https://example.com/privacy) or a path on this site "
+            "(/privacy)"
+        )
+
+    @property
+    def privacy_notice_address(self) -> str | None:
+        """The privacy notice's full address (a path on this site under `base_url`), for what
+        is read elsewhere than on the site (an e-mail)."""
+        url = self.privacy_notice_url
+        if url is None or not url.startswith("/"):
+            return url
+        return self.base_url.rstrip("/") + url
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -462,24 +510,23 @@ class Settings(BaseSettings):
             )
         return value
 
-    @model_validator(mode="after")
-    def _passkeys_on_a_domain(self) -> Settings:
+    def _passkey_problems(self) -> list[str]:
         """A relying party id set by hand must be a domain name that each passkey origin is
         on: a passkey made for it would otherwise never work (browsers refuse an IP address)."""
-        if self.passkey_rp_id is not None:
-            rp_id = self.passkey_rp_id.strip().lower()
-            if not _is_domain(rp_id):
-                raise ValueError(
-                    "SIMCHARGE_PASSKEY_RP_ID must be a domain name (browsers refuse an IP "
-                    "address); unset it to turn passkeys off on a site reached by address"
-                )
-            for origin in self.passkey_origin_list:
-                host = (urlsplit(origin).hostname or "").lower()
-                if host != rp_id and not host.endswith("." + rp_id):
-                    raise ValueError(
-                        f"SIMCHARGE_PASSKEY_RP_ID: the origin {origin} is not on {rp_id}"
-                    )
-        return self
+        if self.passkey_rp_id is None:
+            return []
+        rp_id = self.passkey_rp_id.strip().lower()
+        if not _is_domain(rp_id):
+            return [
+                "SIMCHARGE_PASSKEY_RP_ID must be a domain name (browsers refuse an IP "
+                "address); unset it to turn passkeys off on a site reached by address"
+            ]
+        return [
+            f"SIMCHARGE_PASSKEY_RP_ID: the origin {origin} is not on {rp_id}"
+            for origin in self.passkey_origin_list
+            if (host := (urlsplit(origin).hostname or "").lower()) != rp_id
+            and not host.endswith("." + rp_id)
+        ]
 
     @property
     def passkey_origin_list(self) -> list[str]:
@@ -501,14 +548,12 @@ class Settings(BaseSettings):
         host = (urlsplit(self.base_url).hostname or "").lower()
         return host if _is_domain(host) else None
 
-    @model_validator(mode="after")
-    def _one_private_key_source(self) -> Settings:
-        for name in ("alipay_private_key", "wechatpay_private_key"):
-            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
-                raise ValueError(
-                    f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
-                )
-        return self
+    def _private_key_problems(self) -> list[str]:
+        return [
+            f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
+            for name in ("alipay_private_key", "wechatpay_private_key")
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None
+        ]
 
     @property
     def rating_groups(self) -> dict[int, str]:
@@ -581,7 +626,10 @@ def settings_problems(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_url=False, include_input=False):
         message = str(error["msg"]).removeprefix("Value error, ")
         loc = error.get("loc") or ()
-        problems.append(f"SIMCHARGE_{str(loc[0]).upper()}: {message}" if loc else message)
+        if loc:
+            problems.append(f"SIMCHARGE_{str(loc[0]).upper()}: {message}")
+        else:  # the checks across settings: every problem found, one per line
+            problems.extend(line for line in message.splitlines() if line)
     return problems
 
 

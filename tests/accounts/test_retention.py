@@ -71,7 +71,8 @@ async def _seed(s: AsyncSession, now: datetime) -> Seeded:
     """With the default settings: 90/730 days for security events (90 for their MSISDNs too), 90
     for sessions, 30 for codes, 365 for devices, 30 for throttles, 180 for messages, 365 for
     notices, 30 for idempotency keys, 180 for provider bodies, 90 for charging sessions, 90 for
-    dead jobs' payloads, 730 for closed accounts' tickets, 1 for passkey challenges."""
+    dead jobs' payloads, 730 for closed accounts' tickets, 1 for passkey challenges, 365 for
+    usage records' detail."""
     account = await create_account(s)
     staff = StaffUser(
         username=f"st{_h()[:8]}", display_name="Staff", role="agent", password_hash="x"
@@ -210,6 +211,15 @@ async def _seed(s: AsyncSession, now: datetime) -> Seeded:
         ),
         1,
     )
+    pair(
+        "usage_records.detail",
+        lambda at: UsageRecord(
+            id=uuid.uuid4(), source="batch", external_id=_h(), line_id=uuid.uuid4(),
+            service="data", country="PH", zone="home", quantity=1, rated=1, from_buckets=0,
+            from_wallet=1, charge=1, currency="USD", unbilled=0, taken=[], started_at=at,
+        ),
+        365,
+    )
     # Look due, are not: locked out now; not processed yet; still open.
     seeded.not_due["login_throttles"] = LoginThrottle(
         key_hash=_h(), failures=9, updated_at=now - 100 * DAY, locked_until=now + DAY
@@ -242,7 +252,7 @@ async def test_each_rule_takes_the_rows_past_its_limit_and_leaves_the_newer(
     assert report.kept == []
     scrubbed = {
         "security_events.client", "security_events.details", "provider_events.body",
-        "outbox_jobs.dead", "tickets.closed_accounts",
+        "outbox_jobs.dead", "tickets.closed_accounts", "usage_records.detail",
     }
     for name in EVERY_RULE - scrubbed:
         assert await _reloaded(db, seeded.old[name]) is None, name
@@ -317,6 +327,9 @@ async def test_the_records_the_law_keeps_are_untouched_however_old(
 
     before = await snapshot()
     assert before["orders"] and before["ledger_transfers"] and before["audit_entries"]
+    # A usage record stays, only its traffic and location detail goes (round 16: its own rule,
+    # tests/accounts/test_round16_usage_retention.py): kept here, to compare the rest whole.
+    settings = settings.model_copy(update={"retention_usage_detail_days": 0})
     report = await sweep(db, settings, now=utcnow() + 20 * 365 * DAY)
     assert report.changed["provider_events.body"] >= 1  # the sandbox's notification
     assert report.changed["auth_sessions"] >= 1
@@ -486,6 +499,7 @@ INDEX_OF = {
     "outbox_jobs.dead": "ix_outbox_jobs_dead_kept",
     "tickets.closed_accounts": "ix_accounts_closed",
     "passkey_challenges": "ix_passkey_challenges_expires_at",
+    "usage_records.detail": "ix_usage_records_detail_kept",
 }
 
 

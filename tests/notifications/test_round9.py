@@ -91,6 +91,8 @@ CALL_SITES: dict[str, list[dict[str, Any]]] = {
         {"msisdn": MSISDN, "days_left": d, "freeze_on": "2027-01-01T00:00:00+00:00"}
         for d in (1, 7)
     ],
+    "line.resumed": [{"msisdn": MSISDN, "state": s} for s in ("active", "grace", "frozen")],
+    "line.suspended": [{"msisdn": MSISDN}],
     "line.terminated": [{"msisdn": MSISDN}],
     "line.termination_warning": [
         {"msisdn": MSISDN, "days_left": 7, "terminate_on": "2027-03-01T00:00:00+00:00",

@@ -224,10 +224,11 @@ async def test_a_stale_update_form_does_not_undo_the_customers_reply_or_a_collea
 async def test_the_longest_waiting_open_ticket_is_reachable_from_the_queue(
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
-    """The queue pages on (`updated_at`, id): past a page of 100 an "Older" link (`rel="next"`)
-    leads on, and `GET /api/v1/admin/tickets` takes `before` and `before_id`, so the tickets
-    that have waited longest are reachable. Before, both lists stopped at their limit, newest
-    first, and nothing said the list was cut."""
+    """The queue pages on: past a page of 100 a "Next page" link (`rel="next"`) leads on, and
+    `GET /api/v1/admin/tickets` takes `before` and `before_id`, so every ticket is reachable.
+    Before, both lists stopped at their limit, newest first, and nothing said the list was cut.
+    (Since the sixteenth round the queue lists the longest waiting first, the API latest
+    activity first: `test_round16_queue`.)"""
     payer = await new_payer(db, settings)
 
     async def many(s: Any) -> str:
@@ -245,7 +246,7 @@ async def test_the_longest_waiting_open_ticket_is_reachable_from_the_queue(
     page = await client.get("/backoffice/tickets?status=open")
     assert page.status_code == 200
     assert oldest in page.text or 'rel="next"' in page.text, "the oldest open ticket is on no page"
-    # follow the queue to its end: every ticket once, the oldest last
+    # follow the queue to its end: every ticket once, the longest waiting first
     seen: list[str] = []
     while True:
         seen += re.findall(r">(T-[A-Z0-9]{8})</a>", page.text)
@@ -254,7 +255,7 @@ async def test_the_longest_waiting_open_ticket_is_reachable_from_the_queue(
             break
         page = await client.get(more.group(1).replace("&amp;", "&"))
         assert page.status_code == 200
-    assert len(seen) == len(set(seen)) == 101 and seen[-1] == oldest
+    assert len(seen) == len(set(seen)) == 101 and seen[0] == oldest
     # the API, a page at a time
     numbers: list[str] = []
     params: dict[str, str] = {"status": "open", "limit": "40"}
@@ -265,7 +266,7 @@ async def test_the_longest_waiting_open_ticket_is_reachable_from_the_queue(
         if len(r.json()) < 40:
             break
         params |= {"before": r.json()[-1]["updated_at"], "before_id": r.json()[-1]["id"]}
-    assert numbers == seen
+    assert numbers == seen[::-1]
 
 
 # --- what the customer sees does not move with staff-only work ----------------------------

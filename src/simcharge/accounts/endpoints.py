@@ -31,6 +31,7 @@ from simcharge.auth.deps import (
     CurrentCustomer,
     Customer,
     Limits,
+    clear_device_cookie,
     clear_session_cookie,
     set_session_cookie,
 )
@@ -533,6 +534,7 @@ async def close(
 
     raise_refused(await db.run(run))
     clear_session_cookie(response, settings)
+    clear_device_cookie(response, settings)
     return Done()
 
 

@@ -9,15 +9,20 @@ detached (free again, to be added by whoever holds the SIM, with a code sent to 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
-from simcharge.accounts.retention import forget_where_events_came_from
+from simcharge.accounts.retention import (
+    PERSONAL_JOB_KINDS,
+    forget_where_events_came_from,
+    kept_payload,
+)
 from simcharge.auth import passkeys
 from simcharge.auth import service as auth
 from simcharge.auth.client import ClientInfo
@@ -34,9 +39,11 @@ from simcharge.auth.models import (
 from simcharge.auth.sessions import revoke_all
 from simcharge.auth.throttle import RateLimits
 from simcharge.auth.totp import forget_recovery_codes
+from simcharge.charging.models import UsageRecord
 from simcharge.config import Settings
 from simcharge.errors import Conflict, Refused, ValidationFailed
 from simcharge.kit.translations import N_
+from simcharge.lifecycle.models import LineEvent
 from simcharge.lines.models import Line
 from simcharge.lines.service import line_balances
 from simcharge.notifications.models import MessageLog, Notice
@@ -44,9 +51,15 @@ from simcharge.notifications.service import notify
 from simcharge.orders.models import Order, OrderState, Payment, Refund, RefundState
 from simcharge.tickets.models import Ticket, TicketMessage
 from simcharge.tickets.service import close_with_account
+from simcharge.tmf654.models import ActionKind, BalanceAction
+from simcharge.worker.models import JobStatus, OutboxJob
 
 EXPORT_FORMAT = "simcharge.account-export/1"
 """The `format` member of an export: changes when its shape does."""
+
+USAGE_PAGE = 5000
+"""Usage records read per statement by an export: a line's years of records are read page by
+page (by `started_at` and id), never all at once into the session."""
 
 EXPORT_LIMIT = "account-export"
 """The rate limit of exports, per account: each one reads everything the account holds."""
@@ -78,6 +91,129 @@ def _at(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+async def _usage_of(session: AsyncSession, lines: Sequence[Line]) -> list[dict[str, Any]]:
+    """The usage records of the account's lines, each since its holder attached it (as the
+    portal's records read them: a previous holder's calls are not the new one's), oldest first,
+    line by line, read `USAGE_PAGE` rows a statement, only the columns the export shows."""
+    u = UsageRecord
+    found: list[dict[str, Any]] = []
+    for line in lines:
+        after: tuple[datetime, uuid.UUID] | None = None
+        while True:
+            stmt = select(
+                u.id, u.service, u.country, u.zone, u.quantity, u.rated, u.from_buckets,
+                u.charge, u.currency, u.unbilled, u.started_at,
+            ).where(u.line_id == line.id)  # fmt: skip
+            if line.attached_at is not None:
+                stmt = stmt.where(u.started_at >= line.attached_at)
+            if after is not None:
+                at, last = after
+                stmt = stmt.where(
+                    or_(u.started_at > at, and_(u.started_at == at, u.id > last))
+                )
+            rows = (
+                await session.execute(stmt.order_by(u.started_at, u.id).limit(USAGE_PAGE))
+            ).all()
+            found.extend(
+                {
+                    "line": line.msisdn,
+                    "service": r.service,
+                    "country": r.country,
+                    "zone": r.zone,
+                    "quantity": r.quantity,
+                    "rated": r.rated,
+                    "from_buckets": r.from_buckets,
+                    "charge": r.charge,
+                    "currency": r.currency,
+                    "unbilled": r.unbilled,
+                    "started_at": _at(r.started_at),
+                }
+                for r in rows
+            )
+            if len(rows) < USAGE_PAGE:
+                break
+            after = (rows[-1].started_at, rows[-1].id)
+    return found
+
+
+async def _transfers_of(session: AsyncSession, lines: Sequence[Line]) -> list[dict[str, Any]]:
+    """Transfers between lines given from and received on the account's lines, each since its
+    holder attached it, oldest first. The other line is named as the portal's records name it:
+    in full when it is one of the account's own lines, else masked (`+1 415 ••• 0102`); a
+    giver's reason is the giver's (shown on what it gave, not on what another gave it)."""
+    # The portal's own masking (imported here: the portal's package imports this module).
+    from simcharge.portal.records import masked
+
+    own = {line.id: line for line in lines}
+    if not own:
+        return []
+    b = BalanceAction
+    actions: list[tuple[str, BalanceAction]] = []
+    for line in lines:
+        for direction, column in (("given", b.line_id), ("received", b.receiver_line_id)):
+            stmt = select(b).where(column == line.id, b.kind == ActionKind.transfer.value)
+            if line.attached_at is not None:
+                stmt = stmt.where(b.requested_at >= line.attached_at)
+            actions.extend((direction, a) for a in (await session.execute(stmt)).scalars())
+    others = {
+        (a.receiver_line_id if direction == "given" else a.line_id) for direction, a in actions
+    } - set(own) - {None}
+    numbers = {line.id: line.msisdn for line in lines}
+    if others:
+        numbers |= dict(
+            (await session.execute(select(Line.id, Line.msisdn).where(Line.id.in_(others)))).all()
+        )
+    actions.sort(key=lambda pair: (pair[1].requested_at, pair[1].id, pair[0]))
+    found = []
+    for direction, a in actions:
+        pair: tuple[uuid.UUID | None, uuid.UUID | None] = (
+            (a.line_id, a.receiver_line_id) if direction == "given" else (a.receiver_line_id, a.line_id)
+        )
+        mine, other = pair
+        number = numbers.get(other) if other is not None else None
+        found.append(
+            {
+                "direction": direction,
+                "line": numbers[mine] if mine is not None else None,
+                "other_line": number if other in own or number is None else masked(number),
+                "usage_type": a.usage_type,
+                "unit": a.unit,
+                "amount": a.amount,
+                "fee": a.fee if direction == "given" else 0,
+                "status": a.status,
+                "reason": a.reason if direction == "given" else None,
+                "requested_at": _at(a.requested_at),
+                "confirmed_at": _at(a.confirmed_at),
+            }
+        )
+    return found
+
+
+async def _line_events_of(session: AsyncSession, lines: Sequence[Line]) -> list[dict[str, Any]]:
+    """The lines' state changes since each was attached: from what to what, why (the reason's
+    code: customer service's words after it are theirs) and by what kind of actor (`sweep`,
+    `order`, `staff`: not which staff member, nor another payer's order)."""
+    found = []
+    for line in lines:
+        stmt = select(LineEvent).where(LineEvent.line_id == line.id)
+        if line.attached_at is not None:
+            stmt = stmt.where(LineEvent.created_at >= line.attached_at)
+        for e in (
+            await session.execute(stmt.order_by(LineEvent.created_at, LineEvent.id))
+        ).scalars():
+            found.append(
+                {
+                    "line": line.msisdn,
+                    "from_state": e.from_state,
+                    "to_state": e.to_state,
+                    "reason": e.reason.split(":", 1)[0].strip(),
+                    "by": e.actor.split(":", 1)[0],
+                    "at": _at(e.created_at),
+                }
+            )
+    return found
+
+
 async def export_account(
     session: AsyncSession, account: Account, *, now: datetime
 ) -> dict[str, Any]:
@@ -85,8 +221,10 @@ async def export_account(
     what they hold, the orders it placed (with their payments' states and refunds; no provider's
     secret, reference or raw notification), its tickets (without staff's internal notes), its
     sessions, known devices, passkeys (not their keys), security log, portal notices and the
-    messages sent to it (as the message log keeps them: masked). Orders others placed for its
-    lines are theirs: the lines' balances say what they brought."""
+    messages sent to it (as the message log keeps them: masked); and, for each of its lines
+    since it was attached, the usage records, the transfers given and received (the other
+    line masked unless it is one of the account's) and the line's state changes. Orders others
+    placed for its lines are theirs: the lines' balances say what they brought."""
     aid = account.id
     lines = (
         (await session.execute(select(Line).where(Line.account_id == aid).order_by(Line.created_at)))
@@ -340,6 +478,9 @@ async def export_account(
             }
             for m in sent
         ],
+        "usage": await _usage_of(session, lines),
+        "transfers": await _transfers_of(session, lines),
+        "line_events": await _line_events_of(session, lines),
         "preferences": {
             "language": account.language,
             "time_zone": account.time_zone,
@@ -408,6 +549,35 @@ def check_closure_input(
         raise ValidationFailed(N_("This field is required."), field="code")
 
 
+async def empty_finished_jobs(
+    session: AsyncSession, account_id: uuid.UUID, *, now: datetime
+) -> int:
+    """What the `outbox_jobs.dead` retention rule does by age, at once for one account's
+    finished jobs (done, kept 7 days; dead, kept until staff discard them) of the kinds that
+    name someone (`PERSONAL_JOB_KINDS`): the payload keeps its ids and template
+    (`kept_payload`: no address, number, name or ticket subject), `payload_removed_at` says
+    when (a dead one can no longer be retried). Jobs still to run (the closure's own
+    confirmation among them) are left to send what they were queued for; done, they are pruned
+    with the others. Returns how many were emptied."""
+    jobs = (
+        await session.execute(
+            select(OutboxJob.id, OutboxJob.payload).where(
+                OutboxJob.status.in_((JobStatus.done.value, JobStatus.dead.value)),
+                OutboxJob.kind.in_(PERSONAL_JOB_KINDS),
+                OutboxJob.payload_removed_at.is_(None),
+                OutboxJob.payload["account_id"].as_string() == str(account_id),
+            )
+        )
+    ).all()
+    for job_id, payload in jobs:
+        await session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id == job_id)
+            .values(payload=kept_payload(payload), payload_removed_at=now)
+        )
+    return len(jobs)
+
+
 async def close_account(
     session: AsyncSession,
     settings: Settings,
@@ -433,7 +603,8 @@ async def close_account(
     (their addresses in the job, before they are erased); the lines are detached, with their
     balances (a line belongs to its number, not to the login); every session ends; codes,
     recovery codes, known devices, passkeys and portal notices are deleted, and the sessions and security
-    events kept for the record lose their address and device; its tickets still open are closed
+    events kept for the record lose their address and device; its finished outbox jobs lose
+    their addresses and texts (`empty_finished_jobs`); its tickets still open are closed
     with an internal note (no one can answer them any more); the username becomes a tombstone,
     the contacts, the display name, the password and the TOTP secret are erased. Orders,
     payments, refunds, receipts and the ledger stay (the law keeps them), on the account's id.
@@ -469,6 +640,27 @@ async def close_account(
             channels=list(targets.keys()),
             targets=targets,
         )
+    erased = await erase_account(session, settings, account, now)
+    await record_event(
+        session,
+        EventKind.account_closed,
+        account_id=account.id,
+        details={"lines_detached": erased.lines_detached, "sessions_ended": erased.sessions_ended},
+        now=now,
+    )
+    return erased
+
+
+async def erase_account(
+    session: AsyncSession, settings: Settings, account: Account, now: datetime
+) -> Closed:
+    """What closing erases, once the holder is confirmed (`close_account`) or when a closure
+    is applied again after a restore (`accounts.closures`): the lines detached, with their
+    balances; every session ended; codes, recovery codes, known devices, passkeys and portal
+    notices deleted; the sessions and security events kept for the record without their
+    address and device; the finished outbox jobs without their addresses and texts; the open
+    tickets closed; the username a tombstone, the contacts, the display name, the password and
+    the TOTP secret erased. One place, so that the two never drift apart."""
     detached = await session.execute(
         update(Line)
         .where(Line.account_id == account.id)
@@ -493,6 +685,7 @@ async def close_account(
     await session.execute(delete(Notice).where(Notice.account_id == account.id))
     await forget_recovery_codes(session, account.id)
     await forget_where_events_came_from(session, account.id)
+    await empty_finished_jobs(session, account.id, now=now)
     tickets_closed = await close_with_account(
         session, account.id, language=settings.default_language, now=now
     )
@@ -508,14 +701,6 @@ async def close_account(
     account.status = AccountStatus.closed.value
     account.updated_at = now
     await session.flush()
-    await record_event(
-        session,
-        EventKind.account_closed,
-        account_id=account.id,
-        details={"lines_detached": lines_detached, "sessions_ended": ended},
-        now=now,
-    )
     return Closed(
         lines_detached=lines_detached, sessions_ended=ended, tickets_closed=tickets_closed
     )
-

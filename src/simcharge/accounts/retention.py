@@ -8,19 +8,21 @@ row, and the statement repeats the rule's condition, so a row another sweep has 
 not counted again. A setting of 0 keeps that data for ever.
 
 What the law keeps is never swept: orders, payments, refunds, receipts, credit notes, the
-ledger, adjustments, balance actions and the staff audit log (10 years is typical for
+ledger, adjustments, balance actions and the staff audit log (a usage record stays too, with what
+it used and cost; only its traffic and location detail goes, `usage_records.detail`) (10 years is typical for
 accounting; the audit log refuses every UPDATE and DELETE). README, "Data retention", has the
 table of what is kept for how long, and why.
 
 The indexes declared here serve the rules (one range scan per batch, whatever the size of the
 table), as `lifecycle.models` declares those of the lifecycle sweep.
 
-Three rules take more than one statement a batch (`Rule.apply`): two rewrite each row with
+Four rules take more than one statement a batch (`Rule.apply`): three rewrite each row with
 values of its own (`_row_by_row`: a dead job keeps the ids of its payload, a security event its
-details with the MSISDN masked), one changes two tables (`_redact_tickets`: a closed account's
-ticket keeps its existence, not its text). Their batch is locked (`FOR UPDATE SKIP LOCKED` on
-PostgreSQL; SQLite's write lock serialises the transactions) from the moment it is chosen, so
-no other sweep, worker or staff action changes a row between the choice and the rewrite."""
+details with the MSISDN masked, a usage record its start's day), one changes two tables
+(`_redact_tickets`: a closed account's ticket keeps its existence, not its text). Their batch
+is locked (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's write lock serialises the
+transactions) from the moment it is chosen, so no other sweep, worker or staff action changes
+a row between the choice and the rewrite."""
 
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# Imported for its listeners: every closure, however made, writes its `account.closed` log line
+# once committed (what `simcharge privacy reapply-closures` reads after a restore).
+from simcharge.accounts import closures  # noqa: F401
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.auth.events import EventKind
 from simcharge.auth.models import (
@@ -60,7 +65,7 @@ from simcharge.auth.models import (
     VerificationCode,
 )
 from simcharge.backoffice.models import StaffSession
-from simcharge.charging.models import ChargingSession, SessionState
+from simcharge.charging.models import ChargingSession, SessionState, UsageRecord
 from simcharge.config import Settings
 from simcharge.db import Database, table_of
 from simcharge.kit.clock import utcnow
@@ -88,6 +93,7 @@ _tickets = table_of(Ticket)
 _ticket_messages = table_of(TicketMessage)
 _accounts = table_of(Account)
 _challenges = table_of(PasskeyChallenge)
+_usage = table_of(UsageRecord)
 
 _IDENTIFIED = or_(_events.c.ip.is_not(None), _events.c.user_agent.is_not(None))
 """A security event that still says where it came from."""
@@ -159,6 +165,16 @@ Index(
     _tickets.c.account_id,
     postgresql_where=_UNREDACTED,
     sqlite_where=_UNREDACTED,
+)
+
+_DETAIL_KEPT = text("zone <> ''")
+"""A usage record that still says where (country, zone) and exactly when it was used: a stripped
+one has an empty zone (every rated record has one: the tariff's zone of its country)."""
+Index(
+    "ix_usage_records_detail_kept",
+    _usage.c.started_at,
+    postgresql_where=_DETAIL_KEPT,
+    sqlite_where=_DETAIL_KEPT,
 )
 
 Apply = Callable[["AsyncSession", "Rule", datetime, datetime, int], Awaitable[int]]
@@ -311,6 +327,25 @@ def _spent_challenges(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
     return _challenges.c.expires_at < cutoff
 
 
+def _usage_detail(cutoff: datetime, _now: datetime) -> ColumnElement[bool]:
+    """Usage records started before the cutoff that still hold their traffic and location
+    detail. Past it the bill can no longer be challenged (ePrivacy art. 6(2)): where and at what
+    time of day goes; what was used and charged, from which balances, stays with the ledger."""
+    return (_usage.c.started_at < cutoff) & _DETAIL_KEPT
+
+
+def stripped_usage(started_at: datetime) -> dict[str, Any]:
+    """A usage record's detail removed: no country, no zone, the start cut to its day (UTC).
+    The record's id, source and `external_id` stay: the id keeps a batch imported again from
+    being charged twice, and `external_id` is the mediation's or the charging session's
+    reference for the record (no subscriber in it), what a dispute about the bill names."""
+    return {
+        "country": None,
+        "zone": "",
+        "started_at": started_at.replace(hour=0, minute=0, second=0, microsecond=0),
+    }
+
+
 async def _chosen(
     session: AsyncSession, rule: Rule, cutoff: datetime, now: datetime, limit: int, *columns: Any
 ) -> list[Row[Any]]:
@@ -424,6 +459,13 @@ RULES: tuple[Rule, ...] = (
         "retention_passkey_challenges_days",
         _challenges,
         _spent_challenges,
+    ),
+    Rule(
+        "usage_records.detail",
+        "retention_usage_detail_days",
+        _usage,
+        _usage_detail,
+        apply=_row_by_row("started_at", values=lambda row, _now: stripped_usage(row.started_at)),
     ),
 )
 """In the order the sweep applies them: an event's address goes before the event does."""

@@ -26,6 +26,8 @@ from simcharge.kit.translations import N_
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEVICE_COOKIE_AGE = timedelta(days=730)
+"""How long the `sc_device` cookie lives when known devices are kept for ever
+(`SIMCHARGE_RETENTION_DEVICES_DAYS=0`); else as long as a known device is (`device_cookie_age`)."""
 
 
 class CsrfFailed(Forbidden):
@@ -71,10 +73,21 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
     )
 
 
+def device_cookie_age(settings: Settings) -> timedelta:
+    """The `sc_device` cookie lives as long as the record of a known device does
+    (`SIMCHARGE_RETENTION_DEVICES_DAYS`, 365 days unseen): past it the device is forgotten and
+    its next sign-in alerts as a new one anyway, so a browser need not keep the id longer."""
+    days = settings.retention_devices_days
+    return timedelta(days=days) if days > 0 else DEVICE_COOKIE_AGE
+
+
 def ensure_device_cookie(
     request: Request, response: Response, settings: Settings, device_id: str | None
 ) -> None:
-    if device_id and not request.cookies.get(device_cookie(settings)):
+    """The device's id in its cookie, set (a new id) or renewed (the same id) at each sign-in,
+    so that a device in use keeps it and one unseen for `device_cookie_age` loses it, as the
+    server forgets it (`privacy.retention`'s `known_devices` rule)."""
+    if device_id:
         response.set_cookie(
             device_cookie(settings),
             device_id,
@@ -82,8 +95,20 @@ def ensure_device_cookie(
             secure=settings.secure_cookies,
             samesite="lax",
             path="/",
-            max_age=int(DEVICE_COOKIE_AGE.total_seconds()),
+            max_age=int(device_cookie_age(settings).total_seconds()),
         )
+
+
+def clear_device_cookie(response: Response, settings: Settings) -> None:
+    """The device's id dropped from the browser (the account's closure): nothing of it is kept
+    on either side any more."""
+    response.delete_cookie(
+        device_cookie(settings),
+        path="/",
+        secure=settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def client_info(request: Request, settings: Settings) -> ClientInfo:

@@ -1947,7 +1947,10 @@ async def confirm_totp(
             raise Conflict(N_("Start setting up two-step verification first.")) from None
         if accepted:
             return None
-        return InvalidSecondFactor(field="code")
+        # The set-up has no recovery codes yet: the sign-in's wording would speak of them.
+        return InvalidSecondFactor(
+            N_("That code is not right. Enter the code your app shows now."), field="code"
+        )
 
     refused = await reauthenticate(
         session,

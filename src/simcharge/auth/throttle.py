@@ -70,6 +70,8 @@ LIMITS: dict[str, list[RateLimitItem]] = {
     "account-code-checks": parse_many("10/hour;30/day"),
     "account-reauth": parse_many("10/minute;30/hour"),
     "account-export": parse_many("5/hour;20/day"),
+    # new tickets and answers to them, together (`tickets.service.RATE`)
+    "account-tickets": parse_many("10/minute;60/hour"),
 }
 PER_ADDRESS = frozenset({"login", "register", "codes", "verify", "reauth"})
 """The actions counted per client address (`address_key`)."""

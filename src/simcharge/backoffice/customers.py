@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account
@@ -24,7 +24,7 @@ from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import OrderPanel, order_panel
 from simcharge.charging.models import TariffVersion, UsageRecord
 from simcharge.db import dialect_name
-from simcharge.errors import NotFound, ValidationFailed
+from simcharge.errors import FieldError, NotFound, ValidationFailed
 from simcharge.kit.phone import national_e164
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
@@ -36,6 +36,10 @@ from simcharge.orders.models import Order, Payment, Refund
 from simcharge.tickets.models import Ticket
 
 MAX_RESULTS = 50
+"""The most customers a search lists (`CustomerSearch.more` says when others match)."""
+TICKETS_SHOWN = 50
+"""The latest tickets a customer's view lists; the ticket queue filtered by the customer has
+them all (a customer with thousands made the page megabytes)."""
 
 
 class CustomerNotFound(NotFound):
@@ -101,7 +105,7 @@ def search_facts(query: str, found: Sequence[Account]) -> dict[str, Any]:
     append-only and kept for ever; an e-mail address or phone number in it would outlive the
     customer's closing of their account, which promises none is kept. Whose data a member saw
     is what an investigation asks, and the account ids answer it."""
-    q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
+    q = search_text(query)
     kind = "text"
     if "@" in q:
         kind = "email"
@@ -121,87 +125,156 @@ def search_facts(query: str, found: Sequence[Account]) -> dict[str, Any]:
     }
 
 
-async def search_customers(
+MIN_QUERY = 2
+"""The fewest characters a search takes — one when it is a Chinese character (`too_short`)."""
+
+
+def search_text(query: str) -> str:
+    """The query as searched: NFKC (full-width letters and digits, a CJK input method's, as
+    their plain forms), no NUL, trimmed."""
+    return unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
+
+
+def _han(character: str) -> bool:
+    return unicodedata.name(character, "").startswith(
+        ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH")
+    )
+
+
+def too_short(q: str) -> bool:
+    """Fewer than `MIN_QUERY` characters of `search_text` — except one Chinese character: a
+    surname (陈, 王) is what staff type to find a caller, and it is a name, not a fragment of
+    one. One letter or digit would list half the customers."""
+    return len(q) < MIN_QUERY and not (len(q) == 1 and _han(q))
+
+
+def checked_query(query: str) -> str:
+    """`search_text(query)`, refused when `too_short`: `422 validation-error` naming `q`, as
+    the API refuses it and the search page says beside its field (nothing searched)."""
+    q = search_text(query)
+    if too_short(q):
+        raise ValidationFailed(
+            errors=[FieldError("q", N_("Enter at least {min_length} characters."),
+                               {"min_length": MIN_QUERY})]
+        )  # fmt: skip
+    return q
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSearch:
+    accounts: list[Account]
+    """At most `MAX_RESULTS`: first those the query names exactly (`find_customers`), then
+    the others, each part by username."""
+    more: bool
+    """More customers match than `accounts` holds: the search should be narrowed."""
+
+
+async def find_customers(
     s: AsyncSession, query: str, *, region: str | None = None
-) -> Sequence[Account]:
+) -> CustomerSearch:
     """Accounts matching `query` as a name, username, e-mail, phone, MSISDN, ICCID, order id or
     reference, receipt number, ticket number, or a provider's payment or refund reference. A
     number typed without its country code is read in `region` (the operator's, when it has
-    one), as `_numbers` says."""
-    # NFKC: full-width letters and digits (a CJK input method's) as their plain forms.
-    q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
-    if len(q) < 2:
-        return []
-    ids: set[uuid.UUID] = set()
+    one), as `_numbers` says.
 
-    async def collect(stmt: Select[Any]) -> None:
-        ids.update(i for i in (await s.execute(stmt.limit(MAX_RESULTS))).scalars() if i)
-
-    # Both sides lowered alike (not `casefold`, which no database has: "Weiß" → "weiss").
-    pattern = _like(q.lower())
-    await collect(
-        select(Account.id).where(
-            or_(
-                _lower(s, Account.username).like(pattern, escape="\\"),
-                _lower(s, Account.display_name).like(pattern, escape="\\"),
-                _lower(s, Account.email).like(pattern, escape="\\"),
-            )
+    First those it names exactly — its username, e-mail or number (the account's phone, a
+    line's MSISDN) as a whole, an ICCID, an id, a reference, a receipt or ticket number — then
+    those it names in part, each group by username, `MAX_RESULTS` in all; `more` when there
+    are others. Each query reads at most `MAX_RESULTS + 1` accounts in username
+    order, so the first `MAX_RESULTS` of all of them together are among what they read (and a
+    query cut short says there are more); the database orders the merged ids the same way."""
+    q = search_text(query)
+    if too_short(q):
+        return CustomerSearch([], more=False)
+    async def collect(condition: ColumnElement[bool]) -> set[uuid.UUID]:
+        stmt = (
+            select(Account.id)
+            .where(condition)
+            .order_by(Account.username)
+            .limit(MAX_RESULTS + 1)
         )
-    )
+        return set((await s.execute(stmt)).scalars())
+
+    # Named exactly: each an index's lookup, all in one statement (a union of the accounts
+    # each names). Usernames are kept case-folded, e-mail addresses lowered (`auth.service`).
+    lowered = q.lower()
+    named: list[Select[Any]] = [
+        select(Account.id).where(
+            or_(Account.username.in_({q.casefold(), lowered}), Account.email == lowered)
+        )
+    ]
     numbers = _numbers(q, region)
     if numbers:
-
-        def matching(column: Any) -> ColumnElement[bool]:
-            return or_(*(column.like(_like(n), escape="\\") for n in numbers))
-
-        await collect(select(Account.id).where(matching(Account.phone)))
-        await collect(
+        # As a whole: as typed, and an international number typed without its `+`.
+        whole = [*numbers, *("+" + n for n in numbers if n[0] not in "+0")]
+        named.append(select(Account.id).where(Account.phone.in_(whole)))
+        named.append(
             select(Line.account_id).where(
-                or_(matching(Line.msisdn), Line.iccid == numbers[0].lstrip("+"))
+                or_(Line.msisdn.in_(whole), Line.iccid == numbers[0].lstrip("+"))
             )
         )
-        await collect(select(Order.account_id).where(matching(Order.msisdn)))
     try:
         as_id = uuid.UUID(q)
     except ValueError:
         as_id = None
     if as_id is not None:
-        await collect(select(Account.id).where(Account.id == as_id))
-        await collect(select(Order.account_id).where(Order.id == as_id))
-        await collect(select(Line.account_id).where(Line.id == as_id))
-        await collect(select(Ticket.account_id).where(Ticket.id == as_id))
+        named.append(select(Account.id).where(Account.id == as_id))
+        named.append(select(Order.account_id).where(Order.id == as_id))
+        named.append(select(Line.account_id).where(Line.id == as_id))
+        named.append(select(Ticket.account_id).where(Ticket.id == as_id))
     upper = q.upper()
-    reference = spoken_reference(q)
-    await collect(
+    named += [
         select(Order.account_id).where(
-            or_(Order.reference == reference, Order.receipt_number == upper)
-        )
-    )
-    await collect(select(Ticket.account_id).where(Ticket.number == upper))
-    await collect(
+            or_(Order.reference == spoken_reference(q), Order.receipt_number == upper)
+        ),
+        select(Ticket.account_id).where(Ticket.number == upper),
         select(Order.account_id)
         .join(Payment, Payment.order_id == Order.id)
-        .where(or_(Payment.provider_ref == q, Payment.payment_id == q))
-    )
-    await collect(
+        .where(or_(Payment.provider_ref == q, Payment.payment_id == q)),
         select(Order.account_id)
         .join(Refund, Refund.order_id == Order.id)
-        .where(or_(Refund.reference == upper, Refund.provider_refund_id == q))
-    )
-    if not ids:
-        return []
-    return (
-        (
-            await s.execute(
-                select(Account)
-                .where(Account.id.in_(ids))
-                .order_by(Account.username)
-                .limit(MAX_RESULTS)
+        .where(or_(Refund.reference == upper, Refund.provider_refund_id == q)),
+    ]
+    exact = await collect(Account.id.in_(union_all(*named)))
+    # Named in part: a substring of a name, username or e-mail (both sides lowered alike — not
+    # `casefold`, which no database has: "Weiß" → "weiss"), digits of a number.
+    pattern = _like(lowered)
+    partial = await collect(
+        or_(
+            *(
+                _lower(s, c).like(pattern, escape="\\")
+                for c in (Account.username, Account.display_name, Account.email)
             )
         )
-        .scalars()
-        .all()
     )
+    if numbers:
+
+        def matching(column: Any) -> ColumnElement[bool]:
+            return or_(*(column.like(_like(n), escape="\\") for n in numbers))
+
+        partial |= await collect(matching(Account.phone))
+        partial |= await collect(Account.id.in_(select(Line.account_id).where(
+            matching(Line.msisdn))))
+        partial |= await collect(Account.id.in_(select(Order.account_id).where(
+            matching(Order.msisdn))))  # fmt: skip
+    found = exact | partial
+    if not found:
+        return CustomerSearch([], more=False)
+    first = [case((Account.id.in_(exact), 0), else_=1)] if exact else []
+    rows = await s.execute(
+        select(Account)
+        .where(Account.id.in_(found))
+        .order_by(*first, Account.username)
+        .limit(MAX_RESULTS)
+    )
+    return CustomerSearch(list(rows.scalars()), more=len(found) > MAX_RESULTS)
+
+
+async def search_customers(
+    s: AsyncSession, query: str, *, region: str | None = None
+) -> Sequence[Account]:
+    """The accounts `find_customers` lists (without saying whether there are more)."""
+    return (await find_customers(s, query, region=region)).accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +310,8 @@ async def search_matches(
 ) -> list[Match]:
     """The orders, tickets and lines `query` names, read as `search_customers` reads it (which
     lists their customers): what matched, to open directly."""
-    q = unicodedata.normalize("NFKC", query.replace("\x00", "")).strip()
-    if len(q) < 2:
+    q = search_text(query)
+    if too_short(q):
         return []
     upper = q.upper()
     try:
@@ -478,6 +551,9 @@ class CustomerView:
     notices: list[Notice]
     messages: list[MessageLog]
     tickets: list[Ticket]
+    """The latest `TICKETS_SHOWN`, latest activity first."""
+    tickets_total: int
+    """How many tickets the customer has."""
     adjustments: list[Adjustment]
 
 
@@ -548,15 +624,25 @@ async def customer_view(
         )
         return list((await s.execute(stmt)).scalars())
 
+    # The latest `TICKETS_SHOWN` (`ix_tickets_account_id`); all of them are in the ticket
+    # queue filtered by the customer (`/backoffice/tickets?account_id=`).
     tickets = list(
         (
             await s.execute(
                 select(Ticket)
                 .where(Ticket.account_id == account_id)
-                .order_by(Ticket.updated_at.desc())
+                .order_by(Ticket.updated_at.desc(), Ticket.id.desc())
+                .limit(TICKETS_SHOWN)
             )
         ).scalars()
     )
+    tickets_total = len(tickets)
+    if tickets_total == TICKETS_SHOWN:
+        tickets_total = (
+            await s.execute(
+                select(func.count()).select_from(Ticket).where(Ticket.account_id == account_id)
+            )
+        ).scalar_one()
     line_ids = [f.line.id for f in lines]
     adjustments = list(
         (
@@ -576,5 +662,6 @@ async def customer_view(
         notices=await latest(Notice),
         messages=await latest(MessageLog),
         tickets=tickets,
+        tickets_total=tickets_total,
         adjustments=adjustments,
     )

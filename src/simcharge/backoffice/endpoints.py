@@ -10,10 +10,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account
 from simcharge.api.deps import API_PREFIX, DB, AppSettings
 from simcharge.api.idempotency import IdempotencyKeyHeader
 from simcharge.auth.apikeys import (
@@ -31,7 +33,7 @@ from simcharge.auth.apikeys import (
     view_of,
 )
 from simcharge.auth.deps import Limits
-from simcharge.backoffice import audit, money, reports
+from simcharge.backoffice import audit, customers, money, reports
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.catalog import (
     CatalogEntryNotFound,
@@ -40,10 +42,12 @@ from simcharge.backoffice.catalog import (
     tariff_versions,
 )
 from simcharge.backoffice.customers import (
+    MAX_RESULTS,
+    CustomerNotFound,
     LineFacts,
     UsageFacts,
+    checked_query,
     customer_view,
-    search_customers,
     search_facts,
     search_matches,
     usage_filter,
@@ -100,9 +104,10 @@ from simcharge.backoffice.staff import (
     reset_staff_password,
     sign_in,
 )
-from simcharge.errors import Forbidden, Refused
+from simcharge.errors import FieldError, Forbidden, Refused, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
+from simcharge.kit.translations import N_
 from simcharge.lifecycle.service import Policy
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
@@ -124,6 +129,39 @@ LastDay = Annotated[
     str | None, Query(alias="to", max_length=10, description="Last day (UTC), inclusive")
 ]
 AuditReader = Annotated[Actor, require(Permission.audit_read)]
+ANY_ROUTE_QUERY = frozenset({"lang"})
+"""Query parameters every API route reads (`api.deps.request_language`)."""
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """A query parameter the route does not declare is refused, `422 validation-error` naming
+    it (and listing those it takes): a filter misspelt (`?actor=` for `?who=`) was ignored, and
+    the answer — the whole unfiltered list — looked like the filtered one. The route's own
+    parameters are read from its signature, so a filter added later is known here too. Put it
+    after the route's credential (`Annotated[None, Depends(refuse_unknown_query)]`): who may not
+    call the route is refused as such first."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = set(_query_names(dependant))
+    for name in request.query_params:
+        if name not in known and name not in ANY_ROUTE_QUERY:
+            raise ValidationFailed(
+                errors=[FieldError(name, N_("Unknown parameter: use one of {known}."),
+                                   {"known": ", ".join(sorted(known))})]
+            )  # fmt: skip
+
+
+KnownQueryOnly = Annotated[None, Depends(refuse_unknown_query)]
+
+
+def _query_names(dependant: Dependant) -> list[str]:
+    """The query parameters a route reads: its own and its dependencies'."""
+    names = [p.alias for p in dependant.query_params]
+    for sub in dependant.dependencies:
+        names += _query_names(sub)
+    return names
 
 
 @router.post("/session", response_model=StaffTokenOut, summary="Staff sign-in (token)")
@@ -270,6 +308,7 @@ async def change_my_password(
 @router.get("/audit", response_model=list[AuditEntryOut], summary="The audit log, newest first")
 async def audit_log(
     actor: AuditReader,
+    _known: KnownQueryOnly,
     db: DB,
     target_type: Annotated[str | None, Query(max_length=32)] = None,
     target_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -288,8 +327,9 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[AuditEntryOut]:
     """The back office's page's filters: `422 validation-error` on `from`/`to` for a day that
-    is not one or a period that ends before it starts. The next page: `before`/`before_id` of
-    the last entry."""
+    is not one or a period that ends before it starts, and naming any parameter that is none of
+    these (`actor` for `who`: the whole log, unfiltered, looked like an answer). The next page:
+    `before`/`before_id` of the last entry."""
     period = usage_filter(None, start or None, end or None)
     cursor = (before, before_id) if before is not None and before_id is not None else None
     async with db.read() as s:
@@ -488,6 +528,16 @@ Unfreezer = Annotated[Actor, require(Permission.lines_unfreeze)]
 Resender = Annotated[Actor, require(Permission.receipts_resend)]
 AttentionReader = Annotated[Actor, require(Permission.attention_read)]
 Resolver = Annotated[Actor, require(Permission.attention_resolve)]
+TRUNCATED = "X-Truncated"
+"""On a customer search: `true` when more customers match than are listed."""
+
+
+class UnlockNeedsAPerson(Forbidden):
+    slug = "unlock-needs-a-person"
+    title = N_(
+        "Unlocking an account is a staff member's decision (the customer may have locked it "
+        "themselves, fearing someone else uses it): an API key has no one behind it."
+    )
 
 
 def _row(obj: Any, *fields: str) -> dict[str, Any]:
@@ -577,31 +627,51 @@ def _balances_out(f: LineFacts) -> dict[str, Any]:
     return out
 
 
-@router.get("/customers", response_model=list[CustomerFoundOut], summary="Find customers")
+@router.get(
+    "/customers",
+    response_model=list[CustomerFoundOut],
+    summary="Find customers",
+    responses={
+        200: {
+            "headers": {
+                TRUNCATED: {
+                    "description": f"`true` when more than {MAX_RESULTS} customers match "
+                    "(those listed are the first): narrow the search; else `false`",
+                    "schema": {"type": "string", "enum": ["true", "false"]},
+                }
+            }
+        }
+    },
+)
 async def find_customers(
     actor: CustomerReader,
     db: DB,
     settings: AppSettings,
+    response: Response,
     q: Annotated[
         str,
         Query(
-            min_length=2,
             max_length=200,
             description="Name, e-mail, phone, "
             "MSISDN, ICCID, order id or reference, receipt number, ticket "
-            "number, provider reference",
+            "number, provider reference: at least 2 characters, or one Chinese character",
         ),
     ],
 ) -> list[CustomerFoundOut]:
     """Each customer found, with what the query `matched` of theirs besides a name or contact
-    (an order, a ticket, a line), as the search page shows it."""
+    (an order, a ticket, a line), as the search page shows it: first those the query names
+    exactly, then the others, by username, at most 50 — `X-Truncated: true` when more match.
+    A query too short is `422 validation-error` naming `q` (nothing searched or audited)."""
+    checked_query(q)
     async with db.read() as s:
-        found = await search_customers(s, q, region=settings.phone_region)
+        search = await customers.find_customers(s, q, region=settings.phone_region)
+        found = search.accounts
         matched: dict[uuid.UUID, list[SearchMatchOut]] = {a.id: [] for a in found}
         for m in await search_matches(s, q, region=settings.phone_region):
             if m.account_id in matched:  # only of the accounts listed (those the audit names)
                 matched[m.account_id].append(SearchMatchOut(kind=m.kind, id=m.id, label=m.label))
     await audit.record_read(db, actor, "customer.search", details=search_facts(q, found))
+    response.headers[TRUNCATED] = "true" if search.more else "false"
     return [
         CustomerFoundOut(**CustomerOut.model_validate(a).model_dump(), matched=matched[a.id])
         for a in found
@@ -666,6 +736,7 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
             _row(t, "id", "number", "subject", "status", "priority", "updated_at")
             for t in v.tickets
         ],
+        tickets_total=v.tickets_total,
         adjustments=[
             AdjustmentOut.model_validate(a).model_dump(mode="json") for a in v.adjustments
         ],
@@ -711,7 +782,29 @@ async def get_line_usage(
 @router.post(
     "/customers/{account_id}/unlock", response_model=StateOut, summary="Unlock a locked account"
 )
-async def unlock_customer(account_id: uuid.UUID, actor: Unlocker, db: DB) -> StateOut:
+async def unlock_customer(
+    account_id: uuid.UUID, actor: Unlocker, db: DB, request: Request
+) -> StateOut:
+    """A staff member's act only: an API key (`accounts:write`) is refused `403
+    unlock-needs-a-person`, audited as `access.denied` — a customer who locked their account
+    ("lock my account") unlocks it with a code to a verified contact, or a person who spoke
+    with them does; a tool unlocking it would undo their protection unseen. An unknown account
+    is `404 customer-not-found` to anyone."""
+    if actor.staff_id is None:
+        async with db.read() as s:
+            if await s.get(Account, account_id) is None:
+                raise CustomerNotFound(field="account_id")
+        path = request.url.path
+        await db.run(
+            lambda s: audit.record(
+                s, actor, "access.denied", target_type="account", target_id=account_id,
+                details={
+                    "permission": Permission.accounts_unlock.value, "path": path,
+                    "reason": "a person only",
+                },
+            )
+        )  # fmt: skip
+        raise UnlockNeedsAPerson(field="account_id")
     account = await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
     return StateOut(id=account.id, state=account.status)
 
@@ -722,6 +815,50 @@ async def unfreeze_line(
 ) -> StateOut:
     policy = Policy.of(settings)
     line = await db.run(lambda s: money.unfreeze_line(s, actor, line_id, utcnow(), policy))
+    return StateOut(id=line.id, state=line.state)
+
+
+class LineStateReasonIn(BaseModel):
+    """Why staff suspend or resume a line: required, 1–500 characters (blank is refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(max_length=money.REASON_MAX)
+
+
+@router.post(
+    "/lines/{line_id}/suspend",
+    response_model=StateOut,
+    summary="Suspend a line (a SIM lost or stolen) until staff resume it",
+)
+async def suspend_line(
+    line_id: uuid.UUID, body: LineStateReasonIn, actor: Unfreezer, db: DB
+) -> StateOut:
+    """A line in service (active, in grace or frozen) becomes `suspended`: denied service, its
+    top-ups credited without bringing it back, left alone by the lifecycle sweep. 409
+    `line-not-in-service` for a line in stock or terminated, `line-already-suspended` for one
+    suspended; 422 field `reason` without a reason. Audited (`line.suspend`)."""
+    line = await db.run(
+        lambda s: money.suspend_line(s, actor, line_id, body.reason, utcnow())
+    )
+    return StateOut(id=line.id, state=line.state)
+
+
+@router.post(
+    "/lines/{line_id}/resume",
+    response_model=StateOut,
+    summary="Resume a suspended line (into the state the lifecycle gives it)",
+)
+async def resume_line(
+    line_id: uuid.UUID, body: LineStateReasonIn, actor: Unfreezer, db: DB, settings: AppSettings
+) -> StateOut:
+    """Back where the lifecycle's rules put it now: frozen if it was frozen when suspended;
+    else `active` while its validity runs, in grace with a full grace period once it has
+    ended (frozen with no grace period). 409 `line-not-suspended` for a line that is not
+    suspended. Audited (`line.resume`)."""
+    policy = Policy.of(settings)
+    line = await db.run(
+        lambda s: money.resume_line(s, actor, line_id, body.reason, utcnow(), policy)
+    )
     return StateOut(id=line.id, state=line.state)
 
 

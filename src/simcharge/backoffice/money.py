@@ -628,6 +628,61 @@ async def unfreeze_line(
     return line
 
 
+async def suspend_line(
+    s: AsyncSession, actor: Actor, line_id: uuid.UUID, reason: str, now: datetime
+) -> Line:
+    """A line in service stopped at its owner's request (a SIM lost or stolen) until staff
+    resume it (`lifecycle.suspend`: 409 `line-not-in-service` for one in stock or terminated,
+    `line-already-suspended`); the reason is required (1–500 characters, field `reason`) and
+    audited with the state it had."""
+    text = _reason(reason)
+    line = await s.get(Line, line_id, with_for_update=True)
+    if line is None:
+        raise LineNotFound(field="line_id")
+    was = await lifecycle.suspend(s, line, by=actor.name, reason=text, now=now)
+    await audit.record(
+        s,
+        actor,
+        "line.suspend",
+        target_type="line",
+        target_id=line.id,
+        before={"state": was.value},
+        after={"state": line.state},
+        details={"reason": text},
+        now=now,
+    )
+    return line
+
+
+async def resume_line(
+    s: AsyncSession,
+    actor: Actor,
+    line_id: uuid.UUID,
+    reason: str,
+    now: datetime,
+    policy: lifecycle.Policy,
+) -> Line:
+    """A suspended line back where the lifecycle's rules put it now (`lifecycle.resume`: 409
+    `line-not-suspended` otherwise), with a required reason; audited."""
+    text = _reason(reason)
+    line = await s.get(Line, line_id, with_for_update=True)
+    if line is None:
+        raise LineNotFound(field="line_id")
+    await lifecycle.resume(s, line, by=actor.name, reason=text, policy=policy, now=now)
+    await audit.record(
+        s,
+        actor,
+        "line.resume",
+        target_type="line",
+        target_id=line.id,
+        before={"state": LineState.suspended.value},
+        after={"state": line.state},
+        details={"reason": text},
+        now=now,
+    )
+    return line
+
+
 def _resend_key(actor: Actor, once: str | None) -> uuid.UUID:
     """The resend's own mark in its job's dedupe key: the form's one-time key (per staff member)
     — the same form posted twice (a double click, a browser's retry) sends once — or, with none

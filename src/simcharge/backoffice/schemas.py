@@ -85,7 +85,11 @@ class CustomerViewOut(BaseModel):
     security_events: list[dict[str, Any]]
     notices: list[dict[str, Any]]
     messages: list[dict[str, Any]]
-    tickets: list[dict[str, Any]]
+    tickets: list[dict[str, Any]] = Field(
+        description="The latest 50, latest activity first; all of them: "
+        "`GET /admin/tickets?account_id=`"
+    )
+    tickets_total: int = Field(description="How many tickets the customer has")
     adjustments: list[dict[str, Any]]
 
 

@@ -20,8 +20,9 @@ from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.customers import (
     LineNotFound,
+    checked_query,
     customer_view,
-    search_customers,
+    find_customers,
     search_facts,
     search_matches,
     usage_filter,
@@ -113,9 +114,22 @@ def parse_amount(
 async def customers(
     request: Request, db: DB, settings: AppSettings, actor: Reader, q: str = ""
 ) -> HTMLResponse:
+    """A query too short (`customers.checked_query`: one letter, spaces) is refused beside the
+    field as the API refuses it (422): nothing searched, nothing audited — not "No customer
+    matches." More matches than are listed: the page says to narrow the search."""
     q = q[:200]
+    if q:
+        try:
+            checked_query(q)
+        except ValidationFailed as exc:
+            refused = form_error(request, actor, exc, form="search", values={"q": q})
+            return render(
+                request, "customers.html", actor, status=refused.status, form_error=refused,
+                q=q, found=[], more=False, matches=[],
+            )  # fmt: skip
     async with db.read() as s:
-        found = await search_customers(s, q, region=settings.phone_region) if q else []
+        search = await find_customers(s, q, region=settings.phone_region) if q else None
+        found = search.accounts if search else []
         # What matched, to open directly: only of the accounts listed (those the audit names).
         shown = {a.id for a in found}
         matches = [
@@ -127,7 +141,10 @@ async def customers(
         await audit.record_read(
             db, actor, "customer.search", details=search_facts(q, found)
         )
-    return render(request, "customers.html", actor, q=q, found=found, matches=matches)
+    return render(
+        request, "customers.html", actor, q=q, found=found, more=bool(search and search.more),
+        matches=matches,
+    )  # fmt: skip
 
 
 @router.get("/customers/{account_id}", response_class=HTMLResponse)
@@ -276,6 +293,50 @@ async def unfreeze(
 
     return await in_place(
         request, actor, act, form=f"unfreeze-{line_id}", values={},
+        redraw=_on_line_page(request, actor, line_id),
+    )  # fmt: skip
+
+
+@router.post("/lines/{line_id}/suspend", response_model=None)
+async def suspend(
+    request: Request,
+    line_id: uuid.UUID,
+    db: DB,
+    actor: Unfreezer,
+    reason: Annotated[str, Form(max_length=money.REASON_MAX)] = "",
+) -> Response:
+    """The line's "Suspend (lost or stolen)" form: a reason is required; refused beside the form,
+    what was typed kept."""
+
+    async def act() -> Response:
+        line = await db.run(lambda s: money.suspend_line(s, actor, line_id, reason, utcnow()))
+        return back(f"/backoffice/customers/{line.account_id}#line-{line_id}", "suspended")
+
+    return await in_place(
+        request, actor, act, form=f"suspend-{line_id}", values={"reason": reason},
+        redraw=_on_line_page(request, actor, line_id),
+    )  # fmt: skip
+
+
+@router.post("/lines/{line_id}/resume", response_model=None)
+async def resume(
+    request: Request,
+    line_id: uuid.UUID,
+    db: DB,
+    settings: AppSettings,
+    actor: Unfreezer,
+    reason: Annotated[str, Form(max_length=money.REASON_MAX)] = "",
+) -> Response:
+    policy = Policy.of(settings)
+
+    async def act() -> Response:
+        line = await db.run(
+            lambda s: money.resume_line(s, actor, line_id, reason, utcnow(), policy)
+        )
+        return back(f"/backoffice/customers/{line.account_id}#line-{line_id}", "resumed")
+
+    return await in_place(
+        request, actor, act, form=f"resume-{line_id}", values={"reason": reason},
         redraw=_on_line_page(request, actor, line_id),
     )  # fmt: skip
 

@@ -56,16 +56,27 @@ async def ticket_queue(
     priority: str | None = None,
     mine: bool = False,
     unassigned: bool = False,
+    account_id: uuid.UUID | None = None,
+    order: str | None = None,
     before: Instant | None = None,
     before_id: uuid.UUID | None = None,
+    after: Instant | None = None,
+    after_id: uuid.UUID | None = None,
+    after_priority: str | None = None,
 ) -> HTMLResponse:
-    """The queue, latest activity first, a page at a time: "Older" goes on to the ones that
-    have waited longest. A status or priority that is none of the listed ones is refused
-    (422, the page drawn again with the filter marked), not read as "no ticket has it"."""
-    typed = {"status": status or "", "priority": priority or ""}
+    """The queue, a page at a time (`service.QueueOrder`): by default the tickets waiting for
+    customer service first, urgent first and then the longest waiting ("Next page": `after`,
+    `after_id`, `after_priority` of the last one), then the others, latest activity first
+    (`before`, `before_id`); `order=latest`: all latest activity first ("Older"). A status,
+    priority or order that is none of the listed ones is refused (422, the page drawn again
+    with the filter marked), not read as "no ticket has it". `account_id`: one customer's
+    tickets (their page lists the latest 50 and links here)."""
+    typed = {"status": status or "", "priority": priority or "", "order": order or ""}
     try:
         _known(status, TicketStatus, "status")
         _known(priority, TicketPriority, "priority")
+        _known(order, service.QueueOrder, "order")
+        _known(after_priority, TicketPriority, "after_priority")
     except ValidationFailed as exc:
         refused = form_error(request, actor, exc, form="filter", values=typed)
         return render(
@@ -73,17 +84,25 @@ async def ticket_queue(
             tickets=[], names={}, owners={}, about=NO_REFERENCES,
             statuses=list(TicketStatus), priorities=list(TicketPriority),
             status_filter=status or "", priority=priority or "", mine=mine,
-            unassigned=unassigned, more=None,
+            unassigned=unassigned, more=None, customer=None, account_id=account_id,
+            order=order or "", orders=list(service.QueueOrder),
         )  # fmt: skip
     f = service.TicketFilter(
         status=status or None,
         priority=priority or None,
         assignee_id=actor.staff_id if mine else None,
         unassigned=unassigned,
+        account_id=account_id,
+    )
+    sort = service.QueueOrder(order or service.QueueOrder.waiting)
+    waited = (
+        service.WaitingAfter(after_priority, after, after_id)
+        if after is not None and after_id is not None and after_priority
+        else None
     )
     async with db.read() as s:
         found = await service.find_tickets(
-            s, f, limit=PAGE + 1, before=before, before_id=before_id
+            s, f, limit=PAGE + 1, before=before, before_id=before_id, order=sort, after=waited
         )
         tickets = found[:PAGE]
         names = await staff_names(s)
@@ -98,23 +117,33 @@ async def ticket_queue(
         about = await references(
             s, (t.order_id for t in tickets), (t.line_id for t in tickets)
         )
+        customer = await s.get(Account, account_id) if account_id is not None else None
     filters = audit.read_details(
-        len(tickets), status=status, priority=priority, mine=mine, unassigned=unassigned
-    )
+        len(tickets), status=status, priority=priority, mine=mine, unassigned=unassigned,
+        account_id=account_id, order=order,
+    )  # fmt: skip
     await audit.record_read(db, actor, "ticket.list", details=filters)
     last = tickets[-1] if len(found) > PAGE else None
-    more = (
-        urlencode(
+    more = None
+    if last is not None:
+        # In the `waiting` order a page that ends among the tickets waiting for customer
+        # service goes on among them; one that ends among the others, as `latest` does.
+        among_waiting = sort is service.QueueOrder.waiting and last.status == TicketStatus.open
+        where = (
+            {"after_priority": last.priority, "after": last.updated_at.isoformat()}
+            | {"after_id": str(last.id)}
+            if among_waiting
+            else {"before": last.updated_at.isoformat(), "before_id": str(last.id)}
+        )
+        more = urlencode(
             {
                 **{k: v for k, v in (("status", status), ("priority", priority)) if v},
                 **{k: "true" for k, v in (("mine", mine), ("unassigned", unassigned)) if v},
-                "before": last.updated_at.isoformat(),
-                "before_id": str(last.id),
+                **({"account_id": str(account_id)} if account_id else {}),
+                **({"order": order} if order else {}),
+                **where,
             }
         )
-        if last is not None
-        else None
-    )
     return render(
         request,
         "tickets.html",
@@ -130,6 +159,10 @@ async def ticket_queue(
         mine=mine,
         unassigned=unassigned,
         more=more,
+        customer=customer,
+        account_id=account_id,
+        order=sort.value,
+        orders=list(service.QueueOrder),
     )
 
 

@@ -39,6 +39,7 @@ from simcharge.kit.crypto import SealBroken, keyed_hash, seal, unseal_any
 from simcharge.kit.i18n import normalize_language
 from simcharge.kit.translations import N_
 from simcharge.notifications.service import tell_staff
+from simcharge.tickets.service import release_of
 
 MAX_FAILURES = 5
 LOCK_FOR = timedelta(minutes=15)
@@ -515,8 +516,13 @@ def staff_facts(staff: StaffUser) -> dict[str, object]:
 
 def change_facts(staff: StaffUser, before: dict[str, object]) -> dict[str, object]:
     """The facts after `change_staff`, to audit beside its `before`: with the passkeys (none
-    now) when a new authenticator was asked for, which removes them."""
-    return staff_facts(staff) | ({"passkeys": 0} if "passkeys" in before else {})
+    now) when a new authenticator was asked for, which removes them; with the tickets assigned
+    (none now) when switching them off released some."""
+    return (
+        staff_facts(staff)
+        | ({"passkeys": 0} if "passkeys" in before else {})
+        | ({"tickets_assigned": 0} if "tickets_assigned" in before else {})
+    )
 
 
 async def change_staff(
@@ -557,6 +563,12 @@ async def change_staff(
         staff.active = active
         if active:
             staff.failed_logins, staff.locked_until = 0, None
+        else:
+            # Their tickets still open go back to nobody (under "unassigned"), each audited
+            # as by whoever switched them off, in this transaction.
+            released = await release_of(session, staff, await _acting(session, by), now=now)
+            if released:
+                before["tickets_assigned"] = released
     if reset_totp:
         staff.totp_secret_sealed = staff.totp_enabled_at = staff.totp_last_step = None
         before["passkeys"] = len(await drop_passkeys(session, staff.id))
@@ -568,6 +580,14 @@ async def change_staff(
         )
     await session.flush()
     return staff, before
+
+
+async def _acting(session: AsyncSession, by: uuid.UUID | None) -> Actor:
+    """Who `change_staff` acts as, for the audit entries it writes itself (only staff members
+    with `staff.manage` change staff: no API key has it)."""
+    acting = await session.get(StaffUser, by) if by is not None else None
+    name = f"staff:{acting.username}" if acting is not None else "staff"
+    return Actor(name=name, permissions=frozenset(), staff=acting)
 
 
 # --- passwords ------------------------------------------------------------------------------

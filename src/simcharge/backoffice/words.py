@@ -66,6 +66,7 @@ WORDS: dict[str, dict[str, str]] = {
         "active": N_("active"),
         "grace": N_("validity ended (grace)"),
         "frozen": N_("frozen"),
+        "suspended": N_("suspended (lost or stolen)"),
         "terminated": N_("closed for good"),
     },
     "account": {
@@ -152,6 +153,8 @@ WORDS: dict[str, dict[str, str]] = {
         "line.frozen_support": N_("Line frozen: contact support"),
         "line.gift_received": N_("Top-up received as a gift"),
         "line.grace_ending": N_("Grace period ending"),
+        "line.resumed": N_("Line resumed"),
+        "line.suspended": N_("Line suspended"),
         "line.terminated": N_("Line closed for good"),
         "line.termination_warning": N_("Line about to be closed"),
         "line.validity_ending": N_("Validity ending"),
@@ -235,6 +238,8 @@ DONE: dict[str, str] = {
     "reject": N_("Rejected: nothing was moved."),
     "unlocked": N_("The account is unlocked: the customer can sign in again."),
     "unfrozen": N_("The line is unfrozen."),
+    "suspended": N_("The line is suspended: it cannot be used until it is resumed."),
+    "resumed": N_("The line is resumed."),
     # A refund: its state (`orders.RefundState`).
     "refund_pending": N_(
         "The refund was asked of the provider and waits on its answer: the refund's state on "

@@ -39,4 +39,6 @@ def outlook(line: LineFacts, policy: Policy) -> Outlook:
         return Outlook(freeze_at=policy.frozen_from_grace(line.state_changed_at, active_since))
     if state is LineState.frozen:
         return Outlook(terminate_at=line.state_changed_at + policy.termination)
+    # In stock, terminated or suspended: time alone changes nothing (a suspended line waits for
+    # staff to resume it), so a warning queued before the suspension is dropped as it goes out.
     return Outlook()

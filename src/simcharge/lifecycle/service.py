@@ -14,6 +14,12 @@ transfer ids, deduplicated notices). Warnings go out before each change, once pe
 change (a keyset mark per pass, and `dedupe_key`s).
 
 Top-ups and support call `on_topup` and `unfreeze` in their own transaction.
+
+Customer service may also **suspend** a line in service (active, grace or frozen: a SIM
+reported lost or stolen) and **resume** it (`suspend`, `resume`). A suspended line is outside
+every rule above: it is denied service, takes top-ups without changing state, and the sweep
+neither freezes nor terminates it (no rule starts from `suspended`), however long it stays so;
+its validity keeps running. Resuming puts it where those rules say (`resume`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.charging.nchf import end_sessions_of_lines
@@ -51,6 +57,7 @@ from simcharge.ledger.service import (
 from simcharge.lifecycle.models import LineEvent
 from simcharge.lifecycle.repository import LifecycleRepository, lines
 from simcharge.lines.models import Line, LineState
+from simcharge.lines.service import LineNotInService
 from simcharge.notifications.service import notice
 from simcharge.worker.service import NewJob, enqueue_many
 
@@ -115,6 +122,23 @@ class LineWouldFreezeAgain(Conflict):
     title = N_("Unfrozen now, the line would be frozen again at once.")
 
 
+class LineAlreadySuspended(Conflict):
+    slug = "line-already-suspended"
+    title = N_("The line is already suspended.")
+
+
+class LineNotSuspended(Conflict):
+    slug = "line-not-suspended"
+    title = N_("The line is not suspended.")
+
+
+SUSPENDABLE = frozenset({LineState.active, LineState.grace, LineState.frozen})
+"""The states a line may be suspended from: in service. One in stock was never sold, one
+terminated is gone (`lines.service.LineNotInService`)."""
+SUSPENDED_NOTICE = "line.suspended"
+RESUMED_NOTICE = "line.resumed"
+
+
 # ---------------------------------------------------------------------------------------------
 # One line at a time: top-ups and support
 
@@ -151,7 +175,9 @@ def on_topup(
 ) -> bool:
     """A paid top-up was credited to `line` (locked by the caller, validity already extended).
 
-    A top-up counts as activity. It brings a line out of stock or grace; out of frozen only if
+    A top-up counts as activity. A suspended line stays suspended (the top-up is credited: a
+    thief must not bring a lost SIM back by paying for it); its owner's balance waits for
+    customer service to resume it. It brings a line out of stock or grace; out of frozen only if
     the policy lets a top-up do so (`topup`: any paid top-up; `owner_topup`: one paid by the
     line's owner; `support`: never). When the validity of such a line is still over after the
     top-up (money alone, a plan without validity), it runs `policy.topup_validity` from now;
@@ -233,6 +259,111 @@ async def unfreeze(
     await session.flush()
     audit.info("line.unfrozen", line_id=str(line.id), by=by, reason=reason, state=target.value)
     return line
+
+
+async def suspend(
+    session: AsyncSession, line: Line, *, by: str, reason: str, now: datetime | None = None
+) -> LineState:
+    """Customer service stops a line in service (a SIM reported lost or stolen): `suspended`
+    until staff resume it. Returns the state it was in. The caller has checked `reason` and
+    locked the line; its owner is told (`line.suspended`). Its charging sessions stay open:
+    each one's next request is denied (`charging.nchf.line_may_charge`), and what it reported
+    used until then is charged, as for a frozen line."""
+    now = now or utcnow()
+    state = LineState(line.state)
+    if state is LineState.suspended:
+        raise LineAlreadySuspended(
+            N_("Line {msisdn} is already suspended."), field="line_id", msisdn=line.msisdn
+        )
+    if state not in SUSPENDABLE:
+        raise LineNotInService(
+            N_("Line {msisdn} is {state}: only a line in service can be suspended."),
+            field="line_id",
+            msisdn=line.msisdn,
+            state=line.state,
+        )
+    _change(session, line, LineState.suspended, reason=f"suspended: {reason}", actor=by, now=now)
+    await _tell(session, line, SUSPENDED_NOTICE, now)
+    await session.flush()
+    audit.info("line.suspended", line_id=str(line.id), by=by, reason=reason, was=state.value)
+    return state
+
+
+async def resume(
+    session: AsyncSession,
+    line: Line,
+    *,
+    by: str,
+    reason: str,
+    policy: Policy,
+    now: datetime | None = None,
+) -> LineState:
+    """Customer service resumes a suspended line (locked by the caller, `reason` checked) into
+    the state the lifecycle's rules give it now, and tells its owner (`line.resumed`):
+
+    - a line that was frozen when it was suspended is frozen again (a suspension unfreezes
+      nothing: `unfreeze` does that), its termination period counted from now;
+    - else, its validity running, `active`; its validity ended (it may have run out during the
+      suspension), in grace with a full grace period to top up, as `unfreeze` does — or frozen
+      with no grace period (`LIFECYCLE_GRACE_DAYS=0`), as the sweep freezes a line whose
+      validity ends then.
+
+    The activity clock restarts (the line could not be used while suspended). Returns the new
+    state."""
+    now = now or utcnow()
+    if line.state != LineState.suspended:
+        raise LineNotSuspended(
+            N_("Line {msisdn} is {state}, not suspended."),
+            field="line_id",
+            msisdn=line.msisdn,
+            state=line.state,
+        )
+    was = await _state_before_suspension(session, line.id)
+    if was is LineState.frozen:
+        target = LineState.frozen
+    elif _valid(line, now):
+        target = LineState.active
+    elif policy.grace > timedelta(0):
+        target = LineState.grace
+    else:
+        target = LineState.frozen
+    if target is not LineState.frozen:
+        line.last_activity_at = now
+    _change(session, line, target, reason=f"resumed: {reason}", actor=by, now=now)
+    await _tell(session, line, RESUMED_NOTICE, now, state=target.value)
+    await session.flush()
+    audit.info("line.resumed", line_id=str(line.id), by=by, reason=reason, state=target.value)
+    return target
+
+
+async def _state_before_suspension(session: AsyncSession, line_id: uuid.UUID) -> LineState:
+    """The state the line was suspended from: its latest change into `suspended` (the index on
+    `line_events (line_id, created_at)`)."""
+    found = await session.scalar(
+        select(LineEvent.from_state)
+        .where(LineEvent.line_id == line_id, LineEvent.to_state == LineState.suspended.value)
+        .order_by(LineEvent.created_at.desc(), LineEvent.id.desc())
+        .limit(1)
+    )
+    return LineState(found) if found else LineState.active
+
+
+async def _tell(
+    session: AsyncSession, line: Line, template: str, now: datetime, **params: str
+) -> None:
+    """The owner's notice of a staff change of their line's state (none for a line no one
+    holds), queued in the change's transaction; its key names the change, so a retry of the
+    transaction queues it once."""
+    if line.account_id is None:
+        return
+    job = notice(
+        account_id=line.account_id,
+        template=template,
+        params={"msisdn": line.msisdn, **params},
+        line_id=line.id,
+        dedupe_key=f"lifecycle:{template}:{line.id}:{now.isoformat()}",
+    )
+    await enqueue_many(session, [job])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,10 @@ class LineState(StrEnum):
     """Validity ended; receives calls and top-ups, but cannot use paid services."""
     frozen = "frozen"
     """Left unused and not topped up for too long; a top-up or support reactivates it."""
+    suspended = "suspended"
+    """Stopped by customer service (a SIM reported lost or stolen): cannot use paid services,
+    takes top-ups without changing state, left alone by the sweep; only staff resume it
+    (`lifecycle.service.suspend` / `resume`)."""
     terminated = "terminated"
     """Gone for good; its number may be recycled later."""
 

@@ -221,7 +221,10 @@ async def send_message(
     params: dict[str, Any],
     attachments: Sequence[Attachment] = (),
 ) -> None:
-    params = {"operator": ctx.settings.operator_name, "base_url": ctx.settings.base_url, **params}
+    params = {
+        "operator": ctx.settings.operator_name, "base_url": ctx.settings.base_url,
+        "privacy_notice": ctx.settings.privacy_notice_address, **params,
+    }  # fmt: skip
     # The job's message, logged under an id of its own: a run after one that sent it and logged
     # it (the worker stopped before marking the job done, and its lease ran out) sends nothing.
     # A row that says `failed` is no such proof: the job was buried after it and retried since

@@ -174,6 +174,9 @@ def render(
     operator = params.get("operator", "simcharge")
     # A staff member has a back-office account, not a customer's: the footer says so.
     staff = name.startswith("staff.")
+    # The operator's privacy notice (`SIMCHARGE_PRIVACY_NOTICE_URL`, made absolute): a
+    # customer's, so not under a staff member's message.
+    privacy = None if staff else params.get("privacy_notice")
     body = _block(html_env, name, "html_body", params)
     html = (
         html_env.get_template("_layout.html").render(
@@ -182,6 +185,7 @@ def render(
             body=Markup(body),  # noqa: S704
             operator=operator,
             staff=staff,
+            privacy=privacy,
         )
         if body
         else ""
@@ -190,7 +194,7 @@ def render(
     if text:
         text = (
             env.get_template("_layout.text.jinja")
-            .render(body=text, operator=operator, staff=staff)
+            .render(body=text, operator=operator, staff=staff, privacy=privacy)
             .strip()
         )
     return Rendered(

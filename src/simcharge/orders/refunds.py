@@ -40,16 +40,18 @@ Refunds made at the provider without us, and chargebacks: `orders.reversals`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.catalog.steps import payable_step
+from simcharge.db import dialect_name
 from simcharge.errors import Conflict, IdempotencyKeyReused, ValidationFailed
 from simcharge.kit.ids import derived_id, uuid7
 from simcharge.kit.moments import UTC_ZONE
@@ -339,12 +341,14 @@ async def ask_for_refund(
     if order is None:
         raise OrderNotFound(field="order_id")
     request_key = f"{requested_by}:{idempotency_key}" if idempotency_key else None
+    asked = refund_request(amount, reason)
     if request_key is not None:
+        await _lock_request_key(session, request_key)
         earlier = (
             await session.execute(select(Refund).where(Refund.request_key == request_key))
         ).scalar_one_or_none()
         if earlier is not None:
-            if earlier.order_id != order_id or (amount is not None and earlier.amount != amount):
+            if earlier.order_id != order_id or not _same_request(earlier, asked):
                 raise IdempotencyKeyReused(field="Idempotency-Key")
             return earlier, False
     if OrderState(order.state) not in REFUNDABLE or order.paid_at is None:
@@ -389,7 +393,7 @@ async def ask_for_refund(
         transfers += await _clawback(session, order, refund, full=amount == left)
     if transfers:
         await post_transfers(session, transfers, now=now)
-    refund.plan = plan_of(transfers)
+    refund.plan = plan_of(transfers, request=asked)
     session.add(refund)
     await session.flush()
     await enqueue(
@@ -400,6 +404,34 @@ async def ask_for_refund(
         dedupe_key=f"{REFUND_JOB}:{refund.id}",
     )
     return refund, True
+
+
+def refund_request(amount: int | None, reason: str | None) -> dict[str, Any]:
+    """What a refund was asked as, kept in its `plan` with its idempotency key: the amount
+    (None: "all that is left", whatever that came to) and the reason. A request sent again with
+    the same key is the same refund only if it asks this: the amount stored on the refund is no
+    guide — "all" is stored as what was left then, and a refund confirmed past what was left is
+    cut down to it (`_past_what_was_paid`)."""
+    return {"amount": amount, "reason": reason}
+
+
+def _same_request(earlier: Refund, asked: dict[str, Any]) -> bool:
+    stored = (earlier.plan or {}).get("request")
+    if stored is not None:
+        return bool(stored == asked)
+    # A refund asked before the request was kept (sixteenth round): its reason and, when an
+    # amount is asked, its amount; "all" cannot be told from the amount it came to.
+    return earlier.reason == asked["reason"] and asked["amount"] in (None, earlier.amount)
+
+
+async def _lock_request_key(session: AsyncSession, request_key: str) -> None:
+    """Take the refund request key for this transaction, after the order's row: the same key
+    sent for two orders at once (each under its own order's lock) makes one refund and one
+    `idempotency-key-reused`, never a unique violation. PostgreSQL only — an advisory lock
+    held until the transaction ends; SQLite lets one writer in at a time anyway."""
+    if dialect_name(session) == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"refund:{request_key}".encode()).digest()[:8], "big")
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key - 2**63})
 
 
 DISPUTE_DECIDED = frozenset({"won", "lost", "warning_closed", "prevented", "charge_refunded"})
@@ -748,6 +780,7 @@ async def _past_what_was_paid(
     await post_transfers(session, [*within, beyond], now=now)
     refund.plan = {
         **plan_of(within),
+        "request": (refund.plan or {}).get("request"),
         "transfers": [str(pid) for pid in ids] + [str(t.id) for t in within],
         "asked": asked,
         "beyond_paid": over,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -174,6 +174,19 @@ async def resolve_line(
     return line
 
 
+def payment_currency(
+    method_currencies: Sequence[str], prices: Mapping[str, object], line_currency: str
+) -> str | None:
+    """The currency a line's top-up is paid in: the line's wallet currency when the method takes
+    it and the plan has a price in it (a PHP line pays the PHP price, not the USD one of a method
+    taking ["USD", "PHP"]); else the method's first currency with a price; None if there is none.
+    Until the sixteenth review round the method's order alone decided, and a price in the
+    line's own currency could go unused."""
+    if line_currency in method_currencies and line_currency in prices:
+        return line_currency
+    return next((c for c in method_currencies if c in prices), None)
+
+
 async def quote(
     session: AsyncSession,
     settings: Settings,
@@ -196,7 +209,7 @@ async def quote(
     if provider is None:
         raise MethodUnavailable(field="method")
     prices = await repo.prices_of(plan.id)
-    currency = next((c for c in method.currencies if c in prices), None)
+    currency = payment_currency(method.currencies, prices, line.currency)
     if currency is None:
         raise MethodUnavailable(
             N_("This package has no price in a currency this payment method takes."), field="method"

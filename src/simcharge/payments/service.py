@@ -93,10 +93,24 @@ def urls(settings: Settings, order: Order) -> tuple[str, str, str]:
     )
 
 
+DESCRIPTION_BYTES = 127
+"""The longest description every provider takes: WeChat Pay's `description` is 127 bytes of
+UTF-8 (PayPal's 127 characters, Alipay's `subject` 256, Stripe's product name more)."""
+
+
 def description(order: Order) -> str:
+    """What the payer reads at the provider (Stripe's product name, PayPal's description,
+    Alipay's `subject`, WeChat Pay's `description`): the plan in the order's language and our
+    reference (the provider has it already, `out_trade_no` / `client_reference_id`), never the
+    number topped up — a gift's is a third party's, and none is the provider's business. Cut
+    to `DESCRIPTION_BYTES` bytes at a character's edge, the plan's name first, so that it fits
+    every provider and keeps the reference whole."""
     names: dict[str, str] = order.plan_snapshot.get("names", {})
     name = names.get(order.language) or names.get("en") or order.plan_code
-    return f"{name} — {order.msisdn}"
+    tail = f" — {order.reference}"
+    room = DESCRIPTION_BYTES - len(tail.encode())
+    cut = name.encode()[: max(room, 0)].decode(errors="ignore").rstrip()
+    return f"{cut}{tail}"
 
 
 async def open_checkout(

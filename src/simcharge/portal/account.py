@@ -151,6 +151,9 @@ def line_card(line: LineFacts, balances: LineBalances, now: datetime, policy: Po
             card.validity_ended = line.validity_end
     if state is LineState.frozen:
         card.warn = FROZEN_WARNINGS.get(policy.frozen_reactivation, FROZEN_WARNINGS["topup"])
+    elif state is LineState.suspended:
+        # Stopped by customer service (a SIM reported lost or stolen): only they resume it.
+        card.warn = N_("This line is suspended: it cannot be used. Contact us to resume it.")
     elif state is LineState.grace:
         card.warn = N_(
             "This line's validity has ended: it can receive calls but not use paid services, "

@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
-from simcharge.api.deps import DB
+from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
+from simcharge.auth.deps import Limits
 from simcharge.errors import IdempotencyKeyReused, SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.translations import N_, translate
@@ -35,6 +36,7 @@ TICKET_STATES: dict[str, str] = {
 async def _help_page(
     request: Request, page: Visitor, db: DB, *, status: int = 200, values: dict[str, str] | None = None,
     errors: dict[str, str] | None = None, error: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     account_id = require(page)
     async with db.read() as s:
@@ -50,7 +52,7 @@ async def _help_page(
     return render(
         request, page, "help.html", status=status, tickets=mine, lines=lines, orders=recent,
         ticket_states=TICKET_STATES, values=values or {}, errors=errors or {}, error=error,
-        idempotency_key=uuid.uuid4().hex,
+        idempotency_key=uuid.uuid4().hex, headers=headers,
     )
 
 
@@ -59,12 +61,24 @@ async def help_page(request: Request, page: Page, db: DB, order: str = "") -> Re
     return await _help_page(request, page, db, values={"order": order})
 
 
+CARRIED = N_(
+    "This question is closed, so your answer was not sent. It is below as a new question: "
+    "check it and send it."
+)
+"""Said above the new-question form an answer to a closed question is carried into."""
+
+
 @router.post("/account/help")
-async def open_ticket(request: Request, page: Page, db: DB) -> Response:
+async def open_ticket(
+    request: Request, page: Page, db: DB, limits: Limits, settings: AppSettings
+) -> Response:
+    """A new question; refused past `SIMCHARGE_TICKETS_MAX_OPEN` open ones or too many at once
+    (the refusal beside the form, what was typed kept in it)."""
     account_id = require(page)
     form = await form_of(request, page)
     values = {k: form.get(k, "") for k in ("subject", "body", "order", "line")}
     try:
+        await tickets.count_attempt(limits, account_id)
         order_id = _uuid(values["order"], "order_id") if values["order"] else None
         line_id = _uuid(values["line"], "line_id") if values["line"] else None
 
@@ -72,7 +86,8 @@ async def open_ticket(request: Request, page: Page, db: DB) -> Response:
             ticket, _ = await tickets.open_ticket(
                 s, account_id, subject=values["subject"], body=values["body"],
                 order_id=order_id, line_id=line_id,
-                idempotency_key=form.get("idempotency_key", "")[:128] or None, now=utcnow(),
+                idempotency_key=form.get("idempotency_key", "")[:128] or None,
+                max_open=settings.tickets_max_open, now=utcnow(),
             )
             return ticket.id
 
@@ -80,7 +95,8 @@ async def open_ticket(request: Request, page: Page, db: DB) -> Response:
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
         return await _help_page(
-            request, page, db, status=exc.status, values=values, errors=errors, error=summary
+            request, page, db, status=exc.status, values=values, errors=errors, error=summary,
+            headers=exc.headers,
         )
     return redirect(f"/account/help/{ticket_id}?sent=1")
 
@@ -101,11 +117,17 @@ async def ticket_page(ticket_id: str, request: Request, page: Page, db: DB) -> R
 
 
 @router.post("/account/help/{ticket_id}/reply")
-async def reply(ticket_id: str, request: Request, page: Page, db: DB) -> Response:
+async def reply(ticket_id: str, request: Request, page: Page, db: DB, limits: Limits) -> Response:
+    """An answer. Refused, the page is drawn again with what was typed; refused because the
+    question was closed meanwhile, what was typed becomes a new question's, on the Help page
+    (the subject and the order or line the closed one was about chosen), for the customer to
+    check and send."""
     account_id = require(page)
     form = await form_of(request, page)
     tid = _uuid(ticket_id, "ticket_id")
+    typed = form.get("body", "")
     try:
+        await tickets.count_attempt(limits, account_id)
         await db.run(
             lambda s: tickets.customer_reply(
                 s, account_id, tid, form.get("body", ""),
@@ -120,10 +142,19 @@ async def reply(ticket_id: str, request: Request, page: Page, db: DB) -> Respons
             order = (
                 await orders.own_order(s, account_id, ticket.order_id) if ticket.order_id else None
             )
+        if isinstance(exc, tickets.TicketClosed) and typed.strip():
+            carried = {
+                "subject": ticket.subject, "body": typed,
+                "order": str(ticket.order_id or ""), "line": str(ticket.line_id or ""),
+            }
+            return await _help_page(
+                request, page, db, status=exc.status, values=carried,
+                error=translate(page.language, CARRIED),
+            )
         return render(
             request, page, "ticket.html", status=exc.status, ticket=ticket, thread=thread,
             order=order, ticket_states=TICKET_STATES, errors={"body": summary}, error=summary,
-            idempotency_key=uuid.uuid4().hex,
+            idempotency_key=uuid.uuid4().hex, values={"body": typed}, headers=exc.headers,
         )
     return redirect(f"/account/help/{tid}?replied=1")
 

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts import service as accounts
-from simcharge.accounts.endpoints import update_me
+from simcharge.accounts.endpoints import check_contact_change_input, update_me
 from simcharge.accounts.models import Account
 from simcharge.accounts.schemas import ProfileIn
 from simcharge.api.deps import DB, AppSettings
@@ -37,7 +37,7 @@ from simcharge.api.problems import error_texts, validation_problem
 from simcharge.auth import service as auth
 from simcharge.auth.deps import Client, Limits
 from simcharge.db import Database
-from simcharge.errors import SimchargeError, ValidationFailed
+from simcharge.errors import FieldError, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.i18n import BABEL_LOCALES, REGIONAL_CHOICES, REGIONAL_FORMATS
 from simcharge.kit.moments import UTC_ZONE, is_zone, offset_text, zone
@@ -265,9 +265,17 @@ async def save_details(
         if changed is not None:
             given[name] = changed
     try:
-        emptied = [n for n in ("email", "phone") if given.get(n) == ""]
-        if emptied:
-            raise ValidationFailed(N_("This field is required."), field=emptied[0])
+        # A contact emptied or not an address (a number): told beside it at once, with what
+        # else is missing (the password, the code) — not only once the password is given.
+        problems: list[FieldError] = []
+        for name, normalize in (("email", auth.normalize_email), ("phone", auth.normalize_phone)):
+            if given.get(name) == "":
+                problems.append(FieldError(name, N_("This field is required.")))
+            elif given.get(name):
+                try:
+                    normalize(given[name])
+                except ValidationFailed as exc:
+                    problems.append(FieldError(name, exc.detail_template, exc.params))
         credential: dict[str, Any] | None = None
         if "email" in given or "phone" in given:
             given["current_password"] = form.get("current_password", "")
@@ -276,6 +284,22 @@ async def save_details(
             # passkeys.js (`credential`) or a recovery code typed (without JavaScript too).
             given["code"] = form.get("code", "").strip()
             credential = passkey_answer(form.get("credential", ""))
+        if problems:
+            async with db.read() as s:
+                passkey_step = await auth.passkey_second_factor_on(s, account)
+            try:  # nothing is counted: `update_me` is not reached
+                check_contact_change_input(
+                    account,
+                    ProfileIn.model_construct(
+                        current_password=given.get("current_password"),
+                        code=given.get("code", ""), credential=credential,
+                    ),
+                    passkey_step=passkey_step,
+                )  # fmt: skip
+            except ValidationFailed as exc:
+                if exc.field:
+                    problems.append(FieldError(exc.field, exc.detail_template, exc.params))
+            raise ValidationFailed(errors=problems)
         if not given:
             return redirect("/account/profile?saved=details")
         try:
@@ -285,9 +309,12 @@ async def save_details(
         await update_me(body, customer, db, settings, client, limits)
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
+        # Input refused beside its fields: the summary says only that some is not valid (the
+        # macro's), not one field's "This field is required." without saying which.
+        plain_input = type(exc) is ValidationFailed and errors
         return await _page(
             request, page, db, account, status=exc.status, details=values, details_errors=errors,
-            details_error=summary,
+            details_error=None if plain_input else summary,
         )  # fmt: skip
     if "email" in given or "phone" in given:
         return redirect("/verify?sent=1")

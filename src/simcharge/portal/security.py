@@ -10,6 +10,8 @@ import uuid
 from datetime import datetime
 from typing import Any, Protocol
 
+import pyotp
+import segno
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,10 +21,16 @@ from simcharge.accounts.endpoints import export_response
 from simcharge.accounts.models import Account
 from simcharge.api.deps import DB, AppSettings
 from simcharge.api.problems import error_texts
-from simcharge.auth import passkeys, second_step
+from simcharge.auth import passkeys, second_step, totp
 from simcharge.auth import service as auth
 from simcharge.auth.client import ClientInfo
-from simcharge.auth.deps import Client, Limits, clear_session_cookie, set_session_cookie
+from simcharge.auth.deps import (
+    Client,
+    Limits,
+    clear_device_cookie,
+    clear_session_cookie,
+    set_session_cookie,
+)
 from simcharge.auth.endpoints import equalize
 from simcharge.auth.events import EventKind, events_of, record_event
 from simcharge.auth.models import AuthSession, CodePurpose
@@ -34,6 +42,7 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
+from simcharge.kit.crypto import SealBroken, unseal_any
 from simcharge.kit.translations import N_, translate
 from simcharge.notifications.service import notices_of
 from simcharge.notifications.templates import notice_title
@@ -82,6 +91,36 @@ EVENT_LABELS: dict[str, str] = {
     EventKind.passkey_second_factor_disabled: N_("Two-step sign-in with a passkey turned off"),
 }
 
+REFUSED_LABELS: dict[str, str] = {
+    # A refused attempt, said as one (its kind's label reads as done: "Password changed").
+    EventKind.password_changed: N_("Password change refused"),
+    EventKind.totp_enrolment_started: N_("Two-step set-up refused"),
+    EventKind.totp_enabled: N_("Turning on two-step verification refused"),
+    EventKind.totp_disabled: N_("Turning off two-step verification refused"),
+    EventKind.recovery_codes_regenerated: N_("New recovery codes refused"),
+    EventKind.contact_change_requested: N_("Contact change refused"),
+    EventKind.line_attached: N_("Line addition refused"),
+    EventKind.account_closed: N_("Account closure refused"),
+    EventKind.passkey_added: N_("Adding a passkey refused"),
+    EventKind.passkey_removed: N_("Removing a passkey refused"),
+    EventKind.passkey_second_factor_enabled: N_(
+        "Turning on two-step sign-in with a passkey refused"
+    ),
+    EventKind.passkey_second_factor_disabled: N_(
+        "Turning off two-step sign-in with a passkey refused"
+    ),
+    # Labels that say the refusal already: no "refused" after them.
+    EventKind.login_locked_out: EVENT_LABELS[EventKind.login_locked_out],
+    EventKind.code_rejected: EVENT_LABELS[EventKind.code_rejected],
+    EventKind.csrf_refused: EVENT_LABELS[EventKind.csrf_refused],
+    EventKind.passkey_sign_count_regressed: EVENT_LABELS[EventKind.passkey_sign_count_regressed],
+    EventKind.registration_attempt_on_taken_contact: EVENT_LABELS[
+        EventKind.registration_attempt_on_taken_contact
+    ],
+}
+"""The security log's label of a refused event (`success` false); a kind not here (a sign-in:
+a noun, "Sign-in") is its label followed by "refused"."""
+
 
 async def _security_page(
     request: Request, page: Visitor, db: DB, settings: AppSettings, *, status: int = 200,
@@ -108,7 +147,8 @@ async def _security_page(
     context.update(extra)
     return render(
         request, page, "security.html", status=status, sessions=sessions, events=events,
-        labels=EVENT_LABELS, alerts=alerts[:10], current=page.customer.session.id,
+        labels=EVENT_LABELS, refused_labels=REFUSED_LABELS, alerts=alerts[:10],
+        current=page.customer.session.id,
         two_step=page.account.totp_enabled_at is not None, passkeys=keys,
         passkey_two_step=passkey_two_step,
         passkeys_on=settings.passkey_rp is not None, **context,
@@ -228,6 +268,23 @@ async def _start(
     )
 
 
+def _pending_enrolment(settings: Settings, account: Account) -> Enrolment | None:
+    """The set-up started and not yet confirmed, to show again as `start_totp` showed it (the
+    same secret: the app that scanned it keeps working); None when there is none to go on
+    with — two-step verification on already, no set-up, or one no key of the ring opens."""
+    if account.totp_enabled_at is not None or not account.totp_secret_sealed:
+        return None
+    try:
+        secret, _ = unseal_any(settings.secret_keys, totp.PURPOSE, account.totp_secret_sealed)
+    except SealBroken:
+        return None
+    uri = pyotp.TOTP(secret.decode()).provisioning_uri(
+        name=account.username, issuer_name=settings.operator_name
+    )
+    qr = segno.make(uri, error="m").svg_data_uri(scale=4)
+    return Enrolment(secret.decode(), uri, qr)
+
+
 @router.post("/account/security/totp/confirm")
 async def confirm_totp(
     request: Request, page: Page, db: DB, settings: AppSettings, client: Client, limits: Limits
@@ -247,6 +304,17 @@ async def confirm_totp(
         _refused(result)
     except SimchargeError as exc:
         summary, errors = error_texts(exc, page.language)
+        # A wrong code (or too many): the same set-up again, its QR code and key, to type the
+        # code the app shows now; no set-up to go on with (already on, or sealed under a key
+        # since dropped): the security page says why.
+        async with db.read() as s:
+            account = await s.get(Account, page.account.id)
+        enrolment = _pending_enrolment(settings, account) if account is not None else None
+        if enrolment is not None:
+            return render(
+                request, page, "totp.html", status=exc.status, headers=exc.headers,
+                enrolment=enrolment, errors=errors, error=summary,
+            )  # fmt: skip
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
             headers=exc.headers, form="totp",
@@ -574,6 +642,7 @@ async def close(
         )
     response = redirect("/account/closed")
     clear_session_cookie(response, settings)
+    clear_device_cookie(response, settings)
     return response
 
 

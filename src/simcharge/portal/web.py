@@ -88,6 +88,7 @@ LINE_STATES: dict[str, str] = {
     "active": N_("Active"),
     "grace": N_("Validity ended"),
     "frozen": N_("Frozen"),
+    "suspended": N_("Suspended"),
     "terminated": N_("Closed for good"),
 }
 ORDER_STATES: dict[str, str] = {
@@ -629,6 +630,7 @@ def render(
         account=page.customer.account if page.customer else None,
         operator=settings.operator_name,
         has_logo=settings.operator_logo is not None,
+        privacy_notice=settings.privacy_notice_url,
         path=request.url.path,
         here=_here(request),
         likely_currencies=likely_currencies(page.language, page.locale, settings.default_currency),

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from simcharge.api.deps import API_PREFIX, DB
-from simcharge.auth.deps import CurrentCustomer
+from simcharge.api.deps import API_PREFIX, DB, AppSettings
+from simcharge.auth.deps import CurrentCustomer, Limits
 from simcharge.kit.clock import utcnow
 from simcharge.tickets import service
 from simcharge.tickets.models import Ticket, TicketMessage
@@ -61,11 +61,16 @@ async def open_ticket(
     customer: CurrentCustomer,
     db: DB,
     response: Response,
+    limits: Limits,
+    settings: AppSettings,
     idempotency_key: IdemKey = None,
 ) -> TicketDetailOut:
     """Optionally about one of my orders (its payment is attached for customer service) or one
-    of my lines. With an `Idempotency-Key`, a retry answers the same ticket."""
+    of my lines. With an `Idempotency-Key`, a retry answers the same ticket. At most
+    `SIMCHARGE_TICKETS_MAX_OPEN` open at once (`409 too-many-open-tickets`); new tickets and
+    answers together at most 10 a minute and 60 an hour (`429 too-many-attempts`)."""
     account_id = customer.account.id
+    await service.count_attempt(limits, account_id)
 
     async def run(s: AsyncSession) -> TicketDetailOut:
         ticket, replayed = await service.open_ticket(
@@ -76,6 +81,7 @@ async def open_ticket(
             order_id=body.order_id,
             line_id=body.line_id,
             idempotency_key=idempotency_key,
+            max_open=settings.tickets_max_open,
             now=utcnow(),
         )
         if replayed:
@@ -104,9 +110,13 @@ async def reply(
     body: MessageIn,
     customer: CurrentCustomer,
     db: DB,
+    limits: Limits,
     idempotency_key: IdemKey = None,
 ) -> TicketDetailOut:
+    """Puts the ticket back with customer service; a closed one is `409 ticket-closed` (open a
+    new one). Counted with new tickets (`429 too-many-attempts`)."""
     account_id = customer.account.id
+    await service.count_attempt(limits, account_id)
 
     async def run(s: AsyncSession) -> TicketDetailOut:
         await service.customer_reply(

@@ -13,13 +13,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.models import Account
 from simcharge.accounts.service import own_line
+from simcharge.auth.throttle import RateLimits
 from simcharge.backoffice import audit
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.models import AuditEntry, StaffUser
@@ -52,6 +55,25 @@ class TicketRedacted(Conflict):
     title = N_(
         "This ticket's text was removed under the retention policy; nothing more can be added."
     )
+
+
+class TooManyOpenTickets(Conflict):
+    slug = "too-many-open-tickets"
+    title = N_("You have reached the limit of open requests.")
+
+
+TOO_MANY_OPEN = N_(
+    "Your open requests have reached the limit ({count}): add to one of them, or wait for an "
+    "answer."
+)
+
+OPEN_STATUSES = (TicketStatus.open.value, TicketStatus.waiting_on_customer.value)
+"""What counts against `SIMCHARGE_TICKETS_MAX_OPEN`: a ticket with customer service, or waiting
+for the customer's answer (a resolved one is done unless they write again; a closed one is
+over)."""
+
+RATE = "account-tickets"
+"""The `RateLimits` action counting a customer's new tickets and answers (per account)."""
 
 
 class StaffNotFound(NotFound):
@@ -87,6 +109,12 @@ def summary(ticket: Ticket) -> dict[str, Any]:
 # --- the customer's side ------------------------------------------------------------------
 
 
+async def count_attempt(limits: RateLimits, account_id: uuid.UUID) -> None:
+    """Count one new ticket or answer of the account's (`TooManyAttempts` past 10 a minute or
+    60 an hour): before the transaction, so that a burst is refused without touching it."""
+    await limits.hit(RATE, str(account_id))
+
+
 async def ticket_of_key(
     session: AsyncSession, account_id: uuid.UUID, idempotency_key: str
 ) -> Ticket | None:
@@ -104,11 +132,14 @@ async def open_ticket(
     order_id: uuid.UUID | None = None,
     line_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
+    max_open: int | None = None,
     now: datetime,
 ) -> tuple[Ticket, bool]:
     """Open a ticket; returns it and whether it was an earlier one (a retry with the same key:
     the same subject, first message, order and line; anything else under the key is
-    `IdempotencyKeyReused`)."""
+    `IdempotencyKeyReused`). With `max_open` (`SIMCHARGE_TICKETS_MAX_OPEN`), a customer who
+    has that many tickets open or waiting for their answer is refused (`TooManyOpenTickets`;
+    a retry of one of them is still answered it)."""
     subject = _text(subject, "subject", SUBJECT_MAX)
     body = _text(body, "body", BODY_MAX)
     request = (subject, body, order_id, line_id)
@@ -125,6 +156,17 @@ async def open_ticket(
         order = await own_order(session, account_id, order_id)
         if line_id is not None and order.line_id != line_id:
             raise ValidationFailed(N_("The order is not for this line."), field="line_id")
+    if max_open is not None:
+        await _lock_account(session, account_id)
+        if idempotency_key:
+            # A double tap waited here for the first to commit: it is answered that ticket,
+            # not refused for the one it opened.
+            earlier = await ticket_of_key(session, account_id, idempotency_key)
+            if earlier is not None:
+                return await _opened_alike(session, earlier, request), True
+        count = await open_count(session, account_id)
+        if count >= max_open:
+            raise TooManyOpenTickets(TOO_MANY_OPEN, count=count)
     ticket = Ticket(
         number=_number(),
         account_id=account_id,
@@ -161,6 +203,20 @@ async def open_ticket(
         dedupe_key=f"ticket.opened:{ticket.id}",
     )
     return ticket, False
+
+
+async def open_count(session: AsyncSession, account_id: uuid.UUID) -> int:
+    """How many of the account's tickets count against `SIMCHARGE_TICKETS_MAX_OPEN`."""
+    stmt = select(func.count()).where(
+        Ticket.account_id == account_id, Ticket.status.in_(OPEN_STATUSES)
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def _lock_account(session: AsyncSession, account_id: uuid.UUID) -> None:
+    """The account's row, locked until the transaction ends: 130 new tickets at once for one
+    account are counted one after another, not each against its own snapshot."""
+    await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
 
 
 async def _opened_alike(
@@ -268,9 +324,53 @@ class TicketFilter:
     status: str | None = None
     assignee_id: uuid.UUID | None = None
     unassigned: bool = False
+    """Nobody's: no assignee, or a staff member since switched off (`change_staff` releases
+    their tickets; this covers those switched off before it did)."""
     priority: str | None = None
     account_id: uuid.UUID | None = None
     order_id: uuid.UUID | None = None
+
+
+class QueueOrder(StrEnum):
+    waiting = "waiting"
+    """The back-office queue's: the tickets waiting for customer service (`open`) first —
+    urgent, high, normal, low, each the longest waiting first (since `updated_at`: the
+    customer's last message, or staff putting it back to `open`) — then all the others,
+    latest activity first."""
+    latest = "latest"
+    """Latest activity first (`updated_at`), whatever the status (the admin API's)."""
+
+
+PRIORITY_RANK = {p.value: i for i, p in enumerate(reversed(TicketPriority))}
+"""urgent 0, high 1, normal 2, low 3."""
+_rank = case(PRIORITY_RANK, value=Ticket.priority, else_=len(PRIORITY_RANK))
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingAfter:
+    """Where a page of the `waiting` order ended among the tickets waiting for customer
+    service: the last one's priority, `updated_at` and id."""
+
+    priority: str
+    at: datetime
+    id: uuid.UUID
+
+
+def _filtered(stmt: Any, f: TicketFilter) -> Any:
+    if f.status:
+        stmt = stmt.where(Ticket.status == f.status)
+    if f.assignee_id:
+        stmt = stmt.where(Ticket.assignee_id == f.assignee_id)
+    if f.unassigned:
+        switched_off = select(StaffUser.id).where(StaffUser.active.is_(False))
+        stmt = stmt.where(or_(Ticket.assignee_id.is_(None), Ticket.assignee_id.in_(switched_off)))
+    if f.priority:
+        stmt = stmt.where(Ticket.priority == f.priority)
+    if f.account_id:
+        stmt = stmt.where(Ticket.account_id == f.account_id)
+    if f.order_id:
+        stmt = stmt.where(Ticket.order_id == f.order_id)
+    return stmt
 
 
 async def find_tickets(
@@ -280,24 +380,58 @@ async def find_tickets(
     limit: int = 100,
     before: datetime | None = None,
     before_id: uuid.UUID | None = None,
+    order: QueueOrder = QueueOrder.latest,
+    after: WaitingAfter | None = None,
 ) -> Sequence[Ticket]:
-    """Latest activity first; `before`, `before_id`: the `updated_at` and id of the last ticket
-    of a page, for the next one (the queue has no end the staff cannot reach)."""
-    stmt = select(Ticket)
+    """A page of tickets in `order` (keyset: the queue has no end the staff cannot reach).
+    `latest`: `before`, `before_id` are the `updated_at` and id of the last ticket of a page,
+    for the next one. `waiting`: `after` is where the page ended among the tickets waiting for
+    customer service (the next page goes on among them, then on to the others); `before`,
+    `before_id` where it ended among the others (latest first, as `latest`)."""
+    if order is QueueOrder.latest:
+        return await _latest(session, f, limit, before, before_id, waiting=None)
+    found: list[Ticket] = []
+    if before is None and f.status in (None, TicketStatus.open.value):
+        stmt = _filtered(select(Ticket), f).where(Ticket.status == TicketStatus.open.value)
+        if after is not None:
+            rank = PRIORITY_RANK.get(after.priority, len(PRIORITY_RANK))
+            stmt = stmt.where(
+                or_(
+                    _rank > rank,
+                    and_(
+                        _rank == rank,
+                        or_(
+                            Ticket.updated_at > after.at,
+                            and_(Ticket.updated_at == after.at, Ticket.id > after.id),
+                        ),
+                    ),
+                )
+            )
+        stmt = stmt.order_by(_rank, Ticket.updated_at, Ticket.id).limit(limit)
+        found += (await session.execute(stmt)).scalars().all()
+    if len(found) < limit and f.status != TicketStatus.open.value:
+        found += await _latest(
+            session, f, limit - len(found), before, before_id, waiting=False
+        )
+    return found
+
+
+async def _latest(
+    session: AsyncSession,
+    f: TicketFilter,
+    limit: int,
+    before: datetime | None,
+    before_id: uuid.UUID | None,
+    *,
+    waiting: bool | None,
+) -> Sequence[Ticket]:
+    """Latest activity first; `waiting=False`: only the tickets not waiting for customer
+    service (the rest of the `waiting` order)."""
+    stmt = _filtered(select(Ticket), f)
+    if waiting is False and not f.status:
+        stmt = stmt.where(Ticket.status != TicketStatus.open.value)
     if before is not None:
         stmt = stmt.where(older_than(Ticket.updated_at, Ticket.id, before, before_id))
-    if f.status:
-        stmt = stmt.where(Ticket.status == f.status)
-    if f.assignee_id:
-        stmt = stmt.where(Ticket.assignee_id == f.assignee_id)
-    if f.unassigned:
-        stmt = stmt.where(Ticket.assignee_id.is_(None))
-    if f.priority:
-        stmt = stmt.where(Ticket.priority == f.priority)
-    if f.account_id:
-        stmt = stmt.where(Ticket.account_id == f.account_id)
-    if f.order_id:
-        stmt = stmt.where(Ticket.order_id == f.order_id)
     order = (Ticket.updated_at.desc(), Ticket.id.desc())
     return (await session.execute(stmt.order_by(*order).limit(limit))).scalars().all()
 
@@ -520,6 +654,50 @@ async def update_ticket(
     if new_status is TicketStatus.resolved and before["status"] != TicketStatus.resolved:
         await _tell_resolved(session, ticket, now)
     return ticket
+
+
+# --- a staff member switched off -------------------------------------------------------------
+
+
+async def release_of(
+    session: AsyncSession, staff: StaffUser, actor: Actor, *, now: datetime
+) -> int:
+    """Unassign every ticket not closed of `staff`, switched off (`backoffice.staff.
+    change_staff`, in its transaction): they are nobody's again, under "unassigned", rather
+    than waiting on someone who can no longer sign in. Each is audited (`ticket.update`, the
+    assignee before and after, `reason: assignee_switched_off`); the customer's view does not
+    move (an assignee is customer service's own business). A closed ticket keeps who handled
+    it. Returns how many were released."""
+    held = (
+        (
+            await session.execute(
+                select(Ticket)
+                .where(
+                    Ticket.assignee_id == staff.id,
+                    Ticket.status != TicketStatus.closed.value,
+                )
+                .order_by(Ticket.id)
+                .with_for_update()
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for ticket in held:
+        before = summary(ticket)
+        ticket.assignee_id = None
+        await audit.record(
+            session,
+            actor,
+            "ticket.update",
+            target_type="ticket",
+            target_id=ticket.id,
+            before=before,
+            after=summary(ticket),
+            details={"reason": "assignee_switched_off", "staff": staff.username},
+            now=now,
+        )
+    return len(held)
 
 
 # --- the customer closes their account ------------------------------------------------------

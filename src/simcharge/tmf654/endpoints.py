@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from simcharge.api.deps import DB, AppSettings, Integration, request_language, require_scope
 from simcharge.api.problems import field_errors, said, validation_problem
 from simcharge.auth.models import ApiKey
-from simcharge.backoffice.audit import Actor
+from simcharge.backoffice.audit import Actor, record_read
 from simcharge.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -239,6 +239,55 @@ def _actor(request: Request, key: Integration) -> Actor:
     )
 
 
+async def _read(
+    db: DB, request: Request, key: Integration, action: str, *, resource: str,
+    target: tuple[str, uuid.UUID] | None, **details: Any,
+) -> None:
+    """A read of balances (personal data: whose line, what it holds, what was done to it),
+    audited as the back office's reads are (`record_read`: its own small transaction after the
+    read) by `apikey:<prefix>`, with the key's client (the same across its rotations). Never a
+    number typed: a line is named by its id."""
+    target_type, target_id = target if target is not None else (None, None)
+    await record_read(
+        db, _actor(request, key), action, target_type=target_type, target_id=target_id,
+        details={"resource": resource, **details, "client": key.client_id},
+    )
+
+
+async def _list_read(
+    db: DB, request: Request, response: Response, key: Integration, resource: str,
+    lines: list[Line],
+) -> None:
+    """One entry per list request, whatever the number of lines it read (`balance.list`): the
+    filter as asked — the owner's id (`partyAccount.id`, then the target), the line a number
+    named (by its id: the target when it is the only filter) —, the lines read and how many
+    items were found."""
+    params = request.query_params
+    owner = params.get("partyAccount.id")
+    target: tuple[str, uuid.UUID] | None = None
+    by = [name for name in ("logicalResource.id", "partyAccount.id") if params.get(name)]
+    if owner and lines and lines[0].account_id is not None and str(lines[0].account_id) == str(
+        uuid.UUID(owner)
+    ):
+        target = ("account", lines[0].account_id)
+    elif not owner and len(lines) == 1:
+        target = ("line", lines[0].id)
+    await _read(
+        db, request, key, "balance.list", resource=resource, target=target, by=by,
+        lines=[line.id for line in lines], found=int(response.headers.get("X-Total-Count", 0)),
+    )
+
+
+async def _line_read(
+    db: DB, request: Request, key: Integration, resource: str, item_id: str, line: Line
+) -> None:
+    """One wallet, bucket, total or action read (`balance.view`), on its line."""
+    await _read(
+        db, request, key, "balance.view", resource=resource, target=("line", line.id),
+        id=item_id, account_id=line.account_id,
+    )
+
+
 TMF630_OPERATORS = {"gt", "gte", "lt", "lte", "eq", "ne", "regex", "in", "nin"}
 _FILTER_NAME = re.compile(r"^[A-Za-z@][A-Za-z0-9@_]*(\.[A-Za-z@][A-Za-z0-9@_]*)*$")
 
@@ -368,13 +417,16 @@ def _bucket(
 @router.get("/bucket", summary="List or find buckets (filter by logicalResource.id or "
             "partyAccount.id; usageType, status, id, fields, offset, limit)")
 async def list_buckets(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
     async with db.read() as s:
         items = []
-        for line in await _lines_selected(s, request):
+        lines = await _lines_selected(s, request)
+        for line in lines:
             items += await buckets_of(s, request, line)
-    return _paged(request, response, items, "Bucket")
+    page = _paged(request, response, items, "Bucket")
+    await _list_read(db, request, response, key, "bucket", lines)
+    return page
 
 
 async def _holder(s: AsyncSession, raw_id: str, field: str = "id") -> Holder:
@@ -390,14 +442,16 @@ async def _holder(s: AsyncSession, raw_id: str, field: str = "id") -> Holder:
 
 @router.get("/bucket/{bucket_id}", summary="A bucket (a line's wallet or one of its buckets)")
 async def get_bucket(
-    bucket_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    bucket_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
     async with db.read() as s:
         holder = await _holder(s, bucket_id)
-        for item in await buckets_of(s, request, holder.line):
-            if item["id"] == str(holder.account_id):
-                return select_fields(item, fields)
-    raise BucketNotFound(field="id")
+        found = [i for i in await buckets_of(s, request, holder.line)
+                 if i["id"] == str(holder.account_id)]
+    if not found:
+        raise BucketNotFound(field="id")
+    await _line_read(db, request, key, "bucket", found[0]["id"], holder.line)
+    return select_fields(found[0], fields)
 
 
 # --- accumulatedBalance ----------------------------------------------------------------------
@@ -431,18 +485,21 @@ async def accumulated_of(s: AsyncSession, request: Request, line: Line) -> list[
 
 @router.get("/accumulatedBalance", summary="A line's totals per usage type (filter as buckets)")
 async def list_accumulated(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
     async with db.read() as s:
         items = []
-        for line in await _lines_selected(s, request):
+        lines = await _lines_selected(s, request)
+        for line in lines:
             items += await accumulated_of(s, request, line)
-    return _paged(request, response, items, "AccumulatedBalance")
+    page = _paged(request, response, items, "AccumulatedBalance")
+    await _list_read(db, request, response, key, "accumulatedBalance", lines)
+    return page
 
 
 @router.get("/accumulatedBalance/{balance_id}", summary="One total: `<line id>.<usage type>`")
 async def get_accumulated(
-    balance_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    balance_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
     line_part = balance_id.split(".", 1)[0]
     async with db.read() as s:
@@ -450,11 +507,13 @@ async def get_accumulated(
             line = await LineRepository(s).get(uuid.UUID(line_part))
         except ValueError:
             line = None
-        if line is not None:
-            for item in await accumulated_of(s, request, line):
-                if item["id"] == balance_id:
-                    return select_fields(item, fields)
-    raise AccumulatedBalanceNotFound(field="id")
+        found = [] if line is None else [
+            i for i in await accumulated_of(s, request, line) if i["id"] == balance_id
+        ]
+    if line is None or not found:
+        raise AccumulatedBalanceNotFound(field="id")
+    await _line_read(db, request, key, "accumulatedBalance", balance_id, line)
+    return select_fields(found[0], fields)
 
 
 # --- actions: shared -------------------------------------------------------------------------
@@ -531,23 +590,30 @@ async def _action_page(
 
 
 async def _list_actions(
-    kind: ActionKind, db: DB, request: Request, response: Response
+    kind: ActionKind, key: Integration, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
     async with db.read() as s:
         lines = await _lines_selected(s, request)
         where = and_(BalanceAction.kind == kind.value,
                      BalanceAction.line_id.in_([line.id for line in lines]))
-        return await _action_page(
+        page = await _action_page(
             s, request, response, where, _RESOURCES[kind], lambda a: _render(s, request, a)
         )
+    await _list_read(db, request, response, key, _PATHS[kind], lines)
+    return page
 
 
 async def _get_action(
-    kind: ActionKind, action_id: str, db: DB, request: Request, fields: str | None
+    kind: ActionKind, action_id: str, key: Integration, db: DB, request: Request,
+    fields: str | None,
 ) -> dict[str, Any]:
     async with db.read() as s:
         action = await _find(s, kind, action_id)
-        return select_fields(await _render(s, request, action), fields)
+        item = await _render(s, request, action)
+        line = await s.get(Line, action.line_id)
+    assert line is not None
+    await _line_read(db, request, key, _PATHS[kind], item["id"], line)
+    return select_fields(item, fields)
 
 
 async def _find(s: AsyncSession, kind: ActionKind, action_id: str) -> BalanceAction:
@@ -667,6 +733,8 @@ _RESOURCES = {
     ActionKind.reserve: "ReserveBalance",
     ActionKind.transfer: "TransferBalance",
 }
+_PATHS = {kind: name[0].lower() + name[1:] for kind, name in _RESOURCES.items()}
+"""Each kind's resource as its path names it (`topupBalance`): what a read's audit entry says."""
 _DEFINITIONS = {
     ActionKind.topup: "TopupBalance_Create",
     ActionKind.adjust: "AdjustBalance_Create",
@@ -722,16 +790,16 @@ async def _locked(s: AsyncSession, line: Line) -> Line:
 
 @router.get("/topupBalance", summary="Top-ups of a line")
 async def list_topups(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
-    return await _list_actions(ActionKind.topup, db, request, response)
+    return await _list_actions(ActionKind.topup, key, db, request, response)
 
 
 @router.get("/topupBalance/{action_id}", summary="A top-up")
 async def get_topup(
-    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    action_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
-    return await _get_action(ActionKind.topup, action_id, db, request, fields)
+    return await _get_action(ActionKind.topup, action_id, key, db, request, fields)
 
 
 # --- adjustBalance ---------------------------------------------------------------------------
@@ -771,16 +839,16 @@ async def create_adjustment(
 
 @router.get("/adjustBalance", summary="Adjustments of a line")
 async def list_adjustments(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
-    return await _list_actions(ActionKind.adjust, db, request, response)
+    return await _list_actions(ActionKind.adjust, key, db, request, response)
 
 
 @router.get("/adjustBalance/{action_id}", summary="An adjustment")
 async def get_adjustment(
-    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    action_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
-    return await _get_action(ActionKind.adjust, action_id, db, request, fields)
+    return await _get_action(ActionKind.adjust, action_id, key, db, request, fields)
 
 
 # --- reserveBalance --------------------------------------------------------------------------
@@ -820,16 +888,16 @@ async def create_reservation(
 
 @router.get("/reserveBalance", summary="Reservations of a line")
 async def list_reservations(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
-    return await _list_actions(ActionKind.reserve, db, request, response)
+    return await _list_actions(ActionKind.reserve, key, db, request, response)
 
 
 @router.get("/reserveBalance/{action_id}", summary="A reservation")
 async def get_reservation(
-    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    action_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
-    return await _get_action(ActionKind.reserve, action_id, db, request, fields)
+    return await _get_action(ActionKind.reserve, action_id, key, db, request, fields)
 
 
 @router.patch("/reserveBalance/{action_id}", summary="Complete (optionally a smaller amount) or "
@@ -956,16 +1024,16 @@ def _stated_cost(body: dict[str, Any], line: Line) -> int | None:
 
 @router.get("/transferBalance", summary="Transfers given by a line")
 async def list_transfers(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
-    return await _list_actions(ActionKind.transfer, db, request, response)
+    return await _list_actions(ActionKind.transfer, key, db, request, response)
 
 
 @router.get("/transferBalance/{action_id}", summary="A transfer")
 async def get_transfer(
-    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    action_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
-    return await _get_action(ActionKind.transfer, action_id, db, request, fields)
+    return await _get_action(ActionKind.transfer, action_id, key, db, request, fields)
 
 
 # --- balanceActionHistory --------------------------------------------------------------------
@@ -984,7 +1052,7 @@ def _as_history(item: dict[str, Any], msisdn: str) -> dict[str, Any]:
 @router.get("/balanceActionHistory", summary="Every top-up, adjustment, reservation and transfer "
             "of a line, newest first")
 async def list_history(
-    _key: Read, db: DB, request: Request, response: Response
+    key: Read, db: DB, request: Request, response: Response
 ) -> list[dict[str, Any]]:
     async with db.read() as s:
         lines = {line.id: line for line in await _lines_selected(s, request)}
@@ -999,12 +1067,14 @@ async def list_history(
                 line = lines[a.receiver_line_id]
             return _as_history(await _render(s, request, a), line.msisdn)
 
-        return await _action_page(s, request, response, where, "BalanceActionHistory", render)
+        page = await _action_page(s, request, response, where, "BalanceActionHistory", render)
+    await _list_read(db, request, response, key, "balanceActionHistory", list(lines.values()))
+    return page
 
 
 @router.get("/balanceActionHistory/{action_id}", summary="One action, whatever its kind")
 async def get_history(
-    action_id: str, _key: Read, db: DB, request: Request, fields: str | None = None
+    action_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
     async with db.read() as s:
         try:
@@ -1015,7 +1085,9 @@ async def get_history(
             raise BalanceActionNotFound(field="id")
         line = await s.get(Line, action.line_id)
         assert line is not None
-        return select_fields(_as_history(await _render(s, request, action), line.msisdn), fields)
+        item = _as_history(await _render(s, request, action), line.msisdn)
+    await _line_read(db, request, key, "balanceActionHistory", item["id"], line)
+    return select_fields(item, fields)
 
 
 def _settled(resource: str) -> Callable[..., Awaitable[Response]]:

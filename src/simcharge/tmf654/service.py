@@ -247,7 +247,8 @@ def _raise_refused(exc: TransferRejected) -> None:
 
 def _check_topped_up(line: Line) -> None:
     """A top-up goes to a line in service: active, in grace, or frozen (credited; brought back
-    as the lifecycle's reactivation policy says, as a paid top-up in the portal is). Never to a
+    as the lifecycle's reactivation policy says, as a paid top-up in the portal is), or
+    suspended (credited; it stays suspended until staff resume it). Never to a
     terminated line, nor to an unsold one (`available`, in the inventory: a top-up would sell
     it to nobody)."""
     state = LineState(line.state)
@@ -715,8 +716,9 @@ async def check_transfer(
     # A line in grace receives, as it receives top-ups: the gift is kept for it (no validity
     # given: only a paid top-up brings a line back). A frozen line does not: it is on its way
     # to termination, which would forfeit the gift — refused, not swallowed (README, Decisions).
+    # A suspended line (lost or stolen) is treated as a frozen one: it neither gives nor gets.
     if LineState(receiver.state) in (
-        LineState.terminated, LineState.available, LineState.frozen
+        LineState.terminated, LineState.available, LineState.frozen, LineState.suspended
     ):
         raise LineNotInService(
             N_("The receiving line is not in service."), field="receiverLogicalResource"
