@@ -124,8 +124,8 @@ class _Query:
         t = LedgerTransfer
         self.debit, self.credit = aliased(LedgerAccount), aliased(LedgerAccount)
         self.where: list[ColumnElement[bool]] = [
-            # Written as literals, as `ix_ledger_transfers_moved`'s condition is: every plan
-            # can use that index, a prepared statement's generic one too (no parameter there).
+            # The period is read through `ix_ledger_transfers_created_brin` (PostgreSQL); the
+            # kinds as literals keep the generic plan of a prepared statement as good as its own.
             t.kind.in_(bindparam("moved", reports.MOVED, expanding=True, literal_execute=True)),
             t.created_at >= p.since,
             t.created_at < p.until,

@@ -1,18 +1,21 @@
 """The ledger's journal and the unmatched payment notifications, read through indexes.
 
-`ix_ledger_transfers_moved` (`created_at`, `id`) holds the transfers that moved money
-(`kind IN ('posted', 'post_pending')`, `reports.MOVED`): the journal
-(`GET /admin/ledger/transfers`) pages a period of them in that order, and read the whole table
-to do so. Reservations (`pending`) and their releases are left out, so the charging path's
-holds write no entry in it.
+`ix_ledger_transfers_created_brin` (`created_at`, BRIN, PostgreSQL only): the journal
+(`GET /admin/ledger/transfers`) reads a period through it instead of the whole table. A BRIN
+index keeps a summary per range of pages — transfers are written in time order, so a period is
+a few ranges — costs the ledger's inserts next to nothing, and gives no order: a btree on
+`created_at` (this migration's first form) let PostgreSQL answer the user center's "latest
+10 transfers of these accounts" by walking every account's recent transfers newest first, and
+the user center fell to half its speed. On SQLite (small installations) none: a period is
+read by a scan, as before.
 
 `ix_provider_events_unmatched` (`outcome`, `received_at`, `id`) holds the notifications that
 matched no order, waiting (`unmatched`) or settled by hand (`unmatched_settled`), a few among
 every notification ever received: their list (`/backoffice/attention/unmatched`,
 `GET /admin/provider-events`) reads them newest first and counted them by a scan.
 
-Both are partial: the queries write the condition as the index does (literal values), so each
-plan can use it whatever the parameters (asyncpg prepares every statement: a generic plan
+The second is partial: the queries write the condition as the index does (literal values), so
+each plan can use it whatever the parameters (asyncpg prepares every statement: a generic plan
 knows no parameter's value).
 
 Built as the other migrations build theirs (in the migration's transaction; none is built
@@ -20,8 +23,8 @@ Built as the other migrations build theirs (in the migration's transaction; none
 ledger, build them beforehand without that lock, with exactly these definitions, and the
 upgrade finds them made (`IF NOT EXISTS`):
 
-    CREATE INDEX CONCURRENTLY ix_ledger_transfers_moved ON ledger_transfers
-        (created_at, id) WHERE kind IN ('posted', 'post_pending');
+    CREATE INDEX CONCURRENTLY ix_ledger_transfers_created_brin ON ledger_transfers
+        USING brin (created_at);
     CREATE INDEX CONCURRENTLY ix_provider_events_unmatched ON provider_events
         (outcome, received_at, id) WHERE outcome = 'unmatched' OR outcome = 'unmatched_settled';
 
@@ -42,12 +45,6 @@ depends_on: str | Sequence[str] | None = None
 
 _PARTIAL = (
     (
-        "ix_ledger_transfers_moved",
-        "ledger_transfers",
-        ["created_at", "id"],
-        "kind IN ('posted', 'post_pending')",
-    ),
-    (
         "ix_provider_events_unmatched",
         "provider_events",
         ["outcome", "received_at", "id"],
@@ -57,6 +54,14 @@ _PARTIAL = (
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.create_index(
+            "ix_ledger_transfers_created_brin",
+            "ledger_transfers",
+            ["created_at"],
+            postgresql_using="brin",
+            if_not_exists=True,
+        )
     for name, table, columns, where in _PARTIAL:
         op.create_index(
             name,
@@ -71,3 +76,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name, table, *_ in _PARTIAL:
         op.drop_index(name, table_name=table)
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_ledger_transfers_created_brin", table_name="ledger_transfers")
