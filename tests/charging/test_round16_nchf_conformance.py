@@ -251,6 +251,40 @@ async def test_a_create_retransmitted_with_a_new_time_stamp_finds_its_resource(
     assert await _count(db, ChargingSession) == 2
 
 
+async def test_a_resent_create_is_not_another_events_beyond_the_window(
+    client: httpx.AsyncClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round's code review: SMS A (IEC) charged; SMS B of the same content, its first
+    transmission lost, arrives retransmitted (indicator, its own time stamp) from the same
+    network function. Within `RESENT_WITHIN` of A it cannot be told from A's retransmission;
+    beyond it, it is another event: charged, with its own resource."""
+    from datetime import timedelta
+
+    from simcharge.charging import nchf as nchf_module
+    from simcharge.kit.clock import utcnow
+
+    t = await make_line(db, grants=[UnitGrant("SMS", 5, 30)])
+    api = await nchf(client, db)
+    sms_a = body(t.supi, 0, [rg(SMS, requested={"serviceSpecificUnits": 1})],
+                 oneTimeEvent=True, oneTimeEventType="IEC")  # fmt: skip
+    sms_a["nfConsumerIdentification"] = {
+        "nodeFunctionality": "SMF", "nFName": "8b0f6a4e-1111-4c2b-9d3e-000000000001",
+    }  # fmt: skip
+    a = await api.create(sms_a)
+    assert a.status_code == 201, a.text
+    assert (await balances(db, t.line)).units[0].remaining == 4
+
+    # A minute later (the window past): SMS B, retransmitted.
+    later = utcnow() + nchf_module.RESENT_WITHIN + timedelta(seconds=30)
+    monkeypatch.setattr(nchf_module, "utcnow", lambda: later)
+    b = await api.create(_resent(sms_a))
+    assert b.status_code == 201, b.text
+    assert b.headers["location"] != a.headers["location"]
+    assert await _count(db, ChargingSession) == 2
+    assert (await balances(db, t.line)).units[0].remaining == 3
+    await assert_ledger_balanced(db)
+
+
 async def test_two_creates_alike_without_the_indicator_are_two_events(
     client: httpx.AsyncClient, db: Database
 ) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
+from typing import Any
 
 import httpx
 import pyotp
@@ -27,8 +29,11 @@ from simcharge.accounts.models import Account
 from simcharge.auth.client import ClientInfo
 from simcharge.auth.events import EventKind, record_event
 from simcharge.auth.models import AuthSession, SecurityEvent
+from simcharge.auth.service import policy
+from simcharge.auth.sessions import open_session
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import utcnow
 from tests.auth.helpers import problem
 from tests.portal.helpers import (
     PASSWORD,
@@ -47,6 +52,12 @@ KEY = re.compile(r'data-testid="totp-key">([A-Z2-7 ]+)<')
 def _field_error(html: str, name: str) -> str:
     found = re.search(rf'<p class="error" id="e-{name}">([^<]*)</p>', html)
     assert found, f"no error beside {name}"
+    return found.group(1)
+
+
+def _setup(html: str) -> str:
+    found = re.search(r'name="setup" value="([^"]+)"', html)
+    assert found, "no set-up token on the page"
     return found.group(1)
 
 
@@ -95,7 +106,7 @@ async def test_a_wrong_code_at_set_up_shows_the_same_set_up_again(
 
     # A wrong code: the set-up page again, the same key and QR code, the error at the field.
     r = await client.post("/account/security/totp/confirm",
-                          data={"csrf": csrf_of(r.text), "code": "000000"})
+                          data={"csrf": csrf_of(r.text), "code": "000000", "setup": _setup(r.text)})
     assert r.status_code == 401, r.text
     assert "<h1>Set up two-step verification</h1>" in r.text
     again = KEY.search(r.text)
@@ -116,7 +127,7 @@ async def test_a_wrong_code_at_set_up_shows_the_same_set_up_again(
 
     # Twice wrong (not digits this time): counted again, still the same set-up.
     r = await client.post("/account/security/totp/confirm",
-                          data={"csrf": csrf_of(r.text), "code": "abc"})
+                          data={"csrf": csrf_of(r.text), "code": "abc", "setup": _setup(r.text)})
     assert r.status_code == 401 and _field_error(r.text, "code") == NOT_RIGHT
     again = KEY.search(r.text)
     assert again and again.group(1) == key
@@ -127,6 +138,56 @@ async def test_a_wrong_code_at_set_up_shows_the_same_set_up_again(
         "csrf": csrf_of(r.text), "code": pyotp.TOTP(key.replace(" ", "")).now()})
     assert r.status_code == 200 and "recovery-codes" in r.text
     assert (await _account(db, customer.account_id)).totp_enabled_at is not None
+
+
+async def test_the_set_up_is_shown_again_to_its_own_session_only_and_while_fresh(
+    client: httpx.AsyncClient, app: Any, db: Database, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The round's security review: the key was shown again to any session of the account
+    posting a wrong code — a stolen cookie, without the password, saw it and turned two-step on
+    with it. Now only the session that gave the password and saw the key, for
+    `SETUP_SHOWN_FOR`, and only for a wrong code."""
+    from simcharge.portal import security as security_page
+
+    customer = await new_customer(db, settings)
+    sign_in(client, customer)
+    r = await post_form(client, "/account/security", "/account/security/totp",
+                        {"password": PASSWORD})
+    shown = KEY.search(r.text)
+    assert shown
+    key, token = shown.group(1), _setup(r.text)
+
+    # Another session of the same account (another device, or a stolen cookie).
+    async def other_session(s: Any) -> str:
+        issued = await open_session(
+            s, settings.secret_key, account_id=customer.account_id,
+            client=ClientInfo(ip="203.0.113.50", user_agent="elsewhere"),
+            policy=policy(settings), now=utcnow(),
+        )
+        return issued.token
+
+    other = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=str(client.base_url))
+    try:
+        other.cookies.set("sc_session", await db.run(other_session))
+        page = await other.get("/account/security")
+        for setup in ("", token, "0.0", "x" * 80):
+            r2 = await other.post("/account/security/totp/confirm",
+                                  data={"csrf": csrf_of(page.text), "code": "000000",
+                                        "setup": setup})  # fmt: skip
+            assert r2.status_code == 401
+            assert key not in r2.text and "totp-key" not in r2.text
+            assert 'class="qr"' not in r2.text
+    finally:
+        await other.aclose()
+    assert (await _account(db, customer.account_id)).totp_enabled_at is None
+
+    # Its own session, past SETUP_SHOWN_FOR: the security page, no key.
+    later = utcnow() + timedelta(seconds=security_page.SETUP_SHOWN_FOR + 5)
+    monkeypatch.setattr(security_page, "utcnow", lambda: later)
+    r = await client.post("/account/security/totp/confirm",
+                          data={"csrf": csrf_of(r.text), "code": "000000", "setup": token})
+    assert r.status_code == 401 and key not in r.text and "totp-key" not in r.text
 
 
 async def test_a_code_with_no_set_up_to_go_on_with_goes_back_to_security(

@@ -1040,7 +1040,9 @@ async def create_charging_data(
     line = await _find_line(session, subscriber)
     check_identities(req, line)
     if req.retransmissionIndicator:
-        resent = await _resent_create(session, line, [client, *client_aliases], req, digests)
+        resent = await _resent_create(
+            session, line, [client, *client_aliases], req, digests, now
+        )
         if resent is not None:
             return NchfAnswer(201, _create_answer(resent, req), resent.id)
     country = location_country(req) or country_of(line.msisdn)
@@ -1078,6 +1080,11 @@ async def create_charging_data(
 RESENT_LOOKED_AT = 100
 """A create retransmitted with a new time stamp is looked for among this many latest sessions
 the client opened for the line."""
+RESENT_WITHIN = timedelta(seconds=30)
+"""…opened this recently: a network function retransmits within its response timer (seconds),
+so an older session alike is another event's — an SMS of the same content a minute later whose
+first transmission was lost must be charged, not answered with the first one's resource (the
+sixteenth round's code review: before, any of the 100 latest, however old, answered it)."""
 
 
 async def _resent_create(
@@ -1086,15 +1093,18 @@ async def _resent_create(
     clients: Sequence[str],
     req: ChargingDataRequest,
     digests: Digests,
+    now: datetime,
 ) -> ChargingSession | None:
     """The session a create sent again (`retransmissionIndicator: true`) with another
     `invocationTimeStamp` opened, if it is one of the `RESENT_LOOKED_AT` latest the client
-    opened for the line (a create sent again unchanged is found by its id, however late)."""
+    opened for the line within `RESENT_WITHIN` (a create sent again unchanged is found by its
+    id, however late)."""
     stmt = (
         select(ChargingSession)
         .where(
             ChargingSession.line_id == line.id,
             ChargingSession.client.in_([c[:64] for c in clients]),
+            ChargingSession.created_at >= now - RESENT_WITHIN,
         )
         .order_by(ChargingSession.created_at.desc())
         .limit(RESENT_LOOKED_AT)

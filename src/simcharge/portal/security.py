@@ -42,7 +42,7 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import NotFound, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
-from simcharge.kit.crypto import SealBroken, unseal_any
+from simcharge.kit.crypto import SealBroken, constant_time_equals, keyed_hash, unseal_any
 from simcharge.kit.translations import N_, translate
 from simcharge.notifications.service import notices_of
 from simcharge.notifications.templates import notice_title
@@ -255,7 +255,42 @@ async def start_totp(
             headers=exc.headers, form="totp",
         )
     assert isinstance(result, Enrolment)
-    return render(request, page, "totp.html", enrolment=result, errors={}, error=None)
+    return render(
+        request, page, "totp.html", enrolment=result, errors={}, error=None,
+        setup=_setup_token(settings, page, result.secret, int(utcnow().timestamp())),
+    )  # fmt: skip
+
+
+SETUP_SHOWN_FOR = 15 * 60
+"""Seconds a set-up's page may be shown again after a wrong code (`confirm_totp`)."""
+_SETUP = "totp-setup-page"
+
+
+def _setup_token(settings: Settings, page: Visitor, secret: str, issued: int) -> str:
+    """What the set-up's page carries (`setup`) to be shown again after a wrong code: when it
+    was first shown, and a MAC of that time, the session it was shown to and the secret. Only
+    the session that gave the password and saw the key can have the key shown again, for
+    `SETUP_SHOWN_FOR` (the sixteenth round's security review: another session of the account —
+    a stolen cookie — posting a wrong code was shown the key, then turned two-step on with it)."""
+    assert page.customer is not None
+    mac = keyed_hash(
+        settings.secret_key, _SETUP,
+        f"{page.customer.session.id}:{issued}:{secret}",
+    )  # fmt: skip
+    return f"{issued}.{mac}"
+
+
+def _shown_again(settings: Settings, page: Visitor, secret: str, token: str) -> int | None:
+    """When the set-up was first shown, if `token` is this session's for this secret and still
+    fresh; None otherwise."""
+    issued_text, _, _mac = token.partition(".")
+    if not issued_text.isdigit() or len(issued_text) > 12:
+        return None
+    issued = int(issued_text)
+    if not 0 <= utcnow().timestamp() - issued <= SETUP_SHOWN_FOR:
+        return None
+    expected = _setup_token(settings, page, secret, issued)
+    return issued if constant_time_equals(expected, token) else None
 
 
 async def _start(
@@ -310,10 +345,18 @@ async def confirm_totp(
         async with db.read() as s:
             account = await s.get(Account, page.account.id)
         enrolment = _pending_enrolment(settings, account) if account is not None else None
-        if enrolment is not None:
+        issued = (
+            _shown_again(settings, page, enrolment.secret, form.get("setup", ""))
+            if enrolment is not None and isinstance(exc, auth.InvalidSecondFactor)
+            else None
+        )
+        if enrolment is not None and issued is not None:
+            # Only to the session that gave the password and saw the key, while fresh, and for
+            # a wrong code (not a refusal for too many: the form is not to be tried again now).
             return render(
                 request, page, "totp.html", status=exc.status, headers=exc.headers,
                 enrolment=enrolment, errors=errors, error=summary,
+                setup=_setup_token(settings, page, enrolment.secret, issued),
             )  # fmt: skip
         return await _security_page(
             request, page, db, settings, status=exc.status, errors=errors, error=summary,
