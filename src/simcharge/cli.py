@@ -1275,9 +1275,11 @@ def privacy_sweep(
     "reapply-closures",
     help="After restoring a backup: close again every account the application's JSON log says "
     "was closed (its account.closed lines) and the restored database holds open. Reads FILE "
-    "(or stdin: -); lines of other events or programs are passed over. Idempotent; audited "
-    "(account.closure_reapplied). Exit 2 when the log cannot be read or names an account "
-    "unreadably (nothing changed).",
+    "(or stdin: -): one JSON object a line, bare, after a prefix (time stamp, host) or in "
+    "Docker's {\"log\": ...}; lines of other events or programs are passed over. Idempotent; "
+    "audited (account.closure_reapplied). Exit 2 when the log cannot be read (nothing "
+    "changed); exit 1 when no line of it is the application's JSON log (nothing changed), or "
+    "when an account.closed line names no account id (reported; the others applied).",
 )
 def privacy_reapply_closures(
     log_file: Annotated[
@@ -1299,9 +1301,23 @@ def privacy_reapply_closures(
                 logged = logged_closures(lines)
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"simcharge: cannot read the log {log_file}: {_briefly(exc)}", 2)
+    if logged.written and not logged.ours:
+        name = "stdin" if log_file == "-" else log_file
+        _fail(
+            f"simcharge: no line of {name} is simcharge's JSON log: {logged.written} line(s) "
+            "read, none a JSON object with the application's event, level and timestamp (bare, "
+            'after a prefix, or in Docker\'s {"log": ...}); is it the log of the web and the '
+            "worker, written with SIMCHARGE_LOG_JSON=true? Nothing changed",
+            1,
+        )
     if logged.unreadable:
         shown = ", ".join(str(n) for n in logged.unreadable[:10])
-        _fail(f"simcharge: account.closed line(s) {shown} name no account id; nothing changed", 2)
+        more = f" and {len(logged.unreadable) - 10} more" if len(logged.unreadable) > 10 else ""
+        typer.secho(
+            f"simcharge: account.closed line(s) {shown}{more} name no account id: passed over, "
+            "nothing changed for them; the other lines are applied",
+            fg=typer.colors.RED, err=True,
+        )
 
     async def run(db: Database) -> Reapplied:
         actor = audit.command_line_actor("privacy reapply-closures")
@@ -1319,7 +1335,10 @@ def privacy_reapply_closures(
         f"{logged.lines} line(s) read, {len(logged.closed_at)} closure(s) logged: {verb} "
         f"{len(done.closed)}, closed already {len(done.already)}, not in the database "
         f"{len(done.unknown)}"
+        + (f", naming no account id {len(logged.unreadable)}" if logged.unreadable else "")
     )
+    if logged.unreadable:
+        raise typer.Exit(1)
 
 
 @secrets_app.command(

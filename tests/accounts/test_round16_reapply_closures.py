@@ -2,7 +2,9 @@
 writes the JSON log line `account.closed` (with the account's id) once committed — never for
 one rolled back —, and `simcharge privacy reapply-closures --log FILE [--dry-run]` closes
 again each account such a line names that the database holds open: idempotent, audited, other
-lines passed over, a damaged line or an unreadable file refused (exit 2) with nothing changed."""
+lines passed over, an unreadable file refused (exit 2) with nothing changed. Later in the round
+(B14): the log read as shippers keep it (a prefix, Docker's `{"log": …}`), a file with no line
+of the application's log refused (exit 1), a damaged line reported and the others applied."""
 
 from __future__ import annotations
 
@@ -163,16 +165,8 @@ def _audit_of(account_id: uuid.UUID) -> Any:
     return run
 
 
-def test_a_damaged_line_or_an_unreadable_log_changes_nothing(
-    cli_env: str, tmp_path: Path
-) -> None:
+def test_an_unreadable_log_changes_nothing(cli_env: str, tmp_path: Path) -> None:
     back, line, _ = cli._run(_people)
-    log = tmp_path / "shipped.log"
-    log.write_text(_log(back) + '{"event": "account.closed", "account_id": "nope"}\n',
-                   encoding="utf-8")
-    code, out = _invoke("privacy", "reapply-closures", "--log", str(log))
-    assert code == 2 and "line(s) 6 name no account id" in out
-    assert cli._run(lambda db: _state(db, back, line))[0] == "active"
     code, out = _invoke("privacy", "reapply-closures", "--log", str(tmp_path / "missing.log"))
     assert code == 2 and "cannot read the log" in out
     latin = tmp_path / "latin.log"
@@ -180,3 +174,105 @@ def test_a_damaged_line_or_an_unreadable_log_changes_nothing(
     code, out = _invoke("privacy", "reapply-closures", "--log", str(latin))
     assert code == 2 and "cannot read the log" in out
     assert cli._run(lambda db: _state(db, back, line))[0] == "active"
+
+
+def _closed_line(account_id: Any, **extra: Any) -> str:
+    return json.dumps({"event": "account.closed", "account_id": str(account_id),
+                       "level": "info", "timestamp": "2026-12-10T08:00:00Z", **extra})
+
+
+def test_a_damaged_line_is_reported_and_the_others_applied(
+    cli_env: str, tmp_path: Path
+) -> None:
+    """Round 16 (B14): one `account.closed` line naming no id stopped the whole run (exit 2);
+    now it is reported, nothing changed for it, the others applied, exit 1 at the end."""
+    back, line, _ = cli._run(_people)
+    log = tmp_path / "shipped.log"
+    log.write_text(_log() + _closed_line("nope") + "\n" + _closed_line(back) + "\n"
+                   + _closed_line("") + "\n", encoding="utf-8")
+    code, out = _invoke("privacy", "reapply-closures", "--log", str(log), "--dry-run")
+    assert code == 1 and "line(s) 5, 7 name no account id" in out, out
+    assert f"{back}  would close again" in out
+    assert cli._run(lambda db: _state(db, back, line))[0] == "active"
+    result = runner.invoke(cli.app, ["privacy", "reapply-closures", "--log", str(log)])
+    assert result.exit_code == 1, result.output
+    assert "line(s) 5, 7 name no account id" in result.stderr
+    assert "closed again 1, closed already 0, not in the database 0, naming no account id 2" \
+        in result.stdout
+    assert cli._run(lambda db: _state(db, back, line))[::4] == ("closed", 1)
+
+
+def test_a_log_in_a_wrapper_or_behind_a_prefix_is_read(cli_env: str, tmp_path: Path) -> None:
+    """Round 16 (B14): a log as shippers keep it — Docker's json-file `{"log": …}` (a line
+    longer than 16 KiB in pieces), a syslog or Kubernetes prefix, journald's export — was
+    passed over line by line, and the command said 0 closures."""
+    ids = [cli._run(_people) for _ in range(5)]
+    backs = [back for back, _, _ in ids]
+    padding = "x" * 20_000
+    long_line = _closed_line(backs[1], note=padding) + "\n"
+    pieces = [long_line[i:i + 16_384] for i in range(0, len(long_line), 16_384)]
+    docker = [json.dumps({"log": _closed_line(backs[0]) + "\n", "stream": "stderr",
+                          "time": "2026-12-07T10:00:00.1Z"})]
+    docker += [json.dumps({"log": p, "stream": "stderr", "time": "2026-12-07T10:00:01Z"})
+               for p in pieces]
+    docker.append(json.dumps({"log": "plain text from the entrypoint\n", "stream": "stdout"}))
+    prefixed = [
+        f"2026-12-07T10:00:00Z host app[123]: {_closed_line(backs[2])}",
+        f"2026-12-07T10:00:00.5Z stderr F {_closed_line(backs[3])} trailing",
+        "Dec  7 10:00:00 host app{1}[9]: {not json} " + _closed_line(backs[4]),
+    ]
+    log = tmp_path / "shipped.log"
+    log.write_text("\n".join(docker + prefixed) + "\n", encoding="utf-8")
+    code, out = _invoke("privacy", "reapply-closures", "--log", str(log), "--dry-run")
+    assert code == 0, out
+    assert all(f"{back}  would close again" in out for back in backs), out
+    assert "5 closure(s) logged" in out
+    found = closures.logged_closures(
+        [json.dumps({"MESSAGE": _closed_line(backs[0]), "_PID": "9"})])
+    assert list(found.closed_at) == [backs[0]] and found.ours == 1
+
+
+def test_only_the_applications_lines_count(cli_env: str, tmp_path: Path) -> None:
+    """A line that names a logger not the application's is another program's, whatever its
+    event; the application's lines name none (`kit.logging`), or `simcharge…`."""
+    back, line, _ = cli._run(_people)
+    other, other_line, _ = cli._run(_people)
+    log = tmp_path / "shipped.log"
+    log.write_text(_closed_line(other, logger="billing-sidecar") + "\n"
+                   + _closed_line(back, logger="simcharge.privacy") + "\n"
+                   + json.dumps({"event": "account.closed", "account_id": str(other)})  # no time
+                   + "\n",
+                   encoding="utf-8")
+    code, out = _invoke("privacy", "reapply-closures", "--log", str(log))
+    assert code == 0 and "1 closure(s) logged: closed again 1" in out, out
+    assert cli._run(lambda db: _state(db, back, line))[0] == "closed"
+    assert cli._run(lambda db: _state(db, other, other_line))[0] == "active"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain text\nuvicorn: started\n",
+        '{"log": "not json\\n", "stream": "stderr"}\n',
+        '{"msg": "account.closed", "account_id": "x", "level": "info"}\n',
+        "<14>Dec  7 host app: {\"event\": \"account.closed\"\n",  # cut short
+    ],
+)
+def test_a_log_of_which_no_line_is_the_applications_is_refused(
+    cli_env: str, tmp_path: Path, text: str
+) -> None:
+    """Round 16 (B14): the wrong file, or the log in the console format, said "0 closure(s)"
+    and exit 0 — as if there were none to apply. Now a warning on stderr, exit 1."""
+    back, line, _ = cli._run(_people)
+    log = tmp_path / "console.log"
+    log.write_text(text + f"account.closed account_id={back}\n", encoding="utf-8")
+    result = runner.invoke(cli.app, ["privacy", "reapply-closures", "--log", str(log)])
+    assert result.exit_code == 1, result.output
+    assert f"no line of {log} is simcharge's JSON log" in result.stderr
+    assert "SIMCHARGE_LOG_JSON=true" in result.stderr and result.stdout == ""
+    result = runner.invoke(cli.app, ["privacy", "reapply-closures"], input=text)
+    assert result.exit_code == 1 and "no line of stdin" in result.stderr
+    assert cli._run(lambda db: _state(db, back, line))[0] == "active"
+    # An empty log (or blank lines only) is no closure, not the wrong file.
+    code, out = _invoke("privacy", "reapply-closures", stdin="\n\n")
+    assert code == 0 and "2 line(s) read, 0 closure(s) logged" in out

@@ -202,9 +202,14 @@ async def test_who_may_suspend_as_who_may_unfreeze(
     auth = {"Authorization": f"Bearer {tool.token}"}
     r = await _suspend(client, payer.line.id, auth)
     assert (r.status_code, r.json()["state"]) == (200, "suspended"), r.text
+    # Resuming is a person's act (tests/backoffice/test_round16_resume_by_a_person.py).
     r = await _resume(client, payer.line.id, auth)
-    assert (r.status_code, r.json()["state"]) == (200, "active"), r.text
-    assert [e.actor for e in await _audit(db, payer.line.id)] == [f"apikey:{tool.key.prefix}"] * 2
+    assert (r.status_code, r.json()["type"]) == (403, "/problems/resume-needs-a-person"), r.text
+    assert (await _line(db, payer.line.id)).state == LineState.suspended
+    assert [(e.action, e.actor) for e in await _audit(db, payer.line.id)] == [
+        ("line.suspend", f"apikey:{tool.key.prefix}"),
+        ("access.denied", f"apikey:{tool.key.prefix}"),
+    ]
 
 
 # --- resuming by the lifecycle's rules ---------------------------------------------------------

@@ -243,11 +243,25 @@ async def test_bad_data_amounts_are_refused_by_their_field_and_nothing_moves(
 
 # --- 5 and 6: records ---------------------------------------------------------------------------
 
-def test_a_number_is_masked_to_its_country_first_digits_and_last_four() -> None:
-    assert masked("+14155550102") == "+1 415 ••• 0102"
-    assert masked("+639171234567") == "+63 917 ••• 4567"
-    assert masked("+8521234567") == "+852 ••• 67"  # too short to keep more
-    assert masked("12345") == "••• 45"  # not a number phonenumbers reads
+def test_a_number_is_masked_with_at_least_half_of_its_digits_and_four_hidden() -> None:
+    """Round 16: first three and last four of an 8-digit number (Hong Kong, Singapore,
+    Denmark) hid one digit — ten guesses. Now at least half of the national number, and at
+    least four digits, are hidden, a dot each."""
+    assert masked("+14155550102") == "+1 415 ••• ••02"
+    assert masked("+639171234567") == "+63 917 ••• ••67"
+    assert masked("+8613812345678") == "+86 138 •••• ••78"  # 11 digits: 6 hidden
+    assert masked("+493012345678901") == "+49 301 •••••• •901"  # 13 digits: 7 hidden
+    assert masked("+85251234567") == "+852 •••• ••67"  # 8 digits: the last two only
+    assert masked("+6581234567") == "+65 •••• ••67"
+    assert masked("+4520123456") == "+45 •••• ••56"
+    assert masked("+8521234567") == "+852 ••• ••67"
+    assert masked("+999123") == "•• ••23"  # not a number phonenumbers reads: its digits
+    assert masked("12345") == "• •••5"  # five digits: four hidden
+    # Whatever the length of the national number (n): at least half of it, and four, hidden.
+    for number, n in (("+14155550102", 10), ("+85251234567", 8), ("+8613812345678", 11),
+                      ("+493012345678901", 13), ("+8521234567", 7), ("12345", 5)):
+        hidden = masked(number).count("•")
+        assert hidden >= 4 and 2 * hidden >= n, (number, masked(number))
 
 
 async def give(

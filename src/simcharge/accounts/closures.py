@@ -13,7 +13,9 @@ password (the holder confirmed it when they closed) and without a confirmation m
 were sent one then) — and is audited (`account.closure_reapplied`, `cli:<OS user>`, with the
 time of the logged closure). An account already closed is left as it is, one the database does
 not know (opened after the backup) is reported: running the command twice, or over a log that
-names the same closure twice, changes nothing more."""
+names the same closure twice, changes nothing more. The log is read as shippers keep it (bare,
+behind a prefix, inside Docker's `{"log": …}`); a file of which no line is the application's
+JSON log is refused rather than read as "no closures"."""
 
 from __future__ import annotations
 
@@ -78,25 +80,95 @@ class LoggedClosures:
     closed_at: dict[uuid.UUID, str | None] = field(default_factory=dict)
     lines: int = 0
     """Lines read."""
+    written: int = 0
+    """Lines with something on them (not blank)."""
+    ours: int = 0
+    """Lines that are the application's JSON log (any event): none of `written` is a log of
+    another shape, not one this reads."""
     unreadable: list[int] = field(default_factory=list)
     """Numbers of the `account.closed` lines whose `account_id` is no id (a damaged log)."""
 
 
+_WRAPPED = ("log", "MESSAGE")
+"""Where a shipper puts the line it read: Docker's json-file driver, Fluentd and Fluent Bit
+(`{"log": "<the line>\\n", "stream": "stderr", "time": …}`), journald's JSON export
+(`journalctl -o json`: `MESSAGE`)."""
+_APP_LOGGER = "simcharge"
+_TRIES = 8
+"""`{` of a prefix tried before the line is given up (a prefix rarely holds one)."""
+_decoder = json.JSONDecoder()
+
+
+def _object_in(text: str) -> dict[str, Any] | None:
+    """The JSON object a line carries: from its first `{` that starts one (a prefix — a
+    syslog or journald time stamp and host, a Kubernetes `… stderr F ` — passed over, and
+    whatever follows the object), unwrapped from a shipper's `{"log": …}`."""
+    at = text.find("{")
+    for _ in range(_TRIES):
+        if at < 0:
+            return None
+        try:
+            record, _end = _decoder.raw_decode(text, at)
+        except ValueError:
+            at = text.find("{", at + 1)
+            continue
+        if not isinstance(record, dict):
+            return None
+        if "event" not in record:
+            for key in _WRAPPED:
+                inner = record.get(key)
+                if isinstance(inner, str):
+                    return _object_in(inner)
+        return record
+    return None
+
+
+def _is_ours(record: dict[str, Any]) -> bool:
+    """A line of the application's JSON log (`kit.logging`): a string `event` with its
+    `timestamp` or `level`. Its lines name no logger; a line that names one not the
+    application's (`simcharge`, `simcharge.…`) is another program's."""
+    if not isinstance(record.get("event"), str):
+        return False
+    if "timestamp" not in record and "level" not in record:
+        return False
+    logger = record.get("logger")
+    if logger is None:
+        return True
+    return isinstance(logger, str) and (
+        logger == _APP_LOGGER or logger.startswith(_APP_LOGGER + ".")
+    )
+
+
 def logged_closures(lines: Iterable[str]) -> LoggedClosures:
     """The `account.closed` lines of the application's JSON log (stderr of the web and the
-    worker, as shipped: one JSON object a line). Other lines — other events, other programs'
-    lines, blank or not JSON — are passed over."""
+    worker, as shipped: one JSON object a line, bare, after a prefix — a time stamp, a host,
+    a program — or inside a shipper's `{"log": …}`; Docker's pieces of a line longer than 16
+    KiB joined again). Other lines — other events, other programs' lines, blank or not JSON —
+    are passed over, and counted (`written`, `ours`): a log of which no line is the
+    application's is the wrong file, or the wrong format."""
     found = LoggedClosures()
-    for number, text in enumerate(lines, start=1):
+    pending = ""
+    for number, raw in enumerate(lines, start=1):
         found.lines = number
-        text = text.strip()
-        if not text.startswith("{"):
+        text = raw.strip()
+        if not text:
             continue
-        try:
-            record = json.loads(text)
-        except ValueError:
+        found.written += 1
+        # Docker's json-file cuts a line into 16 KiB pieces, each its own entry, all but the
+        # last without the line's newline: joined before reading.
+        piece = _docker_piece(text)
+        if piece is not None:
+            pending += piece
+            if not piece.endswith("\n"):
+                continue
+            text, pending = pending, ""
+        elif pending:
+            pending = ""
+        record = _object_in(text)
+        if record is None or not _is_ours(record):
             continue
-        if not isinstance(record, dict) or record.get("event") != CLOSED_EVENT:
+        found.ours += 1
+        if record.get("event") != CLOSED_EVENT:
             continue
         try:
             account_id = uuid.UUID(str(record.get("account_id")))
@@ -106,6 +178,19 @@ def logged_closures(lines: Iterable[str]) -> LoggedClosures:
         at = record.get("timestamp")
         found.closed_at.setdefault(account_id, str(at) if at is not None else None)
     return found
+
+
+def _docker_piece(text: str) -> str | None:
+    """The `log` of a Docker json-file entry (a whole line ends in a newline, a piece of a
+    longer one does not); None for a line of any other shape."""
+    if not text.startswith('{"log":'):
+        return None
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return None
+    inner = entry.get("log") if isinstance(entry, dict) else None
+    return inner if isinstance(inner, str) else None
 
 
 # --- closing again -----------------------------------------------------------------------------

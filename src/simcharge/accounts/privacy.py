@@ -139,7 +139,7 @@ async def _usage_of(session: AsyncSession, lines: Sequence[Line]) -> list[dict[s
 async def _transfers_of(session: AsyncSession, lines: Sequence[Line]) -> list[dict[str, Any]]:
     """Transfers between lines given from and received on the account's lines, each since its
     holder attached it, oldest first. The other line is named as the portal's records name it:
-    in full when it is one of the account's own lines, else masked (`+1 415 ••• 0102`); a
+    in full when it is one of the account's own lines, else masked (`+1 415 ••• ••02`); a
     giver's reason is the giver's (shown on what it gave, not on what another gave it)."""
     # The portal's own masking (imported here: the portal's package imports this module).
     from simcharge.portal.records import masked

@@ -45,6 +45,7 @@ from simcharge.backoffice.customers import (
     MAX_RESULTS,
     CustomerNotFound,
     LineFacts,
+    LineNotFound,
     UsageFacts,
     checked_query,
     customer_view,
@@ -109,6 +110,7 @@ from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
 from simcharge.lifecycle.service import Policy
+from simcharge.lines.models import Line
 from simcharge.orders.models import Order
 from simcharge.tickets import service as tickets
 from simcharge.tickets.endpoints import ticket_out
@@ -540,6 +542,14 @@ class UnlockNeedsAPerson(Forbidden):
     )
 
 
+class ResumeNeedsAPerson(Forbidden):
+    slug = "resume-needs-a-person"
+    title = N_(
+        "Resuming a suspended line is a staff member's decision (its SIM was reported lost or "
+        "stolen): an API key has no one behind it."
+    )
+
+
 def _row(obj: Any, *fields: str) -> dict[str, Any]:
     out = {}
     for f in fields:
@@ -849,12 +859,37 @@ async def suspend_line(
     summary="Resume a suspended line (into the state the lifecycle gives it)",
 )
 async def resume_line(
-    line_id: uuid.UUID, body: LineStateReasonIn, actor: Unfreezer, db: DB, settings: AppSettings
+    line_id: uuid.UUID,
+    body: LineStateReasonIn,
+    actor: Unfreezer,
+    db: DB,
+    settings: AppSettings,
+    request: Request,
 ) -> StateOut:
     """Back where the lifecycle's rules put it now: frozen if it was frozen when suspended;
     else `active` while its validity runs, in grace with a full grace period once it has
     ended (frozen with no grace period). 409 `line-not-suspended` for a line that is not
-    suspended. Audited (`line.resume`)."""
+    suspended. Audited (`line.resume`).
+
+    A staff member's act only, as unlocking an account: an API key (`accounts:write`, which may
+    suspend — that protects) is refused `403 resume-needs-a-person`, audited as `access.denied`,
+    and the line is left as it is — a tool resuming a line reported stolen would hand the SIM
+    back to whoever holds it, unseen. An unknown line is `404 line-not-found` to anyone."""
+    if actor.staff_id is None:
+        async with db.read() as s:
+            if await s.get(Line, line_id) is None:
+                raise LineNotFound(field="line_id")
+        path = request.url.path
+        await db.run(
+            lambda s: audit.record(
+                s, actor, "access.denied", target_type="line", target_id=line_id,
+                details={
+                    "permission": Permission.lines_unfreeze.value, "path": path,
+                    "reason": "a person only",
+                },
+            )
+        )  # fmt: skip
+        raise ResumeNeedsAPerson(field="line_id")
     policy = Policy.of(settings)
     line = await db.run(
         lambda s: money.resume_line(s, actor, line_id, body.reason, utcnow(), policy)

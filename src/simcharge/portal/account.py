@@ -117,6 +117,22 @@ class LineCard:
     terminate_days: int | None = None
     validity_ended: datetime | None = None
 
+    @property
+    def top_up(self) -> bool:
+        """Whether the card offers "Top up this line": not for a closed line, nor a suspended
+        one — a top-up is credited but does not resume it (its packages would run out unused);
+        its warning sends the customer to customer service instead."""
+        return LineState(self.line.state) not in (LineState.terminated, LineState.suspended)
+
+
+SUSPENDED_TOPUP = N_(
+    "This line is suspended: a top-up is credited but the line stays unusable until customer "
+    "service resumes it."
+)
+"""Said on the top-up page beside a suspended line of the customer's and on the review of its
+top-up: top-ups are accepted while a line is suspended (README "Line lifecycle"), but do not
+bring it back."""
+
 
 FROZEN_WARNINGS: dict[str, str] = {
     "topup": N_(
@@ -326,6 +342,7 @@ async def topup_form(
     chosen_line = line or (str(lines[0].id) if lines and not msisdn else "other")
     return render(
         request, page, "topup.html", lines=lines, plans=plans, methods=methods,
+        suspended_topup=SUSPENDED_TOPUP,
         fees={m.code: fee_text(m, page.language, page.locale) for m in methods},
         values={"line": chosen_line, "msisdn": msisdn[:32], "plan": plan or "",
                 "method": method or ""},
@@ -398,12 +415,18 @@ async def _review(
         plans, methods = await _catalog(request, db, page.language)
         return render(
             request, page, "topup.html", status=exc.status, lines=lines, plans=plans,
+            suspended_topup=SUSPENDED_TOPUP,
             methods=methods, fees={m.code: fee_text(m, page.language, page.locale) for m in methods},
             values=values, errors=errors, error=summary, headers=exc.headers,
         )
+    gift = target.account_id != account_id
     return render(
         request, page, "topup_review.html", status=status, q=q, choice=choice,
-        gift=target.account_id != account_id,
+        gift=gift,
+        # Only the payer's own line: a gift's receiver's state is not the payer's to know.
+        suspended=SUSPENDED_TOPUP
+        if not gift and LineState(target.state) is LineState.suspended
+        else None,
         plan_name=pick_text(q.plan.names, page.language),
         method_name=pick_text(q.method.names, page.language),
         quote=orders.sign_quote(settings.secret_key, q, account_id),

@@ -68,19 +68,31 @@ class Record:
 
 
 def masked(msisdn: str) -> str:
-    """Another customer's number as a record names it: the country code, the first digits and
-    the last four (`+1 415 ••• 0102`), enough to recognise a number one knows, not to learn
-    one. Nothing else of theirs (name, account) is shown."""
+    """Another customer's number as a record names it: the country code, then the national
+    number with at least half of its digits, and at least four, hidden — a dot each, the last
+    four places grouped (`+1 415 ••• ••02`, `+852 •••• ••67`): from ten digits on its first
+    three and last two to four (`+86 138 •••• ••78`), below ten the last two only. Enough to
+    recognise a number one knows, not to learn one (an 8-digit number with first three and
+    last four shown, as until the sixteenth round, left ten guesses). Nothing else of theirs
+    (name, account) is shown."""
     try:
         number = phonenumbers.parse(msisdn)
         country, national = number.country_code, phonenumbers.national_significant_number(number)
     except phonenumbers.NumberParseException:
-        country, national = None, msisdn.lstrip("+")
-    if len(national) < 8:
-        tail = national[-2:]
-        return f"+{country} ••• {tail}" if country else f"••• {tail}"
-    head = f"+{country} {national[:3]}" if country else national[:3]
-    return f"{head} ••• {national[-4:]}"
+        country, national = None, "".join(c for c in msisdn if c.isdigit())
+    n = len(national)
+    shown = max(0, min(n // 2, n - 4))
+    head = 3 if n >= 10 else 0
+    tail = min(4 if n >= 10 else 2, shown - head)
+    rest = national[head:]
+    dotted = "•" * (len(rest) - tail) + (rest[-tail:] if tail else "")
+    parts = [f"+{country}"] if country else []
+    if head:
+        parts.append(national[:head])
+    if len(dotted) > 4:
+        parts.append(dotted[:-4])
+    parts.append(dotted[-4:])
+    return " ".join(parts)
 
 
 def kind_of(code: str, credited: bool) -> str:
