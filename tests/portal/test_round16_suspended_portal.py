@@ -197,3 +197,33 @@ async def test_the_transfer_page_says_a_suspended_line_is_resumed_by_customer_se
     main = _main((await client.get(f"/account/lines/{me.line.id}/transfer")).text)
     assert "Only an active line can give balance. Top it up first." in main
     assert TRANSFER_SAYS not in main
+
+
+async def test_a_notice_from_before_the_suspension_leads_to_customer_service(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """A "line about to freeze" notice stored before the line was suspended offered "Top up
+    this line": a top-up would not bring it back. Now it leads to customer service; the same
+    notice of a line still active keeps its top-up."""
+    from simcharge.kit.clock import utcnow
+    from simcharge.notifications.models import Notice
+
+    me = await new_customer(db, settings)
+    other = await _second_line(db, me)
+
+    async def notices(s: AsyncSession) -> None:
+        for line in (me.line, other):
+            s.add(Notice(
+                account_id=me.account_id, template="line.freeze_warning", line_id=line.id,
+                params={"msisdn": line.msisdn, "days_left": 7,
+                        "freeze_on": utcnow().isoformat()},
+            ))  # fmt: skip
+
+    await db.run(notices)
+    await _suspend(client, db, settings, me.line.id)
+    sign_in(client, me)
+    page = await client.get("/account")
+    assert page.status_code == 200
+    assert f'href="/account/topup?line={me.line.id}"' not in page.text
+    assert f'href="/account/topup?line={other.id}"' in page.text
+    assert 'href="/account/help"' in page.text

@@ -230,6 +230,8 @@ async def dashboard(
     policy = Policy.of(settings)
     cards = [line_card(line, held.balances[line.id], now, policy) for line in lines]
     language = page.language
+    # A line suspended since a notice said it was running out: customer service, not a top-up.
+    suspended = frozenset(line.id for line in lines if line.state == LineState.suspended.value)
     shown = []
     for n in notices:
         title = notice_title(n.id, n.template, language, n.params,
@@ -237,7 +239,8 @@ async def dashboard(
         body = notice_body(n.id, n.template, language, n.params, page.zone, page.locale,
                            operator=settings.operator_name, base_url=settings.base_url)
         shown.append({"title": title, "at": n.created_at, "unread": n.read_at is None,
-                      "body": body, "action": notice_action(n.template, n.params, n.line_id)})
+                      "body": body,
+                      "action": notice_action(n.template, n.params, n.line_id, suspended)})
     added = request.query_params.get("added")
     return render(
         request, page, "dashboard.html", cards=cards, recent=recent, notices=shown,
@@ -288,16 +291,22 @@ _LINE_ACTION_NOTICES = frozenset({
 
 
 def notice_action(
-    name: str, params: dict[str, Any], line_id: uuid.UUID | None
+    name: str,
+    params: dict[str, Any],
+    line_id: uuid.UUID | None,
+    suspended: frozenset[uuid.UUID] = frozenset(),
 ) -> tuple[str, str] | None:
     """Where a notice's reader acts on it, from what it stored: the Security page for a
-    security alert, the order for an order's notice, the top-up of the line running out, the
-    questions for a ticket's; none otherwise."""
+    security alert, the order for an order's notice, the top-up of the line running out — or,
+    that line suspended since (`suspended`: a top-up would not bring it back), customer service
+    —, the questions for a ticket's; none otherwise."""
     if name.startswith("security."):
         return "/account/security", N_("Go to the Security page")
     if name.startswith("order.") and params.get("order_id"):
         return f"/account/orders/{params['order_id']}", N_("See the order")
     if name in _LINE_ACTION_NOTICES and line_id is not None:
+        if line_id in suspended:
+            return "/account/help", N_("Customer service")
         return f"/account/topup?line={line_id}", N_("Top up this line")
     if name.startswith("ticket."):
         return "/account/help", N_("All my questions")
