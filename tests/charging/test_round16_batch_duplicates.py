@@ -326,3 +326,33 @@ async def test_the_rule_does_not_depend_on_where_chunks_end(
             (ext, "sms", quantity, country) for ext, (_, country, quantity) in charged.items()
         ), size
     await assert_ledger_balanced(db)
+
+
+async def test_a_record_whose_detail_was_swept_is_still_a_duplicate(
+    db: Database, settings: Settings
+) -> None:
+    """The privacy sweep takes a usage record's detail away after
+    `SIMCHARGE_RETENTION_USAGE_DETAIL_DAYS` (no country, the start cut to its UTC day): the
+    same file imported again later is counted as duplicates — not refused as "charged before
+    for another record" — and another record under one of its ids is still refused."""
+    from simcharge.accounts.retention import sweep
+
+    t = await make_line(db, money=1000)
+    import_after_the_usage()
+    rows = [f"old1,{t.line.msisdn},sms,1,{soon(0)},US", f"old2,{t.supi},sms,1,{soon(5)},"]
+    first = await charge(db, settings, rows, 50)
+    assert counts(first) == (2, 0, 0), errors(first)
+    later = SOON + timedelta(days=settings.retention_usage_detail_days + 30)
+    assert (await sweep(db, settings, now=later)).changed["usage_records.detail"] == 2
+    async with db.read() as s:
+        kept = (await s.execute(select(UsageRecord.zone, UsageRecord.country))).all()
+    assert set(kept) == {("", None)}
+
+    clock.freeze(later)
+    again = await charge(db, settings, rows, 50)
+    assert counts(again) == (0, 2, 0), errors(again)
+    other = await charge(db, settings, [f"old1,{t.line.msisdn},sms,2,{soon(0)},US"], 50)
+    assert counts(other) == (0, 0, 1)
+    assert errors(other) == [(2, "id", "old1 was charged before for another record")]
+    assert (await balances(db, t.line)).wallet.available == 1000 - 2 * SMS
+    await assert_ledger_balanced(db)

@@ -996,9 +996,19 @@ def _same_as(record: Sequence[Any], found: tuple[Any, ...]) -> bool:
     """Whether a record (subscriber, service, quantity, start, country) is the one charged with
     `found` (`UsageRepository.charged_facts`)."""
     subscriber, service, quantity, started_at, country = record[:5]
-    f_service, f_quantity, f_started_at, f_country, msisdn, imsi = found
+    f_service, f_quantity, f_started_at, f_country, msisdn, imsi, f_zone = found
     if f_started_at.tzinfo is None:
         f_started_at = f_started_at.replace(tzinfo=UTC)
+    if f_zone == "":
+        # Its detail swept away (`SIMCHARGE_RETENTION_USAGE_DETAIL_DAYS`: no country, the start
+        # cut to its UTC day): the same record if all that is left agrees — an old file
+        # imported again is counted as duplicates, not refused.
+        return (
+            subscriber in (msisdn, imsi)
+            and service == f_service
+            and quantity == f_quantity
+            and started_at.astimezone(UTC).date() == f_started_at.date()
+        )
     return (
         subscriber in (msisdn, imsi)
         and service == f_service

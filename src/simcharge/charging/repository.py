@@ -83,7 +83,8 @@ class UsageRepository:
 
     async def charged_facts(self, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
         """What the usage records with these ids (hex text) were charged for: service,
-        quantity, started_at, country, and the line's MSISDN and IMSI — to tell a record
+        quantity, started_at, country, the line's MSISDN and IMSI, and the zone (`''` once the
+        privacy sweep took the record's detail away) — to tell a record
         imported again from another one under the same id. Only for records found charged
         (`charged_ids`): few, unless a file is imported again."""
         facts: dict[str, tuple[Any, ...]] = {}
@@ -95,6 +96,7 @@ class UsageRepository:
             usage_table.c.country,
             lines_table.c.msisdn,
             lines_table.c.imsi,
+            usage_table.c.zone,
         )
         for i in range(0, len(ids), _SLICE):
             part = [uuid.UUID(hex=h) for h in ids[i : i + _SLICE]]
