@@ -4,10 +4,11 @@ it the same way."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 
 from babel import Locale
-from babel.numbers import format_decimal
+from babel.numbers import format_decimal, format_percent
 
 from simcharge.kit.i18n import BABEL_LOCALES
 from simcharge.kit.money import format_money
@@ -30,6 +31,14 @@ def locale_for(language: str, locale: str | None) -> Locale:
     """The locale numbers are written and read in: a regional one (`es_MX`, a page's
     `Visitor.locale`), else the language's own."""
     return parsed_locale(locale) if locale is not None else locale_of(language)
+
+
+def percent_text(fraction: Decimal, loc: Locale) -> str:
+    """A fraction as a percentage in `loc`'s own pattern, with up to two decimals: "3.49%",
+    Spain's "3,49 %" (a no-break space before the sign, as CLDR writes it; until the sixteenth
+    round every locale got "#,##0.##%")."""
+    pattern = loc.percent_formats[None].pattern.replace("#,##0", "#,##0.##", 1)
+    return str(format_percent(fraction, pattern, locale=loc))
 
 
 def shown_number(amount: int, unit: str) -> int | float | None:

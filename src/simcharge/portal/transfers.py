@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-from babel.numbers import NumberFormatError, format_decimal, format_percent, parse_decimal
+from babel.numbers import NumberFormatError, format_decimal, parse_decimal
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -27,7 +27,7 @@ from simcharge.kit.money import (
 )
 from simcharge.kit.numbers import written_number as _written_number
 from simcharge.kit.translations import N_, translate
-from simcharge.kit.units import locale_for, units_text
+from simcharge.kit.units import locale_for, percent_text, units_text
 from simcharge.ledger.service import MAX_AMOUNT
 from simcharge.lines.service import line_balances
 from simcharge.portal.account import _uuid, require
@@ -257,7 +257,7 @@ def _number(value: Decimal, language: str, locale: str | None) -> str:
 
 
 def _percent(value: Decimal, language: str, locale: str | None) -> str:
-    return str(format_percent(value / 100, "#,##0.##%", locale=locale_for(language, locale)))
+    return percent_text(value / 100, locale_for(language, locale))
 
 
 @router.get("/account/lines/{line_id}/transfer")

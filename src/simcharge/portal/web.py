@@ -59,7 +59,7 @@ from simcharge.kit.i18n import (
 from simcharge.kit.moments import UTC_ZONE, day_in, is_zone, moment_text
 from simcharge.kit.money import format_money
 from simcharge.kit.translations import N_, translate, translations
-from simcharge.kit.units import locale_for, shown_count, units_text
+from simcharge.kit.units import locale_for, percent_text, shown_count, units_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -574,7 +574,7 @@ def fee_text(method: PaymentMethodView, language: str, locale: str | None = None
     loc = locale_for(language, locale)
     parts = []
     if Decimal(method.fee.percent):
-        parts.append(str(format_percent(Decimal(method.fee.percent) / 100, "#,##0.##%", locale=loc)))
+        parts.append(percent_text(Decimal(method.fee.percent) / 100, loc))
     parts += [format_money(m.minor, m.currency, loc) for m in method.fee.fixed if m.minor]
     return " + ".join(parts)
 
