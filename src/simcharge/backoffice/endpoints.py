@@ -105,7 +105,7 @@ from simcharge.backoffice.staff import (
     reset_staff_password,
     sign_in,
 )
-from simcharge.errors import FieldError, Forbidden, Refused, ValidationFailed
+from simcharge.errors import FieldError, Forbidden, Refused, SimchargeError, ValidationFailed
 from simcharge.kit.clock import utcnow
 from simcharge.kit.schemas import Instant
 from simcharge.kit.translations import N_
@@ -800,23 +800,43 @@ async def unlock_customer(
     ("lock my account") unlocks it with a code to a verified contact, or a person who spoke
     with them does; a tool unlocking it would undo their protection unseen. An unknown account
     is `404 customer-not-found` to anyone."""
-    if actor.staff_id is None:
-        async with db.read() as s:
-            if await s.get(Account, account_id) is None:
-                raise CustomerNotFound(field="account_id")
-        path = request.url.path
-        await db.run(
-            lambda s: audit.record(
-                s, actor, "access.denied", target_type="account", target_id=account_id,
-                details={
-                    "permission": Permission.accounts_unlock.value, "path": path,
-                    "reason": "a person only",
-                },
-            )
-        )  # fmt: skip
-        raise UnlockNeedsAPerson(field="account_id")
+    await _a_person_only(
+        db, actor, request, Account, account_id, "account", Permission.accounts_unlock,
+        missing=CustomerNotFound(field="account_id"),
+        refused=UnlockNeedsAPerson(field="account_id"),
+    )  # fmt: skip
     account = await db.run(lambda s: money.unlock(s, actor, account_id, utcnow()))
     return StateOut(id=account.id, state=account.status)
+
+
+async def _a_person_only(
+    db: DB,
+    actor: Actor,
+    request: Request,
+    model: type[Any],
+    target_id: uuid.UUID,
+    target_type: str,
+    permission: Permission,
+    *,
+    missing: SimchargeError,
+    refused: SimchargeError,
+) -> None:
+    """An act a staff member must do, not an API key (unlocking an account, resuming a line):
+    for a key, `missing` when the target does not exist (as for anyone), else the refusal
+    audited as `access.denied` and `refused` raised; nothing changed either way."""
+    if actor.staff_id is not None:
+        return
+    async with db.read() as s:
+        if await s.get(model, target_id) is None:
+            raise missing
+    path = request.url.path
+    await db.run(
+        lambda s: audit.record(
+            s, actor, "access.denied", target_type=target_type, target_id=target_id,
+            details={"permission": permission.value, "path": path, "reason": "a person only"},
+        )
+    )  # fmt: skip
+    raise refused
 
 
 @router.post("/lines/{line_id}/unfreeze", response_model=StateOut, summary="Unfreeze a line")
@@ -875,21 +895,10 @@ async def resume_line(
     suspend — that protects) is refused `403 resume-needs-a-person`, audited as `access.denied`,
     and the line is left as it is — a tool resuming a line reported stolen would hand the SIM
     back to whoever holds it, unseen. An unknown line is `404 line-not-found` to anyone."""
-    if actor.staff_id is None:
-        async with db.read() as s:
-            if await s.get(Line, line_id) is None:
-                raise LineNotFound(field="line_id")
-        path = request.url.path
-        await db.run(
-            lambda s: audit.record(
-                s, actor, "access.denied", target_type="line", target_id=line_id,
-                details={
-                    "permission": Permission.lines_unfreeze.value, "path": path,
-                    "reason": "a person only",
-                },
-            )
-        )  # fmt: skip
-        raise ResumeNeedsAPerson(field="line_id")
+    await _a_person_only(
+        db, actor, request, Line, line_id, "line", Permission.lines_unfreeze,
+        missing=LineNotFound(field="line_id"), refused=ResumeNeedsAPerson(field="line_id"),
+    )  # fmt: skip
     policy = Policy.of(settings)
     line = await db.run(
         lambda s: money.resume_line(s, actor, line_id, body.reason, utcnow(), policy)
