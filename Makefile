@@ -3,9 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PORT ?= 8000
+# A variable as `.env` sets it (the last line naming it; `export `, quotes and a trailing
+# ` # comment` as python-dotenv reads them), empty when it does not: what `simcharge serve` and
+# the settings read after the environment, so that `make run` says and serves the same.
+dotenv = $(shell [ -f .env ] && sed -n -E 's/^[[:space:]]*(export[[:space:]]+)?$(1)[[:space:]]*=[[:space:]]*//p' .env \
+  | tail -n 1 | sed -E -e "s/^'([^']*)'.*/\1/;t" -e 's/^"([^"]*)".*/\1/;t' -e 's/[[:space:]]+\#.*//;s/[[:space:]]+$$//')
+# The port: the command line's or the environment's, else `.env`'s, else 8000.
+PORT ?= $(or $(call dotenv,PORT),8000)
 export SIMCHARGE_DATABASE_URL ?= sqlite+aiosqlite:///var/simcharge.db
-export SIMCHARGE_BASE_URL ?= http://127.0.0.1:$(PORT)
+export SIMCHARGE_BASE_URL ?= $(or $(call dotenv,SIMCHARGE_BASE_URL),http://127.0.0.1:$(PORT))
 PYTEST_WORKERS ?= auto
 # The 25 slowest tests, printed after the summary: where the suite's time goes.
 PYTEST_ARGS ?= --durations=25

@@ -1279,7 +1279,8 @@ def privacy_sweep(
     "Docker's {\"log\": ...}; lines of other events or programs are passed over. Idempotent; "
     "audited (account.closure_reapplied). Exit 2 when the log cannot be read (nothing "
     "changed); exit 1 when no line of it is the application's JSON log (nothing changed), or "
-    "when an account.closed line names no account id (reported; the others applied).",
+    "when an account.closed line names no account id or carries no valid signature (reported "
+    "and passed over; the others applied).",
 )
 def privacy_reapply_closures(
     log_file: Annotated[
@@ -1288,6 +1289,16 @@ def privacy_reapply_closures(
     dry_run: Annotated[
         bool, typer.Option(help="Say which accounts would be closed again; change nothing.")
     ] = False,
+    accept_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unsigned",
+            help="DANGEROUS: also apply account.closed lines whose signature is missing or "
+            "does not verify (a log written before lines were signed, or under a secret key "
+            "no longer in SIMCHARGE_SECRET_KEY_PREVIOUS). Anyone who could write a line into "
+            "the log could have an account erased: read those lines first (--dry-run).",
+        ),
+    ] = False,
 ) -> None:
     from simcharge.accounts.closures import Reapplied, logged_closures, reapply
     from simcharge.backoffice import audit
@@ -1295,10 +1306,10 @@ def privacy_reapply_closures(
     settings = get_settings()
     try:
         if log_file == "-":
-            logged = logged_closures(sys.stdin)
+            logged = logged_closures(sys.stdin, settings.secret_keys)
         else:
             with open(log_file, encoding="utf-8") as lines:
-                logged = logged_closures(lines)
+                logged = logged_closures(lines, settings.secret_keys)
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"simcharge: cannot read the log {log_file}: {_briefly(exc)}", 2)
     if logged.written and not logged.ours:
@@ -1321,7 +1332,9 @@ def privacy_reapply_closures(
 
     async def run(db: Database) -> Reapplied:
         actor = audit.command_line_actor("privacy reapply-closures")
-        return await reapply(db, settings, logged, actor=actor, dry_run=dry_run)
+        return await reapply(
+            db, settings, logged, actor=actor, dry_run=dry_run, accept_unsigned=accept_unsigned
+        )
 
     done = _run(run)
     verb = "would close again" if dry_run else "closed again"
@@ -1331,14 +1344,36 @@ def privacy_reapply_closures(
         typer.echo(f"  {account_id}  closed already")
     for account_id in done.unknown:
         typer.echo(f"  {account_id}  not in the database (opened after the backup)")
+    for account_id in done.unsigned:
+        typer.echo(f"  {account_id}  passed over: no line of it carries a valid signature")
     typer.echo(
         f"{logged.lines} line(s) read, {len(logged.closed_at)} closure(s) logged: {verb} "
         f"{len(done.closed)}, closed already {len(done.already)}, not in the database "
         f"{len(done.unknown)}"
+        + (f", unsigned (passed over) {len(done.unsigned)}" if done.unsigned else "")
         + (f", naming no account id {len(logged.unreadable)}" if logged.unreadable else "")
     )
-    if logged.unreadable:
+    _say_unsigned(logged.unsigned, accept_unsigned)
+    if logged.unreadable or done.unsigned:
         raise typer.Exit(1)
+
+
+def _say_unsigned(numbers: list[int], accepted: bool) -> None:
+    """The `account.closed` lines whose signature is missing or does not verify, on stderr:
+    passed over, or (`--accept-unsigned`) applied all the same."""
+    if not numbers:
+        return
+    shown = ", ".join(str(n) for n in numbers[:10])
+    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+    said = (
+        "applied all the same (--accept-unsigned)" if accepted
+        else "passed over (a forged line, or one written before lines were signed: read them, "
+        "then --accept-unsigned)"
+    )
+    typer.secho(
+        f"simcharge: account.closed line(s) {shown}{more} carry no valid signature: {said}",
+        fg=typer.colors.RED, err=True,
+    )
 
 
 @secrets_app.command(

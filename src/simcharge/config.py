@@ -7,10 +7,18 @@ from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -345,92 +353,140 @@ class Settings(BaseSettings):
     wechatpay_platform_keys: dict[str, str] | None = None
     wechatpay_api_base: str | None = None
 
-    @model_validator(mode="after")
-    def _refuse_insecure_production(self) -> Settings:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem_at_once(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
         """Every problem at once, one line each (`settings_problems` splits them): an operator
-        fixing a production `.env` sees the whole list in one run, not one per start."""
-        problems: list[str] = []
+        fixing a production `.env` sees the whole list in one run, not one per start. A value
+        refused by its own field does not hide the checks across settings: they are made on
+        the other values (the refused ones at their defaults), leaving out each check that
+        reads a refused value (it would judge a value the operator did not write)."""
+        try:
+            settings = handler(data)
+        except ValidationError as exc:
+            refused = frozenset(str(e["loc"][0]) for e in exc.errors() if e.get("loc"))
+            if not refused or not isinstance(data, dict):
+                raise
+            try:
+                rest = handler({k: v for k, v in data.items() if k not in refused})
+            except ValidationError:
+                raise exc from None
+            problems = rest._problems_across(refused)
+            if not problems:
+                raise
+            across: InitErrorDetails = {
+                "type": "value_error", "loc": (), "input": data,
+                "ctx": {"error": ValueError("\n".join(problems))},
+            }
+            raise ValidationError.from_exception_data(
+                cls.__name__, [*_details(exc), across]
+            ) from None
+        problems = settings._problems_across(frozenset())
+        if problems:
+            raise ValueError("\n".join(problems))
+        return settings
+
+    def _problems_across(self, refused: frozenset[str]) -> list[str]:
+        """The checks across settings, each with the settings it reads: one that reads a value
+        in `refused` (refused by its own field, so here at its default) is left out."""
+        checks: list[tuple[tuple[str, ...], str]] = []
         if self.env is Environment.production:
             if (
                 self.secret_key == DEFAULT_SECRET_KEY
                 or len(self.secret_key) < MIN_SECRET_KEY_LENGTH
             ):
-                problems.append(
+                checks.append((("env", "secret_key"),
                     "SIMCHARGE_SECRET_KEY must be set to a random value of at least "
                     f"{MIN_SECRET_KEY_LENGTH} characters in production"
-                )
+                ))
             if any(
                 key == DEFAULT_SECRET_KEY or len(key) < MIN_SECRET_KEY_LENGTH
                 for key in self.secret_keys[1:]
             ):
-                problems.append(
+                checks.append((("env", "secret_key", "secret_key_previous"),
                     "SIMCHARGE_SECRET_KEY_PREVIOUS: each key must be a random value of at least "
                     f"{MIN_SECRET_KEY_LENGTH} characters in production"
-                )
+                ))
             if not self.base_url.startswith("https://"):
-                problems.append("SIMCHARGE_BASE_URL must be https:// in production")
+                checks.append((("env", "base_url"),
+                               "SIMCHARGE_BASE_URL must be https:// in production"))
             if not _url_host(self.base_url):
-                problems.append(
+                checks.append((("env", "base_url"),
                     "SIMCHARGE_BASE_URL must name the site's host in production "
                     "(https://charge.example.com)"
-                )
+                ))
             if self.sandbox_on and (
                 self.sandbox_secret.get_secret_value() == DEFAULT_SANDBOX_SECRET
                 or len(self.sandbox_secret.get_secret_value()) < MIN_SECRET_KEY_LENGTH
             ):
-                problems.append(
+                checks.append((("env", "sandbox_enabled", "sandbox_secret"),
                     "SIMCHARGE_SANDBOX_ENABLED in production needs SIMCHARGE_SANDBOX_SECRET set "
                     f"to a random value of at least {MIN_SECRET_KEY_LENGTH} characters"
-                )
+                ))
             if self.smtp_password and self.smtp_tls == "none":
-                problems.append(
+                checks.append((("env", "smtp_password", "smtp_tls"),
                     "SIMCHARGE_SMTP_TLS=none with SIMCHARGE_SMTP_PASSWORD would send the password "
                     "in plain text: use starttls or tls in production"
-                )
+                ))
 
         if self.sms_provider == "twilio" and not (
             self.twilio_account_sid and self.twilio_auth_token and self.twilio_from
         ):
-            problems.append(
+            checks.append((
+                ("sms_provider", "twilio_account_sid", "twilio_auth_token", "twilio_from"),
                 "SIMCHARGE_SMS_PROVIDER=twilio needs SIMCHARGE_TWILIO_ACCOUNT_SID, "
                 "SIMCHARGE_TWILIO_AUTH_TOKEN and SIMCHARGE_TWILIO_FROM"
-            )
+            ))
         if not self.lifecycle_warning_days or any(
             d < 1 or d > 365 for d in self.lifecycle_warning_days
         ):
-            problems.append("SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365")
+            checks.append((("lifecycle_warning_days",),
+                           "SIMCHARGE_LIFECYCLE_WARNING_DAYS must list days between 1 and 365"))
         if self.balance_transfer_min_amount > self.balance_transfer_max_amount:
-            problems.append("SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum")
-        try:
-            amounts_by_currency(self.adjustment_approval_currencies)
-        except ValueError as exc:
-            problems.append(f"SIMCHARGE_ADJUSTMENT_APPROVAL_CURRENCIES: {exc}")
-        try:
-            amounts_by_currency(self.tmf654_topup_max_amounts)
-        except ValueError as exc:
-            problems.append(f"SIMCHARGE_TMF654_TOPUP_MAX_AMOUNTS: {exc}")
+            checks.append((("balance_transfer_min_amount", "balance_transfer_max_amount"),
+                           "SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNT exceeds the maximum"))
+        for name in ("adjustment_approval_currencies", "tmf654_topup_max_amounts"):
+            try:
+                amounts_by_currency(getattr(self, name))
+            except ValueError as exc:
+                checks.append(((name,), f"SIMCHARGE_{name.upper()}: {exc}"))
         listed: set[str] = set()
         readable = True
-        for name in ("min_amounts", "max_amounts", "fee_fixed_amounts"):
+        per_currency = tuple(
+            f"balance_transfer_{name}" for name in ("min_amounts", "max_amounts", "fee_fixed_amounts")
+        )
+        for name in per_currency:
             try:
-                listed |= amounts_by_currency(getattr(self, f"balance_transfer_{name}")).keys()
+                listed |= amounts_by_currency(getattr(self, name)).keys()
             except ValueError as exc:
-                problems.append(f"SIMCHARGE_BALANCE_TRANSFER_{name.upper()}: {exc}")
+                checks.append(((name,), f"SIMCHARGE_{name.upper()}: {exc}"))
                 readable = False
         for currency in sorted(listed) if readable else ():
             low, high, _ = self.transfer_money_terms(currency)
             if low > high:
-                problems.append(
-                    f"SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNTS: {currency} exceeds its maximum"
-                )
+                checks.append((
+                    (*per_currency, "balance_transfer_min_amount", "balance_transfer_max_amount"),
+                    f"SIMCHARGE_BALANCE_TRANSFER_MIN_AMOUNTS: {currency} exceeds its maximum",
+                ))
         if self.balance_transfer_min_voice_minutes > self.balance_transfer_max_voice_minutes:
-            problems.append("SIMCHARGE_BALANCE_TRANSFER_MIN_VOICE_MINUTES exceeds the maximum")
+            checks.append((
+                ("balance_transfer_min_voice_minutes", "balance_transfer_max_voice_minutes"),
+                "SIMCHARGE_BALANCE_TRANSFER_MIN_VOICE_MINUTES exceeds the maximum",
+            ))
         if self.balance_transfer_min_data_mb > self.balance_transfer_max_data_mb:
-            problems.append("SIMCHARGE_BALANCE_TRANSFER_MIN_DATA_MB exceeds the maximum")
-        problems += self._passkey_problems() + self._private_key_problems()
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
+            checks.append((("balance_transfer_min_data_mb", "balance_transfer_max_data_mb"),
+                           "SIMCHARGE_BALANCE_TRANSFER_MIN_DATA_MB exceeds the maximum"))
+        checks += [
+            (("passkey_rp_id", "passkey_origins", "base_url"), problem)
+            for problem in self._passkey_problems()
+        ]
+        checks += [
+            ((name, f"{name}_file"), problem)
+            for name, problem in self._private_key_problems()
+        ]
+        return [problem for inputs, problem in checks if refused.isdisjoint(inputs)]
 
     @field_validator("charging_rating_groups")
     @classmethod
@@ -548,9 +604,10 @@ class Settings(BaseSettings):
         host = (urlsplit(self.base_url).hostname or "").lower()
         return host if _is_domain(host) else None
 
-    def _private_key_problems(self) -> list[str]:
+    def _private_key_problems(self) -> list[tuple[str, str]]:
+        """Each key given twice (value and file), with the setting's name."""
         return [
-            f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both"
+            (name, f"set SIMCHARGE_{name.upper()} or SIMCHARGE_{name.upper()}_FILE, not both")
             for name in ("alipay_private_key", "wechatpay_private_key")
             if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None
         ]
@@ -631,6 +688,14 @@ def settings_problems(exc: ValidationError) -> list[str]:
         else:  # the checks across settings: every problem found, one per line
             problems.extend(line for line in message.splitlines() if line)
     return problems
+
+
+def _details(exc: ValidationError) -> list[InitErrorDetails]:
+    """`exc`'s errors as they are raised again, with others (`Settings._every_problem_at_once`)."""
+    return [
+        {"type": e["type"], "loc": e["loc"], "input": e["input"], "ctx": e.get("ctx", {})}
+        for e in exc.errors()
+    ]
 
 
 def _url_host(url: str) -> str:

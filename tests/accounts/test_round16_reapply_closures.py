@@ -25,6 +25,7 @@ from simcharge import cli
 from simcharge.accounts import closures
 from simcharge.accounts.models import Account
 from simcharge.backoffice.models import AuditEntry
+from simcharge.config import get_settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
 from simcharge.lines.models import Line
@@ -104,12 +105,24 @@ async def _people(db: Database) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     return await db.run(run)
 
 
+def _signed(account_id: Any) -> dict[str, str]:
+    """What a closure's line carries since round 17 (`closures.note_closure`): `closed_at` and
+    its MAC under the command's secret key (none for a line naming no account id)."""
+    try:
+        signed_id = uuid.UUID(str(account_id))
+    except ValueError:
+        return {}
+    at = "2026-12-10T07:59:59+00:00"
+    return {"closed_at": at, "mac": closures.closure_mac(get_settings().secret_key, signed_id, at)}
+
+
 def _log(*ids: Any) -> str:
     lines = ['{"event": "http.request", "route": "/api/v1/me", "status": 200}', "not json",
              "", "uvicorn: started"]
     for i in ids:
         lines.append(json.dumps({"event": "account.closed", "account_id": str(i),
-                                 "level": "info", "timestamp": "2026-12-10T08:00:00Z"}))
+                                 "level": "info", "timestamp": "2026-12-10T08:00:00Z",
+                                 **_signed(i)}))
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +191,8 @@ def test_an_unreadable_log_changes_nothing(cli_env: str, tmp_path: Path) -> None
 
 def _closed_line(account_id: Any, **extra: Any) -> str:
     return json.dumps({"event": "account.closed", "account_id": str(account_id),
-                       "level": "info", "timestamp": "2026-12-10T08:00:00Z", **extra})
+                       "level": "info", "timestamp": "2026-12-10T08:00:00Z",
+                       **_signed(account_id), **extra})
 
 
 def test_a_damaged_line_is_reported_and_the_others_applied(

@@ -67,7 +67,7 @@ async def test_reports_count_what_happened(
     assert page.status_code == 200
     assert page.text.count("<svg") >= 4 and "<script" not in page.text
     r = await client.get("/backoffice/reports/topups.csv")
-    assert r.status_code == 200 and r.text.startswith("day,method,currency,topups")
+    assert r.status_code == 200 and r.text.startswith("day,method,provider,currency,topups")
     # bad periods
     for params in (
         {"from": "yesterday"},
@@ -151,12 +151,12 @@ async def test_top_ups_in_two_currencies_are_never_mixed(
     )
     rows = {(row["method"], row["currency"]): row for row in r.json()}
     none = {"topups": 0, "amount": 0, "fees": 0, "uncredited": 0, "uncredited_amount": 0,
-            "applied": 0, "applied_amount": 0, "refunded": 0, "chargebacks": 0,
-            "dispute_losses": 0, "time_zone": "UTC"}
+            "applied": 0, "applied_amount": 0, "refunded": 0, "refunded_fees": 0,
+            "chargebacks": 0, "dispute_losses": 0, "time_zone": "UTC", "provider": "sandbox"}
     assert rows == {
         ("sandbox", "USD"): {
             "day": today, "method": "sandbox", "currency": "USD", **none, "topups": 1,
-            "amount": 1050, "fees": 50, "refunded": 400, "net": 650,
+            "amount": 1050, "fees": 50, "refunded": 400, "refunded_fees": 19, "net": 650,
         },
         # the USD order paid in yuan: its yuan alone, none of its dollar fee or price
         ("sandbox", "CNY"): {
@@ -174,9 +174,9 @@ async def test_top_ups_in_two_currencies_are_never_mixed(
         params={"from": today, "to": today, "format": "csv"},
     )
     assert r.text.splitlines()[0] == (
-        "day,method,currency,topups,amount_minor,fees_minor,uncredited,"
-        "uncredited_amount_minor,applied,applied_amount_minor,refunded_minor,chargebacks_minor,"
-        "dispute_losses_minor,net_minor,time_zone"
+        "day,method,provider,currency,topups,amount_minor,fees_minor,uncredited,"
+        "uncredited_amount_minor,applied,applied_amount_minor,refunded_minor,refunded_fees_minor,"
+        "chargebacks_minor,dispute_losses_minor,net_minor,time_zone"
     )
     await web_sign_in(client, finance)
     page = await client.get("/backoffice/reports")

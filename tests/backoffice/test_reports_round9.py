@@ -292,7 +292,8 @@ async def test_report_csv_neutralises_text_from_the_data(
                              params={**params, **extra})
         assert r.status_code == 200, r.text
         assert "filename=\"topups-" in r.headers["content-disposition"]
-        got = {x["method"]: x for x in csv.DictReader(io.StringIO(r.text))}
+        got = {x["method"]: x for x in csv.DictReader(io.StringIO(r.text))
+               if x["method"] != "TOTAL"}  # the totals rows: test_round17_reports
         assert set(got) == {"'" + t for t in FORMULAS} | {"'-neg"}
         assert (got["'-neg"]["refunded_minor"], got["'-neg"]["net_minor"]) == ("300", "-300")
         r = await client.get(url.format("failures"), headers=finance.auth,

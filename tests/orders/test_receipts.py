@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from simcharge.config import Settings
 from simcharge.db import Database
+from simcharge.kit.clock import clock
 from simcharge.orders.models import Order
 from simcharge.orders.receipts import ReceiptFacts, needs_cjk_font, render_pdf
 from simcharge.orders.service import issue_receipt_number
@@ -93,22 +94,28 @@ async def test_the_receipt_prints_the_order_reference_in_fours(
 
 async def test_receipt_numbers_start_again_each_year(client: httpx.AsyncClient, db: Database,
                                                     settings: Settings) -> None:
-    """Numbered per year the order was credited: the first receipt of a new year is
-    `R<year>-000001`, and the old year's counter goes on where it was."""
+    """Numbered per year of issue (the moment the number is taken, `receipt_issued_at`): the
+    first receipt issued in a new year is `R<year>-000001`, whatever year the order was credited
+    in, and the old year's counter goes on where it was for one issued that year."""
     payer = await new_payer(db, settings)
     first = await _paid(client, settings, payer)
     year = int(first["receipt_number"][1:5])
-    # Two more orders credited, not yet numbered: one on New Year's Day, one the same year.
+    # Two more orders credited, not yet numbered.
     later = [await _paid(client, settings, payer) for _ in range(2)]
     ids = [uuid.UUID(o["id"]) for o in later]
+    await db.run(lambda s: s.execute(update(Order).where(Order.id.in_(ids))
+                                     .values(receipt_number=None, receipt_issued_at=None)))
     new_year = datetime(year + 1, 1, 1, 0, 0, 5, tzinfo=UTC)
-    await db.run(lambda s: s.execute(update(Order).where(Order.id == ids[0])
-                                     .values(fulfilled_at=new_year, receipt_number=None)))
-    await db.run(lambda s: s.execute(update(Order).where(Order.id == ids[1])
-                                     .values(receipt_number=None)))
-    numbers = [await db.run(lambda s, i=i: issue_receipt_number(s, i)) for i in ids]
-    assert numbers[0] == f"R{year + 1}-000001"
-    assert numbers[1] == f"R{year}-{int(later[1]['receipt_number'].rsplit('-', 1)[1]) + 1:06d}"
+    try:
+        clock.freeze(new_year)  # the first is issued on New Year's Day
+        in_new_year = await db.run(lambda s: issue_receipt_number(s, ids[0]))
+        clock.freeze(datetime(year, 12, 31, 23, 59, 0, tzinfo=UTC))  # the other the year before
+        in_old_year = await db.run(lambda s: issue_receipt_number(s, ids[1]))
+    finally:
+        clock.unfreeze()
+    assert in_new_year == f"R{year + 1}-000001"
+    assert in_old_year == f"R{year}-{int(later[1]['receipt_number'].rsplit('-', 1)[1]) + 1:06d}"
+    assert (await order_row(db, str(ids[0]))).receipt_issued_at == new_year
 
 
 async def test_a_chinese_receipt_has_its_glyphs(client: httpx.AsyncClient, db: Database,

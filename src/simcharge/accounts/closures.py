@@ -3,10 +3,17 @@
 again from the application's own log.
 
 The record that survives the restore is the log, shipped off the host: each closure writes the
-JSON line `{"event": "account.closed", "account_id": "…", "timestamp": "…"}` once its transaction
-has committed (`_log_committed_closures`: never for a closure rolled back, which did not happen).
-The closure's audit entry, security event and outbox job are in the database, and went back
-with it.
+JSON line `{"event": "account.closed", "account_id": "…", "closed_at": "…", "mac": "…",
+"timestamp": "…"}` once its transaction has committed (`_log_committed_closures`: never for a
+closure rolled back, which did not happen). The closure's audit entry, security event and outbox
+job are in the database, and went back with it.
+
+The line is signed: `mac` is an HMAC-SHA256 of the account id and `closed_at` under a key
+derived from `SIMCHARGE_SECRET_KEY` (`kit.crypto.keyed_hash`, purpose `log:account.closed`), so
+that whoever can write a line into the log cannot have an account erased. Only lines whose MAC
+verifies under the key ring (`SIMCHARGE_SECRET_KEY` and `_PREVIOUS`) are applied; the others —
+forged, damaged, or written before lines were signed — are listed and passed over, unless the
+operator says `--accept-unsigned` (for a log older than the signing, read by a person first).
 
 Closing again erases what `accounts.privacy.close_account` erases — without asking the
 password (the holder confirmed it when they closed) and without a confirmation message (they
@@ -36,33 +43,56 @@ from simcharge.backoffice.audit import Actor
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
+from simcharge.kit.crypto import Ring, as_ring, keyed_hash, keyed_hash_matches
 
 log = structlog.get_logger("simcharge.privacy")
 
 CLOSED_EVENT = "account.closed"
 """The log line's `event`: an account closed, by its id (`account_id`)."""
 _CLOSED_HERE = "simcharge.accounts_closed"
+MAC_PURPOSE = "log:account.closed"
+"""The purpose of the key that signs the line (`kit.crypto.derive_key`): its own key."""
 
 
 # --- the log line ----------------------------------------------------------------------------
 
 
+def closure_mac(secret: str, account_id: uuid.UUID, closed_at: str) -> str:
+    """The line's `mac`: what only the holder of the secret key can write for this account
+    and this time."""
+    return keyed_hash(secret, MAC_PURPOSE, f"{account_id} {closed_at}")
+
+
+def note_closure(
+    session: AsyncSession | Session, settings: Settings, account_id: uuid.UUID, now: datetime
+) -> None:
+    """The closure of `account_id`, signed, to be logged when (if) the transaction commits
+    (`accounts.privacy.erase_account`, where every closure is made)."""
+    closed_at = now.isoformat()
+    noted = session.info.setdefault(_CLOSED_HERE, {})
+    noted[account_id] = (closed_at, closure_mac(settings.secret_key, account_id, closed_at))
+
+
 @event.listens_for(Account, "after_update")
 def _note_closure(_mapper: Any, _connection: Any, account: Account) -> None:
     """An account whose status has just become `closed` is noted on its session, to be logged
-    when (if) the transaction commits."""
+    when (if) the transaction commits: unsigned if no `note_closure` signed it (a closure made
+    elsewhere than `erase_account` is still in the record, but not applied again unasked)."""
     history = inspect(account).attrs.status.history
     closed = AccountStatus.closed.value
     if closed in (history.added or ()) and closed not in (history.deleted or ()):
         session = object_session(account)
         if session is not None:
-            session.info.setdefault(_CLOSED_HERE, []).append(account.id)
+            noted = session.info.setdefault(_CLOSED_HERE, {})
+            noted.setdefault(account.id, (utcnow().isoformat(), None))
 
 
 @event.listens_for(Session, "after_commit")
 def _log_committed_closures(session: Session) -> None:
-    for account_id in session.info.pop(_CLOSED_HERE, ()):
-        log.info(CLOSED_EVENT, account_id=str(account_id))
+    noted: dict[uuid.UUID, tuple[str, str | None]] = session.info.pop(_CLOSED_HERE, {})
+    for account_id, (closed_at, mac) in noted.items():
+        signed = {"mac": mac} if mac else {}
+        log.info(CLOSED_EVENT, account_id=str(account_id), closed_at=closed_at, **signed)
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -87,6 +117,14 @@ class LoggedClosures:
     another shape, not one this reads."""
     unreadable: list[int] = field(default_factory=list)
     """Numbers of the `account.closed` lines whose `account_id` is no id (a damaged log)."""
+    signed: set[uuid.UUID] = field(default_factory=set)
+    """The closures of which a line's MAC verifies (`closed_at` then that line's time)."""
+    unsigned: list[int] = field(default_factory=list)
+    """Numbers of the `account.closed` lines whose MAC is missing or does not verify."""
+
+    def unsigned_closures(self) -> list[uuid.UUID]:
+        """The closures no line of which verifies: not applied without `--accept-unsigned`."""
+        return [a for a in self.closed_at if a not in self.signed]
 
 
 _WRAPPED = ("log", "MESSAGE")
@@ -139,13 +177,15 @@ def _is_ours(record: dict[str, Any]) -> bool:
     )
 
 
-def logged_closures(lines: Iterable[str]) -> LoggedClosures:
+def logged_closures(lines: Iterable[str], keys: Ring = ()) -> LoggedClosures:
     """The `account.closed` lines of the application's JSON log (stderr of the web and the
     worker, as shipped: one JSON object a line, bare, after a prefix — a time stamp, a host,
     a program — or inside a shipper's `{"log": …}`; Docker's pieces of a line longer than 16
     KiB joined again). Other lines — other events, other programs' lines, blank or not JSON —
     are passed over, and counted (`written`, `ours`): a log of which no line is the
-    application's is the wrong file, or the wrong format."""
+    application's is the wrong file, or the wrong format. `keys`: the key ring the lines' MACs
+    are verified with (none: no line verifies)."""
+    ring = as_ring(keys) if keys else ()
     found = LoggedClosures()
     pending = ""
     for number, raw in enumerate(lines, start=1):
@@ -176,8 +216,23 @@ def logged_closures(lines: Iterable[str]) -> LoggedClosures:
             found.unreadable.append(number)
             continue
         at = record.get("timestamp")
-        found.closed_at.setdefault(account_id, str(at) if at is not None else None)
+        logged_at = str(at) if at is not None else None
+        if _verifies(ring, account_id, record):
+            if account_id not in found.signed:  # the time of its first signed line
+                found.closed_at[account_id] = logged_at
+                found.signed.add(account_id)
+        else:
+            found.unsigned.append(number)
+        found.closed_at.setdefault(account_id, logged_at)
     return found
+
+
+def _verifies(ring: tuple[str, ...], account_id: uuid.UUID, record: dict[str, Any]) -> bool:
+    """Whether the line's `mac` signs its account and `closed_at` under a key of the ring."""
+    closed_at, mac = record.get("closed_at"), record.get("mac")
+    if not ring or not isinstance(closed_at, str) or not isinstance(mac, str):
+        return False
+    return keyed_hash_matches(ring, MAC_PURPOSE, f"{account_id} {closed_at}", mac)
 
 
 def _docker_piece(text: str) -> str | None:
@@ -204,6 +259,8 @@ class Reapplied:
     """Closed in the database already."""
     unknown: list[uuid.UUID] = field(default_factory=list)
     """Not in the database: opened after the backup, so nothing of theirs came back."""
+    unsigned: list[uuid.UUID] = field(default_factory=list)
+    """Passed over: no line of the closure carries a MAC that verifies."""
 
 
 async def erase(
@@ -232,17 +289,25 @@ async def reapply(
     *,
     actor: Actor,
     dry_run: bool = False,
+    accept_unsigned: bool = False,
 ) -> Reapplied:
     """Close again each account the log says was closed and the database holds open: one
-    transaction each, the account locked as a closure locks it. `dry_run`: say which, change
+    transaction each, the account locked as a closure locks it. Only a closure a signed line
+    names (`LoggedClosures.signed`), unless `accept_unsigned` (dangerous: anyone who could
+    write a line into the log could have an account erased). `dry_run`: say which, change
     nothing."""
     from simcharge.backoffice import audit
 
     done = Reapplied()
     for account_id, closed_at in logged.closed_at.items():
+        signed = account_id in logged.signed
+        if not signed and not accept_unsigned:
+            done.unsigned.append(account_id)
+            continue
 
         async def one(s: AsyncSession, account_id: uuid.UUID = account_id,
-                      closed_at: str | None = closed_at) -> list[uuid.UUID]:
+                      closed_at: str | None = closed_at,
+                      signed: bool = signed) -> list[uuid.UUID]:
             stmt = select(Account).where(Account.id == account_id)
             if not dry_run:
                 stmt = stmt.with_for_update()
@@ -257,7 +322,8 @@ async def reapply(
             counts = await erase(s, settings, account, now)
             await audit.record(
                 s, actor, "account.closure_reapplied", target_type="account",
-                target_id=account.id, details={"logged_at": closed_at, **counts}, now=now,
+                target_id=account.id,
+                details={"logged_at": closed_at, "signed": signed, **counts}, now=now,
             )
             return done.closed
 
@@ -269,6 +335,7 @@ async def reapply(
         which.append(account_id)
     log.info(
         "privacy.closures_reapplied", dry_run=dry_run, closed=len(done.closed),
-        already=len(done.already), unknown=len(done.unknown),
+        already=len(done.already), unknown=len(done.unknown), unsigned=len(done.unsigned),
+        accept_unsigned=accept_unsigned,
     )
     return done

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from simcharge.accounts.closures import note_closure
 from simcharge.accounts.models import Account, AccountStatus
 from simcharge.accounts.retention import (
     PERSONAL_JOB_KINDS,
@@ -660,7 +661,12 @@ async def erase_account(
     notices deleted; the sessions and security events kept for the record without their
     address and device; the finished outbox jobs without their addresses and texts; the open
     tickets closed; the username a tombstone, the contacts, the display name, the password and
-    the TOTP secret erased. One place, so that the two never drift apart."""
+    the TOTP secret erased. One place, so that the two never drift apart.
+
+    A line suspended as lost or stolen goes back to stock still suspended: whoever attaches it
+    next proves only that they receive its SMS — possibly the thief holding the profile — so
+    customer service resumes it once the eSIM profile is replaced. The closure's log line is
+    signed (`accounts.closures.note_closure`), for `privacy reapply-closures` after a restore."""
     detached = await session.execute(
         update(Line)
         .where(Line.account_id == account.id)
@@ -700,7 +706,9 @@ async def erase_account(
     account.locked_at = account.lock_reason = None
     account.status = AccountStatus.closed.value
     account.updated_at = now
+    note_closure(session, settings, account.id, now)
     await session.flush()
     return Closed(
         lines_detached=lines_detached, sessions_ended=ended, tickets_closed=tickets_closed
     )
+

@@ -23,8 +23,9 @@ from simcharge.auth.models import AuthSession, SecurityEvent
 from simcharge.backoffice.models import Adjustment
 from simcharge.backoffice.orders import OrderPanel, order_panel
 from simcharge.charging.models import TariffVersion, UsageRecord
-from simcharge.db import dialect_name
+from simcharge.db import dialect_name, older_than
 from simcharge.errors import FieldError, NotFound, ValidationFailed
+from simcharge.kit.fold import fold
 from simcharge.kit.phone import national_e164
 from simcharge.kit.translations import N_
 from simcharge.ledger.models import LedgerAccount, LedgerTransfer
@@ -40,6 +41,10 @@ MAX_RESULTS = 50
 TICKETS_SHOWN = 50
 """The latest tickets a customer's view lists; the ticket queue filtered by the customer has
 them all (a customer with thousands made the page megabytes)."""
+ADJUSTMENTS_SHOWN = 50
+"""The latest adjustments a customer's view lists, as `TICKETS_SHOWN`: all of them are a list
+of their own, a page at a time (`adjustments_of`: `/backoffice/customers/{id}/adjustments`,
+`GET /admin/customers/{id}/adjustments`)."""
 
 
 class CustomerNotFound(NotFound):
@@ -236,17 +241,19 @@ async def find_customers(
         .where(or_(Refund.reference == upper, Refund.provider_refund_id == q)),
     ]
     exact = await collect(Account.id.in_(union_all(*named)))
-    # Named in part: a substring of a name, username or e-mail (both sides lowered alike — not
-    # `casefold`, which no database has: "Weiß" → "weiss"), digits of a number.
+    # Named in part: a substring of a username or e-mail (both sides lowered alike), of a name
+    # (both sides folded alike by `fold`, the name's when it was written: its stored
+    # `display_name_folded` — "Garcia" finds "García", and the reverse), digits of a number.
+    # Usernames are ASCII and e-mail addresses as good as: folding them too would only cost
+    # every row more work.
     pattern = _like(lowered)
-    partial = await collect(
-        or_(
-            *(
-                _lower(s, c).like(pattern, escape="\\")
-                for c in (Account.username, Account.display_name, Account.email)
-            )
-        )
-    )
+    in_part = [
+        _lower(s, c).like(pattern, escape="\\") for c in (Account.username, Account.email)
+    ]
+    folded = fold(q)
+    if folded:  # a query of marks alone folds to nothing, which every name contains
+        in_part.append(Account.display_name_folded.like(_like(folded), escape="\\"))
+    partial = await collect(or_(*in_part))
     if numbers:
 
         def matching(column: Any) -> ColumnElement[bool]:
@@ -555,6 +562,9 @@ class CustomerView:
     tickets_total: int
     """How many tickets the customer has."""
     adjustments: list[Adjustment]
+    """The latest `ADJUSTMENTS_SHOWN` to the customer's lines, latest first."""
+    adjustments_total: int
+    """How many adjustments there are to the customer's lines."""
 
 
 async def credited_after_grant(s: AsyncSession, buckets: Sequence[Bucket]) -> dict[uuid.UUID, int]:
@@ -643,16 +653,10 @@ async def customer_view(
                 select(func.count()).select_from(Ticket).where(Ticket.account_id == account_id)
             )
         ).scalar_one()
-    line_ids = [f.line.id for f in lines]
-    adjustments = list(
-        (
-            await s.execute(
-                select(Adjustment)
-                .where(Adjustment.line_id.in_(line_ids))
-                .order_by(Adjustment.created_at.desc())
-            )
-        ).scalars()
-    )
+    adjustments = await adjustments_of(s, account_id, limit=ADJUSTMENTS_SHOWN)
+    adjustments_total = len(adjustments)
+    if adjustments_total == ADJUSTMENTS_SHOWN:
+        adjustments_total = await count_adjustments(s, account_id)
     return CustomerView(
         account=account,
         lines=lines,
@@ -664,4 +668,32 @@ async def customer_view(
         tickets=tickets,
         tickets_total=tickets_total,
         adjustments=adjustments,
+        adjustments_total=adjustments_total,
     )
+
+
+def _adjustments_where(account_id: uuid.UUID) -> ColumnElement[bool]:
+    """Adjustments to the lines the customer holds now (as their page shows those lines)."""
+    return Adjustment.line_id.in_(select(Line.id).where(Line.account_id == account_id))
+
+
+async def adjustments_of(
+    s: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    before: datetime | None = None,
+    before_id: uuid.UUID | None = None,
+) -> list[Adjustment]:
+    """A page of the adjustments to a customer's lines, latest first (`ix_adjustments_line_id`:
+    line, time); the next page: `before`, `before_id` of the last one."""
+    stmt = select(Adjustment).where(_adjustments_where(account_id))
+    if before is not None:
+        stmt = stmt.where(older_than(Adjustment.created_at, Adjustment.id, before, before_id))
+    stmt = stmt.order_by(Adjustment.created_at.desc(), Adjustment.id.desc()).limit(limit)
+    return list((await s.execute(stmt)).scalars())
+
+
+async def count_adjustments(s: AsyncSession, account_id: uuid.UUID) -> int:
+    stmt = select(func.count()).select_from(Adjustment).where(_adjustments_where(account_id))
+    return int((await s.execute(stmt)).scalar_one())

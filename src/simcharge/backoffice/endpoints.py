@@ -42,6 +42,7 @@ from simcharge.backoffice.catalog import (
     tariff_versions,
 )
 from simcharge.backoffice.customers import (
+    ADJUSTMENTS_SHOWN,
     MAX_RESULTS,
     CustomerNotFound,
     LineFacts,
@@ -383,15 +384,24 @@ async def _staff_ticket(s: AsyncSession, ticket: Ticket, *, with_messages: bool)
     )
 
 
-@router.get("/tickets", response_model=list[StaffTicketOut], summary="Tickets, latest first")
+@router.get(
+    "/tickets",
+    response_model=list[StaffTicketOut],
+    summary="Tickets, latest first, or in the queue's order (`order=waiting`)",
+)
 async def list_tickets(
     actor: TicketWorker,
+    _known: KnownQueryOnly,
     db: DB,
     status: TicketStatus | None = None,
     priority: TicketPriority | None = None,
     assignee: Annotated[str | None, Query(max_length=64, description="A staff username")] = None,
     account_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,
+    order: Annotated[
+        tickets.QueueOrder,
+        Query(description="`latest` (activity), or `waiting`: the back office's queue order"),
+    ] = tickets.QueueOrder.latest,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[
         Instant | None,
@@ -400,9 +410,24 @@ async def list_tickets(
     before_id: Annotated[
         uuid.UUID | None, Query(description="… and its `id` (tickets updated at the same time)")
     ] = None,
+    after_priority: Annotated[
+        TicketPriority | None,
+        Query(description="`order=waiting`, a page that ended on an `open` ticket: its priority…"),
+    ] = None,
+    after: Annotated[Instant | None, Query(description="… its `updated_at`…")] = None,
+    after_id: Annotated[uuid.UUID | None, Query(description="… and its `id`")] = None,
 ) -> list[StaffTicketOut]:
     """Latest activity first, `limit` at a time: a full page is followed by the next one with
-    `before` and `before_id` of its last ticket."""
+    `before` and `before_id` of its last ticket.
+
+    `order=waiting` is the queue page's order: the tickets waiting for customer service
+    (`open`) first — urgent, high, normal, low, each the longest waiting first — then all the
+    others, latest activity first. Its next page: after a page whose last ticket is `open`,
+    `after_priority`, `after` and `after_id` of that ticket; after one whose last ticket is
+    not, `before` and `before_id` as in `latest`. An order that is neither is `422
+    validation-error` naming `order`; `after…` without `order=waiting`, or not all three, is
+    one naming the parameter at fault."""
+    waited = _waiting_after(order, after_priority, after, after_id)
     async with db.read() as s:
         assignee_id = None
         if assignee:
@@ -420,6 +445,8 @@ async def list_tickets(
             limit=limit,
             before=before,
             before_id=before_id,
+            order=order,
+            after=waited,
         )
         found = [await _staff_ticket(s, t, with_messages=False) for t in rows]
     filters = audit.read_details(
@@ -429,9 +456,33 @@ async def list_tickets(
         assignee=assignee,
         account_id=account_id,
         order_id=order_id,
+        order=order.value if order is not tickets.QueueOrder.latest else None,
     )
     await audit.record_read(db, actor, "ticket.list", details=filters)
     return found
+
+
+def _waiting_after(
+    order: tickets.QueueOrder,
+    priority: TicketPriority | None,
+    at: datetime | None,
+    ticket_id: uuid.UUID | None,
+) -> tickets.WaitingAfter | None:
+    """Where a page of `order=waiting` ended among the open tickets — all three parts, and only
+    in that order: a part missing would restart the queue from its top, and in `latest` order
+    the cursor would be ignored, each answering a page that looks like the next one."""
+    given = {"after_priority": priority, "after": at, "after_id": ticket_id}
+    if not any(v is not None for v in given.values()):
+        return None
+    if order is not tickets.QueueOrder.waiting:
+        name = next(k for k, v in given.items() if v is not None)
+        raise ValidationFailed(N_("Only with order=waiting."), field=name)
+    if priority is None or at is None or ticket_id is None:
+        missing = next(k for k, v in given.items() if v is None)
+        raise ValidationFailed(
+            N_("Give after_priority, after and after_id together."), field=missing
+        )
+    return tickets.WaitingAfter(priority.value, at, ticket_id)
 
 
 @router.get("/tickets/{ticket_id}", response_model=StaffTicketDetailOut, summary="One ticket")
@@ -655,6 +706,7 @@ def _balances_out(f: LineFacts) -> dict[str, Any]:
 )
 async def find_customers(
     actor: CustomerReader,
+    _known: KnownQueryOnly,
     db: DB,
     settings: AppSettings,
     response: Response,
@@ -688,14 +740,28 @@ async def find_customers(
     ]
 
 
+class CustomerFullViewOut(CustomerViewOut):
+    adjustments: list[dict[str, Any]] = Field(
+        description=f"The latest {ADJUSTMENTS_SHOWN}, latest first; all of them: "
+        "`GET /admin/customers/{account_id}/adjustments`"
+    )
+    adjustments_total: int = Field(description="How many adjustments the customer's lines have")
+
+
 @router.get(
-    "/customers/{account_id}", response_model=CustomerViewOut, summary="A customer's full view"
+    "/customers/{account_id}",
+    response_model=CustomerFullViewOut,
+    summary="A customer's full view",
 )
-async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> CustomerViewOut:
+async def get_customer(
+    account_id: uuid.UUID, actor: CustomerReader, db: DB
+) -> CustomerFullViewOut:
+    """The latest 50 tickets and adjustments (`tickets_total`, `adjustments_total` say how many
+    there are; each has a list of its own)."""
     async with db.read() as s:
         v = await customer_view(s, account_id)
     await audit.record_read(db, actor, "customer.view", target_type="account", target_id=account_id)
-    return CustomerViewOut(
+    return CustomerFullViewOut(
         account=CustomerOut.model_validate(v.account),
         lines=[
             {
@@ -750,7 +816,43 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
         adjustments=[
             AdjustmentOut.model_validate(a).model_dump(mode="json") for a in v.adjustments
         ],
+        adjustments_total=v.adjustments_total,
     )
+
+
+@router.get(
+    "/customers/{account_id}/adjustments",
+    response_model=list[AdjustmentOut],
+    summary="The adjustments to a customer's lines, latest first",
+)
+async def list_customer_adjustments(
+    account_id: uuid.UUID,
+    actor: CustomerReader,
+    _known: KnownQueryOnly,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[
+        Instant | None,
+        Query(description="The next page: the `created_at` of the last adjustment seen…"),
+    ] = None,
+    before_id: Annotated[
+        uuid.UUID | None, Query(description="… and its `id` (adjustments made at the same time)")
+    ] = None,
+) -> list[AdjustmentOut]:
+    """All of them, `limit` at a time (the customer's view lists the latest 50): a full page is
+    followed by the next one with `before` and `before_id` of its last adjustment. No such
+    customer: `404 customer-not-found`. Audited as `adjustment.list`."""
+    async with db.read() as s:
+        if await s.get(Account, account_id) is None:
+            raise CustomerNotFound(field="account_id")
+        rows = await customers.adjustments_of(
+            s, account_id, limit=limit, before=before, before_id=before_id
+        )
+    await audit.record_read(
+        db, actor, "adjustment.list", target_type="account", target_id=account_id,
+        details={"found": len(rows)},
+    )  # fmt: skip
+    return [AdjustmentOut.model_validate(a) for a in rows]
 
 
 @router.get(
@@ -761,6 +863,7 @@ async def get_customer(account_id: uuid.UUID, actor: CustomerReader, db: DB) -> 
 async def get_line_usage(
     line_id: uuid.UUID,
     actor: CustomerReader,
+    _known: KnownQueryOnly,
     db: DB,
     service: Literal["voice", "data", "sms"] | None = None,
     start: FirstDay = None,
@@ -945,7 +1048,9 @@ async def adjust_line(
 @router.get(
     "/adjustments", response_model=list[AdjustmentOut], summary="Adjustments awaiting approval"
 )
-async def waiting_adjustments(actor: Adjuster, db: DB) -> list[AdjustmentOut]:
+async def waiting_adjustments(
+    actor: Adjuster, _known: KnownQueryOnly, db: DB
+) -> list[AdjustmentOut]:
     async with db.read() as s:
         return [AdjustmentOut.model_validate(a) for a in await money.pending_adjustments(s)]
 
@@ -991,6 +1096,7 @@ async def resend_credit_note(refund_id: uuid.UUID, actor: Resender, db: DB) -> N
 )
 async def attention(
     actor: AttentionReader,
+    _known: KnownQueryOnly,
     db: DB,
     settings: AppSettings,
     flag: Annotated[
@@ -1068,7 +1174,10 @@ async def put_catalog_entry(
     summary="A tariff's versions, newest first, with when each was in force",
 )
 async def get_tariff_versions(
-    code: Annotated[str, Path(max_length=64)], actor: CatalogReader, db: DB
+    code: Annotated[str, Path(max_length=64)],
+    actor: CatalogReader,
+    _known: KnownQueryOnly,
+    db: DB,
 ) -> list[TariffVersionOut]:
     async with db.read() as s:
         found = await tariff_versions(s, code)
@@ -1135,6 +1244,7 @@ async def _report(
 )
 async def get_trial_balance(
     actor: LedgerReader,
+    _known: KnownQueryOnly,
     db: DB,
     settings: AppSettings,
     start: ReportFirstDay = None,
@@ -1158,6 +1268,7 @@ async def get_trial_balance(
 async def get_report(
     name: Literal["topups", "conversion", "failures", "lines"],
     actor: ReportReader,
+    _known: KnownQueryOnly,
     db: DB,
     settings: AppSettings,
     start: ReportFirstDay = None,
@@ -1166,12 +1277,13 @@ async def get_report(
 ) -> Any:
     """Days are the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, UTC by default): `from` and `to`
     are its dates, each row's `day` is one, and each row names the zone (`time_zone`).
-    `topups`: read from the ledger alone, per day the ledger posted the money, method and
-    currency — top-ups (orders credited), money taken, fees, orders paid but never credited and
-    their money, what finance put on a balance (on the day it did), refunded, chargebacks
-    (disputes lost, reversals), dispute losses, and net: what the providers' clearing accounts
-    moved that day (amounts of different currencies are never added up). A day's figures never
-    change afterwards.
+    `topups`: read from the ledger alone, per day the ledger posted the money, method, provider
+    (one clearing account) and currency — top-ups (orders credited), money taken, fees, orders
+    paid but never credited and their money, what finance put on a balance (on the day it did),
+    refunded, the fees given back (refunded fees), chargebacks (disputes lost, reversals),
+    dispute losses, and net: what the providers' clearing accounts moved that day (amounts of
+    different currencies are never added up; the CSV ends with a `TOTAL` row per currency). A
+    day's figures never change afterwards.
     `conversion`: per day — orders created, paid, rate. `failures`: per day, method and state
     (failed, cancelled, expired). `lines`: lines per lifecycle state now.
     The trial balance: `GET /admin/reports/trial-balance`.
@@ -1205,7 +1317,7 @@ async def _one_staff_out(s: AsyncSession, st: StaffUser) -> StaffOut:
 
 
 @router.get("/staff", response_model=list[StaffOut], summary="Staff members")
-async def list_staff(actor: StaffAdmin, db: DB) -> list[StaffOut]:
+async def list_staff(actor: StaffAdmin, _known: KnownQueryOnly, db: DB) -> list[StaffOut]:
     async with db.read() as s:
         rows = (await s.execute(select(StaffUser).order_by(StaffUser.username))).scalars().all()
         counts = await passkey_counts(s)
@@ -1274,7 +1386,7 @@ async def reset_staff_member_password(
     summary="A staff member's passkeys, oldest first",
 )
 async def list_staff_passkeys(
-    staff_id: uuid.UUID, actor: StaffAdmin, db: DB
+    staff_id: uuid.UUID, actor: StaffAdmin, _known: KnownQueryOnly, db: DB
 ) -> list[StaffPasskeyOut]:
     """Name, when it was added and last used, its transports; never its public key or
     credential id. No such member: `404 staff-member-not-found`."""
@@ -1373,6 +1485,7 @@ its integer), far beyond any key count."""
 @router.get("/api-keys", response_model=list[ApiKeyOut], summary="API keys, newest first")
 async def list_keys(
     actor: KeyAdmin,
+    _known: KnownQueryOnly,
     db: DB,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

@@ -139,14 +139,21 @@ def period(
 
 @dataclass(frozen=True, slots=True)
 class TopupRow:
-    """One day, method and currency, read from the ledger: what its transfers through the
-    providers' `clearing` accounts (and the `applied` ones) moved that day. Amounts of different
+    """One day, method, provider and currency, read from the ledger: what its transfers through
+    one of the providers' `clearing` accounts (`clearing:<provider>:<currency>`, and the
+    `applied` ones of its orders) moved that day — so a row reconciles with one provider's
+    statement, even when a method was re-pointed to another provider. Amounts of different
     currencies are never added up: a row is the currency the transfers were in."""
 
     day: date
     """The operator's day the ledger posted the transfers (their `created_at`), whatever day
     the provider says the payment or refund happened: a day's figures never change later."""
     method: str
+    """The order's payment method (empty for a transfer that names no order)."""
+    provider: str
+    """The provider whose clearing account the money went through (`stripe`…): the key's middle
+    part, the order's `provider` when the order was placed. For `applied`, which does not go
+    through clearing, the clearing account its held money was taken into."""
     currency: str
     topups: int
     """Orders credited that day (their `topup` transfer: clearing → `revenue:sales`)."""
@@ -171,7 +178,12 @@ class TopupRow:
     refunded: int
     """Refunds whose money left clearing that day (`refund`, `refund_fee`): ours once the
     provider confirmed them, those made at the provider once recorded (or once their payment
-    was) — not lost disputes."""
+    was) — not lost disputes. The sale and the fee given back together, as `amount` holds both."""
+    refunded_fees: int
+    """The payment fees given back that day (`refund_fee` transfers: `revenue:fees` → clearing),
+    by refunds and chargebacks alike: a part of `refunded` + `chargebacks`, as `fees` is of
+    `amount`, not a sum beside them. `fees` − `refunded_fees` is the day's fee income (what
+    `revenue:fees` kept)."""
     chargebacks: int
     """Disputes lost (and PayPal's reversals), recorded as refunds by the provider: the part
     of their money that was left to refund, out of clearing that day."""
@@ -180,7 +192,8 @@ class TopupRow:
     `loss:disputes`), the payer paid twice."""
     net: int
     """`amount` + `uncredited_amount` − `refunded` − `chargebacks` − `dispute_losses`: the
-    movement of the providers' clearing accounts that day."""
+    movement of the provider's clearing account that day (`refunded_fees` is within `refunded`
+    and `chargebacks`, so not taken off again)."""
     time_zone: str = "UTC"
     """The zone whose days `day` counts (`SIMCHARGE_OPERATOR_TIMEZONE`)."""
 
@@ -258,7 +271,7 @@ def referenced_id(s: AsyncSession, reference: Any, prefix: str) -> ColumnElement
 def _chargeback() -> ColumnElement[bool]:
     """A refund recorded for a lost dispute (`reversals.record_lost_dispute`, its key names the
     dispute) or a reversal the provider settled (PayPal's `PAYMENT.CAPTURE.REVERSED`: its reason
-    says so, as `reversals._names_a_reversal` reads it)."""
+    says so, as `refunds.names_a_reversal` reads it)."""
     return and_(
         Refund.requested_by.startswith(PROVIDER),
         or_(
@@ -268,36 +281,52 @@ def _chargeback() -> ColumnElement[bool]:
     )
 
 
+def _provider_of(s: AsyncSession, key: Any) -> ColumnElement[str]:
+    """The provider a clearing account's key names (`clearing:<provider>:<CUR>[#shard]`), in
+    SQL, to group by. Its words are literals, not bound parameters: PostgreSQL would take two
+    bound copies in the select list and the `GROUP BY` for two different expressions."""
+    if dialect_name(s) == "postgresql":
+        return func.split_part(key, literal_column("':'"), literal_column("2"))
+    one: ColumnElement[int] = literal_column("1")
+    colon: ColumnElement[str] = literal_column("':'")
+    rest = func.substr(key, literal_column(str(len("clearing:") + 1)))
+    return func.substr(rest, one, func.instr(rest, colon) - one)
+
+
 async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
-    """Per operator's day, method and currency, from the ledger alone: the transfers through
-    the providers' `clearing` accounts (and the `applied` ones) posted within the period, by
-    their own `created_at` and code — never the provider's `paid_at` or an order's state today,
-    so a period's figures never change once it is over (the ledger's rows are immutable and
-    each is posted at the time it is written). Grouped in SQL: a few rows a day.
+    """Per operator's day, method, provider and currency, from the ledger alone: the transfers
+    through the providers' `clearing` accounts (and the `applied` ones) posted within the
+    period, by their own `created_at` and code — never the provider's `paid_at` or an order's
+    state today, so a period's figures never change once it is over (the ledger's rows are
+    immutable and each is posted at the time it is written). Grouped in SQL: a few rows a day.
 
     Into clearing (debited): `topup` (a sale: `topups`, `amount`), `fee` (`amount`, `fees`),
     `unapplied` (money taken and not credited: `uncredited`, `uncredited_amount`). Out of it
     (credited): `refund`, `refund_fee` (`refunded`, or `chargebacks` for a lost dispute's or a
-    reversal's refund), `dispute_loss` (`dispute_losses`). `net` is their difference: the
-    clearing accounts' movement, to the minor unit; a transfer of another code, should one
-    appear, counts in `amount` or `refunded` by its side so that `net` stays so. The method is
-    the order's, found by the transfer's reference (a refund: its order's)."""
-    acc: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
+    reversal's refund; `refund_fee` also in `refunded_fees`), `dispute_loss`
+    (`dispute_losses`). `net` is their difference: the clearing account's movement, to the
+    minor unit; a transfer of another code, should one appear, counts in `amount` or `refunded`
+    by its side so that `net` stays so. The method is the order's, found by the transfer's
+    reference (a refund: its order's); the provider is the clearing account's (for `applied`,
+    outside clearing, the order's, whose clearing account took the money)."""
+    acc: dict[tuple[date, str, str, str], Counter[str]] = defaultdict(Counter)
     t = LedgerTransfer
     clearing = aliased(LedgerAccount)
     day = _local_day(s, t.created_at, p).label("day")
+    provider = _provider_of(s, clearing.key).label("provider")
     in_period = (t.kind.in_(MOVED), t.created_at >= p.since, t.created_at < p.until)
     order_of = referenced_id(s, t.reference, "order:")
     money_in = await s.execute(
-        select(day, Order.method_code, t.unit, t.code, func.count(), func.sum(t.amount))
+        select(day, Order.method_code, provider, t.unit, t.code, func.count(),
+               func.sum(t.amount))
         .select_from(t)
         .join(clearing, clearing.id == t.debit_account_id)
         .outerjoin(Order, Order.id == order_of)
         .where(*in_period, clearing.code == "clearing")
-        .group_by(day, Order.method_code, t.unit, t.code)
-    )
-    for d, method, unit, code, n, amount in money_in:
-        row = acc[(d, method or "", unit)]
+        .group_by(day, Order.method_code, provider, t.unit, t.code)
+    )  # fmt: skip
+    for d, method, by, unit, code, n, amount in money_in:
+        row = acc[(d, method or "", by or "", unit)]
         if code == "unapplied":
             row["uncredited"] += int(n)
             row["uncredited_amount"] += int(amount)
@@ -310,39 +339,42 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
     refund = referenced_id(s, t.reference, "refund:")
     charged_back = case((_chargeback(), t.amount), else_=0)
     money_out = await s.execute(
-        select(day, Order.method_code, t.unit, t.code, func.sum(t.amount),
+        select(day, Order.method_code, provider, t.unit, t.code, func.sum(t.amount),
                func.sum(charged_back))
         .select_from(t)
         .join(clearing, clearing.id == t.credit_account_id)
         .outerjoin(Refund, Refund.id == refund)
         .outerjoin(Order, Order.id == func.coalesce(Refund.order_id, order_of))
         .where(*in_period, clearing.code == "clearing")
-        .group_by(day, Order.method_code, t.unit, t.code)
+        .group_by(day, Order.method_code, provider, t.unit, t.code)
     )  # fmt: skip
-    for d, method, unit, code, amount, chargebacks in money_out:
-        row = acc[(d, method or "", unit)]
+    for d, method, by, unit, code, amount, chargebacks in money_out:
+        row = acc[(d, method or "", by or "", unit)]
         if code == "dispute_loss":
             row["dispute_losses"] += int(amount)
-        else:
-            row["chargebacks"] += int(chargebacks or 0)
-            row["refunded"] += int(amount) - int(chargebacks or 0)
+            continue
+        row["chargebacks"] += int(chargebacks or 0)
+        row["refunded"] += int(amount) - int(chargebacks or 0)
+        if code == "refund_fee":
+            row["refunded_fees"] += int(amount)
     held = aliased(LedgerAccount)
     applied = await s.execute(
-        select(day, Order.method_code, t.unit, func.count(), func.sum(t.amount))
+        select(day, Order.method_code, Order.provider, t.unit, func.count(), func.sum(t.amount))
         .select_from(t)
         .join(held, held.id == t.debit_account_id)
         .outerjoin(Order, Order.id == order_of)
         .where(*in_period, t.code == "applied", held.code == "unapplied")
-        .group_by(day, Order.method_code, t.unit)
+        .group_by(day, Order.method_code, Order.provider, t.unit)
     )
-    for d, method, unit, n, amount in applied:
-        row = acc[(d, method or "", unit)]
+    for d, method, by, unit, n, amount in applied:
+        row = acc[(d, method or "", by or "", unit)]
         row["applied"] += int(n)
         row["applied_amount"] += int(amount)
     return [
         TopupRow(
             d,
             m,
+            by,
             c,
             topups=a["topups"],
             amount=a["amount"],
@@ -352,14 +384,39 @@ async def topups(s: AsyncSession, p: Period) -> list[TopupRow]:
             applied=a["applied"],
             applied_amount=a["applied_amount"],
             refunded=a["refunded"],
+            refunded_fees=a["refunded_fees"],
             chargebacks=a["chargebacks"],
             dispute_losses=a["dispute_losses"],
             net=a["amount"] + a["uncredited_amount"] - a["refunded"] - a["chargebacks"]
             - a["dispute_losses"],
             time_zone=p.zone.key,
         )
-        for (d, m, c), a in sorted(acc.items())
+        for (d, m, by, c), a in sorted(acc.items())
     ]
+
+
+TOTAL = "TOTAL"
+"""The `method` of a top-ups CSV's totals rows (no method's code: codes are lower case)."""
+_COUNTED = ("topups", "amount", "fees", "uncredited", "uncredited_amount", "applied",
+            "applied_amount", "refunded", "refunded_fees", "chargebacks", "dispute_losses",
+            "net")  # fmt: skip
+
+
+def topup_totals(rows: Sequence[TopupRow]) -> list[dict[str, Any]]:
+    """The period's totals per currency (never across currencies), in the top-ups report's
+    columns: `method` is `TOTAL` and `day` and `provider` are empty, so that a reader of the CSV
+    can tell them from the days' rows and leave them out of a sum of its own. Each currency's
+    `net` is its clearing accounts' movement over the period."""
+    sums: dict[str, Counter[str]] = defaultdict(Counter)
+    zones: dict[str, str] = {}
+    for row in rows:
+        sums[row.currency].update({name: getattr(row, name) for name in _COUNTED})
+        zones[row.currency] = row.time_zone
+    return [
+        {"day": "", "method": TOTAL, "provider": "", "currency": currency,
+         **{name: total[name] for name in _COUNTED}, "time_zone": zones[currency]}
+        for currency, total in sorted(sums.items())
+    ]  # fmt: skip
 
 
 async def conversion(s: AsyncSession, p: Period) -> list[ConversionRow]:
@@ -567,6 +624,7 @@ MINOR_COLUMNS: dict[str, frozenset[str]] = {
             "uncredited_amount",
             "applied_amount",
             "refunded",
+            "refunded_fees",
             "chargebacks",
             "dispute_losses",
             "net",
@@ -594,8 +652,11 @@ def csv_filename(name: str, p: Period) -> str:
 
 
 def report_csv(name: str, rows: Sequence[Any], p: Period) -> tuple[str, dict[str, str]]:
-    """A report as CSV and its `Content-Disposition` header (the pages and the API alike)."""
+    """A report as CSV and its `Content-Disposition` header (the pages and the API alike). The
+    top-ups report ends with its totals rows, one per currency (`topup_totals`)."""
     header = csv_header(name)
+    if name == "topups":
+        rows = [*rows, *topup_totals(rows)]
     renamed = [
         {header[k]: v for k, v in (asdict(r) if hasattr(r, "__dataclass_fields__") else r).items()}
         for r in rows

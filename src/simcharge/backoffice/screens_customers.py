@@ -4,6 +4,8 @@ adjustments waiting for approval."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -19,7 +21,9 @@ from simcharge.api.deps import DB, AppSettings
 from simcharge.backoffice import audit, money
 from simcharge.backoffice.audit import Actor
 from simcharge.backoffice.customers import (
+    CustomerNotFound,
     LineNotFound,
+    adjustments_of,
     checked_query,
     customer_view,
     find_customers,
@@ -184,6 +188,48 @@ async def customer_page(
     )
 
 
+@router.get("/customers/{account_id}/adjustments", response_class=HTMLResponse)
+async def customer_adjustments(
+    request: Request,
+    account_id: uuid.UUID,
+    db: DB,
+    actor: Reader,
+    before: Instant | None = None,
+    before_id: uuid.UUID | None = None,
+) -> HTMLResponse:
+    """All the adjustments to a customer's lines, latest first, a page at a time ("Older":
+    `before`, `before_id` of the last one) — their page lists the latest 50 and links here.
+    Audited as `adjustment.list`, as the API's list."""
+    async with db.read() as s:
+        account = await s.get(Account, account_id)
+        if account is None:
+            raise CustomerNotFound(field="account_id")
+        found = await adjustments_of(
+            s, account_id, limit=PAGE + 1, before=before, before_id=before_id
+        )
+        shown = found[:PAGE]
+        lines = {
+            ln.id: ln
+            for ln in (
+                await s.execute(select(Line).where(Line.id.in_({a.line_id for a in shown})))
+            ).scalars()
+        }
+    await audit.record_read(
+        db, actor, "adjustment.list", target_type="account", target_id=account_id,
+        details={"found": len(shown)},
+    )  # fmt: skip
+    last = shown[-1] if len(found) > PAGE else None
+    more = (
+        urlencode({"before": last.created_at.isoformat(), "before_id": str(last.id)})
+        if last is not None
+        else None
+    )
+    return render(
+        request, "customer_adjustments.html", actor,
+        account=account, adjustments=shown, lines=lines, more=more,
+    )  # fmt: skip
+
+
 @origin(rf"/backoffice/customers/(?P<account_id>{UUID_PATTERN})", Permission.customers_read)
 async def _customer_again(
     request: Request, actor: Actor, at: dict[str, str], refused: FormError
@@ -308,14 +354,10 @@ async def suspend(
     """The line's "Suspend (lost or stolen)" form: a reason is required; refused beside the form,
     what was typed kept."""
 
-    async def act() -> Response:
-        line = await db.run(lambda s: money.suspend_line(s, actor, line_id, reason, utcnow()))
-        return back(f"/backoffice/customers/{line.account_id}#line-{line_id}", "suspended")
+    async def change(s: AsyncSession, now: datetime) -> Line:
+        return await money.suspend_line(s, actor, line_id, reason, now)
 
-    return await in_place(
-        request, actor, act, form=f"suspend-{line_id}", values={"reason": reason},
-        redraw=_on_line_page(request, actor, line_id),
-    )  # fmt: skip
+    return await _line_state_form(request, actor, db, line_id, reason, change, "suspend")
 
 
 @router.post("/lines/{line_id}/resume", response_model=None)
@@ -327,16 +369,38 @@ async def resume(
     actor: Unfreezer,
     reason: Annotated[str, Form(max_length=money.REASON_MAX)] = "",
 ) -> Response:
+    """The line's "Resume" form, as "Suspend": a reason is required."""
     policy = Policy.of(settings)
 
+    async def change(s: AsyncSession, now: datetime) -> Line:
+        return await money.resume_line(s, actor, line_id, reason, now, policy)
+
+    return await _line_state_form(request, actor, db, line_id, reason, change, "resume")
+
+
+LINE_STATE_DONE = {"suspend": "suspended", "resume": "resumed"}
+"""What each line-state form's flash says it did (`back`)."""
+
+
+async def _line_state_form(
+    request: Request,
+    actor: Actor,
+    db: DB,
+    line_id: uuid.UUID,
+    reason: str,
+    change: Callable[[AsyncSession, datetime], Awaitable[Line]],
+    form: str,
+) -> Response:
+    """A line's suspend or resume form (`form`), one way: `change` in a transaction of its own,
+    then back to the line on its customer's page; refused (no reason, a line in the wrong
+    state), that page drawn again with the reason typed kept beside the form `<form>-<line>`."""
+
     async def act() -> Response:
-        line = await db.run(
-            lambda s: money.resume_line(s, actor, line_id, reason, utcnow(), policy)
-        )
-        return back(f"/backoffice/customers/{line.account_id}#line-{line_id}", "resumed")
+        line = await db.run(lambda s: change(s, utcnow()))
+        return back(f"/backoffice/customers/{line.account_id}#line-{line_id}", LINE_STATE_DONE[form])
 
     return await in_place(
-        request, actor, act, form=f"resume-{line_id}", values={"reason": reason},
+        request, actor, act, form=f"{form}-{line_id}", values={"reason": reason},
         redraw=_on_line_page(request, actor, line_id),
     )  # fmt: skip
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,7 +39,7 @@ from simcharge.charging.nchf_repository import ChargingSessions
 from simcharge.charging.rating import Rate, RatingTable, country_of_mcc
 from simcharge.charging.repository import UsageRepository
 from simcharge.config import Settings
-from simcharge.db import RetryableError, table_of
+from simcharge.db import RetryableError, dialect_name, table_of
 from simcharge.errors import SimchargeError
 from simcharge.kit.clock import utcnow
 from simcharge.kit.ids import derived_id
@@ -684,8 +684,8 @@ UNIT_OF_SERVICE = {s.value: u for s, u in UNIT_OF.items()}
 
 
 def _requested(settings: Settings, service: str, asked: int | None) -> int:
-    """The quota to try for: what was asked (the default when no amount was), at most the
-    maximum."""
+    """The quota to try for: what was asked (the default when no amount was: None), at most
+    the maximum. A request for 0 units asks for no quota; it does not come here."""
     if service == "voice":
         default, most = (
             settings.charging_quota_voice_seconds,
@@ -695,7 +695,7 @@ def _requested(settings: Settings, service: str, asked: int | None) -> int:
         default, most = settings.charging_quota_data_bytes, settings.charging_max_quota_data_bytes
     else:
         default, most = 1, 1000
-    return min(asked or default, most)
+    return min(default if asked is None else asked, most)
 
 
 def _rate(work: Charging, service: str, zone: str | None) -> Rate | None:
@@ -797,7 +797,12 @@ async def _process(
         rate = _rate(work, service, zone)
         answer: dict[str, Any] = {"ratingGroup": rg}
         requests = [e.requestedUnit for e in entries if e.requestedUnit is not None]
-        wants = bool(requests) or one_time
+        amounts = [n for u in requests if (n := u.of(service)) is not None]
+        asked = sum(amounts) if amounts else None
+        # A request for no units (an amount of 0) asks for no quota: the group reports its
+        # usage only. A `requestedUnit` without an amount of the service's unit leaves the
+        # amount to us (the default).
+        wants = (bool(requests) or one_time) and asked != 0
         if not wants:
             answer["resultCode"] = offline_code or "SUCCESS"
         elif rate is None:
@@ -805,8 +810,8 @@ async def _process(
         elif not allowed:
             answer["resultCode"] = "END_USER_SERVICE_DENIED"
         else:
-            amounts = [n for u in requests if (n := u.of(service)) is not None]
-            wanted = _requested(settings, service, sum(amounts) if amounts else None)
+            wanted = _requested(settings, service, asked)
+            _rated_from_now_at(group, rate)
             granted, final = await work.grant(rg, group, wanted, rate, all_or_nothing=one_time)
             if granted == 0:
                 answer["resultCode"] = "QUOTA_LIMIT_REACHED"
@@ -823,6 +828,24 @@ async def _process(
         answers.append(answer)
     cs.groups = groups
     return answers
+
+
+def _rated_from_now_at(group: dict[str, Any], rate: Rate | None) -> None:
+    """The group is rated at `rate` from now on (None: no tariff is in force, what it uses
+    next is not rated). If that is not the tariff it was rated at — the catalog changed it
+    meanwhile — its rating (rounding, the minimum, costs summed over the call) starts again, as
+    when the subscriber moves zone: summed with the units charged at the old tariff, the new
+    one's price of the whole call less what was paid would charge those units again at the
+    difference (or give the next ones away, for a lower price). Only between quotas: the group
+    holds no reservation here."""
+    kept = group.get("rate")
+    stored = rate.stored() if rate is not None else None
+    if kept is not None and list(kept) != stored:
+        group.update(used=0, wu=0, wm=0)
+    if stored is None:
+        group.pop("rate", None)
+    else:
+        group["rate"] = stored
 
 
 def _used_units(
@@ -858,20 +881,24 @@ async def _charge_offline(
     moved: bool,
 ) -> str:
     """Units a session's group reports used without a quota (`UsedUnits.offline`): rated where
-    the subscriber is, at the tariff in force, and charged at once as a post event's are —
-    buckets in scope first, then the wallet; what the line cannot pay, may not be charged for
-    or has no tariff for is recorded unbilled. Once: its transfers and record derive from the
-    request. Returns the group's result code for them. `moved`: the group's quota was granted
-    in another zone, whose rating (rounding, minimum) does not go on here."""
+    the subscriber is and charged at once as a post event's are — buckets in scope first, then
+    the wallet; what the line cannot pay, may not be charged for or has no tariff for is
+    recorded unbilled. They were used since the group was last rated, so at the tariff it was
+    rated at then (kept by the group), as the units of a quota granted then are; a group rated
+    for the first time here, at the tariff in force. What it uses after this request is rated
+    at the tariff in force now. Once: its transfers and record derive from the request. Returns
+    the group's result code for them. `moved`: the group's quota was granted in another zone,
+    whose rating (rounding, minimum) does not go on here."""
     if moved:
         group.update(used=0, wu=0, wm=0)
         group.pop("rate", None)
     group.update(zone=zone, country=country)
-    rate = _rate(work, group["service"], zone)
+    rate = _granted_rate(work, group, zone)
     granted = 0
     if rate is not None and allowed:
         granted, _ = await work.grant(rg, group, used, rate, all_or_nothing=False, tag="offline")
     await work.report_used(rg, group, used, rate, tag="offline")
+    _rated_from_now_at(group, _rate(work, group["service"], zone))
     if rate is None:
         return "RATING_FAILED"
     if not allowed:
@@ -966,22 +993,37 @@ def _answers_again(
 ) -> bool:
     """Whether the kept answer `kept` is the answer to this request: the same operation and
     body — or, for a retransmission, the same body but for its time stamp (answers kept
-    before the second digest was stored are matched exactly only)."""
+    before the second digest was stored are matched exactly only). The first transmission
+    arriving after its retransmission was answered (`ri`: the answered one carried the
+    indicator) is matched the same way."""
     if kept["op"] != op:
         return False
     if kept["hash"] == digests.exact:
         return True
-    return bool(req.retransmissionIndicator) and kept.get("resent") == digests.resent
+    # Either is the retransmission: this request, or the one answered — then this is its first
+    # transmission, arriving after it.
+    resending = bool(req.retransmissionIndicator) or bool(kept.get("ri"))
+    return resending and kept.get("resent") == digests.resent
 
 
 def _remember(
-    cs: ChargingSession, seq: int, op: str, digests: Digests, body: dict[str, Any] | None
+    cs: ChargingSession,
+    seq: int,
+    op: str,
+    digests: Digests,
+    body: dict[str, Any] | None,
+    *,
+    resent: bool = False,
 ) -> None:
-    """Keep the answer to request `seq`: the create's always, the latest `ANSWERS_KEPT` others."""
+    """Keep the answer to request `seq`: the create's always, the latest `ANSWERS_KEPT` others.
+    `resent`: the request was a retransmission (`ri`), whose first transmission may follow."""
     answers = dict(cs.answers)
-    answers[str(seq)] = {
+    kept: dict[str, Any] = {
         "op": op, "hash": digests.exact, "resent": digests.resent, "body": body
     }
+    if resent:
+        kept["ri"] = True
+    answers[str(seq)] = kept
     others = sorted(int(k) for k, v in answers.items() if v["op"] != "create")
     for old in others[:-ANSWERS_KEPT]:
         del answers[str(old)]
@@ -1019,6 +1061,7 @@ async def create_charging_data(
     now = now or utcnow()
     req = parse_request(body)
     digests = _hash(body)
+    await _lock_create(session, client, digests)
     digest = digests.exact
     ref = derived_id("nchf-session", client, digest)
     refs = [ref, *(derived_id("nchf-session", a, digest) for a in client_aliases if a != client)]
@@ -1039,12 +1082,11 @@ async def create_charging_data(
         )
     line = await _find_line(session, subscriber)
     check_identities(req, line)
-    if req.retransmissionIndicator:
-        resent = await _resent_create(
-            session, line, [client, *client_aliases], req, digests, now
-        )
-        if resent is not None:
-            return NchfAnswer(201, _create_answer(resent, req), resent.id)
+    # Also without the indicator: the first transmission of a create whose retransmission,
+    # stamped anew, arrived first finds the session the retransmission opened.
+    resent = await _resent_create(session, line, [client, *client_aliases], req, digests, now)
+    if resent is not None:
+        return NchfAnswer(201, _create_answer(resent, req), resent.id)
     country = location_country(req) or country_of(line.msisdn)
     cs = ChargingSession(
         id=ref,
@@ -1066,7 +1108,10 @@ async def create_charging_data(
     if one_time_kind(req) is not None:  # one request, and the resource is closed
         cs.state = SessionState.released.value
     answer = _response(req, now, units)
-    _remember(cs, req.invocationSequenceNumber, "create", digests, answer)
+    _remember(
+        cs, req.invocationSequenceNumber, "create", digests, answer,
+        resent=bool(req.retransmissionIndicator),
+    )
     session.add(cs)
     try:
         await session.flush()
@@ -1075,6 +1120,21 @@ async def create_charging_data(
         raise RetryableError("concurrent create") from exc
     await work.finish(created=True)
     return NchfAnswer(201, answer, ref)
+
+
+async def _lock_create(session: AsyncSession, client: str, digests: Digests) -> None:
+    """Take the create's content (the client and the body but for its time stamp and
+    retransmission indicator) for this transaction, before anything is read: a retransmission
+    stamped anew that arrives while the first transmission is still being answered waits for it
+    to commit, then finds its session (`_resent_create`) instead of opening a second one, held
+    until it times out. A create sent again unchanged needs no lock (its session's id is its
+    own: the second insert waits for the first's), but takes the same one. PostgreSQL only — an
+    advisory lock held until the transaction ends; SQLite lets one writer in at a time anyway."""
+    if dialect_name(session) == "postgresql":
+        key = int.from_bytes(
+            hashlib.sha256(f"nchf-create:{client}:{digests.resent}".encode()).digest()[:8], "big"
+        )
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key - 2**63})
 
 
 RESENT_LOOKED_AT = 100
@@ -1096,9 +1156,10 @@ async def _resent_create(
     now: datetime,
 ) -> ChargingSession | None:
     """The session a create sent again (`retransmissionIndicator: true`) with another
-    `invocationTimeStamp` opened, if it is one of the `RESENT_LOOKED_AT` latest the client
-    opened for the line within `RESENT_WITHIN` (a create sent again unchanged is found by its
-    id, however late)."""
+    `invocationTimeStamp` opened — or, for a create without the indicator, the session its
+    retransmission opened when that arrived first — if it is one of the `RESENT_LOOKED_AT`
+    latest the client opened for the line within `RESENT_WITHIN` (a create sent again unchanged
+    is found by its id, however late). One query of a line's few latest sessions, by index."""
     stmt = (
         select(ChargingSession)
         .where(
@@ -1210,7 +1271,7 @@ async def update_charging_data(
     cs.country, cs.zone = country, zone
     answer = None if release else _response(req, now, units)
     cs.sequence = seq
-    _remember(cs, seq, op, digests, answer)
+    _remember(cs, seq, op, digests, answer, resent=bool(req.retransmissionIndicator))
     cs.updated_at = now
     if release:
         cs.state = SessionState.released.value

@@ -24,7 +24,11 @@ ledger: clearing → `unapplied` (`refunds.received_unapplied`), until finance r
   a refund reported first): nothing is credited, `paid` (`refunded` when all of it went back)
   + `provider_refund`, the refund recorded;
 - refunded at the provider after it was credited: recorded as a refund, its money posted back,
-  nothing taken from the line, flagged `provider_refund` (`reversals.note_refunded_status`).
+  nothing taken from the line, flagged `provider_refund` (`reversals.note_refunded_status`);
+- naming a provider's payment id another order's payment holds (`payment_id_holder`): not this
+  order's money — nothing recorded, nothing credited; a notification saying it is kept
+  `unmatched` for finance (`backoffice.provider_events`), an answer to our question is noted on
+  the payment (`payments.service`).
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+import structlog
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from simcharge.db import table_of
 from simcharge.kit.ids import derived_id
+from simcharge.kit.text import text_only
 from simcharge.ledger import chart
 from simcharge.ledger.service import NewTransfer, post_transfers
 from simcharge.lifecycle.service import Policy, on_topup
@@ -69,7 +75,12 @@ from simcharge.payments.codec import status_from_json
 from simcharge.payments.providers import PaymentState, PaymentStatus
 from simcharge.worker.service import NewJob, enqueue_many
 
+log = structlog.get_logger("simcharge.payments")
+
 RECEIPT_JOB = "orders.receipt"
+UNMATCHED = "unmatched"
+"""The outcome of an event finance must settle by hand (`backoffice.provider_events`): here, a
+payment status naming a payment id another order's payment holds."""
 LATE_PAYMENT_WINDOW = timedelta(hours=1)
 """How long after an order is closed unpaid (expired, cancelled, failed) its payment is still
 asked about: a payment made at the last moment, whose webhook is lost, is found and credited."""
@@ -181,6 +192,18 @@ async def _paid(
     event_id: uuid.UUID | None,
 ) -> Outcome:
     order, payment, line = locked.order, locked.payment, locked.line
+    holder = await payment_id_holder(
+        session, payment.provider, status.payment_id, besides=payment.id
+    )
+    if holder is not None:
+        # Another order's payment (a signed event naming it, or an answer about it): not this
+        # order's money — nothing recorded, nothing credited; an event is kept for finance.
+        log.warning(
+            "payments.payment_id_taken", provider=payment.provider, order=str(order.id),
+            holder=str(holder), payment_id=text_only(status.payment_id or ""), source=source,
+        )  # fmt: skip
+        await mark_processed(session, event_id, UNMATCHED, now)
+        return Outcome.unchanged
     # The operator's time zone, whose year numbers the credit notes issued here.
     zone = policy.settings.operator_timezone
     if not await _mark_succeeded(session, payment, status, now):
@@ -245,6 +268,28 @@ async def _paid(
     await post_transfers(session, transfers, now=now)
     FULFILMENT_DELAY.labels(order.provider).observe((now - order.created_at).total_seconds())
     return Outcome.fulfilled
+
+
+async def payment_id_holder(
+    session: AsyncSession, provider: str, payment_id: str | None, *, besides: uuid.UUID
+) -> uuid.UUID | None:
+    """The order whose payment, other than `besides`, holds the provider's `payment_id`, if
+    one does. A provider's payment id is one payment's (`uq_payments_provider_payment_id`): a
+    report about one order naming another's is not about this order's money. Refused before
+    anything is written (`_paid`), rather than by the database at the update: that would fail
+    the whole transaction, and the event with it, on every retry."""
+    if not payment_id:
+        return None
+    found = await session.execute(
+        select(Payment.order_id)
+        .where(
+            Payment.provider == provider,
+            Payment.payment_id == payment_id,
+            Payment.id != besides,
+        )
+        .limit(1)
+    )
+    return found.scalar_one_or_none()
 
 
 async def _mark_succeeded(

@@ -111,6 +111,10 @@ class Order(Base):
     paid_amount: Mapped[int | None] = mapped_column()
     paid_currency: Mapped[str | None] = mapped_column(String(3))
     receipt_number: Mapped[str | None] = mapped_column(String(24), unique=True)
+    receipt_issued_at: Mapped[datetime | None] = mapped_column()
+    """When its receipt was issued: the moment its number was taken, under the series' counter
+    lock (`orders.service.issue_receipt_number`) — the receipt's date, whose year (the
+    operator's) is its number's, so numbers and dates go in the same order."""
     refunded_amount: Mapped[int] = mapped_column(default=0)
     attention: Mapped[str | None] = mapped_column(String(24))
     attention_note: Mapped[str | None] = mapped_column(Text)
@@ -130,6 +134,16 @@ class Payment(Base):
     __tablename__ = "payments"
     __table_args__ = (
         UniqueConstraint("provider", "provider_ref"),
+        # A provider's payment id names one payment: an event naming another order's is
+        # refused (`payments.webhooks`), and the database refuses it too.
+        Index(
+            "uq_payments_provider_payment_id",
+            "provider",
+            "payment_id",
+            unique=True,
+            postgresql_where=text("payment_id IS NOT NULL"),
+            sqlite_where=text("payment_id IS NOT NULL"),
+        ),
         Index(
             "ix_payments_due",
             "next_check_at",
@@ -240,6 +254,11 @@ class Refund(Base):
     """Its credit note's number (`C2026-000001`), given once the refund is done and its money
     posted, for an order that has a receipt (`orders.service.issue_credit_note`); a failed refund has
     none."""
+    credit_note_issued_at: Mapped[datetime | None] = mapped_column()
+    """When its credit note was issued: the moment its number was taken, under the series'
+    counter lock — the credit note's date and its number's year. Later than `completed_at` for
+    a refund made at the provider reported before its payment: its money, and its credit note,
+    come when the payment is known (`reversals.settle_provider_refunds`)."""
 
 
 class IdempotencyKey(Base):

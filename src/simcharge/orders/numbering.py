@@ -10,9 +10,10 @@ e-mails sent, the accounting export, the providers' settlement reports); `series
 where each series stands, to compare.
 
 A number's year is the operator's (`SIMCHARGE_OPERATOR_TIMEZONE`, `year_of`): the year of the
-date its document prints, which is written in that zone (`receipts.document_date`). A payment
-at 16:30 UTC on 31 December is numbered `R2027-…` in Manila, `R2026-…` in UTC; the commands'
-"this year" is the operator's too."""
+date its document prints — the moment it was issued, its number taken (`service._issue`) —
+written in that zone (`receipts.document_date`). A receipt issued at 16:30 UTC on 31 December
+is numbered `R2027-…` in Manila, `R2026-…` in UTC; the commands' "this year" is the operator's
+too."""
 
 from __future__ import annotations
 

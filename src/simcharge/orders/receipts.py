@@ -19,6 +19,13 @@ elsewhere, says the same instant to each. Its numbers and money are written in t
 regional format when they chose one (`accounts.format_locale`, `es_MX`: "$1,234.56"), as
 their e-mails are; kept as first rendered.
 
+A receipt is dated when it is issued — its number taken (`Order.receipt_issued_at`), by the
+worker's job right after the credit or when first asked for — and prints the payment's date on a
+line of its own ("Paid"): numbers and dates go in the same order, and a receipt issued in a new
+year is numbered and dated in it. A credit note likewise (`Refund.credit_note_issued_at`), with
+the refund's date ("Refunded"); a refund made at the provider reported before its payment is
+issued when its money is posted.
+
 A receipt never changes once issued: what it says depends on nothing a refund changes (no
 refunded amount, no "refunded" status), and the PDF kept is the one served. A refund gets its own
 document, a **credit note** (`C2026-000001`, numbered when the refund is done:
@@ -80,6 +87,7 @@ class ReceiptFacts:
     operator: str
     number: str
     issued_at: datetime
+    """The receipt's date: when it was issued (numbered: `Order.receipt_issued_at`)."""
     order_reference: str
     payer: str
     msisdn: str
@@ -94,6 +102,9 @@ class ReceiptFacts:
     """The operator's time zone (IANA name) the date is written in, and named."""
     locale: str | None = None
     """The payer's regional format (`es_MX`), else None: the language's own."""
+    paid_at: datetime | None = None
+    """When it was paid, printed beside the receipt's date (`Paid`): a receipt is issued after
+    its payment — seconds after, or a year after when first asked for then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +176,8 @@ async def facts(
         language=language,
         operator=operator,
         number=order.receipt_number or "—",
-        issued_at=order.fulfilled_at or order.paid_at or order.created_at,
+        issued_at=order.receipt_issued_at or order.fulfilled_at or order.paid_at or order.created_at,
+        paid_at=order.paid_at or order.fulfilled_at or order.created_at,
         zone=zone,
         locale=regional,
         order_reference=order.reference,
@@ -206,7 +218,8 @@ async def _applied_facts(
         language=language,
         operator=operator,
         number=order.receipt_number or "—",
-        issued_at=applied,
+        issued_at=order.receipt_issued_at or applied,
+        paid_at=order.paid_at or applied,
         zone=zone,
         locale=regional,
         order_reference=order.reference,
@@ -253,6 +266,7 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     date = document_date(f.language, f.issued_at, f.zone, f.locale)
     rows = [
         (t(N_("Date")), date),
+        *_dated(t(N_("Paid")), f.paid_at, f),
         (t(N_("Order")), in_groups(f.order_reference)),
         (t(N_("Customer")), f.payer),
         (t(N_("Line")), f.msisdn),
@@ -265,6 +279,18 @@ def render_pdf(f: ReceiptFacts) -> bytes:
     total = (t(N_("Total paid")), f.total)
     thanks = t(N_("Thank you for your purchase. Keep this receipt as proof of payment."))
     return _render(f.language, f.operator, title, rows, amounts, total, thanks)
+
+
+def _dated(
+    label: str, when: datetime | None, f: ReceiptFacts | CreditNoteFacts
+) -> list[tuple[str, str]]:
+    """The row of the date a document's money moved (paid, refunded), written as its own date
+    is. Printed always, not only when it falls on another day than the document's: every
+    receipt reads the same, and its reader never wonders whether a missing line means the
+    same day."""
+    if when is None:
+        return []
+    return [(label, document_date(f.language, when, f.zone, f.locale))]
 
 
 def _regional(language: str, account: Account | None) -> str | None:
@@ -420,6 +446,7 @@ class CreditNoteFacts:
     operator: str
     number: str
     issued_at: datetime
+    """The credit note's date: when it was issued (numbered: `Refund.credit_note_issued_at`)."""
     receipt_number: str
     order_reference: str
     refund_reference: str
@@ -437,6 +464,9 @@ class CreditNoteFacts:
     """The operator's time zone (IANA name) the date is written in, and named."""
     locale: str | None = None
     """The payer's regional format (`es_MX`), else None: the language's own."""
+    refunded_at: datetime | None = None
+    """When the refund was done (one made at the provider: when it was reported), printed
+    beside the credit note's date (`Refunded`)."""
 
 
 def refunded_amounts(order: Order, refund: Refund) -> CreditNoteAmounts:
@@ -482,7 +512,8 @@ async def credit_note_facts(
         language=language,
         operator=operator,
         number=refund.credit_note_number or "—",
-        issued_at=refund.completed_at or refund.created_at,
+        issued_at=refund.credit_note_issued_at or refund.completed_at or refund.created_at,
+        refunded_at=refund.completed_at or refund.created_at,
         zone=zone,
         receipt_number=order.receipt_number or "—",
         order_reference=order.reference,
@@ -513,6 +544,7 @@ def render_credit_note(f: CreditNoteFacts) -> bytes:
     date = document_date(f.language, f.issued_at, f.zone, f.locale)
     rows = [
         (t(N_("Date")), date),
+        *_dated(t(N_("Refunded")), f.refunded_at, f),
         (t(N_("Corrects receipt")), f.receipt_number),
         (t(N_("Order")), in_groups(f.order_reference)),
         (t(N_("Refund")), f.refund_reference),

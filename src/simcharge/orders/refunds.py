@@ -26,8 +26,9 @@ Refused: voided (the customer keeps everything) and the order is flagged `refund
 finance. Confirmed for more than is left of the payment — a dispute lost, or a refund at the
 provider, took the rest while it was held — only what was left is a refund: an order is never
 refunded past what was paid; the rest the provider paid the payer twice, the operator's loss
-(`_past_what_was_paid`). An order whose payment is disputed, the dispute open, is not refunded
-(`409 order-disputed`): the provider would refuse it.
+(`_past_what_was_paid`; flagged `chargeback` when a dispute took the rest, `provider_refund`
+when a refund at the provider did). An order whose payment is disputed, the dispute open, is
+not refunded (`409 order-disputed`): the provider would refuse it.
 
 A done refund of an order that has a receipt gets a credit note, numbered in the transaction
 that completes it (`service.issue_credit_note`: `C2026-000001`, its own gapless series), and its
@@ -543,11 +544,19 @@ async def money_back(
     elif sum(x.amount for x in others) + r >= total:
         # The last of the money: all the fee not given back yet, whatever the parts' rounding
         # did (700 + 700 + 719 of 2,119 with a fee of 119 gave back 118 of it, and 2,001 of
-        # sales for 2,000 sold).
-        fee_back = max(0, order.fee - previous_fee)
+        # sales for 2,000 sold) — never more than the part itself.
+        fee_back = max(0, min(r, order.fee - previous_fee))
     else:
-        share, rest = divmod(order.fee * r, total)  # the fee's share of r, rounded half up
-        fee_back = max(0, min(order.fee - previous_fee, share + (1 if rest * 2 >= total else 0)))
+        # The fee's share of r, rounded half up, within what the other parts left: at least
+        # what r takes beyond the sale left, at most the fee left. Rounded alone, five parts of
+        # 8 of 2,119 (no fee each) then 2,078 (117) gave back 1,961 of a sale of which 1,960
+        # were left, and the last cent was refused as a sale of −1.
+        share, rest = divmod(order.fee * r, total)
+        proportional = share + (1 if rest * 2 >= total else 0)
+        previous_sale = sum(x.amount for x in others) - previous_fee
+        least = max(0, r - (total - order.fee - previous_sale))
+        most = max(0, min(r, order.fee - previous_fee))
+        fee_back = min(most, max(least, proportional))
     sales_back = r - fee_back
     clearing = chart.clearing(order.provider, order.currency, shard)
     sales, fees = chart.sales(order.currency, shard), chart.fees(order.currency, shard)
@@ -747,7 +756,10 @@ async def _past_what_was_paid(
     twice, which is the operator's loss — `clearing → loss:disputes:<CUR>`, code
     `dispute_loss`, as what a lost dispute takes beyond what was left. What the refund held of
     the line is taken as asked. The payer is not sent "your refund" (the order's money went
-    back through a dispute or outside us: finance's call), and the order is flagged for finance.
+    back through a dispute or outside us: finance's call), and the order is flagged for finance:
+    `chargeback` when a dispute or a reversal took the rest, else `provider_refund` — the payer
+    was refunded at the provider's dashboard too (until round 17 it read `chargeback` then).
+    The ledger is the same either way: the provider paid it out of the clearing account.
 
     The alternative — a lost dispute counting our refunds still held in what it leaves — makes
     a refund refused afterwards re-split the dispute (part of its loss a refund again): done at
@@ -790,17 +802,60 @@ async def _past_what_was_paid(
     }
     order.refunded_amount += left
     refunded_state(order)
-    flag_order(
-        order,
-        Attention.chargeback,
-        f"refund {refund.reference} done at the provider for {shown(asked, currency)} after "
-        f"the payment had gone back (a dispute lost, a refund at the provider): "
-        f"{shown(over, currency)} beyond what was paid, recorded as the operator's loss",
-    )
+    if await _gone_back_by_dispute(session, order):
+        flag_order(
+            order,
+            Attention.chargeback,
+            f"refund {refund.reference} done at the provider for {shown(asked, currency)} "
+            f"after the payment had gone back (a dispute lost, a refund at the provider): "
+            f"{shown(over, currency)} beyond what was paid, recorded as the operator's loss",
+        )
+    else:
+        # No dispute in it: someone refunded the payer at the provider (its dashboard) while
+        # ours was on its way. Finance must read that, not "chargeback" (round 17).
+        flag_order(
+            order,
+            Attention.provider_refund,
+            f"refund {refund.reference} done at the provider for {shown(asked, currency)} "
+            f"after the payment had been refunded at the provider without us: "
+            f"{shown(over, currency)} beyond what was paid (the payer was refunded twice), "
+            f"recorded as the operator's loss",
+        )
     if left:
         await issue_receipt_number(session, order.id, zone=zone)
         await issue_credit_note(session, refund.id, now, zone=zone)
     return "refunded"
+
+
+def names_a_reversal(reason: str | None) -> bool:
+    """A provider refund recorded from a reversal or a dispute (its `reason` is the event type
+    or the status word it came in: `PAYMENT.CAPTURE.REVERSED`, a status `REVERSED`, `dispute
+    du_… lost`)."""
+    words = (reason or "").lower()
+    return "reversed" in words or "dispute" in words
+
+
+async def _gone_back_by_dispute(session: AsyncSession, order: Order) -> bool:
+    """Whether a chargeback took part of the payment back: a lost dispute recorded as a refund
+    by the provider (its key names the dispute, `reversals.record_lost_dispute`), a reversal
+    the provider settled (its reason says so), or what a lost dispute took beyond what was left
+    (`reversals.dispute_loss`). Otherwise what went back outside us was a refund at the
+    provider: finance is told so, not "chargeback"."""
+    by_provider = await session.execute(
+        select(Refund.request_key, Refund.reason).where(
+            Refund.order_id == order.id,
+            Refund.requested_by.startswith(PROVIDER),
+            Refund.state == RefundState.succeeded.value,
+        )
+    )
+    if any(":dispute:" in (key or "") or names_a_reversal(why) for key, why in by_provider):
+        return True
+    lost = await session.execute(
+        select(LedgerTransfer.id)
+        .where(LedgerTransfer.reference == f"order:{order.id}:dispute")
+        .limit(1)
+    )
+    return lost.first() is not None
 
 
 async def tell_payer_of_refund(

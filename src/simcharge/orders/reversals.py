@@ -49,6 +49,7 @@ from simcharge.orders.refunds import (
     amount_unknown,
     complete_refund,
     money_back,
+    names_a_reversal,
     paid_of,
     plan_of,
     refunded_state,
@@ -248,7 +249,11 @@ async def record_provider_refund(
     # ours was refused.
     left = paid_of(order) - await known_refunds(session, order, done=True)
     capped = min(amount, max(0, left))
-    note = f"{what}: {shown(amount, currency)} refunded at the provider ({source})"
+    # A lost dispute or a reversal is no refund anyone made: finance reads which it was.
+    how = "refunded at the provider"
+    if names_a_reversal(what):
+        how = "gone back to the payer by a chargeback"
+    note = f"{what}: {shown(amount, currency)} {how} ({source})"
     if capped != amount:
         note += f"; only {shown(capped, currency)} was left to refund: that is recorded"
     flag_order(order, Attention.provider_refund, note)
@@ -280,7 +285,8 @@ async def settle_provider_refunds(
 ) -> None:
     """Post the money of the refunds made at the provider that are not posted yet — once the
     payment itself is known (a refund may be reported before its payment) — and number their
-    credit notes in the year of `zone`, the operator's time zone."""
+    credit notes, dated now (when their money is posted, not when they were reported), in the
+    year of `zone`, the operator's time zone."""
     if order.paid_at is None:
         return
     rows = (
@@ -306,7 +312,7 @@ async def settle_provider_refunds(
         await session.flush()
         reversed_ = await _disputed(session, order)
         for refund in settled:
-            if reversed_ or _names_a_reversal(refund.reason):
+            if reversed_ or names_a_reversal(refund.reason):
                 continue
             await tell_payer_of_refund(session, order, refund, refund.credit_note_number)
 
@@ -315,13 +321,6 @@ REVERSAL_EVENTS = ("dispute", "capture.reversed")
 """Words in a provider event's type (lower case) that say the payer disputed the payment, or
 the provider took the money back for them: Stripe's `charge.dispute.*`, PayPal's
 `CUSTOMER.DISPUTE.*` and `PAYMENT.CAPTURE.REVERSED` (a chargeback PayPal settled)."""
-
-
-def _names_a_reversal(reason: str | None) -> bool:
-    """A provider refund recorded from a reversal (its `reason` is the event type or the
-    status word it came in: `PAYMENT.CAPTURE.REVERSED`, a status `REVERSED`)."""
-    words = (reason or "").lower()
-    return "reversed" in words or "dispute" in words
 
 
 async def _disputed(session: AsyncSession, order: Order) -> bool:

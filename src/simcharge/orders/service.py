@@ -11,12 +11,12 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.accounts.models import Account, AccountStatus
@@ -652,11 +652,15 @@ async def issue_receipt_number(
     session: AsyncSession, order_id: uuid.UUID, *, zone: str = UTC_ZONE
 ) -> str | None:
     """Number the receipt of a credited order: `R2026-000001`, `R2026-000002` … gapless per
-    year of payment, in the order receipts are issued. Once per order (the order is locked and
+    year of issue, in the order receipts are issued. Once per order (the order is locked and
     keeps its number); None for an order that was not credited — neither its package nor, by
-    finance, its payment on the line's balance (`applied_at`). The year is the operator's:
-    that of the payment's date in `zone` (`SIMCHARGE_OPERATOR_TIMEZONE`, `numbering.year_of`),
-    the date the receipt prints.
+    finance, its payment on the line's balance (`applied_at`).
+
+    The receipt is dated when it is issued (`Order.receipt_issued_at`, the date it prints; the
+    payment's date is printed beside it), and its number's year is that date's in the
+    operator's zone `zone` (`SIMCHARGE_OPERATOR_TIMEZONE`, `numbering.year_of`): dates follow
+    numbers, and a receipt first asked for after its year's books closed is numbered in the
+    year it is issued, not in the closed one.
 
     Numbering at issue rather than in the crediting transaction keeps the one counter row every
     receipt needs out of the webhook's path; the worker issues the receipt right after the
@@ -666,14 +670,36 @@ async def issue_receipt_number(
         return None
     if order.receipt_number is not None:
         return order.receipt_number
-    issued = order.fulfilled_at or await applied_at(session, order)
-    if issued is None:
+    if order.fulfilled_at is None and await applied_at(session, order) is None:
         return None
-    year = year_of(issued, zone)
-    value = await _next_number(session, RECEIPTS.counter(year))
+    year, value, issued = await _issue(session, RECEIPTS.counter, zone)
     order.receipt_number = RECEIPTS.number(year, value)
+    order.receipt_issued_at = issued
     await session.flush()
     return order.receipt_number
+
+
+async def _issue(
+    session: AsyncSession, counter_of: Callable[[int], str], zone: str
+) -> tuple[int, int, datetime]:
+    """`(year, value, issued_at)`: the next number of a series and the moment it is issued, read
+    once the counter's upsert has returned — under the row's lock, held to the transaction's end,
+    so the next number's moment comes after this one's. The year is that moment's in `zone`.
+    Should the year turn while the lock was awaited (midnight of 1 January), the number is given
+    back — this transaction still holds the row, no one took a number after it — and the new
+    year's taken instead: no gap, and no number of a closed year dated in the new one."""
+    while True:
+        year = year_of(utcnow(), zone)
+        counter = counter_of(year)
+        value = await _next_number(session, counter)
+        issued = utcnow()
+        if year_of(issued, zone) == year:
+            return year, value, issued
+        await session.execute(
+            update(ReceiptCounter)
+            .where(ReceiptCounter.name == counter, ReceiptCounter.value == value)
+            .values(value=value - 1)
+        )
 
 
 async def _next_number(session: AsyncSession, counter: str) -> int:
@@ -696,12 +722,27 @@ async def _next_number(session: AsyncSession, counter: str) -> int:
 async def issue_credit_note(
     session: AsyncSession, refund_id: uuid.UUID, now: datetime, *, zone: str = UTC_ZONE
 ) -> str | None:
-    """Number the credit note of a refund: `C2026-000001` … gapless per year of the refund's
-    completion in the operator's time zone `zone` (`numbering.year_of`: the year of the date
-    it prints), in its own series. Once per refund (the refund is locked and keeps its
-    number, so a completion arriving twice, or two at once, number it once); None for a refund
-    not done (pending, failed), one made at the provider whose money is not posted yet, or one
-    of an order that has no receipt (never credited: nothing to credit against)."""
+    """Number the credit note of a refund: `C2026-000001` … gapless per year of issue in the
+    operator's time zone `zone`, in its own series, dated when issued
+    (`Refund.credit_note_issued_at`, as receipts: `_issue`) — for a refund made at the provider
+    reported before its payment, when its money is posted, not when it was reported. Once per
+    refund (the refund is locked and keeps its number, so a completion arriving twice, or two
+    at once, number it once); None for a refund not done (pending, failed), one made at the
+    provider whose money is not posted yet, or one of an order that has no receipt (never
+    credited: nothing to credit against). `now` is not its date: the moment it is numbered is
+    (the backfill's old refunds are dated by their completion: `backfill_credit_notes`)."""
+    return await _issue_credit_note(session, refund_id, zone=zone)
+
+
+async def _issue_credit_note(
+    session: AsyncSession,
+    refund_id: uuid.UUID,
+    *,
+    zone: str,
+    dated: Callable[[Refund], datetime | None] = lambda refund: None,
+) -> str | None:
+    """`issue_credit_note`; `dated`: the date of a credit note numbered now for a refund done
+    long ago (the backfill), None: the moment it is numbered."""
     # Read first, locked only when there is something to number: a credit note asked for (or
     # a refund not done) takes no lock, so it never waits on, nor holds up, a completion.
     refund = await session.get(Refund, refund_id)
@@ -715,9 +756,14 @@ async def issue_credit_note(
         return None
     if await issue_receipt_number(session, refund.order_id, zone=zone) is None:
         return None
-    year = year_of(refund.completed_at or now, zone)
-    value = await _next_number(session, CREDIT_NOTES.counter(year))
+    back_then = dated(refund)
+    if back_then is not None:
+        year = year_of(back_then, zone)
+        value, issued = await _next_number(session, CREDIT_NOTES.counter(year)), back_then
+    else:
+        year, value, issued = await _issue(session, CREDIT_NOTES.counter, zone)
     refund.credit_note_number = CREDIT_NOTES.number(year, value)
+    refund.credit_note_issued_at = issued
     await session.flush()
     return refund.credit_note_number
 
@@ -837,7 +883,7 @@ async def backfill_credit_notes(
                     report.none_due += 1
                     continue
                 assert refund is not None
-                year = year_of(refund.completed_at or utcnow(), zone)
+                year = year_of(_completed(refund), zone)
                 report.due[year] = report.due.get(year, 0) + 1
                 continue
 
@@ -845,7 +891,7 @@ async def backfill_credit_notes(
                 refund = await s.get(Refund, refund_id, with_for_update=True)
                 if refund is None or refund.credit_note_number is not None:
                     return ""  # numbered meanwhile (a completion, a payer asking for it)
-                issued = await issue_credit_note(s, refund_id, utcnow(), zone=zone)
+                issued = await _issue_credit_note(s, refund_id, zone=zone, dated=_completed)
                 if issued is not None:
                     await audit.record(
                         s,
@@ -866,6 +912,12 @@ async def backfill_credit_notes(
             year = int(issued[1:5])
             report.numbered.setdefault(year, []).append(issued)
             report.due[year] = report.due.get(year, 0) + 1
+
+
+def _completed(refund: Refund) -> datetime:
+    """The date of a credit note the backfill gives an old refund: its completion's, as the
+    credit notes of that time were dated (and the year of its number)."""
+    return refund.completed_at or refund.created_at
 
 
 def applied_transfer_id(order_id: uuid.UUID) -> uuid.UUID:

@@ -27,6 +27,7 @@ from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.errors import Conflict, ServiceUnavailable
 from simcharge.kit.clock import utcnow
+from simcharge.kit.text import text_only
 from simcharge.kit.translations import N_
 from simcharge.metrics import ORDERS
 from simcharge.orders.fulfilment import (
@@ -35,6 +36,7 @@ from simcharge.orders.fulfilment import (
     PAID_STATES,
     Outcome,
     apply_status,
+    payment_id_holder,
 )
 from simcharge.orders.models import (
     CLOSED_UNPAID,
@@ -275,8 +277,27 @@ async def check_order(
         )
     )
     if outcome is Outcome.unchanged:
-        await db.run(lambda s: _note_check(s, order.id, None))
+        await db.run(lambda s: _note_answer(s, order.id, payment, status))
     return outcome
+
+
+async def _note_answer(
+    s: AsyncSession, order_id: uuid.UUID, payment: Payment, status: PaymentStatus
+) -> None:
+    """`_note_check` after an answer that changed nothing, with the reason when it was refused
+    for naming another order's payment (`fulfilment.payment_id_holder`)."""
+    await _note_check(s, order_id, await _taken_elsewhere(s, payment, status))
+
+
+async def _taken_elsewhere(s: AsyncSession, payment: Payment, status: PaymentStatus) -> str | None:
+    """Why an answer saying `payment` was paid was not applied: the provider's payment id it
+    names is another order's payment's (a provider's mix-up, or ours: finance reads it on the
+    payment, `last_error`, and the order is listed as pending too long). None otherwise."""
+    holder = await payment_id_holder(s, payment.provider, status.payment_id, besides=payment.id)
+    if holder is None:
+        return None
+    named = text_only(status.payment_id or "")[:128]
+    return f"the provider's answer names payment {named}, order {holder}'s: nothing credited"
 
 
 STAFF_CHECK = "staff"
@@ -443,11 +464,15 @@ async def close_order(
             await db.run(lambda s: _flag_foreign(s, order.id, foreign, source))
             refused = f"not closed at the provider: its answer names merchant {foreign}"
         elif status.state in PAID_STATES:
-            await db.run(
+            outcome = await db.run(
                 lambda s: apply_status(
                     s, order.id, status, source=source, now=utcnow(), policy=providers.lifecycle
                 )
             )
+            if outcome is Outcome.unchanged:
+                # Refused (another order's payment id): still pending, asked again with backoff
+                # rather than at every pass of reconciliation, the reason on the payment.
+                await db.run(lambda s: _note_answer(s, order.id, payment, status))
             raise OrderAlreadyPaid(field="order_id")
         else:
             await provider.close(order.reference, payment.provider_ref)

@@ -23,7 +23,14 @@ from simcharge.kit.text import first_not_text, text_only
 from simcharge.kit.translations import N_
 from simcharge.lifecycle.service import Policy
 from simcharge.metrics import WEBHOOK_FAILURES, WEBHOOKS
-from simcharge.orders.fulfilment import PAID_STATES, apply_status, mark_processed
+from simcharge.orders.fulfilment import (
+    PAID_STATES,
+    UNMATCHED,
+    Outcome,
+    apply_status,
+    mark_processed,
+    payment_id_holder,
+)
 from simcharge.orders.models import Order, Payment, ProviderEvent, Refund
 from simcharge.orders.reversals import REFUNDED_STATES, apply_refund_news
 from simcharge.orders.service import LockedOrder, lock_order, order_by_reference
@@ -86,9 +93,8 @@ async def receive_notification(
     provider = providers.named(provider_name)
     if provider is None:
         raise UnknownProvider(provider_name)
-    now = utcnow()
     try:
-        notification = await provider.parse_notification(headers, body, now=now)
+        notification = await provider.parse_notification(headers, body, now=utcnow())
     except NotificationRejected as exc:
         WEBHOOKS.labels(provider_name, f"rejected:{exc.reason}").inc()
         WEBHOOK_FAILURES.labels(provider_name, exc.reason).inc()
@@ -127,7 +133,13 @@ async def receive_notification(
 
     async def store_and_apply(s: AsyncSession) -> str | None:
         """Lock the order, store the event (a copy of it stops here: a duplicate), then apply
-        it. A copy waits for the order's lock, and its insert then finds the event stored."""
+        it. A copy waits for the order's lock, and its insert then finds the event stored.
+
+        The time is this attempt's, read here: verifying may have fetched a certificate, and
+        `Database.run` may run this again (a deadlock, a serialization failure). Stamped with
+        an earlier time, the ledger's rows could predate their commit by seconds — across
+        midnight, missed by the report of the day just closed."""
+        now = utcnow()
         locked = await _locked_order(s, provider_name, notification)
         order_id = locked.order.id if locked is not None else None
         event_id = await _store(s, provider_name, notification, now, order_id)
@@ -156,7 +168,7 @@ async def receive_notification(
             locked=locked,
             event_id=event_id,
         )
-        return outcome.value
+        return _said(outcome, notification.status)
 
     try:
         outcome = await db.run(store_and_apply)
@@ -165,7 +177,7 @@ async def receive_notification(
         log.exception("payments.webhook_processing_failed", provider=provider_name)
         WEBHOOKS.labels(provider_name, "processing_failed").inc()
         WEBHOOK_FAILURES.labels(provider_name, "processing_failed").inc()
-        stored = await db.run(lambda s: _store(s, provider_name, notification, now))
+        stored = await db.run(lambda s: _store(s, provider_name, notification, utcnow()))
         return Received(provider.reply(True), duplicate=stored is None, outcome="stored")
     if outcome is None:
         WEBHOOKS.labels(provider_name, "duplicate").inc()
@@ -183,6 +195,9 @@ async def _apply_early_refunds(
     (a refund reported first), whatever order the provider delivered them in."""
     if status.state not in PAID_STATES or not status.payment_id:
         return
+    payment = locked.payment
+    if await payment_id_holder(s, payment.provider, status.payment_id, besides=payment.id):
+        return  # another order's payment id: refused by `apply_status`, nothing adopted
     waiting = (
         await s.execute(
             select(ProviderEvent)
@@ -361,12 +376,10 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
                 event_id=text_only(event.event_id),
             )  # fmt: skip
     if event.order_id is not None and status is not None:
-        return (
-            await apply_status(
-                s, event.order_id, status, source=source, now=now, policy=policy,
-                event_id=event.id,
-            )
-        ).value
+        applied = await apply_status(
+            s, event.order_id, status, source=source, now=now, policy=policy, event_id=event.id
+        )
+        return _said(applied, status)
     unmatched = news and event.order_id is None
     if not news and event.order_id is None and await _unknown_success(s, status):
         # Money taken for a reference we do not know (an order placed after the backup the
@@ -385,6 +398,15 @@ async def _apply_event(s: AsyncSession, policy: Policy, event_id: uuid.UUID) -> 
         outcome = await apply_refund_news(s, event, now, zone=policy.settings.operator_timezone)
     await mark_processed(s, event.id, outcome, now)
     return outcome
+
+
+def _said(outcome: Outcome, status: PaymentStatus) -> str:
+    """What applying a status came to, as counted and answered: a payment taken that changed
+    nothing was refused for naming another order's payment id — kept `unmatched` for finance
+    (`fulfilment._paid`), and said so."""
+    if outcome is Outcome.unchanged and status.state in PAID_STATES:
+        return UNMATCHED
+    return outcome.value
 
 
 async def _unknown_success(s: AsyncSession, status: PaymentStatus | None) -> bool:

@@ -25,6 +25,7 @@ from simcharge.auth import codes
 from simcharge.auth.deps import Client, Limits
 from simcharge.auth.models import CodePurpose
 from simcharge.auth.sessions import ReadsWithSession
+from simcharge.backoffice.reports import csv_cell
 from simcharge.catalog.service import list_methods, list_plans
 from simcharge.config import Settings
 from simcharge.errors import NotAuthenticated, NotFound, Refused, SimchargeError
@@ -725,9 +726,11 @@ async def records(request: Request, page: Page, db: DB) -> Response:
     )
 
 
-def _cell(text: str) -> str:
-    """A text cell a spreadsheet will not run as a formula (OWASP CSV injection)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+RECORDS_CSV_HEADER = ["time_utc", "number", "kind", "amount_minor", "unit", "shown", "reference"]
+"""The records CSV's columns. `amount_minor`: signed, in the smallest unit of `unit` (cents of
+a currency; `VOICE_S`, `DATA_B`, `SMS` are their own), named as the back office's CSVs name
+them: 500 is $5.00, which a plain `amount` let a reader take for dollars. `shown`: the amount
+as the page writes it."""
 
 
 @router.get("/account/records.csv")
@@ -735,11 +738,14 @@ async def records_csv(request: Request, page: Page, db: DB) -> Response:
     rows = (await _records(request, page, db, 5000)).rows
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["time_utc", "number", "kind", "amount", "unit", "shown", "reference"])
+    writer.writerow(RECORDS_CSV_HEADER)
     for r in rows:
+        shown = units_text(page.language, r.amount, r.unit, page.locale)
+        # Cells as the back office's reports write them (`csv_cell`: a formula or a line break
+        # at the start neutralised). The number is E.164 as lines store it, written as is.
         writer.writerow(
-            [r.at.isoformat(), r.msisdn, r.kind, r.amount, r.unit,
-             _cell(units_text(page.language, r.amount, r.unit, page.locale)), _cell(r.reference or "")]
+            [r.at.isoformat(), r.msisdn,
+             *(csv_cell(v) for v in (r.kind, r.amount, r.unit, shown, r.reference or ""))]
         )
     return Response(
         out.getvalue(),

@@ -247,7 +247,8 @@ async def save_details(
     current password and, with two-step verification on, its second factor (the app's code, a
     recovery code, or one of the passkeys' answer), as closing the account does; a refusal is
     shown beside its field and changes nothing. A new contact is pending: on to `/verify` for
-    its code."""
+    its code, which asks no channel when one contact waits (verify.html: the change fixed it,
+    SMS to a new number, e-mail to a new address)."""
     require(page)
     customer = page.customer
     assert customer is not None

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi.datastructures import Default, DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -51,7 +52,9 @@ from simcharge.tmf654.schemas import (
     BASE_PATH,
     Figure,
     action_out,
+    add_exactly,
     bucket_ref,
+    encode,
     matches,
     msisdn_ref,
     party,
@@ -100,6 +103,11 @@ def tmf_error(request: Request, exc: SimchargeError) -> JSONResponse:
 
 
 JSON_TYPE = re.compile(r"application/([a-z0-9.+-]+\+)?json\s*(;.*)?", re.IGNORECASE)
+PATCH_TYPE = re.compile(r"application/(merge-patch\+)?json\s*(;.*)?", re.IGNORECASE)
+PATCH_TYPES = ("application/json", "application/merge-patch+json")
+"""What a PATCH is read as: a JSON merge patch (RFC 7396), plain JSON being read the same way.
+A JSON Patch (`application/json-patch+json`, a list of operations) or any other `+json` is
+another format, refused (415), not read as a merge patch."""
 
 
 class UnsupportedMediaType(SimchargeError):
@@ -111,14 +119,21 @@ class UnsupportedMediaType(SimchargeError):
     title = N_("Send the body as application/json.")
 
     def extra(self) -> dict[str, Any]:
-        return {"accepted": ["application/json"]}
+        """The types accepted, as the `Accept-Post` or `Accept-Patch` header lists them."""
+        listed = self.headers.get("Accept-Patch") or self.headers.get("Accept-Post")
+        return {"accepted": listed.split(", ") if listed else ["application/json"]}
 
 
 def _check_media_type(request: Request) -> None:
-    given = request.headers.get("content-type", "")
-    if not JSON_TYPE.fullmatch(given.strip()):
-        accept = "Accept-Patch" if request.method == "PATCH" else "Accept-Post"
-        raise UnsupportedMediaType(field="Content-Type", headers={accept: "application/json"})
+    given = request.headers.get("content-type", "").strip()
+    if request.method == "PATCH":
+        if not PATCH_TYPE.fullmatch(given):
+            raise UnsupportedMediaType(
+                N_("Send the body as application/json or application/merge-patch+json."),
+                field="Content-Type", headers={"Accept-Patch": ", ".join(PATCH_TYPES)},
+            )
+    elif not JSON_TYPE.fullmatch(given):
+        raise UnsupportedMediaType(field="Content-Type", headers={"Accept-Post": "application/json"})
 
 
 class ExactRequest(Request):
@@ -131,9 +146,25 @@ class ExactRequest(Request):
         return self._json
 
 
+class ExactJSONResponse(JSONResponse):
+    """JSON whose amounts keep their decimal digits (`schemas.exact`): `90071992547409.93` USD is
+    written so, not as the binary float nearest to it (`…409.94` once read back)."""
+
+    def render(self, content: Any) -> bytes:
+        return encode(content).encode("utf-8")
+
+
 class TmfRoute(APIRoute):
     """Renders every expected failure of its endpoint (auth included) as a TMF `Error`, and
-    reads its body with exact amounts (`ExactRequest`)."""
+    reads its body with exact amounts (`ExactRequest`). Its result is not passed through a
+    response model: pydantic would write each amount as a binary float; `ExactJSONResponse`
+    writes it exactly."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        kwargs["response_model"] = None
+        if isinstance(kwargs.get("response_class", Default(None)), DefaultPlaceholder):
+            kwargs["response_class"] = ExactJSONResponse
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         original = super().get_route_handler()
@@ -344,16 +375,39 @@ def _paged(
     return _shown(request, response, chosen[offset : offset + limit], len(chosen))
 
 
+class RepeatedParameter(BadRequest):
+    """A query parameter given twice (`logicalResource.id=A&logicalResource.id=B`): refused,
+    not read as the last of them (B's buckets answered for a question about A and B). Either of
+    several values is asked as TMF630 does, in one parameter: `a,b`."""
+
+    slug = "repeated-parameter"
+    title = N_("Give each query parameter once; a,b asks for either value.")
+
+
+def _once(request: Request) -> None:
+    """Each query parameter of the request at most once (`RepeatedParameter`, naming it)."""
+    seen: set[str] = set()
+    for name, _value in request.query_params.multi_items():
+        if name in seen:
+            raise RepeatedParameter(field=name)
+        seen.add(name)
+
+
 async def _lines_selected(s: AsyncSession, request: Request) -> list[Line]:
     """Listing needs a line: `logicalResource.id` (its MSISDN) or `partyAccount.id` (its
-    owner's lines); both: that line if that account owns it."""
+    owner's lines); both: that line if that account owns it. An MSISDN that is no line of ours
+    is 404 (naming `logicalResource.id`), as the line's bucket would be: the list is that
+    line's. An account id that is no UUID is bad input (400, `partyAccount.id`); one that holds
+    no line — or no account of ours — matches nothing: an empty list, as TMF630 filters do."""
+    _once(request)
     params = request.query_params
     msisdn = params.get("logicalResource.id")
     owner = params.get("partyAccount.id")
     try:
         owner_id = uuid.UUID(owner) if owner else None
     except ValueError:
-        return []
+        raise BadRequest(N_("partyAccount.id is a customer account's id (a UUID)."),
+                         field="partyAccount.id") from None
     if msisdn:
         line = await _by_msisdn(s, msisdn, "logicalResource.id")
         return [line] if owner_id is None or line.account_id == owner_id else []
@@ -444,6 +498,7 @@ async def _holder(s: AsyncSession, raw_id: str, field: str = "id") -> Holder:
 async def get_bucket(
     bucket_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
+    _once(request)
     async with db.read() as s:
         holder = await _holder(s, bucket_id)
         found = [i for i in await buckets_of(s, request, holder.line)
@@ -474,12 +529,10 @@ async def accumulated_of(s: AsyncSession, request: Request, line: Line) -> list[
             "logicalResource": msisdn_ref(line.msisdn)[0],
         })
         entry["bucket"].append(bucket_ref(base(request), b["id"]))
-        entry["totalBalance"]["amount"] += b["remainingValue"]["amount"]
+        total = entry["totalBalance"]
+        total["amount"] = add_exactly(total["amount"], b["remainingValue"]["amount"])
         if (p := party(line)) is not None:
             entry["partyAccount"] = p
-    for entry in totals.values():
-        if isinstance(entry["totalBalance"]["amount"], float):
-            entry["totalBalance"]["amount"] = round(entry["totalBalance"]["amount"], 6)
     return list(totals.values())
 
 
@@ -501,6 +554,7 @@ async def list_accumulated(
 async def get_accumulated(
     balance_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
+    _once(request)
     line_part = balance_id.split(".", 1)[0]
     async with db.read() as s:
         try:
@@ -607,6 +661,7 @@ async def _get_action(
     kind: ActionKind, action_id: str, key: Integration, db: DB, request: Request,
     fields: str | None,
 ) -> dict[str, Any]:
+    _once(request)
     async with db.read() as s:
         action = await _find(s, kind, action_id)
         item = await _render(s, request, action)
@@ -724,7 +779,7 @@ async def _create(
     headers = {"Location": out["href"]}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(out, status_code=201, headers=headers)
+    return ExactJSONResponse(out, status_code=201, headers=headers)
 
 
 _RESOURCES = {
@@ -900,12 +955,24 @@ async def get_reservation(
     return await _get_action(ActionKind.reserve, action_id, key, db, request, fields)
 
 
+PATCHABLE = frozenset({"status", "reason", "amount"})
+"""What a reservation's PATCH may name: any other attribute the spec's `ReserveBalance_Update`
+lists (`bucket`, `validFor`, …) is refused, not passed over as if it had been applied."""
+
+
 @router.patch("/reserveBalance/{action_id}", summary="Complete (optionally a smaller amount) or "
               "cancel a reservation")
 async def patch_reservation(
     action_id: str, body: JsonBody, _key: Write, db: DB, request: Request
 ) -> dict[str, Any]:
     validate_body("ReserveBalance_Update", body)
+    for name in body:
+        if name not in PATCHABLE:
+            raise ValidationFailed(
+                N_("A reservation's patch sets its status, with a reason and, completing it, "
+                   "the amount used: nothing else can change."),
+                field=name,
+            )
     status = body.get("status")
     if status not in ("completed", "cancelled"):
         raise ValidationFailed(N_("status is completed or cancelled."), field="status")
@@ -1076,6 +1143,7 @@ async def list_history(
 async def get_history(
     action_id: str, key: Read, db: DB, request: Request, fields: str | None = None
 ) -> dict[str, Any]:
+    _once(request)
     async with db.read() as s:
         try:
             action = await s.get(BalanceAction, uuid.UUID(action_id))
@@ -1090,13 +1158,22 @@ async def get_history(
     return select_fields(item, fields)
 
 
+_ALLOWED: dict[str, str] = {}
+"""Each TMF path's methods, as its 405's `Allow` lists them (`_refuse_other_methods`)."""
+_REFUSALS: set[Callable[..., Any]] = set()
+"""Endpoints that only refuse (405): their methods are not the path's."""
+
+
 def _settled(resource: str) -> Callable[..., Awaitable[Response]]:
+    path = f"{BASE_PATH}/{resource}/{{action_id}}"
+
     async def refuse(action_id: str, _key: Write) -> Response:
         raise MethodNotAllowed(
             N_("A {resource} is done once made; make another to change a balance."),
-            resource=resource,
+            headers={"Allow": _ALLOWED[path]}, resource=resource,
         )
 
+    _REFUSALS.add(refuse)
     return refuse
 
 
@@ -1105,26 +1182,41 @@ for _resource in ("topupBalance", "adjustBalance", "transferBalance"):
                          methods=["PATCH", "DELETE"], include_in_schema=False)
 
 
-def _no_such_method(allowed: list[str]) -> Callable[..., Awaitable[Response]]:
+def _no_such_method(allowed: str) -> Callable[..., Awaitable[Response]]:
     async def refuse() -> Response:
-        raise MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
+        raise MethodNotAllowed(headers={"Allow": allowed})
 
     return refuse
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _refuse_other_methods() -> None:
-    """Every other method on a TMF path is answered here, in the TMF `Error` shape (405), not by
-    the router's plain 405 outside the endpoints."""
-    methods: dict[str, set[str]] = {}
-    for route in router.routes:
-        if isinstance(route, APIRoute):
-            methods.setdefault(route.path, set()).update(route.methods or ())
-    for path, allowed in methods.items():
-        shown = sorted(allowed | {"HEAD"} if "GET" in allowed else allowed)
-        others = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m not in allowed]
-        if others:
-            router.add_api_route(path.removeprefix(BASE_PATH), _no_such_method(shown),
-                                 methods=others, include_in_schema=False)
+    """HEAD is served wherever GET is (the same answer; the server sends no body). Every other
+    method on a TMF path is answered here, in the TMF `Error` shape (405), not by the router's
+    plain 405 outside the endpoints, with an `Allow` that lists what the path serves: not
+    PATCH or DELETE of a settled action (refused), not OPTIONS."""
+    served: dict[str, set[str]] = {}
+    handled: dict[str, set[str]] = {}
+    for route in list(router.routes):
+        if not isinstance(route, APIRoute):
+            continue
+        methods = set(route.methods or ())
+        handled.setdefault(route.path, set()).update(methods)
+        if route.endpoint in _REFUSALS:
+            continue
+        if "GET" in methods:
+            router.add_api_route(route.path.removeprefix(BASE_PATH), route.endpoint,
+                                 methods=["HEAD"], status_code=route.status_code,
+                                 include_in_schema=False)
+            methods.add("HEAD")
+        served.setdefault(route.path, set()).update(methods)
+    for path, allowed in served.items():
+        _ALLOWED[path] = ", ".join(m for m in HTTP_METHODS if m in allowed)
+        others = [m for m in HTTP_METHODS if m not in allowed | handled[path]]
+        router.add_api_route(path.removeprefix(BASE_PATH), _no_such_method(_ALLOWED[path]),
+                             methods=others, include_in_schema=False)
 
 
 _refuse_other_methods()
@@ -1137,12 +1229,35 @@ class NoSuchResource(NotFound):
     title = N_("No such TMF654 resource.")
 
 
+class NotificationsNotSupported(SimchargeError):
+    """TMF654's event hub (`/hub`) and listeners (`/listener/…`): not built. Said so (501), not
+    answered as a path that names nothing (404), which a client registering at start-up could
+    not tell from a wrong base path."""
+
+    status = 501
+    slug = "notifications-not-supported"
+    title = N_("Event notifications are not supported.")
+
+
+async def _no_notifications() -> Response:
+    raise NotificationsNotSupported(
+        N_("This API sends no events and takes no listeners: poll balanceActionHistory "
+           "(newest first) for what changed."),
+        field="path",
+    )
+
+
+for _path in ("/hub", "/hub/{rest:path}", "/listener/{rest:path}"):
+    router.add_api_route(_path, _no_notifications, methods=list(HTTP_METHODS),
+                         include_in_schema=False)
+
+
 async def _no_such_resource(rest: str) -> Response:
     raise NoSuchResource(field="path")
 
 
-router.add_api_route("/{rest:path}", _no_such_resource,
-                     methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+router.add_api_route("/{rest:path}", _no_such_resource, methods=list(HTTP_METHODS),
+                     include_in_schema=False)
 """Last: a path under the TMF654 prefix that no route above has is a TMF `Error` 404 (a POST's
 too: the path, not the body, names nothing), not the generic problem."""
 
@@ -1170,17 +1285,29 @@ _LIST_PARAMETERS = [
 ]
 
 
-_UNSUPPORTED = _error("A body that is not `application/json` (`Accept-Post`/`Accept-Patch` "
-                      "says what is)")
+_UNSUPPORTED = _error("A body of another type than `application/json` (a PATCH's: or "
+                      "`application/merge-patch+json`); `Accept-Post`/`Accept-Patch` says which")
+
+
+def _operation_id(method: str, path: str) -> str:
+    """The spec's name of an operation: `listBucket`, `retrieveBucket`, `createTopupBalance`,
+    `patchReserveBalance`, `deleteReserveBalance`."""
+    resource = path.removeprefix(BASE_PATH).split("/")[1]
+    one = path.endswith("}")
+    verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, "retrieve" if one else "list")
+    return verb + resource[0].upper() + resource[1:]
 
 
 def _document() -> None:
     """The lists' paging parameters and count headers, and a creation's `Location`, in the
-    OpenAPI document (they are read from the request and set on the response by hand)."""
+    OpenAPI document (they are read from the request and set on the response by hand); each
+    operation under the spec's `operationId`."""
     for route in router.routes:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         methods = route.methods or set()
+        route.operation_id = _operation_id(next(iter(methods)), route.path)
         if "GET" in methods and not route.path.endswith("}"):
             route.openapi_extra = {
                 "parameters": _LIST_PARAMETERS,

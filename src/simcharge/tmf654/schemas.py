@@ -140,10 +140,44 @@ def units_of(quantity: dict[str, Any] | None, unit: str, field: str) -> int:
     return amount
 
 
+def exact(value: Decimal) -> Figure:
+    """An amount of money for the output: a JSON number with its decimal digits (`20.00`,
+    `90071992547409.93`), which `encode` writes as they are — never the binary float nearest
+    to it."""
+    return Figure(format(value, "f"))
+
+
+def add_exactly(a: Any, b: Any) -> Any:
+    """The sum of two output amounts, exact when either is money (`exact`)."""
+    if isinstance(a, Figure) or isinstance(b, Figure):
+        return exact(_decimal(a) + _decimal(b))
+    return a + b
+
+
+def _decimal(value: Any) -> Decimal:
+    return Decimal(value.literal if isinstance(value, Figure) else str(value))
+
+
 def quantity(amount: int, unit: str) -> dict[str, Any]:
     if unit in _SHOWN_UNITS:
         return {"amount": amount, "units": _SHOWN_UNITS[unit]}
-    return {"amount": float(from_minor(amount, unit)), "units": unit}
+    return {"amount": exact(from_minor(amount, unit)), "units": unit}
+
+
+def encode(content: Any) -> str:
+    """`content` as compact JSON, a `Figure` written as its digits (Python's `json` writes any
+    float, a subclass too, through `float.__repr__`)."""
+    if isinstance(content, Figure):
+        return content.literal
+    if isinstance(content, dict):
+        return "{" + ",".join(f"{_plain(str(k))}:{encode(v)}" for k, v in content.items()) + "}"
+    if isinstance(content, list | tuple):
+        return "[" + ",".join(encode(v) for v in content) + "]"
+    return _plain(content)
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def when(at: datetime | None) -> str | None:
@@ -196,18 +230,17 @@ def action_out(
         "status": status,
         "requestedDate": when(action.requested_at),
         "usageType": action.usage_type,
-        "amount": quantity(abs(action.amount), action.unit),
+        # An adjustment's amount keeps its sign (a correction down is negative).
+        "amount": quantity(action.amount if action.kind == "adjust" else abs(action.amount),
+                           action.unit),
         "bucket": bucket_ref(base, action.account_id),
         "logicalResource": msisdn_ref(line.msisdn),
     }
-    if action.kind == "adjust":
-        out["amount"]["amount"] = -out["amount"]["amount"] if action.amount < 0 else (
-            out["amount"]["amount"])
     if action.confirmed_at:
         out["confirmationDate"] = when(action.confirmed_at)
     if action.reason:
         out["reason"] = action.reason
-    if (p := party(line)) is not None and action.kind != "adjust":
+    if (p := party(line)) is not None:
         out["partyAccount"] = p
     for key in ECHOED + (ECHOED_TOPUP if action.kind == "topup" else ()):
         if key in action.request and (key != "adjustType" or action.kind == "adjust") and (
@@ -233,18 +266,21 @@ def action_out(
         out["receiverBucketUsageType"] = action.usage_type
         out["costOwner"] = "originator"
         out["transferCost"] = {"unit": line.currency,
-                               "value": float(from_minor(action.fee, line.currency))}
+                               "value": exact(from_minor(action.fee, line.currency))}
         out.setdefault("reason", "transfer")
         out.setdefault("channel", {"id": "api", "name": "api"})
     return out
 
 
 def select_fields(item: dict[str, Any], fields: str | None) -> dict[str, Any]:
-    """TMF attribute selection: `fields=a,b` keeps those (and id, href, @type)."""
+    """TMF attribute selection: `fields=a,b` keeps those, id, href, @type and the attributes
+    the spec requires of the resource (a history entry's `status` and
+    `receiverLogicalResource`): what is left is still the resource the spec defines."""
     if not fields:
         return item
     wanted = {f.strip().split(".")[0] for f in fields.split(",") if f.strip()}
     wanted |= {"id", "href", "@type"}
+    wanted |= set(spec()["definitions"].get(str(item.get("@type")), {}).get("required", ()))
     return {k: v for k, v in item.items() if k in wanted}
 
 
