@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 # the settings read after the environment, so that `make run` says and serves the same.
 dotenv = $(shell [ -f .env ] && sed -n -E 's/^[[:space:]]*(export[[:space:]]+)?$(1)[[:space:]]*=[[:space:]]*//p' .env \
   | tail -n 1 | sed -E -e "s/^'([^']*)'.*/\1/;t" -e 's/^"([^"]*)".*/\1/;t' -e 's/[[:space:]]+\#.*//;s/[[:space:]]+$$//')
-# The port: the command line's or the environment's, else `.env`'s, else 8000.
-PORT ?= $(or $(call dotenv,PORT),8000)
+# The port: the command line's or the environment's, else `.env`'s, else 8000. `.env`'s only if
+# it is a port number: the recipe below writes it into a command line, where anything else in a
+# data file (`PORT=8000;curl …|sh`) would run.
+PORT ?= $(or $(shell printf '%s\n' '$(subst ','',$(call dotenv,PORT))' | grep -E '^[0-9]{1,5}$$'),8000)
 export SIMCHARGE_DATABASE_URL ?= sqlite+aiosqlite:///var/simcharge.db
 export SIMCHARGE_BASE_URL ?= $(or $(call dotenv,SIMCHARGE_BASE_URL),http://127.0.0.1:$(PORT))
 PYTEST_WORKERS ?= auto

@@ -58,6 +58,12 @@ def _shown(project: Path, *args: str, **env: str) -> str:
         ("PORT=9127\r\n", "9127"),
         ("PORT=\n", "8000"),  # empty: not set
         ("# PORT=1\nMY_PORT=2\nSIMCHARGE_SMTP_PORT=25\n", "8000"),
+        # not a port number: never written into the command line (it would run there)
+        ("PORT=8000;touch pwned\n", "8000"),
+        ("PORT=$(touch pwned)\n", "8000"),
+        ("PORT=`touch pwned`\n", "8000"),
+        ("PORT=8000' ; touch pwned ; '\n", "8000"),
+        ("PORT=123456\n", "8000"),
     ],
 )
 def test_the_port_comes_from_dotenv_when_the_environment_has_none(
@@ -66,6 +72,7 @@ def test_the_port_comes_from_dotenv_when_the_environment_has_none(
     if dotenv is not None:
         (project / ".env").write_text(dotenv, encoding="utf-8", newline="")
     assert _shown(project) == f"{port} http://127.0.0.1:{port}"
+    assert not (project / "pwned").exists()
 
 
 def test_the_environment_and_the_command_line_come_first(project: Path) -> None:

@@ -159,7 +159,7 @@ def test_reapply_closures_dry_run_then_close_then_nothing_more(
     assert (status, email, name, owner, audits) == ("closed", None, None, None, 1)
     entry = cli._run(_audit_of(back))
     assert entry.actor.startswith("cli:")
-    assert entry.details["logged_at"] == "2026-12-10T08:00:00Z"
+    assert entry.details["logged_at"] == "2026-12-10T07:59:59+00:00"  # the time the line signs
 
     # Again, from stdin: nothing more.
     code, out = _invoke("privacy", "reapply-closures", stdin=log.read_text(encoding="utf-8"))

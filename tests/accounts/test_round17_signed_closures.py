@@ -184,7 +184,7 @@ def test_accept_unsigned_applies_them_and_says_so(cli_env: str, tmp_path: Path) 
 def test_a_forged_line_beside_a_signed_one_does_not_set_the_time(
     cli_env: str, tmp_path: Path
 ) -> None:
-    """The audit's `logged_at` is the signed line's, not a forged line's before it."""
+    """The audit's `logged_at` is the time the signed line signs, not a forged line's before it."""
     [account] = _open_accounts(1)
     forged = _line(account, timestamp="1999-01-01T00:00:00Z")
     log = tmp_path / "shipped.log"
@@ -192,7 +192,7 @@ def test_a_forged_line_beside_a_signed_one_does_not_set_the_time(
     result = runner.invoke(cli.app, ["privacy", "reapply-closures", "--log", str(log)])
     assert result.exit_code == 0, result.output
     assert "line(s) 1 carry no valid signature: passed over" in result.stderr
-    assert _audit_details(account)["logged_at"] == "2026-12-10T08:00:00Z"
+    assert _audit_details(account)["logged_at"] == CLOSED_AT  # the signed time, not the line's own
 
 
 def test_a_line_signed_before_a_key_rotation_still_verifies(

@@ -9,13 +9,14 @@ import uuid
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from simcharge.backoffice.models import Adjustment, AuditEntry
 from simcharge.config import Settings
 from simcharge.db import Database
 from simcharge.kit.clock import utcnow
+from simcharge.lines.models import Line
 from tests.backoffice.helpers import new_staff, web_sign_in
 from tests.tmf654.helpers import Holder, new_holder
 
@@ -26,6 +27,9 @@ async def _adjustments(db: Database, holder: Holder, count: int, *, same_time: i
     start = utcnow() - timedelta(days=10)
 
     async def run(s: AsyncSession) -> None:
+        # held since before them (a customer's list shows what was made since they hold the line)
+        await s.execute(update(Line).where(Line.id == holder.line.id)
+                        .values(attached_at=start - timedelta(days=1)))  # fmt: skip
         for i in range(count):
             at = start + timedelta(minutes=min(i, count - same_time))
             s.add(Adjustment(
@@ -135,3 +139,33 @@ async def test_the_page_shows_the_latest_50_and_links_to_all_of_them(
 
     r = await client.get(f"/backoffice/customers/{uuid.uuid4()}/adjustments")
     assert r.status_code == 404
+
+
+async def test_a_line_back_from_stock_brings_no_adjustment_of_its_previous_holder(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """Adjustments follow the customer, not only the line: those made before the new holder
+    attached it (amounts, reasons, notes of the previous holder's) are not on their view."""
+    before = await new_holder(db)
+    await _adjustments(db, before, 3)
+    after = await new_holder(db)
+
+    async def move(s: AsyncSession) -> None:  # the line back to stock, then the next holder's
+        await s.execute(update(Line).where(Line.id == after.line.id).values(account_id=None))
+        await s.execute(update(Line).where(Line.id == before.line.id).values(
+            account_id=after.account_id, attached_at=utcnow()))  # fmt: skip
+        s.add(Adjustment(
+            line_id=before.line.id, ledger_account_id=before.line.wallet_account_id,
+            unit=before.line.currency, amount=77, reason="the new holder's",
+            state="posted", requested_by="staff:someone", created_at=utcnow() + timedelta(seconds=1),
+        ))  # fmt: skip
+
+    await db.run(move)
+    agent = await new_staff(db, settings, "agent")
+    r = await client.get(f"/api/v1/admin/customers/{after.account_id}", headers=agent.auth)
+    assert r.status_code == 200, r.text
+    assert (r.json()["adjustments_total"], [a["amount"] for a in r.json()["adjustments"]]) == (
+        1, [77])
+    r = await client.get(f"/api/v1/admin/customers/{after.account_id}/adjustments",
+                         headers=agent.auth)  # fmt: skip
+    assert [a["amount"] for a in r.json()] == [77]

@@ -197,23 +197,53 @@ async def test_a_request_for_no_units_is_granted_none(
     await assert_ledger_balanced(db)
 
 
-async def test_an_immediate_event_of_no_units_charges_nothing(
+async def test_an_immediate_event_of_no_units_is_refused(
     client: httpx.AsyncClient, db: Database
 ) -> None:
-    """An IEC asking for 0 messages was charged the default, one."""
+    """An IEC asking for 0 messages was charged the default, one; answered "granted none" it
+    would be an event given away (the network goes on with it): it is refused by name, and
+    nothing is charged or opened."""
     t = await make_line(db, grants=[UnitGrant("SMS", 5, 30)])
     api = await nchf(client, db)
     doc = body(t.supi, 0, [rg(SMS, requested={"serviceSpecificUnits": 0})],
                oneTimeEvent=True, oneTimeEventType="IEC")  # fmt: skip
     r = await api.create(doc)
-    assert r.status_code == 201, r.text
-    assert unit_info(r, SMS) == {"ratingGroup": SMS, "resultCode": "SUCCESS"}
+    assert r.status_code == 400, r.text
+    assert r.json()["cause"] == "MANDATORY_IE_INCORRECT"
+    assert [p["param"] for p in r.json()["invalidParams"]] == [
+        "/multipleUnitUsage/0/requestedUnit"]
     assert (await balances(db, t.line)).units[0].remaining == 5
     assert await _count(db, UsageRecord) == 0
+    assert await _count(db, ChargingSession) == 0
     # Without a requestedUnit an IEC is still one message (the default).
     r = await api.create(body(t.supi, 0, [rg(SMS)], oneTimeEvent=True, oneTimeEventType="IEC"))
     assert unit_info(r, SMS)["grantedUnit"] == {"serviceSpecificUnits": 1}
     assert (await balances(db, t.line)).units[0].remaining == 4
+
+
+async def test_a_new_event_alike_after_a_retransmission_is_charged(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """An event's first transmission lost, its retransmission (indicator, stamped anew) opened
+    the session; a second event alike, stamped after that retransmission and without the
+    indicator, is a new event — charged, not answered with the first's answer."""
+    t = await make_line(db, grants=[UnitGrant("SMS", 5, 30)])
+    api = await nchf(client, db)
+    first = body(t.supi, 0, [rg(SMS, requested={"serviceSpecificUnits": 1})],
+                 oneTimeEvent=True, oneTimeEventType="IEC")  # fmt: skip
+    resent = await api.create(_resent(first))
+    assert resent.status_code == 201, resent.text
+    second = {**first, "invocationTimeStamp": "2026-12-11T10:00:10.000Z"}  # after LATER
+    again = await api.create(second)
+    assert again.status_code == 201, again.text
+    assert again.headers["location"] != resent.headers["location"]
+    assert (await balances(db, t.line)).units[0].remaining == 3
+    assert await _count(db, ChargingSession) == 2
+    # Its own first transmission, stamped before the retransmission, is still the same event.
+    late = await api.create(first)
+    assert late.headers["location"] == resent.headers["location"]
+    assert (await balances(db, t.line)).units[0].remaining == 3
+    await assert_ledger_balanced(db)
 
 
 async def test_a_frozen_line_asking_no_units_is_refused_nothing(

@@ -218,8 +218,8 @@ def logged_closures(lines: Iterable[str], keys: Ring = ()) -> LoggedClosures:
         at = record.get("timestamp")
         logged_at = str(at) if at is not None else None
         if _verifies(ring, account_id, record):
-            if account_id not in found.signed:  # the time of its first signed line
-                found.closed_at[account_id] = logged_at
+            if account_id not in found.signed:  # the time its first signed line signs
+                found.closed_at[account_id] = str(record["closed_at"])
                 found.signed.add(account_id)
         else:
             found.unsigned.append(number)

@@ -672,9 +672,15 @@ async def customer_view(
     )
 
 
-def _adjustments_where(account_id: uuid.UUID) -> ColumnElement[bool]:
-    """Adjustments to the lines the customer holds now (as their page shows those lines)."""
-    return Adjustment.line_id.in_(select(Line.id).where(Line.account_id == account_id))
+def _adjustments_of(stmt: Select[Any], account_id: uuid.UUID) -> Select[Any]:
+    """Adjustments to the lines the customer holds now, made since they hold them
+    (`lines.attached_at`, as the portal's records): a line back from stock brings none of its
+    previous holder's adjustments — their amounts, reasons and notes — to its new holder's
+    page (the audit log keeps every adjustment, whoever held the line)."""
+    return stmt.join(Line, Line.id == Adjustment.line_id).where(
+        Line.account_id == account_id,
+        or_(Line.attached_at.is_(None), Adjustment.created_at >= Line.attached_at),
+    )
 
 
 async def adjustments_of(
@@ -687,7 +693,7 @@ async def adjustments_of(
 ) -> list[Adjustment]:
     """A page of the adjustments to a customer's lines, latest first (`ix_adjustments_line_id`:
     line, time); the next page: `before`, `before_id` of the last one."""
-    stmt = select(Adjustment).where(_adjustments_where(account_id))
+    stmt = _adjustments_of(select(Adjustment), account_id)
     if before is not None:
         stmt = stmt.where(older_than(Adjustment.created_at, Adjustment.id, before, before_id))
     stmt = stmt.order_by(Adjustment.created_at.desc(), Adjustment.id.desc()).limit(limit)
@@ -695,5 +701,5 @@ async def adjustments_of(
 
 
 async def count_adjustments(s: AsyncSession, account_id: uuid.UUID) -> int:
-    stmt = select(func.count()).select_from(Adjustment).where(_adjustments_where(account_id))
+    stmt = _adjustments_of(select(func.count()).select_from(Adjustment), account_id)
     return int((await s.execute(stmt)).scalar_one())

@@ -1140,7 +1140,7 @@ CatalogReader = Annotated[Actor, require(Permission.catalog_read)]
     response_model=dict[str, Any],
     summary="The whole catalog in the catalog file's form (retired entries included)",
 )
-async def get_catalog(actor: CatalogReader, db: DB) -> dict[str, Any]:
+async def get_catalog(actor: CatalogReader, _known: KnownQueryOnly, db: DB) -> dict[str, Any]:
     async with db.read() as s:
         return await export_catalog(s)
 

@@ -248,6 +248,10 @@ def _check_one_time(req: ChargingDataRequest) -> None:
         if kind == "IEC" and entry.usedUnitContainer:
             invalid.append((f"/multipleUnitUsage/{i}/usedUnitContainer",
                             "an immediate event (IEC) requests units; it reports none used"))
+        if kind == "IEC" and _asks_nothing(entry.requestedUnit):
+            # An event charged at once for no units would be an event given away: refused.
+            invalid.append((f"/multipleUnitUsage/{i}/requestedUnit",
+                            "an immediate event (IEC) requests at least one unit"))
         if kind == "PEC" and entry.requestedUnit is not None:
             invalid.append((f"/multipleUnitUsage/{i}/requestedUnit",
                             "a post event (PEC) reports the units used; it requests none"))
@@ -256,6 +260,16 @@ def _check_one_time(req: ChargingDataRequest) -> None:
             400, "MANDATORY_IE_INCORRECT", N_("The charging request is not valid."),
             invalid=invalid,
         )
+
+
+def _asks_nothing(requested: Units | None) -> bool:
+    """A `requestedUnit` whose amounts, all given, are 0 (none given leaves it to us)."""
+    if requested is None:
+        return False
+    given = (requested.time, requested.totalVolume, requested.uplinkVolume,
+             requested.downlinkVolume, requested.serviceSpecificUnits)  # fmt: skip
+    amounts = [n for n in given if n is not None]
+    return bool(amounts) and not any(amounts)
 
 
 def parse_request(body: bytes) -> ChargingDataRequest:
@@ -995,15 +1009,22 @@ def _answers_again(
     body — or, for a retransmission, the same body but for its time stamp (answers kept
     before the second digest was stored are matched exactly only). The first transmission
     arriving after its retransmission was answered (`ri`: the answered one carried the
-    indicator) is matched the same way."""
+    indicator) is matched the same way — only if it is stamped no later than the
+    retransmission (`at`): a first transmission always is, and a new event alike, stamped
+    after, is a new event (two SMS alike are two events)."""
     if kept["op"] != op:
         return False
     if kept["hash"] == digests.exact:
         return True
-    # Either is the retransmission: this request, or the one answered — then this is its first
-    # transmission, arriving after it.
-    resending = bool(req.retransmissionIndicator) or bool(kept.get("ri"))
-    return resending and kept.get("resent") == digests.resent
+    if kept.get("resent") != digests.resent:
+        return False
+    if req.retransmissionIndicator:
+        return True
+    # The answered one was the retransmission: this is its first transmission, arriving after
+    # it, if stamped before it.
+    if not kept.get("ri") or not isinstance(kept.get("at"), str):
+        return False
+    return req.invocationTimeStamp <= datetime.fromisoformat(kept["at"])
 
 
 def _remember(
@@ -1013,16 +1034,18 @@ def _remember(
     digests: Digests,
     body: dict[str, Any] | None,
     *,
-    resent: bool = False,
+    resent: datetime | None = None,
 ) -> None:
     """Keep the answer to request `seq`: the create's always, the latest `ANSWERS_KEPT` others.
-    `resent`: the request was a retransmission (`ri`), whose first transmission may follow."""
+    `resent`: the request was a retransmission (`ri`) stamped then, whose first transmission,
+    stamped before, may follow."""
     answers = dict(cs.answers)
     kept: dict[str, Any] = {
         "op": op, "hash": digests.exact, "resent": digests.resent, "body": body
     }
-    if resent:
+    if resent is not None:
         kept["ri"] = True
+        kept["at"] = resent.isoformat()
     answers[str(seq)] = kept
     others = sorted(int(k) for k, v in answers.items() if v["op"] != "create")
     for old in others[:-ANSWERS_KEPT]:
@@ -1110,7 +1133,7 @@ async def create_charging_data(
     answer = _response(req, now, units)
     _remember(
         cs, req.invocationSequenceNumber, "create", digests, answer,
-        resent=bool(req.retransmissionIndicator),
+        resent=req.invocationTimeStamp if req.retransmissionIndicator else None,
     )
     session.add(cs)
     try:
@@ -1271,7 +1294,10 @@ async def update_charging_data(
     cs.country, cs.zone = country, zone
     answer = None if release else _response(req, now, units)
     cs.sequence = seq
-    _remember(cs, seq, op, digests, answer, resent=bool(req.retransmissionIndicator))
+    _remember(
+        cs, seq, op, digests, answer,
+        resent=req.invocationTimeStamp if req.retransmissionIndicator else None,
+    )
     cs.updated_at = now
     if release:
         cs.state = SessionState.released.value
